@@ -1,0 +1,1 @@
+"""The ``d3`` command-line app (installed as the package ``d3codec.cli``)."""

@@ -1,0 +1,187 @@
+"""``d3``: compress a dataset into a .d3 archive, inspect it, expand it, evaluate it.
+
+A thin layer over the library: each command parses options, calls d3codec, and prints.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from d3codec.errors import D3Error
+
+
+def _fail(error: Exception) -> None:
+    raise click.ClickException(str(error))
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="d3codec")
+def main() -> None:
+    """d3codec: dataset distillation into small, safe .d3 archives."""
+
+
+@main.command()
+@click.argument("dataset")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Archive to write (.d3).")
+@click.option("--method", type=click.Choice(["pixel"]), default="pixel", show_default=True)
+@click.option("--objective", type=click.Choice(["dm"]), default="dm", show_default=True,
+              help="Pixel objective: dm (distribution matching).")
+@click.option("--ipc", type=float, help="Budget as N float32 images per class: N·K·C·H·W·4 bytes.")
+@click.option("--budget", type=int, help="Budget in bytes; the whole file counts.")
+@click.option("--preset", type=click.Choice(["fast", "paper"]), default="fast", show_default=True,
+              help="fast: minutes on a CPU; paper: the paper's settings, for a GPU.")
+@click.option("--iterations", type=int, help="Override the preset's iteration count.")
+@click.option("--real-per-class", type=int, help="Real images per class per iteration (paper: 256).")
+@click.option("--storage-dtype", type=click.Choice(["auto", "uint8", "float16", "float32"]), default="auto",
+              show_default=True, help="How images are stored; auto picks uint8 (most images per byte).")
+@click.option("--images-per-class", type=int, help="Fix the image count instead of filling the budget.")
+@click.option("--data-root", type=click.Path(file_okay=False), help="Where the real data is (or goes).")
+@click.option("--resolution", type=int, help="Side length for imagenet and folder datasets (default 64).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, ...")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def compress(dataset, output, method, objective, ipc, budget, preset, iterations, real_per_class, storage_dtype,
+             images_per_class, data_root, resolution, seed, device, quiet):
+    """Distil DATASET (fashion-mnist, mnist, cifar10, cifar100, imagenet, or a class-per-folder path)."""
+    from d3codec.compress import compress as run_compress
+    from d3codec.data import load_dataset
+    from d3codec.methods.pixel import PixelEncoder
+    from d3codec.models import resolve_device
+
+    try:
+        if (ipc is None) == (budget is None):
+            raise click.UsageError("give exactly one of --ipc N or --budget BYTES")
+        encoder = PixelEncoder.from_options(preset, iterations=iterations, real_per_class=real_per_class,
+                                            storage_dtype=storage_dtype, images_per_class=images_per_class)
+        real = load_dataset(dataset, data_root, resolution)
+        dev = resolve_device(device)
+        click.echo(f"{real.name}: {len(real.train_targets)} training images, {real.num_classes} classes, "
+                   f"shape {real.image_shape}; method {method}/{objective}, preset {preset}, device {dev}", err=True)
+        result = run_compress(real, output, encoder=encoder, ipc=ipc, budget=budget, seed=seed, device=dev,
+                              progress=not quiet)
+    except (D3Error, ValueError, OSError) as e:
+        _fail(e)
+    plan = result.plan
+    click.echo(f"wrote {result.path}: {result.file_bytes} bytes of a {result.budget}-byte budget "
+               f"({100 * result.file_bytes / result.budget:.1f} %), {plan.images_per_class} {plan.storage_dtype} "
+               f"images per class, distilled in {result.stats.get('distill_seconds', 0):.1f} s")
+
+
+@main.command()
+@click.argument("archive", type=click.Path(exists=True, dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print metadata and byte table as JSON.")
+def info(archive, as_json):
+    """Print an archive's metadata and byte table."""
+    from d3codec.archive import byte_table, open_archive
+    from d3codec.budget import ipc_equivalent
+
+    try:
+        reader, meta = open_archive(archive)
+    except D3Error as e:
+        _fail(e)
+    with reader:
+        budget = (meta.get("budget") or {}).get("bytes")
+        rows = byte_table(reader, budget if isinstance(budget, int) and budget > 0 else None)
+        ds = meta["dataset"]
+        ipc_eq = ipc_equivalent(reader.file_size, len(ds["classes"]), tuple(ds["image_shape"]))
+        if as_json:
+            click.echo(json.dumps({"meta": meta, "bytes": rows, "file_bytes": reader.file_size,
+                                   "ipc_equivalent": ipc_eq, "version": list(reader.version)}, indent=2))
+            return
+        click.echo(f"{archive}: d3 format {reader.version[0]}.{reader.version[1]}, method {meta['method']}")
+        click.echo(json.dumps(meta, indent=2, sort_keys=True))
+        click.echo("")
+        click.echo(f"{'section':<18} {'codec':>5} {'raw bytes':>11} {'stored bytes':>13} {'of file':>8} {'of budget':>10}")
+        for r in rows:
+            share = f"{100 * r['budget_share']:.2f} %" if r["budget_share"] is not None else "-"
+            click.echo(f"{r['name']:<18} {r['codec']:>5} {r['raw']:>11} {r['stored']:>13} "
+                       f"{100 * r['file_share']:>6.2f} % {share:>10}")
+        budget_text = f" of a {budget}-byte budget" if budget else ""
+        click.echo(f"\nfile: {reader.file_size} bytes{budget_text}; IPC-equivalent {ipc_eq:.3f} "
+                   f"(float32 images per class in the same bytes)")
+
+
+@main.command()
+@click.argument("archive", type=click.Path(exists=True, dir_okay=False))
+@click.option("-o", "--output", type=click.Path(file_okay=False), help="Folder to write.")
+@click.option("--format", "fmt", type=click.Choice(["png", "pt", "safetensors"]), default="png", show_default=True,
+              help="png: class-per-folder images; pt / safetensors: image and label tensors.")
+@click.option("--grid", type=click.Path(dir_okay=False), help="Also write one picture, a row per class.")
+def expand(archive, output, fmt, grid):
+    """Expand ARCHIVE into images or tensors."""
+    from d3codec import D3Dataset
+    from d3codec.expand import grid_image, write_image_folder, write_tensors
+
+    if output is None and grid is None:
+        raise click.UsageError("give -o DIR, --grid FILE.png, or both")
+    try:
+        ds = D3Dataset(archive)
+        if output is not None:
+            if fmt == "png":
+                n = write_image_folder(ds, output)
+                click.echo(f"wrote {n} PNG images in {len(ds.classes)} class folders under {output}")
+            else:
+                paths = write_tensors(ds, output, fmt)
+                click.echo(f"wrote {', '.join(map(str, paths))}")
+        if grid is not None:
+            grid_image(ds).save(grid)
+            click.echo(f"wrote {grid}")
+    except (D3Error, OSError) as e:
+        _fail(e)
+
+
+@main.command("eval")
+@click.argument("archive", type=click.Path(exists=True, dir_okay=False))
+@click.option("--model", type=click.Choice(["convnet3"]), default="convnet3", show_default=True)
+@click.option("--epochs", type=int, default=300, show_default=True)
+@click.option("--runs", type=int, default=3, show_default=True, help="Students per row (mean ± std).")
+@click.option("--baseline", type=click.Choice(["none", "random-real"]), default="none", show_default=True,
+              help="random-real: also train on random real images in the same bytes (float32 and PNG).")
+@click.option("--dataset", help="Real dataset for the test split (default: the archive's).")
+@click.option("--data-root", type=click.Path(file_okay=False))
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--device", default="auto", show_default=True)
+@click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Also write the results as JSON.")
+def evaluate_cmd(archive, model, epochs, runs, baseline, dataset, data_root, seed, device, json_out):
+    """Train fresh students on ARCHIVE and report final test accuracy, bytes and training time."""
+    from d3codec import D3Dataset
+    from d3codec.data import load_dataset
+    from d3codec.evaluate import StudentConfig, evaluate, random_real_subset, test_split
+    from d3codec.models import resolve_device
+
+    try:
+        ds = D3Dataset(archive)
+        file_bytes = Path(archive).stat().st_size
+        real = load_dataset(dataset or ds.meta["dataset"]["name"], data_root)
+        if real.classes != ds.classes:
+            raise ValueError(f"the archive's classes do not match {real.name}'s; pass --dataset")
+        dev = resolve_device(device)
+        config = StudentConfig(model=model, epochs=epochs)
+        test = test_split(real)
+        log = lambda m: click.echo(m, err=True)  # noqa: E731
+        targets = ds.soft_labels if ds.soft_labels is not None else ds.labels
+        results = [evaluate(f"archive ({ds.meta['method']})", ds.images, targets, real, runs, config, seed, dev,
+                            test, file_bytes, log)]
+        if baseline == "random-real":
+            budget = ds.meta.get("budget", {}).get("bytes") or file_bytes
+            for storage in ("float32", "png"):
+                x, y, used = random_real_subset(real, budget, storage, seed)
+                results.append(evaluate(f"random real ({storage})", x, y, real, runs, config, seed, dev, test, used,
+                                        log))
+    except (D3Error, ValueError, OSError) as e:
+        _fail(e)
+    click.echo(f"{model}, {epochs} epochs, {runs} runs, device {dev}; final-epoch test accuracy on {real.name}:")
+    for r in results:
+        click.echo("  " + r.summary())
+    if json_out:
+        Path(json_out).write_text(json.dumps([{"name": r.name, "images": r.images, "bytes": r.file_bytes,
+                                               "accuracies": r.accuracies, "seconds": r.seconds, "mean": r.mean,
+                                               "std": r.std} for r in results], indent=2))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,102 @@
+"""Exact byte accounting: budgets in bytes, and the storage plan that fits a budget.
+
+The literature states budgets as IPC, the bytes of IPC float32 images per class:
+``--ipc N`` means N · K · C · H · W · 4 bytes, and the whole archive file counts against it.
+
+A plan is made before any distillation. Its bound is exact, not estimated: the planner encodes
+an archive of the planned tensor shapes with compression off (a stored section is never larger
+than its raw form, see container._store) and a metadata section padded by META_RESERVE_BYTES,
+so the final file can only be smaller.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from .container import Section, encode_archive
+from .errors import D3BudgetError
+from .storage import BYTES_PER_VALUE, STORAGE_DTYPES
+
+META_RESERVE_BYTES = 256  # room for metadata written after distillation (timings, losses)
+
+
+def ipc_budget(ipc: float, num_classes: int, image_shape: tuple[int, int, int]) -> int:
+    """Bytes of ``ipc`` float32 images per class: ipc · K · C · H · W · 4 (rounded down)."""
+    c, h, w = image_shape
+    return int(ipc * num_classes * c * h * w * 4)
+
+
+def ipc_equivalent(num_bytes: int, num_classes: int, image_shape: tuple[int, int, int]) -> float:
+    """How many float32 images per class ``num_bytes`` would hold."""
+    return num_bytes / ipc_budget(1, num_classes, image_shape)
+
+
+@dataclass(frozen=True)
+class PixelPlan:
+    """What a pixel archive stores: ``images_per_class`` images per class as ``storage_dtype``.
+
+    ``max_bytes`` is the exact upper bound of the archive's size under this plan.
+    """
+
+    images_per_class: int
+    storage_dtype: str
+    max_bytes: int
+    budget: int
+
+
+def archive_bound(sections: list[Section], meta_reserve: int = META_RESERVE_BYTES) -> int:
+    """Exact upper bound, in bytes, of an archive of these sections written with any compression.
+
+    The first section must be the JSON metadata; ``meta_reserve`` bytes are added to it for
+    fields written later.
+    """
+    return len(encode_archive(sections, compress="never")) + meta_reserve
+
+
+def plan_pixel_storage(budget: int, num_classes: int, image_shape: tuple[int, int, int],
+                       sections_for: Callable[[int, str], list[Section]], storage_dtype: str = "auto",
+                       images_per_class: int | None = None) -> PixelPlan:
+    """Choose images per class and storage dtype to fill ``budget`` bytes without passing it.
+
+    The rule: with ``storage_dtype="auto"`` choose uint8 (four times as many images as float32
+    for the same bytes; its quantisation error, at most 1/510 of a class's range, costs nothing
+    measurable in accuracy), then the largest images per class whose exact bound fits.
+
+    Args:
+        budget: bytes the whole file may take.
+        sections_for: ``(images_per_class, dtype) -> sections`` of an archive of that plan with
+            placeholder contents of the final shapes (metadata first).
+        storage_dtype: "auto" or one of STORAGE_DTYPES.
+        images_per_class: fix the count instead of filling the budget (it must still fit).
+    Raises: D3BudgetError if not even one image per class fits, with the smallest budget that would.
+    """
+    dtype = "uint8" if storage_dtype == "auto" else storage_dtype
+    if dtype not in STORAGE_DTYPES:
+        raise ValueError(f"storage dtype must be 'auto' or one of {STORAGE_DTYPES}, not {storage_dtype!r}")
+
+    def bound(n: int) -> int:
+        return archive_bound(sections_for(n, dtype))
+
+    smallest = bound(1)
+    if smallest > budget:
+        raise D3BudgetError(
+            f"a budget of {budget} bytes cannot hold one {dtype} image per class for {num_classes} classes of "
+            f"shape {image_shape}; the smallest budget that works is {smallest} bytes (--budget {smallest})",
+            min_budget=smallest)
+    if images_per_class is not None:
+        needed = bound(images_per_class)
+        if needed > budget:
+            raise D3BudgetError(f"{images_per_class} {dtype} images per class need {needed} bytes, over the budget of "
+                                f"{budget}: raise --budget to {needed} or lower --images-per-class", min_budget=needed)
+        return PixelPlan(images_per_class, dtype, needed, budget)
+    # bytes per image is at least C*H*W*itemsize, so this bounds the search from above
+    c, h, w = image_shape
+    lo, hi = 1, max(1, budget // (num_classes * c * h * w * BYTES_PER_VALUE[dtype]))
+    while lo < hi:  # largest n with bound(n) <= budget; bound is increasing in n
+        mid = (lo + hi + 1) // 2
+        if bound(mid) <= budget:
+            lo = mid
+        else:
+            hi = mid - 1
+    return PixelPlan(lo, dtype, bound(lo), budget)

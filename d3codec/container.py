@@ -1,0 +1,424 @@
+"""The ``.d3`` container, version 1: named sections of JSON, safetensors or bytes, each zstd or raw.
+
+This module knows nothing of distillation methods; spec/FORMAT.md is its normative description
+and every constant below is named there. In short::
+
+    offset 0   magic            8 bytes   89 44 33 41 0D 0A 1A 0A  ("\\x89D3A\\r\\n\\x1a\\n")
+    offset 8   major, minor     u8, u8    (1, 0)
+    offset 10  section count    u16       1 .. MAX_SECTIONS
+    offset 12  table length     u32       bytes of the section table that follows
+    offset 16  section table    entries: u8 name length, name (ASCII), u8 flags, u8 codec,
+                                u8 content, u32 stored length, u32 raw length, u32 CRC-32
+    then       header CRC-32    u32 over bytes [0, 16 + table length)
+    then       section data     stored bytes of each section, in table order, no padding
+
+All integers are little-endian. The file ends exactly where the last section ends.
+
+Example::
+
+    write_archive("a.d3", [Section.json("meta", {"k": 1}), Section.tensors("t", {"x": x})])
+    with D3Reader("a.d3") as reader:
+        meta = reader.read_json("meta")
+        x = reader.read_tensors("t")["x"]
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import struct
+import tempfile
+import zlib
+from dataclasses import dataclass
+from enum import IntEnum
+from pathlib import Path
+from typing import Any, BinaryIO, Iterable
+
+import safetensors.torch
+import torch
+import zstandard
+
+from .errors import D3FormatError
+
+MAGIC = b"\x89D3A\r\n\x1a\n"
+VERSION_MAJOR = 1
+VERSION_MINOR = 0
+
+FIXED_HEADER = struct.Struct("<8sBBHI")  # magic, major, minor, section count, table length
+ENTRY_FIELDS = struct.Struct("<BBBIII")  # flags, codec, content, stored, raw, crc32
+CRC = struct.Struct("<I")
+
+MAX_SECTIONS = 256
+MAX_NAME_BYTES = 64
+MAX_TABLE_BYTES = MAX_SECTIONS * (1 + MAX_NAME_BYTES + ENTRY_FIELDS.size)
+MAX_JSON_BYTES = 16 << 20
+DEFAULT_MAX_SECTION_BYTES = 1 << 31  # a reader refuses larger declared raw sizes (2 GiB)
+NAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9_.\-]*")
+
+FLAG_CRITICAL = 0x01
+ZSTD_LEVEL = 19
+
+
+class Codec(IntEnum):
+    """How a section's bytes are stored."""
+
+    NONE = 0
+    ZSTD = 1
+
+
+class Content(IntEnum):
+    """What a section's raw (decoded) bytes are."""
+
+    BYTES = 0
+    JSON = 1
+    SAFETENSORS = 2
+
+
+@dataclass(frozen=True)
+class Section:
+    """One section to write: its raw bytes and how to interpret them.
+
+    Build it with :meth:`json`, :meth:`tensors` or :meth:`raw` rather than by hand.
+    """
+
+    name: str
+    payload: bytes
+    content: Content
+    critical: bool = True
+
+    @classmethod
+    def json(cls, name: str, obj: dict, critical: bool = True) -> "Section":
+        """A JSON object, serialised canonically (sorted keys, no spaces, UTF-8)."""
+        return cls(name, canonical_json(obj), Content.JSON, critical)
+
+    @classmethod
+    def tensors(cls, name: str, tensors: dict[str, torch.Tensor], critical: bool = True) -> "Section":
+        """A safetensors blob of CPU tensors (any dtype safetensors supports)."""
+        blob = safetensors.torch.save({k: v.detach().cpu().contiguous() for k, v in tensors.items()})
+        return cls(name, blob, Content.SAFETENSORS, critical)
+
+    @classmethod
+    def raw(cls, name: str, data: bytes, critical: bool = False) -> "Section":
+        """Opaque bytes; ancillary by default."""
+        return cls(name, bytes(data), Content.BYTES, critical)
+
+
+@dataclass(frozen=True)
+class SectionInfo:
+    """One row of an archive's section table, as read. Sizes in bytes; offset from file start."""
+
+    name: str
+    critical: bool
+    codec: int
+    content: int
+    offset: int
+    stored_length: int
+    raw_length: int
+    crc32: int
+
+    @property
+    def understood(self) -> bool:
+        """Whether this reader knows the section's codec and content type."""
+        return self.codec in Codec._value2member_map_ and self.content in Content._value2member_map_
+
+
+def canonical_json(obj: Any) -> bytes:
+    """UTF-8 JSON with sorted keys and no whitespace: the same object always gives the same bytes."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+
+
+def _check_name(name: str) -> bytes:
+    encoded = name.encode("ascii", errors="replace")
+    if not (1 <= len(encoded) <= MAX_NAME_BYTES) or not NAME_PATTERN.fullmatch(name):
+        raise ValueError(
+            f"section name {name!r} is invalid: use 1 to {MAX_NAME_BYTES} characters of a-z, 0-9, '_', '.', '-', "
+            "starting with a letter or digit"
+        )
+    return encoded
+
+
+def _store(payload: bytes, compress: str) -> tuple[Codec, bytes]:
+    if compress == "never":
+        return Codec.NONE, payload
+    packed = zstandard.ZstdCompressor(level=ZSTD_LEVEL, write_checksum=False, write_content_size=True).compress(payload)
+    if compress == "always" or len(packed) < len(payload):
+        return Codec.ZSTD, packed
+    return Codec.NONE, payload
+
+
+def encode_archive(sections: Iterable[Section], compress: str = "auto") -> bytes:
+    """Serialise sections into the bytes of a ``.d3`` file.
+
+    Args:
+        sections: written in the order given; names must be unique.
+        compress: ``"auto"`` (zstd where it makes a section smaller, else raw), ``"never"``
+            or ``"always"``. The same inputs and zstandard version give the same bytes.
+    Returns: the whole file's bytes.
+    Raises: ValueError for an invalid name, duplicate names, or too many or too large sections.
+    """
+    if compress not in ("auto", "never", "always"):
+        raise ValueError(f"compress must be 'auto', 'never' or 'always', not {compress!r}")
+    sections = list(sections)
+    if not 1 <= len(sections) <= MAX_SECTIONS:
+        raise ValueError(f"an archive holds 1 to {MAX_SECTIONS} sections, not {len(sections)}")
+    names = [s.name for s in sections]
+    if len(set(names)) != len(names):
+        raise ValueError(f"section names must be unique: {names}")
+
+    table, blobs = bytearray(), []
+    for section in sections:
+        name = _check_name(section.name)
+        if len(section.payload) > 0xFFFFFFFF:
+            raise ValueError(f"section {section.name!r} is larger than 4 GiB; split it")
+        codec, stored = _store(section.payload, compress)
+        flags = FLAG_CRITICAL if section.critical else 0
+        table += bytes([len(name)]) + name
+        table += ENTRY_FIELDS.pack(flags, codec, section.content, len(stored), len(section.payload), zlib.crc32(stored))
+        blobs.append(stored)
+    head = FIXED_HEADER.pack(MAGIC, VERSION_MAJOR, VERSION_MINOR, len(sections), len(table)) + bytes(table)
+    return head + CRC.pack(zlib.crc32(head)) + b"".join(blobs)
+
+
+def write_archive(path: str | os.PathLike, sections: Iterable[Section], *, compress: str = "auto",
+                  max_bytes: int | None = None) -> int:
+    """Write an archive atomically: temporary file in the same folder, fsync, rename.
+
+    An interrupted or refused write never leaves a partial file at ``path``; an existing file
+    there is replaced only once the new one is complete.
+
+    Args:
+        path: the target file.
+        sections, compress: as for :func:`encode_archive`.
+        max_bytes: if given, the archive is refused (nothing written) when larger.
+    Returns: the file's size in bytes.
+    Raises: ValueError as :func:`encode_archive`; ``D3BudgetError`` past ``max_bytes``;
+        OSError when the folder is not writable or the disk is full.
+    """
+    from .errors import D3BudgetError
+
+    data = encode_archive(sections, compress)
+    if max_bytes is not None and len(data) > max_bytes:
+        raise D3BudgetError(f"archive would be {len(data)} bytes, over the budget of {max_bytes} bytes; "
+                            "nothing was written", min_budget=len(data))
+    target = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent or ".")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    try:  # make the rename itself durable; not every platform lets a folder be opened
+        dir_fd = os.open(target.parent or ".", os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError:
+        pass
+    return len(data)
+
+
+class D3Reader:
+    """Reads an archive lazily: the header and table at open, each section when asked for.
+
+    Opening checks the magic, version, header checksum, every declared size against the limits
+    and the file's real size; reading a section checks its CRC-32 and decodes it.
+
+    Args:
+        source: a path, or bytes of a whole archive.
+        max_section_bytes: largest raw (decoded) section size accepted, in bytes; larger declared
+            sizes are refused before anything is read or decompressed.
+    Raises: D3FormatError for any malformed input, naming the offset and section.
+    """
+
+    def __init__(self, source: str | os.PathLike | bytes, *, max_section_bytes: int = DEFAULT_MAX_SECTION_BYTES):
+        self.max_section_bytes = max_section_bytes
+        if isinstance(source, (bytes, bytearray, memoryview)):
+            import io
+            self._file: BinaryIO = io.BytesIO(bytes(source))
+            self.path = None
+            self.file_size = len(source)
+        else:
+            self.path = Path(source)
+            try:
+                self._file = open(self.path, "rb")
+            except IsADirectoryError as e:
+                raise D3FormatError(f"{self.path} is a folder, not a .d3 archive") from e
+            self.file_size = os.fstat(self._file.fileno()).st_size
+        try:
+            self.version, self.sections = self._read_table()
+        except BaseException:
+            self.close()
+            raise
+        self._by_name = {s.name: s for s in self.sections}
+
+    # -- structure ---------------------------------------------------------------------------
+
+    def _read_table(self) -> tuple[tuple[int, int], list[SectionInfo]]:
+        where = f"{self.path}" if self.path else "archive"
+        head = self._file.read(FIXED_HEADER.size)
+        if len(head) < FIXED_HEADER.size:
+            raise D3FormatError(f"{where}: file is {len(head)} bytes, too short for a .d3 header ({FIXED_HEADER.size})")
+        magic, major, minor, count, table_length = FIXED_HEADER.unpack(head)
+        if magic != MAGIC:
+            hint = ""
+            if magic[1:4] == MAGIC[1:4]:
+                hint = " (the signature is damaged: was the file transferred in text mode?)"
+            raise D3FormatError(f"{where}: offset 0: not a .d3 archive, magic is {magic!r}{hint}")
+        if major != VERSION_MAJOR:
+            raise D3FormatError(f"{where}: offset 8: format version {major}.{minor} is not supported; this "
+                                f"d3codec reads version {VERSION_MAJOR}.x: upgrade d3codec")
+        if not 1 <= count <= MAX_SECTIONS:
+            raise D3FormatError(f"{where}: offset 10: section count {count} is outside 1..{MAX_SECTIONS}")
+        if table_length > MAX_TABLE_BYTES:
+            raise D3FormatError(f"{where}: offset 12: table length {table_length} exceeds the limit {MAX_TABLE_BYTES}")
+        table = self._file.read(table_length)
+        crc_bytes = self._file.read(CRC.size)
+        if len(table) < table_length or len(crc_bytes) < CRC.size:
+            raise D3FormatError(f"{where}: file ends inside the section table (file is {self.file_size} bytes, "
+                                f"table declares {table_length})")
+        (crc,) = CRC.unpack(crc_bytes)
+        if zlib.crc32(head + table) != crc:
+            raise D3FormatError(f"{where}: offset {FIXED_HEADER.size + table_length}: header checksum mismatch "
+                                "(the header or section table is corrupt)")
+
+        sections, seen, pos = [], set(), 0
+        offset = FIXED_HEADER.size + table_length + CRC.size
+        for index in range(count):
+            at = FIXED_HEADER.size + pos
+            if pos >= len(table):
+                raise D3FormatError(f"{where}: offset {at}: table ends before section {index} of {count}")
+            name_length = table[pos]
+            end = pos + 1 + name_length + ENTRY_FIELDS.size
+            if not 1 <= name_length <= MAX_NAME_BYTES or end > len(table):
+                raise D3FormatError(f"{where}: offset {at}: section {index} has a bad name length {name_length}")
+            raw_name = table[pos + 1: pos + 1 + name_length]
+            try:
+                name = raw_name.decode("ascii")
+            except UnicodeDecodeError:
+                name = ""
+            if not NAME_PATTERN.fullmatch(name):
+                raise D3FormatError(f"{where}: offset {at + 1}: section {index} has an invalid name {raw_name!r}")
+            if name in seen:
+                raise D3FormatError(f"{where}: offset {at + 1}: section name {name!r} appears twice")
+            seen.add(name)
+            flags, codec, content, stored, raw, crc32 = ENTRY_FIELDS.unpack_from(table, pos + 1 + name_length)
+            info = SectionInfo(name, bool(flags & FLAG_CRITICAL), codec, content, offset, stored, raw, crc32)
+            if info.critical and not info.understood:
+                raise D3FormatError(f"{where}: section {name!r}: unknown codec {codec} or content type {content} in a "
+                                    "critical section: this archive needs a newer d3codec")
+            if info.understood:
+                if raw > self.max_section_bytes:
+                    raise D3FormatError(f"{where}: section {name!r}: declared size {raw} bytes exceeds the reader's "
+                                        f"limit of {self.max_section_bytes} bytes")
+                if codec == Codec.NONE and stored != raw:
+                    raise D3FormatError(f"{where}: section {name!r}: raw section declares stored length {stored} "
+                                        f"but raw length {raw}")
+                if content == Content.JSON and raw > MAX_JSON_BYTES:
+                    raise D3FormatError(f"{where}: section {name!r}: JSON of {raw} bytes exceeds {MAX_JSON_BYTES}")
+            sections.append(info)
+            offset += stored
+            pos = end
+        if pos != len(table):
+            raise D3FormatError(f"{where}: offset {FIXED_HEADER.size + pos}: {len(table) - pos} unused bytes at the end "
+                                "of the section table")
+        if offset != self.file_size:
+            state = "truncated" if offset > self.file_size else "followed by extra bytes"
+            raise D3FormatError(f"{where}: file is {state}: the table declares {offset} bytes in all, the file holds "
+                                f"{self.file_size}")
+        return (major, minor), sections
+
+    # -- sections ----------------------------------------------------------------------------
+
+    def info(self, name: str) -> SectionInfo:
+        try:
+            return self._by_name[name]
+        except KeyError:
+            raise D3FormatError(f"{self.path or 'archive'}: no section named {name!r} "
+                                f"(sections: {', '.join(self._by_name)})") from None
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._by_name
+
+    def read_stored(self, name: str) -> bytes:
+        """The section's stored bytes, checksum verified, not decoded."""
+        info = self.info(name)
+        self._file.seek(info.offset)
+        stored = self._file.read(info.stored_length)
+        if len(stored) != info.stored_length:
+            raise D3FormatError(f"section {name!r}: offset {info.offset}: file ends inside the section")
+        if zlib.crc32(stored) != info.crc32:
+            raise D3FormatError(f"section {name!r}: offset {info.offset}: checksum mismatch (the section is corrupt)")
+        return stored
+
+    def read_bytes(self, name: str) -> bytes:
+        """The section's raw bytes: checksum verified and decompressed, at most its declared raw length."""
+        info = self.info(name)
+        if not info.understood:
+            raise D3FormatError(f"section {name!r}: codec {info.codec} or content {info.content} is unknown to this reader")
+        stored = self.read_stored(name)
+        if info.codec == Codec.NONE:
+            return stored
+        try:
+            declared = zstandard.frame_content_size(stored)
+        except zstandard.ZstdError as e:
+            raise D3FormatError(f"section {name!r}: offset {info.offset}: not a zstd frame ({e})") from None
+        if declared != info.raw_length:
+            raise D3FormatError(f"section {name!r}: offset {info.offset}: zstd frame declares {declared} bytes, "
+                                f"the table {info.raw_length}")
+        try:
+            raw = zstandard.ZstdDecompressor().decompress(stored, max_output_size=info.raw_length,
+                                                          allow_extra_data=False)
+        except zstandard.ZstdError as e:
+            raise D3FormatError(f"section {name!r}: offset {info.offset}: zstd data is corrupt ({e})") from None
+        if len(raw) != info.raw_length:
+            raise D3FormatError(f"section {name!r}: decompressed to {len(raw)} bytes, the table says {info.raw_length}")
+        return raw
+
+    def read_json(self, name: str) -> dict:
+        """A JSON section as a dict. Raises D3FormatError for invalid UTF-8, JSON or a non-object."""
+        info = self.info(name)
+        if info.content != Content.JSON:
+            raise D3FormatError(f"section {name!r} holds content type {info.content}, not JSON")
+        raw = self.read_bytes(name)
+        try:
+            obj = json.loads(raw.decode("utf-8"), parse_constant=_refuse_constant)
+        except (UnicodeDecodeError, ValueError, RecursionError) as e:
+            raise D3FormatError(f"section {name!r}: invalid JSON ({type(e).__name__}: {str(e)[:200]})") from None
+        if not isinstance(obj, dict):
+            raise D3FormatError(f"section {name!r}: JSON must be an object, not {type(obj).__name__}")
+        return obj
+
+    def read_tensors(self, name: str) -> dict[str, torch.Tensor]:
+        """A safetensors section as a dict of CPU tensors. Raises D3FormatError if malformed."""
+        info = self.info(name)
+        if info.content != Content.SAFETENSORS:
+            raise D3FormatError(f"section {name!r} holds content type {info.content}, not safetensors")
+        raw = self.read_bytes(name)
+        try:
+            return safetensors.torch.load(raw)
+        except Exception as e:  # safetensors raises its own error types, and others on odd headers
+            raise D3FormatError(f"section {name!r}: invalid safetensors data ({type(e).__name__}: {str(e)[:200]})") from None
+
+    # -- lifetime ----------------------------------------------------------------------------
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __enter__(self) -> "D3Reader":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _refuse_constant(token: str):
+    raise ValueError(f"{token} is not valid JSON")

@@ -1,0 +1,75 @@
+"""``D3Dataset``: an archive as a torch Dataset for student training."""
+
+from __future__ import annotations
+
+import os
+from typing import Callable
+
+import torch
+from torch.utils.data import Dataset
+
+from .archive import open_archive
+from .errors import D3FormatError
+
+
+class D3Dataset(Dataset):
+    """The synthetic images of a ``.d3`` archive, in the manner of torchvision's datasets.
+
+    Images come in pixel space on the scale of torchvision's ``ToTensor`` (0 to 1; distilled
+    values may stray slightly outside), so normalise them in ``transform`` as for real data:
+    ``transforms.Normalize(ds.mean, ds.std)``.
+
+    Args:
+        path: the archive (a path, or its bytes).
+        transform: applied to each image (C, H, W) float32.
+        target_transform: applied to each target.
+        targets: "auto" (soft labels where the archive has them, else hard), "hard" or "soft".
+            Soft targets are (K,) float32 probabilities; hard targets are int class indices.
+    Attributes:
+        classes (list[str]), class_to_idx (dict[str, int]), mean / std (tuples, the archive's
+        normalisation), image_shape ((C, H, W)), meta (dict, the archive's metadata),
+        images ((N, C, H, W) float32), labels ((N,) int64).
+    Raises: D3FormatError for a malformed archive; ValueError for a bad ``targets``.
+    """
+
+    def __init__(self, path: str | os.PathLike | bytes, transform: Callable | None = None,
+                 target_transform: Callable | None = None, targets: str = "auto"):
+        from .methods import DECODERS
+
+        if targets not in ("auto", "hard", "soft"):
+            raise ValueError(f"targets must be 'auto', 'hard' or 'soft', not {targets!r}")
+        reader, meta = open_archive(path)
+        with reader:
+            self.images, self.labels = DECODERS[meta["method"]](reader, meta)
+            soft = None
+            if "soft_labels" in reader and targets != "hard":
+                soft = reader.read_tensors("soft_labels").get("soft_labels")
+                if soft is None or soft.shape != (len(self.labels), len(meta["dataset"]["classes"])):
+                    raise D3FormatError("section 'soft_labels' must hold 'soft_labels' of shape (N, classes)")
+                soft = soft.float()
+        if targets == "soft" and soft is None:
+            raise ValueError("this archive has no soft labels; use targets='hard' or 'auto'")
+        self.soft_labels = soft
+        self.meta = meta
+        ds = meta["dataset"]
+        self.classes: list[str] = list(ds["classes"])
+        self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
+        self.image_shape = tuple(ds["image_shape"])
+        self.mean, self.std = tuple(ds["mean"]), tuple(ds["std"])
+        self.transform, self.target_transform = transform, target_transform
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int):
+        image = self.images[index]  # (C, H, W) float32
+        target = self.soft_labels[index] if self.soft_labels is not None else int(self.labels[index])
+        if self.transform is not None:
+            image = self.transform(image)
+        if self.target_transform is not None:
+            target = self.target_transform(target)
+        return image, target
+
+    def __repr__(self) -> str:
+        return (f"D3Dataset(method={self.meta['method']!r}, dataset={self.meta['dataset']['name']!r}, "
+                f"images={len(self)}, classes={len(self.classes)}, shape={self.image_shape})")

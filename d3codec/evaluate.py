@@ -1,0 +1,204 @@
+"""Student evaluation with the field's standard protocol, and the honest real-image baseline.
+
+Protocol (DatasetCondensation / DM / MTT code): a fresh ConvNet-3 per run, SGD lr 0.01,
+momentum 0.9, weight decay 5e-4, batch 256, lr × 0.1 at half the epochs, DSA augmentation on
+every batch (one transformation per batch, parameters per image), cross-entropy on hard labels
+or soft cross-entropy on soft labels. We report the **final-epoch** test accuracy (never the
+best epoch), mean ± std over runs, and the students' training seconds.
+
+Baseline ``random-real``: random real training images stored in the same byte budget, either
+as float32 (budget / (C·H·W·4) images) or as PNG files (images added class by class, round robin,
+until their PNG bytes fill the budget).
+"""
+
+from __future__ import annotations
+
+import io
+import statistics
+import time
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from .augment import DSA
+from .data import RealData
+from .models import build_model
+
+
+@dataclass(frozen=True)
+class StudentConfig:
+    """Student training options (the standard protocol by default). Units: epochs, images."""
+
+    model: str = "convnet3"
+    epochs: int = 300
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    batch_size: int = 256
+    dsa: bool = True
+
+
+@dataclass
+class EvalResult:
+    """Final-epoch test accuracies (fractions) of each run and the training seconds of each."""
+
+    name: str
+    images: int
+    accuracies: list[float] = field(default_factory=list)
+    seconds: list[float] = field(default_factory=list)
+    file_bytes: int | None = None
+
+    @property
+    def mean(self) -> float:
+        return statistics.fmean(self.accuracies)
+
+    @property
+    def std(self) -> float:
+        return statistics.pstdev(self.accuracies) if len(self.accuracies) > 1 else 0.0
+
+    def summary(self) -> str:
+        size = f", {self.file_bytes} bytes" if self.file_bytes is not None else ""
+        return (f"{self.name}: {100 * self.mean:.2f} ± {100 * self.std:.2f} % final test accuracy over "
+                f"{len(self.accuracies)} runs ({self.images} images{size}, {statistics.fmean(self.seconds):.1f} s "
+                "training per student)")
+
+
+def train_student(images: torch.Tensor, targets: torch.Tensor, num_classes: int, mean, std, test_images: torch.Tensor,
+                  test_labels: torch.Tensor, config: StudentConfig = StudentConfig(), seed: int = 0,
+                  device: torch.device = torch.device("cpu")) -> tuple[float, float]:
+    """Train one fresh student and test it.
+
+    Args:
+        images: (N, C, H, W) float32 pixel space; targets: (N,) int64 or (N, K) float32 soft labels.
+        test_images: (M, C, H, W) float32 pixel space; test_labels: (M,) int64.
+    Returns: (final-epoch test accuracy in [0, 1], training seconds).
+    """
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    c, h, _ = images.shape[1:]
+    m = torch.tensor(mean, device=device).view(1, c, 1, 1)
+    s = torch.tensor(std, device=device).view(1, c, 1, 1)
+    x_all = (images.to(device) - m) / s
+    y_all = targets.to(device)
+    soft = y_all.dim() == 2
+    net = build_model(config.model, c, num_classes, h).to(device)
+    opt = torch.optim.SGD(net.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+    sched = torch.optim.lr_scheduler.MultiStepLR(opt, [config.epochs // 2], 0.1)
+    dsa = DSA() if config.dsa else None
+    start = time.time()
+    net.train()
+    for _ in range(config.epochs):
+        order = torch.randperm(len(x_all), generator=gen)
+        for i in range(0, len(order), config.batch_size):
+            idx = order[i:i + config.batch_size].to(device)
+            x, y = x_all[idx], y_all[idx]
+            if dsa is not None:
+                x = dsa.apply(x, dsa.sample(gen, n=len(x)))
+            logits = net(x)
+            loss = -(y * F.log_softmax(logits, 1)).sum(1).mean() if soft else F.cross_entropy(logits, y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        sched.step()
+    seconds = time.time() - start
+    return test_accuracy(net, test_images, test_labels, mean, std, device), seconds
+
+
+@torch.no_grad()
+def test_accuracy(net: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, mean, std,
+                  device: torch.device, batch_size: int = 1000) -> float:
+    """Fraction of ``images`` (M, C, H, W) pixel space that ``net`` classifies as ``labels``."""
+    net.eval()
+    c = images.shape[1]
+    m = torch.tensor(mean, device=device).view(1, c, 1, 1)
+    s = torch.tensor(std, device=device).view(1, c, 1, 1)
+    correct = 0
+    for i in range(0, len(images), batch_size):
+        x = (images[i:i + batch_size].to(device) - m) / s
+        correct += int((net(x).argmax(1).cpu() == labels[i:i + batch_size]).sum())
+    return correct / len(images)
+
+
+def test_split(real: RealData) -> tuple[torch.Tensor, torch.Tensor]:
+    """The test split as (M, C, H, W) float32 pixel space and (M,) int64 labels."""
+    if real.test is None:
+        raise ValueError(f"dataset {real.name!r} has no test split to evaluate on")
+    ds = real.test
+    if hasattr(ds, "images"):  # in-memory TensorImages
+        return ds.images.float() / 255, ds.targets.long()
+    xs, ys = zip(*(ds[i] for i in range(len(ds))))
+    return torch.stack(xs), torch.tensor(ys)
+
+
+def evaluate(name: str, images: torch.Tensor, targets: torch.Tensor, real: RealData, runs: int = 3,
+             config: StudentConfig = StudentConfig(), seed: int = 0, device: torch.device = torch.device("cpu"),
+             test: tuple[torch.Tensor, torch.Tensor] | None = None, file_bytes: int | None = None,
+             log=None) -> EvalResult:
+    """Train ``runs`` students (seeds seed, seed+1, ...) on (images, targets) and test each on real data."""
+    test_x, test_y = test if test is not None else test_split(real)
+    result = EvalResult(name, len(images), file_bytes=file_bytes)
+    for r in range(runs):
+        acc, sec = train_student(images, targets, real.num_classes, real.mean, real.std, test_x, test_y, config,
+                                 seed + r, device)
+        result.accuracies.append(acc)
+        result.seconds.append(sec)
+        if log:
+            log(f"  {name} run {r + 1}/{runs}: {100 * acc:.2f} % ({sec:.1f} s)")
+    return result
+
+
+def png_bytes(image: torch.Tensor) -> int:
+    """Size in bytes of one (C, H, W) [0, 1] image saved as an 8-bit PNG by pillow (optimised)."""
+    from PIL import Image
+
+    array = (image.clamp(0, 1) * 255).round().to(torch.uint8)
+    array = array[0].numpy() if array.shape[0] == 1 else array.permute(1, 2, 0).numpy()
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format="PNG", optimize=True)
+    return buf.tell()
+
+
+def random_real_subset(real: RealData, budget: int, storage: str = "float32", seed: int = 0
+                       ) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Random real training images that fit ``budget`` bytes.
+
+    Args:
+        storage: "float32" (C·H·W·4 bytes an image, the same count per class) or "png" (each
+            image counts its own PNG size; classes take turns until the next image would not fit).
+    Returns: images (N, C, H, W) float32 in [0, 1], labels (N,) int64, bytes used.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    k = real.num_classes
+    c, h, w = real.image_shape
+    orders = [real.class_indices(cl)[torch.randperm(len(real.class_indices(cl)), generator=gen)] for cl in range(k)]
+    if storage == "float32":
+        per_class = budget // (k * c * h * w * 4)
+        if per_class < 1:
+            raise ValueError(f"a budget of {budget} bytes holds no float32 image per class")
+        chosen = [(cl, o[:per_class]) for cl, o in enumerate(orders)]
+        used = per_class * k * c * h * w * 4
+    elif storage == "png":
+        picks = [[] for _ in range(k)]
+        used, position, full = 0, 0, False
+        while not full:
+            for cl in range(k):
+                if position >= len(orders[cl]):
+                    full = True
+                    break
+                index = orders[cl][position]
+                size = png_bytes(real.images_at(index.view(1))[0])
+                if used + size > budget:
+                    full = True
+                    break
+                picks[cl].append(int(index))
+                used += size
+            position += 1
+        chosen = [(cl, torch.tensor(p, dtype=torch.long)) for cl, p in enumerate(picks)]
+    else:
+        raise ValueError(f"storage must be 'float32' or 'png', not {storage!r}")
+    images = torch.cat([real.images_at(idx) for _, idx in chosen])
+    labels = torch.cat([torch.full((len(idx),), cl, dtype=torch.long) for cl, idx in chosen])
+    if storage == "png":  # what a PNG holds: 8-bit pixels
+        images = (images * 255).round() / 255
+    return images, labels, used

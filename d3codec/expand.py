@@ -1,0 +1,75 @@
+"""Turn a decoded archive into files other tools read: PNG folders, tensor files, a grid picture."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import safetensors.torch
+import torch
+from PIL import Image
+
+from .dataset import D3Dataset
+
+
+def _to_pil(image: torch.Tensor) -> Image.Image:
+    """(C, H, W) float32 pixel space → 8-bit PIL image (values clipped to [0, 1])."""
+    array = (image.clamp(0, 1) * 255).round().to(torch.uint8)
+    if array.shape[0] == 1:
+        return Image.fromarray(array[0].numpy(), mode="L")
+    return Image.fromarray(array.permute(1, 2, 0).numpy(), mode="RGB")
+
+
+def _folder_name(name: str) -> str:
+    """A class name made safe as one folder name (no separators)."""
+    safe = "".join(ch if ch.isalnum() or ch in " -_." else "_" for ch in name).strip(" .")
+    return safe or "class"
+
+
+def write_image_folder(ds: D3Dataset, out: str | os.PathLike) -> int:
+    """Write ``out/<index>_<class>/<n>.png``, one folder per class (torchvision ImageFolder reads it back
+    in class order). Returns the number of images written."""
+    out = Path(out)
+    counts: dict[int, int] = {}
+    width = len(str(len(ds.classes) - 1))
+    for image, label in zip(ds.images, ds.labels.tolist()):
+        folder = out / f"{label:0{width}d}_{_folder_name(ds.classes[label])}"
+        folder.mkdir(parents=True, exist_ok=True)
+        n = counts.get(label, 0)
+        _to_pil(image).save(folder / f"{n:05d}.png")
+        counts[label] = n + 1
+    return sum(counts.values())
+
+
+def write_tensors(ds: D3Dataset, out: str | os.PathLike, fmt: str = "pt") -> list[Path]:
+    """Write image and label tensors for other tools (e.g. DD-Ranking).
+
+    ``fmt="pt"``: ``images.pt`` ((N, C, H, W) float32, pixel space) and ``labels.pt`` ((N,) int64,
+    or (N, K) float32 soft labels), via ``torch.save``. ``fmt="safetensors"``: one
+    ``data.safetensors`` with both. Returns the paths written.
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    labels = ds.soft_labels if ds.soft_labels is not None else ds.labels
+    if fmt == "pt":
+        torch.save(ds.images.clone(), out / "images.pt")
+        torch.save(labels.clone(), out / "labels.pt")
+        return [out / "images.pt", out / "labels.pt"]
+    if fmt == "safetensors":
+        safetensors.torch.save_file({"images": ds.images.contiguous(), "labels": labels.contiguous()},
+                                    str(out / "data.safetensors"))
+        return [out / "data.safetensors"]
+    raise ValueError(f"format must be 'png', 'pt' or 'safetensors', not {fmt!r}")
+
+
+def grid_image(ds: D3Dataset, max_per_class: int = 20, pad: int = 2) -> Image.Image:
+    """One picture of the images, a row per class (at most ``max_per_class`` columns)."""
+    c, h, w = ds.image_shape
+    k = len(ds.classes)
+    cols = max(1, min(max_per_class, max(int((ds.labels == cl).sum()) for cl in range(k))))
+    canvas = torch.ones(c, k * (h + pad) + pad, cols * (w + pad) + pad)
+    for cl in range(k):
+        for j, image in enumerate(ds.images[ds.labels == cl][:cols]):
+            y, x = pad + cl * (h + pad), pad + j * (w + pad)
+            canvas[:, y:y + h, x:x + w] = image
+    return _to_pil(canvas)

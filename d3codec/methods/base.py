@@ -1,0 +1,62 @@
+"""The encoder interface every distillation method implements.
+
+An encoder is made from its options, plans its storage against a byte budget before any work
+(refusing a budget it cannot meet), then distils. It returns the archive's method sections and
+the method's metadata; the shared code in :mod:`d3codec.compress` adds the common metadata,
+writes the file atomically and checks its size.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from ..container import Section
+from ..data import RealData
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """What a plan needs to know of a dataset, without loading it."""
+
+    name: str
+    classes: tuple[str, ...]
+    image_shape: tuple[int, int, int]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @classmethod
+    def of(cls, real: RealData) -> "DatasetSpec":
+        return cls(real.name, tuple(real.classes), tuple(real.image_shape), tuple(real.mean), tuple(real.std))
+
+
+@dataclass
+class Encoded:
+    """An encoder's result: its sections (no metadata section) and its metadata fields."""
+
+    sections: list[Section]
+    method_meta: dict[str, Any] = field(default_factory=dict)
+    stats: dict[str, Any] = field(default_factory=dict)
+
+
+class Encoder(ABC):
+    """One distillation method. Subclasses set ``method`` and implement plan and distil."""
+
+    method: str = ""
+
+    @abstractmethod
+    def plan(self, spec: DatasetSpec, budget: int, meta_draft: dict) -> Any:
+        """Decide what fits in ``budget`` bytes (meta_draft: the metadata section as it will
+        roughly be). Raises D3BudgetError with the smallest workable budget if nothing fits."""
+
+    @abstractmethod
+    def distill(self, real: RealData, plan: Any, *, device: torch.device, seed: int,
+                progress: bool = True) -> Encoded:
+        """Run the distillation and return the archive's method sections."""
