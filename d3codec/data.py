@@ -128,7 +128,7 @@ def load_dataset(name: str, data_root: str | os.PathLike | None = None, resoluti
     root = Path(data_root) if data_root is not None else default_data_root()
     key = name.lower().replace("_", "-")
     if key in ("fashion-mnist", "fashionmnist"):
-        return _fashion_mnist(root)
+        return _fashion_mnist(root, download)
     if key == "mnist":
         return _torchvision_small("mnist", root, download)
     if key in ("cifar10", "cifar-10", "cifar100", "cifar-100"):
@@ -142,7 +142,7 @@ def load_dataset(name: str, data_root: str | os.PathLike | None = None, resoluti
                          "one sub-folder of images per class")
 
 
-def _fashion_mnist(root: Path) -> RealData:
+def _fashion_mnist(root: Path, download: bool = True) -> RealData:
     from torchvision.datasets import FashionMNIST
 
     raw = root / "FashionMNIST" / "raw"
@@ -164,6 +164,8 @@ def _fashion_mnist(root: Path) -> RealData:
         test = FashionMNIST(str(root), train=False, download=False)
     except RuntimeError:
         try:  # the network may allow it elsewhere
+            if not download:
+                raise RuntimeError("download disabled")
             train = FashionMNIST(str(root), train=True, download=True)
             test = FashionMNIST(str(root), train=False, download=True)
         except Exception as e:

@@ -1,0 +1,72 @@
+"""The d3 command line end to end on a generated folder dataset."""
+
+import json
+
+import torch
+from click.testing import CliRunner
+from PIL import Image
+
+from d3codec import D3Dataset
+from d3codec.cli.main import main
+
+
+def run(*args):
+    result = CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+    return result
+
+
+def test_compress_info_expand(image_folder, tmp_path):
+    out = tmp_path / "f.d3"
+    r = run("compress", image_folder, "--resolution", 16, "--budget", 8000, "--iterations", 3, "--real-per-class", 4,
+            "-o", out, "--device", "cpu", "--quiet")
+    assert r.exit_code == 0, r.output
+    assert out.stat().st_size <= 8000 and "bytes of a 8000-byte budget" in r.output
+
+    r = run("info", out)
+    assert r.exit_code == 0 and f"file: {out.stat().st_size} bytes of a 8000-byte budget" in r.output
+    info = json.loads(run("info", out, "--json").output)
+    assert sum(row["stored"] for row in info["bytes"][:-1]) == out.stat().st_size == info["file_bytes"]
+    assert info["meta"]["dataset"]["classes"] == ["class_0", "class_1", "class_2"]
+
+    ds = D3Dataset(out)
+    r = run("expand", out, "-o", tmp_path / "png", "--grid", tmp_path / "grid.png")
+    assert r.exit_code == 0, r.output
+    folders = sorted(p.name for p in (tmp_path / "png").iterdir())
+    assert folders == ["0_class_0", "1_class_1", "2_class_2"]
+    assert sum(1 for _ in (tmp_path / "png").rglob("*.png")) == len(ds)
+    grid = Image.open(tmp_path / "grid.png")
+    assert grid.size[1] == 3 * (16 + 2) + 2  # a row per class
+
+    r = run("expand", out, "-o", tmp_path / "pt", "--format", "pt")
+    assert r.exit_code == 0
+    images = torch.load(tmp_path / "pt" / "images.pt")
+    assert torch.equal(images, ds.images)
+
+
+def test_impossible_budget_and_corrupt_archive_give_clear_errors(image_folder, tmp_path):
+    r = run("compress", image_folder, "--resolution", 16, "--budget", 500, "-o", tmp_path / "x.d3", "--quiet")
+    assert r.exit_code != 0 and "smallest budget that works" in r.output and not (tmp_path / "x.d3").exists()
+    bad = tmp_path / "bad.d3"
+    bad.write_bytes(b"not an archive at all")
+    r = run("info", bad)
+    assert r.exit_code != 0 and "not a .d3 archive" in r.output
+
+
+def test_eval_with_random_real_baseline(tiny_real, tmp_path, monkeypatch):
+    import d3codec.data
+    from d3codec.compress import compress
+    from d3codec.methods.pixel import PixelEncoder
+
+    out = tmp_path / "t.d3"
+    compress(tiny_real, out, encoder=PixelEncoder.from_options("fast", iterations=2, real_per_class=4, embed_width=8),
+             budget=6_000, progress=False)
+    monkeypatch.setattr(d3codec.data, "load_dataset", lambda *a, **k: tiny_real)
+    r = run("eval", out, "--epochs", 3, "--runs", 2, "--baseline", "random-real", "--device", "cpu",
+            "--json", tmp_path / "r.json")
+    assert r.exit_code == 0, r.output
+    rows = json.loads((tmp_path / "r.json").read_text())
+    assert [row["name"] for row in rows] == ["archive (pixel)", "random real (float32)", "random real (png)"]
+    for row in rows:
+        assert len(row["accuracies"]) == 2 and all(0 <= a <= 1 for a in row["accuracies"])
+        assert row["bytes"] <= 6_000
+    assert rows[1]["images"] == 6_000 // (16 * 16 * 4 * 3) * 3
