@@ -3,10 +3,13 @@
 The literature states budgets as IPC, the bytes of IPC float32 images per class:
 ``--ipc N`` means N · K · C · H · W · 4 bytes, and the whole archive file counts against it.
 
-A plan is made before any distillation. Its bound is exact, not estimated: the planner encodes
+A plan is made before any distillation. Its floor is exact, not estimated: the planner encodes
 an archive of the planned tensor shapes with compression off (a stored section is never larger
 than its raw form, see container._store) and a metadata section padded by META_RESERVE_BYTES,
-so the final file can only be smaller.
+so an archive of the guaranteed size can only come out smaller. Since zstd shrinks image data,
+the plan then aims higher, at the count whose estimated compressed size fits; if the written
+archive would still pass the budget, images are dropped back towards the guaranteed count, and
+the size on disk is checked after writing. The file never exceeds the budget.
 """
 
 from __future__ import annotations
@@ -36,13 +39,18 @@ def ipc_equivalent(num_bytes: int, num_classes: int, image_shape: tuple[int, int
 class PixelPlan:
     """What a pixel archive stores: ``images_per_class`` images per class as ``storage_dtype``.
 
-    ``max_bytes`` is the exact upper bound of the archive's size under this plan.
+    ``guaranteed_per_class`` is the count whose exact upper bound, ``max_bytes``, fits the budget
+    whatever the images compress to. ``images_per_class`` may be larger when the plan counts on
+    compression (``estimated_bytes``); the encoder then drops images down to the guaranteed count
+    if the written archive would pass the budget.
     """
 
     images_per_class: int
     storage_dtype: str
     max_bytes: int
     budget: int
+    guaranteed_per_class: int = 0
+    estimated_bytes: int | None = None
 
 
 def archive_bound(sections: list[Section], meta_reserve: int = META_RESERVE_BYTES) -> int:
@@ -56,7 +64,7 @@ def archive_bound(sections: list[Section], meta_reserve: int = META_RESERVE_BYTE
 
 def plan_pixel_storage(budget: int, num_classes: int, image_shape: tuple[int, int, int],
                        sections_for: Callable[[int, str], list[Section]], storage_dtype: str = "auto",
-                       images_per_class: int | None = None) -> PixelPlan:
+                       images_per_class: int | None = None, compression_ratio: float | None = None) -> PixelPlan:
     """Choose images per class and storage dtype to fill ``budget`` bytes without passing it.
 
     The rule: with ``storage_dtype="auto"`` choose uint8 (four times as many images as float32
@@ -69,6 +77,9 @@ def plan_pixel_storage(budget: int, num_classes: int, image_shape: tuple[int, in
             placeholder contents of the final shapes (metadata first).
         storage_dtype: "auto" or one of STORAGE_DTYPES.
         images_per_class: fix the count instead of filling the budget (it must still fit).
+        compression_ratio: expected stored/raw size of the image payload (from real images, with
+            a margin); when given, aim for the count whose *estimated* size fits, keeping the
+            guaranteed count as the floor.
     Raises: D3BudgetError if not even one image per class fits, with the smallest budget that would.
     """
     dtype = "uint8" if storage_dtype == "auto" else storage_dtype
@@ -89,14 +100,28 @@ def plan_pixel_storage(budget: int, num_classes: int, image_shape: tuple[int, in
         if needed > budget:
             raise D3BudgetError(f"{images_per_class} {dtype} images per class need {needed} bytes, over the budget of "
                                 f"{budget}: raise --budget to {needed} or lower --images-per-class", min_budget=needed)
-        return PixelPlan(images_per_class, dtype, needed, budget)
-    # bytes per image is at least C*H*W*itemsize, so this bounds the search from above
+        return PixelPlan(images_per_class, dtype, needed, budget, images_per_class)
     c, h, w = image_shape
-    lo, hi = 1, max(1, budget // (num_classes * c * h * w * BYTES_PER_VALUE[dtype]))
-    while lo < hi:  # largest n with bound(n) <= budget; bound is increasing in n
+    payload = num_classes * c * h * w * BYTES_PER_VALUE[dtype]  # raw image bytes per image per class
+    guaranteed = _largest(lambda n: bound(n) <= budget, max(1, budget // payload))
+    if compression_ratio is None or compression_ratio >= 1:
+        return PixelPlan(guaranteed, dtype, bound(guaranteed), budget, guaranteed)
+
+    def estimate(n: int) -> int:
+        return int(bound(n) - (1 - compression_ratio) * payload * n)
+
+    target = _largest(lambda n: estimate(n) <= budget, max(1, int(budget / (payload * compression_ratio))) + 1)
+    target = max(target, guaranteed)
+    return PixelPlan(target, dtype, bound(guaranteed), budget, guaranteed, estimate(target))
+
+
+def _largest(fits: Callable[[int], bool], upper: int) -> int:
+    """Largest n in [1, upper] with fits(n), for fits true at 1 and monotone (true, then false)."""
+    lo, hi = 1, upper
+    while lo < hi:
         mid = (lo + hi + 1) // 2
-        if bound(mid) <= budget:
+        if fits(mid):
             lo = mid
         else:
             hi = mid - 1
-    return PixelPlan(lo, dtype, bound(lo), budget)
+    return lo

@@ -19,7 +19,7 @@ import torch
 from . import __version__
 from .archive import FORMAT_NAME
 from .budget import ipc_budget
-from .container import Section, write_archive
+from .container import Section, encode_archive, write_atomic
 from .data import RealData
 from .errors import D3BudgetError
 from .methods import ENCODERS, DatasetSpec, Encoder
@@ -63,11 +63,11 @@ def base_meta(spec: DatasetSpec, method: str, budget: int, ipc: float | None, se
     }
 
 
-def plan_archive(encoder: Encoder, spec: DatasetSpec, budget: int, meta: dict):
+def plan_archive(encoder: Encoder, spec: DatasetSpec, budget: int, meta: dict, real: RealData | None = None):
     """The encoder's plan for ``budget`` bytes; raises D3BudgetError before any distillation."""
     def meta_for(method_meta: dict) -> dict:
         return {**meta, "params": method_meta, "accounting": {"budget_bytes": budget, "bound_bytes": budget}}
-    return encoder.plan(spec, budget, meta_for)
+    return encoder.plan(spec, budget, meta_for, real)
 
 
 def compress(real: RealData, output: str | os.PathLike, *, method: str = "pixel", encoder: Encoder | None = None,
@@ -93,12 +93,18 @@ def compress(real: RealData, output: str | os.PathLike, *, method: str = "pixel"
     budget = resolve_budget(spec, ipc, budget)
     created = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
     meta = base_meta(spec, encoder.method, budget, ipc, seed, created)
-    plan = plan_archive(encoder, spec, budget, meta)
+    plan = plan_archive(encoder, spec, budget, meta, real)
 
     encoded = encoder.distill(real, plan, device=torch.device(device), seed=seed, progress=progress)
-    meta = {**meta, "params": encoded.method_meta, "stats": encoded.stats,
-            "accounting": {"budget_bytes": budget, "bound_bytes": plan.max_bytes}}
-    size = write_archive(output, [Section.json("meta", meta)] + encoded.sections, max_bytes=budget)
+    while True:  # a plan that counts on compression may have to drop images to fit
+        sections = [Section.json("meta", {**meta, "params": encoded.method_meta, "stats": encoded.stats,
+                                          "accounting": {"budget_bytes": budget, "bound_bytes": plan.max_bytes}})]
+        data = encode_archive(sections + encoded.sections)
+        smaller = encoded.trim() if len(data) > budget and encoded.trim is not None else None
+        if smaller is None:
+            break
+        encoded = smaller
+    size = write_atomic(output, data, max_bytes=budget)
     real_size = output.stat().st_size
     if real_size != size or real_size > budget:  # the file system's count is what counts
         raise D3BudgetError(f"{output} is {real_size} bytes on disk, expected {size} within {budget}")

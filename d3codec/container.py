@@ -182,22 +182,29 @@ def encode_archive(sections: Iterable[Section], compress: str = "auto") -> bytes
 
 def write_archive(path: str | os.PathLike, sections: Iterable[Section], *, compress: str = "auto",
                   max_bytes: int | None = None) -> int:
-    """Write an archive atomically: temporary file in the same folder, fsync, rename.
+    """Encode sections (as :func:`encode_archive`) and write them with :func:`write_atomic`.
+
+    Returns: the file's size in bytes. Raises: as those two functions.
+    """
+    return write_atomic(path, encode_archive(sections, compress), max_bytes=max_bytes)
+
+
+def write_atomic(path: str | os.PathLike, data: bytes, *, max_bytes: int | None = None) -> int:
+    """Write bytes atomically: temporary file in the same folder, fsync, rename.
 
     An interrupted or refused write never leaves a partial file at ``path``; an existing file
     there is replaced only once the new one is complete.
 
     Args:
         path: the target file.
-        sections, compress: as for :func:`encode_archive`.
-        max_bytes: if given, the archive is refused (nothing written) when larger.
+        data: the whole file.
+        max_bytes: if given, the file is refused (nothing written) when larger.
     Returns: the file's size in bytes.
-    Raises: ValueError as :func:`encode_archive`; ``D3BudgetError`` past ``max_bytes``;
-        OSError when the folder is not writable or the disk is full.
+    Raises: ``D3BudgetError`` past ``max_bytes``; OSError when the folder is not writable or the
+        disk is full (the temporary file is removed).
     """
     from .errors import D3BudgetError
 
-    data = encode_archive(sections, compress)
     if max_bytes is not None and len(data) > max_bytes:
         raise D3BudgetError(f"archive would be {len(data)} bytes, over the budget of {max_bytes} bytes; "
                             "nothing was written", min_budget=len(data))

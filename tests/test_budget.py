@@ -63,3 +63,29 @@ def test_written_file_is_within_budget_as_the_os_counts(tiny_real, tmp_path):
     with pytest.raises(D3BudgetError):  # refused before any distillation: no file appears
         compress(tiny_real, tmp_path / "no.d3", encoder=encoder, budget=300, progress=False)
     assert not (tmp_path / "no.d3").exists()
+
+
+def test_compressed_fill_aims_higher_and_trims_to_fit_when_the_estimate_is_wrong(tiny_real, tmp_path, monkeypatch):
+    import d3codec.methods.pixel as pixel
+    from d3codec import D3Dataset
+
+    encoder = PixelEncoder.from_options("fast", iterations=1, real_per_class=4, embed_width=8)
+    spec = DatasetSpec.of(tiny_real)
+    meta = base_meta(spec, "pixel", 6_000, None, 0, "2026-01-01T00:00:00Z")
+    honest = plan_archive(encoder, spec, 6_000, meta, tiny_real)
+    assert honest.images_per_class > honest.guaranteed_per_class  # the pattern images compress well
+
+    monkeypatch.setattr(pixel, "DISTILLED_RATIO_MARGIN", 0.05)  # a wildly optimistic estimate
+    result = compress(tiny_real, tmp_path / "t.d3", encoder=encoder, budget=6_000, progress=False)
+    ds = D3Dataset(tmp_path / "t.d3")
+    kept = ds.meta["params"]["images_per_class"]
+    assert result.plan.images_per_class > kept >= result.plan.guaranteed_per_class
+    assert len(ds) == 3 * kept and ds.meta["stats"]["planned_images_per_class"] == result.plan.images_per_class
+    assert (tmp_path / "t.d3").stat().st_size <= 6_000
+
+
+def test_raw_fill_never_counts_on_compression(tiny_real):
+    encoder = PixelEncoder.from_options("fast", fill="raw")
+    spec = DatasetSpec.of(tiny_real)
+    p = plan_archive(encoder, spec, 6_000, base_meta(spec, "pixel", 6_000, None, 0, "x"), tiny_real)
+    assert p.images_per_class == p.guaranteed_per_class and p.max_bytes <= 6_000

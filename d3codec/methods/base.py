@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -39,11 +39,16 @@ class DatasetSpec:
 
 @dataclass
 class Encoded:
-    """An encoder's result: its sections (no metadata section) and its metadata fields."""
+    """An encoder's result: its sections (no metadata section) and its metadata fields.
+
+    ``trim``, where given, returns a smaller result (e.g. one image fewer per class), or None when
+    it may not shrink further; the writer calls it while the archive would pass the budget.
+    """
 
     sections: list[Section]
     method_meta: dict[str, Any] = field(default_factory=dict)
     stats: dict[str, Any] = field(default_factory=dict)
+    trim: Callable[[], "Encoded | None"] | None = None
 
 
 class Encoder(ABC):
@@ -52,9 +57,13 @@ class Encoder(ABC):
     method: str = ""
 
     @abstractmethod
-    def plan(self, spec: DatasetSpec, budget: int, meta_draft: dict) -> Any:
-        """Decide what fits in ``budget`` bytes (meta_draft: the metadata section as it will
-        roughly be). Raises D3BudgetError with the smallest workable budget if nothing fits."""
+    def plan(self, spec: DatasetSpec, budget: int, meta_for: Callable[[dict], dict],
+             real: RealData | None = None) -> Any:
+        """Decide what fits in ``budget`` bytes, before any distillation.
+
+        ``meta_for(method_meta)`` gives the metadata section as it will be written; ``real``, when
+        given, lets the plan measure the data (e.g. how well it compresses). Raises D3BudgetError
+        with the smallest workable budget if nothing fits."""
 
     @abstractmethod
     def distill(self, real: RealData, plan: Any, *, device: torch.device, seed: int,
