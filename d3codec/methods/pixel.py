@@ -62,7 +62,7 @@ DISTILLED_RATIO_MARGIN = 1.3
 
 PRESETS = {
     "paper": DMConfig(),
-    "fast": DMConfig(iterations=300, real_per_class=64, embed_width=64),
+    "fast": DMConfig(iterations=400, real_per_class=64, embed_width=64),
 }
 
 
