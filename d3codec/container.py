@@ -147,6 +147,11 @@ def _store(payload: bytes, compress: str) -> tuple[Codec, bytes]:
     return Codec.NONE, payload
 
 
+def stored_size(payload: bytes) -> int:
+    """Bytes a section with this raw payload takes in the file under ``compress="auto"``."""
+    return len(_store(payload, "auto")[1])
+
+
 def encode_archive(sections: Iterable[Section], compress: str = "auto") -> bytes:
     """Serialise sections into the bytes of a ``.d3`` file.
 

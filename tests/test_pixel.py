@@ -3,7 +3,9 @@
 import torch
 
 from d3codec import D3Dataset
-from d3codec.compress import compress
+from d3codec.compress import base_meta, compress
+from d3codec.container import D3Reader, encode_archive
+from d3codec.methods import DatasetSpec
 from d3codec.methods.pixel import PixelEncoder
 
 
@@ -11,27 +13,25 @@ def tiny_encoder(iterations=15, **kw):
     return PixelEncoder.from_options("fast", iterations=iterations, real_per_class=8, embed_width=16, **kw)
 
 
-def test_dm_moves_pixels_and_lowers_the_matching_loss(tiny_real, tmp_path):
-    encoder = tiny_encoder(iterations=40, storage_dtype="float32", images_per_class=2)
-    plan = encoder.plan(*_spec_budget(tiny_real, 100_000))
-    from d3codec.models import resolve_device
-    first = encoder.distill(tiny_real, plan, device=resolve_device("cpu"), seed=0, progress=False)
-    short = tiny_encoder(iterations=1, storage_dtype="float32", images_per_class=2)
-    start = short.distill(tiny_real, plan, device=resolve_device("cpu"), seed=0, progress=False)
-    assert first.stats["final_loss"] < start.stats["final_loss"]
-    # initialised from real images of the same seed: the difference is what DM learned
-    from d3codec.container import D3Reader, Section, encode_archive
-    a = D3Reader(encode_archive(first.sections)).read_tensors("images")["images"]
-    b = D3Reader(encode_archive(start.sections)).read_tensors("images")["images"]
-    assert (a - b).abs().max() > 0.01
-
-
-def _spec_budget(real, budget):
-    from d3codec.compress import base_meta
-    from d3codec.methods import DatasetSpec
+def _plan(encoder, real, budget):
     spec = DatasetSpec.of(real)
     meta = base_meta(spec, "pixel", budget, None, 0, "2026-01-01T00:00:00Z")
-    return spec, budget, lambda m: {**meta, "params": m}
+    return encoder.plan(spec, budget, lambda m: {**meta, "params": m})
+
+
+def _images(encoded) -> torch.Tensor:
+    return D3Reader(encode_archive(encoded.sections)).read_tensors("images")["images"]
+
+
+def test_dm_moves_pixels_and_lowers_the_matching_loss(tiny_real):
+    long = tiny_encoder(iterations=40, storage_dtype="float32", images_per_class=2)
+    short = tiny_encoder(iterations=1, storage_dtype="float32", images_per_class=2)
+    plan = _plan(long, tiny_real, 100_000)
+    trained = long.distill(tiny_real, plan, device=torch.device("cpu"), seed=0, progress=False)
+    start = short.distill(tiny_real, plan, device=torch.device("cpu"), seed=0, progress=False)
+    assert trained.stats["final_loss"] < start.stats["final_loss"]
+    # both start from the same real images (same seed): the difference is what DM learned
+    assert (_images(trained) - _images(start)).abs().max() > 0.01
 
 
 def test_same_seed_same_images_other_seed_other_images(tiny_real, tmp_path):

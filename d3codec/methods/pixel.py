@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 
 from ..augment import DSA
 from ..budget import PixelPlan, plan_pixel_storage
-from ..container import Section
+from ..container import Section, stored_size
 from ..data import RealData
 from ..models import ConvNet
 from ..storage import decode_images, encode_images
@@ -120,7 +120,6 @@ class PixelEncoder(Encoder):
         # synthetic images, normalised, initialised from random real images of each class
         init = torch.cat([real.sample_class(cls, n, gen) for cls in range(k)])  # (K·n, C, H, W)
         synthetic = ((init.to(device) - mean) / std).requires_grad_(True)
-        labels = torch.arange(k).repeat_interleave(n)
         optimiser = torch.optim.SGD([synthetic], lr=cfg.lr_images, momentum=cfg.momentum)
         dsa = DSA() if cfg.dsa else None
 
@@ -168,14 +167,11 @@ class PixelEncoder(Encoder):
 
 def image_compression_ratio(real: RealData, dtype: str, per_class: int = 16, seed: int = 0) -> float:
     """zstd's stored/raw size for ``per_class`` random real images of each class coded as ``dtype``."""
-    from ..container import Content, _store
-
     gen = torch.Generator().manual_seed(seed)
     images = torch.cat([real.sample_class(c, per_class, gen) for c in range(real.num_classes)])
     labels = torch.arange(real.num_classes).repeat_interleave(per_class)
     raw = encode_images(images, labels, real.num_classes, dtype)["images"].numpy().tobytes()
-    _, stored = _store(raw, "auto")
-    return len(stored) / len(raw)
+    return stored_size(raw) / len(raw)
 
 
 def decode(reader, meta: dict) -> tuple[torch.Tensor, torch.Tensor]:
