@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 from d3codec import D3Dataset
+from d3codec.budget import ipc_budget
 from d3codec.compress import compress
 from d3codec.data import load_dataset
 from d3codec.evaluate import StudentConfig, evaluate, random_real_subset, test_split
@@ -59,7 +60,15 @@ def run(args) -> dict:
     config = StudentConfig(epochs=args.epochs)
     log = lambda m: print(m, flush=True)  # noqa: E731
     results = {"machine": machine(), "device": str(device), "date": dt.date.today().isoformat(),
-               "command": "python " + " ".join(sys.argv), "epochs": args.epochs, "runs": args.runs, "rows": []}
+               "command": "python " + " ".join(sys.argv), "epochs": args.epochs, "runs": args.runs, "rows": [],
+               "planned": [[ipc, name] for ipc in args.ipc for name in row_names(ipc, args)]}
+    if args.resume and Path(args.json).is_file():  # keep finished rows of an interrupted run
+        earlier = json.loads(Path(args.json).read_text())
+        if (earlier["epochs"], earlier["runs"]) == (args.epochs, args.runs):
+            results["rows"] = earlier["rows"]
+            results["date"] = f"{earlier['date']} to {results['date']}" if earlier["date"] != results["date"] \
+                else results["date"]
+    done = {(r["ipc"], r["name"]) for r in results["rows"]}
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
 
@@ -72,10 +81,11 @@ def run(args) -> dict:
         save(results, args)
 
     for ipc in args.ipc:
-        variants = [("DM (fast preset)" if args.preset == "fast" else f"DM ({args.preset})", {})]
-        if ipc in args.real_side_ipc:
-            variants.append((f"DM ({args.preset}, 256 real/class/iter)", {"real_per_class": 256}))
+        variants = dm_variants(ipc, args)
+        budget = ipc_budget(ipc, real.num_classes, real.image_shape)
         for name, overrides in variants:
+            if (ipc, name) in done:
+                continue
             encoder = PixelEncoder.from_options(args.preset, **overrides)
             path = work / f"fm-ipc{ipc}-{len(results['rows'])}.d3"
             log(f"== IPC {ipc}: compress {name}")
@@ -87,12 +97,25 @@ def run(args) -> dict:
                 {"images_per_class": ds.meta["params"]["images_per_class"],
                  "storage": ds.meta["params"]["storage_dtype"], "budget": res.budget,
                  "config": ds.meta["params"]["config"]})
-        budget = res.budget
         for storage in ("float32", "png"):
+            if (ipc, f"random real ({storage})") in done:
+                continue
             x, y, used = random_real_subset(real, budget, storage, args.seed)
             log(f"== IPC {ipc}: random real ({storage}), {len(x)} images, {used} bytes")
             row(ipc, f"random real ({storage})", x, y, used, extra={"budget": budget})
     return results
+
+
+def dm_variants(ipc: int, args) -> list[tuple[str, dict]]:
+    """(row name, preset overrides) of the DM rows at this IPC budget."""
+    variants = [("DM (fast preset)" if args.preset == "fast" else f"DM ({args.preset})", {})]
+    if ipc in args.real_side_ipc:
+        variants.append((f"DM ({args.preset}, 256 real/class/iter)", {"real_per_class": 256}))
+    return variants
+
+
+def row_names(ipc: int, args) -> list[str]:
+    return [name for name, _ in dm_variants(ipc, args)] + ["random real (float32)", "random real (png)"]
 
 
 def save(results: dict, args) -> None:
@@ -124,6 +147,10 @@ def render(results: dict) -> str:
         student = sum(r["student_seconds"]) / len(r["student_seconds"])
         lines.append(f"| {r['ipc']} ({r.get('budget', '')} B) | {r['name']} | {r['bytes']} | {r['images']}{per_class} | "
                      f"{distil} | {student:.0f} | {100 * r['mean']:.2f} ± {100 * r['std']:.2f} | {published} |")
+    finished = {(r["ipc"], r["name"]) for r in results["rows"]}
+    pending = [f"IPC {ipc}: {name}" for ipc, name in results.get("planned", []) if (ipc, name) not in finished]
+    if pending:
+        lines += ["", f"**Not yet measured** (the run was interrupted; `--resume` continues it): {'; '.join(pending)}."]
     lines += [
         "",
         "Published Fashion-MNIST ConvNet-3 figures (../shared/background.md; \"recalled\" ones are unverified, and "
@@ -154,7 +181,15 @@ def main() -> None:
     p.add_argument("--work", default=str(HERE / "work"))
     p.add_argument("--out", default=str(HERE / "RESULTS.md"))
     p.add_argument("--json", default=str(HERE / "results-fashion-mnist.json"))
-    run(p.parse_args())
+    p.add_argument("--resume", action="store_true", help="keep the rows already in --json and run the rest")
+    p.add_argument("--render-only", action="store_true", help="rewrite --out from --json without running anything")
+    args = p.parse_args()
+    if args.render_only:
+        results = json.loads(Path(args.json).read_text())
+        results.setdefault("planned", [[ipc, name] for ipc in args.ipc for name in row_names(ipc, args)])
+        save(results, args)
+        return
+    run(args)
 
 
 if __name__ == "__main__":
