@@ -216,6 +216,9 @@ def write_atomic(path: str | os.PathLike, data: bytes, *, max_bytes: int | None 
     target = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent or ".")
     try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.fchmod(fd, 0o666 & ~umask)  # mkstemp makes 0600; an archive is meant to be shared, as open() would
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()

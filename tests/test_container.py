@@ -279,3 +279,12 @@ def test_spec_vectors_are_written_byte_identically_and_read_back(vector):
                 for key, t in s["tensors"].items():
                     want = torch.tensor(t["values"], dtype=spec_vectors.DTYPES[t["dtype"]]).reshape(t["shape"])
                     assert torch.equal(got[key], want)
+
+
+def test_written_archive_gets_ordinary_file_permissions(tmp_path):
+    umask = os.umask(0o022)
+    try:
+        write_archive(tmp_path / "p.d3", sample_sections())
+    finally:
+        os.umask(umask)
+    assert (tmp_path / "p.d3").stat().st_mode & 0o777 == 0o644
