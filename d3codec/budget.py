@@ -5,7 +5,7 @@ The literature states budgets as IPC, the bytes of IPC float32 images per class:
 
 A plan is made before any distillation. Its floor is exact, not estimated: the planner encodes
 an archive of the planned tensor shapes with compression off (a stored section is never larger
-than its raw form, see container._store) and a metadata section padded by META_RESERVE_BYTES,
+than its raw form: encode_archive stores a section raw when zstd does not shrink it) and a metadata section padded by META_RESERVE_BYTES,
 so an archive of the guaranteed size can only come out smaller. Since zstd shrinks image data,
 the plan then aims higher, at the count whose estimated compressed size fits; if the written
 archive would still pass the budget, images are dropped back towards the guaranteed count, and
@@ -19,7 +19,7 @@ from typing import Callable
 
 from .container import Section, encode_archive
 from .errors import D3BudgetError
-from .storage import BYTES_PER_VALUE, STORAGE_DTYPES
+from .storage import BYTES_PER_VALUE, resolve_storage_dtype
 
 META_RESERVE_BYTES = 256  # room for metadata written after distillation (timings, losses)
 
@@ -82,9 +82,7 @@ def plan_pixel_storage(budget: int, num_classes: int, image_shape: tuple[int, in
             guaranteed count as the floor.
     Raises: D3BudgetError if not even one image per class fits, with the smallest budget that would.
     """
-    dtype = "uint8" if storage_dtype == "auto" else storage_dtype
-    if dtype not in STORAGE_DTYPES:
-        raise ValueError(f"storage dtype must be 'auto' or one of {STORAGE_DTYPES}, not {storage_dtype!r}")
+    dtype = resolve_storage_dtype(storage_dtype)
 
     def bound(n: int) -> int:
         return archive_bound(sections_for(n, dtype))

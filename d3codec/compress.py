@@ -97,12 +97,14 @@ def compress(real: RealData, output: str | os.PathLike, *, method: str = "pixel"
 
     encoded = encoder.distill(real, plan, device=torch.device(device), seed=seed, progress=progress)
     while True:  # a plan that counts on compression may have to drop images to fit
-        sections = [Section.json("meta", {**meta, "params": encoded.method_meta, "stats": encoded.stats,
-                                          "accounting": {"budget_bytes": budget, "bound_bytes": plan.max_bytes}})]
-        data = encode_archive(sections + encoded.sections)
-        smaller = encoded.trim() if len(data) > budget and encoded.trim is not None else None
-        if smaller is None:
+        meta_section = Section.json("meta", {**meta, "params": encoded.method_meta, "stats": encoded.stats,
+                                             "accounting": {"budget_bytes": budget, "bound_bytes": plan.max_bytes}})
+        data = encode_archive([meta_section] + encoded.sections)
+        if len(data) <= budget or encoded.trim is None:
             break
+        smaller = encoded.trim()
+        if smaller is None:
+            break  # write_atomic refuses the oversize archive below
         encoded = smaller
     size = write_atomic(output, data, max_bytes=budget)
     real_size = output.stat().st_size

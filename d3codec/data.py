@@ -163,19 +163,22 @@ def _fashion_mnist(root: Path, download: bool = True) -> RealData:
         train = FashionMNIST(str(root), train=True, download=False)
         test = FashionMNIST(str(root), train=False, download=False)
     except RuntimeError:
+        if not download:
+            raise _fashion_mnist_missing(looked, "downloading was off") from None
         try:  # the network may allow it elsewhere
-            if not download:
-                raise RuntimeError("download disabled")
             train = FashionMNIST(str(root), train=True, download=True)
             test = FashionMNIST(str(root), train=False, download=True)
         except Exception as e:
-            raise D3DatasetError(
-                f"Fashion-MNIST not found: looked for the four idx files in {' and '.join(looked)} "
-                f"(as .gz or unpacked), and the download failed ({type(e).__name__}). Fix: on Debian "
-                "'apt-get install dataset-fashion-mnist', or pass --data-root DIR with DIR/FashionMNIST/raw/ holding "
-                f"{', '.join(FASHION_MNIST_FILES)}") from None
+            raise _fashion_mnist_missing(looked, f"the download failed ({type(e).__name__})") from None
     return _from_tensors("fashion-mnist", train.classes, train.data.unsqueeze(1), train.targets,
                          test.data.unsqueeze(1), test.targets)
+
+
+def _fashion_mnist_missing(looked: list[str], why: str) -> D3DatasetError:
+    return D3DatasetError(
+        f"Fashion-MNIST not found: looked for the four idx files in {' and '.join(looked)} (as .gz or unpacked), "
+        f"and {why}. Fix: on Debian 'apt-get install dataset-fashion-mnist', or pass --data-root DIR with "
+        f"DIR/FashionMNIST/raw/ holding {', '.join(FASHION_MNIST_FILES)}")
 
 
 def _torchvision_small(key: str, root: Path, download: bool) -> RealData:

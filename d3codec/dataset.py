@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 from typing import Callable
 
-import torch
 from torch.utils.data import Dataset
 
 from .archive import open_archive

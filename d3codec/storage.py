@@ -16,6 +16,14 @@ STORAGE_DTYPES = ("float32", "float16", "uint8")
 BYTES_PER_VALUE = {"float32": 4, "float16": 2, "uint8": 1}
 
 
+def resolve_storage_dtype(storage_dtype: str) -> str:
+    """``"auto"`` → uint8 (the most images per byte); any of STORAGE_DTYPES as is; else ValueError."""
+    dtype = "uint8" if storage_dtype == "auto" else storage_dtype
+    if dtype not in STORAGE_DTYPES:
+        raise ValueError(f"storage dtype must be 'auto' or one of {STORAGE_DTYPES}, not {storage_dtype!r}")
+    return dtype
+
+
 def encode_images(images: torch.Tensor, labels: torch.Tensor, num_classes: int, dtype: str) -> dict[str, torch.Tensor]:
     """Code images for storage.
 

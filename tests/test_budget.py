@@ -1,7 +1,6 @@
 """Byte accounting: IPC budgets, exact plans, refusals, and real files within their budget."""
 
 import pytest
-import torch
 
 from d3codec.budget import ipc_budget, ipc_equivalent
 from d3codec.compress import base_meta, compress, plan_archive

@@ -11,7 +11,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from d3codec.container import (CRC, FIXED_HEADER, MAGIC, Codec, Content, D3Reader, Section, encode_archive,
+from d3codec.container import (CRC, FIXED_HEADER, Codec, Content, D3Reader, Section, encode_archive,
                                write_archive)
 from d3codec.errors import D3BudgetError, D3FormatError
 

@@ -36,7 +36,7 @@ from ..budget import PixelPlan, plan_pixel_storage
 from ..container import Section, stored_size
 from ..data import RealData
 from ..models import ConvNet
-from ..storage import decode_images, encode_images
+from ..storage import decode_images, encode_images, resolve_storage_dtype
 from .base import DatasetSpec, Encoded, Encoder
 
 
@@ -102,7 +102,7 @@ class PixelEncoder(Encoder):
 
         ratio = None
         if real is not None and self.config.fill == "compressed" and self.config.images_per_class is None:
-            dtype = "uint8" if self.config.storage_dtype == "auto" else self.config.storage_dtype
+            dtype = resolve_storage_dtype(self.config.storage_dtype)
             ratio = min(1.0, image_compression_ratio(real, dtype) * DISTILLED_RATIO_MARGIN)
         return plan_pixel_storage(budget, k, shape, sections_for, self.config.storage_dtype,
                                   self.config.images_per_class, ratio)
