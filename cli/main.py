@@ -18,6 +18,13 @@ def _fail(error: Exception) -> None:
     raise click.ClickException(str(error))
 
 
+def open_dataset(archive, samples_per_class, sample_seed, device):
+    """The archive as a D3Dataset (the sampling options are refused for archives of stored images)."""
+    from d3codec import D3Dataset
+
+    return D3Dataset(archive, samples_per_class=samples_per_class, seed=sample_seed, device=device)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="d3codec")
 def main() -> None:
@@ -27,7 +34,8 @@ def main() -> None:
 @main.command()
 @click.argument("dataset")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Archive to write (.d3).")
-@click.option("--method", type=click.Choice(["pixel"]), default="pixel", show_default=True)
+@click.option("--method", type=click.Choice(["pixel", "d3"]), default="pixel", show_default=True,
+              help="pixel: learn the images (DM); d3: per-class priors, a decoder and soft labels.")
 @click.option("--objective", type=click.Choice(["dm"]), default="dm", show_default=True,
               help="Pixel objective: dm (distribution matching).")
 @click.option("--ipc", type=float, help="Budget as N float32 images per class: N·K·C·H·W·4 bytes.")
@@ -35,40 +43,108 @@ def main() -> None:
 @click.option("--preset", type=click.Choice(["fast", "paper"]), default="fast", show_default=True,
               help="fast: minutes on a CPU; paper: the paper's settings, for a GPU.")
 @click.option("--iterations", type=int, help="Override the preset's iteration count.")
-@click.option("--real-per-class", type=int, help="Real images per class per iteration (paper: 256).")
+@click.option("--real-per-class", type=int, help="Real images per class per iteration (DM paper: 256).")
 @click.option("--storage-dtype", type=click.Choice(["auto", "uint8", "float16", "float32"]), default="auto",
-              show_default=True, help="How images are stored; auto picks uint8 (most images per byte).")
-@click.option("--images-per-class", type=int, help="Fix the image count instead of filling the budget.")
+              show_default=True, help="pixel: how images are stored; auto picks uint8 (most images per byte).")
+@click.option("--images-per-class", type=int, help="pixel: fix the image count instead of filling the budget.")
+@click.option("--subtasks", type=int, help="d3: split the classes into K groups, each with its own decoder.")
+@click.option("--workers", type=int, help="d3: distil the subtasks on N local processes (torch.distributed).")
+@click.option("--teacher", type=click.Path(exists=True, dir_okay=False),
+              help="d3: a ConvNet-3 teacher (.safetensors) instead of training one.")
+@click.option("--latent-dim", type=int, help="d3: latent size (default by the budget rule).")
+@click.option("--priors-per-class", type=int, help="d3: priors per class (default: fill the budget).")
+@click.option("--decoder-width", type=int, help="d3: decoder channels (default by the budget rule).")
+@click.option("--decoder-dtype", type=click.Choice(["int8", "float16"]), help="d3: how decoder weights are stored.")
+@click.option("--soft-labels/--no-soft-labels", default=None, help="d3: store a teacher's soft label per prior.")
 @click.option("--data-root", type=click.Path(file_okay=False), help="Where the real data is (or goes).")
 @click.option("--resolution", type=int, help="Side length for imagenet and folder datasets (default 64).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, ...")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def compress(dataset, output, method, objective, ipc, budget, preset, iterations, real_per_class, storage_dtype,
-             images_per_class, data_root, resolution, seed, device, quiet):
-    """Distil DATASET (fashion-mnist, mnist, cifar10, cifar100, imagenet, or a class-per-folder path)."""
+             images_per_class, subtasks, workers, teacher, latent_dim, priors_per_class, decoder_width, decoder_dtype,
+             soft_labels, data_root, resolution, seed, device, quiet):
+    """Distil DATASET (fashion-mnist, mnist, cifar10, cifar100, imagenet, or a class-per-folder path).
+
+    Under torchrun (or with --workers N) a d3 run spreads its subtasks over the ranks."""
     from d3codec.compress import compress as run_compress
     from d3codec.data import load_dataset
-    from d3codec.methods.pixel import PixelEncoder
+    from d3codec.federated import compress_with_workers, join_process_group, rank, world_size
     from d3codec.models import resolve_device
 
     try:
         if (ipc is None) == (budget is None):
             raise click.UsageError("give exactly one of --ipc N or --budget BYTES")
-        encoder = PixelEncoder.from_options(preset, iterations=iterations, real_per_class=real_per_class,
-                                            storage_dtype=storage_dtype, images_per_class=images_per_class)
+        d3_only = {"--subtasks": subtasks, "--workers": workers, "--teacher": teacher, "--latent-dim": latent_dim,
+                   "--priors-per-class": priors_per_class, "--decoder-width": decoder_width,
+                   "--decoder-dtype": decoder_dtype, "--soft-labels": soft_labels}
+        dev = join_process_group(resolve_device(device))
         real = load_dataset(dataset, data_root, resolution)
-        dev = resolve_device(device)
-        click.echo(f"{real.name}: {len(real.train_targets)} training images, {real.num_classes} classes, "
-                   f"shape {real.image_shape}; method {method}/{objective}, preset {preset}, device {dev}", err=True)
+        if method == "pixel":
+            given = [k for k, v in d3_only.items() if v is not None]
+            if given:
+                raise click.UsageError(f"{', '.join(given)} apply to --method d3")
+            from d3codec.methods.pixel import PixelEncoder
+
+            encoder = PixelEncoder.from_options(preset, iterations=iterations, real_per_class=real_per_class,
+                                                storage_dtype=storage_dtype, images_per_class=images_per_class)
+        else:
+            if images_per_class is not None:
+                raise click.UsageError("--images-per-class applies to --method pixel; use --priors-per-class")
+            from d3codec.methods.d3 import D3Encoder
+            from d3codec.teacher import load_teacher
+
+            loaded = load_teacher(teacher, real.image_shape, real.num_classes, dev) if teacher else None
+            encoder = D3Encoder.from_options(preset, loaded, iterations=iterations, real_per_class=real_per_class,
+                                             subtasks=subtasks, latent_dim=latent_dim, priors_per_class=priors_per_class,
+                                             decoder_width=decoder_width, decoder_dtype=decoder_dtype,
+                                             soft_labels=soft_labels)
+        if rank() == 0:
+            click.echo(f"{real.name}: {len(real.train_targets)} training images, {real.num_classes} classes, "
+                       f"shape {real.image_shape}; method {method}, preset {preset}, device {dev}"
+                       + (f", {workers} workers" if workers else ""), err=True)
+        if workers is not None and workers > 1:
+            if world_size() > 1:
+                raise click.UsageError("--workers starts its own ranks: leave it out under torchrun")
+            compress_with_workers(workers, dataset, output, encoder=encoder, data_root=data_root,
+                                  resolution=resolution, ipc=ipc, budget=budget, seed=seed, device=str(dev),
+                                  progress=not quiet)
+            click.echo(f"wrote {output}: {Path(output).stat().st_size} bytes")
+            return
         result = run_compress(real, output, encoder=encoder, ipc=ipc, budget=budget, seed=seed, device=dev,
                               progress=not quiet)
     except (D3Error, ValueError, OSError) as e:
         _fail(e)
-    plan = result.plan
+    if rank() != 0:
+        return
     click.echo(f"wrote {result.path}: {result.file_bytes} bytes of a {result.budget}-byte budget "
-               f"({100 * result.file_bytes / result.budget:.1f} %), {plan.images_per_class} {plan.storage_dtype} "
-               f"images per class, distilled in {result.stats.get('distill_seconds', 0):.1f} s")
+               f"({100 * result.file_bytes / result.budget:.1f} %), {describe_plan(result.plan)}, "
+               f"distilled in {result.stats.get('distill_seconds', 0):.1f} s")
+
+
+def describe_plan(plan) -> str:
+    if hasattr(plan, "images_per_class"):
+        return f"{plan.images_per_class} {plan.storage_dtype} images per class"
+    g = plan.groups[0]
+    return (f"{len(plan.groups)} subtask(s), {g.priors_per_class} priors per class, latent {g.latent_dim}, "
+            f"decoder width {g.decoder_width} ({plan.decoder_dtype})")
+
+
+@main.command()
+@click.argument("archives", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Merged archive to write.")
+@click.option("--budget", type=int, help="Bytes the merged file may take (default: the parts' federated budget, "
+              "else the sum of their budgets).")
+def merge(archives, output, budget):
+    """Join d3 ARCHIVES of disjoint classes (same image shape) into one, classes in the order given."""
+    from d3codec.merge import merge_archives
+
+    try:
+        result = merge_archives(list(archives), output, budget)
+    except (D3Error, ValueError, OSError) as e:
+        _fail(e)
+    click.echo(f"wrote {result.path}: {result.classes} classes from {len(archives)} archives, {result.file_bytes} "
+               f"bytes of a {result.budget}-byte budget")
 
 
 @main.command()
@@ -111,15 +187,17 @@ def info(archive, as_json):
 @click.option("--format", "fmt", type=click.Choice(["png", "pt", "safetensors"]), default="png", show_default=True,
               help="png: class-per-folder images; pt / safetensors: image and label tensors.")
 @click.option("--grid", type=click.Path(dir_okay=False), help="Also write one picture, a row per class.")
-def expand(archive, output, fmt, grid):
+@click.option("--samples-per-class", type=int, help="d3 archives: images to draw per class (default: one per prior).")
+@click.option("--sample-seed", type=int, default=0, show_default=True, help="d3 archives: seed of the draw.")
+@click.option("--device", default="cpu", show_default=True, help="Where d3 archives are decoded.")
+def expand(archive, output, fmt, grid, samples_per_class, sample_seed, device):
     """Expand ARCHIVE into images or tensors."""
-    from d3codec import D3Dataset
     from d3codec.expand import grid_image, write_image_folder, write_tensors
 
     if output is None and grid is None:
         raise click.UsageError("give -o DIR, --grid FILE.png, or both")
     try:
-        ds = D3Dataset(archive)
+        ds = open_dataset(archive, samples_per_class, sample_seed, device)
         if output is not None:
             if fmt == "png":
                 n = write_image_folder(ds, output)
@@ -130,7 +208,7 @@ def expand(archive, output, fmt, grid):
         if grid is not None:
             grid_image(ds).save(grid)
             click.echo(f"wrote {grid}")
-    except (D3Error, OSError) as e:
+    except (D3Error, ValueError, OSError) as e:
         _fail(e)
 
 
@@ -146,20 +224,22 @@ def expand(archive, output, fmt, grid):
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", default="auto", show_default=True)
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Also write the results as JSON.")
-def evaluate_cmd(archive, model, epochs, runs, baseline, dataset, data_root, seed, device, json_out):
+@click.option("--samples-per-class", type=int, help="d3 archives: images to draw per class (default: one per prior).")
+@click.option("--sample-seed", type=int, default=0, show_default=True, help="d3 archives: seed of the draw.")
+def evaluate_cmd(archive, model, epochs, runs, baseline, dataset, data_root, seed, device, json_out, samples_per_class,
+                 sample_seed):
     """Train fresh students on ARCHIVE and report final test accuracy, bytes and training time."""
-    from d3codec import D3Dataset
     from d3codec.data import load_dataset
     from d3codec.evaluate import StudentConfig, evaluate, random_real_subset, test_split
     from d3codec.models import resolve_device
 
     try:
-        ds = D3Dataset(archive)
+        dev = resolve_device(device)
+        ds = open_dataset(archive, samples_per_class, sample_seed, dev)
         file_bytes = Path(archive).stat().st_size
         real = load_dataset(dataset or ds.meta["dataset"]["name"], data_root)
         if real.classes != ds.classes:
             raise ValueError(f"the archive's classes do not match {real.name}'s; pass --dataset")
-        dev = resolve_device(device)
         config = StudentConfig(model=model, epochs=epochs)
         test = test_split(real)
         log = lambda m: click.echo(m, err=True)  # noqa: E731

@@ -22,7 +22,7 @@ from .budget import ipc_budget
 from .container import Section, encode_archive, write_atomic
 from .data import RealData
 from .errors import D3BudgetError
-from .methods import ENCODERS, DatasetSpec, Encoder
+from .methods import ENCODERS, DatasetSpec, Encoded, Encoder
 
 
 @dataclass
@@ -64,16 +64,44 @@ def base_meta(spec: DatasetSpec, method: str, budget: int, ipc: float | None, se
 
 
 def plan_archive(encoder: Encoder, spec: DatasetSpec, budget: int, meta: dict, real: RealData | None = None):
-    """The encoder's plan for ``budget`` bytes; raises D3BudgetError before any distillation."""
-    def meta_for(method_meta: dict) -> dict:
-        return {**meta, "params": method_meta, "accounting": {"budget_bytes": budget, "bound_bytes": budget}}
-    return encoder.plan(spec, budget, meta_for, real)
+    """The encoder's plan for ``budget`` bytes; raises D3BudgetError before any distillation.
+
+    The budget is written into the metadata, so a smaller budget has a shorter metadata section:
+    the smallest workable budget an error reports is checked by planning at it (and raised, if
+    need be, until it is a fixed point), so that it really works.
+    """
+    def plan_at(b: int):
+        at = {**meta, "budget": {**meta["budget"], "bytes": b}}
+
+        def meta_for(method_meta: dict) -> dict:
+            return {**at, "params": method_meta, "accounting": {"budget_bytes": b, "bound_bytes": b}}
+        return encoder.plan(spec, b, meta_for, real)
+
+    try:
+        return plan_at(budget)
+    except D3BudgetError as error:
+        smallest = error.min_budget
+        for _ in range(4):
+            if smallest is None:
+                break
+            try:
+                plan_at(smallest)
+                break
+            except D3BudgetError as again:
+                smallest = max(again.min_budget or smallest + 1, smallest + 1)
+        if smallest is not None and smallest != error.min_budget:
+            raise D3BudgetError(str(error).replace(str(error.min_budget), str(smallest)), min_budget=smallest) from None
+        raise
 
 
 def compress(real: RealData, output: str | os.PathLike, *, method: str = "pixel", encoder: Encoder | None = None,
              ipc: float | None = None, budget: int | None = None, seed: int = 0, device: str | torch.device = "cpu",
              progress: bool = True) -> CompressResult:
     """Distil ``real`` into an archive at ``output`` that fits the byte budget.
+
+    Under torch.distributed with more than one rank (``torchrun``), an encoder that splits into
+    subtasks (method d3) distils its groups across the ranks and rank 0 merges them (see
+    d3codec.federated); every rank calls this function with the same arguments.
 
     Args:
         real: the real training data (see d3codec.data.load_dataset).
@@ -85,6 +113,8 @@ def compress(real: RealData, output: str | os.PathLike, *, method: str = "pixel"
         distillation) or the written file would exceed it (nothing is left at ``output``);
         ValueError for bad options; OSError if ``output``'s folder is not writable.
     """
+    from .federated import barrier, distill_federated, world_size
+
     output = Path(output)
     if not output.parent.exists() or not os.access(output.parent, os.W_OK):
         raise PermissionError(f"cannot write to the folder {output.parent.resolve()}: create it or choose another -o")
@@ -95,10 +125,24 @@ def compress(real: RealData, output: str | os.PathLike, *, method: str = "pixel"
     meta = base_meta(spec, encoder.method, budget, ipc, seed, created)
     plan = plan_archive(encoder, spec, budget, meta, real)
 
-    encoded = encoder.distill(real, plan, device=torch.device(device), seed=seed, progress=progress)
+    device = torch.device(device)
+    if world_size() > 1:
+        encoded = distill_federated(encoder, real, plan, output, meta, device=device, seed=seed, progress=progress)
+        if encoded is not None:  # rank 0 writes the merged archive while the others wait
+            write_encoded(output, meta, encoded, budget, plan.max_bytes)
+        barrier()
+    else:
+        encoded = encoder.distill(real, plan, device=device, seed=seed, progress=progress)
+        write_encoded(output, meta, encoded, budget, plan.max_bytes)
+    return CompressResult(output, output.stat().st_size, budget, plan, encoded.stats if encoded else {})
+
+
+def write_encoded(output: Path, meta: dict, encoded: Encoded, budget: int, bound: int) -> int:
+    """Write the archive of ``encoded`` atomically within ``budget`` (trimming where the method allows)
+    and check the size the file system reports. Returns the file's bytes."""
     while True:  # a plan that counts on compression may have to drop images to fit
         meta_section = Section.json("meta", {**meta, "params": encoded.method_meta, "stats": encoded.stats,
-                                             "accounting": {"budget_bytes": budget, "bound_bytes": plan.max_bytes}})
+                                             "accounting": {"budget_bytes": budget, "bound_bytes": bound}})
         data = encode_archive([meta_section] + encoded.sections)
         if len(data) <= budget or encoded.trim is None:
             break
@@ -110,4 +154,4 @@ def compress(real: RealData, output: str | os.PathLike, *, method: str = "pixel"
     real_size = output.stat().st_size
     if real_size != size or real_size > budget:  # the file system's count is what counts
         raise D3BudgetError(f"{output} is {real_size} bytes on disk, expected {size} within {budget}")
-    return CompressResult(output, real_size, budget, plan, encoded.stats)
+    return real_size

@@ -99,6 +99,31 @@ class RealData:
         return self.images_at(pick)
 
 
+class ClassSampler:
+    """Draws random training images of some classes (local index i → dataset class ``classes[i]``).
+
+    In-memory datasets are sampled directly. For datasets on disk (ImageNet, folders), reading
+    images every iteration would dominate, so up to ``cache_per_class`` random images of each
+    class are read once and kept in memory as uint8: the real side then samples from that subset.
+    """
+
+    def __init__(self, real: RealData, classes: list[int], cache_per_class: int, generator: torch.Generator):
+        self.real, self.classes = real, list(classes)
+        self.cache = None
+        if real.train_images is None:
+            self.cache = [(real.sample_class(c, min(cache_per_class, len(real.class_indices(c))), generator) * 255)
+                          .round().to(torch.uint8) for c in self.classes]  # each (n_c, C, H, W)
+
+    def sample(self, i: int, n: int, generator: torch.Generator) -> torch.Tensor:
+        """``n`` images of local class ``i``: (n, C, H, W) float32 in [0, 1]."""
+        if self.cache is None:
+            return self.real.sample_class(self.classes[i], n, generator)
+        pool = self.cache[i]
+        pick = torch.randperm(len(pool), generator=generator)[:n] if n <= len(pool) else \
+            torch.randint(len(pool), (n,), generator=generator)
+        return pool[pick].float() / 255
+
+
 class TensorImages(Dataset):
     """uint8 images (N, C, H, W) and labels (N,) as a Dataset of float32 [0, 1] images."""
 

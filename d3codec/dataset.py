@@ -8,7 +8,6 @@ from typing import Callable
 from torch.utils.data import Dataset
 
 from .archive import open_archive
-from .errors import D3FormatError
 
 
 class D3Dataset(Dataset):
@@ -24,28 +23,36 @@ class D3Dataset(Dataset):
         target_transform: applied to each target.
         targets: "auto" (soft labels where the archive has them, else hard), "hard" or "soft".
             Soft targets are (K,) float32 probabilities; hard targets are int class indices.
+        samples_per_class: for archives that are sampled (method d3): how many images to draw
+            per class (default: one per prior); refused for archives of stored images.
+        seed: for sampled archives: the same seed draws the same images.
+        device: where sampled archives are decoded ("cpu", "cuda", ...); images end on the CPU.
     Attributes:
         classes (list[str]), class_to_idx (dict[str, int]), mean / std (tuples, the archive's
         normalisation), image_shape ((C, H, W)), meta (dict, the archive's metadata),
         images ((N, C, H, W) float32), labels ((N,) int64).
-    Raises: D3FormatError for a malformed archive; ValueError for a bad ``targets``.
+    Raises: D3FormatError for a malformed archive; ValueError for a bad ``targets`` or sampling
+        options given for an archive of stored images.
     """
 
     def __init__(self, path: str | os.PathLike | bytes, transform: Callable | None = None,
-                 target_transform: Callable | None = None, targets: str = "auto"):
-        from .methods import DECODERS
+                 target_transform: Callable | None = None, targets: str = "auto",
+                 samples_per_class: int | None = None, seed: int = 0, device: str = "cpu"):
+        from .methods import DECODERS, SAMPLING_METHODS
 
         if targets not in ("auto", "hard", "soft"):
             raise ValueError(f"targets must be 'auto', 'hard' or 'soft', not {targets!r}")
         reader, meta = open_archive(path)
         with reader:
-            self.images, self.labels = DECODERS[meta["method"]](reader, meta)
+            if meta["method"] in SAMPLING_METHODS:
+                self.images, self.labels, soft = DECODERS[meta["method"]](reader, meta, samples_per_class, seed, device)
+            elif samples_per_class is not None:
+                raise ValueError(f"samples_per_class applies to sampled archives ({', '.join(sorted(SAMPLING_METHODS))}); "
+                                 f"this {meta['method']} archive stores its images")
+            else:
+                self.images, self.labels, soft = DECODERS[meta["method"]](reader, meta)
+        if targets == "hard":
             soft = None
-            if "soft_labels" in reader and targets != "hard":
-                soft = reader.read_tensors("soft_labels").get("soft_labels")
-                if soft is None or soft.shape != (len(self.labels), len(meta["dataset"]["classes"])):
-                    raise D3FormatError("section 'soft_labels' must hold 'soft_labels' of shape (N, classes)")
-                soft = soft.float()
         if targets == "soft" and soft is None:
             raise ValueError("this archive has no soft labels; use targets='hard' or 'auto'")
         self.soft_labels = soft

@@ -70,3 +70,33 @@ def test_eval_with_random_real_baseline(tiny_real, tmp_path, monkeypatch):
         assert len(row["accuracies"]) == 2 and all(0 <= a <= 1 for a in row["accuracies"])
         assert row["bytes"] <= 6_000
     assert rows[1]["images"] == 6_000 // (16 * 16 * 4 * 3) * 3
+
+
+def test_d3_compress_expand_any_count_and_merge(image_folder, tmp_path):
+    out = tmp_path / "d.d3"
+    r = run("compress", image_folder, "--method", "d3", "--resolution", 16, "--budget", 20_000, "--iterations", 2,
+            "--real-per-class", 4, "-o", out, "--device", "cpu", "--quiet")
+    assert r.exit_code == 0, r.output
+    assert out.stat().st_size <= 20_000 and "priors per class" in r.output
+    info = json.loads(run("info", out, "--json").output)
+    assert [row["name"] for row in info["bytes"]][1:-1] == ["meta", "priors", "decoder", "prior_labels"]
+
+    r = run("expand", out, "-o", tmp_path / "png", "--samples-per-class", 4)
+    assert r.exit_code == 0, r.output
+    assert sum(1 for _ in (tmp_path / "png").rglob("*.png")) == 12
+
+    r = run("merge", out, out, "-o", tmp_path / "m.d3")
+    assert r.exit_code != 0 and "disjoint classes" in r.output and not (tmp_path / "m.d3").exists()
+
+
+def test_options_of_the_other_method_are_refused(image_folder, tmp_path):
+    r = run("compress", image_folder, "--budget", 20_000, "--subtasks", 2, "-o", tmp_path / "x.d3", "--quiet")
+    assert r.exit_code != 0 and "--subtasks apply to --method d3" in r.output
+    r = run("compress", image_folder, "--method", "d3", "--budget", 20_000, "--images-per-class", 2,
+            "-o", tmp_path / "x.d3", "--quiet")
+    assert r.exit_code != 0 and "--priors-per-class" in r.output
+    pixel = tmp_path / "p.d3"
+    assert run("compress", image_folder, "--resolution", 16, "--budget", 8000, "--iterations", 1, "-o", pixel,
+               "--device", "cpu", "--quiet").exit_code == 0
+    r = run("expand", pixel, "-o", tmp_path / "out", "--samples-per-class", 3)
+    assert r.exit_code != 0 and "stores its images" in r.output

@@ -5,11 +5,12 @@ turns an archive of that method back into images and labels; ``SECTIONS`` lists 
 sections each method's decoder understands (a reader refuses any other critical section).
 """
 
-from . import pixel
+from . import d3, pixel
 from .base import DatasetSpec, Encoded, Encoder
 
-ENCODERS = {"pixel": pixel.PixelEncoder}
-DECODERS = {"pixel": pixel.decode}
-SECTIONS = {"pixel": {"meta", "images", "soft_labels"}}
+ENCODERS = {"pixel": pixel.PixelEncoder, "d3": d3.D3Encoder}
+DECODERS = {"pixel": pixel.decode, "d3": d3.decode}
+SECTIONS = {"pixel": {"meta", "images", "soft_labels"}, "d3": {"meta", "priors", "decoder", "prior_labels"}}
+SAMPLING_METHODS = {"d3"}  # methods whose decoder draws any number of samples per class
 
-__all__ = ["ENCODERS", "DECODERS", "SECTIONS", "DatasetSpec", "Encoded", "Encoder"]
+__all__ = ["ENCODERS", "DECODERS", "SECTIONS", "SAMPLING_METHODS", "DatasetSpec", "Encoded", "Encoder"]

@@ -35,6 +35,7 @@ from ..augment import DSA
 from ..budget import PixelPlan, plan_pixel_storage
 from ..container import Section, stored_size
 from ..data import RealData
+from ..errors import D3FormatError
 from ..models import ConvNet
 from ..storage import decode_images, encode_images, resolve_storage_dtype
 from .base import DatasetSpec, Encoded, Encoder
@@ -174,7 +175,16 @@ def image_compression_ratio(real: RealData, dtype: str, per_class: int = 16, see
     return stored_size(raw) / len(raw)
 
 
-def decode(reader, meta: dict) -> tuple[torch.Tensor, torch.Tensor]:
-    """Images (N, C, H, W) float32 in pixel space and labels (N,) int64 of a pixel archive."""
+def decode(reader, meta: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Images (N, C, H, W) float32 in pixel space, labels (N,) int64 and soft labels (N, K) float32
+    (None where the archive has no ``soft_labels`` section) of a pixel archive."""
     ds = meta["dataset"]
-    return decode_images(reader.read_tensors("images"), len(ds["classes"]), tuple(ds["image_shape"]))
+    num_classes = len(ds["classes"])
+    images, labels = decode_images(reader.read_tensors("images"), num_classes, tuple(ds["image_shape"]))
+    soft = None
+    if "soft_labels" in reader:
+        soft = reader.read_tensors("soft_labels").get("soft_labels")
+        if soft is None or soft.shape != (len(labels), num_classes) or not soft.is_floating_point():
+            raise D3FormatError("section 'soft_labels' must hold 'soft_labels' of shape (N, classes)")
+        soft = soft.float()
+    return images, labels, soft

@@ -1,0 +1,139 @@
+"""Merging archives of disjoint classes into one (federated distillation, Qin et al. 2024, Sec. 3.3).
+
+Each D3 archive is a list of groups (classes, priors, a decoder, soft labels over the group's own
+classes). A merged archive lists the groups of its parts in order, with class offsets: part i's
+classes follow part i−1's, its tensors are renamed to the merged group numbers, and nothing is
+re-coded, so a merged archive expands to exactly the union of its parts' images.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .archive import open_archive
+from .container import Section, encode_archive, write_atomic
+from .errors import D3BudgetError, D3Error
+from .methods.d3 import read_groups, sections_of
+
+MERGEABLE = ("d3",)
+GROUP_SECTIONS = ("priors", "decoder", "prior_labels")
+
+
+@dataclass
+class Part:
+    """One archive to merge: its metadata and its group tensors by section (keys g{i}.*, part-local)."""
+
+    meta: dict[str, Any]
+    tensors: dict[str, dict[str, torch.Tensor]]
+    file_bytes: int
+
+    @classmethod
+    def read(cls, path: str | os.PathLike) -> "Part":
+        reader, meta = open_archive(path)
+        with reader:
+            if meta["method"] not in MERGEABLE:
+                raise D3Error(f"{path}: only {', '.join(MERGEABLE)} archives can be merged, this one is "
+                              f"{meta['method']!r}")
+            read_groups(meta, len(meta["dataset"]["classes"]))  # validates the group list
+            tensors = {name: reader.read_tensors(name) for name in GROUP_SECTIONS if name in reader}
+            return cls(meta, tensors, reader.file_size)
+
+
+def combine(parts: list[Part]) -> tuple[dict[str, Any], list[Section]]:
+    """The merged dataset fields, group entries and sections of ``parts`` (in their order).
+
+    Returns: ({"dataset": ..., "groups": [...]}, method sections).
+    Raises: D3Error on overlapping class names, or different image shapes or normalisations.
+    """
+    if not parts:
+        raise D3Error("nothing to merge: give at least one archive")
+    first = parts[0].meta["dataset"]
+    classes, groups, renamed, seen = [], [], [], {}
+    for n, part in enumerate(parts):
+        ds = part.meta["dataset"]
+        for key in ("image_shape", "mean", "std"):
+            if ds[key] != first[key]:
+                raise D3Error(f"archive {n + 1} has {key} {ds[key]}, archive 1 has {first[key]}: only archives of the "
+                              "same image shape and normalisation can be merged")
+        for c in ds["classes"]:
+            if c in seen:
+                raise D3Error(f"class {c!r} is in archives {seen[c] + 1} and {n + 1}: merged archives must have "
+                              "disjoint classes")
+            seen[c] = n
+        offset = len(classes)
+        classes += ds["classes"]
+        for i, entry in enumerate(part.meta["params"]["groups"]):
+            new = len(groups)
+            a, b = entry["classes"]
+            groups.append({**entry, "classes": [a + offset, b + offset]})
+            renamed.append({section: _rename_group(tensors, i, new) for section, tensors in part.tensors.items()})
+    names = list(dict.fromkeys(p.meta["dataset"]["name"] for p in parts))
+    dataset = {**first, "name": names[0] if len(names) == 1 else "+".join(names), "classes": classes}
+    return {"dataset": dataset, "groups": groups}, sections_of(renamed)
+
+
+def _rename_group(tensors: dict[str, torch.Tensor], old: int, new: int) -> dict[str, torch.Tensor]:
+    """Group ``old``'s tensors (keys g{old} and g{old}.*) under the keys of group ``new``."""
+    out = {}
+    for key, t in tensors.items():
+        head, dot, rest = key.partition(".")
+        if head == f"g{old}":
+            out[f"g{new}{dot}{rest}"] = t
+    return out
+
+
+def merged_budget(parts: list[Part]) -> int:
+    """The budget of a merge: the shared total of a federated run's subtask archives, else the sum of
+    the parts' budgets (a part without one counts its file size)."""
+    federated = [p.meta.get("federated") for p in parts]
+    if all(isinstance(f, dict) for f in federated) and len({f.get("budget") for f in federated}) == 1:
+        return int(federated[0]["budget"])
+    return sum(int((p.meta.get("budget") or {}).get("bytes") or p.file_bytes) for p in parts)
+
+
+@dataclass
+class MergeResult:
+    path: Path
+    file_bytes: int
+    budget: int
+    classes: int
+
+
+def merge_archives(paths: list[str | os.PathLike], output: str | os.PathLike, budget: int | None = None
+                   ) -> MergeResult:
+    """Merge archives of disjoint classes into ``output`` (written atomically).
+
+    Args:
+        budget: bytes the merged file may take (default: see :func:`merged_budget`).
+    Raises: D3FormatError for a malformed part; D3Error for parts that cannot be merged;
+        D3BudgetError if the merged file would pass the budget (nothing is written).
+    """
+    from . import __version__
+
+    parts = [Part.read(p) for p in paths]
+    fields, sections = combine(parts)
+    budget = budget if budget is not None else merged_budget(parts)
+    ipcs = {(p.meta.get("budget") or {}).get("ipc") for p in parts}
+    meta = {
+        "format": parts[0].meta["format"], "method": parts[0].meta["method"], "dataset": fields["dataset"],
+        "budget": {"bytes": budget, "ipc": ipcs.pop() if len(ipcs) == 1 else None},
+        "seed": parts[0].meta.get("seed"),
+        "created": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "software": {"d3codec": __version__, "torch": torch.__version__},
+        "params": {"groups": fields["groups"]},
+        "merged_from": [{"dataset": p.meta["dataset"]["name"], "classes": len(p.meta["dataset"]["classes"]),
+                         "file_bytes": p.file_bytes, "created": p.meta.get("created")} for p in parts],
+        "accounting": {"budget_bytes": budget},
+    }
+    data = encode_archive([Section.json("meta", meta)] + sections)
+    if len(data) > budget:
+        raise D3BudgetError(f"the merged archive is {len(data)} bytes, over the budget of {budget}: pass --budget "
+                            f"{len(data)} or more", min_budget=len(data))
+    size = write_atomic(output, data, max_bytes=budget)
+    return MergeResult(Path(output), size, budget, len(fields["dataset"]["classes"]))

@@ -1,0 +1,592 @@
+"""D3: distributional dataset distillation with per-class priors, a decoder, soft labels and subtasks.
+
+After Qin, Deng & Alvarez-Melis, "Distributional Dataset Distillation with Subtask Decomposition"
+(2024). The classes are split into ``subtasks`` contiguous groups (Sec. 3.3, federated
+distillation); each group is distilled on its own, with its own decoder, seed and teacher, into:
+
+- **priors**: ``priors_per_class`` diagonal Gaussians N(μ, diag exp(logvar)) per class in a
+  latent space of ``latent_dim`` (Sec. 3.1);
+- a **decoder** G: latent (N, Z) → image (N, C, H, W) in [0, 1] (a small upsampling ConvNet,
+  :class:`Decoder`), trained from scratch jointly with the priors;
+- **soft labels**: one vector per prior, a teacher's softmax on the decoded prior mean over the
+  group's classes (Sec. 3.4).
+
+Objective (per iteration, per class c of the group; x̃ = G(μ + σ·ε) decoded samples of c's priors,
+x real images of c, A a DSA draw shared by both, φ a ConvNet re-drawn at random each iteration as
+in DM):
+
+    L = w_mmd · MMD²_k(φ(A(x̃)), φ(A(x)))  +  w_mean · ‖mean φ(A(x)) − mean φ(A(x̃))‖²
+
+MMD² with the RBF mixture k over bandwidths 1, 2, 4, 8, 16 is the paper's distribution term
+(Eq. 6's MMD part, on penultimate features); the mean term is DM's (Zhao & Bilen 2023, Eq. 4).
+Departure: the authors' matching term is trajectory matching on expert networks; on a CPU that is
+too costly, so their place is taken by random-network matching. The objective is a list of
+:class:`MatchingTerm` objects summed, so a trajectory-matching term (which needs expert
+trajectories, a different kind of input) can be added as one more term. ``teacher_features`` adds
+the same two terms on the teacher's features.
+
+Before matching, a warm start fits the decoder and prior means to ``priors_per_class`` random real
+images per class (reconstruction, as generative latent optimisation does); this plays the part of
+DM's initialisation from real images.
+
+Archive sections (keys per group g): ``priors`` {g{g}.mean, g{g}.logvar: (K_g, P, Z) float16},
+``decoder`` {g{g}.<param>: int8 weights with g{g}.<param>.scale (out,) float16 per output channel,
+or float16; 1-D parameters float16}, ``prior_labels`` {g{g}: (K_g, P, K_g) float16 probabilities},
+absent when soft labels are off. The metadata's ``params.groups`` lists each group's classes and
+shapes, so groups of different sizes and settings can be merged (d3codec.merge).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, replace
+from typing import Callable, Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..augment import DSA
+from ..budget import META_RESERVE_BYTES, archive_bound
+from ..container import Section
+from ..data import ClassSampler, RealData
+from ..errors import D3BudgetError, D3FormatError
+from ..losses import mean_embedding_loss, mmd_rbf
+from ..models import ConvNet
+from ..teacher import Teacher, train_teacher
+from .base import DatasetSpec, Encoded, Encoder
+
+DECODER_WIDTHS = (8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256)
+DECODER_DTYPES = ("int8", "float16")
+
+
+@dataclass(frozen=True)
+class D3Config:
+    """Options of D3. Units: iterations; images per class; Adam learning rates; epochs.
+
+    Storage (``None`` = chosen by the budget rule of :meth:`D3Encoder.plan`): ``latent_dim``,
+    ``priors_per_class``, ``decoder_width``. ``decoder_share`` is the fraction of the budget the
+    rule gives the decoders; ``max_decoder_width`` caps it.
+    """
+
+    iterations: int = 2000
+    init_iterations: int = 500
+    real_per_class: int = 128
+    real_cache_per_class: int = 512
+    class_chunk: int = 50
+    synthetic_per_class: int = 64
+    lr_decoder: float = 1e-3
+    lr_priors: float = 1e-2
+    init_logvar: float = -2.0
+    embed_width: int = 128
+    dsa: bool = True
+    mmd_weight: float = 1.0
+    mean_weight: float = 1.0
+    teacher_features: bool = False
+    soft_labels: bool = True
+    label_temperature: float = 1.0
+    teacher_epochs: float = 10.0
+    teacher_width: int = 128
+    subtasks: int = 1
+    latent_dim: int | None = None
+    priors_per_class: int | None = None
+    decoder_width: int | None = None
+    decoder_share: float = 0.5
+    max_decoder_width: int | None = None
+    decoder_dtype: str = "int8"
+
+
+PRESETS = {
+    "paper": D3Config(),
+    "fast": D3Config(iterations=300, init_iterations=300, real_per_class=64, synthetic_per_class=32, embed_width=64,
+                     teacher_epochs=2.0, teacher_width=32),
+}
+
+
+class Decoder(nn.Module):
+    """Latents (N, Z) float32 → images (N, C, H, W) float32 in [0, 1].
+
+    Linear(Z → width·h0·w0) → ``upsamples`` × [nearest ×2 → Conv 3×3 → GroupNorm → LeakyReLU(0.2)]
+    → Conv 3×3 → sigmoid, with h0 = ⌈H / 2^upsamples⌉ (4 to 7) and a crop to H×W at the end.
+    """
+
+    def __init__(self, latent_dim: int, image_shape: tuple[int, int, int], width: int):
+        super().__init__()
+        c, h, w = image_shape
+        self.image_shape = image_shape
+        self.upsamples = max(0, int(math.log2(max(min(h, w), 4) / 4)))
+        self.h0, self.w0 = math.ceil(h / 2 ** self.upsamples), math.ceil(w / 2 ** self.upsamples)
+        self.width = width
+        self.fc = nn.Linear(latent_dim, width * self.h0 * self.w0)
+        blocks = []
+        for _ in range(self.upsamples):
+            blocks += [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(width, width, 3, padding=1),
+                       nn.GroupNorm(min(4, width), width), nn.LeakyReLU(0.2)]
+        self.blocks = nn.Sequential(*blocks)
+        self.out = nn.Conv2d(width, c, 3, padding=1)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        c, h, w = self.image_shape
+        x = F.leaky_relu(self.fc(z), 0.2).view(-1, self.width, self.h0, self.w0)  # (N, width, h0, w0)
+        x = self.blocks(x)  # (N, width, h0·2^u, w0·2^u)
+        return torch.sigmoid(self.out(x))[:, :, :h, :w]  # (N, C, H, W)
+
+
+def decoder_shapes(latent_dim: int, image_shape: tuple[int, int, int], width: int) -> dict[str, tuple[int, ...]]:
+    """The decoder's parameter shapes, computed without allocating them (meta device)."""
+    with torch.device("meta"):
+        return {k: tuple(v.shape) for k, v in Decoder(latent_dim, image_shape, width).state_dict().items()}
+
+
+# ---- storage of a decoder: int8 per output channel, or float16 -------------------------------------------------
+
+def quantise_decoder(state: dict[str, torch.Tensor], prefix: str, dtype: str) -> dict[str, torch.Tensor]:
+    """Tensors to store for a decoder state dict: weights (ndim ≥ 2) as int8 with a float16 scale per output
+    channel (symmetric, w ≈ q · scale) or as float16; other parameters as float16."""
+    out = {}
+    for name, value in state.items():
+        value = value.detach().float().cpu()
+        if dtype == "int8" and value.dim() >= 2:
+            scale = value.flatten(1).abs().amax(1).clamp_min(1e-8) / 127  # (out,)
+            scale = scale.half().float()  # the scale as stored, so q is computed against it
+            q = (value / scale.view(-1, *[1] * (value.dim() - 1))).round().clamp(-127, 127).to(torch.int8)
+            out[f"{prefix}{name}"] = q.contiguous()
+            out[f"{prefix}{name}.scale"] = scale.half()
+        else:
+            out[f"{prefix}{name}"] = value.half().contiguous()
+    return out
+
+
+def dequantise_decoder(tensors: dict[str, torch.Tensor], prefix: str, shapes: dict[str, tuple[int, ...]],
+                       dtype: str) -> dict[str, torch.Tensor]:
+    """The float32 state dict of a stored decoder; raises D3FormatError on any missing or misshapen tensor."""
+    state = {}
+    for name, shape in shapes.items():
+        key = f"{prefix}{name}"
+        value = tensors.get(key)
+        if value is None or tuple(value.shape) != shape:
+            raise D3FormatError(f"section 'decoder': tensor {key!r} missing or not of shape {shape}")
+        if dtype == "int8" and len(shape) >= 2:
+            scale = tensors.get(f"{key}.scale")
+            if value.dtype != torch.int8 or scale is None or tuple(scale.shape) != (shape[0],):
+                raise D3FormatError(f"section 'decoder': {key!r} must be int8 with a ({shape[0]},) scale")
+            value = value.float() * scale.float().view(-1, *[1] * (len(shape) - 1))
+        elif not value.is_floating_point():
+            raise D3FormatError(f"section 'decoder': {key!r} must be floating point")
+        state[name] = value.float()
+    return state
+
+
+# ---- the objective ------------------------------------------------------------------------------------------------
+
+@dataclass
+class MatchingBatch:
+    """What the terms of one iteration see: a group's synthetic and real batches, after siamese DSA.
+
+    ``synthetic`` (K_g, m, C, H, W) and ``real`` (K_g, r, C, H, W) are normalised images;
+    ``extractor`` maps (N, C, H, W) to features (N, D). ``features()`` embeds both once per
+    iteration, whichever terms ask (the real side without gradients).
+    """
+
+    synthetic: torch.Tensor
+    real: torch.Tensor
+    extractor: Callable[[torch.Tensor], torch.Tensor]
+    _features: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def features(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(K_g, m, D) synthetic and (K_g, r, D) real features."""
+        if self._features is None:
+            k, m, r = self.synthetic.shape[0], self.synthetic.shape[1], self.real.shape[1]
+            f_syn = self.extractor(self.synthetic.flatten(0, 1)).view(k, m, -1)
+            with torch.no_grad():
+                f_real = self.extractor(self.real.flatten(0, 1)).view(k, r, -1)
+            self._features = (f_syn, f_real)
+        return self._features
+
+
+class MatchingTerm(Protocol):
+    """One term of the objective: a scalar loss for one group's batch. A trajectory-matching term
+    would hold its expert trajectories and use ``batch.synthetic`` directly."""
+
+    def __call__(self, batch: MatchingBatch) -> torch.Tensor: ...
+
+
+@dataclass
+class FeatureMMD:
+    """Σ_c w · MMD²(φ(x̃_c), φ(x_c)) with the RBF mixture (Qin et al. 2024, Eq. 6, MMD part)."""
+
+    weight: float = 1.0
+
+    def __call__(self, batch: MatchingBatch) -> torch.Tensor:
+        f_syn, f_real = batch.features()
+        return self.weight * sum(mmd_rbf(f_syn[c], f_real[c]) for c in range(len(f_syn)))
+
+
+@dataclass
+class FeatureMean:
+    """Σ_c w · ‖mean φ(x_c) − mean φ(x̃_c)‖² (DM, Zhao & Bilen 2023, Eq. 4)."""
+
+    weight: float = 1.0
+
+    def __call__(self, batch: MatchingBatch) -> torch.Tensor:
+        f_syn, f_real = batch.features()
+        return self.weight * sum(mean_embedding_loss(f_syn[c], f_real[c]) for c in range(len(f_syn)))
+
+
+# ---- the plan -----------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class GroupPlan:
+    """One subtask: classes [start, stop) of the dataset and the shapes of what it stores."""
+
+    start: int
+    stop: int
+    latent_dim: int
+    priors_per_class: int
+    decoder_width: int
+
+    @property
+    def num_classes(self) -> int:
+        return self.stop - self.start
+
+
+@dataclass(frozen=True)
+class D3Plan:
+    """What a D3 archive stores; ``max_bytes`` is its exact upper bound (compression off)."""
+
+    groups: tuple[GroupPlan, ...]
+    decoder_dtype: str
+    soft_labels: bool
+    max_bytes: int
+    budget: int
+
+
+def split_classes(num_classes: int, subtasks: int) -> list[tuple[int, int]]:
+    """Contiguous groups [start, stop) of sizes that differ by at most one (the paper's ImageNet split)."""
+    if not 1 <= subtasks <= num_classes:
+        raise ValueError(f"--subtasks must be between 1 and the number of classes ({num_classes}), not {subtasks}")
+    bounds = [i * num_classes // subtasks for i in range(subtasks + 1)]
+    return list(zip(bounds[:-1], bounds[1:]))
+
+
+def group_entry(g: GroupPlan, decoder_dtype: str, soft_labels: bool, stats: dict | None = None) -> dict:
+    """The metadata entry of one group (``params.groups[i]``)."""
+    return {"classes": [g.start, g.stop], "latent_dim": g.latent_dim, "priors_per_class": g.priors_per_class,
+            "decoder_width": g.decoder_width, "decoder_dtype": decoder_dtype, "soft_labels": soft_labels,
+            "stats": stats or {}}
+
+
+def group_tensors(g: GroupPlan, index: int, image_shape, decoder_dtype: str, soft_labels: bool, priors=None,
+                  decoder_state=None, labels=None) -> dict[str, dict[str, torch.Tensor]]:
+    """Tensors of group ``index`` by section name; zeros of the right shapes where contents are not given."""
+    k, p, z = g.num_classes, g.priors_per_class, g.latent_dim
+    if priors is None:
+        priors = (torch.zeros(k, p, z), torch.zeros(k, p, z))
+    if decoder_state is None:
+        decoder_state = {n: torch.zeros(s) for n, s in decoder_shapes(z, image_shape, g.decoder_width).items()}
+    out = {"priors": {f"g{index}.mean": priors[0].half().contiguous(), f"g{index}.logvar": priors[1].half().contiguous()},
+           "decoder": quantise_decoder(decoder_state, f"g{index}.", decoder_dtype)}
+    if soft_labels:
+        out["prior_labels"] = {f"g{index}": (labels if labels is not None else torch.zeros(k, p, k)).half().contiguous()}
+    return out
+
+
+def sections_of(parts: list[dict[str, dict[str, torch.Tensor]]]) -> list[Section]:
+    """The method sections of an archive whose groups hold ``parts`` (each from group_tensors)."""
+    merged: dict[str, dict[str, torch.Tensor]] = {}
+    for part in parts:
+        for section, tensors in part.items():
+            merged.setdefault(section, {}).update(tensors)
+    return [Section.tensors(name, merged[name]) for name in ("priors", "decoder", "prior_labels") if name in merged]
+
+
+# ---- the encoder ----------------------------------------------------------------------------------------------------
+
+class D3Encoder(Encoder):
+    """D3 distillation. ``D3Encoder(PRESETS["fast"])`` or any :class:`D3Config`."""
+
+    method = "d3"
+
+    def __init__(self, config: D3Config = PRESETS["fast"], teacher: Teacher | None = None):
+        if config.decoder_dtype not in DECODER_DTYPES:
+            raise ValueError(f"decoder dtype must be one of {DECODER_DTYPES}, not {config.decoder_dtype!r}")
+        for name in ("real_per_class", "synthetic_per_class", "embed_width", "class_chunk", "real_cache_per_class",
+                     "subtasks", "teacher_width"):
+            if getattr(config, name) < 1:
+                raise ValueError(f"{name} must be at least 1, not {getattr(config, name)}")
+        self.config = config
+        self.teacher = teacher
+
+    @classmethod
+    def from_options(cls, preset: str = "fast", teacher: Teacher | None = None, **overrides) -> "D3Encoder":
+        if preset not in PRESETS:
+            raise ValueError(f"unknown preset {preset!r}; use one of {', '.join(PRESETS)}")
+        overrides = {k: v for k, v in overrides.items() if v is not None}
+        return cls(replace(PRESETS[preset], **overrides), teacher)
+
+    def method_meta(self, groups: list[dict]) -> dict:
+        return {"groups": groups, "config": asdict(self.config)}
+
+    def plan(self, spec: DatasetSpec, budget: int, meta_for, real: RealData | None = None) -> D3Plan:
+        """Shapes that fill ``budget`` bytes, by this rule (each step overridable by a config field):
+
+        1. classes split into ``subtasks`` contiguous groups;
+        2. latent_dim 32 for images up to 32 pixels a side, else 64;
+        3. decoder width: the largest of DECODER_WIDTHS (up to ``max_decoder_width``: 64 for
+           images up to 32 pixels, else 256) whose decoders take at most ``decoder_share`` of
+           the budget; the smallest width where none does;
+        4. priors per class: the most whose exact archive bound (compression off, metadata
+           reserve included) fits the budget.
+
+        Raises: D3BudgetError, with the smallest workable budget, when one prior per class with
+        the narrowest decoder does not fit.
+        """
+        cfg, k, shape = self.config, spec.num_classes, spec.image_shape
+        ranges = split_classes(k, cfg.subtasks)
+        side = max(shape[1:])
+        z = cfg.latent_dim or (32 if side <= 32 else 64)
+        cap = cfg.max_decoder_width or (64 if side <= 32 else 256)
+
+        def groups_for(width: int, priors: int) -> list[GroupPlan]:
+            return [GroupPlan(a, b, z, priors, width) for a, b in ranges]
+
+        def bound(groups: list[GroupPlan]) -> int:
+            entries = [group_entry(g, cfg.decoder_dtype, cfg.soft_labels,
+                                   {"distill_seconds": 0.0, "teacher_accuracy": 0.0, "final_loss": 0.0})
+                       for g in groups]
+            parts = [group_tensors(g, i, shape, cfg.decoder_dtype, cfg.soft_labels) for i, g in enumerate(groups)]
+            sections = [Section.json("meta", meta_for(self.method_meta(entries)))] + sections_of(parts)
+            return archive_bound(sections, META_RESERVE_BYTES + 64 * len(groups))
+
+        def decoder_bytes(width: int) -> int:
+            n = sum(math.prod(s) for s in decoder_shapes(z, shape, width).values())
+            return len(ranges) * n * (1 if cfg.decoder_dtype == "int8" else 2)
+
+        if cfg.decoder_width is not None:
+            width = cfg.decoder_width
+        else:
+            fitting = [w for w in DECODER_WIDTHS if w <= cap and decoder_bytes(w) <= cfg.decoder_share * budget]
+            width = fitting[-1] if fitting else DECODER_WIDTHS[0]
+        smallest = bound(groups_for(width, 1))
+        if smallest > budget:
+            raise D3BudgetError(
+                f"a budget of {budget} bytes cannot hold {len(ranges)} decoder(s) of width {width} and one prior per "
+                f"class; the smallest budget that works is {smallest} bytes (--budget {smallest})", min_budget=smallest)
+        if cfg.priors_per_class is not None:
+            priors = cfg.priors_per_class
+            needed = bound(groups_for(width, priors))
+            if needed > budget:
+                raise D3BudgetError(f"{priors} priors per class need {needed} bytes, over the budget of {budget}: "
+                                    f"raise --budget to {needed} or lower --priors-per-class", min_budget=needed)
+        else:
+            lo, hi = 1, max(1, budget // (k * z * 4)) + 1
+            while lo < hi:  # the largest prior count whose bound fits
+                mid = (lo + hi + 1) // 2
+                lo, hi = (mid, hi) if bound(groups_for(width, mid)) <= budget else (lo, mid - 1)
+            priors = lo
+        groups = groups_for(width, priors)
+        return D3Plan(tuple(groups), cfg.decoder_dtype, cfg.soft_labels, bound(groups), budget)
+
+    def distill(self, real: RealData, plan: D3Plan, *, device: torch.device, seed: int,
+                progress: bool = True) -> Encoded:
+        """Distil every group in turn, in this process (d3codec.federated spreads them over ranks)."""
+        parts, entries = [], []
+        for index, group in enumerate(plan.groups):
+            tensors, entry = self.distill_group(real, plan, index, device=device, seed=seed, progress=progress)
+            parts.append(tensors)
+            entries.append(entry)
+        return self.encoded(parts, entries)
+
+    def encoded(self, parts: list[dict], entries: list[dict]) -> Encoded:
+        seconds = sum(e["stats"].get("distill_seconds", 0.0) for e in entries)
+        return Encoded(sections_of(parts), self.method_meta(entries), {"distill_seconds": round(seconds, 3)})
+
+    def distill_group(self, real: RealData, plan: D3Plan, index: int, *, device: torch.device, seed: int,
+                      progress: bool = True) -> tuple[dict[str, dict[str, torch.Tensor]], dict]:
+        """Distil group ``index`` alone. Its result depends only on the data, the plan and (seed, index).
+
+        Returns: (tensors by section, keyed g{index}.*; the group's metadata entry).
+        """
+        cfg, g = self.config, plan.groups[index]
+        classes = list(range(g.start, g.stop))
+        k, p, z = g.num_classes, g.priors_per_class, g.latent_dim
+        c, h, w = real.image_shape
+        group_seed = seed * 1_000_003 + index
+        gen = torch.Generator().manual_seed(group_seed)
+        torch.manual_seed(group_seed)  # network initialisations draw from the global generator
+        start = time.time()
+        mean = torch.tensor(real.mean, device=device).view(1, c, 1, 1)
+        std = torch.tensor(real.std, device=device).view(1, c, 1, 1)
+        normalise = lambda x: (x - mean) / std  # noqa: E731  pixel space → the networks' input
+
+        teacher, teacher_acc = None, None
+        if cfg.soft_labels or cfg.teacher_features:
+            if self.teacher is not None:
+                teacher = self.teacher.restricted(classes)
+            else:
+                teacher, teacher_acc = train_teacher(real, classes, epochs=cfg.teacher_epochs, width=cfg.teacher_width,
+                                                     device=device, seed=group_seed, progress=progress)
+
+        decoder = Decoder(z, real.image_shape, g.decoder_width).to(device)
+        prior_mean = torch.nn.Parameter(0.1 * torch.randn(k, p, z, generator=gen).to(device))  # (K_g, P, Z)
+        prior_logvar = torch.nn.Parameter(torch.full((k, p, z), cfg.init_logvar, device=device))
+
+        # warm start: each prior mean decodes to one random real image of its class
+        targets = torch.stack([real.sample_class(cl, p, gen) for cl in classes]).to(device)  # (K_g, P, C, H, W)
+        opt = torch.optim.Adam([{"params": decoder.parameters(), "lr": cfg.lr_decoder},
+                                {"params": [prior_mean], "lr": cfg.lr_priors}])
+        batch = min(k * p, 256)
+        for _ in tqdm(range(cfg.init_iterations), desc=f"D3 warm start {index}", disable=not progress, unit="it"):
+            pick = torch.randperm(k * p, generator=gen)[:batch].to(device)
+            recon = decoder(prior_mean.view(k * p, z)[pick])  # (B, C, H, W)
+            loss = F.mse_loss(recon, targets.view(k * p, c, h, w)[pick])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        del targets
+
+        terms: list[MatchingTerm] = [FeatureMMD(cfg.mmd_weight), FeatureMean(cfg.mean_weight)]
+        opt = torch.optim.Adam([{"params": decoder.parameters(), "lr": cfg.lr_decoder},
+                                {"params": [prior_mean, prior_logvar], "lr": cfg.lr_priors}])
+        dsa = DSA() if cfg.dsa else None
+        sampler = ClassSampler(real, classes, cfg.real_cache_per_class, gen)
+        m, loss_value = cfg.synthetic_per_class, float("nan")
+        for _ in tqdm(range(cfg.iterations), desc=f"D3 group {index + 1}/{len(plan.groups)}", disable=not progress,
+                      unit="it"):
+            net = ConvNet(c, k, h, width=cfg.embed_width).to(device).requires_grad_(False)
+            extractors = [net.embed] + ([teacher.net.embed] if cfg.teacher_features else [])
+            opt.zero_grad(set_to_none=True)
+            loss_value = 0.0
+            for lo in range(0, k, cfg.class_chunk):  # the loss is a sum over classes: accumulate in chunks
+                chunk = range(lo, min(k, lo + cfg.class_chunk))
+                n = len(chunk)
+                which = torch.randint(p, (n, m), generator=gen).to(device)  # (n, m) prior of each sample
+                eps = torch.randn(n, m, z, generator=gen).to(device)
+                index_z = which.unsqueeze(-1).expand(n, m, z)
+                mu = prior_mean[lo:lo + n].gather(1, index_z)
+                logvar = prior_logvar[lo:lo + n].gather(1, index_z)
+                latents = mu + (0.5 * logvar).exp() * eps  # (n, m, Z), reparameterised
+                synthetic = normalise(decoder(latents.view(n * m, z))).view(n, m, c, h, w)
+                x_real = normalise(torch.stack([sampler.sample(i, cfg.real_per_class, gen) for i in chunk]).to(device))
+                if dsa is not None:  # one draw per class, applied to both: siamese augmentation
+                    params = [dsa.sample(gen) for _ in chunk]
+                    synthetic = torch.stack([dsa.apply(synthetic[j], params[j]) for j in range(n)])
+                    x_real = torch.stack([dsa.apply(x_real[j], params[j]) for j in range(n)])
+                batches = [MatchingBatch(synthetic, x_real, extractor) for extractor in extractors]
+                loss = sum(term(batch) for batch in batches for term in terms)
+                loss.backward()
+                loss_value += loss.detach().item()
+            opt.step()
+
+        # what the archive will hold: float16 priors, the decoder as stored
+        stored = quantise_decoder(decoder.state_dict(), "", cfg.decoder_dtype)
+        shapes = decoder_shapes(z, real.image_shape, g.decoder_width)
+        decoder.load_state_dict(dequantise_decoder(stored, "", shapes, cfg.decoder_dtype))
+        priors = (prior_mean.detach().half().cpu(), prior_logvar.detach().half().cpu())
+        labels = None
+        if cfg.soft_labels:
+            with torch.no_grad():
+                means = decoder(priors[0].float().to(device).view(k * p, z))  # (K_g·P, C, H, W)
+                labels = teacher.probabilities(normalise(means), cfg.label_temperature).view(k, p, k).cpu()
+        stats = {"distill_seconds": round(time.time() - start, 3), "final_loss": round(loss_value, 6)}
+        if teacher_acc is not None:
+            stats["teacher_accuracy"] = round(teacher_acc, 4)
+        tensors = group_tensors(g, index, real.image_shape, cfg.decoder_dtype, cfg.soft_labels, priors,
+                                {n: v.cpu() for n, v in decoder.state_dict().items()}, labels)
+        return tensors, group_entry(g, cfg.decoder_dtype, cfg.soft_labels, stats)
+
+
+# ---- decoding -----------------------------------------------------------------------------------------------------
+
+MAX_SAMPLES = 10_000_000
+
+
+def read_groups(meta: dict, num_classes: int) -> list[GroupPlan]:
+    """The groups of an archive's metadata, checked to cover the classes in order."""
+    groups = (meta.get("params") or {}).get("groups")
+    if not isinstance(groups, list) or not groups:
+        raise D3FormatError("meta: 'params.groups' must be a non-empty list")
+    out, expected = [], 0
+    for i, e in enumerate(groups):
+        try:
+            a, b = e["classes"]
+            g = GroupPlan(int(a), int(b), int(e["latent_dim"]), int(e["priors_per_class"]), int(e["decoder_width"]))
+            ok = (a == expected and b > a and 1 <= g.latent_dim <= 4096 and 1 <= g.priors_per_class <= 1_000_000
+                  and 1 <= g.decoder_width <= 4096 and e["decoder_dtype"] in DECODER_DTYPES
+                  and isinstance(e["soft_labels"], bool))
+        except (KeyError, TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise D3FormatError(f"meta: 'params.groups[{i}]' is malformed (classes must follow on from {expected})")
+        out.append(g)
+        expected = b
+    if expected != num_classes:
+        raise D3FormatError(f"meta: 'params.groups' cover {expected} classes, the dataset has {num_classes}")
+    return out
+
+
+@torch.no_grad()
+def decode(reader, meta: dict, samples_per_class: int | None = None, seed: int = 0,
+           device: torch.device | str = "cpu", batch_size: int = 1024
+           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Draw samples from a D3 archive's priors and decode them.
+
+    Sample j of a class uses prior (j mod P) of a random order of its P priors; its latent is
+    μ + σ·ε with ε from a generator seeded by (``seed``, group index within its own subtask
+    archive: always 0-based per group), so a group expands identically alone or merged.
+
+    Args:
+        samples_per_class: N (default: the group's priors per class).
+        seed: the same seed gives the same samples.
+    Returns: images (K·N, C, H, W) float32 in [0, 1], labels (K·N,) int64, soft labels (K·N, K)
+        float32 (None when the archive has none).
+    Raises: D3FormatError when a section does not match the metadata.
+    """
+    ds = meta["dataset"]
+    num_classes, shape = len(ds["classes"]), tuple(ds["image_shape"])
+    groups = read_groups(meta, num_classes)
+    entries = meta["params"]["groups"]
+    if samples_per_class is not None and not 1 <= samples_per_class * num_classes <= MAX_SAMPLES:
+        raise ValueError(f"samples_per_class must be at least 1 and give at most {MAX_SAMPLES} images")
+    priors_t, decoder_t = reader.read_tensors("priors"), reader.read_tensors("decoder")
+    with_labels = all(e["soft_labels"] for e in entries)
+    labels_t = reader.read_tensors("prior_labels") if with_labels and "prior_labels" in reader else None
+    if with_labels and labels_t is None:
+        raise D3FormatError("meta says the groups have soft labels but there is no 'prior_labels' section")
+    images, hard, soft = [], [], []
+    for index, (g, e) in enumerate(zip(groups, entries)):
+        k, p, z = g.num_classes, g.priors_per_class, g.latent_dim
+        mu, logvar = priors_t.get(f"g{index}.mean"), priors_t.get(f"g{index}.logvar")
+        for name, t in (("mean", mu), ("logvar", logvar)):
+            if t is None or tuple(t.shape) != (k, p, z) or not t.is_floating_point():
+                raise D3FormatError(f"section 'priors': 'g{index}.{name}' missing or not ({k}, {p}, {z}) floats")
+        if not (torch.isfinite(mu).all() and torch.isfinite(logvar).all()):
+            raise D3FormatError(f"section 'priors': group {index} holds non-finite values")
+        shapes = decoder_shapes(z, shape, g.decoder_width)
+        decoder = Decoder(z, shape, g.decoder_width)
+        decoder.load_state_dict(dequantise_decoder(decoder_t, f"g{index}.", shapes, e["decoder_dtype"]))
+        decoder.to(device).eval()
+        n = samples_per_class or p
+        gen = torch.Generator().manual_seed(seed)
+        order = torch.stack([torch.randperm(p, generator=gen) for _ in range(k)])  # (K_g, P)
+        which = order[:, torch.arange(n) % p]  # (K_g, N) prior of each sample
+        eps = torch.randn(k, n, z, generator=gen)
+        latents = mu.float().gather(1, which.unsqueeze(-1).expand(k, n, z)) \
+            + (0.5 * logvar.float().gather(1, which.unsqueeze(-1).expand(k, n, z))).exp() * eps  # (K_g, N, Z)
+        flat = latents.view(k * n, z)
+        images.append(torch.cat([decoder(flat[i:i + batch_size].to(device)).cpu()
+                                 for i in range(0, k * n, batch_size)]))  # (K_g·N, C, H, W)
+        hard.append(torch.arange(g.start, g.stop).repeat_interleave(n))
+        if labels_t is not None:
+            lab = labels_t.get(f"g{index}")
+            if lab is None or tuple(lab.shape) != (k, p, k) or not lab.is_floating_point():
+                raise D3FormatError(f"section 'prior_labels': 'g{index}' missing or not ({k}, {p}, {k}) floats")
+            if not (torch.isfinite(lab).all() and (lab >= 0).all()):
+                raise D3FormatError(f"section 'prior_labels': 'g{index}' holds negative or non-finite probabilities")
+            rows = lab.float().gather(1, which.unsqueeze(-1).expand(k, n, k)).reshape(k * n, k)  # (K_g·N, K_g)
+            full = torch.zeros(k * n, num_classes)
+            full[:, g.start:g.stop] = rows
+            soft.append(full)
+    return torch.cat(images), torch.cat(hard), (torch.cat(soft) if labels_t is not None else None)

@@ -1,0 +1,133 @@
+"""Teachers: networks trained on the real data whose predictions become soft labels.
+
+A teacher is a ConvNet-3 (d3codec.models) trained by :func:`train_teacher` on the real images of
+some classes, or loaded from a safetensors file with :func:`load_teacher` (never a pickle). Its
+weights never enter an archive; only the soft labels it gives do.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from .data import RealData
+from .errors import D3Error
+from .models import ConvNet
+
+
+@dataclass
+class Teacher:
+    """A trained network and the classes its logits are read on.
+
+    ``probabilities(x)`` takes (N, C, H, W) float32 **normalised** images and returns (N, len(classes))
+    softmax probabilities over ``classes`` (indices into the dataset's classes), at ``temperature``.
+    """
+
+    net: ConvNet
+    classes: list[int]
+    out_index: list[int]  # column of each of ``classes`` in the network's logits
+
+    @torch.no_grad()
+    def probabilities(self, x: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+        self.net.eval()
+        logits = self.net(x)[:, self.out_index]  # (N, len(classes))
+        return F.softmax(logits / temperature, dim=1)
+
+    def restricted(self, classes: list[int]) -> "Teacher":
+        """The same network read on a subset of its classes (a subtask's)."""
+        position = {c: i for i, c in enumerate(self.classes)}
+        missing = [c for c in classes if c not in position]
+        if missing:
+            raise ValueError(f"the teacher has no output for classes {missing[:5]}")
+        return Teacher(self.net, list(classes), [self.out_index[position[c]] for c in classes])
+
+
+def train_teacher(real: RealData, classes: list[int], *, epochs: float = 2.0, width: int = 128,
+                  batch_size: int = 256, lr: float = 0.05, device: torch.device = torch.device("cpu"),
+                  seed: int = 0, progress: bool = False) -> tuple[Teacher, float]:
+    """Train a ConvNet-3 on the real training images of ``classes`` (SGD, momentum 0.9, cosine lr).
+
+    Args:
+        classes: dataset class indices; the network's logits are in this order.
+        epochs: passes over those classes' images (fractions allowed: 0.5 reads half once).
+    Returns: (teacher, training accuracy of the last epoch's batches, a fraction).
+    """
+    gen = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    c, h, _ = real.image_shape
+    indices = torch.cat([real.class_indices(k) for k in classes])
+    local = torch.cat([torch.full((len(real.class_indices(k)),), i, dtype=torch.long) for i, k in enumerate(classes)])
+    steps = max(1, int(epochs * len(indices) / batch_size))
+    mean = torch.tensor(real.mean, device=device).view(1, c, 1, 1)
+    std = torch.tensor(real.std, device=device).view(1, c, 1, 1)
+    net = ConvNet(c, len(classes), h, width=width).to(device)
+    opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
+    net.train()
+    order, position, correct, seen = torch.randperm(len(indices), generator=gen), 0, 0, 0
+    for step in tqdm(range(steps), desc="teacher", disable=not progress, unit="step"):
+        if position + batch_size > len(order):
+            order, position = torch.randperm(len(indices), generator=gen), 0
+        pick = order[position:position + batch_size]
+        position += batch_size
+        x = (real.images_at(indices[pick]).to(device) - mean) / std  # (B, C, H, W) normalised
+        y = local[pick].to(device)
+        if torch.rand((), generator=gen) < 0.5:  # horizontal flip, the one augmentation every dataset here allows
+            x = x.flip(3)
+        logits = net(x)
+        loss = F.cross_entropy(logits, y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        if step >= steps - max(1, len(indices) // batch_size):
+            correct += int((logits.argmax(1) == y).sum())
+            seen += len(y)
+    net.eval().requires_grad_(False)
+    return Teacher(net, list(classes), list(range(len(classes)))), correct / max(seen, 1)
+
+
+def save_teacher(teacher: Teacher, path: str | os.PathLike, image_shape: tuple[int, int, int]) -> None:
+    """Write the teacher's weights as safetensors, with its classes and shape in the header metadata."""
+    from safetensors.torch import save_file
+
+    state = {k: v.detach().cpu().contiguous() for k, v in teacher.net.state_dict().items()}
+    save_file(state, str(path), metadata={"model": "convnet3", "classes": ",".join(map(str, teacher.classes)),
+                                          "image_shape": ",".join(map(str, image_shape)),
+                                          "width": str(teacher.net.classifier.in_features)})
+
+
+def load_teacher(path: str | os.PathLike, image_shape: tuple[int, int, int], num_classes: int,
+                 device: torch.device = torch.device("cpu")) -> Teacher:
+    """A ConvNet-3 teacher from a safetensors file (as :func:`save_teacher` writes, or any ConvNet-3
+    state dict whose classifier has ``num_classes`` outputs, one per dataset class in order).
+
+    Raises: D3Error naming the mismatch when the file is not such a network.
+    """
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            state = {k: f.get_tensor(k) for k in f.keys()}
+            header = f.metadata() or {}
+    except Exception as e:  # safetensors raises several types for a bad file
+        raise D3Error(f"--teacher {path}: not a readable safetensors file ({e})") from None
+    first = state.get("features.0.weight")
+    if first is None or "classifier.weight" not in state:
+        raise D3Error(f"--teacher {path}: expected a ConvNet-3 state dict (features.*, classifier.*)")
+    width = first.shape[0]
+    classes = [int(c) for c in header["classes"].split(",")] if header.get("classes") else list(range(num_classes))
+    net = ConvNet(image_shape[0], state["classifier.weight"].shape[0], image_shape[1], width=width)
+    try:
+        net.load_state_dict(state)
+    except RuntimeError as e:
+        raise D3Error(f"--teacher {path}: does not fit a ConvNet-3 for images {image_shape} ({e})") from None
+    if len(classes) != net.classifier.out_features or any(not 0 <= c < num_classes for c in classes):
+        raise D3Error(f"--teacher {path}: its {net.classifier.out_features} outputs do not match the dataset's "
+                      f"{num_classes} classes")
+    net.to(device).eval().requires_grad_(False)
+    return Teacher(net, classes, list(range(len(classes))))
