@@ -1,11 +1,13 @@
-"""Benchmark on real Fashion-MNIST: DM archives against random real images in the same bytes.
+"""Benchmark on real Fashion-MNIST: DM and D3 archives against random real images in the same bytes.
 
-For each IPC budget, in one run: compress with DM (fast preset unless told otherwise), train
-``--runs`` fresh ConvNet-3 students on the archive and on random real images stored in the same
-bytes (as float32 and as PNG), and record final-epoch test accuracy mean ± std, file bytes,
-distillation seconds and student seconds. Optionally also DM with the paper's 256 real images
-per class per iteration (``--real-side-ipc``), to show what the fast preset's cheaper real side
-costs. Writes benchmarks/RESULTS.md and a JSON file of every number.
+For each IPC budget, in one run: compress with DM and with D3 (fast presets unless told
+otherwise), train ``--runs`` fresh ConvNet-3 students on each archive and on random real images
+stored in the same bytes (as float32 and as PNG), and record final-epoch test accuracy mean ± std,
+file bytes, distillation seconds and student seconds. D3 archives are expanded with their default
+draw, one image per prior (students' cost is in the table beside DM's); one D3 row has soft
+labels switched off, to show what they buy. Optionally also DM with the paper's 256 real
+images per class per iteration (``--real-side-ipc``), to show what the fast preset's cheaper real
+side costs. Writes benchmarks/RESULTS.md and a JSON file of every number.
 
     python benchmarks/fashion_mnist.py --ipc 1 10 --runs 3 --epochs 300
 """
@@ -28,6 +30,7 @@ from d3codec.budget import ipc_budget
 from d3codec.compress import compress
 from d3codec.data import load_dataset
 from d3codec.evaluate import StudentConfig, evaluate, random_real_subset, test_split
+from d3codec.methods.d3 import D3Encoder
 from d3codec.methods.pixel import PixelEncoder
 from d3codec.models import resolve_device
 
@@ -97,6 +100,25 @@ def run(args) -> dict:
                 {"images_per_class": ds.meta["params"]["images_per_class"],
                  "storage": ds.meta["params"]["storage_dtype"], "budget": res.budget,
                  "config": ds.meta["params"]["config"]})
+        for name, overrides in d3_variants(ipc, args):
+            if (ipc, name) in done:
+                continue
+            path = work / f"fm-ipc{ipc}-d3-{len(results['rows'])}.d3"
+            log(f"== IPC {ipc}: compress {name}")
+            t = time.time()
+            res = compress(real, path, encoder=D3Encoder.from_options(args.preset, **overrides), ipc=ipc,
+                           seed=args.seed, device=device, progress=False)
+            seconds = time.time() - t
+            t = time.time()
+            ds = D3Dataset(path, samples_per_class=args.d3_samples_per_class, seed=args.seed)
+            decode_rate = len(ds) / (time.time() - t)
+            targets = ds.soft_labels if ds.soft_labels is not None else ds.labels
+            group = ds.meta["params"]["groups"][0]
+            row(ipc, name, ds.images, targets, res.file_bytes, round(seconds, 1),
+                {"samples_per_class": len(ds) // real.num_classes, "priors_per_class": group["priors_per_class"],
+                 "latent_dim": group["latent_dim"], "decoder_width": group["decoder_width"],
+                 "teacher_accuracy": group["stats"].get("teacher_accuracy"), "budget": res.budget,
+                 "decode_images_per_second_cpu": round(decode_rate), "config": ds.meta["params"]["config"]})
         for storage in ("float32", "png"):
             if (ipc, f"random real ({storage})") in done:
                 continue
@@ -108,14 +130,27 @@ def run(args) -> dict:
 
 def dm_variants(ipc: int, args) -> list[tuple[str, dict]]:
     """(row name, preset overrides) of the DM rows at this IPC budget."""
+    if "dm" not in args.methods:
+        return []
     variants = [("DM (fast preset)" if args.preset == "fast" else f"DM ({args.preset})", {})]
     if ipc in args.real_side_ipc:
         variants.append((f"DM ({args.preset}, 256 real/class/iter)", {"real_per_class": 256}))
     return variants
 
 
+def d3_variants(ipc: int, args) -> list[tuple[str, dict]]:
+    """(row name, preset overrides) of the D3 rows at this IPC budget."""
+    if "d3" not in args.methods:
+        return []
+    variants = [(f"D3 ({args.preset} preset)", {})]
+    if ipc in args.no_labels_ipc:
+        variants.append((f"D3 ({args.preset}, no soft labels)", {"soft_labels": False}))
+    return variants
+
+
 def row_names(ipc: int, args) -> list[str]:
-    return [name for name, _ in dm_variants(ipc, args)] + ["random real (float32)", "random real (png)"]
+    return [name for name, _ in dm_variants(ipc, args) + d3_variants(ipc, args)] + \
+        ["random real (float32)", "random real (png)"]
 
 
 def save(results: dict, args) -> None:
@@ -144,6 +179,10 @@ def render(results: dict) -> str:
             pub.get("random real", "") if r["name"] == "random real (float32)" else "")
         distil = f"{r['distill_seconds']:.0f}" if r.get("distill_seconds") is not None else "-"
         per_class = f" ({r['images_per_class']}/class, {r['storage']})" if "images_per_class" in r else ""
+        if "priors_per_class" in r:
+            per_class = (f" ({r['samples_per_class']}/class drawn from {r['priors_per_class']} priors/class, "
+                         f"latent {r['latent_dim']}, decoder width {r['decoder_width']}; decodes "
+                         f"{r['decode_images_per_second_cpu']} img/s on CPU)")
         student = sum(r["student_seconds"]) / len(r["student_seconds"])
         lines.append(f"| {r['ipc']} ({r.get('budget', '')} B) | {r['name']} | {r['bytes']} | {r['images']}{per_class} | "
                      f"{distil} | {student:.0f} | {100 * r['mean']:.2f} ± {100 * r['std']:.2f} | {published} |")
@@ -175,6 +214,11 @@ def main() -> None:
     p.add_argument("--preset", default="fast")
     p.add_argument("--real-side-ipc", type=int, nargs="*", default=[1],
                    help="IPC budgets at which DM also runs with 256 real images per class per iteration")
+    p.add_argument("--methods", nargs="+", default=["dm", "d3"], choices=["dm", "d3"])
+    p.add_argument("--no-labels-ipc", type=int, nargs="*", default=[1, 10],
+                   help="IPC budgets at which D3 also runs with soft labels off")
+    p.add_argument("--d3-samples-per-class", type=int, default=None,
+                   help="images drawn per class from D3 archives (default: one per prior)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
     p.add_argument("--data-root", default=None)

@@ -438,7 +438,7 @@ class D3Encoder(Encoder):
         opt = torch.optim.Adam([{"params": decoder.parameters(), "lr": cfg.lr_decoder},
                                 {"params": [prior_mean], "lr": cfg.lr_priors}])
         batch = min(k * p, 256)
-        for _ in tqdm(range(cfg.init_iterations), desc=f"D3 warm start {index}", disable=not progress, unit="it"):
+        for _ in tqdm(range(cfg.init_iterations), desc=f"D3 warm start {index + 1}/{len(plan.groups)}", disable=not progress, unit="it"):
             pick = torch.randperm(k * p, generator=gen)[:batch].to(device)
             recon = decoder(prior_mean.view(k * p, z)[pick])  # (B, C, H, W)
             loss = F.mse_loss(recon, targets.view(k * p, c, h, w)[pick])
@@ -534,8 +534,8 @@ def decode(reader, meta: dict, samples_per_class: int | None = None, seed: int =
     """Draw samples from a D3 archive's priors and decode them.
 
     Sample j of a class uses prior (j mod P) of a random order of its P priors; its latent is
-    μ + σ·ε with ε from a generator seeded by (``seed``, group index within its own subtask
-    archive: always 0-based per group), so a group expands identically alone or merged.
+    μ + σ·ε. Each group draws from a CPU generator seeded afresh with ``seed`` (spec/FORMAT.md
+    gives the order of the draws), so a group expands identically alone or merged.
 
     Args:
         samples_per_class: N (default: the group's priors per class).
