@@ -1,7 +1,7 @@
 """Federated distillation over torch.distributed: subtasks spread across ranks, merged by rank 0.
 
 Run ``torchrun --nproc-per-node N -m d3codec.cli.main compress ... --method d3 --subtasks K``
-(or ``d3 compress ... --workers N``, which starts that for you). Every rank makes the same plan;
+(or ``d3 compress ... --workers N``, which spawns N local ranks itself). Every rank makes the same plan;
 rank r distils groups r, r + N, r + 2N, ... (each seeded by (seed, group), so which rank runs a
 group does not change it), writes each as a complete subtask archive beside the output, and rank
 0 merges the subtask archives (d3codec.merge) into the output once all are written. Backend: gloo
@@ -80,7 +80,7 @@ def distill_federated(encoder: Encoder, real: RealData, plan, output: Path, meta
         parts = [Part.read(p) for p in paths]
         fields, sections = combine(parts)
         seconds = sum(p.meta["stats"].get("distill_seconds", 0.0) for p in parts)
-        result = Encoded(sections, encoder.method_meta(fields["groups"]),
+        result = Encoded(sections, encoder.method_meta(fields["groups"]),  # seconds: summed over subtasks
                          {"distill_seconds": round(seconds, 3), "workers": world})
         if os.environ.get("D3CODEC_KEEP_SUBTASKS") != "1":
             for p in paths:
