@@ -18,13 +18,6 @@ def _fail(error: Exception) -> None:
     raise click.ClickException(str(error))
 
 
-def open_dataset(archive, samples_per_class, sample_seed, device):
-    """The archive as a D3Dataset (the sampling options are refused for archives of stored images)."""
-    from d3codec import D3Dataset
-
-    return D3Dataset(archive, samples_per_class=samples_per_class, seed=sample_seed, device=device)
-
-
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="d3codec")
 def main() -> None:
@@ -192,12 +185,13 @@ def info(archive, as_json):
 @click.option("--device", default="cpu", show_default=True, help="Where d3 archives are decoded.")
 def expand(archive, output, fmt, grid, samples_per_class, sample_seed, device):
     """Expand ARCHIVE into images or tensors."""
+    from d3codec import D3Dataset
     from d3codec.expand import grid_image, write_image_folder, write_tensors
 
     if output is None and grid is None:
         raise click.UsageError("give -o DIR, --grid FILE.png, or both")
     try:
-        ds = open_dataset(archive, samples_per_class, sample_seed, device)
+        ds = D3Dataset(archive, samples_per_class=samples_per_class, seed=sample_seed, device=device)
         if output is not None:
             if fmt == "png":
                 n = write_image_folder(ds, output)
@@ -229,13 +223,14 @@ def expand(archive, output, fmt, grid, samples_per_class, sample_seed, device):
 def evaluate_cmd(archive, model, epochs, runs, baseline, dataset, data_root, seed, device, json_out, samples_per_class,
                  sample_seed):
     """Train fresh students on ARCHIVE and report final test accuracy, bytes and training time."""
+    from d3codec import D3Dataset
     from d3codec.data import load_dataset
     from d3codec.evaluate import StudentConfig, evaluate, random_real_subset, test_split
     from d3codec.models import resolve_device
 
     try:
         dev = resolve_device(device)
-        ds = open_dataset(archive, samples_per_class, sample_seed, dev)
+        ds = D3Dataset(archive, samples_per_class=samples_per_class, seed=sample_seed, device=dev)
         file_bytes = Path(archive).stat().st_size
         real = load_dataset(dataset or ds.meta["dataset"]["name"], data_root)
         if real.classes != ds.classes:

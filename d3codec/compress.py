@@ -49,6 +49,11 @@ def resolve_budget(spec: DatasetSpec, ipc: float | None, budget: int | None) -> 
     return ipc_budget(ipc, spec.num_classes, spec.image_shape)
 
 
+def utc_now() -> str:
+    """The creation time archives record: UTC, ISO 8601, whole seconds."""
+    return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 def base_meta(spec: DatasetSpec, method: str, budget: int, ipc: float | None, seed: int, created: str) -> dict:
     """The metadata fields every archive carries, before the method's own."""
     return {
@@ -121,8 +126,7 @@ def compress(real: RealData, output: str | os.PathLike, *, method: str = "pixel"
     encoder = encoder or ENCODERS[method]()
     spec = DatasetSpec.of(real)
     budget = resolve_budget(spec, ipc, budget)
-    created = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-    meta = base_meta(spec, encoder.method, budget, ipc, seed, created)
+    meta = base_meta(spec, encoder.method, budget, ipc, seed, utc_now())
     plan = plan_archive(encoder, spec, budget, meta, real)
 
     device = torch.device(device)

@@ -17,10 +17,10 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from .container import Section, encode_archive, write_atomic
+from .container import Section, write_archive
 from .data import RealData
 from .errors import D3Error
-from .merge import Part, combine
+from .merge import Part, combine, rename_group
 from .methods.base import Encoded, Encoder
 from .methods.d3 import sections_of
 
@@ -70,9 +70,8 @@ def distill_federated(encoder: Encoder, real: RealData, plan, output: Path, meta
                      "params": encoder.method_meta([{**entry, "classes": [0, b - a]}]), "stats": entry["stats"],
                      "federated": {"budget": meta["budget"]["bytes"], "subtask": index, "subtasks": count,
                                    "classes": [a, b]}}
-        local = {section: {_local_key(key, index): t for key, t in group.items()} for section, group in tensors.items()}
-        data = encode_archive([Section.json("meta", part_meta)] + sections_of([local]))
-        write_atomic(subtask_path(output, index, count), data)
+        local = {section: rename_group(group, index, 0) for section, group in tensors.items()}
+        write_archive(subtask_path(output, index, count), [Section.json("meta", part_meta)] + sections_of([local]))
     dist.barrier()
     result = None
     if me == 0:
@@ -92,12 +91,6 @@ def barrier() -> None:
     """Wait for every rank (no-op in a single process)."""
     if world_size() > 1:
         dist.barrier()
-
-
-def _local_key(key: str, index: int) -> str:
-    head, dot, rest = key.partition(".")
-    assert head == f"g{index}", key
-    return f"g0{dot}{rest}"
 
 
 

@@ -8,7 +8,6 @@ re-coded, so a merged archive expands to exactly the union of its parts' images.
 
 from __future__ import annotations
 
-import datetime as _dt
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +18,7 @@ import torch
 from .archive import open_archive
 from .container import Section, encode_archive, write_atomic
 from .errors import D3BudgetError, D3Error
+from .methods.base import DatasetSpec
 from .methods.d3 import read_groups, sections_of
 
 MERGEABLE = ("d3",)
@@ -72,13 +72,13 @@ def combine(parts: list[Part]) -> tuple[dict[str, Any], list[Section]]:
             new = len(groups)
             a, b = entry["classes"]
             groups.append({**entry, "classes": [a + offset, b + offset]})
-            renamed.append({section: _rename_group(tensors, i, new) for section, tensors in part.tensors.items()})
+            renamed.append({section: rename_group(tensors, i, new) for section, tensors in part.tensors.items()})
     names = list(dict.fromkeys(p.meta["dataset"]["name"] for p in parts))
     dataset = {**first, "name": names[0] if len(names) == 1 else "+".join(names), "classes": classes}
     return {"dataset": dataset, "groups": groups}, sections_of(renamed)
 
 
-def _rename_group(tensors: dict[str, torch.Tensor], old: int, new: int) -> dict[str, torch.Tensor]:
+def rename_group(tensors: dict[str, torch.Tensor], old: int, new: int) -> dict[str, torch.Tensor]:
     """Group ``old``'s tensors (keys g{old} and g{old}.*) under the keys of group ``new``."""
     out = {}
     for key, t in tensors.items():
@@ -114,18 +114,17 @@ def merge_archives(paths: list[str | os.PathLike], output: str | os.PathLike, bu
     Raises: D3FormatError for a malformed part; D3Error for parts that cannot be merged;
         D3BudgetError if the merged file would pass the budget (nothing is written).
     """
-    from . import __version__
+    from .compress import base_meta, utc_now
 
     parts = [Part.read(p) for p in paths]
     fields, sections = combine(parts)
     budget = budget if budget is not None else merged_budget(parts)
     ipcs = {(p.meta.get("budget") or {}).get("ipc") for p in parts}
+    ds = fields["dataset"]
+    spec = DatasetSpec(ds["name"], tuple(ds["classes"]), tuple(ds["image_shape"]), tuple(ds["mean"]), tuple(ds["std"]))
     meta = {
-        "format": parts[0].meta["format"], "method": parts[0].meta["method"], "dataset": fields["dataset"],
-        "budget": {"bytes": budget, "ipc": ipcs.pop() if len(ipcs) == 1 else None},
-        "seed": parts[0].meta.get("seed"),
-        "created": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "software": {"d3codec": __version__, "torch": torch.__version__},
+        **base_meta(spec, parts[0].meta["method"], budget, ipcs.pop() if len(ipcs) == 1 else None,
+                    parts[0].meta.get("seed"), utc_now()),
         "params": {"groups": fields["groups"]},
         "merged_from": [{"dataset": p.meta["dataset"]["name"], "classes": len(p.meta["dataset"]["classes"]),
                          "file_bytes": p.file_bytes, "created": p.meta.get("created")} for p in parts],

@@ -9,7 +9,7 @@ writes the file atomically and checks its size.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
 import torch
@@ -49,6 +49,13 @@ class Encoded:
     method_meta: dict[str, Any] = field(default_factory=dict)
     stats: dict[str, Any] = field(default_factory=dict)
     trim: Callable[[], "Encoded | None"] | None = None
+
+
+def preset_config(presets: dict[str, Any], preset: str, overrides: dict[str, Any]) -> Any:
+    """``presets[preset]`` with the overrides that are not None. Raises ValueError for an unknown preset."""
+    if preset not in presets:
+        raise ValueError(f"unknown preset {preset!r}; use one of {', '.join(presets)}")
+    return replace(presets[preset], **{k: v for k, v in overrides.items() if v is not None})
 
 
 class Encoder(ABC):

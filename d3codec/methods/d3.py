@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from typing import Callable, Protocol
 
 import torch
@@ -56,7 +56,7 @@ from ..errors import D3BudgetError, D3FormatError
 from ..losses import mean_embedding_loss, mmd_rbf
 from ..models import ConvNet
 from ..teacher import Teacher, train_teacher
-from .base import DatasetSpec, Encoded, Encoder
+from .base import DatasetSpec, Encoded, Encoder, preset_config
 
 DECODER_WIDTHS = (8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256)
 DECODER_DTYPES = ("int8", "float16")
@@ -214,25 +214,16 @@ class MatchingTerm(Protocol):
 
 
 @dataclass
-class FeatureMMD:
-    """Σ_c w · MMD²(φ(x̃_c), φ(x_c)) with the RBF mixture (Qin et al. 2024, Eq. 6, MMD part)."""
+class PerClassFeatureTerm:
+    """Σ_c w · loss(φ(x̃_c), φ(x_c)) for a feature loss of d3codec.losses: ``mmd_rbf`` (Qin et al.
+    2024, Eq. 6, MMD part) or ``mean_embedding_loss`` (DM, Zhao & Bilen 2023, Eq. 4)."""
 
+    loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
     weight: float = 1.0
 
     def __call__(self, batch: MatchingBatch) -> torch.Tensor:
         f_syn, f_real = batch.features()
-        return self.weight * sum(mmd_rbf(f_syn[c], f_real[c]) for c in range(len(f_syn)))
-
-
-@dataclass
-class FeatureMean:
-    """Σ_c w · ‖mean φ(x_c) − mean φ(x̃_c)‖² (DM, Zhao & Bilen 2023, Eq. 4)."""
-
-    weight: float = 1.0
-
-    def __call__(self, batch: MatchingBatch) -> torch.Tensor:
-        f_syn, f_real = batch.features()
-        return self.weight * sum(mean_embedding_loss(f_syn[c], f_real[c]) for c in range(len(f_syn)))
+        return self.weight * sum(self.loss(f_syn[c], f_real[c]) for c in range(len(f_syn)))
 
 
 # ---- the plan -----------------------------------------------------------------------------------------------------
@@ -321,10 +312,7 @@ class D3Encoder(Encoder):
 
     @classmethod
     def from_options(cls, preset: str = "fast", teacher: Teacher | None = None, **overrides) -> "D3Encoder":
-        if preset not in PRESETS:
-            raise ValueError(f"unknown preset {preset!r}; use one of {', '.join(PRESETS)}")
-        overrides = {k: v for k, v in overrides.items() if v is not None}
-        return cls(replace(PRESETS[preset], **overrides), teacher)
+        return cls(preset_config(PRESETS, preset, overrides), teacher)
 
     def method_meta(self, groups: list[dict]) -> dict:
         return {"groups": groups, "config": asdict(self.config)}
@@ -447,7 +435,8 @@ class D3Encoder(Encoder):
             opt.step()
         del targets
 
-        terms: list[MatchingTerm] = [FeatureMMD(cfg.mmd_weight), FeatureMean(cfg.mean_weight)]
+        terms: list[MatchingTerm] = [PerClassFeatureTerm(mmd_rbf, cfg.mmd_weight),
+                                     PerClassFeatureTerm(mean_embedding_loss, cfg.mean_weight)]
         opt = torch.optim.Adam([{"params": decoder.parameters(), "lr": cfg.lr_decoder},
                                 {"params": [prior_mean, prior_logvar], "lr": cfg.lr_priors}])
         dsa = DSA() if cfg.dsa else None

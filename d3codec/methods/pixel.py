@@ -38,7 +38,7 @@ from ..data import RealData
 from ..errors import D3FormatError
 from ..models import ConvNet
 from ..storage import decode_images, encode_images, resolve_storage_dtype
-from .base import DatasetSpec, Encoded, Encoder
+from .base import DatasetSpec, Encoded, Encoder, preset_config
 
 
 @dataclass(frozen=True)
@@ -77,10 +77,7 @@ class PixelEncoder(Encoder):
 
     @classmethod
     def from_options(cls, preset: str = "fast", **overrides) -> "PixelEncoder":
-        if preset not in PRESETS:
-            raise ValueError(f"unknown preset {preset!r}; use one of {', '.join(PRESETS)}")
-        overrides = {k: v for k, v in overrides.items() if v is not None}
-        return cls(replace(PRESETS[preset], **overrides))
+        return cls(preset_config(PRESETS, preset, overrides))
 
     def method_meta(self, plan: PixelPlan) -> dict:
         return {"objective": "dm", "config": asdict(self.config), "images_per_class": plan.images_per_class,
