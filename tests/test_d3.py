@@ -104,6 +104,13 @@ def test_soft_labels_off_stores_no_label_section(tiny_real, tmp_path):
         D3Dataset(out, targets="soft")
 
 
+def test_warm_start_only_writes_an_archive_without_a_final_loss(tiny_real, tmp_path):
+    out = tmp_path / "w.d3"
+    compress(tiny_real, out, encoder=tiny_encoder(iterations=0), budget=16_000, progress=False)
+    stats = D3Dataset(out).meta["params"]["groups"][0]["stats"]
+    assert "final_loss" not in stats and stats["distill_seconds"] >= 0
+
+
 def test_pixel_archives_refuse_sampling_options(tiny_real, tmp_path):
     from d3codec.methods.pixel import PixelEncoder
 

@@ -419,7 +419,7 @@ class D3Encoder(Encoder):
 
         decoder = Decoder(z, real.image_shape, g.decoder_width).to(device)
         prior_mean = torch.nn.Parameter(0.1 * torch.randn(k, p, z, generator=gen).to(device))  # (K_g, P, Z)
-        prior_logvar = torch.nn.Parameter(torch.full((k, p, z), cfg.init_logvar, device=device))
+        prior_logvar = torch.nn.Parameter(torch.full((k, p, z), float(cfg.init_logvar), device=device))
 
         # warm start: each prior mean decodes to one random real image of its class
         targets = torch.stack([real.sample_class(cl, p, gen) for cl in classes]).to(device)  # (K_g, P, C, H, W)
@@ -479,7 +479,9 @@ class D3Encoder(Encoder):
             with torch.no_grad():
                 means = decoder(priors[0].float().to(device).view(k * p, z))  # (K_g·P, C, H, W)
                 labels = teacher.probabilities(normalise(means), cfg.label_temperature).view(k, p, k).cpu()
-        stats = {"distill_seconds": round(time.time() - start, 3), "final_loss": round(loss_value, 6)}
+        stats = {"distill_seconds": round(time.time() - start, 3)}
+        if cfg.iterations > 0:  # no matching iterations (warm start only): no loss to report
+            stats["final_loss"] = round(loss_value, 6)
         if teacher_acc is not None:
             stats["teacher_accuracy"] = round(teacher_acc, 4)
         tensors = group_tensors(g, index, real.image_shape, cfg.decoder_dtype, cfg.soft_labels, priors,
