@@ -63,22 +63,23 @@ def run(args) -> dict:
     test = test_split(real)
     config = StudentConfig(epochs=args.epochs)
     log = lambda m: print(m, flush=True)  # noqa: E731
-    results = {"machine": machine(), "device": str(device), "date": dt.date.today().isoformat(),
-               "command": "python " + " ".join(sys.argv), "epochs": args.epochs, "runs": args.runs, "rows": [],
+    invocation = {"command": "python " + " ".join(sys.argv), "date": dt.date.today().isoformat(),
+                  "machine": machine(), "device": str(device), "note": args.note}
+    results = {"invocations": [invocation], "epochs": args.epochs, "runs": args.runs, "rows": [],
                "planned": [[ipc, name] for ipc in args.ipc for name in row_names(ipc, args)]}
     if args.resume and Path(args.json).is_file():  # keep finished rows of an interrupted run
         earlier = json.loads(Path(args.json).read_text())
         if (earlier["epochs"], earlier["runs"]) == (args.epochs, args.runs):
             results["rows"] = earlier["rows"]
-            results["date"] = f"{earlier['date']} to {results['date']}" if earlier["date"] != results["date"] \
-                else results["date"]
+            results["invocations"] = earlier["invocations"] + [invocation]
     done = {(r["ipc"], r["name"]) for r in results["rows"]}
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
 
     def row(ipc, name, images, targets, bytes_, distill_s=None, extra=None):
         r = evaluate(name, images, targets, real, args.runs, config, args.seed, device, test, bytes_, log)
-        results["rows"].append({"ipc": ipc, "name": name, "images": len(images), "bytes": bytes_,
+        results["rows"].append({"ipc": ipc, "name": name, "run": len(results["invocations"]),
+                                "images": len(images), "bytes": bytes_,
                                 "distill_seconds": distill_s, "accuracies": r.accuracies, "mean": r.mean, "std": r.std,
                                 "student_seconds": r.seconds, **(extra or {})})
         log(r.summary())
@@ -163,16 +164,17 @@ def render(results: dict) -> str:
     lines = [
         "# Benchmark: real Fashion-MNIST, ConvNet-3",
         "",
-        f"- machine: {results['machine']}; device: {results['device']}",
-        f"- date: {results['date']}",
-        f"- command: `{results['command']}`",
+        "- script runs (the `script run` column; `--resume` keeps the rows of the earlier runs):",
+        *[f"  {i}. {v['date']}: `{v['command']}` on {v['machine']}; device: {v['device']}"
+          + (f". {v['note']}" if v.get("note") else "")
+          for i, v in enumerate(results["invocations"], 1)],
         f"- protocol: {results['runs']} fresh ConvNet-3 students per row, {results['epochs']} epochs, SGD lr 0.01 "
         "(× 0.1 at half), momentum 0.9, weight decay 5e-4, batch 256, DSA; **final-epoch** test accuracy on the "
         "10 000 test images, mean ± std over students. Bytes: the whole file (archives) or the images "
         "as stored (baselines). Baselines are drawn in the same run.",
         "",
-        "| IPC budget | row | bytes | images | distil s | student s (each) | accuracy % (final) | published % |",
-        "|---|---|---|---|---|---|---|---|",
+        "| IPC budget | row | script run | bytes | images | distil s | student s (each) | accuracy % (final) | published % |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results["rows"]:
         pub = PUBLISHED.get(r["ipc"], {})
@@ -185,7 +187,7 @@ def render(results: dict) -> str:
                          f"latent {r['latent_dim']}, decoder width {r['decoder_width']}; decodes "
                          f"{r['decode_images_per_second_cpu']} img/s on CPU)")
         student = sum(r["student_seconds"]) / len(r["student_seconds"])
-        lines.append(f"| {r['ipc']} ({r.get('budget', '')} B) | {r['name']} | {r['bytes']} | {r['images']}{per_class} | "
+        lines.append(f"| {r['ipc']} ({r.get('budget', '')} B) | {r['name']} | {r.get('run', 1)} | {r['bytes']} | {r['images']}{per_class} | "
                      f"{distil} | {student:.0f} | {100 * r['mean']:.2f} ± {100 * r['std']:.2f} | {published} |")
     finished = {(r["ipc"], r["name"]) for r in results["rows"]}
     pending = [f"IPC {ipc}: {name}" for ipc, name in results.get("planned", []) if (ipc, name) not in finished]
@@ -225,6 +227,7 @@ def main() -> None:
     p.add_argument("--work", default=str(HERE / "work"))
     p.add_argument("--out", default=str(HERE / "RESULTS.md"))
     p.add_argument("--json", default=str(HERE / "results-fashion-mnist.json"))
+    p.add_argument("--note", default="", help="said of this run in RESULTS.md (e.g. what else shared the machine)")
     p.add_argument("--resume", action="store_true", help="keep the rows already in --json and run the rest")
     p.add_argument("--render-only", action="store_true", help="rewrite --out from --json without running anything")
     args = p.parse_args()
