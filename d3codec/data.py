@@ -10,6 +10,7 @@ from __future__ import annotations
 import gzip
 import os
 import shutil
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -178,9 +179,9 @@ def _fashion_mnist(root: Path, download: bool = True) -> RealData:
         for src in sources:
             if all((src / f"{f}.gz").is_file() for f in FASHION_MNIST_FILES):
                 raw.mkdir(parents=True, exist_ok=True)
-                for f in FASHION_MNIST_FILES:
-                    tmp = raw / f".{f}.tmp"
-                    with gzip.open(src / f"{f}.gz", "rb") as fin, open(tmp, "wb") as fout:
+                for f in FASHION_MNIST_FILES:  # a unique temporary name: two processes may unpack at once
+                    fd, tmp = tempfile.mkstemp(prefix=f".{f}.", suffix=".tmp", dir=raw)
+                    with gzip.open(src / f"{f}.gz", "rb") as fin, os.fdopen(fd, "wb") as fout:
                         shutil.copyfileobj(fin, fout)
                     os.replace(tmp, raw / f)
                 break

@@ -1,5 +1,9 @@
 """Finding real data offline: the Debian Fashion-MNIST files, folders, and clear errors."""
 
+import shutil
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
 import pytest
 import torch
 
@@ -18,6 +22,25 @@ def test_fashion_mnist_is_unpacked_from_the_debian_folder(fake_fashion_mnist, tm
     x = real.sample_class(4, 2, torch.Generator().manual_seed(0))
     assert x.shape == (2, 1, 28, 28) and 0 <= float(x.min()) and float(x.max()) <= 1
     assert len(real.test) == 20
+
+
+def test_two_processes_unpacking_fashion_mnist_at_once_both_succeed(fake_fashion_mnist, tmp_path, monkeypatch):
+    # both loaders are held inside the copy of the same file at the same moment, as two jobs started together are
+    monkeypatch.setattr(data, "DEBIAN_FASHION_MNIST", fake_fashion_mnist)
+    barrier, copy = threading.Barrier(2, timeout=10), shutil.copyfileobj
+
+    def copy_together(fin, fout):
+        copy(fin, fout)
+        try:
+            barrier.wait()
+        except threading.BrokenBarrierError:
+            pass
+
+    monkeypatch.setattr(data.shutil, "copyfileobj", copy_together)
+    with ThreadPoolExecutor(2) as pool:
+        loaded = list(pool.map(lambda _: data.load_dataset("fashion-mnist", tmp_path / "root", download=False), range(2)))
+    assert [r.train_images.shape[0] for r in loaded] == [30, 30]
+    assert sorted(p.name for p in (tmp_path / "root" / "FashionMNIST" / "raw").iterdir()) == sorted(data.FASHION_MNIST_FILES)
 
 
 def test_missing_fashion_mnist_says_where_it_looked_and_how_to_fix(tmp_path, monkeypatch):
