@@ -48,6 +48,8 @@ def main() -> None:
 @click.option("--priors-per-class", type=int, help="d3: priors per class (default: fill the budget).")
 @click.option("--decoder-width", type=int, help="d3: decoder channels (default by the budget rule).")
 @click.option("--decoder-dtype", type=click.Choice(["int8", "float16"]), help="d3: how decoder weights are stored.")
+@click.option("--prior-dtype", type=click.Choice(["float16", "int8"]),
+              help="d3: how prior means and log-variances are stored (int8: about twice the priors).")
 @click.option("--soft-labels/--no-soft-labels", default=None, help="d3: store a teacher's soft label per prior.")
 @click.option("--data-root", type=click.Path(file_okay=False), help="Where the real data is (or goes).")
 @click.option("--resolution", type=int, help="Side length for imagenet and folder datasets (default 64).")
@@ -56,7 +58,7 @@ def main() -> None:
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def compress(dataset, output, method, objective, ipc, budget, preset, iterations, real_per_class, storage_dtype,
              images_per_class, subtasks, workers, teacher, latent_dim, priors_per_class, decoder_width, decoder_dtype,
-             soft_labels, data_root, resolution, seed, device, quiet):
+             prior_dtype, soft_labels, data_root, resolution, seed, device, quiet):
     """Distil DATASET (fashion-mnist, mnist, cifar10, cifar100, imagenet, or a class-per-folder path).
 
     Under torchrun (or with --workers N) a d3 run spreads its subtasks over the ranks."""
@@ -70,7 +72,8 @@ def compress(dataset, output, method, objective, ipc, budget, preset, iterations
             raise click.UsageError("give exactly one of --ipc N or --budget BYTES")
         d3_only = {"--subtasks": subtasks, "--workers": workers, "--teacher": teacher, "--latent-dim": latent_dim,
                    "--priors-per-class": priors_per_class, "--decoder-width": decoder_width,
-                   "--decoder-dtype": decoder_dtype, "--soft-labels": soft_labels}
+                   "--decoder-dtype": decoder_dtype, "--prior-dtype": prior_dtype,
+                   "--soft-labels": soft_labels}
         dev = join_process_group(resolve_device(device))
         real = load_dataset(dataset, data_root, resolution)
         if method == "pixel":
@@ -91,7 +94,7 @@ def compress(dataset, output, method, objective, ipc, budget, preset, iterations
             encoder = D3Encoder.from_options(preset, loaded, iterations=iterations, real_per_class=real_per_class,
                                              subtasks=subtasks, latent_dim=latent_dim, priors_per_class=priors_per_class,
                                              decoder_width=decoder_width, decoder_dtype=decoder_dtype,
-                                             soft_labels=soft_labels)
+                                             prior_dtype=prior_dtype, soft_labels=soft_labels)
         if rank() == 0:
             click.echo(f"{real.name}: {len(real.train_targets)} training images, {real.num_classes} classes, "
                        f"shape {real.image_shape}; method {method}, preset {preset}, device {dev}"
@@ -120,7 +123,7 @@ def describe_plan(plan) -> str:
         return f"{plan.images_per_class} {plan.storage_dtype} images per class"
     g = plan.groups[0]
     return (f"{len(plan.groups)} subtask(s), {g.priors_per_class} priors per class, latent {g.latent_dim}, "
-            f"decoder width {g.decoder_width} ({plan.decoder_dtype})")
+            f"decoder width {g.decoder_width} ({plan.decoder_dtype}), {plan.prior_dtype} priors")
 
 
 @main.command()

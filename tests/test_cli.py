@@ -75,9 +75,9 @@ def test_eval_with_random_real_baseline(tiny_real, tmp_path, monkeypatch):
 def test_d3_compress_expand_any_count_and_merge(image_folder, tmp_path):
     out = tmp_path / "d.d3"
     r = run("compress", image_folder, "--method", "d3", "--resolution", 16, "--budget", 20_000, "--iterations", 2,
-            "--real-per-class", 4, "-o", out, "--device", "cpu", "--quiet")
+            "--real-per-class", 4, "--prior-dtype", "int8", "-o", out, "--device", "cpu", "--quiet")
     assert r.exit_code == 0, r.output
-    assert out.stat().st_size <= 20_000 and "priors per class" in r.output
+    assert out.stat().st_size <= 20_000 and "priors per class" in r.output and "int8 priors" in r.output
     info = json.loads(run("info", out, "--json").output)
     assert [row["name"] for row in info["bytes"]][1:-1] == ["meta", "priors", "decoder", "prior_labels"]
 

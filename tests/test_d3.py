@@ -12,7 +12,8 @@ from d3codec.data import RealData, TensorImages
 from d3codec.errors import D3BudgetError, D3Error, D3FormatError
 from d3codec.merge import merge_archives
 from d3codec.methods import DatasetSpec
-from d3codec.methods.d3 import D3Encoder, Decoder, dequantise_decoder, decoder_shapes, quantise_decoder, split_classes
+from d3codec.methods.d3 import (D3Config, D3Encoder, Decoder, dequantise_decoder, dequantise_priors, decoder_shapes,
+                                fit_decoder, pca_latents, quantise_decoder, quantise_priors, split_classes)
 from d3codec.teacher import load_teacher, save_teacher, train_teacher
 
 CPU = torch.device("cpu")
@@ -42,14 +43,40 @@ def test_plan_fills_the_budget_and_refuses_too_small_with_a_budget_that_works(ti
     assert small.max_bytes <= 12_000 and large.max_bytes <= 60_000
     assert large.groups[0].priors_per_class > small.groups[0].priors_per_class
     assert large.groups[0].decoder_width >= small.groups[0].decoder_width
-    # one prior more would not have fitted
-    bigger = tiny_encoder(priors_per_class=large.groups[0].priors_per_class + 1, decoder_width=large.groups[0].decoder_width)
-    with pytest.raises(D3BudgetError):
-        plan(bigger, tiny_real, 60_000)
+    # one prior more would not have fitted: the bound grows by the same step as with a fixed count
+    p, w = large.groups[0].priors_per_class, large.groups[0].decoder_width
+    fixed = lambda n: plan(tiny_encoder(priors_per_class=n, decoder_width=w), tiny_real, 10**6).max_bytes  # noqa: E731
+    assert large.max_bytes + fixed(p + 1) - fixed(p) > 60_000
+    with pytest.raises(D3BudgetError, match="priors per class need"):
+        plan(tiny_encoder(priors_per_class=p + 2, decoder_width=w), tiny_real, 60_000)
     with pytest.raises(D3BudgetError) as e:
         plan(enc, tiny_real, 500)
     assert e.value.min_budget > 500 and str(e.value.min_budget) in str(e.value)
     assert plan(enc, tiny_real, e.value.min_budget).groups[0].priors_per_class == 1
+
+
+def test_pca_latents_follow_the_principal_axes_and_pad_short_data():
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(40, 2, generator=gen) @ torch.tensor([[3.0, 0, 0, 0], [0, 0.5, 0, 0]])  # (40, 4), 2 axes used
+    z = pca_latents(x, 3, gen)
+    assert z.shape == (40, 3) and abs(float(z.std()) - 1) < 1e-5
+    # the first latent is the large axis (up to sign), the third is padding noise well below it
+    corr = torch.corrcoef(torch.stack([z[:, 0], x[:, 0]]))[0, 1]
+    assert abs(float(corr)) > 0.999 and float(z[:, 2].abs().max()) < 0.1 * float(z[:, 0].abs().max())
+    assert pca_latents(torch.rand(2, 16), 8, gen).shape == (2, 8)  # fewer images than latent dimensions
+
+
+def test_warm_start_fits_the_decoder_to_its_targets():
+    torch.manual_seed(0)
+    gen = torch.Generator().manual_seed(0)
+    targets = torch.rand(12, 1, 8, 8, generator=gen).round()  # (N, C, H, W) binary noise: nothing to guess
+    decoder = Decoder(6, (1, 8, 8), 16)
+    latents = torch.nn.Parameter(pca_latents(targets.view(12, -1), 6, gen))
+    error = lambda: float(torch.nn.functional.mse_loss(decoder(latents), targets).detach())  # noqa: E731
+    before = error()
+    fit_decoder(decoder, latents, targets, D3Config(init_iterations=300, init_batch=12), gen, progress=False)
+    after = error()
+    assert after < 0.25 * before
 
 
 def test_split_classes_is_contiguous_and_balanced():
@@ -75,6 +102,35 @@ def test_int8_decoder_storage_is_close_and_shapes_are_checked():
     del stored["g0.out.bias"]
     with pytest.raises(D3FormatError, match="g0.out.bias"):
         dequantise_decoder(stored, "g0.", shapes, "int8")
+
+
+def test_int8_priors_are_close_to_the_float_ones_and_checked():
+    gen = torch.Generator().manual_seed(0)
+    mean = torch.randn(3, 5, 4, generator=gen) * torch.tensor([1.0, 0.1, 3.0, 0.5])  # (K, P, Z), scales per dim
+    logvar = -4 + torch.randn(3, 5, 4, generator=gen)
+    stored = quantise_priors(mean, logvar, "g0.", "int8")
+    assert stored["g0.mean"].dtype == torch.int8 and stored["g0.mean.scale"].shape == (4,)
+    mu, lv = dequantise_priors(stored, "g0.", (3, 5, 4), "int8")
+    for back, value in ((mu, mean), (lv, logvar)):  # at most half a step of each latent dimension's scale
+        step = value.abs().flatten(0, 1).amax(0) / 127  # (Z,)
+        assert ((back - value).abs().flatten(0, 1).amax(0) <= 0.51 * step + 1e-6).all()
+    stored["g0.logvar.scale"] = torch.ones(3, dtype=torch.float16)
+    with pytest.raises(D3FormatError, match="g0.logvar"):
+        dequantise_priors(stored, "g0.", (3, 5, 4), "int8")
+    with pytest.raises(D3FormatError, match="floating point"):  # int8 tensors under a float16 label
+        dequantise_priors(stored, "g0.", (3, 5, 4), "float16")
+
+
+def test_int8_priors_hold_more_per_class_in_the_same_bytes(tiny_real, tmp_path):
+    half = plan(tiny_encoder(prior_dtype="float16"), tiny_real, 16_000).groups[0].priors_per_class
+    out = tmp_path / "q.d3"
+    result = compress(tiny_real, out, encoder=tiny_encoder(prior_dtype="int8"), budget=16_000, progress=False)
+    assert out.stat().st_size == result.file_bytes <= 16_000
+    p = result.plan.groups[0].priors_per_class
+    assert p > half
+    ds = D3Dataset(out, samples_per_class=4, seed=0)
+    assert ds.meta["params"]["groups"][0]["prior_dtype"] == "int8" and ds.images.shape == (12, 1, 16, 16)
+    assert D3Reader(out).read_tensors("priors")["g0.mean"].dtype == torch.int8
 
 
 def test_compress_samples_any_count_deterministically_with_soft_labels(tiny_real, tmp_path):
@@ -181,9 +237,13 @@ def test_hostile_d3_archives_raise_format_errors(tiny_real, tmp_path):
     def gap(meta):
         meta["params"]["groups"][0]["classes"] = [1, 3]
 
-    def nan_prior(name, tensors):
+    def nan_prior(name, tensors):  # int8 priors (the default): a non-finite scale
         if name == "priors":
-            tensors["g0.mean"][0, 0, 0] = float("nan")
+            tensors["g0.mean.scale"][0] = float("inf")
+
+    def drop_scale(name, tensors):
+        if name == "priors":
+            del tensors["g0.logvar.scale"]
 
     def negative_label(name, tensors):
         if name == "prior_labels":
@@ -193,7 +253,7 @@ def test_hostile_d3_archives_raise_format_errors(tiny_real, tmp_path):
         if name == "decoder":
             del tensors["g0.fc.weight"]
 
-    for change in (dict(meta_change=huge_latent), dict(meta_change=gap), dict(tensors_change=nan_prior),
+    for change in (dict(meta_change=huge_latent), dict(meta_change=gap), dict(tensors_change=nan_prior), dict(tensors_change=drop_scale),
                    dict(tensors_change=negative_label), dict(tensors_change=drop_weight)):
         with pytest.raises(D3FormatError):
             D3Dataset(_rewrite(out, **change))

@@ -26,10 +26,14 @@ trajectories, a different kind of input) can be added as one more term. ``teache
 the same two terms on the teacher's features.
 
 Before matching, a warm start fits the decoder and prior means to ``priors_per_class`` random real
-images per class (reconstruction, as generative latent optimisation does); this plays the part of
-DM's initialisation from real images.
+images per class (generative latent optimisation, Bojanowski et al. 2018: latents start at the
+images' PCA projections, then decoder and latents are fitted by Adam on pixel MSE under a one-cycle
+schedule, :func:`fit_decoder`); this plays the part of DM's initialisation from real images, and
+it is an addition of ours, not a step the paper describes; benchmarks/d3-exploration.md
+measures what it buys.
 
-Archive sections (keys per group g): ``priors`` {g{g}.mean, g{g}.logvar: (K_g, P, Z) float16},
+Archive sections (keys per group g): ``priors`` {g{g}.mean, g{g}.logvar: (K_g, P, Z) float16, or int8
+with g{g}.mean.scale, g{g}.logvar.scale (Z,) float16 per latent dimension (``prior_dtype``)},
 ``decoder`` {g{g}.<param>: int8 weights with g{g}.<param>.scale (out,) float16 per output channel,
 or float16; 1-D parameters float16}, ``prior_labels`` {g{g}: (K_g, P, K_g) float16 probabilities},
 absent when soft labels are off. The metadata's ``params.groups`` lists each group's classes and
@@ -60,6 +64,7 @@ from .base import DatasetSpec, Encoded, Encoder, preset_config
 
 DECODER_WIDTHS = (8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256)
 DECODER_DTYPES = ("int8", "float16")
+PRIOR_DTYPES = ("float16", "int8")
 
 
 @dataclass(frozen=True)
@@ -68,11 +73,15 @@ class D3Config:
 
     Storage (``None`` = chosen by the budget rule of :meth:`D3Encoder.plan`): ``latent_dim``,
     ``priors_per_class``, ``decoder_width``. ``decoder_share`` is the fraction of the budget the
-    rule gives the decoders; ``max_decoder_width`` caps it.
+    rule gives the decoders; ``max_decoder_width`` caps it. ``prior_dtype`` int8 stores about
+    twice the priors of float16 in the same bytes (a storage choice of ours, not the paper's).
     """
 
     iterations: int = 2000
-    init_iterations: int = 500
+    init_iterations: int = 2000
+    init_batch: int = 128
+    init_lr_decoder: float = 3e-3
+    init_lr_priors: float = 3e-2
     real_per_class: int = 128
     real_cache_per_class: int = 512
     class_chunk: int = 50
@@ -96,12 +105,13 @@ class D3Config:
     decoder_share: float = 0.5
     max_decoder_width: int | None = None
     decoder_dtype: str = "int8"
+    prior_dtype: str = "int8"
 
 
 PRESETS = {
     "paper": D3Config(),
-    "fast": D3Config(iterations=300, init_iterations=300, real_per_class=64, synthetic_per_class=32, embed_width=64,
-                     teacher_epochs=2.0, teacher_width=32),
+    "fast": D3Config(iterations=300, init_iterations=2000, init_logvar=-4.0, real_per_class=64, synthetic_per_class=32,
+                     embed_width=64, teacher_epochs=2.0, teacher_width=32),
 }
 
 
@@ -142,20 +152,37 @@ def decoder_shapes(latent_dim: int, image_shape: tuple[int, int, int], width: in
 
 # ---- storage of a decoder: int8 per output channel, or float16 -------------------------------------------------
 
+def quantise_int8(value: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric int8 quantisation with one scale per index along ``dim``: value ≈ q · scale.
+
+    Args: value float tensor; dim the axis that keeps its own scale (0: per output channel).
+    Returns: q int8 of value's shape, scale (value.shape[dim],) float16.
+    """
+    value = value.detach().float().cpu()
+    moved = value.movedim(dim, 0)
+    scale = (moved.flatten(1).abs().amax(1).clamp_min(1e-8) / 127).half()  # (S,) as stored
+    shape = [1] * value.dim()
+    shape[dim] = -1
+    q = (value / scale.float().view(shape)).round().clamp(-127, 127).to(torch.int8)
+    return q.contiguous(), scale
+
+
+def dequantise_int8(q: torch.Tensor, scale: torch.Tensor, dim: int) -> torch.Tensor:
+    """float32 q · scale, the scale broadcast along ``dim`` (the inverse of :func:`quantise_int8`)."""
+    shape = [1] * q.dim()
+    shape[dim] = -1
+    return q.float() * scale.float().view(shape)
+
+
 def quantise_decoder(state: dict[str, torch.Tensor], prefix: str, dtype: str) -> dict[str, torch.Tensor]:
     """Tensors to store for a decoder state dict: weights (ndim ≥ 2) as int8 with a float16 scale per output
     channel (symmetric, w ≈ q · scale) or as float16; other parameters as float16."""
     out = {}
     for name, value in state.items():
-        value = value.detach().float().cpu()
         if dtype == "int8" and value.dim() >= 2:
-            scale = value.flatten(1).abs().amax(1).clamp_min(1e-8) / 127  # (out,)
-            scale = scale.half().float()  # the scale as stored, so q is computed against it
-            q = (value / scale.view(-1, *[1] * (value.dim() - 1))).round().clamp(-127, 127).to(torch.int8)
-            out[f"{prefix}{name}"] = q.contiguous()
-            out[f"{prefix}{name}.scale"] = scale.half()
+            out[f"{prefix}{name}"], out[f"{prefix}{name}.scale"] = quantise_int8(value, 0)
         else:
-            out[f"{prefix}{name}"] = value.half().contiguous()
+            out[f"{prefix}{name}"] = value.detach().float().cpu().half().contiguous()
     return out
 
 
@@ -172,11 +199,50 @@ def dequantise_decoder(tensors: dict[str, torch.Tensor], prefix: str, shapes: di
             scale = tensors.get(f"{key}.scale")
             if value.dtype != torch.int8 or scale is None or tuple(scale.shape) != (shape[0],):
                 raise D3FormatError(f"section 'decoder': {key!r} must be int8 with a ({shape[0]},) scale")
-            value = value.float() * scale.float().view(-1, *[1] * (len(shape) - 1))
+            value = dequantise_int8(value, scale, 0)
         elif not value.is_floating_point():
             raise D3FormatError(f"section 'decoder': {key!r} must be floating point")
         state[name] = value.float()
     return state
+
+
+def quantise_priors(mean: torch.Tensor, logvar: torch.Tensor, prefix: str, dtype: str) -> dict[str, torch.Tensor]:
+    """Tensors to store for priors mean, logvar (K, P, Z): float16, or int8 with a float16 scale per latent
+    dimension (``{prefix}mean.scale``, ``{prefix}logvar.scale``: (Z,))."""
+    out = {}
+    for name, value in (("mean", mean), ("logvar", logvar)):
+        if dtype == "int8":
+            out[f"{prefix}{name}"], out[f"{prefix}{name}.scale"] = quantise_int8(value, -1)
+        else:
+            out[f"{prefix}{name}"] = value.detach().float().cpu().half().contiguous()
+    return out
+
+
+def dequantise_priors(tensors: dict[str, torch.Tensor], prefix: str, shape: tuple[int, int, int],
+                      dtype: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The float32 (mean, logvar), each (K, P, Z), of stored priors.
+
+    Raises: D3FormatError on a missing, misshapen, mistyped or non-finite tensor.
+    """
+    out = []
+    for name in ("mean", "logvar"):
+        key = f"{prefix}{name}"
+        value = tensors.get(key)
+        if value is None or tuple(value.shape) != shape:
+            raise D3FormatError(f"section 'priors': {key!r} missing or not of shape {shape}")
+        if dtype == "int8":
+            scale = tensors.get(f"{key}.scale")
+            if value.dtype != torch.int8 or scale is None or tuple(scale.shape) != (shape[-1],) \
+                    or not scale.is_floating_point():
+                raise D3FormatError(f"section 'priors': {key!r} must be int8 with a ({shape[-1]},) float scale")
+            value = dequantise_int8(value, scale, -1)
+        elif not value.is_floating_point():
+            raise D3FormatError(f"section 'priors': {key!r} must be floating point")
+        value = value.float()
+        if not torch.isfinite(value).all():
+            raise D3FormatError(f"section 'priors': {key!r} holds non-finite values")
+        out.append(value)
+    return out[0], out[1]
 
 
 # ---- the objective ------------------------------------------------------------------------------------------------
@@ -226,6 +292,50 @@ class PerClassFeatureTerm:
         return self.weight * sum(self.loss(f_syn[c], f_real[c]) for c in range(len(f_syn)))
 
 
+# ---- the warm start ------------------------------------------------------------------------------------------------
+
+def pca_latents(x: torch.Tensor, z: int, gen: torch.Generator) -> torch.Tensor:
+    """Initial latents of generative latent optimisation (Bojanowski et al. 2018, Sec. 3.3: z from PCA).
+
+    Args: x (N, D) float32 images flattened; z latent size.
+    Returns: (N, Z) float32, the projections on the first principal axes, scaled to unit standard
+    deviation overall; axes beyond min(N, D) are filled with small noise.
+    """
+    n, d = x.shape
+    q = min(z, n, d)
+    centred = x - x.mean(0, keepdim=True)
+    _, _, v = torch.linalg.svd(centred, full_matrices=False)  # v (min(N, D), D), axes by variance
+    out = 0.01 * torch.randn(n, z, generator=gen).to(x.device)
+    out[:, :q] = centred @ v[:q].T  # (N, q)
+    return out / out.std().clamp_min(1e-8)
+
+
+def fit_decoder(decoder: nn.Module, latents: nn.Parameter, targets: torch.Tensor, cfg: "D3Config",
+                gen: torch.Generator, desc: str = "D3 warm start", progress: bool = True) -> float:
+    """Fit the decoder and the latents so that decoder(latents) ≈ targets (GLO).
+
+    Adam with a one-cycle schedule peaking at ``init_lr_decoder`` / ``init_lr_priors``, batches of
+    ``init_batch`` images, ``init_iterations`` steps, mean squared error in pixel space.
+
+    Args: latents (..., Z) float32 Parameter holding N latents; targets (N, C, H, W) float32 in [0, 1].
+    Returns: the last batch's loss.
+    """
+    opt = torch.optim.Adam([{"params": decoder.parameters(), "lr": cfg.init_lr_decoder},
+                            {"params": [latents], "lr": cfg.init_lr_priors}])
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, [cfg.init_lr_decoder, cfg.init_lr_priors],
+                                                total_steps=cfg.init_iterations)
+    flat = latents.view(-1, latents.shape[-1])  # (N, Z)
+    n, batch, loss = len(targets), min(len(targets), cfg.init_batch), torch.tensor(float("nan"))
+    for _ in tqdm(range(cfg.init_iterations), desc=desc, disable=not progress, unit="it"):
+        pick = torch.randperm(n, generator=gen)[:batch].to(targets.device)
+        loss = F.mse_loss(decoder(flat[pick]), targets[pick])  # (B, C, H, W) against (B, C, H, W)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+    return float(loss.detach())
+
+
 # ---- the plan -----------------------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -249,6 +359,7 @@ class D3Plan:
 
     groups: tuple[GroupPlan, ...]
     decoder_dtype: str
+    prior_dtype: str
     soft_labels: bool
     max_bytes: int
     budget: int
@@ -262,14 +373,14 @@ def split_classes(num_classes: int, subtasks: int) -> list[tuple[int, int]]:
     return list(zip(bounds[:-1], bounds[1:]))
 
 
-def group_entry(g: GroupPlan, decoder_dtype: str, soft_labels: bool, stats: dict | None = None) -> dict:
+def group_entry(g: GroupPlan, cfg: "D3Config", stats: dict | None = None) -> dict:
     """The metadata entry of one group (``params.groups[i]``)."""
     return {"classes": [g.start, g.stop], "latent_dim": g.latent_dim, "priors_per_class": g.priors_per_class,
-            "decoder_width": g.decoder_width, "decoder_dtype": decoder_dtype, "soft_labels": soft_labels,
-            "stats": stats or {}}
+            "decoder_width": g.decoder_width, "decoder_dtype": cfg.decoder_dtype, "prior_dtype": cfg.prior_dtype,
+            "soft_labels": cfg.soft_labels, "stats": stats or {}}
 
 
-def group_tensors(g: GroupPlan, index: int, image_shape, decoder_dtype: str, soft_labels: bool, priors=None,
+def group_tensors(g: GroupPlan, index: int, image_shape, cfg: "D3Config", priors=None,
                   decoder_state=None, labels=None) -> dict[str, dict[str, torch.Tensor]]:
     """Tensors of group ``index`` by section name; zeros of the right shapes where contents are not given."""
     k, p, z = g.num_classes, g.priors_per_class, g.latent_dim
@@ -277,9 +388,9 @@ def group_tensors(g: GroupPlan, index: int, image_shape, decoder_dtype: str, sof
         priors = (torch.zeros(k, p, z), torch.zeros(k, p, z))
     if decoder_state is None:
         decoder_state = {n: torch.zeros(s) for n, s in decoder_shapes(z, image_shape, g.decoder_width).items()}
-    out = {"priors": {f"g{index}.mean": priors[0].half().contiguous(), f"g{index}.logvar": priors[1].half().contiguous()},
-           "decoder": quantise_decoder(decoder_state, f"g{index}.", decoder_dtype)}
-    if soft_labels:
+    out = {"priors": quantise_priors(*priors, f"g{index}.", cfg.prior_dtype),
+           "decoder": quantise_decoder(decoder_state, f"g{index}.", cfg.decoder_dtype)}
+    if cfg.soft_labels:
         out["prior_labels"] = {f"g{index}": (labels if labels is not None else torch.zeros(k, p, k)).half().contiguous()}
     return out
 
@@ -303,6 +414,8 @@ class D3Encoder(Encoder):
     def __init__(self, config: D3Config = PRESETS["fast"], teacher: Teacher | None = None):
         if config.decoder_dtype not in DECODER_DTYPES:
             raise ValueError(f"decoder dtype must be one of {DECODER_DTYPES}, not {config.decoder_dtype!r}")
+        if config.prior_dtype not in PRIOR_DTYPES:
+            raise ValueError(f"prior dtype must be one of {PRIOR_DTYPES}, not {config.prior_dtype!r}")
         for name in ("real_per_class", "synthetic_per_class", "embed_width", "class_chunk", "real_cache_per_class",
                      "subtasks", "teacher_width"):
             if getattr(config, name) < 1:
@@ -341,10 +454,9 @@ class D3Encoder(Encoder):
             return [GroupPlan(a, b, z, priors, width) for a, b in ranges]
 
         def bound(groups: list[GroupPlan]) -> int:
-            entries = [group_entry(g, cfg.decoder_dtype, cfg.soft_labels,
-                                   {"distill_seconds": 0.0, "teacher_accuracy": 0.0, "final_loss": 0.0})
+            entries = [group_entry(g, cfg, {"distill_seconds": 0.0, "teacher_accuracy": 0.0, "final_loss": 0.0})
                        for g in groups]
-            parts = [group_tensors(g, i, shape, cfg.decoder_dtype, cfg.soft_labels) for i, g in enumerate(groups)]
+            parts = [group_tensors(g, i, shape, cfg) for i, g in enumerate(groups)]
             sections = [Section.json("meta", meta_for(self.method_meta(entries)))] + sections_of(parts)
             return archive_bound(sections, META_RESERVE_BYTES + 64 * len(groups))
 
@@ -375,7 +487,7 @@ class D3Encoder(Encoder):
                 lo, hi = (mid, hi) if bound(groups_for(width, mid)) <= budget else (lo, mid - 1)
             priors = lo
         groups = groups_for(width, priors)
-        return D3Plan(tuple(groups), cfg.decoder_dtype, cfg.soft_labels, bound(groups), budget)
+        return D3Plan(tuple(groups), cfg.decoder_dtype, cfg.prior_dtype, cfg.soft_labels, bound(groups), budget)
 
     def distill(self, real: RealData, plan: D3Plan, *, device: torch.device, seed: int,
                 progress: bool = True) -> Encoded:
@@ -423,16 +535,11 @@ class D3Encoder(Encoder):
 
         # warm start: each prior mean decodes to one random real image of its class
         targets = torch.stack([real.sample_class(cl, p, gen) for cl in classes]).to(device)  # (K_g, P, C, H, W)
-        opt = torch.optim.Adam([{"params": decoder.parameters(), "lr": cfg.lr_decoder},
-                                {"params": [prior_mean], "lr": cfg.lr_priors}])
-        batch = min(k * p, 256)
-        for _ in tqdm(range(cfg.init_iterations), desc=f"D3 warm start {index + 1}/{len(plan.groups)}", disable=not progress, unit="it"):
-            pick = torch.randperm(k * p, generator=gen)[:batch].to(device)
-            recon = decoder(prior_mean.view(k * p, z)[pick])  # (B, C, H, W)
-            loss = F.mse_loss(recon, targets.view(k * p, c, h, w)[pick])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+        if cfg.init_iterations > 0:
+            with torch.no_grad():
+                prior_mean.copy_(pca_latents(targets.view(k * p, -1), z, gen).view(k, p, z))
+            fit_decoder(decoder, prior_mean, targets.view(k * p, c, h, w), cfg, gen,
+                        desc=f"D3 warm start {index + 1}/{len(plan.groups)}", progress=progress)
         del targets
 
         terms: list[MatchingTerm] = [PerClassFeatureTerm(mmd_rbf, cfg.mmd_weight),
@@ -469,24 +576,25 @@ class D3Encoder(Encoder):
                 loss_value += loss.detach().item()
             opt.step()
 
-        # what the archive will hold: float16 priors, the decoder as stored
+        # what the archive will hold: the priors and the decoder as stored, so soft labels see them
         stored = quantise_decoder(decoder.state_dict(), "", cfg.decoder_dtype)
         shapes = decoder_shapes(z, real.image_shape, g.decoder_width)
         decoder.load_state_dict(dequantise_decoder(stored, "", shapes, cfg.decoder_dtype))
-        priors = (prior_mean.detach().half().cpu(), prior_logvar.detach().half().cpu())
+        priors = dequantise_priors(quantise_priors(prior_mean, prior_logvar, "", cfg.prior_dtype), "", (k, p, z),
+                                   cfg.prior_dtype)  # (K_g, P, Z) each
         labels = None
         if cfg.soft_labels:
             with torch.no_grad():
-                means = decoder(priors[0].float().to(device).view(k * p, z))  # (K_g·P, C, H, W)
+                means = decoder(priors[0].to(device).view(k * p, z))  # (K_g·P, C, H, W)
                 labels = teacher.probabilities(normalise(means), cfg.label_temperature).view(k, p, k).cpu()
         stats = {"distill_seconds": round(time.time() - start, 3)}
         if cfg.iterations > 0:  # no matching iterations (warm start only): no loss to report
             stats["final_loss"] = round(loss_value, 6)
         if teacher_acc is not None:
             stats["teacher_accuracy"] = round(teacher_acc, 4)
-        tensors = group_tensors(g, index, real.image_shape, cfg.decoder_dtype, cfg.soft_labels, priors,
+        tensors = group_tensors(g, index, real.image_shape, cfg, priors,
                                 {n: v.cpu() for n, v in decoder.state_dict().items()}, labels)
-        return tensors, group_entry(g, cfg.decoder_dtype, cfg.soft_labels, stats)
+        return tensors, group_entry(g, cfg, stats)
 
 
 # ---- decoding -----------------------------------------------------------------------------------------------------
@@ -506,6 +614,7 @@ def read_groups(meta: dict, num_classes: int) -> list[GroupPlan]:
             g = GroupPlan(int(a), int(b), int(e["latent_dim"]), int(e["priors_per_class"]), int(e["decoder_width"]))
             ok = (a == expected and b > a and 1 <= g.latent_dim <= 4096 and 1 <= g.priors_per_class <= 1_000_000
                   and 1 <= g.decoder_width <= 4096 and e["decoder_dtype"] in DECODER_DTYPES
+                  and e.get("prior_dtype", "float16") in PRIOR_DTYPES
                   and isinstance(e["soft_labels"], bool))
         except (KeyError, TypeError, ValueError):
             ok = False
@@ -549,12 +658,7 @@ def decode(reader, meta: dict, samples_per_class: int | None = None, seed: int =
     images, hard, soft = [], [], []
     for index, (g, e) in enumerate(zip(groups, entries)):
         k, p, z = g.num_classes, g.priors_per_class, g.latent_dim
-        mu, logvar = priors_t.get(f"g{index}.mean"), priors_t.get(f"g{index}.logvar")
-        for name, t in (("mean", mu), ("logvar", logvar)):
-            if t is None or tuple(t.shape) != (k, p, z) or not t.is_floating_point():
-                raise D3FormatError(f"section 'priors': 'g{index}.{name}' missing or not ({k}, {p}, {z}) floats")
-        if not (torch.isfinite(mu).all() and torch.isfinite(logvar).all()):
-            raise D3FormatError(f"section 'priors': group {index} holds non-finite values")
+        mu, logvar = dequantise_priors(priors_t, f"g{index}.", (k, p, z), e.get("prior_dtype", "float16"))
         shapes = decoder_shapes(z, shape, g.decoder_width)
         decoder = Decoder(z, shape, g.decoder_width)
         decoder.load_state_dict(dequantise_decoder(decoder_t, f"g{index}.", shapes, e["decoder_dtype"]))
@@ -564,8 +668,8 @@ def decode(reader, meta: dict, samples_per_class: int | None = None, seed: int =
         order = torch.stack([torch.randperm(p, generator=gen) for _ in range(k)])  # (K_g, P)
         which = order[:, torch.arange(n) % p]  # (K_g, N) prior of each sample
         eps = torch.randn(k, n, z, generator=gen)
-        latents = mu.float().gather(1, which.unsqueeze(-1).expand(k, n, z)) \
-            + (0.5 * logvar.float().gather(1, which.unsqueeze(-1).expand(k, n, z))).exp() * eps  # (K_g, N, Z)
+        latents = mu.gather(1, which.unsqueeze(-1).expand(k, n, z)) \
+            + (0.5 * logvar.gather(1, which.unsqueeze(-1).expand(k, n, z))).exp() * eps  # (K_g, N, Z)
         flat = latents.view(k * n, z)
         images.append(torch.cat([decoder(flat[i:i + batch_size].to(device)).cpu()
                                  for i in range(0, k * n, batch_size)]))  # (K_g·N, C, H, W)
