@@ -4,8 +4,9 @@ For each IPC budget, in one run: compress with DM and with D3 (fast presets unle
 otherwise), train ``--runs`` fresh ConvNet-3 students on each archive and on random real images
 stored in the same bytes (as float32 and as PNG), and record final-epoch test accuracy mean ± std,
 file bytes, distillation seconds and student seconds. D3 archives are sampled with
-``--d3-samples-per-class`` images per class (40 by default: at the IPC 10 budget about what DM
-stores, so students cost about the same; students' seconds are in the table); one D3 row has soft
+``--d3-samples-per-class`` images per class (one number, or one per ``--ipc``; 40 by default, between
+what DM stores at IPC 1 (4 per class) and at IPC 10 (55 per class); "priors" draws one sample per
+prior; students' seconds are in the table, since more samples cost more); one D3 row has soft
 labels switched off, to show what they buy. Optionally also DM with the paper's 256 real
 images per class per iteration (``--real-side-ipc``), to show what the fast preset's cheaper real
 side costs. Writes benchmarks/RESULTS.md and a JSON file of every number.
@@ -112,7 +113,7 @@ def run(args) -> dict:
                            seed=args.seed, device=device, progress=False)
             seconds = time.time() - t
             t = time.time()
-            ds = D3Dataset(path, samples_per_class=args.d3_samples_per_class, seed=args.seed)
+            ds = D3Dataset(path, samples_per_class=d3_samples(ipc, args), seed=args.seed)
             decode_rate = len(ds) / (time.time() - t)
             targets = ds.soft_labels if ds.soft_labels is not None else ds.labels
             group = ds.meta["params"]["groups"][0]
@@ -148,6 +149,13 @@ def d3_variants(ipc: int, args) -> list[tuple[str, dict]]:
     if ipc in args.no_labels_ipc:
         variants.append((f"D3 ({args.preset}, no soft labels)", {"soft_labels": False}))
     return variants
+
+
+def d3_samples(ipc: int, args) -> int | None:
+    """Samples per class drawn from the D3 archive at this IPC budget (None: one per prior)."""
+    values = args.d3_samples_per_class
+    value = values[0] if len(values) == 1 else values[args.ipc.index(ipc)]
+    return None if value == "priors" else int(value)
 
 
 def row_names(ipc: int, args) -> list[str]:
@@ -220,7 +228,8 @@ def main() -> None:
     p.add_argument("--methods", nargs="+", default=["dm", "d3"], choices=["dm", "d3"])
     p.add_argument("--no-labels-ipc", type=int, nargs="*", default=[1, 10],
                    help="IPC budgets at which D3 also runs with soft labels off")
-    p.add_argument("--d3-samples-per-class", type=int, default=40, help="images drawn per class from D3 archives")
+    p.add_argument("--d3-samples-per-class", nargs="+", default=["40"],
+                   help="images drawn per class from D3 archives: one number, or one per --ipc; 'priors': one per prior")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
     p.add_argument("--data-root", default=None)
@@ -231,6 +240,9 @@ def main() -> None:
     p.add_argument("--resume", action="store_true", help="keep the rows already in --json and run the rest")
     p.add_argument("--render-only", action="store_true", help="rewrite --out from --json without running anything")
     args = p.parse_args()
+    if len(args.d3_samples_per_class) not in (1, len(args.ipc)) or not all(
+            v == "priors" or v.isdigit() and int(v) > 0 for v in args.d3_samples_per_class):
+        p.error("--d3-samples-per-class takes one positive number (or 'priors'), or one per --ipc")
     if args.render_only:
         results = json.loads(Path(args.json).read_text())
         results.setdefault("planned", [[ipc, name] for ipc in args.ipc for name in row_names(ipc, args)])

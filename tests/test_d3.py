@@ -133,6 +133,18 @@ def test_int8_priors_hold_more_per_class_in_the_same_bytes(tiny_real, tmp_path):
     assert D3Reader(out).read_tensors("priors")["g0.mean"].dtype == torch.int8
 
 
+def test_archives_without_a_prior_dtype_read_as_float16(tiny_real, tmp_path):
+    out = tmp_path / "f.d3"
+    compress(tiny_real, out, encoder=tiny_encoder(prior_dtype="float16"), budget=14_000, progress=False)
+
+    def older(meta):  # written before prior_dtype existed
+        for group in meta["params"]["groups"]:
+            del group["prior_dtype"]
+
+    a, b = D3Dataset(out, samples_per_class=3), D3Dataset(_rewrite(out, meta_change=older), samples_per_class=3)
+    assert torch.equal(a.images, b.images)
+
+
 def test_compress_samples_any_count_deterministically_with_soft_labels(tiny_real, tmp_path):
     out = tmp_path / "t.d3"
     result = compress(tiny_real, out, encoder=tiny_encoder(), budget=16_000, seed=0, progress=False)
@@ -253,7 +265,8 @@ def test_hostile_d3_archives_raise_format_errors(tiny_real, tmp_path):
         if name == "decoder":
             del tensors["g0.fc.weight"]
 
-    for change in (dict(meta_change=huge_latent), dict(meta_change=gap), dict(tensors_change=nan_prior), dict(tensors_change=drop_scale),
+    for change in (dict(meta_change=huge_latent), dict(meta_change=gap), dict(tensors_change=nan_prior),
+                   dict(tensors_change=drop_scale),
                    dict(tensors_change=negative_label), dict(tensors_change=drop_weight)):
         with pytest.raises(D3FormatError):
             D3Dataset(_rewrite(out, **change))
