@@ -150,7 +150,7 @@ def decoder_shapes(latent_dim: int, image_shape: tuple[int, int, int], width: in
         return {k: tuple(v.shape) for k, v in Decoder(latent_dim, image_shape, width).state_dict().items()}
 
 
-# ---- storage of a decoder: int8 per output channel, or float16 -------------------------------------------------
+# ---- storage of decoders and priors: int8 with a scale per channel, or float16 ----------------------------------
 
 def quantise_int8(value: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Symmetric int8 quantisation with one scale per index along ``dim``: value ≈ q · scale.
@@ -186,24 +186,32 @@ def quantise_decoder(state: dict[str, torch.Tensor], prefix: str, dtype: str) ->
     return out
 
 
+def read_stored(tensors: dict[str, torch.Tensor], section: str, key: str, shape: tuple[int, ...],
+                int8_dim: int | None) -> torch.Tensor:
+    """The float32 value of a stored tensor of ``shape``: int8 with ``{key}.scale`` along ``int8_dim``
+    (see :func:`quantise_int8`), or any float dtype when ``int8_dim`` is None.
+
+    Raises: D3FormatError naming ``section`` and ``key`` on a missing, misshapen or mistyped tensor.
+    """
+    value = tensors.get(key)
+    if value is None or tuple(value.shape) != shape:
+        raise D3FormatError(f"section {section!r}: tensor {key!r} missing or not of shape {shape}")
+    if int8_dim is None:
+        if not value.is_floating_point():
+            raise D3FormatError(f"section {section!r}: {key!r} must be floating point")
+        return value.float()
+    scale, n = tensors.get(f"{key}.scale"), shape[int8_dim]
+    if value.dtype != torch.int8 or scale is None or tuple(scale.shape) != (n,) or not scale.is_floating_point():
+        raise D3FormatError(f"section {section!r}: {key!r} must be int8 with a ({n},) float scale")
+    return dequantise_int8(value, scale, int8_dim)
+
+
 def dequantise_decoder(tensors: dict[str, torch.Tensor], prefix: str, shapes: dict[str, tuple[int, ...]],
                        dtype: str) -> dict[str, torch.Tensor]:
     """The float32 state dict of a stored decoder; raises D3FormatError on any missing or misshapen tensor."""
-    state = {}
-    for name, shape in shapes.items():
-        key = f"{prefix}{name}"
-        value = tensors.get(key)
-        if value is None or tuple(value.shape) != shape:
-            raise D3FormatError(f"section 'decoder': tensor {key!r} missing or not of shape {shape}")
-        if dtype == "int8" and len(shape) >= 2:
-            scale = tensors.get(f"{key}.scale")
-            if value.dtype != torch.int8 or scale is None or tuple(scale.shape) != (shape[0],):
-                raise D3FormatError(f"section 'decoder': {key!r} must be int8 with a ({shape[0]},) scale")
-            value = dequantise_int8(value, scale, 0)
-        elif not value.is_floating_point():
-            raise D3FormatError(f"section 'decoder': {key!r} must be floating point")
-        state[name] = value.float()
-    return state
+    return {name: read_stored(tensors, "decoder", f"{prefix}{name}", shape,
+                              0 if dtype == "int8" and len(shape) >= 2 else None)
+            for name, shape in shapes.items()}
 
 
 def quantise_priors(mean: torch.Tensor, logvar: torch.Tensor, prefix: str, dtype: str) -> dict[str, torch.Tensor]:
@@ -227,18 +235,7 @@ def dequantise_priors(tensors: dict[str, torch.Tensor], prefix: str, shape: tupl
     out = []
     for name in ("mean", "logvar"):
         key = f"{prefix}{name}"
-        value = tensors.get(key)
-        if value is None or tuple(value.shape) != shape:
-            raise D3FormatError(f"section 'priors': {key!r} missing or not of shape {shape}")
-        if dtype == "int8":
-            scale = tensors.get(f"{key}.scale")
-            if value.dtype != torch.int8 or scale is None or tuple(scale.shape) != (shape[-1],) \
-                    or not scale.is_floating_point():
-                raise D3FormatError(f"section 'priors': {key!r} must be int8 with a ({shape[-1]},) float scale")
-            value = dequantise_int8(value, scale, -1)
-        elif not value.is_floating_point():
-            raise D3FormatError(f"section 'priors': {key!r} must be floating point")
-        value = value.float()
+        value = read_stored(tensors, "priors", key, shape, -1 if dtype == "int8" else None)
         if not torch.isfinite(value).all():
             raise D3FormatError(f"section 'priors': {key!r} holds non-finite values")
         out.append(value)
