@@ -11,7 +11,13 @@ labels switched off, to show what they buy. Optionally also DM with the paper's 
 images per class per iteration (``--real-side-ipc``), to show what the fast preset's cheaper real
 side costs. Writes benchmarks/RESULTS.md and a JSON file of every number.
 
-    python benchmarks/fashion_mnist.py --ipc 1 10 --runs 3 --epochs 300
+Each row is one build (distil an archive, or draw the real images) and then ``--runs`` students;
+``--jobs N`` runs builds and students in N worker processes (the longest first), and every
+finished build and student is saved in the JSON file at once, so ``--resume`` after an
+interruption loses at most the tasks that were running. ``--append`` starts a new run in an
+existing JSON file and keeps the earlier runs' rows in the table.
+
+    python benchmarks/fashion_mnist.py --ipc 1 10 --runs 3 --epochs 300 --jobs 2
 """
 
 from __future__ import annotations
@@ -19,19 +25,22 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import multiprocessing
 import os
 import platform
 import sys
 import time
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file, save_file
 
 from d3codec import D3Dataset
 from d3codec.budget import ipc_budget
 from d3codec.compress import compress
 from d3codec.data import load_dataset
-from d3codec.evaluate import StudentConfig, evaluate, random_real_subset, test_split
+from d3codec.evaluate import EvalResult, StudentConfig, random_real_subset, test_split, train_student
 from d3codec.methods.d3 import D3Encoder
 from d3codec.methods.pixel import PixelEncoder
 from d3codec.models import resolve_device
@@ -46,7 +55,7 @@ PUBLISHED = {
 }
 
 
-def machine() -> str:
+def machine(jobs: int = 1) -> str:
     cpu = platform.processor() or platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -55,100 +64,97 @@ def machine() -> str:
                 break
     except OSError:
         pass
-    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, {jobs} worker(s) of {threads} thread(s)"
 
 
 def run(args) -> dict:
-    device = resolve_device(args.device)
-    real = load_dataset("fashion-mnist", args.data_root)
-    test = test_split(real)
-    config = StudentConfig(epochs=args.epochs)
     log = lambda m: print(m, flush=True)  # noqa: E731
     invocation = {"command": "python " + " ".join(sys.argv), "date": dt.date.today().isoformat(),
-                  "machine": machine(), "device": str(device), "note": args.note}
+                  "machine": machine(args.jobs), "device": str(resolve_device(args.device)), "note": args.note,
+                  "resume": args.resume}
+    planned = [[ipc, name] for ipc in args.ipc for name in row_names(ipc, args)]
     results = {"invocations": [invocation], "epochs": args.epochs, "runs": args.runs, "rows": [],
-               "planned": [[ipc, name] for ipc in args.ipc for name in row_names(ipc, args)]}
-    if args.resume and Path(args.json).is_file():  # keep finished rows of an interrupted run
+               "series_start": 1, "planned": planned, "partial": {}}
+    if (args.resume or args.append) and Path(args.json).is_file():
         earlier = json.loads(Path(args.json).read_text())
-        if (earlier["epochs"], earlier["runs"]) == (args.epochs, args.runs):
-            results["rows"] = earlier["rows"]
-            results["invocations"] = earlier["invocations"] + [invocation]
-    done = {(r["ipc"], r["name"]) for r in results["rows"]}
+        if (earlier["epochs"], earlier["runs"]) != (args.epochs, args.runs):
+            raise SystemExit(f"{args.json} holds runs with --epochs {earlier['epochs']} --runs {earlier['runs']}: "
+                             "pass the same, or write to another --json")
+        results["rows"] = earlier["rows"]
+        results["invocations"] = earlier["invocations"] + [invocation]
+        if args.resume:  # the interrupted series goes on: its finished rows and students are kept
+            results["series_start"] = series_start(earlier)
+            results["partial"] = earlier.get("partial", {})
+            planned = [p for p in earlier.get("planned", []) if p not in planned] + planned
+            results["planned"] = planned
+        else:
+            results["series_start"] = len(results["invocations"])
+    done = {(r["ipc"], r["name"]) for r in series_rows(results)}
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
 
-    def row(ipc, name, images, targets, bytes_, distill_s=None, extra=None):
-        r = evaluate(name, images, targets, real, args.runs, config, args.seed, device, test, bytes_, log)
-        results["rows"].append({"ipc": ipc, "name": name, "run": len(results["invocations"]),
-                                "images": len(images), "bytes": bytes_,
-                                "distill_seconds": distill_s, "accuracies": r.accuracies, "mean": r.mean, "std": r.std,
-                                "student_seconds": r.seconds, **(extra or {})})
-        log(r.summary())
-        save(results, args)
-
-    for ipc in args.ipc:
-        variants = dm_variants(ipc, args)
-        budget = ipc_budget(ipc, real.num_classes, real.image_shape)
-        for name, overrides in variants:
-            if (ipc, name) in done:
-                continue
-            encoder = PixelEncoder.from_options(args.preset, **overrides)
-            path = work / f"fm-ipc{ipc}-{len(results['rows'])}.d3"
-            log(f"== IPC {ipc}: compress {name}")
-            t = time.time()
-            res = compress(real, path, encoder=encoder, ipc=ipc, seed=args.seed, device=device, progress=False)
-            seconds = time.time() - t
-            ds = D3Dataset(path)
-            row(ipc, name, ds.images, ds.labels, res.file_bytes, round(seconds, 1),
-                {"images_per_class": ds.meta["params"]["images_per_class"],
-                 "storage": ds.meta["params"]["storage_dtype"], "budget": res.budget,
-                 "config": ds.meta["params"]["config"]})
-        for name, overrides in d3_variants(ipc, args):
-            if (ipc, name) in done:
-                continue
-            path = work / f"fm-ipc{ipc}-d3-{len(results['rows'])}.d3"
-            log(f"== IPC {ipc}: compress {name}")
-            t = time.time()
-            res = compress(real, path, encoder=D3Encoder.from_options(args.preset, **overrides), ipc=ipc,
-                           seed=args.seed, device=device, progress=False)
-            seconds = time.time() - t
-            t = time.time()
-            ds = D3Dataset(path, samples_per_class=d3_samples(ipc, args), seed=args.seed)
-            decode_rate = len(ds) / (time.time() - t)
-            targets = ds.soft_labels if ds.soft_labels is not None else ds.labels
-            group = ds.meta["params"]["groups"][0]
-            row(ipc, name, ds.images, targets, res.file_bytes, round(seconds, 1),
-                {"samples_per_class": len(ds) // real.num_classes, "priors_per_class": group["priors_per_class"],
-                 "latent_dim": group["latent_dim"], "decoder_width": group["decoder_width"],
-                 "teacher_accuracy": group["stats"].get("teacher_accuracy"), "budget": res.budget,
-                 "decode_images_per_second_cpu": round(decode_rate), "config": ds.meta["params"]["config"]})
-        for storage in ("float32", "png"):
-            if (ipc, f"random real ({storage})") in done:
-                continue
-            x, y, used = random_real_subset(real, budget, storage, args.seed)
-            log(f"== IPC {ipc}: random real ({storage}), {len(x)} images, {used} bytes")
-            row(ipc, f"random real ({storage})", x, y, used, extra={"budget": budget})
+    # every row is one build (distil an archive, or draw real images) and then args.runs students;
+    # tasks run in --jobs worker processes, longest first, and each finished one is saved at once
+    rows = [(ipc, name, kind, overrides) for ipc in args.ipc for name, kind, overrides in variants(ipc, args)
+            if (ipc, name) not in done]
+    ready = []  # (estimated cost, task) of tasks that can start now
+    for ipc, name, kind, overrides in rows:
+        key = row_key(ipc, name)
+        part = results["partial"].get(key)
+        if part is not None and Path(part["inputs"]).is_file():
+            ready += student_tasks(key, part, args.runs)
+        else:
+            results["partial"].pop(key, None)
+            spec = {"key": key, "ipc": ipc, "name": name, "kind": kind, "overrides": overrides,
+                    "preset": args.preset, "seed": args.seed, "samples": d3_samples(ipc, args),
+                    "inputs": str(work / f"ipc{ipc}-{slug(name)}.inputs.safetensors"),
+                    "archive": str(work / f"ipc{ipc}-{slug(name)}.d3")}
+            ready.append(((1, BUILD_PRIORITY[kind]), ("build", spec)))
+    save(results, args)
+    context = multiprocessing.get_context("spawn")
+    threads = max(1, (os.cpu_count() or 1) // args.jobs)
+    with ProcessPoolExecutor(args.jobs, context, initializer=init_worker,
+                             initargs=(threads, args.data_root, args.device, args.epochs, args.seed)) as pool:
+        running = {}
+        while ready or running:
+            ready.sort(key=lambda t: t[0], reverse=True)
+            while ready and len(running) < args.jobs:
+                _, task = ready.pop(0)
+                log(f"== start {describe(task)}")
+                running[pool.submit(TASKS[task[0]], task[1])] = task
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in finished:
+                kind, spec = running.pop(future)
+                out = future.result()
+                if kind == "build":
+                    part = {**out, "accuracies": {}, "student_seconds": {}}
+                    results["partial"][spec["key"]] = part
+                    log(f"== built {spec['key']}: {out['images']} images, {out['bytes']} bytes"
+                        + (f", distilled in {out['distill_seconds']} s" if out["distill_seconds"] is not None else ""))
+                    ready += student_tasks(spec["key"], part, args.runs)
+                else:
+                    part = results["partial"][spec["key"]]
+                    part["accuracies"][str(spec["run"])], part["student_seconds"][str(spec["run"])] = out
+                    log(f"  {spec['key']} student {spec['run'] + 1}/{args.runs}: {100 * out[0]:.2f} % ({out[1]:.0f} s)")
+                    if len(part["accuracies"]) == args.runs:
+                        finish_row(results, spec["key"], planned)
+                save(results, args)
     return results
 
 
-def dm_variants(ipc: int, args) -> list[tuple[str, dict]]:
-    """(row name, preset overrides) of the DM rows at this IPC budget."""
-    if "dm" not in args.methods:
-        return []
-    variants = [("DM (fast preset)" if args.preset == "fast" else f"DM ({args.preset})", {})]
-    if ipc in args.real_side_ipc:
-        variants.append((f"DM ({args.preset}, 256 real/class/iter)", {"real_per_class": 256}))
-    return variants
-
-
-def d3_variants(ipc: int, args) -> list[tuple[str, dict]]:
-    """(row name, preset overrides) of the D3 rows at this IPC budget."""
-    if "d3" not in args.methods:
-        return []
-    variants = [(f"D3 ({args.preset} preset)", {})]
-    if ipc in args.no_labels_ipc:
-        variants.append((f"D3 ({args.preset}, no soft labels)", {"soft_labels": False}))
-    return variants
+def variants(ipc: int, args) -> list[tuple[str, str, dict]]:
+    """(row name, build kind, preset overrides) of every row at this IPC budget, in table order."""
+    rows = []
+    if "dm" in args.methods:
+        rows.append(("DM (fast preset)" if args.preset == "fast" else f"DM ({args.preset})", "dm", {}))
+        if ipc in args.real_side_ipc:
+            rows.append((f"DM ({args.preset}, 256 real/class/iter)", "dm", {"real_per_class": 256}))
+    if "d3" in args.methods:
+        rows.append((f"D3 ({args.preset} preset)", "d3", {}))
+        if ipc in args.no_labels_ipc:
+            rows.append((f"D3 ({args.preset}, no soft labels)", "d3", {"soft_labels": False}))
+    return rows + [(f"random real ({storage})", storage, {}) for storage in ("float32", "png")]
 
 
 def d3_samples(ipc: int, args) -> int | None:
@@ -159,8 +165,127 @@ def d3_samples(ipc: int, args) -> int | None:
 
 
 def row_names(ipc: int, args) -> list[str]:
-    return [name for name, _ in dm_variants(ipc, args) + d3_variants(ipc, args)] + \
-        ["random real (float32)", "random real (png)"]
+    return [name for name, _, _ in variants(ipc, args)]
+
+
+def row_key(ipc: int, name: str) -> str:
+    return f"IPC {ipc}: {name}"
+
+
+def slug(name: str) -> str:
+    return "".join(c if c.isalnum() else "-" for c in name.lower()).strip("-")
+
+
+# scheduling priority: builds before students (they unlock them), the longest first
+BUILD_PRIORITY = {"d3": 3, "dm": 2, "png": 1, "float32": 0}
+
+
+def student_tasks(key: str, part: dict, runs: int) -> list[tuple[tuple, tuple]]:
+    """The (priority, task) of each student of a built row that has not finished yet."""
+    return [((0, part["images"]), ("student", {"key": key, "run": r, "inputs": part["inputs"]}))
+            for r in range(runs) if str(r) not in part["accuracies"]]
+
+
+def describe(task: tuple) -> str:
+    kind, spec = task
+    return f"build {spec['key']}" if kind == "build" else f"student {spec['run'] + 1} of {spec['key']}"
+
+
+def series_start(results: dict) -> int:
+    """1-based index of the invocation that began the latest series (a run and its --resume calls)."""
+    if "series_start" in results:
+        return results["series_start"]
+    resumed = [v.get("resume", "--resume" in v["command"]) for v in results["invocations"]]
+    return max(i for i, r in enumerate(resumed, 1) if not r)
+
+
+def series_rows(results: dict) -> list[dict]:
+    return [r for r in results["rows"] if r.get("run", 1) >= results["series_start"]]
+
+
+def finish_row(results: dict, key: str, planned: list) -> dict:
+    """Move a row whose students have all finished from "partial" to "rows" (the series in planned order)."""
+    part = results["partial"].pop(key)
+    runs = range(len(part["accuracies"]))
+    r = EvalResult(part["name"], part["images"], [part["accuracies"][str(i)] for i in runs],
+                   [part["student_seconds"][str(i)] for i in runs], part["bytes"])
+    print(r.summary(), flush=True)
+    row = {"ipc": part["ipc"], "name": part["name"], "run": len(results["invocations"]), "images": part["images"],
+           "bytes": part["bytes"], "distill_seconds": part["distill_seconds"], "accuracies": r.accuracies,
+           "mean": r.mean, "std": r.std, "student_seconds": r.seconds, **part["extra"]}
+    order = {(ipc, name): i for i, (ipc, name) in enumerate(planned)}
+    earlier = [x for x in results["rows"] if x.get("run", 1) < results["series_start"]]
+    series = sorted(series_rows(results) + [row], key=lambda x: order.get((x["ipc"], x["name"]), len(order)))
+    results["rows"] = earlier + series
+    return row
+
+
+# ---- worker processes: each loads the data once and runs builds and students --------------------------
+
+_WORKER: dict = {}
+
+
+def init_worker(threads: int, data_root: str | None, device: str, epochs: int, seed: int) -> None:
+    torch.set_num_threads(threads)
+    _WORKER.update(data_root=data_root, device=resolve_device(device), epochs=epochs, seed=seed)
+
+
+def worker_data():
+    if "real" not in _WORKER:
+        _WORKER["real"] = load_dataset("fashion-mnist", _WORKER["data_root"])
+        _WORKER["test"] = test_split(_WORKER["real"])
+    return _WORKER["real"], _WORKER["test"]
+
+
+def build(spec: dict) -> dict:
+    """Distil an archive (or draw the random real images) of one row and save the students' inputs.
+
+    Returns: the row's fields known before training: inputs path, images, bytes, distill_seconds, extra.
+    """
+    real, _ = worker_data()
+    device, seed, ipc = _WORKER["device"], spec["seed"], spec["ipc"]
+    budget = ipc_budget(ipc, real.num_classes, real.image_shape)
+    distill_s = None
+    if spec["kind"] in ("dm", "d3"):
+        make = PixelEncoder if spec["kind"] == "dm" else D3Encoder
+        t = time.time()
+        res = compress(real, spec["archive"], encoder=make.from_options(spec["preset"], **spec["overrides"]),
+                       ipc=ipc, seed=seed, device=device, progress=False)
+        distill_s, used = round(time.time() - t, 1), res.file_bytes
+        if spec["kind"] == "dm":
+            ds = D3Dataset(spec["archive"])
+            images, targets = ds.images, ds.labels
+            extra = {"images_per_class": ds.meta["params"]["images_per_class"],
+                     "storage": ds.meta["params"]["storage_dtype"], "budget": res.budget,
+                     "config": ds.meta["params"]["config"]}
+        else:
+            t = time.time()
+            ds = D3Dataset(spec["archive"], samples_per_class=spec["samples"], seed=seed)
+            decode_rate = len(ds) / (time.time() - t)
+            images = ds.images
+            targets = ds.soft_labels if ds.soft_labels is not None else ds.labels
+            group = ds.meta["params"]["groups"][0]
+            extra = {"samples_per_class": len(ds) // real.num_classes, "priors_per_class": group["priors_per_class"],
+                     "latent_dim": group["latent_dim"], "decoder_width": group["decoder_width"],
+                     "teacher_accuracy": group["stats"].get("teacher_accuracy"), "budget": res.budget,
+                     "decode_images_per_second_cpu": round(decode_rate), "config": ds.meta["params"]["config"]}
+    else:
+        images, targets, used = random_real_subset(real, budget, spec["kind"], seed)
+        extra = {"budget": budget}
+    save_file({"images": images.contiguous(), "targets": targets.contiguous()}, spec["inputs"])
+    return {"ipc": ipc, "name": spec["name"], "inputs": spec["inputs"], "images": len(images), "bytes": used,
+            "distill_seconds": distill_s, "extra": extra}
+
+
+def student(spec: dict) -> tuple[float, float]:
+    """Train student ``run`` (seed + run, as evaluate() seeds it) on a built row: (final accuracy, seconds)."""
+    real, (test_x, test_y) = worker_data()
+    inputs = load_file(spec["inputs"])
+    return train_student(inputs["images"], inputs["targets"], real.num_classes, real.mean, real.std, test_x, test_y,
+                         StudentConfig(epochs=_WORKER["epochs"]), _WORKER["seed"] + spec["run"], _WORKER["device"])
+
+
+TASKS = {"build": build, "student": student}
 
 
 def save(results: dict, args) -> None:
@@ -197,8 +322,12 @@ def render(results: dict) -> str:
         student = sum(r["student_seconds"]) / len(r["student_seconds"])
         lines.append(f"| {r['ipc']} ({r.get('budget', '')} B) | {r['name']} | {r.get('run', 1)} | {r['bytes']} | {r['images']}{per_class} | "
                      f"{distil} | {student:.0f} | {100 * r['mean']:.2f} ± {100 * r['std']:.2f} | {published} |")
-    finished = {(r["ipc"], r["name"]) for r in results["rows"]}
-    pending = [f"IPC {ipc}: {name}" for ipc, name in results.get("planned", []) if (ipc, name) not in finished]
+    results.setdefault("series_start", series_start(results))
+    finished = {(r["ipc"], r["name"]) for r in series_rows(results)}
+    partial = results.get("partial", {})
+    pending = [row_key(ipc, name) + (f" ({len(partial[row_key(ipc, name)]['accuracies'])} of {results['runs']} "
+                                     "students done)" if row_key(ipc, name) in partial else "")
+               for ipc, name in results.get("planned", []) if (ipc, name) not in finished]
     if pending:
         lines += ["", f"**Not yet measured** (the run was interrupted; `--resume` continues it): {'; '.join(pending)}."]
     lines += [
@@ -225,7 +354,8 @@ def main() -> None:
     p.add_argument("--preset", default="fast")
     p.add_argument("--real-side-ipc", type=int, nargs="*", default=[1],
                    help="IPC budgets at which DM also runs with 256 real images per class per iteration")
-    p.add_argument("--methods", nargs="+", default=["dm", "d3"], choices=["dm", "d3"])
+    p.add_argument("--methods", nargs="*", default=["dm", "d3"], choices=["dm", "d3"],
+                   help="distillation methods (the random-real rows always run)")
     p.add_argument("--no-labels-ipc", type=int, nargs="*", default=[1, 10],
                    help="IPC budgets at which D3 also runs with soft labels off")
     p.add_argument("--d3-samples-per-class", nargs="+", default=["40"],
@@ -237,7 +367,12 @@ def main() -> None:
     p.add_argument("--out", default=str(HERE / "RESULTS.md"))
     p.add_argument("--json", default=str(HERE / "results-fashion-mnist.json"))
     p.add_argument("--note", default="", help="said of this run in RESULTS.md (e.g. what else shared the machine)")
-    p.add_argument("--resume", action="store_true", help="keep the rows already in --json and run the rest")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="worker processes; builds and students run in parallel, each with cores/jobs threads")
+    p.add_argument("--resume", action="store_true",
+                   help="go on with the interrupted run in --json: keep its finished rows and students, run the rest")
+    p.add_argument("--append", action="store_true",
+                   help="start a new run in --json, keeping the rows of its earlier runs in the table")
     p.add_argument("--render-only", action="store_true", help="rewrite --out from --json without running anything")
     args = p.parse_args()
     if len(args.d3_samples_per_class) not in (1, len(args.ipc)) or not all(
