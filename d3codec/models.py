@@ -3,11 +3,17 @@
 ConvNet-3 follows the DatasetCondensation / DM / MTT code: depth × [Conv 3×3 (width) →
 instance norm (GroupNorm(width, width, affine)) → ReLU → AvgPool 2×2] → Linear. For 28×28 inputs
 the first convolution pads by 3 so the feature map is 32×32, as in that code.
+
+:class:`Decoder` is the small upsampling network that turns latents into images (d3's decoders,
+d2m's generators).
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 MODELS = ("convnet3",)
@@ -37,6 +43,35 @@ class ConvNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.embed(x))  # (N, num_classes) logits
+
+
+class Decoder(nn.Module):
+    """Latents (N, Z) float32 → images (N, C, H, W) float32 in [0, 1].
+
+    Linear(Z → width·h0·w0) → ``upsamples`` × [nearest ×2 → Conv 3×3 → GroupNorm → LeakyReLU(0.2)]
+    → Conv 3×3 → sigmoid, with h0 = ⌈H / 2^upsamples⌉ (4 to 7) and a crop to H×W at the end.
+    """
+
+    def __init__(self, latent_dim: int, image_shape: tuple[int, int, int], width: int):
+        super().__init__()
+        c, h, w = image_shape
+        self.image_shape = image_shape
+        self.upsamples = max(0, int(math.log2(max(min(h, w), 4) / 4)))
+        self.h0, self.w0 = math.ceil(h / 2 ** self.upsamples), math.ceil(w / 2 ** self.upsamples)
+        self.width = width
+        self.fc = nn.Linear(latent_dim, width * self.h0 * self.w0)
+        blocks = []
+        for _ in range(self.upsamples):
+            blocks += [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(width, width, 3, padding=1),
+                       nn.GroupNorm(min(4, width), width), nn.LeakyReLU(0.2)]
+        self.blocks = nn.Sequential(*blocks)
+        self.out = nn.Conv2d(width, c, 3, padding=1)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        c, h, w = self.image_shape
+        x = F.leaky_relu(self.fc(z), 0.2).view(-1, self.width, self.h0, self.w0)  # (N, width, h0, w0)
+        x = self.blocks(x)  # (N, width, h0·2^u, w0·2^u)
+        return torch.sigmoid(self.out(x))[:, :, :h, :w]  # (N, C, H, W)
 
 
 def build_model(name: str, in_channels: int, num_classes: int, image_size: int, width: int = 128) -> nn.Module:

@@ -12,8 +12,10 @@ from d3codec.data import RealData, TensorImages
 from d3codec.errors import D3BudgetError, D3Error, D3FormatError
 from d3codec.merge import merge_archives
 from d3codec.methods import DatasetSpec
-from d3codec.methods.d3 import (D3Config, D3Encoder, Decoder, dequantise_decoder, dequantise_priors, decoder_shapes,
-                                fit_decoder, pca_latents, quantise_decoder, quantise_priors, split_classes)
+from d3codec.methods.d3 import (D3Config, D3Encoder, dequantise_priors, decoder_shapes, fit_decoder, pca_latents,
+                                quantise_priors, split_classes)
+from d3codec.models import Decoder
+from d3codec.weights import dequantise_state, quantise_state
 from d3codec.teacher import load_teacher, save_teacher, train_teacher
 
 CPU = torch.device("cpu")
@@ -92,16 +94,16 @@ def test_int8_decoder_storage_is_close_and_shapes_are_checked():
     state = dec.state_dict()
     shapes = decoder_shapes(16, (1, 28, 28), 8)
     assert shapes == {k: tuple(v.shape) for k, v in state.items()}
-    stored = quantise_decoder(state, "g0.", "int8")
+    stored = quantise_state(state, "g0.", "int8")
     assert stored["g0.fc.weight"].dtype == torch.int8 and stored["g0.fc.weight.scale"].dtype == torch.float16
-    back = dequantise_decoder(stored, "g0.", shapes, "int8")
+    back = dequantise_state(stored, "g0.", shapes, "int8", "decoder")
     for k, v in state.items():  # per-channel int8: error at most half a step of that channel's scale
         step = v.flatten(1).abs().amax(1) / 127 if v.dim() >= 2 else v.abs().max() * 1e-3 + 1e-3
         err = (back[k] - v).flatten(1).abs().amax(1) if v.dim() >= 2 else (back[k] - v).abs().max()
         assert (err <= step * 0.51 + 1e-6).all(), k
     del stored["g0.out.bias"]
     with pytest.raises(D3FormatError, match="g0.out.bias"):
-        dequantise_decoder(stored, "g0.", shapes, "int8")
+        dequantise_state(stored, "g0.", shapes, "int8", "decoder")
 
 
 def test_int8_priors_are_close_to_the_float_ones_and_checked():

@@ -7,7 +7,7 @@ distillation); each group is distilled on its own, with its own decoder, seed an
 - **priors**: ``priors_per_class`` diagonal Gaussians N(μ, diag exp(logvar)) per class in a
   latent space of ``latent_dim`` (Sec. 3.1);
 - a **decoder** G: latent (N, Z) → image (N, C, H, W) in [0, 1] (a small upsampling ConvNet,
-  :class:`Decoder`), trained from scratch jointly with the priors;
+  :class:`d3codec.models.Decoder`), trained from scratch jointly with the priors;
 - **soft labels**: one vector per prior, a teacher's softmax on the decoded prior mean over the
   group's classes (Sec. 3.4).
 
@@ -58,12 +58,13 @@ from ..container import Section
 from ..data import ClassSampler, RealData
 from ..errors import D3BudgetError, D3FormatError
 from ..losses import mean_embedding_loss, mmd_rbf
-from ..models import ConvNet
+from ..models import ConvNet, Decoder
 from ..teacher import Teacher, train_teacher
+from ..weights import WEIGHT_DTYPES, dequantise_state, quantise_int8, quantise_state, read_stored
 from .base import DatasetSpec, Encoded, Encoder, preset_config
 
 DECODER_WIDTHS = (8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256)
-DECODER_DTYPES = ("int8", "float16")
+DECODER_DTYPES = WEIGHT_DTYPES
 PRIOR_DTYPES = ("float16", "int8")
 
 
@@ -115,104 +116,13 @@ PRESETS = {
 }
 
 
-class Decoder(nn.Module):
-    """Latents (N, Z) float32 → images (N, C, H, W) float32 in [0, 1].
-
-    Linear(Z → width·h0·w0) → ``upsamples`` × [nearest ×2 → Conv 3×3 → GroupNorm → LeakyReLU(0.2)]
-    → Conv 3×3 → sigmoid, with h0 = ⌈H / 2^upsamples⌉ (4 to 7) and a crop to H×W at the end.
-    """
-
-    def __init__(self, latent_dim: int, image_shape: tuple[int, int, int], width: int):
-        super().__init__()
-        c, h, w = image_shape
-        self.image_shape = image_shape
-        self.upsamples = max(0, int(math.log2(max(min(h, w), 4) / 4)))
-        self.h0, self.w0 = math.ceil(h / 2 ** self.upsamples), math.ceil(w / 2 ** self.upsamples)
-        self.width = width
-        self.fc = nn.Linear(latent_dim, width * self.h0 * self.w0)
-        blocks = []
-        for _ in range(self.upsamples):
-            blocks += [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(width, width, 3, padding=1),
-                       nn.GroupNorm(min(4, width), width), nn.LeakyReLU(0.2)]
-        self.blocks = nn.Sequential(*blocks)
-        self.out = nn.Conv2d(width, c, 3, padding=1)
-
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        c, h, w = self.image_shape
-        x = F.leaky_relu(self.fc(z), 0.2).view(-1, self.width, self.h0, self.w0)  # (N, width, h0, w0)
-        x = self.blocks(x)  # (N, width, h0·2^u, w0·2^u)
-        return torch.sigmoid(self.out(x))[:, :, :h, :w]  # (N, C, H, W)
-
-
 def decoder_shapes(latent_dim: int, image_shape: tuple[int, int, int], width: int) -> dict[str, tuple[int, ...]]:
     """The decoder's parameter shapes, computed without allocating them (meta device)."""
     with torch.device("meta"):
         return {k: tuple(v.shape) for k, v in Decoder(latent_dim, image_shape, width).state_dict().items()}
 
 
-# ---- storage of decoders and priors: int8 with a scale per channel, or float16 ----------------------------------
-
-def quantise_int8(value: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Symmetric int8 quantisation with one scale per index along ``dim``: value ≈ q · scale.
-
-    Args: value float tensor; dim the axis that keeps its own scale (0: per output channel).
-    Returns: q int8 of value's shape, scale (value.shape[dim],) float16.
-    """
-    value = value.detach().float().cpu()
-    moved = value.movedim(dim, 0)
-    scale = (moved.flatten(1).abs().amax(1).clamp_min(1e-8) / 127).half()  # (S,) as stored
-    shape = [1] * value.dim()
-    shape[dim] = -1
-    q = (value / scale.float().view(shape)).round().clamp(-127, 127).to(torch.int8)
-    return q.contiguous(), scale
-
-
-def dequantise_int8(q: torch.Tensor, scale: torch.Tensor, dim: int) -> torch.Tensor:
-    """float32 q · scale, the scale broadcast along ``dim`` (the inverse of :func:`quantise_int8`)."""
-    shape = [1] * q.dim()
-    shape[dim] = -1
-    return q.float() * scale.float().view(shape)
-
-
-def quantise_decoder(state: dict[str, torch.Tensor], prefix: str, dtype: str) -> dict[str, torch.Tensor]:
-    """Tensors to store for a decoder state dict: weights (ndim ≥ 2) as int8 with a float16 scale per output
-    channel (symmetric, w ≈ q · scale) or as float16; other parameters as float16."""
-    out = {}
-    for name, value in state.items():
-        if dtype == "int8" and value.dim() >= 2:
-            out[f"{prefix}{name}"], out[f"{prefix}{name}.scale"] = quantise_int8(value, 0)
-        else:
-            out[f"{prefix}{name}"] = value.detach().float().cpu().half().contiguous()
-    return out
-
-
-def read_stored(tensors: dict[str, torch.Tensor], section: str, key: str, shape: tuple[int, ...],
-                int8_dim: int | None) -> torch.Tensor:
-    """The float32 value of a stored tensor of ``shape``: int8 with ``{key}.scale`` along ``int8_dim``
-    (see :func:`quantise_int8`), or any float dtype when ``int8_dim`` is None.
-
-    Raises: D3FormatError naming ``section`` and ``key`` on a missing, misshapen or mistyped tensor.
-    """
-    value = tensors.get(key)
-    if value is None or tuple(value.shape) != shape:
-        raise D3FormatError(f"section {section!r}: tensor {key!r} missing or not of shape {shape}")
-    if int8_dim is None:
-        if not value.is_floating_point():
-            raise D3FormatError(f"section {section!r}: {key!r} must be floating point")
-        return value.float()
-    scale, n = tensors.get(f"{key}.scale"), shape[int8_dim]
-    if value.dtype != torch.int8 or scale is None or tuple(scale.shape) != (n,) or not scale.is_floating_point():
-        raise D3FormatError(f"section {section!r}: {key!r} must be int8 with a ({n},) float scale")
-    return dequantise_int8(value, scale, int8_dim)
-
-
-def dequantise_decoder(tensors: dict[str, torch.Tensor], prefix: str, shapes: dict[str, tuple[int, ...]],
-                       dtype: str) -> dict[str, torch.Tensor]:
-    """The float32 state dict of a stored decoder; raises D3FormatError on any missing or misshapen tensor."""
-    return {name: read_stored(tensors, "decoder", f"{prefix}{name}", shape,
-                              0 if dtype == "int8" and len(shape) >= 2 else None)
-            for name, shape in shapes.items()}
-
+# ---- storage of priors: int8 with a scale per latent dimension, or float16 (d3codec.weights) --------------------
 
 def quantise_priors(mean: torch.Tensor, logvar: torch.Tensor, prefix: str, dtype: str) -> dict[str, torch.Tensor]:
     """Tensors to store for priors mean, logvar (K, P, Z): float16, or int8 with a float16 scale per latent
@@ -386,7 +296,7 @@ def group_tensors(g: GroupPlan, index: int, image_shape, cfg: "D3Config", priors
     if decoder_state is None:
         decoder_state = {n: torch.zeros(s) for n, s in decoder_shapes(z, image_shape, g.decoder_width).items()}
     out = {"priors": quantise_priors(*priors, f"g{index}.", cfg.prior_dtype),
-           "decoder": quantise_decoder(decoder_state, f"g{index}.", cfg.decoder_dtype)}
+           "decoder": quantise_state(decoder_state, f"g{index}.", cfg.decoder_dtype)}
     if cfg.soft_labels:
         out["prior_labels"] = {f"g{index}": (labels if labels is not None else torch.zeros(k, p, k)).half().contiguous()}
     return out
@@ -574,9 +484,9 @@ class D3Encoder(Encoder):
             opt.step()
 
         # what the archive will hold: the priors and the decoder as stored, so soft labels see them
-        stored = quantise_decoder(decoder.state_dict(), "", cfg.decoder_dtype)
+        stored = quantise_state(decoder.state_dict(), "", cfg.decoder_dtype)
         shapes = decoder_shapes(z, real.image_shape, g.decoder_width)
-        decoder.load_state_dict(dequantise_decoder(stored, "", shapes, cfg.decoder_dtype))
+        decoder.load_state_dict(dequantise_state(stored, "", shapes, cfg.decoder_dtype, "decoder"))
         priors = dequantise_priors(quantise_priors(prior_mean, prior_logvar, "", cfg.prior_dtype), "", (k, p, z),
                                    cfg.prior_dtype)  # (K_g, P, Z) each
         labels = None
@@ -658,7 +568,7 @@ def decode(reader, meta: dict, samples_per_class: int | None = None, seed: int =
         mu, logvar = dequantise_priors(priors_t, f"g{index}.", (k, p, z), e.get("prior_dtype", "float16"))
         shapes = decoder_shapes(z, shape, g.decoder_width)
         decoder = Decoder(z, shape, g.decoder_width)
-        decoder.load_state_dict(dequantise_decoder(decoder_t, f"g{index}.", shapes, e["decoder_dtype"]))
+        decoder.load_state_dict(dequantise_state(decoder_t, f"g{index}.", shapes, e["decoder_dtype"], "decoder"))
         decoder.to(device).eval()
         n = samples_per_class or p
         gen = torch.Generator().manual_seed(seed)

@@ -1,0 +1,91 @@
+"""How network weights and latent tables are stored: int8 with a float16 scale per channel, or float16.
+
+The methods that store networks (d3's decoders, d2m's generators) write each state dict with
+:func:`quantise_state` and read it back with :func:`dequantise_state`; every read checks names,
+shapes and dtypes against the shapes the metadata implies and raises D3FormatError, so a
+hostile archive cannot load a tensor of a size it did not declare.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .errors import D3FormatError
+
+WEIGHT_DTYPES = ("int8", "float16")
+
+
+def quantise_int8(value: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric int8 quantisation with one scale per index along ``dim``: value ≈ q · scale.
+
+    Args: value float tensor; dim the axis that keeps its own scale (0: per output channel).
+    Returns: q int8 of value's shape, scale (value.shape[dim],) float16.
+    """
+    value = value.detach().float().cpu()
+    moved = value.movedim(dim, 0)
+    scale = (moved.flatten(1).abs().amax(1).clamp_min(1e-8) / 127).half()  # (S,) as stored
+    shape = [1] * value.dim()
+    shape[dim] = -1
+    q = (value / scale.float().view(shape)).round().clamp(-127, 127).to(torch.int8)
+    return q.contiguous(), scale
+
+
+def dequantise_int8(q: torch.Tensor, scale: torch.Tensor, dim: int) -> torch.Tensor:
+    """float32 q · scale, the scale broadcast along ``dim`` (the inverse of :func:`quantise_int8`)."""
+    shape = [1] * q.dim()
+    shape[dim] = -1
+    return q.float() * scale.float().view(shape)
+
+
+def quantise_state(state: dict[str, torch.Tensor], prefix: str, dtype: str) -> dict[str, torch.Tensor]:
+    """Tensors to store for a state dict: weights (ndim ≥ 2) as int8 with a float16 scale per output
+    channel (symmetric, w ≈ q · scale) or as float16; other parameters as float16."""
+    out = {}
+    for name, value in state.items():
+        if dtype == "int8" and value.dim() >= 2:
+            out[f"{prefix}{name}"], out[f"{prefix}{name}.scale"] = quantise_int8(value, 0)
+        else:
+            out[f"{prefix}{name}"] = value.detach().float().cpu().half().contiguous()
+    return out
+
+
+def read_stored(tensors: dict[str, torch.Tensor], section: str, key: str, shape: tuple[int, ...],
+                int8_dim: int | None) -> torch.Tensor:
+    """The float32 value of a stored tensor of ``shape``: int8 with ``{key}.scale`` along ``int8_dim``
+    (see :func:`quantise_int8`), or any float dtype when ``int8_dim`` is None.
+
+    Raises: D3FormatError naming ``section`` and ``key`` on a missing, misshapen or mistyped tensor.
+    """
+    value = tensors.get(key)
+    if value is None or tuple(value.shape) != shape:
+        raise D3FormatError(f"section {section!r}: tensor {key!r} missing or not of shape {shape}")
+    if int8_dim is None:
+        if not value.is_floating_point():
+            raise D3FormatError(f"section {section!r}: {key!r} must be floating point")
+        return value.float()
+    scale, n = tensors.get(f"{key}.scale"), shape[int8_dim]
+    if value.dtype != torch.int8 or scale is None or tuple(scale.shape) != (n,) or not scale.is_floating_point():
+        raise D3FormatError(f"section {section!r}: {key!r} must be int8 with a ({n},) float scale")
+    return dequantise_int8(value, scale, int8_dim)
+
+
+def dequantise_state(tensors: dict[str, torch.Tensor], prefix: str, shapes: dict[str, tuple[int, ...]],
+                     dtype: str, section: str) -> dict[str, torch.Tensor]:
+    """The float32 state dict stored by :func:`quantise_state` (``shapes``: each parameter's shape).
+
+    Raises: D3FormatError naming ``section`` on any missing, misshapen or mistyped tensor.
+    """
+    return {name: read_stored(tensors, section, f"{prefix}{name}", shape,
+                              0 if dtype == "int8" and len(shape) >= 2 else None)
+            for name, shape in shapes.items()}
+
+
+def state_bytes(shapes: dict[str, tuple[int, ...]], dtype: str) -> int:
+    """Bytes of the values :func:`quantise_state` stores for these shapes (scales and headers not counted)."""
+    total = 0
+    for shape in shapes.values():
+        n = 1
+        for s in shape:
+            n *= s
+        total += n * (1 if dtype == "int8" and len(shape) >= 2 else 2)
+    return total
