@@ -27,7 +27,7 @@ def main() -> None:
 @main.command()
 @click.argument("dataset")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Archive to write (.d3).")
-@click.option("--method", type=click.Choice(["pixel", "d3"]), default="pixel", show_default=True,
+@click.option("--method", type=click.Choice(["pixel", "d3", "d2m"]), default="pixel", show_default=True,
               help="pixel: learn the images (DM); d3: per-class priors, a decoder and soft labels.")
 @click.option("--objective", type=click.Choice(["dm"]), default="dm", show_default=True,
               help="Pixel objective: dm (distribution matching).")
@@ -51,6 +51,13 @@ def main() -> None:
 @click.option("--prior-dtype", type=click.Choice(["float16", "int8"]),
               help="d3: how prior means and log-variances are stored (int8: about twice the priors).")
 @click.option("--soft-labels/--no-soft-labels", default=None, help="d3: store a teacher's soft label per prior.")
+@click.option("--generator", type=click.Path(exists=True, dir_okay=False),
+              help="d2m: fine-tune this pre-trained generator (safetensors) instead of pre-training one.")
+@click.option("--checkpoint", type=click.Path(dir_okay=False),
+              help="d2m: pre-training checkpoint to write and resume from (default: OUTPUT.pretrain.safetensors).")
+@click.option("--pretrain-iterations", type=int, help="d2m: GAN pre-training iterations.")
+@click.option("--task-balance", type=float, help="d2m: weight of prediction matching against embedding matching.")
+@click.option("--generator-width", type=int, help="d2m: generator channels (default: fill the budget).")
 @click.option("--data-root", type=click.Path(file_okay=False), help="Where the real data is (or goes).")
 @click.option("--resolution", type=int, help="Side length for imagenet and folder datasets (default 64).")
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -58,7 +65,8 @@ def main() -> None:
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def compress(dataset, output, method, objective, ipc, budget, preset, iterations, real_per_class, storage_dtype,
              images_per_class, subtasks, workers, teacher, latent_dim, priors_per_class, decoder_width, decoder_dtype,
-             prior_dtype, soft_labels, data_root, resolution, seed, device, quiet):
+             prior_dtype, soft_labels, generator, checkpoint, pretrain_iterations, task_balance, generator_width,
+             data_root, resolution, seed, device, quiet):
     """Distil DATASET (fashion-mnist, mnist, cifar10, cifar100, imagenet, or a class-per-folder path).
 
     Under torchrun (or with --workers N) a d3 run spreads its subtasks over the ranks."""
@@ -70,23 +78,39 @@ def compress(dataset, output, method, objective, ipc, budget, preset, iterations
     try:
         if (ipc is None) == (budget is None):
             raise click.UsageError("give exactly one of --ipc N or --budget BYTES")
-        d3_only = {"--subtasks": subtasks, "--workers": workers, "--teacher": teacher, "--latent-dim": latent_dim,
-                   "--priors-per-class": priors_per_class, "--decoder-width": decoder_width,
-                   "--decoder-dtype": decoder_dtype, "--prior-dtype": prior_dtype,
-                   "--soft-labels": soft_labels}
+        only = {"d3": {"--subtasks": subtasks, "--workers": workers, "--latent-dim": latent_dim,
+                       "--priors-per-class": priors_per_class, "--decoder-width": decoder_width,
+                       "--decoder-dtype": decoder_dtype, "--prior-dtype": prior_dtype, "--soft-labels": soft_labels},
+                "d2m": {"--generator": generator, "--checkpoint": checkpoint,
+                        "--pretrain-iterations": pretrain_iterations, "--task-balance": task_balance,
+                        "--generator-width": generator_width},
+                "pixel": {"--images-per-class": images_per_class}}
+        hints = {"--images-per-class": {"d3": "; use --priors-per-class", "d2m": "; d2m archives draw any count "
+                                        "at expansion (--samples-per-class)"}}
+        for owner, options in only.items():
+            given = [k for k, v in options.items() if v is not None]
+            if given and method != owner:
+                hint = hints.get(given[0], {}).get(method, "")
+                raise click.UsageError(f"{', '.join(given)} apply to --method {owner}{hint}")
+        if teacher is not None and method == "pixel":
+            raise click.UsageError("--teacher applies to --method d3 and d2m")
         dev = join_process_group(resolve_device(device))
         real = load_dataset(dataset, data_root, resolution)
         if method == "pixel":
-            given = [k for k, v in d3_only.items() if v is not None]
-            if given:
-                raise click.UsageError(f"{', '.join(given)} apply to --method d3")
             from d3codec.methods.pixel import PixelEncoder
 
             encoder = PixelEncoder.from_options(preset, iterations=iterations, real_per_class=real_per_class,
                                                 storage_dtype=storage_dtype, images_per_class=images_per_class)
+        elif method == "d2m":
+            from d3codec.methods.d2m import D2MEncoder, load_generator
+            from d3codec.teacher import load_teacher
+
+            encoder = D2MEncoder.from_options(
+                preset, load_teacher(teacher, real.image_shape, real.num_classes, dev) if teacher else None,
+                load_generator(generator, real.num_classes, real.image_shape) if generator else None,
+                checkpoint or f"{output}.pretrain.safetensors", iterations=iterations, real_per_class=real_per_class,
+                pretrain_iterations=pretrain_iterations, task_balance=task_balance, generator_width=generator_width)
         else:
-            if images_per_class is not None:
-                raise click.UsageError("--images-per-class applies to --method pixel; use --priors-per-class")
             from d3codec.methods.d3 import D3Encoder
             from d3codec.teacher import load_teacher
 
@@ -121,6 +145,10 @@ def compress(dataset, output, method, objective, ipc, budget, preset, iterations
 def describe_plan(plan) -> str:
     if hasattr(plan, "images_per_class"):
         return f"{plan.images_per_class} {plan.storage_dtype} images per class"
+    if hasattr(plan, "generator_width"):
+        return (f"generator {plan.architecture} of width {plan.generator_width} ({plan.weight_dtype}), noise "
+                f"{plan.noise_dim}, class embeddings {plan.embed_dim}; draws {plan.samples_per_class} per class "
+                "by default")
     g = plan.groups[0]
     return (f"{len(plan.groups)} subtask(s), {g.priors_per_class} priors per class, latent {g.latent_dim}, "
             f"decoder width {g.decoder_width} ({plan.decoder_dtype}), {plan.prior_dtype} priors")
@@ -183,9 +211,10 @@ def info(archive, as_json):
 @click.option("--format", "fmt", type=click.Choice(["png", "pt", "safetensors"]), default="png", show_default=True,
               help="png: class-per-folder images; pt / safetensors: image and label tensors.")
 @click.option("--grid", type=click.Path(dir_okay=False), help="Also write one picture, a row per class.")
-@click.option("--samples-per-class", type=int, help="d3 archives: images to draw per class (default: one per prior).")
-@click.option("--sample-seed", type=int, default=0, show_default=True, help="d3 archives: seed of the draw.")
-@click.option("--device", default="cpu", show_default=True, help="Where d3 archives are decoded.")
+@click.option("--samples-per-class", type=int,
+              help="d3 and d2m archives: images to draw per class (default: d3 one per prior, d2m the archive's).")
+@click.option("--sample-seed", type=int, default=0, show_default=True, help="d3 and d2m archives: seed of the draw.")
+@click.option("--device", default="cpu", show_default=True, help="Where d3 and d2m archives are decoded.")
 def expand(archive, output, fmt, grid, samples_per_class, sample_seed, device):
     """Expand ARCHIVE into images or tensors."""
     from d3codec import D3Dataset
@@ -211,7 +240,8 @@ def expand(archive, output, fmt, grid, samples_per_class, sample_seed, device):
 
 @main.command("eval")
 @click.argument("archive", type=click.Path(exists=True, dir_okay=False))
-@click.option("--model", type=click.Choice(["convnet3"]), default="convnet3", show_default=True)
+@click.option("--model", type=click.Choice(["convnet3", "resnet18", "mlp"]), default="convnet3", show_default=True,
+              help="Student network (resnet18: torchvision's, adapted to small images).")
 @click.option("--epochs", type=int, default=300, show_default=True)
 @click.option("--runs", type=int, default=3, show_default=True, help="Students per row (mean ± std).")
 @click.option("--baseline", type=click.Choice(["none", "random-real"]), default="none", show_default=True,
@@ -221,10 +251,13 @@ def expand(archive, output, fmt, grid, samples_per_class, sample_seed, device):
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", default="auto", show_default=True)
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Also write the results as JSON.")
-@click.option("--samples-per-class", type=int, help="d3 archives: images to draw per class (default: one per prior).")
-@click.option("--sample-seed", type=int, default=0, show_default=True, help="d3 archives: seed of the draw.")
+@click.option("--samples-per-class", type=int,
+              help="d3 and d2m archives: images to draw per class (default: d3 one per prior, d2m the archive's).")
+@click.option("--sample-seed", type=int, default=0, show_default=True, help="d3 and d2m archives: seed of the draw.")
+@click.option("--resample-every-epoch", is_flag=True,
+              help="d3 and d2m archives: fresh samples for every student epoch (DiM), same count per class.")
 def evaluate_cmd(archive, model, epochs, runs, baseline, dataset, data_root, seed, device, json_out, samples_per_class,
-                 sample_seed):
+                 sample_seed, resample_every_epoch):
     """Train fresh students on ARCHIVE and report final test accuracy, bytes and training time."""
     from d3codec import D3Dataset
     from d3codec.data import load_dataset
@@ -238,12 +271,24 @@ def evaluate_cmd(archive, model, epochs, runs, baseline, dataset, data_root, see
         real = load_dataset(dataset or ds.meta["dataset"]["name"], data_root)
         if real.classes != ds.classes:
             raise ValueError(f"the archive's classes do not match {real.name}'s; pass --dataset")
+        if tuple(real.image_shape) != ds.image_shape:
+            raise ValueError(f"the archive's image shape {ds.image_shape} is not {real.name}'s "
+                             f"{tuple(real.image_shape)}; pass the --dataset it was made from")
         config = StudentConfig(model=model, epochs=epochs)
         test = test_split(real)
         log = lambda m: click.echo(m, err=True)  # noqa: E731
         targets = ds.soft_labels if ds.soft_labels is not None else ds.labels
+        resample = None
+        if resample_every_epoch:
+            if not ds.sampled:
+                raise ValueError(f"--resample-every-epoch needs a sampled archive (d3, d2m), not {ds.meta['method']}")
+            n = len(ds) // len(ds.classes)
+
+            def resample(run: int, epoch: int):
+                images, labels, soft = ds.draw(n, seed=sample_seed + 100_003 * (run + 1) + epoch)
+                return images, (soft if soft is not None and ds.soft_labels is not None else labels)
         results = [evaluate(f"archive ({ds.meta['method']})", ds.images, targets, real, runs, config, seed, dev,
-                            test, file_bytes, log)]
+                            test, file_bytes, log, resample)]
         if baseline == "random-real":
             budget = ds.meta.get("budget", {}).get("bytes") or file_bytes
             for storage in ("float32", "png"):

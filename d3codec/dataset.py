@@ -23,8 +23,9 @@ class D3Dataset(Dataset):
         target_transform: applied to each target.
         targets: "auto" (soft labels where the archive has them, else hard), "hard" or "soft".
             Soft targets are (K,) float32 probabilities; hard targets are int class indices.
-        samples_per_class: for archives that are sampled (method d3): how many images to draw
-            per class (default: one per prior); refused for archives of stored images.
+        samples_per_class: for archives that are sampled (methods d3 and d2m): how many images
+            to draw per class (default: d3 one per prior, d2m the archive's own default); refused
+            for archives of stored images.
         seed: for sampled archives: the same seed draws the same images.
         device: where sampled archives are decoded ("cpu", "cuda", ...); images end on the CPU.
     Attributes:
@@ -38,16 +39,18 @@ class D3Dataset(Dataset):
     def __init__(self, path: str | os.PathLike | bytes, transform: Callable | None = None,
                  target_transform: Callable | None = None, targets: str = "auto",
                  samples_per_class: int | None = None, seed: int = 0, device: str = "cpu"):
-        from .methods import DECODERS, SAMPLING_METHODS
+        from .methods import DECODERS, SAMPLERS
 
         if targets not in ("auto", "hard", "soft"):
             raise ValueError(f"targets must be 'auto', 'hard' or 'soft', not {targets!r}")
         reader, meta = open_archive(path)
+        self._draw = None
         with reader:
-            if meta["method"] in SAMPLING_METHODS:
-                self.images, self.labels, soft = DECODERS[meta["method"]](reader, meta, samples_per_class, seed, device)
+            if meta["method"] in SAMPLERS:
+                self._draw = SAMPLERS[meta["method"]](reader, meta, device)
+                self.images, self.labels, soft = self._draw(samples_per_class, seed)
             elif samples_per_class is not None:
-                raise ValueError(f"samples_per_class applies to sampled archives ({', '.join(sorted(SAMPLING_METHODS))}); "
+                raise ValueError(f"samples_per_class applies to sampled archives ({', '.join(sorted(SAMPLERS))}); "
                                  f"this {meta['method']} archive stores its images")
             else:
                 self.images, self.labels, soft = DECODERS[meta["method"]](reader, meta)
@@ -63,6 +66,21 @@ class D3Dataset(Dataset):
         self.image_shape = tuple(ds["image_shape"])
         self.mean, self.std = tuple(ds["mean"]), tuple(ds["std"])
         self.transform, self.target_transform = transform, target_transform
+
+    @property
+    def sampled(self) -> bool:
+        """Whether the archive generates its images (d3, d2m), so :meth:`draw` can give fresh ones."""
+        return self._draw is not None
+
+    def draw(self, samples_per_class: int | None = None, seed: int = 0):
+        """Fresh samples from a sampled archive, without touching this dataset's own images.
+
+        Returns: images (K·N, C, H, W) float32 in [0, 1], labels (K·N,) int64, soft labels (K·N, K)
+        float32 or None. Raises: ValueError for an archive of stored images.
+        """
+        if self._draw is None:
+            raise ValueError(f"this {self.meta['method']} archive stores its images; only sampled archives draw")
+        return self._draw(samples_per_class, seed)
 
     def __len__(self) -> int:
         return len(self.labels)

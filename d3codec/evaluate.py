@@ -17,6 +17,7 @@ import io
 import statistics
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -66,12 +67,16 @@ class EvalResult:
 
 def train_student(images: torch.Tensor, targets: torch.Tensor, num_classes: int, mean, std, test_images: torch.Tensor,
                   test_labels: torch.Tensor, config: StudentConfig = StudentConfig(), seed: int = 0,
-                  device: torch.device = torch.device("cpu")) -> tuple[float, float]:
+                  device: torch.device = torch.device("cpu"),
+                  resample: Callable[[int], tuple[torch.Tensor, torch.Tensor]] | None = None) -> tuple[float, float]:
     """Train one fresh student and test it.
 
     Args:
         images: (N, C, H, W) float32 pixel space; targets: (N,) int64 or (N, K) float32 soft labels.
         test_images: (M, C, H, W) float32 pixel space; test_labels: (M,) int64.
+        resample: for sampled archives, ``resample(epoch)`` → fresh (images, targets) of the same
+            kinds for every epoch after the first (DiM's per-epoch re-sampling, Wang et al. 2023);
+            the time it takes counts as training time.
     Returns: (final-epoch test accuracy in [0, 1], training seconds).
     """
     torch.manual_seed(seed)
@@ -79,16 +84,21 @@ def train_student(images: torch.Tensor, targets: torch.Tensor, num_classes: int,
     c, h, _ = images.shape[1:]
     m = torch.tensor(mean, device=device).view(1, c, 1, 1)
     s = torch.tensor(std, device=device).view(1, c, 1, 1)
-    x_all = (images.to(device) - m) / s
-    y_all = targets.to(device)
-    soft = y_all.dim() == 2
+    soft = targets.dim() == 2
     net = build_model(config.model, c, num_classes, h).to(device)
     opt = torch.optim.SGD(net.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, [config.epochs // 2], 0.1)
     dsa = DSA() if config.dsa else None
     start = time.time()
     net.train()
-    for _ in range(config.epochs):
+    for epoch in range(config.epochs):
+        if epoch == 0 or resample is not None:
+            if epoch > 0:
+                images, targets = resample(epoch)
+                if (targets.dim() == 2) != soft:
+                    raise ValueError("resample must give the same kind of targets (hard or soft) every epoch")
+            x_all = (images.to(device) - m) / s  # (N, C, H, W) normalised
+            y_all = targets.to(device)
         order = torch.randperm(len(x_all), generator=gen)
         for i in range(0, len(order), config.batch_size):
             idx = order[i:i + config.batch_size].to(device)
@@ -134,13 +144,17 @@ def test_split(real: RealData) -> tuple[torch.Tensor, torch.Tensor]:
 def evaluate(name: str, images: torch.Tensor, targets: torch.Tensor, real: RealData, runs: int = 3,
              config: StudentConfig = StudentConfig(), seed: int = 0, device: torch.device = torch.device("cpu"),
              test: tuple[torch.Tensor, torch.Tensor] | None = None, file_bytes: int | None = None,
-             log=None) -> EvalResult:
-    """Train ``runs`` students (seeds seed, seed+1, ...) on (images, targets) and test each on real data."""
+             log=None, resample: Callable[[int, int], tuple[torch.Tensor, torch.Tensor]] | None = None) -> EvalResult:
+    """Train ``runs`` students (seeds seed, seed+1, ...) on (images, targets) and test each on real data.
+
+    ``resample(run, epoch)``, where given, gives student ``run`` fresh (images, targets) every epoch
+    after the first (see :func:`train_student`)."""
     test_x, test_y = test if test is not None else test_split(real)
     result = EvalResult(name, len(images), file_bytes=file_bytes)
     for r in range(runs):
+        fresh = (lambda epoch, r=r: resample(r, epoch)) if resample is not None else None
         acc, sec = train_student(images, targets, real.num_classes, real.mean, real.std, test_x, test_y, config,
-                                 seed + r, device)
+                                 seed + r, device, fresh)
         result.accuracies.append(acc)
         result.seconds.append(sec)
         if log:

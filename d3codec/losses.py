@@ -1,12 +1,14 @@
 """Distribution-matching losses on network features, shared by the distillation methods.
 
-Both take features of a synthetic and a real batch of one class, (n, D) and (m, D) float32, and
-return a scalar that is zero when the two batches match in the sense of the loss.
+Each takes a synthetic and a real batch of one class, (n, D) and (m, D) float32 (features, or a
+teacher's logits), and returns a scalar that is zero when the two batches match in the sense of
+the loss.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 MMD_BANDWIDTHS = (1.0, 2.0, 4.0, 8.0, 16.0)
 
@@ -33,6 +35,20 @@ def mmd_rbf(synthetic: torch.Tensor, real: torch.Tensor, bandwidths=MMD_BANDWIDT
             - 2 * torch.exp(-gamma * xy).mean()
     return total
 
+
+
+def prediction_matching_loss(teacher_real: torch.Tensor, teacher_synthetic: torch.Tensor,
+                             temperature: float = 4.0) -> torch.Tensor:
+    """τ² · KL(mean_i softmax(a_i / τ) ‖ mean_j softmax(b_j / τ)): a teacher's mean prediction on real
+    images of a class against its mean prediction on synthetic ones (D2M's prediction matching,
+    Sajedi et al. 2024, on class means because the two batches are not paired; τ² as in Hinton et
+    al. 2015 keeps the gradient's scale independent of τ).
+
+    Args: teacher_real (m, K) and teacher_synthetic (n, K) float32 logits. Returns: scalar ≥ 0.
+    """
+    p = F.softmax(teacher_real / temperature, 1).mean(0)  # (K,)
+    q = F.softmax(teacher_synthetic / temperature, 1).mean(0)  # (K,)
+    return temperature ** 2 * (p * (p.clamp_min(1e-12).log() - q.clamp_min(1e-12).log())).sum()
 
 
 def squared_distances(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

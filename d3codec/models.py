@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-MODELS = ("convnet3",)
+MODELS = ("convnet3", "resnet18", "mlp")
 
 
 class ConvNet(nn.Module):
@@ -74,10 +74,42 @@ class Decoder(nn.Module):
         return torch.sigmoid(self.out(x))[:, :, :h, :w]  # (N, C, H, W)
 
 
+class MLP(nn.Module):
+    """The DatasetCondensation code's MLP: flatten → Linear(C·H·W, 128) → ReLU → Linear(128, 128) → ReLU
+    → Linear(128, classes). Input (N, C, H, W) float32 normalised; output (N, classes) logits."""
+
+    def __init__(self, in_channels: int, num_classes: int, image_size: int, width: int = 128):
+        super().__init__()
+        self.net = nn.Sequential(nn.Flatten(), nn.Linear(in_channels * image_size * image_size, width), nn.ReLU(),
+                                 nn.Linear(width, width), nn.ReLU(), nn.Linear(width, num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+def resnet18_small(in_channels: int, num_classes: int) -> nn.Module:
+    """torchvision's ResNet-18 adapted to small images as the CIFAR papers do: the first convolution is
+    3×3, stride 1 (not 7×7, stride 2) and the max-pool is dropped, so 28 or 32 pixel inputs keep
+    enough resolution. Batch norm, as torchvision builds it."""
+    from torchvision.models import resnet18
+
+    net = resnet18(num_classes=num_classes)
+    net.conv1 = nn.Conv2d(in_channels, 64, 3, stride=1, padding=1, bias=False)
+    net.maxpool = nn.Identity()
+    return net
+
+
 def build_model(name: str, in_channels: int, num_classes: int, image_size: int, width: int = 128) -> nn.Module:
-    """A freshly initialised network by name. Raises ValueError naming the known models."""
+    """A freshly initialised network by name (one of MODELS), for (N, C, H, W) inputs of side ``image_size``.
+
+    ``width`` applies to convnet3 and mlp. Raises ValueError naming the known models.
+    """
     if name == "convnet3":
         return ConvNet(in_channels, num_classes, image_size, width=width, depth=3)
+    if name == "resnet18":
+        return resnet18_small(in_channels, num_classes)
+    if name == "mlp":
+        return MLP(in_channels, num_classes, image_size, width=width)
     raise ValueError(f"unknown model {name!r}; known: {', '.join(MODELS)}")
 
 

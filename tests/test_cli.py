@@ -100,3 +100,43 @@ def test_options_of_the_other_method_are_refused(image_folder, tmp_path):
                "--device", "cpu", "--quiet").exit_code == 0
     r = run("expand", pixel, "-o", tmp_path / "out", "--samples-per-class", 3)
     assert r.exit_code != 0 and "stores its images" in r.output
+
+
+def test_d2m_compress_expand_at_any_count_and_eval_with_resampling(tiny_real, image_folder, tmp_path, monkeypatch):
+    out = tmp_path / "g.d3"
+    options = ["--method", "d2m", "--resolution", 16, "--budget", 30_000, "--pretrain-iterations", 3,
+               "--iterations", 1, "--real-per-class", 4, "-o", out, "--device", "cpu", "--quiet"]
+    r = run("compress", image_folder, *options)
+    assert r.exit_code == 0, r.output
+    assert out.stat().st_size <= 30_000 and "generator upconv-v1 of width" in r.output
+    assert (tmp_path / "g.d3.pretrain.safetensors").is_file()  # the checkpoint a killed run resumes from
+    r = run("expand", out, "-o", tmp_path / "png", "--samples-per-class", 5)
+    assert r.exit_code == 0, r.output
+    assert sum(1 for _ in (tmp_path / "png").rglob("*.png")) == 15
+
+    r = run("compress", image_folder, "--method", "d2m", "--budget", 30_000, "--images-per-class", 2,
+            "-o", tmp_path / "x.d3", "--quiet")
+    assert r.exit_code != 0 and "--samples-per-class" in r.output
+    r = run("compress", image_folder, "--budget", 30_000, "--task-balance", 2, "-o", tmp_path / "x.d3", "--quiet")
+    assert r.exit_code != 0 and "--task-balance apply to --method d2m" in r.output
+
+    import d3codec.data
+    from d3codec.compress import compress
+    from d3codec.methods.d2m import D2MEncoder
+
+    grey_folder_names = d3codec.data.RealData(
+        tiny_real.name, ["class_0", "class_1", "class_2"], tiny_real.image_shape, tiny_real.mean, tiny_real.std,
+        tiny_real.train_targets, tiny_real.train, tiny_real.test, tiny_real.train_images)
+    monkeypatch.setattr(d3codec.data, "load_dataset", lambda *a, **k: grey_folder_names)
+    r = run("eval", out, "--epochs", 1, "--runs", 1, "--device", "cpu")
+    assert r.exit_code != 0 and "image shape" in r.output  # an RGB archive against grey data
+    monkeypatch.setattr(d3codec.data, "load_dataset", lambda *a, **k: tiny_real)
+    grey = tmp_path / "grey.d3"
+    compress(tiny_real, grey, progress=False, budget=20_000, encoder=D2MEncoder.from_options(
+        "fast", pretrain_iterations=2, pretrain_batch=8, disc_width=4, iterations=1, synthetic_per_class=4,
+        real_per_class=4, embed_width=8, teacher_epochs=1.0, teacher_width=8))
+    r = run("eval", grey, "--epochs", 2, "--runs", 1, "--model", "mlp", "--samples-per-class", 3,
+            "--resample-every-epoch", "--device", "cpu", "--json", tmp_path / "r.json")
+    assert r.exit_code == 0, r.output
+    rows = json.loads((tmp_path / "r.json").read_text())
+    assert rows[0]["name"] == "archive (d2m)" and rows[0]["images"] == 9 and "mlp" in r.output

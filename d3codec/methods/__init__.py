@@ -1,16 +1,21 @@
 """Distillation methods, each one module behind the :class:`~d3codec.methods.base.Encoder` interface.
 
-``ENCODERS`` maps a method name to its encoder class; ``DECODERS`` maps it to the function that
-turns an archive of that method back into images and labels; ``SECTIONS`` lists the critical
-sections each method's decoder understands (a reader refuses any other critical section).
+``ENCODERS`` maps a method name to its encoder class; ``DECODERS`` maps a method that stores its
+images to the function that reads them back, ``decode(reader, meta)`` → (images, labels, soft
+labels or None); ``SAMPLERS`` maps a method that generates its images (any number per class) to
+``load_sampler(reader, meta, device)`` → ``draw(samples_per_class, seed)`` → the same triple;
+``SECTIONS`` lists the critical sections each method's decoder understands (a reader refuses any
+other critical section).
 """
 
-from . import d3, pixel
+from . import d2m, d3, pixel
 from .base import DatasetSpec, Encoded, Encoder
 
-ENCODERS = {"pixel": pixel.PixelEncoder, "d3": d3.D3Encoder}
-DECODERS = {"pixel": pixel.decode, "d3": d3.decode}
-SECTIONS = {"pixel": {"meta", "images", "soft_labels"}, "d3": {"meta", "priors", "decoder", "prior_labels"}}
-SAMPLING_METHODS = {"d3"}  # methods whose decoder draws any number of samples per class
+ENCODERS = {"pixel": pixel.PixelEncoder, "d3": d3.D3Encoder, "d2m": d2m.D2MEncoder}
+DECODERS = {"pixel": pixel.decode}
+SAMPLERS = {"d3": d3.load_sampler, "d2m": d2m.load_sampler}
+SECTIONS = {"pixel": {"meta", "images", "soft_labels"}, "d3": {"meta", "priors", "decoder", "prior_labels"},
+            "d2m": {"meta", "generator"}}
+SAMPLING_METHODS = set(SAMPLERS)  # methods whose archives draw any number of samples per class
 
-__all__ = ["ENCODERS", "DECODERS", "SECTIONS", "SAMPLING_METHODS", "DatasetSpec", "Encoded", "Encoder"]
+__all__ = ["ENCODERS", "DECODERS", "SAMPLERS", "SECTIONS", "SAMPLING_METHODS", "DatasetSpec", "Encoded", "Encoder"]

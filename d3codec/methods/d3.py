@@ -534,35 +534,26 @@ def read_groups(meta: dict, num_classes: int) -> list[GroupPlan]:
     return out
 
 
-@torch.no_grad()
-def decode(reader, meta: dict, samples_per_class: int | None = None, seed: int = 0,
-           device: torch.device | str = "cpu", batch_size: int = 1024
-           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """Draw samples from a D3 archive's priors and decode them.
+def load_sampler(reader, meta: dict, device: torch.device | str = "cpu", batch_size: int = 1024):
+    """The archive's priors and decoders, ready to draw: returns ``draw(samples_per_class, seed)`` →
+    (images (K·N, C, H, W) float32 in [0, 1], labels (K·N,) int64, soft labels (K·N, K) float32 or None).
 
     Sample j of a class uses prior (j mod P) of a random order of its P priors; its latent is
     μ + σ·ε. Each group draws from a CPU generator seeded afresh with ``seed`` (spec/FORMAT.md
     gives the order of the draws), so a group expands identically alone or merged.
-
-    Args:
-        samples_per_class: N (default: the group's priors per class).
-        seed: the same seed gives the same samples.
-    Returns: images (K·N, C, H, W) float32 in [0, 1], labels (K·N,) int64, soft labels (K·N, K)
-        float32 (None when the archive has none).
-    Raises: D3FormatError when a section does not match the metadata.
+    ``samples_per_class`` N defaults to the group's priors per class.
+    Raises: D3FormatError when a section does not match the metadata (at load, not at draw).
     """
     ds = meta["dataset"]
     num_classes, shape = len(ds["classes"]), tuple(ds["image_shape"])
     groups = read_groups(meta, num_classes)
     entries = meta["params"]["groups"]
-    if samples_per_class is not None and not 1 <= samples_per_class * num_classes <= MAX_SAMPLES:
-        raise ValueError(f"samples_per_class must be at least 1 and give at most {MAX_SAMPLES} images")
     priors_t, decoder_t = reader.read_tensors("priors"), reader.read_tensors("decoder")
     with_labels = all(e["soft_labels"] for e in entries)
     labels_t = reader.read_tensors("prior_labels") if with_labels and "prior_labels" in reader else None
     if with_labels and labels_t is None:
         raise D3FormatError("meta says the groups have soft labels but there is no 'prior_labels' section")
-    images, hard, soft = [], [], []
+    loaded = []  # per group: (plan, mu, logvar, decoder, soft labels (K_g, P, K_g) or None)
     for index, (g, e) in enumerate(zip(groups, entries)):
         k, p, z = g.num_classes, g.priors_per_class, g.latent_dim
         mu, logvar = dequantise_priors(priors_t, f"g{index}.", (k, p, z), e.get("prior_dtype", "float16"))
@@ -570,25 +561,46 @@ def decode(reader, meta: dict, samples_per_class: int | None = None, seed: int =
         decoder = Decoder(z, shape, g.decoder_width)
         decoder.load_state_dict(dequantise_state(decoder_t, f"g{index}.", shapes, e["decoder_dtype"], "decoder"))
         decoder.to(device).eval()
-        n = samples_per_class or p
-        gen = torch.Generator().manual_seed(seed)
-        order = torch.stack([torch.randperm(p, generator=gen) for _ in range(k)])  # (K_g, P)
-        which = order[:, torch.arange(n) % p]  # (K_g, N) prior of each sample
-        eps = torch.randn(k, n, z, generator=gen)
-        latents = mu.gather(1, which.unsqueeze(-1).expand(k, n, z)) \
-            + (0.5 * logvar.gather(1, which.unsqueeze(-1).expand(k, n, z))).exp() * eps  # (K_g, N, Z)
-        flat = latents.view(k * n, z)
-        images.append(torch.cat([decoder(flat[i:i + batch_size].to(device)).cpu()
-                                 for i in range(0, k * n, batch_size)]))  # (K_g·N, C, H, W)
-        hard.append(torch.arange(g.start, g.stop).repeat_interleave(n))
+        lab = None
         if labels_t is not None:
             lab = labels_t.get(f"g{index}")
             if lab is None or tuple(lab.shape) != (k, p, k) or not lab.is_floating_point():
                 raise D3FormatError(f"section 'prior_labels': 'g{index}' missing or not ({k}, {p}, {k}) floats")
             if not (torch.isfinite(lab).all() and (lab >= 0).all()):
                 raise D3FormatError(f"section 'prior_labels': 'g{index}' holds negative or non-finite probabilities")
-            rows = lab.float().gather(1, which.unsqueeze(-1).expand(k, n, k)).reshape(k * n, k)  # (K_g·N, K_g)
-            full = torch.zeros(k * n, num_classes)
-            full[:, g.start:g.stop] = rows
-            soft.append(full)
-    return torch.cat(images), torch.cat(hard), (torch.cat(soft) if labels_t is not None else None)
+            lab = lab.float()
+        loaded.append((g, mu, logvar, decoder, lab))
+
+    @torch.no_grad()
+    def draw(samples_per_class: int | None = None, seed: int = 0):
+        if samples_per_class is not None and not 1 <= samples_per_class * num_classes <= MAX_SAMPLES:
+            raise ValueError(f"samples_per_class must be at least 1 and give at most {MAX_SAMPLES} images")
+        images, hard, soft = [], [], []
+        for g, mu, logvar, decoder, lab in loaded:
+            k, p, z = g.num_classes, g.priors_per_class, g.latent_dim
+            n = samples_per_class or p
+            gen = torch.Generator().manual_seed(seed)
+            order = torch.stack([torch.randperm(p, generator=gen) for _ in range(k)])  # (K_g, P)
+            which = order[:, torch.arange(n) % p]  # (K_g, N) prior of each sample
+            eps = torch.randn(k, n, z, generator=gen)
+            latents = mu.gather(1, which.unsqueeze(-1).expand(k, n, z)) \
+                + (0.5 * logvar.gather(1, which.unsqueeze(-1).expand(k, n, z))).exp() * eps  # (K_g, N, Z)
+            flat = latents.view(k * n, z)
+            images.append(torch.cat([decoder(flat[i:i + batch_size].to(device)).cpu()
+                                     for i in range(0, k * n, batch_size)]))  # (K_g·N, C, H, W)
+            hard.append(torch.arange(g.start, g.stop).repeat_interleave(n))
+            if lab is not None:
+                rows = lab.gather(1, which.unsqueeze(-1).expand(k, n, k)).reshape(k * n, k)  # (K_g·N, K_g)
+                full = torch.zeros(k * n, num_classes)
+                full[:, g.start:g.stop] = rows
+                soft.append(full)
+        return torch.cat(images), torch.cat(hard), (torch.cat(soft) if labels_t is not None else None)
+
+    return draw
+
+
+def decode(reader, meta: dict, samples_per_class: int | None = None, seed: int = 0,
+           device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Draw ``samples_per_class`` samples per class from a D3 archive's priors and decode them; see
+    :func:`load_sampler`. Raises: D3FormatError when a section does not match the metadata."""
+    return load_sampler(reader, meta, device)(samples_per_class, seed)

@@ -1,0 +1,630 @@
+"""D2M: data-to-model distillation into a class-conditional generator, sampled at any IPC.
+
+After Sajedi, Khaki, Liu, Amjadian, Lawryshyn & Plataniotis, "Data-to-Model Distillation:
+Data-Efficient Learning Framework" (ECCV 2024). No official code is public; what follows the paper
+and what is our choice:
+
+- **Follows the paper.** The archive is a generator's parameters and its class embeddings, nothing
+  else; images are generated at expansion time, any number per class. Distillation fine-tunes a
+  pre-trained generator with (i) *embedding matching*: the mean features of generated and real
+  images of each class through randomly re-drawn networks, as DM (Zhao & Bilen 2023, Eq. 4), and
+  (ii) *prediction matching*: the KL divergence between a teacher's predictions on real and on
+  generated images at temperature τ ≈ 4, weighted by ``task_balance``.
+- **Our choices.** The generator, :class:`ConditionalGenerator` (registry name ``upconv-v1``):
+  noise z ~ N(0, I) concatenated with a learned class embedding, a linear layer to a 7×7 map and
+  nearest-neighbour upsampling convolutions that halve the channels at each step (DCGAN's shape,
+  Radford et al. 2016), GroupNorm rather than batch norm so that a sample does not depend on the
+  batch it is drawn in. Pre-training is a conditional GAN with the hinge loss and a spectrally
+  normalised discriminator (Miyato et al. 2018) for stability on short CPU runs, conditioned by a
+  projection discriminator (Miyato & Koyama 2018) or, as an option, an auxiliary classifier
+  (ACGAN, Odena et al. 2017, which DiM, Wang et al. 2023, also uses). On Fashion-MNIST the
+  auxiliary-classifier generator collapsed to about one image per class
+  (benchmarks/d2m-exploration.md), a known weakness of ACGAN, hence the projection default. Prediction matching
+  compares each class's *mean* prediction on real and on generated images (the two batches are not
+  paired), with τ² scaling as in knowledge distillation (Hinton et al. 2015). Embedding matching
+  uses siamese DSA, as DM does. The generator is stored as int8 with a float16 scale per output
+  channel (d3codec.weights), its width chosen to fill the budget.
+
+Pre-training checkpoints every ``checkpoint_every`` iterations (generator, discriminator, both
+optimisers and every random state, in safetensors with JSON metadata, never a pickle), so a killed
+run resumes and ends with the same generator as an uninterrupted run of the same seed on CPU.
+
+Archive sections: ``generator`` {<parameter name>: int8 (ndim ≥ 2) with <name>.scale (out,)
+float16, or float16}; ``embedding.weight`` (K, E) holds the class embeddings. The metadata's
+``params`` gives the architecture by registry name and its sizes (never code).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..augment import DSA
+from ..budget import META_RESERVE_BYTES, archive_bound
+from ..container import Section, write_atomic
+from ..data import ClassSampler, RealData
+from ..errors import D3BudgetError, D3Error, D3FormatError
+from ..losses import mean_embedding_loss, prediction_matching_loss
+from ..models import ConvNet
+from ..teacher import Teacher, train_teacher
+from ..weights import WEIGHT_DTYPES, dequantise_state, quantise_state
+from .base import DatasetSpec, Encoded, Encoder, preset_config
+
+GENERATOR_WIDTHS = (8, 12, 16, 24, 32, 48, 64, 80, 96, 128, 160, 192, 256, 320, 384, 512)
+
+
+class ConditionalGenerator(nn.Module):
+    """(noise (N, Z) float32, labels (N,) int64) → images (N, C, H, W) float32 in [0, 1].
+
+    h = [z ; embedding[labels]] (N, Z + E) → Linear → LeakyReLU(0.2) → (N, width, h0, w0) →
+    ``upsamples`` × [nearest ×2 → Conv 3×3 (channels halve, at least 4) → GroupNorm → LeakyReLU(0.2)]
+    → Conv 3×3 → sigmoid, cropped to H×W; h0 = ⌈H / 2^upsamples⌉ (4 to 7); the GroupNorms have
+    gcd(4, channels) groups.
+    """
+
+    def __init__(self, num_classes: int, noise_dim: int, embed_dim: int, width: int,
+                 image_shape: tuple[int, int, int]):
+        super().__init__()
+        c, h, w = image_shape
+        self.image_shape, self.noise_dim, self.width = tuple(image_shape), noise_dim, width
+        self.upsamples = max(0, int(math.log2(max(min(h, w), 4) / 4)))
+        self.h0, self.w0 = math.ceil(h / 2 ** self.upsamples), math.ceil(w / 2 ** self.upsamples)
+        self.embedding = nn.Embedding(num_classes, embed_dim)
+        self.fc = nn.Linear(noise_dim + embed_dim, width * self.h0 * self.w0)
+        blocks, channels = [], width
+        for _ in range(self.upsamples):
+            out = max(4, channels // 2)
+            blocks += [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(channels, out, 3, padding=1),
+                       nn.GroupNorm(math.gcd(4, out), out), nn.LeakyReLU(0.2)]
+            channels = out
+        self.blocks = nn.Sequential(*blocks)
+        self.out = nn.Conv2d(channels, c, 3, padding=1)
+
+    def forward(self, noise: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        c, h, w = self.image_shape
+        x = torch.cat([noise, self.embedding(labels)], 1)  # (N, Z + E)
+        x = F.leaky_relu(self.fc(x), 0.2).view(-1, self.width, self.h0, self.w0)  # (N, width, h0, w0)
+        x = self.blocks(x)  # (N, width / 2^u, h0·2^u, w0·2^u)
+        return torch.sigmoid(self.out(x))[:, :, :h, :w]  # (N, C, H, W)
+
+
+GENERATORS: dict[str, type[nn.Module]] = {"upconv-v1": ConditionalGenerator}
+
+
+class Discriminator(nn.Module):
+    """Discriminator for pre-training (never stored): (N, C, H, W) normalised images and (N,) classes →
+    (realness (N,), class logits (N, K) or None).
+
+    Three spectrally normalised convolutions (3×3 stride 1, then 4×4 stride 2 twice) of widths w,
+    2w, 4w with LeakyReLU(0.2), global sum pooling to features f, a linear realness head, and the
+    class condition either as a projection, realness + ⟨embed(y), f⟩ (Miyato & Koyama 2018), or as
+    an auxiliary classifier head (ACGAN, Odena et al. 2017).
+    """
+
+    def __init__(self, in_channels: int, num_classes: int, width: int, conditioning: str = "projection"):
+        super().__init__()
+        sn = nn.utils.parametrizations.spectral_norm
+        self.features = nn.Sequential(
+            sn(nn.Conv2d(in_channels, width, 3, 1, 1)), nn.LeakyReLU(0.2),
+            sn(nn.Conv2d(width, 2 * width, 4, 2, 1)), nn.LeakyReLU(0.2),
+            sn(nn.Conv2d(2 * width, 4 * width, 4, 2, 1)), nn.LeakyReLU(0.2))
+        self.adversarial = sn(nn.Linear(4 * width, 1))
+        self.conditioning = conditioning
+        if conditioning == "projection":
+            self.projection = sn(nn.Embedding(num_classes, 4 * width))
+        else:
+            self.classifier = nn.Linear(4 * width, num_classes)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        f = self.features(x).sum((2, 3))  # (N, 4w)
+        realness = self.adversarial(f).squeeze(1)  # (N,)
+        if self.conditioning == "projection":
+            return realness + (self.projection(y) * f).sum(1), None
+        return realness, self.classifier(f)
+
+
+CONDITIONINGS = ("projection", "auxiliary")
+
+
+@dataclass(frozen=True)
+class D2MConfig:
+    """Options of D2M. Units: iterations; images per class (``*_per_class``) or per batch; Adam rates.
+
+    Storage (``None`` = chosen by the budget rule of :meth:`D2MEncoder.plan`): ``noise_dim``,
+    ``embed_dim``, ``generator_width``. ``samples_per_class`` is the archive's default draw
+    (None: the IPC of the budget, at least 10).
+    """
+
+    pretrain_iterations: int = 20000
+    pretrain_batch: int = 64
+    lr_pretrain: float = 2e-4
+    disc_width: int = 64
+    conditioning: str = "projection"
+    aux_weight: float = 1.0
+    checkpoint_every: int = 500
+    iterations: int = 1000
+    lr_finetune: float = 1e-4
+    synthetic_per_class: int = 64
+    real_per_class: int = 128
+    real_cache_per_class: int = 512
+    embed_width: int = 128
+    dsa: bool = True
+    embedding_weight: float = 1.0
+    task_balance: float = 1.0
+    temperature: float = 4.0
+    teacher_epochs: float = 10.0
+    teacher_width: int = 128
+    noise_dim: int | None = None
+    embed_dim: int | None = None
+    generator_width: int | None = None
+    max_generator_width: int | None = None
+    weight_dtype: str = "int8"
+    samples_per_class: int | None = None
+
+
+PRESETS = {
+    "paper": D2MConfig(),
+    "fast": D2MConfig(pretrain_iterations=2000, disc_width=32, checkpoint_every=200, iterations=200,
+                      synthetic_per_class=32, real_per_class=64, embed_width=64, teacher_epochs=2.0, teacher_width=32),
+}
+
+# the fields that decide pre-training: a checkpoint is resumed only by a run that agrees on them
+PRETRAIN_FIELDS = ("pretrain_iterations", "pretrain_batch", "lr_pretrain", "disc_width", "conditioning", "aux_weight")
+
+
+@dataclass(frozen=True)
+class D2MPlan:
+    """What a D2M archive stores; ``max_bytes`` is its exact upper bound (compression off)."""
+
+    architecture: str
+    noise_dim: int
+    embed_dim: int
+    generator_width: int
+    weight_dtype: str
+    samples_per_class: int
+    max_bytes: int
+    budget: int
+
+
+def generator_shapes(num_classes: int, noise_dim: int, embed_dim: int, width: int,
+                     image_shape: tuple[int, int, int]) -> dict[str, tuple[int, ...]]:
+    """The generator's parameter shapes, computed without allocating them (meta device)."""
+    with torch.device("meta"):
+        g = ConditionalGenerator(num_classes, noise_dim, embed_dim, width, image_shape)
+        return {k: tuple(v.shape) for k, v in g.state_dict().items()}
+
+
+def build_generator(plan: D2MPlan, num_classes: int, image_shape: tuple[int, int, int]) -> ConditionalGenerator:
+    return GENERATORS[plan.architecture](num_classes, plan.noise_dim, plan.embed_dim, plan.generator_width,
+                                         image_shape)
+
+
+# ---- pre-training checkpoints: safetensors tensors + JSON metadata, written atomically ------------------------------
+
+def _flatten_optimizer(opt: torch.optim.Optimizer, prefix: str) -> tuple[dict[str, torch.Tensor], list]:
+    state = opt.state_dict()
+    tensors = {f"{prefix}.{i}.{k}": v for i, s in state["state"].items() for k, v in s.items()}
+    return tensors, state["param_groups"]
+
+
+def _restore_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], prefix: str, groups: list) -> None:
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for key, value in tensors.items():
+        if key.startswith(prefix + "."):
+            i, name = key[len(prefix) + 1:].split(".", 1)
+            state.setdefault(int(i), {})[name] = value
+    opt.load_state_dict({"state": state, "param_groups": groups})
+
+
+def save_checkpoint(path: Path, fingerprint: str, iteration: int, generator: nn.Module, discriminator: nn.Module,
+                    opt_g: torch.optim.Optimizer, opt_d: torch.optim.Optimizer, gen: torch.Generator) -> None:
+    """Everything pre-training needs to go on from ``iteration`` (atomically replacing ``path``)."""
+    from safetensors.torch import save
+
+    tensors = {f"generator.{k}": v for k, v in generator.state_dict().items()}
+    tensors.update({f"discriminator.{k}": v for k, v in discriminator.state_dict().items()})
+    g_state, g_groups = _flatten_optimizer(opt_g, "opt_g")
+    d_state, d_groups = _flatten_optimizer(opt_d, "opt_d")
+    tensors.update(g_state)
+    tensors.update(d_state)
+    tensors["rng.sampler"] = gen.get_state()
+    tensors["rng.torch"] = torch.get_rng_state()
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        tensors["rng.cuda"] = torch.cuda.get_rng_state()
+    tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    meta = {"format": "d3codec-d2m-pretrain", "fingerprint": fingerprint, "iteration": str(iteration),
+            "opt_groups": json.dumps({"g": g_groups, "d": d_groups})}
+    write_atomic(path, save(tensors, metadata=meta))
+
+
+def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """(tensors, metadata) of a pre-training checkpoint. Raises D3Error when it is not one."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as e:  # safetensors raises several types for a damaged file
+        raise D3Error(f"checkpoint {path} is not readable ({e}); delete it to pre-train from scratch") from None
+    if meta.get("format") != "d3codec-d2m-pretrain":
+        raise D3Error(f"{path} is not a d2m pre-training checkpoint; delete it or choose another --checkpoint")
+    return tensors, meta
+
+
+def save_generator(path: str | os.PathLike, generator: ConditionalGenerator, architecture: str = "upconv-v1") -> None:
+    """Write a generator's float32 weights as safetensors (for ``--generator``), its sizes in the header."""
+    from safetensors.torch import save
+
+    meta = {"architecture": architecture, "noise_dim": str(generator.noise_dim),
+            "embed_dim": str(generator.embedding.embedding_dim), "width": str(generator.width),
+            "num_classes": str(generator.embedding.num_embeddings),
+            "image_shape": ",".join(map(str, generator.image_shape))}
+    state = {k: v.detach().float().cpu().contiguous() for k, v in generator.state_dict().items()}
+    write_atomic(path, save(state, metadata=meta))
+
+
+@dataclass
+class PretrainedGenerator:
+    """A generator given by the user (``--generator FILE``): its sizes and float32 state dict."""
+
+    architecture: str
+    noise_dim: int
+    embed_dim: int
+    width: int
+    state: dict[str, torch.Tensor]
+
+
+def load_generator(path: str | os.PathLike, num_classes: int, image_shape: tuple[int, int, int]) -> PretrainedGenerator:
+    """A generator written by :func:`save_generator` (or a pre-training checkpoint's generator).
+
+    Raises: D3Error naming the mismatch when the file is not a generator for these classes and shape.
+    """
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            state = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as e:
+        raise D3Error(f"--generator {path}: not a readable safetensors file ({e})") from None
+    if meta.get("format") == "d3codec-d2m-pretrain":
+        state = {k[len("generator."):]: v for k, v in state.items() if k.startswith("generator.")}
+        meta = {"architecture": "upconv-v1", "noise_dim": None, "embed_dim": None, "width": None}
+    emb, fc = state.get("embedding.weight"), state.get("fc.weight")
+    if emb is None or fc is None or emb.dim() != 2 or fc.dim() != 2:
+        raise D3Error(f"--generator {path}: expected a d2m generator (embedding.weight, fc.weight, ...)")
+    architecture = meta.get("architecture") or "upconv-v1"
+    if architecture not in GENERATORS:
+        raise D3Error(f"--generator {path}: unknown architecture {architecture!r}; known: {', '.join(GENERATORS)}")
+    k, e = emb.shape
+    z = fc.shape[1] - e
+    width = fc.shape[0] // math.prod(_base_size(image_shape))
+    if k != num_classes:
+        raise D3Error(f"--generator {path}: it has {k} class embeddings, the dataset has {num_classes} classes")
+    expected = generator_shapes(num_classes, z, e, width, image_shape) if z > 0 and width > 0 else {}
+    if {n: tuple(v.shape) for n, v in state.items()} != expected:
+        raise D3Error(f"--generator {path}: its tensors do not fit an {architecture} generator for images "
+                      f"{tuple(image_shape)}")
+    return PretrainedGenerator(architecture, z, e, width, {n: v.float() for n, v in state.items()})
+
+
+def _base_size(image_shape: tuple[int, int, int]) -> tuple[int, int]:
+    _, h, w = image_shape
+    u = max(0, int(math.log2(max(min(h, w), 4) / 4)))
+    return math.ceil(h / 2 ** u), math.ceil(w / 2 ** u)
+
+
+# ---- the encoder ------------------------------------------------------------------------------------------------
+
+class D2MEncoder(Encoder):
+    """D2M distillation. ``D2MEncoder(PRESETS["fast"], checkpoint="run.ckpt")`` or any :class:`D2MConfig`.
+
+    Args:
+        teacher: gives the predictions matched in fine-tuning (trained on the real data if None).
+        generator: a pre-trained generator to fine-tune instead of pre-training one.
+        checkpoint: file where pre-training checkpoints itself and resumes from (None: no checkpoint).
+    """
+
+    method = "d2m"
+
+    def __init__(self, config: D2MConfig = PRESETS["fast"], teacher: Teacher | None = None,
+                 generator: PretrainedGenerator | None = None, checkpoint: str | os.PathLike | None = None):
+        if config.weight_dtype not in WEIGHT_DTYPES:
+            raise ValueError(f"weight dtype must be one of {WEIGHT_DTYPES}, not {config.weight_dtype!r}")
+        for name in ("pretrain_batch", "disc_width", "checkpoint_every", "synthetic_per_class", "real_per_class",
+                     "real_cache_per_class", "embed_width", "teacher_width"):
+            if getattr(config, name) < 1:
+                raise ValueError(f"{name} must be at least 1, not {getattr(config, name)}")
+        if config.conditioning not in CONDITIONINGS:
+            raise ValueError(f"conditioning must be one of {CONDITIONINGS}, not {config.conditioning!r}")
+        if config.temperature <= 0:
+            raise ValueError(f"temperature must be positive, not {config.temperature}")
+        self.config, self.teacher, self.generator = config, teacher, generator
+        self.checkpoint = Path(checkpoint) if checkpoint is not None else None
+
+    @classmethod
+    def from_options(cls, preset: str = "fast", teacher: Teacher | None = None,
+                     generator: PretrainedGenerator | None = None, checkpoint=None, **overrides) -> "D2MEncoder":
+        return cls(preset_config(PRESETS, preset, overrides), teacher, generator, checkpoint)
+
+    def method_meta(self, plan: D2MPlan | None, z: int, e: int, width: int, samples: int, stats: dict) -> dict:
+        return {"architecture": plan.architecture if plan else "upconv-v1", "noise_dim": z, "embed_dim": e,
+                "generator_width": width, "weight_dtype": self.config.weight_dtype, "samples_per_class": samples,
+                "stats": stats, "config": asdict(self.config)}
+
+    def plan(self, spec: DatasetSpec, budget: int, meta_for, real: RealData | None = None) -> D2MPlan:
+        """Sizes that fill ``budget`` bytes, by this rule (each step overridable by a config field or
+        fixed by a ``--generator``):
+
+        1. noise and embedding dimensions 32 for images up to 32 pixels a side, else 64;
+        2. generator width: the largest of GENERATOR_WIDTHS (up to ``max_generator_width``) whose
+           exact archive bound (compression off, metadata reserve included) fits the budget.
+
+        Raises: D3BudgetError, with the smallest workable budget, when the narrowest generator
+        does not fit.
+        """
+        cfg, k, shape = self.config, spec.num_classes, spec.image_shape
+        side = max(shape[1:])
+        given = self.generator
+        z = given.noise_dim if given else cfg.noise_dim or (32 if side <= 32 else 64)
+        e = given.embed_dim if given else cfg.embed_dim or (32 if side <= 32 else 64)
+        ipc = (meta_for({}).get("budget") or {}).get("ipc")
+        samples = cfg.samples_per_class or max(10, round(ipc or 0))
+        stats = {"pretrain_seconds": 0.0, "finetune_seconds": 0.0, "teacher_accuracy": 0.0, "final_loss": 0.0}
+
+        def bound(width: int) -> int:
+            shapes = generator_shapes(k, z, e, width, shape)
+            state = quantise_state({n: torch.zeros(s) for n, s in shapes.items()}, "", cfg.weight_dtype)
+            sections = [Section.json("meta", meta_for(self.method_meta(None, z, e, width, samples, stats))),
+                        Section.tensors("generator", state)]
+            return archive_bound(sections, META_RESERVE_BYTES)
+
+        if given is not None or cfg.generator_width is not None:
+            width = given.width if given else cfg.generator_width
+            needed = bound(width)
+            if needed > budget:
+                what = "the --generator" if given else f"--generator-width {width}"
+                raise D3BudgetError(f"{what} needs {needed} bytes, over the budget of {budget}: raise --budget to "
+                                    f"{needed}" + ("" if given else " or lower --generator-width"), min_budget=needed)
+        else:
+            cap = cfg.max_generator_width or GENERATOR_WIDTHS[-1]
+            fitting = [w for w in GENERATOR_WIDTHS if w <= cap and bound(w) <= budget]
+            if not fitting:
+                smallest = bound(GENERATOR_WIDTHS[0])
+                raise D3BudgetError(f"a budget of {budget} bytes cannot hold the narrowest generator (width "
+                                    f"{GENERATOR_WIDTHS[0]}); the smallest budget that works is {smallest} bytes "
+                                    f"(--budget {smallest})", min_budget=smallest)
+            width = fitting[-1]
+        return D2MPlan("upconv-v1", z, e, width, cfg.weight_dtype, samples, bound(width), budget)
+
+    def fingerprint(self, real: RealData, plan: D2MPlan, seed: int) -> str:
+        """What pre-training depends on, hashed: the data's name, classes and shape, the generator's
+        sizes, the pre-training options and the seed."""
+        key = {"dataset": [real.name, list(real.classes), list(real.image_shape), len(real.train_targets)],
+               "generator": [plan.architecture, plan.noise_dim, plan.embed_dim, plan.generator_width],
+               "pretrain": {f: getattr(self.config, f) for f in PRETRAIN_FIELDS}, "seed": seed}
+        return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:32]
+
+    def distill(self, real: RealData, plan: D2MPlan, *, device: torch.device, seed: int,
+                progress: bool = True) -> Encoded:
+        """Pre-train (or take the given generator), fine-tune, and return the ``generator`` section."""
+        cfg, k = self.config, real.num_classes
+        c = real.image_shape[0]
+        torch.manual_seed(seed)
+        mean = torch.tensor(real.mean, device=device).view(1, c, 1, 1)
+        std = torch.tensor(real.std, device=device).view(1, c, 1, 1)
+        normalise = lambda x: (x - mean) / std  # noqa: E731  pixel space → the networks' input
+
+        start = time.time()
+        generator = build_generator(plan, k, real.image_shape).to(device)
+        if self.generator is not None:
+            generator.load_state_dict(self.generator.state)
+        else:
+            self.pretrain(generator, real, plan, normalise, device=device, seed=seed, progress=progress)
+        pretrain_s = time.time() - start
+
+        start = time.time()
+        teacher, teacher_acc = self.teacher, None
+        if teacher is None and cfg.task_balance > 0 and cfg.iterations > 0:
+            teacher, teacher_acc = train_teacher(real, list(range(k)), epochs=cfg.teacher_epochs,
+                                                 width=cfg.teacher_width, device=device, seed=seed, progress=progress)
+        loss = self.finetune(generator, teacher, real, normalise, device=device, seed=seed, progress=progress)
+        stats = {"pretrain_seconds": round(pretrain_s, 3), "finetune_seconds": round(time.time() - start, 3),
+                 "distill_seconds": round(pretrain_s + time.time() - start, 3)}
+        if loss is not None:
+            stats["final_loss"] = round(loss, 6)
+        if teacher_acc is not None:
+            stats["teacher_accuracy"] = round(teacher_acc, 4)
+        state = quantise_state({n: v.cpu() for n, v in generator.state_dict().items()}, "", cfg.weight_dtype)
+        meta = self.method_meta(plan, plan.noise_dim, plan.embed_dim, plan.generator_width, plan.samples_per_class,
+                                {k_: v for k_, v in stats.items() if k_ != "distill_seconds"})
+        return Encoded([Section.tensors("generator", state)], meta, stats)
+
+    def pretrain(self, generator: ConditionalGenerator, real: RealData, plan: D2MPlan, normalise: Callable, *,
+                 device: torch.device, seed: int, progress: bool = True) -> None:
+        """Train ``generator`` in place as a conditional GAN with the hinge loss, resuming from
+        ``self.checkpoint``.
+
+        Per iteration, a batch of ``pretrain_batch`` real images (uniform over the training set) and
+        as many generated ones with random classes: the discriminator minimises
+        relu(1 − D(x, y)) + relu(1 + D(G(z, y'), y')) and the generator −D(G(z, y'), y'); with
+        ``conditioning="auxiliary"`` (ACGAN) D ignores y and both add aux_weight · cross-entropy of
+        the auxiliary classifier (on real and generated images for D, on generated ones for G).
+        Raises: D3Error when the checkpoint belongs to another run.
+        """
+        cfg, k = self.config, real.num_classes
+        gen = torch.Generator().manual_seed(seed * 1_000_003 + 17)
+        discriminator = Discriminator(real.image_shape[0], k, cfg.disc_width, cfg.conditioning).to(device)
+        opt_g = torch.optim.Adam(generator.parameters(), lr=cfg.lr_pretrain, betas=(0.0, 0.9))
+        opt_d = torch.optim.Adam(discriminator.parameters(), lr=cfg.lr_pretrain, betas=(0.0, 0.9))
+        fingerprint, first = self.fingerprint(real, plan, seed), 0
+        if self.checkpoint is not None and self.checkpoint.is_file():
+            tensors, meta = load_checkpoint(self.checkpoint)
+            if meta.get("fingerprint") != fingerprint:
+                raise D3Error(f"checkpoint {self.checkpoint} was written by a run with other data, sizes, pre-training "
+                              "options or seed; delete it, or pass another --checkpoint")
+            try:
+                generator.load_state_dict({n[10:]: v for n, v in tensors.items() if n.startswith("generator.")})
+                discriminator.load_state_dict({n[14:]: v for n, v in tensors.items() if n.startswith("discriminator.")})
+                groups = json.loads(meta["opt_groups"])
+                _restore_optimizer(opt_g, tensors, "opt_g", groups["g"])
+                _restore_optimizer(opt_d, tensors, "opt_d", groups["d"])
+                gen.set_state(tensors["rng.sampler"])
+                torch.set_rng_state(tensors["rng.torch"])
+                if "rng.cuda" in tensors and device.type == "cuda":
+                    torch.cuda.set_rng_state(tensors["rng.cuda"])
+                first = int(meta["iteration"])
+            except (KeyError, ValueError, RuntimeError) as e:
+                raise D3Error(f"checkpoint {self.checkpoint} is damaged ({e}); delete it to pre-train from "
+                              "scratch") from None
+        targets = real.train_targets
+        b = cfg.pretrain_batch
+        bar = tqdm(range(first, cfg.pretrain_iterations), desc="D2M pre-training", disable=not progress, unit="it",
+                   initial=first, total=cfg.pretrain_iterations)
+        for it in bar:
+            pick = torch.randint(len(targets), (b,), generator=gen)
+            x_real = normalise(real.images_at(pick).to(device))  # (B, C, H, W)
+            y_real = targets[pick].to(device)
+            y_fake = torch.randint(k, (b,), generator=gen).to(device)
+            noise = torch.randn(b, plan.noise_dim, generator=gen).to(device)
+
+            fake = normalise(generator(noise, y_fake))  # (B, C, H, W)
+            d_real, c_real = discriminator(x_real, y_real)
+            d_fake, c_fake = discriminator(fake.detach(), y_fake)
+            loss_d = F.relu(1 - d_real).mean() + F.relu(1 + d_fake).mean()
+            if c_real is not None:  # auxiliary classifier
+                loss_d = loss_d + cfg.aux_weight * (F.cross_entropy(c_real, y_real) + F.cross_entropy(c_fake, y_fake))
+            opt_d.zero_grad(set_to_none=True)
+            loss_d.backward()
+            opt_d.step()
+
+            d_fake, c_fake = discriminator(fake, y_fake)
+            loss_g = -d_fake.mean()
+            if c_fake is not None:
+                loss_g = loss_g + cfg.aux_weight * F.cross_entropy(c_fake, y_fake)
+            opt_g.zero_grad(set_to_none=True)
+            loss_g.backward()
+            opt_g.step()
+            done = it + 1
+            if self.checkpoint is not None and (done % cfg.checkpoint_every == 0 or done == cfg.pretrain_iterations):
+                save_checkpoint(self.checkpoint, fingerprint, done, generator, discriminator, opt_g, opt_d, gen)
+
+    def finetune(self, generator: ConditionalGenerator, teacher: Teacher | None, real: RealData, normalise: Callable,
+                 *, device: torch.device, seed: int, progress: bool = True) -> float | None:
+        """Distil: fine-tune all generator parameters (class embeddings included) with Adam on
+
+            L = Σ_c embedding_weight · ‖mean φ(A(x_c)) − mean φ(A(G(z, c)))‖²
+                + task_balance · τ² · KL(mean_i p_T(A(x_c,i)) ‖ mean_j p_T(A(G(z_j, c))))
+
+        with φ a ConvNet re-drawn at random every iteration (DM), A one DSA draw per class shared by
+        both sides, p_T the teacher's softmax at temperature τ. Returns the last iteration's loss
+        (None without iterations).
+        """
+        cfg, k = self.config, real.num_classes
+        if cfg.iterations <= 0:
+            return None
+        c, h, w = real.image_shape
+        gen = torch.Generator().manual_seed(seed * 1_000_003 + 29)
+        opt = torch.optim.Adam(generator.parameters(), lr=cfg.lr_finetune)
+        dsa = DSA() if cfg.dsa else None
+        sampler = ClassSampler(real, list(range(k)), cfg.real_cache_per_class, gen)
+        m, loss_value = cfg.synthetic_per_class, float("nan")
+        use_teacher = teacher is not None and cfg.task_balance > 0
+        for _ in tqdm(range(cfg.iterations), desc="D2M distillation", disable=not progress, unit="it"):
+            net = ConvNet(c, k, h, width=cfg.embed_width).to(device).requires_grad_(False)
+            opt.zero_grad(set_to_none=True)
+            loss_value = 0.0
+            for cl in range(k):  # the loss is a sum over classes: accumulate class by class
+                noise = torch.randn(m, generator.noise_dim, generator=gen).to(device)
+                synthetic = normalise(generator(noise, torch.full((m,), cl, device=device)))  # (m, C, H, W)
+                x_real = normalise(sampler.sample(cl, cfg.real_per_class, gen).to(device))  # (r, C, H, W)
+                if dsa is not None:  # siamese augmentation: one draw for both sides
+                    params = dsa.sample(gen)
+                    synthetic, x_real = dsa.apply(synthetic, params), dsa.apply(x_real, params)
+                with torch.no_grad():
+                    f_real = net.embed(x_real)
+                loss = cfg.embedding_weight * mean_embedding_loss(net.embed(synthetic), f_real)
+                if use_teacher:
+                    with torch.no_grad():
+                        t_real = teacher.net(x_real)[:, teacher.out_index]  # (r, K)
+                    t_syn = teacher.net(synthetic)[:, teacher.out_index]  # (m, K)
+                    loss = loss + cfg.task_balance * prediction_matching_loss(t_real, t_syn, cfg.temperature)
+                loss.backward()
+                loss_value += loss.detach().item()
+            opt.step()
+        return loss_value
+
+
+# ---- decoding -----------------------------------------------------------------------------------------------------
+
+MAX_SAMPLES = 10_000_000
+
+
+def read_params(meta: dict) -> tuple[str, int, int, int, str, int]:
+    """(architecture, noise_dim, embed_dim, width, weight_dtype, default samples per class) from the metadata."""
+    p = meta.get("params")
+    try:
+        values = (p["architecture"], int(p["noise_dim"]), int(p["embed_dim"]), int(p["generator_width"]),
+                  p["weight_dtype"], int(p["samples_per_class"]))
+        ok = (values[0] in GENERATORS and 1 <= values[1] <= 4096 and 1 <= values[2] <= 4096
+              and 4 <= values[3] <= 4096 and values[4] in WEIGHT_DTYPES and 1 <= values[5] <= MAX_SAMPLES)
+    except (KeyError, TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise D3FormatError("meta: 'params' of a d2m archive needs a known 'architecture' and sane 'noise_dim', "
+                            "'embed_dim', 'generator_width', 'weight_dtype' and 'samples_per_class'")
+    return values
+
+
+def load_sampler(reader, meta: dict, device: torch.device | str = "cpu", batch_size: int = 1024):
+    """The archive's generator, ready to draw: returns ``draw(samples_per_class, seed)`` →
+    (images (K·N, C, H, W) float32 in [0, 1], labels (K·N,) int64, None).
+
+    Sample j of class c uses noise row j of a (K, N, Z) standard normal draw from a CPU generator
+    seeded with ``seed``, so the same seed gives the same images on any device (up to the device's
+    arithmetic) and the first N samples of a larger draw are not the same as a draw of N.
+    Raises: D3FormatError when the generator section does not match the metadata.
+    """
+    ds = meta["dataset"]
+    k, shape = len(ds["classes"]), tuple(ds["image_shape"])
+    architecture, z, e, width, dtype, default = read_params(meta)
+    shapes = generator_shapes(k, z, e, width, shape)
+    generator = GENERATORS[architecture](k, z, e, width, shape)
+    generator.load_state_dict(dequantise_state(reader.read_tensors("generator"), "", shapes, dtype, "generator"))
+    generator.to(device).eval()
+
+    @torch.no_grad()
+    def draw(samples_per_class: int | None = None, seed: int = 0):
+        n = samples_per_class or default
+        if not 1 <= n * k <= MAX_SAMPLES:
+            raise ValueError(f"samples_per_class must be at least 1 and give at most {MAX_SAMPLES} images")
+        noise = torch.randn(k, n, z, generator=torch.Generator().manual_seed(seed)).view(k * n, z)
+        labels = torch.arange(k).repeat_interleave(n)  # (K·N,) class-major
+        images = torch.cat([generator(noise[i:i + batch_size].to(device), labels[i:i + batch_size].to(device)).cpu()
+                            for i in range(0, k * n, batch_size)])  # (K·N, C, H, W)
+        return images, labels, None
+
+    return draw
+
+
+def decode(reader, meta: dict, samples_per_class: int | None = None, seed: int = 0,
+           device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor, None]:
+    """Generate ``samples_per_class`` images per class (default: the archive's) from a D2M archive;
+    see :func:`load_sampler`."""
+    return load_sampler(reader, meta, device)(samples_per_class, seed)
+
+
+__all__ = ["D2MConfig", "D2MEncoder", "D2MPlan", "ConditionalGenerator", "GENERATORS", "PRESETS", "decode",
+           "load_generator", "load_sampler", "save_generator"]

@@ -1,0 +1,181 @@
+"""D2M on tiny data: the budget rule, the generator section, any-IPC sampling, resumable pre-training."""
+
+import pytest
+import torch
+
+from d3codec import D3Dataset
+from d3codec.compress import base_meta, compress, plan_archive
+from d3codec.container import D3Reader, Section, encode_archive
+from d3codec.errors import D3BudgetError, D3Error, D3FormatError
+from d3codec.losses import prediction_matching_loss
+from d3codec.methods import DatasetSpec
+from d3codec.methods import d2m
+from d3codec.methods.d2m import ConditionalGenerator, D2MEncoder, load_generator, save_generator
+
+CPU = torch.device("cpu")
+
+
+def tiny_encoder(checkpoint=None, generator=None, **kw):
+    options = dict(pretrain_iterations=6, pretrain_batch=8, disc_width=4, checkpoint_every=2, iterations=2,
+                   synthetic_per_class=4, real_per_class=6, embed_width=8, teacher_epochs=1.0, teacher_width=8,
+                   noise_dim=4, embed_dim=4)
+    options.update(kw)
+    return D2MEncoder.from_options("fast", None, generator, checkpoint, **options)
+
+
+def plan(encoder, real, budget, ipc=None):
+    spec = DatasetSpec.of(real)
+    return plan_archive(encoder, spec, budget, base_meta(spec, "d2m", budget, ipc, 0, "2026-01-01T00:00:00Z"))
+
+
+def test_plan_takes_the_widest_generator_that_fits_and_refuses_with_a_budget_that_works(tiny_real):
+    enc = tiny_encoder()
+    small, large = plan(enc, tiny_real, 5_000), plan(enc, tiny_real, 40_000)
+    assert small.max_bytes <= 5_000 and large.max_bytes <= 40_000
+    assert large.generator_width > small.generator_width
+    wider = d2m.GENERATOR_WIDTHS[d2m.GENERATOR_WIDTHS.index(large.generator_width) + 1]
+    assert plan(tiny_encoder(generator_width=wider), tiny_real, 10**6).max_bytes > 40_000
+    with pytest.raises(D3BudgetError) as e:
+        plan(enc, tiny_real, 800)
+    assert e.value.min_budget > 800 and str(e.value.min_budget) in str(e.value)
+    assert plan(enc, tiny_real, e.value.min_budget).generator_width == d2m.GENERATOR_WIDTHS[0]
+    assert plan(enc, tiny_real, 40_000, ipc=25).samples_per_class == 25
+    assert plan(enc, tiny_real, 40_000, ipc=1).samples_per_class == 10  # at least 10 by default
+
+
+def test_archive_holds_only_the_generator_and_draws_any_count_deterministically(tiny_real, tmp_path):
+    out = tmp_path / "g.d3"
+    result = compress(tiny_real, out, encoder=tiny_encoder(), budget=12_000, progress=False)
+    assert out.stat().st_size == result.file_bytes <= 12_000
+    with D3Reader(out) as r:
+        assert [s.name for s in r.sections] == ["meta", "generator"]
+        stored = r.read_tensors("generator")
+    assert stored["fc.weight"].dtype == torch.int8 and stored["embedding.weight"].shape == (3, 4)
+    meta = D3Dataset(out).meta
+    assert meta["params"]["stats"]["pretrain_seconds"] > 0 and "finetune_seconds" in meta["params"]["stats"]
+
+    a = D3Dataset(out, samples_per_class=7, seed=3)
+    assert len(a) == 21 and a.images.shape == (21, 1, 16, 16) and a.soft_labels is None
+    assert a.labels.tolist() == [0] * 7 + [1] * 7 + [2] * 7
+    assert 0 <= a.images.min() and a.images.max() <= 1
+    assert torch.equal(a.images, D3Dataset(out, samples_per_class=7, seed=3).images)
+    assert not torch.equal(a.images, D3Dataset(out, samples_per_class=7, seed=4).images)
+    assert len(D3Dataset(out, samples_per_class=1)) == 3
+    assert len(D3Dataset(out)) == 3 * meta["params"]["samples_per_class"]
+    fresh, labels, _ = a.draw(2, seed=9)
+    assert fresh.shape == (6, 1, 16, 16) and labels.tolist() == [0, 0, 1, 1, 2, 2]
+    assert torch.equal(a.images, D3Dataset(out, samples_per_class=7, seed=3).images)  # draw leaves them be
+
+
+def test_pretraining_resumes_after_a_kill_and_ends_as_an_uninterrupted_run(tiny_real, tmp_path, monkeypatch):
+    enc_plan = plan(tiny_encoder(), tiny_real, 12_000)
+    normalise = lambda x: (x - 0.3) / 0.35  # noqa: E731
+
+    def pretrained(checkpoint):
+        torch.manual_seed(0)  # as distill() seeds before building the generator
+        g = d2m.build_generator(enc_plan, 3, tiny_real.image_shape)
+        tiny_encoder(checkpoint).pretrain(g, tiny_real, enc_plan, normalise, device=CPU, seed=0, progress=False)
+        return g.state_dict()
+
+    uninterrupted = pretrained(None)
+
+    class Killed(Exception):
+        pass
+
+    saves = []
+    real_save = d2m.save_checkpoint
+
+    def save_then_die(*args, **kw):
+        real_save(*args, **kw)
+        saves.append(args[2])
+        if len(saves) == 2:  # killed right after the checkpoint at iteration 4 of 6
+            raise Killed
+
+    ckpt = tmp_path / "run.ckpt"
+    monkeypatch.setattr(d2m, "save_checkpoint", save_then_die)
+    with pytest.raises(Killed):
+        pretrained(ckpt)
+    assert saves == [2, 4]
+    monkeypatch.setattr(d2m, "save_checkpoint", real_save)
+    torch.manual_seed(1234)  # the resumed process starts with other random state
+    resumed = pretrained(ckpt)
+    assert uninterrupted.keys() == resumed.keys()
+    assert all(torch.equal(uninterrupted[k], resumed[k]) for k in uninterrupted)
+
+    # a checkpoint of another run is refused with the fix, not silently reused
+    g = d2m.build_generator(enc_plan, 3, tiny_real.image_shape)
+    with pytest.raises(D3Error, match="delete it"):
+        tiny_encoder(ckpt).pretrain(g, tiny_real, enc_plan, normalise, device=CPU, seed=1, progress=False)
+    (tmp_path / "junk.ckpt").write_bytes(b"junk")
+    with pytest.raises(D3Error, match="not readable"):
+        tiny_encoder(tmp_path / "junk.ckpt").pretrain(g, tiny_real, enc_plan, normalise, device=CPU, seed=0,
+                                                      progress=False)
+
+
+def test_a_given_generator_is_fine_tuned_without_pretraining(tiny_real, tmp_path):
+    g = ConditionalGenerator(3, 6, 5, 12, (1, 16, 16))
+    save_generator(tmp_path / "g.safetensors", g)
+    given = load_generator(tmp_path / "g.safetensors", 3, (1, 16, 16))
+    assert (given.noise_dim, given.embed_dim, given.width) == (6, 5, 12)
+    enc = tiny_encoder(generator=given, iterations=0)
+    out = tmp_path / "f.d3"
+    compress(tiny_real, out, encoder=enc, budget=20_000, progress=False)
+    params = D3Dataset(out).meta["params"]
+    assert (params["noise_dim"], params["embed_dim"], params["generator_width"]) == (6, 5, 12)
+    with D3Reader(out) as r:  # no fine-tuning: the stored weights are the given ones, int8-rounded
+        fc = r.read_tensors("generator")
+    scale = fc["fc.weight.scale"].float().view(-1, 1)
+    assert torch.allclose(fc["fc.weight"].float() * scale, g.fc.weight, atol=float(scale.max()) / 2 + 1e-6)
+    with pytest.raises(D3Error, match="4 classes"):
+        load_generator(tmp_path / "g.safetensors", 4, (1, 16, 16))
+    with pytest.raises(D3Error, match="do not fit"):
+        load_generator(tmp_path / "g.safetensors", 3, (1, 32, 32))
+    with pytest.raises(D3BudgetError, match="--generator needs"):
+        plan(enc, tiny_real, 3_000)
+
+
+def test_prediction_matching_is_zero_for_equal_class_means_and_grows_with_the_gap():
+    a = torch.tensor([[2.0, 0.0, 0.0], [0.0, 2.0, 0.0]])
+    assert float(prediction_matching_loss(a, a.flip(0))) == pytest.approx(0, abs=1e-6)  # same mean, other order
+    near, far = torch.tensor([[1.0, 1.0, 0.5]]), torch.tensor([[0.0, 0.0, 8.0]])
+    assert 0 < float(prediction_matching_loss(a, near)) < float(prediction_matching_loss(a, far))
+    # τ² scaling: at large τ the loss tends to a finite limit instead of vanishing
+    assert float(prediction_matching_loss(a, far, 50.0)) > 0.1 * float(prediction_matching_loss(a, far, 25.0))
+
+
+def archive_with(tensors, params):
+    meta = {"format": "d3", "method": "d2m", "dataset": {"name": "t", "classes": ["a", "b"], "image_shape": [1, 8, 8],
+                                                         "mean": [0.5], "std": [0.5]}, "params": params}
+    return encode_archive([Section.json("meta", meta), Section.tensors("generator", tensors)])
+
+
+def good_params():
+    return {"architecture": "upconv-v1", "noise_dim": 3, "embed_dim": 2, "generator_width": 8,
+            "weight_dtype": "float16", "samples_per_class": 4}
+
+
+def good_tensors():
+    g = ConditionalGenerator(2, 3, 2, 8, (1, 8, 8))
+    return {k: v.detach().half().contiguous() for k, v in g.state_dict().items()}
+
+
+@pytest.mark.parametrize("change", [
+    lambda p, t: p.update(architecture="os.system"),
+    lambda p, t: p.update(generator_width=10**9),
+    lambda p, t: p.update(noise_dim="3; rm"),
+    lambda p, t: p.pop("samples_per_class"),
+    lambda p, t: t.update({"fc.weight": torch.zeros(5, 5, dtype=torch.float16)}),
+    lambda p, t: t.pop("embedding.weight"),
+    lambda p, t: t.update({"out.bias": torch.zeros(1, dtype=torch.int32)}),
+])
+def test_hostile_d2m_archives_raise_d3formaterror(change):
+    params, tensors = good_params(), good_tensors()
+    assert len(D3Dataset(archive_with(tensors, params))) == 8
+    change(params, tensors)
+    with pytest.raises(D3FormatError):
+        D3Dataset(archive_with(tensors, params))
+
+
+def test_sample_counts_are_bounded():
+    with pytest.raises(ValueError, match="at most"):
+        D3Dataset(archive_with(good_tensors(), good_params()), samples_per_class=10**8)

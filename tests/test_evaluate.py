@@ -1,0 +1,47 @@
+"""Student networks and the evaluation loop: cross-architecture models and per-epoch re-sampling."""
+
+import pytest
+import torch
+
+from d3codec import evaluate as ev
+from d3codec.evaluate import StudentConfig, evaluate, train_student
+from d3codec.models import MODELS, build_model
+
+
+@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("shape", [(1, 28, 28), (3, 32, 32)])
+def test_every_student_model_maps_small_images_to_class_logits(name, shape):
+    net = build_model(name, shape[0], 7, shape[1])
+    assert net(torch.randn(2, *shape)).shape == (2, 7)
+
+
+def test_unknown_model_names_the_known_ones():
+    with pytest.raises(ValueError, match="resnet18"):
+        build_model("vgg", 1, 3, 28)
+
+
+def test_an_mlp_student_learns_the_tiny_classes(tiny_real):
+    x, y = tiny_real.images_at(torch.arange(60)), tiny_real.train_targets
+    result = evaluate("mlp", x, y, tiny_real, runs=1, config=StudentConfig(model="mlp", epochs=30, dsa=False))
+    assert result.accuracies[0] > 0.9  # chance is 1/3
+
+
+def test_resampling_gives_every_later_epoch_fresh_images_of_the_same_kind(tiny_real):
+    x, y = tiny_real.images_at(torch.arange(60)), tiny_real.train_targets
+    test = ev.test_split(tiny_real)
+    calls = []
+
+    def resample(epoch):
+        calls.append(epoch)
+        return x.flip(0), y.flip(0)
+
+    config = StudentConfig(epochs=4, batch_size=32)
+    train_student(x, y, 3, tiny_real.mean, tiny_real.std, *test, config, resample=resample)
+    assert calls == [1, 2, 3]
+    with pytest.raises(ValueError, match="same kind of targets"):
+        train_student(x, y, 3, tiny_real.mean, tiny_real.std, *test, config,
+                      resample=lambda epoch: (x, torch.nn.functional.one_hot(y, 3).float()))
+    runs = []
+    evaluate("r", x, y, tiny_real, runs=2, config=StudentConfig(epochs=2),
+             resample=lambda run, epoch: (runs.append((run, epoch)), (x, y))[1])
+    assert runs == [(0, 1), (1, 1)]
