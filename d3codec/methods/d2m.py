@@ -18,8 +18,9 @@ and what is our choice:
   normalised discriminator (Miyato et al. 2018) for stability on short CPU runs, conditioned by a
   projection discriminator (Miyato & Koyama 2018) or, as an option, an auxiliary classifier
   (ACGAN, Odena et al. 2017, which DiM, Wang et al. 2023, also uses). On Fashion-MNIST the
-  auxiliary-classifier generator collapsed to about one image per class
-  (benchmarks/d2m-exploration.md), a known weakness of ACGAN, hence the projection default. Prediction matching
+  auxiliary-classifier generator collapsed to about one image per class, a known weakness of
+  ACGAN; with projection the samples vary within a class and more samples per class pay
+  (benchmarks/d2m-exploration.md), hence the projection default. Prediction matching
   compares each class's *mean* prediction on real and on generated images (the two batches are not
   paired), with τ² scaling as in knowledge distillation (Hinton et al. 2015). Embedding matching
   uses siamese DSA, as DM does. The generator is stored as int8 with a float16 scale per output
