@@ -45,6 +45,14 @@ class ConvNet(nn.Module):
         return self.classifier(self.embed(x))  # (N, num_classes) logits
 
 
+def upsampling_geometry(image_shape: tuple[int, int, int]) -> tuple[int, int, int]:
+    """(u, h0, w0) of the upsampling networks (Decoder, d2m's generator) for images (C, H, W):
+    u = max(0, ⌊log2(min(H, W) / 4)⌋) doublings from an h0 × w0 map, h0 = ⌈H / 2^u⌉, w0 = ⌈W / 2^u⌉."""
+    _, h, w = image_shape
+    u = max(0, int(math.log2(max(min(h, w), 4) / 4)))
+    return u, math.ceil(h / 2 ** u), math.ceil(w / 2 ** u)
+
+
 class Decoder(nn.Module):
     """Latents (N, Z) float32 → images (N, C, H, W) float32 in [0, 1].
 
@@ -54,10 +62,9 @@ class Decoder(nn.Module):
 
     def __init__(self, latent_dim: int, image_shape: tuple[int, int, int], width: int):
         super().__init__()
-        c, h, w = image_shape
+        c = image_shape[0]
         self.image_shape = image_shape
-        self.upsamples = max(0, int(math.log2(max(min(h, w), 4) / 4)))
-        self.h0, self.w0 = math.ceil(h / 2 ** self.upsamples), math.ceil(w / 2 ** self.upsamples)
+        self.upsamples, self.h0, self.w0 = upsampling_geometry(image_shape)
         self.width = width
         self.fc = nn.Linear(latent_dim, width * self.h0 * self.w0)
         blocks = []

@@ -108,14 +108,9 @@ def load_teacher(path: str | os.PathLike, image_shape: tuple[int, int, int], num
 
     Raises: D3Error naming the mismatch when the file is not such a network.
     """
-    from safetensors import safe_open
+    from .weights import read_safetensors_file
 
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            state = {k: f.get_tensor(k) for k in f.keys()}
-            header = f.metadata() or {}
-    except Exception as e:  # safetensors raises several types for a bad file
-        raise D3Error(f"--teacher {path}: not a readable safetensors file ({e})") from None
+    state, header = read_safetensors_file(path, "--teacher")
     first = state.get("features.0.weight")
     if first is None or "classifier.weight" not in state:
         raise D3Error(f"--teacher {path}: expected a ConvNet-3 state dict (features.*, classifier.*)")

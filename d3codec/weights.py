@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from .errors import D3FormatError
+from .errors import D3Error, D3FormatError
 
 WEIGHT_DTYPES = ("int8", "float16")
 
@@ -80,12 +80,16 @@ def dequantise_state(tensors: dict[str, torch.Tensor], prefix: str, shapes: dict
             for name, shape in shapes.items()}
 
 
-def state_bytes(shapes: dict[str, tuple[int, ...]], dtype: str) -> int:
-    """Bytes of the values :func:`quantise_state` stores for these shapes (scales and headers not counted)."""
-    total = 0
-    for shape in shapes.values():
-        n = 1
-        for s in shape:
-            n *= s
-        total += n * (1 if dtype == "int8" and len(shape) >= 2 else 2)
-    return total
+
+def read_safetensors_file(path, what: str, fix: str = "") -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Every tensor and the header metadata of a safetensors file (a teacher, a generator, a checkpoint).
+
+    Raises: D3Error "{what} {path} is not readable as a safetensors file (why){fix}".
+    """
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return {k: f.get_tensor(k) for k in f.keys()}, f.metadata() or {}
+    except Exception as e:  # safetensors raises several types for a bad file
+        raise D3Error(f"{what} {path} is not readable as a safetensors file ({e}){fix}") from None

@@ -16,6 +16,5 @@ DECODERS = {"pixel": pixel.decode}
 SAMPLERS = {"d3": d3.load_sampler, "d2m": d2m.load_sampler}
 SECTIONS = {"pixel": {"meta", "images", "soft_labels"}, "d3": {"meta", "priors", "decoder", "prior_labels"},
             "d2m": {"meta", "generator"}}
-SAMPLING_METHODS = set(SAMPLERS)  # methods whose archives draw any number of samples per class
 
-__all__ = ["ENCODERS", "DECODERS", "SAMPLERS", "SECTIONS", "SAMPLING_METHODS", "DatasetSpec", "Encoded", "Encoder"]
+__all__ = ["ENCODERS", "DECODERS", "SAMPLERS", "SECTIONS", "DatasetSpec", "Encoded", "Encoder"]

@@ -57,9 +57,9 @@ from ..container import Section, write_atomic
 from ..data import ClassSampler, RealData
 from ..errors import D3BudgetError, D3Error, D3FormatError
 from ..losses import mean_embedding_loss, prediction_matching_loss
-from ..models import ConvNet
+from ..models import ConvNet, upsampling_geometry
 from ..teacher import Teacher, train_teacher
-from ..weights import WEIGHT_DTYPES, dequantise_state, quantise_state
+from ..weights import WEIGHT_DTYPES, dequantise_state, quantise_state, read_safetensors_file
 from .base import DatasetSpec, Encoded, Encoder, preset_config
 
 GENERATOR_WIDTHS = (8, 12, 16, 24, 32, 48, 64, 80, 96, 128, 160, 192, 256, 320, 384, 512)
@@ -77,10 +77,9 @@ class ConditionalGenerator(nn.Module):
     def __init__(self, num_classes: int, noise_dim: int, embed_dim: int, width: int,
                  image_shape: tuple[int, int, int]):
         super().__init__()
-        c, h, w = image_shape
+        c = image_shape[0]
         self.image_shape, self.noise_dim, self.width = tuple(image_shape), noise_dim, width
-        self.upsamples = max(0, int(math.log2(max(min(h, w), 4) / 4)))
-        self.h0, self.w0 = math.ceil(h / 2 ** self.upsamples), math.ceil(w / 2 ** self.upsamples)
+        self.upsamples, self.h0, self.w0 = upsampling_geometry(image_shape)
         self.embedding = nn.Embedding(num_classes, embed_dim)
         self.fc = nn.Linear(noise_dim + embed_dim, width * self.h0 * self.w0)
         blocks, channels = [], width
@@ -251,14 +250,7 @@ def save_checkpoint(path: Path, fingerprint: str, iteration: int, generator: nn.
 
 def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """(tensors, metadata) of a pre-training checkpoint. Raises D3Error when it is not one."""
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as e:  # safetensors raises several types for a damaged file
-        raise D3Error(f"checkpoint {path} is not readable ({e}); delete it to pre-train from scratch") from None
+    tensors, meta = read_safetensors_file(path, "checkpoint", "; delete it to pre-train from scratch")
     if meta.get("format") != "d3codec-d2m-pretrain":
         raise D3Error(f"{path} is not a d2m pre-training checkpoint; delete it or choose another --checkpoint")
     return tensors, meta
@@ -292,17 +284,9 @@ def load_generator(path: str | os.PathLike, num_classes: int, image_shape: tuple
 
     Raises: D3Error naming the mismatch when the file is not a generator for these classes and shape.
     """
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-            state = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as e:
-        raise D3Error(f"--generator {path}: not a readable safetensors file ({e})") from None
-    if meta.get("format") == "d3codec-d2m-pretrain":
+    state, meta = read_safetensors_file(path, "--generator")
+    if meta.get("format") == "d3codec-d2m-pretrain":  # a checkpoint: its generator's tensors
         state = {k[len("generator."):]: v for k, v in state.items() if k.startswith("generator.")}
-        meta = {"architecture": "upconv-v1", "noise_dim": None, "embed_dim": None, "width": None}
     emb, fc = state.get("embedding.weight"), state.get("fc.weight")
     if emb is None or fc is None or emb.dim() != 2 or fc.dim() != 2:
         raise D3Error(f"--generator {path}: expected a d2m generator (embedding.weight, fc.weight, ...)")
@@ -311,7 +295,8 @@ def load_generator(path: str | os.PathLike, num_classes: int, image_shape: tuple
         raise D3Error(f"--generator {path}: unknown architecture {architecture!r}; known: {', '.join(GENERATORS)}")
     k, e = emb.shape
     z = fc.shape[1] - e
-    width = fc.shape[0] // math.prod(_base_size(image_shape))
+    _, h0, w0 = upsampling_geometry(image_shape)
+    width = fc.shape[0] // (h0 * w0)
     if k != num_classes:
         raise D3Error(f"--generator {path}: it has {k} class embeddings, the dataset has {num_classes} classes")
     expected = generator_shapes(num_classes, z, e, width, image_shape) if z > 0 and width > 0 else {}
@@ -319,12 +304,6 @@ def load_generator(path: str | os.PathLike, num_classes: int, image_shape: tuple
         raise D3Error(f"--generator {path}: its tensors do not fit an {architecture} generator for images "
                       f"{tuple(image_shape)}")
     return PretrainedGenerator(architecture, z, e, width, {n: v.float() for n, v in state.items()})
-
-
-def _base_size(image_shape: tuple[int, int, int]) -> tuple[int, int]:
-    _, h, w = image_shape
-    u = max(0, int(math.log2(max(min(h, w), 4) / 4)))
-    return math.ceil(h / 2 ** u), math.ceil(w / 2 ** u)
 
 
 # ---- the encoder ------------------------------------------------------------------------------------------------
@@ -401,14 +380,15 @@ class D2MEncoder(Encoder):
                                     f"{needed}" + ("" if given else " or lower --generator-width"), min_budget=needed)
         else:
             cap = cfg.max_generator_width or GENERATOR_WIDTHS[-1]
-            fitting = [w for w in GENERATOR_WIDTHS if w <= cap and bound(w) <= budget]
+            bounds = {w: bound(w) for w in GENERATOR_WIDTHS if w <= cap}
+            fitting = [w for w, b in bounds.items() if b <= budget]
             if not fitting:
-                smallest = bound(GENERATOR_WIDTHS[0])
+                smallest = bounds[GENERATOR_WIDTHS[0]]
                 raise D3BudgetError(f"a budget of {budget} bytes cannot hold the narrowest generator (width "
                                     f"{GENERATOR_WIDTHS[0]}); the smallest budget that works is {smallest} bytes "
                                     f"(--budget {smallest})", min_budget=smallest)
-            width = fitting[-1]
-        return D2MPlan("upconv-v1", z, e, width, cfg.weight_dtype, samples, bound(width), budget)
+            width, needed = fitting[-1], bounds[fitting[-1]]
+        return D2MPlan("upconv-v1", z, e, width, cfg.weight_dtype, samples, needed, budget)
 
     def fingerprint(self, real: RealData, plan: D2MPlan, seed: int) -> str:
         """What pre-training depends on, hashed: the data's name, classes and shape, the generator's
