@@ -1,19 +1,22 @@
-"""Benchmark on real Fashion-MNIST: DM and D3 archives against random real images in the same bytes.
+"""Benchmark on real Fashion-MNIST: DM, D3 and D2M archives against random real images in the same bytes.
 
-For each IPC budget, in one run: compress with DM and with D3 (fast presets unless told
+For each IPC budget, in one run: compress with DM, D3 and D2M (fast presets unless told
 otherwise), train ``--runs`` fresh ConvNet-3 students on each archive and on random real images
 stored in the same bytes (as float32 and as PNG), and record final-epoch test accuracy mean ± std,
 file bytes, distillation seconds and student seconds. D3 archives are sampled with
 ``--d3-samples-per-class`` images per class (one number, or one per ``--ipc``; 40 by default, between
 what DM stores at IPC 1 (4 per class) and at IPC 10 (55 per class); "priors" draws one sample per
 prior; students' seconds are in the table, since more samples cost more); one D3 row has soft
-labels switched off, to show what they buy. Optionally also DM with the paper's 256 real
-images per class per iteration (``--real-side-ipc``), to show what the fast preset's cheaper real
-side costs. Writes benchmarks/RESULTS.md and a JSON file of every number.
+labels switched off, to show what they buy. One D2M archive per budget gives a row for each of
+``--d2m-samples-per-class`` (1, 10, 50 and 100 by default), with pre-training and fine-tuning
+seconds apart. Optionally also DM with the paper's 256 real images per class per iteration
+(``--real-side-ipc``), to show what the fast preset's cheaper real side costs, and students of other
+architectures than ConvNet-3 (``--models convnet3 resnet18``: cross-architecture rows). Writes
+benchmarks/RESULTS.md and a JSON file of every number.
 
-Each row is one build (distil an archive, or draw the real images) and then ``--runs`` students;
-``--jobs N`` runs builds and students in N worker processes (the longest first), and every
-finished build and student is saved in the JSON file at once, so ``--resume`` after an
+Each build (distil an archive, or draw the real images) gives one or more rows, each trained by
+``--runs`` students; ``--jobs N`` runs builds and students in N worker processes (the longest first),
+and every finished build and student is saved in the JSON file at once, so ``--resume`` after an
 interruption loses at most the tasks that were running. ``--append`` starts a new run in an
 existing JSON file and keeps the earlier runs' rows in the table.
 
@@ -37,10 +40,12 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from d3codec import D3Dataset
+from d3codec.archive import open_archive
 from d3codec.budget import ipc_budget
 from d3codec.compress import compress
 from d3codec.data import load_dataset
 from d3codec.evaluate import EvalResult, StudentConfig, random_real_subset, test_split, train_student
+from d3codec.methods.d2m import D2MEncoder
 from d3codec.methods.d3 import D3Encoder
 from d3codec.methods.pixel import PixelEncoder
 from d3codec.models import resolve_device
@@ -94,23 +99,29 @@ def run(args) -> dict:
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
 
-    # every row is one build (distil an archive, or draw real images) and then args.runs students;
-    # tasks run in --jobs worker processes, longest first, and each finished one is saved at once
-    rows = [(ipc, name, kind, overrides) for ipc in args.ipc for name, kind, overrides in variants(ipc, args)
-            if (ipc, name) not in done]
+    # every build (distil an archive, or draw real images) gives one or more rows, each with args.runs
+    # students; tasks run in --jobs worker processes, longest first, and each finished one is saved at once
     ready = []  # (estimated cost, task) of tasks that can start now
-    for ipc, name, kind, overrides in rows:
-        key = row_key(ipc, name)
-        part = results["partial"].get(key)
-        if part is not None and Path(part["inputs"]).is_file():
-            ready += student_tasks(key, part, args.runs)
-        else:
-            results["partial"].pop(key, None)
-            spec = {"key": key, "ipc": ipc, "name": name, "kind": kind, "overrides": overrides,
-                    "preset": args.preset, "seed": args.seed, "samples": d3_samples(ipc, args),
-                    "inputs": str(work / f"ipc{ipc}-{slug(name)}.inputs.safetensors"),
-                    "archive": str(work / f"ipc{ipc}-{slug(name)}.d3")}
-            ready.append(((1, BUILD_PRIORITY[kind]), ("build", spec)))
+    for ipc in args.ipc:
+        for b in builds(ipc, args):
+            rows = [r for r in b["rows"] if (ipc, r[0]) not in done]
+            if not rows:
+                continue
+            keys = [row_key(ipc, name) for name, _, _ in rows]
+            parts = [results["partial"].get(key) for key in keys]
+            if all(part is not None and Path(part["inputs"]).is_file() for part in parts):
+                for key, part in zip(keys, parts):
+                    ready += student_tasks(key, part, args.runs)
+                continue
+            for key in keys:
+                results["partial"].pop(key, None)
+            stem = f"ipc{ipc}-{slug(b['name'])}"
+            spec = {"ipc": ipc, "name": b["name"], "kind": b["kind"], "overrides": b["overrides"],
+                    "preset": args.preset, "seed": args.seed, "archive": str(work / f"{stem}.d3"),
+                    "rows": [{"key": key, "name": name, "samples": samples, "model": model,
+                              "inputs": str(work / f"{stem}-{samples or 'stored'}.inputs.safetensors")}
+                             for key, (name, samples, model) in zip(keys, rows)]}
+            ready.append(((1, BUILD_PRIORITY[b["kind"]]), ("build", spec)))
     save(results, args)
     context = multiprocessing.get_context("spawn")
     threads = max(1, (os.cpu_count() or 1) // args.jobs)
@@ -128,11 +139,13 @@ def run(args) -> dict:
                 kind, spec = running.pop(future)
                 out = future.result()
                 if kind == "build":
-                    part = {**out, "accuracies": {}, "student_seconds": {}}
-                    results["partial"][spec["key"]] = part
-                    log(f"== built {spec['key']}: {out['images']} images, {out['bytes']} bytes"
-                        + (f", distilled in {out['distill_seconds']} s" if out["distill_seconds"] is not None else ""))
-                    ready += student_tasks(spec["key"], part, args.runs)
+                    for row in out:
+                        part = {**row, "accuracies": {}, "student_seconds": {}}
+                        results["partial"][row["key"]] = part
+                        log(f"== built {row['key']}: {row['images']} images, {row['bytes']} bytes"
+                            + (f", distilled in {row['distill_seconds']} s" if row["distill_seconds"] is not None
+                               else ""))
+                        ready += student_tasks(row["key"], part, args.runs)
                 else:
                     part = results["partial"][spec["key"]]
                     part["accuracies"][str(spec["run"])], part["student_seconds"][str(spec["run"])] = out
@@ -143,18 +156,35 @@ def run(args) -> dict:
     return results
 
 
-def variants(ipc: int, args) -> list[tuple[str, str, dict]]:
-    """(row name, build kind, preset overrides) of every row at this IPC budget, in table order."""
-    rows = []
+MODEL_NAMES = {"convnet3": "ConvNet-3", "resnet18": "ResNet-18", "mlp": "MLP"}
+
+
+def builds(ipc: int, args) -> list[dict]:
+    """Every build at this IPC budget, in table order: {"name", "kind", "overrides", "rows"}, where each
+    row is (row name, samples drawn per class or None for what the build stores, student model)."""
+    out = []
+
+    def add(name: str, kind: str, overrides: dict | None = None, samples: list | None = None) -> None:
+        rows = []
+        for model in args.models:
+            arrow = "" if model == "convnet3" else f" → {MODEL_NAMES[model]}"
+            for n in samples or [None]:
+                rows.append((name + (f", {n}/class" if kind == "d2m" else "") + arrow, n, model))
+        out.append({"name": name, "kind": kind, "overrides": overrides or {}, "rows": rows})
+
     if "dm" in args.methods:
-        rows.append(("DM (fast preset)" if args.preset == "fast" else f"DM ({args.preset})", "dm", {}))
+        add("DM (fast preset)" if args.preset == "fast" else f"DM ({args.preset})", "dm")
         if ipc in args.real_side_ipc:
-            rows.append((f"DM ({args.preset}, 256 real/class/iter)", "dm", {"real_per_class": 256}))
+            add(f"DM ({args.preset}, 256 real/class/iter)", "dm", {"real_per_class": 256})
     if "d3" in args.methods:
-        rows.append((f"D3 ({args.preset} preset)", "d3", {}))
+        add(f"D3 ({args.preset} preset)", "d3", samples=[d3_samples(ipc, args)])
         if ipc in args.no_labels_ipc:
-            rows.append((f"D3 ({args.preset}, no soft labels)", "d3", {"soft_labels": False}))
-    return rows + [(f"random real ({storage})", storage, {}) for storage in ("float32", "png")]
+            add(f"D3 ({args.preset}, no soft labels)", "d3", {"soft_labels": False}, samples=[d3_samples(ipc, args)])
+    if "d2m" in args.methods:
+        add(f"D2M ({args.preset} preset)", "d2m", samples=args.d2m_samples_per_class)
+    for storage in ("float32", "png"):
+        add(f"random real ({storage})", storage)
+    return out
 
 
 def d3_samples(ipc: int, args) -> int | None:
@@ -165,7 +195,7 @@ def d3_samples(ipc: int, args) -> int | None:
 
 
 def row_names(ipc: int, args) -> list[str]:
-    return [name for name, _, _ in variants(ipc, args)]
+    return [name for b in builds(ipc, args) for name, _, _ in b["rows"]]
 
 
 def row_key(ipc: int, name: str) -> str:
@@ -176,19 +206,23 @@ def slug(name: str) -> str:
     return "".join(c if c.isalnum() else "-" for c in name.lower()).strip("-")
 
 
+ENCODERS = {"dm": PixelEncoder, "d3": D3Encoder, "d2m": D2MEncoder}
+
 # scheduling priority: builds before students (they unlock them), the longest first
-BUILD_PRIORITY = {"d3": 3, "dm": 2, "png": 1, "float32": 0}
+BUILD_PRIORITY = {"d2m": 4, "d3": 3, "dm": 2, "png": 1, "float32": 0}
 
 
 def student_tasks(key: str, part: dict, runs: int) -> list[tuple[tuple, tuple]]:
     """The (priority, task) of each student of a built row that has not finished yet."""
-    return [((0, part["images"]), ("student", {"key": key, "run": r, "inputs": part["inputs"]}))
+    cost = part["images"] * (13 if part.get("model") == "resnet18" else 1)
+    return [((0, cost), ("student", {"key": key, "run": r, "inputs": part["inputs"],
+                                     "model": part.get("model", "convnet3")}))
             for r in range(runs) if str(r) not in part["accuracies"]]
 
 
 def describe(task: tuple) -> str:
     kind, spec = task
-    return f"build {spec['key']}" if kind == "build" else f"student {spec['run'] + 1} of {spec['key']}"
+    return f"build IPC {spec['ipc']}: {spec['name']}" if kind == "build" else f"student {spec['run'] + 1} of {spec['key']}"
 
 
 def series_start(results: dict) -> int:
@@ -210,7 +244,8 @@ def finish_row(results: dict, key: str, planned: list) -> dict:
     r = EvalResult(part["name"], part["images"], [part["accuracies"][str(i)] for i in runs],
                    [part["student_seconds"][str(i)] for i in runs], part["bytes"])
     print(r.summary(), flush=True)
-    row = {"ipc": part["ipc"], "name": part["name"], "run": len(results["invocations"]), "images": part["images"],
+    row = {"ipc": part["ipc"], "name": part["name"], "model": part.get("model", "convnet3"),
+           "run": len(results["invocations"]), "images": part["images"],
            "bytes": part["bytes"], "distill_seconds": part["distill_seconds"], "accuracies": r.accuracies,
            "mean": r.mean, "std": r.std, "student_seconds": r.seconds, **part["extra"]}
     order = {(ipc, name): i for i, (ipc, name) in enumerate(planned)}
@@ -237,44 +272,59 @@ def worker_data():
     return _WORKER["real"], _WORKER["test"]
 
 
-def build(spec: dict) -> dict:
-    """Distil an archive (or draw the random real images) of one row and save the students' inputs.
+def build(spec: dict) -> list[dict]:
+    """Distil an archive (or draw the random real images) and save each of its rows' student inputs.
 
-    Returns: the row's fields known before training: inputs path, images, bytes, distill_seconds, extra.
+    Returns: per row, the fields known before training: key, name, model, inputs path, images, bytes,
+    distill_seconds, extra.
     """
     real, _ = worker_data()
-    device, seed, ipc = _WORKER["device"], spec["seed"], spec["ipc"]
+    device, seed, ipc, kind = _WORKER["device"], spec["seed"], spec["ipc"], spec["kind"]
     budget = ipc_budget(ipc, real.num_classes, real.image_shape)
-    distill_s = None
-    if spec["kind"] in ("dm", "d3"):
-        make = PixelEncoder if spec["kind"] == "dm" else D3Encoder
+    distill_s, extra, draws = None, {"budget": budget}, {}  # draws: samples per class → (images, targets)
+    if kind in ENCODERS:
+        options = dict(spec["overrides"])
+        if kind == "d2m":
+            options["checkpoint"] = spec["archive"] + ".pretrain.safetensors"
         t = time.time()
-        res = compress(real, spec["archive"], encoder=make.from_options(spec["preset"], **spec["overrides"]),
+        res = compress(real, spec["archive"], encoder=ENCODERS[kind].from_options(spec["preset"], **options),
                        ipc=ipc, seed=seed, device=device, progress=False)
         distill_s, used = round(time.time() - t, 1), res.file_bytes
-        if spec["kind"] == "dm":
+        reader, meta = open_archive(spec["archive"])
+        reader.close()
+        params = meta["params"]
+        extra["config"] = params["config"]
+        if kind == "dm":
             ds = D3Dataset(spec["archive"])
-            images, targets = ds.images, ds.labels
-            extra = {"images_per_class": ds.meta["params"]["images_per_class"],
-                     "storage": ds.meta["params"]["storage_dtype"], "budget": res.budget,
-                     "config": ds.meta["params"]["config"]}
-        else:
-            t = time.time()
-            ds = D3Dataset(spec["archive"], samples_per_class=spec["samples"], seed=seed)
-            decode_rate = len(ds) / (time.time() - t)
-            images = ds.images
-            targets = ds.soft_labels if ds.soft_labels is not None else ds.labels
-            group = ds.meta["params"]["groups"][0]
-            extra = {"samples_per_class": len(ds) // real.num_classes, "priors_per_class": group["priors_per_class"],
-                     "latent_dim": group["latent_dim"], "decoder_width": group["decoder_width"],
-                     "teacher_accuracy": group["stats"].get("teacher_accuracy"), "budget": res.budget,
-                     "decode_images_per_second_cpu": round(decode_rate), "config": ds.meta["params"]["config"]}
+            draws[None] = ds.images, ds.labels
+            extra.update(images_per_class=params["images_per_class"], storage=params["storage_dtype"])
+        else:  # sampled archives: one draw per distinct samples-per-class of the rows
+            for n in dict.fromkeys(row["samples"] for row in spec["rows"]):
+                t = time.time()
+                ds = D3Dataset(spec["archive"], samples_per_class=n, seed=seed)
+                extra["decode_images_per_second_cpu"] = round(len(ds) / (time.time() - t))
+                draws[n] = ds.images, ds.soft_labels if ds.soft_labels is not None else ds.labels
+        if kind == "d3":
+            group = params["groups"][0]
+            extra.update(priors_per_class=group["priors_per_class"], latent_dim=group["latent_dim"],
+                         decoder_width=group["decoder_width"], teacher_accuracy=group["stats"].get("teacher_accuracy"))
+        if kind == "d2m":
+            extra.update({f: params[f] for f in ("generator_width", "noise_dim", "embed_dim")})
+            extra.update({f: params["stats"].get(f) for f in ("pretrain_seconds", "finetune_seconds",
+                                                               "teacher_accuracy")})
     else:
-        images, targets, used = random_real_subset(real, budget, spec["kind"], seed)
-        extra = {"budget": budget}
-    save_file({"images": images.contiguous(), "targets": targets.contiguous()}, spec["inputs"])
-    return {"ipc": ipc, "name": spec["name"], "inputs": spec["inputs"], "images": len(images), "bytes": used,
-            "distill_seconds": distill_s, "extra": extra}
+        images, targets, used = random_real_subset(real, budget, kind, seed)
+        draws[None] = images, targets
+    out, saved = [], set()
+    for row in spec["rows"]:
+        images, targets = draws[row["samples"]]
+        if row["inputs"] not in saved:  # rows of other student models share their inputs
+            save_file({"images": images.contiguous(), "targets": targets.contiguous()}, row["inputs"])
+            saved.add(row["inputs"])
+        sampled = {"samples_per_class": len(images) // real.num_classes} if kind in ("d3", "d2m") else {}
+        out.append({"key": row["key"], "ipc": ipc, "name": row["name"], "model": row["model"], "inputs": row["inputs"],
+                    "images": len(images), "bytes": used, "distill_seconds": distill_s, "extra": {**extra, **sampled}})
+    return out
 
 
 def student(spec: dict) -> tuple[float, float]:
@@ -282,7 +332,8 @@ def student(spec: dict) -> tuple[float, float]:
     real, (test_x, test_y) = worker_data()
     inputs = load_file(spec["inputs"])
     return train_student(inputs["images"], inputs["targets"], real.num_classes, real.mean, real.std, test_x, test_y,
-                         StudentConfig(epochs=_WORKER["epochs"]), _WORKER["seed"] + spec["run"], _WORKER["device"])
+                         StudentConfig(model=spec["model"], epochs=_WORKER["epochs"]), _WORKER["seed"] + spec["run"],
+                         _WORKER["device"])
 
 
 TASKS = {"build": build, "student": student}
@@ -310,15 +361,21 @@ def render(results: dict) -> str:
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results["rows"]:
-        pub = PUBLISHED.get(r["ipc"], {})
+        pub = PUBLISHED.get(r["ipc"], {}) if r.get("model", "convnet3") == "convnet3" else {}
         published = pub.get("DM", "") if r["name"].startswith("DM") else (
             pub.get("random real", "") if r["name"] == "random real (float32)" else "")
         distil = f"{r['distill_seconds']:.0f}" if r.get("distill_seconds") is not None else "-"
+        if r.get("pretrain_seconds") is not None:
+            distil += f" ({r['pretrain_seconds']:.0f} pre-training + {r['finetune_seconds']:.0f} fine-tuning)"
         per_class = f" ({r['images_per_class']}/class, {r['storage']})" if "images_per_class" in r else ""
         if "priors_per_class" in r:
             per_class = (f" ({r['samples_per_class']}/class drawn from {r['priors_per_class']} priors/class, "
                          f"latent {r['latent_dim']}, decoder width {r['decoder_width']}; decodes "
                          f"{r['decode_images_per_second_cpu']} img/s on CPU)")
+        if "generator_width" in r:
+            per_class = (f" ({r['samples_per_class']}/class sampled from a generator of width "
+                         f"{r['generator_width']}, noise {r['noise_dim']}, class embedding {r['embed_dim']}; "
+                         f"decodes {r['decode_images_per_second_cpu']} img/s on CPU)")
         student = sum(r["student_seconds"]) / len(r["student_seconds"])
         lines.append(f"| {r['ipc']} ({r.get('budget', '')} B) | {r['name']} | {r.get('run', 1)} | {r['bytes']} | {r['images']}{per_class} | "
                      f"{distil} | {student:.0f} | {100 * r['mean']:.2f} ± {100 * r['std']:.2f} | {published} |")
@@ -354,8 +411,13 @@ def main() -> None:
     p.add_argument("--preset", default="fast")
     p.add_argument("--real-side-ipc", type=int, nargs="*", default=[1],
                    help="IPC budgets at which DM also runs with 256 real images per class per iteration")
-    p.add_argument("--methods", nargs="*", default=["dm", "d3"], choices=["dm", "d3"],
+    p.add_argument("--methods", nargs="*", default=["dm", "d3", "d2m"], choices=list(ENCODERS),
                    help="distillation methods (the random-real rows always run)")
+    p.add_argument("--d2m-samples-per-class", type=int, nargs="+", default=[1, 10, 50, 100],
+                   help="one D2M row per number: images sampled per class from the same archive")
+    p.add_argument("--models", nargs="+", default=["convnet3"], choices=list(MODEL_NAMES),
+                   help="student models; rows of other models than ConvNet-3 (cross-architecture) are named "
+                        "'... → MODEL'. A ResNet-18 student costs about 13 ConvNet-3 students: use a GPU")
     p.add_argument("--no-labels-ipc", type=int, nargs="*", default=[1, 10],
                    help="IPC budgets at which D3 also runs with soft labels off")
     p.add_argument("--d3-samples-per-class", nargs="+", default=["40"],

@@ -55,7 +55,9 @@ def main() -> None:
               help="d2m: fine-tune this pre-trained generator (safetensors) instead of pre-training one.")
 @click.option("--checkpoint", type=click.Path(dir_okay=False),
               help="d2m: pre-training checkpoint to write and resume from (default: OUTPUT.pretrain.safetensors).")
-@click.option("--pretrain-iterations", type=int, help="d2m: GAN pre-training iterations.")
+@click.option("--pretraining", type=click.Choice(["gan", "vae"]),
+              help="d2m: pre-train the generator as a conditional GAN or as the decoder of a conditional VAE.")
+@click.option("--pretrain-iterations", type=int, help="d2m: pre-training iterations.")
 @click.option("--task-balance", type=float, help="d2m: weight of prediction matching against embedding matching.")
 @click.option("--generator-width", type=int, help="d2m: generator channels (default: fill the budget).")
 @click.option("--data-root", type=click.Path(file_okay=False), help="Where the real data is (or goes).")
@@ -65,7 +67,7 @@ def main() -> None:
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def compress(dataset, output, method, objective, ipc, budget, preset, iterations, real_per_class, storage_dtype,
              images_per_class, subtasks, workers, teacher, latent_dim, priors_per_class, decoder_width, decoder_dtype,
-             prior_dtype, soft_labels, generator, checkpoint, pretrain_iterations, task_balance, generator_width,
+             prior_dtype, soft_labels, generator, checkpoint, pretraining, pretrain_iterations, task_balance, generator_width,
              data_root, resolution, seed, device, quiet):
     """Distil DATASET (fashion-mnist, mnist, cifar10, cifar100, imagenet, or a class-per-folder path).
 
@@ -81,7 +83,7 @@ def compress(dataset, output, method, objective, ipc, budget, preset, iterations
         only = {"d3": {"--subtasks": subtasks, "--workers": workers, "--latent-dim": latent_dim,
                        "--priors-per-class": priors_per_class, "--decoder-width": decoder_width,
                        "--decoder-dtype": decoder_dtype, "--prior-dtype": prior_dtype, "--soft-labels": soft_labels},
-                "d2m": {"--generator": generator, "--checkpoint": checkpoint,
+                "d2m": {"--generator": generator, "--checkpoint": checkpoint, "--pretraining": pretraining,
                         "--pretrain-iterations": pretrain_iterations, "--task-balance": task_balance,
                         "--generator-width": generator_width},
                 "pixel": {"--images-per-class": images_per_class}}
@@ -109,7 +111,8 @@ def compress(dataset, output, method, objective, ipc, budget, preset, iterations
                 preset, load_teacher(teacher, real.image_shape, real.num_classes, dev) if teacher else None,
                 load_generator(generator, real.num_classes, real.image_shape) if generator else None,
                 checkpoint or f"{output}.pretrain.safetensors", iterations=iterations, real_per_class=real_per_class,
-                pretrain_iterations=pretrain_iterations, task_balance=task_balance, generator_width=generator_width)
+                pretraining=pretraining, pretrain_iterations=pretrain_iterations, task_balance=task_balance,
+                generator_width=generator_width)
         else:
             from d3codec.methods.d3 import D3Encoder
             from d3codec.teacher import load_teacher

@@ -67,14 +67,17 @@ def test_archive_holds_only_the_generator_and_draws_any_count_deterministically(
     assert torch.equal(a.images, D3Dataset(out, samples_per_class=7, seed=3).images)  # draw leaves them be
 
 
-def test_pretraining_resumes_after_a_kill_and_ends_as_an_uninterrupted_run(tiny_real, tmp_path, monkeypatch):
+@pytest.mark.parametrize("pretraining", ["gan", "vae"])
+def test_pretraining_resumes_after_a_kill_and_ends_as_an_uninterrupted_run(tiny_real, tmp_path, monkeypatch,
+                                                                           pretraining):
     enc_plan = plan(tiny_encoder(), tiny_real, 12_000)
     normalise = lambda x: (x - 0.3) / 0.35  # noqa: E731
 
     def pretrained(checkpoint):
         torch.manual_seed(0)  # as distill() seeds before building the generator
         g = d2m.build_generator(enc_plan, 3, tiny_real.image_shape)
-        tiny_encoder(checkpoint).pretrain(g, tiny_real, enc_plan, normalise, device=CPU, seed=0, progress=False)
+        tiny_encoder(checkpoint, pretraining=pretraining).pretrain(g, tiny_real, enc_plan, normalise, device=CPU,
+                                                                  seed=0, progress=False)
         return g.state_dict()
 
     uninterrupted = pretrained(None)
@@ -102,14 +105,38 @@ def test_pretraining_resumes_after_a_kill_and_ends_as_an_uninterrupted_run(tiny_
     assert uninterrupted.keys() == resumed.keys()
     assert all(torch.equal(uninterrupted[k], resumed[k]) for k in uninterrupted)
 
-    # a checkpoint of another run is refused with the fix, not silently reused
+    # a checkpoint of another run (another seed or pre-training) is refused with the fix, not silently reused
     g = d2m.build_generator(enc_plan, 3, tiny_real.image_shape)
     with pytest.raises(D3Error, match="delete it"):
-        tiny_encoder(ckpt).pretrain(g, tiny_real, enc_plan, normalise, device=CPU, seed=1, progress=False)
+        tiny_encoder(ckpt, pretraining=pretraining).pretrain(g, tiny_real, enc_plan, normalise, device=CPU, seed=1,
+                                                             progress=False)
+    other = "vae" if pretraining == "gan" else "gan"
+    with pytest.raises(D3Error, match="delete it"):
+        tiny_encoder(ckpt, pretraining=other).pretrain(g, tiny_real, enc_plan, normalise, device=CPU, seed=0,
+                                                       progress=False)
     (tmp_path / "junk.ckpt").write_bytes(b"junk")
     with pytest.raises(D3Error, match="not readable"):
         tiny_encoder(tmp_path / "junk.ckpt").pretrain(g, tiny_real, enc_plan, normalise, device=CPU, seed=0,
                                                       progress=False)
+
+
+def test_vae_pretraining_learns_to_reconstruct(tiny_real):
+    enc = tiny_encoder(pretraining="vae", pretrain_iterations=150, pretrain_batch=16, lr_pretrain=3e-3, disc_width=8,
+                       kl_weight=0.1)
+    enc_plan = plan(enc, tiny_real, 12_000)
+    normalise = lambda x: (x - 0.3) / 0.35  # noqa: E731
+    torch.manual_seed(0)
+    g = d2m.build_generator(enc_plan, 3, tiny_real.image_shape)
+    x = tiny_real.images_at(torch.arange(24))
+    noise = torch.zeros(24, enc_plan.noise_dim)
+
+    def error():  # how far the class's generated image at z = 0 is from real images of the class
+        with torch.no_grad():
+            return ((g(noise, tiny_real.train_targets[:24]) - x) ** 2).mean().item()
+
+    before = error()
+    enc.pretrain(g, tiny_real, enc_plan, normalise, device=CPU, seed=0, progress=False)
+    assert error() < 0.3 * before
 
 
 def test_a_given_generator_is_fine_tuned_without_pretraining(tiny_real, tmp_path):

@@ -56,7 +56,7 @@ from ..budget import META_RESERVE_BYTES, archive_bound
 from ..container import Section, write_atomic
 from ..data import ClassSampler, RealData
 from ..errors import D3BudgetError, D3Error, D3FormatError
-from ..losses import mean_embedding_loss, prediction_matching_loss
+from ..losses import mean_embedding_loss, mmd_rbf, prediction_matching_loss
 from ..models import ConvNet, upsampling_geometry
 from ..teacher import Teacher, train_teacher
 from ..weights import WEIGHT_DTYPES, dequantise_state, quantise_state, read_safetensors_file
@@ -137,6 +137,33 @@ class Discriminator(nn.Module):
 CONDITIONINGS = ("projection", "auxiliary")
 
 
+class PosteriorEncoder(nn.Module):
+    """Encoder q(z | x, y) of VAE pre-training (never stored): (N, C, H, W) normalised images and (N,)
+    classes → (mean (N, Z), log-variance (N, Z)).
+
+    Three convolutions (3×3 stride 1, then 4×4 stride 2 twice) of widths w, 2w, 4w with
+    LeakyReLU(0.2), global average pooling, the class embedding concatenated, and a linear layer to
+    2Z.
+    """
+
+    def __init__(self, in_channels: int, num_classes: int, width: int, noise_dim: int):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(in_channels, width, 3, 1, 1), nn.LeakyReLU(0.2),
+            nn.Conv2d(width, 2 * width, 4, 2, 1), nn.LeakyReLU(0.2),
+            nn.Conv2d(2 * width, 4 * width, 4, 2, 1), nn.LeakyReLU(0.2))
+        self.embedding = nn.Embedding(num_classes, 4 * width)
+        self.head = nn.Linear(8 * width, 2 * noise_dim)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        f = torch.cat([self.features(x).mean((2, 3)), self.embedding(y)], 1)  # (N, 8w)
+        mean, logvar = self.head(f).chunk(2, 1)  # (N, Z) each
+        return mean, logvar.clamp(-10, 10)
+
+
+PRETRAININGS = ("gan", "vae")
+
+
 @dataclass(frozen=True)
 class D2MConfig:
     """Options of D2M. Units: iterations; images per class (``*_per_class``) or per batch; Adam rates.
@@ -146,12 +173,14 @@ class D2MConfig:
     (None: the IPC of the budget, at least 10).
     """
 
+    pretraining: str = "gan"
     pretrain_iterations: int = 20000
     pretrain_batch: int = 64
     lr_pretrain: float = 2e-4
     disc_width: int = 64
     conditioning: str = "projection"
     aux_weight: float = 1.0
+    kl_weight: float = 1.0
     checkpoint_every: int = 500
     iterations: int = 1000
     lr_finetune: float = 1e-4
@@ -161,6 +190,7 @@ class D2MConfig:
     embed_width: int = 128
     dsa: bool = True
     embedding_weight: float = 1.0
+    mmd_weight: float = 0.0
     task_balance: float = 1.0
     temperature: float = 4.0
     teacher_epochs: float = 10.0
@@ -180,7 +210,8 @@ PRESETS = {
 }
 
 # the fields that decide pre-training: a checkpoint is resumed only by a run that agrees on them
-PRETRAIN_FIELDS = ("pretrain_iterations", "pretrain_batch", "lr_pretrain", "disc_width", "conditioning", "aux_weight")
+PRETRAIN_FIELDS = ("pretraining", "pretrain_iterations", "pretrain_batch", "lr_pretrain", "disc_width", "conditioning",
+                   "aux_weight", "kl_weight")
 
 
 @dataclass(frozen=True)
@@ -227,24 +258,24 @@ def _restore_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tens
     opt.load_state_dict({"state": state, "param_groups": groups})
 
 
-def save_checkpoint(path: Path, fingerprint: str, iteration: int, generator: nn.Module, discriminator: nn.Module,
-                    opt_g: torch.optim.Optimizer, opt_d: torch.optim.Optimizer, gen: torch.Generator) -> None:
-    """Everything pre-training needs to go on from ``iteration`` (atomically replacing ``path``)."""
+def save_checkpoint(path: Path, fingerprint: str, iteration: int, networks: dict[str, nn.Module],
+                    optimizers: dict[str, torch.optim.Optimizer], gen: torch.Generator) -> None:
+    """Everything pre-training needs to go on from ``iteration`` (atomically replacing ``path``):
+    each network's state under ``<name>.``, each optimiser's under ``<name>.``, the random states."""
     from safetensors.torch import save
 
-    tensors = {f"generator.{k}": v for k, v in generator.state_dict().items()}
-    tensors.update({f"discriminator.{k}": v for k, v in discriminator.state_dict().items()})
-    g_state, g_groups = _flatten_optimizer(opt_g, "opt_g")
-    d_state, d_groups = _flatten_optimizer(opt_d, "opt_d")
-    tensors.update(g_state)
-    tensors.update(d_state)
+    tensors = {f"{name}.{k}": v for name, net in networks.items() for k, v in net.state_dict().items()}
+    groups = {}
+    for name, opt in optimizers.items():
+        state, groups[name] = _flatten_optimizer(opt, name)
+        tensors.update(state)
     tensors["rng.sampler"] = gen.get_state()
     tensors["rng.torch"] = torch.get_rng_state()
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         tensors["rng.cuda"] = torch.cuda.get_rng_state()
     tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
     meta = {"format": "d3codec-d2m-pretrain", "fingerprint": fingerprint, "iteration": str(iteration),
-            "opt_groups": json.dumps({"g": g_groups, "d": d_groups})}
+            "opt_groups": json.dumps(groups)}
     write_atomic(path, save(tensors, metadata=meta))
 
 
@@ -327,6 +358,8 @@ class D2MEncoder(Encoder):
                      "real_cache_per_class", "embed_width", "teacher_width"):
             if getattr(config, name) < 1:
                 raise ValueError(f"{name} must be at least 1, not {getattr(config, name)}")
+        if config.pretraining not in PRETRAININGS:
+            raise ValueError(f"pretraining must be one of {PRETRAININGS}, not {config.pretraining!r}")
         if config.conditioning not in CONDITIONINGS:
             raise ValueError(f"conditioning must be one of {CONDITIONINGS}, not {config.conditioning!r}")
         if config.temperature <= 0:
@@ -435,21 +468,34 @@ class D2MEncoder(Encoder):
 
     def pretrain(self, generator: ConditionalGenerator, real: RealData, plan: D2MPlan, normalise: Callable, *,
                  device: torch.device, seed: int, progress: bool = True) -> None:
-        """Train ``generator`` in place as a conditional GAN with the hinge loss, resuming from
-        ``self.checkpoint``.
+        """Train ``generator`` in place, resuming from ``self.checkpoint``, as one of:
 
-        Per iteration, a batch of ``pretrain_batch`` real images (uniform over the training set) and
-        as many generated ones with random classes: the discriminator minimises
-        relu(1 − D(x, y)) + relu(1 + D(G(z, y'), y')) and the generator −D(G(z, y'), y'); with
-        ``conditioning="auxiliary"`` (ACGAN) D ignores y and both add aux_weight · cross-entropy of
-        the auxiliary classifier (on real and generated images for D, on generated ones for G).
-        Raises: D3Error when the checkpoint belongs to another run.
+        - ``pretraining="gan"``: a conditional GAN with the hinge loss. Per iteration, a batch of
+          ``pretrain_batch`` real images (uniform over the training set) and as many generated ones
+          with random classes: the discriminator minimises relu(1 − D(x, y)) + relu(1 + D(G(z, y'), y'))
+          and the generator −D(G(z, y'), y'); with ``conditioning="auxiliary"`` (ACGAN) D ignores y
+          and both add aux_weight · cross-entropy of the auxiliary classifier (on real and generated
+          images for D, on generated ones for G).
+        - ``pretraining="vae"``: a conditional VAE (Kingma & Welling 2014; Sohn et al. 2015) with the
+          generator as its decoder and a :class:`PosteriorEncoder` (width ``disc_width``) that is
+          thrown away: per batch of real (x, y), z = μ + σ·ε with (μ, log σ²) = q(x, y), minimise
+          Σ_pixels BCE(G(z, y), x) + kl_weight · KL(N(μ, σ²) ‖ N(0, I)), per image.
+
+        Raises: D3Error when the checkpoint belongs to another run or is damaged.
         """
         cfg, k = self.config, real.num_classes
         gen = torch.Generator().manual_seed(seed * 1_000_003 + 17)
-        discriminator = Discriminator(real.image_shape[0], k, cfg.disc_width, cfg.conditioning).to(device)
-        opt_g = torch.optim.Adam(generator.parameters(), lr=cfg.lr_pretrain, betas=(0.0, 0.9))
-        opt_d = torch.optim.Adam(discriminator.parameters(), lr=cfg.lr_pretrain, betas=(0.0, 0.9))
+        if cfg.pretraining == "gan":
+            partner_name = "discriminator"
+            partner = Discriminator(real.image_shape[0], k, cfg.disc_width, cfg.conditioning).to(device)
+            betas = (0.0, 0.9)
+        else:
+            partner_name = "encoder"
+            partner = PosteriorEncoder(real.image_shape[0], k, cfg.disc_width, plan.noise_dim).to(device)
+            betas = (0.9, 0.999)
+        networks = {"generator": generator, partner_name: partner}
+        optimizers = {f"opt.{name}": torch.optim.Adam(net.parameters(), lr=cfg.lr_pretrain, betas=betas)
+                      for name, net in networks.items()}
         fingerprint, first = self.fingerprint(real, plan, seed), 0
         if self.checkpoint is not None and self.checkpoint.is_file():
             tensors, meta = load_checkpoint(self.checkpoint)
@@ -457,11 +503,11 @@ class D2MEncoder(Encoder):
                 raise D3Error(f"checkpoint {self.checkpoint} was written by a run with other data, sizes, pre-training "
                               "options or seed; delete it, or pass another --checkpoint")
             try:
-                generator.load_state_dict({n[10:]: v for n, v in tensors.items() if n.startswith("generator.")})
-                discriminator.load_state_dict({n[14:]: v for n, v in tensors.items() if n.startswith("discriminator.")})
+                for name, net in networks.items():
+                    net.load_state_dict({n[len(name) + 1:]: v for n, v in tensors.items() if n.startswith(name + ".")})
                 groups = json.loads(meta["opt_groups"])
-                _restore_optimizer(opt_g, tensors, "opt_g", groups["g"])
-                _restore_optimizer(opt_d, tensors, "opt_d", groups["d"])
+                for name, opt in optimizers.items():
+                    _restore_optimizer(opt, tensors, name, groups[name])
                 gen.set_state(tensors["rng.sampler"])
                 torch.set_rng_state(tensors["rng.torch"])
                 if "rng.cuda" in tensors and device.type == "cuda":
@@ -470,43 +516,61 @@ class D2MEncoder(Encoder):
             except (KeyError, ValueError, RuntimeError) as e:
                 raise D3Error(f"checkpoint {self.checkpoint} is damaged ({e}); delete it to pre-train from "
                               "scratch") from None
-        targets = real.train_targets
-        b = cfg.pretrain_batch
-        bar = tqdm(range(first, cfg.pretrain_iterations), desc="D2M pre-training", disable=not progress, unit="it",
-                   initial=first, total=cfg.pretrain_iterations)
+        step = self._gan_step if cfg.pretraining == "gan" else self._vae_step
+        opt_g, opt_partner = optimizers.values()
+        bar = tqdm(range(first, cfg.pretrain_iterations), desc=f"D2M {cfg.pretraining} pre-training",
+                   disable=not progress, unit="it", initial=first, total=cfg.pretrain_iterations)
         for it in bar:
-            pick = torch.randint(len(targets), (b,), generator=gen)
-            x_real = normalise(real.images_at(pick).to(device))  # (B, C, H, W)
-            y_real = targets[pick].to(device)
-            y_fake = torch.randint(k, (b,), generator=gen).to(device)
-            noise = torch.randn(b, plan.noise_dim, generator=gen).to(device)
-
-            fake = normalise(generator(noise, y_fake))  # (B, C, H, W)
-            d_real, c_real = discriminator(x_real, y_real)
-            d_fake, c_fake = discriminator(fake.detach(), y_fake)
-            loss_d = F.relu(1 - d_real).mean() + F.relu(1 + d_fake).mean()
-            if c_real is not None:  # auxiliary classifier
-                loss_d = loss_d + cfg.aux_weight * (F.cross_entropy(c_real, y_real) + F.cross_entropy(c_fake, y_fake))
-            opt_d.zero_grad(set_to_none=True)
-            loss_d.backward()
-            opt_d.step()
-
-            d_fake, c_fake = discriminator(fake, y_fake)
-            loss_g = -d_fake.mean()
-            if c_fake is not None:
-                loss_g = loss_g + cfg.aux_weight * F.cross_entropy(c_fake, y_fake)
-            opt_g.zero_grad(set_to_none=True)
-            loss_g.backward()
-            opt_g.step()
+            pick = torch.randint(len(real.train_targets), (cfg.pretrain_batch,), generator=gen)
+            x_real = real.images_at(pick).to(device)  # (B, C, H, W) in [0, 1]
+            y_real = real.train_targets[pick].to(device)
+            step(generator, partner, opt_g, opt_partner, x_real, y_real, normalise, gen, k)
             done = it + 1
             if self.checkpoint is not None and (done % cfg.checkpoint_every == 0 or done == cfg.pretrain_iterations):
-                save_checkpoint(self.checkpoint, fingerprint, done, generator, discriminator, opt_g, opt_d, gen)
+                save_checkpoint(self.checkpoint, fingerprint, done, networks, optimizers, gen)
+
+    def _gan_step(self, generator, discriminator, opt_g, opt_d, x_real, y_real, normalise, gen, k) -> None:
+        cfg, b, device = self.config, len(x_real), x_real.device
+        y_fake = torch.randint(k, (b,), generator=gen).to(device)
+        noise = torch.randn(b, generator.noise_dim, generator=gen).to(device)
+        fake = normalise(generator(noise, y_fake))  # (B, C, H, W)
+        d_real, c_real = discriminator(normalise(x_real), y_real)
+        d_fake, c_fake = discriminator(fake.detach(), y_fake)
+        loss_d = F.relu(1 - d_real).mean() + F.relu(1 + d_fake).mean()
+        if c_real is not None:  # auxiliary classifier
+            loss_d = loss_d + cfg.aux_weight * (F.cross_entropy(c_real, y_real) + F.cross_entropy(c_fake, y_fake))
+        opt_d.zero_grad(set_to_none=True)
+        loss_d.backward()
+        opt_d.step()
+
+        d_fake, c_fake = discriminator(fake, y_fake)
+        loss_g = -d_fake.mean()
+        if c_fake is not None:
+            loss_g = loss_g + cfg.aux_weight * F.cross_entropy(c_fake, y_fake)
+        opt_g.zero_grad(set_to_none=True)
+        loss_g.backward()
+        opt_g.step()
+
+    def _vae_step(self, generator, encoder, opt_g, opt_e, x_real, y_real, normalise, gen, k) -> None:
+        b = len(x_real)
+        mu, logvar = encoder(normalise(x_real), y_real)  # (B, Z) each
+        noise = torch.randn(mu.shape, generator=gen).to(mu.device)
+        recon = generator(mu + (0.5 * logvar).exp() * noise, y_real)  # (B, C, H, W) in (0, 1)
+        reconstruction = F.binary_cross_entropy(recon.clamp(1e-6, 1 - 1e-6), x_real, reduction="sum") / b
+        kl = -0.5 * (1 + logvar - mu.pow(2) - logvar.exp()).sum() / b
+        loss = reconstruction + self.config.kl_weight * kl
+        opt_g.zero_grad(set_to_none=True)
+        opt_e.zero_grad(set_to_none=True)
+        loss.backward()
+        opt_g.step()
+        opt_e.step()
 
     def finetune(self, generator: ConditionalGenerator, teacher: Teacher | None, real: RealData, normalise: Callable,
                  *, device: torch.device, seed: int, progress: bool = True) -> float | None:
         """Distil: fine-tune all generator parameters (class embeddings included) with Adam on
 
             L = Σ_c embedding_weight · ‖mean φ(A(x_c)) − mean φ(A(G(z, c)))‖²
+                + mmd_weight · MMD²_k(φ(A(G(z, c))), φ(A(x_c)))
                 + task_balance · τ² · KL(mean_i p_T(A(x_c,i)) ‖ mean_j p_T(A(G(z_j, c))))
 
         with φ a ConvNet re-drawn at random every iteration (DM), A one DSA draw per class shared by
@@ -536,7 +600,10 @@ class D2MEncoder(Encoder):
                     synthetic, x_real = dsa.apply(synthetic, params), dsa.apply(x_real, params)
                 with torch.no_grad():
                     f_real = net.embed(x_real)
-                loss = cfg.embedding_weight * mean_embedding_loss(net.embed(synthetic), f_real)
+                f_syn = net.embed(synthetic)  # (m, D)
+                loss = cfg.embedding_weight * mean_embedding_loss(f_syn, f_real)
+                if cfg.mmd_weight > 0:
+                    loss = loss + cfg.mmd_weight * mmd_rbf(f_syn, f_real)
                 if use_teacher:
                     with torch.no_grad():
                         t_real = teacher.net(x_real)[:, teacher.out_index]  # (r, K)
