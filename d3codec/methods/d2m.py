@@ -14,20 +14,26 @@ and what is our choice:
   noise z ~ N(0, I) concatenated with a learned class embedding, a linear layer to a 7×7 map and
   nearest-neighbour upsampling convolutions that halve the channels at each step (DCGAN's shape,
   Radford et al. 2016), GroupNorm rather than batch norm so that a sample does not depend on the
-  batch it is drawn in. Pre-training is a conditional GAN with the hinge loss and a spectrally
-  normalised discriminator (Miyato et al. 2018) for stability on short CPU runs, conditioned by a
-  projection discriminator (Miyato & Koyama 2018) or, as an option, an auxiliary classifier
-  (ACGAN, Odena et al. 2017, which DiM, Wang et al. 2023, also uses). On Fashion-MNIST the
-  auxiliary-classifier generator collapsed to about one image per class, a known weakness of
-  ACGAN; with projection the samples vary within a class and more samples per class pay
-  (benchmarks/d2m-exploration.md), hence the projection default. Prediction matching
+  batch it is drawn in. Pre-training (``pretraining``) is one of two generative models:
+  a conditional GAN (the paper's choice) with the hinge loss and a spectrally normalised
+  discriminator (Miyato et al. 2018) for stability on short CPU runs, conditioned by a projection
+  discriminator (Miyato & Koyama 2018) or, as an option, an auxiliary classifier (ACGAN, Odena et
+  al. 2017, which DiM, Wang et al. 2023, also uses); or a conditional VAE (Kingma & Welling 2014,
+  Sohn et al. 2015) whose decoder is the generator and whose encoder is thrown away. On
+  Fashion-MNIST the auxiliary-classifier generator collapsed to about one image per class, a known
+  weakness of ACGAN; with projection the samples vary within a class, but after the 2000 iterations
+  a CPU affords they are crude and some rows show the wrong garment. The VAE, in about the same
+  time, gives blurred but varied samples of the right class in every row, and students learn far
+  more from them (benchmarks/d2m-exploration.md). Prediction matching
   compares each class's *mean* prediction on real and on generated images (the two batches are not
   paired), with τ² scaling as in knowledge distillation (Hinton et al. 2015). Embedding matching
-  uses siamese DSA, as DM does. The generator is stored as int8 with a float16 scale per output
-  channel (d3codec.weights), its width chosen to fill the budget.
+  uses siamese DSA, as DM does; ``mmd_weight`` adds D3's MMD term (Qin et al. 2024, Eq. 6) on the
+  same features, which matches the spread of each class and not only its mean. The generator is
+  stored as int8 with a float16 scale per output channel (d3codec.weights), its width chosen to
+  fill the budget.
 
-Pre-training checkpoints every ``checkpoint_every`` iterations (generator, discriminator, both
-optimisers and every random state, in safetensors with JSON metadata, never a pickle), so a killed
+Pre-training checkpoints every ``checkpoint_every`` iterations (generator, discriminator or
+encoder, both optimisers and every random state, in safetensors with JSON metadata, never a pickle), so a killed
 run resumes and ends with the same generator as an uninterrupted run of the same seed on CPU.
 
 Archive sections: ``generator`` {<parameter name>: int8 (ndim ≥ 2) with <name>.scale (out,)
@@ -205,8 +211,11 @@ class D2MConfig:
 
 PRESETS = {
     "paper": D2MConfig(),
-    "fast": D2MConfig(pretrain_iterations=2000, disc_width=32, checkpoint_every=200, iterations=200,
-                      synthetic_per_class=32, real_per_class=64, embed_width=64, teacher_epochs=2.0, teacher_width=32),
+    # a CPU affords a few thousand pre-training iterations: the VAE, not the GAN, gives useful samples
+    # in that time, and the MMD term lifts fine-tuning (benchmarks/d2m-exploration.md)
+    "fast": D2MConfig(pretraining="vae", pretrain_iterations=3000, lr_pretrain=1e-3, disc_width=32,
+                      checkpoint_every=200, iterations=600, mmd_weight=1.0, synthetic_per_class=32,
+                      real_per_class=64, embed_width=64, teacher_epochs=2.0, teacher_width=32),
 }
 
 # the fields that decide pre-training: a checkpoint is resumed only by a run that agrees on them
