@@ -108,7 +108,7 @@ def test_d2m_compress_expand_at_any_count_and_eval_with_resampling(tiny_real, im
                "--pretrain-iterations", 3, "--iterations", 1, "--real-per-class", 4, "-o", out, "--device", "cpu", "--quiet"]
     r = run("compress", image_folder, *options)
     assert r.exit_code == 0, r.output
-    assert out.stat().st_size <= 30_000 and "generator upconv-v1 of width" in r.output
+    assert out.stat().st_size <= 30_000 and "generator upconv-v2 of width" in r.output
     assert (tmp_path / "g.d3.pretrain.safetensors").is_file()  # the checkpoint a killed run resumes from
     assert D3Dataset(out).meta["params"]["config"]["pretraining"] == "gan"
     r = run("expand", out, "-o", tmp_path / "png", "--samples-per-class", 5)

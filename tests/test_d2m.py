@@ -30,8 +30,8 @@ def plan(encoder, real, budget, ipc=None):
 
 def test_plan_takes_the_widest_generator_that_fits_and_refuses_with_a_budget_that_works(tiny_real):
     enc = tiny_encoder()
-    small, large = plan(enc, tiny_real, 5_000), plan(enc, tiny_real, 40_000)
-    assert small.max_bytes <= 5_000 and large.max_bytes <= 40_000
+    small, large = plan(enc, tiny_real, 8_000), plan(enc, tiny_real, 40_000)
+    assert small.max_bytes <= 8_000 and large.max_bytes <= 40_000
     assert large.generator_width > small.generator_width
     wider = d2m.GENERATOR_WIDTHS[d2m.GENERATOR_WIDTHS.index(large.generator_width) + 1]
     assert plan(tiny_encoder(generator_width=wider), tiny_real, 10**6).max_bytes > 40_000
@@ -140,19 +140,23 @@ def test_vae_pretraining_learns_to_reconstruct(tiny_real):
 
 
 def test_a_given_generator_is_fine_tuned_without_pretraining(tiny_real, tmp_path):
-    g = ConditionalGenerator(3, 6, 5, 12, (1, 16, 16))
+    g = ConditionalGenerator(3, 6, 5, 12, (1, 16, 16), "upconv-v1")  # not the default: the file names it
     save_generator(tmp_path / "g.safetensors", g)
     given = load_generator(tmp_path / "g.safetensors", 3, (1, 16, 16))
-    assert (given.noise_dim, given.embed_dim, given.width) == (6, 5, 12)
+    assert (given.architecture, given.noise_dim, given.embed_dim, given.width) == ("upconv-v1", 6, 5, 12)
     enc = tiny_encoder(generator=given, iterations=0)
     out = tmp_path / "f.d3"
     compress(tiny_real, out, encoder=enc, budget=20_000, progress=False)
     params = D3Dataset(out).meta["params"]
-    assert (params["noise_dim"], params["embed_dim"], params["generator_width"]) == (6, 5, 12)
+    assert (params["architecture"], params["noise_dim"], params["embed_dim"], params["generator_width"]) == (
+        "upconv-v1", 6, 5, 12)
     with D3Reader(out) as r:  # no fine-tuning: the stored weights are the given ones, int8-rounded
         fc = r.read_tensors("generator")
     scale = fc["fc.weight.scale"].float().view(-1, 1)
     assert torch.allclose(fc["fc.weight"].float() * scale, g.fc.weight, atol=float(scale.max()) / 2 + 1e-6)
+    # a pre-training checkpoint does not name its architecture: the shapes decide
+    d2m.save_checkpoint(tmp_path / "c.ckpt", "f", 1, {"generator": g}, {}, torch.Generator())
+    assert load_generator(tmp_path / "c.ckpt", 3, (1, 16, 16)).architecture == "upconv-v1"
     with pytest.raises(D3Error, match="4 classes"):
         load_generator(tmp_path / "g.safetensors", 4, (1, 16, 16))
     with pytest.raises(D3Error, match="do not fit"):
@@ -177,13 +181,28 @@ def archive_with(tensors, params):
 
 
 def good_params():
-    return {"architecture": "upconv-v1", "noise_dim": 3, "embed_dim": 2, "generator_width": 8,
+    return {"architecture": "upconv-v2", "noise_dim": 3, "embed_dim": 2, "generator_width": 8,
             "weight_dtype": "float16", "samples_per_class": 4}
 
 
-def good_tensors():
-    g = ConditionalGenerator(2, 3, 2, 8, (1, 8, 8))
+def good_tensors(architecture="upconv-v2"):
+    g = ConditionalGenerator(2, 3, 2, 8, (1, 8, 8), architecture)
     return {k: v.detach().half().contiguous() for k, v in g.state_dict().items()}
+
+
+@pytest.mark.parametrize("architecture", list(d2m.GENERATORS))
+def test_every_registered_architecture_expands_to_its_generators_images(architecture):
+    tensors = good_tensors(architecture)
+    g = ConditionalGenerator(2, 3, 2, 8, (1, 8, 8), architecture)
+    g.load_state_dict({k: v.float() for k, v in tensors.items()})
+    ds = D3Dataset(archive_with(tensors, {**good_params(), "architecture": architecture}), samples_per_class=5, seed=3)
+    noise = torch.randn(2, 5, 3, generator=torch.Generator().manual_seed(3)).view(10, 3)  # as load_sampler draws
+    with torch.no_grad():
+        expected = g(noise, torch.arange(2).repeat_interleave(5))
+    assert torch.allclose(ds.images, expected, atol=1e-6)
+    other = next(a for a in d2m.GENERATORS if a != architecture)  # the name decides the layers
+    with pytest.raises(D3FormatError):
+        D3Dataset(archive_with(tensors, {**good_params(), "architecture": other}))
 
 
 @pytest.mark.parametrize("change", [

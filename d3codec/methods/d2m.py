@@ -10,10 +10,10 @@ and what is our choice:
   images of each class through randomly re-drawn networks, as DM (Zhao & Bilen 2023, Eq. 4), and
   (ii) *prediction matching*: the KL divergence between a teacher's predictions on real and on
   generated images at temperature τ ≈ 4, weighted by ``task_balance``.
-- **Our choices.** The generator, :class:`ConditionalGenerator` (registry name ``upconv-v1``):
-  noise z ~ N(0, I) concatenated with a learned class embedding, a linear layer to a 7×7 map and
-  nearest-neighbour upsampling convolutions that halve the channels at each step (DCGAN's shape,
-  Radford et al. 2016), GroupNorm rather than batch norm so that a sample does not depend on the
+- **Our choices.** The generator, :class:`ConditionalGenerator` (registry name ``upconv-v2``):
+  noise z ~ N(0, I) concatenated with a learned class embedding, a linear layer to a 7×7 map, a
+  convolution that widens it fourfold, and nearest-neighbour upsampling convolutions that halve the
+  channels at each step (DCGAN's shape, Radford et al. 2016), GroupNorm rather than batch norm so that a sample does not depend on the
   batch it is drawn in. Pre-training (``pretraining``) is one of two generative models:
   a conditional GAN (the paper's choice) with the hinge loss and a spectrally normalised
   discriminator (Miyato et al. 2018) for stability on short CPU runs, conditioned by a projection
@@ -68,27 +68,37 @@ from ..teacher import Teacher, train_teacher
 from ..weights import WEIGHT_DTYPES, dequantise_state, quantise_state, read_safetensors_file
 from .base import DatasetSpec, Encoded, Encoder, preset_config
 
-GENERATOR_WIDTHS = (8, 12, 16, 24, 32, 48, 64, 80, 96, 128, 160, 192, 256, 320, 384, 512)
+GENERATOR_WIDTHS = (4, 6, 8, 12, 16, 20, 24, 28, 32, 36, 40, 48, 56, 64, 80, 96, 128, 160, 192, 256, 320, 384, 512)
+# the registry of generator architectures an archive may name: name → options of ConditionalGenerator
+GENERATORS: dict[str, dict[str, int]] = {"upconv-v1": {"stem": 0}, "upconv-v2": {"stem": 4}}
+ARCHITECTURE = "upconv-v2"  # what new archives use; every name in GENERATORS stays readable
 
 
 class ConditionalGenerator(nn.Module):
     """(noise (N, Z) float32, labels (N,) int64) → images (N, C, H, W) float32 in [0, 1].
 
     h = [z ; embedding[labels]] (N, Z + E) → Linear → LeakyReLU(0.2) → (N, width, h0, w0) →
+    [``stem`` > 0: Conv 3×3 to stem·width channels → GroupNorm → LeakyReLU(0.2)] →
     ``upsamples`` × [nearest ×2 → Conv 3×3 (channels halve, at least 4) → GroupNorm → LeakyReLU(0.2)]
     → Conv 3×3 → sigmoid, cropped to H×W; h0 = ⌈H / 2^upsamples⌉ (4 to 7); the GroupNorms have
-    gcd(4, channels) groups.
+    gcd(4, channels) groups. ``architecture`` is a name in GENERATORS: ``upconv-v1`` has no stem
+    (DCGAN's shape, Radford et al. 2016); ``upconv-v2`` has stem 4, which moves parameters from the
+    linear layer into convolutions (benchmarks/d2m-exploration.md).
     """
 
     def __init__(self, num_classes: int, noise_dim: int, embed_dim: int, width: int,
-                 image_shape: tuple[int, int, int]):
+                 image_shape: tuple[int, int, int], architecture: str = ARCHITECTURE):
         super().__init__()
-        c = image_shape[0]
-        self.image_shape, self.noise_dim, self.width = tuple(image_shape), noise_dim, width
+        c, stem = image_shape[0], GENERATORS[architecture]["stem"]
+        self.architecture, self.image_shape, self.noise_dim, self.width = architecture, tuple(image_shape), noise_dim, width
         self.upsamples, self.h0, self.w0 = upsampling_geometry(image_shape)
         self.embedding = nn.Embedding(num_classes, embed_dim)
         self.fc = nn.Linear(noise_dim + embed_dim, width * self.h0 * self.w0)
         blocks, channels = [], width
+        if stem > 0:
+            channels = stem * width
+            blocks += [nn.Conv2d(width, channels, 3, padding=1), nn.GroupNorm(math.gcd(4, channels), channels),
+                       nn.LeakyReLU(0.2)]
         for _ in range(self.upsamples):
             out = max(4, channels // 2)
             blocks += [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(channels, out, 3, padding=1),
@@ -101,11 +111,8 @@ class ConditionalGenerator(nn.Module):
         c, h, w = self.image_shape
         x = torch.cat([noise, self.embedding(labels)], 1)  # (N, Z + E)
         x = F.leaky_relu(self.fc(x), 0.2).view(-1, self.width, self.h0, self.w0)  # (N, width, h0, w0)
-        x = self.blocks(x)  # (N, width / 2^u, h0·2^u, w0·2^u)
+        x = self.blocks(x)  # (N, max(4, stem·width / 2^u), h0·2^u, w0·2^u)
         return torch.sigmoid(self.out(x))[:, :, :h, :w]  # (N, C, H, W)
-
-
-GENERATORS: dict[str, type[nn.Module]] = {"upconv-v1": ConditionalGenerator}
 
 
 class Discriminator(nn.Module):
@@ -207,14 +214,15 @@ class D2MConfig:
     max_generator_width: int | None = None
     weight_dtype: str = "int8"
     samples_per_class: int | None = None
+    architecture: str = ARCHITECTURE
 
 
 PRESETS = {
     "paper": D2MConfig(),
     # a CPU affords a few thousand pre-training iterations: the VAE, not the GAN, gives useful samples
-    # in that time, and the MMD term lifts fine-tuning (benchmarks/d2m-exploration.md)
+    # in that time; the MMD term and a rate of 5e-4 lift fine-tuning (benchmarks/d2m-exploration.md)
     "fast": D2MConfig(pretraining="vae", pretrain_iterations=3000, lr_pretrain=1e-3, disc_width=32,
-                      checkpoint_every=200, iterations=600, mmd_weight=1.0, synthetic_per_class=32,
+                      checkpoint_every=200, iterations=600, lr_finetune=5e-4, mmd_weight=1.0, synthetic_per_class=32,
                       real_per_class=64, embed_width=64, teacher_epochs=2.0, teacher_width=32),
 }
 
@@ -237,17 +245,17 @@ class D2MPlan:
     budget: int
 
 
-def generator_shapes(num_classes: int, noise_dim: int, embed_dim: int, width: int,
+def generator_shapes(architecture: str, num_classes: int, noise_dim: int, embed_dim: int, width: int,
                      image_shape: tuple[int, int, int]) -> dict[str, tuple[int, ...]]:
     """The generator's parameter shapes, computed without allocating them (meta device)."""
     with torch.device("meta"):
-        g = ConditionalGenerator(num_classes, noise_dim, embed_dim, width, image_shape)
+        g = ConditionalGenerator(num_classes, noise_dim, embed_dim, width, image_shape, architecture)
         return {k: tuple(v.shape) for k, v in g.state_dict().items()}
 
 
 def build_generator(plan: D2MPlan, num_classes: int, image_shape: tuple[int, int, int]) -> ConditionalGenerator:
-    return GENERATORS[plan.architecture](num_classes, plan.noise_dim, plan.embed_dim, plan.generator_width,
-                                         image_shape)
+    return ConditionalGenerator(num_classes, plan.noise_dim, plan.embed_dim, plan.generator_width, image_shape,
+                                plan.architecture)
 
 
 # ---- pre-training checkpoints: safetensors tensors + JSON metadata, written atomically ------------------------------
@@ -296,11 +304,12 @@ def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]
     return tensors, meta
 
 
-def save_generator(path: str | os.PathLike, generator: ConditionalGenerator, architecture: str = "upconv-v1") -> None:
-    """Write a generator's float32 weights as safetensors (for ``--generator``), its sizes in the header."""
+def save_generator(path: str | os.PathLike, generator: ConditionalGenerator) -> None:
+    """Write a generator's float32 weights as safetensors (for ``--generator``), its architecture and
+    sizes in the header."""
     from safetensors.torch import save
 
-    meta = {"architecture": architecture, "noise_dim": str(generator.noise_dim),
+    meta = {"architecture": generator.architecture, "noise_dim": str(generator.noise_dim),
             "embed_dim": str(generator.embedding.embedding_dim), "width": str(generator.width),
             "num_classes": str(generator.embedding.num_embeddings),
             "image_shape": ",".join(map(str, generator.image_shape))}
@@ -330,19 +339,23 @@ def load_generator(path: str | os.PathLike, num_classes: int, image_shape: tuple
     emb, fc = state.get("embedding.weight"), state.get("fc.weight")
     if emb is None or fc is None or emb.dim() != 2 or fc.dim() != 2:
         raise D3Error(f"--generator {path}: expected a d2m generator (embedding.weight, fc.weight, ...)")
-    architecture = meta.get("architecture") or "upconv-v1"
-    if architecture not in GENERATORS:
-        raise D3Error(f"--generator {path}: unknown architecture {architecture!r}; known: {', '.join(GENERATORS)}")
+    stated = meta.get("architecture")
+    if stated is not None and stated not in GENERATORS:
+        raise D3Error(f"--generator {path}: unknown architecture {stated!r}; known: {', '.join(GENERATORS)}")
     k, e = emb.shape
     z = fc.shape[1] - e
     _, h0, w0 = upsampling_geometry(image_shape)
     width = fc.shape[0] // (h0 * w0)
     if k != num_classes:
         raise D3Error(f"--generator {path}: it has {k} class embeddings, the dataset has {num_classes} classes")
-    expected = generator_shapes(num_classes, z, e, width, image_shape) if z > 0 and width > 0 else {}
-    if {n: tuple(v.shape) for n, v in state.items()} != expected:
-        raise D3Error(f"--generator {path}: its tensors do not fit an {architecture} generator for images "
-                      f"{tuple(image_shape)}")
+    shapes = {n: tuple(v.shape) for n, v in state.items()}
+    # a file that does not name its architecture (a pre-training checkpoint) is matched by its shapes
+    fits = [a for a in ([stated] if stated else GENERATORS)
+            if z > 0 and width > 0 and generator_shapes(a, num_classes, z, e, width, image_shape) == shapes]
+    if not fits:
+        raise D3Error(f"--generator {path}: its tensors do not fit {'an ' + stated if stated else 'any'} generator "
+                      f"for images {tuple(image_shape)}")
+    architecture = fits[0]
     return PretrainedGenerator(architecture, z, e, width, {n: v.float() for n, v in state.items()})
 
 
@@ -367,6 +380,8 @@ class D2MEncoder(Encoder):
                      "real_cache_per_class", "embed_width", "teacher_width"):
             if getattr(config, name) < 1:
                 raise ValueError(f"{name} must be at least 1, not {getattr(config, name)}")
+        if config.architecture not in GENERATORS:
+            raise ValueError(f"architecture must be one of {tuple(GENERATORS)}, not {config.architecture!r}")
         if config.pretraining not in PRETRAININGS:
             raise ValueError(f"pretraining must be one of {PRETRAININGS}, not {config.pretraining!r}")
         if config.conditioning not in CONDITIONINGS:
@@ -381,8 +396,8 @@ class D2MEncoder(Encoder):
                      generator: PretrainedGenerator | None = None, checkpoint=None, **overrides) -> "D2MEncoder":
         return cls(preset_config(PRESETS, preset, overrides), teacher, generator, checkpoint)
 
-    def method_meta(self, plan: D2MPlan | None, z: int, e: int, width: int, samples: int, stats: dict) -> dict:
-        return {"architecture": plan.architecture if plan else "upconv-v1", "noise_dim": z, "embed_dim": e,
+    def method_meta(self, architecture: str, z: int, e: int, width: int, samples: int, stats: dict) -> dict:
+        return {"architecture": architecture, "noise_dim": z, "embed_dim": e,
                 "generator_width": width, "weight_dtype": self.config.weight_dtype, "samples_per_class": samples,
                 "stats": stats, "config": asdict(self.config)}
 
@@ -400,6 +415,7 @@ class D2MEncoder(Encoder):
         cfg, k, shape = self.config, spec.num_classes, spec.image_shape
         side = max(shape[1:])
         given = self.generator
+        architecture = given.architecture if given else cfg.architecture
         z = given.noise_dim if given else cfg.noise_dim or (32 if side <= 32 else 64)
         e = given.embed_dim if given else cfg.embed_dim or (32 if side <= 32 else 64)
         ipc = (meta_for({}).get("budget") or {}).get("ipc")
@@ -407,9 +423,9 @@ class D2MEncoder(Encoder):
         stats = {"pretrain_seconds": 0.0, "finetune_seconds": 0.0, "teacher_accuracy": 0.0, "final_loss": 0.0}
 
         def bound(width: int) -> int:
-            shapes = generator_shapes(k, z, e, width, shape)
+            shapes = generator_shapes(architecture, k, z, e, width, shape)
             state = quantise_state({n: torch.zeros(s) for n, s in shapes.items()}, "", cfg.weight_dtype)
-            sections = [Section.json("meta", meta_for(self.method_meta(None, z, e, width, samples, stats))),
+            sections = [Section.json("meta", meta_for(self.method_meta(architecture, z, e, width, samples, stats))),
                         Section.tensors("generator", state)]
             return archive_bound(sections, META_RESERVE_BYTES)
 
@@ -430,7 +446,7 @@ class D2MEncoder(Encoder):
                                     f"{GENERATOR_WIDTHS[0]}); the smallest budget that works is {smallest} bytes "
                                     f"(--budget {smallest})", min_budget=smallest)
             width, needed = fitting[-1], bounds[fitting[-1]]
-        return D2MPlan("upconv-v1", z, e, width, cfg.weight_dtype, samples, needed, budget)
+        return D2MPlan(architecture, z, e, width, cfg.weight_dtype, samples, needed, budget)
 
     def fingerprint(self, real: RealData, plan: D2MPlan, seed: int) -> str:
         """What pre-training depends on, hashed: the data's name, classes and shape, the generator's
@@ -471,7 +487,7 @@ class D2MEncoder(Encoder):
         if teacher_acc is not None:
             stats["teacher_accuracy"] = round(teacher_acc, 4)
         state = quantise_state({n: v.cpu() for n, v in generator.state_dict().items()}, "", cfg.weight_dtype)
-        meta = self.method_meta(plan, plan.noise_dim, plan.embed_dim, plan.generator_width, plan.samples_per_class,
+        meta = self.method_meta(plan.architecture, plan.noise_dim, plan.embed_dim, plan.generator_width, plan.samples_per_class,
                                 {k_: v for k_, v in stats.items() if k_ != "distill_seconds"})
         return Encoded([Section.tensors("generator", state)], meta, stats)
 
@@ -657,8 +673,8 @@ def load_sampler(reader, meta: dict, device: torch.device | str = "cpu", batch_s
     ds = meta["dataset"]
     k, shape = len(ds["classes"]), tuple(ds["image_shape"])
     architecture, z, e, width, dtype, default = read_params(meta)
-    shapes = generator_shapes(k, z, e, width, shape)
-    generator = GENERATORS[architecture](k, z, e, width, shape)
+    shapes = generator_shapes(architecture, k, z, e, width, shape)
+    generator = ConditionalGenerator(k, z, e, width, shape, architecture)
     generator.load_state_dict(dequantise_state(reader.read_tensors("generator"), "", shapes, dtype, "generator"))
     generator.to(device).eval()
 
