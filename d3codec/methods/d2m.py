@@ -13,8 +13,8 @@ and what is our choice:
 - **Our choices.** The generator, :class:`ConditionalGenerator` (registry name ``upconv-v2``):
   noise z ~ N(0, I) concatenated with a learned class embedding, a linear layer to a 7×7 map, a
   convolution that widens it fourfold, and nearest-neighbour upsampling convolutions that halve the
-  channels at each step (DCGAN's shape, Radford et al. 2016), GroupNorm rather than batch norm so that a sample does not depend on the
-  batch it is drawn in. Pre-training (``pretraining``) is one of two generative models:
+  channels at each step (DCGAN's shape, Radford et al. 2016), GroupNorm rather than batch norm so
+  that a sample does not depend on the batch it is drawn in. Pre-training (``pretraining``) is one of two generative models:
   a conditional GAN (the paper's choice) with the hinge loss and a spectrally normalised
   discriminator (Miyato et al. 2018) for stability on short CPU runs, conditioned by a projection
   discriminator (Miyato & Koyama 2018) or, as an option, an auxiliary classifier (ACGAN, Odena et
@@ -90,7 +90,8 @@ class ConditionalGenerator(nn.Module):
                  image_shape: tuple[int, int, int], architecture: str = ARCHITECTURE):
         super().__init__()
         c, stem = image_shape[0], GENERATORS[architecture]["stem"]
-        self.architecture, self.image_shape, self.noise_dim, self.width = architecture, tuple(image_shape), noise_dim, width
+        self.architecture, self.image_shape = architecture, tuple(image_shape)
+        self.noise_dim, self.width = noise_dim, width
         self.upsamples, self.h0, self.w0 = upsampling_geometry(image_shape)
         self.embedding = nn.Embedding(num_classes, embed_dim)
         self.fc = nn.Linear(noise_dim + embed_dim, width * self.h0 * self.w0)
@@ -487,8 +488,8 @@ class D2MEncoder(Encoder):
         if teacher_acc is not None:
             stats["teacher_accuracy"] = round(teacher_acc, 4)
         state = quantise_state({n: v.cpu() for n, v in generator.state_dict().items()}, "", cfg.weight_dtype)
-        meta = self.method_meta(plan.architecture, plan.noise_dim, plan.embed_dim, plan.generator_width, plan.samples_per_class,
-                                {k_: v for k_, v in stats.items() if k_ != "distill_seconds"})
+        meta = self.method_meta(plan.architecture, plan.noise_dim, plan.embed_dim, plan.generator_width,
+                                plan.samples_per_class, {k_: v for k_, v in stats.items() if k_ != "distill_seconds"})
         return Encoded([Section.tensors("generator", state)], meta, stats)
 
     def pretrain(self, generator: ConditionalGenerator, real: RealData, plan: D2MPlan, normalise: Callable, *,
