@@ -14,8 +14,8 @@ and what is our choice:
   noise z ~ N(0, I) concatenated with a learned class embedding, a linear layer to a 7×7 map, a
   convolution that widens it fourfold, and nearest-neighbour upsampling convolutions that halve the
   channels at each step (DCGAN's shape, Radford et al. 2016), GroupNorm rather than batch norm so
-  that a sample does not depend on the batch it is drawn in. Pre-training (``pretraining``) is one of two generative models:
-  a conditional GAN (the paper's choice) with the hinge loss and a spectrally normalised
+  that a sample does not depend on the batch it is drawn in. Pre-training (``pretraining``) is one
+  of two generative models: a conditional GAN (the paper's choice) with the hinge loss and a spectrally normalised
   discriminator (Miyato et al. 2018) for stability on short CPU runs, conditioned by a projection
   discriminator (Miyato & Koyama 2018) or, as an option, an auxiliary classifier (ACGAN, Odena et
   al. 2017, which DiM, Wang et al. 2023, also uses); or a conditional VAE (Kingma & Welling 2014,
@@ -351,8 +351,8 @@ def load_generator(path: str | os.PathLike, num_classes: int, image_shape: tuple
         raise D3Error(f"--generator {path}: it has {k} class embeddings, the dataset has {num_classes} classes")
     shapes = {n: tuple(v.shape) for n, v in state.items()}
     # a file that does not name its architecture (a pre-training checkpoint) is matched by its shapes
-    fits = [a for a in ([stated] if stated else GENERATORS)
-            if z > 0 and width > 0 and generator_shapes(a, num_classes, z, e, width, image_shape) == shapes]
+    candidates = ([stated] if stated else list(GENERATORS)) if z > 0 and width > 0 else []
+    fits = [a for a in candidates if generator_shapes(a, num_classes, z, e, width, image_shape) == shapes]
     if not fits:
         raise D3Error(f"--generator {path}: its tensors do not fit {'an ' + stated if stated else 'any'} generator "
                       f"for images {tuple(image_shape)}")
@@ -674,9 +674,11 @@ def load_sampler(reader, meta: dict, device: torch.device | str = "cpu", batch_s
     ds = meta["dataset"]
     k, shape = len(ds["classes"]), tuple(ds["image_shape"])
     architecture, z, e, width, dtype, default = read_params(meta)
-    shapes = generator_shapes(architecture, k, z, e, width, shape)
-    generator = ConditionalGenerator(k, z, e, width, shape, architecture)
-    generator.load_state_dict(dequantise_state(reader.read_tensors("generator"), "", shapes, dtype, "generator"))
+    with torch.device("meta"):  # no memory until the stored tensors are checked against the shapes
+        generator = ConditionalGenerator(k, z, e, width, shape, architecture)
+    shapes = {n: tuple(v.shape) for n, v in generator.state_dict().items()}
+    state = dequantise_state(reader.read_tensors("generator"), "", shapes, dtype, "generator")
+    generator.load_state_dict(state, assign=True)
     generator.to(device).eval()
 
     @torch.no_grad()

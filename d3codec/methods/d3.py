@@ -557,9 +557,11 @@ def load_sampler(reader, meta: dict, device: torch.device | str = "cpu", batch_s
     for index, (g, e) in enumerate(zip(groups, entries)):
         k, p, z = g.num_classes, g.priors_per_class, g.latent_dim
         mu, logvar = dequantise_priors(priors_t, f"g{index}.", (k, p, z), e.get("prior_dtype", "float16"))
-        shapes = decoder_shapes(z, shape, g.decoder_width)
-        decoder = Decoder(z, shape, g.decoder_width)
-        decoder.load_state_dict(dequantise_state(decoder_t, f"g{index}.", shapes, e["decoder_dtype"], "decoder"))
+        with torch.device("meta"):  # no memory until the stored tensors are checked against the shapes
+            decoder = Decoder(z, shape, g.decoder_width)
+        shapes = {n: tuple(v.shape) for n, v in decoder.state_dict().items()}
+        state = dequantise_state(decoder_t, f"g{index}.", shapes, e["decoder_dtype"], "decoder")
+        decoder.load_state_dict(state, assign=True)
         decoder.to(device).eval()
         lab = None
         if labels_t is not None:
