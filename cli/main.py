@@ -6,6 +6,7 @@ A thin layer over the library: each command parses options, calls d3codec, and p
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -28,9 +29,18 @@ def main() -> None:
 @click.argument("dataset")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Archive to write (.d3).")
 @click.option("--method", type=click.Choice(["pixel", "d3", "d2m"]), default="pixel", show_default=True,
-              help="pixel: learn the images (DM); d3: per-class priors, a decoder and soft labels.")
-@click.option("--objective", type=click.Choice(["dm"]), default="dm", show_default=True,
-              help="Pixel objective: dm (distribution matching).")
+              help="pixel: learn the images (DM or BPTT); d3: per-class priors, a decoder and soft labels; d2m: a "
+              "class-conditional generator.")
+@click.option("--objective", type=click.Choice(["dm", "bptt"]), default="dm", show_default=True,
+              help="Pixel objective: dm (distribution matching) or bptt (Wang et al. 2018: images and step sizes "
+              "learned through unrolled training; the archive carries the schedule).")
+@click.option("--init", "init_mode", type=click.Choice(["fixed", "random"]),
+              help="bptt: one stored initialisation θ₀ (counted in the budget) or a fresh one every step "
+              "(default fixed).")
+@click.option("--network", type=click.Choice(["lenet", "convnet3"]), help="bptt: the unrolled network (default lenet).")
+@click.option("--inner-steps", type=int, help="bptt: GD steps an epoch, each on its own share of the images "
+              "(default: up to 10, dividing the images per class).")
+@click.option("--inner-epochs", type=int, help="bptt: passes over the steps (default 3).")
 @click.option("--ipc", type=float, help="Budget as N float32 images per class: N·K·C·H·W·4 bytes.")
 @click.option("--budget", type=int, help="Budget in bytes; the whole file counts.")
 @click.option("--preset", type=click.Choice(["fast", "paper"]), default="fast", show_default=True,
@@ -65,7 +75,7 @@ def main() -> None:
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, ...")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def compress(dataset, output, method, objective, ipc, budget, preset, iterations, real_per_class, storage_dtype,
+def compress(dataset, output, method, objective, init_mode, network, inner_steps, inner_epochs, ipc, budget, preset, iterations, real_per_class, storage_dtype,
              images_per_class, subtasks, workers, teacher, latent_dim, priors_per_class, decoder_width, decoder_dtype,
              prior_dtype, soft_labels, generator, checkpoint, pretraining, pretrain_iterations, task_balance, generator_width,
              data_root, resolution, seed, device, quiet):
@@ -89,6 +99,12 @@ def compress(dataset, output, method, objective, ipc, budget, preset, iterations
                 "pixel": {"--images-per-class": images_per_class}}
         hints = {"--images-per-class": {"d3": "; use --priors-per-class", "d2m": "; d2m archives draw any count "
                                         "at expansion (--samples-per-class)"}}
+        given = [k for k, v in {"--init": init_mode, "--network": network, "--inner-steps": inner_steps,
+                                "--inner-epochs": inner_epochs}.items() if v is not None]
+        if given and (method, objective) != ("pixel", "bptt"):
+            raise click.UsageError(f"{', '.join(given)} apply to --method pixel --objective bptt")
+        if objective != "dm" and method != "pixel":
+            raise click.UsageError("--objective applies to --method pixel")
         for owner, options in only.items():
             given = [k for k, v in options.items() if v is not None]
             if given and method != owner:
@@ -98,7 +114,14 @@ def compress(dataset, output, method, objective, ipc, budget, preset, iterations
             raise click.UsageError("--teacher applies to --method d3 and d2m")
         dev = join_process_group(resolve_device(device))
         real = load_dataset(dataset, data_root, resolution)
-        if method == "pixel":
+        if method == "pixel" and objective == "bptt":
+            from d3codec.methods.bptt import BPTTEncoder
+
+            encoder = BPTTEncoder.from_options(preset, iterations=iterations, real_per_class=real_per_class,
+                                               storage_dtype=storage_dtype, images_per_class=images_per_class,
+                                               init=init_mode, network=network, inner_steps=inner_steps,
+                                               inner_epochs=inner_epochs)
+        elif method == "pixel":
             from d3codec.methods.pixel import PixelEncoder
 
             encoder = PixelEncoder.from_options(preset, iterations=iterations, real_per_class=real_per_class,
@@ -146,6 +169,9 @@ def compress(dataset, output, method, objective, ipc, budget, preset, iterations
 
 
 def describe_plan(plan) -> str:
+    if hasattr(plan, "inner_steps"):
+        return (f"{plan.images_per_class} {plan.storage_dtype} images per class, {plan.inner_steps} steps × "
+                f"{plan.inner_epochs} epochs")
     if hasattr(plan, "images_per_class"):
         return f"{plan.images_per_class} {plan.storage_dtype} images per class"
     if hasattr(plan, "generator_width"):
@@ -259,8 +285,12 @@ def expand(archive, output, fmt, grid, samples_per_class, sample_seed, device):
 @click.option("--sample-seed", type=int, default=0, show_default=True, help="d3 and d2m archives: seed of the draw.")
 @click.option("--resample-every-epoch", is_flag=True,
               help="d3 and d2m archives: fresh samples for every student epoch (DiM), same count per class.")
+@click.option("--training", type=click.Choice(["auto", "replay", "standard", "both"]), default="auto",
+              show_default=True, help="replay: train by the archive's own schedule (bptt archives: its network, "
+              "learned step sizes and θ₀); standard: the protocol above (--model, --epochs); auto: replay where "
+              "the archive has a schedule; both: a row each.")
 def evaluate_cmd(archive, model, epochs, runs, baseline, dataset, data_root, seed, device, json_out, samples_per_class,
-                 sample_seed, resample_every_epoch):
+                 sample_seed, resample_every_epoch, training):
     """Train fresh students on ARCHIVE and report final test accuracy, bytes and training time."""
     from d3codec import D3Dataset
     from d3codec.data import load_dataset
@@ -290,8 +320,27 @@ def evaluate_cmd(archive, model, epochs, runs, baseline, dataset, data_root, see
             def resample(run: int, epoch: int):
                 images, labels, soft = ds.draw(n, seed=sample_seed + 100_003 * (run + 1) + epoch)
                 return images, (soft if soft is not None and ds.soft_labels is not None else labels)
-        results = [evaluate(f"archive ({ds.meta['method']})", ds.images, targets, real, runs, config, seed, dev,
-                            test, file_bytes, log, resample)]
+        if training == "auto":
+            training = "replay" if ds.schedule is not None else "standard"
+        if training in ("replay", "both") and ds.schedule is None:
+            raise ValueError("this archive carries no training schedule (only pixel --objective bptt archives do); "
+                             "use --training standard")
+        results = []
+        if training in ("replay", "both"):
+            sched = ds.schedule
+            note = "stored θ₀: every run is the same" if sched.init == "fixed" else "a fresh θ₀ per run"
+            results.append(evaluate(f"archive ({ds.meta['method']}, replayed {sched.network} schedule of "
+                                    f"{sched.steps}×{sched.epochs} steps, {note})", ds.images, ds.labels, real, runs,
+                                    config, seed, dev, test, file_bytes, log, schedule=sched))
+        if training in ("standard", "both"):
+            results.append(evaluate(f"archive ({ds.meta['method']})", ds.images, targets, real, runs, config, seed,
+                                    dev, test, file_bytes, log, resample))
+        if baseline == "random-real" and ds.schedule is not None:  # the paper's baseline: as many real images
+            n = len(ds) // len(ds.classes)
+            x, y, _ = random_real_subset(real, n * len(ds.classes) * math.prod(ds.image_shape) * 4,
+                                         "float32", seed)
+            results.append(evaluate(f"random real (same count, {n} per class)", x, y, real, runs, config, seed, dev,
+                                    test, None, log))
         if baseline == "random-real":
             budget = ds.meta.get("budget", {}).get("bytes") or file_bytes
             for storage in ("float32", "png"):
@@ -300,7 +349,8 @@ def evaluate_cmd(archive, model, epochs, runs, baseline, dataset, data_root, see
                                         log))
     except (D3Error, ValueError, OSError) as e:
         _fail(e)
-    click.echo(f"{model}, {epochs} epochs, {runs} runs, device {dev}; final-epoch test accuracy on {real.name}:")
+    click.echo(f"{model}, {epochs} epochs (standard rows), {runs} runs, device {dev}; final-epoch test accuracy "
+               f"on {real.name}:")
     for r in results:
         click.echo("  " + r.summary())
     if json_out:

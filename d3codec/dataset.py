@@ -8,6 +8,7 @@ from typing import Callable
 from torch.utils.data import Dataset
 
 from .archive import open_archive
+from .errors import D3FormatError
 
 
 class D3Dataset(Dataset):
@@ -31,7 +32,9 @@ class D3Dataset(Dataset):
     Attributes:
         classes (list[str]), class_to_idx (dict[str, int]), mean / std (tuples, the archive's
         normalisation), image_shape ((C, H, W)), meta (dict, the archive's metadata),
-        images ((N, C, H, W) float32), labels ((N,) int64).
+        images ((N, C, H, W) float32), labels ((N,) int64), schedule (a
+        d3codec.schedule.TrainingSchedule for archives distilled for one: pixel objective bptt; else
+        None): train on those images by ``ds.schedule.replay(ds.images, ds.labels, ...)``.
     Raises: D3FormatError for a malformed archive; ValueError for a bad ``targets`` or sampling
         options given for an archive of stored images.
     """
@@ -39,7 +42,8 @@ class D3Dataset(Dataset):
     def __init__(self, path: str | os.PathLike | bytes, transform: Callable | None = None,
                  target_transform: Callable | None = None, targets: str = "auto",
                  samples_per_class: int | None = None, seed: int = 0, device: str = "cpu"):
-        from .methods import DECODERS, SAMPLERS
+        from .methods import DECODERS, SAMPLERS, SCHEDULES
+        from .schedule import step_batches
 
         if targets not in ("auto", "hard", "soft"):
             raise ValueError(f"targets must be 'auto', 'hard' or 'soft', not {targets!r}")
@@ -54,6 +58,13 @@ class D3Dataset(Dataset):
                                  f"this {meta['method']} archive stores its images")
             else:
                 self.images, self.labels, soft = DECODERS[meta["method"]](reader, meta)
+            read_schedule = SCHEDULES.get(meta["method"])
+            self.schedule = read_schedule(reader, meta) if read_schedule else None
+        if self.schedule is not None:
+            try:
+                step_batches(self.labels, self.schedule.steps, len(meta["dataset"]["classes"]))
+            except ValueError as error:
+                raise D3FormatError(f"the images do not split into the schedule's steps: {error}") from None
         if targets == "hard":
             soft = None
         if targets == "soft" and soft is None:

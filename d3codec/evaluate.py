@@ -115,6 +115,19 @@ def train_student(images: torch.Tensor, targets: torch.Tensor, num_classes: int,
     return test_accuracy(net, test_images, test_labels, mean, std, device), seconds
 
 
+def replay_student(schedule, images: torch.Tensor, labels: torch.Tensor, num_classes: int, mean, std,
+                   test_images: torch.Tensor, test_labels: torch.Tensor, seed: int = 0,
+                   device: torch.device = torch.device("cpu")) -> tuple[float, float]:
+    """Train one student by an archive's own schedule (d3codec.schedule.TrainingSchedule.replay: its
+    network, step sizes and steps, from its stored θ₀ or, under random init, one drawn from ``seed``)
+    and test it. Images (N, C, H, W) float32 pixel space, labels (N,) int64.
+    Returns: (test accuracy in [0, 1], training seconds)."""
+    start = time.time()
+    net = schedule.replay(images, labels, num_classes, mean, std, seed, device)
+    seconds = time.time() - start
+    return test_accuracy(net, test_images, test_labels, mean, std, device), seconds
+
+
 @torch.no_grad()
 def test_accuracy(net: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, mean, std,
                   device: torch.device, batch_size: int = 1000) -> float:
@@ -144,17 +157,26 @@ def test_split(real: RealData) -> tuple[torch.Tensor, torch.Tensor]:
 def evaluate(name: str, images: torch.Tensor, targets: torch.Tensor, real: RealData, runs: int = 3,
              config: StudentConfig = StudentConfig(), seed: int = 0, device: torch.device = torch.device("cpu"),
              test: tuple[torch.Tensor, torch.Tensor] | None = None, file_bytes: int | None = None,
-             log=None, resample: Callable[[int, int], tuple[torch.Tensor, torch.Tensor]] | None = None) -> EvalResult:
+             log=None, resample: Callable[[int, int], tuple[torch.Tensor, torch.Tensor]] | None = None,
+             schedule=None) -> EvalResult:
     """Train ``runs`` students (seeds seed, seed+1, ...) on (images, targets) and test each on real data.
 
     ``resample(run, epoch)``, where given, gives student ``run`` fresh (images, targets) every epoch
-    after the first (see :func:`train_student`)."""
+    after the first (see :func:`train_student`). ``schedule``, where given (a TrainingSchedule), trains
+    each student by replaying it (:func:`replay_student`; ``config`` is then unused, targets must be hard);
+    under a fixed-init schedule every run is the same computation."""
     test_x, test_y = test if test is not None else test_split(real)
     result = EvalResult(name, len(images), file_bytes=file_bytes)
+    if schedule is not None and (targets.dim() != 1 or resample is not None):
+        raise ValueError("replaying a schedule trains on hard labels, without re-sampling")
     for r in range(runs):
         fresh = (lambda epoch, r=r: resample(r, epoch)) if resample is not None else None
-        acc, sec = train_student(images, targets, real.num_classes, real.mean, real.std, test_x, test_y, config,
-                                 seed + r, device, fresh)
+        if schedule is not None:
+            acc, sec = replay_student(schedule, images, targets, real.num_classes, real.mean, real.std, test_x, test_y,
+                                      seed + r, device)
+        else:
+            acc, sec = train_student(images, targets, real.num_classes, real.mean, real.std, test_x, test_y, config,
+                                     seed + r, device, fresh)
         result.accuracies.append(acc)
         result.seconds.append(sec)
         if log:

@@ -46,20 +46,32 @@ def write_tensors(ds: D3Dataset, out: str | os.PathLike, fmt: str = "pt") -> lis
 
     ``fmt="pt"``: ``images.pt`` ((N, C, H, W) float32, pixel space) and ``labels.pt`` ((N,) int64,
     or (N, K) float32 soft labels), via ``torch.save``. ``fmt="safetensors"``: one
-    ``data.safetensors`` with both. Returns the paths written.
+    ``data.safetensors`` with both. An archive with a training schedule (BPTT) also gets
+    ``schedule.safetensors`` in either format: ``step_sizes`` (T,) float32 and, under fixed init,
+    ``theta0.<name>`` float32, with ``network``, ``steps``, ``epochs`` and ``init`` in its metadata.
+    Returns the paths written.
     """
     out = Path(out)
+    if fmt not in ("pt", "safetensors"):
+        raise ValueError(f"format must be 'png', 'pt' or 'safetensors', not {fmt!r}")
     out.mkdir(parents=True, exist_ok=True)
     labels = ds.soft_labels if ds.soft_labels is not None else ds.labels
     if fmt == "pt":
         torch.save(ds.images.clone(), out / "images.pt")
         torch.save(labels.clone(), out / "labels.pt")
-        return [out / "images.pt", out / "labels.pt"]
-    if fmt == "safetensors":
+        paths = [out / "images.pt", out / "labels.pt"]
+    else:
         safetensors.torch.save_file({"images": ds.images.contiguous(), "labels": labels.contiguous()},
                                     str(out / "data.safetensors"))
-        return [out / "data.safetensors"]
-    raise ValueError(f"format must be 'png', 'pt' or 'safetensors', not {fmt!r}")
+        paths = [out / "data.safetensors"]
+    if ds.schedule is not None:
+        sched = ds.schedule
+        tensors = {"step_sizes": sched.lrs.contiguous(),
+                   **{f"theta0.{k}": v.contiguous() for k, v in (sched.theta0 or {}).items()}}
+        safetensors.torch.save_file(tensors, str(out / "schedule.safetensors"), metadata={
+            "network": sched.network, "steps": str(sched.steps), "epochs": str(sched.epochs), "init": sched.init})
+        paths.append(out / "schedule.safetensors")
+    return paths
 
 
 def grid_image(ds: D3Dataset, max_per_class: int = 20, pad: int = 2) -> Image.Image:

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-MODELS = ("convnet3", "resnet18", "mlp")
+MODELS = ("convnet3", "resnet18", "mlp", "lenet")
 
 
 class ConvNet(nn.Module):
@@ -94,6 +94,27 @@ class MLP(nn.Module):
         return self.net(x)
 
 
+class LeNet(nn.Module):
+    """LeNet-5 as the Dataset Distillation code builds it (Wang et al. 2018, Sec. 4): Conv 5×5 (6) → ReLU →
+    MaxPool 2 → Conv 5×5 (16) → ReLU → MaxPool 2 → Linear 120 → ReLU → Linear 84 → ReLU → Linear(classes).
+    28×28 inputs are padded by 2 in the first convolution (as MNIST's LeNet); other sizes are not.
+    Input (N, C, H, W) float32 normalised, H = W ≥ 16; output (N, classes) logits."""
+
+    def __init__(self, in_channels: int, num_classes: int, image_size: int):
+        super().__init__()
+        pad = 2 if image_size == 28 else 0
+        side = ((image_size + 2 * pad - 4) // 2 - 4) // 2  # after two conv-pool stages
+        if side < 1:
+            raise ValueError(f"LeNet needs images of at least 16×16, not {image_size}×{image_size}")
+        self.features = nn.Sequential(nn.Conv2d(in_channels, 6, 5, padding=pad), nn.ReLU(), nn.MaxPool2d(2),
+                                      nn.Conv2d(6, 16, 5), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten())
+        self.classifier = nn.Sequential(nn.Linear(16 * side * side, 120), nn.ReLU(), nn.Linear(120, 84), nn.ReLU(),
+                                        nn.Linear(84, num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))  # (N, num_classes) logits
+
+
 def resnet18_small(in_channels: int, num_classes: int) -> nn.Module:
     """torchvision's ResNet-18 adapted to small images as the CIFAR papers do: the first convolution is
     3×3, stride 1 (not 7×7, stride 2) and the max-pool is dropped, so 28 or 32 pixel inputs keep
@@ -117,6 +138,8 @@ def build_model(name: str, in_channels: int, num_classes: int, image_size: int, 
         return resnet18_small(in_channels, num_classes)
     if name == "mlp":
         return MLP(in_channels, num_classes, image_size, width=width)
+    if name == "lenet":
+        return LeNet(in_channels, num_classes, image_size)
     raise ValueError(f"unknown model {name!r}; known: {', '.join(MODELS)}")
 
 

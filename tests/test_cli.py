@@ -141,3 +141,46 @@ def test_d2m_compress_expand_at_any_count_and_eval_with_resampling(tiny_real, im
     assert r.exit_code == 0, r.output
     rows = json.loads((tmp_path / "r.json").read_text())
     assert rows[0]["name"] == "archive (d2m)" and rows[0]["images"] == 9 and "mlp" in r.output
+
+
+def test_bptt_compress_and_eval_replays_the_schedule_beside_standard_training(tiny_real, image_folder, tmp_path,
+                                                                               monkeypatch):
+    out = tmp_path / "b.d3"
+    r = run("compress", image_folder, "--resolution", 16, "--budget", 8_000, "--objective", "bptt", "--init", "random",
+            "--images-per-class", 2, "--inner-epochs", 1, "--iterations", 2, "--real-per-class", 4, "-o", out,
+            "--device", "cpu", "--quiet")
+    assert r.exit_code == 0, r.output
+    assert "2 uint8 images per class, 2 steps × 1 epochs" in r.output
+    info = json.loads(run("info", out, "--json").output)
+    assert [row["name"] for row in info["bytes"]][1:-1] == ["meta", "images", "schedule"]
+    r = run("expand", out, "-o", tmp_path / "st", "--format", "safetensors")
+    assert r.exit_code == 0, r.output
+    from safetensors import safe_open
+    with safe_open(str(tmp_path / "st" / "schedule.safetensors"), "pt") as f:
+        assert f.metadata()["network"] == "lenet" and list(f.keys()) == ["step_sizes"]  # random init: no θ₀
+        assert torch.equal(f.get_tensor("step_sizes"), D3Dataset(out).schedule.lrs)
+    r = run("compress", image_folder, "--budget", 8_000, "--init", "random", "-o", tmp_path / "x.d3", "--quiet")
+    assert r.exit_code != 0 and "--init apply to --method pixel --objective bptt" in r.output
+
+    import d3codec.data
+    from d3codec.compress import compress
+    from d3codec.methods.bptt import BPTTEncoder
+
+    grey = tmp_path / "grey.d3"
+    compress(tiny_real, grey, encoder=BPTTEncoder.from_options("fast", iterations=2, real_per_class=4, init="random",
+                                                              images_per_class=2), budget=8_000, progress=False)
+    monkeypatch.setattr(d3codec.data, "load_dataset", lambda *a, **k: tiny_real)
+    r = run("eval", grey, "--epochs", 2, "--runs", 2, "--training", "both", "--baseline", "random-real",
+            "--device", "cpu", "--json", tmp_path / "r.json")
+    assert r.exit_code == 0, r.output
+    rows = json.loads((tmp_path / "r.json").read_text())
+    assert [row["name"].split(",")[0] for row in rows] == ["archive (pixel", "archive (pixel)", "random real (same count",
+                                                           "random real (float32)", "random real (png)"]
+    assert "replayed lenet schedule of 2×3 steps" in rows[0]["name"] and rows[2]["images"] == 6
+    assert all(len(row["accuracies"]) == 2 for row in rows)
+    pixel = tmp_path / "p.d3"
+    from d3codec.methods.pixel import PixelEncoder
+    compress(tiny_real, pixel, encoder=PixelEncoder.from_options("fast", iterations=1, real_per_class=4, embed_width=8),
+             budget=6_000, progress=False)
+    r = run("eval", pixel, "--training", "replay", "--runs", 1, "--device", "cpu")
+    assert r.exit_code != 0 and "carries no training schedule" in r.output

@@ -1,0 +1,338 @@
+"""Pixel distillation, objective ``bptt``: the original Dataset Distillation.
+
+Wang, Zhu, Torralba, Efros, "Dataset Distillation" (arXiv 1811.10959, 2018), Sec. 3. The
+synthetic images x̃ and one step size per training step η̃_t = softplus(ρ_t) are learned so that
+a network trained on x̃ by plain gradient descent,
+
+    θ_{t+1} = θ_t − η̃_t ∇_θ ℓ(x̃_{t mod S}, θ_t),   t = 0 … T−1,  T = S · E   (Eq. 1; S steps × E epochs)
+
+has a low loss ℓ(x_real, θ_T) on a fresh real batch (Eq. 2), by Adam on x̃ and ρ with the
+gradient taken through the whole unrolled training (back-propagation through time).
+
+- ``init="fixed"`` (Sec. 3.1): one θ₀ for the whole run. The images only work from that θ₀, so it is
+  part of the result: the archive stores it and the budget counts it (as ``theta0_dtype``; θ₀ is
+  rounded to that dtype *before* distilling, so the stored θ₀ is exactly the one trained from).
+- ``init="random"`` (Sec. 3.2): θ₀ is drawn afresh (PyTorch's default initialisation of the
+  network) every outer iteration from seeds ≥ RANDOM_INIT_SEED_BASE, so evaluation's students,
+  seeded 0, 1, 2, …, start from initialisations the distillation never saw.
+
+Memory (our implementation of the paper's Sec. 3 gradient, as its public code does): the forward
+unroll keeps only the T + 1 parameter vectors θ_t, no activations. The backward pass walks t = T−1 … 0,
+recomputing one step's graph at a time and taking one vector-Jacobian product through it, so
+memory is O(T · |θ| + one step's activations) rather than O(T · activations). A test checks the
+result against autograd through the full unroll.
+
+Step batches, the learned step sizes, the network name and (fixed) θ₀ travel in the archive's
+``schedule`` section; d3codec.schedule.TrainingSchedule replays them. The images are stored as
+DM's (section ``images``); the image count is a multiple of the steps, and never trimmed.
+Departures, all options: images may start from real images (``image_init="real"``) instead of
+noise; the real batch is class-balanced (``real_per_class`` per class).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from ..budget import PixelPlan, archive_bound, plan_pixel_storage
+from ..container import Section
+from ..data import RealData
+from ..errors import D3BudgetError, D3FormatError
+from ..models import build_model
+from ..schedule import TrainingSchedule, gd_step, init_parameters
+from ..storage import decode_images, encode_images, resolve_storage_dtype
+from ..weights import read_stored
+from .base import DatasetSpec, Encoded, preset_config
+from .pixel import PixelEncoder
+
+NETWORKS = ("lenet", "convnet3")
+INITS = ("fixed", "random")
+THETA0_DTYPES = ("float16", "float32")
+RANDOM_INIT_SEED_BASE = 1_000_003  # distillation's random θ₀ seeds: BASE · (seed + 1) + iteration
+MAX_SCHEDULE_STEPS = 100_000  # a reader refuses longer schedules (replay time is linear in T)
+END_EVAL_INITS = 3  # random init: the end-of-distillation accuracy is the mean over student seeds 0, 1, 2
+
+
+@dataclass(frozen=True)
+class BPTTConfig:
+    """Options of BPTT dataset distillation. Units: outer iterations; images; step sizes (GD learning rates).
+
+    ``inner_steps`` None: min(10, images per class) when filling the budget, else the largest
+    divisor of ``images_per_class`` up to 10.
+    """
+
+    iterations: int = 23_000
+    network: str = "lenet"
+    init: str = "fixed"
+    inner_steps: int | None = None
+    inner_epochs: int = 3
+    real_per_class: int = 100
+    lr_images: float = 0.01
+    lr_step_sizes: float = 0.01
+    initial_step_size: float = 0.02
+    lr_decay_every: int | None = 2_300
+    image_init: str = "noise"
+    theta0_dtype: str = "float16"
+    storage_dtype: str = "auto"
+    images_per_class: int | None = None
+
+
+PRESETS = {
+    # the public code's MNIST settings: ~400 epochs of 1 024-image real batches, lr halved every 40
+    "paper": BPTTConfig(),
+    "fast": BPTTConfig(iterations=1_500, lr_decay_every=500),
+}
+
+
+@dataclass(frozen=True)
+class BPTTPlan(PixelPlan):
+    """A pixel plan plus the schedule's shape: ``inner_steps`` × ``inner_epochs`` GD steps."""
+
+    inner_steps: int = 1
+    inner_epochs: int = 1
+
+
+def largest_divisor_up_to(n: int, limit: int) -> int:
+    return max(d for d in range(1, min(n, limit) + 1) if n % d == 0)
+
+
+class BPTTEncoder(PixelEncoder):
+    """``--method pixel --objective bptt``. ``BPTTEncoder(PRESETS["fast"])`` or any :class:`BPTTConfig`."""
+
+    def __init__(self, config: BPTTConfig = PRESETS["fast"]):
+        self.config = config
+
+    @classmethod
+    def from_options(cls, preset: str = "fast", **overrides) -> "BPTTEncoder":
+        return cls(preset_config(PRESETS, preset, overrides))
+
+    def method_meta(self, plan: BPTTPlan) -> dict:
+        cfg = self.config
+        return {"objective": "bptt", "network": cfg.network, "init": cfg.init, "inner_steps": plan.inner_steps,
+                "inner_epochs": plan.inner_epochs, "theta0_dtype": cfg.theta0_dtype if cfg.init == "fixed" else None,
+                "config": asdict(cfg), "images_per_class": plan.images_per_class, "storage_dtype": plan.storage_dtype}
+
+    def _schedule_tensors(self, step_sizes: torch.Tensor, theta0: dict[str, torch.Tensor] | None) -> dict:
+        tensors = {"step_sizes": step_sizes.detach().float().cpu().contiguous()}
+        if theta0 is not None:
+            dtype = getattr(torch, self.config.theta0_dtype)
+            tensors.update({f"theta0.{k}": v.detach().cpu().to(dtype).contiguous() for k, v in theta0.items()})
+        return tensors
+
+    def _check_config(self) -> None:
+        cfg = self.config
+        for value, known, what in ((cfg.network, NETWORKS, "network"), (cfg.init, INITS, "init"),
+                                   (cfg.theta0_dtype, THETA0_DTYPES, "theta0_dtype"),
+                                   (cfg.image_init, ("noise", "real"), "image_init")):
+            if value not in known:
+                raise ValueError(f"{what} must be one of {', '.join(known)}, not {value!r}")
+        if cfg.inner_epochs < 1 or (cfg.inner_steps is not None and cfg.inner_steps < 1):
+            raise ValueError("--inner-steps and --inner-epochs must be at least 1")
+        if (cfg.inner_steps or 1) * cfg.inner_epochs > MAX_SCHEDULE_STEPS:
+            raise ValueError(f"steps × epochs may be at most {MAX_SCHEDULE_STEPS}")
+        if cfg.images_per_class is not None and cfg.inner_steps is not None and cfg.images_per_class % cfg.inner_steps:
+            raise ValueError(f"--inner-steps {cfg.inner_steps} must divide --images-per-class {cfg.images_per_class}: "
+                             "each step trains on its own equal share of every class's images")
+
+    def plan(self, spec: DatasetSpec, budget: int, meta_for, real: RealData | None = None) -> BPTTPlan:
+        """Images per class (a multiple of the steps), storage dtype and schedule for ``budget`` bytes,
+        θ₀ included under fixed init. Raises D3BudgetError naming the smallest budget; ValueError for bad options."""
+        self._check_config()
+        cfg, k, shape = self.config, spec.num_classes, spec.image_shape
+        with torch.device("meta"):
+            shapes = {n: p.shape for n, p in build_model(cfg.network, shape[0], k, shape[1]).named_parameters()}
+        theta0 = {n: torch.zeros(s) for n, s in shapes.items()} if cfg.init == "fixed" else None
+
+        def steps_for(n: int) -> int:
+            if cfg.inner_steps is not None:
+                return cfg.inner_steps
+            return largest_divisor_up_to(n, 10) if cfg.images_per_class is not None else min(10, n)
+
+        def sections_for(n: int, dtype: str) -> list[Section]:
+            s = steps_for(n)
+            draft = BPTTPlan(n, dtype, 0, budget, inner_steps=s, inner_epochs=cfg.inner_epochs)
+            labels = torch.arange(k).repeat_interleave(n)
+            return [Section.json("meta", meta_for(self.method_meta(draft))),
+                    Section.tensors("images", encode_images(torch.zeros(n * k, *shape), labels, k, dtype)),
+                    Section.tensors("schedule", self._schedule_tensors(torch.zeros(s * cfg.inner_epochs), theta0))]
+
+        dtype = resolve_storage_dtype(cfg.storage_dtype)
+        least = cfg.images_per_class or cfg.inner_steps or 1
+        smallest = archive_bound(sections_for(least, dtype))
+        if smallest > budget:
+            stored = ""
+            if theta0 is not None:
+                n_params = sum(math.prod(s) for s in shapes.values())
+                stored = (f"; fixed init stores θ₀ of {cfg.network} ({n_params} parameters as {cfg.theta0_dtype}) in "
+                          "the archive: --init random does not")
+            raise D3BudgetError(f"a budget of {budget} bytes cannot hold {least} {dtype} image(s) per class for {k} "
+                                f"classes with the BPTT schedule{stored}; the smallest budget that works is {smallest} "
+                                f"bytes (--budget {smallest})", min_budget=smallest)
+        base = plan_pixel_storage(budget, k, shape, sections_for, dtype, cfg.images_per_class, None)
+        n = base.images_per_class
+        steps = steps_for(n)
+        n -= n % steps
+        bound = archive_bound(sections_for(n, dtype))
+        return BPTTPlan(n, dtype, bound, budget, n, inner_steps=steps, inner_epochs=cfg.inner_epochs)
+
+    def distill(self, real: RealData, plan: BPTTPlan, *, device: torch.device, seed: int,
+                progress: bool = True) -> Encoded:
+        from ..evaluate import test_accuracy, test_split
+
+        cfg, spec = self.config, DatasetSpec.of(real)
+        k, n, s, e = real.num_classes, plan.images_per_class, plan.inner_steps, plan.inner_epochs
+        m, c, h, w = n // s, *real.image_shape
+        gen = torch.Generator().manual_seed(seed)
+        mean = torch.tensor(real.mean, device=device).view(1, c, 1, 1)
+        std = torch.tensor(real.std, device=device).view(1, c, 1, 1)
+
+        # synthetic images, normalised, step-major: (S, K·m, C, H, W); step s holds chunk s of every class
+        if cfg.image_init == "real":
+            init = torch.stack([real.sample_class(cls, n, gen) for cls in range(k)])  # (K, n, C, H, W)
+            init = (init.to(device) - mean) / std
+            init = init.view(k, s, m, c, h, w).transpose(0, 1).reshape(s, k * m, c, h, w)
+        else:
+            init = torch.randn(s, k * m, c, h, w, generator=gen).to(device)
+        synthetic = init.clone().requires_grad_(True)
+        step_labels = torch.arange(k, device=device).repeat_interleave(m)  # (K·m,)
+        raw_step_sizes = torch.full((s * e,), math.log(math.expm1(cfg.initial_step_size)), device=device,
+                                    requires_grad=True)  # softplus(ρ) = initial step size
+        optimiser = torch.optim.Adam([{"params": [synthetic], "lr": cfg.lr_images},
+                                      {"params": [raw_step_sizes], "lr": cfg.lr_step_sizes}], betas=(0.5, 0.999))
+        scheduler = torch.optim.lr_scheduler.StepLR(optimiser, cfg.lr_decay_every or cfg.iterations + 1, 0.5)
+        net = build_model(cfg.network, c, k, h).to(device)  # the architecture; parameters come from θ
+        theta0 = None
+        if cfg.init == "fixed":  # rounded to the stored dtype first, so the archive holds exactly this θ₀
+            dtype = getattr(torch, cfg.theta0_dtype)
+            theta0 = {n_: v.to(dtype).float() for n_, v in init_parameters(cfg.network, real.image_shape, k, seed,
+                                                                             device).items()}
+
+        start, loss_value = time.time(), float("nan")
+        bar = tqdm(range(cfg.iterations), desc="BPTT", disable=not progress, unit="it")
+        for it in bar:
+            start_params = theta0 if theta0 is not None else init_parameters(
+                cfg.network, real.image_shape, k, RANDOM_INIT_SEED_BASE * (seed + 1) + it, device)
+            x_real = torch.cat([real.sample_class(cls, cfg.real_per_class, gen) for cls in range(k)])
+            x_real = (x_real.to(device) - mean) / std
+            y_real = torch.arange(k, device=device).repeat_interleave(cfg.real_per_class)
+            loss, d_images, d_raw = unrolled_gradients(net, start_params, synthetic.detach(), step_labels,
+                                                       raw_step_sizes.detach(), e, x_real, y_real)
+            optimiser.zero_grad(set_to_none=True)
+            synthetic.grad, raw_step_sizes.grad = d_images, d_raw
+            optimiser.step()
+            scheduler.step()
+            loss_value = loss
+            if it % 50 == 0:
+                bar.set_postfix(outer_loss=f"{loss:.3f}", step_size=f"{F.softplus(raw_step_sizes).mean().item():.4f}")
+
+        # class-major pixel images (K, n, C, H, W), coded as stored, then read back as a reader would
+        images = (synthetic.detach() * std + mean).view(s, k, m, c, h, w).transpose(0, 1).reshape(k * n, c, h, w)
+        labels = torch.arange(k).repeat_interleave(n)
+        coded = encode_images(images.cpu(), labels, k, plan.storage_dtype)
+        stored_images, _ = decode_images(coded, k, real.image_shape)
+        step_sizes = F.softplus(raw_step_sizes.detach()).cpu()
+        schedule = TrainingSchedule(cfg.network, s, e, step_sizes, cfg.init,
+                                    {n_: v.cpu() for n_, v in theta0.items()} if theta0 is not None else None)
+
+        stats = {"distill_seconds": round(time.time() - start, 3), "final_loss": round(loss_value, 6)}
+        if real.test is not None:  # what replaying the stored schedule on the stored images gives
+            test_x, test_y = test_split(real)
+            accuracies = [test_accuracy(schedule.replay(stored_images, labels, k, real.mean, real.std, r, device),
+                                        test_x, test_y, real.mean, real.std, device)
+                          for r in range(1 if theta0 is not None else END_EVAL_INITS)]
+            stats["end_test_accuracy"] = accuracies[0] if theta0 is not None else accuracies
+        sections = [Section.tensors("images", coded), Section.tensors("schedule", self._schedule_tensors(
+            step_sizes, schedule.theta0))]
+        return Encoded(sections, self.method_meta(plan), stats)
+
+
+def unrolled_gradients(net: torch.nn.Module, theta0: dict[str, torch.Tensor], step_images: torch.Tensor,
+                       step_labels: torch.Tensor, raw_step_sizes: torch.Tensor, epochs: int, x_real: torch.Tensor,
+                       y_real: torch.Tensor) -> tuple[float, torch.Tensor, torch.Tensor]:
+    """The outer loss ℓ(x_real, θ_T) and its gradients through the unrolled training (Eq. 1 and 2).
+
+    Args:
+        theta0: name → float32 tensor, the starting parameters (not differentiated).
+        step_images: (S, B, C, H, W) float32 normalised, one batch per step; step_labels: (B,) int64.
+        raw_step_sizes: (T,) float32, T = S · epochs; step size t is softplus(raw_step_sizes[t]).
+        x_real: (M, C, H, W) float32 normalised; y_real: (M,) int64.
+    Returns: (outer loss, d loss / d step_images (S, B, C, H, W), d loss / d raw_step_sizes (T,)).
+
+    Memory: the forward pass keeps θ_0 … θ_T only; the backward pass rebuilds each step's graph in
+    turn, θ_t ← θ_{t+1}'s adjoint through one vector-Jacobian product (module docstring).
+    """
+    steps, total = step_images.shape[0], raw_step_sizes.shape[0]
+    step_sizes = F.softplus(raw_step_sizes)  # (T,)
+    thetas = [theta0]
+    for t in range(total):  # forward: no graph kept beyond one step
+        params = {k: v.detach().requires_grad_(True) for k, v in thetas[-1].items()}
+        thetas.append({k: v.detach() for k, v in gd_step(net, params, step_images[t % steps], step_labels,
+                                                          step_sizes[t]).items()})
+
+    final = {k: v.requires_grad_(True) for k, v in thetas[-1].items()}
+    loss = F.cross_entropy(torch.func.functional_call(net, final, (x_real,)), y_real)
+    adjoint = list(torch.autograd.grad(loss, list(final.values())))  # dL/dθ_T
+
+    d_images = torch.zeros_like(step_images)
+    d_step_sizes = torch.zeros_like(step_sizes)
+    for t in reversed(range(total)):
+        x = step_images[t % steps].detach().requires_grad_(True)
+        params = {k: v.detach().requires_grad_(True) for k, v in thetas[t].items()}
+        step_loss = F.cross_entropy(torch.func.functional_call(net, params, (x,)), step_labels)
+        grads = torch.autograd.grad(step_loss, list(params.values()), create_graph=True)  # g_t
+        # θ_{t+1} = θ_t − η_t g_t(θ_t, x):  dL/dη_t = −⟨a, g_t⟩,  a ← a − η_t (∂g_t/∂θ)ᵀa,  dL/dx −= η_t (∂g_t/∂x)ᵀa
+        d_step_sizes[t] = -sum((g.detach() * a).sum() for g, a in zip(grads, adjoint))
+        *d_params, d_x = torch.autograd.grad(grads, list(params.values()) + [x], grad_outputs=adjoint)
+        adjoint = [a - step_sizes[t] * d for a, d in zip(adjoint, d_params)]
+        d_images[t % steps] -= step_sizes[t] * d_x
+    return loss.item(), d_images, d_step_sizes * torch.sigmoid(raw_step_sizes)  # softplus' = sigmoid
+
+
+def read_schedule(reader, meta: dict) -> TrainingSchedule | None:
+    """The training schedule of a pixel archive distilled with objective ``bptt``, else None.
+
+    Raises: D3FormatError for a missing or malformed ``schedule`` section or parameters (unknown
+    network, non-positive or non-finite step sizes, θ₀ of the wrong names or shapes, a schedule
+    longer than MAX_SCHEDULE_STEPS).
+    """
+    params = meta.get("params") or {}
+    if params.get("objective") != "bptt":
+        return None
+    network, init = params.get("network"), params.get("init")
+    steps, epochs = params.get("inner_steps"), params.get("inner_epochs")
+    if network not in NETWORKS or init not in INITS:
+        raise D3FormatError(f"bptt archive names network {network!r} and init {init!r}; expected one of "
+                            f"{NETWORKS} and of {INITS}")
+    if not all(type(v) is int and v >= 1 for v in (steps, epochs)) or steps * epochs > MAX_SCHEDULE_STEPS:
+        raise D3FormatError(f"bptt archive's inner_steps {steps!r} × inner_epochs {epochs!r} must be positive integers "
+                            f"with a product of at most {MAX_SCHEDULE_STEPS}")
+    if "schedule" not in reader:
+        raise D3FormatError("bptt archive lacks its 'schedule' section")
+    tensors = reader.read_tensors("schedule")
+    step_sizes = read_stored(tensors, "schedule", "step_sizes", (steps * epochs,), None)
+    if not (torch.isfinite(step_sizes).all() and (step_sizes > 0).all()):
+        raise D3FormatError("section 'schedule': step sizes must be finite and positive")
+    ds = meta["dataset"]
+    shape = tuple(ds["image_shape"])
+    with torch.device("meta"):
+        try:
+            shapes = {n: tuple(p.shape) for n, p in build_model(network, shape[0], len(ds["classes"]),
+                                                                 shape[1]).named_parameters()}
+        except ValueError as error:
+            raise D3FormatError(f"bptt archive: {error}") from None
+    theta0 = None
+    expected = {f"theta0.{n}" for n in shapes} if init == "fixed" else set()
+    if set(tensors) - {"step_sizes"} != expected:
+        raise D3FormatError(f"section 'schedule' must hold step_sizes{' and θ₀ of ' + network if expected else ''} "
+                            f"(init {init}), and nothing else")
+    if init == "fixed":
+        theta0 = {n: read_stored(tensors, "schedule", f"theta0.{n}", s, None)
+                  for n, s in shapes.items()}
+        if not all(torch.isfinite(v).all() for v in theta0.values()):
+            raise D3FormatError("section 'schedule': θ₀ holds non-finite values")
+    return TrainingSchedule(network, steps, epochs, step_sizes, init, theta0)
