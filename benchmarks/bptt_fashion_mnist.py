@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import math
 import os
 import statistics
 import sys
@@ -61,13 +62,13 @@ def init_worker(data_root, epochs: int) -> None:
     _STATE.update(real=real, test=test_split(real), epochs=epochs)
 
 
-def build(kind: str, n: int, preset: str, seed: int, path: str) -> dict:
+def build(kind: str, n: int, preset: str, seed: int, path: str, iterations: int | None) -> dict:
     """Distil one archive: kind is bptt-fixed, bptt-random or dm."""
     real = _STATE["real"]
     if kind == "dm":
-        encoder = PixelEncoder.from_options(preset, images_per_class=n)
+        encoder = PixelEncoder.from_options(preset, images_per_class=n, iterations=iterations)
     else:
-        encoder = BPTTEncoder.from_options(preset, images_per_class=n, init=kind.split("-")[1])
+        encoder = BPTTEncoder.from_options(preset, images_per_class=n, init=kind.split("-")[1], iterations=iterations)
     start = time.time()
     result = compress(real, path, encoder=encoder, budget=BUDGET, seed=seed, progress=False)
     return {"bytes": result.file_bytes, "distill_s": round(time.time() - start, 1), "stats": result.stats}
@@ -80,7 +81,8 @@ def students(how: str, source: str, n: int, runs: int, seed: int, schedule_from:
     """
     real, (test_x, test_y) = _STATE["real"], _STATE["test"]
     if source == "real":
-        images, labels, _ = random_real_subset(real, n * real.num_classes * 28 * 28 * 4, "float32", seed)
+        float32_bytes = n * real.num_classes * math.prod(real.image_shape) * 4  # n float32 images per class
+        images, labels, _ = random_real_subset(real, float32_bytes, "float32", seed)
     else:
         ds = D3Dataset(source)
         images, labels = ds.images, ds.labels
@@ -103,7 +105,8 @@ def plan(args) -> tuple[list, list]:
     builds, evals = [], []
     for n in args.images_per_class:
         for kind in ("bptt-fixed", "bptt-random", "dm"):
-            builds.append((f"{kind}-{n}", (kind, n, args.preset, args.seed, str(work / f"{kind}-{n}.d3"))))
+            builds.append((f"{kind}-{n}", (kind, n, args.preset, args.seed, str(work / f"{kind}-{n}.d3"),
+                                                  args.iterations)))
         fixed, rand = str(work / f"bptt-fixed-{n}.d3"), str(work / f"bptt-random-{n}.d3")
         evals += [(f"bptt-fixed-{n}/replay", ("replay", fixed, n, 1, args.seed)),
                   (f"bptt-fixed-{n}/standard", ("standard", fixed, n, args.runs, args.seed)),
@@ -174,6 +177,7 @@ def main() -> None:
     p.add_argument("--inits", type=int, default=10, help="unseen initialisations for random-init replays")
     p.add_argument("--epochs", type=int, default=300)
     p.add_argument("--preset", default="fast")
+    p.add_argument("--iterations", type=int, help="override every method's iteration count (quick checks)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data-root", default=None)
     p.add_argument("--jobs", type=int, default=1)

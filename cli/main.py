@@ -40,7 +40,7 @@ def main() -> None:
 @click.option("--network", type=click.Choice(["lenet", "convnet3"]), help="bptt: the unrolled network (default lenet).")
 @click.option("--inner-steps", type=int, help="bptt: GD steps an epoch, each on its own share of the images "
               "(default: up to 10, dividing the images per class).")
-@click.option("--inner-epochs", type=int, help="bptt: passes over the steps (default 3).")
+@click.option("--inner-epochs", type=int, help="bptt: passes over the steps (default 3, or more for at least 10 steps in all).")
 @click.option("--ipc", type=float, help="Budget as N float32 images per class: N·K·C·H·W·4 bytes.")
 @click.option("--budget", type=int, help="Budget in bytes; the whole file counts.")
 @click.option("--preset", type=click.Choice(["fast", "paper"]), default="fast", show_default=True,

@@ -136,7 +136,7 @@ def _rewrite_schedule(path, change_meta=None, change_tensors=None) -> bytes:
     (lambda p: p.update(inner_steps="2"), None, "positive integers"),
     (lambda p: p.update(network="alexnet"), None, "network"),
     (lambda p: p.update(init="random"), None, "nothing else"),  # θ₀ stored, yet init says random
-    (lambda p: p.update(inner_steps=3, inner_epochs=2), None, "split into the schedule's steps"),
+    (lambda p: p.update(inner_steps=5, inner_epochs=2), None, "split into the schedule's steps"),
 ])
 def test_hostile_schedules_raise_d3formaterror(tiny_real, tmp_path, meta_change, tensor_change, message):
     out = tmp_path / "f.d3"

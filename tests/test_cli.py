@@ -176,7 +176,7 @@ def test_bptt_compress_and_eval_replays_the_schedule_beside_standard_training(ti
     rows = json.loads((tmp_path / "r.json").read_text())
     assert [row["name"].split(",")[0] for row in rows] == ["archive (pixel", "archive (pixel)", "random real (same count",
                                                            "random real (float32)", "random real (png)"]
-    assert "replayed lenet schedule of 2×3 steps" in rows[0]["name"] and rows[2]["images"] == 6
+    assert "replayed lenet schedule of 2×5 steps" in rows[0]["name"] and rows[2]["images"] == 6
     assert all(len(row["accuracies"]) == 2 for row in rows)
     pixel = tmp_path / "p.d3"
     from d3codec.methods.pixel import PixelEncoder

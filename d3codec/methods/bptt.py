@@ -63,14 +63,17 @@ class BPTTConfig:
     """Options of BPTT dataset distillation. Units: outer iterations; images; step sizes (GD learning rates).
 
     ``inner_steps`` None: min(10, images per class) when filling the budget, else the largest
-    divisor of ``images_per_class`` up to 10.
+    divisor of ``images_per_class`` up to 10. ``inner_epochs`` None: the paper's 3, or more so that
+    the schedule has at least 10 steps in all (with one image per class an epoch is one step; on
+    Fashion-MNIST, 10 images, fixed init, 1 500 iterations, d3codec measured 56 % test accuracy with
+    3 steps, 63 % with 10 and 63 % with 30).
     """
 
     iterations: int = 23_000
     network: str = "lenet"
     init: str = "fixed"
     inner_steps: int | None = None
-    inner_epochs: int = 3
+    inner_epochs: int | None = None
     real_per_class: int = 100
     lr_images: float = 0.01
     lr_step_sizes: float = 0.01
@@ -131,9 +134,9 @@ class BPTTEncoder(PixelEncoder):
                                    (cfg.image_init, ("noise", "real"), "image_init")):
             if value not in known:
                 raise ValueError(f"{what} must be one of {', '.join(known)}, not {value!r}")
-        if cfg.inner_epochs < 1 or (cfg.inner_steps is not None and cfg.inner_steps < 1):
+        if any(v is not None and v < 1 for v in (cfg.inner_steps, cfg.inner_epochs)):
             raise ValueError("--inner-steps and --inner-epochs must be at least 1")
-        if (cfg.inner_steps or 1) * cfg.inner_epochs > MAX_SCHEDULE_STEPS:
+        if (cfg.inner_steps or 1) * (cfg.inner_epochs or 1) > MAX_SCHEDULE_STEPS:
             raise ValueError(f"steps × epochs may be at most {MAX_SCHEDULE_STEPS}")
         if cfg.images_per_class is not None and cfg.inner_steps is not None and cfg.images_per_class % cfg.inner_steps:
             raise ValueError(f"--inner-steps {cfg.inner_steps} must divide --images-per-class {cfg.images_per_class}: "
@@ -153,13 +156,16 @@ class BPTTEncoder(PixelEncoder):
                 return cfg.inner_steps
             return largest_divisor_up_to(n, 10) if cfg.images_per_class is not None else min(10, n)
 
+        def epochs_for(steps: int) -> int:
+            return cfg.inner_epochs or max(3, math.ceil(10 / steps))
+
         def sections_for(n: int, dtype: str) -> list[Section]:
             s = steps_for(n)
-            draft = BPTTPlan(n, dtype, 0, budget, inner_steps=s, inner_epochs=cfg.inner_epochs)
+            draft = BPTTPlan(n, dtype, 0, budget, inner_steps=s, inner_epochs=epochs_for(s))
             labels = torch.arange(k).repeat_interleave(n)
             return [Section.json("meta", meta_for(self.method_meta(draft))),
                     Section.tensors("images", encode_images(torch.zeros(n * k, *shape), labels, k, dtype)),
-                    Section.tensors("schedule", self._schedule_tensors(torch.zeros(s * cfg.inner_epochs), theta0))]
+                    Section.tensors("schedule", self._schedule_tensors(torch.zeros(s * epochs_for(s)), theta0))]
 
         dtype = resolve_storage_dtype(cfg.storage_dtype)
         least = cfg.images_per_class or cfg.inner_steps or 1
@@ -178,7 +184,7 @@ class BPTTEncoder(PixelEncoder):
         steps = steps_for(n)
         n -= n % steps
         bound = archive_bound(sections_for(n, dtype))
-        return BPTTPlan(n, dtype, bound, budget, n, inner_steps=steps, inner_epochs=cfg.inner_epochs)
+        return BPTTPlan(n, dtype, bound, budget, n, inner_steps=steps, inner_epochs=epochs_for(steps))
 
     def distill(self, real: RealData, plan: BPTTPlan, *, device: torch.device, seed: int,
                 progress: bool = True) -> Encoded:
