@@ -236,6 +236,27 @@ def info(archive, as_json):
 
 @main.command()
 @click.argument("archive", type=click.Path(exists=True, dir_okay=False))
+def verify(archive):
+    """Check every checksum, size and the byte accounting of ARCHIVE, and decode its contents.
+
+    Exits 0 when all checks pass, 1 with the reason of the first that fails."""
+    from d3codec.verify import verify_archive
+
+    try:
+        result = verify_archive(archive)
+    except OSError as e:
+        _fail(e)
+    for name, detail in result.checks:
+        click.echo(f"ok      {name}: {detail}")
+    if not result.ok:
+        name, reason = result.failure
+        click.echo(f"FAILED  {name}: {reason}")
+        sys.exit(1)
+    click.echo(f"{archive}: verified")
+
+
+@main.command()
+@click.argument("archive", type=click.Path(exists=True, dir_okay=False))
 @click.option("-o", "--output", type=click.Path(file_okay=False), help="Folder to write.")
 @click.option("--format", "fmt", type=click.Choice(["png", "pt", "safetensors"]), default="png", show_default=True,
               help="png: class-per-folder images; pt / safetensors: image and label tensors.")

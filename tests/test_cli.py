@@ -8,6 +8,7 @@ from PIL import Image
 
 from d3codec import D3Dataset
 from d3codec.cli.main import main
+from d3codec.container import Section, encode_archive
 
 
 def run(*args):
@@ -184,3 +185,38 @@ def test_bptt_compress_and_eval_replays_the_schedule_beside_standard_training(ti
              budget=6_000, progress=False)
     r = run("eval", pixel, "--training", "replay", "--runs", 1, "--device", "cpu")
     assert r.exit_code != 0 and "carries no training schedule" in r.output
+
+
+def test_verify_passes_a_good_archive_and_names_the_first_failure(tiny_real, tmp_path):
+    from d3codec.compress import compress
+    from d3codec.container import D3Reader
+    from d3codec.methods.bptt import BPTTEncoder
+
+    out = tmp_path / "b.d3"
+    compress(tiny_real, out, encoder=BPTTEncoder.from_options("fast", iterations=1, real_per_class=4,
+                                                             images_per_class=2), budget=100_000, progress=False)
+    r = run("verify", out)
+    assert r.exit_code == 0 and "verified" in r.output, r.output
+    assert "ok      byte accounting:" in r.output and "lenet schedule of 2×5 steps" in r.output
+
+    data = bytearray(out.read_bytes())
+    images = D3Reader(bytes(data)).info("images")
+    data[images.offset + images.stored_length // 2] ^= 0x10  # one bit inside the image section
+    (tmp_path / "flip.d3").write_bytes(bytes(data))
+    r = run("verify", tmp_path / "flip.d3")
+    assert r.exit_code == 1 and "FAILED  sections:" in r.output and "checksum mismatch" in r.output
+
+    (tmp_path / "cut.d3").write_bytes(out.read_bytes()[:-5])
+    r = run("verify", tmp_path / "cut.d3")
+    assert r.exit_code == 1 and "FAILED  container:" in r.output and "truncated" in r.output
+
+    over = tmp_path / "over.d3"
+    compress(tiny_real, over, encoder=BPTTEncoder.from_options("fast", iterations=1, real_per_class=4, init="random",
+                                                              images_per_class=2), budget=100_000, progress=False)
+    reader = D3Reader(over)
+    meta = reader.read_json("meta")
+    meta["budget"]["bytes"] = 1_000  # an archive that claims a budget its size breaks
+    sections = [Section.json("meta", meta)] + [Section.tensors(n, reader.read_tensors(n)) for n in ("images", "schedule")]
+    (tmp_path / "lie.d3").write_bytes(encode_archive(sections))
+    r = run("verify", tmp_path / "lie.d3")
+    assert r.exit_code == 1 and "FAILED  byte accounting:" in r.output and "over its budget.bytes of 1000" in r.output

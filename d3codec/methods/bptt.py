@@ -47,8 +47,7 @@ from ..models import build_model
 from ..schedule import TrainingSchedule, gd_step, init_parameters
 from ..storage import decode_images, encode_images, resolve_storage_dtype
 from ..weights import read_stored
-from .base import DatasetSpec, Encoded, preset_config
-from .pixel import PixelEncoder
+from .base import DatasetSpec, Encoded, Encoder, preset_config
 
 NETWORKS = ("lenet", "convnet3")
 INITS = ("fixed", "random")
@@ -104,8 +103,13 @@ def largest_divisor_up_to(n: int, limit: int) -> int:
     return max(d for d in range(1, min(n, limit) + 1) if n % d == 0)
 
 
-class BPTTEncoder(PixelEncoder):
-    """``--method pixel --objective bptt``. ``BPTTEncoder(PRESETS["fast"])`` or any :class:`BPTTConfig`."""
+class BPTTEncoder(Encoder):
+    """``--method pixel --objective bptt``. ``BPTTEncoder(PRESETS["fast"])`` or any :class:`BPTTConfig`.
+
+    Its archives are pixel archives (DM's ``images`` section, read by the same decoder) plus a
+    ``schedule`` section."""
+
+    method = "pixel"
 
     def __init__(self, config: BPTTConfig = PRESETS["fast"]):
         self.config = config
@@ -190,7 +194,7 @@ class BPTTEncoder(PixelEncoder):
                 progress: bool = True) -> Encoded:
         from ..evaluate import test_accuracy, test_split
 
-        cfg, spec = self.config, DatasetSpec.of(real)
+        cfg = self.config
         k, n, s, e = real.num_classes, plan.images_per_class, plan.inner_steps, plan.inner_epochs
         m, c, h, w = n // s, *real.image_shape
         gen = torch.Generator().manual_seed(seed)
