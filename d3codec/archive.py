@@ -44,6 +44,8 @@ def validate_meta(meta: dict[str, Any]) -> dict[str, Any]:
                  and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v),
                  f"'dataset.{key}' must be {shape[0]} numbers")
     _require(all(s > 0 for s in ds["std"]), "'dataset.std' must be positive")
+    for key in ("params", "stats", "budget", "accounting", "software"):
+        _require(key not in meta or isinstance(meta[key], dict), f"'{key}' must be an object")
     return meta
 
 

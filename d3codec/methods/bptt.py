@@ -310,8 +310,12 @@ def read_schedule(reader, meta: dict) -> TrainingSchedule | None:
     network, non-positive or non-finite step sizes, θ₀ of the wrong names or shapes, a schedule
     longer than MAX_SCHEDULE_STEPS).
     """
-    params = meta.get("params") or {}
+    params = meta.get("params")
+    params = params if isinstance(params, dict) else {}
     if params.get("objective") != "bptt":
+        if "schedule" in reader:
+            raise D3FormatError("section 'schedule' belongs to objective bptt, but meta.params.objective is "
+                                f"{params.get('objective')!r}")
         return None
     network, init = params.get("network"), params.get("init")
     steps, epochs = params.get("inner_steps"), params.get("inner_epochs")

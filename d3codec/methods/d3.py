@@ -523,7 +523,7 @@ def read_groups(meta: dict, num_classes: int) -> list[GroupPlan]:
                   and 1 <= g.decoder_width <= 4096 and e["decoder_dtype"] in DECODER_DTYPES
                   and e.get("prior_dtype", "float16") in PRIOR_DTYPES
                   and isinstance(e["soft_labels"], bool))
-        except (KeyError, TypeError, ValueError):
+        except (KeyError, TypeError, ValueError, AttributeError):
             ok = False
         if not ok:
             raise D3FormatError(f"meta: 'params.groups[{i}]' is malformed (classes must follow on from {expected})")

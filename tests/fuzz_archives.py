@@ -1,0 +1,398 @@
+"""Fuzzing .d3 archives: mutate valid archives of every method and read them as a user would.
+
+The oracle: ``D3Dataset(mutated)`` either succeeds or raises ``D3FormatError``; any other
+exception, or a case running past ``--case-seconds``, is a finding. Two families of mutations:
+
+- byte-level (bit flips, byte changes, truncation, splices, lying table lengths, huge declared
+  sizes, extra bytes): the checksums must catch them, so a read that succeeds must give exactly
+  the original data;
+- structural, with every checksum recomputed, so that the parsers and the methods' decoders see
+  them: metadata fields deleted or replaced by other JSON values (wrong types, huge or negative
+  numbers, deep or long values), tensors re-typed, reshaped, dropped, added or filled with
+  non-finite or huge values, sections dropped, duplicated, reordered, flipped critical, unknown
+  critical or ancillary sections added, deep or huge JSON, damaged safetensors headers.
+
+Run as a script for a long run (it prints the cases tried and the findings):
+
+    python tests/fuzz_archives.py --cases 100000 --seed 1
+
+tests/test_fuzz.py runs a CI-sized share of the same cases.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import signal
+import struct
+import sys
+import time
+import traceback
+import zlib
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from d3codec import D3Dataset  # noqa: E402
+from d3codec.container import FIXED_HEADER, Content, D3Reader, Section, encode_archive  # noqa: E402
+from d3codec.errors import D3FormatError  # noqa: E402
+
+CASE_SECONDS = 10.0
+
+
+# -- seeds: one small valid archive of each kind ------------------------------------------------
+
+def tiny_real():
+    from conftest import pattern_images
+    from d3codec.data import RealData, TensorImages
+
+    x, y = pattern_images(3, 20, 16, 1)
+    tx, ty = pattern_images(3, 10, 16, 1, seed=1)
+    to_t = lambda a: torch.from_numpy(a).permute(0, 3, 1, 2).contiguous()  # noqa: E731
+    train_y, test_y = torch.from_numpy(y).long(), torch.from_numpy(ty).long()
+    return RealData("tiny", ["a", "b", "c"], (1, 16, 16), (0.3,), (0.35,), train_y,
+                    TensorImages(to_t(x), train_y), TensorImages(to_t(tx), test_y), train_images=to_t(x))
+
+
+def seed_archives(folder: Path) -> dict[str, bytes]:
+    """Valid archives of every method and storage kind, built once into ``folder`` (cached)."""
+    from d3codec.compress import compress
+    from d3codec.methods.bptt import BPTTEncoder
+    from d3codec.methods.d2m import D2MEncoder
+    from d3codec.methods.d3 import D3Encoder
+    from d3codec.methods.pixel import PixelEncoder
+
+    folder.mkdir(parents=True, exist_ok=True)
+    tiny = dict(teacher_epochs=1.0, teacher_width=8, embed_width=8, real_per_class=4)
+    builders = {
+        "dm-uint8": (lambda: PixelEncoder.from_options("fast", iterations=1, real_per_class=4, embed_width=8), 6_000),
+        "dm-float16": (lambda: PixelEncoder.from_options("fast", iterations=1, real_per_class=4, embed_width=8,
+                                                         storage_dtype="float16"), 6_000),
+        "bptt-fixed": (lambda: BPTTEncoder.from_options("fast", iterations=1, real_per_class=4, images_per_class=2,
+                                                        inner_epochs=1), 60_000),
+        "bptt-random": (lambda: BPTTEncoder.from_options("fast", iterations=1, real_per_class=4, images_per_class=2,
+                                                         init="random", inner_epochs=1), 6_000),
+        "d3-int8": (lambda: D3Encoder.from_options("fast", iterations=1, init_iterations=2, synthetic_per_class=4,
+                                                   prior_dtype="int8", **tiny), 20_000),
+        "d3-float16": (lambda: D3Encoder.from_options("fast", iterations=1, init_iterations=2, synthetic_per_class=4,
+                                                      decoder_dtype="float16", **tiny), 20_000),
+        "d2m": (lambda: D2MEncoder.from_options("fast", None, None, str(folder / "d2m.ckpt"), pretrain_iterations=2,
+                                                pretrain_batch=8, disc_width=4, iterations=1, synthetic_per_class=4,
+                                                noise_dim=4, embed_dim=4, **tiny), 20_000),
+    }
+    real, seeds = None, {}
+    for name, (encoder, budget) in builders.items():
+        path = folder / f"{name}.d3"
+        if not path.exists():
+            real = real or tiny_real()
+            compress(real, path, encoder=encoder(), budget=budget, progress=False)
+        seeds[name] = path.read_bytes()
+    return seeds
+
+
+# -- mutations ------------------------------------------------------------------------------------
+
+def sections_of(data: bytes) -> list[Section]:
+    with D3Reader(data) as r:
+        return [Section(s.name, r.read_bytes(s.name), Content(s.content), s.critical) for s in r.sections]
+
+
+def random_json_value(rng: random.Random, depth: int = 0):
+    choice = rng.randrange(12)
+    if choice == 0:
+        return None
+    if choice == 1:
+        return rng.choice([True, False])
+    if choice == 2:
+        return rng.choice([0, -1, 1, 2, 3, 2 ** 31, 2 ** 63, -2 ** 63, 10 ** 30])
+    if choice == 3:
+        return rng.choice([0.0, -1.5, 1e308, -1e308, 1e-320, 0.5])
+    if choice == 4:
+        return rng.choice(["", "x", "lenet", "fixed", "random", "int8", "float16", "uint8", "upconv-v2", "pixel",
+                           "d3", "d2m", "bptt", "\u0000", "a" * 10_000])
+    if choice == 5:
+        return [random_json_value(rng, depth + 1) for _ in range(rng.randrange(4))] if depth < 4 else []
+    if choice == 6:
+        return {str(rng.randrange(5)): random_json_value(rng, depth + 1) for _ in range(rng.randrange(3))} \
+            if depth < 4 else {}
+    if choice == 7:
+        return [[0, 10], [10, 20]]
+    if choice == 8:
+        return [1, 16, 16]
+    if choice == 9:
+        return list(range(rng.randrange(1, 6)))
+    if choice == 10:
+        return rng.randrange(-3, 100_000)
+    return ["a", "b", "c"]
+
+
+def json_paths(obj, prefix=()):
+    """Every (path, value) inside a JSON object, depth first."""
+    yield prefix, obj
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            yield from json_paths(v, prefix + (k,))
+    elif isinstance(obj, list):
+        for i, v in enumerate(obj):
+            yield from json_paths(v, prefix + (i,))
+
+
+def mutate_json(meta: dict, rng: random.Random) -> dict:
+    meta = json.loads(json.dumps(meta))
+    paths = [p for p, _ in json_paths(meta) if p]
+    for _ in range(rng.choice([1, 1, 1, 2, 3])):
+        path = rng.choice(paths)
+        parent = meta
+        try:
+            for key in path[:-1]:
+                parent = parent[key]
+            if rng.random() < 0.25 and isinstance(parent, dict):
+                parent.pop(path[-1], None)
+            else:
+                parent[path[-1]] = random_json_value(rng)
+        except (KeyError, IndexError, TypeError):
+            pass
+    return meta
+
+
+def mutate_tensors(tensors: dict[str, torch.Tensor], rng: random.Random) -> dict[str, torch.Tensor]:
+    tensors = dict(tensors)
+    if not tensors:
+        return {"x": torch.zeros(1)}
+    key = rng.choice(sorted(tensors))
+    value = tensors[key]
+    choice = rng.randrange(9)
+    if choice == 0:
+        tensors.pop(key)
+    elif choice == 1:
+        tensors[key] = value.to(rng.choice([torch.uint8, torch.int8, torch.int32, torch.int64, torch.float16,
+                                            torch.float32, torch.float64, torch.bool]))
+    elif choice == 2:
+        tensors[key] = value.flatten()[:max(0, value.numel() - rng.randrange(1, 3))].clone()
+    elif choice == 3:
+        tensors[key] = torch.zeros(*[rng.choice([0, 1, 2, 3, 7]) for _ in range(rng.randrange(0, 5))],
+                                   dtype=value.dtype)
+    elif choice == 4 and value.is_floating_point() and value.numel():
+        v = value.clone().flatten()
+        v[rng.randrange(v.numel())] = rng.choice([float("nan"), float("inf"), -float("inf"), 1e30, -1e30, 0.0])
+        tensors[key] = v.view(value.shape)
+    elif choice == 5 and value.numel():
+        v = value.clone().flatten()
+        info = torch.iinfo(v.dtype) if not v.is_floating_point() and v.dtype != torch.bool else None
+        v[rng.randrange(v.numel())] = rng.choice([info.max, info.min, 0]) if info else 0
+        tensors[key] = v.view(value.shape)
+    elif choice == 6:
+        tensors[f"{key}.extra" if rng.random() < 0.5 else rng.choice(["scale", "range", "labels", "images"])] = \
+            torch.zeros(rng.randrange(0, 4))
+    elif choice == 7:
+        other = rng.choice(sorted(tensors))
+        tensors[key], tensors[other] = tensors[other], tensors[key]
+    else:
+        tensors[key] = value.reshape(-1) if value.dim() != 1 else value.reshape(1, -1)
+    return tensors
+
+
+def safetensors_with_lying_header(rng: random.Random) -> bytes:
+    shape = rng.choice([[2 ** 40], [2 ** 20, 2 ** 20], [-1], [3], [10 ** 18, 10 ** 18]])
+    header = json.dumps({"x": {"dtype": rng.choice(["F32", "U8", "Q9"]), "shape": shape,
+                               "data_offsets": [0, rng.choice([0, 4, 12, 2 ** 40])]}}).encode()
+    return struct.pack("<Q", len(header)) + header + bytes(rng.randrange(0, 16))
+
+
+def structural(data: bytes, rng: random.Random) -> bytes:
+    sections = sections_of(data)
+    choice = rng.randrange(12)
+    if choice <= 3:  # metadata fields
+        meta = json.loads(sections[0].payload)
+        sections[0] = Section.json("meta", mutate_json(meta, rng))
+    elif choice <= 6:  # one tensor section
+        idx = [i for i, s in enumerate(sections) if s.content == Content.SAFETENSORS]
+        if idx:
+            i = rng.choice(idx)
+            with D3Reader(encode_archive([sections[i]])) as r:
+                tensors = r.read_tensors(sections[i].name)
+            try:
+                sections[i] = Section.tensors(sections[i].name, mutate_tensors(tensors, rng), sections[i].critical)
+            except Exception:  # noqa: BLE001 - safetensors cannot write this mutation: skip it
+                pass
+    elif choice == 7:  # drop, duplicate-by-rename, reorder, flip critical
+        i = rng.randrange(len(sections))
+        op = rng.randrange(4)
+        if op == 0 and len(sections) > 1:
+            sections.pop(i)
+        elif op == 1:
+            rng.shuffle(sections)
+        elif op == 2:
+            s = sections[i]
+            sections[i] = Section(s.name, s.payload, s.content, not s.critical)
+        else:
+            s = sections[i]
+            sections.append(Section(s.name + "x", s.payload, s.content, s.critical))
+    elif choice == 8:  # unknown sections
+        sections.insert(rng.randrange(len(sections) + 1),
+                        Section.raw(rng.choice(["zz", "future", "images2"]), bytes(rng.randrange(64)),
+                                    critical=rng.random() < 0.5))
+    elif choice == 9:  # deep or huge JSON in meta
+        sections[0] = Section("meta", rng.choice([b"[" * 200_000 + b"]" * 200_000, b'{"a":' * 50_000 + b"1" +
+                                                  b"}" * 50_000, b'{"format": "d3", "x": "' + b"a" * 3_000_000 + b'"}',
+                                                  b"\xff\xfe", b"NaN", b'{"format": NaN}']), Content.JSON)
+    elif choice == 10:  # a damaged safetensors header
+        idx = [i for i, s in enumerate(sections) if s.content == Content.SAFETENSORS]
+        if idx:
+            i = rng.choice(idx)
+            sections[i] = Section(sections[i].name, safetensors_with_lying_header(rng), Content.SAFETENSORS,
+                                  sections[i].critical)
+    else:  # raw bytes of a section changed, checksum recomputed
+        i = rng.randrange(len(sections))
+        payload = bytearray(sections[i].payload)
+        if payload:
+            for _ in range(rng.randrange(1, 4)):
+                payload[rng.randrange(len(payload))] = rng.randrange(256)
+        sections[i] = Section(sections[i].name, bytes(payload), sections[i].content, sections[i].critical)
+    try:
+        return encode_archive(sections, rng.choice(["auto", "never", "always"]))
+    except ValueError:  # the writer refuses (e.g. duplicate names): write the table by hand instead
+        return data
+
+
+def byte_level(data: bytes, rng: random.Random) -> bytes:
+    out = bytearray(data)
+    choice = rng.randrange(7)
+    if choice == 0:
+        i = rng.randrange(len(out))
+        out[i] ^= 1 << rng.randrange(8)
+    elif choice == 1:
+        out[rng.randrange(len(out))] = rng.randrange(256)
+    elif choice == 2:
+        out = out[:rng.randrange(len(out))]
+    elif choice == 3:
+        i = rng.randrange(len(out) + 1)
+        out[i:i] = bytes(rng.randrange(256) for _ in range(rng.randrange(1, 17)))
+    elif choice == 4:
+        out += bytes(rng.randrange(1, 9))
+    else:  # a lying length in the table, with the header checksum recomputed (so the lie gets read)
+        count, table_length = struct.unpack_from("<HI", out, 10)
+        pos = FIXED_HEADER.size
+        entries = []
+        for _ in range(count):
+            n = out[pos]
+            entries.append(pos + 1 + n + 3)  # stored length, then raw length, then crc
+            pos += 1 + n + 15
+        at = rng.choice(entries) + rng.choice([0, 4])
+        value = rng.choice([0, 1, 2 ** 31, 2 ** 32 - 1, struct.unpack_from("<I", out, at)[0] + rng.choice([-1, 1])])
+        struct.pack_into("<I", out, at, value % 2 ** 32)
+        head_end = FIXED_HEADER.size + table_length
+        struct.pack_into("<I", out, head_end, zlib.crc32(bytes(out[:head_end])))
+        return bytes(out)
+    return bytes(out)
+
+
+# -- the oracle -------------------------------------------------------------------------------------
+
+class CaseTimeout(Exception):
+    pass
+
+
+def _alarm(signum, frame):
+    raise CaseTimeout()
+
+
+def read_like_a_user(data: bytes):
+    ds = D3Dataset(data, samples_per_class=2 if _is_sampled(data) else None)
+    return ds.images, ds.labels
+
+
+def _is_sampled(data: bytes) -> bool:
+    try:
+        with D3Reader(data) as r:
+            return json.loads(r.read_bytes("meta")).get("method") in ("d3", "d2m")
+    except Exception:
+        return False
+
+
+OUTCOMES = {"read": 0, "refused": 0}  # how the cases that behaved ended
+
+
+def check_case(original: bytes, mutated: bytes, byte_mutation: bool, seconds: float = CASE_SECONDS) -> str | None:
+    """None when the read behaved, else a description of the finding."""
+    previous = signal.signal(signal.SIGALRM, _alarm)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        images, labels = read_like_a_user(mutated)
+    except D3FormatError:
+        OUTCOMES["refused"] += 1
+        return None
+    except CaseTimeout:
+        return f"no answer within {seconds} s"
+    except Exception:  # noqa: BLE001 - every other exception is what we are looking for
+        return traceback.format_exc(limit=6)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    OUTCOMES["read"] += 1
+    if byte_mutation and mutated != original:  # the checksums cover every byte: success means same data
+        want_images, want_labels = read_like_a_user(original)
+        if not (torch.equal(images, want_images) and torch.equal(labels, want_labels)):
+            return "a damaged archive was read as different data"
+    return None
+
+
+def run(cases: int, seed: int, folder: Path, log=print, stop_at_first: bool = False) -> list[tuple[str, str, str]]:
+    """Try ``cases`` mutations; returns the findings (seed archive, mutation kind, description)."""
+    seeds = seed_archives(folder)
+    rng = random.Random(seed)
+    findings = []
+    start = time.time()
+    for case in range(1, cases + 1):
+        name = rng.choice(sorted(seeds))
+        original = seeds[name]
+        is_bytes = rng.random() < 0.35
+        mutated = byte_level(original, rng) if is_bytes else structural(original, rng)
+        for _ in range(rng.choice([0, 0, 0, 1])):  # sometimes a second mutation on top
+            try:
+                mutated = structural(mutated, rng)
+            except Exception:  # noqa: BLE001 - the first mutation left nothing to mutate further
+                break
+        finding = check_case(original, mutated, is_bytes)
+        if finding is not None:
+            findings.append((name, "byte" if is_bytes else "structural", finding))
+            log(f"case {case} ({name}, {'byte' if is_bytes else 'structural'}): {finding}")
+            if stop_at_first:
+                break
+        if case % 1000 == 0:
+            log(f"{case} cases tried, {len(findings)} found ({OUTCOMES['read']} read, {OUTCOMES['refused']} refused "
+                f"with D3FormatError), {time.time() - start:.0f} s")
+    return findings
+
+
+def limit_memory(extra_gib: float) -> None:
+    """Cap the process's address space at its present size plus ``extra_gib``: an allocation past it
+    fails (torch raises RuntimeError, Python MemoryError), which the oracle reports as a finding."""
+    import resource
+
+    size = int(Path("/proc/self/statm").read_text().split()[0]) * resource.getpagesize()
+    cap = size + int(extra_gib * (1 << 30))
+    resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--cases", type=int, default=100_000)
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--seeds-folder", default=str(Path(__file__).resolve().parent.parent / ".fuzz-seeds"))
+    p.add_argument("--memory-gib", type=float, default=4.0,
+                   help="address space a case may add beyond what the process holds after loading (GiB)")
+    args = p.parse_args()
+    torch.set_num_threads(1)
+    seed_archives(Path(args.seeds_folder))
+    limit_memory(args.memory_gib)
+    findings = run(args.cases, args.seed, Path(args.seeds_folder))
+    print(f"{args.cases} cases tried, {len(findings)} found")
+    sys.exit(1 if findings else 0)
+
+
+if __name__ == "__main__":
+    main()
