@@ -75,14 +75,20 @@ def build(kind: str, n: int, preset: str, seed: int, path: str, iterations: int 
 
 
 def students(how: str, source: str, n: int, runs: int, seed: int, schedule_from: str | None = None) -> dict:
-    """Train ``runs`` students on an archive's images or on ``n`` random real images per class.
+    """Train ``runs`` students on an archive's images, on ``n`` random real images per class
+    (source "real"), or on random real PNG images in the bytes of the archive ``schedule_from``
+    (source "real-png").
 
     how: "replay" (by the schedule of the archive ``schedule_from``, or ``source``'s own) or "standard".
     """
     real, (test_x, test_y) = _STATE["real"], _STATE["test"]
+    extra = {}
     if source == "real":
         float32_bytes = n * real.num_classes * math.prod(real.image_shape) * 4  # n float32 images per class
         images, labels, _ = random_real_subset(real, float32_bytes, "float32", seed)
+    elif source == "real-png":
+        images, labels, used = random_real_subset(real, Path(schedule_from).stat().st_size, "png", seed)
+        extra = {"bytes": used, "images": len(labels)}
     else:
         ds = D3Dataset(source)
         images, labels = ds.images, ds.labels
@@ -97,7 +103,7 @@ def students(how: str, source: str, n: int, runs: int, seed: int, schedule_from:
                                      StudentConfig(epochs=_STATE["epochs"]), seed + r)
         accuracies.append(acc)
         seconds.append(sec)
-    return {"accuracies": accuracies, "seconds": seconds}
+    return {"accuracies": accuracies, "seconds": seconds, **extra}
 
 
 def plan(args) -> tuple[list, list]:
@@ -115,7 +121,8 @@ def plan(args) -> tuple[list, list]:
                   (f"dm-{n}/standard", ("standard", str(work / f"dm-{n}.d3"), n, args.runs, args.seed)),
                   (f"real-{n}/standard", ("standard", "real", n, args.runs, args.seed)),
                   (f"real-{n}/replay-fixed", ("replay", "real", n, 1, args.seed, fixed)),
-                  (f"real-{n}/replay-random", ("replay", "real", n, args.inits, args.seed, rand))]
+                  (f"real-{n}/replay-random", ("replay", "real", n, args.inits, args.seed, rand)),
+                  (f"real-png-{n}/standard", ("standard", "real-png", n, args.runs, args.seed, fixed))]
     return builds, evals
 
 
@@ -149,7 +156,7 @@ def render(results: dict, args) -> str:
              "on the 10 000 test images, mean ± std over students. Bytes: the whole archive file.", "",
              "| images | row | bytes | distil s | students | accuracy % |", "|---|---|---|---|---|---|"]
     names = {"bptt-fixed": "BPTT, fixed init (θ₀ stored)", "bptt-random": "BPTT, random init", "dm": "DM",
-             "real": "random real"}
+             "real": "random real", "real-png": "random real PNG in the fixed-init archive's bytes"}
     hows = {"replay": "replayed schedule", "standard": "standard ConvNet-3",
             "replay-fixed": "the fixed-init archive's schedule and θ₀",
             "replay-random": "the random-init archive's schedule"}
@@ -162,6 +169,8 @@ def render(results: dict, args) -> str:
             if int(count) != n:
                 continue
             built = results.get(source, {})
+            if "bytes" in value:  # a baseline stored in a given number of bytes
+                built = {"bytes": f"{value['bytes']} ({value['images']} images)"}
             lines.append(f"| {n * 10} ({n}/class) | {names[kind]}, {hows[how]} | {built.get('bytes', '-')} | "
                          f"{built.get('distill_s', '-')} | {len(value['accuracies'])} | {mean_std(value['accuracies'])} |")
     lines += ["", "The paper's own figures, on other data (quoted from ../shared/background.md, not measured here):", "",

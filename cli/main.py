@@ -64,7 +64,9 @@ def main() -> None:
 @click.option("--generator", type=click.Path(exists=True, dir_okay=False),
               help="d2m: fine-tune this pre-trained generator (safetensors) instead of pre-training one.")
 @click.option("--checkpoint", type=click.Path(dir_okay=False),
-              help="d2m: pre-training checkpoint to write and resume from (default: OUTPUT.pretrain.safetensors).")
+              help="pixel: the checkpoint a killed encode resumes from by running the same command again "
+              "(default: OUTPUT.ckpt.safetensors, written every 5 minutes, deleted once the archive is written); "
+              "d2m: the pre-training checkpoint (default: OUTPUT.pretrain.safetensors).")
 @click.option("--pretraining", type=click.Choice(["gan", "vae"]),
               help="d2m: pre-train the generator as a conditional GAN or as the decoder of a conditional VAE.")
 @click.option("--pretrain-iterations", type=int, help="d2m: pre-training iterations.")
@@ -93,7 +95,7 @@ def compress(dataset, output, method, objective, init_mode, network, inner_steps
         only = {"d3": {"--subtasks": subtasks, "--workers": workers, "--latent-dim": latent_dim,
                        "--priors-per-class": priors_per_class, "--decoder-width": decoder_width,
                        "--decoder-dtype": decoder_dtype, "--prior-dtype": prior_dtype, "--soft-labels": soft_labels},
-                "d2m": {"--generator": generator, "--checkpoint": checkpoint, "--pretraining": pretraining,
+                "d2m": {"--generator": generator, "--pretraining": pretraining,
                         "--pretrain-iterations": pretrain_iterations, "--task-balance": task_balance,
                         "--generator-width": generator_width},
                 "pixel": {"--images-per-class": images_per_class}}
@@ -112,19 +114,23 @@ def compress(dataset, output, method, objective, init_mode, network, inner_steps
                 raise click.UsageError(f"{', '.join(given)} apply to --method {owner}{hint}")
         if teacher is not None and method == "pixel":
             raise click.UsageError("--teacher applies to --method d3 and d2m")
+        if checkpoint is not None and method == "d3":
+            raise click.UsageError("--checkpoint applies to --method pixel and d2m")
         dev = join_process_group(resolve_device(device))
         real = load_dataset(dataset, data_root, resolution)
         if method == "pixel" and objective == "bptt":
             from d3codec.methods.bptt import BPTTEncoder
 
-            encoder = BPTTEncoder.from_options(preset, iterations=iterations, real_per_class=real_per_class,
+            encoder = BPTTEncoder.from_options(preset, checkpoint or f"{output}.ckpt.safetensors",
+                                               iterations=iterations, real_per_class=real_per_class,
                                                storage_dtype=storage_dtype, images_per_class=images_per_class,
                                                init=init_mode, network=network, inner_steps=inner_steps,
                                                inner_epochs=inner_epochs)
         elif method == "pixel":
             from d3codec.methods.pixel import PixelEncoder
 
-            encoder = PixelEncoder.from_options(preset, iterations=iterations, real_per_class=real_per_class,
+            encoder = PixelEncoder.from_options(preset, checkpoint or f"{output}.ckpt.safetensors",
+                                                iterations=iterations, real_per_class=real_per_class,
                                                 storage_dtype=storage_dtype, images_per_class=images_per_class)
         elif method == "d2m":
             from d3codec.methods.d2m import D2MEncoder, load_generator

@@ -138,6 +138,8 @@ def compress(real: RealData, output: str | os.PathLike, *, method: str = "pixel"
     else:
         encoded = encoder.distill(real, plan, device=device, seed=seed, progress=progress)
         write_encoded(output, meta, encoded, budget, plan.max_bytes)
+        if encoded.cleanup is not None:
+            encoded.cleanup()
     return CompressResult(output, output.stat().st_size, budget, plan, encoded.stats if encoded else {})
 
 

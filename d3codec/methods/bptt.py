@@ -32,14 +32,17 @@ noise; the real batch is class-balanced (``real_per_class`` per class).
 from __future__ import annotations
 
 import math
+import os
 import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..budget import PixelPlan, archive_bound, plan_pixel_storage
+from ..checkpoint import Checkpoint, fingerprint
 from ..container import Section
 from ..data import RealData
 from ..errors import D3BudgetError, D3FormatError
@@ -111,12 +114,16 @@ class BPTTEncoder(Encoder):
 
     method = "pixel"
 
-    def __init__(self, config: BPTTConfig = PRESETS["fast"]):
+    def __init__(self, config: BPTTConfig = PRESETS["fast"], checkpoint: str | os.PathLike | None = None,
+                 checkpoint_seconds: float = 300.0):
         self.config = config
+        self.checkpoint = Path(checkpoint) if checkpoint is not None else None
+        self.checkpoint_seconds = checkpoint_seconds
 
     @classmethod
-    def from_options(cls, preset: str = "fast", **overrides) -> "BPTTEncoder":
-        return cls(preset_config(PRESETS, preset, overrides))
+    def from_options(cls, preset: str = "fast", checkpoint=None, checkpoint_seconds: float = 300.0,
+                     **overrides) -> "BPTTEncoder":
+        return cls(preset_config(PRESETS, preset, overrides), checkpoint, checkpoint_seconds)
 
     def method_meta(self, plan: BPTTPlan) -> dict:
         cfg = self.config
@@ -214,7 +221,6 @@ class BPTTEncoder(Encoder):
                                     requires_grad=True)  # softplus(ρ) = initial step size
         optimiser = torch.optim.Adam([{"params": [synthetic], "lr": cfg.lr_images},
                                       {"params": [raw_step_sizes], "lr": cfg.lr_step_sizes}], betas=(0.5, 0.999))
-        scheduler = torch.optim.lr_scheduler.StepLR(optimiser, cfg.lr_decay_every or cfg.iterations + 1, 0.5)
         net = build_model(cfg.network, c, k, h).to(device)  # the architecture; parameters come from θ
         theta0 = None
         if cfg.init == "fixed":  # rounded to the stored dtype first, so the archive holds exactly this θ₀
@@ -222,9 +228,25 @@ class BPTTEncoder(Encoder):
             theta0 = {n_: v.to(dtype).float() for n_, v in init_parameters(cfg.network, real.image_shape, k, seed,
                                                                              device).items()}
 
-        start, loss_value = time.time(), float("nan")
-        bar = tqdm(range(cfg.iterations), desc="BPTT", disable=not progress, unit="it")
+        start, loss_value, first = time.time(), float("nan"), 0
+        ckpt = None
+        if self.checkpoint is not None:  # a killed run goes on from its last checkpoint
+            ckpt = Checkpoint(self.checkpoint, "pixel-bptt", fingerprint(
+                "bptt", asdict(cfg), asdict(plan), seed, real.name, len(real.train_targets), device.type),
+                self.checkpoint_seconds)
+            resumed = ckpt.resume({"adam": optimiser}, gen, device)
+            if resumed is not None:
+                first, saved = resumed
+                with torch.no_grad():
+                    synthetic.copy_(saved["synthetic"])
+                    raw_step_sizes.copy_(saved["raw_step_sizes"])
+                loss_value = float(saved["loss"])
+        bar = tqdm(range(first, cfg.iterations), desc="BPTT", disable=not progress, unit="it", initial=first,
+                   total=cfg.iterations)
         for it in bar:
+            decay = 0.5 ** (it // cfg.lr_decay_every) if cfg.lr_decay_every else 1.0  # halved every lr_decay_every
+            optimiser.param_groups[0]["lr"], optimiser.param_groups[1]["lr"] = cfg.lr_images * decay, \
+                cfg.lr_step_sizes * decay
             start_params = theta0 if theta0 is not None else init_parameters(
                 cfg.network, real.image_shape, k, RANDOM_INIT_SEED_BASE * (seed + 1) + it, device)
             x_real = torch.cat([real.sample_class(cls, cfg.real_per_class, gen) for cls in range(k)])
@@ -235,10 +257,12 @@ class BPTTEncoder(Encoder):
             optimiser.zero_grad(set_to_none=True)
             synthetic.grad, raw_step_sizes.grad = d_images, d_raw
             optimiser.step()
-            scheduler.step()
             loss_value = loss
             if it % 50 == 0:
                 bar.set_postfix(outer_loss=f"{loss:.3f}", step_size=f"{F.softplus(raw_step_sizes).mean().item():.4f}")
+            if ckpt is not None and ckpt.due(it + 1, cfg.iterations):
+                ckpt.save(it + 1, {"synthetic": synthetic, "raw_step_sizes": raw_step_sizes,
+                                   "loss": torch.tensor(loss_value)}, {"adam": optimiser}, gen)
 
         # class-major pixel images (K, n, C, H, W), coded as stored, then read back as a reader would
         images = (synthetic.detach() * std + mean).view(s, k, m, c, h, w).transpose(0, 1).reshape(k * n, c, h, w)
@@ -249,7 +273,11 @@ class BPTTEncoder(Encoder):
         schedule = TrainingSchedule(cfg.network, s, e, step_sizes, cfg.init,
                                     {n_: v.cpu() for n_, v in theta0.items()} if theta0 is not None else None)
 
-        stats = {"distill_seconds": round(time.time() - start, 3), "final_loss": round(loss_value, 6)}
+        stats = {"distill_seconds": round(time.time() - start, 3)}
+        if math.isfinite(loss_value):
+            stats["final_loss"] = round(loss_value, 6)
+        if first:
+            stats["resumed_at_iteration"] = first
         if real.test is not None:  # what replaying the stored schedule on the stored images gives
             test_x, test_y = test_split(real)
             accuracies = [test_accuracy(schedule.replay(stored_images, labels, k, real.mean, real.std, r, device),
@@ -258,7 +286,7 @@ class BPTTEncoder(Encoder):
             stats["end_test_accuracy"] = accuracies[0] if theta0 is not None else accuracies
         sections = [Section.tensors("images", coded), Section.tensors("schedule", self._schedule_tensors(
             step_sizes, schedule.theta0))]
-        return Encoded(sections, self.method_meta(plan), stats)
+        return Encoded(sections, self.method_meta(plan), stats, cleanup=ckpt.remove if ckpt is not None else None)
 
 
 def unrolled_gradients(net: torch.nn.Module, theta0: dict[str, torch.Tensor], step_images: torch.Tensor,

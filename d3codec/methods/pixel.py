@@ -25,14 +25,18 @@ Archive sections: ``images`` (safetensors: images, labels, range) beside the met
 
 from __future__ import annotations
 
+import math
+import os
 import time
 from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
 from ..augment import DSA
 from ..budget import PixelPlan, plan_pixel_storage
+from ..checkpoint import Checkpoint, fingerprint
 from ..container import Section, stored_size
 from ..data import RealData
 from ..errors import D3FormatError
@@ -72,12 +76,16 @@ class PixelEncoder(Encoder):
 
     method = "pixel"
 
-    def __init__(self, config: DMConfig = PRESETS["fast"]):
+    def __init__(self, config: DMConfig = PRESETS["fast"], checkpoint: str | os.PathLike | None = None,
+                 checkpoint_seconds: float = 300.0):
         self.config = config
+        self.checkpoint = Path(checkpoint) if checkpoint is not None else None
+        self.checkpoint_seconds = checkpoint_seconds
 
     @classmethod
-    def from_options(cls, preset: str = "fast", **overrides) -> "PixelEncoder":
-        return cls(preset_config(PRESETS, preset, overrides))
+    def from_options(cls, preset: str = "fast", checkpoint=None, checkpoint_seconds: float = 300.0,
+                     **overrides) -> "PixelEncoder":
+        return cls(preset_config(PRESETS, preset, overrides), checkpoint, checkpoint_seconds)
 
     def method_meta(self, plan: PixelPlan) -> dict:
         return {"objective": "dm", "config": asdict(self.config), "images_per_class": plan.images_per_class,
@@ -121,8 +129,20 @@ class PixelEncoder(Encoder):
         optimiser = torch.optim.SGD([synthetic], lr=cfg.lr_images, momentum=cfg.momentum)
         dsa = DSA() if cfg.dsa else None
 
-        start, loss_value = time.time(), float("nan")
-        for _ in tqdm(range(cfg.iterations), desc="DM", disable=not progress, unit="it"):
+        start, loss_value, first = time.time(), float("nan"), 0
+        ckpt = None
+        if self.checkpoint is not None:  # a killed run goes on from its last checkpoint
+            ckpt = Checkpoint(self.checkpoint, "pixel-dm", fingerprint(
+                "dm", asdict(cfg), asdict(plan), seed, real.name, len(real.train_targets), device.type),
+                self.checkpoint_seconds)
+            resumed = ckpt.resume({"sgd": optimiser}, gen, device)
+            if resumed is not None:
+                first, saved = resumed
+                with torch.no_grad():
+                    synthetic.copy_(saved["synthetic"])
+                loss_value = float(saved["loss"])
+        for it in tqdm(range(first, cfg.iterations), desc="DM", disable=not progress, unit="it", initial=first,
+                       total=cfg.iterations):
             net = ConvNet(c, k, h, width=cfg.embed_width).to(device)
             net.requires_grad_(False)
             real_batches, synthetic_batches = [], []
@@ -142,10 +162,18 @@ class PixelEncoder(Encoder):
             loss.backward()
             optimiser.step()
             loss_value = loss.detach().item()
+            if ckpt is not None and ckpt.due(it + 1, cfg.iterations):
+                ckpt.save(it + 1, {"synthetic": synthetic, "loss": torch.tensor(loss_value)}, {"sgd": optimiser}, gen)
 
         images = (synthetic.detach() * std + mean).cpu()  # back to pixel space
-        stats = {"distill_seconds": round(time.time() - start, 3), "final_loss": round(loss_value, 6)}
-        return self._encoded(images.view(k, n, c, h, w), spec, plan, stats)
+        stats = {"distill_seconds": round(time.time() - start, 3)}
+        if math.isfinite(loss_value):
+            stats["final_loss"] = round(loss_value, 6)
+        if first:
+            stats["resumed_at_iteration"] = first
+        encoded = self._encoded(images.view(k, n, c, h, w), spec, plan, stats)
+        encoded.cleanup = ckpt.remove if ckpt is not None else None
+        return encoded
 
     def _encoded(self, images: torch.Tensor, spec: DatasetSpec, plan: PixelPlan, stats: dict) -> Encoded:
         """Sections of images (K, n, C, H, W); trim drops the last image of each class."""

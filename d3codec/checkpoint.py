@@ -1,0 +1,117 @@
+"""Encoder checkpoints: the state a long encode needs to go on after a kill, as safetensors + JSON.
+
+A checkpoint holds named tensors (the synthetic data, learned parameters), the optimisers' state,
+the random generators' states, the iteration reached and a fingerprint of everything that decides
+the result (method, options, plan, seed, data). It is written atomically every ``every_seconds``
+(never pickled; safetensors header metadata carries the JSON), so SIGKILL at any moment leaves
+either the previous checkpoint or the new one. A run with the same fingerprint resumes from it
+and ends with the same archive as an uninterrupted run (on the same device and software); a run
+with another fingerprint refuses it rather than mix two runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .container import write_atomic
+from .errors import D3Error
+from .weights import read_safetensors_file
+
+FORMAT = "d3codec-encoder-checkpoint"
+
+
+def fingerprint(*parts: Any) -> str:
+    """A short hash of JSON-serialisable ``parts`` (options, plan, seed, data description)."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:32]
+
+
+def flatten_optimizer(opt: torch.optim.Optimizer, prefix: str) -> tuple[dict[str, torch.Tensor], list]:
+    """An optimiser's state as tensors named ``{prefix}.{param index}.{field}`` and its JSON param groups."""
+    state = opt.state_dict()
+    tensors = {f"{prefix}.{i}.{k}": (v if torch.is_tensor(v) else torch.tensor(v))
+               for i, s in state["state"].items() for k, v in s.items()}
+    return tensors, state["param_groups"]
+
+
+def restore_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], prefix: str, groups: list) -> None:
+    """Inverse of :func:`flatten_optimizer`."""
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for key, value in tensors.items():
+        if key.startswith(prefix + "."):
+            i, name = key[len(prefix) + 1:].split(".", 1)
+            state.setdefault(int(i), {})[name] = value
+    opt.load_state_dict({"state": state, "param_groups": groups})
+
+
+class Checkpoint:
+    """One encode's checkpoint file.
+
+    Args:
+        path: the file (``OUTPUT.ckpt.safetensors`` from the CLI).
+        kind: what wrote it (e.g. "pixel-dm"); another kind's file is refused.
+        run: the fingerprint of the run (see :func:`fingerprint`).
+        every_seconds: the least time between two saves; the last iteration is always saved.
+    """
+
+    def __init__(self, path: str | Path, kind: str, run: str, every_seconds: float = 300.0):
+        self.path, self.kind, self.run, self.every_seconds = Path(path), kind, run, every_seconds
+        self._last = time.monotonic()
+
+    def due(self, iteration: int, total: int) -> bool:
+        return iteration == total or time.monotonic() - self._last >= self.every_seconds
+
+    def save(self, iteration: int, tensors: dict[str, torch.Tensor], optimizers: dict[str, torch.optim.Optimizer],
+             generator: torch.Generator) -> None:
+        """Write the state after ``iteration`` iterations (atomically replacing the file)."""
+        from safetensors.torch import save
+
+        out = {f"state.{k}": v for k, v in tensors.items()}
+        groups = {}
+        for name, opt in optimizers.items():
+            flat, groups[name] = flatten_optimizer(opt, f"opt.{name}")
+            out.update(flat)
+        out["rng.sampler"] = generator.get_state()
+        out["rng.torch"] = torch.get_rng_state()
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            out["rng.cuda"] = torch.cuda.get_rng_state()
+        out = {k: v.detach().cpu().contiguous() for k, v in out.items()}
+        meta = {"format": FORMAT, "kind": self.kind, "run": self.run, "iteration": str(iteration),
+                "opt_groups": json.dumps(groups)}
+        write_atomic(self.path, save(out, metadata=meta))
+        self._last = time.monotonic()
+
+    def resume(self, optimizers: dict[str, torch.optim.Optimizer], generator: torch.Generator,
+               device: torch.device) -> tuple[int, dict[str, torch.Tensor]] | None:
+        """Load the file if there is one: restores the optimisers and random states and returns
+        (iteration reached, the saved tensors by name); None when there is no file.
+        Raises: D3Error when the file belongs to another run or kind, or is damaged."""
+        if not self.path.is_file():
+            return None
+        fix = "; delete it to start afresh"
+        tensors, meta = read_safetensors_file(self.path, "checkpoint", fix)
+        if meta.get("format") != FORMAT or meta.get("kind") != self.kind:
+            raise D3Error(f"{self.path} is not a checkpoint of a {self.kind} encode{fix}")
+        if meta.get("run") != self.run:
+            raise D3Error(f"checkpoint {self.path} was written by a run with other data, options or seed{fix}, "
+                          "or run the same command as before")
+        try:
+            groups = json.loads(meta["opt_groups"])
+            for name, opt in optimizers.items():
+                restore_optimizer(opt, {k: v.to(device) for k, v in tensors.items()}, f"opt.{name}", groups[name])
+            generator.set_state(tensors["rng.sampler"])
+            torch.set_rng_state(tensors["rng.torch"])
+            if "rng.cuda" in tensors and device.type == "cuda":
+                torch.cuda.set_rng_state(tensors["rng.cuda"])
+            iteration = int(meta["iteration"])
+        except (KeyError, ValueError, RuntimeError, TypeError) as e:
+            raise D3Error(f"checkpoint {self.path} is damaged ({e}){fix}") from None
+        return iteration, {k[len("state."):]: v for k, v in tensors.items() if k.startswith("state.")}
+
+    def remove(self) -> None:
+        self.path.unlink(missing_ok=True)

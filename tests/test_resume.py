@@ -1,0 +1,92 @@
+"""Long encodes survive a kill: the checkpoint resumes to the same archive as an uninterrupted run."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from d3codec import D3Dataset
+from d3codec.compress import compress
+from d3codec.container import D3Reader
+from d3codec.errors import D3Error
+from d3codec.methods.pixel import PixelEncoder
+
+WORKER = Path(__file__).resolve().parent / "resume_worker.py"
+ITERATIONS = 60
+
+
+def worker(out, checkpoint) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, str(WORKER), str(out), str(checkpoint), str(ITERATIONS)], env=env)
+
+
+def saved_iteration(checkpoint: Path) -> int:
+    try:
+        with safe_open(str(checkpoint), "pt") as f:
+            return int(f.metadata()["iteration"])
+    except Exception:  # noqa: BLE001 - not written yet, or being replaced
+        return 0
+
+
+def method_sections(path) -> dict[str, bytes]:
+    with D3Reader(path) as r:
+        return {s.name: r.read_bytes(s.name) for s in r.sections if s.name != "meta"}
+
+
+def test_a_killed_bptt_encoder_resumes_to_the_same_archive(tmp_path):
+    reference = tmp_path / "reference.d3"
+    assert worker(reference, tmp_path / "reference.ckpt").wait(timeout=300) == 0
+    assert not (tmp_path / "reference.ckpt").exists()  # deleted once the archive is written
+
+    out, checkpoint = tmp_path / "out.d3", tmp_path / "out.ckpt"
+    process = worker(out, checkpoint)
+    deadline = time.time() + 300
+    while saved_iteration(checkpoint) < 5 and process.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=60)
+    killed_at = saved_iteration(checkpoint)
+    assert 5 <= killed_at < ITERATIONS, "the worker should have been killed mid-run"
+    assert not out.exists()  # nothing partial at the target
+
+    assert worker(out, checkpoint).wait(timeout=300) == 0
+    assert method_sections(out) == method_sections(reference)  # images and schedule, byte for byte
+    assert D3Dataset(out).meta["stats"]["resumed_at_iteration"] >= killed_at
+    assert not checkpoint.exists()
+
+
+class Interrupted(Exception):
+    pass
+
+
+def test_dm_resumes_after_an_interruption_and_refuses_another_runs_checkpoint(tiny_real, tmp_path, monkeypatch):
+    from d3codec import checkpoint as checkpoint_module
+
+    def encoder(**kw):
+        return PixelEncoder.from_options("fast", tmp_path / "dm.ckpt", checkpoint_seconds=0, iterations=8,
+                                         real_per_class=4, embed_width=8, **kw)
+    compress(tiny_real, tmp_path / "reference.d3", encoder=encoder(), budget=6_000, seed=1, progress=False)
+
+    real_save = checkpoint_module.Checkpoint.save
+
+    def save_then_stop(self, iteration, *args):
+        real_save(self, iteration, *args)
+        if iteration == 3:
+            raise Interrupted()
+    monkeypatch.setattr(checkpoint_module.Checkpoint, "save", save_then_stop)
+    with pytest.raises(Interrupted):
+        compress(tiny_real, tmp_path / "dm.d3", encoder=encoder(), budget=6_000, seed=1, progress=False)
+    monkeypatch.setattr(checkpoint_module.Checkpoint, "save", real_save)
+    assert (tmp_path / "dm.ckpt").exists() and not (tmp_path / "dm.d3").exists()
+
+    with pytest.raises(D3Error, match="other data, options or seed"):
+        compress(tiny_real, tmp_path / "dm.d3", encoder=encoder(), budget=6_000, seed=2, progress=False)
+    compress(tiny_real, tmp_path / "dm.d3", encoder=encoder(), budget=6_000, seed=1, progress=False)
+    assert torch.equal(D3Dataset(tmp_path / "dm.d3").images, D3Dataset(tmp_path / "reference.d3").images)
+    assert D3Dataset(tmp_path / "dm.d3").meta["stats"]["resumed_at_iteration"] == 3
