@@ -59,6 +59,7 @@ from tqdm.auto import tqdm
 
 from ..augment import DSA
 from ..budget import META_RESERVE_BYTES, archive_bound
+from ..checkpoint import flatten_optimizer, restore_optimizer
 from ..container import Section, write_atomic
 from ..data import ClassSampler, RealData
 from ..errors import D3BudgetError, D3Error, D3FormatError
@@ -261,21 +262,6 @@ def build_generator(plan: D2MPlan, num_classes: int, image_shape: tuple[int, int
 
 # ---- pre-training checkpoints: safetensors tensors + JSON metadata, written atomically ------------------------------
 
-def _flatten_optimizer(opt: torch.optim.Optimizer, prefix: str) -> tuple[dict[str, torch.Tensor], list]:
-    state = opt.state_dict()
-    tensors = {f"{prefix}.{i}.{k}": v for i, s in state["state"].items() for k, v in s.items()}
-    return tensors, state["param_groups"]
-
-
-def _restore_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], prefix: str, groups: list) -> None:
-    state: dict[int, dict[str, torch.Tensor]] = {}
-    for key, value in tensors.items():
-        if key.startswith(prefix + "."):
-            i, name = key[len(prefix) + 1:].split(".", 1)
-            state.setdefault(int(i), {})[name] = value
-    opt.load_state_dict({"state": state, "param_groups": groups})
-
-
 def save_checkpoint(path: Path, fingerprint: str, iteration: int, networks: dict[str, nn.Module],
                     optimizers: dict[str, torch.optim.Optimizer], gen: torch.Generator) -> None:
     """Everything pre-training needs to go on from ``iteration`` (atomically replacing ``path``):
@@ -285,7 +271,7 @@ def save_checkpoint(path: Path, fingerprint: str, iteration: int, networks: dict
     tensors = {f"{name}.{k}": v for name, net in networks.items() for k, v in net.state_dict().items()}
     groups = {}
     for name, opt in optimizers.items():
-        state, groups[name] = _flatten_optimizer(opt, name)
+        state, groups[name] = flatten_optimizer(opt, name)
         tensors.update(state)
     tensors["rng.sampler"] = gen.get_state()
     tensors["rng.torch"] = torch.get_rng_state()
@@ -533,7 +519,7 @@ class D2MEncoder(Encoder):
                     net.load_state_dict({n[len(name) + 1:]: v for n, v in tensors.items() if n.startswith(name + ".")})
                 groups = json.loads(meta["opt_groups"])
                 for name, opt in optimizers.items():
-                    _restore_optimizer(opt, tensors, name, groups[name])
+                    restore_optimizer(opt, tensors, name, groups[name])
                 gen.set_state(tensors["rng.sampler"])
                 torch.set_rng_state(tensors["rng.torch"])
                 if "rng.cuda" in tensors and device.type == "cuda":
