@@ -49,6 +49,22 @@ def restore_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tenso
     opt.load_state_dict({"state": state, "param_groups": groups})
 
 
+def rng_tensors(generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """The states of ``generator`` and of torch's global generators (CPU, and CUDA once used)."""
+    out = {"rng.sampler": generator.get_state(), "rng.torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        out["rng.cuda"] = torch.cuda.get_rng_state()
+    return out
+
+
+def restore_rng(tensors: dict[str, torch.Tensor], generator: torch.Generator, device: torch.device) -> None:
+    """Inverse of :func:`rng_tensors`. Raises KeyError or RuntimeError on a missing or bad state."""
+    generator.set_state(tensors["rng.sampler"])
+    torch.set_rng_state(tensors["rng.torch"])
+    if "rng.cuda" in tensors and device.type == "cuda":
+        torch.cuda.set_rng_state(tensors["rng.cuda"])
+
+
 class Checkpoint:
     """One encode's checkpoint file.
 
@@ -76,10 +92,7 @@ class Checkpoint:
         for name, opt in optimizers.items():
             flat, groups[name] = flatten_optimizer(opt, f"opt.{name}")
             out.update(flat)
-        out["rng.sampler"] = generator.get_state()
-        out["rng.torch"] = torch.get_rng_state()
-        if torch.cuda.is_available() and torch.cuda.is_initialized():
-            out["rng.cuda"] = torch.cuda.get_rng_state()
+        out.update(rng_tensors(generator))
         out = {k: v.detach().cpu().contiguous() for k, v in out.items()}
         meta = {"format": FORMAT, "kind": self.kind, "run": self.run, "iteration": str(iteration),
                 "opt_groups": json.dumps(groups)}
@@ -104,10 +117,7 @@ class Checkpoint:
             groups = json.loads(meta["opt_groups"])
             for name, opt in optimizers.items():
                 restore_optimizer(opt, {k: v.to(device) for k, v in tensors.items()}, f"opt.{name}", groups[name])
-            generator.set_state(tensors["rng.sampler"])
-            torch.set_rng_state(tensors["rng.torch"])
-            if "rng.cuda" in tensors and device.type == "cuda":
-                torch.cuda.set_rng_state(tensors["rng.cuda"])
+            restore_rng(tensors, generator, device)
             iteration = int(meta["iteration"])
         except (KeyError, ValueError, RuntimeError, TypeError) as e:
             raise D3Error(f"checkpoint {self.path} is damaged ({e}){fix}") from None

@@ -8,13 +8,16 @@ writes the file atomically and checks its size.
 
 from __future__ import annotations
 
+import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
 from ..container import Section
+from ..errors import D3Error
 from ..data import RealData
 
 
@@ -78,3 +81,52 @@ class Encoder(ABC):
     def distill(self, real: RealData, plan: Any, *, device: torch.device, seed: int,
                 progress: bool = True) -> Encoded:
         """Run the distillation and return the archive's method sections."""
+
+
+class CheckpointedEncoder(Encoder):
+    """An encoder of one long loop that checkpoints itself (d3codec.checkpoint) when given a file.
+
+    Subclasses set ``presets`` (name → config). ``Sub(config, checkpoint="run.ckpt")``, or
+    ``Sub.from_options("fast", "run.ckpt", iterations=...)``; ``checkpoint_seconds`` is the least
+    time between two saves.
+    """
+
+    presets: dict[str, Any] = {}
+
+    def __init__(self, config: Any = None, checkpoint: str | os.PathLike | None = None,
+                 checkpoint_seconds: float = 300.0):
+        self.config = config if config is not None else self.presets["fast"]
+        self.checkpoint = Path(checkpoint) if checkpoint is not None else None
+        self.checkpoint_seconds = checkpoint_seconds
+
+    @classmethod
+    def from_options(cls, preset: str = "fast", checkpoint: str | os.PathLike | None = None,
+                     checkpoint_seconds: float = 300.0, **overrides) -> "CheckpointedEncoder":
+        return cls(preset_config(cls.presets, preset, overrides), checkpoint, checkpoint_seconds)
+
+    def resume_checkpoint(self, kind: str, run: tuple, optimisers: dict[str, torch.optim.Optimizer],
+                          generator: torch.Generator, learned: dict[str, torch.Tensor], device: torch.device):
+        """Open this encoder's checkpoint (None without a file name) and, if the file exists, restore
+        ``learned`` in place (tensors of the same names were saved), the optimisers and random states.
+
+        ``run``: what decides the result (options, plan, seed, data); a checkpoint of another run is refused.
+        Returns: (Checkpoint or None, first iteration to run, the last saved loss or NaN).
+        Raises: D3Error for another run's or a damaged checkpoint.
+        """
+        from ..checkpoint import Checkpoint, fingerprint
+
+        if self.checkpoint is None:
+            return None, 0, float("nan")
+        ckpt = Checkpoint(self.checkpoint, kind, fingerprint(kind, *run), self.checkpoint_seconds)
+        resumed = ckpt.resume(optimisers, generator, device)
+        if resumed is None:
+            return ckpt, 0, float("nan")
+        first, saved = resumed
+        try:
+            with torch.no_grad():
+                for name, tensor in learned.items():
+                    tensor.copy_(saved[name])
+        except (KeyError, RuntimeError) as e:
+            raise D3Error(f"checkpoint {self.checkpoint} is damaged ({e}); delete it to start afresh") from None
+        return ckpt, first, float(saved.get("loss", torch.tensor(float("nan"))))
+

@@ -32,17 +32,14 @@ noise; the real batch is class-balanced (``real_per_class`` per class).
 from __future__ import annotations
 
 import math
-import os
 import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..budget import PixelPlan, archive_bound, plan_pixel_storage
-from ..checkpoint import Checkpoint, fingerprint
 from ..container import Section
 from ..data import RealData
 from ..errors import D3BudgetError, D3FormatError
@@ -50,7 +47,7 @@ from ..models import build_model
 from ..schedule import TrainingSchedule, gd_step, init_parameters
 from ..storage import decode_images, encode_images, resolve_storage_dtype
 from ..weights import read_stored
-from .base import DatasetSpec, Encoded, Encoder, preset_config
+from .base import CheckpointedEncoder, DatasetSpec, Encoded
 
 NETWORKS = ("lenet", "convnet3")
 INITS = ("fixed", "random")
@@ -106,7 +103,7 @@ def largest_divisor_up_to(n: int, limit: int) -> int:
     return max(d for d in range(1, min(n, limit) + 1) if n % d == 0)
 
 
-class BPTTEncoder(Encoder):
+class BPTTEncoder(CheckpointedEncoder):
     """``--method pixel --objective bptt``. ``BPTTEncoder(PRESETS["fast"])`` or any :class:`BPTTConfig`.
 
     Its archives are pixel archives (DM's ``images`` section, read by the same decoder) plus a
@@ -114,16 +111,7 @@ class BPTTEncoder(Encoder):
 
     method = "pixel"
 
-    def __init__(self, config: BPTTConfig = PRESETS["fast"], checkpoint: str | os.PathLike | None = None,
-                 checkpoint_seconds: float = 300.0):
-        self.config = config
-        self.checkpoint = Path(checkpoint) if checkpoint is not None else None
-        self.checkpoint_seconds = checkpoint_seconds
-
-    @classmethod
-    def from_options(cls, preset: str = "fast", checkpoint=None, checkpoint_seconds: float = 300.0,
-                     **overrides) -> "BPTTEncoder":
-        return cls(preset_config(PRESETS, preset, overrides), checkpoint, checkpoint_seconds)
+    presets = PRESETS
 
     def method_meta(self, plan: BPTTPlan) -> dict:
         cfg = self.config
@@ -228,19 +216,10 @@ class BPTTEncoder(Encoder):
             theta0 = {n_: v.to(dtype).float() for n_, v in init_parameters(cfg.network, real.image_shape, k, seed,
                                                                              device).items()}
 
-        start, loss_value, first = time.time(), float("nan"), 0
-        ckpt = None
-        if self.checkpoint is not None:  # a killed run goes on from its last checkpoint
-            ckpt = Checkpoint(self.checkpoint, "pixel-bptt", fingerprint(
-                "bptt", asdict(cfg), asdict(plan), seed, real.name, len(real.train_targets), device.type),
-                self.checkpoint_seconds)
-            resumed = ckpt.resume({"adam": optimiser}, gen, device)
-            if resumed is not None:
-                first, saved = resumed
-                with torch.no_grad():
-                    synthetic.copy_(saved["synthetic"])
-                    raw_step_sizes.copy_(saved["raw_step_sizes"])
-                loss_value = float(saved["loss"])
+        start = time.time()
+        ckpt, first, loss_value = self.resume_checkpoint(  # a killed run goes on from its last checkpoint
+            "pixel-bptt", (asdict(cfg), asdict(plan), seed, real.name, len(real.train_targets), device.type),
+            {"adam": optimiser}, gen, {"synthetic": synthetic, "raw_step_sizes": raw_step_sizes}, device)
         bar = tqdm(range(first, cfg.iterations), desc="BPTT", disable=not progress, unit="it", initial=first,
                    total=cfg.iterations)
         for it in bar:

@@ -59,7 +59,7 @@ from tqdm.auto import tqdm
 
 from ..augment import DSA
 from ..budget import META_RESERVE_BYTES, archive_bound
-from ..checkpoint import flatten_optimizer, restore_optimizer
+from ..checkpoint import flatten_optimizer, restore_optimizer, restore_rng, rng_tensors
 from ..container import Section, write_atomic
 from ..data import ClassSampler, RealData
 from ..errors import D3BudgetError, D3Error, D3FormatError
@@ -273,10 +273,7 @@ def save_checkpoint(path: Path, fingerprint: str, iteration: int, networks: dict
     for name, opt in optimizers.items():
         state, groups[name] = flatten_optimizer(opt, name)
         tensors.update(state)
-    tensors["rng.sampler"] = gen.get_state()
-    tensors["rng.torch"] = torch.get_rng_state()
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        tensors["rng.cuda"] = torch.cuda.get_rng_state()
+    tensors.update(rng_tensors(gen))
     tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
     meta = {"format": "d3codec-d2m-pretrain", "fingerprint": fingerprint, "iteration": str(iteration),
             "opt_groups": json.dumps(groups)}
@@ -520,10 +517,7 @@ class D2MEncoder(Encoder):
                 groups = json.loads(meta["opt_groups"])
                 for name, opt in optimizers.items():
                     restore_optimizer(opt, tensors, name, groups[name])
-                gen.set_state(tensors["rng.sampler"])
-                torch.set_rng_state(tensors["rng.torch"])
-                if "rng.cuda" in tensors and device.type == "cuda":
-                    torch.cuda.set_rng_state(tensors["rng.cuda"])
+                restore_rng(tensors, gen, device)
                 first = int(meta["iteration"])
             except (KeyError, ValueError, RuntimeError) as e:
                 raise D3Error(f"checkpoint {self.checkpoint} is damaged ({e}); delete it to pre-train from "

@@ -26,23 +26,20 @@ Archive sections: ``images`` (safetensors: images, labels, range) beside the met
 from __future__ import annotations
 
 import math
-import os
 import time
 from dataclasses import asdict, dataclass, replace
-from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
 from ..augment import DSA
 from ..budget import PixelPlan, plan_pixel_storage
-from ..checkpoint import Checkpoint, fingerprint
 from ..container import Section, stored_size
 from ..data import RealData
 from ..errors import D3FormatError
 from ..models import ConvNet
 from ..storage import decode_images, encode_images, resolve_storage_dtype
-from .base import DatasetSpec, Encoded, Encoder, preset_config
+from .base import CheckpointedEncoder, DatasetSpec, Encoded
 
 
 @dataclass(frozen=True)
@@ -71,21 +68,12 @@ PRESETS = {
 }
 
 
-class PixelEncoder(Encoder):
+class PixelEncoder(CheckpointedEncoder):
     """DM on pixels. ``PixelEncoder(PRESETS["fast"])`` or any :class:`DMConfig`."""
 
     method = "pixel"
 
-    def __init__(self, config: DMConfig = PRESETS["fast"], checkpoint: str | os.PathLike | None = None,
-                 checkpoint_seconds: float = 300.0):
-        self.config = config
-        self.checkpoint = Path(checkpoint) if checkpoint is not None else None
-        self.checkpoint_seconds = checkpoint_seconds
-
-    @classmethod
-    def from_options(cls, preset: str = "fast", checkpoint=None, checkpoint_seconds: float = 300.0,
-                     **overrides) -> "PixelEncoder":
-        return cls(preset_config(PRESETS, preset, overrides), checkpoint, checkpoint_seconds)
+    presets = PRESETS
 
     def method_meta(self, plan: PixelPlan) -> dict:
         return {"objective": "dm", "config": asdict(self.config), "images_per_class": plan.images_per_class,
@@ -129,18 +117,10 @@ class PixelEncoder(Encoder):
         optimiser = torch.optim.SGD([synthetic], lr=cfg.lr_images, momentum=cfg.momentum)
         dsa = DSA() if cfg.dsa else None
 
-        start, loss_value, first = time.time(), float("nan"), 0
-        ckpt = None
-        if self.checkpoint is not None:  # a killed run goes on from its last checkpoint
-            ckpt = Checkpoint(self.checkpoint, "pixel-dm", fingerprint(
-                "dm", asdict(cfg), asdict(plan), seed, real.name, len(real.train_targets), device.type),
-                self.checkpoint_seconds)
-            resumed = ckpt.resume({"sgd": optimiser}, gen, device)
-            if resumed is not None:
-                first, saved = resumed
-                with torch.no_grad():
-                    synthetic.copy_(saved["synthetic"])
-                loss_value = float(saved["loss"])
+        start = time.time()
+        ckpt, first, loss_value = self.resume_checkpoint(  # a killed run goes on from its last checkpoint
+            "pixel-dm", (asdict(cfg), asdict(plan), seed, real.name, len(real.train_targets), device.type),
+            {"sgd": optimiser}, gen, {"synthetic": synthetic}, device)
         for it in tqdm(range(first, cfg.iterations), desc="DM", disable=not progress, unit="it", initial=first,
                        total=cfg.iterations):
             net = ConvNet(c, k, h, width=cfg.embed_width).to(device)
