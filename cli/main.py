@@ -40,7 +40,8 @@ def main() -> None:
 @click.option("--network", type=click.Choice(["lenet", "convnet3"]), help="bptt: the unrolled network (default lenet).")
 @click.option("--inner-steps", type=int, help="bptt: GD steps an epoch, each on its own share of the images "
               "(default: up to 10, dividing the images per class).")
-@click.option("--inner-epochs", type=int, help="bptt: passes over the steps (default 3, or more for at least 10 steps in all).")
+@click.option("--inner-epochs", type=int,
+              help="bptt: passes over the steps (default 3, or more for at least 10 steps in all).")
 @click.option("--ipc", type=float, help="Budget as N float32 images per class: N·K·C·H·W·4 bytes.")
 @click.option("--budget", type=int, help="Budget in bytes; the whole file counts.")
 @click.option("--preset", type=click.Choice(["fast", "paper"]), default="fast", show_default=True,
@@ -77,7 +78,8 @@ def main() -> None:
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, ...")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def compress(dataset, output, method, objective, init_mode, network, inner_steps, inner_epochs, ipc, budget, preset, iterations, real_per_class, storage_dtype,
+def compress(dataset, output, method, objective, init_mode, network, inner_steps, inner_epochs, ipc, budget, preset,
+             iterations, real_per_class, storage_dtype,
              images_per_class, subtasks, workers, teacher, latent_dim, priors_per_class, decoder_width, decoder_dtype,
              prior_dtype, soft_labels, generator, checkpoint, pretraining, pretrain_iterations, task_balance, generator_width,
              data_root, resolution, seed, device, quiet):

@@ -95,8 +95,9 @@ class MLP(nn.Module):
 
 
 class LeNet(nn.Module):
-    """LeNet-5 as the Dataset Distillation code builds it (Wang et al. 2018, Sec. 4): Conv 5×5 (6) → ReLU →
-    MaxPool 2 → Conv 5×5 (16) → ReLU → MaxPool 2 → Linear 120 → ReLU → Linear 84 → ReLU → Linear(classes).
+    """LeNet-5 as the Dataset Distillation code builds it (Wang et al. 2018, Sec. 4): Conv 5×5 (6) →
+    ReLU → MaxPool 2 → Conv 5×5 (16) → ReLU → MaxPool 2 → Linear 120 → ReLU → Linear 84 → ReLU →
+    Linear(classes).
     28×28 inputs are padded by 2 in the first convolution (as MNIST's LeNet); other sizes are not.
     Input (N, C, H, W) float32 normalised, H = W ≥ 16; output (N, classes) logits."""
 

@@ -5,8 +5,9 @@ images to the function that reads them back, ``decode(reader, meta)`` → (image
 labels or None); ``SAMPLERS`` maps a method that generates its images (any number per class) to
 ``load_sampler(reader, meta, device)`` → ``draw(samples_per_class, seed)`` → the same triple;
 ``SCHEDULES`` maps a method whose archives may carry a training schedule to
-``read_schedule(reader, meta)`` → d3codec.schedule.TrainingSchedule or None; ``SECTIONS`` lists the critical sections each method's decoder understands (a reader refuses any
-other critical section).
+``read_schedule(reader, meta)`` → d3codec.schedule.TrainingSchedule or None; ``SECTIONS`` lists
+the critical sections each method's decoder understands (a reader refuses any other critical
+section).
 """
 
 from . import bptt, d2m, d3, pixel
