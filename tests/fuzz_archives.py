@@ -149,6 +149,8 @@ def mutate_json(meta: dict, rng: random.Random) -> dict:
         try:
             for key in path[:-1]:
                 parent = parent[key]
+            if isinstance(parent, dict) != isinstance(path[-1], str):
+                continue  # an earlier change in this call replaced a list by an object, or the other way
             if rng.random() < 0.25 and isinstance(parent, dict):
                 parent.pop(path[-1], None)
             else:
@@ -313,7 +315,7 @@ def _is_sampled(data: bytes) -> bool:
         return False
 
 
-OUTCOMES = {"read": 0, "refused": 0}  # how the cases that behaved ended
+OUTCOMES = {"read": 0, "refused": 0, "unwritable": 0}  # how the cases ended that were not findings
 
 
 def check_case(original: bytes, mutated: bytes, byte_mutation: bool, seconds: float = CASE_SECONDS) -> str | None:
@@ -350,7 +352,12 @@ def run(cases: int, seed: int, folder: Path, log=print, stop_at_first: bool = Fa
         name = rng.choice(sorted(seeds))
         original = seeds[name]
         is_bytes = rng.random() < 0.35
-        mutated = byte_level(original, rng) if is_bytes else structural(original, rng)
+        try:
+            mutated = byte_level(original, rng) if is_bytes else structural(original, rng)
+        except (TypeError, ValueError, OverflowError) as e:  # the harness could not write this mutation
+            OUTCOMES["unwritable"] += 1
+            log(f"case {case}: mutation not written ({type(e).__name__}: {e}); counted, not read")
+            continue
         for _ in range(rng.choice([0, 0, 0, 1])):  # sometimes a second mutation on top
             try:
                 mutated = structural(mutated, rng)
@@ -390,7 +397,8 @@ def main() -> None:
     seed_archives(Path(args.seeds_folder))
     limit_memory(args.memory_gib)
     findings = run(args.cases, args.seed, Path(args.seeds_folder))
-    print(f"{args.cases} cases tried, {len(findings)} found")
+    print(f"{args.cases} cases tried, {len(findings)} found ({OUTCOMES['read']} read, {OUTCOMES['refused']} refused "
+          f"with D3FormatError, {OUTCOMES['unwritable']} mutations the harness could not write)")
     sys.exit(1 if findings else 0)
 
 
