@@ -137,7 +137,15 @@ def compress(real: RealData, output: str | os.PathLike, *, method: str = "pixel"
         barrier()
     else:
         encoded = encoder.distill(real, plan, device=device, seed=seed, progress=progress)
-        write_encoded(output, meta, encoded, budget, plan.max_bytes)
+        try:
+            write_encoded(output, meta, encoded, budget, plan.max_bytes)
+        except OSError as error:  # e.g. a full disk: say where the work is kept
+            kept = getattr(encoder, "checkpoint", None)
+            if kept is None or not Path(kept).exists():
+                raise
+            raise OSError(error.errno, f"writing {output} failed ({error.strerror or error}); the distilled state is "
+                          f"kept in {kept}: free the space and run the same command again to write the archive "
+                          "without distilling anew") from error
         if encoded.cleanup is not None:
             encoded.cleanup()
     return CompressResult(output, output.stat().st_size, budget, plan, encoded.stats if encoded else {})

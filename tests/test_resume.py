@@ -90,3 +90,25 @@ def test_dm_resumes_after_an_interruption_and_refuses_another_runs_checkpoint(ti
     compress(tiny_real, tmp_path / "dm.d3", encoder=encoder(), budget=6_000, seed=1, progress=False)
     assert torch.equal(D3Dataset(tmp_path / "dm.d3").images, D3Dataset(tmp_path / "reference.d3").images)
     assert D3Dataset(tmp_path / "dm.d3").meta["stats"]["resumed_at_iteration"] == 3
+
+
+def test_a_full_disk_at_the_end_keeps_the_distilled_state_for_the_next_run(tiny_real, tmp_path, monkeypatch):
+    import d3codec.compress
+
+    def encoder():
+        return PixelEncoder.from_options("fast", tmp_path / "dm.ckpt", iterations=5, real_per_class=4, embed_width=8)
+    compress(tiny_real, tmp_path / "reference.d3", encoder=encoder(), budget=6_000, seed=1, progress=False)
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(d3codec.compress, "write_atomic", disk_full)
+    with pytest.raises(OSError, match="No space left on device.*kept in .*dm.ckpt.*run the same command again"):
+        compress(tiny_real, tmp_path / "dm.d3", encoder=encoder(), budget=6_000, seed=1, progress=False)
+    assert not (tmp_path / "dm.d3").exists() and (tmp_path / "dm.ckpt").exists()
+
+    monkeypatch.undo()
+    compress(tiny_real, tmp_path / "dm.d3", encoder=encoder(), budget=6_000, seed=1, progress=False)
+    ds = D3Dataset(tmp_path / "dm.d3")
+    assert ds.meta["stats"]["resumed_at_iteration"] == 5  # nothing distilled again
+    assert torch.equal(ds.images, D3Dataset(tmp_path / "reference.d3").images)
+    assert not (tmp_path / "dm.ckpt").exists()
