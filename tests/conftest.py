@@ -30,6 +30,11 @@ def pattern_images(num_classes: int, per_class: int, size: int, channels: int, s
 @pytest.fixture
 def tiny_real() -> RealData:
     """3 classes of 16×16 grey images in memory, 20 per class for training and 10 for testing."""
+    return make_tiny_real()
+
+
+def make_tiny_real() -> RealData:
+    """The data of the ``tiny_real`` fixture, for helpers that run outside pytest (fuzzing, workers)."""
     x, y = pattern_images(3, 20, 16, 1)
     tx, ty = pattern_images(3, 10, 16, 1, seed=1)
     to_t = lambda a: torch.from_numpy(a).permute(0, 3, 1, 2).contiguous()  # noqa: E731

@@ -45,20 +45,9 @@ CASE_SECONDS = 10.0
 
 # -- seeds: one small valid archive of each kind ------------------------------------------------
 
-def tiny_real():
-    from conftest import pattern_images
-    from d3codec.data import RealData, TensorImages
-
-    x, y = pattern_images(3, 20, 16, 1)
-    tx, ty = pattern_images(3, 10, 16, 1, seed=1)
-    to_t = lambda a: torch.from_numpy(a).permute(0, 3, 1, 2).contiguous()  # noqa: E731
-    train_y, test_y = torch.from_numpy(y).long(), torch.from_numpy(ty).long()
-    return RealData("tiny", ["a", "b", "c"], (1, 16, 16), (0.3,), (0.35,), train_y,
-                    TensorImages(to_t(x), train_y), TensorImages(to_t(tx), test_y), train_images=to_t(x))
-
-
 def seed_archives(folder: Path) -> dict[str, bytes]:
     """Valid archives of every method and storage kind, built once into ``folder`` (cached)."""
+    from conftest import make_tiny_real
     from d3codec.compress import compress
     from d3codec.methods.bptt import BPTTEncoder
     from d3codec.methods.d2m import D2MEncoder
@@ -87,7 +76,7 @@ def seed_archives(folder: Path) -> dict[str, bytes]:
     for name, (encoder, budget) in builders.items():
         path = folder / f"{name}.d3"
         if not path.exists():
-            real = real or tiny_real()
+            real = real or make_tiny_real()
             compress(real, path, encoder=encoder(), budget=budget, progress=False)
         seeds[name] = path.read_bytes()
     return seeds

@@ -10,7 +10,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from fuzz_archives import tiny_real  # noqa: E402
+from conftest import make_tiny_real  # noqa: E402
 
 from d3codec.compress import compress  # noqa: E402
 from d3codec.methods.bptt import BPTTEncoder  # noqa: E402
@@ -20,4 +20,4 @@ if __name__ == "__main__":
     out, checkpoint, iterations = sys.argv[1], sys.argv[2], int(sys.argv[3])
     encoder = BPTTEncoder.from_options("fast", checkpoint, checkpoint_seconds=0, iterations=iterations,
                                        real_per_class=8, images_per_class=2, inner_epochs=2, lr_decay_every=20)
-    compress(tiny_real(), out, encoder=encoder, budget=100_000, seed=3, progress=False)
+    compress(make_tiny_real(), out, encoder=encoder, budget=100_000, seed=3, progress=False)
