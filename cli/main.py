@@ -67,7 +67,8 @@ def main() -> None:
 @click.option("--checkpoint", type=click.Path(dir_okay=False),
               help="pixel: the checkpoint a killed encode resumes from by running the same command again "
               "(default: OUTPUT.ckpt.safetensors, written every 5 minutes, deleted once the archive is written); "
-              "d2m: the pre-training checkpoint (default: OUTPUT.pretrain.safetensors).")
+              "d2m: the pre-training checkpoint (default: OUTPUT.pretrain.safetensors, kept for another "
+              "fine-tuning); d2m fine-tuning checkpoints to OUTPUT.ckpt.safetensors as pixel does.")
 @click.option("--pretraining", type=click.Choice(["gan", "vae"]),
               help="d2m: pre-train the generator as a conditional GAN or as the decoder of a conditional VAE.")
 @click.option("--pretrain-iterations", type=int, help="d2m: pre-training iterations.")
@@ -141,8 +142,8 @@ def compress(dataset, output, method, objective, init_mode, network, inner_steps
             encoder = D2MEncoder.from_options(
                 preset, load_teacher(teacher, real.image_shape, real.num_classes, dev) if teacher else None,
                 load_generator(generator, real.num_classes, real.image_shape) if generator else None,
-                checkpoint or f"{output}.pretrain.safetensors", iterations=iterations, real_per_class=real_per_class,
-                pretraining=pretraining, pretrain_iterations=pretrain_iterations, task_balance=task_balance,
+                checkpoint or f"{output}.pretrain.safetensors", f"{output}.ckpt.safetensors", iterations=iterations,
+                real_per_class=real_per_class, pretraining=pretraining, pretrain_iterations=pretrain_iterations, task_balance=task_balance,
                 generator_width=generator_width)
         else:
             from d3codec.methods.d3 import D3Encoder

@@ -49,6 +49,12 @@ def restore_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tenso
     opt.load_state_dict({"state": state, "param_groups": groups})
 
 
+def load_prefixed(module: torch.nn.Module, tensors: dict[str, torch.Tensor], prefix: str) -> None:
+    """Load ``module``'s state from the tensors named ``{prefix}{parameter name}``.
+    Raises: RuntimeError when one is missing or of the wrong shape."""
+    module.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
+
+
 def rng_tensors(generator: torch.Generator) -> dict[str, torch.Tensor]:
     """The states of ``generator`` and of torch's global generators (CPU, and CUDA once used)."""
     out = {"rng.sampler": generator.get_state(), "rng.torch": torch.get_rng_state()}

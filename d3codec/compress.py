@@ -140,7 +140,7 @@ def compress(real: RealData, output: str | os.PathLike, *, method: str = "pixel"
         try:
             write_encoded(output, meta, encoded, budget, plan.max_bytes)
         except OSError as error:  # e.g. a full disk: say where the work is kept
-            kept = getattr(encoder, "checkpoint", None)
+            kept = encoder.kept_state
             if kept is None or not Path(kept).exists():
                 raise
             raise OSError(error.errno, f"writing {output} failed ({error.strerror or error}); the distilled state is "

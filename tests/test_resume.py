@@ -112,3 +112,68 @@ def test_a_full_disk_at_the_end_keeps_the_distilled_state_for_the_next_run(tiny_
     assert ds.meta["stats"]["resumed_at_iteration"] == 5  # nothing distilled again
     assert torch.equal(ds.images, D3Dataset(tmp_path / "reference.d3").images)
     assert not (tmp_path / "dm.ckpt").exists()
+
+
+def test_d2m_fine_tuning_resumes_after_an_interruption_to_the_same_generator(tiny_real, tmp_path, monkeypatch):
+    """Interrupted at fine-tuning iteration 3 of 5, the same call goes on from there: pre-training and
+    the teacher are not run again (their results are in the checkpoint) and the archive is the same."""
+    from d3codec import checkpoint as checkpoint_module
+    from d3codec.methods import d2m
+
+    def encoder(name):
+        return d2m.D2MEncoder.from_options(
+            "fast", None, None, tmp_path / f"{name}.pretrain", tmp_path / f"{name}.ckpt", checkpoint_seconds=0,
+            pretrain_iterations=4, pretrain_batch=8, disc_width=4, iterations=5, synthetic_per_class=4,
+            real_per_class=6, embed_width=8, teacher_epochs=1.0, teacher_width=8, noise_dim=4, embed_dim=4)
+    compress(tiny_real, tmp_path / "reference.d3", encoder=encoder("reference"), budget=12_000, seed=1, progress=False)
+    assert not (tmp_path / "reference.ckpt").exists()  # deleted once the archive is written
+
+    real_save = checkpoint_module.Checkpoint.save
+
+    def save_then_stop(self, iteration, *args):
+        real_save(self, iteration, *args)
+        if iteration == 3:
+            raise Interrupted()
+    monkeypatch.setattr(checkpoint_module.Checkpoint, "save", save_then_stop)
+    with pytest.raises(Interrupted):
+        compress(tiny_real, tmp_path / "g.d3", encoder=encoder("g"), budget=12_000, seed=1, progress=False)
+    monkeypatch.undo()
+    assert (tmp_path / "g.ckpt").exists() and not (tmp_path / "g.d3").exists()
+
+    with pytest.raises(D3Error, match="other data, options or seed"):
+        compress(tiny_real, tmp_path / "g.d3", encoder=encoder("g"), budget=12_000, seed=2, progress=False)
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("a resumed fine-tuning ran pre-training or the teacher again")
+    monkeypatch.setattr(d2m.D2MEncoder, "pretrain", must_not_run)
+    monkeypatch.setattr(d2m, "train_teacher", must_not_run)
+    compress(tiny_real, tmp_path / "g.d3", encoder=encoder("g"), budget=12_000, seed=1, progress=False)
+    assert method_sections(tmp_path / "g.d3") == method_sections(tmp_path / "reference.d3")
+    stats = D3Dataset(tmp_path / "g.d3").meta["params"]["stats"]
+    reference_stats = D3Dataset(tmp_path / "reference.d3").meta["params"]["stats"]
+    assert stats["teacher_accuracy"] == reference_stats["teacher_accuracy"]
+    assert stats["final_loss"] == reference_stats["final_loss"]
+    assert D3Dataset(tmp_path / "g.d3").meta["stats"]["resumed_at_iteration"] == 3
+    assert not (tmp_path / "g.ckpt").exists()
+
+
+def test_a_full_disk_after_d2m_fine_tuning_names_the_checkpoint_and_loses_nothing(tiny_real, tmp_path, monkeypatch):
+    import d3codec.compress
+    from d3codec.methods import d2m
+
+    def encoder():
+        return d2m.D2MEncoder.from_options(
+            "fast", None, None, tmp_path / "g.pretrain", tmp_path / "g.ckpt", pretrain_iterations=2, pretrain_batch=8,
+            disc_width=4, iterations=2, synthetic_per_class=4, real_per_class=6, embed_width=8, teacher_epochs=1.0,
+            teacher_width=8, noise_dim=4, embed_dim=4)
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(d3codec.compress, "write_atomic", disk_full)
+    with pytest.raises(OSError, match="No space left on device.*kept in .*g.ckpt.*run the same command again"):
+        compress(tiny_real, tmp_path / "g.d3", encoder=encoder(), budget=12_000, seed=1, progress=False)
+    assert not (tmp_path / "g.d3").exists() and (tmp_path / "g.ckpt").exists()
+
+    monkeypatch.undo()
+    compress(tiny_real, tmp_path / "g.d3", encoder=encoder(), budget=12_000, seed=1, progress=False)
+    assert D3Dataset(tmp_path / "g.d3").meta["stats"]["resumed_at_iteration"] == 2  # nothing fine-tuned again

@@ -82,6 +82,12 @@ class Encoder(ABC):
                 progress: bool = True) -> Encoded:
         """Run the distillation and return the archive's method sections."""
 
+    @property
+    def kept_state(self) -> Path | None:
+        """The checkpoint that holds the distilled state after :meth:`distill` (None: none is kept).
+        When writing the archive fails, compress names it so that the next run only writes."""
+        return None
+
 
 class CheckpointedEncoder(Encoder):
     """An encoder of one long loop that checkpoints itself (d3codec.checkpoint) when given a file.
@@ -98,6 +104,10 @@ class CheckpointedEncoder(Encoder):
         self.config = config if config is not None else self.presets["fast"]
         self.checkpoint = Path(checkpoint) if checkpoint is not None else None
         self.checkpoint_seconds = checkpoint_seconds
+
+    @property
+    def kept_state(self) -> Path | None:
+        return self.checkpoint
 
     @classmethod
     def from_options(cls, preset: str = "fast", checkpoint: str | os.PathLike | None = None,

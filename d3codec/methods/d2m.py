@@ -59,7 +59,8 @@ from tqdm.auto import tqdm
 
 from ..augment import DSA
 from ..budget import META_RESERVE_BYTES, archive_bound
-from ..checkpoint import flatten_optimizer, restore_optimizer, restore_rng, rng_tensors
+from ..checkpoint import (Checkpoint, fingerprint, flatten_optimizer, load_prefixed, restore_optimizer, restore_rng,
+                          rng_tensors)
 from ..container import Section, write_atomic
 from ..data import ClassSampler, RealData
 from ..errors import D3BudgetError, D3Error, D3FormatError
@@ -352,12 +353,17 @@ class D2MEncoder(Encoder):
         teacher: gives the predictions matched in fine-tuning (trained on the real data if None).
         generator: a pre-trained generator to fine-tune instead of pre-training one.
         checkpoint: file where pre-training checkpoints itself and resumes from (None: no checkpoint).
+            It is kept after the archive is written, so that another fine-tuning can start from it.
+        finetune_checkpoint: file where fine-tuning saves its state (generator, teacher, optimiser, random
+            states; d3codec.checkpoint) at least ``checkpoint_seconds`` apart and after the last
+            iteration, and resumes from (None: no checkpoint). Deleted once the archive is written.
     """
 
     method = "d2m"
 
     def __init__(self, config: D2MConfig = PRESETS["fast"], teacher: Teacher | None = None,
-                 generator: PretrainedGenerator | None = None, checkpoint: str | os.PathLike | None = None):
+                 generator: PretrainedGenerator | None = None, checkpoint: str | os.PathLike | None = None,
+                 finetune_checkpoint: str | os.PathLike | None = None, checkpoint_seconds: float = 300.0):
         if config.weight_dtype not in WEIGHT_DTYPES:
             raise ValueError(f"weight dtype must be one of {WEIGHT_DTYPES}, not {config.weight_dtype!r}")
         for name in ("pretrain_batch", "disc_width", "checkpoint_every", "synthetic_per_class", "real_per_class",
@@ -374,11 +380,20 @@ class D2MEncoder(Encoder):
             raise ValueError(f"temperature must be positive, not {config.temperature}")
         self.config, self.teacher, self.generator = config, teacher, generator
         self.checkpoint = Path(checkpoint) if checkpoint is not None else None
+        self.finetune_checkpoint = Path(finetune_checkpoint) if finetune_checkpoint is not None else None
+        self.checkpoint_seconds = checkpoint_seconds
 
     @classmethod
     def from_options(cls, preset: str = "fast", teacher: Teacher | None = None,
-                     generator: PretrainedGenerator | None = None, checkpoint=None, **overrides) -> "D2MEncoder":
-        return cls(preset_config(PRESETS, preset, overrides), teacher, generator, checkpoint)
+                     generator: PretrainedGenerator | None = None, checkpoint=None, finetune_checkpoint=None,
+                     checkpoint_seconds: float = 300.0, **overrides) -> "D2MEncoder":
+        return cls(preset_config(PRESETS, preset, overrides), teacher, generator, checkpoint, finetune_checkpoint,
+                   checkpoint_seconds)
+
+    @property
+    def kept_state(self) -> Path | None:
+        """The file that holds the distilled state once fine-tuning has ended (see compress)."""
+        return self.finetune_checkpoint
 
     def method_meta(self, architecture: str, z: int, e: int, width: int, samples: int, stats: dict) -> dict:
         return {"architecture": architecture, "noise_dim": z, "embed_dim": e,
@@ -442,38 +457,99 @@ class D2MEncoder(Encoder):
 
     def distill(self, real: RealData, plan: D2MPlan, *, device: torch.device, seed: int,
                 progress: bool = True) -> Encoded:
-        """Pre-train (or take the given generator), fine-tune, and return the ``generator`` section."""
+        """Pre-train (or take the given generator), fine-tune, and return the ``generator`` section.
+
+        With a fine-tuning checkpoint on disk from the same run, pre-training and the teacher are
+        skipped (their results are in it) and fine-tuning goes on from the iteration it reached.
+        Raises: D3Error when a checkpoint belongs to another run or is damaged.
+        """
         cfg, k = self.config, real.num_classes
-        c = real.image_shape[0]
+        c, h, _ = real.image_shape
         torch.manual_seed(seed)
         mean = torch.tensor(real.mean, device=device).view(1, c, 1, 1)
         std = torch.tensor(real.std, device=device).view(1, c, 1, 1)
         normalise = lambda x: (x - mean) / std  # noqa: E731  pixel space → the networks' input
 
-        start = time.time()
         generator = build_generator(plan, k, real.image_shape).to(device)
-        if self.generator is not None:
+        # fine-tuning's state exists before pre-training, so that a checkpoint can be restored into it
+        optimiser = torch.optim.Adam(generator.parameters(), lr=cfg.lr_finetune)
+        rng = torch.Generator().manual_seed(seed * 1_000_003 + 29)
+        sampler = ClassSampler(real, list(range(k)), cfg.real_cache_per_class, rng)
+        own_teacher = self.teacher is None and cfg.task_balance > 0 and cfg.iterations > 0
+        teacher, ckpt, resumed = self.teacher, None, None
+        if self.finetune_checkpoint is not None:
+            ckpt = Checkpoint(self.finetune_checkpoint, "d2m-finetune", self.finetune_fingerprint(real, plan, seed, device),
+                              self.checkpoint_seconds)
+            if ckpt.path.is_file():
+                if own_teacher:  # an empty network of the teacher's shape, filled from the checkpoint below
+                    teacher = Teacher(ConvNet(c, k, h, width=cfg.teacher_width).to(device), list(range(k)), list(range(k)))
+                resumed = ckpt.resume({"adam": optimiser}, rng, device)
+
+        start, first, saved = time.time(), 0, {}
+        if resumed is not None:
+            first, saved = resumed
+            try:
+                load_prefixed(generator, saved, "generator.")
+                if own_teacher:
+                    load_prefixed(teacher.net, saved, "teacher.")
+                    teacher.net.eval().requires_grad_(False)
+            except (KeyError, RuntimeError) as e:
+                raise D3Error(f"checkpoint {ckpt.path} is damaged ({e}); delete it to start afresh") from None
+        elif self.generator is not None:
             generator.load_state_dict(self.generator.state)
         else:
             self.pretrain(generator, real, plan, normalise, device=device, seed=seed, progress=progress)
-        pretrain_s = time.time() - start
+        carried = {name: float(saved[name]) for name in ("pretrain_seconds", "teacher_accuracy") if name in saved}
+        pretrain_s = carried.get("pretrain_seconds", time.time() - start)
 
-        start = time.time()
-        teacher, teacher_acc = self.teacher, None
-        if teacher is None and cfg.task_balance > 0 and cfg.iterations > 0:
+        start, teacher_acc = time.time(), carried.get("teacher_accuracy")
+        if own_teacher and resumed is None:
             teacher, teacher_acc = train_teacher(real, list(range(k)), epochs=cfg.teacher_epochs,
                                                  width=cfg.teacher_width, device=device, seed=seed, progress=progress)
-        loss = self.finetune(generator, teacher, real, normalise, device=device, seed=seed, progress=progress)
+
+        def save(iteration: int, loss: float) -> None:
+            if not ckpt.due(iteration, cfg.iterations):
+                return
+            state = {f"generator.{n}": v for n, v in generator.state_dict().items()}
+            if own_teacher:
+                state.update({f"teacher.{n}": v for n, v in teacher.net.state_dict().items()})
+            state.update(loss=torch.tensor(loss), pretrain_seconds=torch.tensor(pretrain_s))
+            if teacher_acc is not None:
+                state["teacher_accuracy"] = torch.tensor(teacher_acc)
+            ckpt.save(iteration, state, {"adam": optimiser}, rng)
+
+        loss = self.finetune(generator, teacher, real, normalise, device=device, seed=seed, progress=progress,
+                             optimiser=optimiser, rng=rng, sampler=sampler, first=first,
+                             save=save if ckpt is not None else None)
+        if loss is None and "loss" in saved:
+            loss = float(saved["loss"])
         stats = {"pretrain_seconds": round(pretrain_s, 3), "finetune_seconds": round(time.time() - start, 3),
                  "distill_seconds": round(pretrain_s + time.time() - start, 3)}
-        if loss is not None:
+        if loss is not None and math.isfinite(loss):
             stats["final_loss"] = round(loss, 6)
         if teacher_acc is not None:
             stats["teacher_accuracy"] = round(teacher_acc, 4)
         state = quantise_state({n: v.cpu() for n, v in generator.state_dict().items()}, "", cfg.weight_dtype)
         meta = self.method_meta(plan.architecture, plan.noise_dim, plan.embed_dim, plan.generator_width,
                                 plan.samples_per_class, {k_: v for k_, v in stats.items() if k_ != "distill_seconds"})
-        return Encoded([Section.tensors("generator", state)], meta, stats)
+        if first:
+            stats["resumed_at_iteration"] = first
+        return Encoded([Section.tensors("generator", state)], meta, stats,
+                       cleanup=ckpt.remove if ckpt is not None else None)
+
+    def finetune_fingerprint(self, real: RealData, plan: D2MPlan, seed: int, device: torch.device) -> str:
+        """What fine-tuning's result depends on, hashed: every option, the plan, the seed, the data, the
+        device type, and the given generator's and teacher's weights."""
+        def weights(tensors) -> str:
+            digest = hashlib.sha256()
+            for name in sorted(tensors):
+                digest.update(name.encode() + tensors[name].detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+            return digest.hexdigest()
+
+        given_generator = weights(self.generator.state) if self.generator is not None else None
+        given_teacher = weights(self.teacher.net.state_dict()) if self.teacher is not None else None
+        return fingerprint(asdict(self.config), asdict(plan), seed, real.name, list(real.classes),
+                           len(real.train_targets), device.type, given_generator, given_teacher)
 
     def pretrain(self, generator: ConditionalGenerator, real: RealData, plan: D2MPlan, normalise: Callable, *,
                  device: torch.device, seed: int, progress: bool = True) -> None:
@@ -513,7 +589,7 @@ class D2MEncoder(Encoder):
                               "options or seed; delete it, or pass another --checkpoint")
             try:
                 for name, net in networks.items():
-                    net.load_state_dict({n[len(name) + 1:]: v for n, v in tensors.items() if n.startswith(name + ".")})
+                    load_prefixed(net, tensors, name + ".")
                 groups = json.loads(meta["opt_groups"])
                 for name, opt in optimizers.items():
                     restore_optimizer(opt, tensors, name, groups[name])
@@ -572,7 +648,10 @@ class D2MEncoder(Encoder):
         opt_e.step()
 
     def finetune(self, generator: ConditionalGenerator, teacher: Teacher | None, real: RealData, normalise: Callable,
-                 *, device: torch.device, seed: int, progress: bool = True) -> float | None:
+                 *, device: torch.device, seed: int, progress: bool = True,
+                 optimiser: torch.optim.Optimizer | None = None, rng: torch.Generator | None = None,
+                 sampler: ClassSampler | None = None, first: int = 0,
+                 save: Callable[[int, float], None] | None = None) -> float | None:
         """Distil: fine-tune all generator parameters (class embeddings included) with Adam on
 
             L = Σ_c embedding_weight · ‖mean φ(A(x_c)) − mean φ(A(G(z, c)))‖²
@@ -581,19 +660,24 @@ class D2MEncoder(Encoder):
 
         with φ a ConvNet re-drawn at random every iteration (DM), A one DSA draw per class shared by
         both sides, p_T the teacher's softmax at temperature τ. Returns the last iteration's loss
-        (None without iterations).
+        (None when no iteration ran).
+
+        ``optimiser``, ``rng`` and ``sampler`` (made here when None) and ``first`` let a resumed run
+        go on where it stopped; ``save(iteration, loss)``, when given, is called after every iteration
+        (it decides whether a checkpoint is due).
         """
         cfg, k = self.config, real.num_classes
-        if cfg.iterations <= 0:
+        if cfg.iterations <= first:
             return None
         c, h, w = real.image_shape
-        gen = torch.Generator().manual_seed(seed * 1_000_003 + 29)
-        opt = torch.optim.Adam(generator.parameters(), lr=cfg.lr_finetune)
+        gen = rng if rng is not None else torch.Generator().manual_seed(seed * 1_000_003 + 29)
+        opt = optimiser if optimiser is not None else torch.optim.Adam(generator.parameters(), lr=cfg.lr_finetune)
         dsa = DSA() if cfg.dsa else None
-        sampler = ClassSampler(real, list(range(k)), cfg.real_cache_per_class, gen)
+        sampler = sampler if sampler is not None else ClassSampler(real, list(range(k)), cfg.real_cache_per_class, gen)
         m, loss_value = cfg.synthetic_per_class, float("nan")
         use_teacher = teacher is not None and cfg.task_balance > 0
-        for _ in tqdm(range(cfg.iterations), desc="D2M distillation", disable=not progress, unit="it"):
+        for it in tqdm(range(first, cfg.iterations), desc="D2M distillation", disable=not progress, unit="it",
+                       initial=first, total=cfg.iterations):
             net = ConvNet(c, k, h, width=cfg.embed_width).to(device).requires_grad_(False)
             opt.zero_grad(set_to_none=True)
             loss_value = 0.0
@@ -618,6 +702,8 @@ class D2MEncoder(Encoder):
                 loss.backward()
                 loss_value += loss.detach().item()
             opt.step()
+            if save is not None:
+                save(it + 1, loss_value)
         return loss_value
 
 
