@@ -67,8 +67,9 @@ def main() -> None:
 @click.option("--checkpoint", type=click.Path(dir_okay=False),
               help="pixel: the checkpoint a killed encode resumes from by running the same command again "
               "(default: OUTPUT.ckpt.safetensors, written every 5 minutes, deleted once the archive is written); "
+              "d3: each subtask i checkpoints to the same name with .g{i} before its suffix; "
               "d2m: the pre-training checkpoint (default: OUTPUT.pretrain.safetensors, kept for another "
-              "fine-tuning); d2m fine-tuning checkpoints to OUTPUT.ckpt.safetensors as pixel does.")
+              "fine-tuning), while fine-tuning checkpoints to OUTPUT.ckpt.safetensors.")
 @click.option("--pretraining", type=click.Choice(["gan", "vae"]),
               help="d2m: pre-train the generator as a conditional GAN or as the decoder of a conditional VAE.")
 @click.option("--pretrain-iterations", type=int, help="d2m: pre-training iterations.")
@@ -117,8 +118,6 @@ def compress(dataset, output, method, objective, init_mode, network, inner_steps
                 raise click.UsageError(f"{', '.join(given)} apply to --method {owner}{hint}")
         if teacher is not None and method == "pixel":
             raise click.UsageError("--teacher applies to --method d3 and d2m")
-        if checkpoint is not None and method == "d3":
-            raise click.UsageError("--checkpoint applies to --method pixel and d2m")
         dev = join_process_group(resolve_device(device))
         real = load_dataset(dataset, data_root, resolution)
         if method == "pixel" and objective == "bptt":
@@ -143,14 +142,15 @@ def compress(dataset, output, method, objective, init_mode, network, inner_steps
                 preset, load_teacher(teacher, real.image_shape, real.num_classes, dev) if teacher else None,
                 load_generator(generator, real.num_classes, real.image_shape) if generator else None,
                 checkpoint or f"{output}.pretrain.safetensors", f"{output}.ckpt.safetensors", iterations=iterations,
-                real_per_class=real_per_class, pretraining=pretraining, pretrain_iterations=pretrain_iterations, task_balance=task_balance,
-                generator_width=generator_width)
+                real_per_class=real_per_class, pretraining=pretraining, pretrain_iterations=pretrain_iterations,
+                task_balance=task_balance, generator_width=generator_width)
         else:
             from d3codec.methods.d3 import D3Encoder
             from d3codec.teacher import load_teacher
 
             loaded = load_teacher(teacher, real.image_shape, real.num_classes, dev) if teacher else None
-            encoder = D3Encoder.from_options(preset, loaded, iterations=iterations, real_per_class=real_per_class,
+            encoder = D3Encoder.from_options(preset, loaded, checkpoint or f"{output}.ckpt.safetensors",
+                                             iterations=iterations, real_per_class=real_per_class,
                                              subtasks=subtasks, latent_dim=latent_dim, priors_per_class=priors_per_class,
                                              decoder_width=decoder_width, decoder_dtype=decoder_dtype,
                                              prior_dtype=prior_dtype, soft_labels=soft_labels)

@@ -31,6 +31,14 @@ def fingerprint(*parts: Any) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:32]
 
 
+def weights_digest(tensors: dict[str, torch.Tensor]) -> str:
+    """A hash of named tensors' exact bytes (a given generator's or teacher's weights, for a fingerprint)."""
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        digest.update(name.encode() + tensors[name].detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
 def flatten_optimizer(opt: torch.optim.Optimizer, prefix: str) -> tuple[dict[str, torch.Tensor], list]:
     """An optimiser's state as tensors named ``{prefix}.{param index}.{field}`` and its JSON param groups."""
     state = opt.state_dict()

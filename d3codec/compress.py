@@ -134,6 +134,8 @@ def compress(real: RealData, output: str | os.PathLike, *, method: str = "pixel"
         encoded = distill_federated(encoder, real, plan, output, meta, device=device, seed=seed, progress=progress)
         if encoded is not None:  # rank 0 writes the merged archive while the others wait
             write_encoded(output, meta, encoded, budget, plan.max_bytes)
+            if encoded.cleanup is not None:
+                encoded.cleanup()
         barrier()
     else:
         encoded = encoder.distill(real, plan, device=device, seed=seed, progress=progress)

@@ -81,6 +81,8 @@ def distill_federated(encoder: Encoder, real: RealData, plan, output: Path, meta
         seconds = sum(p.meta["stats"].get("distill_seconds", 0.0) for p in parts)
         result = Encoded(sections, encoder.method_meta(fields["groups"]),  # seconds: summed over subtasks
                          {"distill_seconds": round(seconds, 3), "workers": world})
+        if hasattr(encoder, "remove_checkpoints"):  # once the archive is written
+            result.cleanup = lambda: encoder.remove_checkpoints(count)
         if os.environ.get("D3CODEC_KEEP_SUBTASKS") != "1":
             for p in paths:
                 p.unlink()

@@ -177,3 +177,46 @@ def test_a_full_disk_after_d2m_fine_tuning_names_the_checkpoint_and_loses_nothin
     monkeypatch.undo()
     compress(tiny_real, tmp_path / "g.d3", encoder=encoder(), budget=12_000, seed=1, progress=False)
     assert D3Dataset(tmp_path / "g.d3").meta["stats"]["resumed_at_iteration"] == 2  # nothing fine-tuned again
+
+
+def test_d3_resumes_each_subtask_from_its_checkpoint_to_the_same_archive(tiny_real, tmp_path, monkeypatch):
+    """Two subtasks; interrupted at matching iteration 3 of 5 of the second, the same call skips the
+    finished first subtask and the second's warm start and teacher, and writes the same archive."""
+    from d3codec import checkpoint as checkpoint_module
+    from d3codec.methods import d3
+
+    def encoder(name):
+        return d3.D3Encoder.from_options(
+            "fast", None, tmp_path / f"{name}.ckpt", checkpoint_seconds=0, subtasks=2, iterations=5, init_iterations=5,
+            real_per_class=6, synthetic_per_class=4, embed_width=8, teacher_epochs=1.0, teacher_width=8)
+    compress(tiny_real, tmp_path / "reference.d3", encoder=encoder("reference"), budget=30_000, seed=1, progress=False)
+    assert not list(tmp_path.glob("reference.g*.ckpt"))  # deleted once the archive is written
+
+    real_save = checkpoint_module.Checkpoint.save
+
+    def save_then_stop(self, iteration, *args):
+        real_save(self, iteration, *args)
+        if self.path.name == "s.g1.ckpt" and iteration == 3:
+            raise Interrupted()
+    monkeypatch.setattr(checkpoint_module.Checkpoint, "save", save_then_stop)
+    with pytest.raises(Interrupted):
+        compress(tiny_real, tmp_path / "s.d3", encoder=encoder("s"), budget=30_000, seed=1, progress=False)
+    monkeypatch.undo()
+    assert (tmp_path / "s.g0.ckpt").exists() and (tmp_path / "s.g1.ckpt").exists()
+    assert not (tmp_path / "s.d3").exists()
+
+    with pytest.raises(D3Error, match="other data, options or seed"):
+        compress(tiny_real, tmp_path / "s.d3", encoder=encoder("s"), budget=30_000, seed=2, progress=False)
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("a resumed subtask ran its warm start or its teacher again")
+    monkeypatch.setattr(d3, "fit_decoder", must_not_run)
+    monkeypatch.setattr(d3, "train_teacher", must_not_run)
+    compress(tiny_real, tmp_path / "s.d3", encoder=encoder("s"), budget=30_000, seed=1, progress=False)
+    assert method_sections(tmp_path / "s.d3") == method_sections(tmp_path / "reference.d3")
+    groups = D3Dataset(tmp_path / "s.d3").meta["params"]["groups"]
+    reference = D3Dataset(tmp_path / "reference.d3").meta["params"]["groups"]
+    assert [g["stats"]["resumed_at_iteration"] for g in groups] == [5, 3]
+    assert [g["stats"]["final_loss"] for g in groups] == [g["stats"]["final_loss"] for g in reference]
+    assert [g["stats"]["teacher_accuracy"] for g in groups] == [g["stats"]["teacher_accuracy"] for g in reference]
+    assert not list(tmp_path.glob("s.g*.ckpt"))

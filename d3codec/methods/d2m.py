@@ -60,7 +60,7 @@ from tqdm.auto import tqdm
 from ..augment import DSA
 from ..budget import META_RESERVE_BYTES, archive_bound
 from ..checkpoint import (Checkpoint, fingerprint, flatten_optimizer, load_prefixed, restore_optimizer, restore_rng,
-                          rng_tensors)
+                          rng_tensors, weights_digest)
 from ..container import Section, write_atomic
 from ..data import ClassSampler, RealData
 from ..errors import D3BudgetError, D3Error, D3FormatError
@@ -478,11 +478,12 @@ class D2MEncoder(Encoder):
         own_teacher = self.teacher is None and cfg.task_balance > 0 and cfg.iterations > 0
         teacher, ckpt, resumed = self.teacher, None, None
         if self.finetune_checkpoint is not None:
-            ckpt = Checkpoint(self.finetune_checkpoint, "d2m-finetune", self.finetune_fingerprint(real, plan, seed, device),
-                              self.checkpoint_seconds)
+            run = self.finetune_fingerprint(real, plan, seed, device)
+            ckpt = Checkpoint(self.finetune_checkpoint, "d2m-finetune", run, self.checkpoint_seconds)
             if ckpt.path.is_file():
                 if own_teacher:  # an empty network of the teacher's shape, filled from the checkpoint below
-                    teacher = Teacher(ConvNet(c, k, h, width=cfg.teacher_width).to(device), list(range(k)), list(range(k)))
+                    shell = ConvNet(c, k, h, width=cfg.teacher_width).to(device)
+                    teacher = Teacher(shell, list(range(k)), list(range(k)))
                 resumed = ckpt.resume({"adam": optimiser}, rng, device)
 
         start, first, saved = time.time(), 0, {}
@@ -540,14 +541,8 @@ class D2MEncoder(Encoder):
     def finetune_fingerprint(self, real: RealData, plan: D2MPlan, seed: int, device: torch.device) -> str:
         """What fine-tuning's result depends on, hashed: every option, the plan, the seed, the data, the
         device type, and the given generator's and teacher's weights."""
-        def weights(tensors) -> str:
-            digest = hashlib.sha256()
-            for name in sorted(tensors):
-                digest.update(name.encode() + tensors[name].detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
-            return digest.hexdigest()
-
-        given_generator = weights(self.generator.state) if self.generator is not None else None
-        given_teacher = weights(self.teacher.net.state_dict()) if self.teacher is not None else None
+        given_generator = weights_digest(self.generator.state) if self.generator is not None else None
+        given_teacher = weights_digest(self.teacher.net.state_dict()) if self.teacher is not None else None
         return fingerprint(asdict(self.config), asdict(plan), seed, real.name, list(real.classes),
                            len(real.train_targets), device.type, given_generator, given_teacher)
 

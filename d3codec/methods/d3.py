@@ -43,8 +43,10 @@ shapes, so groups of different sizes and settings can be merged (d3codec.merge).
 from __future__ import annotations
 
 import math
+import os
 import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Callable, Protocol
 
 import torch
@@ -54,9 +56,10 @@ from tqdm.auto import tqdm
 
 from ..augment import DSA
 from ..budget import META_RESERVE_BYTES, archive_bound
+from ..checkpoint import Checkpoint, fingerprint, load_prefixed, weights_digest
 from ..container import Section
 from ..data import ClassSampler, RealData
-from ..errors import D3BudgetError, D3FormatError
+from ..errors import D3BudgetError, D3Error, D3FormatError
 from ..losses import mean_embedding_loss, mmd_rbf
 from ..models import ConvNet, Decoder
 from ..teacher import Teacher, train_teacher
@@ -314,11 +317,20 @@ def sections_of(parts: list[dict[str, dict[str, torch.Tensor]]]) -> list[Section
 # ---- the encoder ----------------------------------------------------------------------------------------------------
 
 class D3Encoder(Encoder):
-    """D3 distillation. ``D3Encoder(PRESETS["fast"])`` or any :class:`D3Config`."""
+    """D3 distillation. ``D3Encoder(PRESETS["fast"])`` or any :class:`D3Config`.
+
+    Args:
+        teacher: gives the soft labels and teacher features (trained per subtask if None).
+        checkpoint: each subtask (group) ``i`` saves its matching state to ``STEM.g{i}.SUFFIX`` at least
+            ``checkpoint_seconds`` apart and at its end (priors, decoder, the teacher it trained, Adam,
+            random states; d3codec.checkpoint), and resumes from it; a finished group is not distilled
+            again. The files are deleted once the archive is written. None: no checkpoint.
+    """
 
     method = "d3"
 
-    def __init__(self, config: D3Config = PRESETS["fast"], teacher: Teacher | None = None):
+    def __init__(self, config: D3Config = PRESETS["fast"], teacher: Teacher | None = None,
+                 checkpoint: str | os.PathLike | None = None, checkpoint_seconds: float = 300.0):
         if config.decoder_dtype not in DECODER_DTYPES:
             raise ValueError(f"decoder dtype must be one of {DECODER_DTYPES}, not {config.decoder_dtype!r}")
         if config.prior_dtype not in PRIOR_DTYPES:
@@ -329,10 +341,24 @@ class D3Encoder(Encoder):
                 raise ValueError(f"{name} must be at least 1, not {getattr(config, name)}")
         self.config = config
         self.teacher = teacher
+        self.checkpoint = Path(checkpoint) if checkpoint is not None else None
+        self.checkpoint_seconds = checkpoint_seconds
 
     @classmethod
-    def from_options(cls, preset: str = "fast", teacher: Teacher | None = None, **overrides) -> "D3Encoder":
-        return cls(preset_config(PRESETS, preset, overrides), teacher)
+    def from_options(cls, preset: str = "fast", teacher: Teacher | None = None, checkpoint=None,
+                     checkpoint_seconds: float = 300.0, **overrides) -> "D3Encoder":
+        return cls(preset_config(PRESETS, preset, overrides), teacher, checkpoint, checkpoint_seconds)
+
+    def group_checkpoint(self, index: int) -> Path | None:
+        """Where group ``index`` checkpoints (None without a checkpoint)."""
+        if self.checkpoint is None:
+            return None
+        return self.checkpoint.with_name(f"{self.checkpoint.stem}.g{index}{self.checkpoint.suffix}")
+
+    def remove_checkpoints(self, groups: int) -> None:
+        for index in range(groups):
+            if (path := self.group_checkpoint(index)) is not None:
+                path.unlink(missing_ok=True)
 
     def method_meta(self, groups: list[dict]) -> dict:
         return {"groups": groups, "config": asdict(self.config)}
@@ -406,9 +432,27 @@ class D3Encoder(Encoder):
             entries.append(entry)
         return self.encoded(parts, entries)
 
+    @property
+    def kept_state(self) -> Path | None:
+        return self.group_checkpoint(0)
+
     def encoded(self, parts: list[dict], entries: list[dict]) -> Encoded:
         seconds = sum(e["stats"].get("distill_seconds", 0.0) for e in entries)
-        return Encoded(sections_of(parts), self.method_meta(entries), {"distill_seconds": round(seconds, 3)})
+        stats = {"distill_seconds": round(seconds, 3)}
+        resumed = [e["stats"]["resumed_at_iteration"] for e in entries if "resumed_at_iteration" in e["stats"]]
+        if resumed:
+            stats["resumed_at_iteration"] = min(resumed)
+        return Encoded(sections_of(parts), self.method_meta(entries), stats,
+                       cleanup=lambda: self.remove_checkpoints(len(entries)))
+
+    def group_fingerprint(self, real: RealData, plan: D3Plan, index: int, seed: int, device: torch.device) -> str:
+        """What group ``index``'s result depends on, hashed: every option, its plan, the seed, the
+        data, the device type and a given teacher's weights."""
+        given = None
+        if self.teacher is not None:
+            given = [weights_digest(self.teacher.net.state_dict()), self.teacher.classes]
+        return fingerprint(asdict(self.config), asdict(plan.groups[index]), index, seed, real.name, list(real.classes),
+                           len(real.train_targets), device.type, given)
 
     def distill_group(self, real: RealData, plan: D3Plan, index: int, *, device: torch.device, seed: int,
                       progress: bool = True) -> tuple[dict[str, dict[str, torch.Tensor]], dict]:
@@ -428,10 +472,19 @@ class D3Encoder(Encoder):
         std = torch.tensor(real.std, device=device).view(1, c, 1, 1)
         normalise = lambda x: (x - mean) / std  # noqa: E731  pixel space → the networks' input
 
+        ckpt = None
+        if (path := self.group_checkpoint(index)) is not None:
+            ckpt = Checkpoint(path, "d3-group", self.group_fingerprint(real, plan, index, seed, device),
+                              self.checkpoint_seconds)
+        resuming = ckpt is not None and ckpt.path.is_file()  # then the warm start and the teacher are in it
+
         teacher, teacher_acc = None, None
+        own_teacher = (cfg.soft_labels or cfg.teacher_features) and self.teacher is None
         if cfg.soft_labels or cfg.teacher_features:
             if self.teacher is not None:
                 teacher = self.teacher.restricted(classes)
+            elif resuming:  # an empty network of the teacher's shape, filled from the checkpoint below
+                teacher = Teacher(ConvNet(c, k, h, width=cfg.teacher_width).to(device), classes, list(range(k)))
             else:
                 teacher, teacher_acc = train_teacher(real, classes, epochs=cfg.teacher_epochs, width=cfg.teacher_width,
                                                      device=device, seed=group_seed, progress=progress)
@@ -442,7 +495,7 @@ class D3Encoder(Encoder):
 
         # warm start: each prior mean decodes to one random real image of its class
         targets = torch.stack([real.sample_class(cl, p, gen) for cl in classes]).to(device)  # (K_g, P, C, H, W)
-        if cfg.init_iterations > 0:
+        if cfg.init_iterations > 0 and not resuming:
             with torch.no_grad():
                 prior_mean.copy_(pca_latents(targets.view(k * p, -1), z, gen).view(k, p, z))
             fit_decoder(decoder, prior_mean, targets.view(k * p, c, h, w), cfg, gen,
@@ -454,10 +507,42 @@ class D3Encoder(Encoder):
         opt = torch.optim.Adam([{"params": decoder.parameters(), "lr": cfg.lr_decoder},
                                 {"params": [prior_mean, prior_logvar], "lr": cfg.lr_priors}])
         dsa = DSA() if cfg.dsa else None
-        sampler = ClassSampler(real, classes, cfg.real_cache_per_class, gen)
-        m, loss_value = cfg.synthetic_per_class, float("nan")
-        for _ in tqdm(range(cfg.iterations), desc=f"D3 group {index + 1}/{len(plan.groups)}", disable=not progress,
-                      unit="it"):
+        # the real images cached for datasets on disk come from their own generator, so that a resumed
+        # run (which skips the warm start's draws) caches the same ones
+        cache_rng = torch.Generator().manual_seed(group_seed + 7919)
+        sampler = ClassSampler(real, classes, cfg.real_cache_per_class, cache_rng)
+        m, loss_value, first = cfg.synthetic_per_class, float("nan"), 0
+        if resuming:
+            first, saved = ckpt.resume({"adam": opt}, gen, device)
+            try:
+                load_prefixed(decoder, saved, "decoder.")
+                with torch.no_grad():
+                    prior_mean.copy_(saved["prior_mean"])
+                    prior_logvar.copy_(saved["prior_logvar"])
+                if own_teacher:
+                    load_prefixed(teacher.net, saved, "teacher.")
+                    teacher.net.eval().requires_grad_(False)
+            except (KeyError, RuntimeError) as e:
+                raise D3Error(f"checkpoint {ckpt.path} is damaged ({e}); delete it to start afresh") from None
+            loss_value = float(saved.get("loss", torch.tensor(float("nan"))))
+            if "teacher_accuracy" in saved:
+                teacher_acc = float(saved["teacher_accuracy"])
+            start -= float(saved.get("seconds", torch.tensor(0.0)))  # the seconds spent before the kill count
+
+        def save(iteration: int) -> None:
+            state = {f"decoder.{n}": v for n, v in decoder.state_dict().items()}
+            if own_teacher:
+                state.update({f"teacher.{n}": v for n, v in teacher.net.state_dict().items()})
+            state.update(prior_mean=prior_mean, prior_logvar=prior_logvar, loss=torch.tensor(loss_value),
+                         seconds=torch.tensor(time.time() - start))
+            if teacher_acc is not None:
+                state["teacher_accuracy"] = torch.tensor(teacher_acc)
+            ckpt.save(iteration, state, {"adam": opt}, gen)
+
+        if ckpt is not None and not resuming:  # the warm start and the teacher are saved before matching
+            save(0)
+        for it in tqdm(range(first, cfg.iterations), desc=f"D3 group {index + 1}/{len(plan.groups)}",
+                       disable=not progress, unit="it", initial=first, total=cfg.iterations):
             net = ConvNet(c, k, h, width=cfg.embed_width).to(device).requires_grad_(False)
             extractors = [net.embed] + ([teacher.net.embed] if cfg.teacher_features else [])
             opt.zero_grad(set_to_none=True)
@@ -482,6 +567,8 @@ class D3Encoder(Encoder):
                 loss.backward()
                 loss_value += loss.detach().item()
             opt.step()
+            if ckpt is not None and ckpt.due(it + 1, cfg.iterations):
+                save(it + 1)
 
         # what the archive will hold: the priors and the decoder as stored, so soft labels see them
         stored = quantise_state(decoder.state_dict(), "", cfg.decoder_dtype)
@@ -497,6 +584,8 @@ class D3Encoder(Encoder):
         stats = {"distill_seconds": round(time.time() - start, 3)}
         if cfg.iterations > 0:  # no matching iterations (warm start only): no loss to report
             stats["final_loss"] = round(loss_value, 6)
+        if first:
+            stats["resumed_at_iteration"] = first
         if teacher_acc is not None:
             stats["teacher_accuracy"] = round(teacher_acc, 4)
         tensors = group_tensors(g, index, real.image_shape, cfg, priors,
