@@ -503,7 +503,8 @@ class D2MEncoder(Encoder):
         carried = {name: float(saved[name]) for name in ("pretrain_seconds", "teacher_accuracy") if name in saved}
         pretrain_s = carried.get("pretrain_seconds", time.time() - start)
 
-        start, teacher_acc = time.time(), carried.get("teacher_accuracy")
+        # seconds spent fine-tuning before a kill count too
+        start, teacher_acc = time.time() - float(saved.get("finetune_seconds", 0.0)), carried.get("teacher_accuracy")
         if own_teacher and resumed is None:
             teacher, teacher_acc = train_teacher(real, list(range(k)), epochs=cfg.teacher_epochs,
                                                  width=cfg.teacher_width, device=device, seed=seed, progress=progress)
@@ -514,7 +515,8 @@ class D2MEncoder(Encoder):
             state = {f"generator.{n}": v for n, v in generator.state_dict().items()}
             if own_teacher:
                 state.update({f"teacher.{n}": v for n, v in teacher.net.state_dict().items()})
-            state.update(loss=torch.tensor(loss), pretrain_seconds=torch.tensor(pretrain_s))
+            state.update(loss=torch.tensor(loss), pretrain_seconds=torch.tensor(pretrain_s),
+                         finetune_seconds=torch.tensor(time.time() - start))
             if teacher_acc is not None:
                 state["teacher_accuracy"] = torch.tensor(teacher_acc)
             ckpt.save(iteration, state, {"adam": optimiser}, rng)
