@@ -358,10 +358,11 @@ def evaluate_cmd(archive, model, epochs, runs, baseline, dataset, data_root, see
         results = []
         if training in ("replay", "both"):
             sched = ds.schedule
-            note = "stored θ₀: every run is the same" if sched.init == "fixed" else "a fresh θ₀ per run"
+            fixed = sched.init == "fixed"  # from the stored θ₀ every run is the same computation: run it once
+            note = "stored θ₀: one run, as every run is the same" if fixed else "a fresh θ₀ per run"
             results.append(evaluate(f"archive ({ds.meta['method']}, replayed {sched.network} schedule of "
-                                    f"{sched.steps}×{sched.epochs} steps, {note})", ds.images, ds.labels, real, runs,
-                                    config, seed, dev, test, file_bytes, log, schedule=sched))
+                                    f"{sched.steps}×{sched.epochs} steps, {note})", ds.images, ds.labels, real,
+                                    1 if fixed else runs, config, seed, dev, test, file_bytes, log, schedule=sched))
         if training in ("standard", "both"):
             results.append(evaluate(f"archive ({ds.meta['method']})", ds.images, targets, real, runs, config, seed,
                                     dev, test, file_bytes, log, resample))

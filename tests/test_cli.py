@@ -179,6 +179,15 @@ def test_bptt_compress_and_eval_replays_the_schedule_beside_standard_training(ti
                                                            "random real (float32)", "random real (png)"]
     assert "replayed lenet schedule of 2×5 steps" in rows[0]["name"] and rows[2]["images"] == 6
     assert all(len(row["accuracies"]) == 2 for row in rows)
+
+    # from a stored θ₀ every replay is the same computation: it runs once, whatever --runs says
+    fixed = tmp_path / "fixed.d3"
+    compress(tiny_real, fixed, encoder=BPTTEncoder.from_options("fast", iterations=1, real_per_class=4,
+                                                               images_per_class=1), budget=200_000, progress=False)
+    r = run("eval", fixed, "--runs", 3, "--training", "replay", "--device", "cpu", "--json", tmp_path / "f.json")
+    assert r.exit_code == 0, r.output
+    row, = json.loads((tmp_path / "f.json").read_text())
+    assert len(row["accuracies"]) == 1 and "one run" in row["name"]
     pixel = tmp_path / "p.d3"
     from d3codec.methods.pixel import PixelEncoder
     compress(tiny_real, pixel, encoder=PixelEncoder.from_options("fast", iterations=1, real_per_class=4, embed_width=8),
