@@ -65,24 +65,30 @@ class Interrupted(Exception):
     pass
 
 
-def test_dm_resumes_after_an_interruption_and_refuses_another_runs_checkpoint(tiny_real, tmp_path, monkeypatch):
+def stop_after_saving(monkeypatch, iteration: int, file_name: str | None = None) -> None:
+    """Make Checkpoint.save raise Interrupted right after it writes ``iteration`` (to ``file_name`` only, if given):
+    a kill at the worst moment, in process. ``monkeypatch.undo()`` lifts it."""
     from d3codec import checkpoint as checkpoint_module
 
+    real_save = checkpoint_module.Checkpoint.save
+
+    def save_then_stop(self, it, *args):
+        real_save(self, it, *args)
+        if it == iteration and file_name in (None, self.path.name):
+            raise Interrupted()
+    monkeypatch.setattr(checkpoint_module.Checkpoint, "save", save_then_stop)
+
+
+def test_dm_resumes_after_an_interruption_and_refuses_another_runs_checkpoint(tiny_real, tmp_path, monkeypatch):
     def encoder(**kw):
         return PixelEncoder.from_options("fast", tmp_path / "dm.ckpt", checkpoint_seconds=0, iterations=8,
                                          real_per_class=4, embed_width=8, **kw)
     compress(tiny_real, tmp_path / "reference.d3", encoder=encoder(), budget=6_000, seed=1, progress=False)
 
-    real_save = checkpoint_module.Checkpoint.save
-
-    def save_then_stop(self, iteration, *args):
-        real_save(self, iteration, *args)
-        if iteration == 3:
-            raise Interrupted()
-    monkeypatch.setattr(checkpoint_module.Checkpoint, "save", save_then_stop)
+    stop_after_saving(monkeypatch, 3)
     with pytest.raises(Interrupted):
         compress(tiny_real, tmp_path / "dm.d3", encoder=encoder(), budget=6_000, seed=1, progress=False)
-    monkeypatch.setattr(checkpoint_module.Checkpoint, "save", real_save)
+    monkeypatch.undo()
     assert (tmp_path / "dm.ckpt").exists() and not (tmp_path / "dm.d3").exists()
 
     with pytest.raises(D3Error, match="other data, options or seed"):
@@ -92,32 +98,9 @@ def test_dm_resumes_after_an_interruption_and_refuses_another_runs_checkpoint(ti
     assert D3Dataset(tmp_path / "dm.d3").meta["stats"]["resumed_at_iteration"] == 3
 
 
-def test_a_full_disk_at_the_end_keeps_the_distilled_state_for_the_next_run(tiny_real, tmp_path, monkeypatch):
-    import d3codec.compress
-
-    def encoder():
-        return PixelEncoder.from_options("fast", tmp_path / "dm.ckpt", iterations=5, real_per_class=4, embed_width=8)
-    compress(tiny_real, tmp_path / "reference.d3", encoder=encoder(), budget=6_000, seed=1, progress=False)
-
-    def disk_full(*args, **kwargs):
-        raise OSError(28, "No space left on device")
-    monkeypatch.setattr(d3codec.compress, "write_atomic", disk_full)
-    with pytest.raises(OSError, match="No space left on device.*kept in .*dm.ckpt.*run the same command again"):
-        compress(tiny_real, tmp_path / "dm.d3", encoder=encoder(), budget=6_000, seed=1, progress=False)
-    assert not (tmp_path / "dm.d3").exists() and (tmp_path / "dm.ckpt").exists()
-
-    monkeypatch.undo()
-    compress(tiny_real, tmp_path / "dm.d3", encoder=encoder(), budget=6_000, seed=1, progress=False)
-    ds = D3Dataset(tmp_path / "dm.d3")
-    assert ds.meta["stats"]["resumed_at_iteration"] == 5  # nothing distilled again
-    assert torch.equal(ds.images, D3Dataset(tmp_path / "reference.d3").images)
-    assert not (tmp_path / "dm.ckpt").exists()
-
-
 def test_d2m_fine_tuning_resumes_after_an_interruption_to_the_same_generator(tiny_real, tmp_path, monkeypatch):
     """Interrupted at fine-tuning iteration 3 of 5, the same call goes on from there: pre-training and
     the teacher are not run again (their results are in the checkpoint) and the archive is the same."""
-    from d3codec import checkpoint as checkpoint_module
     from d3codec.methods import d2m
 
     def encoder(name):
@@ -128,13 +111,7 @@ def test_d2m_fine_tuning_resumes_after_an_interruption_to_the_same_generator(tin
     compress(tiny_real, tmp_path / "reference.d3", encoder=encoder("reference"), budget=12_000, seed=1, progress=False)
     assert not (tmp_path / "reference.ckpt").exists()  # deleted once the archive is written
 
-    real_save = checkpoint_module.Checkpoint.save
-
-    def save_then_stop(self, iteration, *args):
-        real_save(self, iteration, *args)
-        if iteration == 3:
-            raise Interrupted()
-    monkeypatch.setattr(checkpoint_module.Checkpoint, "save", save_then_stop)
+    stop_after_saving(monkeypatch, 3)
     with pytest.raises(Interrupted):
         compress(tiny_real, tmp_path / "g.d3", encoder=encoder("g"), budget=12_000, seed=1, progress=False)
     monkeypatch.undo()
@@ -157,32 +134,9 @@ def test_d2m_fine_tuning_resumes_after_an_interruption_to_the_same_generator(tin
     assert not (tmp_path / "g.ckpt").exists()
 
 
-def test_a_full_disk_after_d2m_fine_tuning_names_the_checkpoint_and_loses_nothing(tiny_real, tmp_path, monkeypatch):
-    import d3codec.compress
-    from d3codec.methods import d2m
-
-    def encoder():
-        return d2m.D2MEncoder.from_options(
-            "fast", None, None, tmp_path / "g.pretrain", tmp_path / "g.ckpt", pretrain_iterations=2, pretrain_batch=8,
-            disc_width=4, iterations=2, synthetic_per_class=4, real_per_class=6, embed_width=8, teacher_epochs=1.0,
-            teacher_width=8, noise_dim=4, embed_dim=4)
-
-    def disk_full(*args, **kwargs):
-        raise OSError(28, "No space left on device")
-    monkeypatch.setattr(d3codec.compress, "write_atomic", disk_full)
-    with pytest.raises(OSError, match="No space left on device.*kept in .*g.ckpt.*run the same command again"):
-        compress(tiny_real, tmp_path / "g.d3", encoder=encoder(), budget=12_000, seed=1, progress=False)
-    assert not (tmp_path / "g.d3").exists() and (tmp_path / "g.ckpt").exists()
-
-    monkeypatch.undo()
-    compress(tiny_real, tmp_path / "g.d3", encoder=encoder(), budget=12_000, seed=1, progress=False)
-    assert D3Dataset(tmp_path / "g.d3").meta["stats"]["resumed_at_iteration"] == 2  # nothing fine-tuned again
-
-
 def test_d3_resumes_each_subtask_from_its_checkpoint_to_the_same_archive(tiny_real, tmp_path, monkeypatch):
     """Two subtasks; interrupted at matching iteration 3 of 5 of the second, the same call skips the
     finished first subtask and the second's warm start and teacher, and writes the same archive."""
-    from d3codec import checkpoint as checkpoint_module
     from d3codec.methods import d3
 
     def encoder(name):
@@ -192,13 +146,7 @@ def test_d3_resumes_each_subtask_from_its_checkpoint_to_the_same_archive(tiny_re
     compress(tiny_real, tmp_path / "reference.d3", encoder=encoder("reference"), budget=30_000, seed=1, progress=False)
     assert not list(tmp_path.glob("reference.g*.ckpt"))  # deleted once the archive is written
 
-    real_save = checkpoint_module.Checkpoint.save
-
-    def save_then_stop(self, iteration, *args):
-        real_save(self, iteration, *args)
-        if self.path.name == "s.g1.ckpt" and iteration == 3:
-            raise Interrupted()
-    monkeypatch.setattr(checkpoint_module.Checkpoint, "save", save_then_stop)
+    stop_after_saving(monkeypatch, 3, "s.g1.ckpt")
     with pytest.raises(Interrupted):
         compress(tiny_real, tmp_path / "s.d3", encoder=encoder("s"), budget=30_000, seed=1, progress=False)
     monkeypatch.undo()
@@ -220,3 +168,47 @@ def test_d3_resumes_each_subtask_from_its_checkpoint_to_the_same_archive(tiny_re
     assert [g["stats"]["final_loss"] for g in groups] == [g["stats"]["final_loss"] for g in reference]
     assert [g["stats"]["teacher_accuracy"] for g in groups] == [g["stats"]["teacher_accuracy"] for g in reference]
     assert not list(tmp_path.glob("s.g*.ckpt"))
+
+
+def full_disk_encoder(method: str, folder: Path):
+    """(a small encoder of ``method`` checkpointing into ``folder``, the file that keeps its state, its iterations)."""
+    from d3codec.methods.d2m import D2MEncoder
+    from d3codec.methods.d3 import D3Encoder
+
+    if method == "dm":
+        return PixelEncoder.from_options("fast", folder / "x.ckpt", iterations=5, real_per_class=4, embed_width=8), \
+            "x.ckpt", 5
+    if method == "d2m":
+        return D2MEncoder.from_options(
+            "fast", None, None, folder / "x.pretrain", folder / "x.ckpt", pretrain_iterations=2, pretrain_batch=8,
+            disc_width=4, iterations=2, synthetic_per_class=4, real_per_class=6, embed_width=8, teacher_epochs=1.0,
+            teacher_width=8, noise_dim=4, embed_dim=4), "x.ckpt", 2
+    return D3Encoder.from_options("fast", None, folder / "x.ckpt", iterations=3, init_iterations=2, real_per_class=6,
+                                  synthetic_per_class=4, embed_width=8, teacher_epochs=1.0, teacher_width=8), \
+        "x.g0.ckpt", 3
+
+
+@pytest.mark.parametrize("method", ["dm", "d2m", "d3"])
+def test_a_full_disk_at_the_end_names_the_checkpoint_and_the_next_run_only_writes(method, tiny_real, tmp_path,
+                                                                                   monkeypatch):
+    import d3codec.compress
+
+    budget = 20_000
+    (tmp_path / "r").mkdir()  # the uninterrupted run checkpoints elsewhere
+    compress(tiny_real, tmp_path / "reference.d3", encoder=full_disk_encoder(method, tmp_path / "r")[0], budget=budget,
+             seed=1, progress=False)
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(d3codec.compress, "write_atomic", disk_full)
+    encoder, kept, iterations = full_disk_encoder(method, tmp_path)
+    with pytest.raises(OSError, match=f"No space left on device.*kept in .*{kept}.*run the same command again"):
+        compress(tiny_real, tmp_path / "x.d3", encoder=encoder, budget=budget, seed=1, progress=False)
+    assert not (tmp_path / "x.d3").exists() and (tmp_path / kept).exists()
+
+    monkeypatch.undo()
+    compress(tiny_real, tmp_path / "x.d3", encoder=full_disk_encoder(method, tmp_path)[0], budget=budget, seed=1,
+             progress=False)
+    assert D3Dataset(tmp_path / "x.d3").meta["stats"]["resumed_at_iteration"] == iterations  # nothing distilled again
+    assert method_sections(tmp_path / "x.d3") == method_sections(tmp_path / "reference.d3")
+    assert not (tmp_path / kept).exists()
