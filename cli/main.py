@@ -70,6 +70,11 @@ def main() -> None:
               "d3: each subtask i checkpoints to the same name with .g{i} before its suffix; "
               "d2m: the pre-training checkpoint (default: OUTPUT.pretrain.safetensors, kept for another "
               "fine-tuning), while fine-tuning checkpoints to OUTPUT.ckpt.safetensors.")
+@click.option("--resume", "resume", flag_value="resume", default=None,
+              help="Insist on going on from the checkpoint (refused when there is none). Without --resume or "
+              "--restart, a checkpoint of the same run is taken up and one of another run is refused.")
+@click.option("--restart", "resume", flag_value="restart",
+              help="Delete this output's checkpoints first and distil from scratch.")
 @click.option("--pretraining", type=click.Choice(["gan", "vae"]),
               help="d2m: pre-train the generator as a conditional GAN or as the decoder of a conditional VAE.")
 @click.option("--pretrain-iterations", type=int, help="d2m: pre-training iterations.")
@@ -83,14 +88,14 @@ def main() -> None:
 def compress(dataset, output, method, objective, init_mode, network, inner_steps, inner_epochs, ipc, budget, preset,
              iterations, real_per_class, storage_dtype,
              images_per_class, subtasks, workers, teacher, latent_dim, priors_per_class, decoder_width, decoder_dtype,
-             prior_dtype, soft_labels, generator, checkpoint, pretraining, pretrain_iterations, task_balance, generator_width,
+             prior_dtype, soft_labels, generator, checkpoint, resume, pretraining, pretrain_iterations, task_balance, generator_width,
              data_root, resolution, seed, device, quiet):
     """Distil DATASET (fashion-mnist, mnist, cifar10, cifar100, imagenet, or a class-per-folder path).
 
     Under torchrun (or with --workers N) a d3 run spreads its subtasks over the ranks."""
     from d3codec.compress import compress as run_compress
     from d3codec.data import load_dataset
-    from d3codec.federated import compress_with_workers, join_process_group, rank, world_size
+    from d3codec.federated import barrier, compress_with_workers, join_process_group, rank, world_size
     from d3codec.models import resolve_device
 
     try:
@@ -154,6 +159,18 @@ def compress(dataset, output, method, objective, init_mode, network, inner_steps
                                              subtasks=subtasks, latent_dim=latent_dim, priors_per_class=priors_per_class,
                                              decoder_width=decoder_width, decoder_dtype=decoder_dtype,
                                              prior_dtype=prior_dtype, soft_labels=soft_labels)
+        found = encoder.checkpoint_files()
+        if resume == "resume" and not found:
+            raise click.UsageError(f"--resume: there is no checkpoint of {output} to go on from; leave --resume out "
+                                   "to start")
+        if resume == "restart":
+            if rank() == 0:
+                for path in found:
+                    path.unlink(missing_ok=True)
+            barrier()  # no rank starts before they are gone
+            found = []
+        if found and rank() == 0:
+            click.echo(f"resuming from {', '.join(map(str, found))} (--restart to start afresh)", err=True)
         if rank() == 0:
             click.echo(f"{real.name}: {len(real.train_targets)} training images, {real.num_classes} classes, "
                        f"shape {real.image_shape}; method {method}, preset {preset}, device {dev}"

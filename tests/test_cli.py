@@ -229,3 +229,20 @@ def test_verify_passes_a_good_archive_and_names_the_first_failure(tiny_real, tmp
     (tmp_path / "lie.d3").write_bytes(encode_archive(sections))
     r = run("verify", tmp_path / "lie.d3")
     assert r.exit_code == 1 and "FAILED  byte accounting:" in r.output and "over its budget.bytes of 1000" in r.output
+
+
+def test_resume_insists_on_a_checkpoint_and_restart_deletes_it(image_folder, tmp_path):
+    out = tmp_path / "r.d3"
+    args = ["compress", image_folder, "--resolution", 16, "--budget", 8_000, "--iterations", 2, "--real-per-class", 4,
+            "-o", out, "--device", "cpu", "--quiet"]
+    r = run(*args, "--resume")
+    assert r.exit_code != 0 and "no checkpoint of" in r.output and not out.exists()
+
+    checkpoint = tmp_path / "r.d3.ckpt.safetensors"
+    checkpoint.write_bytes(b"not a checkpoint")
+    r = run(*args)  # taken up by default: a file that is not a checkpoint is refused, not overwritten
+    assert r.exit_code != 0 and "delete it" in r.output and "--restart" in r.output
+    assert checkpoint.exists() and not out.exists()
+    r = run(*args, "--restart")
+    assert r.exit_code == 0, r.output
+    assert out.exists() and not checkpoint.exists()

@@ -212,3 +212,20 @@ def test_a_full_disk_at_the_end_names_the_checkpoint_and_the_next_run_only_write
     assert D3Dataset(tmp_path / "x.d3").meta["stats"]["resumed_at_iteration"] == iterations  # nothing distilled again
     assert method_sections(tmp_path / "x.d3") == method_sections(tmp_path / "reference.d3")
     assert not (tmp_path / kept).exists()
+
+
+def test_each_encoder_lists_the_checkpoints_a_run_would_take_up(tmp_path):
+    from d3codec.methods.d2m import D2MEncoder
+    from d3codec.methods.d3 import D3Encoder
+
+    d3 = D3Encoder.from_options("fast", None, tmp_path / "x.ckpt")
+    for name in ("x.g0.ckpt", "x.g12.ckpt", "x.gold.ckpt", "y.g0.ckpt"):
+        (tmp_path / name).write_bytes(b"")
+    assert [p.name for p in d3.checkpoint_files()] == ["x.g0.ckpt", "x.g12.ckpt"]
+    assert D3Encoder.from_options("fast").checkpoint_files() == []
+
+    d2m = D2MEncoder.from_options("fast", None, None, tmp_path / "g.pretrain", tmp_path / "g.ckpt")
+    assert d2m.checkpoint_files() == []
+    (tmp_path / "g.pretrain").write_bytes(b"")
+    assert d2m.checkpoint_files() == [tmp_path / "g.pretrain"]
+    assert PixelEncoder.from_options("fast", tmp_path / "x.g0.ckpt").checkpoint_files() == [tmp_path / "x.g0.ckpt"]

@@ -88,6 +88,10 @@ class Encoder(ABC):
         When writing the archive fails, compress names it so that the next run only writes."""
         return None
 
+    def checkpoint_files(self) -> list[Path]:
+        """The checkpoint files of this encoder that exist now (a run with them resumes)."""
+        return []
+
 
 class CheckpointedEncoder(Encoder):
     """An encoder of one long loop that checkpoints itself (d3codec.checkpoint) when given a file.
@@ -108,6 +112,9 @@ class CheckpointedEncoder(Encoder):
     @property
     def kept_state(self) -> Path | None:
         return self.checkpoint
+
+    def checkpoint_files(self) -> list[Path]:
+        return [self.checkpoint] if self.checkpoint is not None and self.checkpoint.is_file() else []
 
     @classmethod
     def from_options(cls, preset: str = "fast", checkpoint: str | os.PathLike | None = None,

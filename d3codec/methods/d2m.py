@@ -395,6 +395,9 @@ class D2MEncoder(Encoder):
         """The file that holds the distilled state once fine-tuning has ended (see compress)."""
         return self.finetune_checkpoint
 
+    def checkpoint_files(self) -> list[Path]:
+        return [p for p in (self.finetune_checkpoint, self.checkpoint) if p is not None and p.is_file()]
+
     def method_meta(self, architecture: str, z: int, e: int, width: int, samples: int, stats: dict) -> dict:
         return {"architecture": architecture, "noise_dim": z, "embed_dim": e,
                 "generator_width": width, "weight_dtype": self.config.weight_dtype, "samples_per_class": samples,

@@ -355,6 +355,13 @@ class D3Encoder(Encoder):
             return None
         return self.checkpoint.with_name(f"{self.checkpoint.stem}.g{index}{self.checkpoint.suffix}")
 
+    def checkpoint_files(self) -> list[Path]:
+        if self.checkpoint is None:
+            return []
+        stem, suffix = self.checkpoint.stem, self.checkpoint.suffix
+        return sorted(p for p in self.checkpoint.parent.glob(f"{stem}.g*{suffix}")
+                      if p.name[len(stem) + 2:len(p.name) - len(suffix)].isdigit())
+
     def remove_checkpoints(self, groups: int) -> None:
         for index in range(groups):
             if (path := self.group_checkpoint(index)) is not None:
