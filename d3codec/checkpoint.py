@@ -35,7 +35,8 @@ def weights_digest(tensors: dict[str, torch.Tensor]) -> str:
     """A hash of named tensors' exact bytes (a given generator's or teacher's weights, for a fingerprint)."""
     digest = hashlib.sha256()
     for name in sorted(tensors):
-        digest.update(name.encode() + tensors[name].detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+        raw = tensors[name].detach().cpu().contiguous().reshape(-1).view(torch.uint8)  # 0-d tensors too
+        digest.update(name.encode() + raw.numpy().tobytes())
     return digest.hexdigest()
 
 

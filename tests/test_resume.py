@@ -229,3 +229,13 @@ def test_each_encoder_lists_the_checkpoints_a_run_would_take_up(tmp_path):
     (tmp_path / "g.pretrain").write_bytes(b"")
     assert d2m.checkpoint_files() == [tmp_path / "g.pretrain"]
     assert PixelEncoder.from_options("fast", tmp_path / "x.g0.ckpt").checkpoint_files() == [tmp_path / "x.g0.ckpt"]
+
+
+def test_weights_digest_tells_apart_any_change_of_value_name_or_dtype():
+    from d3codec.checkpoint import weights_digest
+
+    state = {"w": torch.arange(6.0).view(2, 3), "steps": torch.tensor(3)}  # a 0-d tensor too
+    assert weights_digest(state) == weights_digest({k: v.clone() for k, v in state.items()})
+    assert weights_digest(state) != weights_digest({**state, "steps": torch.tensor(4)})
+    assert weights_digest(state) != weights_digest({**state, "w": state["w"].double()})
+    assert weights_digest(state) != weights_digest({"v": state["w"], "steps": state["steps"]})
