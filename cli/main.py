@@ -125,10 +125,11 @@ def compress(dataset, output, method, objective, init_mode, network, inner_steps
             raise click.UsageError("--teacher applies to --method d3 and d2m")
         dev = join_process_group(resolve_device(device))
         real = load_dataset(dataset, data_root, resolution)
+        run_checkpoint = checkpoint or f"{output}.ckpt.safetensors"  # pixel and d3 (d2m: below)
         if method == "pixel" and objective == "bptt":
             from d3codec.methods.bptt import BPTTEncoder
 
-            encoder = BPTTEncoder.from_options(preset, checkpoint or f"{output}.ckpt.safetensors",
+            encoder = BPTTEncoder.from_options(preset, run_checkpoint,
                                                iterations=iterations, real_per_class=real_per_class,
                                                storage_dtype=storage_dtype, images_per_class=images_per_class,
                                                init=init_mode, network=network, inner_steps=inner_steps,
@@ -136,7 +137,7 @@ def compress(dataset, output, method, objective, init_mode, network, inner_steps
         elif method == "pixel":
             from d3codec.methods.pixel import PixelEncoder
 
-            encoder = PixelEncoder.from_options(preset, checkpoint or f"{output}.ckpt.safetensors",
+            encoder = PixelEncoder.from_options(preset, run_checkpoint,
                                                 iterations=iterations, real_per_class=real_per_class,
                                                 storage_dtype=storage_dtype, images_per_class=images_per_class)
         elif method == "d2m":
@@ -154,7 +155,7 @@ def compress(dataset, output, method, objective, init_mode, network, inner_steps
             from d3codec.teacher import load_teacher
 
             loaded = load_teacher(teacher, real.image_shape, real.num_classes, dev) if teacher else None
-            encoder = D3Encoder.from_options(preset, loaded, checkpoint or f"{output}.ckpt.safetensors",
+            encoder = D3Encoder.from_options(preset, loaded, run_checkpoint,
                                              iterations=iterations, real_per_class=real_per_class,
                                              subtasks=subtasks, latent_dim=latent_dim, priors_per_class=priors_per_class,
                                              decoder_width=decoder_width, decoder_dtype=decoder_dtype,

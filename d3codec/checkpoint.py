@@ -98,11 +98,14 @@ class Checkpoint:
         return iteration == total or time.monotonic() - self._last >= self.every_seconds
 
     def save(self, iteration: int, tensors: dict[str, torch.Tensor], optimizers: dict[str, torch.optim.Optimizer],
-             generator: torch.Generator) -> None:
-        """Write the state after ``iteration`` iterations (atomically replacing the file)."""
+             generator: torch.Generator, modules: dict[str, torch.nn.Module] | None = None) -> None:
+        """Write the state after ``iteration`` iterations (atomically replacing the file): ``tensors``
+        by name, each of ``modules``' parameters as ``{module name}.{parameter name}``."""
         from safetensors.torch import save
 
         out = {f"state.{k}": v for k, v in tensors.items()}
+        out.update({f"state.{name}.{k}": v for name, module in (modules or {}).items()
+                    for k, v in module.state_dict().items()})
         groups = {}
         for name, opt in optimizers.items():
             flat, groups[name] = flatten_optimizer(opt, f"opt.{name}")
@@ -115,9 +118,11 @@ class Checkpoint:
         self._last = time.monotonic()
 
     def resume(self, optimizers: dict[str, torch.optim.Optimizer], generator: torch.Generator,
-               device: torch.device) -> tuple[int, dict[str, torch.Tensor]] | None:
-        """Load the file if there is one: restores the optimisers and random states and returns
-        (iteration reached, the saved tensors by name); None when there is no file.
+               device: torch.device, learned: dict[str, torch.Tensor] | None = None,
+               modules: dict[str, torch.nn.Module] | None = None) -> tuple[int, dict[str, torch.Tensor]] | None:
+        """Load the file if there is one: restores the optimisers and random states, copies the saved
+        tensors into ``learned`` in place and loads ``modules`` (both named as in :meth:`save`), and
+        returns (iteration reached, the saved tensors by name); None when there is no file.
         Raises: D3Error when the file belongs to another run or kind, or is damaged."""
         if not self.path.is_file():
             return None
@@ -134,9 +139,15 @@ class Checkpoint:
                 restore_optimizer(opt, {k: v.to(device) for k, v in tensors.items()}, f"opt.{name}", groups[name])
             restore_rng(tensors, generator, device)
             iteration = int(meta["iteration"])
+            saved = {k[len("state."):]: v for k, v in tensors.items() if k.startswith("state.")}
+            with torch.no_grad():
+                for name, tensor in (learned or {}).items():
+                    tensor.copy_(saved[name])
+            for name, module in (modules or {}).items():
+                load_prefixed(module, saved, name + ".")
         except (KeyError, ValueError, RuntimeError, TypeError) as e:
             raise D3Error(f"checkpoint {self.path} is damaged ({e}){fix}") from None
-        return iteration, {k[len("state."):]: v for k, v in tensors.items() if k.startswith("state.")}
+        return iteration, saved
 
     def remove(self) -> None:
         self.path.unlink(missing_ok=True)

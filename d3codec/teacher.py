@@ -46,6 +46,14 @@ class Teacher:
         return Teacher(self.net, list(classes), [self.out_index[position[c]] for c in classes])
 
 
+def untrained_teacher(image_shape: tuple[int, int, int], classes: list[int], width: int,
+                      device: torch.device = torch.device("cpu")) -> Teacher:
+    """A teacher of :func:`train_teacher`'s shape with fresh weights, to load saved weights into
+    (an encoder's checkpoint). Its logits are in the order of ``classes``."""
+    c, h, _ = image_shape
+    return Teacher(ConvNet(c, len(classes), h, width=width).to(device), list(classes), list(range(len(classes))))
+
+
 def train_teacher(real: RealData, classes: list[int], *, epochs: float = 2.0, width: int = 128,
                   batch_size: int = 256, lr: float = 0.05, device: torch.device = torch.device("cpu"),
                   seed: int = 0, progress: bool = False) -> tuple[Teacher, float]:

@@ -239,3 +239,28 @@ def test_weights_digest_tells_apart_any_change_of_value_name_or_dtype():
     assert weights_digest(state) != weights_digest({**state, "steps": torch.tensor(4)})
     assert weights_digest(state) != weights_digest({**state, "w": state["w"].double()})
     assert weights_digest(state) != weights_digest({"v": state["w"], "steps": state["steps"]})
+
+
+def test_a_checkpoint_restores_tensors_and_modules_and_calls_a_mismatch_damaged(tmp_path):
+    from d3codec.checkpoint import Checkpoint
+
+    torch.manual_seed(0)
+    net, images = torch.nn.Linear(2, 3), torch.randn(4, 2)
+    opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
+    net(images).sum().backward()
+    opt.step()
+    Checkpoint(tmp_path / "c.ckpt", "test", "run").save(7, {"images": images}, {"sgd": opt}, torch.Generator(),
+                                                        {"net": net})
+
+    fresh, fresh_images = torch.nn.Linear(2, 3), torch.zeros(4, 2)
+    fresh_opt = torch.optim.SGD(fresh.parameters(), lr=0.1, momentum=0.9)
+    iteration, saved = Checkpoint(tmp_path / "c.ckpt", "test", "run").resume(
+        {"sgd": fresh_opt}, torch.Generator(), torch.device("cpu"), {"images": fresh_images}, {"net": fresh})
+    assert iteration == 7 and torch.equal(fresh_images, images) and torch.equal(fresh.weight, net.weight)
+    assert set(saved) == {"images", "net.weight", "net.bias"}
+
+    for learned, modules in [({"missing": torch.zeros(1)}, {}), ({}, {"net": torch.nn.Linear(2, 4)}),
+                             ({}, {"other": torch.nn.Linear(2, 3)})]:
+        with pytest.raises(D3Error, match="is damaged"):
+            Checkpoint(tmp_path / "c.ckpt", "test", "run").resume(
+                {"sgd": fresh_opt}, torch.Generator(), torch.device("cpu"), learned, modules)

@@ -17,7 +17,6 @@ from typing import Any, Callable
 import torch
 
 from ..container import Section
-from ..errors import D3Error
 from ..data import RealData
 
 
@@ -135,15 +134,9 @@ class CheckpointedEncoder(Encoder):
         if self.checkpoint is None:
             return None, 0, float("nan")
         ckpt = Checkpoint(self.checkpoint, kind, fingerprint(kind, *run), self.checkpoint_seconds)
-        resumed = ckpt.resume(optimisers, generator, device)
+        resumed = ckpt.resume(optimisers, generator, device, learned)
         if resumed is None:
             return ckpt, 0, float("nan")
         first, saved = resumed
-        try:
-            with torch.no_grad():
-                for name, tensor in learned.items():
-                    tensor.copy_(saved[name])
-        except (KeyError, RuntimeError) as e:
-            raise D3Error(f"checkpoint {self.checkpoint} is damaged ({e}); delete it to start afresh") from None
         return ckpt, first, float(saved.get("loss", torch.tensor(float("nan"))))
 

@@ -66,7 +66,7 @@ from ..data import ClassSampler, RealData
 from ..errors import D3BudgetError, D3Error, D3FormatError
 from ..losses import mean_embedding_loss, mmd_rbf, prediction_matching_loss
 from ..models import ConvNet, upsampling_geometry
-from ..teacher import Teacher, train_teacher
+from ..teacher import Teacher, train_teacher, untrained_teacher
 from ..weights import WEIGHT_DTYPES, dequantise_state, quantise_state, read_safetensors_file
 from .base import DatasetSpec, Encoded, Encoder, preset_config
 
@@ -484,21 +484,16 @@ class D2MEncoder(Encoder):
             run = self.finetune_fingerprint(real, plan, seed, device)
             ckpt = Checkpoint(self.finetune_checkpoint, "d2m-finetune", run, self.checkpoint_seconds)
             if ckpt.path.is_file():
-                if own_teacher:  # an empty network of the teacher's shape, filled from the checkpoint below
-                    shell = ConvNet(c, k, h, width=cfg.teacher_width).to(device)
-                    teacher = Teacher(shell, list(range(k)), list(range(k)))
-                resumed = ckpt.resume({"adam": optimiser}, rng, device)
+                if own_teacher:  # a network of the teacher's shape, its weights loaded from the checkpoint
+                    teacher = untrained_teacher(real.image_shape, list(range(k)), cfg.teacher_width, device)
+                modules = {"generator": generator, **({"teacher": teacher.net} if own_teacher else {})}
+                resumed = ckpt.resume({"adam": optimiser}, rng, device, modules=modules)
 
         start, first, saved = time.time(), 0, {}
         if resumed is not None:
             first, saved = resumed
-            try:
-                load_prefixed(generator, saved, "generator.")
-                if own_teacher:
-                    load_prefixed(teacher.net, saved, "teacher.")
-                    teacher.net.eval().requires_grad_(False)
-            except (KeyError, RuntimeError) as e:
-                raise D3Error(f"checkpoint {ckpt.path} is damaged ({e}); delete it to start afresh") from None
+            if own_teacher:
+                teacher.net.eval().requires_grad_(False)
         elif self.generator is not None:
             generator.load_state_dict(self.generator.state)
         else:
@@ -515,14 +510,12 @@ class D2MEncoder(Encoder):
         def save(iteration: int, loss: float) -> None:
             if not ckpt.due(iteration, cfg.iterations):
                 return
-            state = {f"generator.{n}": v for n, v in generator.state_dict().items()}
-            if own_teacher:
-                state.update({f"teacher.{n}": v for n, v in teacher.net.state_dict().items()})
-            state.update(loss=torch.tensor(loss), pretrain_seconds=torch.tensor(pretrain_s),
-                         finetune_seconds=torch.tensor(time.time() - start))
+            state = {"loss": torch.tensor(loss), "pretrain_seconds": torch.tensor(pretrain_s),
+                     "finetune_seconds": torch.tensor(time.time() - start)}
             if teacher_acc is not None:
                 state["teacher_accuracy"] = torch.tensor(teacher_acc)
-            ckpt.save(iteration, state, {"adam": optimiser}, rng)
+            modules = {"generator": generator, **({"teacher": teacher.net} if own_teacher else {})}
+            ckpt.save(iteration, state, {"adam": optimiser}, rng, modules)
 
         loss = self.finetune(generator, teacher, real, normalise, device=device, seed=seed, progress=progress,
                              optimiser=optimiser, rng=rng, sampler=sampler, first=first,

@@ -56,13 +56,13 @@ from tqdm.auto import tqdm
 
 from ..augment import DSA
 from ..budget import META_RESERVE_BYTES, archive_bound
-from ..checkpoint import Checkpoint, fingerprint, load_prefixed, weights_digest
+from ..checkpoint import Checkpoint, fingerprint, weights_digest
 from ..container import Section
 from ..data import ClassSampler, RealData
-from ..errors import D3BudgetError, D3Error, D3FormatError
+from ..errors import D3BudgetError, D3FormatError
 from ..losses import mean_embedding_loss, mmd_rbf
 from ..models import ConvNet, Decoder
-from ..teacher import Teacher, train_teacher
+from ..teacher import Teacher, train_teacher, untrained_teacher
 from ..weights import WEIGHT_DTYPES, dequantise_state, quantise_int8, quantise_state, read_stored
 from .base import DatasetSpec, Encoded, Encoder, preset_config
 
@@ -490,8 +490,8 @@ class D3Encoder(Encoder):
         if cfg.soft_labels or cfg.teacher_features:
             if self.teacher is not None:
                 teacher = self.teacher.restricted(classes)
-            elif resuming:  # an empty network of the teacher's shape, filled from the checkpoint below
-                teacher = Teacher(ConvNet(c, k, h, width=cfg.teacher_width).to(device), classes, list(range(k)))
+            elif resuming:  # a network of the teacher's shape, its weights loaded from the checkpoint below
+                teacher = untrained_teacher(real.image_shape, classes, cfg.teacher_width, device)
             else:
                 teacher, teacher_acc = train_teacher(real, classes, epochs=cfg.teacher_epochs, width=cfg.teacher_width,
                                                      device=device, seed=group_seed, progress=progress)
@@ -500,14 +500,16 @@ class D3Encoder(Encoder):
         prior_mean = torch.nn.Parameter(0.1 * torch.randn(k, p, z, generator=gen).to(device))  # (K_g, P, Z)
         prior_logvar = torch.nn.Parameter(torch.full((k, p, z), float(cfg.init_logvar), device=device))
 
-        # warm start: each prior mean decodes to one random real image of its class
-        targets = torch.stack([real.sample_class(cl, p, gen) for cl in classes]).to(device)  # (K_g, P, C, H, W)
-        if cfg.init_iterations > 0 and not resuming:
-            with torch.no_grad():
-                prior_mean.copy_(pca_latents(targets.view(k * p, -1), z, gen).view(k, p, z))
-            fit_decoder(decoder, prior_mean, targets.view(k * p, c, h, w), cfg, gen,
-                        desc=f"D3 warm start {index + 1}/{len(plan.groups)}", progress=progress)
-        del targets
+        # warm start: each prior mean decodes to one random real image of its class (a resumed run has
+        # its result in the checkpoint)
+        if not resuming:
+            targets = torch.stack([real.sample_class(cl, p, gen) for cl in classes]).to(device)  # (K_g, P, C, H, W)
+            if cfg.init_iterations > 0:
+                with torch.no_grad():
+                    prior_mean.copy_(pca_latents(targets.view(k * p, -1), z, gen).view(k, p, z))
+                fit_decoder(decoder, prior_mean, targets.view(k * p, c, h, w), cfg, gen,
+                            desc=f"D3 warm start {index + 1}/{len(plan.groups)}", progress=progress)
+            del targets
 
         terms: list[MatchingTerm] = [PerClassFeatureTerm(mmd_rbf, cfg.mmd_weight),
                                      PerClassFeatureTerm(mean_embedding_loss, cfg.mean_weight)]
@@ -519,32 +521,22 @@ class D3Encoder(Encoder):
         cache_rng = torch.Generator().manual_seed(group_seed + 7919)
         sampler = ClassSampler(real, classes, cfg.real_cache_per_class, cache_rng)
         m, loss_value, first = cfg.synthetic_per_class, float("nan"), 0
+        learned = {"prior_mean": prior_mean, "prior_logvar": prior_logvar}
+        modules = {"decoder": decoder, **({"teacher": teacher.net} if own_teacher else {})}
         if resuming:
-            first, saved = ckpt.resume({"adam": opt}, gen, device)
-            try:
-                load_prefixed(decoder, saved, "decoder.")
-                with torch.no_grad():
-                    prior_mean.copy_(saved["prior_mean"])
-                    prior_logvar.copy_(saved["prior_logvar"])
-                if own_teacher:
-                    load_prefixed(teacher.net, saved, "teacher.")
-                    teacher.net.eval().requires_grad_(False)
-            except (KeyError, RuntimeError) as e:
-                raise D3Error(f"checkpoint {ckpt.path} is damaged ({e}); delete it to start afresh") from None
+            first, saved = ckpt.resume({"adam": opt}, gen, device, learned, modules)
+            if own_teacher:
+                teacher.net.eval().requires_grad_(False)
             loss_value = float(saved.get("loss", torch.tensor(float("nan"))))
             if "teacher_accuracy" in saved:
                 teacher_acc = float(saved["teacher_accuracy"])
             start -= float(saved.get("seconds", torch.tensor(0.0)))  # the seconds spent before the kill count
 
         def save(iteration: int) -> None:
-            state = {f"decoder.{n}": v for n, v in decoder.state_dict().items()}
-            if own_teacher:
-                state.update({f"teacher.{n}": v for n, v in teacher.net.state_dict().items()})
-            state.update(prior_mean=prior_mean, prior_logvar=prior_logvar, loss=torch.tensor(loss_value),
-                         seconds=torch.tensor(time.time() - start))
+            state = {**learned, "loss": torch.tensor(loss_value), "seconds": torch.tensor(time.time() - start)}
             if teacher_acc is not None:
                 state["teacher_accuracy"] = torch.tensor(teacher_acc)
-            ckpt.save(iteration, state, {"adam": opt}, gen)
+            ckpt.save(iteration, state, {"adam": opt}, gen, modules)
 
         if ckpt is not None and not resuming:  # the warm start and the teacher are saved before matching
             save(0)
