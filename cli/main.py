@@ -359,15 +359,14 @@ def evaluate_cmd(archive, model, epochs, runs, baseline, dataset, data_root, see
         test = test_split(real)
         log = lambda m: click.echo(m, err=True)  # noqa: E731
         targets = ds.soft_labels if ds.soft_labels is not None else ds.labels
-        resample = None
-        if resample_every_epoch:
-            if not ds.sampled:
-                raise ValueError(f"--resample-every-epoch needs a sampled archive (d3, d2m), not {ds.meta['method']}")
-            n = len(ds) // len(ds.classes)
+        if resample_every_epoch and not ds.sampled:
+            raise ValueError(f"--resample-every-epoch needs a sampled archive (d3, d2m), not {ds.meta['method']}")
+        per_class = len(ds) // len(ds.classes)
 
-            def resample(run: int, epoch: int):
-                images, labels, soft = ds.draw(n, seed=sample_seed + 100_003 * (run + 1) + epoch)
-                return images, (soft if soft is not None and ds.soft_labels is not None else labels)
+        def draw_fresh(run: int, epoch: int):
+            images, labels, soft = ds.draw(per_class, seed=sample_seed + 100_003 * (run + 1) + epoch)
+            return images, (soft if soft is not None and ds.soft_labels is not None else labels)
+        resample = draw_fresh if resample_every_epoch else None
         if training == "auto":
             training = "replay" if ds.schedule is not None else "standard"
         if training in ("replay", "both") and ds.schedule is None:
