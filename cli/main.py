@@ -54,14 +54,16 @@ def main() -> None:
 @click.option("--subtasks", type=int, help="d3: split the classes into K groups, each with its own decoder.")
 @click.option("--workers", type=int, help="d3: distil the subtasks on N local processes (torch.distributed).")
 @click.option("--teacher", type=click.Path(exists=True, dir_okay=False),
-              help="d3: a ConvNet-3 teacher (.safetensors) instead of training one.")
+              help="d3 and d2m: a ConvNet-3 teacher (.safetensors) instead of training one.")
 @click.option("--latent-dim", type=int, help="d3: latent size (default by the budget rule).")
 @click.option("--priors-per-class", type=int, help="d3: priors per class (default: fill the budget).")
 @click.option("--decoder-width", type=int, help="d3: decoder channels (default by the budget rule).")
 @click.option("--decoder-dtype", type=click.Choice(["int8", "float16"]), help="d3: how decoder weights are stored.")
 @click.option("--prior-dtype", type=click.Choice(["float16", "int8"]),
               help="d3: how prior means and log-variances are stored (int8: about twice the priors).")
-@click.option("--soft-labels/--no-soft-labels", default=None, help="d3: store a teacher's soft label per prior.")
+@click.option("--soft-labels/--no-soft-labels", default=None,
+              help="d3: store a teacher's soft label per prior; d2m: store the teacher itself (in the budget), "
+              "so that every sample drawn gets the teacher's soft label.")
 @click.option("--generator", type=click.Path(exists=True, dir_okay=False),
               help="d2m: fine-tune this pre-trained generator (safetensors) instead of pre-training one.")
 @click.option("--checkpoint", type=click.Path(dir_okay=False),
@@ -103,7 +105,7 @@ def compress(dataset, output, method, objective, init_mode, network, inner_steps
             raise click.UsageError("give exactly one of --ipc N or --budget BYTES")
         only = {"d3": {"--subtasks": subtasks, "--workers": workers, "--latent-dim": latent_dim,
                        "--priors-per-class": priors_per_class, "--decoder-width": decoder_width,
-                       "--decoder-dtype": decoder_dtype, "--prior-dtype": prior_dtype, "--soft-labels": soft_labels},
+                       "--decoder-dtype": decoder_dtype, "--prior-dtype": prior_dtype},
                 "d2m": {"--generator": generator, "--pretraining": pretraining,
                         "--pretrain-iterations": pretrain_iterations, "--task-balance": task_balance,
                         "--generator-width": generator_width},
@@ -121,8 +123,9 @@ def compress(dataset, output, method, objective, init_mode, network, inner_steps
             if given and method != owner:
                 hint = hints.get(given[0], {}).get(method, "")
                 raise click.UsageError(f"{', '.join(given)} apply to --method {owner}{hint}")
-        if teacher is not None and method == "pixel":
-            raise click.UsageError("--teacher applies to --method d3 and d2m")
+        if method == "pixel" and (teacher is not None or soft_labels is not None):
+            raise click.UsageError(f"{'--teacher' if teacher is not None else '--soft-labels'} applies to "
+                                   "--method d3 and d2m")
         dev = join_process_group(resolve_device(device))
         real = load_dataset(dataset, data_root, resolution)
         run_checkpoint = checkpoint or f"{output}.ckpt.safetensors"  # pixel and d3 (d2m: below)
@@ -149,7 +152,7 @@ def compress(dataset, output, method, objective, init_mode, network, inner_steps
                 load_generator(generator, real.num_classes, real.image_shape) if generator else None,
                 checkpoint or f"{output}.pretrain.safetensors", f"{output}.ckpt.safetensors", iterations=iterations,
                 real_per_class=real_per_class, pretraining=pretraining, pretrain_iterations=pretrain_iterations,
-                task_balance=task_balance, generator_width=generator_width)
+                task_balance=task_balance, generator_width=generator_width, soft_labels=soft_labels)
         else:
             from d3codec.methods.d3 import D3Encoder
             from d3codec.teacher import load_teacher
@@ -203,8 +206,9 @@ def describe_plan(plan) -> str:
         return f"{plan.images_per_class} {plan.storage_dtype} images per class"
     if hasattr(plan, "generator_width"):
         return (f"generator {plan.architecture} of width {plan.generator_width} ({plan.weight_dtype}), noise "
-                f"{plan.noise_dim}, class embeddings {plan.embed_dim}; draws {plan.samples_per_class} per class "
-                "by default")
+                f"{plan.noise_dim}, class embeddings {plan.embed_dim}"
+                + (f", a ConvNet-3 teacher of width {plan.teacher_width} for soft labels" if plan.teacher_width else "")
+                + f"; draws {plan.samples_per_class} per class by default")
     g = plan.groups[0]
     return (f"{len(plan.groups)} subtask(s), {g.priors_per_class} priors per class, latent {g.latent_dim}, "
             f"decoder width {g.decoder_width} ({plan.decoder_dtype}), {plan.prior_dtype} priors")

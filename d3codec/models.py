@@ -45,6 +45,13 @@ class ConvNet(nn.Module):
         return self.classifier(self.embed(x))  # (N, num_classes) logits
 
 
+def parameter_shapes(module: type[nn.Module], *args, **kwargs) -> dict[str, tuple[int, ...]]:
+    """The state-dict shapes of ``module(*args, **kwargs)``, computed on the meta device (no memory):
+    what an archive's stored tensors are checked against before any is loaded."""
+    with torch.device("meta"):
+        return {name: tuple(value.shape) for name, value in module(*args, **kwargs).state_dict().items()}
+
+
 def upsampling_geometry(image_shape: tuple[int, int, int]) -> tuple[int, int, int]:
     """(u, h0, w0) of the upsampling networks (Decoder, d2m's generator) for images (C, H, W):
     u = max(0, ⌊log2(min(H, W) / 4)⌋) doublings from an h0 × w0 map, h0 = ⌈H / 2^u⌉, w0 = ⌈W / 2^u⌉."""

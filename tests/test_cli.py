@@ -47,6 +47,8 @@ def test_compress_info_expand(image_folder, tmp_path):
 def test_impossible_budget_and_corrupt_archive_give_clear_errors(image_folder, tmp_path):
     r = run("compress", image_folder, "--resolution", 16, "--budget", 500, "-o", tmp_path / "x.d3", "--quiet")
     assert r.exit_code != 0 and "smallest budget that works" in r.output and not (tmp_path / "x.d3").exists()
+    r = run("compress", image_folder, "--resolution", 16, "--budget", 20_000, "-o", tmp_path / "no" / "x.d3", "--quiet")
+    assert r.exit_code != 0 and "cannot write to the folder" in r.output and "choose another -o" in r.output
     bad = tmp_path / "bad.d3"
     bad.write_bytes(b"not an archive at all")
     r = run("info", bad)
@@ -93,6 +95,8 @@ def test_d3_compress_expand_any_count_and_merge(image_folder, tmp_path):
 def test_options_of_the_other_method_are_refused(image_folder, tmp_path):
     r = run("compress", image_folder, "--budget", 20_000, "--subtasks", 2, "-o", tmp_path / "x.d3", "--quiet")
     assert r.exit_code != 0 and "--subtasks apply to --method d3" in r.output
+    r = run("compress", image_folder, "--budget", 20_000, "--soft-labels", "-o", tmp_path / "x.d3", "--quiet")
+    assert r.exit_code != 0 and "--soft-labels applies to --method d3 and d2m" in r.output
     r = run("compress", image_folder, "--method", "d3", "--budget", 20_000, "--images-per-class", 2,
             "-o", tmp_path / "x.d3", "--quiet")
     assert r.exit_code != 0 and "--priors-per-class" in r.output
@@ -105,11 +109,12 @@ def test_options_of_the_other_method_are_refused(image_folder, tmp_path):
 
 def test_d2m_compress_expand_at_any_count_and_eval_with_resampling(tiny_real, image_folder, tmp_path, monkeypatch):
     out = tmp_path / "g.d3"
-    options = ["--method", "d2m", "--resolution", 16, "--budget", 30_000, "--pretraining", "gan",
+    options = ["--method", "d2m", "--resolution", 16, "--budget", 40_000, "--pretraining", "gan",
                "--pretrain-iterations", 3, "--iterations", 1, "--real-per-class", 4, "-o", out, "--device", "cpu", "--quiet"]
-    r = run("compress", image_folder, *options)
+    r = run("compress", image_folder, *options, "--soft-labels")
     assert r.exit_code == 0, r.output
-    assert out.stat().st_size <= 30_000 and "generator upconv-v2 of width" in r.output
+    assert out.stat().st_size <= 40_000 and "generator upconv-v2 of width" in r.output
+    assert "teacher of width 32 for soft labels" in r.output and D3Dataset(out).soft_labels is not None
     assert (tmp_path / "g.d3.pretrain.safetensors").is_file()  # the checkpoint a killed run resumes from
     assert D3Dataset(out).meta["params"]["config"]["pretraining"] == "gan"
     r = run("expand", out, "-o", tmp_path / "png", "--samples-per-class", 5)

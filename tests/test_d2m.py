@@ -11,6 +11,8 @@ from d3codec.losses import prediction_matching_loss
 from d3codec.methods import DatasetSpec
 from d3codec.methods import d2m
 from d3codec.methods.d2m import ConditionalGenerator, D2MEncoder, load_generator, save_generator
+from d3codec.models import ConvNet
+from d3codec.teacher import Teacher
 
 CPU = torch.device("cpu")
 
@@ -65,6 +67,52 @@ def test_archive_holds_only_the_generator_and_draws_any_count_deterministically(
     fresh, labels, _ = a.draw(2, seed=9)
     assert fresh.shape == (6, 1, 16, 16) and labels.tolist() == [0, 0, 1, 1, 2, 2]
     assert torch.equal(a.images, D3Dataset(out, samples_per_class=7, seed=3).images)  # draw leaves them be
+
+
+def test_soft_labels_store_the_teacher_in_the_budget_and_label_every_draw(tiny_real, tmp_path):
+    hard, soft = plan(tiny_encoder(), tiny_real, 26_000), plan(tiny_encoder(soft_labels=True), tiny_real, 26_000)
+    assert soft.teacher_width == 8 and hard.teacher_width is None
+    assert soft.generator_width < hard.generator_width  # the teacher's bytes come out of the generator's
+    out = tmp_path / "s.d3"
+    result = compress(tiny_real, out, encoder=tiny_encoder(soft_labels=True, label_temperature=2.0), budget=26_000,
+                      progress=False)
+    assert out.stat().st_size == result.file_bytes <= soft.max_bytes <= 26_000
+    with D3Reader(out) as r:
+        assert [(s.name, s.critical) for s in r.sections] == [("meta", True), ("generator", True), ("teacher", False)]
+        stored = r.read_tensors("teacher")
+    assert stored["classifier.weight"].dtype == torch.int8 and stored["classifier.weight"].shape[0] == 3
+
+    ds = D3Dataset(out, samples_per_class=5, seed=2)
+    assert ds.meta["params"]["teacher_width"] == 8 and ds.meta["params"]["label_temperature"] == 2.0
+    assert ds.soft_labels.shape == (15, 3) and ds.soft_labels.dtype == torch.float32
+    teacher = ConvNet(1, 3, 16, width=8)  # the stored teacher, dequantised by hand: what the labels must be
+    teacher.load_state_dict({n: stored[n].float() * stored[f"{n}.scale"].float().view(-1, *[1] * (v.dim() - 1))
+                             if v.dim() >= 2 else stored[n].float() for n, v in teacher.state_dict().items()})
+    mean, std = torch.tensor(ds.mean).view(1, -1, 1, 1), torch.tensor(ds.std).view(1, -1, 1, 1)
+    with torch.no_grad():
+        expected = torch.softmax(teacher((ds.images - mean) / std) / 2.0, dim=1)
+    assert torch.allclose(ds.soft_labels, expected, atol=1e-5)
+    images, labels, fresh = ds.draw(4, seed=7)  # fresh draws are labelled too
+    assert fresh.shape == (12, 3) and torch.allclose(fresh.sum(1), torch.ones(12))
+    assert D3Dataset(out, targets="hard").soft_labels is None and isinstance(ds[0][1], torch.Tensor)
+
+
+def test_soft_labels_that_do_not_fit_are_refused_naming_the_fix(tiny_real):
+    with pytest.raises(D3BudgetError, match="--no-soft-labels") as e:
+        plan(tiny_encoder(soft_labels=True, teacher_width=64, generator_width=4), tiny_real, 20_000)
+    assert e.value.min_budget > 20_000
+    assert plan(tiny_encoder(soft_labels=True, teacher_width=64, generator_width=4), tiny_real,
+                e.value.min_budget).teacher_width == 64
+
+
+def test_a_given_teacher_is_stored_only_if_it_labels_every_class_in_order(tiny_real):
+    c, h = tiny_real.image_shape[0], tiny_real.image_shape[1]
+    ordered = Teacher(ConvNet(c, 3, h, width=6), [0, 1, 2], [0, 1, 2])
+    enc = D2MEncoder.from_options("fast", ordered, soft_labels=True, noise_dim=4, embed_dim=4)
+    assert plan(enc, tiny_real, 30_000).teacher_width == 6
+    shuffled = Teacher(ordered.net, [0, 1, 2], [2, 0, 1])
+    with pytest.raises(D3Error, match="--no-soft-labels"):
+        plan(D2MEncoder.from_options("fast", shuffled, soft_labels=True, noise_dim=4, embed_dim=4), tiny_real, 30_000)
 
 
 @pytest.mark.parametrize("pretraining", ["gan", "vae"])
@@ -221,6 +269,47 @@ def test_hostile_d2m_archives_raise_d3formaterror(change):
     change(params, tensors)
     with pytest.raises(D3FormatError):
         D3Dataset(archive_with(tensors, params))
+
+
+def teacher_tensors(width=4):
+    net = ConvNet(1, 2, 8, width=width)
+    return {k: v.detach().half().contiguous() for k, v in net.state_dict().items()}
+
+
+def archive_with_teacher(tensors, params, teacher, image_shape=(1, 8, 8)):
+    meta = {"format": "d3", "method": "d2m", "dataset": {"name": "t", "classes": ["a", "b"], "image_shape": list(image_shape),
+                                                         "mean": [0.5], "std": [0.5]}, "params": params}
+    sections = [Section.json("meta", meta), Section.tensors("generator", tensors)]
+    return encode_archive(sections + ([Section.tensors("teacher", teacher, critical=False)] if teacher else []))
+
+
+@pytest.mark.parametrize("change", [
+    lambda p, t: [p.pop("teacher_width"), p.pop("label_temperature")],  # a section the metadata does not declare
+    lambda p, t: p.pop("label_temperature"),
+    lambda p, t: t.clear(),  # declared, but no section
+    lambda p, t: p.update(teacher_width=8),  # the tensors are of width 4
+    lambda p, t: p.update(teacher_width=True),
+    lambda p, t: p.update(teacher_width=10**9),
+    lambda p, t: p.update(label_temperature=0),
+    lambda p, t: p.update(label_temperature="1"),
+    lambda p, t: t.update({"classifier.weight": torch.zeros(2, 3, dtype=torch.float16)}),
+    lambda p, t: t.update({"features.0.bias": torch.zeros(4, dtype=torch.int64)}),
+    "wide images",  # a teacher whose tensors fit an 8×8 ConvNet-3, for 8×16 images
+])
+def test_hostile_d2m_teachers_raise_d3formaterror(change):
+    params = {**good_params(), "teacher_width": 4, "label_temperature": 1.0}
+    teacher = teacher_tensors()
+    ds = D3Dataset(archive_with_teacher(good_tensors(), params, teacher))
+    assert ds.soft_labels.shape == (8, 2)
+    if change == "wide images":
+        g = ConditionalGenerator(2, 3, 2, 8, (1, 8, 16))
+        data = archive_with_teacher({k: v.detach().half() for k, v in g.state_dict().items()}, params, teacher,
+                                    image_shape=[1, 8, 16])
+    else:
+        change(params, teacher)
+        data = archive_with_teacher(good_tensors(), params, teacher)
+    with pytest.raises(D3FormatError):
+        D3Dataset(data)
 
 
 def test_sample_counts_are_bounded():

@@ -13,7 +13,7 @@ def seeds_folder(tmp_path_factory):
 
 def test_three_thousand_mutated_archives_give_nothing_but_d3formaterror(seeds_folder):
     seeds = fuzz_archives.seed_archives(seeds_folder)
-    assert len(seeds) == 7  # every method and storage kind
+    assert len(seeds) == 8  # every method and storage kind
     before = dict(fuzz_archives.OUTCOMES)
     findings = fuzz_archives.run(3000, seed=7, folder=seeds_folder, log=lambda m: None)
     assert findings == []

@@ -39,6 +39,17 @@ run resumes and ends with the same generator as an uninterrupted run of the same
 Archive sections: ``generator`` {<parameter name>: int8 (ndim ≥ 2) with <name>.scale (out,)
 float16, or float16}; ``embedding.weight`` (K, E) holds the class embeddings. The metadata's
 ``params`` gives the architecture by registry name and its sizes (never code).
+
+**Our extension: soft labels** (``soft_labels``, off in both presets). The paper's students
+train on hard labels. With this option the archive also stores the teacher, a ConvNet-3, in the
+ancillary section ``teacher`` (same storage as the generator, counted in the budget, the generator
+narrowing to make room), and expansion labels every sample with the teacher's softmax: knowledge
+distillation (Hinton et al. 2015) on generated images, as in data-free distillation (Chen et al.
+2019, DAFL), with labels recomputed for every fresh draw. Soft labels from a teacher also lift
+other methods' students (the evaluation tool DD-Ranking compares against random real images under
+the same soft labels for this reason), so benchmarks report hard-label rows too. On
+Fashion-MNIST a stored 10-epoch teacher lifted D2M's samples by about a point, about as much as it lifted
+random real images in the same bytes. That is why it is off by default (benchmarks/d2m-exploration.md).
 """
 
 from __future__ import annotations
@@ -65,7 +76,7 @@ from ..container import Section, write_atomic
 from ..data import ClassSampler, RealData
 from ..errors import D3BudgetError, D3Error, D3FormatError
 from ..losses import mean_embedding_loss, mmd_rbf, prediction_matching_loss
-from ..models import ConvNet, upsampling_geometry
+from ..models import ConvNet, parameter_shapes, upsampling_geometry
 from ..teacher import Teacher, train_teacher, untrained_teacher
 from ..weights import WEIGHT_DTYPES, dequantise_state, quantise_state, read_safetensors_file
 from .base import DatasetSpec, Encoded, Encoder, preset_config
@@ -186,7 +197,9 @@ class D2MConfig:
 
     Storage (``None`` = chosen by the budget rule of :meth:`D2MEncoder.plan`): ``noise_dim``,
     ``embed_dim``, ``generator_width``. ``samples_per_class`` is the archive's default draw
-    (None: the IPC of the budget, at least 10).
+    (None: the IPC of the budget, at least 10). ``soft_labels`` stores the teacher in the archive
+    (its weights as the generator's, counted in the budget) so that expansion labels every sample
+    with the teacher's softmax at ``label_temperature``; the generator narrows to make room.
     """
 
     pretraining: str = "gan"
@@ -217,6 +230,8 @@ class D2MConfig:
     max_generator_width: int | None = None
     weight_dtype: str = "int8"
     samples_per_class: int | None = None
+    soft_labels: bool = False
+    label_temperature: float = 1.0
     architecture: str = ARCHITECTURE
 
 
@@ -246,14 +261,18 @@ class D2MPlan:
     samples_per_class: int
     max_bytes: int
     budget: int
+    teacher_width: int | None = None  # the stored teacher's ConvNet-3 width; None: no teacher stored
 
 
 def generator_shapes(architecture: str, num_classes: int, noise_dim: int, embed_dim: int, width: int,
                      image_shape: tuple[int, int, int]) -> dict[str, tuple[int, ...]]:
     """The generator's parameter shapes, computed without allocating them (meta device)."""
-    with torch.device("meta"):
-        g = ConditionalGenerator(num_classes, noise_dim, embed_dim, width, image_shape, architecture)
-        return {k: tuple(v.shape) for k, v in g.state_dict().items()}
+    return parameter_shapes(ConditionalGenerator, num_classes, noise_dim, embed_dim, width, image_shape, architecture)
+
+
+def teacher_shapes(in_channels: int, num_classes: int, image_size: int, width: int) -> dict[str, tuple[int, ...]]:
+    """The parameter shapes of a ConvNet-3 teacher (d3codec.models.ConvNet), without allocating them."""
+    return parameter_shapes(ConvNet, in_channels, num_classes, image_size, width=width)
 
 
 def build_generator(plan: D2MPlan, num_classes: int, image_shape: tuple[int, int, int]) -> ConditionalGenerator:
@@ -376,8 +395,9 @@ class D2MEncoder(Encoder):
             raise ValueError(f"pretraining must be one of {PRETRAININGS}, not {config.pretraining!r}")
         if config.conditioning not in CONDITIONINGS:
             raise ValueError(f"conditioning must be one of {CONDITIONINGS}, not {config.conditioning!r}")
-        if config.temperature <= 0:
-            raise ValueError(f"temperature must be positive, not {config.temperature}")
+        for name in ("temperature", "label_temperature"):
+            if getattr(config, name) <= 0:
+                raise ValueError(f"{name} must be positive, not {getattr(config, name)}")
         self.config, self.teacher, self.generator = config, teacher, generator
         self.checkpoint = Path(checkpoint) if checkpoint is not None else None
         self.finetune_checkpoint = Path(finetune_checkpoint) if finetune_checkpoint is not None else None
@@ -398,10 +418,37 @@ class D2MEncoder(Encoder):
     def checkpoint_files(self) -> list[Path]:
         return [p for p in (self.finetune_checkpoint, self.checkpoint) if p is not None and p.is_file()]
 
-    def method_meta(self, architecture: str, z: int, e: int, width: int, samples: int, stats: dict) -> dict:
+    def method_meta(self, architecture: str, z: int, e: int, width: int, samples: int, stats: dict,
+                    teacher_width: int | None = None) -> dict:
+        labels = {} if teacher_width is None else {"teacher_width": teacher_width,
+                                                   "label_temperature": self.config.label_temperature}
         return {"architecture": architecture, "noise_dim": z, "embed_dim": e,
                 "generator_width": width, "weight_dtype": self.config.weight_dtype, "samples_per_class": samples,
-                "stats": stats, "config": asdict(self.config)}
+                **labels, "stats": stats, "config": asdict(self.config)}
+
+    def stored_teacher_width(self, spec: DatasetSpec) -> int | None:
+        """The width of the ConvNet-3 teacher the archive will store (None without soft labels).
+
+        Raises: D3Error when a given teacher cannot be stored: it must be a ConvNet-3 of this
+        dataset's image shape with one logit per class, in class order.
+        """
+        if not self.config.soft_labels:
+            return None
+        if spec.image_shape[1] != spec.image_shape[2]:
+            raise D3Error(f"soft labels need a ConvNet-3 teacher, which takes square images, not "
+                          f"{spec.image_shape[1]}×{spec.image_shape[2]}: use --no-soft-labels or square images")
+        if self.teacher is None:
+            return self.config.teacher_width
+        k, (c, h, _) = spec.num_classes, spec.image_shape
+        net = self.teacher.net
+        width = net.features[0].out_channels if isinstance(net, ConvNet) else None
+        ordered = self.teacher.classes == list(range(k)) and self.teacher.out_index == list(range(k))
+        if width is None or not ordered or teacher_shapes(c, k, h, width) != {
+                n: tuple(v.shape) for n, v in net.state_dict().items()}:
+            raise D3Error("the given teacher cannot be stored for soft labels: it must be a ConvNet-3 of depth 3 "
+                          f"for {c}×{h}×{h} images with {k} logits in class order; give another --teacher or "
+                          "--no-soft-labels")
+        return width
 
     def plan(self, spec: DatasetSpec, budget: int, meta_for, real: RealData | None = None) -> D2MPlan:
         """Sizes that fill ``budget`` bytes, by this rule (each step overridable by a config field or
@@ -409,10 +456,11 @@ class D2MEncoder(Encoder):
 
         1. noise and embedding dimensions 32 for images up to 32 pixels a side, else 64;
         2. generator width: the largest of GENERATOR_WIDTHS (up to ``max_generator_width``) whose
-           exact archive bound (compression off, metadata reserve included) fits the budget.
+           exact archive bound (compression off, metadata reserve included, and with ``soft_labels``
+           the stored teacher) fits the budget.
 
-        Raises: D3BudgetError, with the smallest workable budget, when the narrowest generator
-        does not fit.
+        Raises: D3Error when a given teacher cannot be stored for soft labels; D3BudgetError, with
+        the smallest workable budget, when the narrowest generator does not fit.
         """
         cfg, k, shape = self.config, spec.num_classes, spec.image_shape
         side = max(shape[1:])
@@ -423,12 +471,17 @@ class D2MEncoder(Encoder):
         ipc = (meta_for({}).get("budget") or {}).get("ipc")
         samples = cfg.samples_per_class or max(10, round(ipc or 0))
         stats = {"pretrain_seconds": 0.0, "finetune_seconds": 0.0, "teacher_accuracy": 0.0, "final_loss": 0.0}
+        teacher_width = self.stored_teacher_width(spec)
+        teacher = [] if teacher_width is None else [Section.tensors("teacher", quantise_state(
+            {n: torch.zeros(s) for n, s in teacher_shapes(shape[0], k, shape[1], teacher_width).items()}, "",
+            cfg.weight_dtype), critical=False)]
+        too_big = " or --no-soft-labels (the stored teacher takes part of the budget)" if teacher else ""
 
         def bound(width: int) -> int:
             shapes = generator_shapes(architecture, k, z, e, width, shape)
             state = quantise_state({n: torch.zeros(s) for n, s in shapes.items()}, "", cfg.weight_dtype)
-            sections = [Section.json("meta", meta_for(self.method_meta(architecture, z, e, width, samples, stats))),
-                        Section.tensors("generator", state)]
+            meta = self.method_meta(architecture, z, e, width, samples, stats, teacher_width)
+            sections = [Section.json("meta", meta_for(meta)), Section.tensors("generator", state), *teacher]
             return archive_bound(sections, META_RESERVE_BYTES)
 
         if given is not None or cfg.generator_width is not None:
@@ -437,7 +490,8 @@ class D2MEncoder(Encoder):
             if needed > budget:
                 what = "the --generator" if given else f"--generator-width {width}"
                 raise D3BudgetError(f"{what} needs {needed} bytes, over the budget of {budget}: raise --budget to "
-                                    f"{needed}" + ("" if given else " or lower --generator-width"), min_budget=needed)
+                                    f"{needed}" + ("" if given else " or lower --generator-width") + too_big,
+                                    min_budget=needed)
         else:
             cap = cfg.max_generator_width or GENERATOR_WIDTHS[-1]
             bounds = {w: bound(w) for w in GENERATOR_WIDTHS if w <= cap}
@@ -446,9 +500,9 @@ class D2MEncoder(Encoder):
                 smallest = bounds[GENERATOR_WIDTHS[0]]
                 raise D3BudgetError(f"a budget of {budget} bytes cannot hold the narrowest generator (width "
                                     f"{GENERATOR_WIDTHS[0]}); the smallest budget that works is {smallest} bytes "
-                                    f"(--budget {smallest})", min_budget=smallest)
+                                    f"(--budget {smallest}){too_big}", min_budget=smallest)
             width, needed = fitting[-1], bounds[fitting[-1]]
-        return D2MPlan(architecture, z, e, width, cfg.weight_dtype, samples, needed, budget)
+        return D2MPlan(architecture, z, e, width, cfg.weight_dtype, samples, needed, budget, teacher_width)
 
     def fingerprint(self, real: RealData, plan: D2MPlan, seed: int) -> str:
         """What pre-training depends on, hashed: the data's name, classes and shape, the generator's
@@ -460,7 +514,8 @@ class D2MEncoder(Encoder):
 
     def distill(self, real: RealData, plan: D2MPlan, *, device: torch.device, seed: int,
                 progress: bool = True) -> Encoded:
-        """Pre-train (or take the given generator), fine-tune, and return the ``generator`` section.
+        """Pre-train (or take the given generator), fine-tune, and return the ``generator`` section
+        (and the ``teacher`` section when the plan stores one).
 
         With a fine-tuning checkpoint on disk from the same run, pre-training and the teacher are
         skipped (their results are in it) and fine-tuning goes on from the iteration it reached.
@@ -478,7 +533,8 @@ class D2MEncoder(Encoder):
         optimiser = torch.optim.Adam(generator.parameters(), lr=cfg.lr_finetune)
         rng = torch.Generator().manual_seed(seed * 1_000_003 + 29)
         sampler = ClassSampler(real, list(range(k)), cfg.real_cache_per_class, rng)
-        own_teacher = self.teacher is None and cfg.task_balance > 0 and cfg.iterations > 0
+        # a teacher is needed to match predictions, and to be stored for soft labels
+        own_teacher = self.teacher is None and (cfg.soft_labels or (cfg.task_balance > 0 and cfg.iterations > 0))
         teacher, ckpt, resumed = self.teacher, None, None
         if self.finetune_checkpoint is not None:
             run = self.finetune_fingerprint(real, plan, seed, device)
@@ -529,12 +585,16 @@ class D2MEncoder(Encoder):
         if teacher_acc is not None:
             stats["teacher_accuracy"] = round(teacher_acc, 4)
         state = quantise_state({n: v.cpu() for n, v in generator.state_dict().items()}, "", cfg.weight_dtype)
+        sections = [Section.tensors("generator", state)]
+        if plan.teacher_width is not None:  # ancillary: a reader that does not know it still draws, hard-labelled
+            stored = quantise_state({n: v.cpu() for n, v in teacher.net.state_dict().items()}, "", cfg.weight_dtype)
+            sections.append(Section.tensors("teacher", stored, critical=False))
         meta = self.method_meta(plan.architecture, plan.noise_dim, plan.embed_dim, plan.generator_width,
-                                plan.samples_per_class, {k_: v for k_, v in stats.items() if k_ != "distill_seconds"})
+                                plan.samples_per_class, {k_: v for k_, v in stats.items() if k_ != "distill_seconds"},
+                                plan.teacher_width)
         if first:
             stats["resumed_at_iteration"] = first
-        return Encoded([Section.tensors("generator", state)], meta, stats,
-                       cleanup=ckpt.remove if ckpt is not None else None)
+        return Encoded(sections, meta, stats, cleanup=ckpt.remove if ckpt is not None else None)
 
     def finetune_fingerprint(self, real: RealData, plan: D2MPlan, seed: int, device: torch.device) -> str:
         """What fine-tuning's result depends on, hashed: every option, the plan, the seed, the data, the
@@ -721,14 +781,38 @@ def read_params(meta: dict) -> tuple[str, int, int, int, str, int]:
     return values
 
 
+def read_label_params(meta: dict, has_section: bool) -> tuple[int, float] | None:
+    """(teacher width, label temperature) of a d2m archive that stores a teacher, else None.
+
+    Raises: D3FormatError when the metadata and the ``teacher`` section disagree or the values are not sane.
+    """
+    p = meta["params"]
+    declared = "teacher_width" in p or "label_temperature" in p
+    if declared != has_section:
+        raise D3FormatError("a d2m archive with a 'teacher' section needs 'params.teacher_width' and "
+                            "'params.label_temperature', and one without it must not declare them")
+    if not declared:
+        return None
+    width, temperature = p.get("teacher_width"), p.get("label_temperature")
+    if (not isinstance(width, int) or isinstance(width, bool) or not 1 <= width <= 4096
+            or not isinstance(temperature, (int, float)) or isinstance(temperature, bool)
+            or not 1e-3 <= temperature <= 1e3):
+        raise D3FormatError("meta: 'params.teacher_width' must be an integer 1..4096 and "
+                            "'params.label_temperature' a number 0.001..1000")
+    return width, float(temperature)
+
+
 def load_sampler(reader, meta: dict, device: torch.device | str = "cpu", batch_size: int = 1024):
     """The archive's generator, ready to draw: returns ``draw(samples_per_class, seed)`` →
-    (images (K·N, C, H, W) float32 in [0, 1], labels (K·N,) int64, None).
+    (images (K·N, C, H, W) float32 in [0, 1], labels (K·N,) int64, soft labels (K·N, K) float32
+    or None).
 
     Sample j of class c uses noise row j of a (K, N, Z) standard normal draw from a CPU generator
     seeded with ``seed``, so the same seed gives the same images on any device (up to the device's
-    arithmetic) and the first N samples of a larger draw are not the same as a draw of N.
-    Raises: D3FormatError when the generator section does not match the metadata.
+    arithmetic) and the first N samples of a larger draw are not the same as a draw of N. Where
+    the archive stores a teacher, each image's soft label is the teacher's softmax, at the stored
+    temperature, on the image normalised with the dataset's mean and std.
+    Raises: D3FormatError when the generator or teacher section does not match the metadata.
     """
     ds = meta["dataset"]
     k, shape = len(ds["classes"]), tuple(ds["image_shape"])
@@ -739,6 +823,11 @@ def load_sampler(reader, meta: dict, device: torch.device | str = "cpu", batch_s
     state = dequantise_state(reader.read_tensors("generator"), "", shapes, dtype, "generator")
     generator.load_state_dict(state, assign=True)
     generator.to(device).eval()
+    label = load_labeller(reader, meta, device)
+
+    def generate(noise: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        images = generator(noise.to(device), labels.to(device))  # (B, C, H, W) in [0, 1]
+        return images.cpu(), label(images).cpu() if label is not None else None
 
     @torch.no_grad()
     def draw(samples_per_class: int | None = None, seed: int = 0):
@@ -747,19 +836,51 @@ def load_sampler(reader, meta: dict, device: torch.device | str = "cpu", batch_s
             raise ValueError(f"samples_per_class must be at least 1 and give at most {MAX_SAMPLES} images")
         noise = torch.randn(k, n, z, generator=torch.Generator().manual_seed(seed)).view(k * n, z)
         labels = torch.arange(k).repeat_interleave(n)  # (K·N,) class-major
-        images = torch.cat([generator(noise[i:i + batch_size].to(device), labels[i:i + batch_size].to(device)).cpu()
-                            for i in range(0, k * n, batch_size)])  # (K·N, C, H, W)
-        return images, labels, None
+        images, soft = zip(*(generate(noise[i:i + batch_size], labels[i:i + batch_size])
+                             for i in range(0, k * n, batch_size)))
+        return torch.cat(images), labels, torch.cat(soft) if label is not None else None  # (K·N, C, H, W), (K·N, K)
 
     return draw
 
 
+def load_labeller(reader, meta: dict, device: torch.device | str = "cpu"
+                  ) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """The archive's stored teacher as a labeller, or None when it stores none: ``label(images)``
+    takes (B, C, H, W) float32 images in [0, 1] (on ``device``) and returns (B, K) float32 soft labels
+    on ``device``, the teacher's softmax at the stored temperature on the normalised images. It labels
+    any images of the dataset's shape, generated or real (a same-labels baseline, as DD-Ranking's).
+    Raises: D3FormatError when the teacher section does not match the metadata.
+    """
+    ds = meta["dataset"]
+    k, (c, h, w) = len(ds["classes"]), tuple(ds["image_shape"])
+    dtype = read_params(meta)[4]
+    labelling = read_label_params(meta, any(s.name == "teacher" for s in reader.sections))
+    if labelling is None:
+        return None
+    if h != w:
+        raise D3FormatError(f"a d2m archive's teacher is a ConvNet-3 for square images, not {h}×{w}")
+    width, temperature = labelling
+    with torch.device("meta"):
+        teacher = ConvNet(c, k, h, width=width)
+    shapes = {n: tuple(v.shape) for n, v in teacher.state_dict().items()}
+    teacher.load_state_dict(dequantise_state(reader.read_tensors("teacher"), "", shapes, dtype, "teacher"), assign=True)
+    teacher.to(device).eval()
+    mean = torch.tensor(ds["mean"], dtype=torch.float32, device=device).view(1, c, 1, 1)
+    std = torch.tensor(ds["std"], dtype=torch.float32, device=device).view(1, c, 1, 1)
+
+    @torch.no_grad()
+    def label(images: torch.Tensor) -> torch.Tensor:
+        return F.softmax(teacher((images - mean) / std) / temperature, dim=1)  # (B, K)
+
+    return label
+
+
 def decode(reader, meta: dict, samples_per_class: int | None = None, seed: int = 0,
-           device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor, None]:
+           device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Generate ``samples_per_class`` images per class (default: the archive's) from a D2M archive;
     see :func:`load_sampler`."""
     return load_sampler(reader, meta, device)(samples_per_class, seed)
 
 
 __all__ = ["D2MConfig", "D2MEncoder", "D2MPlan", "ConditionalGenerator", "GENERATORS", "PRESETS", "decode",
-           "load_generator", "load_sampler", "save_generator"]
+           "load_generator", "load_labeller", "load_sampler", "save_generator"]

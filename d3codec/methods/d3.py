@@ -61,7 +61,7 @@ from ..container import Section
 from ..data import ClassSampler, RealData
 from ..errors import D3BudgetError, D3FormatError
 from ..losses import mean_embedding_loss, mmd_rbf
-from ..models import ConvNet, Decoder
+from ..models import ConvNet, Decoder, parameter_shapes
 from ..teacher import Teacher, train_teacher, untrained_teacher
 from ..weights import WEIGHT_DTYPES, dequantise_state, quantise_int8, quantise_state, read_stored
 from .base import DatasetSpec, Encoded, Encoder, preset_config
@@ -121,8 +121,7 @@ PRESETS = {
 
 def decoder_shapes(latent_dim: int, image_shape: tuple[int, int, int], width: int) -> dict[str, tuple[int, ...]]:
     """The decoder's parameter shapes, computed without allocating them (meta device)."""
-    with torch.device("meta"):
-        return {k: tuple(v.shape) for k, v in Decoder(latent_dim, image_shape, width).state_dict().items()}
+    return parameter_shapes(Decoder, latent_dim, image_shape, width)
 
 
 # ---- storage of priors: int8 with a scale per latent dimension, or float16 (d3codec.weights) --------------------
