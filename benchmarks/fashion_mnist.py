@@ -9,7 +9,10 @@ what DM stores at IPC 1 (4 per class) and at IPC 10 (55 per class); "priors" dra
 prior; students' seconds are in the table, since more samples cost more); one D3 row has soft
 labels switched off, to show what they buy. One D2M archive per budget gives a row for each of
 ``--d2m-samples-per-class`` (1, 10, 50 and 100 by default), with pre-training and fine-tuning
-seconds apart. Optionally also DM with the paper's 256 real images per class per iteration
+seconds apart; when the archive stores its teacher for soft labels (``--d2m-soft-labels`` or the
+preset's choice), the same samples also train students on hard labels, and random real PNG images
+in the budget less the teacher's bytes train students on that teacher's labels (the same-labels
+baseline), so that what the labels buy is not credited to the generator. Optionally also DM with the paper's 256 real images per class per iteration
 (``--real-side-ipc``), to show what the fast preset's cheaper real side costs, and students of other
 architectures than ConvNet-3 (``--models convnet3 resnet18``: cross-architecture rows). Writes
 benchmarks/RESULTS.md and a JSON file of every number.
@@ -45,7 +48,8 @@ from d3codec.budget import ipc_budget
 from d3codec.compress import compress
 from d3codec.data import load_dataset
 from d3codec.evaluate import EvalResult, StudentConfig, random_real_subset, test_split, train_student
-from d3codec.methods.d2m import D2MEncoder
+from d3codec.methods.d2m import PRESETS as D2M_PRESETS
+from d3codec.methods.d2m import D2MEncoder, load_labeller
 from d3codec.methods.d3 import D3Encoder
 from d3codec.methods.pixel import PixelEncoder
 from d3codec.models import resolve_device
@@ -107,7 +111,7 @@ def run(args) -> dict:
             rows = [r for r in b["rows"] if (ipc, r[0]) not in done]
             if not rows:
                 continue
-            keys = [row_key(ipc, name) for name, _, _ in rows]
+            keys = [row_key(ipc, name) for name, *_ in rows]
             parts = [results["partial"].get(key) for key in keys]
             if all(part is not None and Path(part["inputs"]).is_file() for part in parts):
                 for key, part in zip(keys, parts):
@@ -118,9 +122,9 @@ def run(args) -> dict:
             stem = f"ipc{ipc}-{slug(b['name'])}"
             spec = {"ipc": ipc, "name": b["name"], "kind": b["kind"], "overrides": b["overrides"],
                     "preset": args.preset, "seed": args.seed, "archive": str(work / f"{stem}.d3"),
-                    "rows": [{"key": key, "name": name, "samples": samples, "model": model,
-                              "inputs": str(work / f"{stem}-{samples or 'stored'}.inputs.safetensors")}
-                             for key, (name, samples, model) in zip(keys, rows)]}
+                    "rows": [{"key": key, "name": name, "samples": samples, "model": model, "labels": labels,
+                              "inputs": str(work / f"{stem}-{samples or 'stored'}-{labels}.inputs.safetensors")}
+                             for key, (name, samples, model, labels) in zip(keys, rows)]}
             ready.append(((1, BUILD_PRIORITY[b["kind"]]), ("build", spec)))
     save(results, args)
     context = multiprocessing.get_context("spawn")
@@ -161,15 +165,21 @@ MODEL_NAMES = {"convnet3": "ConvNet-3", "resnet18": "ResNet-18", "mlp": "MLP"}
 
 def builds(ipc: int, args) -> list[dict]:
     """Every build at this IPC budget, in table order: {"name", "kind", "overrides", "rows"}, where each
-    row is (row name, samples drawn per class or None for what the build stores, student model)."""
+    row is (row name, samples drawn per class or None for what the build stores, student model, labels).
+    Labels: "auto" (the archive's soft labels where it has them), "hard", or "real+teacher": random
+    real PNG images labelled by the D2M archive's stored teacher, in the budget less the teacher's bytes
+    (the same-labels baseline that DD-Ranking argues for)."""
     out = []
 
-    def add(name: str, kind: str, overrides: dict | None = None, samples: list | None = None) -> None:
+    def add(name: str, kind: str, overrides: dict | None = None, samples: list | None = None,
+            variants: tuple | None = None) -> None:
         rows = []
-        for model in args.models:
-            arrow = "" if model == "convnet3" else f" → {MODEL_NAMES[model]}"
-            for n in samples or [None]:
-                rows.append((name + (f", {n}/class" if kind == "d2m" else "") + arrow, n, model))
+        for row_name, labels in variants or ((name, "auto"),):
+            for model in args.models:
+                arrow = "" if model == "convnet3" else f" → {MODEL_NAMES[model]}"
+                for n in (samples if labels != "real+teacher" else None) or [None]:
+                    count = f", {n}/class" if kind == "d2m" and n is not None else ""
+                    rows.append((row_name + count + arrow, n, model, labels))
         out.append({"name": name, "kind": kind, "overrides": overrides or {}, "rows": rows})
 
     if "dm" in args.methods:
@@ -181,7 +191,13 @@ def builds(ipc: int, args) -> list[dict]:
         if ipc in args.no_labels_ipc:
             add(f"D3 ({args.preset}, no soft labels)", "d3", {"soft_labels": False}, samples=[d3_samples(ipc, args)])
     if "d2m" in args.methods:
-        add(f"D2M ({args.preset} preset)", "d2m", samples=args.d2m_samples_per_class)
+        overrides = {} if args.d2m_soft_labels is None else {"soft_labels": args.d2m_soft_labels}
+        soft = overrides.get("soft_labels", D2M_PRESETS[args.preset].soft_labels)
+        name = f"D2M ({args.preset} preset{', soft labels' if soft else ''})"
+        # with a stored teacher: the same archive's samples under hard labels, and real images under its labels
+        variants = ((name, "auto"), (f"D2M ({args.preset} preset, its samples with hard labels)", "hard"),
+                    ("random real (png) + D2M's stored teacher", "real+teacher")) if soft else None
+        add(name, "d2m", overrides, samples=args.d2m_samples_per_class, variants=variants)
     for storage in ("float32", "png"):
         add(f"random real ({storage})", storage)
     return out
@@ -195,7 +211,7 @@ def d3_samples(ipc: int, args) -> int | None:
 
 
 def row_names(ipc: int, args) -> list[str]:
-    return [name for b in builds(ipc, args) for name, _, _ in b["rows"]]
+    return [name for b in builds(ipc, args) for name, *_ in b["rows"]]
 
 
 def row_key(ipc: int, name: str) -> str:
@@ -296,14 +312,17 @@ def build(spec: dict) -> list[dict]:
         extra["config"] = params["config"]
         if kind == "dm":
             ds = D3Dataset(spec["archive"])
-            draws[None] = ds.images, ds.labels
+            draws[None, "auto"] = ds.images, ds.labels, used
             extra.update(images_per_class=params["images_per_class"], storage=params["storage_dtype"])
-        else:  # sampled archives: one draw per distinct samples-per-class of the rows
-            for n in dict.fromkeys(row["samples"] for row in spec["rows"]):
+        else:  # sampled archives: one draw per distinct (samples per class, labels) of the rows
+            for n, labels in dict.fromkeys((row["samples"], row["labels"]) for row in spec["rows"]):
+                if labels == "real+teacher":
+                    draws[n, labels] = real_under_teacher(spec["archive"], real, budget, seed)
+                    continue
                 t = time.time()
-                ds = D3Dataset(spec["archive"], samples_per_class=n, seed=seed)
+                ds = D3Dataset(spec["archive"], samples_per_class=n, seed=seed, targets=labels)
                 extra["decode_images_per_second_cpu"] = round(len(ds) / (time.time() - t))
-                draws[n] = ds.images, ds.soft_labels if ds.soft_labels is not None else ds.labels
+                draws[n, labels] = ds.images, ds.soft_labels if ds.soft_labels is not None else ds.labels, used
         if kind == "d3":
             group = params["groups"][0]
             extra.update(priors_per_class=group["priors_per_class"], latent_dim=group["latent_dim"],
@@ -313,18 +332,33 @@ def build(spec: dict) -> list[dict]:
             extra.update({f: params["stats"].get(f) for f in ("pretrain_seconds", "finetune_seconds",
                                                                "teacher_accuracy")})
     else:
-        images, targets, used = random_real_subset(real, budget, kind, seed)
-        draws[None] = images, targets
+        draws[None, "auto"] = random_real_subset(real, budget, kind, seed)
     out, saved = [], set()
     for row in spec["rows"]:
-        images, targets = draws[row["samples"]]
+        images, targets, used = draws[row["samples"], row["labels"]]
         if row["inputs"] not in saved:  # rows of other student models share their inputs
             save_file({"images": images.contiguous(), "targets": targets.contiguous()}, row["inputs"])
             saved.add(row["inputs"])
         sampled = {"samples_per_class": len(images) // real.num_classes} if kind in ("d3", "d2m") else {}
+        if row["labels"] == "real+teacher":  # real images, not the archive's: only the budget is shared
+            out.append({"key": row["key"], "ipc": ipc, "name": row["name"], "model": row["model"],
+                        "inputs": row["inputs"], "images": len(images), "bytes": used, "distill_seconds": None,
+                        "extra": {"budget": budget, "labels": "soft, from the D2M archive's stored teacher"}})
+            continue
         out.append({"key": row["key"], "ipc": ipc, "name": row["name"], "model": row["model"], "inputs": row["inputs"],
                     "images": len(images), "bytes": used, "distill_seconds": distill_s, "extra": {**extra, **sampled}})
     return out
+
+
+def real_under_teacher(archive: str, real, budget: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Random real PNG images in ``budget`` less the archive's stored teacher section, labelled by that
+    teacher: (images, soft labels (N, K), bytes = PNG bytes + the teacher section's stored bytes)."""
+    reader, meta = open_archive(archive)
+    with reader:
+        teacher_bytes = next(s.stored_length for s in reader.sections if s.name == "teacher")
+        label = load_labeller(reader, meta)
+    images, _, used = random_real_subset(real, budget - teacher_bytes, "png", seed)
+    return images, torch.cat([label(images[i:i + 1024]) for i in range(0, len(images), 1024)]), used + teacher_bytes
 
 
 def student(spec: dict) -> tuple[float, float]:
@@ -421,6 +455,9 @@ def main() -> None:
                    help="distillation methods (the random-real rows always run)")
     p.add_argument("--d2m-samples-per-class", type=int, nargs="+", default=[1, 10, 50, 100],
                    help="one D2M row per number: images sampled per class from the same archive")
+    p.add_argument("--d2m-soft-labels", action=argparse.BooleanOptionalAction, default=None,
+                   help="store the teacher in the D2M archive (default: the preset's choice); with it, rows of the "
+                        "same samples under hard labels and of random real images under the teacher's labels")
     p.add_argument("--models", nargs="+", default=["convnet3"], choices=list(MODEL_NAMES),
                    help="student models; rows of other models than ConvNet-3 (cross-architecture) are named "
                         "'... → MODEL'. A ResNet-18 student costs about 13 ConvNet-3 students: use a GPU")
