@@ -12,10 +12,11 @@ labels switched off, to show what they buy. One D2M archive per budget gives a r
 seconds apart; when the archive stores its teacher for soft labels (``--d2m-soft-labels`` or the
 preset's choice), the same samples also train students on hard labels, and random real PNG images
 in the budget less the teacher's bytes train students on that teacher's labels (the same-labels
-baseline), so that what the labels buy is not credited to the generator. Optionally also DM with the paper's 256 real images per class per iteration
-(``--real-side-ipc``), to show what the fast preset's cheaper real side costs, and students of other
-architectures than ConvNet-3 (``--models convnet3 resnet18``: cross-architecture rows). Writes
-benchmarks/RESULTS.md and a JSON file of every number.
+baseline), so that what the labels buy is not credited to the generator. Optionally also DM with
+the paper's 256 real images per class per iteration (``--real-side-ipc``), to show what the fast
+preset's cheaper real side costs, and students of other architectures than ConvNet-3
+(``--models convnet3 resnet18``: cross-architecture rows). Writes benchmarks/RESULTS.md and a JSON
+file of every number.
 
 Each build (distil an archive, or draw the real images) gives one or more rows, each trained by
 ``--runs`` students; ``--jobs N`` runs builds and students in N worker processes (the longest first),
@@ -340,13 +341,11 @@ def build(spec: dict) -> list[dict]:
             save_file({"images": images.contiguous(), "targets": targets.contiguous()}, row["inputs"])
             saved.add(row["inputs"])
         sampled = {"samples_per_class": len(images) // real.num_classes} if kind in ("d3", "d2m") else {}
-        if row["labels"] == "real+teacher":  # real images, not the archive's: only the budget is shared
-            out.append({"key": row["key"], "ipc": ipc, "name": row["name"], "model": row["model"],
-                        "inputs": row["inputs"], "images": len(images), "bytes": used, "distill_seconds": None,
-                        "extra": {"budget": budget, "labels": "soft, from the D2M archive's stored teacher"}})
-            continue
+        real_images = row["labels"] == "real+teacher"  # not the archive's images: only the budget is shared
         out.append({"key": row["key"], "ipc": ipc, "name": row["name"], "model": row["model"], "inputs": row["inputs"],
-                    "images": len(images), "bytes": used, "distill_seconds": distill_s, "extra": {**extra, **sampled}})
+                    "images": len(images), "bytes": used, "distill_seconds": None if real_images else distill_s,
+                    "extra": {"budget": budget, "labels": "soft, from the D2M archive's stored teacher"}
+                    if real_images else {**extra, **sampled}})
     return out
 
 

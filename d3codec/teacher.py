@@ -1,8 +1,9 @@
 """Teachers: networks trained on the real data whose predictions become soft labels.
 
 A teacher is a ConvNet-3 (d3codec.models) trained by :func:`train_teacher` on the real images of
-some classes, or loaded from a safetensors file with :func:`load_teacher` (never a pickle). Its
-weights never enter an archive; only the soft labels it gives do.
+some classes, or loaded from a safetensors file with :func:`load_teacher` (never a pickle). Pixel
+and d3 archives keep only the soft labels it gives; a d2m archive with soft labels stores the
+teacher itself (d3codec.methods.d2m), so that it can label every sample drawn.
 """
 
 from __future__ import annotations

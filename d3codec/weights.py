@@ -1,14 +1,18 @@
 """How network weights and latent tables are stored: int8 with a float16 scale per channel, or float16.
 
-The methods that store networks (d3's decoders, d2m's generators) write each state dict with
-:func:`quantise_state` and read it back with :func:`dequantise_state`; every read checks names,
+The methods that store networks (d3's decoders, d2m's generators and teachers) write each state
+dict with :func:`quantise_state` and read it back with :func:`dequantise_state` (or
+:func:`load_stored_module`, which fills a network with it); every read checks names,
 shapes and dtypes against the shapes the metadata implies and raises D3FormatError, so a
 hostile archive cannot load a tensor of a size it did not declare.
 """
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
+from torch import nn
 
 from .errors import D3Error, D3FormatError
 
@@ -79,6 +83,21 @@ def dequantise_state(tensors: dict[str, torch.Tensor], prefix: str, shapes: dict
                               0 if dtype == "int8" and len(shape) >= 2 else None)
             for name, shape in shapes.items()}
 
+
+
+def load_stored_module(build: Callable[[], nn.Module], tensors: dict[str, torch.Tensor], prefix: str, dtype: str,
+                       section: str, device: torch.device | str = "cpu") -> nn.Module:
+    """The network ``build()`` makes, filled with the state :func:`quantise_state` stored under
+    ``prefix``: built on the meta device, so no memory is spent until every stored tensor has been
+    checked against the network's shapes. Returns it on ``device``, in eval mode.
+
+    Raises: D3FormatError naming ``section`` on any missing, misshapen or mistyped tensor.
+    """
+    with torch.device("meta"):
+        module = build()
+    shapes = {name: tuple(value.shape) for name, value in module.state_dict().items()}
+    module.load_state_dict(dequantise_state(tensors, prefix, shapes, dtype, section), assign=True)
+    return module.to(device).eval()
 
 
 def read_safetensors_file(path, what: str, fix: str = "") -> tuple[dict[str, torch.Tensor], dict[str, str]]:

@@ -56,6 +56,8 @@ def seed_archives(folder: Path) -> dict[str, bytes]:
 
     folder.mkdir(parents=True, exist_ok=True)
     tiny = dict(teacher_epochs=1.0, teacher_width=8, embed_width=8, real_per_class=4)
+    tiny_d2m = dict(pretrain_iterations=2, pretrain_batch=8, disc_width=4, iterations=1, synthetic_per_class=4,
+                    noise_dim=4, embed_dim=4, **tiny)
     builders = {
         "dm-uint8": (lambda: PixelEncoder.from_options("fast", iterations=1, real_per_class=4, embed_width=8), 6_000),
         "dm-float16": (lambda: PixelEncoder.from_options("fast", iterations=1, real_per_class=4, embed_width=8,
@@ -68,12 +70,9 @@ def seed_archives(folder: Path) -> dict[str, bytes]:
                                                    prior_dtype="int8", **tiny), 20_000),
         "d3-float16": (lambda: D3Encoder.from_options("fast", iterations=1, init_iterations=2, synthetic_per_class=4,
                                                       decoder_dtype="float16", **tiny), 20_000),
-        "d2m": (lambda: D2MEncoder.from_options("fast", None, None, str(folder / "d2m.ckpt"), pretrain_iterations=2,
-                                                pretrain_batch=8, disc_width=4, iterations=1, synthetic_per_class=4,
-                                                noise_dim=4, embed_dim=4, **tiny), 20_000),
-        "d2m-soft-labels": (lambda: D2MEncoder.from_options(
-            "fast", None, None, str(folder / "d2m-soft.ckpt"), pretrain_iterations=2, pretrain_batch=8, disc_width=4,
-            iterations=1, synthetic_per_class=4, noise_dim=4, embed_dim=4, soft_labels=True, **tiny), 30_000),
+        "d2m": (lambda: D2MEncoder.from_options("fast", None, None, str(folder / "d2m.ckpt"), **tiny_d2m), 20_000),
+        "d2m-soft-labels": (lambda: D2MEncoder.from_options("fast", None, None, str(folder / "d2m-soft.ckpt"),
+                                                            soft_labels=True, **tiny_d2m), 30_000),
     }
     real, seeds = None, {}
     for name, (encoder, budget) in builders.items():

@@ -78,7 +78,7 @@ from ..errors import D3BudgetError, D3Error, D3FormatError
 from ..losses import mean_embedding_loss, mmd_rbf, prediction_matching_loss
 from ..models import ConvNet, parameter_shapes, upsampling_geometry
 from ..teacher import Teacher, train_teacher, untrained_teacher
-from ..weights import WEIGHT_DTYPES, dequantise_state, quantise_state, read_safetensors_file
+from ..weights import WEIGHT_DTYPES, load_stored_module, quantise_state, read_safetensors_file
 from .base import DatasetSpec, Encoded, Encoder, preset_config
 
 GENERATOR_WIDTHS = (4, 6, 8, 12, 16, 20, 24, 28, 32, 36, 40, 48, 56, 64, 80, 96, 128, 160, 192, 256, 320, 384, 512)
@@ -817,12 +817,8 @@ def load_sampler(reader, meta: dict, device: torch.device | str = "cpu", batch_s
     ds = meta["dataset"]
     k, shape = len(ds["classes"]), tuple(ds["image_shape"])
     architecture, z, e, width, dtype, default = read_params(meta)
-    with torch.device("meta"):  # no memory until the stored tensors are checked against the shapes
-        generator = ConditionalGenerator(k, z, e, width, shape, architecture)
-    shapes = {n: tuple(v.shape) for n, v in generator.state_dict().items()}
-    state = dequantise_state(reader.read_tensors("generator"), "", shapes, dtype, "generator")
-    generator.load_state_dict(state, assign=True)
-    generator.to(device).eval()
+    generator = load_stored_module(lambda: ConditionalGenerator(k, z, e, width, shape, architecture),
+                                   reader.read_tensors("generator"), "", dtype, "generator", device)
     label = load_labeller(reader, meta, device)
 
     def generate(noise: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -860,11 +856,8 @@ def load_labeller(reader, meta: dict, device: torch.device | str = "cpu"
     if h != w:
         raise D3FormatError(f"a d2m archive's teacher is a ConvNet-3 for square images, not {h}×{w}")
     width, temperature = labelling
-    with torch.device("meta"):
-        teacher = ConvNet(c, k, h, width=width)
-    shapes = {n: tuple(v.shape) for n, v in teacher.state_dict().items()}
-    teacher.load_state_dict(dequantise_state(reader.read_tensors("teacher"), "", shapes, dtype, "teacher"), assign=True)
-    teacher.to(device).eval()
+    teacher = load_stored_module(lambda: ConvNet(c, k, h, width=width), reader.read_tensors("teacher"), "", dtype,
+                                 "teacher", device)
     mean = torch.tensor(ds["mean"], dtype=torch.float32, device=device).view(1, c, 1, 1)
     std = torch.tensor(ds["std"], dtype=torch.float32, device=device).view(1, c, 1, 1)
 

@@ -63,7 +63,8 @@ from ..errors import D3BudgetError, D3FormatError
 from ..losses import mean_embedding_loss, mmd_rbf
 from ..models import ConvNet, Decoder, parameter_shapes
 from ..teacher import Teacher, train_teacher, untrained_teacher
-from ..weights import WEIGHT_DTYPES, dequantise_state, quantise_int8, quantise_state, read_stored
+from ..weights import (WEIGHT_DTYPES, dequantise_state, load_stored_module, quantise_int8, quantise_state,
+                       read_stored)
 from .base import DatasetSpec, Encoded, Encoder, preset_config
 
 DECODER_WIDTHS = (8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256)
@@ -644,12 +645,8 @@ def load_sampler(reader, meta: dict, device: torch.device | str = "cpu", batch_s
     for index, (g, e) in enumerate(zip(groups, entries)):
         k, p, z = g.num_classes, g.priors_per_class, g.latent_dim
         mu, logvar = dequantise_priors(priors_t, f"g{index}.", (k, p, z), e.get("prior_dtype", "float16"))
-        with torch.device("meta"):  # no memory until the stored tensors are checked against the shapes
-            decoder = Decoder(z, shape, g.decoder_width)
-        shapes = {n: tuple(v.shape) for n, v in decoder.state_dict().items()}
-        state = dequantise_state(decoder_t, f"g{index}.", shapes, e["decoder_dtype"], "decoder")
-        decoder.load_state_dict(state, assign=True)
-        decoder.to(device).eval()
+        decoder = load_stored_module(lambda: Decoder(z, shape, g.decoder_width), decoder_t, f"g{index}.",
+                                     e["decoder_dtype"], "decoder", device)
         lab = None
         if labels_t is not None:
             lab = labels_t.get(f"g{index}")
