@@ -354,7 +354,7 @@ def real_under_teacher(archive: str, real, budget: int, seed: int) -> tuple[torc
     teacher: (images, soft labels (N, K), bytes = PNG bytes + the teacher section's stored bytes)."""
     reader, meta = open_archive(archive)
     with reader:
-        teacher_bytes = next(s.stored_length for s in reader.sections if s.name == "teacher")
+        teacher_bytes = reader.info("teacher").stored_length
         label = load_labeller(reader, meta)
     images, _, used = random_real_subset(real, budget - teacher_bytes, "png", seed)
     return images, torch.cat([label(images[i:i + 1024]) for i in range(0, len(images), 1024)]), used + teacher_bytes

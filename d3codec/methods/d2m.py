@@ -850,7 +850,7 @@ def load_labeller(reader, meta: dict, device: torch.device | str = "cpu"
     ds = meta["dataset"]
     k, (c, h, w) = len(ds["classes"]), tuple(ds["image_shape"])
     dtype = read_params(meta)[4]
-    labelling = read_label_params(meta, any(s.name == "teacher" for s in reader.sections))
+    labelling = read_label_params(meta, "teacher" in reader)
     if labelling is None:
         return None
     if h != w:
