@@ -54,6 +54,7 @@ from d3codec.methods.d2m import D2MEncoder, load_labeller
 from d3codec.methods.d3 import D3Encoder
 from d3codec.methods.pixel import PixelEncoder
 from d3codec.models import resolve_device
+from d3codec.runtime import keep_freed_memory
 
 HERE = Path(__file__).resolve().parent
 
@@ -443,6 +444,7 @@ def render(results: dict) -> str:
 
 
 def main() -> None:
+    keep_freed_memory()  # and every worker, through compress and train_student (d3codec.runtime)
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ipc", type=int, nargs="+", default=[1, 10])
     p.add_argument("--runs", type=int, default=3)

@@ -12,17 +12,70 @@ from pathlib import Path
 
 import click
 
+from d3codec.compress import MAX_BUDGET_BYTES as MAX_BUDGET
+from d3codec.compress import MAX_SEED
 from d3codec.errors import D3Error
+from d3codec.text import safe_text
 
 
 def _fail(error: Exception) -> None:
-    raise click.ClickException(str(error))
+    # one line, printable: an error may quote an archive's own strings
+    raise click.ClickException(safe_text(" ".join(str(error).split()), 2000))
+
+
+class PositiveFinite(click.ParamType):
+    """A float that is finite and above ``low`` (``inf`` and ``nan`` refused), at most ``high``."""
+
+    name = "number"
+
+    def __init__(self, low: float = 0.0, high: float = float("inf"), inclusive: bool = False):
+        self.low, self.high, self.inclusive = low, high, inclusive
+
+    def convert(self, value, param, ctx):
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{safe_text(value, 40)!s} is not a number", param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value} is not a finite number", param, ctx)
+        above = number >= self.low if self.inclusive else number > self.low
+        if not above or number > self.high:
+            bound = "at least" if self.inclusive else "above"
+            self.fail(f"{value} must be {bound} {self.low:g} and at most {self.high:g}", param, ctx)
+        return number
+
+
+def count(low: int = 1, high: int | None = None) -> click.IntRange:
+    """An integer option's range (click refuses values outside it before any work)."""
+    return click.IntRange(low, high)
+
+
+def decode_limit_options(command):
+    """--max-bytes, --max-parameters, --max-macs-per-image: the decode budget (d3codec.limits)."""
+    from d3codec.limits import DEFAULT_LIMITS as L
+
+    command = click.option("--max-macs-per-image", type=count(), help=f"Decode limit: multiply-adds to decode one "
+                           f"image [default: {L.max_macs_per_image}]; raise it only for an archive you trust.")(command)
+    command = click.option("--max-parameters", type=count(), help=f"Decode limit: values of the archive's networks "
+                           f"and tables once decoded [default: {L.max_parameters}].")(command)
+    return click.option("--max-bytes", type=count(), help=f"Decode limit: bytes the decoded images, labels and soft "
+                        f"labels may take [default: {L.max_bytes}].")(command)
+
+
+def decode_limits(max_bytes, max_parameters, max_macs_per_image):
+    from d3codec.limits import DEFAULT_LIMITS
+
+    return DEFAULT_LIMITS.with_overrides(max_bytes=max_bytes, max_parameters=max_parameters,
+                                         max_macs_per_image=max_macs_per_image)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="d3codec")
 def main() -> None:
     """d3codec: dataset distillation into small, safe .d3 archives."""
+    from d3codec.runtime import keep_freed_memory
+
+    keep_freed_memory()  # every command: freed tensor buffers are reused (d3codec.runtime)
 
 
 @main.command()
@@ -38,26 +91,27 @@ def main() -> None:
               help="bptt: one stored initialisation θ₀ (counted in the budget) or a fresh one every step "
               "(default fixed).")
 @click.option("--network", type=click.Choice(["lenet", "convnet3"]), help="bptt: the unrolled network (default lenet).")
-@click.option("--inner-steps", type=int, help="bptt: GD steps an epoch, each on its own share of the images "
+@click.option("--inner-steps", type=count(1, 100_000), help="bptt: GD steps an epoch, each on its own share of the images "
               "(default: up to 10, dividing the images per class).")
-@click.option("--inner-epochs", type=int,
+@click.option("--inner-epochs", type=count(1, 100_000),
               help="bptt: passes over the steps (default 3, or more for at least 10 steps in all).")
-@click.option("--ipc", type=float, help="Budget as N float32 images per class: N·K·C·H·W·4 bytes.")
-@click.option("--budget", type=int, help="Budget in bytes; the whole file counts.")
+@click.option("--ipc", type=PositiveFinite(), help="Budget as N float32 images per class: N·K·C·H·W·4 bytes "
+              "(N > 0; the bytes at most 4 GiB).")
+@click.option("--budget", type=count(1, MAX_BUDGET), help="Budget in bytes, 1 to 4 GiB; the whole file counts.")
 @click.option("--preset", type=click.Choice(["fast", "paper"]), default="fast", show_default=True,
               help="fast: minutes on a CPU; paper: the paper's settings, for a GPU.")
-@click.option("--iterations", type=int, help="Override the preset's iteration count.")
-@click.option("--real-per-class", type=int, help="Real images per class per iteration (DM paper: 256).")
+@click.option("--iterations", type=count(), help="Override the preset's iteration count (at least 1).")
+@click.option("--real-per-class", type=count(), help="Real images per class per iteration (DM paper: 256).")
 @click.option("--storage-dtype", type=click.Choice(["auto", "uint8", "float16", "float32"]), default="auto",
               show_default=True, help="pixel: how images are stored; auto picks uint8 (most images per byte).")
-@click.option("--images-per-class", type=int, help="pixel: fix the image count instead of filling the budget.")
-@click.option("--subtasks", type=int, help="d3: split the classes into K groups, each with its own decoder.")
-@click.option("--workers", type=int, help="d3: distil the subtasks on N local processes (torch.distributed).")
+@click.option("--images-per-class", type=count(), help="pixel: fix the image count instead of filling the budget.")
+@click.option("--subtasks", type=count(), help="d3: split the classes into K groups, each with its own decoder.")
+@click.option("--workers", type=count(), help="d3: distil the subtasks on N local processes (torch.distributed).")
 @click.option("--teacher", type=click.Path(exists=True, dir_okay=False),
               help="d3 and d2m: a ConvNet-3 teacher (.safetensors) instead of training one.")
-@click.option("--latent-dim", type=int, help="d3: latent size (default by the budget rule).")
-@click.option("--priors-per-class", type=int, help="d3: priors per class (default: fill the budget).")
-@click.option("--decoder-width", type=int, help="d3: decoder channels (default by the budget rule).")
+@click.option("--latent-dim", type=count(1, 4096), help="d3: latent size (default by the budget rule).")
+@click.option("--priors-per-class", type=count(1, 1_000_000), help="d3: priors per class (default: fill the budget).")
+@click.option("--decoder-width", type=count(1, 4096), help="d3: decoder channels (default by the budget rule).")
 @click.option("--decoder-dtype", type=click.Choice(["int8", "float16"]), help="d3: how decoder weights are stored.")
 @click.option("--prior-dtype", type=click.Choice(["float16", "int8"]),
               help="d3: how prior means and log-variances are stored (int8: about twice the priors).")
@@ -79,12 +133,12 @@ def main() -> None:
               help="Delete this output's checkpoints first and distil from scratch.")
 @click.option("--pretraining", type=click.Choice(["gan", "vae"]),
               help="d2m: pre-train the generator as a conditional GAN or as the decoder of a conditional VAE.")
-@click.option("--pretrain-iterations", type=int, help="d2m: pre-training iterations.")
-@click.option("--task-balance", type=float, help="d2m: weight of prediction matching against embedding matching.")
-@click.option("--generator-width", type=int, help="d2m: generator channels (default: fill the budget).")
+@click.option("--pretrain-iterations", type=count(), help="d2m: pre-training iterations.")
+@click.option("--task-balance", type=PositiveFinite(0.0, 1e6, inclusive=True), help="d2m: weight of prediction matching against embedding matching.")
+@click.option("--generator-width", type=count(4, 4096), help="d2m: generator channels (default: fill the budget).")
 @click.option("--data-root", type=click.Path(file_okay=False), help="Where the real data is (or goes).")
-@click.option("--resolution", type=int, help="Side length for imagenet and folder datasets (default 64).")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--resolution", type=count(1, 4096), help="Side length for imagenet and folder datasets (default 64).")
+@click.option("--seed", type=count(0, MAX_SEED), default=0, show_default=True)
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, ...")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def compress(dataset, output, method, objective, init_mode, network, inner_steps, inner_epochs, ipc, budget, preset,
@@ -217,14 +271,16 @@ def describe_plan(plan) -> str:
 @main.command()
 @click.argument("archives", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Merged archive to write.")
-@click.option("--budget", type=int, help="Bytes the merged file may take (default: the parts' federated budget, "
-              "else the sum of their budgets).")
-def merge(archives, output, budget):
+@click.option("--budget", type=count(1, MAX_BUDGET), help="Bytes the merged file may take (default: the parts' "
+              "federated budget, else the sum of their budgets).")
+@decode_limit_options
+def merge(archives, output, budget, max_bytes, max_parameters, max_macs_per_image):
     """Join d3 ARCHIVES of disjoint classes (same image shape) into one, classes in the order given."""
     from d3codec.merge import merge_archives
 
     try:
-        result = merge_archives(list(archives), output, budget)
+        result = merge_archives(list(archives), output, budget,
+                                decode_limits(max_bytes, max_parameters, max_macs_per_image))
     except (D3Error, ValueError, OSError) as e:
         _fail(e)
     click.echo(f"wrote {result.path}: {result.classes} classes from {len(archives)} archives, {result.file_bytes} "
@@ -233,27 +289,33 @@ def merge(archives, output, budget):
 
 @main.command()
 @click.argument("archive", type=click.Path(exists=True, dir_okay=False))
-@click.option("--json", "as_json", is_flag=True, help="Print metadata and byte table as JSON.")
+@click.option("--json", "as_json", is_flag=True, help="Print metadata and byte table as JSON (escaped, complete).")
 def info(archive, as_json):
-    """Print an archive's metadata and byte table."""
+    """Print an archive's metadata and byte table.
+
+    Strings from the archive are shown with control characters escaped and cut after 200 characters
+    (their length stated), lists after 20 items; --json prints everything, JSON-escaped."""
     from d3codec.archive import byte_table, open_archive
     from d3codec.budget import ipc_equivalent
+    from d3codec.text import safe_value
 
     try:
         reader, meta = open_archive(archive)
     except D3Error as e:
         _fail(e)
     with reader:
-        budget = (meta.get("budget") or {}).get("bytes")
-        rows = byte_table(reader, budget if isinstance(budget, int) and budget > 0 else None)
+        budget = (meta.get("budget") or {}).get("bytes")  # an integer or None (checked with the metadata)
+        rows = byte_table(reader, budget)
         ds = meta["dataset"]
         ipc_eq = ipc_equivalent(reader.file_size, len(ds["classes"]), tuple(ds["image_shape"]))
-        if as_json:
+        if as_json:  # ensure_ascii: every control or non-ASCII character is a \u escape
             click.echo(json.dumps({"meta": meta, "bytes": rows, "file_bytes": reader.file_size,
-                                   "ipc_equivalent": ipc_eq, "version": list(reader.version)}, indent=2))
+                                   "ipc_equivalent": ipc_eq, "version": list(reader.version)}, indent=2,
+                                  ensure_ascii=True))
             return
-        click.echo(f"{archive}: d3 format {reader.version[0]}.{reader.version[1]}, method {meta['method']}")
-        click.echo(json.dumps(meta, indent=2, sort_keys=True))
+        click.echo(f"{safe_text(archive, 300)}: d3 format {reader.version[0]}.{reader.version[1]}, method "
+                   f"{safe_text(meta['method'], 60)}")
+        click.echo(json.dumps(safe_value(meta), indent=2, sort_keys=True, ensure_ascii=True))
         click.echo("")
         click.echo(f"{'section':<18} {'codec':>5} {'raw bytes':>11} {'stored bytes':>13} {'of file':>8} {'of budget':>10}")
         for r in rows:
@@ -267,23 +329,26 @@ def info(archive, as_json):
 
 @main.command()
 @click.argument("archive", type=click.Path(exists=True, dir_okay=False))
-def verify(archive):
+@decode_limit_options
+def verify(archive, max_bytes, max_parameters, max_macs_per_image):
     """Check every checksum, size and the byte accounting of ARCHIVE, and decode its contents.
 
-    Exits 0 when all checks pass, 1 with the reason of the first that fails."""
+    The decode budget is checked from the declared shapes before any decoder runs: an archive whose
+    default expansion would pass the limits fails. Exits 0 when all checks pass, 1 with the reason of
+    the first that fails."""
     from d3codec.verify import verify_archive
 
     try:
-        result = verify_archive(archive)
+        result = verify_archive(archive, decode_limits(max_bytes, max_parameters, max_macs_per_image))
     except OSError as e:
         _fail(e)
     for name, detail in result.checks:
-        click.echo(f"ok      {name}: {detail}")
+        click.echo(f"ok      {name}: {safe_text(detail, 2000)}")
     if not result.ok:
         name, reason = result.failure
-        click.echo(f"FAILED  {name}: {reason}")
+        click.echo(f"FAILED  {name}: {safe_text(reason, 2000)}")
         sys.exit(1)
-    click.echo(f"{archive}: verified")
+    click.echo(f"{safe_text(archive, 300)}: verified")
 
 
 @main.command()
@@ -292,29 +357,41 @@ def verify(archive):
 @click.option("--format", "fmt", type=click.Choice(["png", "pt", "safetensors"]), default="png", show_default=True,
               help="png: class-per-folder images; pt / safetensors: image and label tensors.")
 @click.option("--grid", type=click.Path(dir_okay=False), help="Also write one picture, a row per class.")
-@click.option("--samples-per-class", type=int,
+@click.option("--grid-columns", type=count(), default=20, show_default=True, help="Images per class in the grid.")
+@click.option("--max-grid-pixels", type=count(), help="The grid's largest canvas, height × width "
+              "[default: 134217728]; a larger one is refused (use fewer --grid-columns).")
+@click.option("--samples-per-class", type=count(),
               help="d3 and d2m archives: images to draw per class (default: d3 one per prior, d2m the archive's).")
-@click.option("--sample-seed", type=int, default=0, show_default=True, help="d3 and d2m archives: seed of the draw.")
+@click.option("--sample-seed", type=count(0, (1 << 63) - 1), default=0, show_default=True,
+              help="d3 and d2m archives: seed of the draw.")
 @click.option("--device", default="cpu", show_default=True, help="Where d3 and d2m archives are decoded.")
-def expand(archive, output, fmt, grid, samples_per_class, sample_seed, device):
-    """Expand ARCHIVE into images or tensors."""
+@decode_limit_options
+def expand(archive, output, fmt, grid, grid_columns, max_grid_pixels, samples_per_class, sample_seed, device,
+           max_bytes, max_parameters, max_macs_per_image):
+    """Expand ARCHIVE into images or tensors.
+
+    What the expansion would cost is checked before it is made (the decode limits below): an archive
+    or a --samples-per-class over them is refused with the figure and the option that raises it."""
     from d3codec import D3Dataset
     from d3codec.expand import grid_image, write_image_folder, write_tensors
+    from d3codec.models import resolve_device
 
     if output is None and grid is None:
         raise click.UsageError("give -o DIR, --grid FILE.png, or both")
     try:
-        ds = D3Dataset(archive, samples_per_class=samples_per_class, seed=sample_seed, device=device)
+        ds = D3Dataset(archive, samples_per_class=samples_per_class, seed=sample_seed, device=resolve_device(device),
+                       limits=decode_limits(max_bytes, max_parameters, max_macs_per_image))
+        picture = grid_image(ds, grid_columns, max_pixels=max_grid_pixels) if grid is not None else None
         if output is not None:
             if fmt == "png":
                 n = write_image_folder(ds, output)
-                click.echo(f"wrote {n} PNG images in {len(ds.classes)} class folders under {output}")
+                click.echo(f"wrote {n} PNG images in {len(ds.classes)} class folders under {safe_text(output, 300)}")
             else:
                 paths = write_tensors(ds, output, fmt)
-                click.echo(f"wrote {', '.join(map(str, paths))}")
-        if grid is not None:
-            grid_image(ds).save(grid)
-            click.echo(f"wrote {grid}")
+                click.echo(f"wrote {safe_text(', '.join(map(str, paths)), 600)}")
+        if picture is not None:
+            picture.save(grid)
+            click.echo(f"wrote {safe_text(grid, 300)}")
     except (D3Error, ValueError, OSError) as e:
         _fail(e)
 
@@ -323,26 +400,28 @@ def expand(archive, output, fmt, grid, samples_per_class, sample_seed, device):
 @click.argument("archive", type=click.Path(exists=True, dir_okay=False))
 @click.option("--model", type=click.Choice(["convnet3", "resnet18", "mlp"]), default="convnet3", show_default=True,
               help="Student network (resnet18: torchvision's, adapted to small images).")
-@click.option("--epochs", type=int, default=300, show_default=True)
-@click.option("--runs", type=int, default=3, show_default=True, help="Students per row (mean ± std).")
+@click.option("--epochs", type=count(), default=300, show_default=True)
+@click.option("--runs", type=count(), default=3, show_default=True, help="Students per row (mean ± std).")
 @click.option("--baseline", type=click.Choice(["none", "random-real"]), default="none", show_default=True,
               help="random-real: also train on random real images in the same bytes (float32 and PNG).")
 @click.option("--dataset", help="Real dataset for the test split (default: the archive's).")
 @click.option("--data-root", type=click.Path(file_okay=False))
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=count(0, MAX_SEED), default=0, show_default=True)
 @click.option("--device", default="auto", show_default=True)
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Also write the results as JSON.")
-@click.option("--samples-per-class", type=int,
+@click.option("--samples-per-class", type=count(),
               help="d3 and d2m archives: images to draw per class (default: d3 one per prior, d2m the archive's).")
-@click.option("--sample-seed", type=int, default=0, show_default=True, help="d3 and d2m archives: seed of the draw.")
+@click.option("--sample-seed", type=count(0, MAX_SEED), default=0, show_default=True,
+              help="d3 and d2m archives: seed of the draw.")
 @click.option("--resample-every-epoch", is_flag=True,
               help="d3 and d2m archives: fresh samples for every student epoch (DiM), same count per class.")
 @click.option("--training", type=click.Choice(["auto", "replay", "standard", "both"]), default="auto",
               show_default=True, help="replay: train by the archive's own schedule (bptt archives: its network, "
               "learned step sizes and θ₀); standard: the protocol above (--model, --epochs); auto: replay where "
               "the archive has a schedule; both: a row each.")
+@decode_limit_options
 def evaluate_cmd(archive, model, epochs, runs, baseline, dataset, data_root, seed, device, json_out, samples_per_class,
-                 sample_seed, resample_every_epoch, training):
+                 sample_seed, resample_every_epoch, training, max_bytes, max_parameters, max_macs_per_image):
     """Train fresh students on ARCHIVE and report final test accuracy, bytes and training time."""
     from d3codec import D3Dataset
     from d3codec.data import load_dataset
@@ -351,7 +430,8 @@ def evaluate_cmd(archive, model, epochs, runs, baseline, dataset, data_root, see
 
     try:
         dev = resolve_device(device)
-        ds = D3Dataset(archive, samples_per_class=samples_per_class, seed=sample_seed, device=dev)
+        ds = D3Dataset(archive, samples_per_class=samples_per_class, seed=sample_seed, device=dev,
+                       limits=decode_limits(max_bytes, max_parameters, max_macs_per_image))
         file_bytes = Path(archive).stat().st_size
         real = load_dataset(dataset or ds.meta["dataset"]["name"], data_root)
         if real.classes != ds.classes:

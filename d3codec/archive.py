@@ -12,10 +12,12 @@ from typing import Any
 
 from .container import D3Reader
 from .errors import D3FormatError
+from .text import safe_text
 
 FORMAT_NAME = "d3"
 MAX_CLASSES = 100_000
 MAX_SIDE = 4096
+_MISSING = object()
 
 
 def _require(cond: bool, message: str) -> None:
@@ -23,44 +25,129 @@ def _require(cond: bool, message: str) -> None:
         raise D3FormatError(f"meta: {message}")
 
 
+def describe(value: Any) -> str:
+    """A short, printable description of a JSON value for an error message."""
+    if isinstance(value, str):
+        return f"the string {safe_text(repr(value), 60)}"
+    if isinstance(value, (dict, list)):
+        return f"a{'n object' if isinstance(value, dict) else ' list'} of {len(value)} items"
+    return safe_text(repr(value), 60)
+
+
+def _get(obj: Any, key: str, where: str, default: Any) -> Any:
+    if not isinstance(obj, dict):
+        raise D3FormatError(f"meta: '{where.rstrip('.')}' must be an object, not {describe(obj)}")
+    if key not in obj:
+        if default is _MISSING:
+            raise D3FormatError(f"meta: '{where}{key}' is missing")
+        return default
+    return obj[key]
+
+
+def meta_int(obj: Any, key: str, lo: int, hi: int, where: str = "", default: Any = _MISSING) -> int:
+    """``obj[key]`` as an integer in [lo, hi]: a JSON integer (not a boolean, not ``4.0``).
+
+    ``where`` is the path of ``obj`` in the metadata (``"params."``), for the error. A missing key
+    gives ``default`` where one is given. Raises: D3FormatError naming the field, the range and the value.
+    """
+    value = _get(obj, key, where, default)
+    if value is default and default is not _MISSING:
+        return value
+    if type(value) is not int or not lo <= value <= hi:
+        raise D3FormatError(f"meta: '{where}{key}' must be an integer from {lo} to {hi}, not {describe(value)}")
+    return value
+
+
+def meta_number(obj: Any, key: str, lo: float, hi: float, where: str = "", default: Any = _MISSING) -> float:
+    """``obj[key]`` as a finite number in [lo, hi] (see :func:`meta_int`)."""
+    value = _get(obj, key, where, default)
+    if value is default and default is not _MISSING:
+        return value
+    if type(value) not in (int, float) or not lo <= value <= hi:
+        raise D3FormatError(f"meta: '{where}{key}' must be a number from {lo} to {hi}, not {describe(value)}")
+    return float(value)
+
+
+def meta_str(obj: Any, key: str, choices: tuple[str, ...] | None = None, where: str = "",
+             default: Any = _MISSING) -> str:
+    """``obj[key]`` as a string, one of ``choices`` where given (see :func:`meta_int`)."""
+    value = _get(obj, key, where, default)
+    if value is default and default is not _MISSING:
+        return value
+    if not isinstance(value, str) or (choices is not None and value not in choices):
+        one_of = f"one of {', '.join(map(repr, choices))}" if choices is not None else "a string"
+        raise D3FormatError(f"meta: '{where}{key}' must be {one_of}, not {describe(value)}")
+    return value
+
+
+def meta_bool(obj: Any, key: str, where: str = "", default: Any = _MISSING) -> bool:
+    """``obj[key]`` as a JSON boolean (see :func:`meta_int`)."""
+    value = _get(obj, key, where, default)
+    if value is default and default is not _MISSING:
+        return value
+    if not isinstance(value, bool):
+        raise D3FormatError(f"meta: '{where}{key}' must be true or false, not {describe(value)}")
+    return value
+
+
 def validate_meta(meta: dict[str, Any]) -> dict[str, Any]:
-    """Check the fields every archive must have. Returns meta; raises D3FormatError naming the field."""
+    """Check the fields every archive must have (spec/FORMAT.md §5), with their JSON types.
+
+    Returns meta; raises D3FormatError naming the field.
+    """
     _require(meta.get("format") == FORMAT_NAME, f"'format' must be {FORMAT_NAME!r}")
-    _require(isinstance(meta.get("method"), str), "'method' must be a string")
+    meta_str(meta, "method")
     ds = meta.get("dataset")
     _require(isinstance(ds, dict), "'dataset' must be an object")
+    meta_str(ds, "name", where="dataset.")
     classes = ds.get("classes")
     _require(isinstance(classes, list) and 1 <= len(classes) <= MAX_CLASSES
              and all(isinstance(c, str) for c in classes), f"'dataset.classes' must be 1 to {MAX_CLASSES} strings")
     _require(len(set(classes)) == len(classes), "'dataset.classes' has duplicate names")
     shape = ds.get("image_shape")
     _require(isinstance(shape, list) and len(shape) == 3
-             and all(isinstance(v, int) and not isinstance(v, bool) for v in shape)
+             and all(type(v) is int for v in shape)
              and shape[0] in (1, 3) and all(1 <= v <= MAX_SIDE for v in shape[1:]),
              f"'dataset.image_shape' must be [C, H, W] with C 1 or 3 and sides 1..{MAX_SIDE}")
     for key in ("mean", "std"):
         v = ds.get(key)
-        _require(isinstance(v, list) and len(v) == shape[0]
-                 and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v),
+        _require(isinstance(v, list) and len(v) == shape[0] and all(type(x) in (int, float) for x in v),
                  f"'dataset.{key}' must be {shape[0]} numbers")
     _require(all(s > 0 for s in ds["std"]), "'dataset.std' must be positive")
     for key in ("params", "stats", "budget", "accounting", "software"):
         _require(key not in meta or isinstance(meta[key], dict), f"'{key}' must be an object")
+    budget, accounting = meta.get("budget") or {}, meta.get("accounting") or {}
+    for obj, key, where in ((budget, "bytes", "budget."), (accounting, "budget_bytes", "accounting."),
+                            (accounting, "bound_bytes", "accounting.")):
+        if obj.get(key) is not None:
+            meta_int(obj, key, 1, 2 ** 62, where)
+    if budget.get("ipc") is not None:
+        meta_number(budget, "ipc", 0, 1e12, "budget.")
+    if meta.get("seed") is not None:
+        meta_int(meta, "seed", 0, 2 ** 64 - 1)
     return meta
 
 
 def read_meta(reader: D3Reader) -> dict[str, Any]:
-    """The validated metadata of an open archive (its first section must be the JSON 'meta')."""
-    first = reader.sections[0].name
-    if first != "meta":
-        raise D3FormatError(f"the first section must be 'meta', not {first!r}")
+    """The validated metadata of an open archive (its first section must be the critical JSON 'meta')."""
+    first = reader.sections[0]
+    if first.name != "meta":
+        raise D3FormatError(f"the first section must be 'meta', not {first.name!r}")
+    if not first.critical:
+        raise D3FormatError("section 'meta' must be critical (spec/FORMAT.md §5); this one is flagged ancillary")
     return validate_meta(reader.read_json("meta"))
 
 
-def check_sections(reader: D3Reader, known: set[str]) -> None:
-    """Refuse unknown critical sections; unknown ancillary ones are skipped silently."""
+def check_sections(reader: D3Reader, known: dict[str, bool]) -> None:
+    """Refuse unknown critical sections, and known ones whose critical flag is not the one ``known``
+    (name → critical) defines; unknown ancillary ones are skipped silently."""
     for info in reader.sections:
-        if info.critical and info.name not in known:
+        if info.name in known:
+            if info.critical != known[info.name]:
+                want = "critical" if known[info.name] else "ancillary"
+                raise D3FormatError(f"section {info.name!r} must be {want} (spec/FORMAT.md §5); this one is "
+                                    f"flagged {'critical' if info.critical else 'ancillary'}")
+        elif info.critical:
             raise D3FormatError(f"unknown critical section {info.name!r} at offset {info.offset}: this archive "
                                 "needs a newer d3codec")
 
@@ -73,7 +160,7 @@ def open_archive(path: str | os.PathLike | bytes) -> tuple[D3Reader, dict[str, A
     try:
         meta = read_meta(reader)
         if meta["method"] not in SECTIONS:
-            raise D3FormatError(f"meta: unknown method {meta['method']!r}; this d3codec knows "
+            raise D3FormatError(f"meta: unknown method {safe_text(repr(meta['method']), 60)}; this d3codec knows "
                                 f"{', '.join(SECTIONS)}: upgrade d3codec")
         check_sections(reader, SECTIONS[meta["method"]])
     except BaseException:

@@ -8,6 +8,7 @@ atomically, and checks the real file size against the budget.
 from __future__ import annotations
 
 import datetime as _dt
+import math
 import os
 import platform
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from .container import Section, encode_archive, write_atomic
 from .data import RealData
 from .errors import D3BudgetError
 from .methods import ENCODERS, DatasetSpec, Encoded, Encoder
+from .runtime import keep_freed_memory
 
 
 @dataclass
@@ -36,17 +38,33 @@ class CompressResult:
     stats: dict
 
 
+MAX_BUDGET_BYTES = 1 << 32  # 4 GiB: the format stores sections of at most 4 GiB (readers refuse 2 GiB by default)
+MAX_SEED = (1 << 32) - 1
+
+
 def resolve_budget(spec: DatasetSpec, ipc: float | None, budget: int | None) -> int:
-    """Bytes from ``--budget`` or ``--ipc`` (exactly one). Raises ValueError otherwise."""
+    """Bytes from ``--budget`` or ``--ipc`` (exactly one), 1 to MAX_BUDGET_BYTES.
+
+    Raises: ValueError naming the option for neither or both, a non-integer or non-positive budget, a
+    non-finite or non-positive IPC, or a budget past MAX_BUDGET_BYTES (checked before any planning)."""
     if (ipc is None) == (budget is None):
         raise ValueError("give exactly one of --ipc N (N float32 images per class) or --budget BYTES")
     if budget is not None:
-        if budget <= 0:
-            raise ValueError(f"--budget must be a positive number of bytes, not {budget}")
-        return int(budget)
-    if ipc <= 0:
-        raise ValueError(f"--ipc must be positive, not {ipc}")
-    return ipc_budget(ipc, spec.num_classes, spec.image_shape)
+        if type(budget) is not int or budget <= 0:
+            raise ValueError(f"--budget must be a positive whole number of bytes, not {budget!r}")
+        bytes_ = budget
+    else:
+        if not isinstance(ipc, (int, float)) or isinstance(ipc, bool) or not math.isfinite(ipc) or ipc <= 0:
+            raise ValueError(f"--ipc must be a finite positive number, not {ipc!r}")
+        if ipc > MAX_BUDGET_BYTES:  # before multiplying, so that no product overflows
+            raise ValueError(f"--ipc {ipc:g} is over the largest budget d3codec writes ({MAX_BUDGET_BYTES} bytes)")
+        bytes_ = ipc_budget(ipc, spec.num_classes, spec.image_shape)
+        if bytes_ < 1:
+            raise ValueError(f"--ipc {ipc:g} gives a budget of {bytes_} bytes; use a larger --ipc")
+    if bytes_ > MAX_BUDGET_BYTES:
+        raise ValueError(f"a budget of {bytes_} bytes is over the largest d3codec writes, {MAX_BUDGET_BYTES} bytes "
+                         "(4 GiB: the format's sections hold at most 4 GiB)")
+    return bytes_
 
 
 def utc_now() -> str:
@@ -112,7 +130,7 @@ def compress(real: RealData, output: str | os.PathLike, *, method: str = "pixel"
         real: the real training data (see d3codec.data.load_dataset).
         method: a key of d3codec.methods.ENCODERS (used when ``encoder`` is not given).
         ipc / budget: the budget, as float32 images per class or as bytes (exactly one).
-        seed: makes the run reproducible on the same device and software.
+        seed: 0 to MAX_SEED; makes the run reproducible on the same device and software.
     Returns: CompressResult.
     Raises: D3BudgetError if the budget cannot hold the method's smallest archive (before any
         distillation) or the written file would exceed it (nothing is left at ``output``);
@@ -120,9 +138,12 @@ def compress(real: RealData, output: str | os.PathLike, *, method: str = "pixel"
     """
     from .federated import barrier, distill_federated, world_size
 
+    keep_freed_memory()  # freed activation buffers are reused, not unmapped every iteration (d3codec.runtime)
     output = Path(output)
     if not output.parent.exists() or not os.access(output.parent, os.W_OK):
         raise PermissionError(f"cannot write to the folder {output.parent.resolve()}: create it or choose another -o")
+    if type(seed) is not int or not 0 <= seed <= MAX_SEED:
+        raise ValueError(f"--seed must be an integer from 0 to {MAX_SEED}, not {seed!r}")
     encoder = encoder or ENCODERS[method]()
     spec = DatasetSpec.of(real)
     budget = resolve_budget(spec, ipc, budget)

@@ -4,7 +4,7 @@ This module knows nothing of distillation methods; spec/FORMAT.md is its normati
 and every constant below is named there. In short::
 
     offset 0   magic            8 bytes   89 44 33 41 0D 0A 1A 0A  ("\\x89D3A\\r\\n\\x1a\\n")
-    offset 8   major, minor     u8, u8    (1, 0)
+    offset 8   major, minor     u8, u8    (1, 1); a reader takes any 1.x
     offset 10  section count    u16       1 .. MAX_SECTIONS
     offset 12  table length     u32       bytes of the section table that follows
     offset 16  section table    entries: u8 name length, name (ASCII), u8 flags, u8 codec,
@@ -43,7 +43,7 @@ from .errors import D3FormatError
 
 MAGIC = b"\x89D3A\r\n\x1a\n"
 VERSION_MAJOR = 1
-VERSION_MINOR = 0
+VERSION_MINOR = 1  # what writers write; 1.0 archives are read as before (spec/FORMAT.md §6)
 
 FIXED_HEADER = struct.Struct("<8sBBHI")  # magic, major, minor, section count, table length
 ENTRY_FIELDS = struct.Struct("<BBBIII")  # flags, codec, content, stored, raw, crc32
@@ -51,7 +51,7 @@ CRC = struct.Struct("<I")
 
 MAX_SECTIONS = 256
 MAX_NAME_BYTES = 64
-MAX_TABLE_BYTES = MAX_SECTIONS * (1 + MAX_NAME_BYTES + ENTRY_FIELDS.size)
+MAX_TABLE_BYTES = MAX_SECTIONS * (1 + MAX_NAME_BYTES + ENTRY_FIELDS.size)  # 256 · 80 = 20 480
 MAX_JSON_BYTES = 16 << 20
 DEFAULT_MAX_SECTION_BYTES = 1 << 31  # a reader refuses larger declared raw sizes (2 GiB)
 NAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9_.\-]*")
@@ -152,18 +152,22 @@ def stored_size(payload: bytes) -> int:
     return len(_store(payload, "auto")[1])
 
 
-def encode_archive(sections: Iterable[Section], compress: str = "auto") -> bytes:
+def encode_archive(sections: Iterable[Section], compress: str = "auto", minor: int = VERSION_MINOR) -> bytes:
     """Serialise sections into the bytes of a ``.d3`` file.
 
     Args:
         sections: written in the order given; names must be unique.
         compress: ``"auto"`` (zstd where it makes a section smaller, else raw), ``"never"``
             or ``"always"``. The same inputs and zstandard version give the same bytes.
+        minor: the minor format version to write, 0 to VERSION_MINOR (1.0 only for test vectors and
+            archives merged from 1.0 parts: the sampling rules of 1.0 differ, spec/FORMAT.md §6).
     Returns: the whole file's bytes.
     Raises: ValueError for an invalid name, duplicate names, or too many or too large sections.
     """
     if compress not in ("auto", "never", "always"):
         raise ValueError(f"compress must be 'auto', 'never' or 'always', not {compress!r}")
+    if not 0 <= minor <= VERSION_MINOR:
+        raise ValueError(f"minor version must be 0 to {VERSION_MINOR}, not {minor}")
     sections = list(sections)
     if not 1 <= len(sections) <= MAX_SECTIONS:
         raise ValueError(f"an archive holds 1 to {MAX_SECTIONS} sections, not {len(sections)}")
@@ -181,17 +185,17 @@ def encode_archive(sections: Iterable[Section], compress: str = "auto") -> bytes
         table += bytes([len(name)]) + name
         table += ENTRY_FIELDS.pack(flags, codec, section.content, len(stored), len(section.payload), zlib.crc32(stored))
         blobs.append(stored)
-    head = FIXED_HEADER.pack(MAGIC, VERSION_MAJOR, VERSION_MINOR, len(sections), len(table)) + bytes(table)
+    head = FIXED_HEADER.pack(MAGIC, VERSION_MAJOR, minor, len(sections), len(table)) + bytes(table)
     return head + CRC.pack(zlib.crc32(head)) + b"".join(blobs)
 
 
 def write_archive(path: str | os.PathLike, sections: Iterable[Section], *, compress: str = "auto",
-                  max_bytes: int | None = None) -> int:
+                  max_bytes: int | None = None, minor: int = VERSION_MINOR) -> int:
     """Encode sections (as :func:`encode_archive`) and write them with :func:`write_atomic`.
 
     Returns: the file's size in bytes. Raises: as those two functions.
     """
-    return write_atomic(path, encode_archive(sections, compress), max_bytes=max_bytes)
+    return write_atomic(path, encode_archive(sections, compress, minor), max_bytes=max_bytes)
 
 
 def write_atomic(path: str | os.PathLike, data: bytes, *, max_bytes: int | None = None) -> int:
@@ -399,18 +403,15 @@ class D3Reader:
         return raw
 
     def read_json(self, name: str) -> dict:
-        """A JSON section as a dict. Raises D3FormatError for invalid UTF-8, JSON or a non-object."""
+        """A JSON section as a dict (see :func:`parse_json`). Raises D3FormatError for invalid UTF-8 or
+        JSON, a non-object, NaN or Infinity, a number that overflows, or a key repeated in an object."""
         info = self.info(name)
         if info.content != Content.JSON:
             raise D3FormatError(f"section {name!r} holds content type {info.content}, not JSON")
-        raw = self.read_bytes(name)
         try:
-            obj = json.loads(raw.decode("utf-8"), parse_constant=_refuse_constant)
-        except (UnicodeDecodeError, ValueError, RecursionError) as e:
-            raise D3FormatError(f"section {name!r}: invalid JSON ({type(e).__name__}: {str(e)[:200]})") from None
-        if not isinstance(obj, dict):
-            raise D3FormatError(f"section {name!r}: JSON must be an object, not {type(obj).__name__}")
-        return obj
+            return parse_json(self.read_bytes(name))
+        except D3FormatError as e:
+            raise D3FormatError(f"section {name!r}: {e}") from None
 
     def read_tensors(self, name: str) -> dict[str, torch.Tensor]:
         """A safetensors section as a dict of CPU tensors. Raises D3FormatError if malformed."""
@@ -435,5 +436,48 @@ class D3Reader:
         self.close()
 
 
+MAX_JSON_INTEGER = 2 ** 63  # integers must lie in (-2^63, 2^63): what every JSON reader can hold exactly
+
+
 def _refuse_constant(token: str):
     raise ValueError(f"{token} is not valid JSON")
+
+
+def _finite_float(token: str) -> float:
+    value = float(token)
+    if value != value or value in (float("inf"), float("-inf")):
+        raise ValueError(f"the number {token[:40]} overflows a 64-bit float")
+    return value
+
+
+def _bounded_int(token: str) -> int:
+    value = int(token)
+    if not -MAX_JSON_INTEGER < value < MAX_JSON_INTEGER:
+        raise ValueError(f"the integer {token[:40]}{'…' if len(token) > 40 else ''} is outside ±2^63")
+    return value
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen = set()
+        repeated = next(k for k, _ in pairs if k in seen or seen.add(k))
+        raise ValueError(f"the key {repeated[:40]!r} appears twice in one object")
+    return obj
+
+
+def parse_json(raw: bytes) -> dict:
+    """The JSON object in ``raw`` (UTF-8), parsed as spec/FORMAT.md §3 demands: NaN and Infinity refused,
+    numbers that overflow a 64-bit float (``1e400``) refused, integers outside ±2^63 refused, a key
+    repeated within one object refused.
+
+    Raises: D3FormatError saying what is wrong.
+    """
+    try:
+        obj = json.loads(raw.decode("utf-8"), parse_constant=_refuse_constant, parse_float=_finite_float,
+                         parse_int=_bounded_int, object_pairs_hook=_unique_keys)
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise D3FormatError(f"invalid JSON ({type(e).__name__}: {str(e)[:200]})") from None
+    if not isinstance(obj, dict):
+        raise D3FormatError(f"JSON must be an object, not {type(obj).__name__}")
+    return obj

@@ -9,6 +9,8 @@ from torch.utils.data import Dataset
 
 from .archive import open_archive
 from .errors import D3FormatError
+from .limits import DEFAULT_LIMITS, DecodeLimits
+from .text import safe_text
 
 
 class D3Dataset(Dataset):
@@ -27,44 +29,38 @@ class D3Dataset(Dataset):
         samples_per_class: for archives that are sampled (methods d3 and d2m): how many images
             to draw per class (default: d3 one per prior, d2m the archive's own default); refused
             for archives of stored images.
-        seed: for sampled archives: the same seed draws the same images.
+        seed: for sampled archives: the same seed (0 ≤ seed < 2^64) draws the same images.
         device: where sampled archives are decoded ("cpu", "cuda", ...); images end on the CPU.
+        limits: the decode budget (d3codec.limits.DecodeLimits; default its defaults, sized for every
+            archive d3codec writes up to ImageNet-1K scale): an archive, or a ``samples_per_class``,
+            whose expansion would cost more is refused before anything is allocated.
+        max_bytes: shorthand for ``limits`` with ``max_bytes`` raised (or lowered): the bytes the decoded
+            images, labels and soft labels may take.
     Attributes:
         classes (list[str]), class_to_idx (dict[str, int]), mean / std (tuples, the archive's
         normalisation), image_shape ((C, H, W)), meta (dict, the archive's metadata),
         images ((N, C, H, W) float32), labels ((N,) int64), schedule (a
         d3codec.schedule.TrainingSchedule for archives distilled for one: pixel objective bptt; else
         None): train on those images by ``ds.schedule.replay(ds.images, ds.labels, ...)``.
-    Raises: D3FormatError for a malformed archive; ValueError for a bad ``targets`` or sampling
-        options given for an archive of stored images.
+    Raises: D3FormatError for a malformed archive, D3LimitError (a D3FormatError) for one over
+        ``limits``; ValueError for a bad ``targets``, a ``samples_per_class`` that is not a positive
+        integer, or one given for an archive of stored images; ValueError for an unusable ``device``.
     """
 
     def __init__(self, path: str | os.PathLike | bytes, transform: Callable | None = None,
                  target_transform: Callable | None = None, targets: str = "auto",
-                 samples_per_class: int | None = None, seed: int = 0, device: str = "cpu"):
-        from .methods import DECODERS, SAMPLERS, SCHEDULES
-        from .schedule import step_batches
+                 samples_per_class: int | None = None, seed: int = 0, device: str = "cpu",
+                 limits: DecodeLimits | None = None, max_bytes: int | None = None):
+        from .models import resolve_device
 
         if targets not in ("auto", "hard", "soft"):
             raise ValueError(f"targets must be 'auto', 'hard' or 'soft', not {targets!r}")
+        limits = (limits or DEFAULT_LIMITS).with_overrides(max_bytes=max_bytes)
+        device = resolve_device(str(device))
         reader, meta = open_archive(path)
-        self._draw = None
         with reader:
-            if meta["method"] in SAMPLERS:
-                self._draw = SAMPLERS[meta["method"]](reader, meta, device)
-                self.images, self.labels, soft = self._draw(samples_per_class, seed)
-            elif samples_per_class is not None:
-                raise ValueError(f"samples_per_class applies to sampled archives ({', '.join(sorted(SAMPLERS))}); "
-                                 f"this {meta['method']} archive stores its images")
-            else:
-                self.images, self.labels, soft = DECODERS[meta["method"]](reader, meta)
-            read_schedule = SCHEDULES.get(meta["method"])
-            self.schedule = read_schedule(reader, meta) if read_schedule else None
-        if self.schedule is not None:
-            try:
-                step_batches(self.labels, self.schedule.steps, len(meta["dataset"]["classes"]))
-            except ValueError as error:
-                raise D3FormatError(f"the images do not split into the schedule's steps: {error}") from None
+            self.images, self.labels, soft, self.schedule, self._draw = decode_archive(
+                reader, meta, samples_per_class, seed, device, limits)
         if targets == "hard":
             soft = None
         if targets == "soft" and soft is None:
@@ -106,5 +102,38 @@ class D3Dataset(Dataset):
         return image, target
 
     def __repr__(self) -> str:
-        return (f"D3Dataset(method={self.meta['method']!r}, dataset={self.meta['dataset']['name']!r}, "
+        return (f"D3Dataset(method={safe_text(repr(self.meta['method']), 60)}, "
+                f"dataset={safe_text(repr(self.meta['dataset']['name']), 80)}, "
                 f"images={len(self)}, classes={len(self.classes)}, shape={self.image_shape})")
+
+
+def decode_archive(reader, meta: dict, samples_per_class: int | None, seed: int, device, limits: DecodeLimits,
+                   check_default: bool = False):
+    """Decode an open archive within ``limits``: (images, labels, soft labels or None, schedule or None,
+    sampler or None). ``check_default`` also refuses a sampled archive whose *default* expansion is over
+    the limits, whatever ``samples_per_class`` asks (what ``d3 verify`` checks).
+
+    Raises: as :class:`D3Dataset`.
+    """
+    from .methods import DECODERS, SAMPLERS, SCHEDULES
+    from .schedule import step_batches
+
+    sampler = None
+    if meta["method"] in SAMPLERS:
+        sampler = SAMPLERS[meta["method"]](reader, meta, device, limits)
+        if check_default:
+            sampler.check(None)
+        images, labels, soft = sampler(samples_per_class, seed)
+    elif samples_per_class is not None:
+        raise ValueError(f"samples_per_class applies to sampled archives ({', '.join(sorted(SAMPLERS))}); "
+                         f"this {meta['method']} archive stores its images")
+    else:
+        images, labels, soft = DECODERS[meta["method"]](reader, meta, limits)
+    read_schedule = SCHEDULES.get(meta["method"])
+    schedule = read_schedule(reader, meta, limits) if read_schedule else None
+    if schedule is not None:
+        try:
+            step_batches(labels, schedule.steps, len(meta["dataset"]["classes"]))
+        except ValueError as error:
+            raise D3FormatError(f"the images do not split into the schedule's steps: {error}") from None
+    return images, labels, soft, schedule, sampler

@@ -10,7 +10,7 @@ class D3Error(Exception):
 
 
 class D3FormatError(D3Error, ValueError):
-    """An archive is malformed, corrupt, hostile or of an unsupported version.
+    """An archive is malformed, corrupt, hostile, of an unsupported version, or too costly to decode.
 
     The message names the place: a byte offset and, where known, the section.
     """
@@ -26,3 +26,13 @@ class D3BudgetError(D3Error, ValueError):
 
 class D3DatasetError(D3Error, FileNotFoundError):
     """A real dataset cannot be found or read. The message says where we looked."""
+
+
+class D3LimitError(D3FormatError):
+    """Decoding an archive (or a requested expansion) would cost more than the reader's limits allow
+    (d3codec.limits.DecodeLimits): refused before anything is allocated. ``figure`` names what was
+    counted, ``value`` and ``limit`` are the numbers, ``option`` the setting that raises the limit."""
+
+    def __init__(self, message: str, figure: str = "", value: int = 0, limit: int = 0, option: str = ""):
+        super().__init__(message)
+        self.figure, self.value, self.limit, self.option = figure, value, limit, option

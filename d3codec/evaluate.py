@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from .augment import DSA
 from .data import RealData
 from .models import build_model
+from .runtime import keep_freed_memory
 
 
 @dataclass(frozen=True)
@@ -79,6 +80,7 @@ def train_student(images: torch.Tensor, targets: torch.Tensor, num_classes: int,
             the time it takes counts as training time.
     Returns: (final-epoch test accuracy in [0, 1], training seconds).
     """
+    keep_freed_memory()  # see d3codec.runtime
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     c, h, _ = images.shape[1:]
@@ -122,6 +124,7 @@ def replay_student(schedule, images: torch.Tensor, labels: torch.Tensor, num_cla
     network, step sizes and steps, from its stored θ₀ or, under random init, one drawn from ``seed``)
     and test it. Images (N, C, H, W) float32 pixel space, labels (N,) int64.
     Returns: (test accuracy in [0, 1], training seconds)."""
+    keep_freed_memory()
     start = time.time()
     net = schedule.replay(images, labels, num_classes, mean, std, seed, device)
     seconds = time.time() - start

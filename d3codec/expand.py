@@ -20,9 +20,14 @@ def _to_pil(image: torch.Tensor) -> Image.Image:
     return Image.fromarray(array.permute(1, 2, 0).numpy(), mode="RGB")
 
 
+MAX_FOLDER_NAME_BYTES = 120  # of a class folder's name after its index (file systems allow 255)
+
+
 def _folder_name(name: str) -> str:
-    """A class name made safe as one folder name (no separators)."""
-    safe = "".join(ch if ch.isalnum() or ch in " -_." else "_" for ch in name).strip(" .")
+    """A class name made safe as one folder name: no separators or control characters, at most
+    MAX_FOLDER_NAME_BYTES bytes of UTF-8 (the folder's index prefix keeps cut names apart)."""
+    safe = "".join(ch if ch.isalnum() or ch in " -_." else "_" for ch in name[:MAX_FOLDER_NAME_BYTES])
+    safe = safe.encode("utf-8")[:MAX_FOLDER_NAME_BYTES].decode("utf-8", errors="ignore").strip(" .")
     return safe or "class"
 
 
@@ -74,14 +79,31 @@ def write_tensors(ds: D3Dataset, out: str | os.PathLike, fmt: str = "pt") -> lis
     return paths
 
 
-def grid_image(ds: D3Dataset, max_per_class: int = 20, pad: int = 2) -> Image.Image:
-    """One picture of the images, a row per class (at most ``max_per_class`` columns)."""
+def grid_image(ds: D3Dataset, max_per_class: int = 20, pad: int = 2, max_pixels: int | None = None) -> Image.Image:
+    """One picture of the images, a row per class (at most ``max_per_class`` columns).
+
+    The canvas is 8-bit from the start and its size is checked before it is allocated:
+    height × width at most ``max_pixels`` (default DecodeLimits().max_canvas_pixels, 2^27).
+    Raises: D3LimitError naming the size and ``--max-grid-pixels`` / ``--grid-columns``; ValueError
+    for ``max_per_class`` < 1.
+    """
+    from .limits import DEFAULT_LIMITS, DecodeLimits, check
+
+    if max_per_class < 1:
+        raise ValueError(f"the grid needs at least one column, not {max_per_class}")
     c, h, w = ds.image_shape
     k = len(ds.classes)
-    cols = max(1, min(max_per_class, max(int((ds.labels == cl).sum()) for cl in range(k))))
-    canvas = torch.ones(c, k * (h + pad) + pad, cols * (w + pad) + pad)
+    counts = torch.bincount(ds.labels, minlength=k)
+    cols = max(1, min(max_per_class, int(counts.max()) if len(counts) else 1))
+    height, width = k * (h + pad) + pad, cols * (w + pad) + pad
+    limits = DecodeLimits(max_canvas_pixels=max_pixels) if max_pixels is not None else DEFAULT_LIMITS
+    check("pixels", height * width, limits, "max_canvas_pixels",
+          f"a grid of {k} rows × {cols} columns of {h}×{w} images ({height}×{width}; fewer columns: --grid-columns)")
+    canvas = torch.full((c, height, width), 255, dtype=torch.uint8)
     for cl in range(k):
         for j, image in enumerate(ds.images[ds.labels == cl][:cols]):
             y, x = pad + cl * (h + pad), pad + j * (w + pad)
-            canvas[:, y:y + h, x:x + w] = image
-    return _to_pil(canvas)
+            canvas[:, y:y + h, x:x + w] = (image.clamp(0, 1) * 255).round().to(torch.uint8)
+    if c == 1:
+        return Image.fromarray(canvas[0].numpy(), mode="L")
+    return Image.fromarray(canvas.permute(1, 2, 0).contiguous().numpy(), mode="RGB")

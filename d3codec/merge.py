@@ -15,11 +15,11 @@ from typing import Any
 
 import torch
 
-from .archive import open_archive
-from .container import Section, encode_archive, write_atomic
+from .archive import meta_int, open_archive
+from .container import VERSION_MINOR, Section, encode_archive, write_atomic
 from .errors import D3BudgetError, D3Error
 from .methods.base import DatasetSpec
-from .methods.d3 import read_groups, sections_of
+from .methods.d3 import load_sampler, sections_of
 
 MERGEABLE = ("d3",)
 GROUP_SECTIONS = ("priors", "decoder", "prior_labels")
@@ -32,17 +32,19 @@ class Part:
     meta: dict[str, Any]
     tensors: dict[str, dict[str, torch.Tensor]]
     file_bytes: int
+    version: tuple[int, int] = (1, 1)
 
     @classmethod
-    def read(cls, path: str | os.PathLike) -> "Part":
+    def read(cls, path: str | os.PathLike, limits=None) -> "Part":
+        """Read and check one part (as a reader would load it, within ``limits``: DecodeLimits)."""
         reader, meta = open_archive(path)
         with reader:
             if meta["method"] not in MERGEABLE:
                 raise D3Error(f"{path}: only {', '.join(MERGEABLE)} archives can be merged, this one is "
                               f"{meta['method']!r}")
-            read_groups(meta, len(meta["dataset"]["classes"]))  # validates the group list
+            load_sampler(reader, meta, "cpu", limits)  # every group's metadata and tensors, checked (nothing drawn)
             tensors = {name: reader.read_tensors(name) for name in GROUP_SECTIONS if name in reader}
-            return cls(meta, tensors, reader.file_size)
+            return cls(meta, tensors, reader.file_size, tuple(reader.version))
 
 
 def combine(parts: list[Part]) -> tuple[dict[str, Any], list[Section]]:
@@ -89,12 +91,16 @@ def rename_group(tensors: dict[str, torch.Tensor], old: int, new: int) -> dict[s
 
 
 def merged_budget(parts: list[Part]) -> int:
-    """The budget of a merge: the shared total of a federated run's subtask archives, else the sum of
-    the parts' budgets (a part without one counts its file size)."""
+    """The budget of a merge: the shared total of a federated run's subtask archives
+    (``meta.federated.budget``, the same in every part), else the sum of the parts' budgets (a part
+    without one counts its file size). Raises: D3FormatError for a budget that is not a positive integer."""
     federated = [p.meta.get("federated") for p in parts]
-    if all(isinstance(f, dict) for f in federated) and len({f.get("budget") for f in federated}) == 1:
-        return int(federated[0]["budget"])
-    return sum(int((p.meta.get("budget") or {}).get("bytes") or p.file_bytes) for p in parts)
+    if all(isinstance(f, dict) for f in federated):
+        budgets = {meta_int(f, "budget", 1, 2 ** 62, "federated.") for f in federated}
+        if len(budgets) == 1:
+            return budgets.pop()
+    return sum(meta_int(p.meta.get("budget") or {}, "bytes", 1, 2 ** 62, "budget.", default=None) or p.file_bytes
+               for p in parts)
 
 
 @dataclass
@@ -105,18 +111,27 @@ class MergeResult:
     classes: int
 
 
-def merge_archives(paths: list[str | os.PathLike], output: str | os.PathLike, budget: int | None = None
-                   ) -> MergeResult:
+def merge_archives(paths: list[str | os.PathLike], output: str | os.PathLike, budget: int | None = None,
+                   limits=None) -> MergeResult:
     """Merge archives of disjoint classes into ``output`` (written atomically).
 
     Args:
         budget: bytes the merged file may take (default: see :func:`merged_budget`).
-    Raises: D3FormatError for a malformed part; D3Error for parts that cannot be merged;
+        limits: the decode limits (d3codec.limits.DecodeLimits) each part is checked against.
+    Raises: D3FormatError for a malformed part; D3Error for parts that cannot be merged (other image
+        shapes, shared classes, other format versions);
         D3BudgetError if the merged file would pass the budget (nothing is written).
     """
     from .compress import base_meta, utc_now
 
-    parts = [Part.read(p) for p in paths]
+    parts = [Part.read(p, limits) for p in paths]
+    versions = {p.version for p in parts}
+    if len(versions) > 1:
+        raise D3Error(f"the parts are of format versions {', '.join(f'{a}.{b}' for a, b in sorted(versions))}, whose "
+                      "sampling noise differs (spec/FORMAT.md §5.4): merge parts of one version, or distil them anew")
+    if parts[0].version[1] > VERSION_MINOR:
+        raise D3Error(f"the parts are of format {parts[0].version[0]}.{parts[0].version[1]}, newer than this d3codec "
+                      f"writes (1.{VERSION_MINOR}): upgrade d3codec to merge them")
     fields, sections = combine(parts)
     budget = budget if budget is not None else merged_budget(parts)
     ipcs = {(p.meta.get("budget") or {}).get("ipc") for p in parts}
@@ -130,7 +145,7 @@ def merge_archives(paths: list[str | os.PathLike], output: str | os.PathLike, bu
                          "file_bytes": p.file_bytes, "created": p.meta.get("created")} for p in parts],
         "accounting": {"budget_bytes": budget},
     }
-    data = encode_archive([Section.json("meta", meta)] + sections)
+    data = encode_archive([Section.json("meta", meta)] + sections, minor=parts[0].version[1])
     if len(data) > budget:
         raise D3BudgetError(f"the merged archive is {len(data)} bytes, over the budget of {budget}: pass --budget "
                             f"{len(data)} or more", min_budget=len(data))

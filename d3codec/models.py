@@ -151,8 +151,31 @@ def build_model(name: str, in_channels: int, num_classes: int, image_size: int, 
     raise ValueError(f"unknown model {name!r}; known: {', '.join(MODELS)}")
 
 
-def resolve_device(device: str) -> torch.device:
-    """``auto`` → CUDA when present, else CPU; otherwise the named device."""
-    if device == "auto":
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``auto`` → CUDA when present, else CPU; otherwise the named device, checked to exist here.
+
+    Raises: ValueError in one line that names the fix: an unknown name (``bogus``), a device type this
+    machine lacks (``cuda`` without CUDA, ``mps`` off Apple silicon) or an index past the devices it has.
+    """
+    if str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ValueError(f"unknown device {str(device)[:40]!r}: use auto, cpu, cuda, cuda:N or mps") from None
+    if dev.type == "cpu":
+        return dev
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {str(device)!r}: this machine has no CUDA device that torch can use "
+                             f"(torch {torch.__version__}, CUDA build {torch.version.cuda or 'none'}); "
+                             "use --device cpu or --device auto")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"device {str(device)!r}: this machine has {torch.cuda.device_count()} CUDA "
+                             f"device(s), numbered from 0")
+        return dev
+    if dev.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise ValueError(f"device {str(device)!r}: MPS is not available on this machine; use --device cpu")
+        return dev
+    raise ValueError(f"device {str(device)!r}: d3codec runs on cpu, cuda and mps, not {dev.type}")

@@ -60,37 +60,73 @@ def encode_images(images: torch.Tensor, labels: torch.Tensor, num_classes: int, 
     return out
 
 
-def decode_images(tensors: dict[str, torch.Tensor], num_classes: int,
-                  image_shape: tuple[int, int, int]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Invert :func:`encode_images`, checking shapes and dtypes.
+PROBABILITY_TOLERANCE = 0.01  # |Σ p − 1| a stored soft label may show (float16 rounds each p by 2^-11)
 
-    Returns: images (N, C, H, W) float32 in pixel space, labels (N,) int64.
-    Raises: D3FormatError if the tensors are missing, mis-shaped or label out of range.
+
+def check_probabilities(p: torch.Tensor, section: str, key: str) -> None:
+    """Refuse soft labels that are not probabilities: every value finite and ≥ 0, every row (the last
+    dimension) summing to 1 within PROBABILITY_TOLERANCE (spec/FORMAT.md §5).
+
+    Raises: D3FormatError naming the section and tensor.
     """
+    if p.numel() == 0:
+        return
+    p = p.float()
+    if not torch.isfinite(p).all() or (p < 0).any():
+        raise D3FormatError(f"section {section!r}: {key!r} holds negative or non-finite probabilities")
+    worst = (p.sum(-1) - 1).abs().max().item()
+    if worst > PROBABILITY_TOLERANCE:
+        raise D3FormatError(f"section {section!r}: the rows of {key!r} must sum to 1 (within "
+                            f"{PROBABILITY_TOLERANCE}); one is off by {worst:.4g}")
+
+
+def decode_images(tensors: dict[str, torch.Tensor], num_classes: int, image_shape: tuple[int, int, int],
+                  limits=None, soft: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Invert :func:`encode_images`, checking names, shapes and dtypes as spec/FORMAT.md §5 defines them:
+    ``images`` (N, C, H, W) U8, F16 or F32 with N ≥ 1, ``labels`` (N,) U8 or I32 in [0, K), and for U8
+    images ``range`` (K, 2) F32, finite, nothing else. A U8 pixel is ``lo + code / 255 · (hi − lo)``,
+    each operation in float32 in that order.
+
+    Args:
+        limits: d3codec.limits.DecodeLimits (default: its defaults); the float32 images, labels and
+            (``soft``) soft labels must fit ``max_bytes``, checked before they are allocated.
+    Returns: images (N, C, H, W) float32 in pixel space, labels (N,) int64.
+    Raises: D3FormatError if the tensors are missing, mis-shaped, of another dtype or label out of range;
+        D3LimitError past the limits.
+    """
+    from .limits import DEFAULT_LIMITS, check, output_bytes
+    from .weights import check_names
+
     for key in ("images", "labels"):
         if key not in tensors:
             raise D3FormatError(f"image section lacks the tensor {key!r}")
     codes, labels = tensors["images"], tensors["labels"]
-    if codes.dim() != 4 or tuple(codes.shape[1:]) != tuple(image_shape):
-        raise D3FormatError(f"images have shape {tuple(codes.shape)}, expected (N, {', '.join(map(str, image_shape))})")
-    if labels.shape != (codes.shape[0],) or labels.dtype not in (torch.uint8, torch.int32, torch.int64):
+    check_names(tensors, {"images", "labels"} | ({"range"} if codes.dtype == torch.uint8 else set()), "images")
+    if codes.dim() != 4 or tuple(codes.shape[1:]) != tuple(image_shape) or codes.shape[0] < 1:
+        raise D3FormatError(f"images have shape {tuple(codes.shape)}, expected (N, {', '.join(map(str, image_shape))}) "
+                            "with N ≥ 1")
+    if labels.shape != (codes.shape[0],) or labels.dtype not in (torch.uint8, torch.int32):
         raise D3FormatError(f"labels have shape {tuple(labels.shape)} and dtype {labels.dtype}; expected "
-                            f"({codes.shape[0]},) integers")
+                            f"({codes.shape[0]},) uint8 or int32")
+    if codes.dtype not in (torch.uint8, torch.float16, torch.float32):
+        raise D3FormatError(f"images have dtype {codes.dtype}; expected uint8, float16 or float32")
+    n = codes.shape[0]
+    check("bytes", output_bytes(n, image_shape, num_classes, soft), limits or DEFAULT_LIMITS, "max_bytes",
+          f"decoding {n} images of shape {tuple(image_shape)}")
     labels = labels.long()
-    if labels.numel() and (labels.min() < 0 or labels.max() >= num_classes):
+    if labels.min() < 0 or labels.max() >= num_classes:
         raise D3FormatError(f"labels fall outside [0, {num_classes})")
     if codes.dtype == torch.uint8:
         ranges = tensors.get("range")
-        if ranges is None or ranges.shape != (num_classes, 2) or not ranges.is_floating_point():
-            raise D3FormatError(f"uint8 images need a float 'range' tensor of shape ({num_classes}, 2)")
-        ranges = ranges.float()
+        if ranges is None or ranges.shape != (num_classes, 2) or ranges.dtype != torch.float32:
+            raise D3FormatError(f"uint8 images need a float32 'range' tensor of shape ({num_classes}, 2)")
         if not torch.isfinite(ranges).all():
             raise D3FormatError("image 'range' holds non-finite values")
         lo = ranges[labels, 0].view(-1, 1, 1, 1)
         hi = ranges[labels, 1].view(-1, 1, 1, 1)
         images = lo + codes.float() / 255 * (hi - lo)
-    elif codes.dtype in (torch.float16, torch.float32):
-        images = codes.float()
     else:
-        raise D3FormatError(f"images have dtype {codes.dtype}; expected uint8, float16 or float32")
+        images = codes.float()
+    if not torch.isfinite(images).all():
+        raise D3FormatError("images hold non-finite values")
     return images, labels

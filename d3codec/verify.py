@@ -10,8 +10,15 @@ The checks, in order (each one needs the ones before it):
    (JSON, safetensors);
 3. metadata: the required fields, a method this d3codec knows, no unknown critical section;
 4. byte accounting: the file is within ``accounting.budget_bytes`` and ``budget.bytes``;
-5. contents: the method's decoder reads its sections (images, priors and decoders, generator,
-   schedule), drawing one sample per class from sampled archives.
+5. decode budget: what the archive's default expansion would cost (output bytes, stored values,
+   multiply-adds per image; d3codec.limits) is within the limits, computed from its declared shapes
+   before any decoder runs;
+6. contents: the method's decoder reads its sections (images, priors and decoders, generator,
+   schedule, soft labels: finite probabilities that sum to 1), drawing one sample per class from
+   sampled archives.
+
+Every detail and reason is printable text (d3codec.text): nothing from the archive reaches a
+terminal raw.
 """
 
 from __future__ import annotations
@@ -20,7 +27,8 @@ import os
 from dataclasses import dataclass, field
 
 from .container import Content, D3Reader
-from .errors import D3Error, D3FormatError
+from .errors import D3Error, D3FormatError, D3LimitError
+from .text import safe_text
 
 
 @dataclass
@@ -37,14 +45,20 @@ class Verification:
         return self.failure is None
 
 
-def verify_archive(path: str | os.PathLike) -> Verification:
-    """Run every check on the archive at ``path``; stops at the first failure. Never raises for a bad
-    archive (the failure is in the result); raises OSError if the file cannot be opened."""
-    from . import D3Dataset
-    from .archive import check_sections, validate_meta
-    from .methods import SECTIONS
+def verify_archive(path: str | os.PathLike | bytes, limits=None) -> Verification:
+    """Run every check on the archive at ``path`` (or its bytes); stops at the first failure. Never
+    raises for a bad archive (the failure is in the result); raises OSError if the file cannot be opened.
 
-    result = Verification(str(path))
+    ``limits``: d3codec.limits.DecodeLimits (default its defaults); an archive over them fails the
+    "decode budget" check and no decoder of it is run.
+    """
+    from .archive import check_sections, read_meta
+    from .dataset import decode_archive
+    from .limits import DEFAULT_LIMITS
+    from .methods import SAMPLERS, SECTIONS
+
+    limits = limits or DEFAULT_LIMITS
+    result = Verification(safe_text(path if not isinstance(path, (bytes, bytearray)) else "archive", 300))
     step = "container"
     try:
         with D3Reader(path) as reader:
@@ -63,34 +77,41 @@ def verify_archive(path: str | os.PathLike) -> Verification:
                 del raw
             result.checks.append((step, "every checksum matches; every section decodes to its declared size"))
             step = "metadata"
-            if reader.sections[0].name != "meta":
-                raise D3FormatError(f"the first section must be 'meta', not {reader.sections[0].name!r}")
-            meta = validate_meta(reader.read_json("meta"))
+            meta = read_meta(reader)
             if meta["method"] not in SECTIONS:
-                raise D3FormatError(f"unknown method {meta['method']!r}")
+                raise D3FormatError(f"unknown method {safe_text(repr(meta['method']), 60)}")
             check_sections(reader, SECTIONS[meta["method"]])
-            result.checks.append((step, f"method {meta['method']}, dataset {meta['dataset'].get('name')!r}, "
+            result.checks.append((step, f"method {meta['method']}, dataset {safe_text(repr(meta['dataset']['name']))}, "
                                         f"{len(meta['dataset']['classes'])} classes"))
             step = "byte accounting"
-            limits = {"accounting.budget_bytes": (meta.get("accounting") or {}).get("budget_bytes"),
-                      "budget.bytes": (meta.get("budget") or {}).get("bytes")}
-            stated = {k: v for k, v in limits.items() if v is not None}
+            limits_stated = {"accounting.budget_bytes": (meta.get("accounting") or {}).get("budget_bytes"),
+                             "budget.bytes": (meta.get("budget") or {}).get("bytes")}
+            stated = {k: v for k, v in limits_stated.items() if v is not None}  # types checked with the metadata
             for key, value in stated.items():
-                if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                    raise D3FormatError(f"{key} must be a positive integer, not {value!r}")
                 if reader.file_size > value:
                     raise D3FormatError(f"the file is {reader.file_size} bytes, over its {key} of {value}")
             result.checks.append((step, f"{reader.file_size} bytes within " + (
                 ", ".join(f"{k} {v}" for k, v in stated.items()) or "no stated budget")))
-        step = "contents"
-        sampled = meta["method"] in ("d3", "d2m")
-        ds = D3Dataset(path, samples_per_class=1 if sampled else None)
-        extra = f", a {ds.schedule.network} schedule of {ds.schedule.steps}×{ds.schedule.epochs} steps" \
-            if getattr(ds, "schedule", None) is not None else ""
-        result.checks.append((step, f"{len(ds)} images of shape {ds.image_shape} decoded"
-                                    f"{' (one sample per class)' if sampled else ''}{extra}"))
+            step = "contents"  # the limits are checked first within it; a refusal is reported as "decode budget"
+            sampled = meta["method"] in SAMPLERS
+            images, labels, soft, schedule, sampler = decode_archive(
+                reader, meta, 1 if sampled else None, 0, "cpu", limits, check_default=True)
+            if sampled:
+                count, _ = sampler.counts(None)
+                budget_detail = f"the default draw of {count} images is within the limits"
+            else:
+                budget_detail = f"{len(labels)} decoded images are within the limits"
+            result.checks.append(("decode budget", budget_detail + f" ({limits.max_bytes} bytes, "
+                                  f"{limits.max_parameters} values, {limits.max_macs_per_image} multiply-adds per image)"))
+            extra = f", a {schedule.network} schedule of {schedule.steps}×{schedule.epochs} steps" \
+                if schedule is not None else ""
+            result.checks.append((step, f"{len(labels)} images of shape {tuple(images.shape[1:])} decoded"
+                                        f"{' (one sample per class)' if sampled else ''}"
+                                        f"{', soft labels checked' if soft is not None else ''}{extra}"))
+    except D3LimitError as error:
+        result.failure = ("decode budget", safe_text(str(error), 2000))
     except D3Error as error:
-        result.failure = (step, str(error))
+        result.failure = (step, safe_text(str(error), 2000))
     except (ValueError, RuntimeError) as error:  # a decoder's own refusal not yet worded as D3FormatError
-        result.failure = (step, f"{type(error).__name__}: {error}")
+        result.failure = (step, safe_text(f"{type(error).__name__}: {error}", 2000))
     return result

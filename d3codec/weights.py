@@ -53,10 +53,29 @@ def quantise_state(state: dict[str, torch.Tensor], prefix: str, dtype: str) -> d
     return out
 
 
+def stored_names(shapes: dict[str, tuple[int, ...]], prefix: str, dtype: str) -> set[str]:
+    """The tensor names :func:`quantise_state` writes for parameters of these shapes under ``prefix``."""
+    names = {f"{prefix}{name}" for name in shapes}
+    if dtype == "int8":
+        names |= {f"{prefix}{name}.scale" for name, shape in shapes.items() if len(shape) >= 2}
+    return names
+
+
+def check_names(tensors: dict[str, torch.Tensor], expected: set[str], section: str) -> None:
+    """Refuse a section whose tensor names are not exactly ``expected`` (spec/FORMAT.md §5: a section
+    holds the tensors it defines and nothing else). Raises: D3FormatError naming a missing or extra one."""
+    got = set(tensors)
+    if got != expected:
+        extra, missing = sorted(got - expected), sorted(expected - got)
+        which = f"an unexpected tensor {extra[0]!r}" if extra else f"no tensor {missing[0]!r}"
+        raise D3FormatError(f"section {section!r} holds {which} ({len(extra)} extra, {len(missing)} missing)")
+
+
 def read_stored(tensors: dict[str, torch.Tensor], section: str, key: str, shape: tuple[int, ...],
-                int8_dim: int | None) -> torch.Tensor:
-    """The float32 value of a stored tensor of ``shape``: int8 with ``{key}.scale`` along ``int8_dim``
-    (see :func:`quantise_int8`), or any float dtype when ``int8_dim`` is None.
+                int8_dim: int | None, floats: tuple[torch.dtype, ...] = (torch.float16,)) -> torch.Tensor:
+    """The float32 value of a stored tensor of ``shape``: I8 with an F16 ``{key}.scale`` along
+    ``int8_dim`` (see :func:`quantise_int8`; the product is computed in float32), or, when ``int8_dim``
+    is None, one of the dtypes ``floats`` (F16 unless the spec allows more), converted exactly.
 
     Raises: D3FormatError naming ``section`` and ``key`` on a missing, misshapen or mistyped tensor.
     """
@@ -64,12 +83,13 @@ def read_stored(tensors: dict[str, torch.Tensor], section: str, key: str, shape:
     if value is None or tuple(value.shape) != shape:
         raise D3FormatError(f"section {section!r}: tensor {key!r} missing or not of shape {shape}")
     if int8_dim is None:
-        if not value.is_floating_point():
-            raise D3FormatError(f"section {section!r}: {key!r} must be floating point")
+        if value.dtype not in floats:
+            names = " or ".join(str(d).removeprefix("torch.") for d in floats)
+            raise D3FormatError(f"section {section!r}: {key!r} must be {names}, not {str(value.dtype).removeprefix('torch.')}")
         return value.float()
     scale, n = tensors.get(f"{key}.scale"), shape[int8_dim]
-    if value.dtype != torch.int8 or scale is None or tuple(scale.shape) != (n,) or not scale.is_floating_point():
-        raise D3FormatError(f"section {section!r}: {key!r} must be int8 with a ({n},) float scale")
+    if value.dtype != torch.int8 or scale is None or tuple(scale.shape) != (n,) or scale.dtype != torch.float16:
+        raise D3FormatError(f"section {section!r}: {key!r} must be int8 with a ({n},) float16 scale")
     return dequantise_int8(value, scale, int8_dim)
 
 
@@ -84,18 +104,21 @@ def dequantise_state(tensors: dict[str, torch.Tensor], prefix: str, shapes: dict
             for name, shape in shapes.items()}
 
 
-
 def load_stored_module(build: Callable[[], nn.Module], tensors: dict[str, torch.Tensor], prefix: str, dtype: str,
-                       section: str, device: torch.device | str = "cpu") -> nn.Module:
+                       section: str, device: torch.device | str = "cpu", exact: bool = False) -> nn.Module:
     """The network ``build()`` makes, filled with the state :func:`quantise_state` stored under
     ``prefix``: built on the meta device, so no memory is spent until every stored tensor has been
     checked against the network's shapes. Returns it on ``device``, in eval mode.
 
-    Raises: D3FormatError naming ``section`` on any missing, misshapen or mistyped tensor.
+    ``exact``: the section holds this network's tensors and nothing else (else other tensors, such as
+    other groups', may sit beside them).
+    Raises: D3FormatError naming ``section`` on any missing, misshapen, mistyped or extra tensor.
     """
     with torch.device("meta"):
         module = build()
     shapes = {name: tuple(value.shape) for name, value in module.state_dict().items()}
+    if exact:
+        check_names(tensors, stored_names(shapes, prefix, dtype), section)
     module.load_state_dict(dequantise_state(tensors, prefix, shapes, dtype, section), assign=True)
     return module.to(device).eval()
 

@@ -131,11 +131,13 @@ def _rewrite_schedule(path, change_meta=None, change_tensors=None) -> bytes:
     (None, lambda t: t.update(step_sizes=t["step_sizes"] * float("nan")), "finite and positive"),
     (None, lambda t: t.pop("step_sizes"), "step_sizes"),
     (None, lambda t: t.update({"theta0.classifier.0.weight": torch.zeros(5, 5)}), "theta0.classifier.0.weight"),
-    (None, lambda t: t.update({"extra": torch.zeros(1)}), "nothing else"),
-    (lambda p: p.update(inner_epochs=10 ** 9), None, "at most"),
-    (lambda p: p.update(inner_steps="2"), None, "positive integers"),
+    (None, lambda t: t.update({"extra": torch.zeros(1)}), "unexpected tensor 'extra'"),
+    (None, lambda t: t.update(step_sizes=t["step_sizes"].double()), "float32 or float16"),
+    (lambda p: p.update(inner_epochs=10 ** 9), None, "from 1 to 100000"),
+    (lambda p: p.update(inner_steps="2"), None, "inner_steps' must be an integer"),
+    (lambda p: p.update(inner_steps=2.0), None, "inner_steps' must be an integer"),
     (lambda p: p.update(network="alexnet"), None, "network"),
-    (lambda p: p.update(init="random"), None, "nothing else"),  # θ₀ stored, yet init says random
+    (lambda p: p.update(init="random"), None, "unexpected tensor 'theta0"),  # θ₀ stored, yet init says random
     (lambda p: p.update(inner_steps=5, inner_epochs=2), None, "split into the schedule's steps"),
 ])
 def test_hostile_schedules_raise_d3formaterror(tiny_real, tmp_path, meta_change, tensor_change, message):

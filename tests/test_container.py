@@ -46,7 +46,8 @@ def test_round_trip_reads_every_section_back():
 def test_header_layout_matches_the_spec():
     data = encode_archive([Section.json("meta", {})])
     magic, major, minor, count, table_length = FIXED_HEADER.unpack_from(data)
-    assert (magic, major, minor, count) == (b"\x89D3A\r\n\x1a\n", 1, 0, 1)
+    assert (magic, major, minor, count) == (b"\x89D3A\r\n\x1a\n", 1, 1, 1)
+    assert FIXED_HEADER.unpack_from(encode_archive([Section.json("meta", {})], minor=0))[2] == 0
     assert data[16] == 4 and data[17:21] == b"meta"
     (crc,) = CRC.unpack_from(data, 16 + table_length)
     assert crc == zlib.crc32(data[:16 + table_length])

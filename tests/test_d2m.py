@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from d3codec import D3Dataset
+from d3codec import D3Dataset, noise
 from d3codec.compress import base_meta, compress, plan_archive
 from d3codec.container import D3Reader, Section, encode_archive
 from d3codec.errors import D3BudgetError, D3Error, D3FormatError
@@ -222,10 +222,10 @@ def test_prediction_matching_is_zero_for_equal_class_means_and_grows_with_the_ga
     assert float(prediction_matching_loss(a, far, 50.0)) > 0.1 * float(prediction_matching_loss(a, far, 25.0))
 
 
-def archive_with(tensors, params):
+def archive_with(tensors, params, minor=1):
     meta = {"format": "d3", "method": "d2m", "dataset": {"name": "t", "classes": ["a", "b"], "image_shape": [1, 8, 8],
                                                          "mean": [0.5], "std": [0.5]}, "params": params}
-    return encode_archive([Section.json("meta", meta), Section.tensors("generator", tensors)])
+    return encode_archive([Section.json("meta", meta), Section.tensors("generator", tensors)], minor=minor)
 
 
 def good_params():
@@ -243,11 +243,19 @@ def test_every_registered_architecture_expands_to_its_generators_images(architec
     tensors = good_tensors(architecture)
     g = ConditionalGenerator(2, 3, 2, 8, (1, 8, 8), architecture)
     g.load_state_dict({k: v.float() for k, v in tensors.items()})
-    ds = D3Dataset(archive_with(tensors, {**good_params(), "architecture": architecture}), samples_per_class=5, seed=3)
-    noise = torch.randn(2, 5, 3, generator=torch.Generator().manual_seed(3)).view(10, 3)  # as load_sampler draws
-    with torch.no_grad():
-        expected = g(noise, torch.arange(2).repeat_interleave(5))
-    assert torch.allclose(ds.images, expected, atol=1e-6)
+    params = {**good_params(), "architecture": architecture}
+    # format 1.1: the counter-based noise of spec/FORMAT.md §5.4; 1.0: torch's generator, as before
+    noises = {1: torch.from_numpy(noise.normal(3, noise.D2M_NOISE, (2, 5, 3))).view(10, 3),
+              0: torch.randn(2, 5, 3, generator=torch.Generator().manual_seed(3)).view(10, 3)}
+    for minor, z in noises.items():
+        ds = D3Dataset(archive_with(tensors, params, minor), samples_per_class=5, seed=3)
+        with torch.no_grad():
+            expected = g(z, torch.arange(2).repeat_interleave(5))
+        assert torch.allclose(ds.images, expected, atol=1e-6)
+    # 1.1: the first samples of a larger draw are the samples of a smaller one
+    larger = D3Dataset(archive_with(tensors, params), samples_per_class=7, seed=3).images.view(2, 7, 1, 8, 8)
+    assert torch.allclose(larger[:, :5].reshape(10, 1, 8, 8), D3Dataset(archive_with(tensors, params),
+                                                                        samples_per_class=5, seed=3).images, atol=1e-6)
     other = next(a for a in d2m.GENERATORS if a != architecture)  # the name decides the layers
     with pytest.raises(D3FormatError):
         D3Dataset(archive_with(tensors, {**good_params(), "architecture": other}))
@@ -313,5 +321,5 @@ def test_hostile_d2m_teachers_raise_d3formaterror(change):
 
 
 def test_sample_counts_are_bounded():
-    with pytest.raises(ValueError, match="at most"):
+    with pytest.raises(ValueError, match="max_bytes"):
         D3Dataset(archive_with(good_tensors(), good_params()), samples_per_class=10**8)

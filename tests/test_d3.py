@@ -119,7 +119,7 @@ def test_int8_priors_are_close_to_the_float_ones_and_checked():
     stored["g0.logvar.scale"] = torch.ones(3, dtype=torch.float16)
     with pytest.raises(D3FormatError, match="g0.logvar"):
         dequantise_priors(stored, "g0.", (3, 5, 4), "int8")
-    with pytest.raises(D3FormatError, match="floating point"):  # int8 tensors under a float16 label
+    with pytest.raises(D3FormatError, match="must be float16, not int8"):  # int8 tensors under a float16 label
         dequantise_priors(stored, "g0.", (3, 5, 4), "float16")
 
 

@@ -140,3 +140,59 @@ class CheckpointedEncoder(Encoder):
         first, saved = resumed
         return ckpt, first, float(saved.get("loss", torch.tensor(float("nan"))))
 
+
+
+class Sampler(ABC):
+    """An archive that generates its images (d3, d2m), loaded and ready to draw any number per class.
+
+    Loading has already checked the networks against the decode limits (parameters, multiply-adds
+    per image; d3codec.limits); :meth:`draw` checks what a draw would hold (``max_bytes``) before
+    allocating it. ``sampler(samples_per_class, seed)`` is ``sampler.draw(...)``.
+
+    Attributes: ``num_classes``, ``image_shape`` (C, H, W), ``soft`` (whether draws carry soft
+    labels), ``limits`` (d3codec.limits.DecodeLimits), ``version`` ((major, minor) of the archive:
+    its minor version decides the sampling noise, spec/FORMAT.md §5.4).
+    """
+
+    num_classes: int
+    image_shape: tuple[int, int, int]
+    soft: bool
+    limits: Any
+    version: tuple[int, int]
+
+    @abstractmethod
+    def counts(self, samples_per_class: int | None) -> tuple[int, int]:
+        """(images, noise values held at once) that a draw of ``samples_per_class`` (None: the
+        archive's default) makes."""
+
+    @abstractmethod
+    def _draw(self, samples_per_class: int | None, seed: int):
+        """The draw itself, after :meth:`check`."""
+
+    def check(self, samples_per_class: int | None) -> None:
+        """Refuse a draw before any work: ValueError for a count that is not a positive integer,
+        D3LimitError for one whose output would pass ``limits.max_bytes``."""
+        from ..limits import check, output_bytes
+
+        if samples_per_class is not None and (type(samples_per_class) is not int or samples_per_class < 1):
+            raise ValueError(f"samples_per_class must be a positive integer, not {samples_per_class!r}")
+        images, noise = self.counts(samples_per_class)
+        check("bytes", output_bytes(images, self.image_shape, self.num_classes, self.soft, noise), self.limits,
+              "max_bytes", f"drawing {images:,} images of shape {self.image_shape}"
+              + (" with soft labels" if self.soft else ""))
+
+    def draw(self, samples_per_class: int | None = None, seed: int = 0):
+        """Images (K·N, C, H, W) float32 in [0, 1], labels (K·N,) int64, soft labels (K·N, K) float32 or
+        None; the same seed (0 ≤ seed < 2^64) gives the same images. Raises: as :meth:`check`, and
+        D3FormatError when the stored values decode to non-finite images."""
+        from ..noise import check_seed
+
+        from ..errors import D3FormatError
+
+        self.check(samples_per_class)
+        images, labels, soft = self._draw(samples_per_class, check_seed(seed))
+        if not torch.isfinite(images).all():
+            raise D3FormatError("the archive decodes to non-finite images (its stored values are corrupt)")
+        return images, labels, soft
+
+    __call__ = draw

@@ -46,6 +46,7 @@ from ..errors import D3BudgetError, D3FormatError
 from ..models import build_model
 from ..schedule import TrainingSchedule, gd_step, init_parameters
 from ..storage import decode_images, encode_images, resolve_storage_dtype
+from ..archive import describe
 from ..weights import read_stored
 from .base import CheckpointedEncoder, DatasetSpec, Encoded
 
@@ -310,50 +311,63 @@ def unrolled_gradients(net: torch.nn.Module, theta0: dict[str, torch.Tensor], st
     return loss.item(), d_images, d_step_sizes * torch.sigmoid(raw_step_sizes)  # softplus' = sigmoid
 
 
-def read_schedule(reader, meta: dict) -> TrainingSchedule | None:
+def schedule_network_cost(network: str, image_shape: tuple[int, int, int], num_classes: int):
+    """The cost (d3codec.limits.NetworkCost) of one forward pass of a schedule's network on one image,
+    measured on the meta device. Raises: D3FormatError when the network cannot run on the images
+    (LeNet needs H = W ≥ 16, ConvNet-3 H = W ≥ 8)."""
+    from ..limits import network_cost
+
+    c, h, w = image_shape
+    if h != w:
+        raise D3FormatError(f"bptt archive: the {network} network needs square images, not {h}×{w}")
+    return network_cost(lambda: build_model(network, c, num_classes, h), lambda: (torch.zeros(1, c, h, w),),
+                        f"the schedule's {network} network")
+
+
+def read_schedule(reader, meta: dict, limits=None) -> TrainingSchedule | None:
     """The training schedule of a pixel archive distilled with objective ``bptt``, else None.
 
     Raises: D3FormatError for a missing or malformed ``schedule`` section or parameters (unknown
-    network, non-positive or non-finite step sizes, θ₀ of the wrong names or shapes, a schedule
-    longer than MAX_SCHEDULE_STEPS).
+    network, a network that cannot run on the images, non-positive or non-finite step sizes, θ₀ of
+    the wrong names, shapes or dtypes, a schedule longer than MAX_SCHEDULE_STEPS); D3LimitError when
+    θ₀ holds more values than ``limits.max_parameters``.
     """
+    from ..archive import meta_int, meta_str
+    from ..limits import DEFAULT_LIMITS, check
+    from ..weights import check_names
+
     params = meta.get("params")
     params = params if isinstance(params, dict) else {}
     if params.get("objective") != "bptt":
         if "schedule" in reader:
             raise D3FormatError("section 'schedule' belongs to objective bptt, but meta.params.objective is "
-                                f"{params.get('objective')!r}")
+                                f"{describe(params.get('objective'))}")
         return None
-    network, init = params.get("network"), params.get("init")
-    steps, epochs = params.get("inner_steps"), params.get("inner_epochs")
-    if network not in NETWORKS or init not in INITS:
-        raise D3FormatError(f"bptt archive names network {network!r} and init {init!r}; expected one of "
-                            f"{NETWORKS} and of {INITS}")
-    if not all(type(v) is int and v >= 1 for v in (steps, epochs)) or steps * epochs > MAX_SCHEDULE_STEPS:
-        raise D3FormatError(f"bptt archive's inner_steps {steps!r} × inner_epochs {epochs!r} must be positive integers "
-                            f"with a product of at most {MAX_SCHEDULE_STEPS}")
+    network = meta_str(params, "network", NETWORKS, "params.")
+    init = meta_str(params, "init", INITS, "params.")
+    steps = meta_int(params, "inner_steps", 1, MAX_SCHEDULE_STEPS, "params.")
+    epochs = meta_int(params, "inner_epochs", 1, MAX_SCHEDULE_STEPS, "params.")
+    if steps * epochs > MAX_SCHEDULE_STEPS:
+        raise D3FormatError(f"bptt archive's inner_steps {steps} × inner_epochs {epochs} must be at most "
+                            f"{MAX_SCHEDULE_STEPS}")
     if "schedule" not in reader:
         raise D3FormatError("bptt archive lacks its 'schedule' section")
+    ds = meta["dataset"]
+    shape, k = tuple(ds["image_shape"]), len(ds["classes"])
+    cost = schedule_network_cost(network, shape, k)
+    if init == "fixed":
+        check("values", cost.parameters, limits or DEFAULT_LIMITS, "max_parameters", f"θ₀ of {network}")
+    with torch.device("meta"):
+        shapes = {n: tuple(p.shape) for n, p in build_model(network, shape[0], k, shape[1]).named_parameters()}
     tensors = reader.read_tensors("schedule")
-    step_sizes = read_stored(tensors, "schedule", "step_sizes", (steps * epochs,), None)
+    check_names(tensors, {"step_sizes"} | ({f"theta0.{n}" for n in shapes} if init == "fixed" else set()), "schedule")
+    floats = (torch.float32, torch.float16)
+    step_sizes = read_stored(tensors, "schedule", "step_sizes", (steps * epochs,), None, floats)
     if not (torch.isfinite(step_sizes).all() and (step_sizes > 0).all()):
         raise D3FormatError("section 'schedule': step sizes must be finite and positive")
-    ds = meta["dataset"]
-    shape = tuple(ds["image_shape"])
-    with torch.device("meta"):
-        try:
-            shapes = {n: tuple(p.shape) for n, p in build_model(network, shape[0], len(ds["classes"]),
-                                                                 shape[1]).named_parameters()}
-        except ValueError as error:
-            raise D3FormatError(f"bptt archive: {error}") from None
     theta0 = None
-    expected = {f"theta0.{n}" for n in shapes} if init == "fixed" else set()
-    if set(tensors) - {"step_sizes"} != expected:
-        raise D3FormatError(f"section 'schedule' must hold step_sizes{' and θ₀ of ' + network if expected else ''} "
-                            f"(init {init}), and nothing else")
     if init == "fixed":
-        theta0 = {n: read_stored(tensors, "schedule", f"theta0.{n}", s, None)
-                  for n, s in shapes.items()}
+        theta0 = {n: read_stored(tensors, "schedule", f"theta0.{n}", s, None, floats) for n, s in shapes.items()}
         if not all(torch.isfinite(v).all() for v in theta0.values()):
             raise D3FormatError("section 'schedule': θ₀ holds non-finite values")
     return TrainingSchedule(network, steps, epochs, step_sizes, init, theta0)

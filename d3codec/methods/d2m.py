@@ -68,6 +68,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from .. import noise
 from ..augment import DSA
 from ..budget import META_RESERVE_BYTES, archive_bound
 from ..checkpoint import (Checkpoint, fingerprint, flatten_optimizer, load_prefixed, restore_optimizer, restore_rng,
@@ -79,7 +80,7 @@ from ..losses import mean_embedding_loss, mmd_rbf, prediction_matching_loss
 from ..models import ConvNet, parameter_shapes, upsampling_geometry
 from ..teacher import Teacher, train_teacher, untrained_teacher
 from ..weights import WEIGHT_DTYPES, load_stored_module, quantise_state, read_safetensors_file
-from .base import DatasetSpec, Encoded, Encoder, preset_config
+from .base import DatasetSpec, Encoded, Encoder, Sampler, preset_config
 
 GENERATOR_WIDTHS = (4, 6, 8, 12, 16, 20, 24, 28, 32, 36, 40, 48, 56, 64, 80, 96, 128, 160, 192, 256, 320, 384, 512)
 # the registry of generator architectures an archive may name: name → options of ConditionalGenerator
@@ -762,23 +763,21 @@ class D2MEncoder(Encoder):
 
 # ---- decoding -----------------------------------------------------------------------------------------------------
 
-MAX_SAMPLES = 10_000_000
+MAX_SAMPLES = 10_000_000  # the largest default draw an archive may declare (the decode limits apply too)
 
 
 def read_params(meta: dict) -> tuple[str, int, int, int, str, int]:
-    """(architecture, noise_dim, embed_dim, width, weight_dtype, default samples per class) from the metadata."""
+    """(architecture, noise_dim, embed_dim, width, weight_dtype, default samples per class) from the
+    metadata, each checked for its JSON type and range. Raises: D3FormatError naming the field."""
+    from ..archive import meta_int, meta_str
+
     p = meta.get("params")
-    try:
-        values = (p["architecture"], int(p["noise_dim"]), int(p["embed_dim"]), int(p["generator_width"]),
-                  p["weight_dtype"], int(p["samples_per_class"]))
-        ok = (values[0] in GENERATORS and 1 <= values[1] <= 4096 and 1 <= values[2] <= 4096
-              and 4 <= values[3] <= 4096 and values[4] in WEIGHT_DTYPES and 1 <= values[5] <= MAX_SAMPLES)
-    except (KeyError, TypeError, ValueError):
-        ok = False
-    if not ok:
-        raise D3FormatError("meta: 'params' of a d2m archive needs a known 'architecture' and sane 'noise_dim', "
-                            "'embed_dim', 'generator_width', 'weight_dtype' and 'samples_per_class'")
-    return values
+    if not isinstance(p, dict):
+        raise D3FormatError("meta: 'params' of a d2m archive must be an object")
+    return (meta_str(p, "architecture", tuple(GENERATORS), "params."), meta_int(p, "noise_dim", 1, 4096, "params."),
+            meta_int(p, "embed_dim", 1, 4096, "params."), meta_int(p, "generator_width", 4, 4096, "params."),
+            meta_str(p, "weight_dtype", WEIGHT_DTYPES, "params."),
+            meta_int(p, "samples_per_class", 1, MAX_SAMPLES, "params."))
 
 
 def read_label_params(meta: dict, has_section: bool) -> tuple[int, float] | None:
@@ -786,6 +785,8 @@ def read_label_params(meta: dict, has_section: bool) -> tuple[int, float] | None
 
     Raises: D3FormatError when the metadata and the ``teacher`` section disagree or the values are not sane.
     """
+    from ..archive import meta_int, meta_number
+
     p = meta["params"]
     declared = "teacher_width" in p or "label_temperature" in p
     if declared != has_section:
@@ -793,71 +794,119 @@ def read_label_params(meta: dict, has_section: bool) -> tuple[int, float] | None
                             "'params.label_temperature', and one without it must not declare them")
     if not declared:
         return None
-    width, temperature = p.get("teacher_width"), p.get("label_temperature")
-    if (not isinstance(width, int) or isinstance(width, bool) or not 1 <= width <= 4096
-            or not isinstance(temperature, (int, float)) or isinstance(temperature, bool)
-            or not 1e-3 <= temperature <= 1e3):
-        raise D3FormatError("meta: 'params.teacher_width' must be an integer 1..4096 and "
-                            "'params.label_temperature' a number 0.001..1000")
-    return width, float(temperature)
+    return meta_int(p, "teacher_width", 1, 4096, "params."), meta_number(p, "label_temperature", 1e-3, 1e3, "params.")
 
 
-def load_sampler(reader, meta: dict, device: torch.device | str = "cpu", batch_size: int = 1024):
-    """The archive's generator, ready to draw: returns ``draw(samples_per_class, seed)`` →
-    (images (K·N, C, H, W) float32 in [0, 1], labels (K·N,) int64, soft labels (K·N, K) float32
-    or None).
+class D2MSampler(Sampler):
+    """A D2M archive's generator (and teacher, where stored), loaded (see :func:`load_sampler`)."""
 
-    Sample j of class c uses noise row j of a (K, N, Z) standard normal draw from a CPU generator
-    seeded with ``seed``, so the same seed gives the same images on any device (up to the device's
-    arithmetic) and the first N samples of a larger draw are not the same as a draw of N. Where
-    the archive stores a teacher, each image's soft label is the teacher's softmax, at the stored
-    temperature, on the image normalised with the dataset's mean and std.
-    Raises: D3FormatError when the generator or teacher section does not match the metadata.
-    """
-    ds = meta["dataset"]
-    k, shape = len(ds["classes"]), tuple(ds["image_shape"])
-    architecture, z, e, width, dtype, default = read_params(meta)
-    generator = load_stored_module(lambda: ConditionalGenerator(k, z, e, width, shape, architecture),
-                                   reader.read_tensors("generator"), "", dtype, "generator", device)
-    label = load_labeller(reader, meta, device)
+    def __init__(self, reader, meta: dict, device: torch.device | str = "cpu", limits=None):
+        from ..limits import DEFAULT_LIMITS, batch_size, check, network_cost
 
-    def generate(noise: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        images = generator(noise.to(device), labels.to(device))  # (B, C, H, W) in [0, 1]
-        return images.cpu(), label(images).cpu() if label is not None else None
+        ds = meta["dataset"]
+        k, shape = len(ds["classes"]), tuple(ds["image_shape"])
+        self.num_classes, self.image_shape, self.device = k, shape, device
+        self.limits, self.version = limits or DEFAULT_LIMITS, tuple(reader.version)
+        architecture, z, e, width, dtype, self.default = read_params(meta)
+        self.noise_dim = z
+        cost = network_cost(lambda: ConditionalGenerator(k, z, e, width, shape, architecture),
+                            lambda: (torch.zeros(1, z), torch.zeros(1, dtype=torch.long)), "the generator")
+        labelling = labeller_cost(meta, "teacher" in reader)
+        total = cost + labelling if labelling is not None else cost
+        check("values", total.parameters, self.limits, "max_parameters", "the generator and teacher")
+        check("multiply-adds", total.macs, self.limits, "max_macs_per_image", "generating (and labelling) one image")
+        self.batch = batch_size(total, self.limits)
+        self.generator = load_stored_module(lambda: ConditionalGenerator(k, z, e, width, shape, architecture),
+                                            reader.read_tensors("generator"), "", dtype, "generator", device,
+                                            exact=True)
+        self.label = load_labeller(reader, meta, device, self.limits)
+        self.soft = self.label is not None
+
+    def counts(self, samples_per_class: int | None) -> tuple[int, int]:
+        n = samples_per_class or self.default
+        return self.num_classes * n, self.num_classes * n * self.noise_dim
+
+    def noise(self, n: int, seed: int) -> torch.Tensor:
+        """The noise of a draw of ``n`` per class, (K·N, Z) float32, row c·N + j for sample j of class c.
+        Format 1.1: the counter-based noise of spec/FORMAT.md §5.4 keyed by (class, sample), so the first
+        N samples of a larger draw are those of a draw of N; 1.0: one (K, N, Z) standard normal draw
+        from a torch CPU generator seeded with ``seed``, as d3codec 0.1 drew it."""
+        k, z = self.num_classes, self.noise_dim
+        if self.version >= (1, 1):
+            return torch.from_numpy(noise.normal(seed, noise.D2M_NOISE, (k, n, z))).view(k * n, z)
+        return torch.randn(k, n, z, generator=torch.Generator().manual_seed(seed % (1 << 64))).view(k * n, z)
 
     @torch.no_grad()
-    def draw(samples_per_class: int | None = None, seed: int = 0):
-        n = samples_per_class or default
-        if not 1 <= n * k <= MAX_SAMPLES:
-            raise ValueError(f"samples_per_class must be at least 1 and give at most {MAX_SAMPLES} images")
-        noise = torch.randn(k, n, z, generator=torch.Generator().manual_seed(seed)).view(k * n, z)
+    def _draw(self, samples_per_class: int | None, seed: int):
+        k, n = self.num_classes, samples_per_class or self.default
+        z = self.noise(n, seed)
         labels = torch.arange(k).repeat_interleave(n)  # (K·N,) class-major
-        images, soft = zip(*(generate(noise[i:i + batch_size], labels[i:i + batch_size])
-                             for i in range(0, k * n, batch_size)))
-        return torch.cat(images), labels, torch.cat(soft) if label is not None else None  # (K·N, C, H, W), (K·N, K)
+        images, soft = [], []
+        for i in range(0, k * n, self.batch):
+            batch = self.generator(z[i:i + self.batch].to(self.device), labels[i:i + self.batch].to(self.device))
+            images.append(batch.cpu())  # (B, C, H, W) in [0, 1]
+            if self.label is not None:
+                soft.append(self.label(batch).cpu())  # (B, K)
+        return torch.cat(images), labels, torch.cat(soft) if self.label is not None else None
 
-    return draw
+
+def load_sampler(reader, meta: dict, device: torch.device | str = "cpu", limits=None) -> D2MSampler:
+    """The archive's generator, ready to draw: ``sampler(samples_per_class, seed)`` →
+    (images (K·N, C, H, W) float32 in [0, 1], labels (K·N,) int64, soft labels (K·N, K) float32
+    or None). ``samples_per_class`` N defaults to ``meta.params.samples_per_class``.
+
+    Images come class by class; sample j of class c is the generator's image of noise row (c, j)
+    (see :meth:`D2MSampler.noise`) and class c. Where the archive stores a teacher, each image's soft
+    label is the teacher's softmax, at the stored temperature, on the image normalised with the
+    dataset's mean and std.
+
+    ``limits`` (d3codec.limits.DecodeLimits): the generator's and teacher's multiply-adds per image and
+    parameters are checked at load, before any tensor is allocated; each draw's output before it is made.
+    Raises: D3FormatError when the generator or teacher section does not match the metadata, or a
+    network cannot run on the declared image size; D3LimitError past the limits.
+    """
+    return D2MSampler(reader, meta, device, limits)
 
 
-def load_labeller(reader, meta: dict, device: torch.device | str = "cpu"
+def labeller_cost(meta: dict, has_section: bool):
+    """The cost (d3codec.limits.NetworkCost) of the stored teacher on one image, or None without one.
+    Raises: D3FormatError for a teacher that cannot run on the images (ConvNet-3 needs H = W ≥ 8)."""
+    from ..limits import network_cost
+
+    labelling = read_label_params(meta, has_section)
+    if labelling is None:
+        return None
+    ds = meta["dataset"]
+    k, (c, h, w) = len(ds["classes"]), tuple(ds["image_shape"])
+    if h != w:
+        raise D3FormatError(f"a d2m archive's teacher is a ConvNet-3 for square images, not {h}×{w}")
+    return network_cost(lambda: ConvNet(c, k, h, width=labelling[0]), lambda: (torch.zeros(1, c, h, w),),
+                        "the stored teacher (a ConvNet-3)")
+
+
+def load_labeller(reader, meta: dict, device: torch.device | str = "cpu", limits=None
                   ) -> Callable[[torch.Tensor], torch.Tensor] | None:
     """The archive's stored teacher as a labeller, or None when it stores none: ``label(images)``
     takes (B, C, H, W) float32 images in [0, 1] (on ``device``) and returns (B, K) float32 soft labels
     on ``device``, the teacher's softmax at the stored temperature on the normalised images. It labels
     any images of the dataset's shape, generated or real (a same-labels baseline, as DD-Ranking's).
-    Raises: D3FormatError when the teacher section does not match the metadata.
+    Raises: D3FormatError when the teacher section does not match the metadata or cannot run on the
+    images; D3LimitError when it passes ``limits`` (d3codec.limits.DecodeLimits).
     """
+    from ..limits import DEFAULT_LIMITS, check
+
     ds = meta["dataset"]
     k, (c, h, w) = len(ds["classes"]), tuple(ds["image_shape"])
     dtype = read_params(meta)[4]
-    labelling = read_label_params(meta, "teacher" in reader)
-    if labelling is None:
+    cost = labeller_cost(meta, "teacher" in reader)
+    if cost is None:
         return None
-    if h != w:
-        raise D3FormatError(f"a d2m archive's teacher is a ConvNet-3 for square images, not {h}×{w}")
-    width, temperature = labelling
+    limits = limits or DEFAULT_LIMITS
+    check("values", cost.parameters, limits, "max_parameters", "the stored teacher")
+    check("multiply-adds", cost.macs, limits, "max_macs_per_image", "labelling one image")
+    width, temperature = read_label_params(meta, True)
     teacher = load_stored_module(lambda: ConvNet(c, k, h, width=width), reader.read_tensors("teacher"), "", dtype,
-                                 "teacher", device)
+                                 "teacher", device, exact=True)
     mean = torch.tensor(ds["mean"], dtype=torch.float32, device=device).view(1, c, 1, 1)
     std = torch.tensor(ds["std"], dtype=torch.float32, device=device).view(1, c, 1, 1)
 
@@ -869,10 +918,10 @@ def load_labeller(reader, meta: dict, device: torch.device | str = "cpu"
 
 
 def decode(reader, meta: dict, samples_per_class: int | None = None, seed: int = 0,
-           device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+           device: torch.device | str = "cpu", limits=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Generate ``samples_per_class`` images per class (default: the archive's) from a D2M archive;
     see :func:`load_sampler`."""
-    return load_sampler(reader, meta, device)(samples_per_class, seed)
+    return load_sampler(reader, meta, device, limits)(samples_per_class, seed)
 
 
 __all__ = ["D2MConfig", "D2MEncoder", "D2MPlan", "ConditionalGenerator", "GENERATORS", "PRESETS", "decode",

@@ -38,7 +38,7 @@ from ..container import Section, stored_size
 from ..data import RealData
 from ..errors import D3FormatError
 from ..models import ConvNet
-from ..storage import decode_images, encode_images, resolve_storage_dtype
+from ..storage import check_probabilities, decode_images, encode_images, resolve_storage_dtype
 from .base import CheckpointedEncoder, DatasetSpec, Encoded
 
 
@@ -180,16 +180,28 @@ def image_compression_ratio(real: RealData, dtype: str, per_class: int = 16, see
     return stored_size(raw) / len(raw)
 
 
-def decode(reader, meta: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+def decode(reader, meta: dict, limits=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Images (N, C, H, W) float32 in pixel space, labels (N,) int64 and soft labels (N, K) float32
-    (None where the archive has no ``soft_labels`` section) of a pixel archive."""
+    (None where the archive has no ``soft_labels`` section) of a pixel archive.
+
+    ``limits`` (d3codec.limits.DecodeLimits) bounds the decoded bytes before they are allocated.
+    Raises: D3FormatError for tensors that break spec/FORMAT.md §5 (soft labels must be (N, K) F16 or
+    F32 probabilities); D3LimitError past the limits.
+    """
+    from ..weights import check_names
+
     ds = meta["dataset"]
     num_classes = len(ds["classes"])
-    images, labels = decode_images(reader.read_tensors("images"), num_classes, tuple(ds["image_shape"]))
+    images, labels = decode_images(reader.read_tensors("images"), num_classes, tuple(ds["image_shape"]), limits,
+                                   soft="soft_labels" in reader)
     soft = None
     if "soft_labels" in reader:
-        soft = reader.read_tensors("soft_labels").get("soft_labels")
-        if soft is None or soft.shape != (len(labels), num_classes) or not soft.is_floating_point():
-            raise D3FormatError("section 'soft_labels' must hold 'soft_labels' of shape (N, classes)")
+        tensors = reader.read_tensors("soft_labels")
+        check_names(tensors, {"soft_labels"}, "soft_labels")
+        soft = tensors["soft_labels"]
+        if soft.shape != (len(labels), num_classes) or soft.dtype not in (torch.float16, torch.float32):
+            raise D3FormatError("section 'soft_labels' must hold 'soft_labels' of shape (N, classes), float16 or "
+                                "float32")
+        check_probabilities(soft, "soft_labels", "soft_labels")
         soft = soft.float()
     return images, labels, soft

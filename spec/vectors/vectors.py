@@ -65,7 +65,9 @@ def decoded_sections(data: bytes) -> list[tuple[str, bool, int, bytes]]:
 
 
 def build(vector: dict) -> bytes:
-    return encode_archive([section_from_spec(s) for s in vector["sections"]], vector["compress"])
+    """The file of one vector: its sections, written with its ``compress`` mode and format ``version``."""
+    minor = int(vector.get("version", "1.0").split(".")[1])
+    return encode_archive([section_from_spec(s) for s in vector["sections"]], vector["compress"], minor)
 
 
 def main(check: bool) -> int:

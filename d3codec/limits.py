@@ -1,0 +1,151 @@
+"""The decode budget: what an expansion may cost before a reader refuses it, computed before allocating.
+
+A ``.d3`` archive is small, but what it expands to is declared by its metadata: a few hundred bytes
+can declare a million priors of 4096 × 4096 images, or a generator drawn ten million times per class.
+Every decoder and sampler therefore computes, from the archive's declared shapes and architecture
+alone (networks are built on PyTorch's meta device, which allocates nothing), what an expansion will
+cost, and refuses with :class:`~d3codec.errors.D3LimitError` (a D3FormatError) anything over
+:class:`DecodeLimits`:
+
+- ``max_bytes``: the expansion's output held in memory: images (N, C, H, W) float32, labels (N,)
+  int64, soft labels (N, K) float32 where the archive has them, and the sampling noise;
+- ``max_parameters``: the values every network and latent table of the archive holds once
+  dequantised to float32 (decoders, generators, teachers, priors, soft-label tables, θ₀);
+- ``max_macs_per_image``: the multiply-adds to decode one image and, where the archive stores a
+  teacher, to label it (counted with ``torch.utils.flop_counter`` on the meta device);
+- ``max_canvas_pixels``: the picture ``d3 expand --grid`` draws, height × width.
+
+``working_bytes`` is not a limit but a target: decoders run in batches whose activations fit in it
+(at least one image a batch).
+
+The defaults are sized so that every archive d3codec itself writes up to ImageNet-1K scale passes:
+the README's ImageNet command (1 000 classes at 64 × 64, IPC 2: five width-256 decoders, 161 priors
+per class) expands by default to 161 000 images and soft labels, about 8.6 GB, with 2.5 G
+multiply-adds an image; the same at 128 × 128 takes about 10 G an image. A pixel archive within the
+container's 2 GiB section limit decodes to at most 8 GiB of float32 images. Raise a limit only for
+an archive you trust: ``D3Dataset(path, max_bytes=...)`` or ``limits=DecodeLimits(...)``, and
+``--max-bytes``, ``--max-parameters``, ``--max-macs-per-image`` on ``d3 expand``, ``d3 eval`` and
+``d3 verify``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from typing import Callable
+
+import torch
+from torch import nn
+
+from .errors import D3FormatError, D3LimitError
+
+GIB = 1 << 30
+
+
+@dataclass(frozen=True)
+class DecodeLimits:
+    """The most one expansion may cost (see the module docstring). Units: bytes, values, multiply-adds,
+    pixels."""
+
+    max_bytes: int = 16 * GIB
+    max_parameters: int = 1 << 28
+    max_macs_per_image: int = 1 << 35
+    max_canvas_pixels: int = 1 << 27
+    working_bytes: int = GIB
+
+    def with_overrides(self, **overrides: int | None) -> "DecodeLimits":
+        """These limits with the given fields replaced (None leaves a field as it is).
+
+        Raises: ValueError for a limit that is not a positive integer."""
+        given = {k: v for k, v in overrides.items() if v is not None}
+        for key, value in given.items():
+            if type(value) is not int or value < 1:
+                raise ValueError(f"{key} must be a positive integer, not {value!r}")
+        return replace(self, **given)
+
+
+DEFAULT_LIMITS = DecodeLimits()
+
+# how each limit is raised, for the error message: (Python keyword, command-line option)
+OVERRIDES = {"max_bytes": ("max_bytes", "--max-bytes"), "max_parameters": ("max_parameters", "--max-parameters"),
+             "max_macs_per_image": ("max_macs_per_image", "--max-macs-per-image"),
+             "max_canvas_pixels": ("max_canvas_pixels", "--max-grid-pixels")}
+
+
+def check(figure: str, value: int, limits: DecodeLimits, field: str, what: str) -> None:
+    """Refuse ``value`` over ``limits.<field>``. ``what`` says what was counted, for the message.
+
+    Raises: D3LimitError "<what>: <value> <figure>, over the limit of <limit> (<field>): ...".
+    """
+    limit = getattr(limits, field)
+    if value > limit:
+        keyword, option = OVERRIDES[field]
+        raise D3LimitError(f"{what} would take {value:,} {figure}, over the decode limit of {limit:,} ({field}); "
+                           f"if you trust this archive, raise it: {keyword}=N in Python, {option} N on the command "
+                           "line", figure, value, limit, option)
+
+
+def output_bytes(images: int, image_shape: tuple[int, int, int], num_classes: int, soft: bool,
+                 noise_values: int = 0) -> int:
+    """Bytes an expansion holds: images float32, labels int64, soft labels float32 (N, K) where ``soft``,
+    and ``noise_values`` float32 sampling noise."""
+    return images * (math.prod(image_shape) * 4 + 8 + (num_classes * 4 if soft else 0)) + noise_values * 4
+
+
+@dataclass(frozen=True)
+class NetworkCost:
+    """What running one network on one input costs: ``parameters`` (values), ``macs`` (multiply-adds)
+    and ``activation_bytes`` (an upper estimate of what one input's activations hold at once)."""
+
+    parameters: int
+    macs: int
+    activation_bytes: int
+
+    def __add__(self, other: "NetworkCost") -> "NetworkCost":
+        return NetworkCost(self.parameters + other.parameters, self.macs + other.macs,
+                           max(self.activation_bytes, other.activation_bytes))
+
+
+def network_cost(build: Callable[[], nn.Module], example: Callable[[], tuple], what: str) -> NetworkCost:
+    """The cost of ``build()`` applied to ``example()`` (inputs for one image), measured on the meta
+    device: nothing is allocated, however large the declared network.
+
+    Activations: for each leaf module, its input and output, plus for a convolution the unfolded
+    input a CPU convolution may build (in_channels · k² · output pixels); the largest of these,
+    twice over (an op's neighbours), in float32.
+
+    Raises: D3FormatError "<what> cannot run on the declared image size (why)" where the network
+    cannot be built or run on those inputs (a size pooled below one pixel, channels a GroupNorm
+    cannot split, ...).
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+
+    peak = [0]
+
+    def measure(module: nn.Module, inputs: tuple, output) -> None:
+        n = sum(t.numel() for t in inputs if isinstance(t, torch.Tensor))
+        n += output.numel() if isinstance(output, torch.Tensor) else 0
+        if isinstance(module, nn.Conv2d) and isinstance(output, torch.Tensor):
+            n += module.in_channels * math.prod(module.kernel_size) * math.prod(output.shape[2:])
+        peak[0] = max(peak[0], n)
+
+    try:
+        with torch.device("meta"):
+            net = build().eval()
+            inputs = example()
+        hooks = [m.register_forward_hook(measure) for m in net.modules() if not list(m.children())]
+        counter = FlopCounterMode(display=False)
+        with counter, torch.no_grad():
+            net(*inputs)
+        for h in hooks:
+            h.remove()
+    except (RuntimeError, ValueError, IndexError, TypeError, OverflowError) as error:
+        raise D3FormatError(f"{what} cannot run on the declared image size ({str(error).splitlines()[0][:200]})") \
+            from None
+    parameters = sum(p.numel() for p in net.parameters()) + sum(b.numel() for b in net.buffers())
+    return NetworkCost(parameters, counter.get_total_flops() // 2, 2 * 4 * peak[0])
+
+
+def batch_size(cost: NetworkCost, limits: DecodeLimits, most: int = 1024) -> int:
+    """Images decoded at once so that their activations fit ``limits.working_bytes`` (1 to ``most``)."""
+    return max(1, min(most, limits.working_bytes // max(1, cost.activation_bytes)))
