@@ -23,6 +23,16 @@ def _fail(error: Exception) -> None:
     raise click.ClickException(safe_text(" ".join(str(error).split()), 2000))
 
 
+class OptionValueError(click.BadParameter):
+    """An option value out of its range: one line, exit status 1 (as every other refusal of ``d3``)."""
+
+    exit_code = 1
+
+    def show(self, file=None) -> None:
+        hint = f" (d3 {self.ctx.command.name} -h lists the options)" if self.ctx is not None and self.ctx.command else ""
+        click.echo(f"Error: {safe_text(self.format_message(), 500)}{hint}", file=file, err=True)
+
+
 class PositiveFinite(click.ParamType):
     """A float that is finite and above ``low`` (``inf`` and ``nan`` refused), at most ``high``."""
 
@@ -31,29 +41,46 @@ class PositiveFinite(click.ParamType):
     def __init__(self, low: float = 0.0, high: float = float("inf"), inclusive: bool = False):
         self.low, self.high, self.inclusive = low, high, inclusive
 
+    def fail(self, message, param=None, ctx=None):
+        raise OptionValueError(message, ctx=ctx, param=param)
+
     def convert(self, value, param, ctx):
         try:
             number = float(value)
         except (TypeError, ValueError):
-            self.fail(f"{safe_text(value, 40)!s} is not a number", param, ctx)
+            self.fail(f"{safe_text(value, 40)} is not a number", param, ctx)
         if not math.isfinite(number):
             self.fail(f"{value} is not a finite number", param, ctx)
         above = number >= self.low if self.inclusive else number > self.low
         if not above or number > self.high:
             bound = "at least" if self.inclusive else "above"
-            self.fail(f"{value} must be {bound} {self.low:g} and at most {self.high:g}", param, ctx)
+            limit = f" and at most {self.high:g}" if math.isfinite(self.high) else ""
+            self.fail(f"{value} must be {bound} {self.low:g}{limit}", param, ctx)
         return number
+
+    def __repr__(self) -> str:
+        return "NUMBER"
+
+
+class Count(click.IntRange):
+    """An integer in [low, high], refused in one line (OptionValueError) before any work."""
+
+    def fail(self, message, param=None, ctx=None):
+        raise OptionValueError(safe_text(message, 300), ctx=ctx, param=param)
 
 
 def count(low: int = 1, high: int | None = None) -> click.IntRange:
     """An integer option's range (click refuses values outside it before any work)."""
-    return click.IntRange(low, high)
+    return Count(low, high)
 
 
 def decode_limit_options(command):
-    """--max-bytes, --max-parameters, --max-macs-per-image: the decode budget (d3codec.limits)."""
+    """--max-bytes, --max-parameters, --max-macs-per-image, --max-section-bytes: the decode budget
+    (d3codec.limits)."""
     from d3codec.limits import DEFAULT_LIMITS as L
 
+    command = click.option("--max-section-bytes", type=count(), help=f"Decode limit: the decoded size of any "
+                           f"one section [default: {L.max_section_bytes}].")(command)
     command = click.option("--max-macs-per-image", type=count(), help=f"Decode limit: multiply-adds to decode one "
                            f"image [default: {L.max_macs_per_image}]; raise it only for an archive you trust.")(command)
     command = click.option("--max-parameters", type=count(), help=f"Decode limit: values of the archive's networks "
@@ -62,11 +89,11 @@ def decode_limit_options(command):
                         f"labels may take [default: {L.max_bytes}].")(command)
 
 
-def decode_limits(max_bytes, max_parameters, max_macs_per_image):
+def decode_limits(max_bytes, max_parameters, max_macs_per_image, max_section_bytes):
     from d3codec.limits import DEFAULT_LIMITS
 
     return DEFAULT_LIMITS.with_overrides(max_bytes=max_bytes, max_parameters=max_parameters,
-                                         max_macs_per_image=max_macs_per_image)
+                                         max_macs_per_image=max_macs_per_image, max_section_bytes=max_section_bytes)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -274,13 +301,13 @@ def describe_plan(plan) -> str:
 @click.option("--budget", type=count(1, MAX_BUDGET), help="Bytes the merged file may take (default: the parts' "
               "federated budget, else the sum of their budgets).")
 @decode_limit_options
-def merge(archives, output, budget, max_bytes, max_parameters, max_macs_per_image):
+def merge(archives, output, budget, max_bytes, max_parameters, max_macs_per_image, max_section_bytes):
     """Join d3 ARCHIVES of disjoint classes (same image shape) into one, classes in the order given."""
     from d3codec.merge import merge_archives
 
     try:
         result = merge_archives(list(archives), output, budget,
-                                decode_limits(max_bytes, max_parameters, max_macs_per_image))
+                                decode_limits(max_bytes, max_parameters, max_macs_per_image, max_section_bytes))
     except (D3Error, ValueError, OSError) as e:
         _fail(e)
     click.echo(f"wrote {result.path}: {result.classes} classes from {len(archives)} archives, {result.file_bytes} "
@@ -315,7 +342,7 @@ def info(archive, as_json):
             return
         click.echo(f"{safe_text(archive, 300)}: d3 format {reader.version[0]}.{reader.version[1]}, method "
                    f"{safe_text(meta['method'], 60)}")
-        click.echo(json.dumps(safe_value(meta), indent=2, sort_keys=True, ensure_ascii=True))
+        click.echo(json.dumps(safe_value(meta), indent=2, sort_keys=True, ensure_ascii=False))  # printable already
         click.echo("")
         click.echo(f"{'section':<18} {'codec':>5} {'raw bytes':>11} {'stored bytes':>13} {'of file':>8} {'of budget':>10}")
         for r in rows:
@@ -330,7 +357,7 @@ def info(archive, as_json):
 @main.command()
 @click.argument("archive", type=click.Path(exists=True, dir_okay=False))
 @decode_limit_options
-def verify(archive, max_bytes, max_parameters, max_macs_per_image):
+def verify(archive, max_bytes, max_parameters, max_macs_per_image, max_section_bytes):
     """Check every checksum, size and the byte accounting of ARCHIVE, and decode its contents.
 
     The decode budget is checked from the declared shapes before any decoder runs: an archive whose
@@ -339,7 +366,8 @@ def verify(archive, max_bytes, max_parameters, max_macs_per_image):
     from d3codec.verify import verify_archive
 
     try:
-        result = verify_archive(archive, decode_limits(max_bytes, max_parameters, max_macs_per_image))
+        result = verify_archive(archive, decode_limits(max_bytes, max_parameters, max_macs_per_image,
+                                                       max_section_bytes))
     except OSError as e:
         _fail(e)
     for name, detail in result.checks:
@@ -367,7 +395,7 @@ def verify(archive, max_bytes, max_parameters, max_macs_per_image):
 @click.option("--device", default="cpu", show_default=True, help="Where d3 and d2m archives are decoded.")
 @decode_limit_options
 def expand(archive, output, fmt, grid, grid_columns, max_grid_pixels, samples_per_class, sample_seed, device,
-           max_bytes, max_parameters, max_macs_per_image):
+           max_bytes, max_parameters, max_macs_per_image, max_section_bytes):
     """Expand ARCHIVE into images or tensors.
 
     What the expansion would cost is checked before it is made (the decode limits below): an archive
@@ -380,7 +408,7 @@ def expand(archive, output, fmt, grid, grid_columns, max_grid_pixels, samples_pe
         raise click.UsageError("give -o DIR, --grid FILE.png, or both")
     try:
         ds = D3Dataset(archive, samples_per_class=samples_per_class, seed=sample_seed, device=resolve_device(device),
-                       limits=decode_limits(max_bytes, max_parameters, max_macs_per_image))
+                       limits=decode_limits(max_bytes, max_parameters, max_macs_per_image, max_section_bytes))
         picture = grid_image(ds, grid_columns, max_pixels=max_grid_pixels) if grid is not None else None
         if output is not None:
             if fmt == "png":
@@ -421,7 +449,8 @@ def expand(archive, output, fmt, grid, grid_columns, max_grid_pixels, samples_pe
               "the archive has a schedule; both: a row each.")
 @decode_limit_options
 def evaluate_cmd(archive, model, epochs, runs, baseline, dataset, data_root, seed, device, json_out, samples_per_class,
-                 sample_seed, resample_every_epoch, training, max_bytes, max_parameters, max_macs_per_image):
+                 sample_seed, resample_every_epoch, training, max_bytes, max_parameters, max_macs_per_image,
+                 max_section_bytes):
     """Train fresh students on ARCHIVE and report final test accuracy, bytes and training time."""
     from d3codec import D3Dataset
     from d3codec.data import load_dataset
@@ -431,7 +460,7 @@ def evaluate_cmd(archive, model, epochs, runs, baseline, dataset, data_root, see
     try:
         dev = resolve_device(device)
         ds = D3Dataset(archive, samples_per_class=samples_per_class, seed=sample_seed, device=dev,
-                       limits=decode_limits(max_bytes, max_parameters, max_macs_per_image))
+                       limits=decode_limits(max_bytes, max_parameters, max_macs_per_image, max_section_bytes))
         file_bytes = Path(archive).stat().st_size
         real = load_dataset(dataset or ds.meta["dataset"]["name"], data_root)
         if real.classes != ds.classes:

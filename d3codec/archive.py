@@ -152,11 +152,15 @@ def check_sections(reader: D3Reader, known: dict[str, bool]) -> None:
                                 "needs a newer d3codec")
 
 
-def open_archive(path: str | os.PathLike | bytes) -> tuple[D3Reader, dict[str, Any]]:
-    """Open an archive and validate its metadata and sections. Returns (reader, meta); close the reader."""
+def open_archive(path: str | os.PathLike | bytes, limits=None) -> tuple[D3Reader, dict[str, Any]]:
+    """Open an archive and validate its metadata and sections. Returns (reader, meta); close the reader.
+
+    ``limits`` (d3codec.limits.DecodeLimits): its ``max_section_bytes`` bounds every section's declared
+    raw size, checked from the table before anything is decompressed."""
+    from .limits import DEFAULT_LIMITS
     from .methods import SECTIONS
 
-    reader = D3Reader(path)
+    reader = D3Reader(path, max_section_bytes=(limits or DEFAULT_LIMITS).max_section_bytes)
     try:
         meta = read_meta(reader)
         if meta["method"] not in SECTIONS:

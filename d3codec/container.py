@@ -39,7 +39,7 @@ import safetensors.torch
 import torch
 import zstandard
 
-from .errors import D3FormatError
+from .errors import D3FormatError, D3LimitError
 
 MAGIC = b"\x89D3A\r\n\x1a\n"
 VERSION_MAJOR = 1
@@ -336,8 +336,11 @@ class D3Reader:
                                     "critical section: this archive needs a newer d3codec")
             if info.understood:
                 if raw > self.max_section_bytes:
-                    raise D3FormatError(f"{where}: section {name!r}: declared size {raw} bytes exceeds the reader's "
-                                        f"limit of {self.max_section_bytes} bytes")
+                    raise D3LimitError(f"{where}: section {name!r}: declared size {raw} bytes exceeds the reader's "
+                                       f"limit of {self.max_section_bytes} bytes (max_section_bytes); if you trust "
+                                       "this archive, raise it: max_section_bytes=N in Python, --max-section-bytes N "
+                                       "on the command line", "bytes", raw, self.max_section_bytes,
+                                       "--max-section-bytes")
                 if codec == Codec.NONE and stored != raw:
                     raise D3FormatError(f"{where}: section {name!r}: raw section declares stored length {stored} "
                                         f"but raw length {raw}")

@@ -57,7 +57,7 @@ class D3Dataset(Dataset):
             raise ValueError(f"targets must be 'auto', 'hard' or 'soft', not {targets!r}")
         limits = (limits or DEFAULT_LIMITS).with_overrides(max_bytes=max_bytes)
         device = resolve_device(str(device))
-        reader, meta = open_archive(path)
+        reader, meta = open_archive(path, limits)
         with reader:
             self.images, self.labels, soft, self.schedule, self._draw = decode_archive(
                 reader, meta, samples_per_class, seed, device, limits)

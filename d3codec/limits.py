@@ -13,7 +13,10 @@ cost, and refuses with :class:`~d3codec.errors.D3LimitError` (a D3FormatError) a
   dequantised to float32 (decoders, generators, teachers, priors, soft-label tables, θ₀);
 - ``max_macs_per_image``: the multiply-adds to decode one image and, where the archive stores a
   teacher, to label it (counted with ``torch.utils.flop_counter`` on the meta device);
-- ``max_canvas_pixels``: the picture ``d3 expand --grid`` draws, height × width.
+- ``max_canvas_pixels``: the picture ``d3 expand --grid`` draws, height × width;
+- ``max_section_bytes``: the decoded (raw) size of any one section, refused from the section table
+  before it is decompressed: zstd turns a few kilobytes of zeros into gigabytes (the container's
+  own limit, spec/FORMAT.md §4).
 
 ``working_bytes`` is not a limit but a target: decoders run in batches whose activations fit in it
 (at least one image a batch).
@@ -24,13 +27,14 @@ per class) expands by default to 161 000 images and soft labels, about 8.6 GB, w
 multiply-adds an image; the same at 128 × 128 takes about 10 G an image. A pixel archive within the
 container's 2 GiB section limit decodes to at most 8 GiB of float32 images. Raise a limit only for
 an archive you trust: ``D3Dataset(path, max_bytes=...)`` or ``limits=DecodeLimits(...)``, and
-``--max-bytes``, ``--max-parameters``, ``--max-macs-per-image`` on ``d3 expand``, ``d3 eval`` and
-``d3 verify``.
+``--max-bytes``, ``--max-parameters``, ``--max-macs-per-image``, ``--max-section-bytes`` on
+``d3 expand``, ``d3 eval``, ``d3 verify`` and ``d3 merge``.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, replace
 from typing import Callable
 
@@ -51,6 +55,7 @@ class DecodeLimits:
     max_parameters: int = 1 << 28
     max_macs_per_image: int = 1 << 35
     max_canvas_pixels: int = 1 << 27
+    max_section_bytes: int = 2 * GIB  # d3codec.container.DEFAULT_MAX_SECTION_BYTES
     working_bytes: int = GIB
 
     def with_overrides(self, **overrides: int | None) -> "DecodeLimits":
@@ -69,7 +74,8 @@ DEFAULT_LIMITS = DecodeLimits()
 # how each limit is raised, for the error message: (Python keyword, command-line option)
 OVERRIDES = {"max_bytes": ("max_bytes", "--max-bytes"), "max_parameters": ("max_parameters", "--max-parameters"),
              "max_macs_per_image": ("max_macs_per_image", "--max-macs-per-image"),
-             "max_canvas_pixels": ("max_canvas_pixels", "--max-grid-pixels")}
+             "max_canvas_pixels": ("max_canvas_pixels", "--max-grid-pixels"),
+             "max_section_bytes": ("max_section_bytes", "--max-section-bytes")}
 
 
 def check(figure: str, value: int, limits: DecodeLimits, field: str, what: str) -> None:
@@ -130,12 +136,14 @@ def network_cost(build: Callable[[], nn.Module], example: Callable[[], tuple], w
         peak[0] = max(peak[0], n)
 
     try:
-        with torch.device("meta"):
+        with torch.device("meta"), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "zero-element tensors": the network is refused below anyway
             net = build().eval()
             inputs = example()
         hooks = [m.register_forward_hook(measure) for m in net.modules() if not list(m.children())]
         counter = FlopCounterMode(display=False)
-        with counter, torch.no_grad():
+        with counter, torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
             net(*inputs)
         for h in hooks:
             h.remove()

@@ -37,7 +37,7 @@ class Part:
     @classmethod
     def read(cls, path: str | os.PathLike, limits=None) -> "Part":
         """Read and check one part (as a reader would load it, within ``limits``: DecodeLimits)."""
-        reader, meta = open_archive(path)
+        reader, meta = open_archive(path, limits)
         with reader:
             if meta["method"] not in MERGEABLE:
                 raise D3Error(f"{path}: only {', '.join(MERGEABLE)} archives can be merged, this one is "

@@ -61,7 +61,7 @@ def verify_archive(path: str | os.PathLike | bytes, limits=None) -> Verification
     result = Verification(safe_text(path if not isinstance(path, (bytes, bytearray)) else "archive", 300))
     step = "container"
     try:
-        with D3Reader(path) as reader:
+        with D3Reader(path, max_section_bytes=limits.max_section_bytes) as reader:
             result.checks.append((step, f"format {reader.version[0]}.{reader.version[1]}, {len(reader.sections)} "
                                         f"sections, sizes add up to the file's {reader.file_size} bytes"))
             step = "sections"
@@ -81,7 +81,7 @@ def verify_archive(path: str | os.PathLike | bytes, limits=None) -> Verification
             if meta["method"] not in SECTIONS:
                 raise D3FormatError(f"unknown method {safe_text(repr(meta['method']), 60)}")
             check_sections(reader, SECTIONS[meta["method"]])
-            result.checks.append((step, f"method {meta['method']}, dataset {safe_text(repr(meta['dataset']['name']))}, "
+            result.checks.append((step, f"method {meta['method']}, dataset '{safe_text(meta['dataset']['name'])}', "
                                         f"{len(meta['dataset']['classes'])} classes"))
             step = "byte accounting"
             limits_stated = {"accounting.budget_bytes": (meta.get("accounting") or {}).get("budget_bytes"),

@@ -1,7 +1,12 @@
 """Fuzzing .d3 archives: mutate valid archives of every method and read them as a user would.
 
-The oracle: ``D3Dataset(mutated)`` either succeeds or raises ``D3FormatError``; any other
-exception, or a case running past ``--case-seconds``, is a finding. Two families of mutations:
+The oracle: reading a mutated archive as a user would (``D3Dataset`` at the archive's default draw or
+at a drawn sample count, ``d3 verify``, the ``--grid`` picture, ``d3 merge`` with another part), under
+the stated decode limits FUZZ_LIMITS, either succeeds or raises ``D3FormatError`` (merge: any
+``D3Error``; verify: a failed check, never an exception). Any other exception, a case running past
+CASE_SECONDS, or one whose peak resident memory grows by more than CASE_MEMORY_BYTES *while decoding*
+(measured by resetting the kernel's high-water mark, /proc/self/clear_refs, before each case) is a
+finding. Three families of mutations:
 
 - byte-level (bit flips, byte changes, truncation, splices, lying table lengths, huge declared
   sizes, extra bytes): the checksums must catch them, so a read that succeeds must give exactly
@@ -10,7 +15,13 @@ exception, or a case running past ``--case-seconds``, is a finding. Two families
   them: metadata fields deleted or replaced by other JSON values (wrong types, huge or negative
   numbers, deep or long values), tensors re-typed, reshaped, dropped, added or filled with
   non-finite or huge values, sections dropped, duplicated, reordered, flipped critical, unknown
-  critical or ancillary sections added, deep or huge JSON, damaged safetensors headers.
+  critical or ancillary sections added, deep or huge JSON, damaged safetensors headers;
+- method-layer, consistent: archives of every method written afresh (tests/hostile.py) with their
+  declared shapes, widths, class counts, priors, sample sizes and architecture configs drawn from
+  hostile ranges (4096-pixel sides, a million priors, ten million samples, widths that a GroupNorm
+  cannot split, images too small for a network), tensors of exactly those shapes, and the budgets
+  of merge parts replaced by other JSON values: only the decode budget and the value rules stand
+  between such an archive and the machine.
 
 Run as a script for a long run (it prints the cases tried and the findings):
 
@@ -36,11 +47,16 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from d3codec import D3Dataset  # noqa: E402
+from d3codec import D3Dataset, DecodeLimits  # noqa: E402
 from d3codec.container import FIXED_HEADER, Content, D3Reader, Section, encode_archive  # noqa: E402
-from d3codec.errors import D3FormatError  # noqa: E402
+from d3codec.errors import D3Error, D3FormatError  # noqa: E402
 
-CASE_SECONDS = 10.0
+CASE_SECONDS = 5.0
+CASE_MEMORY_BYTES = 768 << 20  # peak resident memory a case may add while it reads and decodes
+# the decode budget the oracle reads under (a user's smaller machine): a case that decodes within these
+# must stay within CASE_SECONDS and CASE_MEMORY_BYTES, and one over them must be refused before allocating
+FUZZ_LIMITS = DecodeLimits(max_bytes=128 << 20, max_parameters=1 << 24, max_macs_per_image=1 << 28,
+                           max_canvas_pixels=1 << 24, max_section_bytes=64 << 20, working_bytes=64 << 20)
 
 
 # -- seeds: one small valid archive of each kind ------------------------------------------------
@@ -283,6 +299,117 @@ def byte_level(data: bytes, rng: random.Random) -> bytes:
     return bytes(out)
 
 
+# -- method-layer mutations: consistent archives of hostile shapes ------------------------------------
+
+SIDES = (1, 2, 3, 4, 5, 7, 8, 9, 16, 28, 64, 256, 1024, 4096)
+BUILD_VALUES = 2_000_000  # the most values a mutation writes (the archive may declare far more)
+
+
+def _shape(rng: random.Random) -> tuple[int, int, int]:
+    side = rng.choice(SIDES)
+    return (rng.choice([1, 3]), side, side if rng.random() < 0.8 else rng.choice(SIDES))
+
+
+def method_layer(rng: random.Random) -> tuple[bytes, dict]:
+    """A consistent archive of one method with hostile declared sizes, and how to read it.
+
+    Returns (archive bytes, read options: ``samples_per_class``, ``operation``, and for merge the other part)."""
+    import hostile
+    from d3codec.limits import network_cost
+    from d3codec.methods.d2m import ConditionalGenerator
+    from d3codec.models import Decoder
+
+    method = rng.choice(["d3", "d3", "d2m", "d2m", "pixel", "merge"])
+    spc = rng.choice([None, None, 1, 2, 7, 1000, 10 ** 5, 10 ** 7])
+    opts = {"samples_per_class": spc, "operation": rng.choice(["dataset", "dataset", "verify", "grid"])}
+    if method in ("d3", "merge"):
+        shape = _shape(rng)
+        k = rng.choice([1, 2, 3, 10, 1000])
+        z, p = rng.choice([1, 3, 64, 4096]), rng.choice([1, 2, 5, 1000, 10 ** 6])
+        w = rng.choice([1, 2, 3, 4, 6, 8, 64, 256, 4096])
+        groups = rng.randint(1, min(k, 3))
+        if k * p * (2 * z + (k if rng.random() < 0.5 else 0)) > BUILD_VALUES:
+            p = max(1, BUILD_VALUES // (k * (2 * z + k)))
+        try:
+            decoder_values = network_cost(lambda: Decoder(z, shape, w), lambda: (torch.zeros(1, z),), "d").parameters
+        except D3FormatError:
+            decoder_values = 0
+        if decoder_values * groups > BUILD_VALUES:
+            w = 8
+        try:
+            data = hostile.d3_archive(classes=k, image_shape=shape, latent_dim=z, priors_per_class=p, decoder_width=w,
+                                      groups=groups, soft_labels=rng.random() < 0.5,
+                                      dtype=rng.choice(["int8", "float16"]))
+        except (ValueError, RuntimeError):  # a width GroupNorm cannot split: declare it, store width 8's tensors
+            data = _redeclare(hostile.d3_archive(classes=k, image_shape=shape, latent_dim=z, priors_per_class=p,
+                                                 decoder_width=8, groups=groups), "decoder_width", w)
+        if method == "merge":
+            other = hostile.d3_archive(classes=2, image_shape=shape, latent_dim=z, priors_per_class=1, decoder_width=8,
+                                       ds={**hostile.dataset(2, shape), "classes": ["other-a", "other-b"]})
+            data = _merge_budget(data, rng)
+            opts = {"operation": "merge", "other": other}
+        return data, opts
+    if method == "d2m":
+        shape = _shape(rng)
+        k = rng.choice([1, 2, 10, 1000])
+        z, e = rng.choice([1, 3, 64, 4096]), rng.choice([1, 2, 64])
+        w = rng.choice([4, 6, 8, 64, 512, 4096])
+        try:
+            values = network_cost(lambda: ConditionalGenerator(k, z, e, w, shape), lambda: (
+                torch.zeros(1, z), torch.zeros(1, dtype=torch.long)), "g").parameters
+        except D3FormatError:
+            values = BUILD_VALUES + 1
+        if values > BUILD_VALUES:
+            w, z, e = 4, min(z, 64), min(e, 64)
+        teacher = rng.choice([None, None, 1, 2, 8, 64])
+        data = hostile.d2m_archive(classes=k, image_shape=shape, noise_dim=z, embed_dim=e, width=w,
+                                   samples_per_class=rng.choice([1, 3, 10 ** 4, 10 ** 6, 10 ** 7]),
+                                   teacher_width=teacher, dtype=rng.choice(["int8", "float16"]))
+        return data, opts
+    shape = _shape(rng)
+    k = rng.choice([1, 2, 10, 100, 1000])
+    per_class = rng.choice([0, 1, 2])
+    while k * per_class * shape[0] * shape[1] * shape[2] > 20 * BUILD_VALUES and per_class:
+        per_class -= 1
+    if per_class == 0 and k * shape[1] * shape[2] > 20 * BUILD_VALUES:
+        k = 10
+    data = hostile.pixel_archive(classes=k, image_shape=shape, per_class=per_class)
+    opts["samples_per_class"] = None
+    return data, opts
+
+
+def _redeclare(data: bytes, field: str, value) -> bytes:
+    meta_text = _meta_text(data)
+    meta = json.loads(meta_text)
+    for g in meta["params"]["groups"]:
+        g[field] = value
+    return _with_meta(data, json.dumps(meta))
+
+
+def _merge_budget(data: bytes, rng: random.Random) -> bytes:
+    meta = json.loads(_meta_text(data))
+    value = random_json_value(rng)
+    if rng.random() < 0.5:
+        meta["budget"] = {"bytes": value}
+        return _with_meta(data, json.dumps(meta))
+    meta["federated"] = {"budget": value}
+    text = json.dumps(meta)
+    if rng.random() < 0.3:  # a number JSON writers never emit
+        text = text.replace('"federated": {"budget": ' + json.dumps(value), '"federated": {"budget": 1e400', 1)
+    return _with_meta(data, text)
+
+
+def _meta_text(data: bytes) -> str:
+    with D3Reader(data) as r:
+        return r.read_bytes("meta").decode()
+
+
+def _with_meta(data: bytes, text: str) -> bytes:
+    sections = sections_of(data)
+    sections[0] = Section("meta", text.encode(), Content.JSON)
+    return encode_archive(sections)
+
+
 # -- the oracle -------------------------------------------------------------------------------------
 
 class CaseTimeout(Exception):
@@ -293,8 +420,37 @@ def _alarm(signum, frame):
     raise CaseTimeout()
 
 
-def read_like_a_user(data: bytes):
-    ds = D3Dataset(data, samples_per_class=2 if _is_sampled(data) else None)
+def read_like_a_user(data: bytes, opts: dict | None = None, folder: Path | None = None):
+    """Read ``data`` as a user would, under FUZZ_LIMITS; returns what was read (for comparisons)."""
+    from d3codec.expand import grid_image
+    from d3codec.merge import merge_archives
+    from d3codec.verify import verify_archive
+
+    opts = opts or {"samples_per_class": 2 if _is_sampled(data) else None, "operation": "dataset"}
+    operation = opts["operation"]
+    if operation == "verify":
+        result = verify_archive(data, FUZZ_LIMITS)  # never raises for a bad archive: a failed check is a refusal
+        if not result.ok:
+            raise D3FormatError(f"{result.failure[0]}: {result.failure[1]}")
+        return (torch.tensor([len(result.checks)]), None, None)
+    if operation == "merge":
+        import tempfile
+        with tempfile.TemporaryDirectory(dir=folder) as tmp:
+            a, b = Path(tmp) / "a.d3", Path(tmp) / "b.d3"
+            a.write_bytes(data)
+            b.write_bytes(opts["other"])
+            try:
+                merge_archives([a, b], Path(tmp) / "m.d3", limits=FUZZ_LIMITS)
+            except D3FormatError:
+                raise
+            except D3Error as error:  # parts that cannot be merged, a budget the merge passes: a refusal too
+                raise D3FormatError(str(error)) from None
+            merged = D3Dataset(Path(tmp) / "m.d3", samples_per_class=1, limits=FUZZ_LIMITS)
+        return merged.images, merged.labels, merged.soft_labels
+    spc = opts["samples_per_class"] if _is_sampled(data) else None
+    ds = D3Dataset(data, samples_per_class=spc, limits=FUZZ_LIMITS)
+    if operation == "grid":
+        grid_image(ds, max_pixels=FUZZ_LIMITS.max_canvas_pixels)
     return ds.images, ds.labels, ds.soft_labels
 
 
@@ -306,18 +462,42 @@ def _is_sampled(data: bytes) -> bool:
         return False
 
 
+def _peak_rss() -> int:
+    """This process's peak resident memory (VmHWM) in bytes, or 0 where /proc does not tell."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def _reset_peak_rss() -> int:
+    """Reset the peak to the present resident size (Linux ≥ 4.0); returns it, or 0 where it cannot."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return _peak_rss()
+    except OSError:
+        return 0
+
+
 OUTCOMES = {"read": 0, "refused": 0, "unwritable": 0}  # how the cases ended that were not findings
+BY_KIND: dict[str, dict[str, int]] = {}  # the same, per mutation family
 
 
-def check_case(original: bytes, mutated: bytes, byte_mutation: bool, seconds: float = CASE_SECONDS) -> str | None:
+def check_case(original: bytes, mutated: bytes, byte_mutation: bool, seconds: float = CASE_SECONDS,
+               opts: dict | None = None) -> str | None:
     """None when the read behaved, else a description of the finding."""
+    base = _reset_peak_rss()
+    start = time.time()
     previous = signal.signal(signal.SIGALRM, _alarm)
     signal.setitimer(signal.ITIMER_REAL, seconds)
     try:
-        got = read_like_a_user(mutated)
+        got = read_like_a_user(mutated, opts)
     except D3FormatError:
         OUTCOMES["refused"] += 1
-        return None
+        got = None
     except CaseTimeout:
         return f"no answer within {seconds} s"
     except Exception:  # noqa: BLE001 - every other exception is what we are looking for
@@ -325,9 +505,16 @@ def check_case(original: bytes, mutated: bytes, byte_mutation: bool, seconds: fl
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
+    elapsed, grown = time.time() - start, (_peak_rss() - base if base else 0)
+    if elapsed > seconds:  # a long C++ call the alarm could not interrupt
+        return f"took {elapsed:.1f} s, over {seconds} s"
+    if grown > CASE_MEMORY_BYTES:
+        return f"peak memory grew by {grown >> 20} MiB while decoding, over {CASE_MEMORY_BYTES >> 20} MiB"
+    if got is None:
+        return None
     OUTCOMES["read"] += 1
     if byte_mutation and mutated != original:  # the checksums cover every byte: success means same data
-        want = read_like_a_user(original)
+        want = read_like_a_user(original, opts)
         if not all((a is None and b is None) or (a is not None and b is not None and torch.equal(a, b))
                    for a, b in zip(got, want)):
             return "a damaged archive was read as different data"
@@ -343,22 +530,41 @@ def run(cases: int, seed: int, folder: Path, log=print, stop_at_first: bool = Fa
     for case in range(1, cases + 1):
         name = rng.choice(sorted(seeds))
         original = seeds[name]
-        is_bytes = rng.random() < 0.35
+        draw = rng.random()
+        kind = "byte" if draw < 0.3 else "structural" if draw < 0.75 else "method-layer"
+        opts = None
         try:
-            mutated = byte_level(original, rng) if is_bytes else structural(original, rng)
-        except (TypeError, ValueError, OverflowError) as e:  # the harness could not write this mutation
+            if kind == "method-layer":
+                name, (mutated, opts) = "method-layer", method_layer(rng)
+                original = mutated
+                if rng.random() < 0.25:  # and its metadata mutated on top
+                    mutated = structural(mutated, rng)
+            else:
+                mutated = byte_level(original, rng) if kind == "byte" else structural(original, rng)
+                if rng.random() < 0.3:
+                    sampled = _is_sampled(original)
+                    opts = {"samples_per_class": rng.choice([None, 1, 3]) if sampled else None,
+                            "operation": rng.choice(["dataset", "verify", "grid"])}
+        except (TypeError, ValueError, OverflowError, RuntimeError) as e:  # the harness could not write it
             OUTCOMES["unwritable"] += 1
             log(f"case {case}: mutation not written ({type(e).__name__}: {e}); counted, not read")
             continue
-        for _ in range(rng.choice([0, 0, 0, 1])):  # sometimes a second mutation on top
+        for _ in range(rng.choice([0, 0, 0, 1]) if kind != "method-layer" else 0):  # sometimes a second one
             try:
                 mutated = structural(mutated, rng)
             except Exception:  # noqa: BLE001 - the first mutation left nothing to mutate further
                 break
-        finding = check_case(original, mutated, is_bytes)
+        before = dict(OUTCOMES)
+        finding = check_case(original, mutated, kind == "byte", opts=opts)
+        tally = BY_KIND.setdefault(kind, {"read": 0, "refused": 0, "found": 0})
+        for key in ("read", "refused"):
+            tally[key] += OUTCOMES[key] - before[key]
+        tally["found"] += finding is not None
         if finding is not None:
-            findings.append((name, "byte" if is_bytes else "structural", finding))
-            log(f"case {case} ({name}, {'byte' if is_bytes else 'structural'}): {finding}")
+            findings.append((name, kind, finding))
+            (folder / f"finding-{seed}-{case}.d3").write_bytes(mutated)  # to reproduce: read it as the log says
+            log(f"case {case} ({name}, {kind}, {opts and {k: v for k, v in opts.items() if k != 'other'}}): "
+                f"{finding}")
             if stop_at_first:
                 break
         if case % 1000 == 0:
@@ -391,6 +597,8 @@ def main() -> None:
     findings = run(args.cases, args.seed, Path(args.seeds_folder))
     print(f"{args.cases} cases tried, {len(findings)} found ({OUTCOMES['read']} read, {OUTCOMES['refused']} refused "
           f"with D3FormatError, {OUTCOMES['unwritable']} mutations the harness could not write)")
+    for kind, tally in sorted(BY_KIND.items()):
+        print(f"  {kind}: {tally['read']} read, {tally['refused']} refused, {tally['found']} found")
     sys.exit(1 if findings else 0)
 
 

@@ -1,14 +1,17 @@
 """A .d3 reader written from spec/FORMAT.md alone: it imports nothing of d3codec.
 
-It exists to show the specification is enough to read an archive: tests/test_spec_reader.py
-reads every test vector with it and compares the result with the vectors' inputs. It uses the
-public zstandard and numpy packages and parses safetensors by its own published layout (8-byte
-little-endian header length, JSON header, data).
+It exists to show the specification is enough to read an archive and to reproduce what it expands
+to: tests/test_spec_reader.py reads every test vector with it, compares the sections with the
+vectors' inputs, reproduces every expansion (the noise bit for bit) and checks that it refuses
+every negative vector. It uses the public zstandard and numpy packages and parses safetensors by its
+own published layout (8-byte little-endian header length, JSON header, data). Section numbers below
+are the specification's.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import re
 import struct
 import zlib
@@ -17,16 +20,60 @@ import numpy as np
 import zstandard
 
 MAGIC = bytes.fromhex("894433410D0A1A0A")  # §2
-MAX_SECTIONS, MAX_TABLE = 256, 20_736  # §2, §4
+MAX_SECTIONS, MAX_TABLE = 256, 20_480  # §2, §3
 MAX_JSON = 16 << 20  # §3, §4
 NAME = re.compile(r"[a-z0-9][a-z0-9_.\-]*")  # §3
 CODECS, CONTENTS = {0: "none", 1: "zstd"}, {0: "bytes", 1: "json", 2: "safetensors"}  # §3
 SAFETENSORS_DTYPES = {"U8": np.uint8, "I8": np.int8, "I32": np.int32, "I64": np.int64, "F16": np.float16,
                       "F32": np.float32, "F64": np.float64, "BOOL": np.bool_}
+SECTIONS = {  # §5.1: name → critical
+    "pixel": {"meta": True, "images": True, "soft_labels": True, "schedule": True},
+    "d3": {"meta": True, "priors": True, "decoder": True, "prior_labels": True},
+    "d2m": {"meta": True, "generator": True, "teacher": False},
+}
+M64 = (1 << 64) - 1
+GAMMA, MIX1, MIX2 = 0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB  # §5.4
 
 
 class SpecError(Exception):
     """The archive breaks a MUST of spec/FORMAT.md."""
+
+
+# -- §3 JSON -------------------------------------------------------------------------------------
+
+def _no_constant(token):
+    raise SpecError(f"{token} is not JSON")
+
+
+def _float(token):
+    value = float(token)
+    if not math.isfinite(value):
+        raise SpecError(f"number {token} overflows binary64")
+    return value
+
+
+def _int(token):
+    value = int(token)
+    if not -(1 << 63) < value < 1 << 63:
+        raise SpecError("integer outside ±2^63")
+    return value
+
+
+def _pairs(pairs):
+    if len({k for k, _ in pairs}) != len(pairs):
+        raise SpecError("a key appears twice in one object")
+    return dict(pairs)
+
+
+def parse_json(blob: bytes) -> dict:
+    try:
+        value = json.loads(blob.decode("utf-8"), parse_constant=_no_constant, parse_float=_float, parse_int=_int,
+                           object_pairs_hook=_pairs)
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise SpecError(f"invalid JSON: {e}") from None
+    if not isinstance(value, dict):
+        raise SpecError("JSON must be an object")
+    return value
 
 
 def parse_safetensors(blob: bytes) -> dict[str, np.ndarray]:
@@ -36,12 +83,14 @@ def parse_safetensors(blob: bytes) -> dict[str, np.ndarray]:
     (n,) = struct.unpack_from("<Q", blob)
     if 8 + n > len(blob):
         raise SpecError("safetensors header runs past the blob")
-    header = json.loads(blob[8:8 + n])
+    header = parse_json(blob[8:8 + n])
     data, out = blob[8 + n:], {}
     for key, entry in header.items():
         if key == "__metadata__":
             continue
         start, end = entry["data_offsets"]
+        if entry["dtype"] not in SAFETENSORS_DTYPES:
+            raise SpecError(f"tensor {key!r}: unknown dtype")
         dtype = np.dtype(SAFETENSORS_DTYPES[entry["dtype"]]).newbyteorder("<")
         count = int(np.prod(entry["shape"])) if entry["shape"] else 1
         if not 0 <= start <= end <= len(data) or end - start != count * dtype.itemsize:
@@ -50,11 +99,14 @@ def parse_safetensors(blob: bytes) -> dict[str, np.ndarray]:
     return out
 
 
+# -- §2, §3 the container -------------------------------------------------------------------------
+
 def read(data: bytes) -> list[dict]:
-    """Every section of an archive: name, critical, codec, content, value (bytes, dict, or dict of arrays)."""
+    """Every section of an archive: name, critical, codec, content, value (bytes, dict, or dict of arrays).
+    The result also carries the version as the attribute of its first element's ``version`` key."""
     if len(data) < 16 or data[:8] != MAGIC:
         raise SpecError("not a .d3 archive (magic)")
-    major, _minor, count, table_length = struct.unpack_from("<BBHI", data, 8)
+    major, minor, count, table_length = struct.unpack_from("<BBHI", data, 8)
     if major != 1 or not 1 <= count <= MAX_SECTIONS or table_length > MAX_TABLE:
         raise SpecError("unsupported version, section count or table length")
     table_end = 16 + table_length
@@ -62,9 +114,12 @@ def read(data: bytes) -> list[dict]:
         raise SpecError("header CRC")
     entries, pos, offset, names = [], 16, table_end + 4, set()
     for _ in range(count):
+        if pos >= table_end:
+            raise SpecError("the table ends before its last entry")
         length = data[pos]
-        name = data[pos + 1:pos + 1 + length].decode("ascii")
-        if not 1 <= length <= 64 or not NAME.fullmatch(name) or name in names:
+        raw_name = data[pos + 1:pos + 1 + length]
+        name = raw_name.decode("ascii", errors="replace")
+        if not 1 <= length <= 64 or pos + 1 + length + 15 > table_end or not NAME.fullmatch(name) or name in names:
             raise SpecError(f"bad section name {name!r}")
         names.add(name)
         flags, codec, content, stored, raw, crc = struct.unpack_from("<BBBIII", data, pos + 1 + length)
@@ -82,20 +137,532 @@ def read(data: bytes) -> list[dict]:
             if critical:
                 raise SpecError(f"critical section {name!r} of unknown codec or content")
             continue  # an unknown ancillary section is skipped
+        if codec == 0 and stored != raw:
+            raise SpecError(f"section {name!r}: a raw section's stored and raw lengths differ")
+        if CONTENTS[content] == "json" and raw > MAX_JSON:
+            raise SpecError(f"section {name!r}: JSON too large")
         if codec == 1:
-            if zstandard.frame_content_size(blob) != raw:
-                raise SpecError(f"section {name!r}: zstd frame size differs from the raw length")
-            blob = zstandard.ZstdDecompressor().decompress(blob, max_output_size=raw)
+            try:
+                if zstandard.frame_content_size(blob) != raw:
+                    raise SpecError(f"section {name!r}: zstd frame size differs from the raw length")
+                blob = zstandard.ZstdDecompressor().decompress(blob, max_output_size=raw)
+            except zstandard.ZstdError as e:
+                raise SpecError(f"section {name!r}: zstd: {e}") from None
         if len(blob) != raw:
             raise SpecError(f"section {name!r}: raw length")
         kind = CONTENTS[content]
-        if kind == "json":
-            if raw > MAX_JSON:
-                raise SpecError(f"section {name!r}: JSON too large")
-            value = json.loads(blob.decode("utf-8"), parse_constant=lambda c: (_ for _ in ()).throw(SpecError(c)))
-        elif kind == "safetensors":
-            value = parse_safetensors(blob)
-        else:
-            value = blob
-        sections.append({"name": name, "critical": critical, "codec": CODECS[codec], "content": kind, "value": value})
+        value = parse_json(blob) if kind == "json" else parse_safetensors(blob) if kind == "safetensors" else blob
+        sections.append({"name": name, "critical": critical, "codec": CODECS[codec], "content": kind, "value": value,
+                         "version": (major, minor)})
     return sections
+
+
+# -- §5.1 metadata ------------------------------------------------------------------------------------
+
+def integer(obj, key, lo, hi, default=None):
+    if key not in obj and default is not None:
+        return default
+    v = obj.get(key)
+    if type(v) is not int or not lo <= v <= hi:
+        raise SpecError(f"{key} must be an integer {lo}..{hi}")
+    return v
+
+
+def number(obj, key, lo, hi):
+    v = obj.get(key)
+    if type(v) not in (int, float) or not lo <= v <= hi:
+        raise SpecError(f"{key} must be a number {lo}..{hi}")
+    return float(v)
+
+
+def choice(obj, key, options, default=None):
+    v = obj.get(key, default)
+    if v not in options:
+        raise SpecError(f"{key} must be one of {options}")
+    return v
+
+
+def check_meta(meta: dict) -> dict:
+    if meta.get("format") != "d3" or meta.get("method") not in SECTIONS:
+        raise SpecError("meta: format must be d3 and method one this reader knows")
+    ds = meta.get("dataset")
+    if not isinstance(ds, dict) or not isinstance(ds.get("name"), str):
+        raise SpecError("meta: dataset must be an object with a name")
+    classes, shape = ds.get("classes"), ds.get("image_shape")
+    if not (isinstance(classes, list) and 1 <= len(classes) <= 100_000 and all(isinstance(c, str) for c in classes)
+            and len(set(classes)) == len(classes)):
+        raise SpecError("meta: dataset.classes")
+    if not (isinstance(shape, list) and len(shape) == 3 and all(type(v) is int for v in shape) and shape[0] in (1, 3)
+            and all(1 <= v <= 4096 for v in shape[1:])):
+        raise SpecError("meta: dataset.image_shape")
+    for key in ("mean", "std"):
+        v = ds.get(key)
+        if not (isinstance(v, list) and len(v) == shape[0] and all(type(x) in (int, float) for x in v)):
+            raise SpecError(f"meta: dataset.{key}")
+    if not all(s > 0 for s in ds["std"]):
+        raise SpecError("meta: dataset.std must be positive")
+    for key in ("params", "stats", "budget", "accounting", "software"):
+        if key in meta and not isinstance(meta[key], dict):
+            raise SpecError(f"meta: {key} must be an object")
+    for obj, key in ((meta.get("budget") or {}, "bytes"), (meta.get("accounting") or {}, "budget_bytes"),
+                     (meta.get("accounting") or {}, "bound_bytes")):
+        if obj.get(key) is not None:
+            integer(obj, key, 1, 1 << 63)
+    if meta.get("seed") is not None:
+        integer(meta, "seed", 0, M64)
+    return meta
+
+
+# -- §5.2 numerics and layers (computed in float64 from the float32 values the spec defines) ------------
+
+def tensor(tensors, key, shape, dtypes):
+    t = tensors.get(key)
+    if t is None or tuple(t.shape) != tuple(shape) or t.dtype not in [np.dtype(d) for d in dtypes]:
+        raise SpecError(f"tensor {key!r}: missing, or not {shape} of {dtypes}")
+    return t
+
+
+def weights(tensors, prefix, shapes, dtype):
+    """§5.2 stored weights: name → float32 array; the names must be exactly these."""
+    out = {}
+    for name, shape in shapes.items():
+        key = f"{prefix}{name}"
+        if dtype == "int8" and len(shape) >= 2:
+            q, s = tensor(tensors, key, shape, [np.int8]), tensor(tensors, key + ".scale", (shape[0],), [np.float16])
+            out[name] = q.astype(np.float32) * s.astype(np.float32).reshape((-1,) + (1,) * (len(shape) - 1))
+        else:
+            out[name] = tensor(tensors, key, shape, [np.float16]).astype(np.float32)
+    return out
+
+
+def weight_names(prefix, shapes, dtype):
+    names = {f"{prefix}{n}" for n in shapes}
+    return names | ({f"{prefix}{n}.scale" for n, s in shapes.items() if len(s) >= 2} if dtype == "int8" else set())
+
+
+def exactly(tensors, names, section):
+    if set(tensors) != set(names):
+        raise SpecError(f"section {section!r} must hold exactly its tensors")
+
+
+def probabilities(p, what):
+    p = p.astype(np.float64)
+    if p.size and (not np.isfinite(p).all() or (p < 0).any() or np.abs(p.sum(-1) - 1).max() > 0.01):
+        raise SpecError(f"{what}: not probabilities")
+
+
+def conv(x, w, b, pad):
+    n, c, h, wd = x.shape
+    o, _, k, _ = w.shape
+    xp = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
+    ho, wo = h + 2 * pad - k + 1, wd + 2 * pad - k + 1
+    if ho < 1 or wo < 1:
+        raise SpecError("a convolution's output would be empty")
+    y = np.zeros((n, o, ho, wo))
+    for u in range(k):
+        for v in range(k):
+            y += np.einsum("oc,nchw->nohw", w[:, :, u, v].astype(np.float64), xp[:, :, u:u + ho, v:v + wo])
+    return y + b.astype(np.float64)[None, :, None, None]
+
+
+def group_norm(x, groups, weight, bias):
+    n, c, h, w = x.shape
+    if c % groups or (c // groups) * h * w < 2:
+        raise SpecError("GroupNorm: channels not a multiple of the groups, or a group of one value")
+    g = x.reshape(n, groups, -1)
+    y = (g - g.mean(-1, keepdims=True)) / np.sqrt(g.var(-1, keepdims=True) + 1e-5)
+    return y.reshape(n, c, h, w) * weight.astype(np.float64)[None, :, None, None] + bias.astype(np.float64)[None, :, None, None]
+
+
+def leaky(x):
+    return np.maximum(x, 0.2 * x)
+
+
+def pool(x, kind):
+    n, c, h, w = x.shape
+    if h < 2 or w < 2:
+        raise SpecError("pooling a map smaller than 2 × 2")
+    blocks = x[:, :, :h // 2 * 2, :w // 2 * 2].reshape(n, c, h // 2, 2, w // 2, 2)
+    return blocks.mean((3, 5)) if kind == "avg" else blocks.max((3, 5))
+
+
+def up2(x):
+    return x.repeat(2, axis=2).repeat(2, axis=3)
+
+
+def sigmoid(x):
+    return 1 / (1 + np.exp(-x))
+
+
+def geometry(h, w):
+    u = max(0, int(math.floor(math.log2(max(min(h, w), 4) / 4))))
+    return u, -(-h // 2 ** u), -(-w // 2 ** u)
+
+
+# -- §5.3 networks: parameter shapes, and forward passes ------------------------------------------------
+
+def decoder_shapes(z, shape, width):
+    c, h, w = shape
+    u, h0, w0 = geometry(h, w)
+    if not (width in (1, 2, 3) or width % 4 == 0):
+        raise SpecError("decoder width must be 1, 2, 3 or a multiple of 4")
+    s = {"fc.weight": (width * h0 * w0, z), "fc.bias": (width * h0 * w0,)}
+    for i in range(u):
+        s.update({f"blocks.{4 * i + 1}.weight": (width, width, 3, 3), f"blocks.{4 * i + 1}.bias": (width,),
+                  f"blocks.{4 * i + 2}.weight": (width,), f"blocks.{4 * i + 2}.bias": (width,)})
+    s.update({"out.weight": (c, width, 3, 3), "out.bias": (c,)})
+    return s
+
+
+def decoder_forward(p, z, shape, width):
+    c, h, w = shape
+    u, h0, w0 = geometry(h, w)
+    x = leaky(z @ p["fc.weight"].T.astype(np.float64) + p["fc.bias"]).reshape(-1, width, h0, w0)
+    for i in range(u):
+        x = conv(up2(x), p[f"blocks.{4 * i + 1}.weight"], p[f"blocks.{4 * i + 1}.bias"], 1)
+        x = leaky(group_norm(x, min(4, width), p[f"blocks.{4 * i + 2}.weight"], p[f"blocks.{4 * i + 2}.bias"]))
+    return sigmoid(conv(x, p["out.weight"], p["out.bias"], 1))[:, :, :h, :w]
+
+
+def generator_layout(arch, k, z, e, width, shape):
+    """(parameter shapes, the stages as (conv name, norm name, in, out, upsample first))."""
+    c, h, w = shape
+    u, h0, w0 = geometry(h, w)
+    s = {"embedding.weight": (k, e), "fc.weight": (width * h0 * w0, z + e), "fc.bias": (width * h0 * w0,)}
+    stages, ch, base = [], width, 1
+    if arch == "upconv-v2":
+        stages.append(("blocks.0", "blocks.1", width, 4 * width, False))
+        ch, base = 4 * width, 4
+    for i in range(u):
+        out = max(4, ch // 2)
+        stages.append((f"blocks.{4 * i + base}", f"blocks.{4 * i + base + 1}", ch, out, True))
+        ch = out
+    for conv_name, norm_name, a, b, _ in stages:
+        s.update({f"{conv_name}.weight": (b, a, 3, 3), f"{conv_name}.bias": (b,), f"{norm_name}.weight": (b,),
+                  f"{norm_name}.bias": (b,)})
+    s.update({"out.weight": (c, ch, 3, 3), "out.bias": (c,)})
+    return s, stages
+
+
+def generator_forward(p, stages, noise, labels, width, shape):
+    c, h, w = shape
+    _, h0, w0 = geometry(h, w)
+    x = np.concatenate([noise, p["embedding.weight"][labels].astype(np.float64)], 1)
+    x = leaky(x @ p["fc.weight"].T.astype(np.float64) + p["fc.bias"]).reshape(-1, width, h0, w0)
+    for conv_name, norm_name, _, b, upsample in stages:
+        x = conv(up2(x) if upsample else x, p[f"{conv_name}.weight"], p[f"{conv_name}.bias"], 1)
+        x = leaky(group_norm(x, math.gcd(4, b), p[f"{norm_name}.weight"], p[f"{norm_name}.bias"]))
+    return sigmoid(conv(x, p["out.weight"], p["out.bias"], 1))[:, :, :h, :w]
+
+
+def convnet_shapes(c, k, h, w, width):
+    if h != w or h < 8:
+        raise SpecError("ConvNet-3 needs square images of at least 8 × 8")
+    s_ = h + 4 if h == 28 else h
+    shapes = {}
+    for i in range(3):
+        shapes.update({f"features.{4 * i}.weight": (width, c if i == 0 else width, 3, 3),
+                       f"features.{4 * i}.bias": (width,), f"features.{4 * i + 1}.weight": (width,),
+                       f"features.{4 * i + 1}.bias": (width,)})
+    shapes.update({"classifier.weight": (k, width * (s_ // 8) ** 2), "classifier.bias": (k,)})
+    return shapes
+
+
+def convnet_forward(p, x, width):
+    h = x.shape[2]
+    for i in range(3):
+        x = conv(x, p[f"features.{4 * i}.weight"], p[f"features.{4 * i}.bias"], 3 if i == 0 and h == 28 else 1)
+        x = pool(np.maximum(group_norm(x, width, p[f"features.{4 * i + 1}.weight"],
+                                       p[f"features.{4 * i + 1}.bias"]), 0), "avg")
+    return x.reshape(len(x), -1) @ p["classifier.weight"].T.astype(np.float64) + p["classifier.bias"]
+
+
+def lenet_shapes(c, k, h, w):
+    if h != w:
+        raise SpecError("LeNet needs square images")
+    pad = 2 if h == 28 else 0
+    q = ((h + 2 * pad - 4) // 2 - 4) // 2
+    if q < 1:
+        raise SpecError("LeNet needs images of at least 16 × 16")
+    return {"features.0.weight": (6, c, 5, 5), "features.0.bias": (6,), "features.3.weight": (16, 6, 5, 5),
+            "features.3.bias": (16,), "classifier.0.weight": (120, 16 * q * q), "classifier.0.bias": (120,),
+            "classifier.2.weight": (84, 120), "classifier.2.bias": (84,), "classifier.4.weight": (k, 84),
+            "classifier.4.bias": (k,)}
+
+
+# -- §5.4 the sampling noise of version 1.1 ----------------------------------------------------------------
+
+def mix(x: np.ndarray) -> np.ndarray:
+    with np.errstate(over="ignore"):
+        x = (x ^ (x >> np.uint64(30))) * np.uint64(MIX1)
+        x = (x ^ (x >> np.uint64(27))) * np.uint64(MIX2)
+        return x ^ (x >> np.uint64(31))
+
+
+def fold(h, v):
+    with np.errstate(over="ignore"):
+        return mix((np.asarray(h, dtype=np.uint64) ^ np.asarray(v, dtype=np.uint64)) + np.uint64(GAMMA))
+
+
+def key(*values):
+    h = np.zeros(1, dtype=np.uint64)
+    for v in values:
+        h = fold(h, v)
+    return h
+
+
+def uniform(word):
+    return ((word >> np.uint64(11)).astype(np.int64) - (1 << 52)).astype(np.float64) * 2.0 ** -52
+
+
+def ln(s):
+    m, e = np.frexp(s)
+    small = m < float.fromhex("0x1.6a09e667f3bcdp-1")
+    m, e = np.where(small, 2 * m, m), np.where(small, e - 1, e).astype(np.float64)
+    f = (m - 1) / (m + 1)
+    g, p = f * f, np.full(f.shape, 1 / 25)
+    for k in range(11, -1, -1):
+        p = p * g + 1 / (2 * k + 1)
+    q = f * p
+    return e * float.fromhex("0x1.62e42fefa39efp-1") + (q + q)
+
+
+def normals(keys: np.ndarray) -> np.ndarray:
+    out = np.zeros(keys.shape, dtype=np.float32)
+    todo = np.ones(keys.shape, dtype=bool)
+    for t in range(64):
+        h = fold(keys, t)
+        v1, v2 = uniform(fold(h, 0)), uniform(fold(h, 1))
+        s = v1 * v1 + v2 * v2
+        ok = todo & (s > 0) & (s < 1)
+        safe = np.where(ok, s, 0.5)
+        value = v1 * np.sqrt((-2 * ln(safe)) / safe)
+        out[ok] = value[ok].astype(np.float32)
+        todo &= ~ok
+        if not todo.any():
+            break
+    return out
+
+
+def noise(seed, stream, a_count, n, z):
+    """(A, N, Z) float32, value [a, j, d] keyed by hash(seed, stream, a, j, d)."""
+    a = np.arange(a_count, dtype=np.uint64)[:, None, None]
+    j = np.arange(n, dtype=np.uint64)[None, :, None]
+    d = np.arange(z, dtype=np.uint64)[None, None, :]
+    keys = fold(fold(fold(key(seed, stream), a), j), d)
+    return normals(np.broadcast_to(keys, (a_count, n, z)).copy())
+
+
+def order(seed, stream, a, size):
+    return np.argsort(key(seed, stream, a, np.arange(size, dtype=np.uint64)), kind="stable")
+
+
+# -- §5 the archive layer: check, decode, expand ---------------------------------------------------------------
+
+def read_archive(data: bytes, samples_per_class: int | None = None, seed: int = 0) -> dict:
+    """A d3 archive's expansion: labels (N,), images (N, C, H, W) float64, soft labels (N, K) or None, and
+    for sampled methods the noise (float32) and, for d3, each sample's prior. Raises SpecError for
+    anything §3 to §5 refuse."""
+    sections = read(data)
+    if not sections or sections[0]["name"] != "meta" or sections[0]["content"] != "json":
+        raise SpecError("the first section must be the JSON meta")
+    if not sections[0]["critical"]:
+        raise SpecError("meta must be critical")
+    meta = check_meta(sections[0]["value"])
+    version = sections[0]["version"]
+    by_name = {s["name"]: s for s in sections}
+    known = SECTIONS[meta["method"]]
+    for s in sections:
+        if s["name"] in known and s["critical"] != known[s["name"]]:
+            raise SpecError(f"section {s['name']!r} carries the wrong critical flag")
+        if s["name"] not in known and s["critical"]:
+            raise SpecError(f"unknown critical section {s['name']!r}")
+    ds = meta["dataset"]
+    shape, k = tuple(ds["image_shape"]), len(ds["classes"])
+    tensors = {name: s["value"] for name, s in by_name.items() if s["content"] == "safetensors"}
+    mean = np.array(ds["mean"], dtype=np.float32)[None, :, None, None]
+    std = np.array(ds["std"], dtype=np.float32)[None, :, None, None]
+    if meta["method"] == "pixel":
+        if samples_per_class is not None:
+            raise SpecError("pixel archives store their images")
+        return read_pixel(meta, tensors, shape, k)
+    if meta["method"] == "d3":
+        return read_d3(meta, tensors, shape, k, version, samples_per_class, seed)
+    return read_d2m(meta, tensors, shape, k, version, samples_per_class, seed, mean, std)
+
+
+def read_pixel(meta, tensors, shape, k):
+    if "images" not in tensors:
+        raise SpecError("pixel archives need the images section")
+    t = tensors["images"]
+    codes = t.get("images")
+    if codes is None or codes.ndim != 4 or tuple(codes.shape[1:]) != shape or codes.shape[0] < 1:
+        raise SpecError("images: (N, C, H, W) with N ≥ 1")
+    n = codes.shape[0]
+    exactly(t, {"images", "labels"} | ({"range"} if codes.dtype == np.uint8 else set()), "images")
+    labels = tensor(t, "labels", (n,), [np.uint8, np.int32]).astype(np.int64)
+    if (labels < 0).any() or (labels >= k).any():
+        raise SpecError("labels out of range")
+    if codes.dtype == np.uint8:
+        rng = tensor(t, "range", (k, 2), [np.float32])
+        if not np.isfinite(rng).all():
+            raise SpecError("range must be finite")
+        lo, hi = rng[labels, 0][:, None, None, None], rng[labels, 1][:, None, None, None]
+        images = lo + (codes.astype(np.float32) / np.float32(255)) * (hi - lo)  # §5.2, in float32
+    elif codes.dtype in (np.float16, np.float32):
+        images = codes.astype(np.float32)
+    else:
+        raise SpecError("images must be U8, F16 or F32")
+    if not np.isfinite(images).all():
+        raise SpecError("images must be finite")
+    soft = None
+    if "soft_labels" in tensors:
+        exactly(tensors["soft_labels"], {"soft_labels"}, "soft_labels")
+        soft = tensor(tensors["soft_labels"], "soft_labels", (n, k), [np.float16, np.float32]).astype(np.float32)
+        probabilities(soft, "soft_labels")
+    params = meta.get("params") or {}
+    schedule = None
+    if params.get("objective") == "bptt":
+        schedule = read_schedule(params, tensors, shape, k, labels)
+    elif "schedule" in tensors:
+        raise SpecError("a schedule section belongs to objective bptt")
+    return {"labels": labels, "images": images.astype(np.float64), "soft_labels": soft, "schedule": schedule}
+
+
+def read_schedule(params, tensors, shape, k, labels):
+    network = choice(params, "network", ("lenet", "convnet3"))
+    init = choice(params, "init", ("fixed", "random"))
+    s, e = integer(params, "inner_steps", 1, 100_000), integer(params, "inner_epochs", 1, 100_000)
+    if s * e > 100_000 or "schedule" not in tensors:
+        raise SpecError("a bptt archive needs a schedule of at most 100 000 steps")
+    c, h, w = shape
+    shapes = lenet_shapes(c, k, h, w) if network == "lenet" else convnet_shapes(c, k, h, w, 128)
+    t = tensors["schedule"]
+    exactly(t, {"step_sizes"} | ({f"theta0.{n}" for n in shapes} if init == "fixed" else set()), "schedule")
+    steps = tensor(t, "step_sizes", (s * e,), [np.float32, np.float16]).astype(np.float32)
+    if not (np.isfinite(steps).all() and (steps > 0).all()):
+        raise SpecError("step sizes must be finite and positive")
+    theta0 = None
+    if init == "fixed":
+        theta0 = {n: tensor(t, f"theta0.{n}", sh, [np.float16, np.float32]).astype(np.float32) for n, sh in shapes.items()}
+        if not all(np.isfinite(v).all() for v in theta0.values()):
+            raise SpecError("θ₀ must be finite")
+    counts = np.bincount(labels, minlength=k)
+    if (counts == 0).any() or (counts % s).any():
+        raise SpecError("every class needs a positive multiple of the steps")
+    return {"network": network, "init": init, "steps": s, "epochs": e, "step_sizes": steps, "theta0": theta0}
+
+
+def read_d3(meta, tensors, shape, k, version, samples_per_class, seed):
+    groups = (meta.get("params") or {}).get("groups")
+    if not isinstance(groups, list) or not groups:
+        raise SpecError("d3: params.groups must be a non-empty list")
+    plans, expected = [], 0
+    for g in groups:
+        if not isinstance(g, dict):
+            raise SpecError("d3: a group must be an object")
+        bounds = g.get("classes")
+        if not (isinstance(bounds, list) and len(bounds) == 2 and all(type(v) is int for v in bounds)
+                and bounds[0] == expected and expected < bounds[1] <= k):
+            raise SpecError("d3: groups must follow one another from class 0")
+        plans.append({"start": bounds[0], "stop": bounds[1], "z": integer(g, "latent_dim", 1, 4096),
+                      "p": integer(g, "priors_per_class", 1, 1_000_000), "w": integer(g, "decoder_width", 1, 4096),
+                      "decoder_dtype": choice(g, "decoder_dtype", ("int8", "float16")),
+                      "prior_dtype": choice(g, "prior_dtype", ("float16", "int8"), "float16"),
+                      "soft": g.get("soft_labels")})
+        if not isinstance(plans[-1]["soft"], bool):
+            raise SpecError("d3: soft_labels must be a boolean")
+        expected = bounds[1]
+    if expected != k:
+        raise SpecError("d3: the groups must cover every class")
+    labelled = [i for i, g in enumerate(plans) if g["soft"]]
+    if "priors" not in tensors or "decoder" not in tensors or bool(labelled) != ("prior_labels" in tensors):
+        raise SpecError("d3: priors, decoder, and prior_labels exactly when some group has soft labels")
+    shapes = [decoder_shapes(g["z"], shape, g["w"]) for g in plans]
+    exactly(tensors["priors"], set().union(*(weight_names(f"g{i}.", {"mean": (1, 1), "logvar": (1, 1)}, g["prior_dtype"])
+                                             for i, g in enumerate(plans))), "priors")
+    exactly(tensors["decoder"], set().union(*(weight_names(f"g{i}.", shapes[i], g["decoder_dtype"])
+                                              for i, g in enumerate(plans))), "decoder")
+    if labelled:
+        exactly(tensors["prior_labels"], {f"g{i}" for i in labelled}, "prior_labels")
+    out = {"labels": [], "images": [], "soft_labels": [], "noise": [], "priors": []}
+    every_soft = len(labelled) == len(plans)
+    for i, g in enumerate(plans):
+        kg, p, z = g["stop"] - g["start"], g["p"], g["z"]
+        priors = {}
+        for name in ("mean", "logvar"):
+            key_ = f"g{i}.{name}"
+            if g["prior_dtype"] == "int8":
+                q = tensor(tensors["priors"], key_, (kg, p, z), [np.int8])
+                scale = tensor(tensors["priors"], key_ + ".scale", (z,), [np.float16])
+                priors[name] = q.astype(np.float32) * scale.astype(np.float32)  # §5.2, along the last dimension
+            else:
+                priors[name] = tensor(tensors["priors"], key_, (kg, p, z), [np.float16]).astype(np.float32)
+            if not np.isfinite(priors[name]).all():
+                raise SpecError("priors must be finite")
+        decoder = weights(tensors["decoder"], f"g{i}.", shapes[i], g["decoder_dtype"])
+        lab = None
+        if g["soft"]:
+            lab = tensor(tensors["prior_labels"], f"g{i}", (kg, p, kg), [np.float16]).astype(np.float32)
+            probabilities(lab, "prior_labels")
+        n = samples_per_class or p
+        if version < (1, 1):
+            raise SpecError("1.0 samples come from torch's generator, which this document does not define")
+        which = np.stack([order(seed, 1, a, p) for a in range(kg)])[:, np.arange(n) % p]  # (K_g, N)
+        eps = noise(seed, 2, kg, n, z)  # (K_g, N, Z) float32
+        mu = np.take_along_axis(priors["mean"], which[:, :, None], 1)
+        lv = np.take_along_axis(priors["logvar"], which[:, :, None], 1)
+        latents = mu.astype(np.float64) + np.exp(lv.astype(np.float64) / 2) * eps
+        out["images"].append(decoder_forward(decoder, latents.reshape(kg * n, z), shape, g["w"]))
+        out["labels"].append(np.repeat(np.arange(g["start"], g["stop"]), n))
+        out["noise"].append(eps.reshape(kg * n, z))
+        out["priors"].append(which.reshape(-1))
+        if every_soft:
+            rows = np.take_along_axis(lab, which[:, :, None], 1).reshape(kg * n, kg)
+            full = np.zeros((kg * n, k))
+            full[:, g["start"]:g["stop"]] = rows
+            out["soft_labels"].append(full)
+    images = np.concatenate(out["images"])
+    if not np.isfinite(images).all():
+        raise SpecError("decoded images must be finite")
+    return {"labels": np.concatenate(out["labels"]), "images": images,
+            "soft_labels": np.concatenate(out["soft_labels"]) if every_soft else None,
+            "noise": out["noise"], "priors": np.concatenate(out["priors"])}
+
+
+def read_d2m(meta, tensors, shape, k, version, samples_per_class, seed, mean, std):
+    p = meta.get("params")
+    if not isinstance(p, dict):
+        raise SpecError("d2m: params must be an object")
+    arch = choice(p, "architecture", ("upconv-v1", "upconv-v2"))
+    z, e = integer(p, "noise_dim", 1, 4096), integer(p, "embed_dim", 1, 4096)
+    width, dtype = integer(p, "generator_width", 4, 4096), choice(p, "weight_dtype", ("int8", "float16"))
+    default = integer(p, "samples_per_class", 1, 10_000_000)
+    declared = "teacher_width" in p or "label_temperature" in p
+    if "generator" not in tensors or declared != ("teacher" in tensors):
+        raise SpecError("d2m: a generator, and a teacher exactly when teacher_width is declared")
+    shapes, stages = generator_layout(arch, k, z, e, width, shape)
+    exactly(tensors["generator"], weight_names("", shapes, dtype), "generator")
+    gen = weights(tensors["generator"], "", shapes, dtype)
+    teacher = None
+    if declared:
+        tw, tau = integer(p, "teacher_width", 1, 4096), number(p, "label_temperature", 1e-3, 1e3)
+        c, h, w = shape
+        t_shapes = convnet_shapes(c, k, h, w, tw)
+        exactly(tensors["teacher"], weight_names("", t_shapes, dtype), "teacher")
+        teacher = (weights(tensors["teacher"], "", t_shapes, dtype), tw, tau)
+    if version < (1, 1):
+        raise SpecError("1.0 samples come from torch's generator, which this document does not define")
+    n = samples_per_class or default
+    eps = noise(seed, 3, k, n, z).reshape(k * n, z)
+    labels = np.repeat(np.arange(k), n)
+    images = generator_forward(gen, stages, eps.astype(np.float64), labels, width, shape)
+    if not np.isfinite(images).all():
+        raise SpecError("decoded images must be finite")
+    soft = None
+    if teacher is not None:
+        params, tw, tau = teacher
+        logits = convnet_forward(params, (images - mean) / std, tw) / tau
+        soft = np.exp(logits - logits.max(1, keepdims=True))
+        soft /= soft.sum(1, keepdims=True)
+    return {"labels": labels, "images": images, "soft_labels": soft, "noise": [eps]}

@@ -262,13 +262,23 @@ def test_interrupted_write_leaves_no_file(tmp_path, monkeypatch):
 
 # -- spec test vectors -------------------------------------------------------------------------
 
-@pytest.mark.parametrize("vector", spec_vectors.load_vectors(), ids=lambda v: v["file"])
-def test_spec_vectors_are_written_byte_identically_and_read_back(vector):
-    path = SPEC / vector["file"]
-    built, stored = spec_vectors.build(vector), path.read_bytes()
+VECTORS = spec_vectors.load_vectors()
+READ = [v for v in VECTORS if v["container"] == "read"]
+REFUSED = [v for v in VECTORS if v["container"] == "refuse"]
+
+
+@pytest.mark.parametrize("vector", VECTORS, ids=lambda v: v["file"])
+def test_spec_vectors_are_written_byte_identically(vector):
+    built, stored = spec_vectors.build(vector), (SPEC / vector["file"]).read_bytes()
     if spec_vectors.byte_exact_here(vector):  # zstd bytes are stable only within one zstd library release
         assert built == stored
-    assert spec_vectors.decoded_sections(built) == spec_vectors.decoded_sections(stored)
+    assert FIXED_HEADER.unpack_from(stored)[2] == int(vector["version"].split(".")[1])
+
+
+@pytest.mark.parametrize("vector", READ, ids=lambda v: v["file"])
+def test_spec_vectors_are_read_back_as_their_inputs(vector):
+    path = SPEC / vector["file"]
+    assert spec_vectors.decoded_sections(spec_vectors.build(vector)) == spec_vectors.decoded_sections(path.read_bytes())
     with D3Reader(path) as r:
         assert [s.name for s in r.sections] == [s["name"] for s in vector["sections"]]
         for s in vector["sections"]:
@@ -284,6 +294,14 @@ def test_spec_vectors_are_written_byte_identically_and_read_back(vector):
                 for key, t in s["tensors"].items():
                     want = torch.tensor(t["values"], dtype=spec_vectors.DTYPES[t["dtype"]]).reshape(t["shape"])
                     assert torch.equal(got[key], want)
+
+
+@pytest.mark.parametrize("vector", REFUSED, ids=lambda v: v["file"])
+def test_the_container_refuses_every_negative_container_vector(vector):
+    with pytest.raises(D3FormatError):
+        with D3Reader(SPEC / vector["file"]) as r:
+            for s in r.sections:
+                r.read_json(s.name) if s.content == 1 else r.read_bytes(s.name)
 
 
 def test_spec_vectors_under_another_zstd_release_are_compared_by_contents(monkeypatch):

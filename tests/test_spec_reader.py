@@ -1,4 +1,5 @@
-"""The specification alone is enough: a reader written from spec/FORMAT.md reads every test vector."""
+"""The specification alone is enough: a reader written from spec/FORMAT.md reads every test vector,
+reproduces every expansion (the noise bit for bit, images within 1e-5) and refuses every negative one."""
 
 import json
 import sys
@@ -11,6 +12,13 @@ import spec_reader
 
 SPEC = Path(__file__).resolve().parent.parent / "spec" / "vectors"
 VECTORS = json.loads((SPEC / "vectors.json").read_text())["vectors"]
+CONTAINER_READ = [v for v in VECTORS if v["container"] == "read"]
+ARCHIVES = [v for v in VECTORS if v["archive"] == "read"]
+REFUSED = [v for v in VECTORS if "refuse" in (v["container"], v["archive"])]
+
+
+def array(spec: dict) -> np.ndarray:
+    return np.array(spec["values"], dtype=spec_reader.SAFETENSORS_DTYPES[spec["dtype"]]).reshape(spec["shape"])
 
 
 def test_the_spec_reader_does_not_import_d3codec():
@@ -19,13 +27,22 @@ def test_the_spec_reader_does_not_import_d3codec():
     assert not any(name == "d3codec" or name.startswith("d3codec.") for name in spec_reader.__dict__)
 
 
-def test_vectors_cover_every_content_type_and_both_codecs():
-    kinds = {(s["content"], s["codec"]) for v in VECTORS for s in v["sections"]}
+def test_vectors_cover_every_content_type_both_codecs_and_every_method():
+    positive = [s for v in CONTAINER_READ for s in v["sections"]]
+    kinds = {(s["content"], s["codec"]) for s in positive}
     assert kinds == {(content, codec) for content in ("bytes", "json", "safetensors") for codec in ("none", "zstd")}
-    assert {s["critical"] for v in VECTORS for s in v["sections"]} == {True, False}
+    assert {s["critical"] for s in positive} == {True, False}
+    methods = {s["json"]["method"] for v in ARCHIVES for s in v["sections"] if s["name"] == "meta"}
+    assert methods == {"pixel", "d3", "d2m"}
+    dtypes = {t["dtype"] for v in ARCHIVES for s in v["sections"] for t in s.get("tensors", {}).values()}
+    assert {"I8", "I32", "U8", "F16", "F32"} <= dtypes  # int8 weights, I32 labels, ...
+    names = {k for v in ARCHIVES for s in v["sections"] for k in s.get("tensors", {})}
+    assert any(k.startswith("theta0.") for k in names) and {"g0", "g1"} <= names  # θ₀, prior_labels
+    assert {"1.0", "1.1"} <= {v["version"] for v in ARCHIVES}
+    assert len(REFUSED) >= 15 and all(v.get("reason") for v in REFUSED)
 
 
-@pytest.mark.parametrize("vector", VECTORS, ids=lambda v: v["file"])
+@pytest.mark.parametrize("vector", CONTAINER_READ, ids=lambda v: v["file"])
 def test_the_spec_reader_reads_every_vector_as_its_inputs(vector):
     sections = spec_reader.read((SPEC / vector["file"]).read_bytes())
     assert [s["name"] for s in sections] == [s["name"] for s in vector["sections"]]
@@ -38,9 +55,53 @@ def test_the_spec_reader_reads_every_vector_as_its_inputs(vector):
         else:
             assert set(got["value"]) == set(want["tensors"])
             for key, t in want["tensors"].items():
-                expected = np.array(t["values"], dtype=spec_reader.SAFETENSORS_DTYPES[t["dtype"]]).reshape(t["shape"])
+                expected = array(t)
                 assert got["value"][key].dtype == expected.dtype
                 np.testing.assert_array_equal(got["value"][key], expected)
+
+
+@pytest.mark.parametrize("vector", [v for v in ARCHIVES if v["version"] == "1.1" or
+                                    not any(s["json"].get("method") in ("d3", "d2m")
+                                            for s in v["sections"] if s["name"] == "meta")],
+                         ids=lambda v: v["file"])
+def test_the_spec_reader_reproduces_every_expansion(vector):
+    data = (SPEC / vector["file"]).read_bytes()
+    for want in vector["expect"]:
+        got = spec_reader.read_archive(data, want["samples_per_class"], want["seed"])
+        np.testing.assert_array_equal(got["labels"], np.array(want["labels"]))
+        expected = array(want["images"]).astype(np.float64)
+        assert got["images"].shape == expected.shape
+        np.testing.assert_allclose(got["images"], expected, rtol=0, atol=1e-5)
+        if want["soft_labels"] is None:
+            assert got["soft_labels"] is None
+        else:
+            np.testing.assert_allclose(got["soft_labels"], array(want["soft_labels"]), rtol=0, atol=1e-5)
+        if "noise" in want:  # the sampling noise of §5.4, bit for bit
+            assert len(got["noise"]) == len(want["noise"])
+            for mine, theirs in zip(got["noise"], want["noise"]):
+                assert mine.dtype == np.float32 and mine.tobytes() == array(theirs).tobytes()
+        if "priors" in want:
+            np.testing.assert_array_equal(got["priors"], np.array(want["priors"]))
+        if "schedule" in want:
+            s = got["schedule"]
+            assert {k: s[k] for k in ("network", "steps", "epochs", "init")} == want["schedule"]
+
+
+@pytest.mark.parametrize("vector", REFUSED, ids=lambda v: v["file"])
+def test_the_spec_reader_refuses_every_negative_vector(vector):
+    data = (SPEC / vector["file"]).read_bytes()
+    with pytest.raises(spec_reader.SpecError):
+        spec_reader.read(data) if vector["container"] == "refuse" else spec_reader.read_archive(data)
+    if vector["container"] == "read":
+        spec_reader.read(data)  # the container itself is valid: the archive layer refuses it
+
+
+def test_the_spec_noise_matches_splitmix64_and_is_a_standard_normal():
+    assert int(spec_reader.key(0)[0]) == 0xE220A8397B1DCDAF  # SplitMix64's first output from state 0 (§5.4)
+    x = spec_reader.noise(11, 2, 4, 2500, 5).astype(np.float64)  # 50 000 values
+    assert abs(x.mean()) < 0.02 and abs(x.std() - 1) < 0.02 and abs((x ** 4).mean() - 3) < 0.15
+    s = np.random.default_rng(0).random(10_000)
+    np.testing.assert_allclose(spec_reader.ln(s), np.log(s), rtol=1e-15)
 
 
 @pytest.mark.parametrize("damage", ["truncate", "extra", "flip"])
