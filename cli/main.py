@@ -81,6 +81,8 @@ def decode_limit_options(command):
 
     command = click.option("--max-section-bytes", type=count(), help=f"Decode limit: the decoded size of any "
                            f"one section [default: {L.max_section_bytes}].")(command)
+    command = click.option("--max-macs", type=count(), help=f"Decode limit: multiply-adds of the whole draw "
+                           f"[default: {L.max_macs}].")(command)
     command = click.option("--max-macs-per-image", type=count(), help=f"Decode limit: multiply-adds to decode one "
                            f"image [default: {L.max_macs_per_image}]; raise it only for an archive you trust.")(command)
     command = click.option("--max-parameters", type=count(), help=f"Decode limit: values of the archive's networks "
@@ -89,11 +91,12 @@ def decode_limit_options(command):
                         f"labels may take [default: {L.max_bytes}].")(command)
 
 
-def decode_limits(max_bytes, max_parameters, max_macs_per_image, max_section_bytes):
+def decode_limits(max_bytes, max_parameters, max_macs_per_image, max_section_bytes, max_macs):
     from d3codec.limits import DEFAULT_LIMITS
 
     return DEFAULT_LIMITS.with_overrides(max_bytes=max_bytes, max_parameters=max_parameters,
-                                         max_macs_per_image=max_macs_per_image, max_section_bytes=max_section_bytes)
+                                         max_macs_per_image=max_macs_per_image, max_section_bytes=max_section_bytes,
+                                         max_macs=max_macs)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -301,13 +304,13 @@ def describe_plan(plan) -> str:
 @click.option("--budget", type=count(1, MAX_BUDGET), help="Bytes the merged file may take (default: the parts' "
               "federated budget, else the sum of their budgets).")
 @decode_limit_options
-def merge(archives, output, budget, max_bytes, max_parameters, max_macs_per_image, max_section_bytes):
+def merge(archives, output, budget, max_bytes, max_parameters, max_macs_per_image, max_section_bytes, max_macs):
     """Join d3 ARCHIVES of disjoint classes (same image shape) into one, classes in the order given."""
     from d3codec.merge import merge_archives
 
     try:
         result = merge_archives(list(archives), output, budget,
-                                decode_limits(max_bytes, max_parameters, max_macs_per_image, max_section_bytes))
+                                decode_limits(max_bytes, max_parameters, max_macs_per_image, max_section_bytes, max_macs))
     except (D3Error, ValueError, OSError) as e:
         _fail(e)
     click.echo(f"wrote {result.path}: {result.classes} classes from {len(archives)} archives, {result.file_bytes} "
@@ -357,7 +360,7 @@ def info(archive, as_json):
 @main.command()
 @click.argument("archive", type=click.Path(exists=True, dir_okay=False))
 @decode_limit_options
-def verify(archive, max_bytes, max_parameters, max_macs_per_image, max_section_bytes):
+def verify(archive, max_bytes, max_parameters, max_macs_per_image, max_section_bytes, max_macs):
     """Check every checksum, size and the byte accounting of ARCHIVE, and decode its contents.
 
     The decode budget is checked from the declared shapes before any decoder runs: an archive whose
@@ -367,7 +370,7 @@ def verify(archive, max_bytes, max_parameters, max_macs_per_image, max_section_b
 
     try:
         result = verify_archive(archive, decode_limits(max_bytes, max_parameters, max_macs_per_image,
-                                                       max_section_bytes))
+                                                       max_section_bytes, max_macs))
     except OSError as e:
         _fail(e)
     for name, detail in result.checks:
@@ -395,7 +398,7 @@ def verify(archive, max_bytes, max_parameters, max_macs_per_image, max_section_b
 @click.option("--device", default="cpu", show_default=True, help="Where d3 and d2m archives are decoded.")
 @decode_limit_options
 def expand(archive, output, fmt, grid, grid_columns, max_grid_pixels, samples_per_class, sample_seed, device,
-           max_bytes, max_parameters, max_macs_per_image, max_section_bytes):
+           max_bytes, max_parameters, max_macs_per_image, max_section_bytes, max_macs):
     """Expand ARCHIVE into images or tensors.
 
     What the expansion would cost is checked before it is made (the decode limits below): an archive
@@ -408,7 +411,7 @@ def expand(archive, output, fmt, grid, grid_columns, max_grid_pixels, samples_pe
         raise click.UsageError("give -o DIR, --grid FILE.png, or both")
     try:
         ds = D3Dataset(archive, samples_per_class=samples_per_class, seed=sample_seed, device=resolve_device(device),
-                       limits=decode_limits(max_bytes, max_parameters, max_macs_per_image, max_section_bytes))
+                       limits=decode_limits(max_bytes, max_parameters, max_macs_per_image, max_section_bytes, max_macs))
         picture = grid_image(ds, grid_columns, max_pixels=max_grid_pixels) if grid is not None else None
         if output is not None:
             if fmt == "png":
@@ -450,7 +453,7 @@ def expand(archive, output, fmt, grid, grid_columns, max_grid_pixels, samples_pe
 @decode_limit_options
 def evaluate_cmd(archive, model, epochs, runs, baseline, dataset, data_root, seed, device, json_out, samples_per_class,
                  sample_seed, resample_every_epoch, training, max_bytes, max_parameters, max_macs_per_image,
-                 max_section_bytes):
+                 max_section_bytes, max_macs):
     """Train fresh students on ARCHIVE and report final test accuracy, bytes and training time."""
     from d3codec import D3Dataset
     from d3codec.data import load_dataset
@@ -460,7 +463,7 @@ def evaluate_cmd(archive, model, epochs, runs, baseline, dataset, data_root, see
     try:
         dev = resolve_device(device)
         ds = D3Dataset(archive, samples_per_class=samples_per_class, seed=sample_seed, device=dev,
-                       limits=decode_limits(max_bytes, max_parameters, max_macs_per_image, max_section_bytes))
+                       limits=decode_limits(max_bytes, max_parameters, max_macs_per_image, max_section_bytes, max_macs))
         file_bytes = Path(archive).stat().st_size
         real = load_dataset(dataset or ds.meta["dataset"]["name"], data_root)
         if real.classes != ds.classes:

@@ -13,6 +13,7 @@ cost, and refuses with :class:`~d3codec.errors.D3LimitError` (a D3FormatError) a
   dequantised to float32 (decoders, generators, teachers, priors, soft-label tables, θ₀);
 - ``max_macs_per_image``: the multiply-adds to decode one image and, where the archive stores a
   teacher, to label it (counted with ``torch.utils.flop_counter`` on the meta device);
+- ``max_macs``: the multiply-adds of a whole draw (images × per image): what bounds its time;
 - ``max_canvas_pixels``: the picture ``d3 expand --grid`` draws, height × width;
 - ``max_section_bytes``: the decoded (raw) size of any one section, refused from the section table
   before it is decompressed: zstd turns a few kilobytes of zeros into gigabytes (the container's
@@ -24,7 +25,8 @@ cost, and refuses with :class:`~d3codec.errors.D3LimitError` (a D3FormatError) a
 The defaults are sized so that every archive d3codec itself writes up to ImageNet-1K scale passes:
 the README's ImageNet command (1 000 classes at 64 × 64, IPC 2: five width-256 decoders, 161 priors
 per class) expands by default to 161 000 images and soft labels, about 8.6 GB, with 2.5 G
-multiply-adds an image; the same at 128 × 128 takes about 10 G an image. A pixel archive within the
+multiply-adds an image (5 · 10^14 for the whole draw, under ``max_macs``' 2^50 ≈ 1.1 · 10^15, hours on a
+CPU and minutes on a GPU); the same at 128 × 128 takes about 13 G an image. A pixel archive within the
 container's 2 GiB section limit decodes to at most 8 GiB of float32 images. Raise a limit only for
 an archive you trust: ``D3Dataset(path, max_bytes=...)`` or ``limits=DecodeLimits(...)``, and
 ``--max-bytes``, ``--max-parameters``, ``--max-macs-per-image``, ``--max-section-bytes`` on
@@ -54,6 +56,7 @@ class DecodeLimits:
     max_bytes: int = 16 * GIB
     max_parameters: int = 1 << 28
     max_macs_per_image: int = 1 << 35
+    max_macs: int = 1 << 50
     max_canvas_pixels: int = 1 << 27
     max_section_bytes: int = 2 * GIB  # d3codec.container.DEFAULT_MAX_SECTION_BYTES
     working_bytes: int = GIB
@@ -74,6 +77,7 @@ DEFAULT_LIMITS = DecodeLimits()
 # how each limit is raised, for the error message: (Python keyword, command-line option)
 OVERRIDES = {"max_bytes": ("max_bytes", "--max-bytes"), "max_parameters": ("max_parameters", "--max-parameters"),
              "max_macs_per_image": ("max_macs_per_image", "--max-macs-per-image"),
+             "max_macs": ("max_macs", "--max-macs"),
              "max_canvas_pixels": ("max_canvas_pixels", "--max-grid-pixels"),
              "max_section_bytes": ("max_section_bytes", "--max-section-bytes")}
 

@@ -102,7 +102,8 @@ def verify_archive(path: str | os.PathLike | bytes, limits=None) -> Verification
             else:
                 budget_detail = f"{len(labels)} decoded images are within the limits"
             result.checks.append(("decode budget", budget_detail + f" ({limits.max_bytes} bytes, "
-                                  f"{limits.max_parameters} values, {limits.max_macs_per_image} multiply-adds per image)"))
+                                  f"{limits.max_parameters} values, {limits.max_macs_per_image} multiply-adds per image, "
+                                  f"{limits.max_macs} in all)"))
             extra = f", a {schedule.network} schedule of {schedule.steps}×{schedule.epochs} steps" \
                 if schedule is not None else ""
             result.checks.append((step, f"{len(labels)} images of shape {tuple(images.shape[1:])} decoded"

@@ -17,6 +17,16 @@ from d3codec.methods.d3 import D3Config, GroupPlan, group_entry, group_tensors, 
 from d3codec.models import ConvNet, parameter_shapes
 from d3codec.weights import quantise_state
 
+MAX_VALUES = 50_000_000  # the most tensor values a builder writes (the archive may declare far more)
+
+
+def _bounded(shapes: dict) -> dict:
+    """``shapes`` (name → shape), refused with ValueError when they hold more than MAX_VALUES values."""
+    total = sum(int(torch.tensor(s).prod()) if s else 1 for s in shapes.values())
+    if total > MAX_VALUES:
+        raise ValueError(f"{total} values are too many to write here")
+    return shapes
+
 
 def dataset(classes: int, image_shape=(1, 16, 16), name: str = "hostile") -> dict:
     c = image_shape[0]
@@ -33,9 +43,15 @@ def d3_archive(classes: int = 2, image_shape=(1, 16, 16), latent_dim: int = 3, p
                decoder_width: int = 8, groups: int = 1, soft_labels: bool = True, dtype: str = "int8",
                ds: dict | None = None, extra_meta: dict | None = None, minor: int = 1) -> bytes:
     """A D3 archive of zero decoders and priors, uniform soft labels, ``groups`` contiguous groups."""
+    from d3codec.methods.d3 import decoder_shapes
+
     cfg = D3Config(soft_labels=soft_labels, decoder_dtype=dtype, prior_dtype=dtype)
     bounds = [i * classes // groups for i in range(groups + 1)]
     plans = [GroupPlan(a, b, latent_dim, priors_per_class, decoder_width) for a, b in zip(bounds, bounds[1:])]
+    for i, g in enumerate(plans):
+        k, p = g.num_classes, g.priors_per_class
+        _bounded({**decoder_shapes(latent_dim, tuple(image_shape), decoder_width), "priors": (2 * k, p, latent_dim),
+                  "labels": (k, p, k)})
     parts = [group_tensors(g, i, image_shape, cfg, labels=torch.full((g.num_classes, g.priors_per_class,
                                                                       g.num_classes), 1 / g.num_classes))
              for i, g in enumerate(plans)]
@@ -48,7 +64,7 @@ def d2m_archive(classes: int = 2, image_shape=(1, 8, 8), noise_dim: int = 3, emb
                 samples_per_class: int = 4, teacher_width: int | None = None, dtype: str = "float16",
                 ds: dict | None = None, params: dict | None = None) -> bytes:
     """A D2M archive of a zero generator (and a zero teacher of ``teacher_width``, where given)."""
-    shapes = parameter_shapes(ConditionalGenerator, classes, noise_dim, embed_dim, width, tuple(image_shape))
+    shapes = _bounded(parameter_shapes(ConditionalGenerator, classes, noise_dim, embed_dim, width, tuple(image_shape)))
     generator = quantise_state({k: torch.zeros(s) for k, s in shapes.items()}, "", dtype)
     p = {"architecture": "upconv-v2", "noise_dim": noise_dim, "embed_dim": embed_dim, "generator_width": width,
          "weight_dtype": dtype, "samples_per_class": samples_per_class}
@@ -61,6 +77,7 @@ def d2m_archive(classes: int = 2, image_shape=(1, 8, 8), noise_dim: int = 3, emb
             t_shapes = {}
         if not t_shapes or any(0 in s for s in t_shapes.values()):
             t_shapes = {"features.0.weight": (teacher_width, c, 3, 3)}
+        _bounded(t_shapes)
         sections.append(Section.tensors("teacher", quantise_state({k: torch.zeros(s) for k, s in t_shapes.items()},
                                                                   "", dtype), critical=False))
         p.update(teacher_width=teacher_width, label_temperature=1.0)
@@ -75,6 +92,7 @@ def pixel_archive(classes: int = 2, image_shape=(1, 4, 4), per_class: int = 1, l
     """A pixel archive of uint8 zero images, ``per_class`` a class (0 allowed), with an optional
     ``soft_labels`` tensor."""
     n = classes * per_class
+    _bounded({"images": (n, *image_shape)})
     tensors = {"images": torch.zeros(n, *image_shape, dtype=torch.uint8),
                "labels": torch.arange(classes).repeat_interleave(per_class).to(labels_dtype),
                "range": torch.tensor([[0.0, 1.0]] * classes, dtype=range_dtype)}

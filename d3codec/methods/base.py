@@ -166,12 +166,17 @@ class Sampler(ABC):
         archive's default) makes."""
 
     @abstractmethod
+    def macs(self, samples_per_class: int | None) -> int:
+        """Multiply-adds of a draw of ``samples_per_class`` (decoding and labelling every image)."""
+
+    @abstractmethod
     def _draw(self, samples_per_class: int | None, seed: int):
         """The draw itself, after :meth:`check`."""
 
     def check(self, samples_per_class: int | None) -> None:
         """Refuse a draw before any work: ValueError for a count that is not a positive integer,
-        D3LimitError for one whose output would pass ``limits.max_bytes``."""
+        D3LimitError for one whose output would pass ``limits.max_bytes`` or whose multiply-adds would
+        pass ``limits.max_macs``."""
         from ..limits import check, output_bytes
 
         if samples_per_class is not None and (type(samples_per_class) is not int or samples_per_class < 1):
@@ -180,6 +185,7 @@ class Sampler(ABC):
         check("bytes", output_bytes(images, self.image_shape, self.num_classes, self.soft, noise), self.limits,
               "max_bytes", f"drawing {images:,} images of shape {self.image_shape}"
               + (" with soft labels" if self.soft else ""))
+        check("multiply-adds", self.macs(samples_per_class), self.limits, "max_macs", f"decoding {images:,} images")
 
     def draw(self, samples_per_class: int | None = None, seed: int = 0):
         """Images (K·N, C, H, W) float32 in [0, 1], labels (K·N,) int64, soft labels (K·N, K) float32 or

@@ -816,6 +816,7 @@ class D2MSampler(Sampler):
         check("values", total.parameters, self.limits, "max_parameters", "the generator and teacher")
         check("multiply-adds", total.macs, self.limits, "max_macs_per_image", "generating (and labelling) one image")
         self.batch = batch_size(total, self.limits)
+        self.image_macs = total.macs
         self.generator = load_stored_module(lambda: ConditionalGenerator(k, z, e, width, shape, architecture),
                                             reader.read_tensors("generator"), "", dtype, "generator", device,
                                             exact=True)
@@ -825,6 +826,9 @@ class D2MSampler(Sampler):
     def counts(self, samples_per_class: int | None) -> tuple[int, int]:
         n = samples_per_class or self.default
         return self.num_classes * n, self.num_classes * n * self.noise_dim
+
+    def macs(self, samples_per_class: int | None) -> int:
+        return self.num_classes * (samples_per_class or self.default) * self.image_macs
 
     def noise(self, n: int, seed: int) -> torch.Tensor:
         """The noise of a draw of ``n`` per class, (K·N, Z) float32, row c·N + j for sample j of class c.

@@ -661,6 +661,7 @@ class D3Sampler(Sampler):
         check("values", values, self.limits, "max_parameters", "the decoders, priors and soft labels")
         check("multiply-adds", max(c.macs for c in costs), self.limits, "max_macs_per_image", "decoding one image")
         self.batch = [batch_size(c, self.limits) for c in costs]
+        self.image_macs = [c.macs for c in costs]
         if labelled and "prior_labels" not in reader:
             raise D3FormatError("meta says groups have soft labels but there is no 'prior_labels' section")
         if not labelled and "prior_labels" in reader:
@@ -691,6 +692,10 @@ class D3Sampler(Sampler):
         sizes = [(sg.plan.num_classes, samples_per_class or sg.plan.priors_per_class, sg.plan.latent_dim)
                  for sg in self.groups]
         return sum(k * n for k, n, _ in sizes), max(k * n * z for k, n, z in sizes)
+
+    def macs(self, samples_per_class: int | None) -> int:
+        return sum(sg.plan.num_classes * (samples_per_class or sg.plan.priors_per_class) * m
+                   for sg, m in zip(self.groups, self.image_macs))
 
     def group_noise(self, index: int, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Group ``index``'s draw of ``n`` per class: the prior of each sample (K_g, N) int64 and the noise
