@@ -809,16 +809,17 @@ class D2MSampler(Sampler):
         self.limits, self.version = limits or DEFAULT_LIMITS, tuple(reader.version)
         architecture, z, e, width, dtype, self.default = read_params(meta)
         self.noise_dim = z
-        cost = network_cost(lambda: ConditionalGenerator(k, z, e, width, shape, architecture),
-                            lambda: (torch.zeros(1, z), torch.zeros(1, dtype=torch.long)), "the generator")
+        def build() -> ConditionalGenerator:  # costed on the meta device first, then loaded
+            return ConditionalGenerator(k, z, e, width, shape, architecture)
+
+        cost = network_cost(build, lambda: (torch.zeros(1, z), torch.zeros(1, dtype=torch.long)), "the generator")
         labelling = labeller_cost(meta, "teacher" in reader)
         total = cost + labelling if labelling is not None else cost
         check("values", total.parameters, self.limits, "max_parameters", "the generator and teacher")
         check("multiply-adds", total.macs, self.limits, "max_macs_per_image", "generating (and labelling) one image")
         self.batch = batch_size(total, self.limits)
         self.image_macs = total.macs
-        self.generator = load_stored_module(lambda: ConditionalGenerator(k, z, e, width, shape, architecture),
-                                            reader.read_tensors("generator"), "", dtype, "generator", device,
+        self.generator = load_stored_module(build, reader.read_tensors("generator"), "", dtype, "generator", device,
                                             exact=True)
         self.label = load_labeller(reader, meta, device, self.limits)
         self.soft = self.label is not None
