@@ -100,10 +100,14 @@ def grid_image(ds: D3Dataset, max_per_class: int = 20, pad: int = 2, max_pixels:
     check("pixels", height * width, limits, "max_canvas_pixels",
           f"a grid of {k} rows × {cols} columns of {h}×{w} images ({height}×{width}; fewer columns: --grid-columns)")
     canvas = torch.full((c, height, width), 255, dtype=torch.uint8)
-    for cl in range(k):
-        for j, image in enumerate(ds.images[ds.labels == cl][:cols]):
+    order = torch.argsort(ds.labels, stable=True)  # each class's images in their order, classes in turn
+    starts = torch.cumsum(counts, 0) - counts  # (K,) where each class begins in ``order``
+    for cl in range(k):  # one pass over the labels, not one per class: a million images of 1 000 classes
+        first = int(starts[cl])
+        tiles = (ds.images[order[first:first + min(cols, int(counts[cl]))]].clamp(0, 1) * 255).round().to(torch.uint8)
+        for j, tile in enumerate(tiles):
             y, x = pad + cl * (h + pad), pad + j * (w + pad)
-            canvas[:, y:y + h, x:x + w] = (image.clamp(0, 1) * 255).round().to(torch.uint8)
+            canvas[:, y:y + h, x:x + w] = tile
     if c == 1:
         return Image.fromarray(canvas[0].numpy(), mode="L")
     return Image.fromarray(canvas.permute(1, 2, 0).contiguous().numpy(), mode="RGB")

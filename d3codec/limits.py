@@ -13,7 +13,8 @@ cost, and refuses with :class:`~d3codec.errors.D3LimitError` (a D3FormatError) a
   dequantised to float32 (decoders, generators, teachers, priors, soft-label tables, θ₀);
 - ``max_macs_per_image``: the multiply-adds to decode one image and, where the archive stores a
   teacher, to label it (counted with ``torch.utils.flop_counter`` on the meta device);
-- ``max_macs``: the multiply-adds of a whole draw (images × per image): what bounds its time;
+- ``max_macs``: the multiply-adds of a whole draw (images × per image, at least MIN_MACS_PER_IMAGE an
+  image): what bounds its time;
 - ``max_canvas_pixels``: the picture ``d3 expand --grid`` draws, height × width;
 - ``max_section_bytes``: the decoded (raw) size of any one section, refused from the section table
   before it is decompressed: zstd turns a few kilobytes of zeros into gigabytes (the container's
@@ -93,6 +94,20 @@ def check(figure: str, value: int, limits: DecodeLimits, field: str, what: str) 
         raise D3LimitError(f"{what} would take {value:,} {figure}, over the decode limit of {limit:,} ({field}); "
                            f"if you trust this archive, raise it: {keyword}=N in Python, {option} N on the command "
                            "line", figure, value, limit, option)
+
+
+# However small its images, a network's draw costs a CPU fixed work per image (copies, padding, small
+# kernels): a 1 × 1-pixel D3 decoder of 768 multiply-adds took 2 to 4 µs an image on one thread of the
+# 2-core AMD EPYC (2026-12-05), the time of thousands of multiply-adds in larger layers. A draw is
+# therefore counted against ``max_macs`` at no fewer than this many multiply-adds an image, so that the
+# limit bounds the time of a draw of a million tiny images too.
+MIN_MACS_PER_IMAGE = 4096
+
+
+def draw_macs(images: int, macs_per_image: int) -> int:
+    """The multiply-adds a draw of ``images`` images counts against ``max_macs``: ``macs_per_image``
+    each, and at least MIN_MACS_PER_IMAGE each."""
+    return images * max(macs_per_image, MIN_MACS_PER_IMAGE)
 
 
 def output_bytes(images: int, image_shape: tuple[int, int, int], num_classes: int, soft: bool,

@@ -40,6 +40,7 @@ import struct
 import sys
 import time
 import traceback
+import warnings
 import zlib
 from pathlib import Path
 
@@ -607,6 +608,8 @@ def main() -> None:
                    help="address space a case may add beyond what the process holds after loading (GiB)")
     args = p.parse_args()
     torch.set_num_threads(1)
+    # hostile zero-size shapes are costed on the meta device; torch's note on each is noise in a long log
+    warnings.filterwarnings("ignore", message="Initializing zero-element tensors is a no-op")
     seed_archives(Path(args.seeds_folder))
     limit_memory(args.memory_gib)
     findings = run(args.cases, args.seed, Path(args.seeds_folder))

@@ -88,6 +88,27 @@ def test_a_wide_decoder_at_a_megapixel_is_refused_by_its_multiply_adds():
         D3Dataset(data, limits=raised)
 
 
+def test_a_million_one_pixel_images_count_their_fixed_work_and_the_grid_reads_the_labels_once():
+    # fuzz finding 2026-12-05: 1 000 classes × 1 000 draws of 1 × 1 images passed max_macs at 768 multiply-adds
+    # an image, took seconds to decode, and the grid scanned the million labels once per class
+    from d3codec.limits import MIN_MACS_PER_IMAGE
+
+    data = hostile.d3_archive(classes=1000, image_shape=(1, 1, 1), priors_per_class=1, soft_labels=False)
+    tight = DecodeLimits(max_macs=1 << 31)
+    with pytest.raises(D3LimitError, match="max_macs") as error:
+        D3Dataset(data, samples_per_class=1000, limits=tight)
+    assert error.value.value == 1000 * 1000 * MIN_MACS_PER_IMAGE
+    assert len(D3Dataset(data, samples_per_class=3, limits=tight)) == 3000
+    gen = torch.Generator().manual_seed(0)
+    labels = torch.arange(1000).repeat(3)[torch.randperm(3000, generator=gen)]  # classes interleaved
+    mixed = types.SimpleNamespace(image_shape=(1, 1, 1), classes=[str(c) for c in range(1000)], labels=labels,
+                                  images=torch.rand(3000, 1, 1, 1, generator=gen))
+    grid = torch.tensor(list(grid_image(mixed, pad=0).getdata())).view(1000, 3)
+    for cl in (0, 517, 999):  # row c: class c's images in the order they come
+        want = mixed.images[mixed.labels == cl].flatten()
+        assert torch.equal(grid[cl], (want.clamp(0, 1) * 255).round().to(torch.uint8).long())
+
+
 def test_a_users_samples_per_class_is_bounded_too():
     data = hostile.d3_archive(classes=10, image_shape=(1, 28, 28))  # Fashion-MNIST's shape: 10^7 images, 31 GB
     with pytest.raises(D3LimitError, match="max_bytes=N in Python"):

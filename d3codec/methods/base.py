@@ -167,7 +167,8 @@ class Sampler(ABC):
 
     @abstractmethod
     def macs(self, samples_per_class: int | None) -> int:
-        """Multiply-adds of a draw of ``samples_per_class`` (decoding and labelling every image)."""
+        """Multiply-adds of a draw of ``samples_per_class`` (decoding and labelling every image), counted
+        with d3codec.limits.draw_macs (at least MIN_MACS_PER_IMAGE an image)."""
 
     @abstractmethod
     def _draw(self, samples_per_class: int | None, seed: int):

@@ -694,7 +694,9 @@ class D3Sampler(Sampler):
         return sum(k * n for k, n, _ in sizes), max(k * n * z for k, n, z in sizes)
 
     def macs(self, samples_per_class: int | None) -> int:
-        return sum(sg.plan.num_classes * (samples_per_class or sg.plan.priors_per_class) * m
+        from ..limits import draw_macs
+
+        return sum(draw_macs(sg.plan.num_classes * (samples_per_class or sg.plan.priors_per_class), m)
                    for sg, m in zip(self.groups, self.image_macs))
 
     def group_noise(self, index: int, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
