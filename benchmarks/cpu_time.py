@@ -12,10 +12,12 @@ process with one thread, on real Fashion-MNIST at the IPC 10 budget:
   ``MALLOC_TRIM_THRESHOLD_`` (4 000 000 000 each), the measurement the fix must come within 15 % of.
 
 It reports user and system CPU seconds of the work alone (data loading excluded), the kernel's share,
-and the wall time; writes benchmarks/cpu-time.md and benchmarks/results-cpu-time.json.
+and the wall time; writes benchmarks/cpu-time.md and benchmarks/results-cpu-time.json. A run of some
+workloads replaces their rows and keeps the others' from the last run, each row with its own date and
+the conditions it ran under (``--conditions``).
 
     python benchmarks/cpu_time.py                    # every workload, every mode
-    python benchmarks/cpu_time.py --workloads dm     # one
+    python benchmarks/cpu_time.py --workloads dm     # one (the other rows are kept)
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import json
 import os
 import platform
 import resource
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -94,11 +97,11 @@ def measure(name: str, mode: str) -> dict:
     return result
 
 
-def table(results: dict, meta: dict) -> str:
+def table(results: dict, measured: dict, meta: dict) -> str:
     lines = ["# CPU time: the kernel's share before and after d3codec.runtime", "",
-             f"Measured {meta['date']} on {meta['machine']} ({meta['cores']} cores), one thread per run, each run "
-             "alone on an idle machine, torch " + meta["torch"] + ".", "",
-             "Command: `python benchmarks/cpu_time.py` (" + meta["command"] + "). Each workload runs in a fresh "
+             f"Measured on {meta['machine']} ({meta['cores']} cores), one thread per run, torch " + meta["torch"]
+             + "; each workload's date and conditions are under the table.", "",
+             "Command: `python benchmarks/cpu_time.py`. Each workload runs in a fresh "
              "process on real Fashion-MNIST at the IPC 10 budget; CPU seconds count the work alone, not the data "
              "loading. *glibc default* is the behaviour before the fix (`D3CODEC_MALLOC=system`), *d3codec* what "
              "ships (mallopt at start-up), *environment* the `MALLOC_MMAP_THRESHOLD_`/`MALLOC_TRIM_THRESHOLD_` "
@@ -111,6 +114,8 @@ def table(results: dict, meta: dict) -> str:
             rel = f"{100 * (r['wall'] / ref - 1):+.1f} %" if ref else "-"
             lines.append(f"| {WORKLOADS[name]} | {mode} | {r['user']:.1f} | {r['system']:.1f} | "
                          f"{100 * r['kernel_share']:.1f} % | {r['wall']:.1f} | {rel} |")
+    lines += ["", "Measured:", ""]
+    lines += [f"- {WORKLOADS[name]}: {m['date']}, {m['conditions']} (`{m['command']}`)" for name, m in measured.items()]
     return "\n".join(lines) + "\n"
 
 
@@ -118,6 +123,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--workloads", nargs="+", choices=list(WORKLOADS), default=list(WORKLOADS))
     p.add_argument("--modes", nargs="+", choices=list(MODES), default=list(MODES))
+    p.add_argument("--conditions", default="each run alone on an idle machine",
+                   help="what else the machine ran, recorded beside these rows")
     p.add_argument("--child", choices=list(WORKLOADS), help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
@@ -139,8 +146,19 @@ def main() -> None:
                                if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    (HERE / "results-cpu-time.json").write_text(json.dumps({"meta": meta, "results": results}, indent=1) + "\n")
-    (HERE / "cpu-time.md").write_text(table(results, meta))
+    path = HERE / "results-cpu-time.json"
+    last = json.loads(path.read_text()) if path.exists() else {"results": {}, "measured": {}}
+    old_meta = last.get("meta", {})  # files before 2026-12-05 have one date for every row
+    measured = {name: last.get("measured", {}).get(name) or {"date": old_meta.get("date"), "conditions":
+                "each run alone on an idle machine", "command": "python benchmarks/cpu_time.py"}
+                for name in last["results"]}
+    this_run = {"date": meta["date"], "conditions": args.conditions,
+                "command": "python benchmarks/cpu_time.py " + shlex.join(sys.argv[1:])}
+    merged = {name: results.get(name) or last["results"][name] for name in WORKLOADS
+              if name in results or name in last["results"]}
+    measured = {name: this_run if name in results else measured[name] for name in merged}
+    path.write_text(json.dumps({"meta": meta, "results": merged, "measured": measured}, indent=1) + "\n")
+    (HERE / "cpu-time.md").write_text(table(merged, measured, meta))
     print(f"wrote {HERE / 'cpu-time.md'}")
 
 
