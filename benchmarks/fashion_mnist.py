@@ -50,9 +50,8 @@ from d3codec.compress import compress
 from d3codec.data import load_dataset
 from d3codec.evaluate import EvalResult, StudentConfig, random_real_subset, test_split, train_student
 from d3codec.methods.d2m import PRESETS as D2M_PRESETS
-from d3codec.methods.d2m import D2MEncoder, load_labeller
-from d3codec.methods.d3 import D3Encoder
-from d3codec.methods.pixel import PixelEncoder
+from d3codec.methods import BuildContext, get_method, method_names
+from d3codec.methods.d2m import load_labeller
 from d3codec.models import resolve_device
 from d3codec.runtime import keep_freed_memory
 
@@ -224,7 +223,8 @@ def slug(name: str) -> str:
     return "".join(c if c.isalnum() else "-" for c in name.lower()).strip("-")
 
 
-ENCODERS = {"dm": PixelEncoder, "d3": D3Encoder, "d2m": D2MEncoder}
+# the methods this benchmark can run (built through the registry); bptt has its own, benchmarks/bptt_fashion_mnist.py
+METHODS = [name for name in method_names() if name != "bptt"]
 
 # scheduling priority: builds before students (they unlock them), the longest first
 BUILD_PRIORITY = {"d2m": 4, "d3": 3, "dm": 2, "png": 1, "float32": 0}
@@ -300,12 +300,11 @@ def build(spec: dict) -> list[dict]:
     device, seed, ipc, kind = _WORKER["device"], spec["seed"], spec["ipc"], spec["kind"]
     budget = ipc_budget(ipc, real.num_classes, real.image_shape)
     distill_s, extra, draws = None, {"budget": budget}, {}  # draws: samples per class → (images, targets)
-    if kind in ENCODERS:
-        options = dict(spec["overrides"])
-        if kind == "d2m":
-            options["checkpoint"] = spec["archive"] + ".pretrain.safetensors"
+    if kind in METHODS:  # checkpoints: ARCHIVE.ckpt.safetensors (d2m's pre-training: ARCHIVE.pretrain.safetensors)
+        encoder = get_method(kind).make_encoder(spec["preset"], dict(spec["overrides"]),
+                                                BuildContext(Path(spec["archive"])))
         t = time.time()
-        res = compress(real, spec["archive"], encoder=ENCODERS[kind].from_options(spec["preset"], **options),
+        res = compress(real, spec["archive"], encoder=encoder,
                        ipc=ipc, seed=seed, device=device, progress=False)
         distill_s, used = round(time.time() - t, 1), res.file_bytes
         reader, meta = open_archive(spec["archive"])
@@ -452,7 +451,7 @@ def main() -> None:
     p.add_argument("--preset", default="fast")
     p.add_argument("--real-side-ipc", type=int, nargs="*", default=[1],
                    help="IPC budgets at which DM also runs with 256 real images per class per iteration")
-    p.add_argument("--methods", nargs="*", default=["dm", "d3", "d2m"], choices=list(ENCODERS),
+    p.add_argument("--methods", nargs="*", default=["dm", "d3", "d2m"], choices=METHODS,
                    help="distillation methods (the random-real rows always run)")
     p.add_argument("--d2m-samples-per-class", type=int, nargs="+", default=[1, 10, 50, 100],
                    help="one D2M row per number: images sampled per class from the same archive")

@@ -152,21 +152,28 @@ def check_sections(reader: D3Reader, known: dict[str, bool]) -> None:
                                 "needs a newer d3codec")
 
 
+def known_kind(meta: dict[str, Any]):
+    """The registered archive kind (d3codec.methods.registry.ArchiveKind) of ``meta.method``.
+    Raises: D3FormatError naming the kinds this d3codec reads."""
+    from .methods import archive_kind, archive_kind_names
+
+    kind = archive_kind(meta["method"])
+    if kind is None:
+        raise D3FormatError(f"meta: unknown method {safe_text(repr(meta['method']), 60)}; this d3codec reads "
+                            f"{', '.join(archive_kind_names())}: upgrade d3codec")
+    return kind
+
+
 def open_archive(path: str | os.PathLike | bytes, limits=None) -> tuple[D3Reader, dict[str, Any]]:
     """Open an archive and validate its metadata and sections. Returns (reader, meta); close the reader.
 
     ``limits`` (d3codec.limits.DecodeLimits): its ``max_section_bytes`` bounds every section's declared
     raw size, checked from the table before anything is decompressed."""
     from .limits import DEFAULT_LIMITS
-    from .methods import SECTIONS
-
     reader = D3Reader(path, max_section_bytes=(limits or DEFAULT_LIMITS).max_section_bytes)
     try:
         meta = read_meta(reader)
-        if meta["method"] not in SECTIONS:
-            raise D3FormatError(f"meta: unknown method {safe_text(repr(meta['method']), 60)}; this d3codec knows "
-                                f"{', '.join(SECTIONS)}: upgrade d3codec")
-        check_sections(reader, SECTIONS[meta["method"]])
+        check_sections(reader, known_kind(meta).sections)
     except BaseException:
         reader.close()
         raise

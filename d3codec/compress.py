@@ -1,6 +1,6 @@
 """The encoder pipeline shared by every method: budget, plan, distil, write, check.
 
-``compress(real, "fm.d3", method="pixel", ipc=10)`` plans the storage against the byte budget
+``compress(real, "fm.d3", method="dm", ipc=10)`` plans the storage against the byte budget
 before distilling (refusing an impossible budget at once), distils, writes the archive
 atomically, and checks the real file size against the budget.
 """
@@ -11,6 +11,7 @@ import datetime as _dt
 import math
 import os
 import platform
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ from .budget import ipc_budget
 from .container import Section, encode_archive, write_atomic
 from .data import RealData
 from .errors import D3BudgetError
-from .methods import ENCODERS, DatasetSpec, Encoded, Encoder
+from .methods import DEFAULT_METHOD, DatasetSpec, Encoded, Encoder, get_method
 from .runtime import keep_freed_memory
 
 
@@ -117,7 +118,7 @@ def plan_archive(encoder: Encoder, spec: DatasetSpec, budget: int, meta: dict, r
         raise
 
 
-def compress(real: RealData, output: str | os.PathLike, *, method: str = "pixel", encoder: Encoder | None = None,
+def compress(real: RealData, output: str | os.PathLike, *, method: str = DEFAULT_METHOD, encoder: Encoder | None = None,
              ipc: float | None = None, budget: int | None = None, seed: int = 0, device: str | torch.device = "cpu",
              progress: bool = True) -> CompressResult:
     """Distil ``real`` into an archive at ``output`` that fits the byte budget.
@@ -128,7 +129,9 @@ def compress(real: RealData, output: str | os.PathLike, *, method: str = "pixel"
 
     Args:
         real: the real training data (see d3codec.data.load_dataset).
-        method: a key of d3codec.methods.ENCODERS (used when ``encoder`` is not given).
+        method: a registered method's name (d3codec.methods.method_names(): dm, bptt, d3, d2m), built with
+            its fast preset (no checkpoint) when ``encoder`` is not given; ``"pixel"``, the old name of dm, still works
+            with a DeprecationWarning.
         ipc / budget: the budget, as float32 images per class or as bytes (exactly one).
         seed: 0 to MAX_SEED; makes the run reproducible on the same device and software.
     Returns: CompressResult.
@@ -144,7 +147,12 @@ def compress(real: RealData, output: str | os.PathLike, *, method: str = "pixel"
         raise PermissionError(f"cannot write to the folder {output.parent.resolve()}: create it or choose another -o")
     if type(seed) is not int or not 0 <= seed <= MAX_SEED:
         raise ValueError(f"--seed must be an integer from 0 to {MAX_SEED}, not {seed!r}")
-    encoder = encoder or ENCODERS[method]()
+    if encoder is None:
+        if method == "pixel":
+            warnings.warn('method "pixel" is now called "dm" (BPTT is "bptt"); "pixel" goes in the next release',
+                          DeprecationWarning, stacklevel=2)
+            method = "dm"
+        encoder = get_method(method).encoder()  # its fast preset, no checkpoint
     spec = DatasetSpec.of(real)
     budget = resolve_budget(spec, ipc, budget)
     meta = base_meta(spec, encoder.method, budget, ipc, seed, utc_now())

@@ -115,22 +115,23 @@ def decode_archive(reader, meta: dict, samples_per_class: int | None, seed: int,
 
     Raises: as :class:`D3Dataset`.
     """
-    from .methods import DECODERS, SAMPLERS, SCHEDULES
+    from .methods import archive_kind, archive_kind_names
     from .schedule import step_batches
 
+    kind = archive_kind(meta["method"])  # known: open_archive checked it
     sampler = None
-    if meta["method"] in SAMPLERS:
-        sampler = SAMPLERS[meta["method"]](reader, meta, device, limits)
+    if kind.sampled:
+        sampler = kind.load_sampler(reader, meta, device, limits)
         if check_default:
             sampler.check(None)
         images, labels, soft = sampler(samples_per_class, seed)
     elif samples_per_class is not None:
-        raise ValueError(f"samples_per_class applies to sampled archives ({', '.join(sorted(SAMPLERS))}); "
+        sampled = [name for name in archive_kind_names() if archive_kind(name).sampled]
+        raise ValueError(f"samples_per_class applies to sampled archives ({', '.join(sampled)}); "
                          f"this {meta['method']} archive stores its images")
     else:
-        images, labels, soft = DECODERS[meta["method"]](reader, meta, limits)
-    read_schedule = SCHEDULES.get(meta["method"])
-    schedule = read_schedule(reader, meta, limits) if read_schedule else None
+        images, labels, soft = kind.decode(reader, meta, limits)
+    schedule = kind.read_schedule(reader, meta, limits) if kind.read_schedule else None
     if schedule is not None:
         try:
             step_batches(labels, schedule.steps, len(meta["dataset"]["classes"]))

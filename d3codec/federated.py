@@ -1,6 +1,6 @@
 """Federated distillation over torch.distributed: subtasks spread across ranks, merged by rank 0.
 
-Run ``torchrun --nproc-per-node N -m d3codec.cli.main compress ... --method d3 --subtasks K``
+Run ``torchrun --nproc-per-node N -m d3codec.cli.main compress d3 ... --subtasks K``
 (or ``d3 compress ... --workers N``, which spawns N local ranks itself). Every rank makes the same plan;
 rank r distils groups r, r + N, r + 2N, ... (each seeded by (seed, group), so which rank runs a
 group does not change it), writes each as a complete subtask archive beside the output, and rank

@@ -52,10 +52,9 @@ def verify_archive(path: str | os.PathLike | bytes, limits=None) -> Verification
     ``limits``: d3codec.limits.DecodeLimits (default its defaults); an archive over them fails the
     "decode budget" check and no decoder of it is run.
     """
-    from .archive import check_sections, read_meta
+    from .archive import check_sections, known_kind, read_meta
     from .dataset import decode_archive
     from .limits import DEFAULT_LIMITS
-    from .methods import SAMPLERS, SECTIONS
 
     limits = limits or DEFAULT_LIMITS
     result = Verification(safe_text(path if not isinstance(path, (bytes, bytearray)) else "archive", 300))
@@ -78,9 +77,8 @@ def verify_archive(path: str | os.PathLike | bytes, limits=None) -> Verification
             result.checks.append((step, "every checksum matches; every section decodes to its declared size"))
             step = "metadata"
             meta = read_meta(reader)
-            if meta["method"] not in SECTIONS:
-                raise D3FormatError(f"unknown method {safe_text(repr(meta['method']), 60)}")
-            check_sections(reader, SECTIONS[meta["method"]])
+            kind = known_kind(meta)
+            check_sections(reader, kind.sections)
             result.checks.append((step, f"method {meta['method']}, dataset '{safe_text(meta['dataset']['name'])}', "
                                         f"{len(meta['dataset']['classes'])} classes"))
             step = "byte accounting"
@@ -93,7 +91,7 @@ def verify_archive(path: str | os.PathLike | bytes, limits=None) -> Verification
             result.checks.append((step, f"{reader.file_size} bytes within " + (
                 ", ".join(f"{k} {v}" for k, v in stated.items()) or "no stated budget")))
             step = "contents"  # the limits are checked first within it; a refusal is reported as "decode budget"
-            sampled = meta["method"] in SAMPLERS
+            sampled = kind.sampled
             images, labels, soft, schedule, sampler = decode_archive(
                 reader, meta, 1 if sampled else None, 0, "cpu", limits, check_default=True)
             if sampled:

@@ -77,7 +77,7 @@ def test_eval_with_random_real_baseline(tiny_real, tmp_path, monkeypatch):
 
 def test_d3_compress_expand_any_count_and_merge(image_folder, tmp_path):
     out = tmp_path / "d.d3"
-    r = run("compress", image_folder, "--method", "d3", "--resolution", 16, "--budget", 20_000, "--iterations", 2,
+    r = run("compress", "d3", image_folder, "--resolution", 16, "--budget", 20_000, "--iterations", 2,
             "--real-per-class", 4, "--prior-dtype", "int8", "-o", out, "--device", "cpu", "--quiet")
     assert r.exit_code == 0, r.output
     assert out.stat().st_size <= 20_000 and "priors per class" in r.output and "int8 priors" in r.output
@@ -94,12 +94,14 @@ def test_d3_compress_expand_any_count_and_merge(image_folder, tmp_path):
 
 def test_options_of_the_other_method_are_refused(image_folder, tmp_path):
     r = run("compress", image_folder, "--budget", 20_000, "--subtasks", 2, "-o", tmp_path / "x.d3", "--quiet")
-    assert r.exit_code != 0 and "--subtasks apply to --method d3" in r.output
+    assert r.exit_code == 1 and "--subtasks is an option of d3, not of dm: d3 compress d3 DATASET" in r.output
     r = run("compress", image_folder, "--budget", 20_000, "--soft-labels", "-o", tmp_path / "x.d3", "--quiet")
-    assert r.exit_code != 0 and "--soft-labels applies to --method d3 and d2m" in r.output
-    r = run("compress", image_folder, "--method", "d3", "--budget", 20_000, "--images-per-class", 2,
+    assert r.exit_code == 1 and "--soft-labels is an option of d3 and d2m, not of dm" in r.output
+    r = run("compress", image_folder, "--budget", 20_000, "--no-soft-labels", "-o", tmp_path / "x.d3", "--quiet")
+    assert r.exit_code == 1 and "--no-soft-labels is an option of d3 and d2m" in r.output
+    r = run("compress", "d3", image_folder, "--budget", 20_000, "--images-per-class", 2,
             "-o", tmp_path / "x.d3", "--quiet")
-    assert r.exit_code != 0 and "--priors-per-class" in r.output
+    assert r.exit_code == 1 and "not of d3; use --priors-per-class" in r.output
     pixel = tmp_path / "p.d3"
     assert run("compress", image_folder, "--resolution", 16, "--budget", 8000, "--iterations", 1, "-o", pixel,
                "--device", "cpu", "--quiet").exit_code == 0
@@ -109,9 +111,9 @@ def test_options_of_the_other_method_are_refused(image_folder, tmp_path):
 
 def test_d2m_compress_expand_at_any_count_and_eval_with_resampling(tiny_real, image_folder, tmp_path, monkeypatch):
     out = tmp_path / "g.d3"
-    options = ["--method", "d2m", "--resolution", 16, "--budget", 40_000, "--pretraining", "gan",
+    options = ["--resolution", 16, "--budget", 40_000, "--pretraining", "gan",
                "--pretrain-iterations", 3, "--iterations", 1, "--real-per-class", 4, "-o", out, "--device", "cpu", "--quiet"]
-    r = run("compress", image_folder, *options, "--soft-labels")
+    r = run("compress", "d2m", image_folder, *options, "--soft-labels")
     assert r.exit_code == 0, r.output
     assert out.stat().st_size <= 40_000 and "generator upconv-v2 of width" in r.output
     assert "teacher of width 32 for soft labels" in r.output and D3Dataset(out).soft_labels is not None
@@ -121,11 +123,11 @@ def test_d2m_compress_expand_at_any_count_and_eval_with_resampling(tiny_real, im
     assert r.exit_code == 0, r.output
     assert sum(1 for _ in (tmp_path / "png").rglob("*.png")) == 15
 
-    r = run("compress", image_folder, "--method", "d2m", "--budget", 30_000, "--images-per-class", 2,
+    r = run("compress", "d2m", image_folder, "--budget", 30_000, "--images-per-class", 2,
             "-o", tmp_path / "x.d3", "--quiet")
     assert r.exit_code != 0 and "--samples-per-class" in r.output
     r = run("compress", image_folder, "--budget", 30_000, "--task-balance", 2, "-o", tmp_path / "x.d3", "--quiet")
-    assert r.exit_code != 0 and "--task-balance apply to --method d2m" in r.output
+    assert r.exit_code == 1 and "--task-balance is an option of d2m, not of dm" in r.output
 
     import d3codec.data
     from d3codec.compress import compress
@@ -152,7 +154,7 @@ def test_d2m_compress_expand_at_any_count_and_eval_with_resampling(tiny_real, im
 def test_bptt_compress_and_eval_replays_the_schedule_beside_standard_training(tiny_real, image_folder, tmp_path,
                                                                                monkeypatch):
     out = tmp_path / "b.d3"
-    r = run("compress", image_folder, "--resolution", 16, "--budget", 8_000, "--objective", "bptt", "--init", "random",
+    r = run("compress", "bptt", image_folder, "--resolution", 16, "--budget", 8_000, "--init", "random",
             "--images-per-class", 2, "--inner-epochs", 1, "--iterations", 2, "--real-per-class", 4, "-o", out,
             "--device", "cpu", "--quiet")
     assert r.exit_code == 0, r.output
@@ -166,7 +168,7 @@ def test_bptt_compress_and_eval_replays_the_schedule_beside_standard_training(ti
         assert f.metadata()["network"] == "lenet" and list(f.keys()) == ["step_sizes"]  # random init: no θ₀
         assert torch.equal(f.get_tensor("step_sizes"), D3Dataset(out).schedule.lrs)
     r = run("compress", image_folder, "--budget", 8_000, "--init", "random", "-o", tmp_path / "x.d3", "--quiet")
-    assert r.exit_code != 0 and "--init apply to --method pixel --objective bptt" in r.output
+    assert r.exit_code == 1 and "--init is an option of bptt, not of dm" in r.output
 
     import d3codec.data
     from d3codec.compress import compress

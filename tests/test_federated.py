@@ -13,7 +13,7 @@ def run(*args):
 
 
 def test_two_ranks_and_one_process_give_the_same_images(image_folder, tmp_path):
-    common = ["compress", image_folder, "--method", "d3", "--subtasks", 2, "--resolution", 16, "--budget", 30_000,
+    common = ["compress", "d3", image_folder, "--subtasks", 2, "--resolution", 16, "--budget", 30_000,
               "--iterations", 2, "--real-per-class", 4, "--seed", 3, "--device", "cpu", "--quiet"]
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as each of the two workers runs; float sums depend on the thread count

@@ -248,12 +248,12 @@ def test_a_budget_that_is_not_an_integer_is_refused_before_it_is_printed(tmp_pat
     (("--ipc", "nan"), "not a finite number"), (("--ipc", "inf"), "not a finite number"),
     (("--ipc", "-1"), "above 0"), (("--iterations", "0"), "--iterations"), (("--iterations", "-3"), "--iterations"),
     (("--budget", str(1 << 40)), "--budget"), (("--device", "bogus"), "unknown device"),
-    (("--device", "cuda:7"), "cuda:7"), (("--subtasks", "0"), "--subtasks"), (("--seed", "-1"), "--seed"),
+    (("--device", "cuda:7"), "cuda:7"), (("--priors-per-class", "0"), "--priors-per-class"), (("--seed", "-1"), "--seed"),
 ])
 def test_compress_options_are_checked_before_the_data_loads(args, needle, tmp_path):
     base = {"--ipc": "1"} if "--ipc" not in args and "--budget" not in args else {}
     flat = [x for kv in base.items() for x in kv]
-    result = run("compress", tmp_path / "no-such-dataset", *flat, *args, "-o", tmp_path / "x.d3")
+    result = run("compress", "d3", tmp_path / "no-such-dataset", *flat, *args, "-o", tmp_path / "x.d3")
     line = one_line_refusal(result, needle)
     assert "no-such-dataset" not in line  # the option was refused first
 

@@ -8,9 +8,11 @@ writes the file atomically and checks its size.
 
 from __future__ import annotations
 
+import math
 import os
+import typing
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -56,10 +58,53 @@ class Encoded:
 
 
 def preset_config(presets: dict[str, Any], preset: str, overrides: dict[str, Any]) -> Any:
-    """``presets[preset]`` with the overrides that are not None. Raises ValueError for an unknown preset."""
+    """``presets[preset]`` with the overrides that are not None, each coerced to its field's type
+    (see :func:`coerce_field`).
+
+    Raises: ValueError for an unknown preset, a name that is no field of the config, or a value that
+    is not of its field's type."""
     if preset not in presets:
         raise ValueError(f"unknown preset {preset!r}; use one of {', '.join(presets)}")
-    return replace(presets[preset], **{k: v for k, v in overrides.items() if v is not None})
+    config = presets[preset]
+    hints = typing.get_type_hints(type(config))
+    given = {k: v for k, v in overrides.items() if v is not None}
+    unknown = sorted(set(given) - {f.name for f in fields(config)})
+    if unknown:
+        raise ValueError(f"{type(config).__name__} has no field {', '.join(unknown)}; its fields: "
+                         f"{', '.join(f.name for f in fields(config))}")
+    return replace(config, **{k: coerce_field(k, v, hints[k]) for k, v in given.items()})
+
+
+def coerce_field(name: str, value: Any, annotation: Any) -> Any:
+    """``value`` as the type ``annotation`` names (``int``, ``float``, ``bool``, ``str``, or one of them
+    ``| None``): an int field takes an int or a whole float or numeral ("300"); a float field takes any
+    finite number or numeral; a bool field takes a bool or "true"/"false"; a str field takes a str.
+
+    Raises: ValueError naming the field, the type and the value."""
+    allowed = [a for a in (typing.get_args(annotation) or (annotation,)) if a is not type(None)]
+    kind = allowed[0] if len(allowed) == 1 else None
+    if kind is bool:
+        if isinstance(value, bool) or (isinstance(value, str) and value.lower() in ("true", "false")):
+            return value if isinstance(value, bool) else value.lower() == "true"
+    elif kind is int and not isinstance(value, bool):
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and math.isfinite(value) and value == int(value):
+            return int(value)
+        if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+            return int(value)
+    elif kind is float and not isinstance(value, bool):
+        try:
+            number = float(value) if isinstance(value, (int, float, str)) else math.nan
+        except ValueError:
+            number = math.nan
+        if math.isfinite(number):
+            return number
+    elif kind is str and isinstance(value, str):
+        return value
+    elif kind is None:
+        return value  # a field of another type: taken as it is
+    raise ValueError(f"{name} must be {getattr(kind, '__name__', kind)}, not {repr(value)[:40]}")
 
 
 class Encoder(ABC):

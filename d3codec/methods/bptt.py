@@ -49,6 +49,8 @@ from ..storage import decode_images, encode_images, resolve_storage_dtype
 from ..archive import describe
 from ..weights import read_stored
 from .base import CheckpointedEncoder, DatasetSpec, Encoded
+from .pixel import IMAGES_OPTION, STORAGE_OPTION
+from .registry import Method, Option, register_method
 
 NETWORKS = ("lenet", "convnet3")
 INITS = ("fixed", "random")
@@ -105,7 +107,7 @@ def largest_divisor_up_to(n: int, limit: int) -> int:
 
 
 class BPTTEncoder(CheckpointedEncoder):
-    """``--method pixel --objective bptt``. ``BPTTEncoder(PRESETS["fast"])`` or any :class:`BPTTConfig`.
+    """Method ``bptt`` (``d3 compress bptt ...``). ``BPTTEncoder(PRESETS["fast"])`` or any :class:`BPTTConfig`.
 
     Its archives are pixel archives (DM's ``images`` section, read by the same decoder) plus a
     ``schedule`` section."""
@@ -371,3 +373,22 @@ def read_schedule(reader, meta: dict, limits=None) -> TrainingSchedule | None:
         if not all(torch.isfinite(v).all() for v in theta0.values()):
             raise D3FormatError("section 'schedule': θ₀ holds non-finite values")
     return TrainingSchedule(network, steps, epochs, step_sizes, init, theta0)
+
+
+def describe_plan(plan: BPTTPlan) -> str:
+    return (f"{plan.images_per_class} {plan.storage_dtype} images per class, {plan.inner_steps} steps × "
+            f"{plan.inner_epochs} epochs")
+
+
+register_method(Method(
+    "bptt", "The original dataset distillation (Wang et al. 2018): images and per-step learning rates learned "
+    "through unrolled training; the archive carries the schedule.", "pixel", BPTTEncoder,
+    (Option("--init", "init", "fixed: one stored initialisation θ₀, counted in the budget; random: a fresh one every "
+            "step, so the images work from any.", kind="choice", choices=INITS),
+     Option("--network", "network", "The unrolled network.", kind="choice", choices=NETWORKS),
+     Option("--inner-steps", "inner_steps", "GD steps an epoch, each on its own share of the images (default: up to "
+            "10, dividing the images per class).", high=100_000),
+     Option("--inner-epochs", "inner_epochs", "Passes over the steps (default 3, or more for at least 10 steps in "
+            "all).", high=100_000),
+     STORAGE_OPTION, IMAGES_OPTION),
+    describe_plan=describe_plan))

@@ -81,6 +81,8 @@ from ..models import ConvNet, parameter_shapes, upsampling_geometry
 from ..teacher import Teacher, train_teacher, untrained_teacher
 from ..weights import WEIGHT_DTYPES, load_stored_module, quantise_state, read_safetensors_file
 from .base import DatasetSpec, Encoded, Encoder, Sampler, preset_config
+from .registry import (TEACHER_OPTION, ArchiveKind, BuildContext, Method, Option, register_archive_kind,
+                       register_method)
 
 GENERATOR_WIDTHS = (4, 6, 8, 12, 16, 20, 24, 28, 32, 36, 40, 48, 56, 64, 80, 96, 128, 160, 192, 256, 320, 384, 512)
 # the registry of generator architectures an archive may name: name → options of ConditionalGenerator
@@ -380,6 +382,7 @@ class D2MEncoder(Encoder):
     """
 
     method = "d2m"
+    presets = PRESETS
 
     def __init__(self, config: D2MConfig = PRESETS["fast"], teacher: Teacher | None = None,
                  generator: PretrainedGenerator | None = None, checkpoint: str | os.PathLike | None = None,
@@ -903,7 +906,7 @@ def load_labeller(reader, meta: dict, device: torch.device | str = "cpu", limits
     from ..limits import DEFAULT_LIMITS, check
 
     ds = meta["dataset"]
-    k, (c, h, w) = len(ds["classes"]), tuple(ds["image_shape"])
+    k, (c, h, _) = len(ds["classes"]), tuple(ds["image_shape"])  # ConvNet-3 takes square images: w = h
     dtype = read_params(meta)[4]
     cost = labeller_cost(meta, "teacher" in reader)
     if cost is None:
@@ -933,3 +936,48 @@ def decode(reader, meta: dict, samples_per_class: int | None = None, seed: int =
 
 __all__ = ["D2MConfig", "D2MEncoder", "D2MPlan", "ConditionalGenerator", "GENERATORS", "PRESETS", "decode",
            "load_generator", "load_labeller", "load_sampler", "save_generator"]
+
+
+def describe_plan(plan: D2MPlan) -> str:
+    return (f"generator {plan.architecture} of width {plan.generator_width} ({plan.weight_dtype}), noise "
+            f"{plan.noise_dim}, class embeddings {plan.embed_dim}"
+            + (f", a ConvNet-3 teacher of width {plan.teacher_width} for soft labels" if plan.teacher_width else "")
+            + f"; draws {plan.samples_per_class} per class by default")
+
+
+def build(method: Method, preset: str, options: dict, context: BuildContext) -> "D2MEncoder":
+    """The D2M encoder of ``preset`` with ``options``; ``options["teacher"]`` and ``options["generator"]``,
+    files, are loaded. Pre-training checkpoints to the context's checkpoint (default
+    OUTPUT.pretrain.safetensors), fine-tuning to OUTPUT.ckpt.safetensors."""
+    from ..teacher import load_teacher
+
+    teacher_file, generator_file = options.pop("teacher", None), options.pop("generator", None)
+    teacher = load_teacher(teacher_file, context.image_shape, context.num_classes, context.device) \
+        if teacher_file is not None else None
+    generator = load_generator(generator_file, context.num_classes, context.image_shape) \
+        if generator_file is not None else None
+    return D2MEncoder.from_options(preset, teacher, generator, context.checkpoint_or(".pretrain.safetensors"),
+                                   f"{context.output}.ckpt.safetensors", **options)
+
+
+register_archive_kind(ArchiveKind("d2m", {"meta": True, "generator": True, "teacher": False},
+                                  load_sampler=load_sampler))
+register_method(Method(
+    "d2m", "Data-to-model distillation (Sajedi et al. 2024): a class-conditional generator, sampled at any IPC.",
+    "d2m", D2MEncoder,
+    (Option("--pretraining", "pretraining", "Pre-train the generator as a conditional GAN or as the decoder of a "
+            "conditional VAE.", kind="choice", choices=("gan", "vae")),
+     Option("--pretrain-iterations", "pretrain_iterations", "Pre-training iterations."),
+     Option("--task-balance", "task_balance", "Weight of prediction matching against embedding matching.",
+            kind="float", low=0.0, high=1e6),
+     Option("--generator-width", "generator_width", "Generator channels (default: fill the budget).", low=4,
+            high=4096),
+     Option("--soft-labels", "soft_labels", "Store the teacher itself (int8, in the budget), so that every sample "
+            "drawn gets the teacher's soft label.", kind="flag"),
+     Option("--generator", "generator", "Fine-tune this pre-trained generator (safetensors) instead of "
+            "pre-training one.", kind="file"),
+     TEACHER_OPTION),
+    build=build, describe_plan=describe_plan,
+    hints={"--images-per-class": "d2m archives draw any count at expansion (--samples-per-class)"},
+    checkpoint_help="the pre-training checkpoint (default: OUTPUT.pretrain.safetensors, every 200 iterations in the "
+    "fast preset, kept for another fine-tuning); fine-tuning checkpoints to OUTPUT.ckpt.safetensors"))

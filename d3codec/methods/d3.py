@@ -69,6 +69,8 @@ from ..teacher import Teacher, train_teacher, untrained_teacher
 from ..weights import (WEIGHT_DTYPES, dequantise_state, load_stored_module, quantise_int8, quantise_state,
                        read_stored)
 from .base import DatasetSpec, Encoded, Encoder, Sampler, preset_config
+from .registry import (TEACHER_OPTION, ArchiveKind, BuildContext, Method, Option, register_archive_kind,
+                       register_method)
 
 DECODER_WIDTHS = (8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256)
 DECODER_DTYPES = WEIGHT_DTYPES
@@ -331,6 +333,7 @@ class D3Encoder(Encoder):
     """
 
     method = "d3"
+    presets = PRESETS
 
     def __init__(self, config: D3Config = PRESETS["fast"], teacher: Teacher | None = None,
                  checkpoint: str | os.PathLike | None = None, checkpoint_seconds: float = 300.0):
@@ -761,3 +764,44 @@ def decode(reader, meta: dict, samples_per_class: int | None = None, seed: int =
     """Draw ``samples_per_class`` samples per class from a D3 archive's priors and decode them; see
     :func:`load_sampler`. Raises: D3FormatError when a section does not match the metadata."""
     return load_sampler(reader, meta, device, limits)(samples_per_class, seed)
+
+
+def describe_plan(plan: D3Plan) -> str:
+    g = plan.groups[0]
+    return (f"{len(plan.groups)} subtask(s), {g.priors_per_class} priors per class, latent {g.latent_dim}, "
+            f"decoder width {g.decoder_width} ({plan.decoder_dtype}), {plan.prior_dtype} priors")
+
+
+def build(method: Method, preset: str, options: dict, context: BuildContext) -> D3Encoder:
+    """The D3 encoder of ``preset`` with ``options``; ``options["teacher"]``, a file, is loaded on the context's device."""
+    from ..teacher import load_teacher
+
+    teacher_file = options.pop("teacher", None)
+    teacher = load_teacher(teacher_file, context.image_shape, context.num_classes, context.device) \
+        if teacher_file is not None else None
+    return D3Encoder.from_options(preset, teacher, context.checkpoint_or(".ckpt.safetensors"), **options)
+
+
+register_archive_kind(ArchiveKind("d3", {"meta": True, "priors": True, "decoder": True, "prior_labels": True},
+                                  load_sampler=load_sampler))
+register_method(Method(
+    "d3", "Distributional distillation (Qin et al. 2024): per-class Gaussian priors, a small decoder and a soft "
+    "label per prior, in federated subtasks.", "d3", D3Encoder,
+    (Option("--subtasks", "subtasks", "Split the classes into K groups, each with its own decoder."),
+     Option("--latent-dim", "latent_dim", "Latent size (default by the budget rule: 32 up to 32 pixels a side, "
+            "else 64).", high=4096),
+     Option("--priors-per-class", "priors_per_class", "Priors per class (default: as many as the budget holds).",
+            high=1_000_000),
+     Option("--decoder-width", "decoder_width", "Decoder channels (default: the widest that takes at most "
+            "decoder_share of the budget).", high=4096),
+     Option("--decoder-dtype", "decoder_dtype", "How decoder weights are stored.", kind="choice",
+            choices=("int8", "float16")),
+     Option("--prior-dtype", "prior_dtype", "How prior means and log-variances are stored (int8: about twice the "
+            "priors).", kind="choice", choices=("int8", "float16")),
+     Option("--soft-labels", "soft_labels", "Store a teacher's soft label per prior.", kind="flag"),
+     TEACHER_OPTION),
+    build=build, describe_plan=describe_plan, subtasks=True,
+    hints={"--images-per-class": "use --priors-per-class"},
+    checkpoint_help="each subtask i checkpoints to this name with .g{i} before its suffix (default: "
+    "OUTPUT.ckpt.g{i}.safetensors, written every 5 minutes, deleted once the archive is written); a killed encode "
+    "resumes by running the same command again"))

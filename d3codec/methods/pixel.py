@@ -40,6 +40,7 @@ from ..errors import D3FormatError
 from ..models import ConvNet
 from ..storage import check_probabilities, decode_images, encode_images, resolve_storage_dtype
 from .base import CheckpointedEncoder, DatasetSpec, Encoded
+from .registry import ArchiveKind, Method, Option, register_archive_kind, register_method
 
 
 @dataclass(frozen=True)
@@ -205,3 +206,25 @@ def decode(reader, meta: dict, limits=None) -> tuple[torch.Tensor, torch.Tensor,
         check_probabilities(soft, "soft_labels", "soft_labels")
         soft = soft.float()
     return images, labels, soft
+
+
+def describe_plan(plan: PixelPlan) -> str:
+    return f"{plan.images_per_class} {plan.storage_dtype} images per class"
+
+
+STORAGE_OPTION = Option("--storage-dtype", "storage_dtype", "How images are stored; auto picks uint8 with a per-class "
+                        "range (most images per byte).", kind="choice", choices=("auto", "uint8", "float16", "float32"))
+IMAGES_OPTION = Option("--images-per-class", "images_per_class", "Fix the image count instead of filling the budget.")
+
+def read_schedule(reader, meta: dict, limits=None):
+    """The training schedule a pixel archive of objective bptt carries, else None (see
+    d3codec.methods.bptt.read_schedule, imported here only when an archive is read)."""
+    from .bptt import read_schedule as read_bptt_schedule
+
+    return read_bptt_schedule(reader, meta, limits)
+
+
+register_archive_kind(ArchiveKind("pixel", {"meta": True, "images": True, "soft_labels": True, "schedule": True},
+                                  decode=decode, read_schedule=read_schedule))
+register_method(Method("dm", "Distribution matching on the pixels (Zhao & Bilen, WACV 2023): learn the images.",
+                       "pixel", PixelEncoder, (STORAGE_OPTION, IMAGES_OPTION), describe_plan=describe_plan))

@@ -1,0 +1,270 @@
+"""``d3 compress [METHOD] DATASET ...``: one subcommand per registered method, built from the registry.
+
+Every method's command has the same shared option groups (output, budget, data, run, checkpoint) and its
+own options (d3codec.methods.registry.Option), each shown under its heading in ``--help`` with the presets'
+defaults. ``d3 compress DATASET ...`` with no method named runs the default method (dm). The spelling
+of d3codec 0.1, ``--method pixel|d3|d2m`` and ``--objective dm|bptt``, still works for one release, with
+a deprecation notice.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from d3codec.compress import MAX_BUDGET_BYTES, MAX_SEED
+from d3codec.errors import D3Error
+from d3codec.methods import DEFAULT_METHOD, BuildContext, Method, Option, get_method, method_names
+
+from .options import OptionValueError, PositiveFinite, count, fail
+
+DATASETS = "fashion-mnist, mnist, cifar10, cifar100, imagenet, or a class-per-folder path"
+# the old spelling: --method NAME [--objective NAME] → the method now named
+LEGACY = {("pixel", "dm"): "dm", ("pixel", "bptt"): "bptt", ("d3", "dm"): "d3", ("d2m", "dm"): "d2m"}
+
+
+class SectionOption(click.Option):
+    """A click option shown under a heading of ``--help`` (``section``)."""
+
+    def __init__(self, *args, section: str = "Options", **kwargs):
+        super().__init__(*args, **kwargs)
+        self.section = section
+
+
+class MethodCommand(click.Command):
+    """The compress command of one method: options under headings, and a refusal that names the method an
+    option belongs to."""
+
+    def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        sections: dict[str, list[tuple[str, str]]] = {}
+        for param in self.get_params(ctx):
+            record = param.get_help_record(ctx) if isinstance(param, click.Option) else None
+            if record is not None:
+                sections.setdefault(getattr(param, "section", "Other options"), []).append(record)
+        for title, rows in sections.items():
+            with formatter.section(title):
+                formatter.write_dl(rows)
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)
+        except click.NoSuchOption as error:
+            owners = [name for name in method_names() if any(
+                error.option_name in (o.name, negative(o)) for o in get_method(name).options)]
+            if not owners:
+                raise
+            hint = get_method(self.name).hints.get(error.option_name)
+            raise OptionValueError(f"{error.option_name} is an option of {' and '.join(owners)}, not of {self.name}"
+                                   + (f"; {hint}" if hint else f": d3 compress {owners[0]} DATASET ... "
+                                      f"{error.option_name} ..."), ctx=ctx) from None
+
+
+def negative(option: Option) -> str | None:
+    return "--no-" + option.name[2:] if option.kind == "flag" else None
+
+
+def preset_names(method: Method) -> list[str]:
+    """The method's presets, the default (fast) first."""
+    return sorted(method.presets, key=lambda name: name != "fast")
+
+
+def preset_defaults(method: Method, field: str) -> str:
+    """``[default: 400 (fast), 20000 (paper)]``, or one value where every preset agrees, or "" for None."""
+    values = {preset: getattr(method.presets[preset], field) for preset in preset_names(method)}
+    if all(v is None for v in values.values()):
+        return ""
+    shown = {k: ("on" if v is True else "off" if v is False else v) for k, v in values.items()}
+    if len(set(map(str, shown.values()))) == 1:
+        return f"  [default: {next(iter(shown.values()))}]"
+    return "  [default: " + ", ".join(f"{v} ({k})" for k, v in shown.items()) + "]"
+
+
+def click_option(option: Option, method: Method, section: str) -> click.Option:
+    """The click option of a registry Option, under ``section``, its help ending in the presets' defaults."""
+    help_text = option.help + (preset_defaults(method, option.field) if option.field in method.config_fields() else "")
+    if option.kind == "flag":
+        return SectionOption([f"{option.name}/{negative(option)}", option.field], default=None, help=help_text,
+                             section=section)
+    types = {"int": lambda: count(int(option.low) if option.low is not None else None,
+                                  int(option.high) if option.high is not None else None),
+             "float": lambda: PositiveFinite(option.low if option.low is not None else float("-inf"),
+                                             option.high if option.high is not None else float("inf"), inclusive=True),
+             "choice": lambda: click.Choice(option.choices),
+             "file": lambda: click.Path(exists=True, dir_okay=False)}
+    return SectionOption([option.name, option.field], type=types[option.kind](), help=help_text, section=section)
+
+
+def shared_options(method: Method) -> list[click.Parameter]:
+    """The options every method's command has, under their headings."""
+    run_defaults = {f: preset_defaults(method, f) for f in ("iterations", "real_per_class")}
+    return [
+        SectionOption(["-o", "--output"], required=True, type=click.Path(dir_okay=False),
+                      help="Archive to write (.d3).", section="Output"),
+        SectionOption(["--quiet"], is_flag=True, help="No progress bar.", section="Output"),
+        SectionOption(["--ipc"], type=PositiveFinite(), help="Budget as N float32 images per class: N·K·C·H·W·4 "
+                      "bytes (N > 0; the bytes at most 4 GiB).", section="Budget (give one)"),
+        SectionOption(["--budget"], type=count(1, MAX_BUDGET_BYTES), help="Budget in bytes, 1 to 4 GiB; the whole "
+                      "file counts.", section="Budget (give one)"),
+        SectionOption(["--data-root"], type=click.Path(file_okay=False), help="Where the real data is (or goes).",
+                      section="Data"),
+        SectionOption(["--resolution"], type=count(1, 4096), help="Side length for imagenet and folder datasets "
+                      "(default 64).", section="Data"),
+        SectionOption(["--preset"], type=click.Choice(preset_names(method)), default="fast", show_default=True,
+                      help="fast: minutes on a CPU; paper: the paper's settings, for a GPU.", section="Run"),
+        SectionOption(["--iterations"], type=count(), help="Override the preset's iteration count (at least 1)."
+                      + run_defaults["iterations"], section="Run"),
+        SectionOption(["--real-per-class"], type=count(), help="Real images per class per iteration."
+                      + run_defaults["real_per_class"], section="Run"),
+        SectionOption(["--seed"], type=count(0, MAX_SEED), default=0, show_default=True, section="Run",
+                      help="Makes the run reproducible on the same device and software."),
+        SectionOption(["--device"], default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, ...",
+                      section="Run"),
+        SectionOption(["--checkpoint"], type=click.Path(dir_okay=False), help=method.checkpoint_help[0].upper()
+                      + method.checkpoint_help[1:] + ".", section="Checkpoint"),
+        SectionOption(["--resume", "resume"], flag_value="resume", default=None, section="Checkpoint",
+                      help="Insist on going on from the checkpoint (refused when there is none). Without --resume "
+                      "or --restart, a checkpoint of the same run is taken up and one of another run is refused."),
+        SectionOption(["--restart", "resume"], flag_value="restart", section="Checkpoint",
+                      help="Delete this output's checkpoints first and distil from scratch."),
+    ]
+
+
+def method_command(method: Method) -> MethodCommand:
+    """The ``d3 compress NAME`` command of ``method``."""
+    section = f"{method.name} options"
+    params: list[click.Parameter] = [click.Argument(["dataset"])] + shared_options(method)
+    params += [click_option(o, method, section) for o in method.options]
+    if method.subtasks:
+        params.append(SectionOption(["--workers"], type=count(), section=section, help="Distil the subtasks on N "
+                                    "local processes (torch.distributed); under torchrun, leave it out."))
+
+    def callback(**values) -> None:
+        run_compress(method, values)
+
+    return MethodCommand(method.name, params=params, callback=callback, short_help=method.summary,
+                         help=f"{method.summary}\n\nDistil DATASET ({DATASETS}) into an archive that fits the "
+                         "budget; the whole file counts.",
+                         context_settings={"help_option_names": ["-h", "--help"]})
+
+
+class CompressGroup(click.Group):
+    """``d3 compress``: a subcommand per registered method (read from the registry whenever it is asked),
+    the default method where none is named, and the old ``--method``/``--objective`` spelling."""
+
+    def __init__(self, name: str = "compress"):
+        super().__init__(name, context_settings={"help_option_names": ["-h", "--help"]},
+                         help=f"Distil DATASET ({DATASETS}) into a .d3 archive that fits a byte budget.\n\n"
+                         f"METHOD is one of those below (default {DEFAULT_METHOD}); `d3 compress METHOD -h` lists its "
+                         "options with every default. Under torchrun (or with --workers N) a method that splits "
+                         "into subtasks (d3) spreads them over the ranks.",
+                         short_help="Distil a dataset into a .d3 archive (d3 compress [METHOD] DATASET ...).")
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return method_names()
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        return method_command(get_method(name)) if name in method_names() else None
+
+    def format_usage(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        formatter.write_usage(ctx.command_path, "[METHOD] DATASET -o OUT.d3 (--ipc N | --budget BYTES) [OPTIONS]")
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = [(name, get_method(name).summary) for name in method_names()]
+        with formatter.section("Methods"):
+            formatter.write_dl(rows)
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        args, legacy = legacy_method(list(args))
+        if args and args[0] not in method_names() and args[0] not in ("-h", "--help"):
+            args.insert(0, legacy or DEFAULT_METHOD)
+        elif legacy is not None and args and args[0] != legacy:
+            raise click.UsageError(f"--method/--objective name {legacy}, but the command names {args[0]}: keep one")
+        return super().parse_args(ctx, args)
+
+
+def legacy_method(args: list[str]) -> tuple[list[str], str | None]:
+    """``args`` without d3codec 0.1's ``--method``/``--objective`` options, and the method they name (None
+    where they are absent). Prints a deprecation notice when they are present.
+
+    Raises: click.UsageError for a value no method has."""
+    given: dict[str, str] = {}
+    rest: list[str] = []
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        key = next((k for k in ("--method", "--objective") if arg == k or arg.startswith(k + "=")), None)
+        if key is None:
+            rest.append(arg)
+            i += 1
+            continue
+        if arg == key:
+            if i + 1 >= len(args):
+                raise click.UsageError(f"{key} needs a value")
+            given[key], i = args[i + 1], i + 2
+        else:
+            given[key], i = arg.split("=", 1)[1], i + 1
+    if not given:
+        return args, None
+    pair = (given.get("--method", "pixel"), given.get("--objective", "dm"))
+    if pair not in LEGACY:
+        raise click.UsageError(f"--method {pair[0]} --objective {pair[1]} is no method; name one: "
+                               f"d3 compress {'|'.join(method_names())} DATASET ...")
+    name = LEGACY[pair]
+    click.echo(f"d3 compress: --method/--objective are deprecated and go in the next release; write "
+               f"`d3 compress {name} DATASET ...`", err=True)
+    return rest, name
+
+
+def run_compress(method: Method, values: dict) -> None:
+    """Build the encoder from the options and distil (the body of every method's command)."""
+    from d3codec.compress import compress
+    from d3codec.data import load_dataset
+    from d3codec.federated import barrier, compress_with_workers, join_process_group, rank, world_size
+    from d3codec.models import resolve_device
+
+    output, quiet, ipc, budget = values["output"], values["quiet"], values["ipc"], values["budget"]
+    workers, resume = values.get("workers"), values["resume"]
+    try:
+        if (ipc is None) == (budget is None):
+            raise click.UsageError("give exactly one of --ipc N or --budget BYTES")
+        device = join_process_group(resolve_device(values["device"]))  # a missing device before the data loads
+        real = load_dataset(values["dataset"], values["data_root"], values["resolution"])
+        options = {"iterations": values["iterations"], "real_per_class": values["real_per_class"],
+                   **{o.field: values[o.field] for o in method.options}}
+        context = BuildContext(Path(output), Path(values["checkpoint"]) if values["checkpoint"] else None, device,
+                               tuple(real.image_shape), real.num_classes)
+        encoder = method.make_encoder(values["preset"], options, context)
+        found = encoder.checkpoint_files()
+        if resume == "resume" and not found:
+            raise click.UsageError(f"--resume: there is no checkpoint of {output} to go on from; leave --resume out "
+                                   "to start")
+        if resume == "restart":
+            if rank() == 0:
+                for path in found:
+                    path.unlink(missing_ok=True)
+            barrier()  # no rank starts before they are gone
+            found = []
+        if found and rank() == 0:
+            click.echo(f"resuming from {', '.join(map(str, found))} (--restart to start afresh)", err=True)
+        if rank() == 0:
+            click.echo(f"{real.name}: {len(real.train_targets)} training images, {real.num_classes} classes, "
+                       f"shape {real.image_shape}; method {method.name}, preset {values['preset']}, device {device}"
+                       + (f", {workers} workers" if workers else ""), err=True)
+        if workers is not None and workers > 1:
+            if world_size() > 1:
+                raise click.UsageError("--workers starts its own ranks: leave it out under torchrun")
+            compress_with_workers(workers, values["dataset"], output, encoder=encoder, data_root=values["data_root"],
+                                  resolution=values["resolution"], ipc=ipc, budget=budget, seed=values["seed"],
+                                  device=str(device), progress=not quiet)
+            click.echo(f"wrote {output}: {Path(output).stat().st_size} bytes")
+            return
+        result = compress(real, output, encoder=encoder, ipc=ipc, budget=budget, seed=values["seed"], device=device,
+                          progress=not quiet)
+    except (D3Error, ValueError, OSError) as e:
+        fail(e)
+    if rank() != 0:
+        return
+    click.echo(f"wrote {result.path}: {result.file_bytes} bytes of a {result.budget}-byte budget "
+               f"({100 * result.file_bytes / result.budget:.1f} %), {method.describe_plan(result.plan)}, "
+               f"distilled in {result.stats.get('distill_seconds', 0):.1f} s")

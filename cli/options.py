@@ -1,0 +1,91 @@
+"""Option types and helpers every ``d3`` command shares: one-line refusals with exit status 1, ranges
+checked before any work, the decode-limit options, and errors made printable."""
+
+from __future__ import annotations
+
+import math
+
+import click
+
+from d3codec.text import safe_text
+
+
+def fail(error: Exception) -> None:
+    # one line, printable: an error may quote an archive's own strings
+    raise click.ClickException(safe_text(" ".join(str(error).split()), 2000))
+
+
+class OptionValueError(click.BadParameter):
+    """An option value out of its range: one line, exit status 1 (as every other refusal of ``d3``)."""
+
+    exit_code = 1
+
+    def show(self, file=None) -> None:
+        hint = f" (d3 {self.ctx.command.name} -h lists the options)" if self.ctx is not None and self.ctx.command else ""
+        click.echo(f"Error: {safe_text(self.format_message(), 500)}{hint}", file=file, err=True)
+
+
+class PositiveFinite(click.ParamType):
+    """A float that is finite and above ``low`` (``inf`` and ``nan`` refused), at most ``high``."""
+
+    name = "number"
+
+    def __init__(self, low: float = 0.0, high: float = float("inf"), inclusive: bool = False):
+        self.low, self.high, self.inclusive = low, high, inclusive
+
+    def fail(self, message, param=None, ctx=None):
+        raise OptionValueError(message, ctx=ctx, param=param)
+
+    def convert(self, value, param, ctx):
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{safe_text(value, 40)} is not a number", param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value} is not a finite number", param, ctx)
+        above = number >= self.low if self.inclusive else number > self.low
+        if not above or number > self.high:
+            bound = "at least" if self.inclusive else "above"
+            limit = f" and at most {self.high:g}" if math.isfinite(self.high) else ""
+            self.fail(f"{value} must be {bound} {self.low:g}{limit}", param, ctx)
+        return number
+
+    def __repr__(self) -> str:
+        return "NUMBER"
+
+
+class Count(click.IntRange):
+    """An integer in [low, high], refused in one line (OptionValueError) before any work."""
+
+    def fail(self, message, param=None, ctx=None):
+        raise OptionValueError(safe_text(message, 300), ctx=ctx, param=param)
+
+
+def count(low: int = 1, high: int | None = None) -> click.IntRange:
+    """An integer option's range (click refuses values outside it before any work)."""
+    return Count(low, high)
+
+
+def decode_limit_options(command):
+    """--max-bytes, --max-parameters, --max-macs-per-image, --max-section-bytes: the decode budget
+    (d3codec.limits)."""
+    from d3codec.limits import DEFAULT_LIMITS as L
+
+    command = click.option("--max-section-bytes", type=count(), help=f"Decode limit: the decoded size of any "
+                           f"one section [default: {L.max_section_bytes}].")(command)
+    command = click.option("--max-macs", type=count(), help=f"Decode limit: multiply-adds of the whole draw "
+                           f"[default: {L.max_macs}].")(command)
+    command = click.option("--max-macs-per-image", type=count(), help=f"Decode limit: multiply-adds to decode one "
+                           f"image [default: {L.max_macs_per_image}]; raise it only for an archive you trust.")(command)
+    command = click.option("--max-parameters", type=count(), help=f"Decode limit: values of the archive's networks "
+                           f"and tables once decoded [default: {L.max_parameters}].")(command)
+    return click.option("--max-bytes", type=count(), help=f"Decode limit: bytes the decoded images, labels and soft "
+                        f"labels may take [default: {L.max_bytes}].")(command)
+
+
+def decode_limits(max_bytes, max_parameters, max_macs_per_image, max_section_bytes, max_macs):
+    from d3codec.limits import DEFAULT_LIMITS
+
+    return DEFAULT_LIMITS.with_overrides(max_bytes=max_bytes, max_parameters=max_parameters,
+                                         max_macs_per_image=max_macs_per_image, max_section_bytes=max_section_bytes,
+                                         max_macs=max_macs)
