@@ -9,6 +9,7 @@ a deprecation notice.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import click
@@ -101,7 +102,12 @@ def shared_options(method: Method) -> list[click.Parameter]:
     return [
         SectionOption(["-o", "--output"], required=True, type=click.Path(dir_okay=False),
                       help="Archive to write (.d3).", section="Output"),
+        SectionOption(["--force"], is_flag=True, help="Overwrite OUTPUT if it exists (without it, an existing "
+                      "file is refused before any work).", section="Output"),
         SectionOption(["--quiet"], is_flag=True, help="No progress bar.", section="Output"),
+        SectionOption(["--json", "as_json"], is_flag=True, section="Output", help="End with one line of JSON on "
+                      "standard output instead of the sentence: path, file_bytes, budget, method, stored, "
+                      "distill_seconds, params, stats."),
         SectionOption(["--ipc"], type=PositiveFinite(), help="Budget as N float32 images per class: N·K·C·H·W·4 "
                       "bytes (N > 0; the bytes at most 4 GiB).", section="Budget (give one)"),
         SectionOption(["--budget"], type=count(1, MAX_BUDGET_BYTES), help="Budget in bytes, 1 to 4 GiB; the whole "
@@ -216,6 +222,19 @@ def legacy_method(args: list[str]) -> tuple[list[str], str | None]:
     return rest, name
 
 
+PICTURES = (".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp", ".tif", ".tiff")
+
+
+def check_output(output: Path, force: bool) -> None:
+    """Refuse, before any work, an output that names a picture or a file that exists (without ``force``;
+    click refuses a folder). Raises: ValueError naming the fix."""
+    if output.suffix.lower() in PICTURES:
+        raise ValueError(f"-o {output}: d3 compress writes a .d3 archive, not a picture; write the archive (-o "
+                         f"{output.with_suffix('.d3').name}), then draw it with d3 expand ARCHIVE --grid {output.name}")
+    if output.exists() and not force:
+        raise ValueError(f"{output} exists; pass --force to overwrite it, or choose another -o")
+
+
 def run_compress(method: Method, values: dict) -> None:
     """Build the encoder from the options and distil (the body of every method's command)."""
     from d3codec.compress import compress
@@ -228,6 +247,7 @@ def run_compress(method: Method, values: dict) -> None:
     try:
         if (ipc is None) == (budget is None):
             raise click.UsageError("give exactly one of --ipc N or --budget BYTES")
+        check_output(Path(output), values["force"])
         device = join_process_group(resolve_device(values["device"]))  # a missing device before the data loads
         real = load_dataset(values["dataset"], values["data_root"], values["resolution"])
         options = {"iterations": values["iterations"], "real_per_class": values["real_per_class"],
@@ -265,6 +285,16 @@ def run_compress(method: Method, values: dict) -> None:
         fail(e)
     if rank() != 0:
         return
+    stored = method.describe_plan(result.plan, result.params)
+    if values["as_json"]:
+        click.echo(json.dumps({"path": str(result.path), "file_bytes": result.file_bytes, "budget": result.budget,
+                               "method": method.name, "stored": stored,
+                               "distill_seconds": result.stats.get("distill_seconds"), "params": result.params,
+                               "stats": result.stats}, default=str))
+        return
     click.echo(f"wrote {result.path}: {result.file_bytes} bytes of a {result.budget}-byte budget "
-               f"({100 * result.file_bytes / result.budget:.1f} %), {method.describe_plan(result.plan)}, "
+               f"({100 * result.file_bytes / result.budget:.1f} %), {stored}, "
                f"distilled in {result.stats.get('distill_seconds', 0):.1f} s")
+    for path in encoder.checkpoint_files():  # what a run keeps (d2m: its pre-training, for another fine-tuning)
+        click.echo(f"kept {path} ({path.stat().st_size:,} bytes): the same command starts from it; --restart "
+                   "deletes it", err=True)

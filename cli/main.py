@@ -54,48 +54,56 @@ def merge(archives, output, budget, max_bytes, max_parameters, max_macs_per_imag
 
 @main.command()
 @click.argument("archive", type=click.Path(exists=True, dir_okay=False))
-@click.option("--json", "as_json", is_flag=True, help="Print metadata and byte table as JSON (escaped, complete).")
-def info(archive, as_json):
-    """Print an archive's metadata and byte table.
+@click.option("--meta", "show_meta", is_flag=True, help="Also print the metadata (the method's parameters, the "
+              "dataset's classes, the run's statistics).")
+@click.option("--json", "as_json", is_flag=True, help="Print summary, metadata and byte table as JSON (escaped, "
+              "complete).")
+def info(archive, show_meta, as_json):
+    """Summarise ARCHIVE in one line, then its byte table (--meta: its metadata too).
 
-    Strings from the archive are shown with control characters escaped and cut after 200 characters
-    (their length stated), lists after 20 items; --json prints everything, JSON-escaped."""
-    from d3codec.archive import byte_table, open_archive
+    Also lists the sections of a bare container (written with d3codec.write_archive, no dataset
+    metadata). Strings from the archive are shown with control characters escaped and cut after 200
+    characters (their length stated), lists after 20 items; --json prints everything, JSON-escaped."""
+    from d3codec.archive import byte_table, open_archive_or_container, summary
     from d3codec.budget import ipc_equivalent
     from d3codec.text import safe_value
 
     try:
-        reader, meta = open_archive(archive)
+        reader, meta = open_archive_or_container(archive)
     except D3Error as e:
         fail(e)
     with reader:
-        budget = (meta.get("budget") or {}).get("bytes")  # an integer or None (checked with the metadata)
+        version = f"{reader.version[0]}.{reader.version[1]}"
+        budget = (meta.get("budget") or {}).get("bytes") if meta else None  # an integer or None (checked)
         rows = byte_table(reader, budget)
-        ds = meta["dataset"]
-        ipc_eq = ipc_equivalent(reader.file_size, len(ds["classes"]), tuple(ds["image_shape"]))
+        line = summary(meta, reader.file_size) if meta else \
+            f"a bare container of {len(reader.sections)} section(s), {reader.file_size:,} bytes (no dataset metadata)"
         if as_json:  # ensure_ascii: every control or non-ASCII character is a \u escape
-            click.echo(json.dumps({"meta": meta, "bytes": rows, "file_bytes": reader.file_size,
+            ds = meta["dataset"] if meta else None
+            ipc_eq = ipc_equivalent(reader.file_size, len(ds["classes"]), tuple(ds["image_shape"])) if ds else None
+            click.echo(json.dumps({"summary": line, "meta": meta, "bytes": rows, "file_bytes": reader.file_size,
                                    "ipc_equivalent": ipc_eq, "version": list(reader.version)}, indent=2,
                                   ensure_ascii=True))
             return
-        click.echo(f"{safe_text(archive, 300)}: d3 format {reader.version[0]}.{reader.version[1]}, method "
-                   f"{safe_text(meta['method'], 60)}")
-        click.echo(json.dumps(safe_value(meta), indent=2, sort_keys=True, ensure_ascii=False))  # printable already
+        click.echo(f"{safe_text(archive, 300)} (d3 format {version}): {line}")
+        if show_meta and meta:
+            click.echo(json.dumps(safe_value(meta), indent=2, sort_keys=True, ensure_ascii=False))  # printable already
         click.echo("")
         click.echo(f"{'section':<18} {'codec':>5} {'raw bytes':>11} {'stored bytes':>13} {'of file':>8} {'of budget':>10}")
         for r in rows:
             share = f"{100 * r['budget_share']:.2f} %" if r["budget_share"] is not None else "-"
             click.echo(f"{r['name']:<18} {r['codec']:>5} {r['raw']:>11} {r['stored']:>13} "
                        f"{100 * r['file_share']:>6.2f} % {share:>10}")
-        budget_text = f" of a {budget}-byte budget" if budget else ""
-        click.echo(f"\nfile: {reader.file_size} bytes{budget_text}; IPC-equivalent {ipc_eq:.3f} "
-                   f"(float32 images per class in the same bytes)")
+        if meta and not show_meta:
+            click.echo("\n--meta prints the metadata; IPC-equivalent: float32 images per class in the same bytes")
 
 
 @main.command()
 @click.argument("archive", type=click.Path(exists=True, dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print the checks as JSON: {archive, ok, checks: [[step, "
+              "detail], ...], failure: [step, reason] or null} (the exit status is the same).")
 @decode_limit_options
-def verify(archive, max_bytes, max_parameters, max_macs_per_image, max_section_bytes, max_macs):
+def verify(archive, as_json, max_bytes, max_parameters, max_macs_per_image, max_section_bytes, max_macs):
     """Check every checksum, size and the byte accounting of ARCHIVE, and decode its contents.
 
     The decode budget is checked from the declared shapes before any decoder runs: an archive whose
@@ -108,6 +116,10 @@ def verify(archive, max_bytes, max_parameters, max_macs_per_image, max_section_b
                                                        max_section_bytes, max_macs))
     except OSError as e:
         fail(e)
+    if as_json:  # ensure_ascii: every control or non-ASCII character of the archive's is a \u escape
+        click.echo(json.dumps({"archive": str(archive), "ok": result.ok, "checks": result.checks,
+                               "failure": result.failure}, indent=2, ensure_ascii=True))
+        sys.exit(0 if result.ok else 1)
     for name, detail in result.checks:
         click.echo(f"ok      {name}: {safe_text(detail, 2000)}")
     if not result.ok:
@@ -185,9 +197,11 @@ def expand(archive, output, fmt, grid, grid_columns, max_grid_pixels, samples_pe
               show_default=True, help="replay: train by the archive's own schedule (bptt archives: its network, "
               "learned step sizes and θ₀); standard: the protocol above (--model, --epochs); auto: replay where "
               "the archive has a schedule; both: a row each.")
+@click.option("--quiet", is_flag=True, help="No progress (each student's epochs show otherwise: a bar in a "
+              "terminal, a line every 30 s in a log).")
 @decode_limit_options
 def evaluate_cmd(archive, model, epochs, runs, baseline, dataset, data_root, seed, device, json_out, samples_per_class,
-                 sample_seed, resample_every_epoch, training, max_bytes, max_parameters, max_macs_per_image,
+                 sample_seed, resample_every_epoch, training, quiet, max_bytes, max_parameters, max_macs_per_image,
                  max_section_bytes, max_macs):
     """Train fresh students on ARCHIVE and report final test accuracy, bytes and training time."""
     from d3codec import D3Dataset
@@ -233,19 +247,19 @@ def evaluate_cmd(archive, model, epochs, runs, baseline, dataset, data_root, see
                                     1 if fixed else runs, config, seed, dev, test, file_bytes, log, schedule=sched))
         if training in ("standard", "both"):
             results.append(evaluate(f"archive ({ds.meta['method']})", ds.images, targets, real, runs, config, seed,
-                                    dev, test, file_bytes, log, resample))
+                                    dev, test, file_bytes, log, resample, progress=not quiet))
         if baseline == "random-real" and ds.schedule is not None:  # the paper's baseline: as many real images
             n = len(ds) // len(ds.classes)
             x, y, _ = random_real_subset(real, n * len(ds.classes) * math.prod(ds.image_shape) * 4,
                                          "float32", seed)
             results.append(evaluate(f"random real (same count, {n} per class)", x, y, real, runs, config, seed, dev,
-                                    test, None, log))
+                                    test, None, log, progress=not quiet))
         if baseline == "random-real":
             budget = ds.meta.get("budget", {}).get("bytes") or file_bytes
             for storage in ("float32", "png"):
                 x, y, used = random_real_subset(real, budget, storage, seed)
                 results.append(evaluate(f"random real ({storage})", x, y, real, runs, config, seed, dev, test, used,
-                                        log))
+                                        log, progress=not quiet))
     except (D3Error, ValueError, OSError) as e:
         fail(e)
     click.echo(f"{model}, {epochs} epochs (standard rows), {runs} runs, device {dev}; final-epoch test accuracy "

@@ -180,6 +180,52 @@ def open_archive(path: str | os.PathLike | bytes, limits=None) -> tuple[D3Reader
     return reader, meta
 
 
+def open_archive_or_container(path: str | os.PathLike | bytes, limits=None) -> tuple[D3Reader, dict[str, Any] | None]:
+    """As :func:`open_archive`, but a bare container (sections written with d3codec.write_archive and no
+    dataset metadata: no first section 'meta', or a 'meta' without a 'method') opens with meta None.
+    A 'meta' that names a method is validated as :func:`open_archive` does. Returns (reader, meta or None)."""
+    from .limits import DEFAULT_LIMITS
+
+    reader = D3Reader(path, max_section_bytes=(limits or DEFAULT_LIMITS).max_section_bytes)
+    try:
+        first = reader.sections[0]
+        if first.name == "meta" and "method" in _json_object(reader):
+            meta = read_meta(reader)
+            check_sections(reader, known_kind(meta).sections)
+            return reader, meta
+        return reader, None
+    except BaseException:
+        reader.close()
+        raise
+
+
+def _json_object(reader: D3Reader) -> dict:
+    try:
+        value = reader.read_json("meta")
+    except D3FormatError:
+        return {"method": None}  # not JSON: validated (and refused) as an archive's meta
+    return value if isinstance(value, dict) else {"method": None}
+
+
+def summary(meta: dict[str, Any], file_bytes: int) -> str:
+    """One line: the method and what it stored, the dataset, the file's bytes against its budget, the
+    IPC-equivalent. Every string from the archive is made printable (d3codec.text.safe_text)."""
+    from .budget import ipc_equivalent
+
+    kind = known_kind(meta)
+    try:
+        stored = kind.describe(meta.get("params")) if kind.describe is not None else ""
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError):
+        stored = ""  # hostile params: the decoders refuse them; a summary just leaves them out
+    ds = meta["dataset"]
+    budget = (meta.get("budget") or {}).get("bytes")
+    against = f" of a {budget:,}-byte budget ({100 * file_bytes / budget:.1f} %)" if budget else ""
+    ipc_eq = ipc_equivalent(file_bytes, len(ds["classes"]), tuple(ds["image_shape"]))
+    return (f"{safe_text(meta['method'], 60)}{f' ({safe_text(stored, 300)})' if stored else ''} · "
+            f"{safe_text(ds['name'], 80)}: {len(ds['classes'])} classes of {'×'.join(map(str, ds['image_shape']))} "
+            f"· {file_bytes:,} bytes{against} · IPC-equivalent {ipc_eq:.3f}")
+
+
 def byte_table(reader: D3Reader, budget: int | None) -> list[dict[str, Any]]:
     """One row per part of the file: header and table, then each section, then the total.
 

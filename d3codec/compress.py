@@ -12,7 +12,7 @@ import math
 import os
 import platform
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,13 +30,15 @@ from .runtime import keep_freed_memory
 
 @dataclass
 class CompressResult:
-    """What compress wrote: the path, its size and budget in bytes, the plan and the run's stats."""
+    """What compress wrote: the path, its size and budget in bytes, the plan, the run's stats and the
+    method's metadata as written (``meta.params``: what was stored, after any trimming to fit)."""
 
     path: Path
     file_bytes: int
     budget: int
     plan: Any
     stats: dict
+    params: dict = field(default_factory=dict)
 
 
 MAX_BUDGET_BYTES = 1 << 32  # 4 GiB: the format stores sections of at most 4 GiB (readers refuse 2 GiB by default)
@@ -179,7 +181,8 @@ def compress(real: RealData, output: str | os.PathLike, *, method: str = DEFAULT
                           "without distilling anew") from error
         if encoded.cleanup is not None:
             encoded.cleanup()
-    return CompressResult(output, output.stat().st_size, budget, plan, encoded.stats if encoded else {})
+    return CompressResult(output, output.stat().st_size, budget, plan, encoded.stats if encoded else {},
+                          encoded.method_meta if encoded else {})
 
 
 def write_encoded(output: Path, meta: dict, encoded: Encoded, budget: int, bound: int) -> int:

@@ -39,7 +39,8 @@ class D3Dataset(Dataset):
     Attributes:
         classes (list[str]), class_to_idx (dict[str, int]), mean / std (tuples, the archive's
         normalisation), image_shape ((C, H, W)), meta (dict, the archive's metadata),
-        images ((N, C, H, W) float32), labels ((N,) int64), schedule (a
+        images ((N, C, H, W) float32), labels ((N,) int64), targets (the same hard labels, as torchvision's
+        datasets name them), soft_labels ((N, K) float32 probabilities, or None), schedule (a
         d3codec.schedule.TrainingSchedule for archives distilled for one: pixel objective bptt; else
         None): train on those images by ``ds.schedule.replay(ds.images, ds.labels, ...)``.
     Raises: D3FormatError for a malformed archive, D3LimitError (a D3FormatError) for one over
@@ -73,6 +74,13 @@ class D3Dataset(Dataset):
         self.image_shape = tuple(ds["image_shape"])
         self.mean, self.std = tuple(ds["mean"]), tuple(ds["std"])
         self.transform, self.target_transform = transform, target_transform
+        self._made = (samples_per_class, seed)
+
+    @property
+    def targets(self):
+        """The hard labels (N,) int64, class indices into ``classes`` (torchvision's name for them);
+        ``__getitem__`` gives the soft label instead where ``soft_labels`` is set."""
+        return self.labels
 
     @property
     def sampled(self) -> bool:
@@ -102,9 +110,15 @@ class D3Dataset(Dataset):
         return image, target
 
     def __repr__(self) -> str:
+        per_class, seed = self._made
+        k = len(self.classes)
+        made = (f"drawn: {per_class or len(self) // max(k, 1)} per class, seed {seed}" if self.sampled
+                else "stored in the archive")
+        targets = "soft labels (K probabilities each)" if self.soft_labels is not None else "hard labels"
+        extra = ", with a training schedule (ds.schedule.replay)" if self.schedule is not None else ""
         return (f"D3Dataset(method={safe_text(repr(self.meta['method']), 60)}, "
                 f"dataset={safe_text(repr(self.meta['dataset']['name']), 80)}, "
-                f"images={len(self)}, classes={len(self.classes)}, shape={self.image_shape})")
+                f"images={len(self)} ({made}), classes={k}, shape={self.image_shape}, targets: {targets}{extra})")
 
 
 def decode_archive(reader, meta: dict, samples_per_class: int | None, seed: int, device, limits: DecodeLimits,

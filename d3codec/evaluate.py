@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from .augment import DSA
 from .data import RealData
 from .models import build_model
+from .progress import progress_bar
 from .runtime import keep_freed_memory
 
 
@@ -69,7 +70,8 @@ class EvalResult:
 def train_student(images: torch.Tensor, targets: torch.Tensor, num_classes: int, mean, std, test_images: torch.Tensor,
                   test_labels: torch.Tensor, config: StudentConfig = StudentConfig(), seed: int = 0,
                   device: torch.device = torch.device("cpu"),
-                  resample: Callable[[int], tuple[torch.Tensor, torch.Tensor]] | None = None) -> tuple[float, float]:
+                  resample: Callable[[int], tuple[torch.Tensor, torch.Tensor]] | None = None,
+                  progress: str | None = None) -> tuple[float, float]:
     """Train one fresh student and test it.
 
     Args:
@@ -78,6 +80,7 @@ def train_student(images: torch.Tensor, targets: torch.Tensor, num_classes: int,
         resample: for sampled archives, ``resample(epoch)`` → fresh (images, targets) of the same
             kinds for every epoch after the first (DiM's per-epoch re-sampling, Wang et al. 2023);
             the time it takes counts as training time.
+        progress: where given, a name under which the epochs show their progress (d3codec.progress).
     Returns: (final-epoch test accuracy in [0, 1], training seconds).
     """
     keep_freed_memory()  # see d3codec.runtime
@@ -93,7 +96,7 @@ def train_student(images: torch.Tensor, targets: torch.Tensor, num_classes: int,
     dsa = DSA() if config.dsa else None
     start = time.time()
     net.train()
-    for epoch in range(config.epochs):
+    for epoch in progress_bar(range(config.epochs), progress or "student", enabled=progress is not None, unit="epoch"):
         if epoch == 0 or resample is not None:
             if epoch > 0:
                 images, targets = resample(epoch)
@@ -161,13 +164,14 @@ def evaluate(name: str, images: torch.Tensor, targets: torch.Tensor, real: RealD
              config: StudentConfig = StudentConfig(), seed: int = 0, device: torch.device = torch.device("cpu"),
              test: tuple[torch.Tensor, torch.Tensor] | None = None, file_bytes: int | None = None,
              log=None, resample: Callable[[int, int], tuple[torch.Tensor, torch.Tensor]] | None = None,
-             schedule=None) -> EvalResult:
+             schedule=None, progress: bool = False) -> EvalResult:
     """Train ``runs`` students (seeds seed, seed+1, ...) on (images, targets) and test each on real data.
 
     ``resample(run, epoch)``, where given, gives student ``run`` fresh (images, targets) every epoch
     after the first (see :func:`train_student`). ``schedule``, where given (a TrainingSchedule), trains
     each student by replaying it (:func:`replay_student`; ``config`` is then unused, targets must be hard);
-    under a fixed-init schedule every run is the same computation."""
+    under a fixed-init schedule every run is the same computation. ``progress``: each student shows its
+    epochs (d3codec.progress: a bar in a terminal, a line every 30 s in a log)."""
     test_x, test_y = test if test is not None else test_split(real)
     result = EvalResult(name, len(images), file_bytes=file_bytes)
     if schedule is not None and (targets.dim() != 1 or resample is not None):
@@ -179,7 +183,7 @@ def evaluate(name: str, images: torch.Tensor, targets: torch.Tensor, real: RealD
                                       seed + r, device)
         else:
             acc, sec = train_student(images, targets, real.num_classes, real.mean, real.std, test_x, test_y, config,
-                                     seed + r, device, fresh)
+                                     seed + r, device, fresh, f"{name} {r + 1}/{runs}" if progress else None)
         result.accuracies.append(acc)
         result.seconds.append(sec)
         if log:

@@ -13,11 +13,11 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from .data import RealData
 from .errors import D3Error
 from .models import ConvNet
+from .progress import progress_bar
 
 
 @dataclass
@@ -78,7 +78,7 @@ def train_teacher(real: RealData, classes: list[int], *, epochs: float = 2.0, wi
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
     net.train()
     order, position, correct, seen = torch.randperm(len(indices), generator=gen), 0, 0, 0
-    for step in tqdm(range(steps), desc="teacher", disable=not progress, unit="step"):
+    for step in progress_bar(range(steps), desc="teacher", enabled=progress, unit="step"):
         if position + batch_size > len(order):
             order, position = torch.randperm(len(indices), generator=gen), 0
         pick = order[position:position + batch_size]

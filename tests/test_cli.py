@@ -24,7 +24,10 @@ def test_compress_info_expand(image_folder, tmp_path):
     assert out.stat().st_size <= 8000 and "bytes of a 8000-byte budget" in r.output
 
     r = run("info", out)
-    assert r.exit_code == 0 and f"file: {out.stat().st_size} bytes of a 8000-byte budget" in r.output
+    first = r.output.splitlines()[0]
+    assert r.exit_code == 0 and f"{out.stat().st_size:,} bytes of a 8,000-byte budget" in first
+    assert "pixel (objective dm: " in first and "uint8 images per class) · folder: 3 classes of 3×16×16" in first
+    assert '"classes"' not in r.output and '"classes"' in run("info", out, "--meta").output  # metadata on request
     info = json.loads(run("info", out, "--json").output)
     assert sum(row["stored"] for row in info["bytes"][:-1]) == out.stat().st_size == info["file_bytes"]
     assert info["meta"]["dataset"]["classes"] == ["class_0", "class_1", "class_2"]
@@ -118,6 +121,7 @@ def test_d2m_compress_expand_at_any_count_and_eval_with_resampling(tiny_real, im
     assert out.stat().st_size <= 40_000 and "generator upconv-v2 of width" in r.output
     assert "teacher of width 32 for soft labels" in r.output and D3Dataset(out).soft_labels is not None
     assert (tmp_path / "g.d3.pretrain.safetensors").is_file()  # the checkpoint a killed run resumes from
+    assert f"kept {tmp_path / 'g.d3.pretrain.safetensors'} (" in r.output  # and the user is told
     assert D3Dataset(out).meta["params"]["config"]["pretraining"] == "gan"
     r = run("expand", out, "-o", tmp_path / "png", "--samples-per-class", 5)
     assert r.exit_code == 0, r.output

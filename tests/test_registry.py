@@ -74,7 +74,7 @@ def toy():
     method = register_method(Method("toy", "A toy: one constant image per class.", "toy", ToyEncoder,
                                     (Option("--brightness", "brightness", "Every pixel's value.", kind="float",
                                             low=0.0, high=1.0),),
-                                    describe_plan=lambda plan: "one constant image per class"))
+                                    describe_plan=lambda plan, params: "one constant image per class"))
     yield method
     unregister("toy")
 
@@ -167,3 +167,43 @@ def test_presets_take_overrides_of_their_fields_types_only():
                         ({"colour": 1}, "D3Config has no field colour; its fields: iterations")]:
         with pytest.raises(ValueError, match=needle):
             preset_config(PRESETS, "fast", bad)
+
+
+def test_compress_refuses_a_picture_or_an_existing_archive_as_output_before_any_work(toy, image_folder, tmp_path):
+    base = ["compress", "toy", image_folder, "--resolution", 8, "--budget", 20_000, "--device", "cpu", "--quiet"]
+    r = run(*base, "-o", tmp_path / "grid.png")
+    assert r.exit_code == 1 and "not a picture" in r.output and "--grid grid.png" in r.output
+    r = run(*base, "-o", tmp_path)
+    assert r.exit_code == 2 and "is a directory" in r.output
+    out = tmp_path / "t.d3"
+    out.write_bytes(b"a user's file")
+    r = run(*base, "-o", out)
+    assert r.exit_code == 1 and "exists; pass --force" in r.output and out.read_bytes() == b"a user's file"
+    assert run(*base, "-o", out, "--force").exit_code == 0 and D3Dataset(out).meta["method"] == "toy"
+
+
+def test_the_dataset_says_how_its_images_and_labels_were_made(toy, image_folder, tmp_path):
+    out = tmp_path / "t.d3"
+    assert run("compress", "toy", image_folder, "--resolution", 8, "--budget", 20_000, "-o", out, "--quiet",
+               "--device", "cpu").exit_code == 0
+    ds = D3Dataset(out)
+    assert torch.equal(ds.targets, torch.arange(3)) and ds.targets.dtype == torch.int64
+    assert "images=3 (stored in the archive)" in repr(ds) and "targets: hard labels" in repr(ds)
+
+
+def test_compress_and_verify_speak_json_for_scripts(toy, image_folder, tmp_path):
+    out = tmp_path / "t.d3"
+    r = run("compress", "toy", image_folder, "--resolution", 8, "--budget", 20_000, "-o", out, "--quiet",
+            "--device", "cpu", "--json")
+    assert r.exit_code == 0, r.output
+    report = json.loads(r.output.splitlines()[-1])
+    assert report["file_bytes"] == out.stat().st_size and report["budget"] == 20_000 and report["method"] == "toy"
+    assert report["stored"] == "one constant image per class" and report["params"] == {"brightness": 0.25}
+    checks = json.loads(run("verify", out, "--json").output)
+    assert checks["ok"] and checks["failure"] is None and [c[0] for c in checks["checks"]][:2] == ["container",
+                                                                                                  "sections"]
+    data = bytearray(out.read_bytes())
+    data[-3] ^= 0xFF
+    (tmp_path / "bad.d3").write_bytes(bytes(data))
+    r = run("verify", tmp_path / "bad.d3", "--json")
+    assert r.exit_code == 1 and json.loads(r.output)["ok"] is False and json.loads(r.output)["failure"]

@@ -37,7 +37,6 @@ from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from ..budget import PixelPlan, archive_bound, plan_pixel_storage
 from ..container import Section
@@ -48,6 +47,7 @@ from ..schedule import TrainingSchedule, gd_step, init_parameters
 from ..storage import decode_images, encode_images, resolve_storage_dtype
 from ..archive import describe
 from ..weights import read_stored
+from ..progress import progress_bar
 from .base import CheckpointedEncoder, DatasetSpec, Encoded
 from .pixel import IMAGES_OPTION, STORAGE_OPTION
 from .registry import Method, Option, register_method
@@ -223,7 +223,7 @@ class BPTTEncoder(CheckpointedEncoder):
         ckpt, first, loss_value = self.resume_checkpoint(  # a killed run goes on from its last checkpoint
             "pixel-bptt", (asdict(cfg), asdict(plan), seed, real.name, len(real.train_targets), device.type),
             {"adam": optimiser}, gen, {"synthetic": synthetic, "raw_step_sizes": raw_step_sizes}, device)
-        bar = tqdm(range(first, cfg.iterations), desc="BPTT", disable=not progress, unit="it", initial=first,
+        bar = progress_bar(range(first, cfg.iterations), desc="BPTT", enabled=progress, unit="it", initial=first,
                    total=cfg.iterations)
         for it in bar:
             decay = 0.5 ** (it // cfg.lr_decay_every) if cfg.lr_decay_every else 1.0  # halved every lr_decay_every
@@ -375,7 +375,7 @@ def read_schedule(reader, meta: dict, limits=None) -> TrainingSchedule | None:
     return TrainingSchedule(network, steps, epochs, step_sizes, init, theta0)
 
 
-def describe_plan(plan: BPTTPlan) -> str:
+def describe_plan(plan: BPTTPlan, params: dict) -> str:
     return (f"{plan.images_per_class} {plan.storage_dtype} images per class, {plan.inner_steps} steps × "
             f"{plan.inner_epochs} epochs")
 

@@ -66,7 +66,6 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
 from .. import noise
 from ..augment import DSA
@@ -80,6 +79,7 @@ from ..losses import mean_embedding_loss, mmd_rbf, prediction_matching_loss
 from ..models import ConvNet, parameter_shapes, upsampling_geometry
 from ..teacher import Teacher, train_teacher, untrained_teacher
 from ..weights import WEIGHT_DTYPES, load_stored_module, quantise_state, read_safetensors_file
+from ..progress import progress_bar
 from .base import DatasetSpec, Encoded, Encoder, Sampler, preset_config
 from .registry import (TEACHER_OPTION, ArchiveKind, BuildContext, Method, Option, register_archive_kind,
                        register_method)
@@ -657,8 +657,8 @@ class D2MEncoder(Encoder):
                               "scratch") from None
         step = self._gan_step if cfg.pretraining == "gan" else self._vae_step
         opt_g, opt_partner = optimizers.values()
-        bar = tqdm(range(first, cfg.pretrain_iterations), desc=f"D2M {cfg.pretraining} pre-training",
-                   disable=not progress, unit="it", initial=first, total=cfg.pretrain_iterations)
+        bar = progress_bar(range(first, cfg.pretrain_iterations), desc=f"D2M {cfg.pretraining} pre-training",
+                   enabled=progress, unit="it", initial=first, total=cfg.pretrain_iterations)
         for it in bar:
             pick = torch.randint(len(real.train_targets), (cfg.pretrain_batch,), generator=gen)
             x_real = real.images_at(pick).to(device)  # (B, C, H, W) in [0, 1]
@@ -733,7 +733,7 @@ class D2MEncoder(Encoder):
         sampler = sampler if sampler is not None else ClassSampler(real, list(range(k)), cfg.real_cache_per_class, gen)
         m, loss_value = cfg.synthetic_per_class, float("nan")
         use_teacher = teacher is not None and cfg.task_balance > 0
-        for it in tqdm(range(first, cfg.iterations), desc="D2M distillation", disable=not progress, unit="it",
+        for it in progress_bar(range(first, cfg.iterations), desc="D2M distillation", enabled=progress, unit="it",
                        initial=first, total=cfg.iterations):
             net = ConvNet(c, k, h, width=cfg.embed_width).to(device).requires_grad_(False)
             opt.zero_grad(set_to_none=True)
@@ -938,7 +938,7 @@ __all__ = ["D2MConfig", "D2MEncoder", "D2MPlan", "ConditionalGenerator", "GENERA
            "load_generator", "load_labeller", "load_sampler", "save_generator"]
 
 
-def describe_plan(plan: D2MPlan) -> str:
+def describe_plan(plan: D2MPlan, params: dict) -> str:
     return (f"generator {plan.architecture} of width {plan.generator_width} ({plan.weight_dtype}), noise "
             f"{plan.noise_dim}, class embeddings {plan.embed_dim}"
             + (f", a ConvNet-3 teacher of width {plan.teacher_width} for soft labels" if plan.teacher_width else "")
@@ -960,8 +960,15 @@ def build(method: Method, preset: str, options: dict, context: BuildContext) -> 
                                    f"{context.output}.ckpt.safetensors", **options)
 
 
+def describe_params(params: dict) -> str:
+    """A D2M archive's ``meta.params`` in a few words (d3 info)."""
+    teacher = f", a width-{int(params['teacher_width'])} teacher for soft labels" if params.get("teacher_width") else ""
+    return (f"generator {params['architecture']} of width {int(params['generator_width'])} ({params['weight_dtype']})"
+            f"{teacher}; draws {int(params['samples_per_class'])} per class by default")
+
+
 register_archive_kind(ArchiveKind("d2m", {"meta": True, "generator": True, "teacher": False},
-                                  load_sampler=load_sampler))
+                                  load_sampler=load_sampler, describe=describe_params))
 register_method(Method(
     "d2m", "Data-to-model distillation (Sajedi et al. 2024): a class-conditional generator, sampled at any IPC.",
     "d2m", D2MEncoder,

@@ -53,7 +53,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
 from .. import noise
 from ..augment import DSA
@@ -68,6 +67,7 @@ from ..storage import check_probabilities
 from ..teacher import Teacher, train_teacher, untrained_teacher
 from ..weights import (WEIGHT_DTYPES, dequantise_state, load_stored_module, quantise_int8, quantise_state,
                        read_stored)
+from ..progress import progress_bar
 from .base import DatasetSpec, Encoded, Encoder, Sampler, preset_config
 from .registry import (TEACHER_OPTION, ArchiveKind, BuildContext, Method, Option, register_archive_kind,
                        register_method)
@@ -241,7 +241,7 @@ def fit_decoder(decoder: nn.Module, latents: nn.Parameter, targets: torch.Tensor
                                                 total_steps=cfg.init_iterations)
     flat = latents.view(-1, latents.shape[-1])  # (N, Z)
     n, batch, loss = len(targets), min(len(targets), cfg.init_batch), torch.tensor(float("nan"))
-    for _ in tqdm(range(cfg.init_iterations), desc=desc, disable=not progress, unit="it"):
+    for _ in progress_bar(range(cfg.init_iterations), desc=desc, enabled=progress, unit="it"):
         pick = torch.randperm(n, generator=gen)[:batch].to(targets.device)
         loss = F.mse_loss(decoder(flat[pick]), targets[pick])  # (B, C, H, W) against (B, C, H, W)
         opt.zero_grad(set_to_none=True)
@@ -546,8 +546,8 @@ class D3Encoder(Encoder):
 
         if ckpt is not None and not resuming:  # the warm start and the teacher are saved before matching
             save(0)
-        for it in tqdm(range(first, cfg.iterations), desc=f"D3 group {index + 1}/{len(plan.groups)}",
-                       disable=not progress, unit="it", initial=first, total=cfg.iterations):
+        for it in progress_bar(range(first, cfg.iterations), desc=f"D3 group {index + 1}/{len(plan.groups)}",
+                       enabled=progress, unit="it", initial=first, total=cfg.iterations):
             net = ConvNet(c, k, h, width=cfg.embed_width).to(device).requires_grad_(False)
             extractors = [net.embed] + ([teacher.net.embed] if cfg.teacher_features else [])
             opt.zero_grad(set_to_none=True)
@@ -766,7 +766,7 @@ def decode(reader, meta: dict, samples_per_class: int | None = None, seed: int =
     return load_sampler(reader, meta, device, limits)(samples_per_class, seed)
 
 
-def describe_plan(plan: D3Plan) -> str:
+def describe_plan(plan: D3Plan, params: dict) -> str:
     g = plan.groups[0]
     return (f"{len(plan.groups)} subtask(s), {g.priors_per_class} priors per class, latent {g.latent_dim}, "
             f"decoder width {g.decoder_width} ({plan.decoder_dtype}), {plan.prior_dtype} priors")
@@ -782,8 +782,17 @@ def build(method: Method, preset: str, options: dict, context: BuildContext) -> 
     return D3Encoder.from_options(preset, teacher, context.checkpoint_or(".ckpt.safetensors"), **options)
 
 
+def describe_params(params: dict) -> str:
+    """A D3 archive's ``meta.params`` in a few words (d3 info)."""
+    groups = params["groups"]
+    g = groups[0]
+    labels = ", soft labels" if any(entry.get("soft_labels") for entry in groups) else ""
+    return (f"{len(groups)} subtask(s), {int(g['priors_per_class'])} priors per class, latent {int(g['latent_dim'])}, "
+            f"decoder width {int(g['decoder_width'])} ({g['decoder_dtype']}), {g['prior_dtype']} priors{labels}")
+
+
 register_archive_kind(ArchiveKind("d3", {"meta": True, "priors": True, "decoder": True, "prior_labels": True},
-                                  load_sampler=load_sampler))
+                                  load_sampler=load_sampler, describe=describe_params))
 register_method(Method(
     "d3", "Distributional distillation (Qin et al. 2024): per-class Gaussian priors, a small decoder and a soft "
     "label per prior, in federated subtasks.", "d3", D3Encoder,

@@ -30,7 +30,6 @@ import time
 from dataclasses import asdict, dataclass, replace
 
 import torch
-from tqdm.auto import tqdm
 
 from ..augment import DSA
 from ..budget import PixelPlan, plan_pixel_storage
@@ -39,6 +38,7 @@ from ..data import RealData
 from ..errors import D3FormatError
 from ..models import ConvNet
 from ..storage import check_probabilities, decode_images, encode_images, resolve_storage_dtype
+from ..progress import progress_bar
 from .base import CheckpointedEncoder, DatasetSpec, Encoded
 from .registry import ArchiveKind, Method, Option, register_archive_kind, register_method
 
@@ -122,7 +122,7 @@ class PixelEncoder(CheckpointedEncoder):
         ckpt, first, loss_value = self.resume_checkpoint(  # a killed run goes on from its last checkpoint
             "pixel-dm", (asdict(cfg), asdict(plan), seed, real.name, len(real.train_targets), device.type),
             {"sgd": optimiser}, gen, {"synthetic": synthetic}, device)
-        for it in tqdm(range(first, cfg.iterations), desc="DM", disable=not progress, unit="it", initial=first,
+        for it in progress_bar(range(first, cfg.iterations), desc="DM", enabled=progress, unit="it", initial=first,
                        total=cfg.iterations):
             net = ConvNet(c, k, h, width=cfg.embed_width).to(device)
             net.requires_grad_(False)
@@ -208,8 +208,9 @@ def decode(reader, meta: dict, limits=None) -> tuple[torch.Tensor, torch.Tensor,
     return images, labels, soft
 
 
-def describe_plan(plan: PixelPlan) -> str:
-    return f"{plan.images_per_class} {plan.storage_dtype} images per class"
+def describe_plan(plan: PixelPlan, params: dict) -> str:
+    stored = params.get("images_per_class", plan.images_per_class)  # after trimming to fit the budget
+    return f"{stored} {plan.storage_dtype} images per class"
 
 
 STORAGE_OPTION = Option("--storage-dtype", "storage_dtype", "How images are stored; auto picks uint8 with a per-class "
@@ -224,7 +225,17 @@ def read_schedule(reader, meta: dict, limits=None):
     return read_bptt_schedule(reader, meta, limits)
 
 
+def describe_params(params: dict) -> str:
+    """A pixel archive's ``meta.params`` in a few words (d3 info)."""
+    words = (f"objective {params.get('objective', 'dm')}: {int(params['images_per_class'])} {params['storage_dtype']} "
+             "images per class")
+    if params.get("objective") == "bptt":
+        words += (f", a {params['network']} schedule of {int(params['inner_steps'])} steps × "
+                  f"{int(params['inner_epochs'])} epochs, {params['init']} init")
+    return words
+
+
 register_archive_kind(ArchiveKind("pixel", {"meta": True, "images": True, "soft_labels": True, "schedule": True},
-                                  decode=decode, read_schedule=read_schedule))
+                                  decode=decode, read_schedule=read_schedule, describe=describe_params))
 register_method(Method("dm", "Distribution matching on the pixels (Zhao & Bilen, WACV 2023): learn the images.",
                        "pixel", PixelEncoder, (STORAGE_OPTION, IMAGES_OPTION), describe_plan=describe_plan))

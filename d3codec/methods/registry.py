@@ -90,7 +90,7 @@ def _default_build(method: "Method", preset: str, options: dict[str, Any], conte
     return method.encoder.from_options(preset, context.checkpoint_or(".ckpt.safetensors"), **options)
 
 
-def _default_describe(plan: Any) -> str:
+def _default_describe(plan: Any, params: dict) -> str:
     return type(plan).__name__
 
 
@@ -108,7 +108,9 @@ class Method:
         build: ``build(method, preset, options, context)`` → a ready encoder; ``options`` maps each given
             option's field to its value. Default: ``encoder.from_options(preset, OUTPUT.ckpt.safetensors,
             **options)``.
-        describe_plan: the plan in a few words, for the line ``d3 compress`` ends with.
+        describe_plan: ``describe_plan(plan, params)``, what was stored in a few words, for the line
+            ``d3 compress`` ends with; ``params`` is the archive's ``meta.params`` as written (after any
+            trimming to fit the budget).
         subtasks: its encodes split into subtasks spread over ranks (``--workers N``, torchrun).
         checkpoint_help: what ``--checkpoint`` means for it.
         hints: another method's option → what to use with this one instead, for the refusal of that option.
@@ -120,7 +122,7 @@ class Method:
     encoder: type
     options: tuple[Option, ...] = ()
     build: Callable[["Method", str, dict, BuildContext], Any] = _default_build
-    describe_plan: Callable[[Any], str] = _default_describe
+    describe_plan: Callable[[Any, dict], str] = _default_describe
     subtasks: bool = False
     checkpoint_help: str = ("the file a killed encode resumes from by running the same command again (default: "
                             "OUTPUT.ckpt.safetensors, written every 5 minutes, deleted once the archive is written)")
@@ -165,6 +167,8 @@ class ArchiveKind:
             → a d3codec.methods.base.Sampler. Exactly one of decode and load_sampler is given.
         read_schedule: where the archives may carry a training schedule: ``read_schedule(reader, meta,
             limits)`` → d3codec.schedule.TrainingSchedule or None.
+        describe: ``describe(meta["params"])`` → what an archive stores in a few words, for ``d3 info``'s
+            first line (it may raise KeyError, TypeError or ValueError on params it cannot read).
     """
 
     name: str
@@ -172,6 +176,7 @@ class ArchiveKind:
     decode: Callable | None = None
     load_sampler: Callable | None = None
     read_schedule: Callable | None = None
+    describe: Callable[[Any], str] | None = None
 
     def __post_init__(self):
         if (self.decode is None) == (self.load_sampler is None):
