@@ -259,8 +259,9 @@ def test_compress_options_are_checked_before_the_data_loads(args, needle, tmp_pa
 
 
 def test_an_ipc_too_large_is_refused_before_planning(image_folder, tmp_path):
-    one_line_refusal(run("compress", image_folder, "--resolution", 16, "--ipc", "1e9", "-o", tmp_path / "x.d3"),
-                     "over the largest")
+    line = one_line_refusal(run("compress", image_folder, "--resolution", 16, "--ipc", "1e9", "-o", tmp_path / "x.d3"),
+                            "over the largest")
+    assert "--ipc" in line and not (tmp_path / "x.d3").exists()
 
 
 def test_eval_and_expand_options_are_checked(tmp_path):
