@@ -83,6 +83,8 @@ def coerce_field(name: str, value: Any, annotation: Any) -> Any:
     Raises: ValueError naming the field, the type and the value."""
     allowed = [a for a in (typing.get_args(annotation) or (annotation,)) if a is not type(None)]
     kind = allowed[0] if len(allowed) == 1 else None
+    if kind not in (bool, int, float, str):
+        return value  # a field of another type (or a union of several): taken as it is
     if kind is bool:
         if isinstance(value, bool) or (isinstance(value, str) and value.lower() in ("true", "false")):
             return value if isinstance(value, bool) else value.lower() == "true"
@@ -102,8 +104,6 @@ def coerce_field(name: str, value: Any, annotation: Any) -> Any:
             return number
     elif kind is str and isinstance(value, str):
         return value
-    elif kind is None:
-        return value  # a field of another type: taken as it is
     raise ValueError(f"{name} must be {getattr(kind, '__name__', kind)}, not {repr(value)[:40]}")
 
 
