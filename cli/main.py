@@ -133,7 +133,8 @@ def verify(archive, as_json, max_bytes, max_parameters, max_macs_per_image, max_
 @click.argument("archive", type=click.Path(exists=True, dir_okay=False))
 @click.option("-o", "--output", type=click.Path(file_okay=False), help="Folder to write.")
 @click.option("--format", "fmt", type=click.Choice(["png", "pt", "safetensors"]), default="png", show_default=True,
-              help="png: class-per-folder images; pt / safetensors: image and label tensors.")
+              help="png: class-per-folder images; pt / safetensors: images, hard labels and (where the archive "
+              "has them) soft labels as tensors.")
 @click.option("--grid", type=click.Path(dir_okay=False), help="Also write one picture, a row per class.")
 @click.option("--grid-columns", type=count(), default=20, show_default=True, help="Images per class in the grid.")
 @click.option("--max-grid-pixels", type=count(), help="The grid's largest canvas, height × width "

@@ -49,9 +49,10 @@ def write_image_folder(ds: D3Dataset, out: str | os.PathLike) -> int:
 def write_tensors(ds: D3Dataset, out: str | os.PathLike, fmt: str = "pt") -> list[Path]:
     """Write image and label tensors for other tools (e.g. DD-Ranking).
 
-    ``fmt="pt"``: ``images.pt`` ((N, C, H, W) float32, pixel space) and ``labels.pt`` ((N,) int64,
-    or (N, K) float32 soft labels), via ``torch.save``. ``fmt="safetensors"``: one
-    ``data.safetensors`` with both. An archive with a training schedule (BPTT) also gets
+    ``fmt="pt"``: ``images.pt`` ((N, C, H, W) float32, pixel space), ``labels.pt`` ((N,) int64: the
+    class each image is of, or was drawn for) and, where the archive has soft labels, ``soft_labels.pt``
+    ((N, K) float32 probabilities), via ``torch.save``. ``fmt="safetensors"``: one ``data.safetensors``
+    with the same tensors under the same names. An archive with a training schedule (BPTT) also gets
     ``schedule.safetensors`` in either format: ``step_sizes`` (T,) float32 and, under fixed init,
     ``theta0.<name>`` float32, with ``network``, ``steps``, ``epochs`` and ``init`` in its metadata.
     Returns the paths written.
@@ -60,14 +61,15 @@ def write_tensors(ds: D3Dataset, out: str | os.PathLike, fmt: str = "pt") -> lis
     if fmt not in ("pt", "safetensors"):
         raise ValueError(f"format must be 'png', 'pt' or 'safetensors', not {fmt!r}")
     out.mkdir(parents=True, exist_ok=True)
-    labels = ds.soft_labels if ds.soft_labels is not None else ds.labels
+    tensors = {"images": ds.images, "labels": ds.labels}  # hard labels always; soft ones beside them
+    if ds.soft_labels is not None:
+        tensors["soft_labels"] = ds.soft_labels
     if fmt == "pt":
-        torch.save(ds.images.clone(), out / "images.pt")
-        torch.save(labels.clone(), out / "labels.pt")
-        paths = [out / "images.pt", out / "labels.pt"]
+        paths = [out / f"{name}.pt" for name in tensors]
+        for path, tensor in zip(paths, tensors.values()):
+            torch.save(tensor.clone(), path)
     else:
-        safetensors.torch.save_file({"images": ds.images.contiguous(), "labels": labels.contiguous()},
-                                    str(out / "data.safetensors"))
+        safetensors.torch.save_file({k: v.contiguous() for k, v in tensors.items()}, str(out / "data.safetensors"))
         paths = [out / "data.safetensors"]
     if ds.schedule is not None:
         sched = ds.schedule

@@ -91,6 +91,16 @@ def test_d3_compress_expand_any_count_and_merge(image_folder, tmp_path):
     assert r.exit_code == 0, r.output
     assert sum(1 for _ in (tmp_path / "png").rglob("*.png")) == 12
 
+    # tensors keep the class each sample was drawn for beside its soft label
+    assert run("expand", out, "-o", tmp_path / "st", "--format", "safetensors", "--samples-per-class", 2).exit_code == 0
+    from safetensors.torch import load_file
+    data = load_file(str(tmp_path / "st" / "data.safetensors"))
+    assert sorted(data) == ["images", "labels", "soft_labels"]
+    assert torch.equal(data["labels"], torch.arange(3).repeat_interleave(2)) and data["soft_labels"].shape == (6, 3)
+    assert run("expand", out, "-o", tmp_path / "pt", "--format", "pt").exit_code == 0
+    assert sorted(p.name for p in (tmp_path / "pt").iterdir()) == ["images.pt", "labels.pt", "soft_labels.pt"]
+    assert torch.load(tmp_path / "pt" / "labels.pt").dtype == torch.int64
+
     r = run("merge", out, out, "-o", tmp_path / "m.d3")
     assert r.exit_code != 0 and "disjoint classes" in r.output and not (tmp_path / "m.d3").exists()
 
