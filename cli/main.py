@@ -136,7 +136,12 @@ def verify(archive, as_json, max_bytes, max_parameters, max_macs_per_image, max_
               help="png: class-per-folder images; pt / safetensors: images, hard labels and (where the archive "
               "has them) soft labels as tensors.")
 @click.option("--grid", type=click.Path(dir_okay=False), help="Also write one picture, a row per class.")
-@click.option("--grid-columns", type=count(), default=20, show_default=True, help="Images per class in the grid.")
+@click.option("--grid-columns", type=count(), default=20, show_default=True, help="Images per class in the grid, "
+              "the first of each class (any number; the message says how many of how many it shows).")
+@click.option("--grid-scale", type=count(1, 64), default=1, show_default=True,
+              help="Enlarge each image this many times in the grid (nearest neighbour).")
+@click.option("--grid-names/--no-grid-names", default=True, show_default=True,
+              help="Write each class's name left of its row.")
 @click.option("--max-grid-pixels", type=count(), help="The grid's largest canvas, height × width "
               "[default: 134217728]; a larger one is refused (use fewer --grid-columns).")
 @click.option("--samples-per-class", type=count(),
@@ -145,8 +150,8 @@ def verify(archive, as_json, max_bytes, max_parameters, max_macs_per_image, max_
               help="d3 and d2m archives: seed of the draw.")
 @click.option("--device", default="cpu", show_default=True, help="Where d3 and d2m archives are decoded.")
 @decode_limit_options
-def expand(archive, output, fmt, grid, grid_columns, max_grid_pixels, samples_per_class, sample_seed, device,
-           max_bytes, max_parameters, max_macs_per_image, max_section_bytes, max_macs):
+def expand(archive, output, fmt, grid, grid_columns, grid_scale, grid_names, max_grid_pixels, samples_per_class,
+           sample_seed, device, max_bytes, max_parameters, max_macs_per_image, max_section_bytes, max_macs):
     """Expand ARCHIVE into images or tensors.
 
     What the expansion would cost is checked before it is made (the decode limits below): an archive
@@ -160,7 +165,8 @@ def expand(archive, output, fmt, grid, grid_columns, max_grid_pixels, samples_pe
     try:
         ds = D3Dataset(archive, samples_per_class=samples_per_class, seed=sample_seed, device=resolve_device(device),
                        limits=decode_limits(max_bytes, max_parameters, max_macs_per_image, max_section_bytes, max_macs))
-        picture = grid_image(ds, grid_columns, max_pixels=max_grid_pixels) if grid is not None else None
+        picture = grid_image(ds, grid_columns, max_pixels=max_grid_pixels, scale=grid_scale, names=grid_names) \
+            if grid is not None else None
         if output is not None:
             if fmt == "png":
                 n = write_image_folder(ds, output)
@@ -170,7 +176,9 @@ def expand(archive, output, fmt, grid, grid_columns, max_grid_pixels, samples_pe
                 click.echo(f"wrote {safe_text(', '.join(map(str, paths)), 600)}")
         if picture is not None:
             picture.save(grid)
-            click.echo(f"wrote {safe_text(grid, 300)}")
+            most = int(ds.labels.bincount(minlength=len(ds.classes)).max()) if len(ds) else 0
+            click.echo(f"wrote {safe_text(grid, 300)}: {len(ds.classes)} rows, the first {min(grid_columns, most)} of "
+                       f"up to {most} images per class ({picture.width}×{picture.height} pixels)")
     except (D3Error, ValueError, OSError) as e:
         fail(e)
 

@@ -81,26 +81,37 @@ def write_tensors(ds: D3Dataset, out: str | os.PathLike, fmt: str = "pt") -> lis
     return paths
 
 
-def grid_image(ds: D3Dataset, max_per_class: int = 20, pad: int = 2, max_pixels: int | None = None) -> Image.Image:
-    """One picture of the images, a row per class (at most ``max_per_class`` columns).
+NAME_CHARACTERS = 24  # of a class name written beside its row
+NAME_MARGIN = 160  # the widest margin, in pixels, the names may take
 
-    The canvas is 8-bit from the start and its size is checked before it is allocated:
-    height × width at most ``max_pixels`` (default DecodeLimits().max_canvas_pixels, 2^27).
+
+def grid_image(ds: D3Dataset, max_per_class: int = 20, pad: int = 2, max_pixels: int | None = None,
+               scale: int = 1, names: bool = False) -> Image.Image:
+    """One picture of the images, a row per class (at most ``max_per_class`` columns), each image
+    enlarged ``scale`` times (nearest neighbour), with each class's name left of its row where ``names``
+    (the first NAME_CHARACTERS characters, in pillow's default font, in a margin of at most NAME_MARGIN
+    pixels).
+
+    The canvas is 8-bit from the start and its size is checked before it is allocated: height × width
+    at most ``max_pixels`` (default DecodeLimits().max_canvas_pixels, 2^27).
     Raises: D3LimitError naming the size and ``--max-grid-pixels`` / ``--grid-columns``; ValueError
-    for ``max_per_class`` < 1.
+    for ``max_per_class`` or ``scale`` < 1.
     """
     from .limits import DEFAULT_LIMITS, DecodeLimits, check
 
-    if max_per_class < 1:
-        raise ValueError(f"the grid needs at least one column, not {max_per_class}")
+    if max_per_class < 1 or scale < 1:
+        raise ValueError(f"the grid needs at least one column and a scale of at least 1, not {max_per_class} and "
+                         f"{scale}")
     c, h, w = ds.image_shape
     k = len(ds.classes)
     counts = torch.bincount(ds.labels, minlength=k)
     cols = max(1, min(max_per_class, int(counts.max()) if len(counts) else 1))
     height, width = k * (h + pad) + pad, cols * (w + pad) + pad
+    margin = NAME_MARGIN if names else 0
     limits = DecodeLimits(max_canvas_pixels=max_pixels) if max_pixels is not None else DEFAULT_LIMITS
-    check("pixels", height * width, limits, "max_canvas_pixels",
-          f"a grid of {k} rows × {cols} columns of {h}×{w} images ({height}×{width}; fewer columns: --grid-columns)")
+    check("pixels", height * scale * (width * scale + margin), limits, "max_canvas_pixels",
+          f"a grid of {k} rows × {cols} columns of {h}×{w} images ({height * scale}×{width * scale + margin}; "
+          "fewer columns: --grid-columns, or a smaller --grid-scale)")
     canvas = torch.full((c, height, width), 255, dtype=torch.uint8)
     order = torch.argsort(ds.labels, stable=True)  # each class's images in their order, classes in turn
     starts = torch.cumsum(counts, 0) - counts  # (K,) where each class begins in ``order``
@@ -110,6 +121,25 @@ def grid_image(ds: D3Dataset, max_per_class: int = 20, pad: int = 2, max_pixels:
         for j, tile in enumerate(tiles):
             y, x = pad + cl * (h + pad), pad + j * (w + pad)
             canvas[:, y:y + h, x:x + w] = tile
-    if c == 1:
-        return Image.fromarray(canvas[0].numpy(), mode="L")
-    return Image.fromarray(canvas.permute(1, 2, 0).contiguous().numpy(), mode="RGB")
+    if scale > 1:
+        canvas = canvas.repeat_interleave(scale, dim=1).repeat_interleave(scale, dim=2)
+    picture = Image.fromarray(canvas[0].numpy(), mode="L") if c == 1 else \
+        Image.fromarray(canvas.permute(1, 2, 0).contiguous().numpy(), mode="RGB")
+    return _with_names(picture, ds.classes, (h + pad) * scale, pad * scale) if names else picture
+
+
+def _with_names(picture: Image.Image, classes: list[str], row: int, top: int) -> Image.Image:
+    """``picture`` with each class's name written left of its row, in a white margin just wide enough."""
+    from PIL import ImageDraw, ImageFont
+
+    font = ImageFont.load_default()
+    labels = [name if len(name) <= NAME_CHARACTERS else name[:NAME_CHARACTERS - 1] + "…" for name in classes]
+    widest = max((font.getbbox(label)[2] for label in labels), default=0)
+    margin = min(NAME_MARGIN, widest + 8)
+    out = Image.new(picture.mode, (picture.width + margin, picture.height), 255 if picture.mode == "L" else (255,) * 3)
+    out.paste(picture, (margin, 0))
+    draw = ImageDraw.Draw(out)
+    ink = 0 if picture.mode == "L" else (0, 0, 0)
+    for i, label in enumerate(labels):
+        draw.text((4, top + i * row + max(0, (row - top) // 2 - 6)), label, fill=ink, font=font)
+    return out

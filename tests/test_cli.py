@@ -40,6 +40,12 @@ def test_compress_info_expand(image_folder, tmp_path):
     assert sum(1 for _ in (tmp_path / "png").rglob("*.png")) == len(ds)
     grid = Image.open(tmp_path / "grid.png")
     assert grid.size[1] == 3 * (16 + 2) + 2  # a row per class
+    n = len(ds) // 3  # images per class, fewer than the 20 columns
+    assert f"3 rows, the first {n} of up to {n} images per class" in r.output
+    r = run("expand", out, "--grid", tmp_path / "plain.png", "--no-grid-names", "--grid-scale", 2)
+    plain = Image.open(tmp_path / "plain.png")
+    assert r.exit_code == 0 and plain.size == (2 * (n * (16 + 2) + 2), 2 * grid.size[1])
+    assert grid.size[0] > plain.size[0] // 2  # the names' margin
 
     r = run("expand", out, "-o", tmp_path / "pt", "--format", "pt")
     assert r.exit_code == 0
