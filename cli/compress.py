@@ -16,7 +16,7 @@ import click
 
 from d3codec.compress import MAX_BUDGET_BYTES, MAX_SEED
 from d3codec.errors import D3Error
-from d3codec.methods import DEFAULT_METHOD, BuildContext, Method, Option, get_method, method_names
+from d3codec.methods import DEFAULT_METHOD, BuildContext, Method, Option, archive_kind, get_method, method_names
 
 from .options import OptionValueError, PositiveFinite, count, fail
 
@@ -285,7 +285,8 @@ def run_compress(method: Method, values: dict) -> None:
         fail(e)
     if rank() != 0:
         return
-    stored = method.describe_plan(result.plan, result.params)
+    describe = archive_kind(method.archive).describe  # of the params as written, after any trimming
+    stored = describe(result.params) if describe is not None else method.archive
     if values["as_json"]:
         click.echo(json.dumps({"path": str(result.path), "file_bytes": result.file_bytes, "budget": result.budget,
                                "method": method.name, "stored": stored,

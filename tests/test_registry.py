@@ -68,13 +68,16 @@ def decode_toy(reader, meta, limits=None):
     return tensors["images"].float(), tensors["labels"].long(), None
 
 
+TOY_KIND = ArchiveKind("toy", {"meta": True, "images": True}, decode=decode_toy,
+                       describe=lambda params: "one constant image per class")
+
+
 @pytest.fixture
 def toy():
-    register_archive_kind(ArchiveKind("toy", {"meta": True, "images": True}, decode=decode_toy))
+    register_archive_kind(TOY_KIND)
     method = register_method(Method("toy", "A toy: one constant image per class.", "toy", ToyEncoder,
                                     (Option("--brightness", "brightness", "Every pixel's value.", kind="float",
-                                            low=0.0, high=1.0),),
-                                    describe_plan=lambda plan, params: "one constant image per class"))
+                                            low=0.0, high=1.0),)))
     yield method
     unregister("toy")
 
@@ -131,7 +134,7 @@ def test_an_unregistered_kind_is_refused_with_the_kinds_this_version_reads(toy, 
         r = run("info", out)
         assert r.exit_code == 1 and "unknown method 'toy'" in r.output and "reads pixel, d3, d2m" in r.output
     finally:  # the fixture unregisters it again
-        register_archive_kind(ArchiveKind("toy", {"meta": True, "images": True}, decode=decode_toy))
+        register_archive_kind(TOY_KIND)
         register_method(toy)
 
 

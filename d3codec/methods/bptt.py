@@ -375,11 +375,6 @@ def read_schedule(reader, meta: dict, limits=None) -> TrainingSchedule | None:
     return TrainingSchedule(network, steps, epochs, step_sizes, init, theta0)
 
 
-def describe_plan(plan: BPTTPlan, params: dict) -> str:
-    return (f"{plan.images_per_class} {plan.storage_dtype} images per class, {plan.inner_steps} steps × "
-            f"{plan.inner_epochs} epochs")
-
-
 register_method(Method(
     "bptt", "The original dataset distillation (Wang et al. 2018): images and per-step learning rates learned "
     "through unrolled training; the archive carries the schedule.", "pixel", BPTTEncoder,
@@ -390,5 +385,4 @@ register_method(Method(
             "10, dividing the images per class).", high=100_000),
      Option("--inner-epochs", "inner_epochs", "Passes over the steps (default 3, or more for at least 10 steps in "
             "all).", high=100_000),
-     STORAGE_OPTION, IMAGES_OPTION),
-    describe_plan=describe_plan))
+     STORAGE_OPTION, IMAGES_OPTION)))

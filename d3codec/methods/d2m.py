@@ -938,13 +938,6 @@ __all__ = ["D2MConfig", "D2MEncoder", "D2MPlan", "ConditionalGenerator", "GENERA
            "load_generator", "load_labeller", "load_sampler", "save_generator"]
 
 
-def describe_plan(plan: D2MPlan, params: dict) -> str:
-    return (f"generator {plan.architecture} of width {plan.generator_width} ({plan.weight_dtype}), noise "
-            f"{plan.noise_dim}, class embeddings {plan.embed_dim}"
-            + (f", a ConvNet-3 teacher of width {plan.teacher_width} for soft labels" if plan.teacher_width else "")
-            + f"; draws {plan.samples_per_class} per class by default")
-
-
 def build(method: Method, preset: str, options: dict, context: BuildContext) -> "D2MEncoder":
     """The D2M encoder of ``preset`` with ``options``; ``options["teacher"]`` and ``options["generator"]``,
     files, are loaded. Pre-training checkpoints to the context's checkpoint (default
@@ -961,10 +954,12 @@ def build(method: Method, preset: str, options: dict, context: BuildContext) -> 
 
 
 def describe_params(params: dict) -> str:
-    """A D2M archive's ``meta.params`` in a few words (d3 info)."""
-    teacher = f", a width-{int(params['teacher_width'])} teacher for soft labels" if params.get("teacher_width") else ""
-    return (f"generator {params['architecture']} of width {int(params['generator_width'])} ({params['weight_dtype']})"
-            f"{teacher}; draws {int(params['samples_per_class'])} per class by default")
+    """A D2M archive's ``meta.params`` in a few words (d3 info, and the line d3 compress ends with)."""
+    teacher = (f", a ConvNet-3 teacher of width {int(params['teacher_width'])} for soft labels"
+               if params.get("teacher_width") else "")
+    return (f"generator {params['architecture']} of width {int(params['generator_width'])} ({params['weight_dtype']}), "
+            f"noise {int(params['noise_dim'])}, class embeddings {int(params['embed_dim'])}{teacher}; draws "
+            f"{int(params['samples_per_class'])} per class by default")
 
 
 register_archive_kind(ArchiveKind("d2m", {"meta": True, "generator": True, "teacher": False},
@@ -984,7 +979,7 @@ register_method(Method(
      Option("--generator", "generator", "Fine-tune this pre-trained generator (safetensors) instead of "
             "pre-training one.", kind="file"),
      TEACHER_OPTION),
-    build=build, describe_plan=describe_plan,
+    build=build,
     hints={"--images-per-class": "d2m archives draw any count at expansion (--samples-per-class)"},
     checkpoint_help="the pre-training checkpoint (default: OUTPUT.pretrain.safetensors, every 200 iterations in the "
     "fast preset, kept for another fine-tuning); fine-tuning checkpoints to OUTPUT.ckpt.safetensors"))

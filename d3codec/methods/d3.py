@@ -766,12 +766,6 @@ def decode(reader, meta: dict, samples_per_class: int | None = None, seed: int =
     return load_sampler(reader, meta, device, limits)(samples_per_class, seed)
 
 
-def describe_plan(plan: D3Plan, params: dict) -> str:
-    g = plan.groups[0]
-    return (f"{len(plan.groups)} subtask(s), {g.priors_per_class} priors per class, latent {g.latent_dim}, "
-            f"decoder width {g.decoder_width} ({plan.decoder_dtype}), {plan.prior_dtype} priors")
-
-
 def build(method: Method, preset: str, options: dict, context: BuildContext) -> D3Encoder:
     """The D3 encoder of ``preset`` with ``options``; ``options["teacher"]``, a file, is loaded on the context's device."""
     from ..teacher import load_teacher
@@ -783,7 +777,7 @@ def build(method: Method, preset: str, options: dict, context: BuildContext) -> 
 
 
 def describe_params(params: dict) -> str:
-    """A D3 archive's ``meta.params`` in a few words (d3 info)."""
+    """A D3 archive's ``meta.params`` in a few words (d3 info, and the line d3 compress ends with)."""
     groups = params["groups"]
     g = groups[0]
     labels = ", soft labels" if any(entry.get("soft_labels") for entry in groups) else ""
@@ -809,7 +803,7 @@ register_method(Method(
             "priors).", kind="choice", choices=("int8", "float16")),
      Option("--soft-labels", "soft_labels", "Store a teacher's soft label per prior.", kind="flag"),
      TEACHER_OPTION),
-    build=build, describe_plan=describe_plan, subtasks=True,
+    build=build, subtasks=True,
     hints={"--images-per-class": "use --priors-per-class"},
     checkpoint_help="each subtask i checkpoints to this name with .g{i} before its suffix (default: "
     "OUTPUT.ckpt.g{i}.safetensors, written every 5 minutes, deleted once the archive is written); a killed encode "

@@ -208,11 +208,6 @@ def decode(reader, meta: dict, limits=None) -> tuple[torch.Tensor, torch.Tensor,
     return images, labels, soft
 
 
-def describe_plan(plan: PixelPlan, params: dict) -> str:
-    stored = params.get("images_per_class", plan.images_per_class)  # after trimming to fit the budget
-    return f"{stored} {plan.storage_dtype} images per class"
-
-
 STORAGE_OPTION = Option("--storage-dtype", "storage_dtype", "How images are stored; auto picks uint8 with a per-class "
                         "range (most images per byte).", kind="choice", choices=("auto", "uint8", "float16", "float32"))
 IMAGES_OPTION = Option("--images-per-class", "images_per_class", "Fix the image count instead of filling the budget.")
@@ -226,16 +221,16 @@ def read_schedule(reader, meta: dict, limits=None):
 
 
 def describe_params(params: dict) -> str:
-    """A pixel archive's ``meta.params`` in a few words (d3 info)."""
+    """A pixel archive's ``meta.params`` in a few words (d3 info, and the line d3 compress ends with)."""
     words = (f"objective {params.get('objective', 'dm')}: {int(params['images_per_class'])} {params['storage_dtype']} "
              "images per class")
     if params.get("objective") == "bptt":
-        words += (f", a {params['network']} schedule of {int(params['inner_steps'])} steps × "
-                  f"{int(params['inner_epochs'])} epochs, {params['init']} init")
+        words += (f", {int(params['inner_steps'])} steps × {int(params['inner_epochs'])} epochs of a "
+                  f"{params['network']} schedule, {params['init']} init")
     return words
 
 
 register_archive_kind(ArchiveKind("pixel", {"meta": True, "images": True, "soft_labels": True, "schedule": True},
                                   decode=decode, read_schedule=read_schedule, describe=describe_params))
 register_method(Method("dm", "Distribution matching on the pixels (Zhao & Bilen, WACV 2023): learn the images.",
-                       "pixel", PixelEncoder, (STORAGE_OPTION, IMAGES_OPTION), describe_plan=describe_plan))
+                       "pixel", PixelEncoder, (STORAGE_OPTION, IMAGES_OPTION)))

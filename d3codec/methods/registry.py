@@ -5,7 +5,7 @@ In the manner of timm's model registry, a method's module ends with its registra
 
     register_archive_kind(ArchiveKind("pixel", sections={...}, decode=decode))
     register_method(Method("dm", "DM distribution matching on pixels", archive="pixel", encoder=PixelEncoder,
-                           build=build, options=(...), describe_plan=describe))
+                           build=build, options=(...)))
 
 and everything that lists methods reads the registry: the ``d3 compress`` subcommands and their options
 (cli/), ``d3 verify`` and ``d3 info`` (d3codec.verify, d3codec.archive), the reader (D3Dataset),
@@ -90,10 +90,6 @@ def _default_build(method: "Method", preset: str, options: dict[str, Any], conte
     return method.encoder.from_options(preset, context.checkpoint_or(".ckpt.safetensors"), **options)
 
 
-def _default_describe(plan: Any, params: dict) -> str:
-    return type(plan).__name__
-
-
 @dataclass(frozen=True)
 class Method:
     """A distillation method: how the ``d3`` command, d3codec.compress and the benchmarks make its encoder.
@@ -108,9 +104,6 @@ class Method:
         build: ``build(method, preset, options, context)`` → a ready encoder; ``options`` maps each given
             option's field to its value. Default: ``encoder.from_options(preset, OUTPUT.ckpt.safetensors,
             **options)``.
-        describe_plan: ``describe_plan(plan, params)``, what was stored in a few words, for the line
-            ``d3 compress`` ends with; ``params`` is the archive's ``meta.params`` as written (after any
-            trimming to fit the budget).
         subtasks: its encodes split into subtasks spread over ranks (``--workers N``, torchrun).
         checkpoint_help: what ``--checkpoint`` means for it.
         hints: another method's option → what to use with this one instead, for the refusal of that option.
@@ -122,7 +115,6 @@ class Method:
     encoder: type
     options: tuple[Option, ...] = ()
     build: Callable[["Method", str, dict, BuildContext], Any] = _default_build
-    describe_plan: Callable[[Any, dict], str] = _default_describe
     subtasks: bool = False
     checkpoint_help: str = ("the file a killed encode resumes from by running the same command again (default: "
                             "OUTPUT.ckpt.safetensors, written every 5 minutes, deleted once the archive is written)")
@@ -168,7 +160,8 @@ class ArchiveKind:
         read_schedule: where the archives may carry a training schedule: ``read_schedule(reader, meta,
             limits)`` → d3codec.schedule.TrainingSchedule or None.
         describe: ``describe(meta["params"])`` → what an archive stores in a few words, for ``d3 info``'s
-            first line (it may raise KeyError, TypeError or ValueError on params it cannot read).
+            first line and the line ``d3 compress`` ends with (it may raise KeyError, TypeError or
+            ValueError on params it cannot read).
     """
 
     name: str
