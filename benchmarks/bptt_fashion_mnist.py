@@ -35,11 +35,11 @@ from pathlib import Path
 import torch
 
 from d3codec import D3Dataset
-from d3codec.compress import compress
+from d3codec.encoding import compress
 from d3codec.data import load_dataset
-from d3codec.evaluate import StudentConfig, random_real_subset, replay_student, test_split, train_student
-from d3codec.methods.bptt import BPTTEncoder
-from d3codec.methods.pixel import PixelEncoder
+from d3codec.students import StudentConfig, random_real_subset, replay_student, test_split, train_student
+from d3codec.methods.pixel import BPTTEncoder
+from d3codec.methods.pixel import DMEncoder
 from d3codec.runtime import keep_freed_memory
 
 HERE = Path(__file__).resolve().parent
@@ -67,7 +67,7 @@ def build(kind: str, n: int, preset: str, seed: int, path: str, iterations: int 
     """Distil one archive: kind is bptt-fixed, bptt-random or dm."""
     real = _STATE["real"]
     if kind == "dm":
-        encoder = PixelEncoder.from_options(preset, images_per_class=n, iterations=iterations)
+        encoder = DMEncoder.from_options(preset, images_per_class=n, iterations=iterations)
     else:
         encoder = BPTTEncoder.from_options(preset, images_per_class=n, init=kind.split("-")[1], iterations=iterations)
     start = time.time()

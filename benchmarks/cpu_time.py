@@ -55,20 +55,20 @@ def run_workload(name: str) -> dict:
     import torch
 
     torch.set_num_threads(1)
-    from d3codec.compress import compress
+    from d3codec.encoding import compress
     from d3codec.data import load_dataset
-    from d3codec.evaluate import StudentConfig, random_real_subset, test_split, train_student
-    from d3codec.methods.bptt import BPTTEncoder
+    from d3codec.students import StudentConfig, random_real_subset, test_split, train_student
+    from d3codec.methods.pixel import BPTTEncoder
     from d3codec.methods.d2m import D2MEncoder
     from d3codec.methods.d3 import D3Encoder
-    from d3codec.methods.pixel import PixelEncoder
+    from d3codec.methods.pixel import DMEncoder
     from d3codec.runtime import keep_freed_memory
 
     real = load_dataset("fashion-mnist")
     folder = tempfile.mkdtemp()
     teacher = dict(teacher_epochs=0.2)
     encoders = {
-        "dm": lambda: PixelEncoder.from_options("fast", iterations=25),
+        "dm": lambda: DMEncoder.from_options("fast", iterations=25),
         "bptt": lambda: BPTTEncoder.from_options("fast", iterations=10, images_per_class=10),
         "d3": lambda: D3Encoder.from_options("fast", iterations=25, init_iterations=200, **teacher),
         "d2m": lambda: D2MEncoder.from_options("fast", None, None, f"{folder}/p.ckpt", iterations=25,

@@ -46,9 +46,9 @@ from safetensors.torch import load_file, save_file
 from d3codec import D3Dataset
 from d3codec.archive import open_archive
 from d3codec.budget import ipc_budget
-from d3codec.compress import compress
+from d3codec.encoding import compress
 from d3codec.data import load_dataset
-from d3codec.evaluate import EvalResult, StudentConfig, random_real_subset, test_split, train_student
+from d3codec.students import EvalResult, StudentConfig, random_real_subset, test_split, train_student
 from d3codec.methods.d2m import PRESETS as D2M_PRESETS
 from d3codec.methods import BuildContext, get_method, method_names
 from d3codec.methods.d2m import load_labeller

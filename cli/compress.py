@@ -1,7 +1,7 @@
 """``d3 compress [METHOD] DATASET ...``: one subcommand per registered method, built from the registry.
 
 Every method's command has the same shared option groups (output, budget, data, run, checkpoint) and its
-own options (d3codec.methods.registry.Option), each shown under its heading in ``--help`` with the presets'
+own options (d3codec.registry.Option), each shown under its heading in ``--help`` with the presets'
 defaults. ``d3 compress DATASET ...`` with no method named runs the default method (dm). The spelling
 of d3codec 0.1, ``--method pixel|d3|d2m`` and ``--objective dm|bptt``, still works for one release, with
 a deprecation notice.
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import click
 
-from d3codec.compress import MAX_BUDGET_BYTES, MAX_SEED
+from d3codec.encoding import MAX_BUDGET_BYTES, MAX_SEED
 from d3codec.errors import D3Error
 from d3codec.methods import DEFAULT_METHOD, BuildContext, Method, Option, archive_kind, get_method, method_names
 
@@ -237,9 +237,9 @@ def check_output(output: Path, force: bool) -> None:
 
 def run_compress(method: Method, values: dict) -> None:
     """Build the encoder from the options and distil (the body of every method's command)."""
-    from d3codec.compress import compress
+    from d3codec.encoding import compress, compress_with_workers
     from d3codec.data import load_dataset
-    from d3codec.federated import barrier, compress_with_workers, join_process_group, rank, world_size
+    from d3codec.federated import barrier, join_process_group, rank, world_size
     from d3codec.models import resolve_device
 
     output, quiet, ipc, budget = values["output"], values["quiet"], values["ipc"], values["budget"]

@@ -6,19 +6,18 @@ A thin layer over the library: each command parses options, calls d3codec, and p
 from __future__ import annotations
 
 import json
-import math
 import sys
 from pathlib import Path
 
 import click
 
-from d3codec.compress import MAX_BUDGET_BYTES as MAX_BUDGET
-from d3codec.compress import MAX_SEED
+from d3codec.encoding import MAX_BUDGET_BYTES as MAX_BUDGET
+from d3codec.encoding import MAX_SEED
 from d3codec.errors import D3Error
 from d3codec.text import safe_text
 
 from .compress import CompressGroup
-from .options import count, decode_limit_options, decode_limits, fail
+from .options import LIMIT_FIELDS, count, decode_limit_options, decode_limits, fail
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -41,7 +40,7 @@ main.add_command(CompressGroup("compress"))
 @decode_limit_options
 def merge(archives, output, budget, max_bytes, max_parameters, max_macs_per_image, max_section_bytes, max_macs):
     """Join d3 ARCHIVES of disjoint classes (same image shape) into one, classes in the order given."""
-    from d3codec.merge import merge_archives
+    from d3codec.methods.d3.merge import merge_archives
 
     try:
         result = merge_archives(list(archives), output, budget,
@@ -151,7 +150,7 @@ def verify(archive, as_json, max_bytes, max_parameters, max_macs_per_image, max_
 @click.option("--device", default="cpu", show_default=True, help="Where d3 and d2m archives are decoded.")
 @decode_limit_options
 def expand(archive, output, fmt, grid, grid_columns, grid_scale, grid_names, max_grid_pixels, samples_per_class,
-           sample_seed, device, max_bytes, max_parameters, max_macs_per_image, max_section_bytes, max_macs):
+           sample_seed, device, **limits):
     """Expand ARCHIVE into images or tensors.
 
     What the expansion would cost is checked before it is made (the decode limits below): an archive
@@ -164,7 +163,7 @@ def expand(archive, output, fmt, grid, grid_columns, grid_scale, grid_names, max
         raise click.UsageError("give -o DIR, --grid FILE.png, or both")
     try:
         ds = D3Dataset(archive, samples_per_class=samples_per_class, seed=sample_seed, device=resolve_device(device),
-                       limits=decode_limits(max_bytes, max_parameters, max_macs_per_image, max_section_bytes, max_macs))
+                       limits=decode_limits(**limits))
         picture = grid_image(ds, grid_columns, max_pixels=max_grid_pixels, scale=grid_scale, names=grid_names) \
             if grid is not None else None
         if output is not None:
@@ -195,7 +194,9 @@ def expand(archive, output, fmt, grid, grid_columns, grid_scale, grid_names, max
 @click.option("--data-root", type=click.Path(file_okay=False))
 @click.option("--seed", type=count(0, MAX_SEED), default=0, show_default=True)
 @click.option("--device", default="auto", show_default=True)
-@click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Also write the results as JSON.")
+@click.option("--json", "json_out", is_flag=False, flag_value="-", type=click.Path(dir_okay=False, allow_dash=True),
+              help="Print the results as JSON (alone on stdout: progress goes to stderr); --json FILE writes them "
+              "to FILE instead.")
 @click.option("--samples-per-class", type=count(),
               help="d3 and d2m archives: images to draw per class (default: d3 one per prior, d2m the archive's).")
 @click.option("--sample-seed", type=count(0, MAX_SEED), default=0, show_default=True,
@@ -209,76 +210,26 @@ def expand(archive, output, fmt, grid, grid_columns, grid_scale, grid_names, max
 @click.option("--quiet", is_flag=True, help="No progress (each student's epochs show otherwise: a bar in a "
               "terminal, a line every 30 s in a log).")
 @decode_limit_options
-def evaluate_cmd(archive, model, epochs, runs, baseline, dataset, data_root, seed, device, json_out, samples_per_class,
-                 sample_seed, resample_every_epoch, training, quiet, max_bytes, max_parameters, max_macs_per_image,
-                 max_section_bytes, max_macs):
-    """Train fresh students on ARCHIVE and report final test accuracy, bytes and training time."""
-    from d3codec import D3Dataset
-    from d3codec.data import load_dataset
-    from d3codec.evaluate import StudentConfig, evaluate, random_real_subset, test_split
-    from d3codec.models import resolve_device
+def evaluate_cmd(archive, dataset, data_root, device, json_out, quiet, **options):
+    """Train fresh students on ARCHIVE and report final test accuracy, bytes and training time
+    (d3codec.evaluate in Python)."""
+    from d3codec.evaluation import EvalProtocol, evaluate
 
+    limits = decode_limits(**{name: options.pop(name) for name in LIMIT_FIELDS})
+    log = (lambda m: click.echo(m, err=True)) if not quiet else None  # noqa: E731
     try:
-        dev = resolve_device(device)
-        ds = D3Dataset(archive, samples_per_class=samples_per_class, seed=sample_seed, device=dev,
-                       limits=decode_limits(max_bytes, max_parameters, max_macs_per_image, max_section_bytes, max_macs))
-        file_bytes = Path(archive).stat().st_size
-        real = load_dataset(dataset or ds.meta["dataset"]["name"], data_root)
-        if real.classes != ds.classes:
-            raise ValueError(f"the archive's classes do not match {real.name}'s; pass --dataset")
-        if tuple(real.image_shape) != ds.image_shape:
-            raise ValueError(f"the archive's image shape {ds.image_shape} is not {real.name}'s "
-                             f"{tuple(real.image_shape)}; pass the --dataset it was made from")
-        config = StudentConfig(model=model, epochs=epochs)
-        test = test_split(real)
-        log = lambda m: click.echo(m, err=True)  # noqa: E731
-        targets = ds.soft_labels if ds.soft_labels is not None else ds.labels
-        if resample_every_epoch and not ds.sampled:
-            raise ValueError(f"--resample-every-epoch needs a sampled archive (d3, d2m), not {ds.meta['method']}")
-        per_class = len(ds) // len(ds.classes)
-
-        def draw_fresh(run: int, epoch: int):
-            images, labels, soft = ds.draw(per_class, seed=sample_seed + 100_003 * (run + 1) + epoch)
-            return images, (soft if soft is not None and ds.soft_labels is not None else labels)
-        resample = draw_fresh if resample_every_epoch else None
-        if training == "auto":
-            training = "replay" if ds.schedule is not None else "standard"
-        if training in ("replay", "both") and ds.schedule is None:
-            raise ValueError("this archive carries no training schedule (only archives of method bptt do); "
-                             "use --training standard")
-        results = []
-        if training in ("replay", "both"):
-            sched = ds.schedule
-            fixed = sched.init == "fixed"  # from the stored θ₀ every run is the same computation: run it once
-            note = "stored θ₀: one run, as every run is the same" if fixed else "a fresh θ₀ per run"
-            results.append(evaluate(f"archive ({ds.meta['method']}, replayed {sched.network} schedule of "
-                                    f"{sched.steps}×{sched.epochs} steps, {note})", ds.images, ds.labels, real,
-                                    1 if fixed else runs, config, seed, dev, test, file_bytes, log, schedule=sched))
-        if training in ("standard", "both"):
-            results.append(evaluate(f"archive ({ds.meta['method']})", ds.images, targets, real, runs, config, seed,
-                                    dev, test, file_bytes, log, resample, progress=not quiet))
-        if baseline == "random-real" and ds.schedule is not None:  # the paper's baseline: as many real images
-            n = len(ds) // len(ds.classes)
-            x, y, _ = random_real_subset(real, n * len(ds.classes) * math.prod(ds.image_shape) * 4,
-                                         "float32", seed)
-            results.append(evaluate(f"random real (same count, {n} per class)", x, y, real, runs, config, seed, dev,
-                                    test, None, log, progress=not quiet))
-        if baseline == "random-real":
-            budget = ds.meta.get("budget", {}).get("bytes") or file_bytes
-            for storage in ("float32", "png"):
-                x, y, used = random_real_subset(real, budget, storage, seed)
-                results.append(evaluate(f"random real ({storage})", x, y, real, runs, config, seed, dev, test, used,
-                                        log, progress=not quiet))
+        result = evaluate(archive, EvalProtocol(**options), dataset=dataset, data_root=data_root, device=device,
+                          limits=limits, progress=not quiet, log=log)
     except (D3Error, ValueError, OSError) as e:
         fail(e)
-    click.echo(f"{model}, {epochs} epochs (standard rows), {runs} runs, device {dev}; final-epoch test accuracy "
-               f"on {real.name}:")
-    for r in results:
+    if json_out == "-":
+        click.echo(json.dumps(result.to_json(), indent=2))
+        return
+    click.echo(result.header())
+    for r in result.rows:
         click.echo("  " + r.summary())
     if json_out:
-        Path(json_out).write_text(json.dumps([{"name": r.name, "images": r.images, "bytes": r.file_bytes,
-                                               "accuracies": r.accuracies, "seconds": r.seconds, "mean": r.mean,
-                                               "std": r.std} for r in results], indent=2))
+        Path(json_out).write_text(json.dumps(result.to_json(), indent=2))
 
 
 if __name__ == "__main__":  # pragma: no cover

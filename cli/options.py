@@ -83,6 +83,9 @@ def decode_limit_options(command):
                         f"labels may take [default: {L.max_bytes}].")(command)
 
 
+LIMIT_FIELDS = ("max_bytes", "max_parameters", "max_macs_per_image", "max_section_bytes", "max_macs")  # the options above
+
+
 def decode_limits(max_bytes, max_parameters, max_macs_per_image, max_section_bytes, max_macs):
     from d3codec.limits import DEFAULT_LIMITS
 

@@ -1,11 +1,22 @@
-"""d3codec: compress a labelled image dataset into a small, safe ``.d3`` archive and train on it again."""
+"""d3codec: compress a labelled image dataset into a small, safe ``.d3`` archive and train on it again.
 
-__version__ = "0.1.0"
+In Python::
 
-from .container import D3Reader, Section, encode_archive, write_archive  # noqa: E402
-from .dataset import D3Dataset  # noqa: E402
-from .errors import D3BudgetError, D3DatasetError, D3Error, D3FormatError, D3LimitError  # noqa: E402
-from .limits import DecodeLimits  # noqa: E402
+    import d3codec
+    d3codec.compress("fashion-mnist", "fm.d3", ipc=10, method="dm")   # distil (d3codec.encoding)
+    ds = d3codec.D3Dataset("fm.d3")                                     # a torch Dataset (d3codec.dataset)
+    result = d3codec.evaluate("fm.d3", epochs=300, runs=3)              # students (d3codec.evaluation)
+"""
 
-__all__ = ["D3Dataset", "D3Reader", "Section", "encode_archive", "write_archive", "DecodeLimits", "D3Error",
-           "D3FormatError", "D3LimitError", "D3BudgetError", "D3DatasetError", "__version__"]
+from .version import __version__
+from . import methods  # registers the built-in methods (d3codec.registry) before anything reads an archive
+from .container import D3Reader, Section, encode_archive, write_archive
+from .dataset import D3Dataset
+from .encoding import CompressResult, compress
+from .errors import D3BudgetError, D3DatasetError, D3Error, D3FormatError, D3LimitError
+from .evaluation import EvalProtocol, Evaluation, evaluate
+from .limits import DecodeLimits
+
+__all__ = ["compress", "evaluate", "D3Dataset", "CompressResult", "EvalProtocol", "Evaluation", "D3Reader", "Section",
+           "encode_archive", "write_archive", "DecodeLimits", "D3Error", "D3FormatError", "D3LimitError",
+           "D3BudgetError", "D3DatasetError", "methods", "__version__"]

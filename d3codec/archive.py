@@ -7,11 +7,19 @@ budget and the byte accounting. Which other sections exist is the method's busin
 
 from __future__ import annotations
 
+import datetime as _dt
 import os
+import platform
 from typing import Any
 
+import torch
+
+from .version import __version__
+from .budget import ipc_equivalent
 from .container import D3Reader
 from .errors import D3FormatError
+from .limits import DEFAULT_LIMITS
+from .registry import archive_kind, archive_kind_names
 from .text import safe_text
 
 FORMAT_NAME = "d3"
@@ -90,6 +98,26 @@ def meta_bool(obj: Any, key: str, where: str = "", default: Any = _MISSING) -> b
     return value
 
 
+def utc_now() -> str:
+    """The creation time archives record: UTC, ISO 8601, whole seconds."""
+    return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def base_meta(spec, method: str, budget: int, ipc: float | None, seed: int | None, created: str) -> dict:
+    """The metadata fields every archive carries (spec/FORMAT.md §5), before the method's own.
+    ``spec``: the dataset's d3codec.methods.base.DatasetSpec (name, classes, image_shape, mean, std)."""
+    return {
+        "format": FORMAT_NAME,
+        "method": method,
+        "dataset": {"name": spec.name, "classes": list(spec.classes), "image_shape": list(spec.image_shape),
+                    "mean": list(spec.mean), "std": list(spec.std)},
+        "budget": {"bytes": budget, "ipc": ipc},
+        "seed": seed,
+        "created": created,
+        "software": {"d3codec": __version__, "torch": torch.__version__, "python": platform.python_version()},
+    }
+
+
 def validate_meta(meta: dict[str, Any]) -> dict[str, Any]:
     """Check the fields every archive must have (spec/FORMAT.md §5), with their JSON types.
 
@@ -153,10 +181,8 @@ def check_sections(reader: D3Reader, known: dict[str, bool]) -> None:
 
 
 def known_kind(meta: dict[str, Any]):
-    """The registered archive kind (d3codec.methods.registry.ArchiveKind) of ``meta.method``.
+    """The registered archive kind (d3codec.registry.ArchiveKind) of ``meta.method``.
     Raises: D3FormatError naming the kinds this d3codec reads."""
-    from .methods import archive_kind, archive_kind_names
-
     kind = archive_kind(meta["method"])
     if kind is None:
         raise D3FormatError(f"meta: unknown method {safe_text(repr(meta['method']), 60)}; this d3codec reads "
@@ -169,7 +195,6 @@ def open_archive(path: str | os.PathLike | bytes, limits=None) -> tuple[D3Reader
 
     ``limits`` (d3codec.limits.DecodeLimits): its ``max_section_bytes`` bounds every section's declared
     raw size, checked from the table before anything is decompressed."""
-    from .limits import DEFAULT_LIMITS
     reader = D3Reader(path, max_section_bytes=(limits or DEFAULT_LIMITS).max_section_bytes)
     try:
         meta = read_meta(reader)
@@ -184,8 +209,6 @@ def open_archive_or_container(path: str | os.PathLike | bytes, limits=None) -> t
     """As :func:`open_archive`, but a bare container (sections written with d3codec.write_archive and no
     dataset metadata: no first section 'meta', or a 'meta' without a 'method') opens with meta None.
     A 'meta' that names a method is validated as :func:`open_archive` does. Returns (reader, meta or None)."""
-    from .limits import DEFAULT_LIMITS
-
     reader = D3Reader(path, max_section_bytes=(limits or DEFAULT_LIMITS).max_section_bytes)
     try:
         first = reader.sections[0]
@@ -210,8 +233,6 @@ def _json_object(reader: D3Reader) -> dict:
 def summary(meta: dict[str, Any], file_bytes: int) -> str:
     """One line: the method and what it stored, the dataset, the file's bytes against its budget, the
     IPC-equivalent. Every string from the archive is made printable (d3codec.text.safe_text)."""
-    from .budget import ipc_equivalent
-
     kind = known_kind(meta)
     try:
         stored = kind.describe(meta.get("params")) if kind.describe is not None else ""

@@ -129,7 +129,7 @@ def decode_archive(reader, meta: dict, samples_per_class: int | None, seed: int,
 
     Raises: as :class:`D3Dataset`.
     """
-    from .methods import archive_kind, archive_kind_names
+    from .registry import archive_kind, archive_kind_names
     from .schedule import step_batches
 
     kind = archive_kind(meta["method"])  # known: open_archive checked it

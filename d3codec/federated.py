@@ -2,27 +2,30 @@
 
 Run ``torchrun --nproc-per-node N -m d3codec.cli.main compress d3 ... --subtasks K``
 (or ``d3 compress ... --workers N``, which spawns N local ranks itself). Every rank makes the same plan;
-rank r distils groups r, r + N, r + 2N, ... (each seeded by (seed, group), so which rank runs a
-group does not change it), writes each as a complete subtask archive beside the output, and rank
-0 merges the subtask archives (d3codec.merge) into the output once all are written. Backend: gloo
-on CPU, NCCL on CUDA. The subtask archives must be on a file system every rank sees (one machine,
-or a shared folder); they are removed after the merge unless ``D3CODEC_KEEP_SUBTASKS=1``.
+rank r distils subtasks r, r + N, r + 2N, ... (each seeded by (seed, subtask), so which rank runs a
+subtask does not change it), writes each as a complete subtask archive beside the output, and rank
+0 has the encoder merge them into the output once all are written. Backend: gloo on CPU, NCCL on CUDA.
+The subtask archives must be on a file system every rank sees (one machine, or a shared folder); they
+are removed after the merge unless ``D3CODEC_KEEP_SUBTASKS=1``.
+
+This module knows no method: it drives any d3codec.methods.base.SubtaskEncoder.
 """
 
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.distributed as dist
+import torch.multiprocessing as mp
 
 from .container import Section, write_archive
 from .data import RealData
 from .errors import D3Error
-from .merge import Part, combine, rename_group
-from .methods.base import Encoded, Encoder
-from .methods.d3 import sections_of
+from .methods.base import Encoded, Encoder, SubtaskEncoder
 
 
 def world_size() -> int:
@@ -56,36 +59,31 @@ def distill_federated(encoder: Encoder, real: RealData, plan, output: Path, meta
                       seed: int, progress: bool = True) -> Encoded | None:
     """This rank's share of the subtasks; on rank 0, the merged result (None on the other ranks).
 
-    ``encoder`` must split into groups (``plan.groups``, ``distill_group``); ``meta`` is the
-    archive's common metadata, from which each subtask archive's metadata is made.
+    ``meta`` is the archive's common metadata, from which each subtask archive's metadata is made.
+    Raises: D3Error when ``encoder`` does not split into subtasks.
     """
-    if not hasattr(encoder, "distill_group"):
+    if not isinstance(encoder, SubtaskEncoder):
         raise D3Error(f"method {encoder.method!r} does not split into subtasks; run it without torchrun/--workers")
-    me, world, count = rank(), world_size(), len(plan.groups)
+    me, world, count = rank(), world_size(), encoder.subtask_count(plan)
     classes = meta["dataset"]["classes"]
     for index in range(me, count, world):
-        tensors, entry = encoder.distill_group(real, plan, index, device=device, seed=seed, progress=progress and me == 0)
-        a, b = entry["classes"]
+        part = encoder.distill_subtask(real, plan, index, device=device, seed=seed, progress=progress and me == 0)
+        a, b = part.classes
         part_meta = {**meta, "dataset": {**meta["dataset"], "classes": classes[a:b]},
-                     "params": encoder.method_meta([{**entry, "classes": [0, b - a]}]), "stats": entry["stats"],
+                     "params": part.encoded.method_meta, "stats": part.encoded.stats,
                      "federated": {"budget": meta["budget"]["bytes"], "subtask": index, "subtasks": count,
                                    "classes": [a, b]}}
-        local = {section: rename_group(group, index, 0) for section, group in tensors.items()}
-        write_archive(subtask_path(output, index, count), [Section.json("meta", part_meta)] + sections_of([local]))
+        write_archive(subtask_path(output, index, count), [Section.json("meta", part_meta)] + part.encoded.sections)
     dist.barrier()
-    result = None
-    if me == 0:
-        paths = [subtask_path(output, i, count) for i in range(count)]
-        parts = [Part.read(p) for p in paths]
-        fields, sections = combine(parts)
-        seconds = sum(p.meta["stats"].get("distill_seconds", 0.0) for p in parts)
-        result = Encoded(sections, encoder.method_meta(fields["groups"]),  # seconds: summed over subtasks
-                         {"distill_seconds": round(seconds, 3), "workers": world})
-        if hasattr(encoder, "remove_checkpoints"):  # once the archive is written
-            result.cleanup = lambda: encoder.remove_checkpoints(count)
-        if os.environ.get("D3CODEC_KEEP_SUBTASKS") != "1":
-            for p in paths:
-                p.unlink()
+    if me != 0:
+        return None
+    paths = [subtask_path(output, i, count) for i in range(count)]
+    result = encoder.merge_subtasks(paths)
+    result.stats["workers"] = world
+    result.cleanup = lambda: encoder.remove_checkpoints(count)  # once the archive is written
+    if os.environ.get("D3CODEC_KEEP_SUBTASKS") != "1":
+        for p in paths:
+            p.unlink()
     return result
 
 
@@ -95,32 +93,23 @@ def barrier() -> None:
         dist.barrier()
 
 
+def run_ranks(workers: int, target: Callable, args: tuple, device: str = "cpu") -> None:
+    """Run ``target(device, *args)`` on ``workers`` local ranks (spawned processes) joined in one process
+    group (gloo, or NCCL on CUDA). ``target`` must be a module-level function (it is pickled by name).
 
-def compress_with_workers(workers: int, dataset: str, output: str | os.PathLike, *, encoder: Encoder,
-                          data_root: str | None = None, resolution: int | None = None, ipc: float | None = None,
-                          budget: int | None = None, seed: int = 0, device: str = "cpu", progress: bool = True) -> None:
-    """Run :func:`d3codec.compress.compress` on ``workers`` local ranks (spawned processes, gloo or NCCL).
-
-    Each worker loads ``dataset`` itself (d3codec.data.load_dataset) and uses cores / workers
-    threads; on CUDA, worker r uses GPU r mod (number of GPUs).
-    Raises: D3Error when a worker fails, with its error.
+    Each rank uses cores / workers threads; on CUDA, rank r uses GPU r mod (number of GPUs).
+    Raises: ValueError for fewer than 2 workers; D3Error when a rank fails, with its error.
     """
-    import torch.multiprocessing as mp
-
     if workers < 2:
         raise ValueError("--workers must be at least 2 (leave it out to run in this process)")
-    args = (workers, _free_port(), dataset, str(output), encoder, data_root, resolution, ipc, budget, seed, device,
-            progress)
     try:
-        mp.start_processes(_worker, args=args, nprocs=workers, start_method="spawn")
+        mp.start_processes(_rank_main, args=(workers, _free_port(), device, target, args), nprocs=workers,
+                           start_method="spawn")
     except mp.ProcessRaisedException as e:
         raise D3Error(f"a worker failed:\n{e}") from None
 
 
-def _worker(index, workers, port, dataset, output, encoder, data_root, resolution, ipc, budget, seed, device, progress):
-    from .compress import compress
-    from .data import load_dataset
-
+def _rank_main(index: int, workers: int, port: int, device: str, target: Callable, args: tuple) -> None:
     dev = torch.device(device)
     if dev.type == "cuda":
         dev = torch.device("cuda", index % torch.cuda.device_count())
@@ -129,16 +118,12 @@ def _worker(index, workers, port, dataset, output, encoder, data_root, resolutio
     dist.init_process_group("nccl" if dev.type == "cuda" else "gloo", init_method=f"tcp://127.0.0.1:{port}",
                             rank=index, world_size=workers)
     try:
-        real = load_dataset(dataset, data_root, resolution)
-        compress(real, output, encoder=encoder, ipc=ipc, budget=budget, seed=seed, device=dev,
-                 progress=progress and index == 0)
+        target(dev, *args)
     finally:
         dist.destroy_process_group()
 
 
 def _free_port() -> int:
-    import socket
-
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]

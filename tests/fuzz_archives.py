@@ -65,19 +65,19 @@ FUZZ_LIMITS = DecodeLimits(max_bytes=32 << 20, max_parameters=1 << 24, max_macs_
 def seed_archives(folder: Path) -> dict[str, bytes]:
     """Valid archives of every method and storage kind, built once into ``folder`` (cached)."""
     from conftest import make_tiny_real
-    from d3codec.compress import compress
-    from d3codec.methods.bptt import BPTTEncoder
+    from d3codec.encoding import compress
+    from d3codec.methods.pixel import BPTTEncoder
     from d3codec.methods.d2m import D2MEncoder
     from d3codec.methods.d3 import D3Encoder
-    from d3codec.methods.pixel import PixelEncoder
+    from d3codec.methods.pixel import DMEncoder
 
     folder.mkdir(parents=True, exist_ok=True)
     tiny = dict(teacher_epochs=1.0, teacher_width=8, embed_width=8, real_per_class=4)
     tiny_d2m = dict(pretrain_iterations=2, pretrain_batch=8, disc_width=4, iterations=1, synthetic_per_class=4,
                     noise_dim=4, embed_dim=4, **tiny)
     builders = {
-        "dm-uint8": (lambda: PixelEncoder.from_options("fast", iterations=1, real_per_class=4, embed_width=8), 6_000),
-        "dm-float16": (lambda: PixelEncoder.from_options("fast", iterations=1, real_per_class=4, embed_width=8,
+        "dm-uint8": (lambda: DMEncoder.from_options("fast", iterations=1, real_per_class=4, embed_width=8), 6_000),
+        "dm-float16": (lambda: DMEncoder.from_options("fast", iterations=1, real_per_class=4, embed_width=8,
                                                          storage_dtype="float16"), 6_000),
         "bptt-fixed": (lambda: BPTTEncoder.from_options("fast", iterations=1, real_per_class=4, images_per_class=2,
                                                         inner_epochs=1), 60_000),
@@ -431,7 +431,7 @@ def _alarm(signum, frame):
 def read_like_a_user(data: bytes, opts: dict | None = None, folder: Path | None = None):
     """Read ``data`` as a user would, under FUZZ_LIMITS; returns what was read (for comparisons)."""
     from d3codec.expand import grid_image
-    from d3codec.merge import merge_archives
+    from d3codec.methods.d3.merge import merge_archives
     from d3codec.verify import verify_archive
 
     opts = opts or {"samples_per_class": 2 if _is_sampled(data) else None, "operation": "dataset"}

@@ -12,8 +12,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from conftest import make_tiny_real  # noqa: E402
 
-from d3codec.compress import compress  # noqa: E402
-from d3codec.methods.bptt import BPTTEncoder  # noqa: E402
+from d3codec.encoding import compress  # noqa: E402
+from d3codec.methods.pixel import BPTTEncoder  # noqa: E402
 
 if __name__ == "__main__":
     torch.set_num_threads(1)

@@ -3,10 +3,10 @@
 import pytest
 
 from d3codec.budget import ipc_budget, ipc_equivalent
-from d3codec.compress import base_meta, compress, plan_archive
+from d3codec.encoding import base_meta, compress, plan_archive
 from d3codec.errors import D3BudgetError
 from d3codec.methods import DatasetSpec
-from d3codec.methods.pixel import PixelEncoder
+from d3codec.methods.pixel import DMEncoder
 
 FM = DatasetSpec("fashion-mnist", tuple(f"c{i}" for i in range(10)), (1, 28, 28), (0.2861,), (0.353,))
 
@@ -20,7 +20,7 @@ def test_ipc_budgets_match_the_literature_convention():
 
 
 def plan(budget, **options):
-    encoder = PixelEncoder.from_options("fast", **options)
+    encoder = DMEncoder.from_options("fast", **options)
     return plan_archive(encoder, FM, budget, base_meta(FM, "pixel", budget, None, 0, "2026-01-01T00:00:00Z"))
 
 
@@ -54,7 +54,7 @@ def test_fixed_image_count_that_does_not_fit_is_refused():
 
 
 def test_written_file_is_within_budget_as_the_os_counts(tiny_real, tmp_path):
-    encoder = PixelEncoder.from_options("fast", iterations=2, real_per_class=4, embed_width=8)
+    encoder = DMEncoder.from_options("fast", iterations=2, real_per_class=4, embed_width=8)
     out = tmp_path / "t.d3"
     result = compress(tiny_real, out, encoder=encoder, budget=4_000, seed=0, progress=False)
     assert out.stat().st_size == result.file_bytes <= 4_000
@@ -65,10 +65,10 @@ def test_written_file_is_within_budget_as_the_os_counts(tiny_real, tmp_path):
 
 
 def test_compressed_fill_aims_higher_and_trims_to_fit_when_the_estimate_is_wrong(tiny_real, tmp_path, monkeypatch):
-    import d3codec.methods.pixel as pixel
+    import d3codec.methods.pixel.dm as pixel
     from d3codec import D3Dataset
 
-    encoder = PixelEncoder.from_options("fast", iterations=1, real_per_class=4, embed_width=8)
+    encoder = DMEncoder.from_options("fast", iterations=1, real_per_class=4, embed_width=8)
     spec = DatasetSpec.of(tiny_real)
     meta = base_meta(spec, "pixel", 6_000, None, 0, "2026-01-01T00:00:00Z")
     honest = plan_archive(encoder, spec, 6_000, meta, tiny_real)
@@ -84,7 +84,7 @@ def test_compressed_fill_aims_higher_and_trims_to_fit_when_the_estimate_is_wrong
 
 
 def test_raw_fill_never_counts_on_compression(tiny_real):
-    encoder = PixelEncoder.from_options("fast", fill="raw")
+    encoder = DMEncoder.from_options("fast", fill="raw")
     spec = DatasetSpec.of(tiny_real)
     p = plan_archive(encoder, spec, 6_000, base_meta(spec, "pixel", 6_000, None, 0, "x"), tiny_real)
     assert p.images_per_class == p.guaranteed_per_class and p.max_bytes <= 6_000

@@ -66,17 +66,17 @@ def test_impossible_budget_and_corrupt_archive_give_clear_errors(image_folder, t
 
 def test_eval_with_random_real_baseline(tiny_real, tmp_path, monkeypatch):
     import d3codec.data
-    from d3codec.compress import compress
-    from d3codec.methods.pixel import PixelEncoder
+    from d3codec.encoding import compress
+    from d3codec.methods.pixel import DMEncoder
 
     out = tmp_path / "t.d3"
-    compress(tiny_real, out, encoder=PixelEncoder.from_options("fast", iterations=2, real_per_class=4, embed_width=8),
+    compress(tiny_real, out, encoder=DMEncoder.from_options("fast", iterations=2, real_per_class=4, embed_width=8),
              budget=6_000, progress=False)
     monkeypatch.setattr(d3codec.data, "load_dataset", lambda *a, **k: tiny_real)
     r = run("eval", out, "--epochs", 3, "--runs", 2, "--baseline", "random-real", "--device", "cpu",
             "--json", tmp_path / "r.json")
     assert r.exit_code == 0, r.output
-    rows = json.loads((tmp_path / "r.json").read_text())
+    rows = json.loads((tmp_path / "r.json").read_text())["rows"]
     assert [row["name"] for row in rows] == ["archive (pixel)", "random real (float32)", "random real (png)"]
     for row in rows:
         assert len(row["accuracies"]) == 2 and all(0 <= a <= 1 for a in row["accuracies"])
@@ -150,7 +150,7 @@ def test_d2m_compress_expand_at_any_count_and_eval_with_resampling(tiny_real, im
     assert r.exit_code == 1 and "--task-balance is an option of d2m, not of dm" in r.output
 
     import d3codec.data
-    from d3codec.compress import compress
+    from d3codec.encoding import compress
     from d3codec.methods.d2m import D2MEncoder
 
     grey_folder_names = d3codec.data.RealData(
@@ -167,7 +167,7 @@ def test_d2m_compress_expand_at_any_count_and_eval_with_resampling(tiny_real, im
     r = run("eval", grey, "--epochs", 2, "--runs", 1, "--model", "mlp", "--samples-per-class", 3,
             "--resample-every-epoch", "--device", "cpu", "--json", tmp_path / "r.json")
     assert r.exit_code == 0, r.output
-    rows = json.loads((tmp_path / "r.json").read_text())
+    rows = json.loads((tmp_path / "r.json").read_text())["rows"]
     assert rows[0]["name"] == "archive (d2m)" and rows[0]["images"] == 9 and "mlp" in r.output
 
 
@@ -191,8 +191,8 @@ def test_bptt_compress_and_eval_replays_the_schedule_beside_standard_training(ti
     assert r.exit_code == 1 and "--init is an option of bptt, not of dm" in r.output
 
     import d3codec.data
-    from d3codec.compress import compress
-    from d3codec.methods.bptt import BPTTEncoder
+    from d3codec.encoding import compress
+    from d3codec.methods.pixel import BPTTEncoder
 
     grey = tmp_path / "grey.d3"
     compress(tiny_real, grey, encoder=BPTTEncoder.from_options("fast", iterations=2, real_per_class=4, init="random",
@@ -201,7 +201,7 @@ def test_bptt_compress_and_eval_replays_the_schedule_beside_standard_training(ti
     r = run("eval", grey, "--epochs", 2, "--runs", 2, "--training", "both", "--baseline", "random-real",
             "--device", "cpu", "--json", tmp_path / "r.json")
     assert r.exit_code == 0, r.output
-    rows = json.loads((tmp_path / "r.json").read_text())
+    rows = json.loads((tmp_path / "r.json").read_text())["rows"]
     assert [row["name"].split(",")[0] for row in rows] == ["archive (pixel", "archive (pixel)", "random real (same count",
                                                            "random real (float32)", "random real (png)"]
     assert "replayed lenet schedule of 2×5 steps" in rows[0]["name"] and rows[2]["images"] == 6
@@ -213,20 +213,20 @@ def test_bptt_compress_and_eval_replays_the_schedule_beside_standard_training(ti
                                                                images_per_class=1), budget=200_000, progress=False)
     r = run("eval", fixed, "--runs", 3, "--training", "replay", "--device", "cpu", "--json", tmp_path / "f.json")
     assert r.exit_code == 0, r.output
-    row, = json.loads((tmp_path / "f.json").read_text())
+    row, = json.loads((tmp_path / "f.json").read_text())["rows"]
     assert len(row["accuracies"]) == 1 and "one run" in row["name"]
     pixel = tmp_path / "p.d3"
-    from d3codec.methods.pixel import PixelEncoder
-    compress(tiny_real, pixel, encoder=PixelEncoder.from_options("fast", iterations=1, real_per_class=4, embed_width=8),
+    from d3codec.methods.pixel import DMEncoder
+    compress(tiny_real, pixel, encoder=DMEncoder.from_options("fast", iterations=1, real_per_class=4, embed_width=8),
              budget=6_000, progress=False)
     r = run("eval", pixel, "--training", "replay", "--runs", 1, "--device", "cpu")
     assert r.exit_code != 0 and "carries no training schedule" in r.output
 
 
 def test_verify_passes_a_good_archive_and_names_the_first_failure(tiny_real, tmp_path):
-    from d3codec.compress import compress
+    from d3codec.encoding import compress
     from d3codec.container import D3Reader
-    from d3codec.methods.bptt import BPTTEncoder
+    from d3codec.methods.pixel import BPTTEncoder
 
     out = tmp_path / "b.d3"
     compress(tiny_real, out, encoder=BPTTEncoder.from_options("fast", iterations=1, real_per_class=4,

@@ -4,11 +4,12 @@ import pytest
 import torch
 
 from d3codec import D3Dataset, noise
-from d3codec.compress import base_meta, compress, plan_archive
+from d3codec.encoding import base_meta, compress, plan_archive
 from d3codec.container import D3Reader, Section, encode_archive
 from d3codec.errors import D3BudgetError, D3Error, D3FormatError
 from d3codec.losses import prediction_matching_loss
 from d3codec.methods import DatasetSpec
+from d3codec.checkpoint import Checkpoint
 from d3codec.methods import d2m
 from d3codec.methods.d2m import ConditionalGenerator, D2MEncoder, load_generator, save_generator
 from d3codec.models import ConvNet
@@ -134,20 +135,20 @@ def test_pretraining_resumes_after_a_kill_and_ends_as_an_uninterrupted_run(tiny_
         pass
 
     saves = []
-    real_save = d2m.save_checkpoint
+    real_save = Checkpoint.save
 
-    def save_then_die(*args, **kw):
-        real_save(*args, **kw)
-        saves.append(args[2])
+    def save_then_die(self, iteration, *args, **kw):
+        real_save(self, iteration, *args, **kw)
+        saves.append(iteration)
         if len(saves) == 2:  # killed right after the checkpoint at iteration 4 of 6
             raise Killed
 
     ckpt = tmp_path / "run.ckpt"
-    monkeypatch.setattr(d2m, "save_checkpoint", save_then_die)
+    monkeypatch.setattr(Checkpoint, "save", save_then_die)
     with pytest.raises(Killed):
         pretrained(ckpt)
     assert saves == [2, 4]
-    monkeypatch.setattr(d2m, "save_checkpoint", real_save)
+    monkeypatch.setattr(Checkpoint, "save", real_save)
     torch.manual_seed(1234)  # the resumed process starts with other random state
     resumed = pretrained(ckpt)
     assert uninterrupted.keys() == resumed.keys()
@@ -203,7 +204,7 @@ def test_a_given_generator_is_fine_tuned_without_pretraining(tiny_real, tmp_path
     scale = fc["fc.weight.scale"].float().view(-1, 1)
     assert torch.allclose(fc["fc.weight"].float() * scale, g.fc.weight, atol=float(scale.max()) / 2 + 1e-6)
     # a pre-training checkpoint does not name its architecture: the shapes decide
-    d2m.save_checkpoint(tmp_path / "c.ckpt", "f", 1, {"generator": g}, {}, torch.Generator())
+    Checkpoint(tmp_path / "c.ckpt", "d2m-pretrain", "f").save(1, {}, {}, torch.Generator(), {"generator": g})
     assert load_generator(tmp_path / "c.ckpt", 3, (1, 16, 16)).architecture == "upconv-v1"
     with pytest.raises(D3Error, match="4 classes"):
         load_generator(tmp_path / "g.safetensors", 4, (1, 16, 16))

@@ -6,11 +6,11 @@ import pytest
 import torch
 
 from d3codec import D3Dataset
-from d3codec.compress import base_meta, compress, plan_archive
+from d3codec.encoding import base_meta, compress, plan_archive
 from d3codec.container import D3Reader, Section, encode_archive
 from d3codec.data import RealData, TensorImages
 from d3codec.errors import D3BudgetError, D3Error, D3FormatError
-from d3codec.merge import merge_archives
+from d3codec.methods.d3.merge import merge_archives
 from d3codec.methods import DatasetSpec
 from d3codec.methods.d3 import (D3Config, D3Encoder, dequantise_priors, decoder_shapes, fit_decoder, pca_latents,
                                 quantise_priors, split_classes)
@@ -182,10 +182,10 @@ def test_warm_start_only_writes_an_archive_without_a_final_loss(tiny_real, tmp_p
 
 
 def test_pixel_archives_refuse_sampling_options(tiny_real, tmp_path):
-    from d3codec.methods.pixel import PixelEncoder
+    from d3codec.methods.pixel import DMEncoder
 
     out = tmp_path / "p.d3"
-    compress(tiny_real, out, encoder=PixelEncoder.from_options("fast", iterations=1, real_per_class=4, embed_width=8),
+    compress(tiny_real, out, encoder=DMEncoder.from_options("fast", iterations=1, real_per_class=4, embed_width=8),
              budget=6_000, progress=False)
     with pytest.raises(ValueError, match="samples_per_class applies to sampled archives"):
         D3Dataset(out, samples_per_class=3)

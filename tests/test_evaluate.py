@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from d3codec import evaluate as ev
-from d3codec.evaluate import StudentConfig, evaluate, train_student
+from d3codec import students as ev
+from d3codec.students import StudentConfig, train_student, train_students
 from d3codec.models import MODELS, build_model
 
 
@@ -22,7 +22,7 @@ def test_unknown_model_names_the_known_ones():
 
 def test_an_mlp_student_learns_the_tiny_classes(tiny_real):
     x, y = tiny_real.images_at(torch.arange(60)), tiny_real.train_targets
-    result = evaluate("mlp", x, y, tiny_real, runs=1, config=StudentConfig(model="mlp", epochs=30, dsa=False))
+    result = train_students("mlp", x, y, tiny_real, runs=1, config=StudentConfig(model="mlp", epochs=30, dsa=False))
     assert result.accuracies[0] > 0.9  # chance is 1/3
 
 
@@ -42,6 +42,6 @@ def test_resampling_gives_every_later_epoch_fresh_images_of_the_same_kind(tiny_r
         train_student(x, y, 3, tiny_real.mean, tiny_real.std, *test, config,
                       resample=lambda epoch: (x, torch.nn.functional.one_hot(y, 3).float()))
     runs = []
-    evaluate("r", x, y, tiny_real, runs=2, config=StudentConfig(epochs=2),
+    train_students("r", x, y, tiny_real, runs=2, config=StudentConfig(epochs=2),
              resample=lambda run, epoch: (runs.append((run, epoch)), (x, y))[1])
     assert runs == [(0, 1), (1, 1)]

@@ -3,14 +3,14 @@
 import torch
 
 from d3codec import D3Dataset
-from d3codec.compress import base_meta, compress
+from d3codec.encoding import base_meta, compress
 from d3codec.container import D3Reader, encode_archive
 from d3codec.methods import DatasetSpec
-from d3codec.methods.pixel import PixelEncoder
+from d3codec.methods.pixel import DMEncoder
 
 
 def tiny_encoder(iterations=15, **kw):
-    return PixelEncoder.from_options("fast", iterations=iterations, real_per_class=8, embed_width=16, **kw)
+    return DMEncoder.from_options("fast", iterations=iterations, real_per_class=8, embed_width=16, **kw)
 
 
 def _plan(encoder, real, budget):

@@ -20,7 +20,7 @@ from d3codec.container import Section
 from d3codec.methods import (ArchiveKind, Method, Option, archive_kind, archive_kind_names, get_method, method_names,
                              register_archive_kind, register_method)
 from d3codec.methods.base import Encoded, Encoder, preset_config
-from d3codec.methods.registry import unregister
+from d3codec.registry import unregister
 from d3codec.verify import verify_archive
 
 
@@ -120,7 +120,7 @@ def test_a_toy_method_registered_once_shows_everywhere(toy, image_folder, tmp_pa
     ds = D3Dataset(out)
     assert len(ds) == 3 and torch.all(ds.images == 0.5)
 
-    from d3codec.compress import compress
+    from d3codec.encoding import compress
     compress(tiny_real, tmp_path / "api.d3", method="toy", budget=20_000, progress=False)
     assert torch.all(D3Dataset(tmp_path / "api.d3").images == 0.25)
 
@@ -150,7 +150,7 @@ def test_the_old_method_and_objective_spelling_still_runs_with_a_notice(image_fo
     assert r.exit_code == 2 and "is no method" in r.output
     r = run("compress", "dm", image_folder, "--method", "d3", "--budget", 8_000, "-o", out)
     assert r.exit_code == 2 and "keep one" in r.output
-    from d3codec.compress import compress
+    from d3codec.encoding import compress
     with pytest.warns(DeprecationWarning, match='now called "dm"'):
         with pytest.raises(ValueError, match="exactly one of --ipc"):
             compress(tiny_real, out, method="pixel")

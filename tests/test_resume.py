@@ -12,10 +12,10 @@ import torch
 from safetensors import safe_open
 
 from d3codec import D3Dataset
-from d3codec.compress import compress
+from d3codec.encoding import compress
 from d3codec.container import D3Reader
 from d3codec.errors import D3Error
-from d3codec.methods.pixel import PixelEncoder
+from d3codec.methods.pixel import DMEncoder
 
 WORKER = Path(__file__).resolve().parent / "resume_worker.py"
 ITERATIONS = 60
@@ -81,7 +81,7 @@ def stop_after_saving(monkeypatch, iteration: int, file_name: str | None = None)
 
 def test_dm_resumes_after_an_interruption_and_refuses_another_runs_checkpoint(tiny_real, tmp_path, monkeypatch):
     def encoder(**kw):
-        return PixelEncoder.from_options("fast", tmp_path / "dm.ckpt", checkpoint_seconds=0, iterations=8,
+        return DMEncoder.from_options("fast", tmp_path / "dm.ckpt", checkpoint_seconds=0, iterations=8,
                                          real_per_class=4, embed_width=8, **kw)
     compress(tiny_real, tmp_path / "reference.d3", encoder=encoder(), budget=6_000, seed=1, progress=False)
 
@@ -102,6 +102,7 @@ def test_d2m_fine_tuning_resumes_after_an_interruption_to_the_same_generator(tin
     """Interrupted at fine-tuning iteration 3 of 5, the same call goes on from there: pre-training and
     the teacher are not run again (their results are in the checkpoint) and the archive is the same."""
     from d3codec.methods import d2m
+    from d3codec.methods.d2m import encoder as d2m_encoder
 
     def encoder(name):
         return d2m.D2MEncoder.from_options(
@@ -111,7 +112,7 @@ def test_d2m_fine_tuning_resumes_after_an_interruption_to_the_same_generator(tin
     compress(tiny_real, tmp_path / "reference.d3", encoder=encoder("reference"), budget=12_000, seed=1, progress=False)
     assert not (tmp_path / "reference.ckpt").exists()  # deleted once the archive is written
 
-    stop_after_saving(monkeypatch, 3)
+    stop_after_saving(monkeypatch, 3, "g.ckpt")  # fine-tuning's checkpoint (pre-training has its own)
     with pytest.raises(Interrupted):
         compress(tiny_real, tmp_path / "g.d3", encoder=encoder("g"), budget=12_000, seed=1, progress=False)
     monkeypatch.undo()
@@ -123,7 +124,7 @@ def test_d2m_fine_tuning_resumes_after_an_interruption_to_the_same_generator(tin
     def must_not_run(*args, **kwargs):
         raise AssertionError("a resumed fine-tuning ran pre-training or the teacher again")
     monkeypatch.setattr(d2m.D2MEncoder, "pretrain", must_not_run)
-    monkeypatch.setattr(d2m, "train_teacher", must_not_run)
+    monkeypatch.setattr(d2m_encoder, "train_teacher", must_not_run)
     compress(tiny_real, tmp_path / "g.d3", encoder=encoder("g"), budget=12_000, seed=1, progress=False)
     assert method_sections(tmp_path / "g.d3") == method_sections(tmp_path / "reference.d3")
     stats = D3Dataset(tmp_path / "g.d3").meta["params"]["stats"]
@@ -138,6 +139,7 @@ def test_d3_resumes_each_subtask_from_its_checkpoint_to_the_same_archive(tiny_re
     """Two subtasks; interrupted at matching iteration 3 of 5 of the second, the same call skips the
     finished first subtask and the second's warm start and teacher, and writes the same archive."""
     from d3codec.methods import d3
+    from d3codec.methods.d3 import encoder as d3_encoder
 
     def encoder(name):
         return d3.D3Encoder.from_options(
@@ -158,8 +160,8 @@ def test_d3_resumes_each_subtask_from_its_checkpoint_to_the_same_archive(tiny_re
 
     def must_not_run(*args, **kwargs):
         raise AssertionError("a resumed subtask ran its warm start or its teacher again")
-    monkeypatch.setattr(d3, "fit_decoder", must_not_run)
-    monkeypatch.setattr(d3, "train_teacher", must_not_run)
+    monkeypatch.setattr(d3_encoder, "fit_decoder", must_not_run)
+    monkeypatch.setattr(d3_encoder, "train_teacher", must_not_run)
     compress(tiny_real, tmp_path / "s.d3", encoder=encoder("s"), budget=30_000, seed=1, progress=False)
     assert method_sections(tmp_path / "s.d3") == method_sections(tmp_path / "reference.d3")
     groups = D3Dataset(tmp_path / "s.d3").meta["params"]["groups"]
@@ -176,7 +178,7 @@ def full_disk_encoder(method: str, folder: Path):
     from d3codec.methods.d3 import D3Encoder
 
     if method == "dm":
-        return PixelEncoder.from_options("fast", folder / "x.ckpt", iterations=5, real_per_class=4, embed_width=8), \
+        return DMEncoder.from_options("fast", folder / "x.ckpt", iterations=5, real_per_class=4, embed_width=8), \
             "x.ckpt", 5
     if method == "d2m":
         return D2MEncoder.from_options(
@@ -191,7 +193,7 @@ def full_disk_encoder(method: str, folder: Path):
 @pytest.mark.parametrize("method", ["dm", "d2m", "d3"])
 def test_a_full_disk_at_the_end_names_the_checkpoint_and_the_next_run_only_writes(method, tiny_real, tmp_path,
                                                                                    monkeypatch):
-    import d3codec.compress
+    import d3codec.encoding
 
     budget = 20_000
     (tmp_path / "r").mkdir()  # the uninterrupted run checkpoints elsewhere
@@ -200,7 +202,7 @@ def test_a_full_disk_at_the_end_names_the_checkpoint_and_the_next_run_only_write
 
     def disk_full(*args, **kwargs):
         raise OSError(28, "No space left on device")
-    monkeypatch.setattr(d3codec.compress, "write_atomic", disk_full)
+    monkeypatch.setattr(d3codec.encoding, "write_atomic", disk_full)
     encoder, kept, iterations = full_disk_encoder(method, tmp_path)
     with pytest.raises(OSError, match=f"No space left on device.*kept in .*{kept}.*run the same command again"):
         compress(tiny_real, tmp_path / "x.d3", encoder=encoder, budget=budget, seed=1, progress=False)
@@ -228,7 +230,7 @@ def test_each_encoder_lists_the_checkpoints_a_run_would_take_up(tmp_path):
     assert d2m.checkpoint_files() == []
     (tmp_path / "g.pretrain").write_bytes(b"")
     assert d2m.checkpoint_files() == [tmp_path / "g.pretrain"]
-    assert PixelEncoder.from_options("fast", tmp_path / "x.g0.ckpt").checkpoint_files() == [tmp_path / "x.g0.ckpt"]
+    assert DMEncoder.from_options("fast", tmp_path / "x.g0.ckpt").checkpoint_files() == [tmp_path / "x.g0.ckpt"]
 
 
 def test_weights_digest_tells_apart_any_change_of_value_name_or_dtype():

@@ -17,7 +17,7 @@ from d3codec import D3Dataset, DecodeLimits
 from d3codec.cli.main import main
 from d3codec.errors import D3Error, D3FormatError, D3LimitError
 from d3codec.expand import grid_image
-from d3codec.merge import merge_archives
+from d3codec.methods.d3.merge import merge_archives
 from d3codec.verify import verify_archive
 
 

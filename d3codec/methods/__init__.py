@@ -1,16 +1,22 @@
-"""Distillation methods, each one module that registers itself in :mod:`d3codec.methods.registry`.
+"""Distillation methods: one package each, registered in :mod:`d3codec.registry`.
 
-Importing this package registers the built-in methods: ``dm`` (pixel.py), ``bptt`` (bptt.py), ``d3``
-(d3.py) and ``d2m`` (d2m.py), and the archive kinds they write: ``pixel`` (DM's and BPTT's), ``d3`` and
-``d2m``. Everything that lists methods reads the registry (``get_method``, ``method_names``,
-``archive_kind``); a new method is one module with one ``register_method`` call, imported below.
+Importing this package registers the built-in methods and the archive kinds they write:
+
+- ``pixel/``: methods ``dm`` (dm.py) and ``bptt`` (bptt.py), archive kind ``pixel`` (archive.py reads it);
+- ``d3/``: method and archive kind ``d3`` (encoder.py trains, archive.py reads, merge.py merges);
+- ``d2m/``: method and archive kind ``d2m`` (encoder.py, networks.py, archive.py).
+
+base.py holds the interfaces every method implements (Encoder, Sampler, SubtaskEncoder) and
+matching.py the distribution-matching loop DM, D3 and D2M share. A new method is one package whose
+``__init__`` calls ``register_method`` (and ``register_archive_kind`` for a new kind of archive),
+imported below; everything that lists methods reads the registry.
 """
 
-from . import pixel, bptt, d3, d2m  # each registers itself, in this order (dm first: the default method)
-from .base import DatasetSpec, Encoded, Encoder, Sampler
-from .registry import (DEFAULT_METHOD, ArchiveKind, BuildContext, Method, Option, archive_kind, archive_kind_names,
-                       get_method, method_names, register_archive_kind, register_method)
+from ..registry import (DEFAULT_METHOD, ArchiveKind, BuildContext, Method, Option, archive_kind, archive_kind_names,
+                        get_method, method_names, register_archive_kind, register_method)
+from . import pixel, d3, d2m  # each registers itself, in this order (dm first: the default method)
+from .base import DatasetSpec, Encoded, Encoder, Sampler, Subtask, SubtaskEncoder
 
-__all__ = ["pixel", "bptt", "d3", "d2m", "DEFAULT_METHOD", "ArchiveKind", "BuildContext", "Method", "Option", "archive_kind", "archive_kind_names",
-           "get_method", "method_names", "register_archive_kind", "register_method", "DatasetSpec", "Encoded",
-           "Encoder", "Sampler"]
+__all__ = ["pixel", "d3", "d2m", "DEFAULT_METHOD", "ArchiveKind", "BuildContext", "Method", "Option", "archive_kind",
+           "archive_kind_names", "get_method", "method_names", "register_archive_kind", "register_method", "DatasetSpec",
+           "Encoded", "Encoder", "Sampler", "Subtask", "SubtaskEncoder"]

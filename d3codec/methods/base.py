@@ -2,7 +2,7 @@
 
 An encoder is made from its options, plans its storage against a byte budget before any work
 (refusing a budget it cannot meet), then distils. It returns the archive's method sections and
-the method's metadata; the shared code in :mod:`d3codec.compress` adds the common metadata,
+the method's metadata; the shared code in :mod:`d3codec.encoding` adds the common metadata,
 writes the file atomically and checks its size.
 """
 
@@ -135,6 +135,40 @@ class Encoder(ABC):
     def checkpoint_files(self) -> list[Path]:
         """The checkpoint files of this encoder that exist now (a run with them resumes)."""
         return []
+
+
+@dataclass
+class Subtask:
+    """One subtask's result: the classes [start, stop) it covers and its part of the archive, encoded as
+    an archive of those classes alone (method metadata with class indices local to the part)."""
+
+    classes: tuple[int, int]
+    encoded: Encoded
+
+
+class SubtaskEncoder(Encoder):
+    """An encoder whose work splits into independent subtasks over disjoint classes, which
+    d3codec.federated spreads over ranks (Qin et al. 2024, Sec. 3.3); method ``d3`` is one.
+
+    Each subtask is written as a complete archive of its classes; :meth:`merge_subtasks` turns
+    those files into the whole archive's sections."""
+
+    @abstractmethod
+    def subtask_count(self, plan: Any) -> int:
+        """How many subtasks ``plan`` has."""
+
+    @abstractmethod
+    def distill_subtask(self, real: RealData, plan: Any, index: int, *, device: torch.device, seed: int,
+                        progress: bool = True) -> Subtask:
+        """Distil subtask ``index`` alone; its result depends only on the data, the plan and (seed, index)."""
+
+    @abstractmethod
+    def merge_subtasks(self, paths: list[Path], limits=None) -> Encoded:
+        """The whole archive's sections, metadata and stats from the subtask archives at ``paths``
+        (in subtask order), each read within ``limits`` (d3codec.limits.DecodeLimits)."""
+
+    def remove_checkpoints(self, subtasks: int) -> None:
+        """Delete the checkpoints of ``subtasks`` subtasks (once the archive is written)."""
 
 
 class CheckpointedEncoder(Encoder):

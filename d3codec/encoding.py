@@ -1,16 +1,14 @@
 """The encoder pipeline shared by every method: budget, plan, distil, write, check.
 
-``compress(real, "fm.d3", method="dm", ipc=10)`` plans the storage against the byte budget
+``d3codec.compress("fashion-mnist", "fm.d3", method="dm", ipc=10)`` plans the storage against the byte budget
 before distilling (refusing an impossible budget at once), distils, writes the archive
 atomically, and checks the real file size against the budget.
 """
 
 from __future__ import annotations
 
-import datetime as _dt
 import math
 import os
-import platform
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,13 +16,14 @@ from typing import Any
 
 import torch
 
-from . import __version__
-from .archive import FORMAT_NAME
+from .archive import base_meta, utc_now
 from .budget import ipc_budget
 from .container import Section, encode_archive, write_atomic
-from .data import RealData
+from .data import RealData, load_dataset
 from .errors import D3BudgetError
-from .methods import DEFAULT_METHOD, DatasetSpec, Encoded, Encoder, get_method
+from .federated import barrier, distill_federated, rank, run_ranks, world_size
+from .methods import DEFAULT_METHOD, BuildContext, DatasetSpec, Encoded, Encoder, get_method
+from .models import resolve_device
 from .runtime import keep_freed_memory
 
 
@@ -70,25 +69,6 @@ def resolve_budget(spec: DatasetSpec, ipc: float | None, budget: int | None) -> 
     return bytes_
 
 
-def utc_now() -> str:
-    """The creation time archives record: UTC, ISO 8601, whole seconds."""
-    return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def base_meta(spec: DatasetSpec, method: str, budget: int, ipc: float | None, seed: int, created: str) -> dict:
-    """The metadata fields every archive carries, before the method's own."""
-    return {
-        "format": FORMAT_NAME,
-        "method": method,
-        "dataset": {"name": spec.name, "classes": list(spec.classes), "image_shape": list(spec.image_shape),
-                    "mean": list(spec.mean), "std": list(spec.std)},
-        "budget": {"bytes": budget, "ipc": ipc},
-        "seed": seed,
-        "created": created,
-        "software": {"d3codec": __version__, "torch": torch.__version__, "python": platform.python_version()},
-    }
-
-
 def plan_archive(encoder: Encoder, spec: DatasetSpec, budget: int, meta: dict, real: RealData | None = None):
     """The encoder's plan for ``budget`` bytes; raises D3BudgetError before any distillation.
 
@@ -120,47 +100,59 @@ def plan_archive(encoder: Encoder, spec: DatasetSpec, budget: int, meta: dict, r
         raise
 
 
-def compress(real: RealData, output: str | os.PathLike, *, method: str = DEFAULT_METHOD, encoder: Encoder | None = None,
-             ipc: float | None = None, budget: int | None = None, seed: int = 0, device: str | torch.device = "cpu",
+def compress(dataset: str | RealData, output: str | os.PathLike, *, ipc: float | None = None,
+             budget: int | None = None, method: str = DEFAULT_METHOD, preset: str = "fast",
+             options: dict[str, Any] | None = None, encoder: Encoder | None = None, seed: int = 0,
+             device: str | torch.device = "cpu", checkpoint: str | os.PathLike | None = None,
              progress: bool = True) -> CompressResult:
-    """Distil ``real`` into an archive at ``output`` that fits the byte budget.
+    """Distil ``dataset`` into an archive at ``output`` that fits the byte budget::
+
+        d3codec.compress("fashion-mnist", "fm.d3", ipc=10, method="dm")
 
     Under torch.distributed with more than one rank (``torchrun``), an encoder that splits into
     subtasks (method d3) distils its groups across the ranks and rank 0 merges them (see
     d3codec.federated); every rank calls this function with the same arguments.
 
     Args:
-        real: the real training data (see d3codec.data.load_dataset).
-        method: a registered method's name (d3codec.methods.method_names(): dm, bptt, d3, d2m), built with
-            its fast preset (no checkpoint) when ``encoder`` is not given; ``"pixel"``, the old name of dm, still works
-            with a DeprecationWarning.
+        dataset: a dataset name or folder for d3codec.data.load_dataset (``"fashion-mnist"``, ``"cifar10"``,
+            an ImageFolder tree), or loaded real data (d3codec.data.RealData, e.g. with another resolution).
         ipc / budget: the budget, as float32 images per class or as bytes (exactly one).
+        method: a registered method's name (d3codec.registry.method_names(): dm, bptt, d3, d2m); ``"pixel"``,
+            the old name of dm, still works with a DeprecationWarning.
+        preset / options: the method's preset (``fast``, ``paper``) and overrides of its config fields or
+            options by name (``options={"iterations": 20}``; ``d3 compress METHOD --help`` lists them).
+        encoder: a ready encoder instead of method, preset and options.
         seed: 0 to MAX_SEED; makes the run reproducible on the same device and software.
+        device: ``cpu``, ``cuda``, ``cuda:1``, or ``auto`` (CUDA where there is one).
+        checkpoint: where a long encode saves its state to resume after a kill (the method's files derive
+            from this name); None: no checkpoint (the ``d3 compress`` command writes one by default).
     Returns: CompressResult.
     Raises: D3BudgetError if the budget cannot hold the method's smallest archive (before any
         distillation) or the written file would exceed it (nothing is left at ``output``);
-        ValueError for bad options; OSError if ``output``'s folder is not writable.
+        D3DatasetError when the dataset cannot be found; ValueError for bad options; OSError if
+        ``output``'s folder is not writable.
     """
-    from .federated import barrier, distill_federated, world_size
-
     keep_freed_memory()  # freed activation buffers are reused, not unmapped every iteration (d3codec.runtime)
     output = Path(output)
     if not output.parent.exists() or not os.access(output.parent, os.W_OK):
         raise PermissionError(f"cannot write to the folder {output.parent.resolve()}: create it or choose another -o")
     if type(seed) is not int or not 0 <= seed <= MAX_SEED:
         raise ValueError(f"--seed must be an integer from 0 to {MAX_SEED}, not {seed!r}")
+    real = dataset if isinstance(dataset, RealData) else load_dataset(dataset)
+    device = resolve_device(device)
     if encoder is None:
         if method == "pixel":
             warnings.warn('method "pixel" is now called "dm" (BPTT is "bptt"); "pixel" goes in the next release',
                           DeprecationWarning, stacklevel=2)
             method = "dm"
-        encoder = get_method(method).encoder()  # its fast preset, no checkpoint
+        context = BuildContext(output, Path(checkpoint) if checkpoint else None, device, real.image_shape,
+                               real.num_classes, checkpoints=checkpoint is not None)
+        encoder = get_method(method).make_encoder(preset, options, context)
     spec = DatasetSpec.of(real)
     budget = resolve_budget(spec, ipc, budget)
     meta = base_meta(spec, encoder.method, budget, ipc, seed, utc_now())
     plan = plan_archive(encoder, spec, budget, meta, real)
 
-    device = torch.device(device)
     if world_size() > 1:
         encoded = distill_federated(encoder, real, plan, output, meta, device=device, seed=seed, progress=progress)
         if encoded is not None:  # rank 0 writes the merged archive while the others wait
@@ -203,3 +195,21 @@ def write_encoded(output: Path, meta: dict, encoded: Encoded, budget: int, bound
     if real_size != size or real_size > budget:  # the file system's count is what counts
         raise D3BudgetError(f"{output} is {real_size} bytes on disk, expected {size} within {budget}")
     return real_size
+
+
+def compress_with_workers(workers: int, dataset: str, output: str | os.PathLike, *, encoder: Encoder,
+                          data_root: str | None = None, resolution: int | None = None, ipc: float | None = None,
+                          budget: int | None = None, seed: int = 0, device: str = "cpu", progress: bool = True) -> None:
+    """Run :func:`compress` on ``workers`` local ranks (d3codec.federated.run_ranks: spawned processes, gloo
+    or NCCL), each loading ``dataset`` itself (d3codec.data.load_dataset); their subtasks are merged by rank 0.
+    Raises: ValueError for fewer than 2 workers; D3Error when a worker fails, with its error."""
+    run_ranks(workers, _compress_on_rank, (dataset, str(output), encoder, data_root, resolution, ipc, budget, seed,
+                                           progress), device)
+
+
+def _compress_on_rank(device: torch.device, dataset: str, output: str, encoder: Encoder, data_root: str | None,
+                      resolution: int | None, ipc: float | None, budget: int | None, seed: int, progress: bool) -> None:
+    real = load_dataset(dataset, data_root, resolution)
+    compress(real, output, encoder=encoder, ipc=ipc, budget=budget, seed=seed, device=device,
+             progress=progress and rank() == 0)
+

@@ -15,11 +15,12 @@ from typing import Any
 
 import torch
 
-from .archive import meta_int, open_archive
-from .container import VERSION_MINOR, Section, encode_archive, write_atomic
-from .errors import D3BudgetError, D3Error
-from .methods.base import DatasetSpec
-from .methods.d3 import load_sampler, sections_of
+from ...archive import base_meta, meta_int, open_archive, utc_now
+from ...container import VERSION_MINOR, Section, encode_archive, write_atomic
+from ...errors import D3BudgetError, D3Error
+from ..base import DatasetSpec
+from .archive import load_sampler
+from .layout import sections_of
 
 MERGEABLE = ("d3",)
 GROUP_SECTIONS = ("priors", "decoder", "prior_labels")
@@ -122,8 +123,6 @@ def merge_archives(paths: list[str | os.PathLike], output: str | os.PathLike, bu
         shapes, shared classes, other format versions);
         D3BudgetError if the merged file would pass the budget (nothing is written).
     """
-    from .compress import base_meta, utc_now
-
     parts = [Part.read(p, limits) for p in paths]
     versions = {p.version for p in parts}
     if len(versions) > 1:

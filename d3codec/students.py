@@ -160,35 +160,51 @@ def test_split(real: RealData) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.stack(xs), torch.tensor(ys)
 
 
-def evaluate(name: str, images: torch.Tensor, targets: torch.Tensor, real: RealData, runs: int = 3,
-             config: StudentConfig = StudentConfig(), seed: int = 0, device: torch.device = torch.device("cpu"),
-             test: tuple[torch.Tensor, torch.Tensor] | None = None, file_bytes: int | None = None,
-             log=None, resample: Callable[[int, int], tuple[torch.Tensor, torch.Tensor]] | None = None,
-             schedule=None, progress: bool = False) -> EvalResult:
+def train_students(name: str, images: torch.Tensor, targets: torch.Tensor, real: RealData, runs: int = 3,
+                   config: StudentConfig = StudentConfig(), seed: int = 0, device: torch.device = torch.device("cpu"),
+                   test: tuple[torch.Tensor, torch.Tensor] | None = None, log: Callable[[str], None] | None = None,
+                   resample: Callable[[int, int], tuple[torch.Tensor, torch.Tensor]] | None = None,
+                   progress: bool = False) -> EvalResult:
     """Train ``runs`` students (seeds seed, seed+1, ...) on (images, targets) and test each on real data.
 
-    ``resample(run, epoch)``, where given, gives student ``run`` fresh (images, targets) every epoch
-    after the first (see :func:`train_student`). ``schedule``, where given (a TrainingSchedule), trains
-    each student by replaying it (:func:`replay_student`; ``config`` is then unused, targets must be hard);
-    under a fixed-init schedule every run is the same computation. ``progress``: each student shows its
-    epochs (d3codec.progress: a bar in a terminal, a line every 30 s in a log)."""
+    ``test``: the test split (images, labels) (default: :func:`test_split` of ``real``). ``resample(run,
+    epoch)``, where given, gives student ``run`` fresh (images, targets) every epoch after the first (see
+    :func:`train_student`). ``log`` is called with a line per finished student; ``progress``: each
+    student shows its epochs (d3codec.progress: a bar in a terminal, a line every 30 s in a log).
+    Returns: EvalResult (set its ``file_bytes`` to report the bytes the images take)."""
     test_x, test_y = test if test is not None else test_split(real)
-    result = EvalResult(name, len(images), file_bytes=file_bytes)
-    if schedule is not None and (targets.dim() != 1 or resample is not None):
-        raise ValueError("replaying a schedule trains on hard labels, without re-sampling")
+    result = EvalResult(name, len(images))
     for r in range(runs):
         fresh = (lambda epoch, r=r: resample(r, epoch)) if resample is not None else None
-        if schedule is not None:
-            acc, sec = replay_student(schedule, images, targets, real.num_classes, real.mean, real.std, test_x, test_y,
-                                      seed + r, device)
-        else:
-            acc, sec = train_student(images, targets, real.num_classes, real.mean, real.std, test_x, test_y, config,
-                                     seed + r, device, fresh, f"{name} {r + 1}/{runs}" if progress else None)
-        result.accuracies.append(acc)
-        result.seconds.append(sec)
-        if log:
-            log(f"  {name} run {r + 1}/{runs}: {100 * acc:.2f} % ({sec:.1f} s)")
+        acc, sec = train_student(images, targets, real.num_classes, real.mean, real.std, test_x, test_y, config,
+                                 seed + r, device, fresh, f"{name} {r + 1}/{runs}" if progress else None)
+        _record(result, acc, sec, runs, log)
     return result
+
+
+def replay_students(name: str, schedule, images: torch.Tensor, labels: torch.Tensor, real: RealData, runs: int = 1,
+                    seed: int = 0, device: torch.device = torch.device("cpu"),
+                    test: tuple[torch.Tensor, torch.Tensor] | None = None,
+                    log: Callable[[str], None] | None = None) -> EvalResult:
+    """Train ``runs`` students by replaying ``schedule`` (a d3codec.schedule.TrainingSchedule) on
+    (images, hard labels (N,) int64) and test each (:func:`replay_student`); under a fixed-init
+    schedule every run is the same computation. Arguments as :func:`train_students`."""
+    if labels.dim() != 1:
+        raise ValueError("replaying a schedule trains on hard labels")
+    test_x, test_y = test if test is not None else test_split(real)
+    result = EvalResult(name, len(images))
+    for r in range(runs):
+        acc, sec = replay_student(schedule, images, labels, real.num_classes, real.mean, real.std, test_x, test_y,
+                                  seed + r, device)
+        _record(result, acc, sec, runs, log)
+    return result
+
+
+def _record(result: EvalResult, accuracy: float, seconds: float, runs: int, log) -> None:
+    result.accuracies.append(accuracy)
+    result.seconds.append(seconds)
+    if log:
+        log(f"  {result.name} run {len(result.accuracies)}/{runs}: {100 * accuracy:.2f} % ({seconds:.1f} s)")
 
 
 def png_bytes(image: torch.Tensor) -> int:

@@ -1,4 +1,4 @@
-"""Pixel distillation, objective ``bptt``: the original Dataset Distillation.
+"""Method ``bptt``: the original Dataset Distillation, learning images and step sizes.
 
 Wang, Zhu, Torralba, Efros, "Dataset Distillation" (arXiv 1811.10959, 2018), Sec. 3. The
 synthetic images x̃ and one step size per training step η̃_t = softplus(ρ_t) are learned so that
@@ -13,8 +13,8 @@ gradient taken through the whole unrolled training (back-propagation through tim
   part of the result: the archive stores it and the budget counts it (as ``theta0_dtype``; θ₀ is
   rounded to that dtype *before* distilling, so the stored θ₀ is exactly the one trained from).
 - ``init="random"`` (Sec. 3.2): θ₀ is drawn afresh (PyTorch's default initialisation of the
-  network) every outer iteration from seeds ≥ RANDOM_INIT_SEED_BASE, so evaluation's students,
-  seeded 0, 1, 2, …, start from initialisations the distillation never saw.
+  network) every outer iteration from the named stream ``bptt-init`` (d3codec.seeds), so evaluation's
+  students, seeded 0, 1, 2, …, start from initialisations the distillation never saw.
 
 Memory (our implementation of the paper's Sec. 3 gradient, as its public code does): the forward
 unroll keeps only the T + 1 parameter vectors θ_t, no activations. The backward pass walks t = T−1 … 0,
@@ -38,25 +38,19 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 
-from ..budget import PixelPlan, archive_bound, plan_pixel_storage
-from ..container import Section
-from ..data import RealData
-from ..errors import D3BudgetError, D3FormatError
-from ..models import build_model
-from ..schedule import TrainingSchedule, gd_step, init_parameters
-from ..storage import decode_images, encode_images, resolve_storage_dtype
-from ..archive import describe
-from ..weights import read_stored
-from ..progress import progress_bar
-from .base import CheckpointedEncoder, DatasetSpec, Encoded
-from .pixel import IMAGES_OPTION, STORAGE_OPTION
-from .registry import Method, Option, register_method
+from ...budget import PixelPlan, archive_bound, plan_pixel_storage
+from ...container import Section
+from ... import seeds
+from ...data import Normalisation, RealData
+from ...errors import D3BudgetError
+from ...models import build_model
+from ...schedule import TrainingSchedule, gd_step, init_parameters
+from ...storage import decode_images, encode_images, resolve_storage_dtype
+from ...progress import progress_bar
+from ..base import CheckpointedEncoder, DatasetSpec, Encoded
+from .archive import INITS, MAX_SCHEDULE_STEPS, NETWORKS
 
-NETWORKS = ("lenet", "convnet3")
-INITS = ("fixed", "random")
 THETA0_DTYPES = ("float16", "float32")
-RANDOM_INIT_SEED_BASE = 1_000_003  # distillation's random θ₀ seeds: BASE · (seed + 1) + iteration
-MAX_SCHEDULE_STEPS = 100_000  # a reader refuses longer schedules (replay time is linear in T)
 END_EVAL_INITS = 3  # random init: the end-of-distillation accuracy is the mean over student seeds 0, 1, 2
 
 
@@ -190,19 +184,16 @@ class BPTTEncoder(CheckpointedEncoder):
 
     def distill(self, real: RealData, plan: BPTTPlan, *, device: torch.device, seed: int,
                 progress: bool = True) -> Encoded:
-        from ..evaluate import test_accuracy, test_split
-
         cfg = self.config
         k, n, s, e = real.num_classes, plan.images_per_class, plan.inner_steps, plan.inner_epochs
         m, c, h, w = n // s, *real.image_shape
-        gen = torch.Generator().manual_seed(seed)
-        mean = torch.tensor(real.mean, device=device).view(1, c, 1, 1)
-        std = torch.tensor(real.std, device=device).view(1, c, 1, 1)
+        gen = seeds.generator(seed, "bptt")
+        normalise = Normalisation.of(real, device)
 
         # synthetic images, normalised, step-major: (S, K·m, C, H, W); step s holds chunk s of every class
         if cfg.image_init == "real":
             init = torch.stack([real.sample_class(cls, n, gen) for cls in range(k)])  # (K, n, C, H, W)
-            init = (init.to(device) - mean) / std
+            init = normalise(init.to(device).flatten(0, 1))
             init = init.view(k, s, m, c, h, w).transpose(0, 1).reshape(s, k * m, c, h, w)
         else:
             init = torch.randn(s, k * m, c, h, w, generator=gen).to(device)
@@ -216,8 +207,8 @@ class BPTTEncoder(CheckpointedEncoder):
         theta0 = None
         if cfg.init == "fixed":  # rounded to the stored dtype first, so the archive holds exactly this θ₀
             dtype = getattr(torch, cfg.theta0_dtype)
-            theta0 = {n_: v.to(dtype).float() for n_, v in init_parameters(cfg.network, real.image_shape, k, seed,
-                                                                             device).items()}
+            theta0 = {n_: v.to(dtype).float() for n_, v in init_parameters(
+                cfg.network, real.image_shape, k, seeds.stream_seed(seed, "bptt"), device).items()}
 
         start = time.time()
         ckpt, first, loss_value = self.resume_checkpoint(  # a killed run goes on from its last checkpoint
@@ -230,9 +221,9 @@ class BPTTEncoder(CheckpointedEncoder):
             optimiser.param_groups[0]["lr"], optimiser.param_groups[1]["lr"] = cfg.lr_images * decay, \
                 cfg.lr_step_sizes * decay
             start_params = theta0 if theta0 is not None else init_parameters(
-                cfg.network, real.image_shape, k, RANDOM_INIT_SEED_BASE * (seed + 1) + it, device)
+                cfg.network, real.image_shape, k, seeds.stream_seed(seed, "bptt-init", it), device)
             x_real = torch.cat([real.sample_class(cls, cfg.real_per_class, gen) for cls in range(k)])
-            x_real = (x_real.to(device) - mean) / std
+            x_real = normalise(x_real.to(device))
             y_real = torch.arange(k, device=device).repeat_interleave(cfg.real_per_class)
             loss, d_images, d_raw = unrolled_gradients(net, start_params, synthetic.detach(), step_labels,
                                                        raw_step_sizes.detach(), e, x_real, y_real)
@@ -247,7 +238,7 @@ class BPTTEncoder(CheckpointedEncoder):
                                    "loss": torch.tensor(loss_value)}, {"adam": optimiser}, gen)
 
         # class-major pixel images (K, n, C, H, W), coded as stored, then read back as a reader would
-        images = (synthetic.detach() * std + mean).view(s, k, m, c, h, w).transpose(0, 1).reshape(k * n, c, h, w)
+        images = normalise.inverse(synthetic.detach().flatten(0, 1)).view(s, k, m, c, h, w).transpose(0, 1).reshape(k * n, c, h, w)
         labels = torch.arange(k).repeat_interleave(n)
         coded = encode_images(images.cpu(), labels, k, plan.storage_dtype)
         stored_images, _ = decode_images(coded, k, real.image_shape)
@@ -261,14 +252,24 @@ class BPTTEncoder(CheckpointedEncoder):
         if first:
             stats["resumed_at_iteration"] = first
         if real.test is not None:  # what replaying the stored schedule on the stored images gives
-            test_x, test_y = test_split(real)
-            accuracies = [test_accuracy(schedule.replay(stored_images, labels, k, real.mean, real.std, r, device),
-                                        test_x, test_y, real.mean, real.std, device)
-                          for r in range(1 if theta0 is not None else END_EVAL_INITS)]
-            stats["end_test_accuracy"] = accuracies[0] if theta0 is not None else accuracies
+            stats["end_test_accuracy"] = end_test_accuracy(schedule, stored_images, labels, real, device)
         sections = [Section.tensors("images", coded), Section.tensors("schedule", self._schedule_tensors(
             step_sizes, schedule.theta0))]
         return Encoded(sections, self.method_meta(plan), stats, cleanup=ckpt.remove if ckpt is not None else None)
+
+
+def end_test_accuracy(schedule: TrainingSchedule, images: torch.Tensor, labels: torch.Tensor, real: RealData,
+                      device: torch.device) -> float | list[float]:
+    """The test accuracy of the network the stored schedule trains on the stored images (fixed init),
+    or of END_EVAL_INITS networks from student seeds 0, 1, … (random init): a fraction in [0, 1] or a list."""
+    from ...students import test_accuracy, test_split
+
+    test_x, test_y = test_split(real)
+    k = real.num_classes
+    accuracies = [test_accuracy(schedule.replay(images, labels, k, real.mean, real.std, r, device), test_x, test_y,
+                                real.mean, real.std, device)
+                  for r in range(1 if schedule.theta0 is not None else END_EVAL_INITS)]
+    return accuracies[0] if schedule.theta0 is not None else accuracies
 
 
 def unrolled_gradients(net: torch.nn.Module, theta0: dict[str, torch.Tensor], step_images: torch.Tensor,
@@ -311,78 +312,3 @@ def unrolled_gradients(net: torch.nn.Module, theta0: dict[str, torch.Tensor], st
         adjoint = [a - step_sizes[t] * d for a, d in zip(adjoint, d_params)]
         d_images[t % steps] -= step_sizes[t] * d_x
     return loss.item(), d_images, d_step_sizes * torch.sigmoid(raw_step_sizes)  # softplus' = sigmoid
-
-
-def schedule_network_cost(network: str, image_shape: tuple[int, int, int], num_classes: int):
-    """The cost (d3codec.limits.NetworkCost) of one forward pass of a schedule's network on one image,
-    measured on the meta device. Raises: D3FormatError when the network cannot run on the images
-    (LeNet needs H = W ≥ 16, ConvNet-3 H = W ≥ 8)."""
-    from ..limits import network_cost
-
-    c, h, w = image_shape
-    if h != w:
-        raise D3FormatError(f"bptt archive: the {network} network needs square images, not {h}×{w}")
-    return network_cost(lambda: build_model(network, c, num_classes, h), lambda: (torch.zeros(1, c, h, w),),
-                        f"the schedule's {network} network")
-
-
-def read_schedule(reader, meta: dict, limits=None) -> TrainingSchedule | None:
-    """The training schedule of a pixel archive distilled with objective ``bptt``, else None.
-
-    Raises: D3FormatError for a missing or malformed ``schedule`` section or parameters (unknown
-    network, a network that cannot run on the images, non-positive or non-finite step sizes, θ₀ of
-    the wrong names, shapes or dtypes, a schedule longer than MAX_SCHEDULE_STEPS); D3LimitError when
-    θ₀ holds more values than ``limits.max_parameters``.
-    """
-    from ..archive import meta_int, meta_str
-    from ..limits import DEFAULT_LIMITS, check
-    from ..weights import check_names
-
-    params = meta.get("params")
-    params = params if isinstance(params, dict) else {}
-    if params.get("objective") != "bptt":
-        if "schedule" in reader:
-            raise D3FormatError("section 'schedule' belongs to objective bptt, but meta.params.objective is "
-                                f"{describe(params.get('objective'))}")
-        return None
-    network = meta_str(params, "network", NETWORKS, "params.")
-    init = meta_str(params, "init", INITS, "params.")
-    steps = meta_int(params, "inner_steps", 1, MAX_SCHEDULE_STEPS, "params.")
-    epochs = meta_int(params, "inner_epochs", 1, MAX_SCHEDULE_STEPS, "params.")
-    if steps * epochs > MAX_SCHEDULE_STEPS:
-        raise D3FormatError(f"bptt archive's inner_steps {steps} × inner_epochs {epochs} must be at most "
-                            f"{MAX_SCHEDULE_STEPS}")
-    if "schedule" not in reader:
-        raise D3FormatError("bptt archive lacks its 'schedule' section")
-    ds = meta["dataset"]
-    shape, k = tuple(ds["image_shape"]), len(ds["classes"])
-    cost = schedule_network_cost(network, shape, k)
-    if init == "fixed":
-        check("values", cost.parameters, limits or DEFAULT_LIMITS, "max_parameters", f"θ₀ of {network}")
-    with torch.device("meta"):
-        shapes = {n: tuple(p.shape) for n, p in build_model(network, shape[0], k, shape[1]).named_parameters()}
-    tensors = reader.read_tensors("schedule")
-    check_names(tensors, {"step_sizes"} | ({f"theta0.{n}" for n in shapes} if init == "fixed" else set()), "schedule")
-    floats = (torch.float32, torch.float16)
-    step_sizes = read_stored(tensors, "schedule", "step_sizes", (steps * epochs,), None, floats)
-    if not (torch.isfinite(step_sizes).all() and (step_sizes > 0).all()):
-        raise D3FormatError("section 'schedule': step sizes must be finite and positive")
-    theta0 = None
-    if init == "fixed":
-        theta0 = {n: read_stored(tensors, "schedule", f"theta0.{n}", s, None, floats) for n, s in shapes.items()}
-        if not all(torch.isfinite(v).all() for v in theta0.values()):
-            raise D3FormatError("section 'schedule': θ₀ holds non-finite values")
-    return TrainingSchedule(network, steps, epochs, step_sizes, init, theta0)
-
-
-register_method(Method(
-    "bptt", "The original dataset distillation (Wang et al. 2018): images and per-step learning rates learned "
-    "through unrolled training; the archive carries the schedule.", "pixel", BPTTEncoder,
-    (Option("--init", "init", "fixed: one stored initialisation θ₀, counted in the budget; random: a fresh one every "
-            "step, so the images work from any.", kind="choice", choices=INITS),
-     Option("--network", "network", "The unrolled network.", kind="choice", choices=NETWORKS),
-     Option("--inner-steps", "inner_steps", "GD steps an epoch, each on its own share of the images (default: up to "
-            "10, dividing the images per class).", high=100_000),
-     Option("--inner-epochs", "inner_epochs", "Passes over the steps (default 3, or more for at least 10 steps in "
-            "all).", high=100_000),
-     STORAGE_OPTION, IMAGES_OPTION)))

@@ -4,12 +4,12 @@ one :class:`ArchiveKind`; nothing else in d3codec lists methods.
 In the manner of timm's model registry, a method's module ends with its registration::
 
     register_archive_kind(ArchiveKind("pixel", sections={...}, decode=decode))
-    register_method(Method("dm", "DM distribution matching on pixels", archive="pixel", encoder=PixelEncoder,
+    register_method(Method("dm", "DM distribution matching on pixels", archive="pixel", encoder=DMEncoder,
                            build=build, options=(...)))
 
 and everything that lists methods reads the registry: the ``d3 compress`` subcommands and their options
 (cli/), ``d3 verify`` and ``d3 info`` (d3codec.verify, d3codec.archive), the reader (D3Dataset),
-d3codec.compress and the benchmarks. A test registers a toy method and sees it in all of them.
+d3codec.compress (d3codec.encoding) and the benchmarks. A test registers a toy method and sees it in all of them.
 
 Two names, two registries: a **method** is how an archive is made (``dm``, ``bptt``, ``d3``, ``d2m``: what a
 user types); an **archive kind** is what an archive's ``meta.method`` says and how it is read (``pixel``
@@ -68,6 +68,7 @@ class BuildContext:
         checkpoint: the ``--checkpoint`` a user gave, or None for the method's default name.
         device: where the teacher or generator a user gave is loaded.
         image_shape: (C, H, W) of the real data; num_classes: K.
+        checkpoints: False for an encoder that writes no checkpoint at all (d3codec.compress's default).
     """
 
     output: Path
@@ -75,10 +76,17 @@ class BuildContext:
     device: torch.device = torch.device("cpu")
     image_shape: tuple[int, int, int] = (1, 28, 28)
     num_classes: int = 10
+    checkpoints: bool = True
 
-    def checkpoint_or(self, suffix: str) -> Path:
-        """The user's checkpoint, or ``OUTPUT<suffix>`` (e.g. ``fm.d3.ckpt.safetensors``)."""
+    def checkpoint_or(self, suffix: str) -> Path | None:
+        """The user's checkpoint, or ``OUTPUT<suffix>`` (e.g. ``fm.d3.ckpt.safetensors``); None without checkpoints."""
+        if not self.checkpoints:
+            return None
         return self.checkpoint if self.checkpoint is not None else Path(f"{self.output}{suffix}")
+
+    def beside_output(self, suffix: str) -> Path | None:
+        """``OUTPUT<suffix>``, a second checkpoint file (None without checkpoints)."""
+        return Path(f"{self.output}{suffix}") if self.checkpoints else None
 
 
 # the option of every method that uses a teacher: build() receives the file and loads it

@@ -1,0 +1,540 @@
+"""Method ``d2m``: data-to-model distillation into a class-conditional generator, sampled at any IPC.
+
+After Sajedi, Khaki, Liu, Amjadian, Lawryshyn & Plataniotis, "Data-to-Model Distillation:
+Data-Efficient Learning Framework" (ECCV 2024). No official code is public; what follows the paper
+and what is our choice:
+
+- **Follows the paper.** The archive is a generator's parameters and its class embeddings, nothing
+  else; images are generated at expansion time, any number per class. Distillation fine-tunes a
+  pre-trained generator with (i) *embedding matching*: the mean features of generated and real
+  images of each class through randomly re-drawn networks, as DM (Zhao & Bilen 2023, Eq. 4), and
+  (ii) *prediction matching*: the KL divergence between a teacher's predictions on real and on
+  generated images at temperature τ ≈ 4, weighted by ``task_balance``.
+- **Our choices.** The generator, :class:`ConditionalGenerator` (registry name ``upconv-v2``):
+  noise z ~ N(0, I) concatenated with a learned class embedding, a linear layer to a 7×7 map, a
+  convolution that widens it fourfold, and nearest-neighbour upsampling convolutions that halve the
+  channels at each step (DCGAN's shape, Radford et al. 2016), GroupNorm rather than batch norm so
+  that a sample does not depend on the batch it is drawn in. Pre-training (``pretraining``) is one
+  of two generative models: a conditional GAN (the paper's choice) with the hinge loss and a spectrally normalised
+  discriminator (Miyato et al. 2018) for stability on short CPU runs, conditioned by a projection
+  discriminator (Miyato & Koyama 2018) or, as an option, an auxiliary classifier (ACGAN, Odena et
+  al. 2017, which DiM, Wang et al. 2023, also uses); or a conditional VAE (Kingma & Welling 2014,
+  Sohn et al. 2015) whose decoder is the generator and whose encoder is thrown away. On
+  Fashion-MNIST the auxiliary-classifier generator collapsed to about one image per class, a known
+  weakness of ACGAN; with projection the samples vary within a class, but after the 2000 iterations
+  a CPU affords they are crude and some rows show the wrong garment. The VAE, in about the same
+  time, gives blurred but varied samples of the right class in every row, and students learn far
+  more from them (benchmarks/d2m-exploration.md). Prediction matching
+  compares each class's *mean* prediction on real and on generated images (the two batches are not
+  paired), with τ² scaling as in knowledge distillation (Hinton et al. 2015). Embedding matching
+  uses siamese DSA, as DM does; ``mmd_weight`` adds D3's MMD term (Qin et al. 2024, Eq. 6) on the
+  same features, which matches the spread of each class and not only its mean. The generator is
+  stored as int8 with a float16 scale per output channel (d3codec.weights), its width chosen to
+  fill the budget.
+
+Pre-training checkpoints every ``checkpoint_every`` iterations (generator, discriminator or
+encoder, both optimisers and every random state, in safetensors with JSON metadata, never a pickle), so a killed
+run resumes and ends with the same generator as an uninterrupted run of the same seed on CPU.
+
+Archive sections: ``generator`` {<parameter name>: int8 (ndim ≥ 2) with <name>.scale (out,)
+float16, or float16}; ``embedding.weight`` (K, E) holds the class embeddings. The metadata's
+``params`` gives the architecture by registry name and its sizes (never code).
+
+**Our extension: soft labels** (``soft_labels``, off in both presets). The paper's students
+train on hard labels. With this option the archive also stores the teacher, a ConvNet-3, in the
+ancillary section ``teacher`` (same storage as the generator, counted in the budget, the generator
+narrowing to make room), and expansion labels every sample with the teacher's softmax: knowledge
+distillation (Hinton et al. 2015) on generated images, as in data-free distillation (Chen et al.
+2019, DAFL), with labels recomputed for every fresh draw. Soft labels from a teacher also lift
+other methods' students (the evaluation tool DD-Ranking compares against random real images under
+the same soft labels for this reason), so benchmarks report hard-label rows too. On
+Fashion-MNIST a stored 10-epoch teacher lifted D2M's samples by about a point, about as much as it lifted
+random real images in the same bytes. That is why it is off by default (benchmarks/d2m-exploration.md).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from ... import seeds
+from ...augment import DSA
+from ...budget import META_RESERVE_BYTES, archive_bound
+from ...checkpoint import Checkpoint, fingerprint, weights_digest
+from ...container import Section
+from ...data import ClassSampler, Normalisation, RealData
+from ...errors import D3BudgetError, D3Error
+from ...losses import mean_embedding_loss, mmd_rbf
+from ...models import ConvNet
+from ...progress import progress_bar
+from ...teacher import Teacher, train_teacher, untrained_teacher
+from ...weights import WEIGHT_DTYPES, quantise_state
+from ..base import DatasetSpec, Encoded, Encoder, preset_config
+from ..matching import DistributionMatcher, FeatureTerm, PredictionTerm
+from .networks import (ARCHITECTURE, CONDITIONINGS, GENERATOR_WIDTHS, GENERATORS, ConditionalGenerator, Discriminator,
+                       PosteriorEncoder, PretrainedGenerator, generator_shapes, teacher_shapes)
+
+PRETRAININGS = ("gan", "vae")
+
+
+@dataclass(frozen=True)
+class D2MConfig:
+    """Options of D2M. Units: iterations; images per class (``*_per_class``) or per batch; Adam rates.
+
+    Storage (``None`` = chosen by the budget rule of :meth:`D2MEncoder.plan`): ``noise_dim``,
+    ``embed_dim``, ``generator_width``. ``samples_per_class`` is the archive's default draw
+    (None: the IPC of the budget, at least 10). ``soft_labels`` stores the teacher in the archive
+    (its weights as the generator's, counted in the budget) so that expansion labels every sample
+    with the teacher's softmax at ``label_temperature``; the generator narrows to make room.
+    """
+
+    pretraining: str = "gan"
+    pretrain_iterations: int = 20000
+    pretrain_batch: int = 64
+    lr_pretrain: float = 2e-4
+    disc_width: int = 64
+    conditioning: str = "projection"
+    aux_weight: float = 1.0
+    kl_weight: float = 1.0
+    checkpoint_every: int = 500
+    iterations: int = 1000
+    lr_finetune: float = 1e-4
+    synthetic_per_class: int = 64
+    real_per_class: int = 128
+    real_cache_per_class: int = 512
+    embed_width: int = 128
+    dsa: bool = True
+    embedding_weight: float = 1.0
+    mmd_weight: float = 0.0
+    task_balance: float = 1.0
+    temperature: float = 4.0
+    teacher_epochs: float = 10.0
+    teacher_width: int = 128
+    noise_dim: int | None = None
+    embed_dim: int | None = None
+    generator_width: int | None = None
+    max_generator_width: int | None = None
+    weight_dtype: str = "int8"
+    samples_per_class: int | None = None
+    soft_labels: bool = False
+    label_temperature: float = 1.0
+    architecture: str = ARCHITECTURE
+
+
+PRESETS = {
+    "paper": D2MConfig(),
+    # a CPU affords a few thousand pre-training iterations: the VAE, not the GAN, gives useful samples
+    # in that time; the MMD term and a rate of 5e-4 lift fine-tuning (benchmarks/d2m-exploration.md)
+    "fast": D2MConfig(pretraining="vae", pretrain_iterations=3000, lr_pretrain=1e-3, disc_width=32,
+                      checkpoint_every=200, iterations=600, lr_finetune=5e-4, mmd_weight=1.0, synthetic_per_class=32,
+                      real_per_class=64, embed_width=64, teacher_epochs=2.0, teacher_width=32),
+}
+
+# the fields that decide pre-training: a checkpoint is resumed only by a run that agrees on them
+PRETRAIN_FIELDS = ("pretraining", "pretrain_iterations", "pretrain_batch", "lr_pretrain", "disc_width", "conditioning",
+                   "aux_weight", "kl_weight")
+
+
+@dataclass(frozen=True)
+class D2MPlan:
+    """What a D2M archive stores; ``max_bytes`` is its exact upper bound (compression off)."""
+
+    architecture: str
+    noise_dim: int
+    embed_dim: int
+    generator_width: int
+    weight_dtype: str
+    samples_per_class: int
+    max_bytes: int
+    budget: int
+    teacher_width: int | None = None  # the stored teacher's ConvNet-3 width; None: no teacher stored
+
+
+
+def build_generator(plan: D2MPlan, num_classes: int, image_shape: tuple[int, int, int]) -> ConditionalGenerator:
+    return ConditionalGenerator(num_classes, plan.noise_dim, plan.embed_dim, plan.generator_width, image_shape,
+                                plan.architecture)
+
+
+
+# ---- the encoder ------------------------------------------------------------------------------------------------
+
+class D2MEncoder(Encoder):
+    """D2M distillation. ``D2MEncoder(PRESETS["fast"], checkpoint="run.ckpt")`` or any :class:`D2MConfig`.
+
+    Args:
+        teacher: gives the predictions matched in fine-tuning (trained on the real data if None).
+        generator: a pre-trained generator to fine-tune instead of pre-training one.
+        checkpoint: file where pre-training checkpoints itself and resumes from (None: no checkpoint).
+            It is kept after the archive is written, so that another fine-tuning can start from it.
+        finetune_checkpoint: file where fine-tuning saves its state (generator, teacher, optimiser, random
+            states; d3codec.checkpoint) at least ``checkpoint_seconds`` apart and after the last
+            iteration, and resumes from (None: no checkpoint). Deleted once the archive is written.
+    """
+
+    method = "d2m"
+    presets = PRESETS
+
+    def __init__(self, config: D2MConfig = PRESETS["fast"], teacher: Teacher | None = None,
+                 generator: PretrainedGenerator | None = None, checkpoint: str | os.PathLike | None = None,
+                 finetune_checkpoint: str | os.PathLike | None = None, checkpoint_seconds: float = 300.0):
+        if config.weight_dtype not in WEIGHT_DTYPES:
+            raise ValueError(f"weight dtype must be one of {WEIGHT_DTYPES}, not {config.weight_dtype!r}")
+        for name in ("pretrain_batch", "disc_width", "checkpoint_every", "synthetic_per_class", "real_per_class",
+                     "real_cache_per_class", "embed_width", "teacher_width"):
+            if getattr(config, name) < 1:
+                raise ValueError(f"{name} must be at least 1, not {getattr(config, name)}")
+        if config.architecture not in GENERATORS:
+            raise ValueError(f"architecture must be one of {tuple(GENERATORS)}, not {config.architecture!r}")
+        if config.pretraining not in PRETRAININGS:
+            raise ValueError(f"pretraining must be one of {PRETRAININGS}, not {config.pretraining!r}")
+        if config.conditioning not in CONDITIONINGS:
+            raise ValueError(f"conditioning must be one of {CONDITIONINGS}, not {config.conditioning!r}")
+        for name in ("temperature", "label_temperature"):
+            if getattr(config, name) <= 0:
+                raise ValueError(f"{name} must be positive, not {getattr(config, name)}")
+        self.config, self.teacher, self.generator = config, teacher, generator
+        self.checkpoint = Path(checkpoint) if checkpoint is not None else None
+        self.finetune_checkpoint = Path(finetune_checkpoint) if finetune_checkpoint is not None else None
+        self.checkpoint_seconds = checkpoint_seconds
+
+    @classmethod
+    def from_options(cls, preset: str = "fast", teacher: Teacher | None = None,
+                     generator: PretrainedGenerator | None = None, checkpoint=None, finetune_checkpoint=None,
+                     checkpoint_seconds: float = 300.0, **overrides) -> "D2MEncoder":
+        return cls(preset_config(PRESETS, preset, overrides), teacher, generator, checkpoint, finetune_checkpoint,
+                   checkpoint_seconds)
+
+    @property
+    def kept_state(self) -> Path | None:
+        """The file that holds the distilled state once fine-tuning has ended (see compress)."""
+        return self.finetune_checkpoint
+
+    def checkpoint_files(self) -> list[Path]:
+        return [p for p in (self.finetune_checkpoint, self.checkpoint) if p is not None and p.is_file()]
+
+    def method_meta(self, architecture: str, z: int, e: int, width: int, samples: int, stats: dict,
+                    teacher_width: int | None = None) -> dict:
+        labels = {} if teacher_width is None else {"teacher_width": teacher_width,
+                                                   "label_temperature": self.config.label_temperature}
+        return {"architecture": architecture, "noise_dim": z, "embed_dim": e,
+                "generator_width": width, "weight_dtype": self.config.weight_dtype, "samples_per_class": samples,
+                **labels, "stats": stats, "config": asdict(self.config)}
+
+    def stored_teacher_width(self, spec: DatasetSpec) -> int | None:
+        """The width of the ConvNet-3 teacher the archive will store (None without soft labels).
+
+        Raises: D3Error when a given teacher cannot be stored: it must be a ConvNet-3 of this
+        dataset's image shape with one logit per class, in class order.
+        """
+        if not self.config.soft_labels:
+            return None
+        if spec.image_shape[1] != spec.image_shape[2]:
+            raise D3Error(f"soft labels need a ConvNet-3 teacher, which takes square images, not "
+                          f"{spec.image_shape[1]}×{spec.image_shape[2]}: use --no-soft-labels or square images")
+        if self.teacher is None:
+            return self.config.teacher_width
+        k, (c, h, _) = spec.num_classes, spec.image_shape
+        net = self.teacher.net
+        width = net.features[0].out_channels if isinstance(net, ConvNet) else None
+        ordered = self.teacher.classes == list(range(k)) and self.teacher.out_index == list(range(k))
+        if width is None or not ordered or teacher_shapes(c, k, h, width) != {
+                n: tuple(v.shape) for n, v in net.state_dict().items()}:
+            raise D3Error("the given teacher cannot be stored for soft labels: it must be a ConvNet-3 of depth 3 "
+                          f"for {c}×{h}×{h} images with {k} logits in class order; give another --teacher or "
+                          "--no-soft-labels")
+        return width
+
+    def plan(self, spec: DatasetSpec, budget: int, meta_for, real: RealData | None = None) -> D2MPlan:
+        """Sizes that fill ``budget`` bytes, by this rule (each step overridable by a config field or
+        fixed by a ``--generator``):
+
+        1. noise and embedding dimensions 32 for images up to 32 pixels a side, else 64;
+        2. generator width: the largest of GENERATOR_WIDTHS (up to ``max_generator_width``) whose
+           exact archive bound (compression off, metadata reserve included, and with ``soft_labels``
+           the stored teacher) fits the budget.
+
+        Raises: D3Error when a given teacher cannot be stored for soft labels; D3BudgetError, with
+        the smallest workable budget, when the narrowest generator does not fit.
+        """
+        cfg, k, shape = self.config, spec.num_classes, spec.image_shape
+        side = max(shape[1:])
+        given = self.generator
+        architecture = given.architecture if given else cfg.architecture
+        z = given.noise_dim if given else cfg.noise_dim or (32 if side <= 32 else 64)
+        e = given.embed_dim if given else cfg.embed_dim or (32 if side <= 32 else 64)
+        ipc = (meta_for({}).get("budget") or {}).get("ipc")
+        samples = cfg.samples_per_class or max(10, round(ipc or 0))
+        stats = {"pretrain_seconds": 0.0, "finetune_seconds": 0.0, "teacher_accuracy": 0.0, "final_loss": 0.0}
+        teacher_width = self.stored_teacher_width(spec)
+        teacher = [] if teacher_width is None else [Section.tensors("teacher", quantise_state(
+            {n: torch.zeros(s) for n, s in teacher_shapes(shape[0], k, shape[1], teacher_width).items()}, "",
+            cfg.weight_dtype), critical=False)]
+        too_big = " or --no-soft-labels (the stored teacher takes part of the budget)" if teacher else ""
+
+        def bound(width: int) -> int:
+            shapes = generator_shapes(architecture, k, z, e, width, shape)
+            state = quantise_state({n: torch.zeros(s) for n, s in shapes.items()}, "", cfg.weight_dtype)
+            meta = self.method_meta(architecture, z, e, width, samples, stats, teacher_width)
+            sections = [Section.json("meta", meta_for(meta)), Section.tensors("generator", state), *teacher]
+            return archive_bound(sections, META_RESERVE_BYTES)
+
+        if given is not None or cfg.generator_width is not None:
+            width = given.width if given else cfg.generator_width
+            needed = bound(width)
+            if needed > budget:
+                what = "the --generator" if given else f"--generator-width {width}"
+                raise D3BudgetError(f"{what} needs {needed} bytes, over the budget of {budget}: raise --budget to "
+                                    f"{needed}" + ("" if given else " or lower --generator-width") + too_big,
+                                    min_budget=needed)
+        else:
+            cap = cfg.max_generator_width or GENERATOR_WIDTHS[-1]
+            bounds = {w: bound(w) for w in GENERATOR_WIDTHS if w <= cap}
+            fitting = [w for w, b in bounds.items() if b <= budget]
+            if not fitting:
+                smallest = bounds[GENERATOR_WIDTHS[0]]
+                raise D3BudgetError(f"a budget of {budget} bytes cannot hold the narrowest generator (width "
+                                    f"{GENERATOR_WIDTHS[0]}); the smallest budget that works is {smallest} bytes "
+                                    f"(--budget {smallest}){too_big}", min_budget=smallest)
+            width, needed = fitting[-1], bounds[fitting[-1]]
+        return D2MPlan(architecture, z, e, width, cfg.weight_dtype, samples, needed, budget, teacher_width)
+
+    def pretrain_fingerprint(self, real: RealData, plan: D2MPlan, seed: int) -> str:
+        """What pre-training depends on, hashed: the data's name, classes and shape, the generator's
+        sizes, the pre-training options and the seed."""
+        return fingerprint({"dataset": [real.name, list(real.classes), list(real.image_shape), len(real.train_targets)],
+                            "generator": [plan.architecture, plan.noise_dim, plan.embed_dim, plan.generator_width],
+                            "pretrain": {f: getattr(self.config, f) for f in PRETRAIN_FIELDS}, "seed": seed})
+
+    def distill(self, real: RealData, plan: D2MPlan, *, device: torch.device, seed: int,
+                progress: bool = True) -> Encoded:
+        """Pre-train (or take the given generator), fine-tune, and return the ``generator`` section
+        (and the ``teacher`` section when the plan stores one).
+
+        With a fine-tuning checkpoint on disk from the same run, pre-training and the teacher are
+        skipped (their results are in it) and fine-tuning goes on from the iteration it reached.
+        Raises: D3Error when a checkpoint belongs to another run or is damaged.
+        """
+        cfg, k = self.config, real.num_classes
+        torch.manual_seed(seeds.stream_seed(seed, "d2m"))  # the random networks draw from the global generator
+        normalise = Normalisation.of(real, device)
+        generator = build_generator(plan, k, real.image_shape).to(device)
+        # fine-tuning's state exists before pre-training, so that a checkpoint can be restored into it
+        optimiser = torch.optim.Adam(generator.parameters(), lr=cfg.lr_finetune)
+        rng = seeds.generator(seed, "d2m-finetune")
+        sampler = ClassSampler(real, list(range(k)), cfg.real_cache_per_class, rng)
+        # a teacher is needed to match predictions, and to be stored for soft labels
+        own_teacher = self.teacher is None and (cfg.soft_labels or (cfg.task_balance > 0 and cfg.iterations > 0))
+        teacher = untrained_teacher(real.image_shape, list(range(k)), cfg.teacher_width, device) \
+            if own_teacher else self.teacher  # a trained one replaces it, or the checkpoint's weights fill it
+        modules = {"generator": generator, **({"teacher": teacher.net} if own_teacher else {})}
+        ckpt, resumed = None, None
+        if self.finetune_checkpoint is not None:
+            ckpt = Checkpoint(self.finetune_checkpoint, "d2m-finetune",
+                              self.finetune_fingerprint(real, plan, seed, device), self.checkpoint_seconds)
+            resumed = ckpt.resume({"adam": optimiser}, rng, device, modules=modules)
+
+        start, (first, saved) = time.time(), resumed or (0, {})
+        if resumed is not None:
+            if own_teacher:
+                teacher.net.eval().requires_grad_(False)
+        elif self.generator is not None:
+            generator.load_state_dict(self.generator.state)
+        else:
+            self.pretrain(generator, real, plan, normalise, device=device, seed=seed, progress=progress)
+        carried = {name: float(saved[name]) for name in ("pretrain_seconds", "teacher_accuracy") if name in saved}
+        pretrain_s = carried.get("pretrain_seconds", time.time() - start)
+        # seconds spent fine-tuning before a kill count too
+        start, teacher_acc = time.time() - float(saved.get("finetune_seconds", 0.0)), carried.get("teacher_accuracy")
+        if own_teacher and resumed is None:
+            teacher, teacher_acc = train_teacher(real, list(range(k)), epochs=cfg.teacher_epochs,
+                                                 width=cfg.teacher_width, device=device,
+                                                 seed=seeds.stream_seed(seed, "d2m"), progress=progress)
+            modules["teacher"] = teacher.net
+
+        def save(iteration: int, loss: float) -> None:
+            if ckpt is None or not ckpt.due(iteration, cfg.iterations):
+                return
+            state = {"loss": torch.tensor(loss), "pretrain_seconds": torch.tensor(pretrain_s),
+                     "finetune_seconds": torch.tensor(time.time() - start)}
+            if teacher_acc is not None:
+                state["teacher_accuracy"] = torch.tensor(teacher_acc)
+            ckpt.save(iteration, state, {"adam": optimiser}, rng, modules)
+
+        loss = self.finetune(generator, teacher, real, normalise, device=device, seed=seed, progress=progress,
+                             optimiser=optimiser, rng=rng, sampler=sampler, first=first, save=save)
+        if loss is None and "loss" in saved:
+            loss = float(saved["loss"])
+        stats = {"pretrain_seconds": round(pretrain_s, 3), "finetune_seconds": round(time.time() - start, 3),
+                 "distill_seconds": round(pretrain_s + time.time() - start, 3)}
+        if loss is not None and math.isfinite(loss):
+            stats["final_loss"] = round(loss, 6)
+        if teacher_acc is not None:
+            stats["teacher_accuracy"] = round(teacher_acc, 4)
+        encoded = self._encoded(generator, teacher, plan, stats)
+        if first:
+            encoded.stats["resumed_at_iteration"] = first
+        encoded.cleanup = ckpt.remove if ckpt is not None else None
+        return encoded
+
+    def _encoded(self, generator: ConditionalGenerator, teacher: Teacher | None, plan: D2MPlan, stats: dict) -> Encoded:
+        """The ``generator`` section, and the ancillary ``teacher`` where the plan stores one (a reader that
+        does not know it still draws, hard-labelled)."""
+        dtype = self.config.weight_dtype
+        sections = [Section.tensors("generator", quantise_state({n: v.cpu() for n, v in
+                                                                 generator.state_dict().items()}, "", dtype))]
+        if plan.teacher_width is not None:
+            stored = quantise_state({n: v.cpu() for n, v in teacher.net.state_dict().items()}, "", dtype)
+            sections.append(Section.tensors("teacher", stored, critical=False))
+        meta = self.method_meta(plan.architecture, plan.noise_dim, plan.embed_dim, plan.generator_width,
+                                plan.samples_per_class, {k: v for k, v in stats.items() if k != "distill_seconds"},
+                                plan.teacher_width)
+        return Encoded(sections, meta, dict(stats))
+
+    def finetune_fingerprint(self, real: RealData, plan: D2MPlan, seed: int, device: torch.device) -> str:
+        """What fine-tuning's result depends on, hashed: every option, the plan, the seed, the data, the
+        device type, and the given generator's and teacher's weights."""
+        given_generator = weights_digest(self.generator.state) if self.generator is not None else None
+        given_teacher = weights_digest(self.teacher.net.state_dict()) if self.teacher is not None else None
+        return fingerprint(asdict(self.config), asdict(plan), seed, real.name, list(real.classes),
+                           len(real.train_targets), device.type, given_generator, given_teacher)
+
+    def pretrain(self, generator: ConditionalGenerator, real: RealData, plan: D2MPlan, normalise: Callable, *,
+                 device: torch.device, seed: int, progress: bool = True) -> None:
+        """Train ``generator`` in place, resuming from ``self.checkpoint``, as one of:
+
+        - ``pretraining="gan"``: a conditional GAN with the hinge loss. Per iteration, a batch of
+          ``pretrain_batch`` real images (uniform over the training set) and as many generated ones
+          with random classes: the discriminator minimises relu(1 − D(x, y)) + relu(1 + D(G(z, y'), y'))
+          and the generator −D(G(z, y'), y'); with ``conditioning="auxiliary"`` (ACGAN) D ignores y
+          and both add aux_weight · cross-entropy of the auxiliary classifier (on real and generated
+          images for D, on generated ones for G).
+        - ``pretraining="vae"``: a conditional VAE (Kingma & Welling 2014; Sohn et al. 2015) with the
+          generator as its decoder and a :class:`PosteriorEncoder` (width ``disc_width``) that is
+          thrown away: per batch of real (x, y), z = μ + σ·ε with (μ, log σ²) = q(x, y), minimise
+          Σ_pixels BCE(G(z, y), x) + kl_weight · KL(N(μ, σ²) ‖ N(0, I)), per image.
+
+        The checkpoint (d3codec.checkpoint, kind ``d2m-pretrain``) is written every ``checkpoint_every``
+        iterations and at the end. Raises: D3Error when it belongs to another run or is damaged.
+        """
+        cfg, k = self.config, real.num_classes
+        gen = seeds.generator(seed, "d2m-pretrain")
+        if cfg.pretraining == "gan":
+            partner_name = "discriminator"
+            partner = Discriminator(real.image_shape[0], k, cfg.disc_width, cfg.conditioning).to(device)
+            betas = (0.0, 0.9)
+        else:
+            partner_name = "encoder"
+            partner = PosteriorEncoder(real.image_shape[0], k, cfg.disc_width, plan.noise_dim).to(device)
+            betas = (0.9, 0.999)
+        networks = {"generator": generator, partner_name: partner}
+        optimizers = {name: torch.optim.Adam(net.parameters(), lr=cfg.lr_pretrain, betas=betas)
+                      for name, net in networks.items()}
+        ckpt, first = None, 0
+        if self.checkpoint is not None:
+            ckpt = Checkpoint(self.checkpoint, "d2m-pretrain", self.pretrain_fingerprint(real, plan, seed))
+            resumed = ckpt.resume(optimizers, gen, device, modules=networks)
+            first = resumed[0] if resumed is not None else 0
+        step = self._gan_step if cfg.pretraining == "gan" else self._vae_step
+        opt_g, opt_partner = optimizers.values()
+        bar = progress_bar(range(first, cfg.pretrain_iterations), desc=f"D2M {cfg.pretraining} pre-training",
+                           enabled=progress, unit="it", initial=first, total=cfg.pretrain_iterations)
+        for it in bar:
+            pick = torch.randint(len(real.train_targets), (cfg.pretrain_batch,), generator=gen)
+            x_real = real.images_at(pick).to(device)  # (B, C, H, W) in [0, 1]
+            y_real = real.train_targets[pick].to(device)
+            step(generator, partner, opt_g, opt_partner, x_real, y_real, normalise, gen, k)
+            done = it + 1
+            if ckpt is not None and (done % cfg.checkpoint_every == 0 or done == cfg.pretrain_iterations):
+                ckpt.save(done, {}, optimizers, gen, networks)
+
+    def _gan_step(self, generator, discriminator, opt_g, opt_d, x_real, y_real, normalise, gen, k) -> None:
+        cfg, b, device = self.config, len(x_real), x_real.device
+        y_fake = torch.randint(k, (b,), generator=gen).to(device)
+        noise = torch.randn(b, generator.noise_dim, generator=gen).to(device)
+        fake = normalise(generator(noise, y_fake))  # (B, C, H, W)
+        d_real, c_real = discriminator(normalise(x_real), y_real)
+        d_fake, c_fake = discriminator(fake.detach(), y_fake)
+        loss_d = F.relu(1 - d_real).mean() + F.relu(1 + d_fake).mean()
+        if c_real is not None:  # auxiliary classifier
+            loss_d = loss_d + cfg.aux_weight * (F.cross_entropy(c_real, y_real) + F.cross_entropy(c_fake, y_fake))
+        opt_d.zero_grad(set_to_none=True)
+        loss_d.backward()
+        opt_d.step()
+
+        d_fake, c_fake = discriminator(fake, y_fake)
+        loss_g = -d_fake.mean()
+        if c_fake is not None:
+            loss_g = loss_g + cfg.aux_weight * F.cross_entropy(c_fake, y_fake)
+        opt_g.zero_grad(set_to_none=True)
+        loss_g.backward()
+        opt_g.step()
+
+    def _vae_step(self, generator, encoder, opt_g, opt_e, x_real, y_real, normalise, gen, k) -> None:
+        b = len(x_real)
+        mu, logvar = encoder(normalise(x_real), y_real)  # (B, Z) each
+        noise = torch.randn(mu.shape, generator=gen).to(mu.device)
+        recon = generator(mu + (0.5 * logvar).exp() * noise, y_real)  # (B, C, H, W) in (0, 1)
+        reconstruction = F.binary_cross_entropy(recon.clamp(1e-6, 1 - 1e-6), x_real, reduction="sum") / b
+        kl = -0.5 * (1 + logvar - mu.pow(2) - logvar.exp()).sum() / b
+        loss = reconstruction + self.config.kl_weight * kl
+        opt_g.zero_grad(set_to_none=True)
+        opt_e.zero_grad(set_to_none=True)
+        loss.backward()
+        opt_g.step()
+        opt_e.step()
+
+    def finetune(self, generator: ConditionalGenerator, teacher: Teacher | None, real: RealData, normalise: Callable,
+                 *, device: torch.device, seed: int, progress: bool = True,
+                 optimiser: torch.optim.Optimizer | None = None, rng: torch.Generator | None = None,
+                 sampler: ClassSampler | None = None, first: int = 0,
+                 save: Callable[[int, float], None] | None = None) -> float | None:
+        """Distil: fine-tune all generator parameters (class embeddings included) with Adam on
+
+            L = Σ_c embedding_weight · ‖mean φ(A(x_c)) − mean φ(A(G(z, c)))‖²
+                + mmd_weight · MMD²_k(φ(A(G(z, c))), φ(A(x_c)))
+                + task_balance · τ² · KL(mean_i p_T(A(x_c,i)) ‖ mean_j p_T(A(G(z_j, c))))
+
+        with φ a ConvNet re-drawn at random every iteration (DM), A one DSA draw per class shared by
+        both sides, p_T the teacher's softmax at temperature τ (the loop of d3codec.methods.matching,
+        class by class). Returns the last iteration's loss (None when no iteration ran).
+
+        ``optimiser``, ``rng`` and ``sampler`` (made here when None) and ``first`` let a resumed run
+        go on where it stopped; ``save(iteration, loss)``, when given, is called after every iteration
+        (it decides whether a checkpoint is due).
+        """
+        cfg, k = self.config, real.num_classes
+        if cfg.iterations <= first:
+            return None
+        gen = rng if rng is not None else seeds.generator(seed, "d2m-finetune")
+        opt = optimiser if optimiser is not None else torch.optim.Adam(generator.parameters(), lr=cfg.lr_finetune)
+        sampler = sampler if sampler is not None else ClassSampler(real, list(range(k)), cfg.real_cache_per_class, gen)
+        matcher = DistributionMatcher(real.image_shape, k, sampler.sample, cfg.real_per_class, normalise,
+                                      DSA() if cfg.dsa else None, cfg.embed_width, 1, device)
+        terms = [FeatureTerm(mean_embedding_loss, cfg.embedding_weight)]
+        if cfg.mmd_weight > 0:
+            terms.append(FeatureTerm(mmd_rbf, cfg.mmd_weight))
+        if teacher is not None and cfg.task_balance > 0:
+            terms.append(PredictionTerm(teacher, cfg.temperature, cfg.task_balance))
+        m, loss_value = cfg.synthetic_per_class, float("nan")
+
+        def synthesize(classes: range) -> torch.Tensor:  # (1, m, C, H, W) normalised: one class at a time
+            noise = torch.randn(m, generator.noise_dim, generator=gen).to(device)
+            images = generator(noise, torch.full((m,), classes.start, device=device))  # (m, C, H, W)
+            return normalise(images).unsqueeze(0)
+
+        for it in progress_bar(range(first, cfg.iterations), desc="D2M distillation", enabled=progress, unit="it",
+                               initial=first, total=cfg.iterations):
+            opt.zero_grad(set_to_none=True)
+            loss_value = matcher.step(synthesize, terms, gen)
+            opt.step()
+            if save is not None:
+                save(it + 1, loss_value)
+        return loss_value

@@ -1,0 +1,191 @@
+"""Reading D3 archives: the priors and decoders of every group, checked, then drawn and decoded.
+
+Nothing here trains (that is encoder.py); the archive's layout is layout.py.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ... import noise
+from ...archive import meta_bool, meta_int, meta_str
+from ...errors import D3FormatError
+from ...limits import DEFAULT_LIMITS, batch_size, check, draw_macs, network_cost
+from ...models import Decoder
+from ...storage import check_probabilities
+from ...weights import check_names, load_stored_module, read_stored, stored_names
+from ..base import Sampler
+from .layout import DECODER_DTYPES, PRIOR_DTYPES, GroupPlan, decoder_shapes, dequantise_priors
+
+# ---- the groups --------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class StoredGroup:
+    """One group as an archive's metadata declares it (``params.groups[i]``), checked."""
+
+    plan: GroupPlan
+    decoder_dtype: str
+    prior_dtype: str
+    soft_labels: bool
+
+
+def read_groups(meta: dict, num_classes: int) -> list[StoredGroup]:
+    """The groups of an archive's metadata, every field checked for its JSON type and range, covering
+    the classes in order. Raises: D3FormatError naming the field."""
+    groups = (meta.get("params") or {}).get("groups")
+    if not isinstance(groups, list) or not groups:
+        raise D3FormatError("meta: 'params.groups' must be a non-empty list")
+    out, expected = [], 0
+    for i, e in enumerate(groups):
+        where = f"params.groups[{i}]."
+        if not isinstance(e, dict):
+            raise D3FormatError(f"meta: 'params.groups[{i}]' must be an object")
+        bounds = e.get("classes")
+        if not (isinstance(bounds, list) and len(bounds) == 2 and all(type(v) is int for v in bounds)
+                and bounds[0] == expected and expected < bounds[1] <= num_classes):
+            raise D3FormatError(f"meta: '{where}classes' must be [{expected}, stop] with {expected} < stop ≤ "
+                                f"{num_classes} (groups follow one another from class 0)")
+        g = GroupPlan(bounds[0], bounds[1], meta_int(e, "latent_dim", 1, 4096, where),
+                      meta_int(e, "priors_per_class", 1, 1_000_000, where), meta_int(e, "decoder_width", 1, 4096, where))
+        out.append(StoredGroup(g, meta_str(e, "decoder_dtype", DECODER_DTYPES, where),
+                               meta_str(e, "prior_dtype", PRIOR_DTYPES, where, default="float16"),
+                               meta_bool(e, "soft_labels", where)))
+        expected = bounds[1]
+    if expected != num_classes:
+        raise D3FormatError(f"meta: 'params.groups' cover {expected} classes, the dataset has {num_classes}")
+    return out
+
+
+class D3Sampler(Sampler):
+    """A D3 archive's priors and decoders, loaded (see :func:`load_sampler`)."""
+
+    def __init__(self, reader, meta: dict, device: torch.device | str = "cpu", limits=None):
+        ds = meta["dataset"]
+        self.num_classes, self.image_shape = len(ds["classes"]), tuple(ds["image_shape"])
+        self.limits, self.version, self.device = limits or DEFAULT_LIMITS, tuple(reader.version), device
+        self.groups = read_groups(meta, self.num_classes)
+        self.soft = all(sg.soft_labels for sg in self.groups)
+        labelled = [i for i, sg in enumerate(self.groups) if sg.soft_labels]
+        # what the archive costs, from its declared shapes alone (networks on the meta device)
+        costs, values = [], 0
+        for i, sg in enumerate(self.groups):
+            g = sg.plan
+            cost = network_cost(lambda: Decoder(g.latent_dim, self.image_shape, g.decoder_width),
+                                lambda: (torch.zeros(1, g.latent_dim),), f"the decoder of group {i}")
+            costs.append(cost)
+            k, p = g.num_classes, g.priors_per_class
+            values += cost.parameters + 2 * k * p * g.latent_dim + (k * p * k if sg.soft_labels else 0)
+        check("values", values, self.limits, "max_parameters", "the decoders, priors and soft labels")
+        check("multiply-adds", max(c.macs for c in costs), self.limits, "max_macs_per_image", "decoding one image")
+        self.batch = [batch_size(c, self.limits) for c in costs]
+        self.image_macs = [c.macs for c in costs]
+        if labelled and "prior_labels" not in reader:
+            raise D3FormatError("meta says groups have soft labels but there is no 'prior_labels' section")
+        if not labelled and "prior_labels" in reader:
+            raise D3FormatError("section 'prior_labels' is present but no group has soft labels")
+
+        priors_t, decoder_t = reader.read_tensors("priors"), reader.read_tensors("decoder")
+        labels_t = reader.read_tensors("prior_labels") if labelled else {}
+        shapes = [decoder_shapes(sg.plan.latent_dim, self.image_shape, sg.plan.decoder_width) for sg in self.groups]
+        check_names(priors_t, set().union(*(stored_names({"mean": (1, 1), "logvar": (1, 1)}, f"g{i}.", sg.prior_dtype)
+                                            for i, sg in enumerate(self.groups))), "priors")
+        check_names(decoder_t, set().union(*(stored_names(shapes[i], f"g{i}.", sg.decoder_dtype)
+                                             for i, sg in enumerate(self.groups))), "decoder")
+        check_names(labels_t, {f"g{i}" for i in labelled}, "prior_labels")
+        self.loaded = []  # per group: (mu, logvar (K_g, P, Z), decoder, soft labels (K_g, P, K_g) or None)
+        for index, sg in enumerate(self.groups):
+            g = sg.plan
+            k, p, z = g.num_classes, g.priors_per_class, g.latent_dim
+            mu, logvar = dequantise_priors(priors_t, f"g{index}.", (k, p, z), sg.prior_dtype)
+            decoder = load_stored_module(lambda: Decoder(z, self.image_shape, g.decoder_width), decoder_t,
+                                         f"g{index}.", sg.decoder_dtype, "decoder", device)
+            lab = None
+            if sg.soft_labels:
+                lab = read_stored(labels_t, "prior_labels", f"g{index}", (k, p, k), None)
+                check_probabilities(lab, "prior_labels", f"g{index}")
+            self.loaded.append((mu, logvar, decoder, lab))
+
+    def counts(self, samples_per_class: int | None) -> tuple[int, int]:
+        sizes = [(sg.plan.num_classes, samples_per_class or sg.plan.priors_per_class, sg.plan.latent_dim)
+                 for sg in self.groups]
+        return sum(k * n for k, n, _ in sizes), max(k * n * z for k, n, z in sizes)
+
+    def macs(self, samples_per_class: int | None) -> int:
+        return sum(draw_macs(sg.plan.num_classes * (samples_per_class or sg.plan.priors_per_class), m)
+                   for sg, m in zip(self.groups, self.image_macs))
+
+    def group_noise(self, index: int, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Group ``index``'s draw of ``n`` per class: the prior of each sample (K_g, N) int64 and the noise
+        ε (K_g, N, Z) float32. Format 1.1: the counter-based noise of spec/FORMAT.md §5.4, keyed by local
+        class and sample; 1.0: a torch CPU generator seeded with ``seed`` per group (K_g permutations, then
+        ε), as d3codec 0.1 drew them."""
+        g = self.groups[index].plan
+        k, p, z = g.num_classes, g.priors_per_class, g.latent_dim
+        if self.version >= (1, 1):
+            order = torch.from_numpy(np.stack([noise.permutation(seed, noise.D3_PRIOR_ORDER, i, p) for i in range(k)]))
+            eps = torch.from_numpy(noise.normal(seed, noise.D3_LATENT, (k, n, z)))
+        else:
+            gen = torch.Generator().manual_seed(seed % (1 << 64))
+            order = torch.stack([torch.randperm(p, generator=gen) for _ in range(k)])  # (K_g, P)
+            eps = torch.randn(k, n, z, generator=gen)
+        return order[:, torch.arange(n) % p], eps  # sample j of a class: prior order[j mod P]
+
+    @torch.no_grad()
+    def _draw(self, samples_per_class: int | None, seed: int):
+        images, hard, soft = [], [], []
+        for index, (sg, (mu, logvar, decoder, lab)) in enumerate(zip(self.groups, self.loaded)):
+            g = sg.plan
+            k, p, z = g.num_classes, g.priors_per_class, g.latent_dim
+            n = samples_per_class or p
+            which, eps = self.group_noise(index, n, seed)
+            pick = which.unsqueeze(-1).expand(k, n, z)
+            latents = mu.gather(1, pick) + (0.5 * logvar.gather(1, pick)).exp() * eps  # (K_g, N, Z)
+            flat, step = latents.view(k * n, z), self.batch[index]
+            images.append(torch.cat([decoder(flat[i:i + step].to(self.device)).cpu()
+                                     for i in range(0, k * n, step)]))  # (K_g·N, C, H, W)
+            hard.append(torch.arange(g.start, g.stop).repeat_interleave(n))
+            if self.soft:
+                rows = lab.gather(1, which.unsqueeze(-1).expand(k, n, k)).reshape(k * n, k)  # (K_g·N, K_g)
+                full = torch.zeros(k * n, self.num_classes)
+                full[:, g.start:g.stop] = rows
+                soft.append(full)
+        return torch.cat(images), torch.cat(hard), (torch.cat(soft) if self.soft else None)
+
+
+def load_sampler(reader, meta: dict, device: torch.device | str = "cpu", limits=None) -> D3Sampler:
+    """The archive's priors and decoders, ready to draw: ``sampler(samples_per_class, seed)`` →
+    (images (K·N, C, H, W) float32 in [0, 1], labels (K·N,) int64, soft labels (K·N, K) float32 or None).
+
+    Images come group by group, within a group class by class, within a class sample j = 0, 1, …;
+    sample j of local class i uses prior order_i[j mod P] of a random order of its P priors, and its
+    latent is μ + exp(logvar / 2)·ε. The noise depends on the seed, the local class and the sample
+    only (not on the group's position), so a group expands identically alone or merged.
+    ``samples_per_class`` N defaults to each group's priors per class. Soft labels come only when
+    every group has them (a sample's probability is zero outside its group).
+
+    ``limits`` (d3codec.limits.DecodeLimits, default its defaults): the decoders' multiply-adds per
+    image and every stored value are checked at load, before any tensor is allocated; each draw's
+    output before it is made.
+    Raises: D3FormatError when a section does not match the metadata, D3LimitError past the limits.
+    """
+    return D3Sampler(reader, meta, device, limits)
+
+
+def decode(reader, meta: dict, samples_per_class: int | None = None, seed: int = 0,
+           device: torch.device | str = "cpu", limits=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Draw ``samples_per_class`` samples per class from a D3 archive's priors and decode them; see
+    :func:`load_sampler`. Raises: D3FormatError when a section does not match the metadata."""
+    return load_sampler(reader, meta, device, limits)(samples_per_class, seed)
+
+
+
+def describe_params(params: dict) -> str:
+    """A D3 archive's ``meta.params`` in a few words (d3 info, and the line d3 compress ends with)."""
+    groups = params["groups"]
+    g = groups[0]
+    labels = ", soft labels" if any(entry.get("soft_labels") for entry in groups) else ""
+    return (f"{len(groups)} subtask(s), {int(g['priors_per_class'])} priors per class, latent {int(g['latent_dim'])}, "
+            f"decoder width {int(g['decoder_width'])} ({g['decoder_dtype']}), {g['prior_dtype']} priors{labels}")

@@ -1,0 +1,492 @@
+"""Method ``d3``: distributional dataset distillation with per-class priors, a decoder, soft labels and subtasks.
+
+After Qin, Deng & Alvarez-Melis, "Distributional Dataset Distillation with Subtask Decomposition"
+(2024). The classes are split into ``subtasks`` contiguous groups (Sec. 3.3, federated
+distillation); each group is distilled on its own, with its own decoder, seed and teacher, into:
+
+- **priors**: ``priors_per_class`` diagonal Gaussians N(μ, diag exp(logvar)) per class in a
+  latent space of ``latent_dim`` (Sec. 3.1);
+- a **decoder** G: latent (N, Z) → image (N, C, H, W) in [0, 1] (a small upsampling ConvNet,
+  :class:`d3codec.models.Decoder`), trained from scratch jointly with the priors;
+- **soft labels**: one vector per prior, a teacher's softmax on the decoded prior mean over the
+  group's classes (Sec. 3.4).
+
+Objective (per iteration, per class c of the group; x̃ = G(μ + σ·ε) decoded samples of c's priors,
+x real images of c, A a DSA draw shared by both, φ a ConvNet re-drawn at random each iteration as
+in DM):
+
+    L = w_mmd · MMD²_k(φ(A(x̃)), φ(A(x)))  +  w_mean · ‖mean φ(A(x)) − mean φ(A(x̃))‖²
+
+MMD² with the RBF mixture k over bandwidths 1, 2, 4, 8, 16 is the paper's distribution term
+(Eq. 6's MMD part, on penultimate features); the mean term is DM's (Zhao & Bilen 2023, Eq. 4).
+Departure: the authors' matching term is trajectory matching on expert networks; on a CPU that is
+too costly, so their place is taken by random-network matching (d3codec.methods.matching, the loop DM
+and D2M share). The objective is a list of matching terms summed, so a trajectory-matching term
+(which needs expert trajectories, a different kind of input) can be added as one more term. ``teacher_features`` adds
+the same two terms on the teacher's features.
+
+Before matching, a warm start fits the decoder and prior means to ``priors_per_class`` random real
+images per class (generative latent optimisation, Bojanowski et al. 2018: latents start at the
+images' PCA projections, then decoder and latents are fitted by Adam on pixel MSE under a one-cycle
+schedule, :func:`fit_decoder`); this plays the part of DM's initialisation from real images, and
+it is an addition of ours, not a step the paper describes; benchmarks/d3-exploration.md
+measures what it buys.
+
+Archive sections (keys per group g): ``priors`` {g{g}.mean, g{g}.logvar: (K_g, P, Z) float16, or int8
+with g{g}.mean.scale, g{g}.logvar.scale (Z,) float16 per latent dimension (``prior_dtype``)},
+``decoder`` {g{g}.<param>: int8 weights with g{g}.<param>.scale (out,) float16 per output channel,
+or float16; 1-D parameters float16}, ``prior_labels`` {g{g}: (K_g, P, K_g) float16 probabilities},
+absent when soft labels are off. The metadata's ``params.groups`` lists each group's classes and
+shapes, so groups of different sizes and settings can be merged (merge.py); layout.py defines them.
+"""
+
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ... import seeds
+from ...augment import DSA
+from ...budget import META_RESERVE_BYTES, archive_bound
+from ...checkpoint import Checkpoint, fingerprint, weights_digest
+from ...container import Section
+from ...data import ClassSampler, Normalisation, RealData
+from ...errors import D3BudgetError
+from ...losses import mean_embedding_loss, mmd_rbf
+from ...models import Decoder
+from ...progress import progress_bar
+from ...teacher import Teacher, train_teacher, untrained_teacher
+from ...weights import dequantise_state, quantise_state
+from ..base import DatasetSpec, Encoded, Subtask, SubtaskEncoder, preset_config
+from ..matching import DistributionMatcher, FeatureTerm
+from .merge import Part, combine, rename_group
+from .layout import (DECODER_DTYPES, DECODER_WIDTHS, PRIOR_DTYPES, D3Plan, GroupPlan, decoder_shapes,
+                     dequantise_priors, group_entry, group_tensors, quantise_priors, sections_of, split_classes)
+
+
+@dataclass(frozen=True)
+class D3Config:
+    """Options of D3. Units: iterations; images per class; Adam learning rates; epochs.
+
+    Storage (``None`` = chosen by the budget rule of :meth:`D3Encoder.plan`): ``latent_dim``,
+    ``priors_per_class``, ``decoder_width``. ``decoder_share`` is the fraction of the budget the
+    rule gives the decoders; ``max_decoder_width`` caps it. ``prior_dtype`` int8 stores about
+    twice the priors of float16 in the same bytes (a storage choice of ours, not the paper's).
+    """
+
+    iterations: int = 2000
+    init_iterations: int = 2000
+    init_batch: int = 128
+    init_lr_decoder: float = 3e-3
+    init_lr_priors: float = 3e-2
+    real_per_class: int = 128
+    real_cache_per_class: int = 512
+    class_chunk: int = 50
+    synthetic_per_class: int = 64
+    lr_decoder: float = 1e-3
+    lr_priors: float = 1e-2
+    init_logvar: float = -2.0
+    embed_width: int = 128
+    dsa: bool = True
+    mmd_weight: float = 1.0
+    mean_weight: float = 1.0
+    teacher_features: bool = False
+    soft_labels: bool = True
+    label_temperature: float = 1.0
+    teacher_epochs: float = 10.0
+    teacher_width: int = 128
+    subtasks: int = 1
+    latent_dim: int | None = None
+    priors_per_class: int | None = None
+    decoder_width: int | None = None
+    decoder_share: float = 0.5
+    max_decoder_width: int | None = None
+    decoder_dtype: str = "int8"
+    prior_dtype: str = "int8"
+
+
+PRESETS = {
+    "paper": D3Config(),
+    "fast": D3Config(iterations=300, init_iterations=2000, init_logvar=-4.0, real_per_class=64, synthetic_per_class=32,
+                     embed_width=64, teacher_epochs=2.0, teacher_width=32),
+}
+
+
+
+# ---- the warm start ------------------------------------------------------------------------------------------------
+
+def pca_latents(x: torch.Tensor, z: int, gen: torch.Generator) -> torch.Tensor:
+    """Initial latents of generative latent optimisation (Bojanowski et al. 2018, Sec. 3.3: z from PCA).
+
+    Args: x (N, D) float32 images flattened; z latent size.
+    Returns: (N, Z) float32, the projections on the first principal axes, scaled to unit standard
+    deviation overall; axes beyond min(N, D) are filled with small noise.
+    """
+    n, d = x.shape
+    q = min(z, n, d)
+    centred = x - x.mean(0, keepdim=True)
+    _, _, v = torch.linalg.svd(centred, full_matrices=False)  # v (min(N, D), D), axes by variance
+    out = 0.01 * torch.randn(n, z, generator=gen).to(x.device)
+    out[:, :q] = centred @ v[:q].T  # (N, q)
+    return out / out.std().clamp_min(1e-8)
+
+
+def fit_decoder(decoder: nn.Module, latents: nn.Parameter, targets: torch.Tensor, cfg: "D3Config",
+                gen: torch.Generator, desc: str = "D3 warm start", progress: bool = True) -> float:
+    """Fit the decoder and the latents so that decoder(latents) ≈ targets (GLO).
+
+    Adam with a one-cycle schedule peaking at ``init_lr_decoder`` / ``init_lr_priors``, batches of
+    ``init_batch`` images, ``init_iterations`` steps, mean squared error in pixel space.
+
+    Args: latents (..., Z) float32 Parameter holding N latents; targets (N, C, H, W) float32 in [0, 1].
+    Returns: the last batch's loss.
+    """
+    opt = torch.optim.Adam([{"params": decoder.parameters(), "lr": cfg.init_lr_decoder},
+                            {"params": [latents], "lr": cfg.init_lr_priors}])
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, [cfg.init_lr_decoder, cfg.init_lr_priors],
+                                                total_steps=cfg.init_iterations)
+    flat = latents.view(-1, latents.shape[-1])  # (N, Z)
+    n, batch, loss = len(targets), min(len(targets), cfg.init_batch), torch.tensor(float("nan"))
+    for _ in progress_bar(range(cfg.init_iterations), desc=desc, enabled=progress, unit="it"):
+        pick = torch.randperm(n, generator=gen)[:batch].to(targets.device)
+        loss = F.mse_loss(decoder(flat[pick]), targets[pick])  # (B, C, H, W) against (B, C, H, W)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+    return float(loss.detach())
+
+
+
+# ---- the encoder ----------------------------------------------------------------------------------------------------
+
+class D3Encoder(SubtaskEncoder):
+    """D3 distillation. ``D3Encoder(PRESETS["fast"])`` or any :class:`D3Config`.
+
+    Args:
+        teacher: gives the soft labels and teacher features (trained per subtask if None).
+        checkpoint: each subtask (group) ``i`` saves its matching state to ``STEM.g{i}.SUFFIX`` at least
+            ``checkpoint_seconds`` apart and at its end (priors, decoder, the teacher it trained, Adam,
+            random states; d3codec.checkpoint), and resumes from it; a finished group is not distilled
+            again. The files are deleted once the archive is written. None: no checkpoint.
+    """
+
+    method = "d3"
+    presets = PRESETS
+
+    def __init__(self, config: D3Config = PRESETS["fast"], teacher: Teacher | None = None,
+                 checkpoint: str | os.PathLike | None = None, checkpoint_seconds: float = 300.0):
+        if config.decoder_dtype not in DECODER_DTYPES:
+            raise ValueError(f"decoder dtype must be one of {DECODER_DTYPES}, not {config.decoder_dtype!r}")
+        if config.prior_dtype not in PRIOR_DTYPES:
+            raise ValueError(f"prior dtype must be one of {PRIOR_DTYPES}, not {config.prior_dtype!r}")
+        for name in ("real_per_class", "synthetic_per_class", "embed_width", "class_chunk", "real_cache_per_class",
+                     "subtasks", "teacher_width"):
+            if getattr(config, name) < 1:
+                raise ValueError(f"{name} must be at least 1, not {getattr(config, name)}")
+        self.config = config
+        self.teacher = teacher
+        self.checkpoint = Path(checkpoint) if checkpoint is not None else None
+        self.checkpoint_seconds = checkpoint_seconds
+
+    @classmethod
+    def from_options(cls, preset: str = "fast", teacher: Teacher | None = None, checkpoint=None,
+                     checkpoint_seconds: float = 300.0, **overrides) -> "D3Encoder":
+        return cls(preset_config(PRESETS, preset, overrides), teacher, checkpoint, checkpoint_seconds)
+
+    def group_checkpoint(self, index: int) -> Path | None:
+        """Where group ``index`` checkpoints (None without a checkpoint)."""
+        if self.checkpoint is None:
+            return None
+        return self.checkpoint.with_name(f"{self.checkpoint.stem}.g{index}{self.checkpoint.suffix}")
+
+    def checkpoint_files(self) -> list[Path]:
+        if self.checkpoint is None:
+            return []
+        stem, suffix = self.checkpoint.stem, self.checkpoint.suffix
+        return sorted(p for p in self.checkpoint.parent.glob(f"{stem}.g*{suffix}")
+                      if p.name[len(stem) + 2:len(p.name) - len(suffix)].isdigit())
+
+    def remove_checkpoints(self, groups: int) -> None:
+        for index in range(groups):
+            if (path := self.group_checkpoint(index)) is not None:
+                path.unlink(missing_ok=True)
+
+    def method_meta(self, groups: list[dict]) -> dict:
+        return {"groups": groups, "config": asdict(self.config)}
+
+    def plan(self, spec: DatasetSpec, budget: int, meta_for, real: RealData | None = None) -> D3Plan:
+        """Shapes that fill ``budget`` bytes, by this rule (each step overridable by a config field):
+
+        1. classes split into ``subtasks`` contiguous groups;
+        2. latent_dim 32 for images up to 32 pixels a side, else 64;
+        3. decoder width: the largest of DECODER_WIDTHS (up to ``max_decoder_width``: 64 for
+           images up to 32 pixels, else 256) whose decoders take at most ``decoder_share`` of
+           the budget; the smallest width where none does;
+        4. priors per class: the most whose exact archive bound (compression off, metadata
+           reserve included) fits the budget.
+
+        Raises: D3BudgetError, with the smallest workable budget, when one prior per class with
+        the narrowest decoder does not fit.
+        """
+        cfg, k, shape = self.config, spec.num_classes, spec.image_shape
+        ranges = split_classes(k, cfg.subtasks)
+        side = max(shape[1:])
+        z = cfg.latent_dim or (32 if side <= 32 else 64)
+        cap = cfg.max_decoder_width or (64 if side <= 32 else 256)
+
+        def groups_for(width: int, priors: int) -> list[GroupPlan]:
+            return [GroupPlan(a, b, z, priors, width) for a, b in ranges]
+
+        def bound(groups: list[GroupPlan]) -> int:
+            entries = [group_entry(g, cfg, {"distill_seconds": 0.0, "teacher_accuracy": 0.0, "final_loss": 0.0})
+                       for g in groups]
+            parts = [group_tensors(g, i, shape, cfg) for i, g in enumerate(groups)]
+            sections = [Section.json("meta", meta_for(self.method_meta(entries)))] + sections_of(parts)
+            return archive_bound(sections, META_RESERVE_BYTES + 64 * len(groups))
+
+        def decoder_bytes(width: int) -> int:
+            n = sum(math.prod(s) for s in decoder_shapes(z, shape, width).values())
+            return len(ranges) * n * (1 if cfg.decoder_dtype == "int8" else 2)
+
+        if cfg.decoder_width is not None:
+            width = cfg.decoder_width
+        else:
+            fitting = [w for w in DECODER_WIDTHS if w <= cap and decoder_bytes(w) <= cfg.decoder_share * budget]
+            width = fitting[-1] if fitting else DECODER_WIDTHS[0]
+        smallest = bound(groups_for(width, 1))
+        if smallest > budget:
+            raise D3BudgetError(
+                f"a budget of {budget} bytes cannot hold {len(ranges)} decoder(s) of width {width} and one prior per "
+                f"class; the smallest budget that works is {smallest} bytes (--budget {smallest})", min_budget=smallest)
+        if cfg.priors_per_class is not None:
+            priors = cfg.priors_per_class
+            needed = bound(groups_for(width, priors))
+            if needed > budget:
+                raise D3BudgetError(f"{priors} priors per class need {needed} bytes, over the budget of {budget}: "
+                                    f"raise --budget to {needed} or lower --priors-per-class", min_budget=needed)
+        else:
+            lo, hi = 1, max(1, budget // (k * z * 4)) + 1
+            while lo < hi:  # the largest prior count whose bound fits
+                mid = (lo + hi + 1) // 2
+                lo, hi = (mid, hi) if bound(groups_for(width, mid)) <= budget else (lo, mid - 1)
+            priors = lo
+        groups = groups_for(width, priors)
+        return D3Plan(tuple(groups), cfg.decoder_dtype, cfg.prior_dtype, cfg.soft_labels, bound(groups), budget)
+
+    def distill(self, real: RealData, plan: D3Plan, *, device: torch.device, seed: int,
+                progress: bool = True) -> Encoded:
+        """Distil every group in turn, in this process (d3codec.federated spreads them over ranks)."""
+        parts, entries = [], []
+        for index, group in enumerate(plan.groups):
+            tensors, entry = self.distill_group(real, plan, index, device=device, seed=seed, progress=progress)
+            parts.append(tensors)
+            entries.append(entry)
+        return self.encoded(parts, entries)
+
+    @property
+    def kept_state(self) -> Path | None:
+        return self.group_checkpoint(0)
+
+    def encoded(self, parts: list[dict], entries: list[dict]) -> Encoded:
+        seconds = sum(e["stats"].get("distill_seconds", 0.0) for e in entries)
+        stats = {"distill_seconds": round(seconds, 3)}
+        resumed = [e["stats"]["resumed_at_iteration"] for e in entries if "resumed_at_iteration" in e["stats"]]
+        if resumed:
+            stats["resumed_at_iteration"] = min(resumed)
+        return Encoded(sections_of(parts), self.method_meta(entries), stats,
+                       cleanup=lambda: self.remove_checkpoints(len(entries)))
+
+    # ---- subtasks (d3codec.federated): a group is a subtask ----
+
+    def subtask_count(self, plan: D3Plan) -> int:
+        return len(plan.groups)
+
+    def distill_subtask(self, real: RealData, plan: D3Plan, index: int, *, device: torch.device, seed: int,
+                        progress: bool = True) -> Subtask:
+        """Group ``index`` as an archive of its classes alone (its tensors renamed to group 0)."""
+        tensors, entry = self.distill_group(real, plan, index, device=device, seed=seed, progress=progress)
+        a, b = entry["classes"]
+        local = {section: rename_group(group, index, 0) for section, group in tensors.items()}
+        return Subtask((a, b), Encoded(sections_of([local]), self.method_meta([{**entry, "classes": [0, b - a]}]),
+                                       entry["stats"]))
+
+    def merge_subtasks(self, paths: list[Path], limits=None) -> Encoded:
+        """The groups of the subtask archives at ``paths``, merged (merge.py); seconds summed over subtasks."""
+        parts = [Part.read(path, limits) for path in paths]
+        fields, sections = combine(parts)
+        seconds = sum(part.meta["stats"].get("distill_seconds", 0.0) for part in parts)
+        return Encoded(sections, self.method_meta(fields["groups"]), {"distill_seconds": round(seconds, 3)})
+
+    def group_fingerprint(self, real: RealData, plan: D3Plan, index: int, seed: int, device: torch.device) -> str:
+        """What group ``index``'s result depends on, hashed: every option, its plan, the seed, the
+        data, the device type and a given teacher's weights."""
+        given = None
+        if self.teacher is not None:
+            given = [weights_digest(self.teacher.net.state_dict()), self.teacher.classes]
+        return fingerprint(asdict(self.config), asdict(plan.groups[index]), index, seed, real.name, list(real.classes),
+                           len(real.train_targets), device.type, given)
+
+    def distill_group(self, real: RealData, plan: D3Plan, index: int, *, device: torch.device, seed: int,
+                      progress: bool = True) -> tuple[dict[str, dict[str, torch.Tensor]], dict]:
+        """Distil group ``index`` alone. Its result depends only on the data, the plan and (seed, index):
+        its draws come from the named stream ``d3-group`` number ``index`` (d3codec.seeds).
+
+        Returns: (tensors by section, keyed g{index}.*; the group's metadata entry).
+        """
+        cfg, g = self.config, plan.groups[index]
+        classes = list(range(g.start, g.stop))
+        group_seed = seeds.stream_seed(seed, "d3-group", index)
+        gen = torch.Generator().manual_seed(group_seed)
+        torch.manual_seed(group_seed)  # network initialisations draw from the global generator
+        start, label = time.time(), f"{index + 1}/{len(plan.groups)}"
+        normalise = Normalisation.of(real, device)
+        ckpt = None
+        if (path := self.group_checkpoint(index)) is not None:
+            ckpt = Checkpoint(path, "d3-group", self.group_fingerprint(real, plan, index, seed, device),
+                              self.checkpoint_seconds)
+        resuming = ckpt is not None and ckpt.path.is_file()  # then the warm start and the teacher are in it
+        teacher, teacher_acc = self._teacher(real, classes, group_seed, resuming, device, progress)
+        own_teacher = teacher is not None and self.teacher is None
+        state = LearnedGroup.start(g, real.image_shape, cfg.init_logvar, gen, device)
+        if not resuming:
+            self._warm_start(state, real, classes, gen, f"D3 warm start {label}", progress)
+
+        opt = torch.optim.Adam([{"params": state.decoder.parameters(), "lr": cfg.lr_decoder},
+                                {"params": list(state.priors().values()), "lr": cfg.lr_priors}])
+        # the real images cached for datasets on disk come from their own stream, so that a resumed run
+        # (which skips the warm start's draws) caches the same ones
+        sampler = ClassSampler(real, classes, cfg.real_cache_per_class, seeds.generator(seed, "d3-real-cache", index))
+        matcher = DistributionMatcher(real.image_shape, g.num_classes, sampler.sample, cfg.real_per_class, normalise,
+                                      DSA() if cfg.dsa else None, cfg.embed_width, cfg.class_chunk, device)
+        terms = self._terms(teacher)
+        modules = {"decoder": state.decoder, **({"teacher": teacher.net} if own_teacher else {})}
+        first, loss_value = 0, float("nan")
+        if resuming:
+            first, saved = ckpt.resume({"adam": opt}, gen, device, state.priors(), modules)
+            if own_teacher:
+                teacher.net.eval().requires_grad_(False)
+            loss_value = float(saved.get("loss", torch.tensor(float("nan"))))
+            teacher_acc = float(saved["teacher_accuracy"]) if "teacher_accuracy" in saved else teacher_acc
+            start -= float(saved.get("seconds", torch.tensor(0.0)))  # the seconds spent before the kill count
+
+        def save(iteration: int) -> None:
+            extra = {"teacher_accuracy": torch.tensor(teacher_acc)} if teacher_acc is not None else {}
+            ckpt.save(iteration, {**state.priors(), "loss": torch.tensor(loss_value),
+                                  "seconds": torch.tensor(time.time() - start), **extra}, {"adam": opt}, gen, modules)
+
+        if ckpt is not None and not resuming:  # the warm start and the teacher are saved before matching
+            save(0)
+        for it in progress_bar(range(first, cfg.iterations), desc=f"D3 group {label}", enabled=progress, unit="it",
+                               initial=first, total=cfg.iterations):
+            opt.zero_grad(set_to_none=True)
+            loss_value = matcher.step(lambda chunk: state.samples(chunk, cfg.synthetic_per_class, gen, normalise),
+                                      terms, gen)
+            opt.step()
+            if ckpt is not None and ckpt.due(it + 1, cfg.iterations):
+                save(it + 1)
+
+        stats = {"distill_seconds": round(time.time() - start, 3)}
+        if cfg.iterations > 0:  # no matching iterations (warm start only): no loss to report
+            stats["final_loss"] = round(loss_value, 6)
+        if first:
+            stats["resumed_at_iteration"] = first
+        if teacher_acc is not None:
+            stats["teacher_accuracy"] = round(teacher_acc, 4)
+        return self._stored(state, g, index, real.image_shape, teacher, normalise), group_entry(g, cfg, stats)
+
+    def _teacher(self, real: RealData, classes: list[int], seed: int, resuming: bool, device: torch.device,
+                 progress: bool) -> tuple[Teacher | None, float | None]:
+        """The group's teacher (None where neither soft labels nor teacher features need one) and the test
+        accuracy of one trained here. Resuming, a network of the teacher's shape whose weights the
+        checkpoint holds."""
+        cfg = self.config
+        if not (cfg.soft_labels or cfg.teacher_features):
+            return None, None
+        if self.teacher is not None:
+            return self.teacher.restricted(classes), None
+        if resuming:
+            return untrained_teacher(real.image_shape, classes, cfg.teacher_width, device), None
+        return train_teacher(real, classes, epochs=cfg.teacher_epochs, width=cfg.teacher_width, device=device,
+                             seed=seed, progress=progress)
+
+    def _warm_start(self, state: "LearnedGroup", real: RealData, classes: list[int], gen: torch.Generator,
+                    desc: str, progress: bool) -> None:
+        """Each prior mean decodes to one random real image of its class (GLO, :func:`fit_decoder`)."""
+        cfg = self.config
+        k, p, z = state.prior_mean.shape
+        c, h, w = real.image_shape
+        targets = torch.stack([real.sample_class(cl, p, gen) for cl in classes]).to(state.prior_mean.device)
+        if cfg.init_iterations > 0:  # targets (K_g, P, C, H, W)
+            with torch.no_grad():
+                state.prior_mean.copy_(pca_latents(targets.view(k * p, -1), z, gen).view(k, p, z))
+            fit_decoder(state.decoder, state.prior_mean, targets.view(k * p, c, h, w), cfg, gen, desc=desc,
+                        progress=progress)
+
+    def _terms(self, teacher: Teacher | None) -> list:
+        """The objective: MMD and DM's mean term on the random network's features, and on the teacher's
+        where ``teacher_features`` is on."""
+        cfg = self.config
+        extractors = [None] + ([teacher.net.embed] if cfg.teacher_features else [])
+        return [FeatureTerm(loss, weight, extractor) for extractor in extractors
+                for loss, weight in ((mmd_rbf, cfg.mmd_weight), (mean_embedding_loss, cfg.mean_weight))]
+
+    def _stored(self, state: "LearnedGroup", g: GroupPlan, index: int, image_shape: tuple[int, int, int],
+                teacher: Teacher | None, normalise: Normalisation) -> dict[str, dict[str, torch.Tensor]]:
+        """The group's tensors as the archive holds them; the soft labels are the teacher's on the prior
+        means decoded by the decoder as stored (quantised), so that they label what a reader draws."""
+        cfg, decoder = self.config, state.decoder
+        k, p, z = state.prior_mean.shape
+        stored = quantise_state(decoder.state_dict(), "", cfg.decoder_dtype)
+        shapes = decoder_shapes(z, image_shape, g.decoder_width)
+        decoder.load_state_dict(dequantise_state(stored, "", shapes, cfg.decoder_dtype, "decoder"))
+        priors = dequantise_priors(quantise_priors(state.prior_mean, state.prior_logvar, "", cfg.prior_dtype), "",
+                                   (k, p, z), cfg.prior_dtype)  # (K_g, P, Z) each
+        labels = None
+        if cfg.soft_labels:
+            with torch.no_grad():
+                means = decoder(priors[0].to(state.prior_mean.device).view(k * p, z))  # (K_g·P, C, H, W)
+                labels = teacher.probabilities(normalise(means), cfg.label_temperature).view(k, p, k).cpu()
+        return group_tensors(g, index, image_shape, cfg, priors, {n: v.cpu() for n, v in decoder.state_dict().items()},
+                             labels)
+
+
+@dataclass
+class LearnedGroup:
+    """What one group learns: its decoder and its priors' means and log-variances, (K_g, P, Z) each."""
+
+    decoder: Decoder
+    prior_mean: nn.Parameter
+    prior_logvar: nn.Parameter
+
+    @classmethod
+    def start(cls, g: GroupPlan, image_shape: tuple[int, int, int], init_logvar: float, gen: torch.Generator,
+              device: torch.device) -> "LearnedGroup":
+        k, p, z = g.num_classes, g.priors_per_class, g.latent_dim
+        return cls(Decoder(z, image_shape, g.decoder_width).to(device),
+                   nn.Parameter(0.1 * torch.randn(k, p, z, generator=gen).to(device)),
+                   nn.Parameter(torch.full((k, p, z), float(init_logvar), device=device)))
+
+    def priors(self) -> dict[str, nn.Parameter]:
+        return {"prior_mean": self.prior_mean, "prior_logvar": self.prior_logvar}
+
+    def samples(self, classes: range, m: int, gen: torch.Generator, normalise: Normalisation) -> torch.Tensor:
+        """``m`` decoded samples of each of ``classes`` (local), reparameterised so that gradients reach the
+        priors and the decoder: (n, m, C, H, W) normalised."""
+        n, z = len(classes), self.prior_mean.shape[-1]
+        device = self.prior_mean.device
+        which = torch.randint(self.prior_mean.shape[1], (n, m), generator=gen).to(device)  # (n, m) prior of each
+        eps = torch.randn(n, m, z, generator=gen).to(device)
+        pick = which.unsqueeze(-1).expand(n, m, z)
+        mu = self.prior_mean[classes.start:classes.stop].gather(1, pick)
+        logvar = self.prior_logvar[classes.start:classes.stop].gather(1, pick)
+        images = self.decoder((mu + (0.5 * logvar).exp() * eps).view(n * m, z))  # (n·m, C, H, W)
+        return normalise(images).view(n, m, *images.shape[1:])

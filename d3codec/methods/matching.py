@@ -1,0 +1,150 @@
+"""Distribution matching with random networks: the loop that DM, D3 and D2M share.
+
+Every iteration draws a freshly initialised ConvNet-3 φ (Zhao & Bilen, "Dataset Condensation with
+Distribution Matching", WACV 2023, Sec. 3.2). Then, class by class (``class_chunk`` classes at a
+time, to bound memory), it takes a synthetic batch from the method and a real batch of the same
+class, applies one DSA draw to both (siamese augmentation, Zhao & Bilen, ICML 2021, Sec. 3), and
+sums the method's per-class :class:`MatchingTerm` losses; gradients accumulate chunk by chunk, so
+the caller steps its optimiser once per iteration. The methods differ only in how they make
+synthetic images (pixels, decoded priors, a generator) and in their terms.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Protocol, Sequence
+
+import torch
+
+from ..augment import DSA
+from ..data import Normalisation
+from ..losses import prediction_matching_loss
+from ..models import ConvNet
+
+
+@dataclass
+class MatchingBatch:
+    """What the terms of one chunk see, after siamese DSA: ``synthetic`` (n, m, C, H, W) and ``real``
+    (n, r, C, H, W), normalised, for n classes; ``network`` the iteration's random ConvNet-3.
+
+    :meth:`features` embeds both sides once per extractor, whichever terms ask (the real side
+    without gradients).
+    """
+
+    synthetic: torch.Tensor
+    real: torch.Tensor
+    network: ConvNet
+    _features: dict = field(default_factory=dict)
+
+    def features(self, extractor: Callable[[torch.Tensor], torch.Tensor] | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(n, m, D) synthetic and (n, r, D) real features of ``extractor`` (images (N, C, H, W) →
+        (N, D); default the random network's penultimate features)."""
+        # one forward pass per extractor and chunk, shared by the terms: the gradient then sums in one
+        # fixed order (keys are stable: the random network by name, others by the object, kept alive here)
+        key = "network" if extractor is None else id(extractor)
+        if key not in self._features:
+            embed = extractor or self.network.embed
+            n, m, r = self.synthetic.shape[0], self.synthetic.shape[1], self.real.shape[1]
+            f_syn = embed(self.synthetic.flatten(0, 1)).view(n, m, -1)
+            with torch.no_grad():
+                f_real = embed(self.real.flatten(0, 1)).view(n, r, -1)
+            self._features[key] = (f_syn, f_real, extractor)
+        return self._features[key][:2]
+
+
+class MatchingTerm(Protocol):
+    """One term of an objective: a scalar loss for a chunk of classes. A trajectory-matching term
+    would hold its expert trajectories and use ``batch.synthetic`` directly."""
+
+    def __call__(self, batch: MatchingBatch) -> torch.Tensor: ...
+
+
+@dataclass
+class FeatureTerm:
+    """Σ_c weight · loss(φ(x̃_c), φ(x_c)) for a feature loss of d3codec.losses: ``mean_embedding_loss``
+    (DM, Zhao & Bilen 2023, Eq. 4) or ``mmd_rbf`` (Qin et al. 2024, Eq. 6, MMD part). ``extractor``:
+    None for the random network, or another (a teacher's ``embed``)."""
+
+    loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    weight: float = 1.0
+    extractor: Callable[[torch.Tensor], torch.Tensor] | None = None
+
+    def __call__(self, batch: MatchingBatch) -> torch.Tensor:
+        f_syn, f_real = batch.features(self.extractor)
+        return self.weight * sum(self.loss(f_syn[c], f_real[c]) for c in range(len(f_syn)))
+
+
+@dataclass
+class PredictionTerm:
+    """Σ_c weight · τ² · KL(mean p_T(x_c) ‖ mean p_T(x̃_c)), a teacher's mean predictions on the two
+    sides (D2M's prediction matching, Sajedi et al. 2024; d3codec.losses.prediction_matching_loss).
+    ``teacher`` is a d3codec.teacher.Teacher."""
+
+    teacher: object
+    temperature: float
+    weight: float = 1.0
+
+    def __call__(self, batch: MatchingBatch) -> torch.Tensor:
+        net, out = self.teacher.net, self.teacher.out_index
+        total = batch.synthetic.new_zeros(())
+        for c in range(len(batch.synthetic)):
+            with torch.no_grad():
+                t_real = net(batch.real[c])[:, out]  # (r, K)
+            t_syn = net(batch.synthetic[c])[:, out]  # (m, K)
+            total = total + prediction_matching_loss(t_real, t_syn, self.temperature)
+        return self.weight * total
+
+
+@dataclass
+class DistributionMatcher:
+    """The shared matching loop over ``num_classes`` classes (local indices 0 … K−1).
+
+    Attributes:
+        real_images: ``real_images(i, r, gen)`` → r real images of local class i, (r, C, H, W) float32
+            in [0, 1] (e.g. d3codec.data.ClassSampler.sample).
+        real_per_class: r, the real images per class and iteration.
+        normalise: pixel space → the networks' input.
+        dsa: the augmentation (None: none).
+        embed_width: the random ConvNet-3's width (128 in DM's paper).
+        class_chunk: classes per forward pass; memory grows with it, the result does not change.
+    """
+
+    image_shape: tuple[int, int, int]
+    num_classes: int
+    real_images: Callable[[int, int, torch.Generator], torch.Tensor]
+    real_per_class: int
+    normalise: Normalisation
+    dsa: DSA | None
+    embed_width: int
+    class_chunk: int
+    device: torch.device
+
+    def random_network(self) -> ConvNet:
+        """A freshly initialised ConvNet-3 (from torch's global generator), frozen."""
+        c, h, _ = self.image_shape
+        return ConvNet(c, self.num_classes, h, width=self.embed_width).to(self.device).requires_grad_(False)
+
+    def step(self, synthesize: Callable[[range], torch.Tensor], terms: Sequence[MatchingTerm],
+             gen: torch.Generator) -> float:
+        """One iteration: gradients of Σ_terms over every class accumulated into whatever
+        ``synthesize`` differentiates through (zero them before, step after).
+
+        ``synthesize(classes)`` → the synthetic images of those local classes, (n, m, C, H, W)
+        normalised, with gradients. Returns: the loss, summed over the chunks.
+        """
+        network, total = self.random_network(), 0.0
+        for lo in range(0, self.num_classes, self.class_chunk):
+            chunk = range(lo, min(self.num_classes, lo + self.class_chunk))
+            synthetic = synthesize(chunk)
+            real = torch.stack([self.real_images(i, self.real_per_class, gen) for i in chunk]).to(self.device)
+            real = self.normalise(real.flatten(0, 1)).view(real.shape)
+            if self.dsa is not None:  # one draw per class, applied to both sides: siamese augmentation
+                draws = [self.dsa.sample(gen) for _ in chunk]
+                synthetic = torch.stack([self.dsa.apply(synthetic[j], d) for j, d in enumerate(draws)])
+                real = torch.stack([self.dsa.apply(real[j], d) for j, d in enumerate(draws)])
+            batch = MatchingBatch(synthetic, real, network)
+            loss = sum(term(batch) for term in terms)
+            loss.backward()
+            total += loss.detach().item()
+        return total

@@ -1,0 +1,33 @@
+"""Pixel archives: the synthetic images themselves, learned by DM (``dm``) or BPTT (``bptt``).
+
+Both methods write the archive kind ``pixel`` (spec/FORMAT.md §5): reading it is archive.py, and each
+method's training is its own module (dm.py, bptt.py). This module registers the three.
+"""
+
+from ...registry import ArchiveKind, Method, Option, register_archive_kind, register_method
+from .archive import INITS, NETWORKS, SECTIONS, decode, describe_params, read_schedule
+from .bptt import BPTTConfig, BPTTEncoder, BPTTPlan, unrolled_gradients
+from .dm import DMConfig, DMEncoder
+
+STORAGE_OPTION = Option("--storage-dtype", "storage_dtype", "How images are stored; auto picks uint8 with a per-class "
+                        "range (most images per byte).", kind="choice", choices=("auto", "uint8", "float16", "float32"))
+IMAGES_OPTION = Option("--images-per-class", "images_per_class", "Fix the image count instead of filling the budget.")
+
+register_archive_kind(ArchiveKind("pixel", SECTIONS, decode=decode, read_schedule=read_schedule,
+                                  describe=describe_params))
+register_method(Method("dm", "Distribution matching on the pixels (Zhao & Bilen, WACV 2023): learn the images.",
+                       "pixel", DMEncoder, (STORAGE_OPTION, IMAGES_OPTION)))
+register_method(Method(
+    "bptt", "The original dataset distillation (Wang et al. 2018): images and per-step learning rates learned "
+    "through unrolled training; the archive carries the schedule.", "pixel", BPTTEncoder,
+    (Option("--init", "init", "fixed: one stored initialisation θ₀, counted in the budget; random: a fresh one every "
+            "step, so the images work from any.", kind="choice", choices=INITS),
+     Option("--network", "network", "The unrolled network.", kind="choice", choices=NETWORKS),
+     Option("--inner-steps", "inner_steps", "GD steps an epoch, each on its own share of the images (default: up to "
+            "10, dividing the images per class).", high=100_000),
+     Option("--inner-epochs", "inner_epochs", "Passes over the steps (default 3, or more for at least 10 steps in "
+            "all).", high=100_000),
+     STORAGE_OPTION, IMAGES_OPTION)))
+
+__all__ = ["DMConfig", "DMEncoder", "BPTTConfig", "BPTTEncoder", "BPTTPlan", "unrolled_gradients", "decode",
+           "read_schedule", "describe_params"]

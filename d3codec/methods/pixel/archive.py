@@ -1,0 +1,115 @@
+"""Reading pixel archives: the images DM and BPTT store, and the training schedule BPTT adds.
+
+A pixel archive (``meta.method`` "pixel", spec/FORMAT.md §5.2) holds the synthetic images themselves in
+its ``images`` section (see d3codec.storage), optionally per-image ``soft_labels``, and, when
+``meta.params.objective`` is "bptt", a ``schedule`` section: the learned step sizes and (fixed init) θ₀
+that d3codec.schedule.TrainingSchedule replays. Nothing here trains; the encoders are dm.py and bptt.py.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ...archive import describe, meta_int, meta_str
+from ...errors import D3FormatError
+from ...limits import DEFAULT_LIMITS, check, network_cost
+from ...models import build_model
+from ...schedule import TrainingSchedule
+from ...storage import check_probabilities, decode_images
+from ...weights import check_names, read_stored
+
+SECTIONS = {"meta": True, "images": True, "soft_labels": True, "schedule": True}  # name → critical
+NETWORKS = ("lenet", "convnet3")  # the networks a schedule may name
+INITS = ("fixed", "random")
+MAX_SCHEDULE_STEPS = 100_000  # a reader refuses longer schedules (replay time is linear in T)
+
+
+def decode(reader, meta: dict, limits=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Images (N, C, H, W) float32 in pixel space, labels (N,) int64 and soft labels (N, K) float32
+    (None where the archive has no ``soft_labels`` section) of a pixel archive.
+
+    ``limits`` (d3codec.limits.DecodeLimits) bounds the decoded bytes before they are allocated.
+    Raises: D3FormatError for tensors that break spec/FORMAT.md §5 (soft labels must be (N, K) F16 or
+    F32 probabilities); D3LimitError past the limits.
+    """
+    ds = meta["dataset"]
+    num_classes = len(ds["classes"])
+    images, labels = decode_images(reader.read_tensors("images"), num_classes, tuple(ds["image_shape"]), limits,
+                                   soft="soft_labels" in reader)
+    soft = None
+    if "soft_labels" in reader:
+        tensors = reader.read_tensors("soft_labels")
+        check_names(tensors, {"soft_labels"}, "soft_labels")
+        soft = tensors["soft_labels"]
+        if soft.shape != (len(labels), num_classes) or soft.dtype not in (torch.float16, torch.float32):
+            raise D3FormatError("section 'soft_labels' must hold 'soft_labels' of shape (N, classes), float16 or "
+                                "float32")
+        check_probabilities(soft, "soft_labels", "soft_labels")
+        soft = soft.float()
+    return images, labels, soft
+
+
+def schedule_network_cost(network: str, image_shape: tuple[int, int, int], num_classes: int):
+    """The cost (d3codec.limits.NetworkCost) of one forward pass of a schedule's network on one image,
+    measured on the meta device. Raises: D3FormatError when the network cannot run on the images
+    (LeNet needs H = W ≥ 16, ConvNet-3 H = W ≥ 8)."""
+    c, h, w = image_shape
+    if h != w:
+        raise D3FormatError(f"bptt archive: the {network} network needs square images, not {h}×{w}")
+    return network_cost(lambda: build_model(network, c, num_classes, h), lambda: (torch.zeros(1, c, h, w),),
+                        f"the schedule's {network} network")
+
+
+def read_schedule(reader, meta: dict, limits=None) -> TrainingSchedule | None:
+    """The training schedule of a pixel archive distilled with objective ``bptt``, else None.
+
+    Raises: D3FormatError for a missing or malformed ``schedule`` section or parameters (unknown
+    network, a network that cannot run on the images, non-positive or non-finite step sizes, θ₀ of
+    the wrong names, shapes or dtypes, a schedule longer than MAX_SCHEDULE_STEPS); D3LimitError when
+    θ₀ holds more values than ``limits.max_parameters``.
+    """
+    params = meta.get("params")
+    params = params if isinstance(params, dict) else {}
+    if params.get("objective") != "bptt":
+        if "schedule" in reader:
+            raise D3FormatError("section 'schedule' belongs to objective bptt, but meta.params.objective is "
+                                f"{describe(params.get('objective'))}")
+        return None
+    network = meta_str(params, "network", NETWORKS, "params.")
+    init = meta_str(params, "init", INITS, "params.")
+    steps = meta_int(params, "inner_steps", 1, MAX_SCHEDULE_STEPS, "params.")
+    epochs = meta_int(params, "inner_epochs", 1, MAX_SCHEDULE_STEPS, "params.")
+    if steps * epochs > MAX_SCHEDULE_STEPS:
+        raise D3FormatError(f"bptt archive's inner_steps {steps} × inner_epochs {epochs} must be at most "
+                            f"{MAX_SCHEDULE_STEPS}")
+    if "schedule" not in reader:
+        raise D3FormatError("bptt archive lacks its 'schedule' section")
+    ds = meta["dataset"]
+    shape, k = tuple(ds["image_shape"]), len(ds["classes"])
+    cost = schedule_network_cost(network, shape, k)
+    if init == "fixed":
+        check("values", cost.parameters, limits or DEFAULT_LIMITS, "max_parameters", f"θ₀ of {network}")
+    with torch.device("meta"):
+        shapes = {n: tuple(p.shape) for n, p in build_model(network, shape[0], k, shape[1]).named_parameters()}
+    tensors = reader.read_tensors("schedule")
+    check_names(tensors, {"step_sizes"} | ({f"theta0.{n}" for n in shapes} if init == "fixed" else set()), "schedule")
+    floats = (torch.float32, torch.float16)
+    step_sizes = read_stored(tensors, "schedule", "step_sizes", (steps * epochs,), None, floats)
+    if not (torch.isfinite(step_sizes).all() and (step_sizes > 0).all()):
+        raise D3FormatError("section 'schedule': step sizes must be finite and positive")
+    theta0 = None
+    if init == "fixed":
+        theta0 = {n: read_stored(tensors, "schedule", f"theta0.{n}", s, None, floats) for n, s in shapes.items()}
+        if not all(torch.isfinite(v).all() for v in theta0.values()):
+            raise D3FormatError("section 'schedule': θ₀ holds non-finite values")
+    return TrainingSchedule(network, steps, epochs, step_sizes, init, theta0)
+
+
+def describe_params(params: dict) -> str:
+    """A pixel archive's ``meta.params`` in a few words (d3 info, and the line d3 compress ends with)."""
+    words = (f"objective {params.get('objective', 'dm')}: {int(params['images_per_class'])} {params['storage_dtype']} "
+             "images per class")
+    if params.get("objective") == "bptt":
+        words += (f", {int(params['inner_steps'])} steps × {int(params['inner_epochs'])} epochs of a "
+                  f"{params['network']} schedule, {params['init']} init")
+    return words

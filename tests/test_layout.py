@@ -1,0 +1,95 @@
+"""The package's shape: no import cycles between d3codec's modules (imports inside functions count), and
+no function over MAX_LINES lines or MAX_PARAMETERS parameters (issue 23's bar)."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+MAX_LINES, MAX_PARAMETERS = 80, 12
+
+
+def modules() -> dict[str, Path]:
+    """Module name → file, for d3codec/ and cli/ (installed as d3codec.cli)."""
+    out = {}
+    for top, package in (("d3codec", ["d3codec"]), ("cli", ["d3codec", "cli"])):
+        for path in (ROOT / top).rglob("*.py"):
+            parts = package + list(path.relative_to(ROOT / top).with_suffix("").parts)
+            out[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    return out
+
+
+def import_graph(mods: dict[str, Path]) -> dict[str, set[str]]:
+    """Module → the d3codec modules it imports anywhere in its file. ``from pkg import sub`` counts as an
+    import of ``pkg.sub`` alone; a parent package's own import, which every submodule makes, does not count."""
+    graph: dict[str, set[str]] = {name: set() for name in mods}
+    for name, path in mods.items():
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                base = package.split(".")[:len(package.split(".")) - node.level + 1] if node.level else []
+                target = ".".join(base + ([node.module] if node.module else []))
+                subs = [f"{target}.{a.name}" for a in node.names if f"{target}.{a.name}" in mods]
+                targets = subs or [target]
+            elif isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            else:
+                continue
+            graph[name] |= {t for t in targets if t in mods and t != name}
+    return graph
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan)."""
+    index, low, stack, on_stack, found, counter = {}, {}, [], set(), [], [0]
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = counter[0]
+        counter[0] += 1
+        stack.append(v)
+        on_stack.add(v)
+        for w in sorted(graph[v]):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return found
+
+
+def test_no_module_imports_itself_through_others():
+    graph = import_graph(modules())
+    assert graph["d3codec.encoding"] >= {"d3codec.federated", "d3codec.archive"}  # the graph sees real imports
+    assert cycles(graph) == []
+
+
+def test_the_cycle_finder_finds_a_cycle():
+    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+def test_functions_are_short_and_take_few_parameters():
+    too_big = []
+    for name, path in modules().items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                a = node.args
+                params = [p.arg for p in a.posonlyargs + a.args + a.kwonlyargs if p.arg not in ("self", "cls")]
+                lines = node.end_lineno - node.lineno + 1
+                if lines > MAX_LINES or len(params) > MAX_PARAMETERS:
+                    too_big.append(f"{name}.{node.name}: {lines} lines, {len(params)} parameters")
+    assert too_big == []
