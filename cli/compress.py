@@ -92,7 +92,8 @@ def click_option(option: Option, method: Method, section: str) -> click.Option:
              "float": lambda: PositiveFinite(option.low if option.low is not None else float("-inf"),
                                              option.high if option.high is not None else float("inf"), inclusive=True),
              "choice": lambda: click.Choice(option.choices),
-             "file": lambda: click.Path(exists=True, dir_okay=False)}
+             "file": lambda: click.Path(exists=True, dir_okay=False),
+             "path": lambda: click.Path(dir_okay=False, writable=True)}
     return SectionOption([option.name, option.field], type=types[option.kind](), help=help_text, section=section)
 
 

@@ -131,9 +131,10 @@ def verify(archive, as_json, max_bytes, max_parameters, max_macs_per_image, max_
 @main.command()
 @click.argument("archive", type=click.Path(exists=True, dir_okay=False))
 @click.option("-o", "--output", type=click.Path(file_okay=False), help="Folder to write.")
-@click.option("--format", "fmt", type=click.Choice(["png", "pt", "safetensors"]), default="png", show_default=True,
-              help="png: class-per-folder images; pt / safetensors: images, hard labels and (where the archive "
-              "has them) soft labels as tensors.")
+@click.option("--format", "fmt", type=click.Choice(["png", "pt", "safetensors", "ddranking"]), default="png",
+              show_default=True, help="png: class-per-folder images; pt / safetensors: images, hard labels and (where "
+              "the archive has them) soft labels as tensors; ddranking: what DD-Ranking's evaluators take (normalised "
+              "images, class-major, soft labels as logits, and ddranking.json).")
 @click.option("--grid", type=click.Path(dir_okay=False), help="Also write one picture, a row per class.")
 @click.option("--grid-columns", type=count(), default=20, show_default=True, help="Images per class in the grid, "
               "the first of each class (any number; the message says how many of how many it shows).")
@@ -156,7 +157,7 @@ def expand(archive, output, fmt, grid, grid_columns, grid_scale, grid_names, max
     What the expansion would cost is checked before it is made (the decode limits below): an archive
     or a --samples-per-class over them is refused with the figure and the option that raises it."""
     from d3codec import D3Dataset
-    from d3codec.expand import grid_image, write_image_folder, write_tensors
+    from d3codec.expand import grid_image, write_ddranking, write_image_folder, write_tensors
     from d3codec.models import resolve_device
 
     if output is None and grid is None:
@@ -171,7 +172,7 @@ def expand(archive, output, fmt, grid, grid_columns, grid_scale, grid_names, max
                 n = write_image_folder(ds, output)
                 click.echo(f"wrote {n} PNG images in {len(ds.classes)} class folders under {safe_text(output, 300)}")
             else:
-                paths = write_tensors(ds, output, fmt)
+                paths = write_ddranking(ds, output) if fmt == "ddranking" else write_tensors(ds, output, fmt)
                 click.echo(f"wrote {safe_text(', '.join(map(str, paths)), 600)}")
         if picture is not None:
             picture.save(grid)

@@ -83,7 +83,8 @@ def decode_limit_options(command):
                         f"labels may take [default: {L.max_bytes}].")(command)
 
 
-LIMIT_FIELDS = ("max_bytes", "max_parameters", "max_macs_per_image", "max_section_bytes", "max_macs")  # the options above
+# the parameters decode_limit_options adds, as decode_limits takes them
+LIMIT_FIELDS = ("max_bytes", "max_parameters", "max_macs_per_image", "max_section_bytes", "max_macs")
 
 
 def decode_limits(max_bytes, max_parameters, max_macs_per_image, max_section_bytes, max_macs):

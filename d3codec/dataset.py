@@ -141,7 +141,7 @@ def decode_archive(reader, meta: dict, samples_per_class: int | None, seed: int,
         images, labels, soft = sampler(samples_per_class, seed)
     elif samples_per_class is not None:
         sampled = [name for name in archive_kind_names() if archive_kind(name).sampled]
-        raise ValueError(f"samples_per_class applies to sampled archives ({', '.join(sampled)}); "
+        raise ValueError(f"a number of samples per class applies to sampled archives ({', '.join(sampled)}) only; "
                          f"this {meta['method']} archive stores its images")
     else:
         images, labels, soft = kind.decode(reader, meta, limits)

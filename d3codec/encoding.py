@@ -154,16 +154,17 @@ def compress(dataset: str | RealData, output: str | os.PathLike, *, ipc: float |
     plan = plan_archive(encoder, spec, budget, meta, real)
 
     if world_size() > 1:
-        encoded = distill_federated(encoder, real, plan, output, meta, device=device, seed=seed, progress=progress)
+        encoded = written = distill_federated(encoder, real, plan, output, meta, device=device, seed=seed,
+                                              progress=progress)
         if encoded is not None:  # rank 0 writes the merged archive while the others wait
-            write_encoded(output, meta, encoded, budget, plan.max_bytes)
+            written = write_encoded(output, meta, encoded, budget, plan.max_bytes)
             if encoded.cleanup is not None:
                 encoded.cleanup()
         barrier()
     else:
         encoded = encoder.distill(real, plan, device=device, seed=seed, progress=progress)
         try:
-            write_encoded(output, meta, encoded, budget, plan.max_bytes)
+            written = write_encoded(output, meta, encoded, budget, plan.max_bytes)
         except OSError as error:  # e.g. a full disk: say where the work is kept
             kept = encoder.kept_state
             if kept is None or not Path(kept).exists():
@@ -173,13 +174,14 @@ def compress(dataset: str | RealData, output: str | os.PathLike, *, ipc: float |
                           "without distilling anew") from error
         if encoded.cleanup is not None:
             encoded.cleanup()
-    return CompressResult(output, output.stat().st_size, budget, plan, encoded.stats if encoded else {},
-                          encoded.method_meta if encoded else {})
+    return CompressResult(output, output.stat().st_size, budget, plan, written.stats if written else {},
+                          written.method_meta if written else {})
 
 
-def write_encoded(output: Path, meta: dict, encoded: Encoded, budget: int, bound: int) -> int:
+def write_encoded(output: Path, meta: dict, encoded: Encoded, budget: int, bound: int) -> Encoded:
     """Write the archive of ``encoded`` atomically within ``budget`` (trimming where the method allows)
-    and check the size the file system reports. Returns the file's bytes."""
+    and check the size the file system reports. Returns what was written: ``encoded``, or the trimmed
+    Encoded whose metadata says what the file holds (e.g. 4 images per class where the plan said 5)."""
     while True:  # a plan that counts on compression may have to drop images to fit
         meta_section = Section.json("meta", {**meta, "params": encoded.method_meta, "stats": encoded.stats,
                                              "accounting": {"budget_bytes": budget, "bound_bytes": bound}})
@@ -194,7 +196,7 @@ def write_encoded(output: Path, meta: dict, encoded: Encoded, budget: int, bound
     real_size = output.stat().st_size
     if real_size != size or real_size > budget:  # the file system's count is what counts
         raise D3BudgetError(f"{output} is {real_size} bytes on disk, expected {size} within {budget}")
-    return real_size
+    return encoded
 
 
 def compress_with_workers(workers: int, dataset: str, output: str | os.PathLike, *, encoder: Encoder,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -79,6 +80,39 @@ def write_tensors(ds: D3Dataset, out: str | os.PathLike, fmt: str = "pt") -> lis
             "network": sched.network, "steps": str(sched.steps), "epochs": str(sched.epochs), "init": sched.init})
         paths.append(out / "schedule.safetensors")
     return paths
+
+
+def write_ddranking(ds: D3Dataset, out: str | os.PathLike) -> list[Path]:
+    """Write the tensors DD-Ranking's evaluators take (``compute_metrics(images, soft_labels, syn_lr)``).
+
+    In ``out``: ``images.pt`` (N, C, H, W) float32 *normalised* with the archive's mean and std,
+    class-major (class 0's images first); ``labels.pt`` (N,) int64 hard labels; where the archive has soft
+    labels, ``soft_labels.pt`` (N, K) float32 logits: the log of its probabilities (clamped at 1e-8),
+    whose softmax gives them back (normalised to sum to 1); and ``ddranking.json``: ``ipc`` (images per
+    class, None where the classes have different counts), ``im_size`` [H, W], ``mean``, ``std``,
+    ``num_classes``, the dataset and class names. DD-Ranking 0.2.0 evaluates the datasets it knows
+    (CIFAR-10 and CIFAR-100, for example) and has no Fashion-MNIST or MNIST support. Returns the paths
+    written.
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    order = torch.argsort(ds.labels, stable=True)  # class-major, each class in the archive's order
+    mean = torch.tensor(ds.mean, dtype=torch.float32).view(1, -1, 1, 1)
+    std = torch.tensor(ds.std, dtype=torch.float32).view(1, -1, 1, 1)
+    tensors = {"images": ((ds.images[order] - mean) / std).contiguous(), "labels": ds.labels[order].clone()}
+    if ds.soft_labels is not None:
+        tensors["soft_labels"] = ds.soft_labels[order].clamp_min(1e-8).log().contiguous()
+    paths = [out / f"{name}.pt" for name in tensors]
+    for path, tensor in zip(paths, tensors.values()):
+        torch.save(tensor, path)
+    counts = ds.labels.bincount(minlength=len(ds.classes))
+    description = {"ipc": int(counts[0]) if len(counts) and bool((counts == counts[0]).all()) else None,
+                   "im_size": list(ds.image_shape[1:]), "mean": list(ds.mean), "std": list(ds.std),
+                   "num_classes": len(ds.classes), "dataset": ds.meta["dataset"]["name"], "classes": list(ds.classes),
+                   "images": "images.pt: normalised with mean and std, class-major",
+                   "soft_labels": "soft_labels.pt: logits (log-probabilities)" if "soft_labels" in tensors else None}
+    (out / "ddranking.json").write_text(json.dumps(description, indent=2) + "\n")
+    return paths + [out / "ddranking.json"]
 
 
 NAME_CHARACTERS = 24  # of a class name written beside its row

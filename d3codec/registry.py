@@ -25,7 +25,7 @@ from typing import Any, Callable, Mapping
 
 import torch
 
-OPTION_KINDS = ("int", "float", "choice", "flag", "file")
+OPTION_KINDS = ("int", "float", "choice", "flag", "file", "path")
 
 
 @dataclass(frozen=True)
@@ -39,7 +39,7 @@ class Option:
             an argument of build that is no config field (``teacher``, ``generator``: file paths).
         help: one sentence; the CLI adds the presets' defaults of a config field.
         kind: ``"int"`` (an integer in [low, high]), ``"float"`` (finite, in [low, high]), ``"choice"``
-            (one of ``choices``), ``"flag"`` (on/off) or ``"file"`` (an existing file).
+            (one of ``choices``), ``"flag"`` (on/off), ``"file"`` (an existing file) or ``"path"`` (a file to write).
         low, high: the range of an int or float (None: unbounded on that side).
         choices: the values of a choice.
     """
@@ -89,9 +89,13 @@ class BuildContext:
         return Path(f"{self.output}{suffix}") if self.checkpoints else None
 
 
-# the option of every method that uses a teacher: build() receives the file and loads it
-TEACHER_OPTION = Option("--teacher", "teacher", "A ConvNet-3 teacher (.safetensors, as d3codec.teacher.save_teacher "
-                        "writes) instead of training one.", kind="file")
+# the options of every method that uses a teacher: build() receives the files (it loads --teacher)
+TEACHER_OPTION = Option("--teacher", "teacher", "A ConvNet-3 teacher (.safetensors, as --save-teacher writes) instead "
+                        "of training one.", kind="file")
+SAVE_TEACHER_OPTION = Option("--save-teacher", "save_teacher", "Write the teacher trained here to this .safetensors "
+                             "file, for --teacher in later runs (which then skip its training).", kind="path")
+TEACHER_EPOCHS_OPTION = Option("--teacher-epochs", "teacher_epochs", "Epochs of the teacher trained here (fractions "
+                               "allowed).", kind="float", low=0.01, high=10_000)
 
 
 def _default_build(method: "Method", preset: str, options: dict[str, Any], context: BuildContext):
@@ -251,6 +255,6 @@ def methods_of_kind(kind: str) -> list[Method]:
     return [m for m in _METHODS.values() if m.archive == kind]
 
 
-__all__ = ["Option", "TEACHER_OPTION", "BuildContext", "Method", "ArchiveKind", "DEFAULT_METHOD", "register_method",
+__all__ = ["Option", "TEACHER_OPTION", "SAVE_TEACHER_OPTION", "TEACHER_EPOCHS_OPTION", "BuildContext", "Method", "ArchiveKind", "DEFAULT_METHOD", "register_method",
            "register_archive_kind", "unregister", "method_names", "get_method", "archive_kind", "archive_kind_names",
            "methods_of_kind"]

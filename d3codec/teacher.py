@@ -13,11 +13,14 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from safetensors.torch import save
 
+from .container import write_atomic
 from .data import RealData
 from .errors import D3Error
 from .models import ConvNet
 from .progress import progress_bar
+from .weights import read_safetensors_file
 
 
 @dataclass
@@ -101,13 +104,11 @@ def train_teacher(real: RealData, classes: list[int], *, epochs: float = 2.0, wi
 
 
 def save_teacher(teacher: Teacher, path: str | os.PathLike, image_shape: tuple[int, int, int]) -> None:
-    """Write the teacher's weights as safetensors, with its classes and shape in the header metadata."""
-    from safetensors.torch import save_file
-
+    """Write the teacher's weights as safetensors (atomically), with its classes and shape in the header metadata."""
     state = {k: v.detach().cpu().contiguous() for k, v in teacher.net.state_dict().items()}
-    save_file(state, str(path), metadata={"model": "convnet3", "classes": ",".join(map(str, teacher.classes)),
-                                          "image_shape": ",".join(map(str, image_shape)),
-                                          "width": str(teacher.net.classifier.in_features)})
+    write_atomic(path, save(state, metadata={"model": "convnet3", "classes": ",".join(map(str, teacher.classes)),
+                                             "image_shape": ",".join(map(str, image_shape)),
+                                             "width": str(teacher.net.classifier.in_features)}))
 
 
 def load_teacher(path: str | os.PathLike, image_shape: tuple[int, int, int], num_classes: int,
@@ -117,8 +118,6 @@ def load_teacher(path: str | os.PathLike, image_shape: tuple[int, int, int], num
 
     Raises: D3Error naming the mismatch when the file is not such a network.
     """
-    from .weights import read_safetensors_file
-
     state, header = read_safetensors_file(path, "--teacher")
     first = state.get("features.0.weight")
     if first is None or "classifier.weight" not in state:

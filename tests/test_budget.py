@@ -80,6 +80,7 @@ def test_compressed_fill_aims_higher_and_trims_to_fit_when_the_estimate_is_wrong
     kept = ds.meta["params"]["images_per_class"]
     assert result.plan.images_per_class > kept >= result.plan.guaranteed_per_class
     assert len(ds) == 3 * kept and ds.meta["stats"]["planned_images_per_class"] == result.plan.images_per_class
+    assert result.params["images_per_class"] == kept  # what compress reports is what the file holds
     assert (tmp_path / "t.d3").stat().st_size <= 6_000
 
 

@@ -107,8 +107,36 @@ def test_d3_compress_expand_any_count_and_merge(image_folder, tmp_path):
     assert sorted(p.name for p in (tmp_path / "pt").iterdir()) == ["images.pt", "labels.pt", "soft_labels.pt"]
     assert torch.load(tmp_path / "pt" / "labels.pt").dtype == torch.int64
 
+    # DD-Ranking's hand-off: normalised images, class-major, soft labels as logits, and what describes them
+    assert run("expand", out, "-o", tmp_path / "dd", "--format", "ddranking", "--samples-per-class", 2).exit_code == 0
+    ds = D3Dataset(out, samples_per_class=2)
+    dd = {name: torch.load(tmp_path / "dd" / f"{name}.pt") for name in ("images", "labels", "soft_labels")}
+    mean, std = torch.tensor(ds.mean).view(1, -1, 1, 1), torch.tensor(ds.std).view(1, -1, 1, 1)
+    assert torch.equal(dd["labels"], torch.arange(3).repeat_interleave(2))
+    assert torch.allclose(dd["images"] * std + mean, ds.images, atol=1e-6)  # drawn class-major already
+    assert torch.allclose(dd["soft_labels"].softmax(1), ds.soft_labels, atol=1e-3)  # float16 sums to 1 ± 1e-3
+    described = json.loads((tmp_path / "dd" / "ddranking.json").read_text())
+    assert (described["ipc"], described["im_size"], described["num_classes"]) == (2, [16, 16], 3)
+    assert described["mean"] == list(ds.mean) and described["classes"] == ds.classes
+
     r = run("merge", out, out, "-o", tmp_path / "m.d3")
     assert r.exit_code != 0 and "disjoint classes" in r.output and not (tmp_path / "m.d3").exists()
+
+
+def test_a_saved_teacher_is_reused_and_the_warm_start_can_be_skipped(image_folder, tmp_path):
+    common = ["compress", "d3", image_folder, "--resolution", 16, "--budget", 20_000, "--iterations", 1,
+              "--real-per-class", 4, "--teacher-epochs", 0.5, "--device", "cpu", "--quiet", "--json"]
+    r = run(*common, "--warm-start-iterations", 0, "--save-teacher", tmp_path / "t.safetensors", "-o", tmp_path / "a.d3")
+    assert r.exit_code == 0, r.output
+    first = json.loads(r.output.splitlines()[-1])
+    assert (tmp_path / "t.safetensors").is_file() and first["params"]["config"]["init_iterations"] == 0
+    assert first["params"]["config"]["teacher_epochs"] == 0.5 and "teacher_accuracy" in first["params"]["groups"][0]["stats"]
+    r = run(*common, "--teacher", tmp_path / "t.safetensors", "-o", tmp_path / "b.d3")
+    assert r.exit_code == 0, r.output
+    assert "teacher_accuracy" not in json.loads(r.output.splitlines()[-1])["params"]["groups"][0]["stats"]  # not trained
+    # several subtasks train a teacher each: there is no one teacher to save
+    r = run(*common, "--subtasks", 2, "--save-teacher", tmp_path / "u.safetensors", "-o", tmp_path / "c.d3")
+    assert r.exit_code == 1 and "--subtasks 1" in r.output and not (tmp_path / "u.safetensors").exists()
 
 
 def test_options_of_the_other_method_are_refused(image_folder, tmp_path):

@@ -187,7 +187,7 @@ def test_pixel_archives_refuse_sampling_options(tiny_real, tmp_path):
     out = tmp_path / "p.d3"
     compress(tiny_real, out, encoder=DMEncoder.from_options("fast", iterations=1, real_per_class=4, embed_width=8),
              budget=6_000, progress=False)
-    with pytest.raises(ValueError, match="samples_per_class applies to sampled archives"):
+    with pytest.raises(ValueError, match="samples per class applies to sampled archives"):
         D3Dataset(out, samples_per_class=3)
 
 

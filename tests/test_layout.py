@@ -93,3 +93,17 @@ def test_functions_are_short_and_take_few_parameters():
                 if lines > MAX_LINES or len(params) > MAX_PARAMETERS:
                     too_big.append(f"{name}.{node.name}: {lines} lines, {len(params)} parameters")
     assert too_big == []
+
+
+def test_every_config_field_of_every_method_says_what_it_is():
+    import inspect
+    import re
+    from dataclasses import fields
+
+    from d3codec.registry import get_method, method_names
+
+    for name in method_names():
+        config = type(next(iter(get_method(name).presets.values())))
+        source = inspect.getsource(config)
+        bare = [f.name for f in fields(config) if not re.search(rf"^\s+{f.name}: [^\n]*#", source, re.M)]
+        assert bare == [], f"{name}: {config.__name__} fields without a comment"

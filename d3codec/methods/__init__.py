@@ -18,5 +18,5 @@ from . import pixel, d3, d2m  # each registers itself, in this order (dm first: 
 from .base import DatasetSpec, Encoded, Encoder, Sampler, Subtask, SubtaskEncoder
 
 __all__ = ["pixel", "d3", "d2m", "DEFAULT_METHOD", "ArchiveKind", "BuildContext", "Method", "Option", "archive_kind",
-           "archive_kind_names", "get_method", "method_names", "register_archive_kind", "register_method", "DatasetSpec",
-           "Encoded", "Encoder", "Sampler", "Subtask", "SubtaskEncoder"]
+           "archive_kind_names", "get_method", "method_names", "register_archive_kind", "register_method",
+           "DatasetSpec", "Encoded", "Encoder", "Sampler", "Subtask", "SubtaskEncoder"]

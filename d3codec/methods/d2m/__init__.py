@@ -4,7 +4,8 @@ encoder.py trains (Sajedi et al. 2024); networks.py holds the generator and the 
 archive.py reads. This module registers the method and its archive kind.
 """
 
-from ...registry import TEACHER_OPTION, ArchiveKind, BuildContext, Method, Option, register_archive_kind, register_method
+from ...registry import (SAVE_TEACHER_OPTION, TEACHER_EPOCHS_OPTION, TEACHER_OPTION, ArchiveKind, BuildContext, Method,
+                        Option, register_archive_kind, register_method)
 from ...teacher import load_teacher
 from .archive import SECTIONS, D2MSampler, decode, describe_params, load_labeller, load_sampler, read_params
 from .encoder import PRESETS, D2MConfig, D2MEncoder, D2MPlan, build_generator
@@ -24,8 +25,6 @@ def build(method: Method, preset: str, options: dict, context: BuildContext) -> 
                                    context.beside_output(".ckpt.safetensors"), **options)
 
 
-
-
 register_archive_kind(ArchiveKind("d2m", SECTIONS, load_sampler=load_sampler, describe=describe_params))
 register_method(Method(
     "d2m", "Data-to-model distillation (Sajedi et al. 2024): a class-conditional generator, sampled at any IPC.",
@@ -41,7 +40,7 @@ register_method(Method(
             "drawn gets the teacher's soft label.", kind="flag"),
      Option("--generator", "generator", "Fine-tune this pre-trained generator (safetensors) instead of "
             "pre-training one.", kind="file"),
-     TEACHER_OPTION),
+     TEACHER_EPOCHS_OPTION, TEACHER_OPTION, SAVE_TEACHER_OPTION),
     build=build,
     hints={"--images-per-class": "d2m archives draw any count at expansion (--samples-per-class)"},
     checkpoint_help="the pre-training checkpoint (default: OUTPUT.pretrain.safetensors, every 200 iterations in the "

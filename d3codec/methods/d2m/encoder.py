@@ -71,10 +71,11 @@ from ...checkpoint import Checkpoint, fingerprint, weights_digest
 from ...container import Section
 from ...data import ClassSampler, Normalisation, RealData
 from ...errors import D3BudgetError, D3Error
+from ...limits import network_cost
 from ...losses import mean_embedding_loss, mmd_rbf
 from ...models import ConvNet
-from ...progress import progress_bar
-from ...teacher import Teacher, train_teacher, untrained_teacher
+from ...progress import Stage, Stages, progress_bar
+from ...teacher import Teacher, save_teacher, train_teacher, untrained_teacher
 from ...weights import WEIGHT_DTYPES, quantise_state
 from ..base import DatasetSpec, Encoded, Encoder, preset_config
 from ..matching import DistributionMatcher, FeatureTerm, PredictionTerm
@@ -95,37 +96,37 @@ class D2MConfig:
     with the teacher's softmax at ``label_temperature``; the generator narrows to make room.
     """
 
-    pretraining: str = "gan"
-    pretrain_iterations: int = 20000
-    pretrain_batch: int = 64
-    lr_pretrain: float = 2e-4
-    disc_width: int = 64
-    conditioning: str = "projection"
-    aux_weight: float = 1.0
-    kl_weight: float = 1.0
-    checkpoint_every: int = 500
-    iterations: int = 1000
-    lr_finetune: float = 1e-4
-    synthetic_per_class: int = 64
-    real_per_class: int = 128
-    real_cache_per_class: int = 512
-    embed_width: int = 128
-    dsa: bool = True
-    embedding_weight: float = 1.0
-    mmd_weight: float = 0.0
-    task_balance: float = 1.0
-    temperature: float = 4.0
-    teacher_epochs: float = 10.0
-    teacher_width: int = 128
-    noise_dim: int | None = None
-    embed_dim: int | None = None
-    generator_width: int | None = None
-    max_generator_width: int | None = None
-    weight_dtype: str = "int8"
-    samples_per_class: int | None = None
-    soft_labels: bool = False
-    label_temperature: float = 1.0
-    architecture: str = ARCHITECTURE
+    pretraining: str = "gan"  # "gan" (the paper) or "vae": how the generator is pre-trained
+    pretrain_iterations: int = 20000  # pre-training iterations
+    pretrain_batch: int = 64  # real (and generated) images per pre-training iteration
+    lr_pretrain: float = 2e-4  # Adam learning rate in pre-training
+    disc_width: int = 64  # channels of the discriminator or VAE encoder (thrown away)
+    conditioning: str = "projection"  # the GAN's discriminator: "projection" or "auxiliary" (ACGAN)
+    aux_weight: float = 1.0  # weight of the auxiliary classifier's loss (ACGAN)
+    kl_weight: float = 1.0  # weight of the VAE's KL term
+    checkpoint_every: int = 500  # pre-training iterations between checkpoints
+    iterations: int = 1000  # fine-tuning (distillation) iterations
+    lr_finetune: float = 1e-4  # Adam learning rate in fine-tuning
+    synthetic_per_class: int = 64  # generated images per class and iteration
+    real_per_class: int = 128  # real images per class and iteration
+    real_cache_per_class: int = 512  # real images per class kept in memory for datasets on disk
+    embed_width: int = 128  # channels of the random ConvNet-3 that embeds both sides
+    dsa: bool = True  # siamese DSA augmentation of both sides
+    embedding_weight: float = 1.0  # weight of embedding matching (DM's mean term)
+    mmd_weight: float = 0.0  # weight of D3's MMD term on the same features
+    task_balance: float = 1.0  # weight of prediction matching (the teacher's KL)
+    temperature: float = 4.0  # temperature τ of prediction matching
+    teacher_epochs: float = 10.0  # epochs of a teacher trained here
+    teacher_width: int = 128  # channels of a teacher trained here (ConvNet-3)
+    noise_dim: int | None = None  # noise size (None: 32 up to 32 pixels a side, else 64)
+    embed_dim: int | None = None  # class-embedding size (None: as noise_dim)
+    generator_width: int | None = None  # generator channels (None: the widest that fits the budget)
+    max_generator_width: int | None = None  # the rule's widest generator (None: no cap)
+    weight_dtype: str = "int8"  # how the generator (and a stored teacher) are stored: int8 or float16
+    samples_per_class: int | None = None  # the archive's default draw (None: the budget's IPC, at least 10)
+    soft_labels: bool = False  # store the teacher, so that every sample drawn gets its soft label
+    label_temperature: float = 1.0  # softmax temperature of those soft labels
+    architecture: str = ARCHITECTURE  # the generator's registered architecture (networks.GENERATORS)
 
 
 PRESETS = {
@@ -135,6 +136,10 @@ PRESETS = {
     "fast": D2MConfig(pretraining="vae", pretrain_iterations=3000, lr_pretrain=1e-3, disc_width=32,
                       checkpoint_every=200, iterations=600, lr_finetune=5e-4, mmd_weight=1.0, synthetic_per_class=32,
                       real_per_class=64, embed_width=64, teacher_epochs=2.0, teacher_width=32),
+    # a first picture and number in minutes (README: the first five minutes), not a result to report
+    "smoke": D2MConfig(pretraining="vae", pretrain_iterations=300, lr_pretrain=1e-3, disc_width=16,
+                       checkpoint_every=100, iterations=30, lr_finetune=5e-4, mmd_weight=1.0, synthetic_per_class=16,
+                       real_per_class=32, embed_width=32, teacher_epochs=0.5, teacher_width=16),
 }
 
 # the fields that decide pre-training: a checkpoint is resumed only by a run that agrees on them
@@ -172,6 +177,7 @@ class D2MEncoder(Encoder):
     Args:
         teacher: gives the predictions matched in fine-tuning (trained on the real data if None).
         generator: a pre-trained generator to fine-tune instead of pre-training one.
+        save_teacher: where to write the teacher trained here, for ``--teacher`` in later runs.
         checkpoint: file where pre-training checkpoints itself and resumes from (None: no checkpoint).
             It is kept after the archive is written, so that another fine-tuning can start from it.
         finetune_checkpoint: file where fine-tuning saves its state (generator, teacher, optimiser, random
@@ -184,7 +190,8 @@ class D2MEncoder(Encoder):
 
     def __init__(self, config: D2MConfig = PRESETS["fast"], teacher: Teacher | None = None,
                  generator: PretrainedGenerator | None = None, checkpoint: str | os.PathLike | None = None,
-                 finetune_checkpoint: str | os.PathLike | None = None, checkpoint_seconds: float = 300.0):
+                 finetune_checkpoint: str | os.PathLike | None = None, checkpoint_seconds: float = 300.0,
+                 save_teacher: str | os.PathLike | None = None):
         if config.weight_dtype not in WEIGHT_DTYPES:
             raise ValueError(f"weight dtype must be one of {WEIGHT_DTYPES}, not {config.weight_dtype!r}")
         for name in ("pretrain_batch", "disc_width", "checkpoint_every", "synthetic_per_class", "real_per_class",
@@ -200,7 +207,12 @@ class D2MEncoder(Encoder):
         for name in ("temperature", "label_temperature"):
             if getattr(config, name) <= 0:
                 raise ValueError(f"{name} must be positive, not {getattr(config, name)}")
+        if save_teacher is not None and (teacher is not None or not (
+                config.soft_labels or (config.task_balance > 0 and config.iterations > 0))):
+            raise ValueError("--save-teacher saves the teacher a run trains: it needs no --teacher, and a teacher to "
+                             "train (--soft-labels, or prediction matching: --task-balance above 0)")
         self.config, self.teacher, self.generator = config, teacher, generator
+        self.save_teacher = Path(save_teacher) if save_teacher is not None else None
         self.checkpoint = Path(checkpoint) if checkpoint is not None else None
         self.finetune_checkpoint = Path(finetune_checkpoint) if finetune_checkpoint is not None else None
         self.checkpoint_seconds = checkpoint_seconds
@@ -208,9 +220,9 @@ class D2MEncoder(Encoder):
     @classmethod
     def from_options(cls, preset: str = "fast", teacher: Teacher | None = None,
                      generator: PretrainedGenerator | None = None, checkpoint=None, finetune_checkpoint=None,
-                     checkpoint_seconds: float = 300.0, **overrides) -> "D2MEncoder":
+                     checkpoint_seconds: float = 300.0, save_teacher=None, **overrides) -> "D2MEncoder":
         return cls(preset_config(PRESETS, preset, overrides), teacher, generator, checkpoint, finetune_checkpoint,
-                   checkpoint_seconds)
+                   checkpoint_seconds, save_teacher)
 
     @property
     def kept_state(self) -> Path | None:
@@ -342,22 +354,30 @@ class D2MEncoder(Encoder):
             resumed = ckpt.resume({"adam": optimiser}, rng, device, modules=modules)
 
         start, (first, saved) = time.time(), resumed or (0, {})
-        if resumed is not None:
+        stages = self.stages(real, plan, own_teacher, progress)
+        if resumed is not None:  # pre-training and the teacher are in the checkpoint
+            for name in ("pre-training", "teacher"):
+                if name in [s.name for s in stages.stages]:
+                    stages.skip(name)
             if own_teacher:
                 teacher.net.eval().requires_grad_(False)
         elif self.generator is not None:
             generator.load_state_dict(self.generator.state)
         else:
-            self.pretrain(generator, real, plan, normalise, device=device, seed=seed, progress=progress)
+            with stages.stage("pre-training"):
+                self.pretrain(generator, real, plan, normalise, device=device, seed=seed, progress=progress)
         carried = {name: float(saved[name]) for name in ("pretrain_seconds", "teacher_accuracy") if name in saved}
         pretrain_s = carried.get("pretrain_seconds", time.time() - start)
         # seconds spent fine-tuning before a kill count too
         start, teacher_acc = time.time() - float(saved.get("finetune_seconds", 0.0)), carried.get("teacher_accuracy")
         if own_teacher and resumed is None:
-            teacher, teacher_acc = train_teacher(real, list(range(k)), epochs=cfg.teacher_epochs,
-                                                 width=cfg.teacher_width, device=device,
-                                                 seed=seeds.stream_seed(seed, "d2m"), progress=progress)
+            with stages.stage("teacher"):
+                teacher, teacher_acc = train_teacher(real, list(range(k)), epochs=cfg.teacher_epochs,
+                                                     width=cfg.teacher_width, device=device,
+                                                     seed=seeds.stream_seed(seed, "d2m"), progress=progress)
             modules["teacher"] = teacher.net
+        if own_teacher and self.save_teacher is not None:
+            save_teacher(teacher, self.save_teacher, real.image_shape)
 
         def save(iteration: int, loss: float) -> None:
             if ckpt is None or not ckpt.due(iteration, cfg.iterations):
@@ -368,8 +388,9 @@ class D2MEncoder(Encoder):
                 state["teacher_accuracy"] = torch.tensor(teacher_acc)
             ckpt.save(iteration, state, {"adam": optimiser}, rng, modules)
 
-        loss = self.finetune(generator, teacher, real, normalise, device=device, seed=seed, progress=progress,
-                             optimiser=optimiser, rng=rng, sampler=sampler, first=first, save=save)
+        with stages.stage("fine-tuning"):
+            loss = self.finetune(generator, teacher, real, normalise, device=device, seed=seed, progress=progress,
+                                 optimiser=optimiser, rng=rng, sampler=sampler, first=first, save=save)
         if loss is None and "loss" in saved:
             loss = float(saved["loss"])
         stats = {"pretrain_seconds": round(pretrain_s, 3), "finetune_seconds": round(time.time() - start, 3),
@@ -383,6 +404,35 @@ class D2MEncoder(Encoder):
             encoded.stats["resumed_at_iteration"] = first
         encoded.cleanup = ckpt.remove if ckpt is not None else None
         return encoded
+
+    def stages(self, real: RealData, plan: D2MPlan, trains_teacher: bool, progress: bool = True) -> Stages:
+        """The stages of a distillation: pre-training (unless a generator is given), the teacher (where
+        one is trained here) and fine-tuning, each weighed by its multiply-adds (forward and backward taken
+        as three forwards; d3codec.limits.network_cost), for the run's time left (d3codec.progress.Stages)."""
+        cfg, k, (c, h, w) = self.config, real.num_classes, real.image_shape
+        image, label = (lambda: torch.zeros(1, c, h, w)), (lambda: torch.zeros(1, dtype=torch.long))
+
+        def macs(build, example) -> int:
+            return network_cost(build, example, "a network of this run").macs
+
+        generator = macs(lambda: build_generator(plan, k, real.image_shape),
+                         lambda: (torch.zeros(1, plan.noise_dim), label()))
+        embed = macs(lambda: ConvNet(c, k, h, width=cfg.embed_width), lambda: (image(),))
+        teacher = macs(lambda: ConvNet(c, k, h, width=cfg.teacher_width), lambda: (image(),))
+        out = []
+        if self.generator is None:
+            partner = macs(lambda: Discriminator(c, k, cfg.disc_width, cfg.conditioning), lambda: (image(), label())) \
+                if cfg.pretraining == "gan" else \
+                macs(lambda: PosteriorEncoder(c, k, cfg.disc_width, plan.noise_dim), lambda: (image(), label()))
+            passes = 2 if cfg.pretraining == "gan" else 1  # the GAN's discriminator sees real and generated images
+            out.append(Stage("pre-training", 3 * cfg.pretrain_iterations * cfg.pretrain_batch
+                             * (generator + passes * partner)))
+        if trains_teacher:
+            out.append(Stage("teacher", 3 * cfg.teacher_epochs * len(real.train_targets) * teacher))
+        m, r = cfg.synthetic_per_class, cfg.real_per_class
+        predictions = (3 * m + r) * teacher if cfg.task_balance > 0 else 0
+        out.append(Stage("fine-tuning", cfg.iterations * k * (3 * m * (generator + embed) + r * embed + predictions)))
+        return Stages("D2M", out, enabled=progress)
 
     def _encoded(self, generator: ConditionalGenerator, teacher: Teacher | None, plan: D2MPlan, stats: dict) -> Encoded:
         """The ``generator`` section, and the ancillary ``teacher`` where the plan stores one (a reader that

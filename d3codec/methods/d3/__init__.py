@@ -5,7 +5,8 @@ tensors both use; merge.py merges archives of disjoint classes (federated subtas
 This module registers the method and its archive kind.
 """
 
-from ...registry import TEACHER_OPTION, ArchiveKind, BuildContext, Method, Option, register_archive_kind, register_method
+from ...registry import (SAVE_TEACHER_OPTION, TEACHER_EPOCHS_OPTION, TEACHER_OPTION, ArchiveKind, BuildContext, Method,
+                        Option, register_archive_kind, register_method)
 from ...teacher import load_teacher
 from .archive import D3Sampler, decode, describe_params, load_sampler, read_groups
 from .encoder import PRESETS, D3Config, D3Encoder, fit_decoder, pca_latents
@@ -20,8 +21,6 @@ def build(method: Method, preset: str, options: dict, context: BuildContext) -> 
     teacher = load_teacher(teacher_file, context.image_shape, context.num_classes, context.device) \
         if teacher_file is not None else None
     return D3Encoder.from_options(preset, teacher, context.checkpoint_or(".ckpt.safetensors"), **options)
-
-
 
 
 register_archive_kind(ArchiveKind("d3", SECTIONS, load_sampler=load_sampler, describe=describe_params))
@@ -40,7 +39,9 @@ register_method(Method(
      Option("--prior-dtype", "prior_dtype", "How prior means and log-variances are stored (int8: about twice the "
             "priors).", kind="choice", choices=("int8", "float16")),
      Option("--soft-labels", "soft_labels", "Store a teacher's soft label per prior.", kind="flag"),
-     TEACHER_OPTION),
+     Option("--warm-start-iterations", "init_iterations", "Iterations fitting the decoder and prior means to real "
+            "images before matching (0: none).", low=0, high=10_000_000),
+     TEACHER_EPOCHS_OPTION, TEACHER_OPTION, SAVE_TEACHER_OPTION),
     build=build, subtasks=True,
     hints={"--images-per-class": "use --priors-per-class"},
     checkpoint_help="each subtask i checkpoints to this name with .g{i} before its suffix (default: "

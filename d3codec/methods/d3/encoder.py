@@ -60,16 +60,17 @@ from ...checkpoint import Checkpoint, fingerprint, weights_digest
 from ...container import Section
 from ...data import ClassSampler, Normalisation, RealData
 from ...errors import D3BudgetError
+from ...limits import network_cost
 from ...losses import mean_embedding_loss, mmd_rbf
-from ...models import Decoder
-from ...progress import progress_bar
-from ...teacher import Teacher, train_teacher, untrained_teacher
+from ...models import ConvNet, Decoder
+from ...progress import Stage, Stages, progress_bar
+from ...teacher import Teacher, save_teacher, train_teacher, untrained_teacher
 from ...weights import dequantise_state, quantise_state
 from ..base import DatasetSpec, Encoded, Subtask, SubtaskEncoder, preset_config
 from ..matching import DistributionMatcher, FeatureTerm
-from .merge import Part, combine, rename_group
 from .layout import (DECODER_DTYPES, DECODER_WIDTHS, PRIOR_DTYPES, D3Plan, GroupPlan, decoder_shapes,
                      dequantise_priors, group_entry, group_tensors, quantise_priors, sections_of, split_classes)
+from .merge import Part, combine, rename_group
 
 
 @dataclass(frozen=True)
@@ -82,41 +83,44 @@ class D3Config:
     twice the priors of float16 in the same bytes (a storage choice of ours, not the paper's).
     """
 
-    iterations: int = 2000
-    init_iterations: int = 2000
-    init_batch: int = 128
-    init_lr_decoder: float = 3e-3
-    init_lr_priors: float = 3e-2
-    real_per_class: int = 128
-    real_cache_per_class: int = 512
-    class_chunk: int = 50
-    synthetic_per_class: int = 64
-    lr_decoder: float = 1e-3
-    lr_priors: float = 1e-2
-    init_logvar: float = -2.0
-    embed_width: int = 128
-    dsa: bool = True
-    mmd_weight: float = 1.0
-    mean_weight: float = 1.0
-    teacher_features: bool = False
-    soft_labels: bool = True
-    label_temperature: float = 1.0
-    teacher_epochs: float = 10.0
-    teacher_width: int = 128
-    subtasks: int = 1
-    latent_dim: int | None = None
-    priors_per_class: int | None = None
-    decoder_width: int | None = None
-    decoder_share: float = 0.5
-    max_decoder_width: int | None = None
-    decoder_dtype: str = "int8"
-    prior_dtype: str = "int8"
+    iterations: int = 2000  # matching iterations, each with a fresh random network
+    init_iterations: int = 2000  # warm-start steps fitting decoder and prior means to real images (0: none)
+    init_batch: int = 128  # images per warm-start step
+    init_lr_decoder: float = 3e-3  # peak Adam learning rate of the decoder in the warm start (one-cycle)
+    init_lr_priors: float = 3e-2  # peak Adam learning rate of the prior means in the warm start
+    real_per_class: int = 128  # real images per class and matching iteration
+    real_cache_per_class: int = 512  # real images per class kept in memory for datasets on disk
+    class_chunk: int = 50  # classes per forward pass (memory, not the result)
+    synthetic_per_class: int = 64  # decoded samples per class and iteration
+    lr_decoder: float = 1e-3  # Adam learning rate of the decoder in matching
+    lr_priors: float = 1e-2  # Adam learning rate of the priors in matching
+    init_logvar: float = -2.0  # the priors' log-variance at the start
+    embed_width: int = 128  # channels of the random ConvNet-3 that embeds both sides
+    dsa: bool = True  # siamese DSA augmentation of both sides
+    mmd_weight: float = 1.0  # weight of the MMD term (Qin et al. 2024, Eq. 6)
+    mean_weight: float = 1.0  # weight of DM's mean-embedding term
+    teacher_features: bool = False  # also match on the teacher's features
+    soft_labels: bool = True  # store a teacher's soft label per prior
+    label_temperature: float = 1.0  # softmax temperature of the stored soft labels
+    teacher_epochs: float = 10.0  # epochs of a teacher trained here
+    teacher_width: int = 128  # channels of a teacher trained here (ConvNet-3)
+    subtasks: int = 1  # contiguous class groups, each distilled alone (Sec. 3.3)
+    latent_dim: int | None = None  # latent size (None: the budget rule)
+    priors_per_class: int | None = None  # priors per class (None: as many as the budget holds)
+    decoder_width: int | None = None  # decoder channels (None: the budget rule)
+    decoder_share: float = 0.5  # the budget share the rule gives the decoders
+    max_decoder_width: int | None = None  # the rule's widest decoder (None: 64 up to 32 pixels a side, else 256)
+    decoder_dtype: str = "int8"  # how decoder weights are stored: int8 or float16
+    prior_dtype: str = "int8"  # how priors are stored: int8 or float16
 
 
 PRESETS = {
     "paper": D3Config(),
     "fast": D3Config(iterations=300, init_iterations=2000, init_logvar=-4.0, real_per_class=64, synthetic_per_class=32,
                      embed_width=64, teacher_epochs=2.0, teacher_width=32),
+    # a first picture and number in minutes (README: the first five minutes), not a result to report
+    "smoke": D3Config(iterations=30, init_iterations=300, init_logvar=-4.0, real_per_class=32, synthetic_per_class=16,
+                      embed_width=32, teacher_epochs=0.5, teacher_width=16),
 }
 
 
@@ -140,7 +144,7 @@ def pca_latents(x: torch.Tensor, z: int, gen: torch.Generator) -> torch.Tensor:
 
 
 def fit_decoder(decoder: nn.Module, latents: nn.Parameter, targets: torch.Tensor, cfg: "D3Config",
-                gen: torch.Generator, desc: str = "D3 warm start", progress: bool = True) -> float:
+                gen: torch.Generator, progress: bool = True) -> float:
     """Fit the decoder and the latents so that decoder(latents) ≈ targets (GLO).
 
     Adam with a one-cycle schedule peaking at ``init_lr_decoder`` / ``init_lr_priors``, batches of
@@ -155,7 +159,7 @@ def fit_decoder(decoder: nn.Module, latents: nn.Parameter, targets: torch.Tensor
                                                 total_steps=cfg.init_iterations)
     flat = latents.view(-1, latents.shape[-1])  # (N, Z)
     n, batch, loss = len(targets), min(len(targets), cfg.init_batch), torch.tensor(float("nan"))
-    for _ in progress_bar(range(cfg.init_iterations), desc=desc, enabled=progress, unit="it"):
+    for _ in progress_bar(range(cfg.init_iterations), desc="D3 warm start", enabled=progress, unit="it"):
         pick = torch.randperm(n, generator=gen)[:batch].to(targets.device)
         loss = F.mse_loss(decoder(flat[pick]), targets[pick])  # (B, C, H, W) against (B, C, H, W)
         opt.zero_grad(set_to_none=True)
@@ -173,6 +177,7 @@ class D3Encoder(SubtaskEncoder):
 
     Args:
         teacher: gives the soft labels and teacher features (trained per subtask if None).
+        save_teacher: where to write the teacher trained here (one subtask only), for ``--teacher`` later.
         checkpoint: each subtask (group) ``i`` saves its matching state to ``STEM.g{i}.SUFFIX`` at least
             ``checkpoint_seconds`` apart and at its end (priors, decoder, the teacher it trained, Adam,
             random states; d3codec.checkpoint), and resumes from it; a finished group is not distilled
@@ -183,7 +188,8 @@ class D3Encoder(SubtaskEncoder):
     presets = PRESETS
 
     def __init__(self, config: D3Config = PRESETS["fast"], teacher: Teacher | None = None,
-                 checkpoint: str | os.PathLike | None = None, checkpoint_seconds: float = 300.0):
+                 checkpoint: str | os.PathLike | None = None, checkpoint_seconds: float = 300.0,
+                 save_teacher: str | os.PathLike | None = None):
         if config.decoder_dtype not in DECODER_DTYPES:
             raise ValueError(f"decoder dtype must be one of {DECODER_DTYPES}, not {config.decoder_dtype!r}")
         if config.prior_dtype not in PRIOR_DTYPES:
@@ -192,15 +198,20 @@ class D3Encoder(SubtaskEncoder):
                      "subtasks", "teacher_width"):
             if getattr(config, name) < 1:
                 raise ValueError(f"{name} must be at least 1, not {getattr(config, name)}")
+        if save_teacher is not None and (teacher is not None or config.subtasks > 1
+                                         or not (config.soft_labels or config.teacher_features)):
+            raise ValueError("--save-teacher saves the one teacher a run trains: it needs --subtasks 1 (each subtask "
+                             "trains its own on its classes), no --teacher, and soft labels (or teacher features)")
         self.config = config
         self.teacher = teacher
         self.checkpoint = Path(checkpoint) if checkpoint is not None else None
         self.checkpoint_seconds = checkpoint_seconds
+        self.save_teacher = Path(save_teacher) if save_teacher is not None else None
 
     @classmethod
     def from_options(cls, preset: str = "fast", teacher: Teacher | None = None, checkpoint=None,
-                     checkpoint_seconds: float = 300.0, **overrides) -> "D3Encoder":
-        return cls(preset_config(PRESETS, preset, overrides), teacher, checkpoint, checkpoint_seconds)
+                     checkpoint_seconds: float = 300.0, save_teacher=None, **overrides) -> "D3Encoder":
+        return cls(preset_config(PRESETS, preset, overrides), teacher, checkpoint, checkpoint_seconds, save_teacher)
 
     def group_checkpoint(self, index: int) -> Path | None:
         """Where group ``index`` checkpoints (None without a checkpoint)."""
@@ -286,8 +297,10 @@ class D3Encoder(SubtaskEncoder):
                 progress: bool = True) -> Encoded:
         """Distil every group in turn, in this process (d3codec.federated spreads them over ranks)."""
         parts, entries = [], []
+        stages = self.stages(real, plan, range(len(plan.groups)), progress)
         for index, group in enumerate(plan.groups):
-            tensors, entry = self.distill_group(real, plan, index, device=device, seed=seed, progress=progress)
+            tensors, entry = self.distill_group(real, plan, index, device=device, seed=seed, progress=progress,
+                                                stages=stages)
             parts.append(tensors)
             entries.append(entry)
         return self.encoded(parts, entries)
@@ -336,9 +349,11 @@ class D3Encoder(SubtaskEncoder):
                            len(real.train_targets), device.type, given)
 
     def distill_group(self, real: RealData, plan: D3Plan, index: int, *, device: torch.device, seed: int,
-                      progress: bool = True) -> tuple[dict[str, dict[str, torch.Tensor]], dict]:
+                      progress: bool = True, stages: Stages | None = None
+                      ) -> tuple[dict[str, dict[str, torch.Tensor]], dict]:
         """Distil group ``index`` alone. Its result depends only on the data, the plan and (seed, index):
-        its draws come from the named stream ``d3-group`` number ``index`` (d3codec.seeds).
+        its draws come from the named stream ``d3-group`` number ``index`` (d3codec.seeds). ``stages``: the
+        run's stages (:meth:`stages`) when the group is one of several distilled here, for the time left.
 
         Returns: (tensors by section, keyed g{index}.*; the group's metadata entry).
         """
@@ -347,18 +362,26 @@ class D3Encoder(SubtaskEncoder):
         group_seed = seeds.stream_seed(seed, "d3-group", index)
         gen = torch.Generator().manual_seed(group_seed)
         torch.manual_seed(group_seed)  # network initialisations draw from the global generator
-        start, label = time.time(), f"{index + 1}/{len(plan.groups)}"
+        start = time.time()
+        stages = stages or self.stages(real, plan, [index], progress)
+        named = self.stage_names(plan, index)
         normalise = Normalisation.of(real, device)
         ckpt = None
         if (path := self.group_checkpoint(index)) is not None:
             ckpt = Checkpoint(path, "d3-group", self.group_fingerprint(real, plan, index, seed, device),
                               self.checkpoint_seconds)
         resuming = ckpt is not None and ckpt.path.is_file()  # then the warm start and the teacher are in it
-        teacher, teacher_acc = self._teacher(real, classes, group_seed, resuming, device, progress)
+        if resuming:  # the teacher and the warm start are in the checkpoint
+            for stage in ("teacher", "warm start"):
+                if named[stage] in [s.name for s in stages.stages]:
+                    stages.skip(named[stage])
+        with stages.stage(named["teacher"]):
+            teacher, teacher_acc = self._teacher(real, classes, group_seed, resuming, device, progress)
         own_teacher = teacher is not None and self.teacher is None
         state = LearnedGroup.start(g, real.image_shape, cfg.init_logvar, gen, device)
         if not resuming:
-            self._warm_start(state, real, classes, gen, f"D3 warm start {label}", progress)
+            with stages.stage(named["warm start"]):
+                self._warm_start(state, real, classes, gen, progress)
 
         opt = torch.optim.Adam([{"params": state.decoder.parameters(), "lr": cfg.lr_decoder},
                                 {"params": list(state.priors().values()), "lr": cfg.lr_priors}])
@@ -377,6 +400,8 @@ class D3Encoder(SubtaskEncoder):
             loss_value = float(saved.get("loss", torch.tensor(float("nan"))))
             teacher_acc = float(saved["teacher_accuracy"]) if "teacher_accuracy" in saved else teacher_acc
             start -= float(saved.get("seconds", torch.tensor(0.0)))  # the seconds spent before the kill count
+        if own_teacher and self.save_teacher is not None:
+            save_teacher(teacher, self.save_teacher, real.image_shape)
 
         def save(iteration: int) -> None:
             extra = {"teacher_accuracy": torch.tensor(teacher_acc)} if teacher_acc is not None else {}
@@ -385,8 +410,7 @@ class D3Encoder(SubtaskEncoder):
 
         if ckpt is not None and not resuming:  # the warm start and the teacher are saved before matching
             save(0)
-        for it in progress_bar(range(first, cfg.iterations), desc=f"D3 group {label}", enabled=progress, unit="it",
-                               initial=first, total=cfg.iterations):
+        for it in stages.bar(named["matching"], range(first, cfg.iterations), cfg.iterations, first, unit="it"):
             opt.zero_grad(set_to_none=True)
             loss_value = matcher.step(lambda chunk: state.samples(chunk, cfg.synthetic_per_class, gen, normalise),
                                       terms, gen)
@@ -402,6 +426,39 @@ class D3Encoder(SubtaskEncoder):
         if teacher_acc is not None:
             stats["teacher_accuracy"] = round(teacher_acc, 4)
         return self._stored(state, g, index, real.image_shape, teacher, normalise), group_entry(g, cfg, stats)
+
+    def trains_teacher(self) -> bool:
+        """Whether distilling trains a teacher (one per group): one is needed and none was given."""
+        return self.teacher is None and (self.config.soft_labels or self.config.teacher_features)
+
+    def stage_names(self, plan: D3Plan, index: int) -> dict[str, str]:
+        """Group ``index``'s stages by their plain names: teacher, warm start, matching."""
+        suffix = f", group {index + 1}/{len(plan.groups)}" if len(plan.groups) > 1 else ""
+        return {stage: stage + suffix for stage in ("teacher", "warm start", "matching")}
+
+    def stages(self, real: RealData, plan: D3Plan, groups, progress: bool = True) -> Stages:
+        """The stages of distilling ``groups`` (indices): per group its teacher (where one is trained here),
+        warm start and matching, each weighed by its multiply-adds (forward and backward taken as three
+        forwards; d3codec.limits.network_cost), for the run's time left (d3codec.progress.Stages)."""
+        cfg, (c, h, w) = self.config, real.image_shape
+
+        def macs(build, *shape) -> int:
+            return network_cost(build, lambda: (torch.zeros(1, *shape),), "a network of this run").macs
+
+        out = []
+        for index in groups:
+            g, named = plan.groups[index], self.stage_names(plan, index)
+            k, p = g.num_classes, g.priors_per_class
+            decoder = macs(lambda: Decoder(g.latent_dim, real.image_shape, g.decoder_width), g.latent_dim)
+            embed = macs(lambda: ConvNet(c, k, h, width=cfg.embed_width), c, h, w)
+            if self.trains_teacher():
+                images = len(real.train_targets) * k / real.num_classes
+                teacher = macs(lambda: ConvNet(c, k, h, width=cfg.teacher_width), c, h, w)
+                out.append(Stage(named["teacher"], 3 * cfg.teacher_epochs * images * teacher))
+            out.append(Stage(named["warm start"], 3 * cfg.init_iterations * min(cfg.init_batch, k * p) * decoder))
+            per_class = 3 * cfg.synthetic_per_class * (decoder + embed) + cfg.real_per_class * embed
+            out.append(Stage(named["matching"], cfg.iterations * k * per_class))
+        return Stages("D3", out, enabled=progress)
 
     def _teacher(self, real: RealData, classes: list[int], seed: int, resuming: bool, device: torch.device,
                  progress: bool) -> tuple[Teacher | None, float | None]:
@@ -419,7 +476,7 @@ class D3Encoder(SubtaskEncoder):
                              seed=seed, progress=progress)
 
     def _warm_start(self, state: "LearnedGroup", real: RealData, classes: list[int], gen: torch.Generator,
-                    desc: str, progress: bool) -> None:
+                    progress: bool) -> None:
         """Each prior mean decodes to one random real image of its class (GLO, :func:`fit_decoder`)."""
         cfg = self.config
         k, p, z = state.prior_mean.shape
@@ -428,8 +485,7 @@ class D3Encoder(SubtaskEncoder):
         if cfg.init_iterations > 0:  # targets (K_g, P, C, H, W)
             with torch.no_grad():
                 state.prior_mean.copy_(pca_latents(targets.view(k * p, -1), z, gen).view(k, p, z))
-            fit_decoder(state.decoder, state.prior_mean, targets.view(k * p, c, h, w), cfg, gen, desc=desc,
-                        progress=progress)
+            fit_decoder(state.decoder, state.prior_mean, targets.view(k * p, c, h, w), cfg, gen, progress=progress)
 
     def _terms(self, teacher: Teacher | None) -> list:
         """The objective: MMD and DM's mean term on the random network's features, and on the teacher's

@@ -57,7 +57,7 @@ def dequantise_priors(tensors: dict[str, torch.Tensor], prefix: str, shape: tupl
     return out[0], out[1]
 
 
-# ---- the plan and the groups' tensors --------------------------------------------------------------------------------------------------
+# ---- the plan and the groups' tensors ----------------------------------------------------------------------------
 
 @dataclass(frozen=True)
 class GroupPlan:

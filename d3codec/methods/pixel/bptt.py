@@ -65,26 +65,28 @@ class BPTTConfig:
     3 steps, 63 % with 10 and 63 % with 30).
     """
 
-    iterations: int = 23_000
-    network: str = "lenet"
-    init: str = "fixed"
-    inner_steps: int | None = None
-    inner_epochs: int | None = None
-    real_per_class: int = 100
-    lr_images: float = 0.01
-    lr_step_sizes: float = 0.01
-    initial_step_size: float = 0.02
-    lr_decay_every: int | None = 2_300
-    image_init: str = "noise"
-    theta0_dtype: str = "float16"
-    storage_dtype: str = "auto"
-    images_per_class: int | None = None
+    iterations: int = 23_000  # outer iterations (one unrolled training each)
+    network: str = "lenet"  # the unrolled network: lenet or convnet3
+    init: str = "fixed"  # "fixed": one stored θ₀; "random": a fresh θ₀ every iteration
+    inner_steps: int | None = None  # GD steps an epoch, each on its share of the images (None: see above)
+    inner_epochs: int | None = None  # passes over the steps (None: see above)
+    real_per_class: int = 100  # real images per class in the outer loss
+    lr_images: float = 0.01  # Adam learning rate of the images
+    lr_step_sizes: float = 0.01  # Adam learning rate of the raw step sizes
+    initial_step_size: float = 0.02  # every step size at the start
+    lr_decay_every: int | None = 2_300  # halve both learning rates every this many iterations (None: never)
+    image_init: str = "noise"  # "noise" (the paper) or "real" images to start from
+    theta0_dtype: str = "float16"  # how a fixed θ₀ is stored (and rounded before distilling): float16 or float32
+    storage_dtype: str = "auto"  # how images are stored: auto (uint8 with a per-class range), uint8, float16, float32
+    images_per_class: int | None = None  # a fixed count instead of filling the budget
 
 
 PRESETS = {
     # the public code's MNIST settings: ~400 epochs of 1 024-image real batches, lr halved every 40
     "paper": BPTTConfig(),
     "fast": BPTTConfig(iterations=1_500, lr_decay_every=500),
+    # a first picture and number in minutes (README: the first five minutes), not a result to report
+    "smoke": BPTTConfig(iterations=150, lr_decay_every=50, real_per_class=32),
 }
 
 
@@ -238,7 +240,8 @@ class BPTTEncoder(CheckpointedEncoder):
                                    "loss": torch.tensor(loss_value)}, {"adam": optimiser}, gen)
 
         # class-major pixel images (K, n, C, H, W), coded as stored, then read back as a reader would
-        images = normalise.inverse(synthetic.detach().flatten(0, 1)).view(s, k, m, c, h, w).transpose(0, 1).reshape(k * n, c, h, w)
+        images = normalise.inverse(synthetic.detach().flatten(0, 1))  # (S·K·m, C, H, W), step-major
+        images = images.view(s, k, m, c, h, w).transpose(0, 1).reshape(k * n, c, h, w)
         labels = torch.arange(k).repeat_interleave(n)
         coded = encode_images(images.cpu(), labels, k, plan.storage_dtype)
         stored_images, _ = decode_images(coded, k, real.image_shape)

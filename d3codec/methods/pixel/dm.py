@@ -1,7 +1,8 @@
 """Method ``dm``: learn the synthetic images themselves by Distribution Matching.
 
-Zhao & Bilen, "Dataset Condensation with Distribution Matching", WACV 2023, Sec. 3.2, Eq. 3 to 5). Synthetic images start from random real images of
-their class. Each iteration draws a freshly initialised, untrained ConvNet φ and minimises
+Zhao & Bilen, "Dataset Condensation with Distribution Matching" (WACV 2023, Sec. 3.2, Eq. 3 to 5).
+Synthetic images start from random real images of their class. Each iteration draws a freshly
+initialised, untrained ConvNet φ and minimises
 
     L = Σ_c ‖ mean_i φ(A(x_real,c,i)) − mean_j φ(A(x̃_c,j)) ‖²
 
@@ -46,15 +47,15 @@ from ..matching import DistributionMatcher, FeatureTerm
 class DMConfig:
     """Options of DM. Units: iterations; images per class; learning rate per pixel (normalised)."""
 
-    iterations: int = 20000
-    real_per_class: int = 256
-    lr_images: float = 1.0
-    momentum: float = 0.5
-    embed_width: int = 128
-    dsa: bool = True
-    storage_dtype: str = "auto"
-    images_per_class: int | None = None
-    fill: str = "compressed"
+    iterations: int = 20000  # outer iterations, each with a fresh random network
+    real_per_class: int = 256  # real images per class and iteration
+    lr_images: float = 1.0  # SGD learning rate on the (normalised) pixels
+    momentum: float = 0.5  # SGD momentum
+    embed_width: int = 128  # channels of the random ConvNet-3 that embeds both sides
+    dsa: bool = True  # siamese DSA augmentation of both sides
+    storage_dtype: str = "auto"  # how images are stored: auto (uint8 with a per-class range), uint8, float16, float32
+    images_per_class: int | None = None  # a fixed count instead of filling the budget
+    fill: str = "compressed"  # "compressed": plan on the estimated zstd size (trim if wrong); "raw": on the raw size
 
 
 # Distilled images compress worse than real ones: on Fashion-MNIST uint8, zstd stored real images
@@ -65,6 +66,8 @@ DISTILLED_RATIO_MARGIN = 1.3
 PRESETS = {
     "paper": DMConfig(),
     "fast": DMConfig(iterations=400, real_per_class=64, embed_width=64),
+    # a first picture and number in minutes (README: the first five minutes), not a result to report
+    "smoke": DMConfig(iterations=60, real_per_class=32, embed_width=32),
 }
 
 
