@@ -10,6 +10,7 @@ import safetensors.torch
 import torch
 from PIL import Image
 
+from .data import Normalisation
 from .dataset import D3Dataset
 
 
@@ -97,9 +98,7 @@ def write_ddranking(ds: D3Dataset, out: str | os.PathLike) -> list[Path]:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     order = torch.argsort(ds.labels, stable=True)  # class-major, each class in the archive's order
-    mean = torch.tensor(ds.mean, dtype=torch.float32).view(1, -1, 1, 1)
-    std = torch.tensor(ds.std, dtype=torch.float32).view(1, -1, 1, 1)
-    tensors = {"images": ((ds.images[order] - mean) / std).contiguous(), "labels": ds.labels[order].clone()}
+    tensors = {"images": Normalisation(ds.mean, ds.std)(ds.images[order]).contiguous(), "labels": ds.labels[order].clone()}
     if ds.soft_labels is not None:
         tensors["soft_labels"] = ds.soft_labels[order].clamp_min(1e-8).log().contiguous()
     paths = [out / f"{name}.pt" for name in tensors]

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
+from .data import Normalisation
 from .models import build_model
 
 
@@ -96,8 +97,7 @@ class TrainingSchedule:
         device = torch.device(device)
         c, h, _ = images.shape[1:]
         net = build_model(self.network, c, num_classes, h).to(device)
-        x_all = (images.to(device) - torch.tensor(mean, device=device).view(1, c, 1, 1)) \
-            / torch.tensor(std, device=device).view(1, c, 1, 1)  # (N, C, H, W) normalised
+        x_all = Normalisation(mean, std, device)(images.to(device))  # (N, C, H, W) normalised
         y_all = labels.to(device)
         batches = [b.to(device) for b in step_batches(labels, self.steps, num_classes)]
         params = self.initial_parameters(tuple(images.shape[1:]), num_classes, seed, device)

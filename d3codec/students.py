@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from .augment import DSA
-from .data import RealData
+from .data import Normalisation, RealData
 from .models import build_model
 from .progress import progress_bar
 from .runtime import keep_freed_memory
@@ -87,8 +87,7 @@ def train_student(images: torch.Tensor, targets: torch.Tensor, num_classes: int,
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     c, h, _ = images.shape[1:]
-    m = torch.tensor(mean, device=device).view(1, c, 1, 1)
-    s = torch.tensor(std, device=device).view(1, c, 1, 1)
+    normalise = Normalisation(mean, std, device)
     soft = targets.dim() == 2
     net = build_model(config.model, c, num_classes, h).to(device)
     opt = torch.optim.SGD(net.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
@@ -102,7 +101,7 @@ def train_student(images: torch.Tensor, targets: torch.Tensor, num_classes: int,
                 images, targets = resample(epoch)
                 if (targets.dim() == 2) != soft:
                     raise ValueError("resample must give the same kind of targets (hard or soft) every epoch")
-            x_all = (images.to(device) - m) / s  # (N, C, H, W) normalised
+            x_all = normalise(images.to(device))  # (N, C, H, W) normalised
             y_all = targets.to(device)
         order = torch.randperm(len(x_all), generator=gen)
         for i in range(0, len(order), config.batch_size):
@@ -139,12 +138,10 @@ def test_accuracy(net: torch.nn.Module, images: torch.Tensor, labels: torch.Tens
                   device: torch.device, batch_size: int = 1000) -> float:
     """Fraction of ``images`` (M, C, H, W) pixel space that ``net`` classifies as ``labels``."""
     net.eval()
-    c = images.shape[1]
-    m = torch.tensor(mean, device=device).view(1, c, 1, 1)
-    s = torch.tensor(std, device=device).view(1, c, 1, 1)
+    normalise = Normalisation(mean, std, device)
     correct = 0
     for i in range(0, len(images), batch_size):
-        x = (images[i:i + batch_size].to(device) - m) / s
+        x = normalise(images[i:i + batch_size].to(device))
         correct += int((net(x).argmax(1).cpu() == labels[i:i + batch_size]).sum())
     return correct / len(images)
 

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from safetensors.torch import save
 
 from .container import write_atomic
-from .data import RealData
+from .data import Normalisation, RealData
 from .errors import D3Error
 from .models import ConvNet
 from .progress import progress_bar
@@ -74,8 +74,7 @@ def train_teacher(real: RealData, classes: list[int], *, epochs: float = 2.0, wi
     indices = torch.cat([real.class_indices(k) for k in classes])
     local = torch.cat([torch.full((len(real.class_indices(k)),), i, dtype=torch.long) for i, k in enumerate(classes)])
     steps = max(1, int(epochs * len(indices) / batch_size))
-    mean = torch.tensor(real.mean, device=device).view(1, c, 1, 1)
-    std = torch.tensor(real.std, device=device).view(1, c, 1, 1)
+    normalise = Normalisation.of(real, device)
     net = ConvNet(c, len(classes), h, width=width).to(device)
     opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
@@ -86,7 +85,7 @@ def train_teacher(real: RealData, classes: list[int], *, epochs: float = 2.0, wi
             order, position = torch.randperm(len(indices), generator=gen), 0
         pick = order[position:position + batch_size]
         position += batch_size
-        x = (real.images_at(indices[pick]).to(device) - mean) / std  # (B, C, H, W) normalised
+        x = normalise(real.images_at(indices[pick]).to(device))  # (B, C, H, W) normalised
         y = local[pick].to(device)
         if torch.rand((), generator=gen) < 0.5:  # horizontal flip, the one augmentation every dataset here allows
             x = x.flip(3)
