@@ -138,6 +138,8 @@ def compress(dataset: str | RealData, output: str | os.PathLike, *, ipc: float |
         raise PermissionError(f"cannot write to the folder {output.parent.resolve()}: create it or choose another -o")
     if type(seed) is not int or not 0 <= seed <= MAX_SEED:
         raise ValueError(f"--seed must be an integer from 0 to {MAX_SEED}, not {seed!r}")
+    if encoder is not None and (options or preset != "fast"):
+        raise ValueError("give either encoder= or preset= and options= (an encoder is built with its own)")
     real = dataset if isinstance(dataset, RealData) else load_dataset(dataset)
     device = resolve_device(device)
     if encoder is None:
