@@ -134,6 +134,20 @@ def shared_options(method: Method) -> list[click.Parameter]:
                       "or --restart, a checkpoint of the same run is taken up and one of another run is refused."),
         SectionOption(["--restart", "resume"], flag_value="restart", section="Checkpoint",
                       help="Delete this output's checkpoints first and distil from scratch."),
+        SectionOption(["--labeller-width"], type=count(1, 4096), section="Labeller (spec/FORMAT.md §5.8)",
+                      help="Store a ConvNet-3 labeller of this width, trained here, beside what the method stores: "
+                      "its bytes come out of the budget, and students relabel every augmented batch with it."),
+        SectionOption(["--labeller"], type=click.Path(exists=True, dir_okay=False), section="Labeller "
+                      "(spec/FORMAT.md §5.8)", help="Store this ConvNet-3 (.safetensors, as --save-teacher writes) "
+                      "as the labeller instead of training one."),
+        SectionOption(["--labeller-epochs"], type=PositiveFinite(0.01, 10_000, inclusive=True), default=10.0,
+                      show_default=True, section="Labeller (spec/FORMAT.md §5.8)",
+                      help="Training epochs of the labeller."),
+        SectionOption(["--labeller-temperature"], type=PositiveFinite(0.001, 1000, inclusive=True), default=1.0,
+                      show_default=True, section="Labeller (spec/FORMAT.md §5.8)",
+                      help="Softmax temperature of its soft labels."),
+        SectionOption(["--labeller-dtype"], type=click.Choice(["int8", "float16"]), default="int8",
+                      show_default=True, section="Labeller (spec/FORMAT.md §5.8)", help="How it is stored."),
     ]
 
 
@@ -236,6 +250,20 @@ def check_output(output: Path, force: bool) -> None:
         raise ValueError(f"{output} exists; pass --force to overwrite it, or choose another -o")
 
 
+def with_labeller(encoder, values: dict, context: BuildContext):
+    """``encoder``, or it with a stored labeller beside it where --labeller-width or --labeller asks for one
+    (d3codec.labeller.LabelledEncoder)."""
+    from d3codec.labeller import LabelledEncoder, LabellerConfig
+    from d3codec.teacher import load_teacher
+
+    if values["labeller_width"] is None and values["labeller"] is None:
+        return encoder
+    teacher = load_teacher(values["labeller"], context.image_shape, context.num_classes, context.device) \
+        if values["labeller"] is not None else None
+    return LabelledEncoder(encoder, LabellerConfig(values["labeller_width"] or 16, values["labeller_epochs"],
+                                                   values["labeller_temperature"], values["labeller_dtype"], teacher))
+
+
 def run_compress(method: Method, values: dict) -> None:
     """Build the encoder from the options and distil (the body of every method's command)."""
     from d3codec.encoding import compress, compress_with_workers
@@ -255,7 +283,7 @@ def run_compress(method: Method, values: dict) -> None:
                    **{o.field: values[o.field] for o in method.options}}
         context = BuildContext(Path(output), Path(values["checkpoint"]) if values["checkpoint"] else None, device,
                                tuple(real.image_shape), real.num_classes)
-        encoder = method.make_encoder(values["preset"], options, context)
+        encoder = with_labeller(method.make_encoder(values["preset"], options, context), values, context)
         found = encoder.checkpoint_files()
         if resume == "resume" and not found:
             raise click.UsageError(f"--resume: there is no checkpoint of {output} to go on from; leave --resume out "

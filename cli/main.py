@@ -208,6 +208,10 @@ def expand(archive, output, fmt, grid, grid_columns, grid_scale, grid_names, max
               show_default=True, help="replay: train by the archive's own schedule (bptt archives: its network, "
               "learned step sizes and θ₀); standard: the protocol above (--model, --epochs); auto: replay where "
               "the archive has a schedule; both: a row each.")
+@click.option("--labels", type=click.Choice(["auto", "online", "stored", "hard"]), default="auto", show_default=True,
+              help="What the archive's students learn from: online, its stored labeller's soft labels of every "
+              "augmented batch; stored, the soft labels stored with its images; hard, the classes; auto: online "
+              "where the archive has a labeller, else stored.")
 @click.option("--quiet", is_flag=True, help="No progress (each student's epochs show otherwise: a bar in a "
               "terminal, a line every 30 s in a log).")
 @decode_limit_options

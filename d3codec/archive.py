@@ -23,6 +23,8 @@ from .registry import archive_kind, archive_kind_names
 from .text import safe_text
 
 FORMAT_NAME = "d3"
+# sections any archive may carry, whatever its method (name → critical): the stored labeller (§5.8)
+COMMON_SECTIONS = {"labeller": False}
 MAX_CLASSES = 100_000
 MAX_SIDE = 4096
 _MISSING = object()
@@ -142,7 +144,7 @@ def validate_meta(meta: dict[str, Any]) -> dict[str, Any]:
         _require(isinstance(v, list) and len(v) == shape[0] and all(type(x) in (int, float) for x in v),
                  f"'dataset.{key}' must be {shape[0]} numbers")
     _require(all(s > 0 for s in ds["std"]), "'dataset.std' must be positive")
-    for key in ("params", "stats", "budget", "accounting", "software"):
+    for key in ("params", "stats", "budget", "accounting", "software", "labeller"):
         _require(key not in meta or isinstance(meta[key], dict), f"'{key}' must be an object")
     budget, accounting = meta.get("budget") or {}, meta.get("accounting") or {}
     for obj, key, where in ((budget, "bytes", "budget."), (accounting, "budget_bytes", "accounting."),
@@ -168,7 +170,9 @@ def read_meta(reader: D3Reader) -> dict[str, Any]:
 
 def check_sections(reader: D3Reader, known: dict[str, bool]) -> None:
     """Refuse unknown critical sections, and known ones whose critical flag is not the one ``known``
-    (name → critical) defines; unknown ancillary ones are skipped silently."""
+    (name → critical; COMMON_SECTIONS are known to every archive) defines; unknown ancillary ones are
+    skipped silently."""
+    known = {**COMMON_SECTIONS, **known}
     for info in reader.sections:
         if info.name in known:
             if info.critical != known[info.name]:

@@ -8,6 +8,7 @@ from typing import Callable
 from torch.utils.data import Dataset
 
 from .archive import open_archive
+from .labeller import read_labeller
 from .errors import D3FormatError
 from .limits import DEFAULT_LIMITS, DecodeLimits
 from .text import safe_text
@@ -40,7 +41,11 @@ class D3Dataset(Dataset):
         classes (list[str]), class_to_idx (dict[str, int]), mean / std (tuples, the archive's
         normalisation), image_shape ((C, H, W)), meta (dict, the archive's metadata),
         images ((N, C, H, W) float32), labels ((N,) int64), targets (the same hard labels, as torchvision's
-        datasets name them), soft_labels ((N, K) float32 probabilities, or None), schedule (a
+        datasets name them), soft_labels ((N, K) float32 probabilities, or None), labeller (None, or the
+        archive's stored labeller, d3codec.labeller.Labeller: a torch.nn.Module in eval mode that takes
+        images (N, C, H, W) float32 on this dataset's scale, on ``device``, and returns soft labels (N, K)
+        float32 probabilities at the stored temperature; a student may relabel every augmented batch
+        with it), schedule (a
         d3codec.schedule.TrainingSchedule for archives distilled for one: pixel objective bptt; else
         None): train on those images by ``ds.schedule.replay(ds.images, ds.labels, ...)``.
     Raises: D3FormatError for a malformed archive, D3LimitError (a D3FormatError) for one over
@@ -62,6 +67,7 @@ class D3Dataset(Dataset):
         with reader:
             self.images, self.labels, soft, self.schedule, self._draw = decode_archive(
                 reader, meta, samples_per_class, seed, device, limits)
+            self.labeller = read_labeller(reader, meta, device, limits)
         if targets == "hard":
             soft = None
         if targets == "soft" and soft is None:
@@ -116,6 +122,7 @@ class D3Dataset(Dataset):
                 else "stored in the archive")
         targets = "soft labels (K probabilities each)" if self.soft_labels is not None else "hard labels"
         extra = ", with a training schedule (ds.schedule.replay)" if self.schedule is not None else ""
+        extra += ", with a stored labeller for online soft labels (ds.labeller)" if self.labeller is not None else ""
         return (f"D3Dataset(method={safe_text(repr(self.meta['method']), 60)}, "
                 f"dataset={safe_text(repr(self.meta['dataset']['name']), 80)}, "
                 f"images={len(self)} ({made}), classes={k}, shape={self.image_shape}, targets: {targets}{extra})")

@@ -185,7 +185,8 @@ def write_encoded(output: Path, meta: dict, encoded: Encoded, budget: int, bound
     and check the size the file system reports. Returns what was written: ``encoded``, or the trimmed
     Encoded whose metadata says what the file holds (e.g. 4 images per class where the plan said 5)."""
     while True:  # a plan that counts on compression may have to drop images to fit
-        meta_section = Section.json("meta", {**meta, "params": encoded.method_meta, "stats": encoded.stats,
+        meta_section = Section.json("meta", {**meta, **encoded.meta, "params": encoded.method_meta,
+                                             "stats": encoded.stats,
                                              "accounting": {"budget_bytes": budget, "bound_bytes": bound}})
         data = encode_archive([meta_section] + encoded.sections)
         if len(data) <= budget or encoded.trim is None:

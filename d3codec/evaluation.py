@@ -22,6 +22,7 @@ from .models import resolve_device
 from .students import EvalResult, StudentConfig, random_real_subset, replay_students, test_split, train_students
 
 TRAININGS = ("auto", "replay", "standard", "both")
+LABELS = ("auto", "online", "stored", "hard")
 BASELINES = ("none", "random-real")
 RESAMPLE_SEED_STRIDE = 100_003  # student r's fresh draw at epoch e uses sample_seed + STRIDE · (r + 1) + e
 
@@ -39,6 +40,10 @@ class EvalProtocol:
             protocol, ``auto`` replay where the archive has a schedule, ``both`` a row each.
         samples_per_class / sample_seed: the draw of a sampled archive (d3, d2m; None: the archive's).
         resample_every_epoch: fresh samples for every student epoch (DiM), same count per class.
+        labels: what the archive's students learn from (standard training): ``online``, the archive's
+            stored labeller's soft labels of every augmented batch; ``stored``, the soft labels stored
+            with the images (or the hard ones where there are none); ``hard``, the classes; ``auto``,
+            online where the archive has a labeller, else stored.
         seed: the first student's seed (then seed + 1, ...).
     """
 
@@ -50,12 +55,14 @@ class EvalProtocol:
     samples_per_class: int | None = None
     sample_seed: int = 0
     resample_every_epoch: bool = False
+    labels: str = "auto"
     seed: int = 0
 
     def __post_init__(self):
-        if self.training not in TRAININGS or self.baseline not in BASELINES:
-            raise ValueError(f"training must be one of {', '.join(TRAININGS)} and baseline one of "
-                             f"{', '.join(BASELINES)}, not {self.training!r} and {self.baseline!r}")
+        if self.training not in TRAININGS or self.baseline not in BASELINES or self.labels not in LABELS:
+            raise ValueError(f"training must be one of {', '.join(TRAININGS)}, baseline one of {', '.join(BASELINES)} "
+                             f"and labels one of {', '.join(LABELS)}, not {self.training!r}, {self.baseline!r} and "
+                             f"{self.labels!r}")
         if self.epochs < 1 or self.runs < 1:
             raise ValueError(f"epochs and runs must be at least 1, not {self.epochs} and {self.runs}")
 
@@ -124,6 +131,8 @@ def evaluate(archive: str | os.PathLike, protocol: EvalProtocol | None = None, *
     if training in ("replay", "both") and ds.schedule is None:
         raise ValueError("this archive carries no training schedule (only archives of method bptt do); "
                          "use --training standard")
+    if protocol.labels == "online" and ds.labeller is None:
+        raise ValueError("this archive stores no labeller: use --labels stored or hard")
     if protocol.resample_every_epoch and not ds.sampled:
         raise ValueError(f"--resample-every-epoch needs a sampled archive (d3, d2m), not {ds.meta['method']}")
     run = _Runner(protocol, real, test_split(real), dev, log, progress)
@@ -168,13 +177,16 @@ class _Runner:
 
     def standard(self, ds: D3Dataset, file_bytes: int) -> EvalResult:
         p = self.protocol
-        targets = ds.soft_labels if ds.soft_labels is not None else ds.labels
+        labels = p.labels if p.labels != "auto" else ("online" if ds.labeller is not None else "stored")
+        targets = {"online": ds.labeller, "hard": ds.labels}.get(labels, ds.soft_labels)
+        targets = targets if targets is not None else ds.labels
+        named = {"online": ", labelled online by its labeller", "hard": ", hard labels"}.get(labels, "")
         per_class = len(ds) // len(ds.classes)
 
         def fresh_draw(run: int, epoch: int):  # student ``run``'s samples for ``epoch`` (--resample-every-epoch)
             images, labels, soft = ds.draw(per_class, seed=p.sample_seed + RESAMPLE_SEED_STRIDE * (run + 1) + epoch)
             return images, (soft if soft is not None and ds.soft_labels is not None else labels)
-        return self.rows(f"archive ({ds.meta['method']})", ds.images, targets, p.runs, file_bytes,
+        return self.rows(f"archive ({ds.meta['method']}{named})", ds.images, targets, p.runs, file_bytes,
                          resample=fresh_draw if p.resample_every_epoch else None, progress=self.progress)
 
     def random_real(self, ds: D3Dataset, file_bytes: int) -> list[EvalResult]:

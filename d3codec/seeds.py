@@ -23,6 +23,7 @@ STREAMS = {
     "d2m": "D2M: the random networks, the teacher",
     "d2m-pretrain": "D2M pre-training: real batches, noise, labels",
     "d2m-finetune": "D2M fine-tuning: noise, real batches, augmentations",
+    "labeller": "the stored labeller's training (d3codec.labeller)",
 }
 
 

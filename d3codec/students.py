@@ -75,7 +75,9 @@ def train_student(images: torch.Tensor, targets: torch.Tensor, num_classes: int,
     """Train one fresh student and test it.
 
     Args:
-        images: (N, C, H, W) float32 pixel space; targets: (N,) int64 or (N, K) float32 soft labels.
+        images: (N, C, H, W) float32 pixel space; targets: (N,) int64, (N, K) float32 soft labels, or a
+            labeller (a torch.nn.Module, e.g. D3Dataset.labeller: pixel-space images (B, C, H, W) →
+            (B, K) probabilities), which then labels every augmented batch afresh (online soft labels).
         test_images: (M, C, H, W) float32 pixel space; test_labels: (M,) int64.
         resample: for sampled archives, ``resample(epoch)`` → fresh (images, targets) of the same
             kinds for every epoch after the first (DiM's per-epoch re-sampling, Wang et al. 2023);
@@ -88,7 +90,10 @@ def train_student(images: torch.Tensor, targets: torch.Tensor, num_classes: int,
     gen = torch.Generator().manual_seed(seed)
     c, h, _ = images.shape[1:]
     normalise = Normalisation(mean, std, device)
-    soft = targets.dim() == 2
+    online = isinstance(targets, torch.nn.Module)
+    if online:
+        targets = targets.to(device)
+    soft = online or targets.dim() == 2
     net = build_model(config.model, c, num_classes, h).to(device)
     opt = torch.optim.SGD(net.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, [config.epochs // 2], 0.1)
@@ -98,17 +103,19 @@ def train_student(images: torch.Tensor, targets: torch.Tensor, num_classes: int,
     for epoch in progress_bar(range(config.epochs), progress or "student", enabled=progress is not None, unit="epoch"):
         if epoch == 0 or resample is not None:
             if epoch > 0:
-                images, targets = resample(epoch)
-                if (targets.dim() == 2) != soft:
+                images, fresh = resample(epoch)
+                if not online and (fresh.dim() == 2) != soft:
                     raise ValueError("resample must give the same kind of targets (hard or soft) every epoch")
+                targets = targets if online else fresh
             x_all = normalise(images.to(device))  # (N, C, H, W) normalised
-            y_all = targets.to(device)
+            y_all = None if online else targets.to(device)
         order = torch.randperm(len(x_all), generator=gen)
         for i in range(0, len(order), config.batch_size):
             idx = order[i:i + config.batch_size].to(device)
-            x, y = x_all[idx], y_all[idx]
+            x = x_all[idx]
             if dsa is not None:
                 x = dsa.apply(x, dsa.sample(gen, n=len(x)))
+            y = targets(normalise.inverse(x)) if online else y_all[idx]  # online: the augmented batch's labels
             logits = net(x)
             loss = -(y * F.log_softmax(logits, 1)).sum(1).mean() if soft else F.cross_entropy(logits, y)
             opt.zero_grad(set_to_none=True)

@@ -53,6 +53,7 @@ def verify_archive(path: str | os.PathLike | bytes, limits=None) -> Verification
     "decode budget" check and no decoder of it is run.
     """
     from .archive import check_sections, known_kind, read_meta
+    from .labeller import read_labeller
     from .dataset import decode_archive
     from .limits import DEFAULT_LIMITS
 
@@ -104,6 +105,10 @@ def verify_archive(path: str | os.PathLike | bytes, limits=None) -> Verification
                                   f"{limits.max_macs} in all)"))
             extra = f", a {schedule.network} schedule of {schedule.steps}×{schedule.epochs} steps" \
                 if schedule is not None else ""
+            labeller = read_labeller(reader, meta, "cpu", limits)
+            if labeller is not None:  # it runs on the decoded images, as a student would ask it
+                labels_given = labeller(images[:8])
+                extra += f", a width-{labeller.net.features[0].out_channels} labeller ({tuple(labels_given.shape)})"
             result.checks.append((step, f"{len(labels)} images of shape {tuple(images.shape[1:])} decoded"
                                         f"{' (one sample per class)' if sampled else ''}"
                                         f"{', soft labels checked' if soft is not None else ''}{extra}"))

@@ -48,6 +48,7 @@ class Encoded:
     ``trim``, where given, returns a smaller result (e.g. one image fewer per class), or None when
     it may not shrink further; the writer calls it while the archive would pass the budget.
     ``cleanup``, where given, runs once the archive is written (e.g. to delete a checkpoint).
+    ``meta``: top-level metadata fields beside ``params`` (``labeller``, spec/FORMAT.md §5.8).
     """
 
     sections: list[Section]
@@ -55,6 +56,7 @@ class Encoded:
     stats: dict[str, Any] = field(default_factory=dict)
     trim: Callable[[], "Encoded | None"] | None = None
     cleanup: Callable[[], None] | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
 
 
 def preset_config(presets: dict[str, Any], preset: str, overrides: dict[str, Any]) -> Any:

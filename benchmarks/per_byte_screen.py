@@ -1,0 +1,80 @@
+"""Screening trials for the best student per byte (issue 24): one short student per trial.
+
+    python benchmarks/per_byte_screen.py real-png --ipc 10 --labeller-width 16 --epochs 100
+    python benchmarks/per_byte_screen.py archive fm.d3 --epochs 100 --labels online
+
+``real-png``: random real Fashion-MNIST training images stored as PNG in the budget less the labeller's
+bytes (the fair baseline with the same labeller: a width-W ConvNet-3 trained here for --labeller-epochs,
+its int8 section counted exactly as an archive would count it), the student relabelling every augmented
+batch with it (or trained on hard labels with --labeller-width 0). ``archive``: d3codec.evaluate on an
+archive. Prints one line to paste into benchmarks/per-byte-exploration.md: the trial, bytes, the
+student's final test accuracy and the seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import d3codec
+from d3codec import students
+from d3codec.budget import archive_bound, ipc_budget
+from d3codec.container import Section
+from d3codec.data import load_dataset
+from d3codec.labeller import Labeller, labeller_parts
+from d3codec.teacher import train_teacher
+
+
+def real_png(args) -> str:
+    """Random real PNG images in the budget less the labeller, labelled online by it (or hard)."""
+    real = load_dataset("fashion-mnist")
+    budget = ipc_budget(args.ipc, real.num_classes, real.image_shape)
+    start, labeller, cost = time.time(), None, 0
+    if args.labeller_width:
+        teacher, _ = train_teacher(real, list(range(real.num_classes)), epochs=args.labeller_epochs,
+                                   width=args.labeller_width, seed=args.seed, progress=True)
+        _, section = labeller_parts(teacher.net, 1.0, "int8")
+        empty = Section.json("meta", {"labeller": {"network": "convnet3", "width": args.labeller_width,
+                                                   "temperature": 1.0, "dtype": "int8"}})
+        cost = archive_bound([empty, section], 0) - archive_bound([Section.json("meta", {})], 0)
+        labeller = Labeller(teacher.net, real.mean, real.std, 1.0)
+    images, labels, used = students.random_real_subset(real, budget - cost, "png", args.seed)
+    test_x, test_y = students.test_split(real)
+    accuracy, seconds = students.train_student(images, labeller if labeller is not None else labels,
+                                               real.num_classes, real.mean, real.std, test_x, test_y,
+                                               students.StudentConfig(epochs=args.epochs), args.seed,
+                                               progress="student")
+    what = f"labeller width {args.labeller_width} ({cost} B), online" if labeller is not None else "hard labels"
+    return (f"| real PNG, {what} | IPC {args.ipc:g} | {used + cost} of {budget} B ({len(images)} images) | "
+            f"{100 * accuracy:.2f} % | {seconds:.0f} s student, {time.time() - start:.0f} s in all |")
+
+
+def archive(args) -> str:
+    """d3codec.evaluate on an archive, one student."""
+    start = time.time()
+    result = d3codec.evaluate(args.archive, epochs=args.epochs, runs=1, labels=args.labels, device="cpu",
+                              progress=True)
+    row = result.rows[0]
+    return (f"| {row.name} | {args.archive} | {row.file_bytes} B ({row.images} images) | {100 * row.mean:.2f} % | "
+            f"{row.seconds[0]:.0f} s student, {time.time() - start:.0f} s in all |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="trial", required=True)
+    png = sub.add_parser("real-png")
+    png.add_argument("--ipc", type=float, default=10)
+    png.add_argument("--labeller-width", type=int, default=16)
+    png.add_argument("--labeller-epochs", type=float, default=10)
+    one = sub.add_parser("archive")
+    one.add_argument("archive")
+    one.add_argument("--labels", default="auto")
+    for p in (png, one):
+        p.add_argument("--epochs", type=int, default=100)
+        p.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    print(real_png(args) if args.trial == "real-png" else archive(args))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,201 @@
+"""The stored labeller: a small network in an archive that gives soft labels to any image it is shown.
+
+Any archive may carry one (spec/FORMAT.md §5.8): the ancillary section ``labeller`` holds a ConvNet-3's
+parameters (d3codec.weights: int8 with a scale per output channel, or float16), and ``meta.labeller``
+says its width, temperature and storage. Its bytes count in the budget like every other section. A
+student trained on the archive can ask it for the soft label of every *augmented* batch (``online``),
+as SRe2L, RDED and FKD relabel crops with a teacher, but here with the teacher stored and paid for.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import seeds
+from .archive import meta_int, meta_number, meta_str
+from .budget import archive_bound
+from .container import Section
+from .data import RealData
+from .errors import D3BudgetError, D3FormatError
+from .limits import DEFAULT_LIMITS, check, network_cost
+from .methods.base import DatasetSpec, Encoded, Encoder
+from .models import ConvNet
+from .students import test_accuracy, test_split
+from .teacher import train_teacher
+from .weights import WEIGHT_DTYPES, load_stored_module, quantise_state
+
+SECTION = "labeller"
+NETWORKS = ("convnet3",)
+
+
+class Labeller(nn.Module):
+    """Images (N, C, H, W) float32 in pixel space (D3Dataset's scale) → soft labels (N, K) float32
+    probabilities: softmax(net((x − mean) / std) / temperature). In eval mode, without gradients."""
+
+    def __init__(self, net: nn.Module, mean, std, temperature: float):
+        super().__init__()
+        self.net, self.temperature = net.eval(), float(temperature)
+        device = next(net.parameters()).device
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32, device=device).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32, device=device).view(1, -1, 1, 1))
+        self.requires_grad_(False).eval()
+
+    @torch.no_grad()
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return F.softmax(self.net((images - self.mean) / self.std) / self.temperature, dim=1)  # (N, K)
+
+
+def labeller_parts(net: ConvNet, temperature: float, dtype: str = "int8") -> tuple[dict, Section]:
+    """What an archive stores for the labeller ``net`` (a ConvNet-3 for the archive's images and
+    classes): (``meta.labeller``, the ancillary ``labeller`` section). Raises: ValueError for a dtype
+    other than int8 or float16, or a temperature that is not in [0.001, 1000]."""
+    if dtype not in WEIGHT_DTYPES or not 1e-3 <= temperature <= 1e3:
+        raise ValueError(f"a labeller is stored as {' or '.join(WEIGHT_DTYPES)} with a temperature from 0.001 to "
+                         f"1000, not {dtype!r} and {temperature!r}")
+    width = net.features[0].out_channels
+    state = {k: v.detach().cpu() for k, v in net.state_dict().items()}
+    return ({"network": "convnet3", "width": width, "temperature": float(temperature), "dtype": dtype},
+            Section.tensors(SECTION, quantise_state(state, "", dtype), critical=False))
+
+
+def read_labeller(reader, meta: dict, device: torch.device | str = "cpu", limits=None) -> Labeller | None:
+    """The archive's labeller, or None where it stores none (or ``meta.labeller`` is absent: then the
+    section, ancillary, is not read). Its values and multiply-adds per image are checked against
+    ``limits`` (d3codec.limits.DecodeLimits) before anything is allocated.
+
+    Raises: D3FormatError for a malformed ``meta.labeller``, a network that cannot run on the images, or
+    tensors that do not match it; D3LimitError past the limits."""
+    described = meta.get("labeller")
+    if described is None:
+        if SECTION in reader:
+            raise D3FormatError("the archive has a 'labeller' section but meta.labeller does not describe it")
+        return None
+    meta_str(described, "network", NETWORKS, "labeller.")
+    width = meta_int(described, "width", 1, 4096, "labeller.")
+    temperature = meta_number(described, "temperature", 1e-3, 1e3, "labeller.")
+    dtype = meta_str(described, "dtype", WEIGHT_DTYPES, "labeller.")
+    if SECTION not in reader:
+        raise D3FormatError("meta.labeller describes a labeller but the archive has no 'labeller' section")
+    ds = meta["dataset"]
+    k, (c, h, w) = len(ds["classes"]), tuple(ds["image_shape"])
+    if h != w:
+        raise D3FormatError(f"the labeller is a ConvNet-3, for square images, not {h}×{w}")
+    cost = network_cost(lambda: ConvNet(c, k, h, width=width), lambda: (torch.zeros(1, c, h, w),), "the labeller")
+    limits = limits or DEFAULT_LIMITS
+    check("values", cost.parameters, limits, "max_parameters", "the labeller")
+    check("multiply-adds", cost.macs, limits, "max_macs_per_image", "labelling one image")
+    net = load_stored_module(lambda: ConvNet(c, k, h, width=width), reader.read_tensors(SECTION), "", dtype, SECTION,
+                             device, exact=True)
+    return Labeller(net, ds["mean"], ds["std"], temperature)
+
+
+# ---- writing: an encoder's archive with a labeller beside it -------------------------------------------------------
+
+@dataclass(frozen=True)
+class LabellerConfig:
+    """The labeller an archive stores. Units: ConvNet-3 channels; epochs over the training set.
+
+    ``teacher`` (a d3codec.teacher.Teacher of the dataset's classes in order, e.g. from ``--teacher``'s
+    file) is stored instead of training one; its width then overrides ``width``."""
+
+    width: int = 16  # channels of the ConvNet-3 trained here
+    epochs: float = 10.0  # its training epochs (SGD, cosine schedule: d3codec.teacher.train_teacher)
+    temperature: float = 1.0  # the softmax temperature students see
+    dtype: str = "int8"  # how it is stored: int8 (a scale per output channel) or float16
+    teacher: object = None  # a trained Teacher to store instead
+
+
+@dataclass(frozen=True)
+class LabelledPlan:
+    """An encoder's plan for the budget less the labeller's bytes; ``max_bytes`` counts both. Other
+    attributes are the inner plan's (``plan.images_per_class`` and so on)."""
+
+    inner: object
+    labeller_bytes: int
+
+    @property
+    def max_bytes(self) -> int:
+        return self.inner.max_bytes + self.labeller_bytes
+
+    def __getattr__(self, name: str):
+        if name == "inner":  # not set yet (copying, unpickling): no recursion
+            raise AttributeError(name)
+        return getattr(self.inner, name)
+
+
+class LabelledEncoder(Encoder):
+    """Any encoder's archive with a stored labeller beside it (spec/FORMAT.md §5.8): the inner encoder
+    plans for the budget less the labeller's exact stored size (its section with compression off), the
+    labeller is trained (or given) before the inner distillation, and the archive holds both.
+
+    Args: inner: the method's encoder; config: :class:`LabellerConfig`.
+    """
+
+    def __init__(self, inner: Encoder, config: LabellerConfig = LabellerConfig()):
+        if config.dtype not in WEIGHT_DTYPES or not 1e-3 <= config.temperature <= 1e3 or config.width < 1:
+            raise ValueError(f"a labeller needs a width of at least 1, a dtype of {' or '.join(WEIGHT_DTYPES)} and a "
+                             f"temperature from 0.001 to 1000, not {config.width}, {config.dtype!r} and "
+                             f"{config.temperature!r}")
+        self.inner, self.config, self.method = inner, config, inner.method
+
+    def _placeholder(self, spec: DatasetSpec) -> tuple[dict, Section]:
+        """The labeller's meta field and section as they will be, with zero weights of the right shapes."""
+        c, h, _ = spec.image_shape
+        teacher = self.config.teacher
+        net = teacher.net if teacher is not None else ConvNet(c, spec.num_classes, h, width=self.config.width)
+        return labeller_parts(net, self.config.temperature, self.config.dtype)
+
+    def plan(self, spec: DatasetSpec, budget: int, meta_for, real: RealData | None = None) -> LabelledPlan:
+        """The inner plan for ``budget`` less the labeller section's exact bound. Raises: D3BudgetError
+        (with the smallest budget that would work) when the labeller leaves the method too little."""
+        described, section = self._placeholder(spec)
+        empty = Section.json("meta", {})
+        cost = archive_bound([empty, section], 0) - archive_bound([empty], 0)
+        if cost >= budget:
+            raise D3BudgetError(f"the labeller alone takes {cost} bytes of the budget of {budget}: use a narrower "
+                                "--labeller-width or a larger budget", min_budget=cost + 1)
+        try:
+            inner = self.inner.plan(spec, budget - cost, lambda m: {**meta_for(m), "labeller": described}, real)
+        except D3BudgetError as error:
+            needed = error.min_budget + cost if error.min_budget is not None else None
+            raise D3BudgetError(f"with a labeller of {cost} bytes: {error}" + (
+                f" (with the labeller, --budget {needed})" if needed else ""), min_budget=needed) from None
+        return LabelledPlan(inner, cost)
+
+    def distill(self, real: RealData, plan: LabelledPlan, *, device: torch.device, seed: int,
+                progress: bool = True) -> Encoded:
+        """Train the labeller (unless one is given), distil with the inner encoder, and add the labeller's
+        section; its test accuracy is in the stats (``labeller_accuracy``, a fraction)."""
+        teacher, stats = self.config.teacher, {}
+        if teacher is None:
+            teacher, _ = train_teacher(real, list(range(real.num_classes)), epochs=self.config.epochs,
+                                       width=self.config.width, device=device,
+                                       seed=seeds.stream_seed(seed, "labeller"), progress=progress)
+        if real.test is not None:
+            test_x, test_y = test_split(real)
+            stats["labeller_accuracy"] = round(test_accuracy(teacher.net, test_x, test_y, real.mean, real.std,
+                                                             device), 4)
+        described, section = labeller_parts(teacher.net, self.config.temperature, self.config.dtype)
+        return _with_labeller(self.inner.distill(real, plan.inner, device=device, seed=seed, progress=progress),
+                              described, section, stats)
+
+    @property
+    def kept_state(self):
+        return self.inner.kept_state
+
+    def checkpoint_files(self):
+        return self.inner.checkpoint_files()
+
+
+def _with_labeller(encoded: Encoded, described: dict, section: Section, stats: dict) -> Encoded:
+    """``encoded`` with the labeller's section and meta field added, trimming kept (the labeller stays)."""
+    def smaller() -> Encoded | None:
+        trimmed = encoded.trim()
+        return _with_labeller(trimmed, described, section, stats) if trimmed is not None else None
+
+    return replace(encoded, sections=encoded.sections + [section], stats={**encoded.stats, **stats},
+                   trim=smaller if encoded.trim is not None else None, meta={**encoded.meta, "labeller": described})
