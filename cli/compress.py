@@ -284,6 +284,9 @@ def run_compress(method: Method, values: dict) -> None:
         context = BuildContext(Path(output), Path(values["checkpoint"]) if values["checkpoint"] else None, device,
                                tuple(real.image_shape), real.num_classes)
         encoder = with_labeller(method.make_encoder(values["preset"], options, context), values, context)
+        if (workers or world_size() > 1) and (values["labeller_width"] or values["labeller"]):
+            raise click.UsageError("a federated run (--workers, torchrun) does not store a labeller yet: leave out "
+                                   "--labeller-width/--labeller, or run in one process")
         found = encoder.checkpoint_files()
         if resume == "resume" and not found:
             raise click.UsageError(f"--resume: there is no checkpoint of {output} to go on from; leave --resume out "

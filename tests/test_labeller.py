@@ -118,3 +118,6 @@ def test_the_command_line_stores_a_labeller_and_eval_uses_it_online(tiny_real, t
     r = run("eval", out, "--epochs", 1, "--runs", 1, "--model", "mlp", "--device", "cpu", "--json")
     assert r.exit_code == 0, r.output
     assert "labelled online" in json.loads(r.stdout)["rows"][0]["name"]  # JSON alone on stdout
+    r = run("compress", "d3", "tiny", "--budget", 12_000, "--labeller-width", 4, "--workers", 2, "-o",
+            tmp_path / "f.d3", "--device", "cpu", "--quiet")
+    assert r.exit_code != 0 and "does not store a labeller yet" in r.output  # refused before any worker starts
