@@ -24,6 +24,7 @@ from .errors import D3BudgetError, D3FormatError
 from .limits import DEFAULT_LIMITS, check, network_cost
 from .methods.base import DatasetSpec, Encoded, Encoder
 from .models import ConvNet
+from .progress import Stage, Stages
 from .students import test_accuracy, test_split
 from .teacher import train_teacher
 from .weights import WEIGHT_DTYPES, load_stored_module, quantise_state
@@ -171,10 +172,11 @@ class LabelledEncoder(Encoder):
         """Train the labeller (unless one is given), distil with the inner encoder, and add the labeller's
         section; its test accuracy is in the stats (``labeller_accuracy``, a fraction)."""
         teacher, stats = self.config.teacher, {}
-        if teacher is None:
-            teacher, _ = train_teacher(real, list(range(real.num_classes)), epochs=self.config.epochs,
-                                       width=self.config.width, device=device,
-                                       seed=seeds.stream_seed(seed, "labeller"), progress=progress)
+        if teacher is None:  # its bar is named "labeller training", not the method's "teacher"
+            with Stages("labeller", [Stage("training", 1.0)], enabled=progress).stage("training"):
+                teacher, _ = train_teacher(real, list(range(real.num_classes)), epochs=self.config.epochs,
+                                           width=self.config.width, device=device,
+                                           seed=seeds.stream_seed(seed, "labeller"), progress=progress)
         if real.test is not None:
             test_x, test_y = test_split(real)
             stats["labeller_accuracy"] = round(test_accuracy(teacher.net, test_x, test_y, real.mean, real.std,
