@@ -8,6 +8,7 @@ its message (figure, limit, override), never a time.
 import json
 import types
 
+import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
@@ -103,7 +104,7 @@ def test_a_million_one_pixel_images_count_their_fixed_work_and_the_grid_reads_th
     labels = torch.arange(1000).repeat(3)[torch.randperm(3000, generator=gen)]  # classes interleaved
     mixed = types.SimpleNamespace(image_shape=(1, 1, 1), classes=[str(c) for c in range(1000)], labels=labels,
                                   images=torch.rand(3000, 1, 1, 1, generator=gen))
-    grid = torch.tensor(list(grid_image(mixed, pad=0).getdata())).view(1000, 3)
+    grid = torch.tensor(np.array(grid_image(mixed, pad=0)), dtype=torch.long).view(1000, 3)  # (H, W) grey pixels
     for cl in (0, 517, 999):  # row c: class c's images in the order they come
         want = mixed.images[mixed.labels == cl].flatten()
         assert torch.equal(grid[cl], (want.clamp(0, 1) * 255).round().to(torch.uint8).long())
