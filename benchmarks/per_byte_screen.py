@@ -18,10 +18,9 @@ import time
 
 import d3codec
 from d3codec import students
-from d3codec.budget import archive_bound, ipc_budget
-from d3codec.container import Section
+from d3codec.budget import ipc_budget
 from d3codec.data import load_dataset
-from d3codec.labeller import Labeller, labeller_parts
+from d3codec.labeller import Labeller, labeller_parts, section_cost
 from d3codec.teacher import train_teacher
 
 
@@ -33,10 +32,7 @@ def real_png(args) -> str:
     if args.labeller_width:
         teacher, _ = train_teacher(real, list(range(real.num_classes)), epochs=args.labeller_epochs,
                                    width=args.labeller_width, seed=args.seed, progress=True)
-        _, section = labeller_parts(teacher.net, 1.0, "int8")
-        empty = Section.json("meta", {"labeller": {"network": "convnet3", "width": args.labeller_width,
-                                                   "temperature": 1.0, "dtype": "int8"}})
-        cost = archive_bound([empty, section], 0) - archive_bound([Section.json("meta", {})], 0)
+        cost = section_cost(labeller_parts(teacher.net, 1.0, "int8")[1])  # as LabelledEncoder counts it
         labeller = Labeller(teacher.net, real.mean, real.std, 1.0)
     images, labels, used = students.random_real_subset(real, budget - cost, "png", args.seed)
     test_x, test_y = students.test_split(real)

@@ -63,6 +63,13 @@ def labeller_parts(net: ConvNet, temperature: float, dtype: str = "int8") -> tup
             Section.tensors(SECTION, quantise_state(state, "", dtype), critical=False))
 
 
+def section_cost(section: Section) -> int:
+    """The bytes ``section`` adds to an archive at most: its table entry and its data with compression off
+    (a stored section is never larger than its raw form)."""
+    empty = Section.json("meta", {})
+    return archive_bound([empty, section], 0) - archive_bound([empty], 0)
+
+
 def read_labeller(reader, meta: dict, device: torch.device | str = "cpu", limits=None) -> Labeller | None:
     """The archive's labeller, or None where it stores none (or ``meta.labeller`` is absent: then the
     section, ancillary, is not read). Its values and multiply-adds per image are checked against
@@ -154,8 +161,7 @@ class LabelledEncoder(Encoder):
         """The inner plan for ``budget`` less the labeller section's exact bound. Raises: D3BudgetError
         (with the smallest budget that would work) when the labeller leaves the method too little."""
         described, section = self._placeholder(spec)
-        empty = Section.json("meta", {})
-        cost = archive_bound([empty, section], 0) - archive_bound([empty], 0)
+        cost = section_cost(section)
         if cost >= budget:
             raise D3BudgetError(f"the labeller alone takes {cost} bytes of the budget of {budget}: use a narrower "
                                 "--labeller-width or a larger budget", min_budget=cost + 1)
