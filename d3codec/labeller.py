@@ -9,6 +9,7 @@ as SRe2L, RDED and FKD relabel crops with a teacher, but here with the teacher s
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, replace
 
 import torch
@@ -176,13 +177,15 @@ class LabelledEncoder(Encoder):
     def distill(self, real: RealData, plan: LabelledPlan, *, device: torch.device, seed: int,
                 progress: bool = True) -> Encoded:
         """Train the labeller (unless one is given), distil with the inner encoder, and add the labeller's
-        section; its test accuracy is in the stats (``labeller_accuracy``, a fraction)."""
-        teacher, stats = self.config.teacher, {}
+        section; its test accuracy (``labeller_accuracy``, a fraction) and training seconds
+        (``labeller_seconds``, beside the method's ``distill_seconds``) are in the stats."""
+        teacher, stats, start = self.config.teacher, {}, time.time()
         if teacher is None:  # its bar is named "labeller training", not the method's "teacher"
             with Stages("labeller", [Stage("training", 1.0)], enabled=progress).stage("training"):
                 teacher, _ = train_teacher(real, list(range(real.num_classes)), epochs=self.config.epochs,
                                            width=self.config.width, device=device,
                                            seed=seeds.stream_seed(seed, "labeller"), progress=progress)
+            stats["labeller_seconds"] = round(time.time() - start, 3)
         if real.test is not None:
             test_x, test_y = test_split(real)
             stats["labeller_accuracy"] = round(test_accuracy(teacher.net, test_x, test_y, real.mean, real.std,

@@ -93,7 +93,7 @@ def test_any_method_stores_a_labeller_within_its_budget(tiny_real, tmp_path):
                               progress=False)
     ds = D3Dataset(out)
     assert out.stat().st_size <= 12_000 and ds.meta["labeller"]["width"] == 4 and ds.labeller is not None
-    assert 0 <= result.stats["labeller_accuracy"] <= 1
+    assert 0 <= result.stats["labeller_accuracy"] <= 1 and result.stats["labeller_seconds"] > 0
     alone = d3codec.compress(tiny_real, tmp_path / "plain.d3", budget=12_000, encoder=dm, progress=False)
     assert result.params["images_per_class"] < alone.params["images_per_class"]  # the labeller's bytes come first
 
