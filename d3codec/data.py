@@ -100,19 +100,21 @@ class RealData:
         return self.images_at(pick)
 
 
-class Normalisation:
+class Normalisation(torch.nn.Module):
     """Per-channel normalisation of images (N, C, H, W): ``norm(x)`` = (x − mean) / std, pixel space → the
-    networks' input; ``norm.inverse(x)`` back. ``mean`` and ``std`` are C floats (RealData.mean, .std)."""
+    networks' input; ``norm.inverse(x)`` back. ``mean`` and ``std`` are C floats (RealData.mean, .std),
+    kept as buffers, so that the module moves with ``.to(device)``."""
 
     def __init__(self, mean, std, device: torch.device | str = "cpu"):
-        self.mean = torch.tensor(mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)  # (1, C, 1, 1)
-        self.std = torch.tensor(std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32, device=device).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32, device=device).view(1, -1, 1, 1))
 
     @classmethod
     def of(cls, real: "RealData", device: torch.device | str = "cpu") -> "Normalisation":
         return cls(real.mean, real.std, device)
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         return (x - self.mean) / self.std
 
     def inverse(self, x: torch.Tensor) -> torch.Tensor:

@@ -20,7 +20,7 @@ from . import seeds
 from .archive import meta_int, meta_number, meta_str
 from .budget import archive_bound
 from .container import Section
-from .data import RealData
+from .data import Normalisation, RealData
 from .errors import D3BudgetError, D3FormatError
 from .limits import DEFAULT_LIMITS, check, network_cost
 from .methods.base import DatasetSpec, Encoded, Encoder
@@ -41,14 +41,12 @@ class Labeller(nn.Module):
     def __init__(self, net: nn.Module, mean, std, temperature: float):
         super().__init__()
         self.net, self.temperature = net.eval(), float(temperature)
-        device = next(net.parameters()).device
-        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32, device=device).view(1, -1, 1, 1))
-        self.register_buffer("std", torch.tensor(std, dtype=torch.float32, device=device).view(1, -1, 1, 1))
+        self.normalise = Normalisation(mean, std, next(net.parameters()).device)
         self.requires_grad_(False).eval()
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return F.softmax(self.net((images - self.mean) / self.std) / self.temperature, dim=1)  # (N, K)
+        return F.softmax(self.net(self.normalise(images)) / self.temperature, dim=1)  # (N, K)
 
 
 def labeller_parts(net: ConvNet, temperature: float, dtype: str = "int8") -> tuple[dict, Section]:

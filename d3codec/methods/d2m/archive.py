@@ -4,15 +4,13 @@ teacher that labels them (where the archive has one). Nothing here trains (encod
 
 from __future__ import annotations
 
-from typing import Callable
 
 import torch
-import torch.nn.functional as F
 
 from ... import noise
 from ...archive import meta_int, meta_number, meta_str
-from ...data import Normalisation
 from ...errors import D3FormatError
+from ...labeller import Labeller
 from ...limits import DEFAULT_LIMITS, batch_size, check, draw_macs, network_cost
 from ...models import ConvNet
 from ...weights import WEIGHT_DTYPES, load_stored_module
@@ -141,9 +139,8 @@ def labeller_cost(meta: dict, has_section: bool):
                         "the stored teacher (a ConvNet-3)")
 
 
-def load_labeller(reader, meta: dict, device: torch.device | str = "cpu", limits=None
-                  ) -> Callable[[torch.Tensor], torch.Tensor] | None:
-    """The archive's stored teacher as a labeller, or None when it stores none: ``label(images)``
+def load_labeller(reader, meta: dict, device: torch.device | str = "cpu", limits=None) -> Labeller | None:
+    """The archive's stored teacher as a labeller (d3codec.labeller.Labeller), or None when it stores none: it
     takes (B, C, H, W) float32 images in [0, 1] (on ``device``) and returns (B, K) float32 soft labels
     on ``device``, the teacher's softmax at the stored temperature on the normalised images. It labels
     any images of the dataset's shape, generated or real (a same-labels baseline, as DD-Ranking's).
@@ -162,13 +159,7 @@ def load_labeller(reader, meta: dict, device: torch.device | str = "cpu", limits
     width, temperature = read_label_params(meta, True)
     teacher = load_stored_module(lambda: ConvNet(c, k, h, width=width), reader.read_tensors("teacher"), "", dtype,
                                  "teacher", device, exact=True)
-    normalise = Normalisation(ds["mean"], ds["std"], device)
-
-    @torch.no_grad()
-    def label(images: torch.Tensor) -> torch.Tensor:
-        return F.softmax(teacher(normalise(images)) / temperature, dim=1)  # (B, K)
-
-    return label
+    return Labeller(teacher, ds["mean"], ds["std"], temperature)  # as a §5.8 labeller labels
 
 
 def decode(reader, meta: dict, samples_per_class: int | None = None, seed: int = 0,
