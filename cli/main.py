@@ -14,6 +14,7 @@ import click
 from d3codec.encoding import MAX_BUDGET_BYTES as MAX_BUDGET
 from d3codec.encoding import MAX_SEED
 from d3codec.errors import D3Error
+from d3codec.students import JPEG_QUALITY
 from d3codec.text import safe_text
 
 from .compress import CompressGroup
@@ -190,7 +191,14 @@ def expand(archive, output, fmt, grid, grid_columns, grid_scale, grid_names, max
 @click.option("--epochs", type=count(), default=300, show_default=True)
 @click.option("--runs", type=count(), default=3, show_default=True, help="Students per row (mean ± std).")
 @click.option("--baseline", type=click.Choice(["none", "random-real"]), default="none", show_default=True,
-              help="random-real: also train on random real images in the same bytes (float32 and PNG).")
+              help="random-real: also train on random real images in the same bytes (float32, PNG, JPEG) and, for "
+              "an archive with a labeller, on PNG and JPEG images in the bytes the labeller leaves, labelled online "
+              "by the same labeller (the fair baseline).")
+@click.option("--jpeg-quality", type=click.IntRange(1, 95), default=JPEG_QUALITY, show_default=True,
+              help="The quality of the JPEG baseline.")
+@click.option("--ranking", is_flag=True, help="Also report DD-Ranking's metrics: hard-label recovery (full-data "
+              "accuracy less the archive's with hard labels), improvement over random real images in the same bytes "
+              "with the same labels, and the label-robust score; trains the rows they need.")
 @click.option("--dataset", help="Real dataset for the test split (default: the archive's).")
 @click.option("--data-root", type=click.Path(file_okay=False))
 @click.option("--seed", type=count(0, MAX_SEED), default=0, show_default=True)
@@ -233,6 +241,8 @@ def evaluate_cmd(archive, dataset, data_root, device, json_out, quiet, **options
     click.echo(result.header())
     for r in result.rows:
         click.echo("  " + r.summary())
+    if result.ranking is not None:
+        click.echo("  " + result.ranking.summary())
     if json_out:
         Path(json_out).write_text(json.dumps(result.to_json(), indent=2))
 

@@ -17,9 +17,13 @@ from typing import Callable
 from . import data
 from .data import RealData
 from .dataset import D3Dataset
+from .container import D3Reader
+from .labeller import stored_bytes
 from .limits import DecodeLimits
 from .models import resolve_device
-from .students import EvalResult, StudentConfig, random_real_subset, replay_students, test_split, train_students
+from .ranking import FULL_DATA_ACCURACY, Ranking
+from .students import (JPEG_QUALITY, EvalResult, StudentConfig, random_real_subset, replay_students, test_split,
+                       train_students)
 
 TRAININGS = ("auto", "replay", "standard", "both")
 LABELS = ("auto", "online", "stored", "hard")
@@ -34,8 +38,13 @@ class EvalProtocol:
     Attributes:
         model: the student network (``convnet3``, ``resnet18``, ``mlp``; d3codec.models).
         epochs: student epochs (standard training); runs: students per row (mean ± std).
-        baseline: ``none``, or ``random-real``: random real images in the same bytes (float32 and PNG)
-            and, for an archive with a schedule, as many real images as it stores.
+        baseline: ``none``, or ``random-real``: random real images in the same bytes (float32, PNG, and
+            JPEG at ``jpeg_quality``) with hard labels; for an archive with a labeller (labelled online),
+            also PNG and JPEG images in the budget less the labeller's bytes, labelled online by the same
+            labeller (the fair baseline); for an archive with a schedule, as many real images as it stores.
+        jpeg_quality: the JPEG baseline's quality (1 to 95).
+        ranking: also report DD-Ranking's metrics (d3codec.ranking), training the rows they need (the
+            archive with hard labels, random real PNG images with the archive's labels) where not already.
         training: ``replay`` trains by the archive's own schedule (bptt archives), ``standard`` by the
             protocol, ``auto`` replay where the archive has a schedule, ``both`` a row each.
         samples_per_class / sample_seed: the draw of a sampled archive (d3, d2m; None: the archive's).
@@ -57,6 +66,8 @@ class EvalProtocol:
     resample_every_epoch: bool = False
     labels: str = "auto"
     seed: int = 0
+    jpeg_quality: int = JPEG_QUALITY
+    ranking: bool = False
 
     def __post_init__(self):
         if self.training not in TRAININGS or self.baseline not in BASELINES or self.labels not in LABELS:
@@ -65,6 +76,8 @@ class EvalProtocol:
                              f"{self.labels!r}")
         if self.epochs < 1 or self.runs < 1:
             raise ValueError(f"epochs and runs must be at least 1, not {self.epochs} and {self.runs}")
+        if not 1 <= self.jpeg_quality <= 95:
+            raise ValueError(f"the JPEG quality must be 1 to 95, not {self.jpeg_quality}")
 
 
 @dataclass
@@ -77,6 +90,7 @@ class Evaluation:
     device: str
     protocol: EvalProtocol
     rows: list[EvalResult] = field(default_factory=list)
+    ranking: Ranking | None = None  # DD-Ranking's metrics (protocol.ranking)
 
     def header(self) -> str:
         p = self.protocol
@@ -88,7 +102,8 @@ class Evaluation:
         return {"archive": self.archive, "dataset": self.dataset, "device": self.device,
                 "protocol": asdict(self.protocol),
                 "rows": [{"name": r.name, "images": r.images, "bytes": r.file_bytes, "accuracies": r.accuracies,
-                          "seconds": r.seconds, "mean": r.mean, "std": r.std} for r in self.rows]}
+                          "seconds": r.seconds, "mean": r.mean, "std": r.std} for r in self.rows],
+                "ranking": self.ranking.to_json() if self.ranking is not None else None}
 
 
 def evaluate(archive: str | os.PathLike, protocol: EvalProtocol | None = None, *, dataset: str | RealData | None = None,
@@ -135,7 +150,12 @@ def evaluate(archive: str | os.PathLike, protocol: EvalProtocol | None = None, *
         raise ValueError("this archive stores no labeller: use --labels stored or hard")
     if protocol.resample_every_epoch and not ds.sampled:
         raise ValueError(f"--resample-every-epoch needs a sampled archive (d3, d2m), not {ds.meta['method']}")
-    run = _Runner(protocol, real, test_split(real), dev, log, progress)
+    if protocol.ranking and training == "replay":
+        raise ValueError("DD-Ranking's metrics compare students trained the standard way: use --training standard "
+                         "or both")
+    with D3Reader(archive) as reader:
+        labeller_bytes = stored_bytes(reader)
+    run = _Runner(protocol, real, test_split(real), dev, log, progress, labeller_bytes)
     result = Evaluation(str(archive), real.name, str(dev), protocol)
     file_bytes = Path(archive).stat().st_size
     if training in ("replay", "both"):
@@ -144,7 +164,16 @@ def evaluate(archive: str | os.PathLike, protocol: EvalProtocol | None = None, *
         result.rows.append(run.standard(ds, file_bytes))
     if protocol.baseline == "random-real":
         result.rows += run.random_real(ds, file_bytes)
+    if protocol.ranking:
+        result.ranking = run.ranking(ds, file_bytes, result.rows)
     return result
+
+
+def archive_labels(protocol: EvalProtocol, ds: D3Dataset) -> str:
+    """What the archive's students learn from under ``protocol``: online, stored or hard."""
+    if protocol.labels != "auto":
+        return protocol.labels
+    return "online" if ds.labeller is not None else "stored"
 
 
 @dataclass
@@ -157,6 +186,8 @@ class _Runner:
     device: object
     log: Callable[[str], None] | None
     progress: bool
+    labeller_bytes: int = 0  # the archive's labeller's bytes in its file
+    by_role: dict = field(default_factory=dict)  # "archive", "archive-hard", "real-png", "real-png-labeller" → row
 
     def rows(self, name, images, targets, runs, file_bytes, **kw) -> EvalResult:
         p = self.protocol
@@ -175,9 +206,9 @@ class _Runner:
         row.file_bytes = file_bytes
         return row
 
-    def standard(self, ds: D3Dataset, file_bytes: int) -> EvalResult:
+    def standard(self, ds: D3Dataset, file_bytes: int, labels: str | None = None) -> EvalResult:
         p = self.protocol
-        labels = p.labels if p.labels != "auto" else ("online" if ds.labeller is not None else "stored")
+        labels = labels or archive_labels(p, ds)
         targets = {"online": ds.labeller, "hard": ds.labels}.get(labels, ds.soft_labels)
         targets = targets if targets is not None else ds.labels
         named = {"online": ", labelled online by its labeller", "hard": ", hard labels"}.get(labels, "")
@@ -186,8 +217,26 @@ class _Runner:
         def fresh_draw(run: int, epoch: int):  # student ``run``'s samples for ``epoch`` (--resample-every-epoch)
             images, labels, soft = ds.draw(per_class, seed=p.sample_seed + RESAMPLE_SEED_STRIDE * (run + 1) + epoch)
             return images, (soft if soft is not None and ds.soft_labels is not None else labels)
-        return self.rows(f"archive ({ds.meta['method']}{named})", ds.images, targets, p.runs, file_bytes,
-                         resample=fresh_draw if p.resample_every_epoch else None, progress=self.progress)
+        row = self.rows(f"archive ({ds.meta['method']}{named})", ds.images, targets, p.runs, file_bytes,
+                        resample=fresh_draw if p.resample_every_epoch else None, progress=self.progress)
+        self.by_role["archive-hard" if labels == "hard" or targets is ds.labels else "archive"] = row
+        return row
+
+    def real_files(self, budget: int, storage: str, labeller=None) -> EvalResult:
+        """Random real PNG or JPEG images in ``budget`` bytes (less the labeller's, where given: the fair
+        baseline), with hard labels or labelled online by ``labeller``."""
+        p = self.protocol
+        cost = self.labeller_bytes if labeller is not None else 0
+        x, y, used = random_real_subset(self.real, budget - cost, storage, p.seed, p.jpeg_quality)
+        stored = "PNG" if storage == "png" else f"JPEG q{p.jpeg_quality}"
+        if labeller is None:
+            row = self.rows(f"random real ({stored})", x, y, p.runs, used, progress=self.progress)
+        else:
+            row = self.rows(f"random real ({stored}, {cost} B fewer) labelled online by the archive's labeller", x,
+                            labeller, p.runs, used + cost, progress=self.progress)
+        if storage == "png":
+            self.by_role["real-png-labeller" if labeller is not None else "real-png"] = row
+        return row
 
     def random_real(self, ds: D3Dataset, file_bytes: int) -> list[EvalResult]:
         p, out = self.protocol, []
@@ -197,8 +246,31 @@ class _Runner:
                                          p.seed)
             out.append(self.rows(f"random real (same count, {n} per class)", x, y, p.runs, None,
                                  progress=self.progress))
-        budget = ds.meta.get("budget", {}).get("bytes") or file_bytes
-        for storage in ("float32", "png"):
-            x, y, used = random_real_subset(self.real, budget, storage, p.seed)
-            out.append(self.rows(f"random real ({storage})", x, y, p.runs, used, progress=self.progress))
+        budget = _budget(ds, file_bytes)
+        x, y, used = random_real_subset(self.real, budget, "float32", p.seed)
+        out.append(self.rows("random real (float32)", x, y, p.runs, used, progress=self.progress))
+        out += [self.real_files(budget, storage) for storage in ("png", "jpeg")]
+        if ds.labeller is not None and archive_labels(p, ds) == "online":
+            out += [self.real_files(budget, storage, ds.labeller) for storage in ("png", "jpeg")]
         return out
+
+    def ranking(self, ds: D3Dataset, file_bytes: int, rows: list[EvalResult]) -> Ranking:
+        """DD-Ranking's metrics (d3codec.ranking), training the rows they need that ``rows`` lack."""
+        labels = archive_labels(self.protocol, ds)
+        if "archive-hard" not in self.by_role:
+            rows.append(self.standard(ds, file_bytes, "hard"))
+        labelled = self.by_role.get("archive", self.by_role["archive-hard"])
+        online = labels == "online"
+        role = "real-png-labeller" if online else "real-png"
+        if role not in self.by_role:
+            rows.append(self.real_files(_budget(ds, file_bytes), "png", ds.labeller if online else None))
+        full = FULL_DATA_ACCURACY.get((self.real.name, self.protocol.model))
+        same = {"online": "labelled online by the archive's labeller", "hard": "hard labels"}.get(
+            labels, "hard labels (stored soft labels belong to the archive's own images)")
+        return Ranking(full[0] if full else None, self.by_role["archive-hard"].mean, labelled.mean,
+                       self.by_role[role].mean, same)
+
+
+def _budget(ds: D3Dataset, file_bytes: int) -> int:
+    """The archive's byte budget (its file size where it names none)."""
+    return ds.meta.get("budget", {}).get("bytes") or file_bytes

@@ -69,6 +69,13 @@ def section_cost(section: Section) -> int:
     return archive_bound([empty, section], 0) - archive_bound([empty], 0)
 
 
+def stored_bytes(reader) -> int:
+    """The bytes an archive's labeller takes in its file: its section as stored and its table entry (0 where
+    it has none). ``reader``: a d3codec.container.D3Reader."""
+    info = next((s for s in reader.sections if s.name == SECTION), None)
+    return 0 if info is None else info.stored_length + section_cost(Section.raw(SECTION, b""))
+
+
 def read_labeller(reader, meta: dict, device: torch.device | str = "cpu", limits=None) -> Labeller | None:
     """The archive's labeller, or None where it stores none (or ``meta.labeller`` is absent: then the
     section, ancillary, is not read). Its values and multiply-adds per image are checked against

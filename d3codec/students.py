@@ -7,8 +7,8 @@ or soft cross-entropy on soft labels. We report the **final-epoch** test accurac
 best epoch), mean ± std over runs, and the students' training seconds.
 
 Baseline ``random-real``: random real training images stored in the same byte budget, either
-as float32 (budget / (C·H·W·4) images) or as PNG files (images added class by class, round robin,
-until their PNG bytes fill the budget).
+as float32 (budget / (C·H·W·4) images) or as PNG or JPEG files (images added class by class, round
+robin, until their files fill the budget; the student sees what the files decode to).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -213,23 +214,50 @@ def _record(result: EvalResult, accuracy: float, seconds: float, runs: int, log)
 
 def png_bytes(image: torch.Tensor) -> int:
     """Size in bytes of one (C, H, W) [0, 1] image saved as an 8-bit PNG by pillow (optimised)."""
+    return len(image_file(image, "png")[0])
+
+
+JPEG_QUALITY = 90  # the real-image JPEG baseline's default quality (benchmarks/per-byte-exploration.md)
+
+
+def image_file(image: torch.Tensor, storage: str, quality: int = JPEG_QUALITY) -> tuple[bytes, torch.Tensor]:
+    """One (C, H, W) [0, 1] image as the bytes of an 8-bit image file and the image those bytes decode to.
+
+    Args:
+        storage: "png" (lossless, pillow's optimised PNG) or "jpeg" (pillow's baseline JPEG at ``quality``
+            1 to 95, 4:2:0 chroma subsampling for colour, optimised Huffman tables).
+    Returns: (file bytes, decoded image (C, H, W) float32 in [0, 1]).
+    """
     from PIL import Image
 
     array = (image.clamp(0, 1) * 255).round().to(torch.uint8)
     array = array[0].numpy() if array.shape[0] == 1 else array.permute(1, 2, 0).numpy()
     buf = io.BytesIO()
-    Image.fromarray(array).save(buf, format="PNG", optimize=True)
-    return buf.tell()
+    if storage == "png":
+        Image.fromarray(array).save(buf, format="PNG", optimize=True)
+    elif storage == "jpeg":
+        if not 1 <= quality <= 95:
+            raise ValueError(f"JPEG quality must be 1 to 95, not {quality}")
+        Image.fromarray(array).save(buf, format="JPEG", quality=quality, optimize=True)
+    else:
+        raise ValueError(f"image files are 'png' or 'jpeg', not {storage!r}")
+    data = buf.getvalue()
+    decoded = torch.from_numpy(np.array(Image.open(io.BytesIO(data)))).float() / 255
+    decoded = decoded.unsqueeze(0) if decoded.dim() == 2 else decoded.permute(2, 0, 1)
+    return data, decoded
 
 
-def random_real_subset(real: RealData, budget: int, storage: str = "float32", seed: int = 0
-                       ) -> tuple[torch.Tensor, torch.Tensor, int]:
+def random_real_subset(real: RealData, budget: int, storage: str = "float32", seed: int = 0,
+                       quality: int = JPEG_QUALITY) -> tuple[torch.Tensor, torch.Tensor, int]:
     """Random real training images that fit ``budget`` bytes.
 
     Args:
-        storage: "float32" (C·H·W·4 bytes an image, the same count per class) or "png" (each
-            image counts its own PNG size; classes take turns until the next image would not fit).
-    Returns: images (N, C, H, W) float32 in [0, 1], labels (N,) int64, bytes used.
+        storage: "float32" (C·H·W·4 bytes an image, the same count per class), "png" or "jpeg" (each
+            image counts its own file's size, :func:`image_file`; classes take turns until the next image
+            would not fit).
+        quality: the JPEG quality (storage "jpeg").
+    Returns: images (N, C, H, W) float32 in [0, 1] as the stored files decode, labels (N,) int64, bytes used.
+    Raises: ValueError for an unknown storage or a budget that holds no float32 image per class.
     """
     gen = torch.Generator().manual_seed(seed)
     k = real.num_classes
@@ -241,8 +269,9 @@ def random_real_subset(real: RealData, budget: int, storage: str = "float32", se
             raise ValueError(f"a budget of {budget} bytes holds no float32 image per class")
         chosen = [(cl, o[:per_class]) for cl, o in enumerate(orders)]
         used = per_class * k * c * h * w * 4
-    elif storage == "png":
-        picks = [[] for _ in range(k)]
+        images = torch.cat([real.images_at(idx) for _, idx in chosen])
+    elif storage in ("png", "jpeg"):
+        picks, decoded = [[] for _ in range(k)], [[] for _ in range(k)]
         used, position, full = 0, 0, False
         while not full:
             for cl in range(k):
@@ -250,18 +279,17 @@ def random_real_subset(real: RealData, budget: int, storage: str = "float32", se
                     full = True
                     break
                 index = orders[cl][position]
-                size = png_bytes(real.images_at(index.view(1))[0])
-                if used + size > budget:
+                data, image = image_file(real.images_at(index.view(1))[0], storage, quality)
+                if used + len(data) > budget:
                     full = True
                     break
                 picks[cl].append(int(index))
-                used += size
+                decoded[cl].append(image)
+                used += len(data)
             position += 1
         chosen = [(cl, torch.tensor(p, dtype=torch.long)) for cl, p in enumerate(picks)]
+        images = torch.stack([x for per_class in decoded for x in per_class])
     else:
-        raise ValueError(f"storage must be 'float32' or 'png', not {storage!r}")
-    images = torch.cat([real.images_at(idx) for _, idx in chosen])
+        raise ValueError(f"storage must be 'float32', 'png' or 'jpeg', not {storage!r}")
     labels = torch.cat([torch.full((len(idx),), cl, dtype=torch.long) for cl, idx in chosen])
-    if storage == "png":  # what a PNG holds: 8-bit pixels
-        images = (images * 255).round() / 255
     return images, labels, used

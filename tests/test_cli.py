@@ -77,7 +77,8 @@ def test_eval_with_random_real_baseline(tiny_real, tmp_path, monkeypatch):
             "--json", tmp_path / "r.json")
     assert r.exit_code == 0, r.output
     rows = json.loads((tmp_path / "r.json").read_text())["rows"]
-    assert [row["name"] for row in rows] == ["archive (pixel)", "random real (float32)", "random real (png)"]
+    assert [row["name"] for row in rows] == ["archive (pixel)", "random real (float32)", "random real (PNG)",
+                     "random real (JPEG q90)"]
     for row in rows:
         assert len(row["accuracies"]) == 2 and all(0 <= a <= 1 for a in row["accuracies"])
         assert row["bytes"] <= 6_000
@@ -231,7 +232,8 @@ def test_bptt_compress_and_eval_replays_the_schedule_beside_standard_training(ti
     assert r.exit_code == 0, r.output
     rows = json.loads((tmp_path / "r.json").read_text())["rows"]
     assert [row["name"].split(",")[0] for row in rows] == ["archive (pixel", "archive (pixel)", "random real (same count",
-                                                           "random real (float32)", "random real (png)"]
+                                                           "random real (float32)", "random real (PNG)",
+                     "random real (JPEG q90)"]
     assert "replayed lenet schedule of 2×5 steps" in rows[0]["name"] and rows[2]["images"] == 6
     assert all(len(row["accuracies"]) == 2 for row in rows)
 

@@ -121,3 +121,28 @@ def test_the_command_line_stores_a_labeller_and_eval_uses_it_online(tiny_real, t
     r = run("compress", "d3", "tiny", "--budget", 12_000, "--labeller-width", 4, "--workers", 2, "-o",
             tmp_path / "f.d3", "--device", "cpu", "--quiet")
     assert r.exit_code != 0 and "does not store a labeller yet" in r.output  # refused before any worker starts
+
+
+def test_the_fair_baseline_gives_real_images_the_same_labeller_and_ranking_uses_it(labelled, tiny_real):
+    from d3codec.ranking import label_robust_score
+
+    _, archive, _ = labelled
+    result = d3codec.evaluate(archive, dataset=tiny_real, device="cpu", epochs=2, runs=1, model="mlp",
+                              baseline="random-real", ranking=True)
+    rows = {row.name.split(" labelled")[0]: row for row in result.rows}
+    with D3Reader(archive) as reader:
+        labeller_bytes = d3codec.labeller.stored_bytes(reader)
+    assert labeller_bytes > 0
+    png, fair = rows["random real (PNG)"], rows[f"random real (PNG, {labeller_bytes} B fewer)"]
+    budget = D3Dataset(archive).meta["budget"]["bytes"]
+    assert fair.images < png.images and fair.file_bytes <= budget and png.file_bytes <= budget
+    assert fair.file_bytes - labeller_bytes <= budget - labeller_bytes
+    assert any(name.startswith("random real (JPEG q90, ") for name in rows)
+    # the ranking trained the archive with hard labels (its own row) and compared with the fair row
+    ranking = result.ranking
+    assert "archive (pixel, hard labels)" in rows and ranking.labels.startswith("labelled online")
+    assert ranking.random == fair.mean and ranking.hard == rows["archive (pixel, hard labels)"].mean
+    assert ranking.hlr is None and ranking.lrs is None  # no full-data accuracy for the tiny data
+    assert ranking.ior == pytest.approx(ranking.labelled - ranking.random)
+    assert label_robust_score(0.0, 0.0) == pytest.approx((1 - 2.718281828 ** -1) / (2.718281828 - 2.718281828 ** -1))
+    assert label_robust_score(-1.0, 1.0) == pytest.approx(1.0) and label_robust_score(1.0, -1.0) == pytest.approx(0.0)

@@ -107,3 +107,13 @@ def test_every_config_field_of_every_method_says_what_it_is():
         source = inspect.getsource(config)
         bare = [f.name for f in fields(config) if not re.search(rf"^\s+{f.name}: [^\n]*#", source, re.M)]
         assert bare == [], f"{name}: {config.__name__} fields without a comment"
+
+
+def test_every_package_is_installed_by_pyproject():
+    """pyproject.toml lists its packages by hand: a package missing there works in an editable install
+    (as in CI) and is absent from a wheel."""
+    import tomllib
+
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "d3codec").rglob("__init__.py")}
+    assert found - listed == set()

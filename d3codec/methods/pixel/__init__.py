@@ -8,6 +8,7 @@ from ...registry import ArchiveKind, Method, Option, register_archive_kind, regi
 from .archive import INITS, NETWORKS, SECTIONS, decode, describe_params, read_schedule
 from .bptt import BPTTConfig, BPTTEncoder, BPTTPlan, unrolled_gradients
 from .dm import DMConfig, DMEncoder
+from .formation import FORMATIONS, MAX_FACTOR, Formation
 
 STORAGE_OPTION = Option("--storage-dtype", "storage_dtype", "How images are stored; auto picks uint8 with a per-class "
                         "range (most images per byte).", kind="choice", choices=("auto", "uint8", "float16", "float32"))
@@ -15,8 +16,15 @@ IMAGES_OPTION = Option("--images-per-class", "images_per_class", "Fix the image 
 
 register_archive_kind(ArchiveKind("pixel", SECTIONS, decode=decode, read_schedule=read_schedule,
                                   describe=describe_params))
-register_method(Method("dm", "Distribution matching on the pixels (Zhao & Bilen, WACV 2023): learn the images.",
-                       "pixel", DMEncoder, (STORAGE_OPTION, IMAGES_OPTION)))
+register_method(Method(
+    "dm", "Distribution matching (Zhao & Bilen, WACV 2023): learn the images, or codes a formation turns into images.",
+    "pixel", DMEncoder,
+    (STORAGE_OPTION, IMAGES_OPTION,
+     Option("--formation", "formation", "How stored codes become images: pixels (the images), lowres (IDC's "
+            "multi-formation: stored at 1/f of the side, upsampled) or dct (FreD: the lowest DCT coefficients). "
+            "lowres and dct hold about f² times as many images.", kind="choice", choices=FORMATIONS),
+     Option("--formation-factor", "formation_factor", "The side reduction f of lowres and dct (default 2).",
+            low=2, high=MAX_FACTOR))))
 register_method(Method(
     "bptt", "The original dataset distillation (Wang et al. 2018): images and per-step learning rates learned "
     "through unrolled training; the archive carries the schedule.", "pixel", BPTTEncoder,
@@ -29,5 +37,5 @@ register_method(Method(
             "all).", high=100_000),
      STORAGE_OPTION, IMAGES_OPTION)))
 
-__all__ = ["DMConfig", "DMEncoder", "BPTTConfig", "BPTTEncoder", "BPTTPlan", "unrolled_gradients", "decode",
+__all__ = ["DMConfig", "DMEncoder", "Formation", "BPTTConfig", "BPTTEncoder", "BPTTPlan", "unrolled_gradients", "decode",
            "read_schedule", "describe_params"]

@@ -12,11 +12,12 @@ import torch
 
 from ...archive import describe, meta_int, meta_str
 from ...errors import D3FormatError
-from ...limits import DEFAULT_LIMITS, check, network_cost
+from ...limits import DEFAULT_LIMITS, check, network_cost, output_bytes
 from ...models import build_model
 from ...schedule import TrainingSchedule
 from ...storage import check_probabilities, decode_images
 from ...weights import check_names, read_stored
+from .formation import read_formation
 
 SECTIONS = {"meta": True, "images": True, "soft_labels": True, "schedule": True}  # name → critical
 NETWORKS = ("lenet", "convnet3")  # the networks a schedule may name
@@ -26,16 +27,26 @@ MAX_SCHEDULE_STEPS = 100_000  # a reader refuses longer schedules (replay time i
 
 def decode(reader, meta: dict, limits=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Images (N, C, H, W) float32 in pixel space, labels (N,) int64 and soft labels (N, K) float32
-    (None where the archive has no ``soft_labels`` section) of a pixel archive.
+    (None where the archive has no ``soft_labels`` section) of a pixel archive. Where
+    ``meta.params.formation`` says so, the ``images`` section holds codes (N, C, H/f, W/f) that the
+    formation (formation.py) turns into the images.
 
     ``limits`` (d3codec.limits.DecodeLimits) bounds the decoded bytes before they are allocated.
     Raises: D3FormatError for tensors that break spec/FORMAT.md §5 (soft labels must be (N, K) F16 or
-    F32 probabilities); D3LimitError past the limits.
+    F32 probabilities) or a bad formation; D3LimitError past the limits.
     """
     ds = meta["dataset"]
-    num_classes = len(ds["classes"])
-    images, labels = decode_images(reader.read_tensors("images"), num_classes, tuple(ds["image_shape"]), limits,
+    num_classes, image_shape = len(ds["classes"]), tuple(ds["image_shape"])
+    params = meta.get("params") if isinstance(meta.get("params"), dict) else {}
+    formation = read_formation(params, image_shape)
+    tensors = reader.read_tensors("images")
+    codes = tensors.get("images")
+    if formation.kind != "pixels" and codes is not None:  # the decoded images, not the codes, must fit the limits
+        check("bytes", output_bytes(codes.shape[0], image_shape, num_classes, "soft_labels" in reader),
+              limits or DEFAULT_LIMITS, "max_bytes", f"decoding {codes.shape[0]} images of shape {image_shape}")
+    images, labels = decode_images(tensors, num_classes, formation.code_shape(image_shape), limits,
                                    soft="soft_labels" in reader)
+    images = formation.decode(images, image_shape)
     soft = None
     if "soft_labels" in reader:
         tensors = reader.read_tensors("soft_labels")
@@ -107,8 +118,10 @@ def read_schedule(reader, meta: dict, limits=None) -> TrainingSchedule | None:
 
 def describe_params(params: dict) -> str:
     """A pixel archive's ``meta.params`` in a few words (d3 info, and the line d3 compress ends with)."""
+    formation = params.get("formation")
+    stored = f" as {formation['kind']} ×{formation['factor']} codes" if isinstance(formation, dict) else ""
     words = (f"objective {params.get('objective', 'dm')}: {int(params['images_per_class'])} {params['storage_dtype']} "
-             "images per class")
+             f"images per class{stored}")
     if params.get("objective") == "bptt":
         words += (f", {int(params['inner_steps'])} steps × {int(params['inner_epochs'])} epochs of a "
                   f"{params['network']} schedule, {params['init']} init")

@@ -41,6 +41,7 @@ from ...storage import encode_images, resolve_storage_dtype
 from ...progress import progress_bar
 from ..base import CheckpointedEncoder, DatasetSpec, Encoded
 from ..matching import DistributionMatcher, FeatureTerm
+from .formation import Formation, parse_formation
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,12 @@ class DMConfig:
     storage_dtype: str = "auto"  # how images are stored: auto (uint8 with a per-class range), uint8, float16, float32
     images_per_class: int | None = None  # a fixed count instead of filling the budget
     fill: str = "compressed"  # "compressed": plan on the estimated zstd size (trim if wrong); "raw": on the raw size
+    formation: str = "pixels"  # how stored codes become images: pixels, lowres (IDC) or dct (FreD); formation.py
+    formation_factor: int | None = None  # the side reduction f of lowres and dct (default 2)
+
+    @property
+    def parsed_formation(self) -> Formation:
+        return parse_formation(self.formation, self.formation_factor)
 
 
 # Distilled images compress worse than real ones: on Fashion-MNIST uint8, zstd stored real images
@@ -79,15 +86,20 @@ class DMEncoder(CheckpointedEncoder):
     presets = PRESETS
 
     def method_meta(self, plan: PixelPlan) -> dict:
-        return {"objective": "dm", "config": asdict(self.config), "images_per_class": plan.images_per_class,
+        meta = {"objective": "dm", "config": asdict(self.config), "images_per_class": plan.images_per_class,
                 "storage_dtype": plan.storage_dtype}
+        formation = self.config.parsed_formation
+        return meta if formation.kind == "pixels" else {**meta, "formation": formation.meta()}
 
     def _sections(self, images: torch.Tensor, labels: torch.Tensor, spec: DatasetSpec, dtype: str) -> list[Section]:
         return [Section.tensors("images", encode_images(images, labels, spec.num_classes, dtype))]
 
     def plan(self, spec: DatasetSpec, budget: int, meta_for, real: RealData | None = None) -> PixelPlan:
-        """Images per class and storage dtype for ``budget`` bytes (see d3codec.budget)."""
-        k, shape = spec.num_classes, spec.image_shape
+        """Images per class and storage dtype for ``budget`` bytes (see d3codec.budget); an image is its
+        formation's code (C, H/f, W/f)."""
+        formation = self.config.parsed_formation
+        formation.check(spec.image_shape)
+        k, shape = spec.num_classes, formation.code_shape(spec.image_shape)
         if self.config.fill not in ("compressed", "raw"):
             raise ValueError(f"fill must be 'compressed' or 'raw', not {self.config.fill!r}")
 
@@ -100,23 +112,32 @@ class DMEncoder(CheckpointedEncoder):
         ratio = None
         if real is not None and self.config.fill == "compressed" and self.config.images_per_class is None:
             dtype = resolve_storage_dtype(self.config.storage_dtype)
-            ratio = min(1.0, image_compression_ratio(real, dtype) * DISTILLED_RATIO_MARGIN)
+            ratio = min(1.0, image_compression_ratio(real, dtype, formation) * DISTILLED_RATIO_MARGIN)
         return plan_pixel_storage(budget, k, shape, sections_for, self.config.storage_dtype,
                                   self.config.images_per_class, ratio)
 
     def distill(self, real: RealData, plan: PixelPlan, *, device: torch.device, seed: int,
                 progress: bool = True) -> Encoded:
-        cfg, spec = self.config, DatasetSpec.of(real)
+        cfg, spec, formation = self.config, DatasetSpec.of(real), self.config.parsed_formation
         k, n = real.num_classes, plan.images_per_class
-        c, h, w = real.image_shape
+        c, h, w = formation.code_shape(real.image_shape)
         gen = seeds.generator(seed, "dm")
         torch.manual_seed(seeds.stream_seed(seed, "dm"))  # the random networks draw from the global generator
         normalise = Normalisation.of(real, device)
 
-        # synthetic images, normalised, initialised from random real images of each class
+        # synthetic codes of normalised images (the images themselves for formation pixels), initialised
+        # from random real images of each class; the formation makes images of them (IDC, FreD)
         init = torch.stack([real.sample_class(cls, n, gen) for cls in range(k)])  # (K, n, C, H, W)
-        synthetic = normalise(init.to(device).flatten(0, 1)).view(k, n, c, h, w).requires_grad_(True)
-        optimiser = torch.optim.SGD([synthetic], lr=cfg.lr_images, momentum=cfg.momentum)
+        codes = formation.encode(normalise(init.to(device).flatten(0, 1)))  # (K·n, C, H/f, W/f)
+        synthetic = codes.reshape(k, n, c, h, w).requires_grad_(True)
+        optimiser = torch.optim.SGD([synthetic], lr=cfg.lr_images / formation.gain, momentum=cfg.momentum)
+
+        def images_of(classes: slice) -> torch.Tensor:  # (K', n, C, H, W) normalised images of some classes
+            chosen = synthetic[classes.start:classes.stop]
+            if formation.kind == "pixels":
+                return chosen
+            return formation.decode(chosen.flatten(0, 1), real.image_shape).view(len(chosen), n, *real.image_shape)
+
         matcher = DistributionMatcher(real.image_shape, k, real.sample_class, cfg.real_per_class, normalise,
                                       DSA() if cfg.dsa else None, cfg.embed_width, k, device)  # all classes at once
         terms = [FeatureTerm(mean_embedding_loss)]  # Σ_c ‖mean φ(x_c) − mean φ(x̃_c)‖² (Eq. 4)
@@ -128,12 +149,13 @@ class DMEncoder(CheckpointedEncoder):
         for it in progress_bar(range(first, cfg.iterations), desc="DM", enabled=progress, unit="it", initial=first,
                                total=cfg.iterations):
             optimiser.zero_grad(set_to_none=True)
-            loss_value = matcher.step(lambda classes: synthetic[classes.start:classes.stop], terms, gen)
+            loss_value = matcher.step(images_of, terms, gen)
             optimiser.step()
             if ckpt is not None and ckpt.due(it + 1, cfg.iterations):
                 ckpt.save(it + 1, {"synthetic": synthetic, "loss": torch.tensor(loss_value)}, {"sgd": optimiser}, gen)
 
-        images = normalise.inverse(synthetic.detach().flatten(0, 1)).cpu()  # back to pixel space, (K·n, C, H, W)
+        images = formation.denormalise(synthetic.detach().flatten(0, 1), normalise.mean, normalise.std,
+                                       real.image_shape).cpu()  # codes of pixel-space images, (K·n, C, H/f, W/f)
         stats = {"distill_seconds": round(time.time() - start, 3)}
         if math.isfinite(loss_value):
             stats["final_loss"] = round(loss_value, 6)
@@ -159,10 +181,13 @@ class DMEncoder(CheckpointedEncoder):
                        self.method_meta(kept), stats, trim)
 
 
-def image_compression_ratio(real: RealData, dtype: str, per_class: int = 16, seed: int = 0) -> float:
-    """zstd's stored/raw size for ``per_class`` random real images of each class coded as ``dtype``."""
+def image_compression_ratio(real: RealData, dtype: str, formation: Formation | None = None, per_class: int = 16,
+                            seed: int = 0) -> float:
+    """zstd's stored/raw size for ``per_class`` random real images of each class, as ``formation``'s codes
+    (default: the pixels) coded as ``dtype``."""
     gen = torch.Generator().manual_seed(seed)
     images = torch.cat([real.sample_class(c, per_class, gen) for c in range(real.num_classes)])
+    images = formation.encode(images) if formation is not None else images
     labels = torch.arange(real.num_classes).repeat_interleave(per_class)
     raw = encode_images(images, labels, real.num_classes, dtype)["images"].numpy().tobytes()
     return stored_size(raw) / len(raw)
