@@ -15,8 +15,13 @@ in the budget less the teacher's bytes train students on that teacher's labels (
 baseline), so that what the labels buy is not credited to the generator. Optionally also DM with
 the paper's 256 real images per class per iteration (``--real-side-ipc``), to show what the fast
 preset's cheaper real side costs, and students of other architectures than ConvNet-3
-(``--models convnet3 resnet18``: cross-architecture rows). Writes benchmarks/RESULTS.md and a JSON
-file of every number.
+(``--models convnet3 resnet18``: cross-architecture rows). Issue 24's rows: every method also with a
+stored int8 labeller of ``--labeller-width`` (its students labelled online by it, and the same images
+with hard labels), DM through each of ``--formations`` (IDC's lowres, FreD's dct), random real images
+as JPEG (``--jpeg-quality``) beside float32 and PNG, and the fair baseline: random real PNG and JPEG
+images in the bytes the same labeller leaves, labelled online by it. A second table gives DD-Ranking's
+metrics of every archive row (d3codec.ranking; the full-data accuracy from benchmarks/full-data.json).
+Writes benchmarks/RESULTS.md and a JSON file of every number.
 
 Each build (distil an archive, or draw the real images) gives one or more rows, each trained by
 ``--runs`` students; ``--jobs N`` runs builds and students in N worker processes (the longest first),
@@ -48,11 +53,15 @@ from d3codec.archive import open_archive
 from d3codec.budget import ipc_budget
 from d3codec.encoding import compress
 from d3codec.data import load_dataset
-from d3codec.students import EvalResult, StudentConfig, random_real_subset, test_split, train_student
+from d3codec.students import JPEG_QUALITY, EvalResult, StudentConfig, random_real_subset, test_split, train_student
 from d3codec.methods.d2m import PRESETS as D2M_PRESETS
 from d3codec.methods import BuildContext, get_method, method_names
 from d3codec.methods.d2m import load_labeller
-from d3codec.models import resolve_device
+from d3codec.container import D3Reader
+from d3codec.labeller import (Labeller, LabelledEncoder, LabellerConfig, as_stored, labeller_parts, section_cost,
+                              stored_bytes, train_labeller)
+from d3codec.models import ConvNet, resolve_device
+from d3codec.ranking import Ranking
 from d3codec.runtime import keep_freed_memory
 
 HERE = Path(__file__).resolve().parent
@@ -131,7 +140,8 @@ def run(args) -> dict:
     context = multiprocessing.get_context("spawn")
     threads = max(1, (os.cpu_count() or 1) // args.jobs)
     with ProcessPoolExecutor(args.jobs, context, initializer=init_worker,
-                             initargs=(threads, args.data_root, args.device, args.epochs, args.seed)) as pool:
+                             initargs=(threads, args.data_root, args.device, args.epochs, args.seed,
+                                       args.jpeg_quality, args.labeller_epochs)) as pool:
         running = {}
         while ready or running:
             ready.sort(key=lambda t: t[0], reverse=True)
@@ -183,12 +193,29 @@ def builds(ipc: int, args) -> list[dict]:
                     rows.append((row_name + count + arrow, n, model, labels))
         out.append({"name": name, "kind": kind, "overrides": overrides or {}, "rows": rows})
 
+    labelled = ((", labelled online", "online"), (", its images with hard labels", "hard"))
+
+    def with_labeller(name: str, kind: str, overrides: dict | None = None, samples: list | None = None) -> None:
+        """The build with a stored labeller (--labeller-width) beside it: rows online and hard."""
+        if args.labeller_width:
+            named = f"{name[:-1]}, labeller w{args.labeller_width})"
+            add(named, kind, {**(overrides or {}), "labeller_width": args.labeller_width}, samples,
+                tuple((named + suffix, labels) for suffix, labels in labelled))
+
     if "dm" in args.methods:
-        add("DM (fast preset)" if args.preset == "fast" else f"DM ({args.preset})", "dm")
+        dm = "DM (fast preset)" if args.preset == "fast" else f"DM ({args.preset})"
+        add(dm, "dm")
+        with_labeller(dm, "dm")
+        for formation in args.formations:
+            kind, factor = formation.split(":")
+            named = f"{dm[:-1]}, {kind} ×{factor})"
+            add(named, "dm", {"formation": kind, "formation_factor": int(factor)})
+            with_labeller(named, "dm", {"formation": kind, "formation_factor": int(factor)})
         if ipc in args.real_side_ipc:
             add(f"DM ({args.preset}, 256 real/class/iter)", "dm", {"real_per_class": 256})
     if "d3" in args.methods:
         add(f"D3 ({args.preset} preset)", "d3", samples=[d3_samples(ipc, args)])
+        with_labeller(f"D3 ({args.preset} preset)", "d3", samples=[d3_samples(ipc, args)])
         if ipc in args.no_labels_ipc:
             add(f"D3 ({args.preset}, no soft labels)", "d3", {"soft_labels": False}, samples=[d3_samples(ipc, args)])
     if "d2m" in args.methods:
@@ -199,9 +226,18 @@ def builds(ipc: int, args) -> list[dict]:
         variants = ((name, "auto"), (f"D2M ({args.preset} preset, its samples with hard labels)", "hard"),
                     ("random real (png) + D2M's stored teacher", "real+teacher")) if soft else None
         add(name, "d2m", overrides, samples=args.d2m_samples_per_class, variants=variants)
-    for storage in ("float32", "png"):
-        add(f"random real ({storage})", storage)
+    for storage in ("float32", "png", "jpeg"):
+        add(f"random real ({REAL_NAMES[storage].format(q=args.jpeg_quality)})", storage)
+    if args.labeller_width:
+        for storage in ("png", "jpeg"):  # the fair baseline: the same labeller, in the bytes it leaves
+            add(f"random real ({REAL_NAMES[storage].format(q=args.jpeg_quality)}, labeller w{args.labeller_width})",
+                storage, {"labeller_width": args.labeller_width}, variants=(
+                    (f"random real ({REAL_NAMES[storage].format(q=args.jpeg_quality)}) + the same labeller w"
+                     f"{args.labeller_width}, online", "online"),))
     return out
+
+
+REAL_NAMES = {"float32": "float32", "png": "PNG", "jpeg": "JPEG q{q}"}
 
 
 def d3_samples(ipc: int, args) -> int | None:
@@ -227,7 +263,7 @@ def slug(name: str) -> str:
 METHODS = [name for name in method_names() if name != "bptt"]
 
 # scheduling priority: builds before students (they unlock them), the longest first
-BUILD_PRIORITY = {"d2m": 4, "d3": 3, "dm": 2, "png": 1, "float32": 0}
+BUILD_PRIORITY = {"d2m": 4, "d3": 3, "dm": 2, "png": 1, "jpeg": 1, "float32": 0}
 
 
 def student_tasks(key: str, part: dict, runs: int) -> list[tuple[tuple, tuple]]:
@@ -278,9 +314,11 @@ def finish_row(results: dict, key: str, planned: list) -> dict:
 _WORKER: dict = {}
 
 
-def init_worker(threads: int, data_root: str | None, device: str, epochs: int, seed: int) -> None:
+def init_worker(threads: int, data_root: str | None, device: str, epochs: int, seed: int, jpeg_quality: int,
+                labeller_epochs: float) -> None:
     torch.set_num_threads(threads)
-    _WORKER.update(data_root=data_root, device=resolve_device(device), epochs=epochs, seed=seed)
+    _WORKER.update(data_root=data_root, device=resolve_device(device), epochs=epochs, seed=seed,
+                   jpeg_quality=jpeg_quality, labeller_epochs=labeller_epochs)
 
 
 def worker_data():
@@ -301,8 +339,11 @@ def build(spec: dict) -> list[dict]:
     budget = ipc_budget(ipc, real.num_classes, real.image_shape)
     distill_s, extra, draws = None, {"budget": budget}, {}  # draws: samples per class → (images, targets)
     if kind in METHODS:  # checkpoints: ARCHIVE.ckpt.safetensors (d2m's pre-training: ARCHIVE.pretrain.safetensors)
-        encoder = get_method(kind).make_encoder(spec["preset"], dict(spec["overrides"]),
-                                                BuildContext(Path(spec["archive"])))
+        overrides = dict(spec["overrides"])
+        width = overrides.pop("labeller_width", None)
+        encoder = get_method(kind).make_encoder(spec["preset"], overrides, BuildContext(Path(spec["archive"])))
+        if width:
+            encoder = LabelledEncoder(encoder, LabellerConfig(width, _WORKER["labeller_epochs"]))
         t = time.time()
         res = compress(real, spec["archive"], encoder=encoder,
                        ipc=ipc, seed=seed, device=device, progress=False)
@@ -313,17 +354,23 @@ def build(spec: dict) -> list[dict]:
         extra["config"] = params["config"]
         if kind == "dm":
             ds = D3Dataset(spec["archive"])
-            draws[None, "auto"] = ds.images, ds.labels, used
+            for labels in dict.fromkeys(row["labels"] for row in spec["rows"]):
+                draws[None, labels] = ds.images, ds.labeller if labels == "online" else ds.labels, used
             extra.update(images_per_class=params["images_per_class"], storage=params["storage_dtype"])
+            if "formation" in params:
+                extra["formation"] = f"{params['formation']['kind']} ×{params['formation']['factor']}"
         else:  # sampled archives: one draw per distinct (samples per class, labels) of the rows
             for n, labels in dict.fromkeys((row["samples"], row["labels"]) for row in spec["rows"]):
                 if labels == "real+teacher":
                     draws[n, labels] = real_under_teacher(spec["archive"], real, budget, seed)
                     continue
                 t = time.time()
-                ds = D3Dataset(spec["archive"], samples_per_class=n, seed=seed, targets=labels)
+                ds = D3Dataset(spec["archive"], samples_per_class=n, seed=seed,
+                               targets="auto" if labels == "online" else labels)
                 extra["decode_images_per_second_cpu"] = round(len(ds) / (time.time() - t))
-                draws[n, labels] = ds.images, ds.soft_labels if ds.soft_labels is not None else ds.labels, used
+                targets = ds.labeller if labels == "online" else ds.soft_labels if ds.soft_labels is not None \
+                    else ds.labels
+                draws[n, labels] = ds.images, targets, used
         if kind == "d3":
             group = params["groups"][0]
             extra.update(priors_per_class=group["priors_per_class"], latent_dim=group["latent_dim"],
@@ -332,20 +379,33 @@ def build(spec: dict) -> list[dict]:
             extra.update({f: params[f] for f in ("generator_width", "noise_dim", "embed_dim")})
             extra.update({f: params["stats"].get(f) for f in ("pretrain_seconds", "finetune_seconds",
                                                                "teacher_accuracy")})
+        if meta.get("labeller"):
+            extra.update(labeller_bytes=labeller_bytes(spec["archive"]),
+                         labeller_accuracy=meta["stats"].get("labeller_accuracy"))
+    elif spec["overrides"].get("labeller_width"):  # the fair baseline: the archives' labeller, its bytes less
+        config = LabellerConfig(spec["overrides"]["labeller_width"], _WORKER["labeller_epochs"])
+        teacher, stats = train_labeller(real, config, seed, device)
+        cost = section_cost(labeller_parts(teacher.net, config.temperature, config.dtype)[1])
+        images, _, used = random_real_subset(real, budget - cost, kind, seed, _WORKER["jpeg_quality"])
+        draws[None, "online"] = images, as_stored(teacher.net, real.image_shape, real.mean, real.std, config), \
+            used + cost
+        extra.update(labeller_bytes=cost, labeller_accuracy=stats.get("labeller_accuracy"))
     else:
-        draws[None, "auto"] = random_real_subset(real, budget, kind, seed)
+        draws[None, "auto"] = random_real_subset(real, budget, kind, seed, _WORKER["jpeg_quality"])
     out, saved = [], set()
     for row in spec["rows"]:
         images, targets, used = draws[row["samples"], row["labels"]]
         if row["inputs"] not in saved:  # rows of other student models share their inputs
-            save_file({"images": images.contiguous(), "targets": targets.contiguous()}, row["inputs"])
+            save_inputs(row["inputs"], images, targets)
             saved.add(row["inputs"])
         sampled = {"samples_per_class": len(images) // real.num_classes} if kind in ("d3", "d2m") else {}
+        sampled.update(build=spec["name"], targets="online" if isinstance(targets, Labeller) else
+                       "soft" if targets.dim() == 2 else "hard")
         real_images = row["labels"] == "real+teacher"  # not the archive's images: only the budget is shared
         out.append({"key": row["key"], "ipc": ipc, "name": row["name"], "model": row["model"], "inputs": row["inputs"],
                     "images": len(images), "bytes": used, "distill_seconds": None if real_images else distill_s,
-                    "extra": {"budget": budget, "labels": "soft, from the D2M archive's stored teacher"}
-                    if real_images else {**extra, **sampled}})
+                    "extra": {"budget": budget, "labels": "soft, from the D2M archive's stored teacher",
+                              "targets": "soft"} if real_images else {**extra, **sampled}})
     return out
 
 
@@ -360,11 +420,41 @@ def real_under_teacher(archive: str, real, budget: int, seed: int) -> tuple[torc
     return images, torch.cat([label(images[i:i + 1024]) for i in range(0, len(images), 1024)]), used + teacher_bytes
 
 
+def labeller_bytes(archive: str) -> int:
+    with D3Reader(archive) as reader:
+        return stored_bytes(reader)
+
+
+def save_inputs(path: str, images: torch.Tensor, targets) -> None:
+    """A row's student inputs: images and targets (hard or soft labels), or images and a labeller (its
+    ConvNet-3 weights as the archive's reader got them, float32, and its normalisation and temperature)."""
+    if isinstance(targets, Labeller):
+        tensors = {f"labeller.{k}": v.detach().float().contiguous() for k, v in targets.net.state_dict().items()}
+        tensors.update({"labeller_mean": targets.normalise.mean.flatten(), "labeller_std": targets.normalise.std.flatten(),
+                        "labeller_temperature": torch.tensor([targets.temperature])})
+        save_file({"images": images.contiguous(), **tensors}, path)
+    else:
+        save_file({"images": images.contiguous(), "targets": targets.contiguous()}, path)
+
+
+def load_targets(inputs: dict, real):
+    """The targets :func:`save_inputs` saved: a tensor, or the labeller rebuilt."""
+    if "targets" in inputs:
+        return inputs["targets"]
+    state = {k[len("labeller."):]: v for k, v in inputs.items() if k.startswith("labeller.")}
+    c, h = real.image_shape[0], real.image_shape[1]
+    net = ConvNet(c, real.num_classes, h, width=state["features.0.weight"].shape[0])
+    net.load_state_dict(state)
+    return Labeller(net, inputs["labeller_mean"].tolist(), inputs["labeller_std"].tolist(),
+                    float(inputs["labeller_temperature"]))
+
+
 def student(spec: dict) -> tuple[float, float]:
     """Train student ``run`` (seed + run, as evaluate() seeds it) on a built row: (final accuracy, seconds)."""
     real, (test_x, test_y) = worker_data()
     inputs = load_file(spec["inputs"])
-    return train_student(inputs["images"], inputs["targets"], real.num_classes, real.mean, real.std, test_x, test_y,
+    return train_student(inputs["images"], load_targets(inputs, real), real.num_classes, real.mean, real.std,
+                         test_x, test_y,
                          StudentConfig(model=spec["model"], epochs=_WORKER["epochs"]), _WORKER["seed"] + spec["run"],
                          _WORKER["device"])
 
@@ -418,6 +508,7 @@ def render(results: dict) -> str:
         student = sum(r["student_seconds"]) / len(r["student_seconds"])
         lines.append(f"| {r['ipc']} ({r.get('budget', '')} B) | {r['name']} | {r.get('run', 1)} | {r['bytes']} | {r['images']}{per_class} | "
                      f"{distil} | {student:.0f} | {100 * r['mean']:.2f} ± {100 * r['std']:.2f} | {published} |")
+    lines += ranking_table(results["rows"])
     results.setdefault("series_start", series_start(results))
     finished = {(r["ipc"], r["name"]) for r in series_rows(results)}
     partial = results.get("partial", {})
@@ -440,6 +531,46 @@ def render(results: dict) -> str:
               "IPC 1 budget: float32 51.0 %, raw uint8 67.3 %, JPEG q50 70.3 %; IPC 10 budget: float32 73.8 %, "
               "raw uint8 83.0 %, JPEG q50 83.1 %.", ""]
     return "\n".join(lines)
+
+
+def full_data_accuracy() -> tuple[float, str] | None:
+    """Fashion-MNIST's full-data ConvNet-3 accuracy and how it was measured (benchmarks/full-data.json)."""
+    path = HERE / "full-data.json"
+    rows = json.loads(path.read_text()) if path.is_file() else []
+    row = next((r for r in rows if (r["dataset"], r["model"]) == ("fashion-mnist", "convnet3")), None)
+    return None if row is None else (row["accuracy"], f"`{row['command']}`, {row['epochs']} epochs, {row['date']}")
+
+
+def ranking_table(rows: list[dict]) -> list[str]:
+    """DD-Ranking's metrics (d3codec.ranking) of every archive row: HLR from the same images' hard-label row,
+    IOR against random real PNG images in the same bytes with the same labels (the same labeller online, or
+    hard labels for rows of hard or stored soft labels)."""
+    full = full_data_accuracy()
+    out = []
+    for r in rows:
+        if r.get("build") is None or r["name"].startswith("random real") or r.get("model", "convnet3") != "convnet3":
+            continue
+        same_build = [x for x in rows if x["ipc"] == r["ipc"] and x.get("build") == r["build"]]
+        hard = r if r.get("targets") == "hard" else next((x for x in same_build if x.get("targets") == "hard"), None)
+        prefix = "random real (PNG) + the same labeller" if r.get("targets") == "online" else "random real (PNG)"
+        random = next((x for x in rows if x["ipc"] == r["ipc"] and x["name"] == prefix or
+                       x["ipc"] == r["ipc"] and x["name"].startswith(prefix + " w")), None)
+        if hard is None or random is None:
+            continue
+        ranking = Ranking(full[0] if full else None, hard["mean"], r["mean"], random["mean"], random["name"])
+        hlr = "-" if ranking.hlr is None else f"{100 * ranking.hlr:.2f}"
+        lrs = "-" if ranking.lrs is None else f"{100 * ranking.lrs:.2f}"
+        out.append(f"| {r['ipc']} | {r['name']} | {100 * r['mean']:.2f} | {100 * hard['mean']:.2f} | "
+                   f"{random['name']}: {100 * random['mean']:.2f} | {hlr} | {100 * ranking.ior:+.2f} | {lrs} |")
+    if not out:
+        return []
+    source = f"{100 * full[0]:.2f} %, measured by {full[1]}" if full else "not measured"
+    return ["", "DD-Ranking's metrics (d3codec.ranking; in points, mean accuracies): HLR = full-data accuracy − the "
+            "archive's images with hard labels (lower is better); IOR = the row − random real PNG images in the same "
+            "bytes with the same labels (higher is better); LRS = label-robust score (×100). Full-data ConvNet-3 "
+            f"accuracy: {source}.", "",
+            "| IPC | row | accuracy % | its images, hard labels % | random real, same labels % | HLR | IOR | LRS |",
+            "|---|---|---|---|---|---|---|---|", *out]
 
 
 def main() -> None:
@@ -465,6 +596,13 @@ def main() -> None:
                    help="IPC budgets at which D3 also runs with soft labels off")
     p.add_argument("--d3-samples-per-class", nargs="+", default=["40"],
                    help="images drawn per class from D3 archives: one number, or one per --ipc; 'priors': one per prior")
+    p.add_argument("--labeller-width", type=int, default=16,
+                   help="each method also with a stored int8 labeller of this width (rows: online, and its images "
+                        "with hard labels), and random real PNG and JPEG images with the same labeller; 0: none")
+    p.add_argument("--labeller-epochs", type=float, default=LabellerConfig.epochs, help="the labeller's epochs")
+    p.add_argument("--formations", nargs="*", default=["lowres:2", "dct:2"],
+                   help="DM also through these formations (KIND:FACTOR; d3codec.methods.pixel.formation)")
+    p.add_argument("--jpeg-quality", type=int, default=JPEG_QUALITY, help="quality of the JPEG baselines")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
     p.add_argument("--data-root", default=None)

@@ -21,6 +21,13 @@ from d3codec import students
 from d3codec.data import load_dataset
 
 
+def cpu_name() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").is_file() else []:
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dataset", default="fashion-mnist")
@@ -38,7 +45,7 @@ def main() -> None:
                                                config, args.seed, progress="full data")
     row = {"dataset": real.name, "model": args.model, "images": len(images), "epochs": args.epochs,
            "accuracy": round(accuracy, 4), "seconds": round(seconds, 1), "seed": args.seed,
-           "command": "python " + " ".join(sys.argv), "machine": platform.processor() or platform.machine(),
+           "command": "python " + " ".join(sys.argv), "machine": cpu_name(),
            "threads": torch.get_num_threads(), "torch": torch.__version__,
            "date": time.strftime("%Y-%m-%d", time.gmtime())}
     out = Path(args.out)

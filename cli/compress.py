@@ -18,7 +18,7 @@ from d3codec.encoding import MAX_BUDGET_BYTES, MAX_SEED
 from d3codec.errors import D3Error
 from d3codec.methods import DEFAULT_METHOD, BuildContext, Method, Option, archive_kind, get_method, method_names
 
-from .options import OptionValueError, PositiveFinite, count, fail
+from .options import LabellerWidth, OptionValueError, PositiveFinite, count, fail
 
 DATASETS = "fashion-mnist, mnist, cifar10, cifar100, imagenet, or a class-per-folder path"
 # the old spelling: --method NAME [--objective NAME] → the method now named
@@ -134,9 +134,11 @@ def shared_options(method: Method) -> list[click.Parameter]:
                       "or --restart, a checkpoint of the same run is taken up and one of another run is refused."),
         SectionOption(["--restart", "resume"], flag_value="restart", section="Checkpoint",
                       help="Delete this output's checkpoints first and distil from scratch."),
-        SectionOption(["--labeller-width"], type=count(1, 4096), section="Labeller (spec/FORMAT.md §5.8)",
+        SectionOption(["--labeller-width"], type=LabellerWidth(), section="Labeller (spec/FORMAT.md §5.8)",
                       help="Store a ConvNet-3 labeller of this width, trained here, beside what the method stores: "
-                      "its bytes come out of the budget, and students relabel every augmented batch with it."),
+                      "its bytes come out of the budget, and students relabel every augmented batch with it. auto: "
+                      "the budget rule (the widest of 8, 16, 32 that takes at most 15 % of the budget; none where "
+                      "width 8 takes more)."),
         SectionOption(["--labeller"], type=click.Path(exists=True, dir_okay=False), section="Labeller "
                       "(spec/FORMAT.md §5.8)", help="Store this ConvNet-3 (.safetensors, as --save-teacher writes) "
                       "as the labeller instead of training one."),
@@ -256,11 +258,19 @@ def with_labeller(encoder, values: dict, context: BuildContext):
     from d3codec.labeller import LabelledEncoder, LabellerConfig
     from d3codec.teacher import load_teacher
 
-    if values["labeller_width"] is None and values["labeller"] is None:
+    width = values["labeller_width"]
+    if width == "auto" and values["labeller"] is None:
+        from d3codec.budget import ipc_budget
+        from d3codec.labeller import auto_width
+
+        budget = values["budget"] or ipc_budget(values["ipc"], context.num_classes, context.image_shape)
+        width = auto_width(context.image_shape, context.num_classes, budget, values["labeller_dtype"])
+        values["labeller_width"] = width
+    if width is None and values["labeller"] is None:
         return encoder
     teacher = load_teacher(values["labeller"], context.image_shape, context.num_classes, context.device) \
         if values["labeller"] is not None else None
-    return LabelledEncoder(encoder, LabellerConfig(values["labeller_width"] or 16, values["labeller_epochs"],
+    return LabelledEncoder(encoder, LabellerConfig(width if isinstance(width, int) else 16, values["labeller_epochs"],
                                                    values["labeller_temperature"], values["labeller_dtype"], teacher))
 
 

@@ -54,6 +54,23 @@ class PositiveFinite(click.ParamType):
         return "NUMBER"
 
 
+class LabellerWidth(click.ParamType):
+    """A labeller's width: an integer from 1 to 4096, or ``auto`` (d3codec.labeller.auto_width's rule)."""
+
+    name = "WIDTH|auto"
+
+    def convert(self, value, param, ctx):
+        if value == "auto" or isinstance(value, int):
+            return value
+        try:
+            width = int(value)
+        except ValueError:
+            width = 0
+        if not 1 <= width <= 4096:
+            self.fail(f"{value!r} is not a width from 1 to 4096 or 'auto'", param, ctx)
+        return width
+
+
 class Count(click.IntRange):
     """An integer in [low, high], refused in one line (OptionValueError) before any work."""
 

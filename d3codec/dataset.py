@@ -9,6 +9,7 @@ from torch.utils.data import Dataset
 
 from .archive import open_archive
 from .labeller import read_labeller
+from .registry import archive_kind
 from .errors import D3FormatError
 from .limits import DEFAULT_LIMITS, DecodeLimits
 from .text import safe_text
@@ -68,6 +69,9 @@ class D3Dataset(Dataset):
             self.images, self.labels, soft, self.schedule, self._draw = decode_archive(
                 reader, meta, samples_per_class, seed, device, limits)
             self.labeller = read_labeller(reader, meta, device, limits)
+            kind = archive_kind(meta["method"])
+            if self.labeller is None and kind.read_labeller is not None:  # the kind's own (D2M's teacher)
+                self.labeller = kind.read_labeller(reader, meta, device, limits)
         if targets == "hard":
             soft = None
         if targets == "soft" and soft is None:

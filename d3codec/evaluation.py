@@ -22,6 +22,7 @@ from .labeller import stored_bytes
 from .limits import DecodeLimits
 from .models import resolve_device
 from .ranking import FULL_DATA_ACCURACY, Ranking
+from .registry import archive_kind
 from .students import (JPEG_QUALITY, EvalResult, StudentConfig, random_real_subset, replay_students, test_split,
                        train_students)
 
@@ -154,7 +155,9 @@ def evaluate(archive: str | os.PathLike, protocol: EvalProtocol | None = None, *
         raise ValueError("DD-Ranking's metrics compare students trained the standard way: use --training standard "
                          "or both")
     with D3Reader(archive) as reader:
-        labeller_bytes = stored_bytes(reader)
+        kind = archive_kind(ds.meta["method"])
+        labeller_bytes = stored_bytes(reader) or (stored_bytes(reader, kind.labeller_section)
+                                                  if kind.labeller_section else 0)
     run = _Runner(protocol, real, test_split(real), dev, log, progress, labeller_bytes)
     result = Evaluation(str(archive), real.name, str(dev), protocol)
     file_bytes = Path(archive).stat().st_size

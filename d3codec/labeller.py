@@ -69,11 +69,12 @@ def section_cost(section: Section) -> int:
     return archive_bound([empty, section], 0) - archive_bound([empty], 0)
 
 
-def stored_bytes(reader) -> int:
-    """The bytes an archive's labeller takes in its file: its section as stored and its table entry (0 where
-    it has none). ``reader``: a d3codec.container.D3Reader."""
-    info = next((s for s in reader.sections if s.name == SECTION), None)
-    return 0 if info is None else info.stored_length + section_cost(Section.raw(SECTION, b""))
+def stored_bytes(reader, section: str = SECTION) -> int:
+    """The bytes an archive's labeller takes in its file: its section (``labeller``, or a kind's own such as
+    D2M's ``teacher``) as stored and its table entry (0 where it has none). ``reader``: a
+    d3codec.container.D3Reader."""
+    info = next((s for s in reader.sections if s.name == section), None)
+    return 0 if info is None else info.stored_length + section_cost(Section.raw(section, b""))
 
 
 def read_labeller(reader, meta: dict, device: torch.device | str = "cpu", limits=None) -> Labeller | None:
@@ -184,17 +185,7 @@ class LabelledEncoder(Encoder):
         """Train the labeller (unless one is given), distil with the inner encoder, and add the labeller's
         section; its test accuracy (``labeller_accuracy``, a fraction) and training seconds
         (``labeller_seconds``, beside the method's ``distill_seconds``) are in the stats."""
-        teacher, stats, start = self.config.teacher, {}, time.time()
-        if teacher is None:  # its bar is named "labeller training", not the method's "teacher"
-            with Stages("labeller", [Stage("training", 1.0)], enabled=progress).stage("training"):
-                teacher, _ = train_teacher(real, list(range(real.num_classes)), epochs=self.config.epochs,
-                                           width=self.config.width, device=device,
-                                           seed=seeds.stream_seed(seed, "labeller"), progress=progress)
-            stats["labeller_seconds"] = round(time.time() - start, 3)
-        if real.test is not None:
-            test_x, test_y = test_split(real)
-            stats["labeller_accuracy"] = round(test_accuracy(teacher.net, test_x, test_y, real.mean, real.std,
-                                                             device), 4)
+        teacher, stats = train_labeller(real, self.config, seed, device, progress)
         described, section = labeller_parts(teacher.net, self.config.temperature, self.config.dtype)
         return _with_labeller(self.inner.distill(real, plan.inner, device=device, seed=seed, progress=progress),
                               described, section, stats)
@@ -205,6 +196,55 @@ class LabelledEncoder(Encoder):
 
     def checkpoint_files(self):
         return self.inner.checkpoint_files()
+
+
+LABELLER_WIDTHS = (8, 16, 32)  # the widths the budget rule picks from (benchmarks/per-byte-exploration.md)
+LABELLER_SHARE = 0.15  # the most of the budget the rule gives a labeller
+
+
+def auto_width(image_shape: tuple[int, int, int], num_classes: int, budget: int, dtype: str = "int8") -> int | None:
+    """The budget rule: the widest ConvNet-3 of LABELLER_WIDTHS (for images (C, H, W) of ``num_classes``)
+    whose section (its exact bound) takes at most LABELLER_SHARE of ``budget`` bytes, or None where even the
+    narrowest takes more (then no labeller).
+
+    Measured on Fashion-MNIST (benchmarks/per-byte-exploration.md, one 100-epoch student each): at the IPC 1
+    budget (31 360 B) real PNG images with a width-8 labeller (4 112 B, 13 %) reached 75.29 %, with width
+    16 (9 136 B, 29 %) 74.16 %, with hard labels 70.51 %; at IPC 10 width 16 (3 %) lifted PNG images by 1.6
+    points and DM's by 0.6. The rule gives width 8 at IPC 1, 32 at IPC 10 and 50 for 28×28 images.
+    """
+    c, h, _ = image_shape
+    fitting = [w for w in LABELLER_WIDTHS
+               if section_cost(labeller_parts(ConvNet(c, num_classes, h, width=w), 1.0, dtype)[1])
+               <= LABELLER_SHARE * budget]
+    return max(fitting) if fitting else None
+
+
+def train_labeller(real: RealData, config: LabellerConfig, seed: int, device: torch.device = torch.device("cpu"),
+                   progress: bool = False):
+    """The labeller :class:`LabelledEncoder` stores for ``seed`` (``config.teacher`` where given, else one
+    trained on ``real``'s training split), and stats: ``labeller_seconds`` (training), ``labeller_accuracy``
+    (test split, a fraction; float32 weights). Returns: (d3codec.teacher.Teacher, stats)."""
+    teacher, stats, start = config.teacher, {}, time.time()
+    if teacher is None:  # its bar is named "labeller training", not the method's "teacher"
+        with Stages("labeller", [Stage("training", 1.0)], enabled=progress).stage("training"):
+            teacher, _ = train_teacher(real, list(range(real.num_classes)), epochs=config.epochs, width=config.width,
+                                       device=device, seed=seeds.stream_seed(seed, "labeller"), progress=progress)
+        stats["labeller_seconds"] = round(time.time() - start, 3)
+    if real.test is not None:
+        test_x, test_y = test_split(real)
+        stats["labeller_accuracy"] = round(test_accuracy(teacher.net, test_x, test_y, real.mean, real.std, device), 4)
+    return teacher, stats
+
+
+def as_stored(net: ConvNet, image_shape: tuple[int, int, int], mean, std, config: LabellerConfig) -> Labeller:
+    """``net`` (a ConvNet-3 for images of ``image_shape`` (C, H, W)) as an archive's reader gets it back: its
+    weights through ``config.dtype`` storage (int8 rounds them), with ``config.temperature``: the labeller
+    that a fair baseline of real images shares with the archive."""
+    (c, h, _), k = image_shape, net.classifier.out_features
+    width = net.features[0].out_channels
+    tensors = quantise_state({n: v.detach().cpu() for n, v in net.state_dict().items()}, "", config.dtype)
+    stored = load_stored_module(lambda: ConvNet(c, k, h, width=width), tensors, "", config.dtype, SECTION, exact=True)
+    return Labeller(stored, mean, std, config.temperature)
 
 
 def _with_labeller(encoded: Encoded, described: dict, section: Section, stats: dict) -> Encoded:

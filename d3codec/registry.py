@@ -174,6 +174,10 @@ class ArchiveKind:
         describe: ``describe(meta["params"])`` → what an archive stores in a few words, for ``d3 info``'s
             first line and the line ``d3 compress`` ends with (it may raise KeyError, TypeError or
             ValueError on params it cannot read).
+        labeller_section / read_labeller: where the kind stores a labeller of its own (D2M's ``teacher``,
+            the first case of spec/FORMAT.md §5.8's labeller): the section's name, and
+            ``read_labeller(reader, meta, device, limits)`` → d3codec.labeller.Labeller or None. An archive's
+            generic ``labeller`` section comes first.
     """
 
     name: str
@@ -182,6 +186,8 @@ class ArchiveKind:
     load_sampler: Callable | None = None
     read_schedule: Callable | None = None
     describe: Callable[[Any], str] | None = None
+    labeller_section: str | None = None
+    read_labeller: Callable | None = None
 
     def __post_init__(self):
         if (self.decode is None) == (self.load_sampler is None):

@@ -93,6 +93,8 @@ def test_soft_labels_store_the_teacher_in_the_budget_and_label_every_draw(tiny_r
     with torch.no_grad():
         expected = torch.softmax(teacher((ds.images - mean) / std) / 2.0, dim=1)
     assert torch.allclose(ds.soft_labels, expected, atol=1e-5)
+    # the teacher is the archive's labeller (spec/FORMAT.md §5.8's first case): d3 eval labels online with it
+    assert ds.labeller is not None and torch.allclose(ds.labeller(ds.images), expected, atol=1e-5)
     images, labels, fresh = ds.draw(4, seed=7)  # fresh draws are labelled too
     assert fresh.shape == (12, 3) and torch.allclose(fresh.sum(1), torch.ones(12))
     assert D3Dataset(out, targets="hard").soft_labels is None and isinstance(ds[0][1], torch.Tensor)

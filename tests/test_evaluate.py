@@ -45,3 +45,17 @@ def test_resampling_gives_every_later_epoch_fresh_images_of_the_same_kind(tiny_r
     train_students("r", x, y, tiny_real, runs=2, config=StudentConfig(epochs=2),
              resample=lambda run, epoch: (runs.append((run, epoch)), (x, y))[1])
     assert runs == [(0, 1), (1, 1)]
+
+
+def test_the_full_data_accuracy_of_the_ranking_is_the_measured_one():
+    """d3codec.ranking keeps what benchmarks/full_data.py measured (benchmarks/full-data.json), command and all."""
+    import json
+    from pathlib import Path
+
+    from d3codec.ranking import FULL_DATA_ACCURACY
+
+    measured = json.loads((Path(__file__).parent.parent / "benchmarks" / "full-data.json").read_text())
+    assert {(r["dataset"], r["model"]): r["accuracy"] for r in measured} == \
+        {key: accuracy for key, (accuracy, _) in FULL_DATA_ACCURACY.items()}
+    for r in measured:
+        assert r["command"] in FULL_DATA_ACCURACY[r["dataset"], r["model"]][1]

@@ -146,3 +146,30 @@ def test_the_fair_baseline_gives_real_images_the_same_labeller_and_ranking_uses_
     assert ranking.ior == pytest.approx(ranking.labelled - ranking.random)
     assert label_robust_score(0.0, 0.0) == pytest.approx((1 - 2.718281828 ** -1) / (2.718281828 - 2.718281828 ** -1))
     assert label_robust_score(-1.0, 1.0) == pytest.approx(1.0) and label_robust_score(1.0, -1.0) == pytest.approx(0.0)
+
+
+def test_the_budget_rule_picks_the_widest_labeller_within_its_share(tiny_real, tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    import d3codec.data
+    from d3codec.cli.main import main
+    from d3codec.labeller import LABELLER_SHARE, auto_width, labeller_parts, section_cost
+    from d3codec.models import ConvNet
+
+    fm = ((1, 28, 28), 10)
+    assert [auto_width(*fm, ipc * 31_360) for ipc in (1, 10, 50)] == [8, 32, 32]
+    assert auto_width(*fm, 20_000) is None  # width 8's 4 112 bytes are over 15 % of it
+    width = auto_width(*fm, 100_000)
+    assert section_cost(labeller_parts(ConvNet(1, 10, 28, width=width), 1.0, "int8")[1]) <= LABELLER_SHARE * 100_000
+
+    monkeypatch.setattr(d3codec.data, "load_dataset", lambda *a, **k: tiny_real)
+    run = lambda *a: CliRunner().invoke(main, [str(v) for v in a], catch_exceptions=False)  # noqa: E731
+    c, h, _ = tiny_real.image_shape
+    expected = auto_width(tiny_real.image_shape, tiny_real.num_classes, 40_000)
+    assert expected is not None
+    r = run("compress", "dm", "tiny", "--budget", 40_000, "--iterations", 1, "--real-per-class", 4,
+            "--labeller-width", "auto", "--labeller-epochs", 0.5, "-o", tmp_path / "a.d3", "--device", "cpu", "--quiet")
+    assert r.exit_code == 0, r.output
+    assert D3Dataset(tmp_path / "a.d3").meta["labeller"]["width"] == expected
+    r = run("compress", "dm", "tiny", "--budget", 40_000, "--labeller-width", "wide", "-o", tmp_path / "b.d3")
+    assert r.exit_code != 0 and "'wide' is not a width from 1 to 4096 or 'auto'" in r.output

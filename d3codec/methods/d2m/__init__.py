@@ -25,7 +25,8 @@ def build(method: Method, preset: str, options: dict, context: BuildContext) -> 
                                    context.beside_output(".ckpt.safetensors"), **options)
 
 
-register_archive_kind(ArchiveKind("d2m", SECTIONS, load_sampler=load_sampler, describe=describe_params))
+register_archive_kind(ArchiveKind("d2m", SECTIONS, load_sampler=load_sampler, describe=describe_params,
+                                  labeller_section="teacher", read_labeller=load_labeller))
 register_method(Method(
     "d2m", "Data-to-model distillation (Sajedi et al. 2024): a class-conditional generator, sampled at any IPC.",
     "d2m", D2MEncoder,

@@ -20,7 +20,14 @@ fits, from the zstd ratio of real images times DISTILLED_RATIO_MARGIN; if the ar
 out too large, the last image of each class is dropped until it fits, never below the count that
 fits uncompressed; ``fill="raw"`` plans on the uncompressed size alone and never drops).
 
-Archive sections: ``images`` (safetensors: images, labels, range) beside the metadata (read by archive.py).
+Formations (``formation``: formation.py): the stored tensors may be codes of 1/f the side that a fixed
+linear map turns into images (IDC's multi-formation, ICML 2022 Sec. 3.1: bilinear upsampling; FreD,
+NeurIPS 2023 Sec. 3: the lowest DCT frequencies). DM then optimises the codes through the map: the
+loss above is computed on the formed images, and the learning rate is divided by the map's gain (f² for
+upsampling), so that a code moves about as a pixel would.
+
+Archive sections: ``images`` (safetensors: images or codes, labels, range) beside the metadata (read by
+archive.py).
 """
 
 from __future__ import annotations
