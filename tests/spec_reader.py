@@ -496,8 +496,10 @@ def read_pixel(meta, tensors, shape, k):
         raise SpecError("pixel archives need the images section")
     t = tensors["images"]
     codes = t.get("images")
-    if codes is None or codes.ndim != 4 or tuple(codes.shape[1:]) != shape or codes.shape[0] < 1:
-        raise SpecError("images: (N, C, H, W) with N ≥ 1")
+    kind, f = formation(meta.get("params") or {}, shape)
+    stored = (shape[0], shape[1] // f, shape[2] // f)
+    if codes is None or codes.ndim != 4 or tuple(codes.shape[1:]) != stored or codes.shape[0] < 1:
+        raise SpecError("images: (N, C, H/f, W/f) with N ≥ 1")
     n = codes.shape[0]
     exactly(t, {"images", "labels"} | ({"range"} if codes.dtype == np.uint8 else set()), "images")
     labels = tensor(t, "labels", (n,), [np.uint8, np.int32]).astype(np.int64)
@@ -515,6 +517,7 @@ def read_pixel(meta, tensors, shape, k):
         raise SpecError("images must be U8, F16 or F32")
     if not np.isfinite(images).all():
         raise SpecError("images must be finite")
+    images = form(images.astype(np.float64), kind, shape)
     soft = None
     if "soft_labels" in tensors:
         exactly(tensors["soft_labels"], {"soft_labels"}, "soft_labels")
@@ -527,6 +530,44 @@ def read_pixel(meta, tensors, shape, k):
     elif "schedule" in tensors:
         raise SpecError("a schedule section belongs to objective bptt")
     return {"labels": labels, "images": images.astype(np.float64), "soft_labels": soft, "schedule": schedule}
+
+
+def formation(params, shape):
+    """§5.5: (kind, factor) of meta.params.formation; absent: pixels."""
+    if "formation" not in params:
+        return "pixels", 1
+    value = params["formation"]
+    if not isinstance(value, dict) or set(value) != {"kind", "factor"}:
+        raise SpecError("formation: an object of kind and factor")
+    kind = choice(value, "kind", ("pixels", "lowres", "dct"))
+    f = integer(value, "factor", 1, 16)
+    if (kind == "pixels") != (f == 1) or (kind == "lowres" and (shape[1] % f or shape[2] % f)):
+        raise SpecError("formation: factor 1 for pixels, 2 to 16 otherwise, dividing the side for lowres")
+    return kind, f
+
+
+def form(codes, kind, shape):
+    """§5.5: codes (N, C, h, w) → images (N, C, H, W)."""
+    _, h, w = shape
+    if kind == "pixels":
+        return codes
+    if kind == "dct":
+        def basis(n, keep):
+            b = np.array([[np.cos(np.pi * (2 * j + 1) * q / (2 * n)) for j in range(n)] for q in range(keep)])
+            return b * np.where(np.arange(keep) == 0, np.sqrt(1 / n), np.sqrt(2 / n))[:, None]
+        bh, bw = basis(h, codes.shape[2]), basis(w, codes.shape[3])
+        return np.einsum("ki,nckl,lj->ncij", bh, codes, bw)
+    f = h // codes.shape[2]  # lowres: half-pixel centres, clamped, between the four nearest values
+
+    def taps(n_out, n_in):
+        src = np.clip((np.arange(n_out) + 0.5) / f - 0.5, 0, n_in - 1)
+        lo = np.floor(src).astype(int)
+        hi = np.minimum(lo + 1, n_in - 1)
+        return lo, hi, src - lo
+    r0, r1, fr = taps(h, codes.shape[2])
+    c0, c1, fc = taps(w, codes.shape[3])
+    rows = codes[:, :, r0, :] * (1 - fr)[:, None] + codes[:, :, r1, :] * fr[:, None]
+    return rows[:, :, :, c0] * (1 - fc) + rows[:, :, :, c1] * fc
 
 
 def read_schedule(params, tensors, shape, k, labels):

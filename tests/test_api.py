@@ -19,7 +19,7 @@ def test_compress_then_evaluate_from_python(tiny_real, tmp_path):
                                   baseline="random-real", log=lines.append)
     names = [row.name for row in evaluation.rows]
     assert names == ["archive (pixel)", "random real (float32)", "random real (PNG)",
-                     "random real (JPEG q90)"]
+                     "random real (JPEG q20)"]
     assert all(len(row.accuracies) == 2 and all(0 <= a <= 1 for a in row.accuracies) for row in evaluation.rows)
     assert evaluation.rows[0].file_bytes == result.file_bytes and len(lines) == 8  # a line per student
     report = json.loads(json.dumps(evaluation.to_json()))

@@ -74,7 +74,7 @@ def test_compressed_fill_aims_higher_and_trims_to_fit_when_the_estimate_is_wrong
     honest = plan_archive(encoder, spec, 6_000, meta, tiny_real)
     assert honest.images_per_class > honest.guaranteed_per_class  # the pattern images compress well
 
-    monkeypatch.setattr(pixel, "DISTILLED_RATIO_MARGIN", 0.05)  # a wildly optimistic estimate
+    monkeypatch.setattr(pixel, "DISTILLED_RATIO_MARGIN", {"pixels": 0.05})  # a wildly optimistic estimate
     result = compress(tiny_real, tmp_path / "t.d3", encoder=encoder, budget=6_000, progress=False)
     ds = D3Dataset(tmp_path / "t.d3")
     kept = ds.meta["params"]["images_per_class"]

@@ -78,7 +78,7 @@ def test_eval_with_random_real_baseline(tiny_real, tmp_path, monkeypatch):
     assert r.exit_code == 0, r.output
     rows = json.loads((tmp_path / "r.json").read_text())["rows"]
     assert [row["name"] for row in rows] == ["archive (pixel)", "random real (float32)", "random real (PNG)",
-                     "random real (JPEG q90)"]
+                     "random real (JPEG q20)"]
     for row in rows:
         assert len(row["accuracies"]) == 2 and all(0 <= a <= 1 for a in row["accuracies"])
         assert row["bytes"] <= 6_000
@@ -233,7 +233,7 @@ def test_bptt_compress_and_eval_replays_the_schedule_beside_standard_training(ti
     rows = json.loads((tmp_path / "r.json").read_text())["rows"]
     assert [row["name"].split(",")[0] for row in rows] == ["archive (pixel", "archive (pixel)", "random real (same count",
                                                            "random real (float32)", "random real (PNG)",
-                     "random real (JPEG q90)"]
+                     "random real (JPEG q20)"]
     assert "replayed lenet schedule of 2×5 steps" in rows[0]["name"] and rows[2]["images"] == 6
     assert all(len(row["accuracies"]) == 2 for row in rows)
 

@@ -90,3 +90,18 @@ def test_a_bad_formation_in_an_archive_is_a_format_error(tiny_real, tmp_path, fo
     compress(tiny_real, tmp_path / "f.d3", encoder=encoder, budget=4_000, progress=False)
     with pytest.raises(D3FormatError, match=message):
         D3Dataset(_with_formation(tmp_path / "f.d3", formation))
+
+
+@pytest.mark.parametrize("kind", ["lowres", "dct"])
+def test_the_spec_alone_forms_the_same_images(tiny_real, tmp_path, kind):
+    """tests/spec_reader.py, written from spec/FORMAT.md §5.5, decodes a formation archive as d3codec does."""
+    import numpy as np
+
+    import spec_reader
+
+    encoder = DMEncoder.from_options("fast", iterations=2, real_per_class=4, embed_width=8, formation=kind)
+    compress(tiny_real, tmp_path / "f.d3", encoder=encoder, budget=5_000, progress=False)
+    expanded = spec_reader.read_archive((tmp_path / "f.d3").read_bytes(), None, 0)
+    ds = D3Dataset(tmp_path / "f.d3")
+    np.testing.assert_allclose(expanded["images"], ds.images.double().numpy(), atol=1e-5)
+    assert (expanded["labels"] == ds.labels.numpy()).all()

@@ -137,7 +137,7 @@ def test_the_fair_baseline_gives_real_images_the_same_labeller_and_ranking_uses_
     budget = D3Dataset(archive).meta["budget"]["bytes"]
     assert fair.images < png.images and fair.file_bytes <= budget and png.file_bytes <= budget
     assert fair.file_bytes - labeller_bytes <= budget - labeller_bytes
-    assert any(name.startswith("random real (JPEG q90, ") for name in rows)
+    assert any(name.startswith("random real (JPEG q20, ") for name in rows)
     # the ranking trained the archive with hard labels (its own row) and compared with the fair row
     ranking = result.ranking
     assert "archive (pixel, hard labels)" in rows and ranking.labels.startswith("labelled online")
