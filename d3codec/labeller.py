@@ -210,7 +210,9 @@ def auto_width(image_shape: tuple[int, int, int], num_classes: int, budget: int,
     Measured on Fashion-MNIST (benchmarks/per-byte-exploration.md, one 100-epoch student each): at the IPC 1
     budget (31 360 B) real PNG images with a width-8 labeller (4 112 B, 13 %) reached 75.29 %, with width
     16 (9 136 B, 29 %) 74.16 %, with hard labels 70.51 %; at IPC 10 width 16 (3 %) lifted PNG images by 1.6
-    points and DM's by 0.6. The rule gives width 8 at IPC 1, 32 at IPC 10 and 50 for 28×28 images.
+    points and DM's by 0.6. The rule gives width 8 at IPC 1, 32 at IPC 10 and 50 for 28×28 images. It is a
+    rule for when a labeller is wanted, not a default: on DM's DCT-formed images at IPC 1 a width-8
+    labeller cost 1.0 point.
     """
     c, h, _ = image_shape
     fitting = [w for w in LABELLER_WIDTHS
