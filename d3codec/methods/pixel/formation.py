@@ -102,12 +102,6 @@ class Formation:
         """``meta.params.formation`` (spec/FORMAT.md §5.2)."""
         return {"kind": self.kind, "factor": self.factor}
 
-    def describe(self) -> str:
-        if self.kind == "pixels":
-            return "pixels"
-        what = "pixels upsampled" if self.kind == "lowres" else "lowest DCT coefficients"
-        return f"{self.kind} ×{self.factor} ({what})"
-
 
 PIXELS = Formation()
 
