@@ -212,11 +212,6 @@ def _record(result: EvalResult, accuracy: float, seconds: float, runs: int, log)
         log(f"  {result.name} run {len(result.accuracies)}/{runs}: {100 * accuracy:.2f} % ({seconds:.1f} s)")
 
 
-def png_bytes(image: torch.Tensor) -> int:
-    """Size in bytes of one (C, H, W) [0, 1] image saved as an 8-bit PNG by pillow (optimised)."""
-    return len(image_file(image, "png")[0])
-
-
 # the JPEG baseline's default quality: of 10 to 75, 10 and 20 served best at IPC 1 (75.3 and 75.2 %, against 72.7 %
 # at 75; benchmarks/per-byte-exploration.md)
 JPEG_QUALITY = 20
