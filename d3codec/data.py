@@ -2,12 +2,16 @@
 
 ``load_dataset(name, data_root)`` returns a :class:`RealData`. Small datasets (Fashion-MNIST,
 MNIST, CIFAR) are held in memory as uint8; folder datasets (ImageNet, any class-per-folder tree)
-stay on disk and are read image by image, so ImageNet never has to fit in memory.
+stay on disk, so ImageNet never has to fit in memory: the images a method asks for are decoded by
+``load_workers`` DataLoader processes in parallel (JPEGs decoded at a reduced scale where the target
+resolution allows: PIL's ``draft``), and the per-class caches of :class:`ClassSampler` hold at most
+REAL_CACHE_BYTES of decoded uint8 images.
 """
 
 from __future__ import annotations
 
 import gzip
+import math
 import os
 import shutil
 import tempfile
@@ -15,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 
 from .errors import D3DatasetError
 
@@ -32,6 +36,8 @@ NORMALISATION = {
     "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
 }
 DATASETS = ("fashion-mnist", "mnist", "cifar10", "cifar100", "imagenet")
+REAL_CACHE_BYTES = 2 << 30  # decoded real images a ClassSampler keeps of a dataset on disk, at most
+PARALLEL_READ_MIN = 64  # reads of fewer images stay in this process
 
 
 def default_data_root() -> Path:
@@ -51,6 +57,8 @@ class RealData:
         train_targets: (N,) int64 labels of the training split.
         train_images: (N, C, H, W) uint8 when held in memory, else None (read via ``train``).
         train, test: torch Datasets yielding (image (C, H, W) float32 in [0, 1], label).
+        load_workers: DataLoader processes that decode images of a dataset on disk in parallel (0: this
+            process alone).
     """
 
     name: str
@@ -62,6 +70,8 @@ class RealData:
     train: Dataset
     test: Dataset | None = None
     train_images: torch.Tensor | None = None
+    load_workers: int = 0
+    partial: bool = False  # a subset of some classes (RealData.in_memory): the others may have no images
     _indices: list[torch.Tensor] = field(default_factory=list, repr=False)
 
     def __post_init__(self):
@@ -69,7 +79,7 @@ class RealData:
         counts = torch.bincount(self.train_targets, minlength=len(self.classes)).tolist()
         self._indices = list(torch.split(order, counts))
         empty = [self.classes[c] for c, n in enumerate(counts) if n == 0]
-        if empty:
+        if empty and not self.partial:
             raise D3DatasetError(f"dataset {self.name!r} has classes without images: {', '.join(empty[:10])}; "
                                  "remove their folders or add images")
 
@@ -85,19 +95,59 @@ class RealData:
         """Training images at ``indices``: (n, C, H, W) float32 in [0, 1]."""
         if self.train_images is not None:
             return self.train_images[indices].float() / 255
-        return torch.stack([self.train[int(i)][0] for i in indices])
+        return self.read_uint8(indices).float() / 255
+
+    def in_memory(self, classes: list[int], per_class: int, generator: torch.Generator,
+                  max_bytes: int = REAL_CACHE_BYTES) -> "RealData":
+        """This dataset where its training images are in memory; for one on disk, a copy holding up to
+        ``per_class`` random training images of each of ``classes`` (all of a smaller class), fewer where
+        that would pass ``max_bytes`` of uint8 images (at least one a class), read once in parallel. The
+        copy's classes, normalisation and test split are this dataset's; it holds no images of other
+        classes (``partial``)."""
+        if self.train_images is not None:
+            return self
+        fits = max(1, max_bytes // (math.prod(self.image_shape) * max(1, len(classes))))
+        picks = []
+        for c in classes:
+            idx = self._indices[c]
+            picks.append(idx[torch.randperm(len(idx), generator=generator)[:min(per_class, fits, len(idx))]])
+        chosen = torch.cat(picks)
+        images, targets = self.read_uint8(chosen), self.train_targets[chosen]
+        return RealData(self.name, self.classes, self.image_shape, self.mean, self.std, targets,
+                        TensorImages(images, targets), self.test, images, self.load_workers, partial=True)
+
+    def read_uint8(self, indices: torch.Tensor) -> torch.Tensor:
+        """Training images at ``indices`` as (n, C, H, W) uint8 (rounded from [0, 1]); a dataset on disk is
+        decoded by ``load_workers`` processes in parallel when there are many."""
+        if self.train_images is not None:
+            return self.train_images[indices]
+        out = torch.empty(len(indices), *self.image_shape, dtype=torch.uint8)
+        if len(indices) < PARALLEL_READ_MIN or self.load_workers < 1:
+            for j, i in enumerate(indices.tolist()):
+                out[j] = _to_uint8([self.train[i]])
+            return out
+        loader = DataLoader(Subset(self.train, indices.tolist()), batch_size=32, num_workers=self.load_workers,
+                            collate_fn=_to_uint8)  # in order: batch b holds images 32·b …
+        at = 0
+        for batch in loader:
+            out[at:at + len(batch)] = batch
+            at += len(batch)
+        return out
+
+    def pick_class(self, c: int, n: int, generator: torch.Generator) -> torch.Tensor:
+        """The indices (n,) int64 of ``n`` random training images of class ``c`` (without replacement where
+        possible): what :meth:`sample_class` reads."""
+        idx = self._indices[c]
+        if n <= len(idx):
+            return idx[torch.randperm(len(idx), generator=generator)[:n]]
+        return idx[torch.randint(len(idx), (n,), generator=generator)]
 
     def sample_class(self, c: int, n: int, generator: torch.Generator) -> torch.Tensor:
         """``n`` random training images of class ``c`` (without replacement where possible).
 
         Returns: (n, C, H, W) float32 in [0, 1].
         """
-        idx = self._indices[c]
-        if n <= len(idx):
-            pick = idx[torch.randperm(len(idx), generator=generator)[:n]]
-        else:
-            pick = idx[torch.randint(len(idx), (n,), generator=generator)]
-        return self.images_at(pick)
+        return self.images_at(self.pick_class(c, n, generator))
 
 
 class Normalisation(torch.nn.Module):
@@ -121,29 +171,29 @@ class Normalisation(torch.nn.Module):
         return x * self.std + self.mean
 
 
+def _to_uint8(batch: list[tuple[torch.Tensor, int]]) -> torch.Tensor:
+    """A DataLoader batch of (image (C, H, W) float32 in [0, 1], label) as (B, C, H, W) uint8."""
+    return (torch.stack([image for image, _ in batch]) * 255).round().to(torch.uint8)
+
+
 class ClassSampler:
     """Draws random training images of some classes (local index i → dataset class ``classes[i]``).
 
     In-memory datasets are sampled directly. For datasets on disk (ImageNet, folders), reading
     images every iteration would dominate, so up to ``cache_per_class`` random images of each
-    class are read once and kept in memory as uint8: the real side then samples from that subset.
+    class are read once (RealData.in_memory: in parallel, at most ``max_bytes``) and the real side
+    samples from that subset, ``self.real``, which the method's other stages (teacher, warm start)
+    can use as well.
     """
 
-    def __init__(self, real: RealData, classes: list[int], cache_per_class: int, generator: torch.Generator):
-        self.real, self.classes = real, list(classes)
-        self.cache = None
-        if real.train_images is None:
-            self.cache = [(real.sample_class(c, min(cache_per_class, len(real.class_indices(c))), generator) * 255)
-                          .round().to(torch.uint8) for c in self.classes]  # each (n_c, C, H, W)
+    def __init__(self, real: RealData, classes: list[int], cache_per_class: int, generator: torch.Generator,
+                 max_bytes: int = REAL_CACHE_BYTES):
+        self.classes = list(classes)
+        self.real = real.in_memory(self.classes, cache_per_class, generator, max_bytes)
 
     def sample(self, i: int, n: int, generator: torch.Generator) -> torch.Tensor:
         """``n`` images of local class ``i``: (n, C, H, W) float32 in [0, 1]."""
-        if self.cache is None:
-            return self.real.sample_class(self.classes[i], n, generator)
-        pool = self.cache[i]
-        pick = torch.randperm(len(pool), generator=generator)[:n] if n <= len(pool) else \
-            torch.randint(len(pool), (n,), generator=generator)
-        return pool[pick].float() / 255
+        return self.real.sample_class(self.classes[i], n, generator)
 
 
 class TensorImages(Dataset):
@@ -160,7 +210,7 @@ class TensorImages(Dataset):
 
 
 def load_dataset(name: str, data_root: str | os.PathLike | None = None, resolution: int | None = None,
-                 download: bool = True) -> RealData:
+                 download: bool = True, load_workers: int | None = None) -> RealData:
     """Find and load a real dataset.
 
     Args:
@@ -170,6 +220,8 @@ def load_dataset(name: str, data_root: str | os.PathLike | None = None, resoluti
         resolution: side length for ImageNet and folder datasets (images are resized and
             centre-cropped to it); default 64.
         download: let torchvision download MNIST/CIFAR where the network allows.
+        load_workers: processes decoding a dataset on disk in parallel (default: one per core, at most 8;
+            0: none).
     Raises: D3DatasetError saying where it looked and how to provide the data.
     """
     root = Path(data_root) if data_root is not None else default_data_root()
@@ -181,10 +233,10 @@ def load_dataset(name: str, data_root: str | os.PathLike | None = None, resoluti
     if key in ("cifar10", "cifar-10", "cifar100", "cifar-100"):
         return _torchvision_small(key.replace("-", ""), root, download)
     if key == "imagenet":
-        return _imagenet(root, resolution or 64)
+        return _imagenet(root, resolution or 64, load_workers)
     path = Path(name)
     if path.is_dir():
-        return _image_folder(path, path.name, resolution or 64, NORMALISATION["imagenet"])
+        return _image_folder(path, path.name, resolution or 64, NORMALISATION["imagenet"], None, load_workers)
     raise D3DatasetError(f"unknown dataset {name!r}: use one of {', '.join(DATASETS)} or the path of a folder with "
                          "one sub-folder of images per class")
 
@@ -263,39 +315,69 @@ def _folder_transform(resolution: int):
     return transforms.Compose([transforms.Resize(resolution), transforms.CenterCrop(resolution), transforms.ToTensor()])
 
 
-def _image_folder(path: Path, name: str, resolution: int, normalisation, test_path: Path | None = None) -> RealData:
+class DraftLoader:
+    """Opens an image file as RGB, letting JPEG decode at 1/2, 1/4 or 1/8 scale (PIL's ``draft``) where the
+    result still has both sides at least ``resolution`` (a 2 000-pixel photo read for 64 pixels decodes at
+    1/8, several times faster, the scaling done in the DCT domain). Grayscale and CMYK become RGB, as
+    torchvision's default loader makes them."""
+
+    def __init__(self, resolution: int):
+        self.resolution = resolution
+
+    def __call__(self, path: str):
+        from PIL import Image
+
+        with open(path, "rb") as f:
+            image = Image.open(f)
+            if image.format == "JPEG":
+                image.draft("RGB", (self.resolution, self.resolution))
+            return image.convert("RGB")
+
+
+def default_load_workers() -> int:
+    """DataLoader processes for a dataset on disk: one per core, at most 8."""
+    return min(8, os.cpu_count() or 1)
+
+
+def _image_folder(path: Path, name: str, resolution: int, normalisation, test_path: Path | None = None,
+                  load_workers: int | None = None) -> RealData:
     from torchvision.datasets import ImageFolder
 
+    loader = DraftLoader(resolution)
     try:
-        train = ImageFolder(str(path), transform=_folder_transform(resolution))
+        train = ImageFolder(str(path), transform=_folder_transform(resolution), loader=loader)
     except (FileNotFoundError, RuntimeError) as e:
         raise D3DatasetError(f"{path}: not a usable class-per-folder image tree ({e}). Fix: give a folder with one "
                              "sub-folder of images per class") from None
     test = None
     if test_path is not None and test_path.is_dir():
-        test = ImageFolder(str(test_path), transform=_folder_transform(resolution))
+        test = ImageFolder(str(test_path), transform=_folder_transform(resolution), loader=loader)
     channels = train[0][0].shape[0]
     mean, std = normalisation
     if len(mean) != channels:
         mean, std = (0.5,) * channels, (0.5,) * channels
     return RealData(name, list(train.classes), (channels, resolution, resolution), tuple(mean), tuple(std),
-                    torch.as_tensor(train.targets, dtype=torch.int64), train, test)
+                    torch.as_tensor(train.targets, dtype=torch.int64), train, test,
+                    load_workers=default_load_workers() if load_workers is None else load_workers)
 
 
-def _imagenet(root: Path, resolution: int) -> RealData:
+def _imagenet(root: Path, resolution: int, load_workers: int | None = None) -> RealData:
     from torchvision.datasets import ImageNet
 
     candidates = [root / "imagenet", root]
     for base in candidates:
         if (base / "meta.bin").is_file() and (base / "train").is_dir():
-            train = ImageNet(str(base), split="train", transform=_folder_transform(resolution))
-            val = ImageNet(str(base), split="val", transform=_folder_transform(resolution)) \
+            loader = DraftLoader(resolution)
+            train = ImageNet(str(base), split="train", transform=_folder_transform(resolution), loader=loader)
+            val = ImageNet(str(base), split="val", transform=_folder_transform(resolution), loader=loader) \
                 if (base / "val").is_dir() else None
             classes = [names[0] for names in train.classes]
             return RealData("imagenet", classes, (3, resolution, resolution), *NORMALISATION["imagenet"],
-                            torch.as_tensor(train.targets, dtype=torch.int64), train, val)
+                            torch.as_tensor(train.targets, dtype=torch.int64), train, val,
+                            load_workers=default_load_workers() if load_workers is None else load_workers)
         if (base / "train").is_dir():
-            return _image_folder(base / "train", "imagenet", resolution, NORMALISATION["imagenet"], base / "val")
+            return _image_folder(base / "train", "imagenet", resolution, NORMALISATION["imagenet"], base / "val",
+                                 load_workers)
     raise D3DatasetError(f"ImageNet not found: looked for train/ (torchvision ImageNet layout with meta.bin, or "
                          f"ImageFolder layout) in {', '.join(map(str, candidates))}. Fix: pass --data-root DIR where "
                          "DIR/train/<class>/*.JPEG exists")

@@ -80,3 +80,72 @@ def test_class_without_images_is_refused(image_folder):
     (image_folder / "class_3" / "x.txt").write_text("not an image")
     with pytest.raises(D3DatasetError):
         data.load_dataset(str(image_folder), resolution=16)
+
+
+def imagenet_like(root, classes=4, per_class=6, val_per_class=1):
+    """A tiny tree from benchmarks/make_imagenet_like.py (synset folders of varied JPEGs)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "make_imagenet_like.py"
+    spec = importlib.util.spec_from_file_location("make_imagenet_like", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module, module.make_tree(root, classes, per_class, val_per_class, seed=3)
+
+
+def test_imagenet_like_tree_has_the_layout_and_modes_imagenet_has(tmp_path, monkeypatch):
+    from PIL import Image
+    from torchvision.datasets import ImageFolder
+
+    module, summary = imagenet_like(tmp_path / "in", classes=3, per_class=4)
+    assert summary["files"] == 3 * 5 and summary["bytes"] > 0
+    train = ImageFolder(str(tmp_path / "in" / "train"))
+    assert train.classes == sorted(train.classes) and all(c.startswith("n") and len(c) == 9 for c in train.classes)
+    assert len(train) == 12 and len(ImageFolder(str(tmp_path / "in" / "val"))) == 3
+    # the modes and sizes ImageNet holds: force each kind once through the shares
+    monkeypatch.setattr(module, "GRAYSCALE_SHARE", 1.0)
+    assert module.render(0, 0, 0, 0)[1] == "L"
+    monkeypatch.setattr(module, "GRAYSCALE_SHARE", 0.0)
+    monkeypatch.setattr(module, "CMYK_SHARE", 1.0)
+    assert module.render(0, 0, 0, 0)[0].mode == "CMYK"
+    monkeypatch.setattr(module, "LARGE_SHARE", 1.0)
+    assert max(module.render(0, 0, 0, 0)[0].size) >= 1700
+    assert Image.open(next((tmp_path / "in" / "train").rglob("*.JPEG"))).format == "JPEG"
+
+
+def test_draft_loader_reads_cmyk_grayscale_and_large_jpegs_as_rgb(tmp_path):
+    from PIL import Image
+
+    loader = data.DraftLoader(32)
+    for mode, size in (("CMYK", (60, 40)), ("L", (40, 60)), ("RGB", (2400, 1600))):
+        path = tmp_path / f"{mode}.JPEG"
+        Image.new(mode, size, 128 if mode == "L" else (10, 20, 30, 40)[:len(mode)]).save(path)
+        image = loader(str(path))
+        assert image.mode == "RGB" and min(image.size) >= 32
+    assert max(image.size) <= 2400 // 8 * 2  # the large one decoded at a reduced scale
+
+
+def test_folder_images_read_in_parallel_equal_those_read_in_process(tmp_path):
+    imagenet_like(tmp_path / "in", classes=4, per_class=20)
+    serial = data.load_dataset("imagenet", tmp_path / "in", resolution=16, load_workers=0)
+    parallel = data.load_dataset("imagenet", tmp_path / "in", resolution=16, load_workers=2)
+    indices = torch.arange(len(serial.train_targets)).flip(0)  # 80 images, over the parallel threshold
+    assert len(indices) >= data.PARALLEL_READ_MIN
+    assert torch.equal(serial.read_uint8(indices), parallel.read_uint8(indices))
+    assert serial.test is not None and len(serial.test) == 4
+
+
+def test_in_memory_subset_holds_only_its_classes_within_its_bytes(tmp_path):
+    imagenet_like(tmp_path / "in", classes=4, per_class=6)
+    real = data.load_dataset("imagenet", tmp_path / "in", resolution=8, load_workers=0)
+    held = real.in_memory([1, 3], per_class=5, generator=torch.Generator().manual_seed(0))
+    assert held.partial and held.train_images.shape == (10, 3, 8, 8) and held.classes == real.classes
+    assert [len(held.class_indices(c)) for c in range(4)] == [0, 5, 0, 5]
+    capped = real.in_memory([0, 1, 2, 3], per_class=5, generator=torch.Generator(), max_bytes=3 * 8 * 8 * 4 * 2)
+    assert capped.train_images.shape[0] == 4 * 2  # two images a class fit the bytes
+    assert held.in_memory([1], 1, torch.Generator()) is held  # in memory already: itself
+    fm = torch.zeros(4, 1, 2, 2, dtype=torch.uint8)
+    with pytest.raises(D3DatasetError):  # a full dataset must still have every class
+        data.RealData("x", ["a", "b"], (1, 2, 2), (0.5,), (0.5,), torch.zeros(4, dtype=torch.long),
+                      data.TensorImages(fm, torch.zeros(4, dtype=torch.long)), train_images=fm)
