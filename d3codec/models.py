@@ -11,6 +11,7 @@ d2m's generators).
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -52,6 +53,24 @@ def parameter_shapes(module: type[nn.Module], *args, **kwargs) -> dict[str, tupl
         return {name: tuple(value.shape) for name, value in module(*args, **kwargs).state_dict().items()}
 
 
+def saved_activation_bytes(build: Callable[[], nn.Module], example: Callable[[], tuple]) -> int:
+    """Bytes of the tensors autograd saves for the backward pass in one forward pass of ``build()`` on
+    ``example()`` (one sample), counted on the meta device (no memory, no arithmetic): what one sample
+    holds until its backward pass. A tensor saved twice counts twice, so it errs high."""
+    total = 0
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        nonlocal total
+        total += t.numel() * t.element_size()
+        return t
+
+    with torch.device("meta"):
+        module, inputs = build(), example()
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            module(*inputs)
+    return total
+
+
 def upsampling_geometry(image_shape: tuple[int, int, int]) -> tuple[int, int, int]:
     """(u, h0, w0) of the upsampling networks (Decoder, d2m's generator) for images (C, H, W):
     u = max(0, ⌊log2(min(H, W) / 4)⌋) doublings from an h0 × w0 map, h0 = ⌈H / 2^u⌉, w0 = ⌈W / 2^u⌉."""
@@ -60,31 +79,54 @@ def upsampling_geometry(image_shape: tuple[int, int, int]) -> tuple[int, int, in
     return u, math.ceil(h / 2 ** u), math.ceil(w / 2 ** u)
 
 
+DECODER_ARCHITECTURES = ("uniform", "tapered")
+
+
+def decoder_stage_widths(architecture: str, width: int, upsamples: int) -> list[int]:
+    """Channels c_0 … c_u of a :class:`Decoder`'s maps: all ``width`` (uniform), or halved at every upsampling
+    and at least 4 (tapered: c_0 = width, c_{i+1} = max(4, ⌊c_i / 2⌋), as d2m's upconv generators).
+    Raises: ValueError for an unknown architecture."""
+    if architecture == "uniform":
+        return [width] * (upsamples + 1)
+    if architecture == "tapered":
+        out = [width]
+        for _ in range(upsamples):
+            out.append(max(4, out[-1] // 2))
+        return out
+    raise ValueError(f"unknown decoder architecture {architecture!r}; known: {', '.join(DECODER_ARCHITECTURES)}")
+
+
 class Decoder(nn.Module):
     """Latents (N, Z) float32 → images (N, C, H, W) float32 in [0, 1].
 
-    Linear(Z → width·h0·w0) → ``upsamples`` × [nearest ×2 → Conv 3×3 → GroupNorm → LeakyReLU(0.2)]
-    → Conv 3×3 → sigmoid, with h0 = ⌈H / 2^upsamples⌉ (4 to 7) and a crop to H×W at the end.
+    Linear(Z → width·h0·w0) → ``upsamples`` × [nearest ×2 → Conv 3×3 (c_i → c_{i+1}) → GroupNorm →
+    LeakyReLU(0.2)] → Conv 3×3 → sigmoid, with h0 = ⌈H / 2^upsamples⌉ (4 to 7) and a crop to H×W at the
+    end. ``architecture`` "uniform" keeps every map ``width`` wide (d3's decoder); "tapered" halves the
+    channels at every upsampling (decoder_stage_widths), so the full-resolution stage, 96 % of a uniform
+    width-256 decoder's multiply-adds at 64 pixels, costs as much as each smaller one.
     """
 
-    def __init__(self, latent_dim: int, image_shape: tuple[int, int, int], width: int):
+    def __init__(self, latent_dim: int, image_shape: tuple[int, int, int], width: int,
+                 architecture: str = "uniform"):
         super().__init__()
         c = image_shape[0]
         self.image_shape = image_shape
         self.upsamples, self.h0, self.w0 = upsampling_geometry(image_shape)
-        self.width = width
+        self.width, self.architecture = width, architecture
+        widths = decoder_stage_widths(architecture, width, self.upsamples)
         self.fc = nn.Linear(latent_dim, width * self.h0 * self.w0)
         blocks = []
-        for _ in range(self.upsamples):
-            blocks += [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(width, width, 3, padding=1),
-                       nn.GroupNorm(min(4, width), width), nn.LeakyReLU(0.2)]
+        for i in range(self.upsamples):
+            groups = min(4, widths[i + 1]) if architecture == "uniform" else math.gcd(4, widths[i + 1])
+            blocks += [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(widths[i], widths[i + 1], 3, padding=1),
+                       nn.GroupNorm(groups, widths[i + 1]), nn.LeakyReLU(0.2)]
         self.blocks = nn.Sequential(*blocks)
-        self.out = nn.Conv2d(width, c, 3, padding=1)
+        self.out = nn.Conv2d(widths[-1], c, 3, padding=1)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         c, h, w = self.image_shape
         x = F.leaky_relu(self.fc(z), 0.2).view(-1, self.width, self.h0, self.w0)  # (N, width, h0, w0)
-        x = self.blocks(x)  # (N, width, h0·2^u, w0·2^u)
+        x = self.blocks(x)  # (N, c_u, h0·2^u, w0·2^u)
         return torch.sigmoid(self.out(x))[:, :, :h, :w]  # (N, C, H, W)
 
 

@@ -24,7 +24,7 @@ MAX_SECTIONS, MAX_TABLE = 256, 20_480  # §2, §3
 MAX_JSON = 16 << 20  # §3, §4
 NAME = re.compile(r"[a-z0-9][a-z0-9_.\-]*")  # §3
 CODECS, CONTENTS = {0: "none", 1: "zstd"}, {0: "bytes", 1: "json", 2: "safetensors"}  # §3
-SAFETENSORS_DTYPES = {"U8": np.uint8, "I8": np.int8, "I32": np.int32, "I64": np.int64, "F16": np.float16,
+SAFETENSORS_DTYPES = {"U8": np.uint8, "I8": np.int8, "I16": np.int16, "I32": np.int32, "I64": np.int64, "F16": np.float16,
                       "F32": np.float32, "F64": np.float64, "BOOL": np.bool_}
 SECTIONS = {  # §5.1: name → critical
     "pixel": {"meta": True, "images": True, "soft_labels": True, "schedule": True},
@@ -301,26 +301,39 @@ def geometry(h, w):
 
 # -- §5.3 networks: parameter shapes, and forward passes ------------------------------------------------
 
-def decoder_shapes(z, shape, width):
+def decoder_widths(arch, width, u):
+    """c_0 … c_u of §5.3's Decoder: all W (uniform), or c_{i+1} = max(4, ⌊c_i / 2⌋) (tapered)."""
+    if arch == "uniform":
+        if not (width in (1, 2, 3) or width % 4 == 0):
+            raise SpecError("decoder width must be 1, 2, 3 or a multiple of 4")
+        return [width] * (u + 1)
+    out = [width]
+    for _ in range(u):
+        out.append(max(4, out[-1] // 2))
+    return out
+
+
+def decoder_shapes(z, shape, width, arch="uniform"):
     c, h, w = shape
     u, h0, w0 = geometry(h, w)
-    if not (width in (1, 2, 3) or width % 4 == 0):
-        raise SpecError("decoder width must be 1, 2, 3 or a multiple of 4")
+    ch = decoder_widths(arch, width, u)
     s = {"fc.weight": (width * h0 * w0, z), "fc.bias": (width * h0 * w0,)}
     for i in range(u):
-        s.update({f"blocks.{4 * i + 1}.weight": (width, width, 3, 3), f"blocks.{4 * i + 1}.bias": (width,),
-                  f"blocks.{4 * i + 2}.weight": (width,), f"blocks.{4 * i + 2}.bias": (width,)})
-    s.update({"out.weight": (c, width, 3, 3), "out.bias": (c,)})
+        s.update({f"blocks.{4 * i + 1}.weight": (ch[i + 1], ch[i], 3, 3), f"blocks.{4 * i + 1}.bias": (ch[i + 1],),
+                  f"blocks.{4 * i + 2}.weight": (ch[i + 1],), f"blocks.{4 * i + 2}.bias": (ch[i + 1],)})
+    s.update({"out.weight": (c, ch[u], 3, 3), "out.bias": (c,)})
     return s
 
 
-def decoder_forward(p, z, shape, width):
+def decoder_forward(p, z, shape, width, arch="uniform"):
     c, h, w = shape
     u, h0, w0 = geometry(h, w)
+    ch = decoder_widths(arch, width, u)
     x = leaky(z @ p["fc.weight"].T.astype(np.float64) + p["fc.bias"]).reshape(-1, width, h0, w0)
     for i in range(u):
+        groups = min(4, ch[i + 1]) if arch == "uniform" else math.gcd(4, ch[i + 1])
         x = conv(up2(x), p[f"blocks.{4 * i + 1}.weight"], p[f"blocks.{4 * i + 1}.bias"], 1)
-        x = leaky(group_norm(x, min(4, width), p[f"blocks.{4 * i + 2}.weight"], p[f"blocks.{4 * i + 2}.bias"]))
+        x = leaky(group_norm(x, groups, p[f"blocks.{4 * i + 2}.weight"], p[f"blocks.{4 * i + 2}.bias"]))
     return sigmoid(conv(x, p["out.weight"], p["out.bias"], 1))[:, :, :h, :w]
 
 
@@ -608,9 +621,12 @@ def read_d3(meta, tensors, shape, k, version, samples_per_class, seed):
             raise SpecError("d3: groups must follow one another from class 0")
         plans.append({"start": bounds[0], "stop": bounds[1], "z": integer(g, "latent_dim", 1, 4096),
                       "p": integer(g, "priors_per_class", 1, 1_000_000), "w": integer(g, "decoder_width", 1, 4096),
+                      "arch": choice(g, "decoder_architecture", ("uniform", "tapered"), "uniform"),
                       "decoder_dtype": choice(g, "decoder_dtype", ("int8", "float16")),
                       "prior_dtype": choice(g, "prior_dtype", ("float16", "int8"), "float16"),
-                      "soft": g.get("soft_labels")})
+                      "soft": g.get("soft_labels"),
+                      "top_k": integer(g, "label_top_k", 1, min(bounds[1] - bounds[0] - 1, 32767), None)
+                      if "label_top_k" in g else None})
         if not isinstance(plans[-1]["soft"], bool):
             raise SpecError("d3: soft_labels must be a boolean")
         expected = bounds[1]
@@ -619,13 +635,15 @@ def read_d3(meta, tensors, shape, k, version, samples_per_class, seed):
     labelled = [i for i, g in enumerate(plans) if g["soft"]]
     if "priors" not in tensors or "decoder" not in tensors or bool(labelled) != ("prior_labels" in tensors):
         raise SpecError("d3: priors, decoder, and prior_labels exactly when some group has soft labels")
-    shapes = [decoder_shapes(g["z"], shape, g["w"]) for g in plans]
+    shapes = [decoder_shapes(g["z"], shape, g["w"], g["arch"]) for g in plans]
     exactly(tensors["priors"], set().union(*(weight_names(f"g{i}.", {"mean": (1, 1), "logvar": (1, 1)}, g["prior_dtype"])
                                              for i, g in enumerate(plans))), "priors")
     exactly(tensors["decoder"], set().union(*(weight_names(f"g{i}.", shapes[i], g["decoder_dtype"])
                                               for i, g in enumerate(plans))), "decoder")
     if labelled:
-        exactly(tensors["prior_labels"], {f"g{i}" for i in labelled}, "prior_labels")
+        exactly(tensors["prior_labels"], set().union(*({f"g{i}"} if plans[i]["top_k"] is None else
+                                                       {f"g{i}.values", f"g{i}.indices"} for i in labelled)),
+                "prior_labels")
     out = {"labels": [], "images": [], "soft_labels": [], "noise": [], "priors": []}
     every_soft = len(labelled) == len(plans)
     for i, g in enumerate(plans):
@@ -644,8 +662,21 @@ def read_d3(meta, tensors, shape, k, version, samples_per_class, seed):
         decoder = weights(tensors["decoder"], f"g{i}.", shapes[i], g["decoder_dtype"])
         lab = None
         if g["soft"]:
-            lab = tensor(tensors["prior_labels"], f"g{i}", (kg, p, kg), [np.float16]).astype(np.float32)
-            probabilities(lab, "prior_labels")
+            if g["top_k"] is None:
+                lab = tensor(tensors["prior_labels"], f"g{i}", (kg, p, kg), [np.float16]).astype(np.float32)
+                probabilities(lab, "prior_labels")
+            else:  # the top k of each row, the rest spread evenly
+                t = g["top_k"]
+                values = tensor(tensors["prior_labels"], f"g{i}.values", (kg, p, t), [np.float16]).astype(np.float32)
+                index = tensor(tensors["prior_labels"], f"g{i}.indices", (kg, p, t), [np.int16]).astype(np.int64)
+                if not np.isfinite(values).all() or (values < 0).any() or (values.sum(-1) > 1.01).any():
+                    raise SpecError("d3: top-k values must be finite, at least 0, and sum to at most 1")
+                if (index < 0).any() or (index >= kg).any() or \
+                        (np.diff(np.sort(index, -1), axis=-1) == 0).any():
+                    raise SpecError("d3: top-k indices must be distinct classes of the group")
+                rest = np.maximum(np.float32(0), (np.float32(1) - values.sum(-1, keepdims=True)) / np.float32(kg - t))
+                lab = np.repeat(rest, kg, axis=-1).astype(np.float32)
+                np.put_along_axis(lab, index, values, axis=-1)
         n = samples_per_class or p
         if version < (1, 1):
             raise SpecError("1.0 samples come from torch's generator, which this document does not define")
@@ -654,7 +685,7 @@ def read_d3(meta, tensors, shape, k, version, samples_per_class, seed):
         mu = np.take_along_axis(priors["mean"], which[:, :, None], 1)
         lv = np.take_along_axis(priors["logvar"], which[:, :, None], 1)
         latents = mu.astype(np.float64) + np.exp(lv.astype(np.float64) / 2) * eps
-        out["images"].append(decoder_forward(decoder, latents.reshape(kg * n, z), shape, g["w"]))
+        out["images"].append(decoder_forward(decoder, latents.reshape(kg * n, z), shape, g["w"], g["arch"]))
         out["labels"].append(np.repeat(np.arange(g["start"], g["stop"]), n))
         out["noise"].append(eps.reshape(kg * n, z))
         out["priors"].append(which.reshape(-1))

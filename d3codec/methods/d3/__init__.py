@@ -34,11 +34,17 @@ register_method(Method(
             high=1_000_000),
      Option("--decoder-width", "decoder_width", "Decoder channels (default: the widest that takes at most "
             "decoder_share of the budget).", high=4096),
+     Option("--decoder-architecture", "decoder_architecture", "uniform: every stage as wide as the decoder; "
+            "tapered: channels halve at every upsampling, far cheaper on large images (default: uniform up to 32 "
+            "pixels a side, else tapered).", kind="choice", choices=("uniform", "tapered")),
      Option("--decoder-dtype", "decoder_dtype", "How decoder weights are stored.", kind="choice",
             choices=("int8", "float16")),
      Option("--prior-dtype", "prior_dtype", "How prior means and log-variances are stored (int8: about twice the "
             "priors).", kind="choice", choices=("int8", "float16")),
      Option("--soft-labels", "soft_labels", "Store a teacher's soft label per prior.", kind="flag"),
+     Option("--label-top-k", "label_top_k", "Store each soft label as its K largest probabilities and their classes "
+            "(the rest of the mass spread evenly over the other classes; 0: whole rows). Default: whole rows for "
+            "subtasks of up to 20 classes, else the top 10.", low=0, high=32767),
      Option("--warm-start-iterations", "init_iterations", "Iterations fitting the decoder and prior means to real "
             "images before matching (0: none).", low=0, high=10_000_000),
      TEACHER_EPOCHS_OPTION, TEACHER_OPTION, SAVE_TEACHER_OPTION),

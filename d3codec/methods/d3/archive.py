@@ -14,11 +14,11 @@ from ... import noise
 from ...archive import meta_bool, meta_int, meta_str
 from ...errors import D3FormatError
 from ...limits import DEFAULT_LIMITS, batch_size, check, draw_macs, network_cost
-from ...models import Decoder
+from ...models import DECODER_ARCHITECTURES
 from ...storage import check_probabilities
 from ...weights import check_names, load_stored_module, read_stored, stored_names
 from ..base import Sampler
-from .layout import DECODER_DTYPES, PRIOR_DTYPES, GroupPlan, decoder_shapes, dequantise_priors
+from .layout import DECODER_DTYPES, MAX_TOP_K_CLASSES, PRIOR_DTYPES, GroupPlan, dense_labels, dequantise_priors
 
 # ---- the groups --------------------------------------------------------------------------------------------------
 
@@ -48,8 +48,14 @@ def read_groups(meta: dict, num_classes: int) -> list[StoredGroup]:
                 and bounds[0] == expected and expected < bounds[1] <= num_classes):
             raise D3FormatError(f"meta: '{where}classes' must be [{expected}, stop] with {expected} < stop ≤ "
                                 f"{num_classes} (groups follow one another from class 0)")
+        k = bounds[1] - bounds[0]
+        top_k = meta_int(e, "label_top_k", 1, min(k - 1, MAX_TOP_K_CLASSES), where, default=None) if k > 1 else None
+        if k == 1 and "label_top_k" in e:
+            raise D3FormatError(f"meta: '{where}label_top_k' needs a group of at least 2 classes")
         g = GroupPlan(bounds[0], bounds[1], meta_int(e, "latent_dim", 1, 4096, where),
-                      meta_int(e, "priors_per_class", 1, 1_000_000, where), meta_int(e, "decoder_width", 1, 4096, where))
+                      meta_int(e, "priors_per_class", 1, 1_000_000, where),
+                      meta_int(e, "decoder_width", 1, 4096, where),
+                      meta_str(e, "decoder_architecture", DECODER_ARCHITECTURES, where, default="uniform"), top_k)
         out.append(StoredGroup(g, meta_str(e, "decoder_dtype", DECODER_DTYPES, where),
                                meta_str(e, "prior_dtype", PRIOR_DTYPES, where, default="float16"),
                                meta_bool(e, "soft_labels", where)))
@@ -73,11 +79,12 @@ class D3Sampler(Sampler):
         costs, values = [], 0
         for i, sg in enumerate(self.groups):
             g = sg.plan
-            cost = network_cost(lambda: Decoder(g.latent_dim, self.image_shape, g.decoder_width),
+            cost = network_cost(lambda: g.decoder(self.image_shape),
                                 lambda: (torch.zeros(1, g.latent_dim),), f"the decoder of group {i}")
             costs.append(cost)
             k, p = g.num_classes, g.priors_per_class
-            values += cost.parameters + 2 * k * p * g.latent_dim + (k * p * k if sg.soft_labels else 0)
+            stored_labels = k * p * (k if g.label_top_k is None else 2 * g.label_top_k)
+            values += cost.parameters + 2 * k * p * g.latent_dim + (stored_labels if sg.soft_labels else 0)
         check("values", values, self.limits, "max_parameters", "the decoders, priors and soft labels")
         check("multiply-adds", max(c.macs for c in costs), self.limits, "max_macs_per_image", "decoding one image")
         self.batch = [batch_size(c, self.limits) for c in costs]
@@ -89,23 +96,29 @@ class D3Sampler(Sampler):
 
         priors_t, decoder_t = reader.read_tensors("priors"), reader.read_tensors("decoder")
         labels_t = reader.read_tensors("prior_labels") if labelled else {}
-        shapes = [decoder_shapes(sg.plan.latent_dim, self.image_shape, sg.plan.decoder_width) for sg in self.groups]
+        shapes = [sg.plan.decoder_shapes(self.image_shape) for sg in self.groups]
         check_names(priors_t, set().union(*(stored_names({"mean": (1, 1), "logvar": (1, 1)}, f"g{i}.", sg.prior_dtype)
                                             for i, sg in enumerate(self.groups))), "priors")
         check_names(decoder_t, set().union(*(stored_names(shapes[i], f"g{i}.", sg.decoder_dtype)
                                              for i, sg in enumerate(self.groups))), "decoder")
-        check_names(labels_t, {f"g{i}" for i in labelled}, "prior_labels")
+        check_names(labels_t, set().union(*({f"g{i}"} if self.groups[i].plan.label_top_k is None else
+                                            {f"g{i}.values", f"g{i}.indices"} for i in labelled)), "prior_labels")
         self.loaded = []  # per group: (mu, logvar (K_g, P, Z), decoder, soft labels (K_g, P, K_g) or None)
         for index, sg in enumerate(self.groups):
             g = sg.plan
             k, p, z = g.num_classes, g.priors_per_class, g.latent_dim
             mu, logvar = dequantise_priors(priors_t, f"g{index}.", (k, p, z), sg.prior_dtype)
-            decoder = load_stored_module(lambda: Decoder(z, self.image_shape, g.decoder_width), decoder_t,
+            decoder = load_stored_module(lambda: g.decoder(self.image_shape), decoder_t,
                                          f"g{index}.", sg.decoder_dtype, "decoder", device)
             lab = None
-            if sg.soft_labels:
+            if sg.soft_labels and g.label_top_k is None:
                 lab = read_stored(labels_t, "prior_labels", f"g{index}", (k, p, k), None)
                 check_probabilities(lab, "prior_labels", f"g{index}")
+            elif sg.soft_labels:  # the top k of each row (spec §5.6)
+                top = (k, p, g.label_top_k)
+                values = read_stored(labels_t, "prior_labels", f"g{index}.values", top, None)
+                indices = read_stored(labels_t, "prior_labels", f"g{index}.indices", top, None, (torch.int16,))
+                lab = dense_labels(values, indices, k, "prior_labels", f"g{index}")
             self.loaded.append((mu, logvar, decoder, lab))
 
     def counts(self, samples_per_class: int | None) -> tuple[int, int]:
@@ -188,4 +201,5 @@ def describe_params(params: dict) -> str:
     g = groups[0]
     labels = ", soft labels" if any(entry.get("soft_labels") for entry in groups) else ""
     return (f"{len(groups)} subtask(s), {int(g['priors_per_class'])} priors per class, latent {int(g['latent_dim'])}, "
-            f"decoder width {int(g['decoder_width'])} ({g['decoder_dtype']}), {g['prior_dtype']} priors{labels}")
+            f"{g.get('decoder_architecture', 'uniform')} decoder of width {int(g['decoder_width'])} "
+            f"({g['decoder_dtype']}), {g['prior_dtype']} priors{labels}")

@@ -15,6 +15,7 @@ import torch
 
 from ...container import Section
 from ...errors import D3FormatError
+from ...storage import PROBABILITY_TOLERANCE
 from ...models import Decoder, parameter_shapes
 from ...weights import WEIGHT_DTYPES, quantise_int8, quantise_state, read_stored
 
@@ -22,9 +23,11 @@ SECTIONS = {"meta": True, "priors": True, "decoder": True, "prior_labels": True}
 DECODER_WIDTHS = (8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256)
 DECODER_DTYPES = WEIGHT_DTYPES
 PRIOR_DTYPES = ("float16", "int8")
-def decoder_shapes(latent_dim: int, image_shape: tuple[int, int, int], width: int) -> dict[str, tuple[int, ...]]:
+MAX_TOP_K_CLASSES = 32767  # top-k soft labels store their classes as int16
+def decoder_shapes(latent_dim: int, image_shape: tuple[int, int, int], width: int,
+                   architecture: str = "uniform") -> dict[str, tuple[int, ...]]:
     """The decoder's parameter shapes, computed without allocating them (meta device)."""
-    return parameter_shapes(Decoder, latent_dim, image_shape, width)
+    return parameter_shapes(Decoder, latent_dim, image_shape, width, architecture)
 
 
 # ---- storage of priors: int8 with a scale per latent dimension, or float16 (d3codec.weights) --------------------
@@ -68,10 +71,19 @@ class GroupPlan:
     latent_dim: int
     priors_per_class: int
     decoder_width: int
+    decoder_architecture: str = "uniform"  # d3codec.models.DECODER_ARCHITECTURES
+    label_top_k: int | None = None  # soft labels stored as their k largest probabilities (None: whole rows)
 
     @property
     def num_classes(self) -> int:
         return self.stop - self.start
+
+    def decoder(self, image_shape: tuple[int, int, int]) -> Decoder:
+        """A freshly initialised decoder of this group's latent size, width and architecture."""
+        return Decoder(self.latent_dim, image_shape, self.decoder_width, self.decoder_architecture)
+
+    def decoder_shapes(self, image_shape: tuple[int, int, int]) -> dict[str, tuple[int, ...]]:
+        return decoder_shapes(self.latent_dim, image_shape, self.decoder_width, self.decoder_architecture)
 
 
 @dataclass(frozen=True)
@@ -95,10 +107,16 @@ def split_classes(num_classes: int, subtasks: int) -> list[tuple[int, int]]:
 
 
 def group_entry(g: GroupPlan, cfg, stats: dict | None = None) -> dict:
-    """The metadata entry of one group (``params.groups[i]``); ``cfg`` a D3Config (its storage dtypes, soft labels)."""
-    return {"classes": [g.start, g.stop], "latent_dim": g.latent_dim, "priors_per_class": g.priors_per_class,
-            "decoder_width": g.decoder_width, "decoder_dtype": cfg.decoder_dtype, "prior_dtype": cfg.prior_dtype,
-            "soft_labels": cfg.soft_labels, "stats": stats or {}}
+    """The metadata entry of one group (``params.groups[i]``); ``cfg`` a D3Config (its storage dtypes, soft labels).
+    ``decoder_architecture`` is written where it is not "uniform" (absent means uniform, spec §5.6)."""
+    entry = {"classes": [g.start, g.stop], "latent_dim": g.latent_dim, "priors_per_class": g.priors_per_class,
+             "decoder_width": g.decoder_width, "decoder_dtype": cfg.decoder_dtype, "prior_dtype": cfg.prior_dtype,
+             "soft_labels": cfg.soft_labels, "stats": stats or {}}
+    if g.decoder_architecture != "uniform":
+        entry["decoder_architecture"] = g.decoder_architecture
+    if g.label_top_k is not None and cfg.soft_labels:
+        entry["label_top_k"] = g.label_top_k
+    return entry
 
 
 def group_tensors(g: GroupPlan, index: int, image_shape, cfg, priors=None,
@@ -109,12 +127,48 @@ def group_tensors(g: GroupPlan, index: int, image_shape, cfg, priors=None,
     if priors is None:
         priors = (torch.zeros(k, p, z), torch.zeros(k, p, z))
     if decoder_state is None:
-        decoder_state = {n: torch.zeros(s) for n, s in decoder_shapes(z, image_shape, g.decoder_width).items()}
+        decoder_state = {n: torch.zeros(s) for n, s in g.decoder_shapes(image_shape).items()}
     out = {"priors": quantise_priors(*priors, f"g{index}.", cfg.prior_dtype),
            "decoder": quantise_state(decoder_state, f"g{index}.", cfg.decoder_dtype)}
     if cfg.soft_labels:
-        out["prior_labels"] = {f"g{index}": (labels if labels is not None else torch.zeros(k, p, k)).half().contiguous()}
+        labels = labels if labels is not None else torch.full((k, p, k), 1.0 / k)
+        out["prior_labels"] = stored_labels(labels, f"g{index}", g.label_top_k)
     return out
+
+
+# ---- soft labels: whole rows, or the top k of each (spec/FORMAT.md §5.6) ----------------------------------------
+
+def stored_labels(labels: torch.Tensor, key: str, top_k: int | None) -> dict[str, torch.Tensor]:
+    """The ``prior_labels`` tensors of one group's soft labels (K_g, P, K_g): ``{key}`` F16 rows, or with
+    ``top_k`` the k largest probabilities of each row, ``{key}.values`` (K_g, P, k) F16, and their classes,
+    ``{key}.indices`` (K_g, P, k) I16 (local; k < K_g ≤ 32 767). A reader spreads the rest of each row's
+    mass evenly over its other classes (:func:`dense_labels`)."""
+    if top_k is None:
+        return {key: labels.detach().float().cpu().half().contiguous()}
+    values, indices = labels.detach().float().cpu().topk(top_k, dim=-1)  # (K_g, P, k) each, largest first
+    return {f"{key}.values": values.half().contiguous(), f"{key}.indices": indices.to(torch.int16).contiguous()}
+
+
+def dense_labels(values: torch.Tensor, indices: torch.Tensor, num_classes: int, section: str, key: str) -> torch.Tensor:
+    """Whole rows (K_g, P, K_g) float32 of top-k soft labels: ``values`` (K_g, P, k) at ``indices``, and
+    (1 − Σ values) / (K_g − k) (at least 0) at every other class.
+
+    Raises: D3FormatError for an index outside [0, K_g) or repeated within a row, or values that are
+    negative, not finite or sum to more than 1 within PROBABILITY_TOLERANCE."""
+    k = values.shape[-1]
+    idx = indices.long()
+    if ((idx < 0) | (idx >= num_classes)).any():
+        raise D3FormatError(f"section {section!r}: {key}.indices holds a class outside [0, {num_classes})")
+    if k > 1 and (idx.sort(-1).values.diff(dim=-1) == 0).any():
+        raise D3FormatError(f"section {section!r}: {key}.indices repeats a class within a row")
+    v = values.float()
+    if not torch.isfinite(v).all() or (v < 0).any():
+        raise D3FormatError(f"section {section!r}: {key}.values holds negative or non-finite probabilities")
+    total = v.sum(-1, keepdim=True)
+    if (total - 1 > PROBABILITY_TOLERANCE).any():
+        raise D3FormatError(f"section {section!r}: the rows of {key}.values sum to more than 1")
+    rest = ((1 - total) / (num_classes - k)).clamp_min(0)  # (K_g, P, 1)
+    return rest.expand(*v.shape[:-1], num_classes).clone().scatter_(-1, idx, v)
 
 
 def sections_of(parts: list[dict[str, dict[str, torch.Tensor]]]) -> list[Section]:
