@@ -118,7 +118,10 @@ def shared_options(method: Method) -> list[click.Parameter]:
         SectionOption(["--resolution"], type=count(1, 4096), help="Side length for imagenet and folder datasets "
                       "(default 64).", section="Data"),
         SectionOption(["--preset"], type=click.Choice(preset_names(method)), default="fast", show_default=True,
-                      help="fast: minutes on a CPU; paper: the paper's settings, for a GPU.", section="Run"),
+                      help="fast: minutes on a CPU; paper: the paper's settings, for a GPU; smoke: a first picture, not a "
+                      "result; rehearsal (dm, d3, d2m): the whole pipeline at full class count with a few "
+                      "iterations, to check a large run (ImageNet) end to end before spending the hours.",
+                      section="Run"),
         SectionOption(["--iterations"], type=count(), help="Override the preset's iteration count (at least 1)."
                       + run_defaults["iterations"], section="Run"),
         SectionOption(["--real-per-class"], type=count(), help="Real images per class per iteration."
@@ -316,13 +319,12 @@ def run_compress(method: Method, values: dict) -> None:
         if workers is not None and workers > 1:
             if world_size() > 1:
                 raise click.UsageError("--workers starts its own ranks: leave it out under torchrun")
-            compress_with_workers(workers, values["dataset"], output, encoder=encoder, data_root=values["data_root"],
-                                  resolution=values["resolution"], ipc=ipc, budget=budget, seed=values["seed"],
-                                  device=str(device), progress=not quiet)
-            click.echo(f"wrote {output}: {Path(output).stat().st_size} bytes")
-            return
-        result = compress(real, output, encoder=encoder, ipc=ipc, budget=budget, seed=values["seed"], device=device,
-                          progress=not quiet)
+            result = compress_with_workers(workers, values["dataset"], output, encoder=encoder,
+                                           data_root=values["data_root"], resolution=values["resolution"], ipc=ipc,
+                                           budget=budget, seed=values["seed"], device=str(device), progress=not quiet)
+        else:
+            result = compress(real, output, encoder=encoder, ipc=ipc, budget=budget, seed=values["seed"],
+                              device=device, progress=not quiet)
     except (D3Error, ValueError, OSError) as e:
         fail(e)
     if rank() != 0:

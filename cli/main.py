@@ -25,9 +25,13 @@ from .options import LIMIT_FIELDS, count, decode_limit_options, decode_limits, f
 @click.version_option(package_name="d3codec")
 def main() -> None:
     """d3codec: dataset distillation into small, safe .d3 archives."""
-    from d3codec.runtime import keep_freed_memory
+    from d3codec.runtime import cuda_debug_from_environment, keep_freed_memory
 
     keep_freed_memory()  # every command: freed tensor buffers are reused (d3codec.runtime)
+    try:
+        cuda_debug_from_environment()  # D3CODEC_SYNC_DEBUG=warn: report host syncs of a CUDA run
+    except ValueError as e:
+        fail(e)
 
 
 main.add_command(CompressGroup("compress"))

@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from .container import write_atomic
 from .errors import D3Error
 from .weights import read_safetensors_file
 
@@ -65,10 +66,12 @@ def load_prefixed(module: torch.nn.Module, tensors: dict[str, torch.Tensor], pre
 
 
 def rng_tensors(generator: torch.Generator) -> dict[str, torch.Tensor]:
-    """The states of ``generator`` and of torch's global generators (CPU, and CUDA once used)."""
+    """The states of ``generator`` and of torch's global generators (CPU, and every CUDA device once CUDA is
+    used: ``rng.cuda`` of device 0, ``rng.cuda{i}`` of device i > 0)."""
     out = {"rng.sampler": generator.get_state(), "rng.torch": torch.get_rng_state()}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
-        out["rng.cuda"] = torch.cuda.get_rng_state()
+        for i, state in enumerate(torch.cuda.get_rng_state_all()):
+            out["rng.cuda" if i == 0 else f"rng.cuda{i}"] = state
     return out
 
 
@@ -77,7 +80,29 @@ def restore_rng(tensors: dict[str, torch.Tensor], generator: torch.Generator, de
     generator.set_state(tensors["rng.sampler"])
     torch.set_rng_state(tensors["rng.torch"])
     if "rng.cuda" in tensors and device.type == "cuda":
-        torch.cuda.set_rng_state(tensors["rng.cuda"])
+        for i in range(torch.cuda.device_count()):  # those the checkpoint knows (a device added since keeps its own)
+            key = "rng.cuda" if i == 0 else f"rng.cuda{i}"
+            if key in tensors:
+                torch.cuda.set_rng_state(tensors[key], i)
+
+
+def write_tensors_atomic(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+    """Write ``tensors`` (CPU, contiguous) as a safetensors file at ``path`` atomically: into a temporary
+    file beside it (safetensors' ``save_file`` writes from the tensors' memory, with no copy of the whole
+    file in memory: a D2M generator for ImageNet and its Adam state are over a gigabyte), fsync, rename.
+    Raises: OSError (the temporary file is removed)."""
+    from safetensors.torch import save_file
+
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata=metadata)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 class Checkpoint:
@@ -101,8 +126,6 @@ class Checkpoint:
              generator: torch.Generator, modules: dict[str, torch.nn.Module] | None = None) -> None:
         """Write the state after ``iteration`` iterations (atomically replacing the file): ``tensors``
         by name, each of ``modules``' parameters as ``{module name}.{parameter name}``."""
-        from safetensors.torch import save
-
         out = {f"state.{k}": v for k, v in tensors.items()}
         out.update({f"state.{name}.{k}": v for name, module in (modules or {}).items()
                     for k, v in module.state_dict().items()})
@@ -114,7 +137,7 @@ class Checkpoint:
         out = {k: v.detach().cpu().contiguous() for k, v in out.items()}
         meta = {"format": FORMAT, "kind": self.kind, "run": self.run, "iteration": str(iteration),
                 "opt_groups": json.dumps(groups)}
-        write_atomic(self.path, save(out, metadata=meta))
+        write_tensors_atomic(self.path, out, meta)
         self._last = time.monotonic()
 
     def resume(self, optimizers: dict[str, torch.optim.Optimizer], generator: torch.Generator,

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from .archive import base_meta, utc_now
+from .archive import base_meta, open_archive, utc_now
 from .budget import ipc_budget
 from .container import Section, encode_archive, write_atomic
 from .data import RealData, load_dataset
@@ -24,7 +24,7 @@ from .errors import D3BudgetError
 from .federated import barrier, distill_federated, rank, run_ranks, world_size
 from .methods import DEFAULT_METHOD, BuildContext, DatasetSpec, Encoded, Encoder, get_method
 from .models import resolve_device
-from .runtime import keep_freed_memory
+from .runtime import keep_freed_memory, release_freed_memory
 
 
 @dataclass
@@ -154,6 +154,7 @@ def compress(dataset: str | RealData, output: str | os.PathLike, *, ipc: float |
     budget = resolve_budget(spec, ipc, budget)
     meta = base_meta(spec, encoder.method, budget, ipc, seed, utc_now())
     plan = plan_archive(encoder, spec, budget, meta, real)
+    release_freed_memory()  # planning built whole archives of zeros to count their bytes
 
     if world_size() > 1:
         encoded = written = distill_federated(encoder, real, plan, output, meta, device=device, seed=seed,
@@ -204,12 +205,18 @@ def write_encoded(output: Path, meta: dict, encoded: Encoded, budget: int, bound
 
 def compress_with_workers(workers: int, dataset: str, output: str | os.PathLike, *, encoder: Encoder,
                           data_root: str | None = None, resolution: int | None = None, ipc: float | None = None,
-                          budget: int | None = None, seed: int = 0, device: str = "cpu", progress: bool = True) -> None:
-    """Run :func:`compress` on ``workers`` local ranks (d3codec.federated.run_ranks: spawned processes, gloo
-    or NCCL), each loading ``dataset`` itself (d3codec.data.load_dataset); their subtasks are merged by rank 0.
+                          budget: int | None = None, seed: int = 0, device: str = "cpu",
+                          progress: bool = True) -> CompressResult:
+    """Run :func:`compress` on ``workers`` local ranks (d3codec.federated.run_ranks: spawned processes joined
+    over gloo), each loading ``dataset`` itself (d3codec.data.load_dataset); their subtasks are merged by rank 0.
+    Returns: what was written, read back from the archive (``plan`` None).
     Raises: ValueError for fewer than 2 workers; D3Error when a worker fails, with its error."""
     run_ranks(workers, _compress_on_rank, (dataset, str(output), encoder, data_root, resolution, ipc, budget, seed,
                                            progress), device)
+    output = Path(output)
+    _, meta = open_archive(output)
+    return CompressResult(output, output.stat().st_size, meta["budget"]["bytes"], None, meta.get("stats", {}),
+                          meta.get("params", {}))
 
 
 def _compress_on_rank(device: torch.device, dataset: str, output: str, encoder: Encoder, data_root: str | None,

@@ -56,3 +56,33 @@ def _apply() -> str:
     except (OSError, AttributeError):
         return "not glibc"
     return "set" if ok else "refused"
+
+
+def release_freed_memory() -> bool:
+    """Give the memory freed so far back to the system (glibc's ``malloc_trim``), between the stages of a
+    long run: with :func:`keep_freed_memory` a process otherwise holds the peak of every stage before, and
+    a rank that distils several subtasks in turn (d3codec.federated) would hold their sum of fragments.
+    Returns whether anything was released; False where the C library is not glibc. Never raises."""
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0) == 1
+    except (OSError, AttributeError):
+        return False
+
+
+def cuda_debug_from_environment() -> str | None:
+    """``D3CODEC_SYNC_DEBUG=warn`` (or ``error``) sets torch.cuda.set_sync_debug_mode, so that every host
+    synchronisation in a CUDA run is reported (benchmarks/gpu_check.py counts them). Returns the mode set,
+    or None (unset, or no CUDA here). Raises ValueError for another value."""
+    import torch
+
+    mode = os.environ.get("D3CODEC_SYNC_DEBUG", "").strip().lower()
+    if not mode:
+        return None
+    if mode not in ("warn", "error", "default"):
+        raise ValueError(f"D3CODEC_SYNC_DEBUG must be warn, error or default, not {mode!r}")
+    if not torch.cuda.is_available():
+        return None
+    torch.cuda.set_sync_debug_mode(mode)
+    return mode

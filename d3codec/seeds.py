@@ -16,13 +16,15 @@ import torch
 # the streams, by name (what each drives)
 STREAMS = {
     "dm": "DM: the initial real images, real batches and augmentations; the random networks (global generator)",
+    "dm-real-cache": "DM: the real images cached for datasets on disk",
     "bptt": "BPTT: initial images, real batches, the fixed θ₀",
     "bptt-init": "BPTT random init: θ₀ of outer iteration `index`",
     "d3-group": "D3 subtask `index`: warm start, priors, matching draws, its teacher, its random networks",
     "d3-real-cache": "D3 subtask `index`: the real images cached for datasets on disk",
-    "d2m": "D2M: the random networks, the teacher",
+    "d2m": "D2M: the random networks, the teacher (index 1: fine-tuning's random networks under several ranks)",
+    "d2m-classes": "D2M fine-tuning iteration `index`: the classes it matches (classes_per_iteration)",
     "d2m-pretrain": "D2M pre-training: real batches, noise, labels",
-    "d2m-finetune": "D2M fine-tuning: noise, real batches, augmentations",
+    "d2m-finetune": "D2M fine-tuning: noise, real batches, augmentations (index r: rank r > 0 of several)",
     "labeller": "the stored labeller's training (d3codec.labeller)",
 }
 

@@ -320,7 +320,8 @@ def test_imagenet_layout_with_five_subtasks_reads_images_lazily(tmp_path):
     assert real.train_images is None and real.image_shape == (3, 32, 32)  # lazy: on disk
 
     sampler = ClassSampler(real, [1, 2], cache_per_class=4, generator=torch.Generator().manual_seed(0))
-    assert [len(x) for x in sampler.cache] == [4, 4]  # only the cached subset is in memory
+    held = sampler.real  # only the cached subset is in memory
+    assert held.train_images.shape == (8, 3, 32, 32) and held.train_targets.tolist() == [1] * 4 + [2] * 4
     assert sampler.sample(0, 9, torch.Generator()).shape == (9, 3, 32, 32)
 
     out = tmp_path / "in.d3"
@@ -329,3 +330,85 @@ def test_imagenet_layout_with_five_subtasks_reads_images_lazily(tmp_path):
     ds = D3Dataset(out, samples_per_class=3)
     assert len(ds) == 15 and ds.classes == [f"n0000000{c}" for c in range(5)]
     assert len(ds.meta["params"]["groups"]) == 5
+
+
+def test_pca_latents_of_many_images_use_a_subset_and_bounded_batches():
+    gen = torch.Generator().manual_seed(0)
+    axis = torch.randn(1, 24)
+    x = (0.5 + 0.2 * torch.randn(300, 1) * axis / axis.norm() + 0.001 * torch.rand(300, 24)).clamp(0, 1)
+    u8 = (x * 255).round().to(torch.uint8)
+    whole = pca_latents(u8, 4, torch.Generator().manual_seed(1))
+    assert torch.equal(whole, pca_latents(u8.float() / 255, 4, torch.Generator().manual_seed(1)))  # uint8 = its pixels
+    parts = pca_latents(u8, 4, gen, max_rows=64)  # axes from 64 random images, projections 64 rows at a time
+    assert parts.shape == (300, 4) and torch.isfinite(parts).all()
+    # the first latent is the same line, up to sign and scale, whichever images found the axis
+    r = torch.corrcoef(torch.stack([whole[:, 0], parts[:, 0]]))[0, 1]
+    assert abs(r) > 0.99
+
+
+def test_tapered_decoder_halves_its_channels_and_the_spec_reader_decodes_it(tiny_real, tmp_path):
+    """A tapered decoder (spec §5.3) costs far fewer multiply-adds at full size; tests/spec_reader.py, written
+    from the spec, expands its archive as d3codec does; large images get it by default."""
+    import numpy as np
+
+    import spec_reader
+    from d3codec.limits import network_cost
+    from d3codec.models import decoder_stage_widths
+
+    assert decoder_stage_widths("tapered", 256, 4) == [256, 128, 64, 32, 16]
+    assert decoder_stage_widths("tapered", 8, 3) == [8, 4, 4, 4]
+    cost = {arch: network_cost(lambda: Decoder(64, (3, 64, 64), 256, arch), lambda: (torch.zeros(1, 64),), "d").macs
+            for arch in ("uniform", "tapered")}
+    assert cost["tapered"] * 20 < cost["uniform"]  # ImageNet's 64 pixels: the full-size stage dominated
+
+    out = tmp_path / "t.d3"
+    compress(tiny_real, out, encoder=tiny_encoder(decoder_architecture="tapered", decoder_width=12), budget=40_000,
+             progress=False)
+    group = D3Dataset(out).meta["params"]["groups"][0]
+    assert group["decoder_architecture"] == "tapered" and group["decoder_width"] == 12
+    ds = D3Dataset(out, samples_per_class=3)
+    expanded = spec_reader.read_archive(out.read_bytes(), 3, 0)
+    np.testing.assert_allclose(expanded["images"], ds.images.double().numpy(), atol=1e-5)
+    spec = DatasetSpec("big", tuple("abc"), (3, 64, 64), (0.5,) * 3, (0.5,) * 3)
+    meta = base_meta(spec, "d3", 10**7, None, 0, "2026-01-01T00:00:00Z")
+    planned = tiny_encoder().plan(spec, 10**7, lambda params: {**meta, "params": params})
+    assert all(g.decoder_architecture == "tapered" for g in planned.groups)
+
+
+def test_top_k_soft_labels_keep_the_largest_and_spread_the_rest(tiny_real, tmp_path):
+    """Top-k soft labels (spec §5.6): the k largest probabilities and their classes; a reader spreads the rest
+    evenly; tests/spec_reader.py reads them as d3codec does; large groups get them by default."""
+    import numpy as np
+
+    import spec_reader
+    from d3codec.errors import D3FormatError
+    from d3codec.methods.d3.layout import dense_labels, stored_labels
+
+    rows = torch.tensor([[[0.7, 0.2, 0.06, 0.04]]])  # (K_g=1, P=1, 4 classes)
+    stored = stored_labels(rows, "g0", 2)
+    assert stored["g0.indices"].dtype == torch.int16 and stored["g0.indices"].tolist() == [[[0, 1]]]
+    dense = dense_labels(stored["g0.values"], stored["g0.indices"], 4, "prior_labels", "g0")
+    assert torch.allclose(dense, torch.tensor([[[0.7, 0.2, 0.05, 0.05]]]), atol=1e-3)
+    for values, indices in ((torch.tensor([[[0.5, 0.6]]]), torch.tensor([[[0, 1]]])),  # sums past 1
+                            (torch.tensor([[[0.5, 0.1]]]), torch.tensor([[[2, 2]]])),  # a class twice
+                            (torch.tensor([[[0.5, 0.1]]]), torch.tensor([[[0, 4]]]))):  # a class outside
+        with pytest.raises(D3FormatError):
+            dense_labels(values.half(), indices.short(), 4, "prior_labels", "g0")
+
+    out = tmp_path / "k.d3"
+    compress(tiny_real, out, encoder=tiny_encoder(label_top_k=1), budget=40_000, progress=False)
+    ds = D3Dataset(out, samples_per_class=3)
+    assert ds.meta["params"]["groups"][0]["label_top_k"] == 1
+    assert torch.allclose(ds.soft_labels.sum(1), torch.ones(9), atol=1e-3)
+    top = ds.soft_labels.max(1).values
+    rest = (1 - top) / 2  # the two other classes of the three share what the top one leaves
+    assert torch.allclose(ds.soft_labels.sort(1).values[:, :2], rest.unsqueeze(1).expand(9, 2), atol=1e-3)
+    expanded = spec_reader.read_archive(out.read_bytes(), 3, 0)
+    np.testing.assert_allclose(expanded["soft_labels"], ds.soft_labels.double().numpy(), atol=1e-5)
+
+    spec = DatasetSpec("big", tuple(f"c{i}" for i in range(40)), (1, 8, 8), (0.5,), (0.5,))
+    meta = base_meta(spec, "d3", 10**6, None, 0, "2026-01-01T00:00:00Z")
+    planned = tiny_encoder(subtasks=2).plan(spec, 10**6, lambda params: {**meta, "params": params})
+    assert [g.label_top_k for g in planned.groups] == [None, None]  # groups of 20: whole rows
+    planned = tiny_encoder().plan(spec, 10**6, lambda params: {**meta, "params": params})
+    assert planned.groups[0].label_top_k == 10  # a group of 40: its top 10

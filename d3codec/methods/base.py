@@ -113,6 +113,9 @@ class Encoder(ABC):
     """One distillation method. Subclasses set ``method`` and implement plan and distil."""
 
     method: str = ""
+    # True where distill itself splits its work across the ranks of a process group (d3codec.federated:
+    # every rank calls it, rank 0's result is written): d2m shares each iteration's classes
+    data_parallel: bool = False
 
     @abstractmethod
     def plan(self, spec: DatasetSpec, budget: int, meta_for: Callable[[dict], dict],

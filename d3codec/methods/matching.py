@@ -96,6 +96,36 @@ class PredictionTerm:
         return self.weight * total
 
 
+MATCHING_MEMORY_BYTES = 1 << 30  # activation memory one chunk of classes may take on CPU
+CUDA_MEMORY_SHARE = 0.5  # on CUDA: this share of the memory free when the chunk is sized
+
+
+def matching_memory(device: torch.device) -> int:
+    """Bytes one chunk's activations may take: MATCHING_MEMORY_BYTES on CPU (beyond a few classes a chunk,
+    a larger one is no faster there), half the free memory on CUDA (where it is)."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free * CUDA_MEMORY_SHARE)
+    return MATCHING_MEMORY_BYTES
+
+
+def memory_sized_chunk(num_classes: int, synthetic_per_class: int, real_per_class: int,
+                       image_shape: tuple[int, int, int], embed_width: int, budget_bytes: int,
+                       synthetic_extra_bytes: int = 0) -> int:
+    """Classes per forward pass whose activations fit ``budget_bytes`` (at least 1, at most ``num_classes``).
+
+    An estimate from the shapes, not a measurement: a synthetic image keeps about 5 float32 maps of
+    embed_width·H·W through the random ConvNet-3 (about 4 saved for the backward pass, counted with
+    saved-tensor hooks at 28 and 64 pixels, and what the backward pass adds), plus ``synthetic_extra_bytes``
+    of its own (a decoder's or a generator's activations); a real image, embedded without gradients, about 3
+    at a time. Chunks change the order of the random draws (real batches, DSA), not the objective.
+    """
+    _, h, w = image_shape
+    per_map = embed_width * h * w * 4
+    per_class = synthetic_per_class * (5 * per_map + synthetic_extra_bytes) + real_per_class * 3 * per_map
+    return max(1, min(num_classes, budget_bytes // max(1, per_class)))
+
+
 @dataclass
 class DistributionMatcher:
     """The shared matching loop over ``num_classes`` classes (local indices 0 … K−1).
@@ -107,7 +137,8 @@ class DistributionMatcher:
         normalise: pixel space → the networks' input.
         dsa: the augmentation (None: none).
         embed_width: the random ConvNet-3's width (128 in DM's paper).
-        class_chunk: classes per forward pass; memory grows with it, the result does not change.
+        class_chunk: classes per forward pass; memory grows with it (memory_sized_chunk); it orders the
+            random draws, not the objective.
     """
 
     image_shape: tuple[int, int, int]
@@ -125,17 +156,19 @@ class DistributionMatcher:
         c, h, _ = self.image_shape
         return ConvNet(c, self.num_classes, h, width=self.embed_width).to(self.device).requires_grad_(False)
 
-    def step(self, synthesize: Callable[[range], torch.Tensor], terms: Sequence[MatchingTerm],
-             gen: torch.Generator) -> float:
-        """One iteration: gradients of Σ_terms over every class accumulated into whatever
-        ``synthesize`` differentiates through (zero them before, step after).
+    def step(self, synthesize: Callable[[Sequence[int]], torch.Tensor], terms: Sequence[MatchingTerm],
+             gen: torch.Generator, classes: Sequence[int] | None = None) -> float:
+        """One iteration: gradients of Σ_terms over every class (or over ``classes``, local indices)
+        accumulated into whatever ``synthesize`` differentiates through (zero them before, step after).
 
-        ``synthesize(classes)`` → the synthetic images of those local classes, (n, m, C, H, W)
-        normalised, with gradients. Returns: the loss, summed over the chunks.
+        ``synthesize(chunk)`` → the synthetic images of those local classes (a range, or a list where
+        ``classes`` is given), (n, m, C, H, W) normalised, with gradients. Returns: the loss, summed over
+        the chunks.
         """
         network, total = self.random_network(), 0.0
-        for lo in range(0, self.num_classes, self.class_chunk):
-            chunk = range(lo, min(self.num_classes, lo + self.class_chunk))
+        every = classes if classes is not None else range(self.num_classes)
+        for lo in range(0, len(every), self.class_chunk):
+            chunk = every[lo:lo + self.class_chunk]
             synthetic = synthesize(chunk)
             real = torch.stack([self.real_images(i, self.real_per_class, gen) for i in chunk]).to(self.device)
             real = self.normalise(real.flatten(0, 1)).view(real.shape)

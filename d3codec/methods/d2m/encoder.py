@@ -71,14 +71,15 @@ from ...checkpoint import Checkpoint, fingerprint, weights_digest
 from ...container import Section
 from ...data import ClassSampler, Normalisation, RealData
 from ...errors import D3BudgetError, D3Error
+from ...federated import broadcast_parameters, rank, sum_gradients, sum_over_ranks, world_size
 from ...limits import network_cost
 from ...losses import mean_embedding_loss, mmd_rbf
-from ...models import ConvNet
+from ...models import ConvNet, saved_activation_bytes
 from ...progress import Stage, Stages, progress_bar
 from ...teacher import Teacher, save_teacher, train_teacher, untrained_teacher
 from ...weights import WEIGHT_DTYPES, quantise_state
 from ..base import DatasetSpec, Encoded, Encoder, preset_config
-from ..matching import DistributionMatcher, FeatureTerm, PredictionTerm
+from ..matching import DistributionMatcher, FeatureTerm, PredictionTerm, matching_memory, memory_sized_chunk
 from .networks import (ARCHITECTURE, CONDITIONINGS, GENERATOR_WIDTHS, GENERATORS, ConditionalGenerator, Discriminator,
                        PosteriorEncoder, PretrainedGenerator, generator_shapes, teacher_shapes)
 
@@ -110,6 +111,8 @@ class D2MConfig:
     synthetic_per_class: int = 64  # generated images per class and iteration
     real_per_class: int = 128  # real images per class and iteration
     real_cache_per_class: int = 512  # real images per class kept in memory for datasets on disk
+    classes_per_iteration: int | None = None  # classes matched per fine-tuning iteration, drawn afresh (None: all)
+    class_chunk: int | None = None  # classes per forward pass (memory, not the objective; None: memory-sized)
     embed_width: int = 128  # channels of the random ConvNet-3 that embeds both sides
     dsa: bool = True  # siamese DSA augmentation of both sides
     embedding_weight: float = 1.0  # weight of embedding matching (DM's mean term)
@@ -140,6 +143,12 @@ PRESETS = {
     "smoke": D2MConfig(pretraining="vae", pretrain_iterations=300, lr_pretrain=1e-3, disc_width=16,
                        checkpoint_every=100, iterations=30, lr_finetune=5e-4, mmd_weight=1.0, synthetic_per_class=16,
                        real_per_class=32, embed_width=32, teacher_epochs=0.5, teacher_width=16),
+    # every stage at full class count with a few iterations, to find what breaks before a long run
+    # (benchmarks/imagenet_rehearsal.sh); not a result
+    "rehearsal": D2MConfig(pretraining="vae", pretrain_iterations=3, pretrain_batch=8, lr_pretrain=1e-3, disc_width=16,
+                           checkpoint_every=10, iterations=2, classes_per_iteration=20, lr_finetune=5e-4,
+                           mmd_weight=1.0, synthetic_per_class=2, real_per_class=8, embed_width=16, teacher_epochs=0.5,
+                           teacher_width=16),
 }
 
 # the fields that decide pre-training: a checkpoint is resumed only by a run that agrees on them
@@ -161,6 +170,34 @@ class D2MPlan:
     budget: int
     teacher_width: int | None = None  # the stored teacher's ConvNet-3 width; None: no teacher stored
 
+
+
+def share_networks(generator: torch.nn.Module, teacher: torch.nn.Module | None, seed: int,
+                   rng: torch.Generator) -> torch.Generator:
+    """Under several ranks (d3codec.federated), give every rank rank 0's generator and teacher (trained
+    there), seed fine-tuning's random networks alike on every rank, and return this rank's generator of
+    real batches, augmentations and noise: ``rng`` on rank 0, its own stream elsewhere. In one process:
+    ``rng``, nothing changed."""
+    if world_size() == 1:
+        return rng
+    broadcast_parameters(generator)
+    if teacher is not None:
+        broadcast_parameters(teacher)
+        teacher.eval().requires_grad_(False)
+    torch.manual_seed(seeds.stream_seed(seed, "d2m", 1))
+    return rng if rank() == 0 else seeds.generator(seed, "d2m-finetune", rank())
+
+
+def run_stats(pretrain_seconds: float, finetune_seconds: float, loss: float | None,
+              teacher_accuracy: float | None) -> dict:
+    """The ``stats`` of a D2M run: seconds of each phase and in all, the last loss, the teacher's accuracy."""
+    stats = {"pretrain_seconds": round(pretrain_seconds, 3), "finetune_seconds": round(finetune_seconds, 3),
+             "distill_seconds": round(pretrain_seconds + finetune_seconds, 3)}
+    if loss is not None and math.isfinite(loss):
+        stats["final_loss"] = round(loss, 6)
+    if teacher_accuracy is not None:
+        stats["teacher_accuracy"] = round(teacher_accuracy, 4)
+    return stats
 
 
 def build_generator(plan: D2MPlan, num_classes: int, image_shape: tuple[int, int, int]) -> ConditionalGenerator:
@@ -186,6 +223,7 @@ class D2MEncoder(Encoder):
     """
 
     method = "d2m"
+    data_parallel = True  # under torch.distributed the ranks share each fine-tuning iteration's classes
     presets = PRESETS
 
     def __init__(self, config: D2MConfig = PRESETS["fast"], teacher: Teacher | None = None,
@@ -308,22 +346,30 @@ class D2MEncoder(Encoder):
                                     min_budget=needed)
         else:
             cap = cfg.max_generator_width or GENERATOR_WIDTHS[-1]
-            bounds = {w: bound(w) for w in GENERATOR_WIDTHS if w <= cap}
-            fitting = [w for w, b in bounds.items() if b <= budget]
+            widths = [w for w in GENERATOR_WIDTHS if w <= cap] or [GENERATOR_WIDTHS[0]]
+            bounds = {widths[0]: bound(widths[0])}
+            lo, hi = 0, len(widths) - 1  # the bound grows with the width: bisect for the widest that fits
+            while lo < hi:
+                mid = (lo + hi + 1) // 2
+                bounds[widths[mid]] = bound(widths[mid])
+                lo, hi = (mid, hi) if bounds[widths[mid]] <= budget else (lo, mid - 1)
+            fitting = [widths[lo]] if bounds[widths[lo]] <= budget else []
             if not fitting:
-                smallest = bounds[GENERATOR_WIDTHS[0]]
+                smallest = bounds[widths[0]]
                 raise D3BudgetError(f"a budget of {budget} bytes cannot hold the narrowest generator (width "
-                                    f"{GENERATOR_WIDTHS[0]}); the smallest budget that works is {smallest} bytes "
+                                    f"{widths[0]}); the smallest budget that works is {smallest} bytes "
                                     f"(--budget {smallest}){too_big}", min_budget=smallest)
             width, needed = fitting[-1], bounds[fitting[-1]]
         return D2MPlan(architecture, z, e, width, cfg.weight_dtype, samples, needed, budget, teacher_width)
 
-    def pretrain_fingerprint(self, real: RealData, plan: D2MPlan, seed: int) -> str:
+    def pretrain_fingerprint(self, real: RealData, plan: D2MPlan, seed: int, device: torch.device) -> str:
         """What pre-training depends on, hashed: the data's name, classes and shape, the generator's
-        sizes, the pre-training options and the seed."""
+        sizes, the pre-training options, the seed and the device type (a CPU checkpoint does not go on
+        on a GPU: the random streams and the arithmetic differ)."""
         return fingerprint({"dataset": [real.name, list(real.classes), list(real.image_shape), len(real.train_targets)],
                             "generator": [plan.architecture, plan.noise_dim, plan.embed_dim, plan.generator_width],
-                            "pretrain": {f: getattr(self.config, f) for f in PRETRAIN_FIELDS}, "seed": seed})
+                            "pretrain": {f: getattr(self.config, f) for f in PRETRAIN_FIELDS}, "seed": seed,
+                            "device": device.type})
 
     def distill(self, real: RealData, plan: D2MPlan, *, device: torch.device, seed: int,
                 progress: bool = True) -> Encoded:
@@ -341,18 +387,24 @@ class D2MEncoder(Encoder):
         # fine-tuning's state exists before pre-training, so that a checkpoint can be restored into it
         optimiser = torch.optim.Adam(generator.parameters(), lr=cfg.lr_finetune)
         rng = seeds.generator(seed, "d2m-finetune")
+        # a dataset on disk is read once, in parallel, into an in-memory subset that pre-training, the
+        # teacher and fine-tuning all use (data.ClassSampler; in memory already: the dataset itself)
         sampler = ClassSampler(real, list(range(k)), cfg.real_cache_per_class, rng)
+        data = sampler.real
         # a teacher is needed to match predictions, and to be stored for soft labels
         own_teacher = self.teacher is None and (cfg.soft_labels or (cfg.task_balance > 0 and cfg.iterations > 0))
         teacher = untrained_teacher(real.image_shape, list(range(k)), cfg.teacher_width, device) \
             if own_teacher else self.teacher  # a trained one replaces it, or the checkpoint's weights fill it
         modules = {"generator": generator, **({"teacher": teacher.net} if own_teacher else {})}
+        # under several ranks (torchrun, --workers) each fine-tunes its share of every iteration's classes; rank 0
+        # alone pre-trains, trains the teacher and writes checkpoints (all read one: the same Adam state)
+        lead = rank() == 0
         ckpt, resumed = None, None
         if self.finetune_checkpoint is not None:
             ckpt = Checkpoint(self.finetune_checkpoint, "d2m-finetune",
                               self.finetune_fingerprint(real, plan, seed, device), self.checkpoint_seconds)
             resumed = ckpt.resume({"adam": optimiser}, rng, device, modules=modules)
-
+            ckpt = ckpt if lead else None
         start, (first, saved) = time.time(), resumed or (0, {})
         stages = self.stages(real, plan, own_teacher, progress)
         if resumed is not None:  # pre-training and the teacher are in the checkpoint
@@ -363,20 +415,21 @@ class D2MEncoder(Encoder):
                 teacher.net.eval().requires_grad_(False)
         elif self.generator is not None:
             generator.load_state_dict(self.generator.state)
-        else:
+        elif lead:
             with stages.stage("pre-training"):
-                self.pretrain(generator, real, plan, normalise, device=device, seed=seed, progress=progress)
+                self.pretrain(generator, data, plan, normalise, device=device, seed=seed, progress=progress)
         carried = {name: float(saved[name]) for name in ("pretrain_seconds", "teacher_accuracy") if name in saved}
         pretrain_s = carried.get("pretrain_seconds", time.time() - start)
         # seconds spent fine-tuning before a kill count too
         start, teacher_acc = time.time() - float(saved.get("finetune_seconds", 0.0)), carried.get("teacher_accuracy")
-        if own_teacher and resumed is None:
+        if own_teacher and resumed is None and lead:
             with stages.stage("teacher"):
-                teacher, teacher_acc = train_teacher(real, list(range(k)), epochs=cfg.teacher_epochs,
+                teacher, teacher_acc = train_teacher(data, list(range(k)), epochs=cfg.teacher_epochs,
                                                      width=cfg.teacher_width, device=device,
                                                      seed=seeds.stream_seed(seed, "d2m"), progress=progress)
             modules["teacher"] = teacher.net
-        if own_teacher and self.save_teacher is not None:
+        rng = share_networks(generator, teacher.net if own_teacher else None, seed, rng)
+        if own_teacher and self.save_teacher is not None and lead:
             save_teacher(teacher, self.save_teacher, real.image_shape)
 
         def save(iteration: int, loss: float) -> None:
@@ -389,17 +442,10 @@ class D2MEncoder(Encoder):
             ckpt.save(iteration, state, {"adam": optimiser}, rng, modules)
 
         with stages.stage("fine-tuning"):
-            loss = self.finetune(generator, teacher, real, normalise, device=device, seed=seed, progress=progress,
+            loss = self.finetune(generator, teacher, data, normalise, device=device, seed=seed, progress=progress,
                                  optimiser=optimiser, rng=rng, sampler=sampler, first=first, save=save)
-        if loss is None and "loss" in saved:
-            loss = float(saved["loss"])
-        stats = {"pretrain_seconds": round(pretrain_s, 3), "finetune_seconds": round(time.time() - start, 3),
-                 "distill_seconds": round(pretrain_s + time.time() - start, 3)}
-        if loss is not None and math.isfinite(loss):
-            stats["final_loss"] = round(loss, 6)
-        if teacher_acc is not None:
-            stats["teacher_accuracy"] = round(teacher_acc, 4)
-        encoded = self._encoded(generator, teacher, plan, stats)
+        loss = float(saved["loss"]) if loss is None and "loss" in saved else loss
+        encoded = self._encoded(generator, teacher, plan, run_stats(pretrain_s, time.time() - start, loss, teacher_acc))
         if first:
             encoded.stats["resumed_at_iteration"] = first
         encoded.cleanup = ckpt.remove if ckpt is not None else None
@@ -431,7 +477,9 @@ class D2MEncoder(Encoder):
             out.append(Stage("teacher", 3 * cfg.teacher_epochs * len(real.train_targets) * teacher))
         m, r = cfg.synthetic_per_class, cfg.real_per_class
         predictions = (3 * m + r) * teacher if cfg.task_balance > 0 else 0
-        out.append(Stage("fine-tuning", cfg.iterations * k * (3 * m * (generator + embed) + r * embed + predictions)))
+        matched = min(k, cfg.classes_per_iteration or k)
+        per_class = 3 * m * (generator + embed) + r * embed + predictions
+        out.append(Stage("fine-tuning", cfg.iterations * matched * per_class))
         return Stages("D2M", out, enabled=progress)
 
     def _encoded(self, generator: ConditionalGenerator, teacher: Teacher | None, plan: D2MPlan, stats: dict) -> Encoded:
@@ -489,7 +537,7 @@ class D2MEncoder(Encoder):
                       for name, net in networks.items()}
         ckpt, first = None, 0
         if self.checkpoint is not None:
-            ckpt = Checkpoint(self.checkpoint, "d2m-pretrain", self.pretrain_fingerprint(real, plan, seed))
+            ckpt = Checkpoint(self.checkpoint, "d2m-pretrain", self.pretrain_fingerprint(real, plan, seed, device))
             resumed = ckpt.resume(optimizers, gen, device, modules=networks)
             first = resumed[0] if resumed is not None else 0
         step = self._gan_step if cfg.pretraining == "gan" else self._vae_step
@@ -566,8 +614,14 @@ class D2MEncoder(Encoder):
         gen = rng if rng is not None else seeds.generator(seed, "d2m-finetune")
         opt = optimiser if optimiser is not None else torch.optim.Adam(generator.parameters(), lr=cfg.lr_finetune)
         sampler = sampler if sampler is not None else ClassSampler(real, list(range(k)), cfg.real_cache_per_class, gen)
+        per_sample = saved_activation_bytes(  # what one generated image keeps for the backward pass
+            lambda: ConditionalGenerator(k, generator.noise_dim, generator.embedding.embedding_dim, generator.width,
+                                         real.image_shape, generator.architecture),
+            lambda: (torch.zeros(1, generator.noise_dim), torch.zeros(1, dtype=torch.long)))
+        chunk = cfg.class_chunk or memory_sized_chunk(k, cfg.synthetic_per_class, cfg.real_per_class, real.image_shape,
+                                                      cfg.embed_width, matching_memory(device), per_sample)
         matcher = DistributionMatcher(real.image_shape, k, sampler.sample, cfg.real_per_class, normalise,
-                                      DSA() if cfg.dsa else None, cfg.embed_width, 1, device)
+                                      DSA() if cfg.dsa else None, cfg.embed_width, chunk, device)
         terms = [FeatureTerm(mean_embedding_loss, cfg.embedding_weight)]
         if cfg.mmd_weight > 0:
             terms.append(FeatureTerm(mmd_rbf, cfg.mmd_weight))
@@ -575,15 +629,24 @@ class D2MEncoder(Encoder):
             terms.append(PredictionTerm(teacher, cfg.temperature, cfg.task_balance))
         m, loss_value = cfg.synthetic_per_class, float("nan")
 
-        def synthesize(classes: range) -> torch.Tensor:  # (1, m, C, H, W) normalised: one class at a time
-            noise = torch.randn(m, generator.noise_dim, generator=gen).to(device)
-            images = generator(noise, torch.full((m,), classes.start, device=device))  # (m, C, H, W)
-            return normalise(images).unsqueeze(0)
+        def synthesize(classes) -> torch.Tensor:  # (n, m, C, H, W) normalised, for n classes
+            noise = torch.randn(len(classes) * m, generator.noise_dim, generator=gen).to(device)
+            labels = torch.tensor(list(classes)).repeat_interleave(m).to(device)
+            return normalise(generator(noise, labels)).view(len(classes), m, *real.image_shape)
 
+        subset, me, world = cfg.classes_per_iteration, rank(), world_size()
         for it in progress_bar(range(first, cfg.iterations), desc="D2M distillation", enabled=progress, unit="it",
                                initial=first, total=cfg.iterations):
             opt.zero_grad(set_to_none=True)
-            loss_value = matcher.step(synthesize, terms, gen)
+            # at ImageNet scale a random subset of the classes per iteration, the same on every rank (its own
+            # stream per iteration, so a resumed run draws the same); sorted, so that chunks keep class order
+            every = list(range(k)) if subset is None or subset >= k else \
+                torch.randperm(k, generator=seeds.generator(seed, "d2m-classes", it))[:subset].sort().values.tolist()
+            mine = every[me::world]  # this rank's share (all of them in one process)
+            loss_value = matcher.step(synthesize, terms, gen, None if mine == list(range(k)) else mine)
+            if world > 1:  # every rank steps on the gradient summed over all the classes
+                sum_gradients(list(generator.parameters()))
+                loss_value = sum_over_ranks(loss_value)
             opt.step()
             if save is not None:
                 save(it + 1, loss_value)

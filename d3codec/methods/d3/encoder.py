@@ -62,13 +62,13 @@ from ...data import ClassSampler, Normalisation, RealData
 from ...errors import D3BudgetError
 from ...limits import network_cost
 from ...losses import mean_embedding_loss, mmd_rbf
-from ...models import ConvNet, Decoder
+from ...models import DECODER_ARCHITECTURES, ConvNet, Decoder, decoder_stage_widths, upsampling_geometry
 from ...progress import Stage, Stages, progress_bar
 from ...teacher import Teacher, save_teacher, train_teacher, untrained_teacher
 from ...weights import dequantise_state, quantise_state
 from ..base import DatasetSpec, Encoded, Subtask, SubtaskEncoder, preset_config
-from ..matching import DistributionMatcher, FeatureTerm
-from .layout import (DECODER_DTYPES, DECODER_WIDTHS, PRIOR_DTYPES, D3Plan, GroupPlan, decoder_shapes,
+from ..matching import DistributionMatcher, FeatureTerm, matching_memory, memory_sized_chunk
+from .layout import (DECODER_DTYPES, DECODER_WIDTHS, MAX_TOP_K_CLASSES, PRIOR_DTYPES, D3Plan, GroupPlan, decoder_shapes,
                      dequantise_priors, group_entry, group_tensors, quantise_priors, sections_of, split_classes)
 from .merge import Part, combine, rename_group
 
@@ -90,7 +90,7 @@ class D3Config:
     init_lr_priors: float = 3e-2  # peak Adam learning rate of the prior means in the warm start
     real_per_class: int = 128  # real images per class and matching iteration
     real_cache_per_class: int = 512  # real images per class kept in memory for datasets on disk
-    class_chunk: int = 50  # classes per forward pass (memory, not the result)
+    class_chunk: int = 50  # classes per forward pass at most (memory, not the objective; fewer where memory is short)
     synthetic_per_class: int = 64  # decoded samples per class and iteration
     lr_decoder: float = 1e-3  # Adam learning rate of the decoder in matching
     lr_priors: float = 1e-2  # Adam learning rate of the priors in matching
@@ -101,6 +101,7 @@ class D3Config:
     mean_weight: float = 1.0  # weight of DM's mean-embedding term
     teacher_features: bool = False  # also match on the teacher's features
     soft_labels: bool = True  # store a teacher's soft label per prior
+    label_top_k: int | None = None  # keep each soft label's k largest probabilities (None: the rule; 0: whole rows)
     label_temperature: float = 1.0  # softmax temperature of the stored soft labels
     teacher_epochs: float = 10.0  # epochs of a teacher trained here
     teacher_width: int = 128  # channels of a teacher trained here (ConvNet-3)
@@ -108,6 +109,7 @@ class D3Config:
     latent_dim: int | None = None  # latent size (None: the budget rule)
     priors_per_class: int | None = None  # priors per class (None: as many as the budget holds)
     decoder_width: int | None = None  # decoder channels (None: the budget rule)
+    decoder_architecture: str | None = None  # uniform or tapered (models.Decoder; None: uniform up to 32 pixels)
     decoder_share: float = 0.5  # the budget share the rule gives the decoders
     max_decoder_width: int | None = None  # the rule's widest decoder (None: 64 up to 32 pixels a side, else 256)
     decoder_dtype: str = "int8"  # how decoder weights are stored: int8 or float16
@@ -121,36 +123,87 @@ PRESETS = {
     # a first picture and number in minutes (README: the first five minutes), not a result to report
     "smoke": D3Config(iterations=30, init_iterations=300, init_logvar=-4.0, real_per_class=32, synthetic_per_class=16,
                       embed_width=32, teacher_epochs=0.5, teacher_width=16),
+    # every stage at full class count with a few iterations, to find what breaks before a long run
+    # (benchmarks/imagenet_rehearsal.sh); not a result
+    "rehearsal": D3Config(iterations=2, init_iterations=4, init_batch=32, init_logvar=-4.0, real_per_class=8,
+                          synthetic_per_class=2, embed_width=16, teacher_epochs=0.5, teacher_width=16),
 }
 
 
 
-# ---- the warm start ------------------------------------------------------------------------------------------------
+def decoder_map_bytes(g: GroupPlan, image_shape: tuple[int, int, int]) -> list[int]:
+    """Bytes of one float32 map of each of the decoder's stages (after each upsampling) for one sample."""
+    upsamples, h0, w0 = upsampling_geometry(image_shape)
+    widths = decoder_stage_widths(g.decoder_architecture, g.decoder_width, upsamples)
+    return [widths[i] * (h0 << i) * (w0 << i) * 4 for i in range(1, upsamples + 1)] or [g.decoder_width * h0 * w0 * 4]
 
-def pca_latents(x: torch.Tensor, z: int, gen: torch.Generator) -> torch.Tensor:
+
+def decoder_activation_bytes(g: GroupPlan, image_shape: tuple[int, int, int]) -> int:
+    """Bytes one decoded sample keeps for the backward pass through group ``g``'s decoder: about 4 maps of each
+    stage (upsampling, convolution, norm and activation; saved-tensor hooks count 5.1 maps of width·H·W over
+    a uniform decoder's stages at 28 and 64 pixels), with what the backward pass adds. An estimate for sizing
+    chunks (d3codec.methods.matching.memory_sized_chunk)."""
+    return 4 * sum(decoder_map_bytes(g, image_shape)) + 2 * max(decoder_map_bytes(g, image_shape))
+
+
+LABEL_TOP_K_ABOVE = 20  # groups of more classes store the top LABEL_TOP_K probabilities of each soft label
+LABEL_TOP_K = 10
+PCA_MAX_ROWS = 4096  # images the principal axes are computed from, at most (a random subset beyond)
+LABEL_MEMORY_BYTES = 64 << 20  # activations of one batch of decoded means labelled (small batches: faster on CPU)
+
+
+def as_pixels(x: torch.Tensor) -> torch.Tensor:
+    """float32 in [0, 1] of images stored as uint8 (0 to 255), or float images unchanged."""
+    return x.float() / 255 if x.dtype == torch.uint8 else x
+
+
+def pca_latents(x: torch.Tensor, z: int, gen: torch.Generator, max_rows: int = PCA_MAX_ROWS,
+                rows: torch.Tensor | None = None) -> torch.Tensor:
     """Initial latents of generative latent optimisation (Bojanowski et al. 2018, Sec. 3.3: z from PCA).
 
-    Args: x (N, D) float32 images flattened; z latent size.
+    Args: x (M, D) images flattened, float32 in [0, 1] or uint8; z latent size; rows (N,) int64: the
+        images to embed, by row of x (default all of them, N = M; a row may repeat); max_rows: above
+        this many images, the principal axes come from ``max_rows`` random ones (drawn from ``gen``) and
+        the mean and projections are computed in batches, so memory stays bounded (ImageNet's plan:
+        hundreds of thousands of images of 12 288 values per subtask).
     Returns: (N, Z) float32, the projections on the first principal axes, scaled to unit standard
     deviation overall; axes beyond min(N, D) are filled with small noise.
     """
-    n, d = x.shape
-    q = min(z, n, d)
-    centred = x - x.mean(0, keepdim=True)
-    _, _, v = torch.linalg.svd(centred, full_matrices=False)  # v (min(N, D), D), axes by variance
+    rows = rows if rows is not None else torch.arange(len(x), device=x.device)
+    n, d = len(rows), x.shape[1]
+    if n <= max_rows:
+        x = as_pixels(x[rows])
+        q = min(z, n, d)
+        centred = x - x.mean(0, keepdim=True)
+        _, _, v = torch.linalg.svd(centred, full_matrices=False)  # v (min(N, D), D), axes by variance
+        out = 0.01 * torch.randn(n, z, generator=gen).to(x.device)
+        out[:, :q] = centred @ v[:q].T  # (N, q)
+        return out / out.std().clamp_min(1e-8)
+    q = min(z, max_rows, d)
+    mean = sum(as_pixels(x[rows[i:i + max_rows]]).sum(0, dtype=torch.float64) for i in range(0, n, max_rows)) / n
+    mean = mean.float().unsqueeze(0)  # (1, D)
+    subset = as_pixels(x[rows[torch.randperm(n, generator=gen)[:max_rows].to(rows.device)]]) - mean
+    # the axes from the subset's Gram matrix (max_rows²; its eigenvectors give the right singular vectors):
+    # a few seconds where an SVD of the (max_rows, D) subset takes a minute on a CPU
+    values, vectors = torch.linalg.eigh(subset @ subset.T)  # ascending
+    top, scale = vectors[:, -q:].flip(-1), values[-q:].flip(0).clamp_min(1e-12).sqrt()
+    v = (top.T @ subset) / scale.unsqueeze(1)  # (q, D) unit principal axes, by variance
     out = 0.01 * torch.randn(n, z, generator=gen).to(x.device)
-    out[:, :q] = centred @ v[:q].T  # (N, q)
+    for i in range(0, n, max_rows):
+        out[i:i + max_rows, :q] = (as_pixels(x[rows[i:i + max_rows]]) - mean) @ v[:q].T
     return out / out.std().clamp_min(1e-8)
 
 
 def fit_decoder(decoder: nn.Module, latents: nn.Parameter, targets: torch.Tensor, cfg: "D3Config",
-                gen: torch.Generator, progress: bool = True) -> float:
+                gen: torch.Generator, progress: bool = True, rows: torch.Tensor | None = None) -> float:
     """Fit the decoder and the latents so that decoder(latents) ≈ targets (GLO).
 
     Adam with a one-cycle schedule peaking at ``init_lr_decoder`` / ``init_lr_priors``, batches of
     ``init_batch`` images, ``init_iterations`` steps, mean squared error in pixel space.
 
-    Args: latents (..., Z) float32 Parameter holding N latents; targets (N, C, H, W) float32 in [0, 1].
+    Args: latents (..., Z) float32 Parameter holding N latents; targets (N, C, H, W) float32 in [0, 1], or
+        uint8 (0 to 255; each batch is converted); rows (N,) int64, where given: latent i's target is
+        targets[rows[i]] (targets then (M, C, H, W), any M).
     Returns: the last batch's loss.
     """
     opt = torch.optim.Adam([{"params": decoder.parameters(), "lr": cfg.init_lr_decoder},
@@ -158,10 +211,12 @@ def fit_decoder(decoder: nn.Module, latents: nn.Parameter, targets: torch.Tensor
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, [cfg.init_lr_decoder, cfg.init_lr_priors],
                                                 total_steps=cfg.init_iterations)
     flat = latents.view(-1, latents.shape[-1])  # (N, Z)
-    n, batch, loss = len(targets), min(len(targets), cfg.init_batch), torch.tensor(float("nan"))
+    n = len(rows) if rows is not None else len(targets)
+    batch, loss = min(n, cfg.init_batch), torch.tensor(float("nan"))
     for _ in progress_bar(range(cfg.init_iterations), desc="D3 warm start", enabled=progress, unit="it"):
         pick = torch.randperm(n, generator=gen)[:batch].to(targets.device)
-        loss = F.mse_loss(decoder(flat[pick]), targets[pick])  # (B, C, H, W) against (B, C, H, W)
+        target = targets[rows[pick]] if rows is not None else targets[pick]
+        loss = F.mse_loss(decoder(flat[pick]), as_pixels(target))  # (B, C, H, W) against (B, C, H, W)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -198,6 +253,9 @@ class D3Encoder(SubtaskEncoder):
                      "subtasks", "teacher_width"):
             if getattr(config, name) < 1:
                 raise ValueError(f"{name} must be at least 1, not {getattr(config, name)}")
+        if config.label_top_k is not None and not 0 <= config.label_top_k <= MAX_TOP_K_CLASSES:
+            raise ValueError(f"--label-top-k must be from 0 (whole rows) to {MAX_TOP_K_CLASSES}, "
+                             f"not {config.label_top_k}")
         if save_teacher is not None and (teacher is not None or config.subtasks > 1
                                          or not (config.soft_labels or config.teacher_features)):
             raise ValueError("--save-teacher saves the one teacher a run trains: it needs --subtasks 1 (each subtask "
@@ -226,6 +284,13 @@ class D3Encoder(SubtaskEncoder):
         return sorted(p for p in self.checkpoint.parent.glob(f"{stem}.g*{suffix}")
                       if p.name[len(stem) + 2:len(p.name) - len(suffix)].isdigit())
 
+    def label_top_k(self, group_classes: int) -> int | None:
+        """How many of a soft label's largest probabilities a group of ``group_classes`` stores (None:
+        the whole row): ``label_top_k`` where given (0: whole rows), else the rule of :meth:`plan`."""
+        given = self.config.label_top_k
+        top = (LABEL_TOP_K if group_classes > LABEL_TOP_K_ABOVE else None) if given is None else (given or None)
+        return top if top is not None and top < group_classes else None
+
     def remove_checkpoints(self, groups: int) -> None:
         for index in range(groups):
             if (path := self.group_checkpoint(index)) is not None:
@@ -239,10 +304,14 @@ class D3Encoder(SubtaskEncoder):
 
         1. classes split into ``subtasks`` contiguous groups;
         2. latent_dim 32 for images up to 32 pixels a side, else 64;
-        3. decoder width: the largest of DECODER_WIDTHS (up to ``max_decoder_width``: 64 for
-           images up to 32 pixels, else 256) whose decoders take at most ``decoder_share`` of
-           the budget; the smallest width where none does;
-        4. priors per class: the most whose exact archive bound (compression off, metadata
+        3. decoder: ``uniform`` for images up to 32 pixels a side, else ``tapered`` (its channels
+           halve at every upsampling: at 64 pixels a width-256 uniform decoder spends 96 % of its
+           multiply-adds at full resolution); width: the largest of DECODER_WIDTHS (up to
+           ``max_decoder_width``: 64 for images up to 32 pixels, else 256) whose decoders take at
+           most ``decoder_share`` of the budget; the smallest width where none does;
+        4. soft labels: whole rows for groups of up to LABEL_TOP_K_ABOVE classes; above, each
+           row's LABEL_TOP_K largest probabilities (ImageNet's groups of 200: a twentieth of the bytes);
+        5. priors per class: the most whose exact archive bound (compression off, metadata
            reserve included) fits the budget.
 
         Raises: D3BudgetError, with the smallest workable budget, when one prior per class with
@@ -253,9 +322,13 @@ class D3Encoder(SubtaskEncoder):
         side = max(shape[1:])
         z = cfg.latent_dim or (32 if side <= 32 else 64)
         cap = cfg.max_decoder_width or (64 if side <= 32 else 256)
+        architecture = cfg.decoder_architecture or ("uniform" if side <= 32 else "tapered")
+        if architecture not in DECODER_ARCHITECTURES:
+            raise ValueError(f"decoder architecture must be one of {', '.join(DECODER_ARCHITECTURES)}, "
+                             f"not {architecture!r}")
 
         def groups_for(width: int, priors: int) -> list[GroupPlan]:
-            return [GroupPlan(a, b, z, priors, width) for a, b in ranges]
+            return [GroupPlan(a, b, z, priors, width, architecture, self.label_top_k(b - a)) for a, b in ranges]
 
         def bound(groups: list[GroupPlan]) -> int:
             entries = [group_entry(g, cfg, {"distill_seconds": 0.0, "teacher_accuracy": 0.0, "final_loss": 0.0})
@@ -265,7 +338,7 @@ class D3Encoder(SubtaskEncoder):
             return archive_bound(sections, META_RESERVE_BYTES + 64 * len(groups))
 
         def decoder_bytes(width: int) -> int:
-            n = sum(math.prod(s) for s in decoder_shapes(z, shape, width).values())
+            n = sum(math.prod(s) for s in decoder_shapes(z, shape, width, architecture).values())
             return len(ranges) * n * (1 if cfg.decoder_dtype == "int8" else 2)
 
         if cfg.decoder_width is not None:
@@ -285,7 +358,7 @@ class D3Encoder(SubtaskEncoder):
                 raise D3BudgetError(f"{priors} priors per class need {needed} bytes, over the budget of {budget}: "
                                     f"raise --budget to {needed} or lower --priors-per-class", min_budget=needed)
         else:
-            lo, hi = 1, max(1, budget // (k * z * 4)) + 1
+            lo, hi = 1, max(1, budget // (k * z * 2)) + 1  # a prior takes at least 2·Z bytes (int8 mean and logvar)
             while lo < hi:  # the largest prior count whose bound fits
                 mid = (lo + hi + 1) // 2
                 lo, hi = (mid, hi) if bound(groups_for(width, mid)) <= budget else (lo, mid - 1)
@@ -375,21 +448,21 @@ class D3Encoder(SubtaskEncoder):
             for stage in ("teacher", "warm start"):
                 if named[stage] in [s.name for s in stages.stages]:
                     stages.skip(named[stage])
+        # a dataset on disk is read once, in parallel, into an in-memory subset of the group's classes that the
+        # teacher, the warm start and matching all use; from its own stream, so that a resumed run (which
+        # skips the warm start's draws) caches the same images
+        sampler = ClassSampler(real, classes, cfg.real_cache_per_class, seeds.generator(seed, "d3-real-cache", index))
         with stages.stage(named["teacher"]):
-            teacher, teacher_acc = self._teacher(real, classes, group_seed, resuming, device, progress)
+            teacher, teacher_acc = self._teacher(sampler.real, classes, group_seed, resuming, device, progress)
         own_teacher = teacher is not None and self.teacher is None
         state = LearnedGroup.start(g, real.image_shape, cfg.init_logvar, gen, device)
         if not resuming:
             with stages.stage(named["warm start"]):
-                self._warm_start(state, real, classes, gen, progress)
+                self._warm_start(state, sampler.real, classes, gen, progress)
 
         opt = torch.optim.Adam([{"params": state.decoder.parameters(), "lr": cfg.lr_decoder},
                                 {"params": list(state.priors().values()), "lr": cfg.lr_priors}])
-        # the real images cached for datasets on disk come from their own stream, so that a resumed run
-        # (which skips the warm start's draws) caches the same ones
-        sampler = ClassSampler(real, classes, cfg.real_cache_per_class, seeds.generator(seed, "d3-real-cache", index))
-        matcher = DistributionMatcher(real.image_shape, g.num_classes, sampler.sample, cfg.real_per_class, normalise,
-                                      DSA() if cfg.dsa else None, cfg.embed_width, cfg.class_chunk, device)
+        matcher = self._matcher(g, real.image_shape, sampler, normalise, device)
         terms = self._terms(teacher)
         modules = {"decoder": state.decoder, **({"teacher": teacher.net} if own_teacher else {})}
         first, loss_value = 0, float("nan")
@@ -449,7 +522,7 @@ class D3Encoder(SubtaskEncoder):
         for index in groups:
             g, named = plan.groups[index], self.stage_names(plan, index)
             k, p = g.num_classes, g.priors_per_class
-            decoder = macs(lambda: Decoder(g.latent_dim, real.image_shape, g.decoder_width), g.latent_dim)
+            decoder = macs(lambda: g.decoder(real.image_shape), g.latent_dim)
             embed = macs(lambda: ConvNet(c, k, h, width=cfg.embed_width), c, h, w)
             if self.trains_teacher():
                 images = len(real.train_targets) * k / real.num_classes
@@ -480,12 +553,25 @@ class D3Encoder(SubtaskEncoder):
         """Each prior mean decodes to one random real image of its class (GLO, :func:`fit_decoder`)."""
         cfg = self.config
         k, p, z = state.prior_mean.shape
-        c, h, w = real.image_shape
-        targets = torch.stack([real.sample_class(cl, p, gen) for cl in classes]).to(state.prior_mean.device)
-        if cfg.init_iterations > 0:  # targets (K_g, P, C, H, W)
+        # the targets as indices into the training images (in memory: a dataset on disk comes as its cached
+        # subset), not copies: ImageNet's plan has hundreds of priors per class and only so many images
+        rows = torch.cat([real.pick_class(cl, p, gen) for cl in classes])  # (K_g·P,): prior i → image rows[i]
+        if cfg.init_iterations > 0:
+            images = real.train_images.to(state.prior_mean.device)  # (M, C, H, W) uint8
+            rows = rows.to(images.device)
             with torch.no_grad():
-                state.prior_mean.copy_(pca_latents(targets.view(k * p, -1), z, gen).view(k, p, z))
-            fit_decoder(state.decoder, state.prior_mean, targets.view(k * p, c, h, w), cfg, gen, progress=progress)
+                state.prior_mean.copy_(pca_latents(images.view(len(images), -1), z, gen, rows=rows).view(k, p, z))
+            fit_decoder(state.decoder, state.prior_mean, images, cfg, gen, progress=progress, rows=rows)
+
+    def _matcher(self, g: GroupPlan, image_shape: tuple[int, int, int], sampler: ClassSampler,
+                 normalise: Normalisation, device: torch.device) -> DistributionMatcher:
+        """The matching loop of group ``g``, its classes chunked to fit memory (at most ``class_chunk``)."""
+        cfg = self.config
+        chunk = min(cfg.class_chunk, memory_sized_chunk(g.num_classes, cfg.synthetic_per_class, cfg.real_per_class,
+                                                        image_shape, cfg.embed_width, matching_memory(device),
+                                                        decoder_activation_bytes(g, image_shape)))
+        return DistributionMatcher(image_shape, g.num_classes, sampler.sample, cfg.real_per_class, normalise,
+                                   DSA() if cfg.dsa else None, cfg.embed_width, chunk, device)
 
     def _terms(self, teacher: Teacher | None) -> list:
         """The objective: MMD and DM's mean term on the random network's features, and on the teacher's
@@ -502,15 +588,19 @@ class D3Encoder(SubtaskEncoder):
         cfg, decoder = self.config, state.decoder
         k, p, z = state.prior_mean.shape
         stored = quantise_state(decoder.state_dict(), "", cfg.decoder_dtype)
-        shapes = decoder_shapes(z, image_shape, g.decoder_width)
+        shapes = g.decoder_shapes(image_shape)
         decoder.load_state_dict(dequantise_state(stored, "", shapes, cfg.decoder_dtype, "decoder"))
         priors = dequantise_priors(quantise_priors(state.prior_mean, state.prior_logvar, "", cfg.prior_dtype), "",
                                    (k, p, z), cfg.prior_dtype)  # (K_g, P, Z) each
         labels = None
         if cfg.soft_labels:
+            # in batches: at ImageNet's plan, 200 × 161 decoded means would take over 100 GB at once; without
+            # gradients a decoded mean holds about 3 of its largest maps at a time
+            rows = max(1, LABEL_MEMORY_BYTES // (3 * max(decoder_map_bytes(g, image_shape))))
+            flat = priors[0].to(state.prior_mean.device).view(k * p, z)
             with torch.no_grad():
-                means = decoder(priors[0].to(state.prior_mean.device).view(k * p, z))  # (K_g·P, C, H, W)
-                labels = teacher.probabilities(normalise(means), cfg.label_temperature).view(k, p, k).cpu()
+                labels = torch.cat([teacher.probabilities(normalise(decoder(flat[i:i + rows])), cfg.label_temperature)
+                                    for i in range(0, k * p, rows)]).view(k, p, k).cpu()  # (K_g, P, K_g)
         return group_tensors(g, index, image_shape, cfg, priors, {n: v.cpu() for n, v in decoder.state_dict().items()},
                              labels)
 
@@ -527,7 +617,7 @@ class LearnedGroup:
     def start(cls, g: GroupPlan, image_shape: tuple[int, int, int], init_logvar: float, gen: torch.Generator,
               device: torch.device) -> "LearnedGroup":
         k, p, z = g.num_classes, g.priors_per_class, g.latent_dim
-        return cls(Decoder(z, image_shape, g.decoder_width).to(device),
+        return cls(g.decoder(image_shape).to(device),
                    nn.Parameter(0.1 * torch.randn(k, p, z, generator=gen).to(device)),
                    nn.Parameter(torch.full((k, p, z), float(init_logvar), device=device)))
 

@@ -42,12 +42,12 @@ from ... import seeds
 from ...augment import DSA
 from ...budget import PixelPlan, plan_pixel_storage
 from ...container import Section, stored_size
-from ...data import Normalisation, RealData
+from ...data import ClassSampler, Normalisation, RealData
 from ...losses import mean_embedding_loss
 from ...storage import encode_images, resolve_storage_dtype
 from ...progress import progress_bar
 from ..base import CheckpointedEncoder, DatasetSpec, Encoded
-from ..matching import DistributionMatcher, FeatureTerm
+from ..matching import DistributionMatcher, FeatureTerm, matching_memory, memory_sized_chunk
 from .formation import Formation, parse_formation
 
 
@@ -66,6 +66,8 @@ class DMConfig:
     fill: str = "compressed"  # "compressed": plan on the estimated zstd size (trim if wrong); "raw": on the raw size
     formation: str = "pixels"  # how stored codes become images: pixels, lowres (IDC) or dct (FreD); formation.py
     formation_factor: int | None = None  # the side reduction f of lowres and dct (default 2)
+    class_chunk: int | None = None  # classes per forward pass (memory, not the objective; None: memory-sized)
+    real_cache_per_class: int = 512  # real images per class kept in memory for datasets on disk
 
     @property
     def parsed_formation(self) -> Formation:
@@ -85,6 +87,9 @@ PRESETS = {
     "fast": DMConfig(iterations=400, real_per_class=64, embed_width=64),
     # a first picture and number in minutes (README: the first five minutes), not a result to report
     "smoke": DMConfig(iterations=60, real_per_class=32, embed_width=32),
+    # every stage at full class count with a few iterations, to find what breaks before a long run
+    # (benchmarks/imagenet_rehearsal.sh); its images are barely distilled
+    "rehearsal": DMConfig(iterations=3, real_per_class=8, embed_width=16),
 }
 
 
@@ -135,11 +140,14 @@ class DMEncoder(CheckpointedEncoder):
         gen = seeds.generator(seed, "dm")
         torch.manual_seed(seeds.stream_seed(seed, "dm"))  # the random networks draw from the global generator
         normalise = Normalisation.of(real, device)
+        # a dataset on disk is read once into a per-class cache, from its own stream (in memory: no draws)
+        sampler = ClassSampler(real, list(range(k)), cfg.real_cache_per_class, seeds.generator(seed, "dm-real-cache"))
 
         # synthetic codes of normalised images (the images themselves for formation pixels), initialised
         # from random real images of each class; the formation makes images of them (IDC, FreD)
-        init = torch.stack([real.sample_class(cls, n, gen) for cls in range(k)])  # (K, n, C, H, W)
+        init = torch.stack([sampler.sample(cls, n, gen) for cls in range(k)])  # (K, n, C, H, W)
         codes = formation.encode(normalise(init.to(device).flatten(0, 1)))  # (K·n, C, H/f, W/f)
+        del init  # at ImageNet's 1 000 classes, hundreds of MB
         synthetic = codes.reshape(k, n, c, h, w).requires_grad_(True)
         optimiser = torch.optim.SGD([synthetic], lr=cfg.lr_images / formation.gain, momentum=cfg.momentum)
 
@@ -149,8 +157,10 @@ class DMEncoder(CheckpointedEncoder):
                 return chosen
             return formation.decode(chosen.flatten(0, 1), real.image_shape).view(len(chosen), n, *real.image_shape)
 
-        matcher = DistributionMatcher(real.image_shape, k, real.sample_class, cfg.real_per_class, normalise,
-                                      DSA() if cfg.dsa else None, cfg.embed_width, k, device)  # all classes at once
+        chunk = cfg.class_chunk or memory_sized_chunk(k, n, cfg.real_per_class, real.image_shape, cfg.embed_width,
+                                                      matching_memory(device))
+        matcher = DistributionMatcher(real.image_shape, k, sampler.sample, cfg.real_per_class, normalise,
+                                      DSA() if cfg.dsa else None, cfg.embed_width, chunk, device)
         terms = [FeatureTerm(mean_embedding_loss)]  # Σ_c ‖mean φ(x_c) − mean φ(x̃_c)‖² (Eq. 4)
 
         start = time.time()
@@ -192,10 +202,12 @@ class DMEncoder(CheckpointedEncoder):
                        self.method_meta(kept), stats, trim)
 
 
-def image_compression_ratio(real: RealData, dtype: str, formation: Formation | None = None, per_class: int = 16,
-                            seed: int = 0) -> float:
-    """zstd's stored/raw size for ``per_class`` random real images of each class, as ``formation``'s codes
-    (default: the pixels) coded as ``dtype``."""
+def image_compression_ratio(real: RealData, dtype: str, formation: Formation | None = None,
+                            per_class: int | None = None, seed: int = 0) -> float:
+    """zstd's stored/raw size for ``per_class`` random real images of each class (default 16, fewer with
+    over 256 classes: about 4 096 images in all, at least 2 a class), as ``formation``'s codes (default: the
+    pixels) coded as ``dtype``."""
+    per_class = per_class or max(2, min(16, 4096 // real.num_classes))
     gen = torch.Generator().manual_seed(seed)
     images = torch.cat([real.sample_class(c, per_class, gen) for c in range(real.num_classes)])
     images = formation.encode(images) if formation is not None else images
