@@ -124,7 +124,7 @@ class RealData:
         out = torch.empty(len(indices), *self.image_shape, dtype=torch.uint8)
         if len(indices) < PARALLEL_READ_MIN or self.load_workers < 1:
             for j, i in enumerate(indices.tolist()):
-                out[j] = _to_uint8([self.train[i]])
+                out[j] = _to_uint8([self.train[i]])[0]
             return out
         loader = DataLoader(Subset(self.train, indices.tolist()), batch_size=32, num_workers=self.load_workers,
                             collate_fn=_to_uint8)  # in order: batch b holds images 32·b …
