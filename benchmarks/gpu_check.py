@@ -183,11 +183,11 @@ def main(argv: list[str] | None = None) -> int:
         def chunk_memory():
             from d3codec.methods.d3.encoder import GroupPlan, decoder_activation_bytes
             from d3codec.methods.matching import memory_sized_chunk
+            from d3codec.models import ConvNet
 
             g = GroupPlan(0, 200, 64, 161, 256, "tapered")
             shape, classes, m, r, width = (3, 64, 64), 4, 64, 128, 128
-            decoder, net = g.decoder(shape).cuda(), torch.nn.Sequential()
-            from d3codec.models import ConvNet
+            decoder = g.decoder(shape).cuda()
             net = ConvNet(3, 200, 64, width=width).cuda().requires_grad_(False)
             torch.cuda.reset_peak_memory_stats()
             base = torch.cuda.memory_allocated()
