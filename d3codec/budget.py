@@ -5,11 +5,12 @@ The literature states budgets as IPC, the bytes of IPC float32 images per class:
 
 A plan is made before any distillation. Its floor is exact, not estimated: the planner encodes
 an archive of the planned tensor shapes with compression off (a stored section is never larger
-than its raw form: encode_archive stores a section raw when zstd does not shrink it) and a metadata section padded by META_RESERVE_BYTES,
-so an archive of the guaranteed size can only come out smaller. Since zstd shrinks image data,
-the plan then aims higher, at the count whose estimated compressed size fits; if the written
-archive would still pass the budget, images are dropped back towards the guaranteed count, and
-the size on disk is checked after writing. The file never exceeds the budget.
+than its raw form: encode_archive stores a section raw when zstd does not shrink it) and a
+metadata section padded by META_RESERVE_BYTES, so an archive of the guaranteed size can only come
+out smaller. Since zstd shrinks image data, the plan then aims higher, one image a class past the
+count whose estimated compressed size fits; while the written archive would pass the budget,
+single images are dropped back towards the guaranteed count, and the size on disk is checked
+after writing. The file never exceeds the budget.
 """
 
 from __future__ import annotations
@@ -78,8 +79,8 @@ def plan_pixel_storage(budget: int, num_classes: int, image_shape: tuple[int, in
         storage_dtype: "auto" or one of STORAGE_DTYPES.
         images_per_class: fix the count instead of filling the budget (it must still fit).
         compression_ratio: expected stored/raw size of the image payload (from real images, with
-            a margin); when given, aim for the count whose *estimated* size fits, keeping the
-            guaranteed count as the floor.
+            a margin); when given, aim one image a class past the count whose *estimated* size fits
+            (the encoder trims single images to fit), keeping the guaranteed count as the floor.
     Raises: D3BudgetError if not even one image per class fits, with the smallest budget that would.
     """
     dtype = resolve_storage_dtype(storage_dtype)
@@ -101,19 +102,20 @@ def plan_pixel_storage(budget: int, num_classes: int, image_shape: tuple[int, in
         return PixelPlan(images_per_class, dtype, needed, budget, images_per_class)
     c, h, w = image_shape
     payload = num_classes * c * h * w * BYTES_PER_VALUE[dtype]  # raw image bytes per image per class
-    guaranteed = _largest(lambda n: bound(n) <= budget, max(1, budget // payload))
+    guaranteed = largest_fitting(lambda n: bound(n) <= budget, max(1, budget // payload))
     if compression_ratio is None or compression_ratio >= 1:
         return PixelPlan(guaranteed, dtype, bound(guaranteed), budget, guaranteed)
 
     def estimate(n: int) -> int:
         return int(bound(n) - (1 - compression_ratio) * payload * n)
 
-    target = _largest(lambda n: estimate(n) <= budget, max(1, int(budget / (payload * compression_ratio))) + 1)
-    target = max(target, guaranteed)
+    target = largest_fitting(lambda n: estimate(n) <= budget,
+                             max(1, int(budget / (payload * compression_ratio))) + 1)
+    target = max(target + 1, guaranteed)  # one image a class past the estimate: the writer trims image by image
     return PixelPlan(target, dtype, bound(guaranteed), budget, guaranteed, estimate(target))
 
 
-def _largest(fits: Callable[[int], bool], upper: int) -> int:
+def largest_fitting(fits: Callable[[int], bool], upper: int) -> int:
     """Largest n in [1, upper] with fits(n), for fits true at 1 and monotone (true, then false)."""
     lo, hi = 1, upper
     while lo < hi:

@@ -18,11 +18,11 @@ import torch
 
 from .archive import base_meta, open_archive, utc_now
 from .budget import ipc_budget
-from .container import Section, encode_archive, write_atomic
+from .container import D3Reader, Section, encode_archive, write_atomic
 from .data import RealData, load_dataset
 from .errors import D3BudgetError
 from .federated import barrier, distill_federated, rank, run_ranks, world_size
-from .methods import DEFAULT_METHOD, BuildContext, DatasetSpec, Encoded, Encoder, get_method
+from .methods import DEFAULT_METHOD, BuildContext, DatasetSpec, Encoded, Encoder, Overrun, get_method
 from .models import resolve_device
 from .runtime import keep_freed_memory, release_freed_memory
 
@@ -192,7 +192,9 @@ def write_encoded(output: Path, meta: dict, encoded: Encoded, budget: int, bound
         data = encode_archive([meta_section] + encoded.sections)
         if len(data) <= budget or encoded.trim is None:
             break
-        smaller = encoded.trim()
+        with D3Reader(data) as table:
+            stored = {s.name: table.info(s.name).stored_length for s in encoded.sections}
+        smaller = encoded.trim(Overrun(len(data) - budget, stored))
         if smaller is None:
             break  # write_atomic refuses the oversize archive below
         encoded = smaller

@@ -23,7 +23,7 @@ from .container import Section
 from .data import Normalisation, RealData
 from .errors import D3BudgetError, D3FormatError
 from .limits import DEFAULT_LIMITS, check, network_cost
-from .methods.base import DatasetSpec, Encoded, Encoder
+from .methods.base import DatasetSpec, Encoded, Encoder, Overrun
 from .models import ConvNet
 from .progress import Stage, Stages
 from .students import test_accuracy, test_split
@@ -251,8 +251,8 @@ def as_stored(net: ConvNet, image_shape: tuple[int, int, int], mean, std, config
 
 def _with_labeller(encoded: Encoded, described: dict, section: Section, stats: dict) -> Encoded:
     """``encoded`` with the labeller's section and meta field added, trimming kept (the labeller stays)."""
-    def smaller() -> Encoded | None:
-        trimmed = encoded.trim()
+    def smaller(overrun: Overrun) -> Encoded | None:
+        trimmed = encoded.trim(overrun)
         return _with_labeller(trimmed, described, section, stats) if trimmed is not None else None
 
     return replace(encoded, sections=encoded.sections + [section], stats={**encoded.stats, **stats},

@@ -60,6 +60,19 @@ def encode_images(images: torch.Tensor, labels: torch.Tensor, num_classes: int, 
     return out
 
 
+def stored_image_zeros(count: int, shape: tuple[int, ...], num_classes: int, dtype: str) -> dict[str, torch.Tensor]:
+    """What :func:`encode_images` stores for ``count`` images of ``shape`` (C, H, W), as zeros of the stored
+    dtypes without a float32 copy first: a plan's placeholder, whose bytes count exactly as the real ones."""
+    if dtype not in STORAGE_DTYPES:
+        raise ValueError(f"storage dtype must be one of {STORAGE_DTYPES}, not {dtype!r}")
+    out = {"labels": torch.zeros(count, dtype=torch.uint8 if num_classes <= 256 else torch.int32),
+           "images": torch.zeros(count, *shape, dtype={"float32": torch.float32, "float16": torch.float16,
+                                                        "uint8": torch.uint8}[dtype])}
+    if dtype == "uint8":
+        out["range"] = torch.zeros(num_classes, 2)
+    return out
+
+
 PROBABILITY_TOLERANCE = 0.01  # |Σ p − 1| a stored soft label may show (float16 rounds each p by 2^-11)
 
 

@@ -18,7 +18,7 @@ from safetensors.torch import save
 from .container import write_atomic
 from .data import Normalisation, RealData
 from .errors import D3Error
-from .models import ConvNet
+from .models import ConvNet, saved_activation_bytes
 from .progress import progress_bar
 from .weights import read_safetensors_file
 
@@ -58,6 +58,16 @@ def untrained_teacher(image_shape: tuple[int, int, int], classes: list[int], wid
     return Teacher(ConvNet(c, len(classes), h, width=width).to(device), list(classes), list(range(len(classes))))
 
 
+TEACHER_MEMORY_BYTES = 512 << 20  # activations one teacher step may hold on CPU (micro-batches beyond)
+
+
+def teacher_memory(device: torch.device) -> int:
+    """Bytes of activations a teacher step may hold: TEACHER_MEMORY_BYTES on CPU, half the free memory on CUDA."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0] // 2
+    return TEACHER_MEMORY_BYTES
+
+
 def train_teacher(real: RealData, classes: list[int], *, epochs: float = 2.0, width: int = 128,
                   batch_size: int = 256, lr: float = 0.05, device: torch.device = torch.device("cpu"),
                   seed: int = 0, progress: bool = False) -> tuple[Teacher, float]:
@@ -79,6 +89,11 @@ def train_teacher(real: RealData, classes: list[int], *, epochs: float = 2.0, wi
     opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
     net.train()
+    # images a forward and backward pass holds at once: a batch of 256 at 128 pixels would keep gigabytes of
+    # activations on a CPU (the norm is per image, so micro-batches give the batch's gradient)
+    per_image = 2 * saved_activation_bytes(lambda: ConvNet(c, len(classes), h, width=width),
+                                           lambda: (torch.zeros(1, *real.image_shape),))
+    micro = max(1, min(batch_size, teacher_memory(device) // per_image))
     order, position, correct, seen = torch.randperm(len(indices), generator=gen), 0, 0, 0
     for step in progress_bar(range(steps), desc="teacher", enabled=progress, unit="step"):
         if position + batch_size > len(order):
@@ -89,10 +104,13 @@ def train_teacher(real: RealData, classes: list[int], *, epochs: float = 2.0, wi
         y = local[pick].to(device)
         if torch.rand((), generator=gen) < 0.5:  # horizontal flip, the one augmentation every dataset here allows
             x = x.flip(3)
-        logits = net(x)
-        loss = F.cross_entropy(logits, y)
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        logits = []
+        for i in range(0, len(y), micro):  # the batch's mean loss, its gradient summed over micro-batches
+            part = net(x[i:i + micro])
+            (F.cross_entropy(part, y[i:i + micro], reduction="sum") / len(y)).backward()
+            logits.append(part.detach())
+        logits = torch.cat(logits)
         opt.step()
         sched.step()
         if step >= steps - max(1, len(indices) // batch_size):

@@ -53,6 +53,19 @@ def quantise_state(state: dict[str, torch.Tensor], prefix: str, dtype: str) -> d
     return out
 
 
+def stored_zeros(shapes: dict[str, tuple[int, ...]], prefix: str, dtype: str) -> dict[str, torch.Tensor]:
+    """What :func:`quantise_state` stores for parameters of these shapes, as zeros of the stored dtypes,
+    without a float32 copy first: a plan's placeholder, whose bytes count exactly as the real ones."""
+    out = {}
+    for name, shape in shapes.items():
+        if dtype == "int8" and len(shape) >= 2:
+            out[f"{prefix}{name}"] = torch.zeros(shape, dtype=torch.int8)
+            out[f"{prefix}{name}.scale"] = torch.zeros(shape[0], dtype=torch.float16)
+        else:
+            out[f"{prefix}{name}"] = torch.zeros(shape, dtype=torch.float16)
+    return out
+
+
 def stored_names(shapes: dict[str, tuple[int, ...]], prefix: str, dtype: str) -> set[str]:
     """The tensor names :func:`quantise_state` writes for parameters of these shapes under ``prefix``."""
     names = {f"{prefix}{name}" for name in shapes}

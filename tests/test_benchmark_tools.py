@@ -1,5 +1,6 @@
 """The benchmark tools that no benchmark run exercises before a GPU or a large tree is at hand: the CUDA
-check in its CPU dry mode, and the stage monitor of the ImageNet rehearsal."""
+check in its CPU dry mode, the stage monitor of the ImageNet rehearsal, the scaling table's parsing and
+class subsets, and the top-k soft-label rewrite."""
 
 import json
 import os
@@ -8,6 +9,7 @@ import sys
 from pathlib import Path
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+sys.path.insert(0, str(BENCHMARKS))
 
 
 def test_gpu_check_runs_every_step_in_its_cpu_dry_mode(tmp_path):
@@ -36,3 +38,41 @@ def test_stage_monitor_records_seconds_exit_code_and_the_peak_memory_of_children
     row = json.loads(log.read_text())
     assert row["stage"] == "demo" and row["exit_code"] == 3 and row["processes"] >= 2 and row["seconds"] >= 1
     assert row["peak_mib"] >= 300  # the grandchild's 300 MiB, not the parent's few
+
+
+def test_scaling_reads_seconds_per_iteration_of_the_matching_stage_and_links_class_subsets(tmp_path):
+    from scaling import seconds_per_iteration, subset
+
+    log = ("10:00:01 D3 teacher, group 1/1 (1/3): 4/4 (100 %), 00:08 elapsed\r"
+           "10:00:09 D3 matching, group 1/1 (3/3): 1/3 (33 %), 00:03 elapsed, 00:06 left\n"
+           "10:00:15 D3 matching, group 1/1 (3/3): 3/3 (100 %), 01:00:09 elapsed, 00:00 left\n")
+    assert seconds_per_iteration(log, "D3 matching") == 1203.0  # 1 h 9 s over 3 iterations
+    assert seconds_per_iteration(log, "DM") is None
+    assert seconds_per_iteration("DM: 3/3 (100 %), 00:01 elapsed, 00:00 left,  4.00it/s", "DM") == 0.25
+    for split in ("train", "val"):
+        for name in ("n03", "n01", "n02"):
+            (tmp_path / "tree" / split / name).mkdir(parents=True)
+    root = subset(tmp_path / "tree", tmp_path / "out", 2)
+    assert sorted(p.name for p in (root / "train").iterdir()) == ["n01", "n02"]  # the first classes, sorted
+    assert (root / "val" / "n02").resolve() == (tmp_path / "tree" / "val" / "n02").resolve()
+
+
+def test_top_k_labels_keeps_the_priors_and_cuts_every_row_to_its_largest(tiny_real, tmp_path):
+    import torch
+    from top_k_labels import top_k_archive
+
+    from d3codec import D3Dataset
+    from d3codec.encoding import compress
+    from d3codec.methods.d3 import D3Encoder
+
+    encoder = D3Encoder.from_options("fast", iterations=1, init_iterations=2, real_per_class=4, synthetic_per_class=2,
+                                     embed_width=8, teacher_epochs=1.0, teacher_width=8)
+    compress(tiny_real, tmp_path / "whole.d3", encoder=encoder, budget=16_000, progress=False)
+    before, after = top_k_archive(tmp_path / "whole.d3", tmp_path / "top1.d3", 1)
+    assert after < before
+    whole, top = D3Dataset(tmp_path / "whole.d3"), D3Dataset(tmp_path / "top1.d3")
+    assert torch.equal(whole.images, top.images)  # the same priors, decoder and draw
+    assert torch.equal(whole.soft_labels.argmax(1), top.soft_labels.argmax(1))
+    rest = (1 - top.soft_labels.max(1).values) / 2  # 3 classes: the other two share what the top one leaves
+    assert torch.allclose(top.soft_labels.sort(1).values[:, :2], rest[:, None].expand(-1, 2), atol=1e-6)
+    assert top.meta["params"]["groups"][0]["label_top_k"] == 1

@@ -1,6 +1,7 @@
 """Byte accounting: IPC budgets, exact plans, refusals, and real files within their budget."""
 
 import pytest
+import torch
 
 from d3codec.budget import ipc_budget, ipc_equivalent
 from d3codec.encoding import base_meta, compress, plan_archive
@@ -77,11 +78,29 @@ def test_compressed_fill_aims_higher_and_trims_to_fit_when_the_estimate_is_wrong
     monkeypatch.setattr(pixel, "DISTILLED_RATIO_MARGIN", {"pixels": 0.05})  # a wildly optimistic estimate
     result = compress(tiny_real, tmp_path / "t.d3", encoder=encoder, budget=6_000, progress=False)
     ds = D3Dataset(tmp_path / "t.d3")
-    kept = ds.meta["params"]["images_per_class"]
+    params = ds.meta["params"]
+    kept = params["images_per_class"]  # the fullest class's count; the others may hold one fewer
+    total = params.get("images", 3 * kept)
     assert result.plan.images_per_class > kept >= result.plan.guaranteed_per_class
-    assert len(ds) == 3 * kept and ds.meta["stats"]["planned_images_per_class"] == result.plan.images_per_class
-    assert result.params["images_per_class"] == kept  # what compress reports is what the file holds
+    assert 3 * (kept - 1) < total <= 3 * kept
+    assert len(ds) == total and ds.meta["stats"]["planned_images_per_class"] == result.plan.images_per_class
+    counts = torch.bincount(torch.tensor([int(ds[i][1]) for i in range(len(ds))]), minlength=3)
+    assert counts.max() - counts.min() <= 1 and int(counts.max()) == kept
+    assert result.params == params  # what compress reports is what the file holds
     assert (tmp_path / "t.d3").stat().st_size <= 6_000
+
+
+def test_trimming_image_by_image_fills_the_budget_to_within_an_image(tiny_real, tmp_path):
+    from d3codec.methods.base import Overrun
+
+    encoder = DMEncoder.from_options("fast", iterations=1, real_per_class=4, embed_width=8)
+    result = compress(tiny_real, tmp_path / "t.d3", encoder=encoder, budget=9_000, progress=False)
+    size = (tmp_path / "t.d3").stat().st_size
+    c, h, w = tiny_real.image_shape
+    assert 9_000 - 2 * c * h * w < size <= 9_000  # an image's raw bytes (uint8) bound its stored size
+    assert Overrun(100, {"images": 1_000}).units_to_drop(10, ("images",)) == 3  # 100 B of 100 B units, + 1 %, + 1
+    assert Overrun(10**6, {"images": 1_000}).units_to_drop(10, ("images",)) == 10
+    assert result.file_bytes == size
 
 
 def test_raw_fill_never_counts_on_compression(tiny_real):
@@ -89,3 +108,31 @@ def test_raw_fill_never_counts_on_compression(tiny_real):
     spec = DatasetSpec.of(tiny_real)
     p = plan_archive(encoder, spec, 6_000, base_meta(spec, "pixel", 6_000, None, 0, "x"), tiny_real)
     assert p.images_per_class == p.guaranteed_per_class and p.max_bytes <= 6_000
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "float16", "float32"])
+def test_plan_placeholders_serialise_to_the_bytes_of_what_is_stored(dtype):
+    import safetensors.torch
+
+    from d3codec.methods.d3.encoder import D3Config
+    from d3codec.methods.d3.layout import GroupPlan, group_tensors
+    from d3codec.storage import encode_images, stored_image_zeros
+    from d3codec.weights import quantise_state, stored_zeros
+
+    def layout(tensors):  # names, dtypes and shapes, and the serialised size
+        return {n: (v.dtype, tuple(v.shape)) for n, v in tensors.items()}, len(safetensors.torch.save(tensors))
+
+    for k in (3, 300):  # labels as uint8, then int32
+        real = encode_images(torch.rand(6, 3, 4, 4), torch.arange(6) % k, k, dtype)
+        assert layout(stored_image_zeros(6, (3, 4, 4), k, dtype)) == layout(real)
+    weights = "int8" if dtype == "uint8" else "float16"
+    shapes = {"conv.weight": (5, 3, 3, 3), "conv.bias": (5,), "fc.weight": (7, 4)}
+    assert layout(stored_zeros(shapes, "g0.", weights)) == \
+        layout(quantise_state({n: torch.randn(s) for n, s in shapes.items()}, "g0.", weights))
+    g = GroupPlan(0, 4, 8, 3, 8, "uniform", 2)
+    cfg = D3Config(prior_dtype=weights, decoder_dtype=weights)
+    decoder = {n: torch.randn(s) for n, s in g.decoder_shapes((1, 16, 16)).items()}
+    filled = group_tensors(g, 1, (1, 16, 16), cfg, (torch.randn(4, 3, 8), torch.randn(4, 3, 8)), decoder,
+                           torch.softmax(torch.randn(4, 3, 4), -1))
+    placeholder = group_tensors(g, 1, (1, 16, 16), cfg)
+    assert {s: layout(t) for s, t in placeholder.items()} == {s: layout(t) for s, t in filled.items()}

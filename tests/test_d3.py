@@ -344,6 +344,10 @@ def test_pca_latents_of_many_images_use_a_subset_and_bounded_batches():
     # the first latent is the same line, up to sign and scale, whichever images found the axis
     r = torch.corrcoef(torch.stack([whole[:, 0], parts[:, 0]]))[0, 1]
     assert abs(r) > 0.99
+    # rows that repeat an image share its projection (2 distinct images: 2 axes) but not the padding noise
+    rows = torch.tensor([5, 7, 5, 5])
+    repeated = pca_latents(torch.rand(10, 3), 6, gen, rows=rows)
+    assert torch.allclose(repeated[0, :2], repeated[2, :2]) and not torch.equal(repeated[0, 2:], repeated[2, 2:])
 
 
 def test_tapered_decoder_halves_its_channels_and_the_spec_reader_decodes_it(tiny_real, tmp_path):
@@ -412,3 +416,47 @@ def test_top_k_soft_labels_keep_the_largest_and_spread_the_rest(tiny_real, tmp_p
     assert [g.label_top_k for g in planned.groups] == [None, None]  # groups of 20: whole rows
     planned = tiny_encoder().plan(spec, 10**6, lambda params: {**meta, "params": params})
     assert planned.groups[0].label_top_k == 10  # a group of 40: its top 10
+
+
+def test_an_optimistic_plan_is_trimmed_prior_by_prior_to_fit(tiny_real, tmp_path, monkeypatch):
+    import d3codec.methods.d3.encoder as d3_encoder
+
+    honest = plan(tiny_encoder(), tiny_real, 16_000)
+    raw = plan(tiny_encoder(fill="raw"), tiny_real, 16_000)
+    assert honest.groups[0].priors_per_class > raw.groups[0].priors_per_class  # priors and labels compress
+    assert max(honest.max_bytes, raw.max_bytes) <= 16_000  # the guaranteed count's bound, either way
+
+    monkeypatch.setattr(d3_encoder, "PRIOR_STORED_RATIO", 0.1)  # a wildly optimistic estimate
+    out = tmp_path / "t.d3"
+    result = compress(tiny_real, out, encoder=tiny_encoder(), budget=16_000, progress=False)
+    group = result.params["groups"][0]
+    planned = result.plan.groups[0].priors_per_class
+    assert group["stats"]["planned_priors_per_class"] == planned > group["priors_per_class"] >= 1
+    assert 16_000 * 0.9 < out.stat().st_size <= 16_000
+    ds = D3Dataset(out)  # reads back with the kept count: one sample per prior
+    assert len(ds) == 3 * group["priors_per_class"] and ds.meta["params"]["groups"][0] == group
+
+
+def test_trimming_takes_priors_from_the_fullest_groups_and_slices_every_prior_tensor():
+    from d3codec.methods.d3.layout import first_priors, trimmed_priors
+
+    assert trimmed_priors([5, 5], [2, 3], 4) == [4, 4]  # 3 from the last group, then 2 from the first
+    assert trimmed_priors([6, 4], [2, 3], 3) == [4, 4]
+    assert trimmed_priors([1, 1], [2, 3], 10) == [1, 1]
+    part = {"priors": {"g0.mean": torch.zeros(2, 5, 3, dtype=torch.int8), "g0.mean.scale": torch.ones(3)},
+            "decoder": {"g0.w": torch.ones(4, 4)}, "prior_labels": {"g0.values": torch.zeros(2, 5, 1)}}
+    kept = first_priors(part, 2)
+    assert kept["priors"]["g0.mean"].shape == (2, 2, 3) and kept["priors"]["g0.mean.scale"].shape == (3,)
+    assert kept["prior_labels"]["g0.values"].shape == (2, 2, 1) and kept["decoder"] is part["decoder"]
+
+
+def test_a_teacher_in_micro_batches_learns_what_it_learns_in_whole_batches(tiny_real, monkeypatch):
+    import d3codec.teacher as teacher_module
+    from d3codec.teacher import train_teacher
+
+    whole, acc = train_teacher(tiny_real, [0, 1, 2], epochs=2.0, width=8, batch_size=16, seed=0)
+    monkeypatch.setattr(teacher_module, "TEACHER_MEMORY_BYTES", 1)  # one image a forward pass
+    micro, micro_acc = train_teacher(tiny_real, [0, 1, 2], epochs=2.0, width=8, batch_size=16, seed=0)
+    assert acc == micro_acc
+    for (name, a), b in zip(whole.net.state_dict().items(), micro.net.state_dict().values()):
+        assert torch.allclose(a, b, atol=1e-5), name  # the same gradients, summed in another order

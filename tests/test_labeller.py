@@ -33,6 +33,9 @@ def with_labeller(source, target, net, meta_patch=None, section=True):
         sections = [Section.tensors(s.name, reader.read_tensors(s.name), critical=s.critical)
                     for s in reader.sections[1:]]
     meta["labeller"] = {**described, **(meta_patch or {})}
+    extra = len(stored.payload) + 4096  # the plain archive fills its budget: the labeller's bytes come on top
+    meta["budget"]["bytes"] += extra
+    meta["accounting"]["budget_bytes"] += extra
     target.write_bytes(encode_archive([Section.json("meta", meta)] + sections + ([stored] if section else [])))
     return target
 

@@ -15,8 +15,8 @@ imported below; everything that lists methods reads the registry.
 from ..registry import (DEFAULT_METHOD, ArchiveKind, BuildContext, Method, Option, archive_kind, archive_kind_names,
                         get_method, method_names, register_archive_kind, register_method)
 from . import pixel, d3, d2m  # each registers itself, in this order (dm first: the default method)
-from .base import DatasetSpec, Encoded, Encoder, Sampler, Subtask, SubtaskEncoder
+from .base import DatasetSpec, Encoded, Encoder, Overrun, Sampler, Subtask, SubtaskEncoder
 
 __all__ = ["pixel", "d3", "d2m", "DEFAULT_METHOD", "ArchiveKind", "BuildContext", "Method", "Option", "archive_kind",
            "archive_kind_names", "get_method", "method_names", "register_archive_kind", "register_method",
-           "DatasetSpec", "Encoded", "Encoder", "Sampler", "Subtask", "SubtaskEncoder"]
+           "DatasetSpec", "Encoded", "Encoder", "Overrun", "Sampler", "Subtask", "SubtaskEncoder"]

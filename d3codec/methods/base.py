@@ -41,12 +41,29 @@ class DatasetSpec:
         return cls(real.name, tuple(real.classes), tuple(real.image_shape), tuple(real.mean), tuple(real.std))
 
 
+@dataclass(frozen=True)
+class Overrun:
+    """How far an archive would pass its budget: ``excess`` bytes over it, and the bytes each section
+    takes in the file (``stored``, by section name), so that a method can tell how many of its units
+    (images, priors) to drop in one go instead of recompressing once per unit."""
+
+    excess: int
+    stored: dict[str, int]
+
+    def units_to_drop(self, units: int, sections: tuple[str, ...]) -> int:
+        """Of ``units`` equal units filling ``sections``, how many to drop to remove ``excess`` bytes: the
+        estimate from their mean stored size, rounded up, with 1 % and one unit more (compression varies
+        from unit to unit; a second round corrects an estimate that falls short)."""
+        per_unit = max(1.0, sum(self.stored.get(s, 0) for s in sections) / max(1, units))
+        return min(units, math.ceil(self.excess / per_unit * 1.01) + 1)
+
+
 @dataclass
 class Encoded:
     """An encoder's result: its sections (no metadata section) and its metadata fields.
 
-    ``trim``, where given, returns a smaller result (e.g. one image fewer per class), or None when
-    it may not shrink further; the writer calls it while the archive would pass the budget.
+    ``trim``, where given, takes an :class:`Overrun` and returns a smaller result (e.g. fewer images),
+    or None when it may not shrink further; the writer calls it while the archive would pass the budget.
     ``cleanup``, where given, runs once the archive is written (e.g. to delete a checkpoint).
     ``meta``: top-level metadata fields beside ``params`` (``labeller``, spec/FORMAT.md §5.8).
     """
@@ -54,7 +71,7 @@ class Encoded:
     sections: list[Section]
     method_meta: dict[str, Any] = field(default_factory=dict)
     stats: dict[str, Any] = field(default_factory=dict)
-    trim: Callable[[], "Encoded | None"] | None = None
+    trim: Callable[[Overrun], "Encoded | None"] | None = None
     cleanup: Callable[[], None] | None = None
     meta: dict[str, Any] = field(default_factory=dict)
 

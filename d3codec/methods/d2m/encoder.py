@@ -77,7 +77,7 @@ from ...losses import mean_embedding_loss, mmd_rbf
 from ...models import ConvNet, saved_activation_bytes
 from ...progress import Stage, Stages, progress_bar
 from ...teacher import Teacher, save_teacher, train_teacher, untrained_teacher
-from ...weights import WEIGHT_DTYPES, quantise_state
+from ...weights import WEIGHT_DTYPES, quantise_state, stored_zeros
 from ..base import DatasetSpec, Encoded, Encoder, preset_config
 from ..matching import DistributionMatcher, FeatureTerm, PredictionTerm, matching_memory, memory_sized_chunk
 from .networks import (ARCHITECTURE, CONDITIONINGS, GENERATOR_WIDTHS, GENERATORS, ConditionalGenerator, Discriminator,
@@ -324,14 +324,12 @@ class D2MEncoder(Encoder):
         samples = cfg.samples_per_class or max(10, round(ipc or 0))
         stats = {"pretrain_seconds": 0.0, "finetune_seconds": 0.0, "teacher_accuracy": 0.0, "final_loss": 0.0}
         teacher_width = self.stored_teacher_width(spec)
-        teacher = [] if teacher_width is None else [Section.tensors("teacher", quantise_state(
-            {n: torch.zeros(s) for n, s in teacher_shapes(shape[0], k, shape[1], teacher_width).items()}, "",
-            cfg.weight_dtype), critical=False)]
+        teacher = [] if teacher_width is None else [Section.tensors("teacher", stored_zeros(
+            teacher_shapes(shape[0], k, shape[1], teacher_width), "", cfg.weight_dtype), critical=False)]
         too_big = " or --no-soft-labels (the stored teacher takes part of the budget)" if teacher else ""
 
         def bound(width: int) -> int:
-            shapes = generator_shapes(architecture, k, z, e, width, shape)
-            state = quantise_state({n: torch.zeros(s) for n, s in shapes.items()}, "", cfg.weight_dtype)
+            state = stored_zeros(generator_shapes(architecture, k, z, e, width, shape), "", cfg.weight_dtype)
             meta = self.method_meta(architecture, z, e, width, samples, stats, teacher_width)
             sections = [Section.json("meta", meta_for(meta)), Section.tensors("generator", state), *teacher]
             return archive_bound(sections, META_RESERVE_BYTES)
@@ -346,7 +344,15 @@ class D2MEncoder(Encoder):
                                     min_budget=needed)
         else:
             cap = cfg.max_generator_width or GENERATOR_WIDTHS[-1]
-            widths = [w for w in GENERATOR_WIDTHS if w <= cap] or [GENERATOR_WIDTHS[0]]
+            per_weight = 1 if cfg.weight_dtype == "int8" else 2
+
+            def weight_bytes(width: int) -> int:  # a lower bound of the archive, from the shapes alone
+                return per_weight * sum(math.prod(s) for s in generator_shapes(architecture, k, z, e, width,
+                                                                               shape).values())
+            # widths whose weights alone pass the budget are never built (at ImageNet's budget, width 2 048
+            # would be 0.6 G weights: gigabytes of placeholders to count)
+            widths = [w for w in GENERATOR_WIDTHS if w <= cap and (w == GENERATOR_WIDTHS[0] or
+                                                                   weight_bytes(w) <= budget)] or [GENERATOR_WIDTHS[0]]
             bounds = {widths[0]: bound(widths[0])}
             lo, hi = 0, len(widths) - 1  # the bound grows with the width: bisect for the widest that fits
             while lo < hi:

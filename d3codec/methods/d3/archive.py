@@ -200,6 +200,8 @@ def describe_params(params: dict) -> str:
     groups = params["groups"]
     g = groups[0]
     labels = ", soft labels" if any(entry.get("soft_labels") for entry in groups) else ""
-    return (f"{len(groups)} subtask(s), {int(g['priors_per_class'])} priors per class, latent {int(g['latent_dim'])}, "
+    counts = sorted({int(entry["priors_per_class"]) for entry in groups})  # trimmed groups may differ by one
+    priors = f"{counts[0]}" if len(counts) == 1 else f"{counts[0]} to {counts[-1]}"
+    return (f"{len(groups)} subtask(s), {priors} priors per class, latent {int(g['latent_dim'])}, "
             f"{g.get('decoder_architecture', 'uniform')} decoder of width {int(g['decoder_width'])} "
             f"({g['decoder_dtype']}), {g['prior_dtype']} priors{labels}")

@@ -55,7 +55,7 @@ from torch import nn
 
 from ... import seeds
 from ...augment import DSA
-from ...budget import META_RESERVE_BYTES, archive_bound
+from ...budget import META_RESERVE_BYTES, archive_bound, largest_fitting
 from ...checkpoint import Checkpoint, fingerprint, weights_digest
 from ...container import Section
 from ...data import ClassSampler, Normalisation, RealData
@@ -66,11 +66,12 @@ from ...models import DECODER_ARCHITECTURES, ConvNet, Decoder, decoder_stage_wid
 from ...progress import Stage, Stages, progress_bar
 from ...teacher import Teacher, save_teacher, train_teacher, untrained_teacher
 from ...weights import dequantise_state, quantise_state
-from ..base import DatasetSpec, Encoded, Subtask, SubtaskEncoder, preset_config
+from ..base import DatasetSpec, Encoded, Overrun, Subtask, SubtaskEncoder, preset_config
 from ..matching import DistributionMatcher, FeatureTerm, matching_memory, memory_sized_chunk
 from .layout import (DECODER_DTYPES, DECODER_WIDTHS, MAX_TOP_K_CLASSES, PRIOR_DTYPES, D3Plan, GroupPlan, decoder_shapes,
-                     dequantise_priors, group_entry, group_tensors, quantise_priors, sections_of, split_classes)
-from .merge import Part, combine, rename_group
+                     dequantise_priors, first_priors, group_entry, group_tensors, quantise_priors, sections_of,
+                     split_classes, trimmed_priors)
+from .merge import Part, combine_groups, rename_group
 
 
 @dataclass(frozen=True)
@@ -114,6 +115,16 @@ class D3Config:
     max_decoder_width: int | None = None  # the rule's widest decoder (None: 64 up to 32 pixels a side, else 256)
     decoder_dtype: str = "int8"  # how decoder weights are stored: int8 or float16
     prior_dtype: str = "int8"  # how priors are stored: int8 or float16
+    fill: str = "compressed"  # "compressed": plan priors on their estimated zstd size (trimmed to fit); "raw": raw size
+
+
+# The stored/raw size the plan expects of priors and soft labels together (zstd, spec §5.6 storage): trained
+# int8 priors with whole float16 label rows on Fashion-MNIST stored at 0.68 (smoke preset, 217 priors a class),
+# 0.78 (fast preset, 217 a class) and 0.79 (smoke, 14 a class). The plan aims at the prior count whose estimated
+# size fits and the writer drops the priors that do not (D3Encoder.prior_trimmed): an estimate on the low side
+# costs a few trimmed priors, one on the high side unused bytes. Extra priors cost little: matching draws
+# synthetic_per_class samples a class whatever the count, and the warm start a fixed number of batches.
+PRIOR_STORED_RATIO = 0.7
 
 
 PRESETS = {
@@ -149,6 +160,7 @@ def decoder_activation_bytes(g: GroupPlan, image_shape: tuple[int, int, int]) ->
 LABEL_TOP_K_ABOVE = 20  # groups of more classes store the top LABEL_TOP_K probabilities of each soft label
 LABEL_TOP_K = 10
 PCA_MAX_ROWS = 4096  # images the principal axes are computed from, at most (a random subset beyond)
+PCA_MEMORY_BYTES = 256 << 20  # float32 images one PCA batch may hold (1 365 at 128 pixels, 5 461 at 64)
 LABEL_MEMORY_BYTES = 64 << 20  # activations of one batch of decoded means labelled (small batches: faster on CPU)
 
 
@@ -162,35 +174,39 @@ def pca_latents(x: torch.Tensor, z: int, gen: torch.Generator, max_rows: int = P
     """Initial latents of generative latent optimisation (Bojanowski et al. 2018, Sec. 3.3: z from PCA).
 
     Args: x (M, D) images flattened, float32 in [0, 1] or uint8; z latent size; rows (N,) int64: the
-        images to embed, by row of x (default all of them, N = M; a row may repeat); max_rows: above
-        this many images, the principal axes come from ``max_rows`` random ones (drawn from ``gen``) and
-        the mean and projections are computed in batches, so memory stays bounded (ImageNet's plan:
-        hundreds of thousands of images of 12 288 values per subtask).
+        images to embed, by row of x (default all of them, N = M; a row may repeat, and each image is
+        embedded once); max_rows: above this many distinct images, or more than PCA_MEMORY_BYTES of them as
+        float32, the principal axes come from a random subset of that size (drawn from ``gen``) and the mean
+        and projections are computed in batches of that size, so memory stays bounded (ImageNet's plan:
+        hundreds of thousands of rows of 12 288 values per subtask; 49 152 at 128 pixels).
     Returns: (N, Z) float32, the projections on the first principal axes, scaled to unit standard
-    deviation overall; axes beyond min(N, D) are filled with small noise.
+    deviation overall; axes beyond min(N, D) are filled with small noise (drawn per row: repeated images
+    get distinct latents).
     """
     rows = rows if rows is not None else torch.arange(len(x), device=x.device)
-    n, d = len(rows), x.shape[1]
-    if n <= max_rows:
-        x = as_pixels(x[rows])
+    images, inverse = torch.unique(rows, return_inverse=True)  # (M',) distinct images; rows = images[inverse]
+    n, d = len(images), x.shape[1]
+    batch = max(1, min(max_rows, PCA_MEMORY_BYTES // (4 * d)))  # images per float32 batch
+    out = 0.01 * torch.randn(len(rows), z, generator=gen).to(x.device)
+    if n <= batch:
+        x = as_pixels(x[images])
         q = min(z, n, d)
         centred = x - x.mean(0, keepdim=True)
         _, _, v = torch.linalg.svd(centred, full_matrices=False)  # v (min(N, D), D), axes by variance
-        out = 0.01 * torch.randn(n, z, generator=gen).to(x.device)
-        out[:, :q] = centred @ v[:q].T  # (N, q)
+        out[:, :q] = (centred @ v[:q].T)[inverse]  # (N, q)
         return out / out.std().clamp_min(1e-8)
-    q = min(z, max_rows, d)
-    mean = sum(as_pixels(x[rows[i:i + max_rows]]).sum(0, dtype=torch.float64) for i in range(0, n, max_rows)) / n
+    q = min(z, batch, d)
+    mean = sum(as_pixels(x[images[i:i + batch]]).sum(0, dtype=torch.float64) for i in range(0, n, batch)) / n
     mean = mean.float().unsqueeze(0)  # (1, D)
-    subset = as_pixels(x[rows[torch.randperm(n, generator=gen)[:max_rows].to(rows.device)]]) - mean
-    # the axes from the subset's Gram matrix (max_rows²; its eigenvectors give the right singular vectors):
-    # a few seconds where an SVD of the (max_rows, D) subset takes a minute on a CPU
+    subset = as_pixels(x[images[torch.randperm(n, generator=gen)[:batch].to(images.device)]]) - mean
+    # the axes from the subset's Gram matrix (batch²; its eigenvectors give the right singular vectors):
+    # a few seconds where an SVD of the (batch, D) subset takes a minute on a CPU
     values, vectors = torch.linalg.eigh(subset @ subset.T)  # ascending
     top, scale = vectors[:, -q:].flip(-1), values[-q:].flip(0).clamp_min(1e-12).sqrt()
     v = (top.T @ subset) / scale.unsqueeze(1)  # (q, D) unit principal axes, by variance
-    out = 0.01 * torch.randn(n, z, generator=gen).to(x.device)
-    for i in range(0, n, max_rows):
-        out[i:i + max_rows, :q] = (as_pixels(x[rows[i:i + max_rows]]) - mean) @ v[:q].T
+    del subset
+    projected = torch.cat([(as_pixels(x[images[i:i + batch]]) - mean) @ v[:q].T for i in range(0, n, batch)])
+    out[:, :q] = projected[inverse]  # (N, q)
     return out / out.std().clamp_min(1e-8)
 
 
@@ -312,7 +328,9 @@ class D3Encoder(SubtaskEncoder):
         4. soft labels: whole rows for groups of up to LABEL_TOP_K_ABOVE classes; above, each
            row's LABEL_TOP_K largest probabilities (ImageNet's groups of 200: a twentieth of the bytes);
         5. priors per class: the most whose exact archive bound (compression off, metadata
-           reserve included) fits the budget.
+           reserve included) fits the budget; with ``fill="compressed"``, the most whose bound,
+           with the priors and soft labels at PRIOR_STORED_RATIO of their raw bytes, fits (the
+           writer then drops priors until the archive fits, never below the first count).
 
         Raises: D3BudgetError, with the smallest workable budget, when one prior per class with
         the narrowest decoder does not fit.
@@ -323,6 +341,8 @@ class D3Encoder(SubtaskEncoder):
         z = cfg.latent_dim or (32 if side <= 32 else 64)
         cap = cfg.max_decoder_width or (64 if side <= 32 else 256)
         architecture = cfg.decoder_architecture or ("uniform" if side <= 32 else "tapered")
+        if cfg.fill not in ("compressed", "raw"):
+            raise ValueError(f"fill must be 'compressed' or 'raw', not {cfg.fill!r}")
         if architecture not in DECODER_ARCHITECTURES:
             raise ValueError(f"decoder architecture must be one of {', '.join(DECODER_ARCHITECTURES)}, "
                              f"not {architecture!r}")
@@ -330,12 +350,16 @@ class D3Encoder(SubtaskEncoder):
         def groups_for(width: int, priors: int) -> list[GroupPlan]:
             return [GroupPlan(a, b, z, priors, width, architecture, self.label_top_k(b - a)) for a, b in ranges]
 
+        bounds: dict[tuple[GroupPlan, ...], int] = {}  # at ImageNet's plan each one builds a 98 MB archive
+
         def bound(groups: list[GroupPlan]) -> int:
-            entries = [group_entry(g, cfg, {"distill_seconds": 0.0, "teacher_accuracy": 0.0, "final_loss": 0.0})
-                       for g in groups]
-            parts = [group_tensors(g, i, shape, cfg) for i, g in enumerate(groups)]
-            sections = [Section.json("meta", meta_for(self.method_meta(entries)))] + sections_of(parts)
-            return archive_bound(sections, META_RESERVE_BYTES + 64 * len(groups))
+            if tuple(groups) not in bounds:
+                entries = [group_entry(g, cfg, {"distill_seconds": 0.0, "teacher_accuracy": 0.0, "final_loss": 0.0})
+                           for g in groups]
+                parts = [group_tensors(g, i, shape, cfg) for i, g in enumerate(groups)]
+                sections = [Section.json("meta", meta_for(self.method_meta(entries)))] + sections_of(parts)
+                bounds[tuple(groups)] = archive_bound(sections, META_RESERVE_BYTES + 64 * len(groups))
+            return bounds[tuple(groups)]
 
         def decoder_bytes(width: int) -> int:
             n = sum(math.prod(s) for s in decoder_shapes(z, shape, width, architecture).values())
@@ -357,14 +381,19 @@ class D3Encoder(SubtaskEncoder):
             if needed > budget:
                 raise D3BudgetError(f"{priors} priors per class need {needed} bytes, over the budget of {budget}: "
                                     f"raise --budget to {needed} or lower --priors-per-class", min_budget=needed)
+            guaranteed = priors
         else:
-            lo, hi = 1, max(1, budget // (k * z * 2)) + 1  # a prior takes at least 2·Z bytes (int8 mean and logvar)
-            while lo < hi:  # the largest prior count whose bound fits
-                mid = (lo + hi + 1) // 2
-                lo, hi = (mid, hi) if bound(groups_for(width, mid)) <= budget else (lo, mid - 1)
-            priors = lo
-        groups = groups_for(width, priors)
-        return D3Plan(tuple(groups), cfg.decoder_dtype, cfg.prior_dtype, cfg.soft_labels, bound(groups), budget)
+            guaranteed = priors = largest_fitting(lambda n: bound(groups_for(width, n)) <= budget,
+                                                  budget // (k * z * 2) + 1)  # a prior takes at least 2·Z bytes
+            if cfg.fill == "compressed":
+                per_prior = bound(groups_for(width, 2)) - smallest  # raw bytes of one more prior in every class
+
+                def estimate(n: int) -> float:
+                    return bound(groups_for(width, n)) - (1 - PRIOR_STORED_RATIO) * per_prior * n
+                priors = largest_fitting(lambda n: estimate(n) <= budget,
+                                         int(budget / (PRIOR_STORED_RATIO * max(1, per_prior))) + 1)
+        return D3Plan(tuple(groups_for(width, priors)), cfg.decoder_dtype, cfg.prior_dtype, cfg.soft_labels,
+                      bound(groups_for(width, guaranteed)), budget)
 
     def distill(self, real: RealData, plan: D3Plan, *, device: torch.device, seed: int,
                 progress: bool = True) -> Encoded:
@@ -388,8 +417,28 @@ class D3Encoder(SubtaskEncoder):
         resumed = [e["stats"]["resumed_at_iteration"] for e in entries if "resumed_at_iteration" in e["stats"]]
         if resumed:
             stats["resumed_at_iteration"] = min(resumed)
-        return Encoded(sections_of(parts), self.method_meta(entries), stats,
-                       cleanup=lambda: self.remove_checkpoints(len(entries)))
+        encoded = self.prior_trimmed(parts, entries, stats)
+        encoded.cleanup = lambda: self.remove_checkpoints(len(entries))
+        return encoded
+
+    def prior_trimmed(self, parts: list[dict], entries: list[dict], stats: dict) -> Encoded:
+        """The archive of these groups (tensors by section, and metadata entries), whose ``trim`` drops the
+        priors an :class:`Overrun` asks for (the last of each class, from the groups with the most first:
+        layout.trimmed_priors). Each trimmed group's stats keep the planned count."""
+        priors = [e["priors_per_class"] for e in entries]
+        classes = [e["classes"][1] - e["classes"][0] for e in entries]
+
+        def trim(overrun: Overrun) -> Encoded | None:
+            units = overrun.units_to_drop(sum(p * k for p, k in zip(priors, classes)), ("priors", "prior_labels"))
+            keep = trimmed_priors(priors, classes, units)
+            if keep == priors:
+                return None
+            kept_entries = [e if n == p else {**e, "priors_per_class": n, "stats": {
+                **e["stats"], "planned_priors_per_class": e["stats"].get("planned_priors_per_class", p)}}
+                for e, p, n in zip(entries, priors, keep)]
+            return self.prior_trimmed([first_priors(part, n) for part, n in zip(parts, keep)], kept_entries, stats)
+
+        return Encoded(sections_of(parts), self.method_meta(entries), stats, trim)
 
     # ---- subtasks (d3codec.federated): a group is a subtask ----
 
@@ -408,9 +457,9 @@ class D3Encoder(SubtaskEncoder):
     def merge_subtasks(self, paths: list[Path], limits=None) -> Encoded:
         """The groups of the subtask archives at ``paths``, merged (merge.py); seconds summed over subtasks."""
         parts = [Part.read(path, limits) for path in paths]
-        fields, sections = combine(parts)
+        fields, groups = combine_groups(parts)
         seconds = sum(part.meta["stats"].get("distill_seconds", 0.0) for part in parts)
-        return Encoded(sections, self.method_meta(fields["groups"]), {"distill_seconds": round(seconds, 3)})
+        return self.prior_trimmed(groups, fields["groups"], {"distill_seconds": round(seconds, 3)})
 
     def group_fingerprint(self, real: RealData, plan: D3Plan, index: int, seed: int, device: torch.device) -> str:
         """What group ``index``'s result depends on, hashed: every option, its plan, the seed, the

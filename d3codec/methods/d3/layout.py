@@ -17,7 +17,7 @@ from ...container import Section
 from ...errors import D3FormatError
 from ...storage import PROBABILITY_TOLERANCE
 from ...models import Decoder, parameter_shapes
-from ...weights import WEIGHT_DTYPES, quantise_int8, quantise_state, read_stored
+from ...weights import WEIGHT_DTYPES, quantise_int8, quantise_state, read_stored, stored_zeros
 
 SECTIONS = {"meta": True, "priors": True, "decoder": True, "prior_labels": True}  # name → critical
 DECODER_WIDTHS = (8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256)
@@ -124,13 +124,22 @@ def group_tensors(g: GroupPlan, index: int, image_shape, cfg, priors=None,
     """Tensors of group ``index`` by section name (``cfg`` a D3Config); zeros of the right shapes where contents
     are not given."""
     k, p, z = g.num_classes, g.priors_per_class, g.latent_dim
-    if priors is None:
-        priors = (torch.zeros(k, p, z), torch.zeros(k, p, z))
-    if decoder_state is None:
-        decoder_state = {n: torch.zeros(s) for n, s in g.decoder_shapes(image_shape).items()}
-    out = {"priors": quantise_priors(*priors, f"g{index}.", cfg.prior_dtype),
-           "decoder": quantise_state(decoder_state, f"g{index}.", cfg.decoder_dtype)}
-    if cfg.soft_labels:
+    if priors is None:  # a plan's placeholders, made in their stored dtypes (ImageNet's plan counts 98 MB of them)
+        prior_shapes = {"mean": (k, p, z), "logvar": (k, p, z)}
+        if cfg.prior_dtype == "int8":
+            stored = {f"g{index}.{n}": torch.zeros(s, dtype=torch.int8) for n, s in prior_shapes.items()}
+            stored.update({f"g{index}.{n}.scale": torch.zeros(z, dtype=torch.float16) for n in prior_shapes})
+        else:
+            stored = {f"g{index}.{n}": torch.zeros(s, dtype=torch.float16) for n, s in prior_shapes.items()}
+    else:
+        stored = quantise_priors(*priors, f"g{index}.", cfg.prior_dtype)
+    decoder = stored_zeros(g.decoder_shapes(image_shape), f"g{index}.", cfg.decoder_dtype) if decoder_state is None \
+        else quantise_state(decoder_state, f"g{index}.", cfg.decoder_dtype)
+    out = {"priors": stored, "decoder": decoder}
+    if cfg.soft_labels and labels is None and g.label_top_k is not None:  # a plan's placeholder, in stored form
+        out["prior_labels"] = {f"g{index}.values": torch.zeros(k, p, g.label_top_k, dtype=torch.float16),
+                               f"g{index}.indices": torch.zeros(k, p, g.label_top_k, dtype=torch.int16)}
+    elif cfg.soft_labels:
         labels = labels if labels is not None else torch.full((k, p, k), 1.0 / k)
         out["prior_labels"] = stored_labels(labels, f"g{index}", g.label_top_k)
     return out
@@ -169,6 +178,30 @@ def dense_labels(values: torch.Tensor, indices: torch.Tensor, num_classes: int, 
         raise D3FormatError(f"section {section!r}: the rows of {key}.values sum to more than 1")
     rest = ((1 - total) / (num_classes - k)).clamp_min(0)  # (K_g, P, 1)
     return rest.expand(*v.shape[:-1], num_classes).clone().scatter_(-1, idx, v)
+
+
+def first_priors(part: dict[str, dict[str, torch.Tensor]], keep: int) -> dict[str, dict[str, torch.Tensor]]:
+    """A group's tensors (as :func:`group_tensors` gives them, any group key) with only the first ``keep``
+    priors of each class: dimension 1 of the prior means, log-variances and soft labels (their int8 scales,
+    per latent dimension, and the decoder stay as they are)."""
+    out = {}
+    for section, tensors in part.items():
+        if section in ("priors", "prior_labels"):
+            tensors = {key: t if key.endswith(".scale") else t[:, :keep].contiguous() for key, t in tensors.items()}
+        out[section] = tensors
+    return out
+
+
+def trimmed_priors(priors: list[int], classes: list[int], units: int) -> list[int]:
+    """Priors per class of each group after dropping at least ``units`` priors (a class's prior is a unit):
+    one prior from every class of the group with the most priors per class (the last of equals) at a time,
+    never below one. Returns ``priors`` itself where nothing can be dropped."""
+    keep = list(priors)
+    while units > 0 and max(keep) > 1:
+        g = max(range(len(keep)), key=lambda i: (keep[i], i))
+        keep[g] -= 1
+        units -= classes[g]
+    return keep
 
 
 def sections_of(parts: list[dict[str, dict[str, torch.Tensor]]]) -> list[Section]:

@@ -54,6 +54,13 @@ def combine(parts: list[Part]) -> tuple[dict[str, Any], list[Section]]:
     Returns: ({"dataset": ..., "groups": [...]}, method sections).
     Raises: D3Error on overlapping class names, or different image shapes or normalisations.
     """
+    fields, groups = combine_groups(parts)
+    return fields, sections_of(groups)
+
+
+def combine_groups(parts: list[Part]) -> tuple[dict[str, Any], list[dict[str, dict[str, torch.Tensor]]]]:
+    """As :func:`combine`, with the merged groups' tensors by section (keys g{i}.*, renumbered) instead of
+    sections."""
     if not parts:
         raise D3Error("nothing to merge: give at least one archive")
     first = parts[0].meta["dataset"]
@@ -78,7 +85,7 @@ def combine(parts: list[Part]) -> tuple[dict[str, Any], list[Section]]:
             renamed.append({section: rename_group(tensors, i, new) for section, tensors in part.tensors.items()})
     names = list(dict.fromkeys(p.meta["dataset"]["name"] for p in parts))
     dataset = {**first, "name": names[0] if len(names) == 1 else "+".join(names), "classes": classes}
-    return {"dataset": dataset, "groups": groups}, sections_of(renamed)
+    return {"dataset": dataset, "groups": groups}, renamed
 
 
 def rename_group(tensors: dict[str, torch.Tensor], old: int, new: int) -> dict[str, torch.Tensor]:

@@ -120,8 +120,11 @@ def describe_params(params: dict) -> str:
     """A pixel archive's ``meta.params`` in a few words (d3 info, and the line d3 compress ends with)."""
     formation = params.get("formation")
     stored = f" as {formation['kind']} ×{formation['factor']} codes" if isinstance(formation, dict) else ""
-    words = (f"objective {params.get('objective', 'dm')}: {int(params['images_per_class'])} {params['storage_dtype']} "
-             f"images per class{stored}")
+    n = int(params['images_per_class'])
+    count = f"{n - 1} to {n}" if "images" in params else f"{n}"  # trimmed image by image: classes differ by one
+    words = f"objective {params.get('objective', 'dm')}: {count} {params['storage_dtype']} images per class{stored}"
+    if "images" in params:
+        words += f" ({int(params['images'])} in all)"
     if params.get("objective") == "bptt":
         words += (f", {int(params['inner_steps'])} steps × {int(params['inner_epochs'])} epochs of a "
                   f"{params['network']} schedule, {params['init']} init")

@@ -16,9 +16,10 @@ Departures, all options: ``embed_width`` may narrow the random embedding network
 paper); images are stored as the byte plan says (uint8 with a per-class range by default, see
 d3codec.storage), so a budget holds up to 4× the paper's float32 image count, and more where zstd
 shrinks them (``fill="compressed"``: the plan aims at the count whose estimated compressed size
-fits, from the zstd ratio of real images times DISTILLED_RATIO_MARGIN (one per formation); if the
-archive still comes out too large, the last image of each class is dropped until it fits, never below the count that
-fits uncompressed; ``fill="raw"`` plans on the uncompressed size alone and never drops).
+fits, from the zstd ratio of real images times DISTILLED_RATIO_MARGIN (one per formation), one image a class
+more; the writer then drops single images, the last classes' last ones first, until the archive fits, never
+below the count that fits uncompressed, so classes may differ by one image; ``fill="raw"`` plans on the
+uncompressed size alone and never drops).
 
 Formations (``formation``: formation.py): the stored tensors may be codes of 1/f the side that a fixed
 linear map turns into images (IDC's multi-formation, ICML 2022 Sec. 3.1: bilinear upsampling; FreD,
@@ -44,9 +45,9 @@ from ...budget import PixelPlan, plan_pixel_storage
 from ...container import Section, stored_size
 from ...data import ClassSampler, Normalisation, RealData
 from ...losses import mean_embedding_loss
-from ...storage import encode_images, resolve_storage_dtype
+from ...storage import encode_images, resolve_storage_dtype, stored_image_zeros
 from ...progress import progress_bar
-from ..base import CheckpointedEncoder, DatasetSpec, Encoded
+from ..base import CheckpointedEncoder, DatasetSpec, Encoded, Overrun
 from ..matching import DistributionMatcher, FeatureTerm, matching_memory, memory_sized_chunk
 from .formation import Formation, parse_formation
 
@@ -74,12 +75,15 @@ class DMConfig:
         return parse_formation(self.formation, self.formation_factor)
 
 
-# Distilled images compress worse than real ones: on Fashion-MNIST uint8, zstd stored real images
-# at 0.59 of their raw size and the same images after 300 DM iterations at 0.74 (ratio 1.25). DCT codes
-# stay close to real ones: real at 0.60, after the fast preset at 0.67 at IPC 1 (ratio 1.11) and 0.53
-# at IPC 10 (0.88; margins of 1.3 and 1.12 filled 81 % and 78 % of those budgets), so dct plans on the
-# real ratio itself. An archive planned too large is trimmed to fit, a class's last image at a time.
-DISTILLED_RATIO_MARGIN = {"pixels": 1.3, "lowres": 1.3, "dct": 1.0}
+# The plan's estimate of how distilled codes compress, as a multiple of the real images' zstd ratio. Distilled
+# images compress worse than real ones where the real ones have flat backgrounds: on Fashion-MNIST uint8, zstd
+# stored real images at 0.59 of their raw size and the same images after 300 DM iterations at 0.74 (1.25);
+# DCT codes at 0.60 real and 0.53 to 0.67 distilled. On natural images they stay close: the ImageNet-like
+# rehearsal tree (64 px) stores real images at 0.83 and its (barely) distilled ones at 0.845 (1.02). Since the
+# writer trims image by image (DMEncoder._encoded), a pessimistic estimate costs bytes (a margin of 1.3 filled
+# 74 % of the rehearsal's budget) and an optimistic one only the distillation of the images trimmed, so the
+# plan counts on the real ratio itself, one image a class past it (budget.plan_pixel_storage).
+DISTILLED_RATIO_MARGIN = {"pixels": 1.0, "lowres": 1.0, "dct": 1.0}
 
 
 PRESETS = {
@@ -118,11 +122,10 @@ class DMEncoder(CheckpointedEncoder):
         if self.config.fill not in ("compressed", "raw"):
             raise ValueError(f"fill must be 'compressed' or 'raw', not {self.config.fill!r}")
 
-        def sections_for(n: int, dtype: str) -> list[Section]:
+        def sections_for(n: int, dtype: str) -> list[Section]:  # placeholders in their stored dtypes
             draft = PixelPlan(n, dtype, 0, budget)
-            labels = torch.arange(k).repeat_interleave(n)
-            return [Section.json("meta", meta_for(self.method_meta(draft)))] + \
-                self._sections(torch.zeros(n * k, *shape), labels, spec, dtype)
+            return [Section.json("meta", meta_for(self.method_meta(draft))),
+                    Section.tensors("images", stored_image_zeros(n * k, shape, k, dtype))]
 
         ratio = None
         if real is not None and self.config.fill == "compressed" and self.config.images_per_class is None:
@@ -186,20 +189,28 @@ class DMEncoder(CheckpointedEncoder):
         encoded.cleanup = ckpt.remove if ckpt is not None else None
         return encoded
 
-    def _encoded(self, images: torch.Tensor, spec: DatasetSpec, plan: PixelPlan, stats: dict) -> Encoded:
-        """Sections of images (K, n, C, H, W); trim drops the last image of each class."""
+    def _encoded(self, images: torch.Tensor, spec: DatasetSpec, plan: PixelPlan, stats: dict,
+                 total: int | None = None) -> Encoded:
+        """Sections of the first ``total`` (default all) of images (K, n, C, H, W), spread over the classes:
+        class c keeps total // K images, one more for c < total % K. ``trim`` drops as many images as an
+        :class:`Overrun` asks, the last image of the last classes first, never below the guaranteed count."""
         k, n = images.shape[:2]
-        labels = torch.arange(k).repeat_interleave(n)
-        kept = replace(plan, images_per_class=n)
+        total = k * n if total is None else total
+        counts = [total // k + (c < total % k) for c in range(k)]
+        labels = torch.arange(k).repeat_interleave(torch.tensor(counts))
+        kept = replace(plan, images_per_class=counts[0])
+        floor = k * max(plan.guaranteed_per_class, 1)
 
-        def trim() -> Encoded | None:
-            if n - 1 < max(plan.guaranteed_per_class, 1):
+        def trim(overrun: Overrun) -> Encoded | None:
+            if total <= floor:
                 return None
-            return self._encoded(images[:, :n - 1], spec, plan, {**stats, "planned_images_per_class":
-                                                                  plan.images_per_class})
+            smaller = max(floor, total - overrun.units_to_drop(total, ("images",)))
+            return self._encoded(images, spec, plan, {**stats, "planned_images_per_class": plan.images_per_class},
+                                 smaller)
 
-        return Encoded(self._sections(images.reshape(k * n, *images.shape[2:]), labels, spec, plan.storage_dtype),
-                       self.method_meta(kept), stats, trim)
+        chosen = torch.cat([images[c, :counts[c]] for c in range(k)]) if total < k * n else images.flatten(0, 1)
+        meta = self.method_meta(kept) if total == k * counts[0] else {**self.method_meta(kept), "images": total}
+        return Encoded(self._sections(chosen, labels, spec, plan.storage_dtype), meta, stats, trim)
 
 
 def image_compression_ratio(real: RealData, dtype: str, formation: Formation | None = None,
