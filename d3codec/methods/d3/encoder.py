@@ -647,9 +647,12 @@ class D3Encoder(SubtaskEncoder):
             # gradients a decoded mean holds about 3 of its largest maps at a time
             rows = max(1, LABEL_MEMORY_BYTES // (3 * max(decoder_map_bytes(g, image_shape))))
             flat = priors[0].to(state.prior_mean.device).view(k * p, z)
-            with torch.no_grad():
-                labels = torch.cat([teacher.probabilities(normalise(decoder(flat[i:i + rows])), cfg.label_temperature)
-                                    for i in range(0, k * p, rows)]).view(k, p, k).cpu()  # (K_g, P, K_g)
+            with torch.no_grad():  # top-k rows are cut batch by batch: a group's whole rows are K_g² · P floats
+                batches = [teacher.probabilities(normalise(decoder(flat[i:i + rows])), cfg.label_temperature)
+                           for i in range(0, k * p, rows)]
+                batches = [b.topk(g.label_top_k, dim=-1) if g.label_top_k else (b,) for b in batches]
+            labels = tuple(torch.cat(parts).view(k, p, -1).cpu() for parts in zip(*batches))
+            labels = labels if g.label_top_k else labels[0]  # (values, indices) (K_g, P, k) each, or (K_g, P, K_g)
         return group_tensors(g, index, image_shape, cfg, priors, {n: v.cpu() for n, v in decoder.state_dict().items()},
                              labels)
 

@@ -147,14 +147,17 @@ def group_tensors(g: GroupPlan, index: int, image_shape, cfg, priors=None,
 
 # ---- soft labels: whole rows, or the top k of each (spec/FORMAT.md §5.6) ----------------------------------------
 
-def stored_labels(labels: torch.Tensor, key: str, top_k: int | None) -> dict[str, torch.Tensor]:
+def stored_labels(labels: torch.Tensor | tuple[torch.Tensor, torch.Tensor], key: str,
+                  top_k: int | None) -> dict[str, torch.Tensor]:
     """The ``prior_labels`` tensors of one group's soft labels (K_g, P, K_g): ``{key}`` F16 rows, or with
     ``top_k`` the k largest probabilities of each row, ``{key}.values`` (K_g, P, k) F16, and their classes,
     ``{key}.indices`` (K_g, P, k) I16 (local; k < K_g ≤ 32 767). A reader spreads the rest of each row's
-    mass evenly over its other classes (:func:`dense_labels`)."""
+    mass evenly over its other classes (:func:`dense_labels`). With ``top_k``, ``labels`` may also be
+    the (values, indices) of ``torch.topk`` already (as the encoder cuts them, batch by batch)."""
     if top_k is None:
         return {key: labels.detach().float().cpu().half().contiguous()}
-    values, indices = labels.detach().float().cpu().topk(top_k, dim=-1)  # (K_g, P, k) each, largest first
+    values, indices = labels if isinstance(labels, tuple) else \
+        labels.detach().float().cpu().topk(top_k, dim=-1)  # (K_g, P, k) each, largest first
     return {f"{key}.values": values.half().contiguous(), f"{key}.indices": indices.to(torch.int16).contiguous()}
 
 
