@@ -53,6 +53,23 @@ def parameter_shapes(module: type[nn.Module], *args, **kwargs) -> dict[str, tupl
         return {name: tuple(value.shape) for name, value in module(*args, **kwargs).state_dict().items()}
 
 
+# activations one forward and backward step may hold: half a GiB on a CPU keeps an ImageNet-scale encode within
+# 4 GB (DM's 1 000 classes at 64 px held 1.5 GB of images, gradients and momentum beside its matching chunk);
+# on CUDA, a share of the memory free when the step is sized
+CPU_ACTIVATION_BYTES = 512 << 20
+CUDA_MEMORY_SHARE = 0.5
+
+
+def activation_memory(device: torch.device) -> int:
+    """Bytes of activations one step may hold on ``device`` (matching chunks, teacher micro-batches):
+    CPU_ACTIVATION_BYTES on a CPU (beyond a few classes a chunk, a larger one is no faster there),
+    CUDA_MEMORY_SHARE of the free memory on CUDA (where it is)."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free * CUDA_MEMORY_SHARE)
+    return CPU_ACTIVATION_BYTES
+
+
 def saved_activation_bytes(build: Callable[[], nn.Module], example: Callable[[], tuple]) -> int:
     """Bytes of the tensors autograd saves for the backward pass in one forward pass of ``build()`` on
     ``example()`` (one sample), counted on the meta device (no memory, no arithmetic): what one sample

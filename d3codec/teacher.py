@@ -18,7 +18,7 @@ from safetensors.torch import save
 from .container import write_atomic
 from .data import Normalisation, RealData
 from .errors import D3Error
-from .models import ConvNet, saved_activation_bytes
+from .models import ConvNet, activation_memory, saved_activation_bytes
 from .progress import progress_bar
 from .weights import read_safetensors_file
 
@@ -58,16 +58,6 @@ def untrained_teacher(image_shape: tuple[int, int, int], classes: list[int], wid
     return Teacher(ConvNet(c, len(classes), h, width=width).to(device), list(classes), list(range(len(classes))))
 
 
-TEACHER_MEMORY_BYTES = 512 << 20  # activations one teacher step may hold on CPU (micro-batches beyond)
-
-
-def teacher_memory(device: torch.device) -> int:
-    """Bytes of activations a teacher step may hold: TEACHER_MEMORY_BYTES on CPU, half the free memory on CUDA."""
-    if device.type == "cuda":
-        return torch.cuda.mem_get_info(device)[0] // 2
-    return TEACHER_MEMORY_BYTES
-
-
 def train_teacher(real: RealData, classes: list[int], *, epochs: float = 2.0, width: int = 128,
                   batch_size: int = 256, lr: float = 0.05, device: torch.device = torch.device("cpu"),
                   seed: int = 0, progress: bool = False) -> tuple[Teacher, float]:
@@ -93,7 +83,7 @@ def train_teacher(real: RealData, classes: list[int], *, epochs: float = 2.0, wi
     # activations on a CPU (the norm is per image, so micro-batches give the batch's gradient)
     per_image = 2 * saved_activation_bytes(lambda: ConvNet(c, len(classes), h, width=width),
                                            lambda: (torch.zeros(1, *real.image_shape),))
-    micro = max(1, min(batch_size, teacher_memory(device) // per_image))
+    micro = max(1, min(batch_size, activation_memory(device) // per_image))
     order, position, correct, seen = torch.randperm(len(indices), generator=gen), 0, 0, 0
     for step in progress_bar(range(steps), desc="teacher", enabled=progress, unit="step"):
         if position + batch_size > len(order):

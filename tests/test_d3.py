@@ -455,7 +455,7 @@ def test_a_teacher_in_micro_batches_learns_what_it_learns_in_whole_batches(tiny_
     from d3codec.teacher import train_teacher
 
     whole, acc = train_teacher(tiny_real, [0, 1, 2], epochs=2.0, width=8, batch_size=16, seed=0)
-    monkeypatch.setattr(teacher_module, "TEACHER_MEMORY_BYTES", 1)  # one image a forward pass
+    monkeypatch.setattr(teacher_module, "activation_memory", lambda device: 1)  # one image a forward pass
     micro, micro_acc = train_teacher(tiny_real, [0, 1, 2], epochs=2.0, width=8, batch_size=16, seed=0)
     assert acc == micro_acc
     for (name, a), b in zip(whole.net.state_dict().items(), micro.net.state_dict().values()):

@@ -96,21 +96,6 @@ class PredictionTerm:
         return self.weight * total
 
 
-# activation memory one chunk of classes may take on CPU: half a GiB keeps an ImageNet-scale encode within 4 GB
-# (DM's 1 000 classes at 64 px held 1.5 GB of images, gradients and momentum beside its chunk)
-MATCHING_MEMORY_BYTES = 1 << 29
-CUDA_MEMORY_SHARE = 0.5  # on CUDA: this share of the memory free when the chunk is sized
-
-
-def matching_memory(device: torch.device) -> int:
-    """Bytes one chunk's activations may take: MATCHING_MEMORY_BYTES on CPU (beyond a few classes a chunk,
-    a larger one is no faster there), half the free memory on CUDA (where it is)."""
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        return int(free * CUDA_MEMORY_SHARE)
-    return MATCHING_MEMORY_BYTES
-
-
 def memory_sized_chunk(num_classes: int, synthetic_per_class: int, real_per_class: int,
                        image_shape: tuple[int, int, int], embed_width: int, budget_bytes: int,
                        synthetic_extra_bytes: int = 0) -> int:

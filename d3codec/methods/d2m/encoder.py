@@ -74,12 +74,12 @@ from ...errors import D3BudgetError, D3Error
 from ...federated import broadcast_parameters, rank, sum_gradients, sum_over_ranks, world_size
 from ...limits import network_cost
 from ...losses import mean_embedding_loss, mmd_rbf
-from ...models import ConvNet, saved_activation_bytes
+from ...models import ConvNet, activation_memory, saved_activation_bytes
 from ...progress import Stage, Stages, progress_bar
 from ...teacher import Teacher, save_teacher, train_teacher, untrained_teacher
 from ...weights import WEIGHT_DTYPES, quantise_state, stored_zeros
 from ..base import DatasetSpec, Encoded, Encoder, preset_config
-from ..matching import DistributionMatcher, FeatureTerm, PredictionTerm, matching_memory, memory_sized_chunk
+from ..matching import DistributionMatcher, FeatureTerm, PredictionTerm, memory_sized_chunk
 from .networks import (ARCHITECTURE, CONDITIONINGS, GENERATOR_WIDTHS, GENERATORS, ConditionalGenerator, Discriminator,
                        PosteriorEncoder, PretrainedGenerator, generator_shapes, teacher_shapes)
 
@@ -625,7 +625,7 @@ class D2MEncoder(Encoder):
                                          real.image_shape, generator.architecture),
             lambda: (torch.zeros(1, generator.noise_dim), torch.zeros(1, dtype=torch.long)))
         chunk = cfg.class_chunk or memory_sized_chunk(k, cfg.synthetic_per_class, cfg.real_per_class, real.image_shape,
-                                                      cfg.embed_width, matching_memory(device), per_sample)
+                                                      cfg.embed_width, activation_memory(device), per_sample)
         matcher = DistributionMatcher(real.image_shape, k, sampler.sample, cfg.real_per_class, normalise,
                                       DSA() if cfg.dsa else None, cfg.embed_width, chunk, device)
         terms = [FeatureTerm(mean_embedding_loss, cfg.embedding_weight)]

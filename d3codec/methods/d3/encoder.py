@@ -62,12 +62,13 @@ from ...data import ClassSampler, Normalisation, RealData
 from ...errors import D3BudgetError
 from ...limits import network_cost
 from ...losses import mean_embedding_loss, mmd_rbf
-from ...models import DECODER_ARCHITECTURES, ConvNet, Decoder, decoder_stage_widths, upsampling_geometry
+from ...models import (DECODER_ARCHITECTURES, ConvNet, Decoder, activation_memory, decoder_stage_widths,
+                       upsampling_geometry)
 from ...progress import Stage, Stages, progress_bar
 from ...teacher import Teacher, save_teacher, train_teacher, untrained_teacher
 from ...weights import dequantise_state, quantise_state
 from ..base import DatasetSpec, Encoded, Overrun, Subtask, SubtaskEncoder, preset_config
-from ..matching import DistributionMatcher, FeatureTerm, matching_memory, memory_sized_chunk
+from ..matching import DistributionMatcher, FeatureTerm, memory_sized_chunk
 from .layout import (DECODER_DTYPES, DECODER_WIDTHS, MAX_TOP_K_CLASSES, PRIOR_DTYPES, D3Plan, GroupPlan, decoder_shapes,
                      dequantise_priors, first_priors, group_entry, group_tensors, quantise_priors, sections_of,
                      split_classes, trimmed_priors)
@@ -617,7 +618,7 @@ class D3Encoder(SubtaskEncoder):
         """The matching loop of group ``g``, its classes chunked to fit memory (at most ``class_chunk``)."""
         cfg = self.config
         chunk = min(cfg.class_chunk, memory_sized_chunk(g.num_classes, cfg.synthetic_per_class, cfg.real_per_class,
-                                                        image_shape, cfg.embed_width, matching_memory(device),
+                                                        image_shape, cfg.embed_width, activation_memory(device),
                                                         decoder_activation_bytes(g, image_shape)))
         return DistributionMatcher(image_shape, g.num_classes, sampler.sample, cfg.real_per_class, normalise,
                                    DSA() if cfg.dsa else None, cfg.embed_width, chunk, device)

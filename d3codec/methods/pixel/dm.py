@@ -45,10 +45,11 @@ from ...budget import PixelPlan, plan_pixel_storage
 from ...container import Section, stored_size
 from ...data import ClassSampler, Normalisation, RealData
 from ...losses import mean_embedding_loss
+from ...models import activation_memory
 from ...storage import encode_images, resolve_storage_dtype, stored_image_zeros
 from ...progress import progress_bar
 from ..base import CheckpointedEncoder, DatasetSpec, Encoded, Overrun
-from ..matching import DistributionMatcher, FeatureTerm, matching_memory, memory_sized_chunk
+from ..matching import DistributionMatcher, FeatureTerm, memory_sized_chunk
 from .formation import Formation, parse_formation
 
 
@@ -161,7 +162,7 @@ class DMEncoder(CheckpointedEncoder):
             return formation.decode(chosen.flatten(0, 1), real.image_shape).view(len(chosen), n, *real.image_shape)
 
         chunk = cfg.class_chunk or memory_sized_chunk(k, n, cfg.real_per_class, real.image_shape, cfg.embed_width,
-                                                      matching_memory(device))
+                                                      activation_memory(device))
         matcher = DistributionMatcher(real.image_shape, k, sampler.sample, cfg.real_per_class, normalise,
                                       DSA() if cfg.dsa else None, cfg.embed_width, chunk, device)
         terms = [FeatureTerm(mean_embedding_loss)]  # Σ_c ‖mean φ(x_c) − mean φ(x̃_c)‖² (Eq. 4)
