@@ -14,6 +14,12 @@ from .errors import D3FormatError
 
 STORAGE_DTYPES = ("float32", "float16", "uint8")
 BYTES_PER_VALUE = {"float32": 4, "float16": 2, "uint8": 1}
+TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "uint8": torch.uint8}
+
+
+def label_dtype(num_classes: int) -> torch.dtype:
+    """How stored labels are typed (spec §5.5): uint8 for up to 256 classes, else int32."""
+    return torch.uint8 if num_classes <= 256 else torch.int32
 
 
 def resolve_storage_dtype(storage_dtype: str) -> str:
@@ -38,7 +44,7 @@ def encode_images(images: torch.Tensor, labels: torch.Tensor, num_classes: int, 
         raise ValueError(f"storage dtype must be one of {STORAGE_DTYPES}, not {dtype!r}")
     images = images.detach().float().cpu()
     labels = labels.cpu()
-    out = {"labels": labels.to(torch.uint8 if num_classes <= 256 else torch.int32)}
+    out = {"labels": labels.to(label_dtype(num_classes))}
     if dtype == "float32":
         out["images"] = images.contiguous()
     elif dtype == "float16":
@@ -65,9 +71,8 @@ def stored_image_zeros(count: int, shape: tuple[int, ...], num_classes: int, dty
     dtypes without a float32 copy first: a plan's placeholder, whose bytes count exactly as the real ones."""
     if dtype not in STORAGE_DTYPES:
         raise ValueError(f"storage dtype must be one of {STORAGE_DTYPES}, not {dtype!r}")
-    out = {"labels": torch.zeros(count, dtype=torch.uint8 if num_classes <= 256 else torch.int32),
-           "images": torch.zeros(count, *shape, dtype={"float32": torch.float32, "float16": torch.float16,
-                                                        "uint8": torch.uint8}[dtype])}
+    out = {"labels": torch.zeros(count, dtype=label_dtype(num_classes)),
+           "images": torch.zeros(count, *shape, dtype=TORCH_DTYPES[dtype])}
     if dtype == "uint8":
         out["range"] = torch.zeros(num_classes, 2)
     return out
