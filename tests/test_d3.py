@@ -181,6 +181,36 @@ def test_warm_start_only_writes_an_archive_without_a_final_loss(tiny_real, tmp_p
     assert "final_loss" not in stats and stats["distill_seconds"] >= 0
 
 
+def test_soft_labels_are_a_stage_of_the_progress_and_their_seconds_count(tiny_real, tmp_path, capsys):
+    """At ImageNet's plan, labelling the prior means is most of a subtask's time: it has its own bar, and the
+    group's distill_seconds include it."""
+    out = tmp_path / "s.d3"
+    compress(tiny_real, out, encoder=tiny_encoder(), budget=16_000, progress=True)
+    log = capsys.readouterr().err
+    assert "D3 soft labels (4/4)" in log and "D3 matching (3/4)" in log
+    stats = D3Dataset(out).meta["params"]["groups"][0]["stats"]
+    assert 0 <= stats["label_seconds"] <= stats["distill_seconds"]
+
+
+def test_label_means_fills_preallocated_rows_batch_by_batch_as_one_pass_would():
+    from d3codec.data import Normalisation
+    from d3codec.methods.d3.encoder import label_means
+    from d3codec.teacher import untrained_teacher
+
+    torch.manual_seed(0)
+    decoder = Decoder(8, (1, 8, 8), 8).eval()
+    teacher = untrained_teacher((1, 8, 8), [0, 1, 2, 3], width=4)
+    norm = Normalisation([0.5], [0.25])
+    means = torch.randn(23, 8)
+    whole = teacher.probabilities(norm(decoder(means)), 2.0)  # (23, 4) in one pass
+    (rows,) = label_means(decoder, teacher, means, norm, 2.0, None, rows=5, progress=False)
+    values, indices = label_means(decoder, teacher, means, norm, 2.0, 2, rows=5, progress=False)
+    assert torch.allclose(rows, whole, atol=1e-6)
+    top = whole.topk(2, dim=-1)
+    assert values.shape == indices.shape == (23, 2) and indices.dtype == torch.int64
+    assert torch.equal(indices, top.indices) and torch.allclose(values, top.values, atol=1e-6)
+
+
 def test_pixel_archives_refuse_sampling_options(tiny_real, tmp_path):
     from d3codec.methods.pixel import DMEncoder
 

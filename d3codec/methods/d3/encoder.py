@@ -46,6 +46,7 @@ from __future__ import annotations
 import math
 import os
 import time
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -541,29 +542,36 @@ class D3Encoder(SubtaskEncoder):
             if ckpt is not None and ckpt.due(it + 1, cfg.iterations):
                 save(it + 1)
 
-        stats = {"distill_seconds": round(time.time() - start, 3)}
+        labelling = time.time()
+        with stages.stage(named["soft labels"]) if cfg.soft_labels else nullcontext():
+            tensors = self._stored(state, g, index, real.image_shape, teacher, normalise, progress)
+        stats = {"distill_seconds": round(time.time() - start, 3)}  # the soft labels' seconds included
+        if cfg.soft_labels:
+            stats["label_seconds"] = round(time.time() - labelling, 3)
         if cfg.iterations > 0:  # no matching iterations (warm start only): no loss to report
             stats["final_loss"] = round(loss_value, 6)
         if first:
             stats["resumed_at_iteration"] = first
         if teacher_acc is not None:
             stats["teacher_accuracy"] = round(teacher_acc, 4)
-        return self._stored(state, g, index, real.image_shape, teacher, normalise), group_entry(g, cfg, stats)
+        return tensors, group_entry(g, cfg, stats)
 
     def trains_teacher(self) -> bool:
         """Whether distilling trains a teacher (one per group): one is needed and none was given."""
         return self.teacher is None and (self.config.soft_labels or self.config.teacher_features)
 
     def stage_names(self, plan: D3Plan, index: int) -> dict[str, str]:
-        """Group ``index``'s stages by their plain names: teacher, warm start, matching."""
+        """Group ``index``'s stages by their plain names: teacher, warm start, matching, soft labels."""
         suffix = f", group {index + 1}/{len(plan.groups)}" if len(plan.groups) > 1 else ""
-        return {stage: stage + suffix for stage in ("teacher", "warm start", "matching")}
+        return {stage: stage + suffix for stage in ("teacher", "warm start", "matching", "soft labels")}
 
     def stages(self, real: RealData, plan: D3Plan, groups, progress: bool = True) -> Stages:
         """The stages of distilling ``groups`` (indices): per group its teacher (where one is trained here),
-        warm start and matching, each weighed by its multiply-adds (forward and backward taken as three
-        forwards; d3codec.limits.network_cost), for the run's time left (d3codec.progress.Stages)."""
+        warm start, matching and soft labels (one decoded prior mean through the teacher per prior: most of
+        an ImageNet subtask's time on a CPU), each weighed by its multiply-adds (forward and backward taken as
+        three forwards; d3codec.limits.network_cost), for the run's time left (d3codec.progress.Stages)."""
         cfg, (c, h, w) = self.config, real.image_shape
+        teacher_width = cfg.teacher_width if self.teacher is None else self.teacher.net.features[0].out_channels
 
         def macs(build, *shape) -> int:
             return network_cost(build, lambda: (torch.zeros(1, *shape),), "a network of this run").macs
@@ -581,6 +589,9 @@ class D3Encoder(SubtaskEncoder):
             out.append(Stage(named["warm start"], 3 * cfg.init_iterations * min(cfg.init_batch, k * p) * decoder))
             per_class = 3 * cfg.synthetic_per_class * (decoder + embed) + cfg.real_per_class * embed
             out.append(Stage(named["matching"], cfg.iterations * k * per_class))
+            if cfg.soft_labels:
+                teacher = macs(lambda: ConvNet(c, k, h, width=teacher_width), c, h, w)
+                out.append(Stage(named["soft labels"], k * p * (decoder + teacher)))
         return Stages("D3", out, enabled=progress)
 
     def _teacher(self, real: RealData, classes: list[int], seed: int, resuming: bool, device: torch.device,
@@ -632,9 +643,11 @@ class D3Encoder(SubtaskEncoder):
                 for loss, weight in ((mmd_rbf, cfg.mmd_weight), (mean_embedding_loss, cfg.mean_weight))]
 
     def _stored(self, state: "LearnedGroup", g: GroupPlan, index: int, image_shape: tuple[int, int, int],
-                teacher: Teacher | None, normalise: Normalisation) -> dict[str, dict[str, torch.Tensor]]:
+                teacher: Teacher | None, normalise: Normalisation, progress: bool = True
+                ) -> dict[str, dict[str, torch.Tensor]]:
         """The group's tensors as the archive holds them; the soft labels are the teacher's on the prior
-        means decoded by the decoder as stored (quantised), so that they label what a reader draws."""
+        means decoded by the decoder as stored (quantised), so that they label what a reader draws (with a
+        progress bar: the stage's, inside ``Stages.stage``)."""
         cfg, decoder = self.config, state.decoder
         k, p, z = state.prior_mean.shape
         stored = quantise_state(decoder.state_dict(), "", cfg.decoder_dtype)
@@ -648,15 +661,36 @@ class D3Encoder(SubtaskEncoder):
             # gradients a decoded mean holds about 3 of its largest maps at a time
             rows = max(1, LABEL_MEMORY_BYTES // (3 * max(decoder_map_bytes(g, image_shape))))
             flat = priors[0].to(state.prior_mean.device).view(k * p, z)
-            with torch.no_grad():  # top-k rows are cut batch by batch: a group's whole rows are K_g² · P floats
-                batches = [teacher.probabilities(normalise(decoder(flat[i:i + rows])), cfg.label_temperature)
-                           for i in range(0, k * p, rows)]
-                batches = [b.topk(g.label_top_k, dim=-1) if g.label_top_k else (b,) for b in batches]
-            labels = tuple(torch.cat(parts).view(k, p, -1).cpu() for parts in zip(*batches))
+            labels = tuple(t.view(k, p, -1) for t in label_means(decoder, teacher, flat, normalise,
+                                                                  cfg.label_temperature, g.label_top_k, rows, progress))
             labels = labels if g.label_top_k else labels[0]  # (values, indices) (K_g, P, k) each, or (K_g, P, K_g)
         return group_tensors(g, index, image_shape, cfg, priors, {n: v.cpu() for n, v in decoder.state_dict().items()},
                              labels)
 
+
+def label_means(decoder: nn.Module, teacher: Teacher, means: torch.Tensor, normalise: Normalisation,
+                temperature: float, top_k: int | None, rows: int, progress: bool = True) -> tuple[torch.Tensor, ...]:
+    """Soft labels of prior means (Qin et al. 2024, Sec. 3.4: one label per prior): the teacher's
+    probabilities, at ``temperature``, on each mean decoded by ``decoder``, ``rows`` means a batch.
+
+    Args: means (N, Z) float32; top_k: keep each row's k largest (spec §5.6), None for whole rows.
+    Returns: on the CPU, (values (N, k) float32, indices (N, k) int64), or (rows (N, K),) for whole rows.
+
+    The outputs are allocated once and filled batch by batch: a list of per-batch results, each kept between
+    the large decoder buffers freed every batch, fragmented the heap of a process that keeps freed memory
+    (d3codec.runtime): 4 MB lost a batch, 15 GB at an ImageNet rank's 323 000 means.
+    """
+    n = len(means)
+    values = torch.empty(n, top_k or len(teacher.classes), device=means.device)
+    indices = torch.empty(n, top_k, dtype=torch.int64, device=means.device) if top_k else None
+    with torch.no_grad():
+        for i in progress_bar(range(0, n, rows), "D3 soft labels", progress, unit="batch"):
+            probabilities = teacher.probabilities(normalise(decoder(means[i:i + rows])), temperature)
+            if top_k:
+                values[i:i + rows], indices[i:i + rows] = probabilities.topk(top_k, dim=-1)
+            else:
+                values[i:i + rows] = probabilities
+    return (values.cpu(), indices.cpu()) if top_k else (values.cpu(),)
 
 @dataclass
 class LearnedGroup:
