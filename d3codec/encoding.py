@@ -24,6 +24,7 @@ from .errors import D3BudgetError
 from .federated import barrier, distill_federated, rank, run_ranks, world_size
 from .methods import DEFAULT_METHOD, BuildContext, DatasetSpec, Encoded, Encoder, Overrun, get_method
 from .models import resolve_device
+from .progress import note
 from .runtime import keep_freed_memory, release_freed_memory
 
 
@@ -160,14 +161,16 @@ def compress(dataset: str | RealData, output: str | os.PathLike, *, ipc: float |
         encoded = written = distill_federated(encoder, real, plan, output, meta, device=device, seed=seed,
                                               progress=progress)
         if encoded is not None:  # rank 0 writes the merged archive while the others wait
-            written = write_encoded(output, meta, encoded, budget, plan.max_bytes)
+            release_freed_memory()  # the subtasks' and the merge's buffers: not on top of the compression's
+            written = write_encoded(output, meta, encoded, budget, plan.max_bytes, progress)
             if encoded.cleanup is not None:
                 encoded.cleanup()
         barrier()
     else:
         encoded = encoder.distill(real, plan, device=device, seed=seed, progress=progress)
+        release_freed_memory()  # distillation's buffers, kept for reuse while it ran: not on top of the writer's
         try:
-            written = write_encoded(output, meta, encoded, budget, plan.max_bytes)
+            written = write_encoded(output, meta, encoded, budget, plan.max_bytes, progress)
         except OSError as error:  # e.g. a full disk: say where the work is kept
             kept = encoder.kept_state
             if kept is None or not Path(kept).exists():
@@ -181,14 +184,18 @@ def compress(dataset: str | RealData, output: str | os.PathLike, *, ipc: float |
                           written.method_meta if written else {})
 
 
-def write_encoded(output: Path, meta: dict, encoded: Encoded, budget: int, bound: int) -> Encoded:
+def write_encoded(output: Path, meta: dict, encoded: Encoded, budget: int, bound: int,
+                  progress: bool = False) -> Encoded:
     """Write the archive of ``encoded`` atomically within ``budget`` (trimming where the method allows)
-    and check the size the file system reports. Returns what was written: ``encoded``, or the trimmed
+    and check the size the file system reports; ``progress``: a line on standard error per compression
+    (a minute or more at ImageNet's 98 MB). Returns what was written: ``encoded``, or the trimmed
     Encoded whose metadata says what the file holds (e.g. 4 images per class where the plan said 5)."""
     while True:  # a plan that counts on compression may have to drop images to fit
         meta_section = Section.json("meta", {**meta, **encoded.meta, "params": encoded.method_meta,
                                              "stats": encoded.stats,
                                              "accounting": {"budget_bytes": budget, "bound_bytes": bound}})
+        raw = sum(len(s.payload) for s in encoded.sections)
+        note(f"writing {output}: compressing {raw:,} bytes with zstd", progress)
         data = encode_archive([meta_section] + encoded.sections)
         if len(data) <= budget or encoded.trim is None:
             break
@@ -197,6 +204,8 @@ def write_encoded(output: Path, meta: dict, encoded: Encoded, budget: int, bound
         smaller = encoded.trim(Overrun(len(data) - budget, stored))
         if smaller is None:
             break  # write_atomic refuses the oversize archive below
+        note(f"{len(data) - budget:,} bytes over the budget: dropping the last images or priors that do not fit "
+             "and compressing again", progress)
         encoded = smaller
     size = write_atomic(output, data, max_bytes=budget)
     real_size = output.stat().st_size

@@ -74,6 +74,15 @@ def progress_bar(iterable: Iterable, desc: str, enabled: bool = True, stream: Te
                 bar_format=LOG_FORMAT, ascii=True, dynamic_ncols=False, **kwargs)
 
 
+def note(text: str, enabled: bool = True, stream: TextIO | None = None) -> None:
+    """One line of progress between bars (a step with no count to show, such as compressing an archive),
+    with the time of day, on ``stream`` (default standard error); ``enabled`` False: silent."""
+    if enabled:
+        stream = stream if stream is not None else sys.stderr
+        stream.write(f"{time.strftime('%H:%M:%S')} {text}\n")
+        stream.flush()
+
+
 @dataclass(frozen=True)
 class Stage:
     """One stage of a run: its name and its expected work, in a unit shared by the run's stages (d3codec's

@@ -52,10 +52,11 @@ class Overrun:
 
     def units_to_drop(self, units: int, sections: tuple[str, ...]) -> int:
         """Of ``units`` equal units filling ``sections``, how many to drop to remove ``excess`` bytes: the
-        estimate from their mean stored size, rounded up, with 1 % and one unit more (compression varies
-        from unit to unit; a second round corrects an estimate that falls short)."""
+        estimate from their mean stored size, rounded up, with 2 % and one unit more (compression varies
+        from unit to unit: DM's rehearsal at ImageNet scale fell 0.6 % short with 1 %, and each further round
+        is a compression, a minute at 98 MB on a CPU)."""
         per_unit = max(1.0, sum(self.stored.get(s, 0) for s in sections) / max(1, units))
-        return min(units, math.ceil(self.excess / per_unit * 1.01) + 1)
+        return min(units, math.ceil(self.excess / per_unit * 1.02) + 1)
 
 
 @dataclass

@@ -179,6 +179,10 @@ class DMEncoder(CheckpointedEncoder):
             if ckpt is not None and ckpt.due(it + 1, cfg.iterations):
                 ckpt.save(it + 1, {"synthetic": synthetic, "loss": torch.tensor(loss_value)}, {"sgd": optimiser}, gen)
 
+        # the momentum, the gradients and the real images' cache go before the copy below reuses their memory:
+        # at ImageNet's 1 000 classes each of the first two is as large as the copy (0.5 GB)
+        synthetic.grad = None
+        del optimiser, matcher, sampler
         images = formation.denormalise(synthetic.detach().flatten(0, 1), normalise.mean, normalise.std,
                                        real.image_shape).cpu()  # codes of pixel-space images, (K·n, C, H/f, W/f)
         stats = {"distill_seconds": round(time.time() - start, 3)}
