@@ -36,6 +36,7 @@ from .methods.base import Encoded, Encoder, SubtaskEncoder
 from .runtime import release_freed_memory
 
 COORDINATION_TIMEOUT = timedelta(days=7)  # how long a rank waits for the others at a barrier
+_SHARED_CORES: dict[str, int] = {}  # in a rank of run_ranks: "workers", the ranks sharing this machine's cores
 
 
 def world_size() -> int:
@@ -90,6 +91,8 @@ def distill_federated(encoder: Encoder, real: RealData, plan, output: Path, meta
     me, world, count = rank(), world_size(), encoder.subtask_count(plan)
     classes = meta["dataset"]["classes"]
     for index in range(me, count, world):
+        if _SHARED_CORES:  # local ranks share the cores: those of a last, partial round take the idle ones
+            torch.set_num_threads(round_threads(index, world, count, os.cpu_count() or 1))
         part = encoder.distill_subtask(real, plan, index, device=device, seed=seed, progress=progress and me == 0)
         a, b = part.classes
         part_meta = {**meta, "dataset": {**meta["dataset"], "classes": classes[a:b]},
@@ -110,6 +113,14 @@ def distill_federated(encoder: Encoder, real: RealData, plan, output: Path, meta
         for p in paths:
             p.unlink()
     return result
+
+
+def round_threads(index: int, world: int, count: int, cores: int) -> int:
+    """Threads for subtask ``index`` of ``count`` on a rank of ``world`` local ranks sharing ``cores``: the
+    subtasks run in rounds of ``world`` (index mod world on each rank), and the ranks of a last round of
+    fewer subtasks share the cores of those that are done (5 subtasks on 2 ranks, 2 cores: 1, 1, 1, 1, 2)."""
+    busy = min(world, count - index // world * world)
+    return max(1, cores // busy)
 
 
 def barrier() -> None:
@@ -161,8 +172,9 @@ def run_ranks(workers: int, target: Callable, args: tuple, device: str = "cpu") 
     group (gloo, with COORDINATION_TIMEOUT). ``target`` must be a module-level function (it is pickled by
     name).
 
-    Each rank uses cores / workers threads; on ``cuda``, rank r uses GPU r mod (number of GPUs) (several
-    ranks may share one); ``cuda:N`` puts every rank on GPU N.
+    Each rank uses cores / workers threads (more in a last round of fewer subtasks: :func:`round_threads`);
+    on ``cuda``, rank r uses GPU r mod (number of GPUs) (several ranks may share one); ``cuda:N`` puts
+    every rank on GPU N.
     Raises: ValueError for fewer than 2 workers; D3Error when a rank fails, with its error.
     """
     if workers < 2:
@@ -177,6 +189,7 @@ def run_ranks(workers: int, target: Callable, args: tuple, device: str = "cpu") 
 def _rank_main(index: int, workers: int, port: int, device: str, target: Callable, args: tuple) -> None:
     dev = rank_device(torch.device(device), index)
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
+    _SHARED_CORES["workers"] = workers
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=index, world_size=workers,
                             timeout=COORDINATION_TIMEOUT)
     try:

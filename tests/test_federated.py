@@ -74,3 +74,12 @@ def test_d2m_shares_its_classes_across_two_ranks(image_folder, tmp_path):
     assert result.file_bytes <= 30_000 and result.params["generator_width"] >= 4
     ds = D3Dataset(tmp_path / "ranks.d3", samples_per_class=2)
     assert ds.images.shape == (6, 3, 16, 16) and torch.isfinite(ds.images).all()
+
+
+def test_a_last_round_of_fewer_subtasks_takes_the_idle_cores():
+    from d3codec.federated import round_threads
+
+    # ImageNet's 5 subtasks on 2 local ranks and 2 cores: rank 0 runs 0, 2, 4 and is alone in the last round
+    assert [round_threads(i, 2, 5, 2) for i in range(5)] == [1, 1, 1, 1, 2]
+    assert [round_threads(i, 3, 4, 12) for i in range(4)] == [4, 4, 4, 12]
+    assert round_threads(0, 4, 4, 2) == 1  # never below one thread
