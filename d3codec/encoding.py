@@ -161,14 +161,12 @@ def compress(dataset: str | RealData, output: str | os.PathLike, *, ipc: float |
         encoded = written = distill_federated(encoder, real, plan, output, meta, device=device, seed=seed,
                                               progress=progress)
         if encoded is not None:  # rank 0 writes the merged archive while the others wait
-            release_freed_memory()  # the subtasks' and the merge's buffers: not on top of the compression's
             written = write_encoded(output, meta, encoded, budget, plan.max_bytes, progress)
             if encoded.cleanup is not None:
                 encoded.cleanup()
         barrier()
     else:
         encoded = encoder.distill(real, plan, device=device, seed=seed, progress=progress)
-        release_freed_memory()  # distillation's buffers, kept for reuse while it ran: not on top of the writer's
         try:
             written = write_encoded(output, meta, encoded, budget, plan.max_bytes, progress)
         except OSError as error:  # e.g. a full disk: say where the work is kept
@@ -189,7 +187,10 @@ def write_encoded(output: Path, meta: dict, encoded: Encoded, budget: int, bound
     """Write the archive of ``encoded`` atomically within ``budget`` (trimming where the method allows)
     and check the size the file system reports; ``progress``: a line on standard error per compression
     (a minute or more at ImageNet's 98 MB). Returns what was written: ``encoded``, or the trimmed
-    Encoded whose metadata says what the file holds (e.g. 4 images per class where the plan said 5)."""
+    Encoded whose metadata says what the file holds (e.g. 4 images per class where the plan said 5).
+    Memory freed before (distillation's buffers, kept for reuse while it ran) goes back to the system first,
+    so that the compression does not add to the process's peak."""
+    release_freed_memory()
     while True:  # a plan that counts on compression may have to drop images to fit
         meta_section = Section.json("meta", {**meta, **encoded.meta, "params": encoded.method_meta,
                                              "stats": encoded.stats,

@@ -545,16 +545,7 @@ class D3Encoder(SubtaskEncoder):
         labelling = time.time()
         with stages.stage(named["soft labels"]) if cfg.soft_labels else nullcontext():
             tensors = self._stored(state, g, index, real.image_shape, teacher, normalise, progress)
-        stats = {"distill_seconds": round(time.time() - start, 3)}  # the soft labels' seconds included
-        if cfg.soft_labels:
-            stats["label_seconds"] = round(time.time() - labelling, 3)
-        if cfg.iterations > 0:  # no matching iterations (warm start only): no loss to report
-            stats["final_loss"] = round(loss_value, 6)
-        if first:
-            stats["resumed_at_iteration"] = first
-        if teacher_acc is not None:
-            stats["teacher_accuracy"] = round(teacher_acc, 4)
-        return tensors, group_entry(g, cfg, stats)
+        return tensors, group_entry(g, cfg, group_stats(cfg, start, labelling, loss_value, first, teacher_acc))
 
     def trains_teacher(self) -> bool:
         """Whether distilling trains a teacher (one per group): one is needed and none was given."""
@@ -666,6 +657,24 @@ class D3Encoder(SubtaskEncoder):
             labels = labels if g.label_top_k else labels[0]  # (values, indices) (K_g, P, k) each, or (K_g, P, K_g)
         return group_tensors(g, index, image_shape, cfg, priors, {n: v.cpu() for n, v in decoder.state_dict().items()},
                              labels)
+
+
+def group_stats(cfg: D3Config, start: float, labelling: float, loss: float, first: int,
+                teacher_accuracy: float | None) -> dict:
+    """A group's stats: its seconds since ``start`` (time.time(); the soft labels' included, and theirs
+    since ``labelling`` apart), final loss (none without matching iterations), the iteration it resumed
+    at, and its own teacher's test accuracy."""
+    now = time.time()
+    stats = {"distill_seconds": round(now - start, 3)}
+    if cfg.soft_labels:
+        stats["label_seconds"] = round(now - labelling, 3)
+    if cfg.iterations > 0:
+        stats["final_loss"] = round(loss, 6)
+    if first:
+        stats["resumed_at_iteration"] = first
+    if teacher_accuracy is not None:
+        stats["teacher_accuracy"] = round(teacher_accuracy, 4)
+    return stats
 
 
 def label_means(decoder: nn.Module, teacher: Teacher, means: torch.Tensor, normalise: Normalisation,
