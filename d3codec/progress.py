@@ -76,11 +76,10 @@ def progress_bar(iterable: Iterable, desc: str, enabled: bool = True, stream: Te
 
 def note(text: str, enabled: bool = True, stream: TextIO | None = None) -> None:
     """One line of progress between bars (a step with no count to show, such as compressing an archive),
-    with the time of day, on ``stream`` (default standard error); ``enabled`` False: silent."""
+    with the time of day as a log line has it (:class:`LogLines`), on ``stream`` (default standard error);
+    ``enabled`` False: silent."""
     if enabled:
-        stream = stream if stream is not None else sys.stderr
-        stream.write(f"{time.strftime('%H:%M:%S')} {text}\n")
-        stream.flush()
+        LogLines(stream if stream is not None else sys.stderr).write(text)
 
 
 @dataclass(frozen=True)
