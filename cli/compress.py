@@ -110,8 +110,8 @@ def shared_options(method: Method) -> list[click.Parameter]:
                       "standard output instead of the sentence: path, file_bytes, budget, method, stored, "
                       "distill_seconds, params, stats."),
         SectionOption(["--ipc"], type=PositiveFinite(), help="Budget as N float32 images per class: N·K·C·H·W·4 "
-                      "bytes (N > 0; the bytes at most 4 GiB).", section="Budget (give one)"),
-        SectionOption(["--budget"], type=count(1, MAX_BUDGET_BYTES), help="Budget in bytes, 1 to 4 GiB; the whole "
+                      "bytes (N > 0; the bytes at most 2 GiB).", section="Budget (give one)"),
+        SectionOption(["--budget"], type=count(1, MAX_BUDGET_BYTES), help="Budget in bytes, 1 to 2 GiB; the whole "
                       "file counts.", section="Budget (give one)"),
         SectionOption(["--data-root"], type=click.Path(file_okay=False), help="Where the real data is (or goes).",
                       section="Data"),

@@ -43,13 +43,12 @@ main.add_command(CompressGroup("compress"))
 @click.option("--budget", type=count(1, MAX_BUDGET), help="Bytes the merged file may take (default: the parts' "
               "federated budget, else the sum of their budgets).")
 @decode_limit_options
-def merge(archives, output, budget, max_bytes, max_parameters, max_macs_per_image, max_section_bytes, max_macs):
+def merge(archives, output, budget, **limits):
     """Join d3 ARCHIVES of disjoint classes (same image shape) into one, classes in the order given."""
     from d3codec.methods.d3.merge import merge_archives
 
     try:
-        result = merge_archives(list(archives), output, budget,
-                                decode_limits(max_bytes, max_parameters, max_macs_per_image, max_section_bytes, max_macs))
+        result = merge_archives(list(archives), output, budget, decode_limits(**limits))
     except (D3Error, ValueError, OSError) as e:
         fail(e)
     click.echo(f"wrote {result.path}: {result.classes} classes from {len(archives)} archives, {result.file_bytes} "
@@ -107,7 +106,7 @@ def info(archive, show_meta, as_json):
 @click.option("--json", "as_json", is_flag=True, help="Print the checks as JSON: {archive, ok, checks: [[step, "
               "detail], ...], failure: [step, reason] or null} (the exit status is the same).")
 @decode_limit_options
-def verify(archive, as_json, max_bytes, max_parameters, max_macs_per_image, max_section_bytes, max_macs):
+def verify(archive, as_json, **limits):
     """Check every checksum, size and the byte accounting of ARCHIVE, and decode its contents.
 
     The decode budget is checked from the declared shapes before any decoder runs: an archive whose
@@ -116,8 +115,7 @@ def verify(archive, as_json, max_bytes, max_parameters, max_macs_per_image, max_
     from d3codec.verify import verify_archive
 
     try:
-        result = verify_archive(archive, decode_limits(max_bytes, max_parameters, max_macs_per_image,
-                                                       max_section_bytes, max_macs))
+        result = verify_archive(archive, decode_limits(**limits))
     except OSError as e:
         fail(e)
     if as_json:  # ensure_ascii: every control or non-ASCII character of the archive's is a \u escape

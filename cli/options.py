@@ -84,12 +84,14 @@ def count(low: int = 1, high: int | None = None) -> click.IntRange:
 
 
 def decode_limit_options(command):
-    """--max-bytes, --max-parameters, --max-macs-per-image, --max-section-bytes: the decode budget
-    (d3codec.limits)."""
+    """--max-bytes, --max-parameters, --max-macs-per-image, --max-macs, --max-replay-macs, --max-section-bytes:
+    the decode budget (d3codec.limits)."""
     from d3codec.limits import DEFAULT_LIMITS as L
 
     command = click.option("--max-section-bytes", type=count(), help=f"Decode limit: the decoded size of any "
                            f"one section [default: {L.max_section_bytes}].")(command)
+    command = click.option("--max-replay-macs", type=count(), help=f"Decode limit: multiply-adds of replaying a "
+                           f"bptt archive's schedule once [default: {L.max_replay_macs}].")(command)
     command = click.option("--max-macs", type=count(), help=f"Decode limit: multiply-adds of the whole draw "
                            f"[default: {L.max_macs}].")(command)
     command = click.option("--max-macs-per-image", type=count(), help=f"Decode limit: multiply-adds to decode one "
@@ -101,12 +103,12 @@ def decode_limit_options(command):
 
 
 # the parameters decode_limit_options adds, as decode_limits takes them
-LIMIT_FIELDS = ("max_bytes", "max_parameters", "max_macs_per_image", "max_section_bytes", "max_macs")
+LIMIT_FIELDS = ("max_bytes", "max_parameters", "max_macs_per_image", "max_section_bytes", "max_macs",
+                "max_replay_macs")
 
 
-def decode_limits(max_bytes, max_parameters, max_macs_per_image, max_section_bytes, max_macs):
+def decode_limits(**values):
+    """The decode limits (d3codec.limits.DecodeLimits) with the given LIMIT_FIELDS (None: the default)."""
     from d3codec.limits import DEFAULT_LIMITS
 
-    return DEFAULT_LIMITS.with_overrides(max_bytes=max_bytes, max_parameters=max_parameters,
-                                         max_macs_per_image=max_macs_per_image, max_section_bytes=max_section_bytes,
-                                         max_macs=max_macs)
+    return DEFAULT_LIMITS.with_overrides(**values)

@@ -27,6 +27,10 @@ FORMAT_NAME = "d3"
 COMMON_SECTIONS = {"labeller": False}
 MAX_CLASSES = 100_000
 MAX_SIDE = 4096
+# dataset.mean and dataset.std (spec/FORMAT.md §5.1): pixel-space statistics, so finite in float32 and std > 0
+NORMALISATION_RANGE = {"mean": (-1000.0, 1000.0), "std": (1e-6, 1000.0)}
+MAX_BUDGET_BYTES = 2 ** 62
+MAX_SEED = 2 ** 63 - 1  # a JSON integer (§3)
 _MISSING = object()
 
 
@@ -139,22 +143,22 @@ def validate_meta(meta: dict[str, Any]) -> dict[str, Any]:
              and all(type(v) is int for v in shape)
              and shape[0] in (1, 3) and all(1 <= v <= MAX_SIDE for v in shape[1:]),
              f"'dataset.image_shape' must be [C, H, W] with C 1 or 3 and sides 1..{MAX_SIDE}")
-    for key in ("mean", "std"):
+    for key, (lo, hi) in NORMALISATION_RANGE.items():  # finite, and std > 0, in the float32 students use
         v = ds.get(key)
-        _require(isinstance(v, list) and len(v) == shape[0] and all(type(x) in (int, float) for x in v),
-                 f"'dataset.{key}' must be {shape[0]} numbers")
-    _require(all(s > 0 for s in ds["std"]), "'dataset.std' must be positive")
+        _require(isinstance(v, list) and len(v) == shape[0] and all(type(x) in (int, float) and lo <= x <= hi
+                                                                    for x in v),
+                 f"'dataset.{key}' must be {shape[0]} numbers from {lo:g} to {hi:g}")
     for key in ("params", "stats", "budget", "accounting", "software", "labeller"):
         _require(key not in meta or isinstance(meta[key], dict), f"'{key}' must be an object")
     budget, accounting = meta.get("budget") or {}, meta.get("accounting") or {}
     for obj, key, where in ((budget, "bytes", "budget."), (accounting, "budget_bytes", "accounting."),
                             (accounting, "bound_bytes", "accounting.")):
         if obj.get(key) is not None:
-            meta_int(obj, key, 1, 2 ** 62, where)
+            meta_int(obj, key, 1, MAX_BUDGET_BYTES, where)
     if budget.get("ipc") is not None:
         meta_number(budget, "ipc", 0, 1e12, "budget.")
     if meta.get("seed") is not None:
-        meta_int(meta, "seed", 0, 2 ** 64 - 1)
+        meta_int(meta, "seed", 0, MAX_SEED)
     return meta
 
 

@@ -95,7 +95,13 @@ class Section:
     @classmethod
     def tensors(cls, name: str, tensors: dict[str, torch.Tensor], critical: bool = True) -> "Section":
         """A safetensors blob of CPU tensors (any dtype safetensors supports)."""
-        blob = safetensors.torch.save({k: v.detach().cpu().contiguous() for k, v in tensors.items()})
+        try:
+            blob = safetensors.torch.save({k: v.detach().cpu().contiguous() for k, v in tensors.items()})
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as e:  # safetensors' Rust panics (PanicException) derive from BaseException
+            raise ValueError(f"section {name!r}: safetensors cannot store these tensors ({type(e).__name__}: "
+                             f"{str(e)[:200]})") from None
         return cls(name, blob, Content.SAFETENSORS, critical)
 
     @classmethod
@@ -424,7 +430,9 @@ class D3Reader:
         raw = self.read_bytes(name)
         try:
             return safetensors.torch.load(raw)
-        except Exception as e:  # safetensors raises its own error types, and others on odd headers
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as e:  # its own error types, others on odd headers, and Rust panics (PanicException)
             raise D3FormatError(f"section {name!r}: invalid safetensors data ({type(e).__name__}: {str(e)[:200]})") from None
 
     # -- lifetime ----------------------------------------------------------------------------

@@ -22,6 +22,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from .errors import D3DatasetError
+from .text import safe_text
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 FASHION_MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
@@ -38,6 +39,17 @@ NORMALISATION = {
 DATASETS = ("fashion-mnist", "mnist", "cifar10", "cifar100", "imagenet")
 REAL_CACHE_BYTES = 2 << 30  # decoded real images a ClassSampler keeps of a dataset on disk, at most
 PARALLEL_READ_MIN = 64  # reads of fewer images stay in this process
+# what a folder dataset may hold, checked before anything is decoded: its tree is walked without following
+# directory links, to at most MAX_FOLDER_DEPTH levels below a class folder and MAX_FOLDER_ENTRIES entries in
+# all (ImageNet's training set has 1.3 million), and an image is opened only if it is a regular file of at
+# most MAX_IMAGE_FILE_BYTES whose header declares at most MAX_IMAGE_PIXELS pixels (after a JPEG's reduced-scale
+# draft) and sides at most MAX_ASPECT_RATIO times apart
+MAX_FOLDER_CLASSES = 100_000  # d3codec.archive.MAX_CLASSES: an archive cannot hold more
+MAX_FOLDER_DEPTH = 16
+MAX_FOLDER_ENTRIES = 20_000_000
+MAX_IMAGE_FILE_BYTES = 256 << 20
+MAX_IMAGE_PIXELS = 1 << 27
+MAX_ASPECT_RATIO = 16
 
 
 def default_data_root() -> Path:
@@ -122,14 +134,16 @@ class RealData:
         if self.train_images is not None:
             return self.train_images[indices]
         out = torch.empty(len(indices), *self.image_shape, dtype=torch.uint8)
+        guarded = _Guarded(self.train)
         if len(indices) < PARALLEL_READ_MIN or self.load_workers < 1:
-            for j, i in enumerate(indices.tolist()):
-                out[j] = _to_uint8([self.train[i]])[0]
-            return out
-        loader = DataLoader(Subset(self.train, indices.tolist()), batch_size=32, num_workers=self.load_workers,
-                            collate_fn=_to_uint8)  # in order: batch b holds images 32·b …
+            batches = (_to_uint8([guarded[i]]) for i in indices.tolist())
+        else:  # in order: batch b holds images 32·b …
+            batches = DataLoader(Subset(guarded, indices.tolist()), batch_size=32, num_workers=self.load_workers,
+                                 collate_fn=_to_uint8)
         at = 0
-        for batch in loader:
+        for batch in batches:
+            if isinstance(batch, str):  # a file that could not be read, named in one line
+                raise D3DatasetError(batch)
             out[at:at + len(batch)] = batch
             at += len(batch)
         return out
@@ -171,8 +185,12 @@ class Normalisation(torch.nn.Module):
         return x * self.std + self.mean
 
 
-def _to_uint8(batch: list[tuple[torch.Tensor, int]]) -> torch.Tensor:
-    """A DataLoader batch of (image (C, H, W) float32 in [0, 1], label) as (B, C, H, W) uint8."""
+def _to_uint8(batch: list[tuple[torch.Tensor | None, str | None]]) -> torch.Tensor | str:
+    """A batch of _Guarded items (image (C, H, W) float32 in [0, 1], None) as (B, C, H, W) uint8, or the
+    first item's reason (a string) where one could not be read."""
+    for image, error in batch:
+        if error is not None:
+            return error
     return (torch.stack([image for image, _ in batch]) * 255).round().to(torch.uint8)
 
 
@@ -237,8 +255,44 @@ def load_dataset(name: str, data_root: str | os.PathLike | None = None, resoluti
     path = Path(name)
     if path.is_dir():
         return _image_folder(path, path.name, resolution or 64, NORMALISATION["imagenet"], None, load_workers)
-    raise D3DatasetError(f"unknown dataset {name!r}: use one of {', '.join(DATASETS)} or the path of a folder with "
-                         "one sub-folder of images per class")
+    raise D3DatasetError(f"unknown dataset {safe_text(repr(name), 200)}: use one of {', '.join(DATASETS)} or the "
+                         "path of a folder with one sub-folder of images per class")
+
+
+def registered_dataset(name: str) -> str | None:
+    """The registered dataset (one of DATASETS) that ``name`` spells, or None: ``"FashionMNIST"`` and
+    ``"fashion_mnist"`` are ``"fashion-mnist"``."""
+    key = name.lower().replace("_", "-")
+    aliases = {"fashionmnist": "fashion-mnist", "cifar-10": "cifar10", "cifar-100": "cifar100"}
+    key = aliases.get(key, key)
+    return key if key in DATASETS else None
+
+
+def archive_dataset(name: str, data_root: str | os.PathLike | None = None, resolution: int | None = None) -> RealData:
+    """The real dataset an archive names in ``meta.dataset.name``: a label, never a path of this machine.
+
+    A registered name (:data:`DATASETS`) loads as :func:`load_dataset` loads it. Any other name is a folder
+    dataset's (d3codec stores the folder's own name), found only as a sub-folder of a ``data_root`` the user
+    gives, and only when the name is one plain folder name (no separator, not ``.`` or ``..``, no control
+    character): an archive cannot make a reader walk ``/proc`` or list ``/etc``.
+
+    Raises: D3DatasetError naming the fix (pass the dataset, or the folder that holds it).
+    """
+    registered = registered_dataset(name)
+    if registered is not None:
+        return load_dataset(registered, data_root, resolution)
+    shown = safe_text(repr(name), 120)
+    plain = (0 < len(name) <= 255 and name not in (".", "..") and not any(sep in name for sep in ("/", "\\", "\0"))
+             and name.isprintable())
+    if data_root is None or not plain:
+        raise D3DatasetError(f"the archive names the dataset {shown}, which is not one of {', '.join(DATASETS)}: "
+                             "pass the real dataset it was made from (--dataset PATH, or --data-root DIR holding a "
+                             "folder of that name)")
+    folder = Path(data_root) / name
+    if not folder.is_dir() or folder.is_symlink():
+        raise D3DatasetError(f"the archive names the folder dataset {shown}, and {safe_text(str(folder), 300)} is "
+                             "not a folder: pass --dataset PATH, the folder it was made from")
+    return _image_folder(folder, folder.name, resolution or 64, NORMALISATION["imagenet"])
 
 
 def _fashion_mnist(root: Path, download: bool = True) -> RealData:
@@ -319,19 +373,125 @@ class DraftLoader:
     """Opens an image file as RGB, letting JPEG decode at 1/2, 1/4 or 1/8 scale (PIL's ``draft``) where the
     result still has both sides at least ``resolution`` (a 2 000-pixel photo read for 64 pixels decodes at
     1/8, several times faster, the scaling done in the DCT domain). Grayscale and CMYK become RGB, as
-    torchvision's default loader makes them."""
+    torchvision's default loader makes them.
+
+    Before decoding, from the file and the image's header: a regular file of at most MAX_IMAGE_FILE_BYTES,
+    at most MAX_IMAGE_PIXELS pixels (after the draft) and sides at most MAX_ASPECT_RATIO times apart.
+    Raises: D3DatasetError naming the file (escaped) and what is wrong with it, for these and for a file
+    Pillow cannot read."""
 
     def __init__(self, resolution: int):
         self.resolution = resolution
 
     def __call__(self, path: str):
-        from PIL import Image
+        import stat
+        import warnings
 
-        with open(path, "rb") as f:
-            image = Image.open(f)
-            if image.format == "JPEG":
-                image.draft("RGB", (self.resolution, self.resolution))
-            return image.convert("RGB")
+        from PIL import Image, UnidentifiedImageError
+
+        shown = safe_text(path, 300)
+        try:
+            with open(path, "rb", opener=_open_no_block) as f:
+                info = os.fstat(f.fileno())
+                if not stat.S_ISREG(info.st_mode):
+                    raise D3DatasetError(f"{shown}: not a regular file; remove it from the dataset folder")
+                if info.st_size > MAX_IMAGE_FILE_BYTES:
+                    raise D3DatasetError(f"{shown}: {info.st_size:,} bytes, over the {MAX_IMAGE_FILE_BYTES:,} an "
+                                         "image file may take; shrink or remove it")
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                    image = Image.open(f)
+                if image.format == "JPEG":
+                    image.draft("RGB", (self.resolution, self.resolution))
+                check_image_size(image.size, shown)
+                return image.convert("RGB")
+        except D3DatasetError:
+            raise
+        except (OSError, ValueError, SyntaxError, UnidentifiedImageError, Image.DecompressionBombError,
+                MemoryError) as error:
+            raise D3DatasetError(f"{shown}: not a readable image ({type(error).__name__}: "
+                                 f"{safe_text(str(error).splitlines()[0] if str(error) else '', 200)}); "
+                                 "remove or replace it") from None
+
+
+def _open_no_block(path: str, flags: int) -> int:
+    """``os.open`` that does not wait on a FIFO with no writer (its type is then refused after opening)."""
+    return os.open(path, flags | getattr(os, "O_NONBLOCK", 0))
+
+
+def check_image_size(size: tuple[int, int], shown: str) -> None:
+    """Refuse an image of ``size`` (width, height) in pixels that is empty, over MAX_IMAGE_PIXELS, or whose
+    sides are more than MAX_ASPECT_RATIO times apart. Raises: D3DatasetError naming ``shown``."""
+    width, height = size
+    if width < 1 or height < 1 or width * height > MAX_IMAGE_PIXELS:
+        raise D3DatasetError(f"{shown}: {width} × {height} pixels; an image may have 1 to {MAX_IMAGE_PIXELS:,} "
+                             "pixels: shrink or remove it")
+    if max(width, height) > MAX_ASPECT_RATIO * min(width, height):
+        raise D3DatasetError(f"{shown}: {width} × {height} pixels, sides more than {MAX_ASPECT_RATIO} times apart "
+                             "(it would be resized to a strip); crop or remove it")
+
+
+class ImageTree:
+    """torchvision's ImageFolder, walked safely: class folders are the root's sub-folders that are real
+    folders (a link to a folder is refused: it could point anywhere, ``/`` included), and within each,
+    images are found without following directory links (a link to ``.`` cannot loop), at most
+    MAX_FOLDER_DEPTH levels deep and MAX_FOLDER_ENTRIES entries in all; only regular files (or links to
+    them) with an image extension count, so a FIFO named ``000.png`` is skipped, never opened.
+
+    Raises: D3DatasetError naming the fix."""
+
+    @staticmethod
+    def find_classes(directory: str) -> tuple[list[str], dict[str, int]]:
+        classes = []
+        try:
+            with os.scandir(directory) as entries:
+                for entry in entries:
+                    if entry.is_dir(follow_symlinks=False):
+                        classes.append(entry.name)
+                    elif entry.is_symlink() and entry.is_dir():
+                        raise D3DatasetError(f"{safe_text(entry.path, 300)}: a class folder that is a link; d3codec "
+                                             "does not follow links to folders: put the folder itself there")
+                    if len(classes) > MAX_FOLDER_CLASSES:
+                        raise D3DatasetError(f"{safe_text(directory, 300)}: more than {MAX_FOLDER_CLASSES:,} class "
+                                             "folders, more than an archive can hold")
+        except OSError as error:
+            raise D3DatasetError(f"{safe_text(directory, 300)}: cannot list it ({error.strerror})") from None
+        if not classes:
+            raise D3DatasetError(f"{safe_text(directory, 300)}: no class folders; give a folder with one sub-folder "
+                                 "of images per class")
+        classes.sort()
+        return classes, {c: i for i, c in enumerate(classes)}
+
+    @staticmethod
+    def make_dataset(directory: str, class_to_idx: dict[str, int], extensions=None, is_valid_file=None,
+                     allow_empty: bool = False) -> list[tuple[str, int]]:
+        import stat
+
+        from torchvision.datasets.folder import IMG_EXTENSIONS
+
+        samples, seen = [], 0
+        for name, index in sorted(class_to_idx.items()):
+            top = os.path.join(directory, name)
+            base_depth = top.rstrip(os.sep).count(os.sep)
+            for root, dirs, files in os.walk(top, followlinks=False):
+                seen += len(dirs) + len(files)
+                if seen > MAX_FOLDER_ENTRIES:
+                    raise D3DatasetError(f"{safe_text(directory, 300)}: more than {MAX_FOLDER_ENTRIES:,} files and "
+                                         "folders; give a smaller tree")
+                if root.count(os.sep) - base_depth >= MAX_FOLDER_DEPTH:
+                    dirs.clear()
+                dirs.sort()
+                for file in sorted(files):
+                    path = os.path.join(root, file)
+                    if not file.lower().endswith(IMG_EXTENSIONS):
+                        continue
+                    try:
+                        regular = stat.S_ISREG(os.stat(path).st_mode)
+                    except OSError:  # a dangling link
+                        regular = False
+                    if regular:
+                        samples.append((path, index))
+        return samples
 
 
 def default_load_workers() -> int:
@@ -343,16 +503,26 @@ def _image_folder(path: Path, name: str, resolution: int, normalisation, test_pa
                   load_workers: int | None = None) -> RealData:
     from torchvision.datasets import ImageFolder
 
+    class SafeImageFolder(ImageTree, ImageFolder):
+        """ImageFolder walked as ImageTree walks."""
+
     loader = DraftLoader(resolution)
     try:
-        train = ImageFolder(str(path), transform=_folder_transform(resolution), loader=loader)
-    except (FileNotFoundError, RuntimeError) as e:
-        raise D3DatasetError(f"{path}: not a usable class-per-folder image tree ({e}). Fix: give a folder with one "
-                             "sub-folder of images per class") from None
-    test = None
-    if test_path is not None and test_path.is_dir():
-        test = ImageFolder(str(test_path), transform=_folder_transform(resolution), loader=loader)
-    channels = train[0][0].shape[0]
+        train = SafeImageFolder(str(path), transform=_folder_transform(resolution), loader=loader)
+        test = None
+        if test_path is not None and test_path.is_dir():
+            test = SafeImageFolder(str(test_path), transform=_folder_transform(resolution), loader=loader)
+    except D3DatasetError:
+        raise
+    except (FileNotFoundError, RuntimeError, OSError) as e:
+        raise D3DatasetError(f"{safe_text(str(path), 300)}: not a usable class-per-folder image tree "
+                             f"({safe_text(str(e), 300)}). Fix: give a folder with one sub-folder of images per "
+                             "class") from None
+    if not train.samples:
+        raise D3DatasetError(f"{safe_text(str(path), 300)}: no image files (regular files named *.png, *.jpg, "
+                             "...) in its class folders")
+    first = read_one(train)
+    channels = first.shape[0]
     mean, std = normalisation
     if len(mean) != channels:
         mean, std = (0.5,) * channels, (0.5,) * channels
@@ -361,15 +531,49 @@ def _image_folder(path: Path, name: str, resolution: int, normalisation, test_pa
                     load_workers=default_load_workers() if load_workers is None else load_workers)
 
 
+def read_one(dataset: Dataset, index: int = 0) -> torch.Tensor:
+    """Image ``index`` of a folder dataset (C, H, W) float32. Raises: D3DatasetError in one line, naming
+    the file, when it cannot be decoded or transformed."""
+    image, error = _Guarded(dataset)[index]
+    if error is not None:
+        raise D3DatasetError(error)
+    return image
+
+
+class _Guarded(Dataset):
+    """A dataset whose items are (image, None), or (None, the one-line reason) where reading the item
+    failed: a DataLoader worker hands the reason back instead of a traceback."""
+
+    def __init__(self, dataset: Dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int):
+        try:
+            return self.dataset[i][0], None
+        except D3DatasetError as error:
+            return None, str(error)
+        except Exception as error:  # a transform's refusal of an odd image: still one line, naming the item
+            where = getattr(self.dataset, "samples", None)
+            shown = safe_text(where[i][0], 300) if where is not None and 0 <= i < len(where) else f"item {i}"
+            return None, (f"{shown}: cannot be read ({type(error).__name__}: "
+                          f"{safe_text(str(error).splitlines()[0] if str(error) else '', 200)})")
+
+
 def _imagenet(root: Path, resolution: int, load_workers: int | None = None) -> RealData:
     from torchvision.datasets import ImageNet
+
+    class SafeImageNet(ImageTree, ImageNet):
+        """torchvision's ImageNet walked as ImageTree walks."""
 
     candidates = [root / "imagenet", root]
     for base in candidates:
         if (base / "meta.bin").is_file() and (base / "train").is_dir():
             loader = DraftLoader(resolution)
-            train = ImageNet(str(base), split="train", transform=_folder_transform(resolution), loader=loader)
-            val = ImageNet(str(base), split="val", transform=_folder_transform(resolution), loader=loader) \
+            train = SafeImageNet(str(base), split="train", transform=_folder_transform(resolution), loader=loader)
+            val = SafeImageNet(str(base), split="val", transform=_folder_transform(resolution), loader=loader) \
                 if (base / "val").is_dir() else None
             classes = [names[0] for names in train.classes]
             return RealData("imagenet", classes, (3, resolution, resolution), *NORMALISATION["imagenet"],

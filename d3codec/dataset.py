@@ -11,7 +11,7 @@ from .archive import open_archive
 from .labeller import read_labeller
 from .registry import archive_kind
 from .errors import D3FormatError
-from .limits import DEFAULT_LIMITS, DecodeLimits
+from .limits import DEFAULT_LIMITS, DecodeLimits, check
 from .text import safe_text
 
 
@@ -162,4 +162,6 @@ def decode_archive(reader, meta: dict, samples_per_class: int | None, seed: int,
             step_batches(labels, schedule.steps, len(meta["dataset"]["classes"]))
         except ValueError as error:
             raise D3FormatError(f"the images do not split into the schedule's steps: {error}") from None
+        check("multiply-adds", schedule.replay_macs(len(labels)), limits, "max_replay_macs",
+              f"replaying its {schedule.steps}×{schedule.epochs}-step {schedule.network} schedule")
     return images, labels, soft, schedule, sampler

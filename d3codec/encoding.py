@@ -41,7 +41,7 @@ class CompressResult:
     params: dict = field(default_factory=dict)
 
 
-MAX_BUDGET_BYTES = 1 << 32  # 4 GiB: the format stores sections of at most 4 GiB (readers refuse 2 GiB by default)
+MAX_BUDGET_BYTES = 1 << 31  # 2 GiB: a reader's default limit on a section (the format's own is 4 GiB)
 MAX_SEED = (1 << 32) - 1
 
 
@@ -66,7 +66,7 @@ def resolve_budget(spec: DatasetSpec, ipc: float | None, budget: int | None) -> 
             raise ValueError(f"--ipc {ipc:g} gives a budget of {bytes_} bytes; use a larger --ipc")
     if bytes_ > MAX_BUDGET_BYTES:
         raise ValueError(f"a budget of {bytes_} bytes is over the largest d3codec writes, {MAX_BUDGET_BYTES} bytes "
-                         "(4 GiB: the format's sections hold at most 4 GiB)")
+                         "(2 GiB: larger sections are refused by readers' default limits)")
     return bytes_
 
 

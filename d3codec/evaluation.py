@@ -115,8 +115,9 @@ def evaluate(archive: str | os.PathLike, protocol: EvalProtocol | None = None, *
     Args:
         protocol: an :class:`EvalProtocol`; ``options`` override its fields by name
             (``evaluate("fm.d3", epochs=100, baseline="random-real")``).
-        dataset: the real dataset (a name for d3codec.data.load_dataset, or RealData; default the
-            archive's ``meta.dataset.name``).
+        dataset: the real dataset (a name or folder for d3codec.data.load_dataset, or RealData; default
+            the archive's ``meta.dataset.name``, a label: a registered dataset, or a folder of that name
+            under ``data_root``, never a path the archive gives, d3codec.data.archive_dataset).
         device: ``auto`` (CUDA where there is one), ``cpu``, ``cuda``, ``cuda:1``, ...
         limits: the decode limits (d3codec.limits.DecodeLimits) the archive is read within.
         progress: show each student's epochs (a bar in a terminal, a line every 30 s in a log).
@@ -134,8 +135,13 @@ def evaluate(archive: str | os.PathLike, protocol: EvalProtocol | None = None, *
     dev = resolve_device(device)
     ds = D3Dataset(archive, samples_per_class=protocol.samples_per_class, seed=protocol.sample_seed, device=dev,
                    limits=limits)
-    real = dataset if isinstance(dataset, RealData) else data.load_dataset(dataset or ds.meta["dataset"]["name"],
-                                                                         data_root)
+    resolution = ds.image_shape[1]  # folder datasets are read at the archive's size
+    if isinstance(dataset, RealData):
+        real = dataset
+    elif dataset is not None:
+        real = data.load_dataset(dataset, data_root, resolution)
+    else:  # the archive's dataset name is a label, resolved only among registered names or under data_root
+        real = data.archive_dataset(ds.meta["dataset"]["name"], data_root, resolution)
     if real.classes != ds.classes:
         raise ValueError(f"the archive's classes do not match {real.name}'s; pass --dataset")
     if tuple(real.image_shape) != ds.image_shape:

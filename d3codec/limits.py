@@ -15,6 +15,10 @@ cost, and refuses with :class:`~d3codec.errors.D3LimitError` (a D3FormatError) a
   teacher, to label it (counted with ``torch.utils.flop_counter`` on the meta device);
 - ``max_macs``: the multiply-adds of a whole draw (images × per image, at least MIN_MACS_PER_IMAGE an
   image): what bounds its time;
+- ``max_replay_macs``: the multiply-adds of replaying a bptt archive's training schedule once (forward and
+  backward, at least MIN_MACS_PER_STEP a step): what bounds a replayed student's time, as ``--epochs``
+  bounds a standard one's (2^41: about a minute on one CPU thread; d3codec's own schedules take well under
+  1 % of it);
 - ``max_canvas_pixels``: the picture ``d3 expand --grid`` draws, height × width;
 - ``max_section_bytes``: the decoded (raw) size of any one section, refused from the section table
   before it is decompressed: zstd turns a few kilobytes of zeros into gigabytes (the container's
@@ -54,12 +58,13 @@ class DecodeLimits:
     """The most one expansion may cost (see the module docstring). Units: bytes, values, multiply-adds,
     pixels."""
 
-    # D3's ImageNet-1K archive at IPC 2 (64 pixels) plans 807 priors a class: its default draw, one image a
-    # prior, is 807 000 images with their soft labels, 43 GB (40 GiB)
-    max_bytes: int = 48 * GIB
+    # D3's ImageNet-1K archive at IPC 2 (64 pixels) plans 807 priors a class; its default draw, capped at 64
+    # images a class per IPC-equivalent (default_draw_cap), is 128 000 images with their soft labels, 6.8 GB
+    max_bytes: int = 16 * GIB
     max_parameters: int = 1 << 28
     max_macs_per_image: int = 1 << 35
     max_macs: int = 1 << 50
+    max_replay_macs: int = 1 << 41
     max_canvas_pixels: int = 1 << 27
     max_section_bytes: int = 2 * GIB  # d3codec.container.DEFAULT_MAX_SECTION_BYTES
     working_bytes: int = GIB
@@ -81,6 +86,7 @@ DEFAULT_LIMITS = DecodeLimits()
 OVERRIDES = {"max_bytes": ("max_bytes", "--max-bytes"), "max_parameters": ("max_parameters", "--max-parameters"),
              "max_macs_per_image": ("max_macs_per_image", "--max-macs-per-image"),
              "max_macs": ("max_macs", "--max-macs"),
+             "max_replay_macs": ("max_replay_macs", "--max-replay-macs"),
              "max_canvas_pixels": ("max_canvas_pixels", "--max-grid-pixels"),
              "max_section_bytes": ("max_section_bytes", "--max-section-bytes")}
 
@@ -104,6 +110,33 @@ def check(figure: str, value: int, limits: DecodeLimits, field: str, what: str) 
 # therefore counted against ``max_macs`` at no fewer than this many multiply-adds an image, so that the
 # limit bounds the time of a draw of a million tiny images too.
 MIN_MACS_PER_IMAGE = 4096
+
+
+# A sampled archive's default draw per class is capped by what the archive is worth: this many images per
+# class for every float32 image per class its file's bytes would hold (its IPC-equivalent), so a 600-byte
+# archive that declares ten million draws per class draws 2. d3codec's own archives draw one image per prior
+# (D3, up to 310 a class at Fashion-MNIST's IPC 10, file IPC-equivalent 9.5) or their stored default under it.
+DEFAULT_DRAW_FACTOR = 64
+
+
+def default_draw_cap(file_bytes: int, num_classes: int, image_shape: tuple[int, int, int]) -> int:
+    """The most images per class a sampled archive of ``file_bytes`` draws by default (spec/FORMAT.md §4):
+    max(1, ⌈DEFAULT_DRAW_FACTOR · file_bytes / (4 · K · C · H · W)⌉)."""
+    per_class_image = 4 * num_classes * math.prod(image_shape)
+    return max(1, -(-DEFAULT_DRAW_FACTOR * file_bytes // per_class_image))
+
+
+# A replayed step (one gradient step of the schedule's network) costs a CPU fixed work whatever its batch:
+# a LeNet step on 10 images of 28 × 28 took 2.1 ms on one thread of a 2-core Intel Xeon (2026-12-07), the time
+# of about 6 · 10^7 multiply-adds in ConvNet-3's layers there. A step counts at least this many.
+MIN_MACS_PER_STEP = 1 << 27
+
+
+def replay_macs(steps: int, images_per_step: int, forward_macs: int) -> int:
+    """The multiply-adds a replay of ``steps`` gradient steps on ``images_per_step`` images counts against
+    ``max_replay_macs``: forward and backward (3 × ``forward_macs`` an image), at least MIN_MACS_PER_STEP a
+    step."""
+    return steps * max(3 * images_per_step * forward_macs, MIN_MACS_PER_STEP)
 
 
 def draw_macs(images: int, macs_per_image: int) -> int:

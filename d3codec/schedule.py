@@ -40,10 +40,12 @@ def step_batches(labels: torch.Tensor, steps: int, num_classes: int) -> list[tor
     Returns: ``steps`` index tensors (K·m,) int64, class-major within a step.
     Raises: ValueError if some class's image count is not a positive multiple of ``steps``.
     """
-    per_class = [torch.nonzero(labels == c).flatten() for c in range(num_classes)]
-    for c, idx in enumerate(per_class):
-        if len(idx) == 0 or len(idx) % steps:
-            raise ValueError(f"class {c} has {len(idx)} images, not a positive multiple of the {steps} steps")
+    counts = torch.bincount(labels, minlength=num_classes)
+    bad = torch.nonzero((counts == 0) | (counts % steps != 0)).flatten()
+    if len(bad):
+        c = int(bad[0])
+        raise ValueError(f"class {c} has {int(counts[c])} images, not a positive multiple of the {steps} steps")
+    per_class = torch.split(torch.argsort(labels, stable=True), counts.tolist())  # each class's indices, in order
     return [torch.cat([idx.view(steps, -1)[s] for idx in per_class]) for s in range(steps)]
 
 
@@ -68,6 +70,7 @@ class TrainingSchedule:
         lrs: (T,) float32 learned step sizes, positive, in order.
         init: "fixed" (start from ``theta0``) or "random" (start from a fresh initialisation).
         theta0: name → float32 tensor, the stored initialisation (fixed), else None.
+        forward_macs: multiply-adds of one forward pass of the network on one image.
     """
 
     network: str
@@ -76,6 +79,13 @@ class TrainingSchedule:
     lrs: torch.Tensor
     init: str
     theta0: dict[str, torch.Tensor] | None = None
+    forward_macs: int = 0  # multiply-adds of the network on one image (set by the archive's reader)
+
+    def replay_macs(self, images: int) -> int:
+        """The multiply-adds a replay on ``images`` images in all costs (d3codec.limits.replay_macs)."""
+        from .limits import replay_macs
+
+        return replay_macs(self.steps * self.epochs, images // self.steps, self.forward_macs)
 
     def initial_parameters(self, image_shape: tuple[int, int, int], num_classes: int, seed: int,
                            device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:

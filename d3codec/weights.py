@@ -90,7 +90,8 @@ def read_stored(tensors: dict[str, torch.Tensor], section: str, key: str, shape:
     ``int8_dim`` (see :func:`quantise_int8`; the product is computed in float32), or, when ``int8_dim``
     is None, one of the dtypes ``floats`` (F16 unless the spec allows more), converted exactly.
 
-    Raises: D3FormatError naming ``section`` and ``key`` on a missing, misshapen or mistyped tensor.
+    Raises: D3FormatError naming ``section`` and ``key`` on a missing, misshapen or mistyped tensor, or
+    one whose float32 value is not finite.
     """
     value = tensors.get(key)
     if value is None or tuple(value.shape) != shape:
@@ -99,11 +100,19 @@ def read_stored(tensors: dict[str, torch.Tensor], section: str, key: str, shape:
         if value.dtype not in floats:
             names = " or ".join(str(d).removeprefix("torch.") for d in floats)
             raise D3FormatError(f"section {section!r}: {key!r} must be {names}, not {str(value.dtype).removeprefix('torch.')}")
-        return value.float()
+        return _finite(value.float(), section, key)
     scale, n = tensors.get(f"{key}.scale"), shape[int8_dim]
     if value.dtype != torch.int8 or scale is None or tuple(scale.shape) != (n,) or scale.dtype != torch.float16:
         raise D3FormatError(f"section {section!r}: {key!r} must be int8 with a ({n},) float16 scale")
-    return dequantise_int8(value, scale, int8_dim)
+    return _finite(dequantise_int8(value, scale, int8_dim), section, key)
+
+
+def _finite(value: torch.Tensor, section: str, key: str) -> torch.Tensor:
+    """``value``, refused where any of it is NaN or infinite (spec/FORMAT.md §5.2: stored weights, latents
+    and labels are finite, and so is their float32 product with a scale)."""
+    if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+        raise D3FormatError(f"section {section!r}: {key!r} holds values that are not finite (NaN or infinite)")
+    return value
 
 
 def dequantise_state(tensors: dict[str, torch.Tensor], prefix: str, shapes: dict[str, tuple[int, ...]],

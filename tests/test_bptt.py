@@ -129,7 +129,7 @@ def _rewrite_schedule(path, change_meta=None, change_tensors=None) -> bytes:
 
 @pytest.mark.parametrize("meta_change,tensor_change,message", [
     (None, lambda t: t.update(step_sizes=-t["step_sizes"]), "finite and positive"),
-    (None, lambda t: t.update(step_sizes=t["step_sizes"] * float("nan")), "finite and positive"),
+    (None, lambda t: t.update(step_sizes=t["step_sizes"] * float("nan")), "not finite"),
     (None, lambda t: t.pop("step_sizes"), "step_sizes"),
     (None, lambda t: t.update({"theta0.classifier.0.weight": torch.zeros(5, 5)}), "theta0.classifier.0.weight"),
     (None, lambda t: t.update({"extra": torch.zeros(1)}), "unexpected tensor 'extra'"),

@@ -18,6 +18,7 @@ from d3codec import D3Dataset, DecodeLimits
 from d3codec.cli.main import main
 from d3codec.errors import D3Error, D3FormatError, D3LimitError
 from d3codec.expand import grid_image
+from d3codec.limits import default_draw_cap
 from d3codec.methods.d3.merge import merge_archives
 from d3codec.verify import verify_archive
 
@@ -38,27 +39,30 @@ def one_line_refusal(result, *needles):
 
 # -- expansion bombs ----------------------------------------------------------------------------
 
-def test_a_tiny_d3_archive_declaring_a_million_megapixels_is_refused_before_decoding(tmp_path):
+def test_a_tiny_d3_archive_declaring_a_million_megapixels_draws_what_it_is_worth(tmp_path):
     data = hostile.d3_archive(classes=1, image_shape=(1, 4096, 4096), priors_per_class=1000, soft_labels=False)
     assert len(data) < 2000
-    with pytest.raises(D3LimitError, match="max_bytes") as error:
-        D3Dataset(data)
+    ds = D3Dataset(data)  # 1 000 priors, but a 2 KB file is worth one image a class by default
+    assert len(ds) == 1 and ds.images.shape == (1, 1, 4096, 4096)
+    with pytest.raises(D3LimitError, match="max_bytes") as error:  # asking for one image a prior is refused
+        D3Dataset(data, samples_per_class=1000)
     assert error.value.value > 1000 * 4096 ** 2 * 4 and error.value.option == "--max-bytes"
-    result = verify_archive(data)
-    assert result.failure[0] == "decode budget" and "default draw" not in str(result.checks)
+    assert verify_archive(data).ok
     path = tmp_path / "bomb.d3"
     path.write_bytes(data)
-    one_line_refusal(run("expand", path, "-o", tmp_path / "out"), "--max-bytes")
+    one_line_refusal(run("expand", path, "-o", tmp_path / "out", "--samples-per-class", 1000), "--max-bytes")
     assert not (tmp_path / "out").exists()
 
 
-def test_a_d2m_archive_drawing_ten_million_per_class_is_refused():
+def test_a_d2m_archive_declaring_ten_million_draws_per_class_draws_what_it_is_worth():
     data = hostile.d2m_archive(classes=10, image_shape=(1, 28, 28), samples_per_class=10_000_000)  # Fashion-MNIST's
     assert len(data) < 1000
+    cap = default_draw_cap(len(data), 10, (1, 28, 28))
+    assert cap == 2 and len(D3Dataset(data)) == 10 * cap  # 64 × its IPC-equivalent of 0.02, rounded up
     with pytest.raises(D3LimitError, match="drawing 100,000,000 images"):
-        D3Dataset(data)
+        D3Dataset(data, samples_per_class=10_000_000)
     assert len(D3Dataset(data, samples_per_class=3)) == 30  # a user's own small draw still works
-    assert verify_archive(data).failure[0] == "decode budget"  # verify checks the default draw
+    assert verify_archive(data).ok
 
 
 def test_a_pixel_archive_of_no_images_and_a_huge_grid_are_refused():

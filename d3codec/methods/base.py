@@ -253,7 +253,8 @@ class Sampler(ABC):
 
     Attributes: ``num_classes``, ``image_shape`` (C, H, W), ``soft`` (whether draws carry soft
     labels), ``limits`` (d3codec.limits.DecodeLimits), ``version`` ((major, minor) of the archive:
-    its minor version decides the sampling noise, spec/FORMAT.md §5.4).
+    its minor version decides the sampling noise, spec/FORMAT.md §5.4), ``draw_cap`` (a default draw,
+    ``samples_per_class=None``, takes at most this many images a class, whatever the archive declares).
     """
 
     num_classes: int
@@ -261,6 +262,7 @@ class Sampler(ABC):
     soft: bool
     limits: Any
     version: tuple[int, int]
+    draw_cap: int  # the most images per class of a default draw (d3codec.limits.default_draw_cap)
 
     @abstractmethod
     def counts(self, samples_per_class: int | None) -> tuple[int, int]:

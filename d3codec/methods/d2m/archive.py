@@ -11,7 +11,7 @@ from ... import noise
 from ...archive import meta_int, meta_number, meta_str
 from ...errors import D3FormatError
 from ...labeller import Labeller
-from ...limits import DEFAULT_LIMITS, batch_size, check, draw_macs, network_cost
+from ...limits import DEFAULT_LIMITS, batch_size, check, default_draw_cap, draw_macs, network_cost
 from ...models import ConvNet
 from ...weights import WEIGHT_DTYPES, load_stored_module
 from ..base import Sampler
@@ -59,7 +59,9 @@ class D2MSampler(Sampler):
         k, shape = len(ds["classes"]), tuple(ds["image_shape"])
         self.num_classes, self.image_shape, self.device = k, shape, device
         self.limits, self.version = limits or DEFAULT_LIMITS, tuple(reader.version)
-        architecture, z, e, width, dtype, self.default = read_params(meta)
+        architecture, z, e, width, dtype, declared = read_params(meta)
+        self.draw_cap = default_draw_cap(reader.file_size, k, shape)
+        self.default = min(declared, self.draw_cap)  # what the archive is worth bounds what it declares
         self.noise_dim = z
         def build() -> ConditionalGenerator:  # costed on the meta device first, then loaded
             return ConditionalGenerator(k, z, e, width, shape, architecture)
@@ -110,7 +112,8 @@ class D2MSampler(Sampler):
 def load_sampler(reader, meta: dict, device: torch.device | str = "cpu", limits=None) -> D2MSampler:
     """The archive's generator, ready to draw: ``sampler(samples_per_class, seed)`` →
     (images (K·N, C, H, W) float32 in [0, 1], labels (K·N,) int64, soft labels (K·N, K) float32
-    or None). ``samples_per_class`` N defaults to ``meta.params.samples_per_class``.
+    or None). ``samples_per_class`` N defaults to ``meta.params.samples_per_class``, at most ``draw_cap``
+    (d3codec.limits.default_draw_cap).
 
     Images come class by class; sample j of class c is the generator's image of noise row (c, j)
     (see :meth:`D2MSampler.noise`) and class c. Where the archive stores a teacher, each image's soft

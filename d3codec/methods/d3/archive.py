@@ -13,12 +13,16 @@ import torch
 from ... import noise
 from ...archive import meta_bool, meta_int, meta_str
 from ...errors import D3FormatError
-from ...limits import DEFAULT_LIMITS, batch_size, check, draw_macs, network_cost
+from ...limits import DEFAULT_LIMITS, batch_size, check, default_draw_cap, draw_macs, network_cost
 from ...models import DECODER_ARCHITECTURES
 from ...storage import check_probabilities
 from ...weights import check_names, load_stored_module, read_stored, stored_names
 from ..base import Sampler
-from .layout import DECODER_DTYPES, MAX_TOP_K_CLASSES, PRIOR_DTYPES, GroupPlan, dense_labels, dequantise_priors
+from .layout import DECODER_DTYPES, MAX_TOP_K_CLASSES, PRIOR_DTYPES, GroupPlan, TopKLabels, dequantise_priors
+
+# the work of ordering a class's priors (spec/FORMAT.md §5.4: a hash per prior, then a sort), counted against
+# max_parameters as this many values a prior: its key, its place and the sort's scratch, 8 bytes each
+PRIOR_ORDER_VALUES = 16
 
 # ---- the groups --------------------------------------------------------------------------------------------------
 
@@ -73,6 +77,7 @@ class D3Sampler(Sampler):
         self.num_classes, self.image_shape = len(ds["classes"]), tuple(ds["image_shape"])
         self.limits, self.version, self.device = limits or DEFAULT_LIMITS, tuple(reader.version), device
         self.groups = read_groups(meta, self.num_classes)
+        self.draw_cap = default_draw_cap(reader.file_size, self.num_classes, self.image_shape)
         self.soft = all(sg.soft_labels for sg in self.groups)
         labelled = [i for i, sg in enumerate(self.groups) if sg.soft_labels]
         # what the archive costs, from its declared shapes alone (networks on the meta device)
@@ -83,8 +88,10 @@ class D3Sampler(Sampler):
                                 lambda: (torch.zeros(1, g.latent_dim),), f"the decoder of group {i}")
             costs.append(cost)
             k, p = g.num_classes, g.priors_per_class
-            stored_labels = k * p * (k if g.label_top_k is None else 2 * g.label_top_k)
-            values += cost.parameters + 2 * k * p * g.latent_dim + (stored_labels if sg.soft_labels else 0)
+            # held while drawing: whole label rows, or top-k values (F32), indices (I64) and each row's rest
+            held_labels = k * p * (k if g.label_top_k is None else 3 * g.label_top_k + 1)
+            values += (cost.parameters + k * p * (2 * g.latent_dim + PRIOR_ORDER_VALUES)
+                       + (held_labels if sg.soft_labels else 0))
         check("values", values, self.limits, "max_parameters", "the decoders, priors and soft labels")
         check("multiply-adds", max(c.macs for c in costs), self.limits, "max_macs_per_image", "decoding one image")
         self.batch = [batch_size(c, self.limits) for c in costs]
@@ -103,7 +110,8 @@ class D3Sampler(Sampler):
                                              for i, sg in enumerate(self.groups))), "decoder")
         check_names(labels_t, set().union(*({f"g{i}"} if self.groups[i].plan.label_top_k is None else
                                             {f"g{i}.values", f"g{i}.indices"} for i in labelled)), "prior_labels")
-        self.loaded = []  # per group: (mu, logvar (K_g, P, Z), decoder, soft labels (K_g, P, K_g) or None)
+        # per group: (mu, logvar (K_g, P, Z), decoder, soft labels: (K_g, P, K_g), TopKLabels or None)
+        self.loaded = []
         for index, sg in enumerate(self.groups):
             g = sg.plan
             k, p, z = g.num_classes, g.priors_per_class, g.latent_dim
@@ -118,17 +126,22 @@ class D3Sampler(Sampler):
                 top = (k, p, g.label_top_k)
                 values = read_stored(labels_t, "prior_labels", f"g{index}.values", top, None)
                 indices = read_stored(labels_t, "prior_labels", f"g{index}.indices", top, None, (torch.int16,))
-                lab = dense_labels(values, indices, k, "prior_labels", f"g{index}")
+                lab = TopKLabels(values, indices, k, "prior_labels", f"g{index}")
             self.loaded.append((mu, logvar, decoder, lab))
 
     def counts(self, samples_per_class: int | None) -> tuple[int, int]:
-        sizes = [(sg.plan.num_classes, samples_per_class or sg.plan.priors_per_class, sg.plan.latent_dim)
+        sizes = [(sg.plan.num_classes, self.per_class(sg, samples_per_class), sg.plan.latent_dim)
                  for sg in self.groups]
         return sum(k * n for k, n, _ in sizes), max(k * n * z for k, n, z in sizes)
 
     def macs(self, samples_per_class: int | None) -> int:
-        return sum(draw_macs(sg.plan.num_classes * (samples_per_class or sg.plan.priors_per_class), m)
+        return sum(draw_macs(sg.plan.num_classes * self.per_class(sg, samples_per_class), m)
                    for sg, m in zip(self.groups, self.image_macs))
+
+    def per_class(self, group: StoredGroup, samples_per_class: int | None) -> int:
+        """Images per class a draw takes of ``group``: ``samples_per_class``, by default one per prior up to
+        ``draw_cap``."""
+        return samples_per_class or min(group.plan.priors_per_class, self.draw_cap)
 
     def group_noise(self, index: int, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Group ``index``'s draw of ``n`` per class: the prior of each sample (K_g, N) int64 and the noise
@@ -152,7 +165,7 @@ class D3Sampler(Sampler):
         for index, (sg, (mu, logvar, decoder, lab)) in enumerate(zip(self.groups, self.loaded)):
             g = sg.plan
             k, p, z = g.num_classes, g.priors_per_class, g.latent_dim
-            n = samples_per_class or p
+            n = self.per_class(sg, samples_per_class)
             which, eps = self.group_noise(index, n, seed)
             pick = which.unsqueeze(-1).expand(k, n, z)
             latents = mu.gather(1, pick) + (0.5 * logvar.gather(1, pick)).exp() * eps  # (K_g, N, Z)
@@ -161,7 +174,8 @@ class D3Sampler(Sampler):
                                      for i in range(0, k * n, step)]))  # (K_g·N, C, H, W)
             hard.append(torch.arange(g.start, g.stop).repeat_interleave(n))
             if self.soft:
-                rows = lab.gather(1, which.unsqueeze(-1).expand(k, n, k)).reshape(k * n, k)  # (K_g·N, K_g)
+                rows = lab.rows(which) if isinstance(lab, TopKLabels) else \
+                    lab.gather(1, which.unsqueeze(-1).expand(k, n, k)).reshape(k * n, k)  # (K_g·N, K_g)
                 full = torch.zeros(k * n, self.num_classes)
                 full[:, g.start:g.stop] = rows
                 soft.append(full)
@@ -176,7 +190,7 @@ def load_sampler(reader, meta: dict, device: torch.device | str = "cpu", limits=
     sample j of local class i uses prior order_i[j mod P] of a random order of its P priors, and its
     latent is μ + exp(logvar / 2)·ε. The noise depends on the seed, the local class and the sample
     only (not on the group's position), so a group expands identically alone or merged.
-    ``samples_per_class`` N defaults to each group's priors per class. Soft labels come only when
+    ``samples_per_class`` N defaults to each group's priors per class, at most ``draw_cap``. Soft labels come only when
     every group has them (a sample's probability is zero outside its group).
 
     ``limits`` (d3codec.limits.DecodeLimits, default its defaults): the decoders' multiply-adds per

@@ -165,22 +165,42 @@ def dense_labels(values: torch.Tensor, indices: torch.Tensor, num_classes: int, 
     """Whole rows (K_g, P, K_g) float32 of top-k soft labels: ``values`` (K_g, P, k) at ``indices``, and
     (1 − Σ values) / (K_g − k) (at least 0) at every other class.
 
+    Raises: as :class:`TopKLabels`."""
+    top = TopKLabels(values, indices, num_classes, section, key)
+    return top.rows(torch.arange(values.shape[1]).expand(values.shape[0], -1)).view(*values.shape[:2], num_classes)
+
+
+class TopKLabels:
+    """Top-k soft labels kept as stored (spec/FORMAT.md §5.6): ``values`` (K_g, P, k) and ``indices``
+    (K_g, P, k); whole rows are made only for the priors a draw picks (:meth:`rows`), so a reader never holds
+    the K_g × P × K_g table.
+
     Raises: D3FormatError for an index outside [0, K_g) or repeated within a row, or values that are
     negative, not finite or sum to more than 1 within PROBABILITY_TOLERANCE."""
-    k = values.shape[-1]
-    idx = indices.long()
-    if ((idx < 0) | (idx >= num_classes)).any():
-        raise D3FormatError(f"section {section!r}: {key}.indices holds a class outside [0, {num_classes})")
-    if k > 1 and (idx.sort(-1).values.diff(dim=-1) == 0).any():
-        raise D3FormatError(f"section {section!r}: {key}.indices repeats a class within a row")
-    v = values.float()
-    if not torch.isfinite(v).all() or (v < 0).any():
-        raise D3FormatError(f"section {section!r}: {key}.values holds negative or non-finite probabilities")
-    total = v.sum(-1, keepdim=True)
-    if (total - 1 > PROBABILITY_TOLERANCE).any():
-        raise D3FormatError(f"section {section!r}: the rows of {key}.values sum to more than 1")
-    rest = ((1 - total) / (num_classes - k)).clamp_min(0)  # (K_g, P, 1)
-    return rest.expand(*v.shape[:-1], num_classes).clone().scatter_(-1, idx, v)
+
+    def __init__(self, values: torch.Tensor, indices: torch.Tensor, num_classes: int, section: str, key: str):
+        k = values.shape[-1]
+        idx = indices.long()
+        if ((idx < 0) | (idx >= num_classes)).any():
+            raise D3FormatError(f"section {section!r}: {key}.indices holds a class outside [0, {num_classes})")
+        if k > 1 and (idx.sort(-1).values.diff(dim=-1) == 0).any():
+            raise D3FormatError(f"section {section!r}: {key}.indices repeats a class within a row")
+        v = values.float()
+        if not torch.isfinite(v).all() or (v < 0).any():
+            raise D3FormatError(f"section {section!r}: {key}.values holds negative or non-finite probabilities")
+        total = v.sum(-1, keepdim=True)
+        if (total - 1 > PROBABILITY_TOLERANCE).any():
+            raise D3FormatError(f"section {section!r}: the rows of {key}.values sum to more than 1")
+        self.values, self.indices, self.num_classes = v, idx, num_classes
+        self.rest = ((1 - total) / (num_classes - k)).clamp_min(0)  # (K_g, P, 1)
+
+    def rows(self, which: torch.Tensor) -> torch.Tensor:
+        """The whole rows (K_g·N, K_g) float32 of the priors ``which`` (K_g, N) int64 picks in each class."""
+        k_g, n = which.shape
+        pick = which.unsqueeze(-1)
+        take = lambda t: t.gather(1, pick.expand(k_g, n, t.shape[-1])).reshape(k_g * n, t.shape[-1])  # noqa: E731
+        return take(self.rest).expand(k_g * n, self.num_classes).clone().scatter_(-1, take(self.indices),
+                                                                                  take(self.values))
 
 
 def first_priors(part: dict[str, dict[str, torch.Tensor]], keep: int) -> dict[str, dict[str, torch.Tensor]]:

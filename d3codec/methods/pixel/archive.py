@@ -47,6 +47,8 @@ def decode(reader, meta: dict, limits=None) -> tuple[torch.Tensor, torch.Tensor,
     images, labels = decode_images(tensors, num_classes, formation.code_shape(image_shape), limits,
                                    soft="soft_labels" in reader)
     images = formation.decode(images, image_shape)
+    if formation.kind != "pixels" and not bool(torch.isfinite(images).all()):  # huge finite codes can overflow
+        raise D3FormatError(f"section 'images': its {formation.kind} codes decode to images that are not finite")
     soft = None
     if "soft_labels" in reader:
         tensors = reader.read_tensors("soft_labels")
@@ -113,7 +115,7 @@ def read_schedule(reader, meta: dict, limits=None) -> TrainingSchedule | None:
         theta0 = {n: read_stored(tensors, "schedule", f"theta0.{n}", s, None, floats) for n, s in shapes.items()}
         if not all(torch.isfinite(v).all() for v in theta0.values()):
             raise D3FormatError("section 'schedule': θ₀ holds non-finite values")
-    return TrainingSchedule(network, steps, epochs, step_sizes, init, theta0)
+    return TrainingSchedule(network, steps, epochs, step_sizes, init, theta0, cost.macs)
 
 
 def describe_params(params: dict) -> str:
