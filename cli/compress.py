@@ -14,8 +14,10 @@ from pathlib import Path
 
 import click
 
-from d3codec.encoding import MAX_BUDGET_BYTES, MAX_SEED
+from d3codec.archive import MAX_SIDE
+from d3codec.encoding import MAX_BUDGET_BYTES, MAX_REAL_PER_CLASS, MAX_SEED, MIN_SIDE
 from d3codec.errors import D3Error
+from d3codec.text import safe_text
 from d3codec.methods import DEFAULT_METHOD, BuildContext, Method, Option, archive_kind, get_method, method_names
 
 from .options import LabellerWidth, OptionValueError, PositiveFinite, count, fail
@@ -115,16 +117,18 @@ def shared_options(method: Method) -> list[click.Parameter]:
                       "file counts.", section="Budget (give one)"),
         SectionOption(["--data-root"], type=click.Path(file_okay=False), help="Where the real data is (or goes).",
                       section="Data"),
-        SectionOption(["--resolution"], type=count(1, 4096), help="Side length for imagenet and folder datasets "
-                      "(default 64).", section="Data"),
+        SectionOption(["--resolution"], type=count(MIN_SIDE, MAX_SIDE), help="Side length for imagenet and folder "
+                      "datasets (default 64).", section="Data"),
         SectionOption(["--preset"], type=click.Choice(preset_names(method)), default="fast", show_default=True,
                       help="fast: minutes on a CPU; paper: the paper's settings, for a GPU; smoke: a first picture, not a "
                       "result; rehearsal (dm, d3, d2m): the whole pipeline at full class count with a few "
                       "iterations, to check a large run (ImageNet) end to end before spending the hours.",
                       section="Run"),
-        SectionOption(["--iterations"], type=count(), help="Override the preset's iteration count (at least 1)."
+        SectionOption(["--iterations"], type=count(1, 100_000_000), help="Override the preset's iteration count "
+                      "(at least 1)."
                       + run_defaults["iterations"], section="Run"),
-        SectionOption(["--real-per-class"], type=count(), help="Real images per class per iteration."
+        SectionOption(["--real-per-class"], type=count(1, MAX_REAL_PER_CLASS), help="Real images per class per "
+                      "iteration."
                       + run_defaults["real_per_class"], section="Run"),
         SectionOption(["--seed"], type=count(0, MAX_SEED), default=0, show_default=True, section="Run",
                       help="Makes the run reproducible on the same device and software."),
@@ -162,7 +166,7 @@ def method_command(method: Method) -> MethodCommand:
     params: list[click.Parameter] = [click.Argument(["dataset"])] + shared_options(method)
     params += [click_option(o, method, section) for o in method.options]
     if method.subtasks:
-        params.append(SectionOption(["--workers"], type=count(), section=section, help="Distil the subtasks on N "
+        params.append(SectionOption(["--workers"], type=count(1, 256), section=section, help="Distil the subtasks on N "
                                     "local processes (torch.distributed); under torchrun, leave it out."))
 
     def callback(**values) -> None:
@@ -313,8 +317,9 @@ def run_compress(method: Method, values: dict) -> None:
         if found and rank() == 0:
             click.echo(f"resuming from {', '.join(map(str, found))} (--restart to start afresh)", err=True)
         if rank() == 0:
-            click.echo(f"{real.name}: {len(real.train_targets)} training images, {real.num_classes} classes, "
-                       f"shape {real.image_shape}; method {method.name}, preset {values['preset']}, device {device}"
+            click.echo(f"{safe_text(real.name, 120)}: {len(real.train_targets)} training images, "
+                       f"{real.num_classes} classes, shape {real.image_shape}; method {method.name}, preset "
+                       f"{values['preset']}, device {device}"
                        + (f", {workers} workers" if workers else ""), err=True)
         if workers is not None and workers > 1:
             if world_size() > 1:

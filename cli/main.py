@@ -148,7 +148,8 @@ def verify(archive, as_json, **limits):
 @click.option("--max-grid-pixels", type=count(), help="The grid's largest canvas, height × width "
               "[default: 134217728]; a larger one is refused (use fewer --grid-columns).")
 @click.option("--samples-per-class", type=count(),
-              help="d3 and d2m archives: images to draw per class (default: d3 one per prior, d2m the archive's).")
+              help="d3 and d2m archives: images to draw per class (default: d3 one per prior, d2m the archive's, "
+              "at most 64 per IPC-equivalent of the file).")
 @click.option("--sample-seed", type=count(0, (1 << 63) - 1), default=0, show_default=True,
               help="d3 and d2m archives: seed of the draw.")
 @click.option("--device", default="cpu", show_default=True, help="Where d3 and d2m archives are decoded.")
@@ -201,15 +202,17 @@ def expand(archive, output, fmt, grid, grid_columns, grid_scale, grid_names, max
 @click.option("--ranking", is_flag=True, help="Also report DD-Ranking's metrics: hard-label recovery (full-data "
               "accuracy less the archive's with hard labels), improvement over random real images in the same bytes "
               "with the same labels, and the label-robust score; trains the rows they need.")
-@click.option("--dataset", help="Real dataset for the test split (default: the archive's).")
-@click.option("--data-root", type=click.Path(file_okay=False))
+@click.option("--dataset", help="Real dataset for the test split: a registered name or a class-per-folder tree "
+              "(default: the one the archive names, if registered, or a folder of that name under --data-root).")
+@click.option("--data-root", type=click.Path(file_okay=False), help="Where the real data is.")
 @click.option("--seed", type=count(0, MAX_SEED), default=0, show_default=True)
 @click.option("--device", default="auto", show_default=True)
 @click.option("--json", "json_out", is_flag=False, flag_value="-", type=click.Path(dir_okay=False, allow_dash=True),
               help="Print the results as JSON (alone on stdout: progress goes to stderr); --json FILE writes them "
               "to FILE instead.")
 @click.option("--samples-per-class", type=count(),
-              help="d3 and d2m archives: images to draw per class (default: d3 one per prior, d2m the archive's).")
+              help="d3 and d2m archives: images to draw per class (default: d3 one per prior, d2m the archive's, "
+              "at most 64 per IPC-equivalent of the file).")
 @click.option("--sample-seed", type=count(0, MAX_SEED), default=0, show_default=True,
               help="d3 and d2m archives: seed of the draw.")
 @click.option("--resample-every-epoch", is_flag=True,

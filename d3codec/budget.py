@@ -15,10 +15,13 @@ after writing. The file never exceeds the budget.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable
 
-from .container import Section, encode_archive
+import torch
+
+from .container import Section, archive_size
 from .errors import D3BudgetError
 from .storage import BYTES_PER_VALUE, resolve_storage_dtype
 
@@ -62,9 +65,10 @@ def archive_bound(sections: list[Section], meta_reserve: int = META_RESERVE_BYTE
     """Exact upper bound, in bytes, of an archive of these sections written with any compression.
 
     The first section must be the JSON metadata; ``meta_reserve`` bytes are added to it for
-    fields written later.
+    fields written later. Sections of meta tensors (a plan's placeholders: d3codec.container.PlannedBytes)
+    count without any bytes being made.
     """
-    return len(encode_archive(sections, compress="never")) + meta_reserve
+    return archive_size(sections) + meta_reserve
 
 
 def plan_pixel_storage(budget: int, num_classes: int, image_shape: tuple[int, int, int],
@@ -91,7 +95,8 @@ def plan_pixel_storage(budget: int, num_classes: int, image_shape: tuple[int, in
     dtype = resolve_storage_dtype(storage_dtype)
 
     def bound(n: int) -> int:
-        return archive_bound(sections_for(n, dtype))
+        with torch.device("meta"):  # placeholders counted, not made: a 2 GiB budget's images hold no memory
+            return archive_bound(sections_for(n, dtype))
 
     smallest = bound(1)
     if smallest > budget:
@@ -100,6 +105,10 @@ def plan_pixel_storage(budget: int, num_classes: int, image_shape: tuple[int, in
             f"shape {image_shape}; the smallest budget that works is {smallest} bytes (--budget {smallest})",
             min_budget=smallest)
     if images_per_class is not None:
+        if images_per_class * num_classes * math.prod(image_shape) * BYTES_PER_VALUE[dtype] > budget:
+            needed = images_per_class * num_classes * math.prod(image_shape) * BYTES_PER_VALUE[dtype]
+            raise D3BudgetError(f"{images_per_class} {dtype} images per class need more than {needed} bytes, over the "
+                                f"budget of {budget}: lower --images-per-class", min_budget=needed)
         needed = bound(images_per_class)
         if needed > budget:
             raise D3BudgetError(f"{images_per_class} {dtype} images per class need {needed} bytes, over the budget of "
@@ -107,14 +116,19 @@ def plan_pixel_storage(budget: int, num_classes: int, image_shape: tuple[int, in
         return PixelPlan(images_per_class, dtype, needed, budget, images_per_class)
     c, h, w = image_shape
     payload = num_classes * c * h * w * BYTES_PER_VALUE[dtype]  # raw image bytes per image per class
-    guaranteed = largest_fitting(lambda n: bound(n) <= budget, max(1, budget // payload))
+    # per image a class the bound grows by the images' raw bytes (and a digit now and then): an affine
+    # estimate guides the search, so that only a few budget-sized placeholder archives are built
+    per_image = max(1, bound(2) - smallest)
+    affine = lambda n: smallest + (n - 1) * per_image  # noqa: E731
+    guaranteed = largest_fitting(lambda n: bound(n) <= budget, max(1, budget // payload),
+                                 1 + (budget - smallest) // per_image)
     if compression_ratio is None or compression_ratio >= 1:
         return PixelPlan(guaranteed, dtype, bound(guaranteed), budget, guaranteed)
 
     compression_ratio = max(compression_ratio, MIN_COMPRESSION_RATIO)  # a measured 0.001 plans thousands
 
-    def estimate(n: int) -> int:
-        return int(bound(n) - (1 - compression_ratio) * payload * n)
+    def estimate(n: int) -> int:  # affine: no archive is built past the budget
+        return int(affine(n) - (1 - compression_ratio) * payload * n)
 
     target = largest_fitting(lambda n: estimate(n) <= budget,
                              max(1, int(budget / (payload * compression_ratio))) + 1)
@@ -122,9 +136,32 @@ def plan_pixel_storage(budget: int, num_classes: int, image_shape: tuple[int, in
     return PixelPlan(target, dtype, bound(guaranteed), budget, guaranteed, estimate(target))
 
 
-def largest_fitting(fits: Callable[[int], bool], upper: int) -> int:
-    """Largest n in [1, upper] with fits(n), for fits true at 1 and monotone (true, then false)."""
+def largest_fitting(fits: Callable[[int], bool], upper: int, guess: int | None = None) -> int:
+    """Largest n in [1, upper] with fits(n), for fits true at 1 and monotone (true, then false).
+
+    ``guess``: where the answer is expected (an affine estimate of an archive's size): the search gallops
+    out from it (guess, guess ± 1, ± 2, ± 4, …) to bracket the answer before bisecting, so that a good guess
+    costs a few calls of ``fits`` (each of which may build a budget-sized placeholder archive) instead of
+    log2(upper)."""
     lo, hi = 1, upper
+    if guess is not None and 1 <= guess <= upper:
+        step = 1
+        if fits(guess):  # gallop up: lo fits, hi bounds what may
+            lo = guess
+            while lo < hi:
+                probe = min(hi, lo + step)
+                if not fits(probe):
+                    hi = probe - 1
+                    break
+                lo, step = probe, step * 2
+        else:  # gallop down from the guess, which does not fit
+            hi = guess - 1
+            while lo < hi:
+                probe = max(lo, guess - step)
+                if fits(probe):
+                    lo = probe
+                    break
+                hi, step = probe - 1, step * 2
     while lo < hi:
         mid = (lo + hi + 1) // 2
         if fits(mid):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import tempfile
 import time
@@ -22,6 +23,7 @@ from typing import Any
 import torch
 
 from .errors import D3Error
+from .text import safe_text
 from .weights import read_safetensors_file
 
 FORMAT = "d3codec-encoder-checkpoint"
@@ -50,13 +52,60 @@ def flatten_optimizer(opt: torch.optim.Optimizer, prefix: str) -> tuple[dict[str
 
 
 def restore_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], prefix: str, groups: list) -> None:
-    """Inverse of :func:`flatten_optimizer`."""
+    """Inverse of :func:`flatten_optimizer`. Raises: ValueError for a state tensor of a parameter the optimiser
+    does not have, or whose shape is neither the parameter's nor a scalar (Adam's step)."""
+    params = [p for group in opt.param_groups for p in group["params"]]
     state: dict[int, dict[str, torch.Tensor]] = {}
     for key, value in tensors.items():
         if key.startswith(prefix + "."):
             i, name = key[len(prefix) + 1:].split(".", 1)
-            state.setdefault(int(i), {})[name] = value
+            index = int(i)
+            if not 0 <= index < len(params) or (value.dim() and value.shape != params[index].shape):
+                raise ValueError(f"optimiser state {key!r} of shape {tuple(value.shape)} fits no parameter")
+            state.setdefault(index, {})[name] = value
     opt.load_state_dict({"state": state, "param_groups": groups})
+
+
+MAX_ITERATION = 1 << 31  # the most iterations a checkpoint may say it reached
+MAX_HYPERPARAMETER = 1e6  # the largest magnitude of a number in a checkpoint's optimiser groups
+
+
+def checked_iteration(text) -> int:
+    """A checkpoint's ``iteration`` header: decimal digits of 0 to MAX_ITERATION. Raises: ValueError."""
+    if not isinstance(text, str) or not text.isdigit() or len(text) > 10 or int(text) > MAX_ITERATION:
+        raise ValueError(f"its iteration {safe_text(repr(text), 40)} is not a whole number from 0 to {MAX_ITERATION}")
+    return int(text)
+
+
+def check_groups(opt: torch.optim.Optimizer, groups) -> None:
+    """Refuse a checkpoint's parameter groups for ``opt`` unless they are the optimiser's own groups with
+    other values: the same number of groups, each with the same keys and parameter indices, each value of
+    the type it has now (numbers finite, at most MAX_HYPERPARAMETER in magnitude). Raises: ValueError."""
+    mine = opt.state_dict()["param_groups"]
+    if not isinstance(groups, list) or len(groups) != len(mine):
+        raise ValueError(f"it holds {describe_json(groups)} for an optimiser of {len(mine)} parameter groups")
+    for want, got in zip(mine, groups):
+        if not isinstance(got, dict) or set(got) != set(want) or got["params"] != want["params"]:
+            raise ValueError("its optimiser groups do not match this run's optimiser")
+        for key, value in got.items():
+            if key != "params" and not _same_kind(want[key], value):
+                raise ValueError(f"its optimiser's {safe_text(key, 40)} is {describe_json(value)}")
+
+
+def _same_kind(want, value) -> bool:
+    """Whether a checkpoint's ``value`` may stand for ``want`` (a group's current value)."""
+    if isinstance(want, bool) or want is None or isinstance(want, str):
+        return type(value) is type(want)
+    if isinstance(want, (int, float)):
+        return type(value) in (int, float) and math.isfinite(value) and abs(value) <= MAX_HYPERPARAMETER
+    if isinstance(want, (list, tuple)):
+        return isinstance(value, list) and len(value) == len(want) and all(map(_same_kind, want, value))
+    return False
+
+
+def describe_json(value) -> str:
+    """A short printable description of a JSON value for an error message."""
+    return safe_text(repr(value), 60)
 
 
 def load_prefixed(module: torch.nn.Module, tensors: dict[str, torch.Tensor], prefix: str) -> None:
@@ -157,19 +206,29 @@ class Checkpoint:
             raise D3Error(f"checkpoint {self.path} was written by a run with other data, options or seed{fix}, "
                           "or run the same command as before")
         try:
+            iteration = checked_iteration(meta.get("iteration"))
             groups = json.loads(meta["opt_groups"])
+            if not isinstance(groups, dict):
+                raise ValueError("its optimiser groups are not a JSON object")
+            restored = ("opt.",) + tuple(f"state.{name}" for name in [*(learned or {}), *(modules or {})])
+            for name, tensor in tensors.items():  # what training continues from (a saved loss may be NaN)
+                if name.startswith(restored) and tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+                    raise ValueError(f"tensor {name!r} holds values that are not finite")
             for name, opt in optimizers.items():
+                check_groups(opt, groups.get(name))
                 restore_optimizer(opt, {k: v.to(device) for k, v in tensors.items()}, f"opt.{name}", groups[name])
             restore_rng(tensors, generator, device)
-            iteration = int(meta["iteration"])
             saved = {k[len("state."):]: v for k, v in tensors.items() if k.startswith("state.")}
             with torch.no_grad():
                 for name, tensor in (learned or {}).items():
+                    if tuple(saved[name].shape) != tuple(tensor.shape):
+                        raise ValueError(f"{name!r} has shape {tuple(saved[name].shape)}, not {tuple(tensor.shape)}")
                     tensor.copy_(saved[name])
             for name, module in (modules or {}).items():
                 load_prefixed(module, saved, name + ".")
-        except (KeyError, ValueError, RuntimeError, TypeError) as e:
-            raise D3Error(f"checkpoint {self.path} is damaged ({e}){fix}") from None
+        except (KeyError, ValueError, RuntimeError, TypeError, IndexError) as e:
+            raise D3Error(f"checkpoint {safe_text(str(self.path), 300)} is damaged "
+                          f"({safe_text(' '.join(str(e).split()), 200)}){fix}") from None
         return iteration, saved
 
     def remove(self) -> None:

@@ -94,7 +94,11 @@ class Section:
 
     @classmethod
     def tensors(cls, name: str, tensors: dict[str, torch.Tensor], critical: bool = True) -> "Section":
-        """A safetensors blob of CPU tensors (any dtype safetensors supports)."""
+        """A safetensors blob of CPU tensors (any dtype safetensors supports). Tensors on the meta device
+        (a plan's placeholders, which hold no memory) give a section of the exact size and no bytes
+        (:class:`PlannedBytes`): :func:`archive_size` counts it, :func:`encode_archive` refuses it."""
+        if any(v.is_meta for v in tensors.values()):
+            return cls(name, PlannedBytes(safetensors_size(tensors)), Content.SAFETENSORS, critical)
         try:
             blob = safetensors.torch.save({k: v.detach().cpu().contiguous() for k, v in tensors.items()})
         except (KeyboardInterrupt, SystemExit):
@@ -108,6 +112,51 @@ class Section:
     def raw(cls, name: str, data: bytes, critical: bool = False) -> "Section":
         """Opaque bytes; ancillary by default."""
         return cls(name, bytes(data), Content.BYTES, critical)
+
+
+class PlannedBytes:
+    """The payload of a planned section: its exact length, and no bytes (see :meth:`Section.tensors`)."""
+
+    def __init__(self, length: int):
+        self.length = length
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __repr__(self) -> str:
+        return f"PlannedBytes({self.length})"
+
+
+# safetensors' order of tensors in a blob: by dtype, in the reverse of its Rust enum's order, then by name
+_SAFETENSORS_DTYPES = {torch.bool: ("BOOL", 0), torch.uint8: ("U8", 1), torch.int8: ("I8", 2),
+                       torch.int16: ("I16", 3), torch.float16: ("F16", 5), torch.bfloat16: ("BF16", 6),
+                       torch.int32: ("I32", 7), torch.float32: ("F32", 9), torch.float64: ("F64", 10),
+                       torch.int64: ("I64", 11)}
+
+
+def safetensors_size(tensors: dict[str, torch.Tensor]) -> int:
+    """The exact length of ``safetensors.torch.save(tensors)`` (no metadata), from the tensors' names,
+    dtypes and shapes alone: 8 bytes of header length, the JSON header (its tensors in safetensors' order,
+    each with its data offsets) padded with spaces to a multiple of 8, then the data. Works on meta tensors.
+    tests/test_container.py checks it against safetensors itself."""
+    order = sorted(tensors.items(), key=lambda item: (-_SAFETENSORS_DTYPES[item[1].dtype][1], item[0]))
+    at, entries = 0, []
+    for key, value in order:
+        n = value.numel() * value.element_size()
+        shape = ",".join(str(d) for d in value.shape)
+        entries.append(f'{json.dumps(key, ensure_ascii=False)}:{{"dtype":"{_SAFETENSORS_DTYPES[value.dtype][0]}",'
+                       f'"shape":[{shape}],"data_offsets":[{at},{at + n}]}}')
+        at += n
+    header = len(("{" + ",".join(entries) + "}").encode())
+    return 8 + header + (-header % 8) + at
+
+
+def archive_size(sections: Iterable[Section]) -> int:
+    """The exact length of ``encode_archive(sections, compress="never")``, counting planned sections
+    (:class:`PlannedBytes`) without their bytes."""
+    sections = list(sections)
+    table = sum(1 + len(_check_name(s.name)) + ENTRY_FIELDS.size for s in sections)
+    return FIXED_HEADER.size + table + CRC.size + sum(len(s.payload) for s in sections)
 
 
 @dataclass(frozen=True)
@@ -184,6 +233,8 @@ def encode_archive(sections: Iterable[Section], compress: str = "auto", minor: i
     table, blobs = bytearray(), []
     for section in sections:
         name = _check_name(section.name)
+        if isinstance(section.payload, PlannedBytes):
+            raise ValueError(f"section {section.name!r} is a plan's placeholder (meta tensors): it has no bytes to write")
         if len(section.payload) > 0xFFFFFFFF:
             raise ValueError(f"section {section.name!r} is larger than 4 GiB; split it")
         codec, stored = _store(section.payload, compress)

@@ -243,13 +243,11 @@ def load_dataset(name: str, data_root: str | os.PathLike | None = None, resoluti
     Raises: D3DatasetError saying where it looked and how to provide the data.
     """
     root = Path(data_root) if data_root is not None else default_data_root()
-    key = name.lower().replace("_", "-")
-    if key in ("fashion-mnist", "fashionmnist"):
+    key = registered_dataset(name)
+    if key == "fashion-mnist":
         return _fashion_mnist(root, download)
-    if key == "mnist":
-        return _torchvision_small("mnist", root, download)
-    if key in ("cifar10", "cifar-10", "cifar100", "cifar-100"):
-        return _torchvision_small(key.replace("-", ""), root, download)
+    if key in ("mnist", "cifar10", "cifar100"):
+        return _torchvision_small(key, root, download)
     if key == "imagenet":
         return _imagenet(root, resolution or 64, load_workers)
     path = Path(name)

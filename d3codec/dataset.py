@@ -10,7 +10,7 @@ from torch.utils.data import Dataset
 from .archive import open_archive
 from .labeller import read_labeller
 from .registry import archive_kind
-from .errors import D3FormatError
+from .errors import D3FormatError, D3LimitError
 from .limits import DEFAULT_LIMITS, DecodeLimits, check
 from .text import safe_text
 
@@ -29,8 +29,9 @@ class D3Dataset(Dataset):
         targets: "auto" (soft labels where the archive has them, else hard), "hard" or "soft".
             Soft targets are (K,) float32 probabilities; hard targets are int class indices.
         samples_per_class: for archives that are sampled (methods d3 and d2m): how many images
-            to draw per class (default: d3 one per prior, d2m the archive's own default); refused
-            for archives of stored images.
+            to draw per class (default: d3 one per prior, d2m the archive's own default, either at
+            most d3codec.limits.default_draw_cap: 64 per float32 image a class the file's bytes would
+            hold); refused for archives of stored images.
         seed: for sampled archives: the same seed (0 ≤ seed < 2^64) draws the same images.
         device: where sampled archives are decoded ("cpu", "cuda", ...); images end on the CPU.
         limits: the decode budget (d3codec.limits.DecodeLimits; default its defaults, sized for every
@@ -138,8 +139,24 @@ def decode_archive(reader, meta: dict, samples_per_class: int | None, seed: int,
     sampler or None). ``check_default`` also refuses a sampled archive whose *default* expansion is over
     the limits, whatever ``samples_per_class`` asks (what ``d3 verify`` checks).
 
-    Raises: as :class:`D3Dataset`.
+    Raises: as :class:`D3Dataset`; D3LimitError where an allocation fails within the limits (a machine with
+    less memory than they allow).
     """
+    try:
+        return _decode(reader, meta, samples_per_class, seed, device, limits, check_default)
+    except MemoryError:  # within the limits, yet more than this machine could give
+        raise D3LimitError("decoding this archive ran out of memory within the decode limits; draw fewer images "
+                           "(--samples-per-class) or lower --max-bytes") from None
+    except RuntimeError as error:
+        if "alloc" not in str(error) and "out of memory" not in str(error):
+            raise
+        raise D3LimitError(f"decoding this archive ran out of memory within the decode limits "
+                           f"({safe_text(str(error).splitlines()[0], 160)}); draw fewer images (--samples-per-class) "
+                           "or lower --max-bytes") from None
+
+
+def _decode(reader, meta: dict, samples_per_class: int | None, seed: int, device, limits: DecodeLimits,
+            check_default: bool):
     from .registry import archive_kind, archive_kind_names
     from .schedule import step_batches
 

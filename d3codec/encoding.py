@@ -43,13 +43,19 @@ class CompressResult:
 
 MAX_BUDGET_BYTES = 1 << 31  # 2 GiB: a reader's default limit on a section (the format's own is 4 GiB)
 MAX_SEED = (1 << 32) - 1
+MIN_SIDE = 8  # the smallest images d3codec distils: its ConvNet-3 networks pool three times
+MAX_REAL_PER_CLASS = 4096  # real images per class per iteration at most (the papers use up to 256)
 
 
 def resolve_budget(spec: DatasetSpec, ipc: float | None, budget: int | None) -> int:
     """Bytes from ``--budget`` or ``--ipc`` (exactly one), 1 to MAX_BUDGET_BYTES.
 
     Raises: ValueError naming the option for neither or both, a non-integer or non-positive budget, a
-    non-finite or non-positive IPC, or a budget past MAX_BUDGET_BYTES (checked before any planning)."""
+    non-finite or non-positive IPC, a budget past MAX_BUDGET_BYTES, or images smaller than MIN_SIDE a side
+    (checked before any planning)."""
+    if min(spec.image_shape[1:]) < MIN_SIDE:
+        raise ValueError(f"images of {spec.image_shape[1]} × {spec.image_shape[2]} pixels are too small to distil: "
+                         f"d3codec's networks need at least {MIN_SIDE} × {MIN_SIDE} (--resolution {MIN_SIDE} or more)")
     if (ipc is None) == (budget is None):
         raise ValueError("give exactly one of --ipc N (N float32 images per class) or --budget BYTES")
     if budget is not None:

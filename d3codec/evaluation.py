@@ -25,6 +25,7 @@ from .ranking import FULL_DATA_ACCURACY, Ranking
 from .registry import archive_kind
 from .students import (JPEG_QUALITY, EvalResult, StudentConfig, random_real_subset, replay_students, test_split,
                        train_students)
+from .text import safe_text
 
 TRAININGS = ("auto", "replay", "standard", "both")
 LABELS = ("auto", "online", "stored", "hard")
@@ -143,9 +144,9 @@ def evaluate(archive: str | os.PathLike, protocol: EvalProtocol | None = None, *
     else:  # the archive's dataset name is a label, resolved only among registered names or under data_root
         real = data.archive_dataset(ds.meta["dataset"]["name"], data_root, resolution)
     if real.classes != ds.classes:
-        raise ValueError(f"the archive's classes do not match {real.name}'s; pass --dataset")
+        raise ValueError(f"the archive's classes do not match {safe_text(real.name, 120)}'s; pass --dataset")
     if tuple(real.image_shape) != ds.image_shape:
-        raise ValueError(f"the archive's image shape {ds.image_shape} is not {real.name}'s "
+        raise ValueError(f"the archive's image shape {ds.image_shape} is not {safe_text(real.name, 120)}'s "
                          f"{tuple(real.image_shape)}; pass the --dataset it was made from")
     training = protocol.training
     if training == "auto":

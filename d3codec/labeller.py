@@ -21,7 +21,7 @@ from .archive import meta_int, meta_number, meta_str
 from .budget import archive_bound
 from .container import Section
 from .data import Normalisation, RealData
-from .errors import D3BudgetError, D3FormatError
+from .errors import D3BudgetError, D3Error, D3FormatError
 from .limits import DEFAULT_LIMITS, check, network_cost
 from .methods.base import DatasetSpec, Encoded, Encoder, Overrun
 from .models import ConvNet
@@ -159,8 +159,14 @@ class LabelledEncoder(Encoder):
 
     def _placeholder(self, spec: DatasetSpec) -> tuple[dict, Section]:
         """The labeller's meta field and section as they will be, with zero weights of the right shapes."""
-        c, h, _ = spec.image_shape
-        teacher = self.config.teacher
+        c, h, w = spec.image_shape
+        if h != w or h < 8:
+            raise D3Error(f"a labeller is a ConvNet-3, which needs square images of at least 8 × 8 pixels, not "
+                          f"{h} × {w}: leave out --labeller-width and --labeller")
+        teacher, everyone = self.config.teacher, list(range(spec.num_classes))
+        if teacher is not None and (teacher.classes != everyone or teacher.out_index != everyone):
+            raise D3Error(f"the given labeller gives {len(teacher.classes)} classes ({teacher.classes[:5]}...), not "
+                          f"the dataset's {spec.num_classes} in order: a stored labeller labels every class")
         net = teacher.net if teacher is not None else ConvNet(c, spec.num_classes, h, width=self.config.width)
         return labeller_parts(net, self.config.temperature, self.config.dtype)
 

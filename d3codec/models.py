@@ -127,6 +127,9 @@ class Decoder(nn.Module):
                  architecture: str = "uniform"):
         super().__init__()
         c = image_shape[0]
+        if architecture == "uniform" and width > 3 and width % 4:  # spec/FORMAT.md §5.3, whatever the image size
+            raise ValueError(f"a uniform decoder's width must be 1, 2, 3 or a multiple of 4 (its GroupNorms have "
+                             f"min(4, width) groups), not {width}")
         self.image_shape = image_shape
         self.upsamples, self.h0, self.w0 = upsampling_geometry(image_shape)
         self.width, self.architecture = width, architecture

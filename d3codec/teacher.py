@@ -18,9 +18,10 @@ from safetensors.torch import save
 from .container import write_atomic
 from .data import Normalisation, RealData
 from .errors import D3Error
-from .models import ConvNet, activation_memory, saved_activation_bytes
+from .models import ConvNet, activation_memory, parameter_shapes, saved_activation_bytes
 from .progress import progress_bar
-from .weights import read_safetensors_file
+from .text import safe_text
+from .weights import check_state, read_safetensors_file
 
 
 @dataclass
@@ -118,26 +119,58 @@ def save_teacher(teacher: Teacher, path: str | os.PathLike, image_shape: tuple[i
                                              "width": str(teacher.net.classifier.in_features)}))
 
 
+MAX_TEACHER_WIDTH = 4096  # as an archive's stored teacher or labeller (spec/FORMAT.md §5.7, §5.8)
+
+
 def load_teacher(path: str | os.PathLike, image_shape: tuple[int, int, int], num_classes: int,
                  device: torch.device = torch.device("cpu")) -> Teacher:
     """A ConvNet-3 teacher from a safetensors file (as :func:`save_teacher` writes, or any ConvNet-3
-    state dict whose classifier has ``num_classes`` outputs, one per dataset class in order).
+    state dict whose classifier has ``num_classes`` outputs, one per dataset class in order). A file
+    whose header names its ``classes`` (dataset class indices, one per output, as save_teacher writes
+    for a teacher of some classes) is read on those classes.
 
+    Everything is checked before a network is built: the tensors' names and shapes against a ConvNet-3
+    of the file's width (1 to MAX_TEACHER_WIDTH) for ``image_shape``, floating-point and finite values,
+    and the class list.
     Raises: D3Error naming the mismatch when the file is not such a network.
     """
+    what = f"--teacher {safe_text(str(path), 300)}"
     state, header = read_safetensors_file(path, "--teacher")
-    first = state.get("features.0.weight")
-    if first is None or "classifier.weight" not in state:
-        raise D3Error(f"--teacher {path}: expected a ConvNet-3 state dict (features.*, classifier.*)")
-    width = first.shape[0]
-    classes = [int(c) for c in header["classes"].split(",")] if header.get("classes") else list(range(num_classes))
-    net = ConvNet(image_shape[0], state["classifier.weight"].shape[0], image_shape[1], width=width)
-    try:
-        net.load_state_dict(state)
-    except RuntimeError as e:
-        raise D3Error(f"--teacher {path}: does not fit a ConvNet-3 for images {image_shape} ({e})") from None
-    if len(classes) != net.classifier.out_features or any(not 0 <= c < num_classes for c in classes):
-        raise D3Error(f"--teacher {path}: its {net.classifier.out_features} outputs do not match the dataset's "
-                      f"{num_classes} classes")
+    first, head = state.get("features.0.weight"), state.get("classifier.weight")
+    if first is None or head is None or first.dim() != 4 or head.dim() != 2:
+        raise D3Error(f"{what}: expected a ConvNet-3 state dict (features.0.weight (T, C, 3, 3), classifier.weight "
+                      "(K, features), ...)")
+    width, outputs = first.shape[0], head.shape[0]
+    if not 1 <= width <= MAX_TEACHER_WIDTH:
+        raise D3Error(f"{what}: a ConvNet-3 of width {width}; d3codec reads widths 1 to {MAX_TEACHER_WIDTH}")
+    if not 1 <= outputs <= num_classes:
+        raise D3Error(f"{what}: its {outputs} outputs do not match the dataset's {num_classes} classes")
+    classes = _teacher_classes(header.get("classes"), outputs, num_classes, what)
+    c, h, w = image_shape
+    if h != w or h < 8:
+        raise D3Error(f"{what}: a ConvNet-3 teacher needs square images of at least 8 × 8 pixels, not {h} × {w}")
+    check_state(state, parameter_shapes(ConvNet, c, outputs, h, width=width), what)
+    with torch.device("meta"):
+        net = ConvNet(c, outputs, h, width=width)
+    net.load_state_dict({k: v.float() for k, v in state.items()}, assign=True)
     net.to(device).eval().requires_grad_(False)
     return Teacher(net, classes, list(range(len(classes))))
+
+
+def _teacher_classes(text, outputs: int, num_classes: int, what: str) -> list[int]:
+    """The dataset classes a teacher file's outputs stand for: its header's ``classes`` ("0,1,2"), distinct
+    and each in [0, num_classes), one per output; without one, every class in order. Raises: D3Error."""
+    if text is None:
+        if outputs != num_classes:
+            raise D3Error(f"{what}: its {outputs} outputs do not match the dataset's {num_classes} classes, and its "
+                          "header names no 'classes' for them")
+        return list(range(num_classes))
+    try:
+        classes = [int(c) for c in str(text).split(",")] if len(str(text)) <= 12 * outputs else None
+    except ValueError:
+        classes = None
+    if (classes is None or len(classes) != outputs or len(set(classes)) != outputs
+            or any(not 0 <= c < num_classes for c in classes)):
+        raise D3Error(f"{what}: its header's 'classes' ({safe_text(str(text), 80)}) must be {outputs} distinct "
+                      f"class indices from 0 to {num_classes - 1}, one per output")
+    return classes

@@ -26,6 +26,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
+import torch
+
 from .container import Content, D3Reader
 from .errors import D3Error, D3FormatError, D3LimitError
 from .text import safe_text
@@ -108,6 +110,8 @@ def verify_archive(path: str | os.PathLike | bytes, limits=None) -> Verification
             labeller = read_labeller(reader, meta, "cpu", limits)
             if labeller is not None:  # it runs on the decoded images, as a student would ask it
                 labels_given = labeller(images[:8])
+                if not bool(torch.isfinite(labels_given).all()):
+                    raise D3FormatError("the stored labeller's soft labels of the decoded images are not finite")
                 extra += f", a width-{labeller.net.features[0].out_channels} labeller ({tuple(labels_given.shape)})"
             result.checks.append((step, f"{len(labels)} images of shape {tuple(images.shape[1:])} decoded"
                                         f"{' (one sample per class)' if sampled else ''}"

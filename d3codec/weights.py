@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from .errors import D3Error, D3FormatError
+from .text import safe_text
 
 WEIGHT_DTYPES = ("int8", "float16")
 
@@ -148,12 +149,36 @@ def load_stored_module(build: Callable[[], nn.Module], tensors: dict[str, torch.
 def read_safetensors_file(path, what: str, fix: str = "") -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Every tensor and the header metadata of a safetensors file (a teacher, a generator, a checkpoint).
 
-    Raises: D3Error "{what} {path} is not readable as a safetensors file (why){fix}".
+    Raises: D3Error "{what} {path} is not readable as a safetensors file (why){fix}" (the path escaped), for
+    a bad file and for a panic of the safetensors library on one.
     """
     from safetensors import safe_open
 
     try:
         with safe_open(str(path), framework="pt") as f:
             return {k: f.get_tensor(k) for k in f.keys()}, f.metadata() or {}
-    except Exception as e:  # safetensors raises several types for a bad file
-        raise D3Error(f"{what} {path} is not readable as a safetensors file ({e}){fix}") from None
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as e:  # safetensors raises several types for a bad file, and Rust panics
+        raise D3Error(f"{what} {safe_text(str(path), 300)} is not readable as a safetensors file "
+                      f"({safe_text(str(e), 200)}){fix}") from None
+
+
+def check_state(state: dict[str, torch.Tensor], shapes: dict[str, tuple[int, ...]], what: str) -> None:
+    """Refuse a network's state dict read from a user's file unless it holds exactly the tensors ``shapes``
+    names (name → shape), each a floating-point tensor of that shape whose values are all finite: checked
+    before any network is built from it.
+
+    Raises: D3Error "{what}: ..." naming the first tensor that differs."""
+    got, want = set(state), set(shapes)
+    if got != want:
+        extra, missing = sorted(got - want), sorted(want - got)
+        which = f"an unexpected tensor {extra[0]!r}" if extra else f"no tensor {missing[0]!r}"
+        raise D3Error(f"{what}: holds {which} ({len(extra)} extra, {len(missing)} missing)")
+    for name, shape in shapes.items():
+        value = state[name]
+        if tuple(value.shape) != tuple(shape) or not value.is_floating_point():
+            raise D3Error(f"{what}: tensor {name!r} is {str(value.dtype).removeprefix('torch.')} of shape "
+                          f"{tuple(value.shape)}, not floating-point of shape {tuple(shape)}")
+        if not bool(torch.isfinite(value).all()):
+            raise D3Error(f"{what}: tensor {name!r} holds values that are not finite (NaN or infinite)")

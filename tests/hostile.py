@@ -41,19 +41,28 @@ def meta(method: str, ds: dict, params: dict, **extra) -> dict:
 
 def d3_archive(classes: int = 2, image_shape=(1, 16, 16), latent_dim: int = 3, priors_per_class: int = 2,
                decoder_width: int = 8, groups: int = 1, soft_labels: bool = True, dtype: str = "int8",
-               ds: dict | None = None, extra_meta: dict | None = None, minor: int = 1) -> bytes:
-    """A D3 archive of zero decoders and priors, uniform soft labels, ``groups`` contiguous groups."""
+               ds: dict | None = None, extra_meta: dict | None = None, minor: int = 1,
+               label_top_k: int | None = None) -> bytes:
+    """A D3 archive of zero decoders and priors, uniform soft labels (or, with ``label_top_k`` k, the top k
+    stored as zero values at classes 0 … k − 1: the rest of each row spread evenly), ``groups`` contiguous
+    groups."""
     from d3codec.methods.d3 import decoder_shapes
 
     cfg = D3Config(soft_labels=soft_labels, decoder_dtype=dtype, prior_dtype=dtype)
     bounds = [i * classes // groups for i in range(groups + 1)]
-    plans = [GroupPlan(a, b, latent_dim, priors_per_class, decoder_width) for a, b in zip(bounds, bounds[1:])]
+    plans = [GroupPlan(a, b, latent_dim, priors_per_class, decoder_width, "uniform", label_top_k)
+             for a, b in zip(bounds, bounds[1:])]
     for i, g in enumerate(plans):
         k, p = g.num_classes, g.priors_per_class
         _bounded({**decoder_shapes(latent_dim, tuple(image_shape), decoder_width), "priors": (2 * k, p, latent_dim),
-                  "labels": (k, p, k)})
-    parts = [group_tensors(g, i, image_shape, cfg, labels=torch.full((g.num_classes, g.priors_per_class,
-                                                                      g.num_classes), 1 / g.num_classes))
+                  "labels": (k, p, k if label_top_k is None else 2 * label_top_k)})
+
+    def labels(k: int, p: int):
+        if label_top_k is None:
+            return torch.full((k, p, k), 1 / k)
+        return torch.zeros(k, p, label_top_k), torch.arange(label_top_k).expand(k, p, label_top_k)
+
+    parts = [group_tensors(g, i, image_shape, cfg, labels=labels(g.num_classes, g.priors_per_class))
              for i, g in enumerate(plans)]
     m = meta("d3", ds or dataset(classes, image_shape), {"groups": [group_entry(g, cfg) for g in plans]},
              **(extra_meta or {}))
@@ -112,3 +121,67 @@ def with_meta_text(data: bytes, text: str) -> bytes:
         sections = [Section(s.name, r.read_bytes(s.name), Content(s.content), s.critical) for s in r.sections]
     sections[0] = Section("meta", text.encode(), Content.JSON)
     return encode_archive(sections)
+
+
+def with_tensors(data: bytes, section: str, change) -> bytes:
+    """``data``'s archive with ``change(tensors)`` (it edits the dict in place) applied to one safetensors
+    section; every checksum is recomputed."""
+    from d3codec.container import Content, D3Reader
+
+    with D3Reader(data) as r:
+        sections = []
+        for s in r.sections:
+            if s.name == section:
+                tensors = r.read_tensors(s.name)
+                change(tensors)
+                sections.append(Section.tensors(s.name, tensors, s.critical))
+            else:
+                sections.append(Section(s.name, r.read_bytes(s.name), Content(s.content), s.critical))
+    return encode_archive(sections)
+
+
+def pixel_codes_archive(codes: torch.Tensor, formation=None, classes: int = 2, image_shape=(1, 16, 16),
+                        ds: dict | None = None) -> bytes:
+    """A pixel archive whose ``images`` section holds ``codes`` as given (any shape and dtype: a formation's
+    codes are (N, C, H/f, W/f)) under ``meta.params.formation`` = ``formation`` (any JSON value; None: no
+    such field), labels cycling through the classes, and for uint8 codes a range [0, 1] per class."""
+    n = codes.shape[0] if codes.dim() else 1
+    params = {"objective": "dm", **({"formation": formation} if formation is not None else {})}
+    tensors = {"images": codes,
+               "labels": (torch.arange(n) % classes).to(torch.uint8 if classes <= 256 else torch.int32)}
+    if codes.dtype == torch.uint8:
+        tensors["range"] = torch.tensor([[0.0, 1.0]] * classes)
+    m = meta("pixel", ds or dataset(classes, image_shape), params)
+    return encode_archive([Section.json("meta", m), Section.tensors("images", tensors)])
+
+
+def with_labeller(data: bytes, width: int = 4, temperature: float = 1.0, dtype: str = "int8",
+                  described: dict | None = None, section: bool = True, meta_field: bool = True,
+                  change=None) -> bytes:
+    """``data``'s archive with a stored labeller (spec/FORMAT.md §5.8) as d3codec.labeller.labeller_parts
+    writes it: a zero ConvNet-3 of ``width`` for the archive's classes and images (8 × 8 ones where its
+    images are too small or not square for a ConvNet-3), stored as ``dtype`` (int8 where that is no
+    weight dtype). ``described`` replaces the ``meta.labeller`` written; ``section`` / ``meta_field``
+    False leave out the section or the field; ``change(tensors)`` edits the section's tensors in place."""
+    from d3codec.container import Content, D3Reader
+    from d3codec.labeller import labeller_parts
+
+    with D3Reader(data) as r:
+        sections = [Section(s.name, r.read_bytes(s.name), Content(s.content), s.critical) for s in r.sections]
+        m = r.read_json("meta")
+    ds = m["dataset"]
+    c, h, w = ds["image_shape"]
+    net = ConvNet(c, len(ds["classes"]), h if h == w and h >= 8 else 8, width=width)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.zero_()
+    given, part = labeller_parts(net, temperature if 1e-3 <= temperature <= 1e3 else 1.0,
+                                 dtype if dtype in ("int8", "float16") else "int8")
+    if change is not None:
+        with D3Reader(encode_archive([part])) as r:
+            tensors = r.read_tensors(part.name)
+        change(tensors)
+        part = Section.tensors(part.name, tensors, critical=False)
+    if meta_field:
+        sections[0] = Section.json("meta", {**m, "labeller": described if described is not None else given})
+    return encode_archive(sections + ([part] if section else []))

@@ -26,12 +26,11 @@ NAME = re.compile(r"[a-z0-9][a-z0-9_.\-]*")  # §3
 CODECS, CONTENTS = {0: "none", 1: "zstd"}, {0: "bytes", 1: "json", 2: "safetensors"}  # §3
 SAFETENSORS_DTYPES = {"U8": np.uint8, "I8": np.int8, "I16": np.int16, "I32": np.int32, "I64": np.int64, "F16": np.float16,
                       "F32": np.float32, "F64": np.float64, "BOOL": np.bool_}
-SECTIONS = {  # §5.1: name → critical
-    "pixel": {"meta": True, "images": True, "soft_labels": True, "schedule": True},
-    "d3": {"meta": True, "priors": True, "decoder": True, "prior_labels": True},
-    "d2m": {"meta": True, "generator": True, "teacher": False},
+SECTIONS = {  # §5.1: name → critical (every method may carry the labeller of §5.8)
+    "pixel": {"meta": True, "images": True, "soft_labels": True, "schedule": True, "labeller": False},
+    "d3": {"meta": True, "priors": True, "decoder": True, "prior_labels": True, "labeller": False},
+    "d2m": {"meta": True, "generator": True, "teacher": False, "labeller": False},
 }
-M64 = (1 << 64) - 1
 GAMMA, MIX1, MIX2 = 0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB  # §5.4
 
 
@@ -195,21 +194,20 @@ def check_meta(meta: dict) -> dict:
     if not (isinstance(shape, list) and len(shape) == 3 and all(type(v) is int for v in shape) and shape[0] in (1, 3)
             and all(1 <= v <= 4096 for v in shape[1:])):
         raise SpecError("meta: dataset.image_shape")
-    for key in ("mean", "std"):
+    for key, lo, hi in (("mean", -1000, 1000), ("std", 1e-6, 1000)):
         v = ds.get(key)
-        if not (isinstance(v, list) and len(v) == shape[0] and all(type(x) in (int, float) for x in v)):
-            raise SpecError(f"meta: dataset.{key}")
-    if not all(s > 0 for s in ds["std"]):
-        raise SpecError("meta: dataset.std must be positive")
-    for key in ("params", "stats", "budget", "accounting", "software"):
+        if not (isinstance(v, list) and len(v) == shape[0] and all(type(x) in (int, float) and lo <= x <= hi
+                                                                      for x in v)):
+            raise SpecError(f"meta: dataset.{key} must be {shape[0]} numbers from {lo} to {hi}")
+    for key in ("params", "stats", "budget", "accounting", "software", "labeller"):
         if key in meta and not isinstance(meta[key], dict):
             raise SpecError(f"meta: {key} must be an object")
     for obj, key in ((meta.get("budget") or {}, "bytes"), (meta.get("accounting") or {}, "budget_bytes"),
                      (meta.get("accounting") or {}, "bound_bytes")):
         if obj.get(key) is not None:
-            integer(obj, key, 1, 1 << 63)
+            integer(obj, key, 1, 1 << 62)
     if meta.get("seed") is not None:
-        integer(meta, "seed", 0, M64)
+        integer(meta, "seed", 0, (1 << 63) - 1)
     return meta
 
 
@@ -223,15 +221,18 @@ def tensor(tensors, key, shape, dtypes):
 
 
 def weights(tensors, prefix, shapes, dtype):
-    """§5.2 stored weights: name → float32 array; the names must be exactly these."""
+    """§5.2 stored weights: name → float32 array, every stored value and scale finite, and the product too."""
     out = {}
     for name, shape in shapes.items():
         key = f"{prefix}{name}"
         if dtype == "int8" and len(shape) >= 2:
             q, s = tensor(tensors, key, shape, [np.int8]), tensor(tensors, key + ".scale", (shape[0],), [np.float16])
             out[name] = q.astype(np.float32) * s.astype(np.float32).reshape((-1,) + (1,) * (len(shape) - 1))
+            stored = s
         else:
-            out[name] = tensor(tensors, key, shape, [np.float16]).astype(np.float32)
+            out[name] = stored = tensor(tensors, key, shape, [np.float16]).astype(np.float32)
+        if not (np.isfinite(stored).all() and np.isfinite(out[name]).all()):
+            raise SpecError(f"tensor {key!r}: stored weights must be finite")
     return out
 
 
@@ -473,9 +474,9 @@ def order(seed, stream, a, size):
 # -- §5 the archive layer: check, decode, expand ---------------------------------------------------------------
 
 def read_archive(data: bytes, samples_per_class: int | None = None, seed: int = 0) -> dict:
-    """A d3 archive's expansion: labels (N,), images (N, C, H, W) float64, soft labels (N, K) or None, and
-    for sampled methods the noise (float32) and, for d3, each sample's prior. Raises SpecError for
-    anything §3 to §5 refuse."""
+    """A d3 archive's expansion: labels (N,), images (N, C, H, W) float64, soft labels (N, K) or None, the
+    labeller's soft labels of the images (§5.8) or None, the decode budget's figures (§4), and for sampled
+    methods the noise (float32) and, for d3, each sample's prior. Raises SpecError for anything §3 to §5 refuse."""
     sections = read(data)
     if not sections or sections[0]["name"] != "meta" or sections[0]["content"] != "json":
         raise SpecError("the first section must be the JSON meta")
@@ -495,13 +496,85 @@ def read_archive(data: bytes, samples_per_class: int | None = None, seed: int = 
     tensors = {name: s["value"] for name, s in by_name.items() if s["content"] == "safetensors"}
     mean = np.array(ds["mean"], dtype=np.float32)[None, :, None, None]
     std = np.array(ds["std"], dtype=np.float32)[None, :, None, None]
+    cap = draw_cap(k, shape, len(data))
+    labeller = read_labeller(meta, tensors, shape, k)
     if meta["method"] == "pixel":
         if samples_per_class is not None:
             raise SpecError("pixel archives store their images")
-        return read_pixel(meta, tensors, shape, k)
-    if meta["method"] == "d3":
-        return read_d3(meta, tensors, shape, k, version, samples_per_class, seed)
-    return read_d2m(meta, tensors, shape, k, version, samples_per_class, seed, mean, std)
+        out = read_pixel(meta, tensors, shape, k)
+    elif meta["method"] == "d3":
+        out = read_d3(meta, tensors, shape, k, version, samples_per_class, seed, cap)
+    else:
+        out = read_d2m(meta, tensors, shape, k, version, samples_per_class, seed, mean, std, cap)
+    out["labeller"] = None if labeller is None else label(*labeller, out["images"], mean, std)
+    out["budget"] = figures(meta, tensors, shape, k, cap, samples_per_class)
+    return out
+
+
+def draw_cap(k, shape, file_bytes):
+    """§4: the most images per class a sampled archive draws by default, max(1, ⌈64 · B / (4 · K · C · H · W)⌉)."""
+    return max(1, -(-64 * file_bytes // (4 * k * math.prod(shape))))
+
+
+def values(shapes):
+    return sum(math.prod(s) for s in shapes.values())
+
+
+def figures(meta, tensors, shape, k, cap, samples_per_class):
+    """§4, the reference reader's figures from the declared shapes alone: the default draw (images per class:
+    d3 per group, d2m one, pixel None), the output bytes of this expansion, and the values decoded: the
+    method's networks and tables, and the labeller's (None without one)."""
+    c, h, w = shape
+    p, draw, decoded, noise_values = meta.get("params") or {}, None, 0, 0
+    if meta["method"] == "pixel":
+        n, soft = len(tensors["images"]["labels"]), "soft_labels" in tensors
+        if p.get("objective") == "bptt" and p["init"] == "fixed":
+            decoded += values(lenet_shapes(c, k, h, w) if p["network"] == "lenet" else convnet_shapes(c, k, h, w, 128))
+    elif meta["method"] == "d3":
+        draw, n, soft = [], 0, True
+        for g in p["groups"]:
+            kg, priors, z = g["classes"][1] - g["classes"][0], g["priors_per_class"], g["latent_dim"]
+            draw.append(min(priors, cap))
+            n += kg * (samples_per_class or draw[-1])
+            noise_values = max(noise_values, kg * (samples_per_class or draw[-1]) * z)  # one group at a time
+            soft = soft and g["soft_labels"]
+            labels = kg * priors * (3 * g["label_top_k"] + 1 if "label_top_k" in g else kg) if g["soft_labels"] else 0
+            decoded += values(decoder_shapes(z, shape, g["decoder_width"], g.get("decoder_architecture", "uniform")))
+            decoded += kg * priors * (2 * z + 32) + labels  # priors, and 32 values a prior to order them
+    else:
+        draw, soft = [min(p["samples_per_class"], cap)], "teacher_width" in p
+        n = k * (samples_per_class or draw[0])
+        noise_values = n * p["noise_dim"]
+        decoded += values(generator_layout(p["architecture"], k, p["noise_dim"], p["embed_dim"], p["generator_width"],
+                                           shape)[0])
+        decoded += values(convnet_shapes(c, k, h, w, p["teacher_width"])) if soft else 0
+    labeller = values(convnet_shapes(c, k, h, w, meta["labeller"]["width"])) if "labeller" in meta else None
+    output = n * (4 * c * h * w + 8) + (4 * n * k if soft else 0) + 4 * noise_values
+    return {"default_draw": draw, "output_bytes": output, "decoded_values": decoded, "labeller_values": labeller}
+
+
+def read_labeller(meta, tensors, shape, k):
+    """§5.8: (parameters, width, temperature) of the stored labeller, or None."""
+    described = meta.get("labeller")
+    if described is None:
+        if "labeller" in tensors:
+            raise SpecError("a labeller section without meta.labeller")
+        return None
+    choice(described, "network", ("convnet3",))
+    width, tau = integer(described, "width", 1, 4096), number(described, "temperature", 1e-3, 1e3)
+    dtype = choice(described, "dtype", ("int8", "float16"))
+    if "labeller" not in tensors:
+        raise SpecError("meta.labeller without a labeller section")
+    shapes = convnet_shapes(shape[0], k, shape[1], shape[2], width)
+    exactly(tensors["labeller"], weight_names("", shapes, dtype), "labeller")
+    return weights(tensors["labeller"], "", shapes, dtype), width, tau
+
+
+def label(params, width, tau, images, mean, std):
+    """softmax(ConvNet-3(x̂) / τ), x̂ the images normalised with the dataset's mean and std (§5.7, §5.8)."""
+    logits = convnet_forward(params, (images - mean) / std, width) / tau
+    soft = np.exp(logits - logits.max(1, keepdims=True))
+    return soft / soft.sum(1, keepdims=True)
 
 
 def read_pixel(meta, tensors, shape, k):
@@ -530,7 +603,10 @@ def read_pixel(meta, tensors, shape, k):
         raise SpecError("images must be U8, F16 or F32")
     if not np.isfinite(images).all():
         raise SpecError("images must be finite")
-    images = form(images.astype(np.float64), kind, shape)
+    images = form(images, kind, shape)
+    with np.errstate(over="ignore"):
+        if not np.isfinite(images.astype(np.float32)).all():
+            raise SpecError("decoded images must be finite in float32")
     soft = None
     if "soft_labels" in tensors:
         exactly(tensors["soft_labels"], {"soft_labels"}, "soft_labels")
@@ -554,33 +630,49 @@ def formation(params, shape):
         raise SpecError("formation: an object of kind and factor")
     kind = choice(value, "kind", ("pixels", "lowres", "dct"))
     f = integer(value, "factor", 1, 16)
-    if (kind == "pixels") != (f == 1) or (kind == "lowres" and (shape[1] % f or shape[2] % f)):
-        raise SpecError("formation: factor 1 for pixels, 2 to 16 otherwise, dividing the side for lowres")
+    if (kind == "pixels") != (f == 1) or (kind == "lowres" and (shape[1] % f or shape[2] % f)) or \
+            shape[1] // f < 1 or shape[2] // f < 1:
+        raise SpecError("formation: factor 1 for pixels, 2 to 16 otherwise, leaving codes of at least 1 × 1, "
+                        "dividing the sides for lowres")
     return kind, f
 
 
 def form(codes, kind, shape):
-    """§5.5: codes (N, C, h, w) → images (N, C, H, W)."""
+    """§5.5: float32 codes (N, C, h, w) → images (N, C, H, W): lowres in float32, dct in float64 (a higher
+    precision than the reference's float32 products, which §5.2 allows)."""
     _, h, w = shape
     if kind == "pixels":
-        return codes
+        return codes.astype(np.float64)
     if kind == "dct":
-        def basis(n, keep):
-            b = np.array([[np.cos(np.pi * (2 * j + 1) * q / (2 * n)) for j in range(n)] for q in range(keep)])
-            return b * np.where(np.arange(keep) == 0, np.sqrt(1 / n), np.sqrt(2 / n))[:, None]
-        bh, bw = basis(h, codes.shape[2]), basis(w, codes.shape[3])
-        return np.einsum("ki,nckl,lj->ncij", bh, codes, bw)
-    f = h // codes.shape[2]  # lowres: half-pixel centres, clamped, between the four nearest values
+        bh, bw = dct_basis(h, codes.shape[2]), dct_basis(w, codes.shape[3])
+        return np.einsum("ki,nckl,lj->ncij", bh.astype(np.float64), codes.astype(np.float64), bw.astype(np.float64))
+    r0, r1, a0, a1 = lowres_taps(codes.shape[2], h // codes.shape[2])
+    c0, c1, b0, b1 = lowres_taps(codes.shape[3], w // codes.shape[3])
+    x = lambda r, c: codes[:, :, r][:, :, :, c]  # noqa: E731
+    weight = lambda a, b: (a[:, None] * b[None, :]).astype(np.float32)  # noqa: E731, the product in float32
+    out = x(r0, c0) * weight(a0, b0) + x(r0, c1) * weight(a0, b1) + x(r1, c0) * weight(a1, b0) + \
+        x(r1, c1) * weight(a1, b1)
+    return out.astype(np.float64)
 
-    def taps(n_out, n_in):
-        src = np.clip((np.arange(n_out) + 0.5) / f - 0.5, 0, n_in - 1)
-        lo = np.floor(src).astype(int)
-        hi = np.minimum(lo + 1, n_in - 1)
-        return lo, hi, src - lo
-    r0, r1, fr = taps(h, codes.shape[2])
-    c0, c1, fc = taps(w, codes.shape[3])
-    rows = codes[:, :, r0, :] * (1 - fr)[:, None] + codes[:, :, r1, :] * fr[:, None]
-    return rows[:, :, :, c0] * (1 - fc) + rows[:, :, :, c1] * fc
+
+def lowres_taps(n, f):
+    """§5.5 lowres along one axis of n codes and m = f·n pixels: (i0, i1, λ0, λ1) for each pixel, λ float32."""
+    r = np.float64(np.float32(1 / f))
+    s = np.maximum(0, r * (np.arange(n * f) + 0.5) - 0.5).astype(np.float32)  # exact in binary64, rounded once
+    i0 = np.floor(s).astype(np.int64)
+    i1 = np.where(i0 < n - 1, i0 + 1, i0)
+    l1 = s - i0.astype(np.float32)
+    return i0, i1, np.float32(1) - l1, l1
+
+
+def dct_basis(n, keep):
+    """§5.5: B[k, j] computed in binary64 as written, rounded to binary32, (keep, n)."""
+    b = np.empty((keep, n))
+    for k in range(keep):
+        for j in range(n):
+            v = math.cos(math.pi * (2 * j + 1) * k / (2 * n)) * math.sqrt(2 / n)
+            b[k, j] = v / math.sqrt(2) if k == 0 else v
+    return b.astype(np.float32)
 
 
 def read_schedule(params, tensors, shape, k, labels):
@@ -607,7 +699,7 @@ def read_schedule(params, tensors, shape, k, labels):
     return {"network": network, "init": init, "steps": s, "epochs": e, "step_sizes": steps, "theta0": theta0}
 
 
-def read_d3(meta, tensors, shape, k, version, samples_per_class, seed):
+def read_d3(meta, tensors, shape, k, version, samples_per_class, seed, cap):
     groups = (meta.get("params") or {}).get("groups")
     if not isinstance(groups, list) or not groups:
         raise SpecError("d3: params.groups must be a non-empty list")
@@ -677,7 +769,7 @@ def read_d3(meta, tensors, shape, k, version, samples_per_class, seed):
                 rest = np.maximum(np.float32(0), (np.float32(1) - values.sum(-1, keepdims=True)) / np.float32(kg - t))
                 lab = np.repeat(rest, kg, axis=-1).astype(np.float32)
                 np.put_along_axis(lab, index, values, axis=-1)
-        n = samples_per_class or p
+        n = samples_per_class or min(p, cap)  # §4: the default draw
         if version < (1, 1):
             raise SpecError("1.0 samples come from torch's generator, which this document does not define")
         which = np.stack([order(seed, 1, a, p) for a in range(kg)])[:, np.arange(n) % p]  # (K_g, N)
@@ -702,7 +794,7 @@ def read_d3(meta, tensors, shape, k, version, samples_per_class, seed):
             "noise": out["noise"], "priors": np.concatenate(out["priors"])}
 
 
-def read_d2m(meta, tensors, shape, k, version, samples_per_class, seed, mean, std):
+def read_d2m(meta, tensors, shape, k, version, samples_per_class, seed, mean, std, cap):
     p = meta.get("params")
     if not isinstance(p, dict):
         raise SpecError("d2m: params must be an object")
@@ -725,16 +817,11 @@ def read_d2m(meta, tensors, shape, k, version, samples_per_class, seed, mean, st
         teacher = (weights(tensors["teacher"], "", t_shapes, dtype), tw, tau)
     if version < (1, 1):
         raise SpecError("1.0 samples come from torch's generator, which this document does not define")
-    n = samples_per_class or default
+    n = samples_per_class or min(default, cap)  # §4: the default draw
     eps = noise(seed, 3, k, n, z).reshape(k * n, z)
     labels = np.repeat(np.arange(k), n)
     images = generator_forward(gen, stages, eps.astype(np.float64), labels, width, shape)
     if not np.isfinite(images).all():
         raise SpecError("decoded images must be finite")
-    soft = None
-    if teacher is not None:
-        params, tw, tau = teacher
-        logits = convnet_forward(params, (images - mean) / std, tw) / tau
-        soft = np.exp(logits - logits.max(1, keepdims=True))
-        soft /= soft.sum(1, keepdims=True)
+    soft = None if teacher is None else label(*teacher, images, mean, std)
     return {"labels": labels, "images": images, "soft_labels": soft, "noise": [eps]}

@@ -324,3 +324,28 @@ def test_written_archive_gets_ordinary_file_permissions(tmp_path):
     finally:
         os.umask(umask)
     assert (tmp_path / "p.d3").stat().st_mode & 0o777 == 0o644
+
+
+SAFETENSORS_DTYPES = [torch.bool, torch.uint8, torch.int8, torch.int16, torch.float16, torch.bfloat16, torch.int32,
+                      torch.float32, torch.float64, torch.int64]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(st.text(min_size=1, max_size=12),
+                       st.tuples(st.sampled_from(SAFETENSORS_DTYPES), st.lists(st.integers(0, 6), max_size=3)),
+                       min_size=1, max_size=6))
+def test_a_planned_section_has_exactly_the_size_safetensors_writes(spec):
+    from d3codec.container import PlannedBytes, archive_size, safetensors_size
+
+    real = {name: torch.zeros(shape, dtype=dtype) for name, (dtype, shape) in spec.items()}
+    with torch.device("meta"):
+        planned = {name: torch.zeros(shape, dtype=dtype) for name, (dtype, shape) in spec.items()}
+    section = Section.tensors("t", real)
+    assert safetensors_size(real) == len(section.payload)
+    placeholder = Section.tensors("t", planned)
+    assert isinstance(placeholder.payload, PlannedBytes) and len(placeholder.payload) == len(section.payload)
+    sections = [Section.json("meta", {"format": "d3"}), section]
+    assert archive_size(sections) == len(encode_archive(sections, compress="never"))
+    assert archive_size([sections[0], placeholder]) == archive_size(sections)
+    with pytest.raises(ValueError, match="placeholder"):
+        encode_archive([sections[0], placeholder])

@@ -1,5 +1,6 @@
 """The specification alone is enough: a reader written from spec/FORMAT.md reads every test vector,
-reproduces every expansion (the noise bit for bit, images within 1e-5) and refuses every negative one."""
+reproduces every expansion (the noise bit for bit, images within 1e-5 · max(1, |x|), soft labels within 1e-5,
+the decode budget's figures exactly) and refuses every negative one."""
 
 import json
 import sys
@@ -21,6 +22,18 @@ def array(spec: dict) -> np.ndarray:
     return np.array(spec["values"], dtype=spec_reader.SAFETENSORS_DTYPES[spec["dtype"]]).reshape(spec["shape"])
 
 
+def expanded(key: str):
+    """Every tensor spec an expansion lists under ``key`` (one, or a list of them)."""
+    for v in ARCHIVES:
+        for want in v["expect"]:
+            value = want.get(key)
+            yield from (value if isinstance(value, list) else [value] if value else [])
+
+
+def meta_of(vector: dict) -> dict:
+    return next(s["json"] for s in vector["sections"] if s["name"] == "meta")
+
+
 def test_the_spec_reader_does_not_import_d3codec():
     source = Path(spec_reader.__file__).read_text()
     assert "d3codec" not in source.replace("of d3codec", "")  # the docstring names it, the code never does
@@ -40,6 +53,38 @@ def test_vectors_cover_every_content_type_both_codecs_and_every_method():
     assert any(k.startswith("theta0.") for k in names) and {"g0", "g1"} <= names  # θ₀, prior_labels
     assert {"1.0", "1.1"} <= {v["version"] for v in ARCHIVES}
     assert len(REFUSED) >= 15 and all(v.get("reason") for v in REFUSED)
+
+
+def test_vectors_cover_formations_top_k_labeller_tapered_upconv_v1_and_the_budget():
+    metas = [meta_of(v) for v in ARCHIVES]
+    params = [m.get("params") or {} for m in metas]
+    assert {p["formation"]["kind"] for p in params if "formation" in p} == {"lowres", "dct"}
+    groups = [g for p in params for g in p.get("groups", [])]
+    assert any("label_top_k" in g for g in groups) and any(g.get("decoder_architecture") == "tapered" for g in groups)
+    assert {p.get("architecture") for p in params} >= {"upconv-v1", "upconv-v2"}
+    labelled = [v for v in ARCHIVES if "labeller" in meta_of(v)]
+    assert labelled and all(e.get("labeller") for v in labelled for e in v["expect"])
+    assert all(set(e["budget"]) == {"default_draw", "output_bytes", "decoded_values", "labeller_values"}
+               for v in ARCHIVES for e in v["expect"])
+    capped = [v for v in ARCHIVES if meta_of(v)["method"] == "d2m"
+              and v["expect"][0]["budget"]["default_draw"][0] < meta_of(v)["params"]["samples_per_class"]]
+    assert capped  # a default draw that the cap of §4 lowers
+    refused = {v["file"] for v in REFUSED}
+    assert {"neg-formation-kind.d3", "neg-formation-factor.d3", "neg-dct-factor-empty.d3", "neg-formation-codes-shape.d3",
+            "neg-dct-overflow.d3", "neg-topk-index-range.d3", "neg-topk-index-repeated.d3", "neg-topk-sum.d3",
+            "neg-labeller-no-meta.d3", "neg-labeller-no-section.d3", "neg-labeller-scale-inf.d3", "neg-weight-inf.d3",
+            "neg-bptt-empty-class.d3", "neg-decoder-width-6-4px.d3"} <= refused
+
+
+def test_every_float16_value_in_the_vectors_is_the_binary16_stored():
+    for t in (t for v in VECTORS for s in v["sections"] for t in s.get("tensors", {}).values()):
+        if t["dtype"] == "F16":
+            values = np.array(t["values"], dtype=np.float64)
+            np.testing.assert_array_equal(values.astype(np.float16).astype(np.float64), values)
+    for key in ("images", "soft_labels", "labeller", "noise"):  # F32 expansions: binary32 values
+        for t in expanded(key):
+            values = np.array(t["values"], dtype=np.float64)
+            np.testing.assert_array_equal(values.astype(np.float32).astype(np.float64), values)
 
 
 @pytest.mark.parametrize("vector", CONTAINER_READ, ids=lambda v: v["file"])
@@ -71,11 +116,13 @@ def test_the_spec_reader_reproduces_every_expansion(vector):
         np.testing.assert_array_equal(got["labels"], np.array(want["labels"]))
         expected = array(want["images"]).astype(np.float64)
         assert got["images"].shape == expected.shape
-        np.testing.assert_allclose(got["images"], expected, rtol=0, atol=1e-5)
-        if want["soft_labels"] is None:
-            assert got["soft_labels"] is None
-        else:
-            np.testing.assert_allclose(got["soft_labels"], array(want["soft_labels"]), rtol=0, atol=1e-5)
+        assert (np.abs(got["images"] - expected) <= 1e-5 * np.maximum(1, np.abs(expected))).all()  # §5.2
+        for key in ("soft_labels", "labeller"):
+            if want.get(key) is None:
+                assert got[key] is None
+            else:
+                np.testing.assert_allclose(got[key], array(want[key]), rtol=0, atol=1e-5)
+        assert got["budget"] == want["budget"]  # §4, from the declared shapes
         if "noise" in want:  # the sampling noise of §5.4, bit for bit
             assert len(got["noise"]) == len(want["noise"])
             for mine, theirs in zip(got["noise"], want["noise"]):

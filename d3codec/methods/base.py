@@ -304,6 +304,8 @@ class Sampler(ABC):
         images, labels, soft = self._draw(samples_per_class, check_seed(seed))
         if not torch.isfinite(images).all():
             raise D3FormatError("the archive decodes to non-finite images (its stored values are corrupt)")
+        if soft is not None and not torch.isfinite(soft).all():  # a stored teacher whose logits overflow
+            raise D3FormatError("the archive's soft labels of its samples are not finite (its teacher overflows)")
         return images, labels, soft
 
     __call__ = draw

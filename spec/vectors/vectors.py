@@ -13,8 +13,11 @@ that no writer would emit, bytes as hex, or tensors), an optional ``damage`` app
 bytes (a negative vector's breach of the container rules), and what a reader must do with it at each
 level: ``container`` ("read" or "refuse") and ``archive`` ("read", "refuse", or null for a file that
 is not a d3 archive), with the ``reason`` of a refusal. Positive archive vectors carry ``expect``:
-their expansion as d3codec's reference reader makes it (``--make`` writes it; the tests check that
-d3codec and tests/spec_reader.py both reproduce it).
+their expansion as d3codec's reference reader makes it, for each of their ``draws`` (samples per class,
+seed): images, labels, soft labels, the stored labeller's soft labels of the images, the noise and priors,
+and the decode budget's figures of §4 (``--make`` writes it; the tests check that d3codec and
+tests/spec_reader.py both reproduce it). ``--make`` also sets each section's expected codec to the one
+``auto`` chooses, and every F16 value to the binary16 it is stored as.
 """
 
 from __future__ import annotations
@@ -31,8 +34,8 @@ import zstandard
 from d3codec.container import FIXED_HEADER, Content, D3Reader, Section, encode_archive
 
 HERE = Path(__file__).resolve().parent
-DTYPES = {"U8": torch.uint8, "I8": torch.int8, "I32": torch.int32, "I64": torch.int64, "F16": torch.float16,
-          "F32": torch.float32}
+DTYPES = {"U8": torch.uint8, "I8": torch.int8, "I16": torch.int16, "I32": torch.int32, "I64": torch.int64,
+          "F16": torch.float16, "F32": torch.float32}
 NAMES = {v: k for k, v in DTYPES.items()}
 KEPT = ("minimal.d3", "pixel-uint8.d3", "raw-float16-ancillary.d3", "bptt-schedule-zstd-bytes.d3")  # hand-written
 
@@ -171,23 +174,59 @@ def dataset(classes: list[str], shape: list[int]) -> dict:
             "std": [0.25] * shape[0]}
 
 
+def decoded_values(meta: dict) -> tuple[int, int | None]:
+    """The values an archive's networks and tables hold once decoded, as d3codec counts them against
+    ``max_parameters`` (spec/FORMAT.md §4), from its networks built on the meta device: (the method's part:
+    d3's decoders, priors with their order and soft labels as held, d2m's generator and teacher, or a fixed
+    θ₀; the labeller's, None without one)."""
+    from d3codec.methods.d2m import ConditionalGenerator
+    from d3codec.methods.d3.archive import PRIOR_ORDER_VALUES, read_groups
+    from d3codec.models import ConvNet, build_model
+
+    ds, params = meta["dataset"], meta.get("params") or {}
+    k, shape = len(ds["classes"]), tuple(ds["image_shape"])
+    count = lambda net: sum(t.numel() for t in net.state_dict().values())  # noqa: E731
+    method, labeller = 0, None
+    with torch.device("meta"):
+        if meta["method"] == "d3":
+            for sg in read_groups(meta, k):
+                g = sg.plan
+                kg, p, z = g.num_classes, g.priors_per_class, g.latent_dim
+                labels = kg * p * (kg if g.label_top_k is None else 3 * g.label_top_k + 1) if sg.soft_labels else 0
+                method += count(g.decoder(shape)) + kg * p * (2 * z + PRIOR_ORDER_VALUES) + labels
+        elif meta["method"] == "d2m":
+            method += count(ConditionalGenerator(k, params["noise_dim"], params["embed_dim"], params["generator_width"],
+                                                 shape, params["architecture"]))
+            if "teacher_width" in params:
+                method += count(ConvNet(shape[0], k, shape[1], width=params["teacher_width"]))
+        elif params.get("objective") == "bptt" and params.get("init") == "fixed":
+            method += count(build_model(params["network"], shape[0], k, shape[1]))
+        if "labeller" in meta:
+            labeller = count(ConvNet(shape[0], k, shape[1], width=meta["labeller"]["width"]))
+    return method, labeller
+
+
 def expansion(data: bytes, samples_per_class: int | None, seed: int) -> dict:
-    """What d3codec's reference reader makes of a vector: images, labels, soft labels, and for sampled
-    archives the noise and priors of the draw."""
+    """What d3codec's reference reader makes of a vector: images, labels, soft labels, the labeller's soft labels
+    of the images, for sampled archives the noise and priors of the draw, and the decode budget's figures (§4)."""
     from d3codec.archive import open_archive
     from d3codec.dataset import decode_archive
-    from d3codec.limits import DEFAULT_LIMITS
+    from d3codec.labeller import read_labeller
+    from d3codec.limits import DEFAULT_LIMITS, output_bytes
 
     reader, meta = open_archive(data)
     with reader:
         images, labels, soft, schedule, sampler = decode_archive(reader, meta, samples_per_class, seed, "cpu",
                                                                  DEFAULT_LIMITS)
+        labeller = read_labeller(reader, meta, "cpu", DEFAULT_LIMITS)
     out = {"samples_per_class": samples_per_class, "seed": seed, "labels": labels.tolist(),
            "images": tensor_spec(images.float()), "soft_labels": tensor_spec(soft.float()) if soft is not None else None}
+    if labeller is not None:
+        out["labeller"] = tensor_spec(labeller(images))
     if sampler is not None and meta["method"] == "d3":
         noise, priors = [], []
         for index, sg in enumerate(sampler.groups):
-            which, eps = sampler.group_noise(index, samples_per_class or sg.plan.priors_per_class, seed)
+            which, eps = sampler.group_noise(index, sampler.per_class(sg, samples_per_class), seed)
             noise.append(tensor_spec(eps.reshape(-1, eps.shape[-1])))
             priors += which.flatten().tolist()
         out.update(noise=noise, priors=priors)
@@ -196,6 +235,14 @@ def expansion(data: bytes, samples_per_class: int | None, seed: int) -> dict:
     if schedule is not None:
         out["schedule"] = {"network": schedule.network, "steps": schedule.steps, "epochs": schedule.epochs,
                            "init": schedule.init}
+    ds = meta["dataset"]
+    count, noise_values = sampler.counts(samples_per_class) if sampler is not None else (len(labels), 0)
+    default = None if sampler is None else [sampler.default] if meta["method"] == "d2m" else \
+        [sampler.per_class(sg, None) for sg in sampler.groups]
+    method_values, labeller_values = decoded_values(meta)
+    out["budget"] = {"default_draw": default, "decoded_values": method_values, "labeller_values": labeller_values,
+                     "output_bytes": output_bytes(count, tuple(ds["image_shape"]), len(ds["classes"]),
+                                                  soft is not None, noise_values)}
     return out
 
 
@@ -203,6 +250,7 @@ def made_vectors() -> list[dict]:
     """The vectors --make writes (seeded: the same every run)."""
     from d3codec.methods.d2m import ConditionalGenerator
     from d3codec.methods.d3 import D3Config, GroupPlan, group_entry, quantise_priors
+    from d3codec.methods.d3.layout import stored_labels
     from d3codec.models import ConvNet, Decoder, build_model
     from d3codec.weights import quantise_state
 
@@ -296,6 +344,58 @@ def made_vectors() -> list[dict]:
         [json_section(d2m_t_meta), tensors_section("generator", g_state),
          tensors_section("teacher", t_state, critical=False)], draws=((None, 0), (2, 9)))
 
+
+    with torch.random.fork_rng(devices=[]):  # the networks' initialisations leave the global RNG as it was
+        # pixel formations: lowres ×3 (F32 codes 2×3 of 6×9 images), dct ×2 (U8 codes 4×4 of 9×9 images: ⌊9/2⌋)
+        lr_meta = {"format": "d3", "method": "pixel", "dataset": dataset(["a", "b"], [1, 6, 9]),
+                   "params": {"objective": "dm", "formation": {"kind": "lowres", "factor": 3}}}
+        lr_images = {"images": torch.rand(3, 1, 2, 3, generator=gen) * 1.4 - 0.2,
+                     "labels": torch.tensor([0, 1, 1], dtype=torch.uint8)}
+        add("pixel-lowres.d3", "a pixel archive of formation lowres, factor 3: float32 codes (3, 1, 2, 3) upsampled "
+            "bilinearly to 6x9 images", [json_section(lr_meta), tensors_section("images", lr_images)])
+        labeller_net = ConvNet(1, 2, 9, width=2)
+        labeller_state = quantise_state({n: 0.5 * rand(*v.shape) for n, v in labeller_net.state_dict().items()}, "",
+                                        "int8")
+        dct_meta = {"format": "d3", "method": "pixel", "dataset": dataset(["a", "b"], [1, 9, 9]),
+                    "params": {"objective": "dm", "formation": {"kind": "dct", "factor": 2}},
+                    "labeller": {"network": "convnet3", "width": 2, "temperature": 2.0, "dtype": "int8"}}
+        dct_images = {"images": torch.randint(0, 256, (3, 1, 4, 4), generator=gen, dtype=torch.uint8),
+                      "labels": torch.tensor([0, 0, 1], dtype=torch.uint8),
+                      "range": torch.tensor([[-1.0, 1.0], [-0.5, 4.5]])}
+        dct_sections = [json_section(dct_meta), tensors_section("images", dct_images),
+                        tensors_section("labeller", labeller_state, critical=False)]
+        add("pixel-dct-labeller.d3", "a pixel archive of formation dct, factor 2: uint8 codes (3, 1, 4, 4), the lowest "
+            "4x4 DCT coefficients of 9x9 images; and a stored labeller (§5.8), an int8 ConvNet-3 of width 2 at "
+            "temperature 2, whose soft labels of the decoded images the expansion lists", dct_sections)
+
+        # d3: a tapered float16 decoder (16x16 images: widths 8, 4, 4) and top-1 soft labels of 3 classes
+        cfg_top = D3Config(decoder_dtype="float16", prior_dtype="float16", soft_labels=True)
+        top = GroupPlan(0, 3, 3, 2, 8, "tapered", 1)
+        tdec = top.decoder((1, 16, 16))
+        rows = torch.softmax(3 * rand(3, 2, 3), -1)
+        top_tensors = {"priors": quantise_priors(rand(3, 2, 3), -1 + 0.3 * rand(3, 2, 3), "g0.", "float16"),
+                       "decoder": quantise_state({n: 0.4 * rand(*v.shape) for n, v in tdec.state_dict().items()}, "g0.",
+                                                 "float16"),
+                       "prior_labels": stored_labels(rows, "g0", 1)}
+        top_meta = {"format": "d3", "method": "d3", "dataset": dataset(["x", "y", "z"], [1, 16, 16]),
+                    "params": {"groups": [group_entry(top, cfg_top)]}}
+        add("d3-tapered-topk.d3", "a d3 archive: 3 classes in one group, 16x16 images, latent 3, 2 priors per class, a "
+            "tapered float16 decoder of width 8 (stages 8, 4, 4), soft labels stored as the largest of each row "
+            "(top 1: values F16, indices I16), the rest spread evenly over the other 2 classes",
+            [json_section(top_meta)] + [tensors_section(n, t) for n, t in top_tensors.items()])
+
+        # d2m: an upconv-v1 generator (no stem), float16, 8x8 images (widths 8, 4); a default of 1 000 a class,
+        # which the cap of §4 lowers: the draws are explicit, the default draw is in the budget figures
+        v1 = ConditionalGenerator(2, 2, 2, 8, (1, 8, 8), "upconv-v1")
+        v1_params = {"architecture": "upconv-v1", "noise_dim": 2, "embed_dim": 2, "generator_width": 8,
+                     "weight_dtype": "float16", "samples_per_class": 1000}
+        v1_meta = {"format": "d3", "method": "d2m", "dataset": dataset(["s", "t"], [1, 8, 8]), "params": v1_params}
+        add("d2m-upconv-v1.d3", "a d2m archive: an upconv-v1 generator (no stem) of width 8 (stages 8, 4), float16, "
+            "noise 2, class embeddings 2, 8x8 images; its declared default of 1 000 a class is capped by §4 (the "
+            "budget figures give the default draw); expansions at 3 per class (seed 0) and 2 (seed 5)",
+            [json_section(v1_meta), tensors_section("generator", quantise_state(
+                {n: 0.5 * rand(*v.shape) for n, v in v1.state_dict().items()}, "", "float16"))], draws=((3, 0), (2, 5)))
+
     # ---- negative vectors: a reader MUST refuse each ----
     good_px = next(v for v in vectors if v["file"] == "pixel-i32-soft.d3")["sections"]
     bad = lambda f, r, s, **kw: add(f, r, s, archive=kw.pop("archive", "refuse"), reason=r, **kw)  # noqa: E731
@@ -352,7 +452,9 @@ def made_vectors() -> list[dict]:
         [json_section(d2m_t_meta), tensors_section("generator", g_state), tensors_section("teacher", t_state)])
     tiny = {**d2m_meta, "dataset": dataset(["s", "t"], [1, 4, 4]),
             "params": {**d2m_params, "teacher_width": 2, "label_temperature": 1.0}}
-    tiny_gen = ConditionalGenerator(2, 3, 2, 4, (1, 4, 4))
+    with torch.random.fork_rng(devices=[]):  # its initial weights are stored: seeded, so --make repeats itself
+        torch.manual_seed(8)
+        tiny_gen = ConditionalGenerator(2, 3, 2, 4, (1, 4, 4))
     bad("neg-teacher-4px.d3", "a ConvNet-3 teacher for 4x4 images: it needs at least 8x8 (§5.3)",
         [json_section(tiny), tensors_section("generator", quantise_state(tiny_gen.state_dict(), "", "int8")),
          tensors_section("teacher", {"features.0.weight": torch.zeros(2, 1, 3, 3, dtype=torch.int8),
@@ -373,6 +475,91 @@ def made_vectors() -> list[dict]:
         [json_section(wide), tensors_section("priors", quantise_priors(torch.zeros(3, 2, 3), torch.zeros(3, 2, 3), "g0.",
                                                                          "int8")),
          tensors_section("decoder", quantise_state({n: torch.zeros(s) for n, s in shapes6.items()}, "g0.", "int8"))])
+
+    # the decoder width rule holds without GroupNorm too: 4x4 images (u = 0), width 6
+    shapes6_4 = {"fc.weight": (6 * 16, 3), "fc.bias": (96,), "out.weight": (1, 6, 3, 3), "out.bias": (1,)}
+    small = {**wide, "dataset": dataset(["p", "q", "r"], [1, 4, 4])}
+    bad("neg-decoder-width-6-4px.d3", "a uniform decoder of width 6 on 4x4 images (no upsampling, no GroupNorm): "
+        "the width must be 1, 2, 3 or a multiple of 4 whatever the image size (§5.3)",
+        [json_section(small), tensors_section("priors", quantise_priors(torch.zeros(3, 2, 3), torch.zeros(3, 2, 3),
+                                                                          "g0.", "int8")),
+         tensors_section("decoder", quantise_state({n: torch.zeros(s) for n, s in shapes6_4.items()}, "g0.", "int8"))])
+
+    # §5.1: ranges
+    big_budget = {**px_meta, "budget": {"bytes": 2 ** 62 + 1, "ipc": None}}
+    bad("neg-budget-too-large.d3", "budget.bytes is 2^62 + 1: at most 2^62 (§5.1)", px_with(big_budget),
+        compress="never")
+    tiny_std = {**px_meta, "dataset": {**px_meta["dataset"], "std": [1e-7]}}
+    bad("neg-dataset-std-tiny.d3", "dataset.std of 1e-7: std must be from 1e-6 to 1000 (§5.1)", px_with(tiny_std),
+        compress="never")
+    big_mean = {**px_meta, "dataset": {**px_meta["dataset"], "mean": [1e39]}}
+    bad("neg-dataset-mean-large.d3", "dataset.mean of 1e39 (infinite in float32): mean must be from -1000 to 1000 "
+        "(§5.1)", px_with(big_mean), compress="never")
+
+    # §5.5: bptt classes, formations
+    empty_meta = {"format": "d3", "method": "pixel", "dataset": dataset(["a", "b", "c"], [1, 16, 16]),
+                  "params": {"objective": "bptt", "network": "lenet", "init": "random", "inner_steps": 1,
+                             "inner_epochs": 1}}
+    empty_images = {"images": torch.zeros(2, 1, 16, 16, dtype=torch.float16),
+                    "labels": torch.tensor([0, 1], dtype=torch.uint8)}
+    bad("neg-bptt-empty-class.d3", "a bptt archive whose class 2 has no image: every class must hold a positive "
+        "multiple of the steps (§5.5)", [json_section(empty_meta), tensors_section("images", empty_images),
+                                        tensors_section("schedule", {"step_sizes": torch.tensor([0.01])})])
+
+    def formed(kind, factor, codes, shape=(1, 4, 4)):
+        meta = {"format": "d3", "method": "pixel", "dataset": dataset(["a", "b"], list(shape)),
+                "params": {"objective": "dm", "formation": {"kind": kind, "factor": factor}}}
+        return [json_section(meta, "none"), tensors_section("images", {
+            "images": codes, "labels": torch.tensor([0, 1] * (len(codes) // 2), dtype=torch.uint8)}, codec="none")]
+
+    codes2 = torch.full((2, 1, 2, 2), 0.5)
+    bad("neg-formation-kind.d3", "a formation of unknown kind 'wavelet' (§5.5)", formed("wavelet", 2, codes2),
+        compress="never")
+    bad("neg-formation-factor.d3", "a lowres formation of factor 17: 2 to 16 (§5.5)", formed("lowres", 17, codes2),
+        compress="never")
+    bad("neg-lowres-not-dividing.d3", "a lowres formation of factor 2 on 5x4 images: f must divide H and W (§5.5)",
+        formed("lowres", 2, codes2, (1, 5, 4)), compress="never")
+    bad("neg-dct-factor-empty.d3", "a dct formation of factor 8 on 4x4 images leaves 0x0 codes: ⌊H/f⌋ and ⌊W/f⌋ "
+        "must be at least 1 (§5.5)", formed("dct", 8, torch.zeros(2, 1, 0, 0)), compress="never")
+    bad("neg-formation-codes-shape.d3", "a lowres formation of factor 2 whose codes have the image shape (4x4), "
+        "not (2x2) (§5.5)", formed("lowres", 2, torch.full((2, 1, 4, 4), 0.5)), compress="never")
+    bad("neg-dct-overflow.d3", "a dct formation whose float32 codes of 3e38 decode to infinite images (§5.5)",
+        formed("dct", 2, torch.full((2, 1, 2, 2), 3e38)), compress="never")
+
+    # §5.2: stored weights must be finite
+    inf_state = quantise_state({n: 0.4 * rand(*v.shape) for n, v in dec.state_dict().items()}, "g0.", "float16")
+    inf_state["g0.out.bias"] = torch.full_like(inf_state["g0.out.bias"], float("inf"))
+    bad("neg-weight-inf.d3", "a float16 decoder whose output bias is +inf (the sigmoid would still give finite "
+        "images): stored weights must be finite (§5.2)",
+        [json_section(d3f_meta), tensors_section("priors", quantise_priors(torch.zeros(2, 3, 4), torch.zeros(2, 3, 4),
+                                                                           "g0.", "float16")),
+         tensors_section("decoder", inf_state)])
+
+    # §5.6: top-k soft labels (the archive above, with the top 2 of each row)
+    def top_with(change):
+        meta = json.loads(json.dumps(top_meta))
+        meta["params"]["groups"][0]["label_top_k"] = 2
+        labels_ = stored_labels(rows, "g0", 2)
+        change(labels_["g0.values"], labels_["g0.indices"])
+        return [json_section(meta), tensors_section("priors", top_tensors["priors"]),
+                tensors_section("decoder", top_tensors["decoder"]), tensors_section("prior_labels", labels_)]
+
+    bad("neg-topk-index-range.d3", "a top-k index of 3 in a group of 3 classes: indices must be in [0, K_g) (§5.6)",
+        top_with(lambda values, indices: indices[0, 0].fill_(3)))
+    bad("neg-topk-index-repeated.d3", "a top-k row naming one class twice: indices must be distinct within a row "
+        "(§5.6)", top_with(lambda values, indices: indices[1, 1].fill_(int(indices[1, 1, 0]))))
+    bad("neg-topk-sum.d3", "top-k values summing to 1.25: at most 1 + 0.01 (§5.6)",
+        top_with(lambda values, indices: values[2, 0].copy_(torch.tensor([0.75, 0.5]))))
+
+    # §5.8: the labeller
+    no_meta = {k: v for k, v in dct_meta.items() if k != "labeller"}
+    bad("neg-labeller-no-meta.d3", "a labeller section without meta.labeller (§5.8)",
+        [json_section(no_meta)] + dct_sections[1:])
+    bad("neg-labeller-no-section.d3", "meta.labeller without a labeller section (§5.8)", dct_sections[:2])
+    inf_scale = dict(labeller_state)
+    inf_scale["classifier.weight.scale"] = torch.full_like(inf_scale["classifier.weight.scale"], float("inf"))
+    bad("neg-labeller-scale-inf.d3", "a labeller whose int8 scale is +inf: stored weights and scales must be finite "
+        "(§5.2, §5.8)", dct_sections[:2] + [tensors_section("labeller", inf_scale, critical=False)])
     return vectors
 
 
@@ -388,6 +575,7 @@ def compact_json(doc: dict) -> str:
 def make() -> None:
     """Rewrite vectors.json: the hand-written vectors kept, the made ones regenerated, every positive
     archive vector's expansion recomputed with d3codec; then write the files."""
+    torch.set_num_threads(1)  # one summation order for the expansions, however many cores the machine has
     doc = json.loads((HERE / "vectors.json").read_text())
     kept = [v for v in doc["vectors"] if v["file"] in KEPT]
     for v in kept:  # what a reader must do with the hand-written ones
@@ -400,10 +588,18 @@ def make() -> None:
             v["reason"] = "LeNet on 4x4 images: it needs at least 16x16 (§5.3); a valid container all the same"
         if v["archive"] == "read":
             v["draws"] = [[None, 0]]
+        for section in v["sections"]:  # every F16 value as the binary16 it is stored as (§8)
+            for t in section.get("tensors", {}).values():
+                if t["dtype"] == "F16":
+                    t["values"] = torch.tensor(t["values"], dtype=torch.float16).tolist()
     doc["vectors"] = kept + made_vectors()
     doc["zstd_library"] = zstd_library()
     for v in doc["vectors"]:
         v.pop("expect", None)
+        if not v.get("damage"):  # the codec each section is expected to have is the one the writer chose
+            with D3Reader(build(v)) as reader:
+                for spec, info in zip(v["sections"], reader.sections):
+                    spec["codec"] = {0: "none", 1: "zstd"}[info.codec]
         if v["archive"] == "read":
             data = build(v)
             v["expect"] = [expansion(data, n, seed) for n, seed in v["draws"]]

@@ -32,7 +32,7 @@ register_method(Method(
     "d2m", D2MEncoder,
     (Option("--pretraining", "pretraining", "Pre-train the generator as a conditional GAN or as the decoder of a "
             "conditional VAE.", kind="choice", choices=("gan", "vae")),
-     Option("--pretrain-iterations", "pretrain_iterations", "Pre-training iterations."),
+     Option("--pretrain-iterations", "pretrain_iterations", "Pre-training iterations.", high=100_000_000),
      Option("--task-balance", "task_balance", "Weight of prediction matching against embedding matching.",
             kind="float", low=0.0, high=1e6),
      Option("--generator-width", "generator_width", "Generator channels (default: fill the budget).", low=4,

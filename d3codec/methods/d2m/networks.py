@@ -18,7 +18,8 @@ from torch import nn
 from ...container import write_atomic
 from ...errors import D3Error
 from ...models import ConvNet, parameter_shapes, upsampling_geometry
-from ...weights import read_safetensors_file
+from ...text import safe_text
+from ...weights import check_state, read_safetensors_file
 
 # above 512 in steps of 16, so that a large budget (ImageNet's 98 MB at IPC 2) is filled to within about 4 %
 GENERATOR_WIDTHS = (4, 6, 8, 12, 16, 20, 24, 28, 32, 36, 40, 48, 56, 64, 80, 96, 128, 160, 192, 256, 320, 384, 448,
@@ -173,6 +174,7 @@ def load_generator(path: str | os.PathLike, num_classes: int, image_shape: tuple
     Raises: D3Error naming the mismatch when the file is not a generator for these classes and shape.
     """
     state, meta = read_safetensors_file(path, "--generator")
+    path = safe_text(str(path), 300)
     if meta.get("kind") == "d2m-pretrain":  # a pre-training checkpoint (d3codec.checkpoint): its generator
         state = {k[len(PRETRAINED_PREFIX):]: v for k, v in state.items() if k.startswith(PRETRAINED_PREFIX)}
     emb, fc = state.get("embedding.weight"), state.get("fc.weight")
@@ -180,19 +182,24 @@ def load_generator(path: str | os.PathLike, num_classes: int, image_shape: tuple
         raise D3Error(f"--generator {path}: expected a d2m generator (embedding.weight, fc.weight, ...)")
     stated = meta.get("architecture")
     if stated is not None and stated not in GENERATORS:
-        raise D3Error(f"--generator {path}: unknown architecture {stated!r}; known: {', '.join(GENERATORS)}")
+        raise D3Error(f"--generator {path}: unknown architecture {safe_text(repr(stated), 60)}; known: "
+                      f"{', '.join(GENERATORS)}")
     k, e = emb.shape
     z = fc.shape[1] - e
     _, h0, w0 = upsampling_geometry(image_shape)
     width = fc.shape[0] // (h0 * w0)
     if k != num_classes:
         raise D3Error(f"--generator {path}: it has {k} class embeddings, the dataset has {num_classes} classes")
+    if not (1 <= z <= 4096 and 1 <= e <= 4096 and 4 <= width <= 4096):  # an archive's ranges (spec §5.7)
+        raise D3Error(f"--generator {path}: noise size {z}, embedding size {e} and width {width}; d3codec reads "
+                      "1 to 4096, 1 to 4096 and 4 to 4096")
     shapes = {n: tuple(v.shape) for n, v in state.items()}
     # a file that does not name its architecture (a pre-training checkpoint) is matched by its shapes
-    candidates = ([stated] if stated else list(GENERATORS)) if z > 0 and width > 0 else []
+    candidates = [stated] if stated else list(GENERATORS)
     fits = [a for a in candidates if generator_shapes(a, num_classes, z, e, width, image_shape) == shapes]
     if not fits:
         raise D3Error(f"--generator {path}: its tensors do not fit {'an ' + stated if stated else 'any'} generator "
                       f"for images {tuple(image_shape)}")
     architecture = fits[0]
+    check_state(state, shapes, f"--generator {path}")  # floating-point and finite
     return PretrainedGenerator(architecture, z, e, width, {n: v.float() for n, v in state.items()})

@@ -27,7 +27,7 @@ register_archive_kind(ArchiveKind("d3", SECTIONS, load_sampler=load_sampler, des
 register_method(Method(
     "d3", "Distributional distillation (Qin et al. 2024): per-class Gaussian priors, a small decoder and a soft "
     "label per prior, in federated subtasks.", "d3", D3Encoder,
-    (Option("--subtasks", "subtasks", "Split the classes into K groups, each with its own decoder."),
+    (Option("--subtasks", "subtasks", "Split the classes into K groups, each with its own decoder.", high=100_000),
      Option("--latent-dim", "latent_dim", "Latent size (default by the budget rule: 32 up to 32 pixels a side, "
             "else 64).", high=4096),
      Option("--priors-per-class", "priors_per_class", "Priors per class (default: as many as the budget holds).",

@@ -22,7 +22,7 @@ from .layout import DECODER_DTYPES, MAX_TOP_K_CLASSES, PRIOR_DTYPES, GroupPlan, 
 
 # the work of ordering a class's priors (spec/FORMAT.md §5.4: a hash per prior, then a sort), counted against
 # max_parameters as this many values a prior: its key, its place and the sort's scratch, 8 bytes each
-PRIOR_ORDER_VALUES = 16
+PRIOR_ORDER_VALUES = 32
 
 # ---- the groups --------------------------------------------------------------------------------------------------
 

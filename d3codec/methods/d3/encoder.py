@@ -49,6 +49,7 @@ import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -127,6 +128,36 @@ class D3Config:
 # costs a few trimmed priors, one on the high side unused bytes. Extra priors cost little: matching draws
 # synthetic_per_class samples a class whatever the count, and the warm start a fixed number of batches.
 PRIOR_STORED_RATIO = 0.7
+
+
+def plan_priors(bound: Callable[[int], int], budget: int, fixed: int | None, fill: str,
+                least_bytes: int) -> tuple[int, int]:
+    """(priors per class to distil, priors per class guaranteed to fit) under ``budget`` bytes, where
+    ``bound(n)`` is the exact uncompressed size of an archive of n priors a class (it builds a placeholder
+    archive: few calls, none far past the budget) and a prior in every class takes at least ``least_bytes``.
+    ``fixed``: the count a user asked for; ``fill`` "compressed" aims past the exact bound, at the priors'
+    expected compression (PRIOR_STORED_RATIO). Raises: D3BudgetError for a fixed count that does not fit."""
+    smallest = bound(1)
+    per_prior = max(1, bound(2) - smallest)  # raw bytes of one more prior in every class
+    if fixed is not None:
+        if smallest + (fixed - 1) * per_prior > 2 * budget:  # refused before building a huge placeholder
+            needed = smallest + (fixed - 1) * per_prior
+            raise D3BudgetError(f"{fixed} priors per class need about {needed} bytes, over the budget of {budget}: "
+                                "lower --priors-per-class", min_budget=needed)
+        needed = bound(fixed)
+        if needed > budget:
+            raise D3BudgetError(f"{fixed} priors per class need {needed} bytes, over the budget of {budget}: "
+                                f"raise --budget to {needed} or lower --priors-per-class", min_budget=needed)
+        return fixed, fixed
+    guaranteed = largest_fitting(lambda n: bound(n) <= budget, budget // least_bytes + 1,
+                                 1 + (budget - smallest) // per_prior)  # an affine guess
+    if fill != "compressed":
+        return guaranteed, guaranteed
+
+    def estimate(n: int) -> float:  # affine: no placeholder archive past the budget is built
+        return smallest + (n - 1) * per_prior - (1 - PRIOR_STORED_RATIO) * per_prior * n
+    return largest_fitting(lambda n: estimate(n) <= budget, int(budget / (PRIOR_STORED_RATIO * per_prior)) + 1), \
+        guaranteed
 
 
 PRESETS = {
@@ -352,14 +383,15 @@ class D3Encoder(SubtaskEncoder):
         def groups_for(width: int, priors: int) -> list[GroupPlan]:
             return [GroupPlan(a, b, z, priors, width, architecture, self.label_top_k(b - a)) for a, b in ranges]
 
-        bounds: dict[tuple[GroupPlan, ...], int] = {}  # at ImageNet's plan each one builds a 98 MB archive
+        bounds: dict[tuple[GroupPlan, ...], int] = {}
 
         def bound(groups: list[GroupPlan]) -> int:
             if tuple(groups) not in bounds:
                 entries = [group_entry(g, cfg, {"distill_seconds": 0.0, "teacher_accuracy": 0.0, "final_loss": 0.0})
                            for g in groups]
-                parts = [group_tensors(g, i, shape, cfg) for i, g in enumerate(groups)]
-                sections = [Section.json("meta", meta_for(self.method_meta(entries)))] + sections_of(parts)
+                with torch.device("meta"):  # placeholders counted, not made
+                    parts = [group_tensors(g, i, shape, cfg) for i, g in enumerate(groups)]
+                    sections = [Section.json("meta", meta_for(self.method_meta(entries)))] + sections_of(parts)
                 bounds[tuple(groups)] = archive_bound(sections, META_RESERVE_BYTES + 64 * len(groups))
             return bounds[tuple(groups)]
 
@@ -377,23 +409,8 @@ class D3Encoder(SubtaskEncoder):
             raise D3BudgetError(
                 f"a budget of {budget} bytes cannot hold {len(ranges)} decoder(s) of width {width} and one prior per "
                 f"class; the smallest budget that works is {smallest} bytes (--budget {smallest})", min_budget=smallest)
-        if cfg.priors_per_class is not None:
-            priors = cfg.priors_per_class
-            needed = bound(groups_for(width, priors))
-            if needed > budget:
-                raise D3BudgetError(f"{priors} priors per class need {needed} bytes, over the budget of {budget}: "
-                                    f"raise --budget to {needed} or lower --priors-per-class", min_budget=needed)
-            guaranteed = priors
-        else:
-            guaranteed = priors = largest_fitting(lambda n: bound(groups_for(width, n)) <= budget,
-                                                  budget // (k * z * 2) + 1)  # a prior takes at least 2·Z bytes
-            if cfg.fill == "compressed":
-                per_prior = bound(groups_for(width, 2)) - smallest  # raw bytes of one more prior in every class
-
-                def estimate(n: int) -> float:
-                    return bound(groups_for(width, n)) - (1 - PRIOR_STORED_RATIO) * per_prior * n
-                priors = largest_fitting(lambda n: estimate(n) <= budget,
-                                         int(budget / (PRIOR_STORED_RATIO * max(1, per_prior))) + 1)
+        priors, guaranteed = plan_priors(lambda n: bound(groups_for(width, n)), budget, cfg.priors_per_class,
+                                         cfg.fill, k * z * 2)
         return D3Plan(tuple(groups_for(width, priors)), cfg.decoder_dtype, cfg.prior_dtype, cfg.soft_labels,
                       bound(groups_for(width, guaranteed)), budget)
 

@@ -154,10 +154,12 @@ def stored_labels(labels: torch.Tensor | tuple[torch.Tensor, torch.Tensor], key:
     ``{key}.indices`` (K_g, P, k) I16 (local; k < K_g ≤ 32 767). A reader spreads the rest of each row's
     mass evenly over its other classes (:func:`dense_labels`). With ``top_k``, ``labels`` may also be
     the (values, indices) of ``torch.topk`` already (as the encoder cuts them, batch by batch)."""
+    def host(t: torch.Tensor) -> torch.Tensor:  # a plan's meta placeholders stay where they are
+        return t if t.is_meta else t.cpu()
     if top_k is None:
-        return {key: labels.detach().float().cpu().half().contiguous()}
+        return {key: host(labels.detach().float()).half().contiguous()}
     values, indices = labels if isinstance(labels, tuple) else \
-        labels.detach().float().cpu().topk(top_k, dim=-1)  # (K_g, P, k) each, largest first
+        host(labels.detach().float()).topk(top_k, dim=-1)  # (K_g, P, k) each, largest first
     return {f"{key}.values": values.half().contiguous(), f"{key}.indices": indices.to(torch.int16).contiguous()}
 
 

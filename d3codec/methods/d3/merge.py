@@ -15,9 +15,10 @@ from typing import Any
 
 import torch
 
-from ...archive import base_meta, meta_int, open_archive, utc_now
+from ...archive import base_meta, meta_int, open_archive, utc_now, validate_meta
 from ...container import VERSION_MINOR, Section, encode_archive, write_atomic
-from ...errors import D3BudgetError, D3Error
+from ...errors import D3BudgetError, D3Error, D3FormatError
+from ...text import safe_text
 from ..base import DatasetSpec
 from .archive import load_sampler
 from .layout import sections_of
@@ -41,8 +42,8 @@ class Part:
         reader, meta = open_archive(path, limits)
         with reader:
             if meta["method"] not in MERGEABLE:
-                raise D3Error(f"{path}: only {', '.join(MERGEABLE)} archives can be merged, this one is "
-                              f"{meta['method']!r}")
+                raise D3Error(f"{safe_text(str(path), 300)}: only {', '.join(MERGEABLE)} archives can be merged, "
+                              f"this one is {safe_text(repr(meta['method']), 60)}")
             load_sampler(reader, meta, "cpu", limits)  # every group's metadata and tensors, checked (nothing drawn)
             tensors = {name: reader.read_tensors(name) for name in GROUP_SECTIONS if name in reader}
             return cls(meta, tensors, reader.file_size, tuple(reader.version))
@@ -69,12 +70,13 @@ def combine_groups(parts: list[Part]) -> tuple[dict[str, Any], list[dict[str, di
         ds = part.meta["dataset"]
         for key in ("image_shape", "mean", "std"):
             if ds[key] != first[key]:
-                raise D3Error(f"archive {n + 1} has {key} {ds[key]}, archive 1 has {first[key]}: only archives of the "
-                              "same image shape and normalisation can be merged")
+                raise D3Error(f"archive {n + 1} has {key} {safe_text(ds[key], 80)}, archive 1 has "
+                              f"{safe_text(first[key], 80)}: only archives of the same image shape and normalisation "
+                              "can be merged")
         for c in ds["classes"]:
             if c in seen:
-                raise D3Error(f"class {c!r} is in archives {seen[c] + 1} and {n + 1}: merged archives must have "
-                              "disjoint classes")
+                raise D3Error(f"class {safe_text(repr(c), 80)} is in archives {seen[c] + 1} and {n + 1}: merged "
+                              "archives must have disjoint classes")
             seen[c] = n
         offset = len(classes)
         classes += ds["classes"]
@@ -151,6 +153,11 @@ def merge_archives(paths: list[str | os.PathLike], output: str | os.PathLike, bu
                          "file_bytes": p.file_bytes, "created": p.meta.get("created")} for p in parts],
         "accounting": {"budget_bytes": budget},
     }
+    try:  # what a reader would refuse is not written: more than MAX_CLASSES classes, budgets summed past 2^62, ...
+        validate_meta(meta)
+    except D3FormatError as error:
+        raise D3Error(f"the merged archive would be refused by readers ({error}): merge fewer or smaller parts, or "
+                      "pass --budget") from None
     data = encode_archive([Section.json("meta", meta)] + sections, minor=parts[0].version[1])
     if len(data) > budget:
         raise D3BudgetError(f"the merged archive is {len(data)} bytes, over the budget of {budget}: pass --budget "

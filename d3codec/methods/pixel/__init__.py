@@ -12,7 +12,8 @@ from .formation import FORMATIONS, MAX_FACTOR, Formation
 
 STORAGE_OPTION = Option("--storage-dtype", "storage_dtype", "How images are stored; auto picks uint8 with a per-class "
                         "range (most images per byte).", kind="choice", choices=("auto", "uint8", "float16", "float32"))
-IMAGES_OPTION = Option("--images-per-class", "images_per_class", "Fix the image count instead of filling the budget.")
+IMAGES_OPTION = Option("--images-per-class", "images_per_class", "Fix the image count instead of filling the budget.",
+                       high=1_000_000)
 
 register_archive_kind(ArchiveKind("pixel", SECTIONS, decode=decode, read_schedule=read_schedule,
                                   describe=describe_params))

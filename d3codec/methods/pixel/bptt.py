@@ -45,7 +45,7 @@ from ...data import Normalisation, RealData
 from ...errors import D3BudgetError
 from ...models import build_model
 from ...schedule import TrainingSchedule, gd_step, init_parameters
-from ...storage import decode_images, encode_images, resolve_storage_dtype
+from ...storage import decode_images, encode_images, resolve_storage_dtype, stored_image_zeros
 from ...progress import progress_bar
 from ..base import CheckpointedEncoder, DatasetSpec, Encoded
 from .archive import INITS, MAX_SCHEDULE_STEPS, NETWORKS
@@ -160,14 +160,15 @@ class BPTTEncoder(CheckpointedEncoder):
         def sections_for(n: int, dtype: str) -> list[Section]:
             s = steps_for(n)
             draft = BPTTPlan(n, dtype, 0, budget, inner_steps=s, inner_epochs=epochs_for(s))
-            labels = torch.arange(k).repeat_interleave(n)
             return [Section.json("meta", meta_for(self.method_meta(draft))),
-                    Section.tensors("images", encode_images(torch.zeros(n * k, *shape), labels, k, dtype)),
-                    Section.tensors("schedule", self._schedule_tensors(torch.zeros(s * epochs_for(s)), theta0))]
+                    Section.tensors("images", stored_image_zeros(n * k, shape, k, dtype)),
+                    Section.tensors("schedule", self._schedule_tensors(torch.zeros(s * epochs_for(s), device="cpu"),
+                                                                       theta0))]  # small: made on the CPU
 
         dtype = resolve_storage_dtype(cfg.storage_dtype)
         least = cfg.images_per_class or cfg.inner_steps or 1
-        smallest = archive_bound(sections_for(least, dtype))
+        with torch.device("meta"):  # placeholders counted, not made
+            smallest = archive_bound(sections_for(least, dtype))
         if smallest > budget:
             stored = ""
             if theta0 is not None:
@@ -181,7 +182,8 @@ class BPTTEncoder(CheckpointedEncoder):
         n = base.images_per_class
         steps = steps_for(n)
         n -= n % steps
-        bound = archive_bound(sections_for(n, dtype))
+        with torch.device("meta"):
+            bound = archive_bound(sections_for(n, dtype))
         return BPTTPlan(n, dtype, bound, budget, n, inner_steps=steps, inner_epochs=epochs_for(steps))
 
     def distill(self, real: RealData, plan: BPTTPlan, *, device: torch.device, seed: int,
