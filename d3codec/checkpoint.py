@@ -51,18 +51,31 @@ def flatten_optimizer(opt: torch.optim.Optimizer, prefix: str) -> tuple[dict[str
     return tensors, state["param_groups"]
 
 
+# the state each parameter of d3codec's optimisers holds once stepped (a parameter never stepped holds none)
+OPTIMIZER_STATE = {torch.optim.Adam: {"step", "exp_avg", "exp_avg_sq"},
+                   torch.optim.AdamW: {"step", "exp_avg", "exp_avg_sq"}, torch.optim.SGD: {"momentum_buffer"}}
+
+
 def restore_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], prefix: str, groups: list) -> None:
     """Inverse of :func:`flatten_optimizer`. Raises: ValueError for a state tensor of a parameter the optimiser
-    does not have, or whose shape is neither the parameter's nor a scalar (Adam's step)."""
+    does not have, a ``step`` that is not one value, another field not of its parameter's shape, or (for the
+    optimisers of OPTIMIZER_STATE) a parameter whose state lacks a field or has one too many."""
     params = [p for group in opt.param_groups for p in group["params"]]
     state: dict[int, dict[str, torch.Tensor]] = {}
     for key, value in tensors.items():
         if key.startswith(prefix + "."):
             i, name = key[len(prefix) + 1:].split(".", 1)
             index = int(i)
-            if not 0 <= index < len(params) or (value.dim() and value.shape != params[index].shape):
-                raise ValueError(f"optimiser state {key!r} of shape {tuple(value.shape)} fits no parameter")
+            if not 0 <= index < len(params):
+                raise ValueError(f"optimiser state {key!r} belongs to no parameter")
+            if (value.numel() != 1) if name == "step" else (value.shape != params[index].shape):
+                raise ValueError(f"optimiser state {key!r} of shape {tuple(value.shape)} does not fit its parameter")
             state.setdefault(index, {})[name] = value
+    fields = OPTIMIZER_STATE.get(type(opt))
+    amsgrad = any(group.get("amsgrad") for group in opt.param_groups)
+    for index, held in state.items():
+        if fields is not None and set(held) != fields | ({"max_exp_avg_sq"} if amsgrad else set()):
+            raise ValueError(f"optimiser state of parameter {index} holds {sorted(held)}, not {sorted(fields)}")
     opt.load_state_dict({"state": state, "param_groups": groups})
 
 

@@ -48,7 +48,7 @@ MAX_FOLDER_CLASSES = 100_000  # d3codec.archive.MAX_CLASSES: an archive cannot h
 MAX_FOLDER_DEPTH = 16
 MAX_FOLDER_ENTRIES = 20_000_000
 MAX_IMAGE_FILE_BYTES = 256 << 20
-MAX_IMAGE_PIXELS = 1 << 27
+MAX_IMAGE_PIXELS = 1 << 25  # 5 792 × 5 792: decoded as RGB, 100 MB before resizing
 MAX_ASPECT_RATIO = 16
 
 
@@ -452,6 +452,8 @@ class ImageTree:
                     if len(classes) > MAX_FOLDER_CLASSES:
                         raise D3DatasetError(f"{safe_text(directory, 300)}: more than {MAX_FOLDER_CLASSES:,} class "
                                              "folders, more than an archive can hold")
+        except D3DatasetError:
+            raise
         except OSError as error:
             raise D3DatasetError(f"{safe_text(directory, 300)}: cannot list it ({error.strerror})") from None
         if not classes:

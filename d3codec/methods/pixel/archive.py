@@ -41,7 +41,7 @@ def decode(reader, meta: dict, limits=None) -> tuple[torch.Tensor, torch.Tensor,
     formation = read_formation(params, image_shape)
     tensors = reader.read_tensors("images")
     codes = tensors.get("images")
-    if formation.kind != "pixels" and codes is not None:  # the decoded images, not the codes, must fit the limits
+    if formation.kind != "pixels" and codes is not None and codes.dim() == 4:  # decoded images, not codes, count
         check("bytes", output_bytes(codes.shape[0], image_shape, num_classes, "soft_labels" in reader),
               limits or DEFAULT_LIMITS, "max_bytes", f"decoding {codes.shape[0]} images of shape {image_shape}")
     images, labels = decode_images(tensors, num_classes, formation.code_shape(image_shape), limits,
