@@ -294,7 +294,7 @@ def test_links_and_fifos_in_a_folder_dataset_are_not_followed(tmp_path):
     assert real.classes == ["a", "b"] and len(real.train) == 6
     assert real.read_uint8(torch.arange(6)).shape == (6, 3, 8, 8)
     os.symlink(root / "a", root / "c")  # a class folder that is a link
-    with pytest.raises(D3DatasetError, match="link"):
+    with pytest.raises(D3DatasetError, match="a class folder that is a link"):
         load_dataset(str(root), resolution=8, load_workers=0)
 
 
@@ -344,6 +344,13 @@ def test_merge_refuses_what_readers_would_refuse(tmp_path):
         merge_archives(paths, tmp_path / "m.d3")
     assert not (tmp_path / "m.d3").exists()
     assert merge_archives(paths, tmp_path / "m.d3", budget=10 ** 6).classes == 4
+    many = {**hostile.dataset(100_000, (1, 8, 8)), "classes": [f"a{i}" for i in range(100_000)]}
+    (tmp_path / "many.d3").write_bytes(hostile.d3_archive(classes=100_000, image_shape=(1, 8, 8), latent_dim=1,
+                                                         priors_per_class=1, decoder_width=1, soft_labels=False,
+                                                         ds=many, groups=100))
+    with pytest.raises(D3Error, match="dataset.classes"):  # 100 002 classes: more than an archive may hold
+        merge_archives([tmp_path / "many.d3", paths[0]], tmp_path / "m2.d3", budget=10 ** 7)
+    assert not (tmp_path / "m2.d3").exists()
 
 
 @pytest.mark.parametrize("args,needle", [(("--budget", 4294967296), "--budget"),

@@ -156,8 +156,8 @@ def merge_archives(paths: list[str | os.PathLike], output: str | os.PathLike, bu
     try:  # what a reader would refuse is not written: more than MAX_CLASSES classes, budgets summed past 2^62, ...
         validate_meta(meta)
     except D3FormatError as error:
-        raise D3Error(f"the merged archive would be refused by readers ({error}): merge fewer or smaller parts, or "
-                      "pass --budget") from None
+        raise D3Error(f"the merged archive would be refused by readers ({error}): merge fewer parts, or pass "
+                      "--budget where the parts' budgets add up past it") from None
     data = encode_archive([Section.json("meta", meta)] + sections, minor=parts[0].version[1])
     if len(data) > budget:
         raise D3BudgetError(f"the merged archive is {len(data)} bytes, over the budget of {budget}: pass --budget "
