@@ -58,8 +58,9 @@ OPTIMIZER_STATE = {torch.optim.Adam: {"step", "exp_avg", "exp_avg_sq"},
 
 def restore_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], prefix: str, groups: list) -> None:
     """Inverse of :func:`flatten_optimizer`. Raises: ValueError for a state tensor of a parameter the optimiser
-    does not have, a ``step`` that is not one value, another field not of its parameter's shape, or (for the
-    optimisers of OPTIMIZER_STATE) a parameter whose state lacks a field or has one too many."""
+    does not have, a ``step`` that is not one floating-point count of 0 to MAX_ITERATION, another field not of its parameter's shape
+    and dtype, or (for the optimisers of OPTIMIZER_STATE) a parameter whose state lacks a field or has one too
+    many."""
     params = [p for group in opt.param_groups for p in group["params"]]
     state: dict[int, dict[str, torch.Tensor]] = {}
     for key, value in tensors.items():
@@ -68,8 +69,11 @@ def restore_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tenso
             index = int(i)
             if not 0 <= index < len(params):
                 raise ValueError(f"optimiser state {key!r} belongs to no parameter")
-            if (value.numel() != 1) if name == "step" else (value.shape != params[index].shape):
-                raise ValueError(f"optimiser state {key!r} of shape {tuple(value.shape)} does not fit its parameter")
+            fits = (value.numel() == 1 and value.is_floating_point() and 0 <= float(value) <= MAX_ITERATION) \
+                if name == "step" else (value.shape == params[index].shape and value.dtype == params[index].dtype)
+            if not fits:
+                raise ValueError(f"optimiser state {key!r}, {str(value.dtype).removeprefix('torch.')} of shape "
+                                 f"{tuple(value.shape)}, does not fit its parameter")
             state.setdefault(index, {})[name] = value
     fields = OPTIMIZER_STATE.get(type(opt))
     amsgrad = any(group.get("amsgrad") for group in opt.param_groups)
@@ -93,7 +97,7 @@ def checked_iteration(text) -> int:
 def check_groups(opt: torch.optim.Optimizer, groups) -> None:
     """Refuse a checkpoint's parameter groups for ``opt`` unless they are the optimiser's own groups with
     other values: the same number of groups, each with the same keys and parameter indices, each value of
-    the type it has now (numbers finite, at most MAX_HYPERPARAMETER in magnitude). Raises: ValueError."""
+    the type it has now (numbers from 0 to below MAX_HYPERPARAMETER, fractions below 1). Raises: ValueError."""
     mine = opt.state_dict()["param_groups"]
     if not isinstance(groups, list) or len(groups) != len(mine):
         raise ValueError(f"it holds {describe_json(groups)} for an optimiser of {len(mine)} parameter groups")
@@ -101,18 +105,24 @@ def check_groups(opt: torch.optim.Optimizer, groups) -> None:
         if not isinstance(got, dict) or set(got) != set(want) or got["params"] != want["params"]:
             raise ValueError("its optimiser groups do not match this run's optimiser")
         for key, value in got.items():
-            if key != "params" and not _same_kind(want[key], value):
+            top = 1.0 if key in FRACTIONS else MAX_HYPERPARAMETER
+            if key != "params" and not _same_kind(want[key], value, top):
                 raise ValueError(f"its optimiser's {safe_text(key, 40)} is {describe_json(value)}")
 
 
-def _same_kind(want, value) -> bool:
-    """Whether a checkpoint's ``value`` may stand for ``want`` (a group's current value)."""
+FRACTIONS = {"betas", "momentum", "dampening"}  # hyper-parameters in [0, 1) (Adam's bias correction needs it)
+
+
+def _same_kind(want, value, top: float) -> bool:
+    """Whether a checkpoint's ``value`` may stand for ``want`` (a group's current value): of its type, and a
+    number from 0 to below ``top`` (every hyper-parameter of torch's optimisers is non-negative)."""
     if isinstance(want, bool) or want is None or isinstance(want, str):
         return type(value) is type(want)
     if isinstance(want, (int, float)):
-        return type(value) in (int, float) and math.isfinite(value) and abs(value) <= MAX_HYPERPARAMETER
+        return type(value) in (int, float) and math.isfinite(value) and 0 <= value < top
     if isinstance(want, (list, tuple)):
-        return isinstance(value, list) and len(value) == len(want) and all(map(_same_kind, want, value))
+        return isinstance(value, list) and len(value) == len(want) and all(_same_kind(w, v, top)
+                                                                             for w, v in zip(want, value))
     return False
 
 
