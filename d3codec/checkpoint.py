@@ -96,8 +96,8 @@ def checked_iteration(text) -> int:
 
 def check_groups(opt: torch.optim.Optimizer, groups) -> None:
     """Refuse a checkpoint's parameter groups for ``opt`` unless they are the optimiser's own groups with
-    other values: the same number of groups, each with the same keys and parameter indices, each value of
-    the type it has now (numbers from 0 to below MAX_HYPERPARAMETER, fractions below 1). Raises: ValueError."""
+    other numbers: the same number of groups, each with the same keys, parameter indices and switches, each
+    number from 0 to below MAX_HYPERPARAMETER (fractions below 1). Raises: ValueError."""
     mine = opt.state_dict()["param_groups"]
     if not isinstance(groups, list) or len(groups) != len(mine):
         raise ValueError(f"it holds {describe_json(groups)} for an optimiser of {len(mine)} parameter groups")
@@ -114,10 +114,11 @@ FRACTIONS = {"betas", "momentum", "dampening"}  # hyper-parameters in [0, 1) (Ad
 
 
 def _same_kind(want, value, top: float) -> bool:
-    """Whether a checkpoint's ``value`` may stand for ``want`` (a group's current value): of its type, and a
-    number from 0 to below ``top`` (every hyper-parameter of torch's optimisers is non-negative)."""
-    if isinstance(want, bool) or want is None or isinstance(want, str):
-        return type(value) is type(want)
+    """Whether a checkpoint's ``value`` may stand for ``want`` (a group's current value): a number from 0 to
+    below ``top`` for a number (every hyper-parameter of torch's optimisers is non-negative), else ``want``
+    itself."""
+    if isinstance(want, bool) or want is None or isinstance(want, str):  # switches (amsgrad, capturable, ...)
+        return type(value) is type(want) and value == want               # are the code's, not the run's
     if isinstance(want, (int, float)):
         return type(value) in (int, float) and math.isfinite(value) and 0 <= value < top
     if isinstance(want, (list, tuple)):
