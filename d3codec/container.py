@@ -202,6 +202,22 @@ def _store(payload: bytes, compress: str) -> tuple[Codec, bytes]:
     return Codec.NONE, payload
 
 
+def address_space_left(extra: int) -> bool:
+    """Whether ``extra`` more bytes fit under this process's address-space limit (RLIMIT_AS, ``ulimit -v``),
+    from its present size; True where there is no limit (or where it cannot be read)."""
+    try:
+        import resource
+
+        limit = resource.getrlimit(resource.RLIMIT_AS)[0]
+        if limit == resource.RLIM_INFINITY:
+            return True
+        with open("/proc/self/statm") as f:
+            size = int(f.read().split()[0]) * resource.getpagesize()
+    except (ImportError, OSError, ValueError, IndexError):
+        return True
+    return size + extra <= limit
+
+
 def stored_size(payload: bytes) -> int:
     """Bytes a section with this raw payload takes in the file under ``compress="auto"``."""
     return len(_store(payload, "auto")[1])
@@ -479,6 +495,11 @@ class D3Reader:
         if info.content != Content.SAFETENSORS:
             raise D3FormatError(f"section {name!r} holds content type {info.content}, not safetensors")
         raw = self.read_bytes(name)
+        if not address_space_left(2 * len(raw)):  # safetensors copies it once more, and panics where it cannot
+            raise D3LimitError(f"section {name!r}: {len(raw):,} bytes of tensors do not fit twice in what is left of "
+                               "this process's address space (ulimit -v); lower --max-section-bytes to refuse such "
+                               "sections up front, or raise the limit", "bytes", 2 * len(raw), 0,
+                               "--max-section-bytes")
         try:
             return safetensors.torch.load(raw)
         except (KeyboardInterrupt, SystemExit):

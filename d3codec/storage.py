@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 
 from .errors import D3FormatError
+from .limits import all_finite
 
 STORAGE_DTYPES = ("float32", "float16", "uint8")
 BYTES_PER_VALUE = {"float32": 4, "float16": 2, "uint8": 1}
@@ -90,7 +91,7 @@ def check_probabilities(p: torch.Tensor, section: str, key: str) -> None:
     if p.numel() == 0:
         return
     p = p.float()
-    if not torch.isfinite(p).all() or (p < 0).any():
+    if not all_finite(p) or (p < 0).any():
         raise D3FormatError(f"section {section!r}: {key!r} holds negative or non-finite probabilities")
     worst = (p.sum(-1) - 1).abs().max().item()
     if worst > PROBABILITY_TOLERANCE:
@@ -142,9 +143,10 @@ def decode_images(tensors: dict[str, torch.Tensor], num_classes: int, image_shap
             raise D3FormatError("image 'range' holds non-finite values")
         lo = ranges[labels, 0].view(-1, 1, 1, 1)
         hi = ranges[labels, 1].view(-1, 1, 1, 1)
-        images = lo + codes.float() / 255 * (hi - lo)
+        # in place, the same float32 operations in the same order: no image-sized temporaries beside the output
+        images = codes.float().div_(255).mul_(hi - lo).add_(lo)
     else:
         images = codes.float()
-    if not torch.isfinite(images).all():
+    if not all_finite(images):
         raise D3FormatError("images hold non-finite values")
     return images, labels

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from .errors import D3Error, D3FormatError
+from .limits import all_finite
 from .text import safe_text
 
 WEIGHT_DTYPES = ("int8", "float16")
@@ -111,7 +112,7 @@ def read_stored(tensors: dict[str, torch.Tensor], section: str, key: str, shape:
 def _finite(value: torch.Tensor, section: str, key: str) -> torch.Tensor:
     """``value``, refused where any of it is NaN or infinite (spec/FORMAT.md §5.2: stored weights, latents
     and labels are finite, and so is their float32 product with a scale)."""
-    if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+    if not all_finite(value):
         raise D3FormatError(f"section {section!r}: {key!r} holds values that are not finite (NaN or infinite)")
     return value
 

@@ -398,3 +398,23 @@ def test_planning_the_largest_budget_builds_no_placeholder_archive(method):
                                                                             "2026-12-07T00:00:00Z"), "params": params})
     assert peak_rss_mib() - before < 256  # a 2 GiB archive's placeholders were counted, not made
     assert plan.max_bytes <= MAX_BUDGET_BYTES and plan.max_bytes > 0.99 * MAX_BUDGET_BYTES
+
+
+def test_a_section_that_cannot_be_loaded_in_the_address_space_left_is_one_limit_error(monkeypatch):
+    import d3codec.container
+
+    monkeypatch.setattr(d3codec.container, "address_space_left", lambda extra: False)  # as under a tight ulimit -v
+    with pytest.raises(D3LimitError, match="address space"):  # not a panic of safetensors on a failed allocation
+        D3Dataset(hostile.pixel_archive())
+    assert verify_archive(hostile.pixel_archive()).failure[0] == "decode budget"
+
+
+def test_finite_checks_in_chunks_agree_with_torch():
+    from d3codec.limits import all_finite
+
+    x = torch.rand(3, 1000)
+    assert all_finite(x, chunk=7) and all_finite(torch.arange(5))
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        y = x.clone()
+        y[2, 999] = bad
+        assert not all_finite(y, chunk=7)

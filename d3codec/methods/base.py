@@ -296,15 +296,15 @@ class Sampler(ABC):
         """Images (K·N, C, H, W) float32 in [0, 1], labels (K·N,) int64, soft labels (K·N, K) float32 or
         None; the same seed (0 ≤ seed < 2^64) gives the same images. Raises: as :meth:`check`, and
         D3FormatError when the stored values decode to non-finite images."""
-        from ..noise import check_seed
-
         from ..errors import D3FormatError
+        from ..limits import all_finite
+        from ..noise import check_seed
 
         self.check(samples_per_class)
         images, labels, soft = self._draw(samples_per_class, check_seed(seed))
-        if not torch.isfinite(images).all():
+        if not all_finite(images):
             raise D3FormatError("the archive decodes to non-finite images (its stored values are corrupt)")
-        if soft is not None and not torch.isfinite(soft).all():  # a stored teacher whose logits overflow
+        if soft is not None and not all_finite(soft):  # a stored teacher whose logits overflow
             raise D3FormatError("the archive's soft labels of its samples are not finite (its teacher overflows)")
         return images, labels, soft
 

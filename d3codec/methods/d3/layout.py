@@ -15,6 +15,7 @@ import torch
 
 from ...container import Section
 from ...errors import D3FormatError
+from ...limits import all_finite
 from ...storage import PROBABILITY_TOLERANCE
 from ...models import Decoder, parameter_shapes
 from ...weights import WEIGHT_DTYPES, quantise_int8, quantise_state, read_stored, stored_zeros
@@ -54,7 +55,7 @@ def dequantise_priors(tensors: dict[str, torch.Tensor], prefix: str, shape: tupl
     for name in ("mean", "logvar"):
         key = f"{prefix}{name}"
         value = read_stored(tensors, "priors", key, shape, -1 if dtype == "int8" else None)
-        if not torch.isfinite(value).all():
+        if not all_finite(value):
             raise D3FormatError(f"section 'priors': {key!r} holds non-finite values")
         out.append(value)
     return out[0], out[1]

@@ -12,7 +12,7 @@ import torch
 
 from ...archive import describe, meta_int, meta_str
 from ...errors import D3FormatError
-from ...limits import DEFAULT_LIMITS, check, network_cost, output_bytes
+from ...limits import DEFAULT_LIMITS, all_finite, check, network_cost, output_bytes
 from ...models import build_model
 from ...schedule import TrainingSchedule
 from ...storage import check_probabilities, decode_images
@@ -47,7 +47,7 @@ def decode(reader, meta: dict, limits=None) -> tuple[torch.Tensor, torch.Tensor,
     images, labels = decode_images(tensors, num_classes, formation.code_shape(image_shape), limits,
                                    soft="soft_labels" in reader)
     images = formation.decode(images, image_shape)
-    if formation.kind != "pixels" and not bool(torch.isfinite(images).all()):  # huge finite codes can overflow
+    if formation.kind != "pixels" and not all_finite(images):  # huge finite codes can overflow
         raise D3FormatError(f"section 'images': its {formation.kind} codes decode to images that are not finite")
     soft = None
     if "soft_labels" in reader:
