@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from .errors import D3Error
+from .limits import all_finite
 from .text import safe_text
 from .weights import read_safetensors_file
 
@@ -58,9 +59,9 @@ OPTIMIZER_STATE = {torch.optim.Adam: {"step", "exp_avg", "exp_avg_sq"},
 
 def restore_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], prefix: str, groups: list) -> None:
     """Inverse of :func:`flatten_optimizer`. Raises: ValueError for a state tensor of a parameter the optimiser
-    does not have, a ``step`` that is not one floating-point count of 0 to MAX_ITERATION, another field not of its parameter's shape
-    and dtype, or (for the optimisers of OPTIMIZER_STATE) a parameter whose state lacks a field or has one too
-    many."""
+    does not have, a ``step`` that is not one floating-point count of 0 to MAX_ITERATION, another field not of
+    its parameter's shape and dtype, or (for the optimisers of OPTIMIZER_STATE) a parameter whose state lacks a
+    field or has one too many."""
     params = [p for group in opt.param_groups for p in group["params"]]
     state: dict[int, dict[str, torch.Tensor]] = {}
     for key, value in tensors.items():
@@ -236,7 +237,7 @@ class Checkpoint:
                 raise ValueError("its optimiser groups are not a JSON object")
             restored = ("opt.",) + tuple(f"state.{name}" for name in [*(learned or {}), *(modules or {})])
             for name, tensor in tensors.items():  # what training continues from (a saved loss may be NaN)
-                if name.startswith(restored) and tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+                if name.startswith(restored) and not all_finite(tensor):
                     raise ValueError(f"tensor {name!r} holds values that are not finite")
             for name, opt in optimizers.items():
                 check_groups(opt, groups.get(name))

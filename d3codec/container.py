@@ -250,7 +250,8 @@ def encode_archive(sections: Iterable[Section], compress: str = "auto", minor: i
     for section in sections:
         name = _check_name(section.name)
         if isinstance(section.payload, PlannedBytes):
-            raise ValueError(f"section {section.name!r} is a plan's placeholder (meta tensors): it has no bytes to write")
+            raise ValueError(f"section {section.name!r} is a plan's placeholder (meta tensors): it has no bytes "
+                             "to write")
         if len(section.payload) > 0xFFFFFFFF:
             raise ValueError(f"section {section.name!r} is larger than 4 GiB; split it")
         codec, stored = _store(section.payload, compress)

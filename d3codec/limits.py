@@ -28,14 +28,15 @@ cost, and refuses with :class:`~d3codec.errors.D3LimitError` (a D3FormatError) a
 (at least one image a batch).
 
 The defaults are sized so that every archive d3codec itself writes up to ImageNet-1K scale passes:
-the README's ImageNet command (1 000 classes at 64 × 64, IPC 2: five width-256 decoders, 161 priors
-per class) expands by default to 161 000 images and soft labels, about 8.6 GB, with 2.5 G
-multiply-adds an image (5 · 10^14 for the whole draw, under ``max_macs``' 2^50 ≈ 1.1 · 10^15, hours on a
-CPU and minutes on a GPU); the same at 128 × 128 takes about 13 G an image. A pixel archive within the
-container's 2 GiB section limit decodes to at most 8 GiB of float32 images. Raise a limit only for
-an archive you trust: ``D3Dataset(path, max_bytes=...)`` or ``limits=DecodeLimits(...)``, and
-``--max-bytes``, ``--max-parameters``, ``--max-macs-per-image``, ``--max-section-bytes`` on
-``d3 expand``, ``d3 eval``, ``d3 verify`` and ``d3 merge``.
+the README's ImageNet command (1 000 classes at 64 × 64, IPC 2: five tapered width-256 decoders, 807
+priors per class) draws by default 128 images a class (``default_draw_cap``: 64 per IPC-equivalent of the
+file), 128 000 images with their soft labels, about 6.8 GB, at 0.155 G multiply-adds an image. A pixel
+archive within the container's 2 GiB section limit decodes to at most 8 GiB of float32 images (16 GiB
+under formations of codes). Raise a limit only for an archive you trust: ``D3Dataset(path,
+max_bytes=...)`` or ``limits=DecodeLimits(...)``, and ``--max-bytes``, ``--max-parameters``,
+``--max-macs-per-image``, ``--max-macs``, ``--max-replay-macs``, ``--max-section-bytes`` on ``d3 expand``,
+``d3 eval``, ``d3 verify`` and ``d3 merge``. Finite checks run in chunks (:func:`all_finite`), so that
+checking an expansion allocates no copy of it.
 """
 
 from __future__ import annotations

@@ -181,5 +181,5 @@ def check_state(state: dict[str, torch.Tensor], shapes: dict[str, tuple[int, ...
         if tuple(value.shape) != tuple(shape) or not value.is_floating_point():
             raise D3Error(f"{what}: tensor {name!r} is {str(value.dtype).removeprefix('torch.')} of shape "
                           f"{tuple(value.shape)}, not floating-point of shape {tuple(shape)}")
-        if not bool(torch.isfinite(value).all()):
+        if not all_finite(value):
             raise D3Error(f"{what}: tensor {name!r} holds values that are not finite (NaN or infinite)")
