@@ -107,14 +107,12 @@ def read_schedule(reader, meta: dict, limits=None) -> TrainingSchedule | None:
     tensors = reader.read_tensors("schedule")
     check_names(tensors, {"step_sizes"} | ({f"theta0.{n}" for n in shapes} if init == "fixed" else set()), "schedule")
     floats = (torch.float32, torch.float16)
-    step_sizes = read_stored(tensors, "schedule", "step_sizes", (steps * epochs,), None, floats)
-    if not (torch.isfinite(step_sizes).all() and (step_sizes > 0).all()):
+    step_sizes = read_stored(tensors, "schedule", "step_sizes", (steps * epochs,), None, floats)  # finite
+    if not (step_sizes > 0).all():
         raise D3FormatError("section 'schedule': step sizes must be finite and positive")
     theta0 = None
-    if init == "fixed":
+    if init == "fixed":  # read_stored refuses non-finite values
         theta0 = {n: read_stored(tensors, "schedule", f"theta0.{n}", s, None, floats) for n, s in shapes.items()}
-        if not all(torch.isfinite(v).all() for v in theta0.values()):
-            raise D3FormatError("section 'schedule': θ₀ holds non-finite values")
     return TrainingSchedule(network, steps, epochs, step_sizes, init, theta0, cost.macs)
 
 
