@@ -50,7 +50,8 @@ def real_files(args) -> str:
     test_x, test_y = students.test_split(real)
     accuracy, seconds = students.train_student(images, labeller if labeller is not None else labels,
                                                real.num_classes, real.mean, real.std, test_x, test_y,
-                                               students.StudentConfig(epochs=args.epochs), args.seed,
+                                               students.StudentConfig(epochs=args.epochs, compile=args.compile),
+                                               args.seed,
                                                progress="student")
     what = f"labeller width {args.labeller_width} ({cost} B), online" if labeller is not None else "hard labels"
     stored = "PNG" if args.storage == "png" else f"JPEG q{args.quality}"
@@ -62,7 +63,7 @@ def archive(args) -> str:
     """d3codec.evaluate on an archive, one student."""
     start = time.time()
     result = d3codec.evaluate(args.archive, epochs=args.epochs, runs=1, labels=args.labels, device="cpu",
-                              progress=True)
+                              compile=args.compile, samples_per_class=args.samples_per_class, progress=True)
     row = result.rows[0]
     return (f"| {row.name} | {args.archive} | {row.file_bytes} B ({row.images} images) | {100 * row.mean:.2f} % | "
             f"{row.seconds[0]:.0f} s student, {time.time() - start:.0f} s in all |")
@@ -81,9 +82,11 @@ def main() -> None:
     one = sub.add_parser("archive")
     one.add_argument("archive")
     one.add_argument("--labels", default="auto")
+    one.add_argument("--samples-per-class", type=int, default=None, help="a sampled archive's draw (default: its own)")
     for p in (png, one):
         p.add_argument("--epochs", type=int, default=100)
         p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--compile", choices=students.COMPILE_MODES, default="auto")
     args = parser.parse_args()
     print(real_files(args) if args.trial == "real" else archive(args))
 

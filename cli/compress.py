@@ -10,6 +10,7 @@ a deprecation notice.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import click
@@ -134,6 +135,9 @@ def shared_options(method: Method) -> list[click.Parameter]:
                       help="Makes the run reproducible on the same device and software."),
         SectionOption(["--device"], default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, ...",
                       section="Run"),
+        SectionOption(["--experts"], type=click.Path(file_okay=False), section="Run", help="The expert pool's cache "
+                      "folder (--matching dance: ConvNet-3s trained on the real data once, reused by every run; "
+                      "default $D3CODEC_EXPERTS, else ~/.cache/d3codec/experts)."),
         SectionOption(["--checkpoint"], type=click.Path(dir_okay=False), help=method.checkpoint_help[0].upper()
                       + method.checkpoint_help[1:] + ".", section="Checkpoint"),
         SectionOption(["--resume", "resume"], flag_value="resume", default=None, section="Checkpoint",
@@ -289,6 +293,8 @@ def run_compress(method: Method, values: dict) -> None:
     from d3codec.models import resolve_device
 
     output, quiet, ipc, budget = values["output"], values["quiet"], values["ipc"], values["budget"]
+    if values.get("experts"):  # read by d3codec.experts.experts_dir, here and in --workers' processes
+        os.environ["D3CODEC_EXPERTS"] = str(Path(values["experts"]).resolve())
     workers, resume = values.get("workers"), values["resume"]
     try:
         if (ipc is None) == (budget is None):

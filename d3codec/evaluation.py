@@ -23,8 +23,8 @@ from .limits import DecodeLimits
 from .models import resolve_device
 from .ranking import FULL_DATA_ACCURACY, Ranking
 from .registry import archive_kind
-from .students import (JPEG_QUALITY, EvalResult, StudentConfig, random_real_subset, replay_students, test_split,
-                       train_students)
+from .students import (COMPILE_MODES, JPEG_QUALITY, EvalResult, StudentConfig, random_real_subset, replay_students,
+                       test_split, train_students)
 from .text import safe_text
 
 TRAININGS = ("auto", "replay", "standard", "both")
@@ -56,6 +56,8 @@ class EvalProtocol:
             with the images (or the hard ones where there are none); ``hard``, the classes; ``auto``,
             online where the archive has a labeller, else stored.
         seed: the first student's seed (then seed + 1, ...).
+        compile: torch.compile the students: ``on``, ``off``, or ``auto`` (on for long runs; see
+            d3codec.students.StudentConfig).
     """
 
     model: str = "convnet3"
@@ -70,6 +72,7 @@ class EvalProtocol:
     seed: int = 0
     jpeg_quality: int = JPEG_QUALITY
     ranking: bool = False
+    compile: str = "auto"
 
     def __post_init__(self):
         if self.training not in TRAININGS or self.baseline not in BASELINES or self.labels not in LABELS:
@@ -80,6 +83,8 @@ class EvalProtocol:
             raise ValueError(f"epochs and runs must be at least 1, not {self.epochs} and {self.runs}")
         if not 1 <= self.jpeg_quality <= 95:
             raise ValueError(f"the JPEG quality must be 1 to 95, not {self.jpeg_quality}")
+        if self.compile not in COMPILE_MODES:
+            raise ValueError(f"compile must be one of {', '.join(COMPILE_MODES)}, not {self.compile!r}")
 
 
 @dataclass
@@ -201,8 +206,9 @@ class _Runner:
 
     def rows(self, name, images, targets, runs, file_bytes, **kw) -> EvalResult:
         p = self.protocol
-        row = train_students(name, images, targets, self.real, runs, StudentConfig(model=p.model, epochs=p.epochs),
-                             p.seed, self.device, self.test, self.log, **kw)
+        config = StudentConfig(model=p.model, epochs=p.epochs, compile=p.compile)
+        row = train_students(name, images, targets, self.real, runs, config, p.seed, self.device, self.test, self.log,
+                             **kw)
         row.file_bytes = file_bytes
         return row
 

@@ -11,6 +11,7 @@ d2m's generators).
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Callable
 
 import torch
@@ -18,6 +19,10 @@ import torch.nn.functional as F
 from torch import nn
 
 MODELS = ("convnet3", "resnet18", "mlp", "lenet")
+# a training run of at least this many image-steps (epochs × images) is compiled where it may be ("auto"):
+# compiling costs 5 to 30 s once and saves about 30 % of every ConvNet-3 step on a CPU (benchmarks/cpu-time.md),
+# so short runs and the tests stay eager
+COMPILE_MIN_IMAGE_STEPS = 100_000
 
 
 class ConvNet(nn.Module):
@@ -44,6 +49,32 @@ class ConvNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.embed(x))  # (N, num_classes) logits
+
+
+def compiled(net: Callable[[torch.Tensor], torch.Tensor], enabled: bool,
+             dynamic: bool | None = False) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``net`` (a module, or a module's method such as ``embed``) through torch.compile where ``enabled`` and it
+    works here, else eager.
+
+    Compilation happens at the first call and needs a C++ compiler on a CPU; where it fails (no compiler,
+    an unsupported platform) the same call runs eagerly and every later one too, with one warning. The
+    parameters stay ``net``'s own, so testing and saving use ``net`` as usual. ``dynamic``: torch.compile's
+    (False: a graph per input shape; None: shapes made dynamic once they vary).
+    """
+    if not enabled:
+        return net
+    fast = torch.compile(net, dynamic=dynamic)
+    state = {"forward": fast}
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        if state["forward"] is fast:
+            try:
+                return fast(x)
+            except Exception as error:  # noqa: BLE001 - any backend failure: eager is always correct
+                warnings.warn(f"torch.compile failed here ({type(error).__name__}); training goes on eagerly")
+                state["forward"] = net
+        return net(x)
+    return forward
 
 
 def parameter_shapes(module: type[nn.Module], *args, **kwargs) -> dict[str, tuple[int, ...]]:

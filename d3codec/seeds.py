@@ -17,6 +17,7 @@ import torch
 STREAMS = {
     "dm": "DM: the initial real images, real batches and augmentations; the random networks (global generator)",
     "dm-real-cache": "DM: the real images cached for datasets on disk",
+    "dm-mask": "DM: the real images a dct-variance formation ranks its DCT coefficients on",
     "bptt": "BPTT: initial images, real batches, the fixed θ₀",
     "bptt-init": "BPTT random init: θ₀ of outer iteration `index`",
     "d3-group": "D3 subtask `index`: warm start, priors, matching draws, its teacher, its random networks",

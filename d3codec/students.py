@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from .augment import DSA
 from .data import Normalisation, RealData
-from .models import build_model
+from .models import COMPILE_MIN_IMAGE_STEPS, build_model, compiled
 from .progress import progress_bar
 from .runtime import keep_freed_memory
 
@@ -41,6 +41,14 @@ class StudentConfig:
     weight_decay: float = 5e-4
     batch_size: int = 256
     dsa: bool = True
+    compile: str = "auto"  # torch.compile the student: "on", "off", or "auto" (on for long runs; see compiled_step)
+
+    def __post_init__(self):
+        if self.compile not in COMPILE_MODES:
+            raise ValueError(f"compile must be one of {', '.join(COMPILE_MODES)}, not {self.compile!r}")
+
+
+COMPILE_MODES = ("auto", "on", "off")
 
 
 @dataclass
@@ -96,6 +104,8 @@ def train_student(images: torch.Tensor, targets: torch.Tensor, num_classes: int,
         targets = targets.to(device)
     soft = online or targets.dim() == 2
     net = build_model(config.model, c, num_classes, h).to(device)
+    forward = compiled(net, config.compile == "on" or (config.compile == "auto"
+                                                        and config.epochs * len(images) >= COMPILE_MIN_IMAGE_STEPS))
     opt = torch.optim.SGD(net.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, [config.epochs // 2], 0.1)
     dsa = DSA() if config.dsa else None
@@ -117,7 +127,7 @@ def train_student(images: torch.Tensor, targets: torch.Tensor, num_classes: int,
             if dsa is not None:
                 x = dsa.apply(x, dsa.sample(gen, n=len(x)))
             y = targets(normalise.inverse(x)) if online else y_all[idx]  # online: the augmented batch's labels
-            logits = net(x)
+            logits = forward(x)
             loss = -(y * F.log_softmax(logits, 1)).sum(1).mean() if soft else F.cross_entropy(logits, y)
             opt.zero_grad(set_to_none=True)
             loss.backward()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -18,7 +19,8 @@ from safetensors.torch import save
 from .container import write_atomic
 from .data import Normalisation, RealData
 from .errors import D3Error
-from .models import ConvNet, activation_memory, parameter_shapes, saved_activation_bytes
+from .models import (COMPILE_MIN_IMAGE_STEPS, ConvNet, activation_memory, compiled, parameter_shapes,
+                     saved_activation_bytes)
 from .progress import progress_bar
 from .text import safe_text
 from .weights import check_state, read_safetensors_file
@@ -61,12 +63,15 @@ def untrained_teacher(image_shape: tuple[int, int, int], classes: list[int], wid
 
 def train_teacher(real: RealData, classes: list[int], *, epochs: float = 2.0, width: int = 128,
                   batch_size: int = 256, lr: float = 0.05, device: torch.device = torch.device("cpu"),
-                  seed: int = 0, progress: bool = False) -> tuple[Teacher, float]:
+                  seed: int = 0, progress: bool = False,
+                  snapshot: Callable[[int, ConvNet], None] | None = None) -> tuple[Teacher, float]:
     """Train a ConvNet-3 on the real training images of ``classes`` (SGD, momentum 0.9, cosine lr).
 
     Args:
         classes: dataset class indices; the network's logits are in this order.
         epochs: passes over those classes' images (fractions allowed: 0.5 reads half once).
+        snapshot: called as ``snapshot(e, net)`` with the initial network (e = 0) and after each whole epoch
+            e (an expert's trajectory, d3codec.experts); it must copy what it keeps.
     Returns: (teacher, training accuracy of the last epoch's batches, a fraction).
     """
     gen = torch.Generator().manual_seed(seed)
@@ -86,6 +91,10 @@ def train_teacher(real: RealData, classes: list[int], *, epochs: float = 2.0, wi
                                            lambda: (torch.zeros(1, *real.image_shape),))
     micro = max(1, min(batch_size, activation_memory(device) // per_image))
     order, position, correct, seen = torch.randperm(len(indices), generator=gen), 0, 0, 0
+    per_epoch = max(1, len(indices) // batch_size)
+    forward = compiled(net, steps * batch_size >= COMPILE_MIN_IMAGE_STEPS)
+    if snapshot is not None:
+        snapshot(0, net)
     for step in progress_bar(range(steps), desc="teacher", enabled=progress, unit="step"):
         if position + batch_size > len(order):
             order, position = torch.randperm(len(indices), generator=gen), 0
@@ -98,15 +107,17 @@ def train_teacher(real: RealData, classes: list[int], *, epochs: float = 2.0, wi
         opt.zero_grad(set_to_none=True)
         logits = []
         for i in range(0, len(y), micro):  # the batch's mean loss, its gradient summed over micro-batches
-            part = net(x[i:i + micro])
+            part = forward(x[i:i + micro])
             (F.cross_entropy(part, y[i:i + micro], reduction="sum") / len(y)).backward()
             logits.append(part.detach())
         logits = torch.cat(logits)
         opt.step()
         sched.step()
-        if step >= steps - max(1, len(indices) // batch_size):
+        if step >= steps - per_epoch:
             correct += int((logits.argmax(1) == y).sum())
             seen += len(y)
+        if snapshot is not None and (step + 1) % per_epoch == 0:
+            snapshot((step + 1) // per_epoch, net)
     net.eval().requires_grad_(False)
     return Teacher(net, list(classes), list(range(len(classes)))), correct / max(seen, 1)
 

@@ -582,7 +582,7 @@ def read_pixel(meta, tensors, shape, k):
         raise SpecError("pixel archives need the images section")
     t = tensors["images"]
     codes = t.get("images")
-    kind, f = formation(meta.get("params") or {}, shape)
+    kind, f, mask = formation(meta.get("params") or {}, shape)
     stored = (shape[0], shape[1] // f, shape[2] // f)
     if codes is None or codes.ndim != 4 or tuple(codes.shape[1:]) != stored or codes.shape[0] < 1:
         raise SpecError("images: (N, C, H/f, W/f) with N ≥ 1")
@@ -603,7 +603,7 @@ def read_pixel(meta, tensors, shape, k):
         raise SpecError("images must be U8, F16 or F32")
     if not np.isfinite(images).all():
         raise SpecError("images must be finite")
-    images = form(images, kind, shape)
+    images = form(images, kind, shape, mask)
     with np.errstate(over="ignore"):
         if not np.isfinite(images.astype(np.float32)).all():
             raise SpecError("decoded images must be finite in float32")
@@ -622,28 +622,66 @@ def read_pixel(meta, tensors, shape, k):
 
 
 def formation(params, shape):
-    """§5.5: (kind, factor) of meta.params.formation; absent: pixels."""
+    """§5.5: (kind, factor, mask) of meta.params.formation; absent: pixels. ``mask``: None, or for a dct with a
+    coefficient mask the flat row-major H·W positions of each channel's set bits, (C, ⌊H/f⌋·⌊W/f⌋)."""
     if "formation" not in params:
-        return "pixels", 1
+        return "pixels", 1, None
     value = params["formation"]
-    if not isinstance(value, dict) or set(value) != {"kind", "factor"}:
-        raise SpecError("formation: an object of kind and factor")
+    if not isinstance(value, dict) or set(value) not in ({"kind", "factor"}, {"kind", "factor", "mask"}):
+        raise SpecError("formation: an object of kind and factor (and, for dct, mask)")
     kind = choice(value, "kind", ("pixels", "lowres", "dct"))
     f = integer(value, "factor", 1, 16)
     if (kind == "pixels") != (f == 1) or (kind == "lowres" and (shape[1] % f or shape[2] % f)) or \
             shape[1] // f < 1 or shape[2] // f < 1:
         raise SpecError("formation: factor 1 for pixels, 2 to 16 otherwise, leaving codes of at least 1 × 1, "
                         "dividing the sides for lowres")
-    return kind, f
+    if "mask" not in value:
+        return kind, f, None
+    if kind != "dct":
+        raise SpecError("formation: only dct takes a mask")
+    return kind, f, dct_mask(value["mask"], shape, f)
 
 
-def form(codes, kind, shape):
+def dct_mask(mask, shape, f):
+    """§5.5: a dct formation's mask, one string per channel of 2·⌈H·W/8⌉ lowercase hex digits: H·W bits, row-major,
+    the first the most significant bit of the first byte, the padding 0, exactly ⌊H/f⌋·⌊W/f⌋ set. Returns the
+    set positions of each channel in ascending order, (C, ⌊H/f⌋·⌊W/f⌋) int64."""
+    c, h, w = shape
+    bits_, digits, keep = h * w, 2 * ((h * w + 7) // 8), (h // f) * (w // f)
+    if not isinstance(mask, list) or len(mask) != c:
+        raise SpecError(f"formation: mask must be a list of {c} strings, one per channel")
+    rows = []
+    for text in mask:
+        if not isinstance(text, str) or len(text) != digits or any(ch not in "0123456789abcdef" for ch in text):
+            raise SpecError(f"formation: a mask is a string of {digits} lowercase hex digits")
+        bits = []
+        for i in range(0, digits, 2):  # each byte, its most significant bit first
+            byte = int(text[i:i + 2], 16)
+            bits += [(byte >> (7 - b)) & 1 for b in range(8)]
+        if any(bits[bits_:]):
+            raise SpecError("formation: a mask's padding bits (past H·W) must be 0")
+        positions = [p for p in range(bits_) if bits[p]]
+        if len(positions) != keep:
+            raise SpecError(f"formation: a mask sets exactly ⌊H/f⌋·⌊W/f⌋ = {keep} bits")
+        rows.append(positions)
+    return np.array(rows, dtype=np.int64).reshape(c, keep)
+
+
+def form(codes, kind, shape, mask=None):
     """§5.5: float32 codes (N, C, h, w) → images (N, C, H, W): lowres in float32, dct in float64 (a higher
-    precision than the reference's float32 products, which §5.2 allows)."""
+    precision than the reference's float32 products, which §5.2 allows). With a mask, code (a, b) of channel c
+    is the coefficient at the (a·w + b)-th set bit of channel c's mask, every other one 0, and the DCT matrices
+    are the full H × H and W × W."""
     _, h, w = shape
     if kind == "pixels":
         return codes.astype(np.float64)
     if kind == "dct":
+        if mask is not None:
+            n, c = codes.shape[:2]
+            full = np.zeros((n, c, h * w))
+            for ch in range(c):
+                full[:, ch, mask[ch]] = codes[:, ch].reshape(n, -1)  # row-major (a, b) → the (a·w + b)-th set bit
+            codes = full.reshape(n, c, h, w)
         bh, bw = dct_basis(h, codes.shape[2]), dct_basis(w, codes.shape[3])
         return np.einsum("ki,nckl,lj->ncij", bh.astype(np.float64), codes.astype(np.float64), bw.astype(np.float64))
     r0, r1, a0, a1 = lowres_taps(codes.shape[2], h // codes.shape[2])

@@ -59,6 +59,8 @@ def test_vectors_cover_formations_top_k_labeller_tapered_upconv_v1_and_the_budge
     metas = [meta_of(v) for v in ARCHIVES]
     params = [m.get("params") or {} for m in metas]
     assert {p["formation"]["kind"] for p in params if "formation" in p} == {"lowres", "dct"}
+    masks = [p["formation"]["mask"] for p in params if "mask" in p.get("formation", {})]
+    assert masks and any(len(set(m)) > 1 for m in masks)  # a dct mask, one of its own for each channel (§5.5)
     groups = [g for p in params for g in p.get("groups", [])]
     assert any("label_top_k" in g for g in groups) and any(g.get("decoder_architecture") == "tapered" for g in groups)
     assert {p.get("architecture") for p in params} >= {"upconv-v1", "upconv-v2"}
@@ -73,7 +75,9 @@ def test_vectors_cover_formations_top_k_labeller_tapered_upconv_v1_and_the_budge
     assert {"neg-formation-kind.d3", "neg-formation-factor.d3", "neg-dct-factor-empty.d3", "neg-formation-codes-shape.d3",
             "neg-dct-overflow.d3", "neg-topk-index-range.d3", "neg-topk-index-repeated.d3", "neg-topk-sum.d3",
             "neg-labeller-no-meta.d3", "neg-labeller-no-section.d3", "neg-labeller-scale-inf.d3", "neg-weight-inf.d3",
-            "neg-bptt-empty-class.d3", "neg-decoder-width-6-4px.d3"} <= refused
+            "neg-bptt-empty-class.d3", "neg-decoder-width-6-4px.d3", "neg-dct-mask-lowres.d3", "neg-dct-mask-bits.d3",
+            "neg-dct-mask-length.d3", "neg-dct-mask-uppercase.d3", "neg-dct-mask-padding.d3",
+            "neg-dct-mask-channels.d3"} <= refused
 
 
 def test_every_float16_value_in_the_vectors_is_the_binary16_stored():

@@ -1,7 +1,10 @@
-"""Distribution matching with random networks: the loop that DM, D3 and D2M share.
+"""Distribution matching through random or partly trained networks: the loop that DM, D3 and D2M share.
 
-Every iteration draws a freshly initialised ConvNet-3 φ (Zhao & Bilen, "Dataset Condensation with
-Distribution Matching", WACV 2023, Sec. 3.2). Then, class by class (``class_chunk`` classes at a
+Every iteration draws a ConvNet-3 φ: freshly initialised (``matching="dm"``: Zhao & Bilen, "Dataset
+Condensation with Distribution Matching", WACV 2023, Sec. 3.2), or DANCE's middle encoder between an
+expert's initial and trained weights (``matching="dance"``: Zhang et al., IJCAI 2024, Sec. 3.2; the pool
+is d3codec.experts), whose trained expert then also calibrates the synthetic images (:class:`CalibrationTerm`,
+Sec. 3.3). Then, class by class (``class_chunk`` classes at a
 time, to bound memory), it takes a synthetic batch from the method and a real batch of the same
 class, applies one DSA draw to both (siamese augmentation, Zhao & Bilen, ICML 2021, Sec. 3), and
 sums the method's per-class :class:`MatchingTerm` losses; gradients accumulate chunk by chunk, so
@@ -15,17 +18,24 @@ from dataclasses import dataclass, field
 from typing import Callable, Protocol, Sequence
 
 import torch
+import torch.nn.functional as F
 
 from ..augment import DSA
-from ..data import Normalisation
+from ..data import Normalisation, RealData
+from ..experts import ExpertPool, ExpertSpec, expert_pool
 from ..losses import prediction_matching_loss
-from ..models import ConvNet
+from ..models import ConvNet, compiled
+from ..registry import Option
+
+MATCHINGS = ("dm", "dance")  # the network each iteration embeds with: random (DM) or a middle encoder (DANCE)
 
 
 @dataclass
 class MatchingBatch:
     """What the terms of one chunk see, after siamese DSA: ``synthetic`` (n, m, C, H, W) and ``real``
-    (n, r, C, H, W), normalised, for n classes; ``network`` the iteration's random ConvNet-3.
+    (n, r, C, H, W), normalised, for n classes; ``network`` the iteration's ConvNet-3 (random, or a middle
+    encoder); ``expert`` the trained expert of a DANCE iteration (else None); ``classes`` the n classes'
+    dataset indices (the expert's outputs).
 
     :meth:`features` embeds both sides once per extractor, whichever terms ask (the real side
     without gradients).
@@ -34,6 +44,9 @@ class MatchingBatch:
     synthetic: torch.Tensor
     real: torch.Tensor
     network: ConvNet
+    expert: ConvNet | None = None
+    classes: Sequence[int] = ()
+    embed: Callable[[torch.Tensor], torch.Tensor] | None = None  # the network's embed, compiled (None: eager)
     _features: dict = field(default_factory=dict)
 
     def features(self, extractor: Callable[[torch.Tensor], torch.Tensor] | None = None
@@ -44,7 +57,7 @@ class MatchingBatch:
         # fixed order (keys are stable: the random network by name, others by the object, kept alive here)
         key = "network" if extractor is None else id(extractor)
         if key not in self._features:
-            embed = extractor or self.network.embed
+            embed = extractor or self.embed or self.network.embed
             n, m, r = self.synthetic.shape[0], self.synthetic.shape[1], self.real.shape[1]
             f_syn = embed(self.synthetic.flatten(0, 1)).view(n, m, -1)
             with torch.no_grad():
@@ -96,6 +109,24 @@ class PredictionTerm:
         return self.weight * total
 
 
+@dataclass
+class CalibrationTerm:
+    """DANCE's distribution calibration (Zhang et al. 2024, Sec. 3.3): weight · Σ_c mean_j CE(θ_E(x̃_c,j), c),
+    the iteration's trained expert classifying the augmented synthetic images as their class, which keeps
+    them inside their class's region. DANCE alternates it with the matching step; here it is summed into
+    the same step (equal in the first order of the learning rate). Zero in an iteration without an expert."""
+
+    weight: float = 1.0
+
+    def __call__(self, batch: MatchingBatch) -> torch.Tensor:
+        if batch.expert is None or self.weight == 0:
+            return batch.synthetic.new_zeros(())
+        n, m = batch.synthetic.shape[:2]
+        logits = batch.expert(batch.synthetic.flatten(0, 1))  # (n·m, K of the dataset)
+        targets = torch.tensor(list(batch.classes), device=logits.device).repeat_interleave(m)
+        return self.weight * F.cross_entropy(logits, targets, reduction="sum") / m
+
+
 def memory_sized_chunk(num_classes: int, synthetic_per_class: int, real_per_class: int,
                        image_shape: tuple[int, int, int], embed_width: int, budget_bytes: int,
                        synthetic_extra_bytes: int = 0) -> int:
@@ -126,6 +157,11 @@ class DistributionMatcher:
         embed_width: the random ConvNet-3's width (128 in DM's paper).
         class_chunk: classes per forward pass; memory grows with it (memory_sized_chunk); it orders the
             random draws, not the objective.
+        experts: DANCE's pool (d3codec.experts): each iteration then embeds with a middle encoder of a drawn
+            expert instead of a random network (None: DM's random networks).
+        class_ids: the dataset index of each local class (default 0 … K−1), for the experts' outputs.
+        compile: embed through torch.compile (d3codec.models.compiled): one network module is kept and each
+            iteration's weights are copied into it, so it compiles once; the draws stay the same.
     """
 
     image_shape: tuple[int, int, int]
@@ -137,11 +173,35 @@ class DistributionMatcher:
     embed_width: int
     class_chunk: int
     device: torch.device
+    experts: ExpertPool | None = None
+    class_ids: Sequence[int] | None = None
+    compile: bool = False
+    _kept: tuple | None = field(default=None, init=False, repr=False)  # (module, its compiled embed)
+
+    def compiled_embed(self, network: ConvNet) -> tuple[ConvNet, Callable[[torch.Tensor], torch.Tensor] | None]:
+        """(``network``, None) eagerly; compiled: the kept module holding ``network``'s weights, and its
+        compiled embed."""
+        if not self.compile:
+            return network, None
+        if self._kept is None or not _same_shapes(self._kept[0], network):
+            self._kept = (network, compiled(network.embed, True, dynamic=None))
+            return self._kept
+        with torch.no_grad():
+            for kept, new in zip(self._kept[0].state_dict().values(), network.state_dict().values()):
+                kept.copy_(new)
+        return self._kept
 
     def random_network(self) -> ConvNet:
         """A freshly initialised ConvNet-3 (from torch's global generator), frozen."""
         c, h, _ = self.image_shape
         return ConvNet(c, self.num_classes, h, width=self.embed_width).to(self.device).requires_grad_(False)
+
+    def networks(self) -> tuple[ConvNet, ConvNet | None]:
+        """The iteration's embedding network and its trained expert: (random, None) for DM, (middle encoder,
+        trained expert) for DANCE; drawn from torch's global generator."""
+        if self.experts is None:
+            return self.random_network(), None
+        return self.experts.middle_encoder(self.device)
 
     def step(self, synthesize: Callable[[Sequence[int]], torch.Tensor], terms: Sequence[MatchingTerm],
              gen: torch.Generator, classes: Sequence[int] | None = None) -> float:
@@ -152,8 +212,10 @@ class DistributionMatcher:
         ``classes`` is given), (n, m, C, H, W) normalised, with gradients. Returns: the loss, summed over
         the chunks.
         """
-        network, total = self.random_network(), 0.0
+        (network, expert), total = self.networks(), 0.0
+        network, embed = self.compiled_embed(network)
         every = classes if classes is not None else range(self.num_classes)
+        ids = self.class_ids if self.class_ids is not None else range(self.num_classes)
         for lo in range(0, len(every), self.class_chunk):
             chunk = every[lo:lo + self.class_chunk]
             synthetic = synthesize(chunk)
@@ -163,8 +225,43 @@ class DistributionMatcher:
                 draws = [self.dsa.sample(gen) for _ in chunk]
                 synthetic = torch.stack([self.dsa.apply(synthetic[j], d) for j, d in enumerate(draws)])
                 real = torch.stack([self.dsa.apply(real[j], d) for j, d in enumerate(draws)])
-            batch = MatchingBatch(synthetic, real, network)
+            batch = MatchingBatch(synthetic, real, network, expert, [ids[i] for i in chunk], embed)
             loss = sum(term(batch) for term in terms)
             loss.backward()
             total += loss.detach().item()
         return total
+
+
+def _same_shapes(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    return [t.shape for t in a.state_dict().values()] == [t.shape for t in b.state_dict().values()]
+
+
+MATCHING_OPTIONS = (
+    Option("--matching", "matching", "The networks matching embeds with: dm, a fresh random ConvNet-3 each iteration "
+           "(Zhao & Bilen 2023); dance, a middle encoder between an expert's initial and trained weights, plus the "
+           "trained expert's calibration (Zhang et al. 2024). dance trains an expert pool once (cached: --experts).",
+           kind="choice", choices=MATCHINGS),
+    Option("--expert-count", "expert_count", "Experts in dance's pool (ConvNet-3s of the embedding width).",
+           low=1, high=64),
+    Option("--expert-epochs", "expert_epochs", "Epochs over the real training set of each expert.", low=1, high=1000),
+    Option("--calibration-weight", "calibration_weight", "Weight of dance's calibration term (0: none).",
+           kind="float", low=0, high=1000),
+)
+
+
+def matching_experts(matching: str, real: RealData, count: int, epochs: int, width: int, device: torch.device,
+                     progress: bool = False) -> ExpertPool | None:
+    """The expert pool ``matching`` needs (None for dm): ``count`` ConvNet-3s of ``width`` trained ``epochs`` on
+    every class of ``real``, from the cache (d3codec.experts) or trained now.
+
+    Raises: ValueError for a matching that is not one of MATCHINGS."""
+    if matching not in MATCHINGS:
+        raise ValueError(f"matching must be one of {', '.join(MATCHINGS)}, not {matching!r}")
+    if matching == "dm":
+        return None
+    return expert_pool(real, ExpertSpec(count, epochs, width), device=device, progress=progress)
+
+
+def matching_terms(pool: ExpertPool | None, calibration_weight: float) -> list[MatchingTerm]:
+    """The terms a matching adds to a method's own: DANCE's calibration where there is a pool."""
+    return [CalibrationTerm(calibration_weight)] if pool is not None and calibration_weight > 0 else []

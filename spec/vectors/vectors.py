@@ -251,6 +251,7 @@ def made_vectors() -> list[dict]:
     from d3codec.methods.d2m import ConditionalGenerator
     from d3codec.methods.d3 import D3Config, GroupPlan, group_entry, quantise_priors
     from d3codec.methods.d3.layout import stored_labels
+    from d3codec.methods.pixel.formation import parse_formation
     from d3codec.models import ConvNet, Decoder, build_model
     from d3codec.weights import quantise_state
 
@@ -367,6 +368,30 @@ def made_vectors() -> list[dict]:
         add("pixel-dct-labeller.d3", "a pixel archive of formation dct, factor 2: uint8 codes (3, 1, 4, 4), the lowest "
             "4x4 DCT coefficients of 9x9 images; and a stored labeller (§5.8), an int8 ConvNet-3 of width 2 at "
             "temperature 2, whose soft labels of the decoded images the expansion lists", dct_sections)
+
+        # dct with a coefficient mask (FreD's variance selection): RGB 9x10 images (H ≠ W: the mask is row-major,
+        # 90 bits: 6 bits of padding), factor 2: 4x5 codes per channel, the 20 coefficients of each channel that
+        # vary most over stand-in "real" images (a different high frequency per channel), as the writer fits them
+        masked_shape = (3, 9, 10)
+        masked_gen = torch.Generator().manual_seed(2027)  # its own stream: the vectors above and below stay the same
+        real = 0.5 + 0.1 * torch.rand(64, *masked_shape, generator=masked_gen)
+        real[:, 0, :, ::2] += torch.rand(64, 1, 1, generator=masked_gen)  # columns: the highest horizontal frequency
+        real[:, 1, ::2, :] += torch.rand(64, 1, 1, generator=masked_gen)  # rows: the highest vertical one
+        real[:, 2, ::2, ::2] += torch.rand(64, 1, 1, generator=masked_gen)  # a sparse grid: both
+        masked = parse_formation("dct-variance", 2).fitted(real)
+        square = {r * masked_shape[2] + c for r in range(4) for c in range(5)}
+        positions = masked.positions(masked_shape)
+        assert all(set(row.tolist()) != square and bool((row == 0).any()) for row in positions)  # not the square; DC
+        assert len({tuple(row.tolist()) for row in positions}) == 3  # a mask of its own for every channel
+        mask_meta = {"format": "d3", "method": "pixel", "dataset": dataset(["a", "b"], list(masked_shape)),
+                     "params": {"objective": "dm", "formation": masked.meta(masked_shape)}}
+        mask_images = {"images": masked.encode(real[:3] + 0.2 * torch.randn(3, *masked_shape, generator=masked_gen)),
+                       "labels": torch.tensor([0, 1, 1], dtype=torch.uint8)}
+        add("pixel-dct-mask.d3", "a pixel archive of formation dct, factor 2, with a coefficient mask (FreD's "
+            "selection): RGB 9x10 images (90 bits a mask: 6 of padding), float32 codes (3, 3, 4, 5) placed, per "
+            "channel, at the 20 set bits of that channel's mask (the DC and the coefficients of largest variance "
+            "over stand-in real images, high frequencies among them) before the full inverse DCT",
+            [json_section(mask_meta), tensors_section("images", mask_images)])
 
         # d3: a tapered float16 decoder (16x16 images: widths 8, 4, 4) and top-1 soft labels of 3 classes
         cfg_top = D3Config(decoder_dtype="float16", prior_dtype="float16", soft_labels=True)
@@ -525,6 +550,34 @@ def made_vectors() -> list[dict]:
         "not (2x2) (§5.5)", formed("lowres", 2, torch.full((2, 1, 4, 4), 0.5)), compress="never")
     bad("neg-dct-overflow.d3", "a dct formation whose float32 codes of 3e38 decode to infinite images (§5.5)",
         formed("dct", 2, torch.full((2, 1, 2, 2), 3e38)), compress="never")
+
+    # §5.5: the dct mask, on 10x10 images (100 bits: 13 bytes, the last 4 bits padding), factor 2: 25 bits set
+    def mask_of(bits, length=100):
+        out = torch.zeros(8 * ((length + 7) // 8), dtype=torch.bool)
+        out[list(bits)] = True
+        return bytes(int("".join("1" if b else "0" for b in out[i:i + 8].tolist()), 2)
+                     for i in range(0, len(out), 8)).hex()
+
+    def masked_with(formation):  # 2 codes of 5x5 (10x10 images, factor 2) under the formation given
+        sections = formed(formation["kind"], formation["factor"], torch.full((2, 1, 5, 5), 0.5), (1, 10, 10))
+        sections[0]["json"]["params"]["formation"] = formation
+        return sections
+
+    good_mask = mask_of([0, 1, 2, 3, 4, 10, 11, 12, 13, 20, 21, 22, 30, 31, 40, 9, 19, 29, 90, 91, 92, 99, 55, 66, 77])
+    assert len(good_mask) == 26 and good_mask.upper() != good_mask
+    bad("neg-dct-mask-lowres.d3", "a coefficient mask on a lowres formation: only dct takes a mask (§5.5)",
+        masked_with({"kind": "lowres", "factor": 2, "mask": [good_mask]}), compress="never")
+    bad("neg-dct-mask-bits.d3", "a dct mask with 24 bits set where factor 2 on 10x10 images keeps ⌊H/f⌋·⌊W/f⌋ = 25 "
+        "(§5.5)", masked_with({"kind": "dct", "factor": 2, "mask": [mask_of(range(24))]}), compress="never")
+    bad("neg-dct-mask-length.d3", "a dct mask of 28 hex digits for 10x10 images: 2·⌈H·W/8⌉ = 26 (§5.5)",
+        masked_with({"kind": "dct", "factor": 2, "mask": [good_mask + "00"]}), compress="never")
+    bad("neg-dct-mask-uppercase.d3", "a dct mask in uppercase hex: lowercase 0-9a-f only (§5.5)",
+        masked_with({"kind": "dct", "factor": 2, "mask": [good_mask.upper()]}), compress="never")
+    bad("neg-dct-mask-padding.d3", "a dct mask whose padding bit 100 (past H·W = 100) is set, with 25 bits set "
+        "among the first 100 (§5.5)",
+        masked_with({"kind": "dct", "factor": 2, "mask": [mask_of([*range(25), 100])]}), compress="never")
+    bad("neg-dct-mask-channels.d3", "two dct masks for 1-channel images: one per channel (§5.5)",
+        masked_with({"kind": "dct", "factor": 2, "mask": [good_mask, good_mask]}), compress="never")
 
     # §5.2: stored weights must be finite
     inf_state = quantise_state({n: 0.4 * rand(*v.shape) for n, v in dec.state_dict().items()}, "g0.", "float16")

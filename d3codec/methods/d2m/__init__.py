@@ -10,6 +10,7 @@ from ...teacher import load_teacher
 from .archive import SECTIONS, D2MSampler, decode, describe_params, load_labeller, load_sampler, read_params
 from .encoder import PRESETS, D2MConfig, D2MEncoder, D2MPlan, build_generator
 from .networks import GENERATOR_WIDTHS, GENERATORS, ConditionalGenerator, load_generator, save_generator
+from ..matching import MATCHING_OPTIONS
 
 
 def build(method: Method, preset: str, options: dict, context: BuildContext) -> "D2MEncoder":
@@ -41,7 +42,7 @@ register_method(Method(
             "drawn gets the teacher's soft label.", kind="flag"),
      Option("--generator", "generator", "Fine-tune this pre-trained generator (safetensors) instead of "
             "pre-training one.", kind="file"),
-     TEACHER_EPOCHS_OPTION, TEACHER_OPTION, SAVE_TEACHER_OPTION),
+     TEACHER_EPOCHS_OPTION, TEACHER_OPTION, SAVE_TEACHER_OPTION) + MATCHING_OPTIONS,
     build=build,
     hints={"--images-per-class": "d2m archives draw any count at expansion (--samples-per-class)"},
     checkpoint_help="the pre-training checkpoint (default: OUTPUT.pretrain.safetensors, every 200 iterations in the "

@@ -74,12 +74,13 @@ from ...errors import D3BudgetError, D3Error
 from ...federated import broadcast_parameters, rank, sum_gradients, sum_over_ranks, world_size
 from ...limits import network_cost
 from ...losses import mean_embedding_loss, mmd_rbf
-from ...models import ConvNet, activation_memory, saved_activation_bytes
+from ...models import COMPILE_MIN_IMAGE_STEPS, ConvNet, activation_memory, saved_activation_bytes
 from ...progress import Stage, Stages, progress_bar
 from ...teacher import Teacher, save_teacher, train_teacher, untrained_teacher
 from ...weights import WEIGHT_DTYPES, quantise_state, stored_zeros
 from ..base import DatasetSpec, Encoded, Encoder, preset_config
-from ..matching import DistributionMatcher, FeatureTerm, PredictionTerm, memory_sized_chunk
+from ..matching import (DistributionMatcher, FeatureTerm, PredictionTerm, matching_experts, matching_terms,
+                        memory_sized_chunk)
 from .networks import (ARCHITECTURE, CONDITIONINGS, GENERATOR_WIDTHS, GENERATORS, ConditionalGenerator, Discriminator,
                        PosteriorEncoder, PretrainedGenerator, generator_shapes, teacher_shapes)
 
@@ -130,6 +131,10 @@ class D2MConfig:
     soft_labels: bool = False  # store the teacher, so that every sample drawn gets its soft label
     label_temperature: float = 1.0  # softmax temperature of those soft labels
     architecture: str = ARCHITECTURE  # the generator's registered architecture (networks.GENERATORS)
+    matching: str = "dm"  # embed with random networks (dm) or DANCE's middle encoders of an expert pool (dance)
+    expert_count: int = 3  # dance: experts in the pool (ConvNet-3s of embed_width; d3codec.experts)
+    expert_epochs: int = 2  # dance: each expert's epochs over the real training set
+    calibration_weight: float = 1.0  # dance: weight of the trained expert's cross-entropy on generated images
 
 
 PRESETS = {
@@ -626,9 +631,12 @@ class D2MEncoder(Encoder):
             lambda: (torch.zeros(1, generator.noise_dim), torch.zeros(1, dtype=torch.long)))
         chunk = cfg.class_chunk or memory_sized_chunk(k, cfg.synthetic_per_class, cfg.real_per_class, real.image_shape,
                                                       cfg.embed_width, activation_memory(device), per_sample)
+        pool = matching_experts(cfg.matching, real, cfg.expert_count, cfg.expert_epochs, cfg.embed_width, device)
+        work = cfg.iterations * k * (cfg.synthetic_per_class + cfg.real_per_class)  # images embedded in the run
         matcher = DistributionMatcher(real.image_shape, k, sampler.sample, cfg.real_per_class, normalise,
-                                      DSA() if cfg.dsa else None, cfg.embed_width, chunk, device)
-        terms = [FeatureTerm(mean_embedding_loss, cfg.embedding_weight)]
+                                      DSA() if cfg.dsa else None, cfg.embed_width, chunk, device, pool,
+                                      compile=work >= COMPILE_MIN_IMAGE_STEPS)
+        terms = [FeatureTerm(mean_embedding_loss, cfg.embedding_weight)] + matching_terms(pool, cfg.calibration_weight)
         if cfg.mmd_weight > 0:
             terms.append(FeatureTerm(mmd_rbf, cfg.mmd_weight))
         if teacher is not None and cfg.task_balance > 0:

@@ -13,6 +13,7 @@ from .encoder import PRESETS, D3Config, D3Encoder, fit_decoder, pca_latents
 from .layout import (DECODER_WIDTHS, SECTIONS, D3Plan, GroupPlan, decoder_shapes, dequantise_priors, group_entry,
                      group_tensors, quantise_priors, sections_of, split_classes)
 from .merge import merge_archives
+from ..matching import MATCHING_OPTIONS
 
 
 def build(method: Method, preset: str, options: dict, context: BuildContext) -> D3Encoder:
@@ -47,7 +48,7 @@ register_method(Method(
             "subtasks of up to 20 classes, else the top 10.", low=0, high=32767),
      Option("--warm-start-iterations", "init_iterations", "Iterations fitting the decoder and prior means to real "
             "images before matching (0: none).", low=0, high=10_000_000),
-     TEACHER_EPOCHS_OPTION, TEACHER_OPTION, SAVE_TEACHER_OPTION),
+     TEACHER_EPOCHS_OPTION, TEACHER_OPTION, SAVE_TEACHER_OPTION) + MATCHING_OPTIONS,
     build=build, subtasks=True,
     hints={"--images-per-class": "use --priors-per-class"},
     checkpoint_help="each subtask i checkpoints to this name with .g{i} before its suffix (default: "

@@ -62,15 +62,16 @@ from ...checkpoint import Checkpoint, fingerprint, weights_digest
 from ...container import Section
 from ...data import ClassSampler, Normalisation, RealData
 from ...errors import D3BudgetError
+from ...experts import ExpertPool
 from ...limits import network_cost
 from ...losses import mean_embedding_loss, mmd_rbf
-from ...models import (DECODER_ARCHITECTURES, ConvNet, Decoder, activation_memory, decoder_stage_widths,
-                       upsampling_geometry)
+from ...models import (COMPILE_MIN_IMAGE_STEPS, DECODER_ARCHITECTURES, ConvNet, Decoder, activation_memory,
+                       decoder_stage_widths, upsampling_geometry)
 from ...progress import Stage, Stages, progress_bar
 from ...teacher import Teacher, save_teacher, train_teacher, untrained_teacher
 from ...weights import dequantise_state, quantise_state
 from ..base import DatasetSpec, Encoded, Overrun, Subtask, SubtaskEncoder, preset_config
-from ..matching import DistributionMatcher, FeatureTerm, memory_sized_chunk
+from ..matching import DistributionMatcher, FeatureTerm, matching_experts, matching_terms, memory_sized_chunk
 from .layout import (DECODER_DTYPES, DECODER_WIDTHS, MAX_TOP_K_CLASSES, PRIOR_DTYPES, D3Plan, GroupPlan, decoder_shapes,
                      dequantise_priors, first_priors, group_entry, group_tensors, quantise_priors, sections_of,
                      split_classes, trimmed_priors)
@@ -119,6 +120,10 @@ class D3Config:
     decoder_dtype: str = "int8"  # how decoder weights are stored: int8 or float16
     prior_dtype: str = "int8"  # how priors are stored: int8 or float16
     fill: str = "compressed"  # "compressed": plan priors on their estimated zstd size (trimmed to fit); "raw": raw size
+    matching: str = "dm"  # embed with random networks (dm) or DANCE's middle encoders of an expert pool (dance)
+    expert_count: int = 3  # dance: experts in the pool (ConvNet-3s of embed_width; d3codec.experts)
+    expert_epochs: int = 2  # dance: each expert's epochs over the real training set
+    calibration_weight: float = 1.0  # dance: weight of the trained expert's cross-entropy on decoded samples
 
 
 # The stored/raw size the plan expects of priors and soft labels together (zstd, spec §5.6 storage): trained
@@ -530,8 +535,10 @@ class D3Encoder(SubtaskEncoder):
 
         opt = torch.optim.Adam([{"params": state.decoder.parameters(), "lr": cfg.lr_decoder},
                                 {"params": list(state.priors().values()), "lr": cfg.lr_priors}])
-        matcher = self._matcher(g, real.image_shape, sampler, normalise, device)
-        terms = self._terms(teacher)
+        pool = matching_experts(cfg.matching, real, cfg.expert_count, cfg.expert_epochs, cfg.embed_width, device,
+                                progress)
+        matcher = self._matcher(g, real.image_shape, sampler, normalise, device, pool)
+        terms = self._terms(teacher) + matching_terms(pool, cfg.calibration_weight)
         modules = {"decoder": state.decoder, **({"teacher": teacher.net} if own_teacher else {})}
         first, loss_value = 0, float("nan")
         if resuming:
@@ -633,14 +640,18 @@ class D3Encoder(SubtaskEncoder):
             fit_decoder(state.decoder, state.prior_mean, images, cfg, gen, progress=progress, rows=rows)
 
     def _matcher(self, g: GroupPlan, image_shape: tuple[int, int, int], sampler: ClassSampler,
-                 normalise: Normalisation, device: torch.device) -> DistributionMatcher:
-        """The matching loop of group ``g``, its classes chunked to fit memory (at most ``class_chunk``)."""
+                 normalise: Normalisation, device: torch.device, pool: ExpertPool | None = None
+                 ) -> DistributionMatcher:
+        """The matching loop of group ``g``, its classes chunked to fit memory (at most ``class_chunk``),
+        through ``pool``'s middle encoders where there is one (matching dance)."""
         cfg = self.config
         chunk = min(cfg.class_chunk, memory_sized_chunk(g.num_classes, cfg.synthetic_per_class, cfg.real_per_class,
                                                         image_shape, cfg.embed_width, activation_memory(device),
                                                         decoder_activation_bytes(g, image_shape)))
+        work = cfg.iterations * g.num_classes * (cfg.synthetic_per_class + cfg.real_per_class)  # images embedded
         return DistributionMatcher(image_shape, g.num_classes, sampler.sample, cfg.real_per_class, normalise,
-                                   DSA() if cfg.dsa else None, cfg.embed_width, chunk, device)
+                                   DSA() if cfg.dsa else None, cfg.embed_width, chunk, device, pool,
+                                   list(range(g.start, g.stop)), compile=work >= COMPILE_MIN_IMAGE_STEPS)
 
     def _terms(self, teacher: Teacher | None) -> list:
         """The objective: MMD and DM's mean term on the random network's features, and on the teacher's

@@ -8,7 +8,8 @@ from ...registry import ArchiveKind, Method, Option, register_archive_kind, regi
 from .archive import INITS, NETWORKS, SECTIONS, decode, describe_params, read_schedule
 from .bptt import BPTTConfig, BPTTEncoder, BPTTPlan, unrolled_gradients
 from .dm import DMConfig, DMEncoder
-from .formation import FORMATIONS, MAX_FACTOR, Formation
+from .formation import FORMATION_CHOICES, MAX_FACTOR, Formation
+from ..matching import MATCHING_OPTIONS
 
 STORAGE_OPTION = Option("--storage-dtype", "storage_dtype", "How images are stored; auto picks uint8 with a per-class "
                         "range (most images per byte).", kind="choice", choices=("auto", "uint8", "float16", "float32"))
@@ -22,10 +23,11 @@ register_method(Method(
     "pixel", DMEncoder,
     (STORAGE_OPTION, IMAGES_OPTION,
      Option("--formation", "formation", "How stored codes become images: pixels (the images), lowres (IDC's "
-            "multi-formation: stored at 1/f of the side, upsampled) or dct (FreD: the lowest DCT coefficients). "
-            "lowres and dct hold about f² times as many images.", kind="choice", choices=FORMATIONS),
+            "multi-formation: stored at 1/f of the side, upsampled), dct (FreD: the lowest DCT coefficients) or "
+            "dct-variance (FreD's selection: the DCT coefficients of largest variance on the real data, a mask "
+            "stored). lowres and dct hold about f² times as many images.", kind="choice", choices=FORMATION_CHOICES),
      Option("--formation-factor", "formation_factor", "The side reduction f of lowres and dct (default 2).",
-            low=2, high=MAX_FACTOR))))
+            low=2, high=MAX_FACTOR)) + MATCHING_OPTIONS))
 register_method(Method(
     "bptt", "The original dataset distillation (Wang et al. 2018): images and per-step learning rates learned "
     "through unrolled training; the archive carries the schedule.", "pixel", BPTTEncoder,

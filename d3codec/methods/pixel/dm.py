@@ -45,12 +45,12 @@ from ...budget import PixelPlan, plan_pixel_storage
 from ...container import Section, stored_size
 from ...data import ClassSampler, Normalisation, RealData
 from ...losses import mean_embedding_loss
-from ...models import activation_memory
+from ...models import COMPILE_MIN_IMAGE_STEPS, activation_memory
 from ...storage import encode_images, resolve_storage_dtype, stored_image_zeros
 from ...progress import progress_bar
 from ..base import CheckpointedEncoder, DatasetSpec, Encoded, Overrun
-from ..matching import DistributionMatcher, FeatureTerm, memory_sized_chunk
-from .formation import Formation, parse_formation
+from ..matching import DistributionMatcher, FeatureTerm, matching_experts, matching_terms, memory_sized_chunk
+from .formation import MASK_SAMPLE_IMAGES, Formation, parse_formation
 
 
 @dataclass(frozen=True)
@@ -66,10 +66,14 @@ class DMConfig:
     storage_dtype: str = "auto"  # how images are stored: auto (uint8 with a per-class range), uint8, float16, float32
     images_per_class: int | None = None  # a fixed count instead of filling the budget
     fill: str = "compressed"  # "compressed": plan on the estimated zstd size (trim if wrong); "raw": on the raw size
-    formation: str = "pixels"  # how stored codes become images: pixels, lowres (IDC) or dct (FreD); formation.py
+    formation: str = "pixels"  # how codes become images: pixels, lowres (IDC), dct or dct-variance (FreD); formation.py
     formation_factor: int | None = None  # the side reduction f of lowres and dct (default 2)
     class_chunk: int | None = None  # classes per forward pass (memory, not the objective; None: memory-sized)
     real_cache_per_class: int = 512  # real images per class kept in memory for datasets on disk
+    matching: str = "dm"  # embed with random networks (dm) or DANCE's middle encoders of an expert pool (dance)
+    expert_count: int = 3  # dance: experts in the pool (ConvNet-3s of embed_width; d3codec.experts)
+    expert_epochs: int = 2  # dance: each expert's epochs over the real training set
+    calibration_weight: float = 1.0  # dance: weight of the trained expert's cross-entropy on synthetic images
 
     @property
     def parsed_formation(self) -> Formation:
@@ -105,11 +109,14 @@ class DMEncoder(CheckpointedEncoder):
 
     presets = PRESETS
 
-    def method_meta(self, plan: PixelPlan) -> dict:
+    def method_meta(self, plan: PixelPlan, formation: Formation | None = None,
+                    image_shape: tuple[int, int, int] | None = None) -> dict:
+        """``meta.params``; ``formation``: the one distilled with (a dct-variance one with its mask), default the
+        config's (a mask of zeros of ``image_shape``'s length while planning)."""
         meta = {"objective": "dm", "config": asdict(self.config), "images_per_class": plan.images_per_class,
                 "storage_dtype": plan.storage_dtype}
-        formation = self.config.parsed_formation
-        return meta if formation.kind == "pixels" else {**meta, "formation": formation.meta()}
+        formation = formation or self.config.parsed_formation
+        return meta if formation.kind == "pixels" else {**meta, "formation": formation.meta(image_shape)}
 
     def _sections(self, images: torch.Tensor, labels: torch.Tensor, spec: DatasetSpec, dtype: str) -> list[Section]:
         return [Section.tensors("images", encode_images(images, labels, spec.num_classes, dtype))]
@@ -125,27 +132,31 @@ class DMEncoder(CheckpointedEncoder):
 
         def sections_for(n: int, dtype: str) -> list[Section]:  # placeholders in their stored dtypes
             draft = PixelPlan(n, dtype, 0, budget)
-            return [Section.json("meta", meta_for(self.method_meta(draft))),
+            return [Section.json("meta", meta_for(self.method_meta(draft, image_shape=spec.image_shape))),
                     Section.tensors("images", stored_image_zeros(n * k, shape, k, dtype))]
 
         ratio = None
         if real is not None and self.config.fill == "compressed" and self.config.images_per_class is None:
             dtype = resolve_storage_dtype(self.config.storage_dtype)
             margin = DISTILLED_RATIO_MARGIN[formation.kind]
-            ratio = min(1.0, image_compression_ratio(real, dtype, formation) * margin)
+            lowpass = replace(formation, selection="lowpass")  # as the fitted mask's codes compress, near enough
+            ratio = min(1.0, image_compression_ratio(real, dtype, lowpass) * margin)
         return plan_pixel_storage(budget, k, shape, sections_for, self.config.storage_dtype,
                                   self.config.images_per_class, ratio)
 
     def distill(self, real: RealData, plan: PixelPlan, *, device: torch.device, seed: int,
                 progress: bool = True) -> Encoded:
-        cfg, spec, formation = self.config, DatasetSpec.of(real), self.config.parsed_formation
+        cfg, spec = self.config, DatasetSpec.of(real)
         k, n = real.num_classes, plan.images_per_class
-        c, h, w = formation.code_shape(real.image_shape)
         gen = seeds.generator(seed, "dm")
         torch.manual_seed(seeds.stream_seed(seed, "dm"))  # the random networks draw from the global generator
         normalise = Normalisation.of(real, device)
         # a dataset on disk is read once into a per-class cache, from its own stream (in memory: no draws)
         sampler = ClassSampler(real, list(range(k)), cfg.real_cache_per_class, seeds.generator(seed, "dm-real-cache"))
+        formation = self.config.parsed_formation
+        if formation.selection == "variance":  # FreD's coefficients: ranked on the real images
+            formation = formation.fitted(mask_sample(real, seeds.generator(seed, "dm-mask")))
+        c, h, w = formation.code_shape(real.image_shape)
 
         # synthetic codes of normalised images (the images themselves for formation pixels), initialised
         # from random real images of each class; the formation makes images of them (IDC, FreD)
@@ -163,9 +174,14 @@ class DMEncoder(CheckpointedEncoder):
 
         chunk = cfg.class_chunk or memory_sized_chunk(k, n, cfg.real_per_class, real.image_shape, cfg.embed_width,
                                                       activation_memory(device))
+        pool = matching_experts(cfg.matching, real, cfg.expert_count, cfg.expert_epochs, cfg.embed_width, device,
+                                progress)
+        work = cfg.iterations * k * (n + cfg.real_per_class)  # images embedded in the run: compile long runs
         matcher = DistributionMatcher(real.image_shape, k, sampler.sample, cfg.real_per_class, normalise,
-                                      DSA() if cfg.dsa else None, cfg.embed_width, chunk, device)
-        terms = [FeatureTerm(mean_embedding_loss)]  # Σ_c ‖mean φ(x_c) − mean φ(x̃_c)‖² (Eq. 4)
+                                      DSA() if cfg.dsa else None, cfg.embed_width, chunk, device, pool,
+                                      compile=work >= COMPILE_MIN_IMAGE_STEPS)
+        # Σ_c ‖mean φ(x_c) − mean φ(x̃_c)‖² (Eq. 4), and DANCE's calibration under matching dance
+        terms = [FeatureTerm(mean_embedding_loss)] + matching_terms(pool, cfg.calibration_weight)
 
         start = time.time()
         ckpt, first, loss_value = self.resume_checkpoint(  # a killed run goes on from its last checkpoint
@@ -186,16 +202,18 @@ class DMEncoder(CheckpointedEncoder):
         images = formation.denormalise(synthetic.detach().flatten(0, 1), normalise.mean, normalise.std,
                                        real.image_shape).cpu()  # codes of pixel-space images, (K·n, C, H/f, W/f)
         stats = {"distill_seconds": round(time.time() - start, 3)}
+        if pool is not None:
+            stats["expert_seconds"] = round(pool.trained_seconds, 3)  # 0 where every expert came from the cache
         if math.isfinite(loss_value):
             stats["final_loss"] = round(loss_value, 6)
         if first:
             stats["resumed_at_iteration"] = first
-        encoded = self._encoded(images.view(k, n, c, h, w), spec, plan, stats)
+        encoded = self._encoded(images.view(k, n, c, h, w), spec, plan, stats, formation=formation)
         encoded.cleanup = ckpt.remove if ckpt is not None else None
         return encoded
 
     def _encoded(self, images: torch.Tensor, spec: DatasetSpec, plan: PixelPlan, stats: dict,
-                 total: int | None = None) -> Encoded:
+                 total: int | None = None, formation: Formation | None = None) -> Encoded:
         """Sections of the first ``total`` (default all) of images (K, n, C, H, W), spread over the classes:
         class c keeps total // K images, one more for c < total % K. ``trim`` drops as many images as an
         :class:`Overrun` asks, the last image of the last classes first, never below the guaranteed count."""
@@ -211,11 +229,19 @@ class DMEncoder(CheckpointedEncoder):
                 return None
             smaller = max(floor, total - overrun.units_to_drop(total, ("images",)))
             return self._encoded(images, spec, plan, {**stats, "planned_images_per_class": plan.images_per_class},
-                                 smaller)
+                                 smaller, formation)
 
         chosen = torch.cat([images[c, :counts[c]] for c in range(k)]) if total < k * n else images.flatten(0, 1)
-        meta = self.method_meta(kept) if total == k * counts[0] else {**self.method_meta(kept), "images": total}
+        meta = self.method_meta(kept, formation, spec.image_shape)
+        meta = meta if total == k * counts[0] else {**meta, "images": total}
         return Encoded(self._sections(chosen, labels, spec, plan.storage_dtype), meta, stats, trim)
+
+
+def mask_sample(real: RealData, gen: torch.Generator) -> torch.Tensor:
+    """About MASK_SAMPLE_IMAGES random real training images spread over the classes (at least one a class),
+    (N, C, H, W) float32 in [0, 1]: what a dct-variance formation ranks its coefficients on."""
+    per_class = max(1, MASK_SAMPLE_IMAGES // real.num_classes)
+    return torch.cat([real.sample_class(c, per_class, gen) for c in range(real.num_classes)])
 
 
 def image_compression_ratio(real: RealData, dtype: str, formation: Formation | None = None,
