@@ -21,6 +21,10 @@ with hard labels), DM through each of ``--formations`` (IDC's lowres, FreD's dct
 as JPEG (``--jpeg-quality``) beside float32 and PNG, and the fair baseline: random real PNG and JPEG
 images in the bytes the same labeller leaves, labelled online by it. A second table gives DD-Ranking's
 metrics of every archive row (d3codec.ranking; the full-data accuracy from benchmarks/full-data.json).
+Issue 34's table: ``--formations`` entries may name a matching and a budget (``dct-variance:3:dance@1``: DM
+through FreD's variance-ranked coefficients at factor 3 with DANCE's matching, at IPC 1 only), and
+``--runs-for PATTERN=N`` gives the decisive rows (the default archive, the strongest real-image baseline)
+more students than the others. Students are compiled (d3codec.students: ``compile="auto"``).
 Writes benchmarks/RESULTS.md and a JSON file of every number.
 
 Each build (distil an archive, or draw the real images) gives one or more rows, each trained by
@@ -68,10 +72,15 @@ HERE = Path(__file__).resolve().parent
 
 # ../shared/background.md; "recalled" figures are from memory of the papers' tables, unverified
 PUBLISHED = {
-    1: {"random real": "≈51 (recalled)", "DM": "70.7 (recalled)", "DC": "70.5", "DSA": "70.6", "MTT": "75.1 (recalled)"},
-    10: {"random real": "≈74 (recalled)", "DM": "83.5 (recalled)", "DC": "82.3", "DSA": "84.6", "MTT": "87.2 (recalled)"},
-    50: {"random real": "≈82.5 (recalled)", "DM": "88.1 (recalled)", "DC": "83.6", "DSA": "88.7", "MTT": "88.3 (recalled)"},
+    1: {"random real": "≈51 (recalled)", "DM": "70.7 (recalled)", "DC": "70.5", "DSA": "70.6", "MTT": "75.1 (recalled)",
+        "DANCE": "81.5", "FreD (storage counted)": "84.6", "IDC (storage counted)": "-"},
+    10: {"random real": "≈74 (recalled)", "DM": "83.5 (recalled)", "DC": "82.3", "DSA": "84.6", "MTT": "87.2 (recalled)",
+         "DANCE": "86.3", "FreD (storage counted)": "89.1", "IDC (storage counted)": "86.0"},
+    50: {"random real": "≈82.5 (recalled)", "DM": "88.1 (recalled)", "DC": "83.6", "DSA": "88.7", "MTT": "88.3 (recalled)",
+         "DANCE": "86.9", "FreD (storage counted)": "-", "IDC (storage counted)": "-"},
 }
+# DANCE: its README's table (Zhang et al., IJCAI 2024, Table 1; best of its evaluations); FreD and IDC: FreD's README,
+# as issue 34 quotes them (every stored byte counted)
 
 
 def machine(jobs: int = 1) -> str:
@@ -155,7 +164,7 @@ def run(args) -> dict:
                 out = future.result()
                 if kind == "build":
                     for row in out:
-                        part = {**row, "accuracies": {}, "student_seconds": {}}
+                        part = {**row, "accuracies": {}, "student_seconds": {}, "runs": row_runs(row["name"], args)}
                         results["partial"][row["key"]] = part
                         log(f"== built {row['key']}: {row['images']} images, {row['bytes']} bytes"
                             + (f", distilled in {row['distill_seconds']} s" if row["distill_seconds"] is not None
@@ -164,8 +173,9 @@ def run(args) -> dict:
                 else:
                     part = results["partial"][spec["key"]]
                     part["accuracies"][str(spec["run"])], part["student_seconds"][str(spec["run"])] = out
-                    log(f"  {spec['key']} student {spec['run'] + 1}/{args.runs}: {100 * out[0]:.2f} % ({out[1]:.0f} s)")
-                    if len(part["accuracies"]) == args.runs:
+                    log(f"  {spec['key']} student {spec['run'] + 1}/{part.get('runs', args.runs)}: "
+                        f"{100 * out[0]:.2f} % ({out[1]:.0f} s)")
+                    if len(part["accuracies"]) == part.get("runs", args.runs):
                         finish_row(results, spec["key"], planned)
                 save(results, args)
     return results
@@ -207,10 +217,16 @@ def builds(ipc: int, args) -> list[dict]:
         add(dm, "dm")
         with_labeller(dm, "dm")
         for formation in args.formations:
-            kind, factor = formation.split(":")
-            named = f"{dm[:-1]}, {kind} ×{factor})"
-            add(named, "dm", {"formation": kind, "formation_factor": int(factor)})
-            with_labeller(named, "dm", {"formation": kind, "formation_factor": int(factor)})
+            spec = parse_formation_spec(formation)
+            if spec["ipc"] is not None and spec["ipc"] != ipc:
+                continue
+            matching = spec["matching"]
+            named = f"{dm[:-1]}, {spec['kind']} ×{spec['factor']}" + (f", {matching} matching)" if matching else ")")
+            overrides = {"formation": spec["kind"], "formation_factor": spec["factor"],
+                         **({"matching": matching} if matching else {})}
+            add(named, "dm", overrides)
+            if not spec["no_labeller"]:
+                with_labeller(named, "dm", overrides)
         if ipc in args.real_side_ipc:
             add(f"DM ({args.preset}, 256 real/class/iter)", "dm", {"real_per_class": 256})
     if "d3" in args.methods:
@@ -240,6 +256,27 @@ def builds(ipc: int, args) -> list[dict]:
 REAL_NAMES = {"float32": "float32", "png": "PNG", "jpeg": "JPEG q{q}"}
 
 
+def parse_formation_spec(text: str) -> dict:
+    """``KIND:FACTOR[:MATCHING][@IPC][!]``: DM through formation KIND ×FACTOR, with MATCHING (dm, dance; default
+    the preset's), at one IPC only where given, and without its stored-labeller twin where it ends in ``!``."""
+    no_labeller = text.endswith("!")
+    text, _, ipc = text.rstrip("!").partition("@")
+    kind, factor, *rest = text.split(":")
+    if len(rest) > 1 or not factor.isdigit():
+        raise SystemExit(f"--formations: {text!r} is not KIND:FACTOR[:MATCHING][@IPC][!]")
+    return {"kind": kind, "factor": int(factor), "matching": rest[0] if rest else None,
+            "ipc": int(ipc) if ipc else None, "no_labeller": no_labeller}
+
+
+def row_runs(name: str, args) -> int:
+    """Students of a row: the first ``--runs-for PATTERN=N`` whose PATTERN the row's name contains, else --runs."""
+    for rule in args.runs_for:
+        pattern, _, count = rule.rpartition("=")
+        if pattern and pattern in name:
+            return int(count)
+    return args.runs
+
+
 def d3_samples(ipc: int, args) -> int | None:
     """Samples per class drawn from the D3 archive at this IPC budget (None: one per prior)."""
     values = args.d3_samples_per_class
@@ -267,7 +304,9 @@ BUILD_PRIORITY = {"d2m": 4, "d3": 3, "dm": 2, "png": 1, "jpeg": 1, "float32": 0}
 
 
 def student_tasks(key: str, part: dict, runs: int) -> list[tuple[tuple, tuple]]:
-    """The (priority, task) of each student of a built row that has not finished yet."""
+    """The (priority, task) of each student of a built row that has not finished yet (the row's own count of
+    students where it has one, else ``runs``)."""
+    runs = part.get("runs", runs)
     cost = part["images"] * (13 if part.get("model") == "resnet18" else 1)
     return [((0, cost), ("student", {"key": key, "run": r, "inputs": part["inputs"],
                                      "model": part.get("model", "convnet3")}))
@@ -477,7 +516,8 @@ def render(results: dict) -> str:
         *[f"  {i}. {v['date']}: `{v['command']}` on {v['machine']}; device: {v['device']}"
           + (f". {v['note']}" if v.get("note") else "")
           for i, v in enumerate(results["invocations"], 1)],
-        f"- protocol: {results['runs']} fresh ConvNet-3 students per row, {results['epochs']} epochs, SGD lr 0.01 "
+        f"- protocol: {results['runs']} fresh ConvNet-3 students per row (or as many as a row's accuracy says, "
+        f"\"(n = 1)\"), {results['epochs']} epochs, SGD lr 0.01 "
         "(× 0.1 at half), momentum 0.9, weight decay 5e-4, batch 256, DSA; **final-epoch** test accuracy on the "
         "10 000 test images, mean ± std over students. Bytes: the whole file (archives) or the images "
         "as stored (baselines). Baselines are drawn in the same run.",
@@ -506,13 +546,15 @@ def render(results: dict) -> str:
                          f"{r['generator_width']}, noise {r['noise_dim']}, class embedding {r['embed_dim']}; "
                          f"decodes {r['decode_images_per_second_cpu']} img/s on CPU)")
         student = sum(r["student_seconds"]) / len(r["student_seconds"])
+        count = "" if len(r["accuracies"]) == results["runs"] else f" (n = {len(r['accuracies'])})"
         lines.append(f"| {r['ipc']} ({r.get('budget', '')} B) | {r['name']} | {r.get('run', 1)} | {r['bytes']} | {r['images']}{per_class} | "
-                     f"{distil} | {student:.0f} | {100 * r['mean']:.2f} ± {100 * r['std']:.2f} | {published} |")
+                     f"{distil} | {student:.0f} | {100 * r['mean']:.2f} ± {100 * r['std']:.2f}{count} | {published} |")
     lines += ranking_table(results["rows"])
     results.setdefault("series_start", series_start(results))
     finished = {(r["ipc"], r["name"]) for r in series_rows(results)}
     partial = results.get("partial", {})
-    pending = [row_key(ipc, name) + (f" ({len(partial[row_key(ipc, name)]['accuracies'])} of {results['runs']} "
+    pending = [row_key(ipc, name) + (f" ({len(partial[row_key(ipc, name)]['accuracies'])} of "
+                                     f"{partial[row_key(ipc, name)].get('runs', results['runs'])} "
                                      "students done)" if row_key(ipc, name) in partial else "")
                for ipc, name in results.get("planned", []) if (ipc, name) not in finished]
     if pending:
@@ -525,7 +567,7 @@ def render(results: dict) -> str:
         "| method | IPC 1 | IPC 10 | IPC 50 |",
         "|---|---|---|---|",
     ]
-    for method in ("random real", "DC", "DSA", "DM", "MTT"):
+    for method in ("random real", "DC", "DSA", "DM", "MTT", "DANCE", "FreD (storage counted)", "IDC (storage counted)"):
         lines.append(f"| {method} | " + " | ".join(PUBLISHED[i][method] for i in (1, 10, 50)) + " |")
     lines += ["", "Earlier measured baseline on this kind of machine (background.md, one student, final epoch): "
               "IPC 1 budget: float32 51.0 %, raw uint8 67.3 %, JPEG q50 70.3 %; IPC 10 budget: float32 73.8 %, "
@@ -601,7 +643,10 @@ def main() -> None:
                         "with hard labels), and random real PNG and JPEG images with the same labeller; 0: none")
     p.add_argument("--labeller-epochs", type=float, default=LabellerConfig.epochs, help="the labeller's epochs")
     p.add_argument("--formations", nargs="*", default=["lowres:2", "dct:2"],
-                   help="DM also through these formations (KIND:FACTOR; d3codec.methods.pixel.formation)")
+                   help="DM also through these formations: KIND:FACTOR[:MATCHING][@IPC][!] (d3codec.methods.pixel."
+                        "formation; MATCHING dm or dance; @IPC: at that budget only; !: without the labeller twin)")
+    p.add_argument("--runs-for", nargs="*", default=[], metavar="PATTERN=N",
+                   help="rows whose name contains PATTERN get N students instead of --runs (the first match counts)")
     p.add_argument("--jpeg-quality", type=int, default=JPEG_QUALITY, help="quality of the JPEG baselines")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")

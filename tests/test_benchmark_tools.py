@@ -76,3 +76,25 @@ def test_top_k_labels_keeps_the_priors_and_cuts_every_row_to_its_largest(tiny_re
     rest = (1 - top.soft_labels.max(1).values) / 2  # 3 classes: the other two share what the top one leaves
     assert torch.allclose(top.soft_labels.sort(1).values[:, :2], rest[:, None].expand(-1, 2), atol=1e-6)
     assert top.meta["params"]["groups"][0]["label_top_k"] == 1
+
+
+def test_the_final_tables_rows_name_formation_matching_budget_and_students():
+    """benchmarks/fashion_mnist.py: issue 34's rows (DM through a formation with a matching, at one budget, with
+    their own count of students) are planned as asked."""
+    import argparse
+
+    import fashion_mnist
+
+    spec = fashion_mnist.parse_formation_spec("dct-variance:3:dance@1!")
+    assert spec == {"kind": "dct-variance", "factor": 3, "matching": "dance", "ipc": 1, "no_labeller": True}
+    args = argparse.Namespace(methods=["dm"], preset="fast", formations=["dct-variance:3:dance@1!", "dct:2"],
+                              labeller_width=16, real_side_ipc=[], models=["convnet3"], jpeg_quality=20,
+                              runs=1, runs_for=["×3, dance=3", "JPEG=3"])
+    at_1, at_10 = fashion_mnist.row_names(1, args), fashion_mnist.row_names(10, args)
+    assert "DM (fast preset, dct-variance ×3, dance matching)" in at_1
+    assert not any("dct-variance" in name for name in at_10)  # @1: that budget only
+    assert not any("dct-variance" in name and "labeller" in name for name in at_1)  # !: no labeller twin
+    assert any(name.startswith("DM (fast preset, dct ×2, labeller w16)") for name in at_10)
+    runs = {name: fashion_mnist.row_runs(name, args) for name in at_1}
+    assert runs["DM (fast preset, dct-variance ×3, dance matching)"] == 3 and runs["random real (JPEG q20)"] == 3
+    assert runs["random real (PNG)"] == 1
