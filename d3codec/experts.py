@@ -14,6 +14,7 @@ the file is checked (names, shapes, finite values) before any network is built f
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import time
@@ -105,11 +106,21 @@ class ExpertPool:
 
 def pool_file(folder: Path, real: RealData, spec: ExpertSpec, index: int) -> Path:
     """Where expert ``index`` of ``spec`` for ``real`` is cached: the name spells dataset, shape, classes, training
-    images and the recipe."""
+    images, a digest of the data (:func:`data_digest`) and the recipe."""
     name = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(str(real.name)).name)[:64] or "dataset"
     c, h, w = real.image_shape
-    return folder / (f"{name}-{c}x{h}x{w}-k{real.num_classes}-n{len(real.train_targets)}-w{spec.width}"
-                     f"-e{spec.epochs}-seed{spec.seed + index}.safetensors")
+    return folder / (f"{name}-{c}x{h}x{w}-k{real.num_classes}-n{len(real.train_targets)}-{data_digest(real)}"
+                     f"-w{spec.width}-e{spec.epochs}-seed{spec.seed + index}.safetensors")
+
+
+def data_digest(real: RealData) -> str:
+    """12 hex digits of SHA-256 over the training labels and three training images (first, middle, last): two
+    folders of one name and size holding other images get other experts, at the cost of reading three images."""
+    n = len(real.train_targets)
+    digest = hashlib.sha256(real.train_targets.to(torch.int64).numpy().tobytes())
+    images = real.images_at(torch.tensor(sorted({0, n // 2, n - 1})))
+    digest.update((images * 255).round().to(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:12]
 
 
 def expert_pool(real: RealData, spec: ExpertSpec = ExpertSpec(), folder: str | os.PathLike | None = None,

@@ -15,6 +15,7 @@ from d3codec.losses import mean_embedding_loss
 from d3codec.methods.matching import (CalibrationTerm, DistributionMatcher, FeatureTerm, MatchingBatch,
                                       matching_experts)
 from d3codec.methods.pixel import DMEncoder
+from conftest import make_tiny_real
 
 SPEC = ExpertSpec(count=2, epochs=2, width=8)
 
@@ -149,3 +150,10 @@ def test_compiled_matching_takes_the_same_steps_as_eager(tiny_real):
         runs[compile_] = (losses, synthetic.detach())
     assert runs[True][0] == pytest.approx(runs[False][0], rel=1e-4)
     assert torch.allclose(runs[True][1], runs[False][1], atol=1e-5)
+
+
+def test_a_pool_is_cached_per_dataset_content_not_only_its_name(tiny_real, tmp_path):
+    other = make_tiny_real()
+    other.train_images[0] = 255 - other.train_images[0]  # the same name, shape and size; other pixels
+    assert pool_file(tmp_path, tiny_real, SPEC, 0) != pool_file(tmp_path, other, SPEC, 0)
+    assert pool_file(tmp_path, tiny_real, SPEC, 0) == pool_file(tmp_path, make_tiny_real(), SPEC, 0)
