@@ -157,3 +157,22 @@ def test_a_pool_is_cached_per_dataset_content_not_only_its_name(tiny_real, tmp_p
     other.train_images[0] = 255 - other.train_images[0]  # the same name, shape and size; other pixels
     assert pool_file(tmp_path, tiny_real, SPEC, 0) != pool_file(tmp_path, other, SPEC, 0)
     assert pool_file(tmp_path, tiny_real, SPEC, 0) == pool_file(tmp_path, make_tiny_real(), SPEC, 0)
+
+
+def test_d3_and_d2m_match_through_the_same_cached_pool(tiny_real, tmp_path, monkeypatch):
+    """--matching dance in D3 (its subtasks' classes read on the experts' dataset-wide outputs) and in D2M."""
+    import test_d2m
+    import test_d3
+
+    monkeypatch.setenv("D3CODEC_EXPERTS", str(tmp_path / "experts"))
+    dance = {"matching": "dance", "expert_count": 1, "expert_epochs": 1}
+    d3 = d3codec.compress(tiny_real, tmp_path / "d3.d3", budget=20_000, progress=False,
+                          encoder=test_d3.tiny_encoder(subtasks=2, **dance))
+    pool = list((tmp_path / "experts").iterdir())
+    assert len(pool) == 1 and d3.params["config"]["matching"] == "dance"
+    d2m = d3codec.compress(tiny_real, tmp_path / "d2m.d3", budget=30_000, progress=False,
+                           encoder=test_d2m.tiny_encoder(**dance))
+    assert list((tmp_path / "experts").iterdir()) == pool  # the same width and recipe: the same expert, reused
+    assert d2m.params["config"]["matching"] == "dance"
+    for name in ("d3.d3", "d2m.d3"):
+        assert torch.isfinite(d3codec.D3Dataset(tmp_path / name).images).all()
