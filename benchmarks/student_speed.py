@@ -17,6 +17,7 @@ import datetime as dt
 import json
 import os
 import platform
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -40,7 +41,7 @@ ABOUT = {
     "groupnorm-off": "the instance norms replaced by identities (their share; not a usable network)",
     "bf16-autocast": "autocast to bfloat16 (changes the numerics: not adopted)",
     "compile-bf16": "torch.compile and bfloat16 autocast",
-    "two-threads": "the baseline with two threads (one job on both cores)",
+    "two-threads": "the baseline with two threads (one job on both cores, where the other is idle)",
 }
 
 
@@ -49,8 +50,8 @@ NOTES = """
 Reading (see the table for the numbers of the run above):
 - The eager float32 step runs at about half of one core's float32 peak (AVX-512 on a Zen 4 core issues
   2 × 256-bit FMAs a cycle: 32 FLOP a cycle, about 83 GFLOP/s at 2.6 GHz); the convolutions are oneDNN's.
-  The forward pass alone runs faster per FLOP than forward and backward together: the backward pass
-  (weight and input gradients, GroupNorm's backward) is where the rest goes.
+  The forward pass alone (a third of the FLOPs) takes about 40 % of the step's time, at about the same
+  rate per FLOP: no one part of the step is slow, the convolutions are simply most of the work.
 - DSA costs almost nothing (a few ms a batch against a step of over a second); the instance norms
   about a sixth of the step; SGD's foreach update nothing measurable.
 - channels-last is slower here. torch.compile (inductor, float32) fuses the norms, ReLUs and pooling
@@ -60,8 +61,9 @@ Reading (see the table for the numbers of the run above):
   many image-steps now use; short runs and the tests stay eager.
 - bfloat16 autocast is faster still on this CPU (AVX512-BF16), but it changes the numerics of the
   protocol: not adopted.
-- Two threads on one job give less than two one-thread jobs side by side, so benchmarks run two
-  one-thread jobs (OMP_NUM_THREADS=1) at once.
+- The compile row's warm-up is with inductor's cache warm; a first compile on a fresh machine takes
+  tens of seconds more. "two-threads" is only meaningful on an idle machine: beside another job it
+  gets no second core.
 """
 
 
@@ -102,6 +104,17 @@ def make_step(variant: str, batch: int, width: int):
     return step, net
 
 
+def cpu_name() -> str:
+    """The CPU's model name (/proc/cpuinfo), else the platform's."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def dsa_seconds(batch: int, steps: int) -> float:
     """Seconds per batch of the augmentation alone (a draw of each family in turn)."""
     dsa, gen, x = DSA(), torch.Generator().manual_seed(0), torch.randn(batch, 1, 28, 28)
@@ -111,12 +124,15 @@ def dsa_seconds(batch: int, steps: int) -> float:
     return (time.perf_counter() - start) / steps
 
 
-def step_flops(batch: int, width: int) -> int:
-    """FLOPs of one forward and backward pass (the flop counter's count: 2 per multiply-add)."""
+def step_flops(batch: int, width: int, backward: bool = True) -> int:
+    """FLOPs of one forward and backward pass, or of the forward pass alone (the flop counter's count: 2 per
+    multiply-add)."""
     net = ConvNet(1, 10, 28, width=width)
     x, y = torch.randn(batch, 1, 28, 28), torch.randint(10, (batch,))
     with FlopCounterMode(display=False) as counter:
-        F.cross_entropy(net(x), y).backward()
+        loss = F.cross_entropy(net(x), y)
+        if backward:
+            loss.backward()
     return counter.get_total_flops()
 
 
@@ -130,7 +146,8 @@ def main() -> None:
     parser.add_argument("--conditions", default="alone on an idle machine")
     args = parser.parse_args()
     flops = step_flops(args.batch, args.width)
-    rows = {"threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine(),
+    forward_flops = step_flops(args.batch, args.width, backward=False)
+    rows = {"threads": torch.get_num_threads(), "cpu": cpu_name(),
             "torch": torch.__version__, "batch": args.batch, "flops_per_step": flops,
             "dsa_seconds_per_batch": dsa_seconds(args.batch, args.steps), "variants": {}}
     for variant in args.variants:
@@ -146,10 +163,11 @@ def main() -> None:
             step(i)
         seconds = (time.perf_counter() - start) / args.steps
         torch.set_num_threads(threads)
+        work = forward_flops if variant == "forward-only" else flops
         rows["variants"][variant] = {"seconds_per_step": seconds, "ms_per_image": 1000 * seconds / args.batch,
-                                     "gflops_per_s": flops / seconds / 1e9, "warmup_seconds": warmup}
+                                     "gflops_per_s": work / seconds / 1e9, "warmup_seconds": warmup}
         print(f"{variant:15s} {1000 * seconds:8.1f} ms/step {1000 * seconds / args.batch:6.2f} ms/image "
-              f"{flops / seconds / 1e9:6.1f} GFLOP/s (warm-up {warmup:.1f} s)", flush=True)
+              f"{work / seconds / 1e9:6.1f} GFLOP/s (warm-up {warmup:.1f} s)", flush=True)
     print(f"DSA alone: {1000 * rows['dsa_seconds_per_batch']:.1f} ms/batch; step FLOPs {flops / 1e9:.1f} G "
           f"(threads {rows['threads']}, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')})")
     if args.write:
@@ -160,7 +178,7 @@ def write(rows: dict, args) -> None:
     """The "Student speed" section of cpu-time.md (replacing the last one) and results-student-speed.json."""
     here = Path(__file__).resolve().parent
     rows["date"], rows["conditions"] = dt.date.today().isoformat(), args.conditions
-    rows["command"] = "OMP_NUM_THREADS=1 python benchmarks/student_speed.py " + " ".join(sys.argv[1:])
+    rows["command"] = "OMP_NUM_THREADS=1 python benchmarks/student_speed.py " + shlex.join(sys.argv[1:])
     (here / "results-student-speed.json").write_text(json.dumps(rows, indent=1) + "\n")
     base = rows["variants"].get("baseline", {}).get("seconds_per_step")
     lines = [STUDENT_SECTION, "",
