@@ -41,7 +41,7 @@ class StudentConfig:
     weight_decay: float = 5e-4
     batch_size: int = 256
     dsa: bool = True
-    compile: str = "auto"  # torch.compile the student: "on", "off", or "auto" (on for long runs; see compiled_step)
+    compile: str = "auto"  # torch.compile the student: "on", "off", or "auto" (on for long runs; d3codec.models.compiled)
 
     def __post_init__(self):
         if self.compile not in COMPILE_MODES:
