@@ -63,7 +63,8 @@ def archive(args) -> str:
     """d3codec.evaluate on an archive, one student."""
     start = time.time()
     result = d3codec.evaluate(args.archive, epochs=args.epochs, runs=1, labels=args.labels, device="cpu",
-                              compile=args.compile, samples_per_class=args.samples_per_class, progress=True)
+                              compile=args.compile, samples_per_class=args.samples_per_class, seed=args.seed,
+                              progress=True)
     row = result.rows[0]
     return (f"| {row.name} | {args.archive} | {row.file_bytes} B ({row.images} images) | {100 * row.mean:.2f} % | "
             f"{row.seconds[0]:.0f} s student, {time.time() - start:.0f} s in all |")
