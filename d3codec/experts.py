@@ -28,7 +28,7 @@ from .container import write_atomic
 from .data import RealData
 from .errors import D3Error
 from .models import ConvNet, parameter_shapes
-from .teacher import Teacher, train_teacher
+from .teacher import train_teacher
 from .weights import check_state, read_safetensors_file
 
 MAX_EXPERTS = 64
@@ -97,12 +97,6 @@ class ExpertPool:
         middle = {name: lam * first[name] + (1 - lam) * last[name] for name in first}
         return self.network(middle, device), self.network(last, device)
 
-    def teacher(self, classes: list[int], device: torch.device, index: int = 0) -> Teacher:
-        """Expert ``index``'s trained network as a teacher read on ``classes`` (dataset class indices)."""
-        full = Teacher(self.network(self.experts[index].states[-1], device), list(range(self.num_classes)),
-                       list(range(self.num_classes)))
-        return full.restricted(classes)
-
 
 def pool_file(folder: Path, real: RealData, spec: ExpertSpec, index: int) -> Path:
     """Where expert ``index`` of ``spec`` for ``real`` is cached: the name spells dataset, shape, classes, training
@@ -156,9 +150,8 @@ def train_expert(real: RealData, spec: ExpertSpec, index: int, device: torch.dev
     its state after every epoch."""
     states: list[dict[str, torch.Tensor]] = []
 
-    def keep(epoch: int, net: ConvNet) -> None:
-        if epoch == len(states):  # a snapshot per whole epoch, in order
-            states.append({k: v.detach().float().cpu().clone() for k, v in net.state_dict().items()})
+    def keep(epoch: int, net: ConvNet) -> None:  # called with epochs 0, 1, 2, ... in order
+        states.append({k: v.detach().float().cpu().clone() for k, v in net.state_dict().items()})
 
     start = time.time()
     batch = min(256, len(real.train_targets))  # a whole epoch is at least one step, even on tiny data

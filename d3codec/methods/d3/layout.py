@@ -51,14 +51,9 @@ def dequantise_priors(tensors: dict[str, torch.Tensor], prefix: str, shape: tupl
 
     Raises: D3FormatError on a missing, misshapen, mistyped or non-finite tensor.
     """
-    out = []
-    for name in ("mean", "logvar"):
-        key = f"{prefix}{name}"
-        value = read_stored(tensors, "priors", key, shape, -1 if dtype == "int8" else None)
-        if not all_finite(value):
-            raise D3FormatError(f"section 'priors': {key!r} holds non-finite values")
-        out.append(value)
-    return out[0], out[1]
+    mean, logvar = (read_stored(tensors, "priors", f"{prefix}{name}", shape, -1 if dtype == "int8" else None)
+                    for name in ("mean", "logvar"))  # read_stored refuses non-finite values
+    return mean, logvar
 
 
 # ---- the plan and the groups' tensors ----------------------------------------------------------------------------
@@ -189,7 +184,7 @@ class TopKLabels:
         if k > 1 and (idx.sort(-1).values.diff(dim=-1) == 0).any():
             raise D3FormatError(f"section {section!r}: {key}.indices repeats a class within a row")
         v = values.float()
-        if not torch.isfinite(v).all() or (v < 0).any():
+        if not all_finite(v) or (v < 0).any():
             raise D3FormatError(f"section {section!r}: {key}.values holds negative or non-finite probabilities")
         total = v.sum(-1, keepdim=True)
         if (total - 1 > PROBABILITY_TOLERANCE).any():
