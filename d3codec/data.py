@@ -163,6 +163,13 @@ class RealData:
         """
         return self.images_at(self.pick_class(c, n, generator))
 
+    def sample_classes(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        """``n`` random training images of every class, class by class (:meth:`sample_class`).
+
+        Returns: (K·n, C, H, W) float32 in [0, 1], class-major.
+        """
+        return torch.cat([self.sample_class(c, n, generator) for c in range(self.num_classes)])
+
 
 class Normalisation(torch.nn.Module):
     """Per-channel normalisation of images (N, C, H, W): ``norm(x)`` = (x − mean) / std, pixel space → the

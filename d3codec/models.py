@@ -51,6 +51,12 @@ class ConvNet(nn.Module):
         return self.classifier(self.embed(x))  # (N, num_classes) logits
 
 
+def worth_compiling(image_steps: int) -> bool:
+    """Whether a run that passes ``image_steps`` images through a network (epochs × images, or iterations ×
+    images embedded) is long enough to compile (COMPILE_MIN_IMAGE_STEPS)."""
+    return image_steps >= COMPILE_MIN_IMAGE_STEPS
+
+
 def compiled(net: Callable[[torch.Tensor], torch.Tensor], enabled: bool,
              dynamic: bool | None = False) -> Callable[[torch.Tensor], torch.Tensor]:
     """``net`` (a module, or a module's method such as ``embed``) through torch.compile where ``enabled`` and it
@@ -64,15 +70,16 @@ def compiled(net: Callable[[torch.Tensor], torch.Tensor], enabled: bool,
     if not enabled:
         return net
     fast = torch.compile(net, dynamic=dynamic)
-    state = {"forward": fast}
+    failed = False
 
     def forward(x: torch.Tensor) -> torch.Tensor:
-        if state["forward"] is fast:
+        nonlocal failed
+        if not failed:
             try:
                 return fast(x)
             except Exception as error:  # noqa: BLE001 - any backend failure: eager is always correct
                 warnings.warn(f"torch.compile failed here ({type(error).__name__}); training goes on eagerly")
-                state["forward"] = net
+                failed = True
         return net(x)
     return forward
 

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from .augment import DSA
 from .data import Normalisation, RealData
-from .models import COMPILE_MIN_IMAGE_STEPS, build_model, compiled
+from .models import build_model, compiled, worth_compiling
 from .progress import progress_bar
 from .runtime import keep_freed_memory
 
@@ -41,7 +41,7 @@ class StudentConfig:
     weight_decay: float = 5e-4
     batch_size: int = 256
     dsa: bool = True
-    compile: str = "auto"  # torch.compile the student: "on", "off", or "auto" (on for long runs; d3codec.models.compiled)
+    compile: str = "auto"  # torch.compile the student: on, off, or auto (long runs: d3codec.models.worth_compiling)
 
     def __post_init__(self):
         if self.compile not in COMPILE_MODES:
@@ -105,7 +105,7 @@ def train_student(images: torch.Tensor, targets: torch.Tensor, num_classes: int,
     soft = online or targets.dim() == 2
     net = build_model(config.model, c, num_classes, h).to(device)
     forward = compiled(net, config.compile == "on" or (config.compile == "auto"
-                                                        and config.epochs * len(images) >= COMPILE_MIN_IMAGE_STEPS))
+                                                        and worth_compiling(config.epochs * len(images))))
     opt = torch.optim.SGD(net.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, [config.epochs // 2], 0.1)
     dsa = DSA() if config.dsa else None

@@ -19,8 +19,7 @@ from safetensors.torch import save
 from .container import write_atomic
 from .data import Normalisation, RealData
 from .errors import D3Error
-from .models import (COMPILE_MIN_IMAGE_STEPS, ConvNet, activation_memory, compiled, parameter_shapes,
-                     saved_activation_bytes)
+from .models import ConvNet, activation_memory, compiled, parameter_shapes, saved_activation_bytes, worth_compiling
 from .progress import progress_bar
 from .text import safe_text
 from .weights import check_state, read_safetensors_file
@@ -92,7 +91,7 @@ def train_teacher(real: RealData, classes: list[int], *, epochs: float = 2.0, wi
     micro = max(1, min(batch_size, activation_memory(device) // per_image))
     order, position, correct, seen = torch.randperm(len(indices), generator=gen), 0, 0, 0
     per_epoch = max(1, len(indices) // batch_size)
-    forward = compiled(net, steps * batch_size >= COMPILE_MIN_IMAGE_STEPS)
+    forward = compiled(net, worth_compiling(steps * batch_size))
     if snapshot is not None:
         snapshot(0, net)
     for step in progress_bar(range(steps), desc="teacher", enabled=progress, unit="step"):

@@ -183,7 +183,7 @@ class DistributionMatcher:
         compiled embed."""
         if not self.compile:
             return network, None
-        if self._kept is None or not _same_shapes(self._kept[0], network):
+        if self._kept is None:  # every iteration's network has the same architecture
             self._kept = (network, compiled(network.embed, True, dynamic=None))
             return self._kept
         with torch.no_grad():
@@ -230,10 +230,6 @@ class DistributionMatcher:
             loss.backward()
             total += loss.detach().item()
         return total
-
-
-def _same_shapes(a: torch.nn.Module, b: torch.nn.Module) -> bool:
-    return [t.shape for t in a.state_dict().values()] == [t.shape for t in b.state_dict().values()]
 
 
 MATCHING_OPTIONS = (

@@ -74,7 +74,7 @@ from ...errors import D3BudgetError, D3Error
 from ...federated import broadcast_parameters, rank, sum_gradients, sum_over_ranks, world_size
 from ...limits import network_cost
 from ...losses import mean_embedding_loss, mmd_rbf
-from ...models import COMPILE_MIN_IMAGE_STEPS, ConvNet, activation_memory, saved_activation_bytes
+from ...models import ConvNet, activation_memory, saved_activation_bytes, worth_compiling
 from ...progress import Stage, Stages, progress_bar
 from ...teacher import Teacher, save_teacher, train_teacher, untrained_teacher
 from ...weights import WEIGHT_DTYPES, quantise_state, stored_zeros
@@ -632,10 +632,10 @@ class D2MEncoder(Encoder):
         chunk = cfg.class_chunk or memory_sized_chunk(k, cfg.synthetic_per_class, cfg.real_per_class, real.image_shape,
                                                       cfg.embed_width, activation_memory(device), per_sample)
         pool = matching_experts(cfg.matching, real, cfg.expert_count, cfg.expert_epochs, cfg.embed_width, device)
-        work = cfg.iterations * k * (cfg.synthetic_per_class + cfg.real_per_class)  # images embedded in the run
+        embedded = cfg.iterations * k * (cfg.synthetic_per_class + cfg.real_per_class)
         matcher = DistributionMatcher(real.image_shape, k, sampler.sample, cfg.real_per_class, normalise,
                                       DSA() if cfg.dsa else None, cfg.embed_width, chunk, device, pool,
-                                      compile=work >= COMPILE_MIN_IMAGE_STEPS)
+                                      compile=worth_compiling(embedded))
         terms = [FeatureTerm(mean_embedding_loss, cfg.embedding_weight)] + matching_terms(pool, cfg.calibration_weight)
         if cfg.mmd_weight > 0:
             terms.append(FeatureTerm(mmd_rbf, cfg.mmd_weight))

@@ -65,8 +65,8 @@ from ...errors import D3BudgetError
 from ...experts import ExpertPool
 from ...limits import network_cost
 from ...losses import mean_embedding_loss, mmd_rbf
-from ...models import (COMPILE_MIN_IMAGE_STEPS, DECODER_ARCHITECTURES, ConvNet, Decoder, activation_memory,
-                       decoder_stage_widths, upsampling_geometry)
+from ...models import (DECODER_ARCHITECTURES, ConvNet, Decoder, activation_memory, decoder_stage_widths,
+                       upsampling_geometry, worth_compiling)
 from ...progress import Stage, Stages, progress_bar
 from ...teacher import Teacher, save_teacher, train_teacher, untrained_teacher
 from ...weights import dequantise_state, quantise_state
@@ -648,10 +648,10 @@ class D3Encoder(SubtaskEncoder):
         chunk = min(cfg.class_chunk, memory_sized_chunk(g.num_classes, cfg.synthetic_per_class, cfg.real_per_class,
                                                         image_shape, cfg.embed_width, activation_memory(device),
                                                         decoder_activation_bytes(g, image_shape)))
-        work = cfg.iterations * g.num_classes * (cfg.synthetic_per_class + cfg.real_per_class)  # images embedded
+        embedded = cfg.iterations * g.num_classes * (cfg.synthetic_per_class + cfg.real_per_class)
         return DistributionMatcher(image_shape, g.num_classes, sampler.sample, cfg.real_per_class, normalise,
                                    DSA() if cfg.dsa else None, cfg.embed_width, chunk, device, pool,
-                                   list(range(g.start, g.stop)), compile=work >= COMPILE_MIN_IMAGE_STEPS)
+                                   list(range(g.start, g.stop)), compile=worth_compiling(embedded))
 
     def _terms(self, teacher: Teacher | None) -> list:
         """The objective: MMD and DM's mean term on the random network's features, and on the teacher's

@@ -196,8 +196,7 @@ class BPTTEncoder(CheckpointedEncoder):
 
         # synthetic images, normalised, step-major: (S, K·m, C, H, W); step s holds chunk s of every class
         if cfg.image_init == "real":
-            init = torch.stack([real.sample_class(cls, n, gen) for cls in range(k)])  # (K, n, C, H, W)
-            init = normalise(init.to(device).flatten(0, 1))
+            init = normalise(real.sample_classes(n, gen).to(device))  # (K·n, C, H, W), class-major
             init = init.view(k, s, m, c, h, w).transpose(0, 1).reshape(s, k * m, c, h, w)
         else:
             init = torch.randn(s, k * m, c, h, w, generator=gen).to(device)
@@ -226,7 +225,7 @@ class BPTTEncoder(CheckpointedEncoder):
                 cfg.lr_step_sizes * decay
             start_params = theta0 if theta0 is not None else init_parameters(
                 cfg.network, real.image_shape, k, seeds.stream_seed(seed, "bptt-init", it), device)
-            x_real = torch.cat([real.sample_class(cls, cfg.real_per_class, gen) for cls in range(k)])
+            x_real = real.sample_classes(cfg.real_per_class, gen)
             x_real = normalise(x_real.to(device))
             y_real = torch.arange(k, device=device).repeat_interleave(cfg.real_per_class)
             loss, d_images, d_raw = unrolled_gradients(net, start_params, synthetic.detach(), step_labels,

@@ -45,7 +45,7 @@ from ...budget import PixelPlan, plan_pixel_storage
 from ...container import Section, stored_size
 from ...data import ClassSampler, Normalisation, RealData
 from ...losses import mean_embedding_loss
-from ...models import COMPILE_MIN_IMAGE_STEPS, activation_memory
+from ...models import activation_memory, worth_compiling
 from ...storage import encode_images, resolve_storage_dtype, stored_image_zeros
 from ...progress import progress_bar
 from ..base import CheckpointedEncoder, DatasetSpec, Encoded, Overrun
@@ -180,10 +180,9 @@ class DMEncoder(CheckpointedEncoder):
                                                       activation_memory(device))
         pool = matching_experts(cfg.matching, real, cfg.expert_count, cfg.expert_epochs, cfg.embed_width, device,
                                 progress)
-        work = cfg.iterations * k * (n + cfg.real_per_class)  # images embedded in the run: compile long runs
         matcher = DistributionMatcher(real.image_shape, k, sampler.sample, cfg.real_per_class, normalise,
                                       DSA() if cfg.dsa else None, cfg.embed_width, chunk, device, pool,
-                                      compile=work >= COMPILE_MIN_IMAGE_STEPS)
+                                      compile=worth_compiling(cfg.iterations * k * (n + cfg.real_per_class)))
         # Σ_c ‖mean φ(x_c) − mean φ(x̃_c)‖² (Eq. 4), and DANCE's calibration under matching dance
         terms = [FeatureTerm(mean_embedding_loss)] + matching_terms(pool, cfg.calibration_weight)
 
@@ -244,8 +243,7 @@ class DMEncoder(CheckpointedEncoder):
 def mask_sample(real: RealData, gen: torch.Generator) -> torch.Tensor:
     """About MASK_SAMPLE_IMAGES random real training images spread over the classes (at least one a class),
     (N, C, H, W) float32 in [0, 1]: what a dct-variance formation ranks its coefficients on."""
-    per_class = max(1, MASK_SAMPLE_IMAGES // real.num_classes)
-    return torch.cat([real.sample_class(c, per_class, gen) for c in range(real.num_classes)])
+    return real.sample_classes(max(1, MASK_SAMPLE_IMAGES // real.num_classes), gen)
 
 
 def image_compression_ratio(real: RealData, dtype: str, formation: Formation | None = None,
@@ -255,7 +253,7 @@ def image_compression_ratio(real: RealData, dtype: str, formation: Formation | N
     pixels) coded as ``dtype``."""
     per_class = per_class or max(2, min(16, 4096 // real.num_classes))
     gen = torch.Generator().manual_seed(seed)
-    images = torch.cat([real.sample_class(c, per_class, gen) for c in range(real.num_classes)])
+    images = real.sample_classes(per_class, gen)
     images = formation.encode(images) if formation is not None else images
     labels = torch.arange(real.num_classes).repeat_interleave(per_class)
     raw = encode_images(images, labels, real.num_classes, dtype)["images"].numpy().tobytes()
