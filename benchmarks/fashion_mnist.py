@@ -57,9 +57,11 @@ from d3codec.archive import open_archive
 from d3codec.budget import ipc_budget
 from d3codec.encoding import compress
 from d3codec.data import load_dataset
+from d3codec.defaults import default_choice
 from d3codec.students import JPEG_QUALITY, EvalResult, StudentConfig, random_real_subset, test_split, train_student
 from d3codec.methods.d2m import PRESETS as D2M_PRESETS
 from d3codec.methods import BuildContext, get_method, method_names
+from d3codec.methods.matching import MATCHINGS
 from d3codec.methods.d2m import load_labeller
 from d3codec.container import D3Reader
 from d3codec.labeller import (Labeller, LabelledEncoder, LabellerConfig, as_stored, labeller_parts, section_cost,
@@ -83,7 +85,7 @@ PUBLISHED = {
 # as issue 34 quotes them (every stored byte counted)
 
 
-def machine(jobs: int = 1) -> str:
+def machine(jobs: int = 1, threads: int | None = None) -> str:
     cpu = platform.processor() or platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -92,14 +94,14 @@ def machine(jobs: int = 1) -> str:
                 break
     except OSError:
         pass
-    threads = max(1, (os.cpu_count() or 1) // jobs)
+    threads = threads or max(1, (os.cpu_count() or 1) // jobs)
     return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, {jobs} worker(s) of {threads} thread(s)"
 
 
 def run(args) -> dict:
     log = lambda m: print(m, flush=True)  # noqa: E731
     invocation = {"command": "python " + " ".join(sys.argv), "date": dt.date.today().isoformat(),
-                  "machine": machine(args.jobs), "device": str(resolve_device(args.device)), "note": args.note,
+                  "machine": machine(args.jobs, args.threads), "device": str(resolve_device(args.device)), "note": args.note,
                   "resume": args.resume}
     planned = [[ipc, name] for ipc in args.ipc for name in row_names(ipc, args)]
     results = {"invocations": [invocation], "epochs": args.epochs, "runs": args.runs, "rows": [],
@@ -147,7 +149,7 @@ def run(args) -> dict:
             ready.append(((1, BUILD_PRIORITY[b["kind"]]), ("build", spec)))
     save(results, args)
     context = multiprocessing.get_context("spawn")
-    threads = max(1, (os.cpu_count() or 1) // args.jobs)
+    threads = args.threads or max(1, (os.cpu_count() or 1) // args.jobs)
     with ProcessPoolExecutor(args.jobs, context, initializer=init_worker,
                              initargs=(threads, args.data_root, args.device, args.epochs, args.seed,
                                        args.jpeg_quality, args.labeller_epochs)) as pool:
@@ -212,10 +214,14 @@ def builds(ipc: int, args) -> list[dict]:
             add(named, kind, {**(overrides or {}), "labeller_width": args.labeller_width}, samples,
                 tuple((named + suffix, labels) for suffix, labels in labelled))
 
+    if args.default_row:  # what `d3 compress fashion-mnist --ipc N` writes with no method named
+        choice = default_choice(10, ipc, args.preset)
+        add(default_row_name(choice), choice.method, dict(choice.options))
     if "dm" in args.methods:
         dm = "DM (fast preset)" if args.preset == "fast" else f"DM ({args.preset})"
         add(dm, "dm")
-        with_labeller(dm, "dm")
+        if args.labeller_twins:
+            with_labeller(dm, "dm")
         for formation in args.formations:
             spec = parse_formation_spec(formation)
             if spec["ipc"] is not None and spec["ipc"] != ipc:
@@ -225,24 +231,28 @@ def builds(ipc: int, args) -> list[dict]:
             overrides = {"formation": spec["kind"], "formation_factor": spec["factor"],
                          **({"matching": matching} if matching else {})}
             add(named, "dm", overrides)
-            if not spec["no_labeller"]:
+            if not spec["no_labeller"] and args.labeller_twins:
                 with_labeller(named, "dm", overrides)
         if ipc in args.real_side_ipc:
             add(f"DM ({args.preset}, 256 real/class/iter)", "dm", {"real_per_class": 256})
+    matching = {"matching": args.matching} if args.matching else {}
+    matched = f", {args.matching} matching" if args.matching else ""
     if "d3" in args.methods:
-        add(f"D3 ({args.preset} preset)", "d3", samples=[d3_samples(ipc, args)])
-        with_labeller(f"D3 ({args.preset} preset)", "d3", samples=[d3_samples(ipc, args)])
+        add(f"D3 ({args.preset} preset{matched})", "d3", matching, samples=[d3_samples(ipc, args)])
+        if args.labeller_twins:
+            with_labeller(f"D3 ({args.preset} preset{matched})", "d3", matching, samples=[d3_samples(ipc, args)])
         if ipc in args.no_labels_ipc:
-            add(f"D3 ({args.preset}, no soft labels)", "d3", {"soft_labels": False}, samples=[d3_samples(ipc, args)])
+            add(f"D3 ({args.preset}, no soft labels{matched})", "d3", {"soft_labels": False, **matching},
+                samples=[d3_samples(ipc, args)])
     if "d2m" in args.methods:
-        overrides = {} if args.d2m_soft_labels is None else {"soft_labels": args.d2m_soft_labels}
+        overrides = ({} if args.d2m_soft_labels is None else {"soft_labels": args.d2m_soft_labels}) | matching
         soft = overrides.get("soft_labels", D2M_PRESETS[args.preset].soft_labels)
-        name = f"D2M ({args.preset} preset{', soft labels' if soft else ''})"
+        name = f"D2M ({args.preset} preset{', soft labels' if soft else ''}{matched})"
         # with a stored teacher: the same archive's samples under hard labels, and real images under its labels
         variants = ((name, "auto"), (f"D2M ({args.preset} preset, its samples with hard labels)", "hard"),
                     ("random real (png) + D2M's stored teacher", "real+teacher")) if soft else None
         add(name, "d2m", overrides, samples=args.d2m_samples_per_class, variants=variants)
-    for storage in ("float32", "png", "jpeg"):
+    for storage in args.real_storages:
         add(f"random real ({REAL_NAMES[storage].format(q=args.jpeg_quality)})", storage)
     if args.labeller_width:
         for storage in ("png", "jpeg"):  # the fair baseline: the same labeller, in the bytes it leaves
@@ -254,6 +264,17 @@ def builds(ipc: int, args) -> list[dict]:
 
 
 REAL_NAMES = {"float32": "float32", "png": "PNG", "jpeg": "JPEG q{q}"}
+
+
+def default_row_name(choice) -> str:
+    """``default (DM, dct-variance ×3, dance matching)``: the default rule's pick (d3codec.defaults)."""
+    options = choice.options
+    shown = [choice.method.upper()]
+    if "formation" in options:
+        shown.append(f"{options['formation']} ×{options['formation_factor']}")
+    if "matching" in options:
+        shown.append(f"{options['matching']} matching")
+    return f"default ({', '.join(shown)})"
 
 
 def parse_formation_spec(text: str) -> dict:
@@ -645,6 +666,17 @@ def main() -> None:
     p.add_argument("--formations", nargs="*", default=["lowres:2", "dct:2"],
                    help="DM also through these formations: KIND:FACTOR[:MATCHING][@IPC][!] (d3codec.methods.pixel."
                         "formation; MATCHING dm or dance; @IPC: at that budget only; !: without the labeller twin)")
+    p.add_argument("--default-row", action=argparse.BooleanOptionalAction, default=True,
+                   help="a row of the archive `d3 compress fashion-mnist --ipc N` writes (d3codec.defaults)")
+    p.add_argument("--matching", choices=MATCHINGS, default=None,
+                   help="the matching of the D3 and D2M rows (default: their presets'); DM's rows name theirs in "
+                   "--formations, and its plain row keeps DM's own")
+    p.add_argument("--labeller-twins", action=argparse.BooleanOptionalAction, default=True,
+                   help="each method's row also with a stored labeller of --labeller-width (the real-image rows "
+                   "with the same labeller stay)")
+    p.add_argument("--real-storages", nargs="*", default=["float32", "png", "jpeg"], choices=["float32", "png", "jpeg"],
+                   help="random real images stored so, in the whole budget")
+    p.add_argument("--threads", type=int, default=None, help="threads per worker (default: cores / --jobs)")
     p.add_argument("--runs-for", nargs="*", default=[], metavar="PATTERN=N",
                    help="rows whose name contains PATTERN get N students instead of --runs (the first match counts)")
     p.add_argument("--jpeg-quality", type=int, default=JPEG_QUALITY, help="quality of the JPEG baselines")
@@ -662,10 +694,16 @@ def main() -> None:
     p.add_argument("--append", action="store_true",
                    help="start a new run in --json, keeping the rows of its earlier runs in the table")
     p.add_argument("--render-only", action="store_true", help="rewrite --out from --json without running anything")
+    p.add_argument("--plan", action="store_true", help="list the rows and their students, and run nothing")
     args = p.parse_args()
     if len(args.d3_samples_per_class) not in (1, len(args.ipc)) or not all(
             v == "priors" or v.isdigit() and int(v) > 0 for v in args.d3_samples_per_class):
         p.error("--d3-samples-per-class takes one positive number (or 'priors'), or one per --ipc")
+    if args.plan:
+        for ipc in args.ipc:
+            for name in row_names(ipc, args):
+                print(f"IPC {ipc}: {name} ({row_runs(name, args)} × {args.epochs} epochs)")
+        return
     if args.render_only:
         results = json.loads(Path(args.json).read_text())
         results.setdefault("planned", [[ipc, name] for ipc in args.ipc for name in row_names(ipc, args)])

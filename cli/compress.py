@@ -16,16 +16,20 @@ from pathlib import Path
 import click
 
 from d3codec.archive import MAX_SIDE
+from d3codec.budget import ipc_budget
 from d3codec.encoding import MAX_BUDGET_BYTES, MAX_REAL_PER_CLASS, MAX_SEED, MIN_SIDE
 from d3codec.errors import D3Error
 from d3codec.text import safe_text
-from d3codec.methods import DEFAULT_METHOD, BuildContext, Method, Option, archive_kind, get_method, method_names
+from d3codec.defaults import (FACTOR_3_MAX_IPC, MANY_CLASSES, class_count, default_choice, default_method,
+                              with_user_options)
+from d3codec.methods import BuildContext, Method, Option, archive_kind, get_method, method_names
 
 from .options import LabellerWidth, OptionValueError, PositiveFinite, count, fail
 
 DATASETS = "fashion-mnist, mnist, cifar10, cifar100, imagenet, or a class-per-folder path"
 # the old spelling: --method NAME [--objective NAME] → the method now named
 LEGACY = {("pixel", "dm"): "dm", ("pixel", "bptt"): "bptt", ("d3", "dm"): "d3", ("d2m", "dm"): "d2m"}
+DEFAULTED = "d3codec.default_method"  # ctx.meta key: no method was named, so the default rule's options apply
 
 
 class SectionOption(click.Option):
@@ -189,8 +193,10 @@ class CompressGroup(click.Group):
     def __init__(self, name: str = "compress"):
         super().__init__(name, context_settings={"help_option_names": ["-h", "--help"]},
                          help=f"Distil DATASET ({DATASETS}) into a .d3 archive that fits a byte budget.\n\n"
-                         f"METHOD is one of those below (default {DEFAULT_METHOD}); `d3 compress METHOD -h` lists its "
-                         "options with every default. Under torchrun (or with --workers N) a method that splits "
+                         "METHOD is one of those below. Without one, the default rule picks: d3 for more than "
+                         f"{MANY_CLASSES} classes, else dm through FreD's dct-variance formation (×3 up to IPC "
+                         f"{FACTOR_3_MAX_IPC:g}, ×2 above) with DANCE's matching (options you give win). "
+                         "`d3 compress METHOD -h` lists its options with every default. Under torchrun (or with --workers N) a method that splits "
                          "into subtasks (d3) spreads them over the ranks.",
                          short_help="Distil a dataset into a .d3 archive (d3 compress [METHOD] DATASET ...).")
 
@@ -211,7 +217,10 @@ class CompressGroup(click.Group):
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
         args, legacy = legacy_method(list(args))
         if args and args[0] not in method_names() and args[0] not in ("-h", "--help"):
-            args.insert(0, legacy or DEFAULT_METHOD)
+            if legacy is None:  # the default rule (d3codec.defaults); run_compress adds its options
+                ctx.meta[DEFAULTED] = True
+            classes = class_count(args[0]) if not args[0].startswith("-") else None
+            args.insert(0, legacy or default_method(classes or 0))
         elif legacy is not None and args and args[0] != legacy:
             raise click.UsageError(f"--method/--objective name {legacy}, but the command names {args[0]}: keep one")
         return super().parse_args(ctx, args)
@@ -285,6 +294,21 @@ def with_labeller(encoder, values: dict, context: BuildContext):
                                                    values["labeller_temperature"], values["labeller_dtype"], teacher))
 
 
+def default_options(method: Method, values: dict, real, options: dict) -> str | None:
+    """Where no method was named, fill ``options`` with the default rule's (d3codec.defaults) for the
+    options the user left unset, and return the rule's reason; else None."""
+    ctx = click.get_current_context(silent=True)
+    if ctx is None or not ctx.meta.get(DEFAULTED):
+        return None
+    budget = values["budget"] or ipc_budget(values["ipc"], real.num_classes, real.image_shape)
+    choice = default_choice(real.num_classes, budget / ipc_budget(1, real.num_classes, real.image_shape),
+                            values["preset"])
+    if choice.method != method.name:  # a folder counted otherwise before loading: the method parsed stands
+        return None
+    options.update(with_user_options(choice, options))
+    return choice.reason
+
+
 def run_compress(method: Method, values: dict) -> None:
     """Build the encoder from the options and distil (the body of every method's command)."""
     from d3codec.encoding import compress, compress_with_workers
@@ -304,6 +328,7 @@ def run_compress(method: Method, values: dict) -> None:
         real = load_dataset(values["dataset"], values["data_root"], values["resolution"])
         options = {"iterations": values["iterations"], "real_per_class": values["real_per_class"],
                    **{o.field: values[o.field] for o in method.options}}
+        chosen = default_options(method, values, real, options)
         context = BuildContext(Path(output), Path(values["checkpoint"]) if values["checkpoint"] else None, device,
                                tuple(real.image_shape), real.num_classes)
         encoder = with_labeller(method.make_encoder(values["preset"], options, context), values, context)
@@ -324,8 +349,9 @@ def run_compress(method: Method, values: dict) -> None:
             click.echo(f"resuming from {', '.join(map(str, found))} (--restart to start afresh)", err=True)
         if rank() == 0:
             click.echo(f"{safe_text(real.name, 120)}: {len(real.train_targets)} training images, "
-                       f"{real.num_classes} classes, shape {real.image_shape}; method {method.name}, preset "
-                       f"{values['preset']}, device {device}"
+                       f"{real.num_classes} classes, shape {real.image_shape}; method {method.name}"
+                       + (f" (no method named: {chosen})" if chosen else "") + f", preset {values['preset']}, "
+                       f"device {device}"
                        + (f", {workers} workers" if workers else ""), err=True)
         if workers is not None and workers > 1:
             if world_size() > 1:

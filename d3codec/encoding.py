@@ -20,9 +20,10 @@ from .archive import base_meta, open_archive, utc_now
 from .budget import ipc_budget
 from .container import D3Reader, Section, encode_archive, write_atomic
 from .data import RealData, load_dataset
+from .defaults import default_choice, with_user_options
 from .errors import D3BudgetError
 from .federated import barrier, distill_federated, rank, run_ranks, world_size
-from .methods import DEFAULT_METHOD, BuildContext, DatasetSpec, Encoded, Encoder, Overrun, get_method
+from .methods import BuildContext, DatasetSpec, Encoded, Encoder, Overrun, get_method
 from .models import resolve_device
 from .progress import note
 from .runtime import keep_freed_memory, release_freed_memory
@@ -107,8 +108,22 @@ def plan_archive(encoder: Encoder, spec: DatasetSpec, budget: int, meta: dict, r
         raise
 
 
+def chosen_method(method: str | None, preset: str, options: dict[str, Any] | None, spec: DatasetSpec,
+                  budget: int) -> tuple[str, dict[str, Any] | None]:
+    """The method and options to build: the default rule's where ``method`` is None (the user's options
+    winning), dm for the deprecated name "pixel", else as given."""
+    if method is None:
+        choice = default_choice(spec.num_classes, budget / ipc_budget(1, spec.num_classes, spec.image_shape), preset)
+        return choice.method, with_user_options(choice, options)
+    if method == "pixel":
+        warnings.warn('method "pixel" is now called "dm" (BPTT is "bptt"); "pixel" goes in the next release',
+                      DeprecationWarning, stacklevel=3)
+        return "dm", options
+    return method, options
+
+
 def compress(dataset: str | RealData, output: str | os.PathLike, *, ipc: float | None = None,
-             budget: int | None = None, method: str = DEFAULT_METHOD, preset: str = "fast",
+             budget: int | None = None, method: str | None = None, preset: str = "fast",
              options: dict[str, Any] | None = None, encoder: Encoder | None = None, seed: int = 0,
              device: str | torch.device = "cpu", checkpoint: str | os.PathLike | None = None,
              progress: bool = True) -> CompressResult:
@@ -125,7 +140,8 @@ def compress(dataset: str | RealData, output: str | os.PathLike, *, ipc: float |
             an ImageFolder tree), or loaded real data (d3codec.data.RealData, e.g. with another resolution).
         ipc / budget: the budget, as float32 images per class or as bytes (exactly one).
         method: a registered method's name (d3codec.registry.method_names(): dm, bptt, d3, d2m); ``"pixel"``,
-            the old name of dm, still works with a DeprecationWarning.
+            the old name of dm, still works with a DeprecationWarning. None: the default rule for this dataset
+            and budget (d3codec.defaults.default_choice), its options overridden by ``options``.
         preset / options: the method's preset (``fast``, ``paper``) and overrides of its config fields or
             options by name (``options={"iterations": 20}``; ``d3 compress METHOD --help`` lists them).
         encoder: a ready encoder instead of method, preset and options.
@@ -149,16 +165,13 @@ def compress(dataset: str | RealData, output: str | os.PathLike, *, ipc: float |
         raise ValueError("give either encoder= or preset= and options= (an encoder is built with its own)")
     real = dataset if isinstance(dataset, RealData) else load_dataset(dataset)
     device = resolve_device(device)
+    spec = DatasetSpec.of(real)
+    budget = resolve_budget(spec, ipc, budget)
     if encoder is None:
-        if method == "pixel":
-            warnings.warn('method "pixel" is now called "dm" (BPTT is "bptt"); "pixel" goes in the next release',
-                          DeprecationWarning, stacklevel=2)
-            method = "dm"
+        method, options = chosen_method(method, preset, options, spec, budget)
         context = BuildContext(output, Path(checkpoint) if checkpoint else None, device, real.image_shape,
                                real.num_classes, checkpoints=checkpoint is not None)
         encoder = get_method(method).make_encoder(preset, options, context)
-    spec = DatasetSpec.of(real)
-    budget = resolve_budget(spec, ipc, budget)
     meta = base_meta(spec, encoder.method, budget, ipc, seed, utc_now())
     plan = plan_archive(encoder, spec, budget, meta, real)
     release_freed_memory()  # planning built whole archives of zeros to count their bytes

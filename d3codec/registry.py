@@ -204,7 +204,6 @@ class ArchiveKind:
 
 _METHODS: dict[str, Method] = {}
 _KINDS: dict[str, ArchiveKind] = {}
-DEFAULT_METHOD = "dm"
 
 
 def register_method(method: Method) -> Method:
@@ -261,6 +260,6 @@ def methods_of_kind(kind: str) -> list[Method]:
     return [m for m in _METHODS.values() if m.archive == kind]
 
 
-__all__ = ["Option", "TEACHER_OPTION", "SAVE_TEACHER_OPTION", "TEACHER_EPOCHS_OPTION", "BuildContext", "Method", "ArchiveKind", "DEFAULT_METHOD", "register_method",
+__all__ = ["Option", "TEACHER_OPTION", "SAVE_TEACHER_OPTION", "TEACHER_EPOCHS_OPTION", "BuildContext", "Method", "ArchiveKind", "register_method",
            "register_archive_kind", "unregister", "method_names", "get_method", "archive_kind", "archive_kind_names",
            "methods_of_kind"]

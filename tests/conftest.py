@@ -27,6 +27,17 @@ def pattern_images(num_classes: int, per_class: int, size: int, channels: int, s
     return np.stack(images), np.array(labels)
 
 
+@pytest.fixture(scope="session")
+def experts_cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("experts")
+
+
+@pytest.fixture(autouse=True)
+def expert_pool_in_a_temporary_folder(experts_cache, monkeypatch):
+    """No test writes to ~/.cache: DANCE's expert pools (d3codec.experts) go to one folder per session."""
+    monkeypatch.setenv("D3CODEC_EXPERTS", str(experts_cache))
+
+
 @pytest.fixture
 def tiny_real() -> RealData:
     """3 classes of 16×16 grey images in memory, 20 per class for training and 10 for testing."""

@@ -18,8 +18,8 @@ def run(*args):
 
 def test_compress_info_expand(image_folder, tmp_path):
     out = tmp_path / "f.d3"
-    r = run("compress", image_folder, "--resolution", 16, "--budget", 8000, "--iterations", 3, "--real-per-class", 4,
-            "-o", out, "--device", "cpu", "--quiet")
+    r = run("compress", "dm", image_folder, "--resolution", 16, "--budget", 8000, "--iterations", 3,
+            "--real-per-class", 4, "-o", out, "--device", "cpu", "--quiet")
     assert r.exit_code == 0, r.output
     assert out.stat().st_size <= 8000 and "bytes of a 8000-byte budget" in r.output
 
@@ -52,6 +52,28 @@ def test_compress_info_expand(image_folder, tmp_path):
     assert r.exit_code == 0
     images = torch.load(tmp_path / "pt" / "images.pt")
     assert torch.equal(images, ds.images)
+
+
+def test_no_method_named_runs_the_default_rule(image_folder, tmp_path):
+    out = tmp_path / "d.d3"
+    r = run("compress", image_folder, "--resolution", 16, "--ipc", 1, "--iterations", 2, "--real-per-class", 4,
+            "-o", out, "--device", "cpu", "--json")
+    assert r.exit_code == 0, r.output
+    assert "method dm (no method named: DM through FreD's dct-variance ×3 with DANCE's" in r.output
+    written = json.loads(r.output.strip().splitlines()[-1])
+    config = written["params"]["config"]
+    assert (config["formation"], config["formation_factor"], config["matching"]) == ("dct-variance", 3, "dance")
+    assert written["params"]["formation"]["mask"]  # FreD's variance-ranked coefficients
+    # options the user gives win, and a formation the user names keeps its own factor
+    r = run("compress", image_folder, "--resolution", 16, "--ipc", 3, "--iterations", 1, "--real-per-class", 4,
+            "--formation", "pixels", "--matching", "dm", "-o", tmp_path / "p.d3", "--device", "cpu", "--json")
+    assert r.exit_code == 0, r.output
+    config = json.loads(r.output.strip().splitlines()[-1])["params"]["config"]
+    assert (config["formation"], config["formation_factor"], config["matching"]) == ("pixels", None, "dm")
+    r = run("compress", "dm", image_folder, "--resolution", 16, "--ipc", 1, "--iterations", 1, "-o", tmp_path / "n.d3",
+            "--device", "cpu", "--json")
+    assert r.exit_code == 0 and "no method named" not in r.output  # a named method keeps its preset
+    assert json.loads(r.output.strip().splitlines()[-1])["params"]["config"]["formation"] == "pixels"
 
 
 def test_impossible_budget_and_corrupt_archive_give_clear_errors(image_folder, tmp_path):
@@ -153,7 +175,7 @@ def test_options_of_the_other_method_are_refused(image_folder, tmp_path):
             "-o", tmp_path / "x.d3", "--quiet")
     assert r.exit_code == 1 and "not of d3; use --priors-per-class" in r.output
     pixel = tmp_path / "p.d3"
-    assert run("compress", image_folder, "--resolution", 16, "--budget", 8000, "--iterations", 1, "-o", pixel,
+    assert run("compress", "dm", image_folder, "--resolution", 16, "--budget", 8000, "--iterations", 1, "-o", pixel,
                "--device", "cpu", "--quiet").exit_code == 0
     r = run("expand", pixel, "-o", tmp_path / "out", "--samples-per-class", 3)
     assert r.exit_code != 0 and "stores its images" in r.output

@@ -12,11 +12,11 @@ matching.py the distribution-matching loop DM, D3 and D2M share. A new method is
 imported below; everything that lists methods reads the registry.
 """
 
-from ..registry import (DEFAULT_METHOD, ArchiveKind, BuildContext, Method, Option, archive_kind, archive_kind_names,
+from ..registry import (ArchiveKind, BuildContext, Method, Option, archive_kind, archive_kind_names,
                         get_method, method_names, register_archive_kind, register_method)
-from . import pixel, d3, d2m  # each registers itself, in this order (dm first: the default method)
+from . import pixel, d3, d2m  # each registers itself, in this order (d3codec.defaults picks among them)
 from .base import DatasetSpec, Encoded, Encoder, Overrun, Sampler, Subtask, SubtaskEncoder
 
-__all__ = ["pixel", "d3", "d2m", "DEFAULT_METHOD", "ArchiveKind", "BuildContext", "Method", "Option", "archive_kind",
+__all__ = ["pixel", "d3", "d2m", "ArchiveKind", "BuildContext", "Method", "Option", "archive_kind",
            "archive_kind_names", "get_method", "method_names", "register_archive_kind", "register_method",
            "DatasetSpec", "Encoded", "Encoder", "Overrun", "Sampler", "Subtask", "SubtaskEncoder"]
