@@ -537,8 +537,9 @@ def render(results: dict) -> str:
         *[f"  {i}. {v['date']}: `{v['command']}` on {v['machine']}; device: {v['device']}"
           + (f". {v['note']}" if v.get("note") else "")
           for i, v in enumerate(results["invocations"], 1)],
-        f"- protocol: {results['runs']} fresh ConvNet-3 students per row (or as many as a row's accuracy says, "
-        f"\"(n = 1)\"), {results['epochs']} epochs, SGD lr 0.01 "
+        f"- protocol: {results['runs']} fresh ConvNet-3 student{'s' if results['runs'] > 1 else ''} per row, or as "
+        "many as a row's accuracy says (\"(n = 3)\"), each seeded apart, "
+        f"{results['epochs']} epochs, SGD lr 0.01 "
         "(× 0.1 at half), momentum 0.9, weight decay 5e-4, batch 256, DSA; **final-epoch** test accuracy on the "
         "10 000 test images, mean ± std over students. Bytes: the whole file (archives) or the images "
         "as stored (baselines). Baselines are drawn in the same run.",

@@ -157,7 +157,7 @@ def train_expert(real: RealData, spec: ExpertSpec, index: int, device: torch.dev
     batch = min(256, len(real.train_targets))  # a whole epoch is at least one step, even on tiny data
     _, accuracy = train_teacher(real, list(range(real.num_classes)), epochs=spec.epochs, width=spec.width,
                                 batch_size=batch, device=device, seed=spec.seed + index, progress=progress,
-                                snapshot=keep)
+                                snapshot=keep, name=f"expert {index + 1}/{spec.count}")
     return Expert(states[:spec.epochs + 1], time.time() - start, accuracy)
 
 

@@ -62,8 +62,8 @@ def untrained_teacher(image_shape: tuple[int, int, int], classes: list[int], wid
 
 def train_teacher(real: RealData, classes: list[int], *, epochs: float = 2.0, width: int = 128,
                   batch_size: int = 256, lr: float = 0.05, device: torch.device = torch.device("cpu"),
-                  seed: int = 0, progress: bool = False,
-                  snapshot: Callable[[int, ConvNet], None] | None = None) -> tuple[Teacher, float]:
+                  seed: int = 0, progress: bool = False, snapshot: Callable[[int, ConvNet], None] | None = None,
+                  name: str = "teacher") -> tuple[Teacher, float]:
     """Train a ConvNet-3 on the real training images of ``classes`` (SGD, momentum 0.9, cosine lr).
 
     Args:
@@ -71,6 +71,7 @@ def train_teacher(real: RealData, classes: list[int], *, epochs: float = 2.0, wi
         epochs: passes over those classes' images (fractions allowed: 0.5 reads half once).
         snapshot: called as ``snapshot(e, net)`` with the initial network (e = 0) and after each whole epoch
             e (an expert's trajectory, d3codec.experts); it must copy what it keeps.
+        name: what the progress bar calls the network.
     Returns: (teacher, training accuracy of the last epoch's batches, a fraction).
     """
     gen = torch.Generator().manual_seed(seed)
@@ -94,7 +95,7 @@ def train_teacher(real: RealData, classes: list[int], *, epochs: float = 2.0, wi
     forward = compiled(net, worth_compiling(steps * batch_size))
     if snapshot is not None:
         snapshot(0, net)
-    for step in progress_bar(range(steps), desc="teacher", enabled=progress, unit="step"):
+    for step in progress_bar(range(steps), desc=name, enabled=progress, unit="step"):
         if position + batch_size > len(order):
             order, position = torch.randperm(len(indices), generator=gen), 0
         pick = order[position:position + batch_size]
