@@ -108,17 +108,22 @@ def plan_archive(encoder: Encoder, spec: DatasetSpec, budget: int, meta: dict, r
         raise
 
 
+def current_name(method: str | None) -> str | None:
+    """``method``, with the deprecated name "pixel" (d3codec 0.1) read as "dm" and warned about."""
+    if method != "pixel":
+        return method
+    warnings.warn('method "pixel" is now called "dm" (BPTT is "bptt"); "pixel" goes in the next release',
+                  DeprecationWarning, stacklevel=3)
+    return "dm"
+
+
 def chosen_method(method: str | None, preset: str, options: dict[str, Any] | None, spec: DatasetSpec,
                   budget: int) -> tuple[str, dict[str, Any] | None]:
     """The method and options to build: the default rule's where ``method`` is None (the user's options
-    winning), dm for the deprecated name "pixel", else as given."""
+    winning), else as given."""
     if method is None:
         choice = default_choice(spec.num_classes, budget / ipc_budget(1, spec.num_classes, spec.image_shape), preset)
         return choice.method, with_user_options(choice, options)
-    if method == "pixel":
-        warnings.warn('method "pixel" is now called "dm" (BPTT is "bptt"); "pixel" goes in the next release',
-                      DeprecationWarning, stacklevel=3)
-        return "dm", options
     return method, options
 
 
@@ -163,6 +168,7 @@ def compress(dataset: str | RealData, output: str | os.PathLike, *, ipc: float |
         raise ValueError(f"--seed must be an integer from 0 to {MAX_SEED}, not {seed!r}")
     if encoder is not None and (options or preset != "fast"):
         raise ValueError("give either encoder= or preset= and options= (an encoder is built with its own)")
+    method = current_name(method)
     real = dataset if isinstance(dataset, RealData) else load_dataset(dataset)
     device = resolve_device(device)
     spec = DatasetSpec.of(real)

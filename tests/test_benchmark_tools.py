@@ -89,7 +89,8 @@ def test_the_final_tables_rows_name_formation_matching_budget_and_students():
     assert spec == {"kind": "dct-variance", "factor": 3, "matching": "dance", "ipc": 1, "no_labeller": True}
     args = argparse.Namespace(methods=["dm"], preset="fast", formations=["dct-variance:3:dance@1!", "dct:2"],
                               labeller_width=16, real_side_ipc=[], models=["convnet3"], jpeg_quality=20,
-                              runs=1, runs_for=["×3, dance=3", "JPEG=3"])
+                              runs=1, runs_for=["×3, dance=3", "JPEG=3"], default_row=False, matching=None,
+                              labeller_twins=True, real_storages=["float32", "png", "jpeg"])
     at_1, at_10 = fashion_mnist.row_names(1, args), fashion_mnist.row_names(10, args)
     assert "DM (fast preset, dct-variance ×3, dance matching)" in at_1
     assert not any("dct-variance" in name for name in at_10)  # @1: that budget only
@@ -98,3 +99,11 @@ def test_the_final_tables_rows_name_formation_matching_budget_and_students():
     runs = {name: fashion_mnist.row_runs(name, args) for name in at_1}
     assert runs["DM (fast preset, dct-variance ×3, dance matching)"] == 3 and runs["random real (JPEG q20)"] == 3
     assert runs["random real (PNG)"] == 1
+    # the final table: the default rule's archive first, D3 and D2M with a matching, no labeller twins
+    args.default_row, args.matching, args.labeller_twins, args.methods = True, "dance", False, ["dm", "d3"]
+    args.real_storages, args.no_labels_ipc, args.d3_samples_per_class, args.ipc = ["jpeg"], [], ["40"], [1, 10]
+    at_1, at_10 = fashion_mnist.row_names(1, args), fashion_mnist.row_names(10, args)
+    assert at_1[0] == "default (DM, dct-variance ×3, dance matching)"
+    assert at_10[0] == "default (DM, dct-variance ×2, dance matching)"
+    assert "D3 (fast preset, dance matching)" in at_1 and not any("labeller w16)" in name for name in at_1)
+    assert "random real (JPEG q20)" in at_1 and "random real (PNG)" not in at_1
