@@ -196,8 +196,8 @@ class CompressGroup(click.Group):
                          "METHOD is one of those below. Without one, the default rule picks: d3 for more than "
                          f"{MANY_CLASSES} classes, else dm through FreD's dct-variance formation (×3 up to IPC "
                          f"{FACTOR_3_MAX_IPC:g}, ×2 above) with DANCE's matching (options you give win). "
-                         "`d3 compress METHOD -h` lists its options with every default. Under torchrun (or with --workers N) a method that splits "
-                         "into subtasks (d3) spreads them over the ranks.",
+                         "`d3 compress METHOD -h` lists its options with every default. Under torchrun (or with "
+                         "--workers N) a method that splits into subtasks (d3) spreads them over the ranks.",
                          short_help="Distil a dataset into a .d3 archive (d3 compress [METHOD] DATASET ...).")
 
     def list_commands(self, ctx: click.Context) -> list[str]:

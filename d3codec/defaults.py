@@ -2,9 +2,9 @@
 
 One rule, from what was measured (benchmarks/per-byte-exploration.md, benchmarks/RESULTS.md):
 
-- **ImageNet-scale** (more than :data:`MANY_CLASSES` classes): D3 (Wang et al., "Distributional Dataset
-  Distillation with Subtask Decomposition", 2024): priors per class and a decoder, which scale with classes
-  rather than with images; the README's ImageNet section.
+- **ImageNet-scale** (more than :data:`MANY_CLASSES` classes): D3 (Qin, Deng & Alvarez-Melis,
+  "Distributional Dataset Distillation with Subtask Decomposition", 2024): priors per class and a decoder,
+  which scale with classes rather than with images; the README's ImageNet section.
 - **Otherwise**: DM (Zhao & Bilen, WACV 2023) through FreD's variance-ranked DCT coefficients (Shin et al.,
   NeurIPS 2023, §3.2) with DANCE's matching through trained experts (Zhang et al., IJCAI 2024, §3), the
   formation factor 3 at budgets of up to :data:`FACTOR_3_MAX_IPC` images per class and 2 above. On
@@ -92,4 +92,5 @@ def class_count(dataset: str) -> int | None:
         return None
 
 
-__all__ = ["DefaultChoice", "default_choice", "with_user_options", "default_method", "class_count", "MANY_CLASSES", "FACTOR_3_MAX_IPC"]
+__all__ = ["DefaultChoice", "default_choice", "with_user_options", "default_method", "class_count", "MANY_CLASSES",
+           "FACTOR_3_MAX_IPC"]
