@@ -16,7 +16,7 @@ from pathlib import Path
 import click
 
 from d3codec.archive import MAX_SIDE
-from d3codec.budget import ipc_budget
+from d3codec.budget import ipc_budget, ipc_equivalent
 from d3codec.encoding import MAX_BUDGET_BYTES, MAX_REAL_PER_CLASS, MAX_SEED, MIN_SIDE
 from d3codec.errors import D3Error
 from d3codec.text import safe_text
@@ -280,7 +280,7 @@ def with_labeller(encoder, values: dict, context: BuildContext):
 
     width = values["labeller_width"]
     if width == "auto" and values["labeller"] is None:
-        from d3codec.budget import ipc_budget
+        from d3codec.budget import ipc_budget, ipc_equivalent
         from d3codec.labeller import auto_width
 
         budget = values["budget"] or ipc_budget(values["ipc"], context.num_classes, context.image_shape)
@@ -301,7 +301,7 @@ def default_options(method: Method, values: dict, real, options: dict) -> str | 
     if ctx is None or not ctx.meta.get(DEFAULTED):
         return None
     budget = values["budget"] or ipc_budget(values["ipc"], real.num_classes, real.image_shape)
-    choice = default_choice(real.num_classes, budget / ipc_budget(1, real.num_classes, real.image_shape),
+    choice = default_choice(real.num_classes, ipc_equivalent(budget, real.num_classes, real.image_shape),
                             values["preset"])
     if choice.method != method.name:  # a folder counted otherwise before loading: the method parsed stands
         return None

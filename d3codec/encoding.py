@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from .archive import base_meta, open_archive, utc_now
-from .budget import ipc_budget
+from .budget import ipc_budget, ipc_equivalent
 from .container import D3Reader, Section, encode_archive, write_atomic
 from .data import RealData, load_dataset
 from .defaults import default_choice, with_user_options
@@ -122,7 +122,7 @@ def chosen_method(method: str | None, preset: str, options: dict[str, Any] | Non
     """The method and options to build: the default rule's where ``method`` is None (the user's options
     winning), else as given."""
     if method is None:
-        choice = default_choice(spec.num_classes, budget / ipc_budget(1, spec.num_classes, spec.image_shape), preset)
+        choice = default_choice(spec.num_classes, ipc_equivalent(budget, spec.num_classes, spec.image_shape), preset)
         return choice.method, with_user_options(choice, options)
     return method, options
 
