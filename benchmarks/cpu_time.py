@@ -26,7 +26,6 @@ import argparse
 import datetime as dt
 import json
 import os
-import platform
 import resource
 import shlex
 import subprocess
@@ -34,6 +33,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from hardware import cpu_name
 
 HERE = Path(__file__).resolve().parent
 STUDENT_SECTION = "## Student speed"  # benchmarks/student_speed.py's section of cpu-time.md, kept by a rerun here
@@ -140,13 +141,8 @@ def main() -> None:
                   f"{100 * r['kernel_share']:5.1f} %  wall {r['wall']:6.1f} s  ({r['malloc']})", flush=True)
     import torch
 
-    meta = {"date": dt.date.today().isoformat(), "machine": platform.processor() or platform.machine(),
+    meta = {"date": dt.date.today().isoformat(), "machine": cpu_name(),
             "cores": os.cpu_count(), "torch": torch.__version__, "command": " ".join(sys.argv[1:]) or "defaults"}
-    try:
-        meta["machine"] = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                               if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
     path = HERE / "results-cpu-time.json"
     last = json.loads(path.read_text()) if path.exists() else {"results": {}, "measured": {}}
     old_meta = last.get("meta", {})  # files before 2026-12-05 have one date for every row

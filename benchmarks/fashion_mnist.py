@@ -43,7 +43,6 @@ import datetime as dt
 import json
 import multiprocessing
 import os
-import platform
 import sys
 import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -69,6 +68,7 @@ from d3codec.labeller import (Labeller, LabelledEncoder, LabellerConfig, as_stor
 from d3codec.models import ConvNet, resolve_device
 from d3codec.ranking import Ranking
 from d3codec.runtime import keep_freed_memory
+from hardware import cpu_name
 
 HERE = Path(__file__).resolve().parent
 
@@ -86,14 +86,7 @@ PUBLISHED = {
 
 
 def machine(jobs: int = 1, threads: int | None = None) -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_name()
     threads = threads or max(1, (os.cpu_count() or 1) // jobs)
     return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, {jobs} worker(s) of {threads} thread(s)"
 

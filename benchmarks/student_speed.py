@@ -16,7 +16,6 @@ import argparse
 import datetime as dt
 import json
 import os
-import platform
 import shlex
 import sys
 import time
@@ -28,6 +27,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from d3codec.augment import DSA
 from d3codec.models import ConvNet
+from hardware import cpu_name
 
 VARIANTS = ("baseline", "no-dsa", "forward-only", "channels-last", "compile", "foreach-off", "groupnorm-off",
             "bf16-autocast", "compile-bf16", "two-threads")
@@ -102,17 +102,6 @@ def make_step(variant: str, batch: int, width: int):
         opt.step()
 
     return step, net
-
-
-def cpu_name() -> str:
-    """The CPU's model name (/proc/cpuinfo), else the platform's."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def dsa_seconds(batch: int, steps: int) -> float:
