@@ -81,7 +81,7 @@ def run_workload(name: str) -> dict:
         x, y, _ = random_real_subset(real, 550 * 28 * 28 * 4, "float32", 0)
     before, start = resource.getrusage(resource.RUSAGE_SELF), time.time()
     if name == "student":
-        train_student(x, y, real.num_classes, real.mean, real.std, *test, StudentConfig(epochs=20))
+        train_student(x, y, real.num_classes, real.mean, real.std, test, StudentConfig(epochs=20))
     else:
         compress(real, f"{folder}/a.d3", encoder=encoders[name](), ipc=10, progress=False)
     after = resource.getrusage(resource.RUSAGE_SELF)

@@ -503,13 +503,15 @@ def load_targets(inputs: dict, real):
 
 
 def student(spec: dict) -> tuple[float, float]:
-    """Train student ``run`` (seed + run, as evaluate() seeds it) on a built row: (final accuracy, seconds)."""
-    real, (test_x, test_y) = worker_data()
+    """Train student ``run`` (seed + run, as evaluate() seeds it) on a built row: (final accuracy, seconds).
+    Its state is saved every minute beside the row's inputs, so that a killed run goes on with ``--resume``
+    from the epoch it reached (an IPC 50 student takes hours on one thread)."""
+    real, test = worker_data()
     inputs = load_file(spec["inputs"])
-    return train_student(inputs["images"], load_targets(inputs, real), real.num_classes, real.mean, real.std,
-                         test_x, test_y,
+    checkpoint = Path(spec["inputs"]).with_suffix(f".student{spec['run']}.ckpt.safetensors")
+    return train_student(inputs["images"], load_targets(inputs, real), real.num_classes, real.mean, real.std, test,
                          StudentConfig(model=spec["model"], epochs=_WORKER["epochs"]), _WORKER["seed"] + spec["run"],
-                         _WORKER["device"])
+                         _WORKER["device"], checkpoint=checkpoint)
 
 
 TASKS = {"build": build, "student": student}

@@ -49,7 +49,7 @@ def real_files(args) -> str:
     images, labels, used = students.random_real_subset(real, budget - cost, args.storage, args.seed, args.quality)
     test_x, test_y = students.test_split(real)
     accuracy, seconds = students.train_student(images, labeller if labeller is not None else labels,
-                                               real.num_classes, real.mean, real.std, test_x, test_y,
+                                               real.num_classes, real.mean, real.std, (test_x, test_y),
                                                students.StudentConfig(epochs=args.epochs, compile=args.compile),
                                                args.seed,
                                                progress="student")

@@ -14,9 +14,10 @@ robin, until their files fill the budget; the student sees what the files decode
 from __future__ import annotations
 
 import io
+import os
 import statistics
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Callable
 
 import numpy as np
@@ -24,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from .augment import DSA
+from .checkpoint import Checkpoint, fingerprint, weights_digest
 from .data import Normalisation, RealData
 from .models import build_model, compiled, worth_compiling
 from .progress import progress_bar
@@ -76,23 +78,28 @@ class EvalResult:
                 "training per student)")
 
 
-def train_student(images: torch.Tensor, targets: torch.Tensor, num_classes: int, mean, std, test_images: torch.Tensor,
-                  test_labels: torch.Tensor, config: StudentConfig = StudentConfig(), seed: int = 0,
+def train_student(images: torch.Tensor, targets: torch.Tensor, num_classes: int, mean, std,
+                  test: tuple[torch.Tensor, torch.Tensor], config: StudentConfig = StudentConfig(), seed: int = 0,
                   device: torch.device = torch.device("cpu"),
                   resample: Callable[[int], tuple[torch.Tensor, torch.Tensor]] | None = None,
-                  progress: str | None = None) -> tuple[float, float]:
+                  progress: str | None = None, checkpoint: str | os.PathLike | None = None) -> tuple[float, float]:
     """Train one fresh student and test it.
 
     Args:
         images: (N, C, H, W) float32 pixel space; targets: (N,) int64, (N, K) float32 soft labels, or a
             labeller (a torch.nn.Module, e.g. D3Dataset.labeller: pixel-space images (B, C, H, W) →
             (B, K) probabilities), which then labels every augmented batch afresh (online soft labels).
-        test_images: (M, C, H, W) float32 pixel space; test_labels: (M,) int64.
+        test: the test split, images (M, C, H, W) float32 pixel space and labels (M,) int64.
         resample: for sampled archives, ``resample(epoch)`` → fresh (images, targets) of the same
             kinds for every epoch after the first (DiM's per-epoch re-sampling, Wang et al. 2023);
-            the time it takes counts as training time.
+            the time it takes counts as training time. A pure function of the epoch where resumed.
         progress: where given, a name under which the epochs show their progress (d3codec.progress).
-    Returns: (final-epoch test accuracy in [0, 1], training seconds).
+        checkpoint: where given, a file that holds the student's state (weights, momentum, random states,
+            epochs and seconds so far) every minute (d3codec.checkpoint): a student killed on the way goes on
+            from there when called again with the same arguments, and ends as an uninterrupted one would. The
+            file is removed once the student is tested.
+    Returns: (final-epoch test accuracy in [0, 1], training seconds, those before a resume included).
+    Raises: D3Error when ``checkpoint`` holds another student's state.
     """
     keep_freed_memory()  # see d3codec.runtime
     torch.manual_seed(seed)
@@ -109,11 +116,14 @@ def train_student(images: torch.Tensor, targets: torch.Tensor, num_classes: int,
     opt = torch.optim.SGD(net.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, [config.epochs // 2], 0.1)
     dsa = DSA() if config.dsa else None
-    start = time.time()
+    saver = student_checkpoint(checkpoint, images, targets, config, seed)
+    first, earlier = resume_student(saver, net, opt, sched, gen, device)
+    start = time.time() - earlier
     net.train()
-    for epoch in progress_bar(range(config.epochs), progress or "student", enabled=progress is not None, unit="epoch"):
-        if epoch == 0 or resample is not None:
-            if epoch > 0:
+    for epoch in progress_bar(range(first, config.epochs), progress or "student", enabled=progress is not None,
+                              unit="epoch", initial=first, total=config.epochs):
+        if epoch == first or resample is not None:
+            if epoch > 0 and resample is not None:
                 images, fresh = resample(epoch)
                 if not online and (fresh.dim() == 2) != soft:
                     raise ValueError("resample must give the same kind of targets (hard or soft) every epoch")
@@ -133,9 +143,43 @@ def train_student(images: torch.Tensor, targets: torch.Tensor, num_classes: int,
             loss.backward()
             opt.step()
         sched.step()
+        if saver is not None and saver.due(epoch + 1, config.epochs):
+            synchronize(device)
+            saver.save(epoch + 1, {"seconds": torch.tensor(time.time() - start, dtype=torch.float64)}, {"sgd": opt},
+                       gen, {"net": net})
     synchronize(device)
     seconds = time.time() - start
-    return test_accuracy(net, test_images, test_labels, mean, std, device), seconds
+    accuracy = test_accuracy(net, *test, mean, std, device)
+    if saver is not None:
+        saver.remove()
+    return accuracy, seconds
+
+
+def student_checkpoint(path: str | os.PathLike | None, images: torch.Tensor, targets, config: StudentConfig,
+                       seed: int) -> Checkpoint | None:
+    """The checkpoint of one student at ``path`` (None: none), fingerprinted by its data, config and seed."""
+    if path is None:
+        return None
+    data = {"images": images} if isinstance(targets, torch.nn.Module) else {"images": images, "targets": targets}
+    labeller = {f"labeller.{k}": v for k, v in targets.state_dict().items()} if isinstance(targets, torch.nn.Module) \
+        else {}
+    run = fingerprint(asdict(config), seed, weights_digest({**data, **labeller}))
+    return Checkpoint(path, "student", run, every_seconds=STUDENT_CHECKPOINT_SECONDS)
+
+
+STUDENT_CHECKPOINT_SECONDS = 60.0  # a ConvNet-3's state is a few MB: saving it takes milliseconds
+
+
+def resume_student(saver: Checkpoint | None, net: torch.nn.Module, opt: torch.optim.Optimizer,
+                   sched: torch.optim.lr_scheduler.LRScheduler, gen: torch.Generator,
+                   device: torch.device) -> tuple[int, float]:
+    """Load a student's checkpoint where there is one. Returns (epochs done, training seconds so far)."""
+    found = saver.resume({"sgd": opt}, gen, device, modules={"net": net}) if saver is not None else None
+    if found is None:
+        return 0, 0.0
+    epoch, saved = found
+    sched.last_epoch = epoch  # the learning rate itself came back with the optimiser's groups
+    return epoch, float(saved["seconds"])
 
 
 def replay_student(schedule, images: torch.Tensor, labels: torch.Tensor, num_classes: int, mean, std,
@@ -199,7 +243,7 @@ def train_students(name: str, images: torch.Tensor, targets: torch.Tensor, real:
     result = EvalResult(name, len(images))
     for r in range(runs):
         fresh = (lambda epoch, r=r: resample(r, epoch)) if resample is not None else None
-        acc, sec = train_student(images, targets, real.num_classes, real.mean, real.std, test_x, test_y, config,
+        acc, sec = train_student(images, targets, real.num_classes, real.mean, real.std, (test_x, test_y), config,
                                  seed + r, device, fresh, f"{name} {r + 1}/{runs}" if progress else None)
         _record(result, acc, sec, runs, log)
     return result

@@ -106,6 +106,27 @@ def test_trimming_image_by_image_fills_the_budget_to_within_an_image(tiny_real, 
     assert result.file_bytes == size
 
 
+def test_few_images_a_class_are_trimmed_by_whole_rounds_many_image_by_image(tiny_real):
+    from d3codec.budget import PixelPlan
+    from d3codec.methods.base import Overrun
+    from d3codec.methods.pixel.dm import BALANCED_TRIM_BELOW
+
+    encoder, spec = DMEncoder.from_options("fast"), DatasetSpec.of(tiny_real)
+
+    def kept(per_class: int, excess: int) -> tuple[int, int]:  # (images, the fullest class's) after one trim
+        images = torch.rand(3, per_class, 1, 16, 16)
+        plan = PixelPlan(per_class, "uint8", 0, 0, guaranteed_per_class=1)
+        full = encoder._encoded(images, spec, plan, {})
+        trimmed = full.trim(Overrun(excess, {"images": 100 * 3 * per_class}))  # images of 100 B each
+        fullest = trimmed.method_meta["images_per_class"]
+        return trimmed.method_meta.get("images", 3 * fullest), fullest
+
+    assert Overrun(50, {"images": 1_500}).units_to_drop(15, ("images",)) == 2
+    assert kept(5, 50) == (12, 4)  # not 5/5/3 nor 5/4/4: classes a quarter apart cost students 4 to 6 points
+    many = BALANCED_TRIM_BELOW + 2
+    assert kept(many, 50) == (3 * many - 2, many)  # the budget fills to within an image
+
+
 def test_raw_fill_never_counts_on_compression(tiny_real):
     encoder = DMEncoder.from_options("fast", fill="raw")
     spec = DatasetSpec.of(tiny_real)

@@ -54,7 +54,7 @@ def test_the_labeller_gives_the_teachers_soft_labels_and_trains_a_student(labell
     assert (probabilities - want).abs().max() < 0.05
 
     test_x, test_y = students.test_split(tiny_real)
-    accuracy, _ = students.train_student(ds.images, ds.labeller, 3, ds.mean, ds.std, test_x, test_y,
+    accuracy, _ = students.train_student(ds.images, ds.labeller, 3, ds.mean, ds.std, (test_x, test_y),
                                          students.StudentConfig(model="mlp", epochs=40, dsa=True), seed=0)
     assert accuracy > 0.8  # the tiny classes are separable; chance is 1/3
 
