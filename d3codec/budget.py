@@ -31,6 +31,15 @@ META_RESERVE_BYTES = 256  # room for metadata written after distillation (timing
 # whose raw size fits
 MIN_COMPRESSION_RATIO = 0.2
 
+# Below this many images a class a plan distils what it stores: it does not aim past its estimate, and a trim
+# that must come drops whole rounds (one image of every class). DM matches each class's images as a set (the
+# mean of their embeddings), so a set distilled for 5 a class and cut to 4 is not a set of 4: at IPC 1 on
+# Fashion-MNIST, 40 images cut from 5 a class trained a student to 68.30 % where 40 distilled for 4 a class
+# reached 75.9 to 77.1 % (benchmarks/per-byte-exploration.md). From 8 a class on, one image is an eighth of a
+# class at most, and the plan aims one image a class past its estimate and trims image by image, so that the
+# budget fills (the ImageNet rehearsal's 9 to 10 a class: 99.96 % of its bytes).
+FEW_PER_CLASS = 8
+
 
 def ipc_budget(ipc: float, num_classes: int, image_shape: tuple[int, int, int]) -> int:
     """Bytes of ``ipc`` float32 images per class: ipc · K · C · H · W · 4 (rounded down)."""
@@ -87,8 +96,9 @@ def plan_pixel_storage(budget: int, num_classes: int, image_shape: tuple[int, in
         storage_dtype: "auto" or one of STORAGE_DTYPES.
         images_per_class: fix the count instead of filling the budget (it must still fit).
         compression_ratio: expected stored/raw size of the image payload (from real images, with
-            a margin); when given, aim one image a class past the count whose *estimated* size fits
-            (the encoder trims single images to fit), keeping the guaranteed count as the floor. Taken
+            a margin); when given, aim at the count whose *estimated* size fits, one image a class past it
+            from FEW_PER_CLASS on (the encoder trims single images to fit), keeping the guaranteed count as
+            the floor. Taken
             as at least MIN_COMPRESSION_RATIO, so that uniform images cannot plan without bound.
     Raises: D3BudgetError if not even one image per class fits, with the smallest budget that would.
     """
@@ -132,7 +142,7 @@ def plan_pixel_storage(budget: int, num_classes: int, image_shape: tuple[int, in
 
     target = largest_fitting(lambda n: estimate(n) <= budget,
                              max(1, int(budget / (payload * compression_ratio))) + 1)
-    target = max(target + 1, guaranteed)  # one image a class past the estimate: the writer trims image by image
+    target = max(target + (target >= FEW_PER_CLASS), guaranteed)  # one past the estimate: the writer trims
     return PixelPlan(target, dtype, bound(guaranteed), budget, guaranteed, estimate(target))
 
 

@@ -109,7 +109,7 @@ def test_trimming_image_by_image_fills_the_budget_to_within_an_image(tiny_real, 
 def test_few_images_a_class_are_trimmed_by_whole_rounds_many_image_by_image(tiny_real):
     from d3codec.budget import PixelPlan
     from d3codec.methods.base import Overrun
-    from d3codec.methods.pixel.dm import BALANCED_TRIM_BELOW
+    from d3codec.budget import FEW_PER_CLASS
 
     encoder, spec = DMEncoder.from_options("fast"), DatasetSpec.of(tiny_real)
 
@@ -123,8 +123,21 @@ def test_few_images_a_class_are_trimmed_by_whole_rounds_many_image_by_image(tiny
 
     assert Overrun(50, {"images": 1_500}).units_to_drop(15, ("images",)) == 2
     assert kept(5, 50) == (12, 4)  # not 5/5/3 nor 5/4/4: classes a quarter apart cost students 4 to 6 points
-    many = BALANCED_TRIM_BELOW + 2
+    many = FEW_PER_CLASS + 2
     assert kept(many, 50) == (3 * many - 2, many)  # the budget fills to within an image
+
+
+def test_a_plan_of_few_images_a_class_distils_what_it_stores(tiny_real, monkeypatch):
+    import d3codec.budget as budget
+
+    encoder, spec = DMEncoder.from_options("fast"), DatasetSpec.of(tiny_real)
+    meta = base_meta(spec, "pixel", 6_000, None, 0, "2026-01-01T00:00:00Z")
+    monkeypatch.setattr(budget, "FEW_PER_CLASS", 10**6)  # every count is few: no image past the estimate
+    exact = plan_archive(encoder, spec, 6_000, meta, tiny_real)
+    monkeypatch.setattr(budget, "FEW_PER_CLASS", 1)  # none is: one image a class past it, trimmed if need be
+    past = plan_archive(encoder, spec, 6_000, meta, tiny_real)
+    assert past.images_per_class == exact.images_per_class + 1
+    assert exact.estimated_bytes <= 6_000  # what the estimate says fits, distilled as it will be stored
 
 
 def test_raw_fill_never_counts_on_compression(tiny_real):

@@ -41,7 +41,7 @@ import torch
 
 from ... import seeds
 from ...augment import DSA
-from ...budget import PixelPlan, plan_pixel_storage
+from ...budget import FEW_PER_CLASS, PixelPlan, plan_pixel_storage
 from ...container import Section, stored_size
 from ...data import ClassSampler, Normalisation, RealData
 from ...losses import mean_embedding_loss
@@ -91,12 +91,6 @@ class DMConfig:
 # or DM stored at 0.55 of their raw size where the real ones' estimate said 0.60 (dct-variance ×2 at IPC 10: 92 %
 # of the budget filled), so dct plans on 0.9 of the real ratio and trims what does not fit.
 DISTILLED_RATIO_MARGIN = {"pixels": 1.0, "lowres": 1.0, "dct": 0.9}
-
-# Below this many images a class the trim keeps the classes equal: at IPC 1 on Fashion-MNIST, 43 images trimmed
-# to 5 and 4 a class trained students 4 to 6 points below 40 images at 4 a class (benchmarks/per-byte-exploration.md).
-# From 8 a class on, classes differ by at most an eighth and the trim goes image by image, so that the budget fills
-# (the ImageNet rehearsal's 9 to 10 a class: 99.96 % of its bytes).
-BALANCED_TRIM_BELOW = 8
 
 
 PRESETS = {
@@ -226,7 +220,7 @@ class DMEncoder(CheckpointedEncoder):
         """Sections of the first ``total`` (default all) of images (K, n, C, H, W), spread over the classes:
         class c keeps total // K images, one more for c < total % K. ``trim`` drops as many images as an
         :class:`Overrun` asks, the last image of the last classes first, never below the guaranteed count;
-        below BALANCED_TRIM_BELOW images a class it drops whole rounds (one image of every class)."""
+        below d3codec.budget.FEW_PER_CLASS images a class it drops whole rounds (one image of every class)."""
         k, n = images.shape[:2]
         total = k * n if total is None else total
         counts = [total // k + (c < total % k) for c in range(k)]
@@ -238,7 +232,7 @@ class DMEncoder(CheckpointedEncoder):
             if total <= floor:
                 return None
             smaller = max(floor, total - overrun.units_to_drop(total, ("images",)))
-            if smaller < k * BALANCED_TRIM_BELOW:  # few images a class: drop whole rounds, classes stay equal
+            if smaller < k * FEW_PER_CLASS:  # few images a class: drop whole rounds, classes stay equal
                 smaller = max(floor, smaller - smaller % k)
             return self._encoded(images, spec, plan, {**stats, "planned_images_per_class": plan.images_per_class},
                                  smaller, formation)
