@@ -135,6 +135,23 @@ def normal(seed: int, stream: int, shape: tuple[int, int, int], first: int = 0) 
     return out
 
 
+def normal_at(seed: int, stream: int, a: np.ndarray, b: np.ndarray, z: int) -> np.ndarray:
+    """Standard normal noise (B, Z) float32 at chosen coordinates: value [i, d] keyed by
+    hash(seed, stream, a[i], b[i], d), the value :func:`normal` gives at [a[i], b[i], d]; ``a`` and ``b``
+    (B,) non-negative integers. What a lazy reader computes for the images it is asked for.
+    Raises: ValueError for a seed outside [0, 2^64)."""
+    seed = check_seed(seed)
+    a, b = np.asarray(a, dtype=np.uint64).reshape(-1), np.asarray(b, dtype=np.uint64).reshape(-1)
+    out = np.empty((len(a), z), dtype=np.float32)
+    per = max(1, CHUNK // max(1, z))  # values per piece, as in normal
+    with np.errstate(over="ignore"):
+        base = hash_words(seed, stream)
+        for lo in range(0, len(a), per):
+            h_ab = absorb(absorb(base, a[lo:lo + per]), b[lo:lo + per])[:, None]  # (B', 1)
+            out[lo:lo + per] = normal_from_keys(absorb(h_ab, np.arange(z, dtype=np.uint64)[None, :]))
+    return out
+
+
 def permutation(seed: int, stream: int, a: int, size: int) -> np.ndarray:
     """A random order of 0 … size − 1 for index ``a``: the indices sorted by hash(seed, stream, a, p),
     ascending, ties (p ≠ p' with equal hashes) in index order. Returns (size,) int64."""

@@ -78,6 +78,9 @@ class D2MSampler(Sampler):
         self.label = load_labeller(reader, meta, device, self.limits)
         self.soft = self.label is not None
 
+    def class_counts(self, samples_per_class: int | None) -> list[int]:
+        return [samples_per_class or self.default] * self.num_classes
+
     def counts(self, samples_per_class: int | None) -> tuple[int, int]:
         n = samples_per_class or self.default
         return self.num_classes * n, self.num_classes * n * self.noise_dim
@@ -96,7 +99,19 @@ class D2MSampler(Sampler):
         return torch.randn(k, n, z, generator=torch.Generator().manual_seed(seed % (1 << 64))).view(k * n, z)
 
     @torch.no_grad()
-    def _draw(self, samples_per_class: int | None, seed: int):
+    def _decode_at(self, samples_per_class: int | None, seed: int, classes: torch.Tensor, samples: torch.Tensor):
+        z = torch.from_numpy(noise.normal_at(seed, noise.D2M_NOISE, classes.numpy(), samples.numpy(), self.noise_dim))
+        images = torch.empty(len(classes), *self.image_shape)
+        soft = torch.empty(len(classes), self.num_classes) if self.label is not None else None
+        for i in range(0, len(classes), self.batch):
+            batch = self.generator(z[i:i + self.batch].to(self.device), classes[i:i + self.batch].to(self.device))
+            images[i:i + len(batch)] = batch.cpu()  # (B, C, H, W) in [0, 1]
+            if soft is not None:
+                soft[i:i + len(batch)] = self.label(batch).cpu()  # (B, K)
+        return images, soft
+
+    @torch.no_grad()
+    def _draw_v10(self, samples_per_class: int | None, seed: int):
         k, n = self.num_classes, samples_per_class or self.default
         z = self.noise(n, seed)
         labels = torch.arange(k).repeat_interleave(n)  # (K·N,) class-major

@@ -94,7 +94,10 @@ class D3Sampler(Sampler):
                        + (held_labels if sg.soft_labels else 0))
         check("values", values, self.limits, "max_parameters", "the decoders, priors and soft labels")
         check("multiply-adds", max(c.macs for c in costs), self.limits, "max_macs_per_image", "decoding one image")
-        self.batch = [batch_size(c, self.limits) for c in costs]
+        self.group_batch = [batch_size(c, self.limits) for c in costs]
+        self.batch = max(self.group_batch)  # images a whole draw decodes at once; each group in its own batches
+        self.group_of = torch.cat([torch.full((sg.plan.num_classes,), i) for i, sg in enumerate(self.groups)])
+        self._orders: dict[tuple[int, int, int], torch.Tensor] = {}  # (seed, group, local class) → its prior order
         self.image_macs = [c.macs for c in costs]
         if labelled and "prior_labels" not in reader:
             raise D3FormatError("meta says groups have soft labels but there is no 'prior_labels' section")
@@ -129,6 +132,9 @@ class D3Sampler(Sampler):
                 lab = TopKLabels(values, indices, k, "prior_labels", f"g{index}")
             self.loaded.append((mu, logvar, decoder, lab))
 
+    def class_counts(self, samples_per_class: int | None) -> list[int]:
+        return [self.per_class(sg, samples_per_class) for sg in self.groups for _ in range(sg.plan.num_classes)]
+
     def counts(self, samples_per_class: int | None) -> tuple[int, int]:
         sizes = [(sg.plan.num_classes, self.per_class(sg, samples_per_class), sg.plan.latent_dim)
                  for sg in self.groups]
@@ -159,8 +165,40 @@ class D3Sampler(Sampler):
             eps = torch.randn(k, n, z, generator=gen)
         return order[:, torch.arange(n) % p], eps  # sample j of a class: prior order[j mod P]
 
+    def prior_order(self, seed: int, index: int, local: int) -> torch.Tensor:
+        """The random order (P,) int64 of local class ``local``'s priors in group ``index`` (format 1.1)."""
+        key = (seed, index, local)
+        if key not in self._orders:
+            if len(self._orders) >= ORDER_CACHE:
+                self._orders.clear()
+            p = self.groups[index].plan.priors_per_class
+            self._orders[key] = torch.from_numpy(noise.permutation(seed, noise.D3_PRIOR_ORDER, local, p))
+        return self._orders[key]
+
     @torch.no_grad()
-    def _draw(self, samples_per_class: int | None, seed: int):
+    def _decode_at(self, samples_per_class: int | None, seed: int, classes: torch.Tensor, samples: torch.Tensor):
+        images = torch.empty(len(classes), *self.image_shape)
+        soft = torch.zeros(len(classes), self.num_classes) if self.soft else None
+        groups = self.group_of[classes]
+        for index in groups.unique().tolist():
+            at = (groups == index).nonzero().squeeze(1)  # the rows of this group
+            g, (mu, logvar, decoder, lab) = self.groups[index].plan, self.loaded[index]
+            local, j = classes[at] - g.start, samples[at]
+            present, row = local.unique(return_inverse=True)  # the classes asked for, and each row's among them
+            orders = torch.stack([self.prior_order(seed, index, c) for c in present.tolist()])  # (U, P)
+            prior = orders[row, j % g.priors_per_class]  # sample j of a class: prior order[j mod P]
+            eps = torch.from_numpy(noise.normal_at(seed, noise.D3_LATENT, local.numpy(), j.numpy(), g.latent_dim))
+            latents = mu[local, prior] + (0.5 * logvar[local, prior]).exp() * eps  # (B_g, Z)
+            step = self.group_batch[index]
+            for lo in range(0, len(at), step):
+                images[at[lo:lo + step]] = decoder(latents[lo:lo + step].to(self.device)).cpu()
+            if soft is not None:
+                rows = lab.rows_at(local, prior) if isinstance(lab, TopKLabels) else lab[local, prior]  # (B_g, K_g)
+                soft[at, g.start:g.stop] = rows
+        return images, soft
+
+    @torch.no_grad()
+    def _draw_v10(self, samples_per_class: int | None, seed: int):
         images, hard, soft = [], [], []
         for index, (sg, (mu, logvar, decoder, lab)) in enumerate(zip(self.groups, self.loaded)):
             g = sg.plan
@@ -169,7 +207,7 @@ class D3Sampler(Sampler):
             which, eps = self.group_noise(index, n, seed)
             pick = which.unsqueeze(-1).expand(k, n, z)
             latents = mu.gather(1, pick) + (0.5 * logvar.gather(1, pick)).exp() * eps  # (K_g, N, Z)
-            flat, step = latents.view(k * n, z), self.batch[index]
+            flat, step = latents.view(k * n, z), self.group_batch[index]
             images.append(torch.cat([decoder(flat[i:i + step].to(self.device)).cpu()
                                      for i in range(0, k * n, step)]))  # (K_g·N, C, H, W)
             hard.append(torch.arange(g.start, g.stop).repeat_interleave(n))
@@ -180,6 +218,9 @@ class D3Sampler(Sampler):
                 full[:, g.start:g.stop] = rows
                 soft.append(full)
         return torch.cat(images), torch.cat(hard), (torch.cat(soft) if self.soft else None)
+
+
+ORDER_CACHE = 4096  # prior orders kept (a few kB each): every class of an ImageNet draw under one seed
 
 
 def load_sampler(reader, meta: dict, device: torch.device | str = "cpu", limits=None) -> D3Sampler:

@@ -195,10 +195,13 @@ class TopKLabels:
     def rows(self, which: torch.Tensor) -> torch.Tensor:
         """The whole rows (K_g·N, K_g) float32 of the priors ``which`` (K_g, N) int64 picks in each class."""
         k_g, n = which.shape
-        pick = which.unsqueeze(-1)
-        take = lambda t: t.gather(1, pick.expand(k_g, n, t.shape[-1])).reshape(k_g * n, t.shape[-1])  # noqa: E731
-        return take(self.rest).expand(k_g * n, self.num_classes).clone().scatter_(-1, take(self.indices),
-                                                                                  take(self.values))
+        return self.rows_at(torch.arange(k_g).repeat_interleave(n), which.reshape(-1))
+
+    def rows_at(self, local: torch.Tensor, prior: torch.Tensor) -> torch.Tensor:
+        """The whole rows (B, K_g) float32 of prior ``prior[i]`` of local class ``local[i]``, both (B,) int64."""
+        rest = self.rest[local, prior]  # (B, 1)
+        return rest.expand(len(local), self.num_classes).clone().scatter_(-1, self.indices[local, prior],
+                                                                         self.values[local, prior])
 
 
 def first_priors(part: dict[str, dict[str, torch.Tensor]], keep: int) -> dict[str, dict[str, torch.Tensor]]:
