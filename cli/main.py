@@ -14,6 +14,7 @@ import click
 from d3codec.encoding import MAX_BUDGET_BYTES as MAX_BUDGET
 from d3codec.encoding import MAX_SEED
 from d3codec.errors import D3Error
+from d3codec.expand import MAX_OUTPUT_BYTES, MAX_OUTPUT_FILES
 from d3codec.students import JPEG_QUALITY
 from d3codec.text import safe_text
 
@@ -153,15 +154,22 @@ def verify(archive, as_json, **limits):
 @click.option("--sample-seed", type=count(0, (1 << 63) - 1), default=0, show_default=True,
               help="d3 and d2m archives: seed of the draw.")
 @click.option("--device", default="cpu", show_default=True, help="Where d3 and d2m archives are decoded.")
+@click.option("--max-files", type=count(), default=MAX_OUTPUT_FILES, show_default=True,
+              help="The most files -o may write; more is refused before anything is written.")
+@click.option("--max-output-bytes", type=count(), default=MAX_OUTPUT_BYTES, show_default=True,
+              help="The most bytes -o may write (PNG files counted at their pixels' bytes); more is refused before "
+              "anything is written, as is more than the disk has free.")
 @decode_limit_options
 def expand(archive, output, fmt, grid, grid_columns, grid_scale, grid_names, max_grid_pixels, samples_per_class,
-           sample_seed, device, **limits):
+           sample_seed, device, max_files, max_output_bytes, **limits):
     """Expand ARCHIVE into images or tensors.
 
-    What the expansion would cost is checked before it is made (the decode limits below): an archive
-    or a --samples-per-class over them is refused with the figure and the option that raises it."""
+    What the expansion would cost is checked before it is made (the decode limits below, and the files
+    and bytes it would write): an archive or a --samples-per-class over them is refused with the figure
+    and the option that raises it. d3 and d2m archives are decoded a batch at a time for PNG folders
+    and grids; tensor formats hold the whole draw in memory."""
     from d3codec import D3Dataset
-    from d3codec.expand import grid_image, write_ddranking, write_image_folder, write_tensors
+    from d3codec.expand import check_output, grid_image, write_ddranking, write_image_folder, write_tensors
     from d3codec.models import resolve_device
 
     if output is None and grid is None:
@@ -169,6 +177,8 @@ def expand(archive, output, fmt, grid, grid_columns, grid_scale, grid_names, max
     try:
         ds = D3Dataset(archive, samples_per_class=samples_per_class, seed=sample_seed, device=resolve_device(device),
                        limits=decode_limits(**limits))
+        if output is not None:
+            check_output(ds, fmt, output, max_files, max_output_bytes)
         picture = grid_image(ds, grid_columns, max_pixels=max_grid_pixels, scale=grid_scale, names=grid_names) \
             if grid is not None else None
         if output is not None:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import math
 import os
+import shutil
 from pathlib import Path
 
 import safetensors.torch
@@ -33,18 +35,58 @@ def _folder_name(name: str) -> str:
     return safe or "class"
 
 
+# What an expansion may write unless raised (d3 expand --max-files, --max-output-bytes): the ImageNet README
+# command's default draw, 128 000 PNG images of 64 × 64 (about 1.6 GB), passes; a draw of millions does not.
+MAX_OUTPUT_FILES = 500_000
+MAX_OUTPUT_BYTES = 8 << 30
+PNG_OVERHEAD_BYTES = 128  # a PNG file's signature, chunks and zlib framing, beyond its pixels' bytes
+WRITE_BATCH = 256  # images decoded at once while writing a folder (a lazy dataset holds no more)
+
+
+def output_size(ds: D3Dataset, fmt: str) -> tuple[int, int]:
+    """(files, bytes) that expanding ``ds`` as ``fmt`` writes, known before anything is decoded: PNG files
+    counted at their pixels' 8-bit bytes plus PNG_OVERHEAD_BYTES (zlib rarely makes them larger), tensor files
+    exactly (float32 images, int64 labels, float32 soft labels)."""
+    n, k, pixels = len(ds), len(ds.classes), math.prod(ds.image_shape)
+    if fmt == "png":
+        return n, n * (pixels + PNG_OVERHEAD_BYTES)
+    return 4, n * (4 * pixels + 8 + (4 * k if ds.has_soft_labels else 0))
+
+
+def check_output(ds: D3Dataset, fmt: str, out: str | os.PathLike, max_files: int = MAX_OUTPUT_FILES,
+                 max_bytes: int = MAX_OUTPUT_BYTES) -> tuple[int, int]:
+    """Refuse, before anything is written, an expansion of more than ``max_files`` files or ``max_bytes``
+    bytes, or more bytes than the disk under ``out`` has free. Returns (files, bytes) (:func:`output_size`).
+    Raises: ValueError naming the figure and the option that raises it."""
+    files, size = output_size(ds, fmt)
+    what = f"expanding {len(ds):,} images as {fmt} writes {files:,} files, about {size / 1e9:.2f} GB"
+    if files > max_files:
+        raise ValueError(f"{what}: over the limit of {max_files:,} files; raise it with --max-files {files} "
+                         "(max_files= in Python), or draw fewer with --samples-per-class")
+    if size > max_bytes:
+        raise ValueError(f"{what}: over the limit of {max_bytes:,} bytes; raise it with --max-output-bytes {size} "
+                         "(max_bytes= in Python), or draw fewer with --samples-per-class")
+    where = next((p for p in [Path(out), *Path(out).absolute().parents] if p.exists()), Path("."))
+    free = shutil.disk_usage(where).free
+    if size > free:
+        raise ValueError(f"{what}: the disk under {where} has {free / 1e9:.2f} GB free")
+    return files, size
+
+
 def write_image_folder(ds: D3Dataset, out: str | os.PathLike) -> int:
     """Write ``out/<index>_<class>/<n>.png``, one folder per class (torchvision ImageFolder reads it back
-    in class order). Returns the number of images written."""
+    in class order), decoding WRITE_BATCH images at a time. Returns the number of images written."""
     out = Path(out)
     counts: dict[int, int] = {}
     width = len(str(len(ds.classes) - 1))
-    for image, label in zip(ds.images, ds.labels.tolist()):
-        folder = out / f"{label:0{width}d}_{_folder_name(ds.classes[label])}"
-        folder.mkdir(parents=True, exist_ok=True)
-        n = counts.get(label, 0)
-        _to_pil(image).save(folder / f"{n:05d}.png")
-        counts[label] = n + 1
+    for lo in range(0, len(ds), WRITE_BATCH):
+        images, labels, _ = ds.batch(torch.arange(lo, min(len(ds), lo + WRITE_BATCH)))
+        for image, label in zip(images, labels.tolist()):
+            folder = out / f"{label:0{width}d}_{_folder_name(ds.classes[label])}"
+            folder.mkdir(parents=True, exist_ok=True)
+            n = counts.get(label, 0)
+            _to_pil(image).save(folder / f"{n:05d}.png")
+            counts[label] = n + 1
     return sum(counts.values())
 
 
@@ -148,12 +190,20 @@ def grid_image(ds: D3Dataset, max_per_class: int = 20, pad: int = 2, max_pixels:
     canvas = torch.full((c, height, width), 255, dtype=torch.uint8)
     order = torch.argsort(ds.labels, stable=True)  # each class's images in their order, classes in turn
     starts = torch.cumsum(counts, 0) - counts  # (K,) where each class begins in ``order``
-    for cl in range(k):  # one pass over the labels, not one per class: a million images of 1 000 classes
-        first = int(starts[cl])
-        tiles = (ds.images[order[first:first + min(cols, int(counts[cl]))]].clamp(0, 1) * 255).round().to(torch.uint8)
-        for j, tile in enumerate(tiles):
-            y, x = pad + cl * (h + pad), pad + j * (w + pad)
-            canvas[:, y:y + h, x:x + w] = tile
+    # one pass over the labels, not one per class (a million images of 1 000 classes); only the tiles are decoded
+    shown = [order[int(starts[cl]):int(starts[cl]) + min(cols, int(counts[cl]))] for cl in range(k)]
+    # a D3Dataset decodes just the tiles (a lazy one decodes nothing else); any object with images serves too
+    tiles_of = ds.batch if hasattr(ds, "batch") else lambda index: (ds.images[index],)
+    for lo in range(0, k, max(1, WRITE_BATCH // cols)):  # a few rows at a time
+        rows = shown[lo:lo + max(1, WRITE_BATCH // cols)]
+        images = tiles_of(torch.cat(rows))[0] if sum(map(len, rows)) else None
+        tiles = (images.clamp(0, 1) * 255).round().to(torch.uint8) if images is not None else None
+        at = 0
+        for cl, row in enumerate(rows, lo):
+            for j in range(len(row)):
+                y, x = pad + cl * (h + pad), pad + j * (w + pad)
+                canvas[:, y:y + h, x:x + w] = tiles[at]
+                at += 1
     if scale > 1:
         canvas = canvas.repeat_interleave(scale, dim=1).repeat_interleave(scale, dim=2)
     picture = Image.fromarray(canvas[0].numpy(), mode="L") if c == 1 else \

@@ -56,3 +56,68 @@ def test_a_format_1_0_archive_draws_whole_but_not_image_by_image():
     assert len(images) == len(labels) == 2 * old.num_classes
     with pytest.raises(ValueError, match="1.0 archive draws its images whole"):
         old.decode_at(2, 1, torch.tensor([0]))
+
+
+def close(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return torch.allclose(a, b, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["d3-tapered-topk.d3", "d2m-int8-teacher.d3"])
+def test_a_sampled_archive_opens_lazily_and_gives_the_draws_images_by_index_batch_and_worker(name):
+    from d3codec import D3Dataset
+
+    data = (VECTORS / name).read_bytes()
+    ds = D3Dataset(data, samples_per_class=5, seed=3)
+    assert ds.lazy and ds._images is None and "decoded on demand" in repr(ds)
+    whole = D3Dataset(data, samples_per_class=5, seed=3)
+    images, soft = whole.images, whole.soft_labels  # the whole draw, decoded once
+    assert soft is not None and ds._images is None  # the other dataset decoded nothing yet
+    image, target = ds[len(ds) - 1]
+    assert close(image, images[-1]) and close(target, soft[-1]) and ds[-1][0].shape == image.shape
+    loader = torch.utils.data.DataLoader(ds, batch_size=4, shuffle=False, num_workers=2)
+    batches = list(loader)  # each worker opens the archive itself
+    assert close(torch.cat([x for x, _ in batches]), images) and close(torch.cat([y for _, y in batches]), soft)
+    assert ds._images is None  # nothing held whole by the main process
+
+    ds.set_epoch(2)  # another draw: that of seed + 2
+    fresh, _, fresh_soft = ds.draw(5, seed=5)
+    assert close(ds[0][0], fresh[0]) and close(ds.images, fresh) and close(ds.soft_labels, fresh_soft)
+    assert not close(ds.images, images)
+    with pytest.raises(ValueError, match="non-negative"):
+        ds.set_epoch(-1)
+    hard = D3Dataset(data, samples_per_class=5, seed=3, targets="hard")
+    assert isinstance(hard[0][1], int) and hard.soft_labels is None and hard.labels.tolist() == whole.labels.tolist()
+
+
+def test_stored_images_are_decoded_at_once_and_do_not_draw_anew():
+    from d3codec import D3Dataset
+
+    ds = D3Dataset((VECTORS / "pixel-uint8.d3").read_bytes())
+    assert not ds.lazy and ds._images is not None
+    with pytest.raises(ValueError, match="stores its images"):
+        ds.set_epoch(1)
+    images, labels, _ = ds.batch([1, 0])
+    assert torch.equal(images, ds.images[[1, 0]]) and torch.equal(labels, ds.labels[[1, 0]])
+
+
+def test_expand_refuses_more_files_or_bytes_than_allowed_before_writing_and_streams_what_it_writes(tmp_path):
+    from click.testing import CliRunner
+
+    from d3codec import D3Dataset
+    from d3codec.cli.main import main
+    from d3codec.expand import output_size
+
+    path = tmp_path / "g.d3"
+    path.write_bytes((VECTORS / "d2m-int8.d3").read_bytes())
+    ds = D3Dataset(path, samples_per_class=40)
+    files, size = output_size(ds, "png")
+    assert files == len(ds) and size >= len(ds) * ds.image_shape[0] * ds.image_shape[1] * ds.image_shape[2]
+    run = lambda *a: CliRunner().invoke(main, [str(x) for x in a])  # noqa: E731
+    refused = run("expand", path, "-o", tmp_path / "png", "--samples-per-class", 40, "--max-files", files - 1)
+    assert refused.exit_code != 0 and f"--max-files {files}" in refused.output and not (tmp_path / "png").exists()
+    refused = run("expand", path, "-o", tmp_path / "pt", "--format", "pt", "--samples-per-class", 40,
+                  "--max-output-bytes", 1000)
+    assert refused.exit_code != 0 and "--max-output-bytes" in refused.output and not (tmp_path / "pt").exists()
+    written = run("expand", path, "-o", tmp_path / "png", "--samples-per-class", 40, "--grid", tmp_path / "g.png")
+    assert written.exit_code == 0, written.output
+    assert sum(1 for _ in (tmp_path / "png").rglob("*.png")) == len(ds) and ds._images is None
