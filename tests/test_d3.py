@@ -162,7 +162,8 @@ def test_compress_samples_any_count_deterministically_with_soft_labels(tiny_real
     out = tmp_path / "t.d3"
     result = compress(tiny_real, out, encoder=tiny_encoder(), budget=16_000, seed=0, progress=False)
     assert out.stat().st_size == result.file_bytes <= 16_000
-    p = result.plan.groups[0].priors_per_class
+    p = result.params["groups"][0]["priors_per_class"]  # what the file holds: the plan's, and what filled it
+    assert p >= result.plan.groups[0].priors_per_class
     default = D3Dataset(out)
     assert len(default) == 3 * p and default.images.shape[1:] == (1, 16, 16)
     a, b = D3Dataset(out, samples_per_class=7, seed=1), D3Dataset(out, samples_per_class=7, seed=1)
@@ -174,6 +175,27 @@ def test_compress_samples_any_count_deterministically_with_soft_labels(tiny_real
     assert soft.shape == (21, 3) and torch.allclose(soft.sum(1), torch.ones(21), atol=2e-3)
     hard = D3Dataset(out, samples_per_class=2, targets="hard")
     assert hard.soft_labels is None and isinstance(hard[0][1], int)
+
+
+def test_a_group_fills_the_room_its_priors_compression_left_with_priors_fitted_to_real_images(tiny_real, tmp_path,
+                                                                                              monkeypatch):
+    import d3codec.methods.d3.fill as fill
+
+    budget = 16_000
+    filled = compress(tiny_real, tmp_path / "f.d3", encoder=tiny_encoder(), budget=budget, seed=0, progress=False)
+    monkeypatch.setattr(fill, "FILL_MARGIN", 0.0)  # no room: the archive as planned
+    planned = compress(tiny_real, tmp_path / "p.d3", encoder=tiny_encoder(), budget=budget, seed=0, progress=False)
+    p, added = planned.params["groups"][0]["priors_per_class"], filled.params["groups"][0]["stats"]
+    assert added["added_priors_per_class"] > 0 and "added_priors_per_class" not in planned.params["groups"][0]["stats"]
+    assert filled.params["groups"][0]["priors_per_class"] == p + added["added_priors_per_class"]
+    assert planned.file_bytes < 0.8 * budget and 0.88 * budget <= filled.file_bytes <= budget  # patterns compress well
+    with D3Reader(tmp_path / "f.d3") as f, D3Reader(tmp_path / "p.d3") as q:
+        for section in ("priors", "prior_labels"):
+            new, old = f.read_tensors(section), q.read_tensors(section)
+            for key in old:  # the planned priors stay as they were, int8 values, scales and labels
+                assert torch.equal(new[key][:, :p] if new[key].dim() == 3 else new[key], old[key]), key
+    ds = D3Dataset(tmp_path / "f.d3", samples_per_class=p + 3)
+    assert torch.isfinite(ds.images).all() and torch.allclose(ds.soft_labels.sum(1), torch.ones(len(ds)), atol=2e-3)
 
 
 def test_soft_labels_off_stores_no_label_section(tiny_real, tmp_path):

@@ -47,7 +47,7 @@ import math
 import os
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -75,6 +75,7 @@ from ..matching import DistributionMatcher, FeatureTerm, matching_experts, match
 from .layout import (DECODER_DTYPES, DECODER_WIDTHS, MAX_TOP_K_CLASSES, PRIOR_DTYPES, D3Plan, GroupPlan, decoder_shapes,
                      dequantise_priors, first_priors, group_entry, group_tensors, quantise_priors, sections_of,
                      split_classes, trimmed_priors)
+from . import fill
 from .merge import Part, combine_groups, rename_group
 
 
@@ -300,6 +301,38 @@ def fit_decoder(decoder: nn.Module, latents: nn.Parameter, targets: torch.Tensor
     return float(loss.detach())
 
 
+
+
+FILL_STEPS = 20  # Adam steps that fit each added prior's mean to its real image (the decoder fixed)
+FILL_BATCH = 256  # means fitted at once
+
+
+@torch.enable_grad()
+def fit_latents(decoder: nn.Module, images: torch.Tensor, rows: torch.Tensor, start: torch.Tensor, lr: float,
+                steps: int = FILL_STEPS, batch: int = FILL_BATCH) -> torch.Tensor:
+    """Latents that ``decoder``, fixed, decodes to images ``images[rows]``: GLO's inversion (Bojanowski et al.
+    2018, Sec. 3), ``steps`` Adam steps at ``lr`` on pixel MSE for each batch of ``batch`` latents.
+
+    Args: images (M, C, H, W) uint8 or float32 in [0, 1]; rows (N,) int64 into images; start (N, Z) float32.
+    Returns: (N, Z) float32 on ``start``'s device."""
+    kept = [q.requires_grad for q in decoder.parameters()]
+    decoder.requires_grad_(False)
+    out = torch.empty_like(start)
+    try:
+        for lo in range(0, len(rows), batch):
+            latents = start[lo:lo + batch].clone().requires_grad_(True)
+            target = as_pixels(images[rows[lo:lo + batch].to(images.device)]).to(start.device)
+            opt = torch.optim.Adam([latents], lr=lr)
+            for _ in range(steps):
+                loss = F.mse_loss(decoder(latents), target)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+            out[lo:lo + batch] = latents.detach()
+    finally:
+        for q, wanted in zip(decoder.parameters(), kept):
+            q.requires_grad_(wanted)
+    return out
 
 # ---- the encoder ----------------------------------------------------------------------------------------------------
 
@@ -590,8 +623,15 @@ class D3Encoder(SubtaskEncoder):
 
         labelling = time.time()
         with stages.stage(named["soft labels"]) if cfg.soft_labels else nullcontext():
-            tensors = self._stored(state, g, index, real.image_shape, teacher, normalise, progress)
-        return tensors, group_entry(g, cfg, group_stats(cfg, start, labelling, loss_value, first, teacher_acc))
+            labelled = self._labelled(state, g, real.image_shape, teacher, normalise, progress)
+            g, (priors, decoder_state, labels), added = self._filled(g, index, real.image_shape, labelled,
+                                                                     state.decoder, sampler.real, teacher, normalise,
+                                                                     gen, progress)
+        stats = group_stats(cfg, start, labelling, loss_value, first, teacher_acc)
+        if added:
+            stats["added_priors_per_class"] = added  # fill.py: the room the plan's compression guess left
+        tensors = group_tensors(g, index, real.image_shape, cfg, priors, decoder_state, labels)
+        return tensors, group_entry(g, cfg, stats)
 
     def trains_teacher(self) -> bool:
         """Whether distilling trains a teacher (one per group): one is needed and none was given."""
@@ -683,12 +723,13 @@ class D3Encoder(SubtaskEncoder):
         return [FeatureTerm(loss, weight, extractor) for extractor in extractors
                 for loss, weight in ((mmd_rbf, cfg.mmd_weight), (mean_embedding_loss, cfg.mean_weight))]
 
-    def _stored(self, state: "LearnedGroup", g: GroupPlan, index: int, image_shape: tuple[int, int, int],
-                teacher: Teacher | None, normalise: Normalisation, progress: bool = True
-                ) -> dict[str, dict[str, torch.Tensor]]:
-        """The group's tensors as the archive holds them; the soft labels are the teacher's on the prior
-        means decoded by the decoder as stored (quantised), so that they label what a reader draws (with a
-        progress bar: the stage's, inside ``Stages.stage``)."""
+    def _labelled(self, state: "LearnedGroup", g: GroupPlan, image_shape: tuple[int, int, int],
+                  teacher: Teacher | None, normalise: Normalisation, progress: bool = True):
+        """The group as the archive holds it: its priors (mean, logvar) (K_g, P, Z) float32 and its decoder's
+        weights as stored and read back (the decoder is left holding them), and the soft labels: the teacher's
+        on the prior means so decoded, so that they label what a reader draws (with a progress bar: the stage's,
+        inside ``Stages.stage``). Returns (priors, decoder state, labels: (K_g, P, K_g), (values, indices)
+        (K_g, P, k) each, or None)."""
         cfg, decoder = self.config, state.decoder
         k, p, z = state.prior_mean.shape
         stored = quantise_state(decoder.state_dict(), "", cfg.decoder_dtype)
@@ -696,18 +737,56 @@ class D3Encoder(SubtaskEncoder):
         decoder.load_state_dict(dequantise_state(stored, "", shapes, cfg.decoder_dtype, "decoder"))
         priors = dequantise_priors(quantise_priors(state.prior_mean, state.prior_logvar, "", cfg.prior_dtype), "",
                                    (k, p, z), cfg.prior_dtype)  # (K_g, P, Z) each
-        labels = None
-        if cfg.soft_labels:
-            # in batches: at ImageNet's plan, 200 × 161 decoded means would take over 100 GB at once; without
-            # gradients a decoded mean holds about 3 of its largest maps at a time
-            rows = max(1, LABEL_MEMORY_BYTES // (3 * max(decoder_map_bytes(g, image_shape))))
-            flat = priors[0].to(state.prior_mean.device).view(k * p, z)
-            labels = tuple(t.view(k, p, -1) for t in label_means(decoder, teacher, flat, normalise,
-                                                                  cfg.label_temperature, g.label_top_k, rows, progress))
-            labels = labels if g.label_top_k else labels[0]  # (values, indices) (K_g, P, k) each, or (K_g, P, K_g)
-        return group_tensors(g, index, image_shape, cfg, priors, {n: v.cpu() for n, v in decoder.state_dict().items()},
-                             labels)
+        labels = self._labels(g, image_shape, decoder, teacher, priors[0].to(state.prior_mean.device), normalise,
+                              progress)
+        return priors, {n: v.cpu() for n, v in decoder.state_dict().items()}, labels
 
+    def _labels(self, g: GroupPlan, image_shape: tuple[int, int, int], decoder: nn.Module, teacher: Teacher | None,
+                means: torch.Tensor, normalise: Normalisation, progress: bool = True):
+        """Soft labels of prior means (K_g, P', Z) (see :meth:`_labelled`), or None without soft labels."""
+        if not self.config.soft_labels:
+            return None
+        k, p, z = means.shape
+        # in batches: at ImageNet's plan, 200 × 161 decoded means would take over 100 GB at once; without
+        # gradients a decoded mean holds about 3 of its largest maps at a time
+        rows = max(1, LABEL_MEMORY_BYTES // (3 * max(decoder_map_bytes(g, image_shape))))
+        labels = tuple(t.view(k, p, -1) for t in label_means(decoder, teacher, means.reshape(k * p, z), normalise,
+                                                              self.config.label_temperature, g.label_top_k, rows,
+                                                              progress))
+        return labels if g.label_top_k else labels[0]  # (values, indices) (K_g, P', k) each, or (K_g, P', K_g)
+
+    def _filled(self, g: GroupPlan, index: int, image_shape: tuple[int, int, int], labelled: tuple,
+                decoder: nn.Module, real: RealData, teacher: Teacher | None, normalise: Normalisation,
+                gen: torch.Generator, progress: bool = True) -> tuple[GroupPlan, tuple, int]:
+        """The group with the priors its share of the budget still holds added to every class (fill.py): each
+        new mean fitted to a new real image of its class through ``decoder`` (:func:`fit_latents`, from the
+        class's mean latent, kept within the stored priors' range so that their int8 values do not move), its
+        log-variance its class's mean one, its soft label the teacher's. Only where the plan chose the count
+        (``fill="compressed"``, no ``priors_per_class``). Returns (the group's plan, ``labelled`` as
+        :meth:`_labelled` gives it, priors added per class)."""
+        cfg = self.config
+        if cfg.fill != "compressed" or cfg.priors_per_class is not None:
+            return g, labelled, 0
+        planned, first = fill.planned_bytes(g, index, image_shape, cfg, PRIOR_STORED_RATIO), g.priors_per_class
+        (mean, logvar), decoder_state, labels = labelled
+        device = next(decoder.parameters()).device
+        bound = mean.abs().amax((0, 1))  # (Z,) the stored range: int8 scales, and so the old priors, unchanged
+        for _ in range(fill.FILL_ROUNDS):  # added priors may compress otherwise than the first: measure again
+            added = fill.priors_to_add(planned, group_tensors(g, index, image_shape, cfg, (mean, logvar),
+                                                             decoder_state, labels), g.num_classes, g.priors_per_class)
+            if added < 1:
+                break
+            k, _, z = mean.shape
+            rows = torch.cat([real.pick_class(c, added, gen) for c in range(g.start, g.stop)])  # (K_g·A,)
+            start = mean.mean(1).repeat_interleave(added, 0).to(device)  # (K_g·A, Z): each class's mean latent
+            fitted = fit_latents(decoder, real.train_images, rows, start, cfg.init_lr_priors).cpu()
+            more = torch.maximum(torch.minimum(fitted, bound), -bound).view(k, added, z)
+            labels = fill.appended_labels(labels, self._labels(g, image_shape, decoder, teacher, more.to(device),
+                                                               normalise, progress))
+            mean, logvar = torch.cat([mean, more], 1), torch.cat([logvar, logvar.mean(1, keepdim=True).expand(
+                k, added, z)], 1)
+            g = replace(g, priors_per_class=g.priors_per_class + added)
+        return g, ((mean, logvar), decoder_state, labels), g.priors_per_class - first
 
 def group_stats(cfg: D3Config, start: float, labelling: float, loss: float, first: int,
                 teacher_accuracy: float | None) -> dict:
