@@ -6,7 +6,8 @@
 #
 # Stages (each run under benchmarks/stage_monitor.py, which records its seconds and the peak resident memory
 # of every process it starts, ranks and DataLoader workers included, in OUT_DIR/stages.jsonl):
-#   DM; D3 with 5 subtasks on 2 local workers (torch.distributed over gloo); D2M in one process and under
+#   DM; D3 as the README's command runs it with no method named (the default rule: 5 subtasks), on 2 local
+#   workers (torch.distributed over gloo); D2M in one process and under
 #   torchrun with 2 ranks; then for each archive d3 info, d3 verify, and (but for the torchrun one, which has
 #   d2m's shape) d3 expand into a class-per-folder tree (2 images a class drawn from d3 and d2m, DM's stored
 #   images) that torchvision's ImageFolder must load with every class.
@@ -49,7 +50,8 @@ stage() {  # stage NAME COMMAND...: run it under the monitor, its output in OUT/
 
 if [ "${REUSE:-0}" != 1 ]; then
   stage dm d3 compress dm "${COMMON[@]}" -o "$OUT/dm.d3"
-  stage d3 d3 compress d3 "${COMMON[@]}" --subtasks 5 --workers 2 -o "$OUT/d3.d3"
+  # the README's ImageNet command as a user types it, no method named: the default rule's D3 in 5 subtasks
+  stage d3 d3 compress "${COMMON[@]}" --workers 2 -o "$OUT/d3.d3"
   stage d2m d3 compress d2m "${COMMON[@]}" -o "$OUT/d2m.d3"
   stage d2m-torchrun "$PY" -m torch.distributed.run --standalone --nproc-per-node 2 -m d3codec.cli.main compress \
     d2m "${COMMON[@]}" -o "$OUT/d2m-torchrun.d3"

@@ -4,7 +4,8 @@ One rule, from what was measured (benchmarks/per-byte-exploration.md, benchmarks
 
 - **ImageNet-scale** (more than :data:`MANY_CLASSES` classes): D3 (Qin, Deng & Alvarez-Melis,
   "Distributional Dataset Distillation with Subtask Decomposition", 2024): priors per class and a decoder,
-  which scale with classes rather than with images; the README's ImageNet section.
+  which scale with classes rather than with images, in federated subtasks of at most
+  :data:`CLASSES_PER_SUBTASK` classes (the paper's Sec. 3.3; ImageNet-1K: five); the README's ImageNet section.
 - **Otherwise**: DM (Zhao & Bilen, WACV 2023) through FreD's variance-ranked DCT coefficients (Shin et al.,
   NeurIPS 2023, §3.2) with DANCE's matching through trained experts (Zhang et al., IJCAI 2024, §3), the
   formation factor 3 at budgets of up to :data:`FACTOR_3_MAX_IPC` images per class and 2 above. On
@@ -25,6 +26,7 @@ from typing import Any, Mapping
 from .data import registered_dataset
 
 MANY_CLASSES = 100  # more classes than this is ImageNet-scale: D3
+CLASSES_PER_SUBTASK = 200  # D3's subtasks at ImageNet scale: the README's plan, five of 200 classes
 FACTOR_3_MAX_IPC = 2.0  # formation factor 3 up to this budget (images per class), 2 above
 QUICK_PRESETS = ("smoke", "rehearsal")  # presets that check a pipeline: no expert pool
 # class counts of the registered datasets (d3codec.data.DATASETS), known before loading them
@@ -53,7 +55,9 @@ def default_choice(num_classes: int, ipc: float, preset: str = "fast") -> Defaul
     """The rule (module docstring) for ``num_classes`` classes, a budget of ``ipc`` float32 images per class
     (any positive number; a byte budget divided by one class's float32 images) and ``preset``."""
     if default_method(num_classes) == "d3":
-        return DefaultChoice("d3", {}, f"D3: {num_classes} classes is ImageNet-scale (more than {MANY_CLASSES})")
+        subtasks = -(-num_classes // CLASSES_PER_SUBTASK)
+        return DefaultChoice("d3", {"subtasks": subtasks}, f"D3: {num_classes} classes is ImageNet-scale (more than "
+                             f"{MANY_CLASSES}), in {subtasks} subtask(s) of at most {CLASSES_PER_SUBTASK} classes")
     factor = 3 if ipc <= FACTOR_3_MAX_IPC else 2
     options: dict[str, Any] = {"formation": "dct-variance", "formation_factor": factor}
     if preset not in QUICK_PRESETS:

@@ -9,7 +9,8 @@ from d3codec.defaults import MANY_CLASSES, class_count, default_choice, default_
 def test_the_rule_picks_by_classes_budget_and_preset():
     assert default_method(MANY_CLASSES + 1) == "d3" and default_method(MANY_CLASSES) == "dm"
     big = default_choice(1000, 2)
-    assert big.method == "d3" and dict(big.options) == {} and "ImageNet-scale" in big.reason
+    assert big.method == "d3" and "ImageNet-scale" in big.reason
+    assert dict(default_choice(1000, 2).options) == {"subtasks": 5}  # the README's ImageNet plan
     small = default_choice(10, 1)
     assert small.method == "dm"
     assert dict(small.options) == {"formation": "dct-variance", "formation_factor": 3, "matching": "dance"}
