@@ -161,7 +161,7 @@ def verify(archive, as_json, **limits):
               "anything is written, as is more than the disk has free.")
 @decode_limit_options
 def expand(archive, output, fmt, grid, grid_columns, grid_scale, grid_names, max_grid_pixels, samples_per_class,
-           sample_seed, device, max_files, max_output_bytes, **limits):
+           sample_seed, device, **limits):
     """Expand ARCHIVE into images or tensors.
 
     What the expansion would cost is checked before it is made (the decode limits below, and the files
@@ -174,11 +174,12 @@ def expand(archive, output, fmt, grid, grid_columns, grid_scale, grid_names, max
 
     if output is None and grid is None:
         raise click.UsageError("give -o DIR, --grid FILE.png, or both")
+    written = limits.pop("max_files"), limits.pop("max_output_bytes")  # what -o may write; the rest: decoding
     try:
         ds = D3Dataset(archive, samples_per_class=samples_per_class, seed=sample_seed, device=resolve_device(device),
                        limits=decode_limits(**limits))
         if output is not None:
-            check_output(ds, fmt, output, max_files, max_output_bytes)
+            check_output(ds, fmt, output, *written)
         picture = grid_image(ds, grid_columns, max_pixels=max_grid_pixels, scale=grid_scale, names=grid_names) \
             if grid is not None else None
         if output is not None:
