@@ -13,12 +13,12 @@ import torch
 from ... import noise
 from ...archive import meta_bool, meta_int, meta_str
 from ...errors import D3FormatError
-from ...limits import DEFAULT_LIMITS, batch_size, check, default_draw_cap, draw_macs, network_cost
+from ...limits import DEFAULT_LIMITS, all_finite, batch_size, check, default_draw_cap, draw_macs, network_cost
 from ...models import DECODER_ARCHITECTURES
 from ...storage import check_probabilities
-from ...weights import check_names, load_stored_module, read_stored, stored_names
+from ...weights import check_names, dequantise_int8, load_stored_module, read_stored, stored_names
 from ..base import Sampler
-from .layout import DECODER_DTYPES, MAX_TOP_K_CLASSES, PRIOR_DTYPES, GroupPlan, TopKLabels, dequantise_priors
+from .layout import DECODER_DTYPES, MAX_TOP_K_CLASSES, PRIOR_DTYPES, GroupPlan, TopKLabels
 
 # the work of ordering a class's priors (spec/FORMAT.md §5.4: a hash per prior, then a sort), counted against
 # max_parameters as this many values a prior: its key, its place and the sort's scratch, 8 bytes each
@@ -69,6 +69,49 @@ def read_groups(meta: dict, num_classes: int) -> list[StoredGroup]:
     return out
 
 
+def stored_as(tensors: dict[str, torch.Tensor], key: str, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    """Section ``prior_labels``'s tensor ``key`` as stored, once it has ``shape`` and ``dtype``.
+    Raises: D3FormatError otherwise."""
+    value = tensors.get(key)
+    if value is None or tuple(value.shape) != shape or value.dtype != dtype:
+        raise D3FormatError(f"section 'prior_labels': tensor {key!r} missing, or not {str(dtype).removeprefix('torch.')} "
+                            f"of shape {shape}")
+    return value
+
+
+class StoredPriors:
+    """One of a group's prior tensors (means or log-variances, (K_g, P, Z)) kept as the archive stores it, int8
+    with a float16 scale per latent dimension or float16, and dequantised to float32 only where a draw picks
+    (as d3codec.weights.read_stored would, value for value): ImageNet's 807 000 priors of 64 values take 52 MB
+    so kept, 206 MB in float32.
+
+    Raises: D3FormatError for a missing, misshapen or mistyped tensor, or one that is not finite."""
+
+    def __init__(self, tensors: dict[str, torch.Tensor], key: str, shape: tuple[int, int, int], dtype: str):
+        value, scale = tensors.get(key), tensors.get(f"{key}.scale")
+        if value is None or tuple(value.shape) != shape:
+            raise D3FormatError(f"section 'priors': tensor {key!r} missing or not of shape {shape}")
+        if dtype == "int8" and (value.dtype != torch.int8 or scale is None or tuple(scale.shape) != (shape[-1],)
+                                or scale.dtype != torch.float16):
+            raise D3FormatError(f"section 'priors': {key!r} must be int8 with a ({shape[-1]},) float16 scale")
+        if dtype != "int8" and value.dtype != torch.float16:
+            raise D3FormatError(f"section 'priors': {key!r} must be float16, not {str(value.dtype).removeprefix('torch.')}")
+        if not all_finite(scale if dtype == "int8" else value):  # an int8 value times a finite scale is finite
+            raise D3FormatError(f"section 'priors': {key!r} holds values that are not finite (NaN or infinite)")
+        self.value, self.scale = value, scale if dtype == "int8" else None
+
+    def _float(self, q: torch.Tensor) -> torch.Tensor:
+        return dequantise_int8(q, self.scale, -1) if self.scale is not None else q.float()
+
+    def at(self, local: torch.Tensor, prior: torch.Tensor) -> torch.Tensor:
+        """Prior ``prior[i]`` of local class ``local[i]`` (both (B,) int64): (B, Z) float32."""
+        return self._float(self.value[local, prior])
+
+    def full(self) -> torch.Tensor:
+        """All of them, (K_g, P, Z) float32."""
+        return self._float(self.value)
+
+
 class D3Sampler(Sampler):
     """A D3 archive's priors and decoders, loaded (see :func:`load_sampler`)."""
 
@@ -113,12 +156,13 @@ class D3Sampler(Sampler):
                                              for i, sg in enumerate(self.groups))), "decoder")
         check_names(labels_t, set().union(*({f"g{i}"} if self.groups[i].plan.label_top_k is None else
                                             {f"g{i}.values", f"g{i}.indices"} for i in labelled)), "prior_labels")
-        # per group: (mu, logvar (K_g, P, Z), decoder, soft labels: (K_g, P, K_g), TopKLabels or None)
+        # per group: (mu, logvar: StoredPriors (K_g, P, Z), decoder, soft labels: (K_g, P, K_g), TopKLabels or None)
         self.loaded = []
         for index, sg in enumerate(self.groups):
             g = sg.plan
             k, p, z = g.num_classes, g.priors_per_class, g.latent_dim
-            mu, logvar = dequantise_priors(priors_t, f"g{index}.", (k, p, z), sg.prior_dtype)
+            mu, logvar = (StoredPriors(priors_t, f"g{index}.{name}", (k, p, z), sg.prior_dtype)
+                          for name in ("mean", "logvar"))
             decoder = load_stored_module(lambda: g.decoder(self.image_shape), decoder_t,
                                          f"g{index}.", sg.decoder_dtype, "decoder", device)
             lab = None
@@ -127,9 +171,9 @@ class D3Sampler(Sampler):
                 check_probabilities(lab, "prior_labels", f"g{index}")
             elif sg.soft_labels:  # the top k of each row (spec §5.6)
                 top = (k, p, g.label_top_k)
-                values = read_stored(labels_t, "prior_labels", f"g{index}.values", top, None)
-                indices = read_stored(labels_t, "prior_labels", f"g{index}.indices", top, None, (torch.int16,))
-                lab = TopKLabels(values, indices, k, "prior_labels", f"g{index}")
+                values, indices = (stored_as(labels_t, f"g{index}.{name}", top, dtype)
+                                   for name, dtype in (("values", torch.float16), ("indices", torch.int16)))
+                lab = TopKLabels(values, indices, k, "prior_labels", f"g{index}")  # kept as stored: 3 B a value
             self.loaded.append((mu, logvar, decoder, lab))
 
     def class_counts(self, samples_per_class: int | None) -> list[int]:
@@ -188,7 +232,7 @@ class D3Sampler(Sampler):
             orders = torch.stack([self.prior_order(seed, index, c) for c in present.tolist()])  # (U, P)
             prior = orders[row, j % g.priors_per_class]  # sample j of a class: prior order[j mod P]
             eps = torch.from_numpy(noise.normal_at(seed, noise.D3_LATENT, local.numpy(), j.numpy(), g.latent_dim))
-            latents = mu[local, prior] + (0.5 * logvar[local, prior]).exp() * eps  # (B_g, Z)
+            latents = mu.at(local, prior) + (0.5 * logvar.at(local, prior)).exp() * eps  # (B_g, Z)
             step = self.group_batch[index]
             for lo in range(0, len(at), step):
                 images[at[lo:lo + step]] = decoder(latents[lo:lo + step].to(self.device)).cpu()
@@ -206,6 +250,7 @@ class D3Sampler(Sampler):
             n = self.per_class(sg, samples_per_class)
             which, eps = self.group_noise(index, n, seed)
             pick = which.unsqueeze(-1).expand(k, n, z)
+            mu, logvar = mu.full(), logvar.full()
             latents = mu.gather(1, pick) + (0.5 * logvar.gather(1, pick)).exp() * eps  # (K_g, N, Z)
             flat, step = latents.view(k * n, z), self.group_batch[index]
             images.append(torch.cat([decoder(flat[i:i + step].to(self.device)).cpu()

@@ -178,18 +178,17 @@ class TopKLabels:
 
     def __init__(self, values: torch.Tensor, indices: torch.Tensor, num_classes: int, section: str, key: str):
         k = values.shape[-1]
-        idx = indices.long()
-        if ((idx < 0) | (idx >= num_classes)).any():
+        if ((indices < 0) | (indices >= num_classes)).any():
             raise D3FormatError(f"section {section!r}: {key}.indices holds a class outside [0, {num_classes})")
-        if k > 1 and (idx.sort(-1).values.diff(dim=-1) == 0).any():
+        if k > 1 and (indices.sort(-1).values.diff(dim=-1) == 0).any():
             raise D3FormatError(f"section {section!r}: {key}.indices repeats a class within a row")
-        v = values.float()
-        if not all_finite(v) or (v < 0).any():
+        if not all_finite(values) or (values < 0).any():
             raise D3FormatError(f"section {section!r}: {key}.values holds negative or non-finite probabilities")
-        total = v.sum(-1, keepdim=True)
+        total = values.sum(-1, keepdim=True, dtype=torch.float32)
         if (total - 1 > PROBABILITY_TOLERANCE).any():
             raise D3FormatError(f"section {section!r}: the rows of {key}.values sum to more than 1")
-        self.values, self.indices, self.num_classes = v, idx, num_classes
+        # kept as stored (values float16 where stored so, indices int16), made float32 and int64 where drawn
+        self.values, self.indices, self.num_classes = values, indices, num_classes
         self.rest = ((1 - total) / (num_classes - k)).clamp_min(0)  # (K_g, P, 1)
 
     def rows(self, which: torch.Tensor) -> torch.Tensor:
@@ -200,8 +199,8 @@ class TopKLabels:
     def rows_at(self, local: torch.Tensor, prior: torch.Tensor) -> torch.Tensor:
         """The whole rows (B, K_g) float32 of prior ``prior[i]`` of local class ``local[i]``, both (B,) int64."""
         rest = self.rest[local, prior]  # (B, 1)
-        return rest.expand(len(local), self.num_classes).clone().scatter_(-1, self.indices[local, prior],
-                                                                         self.values[local, prior])
+        return rest.expand(len(local), self.num_classes).clone().scatter_(-1, self.indices[local, prior].long(),
+                                                                         self.values[local, prior].float())
 
 
 def first_priors(part: dict[str, dict[str, torch.Tensor]], keep: int) -> dict[str, dict[str, torch.Tensor]]:
