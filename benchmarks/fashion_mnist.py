@@ -55,6 +55,7 @@ from d3codec import D3Dataset
 from d3codec.archive import open_archive
 from d3codec.budget import ipc_budget
 from d3codec.encoding import compress
+from d3codec.errors import D3Error
 from d3codec.data import load_dataset
 from d3codec.defaults import default_choice
 from d3codec.students import JPEG_QUALITY, EvalResult, StudentConfig, random_real_subset, test_split, train_student
@@ -509,9 +510,18 @@ def student(spec: dict) -> tuple[float, float]:
     real, test = worker_data()
     inputs = load_file(spec["inputs"])
     checkpoint = Path(spec["inputs"]).with_suffix(f".student{spec['run']}.ckpt.safetensors")
-    return train_student(inputs["images"], load_targets(inputs, real), real.num_classes, real.mean, real.std, test,
-                         StudentConfig(model=spec["model"], epochs=_WORKER["epochs"]), _WORKER["seed"] + spec["run"],
-                         _WORKER["device"], checkpoint=checkpoint)
+    train = lambda: train_student(  # noqa: E731
+        inputs["images"], load_targets(inputs, real), real.num_classes, real.mean, real.std, test,
+        StudentConfig(model=spec["model"], epochs=_WORKER["epochs"]), _WORKER["seed"] + spec["run"],
+        _WORKER["device"], checkpoint=checkpoint)
+    try:
+        return train()
+    except D3Error as error:  # a checkpoint of another run (other epochs, inputs or code): start afresh
+        if not checkpoint.is_file() or "checkpoint" not in str(error):
+            raise
+        print(f"  dropping {checkpoint.name}: {error}", flush=True)
+        checkpoint.unlink()
+        return train()
 
 
 TASKS = {"build": build, "student": student}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections import OrderedDict
+from contextlib import contextmanager
 from typing import Callable
 
 import torch
@@ -31,7 +32,9 @@ class D3Dataset(Dataset):
     ``ds[i]`` decodes the small aligned block around i (kept in a cache of a few blocks), and a
     ``DataLoader`` fetches each batch's images in one decode (``__getitems__``). DataLoader workers
     (``num_workers > 0``) each open the archive again and give the same images, to within float32
-    rounding. :meth:`set_epoch` switches to another draw, as ``DistributedSampler.set_epoch`` reshuffles.
+    rounding (a worker forked from a process that decodes on a GPU decodes on the CPU). :meth:`set_epoch`
+    switches to another draw, as ``DistributedSampler.set_epoch`` reshuffles; call it before the epoch's
+    iterator is made (``persistent_workers=True`` keeps the workers' copies, and their epoch, unchanged).
     ``ds.images`` (and ``ds.soft_labels`` of a sampled archive) decode the whole draw once and keep it:
     convenient for small draws, bounded by ``limits.max_bytes``.
 
@@ -79,13 +82,15 @@ class D3Dataset(Dataset):
         self._source, self._limits = path, (limits or DEFAULT_LIMITS).with_overrides(max_bytes=max_bytes)
         self._device, self._made, self.epoch = resolve_device(str(device)), (samples_per_class, seed), 0
         self._sampler, self._blocks = None, OrderedDict()  # lazy: the loaded sampler, decoded blocks by number
+        self._loaded_in = os.getpid()  # the process whose sampler self._sampler is
         reader, meta = open_archive(path, self._limits)
         with reader:
             kind = archive_kind(meta["method"])
             self.lazy = kind.sampled and tuple(reader.version) >= (1, 1)
             if self.lazy:
                 check_seed(seed)
-                self._sampler = kind.load_sampler(reader, meta, self._device, self._limits)
+                with out_of_memory_as_limit():
+                    self._sampler = kind.load_sampler(reader, meta, self._device, self._limits)
                 self._sampler.check(samples_per_class)  # the whole draw, were it decoded: within the limits
                 self._length = sum(self._sampler.class_counts(samples_per_class))
                 self._images, self._labels, soft, self.schedule = None, None, None, None
@@ -137,19 +142,24 @@ class D3Dataset(Dataset):
         return self._soft
 
     def _materialise(self) -> None:
-        images, _, soft = self.sampler().draw(self._made[0], self._draw_seed())
+        with out_of_memory_as_limit():
+            images, _, soft = self.sampler().draw(self._made[0], self._draw_seed())
         self._images, self._soft = images, (soft if self._soft_targets else None)
 
     def _draw_seed(self) -> int:
         return (self._made[1] + self.epoch) % (1 << 64)
 
     def sampler(self):
-        """The archive's loaded sampler (d3codec.methods.base.Sampler), loaded again after pickling (a
-        DataLoader worker's copy); None for an archive of stored images."""
-        if self._sampler is None and self.lazy:
+        """The archive's loaded sampler (d3codec.methods.base.Sampler), loaded again where a DataLoader worker
+        has no usable copy: after pickling (spawn), or forked from a process that decodes on a GPU (CUDA cannot
+        run in a forked child: the worker decodes on the CPU); None for an archive of stored images."""
+        forked = self._loaded_in != os.getpid() and self._device.type != "cpu"
+        if self.lazy and (self._sampler is None or forked):
+            device = self._device if self._loaded_in in (None, os.getpid()) else torch.device("cpu")
             reader, meta = open_archive(self._source, self._limits)
             with reader:
-                self._sampler = archive_kind(meta["method"]).load_sampler(reader, meta, self._device, self._limits)
+                self._sampler = archive_kind(meta["method"]).load_sampler(reader, meta, device, self._limits)
+            self._loaded_in = os.getpid()
         return self._sampler
 
     def set_epoch(self, epoch: int) -> None:
@@ -167,7 +177,7 @@ class D3Dataset(Dataset):
     def __getstate__(self) -> dict:  # a DataLoader worker's copy opens the archive itself, holding nothing decoded
         state = dict(self.__dict__)
         if self.lazy:
-            state.update(_sampler=None, _blocks=OrderedDict(), _images=None, _soft=None)
+            state.update(_sampler=None, _blocks=OrderedDict(), _images=None, _soft=None, _loaded_in=None)
         return state
 
     @property
@@ -202,7 +212,8 @@ class D3Dataset(Dataset):
         if self._images is not None or not self.lazy:
             soft = self.soft_labels
             return self.images[index], self.labels[index], (soft[index] if soft is not None else None)
-        images, labels, soft = self.sampler().decode_at(self._made[0], self._draw_seed(), index)
+        with out_of_memory_as_limit():
+            images, labels, soft = self.sampler().decode_at(self._made[0], self._draw_seed(), index)
         return images, labels, (soft if self._soft_targets else None)
 
     def _item(self, image: torch.Tensor, label: torch.Tensor, soft: torch.Tensor | None):
@@ -228,8 +239,8 @@ class D3Dataset(Dataset):
             self._blocks[number] = self.batch(torch.arange(number * BLOCK, min(len(self), (number + 1) * BLOCK)))
         self._blocks.move_to_end(number)
         images, labels, soft = self._blocks[number]
-        at = index - number * BLOCK
-        return self._item(images[at], labels[at], soft[at] if soft is not None else None)
+        at = index - number * BLOCK  # copies, not views that would keep the whole block alive
+        return self._item(images[at].clone(), labels[at], soft[at].clone() if soft is not None else None)
 
     def __getitems__(self, indices: list[int]) -> list:
         """The samples of ``indices`` in one decode (what a DataLoader's batch fetch calls)."""
@@ -254,6 +265,23 @@ BLOCK = 64  # images a lazy dataset decodes around an index it is asked for alon
 CACHED_BLOCKS = 8  # blocks it keeps
 
 
+@contextmanager
+def out_of_memory_as_limit():
+    """Turn a failed allocation while decoding (within the limits, yet more than this machine could give) into
+    D3LimitError naming the fix."""
+    try:
+        yield
+    except MemoryError:
+        raise D3LimitError("decoding this archive ran out of memory within the decode limits; draw fewer images "
+                           "(--samples-per-class) or lower --max-bytes") from None
+    except RuntimeError as error:
+        if "alloc" not in str(error) and "out of memory" not in str(error):
+            raise
+        raise D3LimitError(f"decoding this archive ran out of memory within the decode limits "
+                           f"({safe_text(str(error).splitlines()[0], 160)}); draw fewer images (--samples-per-class) "
+                           "or lower --max-bytes") from None
+
+
 def decode_archive(reader, meta: dict, samples_per_class: int | None, seed: int, device, limits: DecodeLimits,
                    check_default: bool = False):
     """Decode an open archive within ``limits``: (images, labels, soft labels or None, schedule or None,
@@ -263,17 +291,8 @@ def decode_archive(reader, meta: dict, samples_per_class: int | None, seed: int,
     Raises: as :class:`D3Dataset`; D3LimitError where an allocation fails within the limits (a machine with
     less memory than they allow).
     """
-    try:
+    with out_of_memory_as_limit():
         return _decode(reader, meta, samples_per_class, seed, device, limits, check_default)
-    except MemoryError:  # within the limits, yet more than this machine could give
-        raise D3LimitError("decoding this archive ran out of memory within the decode limits; draw fewer images "
-                           "(--samples-per-class) or lower --max-bytes") from None
-    except RuntimeError as error:
-        if "alloc" not in str(error) and "out of memory" not in str(error):
-            raise
-        raise D3LimitError(f"decoding this archive ran out of memory within the decode limits "
-                           f"({safe_text(str(error).splitlines()[0], 160)}); draw fewer images (--samples-per-class) "
-                           "or lower --max-bytes") from None
 
 
 def _decode(reader, meta: dict, samples_per_class: int | None, seed: int, device, limits: DecodeLimits,

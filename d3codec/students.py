@@ -116,7 +116,7 @@ def train_student(images: torch.Tensor, targets: torch.Tensor, num_classes: int,
     opt = torch.optim.SGD(net.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, [config.epochs // 2], 0.1)
     dsa = DSA() if config.dsa else None
-    saver = student_checkpoint(checkpoint, images, targets, config, seed)
+    saver = student_checkpoint(checkpoint, images, targets, config, seed, num_classes, mean, std, resample is not None)
     first, earlier = resume_student(saver, net, opt, sched, gen, device)
     start = time.time() - earlier
     net.train()
@@ -156,14 +156,16 @@ def train_student(images: torch.Tensor, targets: torch.Tensor, num_classes: int,
 
 
 def student_checkpoint(path: str | os.PathLike | None, images: torch.Tensor, targets, config: StudentConfig,
-                       seed: int) -> Checkpoint | None:
-    """The checkpoint of one student at ``path`` (None: none), fingerprinted by its data, config and seed."""
+                       seed: int, num_classes: int, mean, std, resampled: bool) -> Checkpoint | None:
+    """The checkpoint of one student at ``path`` (None: none), fingerprinted by everything its result depends
+    on: its data, config, seed, classes, normalisation and whether it is resampled."""
     if path is None:
         return None
     data = {"images": images} if isinstance(targets, torch.nn.Module) else {"images": images, "targets": targets}
     labeller = {f"labeller.{k}": v for k, v in targets.state_dict().items()} if isinstance(targets, torch.nn.Module) \
         else {}
-    run = fingerprint(asdict(config), seed, weights_digest({**data, **labeller}))
+    run = fingerprint(asdict(config), seed, num_classes, list(mean), list(std), resampled,
+                      weights_digest({**data, **labeller}))
     return Checkpoint(path, "student", run, every_seconds=STUDENT_CHECKPOINT_SECONDS)
 
 

@@ -121,3 +121,11 @@ def test_expand_refuses_more_files_or_bytes_than_allowed_before_writing_and_stre
     written = run("expand", path, "-o", tmp_path / "png", "--samples-per-class", 40, "--grid", tmp_path / "g.png")
     assert written.exit_code == 0, written.output
     assert sum(1 for _ in (tmp_path / "png").rglob("*.png")) == len(ds) and ds._images is None
+
+
+def test_a_d3_sampler_keeps_the_prior_orders_of_one_seed_only():
+    sampler = sampler_of((VECTORS / "d3-int8-two-groups.d3").read_bytes())
+    every = torch.arange(len(sampler.labels(3)))
+    for seed in (1, 2, 3):  # set_epoch and --resample-every-epoch draw under a new seed every epoch
+        sampler.decode_at(3, seed, every)
+    assert sampler._orders and {key[0] for key in sampler._orders} == {3}  # what the decode limits counted

@@ -244,6 +244,9 @@ class CheckpointedEncoder(Encoder):
 
 
 
+MAX_DRAW_INDEX = 1 << 62  # images a draw may hold: its indices and their sums stay within int64
+
+
 class Sampler(ABC):
     """An archive that generates its images (d3, d2m), loaded and ready to draw any number per class.
 
@@ -300,6 +303,8 @@ class Sampler(ABC):
         """Raises: ValueError for a ``samples_per_class`` that is neither None nor a positive integer."""
         if samples_per_class is not None and (type(samples_per_class) is not int or samples_per_class < 1):
             raise ValueError(f"samples_per_class must be a positive integer, not {samples_per_class!r}")
+        if samples_per_class is not None and samples_per_class > MAX_DRAW_INDEX // max(1, self.num_classes):
+            raise ValueError(f"samples_per_class {samples_per_class} is past what an image index can count")
 
     def check(self, samples_per_class: int | None) -> None:
         """Refuse a whole draw before any work: ValueError for a count that is not a positive integer,
@@ -321,8 +326,9 @@ class Sampler(ABC):
 
     def decode_at(self, samples_per_class: int | None, seed: int, index: torch.Tensor):
         """Images ``index`` ((B,) int64, each in [0, N)) of the draw of ``samples_per_class`` with ``seed``:
-        images (B, C, H, W) float32 in [0, 1], labels (B,) int64, soft labels (B, K) float32 or None, the
-        same values as those rows of :meth:`draw`. Format 1.1 archives only.
+        images (B, C, H, W) float32 in [0, 1], labels (B,) int64, soft labels (B, K) float32 or None: those
+        rows of :meth:`draw` (to within float32 rounding: a decoder's arithmetic may depend on its batch).
+        Format 1.1 archives only.
         Raises: ValueError for a 1.0 archive, a bad count or seed; IndexError for an index out of range;
         D3FormatError when the stored values decode to non-finite images."""
         from ..noise import check_seed
@@ -340,7 +346,8 @@ class Sampler(ABC):
         return self.checked(images, soft, classes)
 
     def checked(self, images: torch.Tensor, soft: torch.Tensor | None, labels: torch.Tensor):
-        """(images, labels, soft) once both are finite. Raises: D3FormatError where they are not."""
+        """(images (B, C, H, W) float32, labels (B,) int64, soft (B, K) float32 or None), once images and soft
+        labels are finite. Raises: D3FormatError where they are not."""
         from ..errors import D3FormatError
         from ..limits import all_finite
 

@@ -131,7 +131,8 @@ class D3Sampler(Sampler):
                                 lambda: (torch.zeros(1, g.latent_dim),), f"the decoder of group {i}")
             costs.append(cost)
             k, p = g.num_classes, g.priors_per_class
-            # held while drawing: whole label rows, or top-k values (F32), indices (I64) and each row's rest
+            # held while drawing: whole label rows, or top-k values (F16), indices (I16) and each row's rest (F32),
+            # counted as 3 values a label and one a row
             held_labels = k * p * (k if g.label_top_k is None else 3 * g.label_top_k + 1)
             values += (cost.parameters + k * p * (2 * g.latent_dim + PRIOR_ORDER_VALUES)
                        + (held_labels if sg.soft_labels else 0))
@@ -173,7 +174,7 @@ class D3Sampler(Sampler):
                 top = (k, p, g.label_top_k)
                 values, indices = (stored_as(labels_t, f"g{index}.{name}", top, dtype)
                                    for name, dtype in (("values", torch.float16), ("indices", torch.int16)))
-                lab = TopKLabels(values, indices, k, "prior_labels", f"g{index}")  # kept as stored: 3 B a value
+                lab = TopKLabels(values, indices, k, "prior_labels", f"g{index}")  # kept as stored: 4 B a label
             self.loaded.append((mu, logvar, decoder, lab))
 
     def class_counts(self, samples_per_class: int | None) -> list[int]:
@@ -213,8 +214,8 @@ class D3Sampler(Sampler):
         """The random order (P,) int64 of local class ``local``'s priors in group ``index`` (format 1.1)."""
         key = (seed, index, local)
         if key not in self._orders:
-            if len(self._orders) >= ORDER_CACHE:
-                self._orders.clear()
+            if len(self._orders) >= ORDER_CACHE or (self._orders and next(iter(self._orders))[0] != seed):
+                self._orders.clear()  # one seed's orders at a time: what the decode limits counted
             p = self.groups[index].plan.priors_per_class
             self._orders[key] = torch.from_numpy(noise.permutation(seed, noise.D3_PRIOR_ORDER, local, p))
         return self._orders[key]

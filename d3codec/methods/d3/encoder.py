@@ -756,11 +756,12 @@ class D3Encoder(SubtaskEncoder):
                 decoder: nn.Module, real: RealData, teacher: Teacher | None, normalise: Normalisation,
                 gen: torch.Generator, progress: bool = True) -> tuple[GroupPlan, tuple, int]:
         """The group with the priors its share of the budget still holds added to every class (fill.py): each
-        new mean fitted to a new real image of its class through ``decoder`` (:func:`fit_latents`, from the
-        class's mean latent, kept within the stored priors' range so that their int8 values do not move), its
-        log-variance its class's mean one, its soft label the teacher's. Only where the plan chose the count
-        (``fill="compressed"``, no ``priors_per_class``). Returns (the group's plan, ``labelled`` as
-        :meth:`_labelled` gives it, priors added per class)."""
+        new mean fitted to a random real image of its class through ``decoder`` (:func:`fit_latents`, from the
+        class's mean latent moved by DUPLICATE_JITTER, kept within the stored priors' range so that their int8
+        values do not move), its log-variance its class's mean one, its soft label the teacher's; at most
+        doubling the count a round, and within what a reader's default limits load (fill.most_priors). Only
+        where the plan chose the count (``fill="compressed"``, no ``priors_per_class``). Returns (the group's
+        plan, ``labelled`` as :meth:`_labelled` gives it, priors added per class)."""
         cfg = self.config
         if cfg.fill != "compressed" or cfg.priors_per_class is not None:
             return g, labelled, 0
@@ -768,14 +769,17 @@ class D3Encoder(SubtaskEncoder):
         (mean, logvar), decoder_state, labels = labelled
         device = next(decoder.parameters()).device
         bound = mean.abs().amax((0, 1))  # (Z,) the stored range: int8 scales, and so the old priors, unchanged
+        most = fill.most_priors(g, image_shape, real.num_classes)  # what a default reader's limits allow
         for _ in range(fill.FILL_ROUNDS):  # added priors may compress otherwise than the first: measure again
             added = fill.priors_to_add(planned, group_tensors(g, index, image_shape, cfg, (mean, logvar),
                                                              decoder_state, labels), g.num_classes, g.priors_per_class)
+            added = min(added, g.priors_per_class, most - g.priors_per_class)  # at most double a round
             if added < 1:
                 break
             k, _, z = mean.shape
             rows = torch.cat([real.pick_class(c, added, gen) for c in range(g.start, g.stop)])  # (K_g·A,)
-            start = mean.mean(1).repeat_interleave(added, 0).to(device)  # (K_g·A, Z): each class's mean latent
+            start = mean.mean(1).repeat_interleave(added, 0)  # (K_g·A, Z): each class's mean latent, and apart
+            start = (start + DUPLICATE_JITTER * torch.randn(start.shape, generator=gen)).to(device)  # (repeated images)
             fitted = fit_latents(decoder, real.train_images, rows, start, cfg.init_lr_priors).cpu()
             more = torch.maximum(torch.minimum(fitted, bound), -bound).view(k, added, z)
             labels = fill.appended_labels(labels, self._labels(g, image_shape, decoder, teacher, more.to(device),

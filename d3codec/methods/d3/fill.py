@@ -16,6 +16,8 @@ import safetensors.torch
 import torch
 
 from ...container import safetensors_size, stored_size
+from ...limits import DEFAULT_LIMITS, network_cost
+from .archive import PRIOR_ORDER_VALUES
 from .layout import GroupPlan, group_tensors
 
 FILL_MARGIN = 0.98  # the share of the room the added priors may take: zstd stores them about as the others
@@ -44,6 +46,17 @@ def priors_to_add(planned: float, part: dict[str, dict[str, torch.Tensor]], num_
     total, priors = stored_bytes(part)
     per_round = priors / priors_per_class  # one more prior in every class of the group
     return max(0, int((FILL_MARGIN * planned - total) // max(per_round, 1.0)))
+
+
+def most_priors(g: GroupPlan, image_shape: tuple[int, int, int], num_classes: int) -> int:
+    """The most priors a class group ``g`` may hold so that a reader with the default decode limits still loads
+    the archive: its share (K_g / K) of ``max_parameters``, counted as D3Sampler counts it (the decoder, each
+    prior's mean, log-variance and order, its soft labels)."""
+    k, z = g.num_classes, g.latent_dim
+    decoder = network_cost(lambda: g.decoder(image_shape), lambda: (torch.zeros(1, z),), "the decoder").parameters
+    per_prior = 2 * z + PRIOR_ORDER_VALUES + (k if g.label_top_k is None else 3 * g.label_top_k + 1)
+    share = DEFAULT_LIMITS.max_parameters * k // num_classes
+    return max(g.priors_per_class, (share - decoder) // (k * per_prior))
 
 
 def appended_labels(labels, more):

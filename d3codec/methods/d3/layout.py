@@ -178,7 +178,7 @@ class TopKLabels:
 
     def __init__(self, values: torch.Tensor, indices: torch.Tensor, num_classes: int, section: str, key: str):
         k = values.shape[-1]
-        if ((indices < 0) | (indices >= num_classes)).any():
+        if ((indices < 0) | (indices.int() >= num_classes)).any():  # int32: K_g may pass int16's range
             raise D3FormatError(f"section {section!r}: {key}.indices holds a class outside [0, {num_classes})")
         if k > 1 and (indices.sort(-1).values.diff(dim=-1) == 0).any():
             raise D3FormatError(f"section {section!r}: {key}.indices repeats a class within a row")
