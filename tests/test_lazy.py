@@ -129,3 +129,15 @@ def test_a_d3_sampler_keeps_the_prior_orders_of_one_seed_only():
     for seed in (1, 2, 3):  # set_epoch and --resample-every-epoch draw under a new seed every epoch
         sampler.decode_at(3, seed, every)
     assert sampler._orders and {key[0] for key in sampler._orders} == {3}  # what the decode limits counted
+
+
+def test_a_worker_forked_from_a_gpu_process_reloads_the_archive_on_the_cpu():
+    from d3codec import D3Dataset
+
+    ds = D3Dataset((VECTORS / "d2m-int8.d3").read_bytes(), samples_per_class=2)
+    first = ds.sampler()
+    assert ds.sampler() is first  # the opening process keeps its sampler
+    ds._device, ds._loaded_in = torch.device("cuda"), -1  # as a DataLoader worker forked from a CUDA process sees it
+    again = ds.sampler()
+    assert again is not first and str(again.device) == "cpu" and ds.sampler() is again
+    assert close(ds[1][0], D3Dataset((VECTORS / "d2m-int8.d3").read_bytes(), samples_per_class=2)[1][0])
