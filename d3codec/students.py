@@ -78,7 +78,7 @@ class EvalResult:
                 "training per student)")
 
 
-def train_student(images: torch.Tensor, targets: torch.Tensor, num_classes: int, mean, std,
+def train_student(images, targets: torch.Tensor | torch.nn.Module | None, num_classes: int, mean, std,
                   test: tuple[torch.Tensor, torch.Tensor], config: StudentConfig = StudentConfig(), seed: int = 0,
                   device: torch.device = torch.device("cpu"),
                   resample: Callable[[int], tuple[torch.Tensor, torch.Tensor]] | None = None,
@@ -89,6 +89,9 @@ def train_student(images: torch.Tensor, targets: torch.Tensor, num_classes: int,
         images: (N, C, H, W) float32 pixel space; targets: (N,) int64, (N, K) float32 soft labels, or a
             labeller (a torch.nn.Module, e.g. D3Dataset.labeller: pixel-space images (B, C, H, W) →
             (B, K) probabilities), which then labels every augmented batch afresh (online soft labels).
+            Or ``images`` a dataset with ``batch(index)`` (a lazy d3codec.D3Dataset), decoded a batch at a time
+            so that memory does not grow with the draw; ``targets`` then None (the dataset's own: its soft
+            labels where it has them, else its classes) or a labeller; no ``resample`` nor ``checkpoint``.
         test: the test split, images (M, C, H, W) float32 pixel space and labels (M,) int64.
         resample: for sampled archives, ``resample(epoch)`` → fresh (images, targets) of the same
             kinds for every epoch after the first (DiM's per-epoch re-sampling, Wang et al. 2023);
@@ -104,39 +107,40 @@ def train_student(images: torch.Tensor, targets: torch.Tensor, num_classes: int,
     keep_freed_memory()  # see d3codec.runtime
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
-    c, h, _ = images.shape[1:]
     normalise = Normalisation(mean, std, device)
     online = isinstance(targets, torch.nn.Module)
+    data = StudentBatches(images, normalise, device, online)
     if online:
         targets = targets.to(device)
-    soft = online or targets.dim() == 2
+    soft = online or (images.has_soft_labels if data.streamed else targets.dim() == 2)
+    c, h = data.image_shape[:2]
     net = build_model(config.model, c, num_classes, h).to(device)
     forward = compiled(net, config.compile == "on" or (config.compile == "auto"
                                                         and worth_compiling(config.epochs * len(images))))
     opt = torch.optim.SGD(net.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, [config.epochs // 2], 0.1)
     dsa = DSA() if config.dsa else None
+    if data.streamed and (resample is not None or checkpoint is not None):
+        raise ValueError("a dataset decoded batch by batch draws anew with set_epoch, and has no checkpoint")
     saver = student_checkpoint(checkpoint, images, targets, config, seed, num_classes, mean, std, resample is not None)
     first, earlier = resume_student(saver, net, opt, sched, gen, device)
     start = time.time() - earlier
     net.train()
     for epoch in progress_bar(range(first, config.epochs), progress or "student", enabled=progress is not None,
                               unit="epoch", initial=first, total=config.epochs):
-        if epoch == first or resample is not None:
+        if not data.streamed and (epoch == first or resample is not None):
             if epoch > 0 and resample is not None:
                 images, fresh = resample(epoch)
                 if not online and (fresh.dim() == 2) != soft:
                     raise ValueError("resample must give the same kind of targets (hard or soft) every epoch")
                 targets = targets if online else fresh
-            x_all = normalise(images.to(device))  # (N, C, H, W) normalised
-            y_all = None if online else targets.to(device)
-        order = torch.randperm(len(x_all), generator=gen)
+            data.hold(images, None if online else targets)
+        order = torch.randperm(len(data), generator=gen)
         for i in range(0, len(order), config.batch_size):
-            idx = order[i:i + config.batch_size].to(device)
-            x = x_all[idx]
+            x, held = data.batch(order[i:i + config.batch_size])
             if dsa is not None:
                 x = dsa.apply(x, dsa.sample(gen, n=len(x)))
-            y = targets(normalise.inverse(x)) if online else y_all[idx]  # online: the augmented batch's labels
+            y = targets(normalise.inverse(x)) if online else held  # online: the augmented batch's labels
             logits = forward(x)
             loss = -(y * F.log_softmax(logits, 1)).sum(1).mean() if soft else F.cross_entropy(logits, y)
             opt.zero_grad(set_to_none=True)
@@ -153,6 +157,34 @@ def train_student(images: torch.Tensor, targets: torch.Tensor, num_classes: int,
     if saver is not None:
         saver.remove()
     return accuracy, seconds
+
+
+class StudentBatches:
+    """What a student trains on, a batch at a time: tensors held whole (normalised on the device once a draw,
+    :meth:`hold`), or a dataset with ``batch(index)`` (a lazy d3codec.D3Dataset) decoded batch by batch."""
+
+    def __init__(self, images, normalise: Normalisation, device: torch.device, online: bool):
+        self.streamed = not torch.is_tensor(images)
+        self.images, self.normalise, self.device, self.online = images, normalise, device, online
+        self.image_shape = tuple(images.image_shape if self.streamed else images.shape[1:])
+        self.x_all = self.y_all = None
+
+    def hold(self, images: torch.Tensor, targets: torch.Tensor | None) -> None:
+        """Tensors to train on from now on: images (N, C, H, W) pixel space, targets (N,) or (N, K) or None."""
+        self.x_all = self.normalise(images.to(self.device))  # (N, C, H, W) normalised
+        self.y_all = targets.to(self.device) if targets is not None else None
+
+    def __len__(self) -> int:
+        return len(self.images) if self.streamed else len(self.x_all)
+
+    def batch(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Images ``index`` (B,) normalised on the device, and their targets (None where labelled online)."""
+        if self.streamed:
+            images, hard, soft = self.images.batch(index)
+            held = None if self.online else (soft if soft is not None else hard).to(self.device)
+            return self.normalise(images.to(self.device)), held
+        index = index.to(self.device)
+        return self.x_all[index], (self.y_all[index] if self.y_all is not None else None)
 
 
 def student_checkpoint(path: str | os.PathLike | None, images: torch.Tensor, targets, config: StudentConfig,

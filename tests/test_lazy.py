@@ -141,3 +141,40 @@ def test_a_worker_forked_from_a_gpu_process_reloads_the_archive_on_the_cpu():
     again = ds.sampler()
     assert again is not first and str(again.device) == "cpu" and ds.sampler() is again
     assert close(ds[1][0], D3Dataset((VECTORS / "d2m-int8.d3").read_bytes(), samples_per_class=2)[1][0])
+
+
+def test_a_student_trains_on_a_lazy_dataset_a_batch_at_a_time_as_on_its_tensors(monkeypatch):
+    from d3codec import D3Dataset, students
+
+    data = (VECTORS / "d2m-int8-teacher.d3").read_bytes()
+    ds = D3Dataset(data, samples_per_class=6)
+    k, shape = len(ds.classes), ds.image_shape
+    test = (torch.rand(8, *shape, generator=torch.Generator().manual_seed(0)), torch.arange(8) % k)
+    weights = []
+    tested = students.test_accuracy
+    monkeypatch.setattr(students, "test_accuracy", lambda net, *a: (weights.append(
+        {n: v.clone() for n, v in net.state_dict().items()}), tested(net, *a))[1])
+    config = students.StudentConfig(model="mlp", epochs=3, batch_size=4, dsa=False, compile="off")
+    students.train_student(ds.images, ds.soft_labels, k, ds.mean, ds.std, test, config, seed=1)
+    lazy = D3Dataset(data, samples_per_class=6)
+    students.train_student(lazy, None, k, lazy.mean, lazy.std, test, config, seed=1)
+    assert lazy._images is None  # never decoded whole
+    assert all(torch.allclose(weights[0][n], weights[1][n], atol=1e-5) for n in weights[0])
+    with pytest.raises(ValueError, match="set_epoch"):
+        students.train_student(lazy, None, k, lazy.mean, lazy.std, test, config, resample=lambda e: None)
+
+
+def test_evaluate_streams_a_lazy_draw_too_large_to_hold(tiny_real, tmp_path, monkeypatch):
+    import d3codec
+    from d3codec import D3Dataset, evaluation
+    from d3codec.methods.d2m import D2MEncoder
+
+    path = tmp_path / "g.d3"
+    encoder = D2MEncoder.from_options("fast", None, None, None, pretrain_iterations=2, pretrain_batch=8, disc_width=4,
+                                      iterations=1, synthetic_per_class=4, real_per_class=6, embed_width=8,
+                                      noise_dim=4, embed_dim=4)
+    d3codec.compress(tiny_real, path, encoder=encoder, budget=12_000, progress=False)
+    monkeypatch.setattr(evaluation, "STREAM_ABOVE_BYTES", 0)  # every draw counts as too large
+    monkeypatch.setattr(D3Dataset, "_materialise", lambda self: pytest.fail("the draw was decoded whole"))
+    result = d3codec.evaluate(path, dataset=tiny_real, device="cpu", epochs=2, runs=1, model="mlp")
+    assert result.rows[0].name.startswith("archive (d2m") and 0 <= result.rows[0].accuracies[0] <= 1
