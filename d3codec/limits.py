@@ -13,8 +13,8 @@ cost, and refuses with :class:`~d3codec.errors.D3LimitError` (a D3FormatError) a
   dequantised to float32 (decoders, generators, teachers, priors, soft-label tables, θ₀);
 - ``max_macs_per_image``: the multiply-adds to decode one image and, where the archive stores a
   teacher, to label it (counted with ``torch.utils.flop_counter`` on the meta device);
-- ``max_macs``: the multiply-adds of a whole draw (images × per image, at least MIN_MACS_PER_IMAGE an
-  image): what bounds its time;
+- ``max_macs``: the multiply-adds of a whole draw (images × per image, its sampling noise counted at
+  NOISE_VALUE_MACS a value, at least MIN_MACS_PER_IMAGE an image): what bounds its time;
 - ``max_replay_macs``: the multiply-adds of replaying a bptt archive's training schedule once (forward and
   backward, at least MIN_MACS_PER_STEP a step): what bounds a replayed student's time, as ``--epochs``
   bounds a standard one's (2^41: about a minute on one CPU thread; d3codec's own schedules take well under
@@ -112,6 +112,12 @@ def check(figure: str, value: int, limits: DecodeLimits, field: str, what: str) 
 # limit bounds the time of a draw of a million tiny images too.
 MIN_MACS_PER_IMAGE = 4096
 
+# The sampling noise of a format 1.1 draw (d3codec.noise: a hash and a polar-method normal, in numpy) cost
+# 100 to 230 ns a value on one thread of the 2-core AMD EPYC (2026-12-07), 100 times a multiply-add at the
+# rate above: a D2M draw of 100 000 images from a tiny generator of 64 noise values spent most of its
+# second there. Each noise value of a draw counts as this many multiply-adds.
+NOISE_VALUE_MACS = 256
+
 
 # A sampled archive's default draw per class is capped by what the archive is worth: this many images per
 # class for every float32 image per class its file's bytes would hold (its IPC-equivalent), so a 600-byte
@@ -140,10 +146,11 @@ def replay_macs(steps: int, images_per_step: int, forward_macs: int) -> int:
     return steps * max(3 * images_per_step * forward_macs, MIN_MACS_PER_STEP)
 
 
-def draw_macs(images: int, macs_per_image: int) -> int:
-    """The multiply-adds a draw of ``images`` images counts against ``max_macs``: ``macs_per_image``
-    each, and at least MIN_MACS_PER_IMAGE each."""
-    return images * max(macs_per_image, MIN_MACS_PER_IMAGE)
+def draw_macs(images: int, macs_per_image: int, noise_per_image: int = 0) -> int:
+    """The multiply-adds a draw of ``images`` images counts against ``max_macs``: ``macs_per_image`` each
+    plus NOISE_VALUE_MACS for each of its ``noise_per_image`` sampling noise values, and at least
+    MIN_MACS_PER_IMAGE each."""
+    return images * max(macs_per_image + noise_per_image * NOISE_VALUE_MACS, MIN_MACS_PER_IMAGE)
 
 
 def output_bytes(images: int, image_shape: tuple[int, int, int], num_classes: int, soft: bool,

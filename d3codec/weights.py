@@ -86,14 +86,15 @@ def check_names(tensors: dict[str, torch.Tensor], expected: set[str], section: s
         raise D3FormatError(f"section {section!r} holds {which} ({len(extra)} extra, {len(missing)} missing)")
 
 
-def read_stored(tensors: dict[str, torch.Tensor], section: str, key: str, shape: tuple[int, ...],
-                int8_dim: int | None, floats: tuple[torch.dtype, ...] = (torch.float16,)) -> torch.Tensor:
-    """The float32 value of a stored tensor of ``shape``: I8 with an F16 ``{key}.scale`` along
-    ``int8_dim`` (see :func:`quantise_int8`; the product is computed in float32), or, when ``int8_dim``
-    is None, one of the dtypes ``floats`` (F16 unless the spec allows more), converted exactly.
+def stored_tensor(tensors: dict[str, torch.Tensor], section: str, key: str, shape: tuple[int, ...],
+                  int8_dim: int | None, floats: tuple[torch.dtype, ...] = (torch.float16,)
+                  ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """A stored tensor of ``shape`` as the archive stores it, checked: (I8 value, its F16 ``{key}.scale``
+    (n,) along ``int8_dim``), or, when ``int8_dim`` is None, (value of one of the dtypes ``floats``, None).
+    Its float32 value (:func:`read_stored`) is then finite: an int8 times a finite float16 scale is.
 
     Raises: D3FormatError naming ``section`` and ``key`` on a missing, misshapen or mistyped tensor, or
-    one whose float32 value is not finite.
+    one holding a NaN or an infinity (the value, or the scale of an int8 one).
     """
     value = tensors.get(key)
     if value is None or tuple(value.shape) != shape:
@@ -102,11 +103,24 @@ def read_stored(tensors: dict[str, torch.Tensor], section: str, key: str, shape:
         if value.dtype not in floats:
             names = " or ".join(str(d).removeprefix("torch.") for d in floats)
             raise D3FormatError(f"section {section!r}: {key!r} must be {names}, not {str(value.dtype).removeprefix('torch.')}")
-        return _finite(value.float(), section, key)
+        return (_finite(value, section, key) if value.is_floating_point() else value), None
     scale, n = tensors.get(f"{key}.scale"), shape[int8_dim]
     if value.dtype != torch.int8 or scale is None or tuple(scale.shape) != (n,) or scale.dtype != torch.float16:
         raise D3FormatError(f"section {section!r}: {key!r} must be int8 with a ({n},) float16 scale")
-    return _finite(dequantise_int8(value, scale, int8_dim), section, key)
+    return value, _finite(scale, section, key)
+
+
+def read_stored(tensors: dict[str, torch.Tensor], section: str, key: str, shape: tuple[int, ...],
+                int8_dim: int | None, floats: tuple[torch.dtype, ...] = (torch.float16,)) -> torch.Tensor:
+    """The float32 value of a stored tensor of ``shape`` (see :func:`stored_tensor`): an I8 one times its
+    F16 scale along ``int8_dim`` (see :func:`quantise_int8`; the product is computed in float32), or one
+    of the dtypes ``floats`` (F16 unless the spec allows more), converted exactly.
+
+    Raises: D3FormatError naming ``section`` and ``key`` on a missing, misshapen or mistyped tensor, or
+    one whose float32 value is not finite.
+    """
+    value, scale = stored_tensor(tensors, section, key, shape, int8_dim, floats)
+    return value.float() if scale is None else dequantise_int8(value, scale, int8_dim)
 
 
 def _finite(value: torch.Tensor, section: str, key: str) -> torch.Tensor:

@@ -93,6 +93,20 @@ def test_a_wide_decoder_at_a_megapixel_is_refused_by_its_multiply_adds():
         D3Dataset(data, limits=raised)
 
 
+def test_a_draws_sampling_noise_counts_against_max_macs():
+    # fuzz finding 2026-12-07: 100 000 draws of a tiny generator with 64 noise values an image counted the
+    # 4 096-multiply-add floor an image, yet spent most of its time computing the noise
+    from d3codec.limits import MIN_MACS_PER_IMAGE, NOISE_VALUE_MACS
+
+    data = hostile.d2m_archive(classes=1, image_shape=(3, 1, 1), noise_dim=64, width=4)
+    tight = DecodeLimits(max_macs=1 << 31)
+    with pytest.raises(D3LimitError, match="max_macs") as error:
+        D3Dataset(data, samples_per_class=200_000, limits=tight)
+    per_image = error.value.value // 200_000
+    assert per_image >= 64 * NOISE_VALUE_MACS > MIN_MACS_PER_IMAGE
+    assert len(D3Dataset(data, samples_per_class=1000, limits=tight)) == 1000
+
+
 def test_a_million_one_pixel_images_count_their_fixed_work_and_the_grid_reads_the_labels_once():
     # fuzz finding 2026-12-05: 1 000 classes × 1 000 draws of 1 × 1 images passed max_macs at 768 multiply-adds
     # an image, took seconds to decode, and the grid scanned the million labels once per class

@@ -287,7 +287,7 @@ class Sampler(ABC):
     @abstractmethod
     def macs(self, samples_per_class: int | None) -> int:
         """Multiply-adds of a draw of ``samples_per_class`` (decoding and labelling every image), counted
-        with d3codec.limits.draw_macs (at least MIN_MACS_PER_IMAGE an image)."""
+        with d3codec.limits.draw_macs (sampling noise included, at least MIN_MACS_PER_IMAGE an image)."""
 
     @abstractmethod
     def _decode_at(self, samples_per_class: int | None, seed: int, classes: torch.Tensor,

@@ -86,7 +86,7 @@ class D2MSampler(Sampler):
         return self.num_classes * n, self.num_classes * n * self.noise_dim
 
     def macs(self, samples_per_class: int | None) -> int:
-        return draw_macs(self.num_classes * (samples_per_class or self.default), self.image_macs)
+        return draw_macs(self.num_classes * (samples_per_class or self.default), self.image_macs, self.noise_dim)
 
     def noise(self, n: int, seed: int) -> torch.Tensor:
         """The noise of a draw of ``n`` per class, (K·N, Z) float32, row c·N + j for sample j of class c.

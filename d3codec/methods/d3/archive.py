@@ -13,10 +13,10 @@ import torch
 from ... import noise
 from ...archive import meta_bool, meta_int, meta_str
 from ...errors import D3FormatError
-from ...limits import DEFAULT_LIMITS, all_finite, batch_size, check, default_draw_cap, draw_macs, network_cost
+from ...limits import DEFAULT_LIMITS, batch_size, check, default_draw_cap, draw_macs, network_cost
 from ...models import DECODER_ARCHITECTURES
 from ...storage import check_probabilities
-from ...weights import check_names, dequantise_int8, load_stored_module, read_stored, stored_names
+from ...weights import check_names, dequantise_int8, load_stored_module, read_stored, stored_names, stored_tensor
 from ..base import Sampler
 from .layout import DECODER_DTYPES, MAX_TOP_K_CLASSES, PRIOR_DTYPES, GroupPlan, TopKLabels
 
@@ -69,14 +69,12 @@ def read_groups(meta: dict, num_classes: int) -> list[StoredGroup]:
     return out
 
 
-def stored_as(tensors: dict[str, torch.Tensor], key: str, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
-    """Section ``prior_labels``'s tensor ``key`` as stored, once it has ``shape`` and ``dtype``.
-    Raises: D3FormatError otherwise."""
-    value = tensors.get(key)
-    if value is None or tuple(value.shape) != shape or value.dtype != dtype:
-        raise D3FormatError(f"section 'prior_labels': tensor {key!r} missing, or not {str(dtype).removeprefix('torch.')} "
-                            f"of shape {shape}")
-    return value
+def prior_values(g: GroupPlan, soft_labels: bool) -> int:
+    """The values one prior of group ``g`` counts against ``max_parameters`` while an archive is drawn: its
+    mean and log-variance, its order (PRIOR_ORDER_VALUES), and where it has soft labels the whole row, or
+    the top-k values (F16), indices (I16) and the row's rest (F32), counted as 3 values a label and one a row."""
+    labels = g.num_classes if g.label_top_k is None else 3 * g.label_top_k + 1
+    return 2 * g.latent_dim + PRIOR_ORDER_VALUES + (labels if soft_labels else 0)
 
 
 class StoredPriors:
@@ -88,17 +86,7 @@ class StoredPriors:
     Raises: D3FormatError for a missing, misshapen or mistyped tensor, or one that is not finite."""
 
     def __init__(self, tensors: dict[str, torch.Tensor], key: str, shape: tuple[int, int, int], dtype: str):
-        value, scale = tensors.get(key), tensors.get(f"{key}.scale")
-        if value is None or tuple(value.shape) != shape:
-            raise D3FormatError(f"section 'priors': tensor {key!r} missing or not of shape {shape}")
-        if dtype == "int8" and (value.dtype != torch.int8 or scale is None or tuple(scale.shape) != (shape[-1],)
-                                or scale.dtype != torch.float16):
-            raise D3FormatError(f"section 'priors': {key!r} must be int8 with a ({shape[-1]},) float16 scale")
-        if dtype != "int8" and value.dtype != torch.float16:
-            raise D3FormatError(f"section 'priors': {key!r} must be float16, not {str(value.dtype).removeprefix('torch.')}")
-        if not all_finite(scale if dtype == "int8" else value):  # an int8 value times a finite scale is finite
-            raise D3FormatError(f"section 'priors': {key!r} holds values that are not finite (NaN or infinite)")
-        self.value, self.scale = value, scale if dtype == "int8" else None
+        self.value, self.scale = stored_tensor(tensors, "priors", key, shape, len(shape) - 1 if dtype == "int8" else None)
 
     def _float(self, q: torch.Tensor) -> torch.Tensor:
         return dequantise_int8(q, self.scale, -1) if self.scale is not None else q.float()
@@ -130,12 +118,7 @@ class D3Sampler(Sampler):
             cost = network_cost(lambda: g.decoder(self.image_shape),
                                 lambda: (torch.zeros(1, g.latent_dim),), f"the decoder of group {i}")
             costs.append(cost)
-            k, p = g.num_classes, g.priors_per_class
-            # held while drawing: whole label rows, or top-k values (F16), indices (I16) and each row's rest (F32),
-            # counted as 3 values a label and one a row
-            held_labels = k * p * (k if g.label_top_k is None else 3 * g.label_top_k + 1)
-            values += (cost.parameters + k * p * (2 * g.latent_dim + PRIOR_ORDER_VALUES)
-                       + (held_labels if sg.soft_labels else 0))
+            values += cost.parameters + g.num_classes * g.priors_per_class * prior_values(g, sg.soft_labels)
         check("values", values, self.limits, "max_parameters", "the decoders, priors and soft labels")
         check("multiply-adds", max(c.macs for c in costs), self.limits, "max_macs_per_image", "decoding one image")
         self.group_batch = [batch_size(c, self.limits) for c in costs]
@@ -172,7 +155,7 @@ class D3Sampler(Sampler):
                 check_probabilities(lab, "prior_labels", f"g{index}")
             elif sg.soft_labels:  # the top k of each row (spec §5.6)
                 top = (k, p, g.label_top_k)
-                values, indices = (stored_as(labels_t, f"g{index}.{name}", top, dtype)
+                values, indices = (stored_tensor(labels_t, "prior_labels", f"g{index}.{name}", top, None, (dtype,))[0]
                                    for name, dtype in (("values", torch.float16), ("indices", torch.int16)))
                 lab = TopKLabels(values, indices, k, "prior_labels", f"g{index}")  # kept as stored: 4 B a label
             self.loaded.append((mu, logvar, decoder, lab))
@@ -186,7 +169,7 @@ class D3Sampler(Sampler):
         return sum(k * n for k, n, _ in sizes), max(k * n * z for k, n, z in sizes)
 
     def macs(self, samples_per_class: int | None) -> int:
-        return sum(draw_macs(sg.plan.num_classes * self.per_class(sg, samples_per_class), m)
+        return sum(draw_macs(sg.plan.num_classes * self.per_class(sg, samples_per_class), m, sg.plan.latent_dim)
                    for sg, m in zip(self.groups, self.image_macs))
 
     def per_class(self, group: StoredGroup, samples_per_class: int | None) -> int:

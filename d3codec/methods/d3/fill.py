@@ -17,7 +17,7 @@ import torch
 
 from ...container import safetensors_size, stored_size
 from ...limits import DEFAULT_LIMITS, network_cost
-from .archive import PRIOR_ORDER_VALUES
+from .archive import prior_values
 from .layout import GroupPlan, group_tensors
 
 FILL_MARGIN = 0.98  # the share of the room the added priors may take: zstd stores them about as the others
@@ -54,9 +54,8 @@ def most_priors(g: GroupPlan, image_shape: tuple[int, int, int], num_classes: in
     prior's mean, log-variance and order, its soft labels)."""
     k, z = g.num_classes, g.latent_dim
     decoder = network_cost(lambda: g.decoder(image_shape), lambda: (torch.zeros(1, z),), "the decoder").parameters
-    per_prior = 2 * z + PRIOR_ORDER_VALUES + (k if g.label_top_k is None else 3 * g.label_top_k + 1)
     share = DEFAULT_LIMITS.max_parameters * k // num_classes
-    return max(g.priors_per_class, (share - decoder) // (k * per_prior))
+    return max(g.priors_per_class, (share - decoder) // (k * prior_values(g, soft_labels=True)))
 
 
 def appended_labels(labels, more):
