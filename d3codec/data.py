@@ -501,6 +501,28 @@ class ImageTree:
         return samples
 
 
+_SAFE_TREES: dict[str, type] = {}
+
+
+def safe_tree_class(base: str) -> type:
+    """torchvision's dataset class ``base`` ("ImageFolder" or "ImageNet") walked as :class:`ImageTree` walks:
+    made once, on first use (torchvision's datasets are not imported before), as this module's ``Safe<base>``,
+    which pickle finds by name (module ``__getattr__``): DataLoader workers started by spawn, as in a rank of
+    ``d3 compress --workers N``, receive the dataset pickled."""
+    if base not in _SAFE_TREES:
+        import torchvision.datasets
+
+        _SAFE_TREES[base] = type(f"Safe{base}", (ImageTree, getattr(torchvision.datasets, base)),
+                                 {"__module__": __name__, "__doc__": f"torchvision's {base} walked as ImageTree walks."})
+    return _SAFE_TREES[base]
+
+
+def __getattr__(name: str):
+    if name in ("SafeImageFolder", "SafeImageNet"):  # unpickling a dataset in a worker
+        return safe_tree_class(name.removeprefix("Safe"))
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def default_load_workers() -> int:
     """DataLoader processes for a dataset on disk: one per core, at most 8."""
     return min(8, os.cpu_count() or 1)
@@ -508,11 +530,7 @@ def default_load_workers() -> int:
 
 def _image_folder(path: Path, name: str, resolution: int, normalisation, test_path: Path | None = None,
                   load_workers: int | None = None) -> RealData:
-    from torchvision.datasets import ImageFolder
-
-    class SafeImageFolder(ImageTree, ImageFolder):
-        """ImageFolder walked as ImageTree walks."""
-
+    SafeImageFolder = safe_tree_class("ImageFolder")
     loader = DraftLoader(resolution)
     try:
         train = SafeImageFolder(str(path), transform=_folder_transform(resolution), loader=loader)
@@ -570,11 +588,7 @@ class _Guarded(Dataset):
 
 
 def _imagenet(root: Path, resolution: int, load_workers: int | None = None) -> RealData:
-    from torchvision.datasets import ImageNet
-
-    class SafeImageNet(ImageTree, ImageNet):
-        """torchvision's ImageNet walked as ImageTree walks."""
-
+    SafeImageNet = safe_tree_class("ImageNet")
     candidates = [root / "imagenet", root]
     for base in candidates:
         if (base / "meta.bin").is_file() and (base / "train").is_dir():

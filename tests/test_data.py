@@ -134,6 +134,12 @@ def test_folder_images_read_in_parallel_equal_those_read_in_process(tmp_path):
     assert len(indices) >= data.PARALLEL_READ_MIN
     assert torch.equal(serial.read_uint8(indices), parallel.read_uint8(indices))
     assert serial.test is not None and len(serial.test) == 4
+    # a rank of `d3 compress --workers N` is started by spawn, and so are its DataLoader workers: they receive
+    # the dataset pickled (rehearsal 2026-12-08: a class made inside a function could not be)
+    import pickle
+
+    again = pickle.loads(pickle.dumps(parallel.train))
+    assert type(again).__name__ == "SafeImageFolder" and torch.equal(again[5][0], parallel.train[5][0])
 
 
 def test_in_memory_subset_holds_only_its_classes_within_its_bytes(tmp_path):
