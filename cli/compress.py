@@ -24,7 +24,7 @@ from d3codec.defaults import (FACTOR_3_MAX_IPC, MANY_CLASSES, class_count, defau
                               with_user_options)
 from d3codec.methods import BuildContext, Method, Option, archive_kind, get_method, method_names
 
-from .options import LabellerWidth, OptionValueError, PositiveFinite, count, fail
+from d3codec.cli.options import LabellerWidth, OptionValueError, PositiveFinite, count, fail
 
 DATASETS = "fashion-mnist, mnist, cifar10, cifar100, imagenet, or a class-per-folder path"
 # the old spelling: --method NAME [--objective NAME] → the method now named

@@ -18,8 +18,8 @@ from d3codec.expand import MAX_OUTPUT_BYTES, MAX_OUTPUT_FILES
 from d3codec.students import JPEG_QUALITY
 from d3codec.text import safe_text
 
-from .compress import CompressGroup
-from .options import LIMIT_FIELDS, count, decode_limit_options, decode_limits, fail
+from d3codec.cli.compress import CompressGroup
+from d3codec.cli.options import LIMIT_FIELDS, count, decode_limit_options, decode_limits, fail
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

@@ -14,13 +14,13 @@ from typing import Any
 
 import torch
 
-from .version import __version__
-from .budget import ipc_equivalent
-from .container import D3Reader
-from .errors import D3FormatError
-from .limits import DEFAULT_LIMITS
-from .registry import archive_kind, archive_kind_names
-from .text import safe_text
+from d3codec.version import __version__
+from d3codec.budget import ipc_equivalent
+from d3codec.container import D3Reader
+from d3codec.errors import D3FormatError
+from d3codec.limits import DEFAULT_LIMITS
+from d3codec.registry import archive_kind, archive_kind_names
+from d3codec.text import safe_text
 
 FORMAT_NAME = "d3"
 # sections any archive may carry, whatever its method (name → critical): the stored labeller (§5.8)

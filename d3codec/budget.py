@@ -21,9 +21,9 @@ from typing import Callable
 
 import torch
 
-from .container import Section, archive_size
-from .errors import D3BudgetError
-from .storage import BYTES_PER_VALUE, resolve_storage_dtype
+from d3codec.container import Section, archive_size
+from d3codec.errors import D3BudgetError
+from d3codec.storage import BYTES_PER_VALUE, resolve_storage_dtype
 
 META_RESERVE_BYTES = 256  # room for metadata written after distillation (timings, losses)
 # the smallest stored/raw ratio a compressed-fill plan assumes, whatever it measures: real Fashion-MNIST

@@ -22,10 +22,10 @@ from typing import Any
 
 import torch
 
-from .errors import D3Error
-from .limits import all_finite
-from .text import safe_text
-from .weights import read_safetensors_file
+from d3codec.errors import D3Error
+from d3codec.limits import all_finite
+from d3codec.text import safe_text
+from d3codec.weights import read_safetensors_file
 
 FORMAT = "d3codec-encoder-checkpoint"
 

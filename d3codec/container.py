@@ -39,7 +39,7 @@ import safetensors.torch
 import torch
 import zstandard
 
-from .errors import D3FormatError, D3LimitError
+from d3codec.errors import D3FormatError, D3LimitError
 
 MAGIC = b"\x89D3A\r\n\x1a\n"
 VERSION_MAJOR = 1
@@ -286,7 +286,7 @@ def write_atomic(path: str | os.PathLike, data: bytes, *, max_bytes: int | None 
     Raises: ``D3BudgetError`` past ``max_bytes``; OSError when the folder is not writable or the
         disk is full (the temporary file is removed).
     """
-    from .errors import D3BudgetError
+    from d3codec.errors import D3BudgetError
 
     if max_bytes is not None and len(data) > max_bytes:
         raise D3BudgetError(f"archive would be {len(data)} bytes, over the budget of {max_bytes} bytes; "

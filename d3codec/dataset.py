@@ -10,13 +10,13 @@ from typing import Callable
 import torch
 from torch.utils.data import Dataset
 
-from .archive import open_archive
-from .labeller import read_labeller
-from .registry import archive_kind
-from .errors import D3FormatError, D3LimitError
-from .limits import DEFAULT_LIMITS, DecodeLimits, check
-from .noise import check_seed
-from .text import safe_text
+from d3codec.archive import open_archive
+from d3codec.labeller import read_labeller
+from d3codec.registry import archive_kind
+from d3codec.errors import D3FormatError, D3LimitError
+from d3codec.limits import DEFAULT_LIMITS, DecodeLimits, check
+from d3codec.noise import check_seed
+from d3codec.text import safe_text
 
 
 class D3Dataset(Dataset):
@@ -75,7 +75,7 @@ class D3Dataset(Dataset):
                  target_transform: Callable | None = None, targets: str = "auto",
                  samples_per_class: int | None = None, seed: int = 0, device: str = "cpu",
                  limits: DecodeLimits | None = None, max_bytes: int | None = None):
-        from .models import resolve_device
+        from d3codec.models import resolve_device
 
         if targets not in ("auto", "hard", "soft"):
             raise ValueError(f"targets must be 'auto', 'hard' or 'soft', not {targets!r}")
@@ -297,8 +297,8 @@ def decode_archive(reader, meta: dict, samples_per_class: int | None, seed: int,
 
 def _decode(reader, meta: dict, samples_per_class: int | None, seed: int, device, limits: DecodeLimits,
             check_default: bool):
-    from .registry import archive_kind, archive_kind_names
-    from .schedule import step_batches
+    from d3codec.registry import archive_kind, archive_kind_names
+    from d3codec.schedule import step_batches
 
     kind = archive_kind(meta["method"])  # known: open_archive checked it
     sampler = None

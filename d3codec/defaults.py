@@ -23,7 +23,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Mapping
 
-from .data import registered_dataset
+from d3codec.data import registered_dataset
 
 MANY_CLASSES = 100  # more classes than this is ImageNet-scale: D3
 CLASSES_PER_SUBTASK = 200  # D3's subtasks at ImageNet scale: the README's plan, five of 200 classes

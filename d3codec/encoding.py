@@ -16,17 +16,17 @@ from typing import Any
 
 import torch
 
-from .archive import base_meta, open_archive, utc_now
-from .budget import ipc_budget, ipc_equivalent
-from .container import D3Reader, Section, encode_archive, write_atomic
-from .data import RealData, load_dataset
-from .defaults import default_choice, with_user_options
-from .errors import D3BudgetError
-from .federated import barrier, distill_federated, rank, run_ranks, world_size
-from .methods import BuildContext, DatasetSpec, Encoded, Encoder, Overrun, get_method
-from .models import resolve_device
-from .progress import note
-from .runtime import keep_freed_memory, release_freed_memory
+from d3codec.archive import base_meta, open_archive, utc_now
+from d3codec.budget import ipc_budget, ipc_equivalent
+from d3codec.container import D3Reader, Section, encode_archive, write_atomic
+from d3codec.data import RealData, load_dataset
+from d3codec.defaults import default_choice, with_user_options
+from d3codec.errors import D3BudgetError
+from d3codec.federated import barrier, distill_federated, rank, run_ranks, world_size
+from d3codec.methods import BuildContext, DatasetSpec, Encoded, Encoder, Overrun, get_method
+from d3codec.models import resolve_device
+from d3codec.progress import note
+from d3codec.runtime import keep_freed_memory, release_freed_memory
 
 
 @dataclass

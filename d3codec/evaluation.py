@@ -14,18 +14,18 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Callable
 
-from . import data
-from .data import RealData
-from .dataset import D3Dataset
-from .container import D3Reader
-from .labeller import stored_bytes
-from .limits import DecodeLimits, output_bytes
-from .models import resolve_device
-from .ranking import FULL_DATA_ACCURACY, Ranking
-from .registry import archive_kind
-from .students import (COMPILE_MODES, JPEG_QUALITY, EvalResult, StudentConfig, random_real_subset, replay_students,
+from d3codec import data
+from d3codec.data import RealData
+from d3codec.dataset import D3Dataset
+from d3codec.container import D3Reader
+from d3codec.labeller import stored_bytes
+from d3codec.limits import DecodeLimits, output_bytes
+from d3codec.models import resolve_device
+from d3codec.ranking import FULL_DATA_ACCURACY, Ranking
+from d3codec.registry import archive_kind
+from d3codec.students import (COMPILE_MODES, JPEG_QUALITY, EvalResult, StudentConfig, random_real_subset, replay_students,
                        test_split, train_students)
-from .text import safe_text
+from d3codec.text import safe_text
 
 TRAININGS = ("auto", "replay", "standard", "both")
 LABELS = ("auto", "online", "stored", "hard")

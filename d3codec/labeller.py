@@ -16,19 +16,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import seeds
-from .archive import meta_int, meta_number, meta_str
-from .budget import archive_bound
-from .container import Section
-from .data import Normalisation, RealData
-from .errors import D3BudgetError, D3Error, D3FormatError
-from .limits import DEFAULT_LIMITS, check, network_cost
-from .methods.base import DatasetSpec, Encoded, Encoder, Overrun
-from .models import ConvNet
-from .progress import Stage, Stages
-from .students import test_accuracy, test_split
-from .teacher import train_teacher
-from .weights import WEIGHT_DTYPES, load_stored_module, quantise_state
+from d3codec import seeds
+from d3codec.archive import meta_int, meta_number, meta_str
+from d3codec.budget import archive_bound
+from d3codec.container import Section
+from d3codec.data import Normalisation, RealData
+from d3codec.errors import D3BudgetError, D3Error, D3FormatError
+from d3codec.limits import DEFAULT_LIMITS, check, network_cost
+from d3codec.methods.base import DatasetSpec, Encoded, Encoder, Overrun
+from d3codec.models import ConvNet
+from d3codec.progress import Stage, Stages
+from d3codec.students import test_accuracy, test_split
+from d3codec.teacher import train_teacher
+from d3codec.weights import WEIGHT_DTYPES, load_stored_module, quantise_state
 
 SECTION = "labeller"
 NETWORKS = ("convnet3",)

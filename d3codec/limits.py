@@ -49,7 +49,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from .errors import D3FormatError, D3LimitError
+from d3codec.errors import D3FormatError, D3LimitError
 
 GIB = 1 << 30
 

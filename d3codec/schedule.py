@@ -20,8 +20,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from .data import Normalisation
-from .models import build_model
+from d3codec.data import Normalisation
+from d3codec.models import build_model
 
 
 def init_parameters(network: str, image_shape: tuple[int, int, int], num_classes: int, seed: int,
@@ -83,7 +83,7 @@ class TrainingSchedule:
 
     def replay_macs(self, images: int) -> int:
         """The multiply-adds a replay on ``images`` images in all costs (d3codec.limits.replay_macs)."""
-        from .limits import replay_macs
+        from d3codec.limits import replay_macs
 
         return replay_macs(self.steps * self.epochs, images // self.steps, self.forward_macs)
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import torch
 
-from .errors import D3FormatError
-from .limits import all_finite
+from d3codec.errors import D3FormatError
+from d3codec.limits import all_finite
 
 STORAGE_DTYPES = ("float32", "float16", "uint8")
 BYTES_PER_VALUE = {"float32": 4, "float16": 2, "uint8": 1}
@@ -113,8 +113,8 @@ def decode_images(tensors: dict[str, torch.Tensor], num_classes: int, image_shap
     Raises: D3FormatError if the tensors are missing, mis-shaped, of another dtype or label out of range;
         D3LimitError past the limits.
     """
-    from .limits import DEFAULT_LIMITS, check, output_bytes
-    from .weights import check_names
+    from d3codec.limits import DEFAULT_LIMITS, check, output_bytes
+    from d3codec.weights import check_names
 
     for key in ("images", "labels"):
         if key not in tensors:

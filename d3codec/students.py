@@ -24,12 +24,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .augment import DSA
-from .checkpoint import Checkpoint, fingerprint, weights_digest
-from .data import Normalisation, RealData
-from .models import build_model, compiled, worth_compiling
-from .progress import progress_bar
-from .runtime import keep_freed_memory
+from d3codec.augment import DSA
+from d3codec.checkpoint import Checkpoint, fingerprint, weights_digest
+from d3codec.data import Normalisation, RealData
+from d3codec.models import build_model, compiled, worth_compiling
+from d3codec.progress import progress_bar
+from d3codec.runtime import keep_freed_memory
 
 
 @dataclass(frozen=True)

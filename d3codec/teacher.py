@@ -16,13 +16,13 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save
 
-from .container import write_atomic
-from .data import Normalisation, RealData
-from .errors import D3Error
-from .models import ConvNet, activation_memory, compiled, parameter_shapes, saved_activation_bytes, worth_compiling
-from .progress import progress_bar
-from .text import safe_text
-from .weights import check_state, read_safetensors_file
+from d3codec.container import write_atomic
+from d3codec.data import Normalisation, RealData
+from d3codec.errors import D3Error
+from d3codec.models import ConvNet, activation_memory, compiled, parameter_shapes, saved_activation_bytes, worth_compiling
+from d3codec.progress import progress_bar
+from d3codec.text import safe_text
+from d3codec.weights import check_state, read_safetensors_file
 
 
 @dataclass

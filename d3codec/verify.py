@@ -28,9 +28,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .container import Content, D3Reader
-from .errors import D3Error, D3FormatError, D3LimitError
-from .text import safe_text
+from d3codec.container import Content, D3Reader
+from d3codec.errors import D3Error, D3FormatError, D3LimitError
+from d3codec.text import safe_text
 
 
 @dataclass
@@ -54,10 +54,10 @@ def verify_archive(path: str | os.PathLike | bytes, limits=None) -> Verification
     ``limits``: d3codec.limits.DecodeLimits (default its defaults); an archive over them fails the
     "decode budget" check and no decoder of it is run.
     """
-    from .archive import check_sections, known_kind, read_meta
-    from .labeller import read_labeller
-    from .dataset import decode_archive
-    from .limits import DEFAULT_LIMITS
+    from d3codec.archive import check_sections, known_kind, read_meta
+    from d3codec.labeller import read_labeller
+    from d3codec.dataset import decode_archive
+    from d3codec.limits import DEFAULT_LIMITS
 
     limits = limits or DEFAULT_LIMITS
     result = Verification(safe_text(path if not isinstance(path, (bytes, bytearray)) else "archive", 300))

@@ -14,9 +14,9 @@ from typing import Callable
 import torch
 from torch import nn
 
-from .errors import D3Error, D3FormatError
-from .limits import all_finite
-from .text import safe_text
+from d3codec.errors import D3Error, D3FormatError
+from d3codec.limits import all_finite
+from d3codec.text import safe_text
 
 WEIGHT_DTYPES = ("int8", "float16")
 

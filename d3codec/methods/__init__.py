@@ -12,10 +12,10 @@ matching.py the distribution-matching loop DM, D3 and D2M share. A new method is
 imported below; everything that lists methods reads the registry.
 """
 
-from ..registry import (ArchiveKind, BuildContext, Method, Option, archive_kind, archive_kind_names,
+from d3codec.registry import (ArchiveKind, BuildContext, Method, Option, archive_kind, archive_kind_names,
                         get_method, method_names, register_archive_kind, register_method)
-from . import pixel, d3, d2m  # each registers itself, in this order (d3codec.defaults picks among them)
-from .base import DatasetSpec, Encoded, Encoder, Overrun, Sampler, Subtask, SubtaskEncoder
+from d3codec.methods import pixel, d3, d2m  # each registers itself, in this order (d3codec.defaults picks among them)
+from d3codec.methods.base import DatasetSpec, Encoded, Encoder, Overrun, Sampler, Subtask, SubtaskEncoder
 
 __all__ = ["pixel", "d3", "d2m", "ArchiveKind", "BuildContext", "Method", "Option", "archive_kind",
            "archive_kind_names", "get_method", "method_names", "register_archive_kind", "register_method",

@@ -18,8 +18,8 @@ from typing import Any, Callable
 
 import torch
 
-from ..container import Section
-from ..data import RealData
+from d3codec.container import Section
+from d3codec.data import RealData
 
 
 @dataclass(frozen=True)
@@ -231,7 +231,7 @@ class CheckpointedEncoder(Encoder):
         Returns: (Checkpoint or None, first iteration to run, the last saved loss or NaN).
         Raises: D3Error for another run's or a damaged checkpoint.
         """
-        from ..checkpoint import Checkpoint, fingerprint
+        from d3codec.checkpoint import Checkpoint, fingerprint
 
         if self.checkpoint is None:
             return None, 0, float("nan")
@@ -310,7 +310,7 @@ class Sampler(ABC):
         """Refuse a whole draw before any work: ValueError for a count that is not a positive integer,
         D3LimitError for one whose output would pass ``limits.max_bytes`` or whose multiply-adds would
         pass ``limits.max_macs``."""
-        from ..limits import check, output_bytes
+        from d3codec.limits import check, output_bytes
 
         self.check_count(samples_per_class)
         images, noise = self.counts(samples_per_class)
@@ -331,7 +331,7 @@ class Sampler(ABC):
         Format 1.1 archives only.
         Raises: ValueError for a 1.0 archive, a bad count or seed; IndexError for an index out of range;
         D3FormatError when the stored values decode to non-finite images."""
-        from ..noise import check_seed
+        from d3codec.noise import check_seed
 
         if self.version < (1, 1):
             raise ValueError("a format 1.0 archive draws its images whole, not one by one (d3 rewrite it as 1.1)")
@@ -348,8 +348,8 @@ class Sampler(ABC):
     def checked(self, images: torch.Tensor, soft: torch.Tensor | None, labels: torch.Tensor):
         """(images (B, C, H, W) float32, labels (B,) int64, soft (B, K) float32 or None), once images and soft
         labels are finite. Raises: D3FormatError where they are not."""
-        from ..errors import D3FormatError
-        from ..limits import all_finite
+        from d3codec.errors import D3FormatError
+        from d3codec.limits import all_finite
 
         if not all_finite(images):
             raise D3FormatError("the archive decodes to non-finite images (its stored values are corrupt)")
@@ -361,7 +361,7 @@ class Sampler(ABC):
         """Images (K·N, C, H, W) float32 in [0, 1], labels (K·N,) int64, soft labels (K·N, K) float32 or
         None; the same seed (0 ≤ seed < 2^64) gives the same images. Raises: as :meth:`check`, and
         D3FormatError when the stored values decode to non-finite images."""
-        from ..noise import check_seed
+        from d3codec.noise import check_seed
 
         self.check(samples_per_class)
         seed = check_seed(seed)

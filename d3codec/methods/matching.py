@@ -20,12 +20,12 @@ from typing import Callable, Protocol, Sequence
 import torch
 import torch.nn.functional as F
 
-from ..augment import DSA
-from ..data import Normalisation, RealData
-from ..experts import ExpertPool, ExpertSpec, expert_pool
-from ..losses import prediction_matching_loss
-from ..models import ConvNet, compiled
-from ..registry import Option
+from d3codec.augment import DSA
+from d3codec.data import Normalisation, RealData
+from d3codec.experts import ExpertPool, ExpertSpec, expert_pool
+from d3codec.losses import prediction_matching_loss
+from d3codec.models import ConvNet, compiled
+from d3codec.registry import Option
 
 MATCHINGS = ("dm", "dance")  # the network each iteration embeds with: random (DM) or a middle encoder (DANCE)
 

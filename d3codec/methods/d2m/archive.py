@@ -7,15 +7,15 @@ from __future__ import annotations
 
 import torch
 
-from ... import noise
-from ...archive import meta_int, meta_number, meta_str
-from ...errors import D3FormatError
-from ...labeller import Labeller
-from ...limits import DEFAULT_LIMITS, batch_size, check, default_draw_cap, draw_macs, network_cost
-from ...models import ConvNet
-from ...weights import WEIGHT_DTYPES, load_stored_module
-from ..base import Sampler
-from .networks import GENERATORS, ConditionalGenerator
+from d3codec import noise
+from d3codec.archive import meta_int, meta_number, meta_str
+from d3codec.errors import D3FormatError
+from d3codec.labeller import Labeller
+from d3codec.limits import DEFAULT_LIMITS, batch_size, check, default_draw_cap, draw_macs, network_cost
+from d3codec.models import ConvNet
+from d3codec.weights import WEIGHT_DTYPES, load_stored_module
+from d3codec.methods.base import Sampler
+from d3codec.methods.d2m.networks import GENERATORS, ConditionalGenerator
 
 SECTIONS = {"meta": True, "generator": True, "teacher": False}  # name → critical
 

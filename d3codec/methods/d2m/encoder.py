@@ -64,24 +64,24 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from ... import seeds
-from ...augment import DSA
-from ...budget import META_RESERVE_BYTES, archive_bound
-from ...checkpoint import Checkpoint, fingerprint, weights_digest
-from ...container import Section
-from ...data import ClassSampler, Normalisation, RealData
-from ...errors import D3BudgetError, D3Error
-from ...federated import broadcast_parameters, rank, sum_gradients, sum_over_ranks, world_size
-from ...limits import network_cost
-from ...losses import mean_embedding_loss, mmd_rbf
-from ...models import ConvNet, activation_memory, saved_activation_bytes, worth_compiling
-from ...progress import Stage, Stages, progress_bar
-from ...teacher import Teacher, save_teacher, train_teacher, untrained_teacher
-from ...weights import WEIGHT_DTYPES, quantise_state, stored_zeros
-from ..base import DatasetSpec, Encoded, Encoder, preset_config
-from ..matching import (DistributionMatcher, FeatureTerm, PredictionTerm, matching_experts, matching_terms,
+from d3codec import seeds
+from d3codec.augment import DSA
+from d3codec.budget import META_RESERVE_BYTES, archive_bound
+from d3codec.checkpoint import Checkpoint, fingerprint, weights_digest
+from d3codec.container import Section
+from d3codec.data import ClassSampler, Normalisation, RealData
+from d3codec.errors import D3BudgetError, D3Error
+from d3codec.federated import broadcast_parameters, rank, sum_gradients, sum_over_ranks, world_size
+from d3codec.limits import network_cost
+from d3codec.losses import mean_embedding_loss, mmd_rbf
+from d3codec.models import ConvNet, activation_memory, saved_activation_bytes, worth_compiling
+from d3codec.progress import Stage, Stages, progress_bar
+from d3codec.teacher import Teacher, save_teacher, train_teacher, untrained_teacher
+from d3codec.weights import WEIGHT_DTYPES, quantise_state, stored_zeros
+from d3codec.methods.base import DatasetSpec, Encoded, Encoder, preset_config
+from d3codec.methods.matching import (DistributionMatcher, FeatureTerm, PredictionTerm, matching_experts, matching_terms,
                         memory_sized_chunk)
-from .networks import (ARCHITECTURE, CONDITIONINGS, GENERATOR_WIDTHS, GENERATORS, ConditionalGenerator, Discriminator,
+from d3codec.methods.d2m.networks import (ARCHITECTURE, CONDITIONINGS, GENERATOR_WIDTHS, GENERATORS, ConditionalGenerator, Discriminator,
                        PosteriorEncoder, PretrainedGenerator, generator_shapes, teacher_shapes)
 
 PRETRAININGS = ("gan", "vae")

@@ -10,15 +10,15 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ... import noise
-from ...archive import meta_bool, meta_int, meta_str
-from ...errors import D3FormatError
-from ...limits import DEFAULT_LIMITS, batch_size, check, default_draw_cap, draw_macs, network_cost
-from ...models import DECODER_ARCHITECTURES
-from ...storage import check_probabilities
-from ...weights import check_names, dequantise_int8, load_stored_module, read_stored, stored_names, stored_tensor
-from ..base import Sampler
-from .layout import DECODER_DTYPES, MAX_TOP_K_CLASSES, PRIOR_DTYPES, GroupPlan, TopKLabels
+from d3codec import noise
+from d3codec.archive import meta_bool, meta_int, meta_str
+from d3codec.errors import D3FormatError
+from d3codec.limits import DEFAULT_LIMITS, batch_size, check, default_draw_cap, draw_macs, network_cost
+from d3codec.models import DECODER_ARCHITECTURES
+from d3codec.storage import check_probabilities
+from d3codec.weights import check_names, dequantise_int8, load_stored_module, read_stored, stored_names, stored_tensor
+from d3codec.methods.base import Sampler
+from d3codec.methods.d3.layout import DECODER_DTYPES, MAX_TOP_K_CLASSES, PRIOR_DTYPES, GroupPlan, TopKLabels
 
 # the work of ordering a class's priors (spec/FORMAT.md §5.4: a hash per prior, then a sort), counted against
 # max_parameters as this many values a prior: its key, its place and the sort's scratch, 8 bytes each

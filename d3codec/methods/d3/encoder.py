@@ -56,28 +56,28 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ... import seeds
-from ...augment import DSA
-from ...budget import META_RESERVE_BYTES, archive_bound, largest_fitting
-from ...checkpoint import Checkpoint, fingerprint, weights_digest
-from ...container import Section
-from ...data import ClassSampler, Normalisation, RealData
-from ...errors import D3BudgetError
-from ...experts import ExpertPool
-from ...limits import network_cost
-from ...losses import mean_embedding_loss, mmd_rbf
-from ...models import (DECODER_ARCHITECTURES, ConvNet, Decoder, activation_memory, decoder_stage_widths,
+from d3codec import seeds
+from d3codec.augment import DSA
+from d3codec.budget import META_RESERVE_BYTES, archive_bound, largest_fitting
+from d3codec.checkpoint import Checkpoint, fingerprint, weights_digest
+from d3codec.container import Section
+from d3codec.data import ClassSampler, Normalisation, RealData
+from d3codec.errors import D3BudgetError
+from d3codec.experts import ExpertPool
+from d3codec.limits import network_cost
+from d3codec.losses import mean_embedding_loss, mmd_rbf
+from d3codec.models import (DECODER_ARCHITECTURES, ConvNet, Decoder, activation_memory, decoder_stage_widths,
                        upsampling_geometry, worth_compiling)
-from ...progress import Stage, Stages, progress_bar
-from ...teacher import Teacher, save_teacher, train_teacher, untrained_teacher
-from ...weights import dequantise_state, quantise_state
-from ..base import DatasetSpec, Encoded, Overrun, Subtask, SubtaskEncoder, preset_config
-from ..matching import DistributionMatcher, FeatureTerm, matching_experts, matching_terms, memory_sized_chunk
-from .layout import (DECODER_DTYPES, DECODER_WIDTHS, MAX_TOP_K_CLASSES, PRIOR_DTYPES, D3Plan, GroupPlan, decoder_shapes,
+from d3codec.progress import Stage, Stages, progress_bar
+from d3codec.teacher import Teacher, save_teacher, train_teacher, untrained_teacher
+from d3codec.weights import dequantise_state, quantise_state
+from d3codec.methods.base import DatasetSpec, Encoded, Overrun, Subtask, SubtaskEncoder, preset_config
+from d3codec.methods.matching import DistributionMatcher, FeatureTerm, matching_experts, matching_terms, memory_sized_chunk
+from d3codec.methods.d3.layout import (DECODER_DTYPES, DECODER_WIDTHS, MAX_TOP_K_CLASSES, PRIOR_DTYPES, D3Plan, GroupPlan, decoder_shapes,
                      dequantise_priors, first_priors, group_entry, group_tensors, quantise_priors, sections_of,
                      split_classes, trimmed_priors)
-from . import fill
-from .merge import Part, combine_groups, rename_group
+from d3codec.methods.d3 import fill
+from d3codec.methods.d3.merge import Part, combine_groups, rename_group
 
 
 @dataclass(frozen=True)

@@ -15,10 +15,10 @@ from __future__ import annotations
 import safetensors.torch
 import torch
 
-from ...container import safetensors_size, stored_size
-from ...limits import DEFAULT_LIMITS, network_cost
-from .archive import prior_values
-from .layout import GroupPlan, group_tensors
+from d3codec.container import safetensors_size, stored_size
+from d3codec.limits import DEFAULT_LIMITS, network_cost
+from d3codec.methods.d3.archive import prior_values
+from d3codec.methods.d3.layout import GroupPlan, group_tensors
 
 FILL_MARGIN = 0.98  # the share of the room the added priors may take: zstd stores them about as the others
 FILL_ROUNDS = 3  # measure, add, measure again: added priors (their log-variances alike) compress further

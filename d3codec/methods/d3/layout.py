@@ -13,12 +13,12 @@ from dataclasses import dataclass
 
 import torch
 
-from ...container import Section
-from ...errors import D3FormatError
-from ...limits import all_finite
-from ...storage import PROBABILITY_TOLERANCE
-from ...models import Decoder, parameter_shapes
-from ...weights import WEIGHT_DTYPES, quantise_int8, quantise_state, read_stored, stored_zeros
+from d3codec.container import Section
+from d3codec.errors import D3FormatError
+from d3codec.limits import all_finite
+from d3codec.storage import PROBABILITY_TOLERANCE
+from d3codec.models import Decoder, parameter_shapes
+from d3codec.weights import WEIGHT_DTYPES, quantise_int8, quantise_state, read_stored, stored_zeros
 
 SECTIONS = {"meta": True, "priors": True, "decoder": True, "prior_labels": True}  # name → critical
 DECODER_WIDTHS = (8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256)

@@ -15,13 +15,13 @@ from typing import Any
 
 import torch
 
-from ...archive import base_meta, meta_int, open_archive, utc_now, validate_meta
-from ...container import VERSION_MINOR, Section, encode_archive, write_atomic
-from ...errors import D3BudgetError, D3Error, D3FormatError
-from ...text import safe_text
-from ..base import DatasetSpec
-from .archive import load_sampler
-from .layout import sections_of
+from d3codec.archive import base_meta, meta_int, open_archive, utc_now, validate_meta
+from d3codec.container import VERSION_MINOR, Section, encode_archive, write_atomic
+from d3codec.errors import D3BudgetError, D3Error, D3FormatError
+from d3codec.text import safe_text
+from d3codec.methods.base import DatasetSpec
+from d3codec.methods.d3.archive import load_sampler
+from d3codec.methods.d3.layout import sections_of
 
 MERGEABLE = ("d3",)
 GROUP_SECTIONS = ("priors", "decoder", "prior_labels")

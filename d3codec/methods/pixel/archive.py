@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import torch
 
-from ...archive import describe, meta_int, meta_str
-from ...errors import D3FormatError
-from ...limits import DEFAULT_LIMITS, all_finite, check, network_cost, output_bytes
-from ...models import build_model
-from ...schedule import TrainingSchedule
-from ...storage import check_probabilities, decode_images
-from ...weights import check_names, read_stored
-from .formation import read_formation
+from d3codec.archive import describe, meta_int, meta_str
+from d3codec.errors import D3FormatError
+from d3codec.limits import DEFAULT_LIMITS, all_finite, check, network_cost, output_bytes
+from d3codec.models import build_model
+from d3codec.schedule import TrainingSchedule
+from d3codec.storage import check_probabilities, decode_images
+from d3codec.weights import check_names, read_stored
+from d3codec.methods.pixel.formation import read_formation
 
 SECTIONS = {"meta": True, "images": True, "soft_labels": True, "schedule": True}  # name → critical
 NETWORKS = ("lenet", "convnet3")  # the networks a schedule may name

@@ -38,17 +38,17 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 
-from ...budget import PixelPlan, archive_bound, plan_pixel_storage
-from ...container import Section
-from ... import seeds
-from ...data import Normalisation, RealData
-from ...errors import D3BudgetError
-from ...models import build_model
-from ...schedule import TrainingSchedule, gd_step, init_parameters
-from ...storage import decode_images, encode_images, resolve_storage_dtype, stored_image_zeros
-from ...progress import progress_bar
-from ..base import CheckpointedEncoder, DatasetSpec, Encoded
-from .archive import INITS, MAX_SCHEDULE_STEPS, NETWORKS
+from d3codec.budget import PixelPlan, archive_bound, plan_pixel_storage
+from d3codec.container import Section
+from d3codec import seeds
+from d3codec.data import Normalisation, RealData
+from d3codec.errors import D3BudgetError
+from d3codec.models import build_model
+from d3codec.schedule import TrainingSchedule, gd_step, init_parameters
+from d3codec.storage import decode_images, encode_images, resolve_storage_dtype, stored_image_zeros
+from d3codec.progress import progress_bar
+from d3codec.methods.base import CheckpointedEncoder, DatasetSpec, Encoded
+from d3codec.methods.pixel.archive import INITS, MAX_SCHEDULE_STEPS, NETWORKS
 
 THETA0_DTYPES = ("float16", "float32")
 END_EVAL_INITS = 3  # random init: the end-of-distillation accuracy is the mean over student seeds 0, 1, 2
@@ -266,7 +266,7 @@ def end_test_accuracy(schedule: TrainingSchedule, images: torch.Tensor, labels: 
                       device: torch.device) -> float | list[float]:
     """The test accuracy of the network the stored schedule trains on the stored images (fixed init),
     or of END_EVAL_INITS networks from student seeds 0, 1, … (random init): a fraction in [0, 1] or a list."""
-    from ...students import test_accuracy, test_split
+    from d3codec.students import test_accuracy, test_split
 
     test_x, test_y = test_split(real)
     k = real.num_classes

@@ -39,18 +39,18 @@ from dataclasses import asdict, dataclass, replace
 
 import torch
 
-from ... import seeds
-from ...augment import DSA
-from ...budget import FEW_PER_CLASS, PixelPlan, plan_pixel_storage
-from ...container import Section, stored_size
-from ...data import ClassSampler, Normalisation, RealData
-from ...losses import mean_embedding_loss
-from ...models import activation_memory, worth_compiling
-from ...storage import encode_images, resolve_storage_dtype, stored_image_zeros
-from ...progress import progress_bar
-from ..base import CheckpointedEncoder, DatasetSpec, Encoded, Overrun
-from ..matching import DistributionMatcher, FeatureTerm, matching_experts, matching_terms, memory_sized_chunk
-from .formation import MASK_SAMPLE_IMAGES, Formation, parse_formation
+from d3codec import seeds
+from d3codec.augment import DSA
+from d3codec.budget import FEW_PER_CLASS, PixelPlan, plan_pixel_storage
+from d3codec.container import Section, stored_size
+from d3codec.data import ClassSampler, Normalisation, RealData
+from d3codec.losses import mean_embedding_loss
+from d3codec.models import activation_memory, worth_compiling
+from d3codec.storage import encode_images, resolve_storage_dtype, stored_image_zeros
+from d3codec.progress import progress_bar
+from d3codec.methods.base import CheckpointedEncoder, DatasetSpec, Encoded, Overrun
+from d3codec.methods.matching import DistributionMatcher, FeatureTerm, matching_experts, matching_terms, memory_sized_chunk
+from d3codec.methods.pixel.formation import MASK_SAMPLE_IMAGES, Formation, parse_formation
 
 
 @dataclass(frozen=True)
