@@ -11,12 +11,11 @@ MAX_LINES, MAX_PARAMETERS = 80, 12
 
 
 def modules() -> dict[str, Path]:
-    """Module name → file, for d3codec/ and cli/ (installed as d3codec.cli)."""
+    """Module name → file, for every module of d3codec/."""
     out = {}
-    for top, package in (("d3codec", ["d3codec"]), ("cli", ["d3codec", "cli"])):
-        for path in (ROOT / top).rglob("*.py"):
-            parts = package + list(path.relative_to(ROOT / top).with_suffix("").parts)
-            out[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    for path in (ROOT / "d3codec").rglob("*.py"):
+        parts = ["d3codec"] + list(path.relative_to(ROOT / "d3codec").with_suffix("").parts)
+        out[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
     return out
 
 
