@@ -40,7 +40,7 @@ from d3codec.data import load_dataset
 from d3codec.students import StudentConfig, random_real_subset, replay_student, test_split, train_student
 from d3codec.methods.pixel import BPTTEncoder
 from d3codec.methods.pixel import DMEncoder
-from d3codec.runtime import keep_freed_memory
+from d3codec.util.runtime import keep_freed_memory
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -181,7 +181,7 @@ def render(results: dict, args) -> str:
 
 
 def main() -> None:
-    keep_freed_memory()  # and every worker, through compress and train_student (d3codec.runtime)
+    keep_freed_memory()  # and every worker, through compress and train_student (d3codec.util.runtime)
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--images-per-class", type=int, nargs="+", default=[1, 10])
     p.add_argument("--runs", type=int, default=3, help="standard-protocol students per row")

@@ -2,7 +2,7 @@
 
 glibc's malloc unmaps large freed buffers and maps them again on the next allocation, so a training
 loop that frees and re-allocates its activations every iteration spends much of its CPU time in the
-kernel (page faults that zero fresh pages, mmap and munmap). d3codec.runtime.keep_freed_memory
+kernel (page faults that zero fresh pages, mmap and munmap). d3codec.util.runtime.keep_freed_memory
 raises malloc's thresholds at start-up. This script runs each workload three ways, each in a fresh
 process with one thread, on real Fashion-MNIST at the IPC 10 budget:
 
@@ -64,7 +64,7 @@ def run_workload(name: str) -> dict:
     from d3codec.methods.d2m import D2MEncoder
     from d3codec.methods.d3 import D3Encoder
     from d3codec.methods.pixel import DMEncoder
-    from d3codec.runtime import keep_freed_memory
+    from d3codec.util.runtime import keep_freed_memory
 
     real = load_dataset("fashion-mnist")
     folder = tempfile.mkdtemp()
@@ -100,7 +100,7 @@ def measure(name: str, mode: str) -> dict:
 
 
 def table(results: dict, measured: dict, meta: dict) -> str:
-    lines = ["# CPU time: the kernel's share before and after d3codec.runtime", "",
+    lines = ["# CPU time: the kernel's share before and after d3codec.util.runtime", "",
              f"Measured on {meta['machine']} ({meta['cores']} cores), one thread per run, torch " + meta["torch"]
              + "; each workload's date and conditions are under the table.", "",
              "Command: `python benchmarks/cpu_time.py`. Each workload runs in a fresh "

@@ -52,7 +52,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from d3codec import D3Dataset
-from d3codec.archive import open_archive
+from d3codec.format.meta import open_archive
 from d3codec.budget import ipc_budget
 from d3codec.encoding import compress
 from d3codec.errors import D3Error
@@ -63,12 +63,12 @@ from d3codec.methods.d2m import PRESETS as D2M_PRESETS
 from d3codec.methods import BuildContext, get_method, method_names
 from d3codec.methods.matching import MATCHINGS
 from d3codec.methods.d2m import load_labeller
-from d3codec.container import D3Reader
+from d3codec.format.container import D3Reader
 from d3codec.labeller import (Labeller, LabelledEncoder, LabellerConfig, as_stored, labeller_parts, section_cost,
                               stored_bytes, train_labeller)
 from d3codec.models import ConvNet, resolve_device
 from d3codec.ranking import Ranking
-from d3codec.runtime import keep_freed_memory
+from d3codec.util.runtime import keep_freed_memory
 from hardware import cpu_name
 
 HERE = Path(__file__).resolve().parent
@@ -643,7 +643,7 @@ def ranking_table(rows: list[dict]) -> list[str]:
 
 
 def main() -> None:
-    keep_freed_memory()  # and every worker, through compress and train_student (d3codec.runtime)
+    keep_freed_memory()  # and every worker, through compress and train_student (d3codec.util.runtime)
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ipc", type=int, nargs="+", default=[1, 10])
     p.add_argument("--runs", type=int, default=3)

@@ -24,7 +24,7 @@ import time
 
 import torch
 
-from d3codec.container import Section, encode_archive
+from d3codec.format.container import Section, encode_archive
 from d3codec.methods.d3 import D3Config, GroupPlan, group_entry, group_tensors, sections_of
 
 

@@ -21,9 +21,9 @@ from typing import Callable
 
 import torch
 
-from d3codec.container import Section, archive_size
+from d3codec.format.container import Section, archive_size
 from d3codec.errors import D3BudgetError
-from d3codec.storage import BYTES_PER_VALUE, resolve_storage_dtype
+from d3codec.format.storage import BYTES_PER_VALUE, resolve_storage_dtype
 
 META_RESERVE_BYTES = 256  # room for metadata written after distillation (timings, losses)
 # the smallest stored/raw ratio a compressed-fill plan assumes, whatever it measures: real Fashion-MNIST
@@ -74,7 +74,7 @@ def archive_bound(sections: list[Section], meta_reserve: int = META_RESERVE_BYTE
     """Exact upper bound, in bytes, of an archive of these sections written with any compression.
 
     The first section must be the JSON metadata; ``meta_reserve`` bytes are added to it for
-    fields written later. Sections of meta tensors (a plan's placeholders: d3codec.container.PlannedBytes)
+    fields written later. Sections of meta tensors (a plan's placeholders: d3codec.format.container.PlannedBytes)
     count without any bytes being made.
     """
     return archive_size(sections) + meta_reserve

@@ -23,9 +23,9 @@ from typing import Any
 import torch
 
 from d3codec.errors import D3Error
-from d3codec.limits import all_finite
-from d3codec.text import safe_text
-from d3codec.weights import read_safetensors_file
+from d3codec.format.limits import all_finite
+from d3codec.format.text import safe_text
+from d3codec.format.weights import read_safetensors_file
 
 FORMAT = "d3codec-encoder-checkpoint"
 

@@ -22,7 +22,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from d3codec.errors import D3DatasetError
-from d3codec.text import safe_text
+from d3codec.format.text import safe_text
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 FASHION_MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
@@ -44,7 +44,7 @@ PARALLEL_READ_MIN = 64  # reads of fewer images stay in this process
 # all (ImageNet's training set has 1.3 million), and an image is opened only if it is a regular file of at
 # most MAX_IMAGE_FILE_BYTES whose header declares at most MAX_IMAGE_PIXELS pixels (after a JPEG's reduced-scale
 # draft) and sides at most MAX_ASPECT_RATIO times apart
-MAX_FOLDER_CLASSES = 100_000  # d3codec.archive.MAX_CLASSES: an archive cannot hold more
+MAX_FOLDER_CLASSES = 100_000  # d3codec.format.meta.MAX_CLASSES: an archive cannot hold more
 MAX_FOLDER_DEPTH = 16
 MAX_FOLDER_ENTRIES = 20_000_000
 MAX_IMAGE_FILE_BYTES = 256 << 20

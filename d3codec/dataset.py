@@ -10,13 +10,13 @@ from typing import Callable
 import torch
 from torch.utils.data import Dataset
 
-from d3codec.archive import open_archive
+from d3codec.format.meta import open_archive
 from d3codec.labeller import read_labeller
 from d3codec.registry import archive_kind
 from d3codec.errors import D3FormatError, D3LimitError
-from d3codec.limits import DEFAULT_LIMITS, DecodeLimits, check
-from d3codec.noise import check_seed
-from d3codec.text import safe_text
+from d3codec.format.limits import DEFAULT_LIMITS, DecodeLimits, check
+from d3codec.format.noise import check_seed
+from d3codec.format.text import safe_text
 
 
 class D3Dataset(Dataset):
@@ -46,11 +46,11 @@ class D3Dataset(Dataset):
             Soft targets are (K,) float32 probabilities; hard targets are int class indices.
         samples_per_class: for archives that are sampled (methods d3 and d2m): how many images
             to draw per class (default: d3 one per prior, d2m the archive's own default, either at
-            most d3codec.limits.default_draw_cap: 64 per float32 image a class the file's bytes would
+            most d3codec.format.limits.default_draw_cap: 64 per float32 image a class the file's bytes would
             hold); refused for archives of stored images.
         seed: for sampled archives: the same seed (0 ≤ seed < 2^64) draws the same images.
         device: where sampled archives are decoded ("cpu", "cuda", ...); images end on the CPU.
-        limits: the decode budget (d3codec.limits.DecodeLimits; default its defaults): an archive, or a
+        limits: the decode budget (d3codec.format.limits.DecodeLimits; default its defaults): an archive, or a
             ``samples_per_class``, whose expansion would cost more is refused before anything is allocated,
             lazy or not (what ``ds.images`` would hold, and the multiply-adds of one pass over the draw).
         max_bytes: shorthand for ``limits`` with ``max_bytes`` raised (or lowered): the bytes the decoded

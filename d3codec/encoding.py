@@ -16,17 +16,17 @@ from typing import Any
 
 import torch
 
-from d3codec.archive import base_meta, open_archive, utc_now
+from d3codec.format.meta import base_meta, open_archive, utc_now
 from d3codec.budget import ipc_budget, ipc_equivalent
-from d3codec.container import D3Reader, Section, encode_archive, write_atomic
+from d3codec.format.container import D3Reader, Section, encode_archive, write_atomic
 from d3codec.data import RealData, load_dataset
 from d3codec.defaults import default_choice, with_user_options
 from d3codec.errors import D3BudgetError
 from d3codec.federated import barrier, distill_federated, rank, run_ranks, world_size
 from d3codec.methods import BuildContext, DatasetSpec, Encoded, Encoder, Overrun, get_method
 from d3codec.models import resolve_device
-from d3codec.progress import note
-from d3codec.runtime import keep_freed_memory, release_freed_memory
+from d3codec.util.progress import note
+from d3codec.util.runtime import keep_freed_memory, release_freed_memory
 
 
 @dataclass
@@ -160,7 +160,7 @@ def compress(dataset: str | RealData, output: str | os.PathLike, *, ipc: float |
         D3DatasetError when the dataset cannot be found; ValueError for bad options; OSError if
         ``output``'s folder is not writable.
     """
-    keep_freed_memory()  # freed activation buffers are reused, not unmapped every iteration (d3codec.runtime)
+    keep_freed_memory()  # freed activation buffers are reused, not unmapped every iteration (d3codec.util.runtime)
     output = Path(output)
     if not output.parent.exists() or not os.access(output.parent, os.W_OK):
         raise PermissionError(f"cannot write to the folder {output.parent.resolve()}: create it or choose another -o")

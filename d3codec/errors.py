@@ -30,7 +30,7 @@ class D3DatasetError(D3Error, FileNotFoundError):
 
 class D3LimitError(D3FormatError):
     """Decoding an archive (or a requested expansion) would cost more than the reader's limits allow
-    (d3codec.limits.DecodeLimits): refused before anything is allocated. ``figure`` names what was
+    (d3codec.format.limits.DecodeLimits): refused before anything is allocated. ``figure`` names what was
     counted, ``value`` and ``limit`` are the numbers, ``option`` the setting that raises the limit."""
 
     def __init__(self, message: str, figure: str = "", value: int = 0, limit: int = 0, option: str = ""):

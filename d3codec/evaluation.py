@@ -17,15 +17,15 @@ from typing import Callable
 from d3codec import data
 from d3codec.data import RealData
 from d3codec.dataset import D3Dataset
-from d3codec.container import D3Reader
+from d3codec.format.container import D3Reader
 from d3codec.labeller import stored_bytes
-from d3codec.limits import DecodeLimits, output_bytes
+from d3codec.format.limits import DecodeLimits, output_bytes
 from d3codec.models import resolve_device
 from d3codec.ranking import FULL_DATA_ACCURACY, Ranking
 from d3codec.registry import archive_kind
 from d3codec.students import (COMPILE_MODES, JPEG_QUALITY, EvalResult, StudentConfig, random_real_subset, replay_students,
                        test_split, train_students)
-from d3codec.text import safe_text
+from d3codec.format.text import safe_text
 
 TRAININGS = ("auto", "replay", "standard", "both")
 LABELS = ("auto", "online", "stored", "hard")
@@ -125,7 +125,7 @@ def evaluate(archive: str | os.PathLike, protocol: EvalProtocol | None = None, *
             the archive's ``meta.dataset.name``, a label: a registered dataset, or a folder of that name
             under ``data_root``, never a path the archive gives, d3codec.data.archive_dataset).
         device: ``auto`` (CUDA where there is one), ``cpu``, ``cuda``, ``cuda:1``, ...
-        limits: the decode limits (d3codec.limits.DecodeLimits) the archive is read within.
+        limits: the decode limits (d3codec.format.limits.DecodeLimits) the archive is read within.
         progress: show each student's epochs (a bar in a terminal, a line every 30 s in a log).
         log: called with a line per student as it finishes.
     Returns: :class:`Evaluation`.

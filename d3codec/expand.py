@@ -172,7 +172,7 @@ def grid_image(ds: D3Dataset, max_per_class: int = 20, pad: int = 2, max_pixels:
     Raises: D3LimitError naming the size and ``--max-grid-pixels`` / ``--grid-columns``; ValueError
     for ``max_per_class`` or ``scale`` < 1.
     """
-    from d3codec.limits import DEFAULT_LIMITS, DecodeLimits, check
+    from d3codec.format.limits import DEFAULT_LIMITS, DecodeLimits, check
 
     if max_per_class < 1 or scale < 1:
         raise ValueError(f"the grid needs at least one column and a scale of at least 1, not {max_per_class} and "

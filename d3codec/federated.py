@@ -29,11 +29,11 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from d3codec.container import Section, write_archive
+from d3codec.format.container import Section, write_archive
 from d3codec.data import RealData
 from d3codec.errors import D3Error
 from d3codec.methods.base import Encoded, Encoder, SubtaskEncoder
-from d3codec.runtime import release_freed_memory
+from d3codec.util.runtime import release_freed_memory
 
 COORDINATION_TIMEOUT = timedelta(days=7)  # how long a rank waits for the others at a barrier
 _SHARED_CORES: dict[str, int] = {}  # in a rank of run_ranks: "workers", the ranks sharing this machine's cores

@@ -1,7 +1,7 @@
 """The stored labeller: a small network in an archive that gives soft labels to any image it is shown.
 
 Any archive may carry one (spec/FORMAT.md §5.8): the ancillary section ``labeller`` holds a ConvNet-3's
-parameters (d3codec.weights: int8 with a scale per output channel, or float16), and ``meta.labeller``
+parameters (d3codec.format.weights: int8 with a scale per output channel, or float16), and ``meta.labeller``
 says its width, temperature and storage. Its bytes count in the budget like every other section. A
 student trained on the archive can ask it for the soft label of every *augmented* batch (``online``),
 as SRe2L, RDED and FKD relabel crops with a teacher, but here with the teacher stored and paid for.
@@ -17,18 +17,18 @@ import torch.nn.functional as F
 from torch import nn
 
 from d3codec import seeds
-from d3codec.archive import meta_int, meta_number, meta_str
+from d3codec.format.meta import meta_int, meta_number, meta_str
 from d3codec.budget import archive_bound
-from d3codec.container import Section
+from d3codec.format.container import Section
 from d3codec.data import Normalisation, RealData
 from d3codec.errors import D3BudgetError, D3Error, D3FormatError
-from d3codec.limits import DEFAULT_LIMITS, check, network_cost
+from d3codec.format.limits import DEFAULT_LIMITS, check, network_cost
 from d3codec.methods.base import DatasetSpec, Encoded, Encoder, Overrun
 from d3codec.models import ConvNet
-from d3codec.progress import Stage, Stages
+from d3codec.util.progress import Stage, Stages
 from d3codec.students import test_accuracy, test_split
 from d3codec.teacher import train_teacher
-from d3codec.weights import WEIGHT_DTYPES, load_stored_module, quantise_state
+from d3codec.format.weights import WEIGHT_DTYPES, load_stored_module, quantise_state
 
 SECTION = "labeller"
 NETWORKS = ("convnet3",)
@@ -72,7 +72,7 @@ def section_cost(section: Section) -> int:
 def stored_bytes(reader, section: str = SECTION) -> int:
     """The bytes an archive's labeller takes in its file: its section (``labeller``, or a kind's own such as
     D2M's ``teacher``) as stored and its table entry (0 where it has none). ``reader``: a
-    d3codec.container.D3Reader."""
+    d3codec.format.container.D3Reader."""
     info = next((s for s in reader.sections if s.name == section), None)
     return 0 if info is None else info.stored_length + section_cost(Section.raw(section, b""))
 
@@ -80,7 +80,7 @@ def stored_bytes(reader, section: str = SECTION) -> int:
 def read_labeller(reader, meta: dict, device: torch.device | str = "cpu", limits=None) -> Labeller | None:
     """The archive's labeller, or None where it stores none (or ``meta.labeller`` is absent: then the
     section, ancillary, is not read). Its values and multiply-adds per image are checked against
-    ``limits`` (d3codec.limits.DecodeLimits) before anything is allocated.
+    ``limits`` (d3codec.format.limits.DecodeLimits) before anything is allocated.
 
     Raises: D3FormatError for a malformed ``meta.labeller``, a network that cannot run on the images, or
     tensors that do not match it; D3LimitError past the limits."""

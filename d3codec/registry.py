@@ -8,7 +8,7 @@ In the manner of timm's model registry, a method's module ends with its registra
                            build=build, options=(...)))
 
 and everything that lists methods reads the registry: the ``d3 compress`` subcommands and their options
-(cli/), ``d3 verify`` and ``d3 info`` (d3codec.verify, d3codec.archive), the reader (D3Dataset),
+(cli/), ``d3 verify`` and ``d3 info`` (d3codec.verify, d3codec.format.meta), the reader (D3Dataset),
 d3codec.compress (d3codec.encoding) and the benchmarks. A test registers a toy method and sees it in all of them.
 
 Two names, two registries: a **method** is how an archive is made (``dm``, ``bptt``, ``d3``, ``d2m``: what a

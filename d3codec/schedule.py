@@ -82,8 +82,8 @@ class TrainingSchedule:
     forward_macs: int = 0  # multiply-adds of the network on one image (set by the archive's reader)
 
     def replay_macs(self, images: int) -> int:
-        """The multiply-adds a replay on ``images`` images in all costs (d3codec.limits.replay_macs)."""
-        from d3codec.limits import replay_macs
+        """The multiply-adds a replay on ``images`` images in all costs (d3codec.format.limits.replay_macs)."""
+        from d3codec.format.limits import replay_macs
 
         return replay_macs(self.steps * self.epochs, images // self.steps, self.forward_macs)
 

@@ -4,7 +4,7 @@ Each random stream an encoder uses (its sampling of real images and augmentation
 draws, a teacher's training, the initialisations BPTT re-draws) has a name; its torch seed is a
 hash of (name, index, seed), so that streams never share a seed by accident, a new stream leaves
 the others unchanged, and no offset constants have to agree between two places. Decoding does not
-use these: an archive's sampling noise is defined by spec/FORMAT.md §5.4 (d3codec.noise).
+use these: an archive's sampling noise is defined by spec/FORMAT.md §5.4 (d3codec.format.noise).
 """
 
 from __future__ import annotations

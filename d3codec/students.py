@@ -28,8 +28,8 @@ from d3codec.augment import DSA
 from d3codec.checkpoint import Checkpoint, fingerprint, weights_digest
 from d3codec.data import Normalisation, RealData
 from d3codec.models import build_model, compiled, worth_compiling
-from d3codec.progress import progress_bar
-from d3codec.runtime import keep_freed_memory
+from d3codec.util.progress import progress_bar
+from d3codec.util.runtime import keep_freed_memory
 
 
 @dataclass(frozen=True)
@@ -96,7 +96,7 @@ def train_student(images, targets: torch.Tensor | torch.nn.Module | None, num_cl
         resample: for sampled archives, ``resample(epoch)`` → fresh (images, targets) of the same
             kinds for every epoch after the first (DiM's per-epoch re-sampling, Wang et al. 2023);
             the time it takes counts as training time. A pure function of the epoch where resumed.
-        progress: where given, a name under which the epochs show their progress (d3codec.progress).
+        progress: where given, a name under which the epochs show their progress (d3codec.util.progress).
         checkpoint: where given, a file that holds the student's state (weights, momentum, random states,
             epochs and seconds so far) every minute (d3codec.checkpoint): a student killed on the way goes on
             from there when called again with the same arguments, and ends as an uninterrupted one would. The
@@ -104,7 +104,7 @@ def train_student(images, targets: torch.Tensor | torch.nn.Module | None, num_cl
     Returns: (final-epoch test accuracy in [0, 1], training seconds, those before a resume included).
     Raises: D3Error when ``checkpoint`` holds another student's state.
     """
-    keep_freed_memory()  # see d3codec.runtime
+    keep_freed_memory()  # see d3codec.util.runtime
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     normalise = Normalisation(mean, std, device)
@@ -271,7 +271,7 @@ def train_students(name: str, images: torch.Tensor, targets: torch.Tensor, real:
     ``test``: the test split (images, labels) (default: :func:`test_split` of ``real``). ``resample(run,
     epoch)``, where given, gives student ``run`` fresh (images, targets) every epoch after the first (see
     :func:`train_student`). ``log`` is called with a line per finished student; ``progress``: each
-    student shows its epochs (d3codec.progress: a bar in a terminal, a line every 30 s in a log).
+    student shows its epochs (d3codec.util.progress: a bar in a terminal, a line every 30 s in a log).
     Returns: EvalResult (set its ``file_bytes`` to report the bytes the images take)."""
     test_x, test_y = test if test is not None else test_split(real)
     result = EvalResult(name, len(images))

@@ -3,7 +3,7 @@
 The checks, in order (each one needs the ones before it):
 
 1. container: magic, version, section table, header checksum, and that the table's sizes add up to
-   the file's size exactly (d3codec.container.D3Reader);
+   the file's size exactly (d3codec.format.container.D3Reader);
 2. sections: every section's stored checksum, and every section this reader understands
    decompressed to exactly its declared raw length (declared sizes are bounded by the reader's
    limit before any decompression, and zstd may not produce more than that), then parsed
@@ -11,13 +11,13 @@ The checks, in order (each one needs the ones before it):
 3. metadata: the required fields, a method this d3codec knows, no unknown critical section;
 4. byte accounting: the file is within ``accounting.budget_bytes`` and ``budget.bytes``;
 5. decode budget: what the archive's default expansion would cost (output bytes, stored values,
-   multiply-adds per image; d3codec.limits) is within the limits, computed from its declared shapes
+   multiply-adds per image; d3codec.format.limits) is within the limits, computed from its declared shapes
    before any decoder runs;
 6. contents: the method's decoder reads its sections (images, priors and decoders, generator,
    schedule, soft labels: finite probabilities that sum to 1), drawing one sample per class from
    sampled archives.
 
-Every detail and reason is printable text (d3codec.text): nothing from the archive reaches a
+Every detail and reason is printable text (d3codec.format.text): nothing from the archive reaches a
 terminal raw.
 """
 
@@ -28,9 +28,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from d3codec.container import Content, D3Reader
+from d3codec.format.container import Content, D3Reader
 from d3codec.errors import D3Error, D3FormatError, D3LimitError
-from d3codec.text import safe_text
+from d3codec.format.text import safe_text
 
 
 @dataclass
@@ -51,13 +51,13 @@ def verify_archive(path: str | os.PathLike | bytes, limits=None) -> Verification
     """Run every check on the archive at ``path`` (or its bytes); stops at the first failure. Never
     raises for a bad archive (the failure is in the result); raises OSError if the file cannot be opened.
 
-    ``limits``: d3codec.limits.DecodeLimits (default its defaults); an archive over them fails the
+    ``limits``: d3codec.format.limits.DecodeLimits (default its defaults); an archive over them fails the
     "decode budget" check and no decoder of it is run.
     """
-    from d3codec.archive import check_sections, known_kind, read_meta
+    from d3codec.format.meta import check_sections, known_kind, read_meta
     from d3codec.labeller import read_labeller
     from d3codec.dataset import decode_archive
-    from d3codec.limits import DEFAULT_LIMITS
+    from d3codec.format.limits import DEFAULT_LIMITS
 
     limits = limits or DEFAULT_LIMITS
     result = Verification(safe_text(path if not isinstance(path, (bytes, bytearray)) else "archive", 300))

@@ -75,7 +75,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from d3codec import D3Dataset, DecodeLimits  # noqa: E402
-from d3codec.container import FIXED_HEADER, Content, D3Reader, Section, encode_archive  # noqa: E402
+from d3codec.format.container import FIXED_HEADER, Content, D3Reader, Section, encode_archive  # noqa: E402
 from d3codec.errors import D3Error, D3FormatError  # noqa: E402
 
 CASE_SECONDS = 5.0
@@ -355,7 +355,7 @@ def method_layer(rng: random.Random) -> tuple[bytes, dict]:
 
     Returns (archive bytes, read options: ``samples_per_class``, ``operation``, and for merge the other part)."""
     import hostile
-    from d3codec.limits import network_cost
+    from d3codec.format.limits import network_cost
     from d3codec.methods.d2m import ConditionalGenerator
     from d3codec.models import Decoder
 
@@ -1210,7 +1210,7 @@ def _peak_rss() -> int:
 def _reset_peak_rss() -> int:
     """Reset the peak to the present resident size (Linux ≥ 4.0); returns it, or 0 where it cannot.
 
-    Free memory the allocator keeps (d3codec.runtime keeps freed buffers) is given back first
+    Free memory the allocator keeps (d3codec.util.runtime keeps freed buffers) is given back first
     (glibc's malloc_trim), so that a case reusing it still shows as growth."""
     try:
         import ctypes

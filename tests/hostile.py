@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import torch
 
-from d3codec.container import Section, encode_archive
+from d3codec.format.container import Section, encode_archive
 from d3codec.methods.d2m import ConditionalGenerator
 from d3codec.methods.d3 import D3Config, GroupPlan, group_entry, group_tensors, sections_of
 from d3codec.models import ConvNet, parameter_shapes
-from d3codec.weights import quantise_state
+from d3codec.format.weights import quantise_state
 
 MAX_VALUES = 50_000_000  # the most tensor values a builder writes (the archive may declare far more)
 
@@ -115,7 +115,7 @@ def pixel_archive(classes: int = 2, image_shape=(1, 4, 4), per_class: int = 1, l
 def with_meta_text(data: bytes, text: str) -> bytes:
     """``data``'s archive with its meta section replaced by raw JSON text (for values Python's json
     would not write: 1e400, duplicate keys)."""
-    from d3codec.container import Content, D3Reader
+    from d3codec.format.container import Content, D3Reader
 
     with D3Reader(data) as r:
         sections = [Section(s.name, r.read_bytes(s.name), Content(s.content), s.critical) for s in r.sections]
@@ -126,7 +126,7 @@ def with_meta_text(data: bytes, text: str) -> bytes:
 def with_tensors(data: bytes, section: str, change) -> bytes:
     """``data``'s archive with ``change(tensors)`` (it edits the dict in place) applied to one safetensors
     section; every checksum is recomputed."""
-    from d3codec.container import Content, D3Reader
+    from d3codec.format.container import Content, D3Reader
 
     with D3Reader(data) as r:
         sections = []
@@ -163,7 +163,7 @@ def with_labeller(data: bytes, width: int = 4, temperature: float = 1.0, dtype: 
     images are too small or not square for a ConvNet-3), stored as ``dtype`` (int8 where that is no
     weight dtype). ``described`` replaces the ``meta.labeller`` written; ``section`` / ``meta_field``
     False leave out the section or the field; ``change(tensors)`` edits the section's tensors in place."""
-    from d3codec.container import Content, D3Reader
+    from d3codec.format.container import Content, D3Reader
     from d3codec.labeller import labeller_parts
 
     with D3Reader(data) as r:

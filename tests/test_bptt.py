@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from d3codec.seeds import stream_seed
 from d3codec import D3Dataset
 from d3codec.encoding import compress
-from d3codec.container import D3Reader, Section, encode_archive
+from d3codec.format.container import D3Reader, Section, encode_archive
 from d3codec.errors import D3BudgetError, D3FormatError
 from d3codec import students as evaluate
 from d3codec.methods.pixel import BPTTEncoder, unrolled_gradients

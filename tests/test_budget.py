@@ -153,8 +153,8 @@ def test_plan_placeholders_serialise_to_the_bytes_of_what_is_stored(dtype):
 
     from d3codec.methods.d3.encoder import D3Config
     from d3codec.methods.d3.layout import GroupPlan, group_tensors
-    from d3codec.storage import encode_images, stored_image_zeros
-    from d3codec.weights import quantise_state, stored_zeros
+    from d3codec.format.storage import encode_images, stored_image_zeros
+    from d3codec.format.weights import quantise_state, stored_zeros
 
     def layout(tensors):  # names, dtypes and shapes, and the serialised size
         return {n: (v.dtype, tuple(v.shape)) for n, v in tensors.items()}, len(safetensors.torch.save(tensors))

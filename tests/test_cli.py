@@ -8,7 +8,7 @@ from PIL import Image
 
 from d3codec import D3Dataset
 from d3codec.cli.main import main
-from d3codec.container import Section, encode_archive
+from d3codec.format.container import Section, encode_archive
 
 
 def run(*args):
@@ -282,7 +282,7 @@ def test_bptt_compress_and_eval_replays_the_schedule_beside_standard_training(ti
 
 def test_verify_passes_a_good_archive_and_names_the_first_failure(tiny_real, tmp_path):
     from d3codec.encoding import compress
-    from d3codec.container import D3Reader
+    from d3codec.format.container import D3Reader
     from d3codec.methods.pixel import BPTTEncoder
 
     out = tmp_path / "b.d3"

@@ -12,7 +12,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from d3codec.container import (CRC, FIXED_HEADER, Codec, Content, D3Reader, Section, encode_archive,
+from d3codec.format.container import (CRC, FIXED_HEADER, Codec, Content, D3Reader, Section, encode_archive,
                                write_archive)
 from d3codec.errors import D3BudgetError, D3FormatError
 
@@ -335,7 +335,7 @@ SAFETENSORS_DTYPES = [torch.bool, torch.uint8, torch.int8, torch.int16, torch.fl
                        st.tuples(st.sampled_from(SAFETENSORS_DTYPES), st.lists(st.integers(0, 6), max_size=3)),
                        min_size=1, max_size=6))
 def test_a_planned_section_has_exactly_the_size_safetensors_writes(spec):
-    from d3codec.container import PlannedBytes, archive_size, safetensors_size
+    from d3codec.format.container import PlannedBytes, archive_size, safetensors_size
 
     real = {name: torch.zeros(shape, dtype=dtype) for name, (dtype, shape) in spec.items()}
     with torch.device("meta"):

@@ -3,9 +3,10 @@
 import pytest
 import torch
 
-from d3codec import D3Dataset, noise
+from d3codec import D3Dataset
+from d3codec.format import noise
 from d3codec.encoding import base_meta, compress, plan_archive
-from d3codec.container import D3Reader, Section, encode_archive
+from d3codec.format.container import D3Reader, Section, encode_archive
 from d3codec.errors import D3BudgetError, D3Error, D3FormatError
 from d3codec.losses import prediction_matching_loss
 from d3codec.methods import DatasetSpec

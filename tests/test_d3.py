@@ -7,7 +7,7 @@ import torch
 
 from d3codec import D3Dataset
 from d3codec.encoding import base_meta, compress, plan_archive
-from d3codec.container import D3Reader, Section, encode_archive
+from d3codec.format.container import D3Reader, Section, encode_archive
 from d3codec.data import RealData, TensorImages
 from d3codec.errors import D3BudgetError, D3Error, D3FormatError
 from d3codec.methods.d3.merge import merge_archives
@@ -15,7 +15,7 @@ from d3codec.methods import DatasetSpec
 from d3codec.methods.d3 import (D3Config, D3Encoder, dequantise_priors, decoder_shapes, fit_decoder, pca_latents,
                                 quantise_priors, split_classes)
 from d3codec.models import Decoder
-from d3codec.weights import dequantise_state, quantise_state
+from d3codec.format.weights import dequantise_state, quantise_state
 from d3codec.teacher import load_teacher, save_teacher, train_teacher
 
 CPU = torch.device("cpu")
@@ -421,7 +421,7 @@ def test_tapered_decoder_halves_its_channels_and_the_spec_reader_decodes_it(tiny
     import numpy as np
 
     import spec_reader
-    from d3codec.limits import network_cost
+    from d3codec.format.limits import network_cost
     from d3codec.models import decoder_stage_widths
 
     assert decoder_stage_widths("tapered", 256, 4) == [256, 128, 64, 32, 16]

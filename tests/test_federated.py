@@ -6,7 +6,7 @@ from click.testing import CliRunner
 
 from d3codec import D3Dataset
 from d3codec.cli.main import main
-from d3codec.container import D3Reader
+from d3codec.format.container import D3Reader
 
 
 def run(*args):

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from d3codec import D3Dataset
-from d3codec.container import D3Reader, Section, encode_archive
+from d3codec.format.container import D3Reader, Section, encode_archive
 from d3codec.encoding import compress
 from d3codec.errors import D3FormatError
 from d3codec.methods.pixel import DMEncoder

@@ -17,11 +17,11 @@ from PIL import Image
 import hostile
 from d3codec import D3Dataset
 from d3codec.cli.main import main
-from d3codec.container import Section, encode_archive
+from d3codec.format.container import Section, encode_archive
 from d3codec.data import archive_dataset, load_dataset
 from d3codec.errors import D3BudgetError, D3DatasetError, D3Error, D3FormatError, D3LimitError
 from d3codec.labeller import labeller_parts
-from d3codec.limits import DEFAULT_LIMITS
+from d3codec.format.limits import DEFAULT_LIMITS
 from d3codec.models import ConvNet
 from d3codec.verify import verify_archive
 
@@ -79,7 +79,7 @@ def _pixel_codes(codes: torch.Tensor, formation: dict, image_shape=(1, 16, 16)) 
 
 def _labelled(data: bytes, change) -> bytes:
     """A pixel archive with a width-4 int8 labeller whose tensors ``change`` edits."""
-    from d3codec.container import Content, D3Reader
+    from d3codec.format.container import Content, D3Reader
 
     described, section = labeller_parts(ConvNet(1, 2, 8, width=4), 1.0, "int8")
     with D3Reader(data) as r:
@@ -171,7 +171,7 @@ def test_a_bptt_archive_declaring_100000_replay_steps_is_refused(tmp_path):
     compress(make_tiny_real(), out, encoder=BPTTEncoder.from_options("fast", iterations=1, real_per_class=4,
                                                                      init="random", images_per_class=1),
              budget=8_000, progress=False)
-    from d3codec.container import Content, D3Reader
+    from d3codec.format.container import Content, D3Reader
 
     with D3Reader(out.read_bytes()) as r:
         sections = [Section(s.name, r.read_bytes(s.name), Content(s.content), s.critical) for s in r.sections]
@@ -318,7 +318,7 @@ def test_a_folder_name_is_escaped_where_printed(tmp_path):
 
 def test_a_plan_on_uniform_images_is_bounded_whatever_zstd_says():
     from d3codec.budget import MIN_COMPRESSION_RATIO, plan_pixel_storage
-    from d3codec.storage import stored_image_zeros
+    from d3codec.format.storage import stored_image_zeros
 
     def sections(n, dtype):
         return [Section.json("meta", {"format": "d3"}), Section.tensors("images", stored_image_zeros(2 * n, (1, 8, 8),
@@ -387,7 +387,7 @@ def test_an_allocation_that_fails_within_the_limits_is_one_limit_error(monkeypat
 
 @pytest.mark.parametrize("method", ["dm", "bptt", "d3"])
 def test_planning_the_largest_budget_builds_no_placeholder_archive(method):
-    from d3codec.archive import base_meta
+    from d3codec.format.meta import base_meta
     from d3codec.encoding import MAX_BUDGET_BYTES
     from d3codec.methods import get_method
     from d3codec.methods.base import DatasetSpec
@@ -402,16 +402,16 @@ def test_planning_the_largest_budget_builds_no_placeholder_archive(method):
 
 
 def test_a_section_that_cannot_be_loaded_in_the_address_space_left_is_one_limit_error(monkeypatch):
-    import d3codec.container
+    import d3codec.format.container
 
-    monkeypatch.setattr(d3codec.container, "address_space_left", lambda extra: False)  # as under a tight ulimit -v
+    monkeypatch.setattr(d3codec.format.container, "address_space_left", lambda extra: False)  # as under a tight ulimit -v
     with pytest.raises(D3LimitError, match="address space"):  # not a panic of safetensors on a failed allocation
         D3Dataset(hostile.pixel_archive())
     assert verify_archive(hostile.pixel_archive()).failure[0] == "decode budget"
 
 
 def test_finite_checks_in_chunks_agree_with_torch():
-    from d3codec.limits import all_finite
+    from d3codec.format.limits import all_finite
 
     x = torch.rand(3, 1000)
     assert all_finite(x, chunk=7) and all_finite(torch.arange(5))

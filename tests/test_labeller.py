@@ -7,7 +7,7 @@ import torch
 
 import d3codec
 from d3codec import D3Dataset, D3FormatError
-from d3codec.container import D3Reader, Section, encode_archive
+from d3codec.format.container import D3Reader, Section, encode_archive
 from d3codec.labeller import Labeller, labeller_parts
 from d3codec import students
 from d3codec.teacher import train_teacher

@@ -1,5 +1,6 @@
-"""The package's shape: no import cycles between d3codec's modules (imports inside functions count), and
-no function over MAX_LINES lines or MAX_PARAMETERS parameters (issue 23's bar)."""
+"""The package's shape: sub-packages in layers that no import runs back up, no import cycles between
+d3codec's modules (imports inside functions count), no import of a 0.1 path (d3codec._compat), and no
+function over MAX_LINES lines or MAX_PARAMETERS parameters (issue 23's bar)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,28 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 MAX_LINES, MAX_PARAMETERS = 80, 12
+
+# the layers, lowest first: a module may import its own layer's modules and lower ones, never a higher one
+# (README.md, Layout). A module's layer is its longest listed prefix; the top-level d3codec (the public API)
+# sits above them all.
+LAYERS = [
+    ("d3codec.errors", "d3codec.version", "d3codec.registry", "d3codec._compat"),  # leaves
+    ("d3codec.util",),  # progress, the allocator
+    ("d3codec.format",),  # the container, archive metadata, stored tensors, decode limits, noise
+]
+UNPLACED = 99  # a top-level module not yet moved into a layer (issue 36): checked only once placed
+
+
+def layer(module: str) -> int:
+    """The index in LAYERS of ``module``'s layer; len(LAYERS) for the package itself, UNPLACED otherwise."""
+    if module == "d3codec":
+        return len(LAYERS)
+    best, found = -1, UNPLACED
+    for index, prefixes in enumerate(LAYERS):
+        for prefix in prefixes:
+            if (module == prefix or module.startswith(prefix + ".")) and len(prefix) > best:
+                best, found = len(prefix), index
+    return found
 
 
 def modules() -> dict[str, Path]:
@@ -73,8 +96,35 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 
 def test_no_module_imports_itself_through_others():
     graph = import_graph(modules())
-    assert graph["d3codec.encoding"] >= {"d3codec.federated", "d3codec.archive"}  # the graph sees real imports
+    assert graph["d3codec.encoding"] >= {"d3codec.federated", "d3codec.format.meta"}  # the graph sees real imports
     assert cycles(graph) == []
+
+
+def test_no_import_runs_up_a_layer():
+    graph = import_graph(modules())
+    assert layer("d3codec.format.container") == 2 and layer("d3codec.util") == 1
+    upward = [f"{a} → {b}" for a, targets in graph.items() for b in targets
+              if layer(a) != UNPLACED and layer(b) != UNPLACED and layer(b) > layer(a)]
+    assert upward == []
+
+
+def test_no_module_imports_a_path_of_d3codec_0_1():
+    from d3codec._compat import MOVED
+
+    old = [f"{name} → {target}" for name, path in modules().items()
+           for target in _imported_names(path) if target in MOVED]
+    assert old == []
+
+
+def _imported_names(path: Path) -> set[str]:
+    """Every dotted module name ``path`` imports (``from a import b`` gives a and a.b)."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            names |= {node.module} | {f"{node.module}.{a.name}" for a in node.names}
+        elif isinstance(node, ast.Import):
+            names |= {a.name for a in node.names}
+    return names
 
 
 def test_the_cycle_finder_finds_a_cycle():

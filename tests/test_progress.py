@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import re
 
-from d3codec import progress
+from d3codec.util import progress
 
 
 def test_outside_a_terminal_progress_is_a_few_timestamped_lines(monkeypatch):

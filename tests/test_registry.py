@@ -16,7 +16,7 @@ from click.testing import CliRunner
 
 from d3codec import D3Dataset
 from d3codec.cli.main import main
-from d3codec.container import Section
+from d3codec.format.container import Section
 from d3codec.methods import (ArchiveKind, Method, Option, archive_kind, archive_kind_names, get_method, method_names,
                              register_archive_kind, register_method)
 from d3codec.methods.base import Encoded, Encoder, preset_config

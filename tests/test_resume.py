@@ -13,7 +13,7 @@ from safetensors import safe_open
 
 from d3codec import D3Dataset
 from d3codec.encoding import compress
-from d3codec.container import D3Reader
+from d3codec.format.container import D3Reader
 from d3codec.errors import D3Error
 from d3codec.methods.pixel import DMEncoder
 

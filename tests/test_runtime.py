@@ -1,4 +1,4 @@
-"""d3codec.runtime: freed large buffers are kept and reused, and a user's own malloc settings stand.
+"""d3codec.util.runtime: freed large buffers are kept and reused, and a user's own malloc settings stand.
 
 Each case runs in a fresh interpreter: mallopt changes the whole process, once.
 """
@@ -20,7 +20,7 @@ import pytest
 ROUNDS = 20
 PROBE = """
 import json, resource, torch
-from d3codec.runtime import keep_freed_memory
+from d3codec.util.runtime import keep_freed_memory
 outcome = keep_freed_memory()
 again = keep_freed_memory()
 faults = []

@@ -18,7 +18,7 @@ from d3codec import D3Dataset, DecodeLimits
 from d3codec.cli.main import main
 from d3codec.errors import D3Error, D3FormatError, D3LimitError
 from d3codec.expand import grid_image
-from d3codec.limits import default_draw_cap
+from d3codec.format.limits import default_draw_cap
 from d3codec.methods.d3.merge import merge_archives
 from d3codec.verify import verify_archive
 
@@ -96,7 +96,7 @@ def test_a_wide_decoder_at_a_megapixel_is_refused_by_its_multiply_adds():
 def test_a_draws_sampling_noise_counts_against_max_macs():
     # fuzz finding 2026-12-07: 100 000 draws of a tiny generator with 64 noise values an image counted the
     # 4 096-multiply-add floor an image, yet spent most of its time computing the noise
-    from d3codec.limits import MIN_MACS_PER_IMAGE, NOISE_VALUE_MACS
+    from d3codec.format.limits import MIN_MACS_PER_IMAGE, NOISE_VALUE_MACS
 
     data = hostile.d2m_archive(classes=1, image_shape=(3, 1, 1), noise_dim=64, width=4)
     tight = DecodeLimits(max_macs=1 << 31)
@@ -110,7 +110,7 @@ def test_a_draws_sampling_noise_counts_against_max_macs():
 def test_a_million_one_pixel_images_count_their_fixed_work_and_the_grid_reads_the_labels_once():
     # fuzz finding 2026-12-05: 1 000 classes × 1 000 draws of 1 × 1 images passed max_macs at 768 multiply-adds
     # an image, took seconds to decode, and the grid scanned the million labels once per class
-    from d3codec.limits import MIN_MACS_PER_IMAGE
+    from d3codec.format.limits import MIN_MACS_PER_IMAGE
 
     data = hostile.d3_archive(classes=1000, image_shape=(1, 1, 1), priors_per_class=1, soft_labels=False)
     tight = DecodeLimits(max_macs=1 << 31)
@@ -145,7 +145,7 @@ def test_a_users_samples_per_class_is_bounded_too():
                                            (hostile.d3_archive, '"latent_dim":3')])
 def test_numbers_that_overflow_are_refused(builder, field, tmp_path):
     data = builder()
-    from d3codec.container import D3Reader
+    from d3codec.format.container import D3Reader
     with D3Reader(data) as r:
         text = r.read_bytes("meta").decode()
     assert field in text
@@ -161,7 +161,7 @@ def test_numbers_that_overflow_are_refused(builder, field, tmp_path):
 
 def test_duplicate_keys_and_integers_written_as_floats_are_refused():
     data = hostile.d2m_archive()
-    from d3codec.container import D3Reader
+    from d3codec.format.container import D3Reader
     with D3Reader(data) as r:
         text = r.read_bytes("meta").decode()
     with pytest.raises(D3FormatError, match="appears twice"):
@@ -179,7 +179,7 @@ def test_a_teacher_for_tiny_images_is_refused(side):
 def test_merge_of_parts_with_hostile_budgets_is_refused(tmp_path):
     a, b = tmp_path / "a.d3", tmp_path / "b.d3"
     a.write_bytes(hostile.d3_archive(ds={**hostile.dataset(2), "classes": ["x", "y"]}))
-    from d3codec.container import D3Reader
+    from d3codec.format.container import D3Reader
     with D3Reader(hostile.d3_archive()) as r:
         text = r.read_bytes("meta").decode()
     b.write_bytes(hostile.with_meta_text(hostile.d3_archive(), text.replace('"bytes":1000000000', '"bytes":[1,2]')))
@@ -203,7 +203,7 @@ def test_merge_of_parts_with_hostile_budgets_is_refused(tmp_path):
 def test_the_spec_rules_on_values_dtypes_and_flags():
     ok = hostile.pixel_archive()
     assert len(D3Dataset(ok)) == 2
-    from d3codec.container import D3Reader
+    from d3codec.format.container import D3Reader
     with D3Reader(ok) as r:
         text = r.read_bytes("meta").decode()
     infinite = hostile.with_meta_text(ok, text.replace('"std":[0.25]', '"std":[1e400]'))
@@ -225,7 +225,7 @@ def test_the_spec_rules_on_values_dtypes_and_flags():
 
 
 def test_d3_soft_labels_must_be_probabilities():
-    from d3codec.container import Content, D3Reader, Section, encode_archive
+    from d3codec.format.container import Content, D3Reader, Section, encode_archive
     data = hostile.d3_archive()
     with D3Reader(data) as r:
         sections = [Section(s.name, r.read_bytes(s.name), Content(s.content), s.critical) for s in r.sections]
@@ -251,7 +251,7 @@ def test_info_and_verify_escape_control_characters_and_cut_long_strings(tmp_path
 
 
 def test_a_budget_that_is_not_an_integer_is_refused_before_it_is_printed(tmp_path):
-    from d3codec.container import D3Reader
+    from d3codec.format.container import D3Reader
     with D3Reader(hostile.pixel_archive()) as r:
         text = r.read_bytes("meta").decode()
     path = tmp_path / "b.d3"

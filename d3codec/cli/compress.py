@@ -15,11 +15,11 @@ from pathlib import Path
 
 import click
 
-from d3codec.archive import MAX_SIDE
+from d3codec.format.meta import MAX_SIDE
 from d3codec.budget import ipc_budget, ipc_equivalent
 from d3codec.encoding import MAX_BUDGET_BYTES, MAX_REAL_PER_CLASS, MAX_SEED, MIN_SIDE
 from d3codec.errors import D3Error
-from d3codec.text import safe_text
+from d3codec.format.text import safe_text
 from d3codec.defaults import (FACTOR_3_MAX_IPC, MANY_CLASSES, class_count, default_choice, default_method,
                               with_user_options)
 from d3codec.methods import BuildContext, Method, Option, archive_kind, get_method, method_names

@@ -16,7 +16,7 @@ from d3codec.encoding import MAX_SEED
 from d3codec.errors import D3Error
 from d3codec.expand import MAX_OUTPUT_BYTES, MAX_OUTPUT_FILES
 from d3codec.students import JPEG_QUALITY
-from d3codec.text import safe_text
+from d3codec.format.text import safe_text
 
 from d3codec.cli.compress import CompressGroup
 from d3codec.cli.options import LIMIT_FIELDS, count, decode_limit_options, decode_limits, fail
@@ -26,9 +26,9 @@ from d3codec.cli.options import LIMIT_FIELDS, count, decode_limit_options, decod
 @click.version_option(package_name="d3codec")
 def main() -> None:
     """d3codec: dataset distillation into small, safe .d3 archives."""
-    from d3codec.runtime import cuda_debug_from_environment, keep_freed_memory
+    from d3codec.util.runtime import cuda_debug_from_environment, keep_freed_memory
 
-    keep_freed_memory()  # every command: freed tensor buffers are reused (d3codec.runtime)
+    keep_freed_memory()  # every command: freed tensor buffers are reused (d3codec.util.runtime)
     try:
         cuda_debug_from_environment()  # D3CODEC_SYNC_DEBUG=warn: report host syncs of a CUDA run
     except ValueError as e:
@@ -68,9 +68,9 @@ def info(archive, show_meta, as_json):
     Also lists the sections of a bare container (written with d3codec.write_archive, no dataset
     metadata). Strings from the archive are shown with control characters escaped and cut after 200
     characters (their length stated), lists after 20 items; --json prints everything, JSON-escaped."""
-    from d3codec.archive import byte_table, open_archive_or_container, summary
+    from d3codec.format.meta import byte_table, open_archive_or_container, summary
     from d3codec.budget import ipc_equivalent
-    from d3codec.text import safe_value
+    from d3codec.format.text import safe_value
 
     try:
         reader, meta = open_archive_or_container(archive)

@@ -7,7 +7,7 @@ import math
 
 import click
 
-from d3codec.text import safe_text
+from d3codec.format.text import safe_text
 
 
 def fail(error: Exception) -> None:
@@ -85,8 +85,8 @@ def count(low: int = 1, high: int | None = None) -> click.IntRange:
 
 def decode_limit_options(command):
     """--max-bytes, --max-parameters, --max-macs-per-image, --max-macs, --max-replay-macs, --max-section-bytes:
-    the decode budget (d3codec.limits)."""
-    from d3codec.limits import DEFAULT_LIMITS as L
+    the decode budget (d3codec.format.limits)."""
+    from d3codec.format.limits import DEFAULT_LIMITS as L
 
     command = click.option("--max-section-bytes", type=count(), help=f"Decode limit: the decoded size of any "
                            f"one section [default: {L.max_section_bytes}].")(command)
@@ -108,7 +108,7 @@ LIMIT_FIELDS = ("max_bytes", "max_parameters", "max_macs_per_image", "max_sectio
 
 
 def decode_limits(**values):
-    """The decode limits (d3codec.limits.DecodeLimits) with the given LIMIT_FIELDS (None: the default)."""
-    from d3codec.limits import DEFAULT_LIMITS
+    """The decode limits (d3codec.format.limits.DecodeLimits) with the given LIMIT_FIELDS (None: the default)."""
+    from d3codec.format.limits import DEFAULT_LIMITS
 
     return DEFAULT_LIMITS.with_overrides(**values)

@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 import torch
 
-from d3codec.container import Section
+from d3codec.format.container import Section
 from d3codec.data import RealData
 
 
@@ -188,7 +188,7 @@ class SubtaskEncoder(Encoder):
     @abstractmethod
     def merge_subtasks(self, paths: list[Path], limits=None) -> Encoded:
         """The whole archive's sections, metadata and stats from the subtask archives at ``paths``
-        (in subtask order), each read within ``limits`` (d3codec.limits.DecodeLimits)."""
+        (in subtask order), each read within ``limits`` (d3codec.format.limits.DecodeLimits)."""
 
     def remove_checkpoints(self, subtasks: int) -> None:
         """Delete the checkpoints of ``subtasks`` subtasks (once the archive is written)."""
@@ -251,7 +251,7 @@ class Sampler(ABC):
     """An archive that generates its images (d3, d2m), loaded and ready to draw any number per class.
 
     Loading has already checked the networks against the decode limits (parameters, multiply-adds
-    per image; d3codec.limits); :meth:`draw` checks what a draw would hold (``max_bytes``) before
+    per image; d3codec.format.limits); :meth:`draw` checks what a draw would hold (``max_bytes``) before
     allocating it. ``sampler(samples_per_class, seed)`` is ``sampler.draw(...)``.
 
     A draw of ``samples_per_class`` is a sequence of images, class by class (the counts of
@@ -261,7 +261,7 @@ class Sampler(ABC):
     way, batch by batch, into tensors allocated once. A 1.0 archive draws whole (:meth:`_draw_v10`).
 
     Attributes: ``num_classes``, ``image_shape`` (C, H, W), ``soft`` (whether draws carry soft
-    labels), ``limits`` (d3codec.limits.DecodeLimits), ``version`` ((major, minor) of the archive:
+    labels), ``limits`` (d3codec.format.limits.DecodeLimits), ``version`` ((major, minor) of the archive:
     its minor version decides the sampling noise, spec/FORMAT.md §5.4), ``draw_cap`` (a default draw,
     ``samples_per_class=None``, takes at most this many images a class, whatever the archive declares),
     ``batch`` (images decoded at once within ``limits.working_bytes``).
@@ -272,7 +272,7 @@ class Sampler(ABC):
     soft: bool
     limits: Any
     version: tuple[int, int]
-    draw_cap: int  # the most images per class of a default draw (d3codec.limits.default_draw_cap)
+    draw_cap: int  # the most images per class of a default draw (d3codec.format.limits.default_draw_cap)
     batch: int
 
     @abstractmethod
@@ -287,7 +287,7 @@ class Sampler(ABC):
     @abstractmethod
     def macs(self, samples_per_class: int | None) -> int:
         """Multiply-adds of a draw of ``samples_per_class`` (decoding and labelling every image), counted
-        with d3codec.limits.draw_macs (sampling noise included, at least MIN_MACS_PER_IMAGE an image)."""
+        with d3codec.format.limits.draw_macs (sampling noise included, at least MIN_MACS_PER_IMAGE an image)."""
 
     @abstractmethod
     def _decode_at(self, samples_per_class: int | None, seed: int, classes: torch.Tensor,
@@ -310,7 +310,7 @@ class Sampler(ABC):
         """Refuse a whole draw before any work: ValueError for a count that is not a positive integer,
         D3LimitError for one whose output would pass ``limits.max_bytes`` or whose multiply-adds would
         pass ``limits.max_macs``."""
-        from d3codec.limits import check, output_bytes
+        from d3codec.format.limits import check, output_bytes
 
         self.check_count(samples_per_class)
         images, noise = self.counts(samples_per_class)
@@ -331,7 +331,7 @@ class Sampler(ABC):
         Format 1.1 archives only.
         Raises: ValueError for a 1.0 archive, a bad count or seed; IndexError for an index out of range;
         D3FormatError when the stored values decode to non-finite images."""
-        from d3codec.noise import check_seed
+        from d3codec.format.noise import check_seed
 
         if self.version < (1, 1):
             raise ValueError("a format 1.0 archive draws its images whole, not one by one (d3 rewrite it as 1.1)")
@@ -349,7 +349,7 @@ class Sampler(ABC):
         """(images (B, C, H, W) float32, labels (B,) int64, soft (B, K) float32 or None), once images and soft
         labels are finite. Raises: D3FormatError where they are not."""
         from d3codec.errors import D3FormatError
-        from d3codec.limits import all_finite
+        from d3codec.format.limits import all_finite
 
         if not all_finite(images):
             raise D3FormatError("the archive decodes to non-finite images (its stored values are corrupt)")
@@ -361,7 +361,7 @@ class Sampler(ABC):
         """Images (K·N, C, H, W) float32 in [0, 1], labels (K·N,) int64, soft labels (K·N, K) float32 or
         None; the same seed (0 ≤ seed < 2^64) gives the same images. Raises: as :meth:`check`, and
         D3FormatError when the stored values decode to non-finite images."""
-        from d3codec.noise import check_seed
+        from d3codec.format.noise import check_seed
 
         self.check(samples_per_class)
         seed = check_seed(seed)

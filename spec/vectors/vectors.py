@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 import zstandard
 
-from d3codec.container import FIXED_HEADER, Content, D3Reader, Section, encode_archive
+from d3codec.format.container import FIXED_HEADER, Content, D3Reader, Section, encode_archive
 
 HERE = Path(__file__).resolve().parent
 DTYPES = {"U8": torch.uint8, "I8": torch.int8, "I16": torch.int16, "I32": torch.int32, "I64": torch.int64,
@@ -209,10 +209,10 @@ def decoded_values(meta: dict) -> tuple[int, int | None]:
 def expansion(data: bytes, samples_per_class: int | None, seed: int) -> dict:
     """What d3codec's reference reader makes of a vector: images, labels, soft labels, the labeller's soft labels
     of the images, for sampled archives the noise and priors of the draw, and the decode budget's figures (§4)."""
-    from d3codec.archive import open_archive
+    from d3codec.format.meta import open_archive
     from d3codec.dataset import decode_archive
     from d3codec.labeller import read_labeller
-    from d3codec.limits import DEFAULT_LIMITS, output_bytes
+    from d3codec.format.limits import DEFAULT_LIMITS, output_bytes
 
     reader, meta = open_archive(data)
     with reader:
@@ -253,7 +253,7 @@ def made_vectors() -> list[dict]:
     from d3codec.methods.d3.layout import stored_labels
     from d3codec.methods.pixel.formation import parse_formation
     from d3codec.models import ConvNet, Decoder, build_model
-    from d3codec.weights import quantise_state
+    from d3codec.format.weights import quantise_state
 
     gen = torch.Generator().manual_seed(2026)
     rand = lambda *shape: torch.randn(*shape, generator=gen)  # noqa: E731

@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import torch
 
-from d3codec import noise
-from d3codec.archive import meta_int, meta_number, meta_str
+from d3codec.format import noise
+from d3codec.format.meta import meta_int, meta_number, meta_str
 from d3codec.errors import D3FormatError
 from d3codec.labeller import Labeller
-from d3codec.limits import DEFAULT_LIMITS, batch_size, check, default_draw_cap, draw_macs, network_cost
+from d3codec.format.limits import DEFAULT_LIMITS, batch_size, check, default_draw_cap, draw_macs, network_cost
 from d3codec.models import ConvNet
-from d3codec.weights import WEIGHT_DTYPES, load_stored_module
+from d3codec.format.weights import WEIGHT_DTYPES, load_stored_module
 from d3codec.methods.base import Sampler
 from d3codec.methods.d2m.networks import GENERATORS, ConditionalGenerator
 
@@ -128,14 +128,14 @@ def load_sampler(reader, meta: dict, device: torch.device | str = "cpu", limits=
     """The archive's generator, ready to draw: ``sampler(samples_per_class, seed)`` →
     (images (K·N, C, H, W) float32 in [0, 1], labels (K·N,) int64, soft labels (K·N, K) float32
     or None). ``samples_per_class`` N defaults to ``meta.params.samples_per_class``, at most ``draw_cap``
-    (d3codec.limits.default_draw_cap).
+    (d3codec.format.limits.default_draw_cap).
 
     Images come class by class; sample j of class c is the generator's image of noise row (c, j)
     (see :meth:`D2MSampler.noise`) and class c. Where the archive stores a teacher, each image's soft
     label is the teacher's softmax, at the stored temperature, on the image normalised with the
     dataset's mean and std.
 
-    ``limits`` (d3codec.limits.DecodeLimits): the generator's and teacher's multiply-adds per image and
+    ``limits`` (d3codec.format.limits.DecodeLimits): the generator's and teacher's multiply-adds per image and
     parameters are checked at load, before any tensor is allocated; each draw's output before it is made.
     Raises: D3FormatError when the generator or teacher section does not match the metadata, or a
     network cannot run on the declared image size; D3LimitError past the limits.
@@ -144,7 +144,7 @@ def load_sampler(reader, meta: dict, device: torch.device | str = "cpu", limits=
 
 
 def labeller_cost(meta: dict, has_section: bool):
-    """The cost (d3codec.limits.NetworkCost) of the stored teacher on one image, or None without one.
+    """The cost (d3codec.format.limits.NetworkCost) of the stored teacher on one image, or None without one.
     Raises: D3FormatError for a teacher that cannot run on the images (ConvNet-3 needs H = W ≥ 8)."""
     labelling = read_label_params(meta, has_section)
     if labelling is None:
@@ -163,7 +163,7 @@ def load_labeller(reader, meta: dict, device: torch.device | str = "cpu", limits
     on ``device``, the teacher's softmax at the stored temperature on the normalised images. It labels
     any images of the dataset's shape, generated or real (a same-labels baseline, as DD-Ranking's).
     Raises: D3FormatError when the teacher section does not match the metadata or cannot run on the
-    images; D3LimitError when it passes ``limits`` (d3codec.limits.DecodeLimits).
+    images; D3LimitError when it passes ``limits`` (d3codec.format.limits.DecodeLimits).
     """
     ds = meta["dataset"]
     k, (c, h, _) = len(ds["classes"]), tuple(ds["image_shape"])  # ConvNet-3 takes square images: w = h

@@ -29,7 +29,7 @@ and what is our choice:
   paired), with τ² scaling as in knowledge distillation (Hinton et al. 2015). Embedding matching
   uses siamese DSA, as DM does; ``mmd_weight`` adds D3's MMD term (Qin et al. 2024, Eq. 6) on the
   same features, which matches the spread of each class and not only its mean. The generator is
-  stored as int8 with a float16 scale per output channel (d3codec.weights), its width chosen to
+  stored as int8 with a float16 scale per output channel (d3codec.format.weights), its width chosen to
   fill the budget.
 
 Pre-training checkpoints every ``checkpoint_every`` iterations (generator, discriminator or
@@ -68,16 +68,16 @@ from d3codec import seeds
 from d3codec.augment import DSA
 from d3codec.budget import META_RESERVE_BYTES, archive_bound
 from d3codec.checkpoint import Checkpoint, fingerprint, weights_digest
-from d3codec.container import Section
+from d3codec.format.container import Section
 from d3codec.data import ClassSampler, Normalisation, RealData
 from d3codec.errors import D3BudgetError, D3Error
 from d3codec.federated import broadcast_parameters, rank, sum_gradients, sum_over_ranks, world_size
-from d3codec.limits import network_cost
+from d3codec.format.limits import network_cost
 from d3codec.losses import mean_embedding_loss, mmd_rbf
 from d3codec.models import ConvNet, activation_memory, saved_activation_bytes, worth_compiling
-from d3codec.progress import Stage, Stages, progress_bar
+from d3codec.util.progress import Stage, Stages, progress_bar
 from d3codec.teacher import Teacher, save_teacher, train_teacher, untrained_teacher
-from d3codec.weights import WEIGHT_DTYPES, quantise_state, stored_zeros
+from d3codec.format.weights import WEIGHT_DTYPES, quantise_state, stored_zeros
 from d3codec.methods.base import DatasetSpec, Encoded, Encoder, preset_config
 from d3codec.methods.matching import (DistributionMatcher, FeatureTerm, PredictionTerm, matching_experts, matching_terms,
                         memory_sized_chunk)
@@ -465,7 +465,7 @@ class D2MEncoder(Encoder):
     def stages(self, real: RealData, plan: D2MPlan, trains_teacher: bool, progress: bool = True) -> Stages:
         """The stages of a distillation: pre-training (unless a generator is given), the teacher (where
         one is trained here) and fine-tuning, each weighed by its multiply-adds (forward and backward taken
-        as three forwards; d3codec.limits.network_cost), for the run's time left (d3codec.progress.Stages)."""
+        as three forwards; d3codec.format.limits.network_cost), for the run's time left (d3codec.util.progress.Stages)."""
         cfg, k, (c, h, w) = self.config, real.num_classes, real.image_shape
         image, label = (lambda: torch.zeros(1, c, h, w)), (lambda: torch.zeros(1, dtype=torch.long))
 

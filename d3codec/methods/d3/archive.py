@@ -10,13 +10,13 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from d3codec import noise
-from d3codec.archive import meta_bool, meta_int, meta_str
+from d3codec.format import noise
+from d3codec.format.meta import meta_bool, meta_int, meta_str
 from d3codec.errors import D3FormatError
-from d3codec.limits import DEFAULT_LIMITS, batch_size, check, default_draw_cap, draw_macs, network_cost
+from d3codec.format.limits import DEFAULT_LIMITS, batch_size, check, default_draw_cap, draw_macs, network_cost
 from d3codec.models import DECODER_ARCHITECTURES
-from d3codec.storage import check_probabilities
-from d3codec.weights import check_names, dequantise_int8, load_stored_module, read_stored, stored_names, stored_tensor
+from d3codec.format.storage import check_probabilities
+from d3codec.format.weights import check_names, dequantise_int8, load_stored_module, read_stored, stored_names, stored_tensor
 from d3codec.methods.base import Sampler
 from d3codec.methods.d3.layout import DECODER_DTYPES, MAX_TOP_K_CLASSES, PRIOR_DTYPES, GroupPlan, TopKLabels
 
@@ -80,7 +80,7 @@ def prior_values(g: GroupPlan, soft_labels: bool) -> int:
 class StoredPriors:
     """One of a group's prior tensors (means or log-variances, (K_g, P, Z)) kept as the archive stores it, int8
     with a float16 scale per latent dimension or float16, and dequantised to float32 only where a draw picks
-    (as d3codec.weights.read_stored would, value for value): ImageNet's 807 000 priors of 64 values take 52 MB
+    (as d3codec.format.weights.read_stored would, value for value): ImageNet's 807 000 priors of 64 values take 52 MB
     so kept, 206 MB in float32.
 
     Raises: D3FormatError for a missing, misshapen or mistyped tensor, or one that is not finite."""
@@ -263,7 +263,7 @@ def load_sampler(reader, meta: dict, device: torch.device | str = "cpu", limits=
     ``samples_per_class`` N defaults to each group's priors per class, at most ``draw_cap``. Soft labels come only when
     every group has them (a sample's probability is zero outside its group).
 
-    ``limits`` (d3codec.limits.DecodeLimits, default its defaults): the decoders' multiply-adds per
+    ``limits`` (d3codec.format.limits.DecodeLimits, default its defaults): the decoders' multiply-adds per
     image and every stored value are checked at load, before any tensor is allocated; each draw's
     output before it is made.
     Raises: D3FormatError when a section does not match the metadata, D3LimitError past the limits.

@@ -60,17 +60,17 @@ from d3codec import seeds
 from d3codec.augment import DSA
 from d3codec.budget import META_RESERVE_BYTES, archive_bound, largest_fitting
 from d3codec.checkpoint import Checkpoint, fingerprint, weights_digest
-from d3codec.container import Section
+from d3codec.format.container import Section
 from d3codec.data import ClassSampler, Normalisation, RealData
 from d3codec.errors import D3BudgetError
 from d3codec.experts import ExpertPool
-from d3codec.limits import network_cost
+from d3codec.format.limits import network_cost
 from d3codec.losses import mean_embedding_loss, mmd_rbf
 from d3codec.models import (DECODER_ARCHITECTURES, ConvNet, Decoder, activation_memory, decoder_stage_widths,
                        upsampling_geometry, worth_compiling)
-from d3codec.progress import Stage, Stages, progress_bar
+from d3codec.util.progress import Stage, Stages, progress_bar
 from d3codec.teacher import Teacher, save_teacher, train_teacher, untrained_teacher
-from d3codec.weights import dequantise_state, quantise_state
+from d3codec.format.weights import dequantise_state, quantise_state
 from d3codec.methods.base import DatasetSpec, Encoded, Overrun, Subtask, SubtaskEncoder, preset_config
 from d3codec.methods.matching import DistributionMatcher, FeatureTerm, matching_experts, matching_terms, memory_sized_chunk
 from d3codec.methods.d3.layout import (DECODER_DTYPES, DECODER_WIDTHS, MAX_TOP_K_CLASSES, PRIOR_DTYPES, D3Plan, GroupPlan, decoder_shapes,
@@ -643,7 +643,7 @@ class D3Encoder(SubtaskEncoder):
         """The stages of distilling ``groups`` (indices): per group its teacher (where one is trained here),
         warm start, matching and soft labels (one decoded prior mean through the teacher per prior: most of
         an ImageNet subtask's time on a CPU), each weighed by its multiply-adds (forward and backward taken as
-        three forwards; d3codec.limits.network_cost), for the run's time left (d3codec.progress.Stages)."""
+        three forwards; d3codec.format.limits.network_cost), for the run's time left (d3codec.util.progress.Stages)."""
         cfg, (c, h, w) = self.config, real.image_shape
         teacher_width = cfg.teacher_width if self.teacher is None else self.teacher.net.features[0].out_channels
 
@@ -819,7 +819,7 @@ def label_means(decoder: nn.Module, teacher: Teacher, means: torch.Tensor, norma
 
     The outputs are allocated once and filled batch by batch: a list of per-batch results, each kept between
     the large decoder buffers freed every batch, fragmented the heap of a process that keeps freed memory
-    (d3codec.runtime): about 4 MB lost a batch, 15.8 GB on a rank of the ImageNet rehearsal. Both networks
+    (d3codec.util.runtime): about 4 MB lost a batch, 15.8 GB on a rank of the ImageNet rehearsal. Both networks
     run on copies in channels-last memory format: 1.85 times the means a second at ImageNet's shapes on a
     CPU thread (benchmarks/label_speed.py; torch.compile gave 2.3 times, at tens of seconds of compiling).
     """

@@ -15,8 +15,8 @@ from __future__ import annotations
 import safetensors.torch
 import torch
 
-from d3codec.container import safetensors_size, stored_size
-from d3codec.limits import DEFAULT_LIMITS, network_cost
+from d3codec.format.container import safetensors_size, stored_size
+from d3codec.format.limits import DEFAULT_LIMITS, network_cost
 from d3codec.methods.d3.archive import prior_values
 from d3codec.methods.d3.layout import GroupPlan, group_tensors
 

@@ -13,12 +13,12 @@ from dataclasses import dataclass
 
 import torch
 
-from d3codec.container import Section
+from d3codec.format.container import Section
 from d3codec.errors import D3FormatError
-from d3codec.limits import all_finite
-from d3codec.storage import PROBABILITY_TOLERANCE
+from d3codec.format.limits import all_finite
+from d3codec.format.storage import PROBABILITY_TOLERANCE
 from d3codec.models import Decoder, parameter_shapes
-from d3codec.weights import WEIGHT_DTYPES, quantise_int8, quantise_state, read_stored, stored_zeros
+from d3codec.format.weights import WEIGHT_DTYPES, quantise_int8, quantise_state, read_stored, stored_zeros
 
 SECTIONS = {"meta": True, "priors": True, "decoder": True, "prior_labels": True}  # name → critical
 DECODER_WIDTHS = (8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256)
@@ -31,7 +31,7 @@ def decoder_shapes(latent_dim: int, image_shape: tuple[int, int, int], width: in
     return parameter_shapes(Decoder, latent_dim, image_shape, width, architecture)
 
 
-# ---- storage of priors: int8 with a scale per latent dimension, or float16 (d3codec.weights) --------------------
+# ---- storage of priors: int8 with a scale per latent dimension, or float16 (d3codec.format.weights) --------------------
 
 def quantise_priors(mean: torch.Tensor, logvar: torch.Tensor, prefix: str, dtype: str) -> dict[str, torch.Tensor]:
     """Tensors to store for priors mean, logvar (K, P, Z): float16, or int8 with a float16 scale per latent

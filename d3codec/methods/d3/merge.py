@@ -15,10 +15,10 @@ from typing import Any
 
 import torch
 
-from d3codec.archive import base_meta, meta_int, open_archive, utc_now, validate_meta
-from d3codec.container import VERSION_MINOR, Section, encode_archive, write_atomic
+from d3codec.format.meta import base_meta, meta_int, open_archive, utc_now, validate_meta
+from d3codec.format.container import VERSION_MINOR, Section, encode_archive, write_atomic
 from d3codec.errors import D3BudgetError, D3Error, D3FormatError
-from d3codec.text import safe_text
+from d3codec.format.text import safe_text
 from d3codec.methods.base import DatasetSpec
 from d3codec.methods.d3.archive import load_sampler
 from d3codec.methods.d3.layout import sections_of
@@ -127,7 +127,7 @@ def merge_archives(paths: list[str | os.PathLike], output: str | os.PathLike, bu
 
     Args:
         budget: bytes the merged file may take (default: see :func:`merged_budget`).
-        limits: the decode limits (d3codec.limits.DecodeLimits) each part is checked against.
+        limits: the decode limits (d3codec.format.limits.DecodeLimits) each part is checked against.
     Raises: D3FormatError for a malformed part; D3Error for parts that cannot be merged (other image
         shapes, shared classes, other format versions);
         D3BudgetError if the merged file would pass the budget (nothing is written).

@@ -1,7 +1,7 @@
 """Reading pixel archives: the images DM and BPTT store, and the training schedule BPTT adds.
 
 A pixel archive (``meta.method`` "pixel", spec/FORMAT.md §5.2) holds the synthetic images themselves in
-its ``images`` section (see d3codec.storage), optionally per-image ``soft_labels``, and, when
+its ``images`` section (see d3codec.format.storage), optionally per-image ``soft_labels``, and, when
 ``meta.params.objective`` is "bptt", a ``schedule`` section: the learned step sizes and (fixed init) θ₀
 that d3codec.schedule.TrainingSchedule replays. Nothing here trains; the encoders are dm.py and bptt.py.
 """
@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import torch
 
-from d3codec.archive import describe, meta_int, meta_str
+from d3codec.format.meta import describe, meta_int, meta_str
 from d3codec.errors import D3FormatError
-from d3codec.limits import DEFAULT_LIMITS, all_finite, check, network_cost, output_bytes
+from d3codec.format.limits import DEFAULT_LIMITS, all_finite, check, network_cost, output_bytes
 from d3codec.models import build_model
 from d3codec.schedule import TrainingSchedule
-from d3codec.storage import check_probabilities, decode_images
-from d3codec.weights import check_names, read_stored
+from d3codec.format.storage import check_probabilities, decode_images
+from d3codec.format.weights import check_names, read_stored
 from d3codec.methods.pixel.formation import read_formation
 
 SECTIONS = {"meta": True, "images": True, "soft_labels": True, "schedule": True}  # name → critical
@@ -31,7 +31,7 @@ def decode(reader, meta: dict, limits=None) -> tuple[torch.Tensor, torch.Tensor,
     ``meta.params.formation`` says so, the ``images`` section holds codes (N, C, H/f, W/f) that the
     formation (formation.py) turns into the images.
 
-    ``limits`` (d3codec.limits.DecodeLimits) bounds the decoded bytes before they are allocated.
+    ``limits`` (d3codec.format.limits.DecodeLimits) bounds the decoded bytes before they are allocated.
     Raises: D3FormatError for tensors that break spec/FORMAT.md §5 (soft labels must be (N, K) F16 or
     F32 probabilities) or a bad formation; D3LimitError past the limits.
     """
@@ -63,7 +63,7 @@ def decode(reader, meta: dict, limits=None) -> tuple[torch.Tensor, torch.Tensor,
 
 
 def schedule_network_cost(network: str, image_shape: tuple[int, int, int], num_classes: int):
-    """The cost (d3codec.limits.NetworkCost) of one forward pass of a schedule's network on one image,
+    """The cost (d3codec.format.limits.NetworkCost) of one forward pass of a schedule's network on one image,
     measured on the meta device. Raises: D3FormatError when the network cannot run on the images
     (LeNet needs H = W ≥ 16, ConvNet-3 H = W ≥ 8)."""
     c, h, w = image_shape

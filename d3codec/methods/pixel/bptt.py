@@ -39,14 +39,14 @@ import torch
 import torch.nn.functional as F
 
 from d3codec.budget import PixelPlan, archive_bound, plan_pixel_storage
-from d3codec.container import Section
+from d3codec.format.container import Section
 from d3codec import seeds
 from d3codec.data import Normalisation, RealData
 from d3codec.errors import D3BudgetError
 from d3codec.models import build_model
 from d3codec.schedule import TrainingSchedule, gd_step, init_parameters
-from d3codec.storage import decode_images, encode_images, resolve_storage_dtype, stored_image_zeros
-from d3codec.progress import progress_bar
+from d3codec.format.storage import decode_images, encode_images, resolve_storage_dtype, stored_image_zeros
+from d3codec.util.progress import progress_bar
 from d3codec.methods.base import CheckpointedEncoder, DatasetSpec, Encoded
 from d3codec.methods.pixel.archive import INITS, MAX_SCHEDULE_STEPS, NETWORKS
 

@@ -14,7 +14,7 @@ benchmarks/RESULTS.md shows what that costs.
 
 Departures, all options: ``embed_width`` may narrow the random embedding network (128 in the
 paper); images are stored as the byte plan says (uint8 with a per-class range by default, see
-d3codec.storage), so a budget holds up to 4× the paper's float32 image count, and more where zstd
+d3codec.format.storage), so a budget holds up to 4× the paper's float32 image count, and more where zstd
 shrinks them (``fill="compressed"``: the plan aims at the count whose estimated compressed size
 fits, from the zstd ratio of real images times DISTILLED_RATIO_MARGIN (one per formation), one image a class
 more; the writer then drops single images, the last classes' last ones first, until the archive fits, never
@@ -42,12 +42,12 @@ import torch
 from d3codec import seeds
 from d3codec.augment import DSA
 from d3codec.budget import FEW_PER_CLASS, PixelPlan, plan_pixel_storage
-from d3codec.container import Section, stored_size
+from d3codec.format.container import Section, stored_size
 from d3codec.data import ClassSampler, Normalisation, RealData
 from d3codec.losses import mean_embedding_loss
 from d3codec.models import activation_memory, worth_compiling
-from d3codec.storage import encode_images, resolve_storage_dtype, stored_image_zeros
-from d3codec.progress import progress_bar
+from d3codec.format.storage import encode_images, resolve_storage_dtype, stored_image_zeros
+from d3codec.util.progress import progress_bar
 from d3codec.methods.base import CheckpointedEncoder, DatasetSpec, Encoded, Overrun
 from d3codec.methods.matching import DistributionMatcher, FeatureTerm, matching_experts, matching_terms, memory_sized_chunk
 from d3codec.methods.pixel.formation import MASK_SAMPLE_IMAGES, Formation, parse_formation

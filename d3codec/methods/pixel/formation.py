@@ -31,7 +31,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from d3codec.archive import describe, meta_int, meta_str
+from d3codec.format.meta import describe, meta_int, meta_str
 from d3codec.errors import D3FormatError
 
 FORMATIONS = ("pixels", "lowres", "dct")  # the kinds an archive names (spec/FORMAT.md §5.5)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from d3codec.errors import D3FormatError
-from d3codec.limits import all_finite
+from d3codec.format.limits import all_finite
 
 STORAGE_DTYPES = ("float32", "float16", "uint8")
 BYTES_PER_VALUE = {"float32": 4, "float16": 2, "uint8": 1}
@@ -107,14 +107,14 @@ def decode_images(tensors: dict[str, torch.Tensor], num_classes: int, image_shap
     each operation in float32 in that order.
 
     Args:
-        limits: d3codec.limits.DecodeLimits (default: its defaults); the float32 images, labels and
+        limits: d3codec.format.limits.DecodeLimits (default: its defaults); the float32 images, labels and
             (``soft``) soft labels must fit ``max_bytes``, checked before they are allocated.
     Returns: images (N, C, H, W) float32 in pixel space, labels (N,) int64.
     Raises: D3FormatError if the tensors are missing, mis-shaped, of another dtype or label out of range;
         D3LimitError past the limits.
     """
-    from d3codec.limits import DEFAULT_LIMITS, check, output_bytes
-    from d3codec.weights import check_names
+    from d3codec.format.limits import DEFAULT_LIMITS, check, output_bytes
+    from d3codec.format.weights import check_names
 
     for key in ("images", "labels"):
         if key not in tensors:

@@ -15,8 +15,8 @@ import torch
 from torch import nn
 
 from d3codec.errors import D3Error, D3FormatError
-from d3codec.limits import all_finite
-from d3codec.text import safe_text
+from d3codec.format.limits import all_finite
+from d3codec.format.text import safe_text
 
 WEIGHT_DTYPES = ("int8", "float16")
 

@@ -67,7 +67,7 @@ class DecodeLimits:
     max_macs: int = 1 << 50
     max_replay_macs: int = 1 << 41
     max_canvas_pixels: int = 1 << 27
-    max_section_bytes: int = 2 * GIB  # d3codec.container.DEFAULT_MAX_SECTION_BYTES
+    max_section_bytes: int = 2 * GIB  # d3codec.format.container.DEFAULT_MAX_SECTION_BYTES
     working_bytes: int = GIB
 
     def with_overrides(self, **overrides: int | None) -> "DecodeLimits":
@@ -112,7 +112,7 @@ def check(figure: str, value: int, limits: DecodeLimits, field: str, what: str) 
 # limit bounds the time of a draw of a million tiny images too.
 MIN_MACS_PER_IMAGE = 4096
 
-# The sampling noise of a format 1.1 draw (d3codec.noise: a hash and a polar-method normal, in numpy) cost
+# The sampling noise of a format 1.1 draw (d3codec.format.noise: a hash and a polar-method normal, in numpy) cost
 # 100 to 230 ns a value on one thread of the 2-core AMD EPYC (2026-12-07), 100 times a multiply-add at the
 # rate above: a D2M draw of 100 000 images from a tiny generator of 64 noise values spent most of its
 # second there. Each noise value of a draw counts as this many multiply-adds.

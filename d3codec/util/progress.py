@@ -85,7 +85,7 @@ def note(text: str, enabled: bool = True, stream: TextIO | None = None) -> None:
 @dataclass(frozen=True)
 class Stage:
     """One stage of a run: its name and its expected work, in a unit shared by the run's stages (d3codec's
-    encoders count multiply-adds, from d3codec.limits.network_cost)."""
+    encoders count multiply-adds, from d3codec.format.limits.network_cost)."""
 
     name: str
     work: float

@@ -1,6 +1,6 @@
 """A d3 archive: a container whose first section is the ``meta`` JSON this module validates.
 
-The container (d3codec.container) knows only sections; this layer knows what a dataset archive
+The container (d3codec.format.container) knows only sections; this layer knows what a dataset archive
 holds: the method that wrote it, the dataset's classes and image shape, the normalisation, the
 budget and the byte accounting. Which other sections exist is the method's business.
 """
@@ -16,11 +16,11 @@ import torch
 
 from d3codec.version import __version__
 from d3codec.budget import ipc_equivalent
-from d3codec.container import D3Reader
+from d3codec.format.container import D3Reader
 from d3codec.errors import D3FormatError
-from d3codec.limits import DEFAULT_LIMITS
+from d3codec.format.limits import DEFAULT_LIMITS
 from d3codec.registry import archive_kind, archive_kind_names
-from d3codec.text import safe_text
+from d3codec.format.text import safe_text
 
 FORMAT_NAME = "d3"
 # sections any archive may carry, whatever its method (name → critical): the stored labeller (§5.8)
@@ -201,7 +201,7 @@ def known_kind(meta: dict[str, Any]):
 def open_archive(path: str | os.PathLike | bytes, limits=None) -> tuple[D3Reader, dict[str, Any]]:
     """Open an archive and validate its metadata and sections. Returns (reader, meta); close the reader.
 
-    ``limits`` (d3codec.limits.DecodeLimits): its ``max_section_bytes`` bounds every section's declared
+    ``limits`` (d3codec.format.limits.DecodeLimits): its ``max_section_bytes`` bounds every section's declared
     raw size, checked from the table before anything is decompressed."""
     reader = D3Reader(path, max_section_bytes=(limits or DEFAULT_LIMITS).max_section_bytes)
     try:
@@ -240,7 +240,7 @@ def _json_object(reader: D3Reader) -> dict:
 
 def summary(meta: dict[str, Any], file_bytes: int) -> str:
     """One line: the method and what it stored, the dataset, the file's bytes against its budget, the
-    IPC-equivalent. Every string from the archive is made printable (d3codec.text.safe_text)."""
+    IPC-equivalent. Every string from the archive is made printable (d3codec.format.text.safe_text)."""
     kind = known_kind(meta)
     try:
         stored = kind.describe(meta.get("params")) if kind.describe is not None else ""
