@@ -35,9 +35,9 @@ from pathlib import Path
 import torch
 
 from d3codec import D3Dataset
-from d3codec.encoding import compress
+from d3codec.encode.pipeline import compress
 from d3codec.data import load_dataset
-from d3codec.students import StudentConfig, random_real_subset, replay_student, test_split, train_student
+from d3codec.evaluation.students import StudentConfig, random_real_subset, replay_student, test_split, train_student
 from d3codec.methods.pixel import BPTTEncoder
 from d3codec.methods.pixel import DMEncoder
 from d3codec.util.runtime import keep_freed_memory

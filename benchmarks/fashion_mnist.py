@@ -20,11 +20,11 @@ stored int8 labeller of ``--labeller-width`` (its students labelled online by it
 with hard labels), DM through each of ``--formations`` (IDC's lowres, FreD's dct), random real images
 as JPEG (``--jpeg-quality``) beside float32 and PNG, and the fair baseline: random real PNG and JPEG
 images in the bytes the same labeller leaves, labelled online by it. A second table gives DD-Ranking's
-metrics of every archive row (d3codec.ranking; the full-data accuracy from benchmarks/full-data.json).
+metrics of every archive row (d3codec.evaluation.ranking; the full-data accuracy from benchmarks/full-data.json).
 Issue 34's table: ``--formations`` entries may name a matching and a budget (``dct-variance:3:dance@1``: DM
 through FreD's variance-ranked coefficients at factor 3 with DANCE's matching, at IPC 1 only), and
 ``--runs-for PATTERN=N`` gives the decisive rows (the default archive, the strongest real-image baseline)
-more students than the others. Students are compiled (d3codec.students: ``compile="auto"``).
+more students than the others. Students are compiled (d3codec.evaluation.students: ``compile="auto"``).
 Writes benchmarks/RESULTS.md and a JSON file of every number.
 
 Each build (distil an archive, or draw the real images) gives one or more rows, each trained by
@@ -53,21 +53,21 @@ from safetensors.torch import load_file, save_file
 
 from d3codec import D3Dataset
 from d3codec.format.meta import open_archive
-from d3codec.budget import ipc_budget
-from d3codec.encoding import compress
+from d3codec.format.accounting import ipc_budget
+from d3codec.encode.pipeline import compress
 from d3codec.errors import D3Error
 from d3codec.data import load_dataset
-from d3codec.defaults import default_choice
-from d3codec.students import JPEG_QUALITY, EvalResult, StudentConfig, random_real_subset, test_split, train_student
+from d3codec.encode.defaults import default_choice
+from d3codec.evaluation.students import JPEG_QUALITY, EvalResult, StudentConfig, random_real_subset, test_split, train_student
 from d3codec.methods.d2m import PRESETS as D2M_PRESETS
 from d3codec.methods import BuildContext, get_method, method_names
 from d3codec.methods.matching import MATCHINGS
 from d3codec.methods.d2m import load_labeller
 from d3codec.format.container import D3Reader
-from d3codec.labeller import (Labeller, LabelledEncoder, LabellerConfig, as_stored, labeller_parts, section_cost,
-                              stored_bytes, train_labeller)
-from d3codec.models import ConvNet, resolve_device
-from d3codec.ranking import Ranking
+from d3codec.decode.labeller import Labeller, as_stored, labeller_parts, section_cost, stored_bytes
+from d3codec.encode.labelled import LabelledEncoder, LabellerConfig, train_labeller
+from d3codec.nn.models import ConvNet, resolve_device
+from d3codec.evaluation.ranking import Ranking
 from d3codec.util.runtime import keep_freed_memory
 from hardware import cpu_name
 
@@ -261,7 +261,7 @@ REAL_NAMES = {"float32": "float32", "png": "PNG", "jpeg": "JPEG q{q}"}
 
 
 def default_row_name(choice) -> str:
-    """``default (DM, dct-variance ×3, dance matching)``: the default rule's pick (d3codec.defaults)."""
+    """``default (DM, dct-variance ×3, dance matching)``: the default rule's pick (d3codec.encode.defaults)."""
     options = choice.options
     shown = [choice.method.upper()]
     if "formation" in options:
@@ -611,7 +611,7 @@ def full_data_accuracy() -> tuple[float, str] | None:
 
 
 def ranking_table(rows: list[dict]) -> list[str]:
-    """DD-Ranking's metrics (d3codec.ranking) of every archive row: HLR from the same images' hard-label row,
+    """DD-Ranking's metrics (d3codec.evaluation.ranking) of every archive row: HLR from the same images' hard-label row,
     IOR against random real PNG images in the same bytes with the same labels (the same labeller online, or
     hard labels for rows of hard or stored soft labels)."""
     full = full_data_accuracy()
@@ -634,7 +634,7 @@ def ranking_table(rows: list[dict]) -> list[str]:
     if not out:
         return []
     source = f"{100 * full[0]:.2f} %, measured by {full[1]}" if full else "not measured"
-    return ["", "DD-Ranking's metrics (d3codec.ranking; in points, mean accuracies): HLR = full-data accuracy − the "
+    return ["", "DD-Ranking's metrics (d3codec.evaluation.ranking; in points, mean accuracies): HLR = full-data accuracy − the "
             "archive's images with hard labels (lower is better); IOR = the row − random real PNG images in the same "
             "bytes with the same labels (higher is better); LRS = label-robust score (×100). Full-data ConvNet-3 "
             f"accuracy: {source}.", "",
@@ -673,7 +673,7 @@ def main() -> None:
                    help="DM also through these formations: KIND:FACTOR[:MATCHING][@IPC][!] (d3codec.methods.pixel."
                         "formation; MATCHING dm or dance; @IPC: at that budget only; !: without the labeller twin)")
     p.add_argument("--default-row", action=argparse.BooleanOptionalAction, default=True,
-                   help="a row of the archive `d3 compress fashion-mnist --ipc N` writes (d3codec.defaults)")
+                   help="a row of the archive `d3 compress fashion-mnist --ipc N` writes (d3codec.encode.defaults)")
     p.add_argument("--matching", choices=MATCHINGS, default=None,
                    help="the matching of the D3 and D2M rows (default: their presets'); DM's rows name theirs in "
                    "--formations, and its plain row keeps DM's own")

@@ -1,7 +1,7 @@
 """The full-data reference of DD-Ranking's hard-label recovery: one ConvNet-3 trained on the whole
 real training split with hard labels, by the evaluation protocol (SGD, DSA, lr × 0.1 at half the
 epochs), final-epoch test accuracy. Run once per dataset and model; the result goes to
-benchmarks/full-data.json, which d3codec.ranking reads (FULL_DATA_ACCURACY is copied from it).
+benchmarks/full-data.json, which d3codec.evaluation.ranking reads (FULL_DATA_ACCURACY is copied from it).
 
     OMP_NUM_THREADS=1 python benchmarks/full_data.py --epochs 8
 """
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from d3codec import students
+from d3codec.evaluation import students
 from d3codec.data import load_dataset
 from hardware import cpu_name
 

@@ -183,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
         def chunk_memory():
             from d3codec.methods.d3.encoder import GroupPlan, decoder_activation_bytes
             from d3codec.methods.matching import memory_sized_chunk
-            from d3codec.models import ConvNet
+            from d3codec.nn.models import ConvNet
 
             g = GroupPlan(0, 200, 64, 161, 256, "tapered")
             shape, classes, m, r, width = (3, 64, 64), 4, 64, 128, 128

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
-from d3codec.models import ConvNet
+from d3codec.nn.models import ConvNet
 
 
 def one_iteration(net: ConvNet, start: dict[str, torch.Tensor], target: dict[str, torch.Tensor],

@@ -21,12 +21,12 @@ from pathlib import Path
 import torch
 
 import d3codec
-from d3codec import students
-from d3codec.budget import ipc_budget
+from d3codec.evaluation import students
+from d3codec.format.accounting import ipc_budget
 from d3codec.data import load_dataset
-from d3codec.models import build_model
-from d3codec.labeller import Labeller, labeller_parts, section_cost
-from d3codec.teacher import train_teacher
+from d3codec.nn.models import build_model
+from d3codec.decode.labeller import Labeller, labeller_parts, section_cost
+from d3codec.nn.teacher import train_teacher
 
 
 def real_files(args) -> str:

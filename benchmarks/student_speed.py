@@ -25,8 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from d3codec.augment import DSA
-from d3codec.models import ConvNet
+from d3codec.nn.augment import DSA
+from d3codec.nn.models import ConvNet
 from hardware import cpu_name
 
 VARIANTS = ("baseline", "no-dsa", "forward-only", "channels-last", "compile", "foreach-off", "groupnorm-off",

@@ -8,8 +8,8 @@ In the manner of timm's model registry, a method's module ends with its registra
                            build=build, options=(...)))
 
 and everything that lists methods reads the registry: the ``d3 compress`` subcommands and their options
-(cli/), ``d3 verify`` and ``d3 info`` (d3codec.verify, d3codec.format.meta), the reader (D3Dataset),
-d3codec.compress (d3codec.encoding) and the benchmarks. A test registers a toy method and sees it in all of them.
+(cli/), ``d3 verify`` and ``d3 info`` (d3codec.decode.verify, d3codec.format.meta), the reader (D3Dataset),
+d3codec.compress (d3codec.encode.pipeline) and the benchmarks. A test registers a toy method and sees it in all of them.
 
 Two names, two registries: a **method** is how an archive is made (``dm``, ``bptt``, ``d3``, ``d2m``: what a
 user types); an **archive kind** is what an archive's ``meta.method`` says and how it is read (``pixel``
@@ -110,7 +110,7 @@ class Method:
         name: what users type (``d3 compress NAME``, ``compress(method=NAME)``): lower case, no spaces.
         summary: one line for ``d3 compress --help``, citing the paper.
         archive: the :class:`ArchiveKind` its archives are (their ``meta.method``).
-        encoder: its d3codec.methods.base.Encoder class; ``encoder.presets`` maps a preset name
+        encoder: its d3codec.encode.interface.Encoder class; ``encoder.presets`` maps a preset name
             (``fast``, ``paper``, ...) to its config dataclass, whose fields the options override.
         options: its own command-line options (beside the shared ones: budget, data, run, checkpoint).
         build: ``build(method, preset, options, context)`` → a ready encoder; ``options`` maps each given
@@ -146,7 +146,7 @@ class Method:
         """The encoder for ``preset`` with ``options`` (field → value; None values are left out).
 
         Raises: ValueError for an unknown preset, or an option that is neither a config field nor an
-        option of this method, or a value of the wrong type (see d3codec.methods.base.coerce_config)."""
+        option of this method, or a value of the wrong type (see d3codec.encode.interface.coerce_config)."""
         if preset not in self.presets:
             raise ValueError(f"unknown preset {preset!r} for {self.name}; use one of {', '.join(self.presets)}")
         given = {k: v for k, v in (options or {}).items() if v is not None}
@@ -168,15 +168,15 @@ class ArchiveKind:
         decode: for archives that store their images: ``decode(reader, meta, limits)`` → (images (N, C, H, W)
             float32 in [0, 1], labels (N,) int64, soft labels (N, K) float32 or None).
         load_sampler: for archives that generate their images: ``load_sampler(reader, meta, device, limits)``
-            → a d3codec.methods.base.Sampler. Exactly one of decode and load_sampler is given.
+            → a d3codec.decode.sampler.Sampler. Exactly one of decode and load_sampler is given.
         read_schedule: where the archives may carry a training schedule: ``read_schedule(reader, meta,
-            limits)`` → d3codec.schedule.TrainingSchedule or None.
+            limits)`` → d3codec.nn.schedule.TrainingSchedule or None.
         describe: ``describe(meta["params"])`` → what an archive stores in a few words, for ``d3 info``'s
             first line and the line ``d3 compress`` ends with (it may raise KeyError, TypeError or
             ValueError on params it cannot read).
         labeller_section / read_labeller: where the kind stores a labeller of its own (D2M's ``teacher``,
             the first case of spec/FORMAT.md §5.8's labeller): the section's name, and
-            ``read_labeller(reader, meta, device, limits)`` → d3codec.labeller.Labeller or None. An archive's
+            ``read_labeller(reader, meta, device, limits)`` → d3codec.decode.labeller.Labeller or None. An archive's
             generic ``labeller`` section comes first.
     """
 

@@ -34,7 +34,7 @@ def experts_cache(tmp_path_factory):
 
 @pytest.fixture(autouse=True)
 def expert_pool_in_a_temporary_folder(experts_cache, monkeypatch):
-    """No test writes to ~/.cache: DANCE's expert pools (d3codec.experts) go to one folder per session."""
+    """No test writes to ~/.cache: DANCE's expert pools (d3codec.nn.experts) go to one folder per session."""
     monkeypatch.setenv("D3CODEC_EXPERTS", str(experts_cache))
 
 

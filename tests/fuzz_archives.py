@@ -29,12 +29,12 @@ mutations, with their shares of the cases (SHARES):
   another, U8, F16 or F32, huge or non-finite values such as 3e38, 4096-pixel images at factor 16);
   and archives of every method with a stored labeller (hostile widths, temperatures, dtypes and
   networks, NaN or infinite scales, a ``meta.labeller`` without its section, a section without it);
-- checkpoint (5 %): a valid encoder checkpoint (d3codec.checkpoint: Adam over two parameter groups and
+- checkpoint (5 %): a valid encoder checkpoint (d3codec.encode.checkpoint: Adam over two parameter groups and
   SGD with momentum, a module, random states) with its header metadata (iteration, opt_groups: values,
   types, keys, lengths; format, kind, run), its tensors (shapes, dtypes, NaN, missing, extra) or its
   safetensors header damaged, then resumed and trained one step, as an encoder goes on;
 - user file (5 %): the safetensors files a user passes in, ``--teacher`` / ``--labeller`` (a ConvNet-3,
-  d3codec.teacher.load_teacher) and ``--generator`` (a d2m generator, load_generator), with hostile
+  d3codec.nn.teacher.load_teacher) and ``--generator`` (a d2m generator, load_generator), with hostile
   tensors (huge, zero or 0-d widths, NaN, other dtypes, missing or extra) or header metadata
   (``classes``, ``architecture``, ``kind``), loaded and run on one input;
 - folder (5 %): a small class-per-folder tree of tiny PNG, JPEG, BMP and TIFF images written afresh for
@@ -91,12 +91,12 @@ FUZZ_LIMITS = DecodeLimits(max_bytes=32 << 20, max_parameters=1 << 24, max_macs_
 def seed_archives(folder: Path) -> dict[str, bytes]:
     """Valid archives of every method and storage kind, built once into ``folder`` (cached)."""
     from conftest import make_tiny_real
-    from d3codec.encoding import compress
+    from d3codec.encode.pipeline import compress
     from d3codec.methods.pixel import BPTTEncoder
     from d3codec.methods.d2m import D2MEncoder
     from d3codec.methods.d3 import D3Encoder
     from d3codec.methods.pixel import DMEncoder
-    from d3codec.labeller import LabelledEncoder, LabellerConfig
+    from d3codec.encode.labelled import LabelledEncoder, LabellerConfig
 
     folder.mkdir(parents=True, exist_ok=True)
     tiny = dict(teacher_epochs=1.0, teacher_width=8, embed_width=8, real_per_class=4)
@@ -357,7 +357,7 @@ def method_layer(rng: random.Random) -> tuple[bytes, dict]:
     import hostile
     from d3codec.format.limits import network_cost
     from d3codec.methods.d2m import ConditionalGenerator
-    from d3codec.models import Decoder
+    from d3codec.nn.models import Decoder
 
     method = rng.choice(["d3", "d3", "d2m", "d2m", "pixel", "merge", "formation", "labeller"])
     spc = rng.choice([None, None, 1, 2, 7, 1000, 10 ** 5, 10 ** 7])
@@ -676,7 +676,7 @@ def checkpoint_base() -> tuple[dict[str, torch.Tensor], dict[str, str]]:
 
         from safetensors import safe_open
 
-        from d3codec.checkpoint import Checkpoint
+        from d3codec.encode.checkpoint import Checkpoint
 
         with torch.random.fork_rng(devices=[]), tempfile.TemporaryDirectory() as tmp:
             torch.manual_seed(0)  # the same file in every process
@@ -795,7 +795,7 @@ def checkpoint_case(rng: random.Random) -> tuple[bytes, dict]:
 
 def _resume(path: Path):
     """Resume the checkpoint at ``path`` into a fresh :func:`_checkpoint_run`, then take one step."""
-    from d3codec.checkpoint import Checkpoint
+    from d3codec.encode.checkpoint import Checkpoint
 
     learned, modules, optimisers = _checkpoint_run()
     resumed = Checkpoint(path, "fuzz", "run").resume(optimisers, torch.Generator(), torch.device("cpu"), learned,
@@ -813,7 +813,7 @@ def _state(kind: str, *args) -> dict[str, torch.Tensor]:
     """A valid state dict (cached; a copy): ``teacher`` (c, k, h, width) a ConvNet-3, ``generator`` (k, z, e,
     width, image_shape, architecture) a d2m ConditionalGenerator."""
     from d3codec.methods.d2m import ConditionalGenerator
-    from d3codec.models import ConvNet
+    from d3codec.nn.models import ConvNet
 
     key = (kind, *args)
     if key not in _STATES:
@@ -921,7 +921,7 @@ def _load_user_file(path: Path, opts: dict):
     """Load ``path`` as ``opts['operation']`` says, as compress does, and run the network on one input."""
     shape, k = tuple(opts["image_shape"]), opts["num_classes"]
     if opts["operation"] == "teacher":
-        from d3codec.teacher import load_teacher
+        from d3codec.nn.teacher import load_teacher
 
         teacher = load_teacher(path, shape, k)
         with torch.no_grad():
@@ -1152,9 +1152,9 @@ def _alarm(signum, frame):
 
 def read_like_a_user(data: bytes, opts: dict | None = None, folder: Path | None = None):
     """Read ``data`` as a user would, under FUZZ_LIMITS; returns what was read (for comparisons)."""
-    from d3codec.expand import grid_image
+    from d3codec.decode.expand import grid_image
     from d3codec.methods.d3.merge import merge_archives
-    from d3codec.verify import verify_archive
+    from d3codec.decode.verify import verify_archive
 
     opts = opts or {"samples_per_class": 2 if _is_sampled(data) else None, "operation": "dataset"}
     operation = opts["operation"]

@@ -12,7 +12,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from conftest import make_tiny_real  # noqa: E402
 
-from d3codec.encoding import compress  # noqa: E402
+from d3codec.encode.pipeline import compress  # noqa: E402
 from d3codec.methods.pixel import BPTTEncoder  # noqa: E402
 
 if __name__ == "__main__":

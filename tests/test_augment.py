@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from d3codec.augment import DSA
+from d3codec.nn.augment import DSA
 
 
 @pytest.mark.parametrize("family", ["color", "crop", "cutout", "flip", "scale", "rotate"])

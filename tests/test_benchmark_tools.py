@@ -62,7 +62,7 @@ def test_top_k_labels_keeps_the_priors_and_cuts_every_row_to_its_largest(tiny_re
     from top_k_labels import top_k_archive
 
     from d3codec import D3Dataset
-    from d3codec.encoding import compress
+    from d3codec.encode.pipeline import compress
     from d3codec.methods.d3 import D3Encoder
 
     encoder = D3Encoder.from_options("fast", iterations=1, init_iterations=2, real_per_class=4, synthetic_per_class=2,

@@ -4,15 +4,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from d3codec.seeds import stream_seed
+from d3codec.encode.seeds import stream_seed
 from d3codec import D3Dataset
-from d3codec.encoding import compress
+from d3codec.encode.pipeline import compress
 from d3codec.format.container import D3Reader, Section, encode_archive
 from d3codec.errors import D3BudgetError, D3FormatError
-from d3codec import students as evaluate
+from d3codec.evaluation import students as evaluate
 from d3codec.methods.pixel import BPTTEncoder, unrolled_gradients
-from d3codec.models import build_model
-from d3codec.schedule import gd_step, init_parameters, step_batches
+from d3codec.nn.models import build_model
+from d3codec.nn.schedule import gd_step, init_parameters, step_batches
 
 
 def tiny_bptt(**kw):
@@ -55,7 +55,7 @@ def test_step_sizes_are_learned_and_replaying_the_stored_schedule_reproduces_the
     assert schedule.lrs.shape == (4,) and (schedule.lrs - 0.02).abs().min() > 1e-3  # moved from the start
     assert len(set(schedule.lrs.tolist())) == 4  # each step learns its own size
 
-    # θ₀ is the network's initialisation from the run's "bptt" stream (d3codec.seeds), rounded to float16, as stored
+    # θ₀ is the network's initialisation from the run's "bptt" stream (d3codec.encode.seeds), rounded to float16, as stored
     drawn = init_parameters("lenet", tiny_real.image_shape, 3, stream_seed(0, "bptt"))
     assert set(schedule.theta0) == set(drawn)
     assert all(torch.equal(schedule.theta0[k], drawn[k].half().float()) for k in drawn)

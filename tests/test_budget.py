@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from d3codec.budget import ipc_budget, ipc_equivalent
-from d3codec.encoding import base_meta, compress, plan_archive
+from d3codec.format.accounting import ipc_budget, ipc_equivalent
+from d3codec.encode.pipeline import base_meta, compress, plan_archive
 from d3codec.errors import D3BudgetError
 from d3codec.methods import DatasetSpec
 from d3codec.methods.pixel import DMEncoder
@@ -94,7 +94,7 @@ def test_compressed_fill_aims_higher_and_trims_to_fit_when_the_estimate_is_wrong
 
 
 def test_trimming_image_by_image_fills_the_budget_to_within_an_image(tiny_real, tmp_path):
-    from d3codec.methods.base import Overrun
+    from d3codec.encode.interface import Overrun
 
     encoder = DMEncoder.from_options("fast", iterations=1, real_per_class=4, embed_width=8)
     result = compress(tiny_real, tmp_path / "t.d3", encoder=encoder, budget=9_000, progress=False)
@@ -107,9 +107,9 @@ def test_trimming_image_by_image_fills_the_budget_to_within_an_image(tiny_real, 
 
 
 def test_few_images_a_class_are_trimmed_by_whole_rounds_many_image_by_image(tiny_real):
-    from d3codec.budget import PixelPlan
-    from d3codec.methods.base import Overrun
-    from d3codec.budget import FEW_PER_CLASS
+    from d3codec.methods.pixel.plan import PixelPlan
+    from d3codec.encode.interface import Overrun
+    from d3codec.methods.pixel.plan import FEW_PER_CLASS
 
     encoder, spec = DMEncoder.from_options("fast"), DatasetSpec.of(tiny_real)
 
@@ -128,7 +128,7 @@ def test_few_images_a_class_are_trimmed_by_whole_rounds_many_image_by_image(tiny
 
 
 def test_a_plan_of_few_images_a_class_distils_what_it_stores(tiny_real, monkeypatch):
-    import d3codec.budget as budget
+    import d3codec.methods.pixel.plan as budget
 
     encoder, spec = DMEncoder.from_options("fast"), DatasetSpec.of(tiny_real)
     meta = base_meta(spec, "pixel", 6_000, None, 0, "2026-01-01T00:00:00Z")

@@ -89,7 +89,7 @@ def test_impossible_budget_and_corrupt_archive_give_clear_errors(image_folder, t
 
 def test_eval_with_random_real_baseline(tiny_real, tmp_path, monkeypatch):
     import d3codec.data
-    from d3codec.encoding import compress
+    from d3codec.encode.pipeline import compress
     from d3codec.methods.pixel import DMEncoder
 
     out = tmp_path / "t.d3"
@@ -203,7 +203,7 @@ def test_d2m_compress_expand_at_any_count_and_eval_with_resampling(tiny_real, im
     assert r.exit_code == 1 and "--task-balance is an option of d2m, not of dm" in r.output
 
     import d3codec.data
-    from d3codec.encoding import compress
+    from d3codec.encode.pipeline import compress
     from d3codec.methods.d2m import D2MEncoder
 
     grey_folder_names = d3codec.data.RealData(
@@ -246,7 +246,7 @@ def test_bptt_compress_and_eval_replays_the_schedule_beside_standard_training(ti
     assert r.exit_code == 1 and "--init is an option of bptt, not of dm" in r.output
 
     import d3codec.data
-    from d3codec.encoding import compress
+    from d3codec.encode.pipeline import compress
     from d3codec.methods.pixel import BPTTEncoder
 
     grey = tmp_path / "grey.d3"
@@ -281,7 +281,7 @@ def test_bptt_compress_and_eval_replays_the_schedule_beside_standard_training(ti
 
 
 def test_verify_passes_a_good_archive_and_names_the_first_failure(tiny_real, tmp_path):
-    from d3codec.encoding import compress
+    from d3codec.encode.pipeline import compress
     from d3codec.format.container import D3Reader
     from d3codec.methods.pixel import BPTTEncoder
 

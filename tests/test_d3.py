@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from d3codec import D3Dataset
-from d3codec.encoding import base_meta, compress, plan_archive
+from d3codec.encode.pipeline import base_meta, compress, plan_archive
 from d3codec.format.container import D3Reader, Section, encode_archive
 from d3codec.data import RealData, TensorImages
 from d3codec.errors import D3BudgetError, D3Error, D3FormatError
@@ -14,9 +14,9 @@ from d3codec.methods.d3.merge import merge_archives
 from d3codec.methods import DatasetSpec
 from d3codec.methods.d3 import (D3Config, D3Encoder, dequantise_priors, decoder_shapes, fit_decoder, pca_latents,
                                 quantise_priors, split_classes)
-from d3codec.models import Decoder
+from d3codec.nn.models import Decoder
 from d3codec.format.weights import dequantise_state, quantise_state
-from d3codec.teacher import load_teacher, save_teacher, train_teacher
+from d3codec.nn.teacher import load_teacher, save_teacher, train_teacher
 
 CPU = torch.device("cpu")
 
@@ -228,7 +228,7 @@ def test_soft_labels_are_a_stage_of_the_progress_and_their_seconds_count(tiny_re
 def test_label_means_fills_preallocated_rows_batch_by_batch_as_one_pass_would():
     from d3codec.data import Normalisation
     from d3codec.methods.d3.encoder import label_means
-    from d3codec.teacher import untrained_teacher
+    from d3codec.nn.teacher import untrained_teacher
 
     torch.manual_seed(0)
     decoder = Decoder(8, (1, 8, 8), 8).eval()
@@ -422,7 +422,7 @@ def test_tapered_decoder_halves_its_channels_and_the_spec_reader_decodes_it(tiny
 
     import spec_reader
     from d3codec.format.limits import network_cost
-    from d3codec.models import decoder_stage_widths
+    from d3codec.nn.models import decoder_stage_widths
 
     assert decoder_stage_widths("tapered", 256, 4) == [256, 128, 64, 32, 16]
     assert decoder_stage_widths("tapered", 8, 3) == [8, 4, 4, 4]
@@ -516,8 +516,8 @@ def test_trimming_takes_priors_from_the_fullest_groups_and_slices_every_prior_te
 
 
 def test_a_teacher_in_micro_batches_learns_what_it_learns_in_whole_batches(tiny_real, monkeypatch):
-    import d3codec.teacher as teacher_module
-    from d3codec.teacher import train_teacher
+    import d3codec.nn.teacher as teacher_module
+    from d3codec.nn.teacher import train_teacher
 
     whole, acc = train_teacher(tiny_real, [0, 1, 2], epochs=2.0, width=8, batch_size=16, seed=0)
     monkeypatch.setattr(teacher_module, "activation_memory", lambda device: 1)  # one image a forward pass

@@ -1,9 +1,9 @@
-"""The default rule: what runs when no method is named (d3codec.defaults)."""
+"""The default rule: what runs when no method is named (d3codec.encode.defaults)."""
 
 import pytest
 
 import d3codec
-from d3codec.defaults import MANY_CLASSES, class_count, default_choice, default_method, with_user_options
+from d3codec.encode.defaults import MANY_CLASSES, class_count, default_choice, default_method, with_user_options
 
 
 def test_the_rule_picks_by_classes_budget_and_preset():

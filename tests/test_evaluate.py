@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from d3codec import students as ev
-from d3codec.students import StudentConfig, train_student, train_students
-from d3codec.models import MODELS, build_model
+from d3codec.evaluation import students as ev
+from d3codec.evaluation.students import StudentConfig, train_student, train_students
+from d3codec.nn.models import MODELS, build_model
 
 
 @pytest.mark.parametrize("name", MODELS)
@@ -84,11 +84,11 @@ def test_a_killed_student_goes_on_from_its_checkpoint_and_ends_as_an_uninterrupt
 
 
 def test_the_full_data_accuracy_of_the_ranking_is_the_measured_one():
-    """d3codec.ranking keeps what benchmarks/full_data.py measured (benchmarks/full-data.json), command and all."""
+    """d3codec.evaluation.ranking keeps what benchmarks/full_data.py measured (benchmarks/full-data.json), command and all."""
     import json
     from pathlib import Path
 
-    from d3codec.ranking import FULL_DATA_ACCURACY
+    from d3codec.evaluation.ranking import FULL_DATA_ACCURACY
 
     measured = json.loads((Path(__file__).parent.parent / "benchmarks" / "full-data.json").read_text())
     assert {(r["dataset"], r["model"]): r["accuracy"] for r in measured} == \

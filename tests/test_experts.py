@@ -1,4 +1,4 @@
-"""The expert pool (d3codec.experts) and matching through it (DANCE's middle encoders and calibration)."""
+"""The expert pool (d3codec.nn.experts) and matching through it (DANCE's middle encoders and calibration)."""
 
 from __future__ import annotations
 
@@ -6,12 +6,12 @@ import pytest
 import torch
 
 import d3codec
-from d3codec import experts as experts_module
+from d3codec.nn import experts as experts_module
 from d3codec.errors import D3Error
-from d3codec.experts import ExpertSpec, expert_pool, pool_file
-from d3codec.augment import DSA
+from d3codec.nn.experts import ExpertSpec, expert_pool, pool_file
+from d3codec.nn.augment import DSA
 from d3codec.data import ClassSampler, Normalisation
-from d3codec.losses import mean_embedding_loss
+from d3codec.nn.losses import mean_embedding_loss
 from d3codec.methods.matching import (CalibrationTerm, DistributionMatcher, FeatureTerm, MatchingBatch,
                                       matching_experts)
 from d3codec.methods.pixel import DMEncoder

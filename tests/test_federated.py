@@ -39,7 +39,7 @@ def test_two_ranks_and_one_process_give_the_same_images(image_folder, tmp_path):
 
 def _exchange(device, path):
     """On each of 2 ranks: sum per-rank gradients, broadcast rank 0's weights; write what each rank holds."""
-    from d3codec import federated
+    from d3codec.encode import federated
 
     net = torch.nn.Linear(3, 2)
     torch.nn.init.constant_(net.weight, float(federated.rank()))  # rank 0 holds zeros, rank 1 ones
@@ -51,7 +51,7 @@ def _exchange(device, path):
 
 
 def test_ranks_sum_gradients_and_take_rank_zeros_weights(tmp_path):
-    from d3codec.federated import run_ranks
+    from d3codec.encode.federated import run_ranks
 
     run_ranks(2, _exchange, (str(tmp_path / "rank"),))
     for r in (0, 1):
@@ -63,7 +63,7 @@ def test_ranks_sum_gradients_and_take_rank_zeros_weights(tmp_path):
 
 def test_d2m_shares_its_classes_across_two_ranks(image_folder, tmp_path):
     """D2M is data-parallel: under 2 ranks each fine-tunes half of every iteration's classes, rank 0 writes."""
-    from d3codec.encoding import compress_with_workers
+    from d3codec.encode.pipeline import compress_with_workers
     from d3codec.methods.d2m import D2MEncoder
 
     encoder = D2MEncoder.from_options("fast", pretrain_iterations=2, pretrain_batch=4, disc_width=4, iterations=2,
@@ -77,7 +77,7 @@ def test_d2m_shares_its_classes_across_two_ranks(image_folder, tmp_path):
 
 
 def test_a_last_round_of_fewer_subtasks_takes_the_idle_cores():
-    from d3codec.federated import round_threads
+    from d3codec.encode.federated import round_threads
 
     # ImageNet's 5 subtasks on 2 local ranks and 2 cores: rank 0 runs 0, 2, 4 and is alone in the last round
     assert [round_threads(i, 2, 5, 2) for i in range(5)] == [1, 1, 1, 1, 2]

@@ -5,7 +5,7 @@ import torch
 
 from d3codec import D3Dataset
 from d3codec.format.container import D3Reader, Section, encode_archive
-from d3codec.encoding import compress
+from d3codec.encode.pipeline import compress
 from d3codec.errors import D3FormatError
 from d3codec.methods.pixel import DMEncoder
 from d3codec.methods.pixel.formation import PIXELS, Formation, dct_basis, parse_formation

@@ -20,10 +20,10 @@ from d3codec.cli.main import main
 from d3codec.format.container import Section, encode_archive
 from d3codec.data import archive_dataset, load_dataset
 from d3codec.errors import D3BudgetError, D3DatasetError, D3Error, D3FormatError, D3LimitError
-from d3codec.labeller import labeller_parts
+from d3codec.decode.labeller import labeller_parts
 from d3codec.format.limits import DEFAULT_LIMITS
-from d3codec.models import ConvNet
-from d3codec.verify import verify_archive
+from d3codec.nn.models import ConvNet
+from d3codec.decode.verify import verify_archive
 
 
 def run(*args):
@@ -164,7 +164,7 @@ def test_a_panic_in_safetensors_is_one_format_error(monkeypatch):
 
 def test_a_bptt_archive_declaring_100000_replay_steps_is_refused(tmp_path):
     from d3codec.methods.pixel import BPTTEncoder
-    from d3codec.encoding import compress
+    from d3codec.encode.pipeline import compress
     from conftest import make_tiny_real
 
     out = tmp_path / "b.d3"
@@ -211,7 +211,7 @@ def _state_file(path, tensors: dict, metadata: dict | None = None):
 
 @pytest.mark.parametrize("case", ["width 50000", "width 0", "0-d tensors", "NaN weights", "classes header"])
 def test_a_teacher_or_labeller_file_is_checked_before_any_network_is_built(tmp_path, case):
-    from d3codec.teacher import load_teacher
+    from d3codec.nn.teacher import load_teacher
 
     good = {k: v for k, v in ConvNet(1, 3, 16, width=4).state_dict().items()}
     tensors, metadata = dict(good), None
@@ -256,7 +256,7 @@ def test_a_damaged_checkpoint_is_refused_in_one_line(tmp_path, edit, why):
     from safetensors import safe_open
     from safetensors.torch import save_file
 
-    from d3codec.checkpoint import Checkpoint
+    from d3codec.encode.checkpoint import Checkpoint
 
     param = torch.zeros(3, requires_grad=True)
     opt = torch.optim.Adam([param], lr=0.1)
@@ -317,7 +317,7 @@ def test_a_folder_name_is_escaped_where_printed(tmp_path):
 
 
 def test_a_plan_on_uniform_images_is_bounded_whatever_zstd_says():
-    from d3codec.budget import MIN_COMPRESSION_RATIO, plan_pixel_storage
+    from d3codec.methods.pixel.plan import MIN_COMPRESSION_RATIO, plan_pixel_storage
     from d3codec.format.storage import stored_image_zeros
 
     def sections(n, dtype):
@@ -362,9 +362,9 @@ def test_options_past_what_the_code_can_honour_are_refused_before_work(tmp_path,
 
 
 def test_a_labeller_on_images_too_small_for_it_is_refused_in_one_line():
-    from d3codec.labeller import LabelledEncoder, LabellerConfig
+    from d3codec.encode.labelled import LabelledEncoder, LabellerConfig
     from d3codec.methods import get_method
-    from d3codec.methods.base import DatasetSpec
+    from d3codec.encode.interface import DatasetSpec
 
     encoder = LabelledEncoder(get_method("dm").make_encoder("smoke"), LabellerConfig(width=8))
     spec = DatasetSpec("x", ("a", "b"), (1, 4, 4), (0.5,), (0.25,))
@@ -375,11 +375,11 @@ def test_a_labeller_on_images_too_small_for_it_is_refused_in_one_line():
 @pytest.mark.parametrize("failure", [MemoryError(), RuntimeError("[enforce fail at alloc_cpu.cpp:127] "
                                                                   "DefaultCPUAllocator: can't allocate memory")])
 def test_an_allocation_that_fails_within_the_limits_is_one_limit_error(monkeypatch, failure):
-    import d3codec.dataset
+    import d3codec.decode.dataset
 
     def fail(*args, **kwargs):
         raise failure
-    monkeypatch.setattr(d3codec.dataset, "_decode", fail)
+    monkeypatch.setattr(d3codec.decode.dataset, "_decode", fail)
     with pytest.raises(D3LimitError, match="ran out of memory"):
         D3Dataset(hostile.pixel_archive())
     assert not verify_archive(hostile.pixel_archive()).ok
@@ -388,9 +388,9 @@ def test_an_allocation_that_fails_within_the_limits_is_one_limit_error(monkeypat
 @pytest.mark.parametrize("method", ["dm", "bptt", "d3"])
 def test_planning_the_largest_budget_builds_no_placeholder_archive(method):
     from d3codec.format.meta import base_meta
-    from d3codec.encoding import MAX_BUDGET_BYTES
+    from d3codec.encode.pipeline import MAX_BUDGET_BYTES
     from d3codec.methods import get_method
-    from d3codec.methods.base import DatasetSpec
+    from d3codec.encode.interface import DatasetSpec
 
     spec = DatasetSpec("x", tuple(f"c{i}" for i in range(10)), (1, 28, 28), (0.5,), (0.25,))
     encoder = get_method(method).make_encoder("fast")

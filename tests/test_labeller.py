@@ -8,10 +8,10 @@ import torch
 import d3codec
 from d3codec import D3Dataset, D3FormatError
 from d3codec.format.container import D3Reader, Section, encode_archive
-from d3codec.labeller import Labeller, labeller_parts
-from d3codec import students
-from d3codec.teacher import train_teacher
-from d3codec.verify import verify_archive
+from d3codec.decode.labeller import Labeller, labeller_parts
+from d3codec.evaluation import students
+from d3codec.nn.teacher import train_teacher
+from d3codec.decode.verify import verify_archive
 
 
 @pytest.fixture
@@ -87,7 +87,7 @@ def test_a_labeller_that_does_not_match_its_description_is_refused(labelled, tmp
 
 
 def test_any_method_stores_a_labeller_within_its_budget(tiny_real, tmp_path):
-    from d3codec.labeller import LabelledEncoder, LabellerConfig
+    from d3codec.encode.labelled import LabelledEncoder, LabellerConfig
     from d3codec.methods import get_method
 
     dm = get_method("dm").make_encoder("fast", {"iterations": 1, "real_per_class": 4, "embed_width": 8})
@@ -128,14 +128,14 @@ def test_the_command_line_stores_a_labeller_and_eval_uses_it_online(tiny_real, t
 
 
 def test_the_fair_baseline_gives_real_images_the_same_labeller_and_ranking_uses_it(labelled, tiny_real):
-    from d3codec.ranking import label_robust_score
+    from d3codec.evaluation.ranking import label_robust_score
 
     _, archive, _ = labelled
     result = d3codec.evaluate(archive, dataset=tiny_real, device="cpu", epochs=2, runs=1, model="mlp",
                               baseline="random-real", ranking=True)
     rows = {row.name.split(" labelled")[0]: row for row in result.rows}
     with D3Reader(archive) as reader:
-        labeller_bytes = d3codec.labeller.stored_bytes(reader)
+        labeller_bytes = d3codec.decode.labeller.stored_bytes(reader)
     assert labeller_bytes > 0
     png, fair = rows["random real (PNG)"], rows[f"random real (PNG, {labeller_bytes} B fewer)"]
     budget = D3Dataset(archive).meta["budget"]["bytes"]
@@ -157,8 +157,9 @@ def test_the_budget_rule_picks_the_widest_labeller_within_its_share(tiny_real, t
 
     import d3codec.data
     from d3codec.cli.main import main
-    from d3codec.labeller import LABELLER_SHARE, auto_width, labeller_parts, section_cost
-    from d3codec.models import ConvNet
+    from d3codec.decode.labeller import labeller_parts, section_cost
+    from d3codec.encode.labelled import LABELLER_SHARE, auto_width
+    from d3codec.nn.models import ConvNet
 
     fm = ((1, 28, 28), 10)
     assert [auto_width(*fm, ipc * 31_360) for ipc in (1, 10, 50)] == [8, 32, 32]

@@ -9,7 +9,7 @@ import torch
 from d3codec.format import noise
 from d3codec.format.meta import open_archive
 from d3codec.format.container import Content, D3Reader, Section, encode_archive
-from d3codec.dataset import decode_archive
+from d3codec.decode.dataset import decode_archive
 from d3codec.format.limits import DEFAULT_LIMITS
 
 VECTORS = Path(__file__).resolve().parent.parent / "spec" / "vectors"
@@ -105,7 +105,7 @@ def test_expand_refuses_more_files_or_bytes_than_allowed_before_writing_and_stre
 
     from d3codec import D3Dataset
     from d3codec.cli.main import main
-    from d3codec.expand import output_size
+    from d3codec.decode.expand import output_size
 
     path = tmp_path / "g.d3"
     path.write_bytes((VECTORS / "d2m-int8.d3").read_bytes())
@@ -144,7 +144,8 @@ def test_a_worker_forked_from_a_gpu_process_reloads_the_archive_on_the_cpu():
 
 
 def test_a_student_trains_on_a_lazy_dataset_a_batch_at_a_time_as_on_its_tensors(monkeypatch):
-    from d3codec import D3Dataset, students
+    from d3codec import D3Dataset
+    from d3codec.evaluation import students
 
     data = (VECTORS / "d2m-int8-teacher.d3").read_bytes()
     ds = D3Dataset(data, samples_per_class=6)
@@ -166,7 +167,8 @@ def test_a_student_trains_on_a_lazy_dataset_a_batch_at_a_time_as_on_its_tensors(
 
 def test_evaluate_streams_a_lazy_draw_too_large_to_hold(tiny_real, tmp_path, monkeypatch):
     import d3codec
-    from d3codec import D3Dataset, evaluation
+    from d3codec import D3Dataset
+    from d3codec.evaluation import protocol as evaluation
     from d3codec.methods.d2m import D2MEncoder
 
     path = tmp_path / "g.d3"

@@ -2,7 +2,7 @@
 
 import torch
 
-from d3codec.losses import mean_embedding_loss, mmd_rbf, squared_distances
+from d3codec.nn.losses import mean_embedding_loss, mmd_rbf, squared_distances
 
 
 def test_mmd_is_zero_for_the_same_set_and_grows_with_a_shift():

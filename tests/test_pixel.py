@@ -3,7 +3,7 @@
 import torch
 
 from d3codec import D3Dataset
-from d3codec.encoding import base_meta, compress
+from d3codec.encode.pipeline import base_meta, compress
 from d3codec.format.container import D3Reader, encode_archive
 from d3codec.methods import DatasetSpec
 from d3codec.methods.pixel import DMEncoder

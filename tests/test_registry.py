@@ -19,9 +19,9 @@ from d3codec.cli.main import main
 from d3codec.format.container import Section
 from d3codec.methods import (ArchiveKind, Method, Option, archive_kind, archive_kind_names, get_method, method_names,
                              register_archive_kind, register_method)
-from d3codec.methods.base import Encoded, Encoder, preset_config
+from d3codec.encode.interface import Encoded, Encoder, preset_config
 from d3codec.registry import unregister
-from d3codec.verify import verify_archive
+from d3codec.decode.verify import verify_archive
 
 
 def run(*args):
@@ -120,7 +120,7 @@ def test_a_toy_method_registered_once_shows_everywhere(toy, image_folder, tmp_pa
     ds = D3Dataset(out)
     assert len(ds) == 3 and torch.all(ds.images == 0.5)
 
-    from d3codec.encoding import compress
+    from d3codec.encode.pipeline import compress
     compress(tiny_real, tmp_path / "api.d3", method="toy", budget=20_000, progress=False)
     assert torch.all(D3Dataset(tmp_path / "api.d3").images == 0.25)
 
@@ -150,14 +150,14 @@ def test_the_old_method_and_objective_spelling_still_runs_with_a_notice(image_fo
     assert r.exit_code == 2 and "is no method" in r.output
     r = run("compress", "dm", image_folder, "--method", "d3", "--budget", 8_000, "-o", out)
     assert r.exit_code == 2 and "keep one" in r.output
-    from d3codec.encoding import compress
+    from d3codec.encode.pipeline import compress
     with pytest.warns(DeprecationWarning, match='now called "dm"'):
         with pytest.raises(ValueError, match="exactly one of --ipc"):
             compress(tiny_real, out, method="pixel")
 
 
 def test_presets_take_overrides_of_their_fields_types_only():
-    from d3codec.methods.base import preset_config
+    from d3codec.encode.interface import preset_config
     from d3codec.methods.d3 import PRESETS
 
     config = preset_config(PRESETS, "fast", {"iterations": "30", "latent_dim": 8.0, "soft_labels": "false",

@@ -12,7 +12,7 @@ import torch
 from safetensors import safe_open
 
 from d3codec import D3Dataset
-from d3codec.encoding import compress
+from d3codec.encode.pipeline import compress
 from d3codec.format.container import D3Reader
 from d3codec.errors import D3Error
 from d3codec.methods.pixel import DMEncoder
@@ -68,7 +68,7 @@ class Interrupted(Exception):
 def stop_after_saving(monkeypatch, iteration: int, file_name: str | None = None) -> None:
     """Make Checkpoint.save raise Interrupted right after it writes ``iteration`` (to ``file_name`` only, if given):
     a kill at the worst moment, in process. ``monkeypatch.undo()`` lifts it."""
-    from d3codec import checkpoint as checkpoint_module
+    from d3codec.encode import checkpoint as checkpoint_module
 
     real_save = checkpoint_module.Checkpoint.save
 
@@ -193,7 +193,7 @@ def full_disk_encoder(method: str, folder: Path):
 @pytest.mark.parametrize("method", ["dm", "d2m", "d3"])
 def test_a_full_disk_at_the_end_names_the_checkpoint_and_the_next_run_only_writes(method, tiny_real, tmp_path,
                                                                                    monkeypatch):
-    import d3codec.encoding
+    import d3codec.encode.pipeline
 
     budget = 20_000
     (tmp_path / "r").mkdir()  # the uninterrupted run checkpoints elsewhere
@@ -202,7 +202,7 @@ def test_a_full_disk_at_the_end_names_the_checkpoint_and_the_next_run_only_write
 
     def disk_full(*args, **kwargs):
         raise OSError(28, "No space left on device")
-    monkeypatch.setattr(d3codec.encoding, "write_atomic", disk_full)
+    monkeypatch.setattr(d3codec.encode.pipeline, "write_atomic", disk_full)
     encoder, kept, iterations = full_disk_encoder(method, tmp_path)
     with pytest.raises(OSError, match=f"No space left on device.*kept in .*{kept}.*run the same command again"):
         compress(tiny_real, tmp_path / "x.d3", encoder=encoder, budget=budget, seed=1, progress=False)
@@ -234,7 +234,7 @@ def test_each_encoder_lists_the_checkpoints_a_run_would_take_up(tmp_path):
 
 
 def test_weights_digest_tells_apart_any_change_of_value_name_or_dtype():
-    from d3codec.checkpoint import weights_digest
+    from d3codec.encode.checkpoint import weights_digest
 
     state = {"w": torch.arange(6.0).view(2, 3), "steps": torch.tensor(3)}  # a 0-d tensor too
     assert weights_digest(state) == weights_digest({k: v.clone() for k, v in state.items()})
@@ -244,7 +244,7 @@ def test_weights_digest_tells_apart_any_change_of_value_name_or_dtype():
 
 
 def test_a_checkpoint_restores_tensors_and_modules_and_calls_a_mismatch_damaged(tmp_path):
-    from d3codec.checkpoint import Checkpoint
+    from d3codec.encode.checkpoint import Checkpoint
 
     torch.manual_seed(0)
     net, images = torch.nn.Linear(2, 3), torch.randn(4, 2)

@@ -9,7 +9,7 @@ import torch
 
 from d3codec import D3Dataset
 from d3codec.format.meta import open_archive
-from d3codec.dataset import decode_archive
+from d3codec.decode.dataset import decode_archive
 from d3codec.errors import D3FormatError
 from d3codec.format.limits import DEFAULT_LIMITS
 

@@ -16,11 +16,11 @@ from pathlib import Path
 import click
 
 from d3codec.format.meta import MAX_SIDE
-from d3codec.budget import ipc_budget, ipc_equivalent
-from d3codec.encoding import MAX_BUDGET_BYTES, MAX_REAL_PER_CLASS, MAX_SEED, MIN_SIDE
+from d3codec.format.accounting import ipc_budget, ipc_equivalent
+from d3codec.encode.pipeline import MAX_BUDGET_BYTES, MAX_REAL_PER_CLASS, MAX_SEED, MIN_SIDE
 from d3codec.errors import D3Error
 from d3codec.format.text import safe_text
-from d3codec.defaults import (FACTOR_3_MAX_IPC, MANY_CLASSES, class_count, default_choice, default_method,
+from d3codec.encode.defaults import (FACTOR_3_MAX_IPC, MANY_CLASSES, class_count, default_choice, default_method,
                               with_user_options)
 from d3codec.methods import BuildContext, Method, Option, archive_kind, get_method, method_names
 
@@ -217,7 +217,7 @@ class CompressGroup(click.Group):
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
         args, legacy = legacy_method(list(args))
         if args and args[0] not in method_names() and args[0] not in ("-h", "--help"):
-            if legacy is None:  # the default rule (d3codec.defaults); run_compress adds its options
+            if legacy is None:  # the default rule (d3codec.encode.defaults); run_compress adds its options
                 ctx.meta[DEFAULTED] = True
             classes = class_count(args[0]) if not args[0].startswith("-") else None
             args.insert(0, legacy or default_method(classes or 0))
@@ -274,14 +274,14 @@ def check_output(output: Path, force: bool) -> None:
 
 def with_labeller(encoder, values: dict, context: BuildContext):
     """``encoder``, or it with a stored labeller beside it where --labeller-width or --labeller asks for one
-    (d3codec.labeller.LabelledEncoder)."""
-    from d3codec.labeller import LabelledEncoder, LabellerConfig
-    from d3codec.teacher import load_teacher
+    (d3codec.encode.labelled.LabelledEncoder)."""
+    from d3codec.encode.labelled import LabelledEncoder, LabellerConfig
+    from d3codec.nn.teacher import load_teacher
 
     width = values["labeller_width"]
     if width == "auto" and values["labeller"] is None:
-        from d3codec.budget import ipc_budget, ipc_equivalent
-        from d3codec.labeller import auto_width
+        from d3codec.format.accounting import ipc_budget, ipc_equivalent
+        from d3codec.encode.labelled import auto_width
 
         budget = values["budget"] or ipc_budget(values["ipc"], context.num_classes, context.image_shape)
         width = auto_width(context.image_shape, context.num_classes, budget, values["labeller_dtype"])
@@ -295,7 +295,7 @@ def with_labeller(encoder, values: dict, context: BuildContext):
 
 
 def default_options(method: Method, values: dict, real, options: dict) -> str | None:
-    """Where no method was named, fill ``options`` with the default rule's (d3codec.defaults) for the
+    """Where no method was named, fill ``options`` with the default rule's (d3codec.encode.defaults) for the
     options the user left unset, and return the rule's reason; else None."""
     ctx = click.get_current_context(silent=True)
     if ctx is None or not ctx.meta.get(DEFAULTED):
@@ -311,13 +311,13 @@ def default_options(method: Method, values: dict, real, options: dict) -> str | 
 
 def run_compress(method: Method, values: dict) -> None:
     """Build the encoder from the options and distil (the body of every method's command)."""
-    from d3codec.encoding import compress, compress_with_workers
+    from d3codec.encode.pipeline import compress, compress_with_workers
     from d3codec.data import load_dataset
-    from d3codec.federated import barrier, join_process_group, rank, world_size
-    from d3codec.models import resolve_device
+    from d3codec.encode.federated import barrier, join_process_group, rank, world_size
+    from d3codec.nn.models import resolve_device
 
     output, quiet, ipc, budget = values["output"], values["quiet"], values["ipc"], values["budget"]
-    if values.get("experts"):  # read by d3codec.experts.experts_dir, here and in --workers' processes
+    if values.get("experts"):  # read by d3codec.nn.experts.experts_dir, here and in --workers' processes
         os.environ["D3CODEC_EXPERTS"] = str(Path(values["experts"]).resolve())
     workers, resume = values.get("workers"), values["resume"]
     try:

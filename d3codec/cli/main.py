@@ -11,11 +11,11 @@ from pathlib import Path
 
 import click
 
-from d3codec.encoding import MAX_BUDGET_BYTES as MAX_BUDGET
-from d3codec.encoding import MAX_SEED
+from d3codec.encode.pipeline import MAX_BUDGET_BYTES as MAX_BUDGET
+from d3codec.encode.pipeline import MAX_SEED
 from d3codec.errors import D3Error
-from d3codec.expand import MAX_OUTPUT_BYTES, MAX_OUTPUT_FILES
-from d3codec.students import JPEG_QUALITY
+from d3codec.decode.expand import MAX_OUTPUT_BYTES, MAX_OUTPUT_FILES
+from d3codec.evaluation.students import JPEG_QUALITY
 from d3codec.format.text import safe_text
 
 from d3codec.cli.compress import CompressGroup
@@ -69,7 +69,7 @@ def info(archive, show_meta, as_json):
     metadata). Strings from the archive are shown with control characters escaped and cut after 200
     characters (their length stated), lists after 20 items; --json prints everything, JSON-escaped."""
     from d3codec.format.meta import byte_table, open_archive_or_container, summary
-    from d3codec.budget import ipc_equivalent
+    from d3codec.format.accounting import ipc_equivalent
     from d3codec.format.text import safe_value
 
     try:
@@ -113,7 +113,7 @@ def verify(archive, as_json, **limits):
     The decode budget is checked from the declared shapes before any decoder runs: an archive whose
     default expansion would pass the limits fails. Exits 0 when all checks pass, 1 with the reason of
     the first that fails."""
-    from d3codec.verify import verify_archive
+    from d3codec.decode.verify import verify_archive
 
     try:
         result = verify_archive(archive, decode_limits(**limits))
@@ -168,9 +168,9 @@ def expand(archive, output, fmt, grid, grid_columns, grid_scale, grid_names, max
     and bytes it would write): an archive or a --samples-per-class over them is refused with the figure
     and the option that raises it. d3 and d2m archives are decoded a batch at a time for PNG folders
     and grids; tensor formats hold the whole draw in memory."""
-    from d3codec import D3Dataset
-    from d3codec.expand import check_output, grid_image, write_ddranking, write_image_folder, write_tensors
-    from d3codec.models import resolve_device
+    from d3codec.decode.dataset import D3Dataset
+    from d3codec.decode.expand import check_output, grid_image, write_ddranking, write_image_folder, write_tensors
+    from d3codec.nn.models import resolve_device
 
     if output is None and grid is None:
         raise click.UsageError("give -o DIR, --grid FILE.png, or both")
@@ -245,7 +245,7 @@ def expand(archive, output, fmt, grid, grid_columns, grid_scale, grid_names, max
 def evaluate_cmd(archive, dataset, data_root, device, json_out, quiet, **options):
     """Train fresh students on ARCHIVE and report final test accuracy, bytes and training time
     (d3codec.evaluate in Python)."""
-    from d3codec.evaluation import EvalProtocol, evaluate
+    from d3codec.evaluation.protocol import EvalProtocol, evaluate
 
     limits = decode_limits(**{name: options.pop(name) for name in LIMIT_FIELDS})
     log = (lambda m: click.echo(m, err=True)) if not quiet else None  # noqa: E731

@@ -55,7 +55,7 @@ class PositiveFinite(click.ParamType):
 
 
 class LabellerWidth(click.ParamType):
-    """A labeller's width: an integer from 1 to 4096, or ``auto`` (d3codec.labeller.auto_width's rule)."""
+    """A labeller's width: an integer from 1 to 4096, or ``auto`` (d3codec.encode.labelled.auto_width's rule)."""
 
     name = "WIDTH|auto"
 

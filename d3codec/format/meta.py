@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from d3codec.version import __version__
-from d3codec.budget import ipc_equivalent
+from d3codec.format.accounting import ipc_equivalent
 from d3codec.format.container import D3Reader
 from d3codec.errors import D3FormatError
 from d3codec.format.limits import DEFAULT_LIMITS
@@ -111,7 +111,7 @@ def utc_now() -> str:
 
 def base_meta(spec, method: str, budget: int, ipc: float | None, seed: int | None, created: str) -> dict:
     """The metadata fields every archive carries (spec/FORMAT.md §5), before the method's own.
-    ``spec``: the dataset's d3codec.methods.base.DatasetSpec (name, classes, image_shape, mean, std)."""
+    ``spec``: the dataset's d3codec.encode.interface.DatasetSpec (name, classes, image_shape, mean, std)."""
     return {
         "format": FORMAT_NAME,
         "method": method,

@@ -6,7 +6,8 @@ Importing this package registers the built-in methods and the archive kinds they
 - ``d3/``: method and archive kind ``d3`` (encoder.py trains, archive.py reads, merge.py merges);
 - ``d2m/``: method and archive kind ``d2m`` (encoder.py, networks.py, archive.py).
 
-base.py holds the interfaces every method implements (Encoder, Sampler, SubtaskEncoder) and
+d3codec.encode.interface holds the interfaces every method implements (Encoder, SubtaskEncoder),
+d3codec.decode.sampler the one sampled archives implement (Sampler), and
 matching.py the distribution-matching loop DM, D3 and D2M share. A new method is one package whose
 ``__init__`` calls ``register_method`` (and ``register_archive_kind`` for a new kind of archive),
 imported below; everything that lists methods reads the registry.
@@ -14,8 +15,9 @@ imported below; everything that lists methods reads the registry.
 
 from d3codec.registry import (ArchiveKind, BuildContext, Method, Option, archive_kind, archive_kind_names,
                         get_method, method_names, register_archive_kind, register_method)
-from d3codec.methods import pixel, d3, d2m  # each registers itself, in this order (d3codec.defaults picks among them)
-from d3codec.methods.base import DatasetSpec, Encoded, Encoder, Overrun, Sampler, Subtask, SubtaskEncoder
+from d3codec.methods import pixel, d3, d2m  # each registers itself, in this order (d3codec.encode.defaults picks among them)
+from d3codec.encode.interface import DatasetSpec, Encoded, Encoder, Overrun, Subtask, SubtaskEncoder
+from d3codec.decode.sampler import Sampler
 
 __all__ = ["pixel", "d3", "d2m", "ArchiveKind", "BuildContext", "Method", "Option", "archive_kind",
            "archive_kind_names", "get_method", "method_names", "register_archive_kind", "register_method",

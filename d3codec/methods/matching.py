@@ -3,7 +3,7 @@
 Every iteration draws a ConvNet-3 φ: freshly initialised (``matching="dm"``: Zhao & Bilen, "Dataset
 Condensation with Distribution Matching", WACV 2023, Sec. 3.2), or DANCE's middle encoder between an
 expert's initial and trained weights (``matching="dance"``: Zhang et al., IJCAI 2024, Sec. 3.2; the pool
-is d3codec.experts), whose trained expert then also calibrates the synthetic images (:class:`CalibrationTerm`,
+is d3codec.nn.experts), whose trained expert then also calibrates the synthetic images (:class:`CalibrationTerm`,
 Sec. 3.3). Then, class by class (``class_chunk`` classes at a
 time, to bound memory), it takes a synthetic batch from the method and a real batch of the same
 class, applies one DSA draw to both (siamese augmentation, Zhao & Bilen, ICML 2021, Sec. 3), and
@@ -20,11 +20,11 @@ from typing import Callable, Protocol, Sequence
 import torch
 import torch.nn.functional as F
 
-from d3codec.augment import DSA
+from d3codec.nn.augment import DSA
 from d3codec.data import Normalisation, RealData
-from d3codec.experts import ExpertPool, ExpertSpec, expert_pool
-from d3codec.losses import prediction_matching_loss
-from d3codec.models import ConvNet, compiled
+from d3codec.nn.experts import ExpertPool, ExpertSpec, expert_pool
+from d3codec.nn.losses import prediction_matching_loss
+from d3codec.nn.models import ConvNet, compiled
 from d3codec.registry import Option
 
 MATCHINGS = ("dm", "dance")  # the network each iteration embeds with: random (DM) or a middle encoder (DANCE)
@@ -75,7 +75,7 @@ class MatchingTerm(Protocol):
 
 @dataclass
 class FeatureTerm:
-    """Σ_c weight · loss(φ(x̃_c), φ(x_c)) for a feature loss of d3codec.losses: ``mean_embedding_loss``
+    """Σ_c weight · loss(φ(x̃_c), φ(x_c)) for a feature loss of d3codec.nn.losses: ``mean_embedding_loss``
     (DM, Zhao & Bilen 2023, Eq. 4) or ``mmd_rbf`` (Qin et al. 2024, Eq. 6, MMD part). ``extractor``:
     None for the random network, or another (a teacher's ``embed``)."""
 
@@ -91,8 +91,8 @@ class FeatureTerm:
 @dataclass
 class PredictionTerm:
     """Σ_c weight · τ² · KL(mean p_T(x_c) ‖ mean p_T(x̃_c)), a teacher's mean predictions on the two
-    sides (D2M's prediction matching, Sajedi et al. 2024; d3codec.losses.prediction_matching_loss).
-    ``teacher`` is a d3codec.teacher.Teacher."""
+    sides (D2M's prediction matching, Sajedi et al. 2024; d3codec.nn.losses.prediction_matching_loss).
+    ``teacher`` is a d3codec.nn.teacher.Teacher."""
 
     teacher: object
     temperature: float
@@ -157,10 +157,10 @@ class DistributionMatcher:
         embed_width: the random ConvNet-3's width (128 in DM's paper).
         class_chunk: classes per forward pass; memory grows with it (memory_sized_chunk); it orders the
             random draws, not the objective.
-        experts: DANCE's pool (d3codec.experts): each iteration then embeds with a middle encoder of a drawn
+        experts: DANCE's pool (d3codec.nn.experts): each iteration then embeds with a middle encoder of a drawn
             expert instead of a random network (None: DM's random networks).
         class_ids: the dataset index of each local class (default 0 … K−1), for the experts' outputs.
-        compile: embed through torch.compile (d3codec.models.compiled): one network module is kept and each
+        compile: embed through torch.compile (d3codec.nn.models.compiled): one network module is kept and each
             iteration's weights are copied into it, so it compiles once; the draws stay the same.
     """
 
@@ -248,7 +248,7 @@ MATCHING_OPTIONS = (
 def matching_experts(matching: str, real: RealData, count: int, epochs: int, width: int, device: torch.device,
                      progress: bool = False) -> ExpertPool | None:
     """The expert pool ``matching`` needs (None for dm): ``count`` ConvNet-3s of ``width`` trained ``epochs`` on
-    every class of ``real``, from the cache (d3codec.experts) or trained now.
+    every class of ``real``, from the cache (d3codec.nn.experts) or trained now.
 
     Raises: ValueError for a matching that is not one of MATCHINGS."""
     if matching not in MATCHINGS:

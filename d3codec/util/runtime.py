@@ -9,7 +9,7 @@ AMD EPYC of benchmarks/cpu-time.md a one-thread DM encode spent half its CPU tim
 :func:`keep_freed_memory` raises both thresholds once, with ``mallopt`` (what the environment
 variables ``MALLOC_MMAP_THRESHOLD_`` and ``MALLOC_TRIM_THRESHOLD_`` would do), so freed buffers stay
 in the process and are reused. The cost: the process keeps its peak memory until it exits. It is
-called by the encoders (d3codec.encoding), the student trainer (d3codec.students), the ``d3``
+called by the encoders (d3codec.encode.pipeline), the student trainer (d3codec.evaluation.students), the ``d3``
 command and the benchmarks. It does nothing where the C library is not glibc, where the user has
 set either variable or ``GLIBC_TUNABLES`` (their choice stands), or where ``D3CODEC_MALLOC=system``.
 """
@@ -61,7 +61,7 @@ def _apply() -> str:
 def release_freed_memory() -> bool:
     """Give the memory freed so far back to the system (glibc's ``malloc_trim``), between the stages of a
     long run: with :func:`keep_freed_memory` a process otherwise holds the peak of every stage before, and
-    a rank that distils several subtasks in turn (d3codec.federated) would hold their sum of fragments.
+    a rank that distils several subtasks in turn (d3codec.encode.federated) would hold their sum of fragments.
     Returns whether anything was released; False where the C library is not glibc. Never raises."""
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return False

@@ -181,7 +181,7 @@ def decoded_values(meta: dict) -> tuple[int, int | None]:
     θ₀; the labeller's, None without one)."""
     from d3codec.methods.d2m import ConditionalGenerator
     from d3codec.methods.d3.archive import PRIOR_ORDER_VALUES, read_groups
-    from d3codec.models import ConvNet, build_model
+    from d3codec.nn.models import ConvNet, build_model
 
     ds, params = meta["dataset"], meta.get("params") or {}
     k, shape = len(ds["classes"]), tuple(ds["image_shape"])
@@ -210,8 +210,8 @@ def expansion(data: bytes, samples_per_class: int | None, seed: int) -> dict:
     """What d3codec's reference reader makes of a vector: images, labels, soft labels, the labeller's soft labels
     of the images, for sampled archives the noise and priors of the draw, and the decode budget's figures (§4)."""
     from d3codec.format.meta import open_archive
-    from d3codec.dataset import decode_archive
-    from d3codec.labeller import read_labeller
+    from d3codec.decode.dataset import decode_archive
+    from d3codec.decode.labeller import read_labeller
     from d3codec.format.limits import DEFAULT_LIMITS, output_bytes
 
     reader, meta = open_archive(data)
@@ -252,7 +252,7 @@ def made_vectors() -> list[dict]:
     from d3codec.methods.d3 import D3Config, GroupPlan, group_entry, quantise_priors
     from d3codec.methods.d3.layout import stored_labels
     from d3codec.methods.pixel.formation import parse_formation
-    from d3codec.models import ConvNet, Decoder, build_model
+    from d3codec.nn.models import ConvNet, Decoder, build_model
     from d3codec.format.weights import quantise_state
 
     gen = torch.Generator().manual_seed(2026)

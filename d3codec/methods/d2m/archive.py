@@ -10,11 +10,11 @@ import torch
 from d3codec.format import noise
 from d3codec.format.meta import meta_int, meta_number, meta_str
 from d3codec.errors import D3FormatError
-from d3codec.labeller import Labeller
+from d3codec.decode.labeller import Labeller
 from d3codec.format.limits import DEFAULT_LIMITS, batch_size, check, default_draw_cap, draw_macs, network_cost
-from d3codec.models import ConvNet
+from d3codec.nn.models import ConvNet
 from d3codec.format.weights import WEIGHT_DTYPES, load_stored_module
-from d3codec.methods.base import Sampler
+from d3codec.decode.sampler import Sampler
 from d3codec.methods.d2m.networks import GENERATORS, ConditionalGenerator
 
 SECTIONS = {"meta": True, "generator": True, "teacher": False}  # name → critical
@@ -158,7 +158,7 @@ def labeller_cost(meta: dict, has_section: bool):
 
 
 def load_labeller(reader, meta: dict, device: torch.device | str = "cpu", limits=None) -> Labeller | None:
-    """The archive's stored teacher as a labeller (d3codec.labeller.Labeller), or None when it stores none: it
+    """The archive's stored teacher as a labeller (d3codec.decode.labeller.Labeller), or None when it stores none: it
     takes (B, C, H, W) float32 images in [0, 1] (on ``device``) and returns (B, K) float32 soft labels
     on ``device``, the teacher's softmax at the stored temperature on the normalised images. It labels
     any images of the dataset's shape, generated or real (a same-labels baseline, as DD-Ranking's).

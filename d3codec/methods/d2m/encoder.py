@@ -64,21 +64,21 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from d3codec import seeds
-from d3codec.augment import DSA
-from d3codec.budget import META_RESERVE_BYTES, archive_bound
-from d3codec.checkpoint import Checkpoint, fingerprint, weights_digest
+from d3codec.encode import seeds
+from d3codec.nn.augment import DSA
+from d3codec.format.accounting import META_RESERVE_BYTES, archive_bound
+from d3codec.encode.checkpoint import Checkpoint, fingerprint, weights_digest
 from d3codec.format.container import Section
 from d3codec.data import ClassSampler, Normalisation, RealData
 from d3codec.errors import D3BudgetError, D3Error
-from d3codec.federated import broadcast_parameters, rank, sum_gradients, sum_over_ranks, world_size
+from d3codec.encode.federated import broadcast_parameters, rank, sum_gradients, sum_over_ranks, world_size
 from d3codec.format.limits import network_cost
-from d3codec.losses import mean_embedding_loss, mmd_rbf
-from d3codec.models import ConvNet, activation_memory, saved_activation_bytes, worth_compiling
+from d3codec.nn.losses import mean_embedding_loss, mmd_rbf
+from d3codec.nn.models import ConvNet, activation_memory, saved_activation_bytes, worth_compiling
 from d3codec.util.progress import Stage, Stages, progress_bar
-from d3codec.teacher import Teacher, save_teacher, train_teacher, untrained_teacher
+from d3codec.nn.teacher import Teacher, save_teacher, train_teacher, untrained_teacher
 from d3codec.format.weights import WEIGHT_DTYPES, quantise_state, stored_zeros
-from d3codec.methods.base import DatasetSpec, Encoded, Encoder, preset_config
+from d3codec.encode.interface import DatasetSpec, Encoded, Encoder, preset_config
 from d3codec.methods.matching import (DistributionMatcher, FeatureTerm, PredictionTerm, matching_experts, matching_terms,
                         memory_sized_chunk)
 from d3codec.methods.d2m.networks import (ARCHITECTURE, CONDITIONINGS, GENERATOR_WIDTHS, GENERATORS, ConditionalGenerator, Discriminator,
@@ -132,7 +132,7 @@ class D2MConfig:
     label_temperature: float = 1.0  # softmax temperature of those soft labels
     architecture: str = ARCHITECTURE  # the generator's registered architecture (networks.GENERATORS)
     matching: str = "dm"  # embed with random networks (dm) or DANCE's middle encoders of an expert pool (dance)
-    expert_count: int = 3  # dance: experts in the pool (ConvNet-3s of embed_width; d3codec.experts)
+    expert_count: int = 3  # dance: experts in the pool (ConvNet-3s of embed_width; d3codec.nn.experts)
     expert_epochs: int = 2  # dance: each expert's epochs over the real training set
     calibration_weight: float = 1.0  # dance: weight of the trained expert's cross-entropy on generated images
 
@@ -179,7 +179,7 @@ class D2MPlan:
 
 def share_networks(generator: torch.nn.Module, teacher: torch.nn.Module | None, seed: int,
                    rng: torch.Generator) -> torch.Generator:
-    """Under several ranks (d3codec.federated), give every rank rank 0's generator and teacher (trained
+    """Under several ranks (d3codec.encode.federated), give every rank rank 0's generator and teacher (trained
     there), seed fine-tuning's random networks alike on every rank, and return this rank's generator of
     real batches, augmentations and noise: ``rng`` on rank 0, its own stream elsewhere. In one process:
     ``rng``, nothing changed."""
@@ -223,7 +223,7 @@ class D2MEncoder(Encoder):
         checkpoint: file where pre-training checkpoints itself and resumes from (None: no checkpoint).
             It is kept after the archive is written, so that another fine-tuning can start from it.
         finetune_checkpoint: file where fine-tuning saves its state (generator, teacher, optimiser, random
-            states; d3codec.checkpoint) at least ``checkpoint_seconds`` apart and after the last
+            states; d3codec.encode.checkpoint) at least ``checkpoint_seconds`` apart and after the last
             iteration, and resumes from (None: no checkpoint). Deleted once the archive is written.
     """
 
@@ -530,7 +530,7 @@ class D2MEncoder(Encoder):
           thrown away: per batch of real (x, y), z = μ + σ·ε with (μ, log σ²) = q(x, y), minimise
           Σ_pixels BCE(G(z, y), x) + kl_weight · KL(N(μ, σ²) ‖ N(0, I)), per image.
 
-        The checkpoint (d3codec.checkpoint, kind ``d2m-pretrain``) is written every ``checkpoint_every``
+        The checkpoint (d3codec.encode.checkpoint, kind ``d2m-pretrain``) is written every ``checkpoint_every``
         iterations and at the end. Raises: D3Error when it belongs to another run or is damaged.
         """
         cfg, k = self.config, real.num_classes

@@ -17,7 +17,7 @@ from torch import nn
 
 from d3codec.format.container import write_atomic
 from d3codec.errors import D3Error
-from d3codec.models import ConvNet, parameter_shapes, upsampling_geometry
+from d3codec.nn.models import ConvNet, parameter_shapes, upsampling_geometry
 from d3codec.format.text import safe_text
 from d3codec.format.weights import check_state, read_safetensors_file
 
@@ -138,7 +138,7 @@ def generator_shapes(architecture: str, num_classes: int, noise_dim: int, embed_
 
 
 def teacher_shapes(in_channels: int, num_classes: int, image_size: int, width: int) -> dict[str, tuple[int, ...]]:
-    """The parameter shapes of a ConvNet-3 teacher (d3codec.models.ConvNet), without allocating them."""
+    """The parameter shapes of a ConvNet-3 teacher (d3codec.nn.models.ConvNet), without allocating them."""
     return parameter_shapes(ConvNet, in_channels, num_classes, image_size, width=width)
 
 
@@ -175,7 +175,7 @@ def load_generator(path: str | os.PathLike, num_classes: int, image_shape: tuple
     """
     state, meta = read_safetensors_file(path, "--generator")
     path = safe_text(str(path), 300)
-    if meta.get("kind") == "d2m-pretrain":  # a pre-training checkpoint (d3codec.checkpoint): its generator
+    if meta.get("kind") == "d2m-pretrain":  # a pre-training checkpoint (d3codec.encode.checkpoint): its generator
         state = {k[len(PRETRAINED_PREFIX):]: v for k, v in state.items() if k.startswith(PRETRAINED_PREFIX)}
     emb, fc = state.get("embedding.weight"), state.get("fc.weight")
     if emb is None or fc is None or emb.dim() != 2 or fc.dim() != 2:

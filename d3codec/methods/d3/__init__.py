@@ -7,7 +7,7 @@ This module registers the method and its archive kind.
 
 from d3codec.registry import (SAVE_TEACHER_OPTION, TEACHER_EPOCHS_OPTION, TEACHER_OPTION, ArchiveKind, BuildContext, Method,
                         Option, register_archive_kind, register_method)
-from d3codec.teacher import load_teacher
+from d3codec.nn.teacher import load_teacher
 from d3codec.methods.d3.archive import D3Sampler, decode, describe_params, load_sampler, read_groups
 from d3codec.methods.d3.encoder import PRESETS, D3Config, D3Encoder, fit_decoder, pca_latents
 from d3codec.methods.d3.layout import (DECODER_WIDTHS, SECTIONS, D3Plan, GroupPlan, decoder_shapes, dequantise_priors, group_entry,

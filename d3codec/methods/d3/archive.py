@@ -14,10 +14,10 @@ from d3codec.format import noise
 from d3codec.format.meta import meta_bool, meta_int, meta_str
 from d3codec.errors import D3FormatError
 from d3codec.format.limits import DEFAULT_LIMITS, batch_size, check, default_draw_cap, draw_macs, network_cost
-from d3codec.models import DECODER_ARCHITECTURES
+from d3codec.nn.models import DECODER_ARCHITECTURES
 from d3codec.format.storage import check_probabilities
 from d3codec.format.weights import check_names, dequantise_int8, load_stored_module, read_stored, stored_names, stored_tensor
-from d3codec.methods.base import Sampler
+from d3codec.decode.sampler import Sampler
 from d3codec.methods.d3.layout import DECODER_DTYPES, MAX_TOP_K_CLASSES, PRIOR_DTYPES, GroupPlan, TopKLabels
 
 # the work of ordering a class's priors (spec/FORMAT.md §5.4: a hash per prior, then a sort), counted against

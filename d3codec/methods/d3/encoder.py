@@ -7,7 +7,7 @@ distillation); each group is distilled on its own, with its own decoder, seed an
 - **priors**: ``priors_per_class`` diagonal Gaussians N(μ, diag exp(logvar)) per class in a
   latent space of ``latent_dim`` (Sec. 3.1);
 - a **decoder** G: latent (N, Z) → image (N, C, H, W) in [0, 1] (a small upsampling ConvNet,
-  :class:`d3codec.models.Decoder`), trained from scratch jointly with the priors;
+  :class:`d3codec.nn.models.Decoder`), trained from scratch jointly with the priors;
 - **soft labels**: one vector per prior, a teacher's softmax on the decoded prior mean over the
   group's classes (Sec. 3.4).
 
@@ -56,22 +56,22 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from d3codec import seeds
-from d3codec.augment import DSA
-from d3codec.budget import META_RESERVE_BYTES, archive_bound, largest_fitting
-from d3codec.checkpoint import Checkpoint, fingerprint, weights_digest
+from d3codec.encode import seeds
+from d3codec.nn.augment import DSA
+from d3codec.format.accounting import META_RESERVE_BYTES, archive_bound, largest_fitting
+from d3codec.encode.checkpoint import Checkpoint, fingerprint, weights_digest
 from d3codec.format.container import Section
 from d3codec.data import ClassSampler, Normalisation, RealData
 from d3codec.errors import D3BudgetError
-from d3codec.experts import ExpertPool
+from d3codec.nn.experts import ExpertPool
 from d3codec.format.limits import network_cost
-from d3codec.losses import mean_embedding_loss, mmd_rbf
-from d3codec.models import (DECODER_ARCHITECTURES, ConvNet, Decoder, activation_memory, decoder_stage_widths,
+from d3codec.nn.losses import mean_embedding_loss, mmd_rbf
+from d3codec.nn.models import (DECODER_ARCHITECTURES, ConvNet, Decoder, activation_memory, decoder_stage_widths,
                        upsampling_geometry, worth_compiling)
 from d3codec.util.progress import Stage, Stages, progress_bar
-from d3codec.teacher import Teacher, save_teacher, train_teacher, untrained_teacher
+from d3codec.nn.teacher import Teacher, save_teacher, train_teacher, untrained_teacher
 from d3codec.format.weights import dequantise_state, quantise_state
-from d3codec.methods.base import DatasetSpec, Encoded, Overrun, Subtask, SubtaskEncoder, preset_config
+from d3codec.encode.interface import DatasetSpec, Encoded, Overrun, Subtask, SubtaskEncoder, preset_config
 from d3codec.methods.matching import DistributionMatcher, FeatureTerm, matching_experts, matching_terms, memory_sized_chunk
 from d3codec.methods.d3.layout import (DECODER_DTYPES, DECODER_WIDTHS, MAX_TOP_K_CLASSES, PRIOR_DTYPES, D3Plan, GroupPlan, decoder_shapes,
                      dequantise_priors, first_priors, group_entry, group_tensors, quantise_priors, sections_of,
@@ -123,7 +123,7 @@ class D3Config:
     prior_dtype: str = "int8"  # how priors are stored: int8 or float16
     fill: str = "compressed"  # "compressed": plan priors on their estimated zstd size (trimmed to fit); "raw": raw size
     matching: str = "dm"  # embed with random networks (dm) or DANCE's middle encoders of an expert pool (dance)
-    expert_count: int = 3  # dance: experts in the pool (ConvNet-3s of embed_width; d3codec.experts)
+    expert_count: int = 3  # dance: experts in the pool (ConvNet-3s of embed_width; d3codec.nn.experts)
     expert_epochs: int = 2  # dance: each expert's epochs over the real training set
     calibration_weight: float = 1.0  # dance: weight of the trained expert's cross-entropy on decoded samples
 
@@ -345,7 +345,7 @@ class D3Encoder(SubtaskEncoder):
         save_teacher: where to write the teacher trained here (one subtask only), for ``--teacher`` later.
         checkpoint: each subtask (group) ``i`` saves its matching state to ``STEM.g{i}.SUFFIX`` at least
             ``checkpoint_seconds`` apart and at its end (priors, decoder, the teacher it trained, Adam,
-            random states; d3codec.checkpoint), and resumes from it; a finished group is not distilled
+            random states; d3codec.encode.checkpoint), and resumes from it; a finished group is not distilled
             again. The files are deleted once the archive is written. None: no checkpoint.
     """
 
@@ -477,7 +477,7 @@ class D3Encoder(SubtaskEncoder):
 
     def distill(self, real: RealData, plan: D3Plan, *, device: torch.device, seed: int,
                 progress: bool = True) -> Encoded:
-        """Distil every group in turn, in this process (d3codec.federated spreads them over ranks)."""
+        """Distil every group in turn, in this process (d3codec.encode.federated spreads them over ranks)."""
         parts, entries = [], []
         stages = self.stages(real, plan, range(len(plan.groups)), progress)
         for index, group in enumerate(plan.groups):
@@ -520,7 +520,7 @@ class D3Encoder(SubtaskEncoder):
 
         return Encoded(sections_of(parts), self.method_meta(entries), stats, trim)
 
-    # ---- subtasks (d3codec.federated): a group is a subtask ----
+    # ---- subtasks (d3codec.encode.federated): a group is a subtask ----
 
     def subtask_count(self, plan: D3Plan) -> int:
         return len(plan.groups)
@@ -554,7 +554,7 @@ class D3Encoder(SubtaskEncoder):
                       progress: bool = True, stages: Stages | None = None
                       ) -> tuple[dict[str, dict[str, torch.Tensor]], dict]:
         """Distil group ``index`` alone. Its result depends only on the data, the plan and (seed, index):
-        its draws come from the named stream ``d3-group`` number ``index`` (d3codec.seeds). ``stages``: the
+        its draws come from the named stream ``d3-group`` number ``index`` (d3codec.encode.seeds). ``stages``: the
         run's stages (:meth:`stages`) when the group is one of several distilled here, for the time left.
 
         Returns: (tensors by section, keyed g{index}.*; the group's metadata entry).

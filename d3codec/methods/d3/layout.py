@@ -17,7 +17,7 @@ from d3codec.format.container import Section
 from d3codec.errors import D3FormatError
 from d3codec.format.limits import all_finite
 from d3codec.format.storage import PROBABILITY_TOLERANCE
-from d3codec.models import Decoder, parameter_shapes
+from d3codec.nn.models import Decoder, parameter_shapes
 from d3codec.format.weights import WEIGHT_DTYPES, quantise_int8, quantise_state, read_stored, stored_zeros
 
 SECTIONS = {"meta": True, "priors": True, "decoder": True, "prior_labels": True}  # name → critical
@@ -67,7 +67,7 @@ class GroupPlan:
     latent_dim: int
     priors_per_class: int
     decoder_width: int
-    decoder_architecture: str = "uniform"  # d3codec.models.DECODER_ARCHITECTURES
+    decoder_architecture: str = "uniform"  # d3codec.nn.models.DECODER_ARCHITECTURES
     label_top_k: int | None = None  # soft labels stored as their k largest probabilities (None: whole rows)
 
     @property

@@ -3,7 +3,7 @@
 A pixel archive (``meta.method`` "pixel", spec/FORMAT.md §5.2) holds the synthetic images themselves in
 its ``images`` section (see d3codec.format.storage), optionally per-image ``soft_labels``, and, when
 ``meta.params.objective`` is "bptt", a ``schedule`` section: the learned step sizes and (fixed init) θ₀
-that d3codec.schedule.TrainingSchedule replays. Nothing here trains; the encoders are dm.py and bptt.py.
+that d3codec.nn.schedule.TrainingSchedule replays. Nothing here trains; the encoders are dm.py and bptt.py.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ import torch
 from d3codec.format.meta import describe, meta_int, meta_str
 from d3codec.errors import D3FormatError
 from d3codec.format.limits import DEFAULT_LIMITS, all_finite, check, network_cost, output_bytes
-from d3codec.models import build_model
-from d3codec.schedule import TrainingSchedule
+from d3codec.nn.models import build_model
+from d3codec.nn.schedule import TrainingSchedule
 from d3codec.format.storage import check_probabilities, decode_images
 from d3codec.format.weights import check_names, read_stored
 from d3codec.methods.pixel.formation import read_formation

@@ -13,7 +13,7 @@ gradient taken through the whole unrolled training (back-propagation through tim
   part of the result: the archive stores it and the budget counts it (as ``theta0_dtype``; θ₀ is
   rounded to that dtype *before* distilling, so the stored θ₀ is exactly the one trained from).
 - ``init="random"`` (Sec. 3.2): θ₀ is drawn afresh (PyTorch's default initialisation of the
-  network) every outer iteration from the named stream ``bptt-init`` (d3codec.seeds), so evaluation's
+  network) every outer iteration from the named stream ``bptt-init`` (d3codec.encode.seeds), so evaluation's
   students, seeded 0, 1, 2, …, start from initialisations the distillation never saw.
 
 Memory (our implementation of the paper's Sec. 3 gradient, as its public code does): the forward
@@ -23,7 +23,7 @@ memory is O(T · |θ| + one step's activations) rather than O(T · activations).
 result against autograd through the full unroll.
 
 Step batches, the learned step sizes, the network name and (fixed) θ₀ travel in the archive's
-``schedule`` section; d3codec.schedule.TrainingSchedule replays them. The images are stored as
+``schedule`` section; d3codec.nn.schedule.TrainingSchedule replays them. The images are stored as
 DM's (section ``images``); the image count is a multiple of the steps, and never trimmed.
 Departures, all options: images may start from real images (``image_init="real"``) instead of
 noise; the real batch is class-balanced (``real_per_class`` per class).
@@ -38,16 +38,17 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 
-from d3codec.budget import PixelPlan, archive_bound, plan_pixel_storage
+from d3codec.format.accounting import archive_bound
+from d3codec.methods.pixel.plan import PixelPlan, plan_pixel_storage
 from d3codec.format.container import Section
-from d3codec import seeds
+from d3codec.encode import seeds
 from d3codec.data import Normalisation, RealData
 from d3codec.errors import D3BudgetError
-from d3codec.models import build_model
-from d3codec.schedule import TrainingSchedule, gd_step, init_parameters
+from d3codec.nn.models import build_model
+from d3codec.nn.schedule import TrainingSchedule, gd_step, init_parameters
 from d3codec.format.storage import decode_images, encode_images, resolve_storage_dtype, stored_image_zeros
 from d3codec.util.progress import progress_bar
-from d3codec.methods.base import CheckpointedEncoder, DatasetSpec, Encoded
+from d3codec.encode.interface import CheckpointedEncoder, DatasetSpec, Encoded
 from d3codec.methods.pixel.archive import INITS, MAX_SCHEDULE_STEPS, NETWORKS
 
 THETA0_DTYPES = ("float16", "float32")
@@ -266,7 +267,7 @@ def end_test_accuracy(schedule: TrainingSchedule, images: torch.Tensor, labels: 
                       device: torch.device) -> float | list[float]:
     """The test accuracy of the network the stored schedule trains on the stored images (fixed init),
     or of END_EVAL_INITS networks from student seeds 0, 1, … (random init): a fraction in [0, 1] or a list."""
-    from d3codec.students import test_accuracy, test_split
+    from d3codec.nn.accuracy import test_accuracy, test_split
 
     test_x, test_y = test_split(real)
     k = real.num_classes

@@ -39,16 +39,16 @@ from dataclasses import asdict, dataclass, replace
 
 import torch
 
-from d3codec import seeds
-from d3codec.augment import DSA
-from d3codec.budget import FEW_PER_CLASS, PixelPlan, plan_pixel_storage
+from d3codec.encode import seeds
+from d3codec.nn.augment import DSA
+from d3codec.methods.pixel.plan import FEW_PER_CLASS, PixelPlan, plan_pixel_storage
 from d3codec.format.container import Section, stored_size
 from d3codec.data import ClassSampler, Normalisation, RealData
-from d3codec.losses import mean_embedding_loss
-from d3codec.models import activation_memory, worth_compiling
+from d3codec.nn.losses import mean_embedding_loss
+from d3codec.nn.models import activation_memory, worth_compiling
 from d3codec.format.storage import encode_images, resolve_storage_dtype, stored_image_zeros
 from d3codec.util.progress import progress_bar
-from d3codec.methods.base import CheckpointedEncoder, DatasetSpec, Encoded, Overrun
+from d3codec.encode.interface import CheckpointedEncoder, DatasetSpec, Encoded, Overrun
 from d3codec.methods.matching import DistributionMatcher, FeatureTerm, matching_experts, matching_terms, memory_sized_chunk
 from d3codec.methods.pixel.formation import MASK_SAMPLE_IMAGES, Formation, parse_formation
 
@@ -71,7 +71,7 @@ class DMConfig:
     class_chunk: int | None = None  # classes per forward pass (memory, not the objective; None: memory-sized)
     real_cache_per_class: int = 512  # real images per class kept in memory for datasets on disk
     matching: str = "dm"  # embed with random networks (dm) or DANCE's middle encoders of an expert pool (dance)
-    expert_count: int = 3  # dance: experts in the pool (ConvNet-3s of embed_width; d3codec.experts)
+    expert_count: int = 3  # dance: experts in the pool (ConvNet-3s of embed_width; d3codec.nn.experts)
     expert_epochs: int = 2  # dance: each expert's epochs over the real training set
     calibration_weight: float = 1.0  # dance: weight of the trained expert's cross-entropy on synthetic images
 
@@ -87,7 +87,7 @@ class DMConfig:
 # rehearsal tree (64 px) stores real images at 0.83 and its (barely) distilled ones at 0.845 (1.02). Since the
 # writer trims image by image (DMEncoder._encoded), a pessimistic estimate costs bytes (a margin of 1.3 filled
 # 74 % of the rehearsal's budget) and an optimistic one only the distillation of the images trimmed, so the
-# plan counts on the real ratio itself, one image a class past it (budget.plan_pixel_storage). DCT codes after DANCE
+# plan counts on the real ratio itself, one image a class past it (d3codec.methods.pixel.plan). DCT codes after DANCE
 # or DM stored at 0.55 of their raw size where the real ones' estimate said 0.60 (dct-variance ×2 at IPC 10: 92 %
 # of the budget filled), so dct plans on 0.9 of the real ratio and trims what does not fit.
 DISTILLED_RATIO_MARGIN = {"pixels": 1.0, "lowres": 1.0, "dct": 0.9}
@@ -124,7 +124,7 @@ class DMEncoder(CheckpointedEncoder):
         return [Section.tensors("images", encode_images(images, labels, spec.num_classes, dtype))]
 
     def plan(self, spec: DatasetSpec, budget: int, meta_for, real: RealData | None = None) -> PixelPlan:
-        """Images per class and storage dtype for ``budget`` bytes (see d3codec.budget); an image is its
+        """Images per class and storage dtype for ``budget`` bytes (see d3codec.methods.pixel.plan); an image is its
         formation's code (C, H/f, W/f)."""
         formation = self.config.parsed_formation
         formation.check(spec.image_shape)
@@ -220,7 +220,7 @@ class DMEncoder(CheckpointedEncoder):
         """Sections of the first ``total`` (default all) of images (K, n, C, H, W), spread over the classes:
         class c keeps total // K images, one more for c < total % K. ``trim`` drops as many images as an
         :class:`Overrun` asks, the last image of the last classes first, never below the guaranteed count;
-        below d3codec.budget.FEW_PER_CLASS images a class it drops whole rounds (one image of every class)."""
+        below d3codec.methods.pixel.plan.FEW_PER_CLASS images a class it drops whole rounds (one image of every class)."""
         k, n = images.shape[:2]
         total = k * n if total is None else total
         counts = [total // k + (c < total % k) for c in range(k)]

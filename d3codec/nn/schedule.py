@@ -21,7 +21,7 @@ from torch import nn
 from torch.func import functional_call
 
 from d3codec.data import Normalisation
-from d3codec.models import build_model
+from d3codec.nn.models import build_model
 
 
 def init_parameters(network: str, image_shape: tuple[int, int, int], num_classes: int, seed: int,
@@ -65,7 +65,7 @@ class TrainingSchedule:
     """What an archive says about how its images must be trained on.
 
     Attributes:
-        network: a name of d3codec.models.MODELS ("lenet", "convnet3").
+        network: a name of d3codec.nn.models.MODELS ("lenet", "convnet3").
         steps, epochs: S steps an epoch (one batch each), E epochs; T = S · E.
         lrs: (T,) float32 learned step sizes, positive, in order.
         init: "fixed" (start from ``theta0``) or "random" (start from a fresh initialisation).

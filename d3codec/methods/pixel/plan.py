@@ -1,16 +1,10 @@
-"""Exact byte accounting: budgets in bytes, and the storage plan that fits a budget.
+"""The storage plan of a pixel archive: how many images a class, stored how, fit a byte budget.
 
-The literature states budgets as IPC, the bytes of IPC float32 images per class:
-``--ipc N`` means N · K · C · H · W · 4 bytes, and the whole archive file counts against it.
-
-A plan is made before any distillation. Its floor is exact, not estimated: the planner encodes
-an archive of the planned tensor shapes with compression off (a stored section is never larger
-than its raw form: encode_archive stores a section raw when zstd does not shrink it) and a
-metadata section padded by META_RESERVE_BYTES, so an archive of the guaranteed size can only come
-out smaller. Since zstd shrinks image data, the plan then aims higher, one image a class past the
-count whose estimated compressed size fits; while the written archive would pass the budget,
-single images are dropped back towards the guaranteed count, and the size on disk is checked
-after writing. The file never exceeds the budget.
+A plan is made before any distillation. Its floor is exact (d3codec.format.accounting.archive_bound). Since
+zstd shrinks image data, the plan then aims higher, one image a class past the count whose estimated
+compressed size fits; while the written archive would pass the budget, single images are dropped back
+towards the guaranteed count, and the size on disk is checked after writing. The file never exceeds the
+budget.
 """
 
 from __future__ import annotations
@@ -21,11 +15,11 @@ from typing import Callable
 
 import torch
 
-from d3codec.format.container import Section, archive_size
 from d3codec.errors import D3BudgetError
+from d3codec.format.accounting import archive_bound, largest_fitting
+from d3codec.format.container import Section
 from d3codec.format.storage import BYTES_PER_VALUE, resolve_storage_dtype
 
-META_RESERVE_BYTES = 256  # room for metadata written after distillation (timings, losses)
 # the smallest stored/raw ratio a compressed-fill plan assumes, whatever it measures: real Fashion-MNIST
 # uint8 images compress to 0.54, uniform images to 0.001; at 0.2 a plan holds at most 5 times the images
 # whose raw size fits
@@ -40,16 +34,6 @@ MIN_COMPRESSION_RATIO = 0.2
 # budget fills (the ImageNet rehearsal's 9 to 10 a class: 99.96 % of its bytes).
 FEW_PER_CLASS = 8
 
-
-def ipc_budget(ipc: float, num_classes: int, image_shape: tuple[int, int, int]) -> int:
-    """Bytes of ``ipc`` float32 images per class: ipc · K · C · H · W · 4 (rounded down)."""
-    c, h, w = image_shape
-    return int(ipc * num_classes * c * h * w * 4)
-
-
-def ipc_equivalent(num_bytes: int, num_classes: int, image_shape: tuple[int, int, int]) -> float:
-    """How many float32 images per class ``num_bytes`` would hold."""
-    return num_bytes / ipc_budget(1, num_classes, image_shape)
 
 
 @dataclass(frozen=True)
@@ -68,16 +52,6 @@ class PixelPlan:
     budget: int
     guaranteed_per_class: int = 0
     estimated_bytes: int | None = None
-
-
-def archive_bound(sections: list[Section], meta_reserve: int = META_RESERVE_BYTES) -> int:
-    """Exact upper bound, in bytes, of an archive of these sections written with any compression.
-
-    The first section must be the JSON metadata; ``meta_reserve`` bytes are added to it for
-    fields written later. Sections of meta tensors (a plan's placeholders: d3codec.format.container.PlannedBytes)
-    count without any bytes being made.
-    """
-    return archive_size(sections) + meta_reserve
 
 
 def plan_pixel_storage(budget: int, num_classes: int, image_shape: tuple[int, int, int],
@@ -144,38 +118,3 @@ def plan_pixel_storage(budget: int, num_classes: int, image_shape: tuple[int, in
                              max(1, int(budget / (payload * compression_ratio))) + 1)
     target = max(target + (target >= FEW_PER_CLASS), guaranteed)  # one past the estimate: the writer trims
     return PixelPlan(target, dtype, bound(guaranteed), budget, guaranteed, estimate(target))
-
-
-def largest_fitting(fits: Callable[[int], bool], upper: int, guess: int | None = None) -> int:
-    """Largest n in [1, upper] with fits(n), for fits true at 1 and monotone (true, then false).
-
-    ``guess``: where the answer is expected (an affine estimate of an archive's size): the search gallops
-    out from it (guess, guess ± 1, ± 2, ± 4, …) to bracket the answer before bisecting, so that a good guess
-    costs a few calls of ``fits`` (each of which may build a budget-sized placeholder archive) instead of
-    log2(upper)."""
-    lo, hi = 1, upper
-    if guess is not None and 1 <= guess <= upper:
-        step = 1
-        if fits(guess):  # gallop up: lo fits, hi bounds what may
-            lo = guess
-            while lo < hi:
-                probe = min(hi, lo + step)
-                if not fits(probe):
-                    hi = probe - 1
-                    break
-                lo, step = probe, step * 2
-        else:  # gallop down from the guess, which does not fit
-            hi = guess - 1
-            while lo < hi:
-                probe = max(lo, guess - step)
-                if fits(probe):
-                    lo = probe
-                    break
-                hi, step = probe - 1, step * 2
-    while lo < hi:
-        mid = (lo + hi + 1) // 2
-        if fits(mid):
-            lo = mid
-        else:
-            hi = mid - 1
-    return lo

@@ -1,6 +1,6 @@
 """Teachers: networks trained on the real data whose predictions become soft labels.
 
-A teacher is a ConvNet-3 (d3codec.models) trained by :func:`train_teacher` on the real images of
+A teacher is a ConvNet-3 (d3codec.nn.models) trained by :func:`train_teacher` on the real images of
 some classes, or loaded from a safetensors file with :func:`load_teacher` (never a pickle). Pixel
 and d3 archives keep only the soft labels it gives; a d2m archive with soft labels stores the
 teacher itself (d3codec.methods.d2m), so that it can label every sample drawn.
@@ -19,7 +19,7 @@ from safetensors.torch import save
 from d3codec.format.container import write_atomic
 from d3codec.data import Normalisation, RealData
 from d3codec.errors import D3Error
-from d3codec.models import ConvNet, activation_memory, compiled, parameter_shapes, saved_activation_bytes, worth_compiling
+from d3codec.nn.models import ConvNet, activation_memory, compiled, parameter_shapes, saved_activation_bytes, worth_compiling
 from d3codec.util.progress import progress_bar
 from d3codec.format.text import safe_text
 from d3codec.format.weights import check_state, read_safetensors_file
@@ -70,7 +70,7 @@ def train_teacher(real: RealData, classes: list[int], *, epochs: float = 2.0, wi
         classes: dataset class indices; the network's logits are in this order.
         epochs: passes over those classes' images (fractions allowed: 0.5 reads half once).
         snapshot: called as ``snapshot(e, net)`` with the initial network (e = 0) and after each whole epoch
-            e (an expert's trajectory, d3codec.experts); it must copy what it keeps.
+            e (an expert's trajectory, d3codec.nn.experts); it must copy what it keeps.
         name: what the progress bar calls the network.
     Returns: (teacher, training accuracy of the last epoch's batches, a fraction).
     """

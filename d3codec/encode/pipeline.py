@@ -17,14 +17,15 @@ from typing import Any
 import torch
 
 from d3codec.format.meta import base_meta, open_archive, utc_now
-from d3codec.budget import ipc_budget, ipc_equivalent
+from d3codec.format.accounting import ipc_budget, ipc_equivalent
 from d3codec.format.container import D3Reader, Section, encode_archive, write_atomic
 from d3codec.data import RealData, load_dataset
-from d3codec.defaults import default_choice, with_user_options
+from d3codec.encode.defaults import default_choice, with_user_options
 from d3codec.errors import D3BudgetError
-from d3codec.federated import barrier, distill_federated, rank, run_ranks, world_size
-from d3codec.methods import BuildContext, DatasetSpec, Encoded, Encoder, Overrun, get_method
-from d3codec.models import resolve_device
+from d3codec.encode.federated import barrier, distill_federated, rank, run_ranks, world_size
+from d3codec.encode.interface import DatasetSpec, Encoded, Encoder, Overrun
+from d3codec.registry import BuildContext, get_method
+from d3codec.nn.models import resolve_device
 from d3codec.util.progress import note
 from d3codec.util.runtime import keep_freed_memory, release_freed_memory
 
@@ -138,7 +139,7 @@ def compress(dataset: str | RealData, output: str | os.PathLike, *, ipc: float |
 
     Under torch.distributed with more than one rank (``torchrun``), an encoder that splits into
     subtasks (method d3) distils its groups across the ranks and rank 0 merges them (see
-    d3codec.federated); every rank calls this function with the same arguments.
+    d3codec.encode.federated); every rank calls this function with the same arguments.
 
     Args:
         dataset: a dataset name or folder for d3codec.data.load_dataset (``"fashion-mnist"``, ``"cifar10"``,
@@ -146,7 +147,7 @@ def compress(dataset: str | RealData, output: str | os.PathLike, *, ipc: float |
         ipc / budget: the budget, as float32 images per class or as bytes (exactly one).
         method: a registered method's name (d3codec.registry.method_names(): dm, bptt, d3, d2m); ``"pixel"``,
             the old name of dm, still works with a DeprecationWarning. None: the default rule for this dataset
-            and budget (d3codec.defaults.default_choice), its options overridden by ``options``.
+            and budget (d3codec.encode.defaults.default_choice), its options overridden by ``options``.
         preset / options: the method's preset (``fast``, ``paper``) and overrides of its config fields or
             options by name (``options={"iterations": 20}``; ``d3 compress METHOD --help`` lists them).
         encoder: a ready encoder instead of method, preset and options.
@@ -244,7 +245,7 @@ def compress_with_workers(workers: int, dataset: str, output: str | os.PathLike,
                           data_root: str | None = None, resolution: int | None = None, ipc: float | None = None,
                           budget: int | None = None, seed: int = 0, device: str = "cpu",
                           progress: bool = True) -> CompressResult:
-    """Run :func:`compress` on ``workers`` local ranks (d3codec.federated.run_ranks: spawned processes joined
+    """Run :func:`compress` on ``workers`` local ranks (d3codec.encode.federated.run_ranks: spawned processes joined
     over gloo), each loading ``dataset`` itself (d3codec.data.load_dataset); their subtasks are merged by rank 0.
     Returns: what was written, read back from the archive (``plan`` None).
     Raises: ValueError for fewer than 2 workers; D3Error when a worker fails, with its error."""

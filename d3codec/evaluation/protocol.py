@@ -1,7 +1,7 @@
 """Evaluating an archive: the field's protocol on its images, beside the honest baselines.
 
 ``d3codec.evaluate("fm.d3")`` reads the archive (d3codec.D3Dataset), loads the real dataset it was
-made from for its test split, trains fresh students on the archive (d3codec.students: ConvNet-3,
+made from for its test split, trains fresh students on the archive (d3codec.evaluation.students: ConvNet-3,
 300 epochs, DSA, SGD, the final epoch's test accuracy, several students per row) and, on request,
 on random real images stored in the same bytes. ``d3 eval`` is this function with a command line.
 """
@@ -16,14 +16,14 @@ from typing import Callable
 
 from d3codec import data
 from d3codec.data import RealData
-from d3codec.dataset import D3Dataset
+from d3codec.decode.dataset import D3Dataset
 from d3codec.format.container import D3Reader
-from d3codec.labeller import stored_bytes
+from d3codec.decode.labeller import stored_bytes
 from d3codec.format.limits import DecodeLimits, output_bytes
-from d3codec.models import resolve_device
-from d3codec.ranking import FULL_DATA_ACCURACY, Ranking
+from d3codec.nn.models import resolve_device
+from d3codec.evaluation.ranking import FULL_DATA_ACCURACY, Ranking
 from d3codec.registry import archive_kind
-from d3codec.students import (COMPILE_MODES, JPEG_QUALITY, EvalResult, StudentConfig, random_real_subset, replay_students,
+from d3codec.evaluation.students import (COMPILE_MODES, JPEG_QUALITY, EvalResult, StudentConfig, random_real_subset, replay_students,
                        test_split, train_students)
 from d3codec.format.text import safe_text
 
@@ -38,14 +38,14 @@ class EvalProtocol:
     """How an archive is evaluated.
 
     Attributes:
-        model: the student network (``convnet3``, ``resnet18``, ``mlp``; d3codec.models).
+        model: the student network (``convnet3``, ``resnet18``, ``mlp``; d3codec.nn.models).
         epochs: student epochs (standard training); runs: students per row (mean ± std).
         baseline: ``none``, or ``random-real``: random real images in the same bytes (float32, PNG, and
             JPEG at ``jpeg_quality``) with hard labels; for an archive with a labeller (labelled online),
             also PNG and JPEG images in the budget less the labeller's bytes, labelled online by the same
             labeller (the fair baseline); for an archive with a schedule, as many real images as it stores.
         jpeg_quality: the JPEG baseline's quality (1 to 95).
-        ranking: also report DD-Ranking's metrics (d3codec.ranking), training the rows they need (the
+        ranking: also report DD-Ranking's metrics (d3codec.evaluation.ranking), training the rows they need (the
             archive with hard labels, random real PNG images with the archive's labels) where not already.
         training: ``replay`` trains by the archive's own schedule (bptt archives), ``standard`` by the
             protocol, ``auto`` replay where the archive has a schedule, ``both`` a row each.
@@ -57,7 +57,7 @@ class EvalProtocol:
             online where the archive has a labeller, else stored.
         seed: the first student's seed (then seed + 1, ...).
         compile: torch.compile the students: ``on``, ``off``, or ``auto`` (on for long runs; see
-            d3codec.students.StudentConfig).
+            d3codec.evaluation.students.StudentConfig).
     """
 
     model: str = "convnet3"
@@ -290,7 +290,7 @@ class _Runner:
         return out
 
     def ranking(self, ds: D3Dataset, file_bytes: int, rows: list[EvalResult]) -> Ranking:
-        """DD-Ranking's metrics (d3codec.ranking), training the rows they need that ``rows`` lack."""
+        """DD-Ranking's metrics (d3codec.evaluation.ranking), training the rows they need that ``rows`` lack."""
         labels = archive_labels(self.protocol, ds)
         if "archive-hard" not in self.by_role:
             rows.append(self.standard(ds, file_bytes, "hard"))

@@ -26,7 +26,7 @@ STREAMS = {
     "d2m-classes": "D2M fine-tuning iteration `index`: the classes it matches (classes_per_iteration)",
     "d2m-pretrain": "D2M pre-training: real batches, noise, labels",
     "d2m-finetune": "D2M fine-tuning: noise, real batches, augmentations (index r: rank r > 0 of several)",
-    "labeller": "the stored labeller's training (d3codec.labeller)",
+    "labeller": "the stored labeller's training (d3codec.encode.labelled)",
 }
 
 

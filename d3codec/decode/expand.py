@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from d3codec.data import Normalisation
-from d3codec.dataset import D3Dataset
+from d3codec.decode.dataset import D3Dataset
 
 
 def _to_pil(image: torch.Tensor) -> Image.Image:

@@ -3,7 +3,7 @@
 Matching through trained networks (DANCE, Zhang et al., IJCAI 2024, Sec. 3.2 and 3.3) needs, for each
 expert, its initial weights θ₀ and its trained weights θ_E; a trajectory method (MTT, Cazenavette et
 al., CVPR 2022) needs the weights after every epoch. An expert is trained once by
-d3codec.teacher.train_teacher (the teachers' recipe: SGD, momentum 0.9, cosine learning rate, flips) and
+d3codec.nn.teacher.train_teacher (the teachers' recipe: SGD, momentum 0.9, cosine learning rate, flips) and
 cached as one safetensors file holding θ₀, θ₁, …, θ_E, so every later run, whatever its method, reads
 it back instead of training again.
 
@@ -27,8 +27,8 @@ from safetensors.torch import save
 from d3codec.format.container import write_atomic
 from d3codec.data import RealData
 from d3codec.errors import D3Error
-from d3codec.models import ConvNet, parameter_shapes
-from d3codec.teacher import train_teacher
+from d3codec.nn.models import ConvNet, parameter_shapes
+from d3codec.nn.teacher import train_teacher
 from d3codec.format.weights import check_state, read_safetensors_file
 
 MAX_EXPERTS = 64
@@ -146,7 +146,7 @@ def expert_pool(real: RealData, spec: ExpertSpec = ExpertSpec(), folder: str | o
 
 def train_expert(real: RealData, spec: ExpertSpec, index: int, device: torch.device,
                  progress: bool = False) -> Expert:
-    """Train expert ``index`` of ``spec`` on every class of ``real`` (d3codec.teacher.train_teacher), keeping
+    """Train expert ``index`` of ``spec`` on every class of ``real`` (d3codec.nn.teacher.train_teacher), keeping
     its state after every epoch."""
     states: list[dict[str, torch.Tensor]] = []
 

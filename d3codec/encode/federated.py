@@ -14,7 +14,7 @@ that finishes its subtasks early may wait hours for the others (uneven groups, a
 NCCL's 10-minute watchdog would abort, and gloo lets several ranks share one GPU. The tensors the
 ranks exchange (d2m's gradients, once per iteration) go through the CPU.
 
-This module knows no method: it drives any d3codec.methods.base.SubtaskEncoder or data-parallel Encoder.
+This module knows no method: it drives any d3codec.encode.interface.SubtaskEncoder or data-parallel Encoder.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ import torch.multiprocessing as mp
 from d3codec.format.container import Section, write_archive
 from d3codec.data import RealData
 from d3codec.errors import D3Error
-from d3codec.methods.base import Encoded, Encoder, SubtaskEncoder
+from d3codec.encode.interface import Encoded, Encoder, SubtaskEncoder
 from d3codec.util.runtime import release_freed_memory
 
 COORDINATION_TIMEOUT = timedelta(days=7)  # how long a rank waits for the others at a barrier

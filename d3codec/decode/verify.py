@@ -55,8 +55,8 @@ def verify_archive(path: str | os.PathLike | bytes, limits=None) -> Verification
     "decode budget" check and no decoder of it is run.
     """
     from d3codec.format.meta import check_sections, known_kind, read_meta
-    from d3codec.labeller import read_labeller
-    from d3codec.dataset import decode_archive
+    from d3codec.decode.labeller import read_labeller
+    from d3codec.decode.dataset import decode_archive
     from d3codec.format.limits import DEFAULT_LIMITS
 
     limits = limits or DEFAULT_LIMITS

@@ -11,7 +11,7 @@ import torch
 from torch.utils.data import Dataset
 
 from d3codec.format.meta import open_archive
-from d3codec.labeller import read_labeller
+from d3codec.decode.labeller import read_labeller
 from d3codec.registry import archive_kind
 from d3codec.errors import D3FormatError, D3LimitError
 from d3codec.format.limits import DEFAULT_LIMITS, DecodeLimits, check
@@ -60,10 +60,10 @@ class D3Dataset(Dataset):
         normalisation), image_shape ((C, H, W)), meta (dict, the archive's metadata),
         images ((N, C, H, W) float32), labels ((N,) int64), targets (the same hard labels, as torchvision's
         datasets name them), soft_labels ((N, K) float32 probabilities, or None), labeller (None, or the
-        archive's stored labeller, d3codec.labeller.Labeller: a torch.nn.Module in eval mode that takes
+        archive's stored labeller, d3codec.decode.labeller.Labeller: a torch.nn.Module in eval mode that takes
         images (N, C, H, W) float32 on this dataset's scale, on ``device``, and returns soft labels (N, K)
         float32 probabilities at the stored temperature; a student may relabel every augmented batch
-        with it), schedule (a d3codec.schedule.TrainingSchedule for archives distilled for one: pixel
+        with it), schedule (a d3codec.nn.schedule.TrainingSchedule for archives distilled for one: pixel
         objective bptt; else None): train on those images by ``ds.schedule.replay(ds.images, ds.labels, ...)``,
         lazy (whether images are decoded on demand), epoch (the draw :meth:`set_epoch` chose; 0).
     Raises: D3FormatError for a malformed archive, D3LimitError (a D3FormatError) for one over
@@ -75,7 +75,7 @@ class D3Dataset(Dataset):
                  target_transform: Callable | None = None, targets: str = "auto",
                  samples_per_class: int | None = None, seed: int = 0, device: str = "cpu",
                  limits: DecodeLimits | None = None, max_bytes: int | None = None):
-        from d3codec.models import resolve_device
+        from d3codec.nn.models import resolve_device
 
         if targets not in ("auto", "hard", "soft"):
             raise ValueError(f"targets must be 'auto', 'hard' or 'soft', not {targets!r}")
@@ -150,7 +150,7 @@ class D3Dataset(Dataset):
         return (self._made[1] + self.epoch) % (1 << 64)
 
     def sampler(self):
-        """The archive's loaded sampler (d3codec.methods.base.Sampler), loaded again where a DataLoader worker
+        """The archive's loaded sampler (d3codec.decode.sampler.Sampler), loaded again where a DataLoader worker
         has no usable copy: after pickling (spawn), or forked from a process that decodes on a GPU (CUDA cannot
         run in a forked child: the worker decodes on the CPU); None for an archive of stored images."""
         forked = self._loaded_in != os.getpid() and self._device.type != "cpu"
@@ -298,7 +298,7 @@ def decode_archive(reader, meta: dict, samples_per_class: int | None, seed: int,
 def _decode(reader, meta: dict, samples_per_class: int | None, seed: int, device, limits: DecodeLimits,
             check_default: bool):
     from d3codec.registry import archive_kind, archive_kind_names
-    from d3codec.schedule import step_batches
+    from d3codec.nn.schedule import step_batches
 
     kind = archive_kind(meta["method"])  # known: open_archive checked it
     sampler = None

@@ -24,10 +24,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from d3codec.augment import DSA
-from d3codec.checkpoint import Checkpoint, fingerprint, weights_digest
+from d3codec.nn.augment import DSA
+from d3codec.encode.checkpoint import Checkpoint, fingerprint, weights_digest
 from d3codec.data import Normalisation, RealData
-from d3codec.models import build_model, compiled, worth_compiling
+from d3codec.nn.accuracy import synchronize, test_accuracy, test_split
+from d3codec.nn.models import build_model, compiled, worth_compiling
 from d3codec.util.progress import progress_bar
 from d3codec.util.runtime import keep_freed_memory
 
@@ -43,7 +44,7 @@ class StudentConfig:
     weight_decay: float = 5e-4
     batch_size: int = 256
     dsa: bool = True
-    compile: str = "auto"  # torch.compile the student: on, off, or auto (long runs: d3codec.models.worth_compiling)
+    compile: str = "auto"  # torch.compile the student: on, off, or auto (long runs: d3codec.nn.models.worth_compiling)
 
     def __post_init__(self):
         if self.compile not in COMPILE_MODES:
@@ -98,7 +99,7 @@ def train_student(images, targets: torch.Tensor | torch.nn.Module | None, num_cl
             the time it takes counts as training time. A pure function of the epoch where resumed.
         progress: where given, a name under which the epochs show their progress (d3codec.util.progress).
         checkpoint: where given, a file that holds the student's state (weights, momentum, random states,
-            epochs and seconds so far) every minute (d3codec.checkpoint): a student killed on the way goes on
+            epochs and seconds so far) every minute (d3codec.encode.checkpoint): a student killed on the way goes on
             from there when called again with the same arguments, and ends as an uninterrupted one would. The
             file is removed once the student is tested.
     Returns: (final-epoch test accuracy in [0, 1], training seconds, those before a resume included).
@@ -219,7 +220,7 @@ def resume_student(saver: Checkpoint | None, net: torch.nn.Module, opt: torch.op
 def replay_student(schedule, images: torch.Tensor, labels: torch.Tensor, num_classes: int, mean, std,
                    test_images: torch.Tensor, test_labels: torch.Tensor, seed: int = 0,
                    device: torch.device = torch.device("cpu")) -> tuple[float, float]:
-    """Train one student by an archive's own schedule (d3codec.schedule.TrainingSchedule.replay: its
+    """Train one student by an archive's own schedule (d3codec.nn.schedule.TrainingSchedule.replay: its
     network, step sizes and steps, from its stored θ₀ or, under random init, one drawn from ``seed``)
     and test it. Images (N, C, H, W) float32 pixel space, labels (N,) int64.
     Returns: (test accuracy in [0, 1], training seconds)."""
@@ -229,36 +230,6 @@ def replay_student(schedule, images: torch.Tensor, labels: torch.Tensor, num_cla
     synchronize(device)  # CUDA runs ahead of the host: the seconds count once its work is done
     seconds = time.time() - start
     return test_accuracy(net, test_images, test_labels, mean, std, device), seconds
-
-
-def synchronize(device: torch.device) -> None:
-    """Wait for ``device``'s queued work (CUDA), so that wall-clock seconds measure it; nothing elsewhere."""
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-@torch.no_grad()
-def test_accuracy(net: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, mean, std,
-                  device: torch.device, batch_size: int = 1000) -> float:
-    """Fraction of ``images`` (M, C, H, W) pixel space that ``net`` classifies as ``labels``."""
-    net.eval()
-    normalise = Normalisation(mean, std, device)
-    correct = 0
-    for i in range(0, len(images), batch_size):
-        x = normalise(images[i:i + batch_size].to(device))
-        correct += int((net(x).argmax(1).cpu() == labels[i:i + batch_size]).sum())
-    return correct / len(images)
-
-
-def test_split(real: RealData) -> tuple[torch.Tensor, torch.Tensor]:
-    """The test split as (M, C, H, W) float32 pixel space and (M,) int64 labels."""
-    if real.test is None:
-        raise ValueError(f"dataset {real.name!r} has no test split to evaluate on")
-    ds = real.test
-    if hasattr(ds, "images"):  # in-memory TensorImages
-        return ds.images.float() / 255, ds.targets.long()
-    xs, ys = zip(*(ds[i] for i in range(len(ds))))
-    return torch.stack(xs), torch.tensor(ys)
 
 
 def train_students(name: str, images: torch.Tensor, targets: torch.Tensor, real: RealData, runs: int = 3,
@@ -287,7 +258,7 @@ def replay_students(name: str, schedule, images: torch.Tensor, labels: torch.Ten
                     seed: int = 0, device: torch.device = torch.device("cpu"),
                     test: tuple[torch.Tensor, torch.Tensor] | None = None,
                     log: Callable[[str], None] | None = None) -> EvalResult:
-    """Train ``runs`` students by replaying ``schedule`` (a d3codec.schedule.TrainingSchedule) on
+    """Train ``runs`` students by replaying ``schedule`` (a d3codec.nn.schedule.TrainingSchedule) on
     (images, hard labels (N,) int64) and test each (:func:`replay_student`); under a fixed-init
     schedule every run is the same computation. Arguments as :func:`train_students`."""
     if labels.dim() != 1:

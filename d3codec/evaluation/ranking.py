@@ -25,7 +25,7 @@ from dataclasses import dataclass
 FULL_DATA_ACCURACY: dict[tuple[str, str], tuple[float, str]] = {
     # 8 epochs (what a 2-core CPU allowed: 56 min); longer training reaches about 93.5 % in the field's reports
     ("fashion-mnist", "convnet3"): (0.9108, "python benchmarks/full_data.py --epochs 8 (2026-12-06, Intel Xeon, 1 "
-                                           "thread, protocol of d3codec.students: DSA, SGD, final epoch)"),
+                                           "thread, protocol of d3codec.evaluation.students: DSA, SGD, final epoch)"),
 }
 
 LRS_WEIGHT = 0.5  # DD-Ranking's w
