@@ -36,7 +36,7 @@ import torch
 
 from d3codec import D3Dataset
 from d3codec.encode.pipeline import compress
-from d3codec.data import load_dataset
+from d3codec.data.sources import load_dataset
 from d3codec.evaluation.students import StudentConfig, random_real_subset, replay_student, test_split, train_student
 from d3codec.methods.pixel import BPTTEncoder
 from d3codec.methods.pixel import DMEncoder

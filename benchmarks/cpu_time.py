@@ -58,7 +58,7 @@ def run_workload(name: str) -> dict:
 
     torch.set_num_threads(1)
     from d3codec.encode.pipeline import compress
-    from d3codec.data import load_dataset
+    from d3codec.data.sources import load_dataset
     from d3codec.evaluation.students import StudentConfig, random_real_subset, test_split, train_student
     from d3codec.methods.pixel import BPTTEncoder
     from d3codec.methods.d2m import D2MEncoder

@@ -56,7 +56,7 @@ from d3codec.format.meta import open_archive
 from d3codec.format.accounting import ipc_budget
 from d3codec.encode.pipeline import compress
 from d3codec.errors import D3Error
-from d3codec.data import load_dataset
+from d3codec.data.sources import load_dataset
 from d3codec.encode.defaults import default_choice
 from d3codec.evaluation.students import JPEG_QUALITY, EvalResult, StudentConfig, random_real_subset, test_split, train_student
 from d3codec.methods.d2m import PRESETS as D2M_PRESETS
@@ -441,7 +441,8 @@ def build(spec: dict) -> list[dict]:
         teacher, stats = train_labeller(real, config, seed, device)
         cost = section_cost(labeller_parts(teacher.net, config.temperature, config.dtype)[1])
         images, _, used = random_real_subset(real, budget - cost, kind, seed, _WORKER["jpeg_quality"])
-        draws[None, "online"] = images, as_stored(teacher.net, real.image_shape, real.mean, real.std, config), \
+        draws[None, "online"] = images, as_stored(teacher.net, real.image_shape, real.mean, real.std, config.dtype,
+                                                     config.temperature), \
             used + cost
         extra.update(labeller_bytes=cost, labeller_accuracy=stats.get("labeller_accuracy"))
     else:

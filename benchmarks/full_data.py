@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from d3codec.evaluation import students
-from d3codec.data import load_dataset
+from d3codec.data.sources import load_dataset
 from hardware import cpu_name
 
 

@@ -211,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
         run(["expand", str(archive), "-o", str(out / "expanded"), "--device", gpu])  # DM: its stored images
         expand_s = time.time() - start
         from d3codec import evaluate
-        from d3codec.data import load_dataset
+        from d3codec.data.sources import load_dataset
 
         start = time.time()  # in this process: the folder's test split is its val/, read at the archive's resolution
         real = load_dataset(str(data / "train"), resolution=int(resolution))

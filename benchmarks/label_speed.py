@@ -31,7 +31,7 @@ import time
 
 import torch
 
-from d3codec.data import Normalisation
+from d3codec.data.real import Normalisation
 from d3codec.methods.d3.encoder import LABEL_MEMORY_BYTES, decoder_map_bytes, label_means
 from d3codec.methods.d3.layout import GroupPlan
 from d3codec.nn.models import ConvNet

@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from d3codec.data import RealData, TensorImages
+from d3codec.data.real import RealData, TensorImages
 
 torch.set_num_threads(2)
 

@@ -1112,7 +1112,7 @@ def build_tree(base: Path, recipe: dict) -> Path:
 def _read_folder(opts: dict):
     """Load the tree at ``opts['root']`` as ``d3 compress FOLDER`` does (8-pixel images) and read every image
     ``opts['repeat']`` times."""
-    from d3codec.data import load_dataset
+    from d3codec.data.sources import load_dataset
 
     real = load_dataset(opts["root"], resolution=8, load_workers=opts["workers"])
     images = real.read_uint8(torch.arange(len(real.train)).repeat(opts["repeat"]))

@@ -95,8 +95,8 @@ def test_eval_with_random_real_baseline(tiny_real, tmp_path, monkeypatch):
     out = tmp_path / "t.d3"
     compress(tiny_real, out, encoder=DMEncoder.from_options("fast", iterations=2, real_per_class=4, embed_width=8),
              budget=6_000, progress=False)
-    monkeypatch.setattr(d3codec.data, "load_dataset", lambda *a, **k: tiny_real)
-    monkeypatch.setattr(d3codec.data, "archive_dataset", lambda *a, **k: tiny_real)
+    monkeypatch.setattr(d3codec.data.sources, "load_dataset", lambda *a, **k: tiny_real)
+    monkeypatch.setattr(d3codec.data.sources, "archive_dataset", lambda *a, **k: tiny_real)
     r = run("eval", out, "--epochs", 3, "--runs", 2, "--baseline", "random-real", "--device", "cpu",
             "--json", tmp_path / "r.json")
     assert r.exit_code == 0, r.output
@@ -206,15 +206,15 @@ def test_d2m_compress_expand_at_any_count_and_eval_with_resampling(tiny_real, im
     from d3codec.encode.pipeline import compress
     from d3codec.methods.d2m import D2MEncoder
 
-    grey_folder_names = d3codec.data.RealData(
+    grey_folder_names = d3codec.data.real.RealData(
         tiny_real.name, ["class_0", "class_1", "class_2"], tiny_real.image_shape, tiny_real.mean, tiny_real.std,
         tiny_real.train_targets, tiny_real.train, tiny_real.test, tiny_real.train_images)
-    monkeypatch.setattr(d3codec.data, "load_dataset", lambda *a, **k: grey_folder_names)
-    monkeypatch.setattr(d3codec.data, "archive_dataset", lambda *a, **k: grey_folder_names)
+    monkeypatch.setattr(d3codec.data.sources, "load_dataset", lambda *a, **k: grey_folder_names)
+    monkeypatch.setattr(d3codec.data.sources, "archive_dataset", lambda *a, **k: grey_folder_names)
     r = run("eval", out, "--epochs", 1, "--runs", 1, "--device", "cpu")
     assert r.exit_code != 0 and "image shape" in r.output  # an RGB archive against grey data
-    monkeypatch.setattr(d3codec.data, "load_dataset", lambda *a, **k: tiny_real)
-    monkeypatch.setattr(d3codec.data, "archive_dataset", lambda *a, **k: tiny_real)
+    monkeypatch.setattr(d3codec.data.sources, "load_dataset", lambda *a, **k: tiny_real)
+    monkeypatch.setattr(d3codec.data.sources, "archive_dataset", lambda *a, **k: tiny_real)
     grey = tmp_path / "grey.d3"
     compress(tiny_real, grey, progress=False, budget=20_000, encoder=D2MEncoder.from_options(
         "fast", pretrain_iterations=2, pretrain_batch=8, disc_width=4, iterations=1, synthetic_per_class=4,
@@ -252,8 +252,8 @@ def test_bptt_compress_and_eval_replays_the_schedule_beside_standard_training(ti
     grey = tmp_path / "grey.d3"
     compress(tiny_real, grey, encoder=BPTTEncoder.from_options("fast", iterations=2, real_per_class=4, init="random",
                                                               images_per_class=2), budget=8_000, progress=False)
-    monkeypatch.setattr(d3codec.data, "load_dataset", lambda *a, **k: tiny_real)
-    monkeypatch.setattr(d3codec.data, "archive_dataset", lambda *a, **k: tiny_real)
+    monkeypatch.setattr(d3codec.data.sources, "load_dataset", lambda *a, **k: tiny_real)
+    monkeypatch.setattr(d3codec.data.sources, "archive_dataset", lambda *a, **k: tiny_real)
     r = run("eval", grey, "--epochs", 2, "--runs", 2, "--training", "both", "--baseline", "random-real",
             "--device", "cpu", "--json", tmp_path / "r.json")
     assert r.exit_code == 0, r.output

@@ -8,7 +8,7 @@ import torch
 from d3codec import D3Dataset
 from d3codec.encode.pipeline import base_meta, compress, plan_archive
 from d3codec.format.container import D3Reader, Section, encode_archive
-from d3codec.data import RealData, TensorImages
+from d3codec.data.real import RealData, TensorImages
 from d3codec.errors import D3BudgetError, D3Error, D3FormatError
 from d3codec.methods.d3.merge import merge_archives
 from d3codec.methods import DatasetSpec
@@ -226,7 +226,7 @@ def test_soft_labels_are_a_stage_of_the_progress_and_their_seconds_count(tiny_re
 
 
 def test_label_means_fills_preallocated_rows_batch_by_batch_as_one_pass_would():
-    from d3codec.data import Normalisation
+    from d3codec.data.real import Normalisation
     from d3codec.methods.d3.encoder import label_means
     from d3codec.nn.teacher import untrained_teacher
 
@@ -369,7 +369,8 @@ def test_imagenet_layout_with_five_subtasks_reads_images_lazily(tmp_path):
     import numpy as np
     from PIL import Image
 
-    from d3codec.data import ClassSampler, load_dataset
+    from d3codec.data.real import ClassSampler
+    from d3codec.data.sources import load_dataset
 
     rng = np.random.default_rng(0)
     for c in range(5):

@@ -7,14 +7,15 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import torch
 
-import d3codec.data as data
+from d3codec.data import folders, sources
+from d3codec.data import real as real_data
 from d3codec.errors import D3DatasetError
 
 
 def test_fashion_mnist_is_unpacked_from_the_debian_folder(fake_fashion_mnist, tmp_path, monkeypatch):
-    monkeypatch.setattr(data, "DEBIAN_FASHION_MNIST", fake_fashion_mnist)
+    monkeypatch.setattr(sources, "DEBIAN_FASHION_MNIST", fake_fashion_mnist)
     root = tmp_path / "root"
-    real = data.load_dataset("fashion-mnist", root, download=False)
+    real = sources.load_dataset("fashion-mnist", root, download=False)
     assert (root / "FashionMNIST" / "raw" / "train-images-idx3-ubyte").is_file()
     assert real.name == "fashion-mnist" and real.num_classes == 10 and real.image_shape == (1, 28, 28)
     assert real.train_images.shape == (30, 1, 28, 28) and real.mean == (0.2861,)
@@ -26,7 +27,7 @@ def test_fashion_mnist_is_unpacked_from_the_debian_folder(fake_fashion_mnist, tm
 
 def test_two_processes_unpacking_fashion_mnist_at_once_both_succeed(fake_fashion_mnist, tmp_path, monkeypatch):
     # both loaders are held inside the copy of the same file at the same moment, as two jobs started together are
-    monkeypatch.setattr(data, "DEBIAN_FASHION_MNIST", fake_fashion_mnist)
+    monkeypatch.setattr(sources, "DEBIAN_FASHION_MNIST", fake_fashion_mnist)
     barrier, copy = threading.Barrier(2, timeout=10), shutil.copyfileobj
 
     def copy_together(fin, fout):
@@ -36,24 +37,24 @@ def test_two_processes_unpacking_fashion_mnist_at_once_both_succeed(fake_fashion
         except threading.BrokenBarrierError:
             pass
 
-    monkeypatch.setattr(data.shutil, "copyfileobj", copy_together)
+    monkeypatch.setattr(sources.shutil, "copyfileobj", copy_together)
     with ThreadPoolExecutor(2) as pool:
-        loaded = list(pool.map(lambda _: data.load_dataset("fashion-mnist", tmp_path / "root", download=False), range(2)))
+        loaded = list(pool.map(lambda _: sources.load_dataset("fashion-mnist", tmp_path / "root", download=False), range(2)))
     assert [r.train_images.shape[0] for r in loaded] == [30, 30]
-    assert sorted(p.name for p in (tmp_path / "root" / "FashionMNIST" / "raw").iterdir()) == sorted(data.FASHION_MNIST_FILES)
+    assert sorted(p.name for p in (tmp_path / "root" / "FashionMNIST" / "raw").iterdir()) == sorted(sources.FASHION_MNIST_FILES)
 
 
 def test_missing_fashion_mnist_says_where_it_looked_and_how_to_fix(tmp_path, monkeypatch):
-    monkeypatch.setattr(data, "DEBIAN_FASHION_MNIST", tmp_path / "nowhere")
+    monkeypatch.setattr(sources, "DEBIAN_FASHION_MNIST", tmp_path / "nowhere")
     with pytest.raises(D3DatasetError) as err:
-        data.load_dataset("fashion-mnist", tmp_path / "root", download=False)
+        sources.load_dataset("fashion-mnist", tmp_path / "root", download=False)
     message = str(err.value)
     assert str(tmp_path / "nowhere") in message and "apt-get install dataset-fashion-mnist" in message
     assert "--data-root" in message
 
 
 def test_image_folder_is_read_lazily_at_the_chosen_resolution(image_folder):
-    real = data.load_dataset(str(image_folder), resolution=16)
+    real = sources.load_dataset(str(image_folder), resolution=16)
     assert real.classes == ["class_0", "class_1", "class_2"] and real.image_shape == (3, 16, 16)
     assert real.train_images is None  # not loaded into memory
     x = real.sample_class(1, 3, torch.Generator().manual_seed(0))
@@ -64,22 +65,22 @@ def test_imagenet_folder_layout(image_folder, tmp_path):
     root = tmp_path / "in"
     (root).mkdir()
     image_folder.rename(root / "train")
-    real = data.load_dataset("imagenet", root, resolution=8)
+    real = sources.load_dataset("imagenet", root, resolution=8)
     assert real.name == "imagenet" and real.image_shape == (3, 8, 8) and real.num_classes == 3
 
 
 def test_unknown_dataset_and_missing_imagenet(tmp_path):
     with pytest.raises(D3DatasetError, match="unknown dataset"):
-        data.load_dataset("no-such-set")
+        sources.load_dataset("no-such-set")
     with pytest.raises(D3DatasetError, match="ImageNet not found"):
-        data.load_dataset("imagenet", tmp_path)
+        sources.load_dataset("imagenet", tmp_path)
 
 
 def test_class_without_images_is_refused(image_folder):
     (image_folder / "class_3").mkdir()
     (image_folder / "class_3" / "x.txt").write_text("not an image")
     with pytest.raises(D3DatasetError):
-        data.load_dataset(str(image_folder), resolution=16)
+        sources.load_dataset(str(image_folder), resolution=16)
 
 
 def imagenet_like(root, classes=4, per_class=6, val_per_class=1):
@@ -117,7 +118,7 @@ def test_imagenet_like_tree_has_the_layout_and_modes_imagenet_has(tmp_path, monk
 def test_draft_loader_reads_cmyk_grayscale_and_large_jpegs_as_rgb(tmp_path):
     from PIL import Image
 
-    loader = data.DraftLoader(32)
+    loader = folders.DraftLoader(32)
     for mode, size in (("CMYK", (60, 40)), ("L", (40, 60)), ("RGB", (2400, 1600))):
         path = tmp_path / f"{mode}.JPEG"
         Image.new(mode, size, 128 if mode == "L" else (10, 20, 30, 40)[:len(mode)]).save(path)
@@ -128,10 +129,10 @@ def test_draft_loader_reads_cmyk_grayscale_and_large_jpegs_as_rgb(tmp_path):
 
 def test_folder_images_read_in_parallel_equal_those_read_in_process(tmp_path):
     imagenet_like(tmp_path / "in", classes=4, per_class=20)
-    serial = data.load_dataset("imagenet", tmp_path / "in", resolution=16, load_workers=0)
-    parallel = data.load_dataset("imagenet", tmp_path / "in", resolution=16, load_workers=2)
+    serial = sources.load_dataset("imagenet", tmp_path / "in", resolution=16, load_workers=0)
+    parallel = sources.load_dataset("imagenet", tmp_path / "in", resolution=16, load_workers=2)
     indices = torch.arange(len(serial.train_targets)).flip(0)  # 80 images, over the parallel threshold
-    assert len(indices) >= data.PARALLEL_READ_MIN
+    assert len(indices) >= real_data.PARALLEL_READ_MIN
     assert torch.equal(serial.read_uint8(indices), parallel.read_uint8(indices))
     assert serial.test is not None and len(serial.test) == 4
     # a rank of `d3 compress --workers N` is started by spawn, and so are its DataLoader workers: they receive
@@ -144,7 +145,7 @@ def test_folder_images_read_in_parallel_equal_those_read_in_process(tmp_path):
 
 def test_in_memory_subset_holds_only_its_classes_within_its_bytes(tmp_path):
     imagenet_like(tmp_path / "in", classes=4, per_class=6)
-    real = data.load_dataset("imagenet", tmp_path / "in", resolution=8, load_workers=0)
+    real = sources.load_dataset("imagenet", tmp_path / "in", resolution=8, load_workers=0)
     held = real.in_memory([1, 3], per_class=5, generator=torch.Generator().manual_seed(0))
     assert held.partial and held.train_images.shape == (10, 3, 8, 8) and held.classes == real.classes
     assert [len(held.class_indices(c)) for c in range(4)] == [0, 5, 0, 5]
@@ -153,5 +154,5 @@ def test_in_memory_subset_holds_only_its_classes_within_its_bytes(tmp_path):
     assert held.in_memory([1], 1, torch.Generator()) is held  # in memory already: itself
     fm = torch.zeros(4, 1, 2, 2, dtype=torch.uint8)
     with pytest.raises(D3DatasetError):  # a full dataset must still have every class
-        data.RealData("x", ["a", "b"], (1, 2, 2), (0.5,), (0.5,), torch.zeros(4, dtype=torch.long),
-                      data.TensorImages(fm, torch.zeros(4, dtype=torch.long)), train_images=fm)
+        real_data.RealData("x", ["a", "b"], (1, 2, 2), (0.5,), (0.5,), torch.zeros(4, dtype=torch.long),
+                      real_data.TensorImages(fm, torch.zeros(4, dtype=torch.long)), train_images=fm)

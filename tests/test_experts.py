@@ -10,7 +10,7 @@ from d3codec.nn import experts as experts_module
 from d3codec.errors import D3Error
 from d3codec.nn.experts import ExpertSpec, expert_pool, pool_file
 from d3codec.nn.augment import DSA
-from d3codec.data import ClassSampler, Normalisation
+from d3codec.data.real import ClassSampler, Normalisation
 from d3codec.nn.losses import mean_embedding_loss
 from d3codec.methods.matching import (CalibrationTerm, DistributionMatcher, FeatureTerm, MatchingBatch,
                                       matching_experts)

@@ -18,8 +18,8 @@ import hostile
 from d3codec import D3Dataset
 from d3codec.cli.main import main
 from d3codec.format.container import Section, encode_archive
-from d3codec.data import archive_dataset, load_dataset
-from d3codec.errors import D3BudgetError, D3DatasetError, D3Error, D3FormatError, D3LimitError
+from d3codec.data.sources import archive_dataset, load_dataset
+from d3codec.errors import D3DatasetError, D3Error, D3FormatError, D3LimitError
 from d3codec.decode.labeller import labeller_parts
 from d3codec.format.limits import DEFAULT_LIMITS
 from d3codec.nn.models import ConvNet

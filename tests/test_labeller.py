@@ -111,8 +111,8 @@ def test_the_command_line_stores_a_labeller_and_eval_uses_it_online(tiny_real, t
     import d3codec.data
     from d3codec.cli.main import main
 
-    monkeypatch.setattr(d3codec.data, "load_dataset", lambda *a, **k: tiny_real)
-    monkeypatch.setattr(d3codec.data, "archive_dataset", lambda *a, **k: tiny_real)
+    monkeypatch.setattr(d3codec.data.sources, "load_dataset", lambda *a, **k: tiny_real)
+    monkeypatch.setattr(d3codec.data.sources, "archive_dataset", lambda *a, **k: tiny_real)
     run = lambda *a: CliRunner().invoke(main, [str(v) for v in a], catch_exceptions=False)  # noqa: E731
     out = tmp_path / "l.d3"
     r = run("compress", "dm", "tiny", "--budget", 12_000, "--iterations", 1, "--real-per-class", 4,
@@ -167,8 +167,8 @@ def test_the_budget_rule_picks_the_widest_labeller_within_its_share(tiny_real, t
     width = auto_width(*fm, 100_000)
     assert section_cost(labeller_parts(ConvNet(1, 10, 28, width=width), 1.0, "int8")[1]) <= LABELLER_SHARE * 100_000
 
-    monkeypatch.setattr(d3codec.data, "load_dataset", lambda *a, **k: tiny_real)
-    monkeypatch.setattr(d3codec.data, "archive_dataset", lambda *a, **k: tiny_real)
+    monkeypatch.setattr(d3codec.data.sources, "load_dataset", lambda *a, **k: tiny_real)
+    monkeypatch.setattr(d3codec.data.sources, "archive_dataset", lambda *a, **k: tiny_real)
     run = lambda *a: CliRunner().invoke(main, [str(v) for v in a], catch_exceptions=False)  # noqa: E731
     c, h, _ = tiny_real.image_shape
     expected = auto_width(tiny_real.image_shape, tiny_real.num_classes, 40_000)

@@ -280,7 +280,7 @@ def with_labeller(encoder, values: dict, context: BuildContext):
 
     width = values["labeller_width"]
     if width == "auto" and values["labeller"] is None:
-        from d3codec.format.accounting import ipc_budget, ipc_equivalent
+        from d3codec.format.accounting import ipc_budget
         from d3codec.encode.labelled import auto_width
 
         budget = values["budget"] or ipc_budget(values["ipc"], context.num_classes, context.image_shape)
@@ -312,7 +312,7 @@ def default_options(method: Method, values: dict, real, options: dict) -> str | 
 def run_compress(method: Method, values: dict) -> None:
     """Build the encoder from the options and distil (the body of every method's command)."""
     from d3codec.encode.pipeline import compress, compress_with_workers
-    from d3codec.data import load_dataset
+    from d3codec.data.sources import load_dataset
     from d3codec.encode.federated import barrier, join_process_group, rank, world_size
     from d3codec.nn.models import resolve_device
 

@@ -12,7 +12,7 @@ import safetensors.torch
 import torch
 from PIL import Image
 
-from d3codec.data import Normalisation
+from d3codec.data.real import Normalisation
 from d3codec.decode.dataset import D3Dataset
 
 

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from d3codec.data import Normalisation
+from d3codec.data.real import Normalisation
 from d3codec.errors import D3FormatError
 from d3codec.format.accounting import archive_bound
 from d3codec.format.container import Section
@@ -100,12 +100,12 @@ def read_labeller(reader, meta: dict, device: torch.device | str = "cpu", limits
     return Labeller(net, ds["mean"], ds["std"], temperature)
 
 
-def as_stored(net: ConvNet, image_shape: tuple[int, int, int], mean, std, config: LabellerConfig) -> Labeller:
+def as_stored(net: ConvNet, image_shape: tuple[int, int, int], mean, std, dtype: str, temperature: float) -> Labeller:
     """``net`` (a ConvNet-3 for images of ``image_shape`` (C, H, W)) as an archive's reader gets it back: its
-    weights through ``config.dtype`` storage (int8 rounds them), with ``config.temperature``: the labeller
-    that a fair baseline of real images shares with the archive."""
+    weights through ``dtype`` storage (``"int8"`` rounds them; d3codec.format.weights), with ``temperature``:
+    the labeller that a fair baseline of real images shares with the archive."""
     (c, h, _), k = image_shape, net.classifier.out_features
     width = net.features[0].out_channels
-    tensors = quantise_state({n: v.detach().cpu() for n, v in net.state_dict().items()}, "", config.dtype)
-    stored = load_stored_module(lambda: ConvNet(c, k, h, width=width), tensors, "", config.dtype, SECTION, exact=True)
-    return Labeller(stored, mean, std, config.temperature)
+    tensors = quantise_state({n: v.detach().cpu() for n, v in net.state_dict().items()}, "", dtype)
+    stored = load_stored_module(lambda: ConvNet(c, k, h, width=width), tensors, "", dtype, SECTION, exact=True)
+    return Labeller(stored, mean, std, temperature)

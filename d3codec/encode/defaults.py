@@ -23,13 +23,13 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Mapping
 
-from d3codec.data import registered_dataset
+from d3codec.data.sources import registered_dataset
 
 MANY_CLASSES = 100  # more classes than this is ImageNet-scale: D3
 CLASSES_PER_SUBTASK = 200  # D3's subtasks at ImageNet scale: the README's plan, five of 200 classes
 FACTOR_3_MAX_IPC = 2.0  # formation factor 3 up to this budget (images per class), 2 above
 QUICK_PRESETS = ("smoke", "rehearsal")  # presets that check a pipeline: no expert pool
-# class counts of the registered datasets (d3codec.data.DATASETS), known before loading them
+# class counts of the registered datasets (d3codec.data.sources.DATASETS), known before loading them
 CLASS_COUNTS = {"fashion-mnist": 10, "mnist": 10, "cifar10": 10, "cifar100": 100, "imagenet": 1000}
 MAX_COUNTED_ENTRIES = 200_000  # a folder's entries looked at to count its classes, at most
 

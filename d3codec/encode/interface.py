@@ -19,7 +19,7 @@ from typing import Any, Callable
 import torch
 
 from d3codec.format.container import Section
-from d3codec.data import RealData
+from d3codec.data.real import RealData
 
 
 @dataclass(frozen=True)

@@ -10,8 +10,8 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from d3codec.data import RealData
-from d3codec.decode.labeller import as_stored, labeller_parts, section_cost
+from d3codec.data.real import RealData
+from d3codec.decode.labeller import labeller_parts, section_cost
 from d3codec.encode import seeds
 from d3codec.encode.interface import DatasetSpec, Encoded, Encoder, Overrun
 from d3codec.errors import D3BudgetError, D3Error

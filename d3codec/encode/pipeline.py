@@ -19,7 +19,8 @@ import torch
 from d3codec.format.meta import base_meta, open_archive, utc_now
 from d3codec.format.accounting import ipc_budget, ipc_equivalent
 from d3codec.format.container import D3Reader, Section, encode_archive, write_atomic
-from d3codec.data import RealData, load_dataset
+from d3codec.data.real import RealData
+from d3codec.data.sources import load_dataset
 from d3codec.encode.defaults import default_choice, with_user_options
 from d3codec.errors import D3BudgetError
 from d3codec.encode.federated import barrier, distill_federated, rank, run_ranks, world_size
@@ -142,8 +143,8 @@ def compress(dataset: str | RealData, output: str | os.PathLike, *, ipc: float |
     d3codec.encode.federated); every rank calls this function with the same arguments.
 
     Args:
-        dataset: a dataset name or folder for d3codec.data.load_dataset (``"fashion-mnist"``, ``"cifar10"``,
-            an ImageFolder tree), or loaded real data (d3codec.data.RealData, e.g. with another resolution).
+        dataset: a dataset name or folder for d3codec.data.sources.load_dataset (``"fashion-mnist"``, ``"cifar10"``,
+            an ImageFolder tree), or loaded real data (d3codec.data.real.RealData, e.g. with another resolution).
         ipc / budget: the budget, as float32 images per class or as bytes (exactly one).
         method: a registered method's name (d3codec.registry.method_names(): dm, bptt, d3, d2m); ``"pixel"``,
             the old name of dm, still works with a DeprecationWarning. None: the default rule for this dataset
@@ -246,7 +247,7 @@ def compress_with_workers(workers: int, dataset: str, output: str | os.PathLike,
                           budget: int | None = None, seed: int = 0, device: str = "cpu",
                           progress: bool = True) -> CompressResult:
     """Run :func:`compress` on ``workers`` local ranks (d3codec.encode.federated.run_ranks: spawned processes joined
-    over gloo), each loading ``dataset`` itself (d3codec.data.load_dataset); their subtasks are merged by rank 0.
+    over gloo), each loading ``dataset`` itself (d3codec.data.sources.load_dataset); their subtasks are merged by rank 0.
     Returns: what was written, read back from the archive (``plan`` None).
     Raises: ValueError for fewer than 2 workers; D3Error when a worker fails, with its error."""
     run_ranks(workers, _compress_on_rank, (dataset, str(output), encoder, data_root, resolution, ipc, budget, seed,

@@ -14,8 +14,8 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Callable
 
-from d3codec import data
-from d3codec.data import RealData
+from d3codec.data import sources
+from d3codec.data.real import RealData
 from d3codec.decode.dataset import D3Dataset
 from d3codec.format.container import D3Reader
 from d3codec.decode.labeller import stored_bytes
@@ -121,9 +121,9 @@ def evaluate(archive: str | os.PathLike, protocol: EvalProtocol | None = None, *
     Args:
         protocol: an :class:`EvalProtocol`; ``options`` override its fields by name
             (``evaluate("fm.d3", epochs=100, baseline="random-real")``).
-        dataset: the real dataset (a name or folder for d3codec.data.load_dataset, or RealData; default
+        dataset: the real dataset (a name or folder for d3codec.data.sources.load_dataset, or RealData; default
             the archive's ``meta.dataset.name``, a label: a registered dataset, or a folder of that name
-            under ``data_root``, never a path the archive gives, d3codec.data.archive_dataset).
+            under ``data_root``, never a path the archive gives, d3codec.data.sources.archive_dataset).
         device: ``auto`` (CUDA where there is one), ``cpu``, ``cuda``, ``cuda:1``, ...
         limits: the decode limits (d3codec.format.limits.DecodeLimits) the archive is read within.
         progress: show each student's epochs (a bar in a terminal, a line every 30 s in a log).
@@ -145,9 +145,9 @@ def evaluate(archive: str | os.PathLike, protocol: EvalProtocol | None = None, *
     if isinstance(dataset, RealData):
         real = dataset
     elif dataset is not None:
-        real = data.load_dataset(dataset, data_root, resolution)
+        real = sources.load_dataset(dataset, data_root, resolution)
     else:  # the archive's dataset name is a label, resolved only among registered names or under data_root
-        real = data.archive_dataset(ds.meta["dataset"]["name"], data_root, resolution)
+        real = sources.archive_dataset(ds.meta["dataset"]["name"], data_root, resolution)
     if real.classes != ds.classes:
         raise ValueError(f"the archive's classes do not match {safe_text(real.name, 120)}'s; pass --dataset")
     if tuple(real.image_shape) != ds.image_shape:

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from d3codec.nn.augment import DSA
-from d3codec.data import Normalisation, RealData
+from d3codec.data.real import Normalisation, RealData
 from d3codec.nn.experts import ExpertPool, ExpertSpec, expert_pool
 from d3codec.nn.losses import prediction_matching_loss
 from d3codec.nn.models import ConvNet, compiled
@@ -150,7 +150,7 @@ class DistributionMatcher:
 
     Attributes:
         real_images: ``real_images(i, r, gen)`` → r real images of local class i, (r, C, H, W) float32
-            in [0, 1] (e.g. d3codec.data.ClassSampler.sample).
+            in [0, 1] (e.g. d3codec.data.real.ClassSampler.sample).
         real_per_class: r, the real images per class and iteration.
         normalise: pixel space → the networks' input.
         dsa: the augmentation (None: none).

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from d3codec.data import Normalisation, RealData
+from d3codec.data.real import Normalisation, RealData
 
 
 def synchronize(device: torch.device) -> None:

@@ -25,7 +25,7 @@ import torch
 from safetensors.torch import save
 
 from d3codec.format.container import write_atomic
-from d3codec.data import RealData
+from d3codec.data.real import RealData
 from d3codec.errors import D3Error
 from d3codec.nn.models import ConvNet, parameter_shapes
 from d3codec.nn.teacher import train_teacher

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from d3codec.data import Normalisation
+from d3codec.data.real import Normalisation
 from d3codec.nn.models import build_model
 
 

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from safetensors.torch import save
 
 from d3codec.format.container import write_atomic
-from d3codec.data import Normalisation, RealData
+from d3codec.data.real import Normalisation, RealData
 from d3codec.errors import D3Error
 from d3codec.nn.models import ConvNet, activation_memory, compiled, parameter_shapes, saved_activation_bytes, worth_compiling
 from d3codec.util.progress import progress_bar

@@ -69,7 +69,7 @@ from d3codec.nn.augment import DSA
 from d3codec.format.accounting import META_RESERVE_BYTES, archive_bound
 from d3codec.encode.checkpoint import Checkpoint, fingerprint, weights_digest
 from d3codec.format.container import Section
-from d3codec.data import ClassSampler, Normalisation, RealData
+from d3codec.data.real import ClassSampler, Normalisation, RealData
 from d3codec.errors import D3BudgetError, D3Error
 from d3codec.encode.federated import broadcast_parameters, rank, sum_gradients, sum_over_ranks, world_size
 from d3codec.format.limits import network_cost

@@ -230,7 +230,7 @@ class D3Sampler(Sampler):
         images, hard, soft = [], [], []
         for index, (sg, (mu, logvar, decoder, lab)) in enumerate(zip(self.groups, self.loaded)):
             g = sg.plan
-            k, p, z = g.num_classes, g.priors_per_class, g.latent_dim
+            k, z = g.num_classes, g.latent_dim
             n = self.per_class(sg, samples_per_class)
             which, eps = self.group_noise(index, n, seed)
             pick = which.unsqueeze(-1).expand(k, n, z)

@@ -61,7 +61,7 @@ from d3codec.nn.augment import DSA
 from d3codec.format.accounting import META_RESERVE_BYTES, archive_bound, largest_fitting
 from d3codec.encode.checkpoint import Checkpoint, fingerprint, weights_digest
 from d3codec.format.container import Section
-from d3codec.data import ClassSampler, Normalisation, RealData
+from d3codec.data.real import ClassSampler, Normalisation, RealData
 from d3codec.errors import D3BudgetError
 from d3codec.nn.experts import ExpertPool
 from d3codec.format.limits import network_cost

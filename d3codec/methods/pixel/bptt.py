@@ -42,7 +42,7 @@ from d3codec.format.accounting import archive_bound
 from d3codec.methods.pixel.plan import PixelPlan, plan_pixel_storage
 from d3codec.format.container import Section
 from d3codec.encode import seeds
-from d3codec.data import Normalisation, RealData
+from d3codec.data.real import Normalisation, RealData
 from d3codec.errors import D3BudgetError
 from d3codec.nn.models import build_model
 from d3codec.nn.schedule import TrainingSchedule, gd_step, init_parameters

@@ -43,7 +43,7 @@ from d3codec.encode import seeds
 from d3codec.nn.augment import DSA
 from d3codec.methods.pixel.plan import FEW_PER_CLASS, PixelPlan, plan_pixel_storage
 from d3codec.format.container import Section, stored_size
-from d3codec.data import ClassSampler, Normalisation, RealData
+from d3codec.data.real import ClassSampler, Normalisation, RealData
 from d3codec.nn.losses import mean_embedding_loss
 from d3codec.nn.models import activation_memory, worth_compiling
 from d3codec.format.storage import encode_images, resolve_storage_dtype, stored_image_zeros
