@@ -35,11 +35,10 @@ from pathlib import Path
 import torch
 
 from d3codec import D3Dataset
-from d3codec.encode.pipeline import compress
 from d3codec.data.sources import load_dataset
+from d3codec.encode.pipeline import compress
 from d3codec.evaluation.students import StudentConfig, random_real_subset, replay_student, test_split, train_student
-from d3codec.methods.pixel import BPTTEncoder
-from d3codec.methods.pixel import DMEncoder
+from d3codec.methods.pixel import BPTTEncoder, DMEncoder
 from d3codec.util.runtime import keep_freed_memory
 
 HERE = Path(__file__).resolve().parent

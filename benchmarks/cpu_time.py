@@ -57,13 +57,12 @@ def run_workload(name: str) -> dict:
     import torch
 
     torch.set_num_threads(1)
-    from d3codec.encode.pipeline import compress
     from d3codec.data.sources import load_dataset
+    from d3codec.encode.pipeline import compress
     from d3codec.evaluation.students import StudentConfig, random_real_subset, test_split, train_student
-    from d3codec.methods.pixel import BPTTEncoder
     from d3codec.methods.d2m import D2MEncoder
     from d3codec.methods.d3 import D3Encoder
-    from d3codec.methods.pixel import DMEncoder
+    from d3codec.methods.pixel import BPTTEncoder, DMEncoder
     from d3codec.util.runtime import keep_freed_memory
 
     real = load_dataset("fashion-mnist")

@@ -49,27 +49,34 @@ from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
 
 import torch
+from hardware import cpu_name
 from safetensors.torch import load_file, save_file
 
 from d3codec import D3Dataset
-from d3codec.format.meta import open_archive
-from d3codec.format.accounting import ipc_budget
+from d3codec.data.sources import load_dataset
+from d3codec.decode.labeller import Labeller, as_stored, labeller_parts, section_cost, stored_bytes
+from d3codec.encode.defaults import default_choice
+from d3codec.encode.labelled import LabelledEncoder, LabellerConfig, train_labeller
 from d3codec.encode.pipeline import compress
 from d3codec.errors import D3Error
-from d3codec.data.sources import load_dataset
-from d3codec.encode.defaults import default_choice
-from d3codec.evaluation.students import JPEG_QUALITY, EvalResult, StudentConfig, random_real_subset, test_split, train_student
-from d3codec.methods.d2m import PRESETS as D2M_PRESETS
-from d3codec.methods import BuildContext, get_method, method_names
-from d3codec.methods.matching import MATCHINGS
-from d3codec.methods.d2m import load_labeller
-from d3codec.format.container import D3Reader
-from d3codec.decode.labeller import Labeller, as_stored, labeller_parts, section_cost, stored_bytes
-from d3codec.encode.labelled import LabelledEncoder, LabellerConfig, train_labeller
-from d3codec.nn.models import ConvNet, resolve_device
 from d3codec.evaluation.ranking import Ranking
+from d3codec.evaluation.students import (
+    JPEG_QUALITY,
+    EvalResult,
+    StudentConfig,
+    random_real_subset,
+    test_split,
+    train_student,
+)
+from d3codec.format.accounting import ipc_budget
+from d3codec.format.container import D3Reader
+from d3codec.format.meta import open_archive
+from d3codec.methods import BuildContext, get_method, method_names
+from d3codec.methods.d2m import PRESETS as D2M_PRESETS
+from d3codec.methods.d2m import load_labeller
+from d3codec.methods.matching import MATCHINGS
+from d3codec.nn.models import ConvNet, resolve_device
 from d3codec.util.runtime import keep_freed_memory
-from hardware import cpu_name
 
 HERE = Path(__file__).resolve().parent
 

@@ -15,10 +15,10 @@ import time
 from pathlib import Path
 
 import torch
-
-from d3codec.evaluation import students
-from d3codec.data.sources import load_dataset
 from hardware import cpu_name
+
+from d3codec.data.sources import load_dataset
+from d3codec.evaluation import students
 
 
 def main() -> None:

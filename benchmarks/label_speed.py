@@ -30,13 +30,13 @@ import sys
 import time
 
 import torch
+from hardware import cpu_name
 
 from d3codec.data.real import Normalisation
 from d3codec.methods.d3.encoder import LABEL_MEMORY_BYTES, decoder_map_bytes, label_means
 from d3codec.methods.d3.layout import GroupPlan
 from d3codec.nn.models import ConvNet
 from d3codec.nn.teacher import Teacher
-from hardware import cpu_name
 
 VARIANTS = ("library", "decoder-only", "teacher-only", "batch-x4", "batch-x16", "channels-last", "inference-mode",
             "compile", "channels-last+compile")

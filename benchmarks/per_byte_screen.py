@@ -21,11 +21,11 @@ from pathlib import Path
 import torch
 
 import d3codec
+from d3codec.data.sources import load_dataset
+from d3codec.decode.labeller import Labeller, labeller_parts, section_cost
 from d3codec.evaluation import students
 from d3codec.format.accounting import ipc_budget
-from d3codec.data.sources import load_dataset
 from d3codec.nn.models import build_model
-from d3codec.decode.labeller import Labeller, labeller_parts, section_cost
 from d3codec.nn.teacher import train_teacher
 
 

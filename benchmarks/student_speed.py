@@ -23,11 +23,11 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from hardware import cpu_name
 from torch.utils.flop_counter import FlopCounterMode
 
 from d3codec.nn.augment import DSA
 from d3codec.nn.models import ConvNet
-from hardware import cpu_name
 
 VARIANTS = ("baseline", "no-dsa", "forward-only", "channels-last", "compile", "foreach-off", "groupnorm-off",
             "bf16-autocast", "compile-bf16", "two-threads")

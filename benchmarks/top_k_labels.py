@@ -14,8 +14,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from d3codec.format.meta import open_archive
 from d3codec.format.container import Section, encode_archive, write_atomic
+from d3codec.format.meta import open_archive
 from d3codec.methods.d3.layout import stored_labels
 
 

@@ -75,8 +75,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from d3codec import D3Dataset, DecodeLimits  # noqa: E402
-from d3codec.format.container import FIXED_HEADER, Content, D3Reader, Section, encode_archive  # noqa: E402
 from d3codec.errors import D3Error, D3FormatError  # noqa: E402
+from d3codec.format.container import FIXED_HEADER, Content, D3Reader, Section, encode_archive  # noqa: E402
 
 CASE_SECONDS = 5.0
 CASE_MEMORY_BYTES = 768 << 20  # peak resident memory a case may add while it reads and decodes
@@ -91,12 +91,12 @@ FUZZ_LIMITS = DecodeLimits(max_bytes=32 << 20, max_parameters=1 << 24, max_macs_
 def seed_archives(folder: Path) -> dict[str, bytes]:
     """Valid archives of every method and storage kind, built once into ``folder`` (cached)."""
     from conftest import make_tiny_real
+
+    from d3codec.encode.labelled import LabelledEncoder, LabellerConfig
     from d3codec.encode.pipeline import compress
-    from d3codec.methods.pixel import BPTTEncoder
     from d3codec.methods.d2m import D2MEncoder
     from d3codec.methods.d3 import D3Encoder
-    from d3codec.methods.pixel import DMEncoder
-    from d3codec.encode.labelled import LabelledEncoder, LabellerConfig
+    from d3codec.methods.pixel import BPTTEncoder, DMEncoder
 
     folder.mkdir(parents=True, exist_ok=True)
     tiny = dict(teacher_epochs=1.0, teacher_width=8, embed_width=8, real_per_class=4)
@@ -355,6 +355,7 @@ def method_layer(rng: random.Random) -> tuple[bytes, dict]:
 
     Returns (archive bytes, read options: ``samples_per_class``, ``operation``, and for merge the other part)."""
     import hostile
+
     from d3codec.format.limits import network_cost
     from d3codec.methods.d2m import ConditionalGenerator
     from d3codec.nn.models import Decoder
@@ -1153,8 +1154,8 @@ def _alarm(signum, frame):
 def read_like_a_user(data: bytes, opts: dict | None = None, folder: Path | None = None):
     """Read ``data`` as a user would, under FUZZ_LIMITS; returns what was read (for comparisons)."""
     from d3codec.decode.expand import grid_image
-    from d3codec.methods.d3.merge import merge_archives
     from d3codec.decode.verify import verify_archive
+    from d3codec.methods.d3.merge import merge_archives
 
     opts = opts or {"samples_per_class": 2 if _is_sampled(data) else None, "operation": "dataset"}
     operation = opts["operation"]

@@ -12,10 +12,10 @@ from __future__ import annotations
 import torch
 
 from d3codec.format.container import Section, encode_archive
+from d3codec.format.weights import quantise_state
 from d3codec.methods.d2m import ConditionalGenerator
 from d3codec.methods.d3 import D3Config, GroupPlan, group_entry, group_tensors, sections_of
 from d3codec.nn.models import ConvNet, parameter_shapes
-from d3codec.format.weights import quantise_state
 
 MAX_VALUES = 50_000_000  # the most tensor values a builder writes (the archive may declare far more)
 
@@ -163,8 +163,8 @@ def with_labeller(data: bytes, width: int = 4, temperature: float = 1.0, dtype: 
     images are too small or not square for a ConvNet-3), stored as ``dtype`` (int8 where that is no
     weight dtype). ``described`` replaces the ``meta.labeller`` written; ``section`` / ``meta_field``
     False leave out the section or the field; ``change(tensors)`` edits the section's tensors in place."""
-    from d3codec.format.container import Content, D3Reader
     from d3codec.decode.labeller import labeller_parts
+    from d3codec.format.container import Content, D3Reader
 
     with D3Reader(data) as r:
         sections = [Section(s.name, r.read_bytes(s.name), Content(s.content), s.critical) for s in r.sections]

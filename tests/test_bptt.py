@@ -4,12 +4,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from d3codec.encode.seeds import stream_seed
 from d3codec import D3Dataset
 from d3codec.encode.pipeline import compress
-from d3codec.format.container import D3Reader, Section, encode_archive
+from d3codec.encode.seeds import stream_seed
 from d3codec.errors import D3BudgetError, D3FormatError
 from d3codec.evaluation import students as evaluate
+from d3codec.format.container import D3Reader, Section, encode_archive
 from d3codec.methods.pixel import BPTTEncoder, unrolled_gradients
 from d3codec.nn.models import build_model
 from d3codec.nn.schedule import gd_step, init_parameters, step_batches

@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from d3codec.format.accounting import ipc_budget, ipc_equivalent
 from d3codec.encode.pipeline import base_meta, compress, plan_archive
 from d3codec.errors import D3BudgetError
+from d3codec.format.accounting import ipc_budget, ipc_equivalent
 from d3codec.methods import DatasetSpec
 from d3codec.methods.pixel import DMEncoder
 
@@ -107,9 +107,8 @@ def test_trimming_image_by_image_fills_the_budget_to_within_an_image(tiny_real, 
 
 
 def test_few_images_a_class_are_trimmed_by_whole_rounds_many_image_by_image(tiny_real):
-    from d3codec.methods.pixel.plan import PixelPlan
     from d3codec.encode.interface import Overrun
-    from d3codec.methods.pixel.plan import FEW_PER_CLASS
+    from d3codec.methods.pixel.plan import FEW_PER_CLASS, PixelPlan
 
     encoder, spec = DMEncoder.from_options("fast"), DatasetSpec.of(tiny_real)
 
@@ -151,10 +150,10 @@ def test_raw_fill_never_counts_on_compression(tiny_real):
 def test_plan_placeholders_serialise_to_the_bytes_of_what_is_stored(dtype):
     import safetensors.torch
 
-    from d3codec.methods.d3.encoder import D3Config
-    from d3codec.methods.d3.layout import GroupPlan, group_tensors
     from d3codec.format.storage import encode_images, stored_image_zeros
     from d3codec.format.weights import quantise_state, stored_zeros
+    from d3codec.methods.d3.encoder import D3Config
+    from d3codec.methods.d3.layout import GroupPlan, group_tensors
 
     def layout(tensors):  # names, dtypes and shapes, and the serialised size
         return {n: (v.dtype, tuple(v.shape)) for n, v in tensors.items()}, len(safetensors.torch.save(tensors))

@@ -12,9 +12,8 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from d3codec.format.container import (CRC, FIXED_HEADER, Codec, Content, D3Reader, Section, encode_archive,
-                               write_archive)
 from d3codec.errors import D3BudgetError, D3FormatError
+from d3codec.format.container import CRC, FIXED_HEADER, Codec, Content, D3Reader, Section, encode_archive, write_archive
 
 SPEC = Path(__file__).resolve().parent.parent / "spec" / "vectors"
 sys.path.insert(0, str(SPEC))

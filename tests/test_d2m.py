@@ -4,15 +4,14 @@ import pytest
 import torch
 
 from d3codec import D3Dataset
-from d3codec.format import noise
-from d3codec.encode.pipeline import base_meta, compress, plan_archive
-from d3codec.format.container import D3Reader, Section, encode_archive
-from d3codec.errors import D3BudgetError, D3Error, D3FormatError
-from d3codec.nn.losses import prediction_matching_loss
-from d3codec.methods import DatasetSpec
 from d3codec.encode.checkpoint import Checkpoint
-from d3codec.methods import d2m
+from d3codec.encode.pipeline import base_meta, compress, plan_archive
+from d3codec.errors import D3BudgetError, D3Error, D3FormatError
+from d3codec.format import noise
+from d3codec.format.container import D3Reader, Section, encode_archive
+from d3codec.methods import DatasetSpec, d2m
 from d3codec.methods.d2m import ConditionalGenerator, D2MEncoder, load_generator, save_generator
+from d3codec.nn.losses import prediction_matching_loss
 from d3codec.nn.models import ConvNet
 from d3codec.nn.teacher import Teacher
 

@@ -6,16 +6,24 @@ import pytest
 import torch
 
 from d3codec import D3Dataset
-from d3codec.encode.pipeline import base_meta, compress, plan_archive
-from d3codec.format.container import D3Reader, Section, encode_archive
 from d3codec.data.real import RealData, TensorImages
+from d3codec.encode.pipeline import base_meta, compress, plan_archive
 from d3codec.errors import D3BudgetError, D3Error, D3FormatError
-from d3codec.methods.d3.merge import merge_archives
-from d3codec.methods import DatasetSpec
-from d3codec.methods.d3 import (D3Config, D3Encoder, dequantise_priors, decoder_shapes, fit_decoder, pca_latents,
-                                quantise_priors, split_classes)
-from d3codec.nn.models import Decoder
+from d3codec.format.container import D3Reader, Section, encode_archive
 from d3codec.format.weights import dequantise_state, quantise_state
+from d3codec.methods import DatasetSpec
+from d3codec.methods.d3 import (
+    D3Config,
+    D3Encoder,
+    decoder_shapes,
+    dequantise_priors,
+    fit_decoder,
+    pca_latents,
+    quantise_priors,
+    split_classes,
+)
+from d3codec.methods.d3.merge import merge_archives
+from d3codec.nn.models import Decoder
 from d3codec.nn.teacher import load_teacher, save_teacher, train_teacher
 
 CPU = torch.device("cpu")
@@ -420,8 +428,8 @@ def test_tapered_decoder_halves_its_channels_and_the_spec_reader_decodes_it(tiny
     """A tapered decoder (spec §5.3) costs far fewer multiply-adds at full size; tests/spec_reader.py, written
     from the spec, expands its archive as d3codec does; large images get it by default."""
     import numpy as np
-
     import spec_reader
+
     from d3codec.format.limits import network_cost
     from d3codec.nn.models import decoder_stage_widths
 
@@ -449,8 +457,8 @@ def test_top_k_soft_labels_keep_the_largest_and_spread_the_rest(tiny_real, tmp_p
     """Top-k soft labels (spec §5.6): the k largest probabilities and their classes; a reader spreads the rest
     evenly; tests/spec_reader.py reads them as d3codec does; large groups get them by default."""
     import numpy as np
-
     import spec_reader
+
     from d3codec.errors import D3FormatError
     from d3codec.methods.d3.layout import dense_labels, stored_labels
 

@@ -7,8 +7,8 @@ from torch.utils.data import DataLoader
 from d3codec import D3Dataset, D3FormatError
 from d3codec.encode.pipeline import base_meta
 from d3codec.format.container import Section, encode_archive
-from d3codec.methods import DatasetSpec
 from d3codec.format.storage import encode_images
+from d3codec.methods import DatasetSpec
 
 SPEC = DatasetSpec("toy", ("cat", "dog"), (1, 4, 4), (0.5,), (0.25,))
 

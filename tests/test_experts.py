@@ -4,18 +4,17 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import make_tiny_real
 
 import d3codec
-from d3codec.nn import experts as experts_module
-from d3codec.errors import D3Error
-from d3codec.nn.experts import ExpertSpec, expert_pool, pool_file
-from d3codec.nn.augment import DSA
 from d3codec.data.real import ClassSampler, Normalisation
-from d3codec.nn.losses import mean_embedding_loss
-from d3codec.methods.matching import (CalibrationTerm, DistributionMatcher, FeatureTerm, MatchingBatch,
-                                      matching_experts)
+from d3codec.errors import D3Error
+from d3codec.methods.matching import CalibrationTerm, DistributionMatcher, FeatureTerm, MatchingBatch, matching_experts
 from d3codec.methods.pixel import DMEncoder
-from conftest import make_tiny_real
+from d3codec.nn import experts as experts_module
+from d3codec.nn.augment import DSA
+from d3codec.nn.experts import ExpertSpec, expert_pool, pool_file
+from d3codec.nn.losses import mean_embedding_loss
 
 SPEC = ExpertSpec(count=2, epochs=2, width=8)
 

@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from d3codec import D3Dataset
-from d3codec.format.container import D3Reader, Section, encode_archive
 from d3codec.encode.pipeline import compress
 from d3codec.errors import D3FormatError
+from d3codec.format.container import D3Reader, Section, encode_archive
 from d3codec.methods.pixel import DMEncoder
 from d3codec.methods.pixel.formation import PIXELS, Formation, dct_basis, parse_formation
 
@@ -132,7 +132,6 @@ def test_a_bad_formation_in_an_archive_is_a_format_error(tiny_real, tmp_path, fo
 def test_the_spec_alone_forms_the_same_images(tiny_real, tmp_path, kind):
     """tests/spec_reader.py, written from spec/FORMAT.md §5.5, decodes a formation archive as d3codec does."""
     import numpy as np
-
     import spec_reader
 
     encoder = DMEncoder.from_options("fast", iterations=2, real_per_class=4, embed_width=8, formation=kind)

@@ -9,21 +9,21 @@ import json
 import os
 import resource
 
+import hostile
 import pytest
 import torch
 from click.testing import CliRunner
 from PIL import Image
 
-import hostile
 from d3codec import D3Dataset
 from d3codec.cli.main import main
-from d3codec.format.container import Section, encode_archive
 from d3codec.data.sources import archive_dataset, load_dataset
-from d3codec.errors import D3DatasetError, D3Error, D3FormatError, D3LimitError
 from d3codec.decode.labeller import labeller_parts
+from d3codec.decode.verify import verify_archive
+from d3codec.errors import D3DatasetError, D3Error, D3FormatError, D3LimitError
+from d3codec.format.container import Section, encode_archive
 from d3codec.format.limits import DEFAULT_LIMITS
 from d3codec.nn.models import ConvNet
-from d3codec.decode.verify import verify_archive
 
 
 def run(*args):
@@ -163,9 +163,10 @@ def test_a_panic_in_safetensors_is_one_format_error(monkeypatch):
 # -- costs with no bound -------------------------------------------------------------------------------------------
 
 def test_a_bptt_archive_declaring_100000_replay_steps_is_refused(tmp_path):
-    from d3codec.methods.pixel import BPTTEncoder
-    from d3codec.encode.pipeline import compress
     from conftest import make_tiny_real
+
+    from d3codec.encode.pipeline import compress
+    from d3codec.methods.pixel import BPTTEncoder
 
     out = tmp_path / "b.d3"
     compress(make_tiny_real(), out, encoder=BPTTEncoder.from_options("fast", iterations=1, real_per_class=4,
@@ -317,8 +318,8 @@ def test_a_folder_name_is_escaped_where_printed(tmp_path):
 
 
 def test_a_plan_on_uniform_images_is_bounded_whatever_zstd_says():
-    from d3codec.methods.pixel.plan import MIN_COMPRESSION_RATIO, plan_pixel_storage
     from d3codec.format.storage import stored_image_zeros
+    from d3codec.methods.pixel.plan import MIN_COMPRESSION_RATIO, plan_pixel_storage
 
     def sections(n, dtype):
         return [Section.json("meta", {"format": "d3"}), Section.tensors("images", stored_image_zeros(2 * n, (1, 8, 8),
@@ -362,9 +363,9 @@ def test_options_past_what_the_code_can_honour_are_refused_before_work(tmp_path,
 
 
 def test_a_labeller_on_images_too_small_for_it_is_refused_in_one_line():
+    from d3codec.encode.interface import DatasetSpec
     from d3codec.encode.labelled import LabelledEncoder, LabellerConfig
     from d3codec.methods import get_method
-    from d3codec.encode.interface import DatasetSpec
 
     encoder = LabelledEncoder(get_method("dm").make_encoder("smoke"), LabellerConfig(width=8))
     spec = DatasetSpec("x", ("a", "b"), (1, 4, 4), (0.5,), (0.25,))
@@ -387,10 +388,10 @@ def test_an_allocation_that_fails_within_the_limits_is_one_limit_error(monkeypat
 
 @pytest.mark.parametrize("method", ["dm", "bptt", "d3"])
 def test_planning_the_largest_budget_builds_no_placeholder_archive(method):
-    from d3codec.format.meta import base_meta
-    from d3codec.encode.pipeline import MAX_BUDGET_BYTES
-    from d3codec.methods import get_method
     from d3codec.encode.interface import DatasetSpec
+    from d3codec.encode.pipeline import MAX_BUDGET_BYTES
+    from d3codec.format.meta import base_meta
+    from d3codec.methods import get_method
 
     spec = DatasetSpec("x", tuple(f"c{i}" for i in range(10)), (1, 28, 28), (0.5,), (0.25,))
     encoder = get_method(method).make_encoder("fast")

@@ -7,11 +7,11 @@ import torch
 
 import d3codec
 from d3codec import D3Dataset, D3FormatError
-from d3codec.format.container import D3Reader, Section, encode_archive
 from d3codec.decode.labeller import Labeller, labeller_parts
-from d3codec.evaluation import students
-from d3codec.nn.teacher import train_teacher
 from d3codec.decode.verify import verify_archive
+from d3codec.evaluation import students
+from d3codec.format.container import D3Reader, Section, encode_archive
+from d3codec.nn.teacher import train_teacher
 
 
 @pytest.fixture

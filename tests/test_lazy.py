@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from d3codec.format import noise
-from d3codec.format.meta import open_archive
-from d3codec.format.container import Content, D3Reader, Section, encode_archive
 from d3codec.decode.dataset import decode_archive
+from d3codec.format import noise
+from d3codec.format.container import Content, D3Reader, Section, encode_archive
 from d3codec.format.limits import DEFAULT_LIMITS
+from d3codec.format.meta import open_archive
 
 VECTORS = Path(__file__).resolve().parent.parent / "spec" / "vectors"
 SAMPLED = ["d3-int8-two-groups.d3", "d3-float16-rgb.d3", "d3-tapered-topk.d3", "d2m-int8.d3", "d2m-int8-teacher.d3",

@@ -16,12 +16,21 @@ from click.testing import CliRunner
 
 from d3codec import D3Dataset
 from d3codec.cli.main import main
-from d3codec.format.container import Section
-from d3codec.methods import (ArchiveKind, Method, Option, archive_kind, archive_kind_names, get_method, method_names,
-                             register_archive_kind, register_method)
-from d3codec.encode.interface import Encoded, Encoder, preset_config
-from d3codec.registry import unregister
 from d3codec.decode.verify import verify_archive
+from d3codec.encode.interface import Encoded, Encoder, preset_config
+from d3codec.format.container import Section
+from d3codec.methods import (
+    ArchiveKind,
+    Method,
+    Option,
+    archive_kind,
+    archive_kind_names,
+    get_method,
+    method_names,
+    register_archive_kind,
+    register_method,
+)
+from d3codec.registry import unregister
 
 
 def run(*args):

@@ -13,8 +13,8 @@ from safetensors import safe_open
 
 from d3codec import D3Dataset
 from d3codec.encode.pipeline import compress
-from d3codec.format.container import D3Reader
 from d3codec.errors import D3Error
+from d3codec.format.container import D3Reader
 from d3codec.methods.pixel import DMEncoder
 
 WORKER = Path(__file__).resolve().parent / "resume_worker.py"

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 import spec_reader
 
 SPEC = Path(__file__).resolve().parent.parent / "spec" / "vectors"

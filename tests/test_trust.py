@@ -8,19 +8,19 @@ its message (figure, limit, override), never a time.
 import json
 import types
 
+import hostile
 import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
 
-import hostile
 from d3codec import D3Dataset, DecodeLimits
 from d3codec.cli.main import main
-from d3codec.errors import D3Error, D3FormatError, D3LimitError
 from d3codec.decode.expand import grid_image
+from d3codec.decode.verify import verify_archive
+from d3codec.errors import D3Error, D3FormatError, D3LimitError
 from d3codec.format.limits import default_draw_cap
 from d3codec.methods.d3.merge import merge_archives
-from d3codec.decode.verify import verify_archive
 
 
 def run(*args):

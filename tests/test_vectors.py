@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from d3codec import D3Dataset
-from d3codec.format.meta import open_archive
 from d3codec.decode.dataset import decode_archive
 from d3codec.errors import D3FormatError
 from d3codec.format.limits import DEFAULT_LIMITS
+from d3codec.format.meta import open_archive
 
 SPEC = Path(__file__).resolve().parent.parent / "spec" / "vectors"
 VECTORS = json.loads((SPEC / "vectors.json").read_text())["vectors"]

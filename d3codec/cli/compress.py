@@ -15,16 +15,21 @@ from pathlib import Path
 
 import click
 
-from d3codec.format.meta import MAX_SIDE
-from d3codec.format.accounting import ipc_budget, ipc_equivalent
+from d3codec.cli.options import LabellerWidth, OptionValueError, PositiveFinite, count, fail
+from d3codec.encode.defaults import (
+    FACTOR_3_MAX_IPC,
+    MANY_CLASSES,
+    class_count,
+    default_choice,
+    default_method,
+    with_user_options,
+)
 from d3codec.encode.pipeline import MAX_BUDGET_BYTES, MAX_REAL_PER_CLASS, MAX_SEED, MIN_SIDE
 from d3codec.errors import D3Error
+from d3codec.format.accounting import ipc_budget, ipc_equivalent
+from d3codec.format.meta import MAX_SIDE
 from d3codec.format.text import safe_text
-from d3codec.encode.defaults import (FACTOR_3_MAX_IPC, MANY_CLASSES, class_count, default_choice, default_method,
-                              with_user_options)
 from d3codec.methods import BuildContext, Method, Option, archive_kind, get_method, method_names
-
-from d3codec.cli.options import LabellerWidth, OptionValueError, PositiveFinite, count, fail
 
 DATASETS = "fashion-mnist, mnist, cifar10, cifar100, imagenet, or a class-per-folder path"
 # the old spelling: --method NAME [--objective NAME] → the method now named
@@ -280,8 +285,8 @@ def with_labeller(encoder, values: dict, context: BuildContext):
 
     width = values["labeller_width"]
     if width == "auto" and values["labeller"] is None:
-        from d3codec.format.accounting import ipc_budget
         from d3codec.encode.labelled import auto_width
+        from d3codec.format.accounting import ipc_budget
 
         budget = values["budget"] or ipc_budget(values["ipc"], context.num_classes, context.image_shape)
         width = auto_width(context.image_shape, context.num_classes, budget, values["labeller_dtype"])
@@ -311,9 +316,9 @@ def default_options(method: Method, values: dict, real, options: dict) -> str | 
 
 def run_compress(method: Method, values: dict) -> None:
     """Build the encoder from the options and distil (the body of every method's command)."""
-    from d3codec.encode.pipeline import compress, compress_with_workers
     from d3codec.data.sources import load_dataset
     from d3codec.encode.federated import barrier, join_process_group, rank, world_size
+    from d3codec.encode.pipeline import compress, compress_with_workers
     from d3codec.nn.models import resolve_device
 
     output, quiet, ipc, budget = values["output"], values["quiet"], values["ipc"], values["budget"]

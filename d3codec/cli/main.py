@@ -11,15 +11,14 @@ from pathlib import Path
 
 import click
 
+from d3codec.cli.compress import CompressGroup
+from d3codec.cli.options import LIMIT_FIELDS, count, decode_limit_options, decode_limits, fail
+from d3codec.decode.expand import MAX_OUTPUT_BYTES, MAX_OUTPUT_FILES
 from d3codec.encode.pipeline import MAX_BUDGET_BYTES as MAX_BUDGET
 from d3codec.encode.pipeline import MAX_SEED
 from d3codec.errors import D3Error
-from d3codec.decode.expand import MAX_OUTPUT_BYTES, MAX_OUTPUT_FILES
 from d3codec.evaluation.students import JPEG_QUALITY
 from d3codec.format.text import safe_text
-
-from d3codec.cli.compress import CompressGroup
-from d3codec.cli.options import LIMIT_FIELDS, count, decode_limit_options, decode_limits, fail
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -68,8 +67,8 @@ def info(archive, show_meta, as_json):
     Also lists the sections of a bare container (written with d3codec.write_archive, no dataset
     metadata). Strings from the archive are shown with control characters escaped and cut after 200
     characters (their length stated), lists after 20 items; --json prints everything, JSON-escaped."""
-    from d3codec.format.meta import byte_table, open_archive_or_container, summary
     from d3codec.format.accounting import ipc_equivalent
+    from d3codec.format.meta import byte_table, open_archive_or_container, summary
     from d3codec.format.text import safe_value
 
     try:

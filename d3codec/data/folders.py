@@ -9,11 +9,9 @@ from pathlib import Path
 
 import torch
 
+from d3codec.data.real import RealData, read_one
 from d3codec.errors import D3DatasetError
 from d3codec.format.text import safe_text
-
-from d3codec.data.real import RealData, read_one
-
 
 # what a folder dataset may hold, checked before anything is decoded: its tree is walked without following
 # directory links, to at most MAX_FOLDER_DEPTH levels below a class folder and MAX_FOLDER_ENTRIES entries in

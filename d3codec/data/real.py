@@ -13,7 +13,6 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from d3codec.errors import D3DatasetError
 from d3codec.format.text import safe_text
 
-
 REAL_CACHE_BYTES = 2 << 30  # decoded real images a ClassSampler keeps of a dataset on disk, at most
 
 

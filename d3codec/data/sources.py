@@ -12,12 +12,10 @@ from pathlib import Path
 
 import torch
 
-from d3codec.errors import D3DatasetError
-from d3codec.format.text import safe_text
-
 from d3codec.data.folders import DraftLoader, _folder_transform, _image_folder, default_load_workers, safe_tree_class
 from d3codec.data.real import RealData, TensorImages
-
+from d3codec.errors import D3DatasetError
+from d3codec.format.text import safe_text
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 

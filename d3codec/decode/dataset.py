@@ -10,13 +10,13 @@ from typing import Callable
 import torch
 from torch.utils.data import Dataset
 
-from d3codec.format.meta import open_archive
 from d3codec.decode.labeller import read_labeller
-from d3codec.registry import archive_kind
 from d3codec.errors import D3FormatError, D3LimitError
 from d3codec.format.limits import DEFAULT_LIMITS, DecodeLimits, check
+from d3codec.format.meta import open_archive
 from d3codec.format.noise import check_seed
 from d3codec.format.text import safe_text
+from d3codec.registry import archive_kind
 
 
 class D3Dataset(Dataset):
@@ -297,8 +297,8 @@ def decode_archive(reader, meta: dict, samples_per_class: int | None, seed: int,
 
 def _decode(reader, meta: dict, samples_per_class: int | None, seed: int, device, limits: DecodeLimits,
             check_default: bool):
-    from d3codec.registry import archive_kind, archive_kind_names
     from d3codec.nn.schedule import step_batches
+    from d3codec.registry import archive_kind, archive_kind_names
 
     kind = archive_kind(meta["method"])  # known: open_archive checked it
     sampler = None

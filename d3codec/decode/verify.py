@@ -28,8 +28,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from d3codec.format.container import Content, D3Reader
 from d3codec.errors import D3Error, D3FormatError, D3LimitError
+from d3codec.format.container import Content, D3Reader
 from d3codec.format.text import safe_text
 
 
@@ -54,10 +54,10 @@ def verify_archive(path: str | os.PathLike | bytes, limits=None) -> Verification
     ``limits``: d3codec.format.limits.DecodeLimits (default its defaults); an archive over them fails the
     "decode budget" check and no decoder of it is run.
     """
-    from d3codec.format.meta import check_sections, known_kind, read_meta
-    from d3codec.decode.labeller import read_labeller
     from d3codec.decode.dataset import decode_archive
+    from d3codec.decode.labeller import read_labeller
     from d3codec.format.limits import DEFAULT_LIMITS
+    from d3codec.format.meta import check_sections, known_kind, read_meta
 
     limits = limits or DEFAULT_LIMITS
     result = Verification(safe_text(path if not isinstance(path, (bytes, bytearray)) else "archive", 300))

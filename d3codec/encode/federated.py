@@ -29,10 +29,10 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from d3codec.format.container import Section, write_archive
 from d3codec.data.real import RealData
-from d3codec.errors import D3Error
 from d3codec.encode.interface import Encoded, Encoder, SubtaskEncoder
+from d3codec.errors import D3Error
+from d3codec.format.container import Section, write_archive
 from d3codec.util.runtime import release_freed_memory
 
 COORDINATION_TIMEOUT = timedelta(days=7)  # how long a rank waits for the others at a barrier

@@ -18,8 +18,8 @@ from typing import Any, Callable
 
 import torch
 
-from d3codec.format.container import Section
 from d3codec.data.real import RealData
+from d3codec.format.container import Section
 
 
 @dataclass(frozen=True)

@@ -16,17 +16,17 @@ from typing import Any
 
 import torch
 
-from d3codec.format.meta import base_meta, open_archive, utc_now
-from d3codec.format.accounting import ipc_budget, ipc_equivalent
-from d3codec.format.container import D3Reader, Section, encode_archive, write_atomic
 from d3codec.data.real import RealData
 from d3codec.data.sources import load_dataset
 from d3codec.encode.defaults import default_choice, with_user_options
-from d3codec.errors import D3BudgetError
 from d3codec.encode.federated import barrier, distill_federated, rank, run_ranks, world_size
 from d3codec.encode.interface import DatasetSpec, Encoded, Encoder, Overrun
-from d3codec.registry import BuildContext, get_method
+from d3codec.errors import D3BudgetError
+from d3codec.format.accounting import ipc_budget, ipc_equivalent
+from d3codec.format.container import D3Reader, Section, encode_archive, write_atomic
+from d3codec.format.meta import base_meta, open_archive, utc_now
 from d3codec.nn.models import resolve_device
+from d3codec.registry import BuildContext, get_method
 from d3codec.util.progress import note
 from d3codec.util.runtime import keep_freed_memory, release_freed_memory
 

@@ -17,15 +17,23 @@ from typing import Callable
 from d3codec.data import sources
 from d3codec.data.real import RealData
 from d3codec.decode.dataset import D3Dataset
-from d3codec.format.container import D3Reader
 from d3codec.decode.labeller import stored_bytes
-from d3codec.format.limits import DecodeLimits, output_bytes
-from d3codec.nn.models import resolve_device
 from d3codec.evaluation.ranking import FULL_DATA_ACCURACY, Ranking
-from d3codec.registry import archive_kind
-from d3codec.evaluation.students import (COMPILE_MODES, JPEG_QUALITY, EvalResult, StudentConfig, random_real_subset, replay_students,
-                       test_split, train_students)
+from d3codec.evaluation.students import (
+    COMPILE_MODES,
+    JPEG_QUALITY,
+    EvalResult,
+    StudentConfig,
+    random_real_subset,
+    replay_students,
+    test_split,
+    train_students,
+)
+from d3codec.format.container import D3Reader
+from d3codec.format.limits import DecodeLimits, output_bytes
 from d3codec.format.text import safe_text
+from d3codec.nn.models import resolve_device
+from d3codec.registry import archive_kind
 
 TRAININGS = ("auto", "replay", "standard", "both")
 LABELS = ("auto", "online", "stored", "hard")

@@ -24,10 +24,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from d3codec.nn.augment import DSA
-from d3codec.encode.checkpoint import Checkpoint, fingerprint, weights_digest
 from d3codec.data.real import Normalisation, RealData
+from d3codec.encode.checkpoint import Checkpoint, fingerprint, weights_digest
 from d3codec.nn.accuracy import synchronize, test_accuracy, test_split
+from d3codec.nn.augment import DSA
 from d3codec.nn.models import build_model, compiled, worth_compiling
 from d3codec.util.progress import progress_bar
 from d3codec.util.runtime import keep_freed_memory

@@ -14,13 +14,13 @@ from typing import Any
 
 import torch
 
-from d3codec.version import __version__
+from d3codec.errors import D3FormatError
 from d3codec.format.accounting import ipc_equivalent
 from d3codec.format.container import D3Reader
-from d3codec.errors import D3FormatError
 from d3codec.format.limits import DEFAULT_LIMITS
-from d3codec.registry import archive_kind, archive_kind_names
 from d3codec.format.text import safe_text
+from d3codec.registry import archive_kind, archive_kind_names
+from d3codec.version import __version__
 
 FORMAT_NAME = "d3"
 # sections any archive may carry, whatever its method (name → critical): the stored labeller (§5.8)

@@ -20,8 +20,8 @@ from typing import Callable, Protocol, Sequence
 import torch
 import torch.nn.functional as F
 
-from d3codec.nn.augment import DSA
 from d3codec.data.real import Normalisation, RealData
+from d3codec.nn.augment import DSA
 from d3codec.nn.experts import ExpertPool, ExpertSpec, expert_pool
 from d3codec.nn.losses import prediction_matching_loss
 from d3codec.nn.models import ConvNet, compiled

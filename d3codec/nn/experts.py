@@ -24,12 +24,12 @@ from pathlib import Path
 import torch
 from safetensors.torch import save
 
-from d3codec.format.container import write_atomic
 from d3codec.data.real import RealData
 from d3codec.errors import D3Error
+from d3codec.format.container import write_atomic
+from d3codec.format.weights import check_state, read_safetensors_file
 from d3codec.nn.models import ConvNet, parameter_shapes
 from d3codec.nn.teacher import train_teacher
-from d3codec.format.weights import check_state, read_safetensors_file
 
 MAX_EXPERTS = 64
 MAX_EXPERT_EPOCHS = 1000

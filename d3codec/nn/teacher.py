@@ -16,13 +16,20 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save
 
-from d3codec.format.container import write_atomic
 from d3codec.data.real import Normalisation, RealData
 from d3codec.errors import D3Error
-from d3codec.nn.models import ConvNet, activation_memory, compiled, parameter_shapes, saved_activation_bytes, worth_compiling
-from d3codec.util.progress import progress_bar
+from d3codec.format.container import write_atomic
 from d3codec.format.text import safe_text
 from d3codec.format.weights import check_state, read_safetensors_file
+from d3codec.nn.models import (
+    ConvNet,
+    activation_memory,
+    compiled,
+    parameter_shapes,
+    saved_activation_bytes,
+    worth_compiling,
+)
+from d3codec.util.progress import progress_bar
 
 
 @dataclass

@@ -209,10 +209,10 @@ def decoded_values(meta: dict) -> tuple[int, int | None]:
 def expansion(data: bytes, samples_per_class: int | None, seed: int) -> dict:
     """What d3codec's reference reader makes of a vector: images, labels, soft labels, the labeller's soft labels
     of the images, for sampled archives the noise and priors of the draw, and the decode budget's figures (§4)."""
-    from d3codec.format.meta import open_archive
     from d3codec.decode.dataset import decode_archive
     from d3codec.decode.labeller import read_labeller
     from d3codec.format.limits import DEFAULT_LIMITS, output_bytes
+    from d3codec.format.meta import open_archive
 
     reader, meta = open_archive(data)
     with reader:
@@ -248,12 +248,12 @@ def expansion(data: bytes, samples_per_class: int | None, seed: int) -> dict:
 
 def made_vectors() -> list[dict]:
     """The vectors --make writes (seeded: the same every run)."""
+    from d3codec.format.weights import quantise_state
     from d3codec.methods.d2m import ConditionalGenerator
     from d3codec.methods.d3 import D3Config, GroupPlan, group_entry, quantise_priors
     from d3codec.methods.d3.layout import stored_labels
     from d3codec.methods.pixel.formation import parse_formation
     from d3codec.nn.models import ConvNet, Decoder, build_model
-    from d3codec.format.weights import quantise_state
 
     gen = torch.Generator().manual_seed(2026)
     rand = lambda *shape: torch.randn(*shape, generator=gen)  # noqa: E731

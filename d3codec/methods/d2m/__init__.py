@@ -4,13 +4,36 @@ encoder.py trains (Sajedi et al. 2024); networks.py holds the generator and the 
 archive.py reads. This module registers the method and its archive kind.
 """
 
-from d3codec.registry import (SAVE_TEACHER_OPTION, TEACHER_EPOCHS_OPTION, TEACHER_OPTION, ArchiveKind, BuildContext, Method,
-                        Option, register_archive_kind, register_method)
-from d3codec.nn.teacher import load_teacher
-from d3codec.methods.d2m.archive import SECTIONS, D2MSampler, decode, describe_params, load_labeller, load_sampler, read_params
+from d3codec.methods.d2m.archive import (
+    SECTIONS,
+    D2MSampler,
+    decode,
+    describe_params,
+    load_labeller,
+    load_sampler,
+    read_params,
+)
 from d3codec.methods.d2m.encoder import PRESETS, D2MConfig, D2MEncoder, D2MPlan, build_generator
-from d3codec.methods.d2m.networks import GENERATOR_WIDTHS, GENERATORS, ConditionalGenerator, load_generator, save_generator
+from d3codec.methods.d2m.networks import (
+    GENERATOR_WIDTHS,
+    GENERATORS,
+    ConditionalGenerator,
+    load_generator,
+    save_generator,
+)
 from d3codec.methods.matching import MATCHING_OPTIONS
+from d3codec.nn.teacher import load_teacher
+from d3codec.registry import (
+    SAVE_TEACHER_OPTION,
+    TEACHER_EPOCHS_OPTION,
+    TEACHER_OPTION,
+    ArchiveKind,
+    BuildContext,
+    Method,
+    Option,
+    register_archive_kind,
+    register_method,
+)
 
 
 def build(method: Method, preset: str, options: dict, context: BuildContext) -> "D2MEncoder":

@@ -4,18 +4,17 @@ teacher that labels them (where the archive has one). Nothing here trains (encod
 
 from __future__ import annotations
 
-
 import torch
 
-from d3codec.format import noise
-from d3codec.format.meta import meta_int, meta_number, meta_str
-from d3codec.errors import D3FormatError
 from d3codec.decode.labeller import Labeller
-from d3codec.format.limits import DEFAULT_LIMITS, batch_size, check, default_draw_cap, draw_macs, network_cost
-from d3codec.nn.models import ConvNet
-from d3codec.format.weights import WEIGHT_DTYPES, load_stored_module
 from d3codec.decode.sampler import Sampler
+from d3codec.errors import D3FormatError
+from d3codec.format import noise
+from d3codec.format.limits import DEFAULT_LIMITS, batch_size, check, default_draw_cap, draw_macs, network_cost
+from d3codec.format.meta import meta_int, meta_number, meta_str
+from d3codec.format.weights import WEIGHT_DTYPES, load_stored_module
 from d3codec.methods.d2m.networks import GENERATORS, ConditionalGenerator
+from d3codec.nn.models import ConvNet
 
 SECTIONS = {"meta": True, "generator": True, "teacher": False}  # name → critical
 

@@ -64,25 +64,41 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from d3codec.encode import seeds
-from d3codec.nn.augment import DSA
-from d3codec.format.accounting import META_RESERVE_BYTES, archive_bound
-from d3codec.encode.checkpoint import Checkpoint, fingerprint, weights_digest
-from d3codec.format.container import Section
 from d3codec.data.real import ClassSampler, Normalisation, RealData
-from d3codec.errors import D3BudgetError, D3Error
+from d3codec.encode import seeds
+from d3codec.encode.checkpoint import Checkpoint, fingerprint, weights_digest
 from d3codec.encode.federated import broadcast_parameters, rank, sum_gradients, sum_over_ranks, world_size
+from d3codec.encode.interface import DatasetSpec, Encoded, Encoder, preset_config
+from d3codec.errors import D3BudgetError, D3Error
+from d3codec.format.accounting import META_RESERVE_BYTES, archive_bound
+from d3codec.format.container import Section
 from d3codec.format.limits import network_cost
+from d3codec.format.weights import WEIGHT_DTYPES, quantise_state, stored_zeros
+from d3codec.methods.d2m.networks import (
+    ARCHITECTURE,
+    CONDITIONINGS,
+    GENERATOR_WIDTHS,
+    GENERATORS,
+    ConditionalGenerator,
+    Discriminator,
+    PosteriorEncoder,
+    PretrainedGenerator,
+    generator_shapes,
+    teacher_shapes,
+)
+from d3codec.methods.matching import (
+    DistributionMatcher,
+    FeatureTerm,
+    PredictionTerm,
+    matching_experts,
+    matching_terms,
+    memory_sized_chunk,
+)
+from d3codec.nn.augment import DSA
 from d3codec.nn.losses import mean_embedding_loss, mmd_rbf
 from d3codec.nn.models import ConvNet, activation_memory, saved_activation_bytes, worth_compiling
-from d3codec.util.progress import Stage, Stages, progress_bar
 from d3codec.nn.teacher import Teacher, save_teacher, train_teacher, untrained_teacher
-from d3codec.format.weights import WEIGHT_DTYPES, quantise_state, stored_zeros
-from d3codec.encode.interface import DatasetSpec, Encoded, Encoder, preset_config
-from d3codec.methods.matching import (DistributionMatcher, FeatureTerm, PredictionTerm, matching_experts, matching_terms,
-                        memory_sized_chunk)
-from d3codec.methods.d2m.networks import (ARCHITECTURE, CONDITIONINGS, GENERATOR_WIDTHS, GENERATORS, ConditionalGenerator, Discriminator,
-                       PosteriorEncoder, PretrainedGenerator, generator_shapes, teacher_shapes)
+from d3codec.util.progress import Stage, Stages, progress_bar
 
 PRETRAININGS = ("gan", "vae")
 

@@ -15,11 +15,11 @@ import torch.nn.functional as F
 from safetensors.torch import save
 from torch import nn
 
-from d3codec.format.container import write_atomic
 from d3codec.errors import D3Error
-from d3codec.nn.models import ConvNet, parameter_shapes, upsampling_geometry
+from d3codec.format.container import write_atomic
 from d3codec.format.text import safe_text
 from d3codec.format.weights import check_state, read_safetensors_file
+from d3codec.nn.models import ConvNet, parameter_shapes, upsampling_geometry
 
 # above 512 in steps of 16, so that a large budget (ImageNet's 98 MB at IPC 2) is filled to within about 4 %
 GENERATOR_WIDTHS = (4, 6, 8, 12, 16, 20, 24, 28, 32, 36, 40, 48, 56, 64, 80, 96, 128, 160, 192, 256, 320, 384, 448,

@@ -5,15 +5,35 @@ tensors both use; merge.py merges archives of disjoint classes (federated subtas
 This module registers the method and its archive kind.
 """
 
-from d3codec.registry import (SAVE_TEACHER_OPTION, TEACHER_EPOCHS_OPTION, TEACHER_OPTION, ArchiveKind, BuildContext, Method,
-                        Option, register_archive_kind, register_method)
-from d3codec.nn.teacher import load_teacher
 from d3codec.methods.d3.archive import D3Sampler, decode, describe_params, load_sampler, read_groups
 from d3codec.methods.d3.encoder import PRESETS, D3Config, D3Encoder, fit_decoder, pca_latents
-from d3codec.methods.d3.layout import (DECODER_WIDTHS, SECTIONS, D3Plan, GroupPlan, decoder_shapes, dequantise_priors, group_entry,
-                     group_tensors, quantise_priors, sections_of, split_classes)
+from d3codec.methods.d3.layout import (
+    DECODER_WIDTHS,
+    SECTIONS,
+    D3Plan,
+    GroupPlan,
+    decoder_shapes,
+    dequantise_priors,
+    group_entry,
+    group_tensors,
+    quantise_priors,
+    sections_of,
+    split_classes,
+)
 from d3codec.methods.d3.merge import merge_archives
 from d3codec.methods.matching import MATCHING_OPTIONS
+from d3codec.nn.teacher import load_teacher
+from d3codec.registry import (
+    SAVE_TEACHER_OPTION,
+    TEACHER_EPOCHS_OPTION,
+    TEACHER_OPTION,
+    ArchiveKind,
+    BuildContext,
+    Method,
+    Option,
+    register_archive_kind,
+    register_method,
+)
 
 
 def build(method: Method, preset: str, options: dict, context: BuildContext) -> D3Encoder:

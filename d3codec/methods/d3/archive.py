@@ -10,15 +10,22 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from d3codec.format import noise
-from d3codec.format.meta import meta_bool, meta_int, meta_str
-from d3codec.errors import D3FormatError
-from d3codec.format.limits import DEFAULT_LIMITS, batch_size, check, default_draw_cap, draw_macs, network_cost
-from d3codec.nn.models import DECODER_ARCHITECTURES
-from d3codec.format.storage import check_probabilities
-from d3codec.format.weights import check_names, dequantise_int8, load_stored_module, read_stored, stored_names, stored_tensor
 from d3codec.decode.sampler import Sampler
+from d3codec.errors import D3FormatError
+from d3codec.format import noise
+from d3codec.format.limits import DEFAULT_LIMITS, batch_size, check, default_draw_cap, draw_macs, network_cost
+from d3codec.format.meta import meta_bool, meta_int, meta_str
+from d3codec.format.storage import check_probabilities
+from d3codec.format.weights import (
+    check_names,
+    dequantise_int8,
+    load_stored_module,
+    read_stored,
+    stored_names,
+    stored_tensor,
+)
 from d3codec.methods.d3.layout import DECODER_DTYPES, MAX_TOP_K_CLASSES, PRIOR_DTYPES, GroupPlan, TopKLabels
+from d3codec.nn.models import DECODER_ARCHITECTURES
 
 # the work of ordering a class's priors (spec/FORMAT.md §5.4: a hash per prior, then a sort), counted against
 # max_parameters as this many values a prior: its key, its place and the sort's scratch, 8 bytes each

@@ -56,28 +56,55 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from d3codec.encode import seeds
-from d3codec.nn.augment import DSA
-from d3codec.format.accounting import META_RESERVE_BYTES, archive_bound, largest_fitting
-from d3codec.encode.checkpoint import Checkpoint, fingerprint, weights_digest
-from d3codec.format.container import Section
 from d3codec.data.real import ClassSampler, Normalisation, RealData
-from d3codec.errors import D3BudgetError
-from d3codec.nn.experts import ExpertPool
-from d3codec.format.limits import network_cost
-from d3codec.nn.losses import mean_embedding_loss, mmd_rbf
-from d3codec.nn.models import (DECODER_ARCHITECTURES, ConvNet, Decoder, activation_memory, decoder_stage_widths,
-                       upsampling_geometry, worth_compiling)
-from d3codec.util.progress import Stage, Stages, progress_bar
-from d3codec.nn.teacher import Teacher, save_teacher, train_teacher, untrained_teacher
-from d3codec.format.weights import dequantise_state, quantise_state
+from d3codec.encode import seeds
+from d3codec.encode.checkpoint import Checkpoint, fingerprint, weights_digest
 from d3codec.encode.interface import DatasetSpec, Encoded, Overrun, Subtask, SubtaskEncoder, preset_config
-from d3codec.methods.matching import DistributionMatcher, FeatureTerm, matching_experts, matching_terms, memory_sized_chunk
-from d3codec.methods.d3.layout import (DECODER_DTYPES, DECODER_WIDTHS, MAX_TOP_K_CLASSES, PRIOR_DTYPES, D3Plan, GroupPlan, decoder_shapes,
-                     dequantise_priors, first_priors, group_entry, group_tensors, quantise_priors, sections_of,
-                     split_classes, trimmed_priors)
+from d3codec.errors import D3BudgetError
+from d3codec.format.accounting import META_RESERVE_BYTES, archive_bound, largest_fitting
+from d3codec.format.container import Section
+from d3codec.format.limits import network_cost
+from d3codec.format.weights import dequantise_state, quantise_state
 from d3codec.methods.d3 import fill
+from d3codec.methods.d3.layout import (
+    DECODER_DTYPES,
+    DECODER_WIDTHS,
+    MAX_TOP_K_CLASSES,
+    PRIOR_DTYPES,
+    D3Plan,
+    GroupPlan,
+    decoder_shapes,
+    dequantise_priors,
+    first_priors,
+    group_entry,
+    group_tensors,
+    quantise_priors,
+    sections_of,
+    split_classes,
+    trimmed_priors,
+)
 from d3codec.methods.d3.merge import Part, combine_groups, rename_group
+from d3codec.methods.matching import (
+    DistributionMatcher,
+    FeatureTerm,
+    matching_experts,
+    matching_terms,
+    memory_sized_chunk,
+)
+from d3codec.nn.augment import DSA
+from d3codec.nn.experts import ExpertPool
+from d3codec.nn.losses import mean_embedding_loss, mmd_rbf
+from d3codec.nn.models import (
+    DECODER_ARCHITECTURES,
+    ConvNet,
+    Decoder,
+    activation_memory,
+    decoder_stage_widths,
+    upsampling_geometry,
+    worth_compiling,
+)
+from d3codec.nn.teacher import Teacher, save_teacher, train_teacher, untrained_teacher
+from d3codec.util.progress import Stage, Stages, progress_bar
 
 
 @dataclass(frozen=True)

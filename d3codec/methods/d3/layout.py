@@ -13,12 +13,12 @@ from dataclasses import dataclass
 
 import torch
 
-from d3codec.format.container import Section
 from d3codec.errors import D3FormatError
+from d3codec.format.container import Section
 from d3codec.format.limits import all_finite
 from d3codec.format.storage import PROBABILITY_TOLERANCE
-from d3codec.nn.models import Decoder, parameter_shapes
 from d3codec.format.weights import WEIGHT_DTYPES, quantise_int8, quantise_state, read_stored, stored_zeros
+from d3codec.nn.models import Decoder, parameter_shapes
 
 SECTIONS = {"meta": True, "priors": True, "decoder": True, "prior_labels": True}  # name → critical
 DECODER_WIDTHS = (8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256)

@@ -15,11 +15,11 @@ from typing import Any
 
 import torch
 
-from d3codec.format.meta import base_meta, meta_int, open_archive, utc_now, validate_meta
-from d3codec.format.container import VERSION_MINOR, Section, encode_archive, write_atomic
-from d3codec.errors import D3BudgetError, D3Error, D3FormatError
-from d3codec.format.text import safe_text
 from d3codec.encode.interface import DatasetSpec
+from d3codec.errors import D3BudgetError, D3Error, D3FormatError
+from d3codec.format.container import VERSION_MINOR, Section, encode_archive, write_atomic
+from d3codec.format.meta import base_meta, meta_int, open_archive, utc_now, validate_meta
+from d3codec.format.text import safe_text
 from d3codec.methods.d3.archive import load_sampler
 from d3codec.methods.d3.layout import sections_of
 

@@ -4,12 +4,12 @@ Both methods write the archive kind ``pixel`` (spec/FORMAT.md §5): reading it i
 method's training is its own module (dm.py, bptt.py). This module registers the three.
 """
 
-from d3codec.registry import ArchiveKind, Method, Option, register_archive_kind, register_method
+from d3codec.methods.matching import MATCHING_OPTIONS
 from d3codec.methods.pixel.archive import INITS, NETWORKS, SECTIONS, decode, describe_params, read_schedule
 from d3codec.methods.pixel.bptt import BPTTConfig, BPTTEncoder, BPTTPlan, unrolled_gradients
 from d3codec.methods.pixel.dm import DMConfig, DMEncoder
 from d3codec.methods.pixel.formation import FORMATION_CHOICES, MAX_FACTOR, Formation
-from d3codec.methods.matching import MATCHING_OPTIONS
+from d3codec.registry import ArchiveKind, Method, Option, register_archive_kind, register_method
 
 STORAGE_OPTION = Option("--storage-dtype", "storage_dtype", "How images are stored; auto picks uint8 with a per-class "
                         "range (most images per byte).", kind="choice", choices=("auto", "uint8", "float16", "float32"))

@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import torch
 
-from d3codec.format.meta import describe, meta_int, meta_str
 from d3codec.errors import D3FormatError
 from d3codec.format.limits import DEFAULT_LIMITS, all_finite, check, network_cost, output_bytes
-from d3codec.nn.models import build_model
-from d3codec.nn.schedule import TrainingSchedule
+from d3codec.format.meta import describe, meta_int, meta_str
 from d3codec.format.storage import check_probabilities, decode_images
 from d3codec.format.weights import check_names, read_stored
 from d3codec.methods.pixel.formation import read_formation
+from d3codec.nn.models import build_model
+from d3codec.nn.schedule import TrainingSchedule
 
 SECTIONS = {"meta": True, "images": True, "soft_labels": True, "schedule": True}  # name → critical
 NETWORKS = ("lenet", "convnet3")  # the networks a schedule may name

@@ -38,18 +38,18 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 
-from d3codec.format.accounting import archive_bound
-from d3codec.methods.pixel.plan import PixelPlan, plan_pixel_storage
-from d3codec.format.container import Section
-from d3codec.encode import seeds
 from d3codec.data.real import Normalisation, RealData
+from d3codec.encode import seeds
+from d3codec.encode.interface import CheckpointedEncoder, DatasetSpec, Encoded
 from d3codec.errors import D3BudgetError
+from d3codec.format.accounting import archive_bound
+from d3codec.format.container import Section
+from d3codec.format.storage import decode_images, encode_images, resolve_storage_dtype, stored_image_zeros
+from d3codec.methods.pixel.archive import INITS, MAX_SCHEDULE_STEPS, NETWORKS
+from d3codec.methods.pixel.plan import PixelPlan, plan_pixel_storage
 from d3codec.nn.models import build_model
 from d3codec.nn.schedule import TrainingSchedule, gd_step, init_parameters
-from d3codec.format.storage import decode_images, encode_images, resolve_storage_dtype, stored_image_zeros
 from d3codec.util.progress import progress_bar
-from d3codec.encode.interface import CheckpointedEncoder, DatasetSpec, Encoded
-from d3codec.methods.pixel.archive import INITS, MAX_SCHEDULE_STEPS, NETWORKS
 
 THETA0_DTYPES = ("float16", "float32")
 END_EVAL_INITS = 3  # random init: the end-of-distillation accuracy is the mean over student seeds 0, 1, 2

@@ -39,18 +39,24 @@ from dataclasses import asdict, dataclass, replace
 
 import torch
 
-from d3codec.encode import seeds
-from d3codec.nn.augment import DSA
-from d3codec.methods.pixel.plan import FEW_PER_CLASS, PixelPlan, plan_pixel_storage
-from d3codec.format.container import Section, stored_size
 from d3codec.data.real import ClassSampler, Normalisation, RealData
+from d3codec.encode import seeds
+from d3codec.encode.interface import CheckpointedEncoder, DatasetSpec, Encoded, Overrun
+from d3codec.format.container import Section, stored_size
+from d3codec.format.storage import encode_images, resolve_storage_dtype, stored_image_zeros
+from d3codec.methods.matching import (
+    DistributionMatcher,
+    FeatureTerm,
+    matching_experts,
+    matching_terms,
+    memory_sized_chunk,
+)
+from d3codec.methods.pixel.formation import MASK_SAMPLE_IMAGES, Formation, parse_formation
+from d3codec.methods.pixel.plan import FEW_PER_CLASS, PixelPlan, plan_pixel_storage
+from d3codec.nn.augment import DSA
 from d3codec.nn.losses import mean_embedding_loss
 from d3codec.nn.models import activation_memory, worth_compiling
-from d3codec.format.storage import encode_images, resolve_storage_dtype, stored_image_zeros
 from d3codec.util.progress import progress_bar
-from d3codec.encode.interface import CheckpointedEncoder, DatasetSpec, Encoded, Overrun
-from d3codec.methods.matching import DistributionMatcher, FeatureTerm, matching_experts, matching_terms, memory_sized_chunk
-from d3codec.methods.pixel.formation import MASK_SAMPLE_IMAGES, Formation, parse_formation
 
 
 @dataclass(frozen=True)

@@ -31,8 +31,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from d3codec.format.meta import describe, meta_int, meta_str
 from d3codec.errors import D3FormatError
+from d3codec.format.meta import describe, meta_int, meta_str
 
 FORMATIONS = ("pixels", "lowres", "dct")  # the kinds an archive names (spec/FORMAT.md §5.5)
 FORMATION_CHOICES = FORMATIONS + ("dct-variance",)  # what a user may ask for: dct-variance is dct with FreD's mask
