@@ -19,6 +19,7 @@ from typing import Any, Callable
 import torch
 
 from d3codec.data.real import RealData
+from d3codec.encode.loop import ResumableLoop
 from d3codec.format.container import Section
 
 
@@ -222,22 +223,7 @@ class CheckpointedEncoder(Encoder):
                      checkpoint_seconds: float = 300.0, **overrides) -> "CheckpointedEncoder":
         return cls(preset_config(cls.presets, preset, overrides), checkpoint, checkpoint_seconds)
 
-    def resume_checkpoint(self, kind: str, run: tuple, optimisers: dict[str, torch.optim.Optimizer],
-                          generator: torch.Generator, learned: dict[str, torch.Tensor], device: torch.device):
-        """Open this encoder's checkpoint (None without a file name) and, if the file exists, restore
-        ``learned`` in place (tensors of the same names were saved), the optimisers and random states.
-
-        ``run``: what decides the result (options, plan, seed, data); a checkpoint of another run is refused.
-        Returns: (Checkpoint or None, first iteration to run, the last saved loss or NaN).
-        Raises: D3Error for another run's or a damaged checkpoint.
-        """
-        from d3codec.encode.checkpoint import Checkpoint, fingerprint
-
-        if self.checkpoint is None:
-            return None, 0, float("nan")
-        ckpt = Checkpoint(self.checkpoint, kind, fingerprint(kind, *run), self.checkpoint_seconds)
-        resumed = ckpt.resume(optimisers, generator, device, learned)
-        if resumed is None:
-            return ckpt, 0, float("nan")
-        first, saved = resumed
-        return ckpt, first, float(saved.get("loss", torch.tensor(float("nan"))))
+    def loop(self, kind: str, run: tuple, total: int) -> ResumableLoop:
+        """The resumable loop of this encoder's ``total`` iterations (d3codec.encode.loop), checkpointed in its
+        file; ``run``: what decides the result (options, plan, seed, data): another run's file is refused."""
+        return ResumableLoop(self.checkpoint, kind, run, total, self.checkpoint_seconds)

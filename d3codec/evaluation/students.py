@@ -25,7 +25,8 @@ import torch
 import torch.nn.functional as F
 
 from d3codec.data.real import Normalisation, RealData
-from d3codec.encode.checkpoint import Checkpoint, fingerprint, weights_digest
+from d3codec.encode.checkpoint import weights_digest
+from d3codec.encode.loop import LoopState, ResumableLoop
 from d3codec.nn.accuracy import synchronize, test_accuracy, test_split
 from d3codec.nn.augment import DSA
 from d3codec.nn.models import build_model, compiled, worth_compiling
@@ -111,6 +112,8 @@ def train_student(images, targets: torch.Tensor | torch.nn.Module | None, num_cl
     normalise = Normalisation(mean, std, device)
     online = isinstance(targets, torch.nn.Module)
     data = StudentBatches(images, normalise, device, online)
+    if data.streamed and (resample is not None or checkpoint is not None):
+        raise ValueError("a dataset decoded batch by batch draws anew with set_epoch, and has no checkpoint")
     if online:
         targets = targets.to(device)
     soft = online or (images.has_soft_labels if data.streamed else targets.dim() == 2)
@@ -121,15 +124,16 @@ def train_student(images, targets: torch.Tensor | torch.nn.Module | None, num_cl
     opt = torch.optim.SGD(net.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, [config.epochs // 2], 0.1)
     dsa = DSA() if config.dsa else None
-    if data.streamed and (resample is not None or checkpoint is not None):
-        raise ValueError("a dataset decoded batch by batch draws anew with set_epoch, and has no checkpoint")
-    saver = student_checkpoint(checkpoint, images, targets, config, seed, num_classes, mean, std, resample is not None)
-    first, earlier = resume_student(saver, net, opt, sched, gen, device)
-    start = time.time() - earlier
+    loop = ResumableLoop(checkpoint, "student", student_run(images, targets, config, seed, num_classes, mean, std,
+                                                            resample is not None),
+                         config.epochs, STUDENT_CHECKPOINT_SECONDS)
+    loop.resume(LoopState(gen, optimisers={"sgd": opt}, modules={"net": net}), device)
+    sched.last_epoch = loop.first  # the learning rate itself came back with the optimiser's groups
     net.train()
-    for epoch in progress_bar(range(first, config.epochs), progress or "student", enabled=progress is not None,
-                              unit="epoch", initial=first, total=config.epochs):
-        if not data.streamed and (epoch == first or resample is not None):
+
+    def epoch_of(epoch: int) -> float:
+        nonlocal images, targets
+        if not data.streamed and (epoch == loop.first or resample is not None):
             if epoch > 0 and resample is not None:
                 images, fresh = resample(epoch)
                 if not online and (fresh.dim() == 2) != soft:
@@ -148,15 +152,15 @@ def train_student(images, targets: torch.Tensor | torch.nn.Module | None, num_cl
             loss.backward()
             opt.step()
         sched.step()
-        if saver is not None and saver.due(epoch + 1, config.epochs):
-            synchronize(device)
-            saver.save(epoch + 1, {"seconds": torch.tensor(time.time() - start, dtype=torch.float64)}, {"sgd": opt},
-                       gen, {"net": net})
+        return float("nan")  # the loss is not read: no synchronisation a batch
+
+    loop.run(epoch_of, progress_bar(range(loop.first, config.epochs), progress or "student",
+                                    enabled=progress is not None, unit="epoch", initial=loop.first,
+                                    total=config.epochs))
     synchronize(device)
-    seconds = time.time() - start
+    seconds = loop.seconds
     accuracy = test_accuracy(net, *test, mean, std, device)
-    if saver is not None:
-        saver.remove()
+    loop.remove()
     return accuracy, seconds
 
 
@@ -188,33 +192,17 @@ class StudentBatches:
         return self.x_all[index], (self.y_all[index] if self.y_all is not None else None)
 
 
-def student_checkpoint(path: str | os.PathLike | None, images: torch.Tensor, targets, config: StudentConfig,
-                       seed: int, num_classes: int, mean, std, resampled: bool) -> Checkpoint | None:
-    """The checkpoint of one student at ``path`` (None: none), fingerprinted by everything its result depends
-    on: its data, config, seed, classes, normalisation and whether it is resampled."""
-    if path is None:
-        return None
+def student_run(images: torch.Tensor, targets, config: StudentConfig, seed: int, num_classes: int, mean, std,
+                resampled: bool) -> tuple:
+    """What one student's result depends on (its checkpoint's fingerprint): its data, config, seed, classes,
+    normalisation and whether it is resampled."""
     data = {"images": images} if isinstance(targets, torch.nn.Module) else {"images": images, "targets": targets}
     labeller = {f"labeller.{k}": v for k, v in targets.state_dict().items()} if isinstance(targets, torch.nn.Module) \
         else {}
-    run = fingerprint(asdict(config), seed, num_classes, list(mean), list(std), resampled,
-                      weights_digest({**data, **labeller}))
-    return Checkpoint(path, "student", run, every_seconds=STUDENT_CHECKPOINT_SECONDS)
+    return (asdict(config), seed, num_classes, list(mean), list(std), resampled, weights_digest({**data, **labeller}))
 
 
 STUDENT_CHECKPOINT_SECONDS = 60.0  # a ConvNet-3's state is a few MB: saving it takes milliseconds
-
-
-def resume_student(saver: Checkpoint | None, net: torch.nn.Module, opt: torch.optim.Optimizer,
-                   sched: torch.optim.lr_scheduler.LRScheduler, gen: torch.Generator,
-                   device: torch.device) -> tuple[int, float]:
-    """Load a student's checkpoint where there is one. Returns (epochs done, training seconds so far)."""
-    found = saver.resume({"sgd": opt}, gen, device, modules={"net": net}) if saver is not None else None
-    if found is None:
-        return 0, 0.0
-    epoch, saved = found
-    sched.last_epoch = epoch  # the learning rate itself came back with the optimiser's groups
-    return epoch, float(saved["seconds"])
 
 
 def replay_student(schedule, images: torch.Tensor, labels: torch.Tensor, num_classes: int, mean, std,

@@ -66,9 +66,10 @@ import torch.nn.functional as F
 
 from d3codec.data.real import ClassSampler, Normalisation, RealData
 from d3codec.encode import seeds
-from d3codec.encode.checkpoint import Checkpoint, fingerprint, weights_digest
+from d3codec.encode.checkpoint import weights_digest
 from d3codec.encode.federated import broadcast_parameters, rank, sum_gradients, sum_over_ranks, world_size
 from d3codec.encode.interface import DatasetSpec, Encoded, Encoder, preset_config
+from d3codec.encode.loop import LoopState, ResumableLoop
 from d3codec.errors import D3BudgetError, D3Error
 from d3codec.format.accounting import META_RESERVE_BYTES, archive_bound
 from d3codec.format.container import Section
@@ -389,14 +390,14 @@ class D2MEncoder(Encoder):
             width, needed = fitting[-1], bounds[fitting[-1]]
         return D2MPlan(architecture, z, e, width, cfg.weight_dtype, samples, needed, budget, teacher_width)
 
-    def pretrain_fingerprint(self, real: RealData, plan: D2MPlan, seed: int, device: torch.device) -> str:
-        """What pre-training depends on, hashed: the data's name, classes and shape, the generator's
-        sizes, the pre-training options, the seed and the device type (a CPU checkpoint does not go on
-        on a GPU: the random streams and the arithmetic differ)."""
-        return fingerprint({"dataset": [real.name, list(real.classes), list(real.image_shape), len(real.train_targets)],
+    def pretrain_run(self, real: RealData, plan: D2MPlan, seed: int, device: torch.device) -> tuple:
+        """What pre-training depends on (its checkpoint's fingerprint): the data's name, classes and shape, the
+        generator's sizes, the pre-training options, the seed and the device type (a CPU checkpoint does not
+        go on on a GPU: the random streams and the arithmetic differ)."""
+        return ({"dataset": [real.name, list(real.classes), list(real.image_shape), len(real.train_targets)],
                             "generator": [plan.architecture, plan.noise_dim, plan.embed_dim, plan.generator_width],
-                            "pretrain": {f: getattr(self.config, f) for f in PRETRAIN_FIELDS}, "seed": seed,
-                            "device": device.type})
+                 "pretrain": {f: getattr(self.config, f) for f in PRETRAIN_FIELDS}, "seed": seed,
+                 "device": device.type},)
 
     def distill(self, real: RealData, plan: D2MPlan, *, device: torch.device, seed: int,
                 progress: bool = True) -> Encoded:
@@ -426,57 +427,54 @@ class D2MEncoder(Encoder):
         # under several ranks (torchrun, --workers) each fine-tunes its share of every iteration's classes; rank 0
         # alone pre-trains, trains the teacher and writes checkpoints (all read one: the same Adam state)
         lead = rank() == 0
-        ckpt, resumed = None, None
-        if self.finetune_checkpoint is not None:
-            ckpt = Checkpoint(self.finetune_checkpoint, "d2m-finetune",
-                              self.finetune_fingerprint(real, plan, seed, device), self.checkpoint_seconds)
-            resumed = ckpt.resume({"adam": optimiser}, rng, device, modules=modules)
-            ckpt = ckpt if lead else None
-        start, (first, saved) = time.time(), resumed or (0, {})
+        loop = ResumableLoop(self.finetune_checkpoint, "d2m-finetune", self.finetune_run(real, plan, seed, device),
+                             cfg.iterations, self.checkpoint_seconds, saves=lead)
+        loop.resume(LoopState(rng, optimisers={"adam": optimiser}, modules=modules), device)
         stages = self.stages(real, plan, own_teacher, progress)
-        if resumed is not None:  # pre-training and the teacher are in the checkpoint
+        teacher = self._before_finetuning(loop, generator, teacher, own_teacher, data, plan, normalise, stages, seed,
+                                          device, progress)
+        modules.update({"teacher": teacher.net} if own_teacher else {})
+        loop.state.generator = rng = share_networks(generator, teacher.net if own_teacher else None, seed, rng)
+        if own_teacher and self.save_teacher is not None and lead:
+            save_teacher(teacher, self.save_teacher, real.image_shape)
+        with stages.stage("fine-tuning"):
+            loss = self.finetune(generator, teacher, data, normalise, device=device, seed=seed, progress=progress,
+                                 optimiser=optimiser, rng=rng, sampler=sampler, loop=loop)
+        pretrain_s = loop.carry["pretrain_seconds"]
+        encoded = self._encoded(generator, teacher, plan, run_stats(pretrain_s, loop.seconds - pretrain_s, loss,
+                                                                    loop.carry.get("teacher_accuracy")))
+        if loop.first:
+            encoded.stats["resumed_at_iteration"] = loop.first
+        encoded.cleanup = loop.remove if lead else None
+        return encoded
+
+    def _before_finetuning(self, loop: ResumableLoop, generator: ConditionalGenerator, teacher: Teacher | None,
+                           own_teacher: bool, data: RealData, plan: D2MPlan, normalise: Callable, stages: Stages,
+                           seed: int, device: torch.device, progress: bool) -> Teacher | None:
+        """Pre-training (or the given generator's weights) and the teacher's training, skipped where ``loop``
+        resumed (its checkpoint holds both); their seconds and the teacher's accuracy are carried by ``loop``.
+        Returns: the teacher fine-tuning uses."""
+        cfg, lead, began = self.config, rank() == 0, time.time()
+        if loop.resumed:  # pre-training and the teacher are in the checkpoint
             for name in ("pre-training", "teacher"):
                 if name in [s.name for s in stages.stages]:
                     stages.skip(name)
             if own_teacher:
                 teacher.net.eval().requires_grad_(False)
-        elif self.generator is not None:
+            loop.carry.setdefault("pretrain_seconds", 0.0)
+            return teacher
+        if self.generator is not None:
             generator.load_state_dict(self.generator.state)
         elif lead:
             with stages.stage("pre-training"):
                 self.pretrain(generator, data, plan, normalise, device=device, seed=seed, progress=progress)
-        carried = {name: float(saved[name]) for name in ("pretrain_seconds", "teacher_accuracy") if name in saved}
-        pretrain_s = carried.get("pretrain_seconds", time.time() - start)
-        # seconds spent fine-tuning before a kill count too
-        start, teacher_acc = time.time() - float(saved.get("finetune_seconds", 0.0)), carried.get("teacher_accuracy")
-        if own_teacher and resumed is None and lead:
+        loop.carry["pretrain_seconds"] = time.time() - began
+        if own_teacher and lead:
             with stages.stage("teacher"):
-                teacher, teacher_acc = train_teacher(data, list(range(k)), epochs=cfg.teacher_epochs,
-                                                     width=cfg.teacher_width, device=device,
-                                                     seed=seeds.stream_seed(seed, "d2m"), progress=progress)
-            modules["teacher"] = teacher.net
-        rng = share_networks(generator, teacher.net if own_teacher else None, seed, rng)
-        if own_teacher and self.save_teacher is not None and lead:
-            save_teacher(teacher, self.save_teacher, real.image_shape)
-
-        def save(iteration: int, loss: float) -> None:
-            if ckpt is None or not ckpt.due(iteration, cfg.iterations):
-                return
-            state = {"loss": torch.tensor(loss), "pretrain_seconds": torch.tensor(pretrain_s),
-                     "finetune_seconds": torch.tensor(time.time() - start)}
-            if teacher_acc is not None:
-                state["teacher_accuracy"] = torch.tensor(teacher_acc)
-            ckpt.save(iteration, state, {"adam": optimiser}, rng, modules)
-
-        with stages.stage("fine-tuning"):
-            loss = self.finetune(generator, teacher, data, normalise, device=device, seed=seed, progress=progress,
-                                 optimiser=optimiser, rng=rng, sampler=sampler, first=first, save=save)
-        loss = float(saved["loss"]) if loss is None and "loss" in saved else loss
-        encoded = self._encoded(generator, teacher, plan, run_stats(pretrain_s, time.time() - start, loss, teacher_acc))
-        if first:
-            encoded.stats["resumed_at_iteration"] = first
-        encoded.cleanup = ckpt.remove if ckpt is not None else None
-        return encoded
+                teacher, loop.carry["teacher_accuracy"] = train_teacher(
+                    data, list(range(data.num_classes)), epochs=cfg.teacher_epochs, width=cfg.teacher_width,
+                    device=device, seed=seeds.stream_seed(seed, "d2m"), progress=progress)
+        return teacher
 
     def stages(self, real: RealData, plan: D2MPlan, trains_teacher: bool, progress: bool = True) -> Stages:
         """The stages of a distillation: pre-training (unless a generator is given), the teacher (where
@@ -523,13 +521,13 @@ class D2MEncoder(Encoder):
                                 plan.teacher_width)
         return Encoded(sections, meta, dict(stats))
 
-    def finetune_fingerprint(self, real: RealData, plan: D2MPlan, seed: int, device: torch.device) -> str:
-        """What fine-tuning's result depends on, hashed: every option, the plan, the seed, the data, the
-        device type, and the given generator's and teacher's weights."""
+    def finetune_run(self, real: RealData, plan: D2MPlan, seed: int, device: torch.device) -> tuple:
+        """What fine-tuning's result depends on (its checkpoint's fingerprint): every option, the plan, the
+        seed, the data, the device type, and the given generator's and teacher's weights."""
         given_generator = weights_digest(self.generator.state) if self.generator is not None else None
         given_teacher = weights_digest(self.teacher.net.state_dict()) if self.teacher is not None else None
-        return fingerprint(asdict(self.config), asdict(plan), seed, real.name, list(real.classes),
-                           len(real.train_targets), device.type, given_generator, given_teacher)
+        return (asdict(self.config), asdict(plan), seed, real.name, list(real.classes), len(real.train_targets),
+                device.type, given_generator, given_teacher)
 
     def pretrain(self, generator: ConditionalGenerator, real: RealData, plan: D2MPlan, normalise: Callable, *,
                  device: torch.device, seed: int, progress: bool = True) -> None:
@@ -562,23 +560,22 @@ class D2MEncoder(Encoder):
         networks = {"generator": generator, partner_name: partner}
         optimizers = {name: torch.optim.Adam(net.parameters(), lr=cfg.lr_pretrain, betas=betas)
                       for name, net in networks.items()}
-        ckpt, first = None, 0
-        if self.checkpoint is not None:
-            ckpt = Checkpoint(self.checkpoint, "d2m-pretrain", self.pretrain_fingerprint(real, plan, seed, device))
-            resumed = ckpt.resume(optimizers, gen, device, modules=networks)
-            first = resumed[0] if resumed is not None else 0
-        step = self._gan_step if cfg.pretraining == "gan" else self._vae_step
+        loop = ResumableLoop(self.checkpoint, "d2m-pretrain", self.pretrain_run(real, plan, seed, device),
+                             cfg.pretrain_iterations, every_iterations=cfg.checkpoint_every)
+        loop.resume(LoopState(gen, optimisers=optimizers, modules=networks), device)
+        update = self._gan_step if cfg.pretraining == "gan" else self._vae_step
         opt_g, opt_partner = optimizers.values()
-        bar = progress_bar(range(first, cfg.pretrain_iterations), desc=f"D2M {cfg.pretraining} pre-training",
-                           enabled=progress, unit="it", initial=first, total=cfg.pretrain_iterations)
-        for it in bar:
+
+        def step(it: int) -> float:
             pick = torch.randint(len(real.train_targets), (cfg.pretrain_batch,), generator=gen)
             x_real = real.images_at(pick).to(device)  # (B, C, H, W) in [0, 1]
             y_real = real.train_targets[pick].to(device)
-            step(generator, partner, opt_g, opt_partner, x_real, y_real, normalise, gen, k)
-            done = it + 1
-            if ckpt is not None and (done % cfg.checkpoint_every == 0 or done == cfg.pretrain_iterations):
-                ckpt.save(done, {}, optimizers, gen, networks)
+            update(generator, partner, opt_g, opt_partner, x_real, y_real, normalise, gen, k)
+            return float("nan")
+
+        loop.run(step, progress_bar(range(loop.first, cfg.pretrain_iterations), desc=f"D2M {cfg.pretraining} "
+                                    "pre-training", enabled=progress, unit="it", initial=loop.first,
+                                    total=cfg.pretrain_iterations))
 
     def _gan_step(self, generator, discriminator, opt_g, opt_d, x_real, y_real, normalise, gen, k) -> None:
         cfg, b, device = self.config, len(x_real), x_real.device
@@ -619,8 +616,7 @@ class D2MEncoder(Encoder):
     def finetune(self, generator: ConditionalGenerator, teacher: Teacher | None, real: RealData, normalise: Callable,
                  *, device: torch.device, seed: int, progress: bool = True,
                  optimiser: torch.optim.Optimizer | None = None, rng: torch.Generator | None = None,
-                 sampler: ClassSampler | None = None, first: int = 0,
-                 save: Callable[[int, float], None] | None = None) -> float | None:
+                 sampler: ClassSampler | None = None, loop: ResumableLoop | None = None) -> float:
         """Distil: fine-tune all generator parameters (class embeddings included) with Adam on
 
             L = Σ_c embedding_weight · ‖mean φ(A(x_c)) − mean φ(A(G(z, c)))‖²
@@ -629,15 +625,15 @@ class D2MEncoder(Encoder):
 
         with φ a ConvNet re-drawn at random every iteration (DM), A one DSA draw per class shared by
         both sides, p_T the teacher's softmax at temperature τ (the loop of d3codec.methods.matching,
-        class by class). Returns the last iteration's loss (None when no iteration ran).
+        class by class). Returns the last iteration's loss (NaN when none ran).
 
-        ``optimiser``, ``rng`` and ``sampler`` (made here when None) and ``first`` let a resumed run
-        go on where it stopped; ``save(iteration, loss)``, when given, is called after every iteration
-        (it decides whether a checkpoint is due).
+        ``optimiser``, ``rng`` and ``sampler`` (made here when None) and ``loop`` (d3codec.encode.loop, resumed
+        from the run's checkpoint; by default one without a file) let a resumed run go on where it stopped.
         """
         cfg, k = self.config, real.num_classes
-        if cfg.iterations <= first:
-            return None
+        loop = loop if loop is not None else ResumableLoop(None, "d2m-finetune", (), cfg.iterations)
+        if cfg.iterations <= loop.first:
+            return loop.loss
         gen = rng if rng is not None else seeds.generator(seed, "d2m-finetune")
         opt = optimiser if optimiser is not None else torch.optim.Adam(generator.parameters(), lr=cfg.lr_finetune)
         sampler = sampler if sampler is not None else ClassSampler(real, list(range(k)), cfg.real_cache_per_class, gen)
@@ -657,7 +653,7 @@ class D2MEncoder(Encoder):
             terms.append(FeatureTerm(mmd_rbf, cfg.mmd_weight))
         if teacher is not None and cfg.task_balance > 0:
             terms.append(PredictionTerm(teacher, cfg.temperature, cfg.task_balance))
-        m, loss_value = cfg.synthetic_per_class, float("nan")
+        m = cfg.synthetic_per_class
 
         def synthesize(classes) -> torch.Tensor:  # (n, m, C, H, W) normalised, for n classes
             noise = torch.randn(len(classes) * m, generator.noise_dim, generator=gen).to(device)
@@ -665,19 +661,20 @@ class D2MEncoder(Encoder):
             return normalise(generator(noise, labels)).view(len(classes), m, *real.image_shape)
 
         subset, me, world = cfg.classes_per_iteration, rank(), world_size()
-        for it in progress_bar(range(first, cfg.iterations), desc="D2M distillation", enabled=progress, unit="it",
-                               initial=first, total=cfg.iterations):
+
+        def step(it: int) -> float:
             opt.zero_grad(set_to_none=True)
             # at ImageNet scale a random subset of the classes per iteration, the same on every rank (its own
             # stream per iteration, so a resumed run draws the same); sorted, so that chunks keep class order
             every = list(range(k)) if subset is None or subset >= k else \
                 torch.randperm(k, generator=seeds.generator(seed, "d2m-classes", it))[:subset].sort().values.tolist()
             mine = every[me::world]  # this rank's share (all of them in one process)
-            loss_value = matcher.step(synthesize, terms, gen, None if mine == list(range(k)) else mine)
+            loss = matcher.step(synthesize, terms, gen, None if mine == list(range(k)) else mine)
             if world > 1:  # every rank steps on the gradient summed over all the classes
                 sum_gradients(list(generator.parameters()))
-                loss_value = sum_over_ranks(loss_value)
+                loss = sum_over_ranks(loss)
             opt.step()
-            if save is not None:
-                save(it + 1, loss_value)
-        return loss_value
+            return loss
+
+        return loop.run(step, progress_bar(range(loop.first, cfg.iterations), desc="D2M distillation",
+                                           enabled=progress, unit="it", initial=loop.first, total=cfg.iterations))

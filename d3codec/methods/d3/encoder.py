@@ -58,8 +58,9 @@ from torch import nn
 
 from d3codec.data.real import ClassSampler, Normalisation, RealData
 from d3codec.encode import seeds
-from d3codec.encode.checkpoint import Checkpoint, fingerprint, weights_digest
+from d3codec.encode.checkpoint import weights_digest
 from d3codec.encode.interface import DatasetSpec, Encoded, Overrun, Subtask, SubtaskEncoder, preset_config
+from d3codec.encode.loop import LoopState, ResumableLoop
 from d3codec.errors import D3BudgetError
 from d3codec.format.accounting import META_RESERVE_BYTES, archive_bound, largest_fitting
 from d3codec.format.container import Section
@@ -568,14 +569,14 @@ class D3Encoder(SubtaskEncoder):
         seconds = sum(part.meta["stats"].get("distill_seconds", 0.0) for part in parts)
         return self.prior_trimmed(groups, fields["groups"], {"distill_seconds": round(seconds, 3)})
 
-    def group_fingerprint(self, real: RealData, plan: D3Plan, index: int, seed: int, device: torch.device) -> str:
-        """What group ``index``'s result depends on, hashed: every option, its plan, the seed, the
-        data, the device type and a given teacher's weights."""
+    def group_run(self, real: RealData, plan: D3Plan, index: int, seed: int, device: torch.device) -> tuple:
+        """What group ``index``'s result depends on (its checkpoint's fingerprint): every option, its plan,
+        the seed, the data, the device type and a given teacher's weights."""
         given = None
         if self.teacher is not None:
             given = [weights_digest(self.teacher.net.state_dict()), self.teacher.classes]
-        return fingerprint(asdict(self.config), asdict(plan.groups[index]), index, seed, real.name, list(real.classes),
-                           len(real.train_targets), device.type, given)
+        return (asdict(self.config), asdict(plan.groups[index]), index, seed, real.name, list(real.classes),
+                len(real.train_targets), device.type, given)
 
     def distill_group(self, real: RealData, plan: D3Plan, index: int, *, device: torch.device, seed: int,
                       progress: bool = True, stages: Stages | None = None
@@ -587,75 +588,71 @@ class D3Encoder(SubtaskEncoder):
         Returns: (tensors by section, keyed g{index}.*; the group's metadata entry).
         """
         cfg, g = self.config, plan.groups[index]
-        classes = list(range(g.start, g.stop))
         group_seed = seeds.stream_seed(seed, "d3-group", index)
         gen = torch.Generator().manual_seed(group_seed)
         torch.manual_seed(group_seed)  # network initialisations draw from the global generator
-        start = time.time()
         stages = stages or self.stages(real, plan, [index], progress)
         named = self.stage_names(plan, index)
-        normalise = Normalisation.of(real, device)
-        ckpt = None
-        if (path := self.group_checkpoint(index)) is not None:
-            ckpt = Checkpoint(path, "d3-group", self.group_fingerprint(real, plan, index, seed, device),
-                              self.checkpoint_seconds)
-        resuming = ckpt is not None and ckpt.path.is_file()  # then the warm start and the teacher are in it
-        if resuming:  # the teacher and the warm start are in the checkpoint
+        loop = ResumableLoop(self.group_checkpoint(index), "d3-group", self.group_run(real, plan, index, seed, device),
+                             cfg.iterations, self.checkpoint_seconds)
+        if loop.resuming:  # the teacher and the warm start are in the checkpoint
             for stage in ("teacher", "warm start"):
                 if named[stage] in [s.name for s in stages.stages]:
                     stages.skip(named[stage])
         # a dataset on disk is read once, in parallel, into an in-memory subset of the group's classes that the
         # teacher, the warm start and matching all use; from its own stream, so that a resumed run (which
         # skips the warm start's draws) caches the same images
-        sampler = ClassSampler(real, classes, cfg.real_cache_per_class, seeds.generator(seed, "d3-real-cache", index))
-        with stages.stage(named["teacher"]):
-            teacher, teacher_acc = self._teacher(sampler.real, classes, group_seed, resuming, device, progress)
-        own_teacher = teacher is not None and self.teacher is None
-        state = LearnedGroup.start(g, real.image_shape, cfg.init_logvar, gen, device)
-        if not resuming:
-            with stages.stage(named["warm start"]):
-                self._warm_start(state, sampler.real, classes, gen, progress)
-
+        sampler = ClassSampler(real, list(range(g.start, g.stop)), cfg.real_cache_per_class,
+                               seeds.generator(seed, "d3-real-cache", index))
+        state, teacher, own_teacher = self._group_start(loop, g, sampler, named, stages, gen, group_seed, device,
+                                                        progress)
+        normalise = Normalisation.of(real, device)
         opt = torch.optim.Adam([{"params": state.decoder.parameters(), "lr": cfg.lr_decoder},
                                 {"params": list(state.priors().values()), "lr": cfg.lr_priors}])
         pool = matching_experts(cfg.matching, real, cfg.expert_count, cfg.expert_epochs, cfg.embed_width, device,
                                 progress)
         matcher = self._matcher(g, real.image_shape, sampler, normalise, device, pool)
         terms = self._terms(teacher) + matching_terms(pool, cfg.calibration_weight)
-        modules = {"decoder": state.decoder, **({"teacher": teacher.net} if own_teacher else {})}
-        first, loss_value = 0, float("nan")
-        if resuming:
-            first, saved = ckpt.resume({"adam": opt}, gen, device, state.priors(), modules)
-            if own_teacher:
-                teacher.net.eval().requires_grad_(False)
-            loss_value = float(saved.get("loss", torch.tensor(float("nan"))))
-            teacher_acc = float(saved["teacher_accuracy"]) if "teacher_accuracy" in saved else teacher_acc
-            start -= float(saved.get("seconds", torch.tensor(0.0)))  # the seconds spent before the kill count
-        if own_teacher and self.save_teacher is not None:
-            save_teacher(teacher, self.save_teacher, real.image_shape)
+        loop.resume(LoopState(gen, state.priors(), {"adam": opt},
+                              {"decoder": state.decoder, **({"teacher": teacher.net} if own_teacher else {})}), device)
+        if own_teacher:
+            teacher.net.eval().requires_grad_(False)
+            if self.save_teacher is not None:
+                save_teacher(teacher, self.save_teacher, real.image_shape)
+        if not loop.resuming:  # the warm start and the teacher are saved before matching
+            loop.save(0)
 
-        def save(iteration: int) -> None:
-            extra = {"teacher_accuracy": torch.tensor(teacher_acc)} if teacher_acc is not None else {}
-            ckpt.save(iteration, {**state.priors(), "loss": torch.tensor(loss_value),
-                                  "seconds": torch.tensor(time.time() - start), **extra}, {"adam": opt}, gen, modules)
-
-        if ckpt is not None and not resuming:  # the warm start and the teacher are saved before matching
-            save(0)
-        for it in stages.bar(named["matching"], range(first, cfg.iterations), cfg.iterations, first, unit="it"):
+        def step(it: int) -> float:
             opt.zero_grad(set_to_none=True)
-            loss_value = matcher.step(lambda chunk: state.samples(chunk, cfg.synthetic_per_class, gen, normalise),
-                                      terms, gen)
+            loss = matcher.step(lambda chunk: state.samples(chunk, cfg.synthetic_per_class, gen, normalise), terms, gen)
             opt.step()
-            if ckpt is not None and ckpt.due(it + 1, cfg.iterations):
-                save(it + 1)
+            return loss
 
+        loop.run(step, stages.bar(named["matching"], range(loop.first, cfg.iterations), cfg.iterations, loop.first,
+                                  unit="it"))
         labelling = time.time()
         with stages.stage(named["soft labels"]) if cfg.soft_labels else nullcontext():
             g, (priors, decoder_state, labels), added = self._filled(
                 g, index, real.image_shape, self._labelled(state, g, real.image_shape, teacher, normalise, progress),
                 state.decoder, sampler.real, teacher, normalise, gen, progress)
-        stats = group_stats(cfg, start, labelling, loss_value, first, teacher_acc, added)
+        stats = group_stats(cfg, loop, labelling, added)
         return group_tensors(g, index, real.image_shape, cfg, priors, decoder_state, labels), group_entry(g, cfg, stats)
+
+    def _group_start(self, loop: ResumableLoop, g: GroupPlan, sampler: ClassSampler, named: dict, stages: Stages,
+                     gen: torch.Generator, group_seed: int, device: torch.device, progress: bool):
+        """A group's teacher (its test accuracy carried by ``loop``) and learned state, warm-started from real
+        images unless ``loop`` resumes (then both come from its checkpoint).
+        Returns: (LearnedGroup, Teacher or None, whether the teacher is the group's own)."""
+        cfg, classes = self.config, list(range(g.start, g.stop))
+        with stages.stage(named["teacher"]):
+            teacher, accuracy = self._teacher(sampler.real, classes, group_seed, loop.resuming, device, progress)
+        if accuracy is not None:
+            loop.carry["teacher_accuracy"] = accuracy
+        state = LearnedGroup.start(g, sampler.real.image_shape, cfg.init_logvar, gen, device)
+        if not loop.resuming:
+            with stages.stage(named["warm start"]):
+                self._warm_start(state, sampler.real, classes, gen, progress)
+        return state, teacher, teacher is not None and self.teacher is None
 
     def trains_teacher(self) -> bool:
         """Whether distilling trains a teacher (one per group): one is needed and none was given."""
@@ -816,21 +813,15 @@ class D3Encoder(SubtaskEncoder):
             g = replace(g, priors_per_class=g.priors_per_class + added)
         return g, ((mean, logvar), decoder_state, labels), g.priors_per_class - first
 
-def group_stats(cfg: D3Config, start: float, labelling: float, loss: float, first: int,
-                teacher_accuracy: float | None, added: int = 0) -> dict:
-    """A group's stats: its seconds since ``start`` (time.time(); the soft labels' included, and theirs
-    since ``labelling`` apart), final loss (none without matching iterations), the iteration it resumed
-    at, its own teacher's test accuracy, and the priors a class it added to fill its share (fill.py)."""
-    now = time.time()
-    stats = {"distill_seconds": round(now - start, 3)}
+def group_stats(cfg: D3Config, loop: ResumableLoop, labelling: float, added: int = 0) -> dict:
+    """A group's stats: its seconds (``loop``'s, those before a kill and the soft labels' included; theirs since
+    ``labelling`` (time.time()) apart), final loss and the iteration it resumed at, its own teacher's test
+    accuracy, and the priors a class it added to fill its share (fill.py)."""
+    stats = {"distill_seconds": round(loop.seconds, 3), **loop.stats()}
     if cfg.soft_labels:
-        stats["label_seconds"] = round(now - labelling, 3)
-    if cfg.iterations > 0:
-        stats["final_loss"] = round(loss, 6)
-    if first:
-        stats["resumed_at_iteration"] = first
-    if teacher_accuracy is not None:
-        stats["teacher_accuracy"] = round(teacher_accuracy, 4)
+        stats["label_seconds"] = round(time.time() - labelling, 3)
+    if "teacher_accuracy" in loop.carry:
+        stats["teacher_accuracy"] = round(loop.carry["teacher_accuracy"], 4)
     if added:
         stats["added_priors_per_class"] = added
     return stats

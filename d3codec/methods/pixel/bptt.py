@@ -32,7 +32,6 @@ noise; the real batch is class-balanced (``real_per_class`` per class).
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import asdict, dataclass
 
 import torch
@@ -41,6 +40,7 @@ import torch.nn.functional as F
 from d3codec.data.real import Normalisation, RealData
 from d3codec.encode import seeds
 from d3codec.encode.interface import CheckpointedEncoder, DatasetSpec, Encoded
+from d3codec.encode.loop import LoopState
 from d3codec.errors import D3BudgetError
 from d3codec.format.accounting import archive_bound
 from d3codec.format.container import Section
@@ -214,32 +214,31 @@ class BPTTEncoder(CheckpointedEncoder):
             theta0 = {n_: v.to(dtype).float() for n_, v in init_parameters(
                 cfg.network, real.image_shape, k, seeds.stream_seed(seed, "bptt"), device).items()}
 
-        start = time.time()
-        ckpt, first, loss_value = self.resume_checkpoint(  # a killed run goes on from its last checkpoint
-            "pixel-bptt", (asdict(cfg), asdict(plan), seed, real.name, len(real.train_targets), device.type),
-            {"adam": optimiser}, gen, {"synthetic": synthetic, "raw_step_sizes": raw_step_sizes}, device)
-        bar = progress_bar(range(first, cfg.iterations), desc="BPTT", enabled=progress, unit="it", initial=first,
-                   total=cfg.iterations)
-        for it in bar:
+        loop = self.loop("pixel-bptt", (asdict(cfg), asdict(plan), seed, real.name, len(real.train_targets),
+                                        device.type), cfg.iterations)
+        loop.resume(LoopState(gen, {"synthetic": synthetic, "raw_step_sizes": raw_step_sizes}, {"adam": optimiser}),
+                    device)  # a killed run goes on from its last checkpoint
+        bar = progress_bar(range(loop.first, cfg.iterations), desc="BPTT", enabled=progress, unit="it",
+                           initial=loop.first, total=cfg.iterations)
+
+        def step(it: int) -> float:
             decay = 0.5 ** (it // cfg.lr_decay_every) if cfg.lr_decay_every else 1.0  # halved every lr_decay_every
             optimiser.param_groups[0]["lr"], optimiser.param_groups[1]["lr"] = cfg.lr_images * decay, \
                 cfg.lr_step_sizes * decay
             start_params = theta0 if theta0 is not None else init_parameters(
                 cfg.network, real.image_shape, k, seeds.stream_seed(seed, "bptt-init", it), device)
-            x_real = real.sample_classes(cfg.real_per_class, gen)
-            x_real = normalise(x_real.to(device))
+            x_real = normalise(real.sample_classes(cfg.real_per_class, gen).to(device))
             y_real = torch.arange(k, device=device).repeat_interleave(cfg.real_per_class)
             loss, d_images, d_raw = unrolled_gradients(net, start_params, synthetic.detach(), step_labels,
                                                        raw_step_sizes.detach(), e, x_real, y_real)
             optimiser.zero_grad(set_to_none=True)
             synthetic.grad, raw_step_sizes.grad = d_images, d_raw
             optimiser.step()
-            loss_value = loss
             if it % 50 == 0:
                 bar.set_postfix(outer_loss=f"{loss:.3f}", step_size=f"{F.softplus(raw_step_sizes).mean().item():.4f}")
-            if ckpt is not None and ckpt.due(it + 1, cfg.iterations):
-                ckpt.save(it + 1, {"synthetic": synthetic, "raw_step_sizes": raw_step_sizes,
-                                   "loss": torch.tensor(loss_value)}, {"adam": optimiser}, gen)
+            return loss
+
+        loop.run(step, bar)
 
         # class-major pixel images (K, n, C, H, W), coded as stored, then read back as a reader would
         images = normalise.inverse(synthetic.detach().flatten(0, 1))  # (S·K·m, C, H, W), step-major
@@ -251,16 +250,12 @@ class BPTTEncoder(CheckpointedEncoder):
         schedule = TrainingSchedule(cfg.network, s, e, step_sizes, cfg.init,
                                     {n_: v.cpu() for n_, v in theta0.items()} if theta0 is not None else None)
 
-        stats = {"distill_seconds": round(time.time() - start, 3)}
-        if math.isfinite(loss_value):
-            stats["final_loss"] = round(loss_value, 6)
-        if first:
-            stats["resumed_at_iteration"] = first
+        stats = {"distill_seconds": round(loop.seconds, 3), **loop.stats()}
         if real.test is not None:  # what replaying the stored schedule on the stored images gives
             stats["end_test_accuracy"] = end_test_accuracy(schedule, stored_images, labels, real, device)
         sections = [Section.tensors("images", coded), Section.tensors("schedule", self._schedule_tensors(
             step_sizes, schedule.theta0))]
-        return Encoded(sections, self.method_meta(plan), stats, cleanup=ckpt.remove if ckpt is not None else None)
+        return Encoded(sections, self.method_meta(plan), stats, cleanup=loop.remove)
 
 
 def end_test_accuracy(schedule: TrainingSchedule, images: torch.Tensor, labels: torch.Tensor, real: RealData,

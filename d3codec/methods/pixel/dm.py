@@ -33,8 +33,6 @@ archive.py).
 
 from __future__ import annotations
 
-import math
-import time
 from dataclasses import asdict, dataclass, replace
 
 import torch
@@ -42,6 +40,7 @@ import torch
 from d3codec.data.real import ClassSampler, Normalisation, RealData
 from d3codec.encode import seeds
 from d3codec.encode.interface import CheckpointedEncoder, DatasetSpec, Encoded, Overrun
+from d3codec.encode.loop import LoopState
 from d3codec.format.container import Section, stored_size
 from d3codec.format.storage import encode_images, resolve_storage_dtype, stored_image_zeros
 from d3codec.methods.matching import (
@@ -192,33 +191,29 @@ class DMEncoder(CheckpointedEncoder):
         # Σ_c ‖mean φ(x_c) − mean φ(x̃_c)‖² (Eq. 4), and DANCE's calibration under matching dance
         terms = [FeatureTerm(mean_embedding_loss)] + matching_terms(pool, cfg.calibration_weight)
 
-        start = time.time()
-        ckpt, first, loss_value = self.resume_checkpoint(  # a killed run goes on from its last checkpoint
-            "pixel-dm", (asdict(cfg), asdict(plan), seed, real.name, len(real.train_targets), device.type),
-            {"sgd": optimiser}, gen, {"synthetic": synthetic}, device)
-        for it in progress_bar(range(first, cfg.iterations), desc="DM", enabled=progress, unit="it", initial=first,
-                               total=cfg.iterations):
-            optimiser.zero_grad(set_to_none=True)
-            loss_value = matcher.step(images_of, terms, gen)
-            optimiser.step()
-            if ckpt is not None and ckpt.due(it + 1, cfg.iterations):
-                ckpt.save(it + 1, {"synthetic": synthetic, "loss": torch.tensor(loss_value)}, {"sgd": optimiser}, gen)
+        loop = self.loop("pixel-dm", (asdict(cfg), asdict(plan), seed, real.name, len(real.train_targets), device.type),
+                         cfg.iterations)
+        loop.resume(LoopState(gen, {"synthetic": synthetic}, {"sgd": optimiser}), device)  # a killed run goes on
 
+        def step(it: int) -> float:
+            optimiser.zero_grad(set_to_none=True)
+            loss = matcher.step(images_of, terms, gen)
+            optimiser.step()
+            return loss
+
+        loop.run(step, progress_bar(range(loop.first, cfg.iterations), desc="DM", enabled=progress, unit="it",
+                                    initial=loop.first, total=cfg.iterations))
         # the momentum, the gradients and the real images' cache go before the copy below reuses their memory:
         # at ImageNet's 1 000 classes each of the first two is as large as the copy (0.5 GB)
         synthetic.grad = None
-        del optimiser, matcher, sampler
+        optimiser = matcher = sampler = None  # their memory freed (the step above holds them in its closure)
         images = formation.denormalise(synthetic.detach().flatten(0, 1), normalise.mean, normalise.std,
                                        real.image_shape).cpu()  # codes of pixel-space images, (K·n, C, H/f, W/f)
-        stats = {"distill_seconds": round(time.time() - start, 3)}
+        stats = {"distill_seconds": round(loop.seconds, 3), **loop.stats()}
         if pool is not None:
             stats["expert_seconds"] = round(pool.trained_seconds, 3)  # 0 where every expert came from the cache
-        if math.isfinite(loss_value):
-            stats["final_loss"] = round(loss_value, 6)
-        if first:
-            stats["resumed_at_iteration"] = first
         encoded = self._encoded(images.view(k, n, c, h, w), spec, plan, stats, formation=formation)
-        encoded.cleanup = ckpt.remove if ckpt is not None else None
+        encoded.cleanup = loop.remove
         return encoded
 
     def _encoded(self, images: torch.Tensor, spec: DatasetSpec, plan: PixelPlan, stats: dict,
