@@ -29,7 +29,7 @@ def toy(path, total=6, run=("toy", 1), stop_after=None):
         opt.zero_grad()
         loss.backward()
         opt.step()
-        return float(loss)
+        return float(loss.detach())
 
     loop.carry["teacher_accuracy"] = 0.75
     loop.run(step)

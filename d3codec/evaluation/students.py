@@ -124,9 +124,8 @@ def train_student(images, targets: torch.Tensor | torch.nn.Module | None, num_cl
     opt = torch.optim.SGD(net.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, [config.epochs // 2], 0.1)
     dsa = DSA() if config.dsa else None
-    loop = ResumableLoop(checkpoint, "student", student_run(images, targets, config, seed, num_classes, mean, std,
-                                                            resample is not None),
-                         config.epochs, STUDENT_CHECKPOINT_SECONDS)
+    run = student_run(images, targets, config, seed, num_classes, mean, std, resample is not None) if checkpoint else ()
+    loop = ResumableLoop(checkpoint, "student", run, config.epochs, STUDENT_CHECKPOINT_SECONDS)
     loop.resume(LoopState(gen, optimisers={"sgd": opt}, modules={"net": net}), device)
     sched.last_epoch = loop.first  # the learning rate itself came back with the optimiser's groups
     net.train()
@@ -140,17 +139,7 @@ def train_student(images, targets: torch.Tensor | torch.nn.Module | None, num_cl
                     raise ValueError("resample must give the same kind of targets (hard or soft) every epoch")
                 targets = targets if online else fresh
             data.hold(images, None if online else targets)
-        order = torch.randperm(len(data), generator=gen)
-        for i in range(0, len(order), config.batch_size):
-            x, held = data.batch(order[i:i + config.batch_size])
-            if dsa is not None:
-                x = dsa.apply(x, dsa.sample(gen, n=len(x)))
-            y = targets(normalise.inverse(x)) if online else held  # online: the augmented batch's labels
-            logits = forward(x)
-            loss = -(y * F.log_softmax(logits, 1)).sum(1).mean() if soft else F.cross_entropy(logits, y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+        one_epoch(forward, data, targets if online else None, soft, dsa, opt, gen, config.batch_size)
         sched.step()
         return float("nan")  # the loss is not read: no synchronisation a batch
 
@@ -162,6 +151,26 @@ def train_student(images, targets: torch.Tensor | torch.nn.Module | None, num_cl
     accuracy = test_accuracy(net, *test, mean, std, device)
     loop.remove()
     return accuracy, seconds
+
+
+def one_epoch(forward: Callable[[torch.Tensor], torch.Tensor], data: "StudentBatches",
+              labeller: torch.nn.Module | None, soft: bool, dsa: DSA | None, opt: torch.optim.Optimizer,
+              gen: torch.Generator, batch_size: int) -> None:
+    """One epoch of SGD over ``data`` in a random order (from ``gen``), each batch augmented by ``dsa`` (one
+    DSA draw a batch, parameters per image) and labelled by ``labeller`` afresh where given (online soft
+    labels: pixel-space images → (B, K) probabilities), else by its held targets: soft cross-entropy on soft
+    labels (B, K), cross-entropy on classes (B,)."""
+    order = torch.randperm(len(data), generator=gen)
+    for i in range(0, len(order), batch_size):
+        x, held = data.batch(order[i:i + batch_size])
+        if dsa is not None:
+            x = dsa.apply(x, dsa.sample(gen, n=len(x)))
+        y = labeller(data.normalise.inverse(x)) if labeller is not None else held
+        logits = forward(x)
+        loss = -(y * F.log_softmax(logits, 1)).sum(1).mean() if soft else F.cross_entropy(logits, y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
 
 
 class StudentBatches:

@@ -15,23 +15,25 @@ imported below; everything that lists methods reads the registry.
 
 from d3codec.decode.sampler import Sampler
 from d3codec.encode.interface import DatasetSpec, Encoded, Encoder, Overrun, Subtask, SubtaskEncoder
-from d3codec.methods import (  # each registers itself, in this order (d3codec.encode.defaults picks among them)
-                        d2m,
-                        d3,
-                        pixel,
-)
 from d3codec.registry import (
-                        ArchiveKind,
-                        BuildContext,
-                        Method,
-                        Option,
-                        archive_kind,
-                        archive_kind_names,
-                        get_method,
-                        method_names,
-                        register_archive_kind,
-                        register_method,
+    ArchiveKind,
+    BuildContext,
+    Method,
+    Option,
+    archive_kind,
+    archive_kind_names,
+    get_method,
+    method_names,
+    register_archive_kind,
+    register_method,
 )
+
+# isort: off
+# each registers itself, in this order (d3codec.encode.defaults picks among them)
+from d3codec.methods import pixel
+from d3codec.methods import d3
+from d3codec.methods import d2m
+# isort: on
 
 __all__ = ["pixel", "d3", "d2m", "ArchiveKind", "BuildContext", "Method", "Option", "archive_kind",
            "archive_kind_names", "get_method", "method_names", "register_archive_kind", "register_method",
