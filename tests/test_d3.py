@@ -187,8 +187,10 @@ def test_compress_samples_any_count_deterministically_with_soft_labels(tiny_real
 
 def test_a_group_fills_the_room_its_priors_compression_left_with_priors_fitted_to_real_images(tiny_real, tmp_path,
                                                                                               monkeypatch):
+    import d3codec.methods.d3.encoder as encoder_module
     import d3codec.methods.d3.fill as fill
 
+    monkeypatch.setattr(encoder_module, "FILL_TIME_SHARE", float("inf"))  # the room, not the time, bounds it here
     budget = 16_000
     filled = compress(tiny_real, tmp_path / "f.d3", encoder=tiny_encoder(), budget=budget, seed=0, progress=False)
     monkeypatch.setattr(fill, "FILL_MARGIN", 0.0)  # no room: the archive as planned
@@ -534,3 +536,22 @@ def test_a_teacher_in_micro_batches_learns_what_it_learns_in_whole_batches(tiny_
     assert acc == micro_acc
     for (name, a), b in zip(whole.net.state_dict().items(), micro.net.state_dict().values()):
         assert torch.allclose(a, b, atol=1e-5), name  # the same gradients, summed in another order
+
+
+def test_the_fill_fits_added_priors_only_while_its_time_allows():
+    import time
+
+    from d3codec.methods.d3.encoder import fit_latents
+    from d3codec.nn.models import Decoder
+
+    torch.manual_seed(0)
+    decoder = Decoder(4, (1, 8, 8), width=4)
+    images = torch.randint(0, 256, (6, 1, 8, 8), dtype=torch.uint8)
+    rows, start = torch.tensor([0, 1, 2, 3, 4, 5, 0]), torch.zeros(7, 4)
+    every = fit_latents(decoder, images, rows, start, 0.05, steps=3, batch=2)
+    assert every.shape == (7, 4) and not torch.equal(every, start)  # every row fitted, in batches of 2
+    assert fit_latents(decoder, images, rows, start, 0.05, steps=3, batch=2, deadline=time.time() - 1).shape == (0, 4)
+    labelling_forever = fit_latents(decoder, images, rows, start, 0.05, steps=3, batch=2, deadline=time.time() + 60,
+                                    reserve_per_row=100.0)  # no batch leaves time to label its rows
+    assert len(labelling_forever) == 0
+    assert all(q.requires_grad for q in decoder.parameters())  # the decoder is given back trainable
