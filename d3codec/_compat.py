@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.abc
+import importlib.machinery
 import importlib.util
 import sys
 import types
@@ -69,20 +70,23 @@ class OldPaths(importlib.abc.MetaPathFinder, importlib.abc.Loader):
     def find_spec(self, fullname, path=None, target=None):
         return importlib.util.spec_from_loader(fullname, self) if fullname in MOVED else None
 
+    def __init__(self):
+        self._specs: dict[str, importlib.machinery.ModuleSpec] = {}  # by old path: each new module's own spec
+
     def create_module(self, spec):
         home = MOVED[spec.name]
         shown = home if isinstance(home, str) else ", ".join(home)
         warnings.warn(f"{spec.name} has moved to {shown}; the old path goes in the next release (CHANGELOG.md)",
-                      DeprecationWarning, stacklevel=4)
+                      DeprecationWarning, stacklevel=2)  # the importer's line: warn skips importlib's own frames
         if not isinstance(home, str):
             return SplitModule(spec.name, home)
         module = importlib.import_module(home)
-        self._spec = module.__spec__  # the import machinery stamps the old path's spec on it: put it back
+        self._specs[spec.name] = module.__spec__  # the import machinery stamps the old path's spec on it
         return module
 
     def exec_module(self, module):
         if not isinstance(module, SplitModule):
-            module.__spec__ = self._spec
+            module.__spec__ = self._specs.pop(module.__spec__.name)  # stamped with the old path's: its own back
 
 
 def install() -> None:

@@ -34,3 +34,12 @@ def test_old_attributes_of_the_package_and_from_imports_resolve():
     assert D3Reader is d3codec.D3Reader
     with pytest.raises(AttributeError, match="no attribute 'nonesuch'"):
         d3codec.nonesuch  # noqa: B018
+
+
+def test_a_scripts_old_import_shows_its_warning_under_pythons_default_filters():
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", "import d3codec.container"], capture_output=True, text=True)
+    assert done.returncode == 0 and "d3codec.container has moved to d3codec.format.container" in done.stderr
+    assert done.stderr.startswith("<string>:1: DeprecationWarning")  # attributed to the importing line

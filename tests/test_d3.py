@@ -190,7 +190,7 @@ def test_a_group_fills_the_room_its_priors_compression_left_with_priors_fitted_t
     import d3codec.methods.d3.encoder as encoder_module
     import d3codec.methods.d3.fill as fill
 
-    monkeypatch.setattr(encoder_module, "FILL_TIME_SHARE", float("inf"))  # the room, not the time, bounds it here
+    monkeypatch.setattr(encoder_module, "FILL_WORK_SHARE", 1e9)  # the room, not the work, bounds it here
     budget = 16_000
     filled = compress(tiny_real, tmp_path / "f.d3", encoder=tiny_encoder(), budget=budget, seed=0, progress=False)
     monkeypatch.setattr(fill, "FILL_MARGIN", 0.0)  # no room: the archive as planned
@@ -538,20 +538,18 @@ def test_a_teacher_in_micro_batches_learns_what_it_learns_in_whole_batches(tiny_
         assert torch.allclose(a, b, atol=1e-5), name  # the same gradients, summed in another order
 
 
-def test_the_fill_fits_added_priors_only_while_its_time_allows():
-    import time
+def test_the_fill_adds_at_most_its_share_of_the_groups_work(tiny_real, tmp_path, monkeypatch):
+    import d3codec.methods.d3.encoder as encoder_module
+    from d3codec.methods.d3.encoder import PRESETS, fill_allowance
+    from d3codec.methods.d3.layout import GroupPlan
 
-    from d3codec.methods.d3.encoder import fit_latents
-    from d3codec.nn.models import Decoder
+    def group(classes):
+        return GroupPlan(0, classes, 64, 807, 256, "tapered")
 
-    torch.manual_seed(0)
-    decoder = Decoder(4, (1, 8, 8), width=4)
-    images = torch.randint(0, 256, (6, 1, 8, 8), dtype=torch.uint8)
-    rows, start = torch.tensor([0, 1, 2, 3, 4, 5, 0]), torch.zeros(7, 4)
-    every = fit_latents(decoder, images, rows, start, 0.05, steps=3, batch=2)
-    assert every.shape == (7, 4) and not torch.equal(every, start)  # every row fitted, in batches of 2
-    assert fit_latents(decoder, images, rows, start, 0.05, steps=3, batch=2, deadline=time.time() - 1).shape == (0, 4)
-    labelling_forever = fit_latents(decoder, images, rows, start, 0.05, steps=3, batch=2, deadline=time.time() + 60,
-                                    reserve_per_row=100.0)  # no batch leaves time to label its rows
-    assert len(labelling_forever) == 0
-    assert all(q.requires_grad for q in decoder.parameters())  # the decoder is given back trainable
+    assert fill_allowance(PRESETS["rehearsal"], group(200)) == 0  # 2 matching iterations: nothing to spend
+    fast = fill_allowance(PRESETS["fast"], group(10))  # 300 iterations of 32 samples, 2 000 warm-start steps of 128
+    assert fast == int(0.5 * (300 * 10 * 32 + 2000 * 128) / (20 * 10))
+    monkeypatch.setattr(encoder_module, "FILL_WORK_SHARE", 1e9)
+    monkeypatch.setattr(encoder_module, "fill_allowance", lambda cfg, g: 1)  # the room holds more (test above)
+    one = compress(tiny_real, tmp_path / "one.d3", encoder=tiny_encoder(), budget=16_000, seed=0, progress=False)
+    assert one.params["groups"][0]["stats"]["added_priors_per_class"] == 1

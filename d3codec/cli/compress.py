@@ -10,7 +10,6 @@ a deprecation notice.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import click
@@ -20,16 +19,15 @@ from d3codec.encode.defaults import (
     FACTOR_3_MAX_IPC,
     MANY_CLASSES,
     class_count,
-    default_choice,
     default_method,
-    with_user_options,
 )
+from d3codec.encode.federated import rank
 from d3codec.encode.pipeline import MAX_BUDGET_BYTES, MAX_REAL_PER_CLASS, MAX_SEED, MIN_SIDE
+from d3codec.encode.request import CompressRequest, D3RequestError, LabellerRequest, Prepared, prepare, run_prepared
 from d3codec.errors import D3Error
-from d3codec.format.accounting import ipc_budget, ipc_equivalent
 from d3codec.format.meta import MAX_SIDE
 from d3codec.format.text import safe_text
-from d3codec.methods import BuildContext, Method, Option, archive_kind, get_method, method_names
+from d3codec.methods import Method, Option, archive_kind, get_method, method_names
 
 DATASETS = "fashion-mnist, mnist, cifar10, cifar100, imagenet, or a class-per-folder path"
 # the old spelling: --method NAME [--objective NAME] → the method now named
@@ -264,116 +262,75 @@ def legacy_method(args: list[str]) -> tuple[list[str], str | None]:
     return rest, name
 
 
-PICTURES = (".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp", ".tif", ".tiff")
+# a refused request's field (d3codec.encode.request.D3RequestError) → what the command line says, in its flags
+REFUSALS = {
+    "ipc/budget": lambda v: "give exactly one of --ipc N or --budget BYTES",
+    "output": lambda v: (f"-o {v['output']}: d3 compress writes a .d3 archive, not a picture; write the archive (-o "
+                         f"{Path(v['output']).with_suffix('.d3').name}), then draw it with d3 expand ARCHIVE --grid "
+                         f"{Path(v['output']).name}"),
+    "force": lambda v: f"{v['output']} exists; pass --force to overwrite it, or choose another -o",
+    "resume": lambda v: f"--resume: there is no checkpoint of {v['output']} to go on from; leave --resume out to start",
+    "workers": lambda v: "--workers starts its own ranks: leave it out under torchrun",
+    "labeller": lambda v: ("a federated run (--workers, torchrun) does not store a labeller yet: leave out "
+                           "--labeller-width/--labeller, or run in one process"),
+}
 
 
-def check_output(output: Path, force: bool) -> None:
-    """Refuse, before any work, an output that names a picture or a file that exists (without ``force``;
-    click refuses a folder). Raises: ValueError naming the fix."""
-    if output.suffix.lower() in PICTURES:
-        raise ValueError(f"-o {output}: d3 compress writes a .d3 archive, not a picture; write the archive (-o "
-                         f"{output.with_suffix('.d3').name}), then draw it with d3 expand ARCHIVE --grid {output.name}")
-    if output.exists() and not force:
-        raise ValueError(f"{output} exists; pass --force to overwrite it, or choose another -o")
-
-
-def with_labeller(encoder, values: dict, context: BuildContext):
-    """``encoder``, or it with a stored labeller beside it where --labeller-width or --labeller asks for one
-    (d3codec.encode.labelled.LabelledEncoder)."""
-    from d3codec.encode.labelled import LabelledEncoder, LabellerConfig
-    from d3codec.nn.teacher import load_teacher
-
+def request_of(method: Method, values: dict) -> CompressRequest:
+    """The library's request for a method's command and its flags' values."""
     width = values["labeller_width"]
-    if width == "auto" and values["labeller"] is None:
-        from d3codec.encode.labelled import auto_width
-        from d3codec.format.accounting import ipc_budget
-
-        budget = values["budget"] or ipc_budget(values["ipc"], context.num_classes, context.image_shape)
-        width = auto_width(context.image_shape, context.num_classes, budget, values["labeller_dtype"])
-        values["labeller_width"] = width
-    if width is None and values["labeller"] is None:
-        return encoder
-    teacher = load_teacher(values["labeller"], context.image_shape, context.num_classes, context.device) \
-        if values["labeller"] is not None else None
-    return LabelledEncoder(encoder, LabellerConfig(width if isinstance(width, int) else 16, values["labeller_epochs"],
-                                                   values["labeller_temperature"], values["labeller_dtype"], teacher))
-
-
-def default_options(method: Method, values: dict, real, options: dict) -> str | None:
-    """Where no method was named, fill ``options`` with the default rule's (d3codec.encode.defaults) for the
-    options the user left unset, and return the rule's reason; else None."""
     ctx = click.get_current_context(silent=True)
-    if ctx is None or not ctx.meta.get(DEFAULTED):
-        return None
-    budget = values["budget"] or ipc_budget(values["ipc"], real.num_classes, real.image_shape)
-    choice = default_choice(real.num_classes, ipc_equivalent(budget, real.num_classes, real.image_shape),
-                            values["preset"])
-    if choice.method != method.name:  # a folder counted otherwise before loading: the method parsed stands
-        return None
-    options.update(with_user_options(choice, options))
-    return choice.reason
+    return CompressRequest(
+        method.name, values["dataset"], Path(values["output"]), values["ipc"], values["budget"], values["preset"],
+        {"iterations": values["iterations"], "real_per_class": values["real_per_class"],
+         **{o.field: values[o.field] for o in method.options}},
+        bool(ctx is not None and ctx.meta.get(DEFAULTED)), values["data_root"], values["resolution"],
+        values["device"], values["seed"], Path(values["checkpoint"]) if values["checkpoint"] else None,
+        values["resume"] or "auto", values.get("workers"),
+        LabellerRequest(width, Path(values["labeller"]) if values["labeller"] else None, values["labeller_epochs"],
+                        values["labeller_temperature"], values["labeller_dtype"]),
+        Path(values["experts"]) if values.get("experts") else None, values["force"], not values["quiet"])
+
+
+def announce(ready: Prepared, method: Method) -> None:
+    """What a run says on standard error before its long work (rank 0 alone)."""
+    if rank() != 0:
+        return
+    request, real = ready.request, ready.real
+    if ready.resumed_from:
+        click.echo(f"resuming from {', '.join(map(str, ready.resumed_from))} (--restart to start afresh)", err=True)
+    click.echo(f"{safe_text(real.name, 120)}: {len(real.train_targets)} training images, "
+               f"{real.num_classes} classes, shape {real.image_shape}; method {method.name}"
+               + (f" (no method named: {ready.chosen})" if ready.chosen else "") + f", preset {request.preset}, "
+               f"device {ready.device}" + (f", {request.workers} workers" if request.workers else ""), err=True)
 
 
 def run_compress(method: Method, values: dict) -> None:
-    """Build the encoder from the options and distil (the body of every method's command)."""
-    from d3codec.data.sources import load_dataset
-    from d3codec.encode.federated import barrier, join_process_group, rank, world_size
-    from d3codec.encode.pipeline import compress, compress_with_workers
-    from d3codec.nn.models import resolve_device
-
-    output, quiet, ipc, budget = values["output"], values["quiet"], values["ipc"], values["budget"]
-    if values.get("experts"):  # read by d3codec.nn.experts.experts_dir, here and in --workers' processes
-        os.environ["D3CODEC_EXPERTS"] = str(Path(values["experts"]).resolve())
-    workers, resume = values.get("workers"), values["resume"]
+    """The body of every method's command: the flags as a request the library runs (d3codec.encode.request),
+    its refusals in the flags' words, and the result on standard output."""
     try:
-        if (ipc is None) == (budget is None):
-            raise click.UsageError("give exactly one of --ipc N or --budget BYTES")
-        check_output(Path(output), values["force"])
-        device = join_process_group(resolve_device(values["device"]))  # a missing device before the data loads
-        real = load_dataset(values["dataset"], values["data_root"], values["resolution"])
-        options = {"iterations": values["iterations"], "real_per_class": values["real_per_class"],
-                   **{o.field: values[o.field] for o in method.options}}
-        chosen = default_options(method, values, real, options)
-        context = BuildContext(Path(output), Path(values["checkpoint"]) if values["checkpoint"] else None, device,
-                               tuple(real.image_shape), real.num_classes)
-        encoder = with_labeller(method.make_encoder(values["preset"], options, context), values, context)
-        if (workers or world_size() > 1) and (values["labeller_width"] or values["labeller"]):
-            raise click.UsageError("a federated run (--workers, torchrun) does not store a labeller yet: leave out "
-                                   "--labeller-width/--labeller, or run in one process")
-        found = encoder.checkpoint_files()
-        if resume == "resume" and not found:
-            raise click.UsageError(f"--resume: there is no checkpoint of {output} to go on from; leave --resume out "
-                                   "to start")
-        if resume == "restart":
-            if rank() == 0:
-                for path in found:
-                    path.unlink(missing_ok=True)
-            barrier()  # no rank starts before they are gone
-            found = []
-        if found and rank() == 0:
-            click.echo(f"resuming from {', '.join(map(str, found))} (--restart to start afresh)", err=True)
-        if rank() == 0:
-            click.echo(f"{safe_text(real.name, 120)}: {len(real.train_targets)} training images, "
-                       f"{real.num_classes} classes, shape {real.image_shape}; method {method.name}"
-                       + (f" (no method named: {chosen})" if chosen else "") + f", preset {values['preset']}, "
-                       f"device {device}"
-                       + (f", {workers} workers" if workers else ""), err=True)
-        if workers is not None and workers > 1:
-            if world_size() > 1:
-                raise click.UsageError("--workers starts its own ranks: leave it out under torchrun")
-            result = compress_with_workers(workers, values["dataset"], output, encoder=encoder,
-                                           data_root=values["data_root"], resolution=values["resolution"], ipc=ipc,
-                                           budget=budget, seed=values["seed"], device=str(device), progress=not quiet)
-        else:
-            result = compress(real, output, encoder=encoder, ipc=ipc, budget=budget, seed=values["seed"],
-                              device=device, progress=not quiet)
+        ready = prepare(request_of(method, values))
+        announce(ready, method)
+        result = run_prepared(ready)
+    except D3RequestError as e:  # a flag's misuse (exit 2), or an output that would be lost (exit 1)
+        if e.field in ("output", "force"):
+            fail(ValueError(REFUSALS[e.field](values)))
+        raise click.UsageError(REFUSALS[e.field](values)) from None
     except (D3Error, ValueError, OSError) as e:
         fail(e)
     if rank() != 0:
         return
+    report(result, method, values["as_json"])
+    for path in ready.encoder.checkpoint_files():  # what a run keeps (d2m: its pre-training, for another fine-tuning)
+        click.echo(f"kept {path} ({path.stat().st_size:,} bytes): the same command starts from it; --restart "
+                   "deletes it", err=True)
+
+
+def report(result, method: Method, as_json: bool) -> None:
+    """The written archive in one line, or as JSON."""
     describe = archive_kind(method.archive).describe  # of the params as written, after any trimming
     stored = describe(result.params) if describe is not None else method.archive
-    if values["as_json"]:
+    if as_json:
         click.echo(json.dumps({"path": str(result.path), "file_bytes": result.file_bytes, "budget": result.budget,
                                "method": method.name, "stored": stored,
                                "distill_seconds": result.stats.get("distill_seconds"), "params": result.params,
@@ -382,6 +339,3 @@ def run_compress(method: Method, values: dict) -> None:
     click.echo(f"wrote {result.path}: {result.file_bytes} bytes of a {result.budget}-byte budget "
                f"({100 * result.file_bytes / result.budget:.1f} %), {stored}, "
                f"distilled in {result.stats.get('distill_seconds', 0):.1f} s")
-    for path in encoder.checkpoint_files():  # what a run keeps (d2m: its pre-training, for another fine-tuning)
-        click.echo(f"kept {path} ({path.stat().st_size:,} bytes): the same command starts from it; --restart "
-                   "deletes it", err=True)

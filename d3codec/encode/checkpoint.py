@@ -228,8 +228,8 @@ class Checkpoint:
         if meta.get("format") != FORMAT or meta.get("kind") != self.kind:
             raise D3Error(f"{self.path} is not a checkpoint of a {self.kind} encode{fix}")
         if meta.get("run") != self.run:
-            raise D3Error(f"checkpoint {self.path} was written by a run with other data, options or seed{fix}, "
-                          "or run the same command as before")
+            raise D3Error(f"checkpoint {self.path} was written by a run with other data, options or seed, or by "
+                          f"another version of d3codec{fix}, or run the same command as before")
         try:
             iteration = checked_iteration(meta.get("iteration"))
             groups = json.loads(meta["opt_groups"])

@@ -53,6 +53,7 @@ class ResumableLoop:
         self.first, self.loss = 0, float("nan")
         self.carry: dict[str, float] = {}  # scalars saved with the state and given back on resume
         self.resumed = False
+        self.state: LoopState | None = None
         self._began = time.time()
 
     @property
@@ -83,8 +84,9 @@ class ResumableLoop:
                       if v.numel() == 1 and name not in state.tensors and not name.startswith(modules)}
 
     def save(self, done: int) -> None:
-        """Write the state after ``done`` iterations (when there is a file and this process saves)."""
-        if self.checkpoint is None or not self.saves:
+        """Write the state after ``done`` iterations (when there is a file and this process saves; before
+        :meth:`run` ends)."""
+        if self.checkpoint is None or not self.saves or self.state is None:
             return
         if self.device.type == "cuda":  # its queued work done, so that the seconds saved count it
             torch.cuda.synchronize(self.device)
@@ -106,6 +108,7 @@ class ResumableLoop:
             self.loss = step(it)
             if self.due(it + 1):
                 self.save(it + 1)
+        self.state = None  # the loop's state is the method's again: its optimisers' memory goes with it
         return self.loss
 
     def stats(self) -> dict:

@@ -334,32 +334,34 @@ def fit_decoder(decoder: nn.Module, latents: nn.Parameter, targets: torch.Tensor
 
 FILL_STEPS = 20  # Adam steps that fit each added prior's mean to its real image (the decoder fixed)
 FILL_BATCH = 256  # means fitted at once
-# The fill may take at most this share of the time a group took up to it (teacher, warm start, matching, soft
-# labels): fitting a mean costs 20 decoder passes forward and back, some 50 times labelling it. The ImageNet
-# rehearsal's 20 images a class gave priors that zstd stores in a tenth of the plan's bytes; filling them
-# would have meant 7 times the priors, hours of fitting a subtask on a CPU (benchmarks/imagenet-rehearsal.md).
-FILL_TIME_SHARE = 0.5
+# The fill's work is at most this share of the decoder passes the group made before it (its warm start's and
+# matching's); fitting a mean takes FILL_STEPS passes forward and back. A count, not a time, so that a seed
+# gives the same archive on any machine. The ImageNet rehearsal's 20 images a class gave priors that zstd
+# stores in a tenth of the plan's bytes: filling them would have taken hours a subtask on a CPU (10 minutes
+# fitted 5 000 of 161 400; benchmarks/imagenet-rehearsal.md), for a run of 2 matching iterations.
+FILL_WORK_SHARE = 0.5
 
 
+def fill_allowance(cfg: "D3Config", g: GroupPlan) -> int:
+    """The most priors a class the fill may add to group ``g`` (FILL_WORK_SHARE of its decoder passes)."""
+    passes = cfg.iterations * g.num_classes * cfg.synthetic_per_class + cfg.init_iterations * cfg.init_batch
+    return int(FILL_WORK_SHARE * passes / (FILL_STEPS * g.num_classes))
+
+
+@torch.enable_grad()
 def fit_latents(decoder: nn.Module, images: torch.Tensor, rows: torch.Tensor, start: torch.Tensor, lr: float,
-                steps: int = FILL_STEPS, batch: int = FILL_BATCH, deadline: float = math.inf,
-                reserve_per_row: float = 0.0, progress: bool = False) -> torch.Tensor:
+                steps: int = FILL_STEPS, batch: int = FILL_BATCH, progress: bool = False) -> torch.Tensor:
     """Latents that ``decoder``, fixed, decodes to images ``images[rows]``: GLO's inversion (Bojanowski et al.
     2018, Sec. 3), ``steps`` Adam steps at ``lr`` on pixel MSE for each batch of ``batch`` latents.
 
-    Args: images (M, C, H, W) uint8 or float32 in [0, 1]; rows (N,) int64 into images; start (N, Z) float32;
-        deadline (time.time()): no batch is begun that would leave less than ``reserve_per_row`` seconds for
-        each row fitted (the time to label them) before it.
-    Returns: (N', Z) float32 on ``start``'s device, the first N' ≤ N rows (all of them without a deadline)."""
+    Args: images (M, C, H, W) uint8 or float32 in [0, 1]; rows (N,) int64 into images; start (N, Z) float32.
+    Returns: (N, Z) float32 on ``start``'s device."""
     kept = [q.requires_grad for q in decoder.parameters()]
     decoder.requires_grad_(False)
-    out, began, done = torch.empty_like(start), time.time(), 0
+    out = torch.empty_like(start)
     try:
         for lo in progress_bar(range(0, len(rows), batch), desc="D3 fill: fitting added priors", enabled=progress,
                                unit="batch"):
-            took = (time.time() - began) / lo if lo else 0.0  # seconds a row so far
-            if time.time() + took * batch + reserve_per_row * (lo + batch) > deadline:
-                break
             latents = start[lo:lo + batch].clone().requires_grad_(True)
             target = as_pixels(images[rows[lo:lo + batch].to(images.device)]).to(start.device)
             opt = torch.optim.Adam([latents], lr=lr)
@@ -369,11 +371,10 @@ def fit_latents(decoder: nn.Module, images: torch.Tensor, rows: torch.Tensor, st
                 loss.backward()
                 opt.step()
             out[lo:lo + batch] = latents.detach()
-            done = min(len(rows), lo + batch)
     finally:
         for q, wanted in zip(decoder.parameters(), kept):
             q.requires_grad_(wanted)
-    return out[:done]
+    return out
 
 # ---- the encoder ----------------------------------------------------------------------------------------------------
 
@@ -644,11 +645,9 @@ class D3Encoder(SubtaskEncoder):
                                   unit="it"))
         labelling = time.time()
         with stages.stage(named["soft labels"]) if cfg.soft_labels else nullcontext():
-            labelled = self._labelled(state, g, real.image_shape, teacher, normalise, progress)
-            per_prior = (time.time() - labelling) / (g.num_classes * g.priors_per_class)  # labelling a prior
             g, (priors, decoder_state, labels), added = self._filled(
-                g, index, real.image_shape, labelled, state.decoder, sampler.real, teacher, normalise, gen, progress,
-                time.time() + FILL_TIME_SHARE * loop.seconds, per_prior)
+                g, index, real.image_shape, self._labelled(state, g, real.image_shape, teacher, normalise, progress),
+                state.decoder, sampler.real, teacher, normalise, gen, progress)
         stats = group_stats(cfg, loop, labelling, added)
         return group_tensors(g, index, real.image_shape, cfg, priors, decoder_state, labels), group_entry(g, cfg, stats)
 
@@ -792,16 +791,16 @@ class D3Encoder(SubtaskEncoder):
 
     def _filled(self, g: GroupPlan, index: int, image_shape: tuple[int, int, int], labelled: tuple,
                 decoder: nn.Module, real: RealData, teacher: Teacher | None, normalise: Normalisation,
-                gen: torch.Generator, progress: bool = True, deadline: float = math.inf,
-                label_seconds: float = 0.0) -> tuple[GroupPlan, tuple, int]:
+                gen: torch.Generator, progress: bool = True, allowance: int | None = None
+                ) -> tuple[GroupPlan, tuple, int]:
         """The group with the priors its share of the budget still holds added to every class (fill.py): each
         new mean fitted to a random real image of its class through ``decoder`` (:func:`fit_latents`, from the
         class's mean latent moved by DUPLICATE_JITTER, kept within the stored priors' range so that their int8
         values do not move), its log-variance its class's mean one, its soft label the teacher's; at most
         doubling the count a round, and within what a reader's default limits load (fill.most_priors). Only
-        where the plan chose the count (``fill="compressed"``, no ``priors_per_class``); as many as can be fitted
-        and labelled (``label_seconds`` a prior) before ``deadline`` (time.time()). Returns (the group's plan,
-        ``labelled`` as :meth:`_labelled` gives it, priors added per class)."""
+        where the plan chose the count (``fill="compressed"``, no ``priors_per_class``); at most ``allowance`` a
+        class in all (default :func:`fill_allowance`). Returns (the group's plan, ``labelled`` as
+        :meth:`_labelled` gives it, priors added per class)."""
         cfg = self.config
         if cfg.fill != "compressed" or cfg.priors_per_class is not None:
             return g, labelled, 0
@@ -810,6 +809,7 @@ class D3Encoder(SubtaskEncoder):
         device = next(decoder.parameters()).device
         bound = mean.abs().amax((0, 1))  # (Z,) the stored range: int8 scales, and so the old priors, unchanged
         most = fill.most_priors(g, image_shape, real.num_classes)  # what a default reader's limits allow
+        most = min(most, first + (fill_allowance(cfg, g) if allowance is None else allowance))
         for _ in range(fill.FILL_ROUNDS):  # added priors may compress otherwise than the first: measure again
             added = fill.priors_to_add(planned, group_tensors(g, index, image_shape, cfg, (mean, logvar),
                                                              decoder_state, labels), g.num_classes, g.priors_per_class)
@@ -817,24 +817,17 @@ class D3Encoder(SubtaskEncoder):
             if added < 1:
                 break
             k, _, z = mean.shape
-            # prior-major (the first added prior of every class, then the second, ...), so that a fit cut short
-            # by the deadline still adds as many priors to every class
+            # prior-major: the first added prior of every class, then the second, ...
             rows = torch.stack([real.pick_class(c, added, gen) for c in range(g.start, g.stop)], 1).reshape(-1)
             start = mean.mean(1).repeat(added, 1)  # (A·K_g, Z): each class's mean latent, and apart
             start = (start + DUPLICATE_JITTER * torch.randn(start.shape, generator=gen)).to(device)  # (repeated images)
-            fitted = fit_latents(decoder, real.train_images, rows, start, cfg.init_lr_priors, deadline=deadline,
-                                 reserve_per_row=label_seconds, progress=progress).cpu()
-            cut, added = len(fitted) < len(rows), len(fitted) // k
-            if added < 1:
-                break
-            more = torch.maximum(torch.minimum(fitted[:added * k], bound), -bound).view(added, k, z).transpose(0, 1)
+            fitted = fit_latents(decoder, real.train_images, rows, start, cfg.init_lr_priors, progress=progress).cpu()
+            more = torch.maximum(torch.minimum(fitted, bound), -bound).view(added, k, z).transpose(0, 1)  # (K_g, A, Z)
             labels = fill.appended_labels(labels, self._labels(g, image_shape, decoder, teacher, more.to(device),
                                                                normalise, progress))
             mean, logvar = torch.cat([mean, more], 1), torch.cat([logvar, logvar.mean(1, keepdim=True).expand(
                 k, added, z)], 1)
             g = replace(g, priors_per_class=g.priors_per_class + added)
-            if cut:  # the time allowed is spent
-                break
         return g, ((mean, logvar), decoder_state, labels), g.priors_per_class - first
 
 def group_stats(cfg: D3Config, loop: ResumableLoop, labelling: float, added: int = 0) -> dict:
