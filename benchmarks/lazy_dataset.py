@@ -10,6 +10,9 @@ num_workers=--workers)`` and records the main process's peak and the workers' (t
 classes at 64 × 64 × 3, latent 64, 807 int8 priors a class, tapered int8 decoders of width 256, top-10 soft
 labels): random weights and priors, which decode to noise but cost what trained ones cost to open and decode.
 
+Then three indices are read in this process and through DataLoader workers, and their largest difference
+reported (the same images, to within float32 rounding).
+
 Usage: ``OMP_NUM_THREADS=1 python benchmarks/lazy_dataset.py ARCHIVE [--make-like-rehearsal] [--images 10000]
 [--samples-per-class 128]``
 """
@@ -78,6 +81,11 @@ def main(argv=None) -> int:
         if seen >= args.images:
             break
     del loader  # the workers exit, so that their peak is counted
+    picked = [0, len(ds) // 2, len(ds) - 1]  # the same index in this process and in a worker: the same image
+    here = torch.stack([ds[i][0] for i in picked])
+    there = torch.cat([x for x, _ in torch.utils.data.DataLoader(torch.utils.data.Subset(ds, picked), batch_size=1,
+                                                                  num_workers=args.workers)])
+    row["worker_vs_main_max_abs_difference"] = float((here - there).abs().max())
     row.update(images_read=seen, read_seconds=round(time.perf_counter() - start, 1),
                images_per_second=round(seen / (time.perf_counter() - start), 1),
                main_peak_mib=round(peak_mib()), worker_peak_mib=round(peak_mib(resource.RUSAGE_CHILDREN)))
