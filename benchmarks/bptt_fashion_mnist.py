@@ -100,7 +100,7 @@ def students(how: str, source: str, n: int, runs: int, seed: int, schedule_from:
                                       seed + r)
         else:
             acc, sec = train_student(images, labels, real.num_classes, real.mean, real.std, (test_x, test_y),
-                                     StudentConfig(epochs=_STATE["epochs"]), seed + r)
+                                     StudentConfig(epochs=_STATE["epochs"]), seed=seed + r)
         accuracies.append(acc)
         seconds.append(sec)
     return {"accuracies": accuracies, "seconds": seconds, **extra}

@@ -520,8 +520,8 @@ def student(spec: dict) -> tuple[float, float]:
     checkpoint = Path(spec["inputs"]).with_suffix(f".student{spec['run']}.ckpt.safetensors")
     train = lambda: train_student(  # noqa: E731
         inputs["images"], load_targets(inputs, real), real.num_classes, real.mean, real.std, test,
-        StudentConfig(model=spec["model"], epochs=_WORKER["epochs"]), _WORKER["seed"] + spec["run"],
-        _WORKER["device"], checkpoint=checkpoint)
+        StudentConfig(model=spec["model"], epochs=_WORKER["epochs"]), seed=_WORKER["seed"] + spec["run"],
+        device=_WORKER["device"], checkpoint=checkpoint)
     try:
         return train()
     except D3Error as error:  # a checkpoint of another run (other epochs, inputs or code): start afresh

@@ -35,7 +35,7 @@ def main() -> None:
     test_x, test_y = students.test_split(real)
     config = students.StudentConfig(model=args.model, epochs=args.epochs)
     accuracy, seconds = students.train_student(images, labels, real.num_classes, real.mean, real.std, (test_x, test_y),
-                                               config, args.seed, progress="full data")
+                                               config, seed=args.seed, progress="full data")
     row = {"dataset": real.name, "model": args.model, "images": len(images), "epochs": args.epochs,
            "accuracy": round(accuracy, 4), "seconds": round(seconds, 1), "seed": args.seed,
            "command": "python " + " ".join(sys.argv), "machine": cpu_name(),

@@ -51,8 +51,7 @@ def real_files(args) -> str:
     accuracy, seconds = students.train_student(images, labeller if labeller is not None else labels,
                                                real.num_classes, real.mean, real.std, (test_x, test_y),
                                                students.StudentConfig(epochs=args.epochs, compile=args.compile),
-                                               args.seed,
-                                               progress="student")
+                                               seed=args.seed, progress="student")
     what = f"labeller width {args.labeller_width} ({cost} B), online" if labeller is not None else "hard labels"
     stored = "PNG" if args.storage == "png" else f"JPEG q{args.quality}"
     return (f"| real {stored}, {what} | IPC {args.ipc:g} | {used + cost} of {budget} B ({len(images)} images) | "

@@ -70,7 +70,7 @@ class OldPaths(importlib.abc.MetaPathFinder, importlib.abc.Loader):
     def find_spec(self, fullname, path=None, target=None):
         return importlib.util.spec_from_loader(fullname, self) if fullname in MOVED else None
 
-    def __init__(self):
+    def __init__(self) -> None:
         self._specs: dict[str, importlib.machinery.ModuleSpec] = {}  # by old path: each new module's own spec
 
     def create_module(self, spec):

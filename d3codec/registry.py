@@ -21,9 +21,21 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Protocol
 
 import torch
+
+if TYPE_CHECKING:  # for annotations only: the registry sits below every module it names (tests/test_layout.py)
+    from _typeshed import DataclassInstance
+
+    from d3codec.decode.labeller import Labeller
+    from d3codec.decode.sampler import Sampler
+    from d3codec.encode.interface import Encoder
+    from d3codec.format.container import D3Reader
+    from d3codec.format.limits import DecodeLimits
+    from d3codec.nn.schedule import TrainingSchedule
+
+Meta = dict[str, Any]  # an archive's metadata section, as validated JSON (spec/FORMAT.md §5)
 
 OPTION_KINDS = ("int", "float", "choice", "flag", "file", "path")
 
@@ -98,8 +110,51 @@ TEACHER_EPOCHS_OPTION = Option("--teacher-epochs", "teacher_epochs", "Epochs of 
                                "allowed).", kind="float", low=0.01, high=10_000)
 
 
-def _default_build(method: "Method", preset: str, options: dict[str, Any], context: BuildContext):
-    return method.encoder.from_options(preset, context.checkpoint_or(".ckpt.safetensors"), **options)
+class Build(Protocol):
+    """``build(method, preset, options, context)`` → a ready encoder (:attr:`Method.build`)."""
+
+    def __call__(self, method: "Method", preset: str, options: dict[str, Any], context: BuildContext) -> "Encoder":
+        ...
+
+
+class Decode(Protocol):
+    """``decode(reader, meta, limits)`` → (images (N, C, H, W) float32 in [0, 1], labels (N,) int64, soft labels
+    (N, K) float32 or None) of an archive that stores its images."""
+
+    def __call__(self, reader: "D3Reader", meta: Meta, limits: "DecodeLimits | None" = None
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        ...
+
+
+class LoadSampler(Protocol):
+    """``load_sampler(reader, meta, device, limits)`` → the sampler of an archive that generates its images."""
+
+    def __call__(self, reader: "D3Reader", meta: Meta, device: torch.device | str = "cpu",
+                 limits: "DecodeLimits | None" = None) -> "Sampler":
+        ...
+
+
+class ReadSchedule(Protocol):
+    """``read_schedule(reader, meta, limits)`` → the archive's training schedule, or None."""
+
+    def __call__(self, reader: "D3Reader", meta: Meta, limits: "DecodeLimits | None" = None
+                 ) -> "TrainingSchedule | None":
+        ...
+
+
+class ReadLabeller(Protocol):
+    """``read_labeller(reader, meta, device, limits)`` → the kind's own stored labeller, or None."""
+
+    def __call__(self, reader: "D3Reader", meta: Meta, device: torch.device | str = "cpu",
+                 limits: "DecodeLimits | None" = None) -> "Labeller | None":
+        ...
+
+
+def _default_build(method: "Method", preset: str, options: dict[str, Any], context: BuildContext) -> "Encoder":
+    """A checkpointed encoder's (d3codec.encode.interface.CheckpointedEncoder.from_options); other encoders give
+    their method a build of their own."""
+    checkpointed: Any = method.encoder
+    return checkpointed.from_options(preset, context.checkpoint_or(".ckpt.safetensors"), **options)
 
 
 @dataclass(frozen=True)
@@ -124,16 +179,16 @@ class Method:
     name: str
     summary: str
     archive: str
-    encoder: type
+    encoder: "type[Encoder]"
     options: tuple[Option, ...] = ()
-    build: Callable[["Method", str, dict, BuildContext], Any] = _default_build
+    build: Build = _default_build
     subtasks: bool = False
     checkpoint_help: str = ("the file a killed encode resumes from by running the same command again (default: "
                             "OUTPUT.ckpt.safetensors, written every 5 minutes, deleted once the archive is written)")
     hints: Mapping[str, str] = field(default_factory=dict)
 
     @property
-    def presets(self) -> Mapping[str, Any]:
+    def presets(self) -> Mapping[str, "DataclassInstance"]:
         """Preset name → config (a dataclass instance)."""
         return self.encoder.presets
 
@@ -142,7 +197,7 @@ class Method:
         return {f.name for f in fields(next(iter(self.presets.values())))}
 
     def make_encoder(self, preset: str = "fast", options: dict[str, Any] | None = None,
-                     context: BuildContext | None = None):
+                     context: BuildContext | None = None) -> "Encoder":
         """The encoder for ``preset`` with ``options`` (field → value; None values are left out).
 
         Raises: ValueError for an unknown preset, or an option that is neither a config field nor an
@@ -182,12 +237,12 @@ class ArchiveKind:
 
     name: str
     sections: Mapping[str, bool]
-    decode: Callable | None = None
-    load_sampler: Callable | None = None
-    read_schedule: Callable | None = None
+    decode: Decode | None = None
+    load_sampler: LoadSampler | None = None
+    read_schedule: ReadSchedule | None = None
     describe: Callable[[Any], str] | None = None
     labeller_section: str | None = None
-    read_labeller: Callable | None = None
+    read_labeller: ReadLabeller | None = None
 
     def __post_init__(self):
         if (self.decode is None) == (self.load_sampler is None):

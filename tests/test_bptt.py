@@ -88,7 +88,7 @@ def test_fixed_init_budget_counts_theta0_and_refuses_with_the_budget_it_needs(ti
     encoder = tiny_bptt(images_per_class=1, iterations=1)
     with pytest.raises(D3BudgetError) as caught:
         compress(tiny_real, tmp_path / "x.d3", encoder=encoder, budget=20_000, progress=False)
-    assert "θ₀ of lenet" in str(caught.value) and "--init random" in str(caught.value)
+    assert "θ₀ of lenet" in str(caught.value) and "`init` random" in str(caught.value)
     needed = caught.value.min_budget
     assert needed > 15_626 * 2 and not (tmp_path / "x.d3").exists()
     result = compress(tiny_real, tmp_path / "x.d3", encoder=encoder, budget=needed, progress=False)
@@ -103,7 +103,7 @@ def test_filling_the_budget_keeps_a_multiple_of_the_steps(tiny_real, tmp_path):
                       budget=6_000, progress=False)
     n = result.plan.images_per_class
     assert n >= 4 and n % 4 == 0 and result.file_bytes <= 6_000
-    with pytest.raises(ValueError, match="must divide --images-per-class"):
+    with pytest.raises(ValueError, match="must divide `images_per_class`"):
         compress(tiny_real, tmp_path / "y.d3", encoder=tiny_bptt(images_per_class=3, inner_steps=2), budget=9_000,
                  progress=False)
 

@@ -50,7 +50,7 @@ def test_impossible_budget_is_refused_with_the_smallest_that_works():
 
 
 def test_fixed_image_count_that_does_not_fit_is_refused():
-    with pytest.raises(D3BudgetError, match="images-per-class"):
+    with pytest.raises(D3BudgetError, match="images_per_class"):
         plan(31_360, images_per_class=10)
 
 
@@ -152,7 +152,7 @@ def test_plan_placeholders_serialise_to_the_bytes_of_what_is_stored(dtype):
 
     from d3codec.format.storage import encode_images, stored_image_zeros
     from d3codec.format.weights import quantise_state, stored_zeros
-    from d3codec.methods.d3.encoder import D3Config
+    from d3codec.methods.d3.config import D3Config
     from d3codec.methods.d3.layout import GroupPlan, group_tensors
 
     def layout(tensors):  # names, dtypes and shapes, and the serialised size

@@ -80,7 +80,7 @@ def test_impossible_budget_and_corrupt_archive_give_clear_errors(image_folder, t
     r = run("compress", image_folder, "--resolution", 16, "--budget", 500, "-o", tmp_path / "x.d3", "--quiet")
     assert r.exit_code != 0 and "smallest budget that works" in r.output and not (tmp_path / "x.d3").exists()
     r = run("compress", image_folder, "--resolution", 16, "--budget", 20_000, "-o", tmp_path / "no" / "x.d3", "--quiet")
-    assert r.exit_code != 0 and "cannot write to the folder" in r.output and "choose another -o" in r.output
+    assert r.exit_code != 0 and "cannot write to the folder" in r.output and "choose another --output" in r.output
     bad = tmp_path / "bad.d3"
     bad.write_bytes(b"not an archive at all")
     r = run("info", bad)

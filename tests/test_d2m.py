@@ -101,7 +101,7 @@ def test_soft_labels_store_the_teacher_in_the_budget_and_label_every_draw(tiny_r
 
 
 def test_soft_labels_that_do_not_fit_are_refused_naming_the_fix(tiny_real):
-    with pytest.raises(D3BudgetError, match="--no-soft-labels") as e:
+    with pytest.raises(D3BudgetError, match="turn `soft_labels` off") as e:
         plan(tiny_encoder(soft_labels=True, teacher_width=64, generator_width=4), tiny_real, 20_000)
     assert e.value.min_budget > 20_000
     assert plan(tiny_encoder(soft_labels=True, teacher_width=64, generator_width=4), tiny_real,
@@ -114,7 +114,7 @@ def test_a_given_teacher_is_stored_only_if_it_labels_every_class_in_order(tiny_r
     enc = D2MEncoder.from_options("fast", ordered, soft_labels=True, noise_dim=4, embed_dim=4)
     assert plan(enc, tiny_real, 30_000).teacher_width == 6
     shuffled = Teacher(ordered.net, [0, 1, 2], [2, 0, 1])
-    with pytest.raises(D3Error, match="--no-soft-labels"):
+    with pytest.raises(D3Error, match="turn `soft_labels` off"):
         plan(D2MEncoder.from_options("fast", shuffled, soft_labels=True, noise_dim=4, embed_dim=4), tiny_real, 30_000)
 
 
@@ -212,7 +212,7 @@ def test_a_given_generator_is_fine_tuned_without_pretraining(tiny_real, tmp_path
         load_generator(tmp_path / "g.safetensors", 4, (1, 16, 16))
     with pytest.raises(D3Error, match="do not fit"):
         load_generator(tmp_path / "g.safetensors", 3, (1, 32, 32))
-    with pytest.raises(D3BudgetError, match="--generator needs"):
+    with pytest.raises(D3BudgetError, match="the `generator` needs"):
         plan(enc, tiny_real, 3_000)
 
 

@@ -187,8 +187,8 @@ def test_compress_samples_any_count_deterministically_with_soft_labels(tiny_real
 
 def test_a_group_fills_the_room_its_priors_compression_left_with_priors_fitted_to_real_images(tiny_real, tmp_path,
                                                                                               monkeypatch):
-    import d3codec.methods.d3.encoder as encoder_module
     import d3codec.methods.d3.fill as fill
+    import d3codec.methods.d3.group as encoder_module
 
     monkeypatch.setattr(encoder_module, "FILL_WORK_SHARE", 1e9)  # the room, not the work, bounds it here
     budget = 16_000
@@ -237,7 +237,7 @@ def test_soft_labels_are_a_stage_of_the_progress_and_their_seconds_count(tiny_re
 
 def test_label_means_fills_preallocated_rows_batch_by_batch_as_one_pass_would():
     from d3codec.data.real import Normalisation
-    from d3codec.methods.d3.encoder import label_means
+    from d3codec.methods.d3.group import label_means
     from d3codec.nn.teacher import untrained_teacher
 
     torch.manual_seed(0)
@@ -495,7 +495,7 @@ def test_top_k_soft_labels_keep_the_largest_and_spread_the_rest(tiny_real, tmp_p
 
 
 def test_an_optimistic_plan_is_trimmed_prior_by_prior_to_fit(tiny_real, tmp_path, monkeypatch):
-    import d3codec.methods.d3.encoder as d3_encoder
+    import d3codec.methods.d3.planning as d3_encoder
 
     honest = plan(tiny_encoder(), tiny_real, 16_000)
     raw = plan(tiny_encoder(fill="raw"), tiny_real, 16_000)
@@ -539,8 +539,9 @@ def test_a_teacher_in_micro_batches_learns_what_it_learns_in_whole_batches(tiny_
 
 
 def test_the_fill_adds_at_most_its_share_of_the_groups_work(tiny_real, tmp_path, monkeypatch):
-    import d3codec.methods.d3.encoder as encoder_module
-    from d3codec.methods.d3.encoder import PRESETS, fill_allowance
+    import d3codec.methods.d3.group as encoder_module
+    from d3codec.methods.d3.config import PRESETS
+    from d3codec.methods.d3.group import fill_allowance
     from d3codec.methods.d3.layout import GroupPlan
 
     def group(classes):

@@ -50,7 +50,7 @@ def test_missing_fashion_mnist_says_where_it_looked_and_how_to_fix(tmp_path, mon
         sources.load_dataset("fashion-mnist", tmp_path / "root", download=False)
     message = str(err.value)
     assert str(tmp_path / "nowhere") in message and "apt-get install dataset-fashion-mnist" in message
-    assert "--data-root" in message
+    assert "`data_root`" in message
 
 
 def test_image_folder_is_read_lazily_at_the_chosen_resolution(image_folder):

@@ -61,7 +61,7 @@ def test_a_folder_dataset_is_found_only_under_a_root_the_user_gives(tmp_path):
         (folder / c).mkdir(parents=True)
         for i in range(2):
             Image.new("L", (8, 8), 40 * i).save(folder / c / f"{i}.png")
-    with pytest.raises(D3DatasetError, match="--data-root"):
+    with pytest.raises(D3DatasetError, match="`data_root`"):
         archive_dataset("shapes")
     real = archive_dataset("shapes", tmp_path / "root", resolution=8)
     assert real.classes == ["a", "b"] and real.image_shape == (3, 8, 8)
@@ -228,7 +228,7 @@ def test_a_teacher_or_labeller_file_is_checked_before_any_network_is_built(tmp_p
         metadata = {"classes": "0,1,x"}
     path = _state_file(tmp_path / "t.safetensors", tensors, metadata)
     before = peak_rss_mib()
-    with pytest.raises(D3Error, match="--teacher"):
+    with pytest.raises(D3Error, match="`teacher`"):
         load_teacher(path, (1, 16, 16), 3)
     assert peak_rss_mib() - before < 512
     line = one_line_refusal(run("compress", "dm", tmp_path / "nowhere", "--ipc", 1, "-o", tmp_path / "o.d3",

@@ -1,6 +1,7 @@
 """The package's shape: sub-packages in layers that no import runs back up, no import cycles between
 d3codec's modules (imports inside functions count), no import of a 0.1 path (d3codec._compat), and no
-function over MAX_LINES lines or MAX_PARAMETERS parameters (issue 23's bar)."""
+function over MAX_LINES lines or MAX_PARAMETERS parameters, and no module over MAX_MODULE_LINES lines (issue 36's
+bar)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-MAX_LINES, MAX_PARAMETERS = 80, 12
+MAX_LINES, MAX_PARAMETERS, MAX_MODULE_LINES = 60, 12, 500
 
 # the layers, lowest first: a module may import its own layer's modules and lower ones, never a higher one
 # (README.md, Layout). A module's layer is its longest listed prefix; the top-level d3codec (the public API)
@@ -54,7 +55,12 @@ def import_graph(mods: dict[str, Path]) -> dict[str, set[str]]:
     graph: dict[str, set[str]] = {name: set() for name in mods}
     for name, path in mods.items():
         package = name if path.name == "__init__.py" else name.rpartition(".")[0]
-        for node in ast.walk(ast.parse(path.read_text())):
+        tree = ast.parse(path.read_text())
+        typing_only = {id(n) for block in ast.walk(tree) if _type_checking(block)
+                       for stmt in block.body for n in ast.walk(stmt)}
+        for node in ast.walk(tree):
+            if id(node) in typing_only:  # annotations only: no import at run time, no layering
+                continue
             if isinstance(node, ast.ImportFrom):
                 base = package.split(".")[:len(package.split(".")) - node.level + 1] if node.level else []
                 target = ".".join(base + ([node.module] if node.module else []))
@@ -66,6 +72,12 @@ def import_graph(mods: dict[str, Path]) -> dict[str, set[str]]:
                 continue
             graph[name] |= {t for t in targets if t in mods and t != name}
     return graph
+
+
+def _type_checking(node: ast.AST) -> bool:
+    """Whether ``node`` is an ``if TYPE_CHECKING:`` block (imports for annotations alone)."""
+    return isinstance(node, ast.If) and (getattr(node.test, "id", None) == "TYPE_CHECKING"
+                                         or getattr(node.test, "attr", None) == "TYPE_CHECKING")
 
 
 def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
@@ -148,6 +160,17 @@ def test_functions_are_short_and_take_few_parameters():
                 if lines > MAX_LINES or len(params) > MAX_PARAMETERS:
                     too_big.append(f"{name}.{node.name}: {lines} lines, {len(params)} parameters")
     assert too_big == []
+
+
+def test_modules_are_short():
+    long = {name: n for name, path in modules().items() if (n := len(path.read_text().splitlines())) > MAX_MODULE_LINES}
+    assert long == {}
+
+
+def test_an_import_for_annotations_alone_is_no_layering():
+    tree = ast.parse("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import d3codec.cli\nimport d3codec.format")
+    blocks = [n for n in ast.walk(tree) if _type_checking(n)]
+    assert len(blocks) == 1 and not _type_checking(tree.body[0])
 
 
 def test_every_config_field_of_every_method_says_what_it_is():

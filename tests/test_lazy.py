@@ -114,7 +114,7 @@ def test_expand_refuses_more_files_or_bytes_than_allowed_before_writing_and_stre
     assert files == len(ds) and size >= len(ds) * ds.image_shape[0] * ds.image_shape[1] * ds.image_shape[2]
     run = lambda *a: CliRunner().invoke(main, [str(x) for x in a])  # noqa: E731
     refused = run("expand", path, "-o", tmp_path / "png", "--samples-per-class", 40, "--max-files", files - 1)
-    assert refused.exit_code != 0 and f"--max-files {files}" in refused.output and not (tmp_path / "png").exists()
+    assert refused.exit_code != 0 and f"raise --max-files to {files}" in refused.output and not (tmp_path / "png").exists()
     refused = run("expand", path, "-o", tmp_path / "pt", "--format", "pt", "--samples-per-class", 40,
                   "--max-output-bytes", 1000)
     assert refused.exit_code != 0 and "--max-output-bytes" in refused.output and not (tmp_path / "pt").exists()

@@ -161,7 +161,7 @@ def test_the_old_method_and_objective_spelling_still_runs_with_a_notice(image_fo
     assert r.exit_code == 2 and "keep one" in r.output
     from d3codec.encode.pipeline import compress
     with pytest.warns(DeprecationWarning, match='now called "dm"'):
-        with pytest.raises(ValueError, match="exactly one of --ipc"):
+        with pytest.raises(ValueError, match="exactly one of `ipc`"):
             compress(tiny_real, out, method="pixel")
 
 

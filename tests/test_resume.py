@@ -139,7 +139,7 @@ def test_d3_resumes_each_subtask_from_its_checkpoint_to_the_same_archive(tiny_re
     """Two subtasks; interrupted at matching iteration 3 of 5 of the second, the same call skips the
     finished first subtask and the second's warm start and teacher, and writes the same archive."""
     from d3codec.methods import d3
-    from d3codec.methods.d3 import encoder as d3_encoder
+    from d3codec.methods.d3 import group as d3_encoder
 
     def encoder(name):
         return d3.D3Encoder.from_options(

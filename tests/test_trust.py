@@ -77,7 +77,7 @@ def test_a_pixel_archive_of_no_images_and_a_huge_grid_are_refused():
     with pytest.raises(D3LimitError, match="--max-grid-pixels"):
         grid_image(big)
     small = D3Dataset(hostile.pixel_archive(classes=3, image_shape=(1, 8, 8)))
-    with pytest.raises(D3LimitError, match="--grid-columns"):
+    with pytest.raises(D3LimitError, match="`grid_columns`"):
         grid_image(small, max_pixels=100)
     assert grid_image(small).size == (12, 32)
 

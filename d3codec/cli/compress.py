@@ -65,7 +65,7 @@ class MethodCommand(click.Command):
                 error.option_name in (o.name, negative(o)) for o in get_method(name).options)]
             if not owners:
                 raise
-            hint = get_method(self.name).hints.get(error.option_name)
+            hint = get_method(self.name or "").hints.get(error.option_name)
             raise OptionValueError(f"{error.option_name} is an option of {' and '.join(owners)}, not of {self.name}"
                                    + (f"; {hint}" if hint else f": d3 compress {owners[0]} DATASET ... "
                                       f"{error.option_name} ..."), ctx=ctx) from None
@@ -109,7 +109,10 @@ def click_option(option: Option, method: Method, section: str) -> click.Option:
 
 def shared_options(method: Method) -> list[click.Parameter]:
     """The options every method's command has, under their headings."""
-    run_defaults = {f: preset_defaults(method, f) for f in ("iterations", "real_per_class")}
+    return output_options() + budget_options() + run_options(method) + checkpoint_options(method) + labeller_options()
+
+
+def output_options() -> list[click.Parameter]:
     return [
         SectionOption(["-o", "--output"], required=True, type=click.Path(dir_okay=False),
                       help="Archive to write (.d3).", section="Output"),
@@ -119,6 +122,12 @@ def shared_options(method: Method) -> list[click.Parameter]:
         SectionOption(["--json", "as_json"], is_flag=True, section="Output", help="End with one line of JSON on "
                       "standard output instead of the sentence: path, file_bytes, budget, method, stored, "
                       "distill_seconds, params, stats."),
+    ]
+
+
+def budget_options() -> list[click.Parameter]:
+    """The budget (one of two) and the data."""
+    return [
         SectionOption(["--ipc"], type=PositiveFinite(), help="Budget as N float32 images per class: N·K·C·H·W·4 "
                       "bytes (N > 0; the bytes at most 2 GiB).", section="Budget (give one)"),
         SectionOption(["--budget"], type=count(1, MAX_BUDGET_BYTES), help="Budget in bytes, 1 to 2 GiB; the whole "
@@ -127,6 +136,12 @@ def shared_options(method: Method) -> list[click.Parameter]:
                       section="Data"),
         SectionOption(["--resolution"], type=count(MIN_SIDE, MAX_SIDE), help="Side length for imagenet and folder "
                       "datasets (default 64).", section="Data"),
+    ]
+
+
+def run_options(method: Method) -> list[click.Parameter]:
+    run_defaults = {f: preset_defaults(method, f) for f in ("iterations", "real_per_class")}
+    return [
         SectionOption(["--preset"], type=click.Choice(preset_names(method)), default="fast", show_default=True,
                       help="fast: minutes on a CPU; paper: the paper's settings, for a GPU; smoke: a first picture, not a "
                       "result; rehearsal (dm, d3, d2m): the whole pipeline at full class count with a few "
@@ -145,6 +160,11 @@ def shared_options(method: Method) -> list[click.Parameter]:
         SectionOption(["--experts"], type=click.Path(file_okay=False), section="Run", help="The expert pool's cache "
                       "folder (--matching dance: ConvNet-3s trained on the real data once, reused by every run; "
                       "default $D3CODEC_EXPERTS, else ~/.cache/d3codec/experts)."),
+    ]
+
+
+def checkpoint_options(method: Method) -> list[click.Parameter]:
+    return [
         SectionOption(["--checkpoint"], type=click.Path(dir_okay=False), help=method.checkpoint_help[0].upper()
                       + method.checkpoint_help[1:] + ".", section="Checkpoint"),
         SectionOption(["--resume", "resume"], flag_value="resume", default=None, section="Checkpoint",
@@ -152,6 +172,12 @@ def shared_options(method: Method) -> list[click.Parameter]:
                       "or --restart, a checkpoint of the same run is taken up and one of another run is refused."),
         SectionOption(["--restart", "resume"], flag_value="restart", section="Checkpoint",
                       help="Delete this output's checkpoints first and distil from scratch."),
+    ]
+
+
+def labeller_options() -> list[click.Parameter]:
+    """A labeller stored beside what the method stores (spec/FORMAT.md §5.8)."""
+    return [
         SectionOption(["--labeller-width"], type=LabellerWidth(), section="Labeller (spec/FORMAT.md §5.8)",
                       help="Store a ConvNet-3 labeller of this width, trained here, beside what the method stores: "
                       "its bytes come out of the budget, and students relabel every augmented batch with it. auto: "
@@ -328,7 +354,8 @@ def run_compress(method: Method, values: dict) -> None:
 
 def report(result, method: Method, as_json: bool) -> None:
     """The written archive in one line, or as JSON."""
-    describe = archive_kind(method.archive).describe  # of the params as written, after any trimming
+    kind = archive_kind(method.archive)
+    describe = kind.describe if kind is not None else None  # of the params as written, after any trimming
     stored = describe(result.params) if describe is not None else method.archive
     if as_json:
         click.echo(json.dumps({"path": str(result.path), "file_bytes": result.file_bytes, "budget": result.budget,

@@ -4,15 +4,26 @@ checked before any work, the decode-limit options, and errors made printable."""
 from __future__ import annotations
 
 import math
+import re
 
 import click
 
 from d3codec.format.text import safe_text
 
 
+def in_flags(message: str) -> str:
+    """``message`` with each name the library quotes in backticks (an argument or config field, e.g. `ipc`,
+    `label_top_k`) as the running command's flag for it (``--ipc``, ``--label-top-k``); other names unquoted."""
+    ctx = click.get_current_context(silent=True)
+    flags = {p.name: max(p.opts, key=len) for p in ctx.command.params if isinstance(p, click.Option)} \
+        if ctx is not None else {}
+    return re.sub(r"`([A-Za-z_][A-Za-z0-9_]*)`", lambda m: flags.get(m.group(1), m.group(1)), message)
+
+
 def fail(error: Exception) -> None:
-    # one line, printable: an error may quote an archive's own strings
-    raise click.ClickException(safe_text(" ".join(str(error).split()), 2000))
+    """Exit with ``error`` on one line (exit status 1), in the command's flags (:func:`in_flags`) and printable (an
+    error may quote an archive's own strings)."""
+    raise click.ClickException(safe_text(in_flags(" ".join(str(error).split())), 2000))
 
 
 class OptionValueError(click.BadParameter):
@@ -78,7 +89,7 @@ class Count(click.IntRange):
         raise OptionValueError(safe_text(message, 300), ctx=ctx, param=param)
 
 
-def count(low: int = 1, high: int | None = None) -> click.IntRange:
+def count(low: int | None = 1, high: int | None = None) -> click.IntRange:
     """An integer option's range (click refuses values outside it before any work)."""
     return Count(low, high)
 

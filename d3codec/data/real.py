@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Iterable, Sized, cast
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
@@ -97,6 +98,7 @@ class RealData:
             return self.train_images[indices]
         out = torch.empty(len(indices), *self.image_shape, dtype=torch.uint8)
         guarded = _Guarded(self.train)
+        batches: Iterable[torch.Tensor | str]
         if len(indices) < PARALLEL_READ_MIN or self.load_workers < 1:
             batches = (_to_uint8([guarded[i]]) for i in indices.tolist())
         else:  # in order: batch b holds images 32·b …
@@ -138,6 +140,9 @@ class Normalisation(torch.nn.Module):
     networks' input; ``norm.inverse(x)`` back. ``mean`` and ``std`` are C floats (RealData.mean, .std),
     kept as buffers, so that the module moves with ``.to(device)``."""
 
+    mean: torch.Tensor  # (1, C, 1, 1) float32 buffer
+    std: torch.Tensor  # (1, C, 1, 1) float32 buffer
+
     def __init__(self, mean, std, device: torch.device | str = "cpu"):
         super().__init__()
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32, device=device).view(1, -1, 1, 1))
@@ -157,10 +162,13 @@ class Normalisation(torch.nn.Module):
 def _to_uint8(batch: list[tuple[torch.Tensor | None, str | None]]) -> torch.Tensor | str:
     """A batch of _Guarded items (image (C, H, W) float32 in [0, 1], None) as (B, C, H, W) uint8, or the
     first item's reason (a string) where one could not be read."""
+    images: list[torch.Tensor] = []
     for image, error in batch:
         if error is not None:
             return error
-    return (torch.stack([image for image, _ in batch]) * 255).round().to(torch.uint8)
+        assert image is not None  # _Guarded: an item without a reason holds its image
+        images.append(image)
+    return (torch.stack(images) * 255).round().to(torch.uint8)
 
 
 class ClassSampler:
@@ -213,7 +221,7 @@ class _Guarded(Dataset):
         self.dataset = dataset
 
     def __len__(self) -> int:
-        return len(self.dataset)
+        return len(cast(Sized, self.dataset))  # map-style datasets (folders, TensorImages) have a length
 
     def __getitem__(self, i: int):
         try:

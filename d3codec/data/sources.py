@@ -99,12 +99,12 @@ def archive_dataset(name: str, data_root: str | os.PathLike | None = None, resol
              and name.isprintable())
     if data_root is None or not plain:
         raise D3DatasetError(f"the archive names the dataset {shown}, which is not one of {', '.join(DATASETS)}: "
-                             "pass the real dataset it was made from (--dataset PATH, or --data-root DIR holding a "
+                             "pass the real `dataset` it was made from (a path, or a `data_root` holding a "
                              "folder of that name)")
     folder = Path(data_root) / name
     if not folder.is_dir() or folder.is_symlink():
         raise D3DatasetError(f"the archive names the folder dataset {shown}, and {safe_text(str(folder), 300)} is "
-                             "not a folder: pass --dataset PATH, the folder it was made from")
+                             "not a folder: pass the `dataset` folder it was made from")
     return _image_folder(folder, folder.name, resolution or 64, NORMALISATION["imagenet"])
 
 
@@ -143,7 +143,7 @@ def _fashion_mnist(root: Path, download: bool = True) -> RealData:
 def _fashion_mnist_missing(looked: list[str], why: str) -> D3DatasetError:
     return D3DatasetError(
         f"Fashion-MNIST not found: looked for the four idx files in {' and '.join(looked)} (as .gz or unpacked), "
-        f"and {why}. Fix: on Debian 'apt-get install dataset-fashion-mnist', or pass --data-root DIR with "
+        f"and {why}. Fix: on Debian 'apt-get install dataset-fashion-mnist', or pass a `data_root` DIR with "
         f"DIR/FashionMNIST/raw/ holding {', '.join(FASHION_MNIST_FILES)}")
 
 
@@ -157,7 +157,7 @@ def _torchvision_small(key: str, root: Path, download: bool) -> RealData:
         test = cls(str(root), train=False, download=download)
     except Exception as e:
         raise D3DatasetError(f"{key} not found under {root} and could not be downloaded ({type(e).__name__}: {e}). "
-                             f"Fix: pass --data-root DIR where torchvision's {cls.__name__} files are, or allow the "
+                             f"Fix: pass a `data_root` DIR where torchvision's {cls.__name__} files are, or allow the "
                              "download") from None
 
     def as_tensor(ds):
@@ -193,5 +193,5 @@ def _imagenet(root: Path, resolution: int, load_workers: int | None = None) -> R
             return _image_folder(base / "train", "imagenet", resolution, NORMALISATION["imagenet"], base / "val",
                                  load_workers)
     raise D3DatasetError(f"ImageNet not found: looked for train/ (torchvision ImageNet layout with meta.bin, or "
-                         f"ImageFolder layout) in {', '.join(map(str, candidates))}. Fix: pass --data-root DIR where "
+                         f"ImageFolder layout) in {', '.join(map(str, candidates))}. Fix: pass a `data_root` DIR where "
                          "DIR/train/<class>/*.JPEG exists")

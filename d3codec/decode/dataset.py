@@ -11,9 +11,10 @@ import torch
 from torch.utils.data import Dataset
 
 from d3codec.decode.labeller import read_labeller
+from d3codec.decode.sampler import Sampler
 from d3codec.errors import D3FormatError, D3LimitError
 from d3codec.format.limits import DEFAULT_LIMITS, DecodeLimits, check
-from d3codec.format.meta import open_archive
+from d3codec.format.meta import known_kind, open_archive
 from d3codec.format.noise import check_seed
 from d3codec.format.text import safe_text
 from d3codec.registry import archive_kind
@@ -73,7 +74,7 @@ class D3Dataset(Dataset):
 
     def __init__(self, path: str | os.PathLike | bytes, transform: Callable | None = None,
                  target_transform: Callable | None = None, targets: str = "auto",
-                 samples_per_class: int | None = None, seed: int = 0, device: str = "cpu",
+                 samples_per_class: int | None = None, seed: int = 0, device: str | torch.device = "cpu",
                  limits: DecodeLimits | None = None, max_bytes: int | None = None):
         from d3codec.nn.models import resolve_device
 
@@ -81,26 +82,30 @@ class D3Dataset(Dataset):
             raise ValueError(f"targets must be 'auto', 'hard' or 'soft', not {targets!r}")
         self._source, self._limits = path, (limits or DEFAULT_LIMITS).with_overrides(max_bytes=max_bytes)
         self._device, self._made, self.epoch = resolve_device(str(device)), (samples_per_class, seed), 0
-        self._sampler, self._blocks = None, OrderedDict()  # lazy: the loaded sampler, decoded blocks by number
-        self._loaded_in = os.getpid()  # the process whose sampler self._sampler is
+        self._sampler: Sampler | None = None  # lazy: the loaded sampler
+        # lazy: decoded blocks (images, labels, soft labels or None) by number
+        self._blocks: OrderedDict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]] = OrderedDict()
+        self._loaded_in: int | None = os.getpid()  # the process whose sampler self._sampler is
         reader, meta = open_archive(path, self._limits)
         with reader:
-            kind = archive_kind(meta["method"])
+            kind = known_kind(meta)  # known: open_archive checked it
             self.lazy = kind.sampled and tuple(reader.version) >= (1, 1)
             if self.lazy:
                 check_seed(seed)
+                assert kind.load_sampler is not None  # a sampled kind's (ArchiveKind.sampled)
                 with out_of_memory_as_limit():
-                    self._sampler = kind.load_sampler(reader, meta, self._device, self._limits)
-                self._sampler.check(samples_per_class)  # the whole draw, were it decoded: within the limits
-                self._length = sum(self._sampler.class_counts(samples_per_class))
+                    self._sampler = sampler = kind.load_sampler(reader, meta, self._device, self._limits)
+                sampler.check(samples_per_class)  # the whole draw, were it decoded: within the limits
+                self._length = sum(sampler.class_counts(samples_per_class))
                 self._images, self._labels, soft, self.schedule = None, None, None, None
+                has_soft = sampler.soft
             else:
                 self._images, self._labels, soft, self.schedule, self._sampler = decode_archive(
                     reader, meta, samples_per_class, seed, self._device, self._limits)
+                has_soft = soft is not None
             self.labeller = read_labeller(reader, meta, self._device, self._limits)
             if self.labeller is None and kind.read_labeller is not None:  # the kind's own (D2M's teacher)
                 self.labeller = kind.read_labeller(reader, meta, self._device, self._limits)
-        has_soft = self._sampler.soft if self.lazy else soft is not None
         if targets == "soft" and not has_soft:
             raise ValueError("this archive has no soft labels; use targets='hard' or 'auto'")
         self._soft_targets = has_soft and targets != "hard"
@@ -130,9 +135,10 @@ class D3Dataset(Dataset):
     def images(self) -> torch.Tensor:
         """All images (N, C, H, W) float32; a lazy dataset decodes its whole draw the first time (within
         ``max_bytes``, else D3LimitError) and keeps it until :meth:`set_epoch`."""
-        if self._images is None:
-            self._materialise()
-        return self._images
+        images = self._images
+        if images is None:
+            images = self._materialise()
+        return images
 
     @property
     def soft_labels(self) -> torch.Tensor | None:
@@ -141,10 +147,12 @@ class D3Dataset(Dataset):
             self._materialise()
         return self._soft
 
-    def _materialise(self) -> None:
+    def _materialise(self) -> torch.Tensor:
+        """Decode the whole draw and keep it; returns its images (N, C, H, W) float32."""
         with out_of_memory_as_limit():
             images, _, soft = self.sampler().draw(self._made[0], self._draw_seed())
         self._images, self._soft = images, (soft if self._soft_targets else None)
+        return images
 
     def _draw_seed(self) -> int:
         return (self._made[1] + self.epoch) % (1 << 64)
@@ -202,7 +210,7 @@ class D3Dataset(Dataset):
         return self.sampler()(samples_per_class, seed)
 
     def __len__(self) -> int:
-        return self._length if self.lazy else len(self._labels)
+        return self._length if self.lazy else len(self.labels)
 
     def batch(self, index) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """Images ``index`` ((B,) int64 or a list) without transforms: images (B, C, H, W) float32, labels (B,)
@@ -273,13 +281,13 @@ def out_of_memory_as_limit():
         yield
     except MemoryError:
         raise D3LimitError("decoding this archive ran out of memory within the decode limits; draw fewer images "
-                           "(--samples-per-class) or lower --max-bytes") from None
+                           "(`samples_per_class`) or lower `max_bytes`") from None
     except RuntimeError as error:
         if "alloc" not in str(error) and "out of memory" not in str(error):
             raise
         raise D3LimitError(f"decoding this archive ran out of memory within the decode limits "
-                           f"({safe_text(str(error).splitlines()[0], 160)}); draw fewer images (--samples-per-class) "
-                           "or lower --max-bytes") from None
+                           f"({safe_text(str(error).splitlines()[0], 160)}); draw fewer images (`samples_per_class`) "
+                           "or lower `max_bytes`") from None
 
 
 def decode_archive(reader, meta: dict, samples_per_class: int | None, seed: int, device, limits: DecodeLimits,
@@ -300,18 +308,19 @@ def _decode(reader, meta: dict, samples_per_class: int | None, seed: int, device
     from d3codec.nn.schedule import step_batches
     from d3codec.registry import archive_kind, archive_kind_names
 
-    kind = archive_kind(meta["method"])  # known: open_archive checked it
+    kind = known_kind(meta)  # known: open_archive checked it
     sampler = None
-    if kind.sampled:
+    if kind.load_sampler is not None:  # a sampled kind (ArchiveKind.sampled)
         sampler = kind.load_sampler(reader, meta, device, limits)
         if check_default:
             sampler.check(None)
         images, labels, soft = sampler(samples_per_class, seed)
     elif samples_per_class is not None:
-        sampled = [name for name in archive_kind_names() if archive_kind(name).sampled]
+        sampled = [name for name in archive_kind_names() if (other := archive_kind(name)) is not None and other.sampled]
         raise ValueError(f"a number of samples per class applies to sampled archives ({', '.join(sampled)}) only; "
                          f"this {meta['method']} archive stores its images")
     else:
+        assert kind.decode is not None  # a kind has exactly one of decode and load_sampler (ArchiveKind)
         images, labels, soft = kind.decode(reader, meta, limits)
     schedule = kind.read_schedule(reader, meta, limits) if kind.read_schedule else None
     if schedule is not None:

@@ -54,18 +54,18 @@ def output_size(ds: D3Dataset, fmt: str) -> tuple[int, int]:
 
 
 def check_output(ds: D3Dataset, fmt: str, out: str | os.PathLike, max_files: int = MAX_OUTPUT_FILES,
-                 max_bytes: int = MAX_OUTPUT_BYTES) -> tuple[int, int]:
-    """Refuse, before anything is written, an expansion of more than ``max_files`` files or ``max_bytes``
+                 max_output_bytes: int = MAX_OUTPUT_BYTES) -> tuple[int, int]:
+    """Refuse, before anything is written, an expansion of more than ``max_files`` files or ``max_output_bytes``
     bytes, or more bytes than the disk under ``out`` has free. Returns (files, bytes) (:func:`output_size`).
     Raises: ValueError naming the figure and the option that raises it."""
     files, size = output_size(ds, fmt)
     what = f"expanding {len(ds):,} images as {fmt} writes {files:,} files, about {size / 1e9:.2f} GB"
     if files > max_files:
-        raise ValueError(f"{what}: over the limit of {max_files:,} files; raise it with --max-files {files} "
-                         "(max_files= in Python), or draw fewer with --samples-per-class")
-    if size > max_bytes:
-        raise ValueError(f"{what}: over the limit of {max_bytes:,} bytes; raise it with --max-output-bytes {size} "
-                         "(max_bytes= in Python), or draw fewer with --samples-per-class")
+        raise ValueError(f"{what}: over the limit of {max_files:,} files; raise `max_files` to {files}, or draw "
+                         "fewer with `samples_per_class`")
+    if size > max_output_bytes:
+        raise ValueError(f"{what}: over the limit of {max_output_bytes:,} bytes; raise `max_output_bytes` to {size}, "
+                         "or draw fewer with `samples_per_class`")
     where = next((p for p in [Path(out), *Path(out).absolute().parents] if p.exists()), Path("."))
     free = shutil.disk_usage(where).free
     if size > free:
@@ -186,7 +186,7 @@ def grid_image(ds: D3Dataset, max_per_class: int = 20, pad: int = 2, max_pixels:
     limits = DecodeLimits(max_canvas_pixels=max_pixels) if max_pixels is not None else DEFAULT_LIMITS
     check("pixels", height * scale * (width * scale + margin), limits, "max_canvas_pixels",
           f"a grid of {k} rows × {cols} columns of {h}×{w} images ({height * scale}×{width * scale + margin}; "
-          "fewer columns: --grid-columns, or a smaller --grid-scale)")
+          "fewer columns: `grid_columns`, or a smaller `grid_scale`)")
     canvas = torch.full((c, height, width), 255, dtype=torch.uint8)
     order = torch.argsort(ds.labels, stable=True)  # each class's images in their order, classes in turn
     starts = torch.cumsum(counts, 0) - counts  # (K,) where each class begins in ``order``
@@ -196,8 +196,10 @@ def grid_image(ds: D3Dataset, max_per_class: int = 20, pad: int = 2, max_pixels:
     tiles_of = ds.batch if hasattr(ds, "batch") else lambda index: (ds.images[index],)
     for lo in range(0, k, max(1, WRITE_BATCH // cols)):  # a few rows at a time
         rows = shown[lo:lo + max(1, WRITE_BATCH // cols)]
-        images = tiles_of(torch.cat(rows))[0] if sum(map(len, rows)) else None
-        tiles = (images.clamp(0, 1) * 255).round().to(torch.uint8) if images is not None else None
+        if not sum(map(len, rows)):
+            continue  # these classes have no images: no tiles to decode
+        images = tiles_of(torch.cat(rows))[0]
+        tiles = (images.clamp(0, 1) * 255).round().to(torch.uint8)
         at = 0
         for cl, row in enumerate(rows, lo):
             for j in range(len(row)):
@@ -218,7 +220,7 @@ def _with_names(picture: Image.Image, classes: list[str], row: int, top: int) ->
     font = ImageFont.load_default()
     labels = [name if len(name) <= NAME_CHARACTERS else name[:NAME_CHARACTERS - 1] + "…" for name in classes]
     widest = max((font.getbbox(label)[2] for label in labels), default=0)
-    margin = min(NAME_MARGIN, widest + 8)
+    margin = min(NAME_MARGIN, int(widest) + 8)  # pillow types a FreeTypeFont's bounding box float; it holds ints
     out = Image.new(picture.mode, (picture.width + margin, picture.height), 255 if picture.mode == "L" else (255,) * 3)
     out.paste(picture, (margin, 0))
     draw = ImageDraw.Draw(out)

@@ -105,7 +105,9 @@ def as_stored(net: ConvNet, image_shape: tuple[int, int, int], mean, std, dtype:
     weights through ``dtype`` storage (``"int8"`` rounds them; d3codec.format.weights), with ``temperature``:
     the labeller that a fair baseline of real images shares with the archive."""
     (c, h, _), k = image_shape, net.classifier.out_features
-    width = net.features[0].out_channels
+    conv = net.features[0]
+    assert isinstance(conv, nn.Conv2d)  # a ConvNet's first layer (d3codec.nn.models)
+    width = conv.out_channels
     tensors = quantise_state({n: v.detach().cpu() for n, v in net.state_dict().items()}, "", dtype)
     stored = load_stored_module(lambda: ConvNet(c, k, h, width=width), tensors, "", dtype, SECTION, exact=True)
     return Labeller(stored, mean, std, temperature)

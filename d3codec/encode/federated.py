@@ -87,7 +87,7 @@ def distill_federated(encoder: Encoder, real: RealData, plan, output: Path, meta
         barrier()
         return encoded if rank() == 0 else None
     if not isinstance(encoder, SubtaskEncoder):
-        raise D3Error(f"method {encoder.method!r} does not split into subtasks; run it without torchrun/--workers")
+        raise D3Error(f"method {encoder.method!r} does not split into subtasks; run it without torchrun or `workers`")
     me, world, count = rank(), world_size(), encoder.subtask_count(plan)
     classes = meta["dataset"]["classes"]
     for index in range(me, count, world):
@@ -178,7 +178,7 @@ def run_ranks(workers: int, target: Callable, args: tuple, device: str = "cpu") 
     Raises: ValueError for fewer than 2 workers; D3Error when a rank fails, with its error.
     """
     if workers < 2:
-        raise ValueError("--workers must be at least 2 (leave it out to run in this process)")
+        raise ValueError("`workers` must be at least 2 (leave it out to run in this process)")
     try:
         mp.start_processes(_rank_main, args=(workers, _free_port(), device, target, args), nprocs=workers,
                            start_method="spawn")

@@ -14,7 +14,7 @@ import typing
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, ClassVar, Generic, Protocol, TypeVar
 
 import torch
 
@@ -39,7 +39,8 @@ class DatasetSpec:
 
     @classmethod
     def of(cls, real: RealData) -> "DatasetSpec":
-        return cls(real.name, tuple(real.classes), tuple(real.image_shape), tuple(real.mean), tuple(real.std))
+        c, h, w = real.image_shape
+        return cls(real.name, tuple(real.classes), (c, h, w), tuple(real.mean), tuple(real.std))
 
 
 @dataclass(frozen=True)
@@ -128,17 +129,33 @@ def coerce_field(name: str, value: Any, annotation: Any) -> Any:
     raise ValueError(f"{name} must be {getattr(kind, '__name__', kind)}, not {repr(value)[:40]}")
 
 
-class Encoder(ABC):
-    """One distillation method. Subclasses set ``method`` and implement plan and distil."""
+class Plan(Protocol):
+    """What the pipeline reads of every method's plan (the rest is the method's own)."""
+
+    @property
+    def max_bytes(self) -> int:
+        """The exact upper bound of the archive's bytes under this plan (its metadata included)."""
+        ...
+
+
+PlanT = TypeVar("PlanT", bound=Plan)  # what an encoder's plan returns and its distill takes (e.g. PixelPlan, D3Plan)
+ConfigT = TypeVar("ConfigT")  # a checkpointed encoder's config dataclass (e.g. DMConfig)
+MetaFor = Callable[[dict[str, Any]], dict[str, Any]]  # method metadata → the metadata section as written
+
+
+class Encoder(ABC, Generic[PlanT]):
+    """One distillation method, generic in its plan type. Subclasses set ``method`` and implement plan
+    and distil."""
 
     method: str = ""
+    presets: ClassVar[dict[str, Any]] = {}  # preset name (fast, paper, ...) → config dataclass
     # True where distill itself splits its work across the ranks of a process group (d3codec.encode.federated:
     # every rank calls it, rank 0's result is written): d2m shares each iteration's classes
     data_parallel: bool = False
 
     @abstractmethod
-    def plan(self, spec: DatasetSpec, budget: int, meta_for: Callable[[dict], dict],
-             real: RealData | None = None) -> Any:
+    def plan(self, spec: DatasetSpec, budget: int, meta_for: MetaFor,
+             real: RealData | None = None) -> PlanT:
         """Decide what fits in ``budget`` bytes, before any distillation.
 
         ``meta_for(method_meta)`` gives the metadata section as it will be written; ``real``, when
@@ -146,7 +163,7 @@ class Encoder(ABC):
         with the smallest workable budget if nothing fits."""
 
     @abstractmethod
-    def distill(self, real: RealData, plan: Any, *, device: torch.device, seed: int,
+    def distill(self, real: RealData, plan: PlanT, *, device: torch.device, seed: int,
                 progress: bool = True) -> Encoded:
         """Run the distillation and return the archive's method sections."""
 
@@ -170,7 +187,7 @@ class Subtask:
     encoded: Encoded
 
 
-class SubtaskEncoder(Encoder):
+class SubtaskEncoder(Encoder[PlanT]):
     """An encoder whose work splits into independent subtasks over disjoint classes, which
     d3codec.encode.federated spreads over ranks (Qin et al. 2024, Sec. 3.3); method ``d3`` is one.
 
@@ -178,11 +195,11 @@ class SubtaskEncoder(Encoder):
     those files into the whole archive's sections."""
 
     @abstractmethod
-    def subtask_count(self, plan: Any) -> int:
+    def subtask_count(self, plan: PlanT) -> int:
         """How many subtasks ``plan`` has."""
 
     @abstractmethod
-    def distill_subtask(self, real: RealData, plan: Any, index: int, *, device: torch.device, seed: int,
+    def distill_subtask(self, real: RealData, plan: PlanT, index: int, *, device: torch.device, seed: int,
                         progress: bool = True) -> Subtask:
         """Distil subtask ``index`` alone; its result depends only on the data, the plan and (seed, index)."""
 
@@ -195,7 +212,7 @@ class SubtaskEncoder(Encoder):
         """Delete the checkpoints of ``subtasks`` subtasks (once the archive is written)."""
 
 
-class CheckpointedEncoder(Encoder):
+class CheckpointedEncoder(Encoder[PlanT], Generic[PlanT, ConfigT]):
     """An encoder of one long loop that checkpoints itself (d3codec.encode.checkpoint) when given a file.
 
     Subclasses set ``presets`` (name → config). ``Sub(config, checkpoint="run.ckpt")``, or
@@ -203,11 +220,9 @@ class CheckpointedEncoder(Encoder):
     time between two saves.
     """
 
-    presets: dict[str, Any] = {}
-
-    def __init__(self, config: Any = None, checkpoint: str | os.PathLike | None = None,
+    def __init__(self, config: ConfigT | None = None, checkpoint: str | os.PathLike | None = None,
                  checkpoint_seconds: float = 300.0):
-        self.config = config if config is not None else self.presets["fast"]
+        self.config: ConfigT = config if config is not None else self.presets["fast"]
         self.checkpoint = Path(checkpoint) if checkpoint is not None else None
         self.checkpoint_seconds = checkpoint_seconds
 

@@ -13,13 +13,13 @@ import torch
 from d3codec.data.real import RealData
 from d3codec.decode.labeller import labeller_parts, section_cost
 from d3codec.encode import seeds
-from d3codec.encode.interface import DatasetSpec, Encoded, Encoder, Overrun
+from d3codec.encode.interface import DatasetSpec, Encoded, Encoder, Overrun, Plan
 from d3codec.errors import D3BudgetError, D3Error
 from d3codec.format.container import Section
 from d3codec.format.weights import WEIGHT_DTYPES
 from d3codec.nn.accuracy import test_accuracy, test_split
 from d3codec.nn.models import ConvNet
-from d3codec.nn.teacher import train_teacher
+from d3codec.nn.teacher import Teacher, train_teacher
 from d3codec.util.progress import Stage, Stages
 
 
@@ -34,7 +34,7 @@ class LabellerConfig:
     epochs: float = 10.0  # its training epochs (SGD, cosine schedule: d3codec.nn.teacher.train_teacher)
     temperature: float = 1.0  # the softmax temperature students see
     dtype: str = "int8"  # how it is stored: int8 (a scale per output channel) or float16
-    teacher: object = None  # a trained Teacher to store instead
+    teacher: Teacher | None = None  # a trained Teacher to store instead
 
 
 @dataclass(frozen=True)
@@ -42,7 +42,7 @@ class LabelledPlan:
     """An encoder's plan for the budget less the labeller's bytes; ``max_bytes`` counts both. Other
     attributes are the inner plan's (``plan.images_per_class`` and so on)."""
 
-    inner: object
+    inner: Plan
     labeller_bytes: int
 
     @property
@@ -75,7 +75,7 @@ class LabelledEncoder(Encoder):
         c, h, w = spec.image_shape
         if h != w or h < 8:
             raise D3Error(f"a labeller is a ConvNet-3, which needs square images of at least 8 × 8 pixels, not "
-                          f"{h} × {w}: leave out --labeller-width and --labeller")
+                          f"{h} × {w}: leave out `labeller_width` and `labeller`")
         teacher, everyone = self.config.teacher, list(range(spec.num_classes))
         if teacher is not None and (teacher.classes != everyone or teacher.out_index != everyone):
             raise D3Error(f"the given labeller gives {len(teacher.classes)} classes ({teacher.classes[:5]}...), not "
@@ -90,13 +90,13 @@ class LabelledEncoder(Encoder):
         cost = section_cost(section)
         if cost >= budget:
             raise D3BudgetError(f"the labeller alone takes {cost} bytes of the budget of {budget}: use a narrower "
-                                "--labeller-width or a larger budget", min_budget=cost + 1)
+                                "`labeller_width` or a larger `budget`", min_budget=cost + 1)
         try:
             inner = self.inner.plan(spec, budget - cost, lambda m: {**meta_for(m), "labeller": described}, real)
         except D3BudgetError as error:
             needed = error.min_budget + cost if error.min_budget is not None else None
             raise D3BudgetError(f"with a labeller of {cost} bytes: {error}" + (
-                f" (with the labeller, --budget {needed})" if needed else ""), min_budget=needed) from None
+                f" (with the labeller, a `budget` of {needed})" if needed else ""), min_budget=needed) from None
         return LabelledPlan(inner, cost)
 
     def distill(self, real: RealData, plan: LabelledPlan, *, device: torch.device, seed: int,
@@ -159,9 +159,11 @@ def train_labeller(real: RealData, config: LabellerConfig, seed: int, device: to
 
 def _with_labeller(encoded: Encoded, described: dict, section: Section, stats: dict) -> Encoded:
     """``encoded`` with the labeller's section and meta field added, trimming kept (the labeller stays)."""
+    trim = encoded.trim
+
     def smaller(overrun: Overrun) -> Encoded | None:
-        trimmed = encoded.trim(overrun)
+        trimmed = trim(overrun) if trim is not None else None
         return _with_labeller(trimmed, described, section, stats) if trimmed is not None else None
 
     return replace(encoded, sections=encoded.sections + [section], stats={**encoded.stats, **stats},
-                   trim=smaller if encoded.trim is not None else None, meta={**encoded.meta, "labeller": described})
+                   trim=smaller if trim is not None else None, meta={**encoded.meta, "labeller": described})

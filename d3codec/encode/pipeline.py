@@ -20,7 +20,7 @@ from d3codec.data.real import RealData
 from d3codec.data.sources import load_dataset
 from d3codec.encode.defaults import default_choice, with_user_options
 from d3codec.encode.federated import barrier, distill_federated, rank, run_ranks, world_size
-from d3codec.encode.interface import DatasetSpec, Encoded, Encoder, Overrun
+from d3codec.encode.interface import DatasetSpec, Encoded, Encoder, Overrun, Plan, PlanT
 from d3codec.errors import D3BudgetError
 from d3codec.format.accounting import ipc_budget, ipc_equivalent
 from d3codec.format.container import D3Reader, Section, encode_archive, write_atomic
@@ -39,7 +39,7 @@ class CompressResult:
     path: Path
     file_bytes: int
     budget: int
-    plan: Any
+    plan: Plan | None  # None where read back from the archive (compress_with_workers)
     stats: dict
     params: dict = field(default_factory=dict)
 
@@ -51,45 +51,46 @@ MAX_REAL_PER_CLASS = 4096  # real images per class per iteration at most (the pa
 
 
 def resolve_budget(spec: DatasetSpec, ipc: float | None, budget: int | None) -> int:
-    """Bytes from ``--budget`` or ``--ipc`` (exactly one), 1 to MAX_BUDGET_BYTES.
+    """Bytes from ``budget`` or ``ipc`` (exactly one), 1 to MAX_BUDGET_BYTES.
 
     Raises: ValueError naming the option for neither or both, a non-integer or non-positive budget, a
     non-finite or non-positive IPC, a budget past MAX_BUDGET_BYTES, or images smaller than MIN_SIDE a side
     (checked before any planning)."""
     if min(spec.image_shape[1:]) < MIN_SIDE:
         raise ValueError(f"images of {spec.image_shape[1]} × {spec.image_shape[2]} pixels are too small to distil: "
-                         f"d3codec's networks need at least {MIN_SIDE} × {MIN_SIDE} (--resolution {MIN_SIDE} or more)")
+                         f"d3codec's networks need at least {MIN_SIDE} × {MIN_SIDE} (a `resolution` of {MIN_SIDE} or more)")
     if (ipc is None) == (budget is None):
-        raise ValueError("give exactly one of --ipc N (N float32 images per class) or --budget BYTES")
+        raise ValueError("give exactly one of `ipc` (float32 images per class) and `budget` (bytes)")
     if budget is not None:
         if type(budget) is not int or budget <= 0:
-            raise ValueError(f"--budget must be a positive whole number of bytes, not {budget!r}")
+            raise ValueError(f"`budget` must be a positive whole number of bytes, not {budget!r}")
         bytes_ = budget
     else:
         if not isinstance(ipc, (int, float)) or isinstance(ipc, bool) or not math.isfinite(ipc) or ipc <= 0:
-            raise ValueError(f"--ipc must be a finite positive number, not {ipc!r}")
+            raise ValueError(f"`ipc` must be a finite positive number, not {ipc!r}")
         if ipc > MAX_BUDGET_BYTES:  # before multiplying, so that no product overflows
-            raise ValueError(f"--ipc {ipc:g} is over the largest budget d3codec writes ({MAX_BUDGET_BYTES} bytes)")
+            raise ValueError(f"`ipc` {ipc:g} is over the largest budget d3codec writes ({MAX_BUDGET_BYTES} bytes)")
         bytes_ = ipc_budget(ipc, spec.num_classes, spec.image_shape)
         if bytes_ < 1:
-            raise ValueError(f"--ipc {ipc:g} gives a budget of {bytes_} bytes; use a larger --ipc")
+            raise ValueError(f"`ipc` {ipc:g} gives a budget of {bytes_} bytes; use a larger `ipc`")
     if bytes_ > MAX_BUDGET_BYTES:
         raise ValueError(f"a budget of {bytes_} bytes is over the largest d3codec writes, {MAX_BUDGET_BYTES} bytes "
                          "(2 GiB: larger sections are refused by readers' default limits)")
     return bytes_
 
 
-def plan_archive(encoder: Encoder, spec: DatasetSpec, budget: int, meta: dict, real: RealData | None = None):
+def plan_archive(encoder: Encoder[PlanT], spec: DatasetSpec, budget: int, meta: dict[str, Any],
+                 real: RealData | None = None) -> PlanT:
     """The encoder's plan for ``budget`` bytes; raises D3BudgetError before any distillation.
 
     The budget is written into the metadata, so a smaller budget has a shorter metadata section:
     the smallest workable budget an error reports is checked by planning at it (and raised, if
     need be, until it is a fixed point), so that it really works.
     """
-    def plan_at(b: int):
+    def plan_at(b: int) -> PlanT:
         at = {**meta, "budget": {**meta["budget"], "bytes": b}}
 
-        def meta_for(method_meta: dict) -> dict:
+        def meta_for(method_meta: dict[str, Any]) -> dict[str, Any]:
             return {**at, "params": method_meta, "accounting": {"budget_bytes": b, "bound_bytes": b}}
         return encoder.plan(spec, b, meta_for, real)
 
@@ -164,12 +165,7 @@ def compress(dataset: str | RealData, output: str | os.PathLike, *, ipc: float |
     """
     keep_freed_memory()  # freed activation buffers are reused, not unmapped every iteration (d3codec.util.runtime)
     output = Path(output)
-    if not output.parent.exists() or not os.access(output.parent, os.W_OK):
-        raise PermissionError(f"cannot write to the folder {output.parent.resolve()}: create it or choose another -o")
-    if type(seed) is not int or not 0 <= seed <= MAX_SEED:
-        raise ValueError(f"--seed must be an integer from 0 to {MAX_SEED}, not {seed!r}")
-    if encoder is not None and (options or preset != "fast"):
-        raise ValueError("give either encoder= or preset= and options= (an encoder is built with its own)")
+    check_arguments(output, seed, encoder is not None and (bool(options) or preset != "fast"))
     method = current_name(method)
     real = dataset if isinstance(dataset, RealData) else load_dataset(dataset)
     device = resolve_device(device)
@@ -183,7 +179,27 @@ def compress(dataset: str | RealData, output: str | os.PathLike, *, ipc: float |
     meta = base_meta(spec, encoder.method, budget, ipc, seed, utc_now())
     plan = plan_archive(encoder, spec, budget, meta, real)
     release_freed_memory()  # planning built whole archives of zeros to count their bytes
+    written = distill_and_write(encoder, real, plan, output, meta, budget, device=device, seed=seed, progress=progress)
+    return CompressResult(output, output.stat().st_size, budget, plan, written.stats if written else {},
+                          written.method_meta if written else {})
 
+
+def check_arguments(output: Path, seed: int, encoder_and_options: bool) -> None:
+    """Refuse, before any work, an ``output`` whose folder cannot be written, a ``seed`` out of range, or an encoder
+    given with a preset or options. Raises: PermissionError, ValueError."""
+    if not output.parent.exists() or not os.access(output.parent, os.W_OK):
+        raise PermissionError(f"cannot write to the folder {output.parent.resolve()}: create it or choose another "
+                              "`output`")
+    if type(seed) is not int or not 0 <= seed <= MAX_SEED:
+        raise ValueError(f"`seed` must be an integer from 0 to {MAX_SEED}, not {seed!r}")
+    if encoder_and_options:
+        raise ValueError("give either encoder= or preset= and options= (an encoder is built with its own)")
+
+
+def distill_and_write(encoder: Encoder[PlanT], real: RealData, plan: PlanT, output: Path, meta: dict[str, Any],
+                      budget: int, *, device: torch.device, seed: int, progress: bool) -> Encoded | None:
+    """Distil ``plan`` (across the ranks of a process group where there are several: rank 0 merges and writes)
+    and write the archive. Returns what was written (None on the ranks that did not write)."""
     if world_size() > 1:
         encoded = written = distill_federated(encoder, real, plan, output, meta, device=device, seed=seed,
                                               progress=progress)
@@ -192,21 +208,20 @@ def compress(dataset: str | RealData, output: str | os.PathLike, *, ipc: float |
             if encoded.cleanup is not None:
                 encoded.cleanup()
         barrier()
-    else:
-        encoded = encoder.distill(real, plan, device=device, seed=seed, progress=progress)
-        try:
-            written = write_encoded(output, meta, encoded, budget, plan.max_bytes, progress)
-        except OSError as error:  # e.g. a full disk: say where the work is kept
-            kept = encoder.kept_state
-            if kept is None or not Path(kept).exists():
-                raise
-            raise OSError(error.errno, f"writing {output} failed ({error.strerror or error}); the distilled state is "
-                          f"kept in {kept}: free the space and run the same command again to write the archive "
-                          "without distilling anew") from error
-        if encoded.cleanup is not None:
-            encoded.cleanup()
-    return CompressResult(output, output.stat().st_size, budget, plan, written.stats if written else {},
-                          written.method_meta if written else {})
+        return written
+    encoded = encoder.distill(real, plan, device=device, seed=seed, progress=progress)
+    try:
+        written = write_encoded(output, meta, encoded, budget, plan.max_bytes, progress)
+    except OSError as error:  # e.g. a full disk: say where the work is kept
+        kept = encoder.kept_state
+        if kept is None or not Path(kept).exists():
+            raise
+        raise OSError(error.errno, f"writing {output} failed ({error.strerror or error}); the distilled state is "
+                      f"kept in {kept}: free the space and run the same command again to write the archive "
+                      "without distilling anew") from error
+    if encoded.cleanup is not None:
+        encoded.cleanup()
+    return written
 
 
 def write_encoded(output: Path, meta: dict, encoded: Encoded, budget: int, bound: int,

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+import torch
+
 from d3codec.data import sources
 from d3codec.data.real import RealData
 from d3codec.encode.defaults import default_choice, with_user_options
@@ -85,7 +87,7 @@ class Prepared:
     request: CompressRequest
     real: RealData
     encoder: Encoder
-    device: object
+    device: torch.device
     resumed_from: list[Path]
     chosen: str | None
 
@@ -125,14 +127,15 @@ def prepare(request: CompressRequest) -> Prepared:
     real = sources.load_dataset(request.dataset, request.data_root, request.resolution)  # looked up now (patchable)
     method = get_method(request.method)
     options, chosen = dict(request.options), None
-    budget = request.budget or ipc_budget(request.ipc, real.num_classes, real.image_shape)
+    budget = request.budget if request.budget is not None else ipc_budget(request.ipc or 0.0, real.num_classes,
+                                                                           real.image_shape)
     if request.defaulted:
         choice = default_choice(real.num_classes, ipc_equivalent(budget, real.num_classes, real.image_shape),
                                 request.preset)
         if choice.method == method.name:  # a folder counted otherwise before loading: the method parsed stands
             options, chosen = with_user_options(choice, options), choice.reason
     context = BuildContext(Path(request.output), Path(request.checkpoint) if request.checkpoint else None, device,
-                           tuple(real.image_shape), real.num_classes)
+                           real.image_shape, real.num_classes)
     encoder = labelled(method.make_encoder(request.preset, options, context), request.labeller, context, budget)
     return Prepared(request, real, encoder, device, checkpoint_policy(encoder, request), chosen)
 

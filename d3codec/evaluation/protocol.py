@@ -12,7 +12,9 @@ import math
 import os
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Literal, get_args
+
+import torch
 
 from d3codec.data import sources
 from d3codec.data.real import RealData
@@ -22,7 +24,9 @@ from d3codec.evaluation.ranking import FULL_DATA_ACCURACY, Ranking
 from d3codec.evaluation.students import (
     COMPILE_MODES,
     JPEG_QUALITY,
+    CompileMode,
     EvalResult,
+    Role,
     StudentConfig,
     random_real_subset,
     replay_students,
@@ -35,9 +39,12 @@ from d3codec.format.text import safe_text
 from d3codec.nn.models import resolve_device
 from d3codec.registry import archive_kind
 
-TRAININGS = ("auto", "replay", "standard", "both")
-LABELS = ("auto", "online", "stored", "hard")
-BASELINES = ("none", "random-real")
+Training = Literal["auto", "replay", "standard", "both"]
+Labels = Literal["auto", "online", "stored", "hard"]
+Baseline = Literal["none", "random-real"]
+TRAININGS: tuple[Training, ...] = get_args(Training)
+LABELS: tuple[Labels, ...] = get_args(Labels)
+BASELINES: tuple[Baseline, ...] = get_args(Baseline)
 RESAMPLE_SEED_STRIDE = 100_003  # student r's fresh draw at epoch e uses sample_seed + STRIDE · (r + 1) + e
 
 
@@ -71,16 +78,16 @@ class EvalProtocol:
     model: str = "convnet3"
     epochs: int = 300
     runs: int = 3
-    baseline: str = "none"
-    training: str = "auto"
+    baseline: Baseline = "none"
+    training: Training = "auto"
     samples_per_class: int | None = None
     sample_seed: int = 0
     resample_every_epoch: bool = False
-    labels: str = "auto"
+    labels: Labels = "auto"
     seed: int = 0
     jpeg_quality: int = JPEG_QUALITY
     ranking: bool = False
-    compile: str = "auto"
+    compile: CompileMode = "auto"
 
     def __post_init__(self):
         if self.training not in TRAININGS or self.baseline not in BASELINES or self.labels not in LABELS:
@@ -149,47 +156,65 @@ def evaluate(archive: str | os.PathLike, protocol: EvalProtocol | None = None, *
     dev = resolve_device(device)
     ds = D3Dataset(archive, samples_per_class=protocol.samples_per_class, seed=protocol.sample_seed, device=dev,
                    limits=limits)
+    real = real_data_of(ds, dataset, data_root)
+    training = training_of(ds, protocol)
+    with D3Reader(archive) as reader:
+        kind = archive_kind(ds.meta["method"])
+        section = kind.labeller_section if kind is not None else None
+        labeller_bytes = stored_bytes(reader) or (stored_bytes(reader, section) if section else 0)
+    run = _Runner(protocol, real, test_split(real), dev, log, progress, labeller_bytes)
+    file_bytes = Path(archive).stat().st_size
+    rows = []
+    if training in ("replay", "both"):
+        rows.append(run.replayed(ds, file_bytes))
+    if training in ("standard", "both"):
+        rows.append(run.standard(ds, file_bytes))
+    if protocol.baseline == "random-real":
+        rows += run.random_real(ds, file_bytes)
+    ranking = None
+    if protocol.ranking:
+        rows += run.ranking_rows(ds, file_bytes, rows)
+        ranking = run.ranking(ds, rows)
+    return Evaluation(str(archive), real.name, str(dev), protocol, rows, ranking)
+
+
+def real_data_of(ds: D3Dataset, dataset: str | RealData | None, data_root: str | os.PathLike | None) -> RealData:
+    """The real dataset an archive is evaluated on: ``dataset`` (loaded at the archive's resolution), or the
+    archive's own dataset name, a label resolved only among registered names or under ``data_root``.
+    Raises: ValueError where its classes or image shape are not the archive's."""
     resolution = ds.image_shape[1]  # folder datasets are read at the archive's size
     if isinstance(dataset, RealData):
         real = dataset
     elif dataset is not None:
         real = sources.load_dataset(dataset, data_root, resolution)
-    else:  # the archive's dataset name is a label, resolved only among registered names or under data_root
+    else:
         real = sources.archive_dataset(ds.meta["dataset"]["name"], data_root, resolution)
     if real.classes != ds.classes:
-        raise ValueError(f"the archive's classes do not match {safe_text(real.name, 120)}'s; pass --dataset")
+        raise ValueError(f"the archive's classes do not match {safe_text(real.name, 120)}'s; pass the `dataset` it "
+                         "was made from")
     if tuple(real.image_shape) != ds.image_shape:
         raise ValueError(f"the archive's image shape {ds.image_shape} is not {safe_text(real.name, 120)}'s "
-                         f"{tuple(real.image_shape)}; pass the --dataset it was made from")
+                         f"{tuple(real.image_shape)}; pass the `dataset` it was made from")
+    return real
+
+
+def training_of(ds: D3Dataset, protocol: EvalProtocol) -> Training:
+    """How the archive's students train under ``protocol`` (``auto`` resolved: replay where it has a schedule).
+    Raises: ValueError for a protocol the archive cannot follow, naming the protocol's field to change."""
     training = protocol.training
     if training == "auto":
         training = "replay" if ds.schedule is not None else "standard"
     if training in ("replay", "both") and ds.schedule is None:
         raise ValueError("this archive carries no training schedule (only archives of method bptt do); "
-                         "use --training standard")
+                         "use `training` standard")
     if protocol.labels == "online" and ds.labeller is None:
-        raise ValueError("this archive stores no labeller: use --labels stored or hard")
+        raise ValueError("this archive stores no labeller: use `labels` stored or hard")
     if protocol.resample_every_epoch and not ds.sampled:
-        raise ValueError(f"--resample-every-epoch needs a sampled archive (d3, d2m), not {ds.meta['method']}")
+        raise ValueError(f"`resample_every_epoch` needs a sampled archive (d3, d2m), not {ds.meta['method']}")
     if protocol.ranking and training == "replay":
-        raise ValueError("DD-Ranking's metrics compare students trained the standard way: use --training standard "
-                         "or both")
-    with D3Reader(archive) as reader:
-        kind = archive_kind(ds.meta["method"])
-        labeller_bytes = stored_bytes(reader) or (stored_bytes(reader, kind.labeller_section)
-                                                  if kind.labeller_section else 0)
-    run = _Runner(protocol, real, test_split(real), dev, log, progress, labeller_bytes)
-    result = Evaluation(str(archive), real.name, str(dev), protocol)
-    file_bytes = Path(archive).stat().st_size
-    if training in ("replay", "both"):
-        result.rows.append(run.replayed(ds, file_bytes))
-    if training in ("standard", "both"):
-        result.rows.append(run.standard(ds, file_bytes))
-    if protocol.baseline == "random-real":
-        result.rows += run.random_real(ds, file_bytes)
-    if protocol.ranking:
-        result.ranking = run.ranking(ds, file_bytes, result.rows)
-    return result
+        raise ValueError("DD-Ranking's metrics compare students trained the standard way: use `training` "
+                         "standard or both")
+    return training
 
 
 # A lazy archive's draw is trained on a batch at a time, decoded as it comes, once holding it whole would take
@@ -219,23 +244,24 @@ class _Runner:
 
     protocol: EvalProtocol
     real: RealData
-    test: tuple
-    device: object
+    test: tuple[torch.Tensor, torch.Tensor]
+    device: torch.device
     log: Callable[[str], None] | None
     progress: bool
     labeller_bytes: int = 0  # the archive's labeller's bytes in its file
-    by_role: dict = field(default_factory=dict)  # "archive", "archive-hard", "real-png", "real-png-labeller" → row
 
-    def rows(self, name, images, targets, runs, file_bytes, **kw) -> EvalResult:
+    def rows(self, name, images, targets, runs, file_bytes, role: Role | None = None, **kw) -> EvalResult:
         p = self.protocol
         config = StudentConfig(model=p.model, epochs=p.epochs, compile=p.compile)
         row = train_students(name, images, targets, self.real, runs, config, p.seed, self.device, self.test, self.log,
                              **kw)
-        row.file_bytes = file_bytes
+        row.file_bytes, row.role = file_bytes, role
         return row
 
     def replayed(self, ds: D3Dataset, file_bytes: int) -> EvalResult:
         sched = ds.schedule
+        if sched is None:
+            raise ValueError("this archive carries no training schedule to replay")
         fixed = sched.init == "fixed"  # from the stored θ₀ every run is the same computation: run it once
         note = "stored θ₀: one run, as every run is the same" if fixed else "a fresh θ₀ per run"
         row = replay_students(f"archive ({ds.meta['method']}, replayed {sched.network} schedule of {sched.steps}×"
@@ -250,20 +276,18 @@ class _Runner:
         named = {"online": ", labelled online by its labeller", "hard": ", hard labels"}.get(labels, "")
         per_class = len(ds) // len(ds.classes)
         if streamed(ds, p, labels):  # decoded a batch at a time: the whole draw would not be held
-            row = self.rows(f"archive ({ds.meta['method']}{named})", ds, ds.labeller if labels == "online" else None,
-                            p.runs, file_bytes, progress=self.progress)
-            self.by_role["archive" if labels == "online" or ds.has_soft_labels else "archive-hard"] = row
-            return row
+            role: Role = "archive" if labels == "online" or ds.has_soft_labels else "archive-hard"
+            return self.rows(f"archive ({ds.meta['method']}{named})", ds, ds.labeller if labels == "online" else None,
+                             p.runs, file_bytes, role, progress=self.progress)
         targets = {"online": ds.labeller, "hard": ds.labels}.get(labels, ds.soft_labels)
         targets = targets if targets is not None else ds.labels
 
         def fresh_draw(run: int, epoch: int):  # student ``run``'s samples for ``epoch`` (--resample-every-epoch)
             images, labels, soft = ds.draw(per_class, seed=p.sample_seed + RESAMPLE_SEED_STRIDE * (run + 1) + epoch)
             return images, (soft if soft is not None and ds.soft_labels is not None else labels)
-        row = self.rows(f"archive ({ds.meta['method']}{named})", ds.images, targets, p.runs, file_bytes,
-                        resample=fresh_draw if p.resample_every_epoch else None, progress=self.progress)
-        self.by_role["archive-hard" if labels == "hard" or targets is ds.labels else "archive"] = row
-        return row
+        return self.rows(f"archive ({ds.meta['method']}{named})", ds.images, targets, p.runs, file_bytes,
+                         "archive-hard" if labels == "hard" or targets is ds.labels else "archive",
+                         resample=fresh_draw if p.resample_every_epoch else None, progress=self.progress)
 
     def real_files(self, budget: int, storage: str, labeller=None) -> EvalResult:
         """Random real PNG or JPEG images in ``budget`` bytes (less the labeller's, where given: the fair
@@ -272,14 +296,11 @@ class _Runner:
         cost = self.labeller_bytes if labeller is not None else 0
         x, y, used = random_real_subset(self.real, budget - cost, storage, p.seed, p.jpeg_quality)
         stored = "PNG" if storage == "png" else f"JPEG q{p.jpeg_quality}"
+        png: Role | None = None if storage != "png" else "real-png-labeller" if labeller is not None else "real-png"
         if labeller is None:
-            row = self.rows(f"random real ({stored})", x, y, p.runs, used, progress=self.progress)
-        else:
-            row = self.rows(f"random real ({stored}, {cost} B fewer) labelled online by the archive's labeller", x,
-                            labeller, p.runs, used + cost, progress=self.progress)
-        if storage == "png":
-            self.by_role["real-png-labeller" if labeller is not None else "real-png"] = row
-        return row
+            return self.rows(f"random real ({stored})", x, y, p.runs, used, png, progress=self.progress)
+        return self.rows(f"random real ({stored}, {cost} B fewer) labelled online by the archive's labeller", x,
+                         labeller, p.runs, used + cost, png, progress=self.progress)
 
     def random_real(self, ds: D3Dataset, file_bytes: int) -> list[EvalResult]:
         p, out = self.protocol, []
@@ -297,21 +318,27 @@ class _Runner:
             out += [self.real_files(budget, storage, ds.labeller) for storage in ("png", "jpeg")]
         return out
 
-    def ranking(self, ds: D3Dataset, file_bytes: int, rows: list[EvalResult]) -> Ranking:
-        """DD-Ranking's metrics (d3codec.evaluation.ranking), training the rows they need that ``rows`` lack."""
+    def ranking_rows(self, ds: D3Dataset, file_bytes: int, rows: list[EvalResult]) -> list[EvalResult]:
+        """The rows DD-Ranking's metrics need (d3codec.evaluation.ranking) that ``rows`` lack, trained now: the
+        archive with hard labels, and random real PNG images with the archive's labels."""
+        roles, more = {r.role for r in rows}, []
+        if "archive-hard" not in roles:
+            more.append(self.standard(ds, file_bytes, "hard"))
+        online = archive_labels(self.protocol, ds) == "online"
+        if ("real-png-labeller" if online else "real-png") not in roles:
+            more.append(self.real_files(_budget(ds, file_bytes), "png", ds.labeller if online else None))
+        return more
+
+    def ranking(self, ds: D3Dataset, rows: list[EvalResult]) -> Ranking:
+        """DD-Ranking's metrics from ``rows``, which hold every row :meth:`ranking_rows` names."""
         labels = archive_labels(self.protocol, ds)
-        if "archive-hard" not in self.by_role:
-            rows.append(self.standard(ds, file_bytes, "hard"))
-        labelled = self.by_role.get("archive", self.by_role["archive-hard"])
-        online = labels == "online"
-        role = "real-png-labeller" if online else "real-png"
-        if role not in self.by_role:
-            rows.append(self.real_files(_budget(ds, file_bytes), "png", ds.labeller if online else None))
+        by_role = {r.role: r for r in rows if r.role is not None}
+        labelled = by_role.get("archive", by_role["archive-hard"])
+        real = by_role["real-png-labeller" if labels == "online" else "real-png"]
         full = FULL_DATA_ACCURACY.get((self.real.name, self.protocol.model))
         same = {"online": "labelled online by the archive's labeller", "hard": "hard labels"}.get(
             labels, "hard labels (stored soft labels belong to the archive's own images)")
-        return Ranking(full[0] if full else None, self.by_role["archive-hard"].mean, labelled.mean,
-                       self.by_role[role].mean, same)
+        return Ranking(full[0] if full else None, by_role["archive-hard"].mean, labelled.mean, real.mean, same)
 
 
 def _budget(ds: D3Dataset, file_bytes: int) -> int:

@@ -69,8 +69,9 @@ class Ranking:
                 "labels": self.labels, "hlr": self.hlr, "ior": self.ior, "lrs": self.lrs}
 
     def summary(self) -> str:
-        hlr = "not measured (no full-data accuracy for this dataset and model)" if self.hlr is None else \
-            f"{100 * self.hlr:.2f} points ({100 * self.full_data:.2f} % full data − {100 * self.hard:.2f} % hard)"
+        hlr = "not measured (no full-data accuracy for this dataset and model)"
+        if self.hlr is not None and self.full_data is not None:
+            hlr = f"{100 * self.hlr:.2f} points ({100 * self.full_data:.2f} % full data − {100 * self.hard:.2f} % hard)"
         lrs = "" if self.lrs is None else f"; LRS {100 * self.lrs:.2f}"
         return (f"DD-Ranking: HLR {hlr}; IOR {100 * self.ior:+.2f} points ({100 * self.labelled:.2f} % − "
                 f"{100 * self.random:.2f} % random real, {self.labels}){lrs}")

@@ -18,11 +18,12 @@ import os
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Callable
+from typing import Callable, Literal, get_args
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.optim.lr_scheduler import MultiStepLR
 
 from d3codec.data.real import Normalisation, RealData
 from d3codec.encode.checkpoint import weights_digest
@@ -32,6 +33,9 @@ from d3codec.nn.augment import DSA
 from d3codec.nn.models import build_model, compiled, worth_compiling
 from d3codec.util.progress import progress_bar
 from d3codec.util.runtime import keep_freed_memory
+
+CompileMode = Literal["auto", "on", "off"]
+COMPILE_MODES: tuple[CompileMode, ...] = get_args(CompileMode)
 
 
 @dataclass(frozen=True)
@@ -45,25 +49,29 @@ class StudentConfig:
     weight_decay: float = 5e-4
     batch_size: int = 256
     dsa: bool = True
-    compile: str = "auto"  # torch.compile the student: on, off, or auto (long runs: d3codec.nn.models.worth_compiling)
+    compile: CompileMode = "auto"  # torch.compile the student: on, off, or auto (long runs: nn.models.worth_compiling)
 
     def __post_init__(self):
         if self.compile not in COMPILE_MODES:
             raise ValueError(f"compile must be one of {', '.join(COMPILE_MODES)}, not {self.compile!r}")
 
 
-COMPILE_MODES = ("auto", "on", "off")
+# what a row of an evaluation trains on (d3codec.evaluation.protocol): the archive with its own or hard labels,
+# random real PNG images with hard labels or labelled by the archive's labeller; None for the other rows
+Role = Literal["archive", "archive-hard", "real-png", "real-png-labeller"]
 
 
 @dataclass
 class EvalResult:
-    """Final-epoch test accuracies (fractions) of each run and the training seconds of each."""
+    """Final-epoch test accuracies (fractions) of each run and the training seconds of each; ``role``: what the
+    row is to DD-Ranking's metrics (d3codec.evaluation.ranking), where it is one of their rows."""
 
     name: str
     images: int
     accuracies: list[float] = field(default_factory=list)
     seconds: list[float] = field(default_factory=list)
     file_bytes: int | None = None
+    role: Role | None = None
 
     @property
     def mean(self) -> float:
@@ -80,66 +88,61 @@ class EvalResult:
                 "training per student)")
 
 
-def train_student(images, targets: torch.Tensor | torch.nn.Module | None, num_classes: int, mean, std,
-                  test: tuple[torch.Tensor, torch.Tensor], config: StudentConfig = StudentConfig(), seed: int = 0,
-                  device: torch.device = torch.device("cpu"),
+# what a student learns from: hard labels (N,) int64, soft labels (N, K) float32, a labeller (a module mapping
+# pixel-space images (B, C, H, W) to (B, K) probabilities, asked afresh each batch), or None (a lazy dataset's own)
+Targets = torch.Tensor | torch.nn.Module | None
+
+
+def train_student(images, targets: Targets, num_classes: int, mean, std, test: tuple[torch.Tensor, torch.Tensor],
+                  config: StudentConfig = StudentConfig(), *, seed: int = 0, device: torch.device = torch.device("cpu"),
                   resample: Callable[[int], tuple[torch.Tensor, torch.Tensor]] | None = None,
                   progress: str | None = None, checkpoint: str | os.PathLike | None = None) -> tuple[float, float]:
     """Train one fresh student and test it.
 
     Args:
-        images: (N, C, H, W) float32 pixel space; targets: (N,) int64, (N, K) float32 soft labels, or a
-            labeller (a torch.nn.Module, e.g. D3Dataset.labeller: pixel-space images (B, C, H, W) →
-            (B, K) probabilities), which then labels every augmented batch afresh (online soft labels).
-            Or ``images`` a dataset with ``batch(index)`` (a lazy d3codec.D3Dataset), decoded a batch at a time
-            so that memory does not grow with the draw; ``targets`` then None (the dataset's own: its soft
-            labels where it has them, else its classes) or a labeller; no ``resample`` nor ``checkpoint``.
+        images: (N, C, H, W) float32 pixel space, or a dataset with ``batch(index)`` (a lazy d3codec.D3Dataset)
+            decoded a batch at a time, with no ``resample`` nor ``checkpoint``.
+        targets: see :data:`Targets`; a labeller labels every augmented batch afresh (online soft labels).
         test: the test split, images (M, C, H, W) float32 pixel space and labels (M,) int64.
         resample: for sampled archives, ``resample(epoch)`` → fresh (images, targets) of the same
             kinds for every epoch after the first (DiM's per-epoch re-sampling, Wang et al. 2023);
             the time it takes counts as training time. A pure function of the epoch where resumed.
         progress: where given, a name under which the epochs show their progress (d3codec.util.progress).
-        checkpoint: where given, a file that holds the student's state (weights, momentum, random states,
-            epochs and seconds so far) every minute (d3codec.encode.checkpoint): a student killed on the way goes on
-            from there when called again with the same arguments, and ends as an uninterrupted one would. The
-            file is removed once the student is tested.
+        checkpoint: where given, the student's state every minute (d3codec.encode.loop): a student killed on the way
+            goes on from there when called again alike, and ends as an uninterrupted one would; removed at the end.
     Returns: (final-epoch test accuracy in [0, 1], training seconds, those before a resume included).
     Raises: D3Error when ``checkpoint`` holds another student's state.
     """
     keep_freed_memory()  # see d3codec.util.runtime
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
-    normalise = Normalisation(mean, std, device)
-    online = isinstance(targets, torch.nn.Module)
-    data = StudentBatches(images, normalise, device, online)
+    labeller = targets.to(device) if isinstance(targets, torch.nn.Module) else None
+    held = targets if isinstance(targets, torch.Tensor) else None  # the targets held with the images
+    online = labeller is not None
+    data = StudentBatches(images, Normalisation(mean, std, device), device, online)
     if data.streamed and (resample is not None or checkpoint is not None):
         raise ValueError("a dataset decoded batch by batch draws anew with set_epoch, and has no checkpoint")
-    if online:
-        targets = targets.to(device)
-    soft = online or (images.has_soft_labels if data.streamed else targets.dim() == 2)
-    c, h = data.image_shape[:2]
-    net = build_model(config.model, c, num_classes, h).to(device)
-    forward = compiled(net, config.compile == "on" or (config.compile == "auto"
-                                                        and worth_compiling(config.epochs * len(images))))
-    opt = torch.optim.SGD(net.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
-    sched = torch.optim.lr_scheduler.MultiStepLR(opt, [config.epochs // 2], 0.1)
-    dsa = DSA() if config.dsa else None
+    if not (data.streamed or online or held is not None):
+        raise ValueError("images held whole need their targets: labels, soft labels or a labeller")
+    soft = online or (images.has_soft_labels if data.streamed else held is not None and held.dim() == 2)
+    net, forward, opt, sched = _student(config, data.image_shape, num_classes, len(images), device)
     run = student_run(images, targets, config, seed, num_classes, mean, std, resample is not None) if checkpoint else ()
     loop = ResumableLoop(checkpoint, "student", run, config.epochs, STUDENT_CHECKPOINT_SECONDS)
     loop.resume(LoopState(gen, optimisers={"sgd": opt}, modules={"net": net}), device)
     sched.last_epoch = loop.first  # the learning rate itself came back with the optimiser's groups
     net.train()
+    dsa = DSA() if config.dsa else None
 
     def epoch_of(epoch: int) -> float:
-        nonlocal images, targets
+        nonlocal images, held
         if not data.streamed and (epoch == loop.first or resample is not None):
             if epoch > 0 and resample is not None:
                 images, fresh = resample(epoch)
                 if not online and (fresh.dim() == 2) != soft:
                     raise ValueError("resample must give the same kind of targets (hard or soft) every epoch")
-                targets = targets if online else fresh
-            data.hold(images, None if online else targets)
-        one_epoch(forward, data, targets if online else None, soft, dsa, opt, gen, config.batch_size)
+                held = held if online else fresh
+            data.hold(images, held)
+        one_epoch(forward, data, labeller, soft, dsa, opt, gen, config.batch_size)
         sched.step()
         return float("nan")  # the loss is not read: no synchronisation a batch
 
@@ -147,10 +150,21 @@ def train_student(images, targets: torch.Tensor | torch.nn.Module | None, num_cl
                                     enabled=progress is not None, unit="epoch", initial=loop.first,
                                     total=config.epochs))
     synchronize(device)
-    seconds = loop.seconds
     accuracy = test_accuracy(net, *test, mean, std, device)
     loop.remove()
-    return accuracy, seconds
+    return accuracy, loop.seconds
+
+
+def _student(config: StudentConfig, image_shape: tuple[int, ...], num_classes: int, images: int,
+             device: torch.device) -> tuple[torch.nn.Module, Callable, torch.optim.Optimizer, MultiStepLR]:
+    """A fresh student network for ``config`` (from the global seed), its forward (compiled where worth it), its
+    SGD optimiser and its step schedule (lr × 0.1 at half the epochs)."""
+    c, h = image_shape[:2]
+    net = build_model(config.model, c, num_classes, h).to(device)
+    forward = compiled(net, config.compile == "on" or (config.compile == "auto"
+                                                        and worth_compiling(config.epochs * images)))
+    opt = torch.optim.SGD(net.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+    return net, forward, opt, MultiStepLR(opt, [config.epochs // 2], 0.1)
 
 
 def one_epoch(forward: Callable[[torch.Tensor], torch.Tensor], data: "StudentBatches",
@@ -166,6 +180,7 @@ def one_epoch(forward: Callable[[torch.Tensor], torch.Tensor], data: "StudentBat
         if dsa is not None:
             x = dsa.apply(x, dsa.sample(gen, n=len(x)))
         y = labeller(data.normalise.inverse(x)) if labeller is not None else held
+        assert y is not None, "targets are held wherever no labeller labels the batches"
         logits = forward(x)
         loss = -(y * F.log_softmax(logits, 1)).sum(1).mean() if soft else F.cross_entropy(logits, y)
         opt.zero_grad(set_to_none=True)
@@ -181,7 +196,8 @@ class StudentBatches:
         self.streamed = not torch.is_tensor(images)
         self.images, self.normalise, self.device, self.online = images, normalise, device, online
         self.image_shape = tuple(images.image_shape if self.streamed else images.shape[1:])
-        self.x_all = self.y_all = None
+        self.x_all: torch.Tensor | None = None  # (N, C, H, W) normalised, on the device
+        self.y_all: torch.Tensor | None = None
 
     def hold(self, images: torch.Tensor, targets: torch.Tensor | None) -> None:
         """Tensors to train on from now on: images (N, C, H, W) pixel space, targets (N,) or (N, K) or None."""
@@ -189,7 +205,14 @@ class StudentBatches:
         self.y_all = targets.to(self.device) if targets is not None else None
 
     def __len__(self) -> int:
-        return len(self.images) if self.streamed else len(self.x_all)
+        return len(self.images) if self.streamed else len(self.held_images)
+
+    @property
+    def held_images(self) -> torch.Tensor:
+        """The images held whole (:meth:`hold`). Raises: RuntimeError before any were held."""
+        if self.x_all is None:
+            raise RuntimeError("StudentBatches.hold gives the images to train on before the first batch")
+        return self.x_all
 
     def batch(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Images ``index`` (B,) normalised on the device, and their targets (None where labelled online)."""
@@ -198,7 +221,7 @@ class StudentBatches:
             held = None if self.online else (soft if soft is not None else hard).to(self.device)
             return self.normalise(images.to(self.device)), held
         index = index.to(self.device)
-        return self.x_all[index], (self.y_all[index] if self.y_all is not None else None)
+        return self.held_images[index], (self.y_all[index] if self.y_all is not None else None)
 
 
 def student_run(images: torch.Tensor, targets, config: StudentConfig, seed: int, num_classes: int, mean, std,
@@ -246,7 +269,8 @@ def train_students(name: str, images: torch.Tensor, targets: torch.Tensor, real:
     for r in range(runs):
         fresh = (lambda epoch, r=r: resample(r, epoch)) if resample is not None else None
         acc, sec = train_student(images, targets, real.num_classes, real.mean, real.std, (test_x, test_y), config,
-                                 seed + r, device, fresh, f"{name} {r + 1}/{runs}" if progress else None)
+                                 seed=seed + r, device=device, resample=fresh,
+                                 progress=f"{name} {r + 1}/{runs}" if progress else None)
         _record(result, acc, sec, runs, log)
     return result
 
@@ -291,8 +315,8 @@ def image_file(image: torch.Tensor, storage: str, quality: int = JPEG_QUALITY) -
     """
     from PIL import Image
 
-    array = (image.clamp(0, 1) * 255).round().to(torch.uint8)
-    array = array[0].numpy() if array.shape[0] == 1 else array.permute(1, 2, 0).numpy()
+    pixels = (image.clamp(0, 1) * 255).round().to(torch.uint8)
+    array = pixels[0].numpy() if pixels.shape[0] == 1 else pixels.permute(1, 2, 0).numpy()
     buf = io.BytesIO()
     if storage == "png":
         Image.fromarray(array).save(buf, format="PNG", optimize=True)
@@ -332,7 +356,8 @@ def random_real_subset(real: RealData, budget: int, storage: str = "float32", se
         used = per_class * k * c * h * w * 4
         images = torch.cat([real.images_at(idx) for _, idx in chosen])
     elif storage in ("png", "jpeg"):
-        picks, decoded = [[] for _ in range(k)], [[] for _ in range(k)]
+        picks: list[list[int]] = [[] for _ in range(k)]
+        decoded: list[list[torch.Tensor]] = [[] for _ in range(k)]
         used, position, full = 0, 0, False
         while not full:
             for cl in range(k):

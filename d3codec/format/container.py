@@ -1,7 +1,8 @@
 """The ``.d3`` container, version 1: named sections of JSON, safetensors or bytes, each zstd or raw.
 
 This module knows nothing of distillation methods; spec/FORMAT.md is its normative description
-and every constant below is named there. In short::
+and every constant is named there (the header's and table's, and the reader of the table, live in
+d3codec.format.table). In short::
 
     offset 0   magic            8 bytes   89 44 33 41 0D 0A 1A 0A  ("\\x89D3A\\r\\n\\x1a\\n")
     offset 8   major, minor     u8, u8    (1, 1); a reader takes any 1.x
@@ -26,12 +27,9 @@ from __future__ import annotations
 
 import json
 import os
-import re
-import struct
 import tempfile
 import zlib
 from dataclasses import dataclass
-from enum import IntEnum
 from pathlib import Path
 from typing import Any, BinaryIO, Iterable
 
@@ -40,39 +38,25 @@ import torch
 import zstandard
 
 from d3codec.errors import D3FormatError, D3LimitError
+from d3codec.format.table import (
+    CRC,
+    DEFAULT_MAX_SECTION_BYTES,
+    ENTRY_FIELDS,
+    FIXED_HEADER,
+    FLAG_CRITICAL,
+    MAGIC,
+    MAX_NAME_BYTES,
+    MAX_SECTIONS,
+    NAME_PATTERN,
+    VERSION_MAJOR,
+    VERSION_MINOR,
+    Codec,
+    Content,
+    SectionInfo,
+    read_table,
+)
 
-MAGIC = b"\x89D3A\r\n\x1a\n"
-VERSION_MAJOR = 1
-VERSION_MINOR = 1  # what writers write; 1.0 archives are read as before (spec/FORMAT.md §6)
-
-FIXED_HEADER = struct.Struct("<8sBBHI")  # magic, major, minor, section count, table length
-ENTRY_FIELDS = struct.Struct("<BBBIII")  # flags, codec, content, stored, raw, crc32
-CRC = struct.Struct("<I")
-
-MAX_SECTIONS = 256
-MAX_NAME_BYTES = 64
-MAX_TABLE_BYTES = MAX_SECTIONS * (1 + MAX_NAME_BYTES + ENTRY_FIELDS.size)  # 256 · 80 = 20 480
-MAX_JSON_BYTES = 16 << 20
-DEFAULT_MAX_SECTION_BYTES = 1 << 31  # a reader refuses larger declared raw sizes (2 GiB)
-NAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9_.\-]*")
-
-FLAG_CRITICAL = 0x01
 ZSTD_LEVEL = 19
-
-
-class Codec(IntEnum):
-    """How a section's bytes are stored."""
-
-    NONE = 0
-    ZSTD = 1
-
-
-class Content(IntEnum):
-    """What a section's raw (decoded) bytes are."""
-
-    BYTES = 0
-    JSON = 1
-    SAFETENSORS = 2
 
 
 @dataclass(frozen=True)
@@ -83,7 +67,7 @@ class Section:
     """
 
     name: str
-    payload: bytes
+    payload: "bytes | PlannedBytes"  # PlannedBytes: a plan's placeholder, counted, never written
     content: Content
     critical: bool = True
 
@@ -157,25 +141,6 @@ def archive_size(sections: Iterable[Section]) -> int:
     sections = list(sections)
     table = sum(1 + len(_check_name(s.name)) + ENTRY_FIELDS.size for s in sections)
     return FIXED_HEADER.size + table + CRC.size + sum(len(s.payload) for s in sections)
-
-
-@dataclass(frozen=True)
-class SectionInfo:
-    """One row of an archive's section table, as read. Sizes in bytes; offset from file start."""
-
-    name: str
-    critical: bool
-    codec: int
-    content: int
-    offset: int
-    stored_length: int
-    raw_length: int
-    crc32: int
-
-    @property
-    def understood(self) -> bool:
-        """Whether this reader knows the section's codec and content type."""
-        return self.codec in Codec._value2member_map_ and self.content in Content._value2member_map_
 
 
 def canonical_json(obj: Any) -> bytes:
@@ -347,90 +312,12 @@ class D3Reader:
                 raise D3FormatError(f"{self.path} is a folder, not a .d3 archive") from e
             self.file_size = os.fstat(self._file.fileno()).st_size
         try:
-            self.version, self.sections = self._read_table()
+            where = f"{self.path}" if self.path else "archive"
+            self.version, self.sections = read_table(self._file, self.file_size, where, max_section_bytes)
         except BaseException:
             self.close()
             raise
         self._by_name = {s.name: s for s in self.sections}
-
-    # -- structure ---------------------------------------------------------------------------
-
-    def _read_table(self) -> tuple[tuple[int, int], list[SectionInfo]]:
-        where = f"{self.path}" if self.path else "archive"
-        head = self._file.read(FIXED_HEADER.size)
-        if len(head) < FIXED_HEADER.size:
-            raise D3FormatError(f"{where}: file is {len(head)} bytes, too short for a .d3 header ({FIXED_HEADER.size})")
-        magic, major, minor, count, table_length = FIXED_HEADER.unpack(head)
-        if magic != MAGIC:
-            hint = ""
-            if magic[1:4] == MAGIC[1:4]:
-                hint = " (the signature is damaged: was the file transferred in text mode?)"
-            raise D3FormatError(f"{where}: offset 0: not a .d3 archive, magic is {magic!r}{hint}")
-        if major != VERSION_MAJOR:
-            raise D3FormatError(f"{where}: offset 8: format version {major}.{minor} is not supported; this "
-                                f"d3codec reads version {VERSION_MAJOR}.x: upgrade d3codec")
-        if not 1 <= count <= MAX_SECTIONS:
-            raise D3FormatError(f"{where}: offset 10: section count {count} is outside 1..{MAX_SECTIONS}")
-        if table_length > MAX_TABLE_BYTES:
-            raise D3FormatError(f"{where}: offset 12: table length {table_length} exceeds the limit {MAX_TABLE_BYTES}")
-        table = self._file.read(table_length)
-        crc_bytes = self._file.read(CRC.size)
-        if len(table) < table_length or len(crc_bytes) < CRC.size:
-            raise D3FormatError(f"{where}: file ends inside the section table (file is {self.file_size} bytes, "
-                                f"table declares {table_length})")
-        (crc,) = CRC.unpack(crc_bytes)
-        if zlib.crc32(head + table) != crc:
-            raise D3FormatError(f"{where}: offset {FIXED_HEADER.size + table_length}: header checksum mismatch "
-                                "(the header or section table is corrupt)")
-
-        sections, seen, pos = [], set(), 0
-        offset = FIXED_HEADER.size + table_length + CRC.size
-        for index in range(count):
-            at = FIXED_HEADER.size + pos
-            if pos >= len(table):
-                raise D3FormatError(f"{where}: offset {at}: table ends before section {index} of {count}")
-            name_length = table[pos]
-            end = pos + 1 + name_length + ENTRY_FIELDS.size
-            if not 1 <= name_length <= MAX_NAME_BYTES or end > len(table):
-                raise D3FormatError(f"{where}: offset {at}: section {index} has a bad name length {name_length}")
-            raw_name = table[pos + 1: pos + 1 + name_length]
-            try:
-                name = raw_name.decode("ascii")
-            except UnicodeDecodeError:
-                name = ""
-            if not NAME_PATTERN.fullmatch(name):
-                raise D3FormatError(f"{where}: offset {at + 1}: section {index} has an invalid name {raw_name!r}")
-            if name in seen:
-                raise D3FormatError(f"{where}: offset {at + 1}: section name {name!r} appears twice")
-            seen.add(name)
-            flags, codec, content, stored, raw, crc32 = ENTRY_FIELDS.unpack_from(table, pos + 1 + name_length)
-            info = SectionInfo(name, bool(flags & FLAG_CRITICAL), codec, content, offset, stored, raw, crc32)
-            if info.critical and not info.understood:
-                raise D3FormatError(f"{where}: section {name!r}: unknown codec {codec} or content type {content} in a "
-                                    "critical section: this archive needs a newer d3codec")
-            if info.understood:
-                if raw > self.max_section_bytes:
-                    raise D3LimitError(f"{where}: section {name!r}: declared size {raw} bytes exceeds the reader's "
-                                       f"limit of {self.max_section_bytes} bytes (max_section_bytes); if you trust "
-                                       "this archive, raise it: max_section_bytes=N in Python, --max-section-bytes N "
-                                       "on the command line", "bytes", raw, self.max_section_bytes,
-                                       "--max-section-bytes")
-                if codec == Codec.NONE and stored != raw:
-                    raise D3FormatError(f"{where}: section {name!r}: raw section declares stored length {stored} "
-                                        f"but raw length {raw}")
-                if content == Content.JSON and raw > MAX_JSON_BYTES:
-                    raise D3FormatError(f"{where}: section {name!r}: JSON of {raw} bytes exceeds {MAX_JSON_BYTES}")
-            sections.append(info)
-            offset += stored
-            pos = end
-        if pos != len(table):
-            raise D3FormatError(f"{where}: offset {FIXED_HEADER.size + pos}: {len(table) - pos} unused bytes at the end "
-                                "of the section table")
-        if offset != self.file_size:
-            state = "truncated" if offset > self.file_size else "followed by extra bytes"
-            raise D3FormatError(f"{where}: file is {state}: the table declares {offset} bytes in all, the file holds "
-                                f"{self.file_size}")
-        return (major, minor), sections
 
     # -- sections ----------------------------------------------------------------------------
 
@@ -544,9 +431,11 @@ def _bounded_int(token: str) -> int:
 def _unique_keys(pairs: list[tuple[str, Any]]) -> dict:
     obj = dict(pairs)
     if len(obj) != len(pairs):
-        seen = set()
-        repeated = next(k for k, _ in pairs if k in seen or seen.add(k))
-        raise ValueError(f"the key {repeated[:40]!r} appears twice in one object")
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise ValueError(f"the key {key[:40]!r} appears twice in one object")
+            seen.add(key)
     return obj
 
 

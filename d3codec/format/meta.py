@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime as _dt
 import os
 import platform
-from typing import Any
+from typing import Any, Mapping
 
 import torch
 
@@ -19,7 +19,7 @@ from d3codec.format.accounting import ipc_equivalent
 from d3codec.format.container import D3Reader
 from d3codec.format.limits import DEFAULT_LIMITS
 from d3codec.format.text import safe_text
-from d3codec.registry import archive_kind, archive_kind_names
+from d3codec.registry import ArchiveKind, archive_kind, archive_kind_names
 from d3codec.version import __version__
 
 FORMAT_NAME = "d3"
@@ -131,7 +131,7 @@ def validate_meta(meta: dict[str, Any]) -> dict[str, Any]:
     """
     _require(meta.get("format") == FORMAT_NAME, f"'format' must be {FORMAT_NAME!r}")
     meta_str(meta, "method")
-    ds = meta.get("dataset")
+    ds: Any = meta.get("dataset")  # JSON: its fields' types are checked here
     _require(isinstance(ds, dict), "'dataset' must be an object")
     meta_str(ds, "name", where="dataset.")
     classes = ds.get("classes")
@@ -172,7 +172,7 @@ def read_meta(reader: D3Reader) -> dict[str, Any]:
     return validate_meta(reader.read_json("meta"))
 
 
-def check_sections(reader: D3Reader, known: dict[str, bool]) -> None:
+def check_sections(reader: D3Reader, known: Mapping[str, bool]) -> None:
     """Refuse unknown critical sections, and known ones whose critical flag is not the one ``known``
     (name → critical; COMMON_SECTIONS are known to every archive) defines; unknown ancillary ones are
     skipped silently."""
@@ -188,7 +188,7 @@ def check_sections(reader: D3Reader, known: dict[str, bool]) -> None:
                                 "needs a newer d3codec")
 
 
-def known_kind(meta: dict[str, Any]):
+def known_kind(meta: dict[str, Any]) -> ArchiveKind:
     """The registered archive kind (d3codec.registry.ArchiveKind) of ``meta.method``.
     Raises: D3FormatError naming the kinds this d3codec reads."""
     kind = archive_kind(meta["method"])
@@ -262,7 +262,7 @@ def byte_table(reader: D3Reader, budget: int | None) -> list[dict[str, Any]]:
     None without a budget). The stored bytes add up to the file size exactly.
     """
     header = reader.sections[0].offset if reader.sections else reader.file_size
-    rows = [{"name": "(header + table)", "raw": header, "stored": header, "codec": "-", "critical": True}]
+    rows: list[dict[str, Any]] = [{"name": "(header + table)", "raw": header, "stored": header, "codec": "-", "critical": True}]
     for s in reader.sections:
         rows.append({"name": s.name, "raw": s.raw_length, "stored": s.stored_length,
                      "codec": {0: "raw", 1: "zstd"}.get(s.codec, f"codec {s.codec}"), "critical": s.critical})

@@ -50,8 +50,8 @@ def safe_value(value: Any, limit: int = MAX_TEXT, items: int = MAX_ITEMS, depth:
             out["…"] = f"{len(shown) - items * 5} more keys"
         return out
     if isinstance(value, list):
-        out = [safe_value(v, limit, items, depth + 1) for v in value[:items]]
+        entries = [safe_value(v, limit, items, depth + 1) for v in value[:items]]
         if len(value) > items:
-            out.append(f"… ({len(value)} items in all)")
-        return out
+            entries.append(f"… ({len(value)} items in all)")
+        return entries
     return value

@@ -120,7 +120,7 @@ def read_stored(tensors: dict[str, torch.Tensor], section: str, key: str, shape:
     one whose float32 value is not finite.
     """
     value, scale = stored_tensor(tensors, section, key, shape, int8_dim, floats)
-    return value.float() if scale is None else dequantise_int8(value, scale, int8_dim)
+    return value.float() if scale is None or int8_dim is None else dequantise_int8(value, scale, int8_dim)
 
 
 def _finite(value: torch.Tensor, section: str, key: str) -> torch.Tensor:

@@ -25,6 +25,7 @@ from d3codec.nn.augment import DSA
 from d3codec.nn.experts import ExpertPool, ExpertSpec, expert_pool
 from d3codec.nn.losses import prediction_matching_loss
 from d3codec.nn.models import ConvNet, compiled
+from d3codec.nn.teacher import Teacher
 from d3codec.registry import Option
 
 MATCHINGS = ("dm", "dance")  # the network each iteration embeds with: random (DM) or a middle encoder (DANCE)
@@ -85,7 +86,10 @@ class FeatureTerm:
 
     def __call__(self, batch: MatchingBatch) -> torch.Tensor:
         f_syn, f_real = batch.features(self.extractor)
-        return self.weight * sum(self.loss(f_syn[c], f_real[c]) for c in range(len(f_syn)))
+        total = f_syn[0].new_zeros(())
+        for c in range(len(f_syn)):
+            total = total + self.loss(f_syn[c], f_real[c])
+        return self.weight * total
 
 
 @dataclass
@@ -94,7 +98,7 @@ class PredictionTerm:
     sides (D2M's prediction matching, Sajedi et al. 2024; d3codec.nn.losses.prediction_matching_loss).
     ``teacher`` is a d3codec.nn.teacher.Teacher."""
 
-    teacher: object
+    teacher: Teacher
     temperature: float
     weight: float = 1.0
 
@@ -226,7 +230,9 @@ class DistributionMatcher:
                 synthetic = torch.stack([self.dsa.apply(synthetic[j], d) for j, d in enumerate(draws)])
                 real = torch.stack([self.dsa.apply(real[j], d) for j, d in enumerate(draws)])
             batch = MatchingBatch(synthetic, real, network, expert, [ids[i] for i in chunk], embed)
-            loss = sum(term(batch) for term in terms)
+            loss = terms[0](batch)
+            for term in terms[1:]:
+                loss = loss + term(batch)
             loss.backward()
             total += loss.detach().item()
         return total

@@ -3,9 +3,11 @@ replayed networks are scored by."""
 
 from __future__ import annotations
 
+from typing import Sized, cast
+
 import torch
 
-from d3codec.data.real import Normalisation, RealData
+from d3codec.data.real import Normalisation, RealData, TensorImages
 
 
 def synchronize(device: torch.device) -> None:
@@ -33,6 +35,7 @@ def test_split(real: RealData) -> tuple[torch.Tensor, torch.Tensor]:
         raise ValueError(f"dataset {real.name!r} has no test split to evaluate on")
     ds = real.test
     if hasattr(ds, "images"):  # in-memory TensorImages
-        return ds.images.float() / 255, ds.targets.long()
-    xs, ys = zip(*(ds[i] for i in range(len(ds))))
+        tensors = cast(TensorImages, ds)
+        return tensors.images.float() / 255, tensors.targets.long()
+    xs, ys = zip(*(ds[i] for i in range(len(cast(Sized, ds)))))  # a map-style dataset: it has a length
     return torch.stack(xs), torch.tensor(ys)

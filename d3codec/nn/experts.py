@@ -141,7 +141,8 @@ def expert_pool(real: RealData, spec: ExpertSpec = ExpertSpec(), folder: str | o
         folder.mkdir(parents=True, exist_ok=True)
         write_expert(path, expert, real, spec)
         experts.append(expert)
-    return ExpertPool(experts, tuple(real.image_shape), real.num_classes, spec.width, spent)
+    c, h, w = real.image_shape
+    return ExpertPool(experts, (c, h, w), real.num_classes, spec.width, spent)
 
 
 def train_expert(real: RealData, spec: ExpertSpec, index: int, device: torch.device,

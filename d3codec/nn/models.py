@@ -269,13 +269,13 @@ def resolve_device(device: str | torch.device) -> torch.device:
         if not torch.cuda.is_available():
             raise ValueError(f"device {str(device)!r}: this machine has no CUDA device that torch can use "
                              f"(torch {torch.__version__}, CUDA build {torch.version.cuda or 'none'}); "
-                             "use --device cpu or --device auto")
+                             "use `device` cpu or auto")
         if dev.index is not None and dev.index >= torch.cuda.device_count():
             raise ValueError(f"device {str(device)!r}: this machine has {torch.cuda.device_count()} CUDA "
                              f"device(s), numbered from 0")
         return dev
     if dev.type == "mps":
         if not torch.backends.mps.is_available():
-            raise ValueError(f"device {str(device)!r}: MPS is not available on this machine; use --device cpu")
+            raise ValueError(f"device {str(device)!r}: MPS is not available on this machine; use `device` cpu")
         return dev
     raise ValueError(f"device {str(device)!r}: d3codec runs on cpu, cuda and mps, not {dev.type}")

@@ -105,12 +105,12 @@ class TrainingSchedule:
         Returns: the trained network (eval mode) on ``device``.
         """
         device = torch.device(device)
-        c, h, _ = images.shape[1:]
+        c, h, w = images.shape[1:]
         net = build_model(self.network, c, num_classes, h).to(device)
         x_all = Normalisation(mean, std, device)(images.to(device))  # (N, C, H, W) normalised
         y_all = labels.to(device)
         batches = [b.to(device) for b in step_batches(labels, self.steps, num_classes)]
-        params = self.initial_parameters(tuple(images.shape[1:]), num_classes, seed, device)
+        params = self.initial_parameters((c, h, w), num_classes, seed, device)
         lrs = self.lrs.to(device)
         for t in range(self.steps * self.epochs):
             idx = batches[t % self.steps]

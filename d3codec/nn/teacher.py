@@ -112,12 +112,12 @@ def train_teacher(real: RealData, classes: list[int], *, epochs: float = 2.0, wi
         if torch.rand((), generator=gen) < 0.5:  # horizontal flip, the one augmentation every dataset here allows
             x = x.flip(3)
         opt.zero_grad(set_to_none=True)
-        logits = []
+        pieces: list[torch.Tensor] = []
         for i in range(0, len(y), micro):  # the batch's mean loss, its gradient summed over micro-batches
             part = forward(x[i:i + micro])
             (F.cross_entropy(part, y[i:i + micro], reduction="sum") / len(y)).backward()
-            logits.append(part.detach())
-        logits = torch.cat(logits)
+            pieces.append(part.detach())
+        logits = torch.cat(pieces)
         opt.step()
         sched.step()
         if step >= steps - per_epoch:
@@ -152,8 +152,8 @@ def load_teacher(path: str | os.PathLike, image_shape: tuple[int, int, int], num
     and the class list.
     Raises: D3Error naming the mismatch when the file is not such a network.
     """
-    what = f"--teacher {safe_text(str(path), 300)}"
-    state, header = read_safetensors_file(path, "--teacher")
+    what = f"`teacher` {safe_text(str(path), 300)}"
+    state, header = read_safetensors_file(path, "`teacher`")
     first, head = state.get("features.0.weight"), state.get("classifier.weight")
     if first is None or head is None or first.dim() != 4 or head.dim() != 2:
         raise D3Error(f"{what}: expected a ConvNet-3 state dict (features.0.weight (T, C, 3, 3), classifier.weight "

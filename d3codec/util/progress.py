@@ -21,7 +21,7 @@ import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterable, Iterator, TextIO
+from typing import Iterable, Iterator, Sized, TextIO, cast
 
 from tqdm.auto import tqdm
 
@@ -66,7 +66,8 @@ def progress_bar(iterable: Iterable, desc: str, enabled: bool = True, stream: Te
     if _ACTIVE and enabled:
         stages, name = _ACTIVE[-1]
         total = kwargs.pop("total", None)
-        return stages.bar(name, iterable, total if total is not None else len(iterable), **kwargs)
+        size = total if total is not None else len(cast(Sized, iterable))  # no total given: a range or a list
+        return stages.bar(name, iterable, size, **kwargs)
     stream = stream if stream is not None else sys.stderr
     if not enabled or is_terminal(stream):
         return tqdm(iterable, desc=desc, disable=not enabled, file=stream if enabled else None, **kwargs)

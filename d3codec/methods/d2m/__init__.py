@@ -1,7 +1,8 @@
 """Method ``d2m``: data-to-model distillation into a class-conditional generator, sampled at any IPC.
 
-encoder.py trains (Sajedi et al. 2024); networks.py holds the generator and the pre-training networks;
-archive.py reads. This module registers the method and its archive kind.
+encoder.py trains (Sajedi et al. 2024): config.py holds its options and plan, sizing.py fits the generator to
+the budget, pretraining.py pre-trains it and finetuning.py distils into it; networks.py holds the generator
+and the pre-training networks; archive.py reads. This module registers the method and its archive kind.
 """
 
 from d3codec.methods.d2m.archive import (
@@ -13,7 +14,8 @@ from d3codec.methods.d2m.archive import (
     load_sampler,
     read_params,
 )
-from d3codec.methods.d2m.encoder import PRESETS, D2MConfig, D2MEncoder, D2MPlan, build_generator
+from d3codec.methods.d2m.config import PRESETS, D2MConfig, D2MPlan
+from d3codec.methods.d2m.encoder import D2MEncoder, build_generator
 from d3codec.methods.d2m.networks import (
     GENERATOR_WIDTHS,
     GENERATORS,

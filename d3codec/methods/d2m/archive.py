@@ -105,7 +105,7 @@ class D2MSampler(Sampler):
         for i in range(0, len(classes), self.batch):
             batch = self.generator(z[i:i + self.batch].to(self.device), classes[i:i + self.batch].to(self.device))
             images[i:i + len(batch)] = batch.cpu()  # (B, C, H, W) in [0, 1]
-            if soft is not None:
+            if soft is not None and self.label is not None:  # both or neither
                 soft[i:i + len(batch)] = self.label(batch).cpu()  # (B, K)
         return images, soft
 
@@ -173,7 +173,9 @@ def load_labeller(reader, meta: dict, device: torch.device | str = "cpu", limits
     limits = limits or DEFAULT_LIMITS
     check("values", cost.parameters, limits, "max_parameters", "the stored teacher")
     check("multiply-adds", cost.macs, limits, "max_macs_per_image", "labelling one image")
-    width, temperature = read_label_params(meta, True)
+    params = read_label_params(meta, True)
+    assert params is not None  # has_section: declared, or D3FormatError
+    width, temperature = params
     teacher = load_stored_module(lambda: ConvNet(c, k, h, width=width), reader.read_tensors("teacher"), "", dtype,
                                  "teacher", device, exact=True)
     return Labeller(teacher, ds["mean"], ds["std"], temperature)  # as a §5.8 labeller labels

@@ -173,33 +173,33 @@ def load_generator(path: str | os.PathLike, num_classes: int, image_shape: tuple
 
     Raises: D3Error naming the mismatch when the file is not a generator for these classes and shape.
     """
-    state, meta = read_safetensors_file(path, "--generator")
+    state, meta = read_safetensors_file(path, "`generator`")
     path = safe_text(str(path), 300)
     if meta.get("kind") == "d2m-pretrain":  # a pre-training checkpoint (d3codec.encode.checkpoint): its generator
         state = {k[len(PRETRAINED_PREFIX):]: v for k, v in state.items() if k.startswith(PRETRAINED_PREFIX)}
     emb, fc = state.get("embedding.weight"), state.get("fc.weight")
     if emb is None or fc is None or emb.dim() != 2 or fc.dim() != 2:
-        raise D3Error(f"--generator {path}: expected a d2m generator (embedding.weight, fc.weight, ...)")
+        raise D3Error(f"`generator` {path}: expected a d2m generator (embedding.weight, fc.weight, ...)")
     stated = meta.get("architecture")
     if stated is not None and stated not in GENERATORS:
-        raise D3Error(f"--generator {path}: unknown architecture {safe_text(repr(stated), 60)}; known: "
+        raise D3Error(f"`generator` {path}: unknown architecture {safe_text(repr(stated), 60)}; known: "
                       f"{', '.join(GENERATORS)}")
     k, e = emb.shape
     z = fc.shape[1] - e
     _, h0, w0 = upsampling_geometry(image_shape)
     width = fc.shape[0] // (h0 * w0)
     if k != num_classes:
-        raise D3Error(f"--generator {path}: it has {k} class embeddings, the dataset has {num_classes} classes")
+        raise D3Error(f"`generator` {path}: it has {k} class embeddings, the dataset has {num_classes} classes")
     if not (1 <= z <= 4096 and 1 <= e <= 4096 and 4 <= width <= 4096):  # an archive's ranges (spec §5.7)
-        raise D3Error(f"--generator {path}: noise size {z}, embedding size {e} and width {width}; d3codec reads "
+        raise D3Error(f"`generator` {path}: noise size {z}, embedding size {e} and width {width}; d3codec reads "
                       "1 to 4096, 1 to 4096 and 4 to 4096")
     shapes = {n: tuple(v.shape) for n, v in state.items()}
     # a file that does not name its architecture (a pre-training checkpoint) is matched by its shapes
     candidates = [stated] if stated else list(GENERATORS)
     fits = [a for a in candidates if generator_shapes(a, num_classes, z, e, width, image_shape) == shapes]
     if not fits:
-        raise D3Error(f"--generator {path}: its tensors do not fit {'an ' + stated if stated else 'any'} generator "
+        raise D3Error(f"`generator` {path}: its tensors do not fit {'an ' + stated if stated else 'any'} generator "
                       f"for images {tuple(image_shape)}")
     architecture = fits[0]
-    check_state(state, shapes, f"--generator {path}")  # floating-point and finite
+    check_state(state, shapes, f"`generator` {path}")  # floating-point and finite
     return PretrainedGenerator(architecture, z, e, width, {n: v.float() for n, v in state.items()})

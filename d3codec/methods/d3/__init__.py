@@ -1,12 +1,15 @@
 """Method ``d3``: distributional distillation into per-class priors, a small decoder and soft labels.
 
-encoder.py trains (Qin, Deng & Alvarez-Melis 2024); archive.py reads; layout.py defines the groups'
-tensors both use; merge.py merges archives of disjoint classes (federated subtasks, ``d3 merge``).
+encoder.py trains (Qin, Deng & Alvarez-Melis 2024: config.py its options, planning.py its budget rule, group.py
+a group's distillation, glo.py the warm start's latent optimisation); archive.py reads; layout.py defines the
+groups' tensors both use; merge.py merges archives of disjoint classes (federated subtasks, ``d3 merge``).
 This module registers the method and its archive kind.
 """
 
 from d3codec.methods.d3.archive import D3Sampler, decode, describe_params, load_sampler, read_groups
-from d3codec.methods.d3.encoder import PRESETS, D3Config, D3Encoder, fit_decoder, pca_latents
+from d3codec.methods.d3.config import PRESETS, D3Config
+from d3codec.methods.d3.encoder import D3Encoder
+from d3codec.methods.d3.glo import fit_decoder, pca_latents
 from d3codec.methods.d3.layout import (
     DECODER_WIDTHS,
     SECTIONS,

@@ -156,15 +156,17 @@ class D3Sampler(Sampler):
                           for name in ("mean", "logvar"))
             decoder = load_stored_module(lambda: g.decoder(self.image_shape), decoder_t,
                                          f"g{index}.", sg.decoder_dtype, "decoder", device)
-            lab = None
-            if sg.soft_labels and g.label_top_k is None:
+            lab: torch.Tensor | TopKLabels | None = None
+            top_k = g.label_top_k
+            if sg.soft_labels and top_k is None:
                 lab = read_stored(labels_t, "prior_labels", f"g{index}", (k, p, k), None)
                 check_probabilities(lab, "prior_labels", f"g{index}")
-            elif sg.soft_labels:  # the top k of each row (spec §5.6)
-                top = (k, p, g.label_top_k)
-                values, indices = (stored_tensor(labels_t, "prior_labels", f"g{index}.{name}", top, None, (dtype,))[0]
-                                   for name, dtype in (("values", torch.float16), ("indices", torch.int16)))
-                lab = TopKLabels(values, indices, k, "prior_labels", f"g{index}")  # kept as stored: 4 B a label
+            elif sg.soft_labels and top_k is not None:  # the top k of each row (spec §5.6)
+                top = (k, p, top_k)
+                top_values, top_indices = (
+                    stored_tensor(labels_t, "prior_labels", f"g{index}.{name}", top, None, (dtype,))[0]
+                    for name, dtype in (("values", torch.float16), ("indices", torch.int16)))
+                lab = TopKLabels(top_values, top_indices, k, "prior_labels", f"g{index}")  # kept as stored: 4 B a label
             self.loaded.append((mu, logvar, decoder, lab))
 
     def class_counts(self, samples_per_class: int | None) -> list[int]:
@@ -241,13 +243,14 @@ class D3Sampler(Sampler):
             n = self.per_class(sg, samples_per_class)
             which, eps = self.group_noise(index, n, seed)
             pick = which.unsqueeze(-1).expand(k, n, z)
-            mu, logvar = mu.full(), logvar.full()
-            latents = mu.gather(1, pick) + (0.5 * logvar.gather(1, pick)).exp() * eps  # (K_g, N, Z)
+            means, logvars = mu.full(), logvar.full()
+            latents = means.gather(1, pick) + (0.5 * logvars.gather(1, pick)).exp() * eps  # (K_g, N, Z)
             flat, step = latents.view(k * n, z), self.group_batch[index]
             images.append(torch.cat([decoder(flat[i:i + step].to(self.device)).cpu()
                                      for i in range(0, k * n, step)]))  # (K_g·N, C, H, W)
             hard.append(torch.arange(g.start, g.stop).repeat_interleave(n))
             if self.soft:
+                assert lab is not None, "every group of a soft-labelled archive has its labels"
                 rows = lab.rows(which) if isinstance(lab, TopKLabels) else \
                     lab.gather(1, which.unsqueeze(-1).expand(k, n, k)).reshape(k * n, k)  # (K_g·N, K_g)
                 full = torch.zeros(k * n, self.num_classes)

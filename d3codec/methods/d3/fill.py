@@ -4,9 +4,9 @@ The plan (D3Encoder.plan) counts priors and soft labels at PRIOR_STORED_RATIO of
 guess made before training. Priors that come out more alike compress further (a short warm start, few
 real images a class, the ImageNet rehearsal's 8.4 % fill), and the bytes the guess kept for them would
 stay empty. So a group, once labelled, measures what its tensors take under zstd against what the plan
-counted on for it, and adds priors to every class with what is left (D3Encoder._filled): each new prior's
+counted on for it, and adds priors to every class with what is left (GroupDistiller.filled, group.py): each new prior's
 mean is fitted to a new real image of its class through the trained decoder (generative latent
-optimisation's inversion, :func:`d3codec.methods.d3.encoder.fit_latents`) and labelled like the others.
+optimisation's inversion, :func:`d3codec.methods.d3.glo.fit_latents`) and labelled like the others.
 The writer's trim drops what a slightly optimistic count passes (layout.trimmed_priors).
 """
 

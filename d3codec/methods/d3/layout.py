@@ -97,7 +97,7 @@ class D3Plan:
 def split_classes(num_classes: int, subtasks: int) -> list[tuple[int, int]]:
     """Contiguous groups [start, stop) of sizes that differ by at most one (the paper's ImageNet split)."""
     if not 1 <= subtasks <= num_classes:
-        raise ValueError(f"--subtasks must be between 1 and the number of classes ({num_classes}), not {subtasks}")
+        raise ValueError(f"`subtasks` must be between 1 and the number of classes ({num_classes}), not {subtasks}")
     bounds = [i * num_classes // subtasks for i in range(subtasks + 1)]
     return list(zip(bounds[:-1], bounds[1:]))
 
@@ -115,8 +115,10 @@ def group_entry(g: GroupPlan, cfg, stats: dict | None = None) -> dict:
     return entry
 
 
-def group_tensors(g: GroupPlan, index: int, image_shape, cfg, priors=None,
-                  decoder_state=None, labels=None) -> dict[str, dict[str, torch.Tensor]]:
+def group_tensors(g: GroupPlan, index: int, image_shape, cfg, priors: tuple[torch.Tensor, torch.Tensor] | None = None,
+                  decoder_state: dict[str, torch.Tensor] | None = None,
+                  labels: torch.Tensor | tuple[torch.Tensor, torch.Tensor] | None = None
+                  ) -> dict[str, dict[str, torch.Tensor]]:
     """Tensors of group ``index`` by section name (``cfg`` a D3Config); zeros of the right shapes where contents
     are not given."""
     k, p, z = g.num_classes, g.priors_per_class, g.latent_dim
@@ -153,6 +155,8 @@ def stored_labels(labels: torch.Tensor | tuple[torch.Tensor, torch.Tensor], key:
     def host(t: torch.Tensor) -> torch.Tensor:  # a plan's meta placeholders stay where they are
         return t if t.is_meta else t.cpu()
     if top_k is None:
+        if isinstance(labels, tuple):
+            raise ValueError("whole rows of soft labels are stored from a tensor, not from top-k pairs")
         return {key: host(labels.detach().float()).half().contiguous()}
     values, indices = labels if isinstance(labels, tuple) else \
         host(labels.detach().float()).topk(top_k, dim=-1)  # (K_g, P, k) each, largest first

@@ -46,7 +46,8 @@ class Part:
                               f"this one is {safe_text(repr(meta['method']), 60)}")
             load_sampler(reader, meta, "cpu", limits)  # every group's metadata and tensors, checked (nothing drawn)
             tensors = {name: reader.read_tensors(name) for name in GROUP_SECTIONS if name in reader}
-            return cls(meta, tensors, reader.file_size, tuple(reader.version))
+            major, minor = reader.version
+            return cls(meta, tensors, reader.file_size, (major, minor))
 
 
 def combine(parts: list[Part]) -> tuple[dict[str, Any], list[Section]]:
@@ -65,7 +66,10 @@ def combine_groups(parts: list[Part]) -> tuple[dict[str, Any], list[dict[str, di
     if not parts:
         raise D3Error("nothing to merge: give at least one archive")
     first = parts[0].meta["dataset"]
-    classes, groups, renamed, seen = [], [], [], {}
+    classes: list[str] = []
+    groups: list[dict[str, Any]] = []
+    renamed: list[dict[str, dict[str, torch.Tensor]]] = []
+    seen: dict[str, int] = {}
     for n, part in enumerate(parts):
         ds = part.meta["dataset"]
         for key in ("image_shape", "mean", "std"):
@@ -157,10 +161,10 @@ def merge_archives(paths: list[str | os.PathLike], output: str | os.PathLike, bu
         validate_meta(meta)
     except D3FormatError as error:
         raise D3Error(f"the merged archive would be refused by readers ({error}): merge fewer parts, or pass "
-                      "--budget where the parts' budgets add up past it") from None
+                      "`budget` where the parts' budgets add up past it") from None
     data = encode_archive([Section.json("meta", meta)] + sections, minor=parts[0].version[1])
     if len(data) > budget:
-        raise D3BudgetError(f"the merged archive is {len(data)} bytes, over the budget of {budget}: pass --budget "
+        raise D3BudgetError(f"the merged archive is {len(data)} bytes, over the budget of {budget}: pass a `budget` of "
                             f"{len(data)} or more", min_budget=len(data))
     size = write_atomic(output, data, max_bytes=budget)
     return MergeResult(Path(output), size, budget, len(fields["dataset"]["classes"]))

@@ -37,7 +37,8 @@ def decode(reader, meta: dict, limits=None) -> tuple[torch.Tensor, torch.Tensor,
     """
     ds = meta["dataset"]
     num_classes, image_shape = len(ds["classes"]), tuple(ds["image_shape"])
-    params = meta.get("params") if isinstance(meta.get("params"), dict) else {}
+    given = meta.get("params")
+    params = given if isinstance(given, dict) else {}
     formation = read_formation(params, image_shape)
     tensors = reader.read_tensors("images")
     codes = tensors.get("images")

@@ -39,8 +39,8 @@ import torch.nn.functional as F
 
 from d3codec.data.real import Normalisation, RealData
 from d3codec.encode import seeds
-from d3codec.encode.interface import CheckpointedEncoder, DatasetSpec, Encoded
-from d3codec.encode.loop import LoopState
+from d3codec.encode.interface import CheckpointedEncoder, DatasetSpec, Encoded, MetaFor
+from d3codec.encode.loop import LoopState, ResumableLoop
 from d3codec.errors import D3BudgetError
 from d3codec.format.accounting import archive_bound
 from d3codec.format.container import Section
@@ -81,6 +81,21 @@ class BPTTConfig:
     storage_dtype: str = "auto"  # how images are stored: auto (uint8 with a per-class range), uint8, float16, float32
     images_per_class: int | None = None  # a fixed count instead of filling the budget
 
+    def __post_init__(self) -> None:
+        cfg = self
+        for value, known, what in ((cfg.network, NETWORKS, "network"), (cfg.init, INITS, "init"),
+                                   (cfg.theta0_dtype, THETA0_DTYPES, "theta0_dtype"),
+                                   (cfg.image_init, ("noise", "real"), "image_init")):
+            if value not in known:
+                raise ValueError(f"{what} must be one of {', '.join(known)}, not {value!r}")
+        if any(v is not None and v < 1 for v in (cfg.inner_steps, cfg.inner_epochs)):
+            raise ValueError("`inner_steps` and `inner_epochs` must be at least 1")
+        if (cfg.inner_steps or 1) * (cfg.inner_epochs or 1) > MAX_SCHEDULE_STEPS:
+            raise ValueError(f"steps × epochs may be at most {MAX_SCHEDULE_STEPS}")
+        if cfg.images_per_class is not None and cfg.inner_steps is not None and cfg.images_per_class % cfg.inner_steps:
+            raise ValueError(f"`inner_steps` {cfg.inner_steps} must divide `images_per_class` {cfg.images_per_class}: "
+                             "each step trains on its own equal share of every class's images")
+
 
 PRESETS = {
     # the public code's MNIST settings: ~400 epochs of 1 024-image real batches, lr halved every 40
@@ -103,7 +118,7 @@ def largest_divisor_up_to(n: int, limit: int) -> int:
     return max(d for d in range(1, min(n, limit) + 1) if n % d == 0)
 
 
-class BPTTEncoder(CheckpointedEncoder):
+class BPTTEncoder(CheckpointedEncoder[BPTTPlan, BPTTConfig]):
     """Method ``bptt`` (``d3 compress bptt ...``). ``BPTTEncoder(PRESETS["fast"])`` or any :class:`BPTTConfig`.
 
     Its archives are pixel archives (DM's ``images`` section, read by the same decoder) plus a
@@ -126,25 +141,9 @@ class BPTTEncoder(CheckpointedEncoder):
             tensors.update({f"theta0.{k}": v.detach().cpu().to(dtype).contiguous() for k, v in theta0.items()})
         return tensors
 
-    def _check_config(self) -> None:
-        cfg = self.config
-        for value, known, what in ((cfg.network, NETWORKS, "network"), (cfg.init, INITS, "init"),
-                                   (cfg.theta0_dtype, THETA0_DTYPES, "theta0_dtype"),
-                                   (cfg.image_init, ("noise", "real"), "image_init")):
-            if value not in known:
-                raise ValueError(f"{what} must be one of {', '.join(known)}, not {value!r}")
-        if any(v is not None and v < 1 for v in (cfg.inner_steps, cfg.inner_epochs)):
-            raise ValueError("--inner-steps and --inner-epochs must be at least 1")
-        if (cfg.inner_steps or 1) * (cfg.inner_epochs or 1) > MAX_SCHEDULE_STEPS:
-            raise ValueError(f"steps × epochs may be at most {MAX_SCHEDULE_STEPS}")
-        if cfg.images_per_class is not None and cfg.inner_steps is not None and cfg.images_per_class % cfg.inner_steps:
-            raise ValueError(f"--inner-steps {cfg.inner_steps} must divide --images-per-class {cfg.images_per_class}: "
-                             "each step trains on its own equal share of every class's images")
-
-    def plan(self, spec: DatasetSpec, budget: int, meta_for, real: RealData | None = None) -> BPTTPlan:
+    def plan(self, spec: DatasetSpec, budget: int, meta_for: MetaFor, real: RealData | None = None) -> BPTTPlan:
         """Images per class (a multiple of the steps), storage dtype and schedule for ``budget`` bytes,
         θ₀ included under fixed init. Raises D3BudgetError naming the smallest budget; ValueError for bad options."""
-        self._check_config()
         cfg, k, shape = self.config, spec.num_classes, spec.image_shape
         with torch.device("meta"):
             shapes = {n: p.shape for n, p in build_model(cfg.network, shape[0], k, shape[1]).named_parameters()}
@@ -175,10 +174,10 @@ class BPTTEncoder(CheckpointedEncoder):
             if theta0 is not None:
                 n_params = sum(math.prod(s) for s in shapes.values())
                 stored = (f"; fixed init stores θ₀ of {cfg.network} ({n_params} parameters as {cfg.theta0_dtype}) in "
-                          "the archive: --init random does not")
+                          "the archive: `init` random does not")
             raise D3BudgetError(f"a budget of {budget} bytes cannot hold {least} {dtype} image(s) per class for {k} "
                                 f"classes with the BPTT schedule{stored}; the smallest budget that works is {smallest} "
-                                f"bytes (--budget {smallest})", min_budget=smallest)
+                                f"bytes (`budget` {smallest})", min_budget=smallest)
         base = plan_pixel_storage(budget, k, shape, sections_for, dtype, cfg.images_per_class, None)
         n = base.images_per_class
         steps = steps_for(n)
@@ -190,29 +189,18 @@ class BPTTEncoder(CheckpointedEncoder):
     def distill(self, real: RealData, plan: BPTTPlan, *, device: torch.device, seed: int,
                 progress: bool = True) -> Encoded:
         cfg = self.config
-        k, n, s, e = real.num_classes, plan.images_per_class, plan.inner_steps, plan.inner_epochs
-        m, c, h, w = n // s, *real.image_shape
+        k, s, e = real.num_classes, plan.inner_steps, plan.inner_epochs
+        m, (c, h, _) = plan.images_per_class // s, real.image_shape
         gen = seeds.generator(seed, "bptt")
         normalise = Normalisation.of(real, device)
-
-        # synthetic images, normalised, step-major: (S, K·m, C, H, W); step s holds chunk s of every class
-        if cfg.image_init == "real":
-            init = normalise(real.sample_classes(n, gen).to(device))  # (K·n, C, H, W), class-major
-            init = init.view(k, s, m, c, h, w).transpose(0, 1).reshape(s, k * m, c, h, w)
-        else:
-            init = torch.randn(s, k * m, c, h, w, generator=gen).to(device)
-        synthetic = init.clone().requires_grad_(True)
+        synthetic = self._initial_images(real, plan, normalise, gen, device).requires_grad_(True)
         step_labels = torch.arange(k, device=device).repeat_interleave(m)  # (K·m,)
         raw_step_sizes = torch.full((s * e,), math.log(math.expm1(cfg.initial_step_size)), device=device,
                                     requires_grad=True)  # softplus(ρ) = initial step size
         optimiser = torch.optim.Adam([{"params": [synthetic], "lr": cfg.lr_images},
                                       {"params": [raw_step_sizes], "lr": cfg.lr_step_sizes}], betas=(0.5, 0.999))
         net = build_model(cfg.network, c, k, h).to(device)  # the architecture; parameters come from θ
-        theta0 = None
-        if cfg.init == "fixed":  # rounded to the stored dtype first, so the archive holds exactly this θ₀
-            dtype = getattr(torch, cfg.theta0_dtype)
-            theta0 = {n_: v.to(dtype).float() for n_, v in init_parameters(
-                cfg.network, real.image_shape, k, seeds.stream_seed(seed, "bptt"), device).items()}
+        theta0 = self._fixed_theta0(real, seed, device) if cfg.init == "fixed" else None
 
         loop = self.loop("pixel-bptt", (asdict(cfg), asdict(plan), seed, real.name, len(real.train_targets),
                                         device.type), cfg.iterations)
@@ -239,9 +227,36 @@ class BPTTEncoder(CheckpointedEncoder):
             return loss
 
         loop.run(step, bar)
+        return self._encoded(real, plan, normalise.inverse(synthetic.detach().flatten(0, 1)), raw_step_sizes, theta0,
+                             loop, device)
 
-        # class-major pixel images (K, n, C, H, W), coded as stored, then read back as a reader would
-        images = normalise.inverse(synthetic.detach().flatten(0, 1))  # (S·K·m, C, H, W), step-major
+    def _initial_images(self, real: RealData, plan: BPTTPlan, normalise: Normalisation, gen: torch.Generator,
+                        device: torch.device) -> torch.Tensor:
+        """The synthetic images at the start, normalised, step-major: (S, K·m, C, H, W) float32 on ``device``, m
+        images a class a step; step s holds chunk s of every class. Noise, or real images (``image_init``)."""
+        k, n, s = real.num_classes, plan.images_per_class, plan.inner_steps
+        m, c, h, w = n // s, *real.image_shape
+        if self.config.image_init == "real":
+            init = normalise(real.sample_classes(n, gen).to(device))  # (K·n, C, H, W), class-major
+            init = init.view(k, s, m, c, h, w).transpose(0, 1).reshape(s, k * m, c, h, w)
+        else:
+            init = torch.randn(s, k * m, c, h, w, generator=gen).to(device)
+        return init.clone()
+
+    def _fixed_theta0(self, real: RealData, seed: int, device: torch.device) -> dict[str, torch.Tensor]:
+        """The fixed init's θ₀ (name → float32 tensor on ``device``), rounded to the stored dtype first, so that
+        the archive holds exactly the θ₀ distilled from."""
+        cfg, dtype = self.config, getattr(torch, self.config.theta0_dtype)
+        return {name: v.to(dtype).float() for name, v in init_parameters(
+            cfg.network, real.image_shape, real.num_classes, seeds.stream_seed(seed, "bptt"), device).items()}
+
+    def _encoded(self, real: RealData, plan: BPTTPlan, images: torch.Tensor, raw_step_sizes: torch.Tensor,
+                 theta0: dict[str, torch.Tensor] | None, loop: ResumableLoop, device: torch.device) -> Encoded:
+        """The archive's sections of the distilled ``images`` (S·K·m, C, H, W) in pixel space, step-major, and
+        step sizes softplus(``raw_step_sizes``): class-major images, coded as stored, then read back as a reader
+        would, to measure what replaying the stored schedule on them gives."""
+        cfg, k, n, s, e = self.config, real.num_classes, plan.images_per_class, plan.inner_steps, plan.inner_epochs
+        m, c, h, w = n // s, *real.image_shape
         images = images.view(s, k, m, c, h, w).transpose(0, 1).reshape(k * n, c, h, w)
         labels = torch.arange(k).repeat_interleave(n)
         coded = encode_images(images.cpu(), labels, k, plan.storage_dtype)

@@ -33,19 +33,21 @@ archive.py).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 
 import torch
 
 from d3codec.data.real import ClassSampler, Normalisation, RealData
 from d3codec.encode import seeds
-from d3codec.encode.interface import CheckpointedEncoder, DatasetSpec, Encoded, Overrun
+from d3codec.encode.interface import CheckpointedEncoder, DatasetSpec, Encoded, MetaFor, Overrun
 from d3codec.encode.loop import LoopState
 from d3codec.format.container import Section, stored_size
 from d3codec.format.storage import encode_images, resolve_storage_dtype, stored_image_zeros
 from d3codec.methods.matching import (
     DistributionMatcher,
     FeatureTerm,
+    MatchingTerm,
     matching_experts,
     matching_terms,
     memory_sized_chunk,
@@ -53,6 +55,7 @@ from d3codec.methods.matching import (
 from d3codec.methods.pixel.formation import MASK_SAMPLE_IMAGES, Formation, parse_formation
 from d3codec.methods.pixel.plan import FEW_PER_CLASS, PixelPlan, plan_pixel_storage
 from d3codec.nn.augment import DSA
+from d3codec.nn.experts import ExpertPool
 from d3codec.nn.losses import mean_embedding_loss
 from d3codec.nn.models import activation_memory, worth_compiling
 from d3codec.util.progress import progress_bar
@@ -79,6 +82,10 @@ class DMConfig:
     expert_count: int = 3  # dance: experts in the pool (ConvNet-3s of embed_width; d3codec.nn.experts)
     expert_epochs: int = 2  # dance: each expert's epochs over the real training set
     calibration_weight: float = 1.0  # dance: weight of the trained expert's cross-entropy on synthetic images
+
+    def __post_init__(self) -> None:
+        if self.fill not in ("compressed", "raw"):
+            raise ValueError(f"fill must be 'compressed' or 'raw', not {self.fill!r}")
 
     @property
     def parsed_formation(self) -> Formation:
@@ -109,7 +116,7 @@ PRESETS = {
 }
 
 
-class DMEncoder(CheckpointedEncoder):
+class DMEncoder(CheckpointedEncoder[PixelPlan, DMConfig]):
     """DM on pixels (method ``dm``). ``DMEncoder(PRESETS["fast"])`` or any :class:`DMConfig`."""
 
     method = "pixel"
@@ -128,14 +135,12 @@ class DMEncoder(CheckpointedEncoder):
     def _sections(self, images: torch.Tensor, labels: torch.Tensor, spec: DatasetSpec, dtype: str) -> list[Section]:
         return [Section.tensors("images", encode_images(images, labels, spec.num_classes, dtype))]
 
-    def plan(self, spec: DatasetSpec, budget: int, meta_for, real: RealData | None = None) -> PixelPlan:
+    def plan(self, spec: DatasetSpec, budget: int, meta_for: MetaFor, real: RealData | None = None) -> PixelPlan:
         """Images per class and storage dtype for ``budget`` bytes (see d3codec.methods.pixel.plan); an image is its
         formation's code (C, H/f, W/f)."""
         formation = self.config.parsed_formation
         formation.check(spec.image_shape)
         k, shape = spec.num_classes, formation.code_shape(spec.image_shape)
-        if self.config.fill not in ("compressed", "raw"):
-            raise ValueError(f"fill must be 'compressed' or 'raw', not {self.config.fill!r}")
 
         def sections_for(n: int, dtype: str) -> list[Section]:  # placeholders in their stored dtypes
             draft = PixelPlan(n, dtype, 0, budget)
@@ -167,29 +172,17 @@ class DMEncoder(CheckpointedEncoder):
             formation = formation.fitted(mask_sample(real, seeds.generator(seed, "dm-mask")))
         c, h, w = formation.code_shape(real.image_shape)
 
-        # synthetic codes of normalised images (the images themselves for formation pixels), initialised
-        # from random real images of each class; the formation makes images of them (IDC, FreD)
-        init = torch.stack([sampler.sample(cls, n, gen) for cls in range(k)])  # (K, n, C, H, W)
-        codes = formation.encode(normalise(init.to(device).flatten(0, 1)))  # (K·n, C, H/f, W/f)
-        del init  # at ImageNet's 1 000 classes, hundreds of MB
-        synthetic = codes.reshape(k, n, c, h, w).requires_grad_(True)
+        synthetic = initial_codes(sampler, formation, normalise, k, n, gen, device).requires_grad_(True)
         optimiser = torch.optim.SGD([synthetic], lr=cfg.lr_images / formation.gain, momentum=cfg.momentum)
 
-        def images_of(classes: slice) -> torch.Tensor:  # (K', n, C, H, W) normalised images of some classes
+        def images_of(classes: Sequence[int]) -> torch.Tensor:  # (K', n, C, H, W) normalised images of some classes
+            assert isinstance(classes, range), "the matcher gives DM's classes as ranges"
             chosen = synthetic[classes.start:classes.stop]
             if formation.kind == "pixels":
                 return chosen
             return formation.decode(chosen.flatten(0, 1), real.image_shape).view(len(chosen), n, *real.image_shape)
 
-        chunk = cfg.class_chunk or memory_sized_chunk(k, n, cfg.real_per_class, real.image_shape, cfg.embed_width,
-                                                      activation_memory(device))
-        pool = matching_experts(cfg.matching, real, cfg.expert_count, cfg.expert_epochs, cfg.embed_width, device,
-                                progress)
-        matcher = DistributionMatcher(real.image_shape, k, sampler.sample, cfg.real_per_class, normalise,
-                                      DSA() if cfg.dsa else None, cfg.embed_width, chunk, device, pool,
-                                      compile=worth_compiling(cfg.iterations * k * (n + cfg.real_per_class)))
-        # Σ_c ‖mean φ(x_c) − mean φ(x̃_c)‖² (Eq. 4), and DANCE's calibration under matching dance
-        terms = [FeatureTerm(mean_embedding_loss)] + matching_terms(pool, cfg.calibration_weight)
+        matcher, terms, pool = self._matcher(real, sampler, normalise, n, device, progress)
 
         loop = self.loop("pixel-dm", (asdict(cfg), asdict(plan), seed, real.name, len(real.train_targets), device.type),
                          cfg.iterations)
@@ -206,7 +199,8 @@ class DMEncoder(CheckpointedEncoder):
         # the momentum, the gradients and the real images' cache go before the copy below reuses their memory:
         # at ImageNet's 1 000 classes each of the first two is as large as the copy (0.5 GB)
         synthetic.grad = None
-        optimiser = matcher = sampler = None  # their memory freed (the step above holds them in its closure)
+        # their memory freed (the step above holds them in its closure, and never runs again)
+        optimiser = matcher = sampler = None  # type: ignore[assignment]
         images = formation.denormalise(synthetic.detach().flatten(0, 1), normalise.mean, normalise.std,
                                        real.image_shape).cpu()  # codes of pixel-space images, (K·n, C, H/f, W/f)
         stats = {"distill_seconds": round(loop.seconds, 3), **loop.stats()}
@@ -215,6 +209,20 @@ class DMEncoder(CheckpointedEncoder):
         encoded = self._encoded(images.view(k, n, c, h, w), spec, plan, stats, formation=formation)
         encoded.cleanup = loop.remove
         return encoded
+
+    def _matcher(self, real: RealData, sampler: ClassSampler, normalise: Normalisation, n: int, device: torch.device,
+                 progress: bool) -> tuple[DistributionMatcher, list[MatchingTerm], ExpertPool | None]:
+        """The matcher of ``n`` images a class, its terms (Σ_c ‖mean φ(x_c) − mean φ(x̃_c)‖², Eq. 4, and DANCE's
+        calibration under matching dance) and the expert pool (None under matching dm), trained or read here."""
+        cfg, k = self.config, real.num_classes
+        chunk = cfg.class_chunk or memory_sized_chunk(k, n, cfg.real_per_class, real.image_shape, cfg.embed_width,
+                                                      activation_memory(device))
+        pool = matching_experts(cfg.matching, real, cfg.expert_count, cfg.expert_epochs, cfg.embed_width, device,
+                                progress)
+        matcher = DistributionMatcher(real.image_shape, k, sampler.sample, cfg.real_per_class, normalise,
+                                      DSA() if cfg.dsa else None, cfg.embed_width, chunk, device, pool,
+                                      compile=worth_compiling(cfg.iterations * k * (n + cfg.real_per_class)))
+        return matcher, [FeatureTerm(mean_embedding_loss)] + matching_terms(pool, cfg.calibration_weight), pool
 
     def _encoded(self, images: torch.Tensor, spec: DatasetSpec, plan: PixelPlan, stats: dict,
                  total: int | None = None, formation: Formation | None = None) -> Encoded:
@@ -242,6 +250,17 @@ class DMEncoder(CheckpointedEncoder):
         meta = self.method_meta(kept, formation, spec.image_shape)
         meta = meta if total == k * counts[0] else {**meta, "images": total}
         return Encoded(self._sections(chosen, labels, spec, plan.storage_dtype), meta, stats, trim)
+
+
+def initial_codes(sampler: ClassSampler, formation: Formation, normalise: Normalisation, k: int, n: int,
+                  gen: torch.Generator, device: torch.device) -> torch.Tensor:
+    """Synthetic codes of normalised images (the images themselves for formation pixels), initialised from ``n``
+    random real images of each of ``k`` classes (drawn with ``gen``), for the formation to make images of (IDC,
+    FreD): (K, n, C, H/f, W/f) float32 on ``device``."""
+    init = torch.stack([sampler.sample(cls, n, gen) for cls in range(k)])  # (K, n, C, H, W)
+    codes = formation.encode(normalise(init.to(device).flatten(0, 1)))  # (K·n, C, H/f, W/f)
+    del init  # at ImageNet's 1 000 classes, hundreds of MB
+    return codes.reshape(k, n, *codes.shape[1:])
 
 
 def mask_sample(real: RealData, gen: torch.Generator) -> torch.Tensor:

@@ -114,7 +114,7 @@ class Formation:
         if self.selection == "variance":
             full = dct_basis(h, h, images) @ images @ dct_basis(w, w, images).T  # (N, C, H, W) every coefficient
             n, c = images.shape[:2]
-            where = self.positions(tuple(images.shape[1:]), images.device).unsqueeze(0).expand(n, -1, -1)
+            where = self.positions((c, h, w), images.device).unsqueeze(0).expand(n, -1, -1)
             return full.flatten(2).gather(2, where).view(n, c, kh, kw)
         return dct_basis(h, kh, images) @ images @ dct_basis(w, kw, images).T
 
@@ -163,6 +163,8 @@ class Formation:
             return out
         if self.mask is not None:
             return {**out, "mask": list(self.mask)}
+        if image_shape is None:
+            raise ValueError("a variance formation not yet fitted needs the image shape for its placeholder mask")
         c, h, w = image_shape
         return {**out, "mask": ["0" * (2 * ((h * w + 7) // 8))] * c}
 
@@ -207,7 +209,7 @@ def parse_formation(kind: str, factor: int | None = None) -> Formation:
     lowres and dct). ``dct-variance`` is a dct formation whose mask :meth:`Formation.fitted` chooses."""
     if kind == "pixels":
         if factor not in (None, 1):
-            raise ValueError("--formation-factor applies to the lowres and dct formations, not pixels")
+            raise ValueError("`formation_factor` applies to the lowres and dct formations, not pixels")
         return PIXELS
     if kind == "dct-variance":
         return Formation("dct", 2 if factor is None else factor, "variance")

@@ -86,18 +86,10 @@ def plan_pixel_storage(budget: int, num_classes: int, image_shape: tuple[int, in
     if smallest > budget:
         raise D3BudgetError(
             f"a budget of {budget} bytes cannot hold one {dtype} image per class for {num_classes} classes of "
-            f"shape {image_shape}; the smallest budget that works is {smallest} bytes (--budget {smallest})",
+            f"shape {image_shape}; the smallest budget that works is {smallest} bytes (`budget` {smallest})",
             min_budget=smallest)
     if images_per_class is not None:
-        if images_per_class * num_classes * math.prod(image_shape) * BYTES_PER_VALUE[dtype] > budget:
-            needed = images_per_class * num_classes * math.prod(image_shape) * BYTES_PER_VALUE[dtype]
-            raise D3BudgetError(f"{images_per_class} {dtype} images per class need more than {needed} bytes, over the "
-                                f"budget of {budget}: lower --images-per-class", min_budget=needed)
-        needed = bound(images_per_class)
-        if needed > budget:
-            raise D3BudgetError(f"{images_per_class} {dtype} images per class need {needed} bytes, over the budget of "
-                                f"{budget}: raise --budget to {needed} or lower --images-per-class", min_budget=needed)
-        return PixelPlan(images_per_class, dtype, needed, budget, images_per_class)
+        return fixed_count_plan(budget, num_classes, image_shape, dtype, images_per_class, bound)
     c, h, w = image_shape
     payload = num_classes * c * h * w * BYTES_PER_VALUE[dtype]  # raw image bytes per image per class
     # per image a class the bound grows by the images' raw bytes (and a digit now and then): an affine
@@ -118,3 +110,21 @@ def plan_pixel_storage(budget: int, num_classes: int, image_shape: tuple[int, in
                              max(1, int(budget / (payload * compression_ratio))) + 1)
     target = max(target + (target >= FEW_PER_CLASS), guaranteed)  # one past the estimate: the writer trims
     return PixelPlan(target, dtype, bound(guaranteed), budget, guaranteed, estimate(target))
+
+
+def fixed_count_plan(budget: int, num_classes: int, image_shape: tuple[int, int, int], dtype: str,
+                     images_per_class: int, bound: Callable[[int], int]) -> PixelPlan:
+    """The plan of exactly ``images_per_class`` images a class as ``dtype`` (a resolved storage dtype), whose
+    archive's exact bound is ``bound(images_per_class)`` bytes.
+
+    Raises: D3BudgetError when those images pass ``budget``: first by their raw bytes alone (no
+    budget-sized placeholder archive is built for a count far too large), else by the exact bound."""
+    needed = images_per_class * num_classes * math.prod(image_shape) * BYTES_PER_VALUE[dtype]
+    if needed > budget:
+        raise D3BudgetError(f"{images_per_class} {dtype} images per class need more than {needed} bytes, over the "
+                            f"budget of {budget}: lower `images_per_class`", min_budget=needed)
+    needed = bound(images_per_class)
+    if needed > budget:
+        raise D3BudgetError(f"{images_per_class} {dtype} images per class need {needed} bytes, over the budget of "
+                            f"{budget}: raise `budget` to {needed} or lower `images_per_class`", min_budget=needed)
+    return PixelPlan(images_per_class, dtype, needed, budget, images_per_class)
