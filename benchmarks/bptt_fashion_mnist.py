@@ -48,10 +48,12 @@ from fashion_mnist import machine  # noqa: E402
 BUDGET = 10_000_000  # bytes: generous; --images-per-class fixes the count and the table gives the file size
 
 # ../shared/background.md: the paper's figures, on other data (LeNet on MNIST, AlexCifarNet on CIFAR-10)
-PAPER = [("MNIST", "fixed init, 10 images", "93.8 (project page) / 96.6 (blog table)"),
-         ("MNIST", "random init, 100 images", "79.5 ± 8.1"),
-         ("CIFAR-10", "fixed init", "54.0"),
-         ("CIFAR-10", "random init", "36.8 ± 1.2")]
+PAPER = [
+    ("MNIST", "fixed init, 10 images", "93.8 (project page) / 96.6 (blog table)"),
+    ("MNIST", "random init, 100 images", "79.5 ± 8.1"),
+    ("CIFAR-10", "fixed init", "54.0"),
+    ("CIFAR-10", "random init", "36.8 ± 1.2"),
+]
 
 _STATE: dict = {}
 
@@ -96,11 +98,20 @@ def students(how: str, source: str, n: int, runs: int, seed: int, schedule_from:
     for r in range(runs):
         if how == "replay":
             schedule = D3Dataset(schedule_from or source).schedule
-            acc, sec = replay_student(schedule, images, labels, real.num_classes, real.mean, real.std, test_x, test_y,
-                                      seed + r)
+            acc, sec = replay_student(
+                schedule, images, labels, real.num_classes, real.mean, real.std, test_x, test_y, seed + r
+            )
         else:
-            acc, sec = train_student(images, labels, real.num_classes, real.mean, real.std, (test_x, test_y),
-                                     StudentConfig(epochs=_STATE["epochs"]), seed=seed + r)
+            acc, sec = train_student(
+                images,
+                labels,
+                real.num_classes,
+                real.mean,
+                real.std,
+                (test_x, test_y),
+                StudentConfig(epochs=_STATE["epochs"]),
+                seed=seed + r,
+            )
         accuracies.append(acc)
         seconds.append(sec)
     return {"accuracies": accuracies, "seconds": seconds, **extra}
@@ -111,18 +122,21 @@ def plan(args) -> tuple[list, list]:
     builds, evals = [], []
     for n in args.images_per_class:
         for kind in ("bptt-fixed", "bptt-random", "dm"):
-            builds.append((f"{kind}-{n}", (kind, n, args.preset, args.seed, str(work / f"{kind}-{n}.d3"),
-                                                  args.iterations)))
+            builds.append(
+                (f"{kind}-{n}", (kind, n, args.preset, args.seed, str(work / f"{kind}-{n}.d3"), args.iterations))
+            )
         fixed, rand = str(work / f"bptt-fixed-{n}.d3"), str(work / f"bptt-random-{n}.d3")
-        evals += [(f"bptt-fixed-{n}/replay", ("replay", fixed, n, 1, args.seed)),
-                  (f"bptt-fixed-{n}/standard", ("standard", fixed, n, args.runs, args.seed)),
-                  (f"bptt-random-{n}/replay", ("replay", rand, n, args.inits, args.seed)),
-                  (f"bptt-random-{n}/standard", ("standard", rand, n, args.runs, args.seed)),
-                  (f"dm-{n}/standard", ("standard", str(work / f"dm-{n}.d3"), n, args.runs, args.seed)),
-                  (f"real-{n}/standard", ("standard", "real", n, args.runs, args.seed)),
-                  (f"real-{n}/replay-fixed", ("replay", "real", n, 1, args.seed, fixed)),
-                  (f"real-{n}/replay-random", ("replay", "real", n, args.inits, args.seed, rand)),
-                  (f"real-png-{n}/standard", ("standard", "real-png", n, args.runs, args.seed, fixed))]
+        evals += [
+            (f"bptt-fixed-{n}/replay", ("replay", fixed, n, 1, args.seed)),
+            (f"bptt-fixed-{n}/standard", ("standard", fixed, n, args.runs, args.seed)),
+            (f"bptt-random-{n}/replay", ("replay", rand, n, args.inits, args.seed)),
+            (f"bptt-random-{n}/standard", ("standard", rand, n, args.runs, args.seed)),
+            (f"dm-{n}/standard", ("standard", str(work / f"dm-{n}.d3"), n, args.runs, args.seed)),
+            (f"real-{n}/standard", ("standard", "real", n, args.runs, args.seed)),
+            (f"real-{n}/replay-fixed", ("replay", "real", n, 1, args.seed, fixed)),
+            (f"real-{n}/replay-random", ("replay", "real", n, args.inits, args.seed, rand)),
+            (f"real-png-{n}/standard", ("standard", "real-png", n, args.runs, args.seed, fixed)),
+        ]
     return builds, evals
 
 
@@ -147,19 +161,32 @@ def mean_std(accuracies: list[float]) -> str:
 
 def render(results: dict, args) -> str:
     meta = results["_run"]
-    lines = ["# Benchmark: BPTT dataset distillation (Wang et al. 2018) on real Fashion-MNIST", "",
-             f"- {meta['date']}: `{meta['command']}` on {meta['machine']}; device: cpu. {args.note}".rstrip(),
-             "- replay: a student trained by the archive's own schedule (LeNet, plain GD with the learned step sizes; "
-             "fixed init from the stored θ₀, so one student: every replay is the same computation; random init from "
-             f"{args.inits} unseen initialisations, seeds 0 to {args.inits - 1}). standard: {args.runs} fresh ConvNet-3 "
-             f"students, {args.epochs} epochs, the protocol of benchmarks/RESULTS.md. Accuracy: final test accuracy "
-             "on the 10 000 test images, mean ± std over students. Bytes: the whole archive file.", "",
-             "| images | row | bytes | distil s | students | accuracy % |", "|---|---|---|---|---|---|"]
-    names = {"bptt-fixed": "BPTT, fixed init (θ₀ stored)", "bptt-random": "BPTT, random init", "dm": "DM",
-             "real": "random real", "real-png": "random real PNG in the fixed-init archive's bytes"}
-    hows = {"replay": "replayed schedule", "standard": "standard ConvNet-3",
-            "replay-fixed": "the fixed-init archive's schedule and θ₀",
-            "replay-random": "the random-init archive's schedule"}
+    lines = [
+        "# Benchmark: BPTT dataset distillation (Wang et al. 2018) on real Fashion-MNIST",
+        "",
+        f"- {meta['date']}: `{meta['command']}` on {meta['machine']}; device: cpu. {args.note}".rstrip(),
+        "- replay: a student trained by the archive's own schedule (LeNet, plain GD with the learned step sizes; "
+        "fixed init from the stored θ₀, so one student: every replay is the same computation; random init from "
+        f"{args.inits} unseen initialisations, seeds 0 to {args.inits - 1}). standard: {args.runs} fresh ConvNet-3 "
+        f"students, {args.epochs} epochs, the protocol of benchmarks/RESULTS.md. Accuracy: final test accuracy "
+        "on the 10 000 test images, mean ± std over students. Bytes: the whole archive file.",
+        "",
+        "| images | row | bytes | distil s | students | accuracy % |",
+        "|---|---|---|---|---|---|",
+    ]
+    names = {
+        "bptt-fixed": "BPTT, fixed init (θ₀ stored)",
+        "bptt-random": "BPTT, random init",
+        "dm": "DM",
+        "real": "random real",
+        "real-png": "random real PNG in the fixed-init archive's bytes",
+    }
+    hows = {
+        "replay": "replayed schedule",
+        "standard": "standard ConvNet-3",
+        "replay-fixed": "the fixed-init archive's schedule and θ₀",
+        "replay-random": "the random-init archive's schedule",
+    }
     for n in args.images_per_class:
         for key, value in results.items():
             if key.startswith("_") or "/" not in key:
@@ -171,10 +198,17 @@ def render(results: dict, args) -> str:
             built = results.get(source, {})
             if "bytes" in value:  # a baseline stored in a given number of bytes
                 built = {"bytes": f"{value['bytes']} ({value['images']} images)"}
-            lines.append(f"| {n * 10} ({n}/class) | {names[kind]}, {hows[how]} | {built.get('bytes', '-')} | "
-                         f"{built.get('distill_s', '-')} | {len(value['accuracies'])} | {mean_std(value['accuracies'])} |")
-    lines += ["", "The paper's own figures, on other data (quoted from ../shared/background.md, not measured here):", "",
-              "| data | setting | accuracy % (paper) |", "|---|---|---|"]
+            lines.append(
+                f"| {n * 10} ({n}/class) | {names[kind]}, {hows[how]} | {built.get('bytes', '-')} | "
+                f"{built.get('distill_s', '-')} | {len(value['accuracies'])} | {mean_std(value['accuracies'])} |"
+            )
+    lines += [
+        "",
+        "The paper's own figures, on other data (quoted from ../shared/background.md, not measured here):",
+        "",
+        "| data | setting | accuracy % (paper) |",
+        "|---|---|---|",
+    ]
     lines += [f"| {d} | {s} | {a} |" for d, s, a in PAPER]
     return "\n".join(lines) + "\n"
 
@@ -199,8 +233,10 @@ def main() -> None:
     args = p.parse_args()
     Path(args.work).mkdir(parents=True, exist_ok=True)
     results = json.loads(Path(args.json).read_text()) if args.resume and Path(args.json).exists() else {}
-    results.setdefault("_run", {"date": dt.date.today().isoformat(), "machine": machine(args.jobs),
-                                "command": "python " + " ".join(sys.argv)})
+    results.setdefault(
+        "_run",
+        {"date": dt.date.today().isoformat(), "machine": machine(args.jobs), "command": "python " + " ".join(sys.argv)},
+    )
     builds, evals = plan(args)
     run_tasks(build, builds, results, args)
     run_tasks(students, evals, results, args)

@@ -72,8 +72,9 @@ def run_workload(name: str) -> dict:
         "dm": lambda: DMEncoder.from_options("fast", iterations=25),
         "bptt": lambda: BPTTEncoder.from_options("fast", iterations=10, images_per_class=10),
         "d3": lambda: D3Encoder.from_options("fast", iterations=25, init_iterations=200, **teacher),
-        "d2m": lambda: D2MEncoder.from_options("fast", None, None, f"{folder}/p.ckpt", iterations=25,
-                                               pretrain_iterations=100, **teacher),
+        "d2m": lambda: D2MEncoder.from_options(
+            "fast", None, None, f"{folder}/p.ckpt", iterations=25, pretrain_iterations=100, **teacher
+        ),
     }
     test = test_split(real) if name == "student" else None
     if name == "student":
@@ -84,37 +85,50 @@ def run_workload(name: str) -> dict:
     else:
         compress(real, f"{folder}/a.d3", encoder=encoders[name](), ipc=10, progress=False)
     after = resource.getrusage(resource.RUSAGE_SELF)
-    return {"user": after.ru_utime - before.ru_utime, "system": after.ru_stime - before.ru_stime,
-            "wall": time.time() - start, "malloc": keep_freed_memory()}
+    return {
+        "user": after.ru_utime - before.ru_utime,
+        "system": after.ru_stime - before.ru_stime,
+        "wall": time.time() - start,
+        "malloc": keep_freed_memory(),
+    }
 
 
 def measure(name: str, mode: str) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != "D3CODEC_MALLOC"}
     env.update({"OMP_NUM_THREADS": "1", **MODES[mode]})
-    out = subprocess.run([sys.executable, __file__, "--child", name], env=env, capture_output=True, text=True,
-                         check=True)
+    out = subprocess.run(
+        [sys.executable, __file__, "--child", name], env=env, capture_output=True, text=True, check=True
+    )
     result = json.loads(out.stdout.strip().splitlines()[-1])
     result["kernel_share"] = result["system"] / (result["user"] + result["system"])
     return result
 
 
 def table(results: dict, measured: dict, meta: dict) -> str:
-    lines = ["# CPU time: the kernel's share before and after d3codec.util.runtime", "",
-             f"Measured on {meta['machine']} ({meta['cores']} cores), one thread per run, torch " + meta["torch"]
-             + "; each workload's date and conditions are under the table.", "",
-             "Command: `python benchmarks/cpu_time.py`. Each workload runs in a fresh "
-             "process on real Fashion-MNIST at the IPC 10 budget; CPU seconds count the work alone, not the data "
-             "loading. *glibc default* is the behaviour before the fix (`D3CODEC_MALLOC=system`), *d3codec* what "
-             "ships (mallopt at start-up), *environment* the `MALLOC_MMAP_THRESHOLD_`/`MALLOC_TRIM_THRESHOLD_` "
-             "run it is compared with.", "",
-             "| workload | mode | user s | system s | kernel share | wall s | wall vs environment |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        "# CPU time: the kernel's share before and after d3codec.util.runtime",
+        "",
+        f"Measured on {meta['machine']} ({meta['cores']} cores), one thread per run, torch "
+        + meta["torch"]
+        + "; each workload's date and conditions are under the table.",
+        "",
+        "Command: `python benchmarks/cpu_time.py`. Each workload runs in a fresh "
+        "process on real Fashion-MNIST at the IPC 10 budget; CPU seconds count the work alone, not the data "
+        "loading. *glibc default* is the behaviour before the fix (`D3CODEC_MALLOC=system`), *d3codec* what "
+        "ships (mallopt at start-up), *environment* the `MALLOC_MMAP_THRESHOLD_`/`MALLOC_TRIM_THRESHOLD_` "
+        "run it is compared with.",
+        "",
+        "| workload | mode | user s | system s | kernel share | wall s | wall vs environment |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for name, modes in results.items():
         ref = modes.get("environment", {}).get("wall")
         for mode, r in modes.items():
             rel = f"{100 * (r['wall'] / ref - 1):+.1f} %" if ref else "-"
-            lines.append(f"| {WORKLOADS[name]} | {mode} | {r['user']:.1f} | {r['system']:.1f} | "
-                         f"{100 * r['kernel_share']:.1f} % | {r['wall']:.1f} | {rel} |")
+            lines.append(
+                f"| {WORKLOADS[name]} | {mode} | {r['user']:.1f} | {r['system']:.1f} | "
+                f"{100 * r['kernel_share']:.1f} % | {r['wall']:.1f} | {rel} |"
+            )
     lines += ["", "Measured:", ""]
     lines += [f"- {WORKLOADS[name]}: {m['date']}, {m['conditions']} (`{m['command']}`)" for name, m in measured.items()]
     return "\n".join(lines) + "\n"
@@ -124,8 +138,11 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--workloads", nargs="+", choices=list(WORKLOADS), default=list(WORKLOADS))
     p.add_argument("--modes", nargs="+", choices=list(MODES), default=list(MODES))
-    p.add_argument("--conditions", default="each run alone on an idle machine",
-                   help="what else the machine ran, recorded beside these rows")
+    p.add_argument(
+        "--conditions",
+        default="each run alone on an idle machine",
+        help="what else the machine ran, recorded beside these rows",
+    )
     p.add_argument("--child", choices=list(WORKLOADS), help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
@@ -136,22 +153,42 @@ def main() -> None:
         results[name] = {}
         for mode in args.modes:
             results[name][mode] = r = measure(name, mode)
-            print(f"{name:8} {mode:14} user {r['user']:6.1f} s  system {r['system']:6.1f} s  kernel "
-                  f"{100 * r['kernel_share']:5.1f} %  wall {r['wall']:6.1f} s  ({r['malloc']})", flush=True)
+            print(
+                f"{name:8} {mode:14} user {r['user']:6.1f} s  system {r['system']:6.1f} s  kernel "
+                f"{100 * r['kernel_share']:5.1f} %  wall {r['wall']:6.1f} s  ({r['malloc']})",
+                flush=True,
+            )
     import torch
 
-    meta = {"date": dt.date.today().isoformat(), "machine": cpu_name(),
-            "cores": os.cpu_count(), "torch": torch.__version__, "command": " ".join(sys.argv[1:]) or "defaults"}
+    meta = {
+        "date": dt.date.today().isoformat(),
+        "machine": cpu_name(),
+        "cores": os.cpu_count(),
+        "torch": torch.__version__,
+        "command": " ".join(sys.argv[1:]) or "defaults",
+    }
     path = HERE / "results-cpu-time.json"
     last = json.loads(path.read_text()) if path.exists() else {"results": {}, "measured": {}}
     old_meta = last.get("meta", {})  # files before 2026-12-05 have one date for every row
-    measured = {name: last.get("measured", {}).get(name) or {"date": old_meta.get("date"), "conditions":
-                "each run alone on an idle machine", "command": "python benchmarks/cpu_time.py"}
-                for name in last["results"]}
-    this_run = {"date": meta["date"], "conditions": args.conditions,
-                "command": "python benchmarks/cpu_time.py " + shlex.join(sys.argv[1:])}
-    merged = {name: results.get(name) or last["results"][name] for name in WORKLOADS
-              if name in results or name in last["results"]}
+    measured = {
+        name: last.get("measured", {}).get(name)
+        or {
+            "date": old_meta.get("date"),
+            "conditions": "each run alone on an idle machine",
+            "command": "python benchmarks/cpu_time.py",
+        }
+        for name in last["results"]
+    }
+    this_run = {
+        "date": meta["date"],
+        "conditions": args.conditions,
+        "command": "python benchmarks/cpu_time.py " + shlex.join(sys.argv[1:]),
+    }
+    merged = {
+        name: results.get(name) or last["results"][name]
+        for name in WORKLOADS
+        if name in results or name in last["results"]
+    }
     measured = {name: this_run if name in results else measured[name] for name in merged}
     path.write_text(json.dumps({"meta": meta, "results": merged, "measured": measured}, indent=1) + "\n")
     page = HERE / "cpu-time.md"

@@ -82,12 +82,36 @@ HERE = Path(__file__).resolve().parent
 
 # ../shared/background.md; "recalled" figures are from memory of the papers' tables, unverified
 PUBLISHED = {
-    1: {"random real": "≈51 (recalled)", "DM": "70.7 (recalled)", "DC": "70.5", "DSA": "70.6", "MTT": "75.1 (recalled)",
-        "DANCE": "81.5", "FreD (storage counted)": "84.6", "IDC (storage counted)": "-"},
-    10: {"random real": "≈74 (recalled)", "DM": "83.5 (recalled)", "DC": "82.3", "DSA": "84.6", "MTT": "87.2 (recalled)",
-         "DANCE": "86.3", "FreD (storage counted)": "89.1", "IDC (storage counted)": "86.0"},
-    50: {"random real": "≈82.5 (recalled)", "DM": "88.1 (recalled)", "DC": "83.6", "DSA": "88.7", "MTT": "88.3 (recalled)",
-         "DANCE": "86.9", "FreD (storage counted)": "-", "IDC (storage counted)": "-"},
+    1: {
+        "random real": "≈51 (recalled)",
+        "DM": "70.7 (recalled)",
+        "DC": "70.5",
+        "DSA": "70.6",
+        "MTT": "75.1 (recalled)",
+        "DANCE": "81.5",
+        "FreD (storage counted)": "84.6",
+        "IDC (storage counted)": "-",
+    },
+    10: {
+        "random real": "≈74 (recalled)",
+        "DM": "83.5 (recalled)",
+        "DC": "82.3",
+        "DSA": "84.6",
+        "MTT": "87.2 (recalled)",
+        "DANCE": "86.3",
+        "FreD (storage counted)": "89.1",
+        "IDC (storage counted)": "86.0",
+    },
+    50: {
+        "random real": "≈82.5 (recalled)",
+        "DM": "88.1 (recalled)",
+        "DC": "83.6",
+        "DSA": "88.7",
+        "MTT": "88.3 (recalled)",
+        "DANCE": "86.9",
+        "FreD (storage counted)": "-",
+        "IDC (storage counted)": "-",
+    },
 }
 # DANCE: its README's table (Zhang et al., IJCAI 2024, Table 1; best of its evaluations); FreD and IDC: FreD's README,
 # as issue 34 quotes them (every stored byte counted)
@@ -101,17 +125,31 @@ def machine(jobs: int = 1, threads: int | None = None) -> str:
 
 def run(args) -> dict:
     log = lambda m: print(m, flush=True)  # noqa: E731
-    invocation = {"command": "python " + " ".join(sys.argv), "date": dt.date.today().isoformat(),
-                  "machine": machine(args.jobs, args.threads), "device": str(resolve_device(args.device)), "note": args.note,
-                  "resume": args.resume}
+    invocation = {
+        "command": "python " + " ".join(sys.argv),
+        "date": dt.date.today().isoformat(),
+        "machine": machine(args.jobs, args.threads),
+        "device": str(resolve_device(args.device)),
+        "note": args.note,
+        "resume": args.resume,
+    }
     planned = [[ipc, name] for ipc in args.ipc for name in row_names(ipc, args)]
-    results = {"invocations": [invocation], "epochs": args.epochs, "runs": args.runs, "rows": [],
-               "series_start": 1, "planned": planned, "partial": {}}
+    results = {
+        "invocations": [invocation],
+        "epochs": args.epochs,
+        "runs": args.runs,
+        "rows": [],
+        "series_start": 1,
+        "planned": planned,
+        "partial": {},
+    }
     if (args.resume or args.append) and Path(args.json).is_file():
         earlier = json.loads(Path(args.json).read_text())
         if (earlier["epochs"], earlier["runs"]) != (args.epochs, args.runs):
-            raise SystemExit(f"{args.json} holds runs with --epochs {earlier['epochs']} --runs {earlier['runs']}: "
-                             "pass the same, or write to another --json")
+            raise SystemExit(
+                f"{args.json} holds runs with --epochs {earlier['epochs']} --runs {earlier['runs']}: "
+                "pass the same, or write to another --json"
+            )
         results["rows"] = earlier["rows"]
         results["invocations"] = earlier["invocations"] + [invocation]
         if args.resume:  # the interrupted series goes on: its finished rows and students are kept
@@ -142,18 +180,44 @@ def run(args) -> dict:
             for key in keys:
                 results["partial"].pop(key, None)
             stem = f"ipc{ipc}-{slug(b['name'])}"
-            spec = {"ipc": ipc, "name": b["name"], "kind": b["kind"], "overrides": b["overrides"],
-                    "preset": args.preset, "seed": args.seed, "archive": str(work / f"{stem}.d3"),
-                    "rows": [{"key": key, "name": name, "samples": samples, "model": model, "labels": labels,
-                              "inputs": str(work / f"{stem}-{samples or 'stored'}-{labels}.inputs.safetensors")}
-                             for key, (name, samples, model, labels) in zip(keys, rows)]}
+            spec = {
+                "ipc": ipc,
+                "name": b["name"],
+                "kind": b["kind"],
+                "overrides": b["overrides"],
+                "preset": args.preset,
+                "seed": args.seed,
+                "archive": str(work / f"{stem}.d3"),
+                "rows": [
+                    {
+                        "key": key,
+                        "name": name,
+                        "samples": samples,
+                        "model": model,
+                        "labels": labels,
+                        "inputs": str(work / f"{stem}-{samples or 'stored'}-{labels}.inputs.safetensors"),
+                    }
+                    for key, (name, samples, model, labels) in zip(keys, rows)
+                ],
+            }
             ready.append(((1, BUILD_PRIORITY[b["kind"]]), ("build", spec)))
     save(results, args)
     context = multiprocessing.get_context("spawn")
     threads = args.threads or max(1, (os.cpu_count() or 1) // args.jobs)
-    with ProcessPoolExecutor(args.jobs, context, initializer=init_worker,
-                             initargs=(threads, args.data_root, args.device, args.epochs, args.seed,
-                                       args.jpeg_quality, args.labeller_epochs)) as pool:
+    with ProcessPoolExecutor(
+        args.jobs,
+        context,
+        initializer=init_worker,
+        initargs=(
+            threads,
+            args.data_root,
+            args.device,
+            args.epochs,
+            args.seed,
+            args.jpeg_quality,
+            args.labeller_epochs,
+        ),
+    ) as pool:
         running = {}
         while ready or running:
             ready.sort(key=lambda t: t[0], reverse=True)
@@ -169,15 +233,22 @@ def run(args) -> dict:
                     for row in out:
                         part = {**row, "accuracies": {}, "student_seconds": {}, "runs": row_runs(row["name"], args)}
                         results["partial"][row["key"]] = part
-                        log(f"== built {row['key']}: {row['images']} images, {row['bytes']} bytes"
-                            + (f", distilled in {row['distill_seconds']} s" if row["distill_seconds"] is not None
-                               else ""))
+                        log(
+                            f"== built {row['key']}: {row['images']} images, {row['bytes']} bytes"
+                            + (
+                                f", distilled in {row['distill_seconds']} s"
+                                if row["distill_seconds"] is not None
+                                else ""
+                            )
+                        )
                         ready += student_tasks(row["key"], part, args.runs)
                 else:
                     part = results["partial"][spec["key"]]
                     part["accuracies"][str(spec["run"])], part["student_seconds"][str(spec["run"])] = out
-                    log(f"  {spec['key']} student {spec['run'] + 1}/{part.get('runs', args.runs)}: "
-                        f"{100 * out[0]:.2f} % ({out[1]:.0f} s)")
+                    log(
+                        f"  {spec['key']} student {spec['run'] + 1}/{part.get('runs', args.runs)}: "
+                        f"{100 * out[0]:.2f} % ({out[1]:.0f} s)"
+                    )
                     if len(part["accuracies"]) == part.get("runs", args.runs):
                         finish_row(results, spec["key"], planned)
                 save(results, args)
@@ -195,8 +266,9 @@ def builds(ipc: int, args) -> list[dict]:
     (the same-labels baseline that DD-Ranking argues for)."""
     out = []
 
-    def add(name: str, kind: str, overrides: dict | None = None, samples: list | None = None,
-            variants: tuple | None = None) -> None:
+    def add(
+        name: str, kind: str, overrides: dict | None = None, samples: list | None = None, variants: tuple | None = None
+    ) -> None:
         rows = []
         for row_name, labels in variants or ((name, "auto"),):
             for model in args.models:
@@ -212,8 +284,13 @@ def builds(ipc: int, args) -> list[dict]:
         """The build with a stored labeller (--labeller-width) beside it: rows online and hard."""
         if args.labeller_width:
             named = f"{name[:-1]}, labeller w{args.labeller_width})"
-            add(named, kind, {**(overrides or {}), "labeller_width": args.labeller_width}, samples,
-                tuple((named + suffix, labels) for suffix, labels in labelled))
+            add(
+                named,
+                kind,
+                {**(overrides or {}), "labeller_width": args.labeller_width},
+                samples,
+                tuple((named + suffix, labels) for suffix, labels in labelled),
+            )
 
     if args.default_row:  # what `d3 compress fashion-mnist --ipc N` writes with no method named
         choice = default_choice(10, ipc, args.preset)
@@ -229,8 +306,11 @@ def builds(ipc: int, args) -> list[dict]:
                 continue
             matching = spec["matching"]
             named = f"{dm[:-1]}, {spec['kind']} ×{spec['factor']}" + (f", {matching} matching)" if matching else ")")
-            overrides = {"formation": spec["kind"], "formation_factor": spec["factor"],
-                         **({"matching": matching} if matching else {})}
+            overrides = {
+                "formation": spec["kind"],
+                "formation_factor": spec["factor"],
+                **({"matching": matching} if matching else {}),
+            }
             add(named, "dm", overrides)
             if not spec["no_labeller"] and args.labeller_twins:
                 with_labeller(named, "dm", overrides)
@@ -243,24 +323,43 @@ def builds(ipc: int, args) -> list[dict]:
         if args.labeller_twins:
             with_labeller(f"D3 ({args.preset} preset{matched})", "d3", matching, samples=[d3_samples(ipc, args)])
         if ipc in args.no_labels_ipc:
-            add(f"D3 ({args.preset}, no soft labels{matched})", "d3", {"soft_labels": False, **matching},
-                samples=[d3_samples(ipc, args)])
+            add(
+                f"D3 ({args.preset}, no soft labels{matched})",
+                "d3",
+                {"soft_labels": False, **matching},
+                samples=[d3_samples(ipc, args)],
+            )
     if "d2m" in args.methods:
         overrides = ({} if args.d2m_soft_labels is None else {"soft_labels": args.d2m_soft_labels}) | matching
         soft = overrides.get("soft_labels", D2M_PRESETS[args.preset].soft_labels)
         name = f"D2M ({args.preset} preset{', soft labels' if soft else ''}{matched})"
         # with a stored teacher: the same archive's samples under hard labels, and real images under its labels
-        variants = ((name, "auto"), (f"D2M ({args.preset} preset, its samples with hard labels)", "hard"),
-                    ("random real (png) + D2M's stored teacher", "real+teacher")) if soft else None
+        variants = (
+            (
+                (name, "auto"),
+                (f"D2M ({args.preset} preset, its samples with hard labels)", "hard"),
+                ("random real (png) + D2M's stored teacher", "real+teacher"),
+            )
+            if soft
+            else None
+        )
         add(name, "d2m", overrides, samples=args.d2m_samples_per_class, variants=variants)
     for storage in args.real_storages:
         add(f"random real ({REAL_NAMES[storage].format(q=args.jpeg_quality)})", storage)
     if args.labeller_width:
         for storage in ("png", "jpeg"):  # the fair baseline: the same labeller, in the bytes it leaves
-            add(f"random real ({REAL_NAMES[storage].format(q=args.jpeg_quality)}, labeller w{args.labeller_width})",
-                storage, {"labeller_width": args.labeller_width}, variants=(
-                    (f"random real ({REAL_NAMES[storage].format(q=args.jpeg_quality)}) + the same labeller w"
-                     f"{args.labeller_width}, online", "online"),))
+            add(
+                f"random real ({REAL_NAMES[storage].format(q=args.jpeg_quality)}, labeller w{args.labeller_width})",
+                storage,
+                {"labeller_width": args.labeller_width},
+                variants=(
+                    (
+                        f"random real ({REAL_NAMES[storage].format(q=args.jpeg_quality)}) + the same labeller w"
+                        f"{args.labeller_width}, online",
+                        "online",
+                    ),
+                ),
+            )
     return out
 
 
@@ -286,8 +385,13 @@ def parse_formation_spec(text: str) -> dict:
     kind, factor, *rest = text.split(":")
     if len(rest) > 1 or not factor.isdigit():
         raise SystemExit(f"--formations: {text!r} is not KIND:FACTOR[:MATCHING][@IPC][!]")
-    return {"kind": kind, "factor": int(factor), "matching": rest[0] if rest else None,
-            "ipc": int(ipc) if ipc else None, "no_labeller": no_labeller}
+    return {
+        "kind": kind,
+        "factor": int(factor),
+        "matching": rest[0] if rest else None,
+        "ipc": int(ipc) if ipc else None,
+        "no_labeller": no_labeller,
+    }
 
 
 def row_runs(name: str, args) -> int:
@@ -330,14 +434,21 @@ def student_tasks(key: str, part: dict, runs: int) -> list[tuple[tuple, tuple]]:
     students where it has one, else ``runs``)."""
     runs = part.get("runs", runs)
     cost = part["images"] * (13 if part.get("model") == "resnet18" else 1)
-    return [((0, cost), ("student", {"key": key, "run": r, "inputs": part["inputs"],
-                                     "model": part.get("model", "convnet3")}))
-            for r in range(runs) if str(r) not in part["accuracies"]]
+    return [
+        (
+            (0, cost),
+            ("student", {"key": key, "run": r, "inputs": part["inputs"], "model": part.get("model", "convnet3")}),
+        )
+        for r in range(runs)
+        if str(r) not in part["accuracies"]
+    ]
 
 
 def describe(task: tuple) -> str:
     kind, spec = task
-    return f"build IPC {spec['ipc']}: {spec['name']}" if kind == "build" else f"student {spec['run'] + 1} of {spec['key']}"
+    return (
+        f"build IPC {spec['ipc']}: {spec['name']}" if kind == "build" else f"student {spec['run'] + 1} of {spec['key']}"
+    )
 
 
 def series_start(results: dict) -> int:
@@ -356,13 +467,28 @@ def finish_row(results: dict, key: str, planned: list) -> dict:
     """Move a row whose students have all finished from "partial" to "rows" (the series in planned order)."""
     part = results["partial"].pop(key)
     runs = range(len(part["accuracies"]))
-    r = EvalResult(part["name"], part["images"], [part["accuracies"][str(i)] for i in runs],
-                   [part["student_seconds"][str(i)] for i in runs], part["bytes"])
+    r = EvalResult(
+        part["name"],
+        part["images"],
+        [part["accuracies"][str(i)] for i in runs],
+        [part["student_seconds"][str(i)] for i in runs],
+        part["bytes"],
+    )
     print(r.summary(), flush=True)
-    row = {"ipc": part["ipc"], "name": part["name"], "model": part.get("model", "convnet3"),
-           "run": len(results["invocations"]), "images": part["images"],
-           "bytes": part["bytes"], "distill_seconds": part["distill_seconds"], "accuracies": r.accuracies,
-           "mean": r.mean, "std": r.std, "student_seconds": r.seconds, **part["extra"]}
+    row = {
+        "ipc": part["ipc"],
+        "name": part["name"],
+        "model": part.get("model", "convnet3"),
+        "run": len(results["invocations"]),
+        "images": part["images"],
+        "bytes": part["bytes"],
+        "distill_seconds": part["distill_seconds"],
+        "accuracies": r.accuracies,
+        "mean": r.mean,
+        "std": r.std,
+        "student_seconds": r.seconds,
+        **part["extra"],
+    }
     order = {(ipc, name): i for i, (ipc, name) in enumerate(planned)}
     earlier = [x for x in results["rows"] if x.get("run", 1) < results["series_start"]]
     series = sorted(series_rows(results) + [row], key=lambda x: order.get((x["ipc"], x["name"]), len(order)))
@@ -375,11 +501,18 @@ def finish_row(results: dict, key: str, planned: list) -> dict:
 _WORKER: dict = {}
 
 
-def init_worker(threads: int, data_root: str | None, device: str, epochs: int, seed: int, jpeg_quality: int,
-                labeller_epochs: float) -> None:
+def init_worker(
+    threads: int, data_root: str | None, device: str, epochs: int, seed: int, jpeg_quality: int, labeller_epochs: float
+) -> None:
     torch.set_num_threads(threads)
-    _WORKER.update(data_root=data_root, device=resolve_device(device), epochs=epochs, seed=seed,
-                   jpeg_quality=jpeg_quality, labeller_epochs=labeller_epochs)
+    _WORKER.update(
+        data_root=data_root,
+        device=resolve_device(device),
+        epochs=epochs,
+        seed=seed,
+        jpeg_quality=jpeg_quality,
+        labeller_epochs=labeller_epochs,
+    )
 
 
 def worker_data():
@@ -406,8 +539,7 @@ def build(spec: dict) -> list[dict]:
         if width:
             encoder = LabelledEncoder(encoder, LabellerConfig(width, _WORKER["labeller_epochs"]))
         t = time.time()
-        res = compress(real, spec["archive"], encoder=encoder,
-                       ipc=ipc, seed=seed, device=device, progress=False)
+        res = compress(real, spec["archive"], encoder=encoder, ipc=ipc, seed=seed, device=device, progress=False)
         distill_s, used = round(time.time() - t, 1), res.file_bytes
         reader, meta = open_archive(spec["archive"])
         reader.close()
@@ -426,31 +558,41 @@ def build(spec: dict) -> list[dict]:
                     draws[n, labels] = real_under_teacher(spec["archive"], real, budget, seed)
                     continue
                 t = time.time()
-                ds = D3Dataset(spec["archive"], samples_per_class=n, seed=seed,
-                               targets="auto" if labels == "online" else labels)
+                ds = D3Dataset(
+                    spec["archive"], samples_per_class=n, seed=seed, targets="auto" if labels == "online" else labels
+                )
                 extra["decode_images_per_second_cpu"] = round(len(ds) / (time.time() - t))
-                targets = ds.labeller if labels == "online" else ds.soft_labels if ds.soft_labels is not None \
-                    else ds.labels
+                targets = (
+                    ds.labeller if labels == "online" else ds.soft_labels if ds.soft_labels is not None else ds.labels
+                )
                 draws[n, labels] = ds.images, targets, used
         if kind == "d3":
             group = params["groups"][0]
-            extra.update(priors_per_class=group["priors_per_class"], latent_dim=group["latent_dim"],
-                         decoder_width=group["decoder_width"], teacher_accuracy=group["stats"].get("teacher_accuracy"))
+            extra.update(
+                priors_per_class=group["priors_per_class"],
+                latent_dim=group["latent_dim"],
+                decoder_width=group["decoder_width"],
+                teacher_accuracy=group["stats"].get("teacher_accuracy"),
+            )
         if kind == "d2m":
             extra.update({f: params[f] for f in ("generator_width", "noise_dim", "embed_dim")})
-            extra.update({f: params["stats"].get(f) for f in ("pretrain_seconds", "finetune_seconds",
-                                                               "teacher_accuracy")})
+            extra.update(
+                {f: params["stats"].get(f) for f in ("pretrain_seconds", "finetune_seconds", "teacher_accuracy")}
+            )
         if meta.get("labeller"):
-            extra.update(labeller_bytes=labeller_bytes(spec["archive"]),
-                         labeller_accuracy=meta["stats"].get("labeller_accuracy"))
+            extra.update(
+                labeller_bytes=labeller_bytes(spec["archive"]), labeller_accuracy=meta["stats"].get("labeller_accuracy")
+            )
     elif spec["overrides"].get("labeller_width"):  # the fair baseline: the archives' labeller, its bytes less
         config = LabellerConfig(spec["overrides"]["labeller_width"], _WORKER["labeller_epochs"])
         teacher, stats = train_labeller(real, config, seed, device)
         cost = section_cost(labeller_parts(teacher.net, config.temperature, config.dtype)[1])
         images, _, used = random_real_subset(real, budget - cost, kind, seed, _WORKER["jpeg_quality"])
-        draws[None, "online"] = images, as_stored(teacher.net, real.image_shape, real.mean, real.std, config.dtype,
-                                                     config.temperature), \
-            used + cost
+        draws[None, "online"] = (
+            images,
+            as_stored(teacher.net, real.image_shape, real.mean, real.std, config.dtype, config.temperature),
+            used + cost,
+        )
         extra.update(labeller_bytes=cost, labeller_accuracy=stats.get("labeller_accuracy"))
     else:
         draws[None, "auto"] = random_real_subset(real, budget, kind, seed, _WORKER["jpeg_quality"])
@@ -461,13 +603,26 @@ def build(spec: dict) -> list[dict]:
             save_inputs(row["inputs"], images, targets)
             saved.add(row["inputs"])
         sampled = {"samples_per_class": len(images) // real.num_classes} if kind in ("d3", "d2m") else {}
-        sampled.update(build=spec["name"], targets="online" if isinstance(targets, Labeller) else
-                       "soft" if targets.dim() == 2 else "hard")
+        sampled.update(
+            build=spec["name"],
+            targets="online" if isinstance(targets, Labeller) else "soft" if targets.dim() == 2 else "hard",
+        )
         real_images = row["labels"] == "real+teacher"  # not the archive's images: only the budget is shared
-        out.append({"key": row["key"], "ipc": ipc, "name": row["name"], "model": row["model"], "inputs": row["inputs"],
-                    "images": len(images), "bytes": used, "distill_seconds": None if real_images else distill_s,
-                    "extra": {"budget": budget, "labels": "soft, from the D2M archive's stored teacher",
-                              "targets": "soft"} if real_images else {**extra, **sampled}})
+        out.append(
+            {
+                "key": row["key"],
+                "ipc": ipc,
+                "name": row["name"],
+                "model": row["model"],
+                "inputs": row["inputs"],
+                "images": len(images),
+                "bytes": used,
+                "distill_seconds": None if real_images else distill_s,
+                "extra": {"budget": budget, "labels": "soft, from the D2M archive's stored teacher", "targets": "soft"}
+                if real_images
+                else {**extra, **sampled},
+            }
+        )
     return out
 
 
@@ -479,7 +634,7 @@ def real_under_teacher(archive: str, real, budget: int, seed: int) -> tuple[torc
         teacher_bytes = reader.info("teacher").stored_length
         label = load_labeller(reader, meta)
     images, _, used = random_real_subset(real, budget - teacher_bytes, "png", seed)
-    return images, torch.cat([label(images[i:i + 1024]) for i in range(0, len(images), 1024)]), used + teacher_bytes
+    return images, torch.cat([label(images[i : i + 1024]) for i in range(0, len(images), 1024)]), used + teacher_bytes
 
 
 def labeller_bytes(archive: str) -> int:
@@ -492,8 +647,13 @@ def save_inputs(path: str, images: torch.Tensor, targets) -> None:
     ConvNet-3 weights as the archive's reader got them, float32, and its normalisation and temperature)."""
     if isinstance(targets, Labeller):
         tensors = {f"labeller.{k}": v.detach().float().contiguous() for k, v in targets.net.state_dict().items()}
-        tensors.update({"labeller_mean": targets.normalise.mean.flatten(), "labeller_std": targets.normalise.std.flatten(),
-                        "labeller_temperature": torch.tensor([targets.temperature])})
+        tensors.update(
+            {
+                "labeller_mean": targets.normalise.mean.flatten(),
+                "labeller_std": targets.normalise.std.flatten(),
+                "labeller_temperature": torch.tensor([targets.temperature]),
+            }
+        )
         save_file({"images": images.contiguous(), **tensors}, path)
     else:
         save_file({"images": images.contiguous(), "targets": targets.contiguous()}, path)
@@ -503,12 +663,13 @@ def load_targets(inputs: dict, real):
     """The targets :func:`save_inputs` saved: a tensor, or the labeller rebuilt."""
     if "targets" in inputs:
         return inputs["targets"]
-    state = {k[len("labeller."):]: v for k, v in inputs.items() if k.startswith("labeller.")}
+    state = {k[len("labeller.") :]: v for k, v in inputs.items() if k.startswith("labeller.")}
     c, h = real.image_shape[0], real.image_shape[1]
     net = ConvNet(c, real.num_classes, h, width=state["features.0.weight"].shape[0])
     net.load_state_dict(state)
-    return Labeller(net, inputs["labeller_mean"].tolist(), inputs["labeller_std"].tolist(),
-                    float(inputs["labeller_temperature"]))
+    return Labeller(
+        net, inputs["labeller_mean"].tolist(), inputs["labeller_std"].tolist(), float(inputs["labeller_temperature"])
+    )
 
 
 def student(spec: dict) -> tuple[float, float]:
@@ -519,9 +680,17 @@ def student(spec: dict) -> tuple[float, float]:
     inputs = load_file(spec["inputs"])
     checkpoint = Path(spec["inputs"]).with_suffix(f".student{spec['run']}.ckpt.safetensors")
     train = lambda: train_student(  # noqa: E731
-        inputs["images"], load_targets(inputs, real), real.num_classes, real.mean, real.std, test,
-        StudentConfig(model=spec["model"], epochs=_WORKER["epochs"]), seed=_WORKER["seed"] + spec["run"],
-        device=_WORKER["device"], checkpoint=checkpoint)
+        inputs["images"],
+        load_targets(inputs, real),
+        real.num_classes,
+        real.mean,
+        real.std,
+        test,
+        StudentConfig(model=spec["model"], epochs=_WORKER["epochs"]),
+        seed=_WORKER["seed"] + spec["run"],
+        device=_WORKER["device"],
+        checkpoint=checkpoint,
+    )
     try:
         return train()
     except D3Error as error:  # a checkpoint of another run (other epochs, inputs or code): start afresh
@@ -547,56 +716,80 @@ def render(results: dict) -> str:
         "(BPTT, the pixel method's second objective, has its own benchmark: [RESULTS-bptt.md](RESULTS-bptt.md).)",
         "",
         "- script runs (the `script run` column; `--resume` keeps the rows of the earlier runs):",
-        *[f"  {i}. {v['date']}: `{v['command']}` on {v['machine']}; device: {v['device']}"
-          + (f". {v['note']}" if v.get("note") else "")
-          for i, v in enumerate(results["invocations"], 1)],
+        *[
+            f"  {i}. {v['date']}: `{v['command']}` on {v['machine']}; device: {v['device']}"
+            + (f". {v['note']}" if v.get("note") else "")
+            for i, v in enumerate(results["invocations"], 1)
+        ],
         f"- protocol: {results['runs']} fresh ConvNet-3 student{'s' if results['runs'] > 1 else ''} per row, or as "
-        "many as a row's accuracy says (\"(n = 3)\"), each seeded apart, "
+        'many as a row\'s accuracy says ("(n = 3)"), each seeded apart, '
         f"{results['epochs']} epochs, SGD lr 0.01 "
         "(× 0.1 at half), momentum 0.9, weight decay 5e-4, batch 256, DSA; **final-epoch** test accuracy on the "
         "10 000 test images, mean ± std over students. Bytes: the whole file (archives) or the images "
         "as stored (baselines). Baselines are drawn in the same run.",
-        *([] if any(v["device"].startswith("cuda") for v in results["invocations"]) else [
-            "- CUDA: not measured. Every run above used the CPU; no GPU was available to this project's sessions, "
-            "so the speed-up over CPU and whether CPU and CUDA archives of one seed expand to the same accuracy "
-            "(issue 7) are still unknown. The code runs on CUDA (`--device auto`) but has not been timed there."]),
+        *(
+            []
+            if any(v["device"].startswith("cuda") for v in results["invocations"])
+            else [
+                "- CUDA: not measured. Every run above used the CPU; no GPU was available to this project's sessions, "
+                "so the speed-up over CPU and whether CPU and CUDA archives of one seed expand to the same accuracy "
+                "(issue 7) are still unknown. The code runs on CUDA (`--device auto`) but has not been timed there."
+            ]
+        ),
         "",
         "| IPC budget | row | script run | bytes | images | distil s | student s (each) | accuracy % (final) | published % |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results["rows"]:
         pub = PUBLISHED.get(r["ipc"], {}) if r.get("model", "convnet3") == "convnet3" else {}
-        published = pub.get("DM", "") if r["name"].startswith("DM") else (
-            pub.get("random real", "") if r["name"] == "random real (float32)" else "")
+        published = (
+            pub.get("DM", "")
+            if r["name"].startswith("DM")
+            else (pub.get("random real", "") if r["name"] == "random real (float32)" else "")
+        )
         distil = f"{r['distill_seconds']:.0f}" if r.get("distill_seconds") is not None else "-"
         if r.get("pretrain_seconds") is not None:
             distil += f" ({r['pretrain_seconds']:.0f} pre-training + {r['finetune_seconds']:.0f} fine-tuning)"
         per_class = f" ({r['images_per_class']}/class, {r['storage']})" if "images_per_class" in r else ""
         if "priors_per_class" in r:
-            per_class = (f" ({r['samples_per_class']}/class drawn from {r['priors_per_class']} priors/class, "
-                         f"latent {r['latent_dim']}, decoder width {r['decoder_width']}; decodes "
-                         f"{r['decode_images_per_second_cpu']} img/s on CPU)")
+            per_class = (
+                f" ({r['samples_per_class']}/class drawn from {r['priors_per_class']} priors/class, "
+                f"latent {r['latent_dim']}, decoder width {r['decoder_width']}; decodes "
+                f"{r['decode_images_per_second_cpu']} img/s on CPU)"
+            )
         if "generator_width" in r:
-            per_class = (f" ({r['samples_per_class']}/class sampled from a generator of width "
-                         f"{r['generator_width']}, noise {r['noise_dim']}, class embedding {r['embed_dim']}; "
-                         f"decodes {r['decode_images_per_second_cpu']} img/s on CPU)")
+            per_class = (
+                f" ({r['samples_per_class']}/class sampled from a generator of width "
+                f"{r['generator_width']}, noise {r['noise_dim']}, class embedding {r['embed_dim']}; "
+                f"decodes {r['decode_images_per_second_cpu']} img/s on CPU)"
+            )
         student = sum(r["student_seconds"]) / len(r["student_seconds"])
         count = "" if len(r["accuracies"]) == results["runs"] else f" (n = {len(r['accuracies'])})"
-        lines.append(f"| {r['ipc']} ({r.get('budget', '')} B) | {r['name']} | {r.get('run', 1)} | {r['bytes']} | {r['images']}{per_class} | "
-                     f"{distil} | {student:.0f} | {100 * r['mean']:.2f} ± {100 * r['std']:.2f}{count} | {published} |")
+        lines.append(
+            f"| {r['ipc']} ({r.get('budget', '')} B) | {r['name']} | {r.get('run', 1)} | {r['bytes']} | {r['images']}{per_class} | "
+            f"{distil} | {student:.0f} | {100 * r['mean']:.2f} ± {100 * r['std']:.2f}{count} | {published} |"
+        )
     lines += ranking_table(results["rows"])
     results.setdefault("series_start", series_start(results))
     finished = {(r["ipc"], r["name"]) for r in series_rows(results)}
     partial = results.get("partial", {})
-    pending = [row_key(ipc, name) + (f" ({len(partial[row_key(ipc, name)]['accuracies'])} of "
-                                     f"{partial[row_key(ipc, name)].get('runs', results['runs'])} "
-                                     "students done)" if row_key(ipc, name) in partial else "")
-               for ipc, name in results.get("planned", []) if (ipc, name) not in finished]
+    pending = [
+        row_key(ipc, name)
+        + (
+            f" ({len(partial[row_key(ipc, name)]['accuracies'])} of "
+            f"{partial[row_key(ipc, name)].get('runs', results['runs'])} "
+            "students done)"
+            if row_key(ipc, name) in partial
+            else ""
+        )
+        for ipc, name in results.get("planned", [])
+        if (ipc, name) not in finished
+    ]
     if pending:
         lines += ["", f"**Not yet measured** (the run was interrupted; `--resume` continues it): {'; '.join(pending)}."]
     lines += [
         "",
-        "Published Fashion-MNIST ConvNet-3 figures (../shared/background.md; \"recalled\" ones are unverified, and "
+        'Published Fashion-MNIST ConvNet-3 figures (../shared/background.md; "recalled" ones are unverified, and '
         "papers mostly report the best epoch over float32 images at IPC × K images, not whole files):",
         "",
         "| method | IPC 1 | IPC 10 | IPC 50 |",
@@ -604,9 +797,13 @@ def render(results: dict) -> str:
     ]
     for method in ("random real", "DC", "DSA", "DM", "MTT", "DANCE", "FreD (storage counted)", "IDC (storage counted)"):
         lines.append(f"| {method} | " + " | ".join(PUBLISHED[i][method] for i in (1, 10, 50)) + " |")
-    lines += ["", "Earlier measured baseline on this kind of machine (background.md, one student, final epoch): "
-              "IPC 1 budget: float32 51.0 %, raw uint8 67.3 %, JPEG q50 70.3 %; IPC 10 budget: float32 73.8 %, "
-              "raw uint8 83.0 %, JPEG q50 83.1 %.", ""]
+    lines += [
+        "",
+        "Earlier measured baseline on this kind of machine (background.md, one student, final epoch): "
+        "IPC 1 budget: float32 51.0 %, raw uint8 67.3 %, JPEG q50 70.3 %; IPC 10 budget: float32 73.8 %, "
+        "raw uint8 83.0 %, JPEG q50 83.1 %.",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -630,24 +827,40 @@ def ranking_table(rows: list[dict]) -> list[str]:
         same_build = [x for x in rows if x["ipc"] == r["ipc"] and x.get("build") == r["build"]]
         hard = r if r.get("targets") == "hard" else next((x for x in same_build if x.get("targets") == "hard"), None)
         prefix = "random real (PNG) + the same labeller" if r.get("targets") == "online" else "random real (PNG)"
-        random = next((x for x in rows if x["ipc"] == r["ipc"] and x["name"] == prefix or
-                       x["ipc"] == r["ipc"] and x["name"].startswith(prefix + " w")), None)
+        random = next(
+            (
+                x
+                for x in rows
+                if x["ipc"] == r["ipc"]
+                and x["name"] == prefix
+                or x["ipc"] == r["ipc"]
+                and x["name"].startswith(prefix + " w")
+            ),
+            None,
+        )
         if hard is None or random is None:
             continue
         ranking = Ranking(full[0] if full else None, hard["mean"], r["mean"], random["mean"], random["name"])
         hlr = "-" if ranking.hlr is None else f"{100 * ranking.hlr:.2f}"
         lrs = "-" if ranking.lrs is None else f"{100 * ranking.lrs:.2f}"
-        out.append(f"| {r['ipc']} | {r['name']} | {100 * r['mean']:.2f} | {100 * hard['mean']:.2f} | "
-                   f"{random['name']}: {100 * random['mean']:.2f} | {hlr} | {100 * ranking.ior:+.2f} | {lrs} |")
+        out.append(
+            f"| {r['ipc']} | {r['name']} | {100 * r['mean']:.2f} | {100 * hard['mean']:.2f} | "
+            f"{random['name']}: {100 * random['mean']:.2f} | {hlr} | {100 * ranking.ior:+.2f} | {lrs} |"
+        )
     if not out:
         return []
     source = f"{100 * full[0]:.2f} %, measured by {full[1]}" if full else "not measured"
-    return ["", "DD-Ranking's metrics (d3codec.evaluation.ranking; in points, mean accuracies): HLR = full-data accuracy − the "
-            "archive's images with hard labels (lower is better); IOR = the row − random real PNG images in the same "
-            "bytes with the same labels (higher is better); LRS = label-robust score (×100). Full-data ConvNet-3 "
-            f"accuracy: {source}.", "",
-            "| IPC | row | accuracy % | its images, hard labels % | random real, same labels % | HLR | IOR | LRS |",
-            "|---|---|---|---|---|---|---|---|", *out]
+    return [
+        "",
+        "DD-Ranking's metrics (d3codec.evaluation.ranking; in points, mean accuracies): HLR = full-data accuracy − the "
+        "archive's images with hard labels (lower is better); IOR = the row − random real PNG images in the same "
+        "bytes with the same labels (higher is better); LRS = label-robust score (×100). Full-data ConvNet-3 "
+        f"accuracy: {source}.",
+        "",
+        "| IPC | row | accuracy % | its images, hard labels % | random real, same labels % | HLR | IOR | LRS |",
+        "|---|---|---|---|---|---|---|---|",
+        *out,
+    ]
 
 
 def main() -> None:
@@ -657,42 +870,105 @@ def main() -> None:
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--epochs", type=int, default=300)
     p.add_argument("--preset", default="fast")
-    p.add_argument("--real-side-ipc", type=int, nargs="*", default=[1],
-                   help="IPC budgets at which DM also runs with 256 real images per class per iteration")
-    p.add_argument("--methods", nargs="*", default=["dm", "d3", "d2m"], choices=METHODS,
-                   help="distillation methods (the random-real rows always run)")
-    p.add_argument("--d2m-samples-per-class", type=int, nargs="+", default=[1, 10, 50, 100],
-                   help="one D2M row per number: images sampled per class from the same archive")
-    p.add_argument("--d2m-soft-labels", action=argparse.BooleanOptionalAction, default=None,
-                   help="store the teacher in the D2M archive (default: the preset's choice); with it, rows of the "
-                        "same samples under hard labels and of random real images under the teacher's labels")
-    p.add_argument("--models", nargs="+", default=["convnet3"], choices=list(MODEL_NAMES),
-                   help="student models; rows of other models than ConvNet-3 (cross-architecture) are named "
-                        "'... → MODEL'. A ResNet-18 student costs about 13 ConvNet-3 students: use a GPU")
-    p.add_argument("--no-labels-ipc", type=int, nargs="*", default=[1, 10],
-                   help="IPC budgets at which D3 also runs with soft labels off")
-    p.add_argument("--d3-samples-per-class", nargs="+", default=["40"],
-                   help="images drawn per class from D3 archives: one number, or one per --ipc; 'priors': one per prior")
-    p.add_argument("--labeller-width", type=int, default=16,
-                   help="each method also with a stored int8 labeller of this width (rows: online, and its images "
-                        "with hard labels), and random real PNG and JPEG images with the same labeller; 0: none")
+    p.add_argument(
+        "--real-side-ipc",
+        type=int,
+        nargs="*",
+        default=[1],
+        help="IPC budgets at which DM also runs with 256 real images per class per iteration",
+    )
+    p.add_argument(
+        "--methods",
+        nargs="*",
+        default=["dm", "d3", "d2m"],
+        choices=METHODS,
+        help="distillation methods (the random-real rows always run)",
+    )
+    p.add_argument(
+        "--d2m-samples-per-class",
+        type=int,
+        nargs="+",
+        default=[1, 10, 50, 100],
+        help="one D2M row per number: images sampled per class from the same archive",
+    )
+    p.add_argument(
+        "--d2m-soft-labels",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="store the teacher in the D2M archive (default: the preset's choice); with it, rows of the "
+        "same samples under hard labels and of random real images under the teacher's labels",
+    )
+    p.add_argument(
+        "--models",
+        nargs="+",
+        default=["convnet3"],
+        choices=list(MODEL_NAMES),
+        help="student models; rows of other models than ConvNet-3 (cross-architecture) are named "
+        "'... → MODEL'. A ResNet-18 student costs about 13 ConvNet-3 students: use a GPU",
+    )
+    p.add_argument(
+        "--no-labels-ipc",
+        type=int,
+        nargs="*",
+        default=[1, 10],
+        help="IPC budgets at which D3 also runs with soft labels off",
+    )
+    p.add_argument(
+        "--d3-samples-per-class",
+        nargs="+",
+        default=["40"],
+        help="images drawn per class from D3 archives: one number, or one per --ipc; 'priors': one per prior",
+    )
+    p.add_argument(
+        "--labeller-width",
+        type=int,
+        default=16,
+        help="each method also with a stored int8 labeller of this width (rows: online, and its images "
+        "with hard labels), and random real PNG and JPEG images with the same labeller; 0: none",
+    )
     p.add_argument("--labeller-epochs", type=float, default=LabellerConfig.epochs, help="the labeller's epochs")
-    p.add_argument("--formations", nargs="*", default=["lowres:2", "dct:2"],
-                   help="DM also through these formations: KIND:FACTOR[:MATCHING][@IPC][!] (d3codec.methods.pixel."
-                        "formation; MATCHING dm or dance; @IPC: at that budget only; !: without the labeller twin)")
-    p.add_argument("--default-row", action=argparse.BooleanOptionalAction, default=True,
-                   help="a row of the archive `d3 compress fashion-mnist --ipc N` writes (d3codec.encode.defaults)")
-    p.add_argument("--matching", choices=MATCHINGS, default=None,
-                   help="the matching of the D3 and D2M rows (default: their presets'); DM's rows name theirs in "
-                   "--formations, and its plain row keeps DM's own")
-    p.add_argument("--labeller-twins", action=argparse.BooleanOptionalAction, default=True,
-                   help="each method's row also with a stored labeller of --labeller-width (the real-image rows "
-                   "with the same labeller stay)")
-    p.add_argument("--real-storages", nargs="*", default=["float32", "png", "jpeg"], choices=["float32", "png", "jpeg"],
-                   help="random real images stored so, in the whole budget")
+    p.add_argument(
+        "--formations",
+        nargs="*",
+        default=["lowres:2", "dct:2"],
+        help="DM also through these formations: KIND:FACTOR[:MATCHING][@IPC][!] (d3codec.methods.pixel."
+        "formation; MATCHING dm or dance; @IPC: at that budget only; !: without the labeller twin)",
+    )
+    p.add_argument(
+        "--default-row",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="a row of the archive `d3 compress fashion-mnist --ipc N` writes (d3codec.encode.defaults)",
+    )
+    p.add_argument(
+        "--matching",
+        choices=MATCHINGS,
+        default=None,
+        help="the matching of the D3 and D2M rows (default: their presets'); DM's rows name theirs in "
+        "--formations, and its plain row keeps DM's own",
+    )
+    p.add_argument(
+        "--labeller-twins",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="each method's row also with a stored labeller of --labeller-width (the real-image rows "
+        "with the same labeller stay)",
+    )
+    p.add_argument(
+        "--real-storages",
+        nargs="*",
+        default=["float32", "png", "jpeg"],
+        choices=["float32", "png", "jpeg"],
+        help="random real images stored so, in the whole budget",
+    )
     p.add_argument("--threads", type=int, default=None, help="threads per worker (default: cores / --jobs)")
-    p.add_argument("--runs-for", nargs="*", default=[], metavar="PATTERN=N",
-                   help="rows whose name contains PATTERN get N students instead of --runs (the first match counts)")
+    p.add_argument(
+        "--runs-for",
+        nargs="*",
+        default=[],
+        metavar="PATTERN=N",
+        help="rows whose name contains PATTERN get N students instead of --runs (the first match counts)",
+    )
     p.add_argument("--jpeg-quality", type=int, default=JPEG_QUALITY, help="quality of the JPEG baselines")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
@@ -701,17 +977,28 @@ def main() -> None:
     p.add_argument("--out", default=str(HERE / "RESULTS.md"))
     p.add_argument("--json", default=str(HERE / "results-fashion-mnist.json"))
     p.add_argument("--note", default="", help="said of this run in RESULTS.md (e.g. what else shared the machine)")
-    p.add_argument("--jobs", type=int, default=1,
-                   help="worker processes; builds and students run in parallel, each with cores/jobs threads")
-    p.add_argument("--resume", action="store_true",
-                   help="go on with the interrupted run in --json: keep its finished rows and students, run the rest")
-    p.add_argument("--append", action="store_true",
-                   help="start a new run in --json, keeping the rows of its earlier runs in the table")
+    p.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="worker processes; builds and students run in parallel, each with cores/jobs threads",
+    )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="go on with the interrupted run in --json: keep its finished rows and students, run the rest",
+    )
+    p.add_argument(
+        "--append",
+        action="store_true",
+        help="start a new run in --json, keeping the rows of its earlier runs in the table",
+    )
     p.add_argument("--render-only", action="store_true", help="rewrite --out from --json without running anything")
     p.add_argument("--plan", action="store_true", help="list the rows and their students, and run nothing")
     args = p.parse_args()
     if len(args.d3_samples_per_class) not in (1, len(args.ipc)) or not all(
-            v == "priors" or v.isdigit() and int(v) > 0 for v in args.d3_samples_per_class):
+        v == "priors" or v.isdigit() and int(v) > 0 for v in args.d3_samples_per_class
+    ):
         p.error("--d3-samples-per-class takes one positive number (or 'priors'), or one per --ipc")
     if args.plan:
         for ipc in args.ipc:

@@ -34,13 +34,31 @@ def main() -> None:
     labels = torch.cat([torch.full((len(real.class_indices(c)),), c) for c in range(real.num_classes)])
     test_x, test_y = students.test_split(real)
     config = students.StudentConfig(model=args.model, epochs=args.epochs)
-    accuracy, seconds = students.train_student(images, labels, real.num_classes, real.mean, real.std, (test_x, test_y),
-                                               config, seed=args.seed, progress="full data")
-    row = {"dataset": real.name, "model": args.model, "images": len(images), "epochs": args.epochs,
-           "accuracy": round(accuracy, 4), "seconds": round(seconds, 1), "seed": args.seed,
-           "command": "python " + " ".join(sys.argv), "machine": cpu_name(),
-           "threads": torch.get_num_threads(), "torch": torch.__version__,
-           "date": time.strftime("%Y-%m-%d", time.gmtime())}
+    accuracy, seconds = students.train_student(
+        images,
+        labels,
+        real.num_classes,
+        real.mean,
+        real.std,
+        (test_x, test_y),
+        config,
+        seed=args.seed,
+        progress="full data",
+    )
+    row = {
+        "dataset": real.name,
+        "model": args.model,
+        "images": len(images),
+        "epochs": args.epochs,
+        "accuracy": round(accuracy, 4),
+        "seconds": round(seconds, 1),
+        "seed": args.seed,
+        "command": "python " + " ".join(sys.argv),
+        "machine": cpu_name(),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "date": time.strftime("%Y-%m-%d", time.gmtime()),
+    }
     out = Path(args.out)
     rows = json.loads(out.read_text()) if out.exists() else []
     rows = [r for r in rows if (r["dataset"], r["model"]) != (row["dataset"], row["model"])] + [row]

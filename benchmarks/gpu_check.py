@@ -51,11 +51,17 @@ METHODS = {  # quick settings per method: a few iterations on 10 classes at 32 p
 def run(args: list[str], env: dict | None = None, timeout: float = 600) -> tuple[float, str]:
     """Run the d3 command with ``args``; (seconds, output). Raises RuntimeError with its output on failure."""
     start = time.time()
-    done = subprocess.run([sys.executable, "-m", "d3codec.cli.main", *args], capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, **(env or {})})
+    done = subprocess.run(
+        [sys.executable, "-m", "d3codec.cli.main", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
     if done.returncode != 0:
-        raise RuntimeError(f"d3 {' '.join(args)} failed ({done.returncode}):\n"
-                           f"{done.stdout[-2000:]}{done.stderr[-3000:]}")
+        raise RuntimeError(
+            f"d3 {' '.join(args)} failed ({done.returncode}):\n{done.stdout[-2000:]}{done.stderr[-3000:]}"
+        )
     return time.time() - start, done.stdout + done.stderr
 
 
@@ -83,8 +89,15 @@ class Check:
             result = fn()
             self.rows.append({"step": name, "ok": True, "seconds": round(time.time() - start, 1), **result})
         except Exception as e:  # recorded, and the other steps still run
-            self.rows.append({"step": name, "ok": False, "seconds": round(time.time() - start, 1),
-                              "error": f"{type(e).__name__}: {e}"[-1500:], "trace": traceback.format_exc()[-1500:]})
+            self.rows.append(
+                {
+                    "step": name,
+                    "ok": False,
+                    "seconds": round(time.time() - start, 1),
+                    "error": f"{type(e).__name__}: {e}"[-1500:],
+                    "trace": traceback.format_exc()[-1500:],
+                }
+            )
         print(json.dumps(self.rows[-1])[:400], flush=True)
 
 
@@ -108,23 +121,27 @@ def main(argv: list[str] | None = None) -> int:
     common = [str(data / "train"), "--resolution", resolution, "--seed", "1", "--force", "--restart", "--quiet"]
     budget = {m: ["--ipc", "2"] for m in METHODS} | {"bptt": ["--budget", "60000"]}  # BPTT stores LeNet's θ₀ too
     if args.dry:
-        quick = {m: ["--preset", "smoke", "--iterations", "2"] + (["--warm-start-iterations", "2", "--teacher-epochs",
-                                                                   "0.2"] if m == "d3" else [])
-                 + (["--pretrain-iterations", "2", "--teacher-epochs", "0.2"] if m == "d2m" else [])
-                 for m in METHODS}
+        quick = {
+            m: ["--preset", "smoke", "--iterations", "2"]
+            + (["--warm-start-iterations", "2", "--teacher-epochs", "0.2"] if m == "d3" else [])
+            + (["--pretrain-iterations", "2", "--teacher-epochs", "0.2"] if m == "d2m" else [])
+            for m in METHODS
+        }
     else:
         quick = METHODS
     check = Check()
     timings: dict[str, dict[str, float]] = {}
 
     for method, flags in quick.items():
+
         def encode(method=method, flags=flags):
             row, paths = {}, {}
             for device in dict.fromkeys((gpu, alias, "cpu")):  # the dry run: the CPU once
                 path = out / f"{method}-{device.replace(':', '')}.d3"
                 paths[device] = path
-                seconds, _ = run(["compress", method, *common, *budget[method], *flags, "--device", device, "-o",
-                                  str(path)])
+                seconds, _ = run(
+                    ["compress", method, *common, *budget[method], *flags, "--device", device, "-o", str(path)]
+                )
                 row[f"seconds_{device}"] = round(seconds, 1)
             row["same_bytes_cuda_and_cuda0"] = digest(paths[gpu]) == digest(paths[alias])
             row["same_bytes_cpu_and_cuda"] = digest(paths[gpu]) == digest(paths["cpu"])
@@ -133,9 +150,11 @@ def main(argv: list[str] | None = None) -> int:
             row["speedup_over_cpu"] = round(row["seconds_cpu"] / max(row[f"seconds_{gpu}"], 1e-9), 2)
             timings[method] = row
             return row
+
         check.step(f"encode {method}", encode)
 
     if not args.dry:
+
         def tf32():
             paths = {}
             for allowed in ("0", "1"):
@@ -143,20 +162,47 @@ def main(argv: list[str] | None = None) -> int:
                 # off: NVIDIA_TF32_OVERRIDE=0 disables TF32 in cuBLAS and cuDNN; on: cuDNN's convolutions
                 # use it by default and TORCH_ALLOW_TF32_CUBLAS_OVERRIDE=1 adds matmuls
                 env = {"NVIDIA_TF32_OVERRIDE": "0"} if allowed == "0" else {"TORCH_ALLOW_TF32_CUBLAS_OVERRIDE": "1"}
-                run(["compress", "dm", *common, *budget["dm"], *quick["dm"], "--device", gpu, "-o",
-                     str(paths[allowed])], env=env)
-            return {"same_bytes": digest(paths["0"]) == digest(paths["1"]),
-                    "max_image_difference": round(image_difference(paths["0"], paths["1"]), 5)}
+                run(
+                    [
+                        "compress",
+                        "dm",
+                        *common,
+                        *budget["dm"],
+                        *quick["dm"],
+                        "--device",
+                        gpu,
+                        "-o",
+                        str(paths[allowed]),
+                    ],
+                    env=env,
+                )
+            return {
+                "same_bytes": digest(paths["0"]) == digest(paths["1"]),
+                "max_image_difference": round(image_difference(paths["0"], paths["1"]), 5),
+            }
+
         check.step("TF32 on and off (DM)", tf32)
 
     def kill_and_resume():
         path = out / "d3-resume.d3"
-        flags = ["compress", "d3", *common, *budget["d3"], "--preset", "smoke",
-                 "--iterations", "400" if not args.dry else "300",
-                 "--device", gpu, "-o", str(path)]
+        flags = [
+            "compress",
+            "d3",
+            *common,
+            *budget["d3"],
+            "--preset",
+            "smoke",
+            "--iterations",
+            "400" if not args.dry else "300",
+            "--device",
+            gpu,
+            "-o",
+            str(path),
+        ]
         # D3 saves its checkpoint once the teacher and the warm start are done, before matching
-        process = subprocess.Popen([sys.executable, "-m", "d3codec.cli.main", *flags], stdout=subprocess.DEVNULL,
-                                   stderr=subprocess.DEVNULL)
+        process = subprocess.Popen(
+            [sys.executable, "-m", "d3codec.cli.main", *flags], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         checkpoint = out / "d3-resume.d3.ckpt.g0.safetensors"
         deadline = time.time() + 300
         while process.poll() is None and time.time() < deadline and not checkpoint.exists():
@@ -168,18 +214,40 @@ def main(argv: list[str] | None = None) -> int:
         process.wait()
         resume_env = {"D3CODEC_SYNC_DEBUG": "warn"} if not args.dry else {}
         seconds, output = run([*[f for f in flags if f != "--restart"]], env=resume_env)
-        return {"killed_mid_run": killed, "checkpoint_found": checkpoint.exists() or killed,
-                "resumed_seconds": round(seconds, 1), "resumed": "resuming from" in output,
-                "sync_warnings": output.count("called a synchronizing CUDA operation")}
+        return {
+            "killed_mid_run": killed,
+            "checkpoint_found": checkpoint.exists() or killed,
+            "resumed_seconds": round(seconds, 1),
+            "resumed": "resuming from" in output,
+            "sync_warnings": output.count("called a synchronizing CUDA operation"),
+        }
+
     check.step("kill and resume D3", kill_and_resume)
 
     def two_workers():
-        seconds, _ = run(["compress", "d3", *common, *budget["d3"], *quick["d3"], "--subtasks", "2", "--workers", "2",
-                          "--device", gpu, "-o", str(out / "d3-workers.d3")])
+        seconds, _ = run(
+            [
+                "compress",
+                "d3",
+                *common,
+                *budget["d3"],
+                *quick["d3"],
+                "--subtasks",
+                "2",
+                "--workers",
+                "2",
+                "--device",
+                gpu,
+                "-o",
+                str(out / "d3-workers.d3"),
+            ]
+        )
         return {"seconds": round(seconds, 1)}
+
     check.step("two D3 workers on one GPU", two_workers)
 
     if not args.dry:
+
         def chunk_memory():
             from d3codec.methods.d3.group import decoder_activation_bytes
             from d3codec.methods.d3.layout import GroupPlan
@@ -200,10 +268,15 @@ def main(argv: list[str] | None = None) -> int:
             loss.backward()
             torch.cuda.synchronize()
             peak = torch.cuda.max_memory_allocated() - base
-            per_class = (1 << 40) // memory_sized_chunk(10**6, m, r, shape, width, 1 << 40,
-                                                        decoder_activation_bytes(g, shape))
-            return {"measured_bytes_per_class": peak // classes, "estimated_bytes_per_class": per_class,
-                    "estimate_over_measured": round(per_class / max(1, peak // classes), 2)}
+            per_class = (1 << 40) // memory_sized_chunk(
+                10**6, m, r, shape, width, 1 << 40, decoder_activation_bytes(g, shape)
+            )
+            return {
+                "measured_bytes_per_class": peak // classes,
+                "estimated_bytes_per_class": per_class,
+                "estimate_over_measured": round(per_class / max(1, peak // classes), 2),
+            }
+
         check.step("D3 chunk memory at 64 px", chunk_memory)
 
     def expand_and_eval():
@@ -218,22 +291,42 @@ def main(argv: list[str] | None = None) -> int:
         real = load_dataset(str(data / "train"), resolution=int(resolution))
         real.test = load_dataset(str(data / "val"), resolution=int(resolution)).train
         result = evaluate(archive, dataset=real, device=gpu, epochs=2, runs=1)
-        return {"expand_seconds": round(expand_s, 1), "eval_seconds": round(time.time() - start, 1),
-                "accuracy": result.rows[0].mean}
+        return {
+            "expand_seconds": round(expand_s, 1),
+            "eval_seconds": round(time.time() - start, 1),
+            "accuracy": result.rows[0].mean,
+        }
+
     check.step("expand and evaluate on the device", expand_and_eval)
 
-    device_name = torch.cuda.get_device_name(0) if torch.cuda.is_available() and not args.dry else \
-        platform.processor() or platform.machine()
-    report = {"device": device_name, "dry": args.dry, "torch": torch.__version__,
-              "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "rows": check.rows}
+    device_name = (
+        torch.cuda.get_device_name(0)
+        if torch.cuda.is_available() and not args.dry
+        else platform.processor() or platform.machine()
+    )
+    report = {
+        "device": device_name,
+        "dry": args.dry,
+        "torch": torch.__version__,
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "rows": check.rows,
+    }
     (out / "gpu-check.json").write_text(json.dumps(report, indent=1) + "\n")
-    lines = [f"# CUDA check ({'dry run on the CPU' if args.dry else device_name})", "",
-             f"`python benchmarks/gpu_check.py OUT{' --dry' if args.dry else ''}`, torch {torch.__version__}, "
-             f"{report['date']}.", "", "| step | ok | seconds | result |", "|---|---|---|---|"]
+    lines = [
+        f"# CUDA check ({'dry run on the CPU' if args.dry else device_name})",
+        "",
+        f"`python benchmarks/gpu_check.py OUT{' --dry' if args.dry else ''}`, torch {torch.__version__}, "
+        f"{report['date']}.",
+        "",
+        "| step | ok | seconds | result |",
+        "|---|---|---|---|",
+    ]
     for row in check.rows:
         detail = {k: v for k, v in row.items() if k not in ("step", "ok", "seconds", "trace")}
-        lines.append(f"| {row['step']} | {'yes' if row['ok'] else 'NO'} | {row['seconds']} | "
-                     f"{json.dumps(detail)[:600].replace('|', '/')} |")
+        lines.append(
+            f"| {row['step']} | {'yes' if row['ok'] else 'NO'} | {row['seconds']} | "
+            f"{json.dumps(detail)[:600].replace('|', '/')} |"
+        )
     (out / "RESULTS-cuda.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0 if all(row["ok"] for row in check.rows) else 1

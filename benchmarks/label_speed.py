@@ -38,16 +38,28 @@ from d3codec.methods.d3.layout import GroupPlan
 from d3codec.nn.models import ConvNet
 from d3codec.nn.teacher import Teacher
 
-VARIANTS = ("library", "decoder-only", "teacher-only", "batch-x4", "batch-x16", "channels-last", "inference-mode",
-            "compile", "channels-last+compile")
+VARIANTS = (
+    "library",
+    "decoder-only",
+    "teacher-only",
+    "batch-x4",
+    "batch-x16",
+    "channels-last",
+    "inference-mode",
+    "compile",
+    "channels-last+compile",
+)
 
 
 def networks(args) -> tuple[torch.nn.Module, Teacher, GroupPlan, tuple[int, int, int]]:
     shape = (3, args.resolution, args.resolution)
     g = GroupPlan(0, args.classes, args.latent, 1, args.width, "tapered", None)
     decoder = g.decoder(shape).eval()
-    teacher = Teacher(ConvNet(3, args.classes, args.resolution, width=args.teacher_width).eval(),
-                      list(range(args.classes)), list(range(args.classes)))
+    teacher = Teacher(
+        ConvNet(3, args.classes, args.resolution, width=args.teacher_width).eval(),
+        list(range(args.classes)),
+        list(range(args.classes)),
+    )
     return decoder, teacher, g, shape
 
 
@@ -60,13 +72,15 @@ def timed(run, means: torch.Tensor) -> float:
 
 def variants(decoder, teacher, normalise, rows):
     """name → a function of means (N, Z) that labels them as that variant does."""
+
     def passes(dec, teach, batch, mode=torch.no_grad, decode=True, label=True):
         def run(means):
             with mode():
                 for i in range(0, len(means), batch):
-                    x = dec(means[i:i + batch]) if decode else fixed[:len(means[i:i + batch])]
+                    x = dec(means[i : i + batch]) if decode else fixed[: len(means[i : i + batch])]
                     if label:
                         teach.probabilities(normalise(x))
+
         return run
 
     fixed = torch.rand(rows * 16, *decoder.image_shape)
@@ -107,19 +121,22 @@ def main(argv=None) -> int:
     means = torch.randn(args.means, args.latent)
     runs = variants(decoder, teacher, normalise, rows)
     for name in args.variants:  # a first, untimed pass: compilation and allocator warm-up
-        runs[name](means[:2 * rows])
+        runs[name](means[: 2 * rows])
     rates = {name: [] for name in args.variants}
     for _ in range(args.repeats):  # interleaved, so that a busier minute falls on every variant alike
         for name in args.variants:
             rates[name].append(timed(runs[name], means))
     machine = f"{cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} thread(s)"
-    print(f"{machine}; {args.means} means of latent {args.latent} → {shape} (tapered width {args.width}), teacher "
-          f"width {args.teacher_width} of {args.classes} classes; batch {rows}")
+    print(
+        f"{machine}; {args.means} means of latent {args.latent} → {shape} (tapered width {args.width}), teacher "
+        f"width {args.teacher_width} of {args.classes} classes; batch {rows}"
+    )
     rows_out = []
     for name in args.variants:
         median = sorted(rates[name])[len(rates[name]) // 2]
-        rows_out.append({"variant": name, "means_per_second": round(median, 1),
-                         "runs": [round(r, 1) for r in rates[name]]})
+        rows_out.append(
+            {"variant": name, "means_per_second": round(median, 1), "runs": [round(r, 1) for r in rates[name]]}
+        )
         print(f"| {name} | {median:.1f} means/s |")
     if args.json:
         with open(args.json, "w") as f:

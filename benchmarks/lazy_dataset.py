@@ -42,12 +42,24 @@ def rehearsal_like(path: str, classes: int = 1000, groups: int = 5, priors: int 
         decoder = g.decoder(shape)
         mean, logvar = torch.randn(per, priors, 64, generator=gen), torch.full((per, priors, 64), -4.0)
         values = torch.rand(per, priors, 10, generator=gen).softmax(-1) * 0.9
-        indices = torch.stack([torch.randperm(per, generator=gen)[:10] for _ in range(per * priors)]).view(per, priors, 10)
+        indices = torch.stack([torch.randperm(per, generator=gen)[:10] for _ in range(per * priors)]).view(
+            per, priors, 10
+        )
         parts.append(group_tensors(g, i, shape, cfg, (mean, logvar), decoder.state_dict(), (values, indices)))
         entries.append(group_entry(g, cfg))
-    meta = {"format": "d3", "method": "d3", "budget": {"bytes": 98_304_000}, "params": {"groups": entries},
-            "dataset": {"name": "imagenet-like", "classes": [f"n{c:08d}" for c in range(classes)],
-                        "image_shape": list(shape), "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}}
+    meta = {
+        "format": "d3",
+        "method": "d3",
+        "budget": {"bytes": 98_304_000},
+        "params": {"groups": entries},
+        "dataset": {
+            "name": "imagenet-like",
+            "classes": [f"n{c:08d}" for c in range(classes)],
+            "image_shape": list(shape),
+            "mean": [0.485, 0.456, 0.406],
+            "std": [0.229, 0.224, 0.225],
+        },
+    }
     with open(path, "wb") as f:
         f.write(encode_archive([Section.json("meta", meta)] + sections_of(parts)))
 
@@ -72,8 +84,13 @@ def main(argv=None) -> int:
     start = time.perf_counter()
     ds = D3Dataset(args.archive, samples_per_class=args.samples_per_class)
     opened = time.perf_counter() - start
-    row = {"archive": args.archive, "images_in_draw": len(ds), "open_seconds": round(opened, 2),
-           "peak_mib_before_open": round(before), "peak_mib_after_open": round(peak_mib())}
+    row = {
+        "archive": args.archive,
+        "images_in_draw": len(ds),
+        "open_seconds": round(opened, 2),
+        "peak_mib_before_open": round(before),
+        "peak_mib_after_open": round(peak_mib()),
+    }
     loader = torch.utils.data.DataLoader(ds, batch_size=256, shuffle=True, num_workers=args.workers)
     start, seen = time.perf_counter(), 0
     for images, _ in loader:
@@ -83,12 +100,22 @@ def main(argv=None) -> int:
     del loader  # the workers exit, so that their peak is counted
     picked = [0, len(ds) // 2, len(ds) - 1]  # the same index in this process and in a worker: the same image
     here = torch.stack([ds[i][0] for i in picked])
-    there = torch.cat([x for x, _ in torch.utils.data.DataLoader(torch.utils.data.Subset(ds, picked), batch_size=1,
-                                                                  num_workers=args.workers)])
+    there = torch.cat(
+        [
+            x
+            for x, _ in torch.utils.data.DataLoader(
+                torch.utils.data.Subset(ds, picked), batch_size=1, num_workers=args.workers
+            )
+        ]
+    )
     row["worker_vs_main_max_abs_difference"] = float((here - there).abs().max())
-    row.update(images_read=seen, read_seconds=round(time.perf_counter() - start, 1),
-               images_per_second=round(seen / (time.perf_counter() - start), 1),
-               main_peak_mib=round(peak_mib()), worker_peak_mib=round(peak_mib(resource.RUSAGE_CHILDREN)))
+    row.update(
+        images_read=seen,
+        read_seconds=round(time.perf_counter() - start, 1),
+        images_per_second=round(seen / (time.perf_counter() - start), 1),
+        main_peak_mib=round(peak_mib()),
+        worker_peak_mib=round(peak_mib(resource.RUSAGE_CHILDREN)),
+    )
     print(json.dumps(row))
     return 0
 

@@ -88,8 +88,7 @@ def write_class(args: tuple[Path, int, int, int, int]) -> tuple[int, int, dict[s
     return files, size, modes
 
 
-def make_tree(root: Path, classes: int, per_class: int, val_per_class: int = 0, seed: int = 0,
-              jobs: int = 1) -> dict:
+def make_tree(root: Path, classes: int, per_class: int, val_per_class: int = 0, seed: int = 0, jobs: int = 1) -> dict:
     """Write the tree under ``root``; returns its summary (folders, files, bytes, files per mode)."""
     if classes < 1 or per_class < 1 or val_per_class < 0:
         raise ValueError("--classes and --per-class must be at least 1, --val-per-class at least 0")
@@ -103,8 +102,13 @@ def make_tree(root: Path, classes: int, per_class: int, val_per_class: int = 0, 
     for _, _, m in results:
         for k, v in m.items():
             modes[k] = modes.get(k, 0) + v
-    return {"root": str(root), "classes": classes, "files": sum(r[0] for r in results),
-            "bytes": sum(r[1] for r in results), "modes": modes}
+    return {
+        "root": str(root),
+        "classes": classes,
+        "files": sum(r[0] for r in results),
+        "bytes": sum(r[1] for r in results),
+        "modes": modes,
+    }
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -25,8 +25,16 @@ from torch.func import functional_call
 from d3codec.nn.models import ConvNet
 
 
-def one_iteration(net: ConvNet, start: dict[str, torch.Tensor], target: dict[str, torch.Tensor],
-                  images: torch.Tensor, labels: torch.Tensor, steps: int, batch: int, lr: float = 0.01) -> float:
+def one_iteration(
+    net: ConvNet,
+    start: dict[str, torch.Tensor],
+    target: dict[str, torch.Tensor],
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    steps: int,
+    batch: int,
+    lr: float = 0.01,
+) -> float:
     """N unrolled SGD steps from ``start`` on batches of ``images``, the normalised parameter distance to
     ``target``, and its gradient to the images. Returns: the loss."""
     params = {k: v.clone().requires_grad_(True) for k, v in start.items()}
@@ -62,9 +70,12 @@ def main() -> None:
         for _ in range(args.repeat):
             one_iteration(net, start, target, images, labels, steps, args.batch)
         seconds = (time.perf_counter() - t) / args.repeat
-        print(f"N = {steps} steps of {args.batch} images: {seconds:.1f} s an iteration, "
-              f"{seconds * args.iterations / 3600:.0f} h for {args.iterations} iterations "
-              f"({1000 * seconds / (steps * args.batch):.1f} ms an image-step)", flush=True)
+        print(
+            f"N = {steps} steps of {args.batch} images: {seconds:.1f} s an iteration, "
+            f"{seconds * args.iterations / 3600:.0f} h for {args.iterations} iterations "
+            f"({1000 * seconds / (steps * args.batch):.1f} ms an image-step)",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -40,33 +40,58 @@ def real_files(args) -> str:
             net = build_model("convnet3", 1, real.num_classes, 28, width=args.labeller_width)
             net.load_state_dict(torch.load(cached, weights_only=True))
         else:
-            net = train_teacher(real, list(range(real.num_classes)), epochs=args.labeller_epochs,
-                                width=args.labeller_width, seed=args.seed, progress=True)[0].net
+            net = train_teacher(
+                real,
+                list(range(real.num_classes)),
+                epochs=args.labeller_epochs,
+                width=args.labeller_width,
+                seed=args.seed,
+                progress=True,
+            )[0].net
             cached.parent.mkdir(parents=True, exist_ok=True)
             torch.save(net.state_dict(), cached)
         cost = section_cost(labeller_parts(net, 1.0, "int8")[1])  # as LabelledEncoder counts it
         labeller = Labeller(net, real.mean, real.std, 1.0)
     images, labels, used = students.random_real_subset(real, budget - cost, args.storage, args.seed, args.quality)
     test_x, test_y = students.test_split(real)
-    accuracy, seconds = students.train_student(images, labeller if labeller is not None else labels,
-                                               real.num_classes, real.mean, real.std, (test_x, test_y),
-                                               students.StudentConfig(epochs=args.epochs, compile=args.compile),
-                                               seed=args.seed, progress="student")
+    accuracy, seconds = students.train_student(
+        images,
+        labeller if labeller is not None else labels,
+        real.num_classes,
+        real.mean,
+        real.std,
+        (test_x, test_y),
+        students.StudentConfig(epochs=args.epochs, compile=args.compile),
+        seed=args.seed,
+        progress="student",
+    )
     what = f"labeller width {args.labeller_width} ({cost} B), online" if labeller is not None else "hard labels"
     stored = "PNG" if args.storage == "png" else f"JPEG q{args.quality}"
-    return (f"| real {stored}, {what} | IPC {args.ipc:g} | {used + cost} of {budget} B ({len(images)} images) | "
-            f"{100 * accuracy:.2f} % | {seconds:.0f} s student, {time.time() - start:.0f} s in all |")
+    return (
+        f"| real {stored}, {what} | IPC {args.ipc:g} | {used + cost} of {budget} B ({len(images)} images) | "
+        f"{100 * accuracy:.2f} % | {seconds:.0f} s student, {time.time() - start:.0f} s in all |"
+    )
 
 
 def archive(args) -> str:
     """d3codec.evaluate on an archive, one student."""
     start = time.time()
-    result = d3codec.evaluate(args.archive, epochs=args.epochs, runs=1, labels=args.labels, device="cpu",
-                              compile=args.compile, samples_per_class=args.samples_per_class, seed=args.seed,
-                              progress=True)
+    result = d3codec.evaluate(
+        args.archive,
+        epochs=args.epochs,
+        runs=1,
+        labels=args.labels,
+        device="cpu",
+        compile=args.compile,
+        samples_per_class=args.samples_per_class,
+        seed=args.seed,
+        progress=True,
+    )
     row = result.rows[0]
-    return (f"| {row.name} | {args.archive} | {row.file_bytes} B ({row.images} images) | {100 * row.mean:.2f} % | "
-            f"{row.seconds[0]:.0f} s student, {time.time() - start:.0f} s in all |")
+    return (
+        f"| {row.name} | {args.archive} | {row.file_bytes} B ({row.images} images) | {100 * row.mean:.2f} % | "
+        f"{row.seconds[0]:.0f} s student, {time.time() - start:.0f} s in all |"
+    )
 
 
 def main() -> None:

@@ -27,8 +27,10 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 MATCHING_STAGE = {"dm": "DM", "d3": "D3 matching", "d2m": "D2M fine-tuning"}  # progress names of the loop
-PROGRESS = re.compile(r"^(?:\d\d:\d\d:\d\d )?(?P<name>.+?): (?P<done>\d+)/(?P<total>\d+) \(\d+ %\), "
-                      r"(?:(?P<h>\d+):)?(?P<m>\d+):(?P<s>\d+) elapsed(?:.*?(?P<rate>[\d.]+)(?P<unit>s/it|it/s))?")
+PROGRESS = re.compile(
+    r"^(?:\d\d:\d\d:\d\d )?(?P<name>.+?): (?P<done>\d+)/(?P<total>\d+) \(\d+ %\), "
+    r"(?:(?P<h>\d+):)?(?P<m>\d+):(?P<s>\d+) elapsed(?:.*?(?P<rate>[\d.]+)(?P<unit>s/it|it/s))?"
+)
 
 
 def subset(data_root: Path, out: Path, classes: int) -> Path:
@@ -62,16 +64,47 @@ def run_one(method: str, root: Path, classes: int, side: int, out: Path, timeout
     """One short compress under the stage monitor; its row."""
     name = f"{method}-k{classes}-r{side}"
     archive = out / f"{name}.d3"
-    command = [sys.executable, str(HERE / "stage_monitor.py"), "--stage", name, "--log", str(out / "stages.jsonl"),
-               "--", "timeout", str(timeout), "d3", "compress", method, "imagenet", "--data-root", str(root),
-               "--resolution", str(side), "--ipc", "2", "--preset", "rehearsal", "--device", "cpu", "--force",
-               "--restart", "--json", "-o", str(archive)]
+    command = [
+        sys.executable,
+        str(HERE / "stage_monitor.py"),
+        "--stage",
+        name,
+        "--log",
+        str(out / "stages.jsonl"),
+        "--",
+        "timeout",
+        str(timeout),
+        "d3",
+        "compress",
+        method,
+        "imagenet",
+        "--data-root",
+        str(root),
+        "--resolution",
+        str(side),
+        "--ipc",
+        "2",
+        "--preset",
+        "rehearsal",
+        "--device",
+        "cpu",
+        "--force",
+        "--restart",
+        "--json",
+        "-o",
+        str(archive),
+    ]
     start = time.time()
     done = subprocess.run(command, capture_output=True, text=True)
     (out / f"{name}.log").write_text(done.stderr)
-    row = {"method": method, "classes": classes, "resolution": side, "exit_code": done.returncode,
-           "seconds": round(time.time() - start, 1),
-           "seconds_per_iteration": seconds_per_iteration(done.stderr, MATCHING_STAGE[method])}
+    row = {
+        "method": method,
+        "classes": classes,
+        "resolution": side,
+        "exit_code": done.returncode,
+        "seconds": round(time.time() - start, 1),
+        "seconds_per_iteration": seconds_per_iteration(done.stderr, MATCHING_STAGE[method]),
+    }
     stages = [json.loads(line) for line in (out / "stages.jsonl").read_text().splitlines()]
     row["peak_mib"] = next((s["peak_mib"] for s in reversed(stages) if s["stage"] == name), None)
     try:
@@ -85,15 +118,21 @@ def run_one(method: str, root: Path, classes: int, side: int, out: Path, timeout
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| method | classes | side (px) | s / matching iteration | peak memory (MiB) | file bytes | "
-             "budget bytes | fill | whole run (s) |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| method | classes | side (px) | s / matching iteration | peak memory (MiB) | file bytes | "
+        "budget bytes | fill | whole run (s) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         spi = f"{r['seconds_per_iteration']:.2f}" if r["seconds_per_iteration"] is not None else "-"
         fill = f"{r['file_bytes'] / r['budget']:.1%}" if r["file_bytes"] and r["budget"] else "-"
-        status = "" if r["exit_code"] == 0 else (" (timed out)" if r["exit_code"] == 124 else
-                                                 f" (exit {r['exit_code']})")
-        lines.append(f"| {r['method']} | {r['classes']} | {r['resolution']} | {spi} | {r['peak_mib']} | "
-                     f"{r['file_bytes'] or '-'} | {r['budget'] or '-'} | {fill} | {r['seconds']}{status} |")
+        status = (
+            "" if r["exit_code"] == 0 else (" (timed out)" if r["exit_code"] == 124 else f" (exit {r['exit_code']})")
+        )
+        lines.append(
+            f"| {r['method']} | {r['classes']} | {r['resolution']} | {spi} | {r['peak_mib']} | "
+            f"{r['file_bytes'] or '-'} | {r['budget'] or '-'} | {fill} | {r['seconds']}{status} |"
+        )
     return "\n".join(lines)
 
 

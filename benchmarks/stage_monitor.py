@@ -78,14 +78,22 @@ def main(argv: list[str] | None = None) -> int:
         time.sleep(args.interval)
     seconds = time.time() - start
     largest = sorted(peaks.values(), reverse=True)
-    row = {"stage": args.stage, "command": " ".join(command), "exit_code": process.returncode,
-           "seconds": round(seconds, 1), "processes": len(peaks),
-           "peak_mib": round(largest[0][0] / 1024) if largest else None,
-           "largest": [{"peak_mib": round(k / 1024), "command": c} for k, c in largest[:5]]}
+    row = {
+        "stage": args.stage,
+        "command": " ".join(command),
+        "exit_code": process.returncode,
+        "seconds": round(seconds, 1),
+        "processes": len(peaks),
+        "peak_mib": round(largest[0][0] / 1024) if largest else None,
+        "largest": [{"peak_mib": round(k / 1024), "command": c} for k, c in largest[:5]],
+    }
     with args.log.open("a") as f:
         f.write(json.dumps(row) + "\n")
-    print(f"[{args.stage}] {seconds:.1f} s, peak resident memory of one process {row['peak_mib']} MiB "
-          f"({len(peaks)} processes), exit code {process.returncode}", file=sys.stderr)
+    print(
+        f"[{args.stage}] {seconds:.1f} s, peak resident memory of one process {row['peak_mib']} MiB "
+        f"({len(peaks)} processes), exit code {process.returncode}",
+        file=sys.stderr,
+    )
     return process.returncode
 
 

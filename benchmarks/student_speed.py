@@ -29,8 +29,18 @@ from torch.utils.flop_counter import FlopCounterMode
 from d3codec.nn.augment import DSA
 from d3codec.nn.models import ConvNet
 
-VARIANTS = ("baseline", "no-dsa", "forward-only", "channels-last", "compile", "foreach-off", "groupnorm-off",
-            "bf16-autocast", "compile-bf16", "two-threads")
+VARIANTS = (
+    "baseline",
+    "no-dsa",
+    "forward-only",
+    "channels-last",
+    "compile",
+    "foreach-off",
+    "groupnorm-off",
+    "bf16-autocast",
+    "compile-bf16",
+    "two-threads",
+)
 ABOUT = {
     "baseline": "the protocol's step, eager, float32 (what students ran before)",
     "no-dsa": "the same without DSA",
@@ -72,21 +82,21 @@ def make_step(variant: str, batch: int, width: int):
     torch.manual_seed(0)
     net = ConvNet(1, 10, 28, width=width)
     if variant == "groupnorm-off":  # the instance norm's share: the same net with identities in its place
-        net.features = torch.nn.Sequential(*[torch.nn.Identity() if isinstance(m, torch.nn.GroupNorm) else m
-                                             for m in net.features])
+        net.features = torch.nn.Sequential(
+            *[torch.nn.Identity() if isinstance(m, torch.nn.GroupNorm) else m for m in net.features]
+        )
     x_all = torch.randn(batch * 4, 1, 28, 28)
     y_all = torch.randint(10, (batch * 4,))
     if variant == "channels-last":
         net = net.to(memory_format=torch.channels_last)
-    opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4,
-                          foreach=variant != "foreach-off")
+    opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4, foreach=variant != "foreach-off")
     dsa = None if variant in ("no-dsa", "forward-only") else DSA()
     gen = torch.Generator().manual_seed(0)
     model = torch.compile(net) if variant.startswith("compile") else net
 
     def step(i: int) -> None:
         lo = (i % 4) * batch
-        x, y = x_all[lo:lo + batch], y_all[lo:lo + batch]
+        x, y = x_all[lo : lo + batch], y_all[lo : lo + batch]
         if dsa is not None:
             x = dsa.apply(x, dsa.sample(gen, n=len(x)))
         if variant == "channels-last":
@@ -136,9 +146,15 @@ def main() -> None:
     args = parser.parse_args()
     flops = step_flops(args.batch, args.width)
     forward_flops = step_flops(args.batch, args.width, backward=False)
-    rows = {"threads": torch.get_num_threads(), "cpu": cpu_name(),
-            "torch": torch.__version__, "batch": args.batch, "flops_per_step": flops,
-            "dsa_seconds_per_batch": dsa_seconds(args.batch, args.steps), "variants": {}}
+    rows = {
+        "threads": torch.get_num_threads(),
+        "cpu": cpu_name(),
+        "torch": torch.__version__,
+        "batch": args.batch,
+        "flops_per_step": flops,
+        "dsa_seconds_per_batch": dsa_seconds(args.batch, args.steps),
+        "variants": {},
+    }
     for variant in args.variants:
         threads = torch.get_num_threads()
         torch.set_num_threads(2 if variant == "two-threads" else threads)
@@ -153,12 +169,21 @@ def main() -> None:
         seconds = (time.perf_counter() - start) / args.steps
         torch.set_num_threads(threads)
         work = forward_flops if variant == "forward-only" else flops
-        rows["variants"][variant] = {"seconds_per_step": seconds, "ms_per_image": 1000 * seconds / args.batch,
-                                     "gflops_per_s": work / seconds / 1e9, "warmup_seconds": warmup}
-        print(f"{variant:15s} {1000 * seconds:8.1f} ms/step {1000 * seconds / args.batch:6.2f} ms/image "
-              f"{work / seconds / 1e9:6.1f} GFLOP/s (warm-up {warmup:.1f} s)", flush=True)
-    print(f"DSA alone: {1000 * rows['dsa_seconds_per_batch']:.1f} ms/batch; step FLOPs {flops / 1e9:.1f} G "
-          f"(threads {rows['threads']}, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')})")
+        rows["variants"][variant] = {
+            "seconds_per_step": seconds,
+            "ms_per_image": 1000 * seconds / args.batch,
+            "gflops_per_s": work / seconds / 1e9,
+            "warmup_seconds": warmup,
+        }
+        print(
+            f"{variant:15s} {1000 * seconds:8.1f} ms/step {1000 * seconds / args.batch:6.2f} ms/image "
+            f"{work / seconds / 1e9:6.1f} GFLOP/s (warm-up {warmup:.1f} s)",
+            flush=True,
+        )
+    print(
+        f"DSA alone: {1000 * rows['dsa_seconds_per_batch']:.1f} ms/batch; step FLOPs {flops / 1e9:.1f} G "
+        f"(threads {rows['threads']}, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')})"
+    )
     if args.write:
         write(rows, args)
 
@@ -170,19 +195,26 @@ def write(rows: dict, args) -> None:
     rows["command"] = "OMP_NUM_THREADS=1 python benchmarks/student_speed.py " + shlex.join(sys.argv[1:])
     (here / "results-student-speed.json").write_text(json.dumps(rows, indent=1) + "\n")
     base = rows["variants"].get("baseline", {}).get("seconds_per_step")
-    lines = [STUDENT_SECTION, "",
-             f"One training step of a ConvNet-3 student (batch {rows['batch']}, 28×28×1, width {args.width}, SGD, "
-             "DSA): "
-             f"{rows['flops_per_step'] / 1e9:.1f} GFLOP forward and backward (torch.utils.flop_counter, 2 per "
-             f"multiply-add), {rows['flops_per_step'] / rows['batch'] / 1e6:.0f} MFLOP an image. Measured "
-             f"{rows['date']} on {rows['cpu']} ({os.cpu_count()} cores), torch {rows['torch']}, {rows['threads']} "
-             f"thread(s), {rows['conditions']}; `{rows['command']}`. DSA alone takes "
-             f"{1000 * rows['dsa_seconds_per_batch']:.1f} ms a batch.", "",
-             "| variant | ms/step | ms/image | GFLOP/s | vs baseline | warm-up s |", "|---|---|---|---|---|---|"]
+    lines = [
+        STUDENT_SECTION,
+        "",
+        f"One training step of a ConvNet-3 student (batch {rows['batch']}, 28×28×1, width {args.width}, SGD, "
+        "DSA): "
+        f"{rows['flops_per_step'] / 1e9:.1f} GFLOP forward and backward (torch.utils.flop_counter, 2 per "
+        f"multiply-add), {rows['flops_per_step'] / rows['batch'] / 1e6:.0f} MFLOP an image. Measured "
+        f"{rows['date']} on {rows['cpu']} ({os.cpu_count()} cores), torch {rows['torch']}, {rows['threads']} "
+        f"thread(s), {rows['conditions']}; `{rows['command']}`. DSA alone takes "
+        f"{1000 * rows['dsa_seconds_per_batch']:.1f} ms a batch.",
+        "",
+        "| variant | ms/step | ms/image | GFLOP/s | vs baseline | warm-up s |",
+        "|---|---|---|---|---|---|",
+    ]
     for name, row in rows["variants"].items():
         speed = f"{base / row['seconds_per_step']:.2f}×" if base else "-"
-        lines.append(f"| {name}: {ABOUT[name]} | {1000 * row['seconds_per_step']:.0f} | {row['ms_per_image']:.2f} | "
-                     f"{row['gflops_per_s']:.1f} | {speed} | {row['warmup_seconds']:.1f} |")
+        lines.append(
+            f"| {name}: {ABOUT[name]} | {1000 * row['seconds_per_step']:.0f} | {row['ms_per_image']:.2f} | "
+            f"{row['gflops_per_s']:.1f} | {speed} | {row['warmup_seconds']:.1f} |"
+        )
     page = here / "cpu-time.md"
     text = page.read_text() if page.is_file() else ""
     head = text.partition(STUDENT_SECTION)[0].rstrip("\n")

@@ -39,8 +39,14 @@ def top_k_archive(source: Path, target: Path, top_k: int) -> tuple[int, int]:
         labels.update(stored_labels(sections["prior_labels"][f"g{g}"].float(), f"g{g}", top_k))
         groups.append({**entry, "label_top_k": top_k})
     meta = {**meta, "params": {**meta["params"], "groups": groups}}
-    data = encode_archive([Section.json("meta", meta), Section.tensors("priors", sections["priors"]),
-                           Section.tensors("decoder", sections["decoder"]), Section.tensors("prior_labels", labels)])
+    data = encode_archive(
+        [
+            Section.json("meta", meta),
+            Section.tensors("priors", sections["priors"]),
+            Section.tensors("decoder", sections["decoder"]),
+            Section.tensors("prior_labels", labels),
+        ]
+    )
     return source.stat().st_size, write_atomic(target, data)
 
 

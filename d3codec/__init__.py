@@ -20,9 +20,26 @@ from d3codec.format.container import D3Reader, Section, encode_archive, write_ar
 from d3codec.format.limits import DecodeLimits
 from d3codec.version import __version__
 
-__all__ = ["compress", "evaluate", "D3Dataset", "CompressResult", "EvalProtocol", "Evaluation", "D3Reader", "Section",
-           "encode_archive", "write_archive", "DecodeLimits", "D3Error", "D3FormatError", "D3LimitError",
-           "D3BudgetError", "D3DatasetError", "methods", "__version__"]
+__all__ = [
+    "compress",
+    "evaluate",
+    "D3Dataset",
+    "CompressResult",
+    "EvalProtocol",
+    "Evaluation",
+    "D3Reader",
+    "Section",
+    "encode_archive",
+    "write_archive",
+    "DecodeLimits",
+    "D3Error",
+    "D3FormatError",
+    "D3LimitError",
+    "D3BudgetError",
+    "D3DatasetError",
+    "methods",
+    "__version__",
+]
 
 _compat.install()  # d3codec 0.1's module paths (d3codec.container, ...) for one release
 

@@ -76,8 +76,11 @@ class OldPaths(importlib.abc.MetaPathFinder, importlib.abc.Loader):
     def create_module(self, spec):
         home = MOVED[spec.name]
         shown = home if isinstance(home, str) else ", ".join(home)
-        warnings.warn(f"{spec.name} has moved to {shown}; the old path goes in the next release (CHANGELOG.md)",
-                      DeprecationWarning, stacklevel=2)  # the importer's line: warn skips importlib's own frames
+        warnings.warn(
+            f"{spec.name} has moved to {shown}; the old path goes in the next release (CHANGELOG.md)",
+            DeprecationWarning,
+            stacklevel=2,
+        )  # the importer's line: warn skips importlib's own frames
         if not isinstance(home, str):
             return SplitModule(spec.name, home)
         module = importlib.import_module(home)

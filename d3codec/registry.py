@@ -102,52 +102,66 @@ class BuildContext:
 
 
 # the options of every method that uses a teacher: build() receives the files (it loads --teacher)
-TEACHER_OPTION = Option("--teacher", "teacher", "A ConvNet-3 teacher (.safetensors, as --save-teacher writes) instead "
-                        "of training one.", kind="file")
-SAVE_TEACHER_OPTION = Option("--save-teacher", "save_teacher", "Write the teacher trained here to this .safetensors "
-                             "file, for --teacher in later runs (which then skip its training).", kind="path")
-TEACHER_EPOCHS_OPTION = Option("--teacher-epochs", "teacher_epochs", "Epochs of the teacher trained here (fractions "
-                               "allowed).", kind="float", low=0.01, high=10_000)
+TEACHER_OPTION = Option(
+    "--teacher",
+    "teacher",
+    "A ConvNet-3 teacher (.safetensors, as --save-teacher writes) instead of training one.",
+    kind="file",
+)
+SAVE_TEACHER_OPTION = Option(
+    "--save-teacher",
+    "save_teacher",
+    "Write the teacher trained here to this .safetensors "
+    "file, for --teacher in later runs (which then skip its training).",
+    kind="path",
+)
+TEACHER_EPOCHS_OPTION = Option(
+    "--teacher-epochs",
+    "teacher_epochs",
+    "Epochs of the teacher trained here (fractions allowed).",
+    kind="float",
+    low=0.01,
+    high=10_000,
+)
 
 
 class Build(Protocol):
     """``build(method, preset, options, context)`` → a ready encoder (:attr:`Method.build`)."""
 
-    def __call__(self, method: "Method", preset: str, options: dict[str, Any], context: BuildContext) -> "Encoder":
-        ...
+    def __call__(self, method: "Method", preset: str, options: dict[str, Any], context: BuildContext) -> "Encoder": ...
 
 
 class Decode(Protocol):
     """``decode(reader, meta, limits)`` → (images (N, C, H, W) float32 in [0, 1], labels (N,) int64, soft labels
     (N, K) float32 or None) of an archive that stores its images."""
 
-    def __call__(self, reader: "D3Reader", meta: Meta, limits: "DecodeLimits | None" = None
-                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        ...
+    def __call__(
+        self, reader: "D3Reader", meta: Meta, limits: "DecodeLimits | None" = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]: ...
 
 
 class LoadSampler(Protocol):
     """``load_sampler(reader, meta, device, limits)`` → the sampler of an archive that generates its images."""
 
-    def __call__(self, reader: "D3Reader", meta: Meta, device: torch.device | str = "cpu",
-                 limits: "DecodeLimits | None" = None) -> "Sampler":
-        ...
+    def __call__(
+        self, reader: "D3Reader", meta: Meta, device: torch.device | str = "cpu", limits: "DecodeLimits | None" = None
+    ) -> "Sampler": ...
 
 
 class ReadSchedule(Protocol):
     """``read_schedule(reader, meta, limits)`` → the archive's training schedule, or None."""
 
-    def __call__(self, reader: "D3Reader", meta: Meta, limits: "DecodeLimits | None" = None
-                 ) -> "TrainingSchedule | None":
-        ...
+    def __call__(
+        self, reader: "D3Reader", meta: Meta, limits: "DecodeLimits | None" = None
+    ) -> "TrainingSchedule | None": ...
 
 
 class ReadLabeller(Protocol):
     """``read_labeller(reader, meta, device, limits)`` → the kind's own stored labeller, or None."""
 
-    def __call__(self, reader: "D3Reader", meta: Meta, device: torch.device | str = "cpu",
-                 limits: "DecodeLimits | None" = None) -> "Labeller | None":
-        ...
+    def __call__(
+        self, reader: "D3Reader", meta: Meta, device: torch.device | str = "cpu", limits: "DecodeLimits | None" = None
+    ) -> "Labeller | None": ...
 
 
 def _default_build(method: "Method", preset: str, options: dict[str, Any], context: BuildContext) -> "Encoder":
@@ -183,8 +197,10 @@ class Method:
     options: tuple[Option, ...] = ()
     build: Build = _default_build
     subtasks: bool = False
-    checkpoint_help: str = ("the file a killed encode resumes from by running the same command again (default: "
-                            "OUTPUT.ckpt.safetensors, written every 5 minutes, deleted once the archive is written)")
+    checkpoint_help: str = (
+        "the file a killed encode resumes from by running the same command again (default: "
+        "OUTPUT.ckpt.safetensors, written every 5 minutes, deleted once the archive is written)"
+    )
     hints: Mapping[str, str] = field(default_factory=dict)
 
     @property
@@ -196,8 +212,9 @@ class Method:
         """The names of the config's fields (what an option may override)."""
         return {f.name for f in fields(next(iter(self.presets.values())))}
 
-    def make_encoder(self, preset: str = "fast", options: dict[str, Any] | None = None,
-                     context: BuildContext | None = None) -> "Encoder":
+    def make_encoder(
+        self, preset: str = "fast", options: dict[str, Any] | None = None, context: BuildContext | None = None
+    ) -> "Encoder":
         """The encoder for ``preset`` with ``options`` (field → value; None values are left out).
 
         Raises: ValueError for an unknown preset, or an option that is neither a config field nor an
@@ -315,6 +332,20 @@ def methods_of_kind(kind: str) -> list[Method]:
     return [m for m in _METHODS.values() if m.archive == kind]
 
 
-__all__ = ["Option", "TEACHER_OPTION", "SAVE_TEACHER_OPTION", "TEACHER_EPOCHS_OPTION", "BuildContext", "Method", "ArchiveKind", "register_method",
-           "register_archive_kind", "unregister", "method_names", "get_method", "archive_kind", "archive_kind_names",
-           "methods_of_kind"]
+__all__ = [
+    "Option",
+    "TEACHER_OPTION",
+    "SAVE_TEACHER_OPTION",
+    "TEACHER_EPOCHS_OPTION",
+    "BuildContext",
+    "Method",
+    "ArchiveKind",
+    "register_method",
+    "register_archive_kind",
+    "unregister",
+    "method_names",
+    "get_method",
+    "archive_kind",
+    "archive_kind_names",
+    "methods_of_kind",
+]

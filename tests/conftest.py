@@ -13,7 +13,9 @@ from d3codec.data.real import RealData, TensorImages
 torch.set_num_threads(2)
 
 
-def pattern_images(num_classes: int, per_class: int, size: int, channels: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def pattern_images(
+    num_classes: int, per_class: int, size: int, channels: int, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
     """uint8 images (N, H, W, C) whose class is visible (a bright band at a class-specific row) plus noise."""
     rng = np.random.default_rng(seed)
     images, labels = [], []
@@ -21,7 +23,7 @@ def pattern_images(num_classes: int, per_class: int, size: int, channels: int, s
         for _ in range(per_class):
             img = rng.integers(0, 60, size=(size, size, channels))
             row = (c * size) // num_classes
-            img[row:row + max(1, size // num_classes)] = 220
+            img[row : row + max(1, size // num_classes)] = 220
             images.append(img.astype(np.uint8))
             labels.append(c)
     return np.stack(images), np.array(labels)
@@ -51,8 +53,17 @@ def make_tiny_real() -> RealData:
     to_t = lambda a: torch.from_numpy(a).permute(0, 3, 1, 2).contiguous()  # noqa: E731
     train_x, test_x = to_t(x), to_t(tx)
     train_y, test_y = torch.from_numpy(y).long(), torch.from_numpy(ty).long()
-    return RealData("tiny", ["a", "b", "c"], (1, 16, 16), (0.3,), (0.35,), train_y,
-                    TensorImages(train_x, train_y), TensorImages(test_x, test_y), train_images=train_x)
+    return RealData(
+        "tiny",
+        ["a", "b", "c"],
+        (1, 16, 16),
+        (0.3,),
+        (0.35,),
+        train_y,
+        TensorImages(train_x, train_y),
+        TensorImages(test_x, test_y),
+        train_images=train_x,
+    )
 
 
 @pytest.fixture

@@ -82,11 +82,19 @@ CASE_SECONDS = 5.0
 CASE_MEMORY_BYTES = 768 << 20  # peak resident memory a case may add while it reads and decodes
 # the decode budget the oracle reads under (a user's smaller machine): a case that decodes within these
 # must stay within CASE_SECONDS and CASE_MEMORY_BYTES, and one over them must be refused before allocating
-FUZZ_LIMITS = DecodeLimits(max_bytes=32 << 20, max_parameters=1 << 24, max_macs_per_image=1 << 28, max_macs=1 << 31,
-                           max_canvas_pixels=1 << 24, max_section_bytes=64 << 20, working_bytes=64 << 20)
+FUZZ_LIMITS = DecodeLimits(
+    max_bytes=32 << 20,
+    max_parameters=1 << 24,
+    max_macs_per_image=1 << 28,
+    max_macs=1 << 31,
+    max_canvas_pixels=1 << 24,
+    max_section_bytes=64 << 20,
+    working_bytes=64 << 20,
+)
 
 
 # -- seeds: one small valid archive of each kind ------------------------------------------------
+
 
 def seed_archives(folder: Path) -> dict[str, bytes]:
     """Valid archives of every method and storage kind, built once into ``folder`` (cached)."""
@@ -100,35 +108,83 @@ def seed_archives(folder: Path) -> dict[str, bytes]:
 
     folder.mkdir(parents=True, exist_ok=True)
     tiny = dict(teacher_epochs=1.0, teacher_width=8, embed_width=8, real_per_class=4)
-    tiny_d2m = dict(pretrain_iterations=2, pretrain_batch=8, disc_width=4, iterations=1, synthetic_per_class=4,
-                    noise_dim=4, embed_dim=4, **tiny)
+    tiny_d2m = dict(
+        pretrain_iterations=2,
+        pretrain_batch=8,
+        disc_width=4,
+        iterations=1,
+        synthetic_per_class=4,
+        noise_dim=4,
+        embed_dim=4,
+        **tiny,
+    )
     builders = {
         "dm-uint8": (lambda: DMEncoder.from_options("fast", iterations=1, real_per_class=4, embed_width=8), 6_000),
-        "dm-float16": (lambda: DMEncoder.from_options("fast", iterations=1, real_per_class=4, embed_width=8,
-                                                         storage_dtype="float16"), 6_000),
-        "bptt-fixed": (lambda: BPTTEncoder.from_options("fast", iterations=1, real_per_class=4, images_per_class=2,
-                                                        inner_epochs=1), 60_000),
-        "bptt-random": (lambda: BPTTEncoder.from_options("fast", iterations=1, real_per_class=4, images_per_class=2,
-                                                         init="random", inner_epochs=1), 6_000),
-        "d3-int8": (lambda: D3Encoder.from_options("fast", iterations=1, init_iterations=2, synthetic_per_class=4,
-                                                   prior_dtype="int8", **tiny), 20_000),
-        "d3-float16": (lambda: D3Encoder.from_options("fast", iterations=1, init_iterations=2, synthetic_per_class=4,
-                                                      decoder_dtype="float16", **tiny), 20_000),
+        "dm-float16": (
+            lambda: DMEncoder.from_options(
+                "fast", iterations=1, real_per_class=4, embed_width=8, storage_dtype="float16"
+            ),
+            6_000,
+        ),
+        "bptt-fixed": (
+            lambda: BPTTEncoder.from_options(
+                "fast", iterations=1, real_per_class=4, images_per_class=2, inner_epochs=1
+            ),
+            60_000,
+        ),
+        "bptt-random": (
+            lambda: BPTTEncoder.from_options(
+                "fast", iterations=1, real_per_class=4, images_per_class=2, init="random", inner_epochs=1
+            ),
+            6_000,
+        ),
+        "d3-int8": (
+            lambda: D3Encoder.from_options(
+                "fast", iterations=1, init_iterations=2, synthetic_per_class=4, prior_dtype="int8", **tiny
+            ),
+            20_000,
+        ),
+        "d3-float16": (
+            lambda: D3Encoder.from_options(
+                "fast", iterations=1, init_iterations=2, synthetic_per_class=4, decoder_dtype="float16", **tiny
+            ),
+            20_000,
+        ),
         "d2m": (lambda: D2MEncoder.from_options("fast", None, None, str(folder / "d2m.ckpt"), **tiny_d2m), 20_000),
-        "d2m-soft-labels": (lambda: D2MEncoder.from_options("fast", None, None, str(folder / "d2m-soft.ckpt"),
-                                                            soft_labels=True, **tiny_d2m), 30_000),
+        "d2m-soft-labels": (
+            lambda: D2MEncoder.from_options(
+                "fast", None, None, str(folder / "d2m-soft.ckpt"), soft_labels=True, **tiny_d2m
+            ),
+            30_000,
+        ),
         # formations: DCT (FreD) and low-resolution (IDC) codes of half the side instead of pixels
-        "dm-dct": (lambda: DMEncoder.from_options("fast", iterations=1, real_per_class=4, embed_width=8,
-                                                  formation="dct", formation_factor=2), 6_000),
-        "dm-lowres": (lambda: DMEncoder.from_options("fast", iterations=1, real_per_class=4, embed_width=8,
-                                                     formation="lowres", formation_factor=2), 6_000),
+        "dm-dct": (
+            lambda: DMEncoder.from_options(
+                "fast", iterations=1, real_per_class=4, embed_width=8, formation="dct", formation_factor=2
+            ),
+            6_000,
+        ),
+        "dm-lowres": (
+            lambda: DMEncoder.from_options(
+                "fast", iterations=1, real_per_class=4, embed_width=8, formation="lowres", formation_factor=2
+            ),
+            6_000,
+        ),
         # a stored labeller (an ancillary section and meta.labeller) beside DM's images
-        "dm-labeller": (lambda: LabelledEncoder(DMEncoder.from_options("fast", iterations=1, real_per_class=4,
-                                                                       embed_width=8),
-                                                LabellerConfig(width=4, epochs=0.5)), 8_000),
+        "dm-labeller": (
+            lambda: LabelledEncoder(
+                DMEncoder.from_options("fast", iterations=1, real_per_class=4, embed_width=8),
+                LabellerConfig(width=4, epochs=0.5),
+            ),
+            8_000,
+        ),
         # top-k soft labels (prior_labels holds g0.values F16 and g0.indices I16)
-        "d3-top-k": (lambda: D3Encoder.from_options("fast", iterations=1, init_iterations=2, synthetic_per_class=4,
-                                                    label_top_k=1, **tiny), 20_000),
+        "d3-top-k": (
+            lambda: D3Encoder.from_options(
+                "fast", iterations=1, init_iterations=2, synthetic_per_class=4, label_top_k=1, **tiny
+            ),
+            20_000,
+        ),
     }
     real, seeds = None, {}
     for name, (encoder, budget) in builders.items():
@@ -142,6 +198,7 @@ def seed_archives(folder: Path) -> dict[str, bytes]:
 
 # -- mutations ------------------------------------------------------------------------------------
 
+
 def sections_of(data: bytes) -> list[Section]:
     with D3Reader(data) as r:
         return [Section(s.name, r.read_bytes(s.name), Content(s.content), s.critical) for s in r.sections]
@@ -154,17 +211,37 @@ def random_json_value(rng: random.Random, depth: int = 0):
     if choice == 1:
         return rng.choice([True, False])
     if choice == 2:
-        return rng.choice([0, -1, 1, 2, 3, 2 ** 31, 2 ** 63, -2 ** 63, 10 ** 30])
+        return rng.choice([0, -1, 1, 2, 3, 2**31, 2**63, -(2**63), 10**30])
     if choice == 3:
         return rng.choice([0.0, -1.5, 1e308, -1e308, 1e-320, 0.5])
     if choice == 4:
-        return rng.choice(["", "x", "lenet", "fixed", "random", "int8", "float16", "uint8", "upconv-v2", "pixel",
-                           "d3", "d2m", "bptt", "\u0000", "a" * 10_000])
+        return rng.choice(
+            [
+                "",
+                "x",
+                "lenet",
+                "fixed",
+                "random",
+                "int8",
+                "float16",
+                "uint8",
+                "upconv-v2",
+                "pixel",
+                "d3",
+                "d2m",
+                "bptt",
+                "\u0000",
+                "a" * 10_000,
+            ]
+        )
     if choice == 5:
         return [random_json_value(rng, depth + 1) for _ in range(rng.randrange(4))] if depth < 4 else []
     if choice == 6:
-        return {str(rng.randrange(5)): random_json_value(rng, depth + 1) for _ in range(rng.randrange(3))} \
-            if depth < 4 else {}
+        return (
+            {str(rng.randrange(5)): random_json_value(rng, depth + 1) for _ in range(rng.randrange(3))}
+            if depth < 4
+            else {}
+        )
     if choice == 7:
         return [[0, 10], [10, 20]]
     if choice == 8:
@@ -217,13 +294,26 @@ def mutate_tensors(tensors: dict[str, torch.Tensor], rng: random.Random) -> dict
     if choice == 0:
         tensors.pop(key)
     elif choice == 1:
-        tensors[key] = value.to(rng.choice([torch.uint8, torch.int8, torch.int32, torch.int64, torch.float16,
-                                            torch.float32, torch.float64, torch.bool]))
+        tensors[key] = value.to(
+            rng.choice(
+                [
+                    torch.uint8,
+                    torch.int8,
+                    torch.int32,
+                    torch.int64,
+                    torch.float16,
+                    torch.float32,
+                    torch.float64,
+                    torch.bool,
+                ]
+            )
+        )
     elif choice == 2:
-        tensors[key] = value.flatten()[:max(0, value.numel() - rng.randrange(1, 3))].clone()
+        tensors[key] = value.flatten()[: max(0, value.numel() - rng.randrange(1, 3))].clone()
     elif choice == 3:
-        tensors[key] = torch.zeros(tuple(rng.choice([0, 1, 2, 3, 7]) for _ in range(rng.randrange(0, 5))),
-                                   dtype=value.dtype)  # no dimension: a 0-d tensor
+        tensors[key] = torch.zeros(
+            tuple(rng.choice([0, 1, 2, 3, 7]) for _ in range(rng.randrange(0, 5))), dtype=value.dtype
+        )  # no dimension: a 0-d tensor
     elif choice == 4 and value.is_floating_point() and value.numel():
         v = value.clone().flatten()
         v[rng.randrange(v.numel())] = rng.choice([float("nan"), float("inf"), -float("inf"), 1e30, -1e30, 0.0])
@@ -234,8 +324,9 @@ def mutate_tensors(tensors: dict[str, torch.Tensor], rng: random.Random) -> dict
         v[rng.randrange(v.numel())] = rng.choice([info.max, info.min, 0]) if info else 0
         tensors[key] = v.view(value.shape)
     elif choice == 6:
-        tensors[f"{key}.extra" if rng.random() < 0.5 else rng.choice(["scale", "range", "labels", "images"])] = \
+        tensors[f"{key}.extra" if rng.random() < 0.5 else rng.choice(["scale", "range", "labels", "images"])] = (
             torch.zeros(rng.randrange(0, 4))
+        )
     elif choice == 7:
         other = rng.choice(sorted(tensors))
         tensors[key], tensors[other] = tensors[other], tensors[key]
@@ -245,9 +336,16 @@ def mutate_tensors(tensors: dict[str, torch.Tensor], rng: random.Random) -> dict
 
 
 def safetensors_with_lying_header(rng: random.Random) -> bytes:
-    shape = rng.choice([[2 ** 40], [2 ** 20, 2 ** 20], [-1], [3], [10 ** 18, 10 ** 18]])
-    header = json.dumps({"x": {"dtype": rng.choice(["F32", "U8", "Q9"]), "shape": shape,
-                               "data_offsets": [0, rng.choice([0, 4, 12, 2 ** 40])]}}).encode()
+    shape = rng.choice([[2**40], [2**20, 2**20], [-1], [3], [10**18, 10**18]])
+    header = json.dumps(
+        {
+            "x": {
+                "dtype": rng.choice(["F32", "U8", "Q9"]),
+                "shape": shape,
+                "data_offsets": [0, rng.choice([0, 4, 12, 2**40])],
+            }
+        }
+    ).encode()
     return struct.pack("<Q", len(header)) + header + bytes(rng.randrange(0, 16))
 
 
@@ -281,19 +379,32 @@ def structural(data: bytes, rng: random.Random) -> bytes:
             s = sections[i]
             sections.append(Section(s.name + "x", s.payload, s.content, s.critical))
     elif choice == 8:  # unknown sections
-        sections.insert(rng.randrange(len(sections) + 1),
-                        Section.raw(rng.choice(["zz", "future", "images2"]), bytes(rng.randrange(64)),
-                                    critical=rng.random() < 0.5))
+        sections.insert(
+            rng.randrange(len(sections) + 1),
+            Section.raw(rng.choice(["zz", "future", "images2"]), bytes(rng.randrange(64)), critical=rng.random() < 0.5),
+        )
     elif choice == 9:  # deep or huge JSON in meta
-        sections[0] = Section("meta", rng.choice([b"[" * 200_000 + b"]" * 200_000, b'{"a":' * 50_000 + b"1" +
-                                                  b"}" * 50_000, b'{"format": "d3", "x": "' + b"a" * 3_000_000 + b'"}',
-                                                  b"\xff\xfe", b"NaN", b'{"format": NaN}']), Content.JSON)
+        sections[0] = Section(
+            "meta",
+            rng.choice(
+                [
+                    b"[" * 200_000 + b"]" * 200_000,
+                    b'{"a":' * 50_000 + b"1" + b"}" * 50_000,
+                    b'{"format": "d3", "x": "' + b"a" * 3_000_000 + b'"}',
+                    b"\xff\xfe",
+                    b"NaN",
+                    b'{"format": NaN}',
+                ]
+            ),
+            Content.JSON,
+        )
     elif choice == 10:  # a damaged safetensors header
         idx = [i for i, s in enumerate(sections) if s.content == Content.SAFETENSORS]
         if idx:
             i = rng.choice(idx)
-            sections[i] = Section(sections[i].name, safetensors_with_lying_header(rng), Content.SAFETENSORS,
-                                  sections[i].critical)
+            sections[i] = Section(
+                sections[i].name, safetensors_with_lying_header(rng), Content.SAFETENSORS, sections[i].critical
+            )
     else:  # raw bytes of a section changed, checksum recomputed
         i = rng.randrange(len(sections))
         payload = bytearray(sections[i].payload)
@@ -316,7 +427,7 @@ def byte_level(data: bytes, rng: random.Random) -> bytes:
     elif choice == 1:
         out[rng.randrange(len(out))] = rng.randrange(256)
     elif choice == 2:
-        out = out[:rng.randrange(len(out))]
+        out = out[: rng.randrange(len(out))]
     elif choice == 3:
         i = rng.randrange(len(out) + 1)
         out[i:i] = bytes(rng.randrange(256) for _ in range(rng.randrange(1, 17)))
@@ -331,8 +442,8 @@ def byte_level(data: bytes, rng: random.Random) -> bytes:
             entries.append(pos + 1 + n + 3)  # stored length, then raw length, then crc
             pos += 1 + n + 15
         at = rng.choice(entries) + rng.choice([0, 4])
-        value = rng.choice([0, 1, 2 ** 31, 2 ** 32 - 1, struct.unpack_from("<I", out, at)[0] + rng.choice([-1, 1])])
-        struct.pack_into("<I", out, at, value % 2 ** 32)
+        value = rng.choice([0, 1, 2**31, 2**32 - 1, struct.unpack_from("<I", out, at)[0] + rng.choice([-1, 1])])
+        struct.pack_into("<I", out, at, value % 2**32)
         head_end = FIXED_HEADER.size + table_length
         struct.pack_into("<I", out, head_end, zlib.crc32(bytes(out[:head_end])))
         return bytes(out)
@@ -361,7 +472,7 @@ def method_layer(rng: random.Random) -> tuple[bytes, dict]:
     from d3codec.nn.models import Decoder
 
     method = rng.choice(["d3", "d3", "d2m", "d2m", "pixel", "merge", "formation", "labeller"])
-    spc = rng.choice([None, None, 1, 2, 7, 1000, 10 ** 5, 10 ** 7])
+    spc = rng.choice([None, None, 1, 2, 7, 1000, 10**5, 10**7])
     opts = {"samples_per_class": spc, "operation": rng.choice(["dataset", "dataset", "verify", "grid"])}
     if method == "formation":
         opts["samples_per_class"] = None
@@ -371,7 +482,7 @@ def method_layer(rng: random.Random) -> tuple[bytes, dict]:
     if method in ("d3", "merge"):
         shape = _shape(rng)
         k = rng.choice([1, 2, 3, 10, 1000])
-        z, p = rng.choice([1, 3, 64, 4096]), rng.choice([1, 2, 5, 1000, 10 ** 6])
+        z, p = rng.choice([1, 3, 64, 4096]), rng.choice([1, 2, 5, 1000, 10**6])
         w = rng.choice([1, 2, 3, 4, 6, 8, 64, 256, 4096])
         groups, soft = rng.randint(1, min(k, 3)), rng.random() < 0.5
         top = _top_k_draw(rng, k, soft)
@@ -385,11 +496,13 @@ def method_layer(rng: random.Random) -> tuple[bytes, dict]:
             p = max(1, bound // (k * (2 * z + labels)))
         if k * p * (2 * z + labels) > bound:
             z = 3
+
         def decoder_values(width: int) -> int:
             try:
                 return network_cost(lambda: Decoder(z, shape, width), lambda: (torch.zeros(1, z),), "d").parameters
             except D3FormatError:  # a width GroupNorm cannot split: written with width 8 below
                 return 0
+
         if max(decoder_values(w), decoder_values(8)) * groups > BUILD_VALUES:
             w = 8
         if decoder_values(8) * groups > BUILD_VALUES:  # a wide first map (a long, thin image): shrink the latent
@@ -397,17 +510,42 @@ def method_layer(rng: random.Random) -> tuple[bytes, dict]:
         if decoder_values(8) * groups > BUILD_VALUES:
             shape = (shape[0], 16, 16)
         try:
-            data = hostile.d3_archive(classes=k, image_shape=shape, latent_dim=z, priors_per_class=p, decoder_width=w,
-                                      groups=groups, soft_labels=soft,
-                                      dtype=rng.choice(["int8", "float16"]), label_top_k=top)
+            data = hostile.d3_archive(
+                classes=k,
+                image_shape=shape,
+                latent_dim=z,
+                priors_per_class=p,
+                decoder_width=w,
+                groups=groups,
+                soft_labels=soft,
+                dtype=rng.choice(["int8", "float16"]),
+                label_top_k=top,
+            )
         except (ValueError, RuntimeError):  # a width GroupNorm cannot split: declare it, store width 8's tensors
-            data = _redeclare(hostile.d3_archive(classes=k, image_shape=shape, latent_dim=z, priors_per_class=p,
-                                                 decoder_width=8, groups=groups, label_top_k=top), "decoder_width", w)
+            data = _redeclare(
+                hostile.d3_archive(
+                    classes=k,
+                    image_shape=shape,
+                    latent_dim=z,
+                    priors_per_class=p,
+                    decoder_width=8,
+                    groups=groups,
+                    label_top_k=top,
+                ),
+                "decoder_width",
+                w,
+            )
         if top is not None and rng.random() < 0.3:  # top-k values that are no probabilities, classes out of range
             data = hostile.with_tensors(data, "prior_labels", lambda t: _hostile_top_k(t, rng))
         if method == "merge":
-            other = hostile.d3_archive(classes=2, image_shape=shape, latent_dim=z, priors_per_class=1, decoder_width=8,
-                                       ds={**hostile.dataset(2, shape), "classes": ["other-a", "other-b"]})
+            other = hostile.d3_archive(
+                classes=2,
+                image_shape=shape,
+                latent_dim=z,
+                priors_per_class=1,
+                decoder_width=8,
+                ds={**hostile.dataset(2, shape), "classes": ["other-a", "other-b"]},
+            )
             data = _merge_budget(data, rng)
             opts = {"operation": "merge", "other": other}
         return data, opts
@@ -417,16 +555,26 @@ def method_layer(rng: random.Random) -> tuple[bytes, dict]:
         z, e = rng.choice([1, 3, 64, 4096]), rng.choice([1, 2, 64])
         w = rng.choice([4, 6, 8, 64, 512, 4096])
         try:
-            values = network_cost(lambda: ConditionalGenerator(k, z, e, w, shape), lambda: (
-                torch.zeros(1, z), torch.zeros(1, dtype=torch.long)), "g").parameters
+            values = network_cost(
+                lambda: ConditionalGenerator(k, z, e, w, shape),
+                lambda: (torch.zeros(1, z), torch.zeros(1, dtype=torch.long)),
+                "g",
+            ).parameters
         except D3FormatError:
             values = BUILD_VALUES + 1
         if values > BUILD_VALUES:
             w, z, e = 4, min(z, 64), min(e, 64)
         teacher = rng.choice([None, None, 1, 2, 8, 64])
-        data = hostile.d2m_archive(classes=k, image_shape=shape, noise_dim=z, embed_dim=e, width=w,
-                                   samples_per_class=rng.choice([1, 3, 10 ** 4, 10 ** 6, 10 ** 7]),
-                                   teacher_width=teacher, dtype=rng.choice(["int8", "float16"]))
+        data = hostile.d2m_archive(
+            classes=k,
+            image_shape=shape,
+            noise_dim=z,
+            embed_dim=e,
+            width=w,
+            samples_per_class=rng.choice([1, 3, 10**4, 10**6, 10**7]),
+            teacher_width=teacher,
+            dtype=rng.choice(["int8", "float16"]),
+        )
         return data, opts
     shape = _shape(rng)
     k = rng.choice([1, 2, 10, 100, 1000])
@@ -518,7 +666,7 @@ def _hostile_top_k(tensors: dict[str, torch.Tensor], rng: random.Random) -> None
     elif r == 2:
         value = value.to(rng.choice([torch.float32, torch.int32, torch.int64, torch.uint8, torch.bfloat16]))
     else:
-        value = value[..., :max(0, value.shape[-1] - 1)].contiguous() if value.dim() else value
+        value = value[..., : max(0, value.shape[-1] - 1)].contiguous() if value.dim() else value
     tensors[key] = value
 
 
@@ -534,7 +682,7 @@ def _formation_case(rng: random.Random) -> bytes:
         kind, factor = rng.choice(["lowres", "dct"]), rng.choice(fits)
     else:
         kind = rng.choice(["lowres", "dct", "dct", "lowres", "pixels", "fred", "", 7, None])
-        factor = rng.choice(list(range(0, 21)) + [1.5, "2", -1, 2 ** 63, True, None])
+        factor = rng.choice(list(range(0, 21)) + [1.5, "2", -1, 2**63, True, None])
     if rng.random() < 0.15:  # 4096-pixel sides at the largest factor: small codes, huge images
         shape, factor, kind = (rng.choice([1, 3]), 4096, 4096), 16, rng.choice(["dct", "lowres"])
     formation = {"kind": kind, "factor": factor}
@@ -593,8 +741,9 @@ def _labeller_case(rng: random.Random) -> bytes:
     elif base == "d3":
         data = hostile.d3_archive(classes=k, image_shape=shape, latent_dim=3, priors_per_class=1, decoder_width=8)
     else:
-        data = hostile.d2m_archive(classes=k, image_shape=shape, width=4, samples_per_class=2,
-                                   teacher_width=rng.choice([None, 4]))
+        data = hostile.d2m_archive(
+            classes=k, image_shape=shape, width=4, samples_per_class=2, teacher_width=rng.choice([None, 4])
+        )
     width, dtype = rng.choice([1, 2, 4, 8]), rng.choice(["int8", "float16"])
     temperature = rng.choice([1.0, 0.5, 1e-3, 1e3])
     described = {"network": "convnet3", "width": width, "temperature": temperature, "dtype": dtype}
@@ -604,7 +753,7 @@ def _labeller_case(rng: random.Random) -> bytes:
         if r <= 4 and not isinstance(described, dict):  # an earlier edit made it another JSON value
             continue
         if r == 0:
-            described["width"] = rng.choice([0, -1, 1, 2, 3, 4096, 4097, 50_000, 2 ** 63, 1.5, "4", None, True])
+            described["width"] = rng.choice([0, -1, 1, 2, 3, 4096, 4097, 50_000, 2**63, 1.5, "4", None, True])
         elif r == 1:
             described["temperature"] = rng.choice([0, 0.0, 1e-4, 1e-3, 1e3, 1e4, -1.0, "1", None, *BARE_NUMBERS])
         elif r == 2:
@@ -621,8 +770,13 @@ def _labeller_case(rng: random.Random) -> bytes:
         elif r == 6:
             meta_field = False  # a section without its description
         elif r == 7:
-            edits.append((rng.random(), rng.choice([float("nan"), float("inf"), -float("inf"), 0.0, 1e30, -1.0]),
-                          rng.random() < 0.5))
+            edits.append(
+                (
+                    rng.random(),
+                    rng.choice([float("nan"), float("inf"), -float("inf"), 0.0, 1e30, -1.0]),
+                    rng.random() < 0.5,
+                )
+            )
         else:
             described = rng.choice([[], "convnet3", 4, {}])
 
@@ -636,16 +790,41 @@ def _labeller_case(rng: random.Random) -> bytes:
             elif tensors[key].numel():
                 tensors[key].view(-1)[0] = stored
 
-    data = hostile.with_labeller(data, width=width, temperature=temperature, dtype=dtype, described=described,
-                                 section=section, meta_field=meta_field, change=change if edits else None)
+    data = hostile.with_labeller(
+        data,
+        width=width,
+        temperature=temperature,
+        dtype=dtype,
+        described=described,
+        section=section,
+        meta_field=meta_field,
+        change=change if edits else None,
+    )
     return _bare_numbers(data)
 
 
 # -- checkpoints: an encoder's state file, damaged, then resumed ------------------------------------------------------
 
 _CHECKPOINT: dict = {}
-ITERATIONS = ["0", "7", "-1", "1e9", "2147483648", "2147483649", "99999999999", "", " 5", "5\n", "0x10", "²", "٣",
-              "5.0", "NaN", "0" * 11, "x"]
+ITERATIONS = [
+    "0",
+    "7",
+    "-1",
+    "1e9",
+    "2147483648",
+    "2147483649",
+    "99999999999",
+    "",
+    " 5",
+    "5\n",
+    "0x10",
+    "²",
+    "٣",
+    "5.0",
+    "NaN",
+    "0" * 11,
+    "x",
+]
 
 
 def _checkpoint_run():
@@ -653,8 +832,9 @@ def _checkpoint_run():
     its own betas), a matrix under SGD with momentum. Returns (learned tensors, modules, optimisers)."""
     x, m = torch.zeros(3, requires_grad=True), torch.zeros(2, 2, requires_grad=True)
     lin = torch.nn.Linear(2, 3)
-    adam = torch.optim.Adam([{"params": [x], "lr": 0.1},
-                             {"params": list(lin.parameters()), "lr": 0.01, "betas": (0.5, 0.9)}])
+    adam = torch.optim.Adam(
+        [{"params": [x], "lr": 0.1}, {"params": list(lin.parameters()), "lr": 0.01, "betas": (0.5, 0.9)}]
+    )
     sgd = torch.optim.SGD([m], lr=0.1, momentum=0.9)
     return {"x": x, "m": m}, {"lin": lin}, {"adam": adam, "sgd": sgd}
 
@@ -684,8 +864,13 @@ def checkpoint_base() -> tuple[dict[str, torch.Tensor], dict[str, str]]:
             learned, modules, optimisers = _checkpoint_run()
             _checkpoint_step(learned, modules, optimisers)
             ckpt = Checkpoint(Path(tmp) / "c.safetensors", "fuzz", "run")
-            ckpt.save(5, {**{k: v.detach() for k, v in learned.items()}, "loss": torch.tensor(0.25)}, optimisers,
-                      torch.Generator().manual_seed(1), modules)
+            ckpt.save(
+                5,
+                {**{k: v.detach() for k, v in learned.items()}, "loss": torch.tensor(0.25)},
+                optimisers,
+                torch.Generator().manual_seed(1),
+                modules,
+            )
             with safe_open(str(ckpt.path), framework="pt") as f:
                 _CHECKPOINT.update(tensors={k: f.get_tensor(k) for k in f.keys()}, meta=dict(f.metadata()))
     return dict(_CHECKPOINT["tensors"]), dict(_CHECKPOINT["meta"])
@@ -702,10 +887,12 @@ def _groups_change(groups, rng: random.Random):
     if not isinstance(group, dict) or not group:
         return groups
     key = rng.choice(sorted(group))
-    group[key] = rng.choice({
-        "params": [[1, 0], [0, 0], [0, 5], ["0"], [], [0, 1, 2], [-1]],
-        "betas": [[0.9], [0.9, 0.999, 0.5], [2.0, 3.0], [1e6, 1e7], ["a", "b"]],
-    }.get(key, [0.5, 0, -1, 1e6, 1e7, 1, True, None, "0.1", [0.1], 2 ** 70]))
+    group[key] = rng.choice(
+        {
+            "params": [[1, 0], [0, 0], [0, 5], ["0"], [], [0, 1, 2], [-1]],
+            "betas": [[0.9], [0.9, 0.999, 0.5], [2.0, 3.0], [1e6, 1e7], ["a", "b"]],
+        }.get(key, [0.5, 0, -1, 1e6, 1e7, 1, True, None, "0.1", [0.1], 2**70])
+    )
     return groups
 
 
@@ -713,25 +900,26 @@ def _damaged_safetensors_header(data: bytes, rng: random.Random) -> bytes:
     """A safetensors file whose JSON header is changed and rewritten (its length field too, unless lying):
     metadata values that are not strings, other dtypes, shapes or offsets that do not fit the data."""
     n = struct.unpack_from("<Q", data)[0]
-    header, body = json.loads(data[8:8 + n]), data[8 + n:]
+    header, body = json.loads(data[8 : 8 + n]), data[8 + n :]
     names = sorted(k for k in header if k != "__metadata__")
     r = rng.randrange(6)
     if r == 0:
         meta = header.setdefault("__metadata__", {})
         meta[rng.choice(sorted(meta) or ["x"])] = rng.choice([5, None, {"a": "b"}, ["1"], 1e308, True])
     elif r == 1 and names:
-        header[rng.choice(names)]["dtype"] = rng.choice(["F32", "F16", "BF16", "I64", "U8", "BOOL", "F8_E4M3", "Q9",
-                                                         "F64", "C64", ""])
+        header[rng.choice(names)]["dtype"] = rng.choice(
+            ["F32", "F16", "BF16", "I64", "U8", "BOOL", "F8_E4M3", "Q9", "F64", "C64", ""]
+        )
     elif r == 2 and names:
         entry = header[rng.choice(names)]
-        entry["shape"] = rng.choice([[2 ** 40], [], [-1], [0], entry["shape"] + [1], [3, 2 ** 62], [10 ** 20]])
+        entry["shape"] = rng.choice([[2**40], [], [-1], [0], entry["shape"] + [1], [3, 2**62], [10**20]])
     elif r == 3 and names:
         entry = header[rng.choice(names)]
         a, b = entry["data_offsets"]
-        entry["data_offsets"] = rng.choice([[b, a], [a, b + 4], [0, 0], [a, 2 ** 63], [a - 1, b - 1]])
+        entry["data_offsets"] = rng.choice([[b, a], [a, b + 4], [0, 0], [a, 2**63], [a - 1, b - 1]])
     elif r == 4:
         text = json.dumps(header).encode()
-        return struct.pack("<Q", rng.choice([len(text) + 1, len(text) - 1, 2 ** 63, 0])) + text + body
+        return struct.pack("<Q", rng.choice([len(text) + 1, len(text) - 1, 2**63, 0])) + text + body
     else:
         header["__metadata__"] = rng.choice([[], "x", {"a": "b" * 100_000}])
     text = json.dumps(header).encode()
@@ -755,9 +943,20 @@ def checkpoint_case(rng: random.Random) -> tuple[bytes, dict]:
             meta["opt_groups"] = json.dumps(groups)
         elif r == 3:
             whole = json.dumps(groups)
-            meta["opt_groups"] = rng.choice(["", "NaN", "[]", "{}", "null", '{"adam": 1e400}', "[" * 100_000 + "]" *
-                                             100_000, whole[:rng.randrange(len(whole))], '{"adam": [], "sgd": []}',
-                                             whole.replace("0.1", "NaN", 1)])
+            meta["opt_groups"] = rng.choice(
+                [
+                    "",
+                    "NaN",
+                    "[]",
+                    "{}",
+                    "null",
+                    '{"adam": 1e400}',
+                    "[" * 100_000 + "]" * 100_000,
+                    whole[: rng.randrange(len(whole))],
+                    '{"adam": [], "sgd": []}',
+                    whole.replace("0.1", "NaN", 1),
+                ]
+            )
         elif r <= 5:
             groups = _groups_change(groups, rng)
             meta["opt_groups"] = json.dumps(groups)
@@ -772,20 +971,49 @@ def checkpoint_case(rng: random.Random) -> tuple[bytes, dict]:
         elif r == 9:  # an optimiser's state tensor
             key = rng.choice(sorted(k for k in tensors if k.startswith("opt.")) or ["opt.adam.0.step"])
             value = tensors.get(key, torch.tensor(1.0))
-            tensors[key] = rng.choice([torch.tensor(-1.0), torch.tensor(1e30), torch.zeros(5), torch.tensor([1.0, 2.0]),
-                                       value.to(torch.int64), value.to(torch.float16), value.to(torch.bfloat16),
-                                       value.to(torch.float64), value.to(torch.bool), value.reshape(1, -1)])
+            tensors[key] = rng.choice(
+                [
+                    torch.tensor(-1.0),
+                    torch.tensor(1e30),
+                    torch.zeros(5),
+                    torch.tensor([1.0, 2.0]),
+                    value.to(torch.int64),
+                    value.to(torch.float16),
+                    value.to(torch.bfloat16),
+                    value.to(torch.float64),
+                    value.to(torch.bool),
+                    value.reshape(1, -1),
+                ]
+            )
         elif r == 10:  # the random generators' states
             key = rng.choice(["rng.sampler", "rng.torch", "rng.cuda"])
             value = tensors.get(key, tensors.get("rng.torch", torch.zeros(16, dtype=torch.uint8)))
-            tensors[key] = rng.choice([value[:-1].clone(), value.to(torch.int32), torch.zeros_like(value),
-                                       torch.full_like(value, 255), value[:8].clone(),
-                                       torch.zeros(0, dtype=torch.uint8)])
+            tensors[key] = rng.choice(
+                [
+                    value[:-1].clone(),
+                    value.to(torch.int32),
+                    torch.zeros_like(value),
+                    torch.full_like(value, 255),
+                    value[:8].clone(),
+                    torch.zeros(0, dtype=torch.uint8),
+                ]
+            )
         elif r == 11:  # tensors of no parameter, of a parameter out of range, of a name that cannot be split
-            tensors[rng.choice(["opt.adam.7.exp_avg", "opt.adam.0.bogus", "opt.adam.x.exp_avg", "opt.adam.0",
-                                "opt.adam.-1.exp_avg", "state.lin.extra", "opt.nothere.0.x", "state.lin.weight",
-                                "opt.sgd.0.momentum_buffer"])] = rng.choice([torch.zeros(3), torch.zeros(2, 2),
-                                                                             torch.tensor(2.0), torch.zeros(3, 2)])
+            tensors[
+                rng.choice(
+                    [
+                        "opt.adam.7.exp_avg",
+                        "opt.adam.0.bogus",
+                        "opt.adam.x.exp_avg",
+                        "opt.adam.0",
+                        "opt.adam.-1.exp_avg",
+                        "state.lin.extra",
+                        "opt.nothere.0.x",
+                        "state.lin.weight",
+                        "opt.sgd.0.momentum_buffer",
+                    ]
+                )
+            ] = rng.choice([torch.zeros(3), torch.zeros(2, 2), torch.tensor(2.0), torch.zeros(3, 2)])
         else:
             tensors.pop(rng.choice(sorted(tensors)))
     data = save(tensors, metadata=meta)
@@ -799,8 +1027,9 @@ def _resume(path: Path):
     from d3codec.encode.checkpoint import Checkpoint
 
     learned, modules, optimisers = _checkpoint_run()
-    resumed = Checkpoint(path, "fuzz", "run").resume(optimisers, torch.Generator(), torch.device("cpu"), learned,
-                                                     modules)
+    resumed = Checkpoint(path, "fuzz", "run").resume(
+        optimisers, torch.Generator(), torch.device("cpu"), learned, modules
+    )
     _checkpoint_step(learned, modules, optimisers)
     return torch.tensor([resumed[0]]), learned["x"].detach(), None
 
@@ -845,29 +1074,52 @@ def user_file_case(rng: random.Random) -> tuple[bytes, dict]:
         if r == 0:
             tensors = mutate_tensors(tensors, rng)
         elif r == 1:  # a huge declared width, and a classifier that agrees
-            tensors = {"features.0.weight": torch.zeros(rng.choice([50_000, 4097, 4096]), 1, 1, 1),
-                       "classifier.weight": torch.zeros(k, 1)}
+            tensors = {
+                "features.0.weight": torch.zeros(rng.choice([50_000, 4097, 4096]), 1, 1, 1),
+                "classifier.weight": torch.zeros(k, 1),
+            }
         elif r == 2:
             tensors = {"features.0.weight": torch.zeros(0, c, 3, 3), "classifier.weight": torch.zeros(k, 0)}
         elif r == 3:
-            tensors = {n: torch.tensor(1.0) for n in tensors} if rng.random() < 0.5 else \
-                {**tensors, "features.0.weight": torch.tensor(1.0)}
+            tensors = (
+                {n: torch.tensor(1.0) for n in tensors}
+                if rng.random() < 0.5
+                else {**tensors, "features.0.weight": torch.tensor(1.0)}
+            )
         elif r == 4:
             key = rng.choice(sorted(tensors))
             tensors[key] = torch.full_like(tensors[key], rng.choice([float("nan"), float("inf"), 1e30]))
         elif r == 5:
             key = rng.choice(sorted(tensors))
-            tensors[key] = tensors[key].to(rng.choice([torch.float16, torch.bfloat16, torch.float64, torch.int8,
-                                                       torch.int64, torch.bool]))
+            tensors[key] = tensors[key].to(
+                rng.choice([torch.float16, torch.bfloat16, torch.float64, torch.int8, torch.int64, torch.bool])
+            )
         elif r == 6:
-            meta["classes"] = rng.choice(["0,1,2", "0,0,1", "-1,0,1", "1,2,3", "", "x", "0,1," * 10_000, "٣,1,2",
-                                          " 1, 2 ,0", "1e3", "0x1", ",".join(map(str, range(k))), "2,1,0"[:2 * k - 1]])
+            meta["classes"] = rng.choice(
+                [
+                    "0,1,2",
+                    "0,0,1",
+                    "-1,0,1",
+                    "1,2,3",
+                    "",
+                    "x",
+                    "0,1," * 10_000,
+                    "٣,1,2",
+                    " 1, 2 ,0",
+                    "1e3",
+                    "0x1",
+                    ",".join(map(str, range(k))),
+                    "2,1,0"[: 2 * k - 1],
+                ]
+            )
         elif r == 7:  # outputs: more than the dataset's classes, or none
-            tensors["classifier.weight"] = torch.zeros(rng.choice([0, k + 1, 2 ** 16]),
-                                                       tensors["classifier.weight"].shape[1])
+            tensors["classifier.weight"] = torch.zeros(
+                rng.choice([0, k + 1, 2**16]), tensors["classifier.weight"].shape[1]
+            )
         elif r == 8:  # read for other images or classes
-            opts["image_shape"] = rng.choice([[c, h, h + 1], [3 if c == 1 else 1, h, h], [c, 4, 4],
-                                              [c, 2 * h, 2 * h], [c, 4096, 4096]])
+            opts["image_shape"] = rng.choice(
+                [[c, h, h + 1], [3 if c == 1 else 1, h, h], [c, 4, 4], [c, 2 * h, 2 * h], [c, 4096, 4096]]
+            )
             opts["num_classes"] = rng.choice([k, k - 1, 1, 1000])
         elif r == 9:
             tensors[rng.choice(["extra", "features.9.weight", "classifier.weight.scale"])] = torch.zeros(2)
@@ -875,8 +1127,10 @@ def user_file_case(rng: random.Random) -> tuple[bytes, dict]:
             tensors.pop(rng.choice(sorted(tensors)))
     else:
         k, z, e, width = rng.choice([2, 3]), rng.choice([1, 4]), rng.choice([1, 2]), rng.choice([4, 8])
-        shape, arch = rng.choice([(1, 8, 8), (1, 16, 16), (3, 16, 16), (1, 28, 28), (1, 16, 12)]), \
-            rng.choice(sorted(GENERATORS))
+        shape, arch = (
+            rng.choice([(1, 8, 8), (1, 16, 16), (3, 16, 16), (1, 28, 28), (1, 16, 12)]),
+            rng.choice(sorted(GENERATORS)),
+        )
         tensors, meta = _state("generator", k, z, e, width, shape, arch), {"architecture": arch}
         opts = {"operation": "generator", "image_shape": list(shape), "num_classes": k}
         r = rng.randrange(12)
@@ -892,12 +1146,19 @@ def user_file_case(rng: random.Random) -> tuple[bytes, dict]:
                 tensors = {PRETRAINED_PREFIX + n: v for n, v in tensors.items()}
         elif r == 4:  # a huge declared embedding, noise or width
             h0 = 4 if shape[1] <= 16 else 7
-            tensors["embedding.weight" if rng.random() < 0.5 else "fc.weight"] = rng.choice([
-                torch.zeros(k, 50_000), torch.zeros(50_000, e), torch.zeros(4096 * h0 * h0, z + e),
-                torch.zeros(4097 * h0 * h0, z + e), torch.zeros(width * h0 * h0, 5_000)])
+            tensors["embedding.weight" if rng.random() < 0.5 else "fc.weight"] = rng.choice(
+                [
+                    torch.zeros(k, 50_000),
+                    torch.zeros(50_000, e),
+                    torch.zeros(4096 * h0 * h0, z + e),
+                    torch.zeros(4097 * h0 * h0, z + e),
+                    torch.zeros(width * h0 * h0, 5_000),
+                ]
+            )
         elif r == 5:  # zero widths, no noise
-            tensors[rng.choice(["embedding.weight", "fc.weight"])] = rng.choice([
-                torch.zeros(0, e), torch.zeros(k, 0), torch.zeros(width * 16, e), torch.zeros(width * 16, 0)])
+            tensors[rng.choice(["embedding.weight", "fc.weight"])] = rng.choice(
+                [torch.zeros(0, e), torch.zeros(k, 0), torch.zeros(width * 16, e), torch.zeros(width * 16, 0)]
+            )
         elif r == 6:
             tensors[rng.choice(["embedding.weight", "fc.weight"])] = torch.tensor(1.0)
         elif r == 7:
@@ -941,14 +1202,63 @@ def _load_user_file(path: Path, opts: dict):
 
 # -- folder trees a user passes in ------------------------------------------------------------------------------------
 
-FOLDER_IMAGES = ("png-L", "png-RGB", "png-RGBA", "png-P", "png-1", "png-I;16", "jpg-L", "jpg-RGB", "jpg-CMYK",
-                 "bmp-RGB", "tif-RGB")
-FOLDER_HOSTILE = ("link-dot", "link-up", "link-root", "class-link", "class-link-root", "fifo", "fifo-root", "empty",
-                  "truncated", "text", "huge", "huge-lie", "strip", "near-limit", "near-limit-lie", "jpeg-lie",
-                  "ppm-lie", "text-bomb", "dangling", "link-out", "odd-name", "odd-class", "deep", "dir-png",
-                  "empty-class", "no-class", "only-hostile", "png-as-jpg")
-ODD_NAMES = ("\x1b[2J.png", "a\nb.png", "-x.png", " .png", "." + "a" * 240 + ".png", "\udcff\udcfe.png", "名前.png",
-             "x.PNG", "x.png.", "\r.jpg", "%s%n.png", "$(reboot).png")
+FOLDER_IMAGES = (
+    "png-L",
+    "png-RGB",
+    "png-RGBA",
+    "png-P",
+    "png-1",
+    "png-I;16",
+    "jpg-L",
+    "jpg-RGB",
+    "jpg-CMYK",
+    "bmp-RGB",
+    "tif-RGB",
+)
+FOLDER_HOSTILE = (
+    "link-dot",
+    "link-up",
+    "link-root",
+    "class-link",
+    "class-link-root",
+    "fifo",
+    "fifo-root",
+    "empty",
+    "truncated",
+    "text",
+    "huge",
+    "huge-lie",
+    "strip",
+    "near-limit",
+    "near-limit-lie",
+    "jpeg-lie",
+    "ppm-lie",
+    "text-bomb",
+    "dangling",
+    "link-out",
+    "odd-name",
+    "odd-class",
+    "deep",
+    "dir-png",
+    "empty-class",
+    "no-class",
+    "only-hostile",
+    "png-as-jpg",
+)
+ODD_NAMES = (
+    "\x1b[2J.png",
+    "a\nb.png",
+    "-x.png",
+    " .png",
+    "." + "a" * 240 + ".png",
+    "\udcff\udcfe.png",
+    "名前.png",
+    "x.PNG",
+    "x.png.",
+    "\r.jpg",
+    "%s%n.png",
+    "$(reboot).png",
+)
 ODD_CLASSES = ("\x1b[31mred", "\udcff", "b" * 250, "-rf", "c\nd", " ", "..a", "名前")
 _IMAGE_BYTES: dict = {}
 
@@ -956,6 +1266,7 @@ _IMAGE_BYTES: dict = {}
 def _png(width: int, height: int, depth: int = 1, colour: int = 0, data: bool = True, text_bomb: bool = False) -> bytes:
     """A PNG of zero pixels written chunk by chunk (no image in memory): ``data`` False writes a few rows only
     (the header lies), ``text_bomb`` adds a zTXt chunk inflating to 64 MiB."""
+
     def chunk(tag: bytes, body: bytes) -> bytes:
         return struct.pack(">I", len(body)) + tag + body + struct.pack(">I", zlib.crc32(tag + body))
 
@@ -965,12 +1276,17 @@ def _png(width: int, height: int, depth: int = 1, colour: int = 0, data: bool = 
     done = 0
     while done < rows:
         take = min(rows - done, len(block) // row)
-        idat.append(co.compress(block[:take * row]))
+        idat.append(co.compress(block[: take * row]))
         done += take
     idat.append(co.flush())
     extra = chunk(b"zTXt", b"comment\x00\x00" + zlib.compress(bytes(64 << 20), 9)) if text_bomb else b""
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, depth, colour, 0, 0, 0))
-            + extra + chunk(b"IDAT", b"".join(idat)) + chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, depth, colour, 0, 0, 0))
+        + extra
+        + chunk(b"IDAT", b"".join(idat))
+        + chunk(b"IEND", b"")
+    )
 
 
 def _image_bytes(kind: str, size: tuple[int, int]) -> bytes:
@@ -997,7 +1313,7 @@ def _hostile_bytes(what: str, variant: int) -> bytes:
         if what == "huge":
             data = _png(20_000, 20_000)  # a few KB: 400 million pixels
         elif what == "huge-lie":
-            data = _png(*[(20_000, 20_000), (65_535, 65_535), (2 ** 31 - 1, 1)][variant % 3], data=False)
+            data = _png(*[(20_000, 20_000), (65_535, 65_535), (2**31 - 1, 1)][variant % 3], data=False)
         elif what == "strip":
             data = _png(*[(1, 2_000_000), (2_000_000, 1)][variant % 2])
         elif what == "near-limit":  # the most pixels a folder image may have (MAX_IMAGE_PIXELS), RGB or grey
@@ -1010,13 +1326,17 @@ def _hostile_bytes(what: str, variant: int) -> bytes:
             struct.pack_into(">HH", data, at, *[(65_535, 65_535), (65_535, 100), (0, 10), (8, 65_535)][variant % 4])
             data = bytes(data)
         elif what == "ppm-lie":
-            data = [b"P6 11000 11000 255\n" + bytes(100), b"P5 0 0 255\n", b"P6 99999999999 1 255\n" + bytes(3),
-                    b"P5 8 8 65535\n" + bytes(10)][variant % 4]
+            data = [
+                b"P6 11000 11000 255\n" + bytes(100),
+                b"P5 0 0 255\n",
+                b"P6 99999999999 1 255\n" + bytes(3),
+                b"P5 8 8 65535\n" + bytes(10),
+            ][variant % 4]
         elif what == "text-bomb":
             data = _png(8, 8, text_bomb=True)
         elif what == "truncated":
             whole = _image_bytes(["png-RGB", "jpg-RGB", "bmp-RGB", "tif-RGB"][variant % 4], (12, 12))
-            data = whole[:len(whole) // 2]
+            data = whole[: len(whole) // 2]
         elif what == "text":
             data = b"not an image\n" * 10
         elif what == "png-as-jpg":
@@ -1037,18 +1357,25 @@ def _hostile_thing(rng: random.Random) -> str:
 def folder_recipe(rng: random.Random) -> dict:
     """A small class-per-folder tree (2 or 3 classes of 1 to 3 tiny images) with 0 to 3 hostile things, and how to
     read it (``load_workers``, how many times each image is read: 64 reads or more go to the workers)."""
-    classes = ["a", "b", "c"][:rng.choice([2, 3])]
+    classes = ["a", "b", "c"][: rng.choice([2, 3])]
     images = []
     for i in range(len(classes)):
         for j in range(rng.choice([1, 2, 3])):
             kind = rng.choice(FOLDER_IMAGES)
             size = rng.choice([(8, 8), (12, 12), (16, 9), (5, 5), (1, 1), (31, 20), (3, 40)])
             images.append([i, f"{j}.{kind.split('-')[0]}", kind, list(size)])
-    hostile = [[_hostile_thing(rng), rng.randrange(len(classes)), rng.randrange(12)]
-               for _ in range(rng.choice([0, 1, 1, 2, 3]))]
+    hostile = [
+        [_hostile_thing(rng), rng.randrange(len(classes)), rng.randrange(12)]
+        for _ in range(rng.choice([0, 1, 1, 2, 3]))
+    ]
     workers = rng.choice([0, 0, 2])
-    return {"classes": classes, "images": images, "hostile": hostile, "workers": workers,
-            "repeat": rng.choice([1, 1, 40]) if workers else 1}
+    return {
+        "classes": classes,
+        "images": images,
+        "hostile": hostile,
+        "workers": workers,
+        "repeat": rng.choice([1, 1, 40]) if workers else 1,
+    }
 
 
 def build_tree(base: Path, recipe: dict) -> Path:
@@ -1064,8 +1391,10 @@ def build_tree(base: Path, recipe: dict) -> Path:
     for n, (what, i, variant) in enumerate(recipe["hostile"]):  # n: names stay apart when a thing comes twice
         folder = root / classes[i]
         if what in ("link-dot", "link-up", "link-root"):
-            os.symlink({"link-dot": ".", "link-up": "..", "link-root": "/"}[what],
-                       folder / [f"loop{n}", f"x{n}.png"][variant % 2])
+            os.symlink(
+                {"link-dot": ".", "link-up": "..", "link-root": "/"}[what],
+                folder / [f"loop{n}", f"x{n}.png"][variant % 2],
+            )
         elif what == "class-link":
             os.symlink(folder, root / f"zz{n}")
         elif what == "class-link-root":
@@ -1143,6 +1472,7 @@ def read_user_input(data: bytes, opts: dict, folder: Path | None = None):
 
 # -- the oracle -------------------------------------------------------------------------------------
 
+
 class CaseTimeout(Exception):
     pass
 
@@ -1168,6 +1498,7 @@ def read_like_a_user(data: bytes, opts: dict | None = None, folder: Path | None 
         return (torch.tensor([len(result.checks)]), None, None)
     if operation == "merge":
         import tempfile
+
         with tempfile.TemporaryDirectory(dir=folder) as tmp:
             a, b = Path(tmp) / "a.d3", Path(tmp) / "b.d3"
             a.write_bytes(data)
@@ -1215,6 +1546,7 @@ def _reset_peak_rss() -> int:
     (glibc's malloc_trim), so that a case reusing it still shows as growth."""
     try:
         import ctypes
+
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):
         pass
@@ -1229,8 +1561,9 @@ OUTCOMES = {"read": 0, "refused": 0, "unwritable": 0}  # how the cases ended tha
 BY_KIND: dict[str, dict[str, int]] = {}  # the same, per mutation family, and the seconds its reads took
 
 
-def check_case(original: bytes, mutated: bytes, byte_mutation: bool, seconds: float = CASE_SECONDS,
-               opts: dict | None = None) -> str | None:
+def check_case(
+    original: bytes, mutated: bytes, byte_mutation: bool, seconds: float = CASE_SECONDS, opts: dict | None = None
+) -> str | None:
     """None when the read behaved, else a description of the finding."""
     base = _reset_peak_rss()
     start = time.time()
@@ -1258,16 +1591,24 @@ def check_case(original: bytes, mutated: bytes, byte_mutation: bool, seconds: fl
     OUTCOMES["read"] += 1
     if byte_mutation and mutated != original:  # the checksums cover every byte: success means same data
         want = read_like_a_user(original, opts)
-        if not all((a is None and b is None) or (a is not None and b is not None and torch.equal(a, b))
-                   for a, b in zip(got, want)):
+        if not all(
+            (a is None and b is None) or (a is not None and b is not None and torch.equal(a, b))
+            for a, b in zip(got, want)
+        ):
             return "a damaged archive was read as different data"
     return None
 
 
 # the share of the cases each family gets (the rest of the draw goes to the next): archives mutated byte by byte,
 # structurally and at the method layer keep 85 %; checkpoints, users' network files and folder trees 5 % each
-SHARES = (("byte", 0.27), ("structural", 0.38), ("method-layer", 0.20), ("checkpoint", 0.05), ("user file", 0.05),
-          ("folder", 0.05))
+SHARES = (
+    ("byte", 0.27),
+    ("structural", 0.38),
+    ("method-layer", 0.20),
+    ("checkpoint", 0.05),
+    ("user file", 0.05),
+    ("folder", 0.05),
+)
 
 
 def _family(draw: float) -> str:
@@ -1291,22 +1632,35 @@ def warm_up(seeds: dict[str, bytes], folder: Path) -> None:
         read_like_a_user(data)
     tensors, meta = checkpoint_base()
     read_like_a_user(save(tensors, metadata=meta), {"operation": "checkpoint"}, folder)
-    read_like_a_user(save(_state("teacher", 1, 2, 8, 2)), {"operation": "teacher", "image_shape": [1, 8, 8],
-                                                              "num_classes": 2}, folder)
-    read_like_a_user(save(_state("generator", 2, 1, 1, 4, (1, 8, 8), "upconv-v2")),
-                     {"operation": "generator", "image_shape": [1, 8, 8], "num_classes": 2}, folder)
+    read_like_a_user(
+        save(_state("teacher", 1, 2, 8, 2)),
+        {"operation": "teacher", "image_shape": [1, 8, 8], "num_classes": 2},
+        folder,
+    )
+    read_like_a_user(
+        save(_state("generator", 2, 1, 1, 4, (1, 8, 8), "upconv-v2")),
+        {"operation": "generator", "image_shape": [1, 8, 8], "num_classes": 2},
+        folder,
+    )
     base = Path(tempfile.mkdtemp(prefix="d3fuzz-"))
     try:
-        recipe = {"classes": ["a", "b"], "images": [[0, "0.png", "png-L", [8, 8]], [1, "0.jpg", "jpg-RGB", [8, 8]]],
-                  "hostile": [], "workers": 0, "repeat": 1}
-        read_like_a_user(b"", {"operation": "folder", "root": str(build_tree(base, recipe)), "workers": 0,
-                               "repeat": 1}, folder)
+        recipe = {
+            "classes": ["a", "b"],
+            "images": [[0, "0.png", "png-L", [8, 8]], [1, "0.jpg", "jpg-RGB", [8, 8]]],
+            "hostile": [],
+            "workers": 0,
+            "repeat": 1,
+        }
+        read_like_a_user(
+            b"", {"operation": "folder", "root": str(build_tree(base, recipe)), "workers": 0, "repeat": 1}, folder
+        )
     finally:
         shutil.rmtree(base, ignore_errors=True)
 
 
-def run(cases: int, seed: int, folder: Path, log=print, stop_at_first: bool = False,
-        only: int | None = None) -> list[tuple[str, str, str]]:
+def run(
+    cases: int, seed: int, folder: Path, log=print, stop_at_first: bool = False, only: int | None = None
+) -> list[tuple[str, str, str]]:
     """Try ``cases`` mutations; returns the findings (seed archive or family, mutation kind, description).
 
     ``only``: read case ``only`` alone (the others are drawn, not read: the same draws as a full run), to
@@ -1336,14 +1690,20 @@ def run(cases: int, seed: int, folder: Path, log=print, stop_at_first: bool = Fa
             elif kind == "folder":
                 recipe = folder_recipe(rng)
                 name, mutated, original = "folder", b"", b""
-                opts = {"operation": "folder", "recipe": recipe, "workers": recipe["workers"],
-                        "repeat": recipe["repeat"]}
+                opts = {
+                    "operation": "folder",
+                    "recipe": recipe,
+                    "workers": recipe["workers"],
+                    "repeat": recipe["repeat"],
+                }
             else:
                 mutated = byte_level(original, rng) if kind == "byte" else structural(original, rng)
                 if rng.random() < 0.3:
                     sampled = _is_sampled(original)
-                    opts = {"samples_per_class": rng.choice([None, 1, 3]) if sampled else None,
-                            "operation": rng.choice(["dataset", "verify", "grid"])}
+                    opts = {
+                        "samples_per_class": rng.choice([None, 1, 3]) if sampled else None,
+                        "operation": rng.choice(["dataset", "verify", "grid"]),
+                    }
         except (TypeError, ValueError, OverflowError, RuntimeError, IndexError, KeyError) as e:  # not writable
             OUTCOMES["unwritable"] += 1
             log(f"case {case}: mutation not written ({type(e).__name__}: {e}); counted, not read")
@@ -1389,8 +1749,10 @@ def run(cases: int, seed: int, folder: Path, log=print, stop_at_first: bool = Fa
             if stop_at_first:
                 break
         if case % 1000 == 0:
-            log(f"{case} cases tried, {len(findings)} found ({OUTCOMES['read']} read, {OUTCOMES['refused']} refused "
-                f"with D3FormatError), {time.time() - start:.0f} s")
+            log(
+                f"{case} cases tried, {len(findings)} found ({OUTCOMES['read']} read, {OUTCOMES['refused']} refused "
+                f"with D3FormatError), {time.time() - start:.0f} s"
+            )
     return findings
 
 
@@ -1409,10 +1771,15 @@ def main() -> None:
     p.add_argument("--cases", type=int, default=100_000)
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--seeds-folder", default=str(Path(__file__).resolve().parent.parent / ".fuzz-seeds"))
-    p.add_argument("--case", type=int, default=None,
-                   help="read only this case of the run (the same draws), to reproduce a finding")
-    p.add_argument("--memory-gib", type=float, default=4.0,
-                   help="address space a case may add beyond what the process holds after loading (GiB)")
+    p.add_argument(
+        "--case", type=int, default=None, help="read only this case of the run (the same draws), to reproduce a finding"
+    )
+    p.add_argument(
+        "--memory-gib",
+        type=float,
+        default=4.0,
+        help="address space a case may add beyond what the process holds after loading (GiB)",
+    )
     args = p.parse_args()
     torch.set_num_threads(1)
     # hostile zero-size shapes are costed on the meta device; torch's note on each is noise in a long log
@@ -1420,12 +1787,16 @@ def main() -> None:
     seed_archives(Path(args.seeds_folder))
     limit_memory(args.memory_gib)
     findings = run(args.cases, args.seed, Path(args.seeds_folder), only=args.case)
-    print(f"{args.cases if args.case is None else 1} cases tried, {len(findings)} found ({OUTCOMES['read']} read, "
-          f"{OUTCOMES['refused']} refused with D3FormatError, {OUTCOMES['unwritable']} mutations the harness could "
-          "not write)")
+    print(
+        f"{args.cases if args.case is None else 1} cases tried, {len(findings)} found ({OUTCOMES['read']} read, "
+        f"{OUTCOMES['refused']} refused with D3FormatError, {OUTCOMES['unwritable']} mutations the harness could "
+        "not write)"
+    )
     for kind, tally in sorted(BY_KIND.items()):
-        print(f"  {kind}: {tally['read']} read, {tally['refused']} refused, {tally['found']} found "
-              f"({tally['seconds']:.0f} s reading)")
+        print(
+            f"  {kind}: {tally['read']} read, {tally['refused']} refused, {tally['found']} found "
+            f"({tally['seconds']:.0f} s reading)"
+        )
     sys.exit(1 if findings else 0)
 
 

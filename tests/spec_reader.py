@@ -24,8 +24,17 @@ MAX_SECTIONS, MAX_TABLE = 256, 20_480  # §2, §3
 MAX_JSON = 16 << 20  # §3, §4
 NAME = re.compile(r"[a-z0-9][a-z0-9_.\-]*")  # §3
 CODECS, CONTENTS = {0: "none", 1: "zstd"}, {0: "bytes", 1: "json", 2: "safetensors"}  # §3
-SAFETENSORS_DTYPES = {"U8": np.uint8, "I8": np.int8, "I16": np.int16, "I32": np.int32, "I64": np.int64, "F16": np.float16,
-                      "F32": np.float32, "F64": np.float64, "BOOL": np.bool_}
+SAFETENSORS_DTYPES = {
+    "U8": np.uint8,
+    "I8": np.int8,
+    "I16": np.int16,
+    "I32": np.int32,
+    "I64": np.int64,
+    "F16": np.float16,
+    "F32": np.float32,
+    "F64": np.float64,
+    "BOOL": np.bool_,
+}
 SECTIONS = {  # §5.1: name → critical (every method may carry the labeller of §5.8)
     "pixel": {"meta": True, "images": True, "soft_labels": True, "schedule": True, "labeller": False},
     "d3": {"meta": True, "priors": True, "decoder": True, "prior_labels": True, "labeller": False},
@@ -39,6 +48,7 @@ class SpecError(Exception):
 
 
 # -- §3 JSON -------------------------------------------------------------------------------------
+
 
 def _no_constant(token):
     raise SpecError(f"{token} is not JSON")
@@ -66,8 +76,13 @@ def _pairs(pairs):
 
 def parse_json(blob: bytes) -> dict:
     try:
-        value = json.loads(blob.decode("utf-8"), parse_constant=_no_constant, parse_float=_float, parse_int=_int,
-                           object_pairs_hook=_pairs)
+        value = json.loads(
+            blob.decode("utf-8"),
+            parse_constant=_no_constant,
+            parse_float=_float,
+            parse_int=_int,
+            object_pairs_hook=_pairs,
+        )
     except (UnicodeDecodeError, ValueError, RecursionError) as e:
         raise SpecError(f"invalid JSON: {e}") from None
     if not isinstance(value, dict):
@@ -82,8 +97,8 @@ def parse_safetensors(blob: bytes) -> dict[str, np.ndarray]:
     (n,) = struct.unpack_from("<Q", blob)
     if 8 + n > len(blob):
         raise SpecError("safetensors header runs past the blob")
-    header = parse_json(blob[8:8 + n])
-    data, out = blob[8 + n:], {}
+    header = parse_json(blob[8 : 8 + n])
+    data, out = blob[8 + n :], {}
     for key, entry in header.items():
         if key == "__metadata__":
             continue
@@ -99,6 +114,7 @@ def parse_safetensors(blob: bytes) -> dict[str, np.ndarray]:
 
 
 # -- §2, §3 the container -------------------------------------------------------------------------
+
 
 def read(data: bytes) -> list[dict]:
     """Every section of an archive: name, critical, codec, content, value (bytes, dict, or dict of arrays).
@@ -116,7 +132,7 @@ def read(data: bytes) -> list[dict]:
         if pos >= table_end:
             raise SpecError("the table ends before its last entry")
         length = data[pos]
-        raw_name = data[pos + 1:pos + 1 + length]
+        raw_name = data[pos + 1 : pos + 1 + length]
         name = raw_name.decode("ascii", errors="replace")
         if not 1 <= length <= 64 or pos + 1 + length + 15 > table_end or not NAME.fullmatch(name) or name in names:
             raise SpecError(f"bad section name {name!r}")
@@ -129,7 +145,7 @@ def read(data: bytes) -> list[dict]:
         raise SpecError("the table does not fill T exactly, or the sizes do not add up to the file")
     sections = []
     for name, critical, codec, content, start, stored, raw, crc in entries:
-        blob = data[start:start + stored]
+        blob = data[start : start + stored]
         if zlib.crc32(blob) != crc:
             raise SpecError(f"section {name!r}: CRC")
         if codec not in CODECS or content not in CONTENTS:
@@ -151,12 +167,21 @@ def read(data: bytes) -> list[dict]:
             raise SpecError(f"section {name!r}: raw length")
         kind = CONTENTS[content]
         value = parse_json(blob) if kind == "json" else parse_safetensors(blob) if kind == "safetensors" else blob
-        sections.append({"name": name, "critical": critical, "codec": CODECS[codec], "content": kind, "value": value,
-                         "version": (major, minor)})
+        sections.append(
+            {
+                "name": name,
+                "critical": critical,
+                "codec": CODECS[codec],
+                "content": kind,
+                "value": value,
+                "version": (major, minor),
+            }
+        )
     return sections
 
 
 # -- §5.1 metadata ------------------------------------------------------------------------------------
+
 
 def integer(obj, key, lo, hi, default=None):
     if key not in obj and default is not None:
@@ -188,22 +213,35 @@ def check_meta(meta: dict) -> dict:
     if not isinstance(ds, dict) or not isinstance(ds.get("name"), str):
         raise SpecError("meta: dataset must be an object with a name")
     classes, shape = ds.get("classes"), ds.get("image_shape")
-    if not (isinstance(classes, list) and 1 <= len(classes) <= 100_000 and all(isinstance(c, str) for c in classes)
-            and len(set(classes)) == len(classes)):
+    if not (
+        isinstance(classes, list)
+        and 1 <= len(classes) <= 100_000
+        and all(isinstance(c, str) for c in classes)
+        and len(set(classes)) == len(classes)
+    ):
         raise SpecError("meta: dataset.classes")
-    if not (isinstance(shape, list) and len(shape) == 3 and all(type(v) is int for v in shape) and shape[0] in (1, 3)
-            and all(1 <= v <= 4096 for v in shape[1:])):
+    if not (
+        isinstance(shape, list)
+        and len(shape) == 3
+        and all(type(v) is int for v in shape)
+        and shape[0] in (1, 3)
+        and all(1 <= v <= 4096 for v in shape[1:])
+    ):
         raise SpecError("meta: dataset.image_shape")
     for key, lo, hi in (("mean", -1000, 1000), ("std", 1e-6, 1000)):
         v = ds.get(key)
-        if not (isinstance(v, list) and len(v) == shape[0] and all(type(x) in (int, float) and lo <= x <= hi
-                                                                      for x in v)):
+        if not (
+            isinstance(v, list) and len(v) == shape[0] and all(type(x) in (int, float) and lo <= x <= hi for x in v)
+        ):
             raise SpecError(f"meta: dataset.{key} must be {shape[0]} numbers from {lo} to {hi}")
     for key in ("params", "stats", "budget", "accounting", "software", "labeller"):
         if key in meta and not isinstance(meta[key], dict):
             raise SpecError(f"meta: {key} must be an object")
-    for obj, key in ((meta.get("budget") or {}, "bytes"), (meta.get("accounting") or {}, "budget_bytes"),
-                     (meta.get("accounting") or {}, "bound_bytes")):
+    for obj, key in (
+        (meta.get("budget") or {}, "bytes"),
+        (meta.get("accounting") or {}, "budget_bytes"),
+        (meta.get("accounting") or {}, "bound_bytes"),
+    ):
         if obj.get(key) is not None:
             integer(obj, key, 1, 1 << 62)
     if meta.get("seed") is not None:
@@ -212,6 +250,7 @@ def check_meta(meta: dict) -> dict:
 
 
 # -- §5.2 numerics and layers (computed in float64 from the float32 values the spec defines) ------------
+
 
 def tensor(tensors, key, shape, dtypes):
     t = tensors.get(key)
@@ -262,7 +301,7 @@ def conv(x, w, b, pad):
     y = np.zeros((n, o, ho, wo))
     for u in range(k):
         for v in range(k):
-            y += np.einsum("oc,nchw->nohw", w[:, :, u, v].astype(np.float64), xp[:, :, u:u + ho, v:v + wo])
+            y += np.einsum("oc,nchw->nohw", w[:, :, u, v].astype(np.float64), xp[:, :, u : u + ho, v : v + wo])
     return y + b.astype(np.float64)[None, :, None, None]
 
 
@@ -272,7 +311,10 @@ def group_norm(x, groups, weight, bias):
         raise SpecError("GroupNorm: channels not a multiple of the groups, or a group of one value")
     g = x.reshape(n, groups, -1)
     y = (g - g.mean(-1, keepdims=True)) / np.sqrt(g.var(-1, keepdims=True) + 1e-5)
-    return y.reshape(n, c, h, w) * weight.astype(np.float64)[None, :, None, None] + bias.astype(np.float64)[None, :, None, None]
+    return (
+        y.reshape(n, c, h, w) * weight.astype(np.float64)[None, :, None, None]
+        + bias.astype(np.float64)[None, :, None, None]
+    )
 
 
 def leaky(x):
@@ -283,7 +325,7 @@ def pool(x, kind):
     n, c, h, w = x.shape
     if h < 2 or w < 2:
         raise SpecError("pooling a map smaller than 2 × 2")
-    blocks = x[:, :, :h // 2 * 2, :w // 2 * 2].reshape(n, c, h // 2, 2, w // 2, 2)
+    blocks = x[:, :, : h // 2 * 2, : w // 2 * 2].reshape(n, c, h // 2, 2, w // 2, 2)
     return blocks.mean((3, 5)) if kind == "avg" else blocks.max((3, 5))
 
 
@@ -297,10 +339,11 @@ def sigmoid(x):
 
 def geometry(h, w):
     u = max(0, int(math.floor(math.log2(max(min(h, w), 4) / 4))))
-    return u, -(-h // 2 ** u), -(-w // 2 ** u)
+    return u, -(-h // 2**u), -(-w // 2**u)
 
 
 # -- §5.3 networks: parameter shapes, and forward passes ------------------------------------------------
+
 
 def decoder_widths(arch, width, u):
     """c_0 … c_u of §5.3's Decoder: all W (uniform), or c_{i+1} = max(4, ⌊c_i / 2⌋) (tapered)."""
@@ -320,8 +363,14 @@ def decoder_shapes(z, shape, width, arch="uniform"):
     ch = decoder_widths(arch, width, u)
     s = {"fc.weight": (width * h0 * w0, z), "fc.bias": (width * h0 * w0,)}
     for i in range(u):
-        s.update({f"blocks.{4 * i + 1}.weight": (ch[i + 1], ch[i], 3, 3), f"blocks.{4 * i + 1}.bias": (ch[i + 1],),
-                  f"blocks.{4 * i + 2}.weight": (ch[i + 1],), f"blocks.{4 * i + 2}.bias": (ch[i + 1],)})
+        s.update(
+            {
+                f"blocks.{4 * i + 1}.weight": (ch[i + 1], ch[i], 3, 3),
+                f"blocks.{4 * i + 1}.bias": (ch[i + 1],),
+                f"blocks.{4 * i + 2}.weight": (ch[i + 1],),
+                f"blocks.{4 * i + 2}.bias": (ch[i + 1],),
+            }
+        )
     s.update({"out.weight": (c, ch[u], 3, 3), "out.bias": (c,)})
     return s
 
@@ -352,8 +401,14 @@ def generator_layout(arch, k, z, e, width, shape):
         stages.append((f"blocks.{4 * i + base}", f"blocks.{4 * i + base + 1}", ch, out, True))
         ch = out
     for conv_name, norm_name, a, b, _ in stages:
-        s.update({f"{conv_name}.weight": (b, a, 3, 3), f"{conv_name}.bias": (b,), f"{norm_name}.weight": (b,),
-                  f"{norm_name}.bias": (b,)})
+        s.update(
+            {
+                f"{conv_name}.weight": (b, a, 3, 3),
+                f"{conv_name}.bias": (b,),
+                f"{norm_name}.weight": (b,),
+                f"{norm_name}.bias": (b,),
+            }
+        )
     s.update({"out.weight": (c, ch, 3, 3), "out.bias": (c,)})
     return s, stages
 
@@ -375,9 +430,14 @@ def convnet_shapes(c, k, h, w, width):
     s_ = h + 4 if h == 28 else h
     shapes = {}
     for i in range(3):
-        shapes.update({f"features.{4 * i}.weight": (width, c if i == 0 else width, 3, 3),
-                       f"features.{4 * i}.bias": (width,), f"features.{4 * i + 1}.weight": (width,),
-                       f"features.{4 * i + 1}.bias": (width,)})
+        shapes.update(
+            {
+                f"features.{4 * i}.weight": (width, c if i == 0 else width, 3, 3),
+                f"features.{4 * i}.bias": (width,),
+                f"features.{4 * i + 1}.weight": (width,),
+                f"features.{4 * i + 1}.bias": (width,),
+            }
+        )
     shapes.update({"classifier.weight": (k, width * (s_ // 8) ** 2), "classifier.bias": (k,)})
     return shapes
 
@@ -386,8 +446,10 @@ def convnet_forward(p, x, width):
     h = x.shape[2]
     for i in range(3):
         x = conv(x, p[f"features.{4 * i}.weight"], p[f"features.{4 * i}.bias"], 3 if i == 0 and h == 28 else 1)
-        x = pool(np.maximum(group_norm(x, width, p[f"features.{4 * i + 1}.weight"],
-                                       p[f"features.{4 * i + 1}.bias"]), 0), "avg")
+        x = pool(
+            np.maximum(group_norm(x, width, p[f"features.{4 * i + 1}.weight"], p[f"features.{4 * i + 1}.bias"]), 0),
+            "avg",
+        )
     return x.reshape(len(x), -1) @ p["classifier.weight"].T.astype(np.float64) + p["classifier.bias"]
 
 
@@ -398,13 +460,22 @@ def lenet_shapes(c, k, h, w):
     q = ((h + 2 * pad - 4) // 2 - 4) // 2
     if q < 1:
         raise SpecError("LeNet needs images of at least 16 × 16")
-    return {"features.0.weight": (6, c, 5, 5), "features.0.bias": (6,), "features.3.weight": (16, 6, 5, 5),
-            "features.3.bias": (16,), "classifier.0.weight": (120, 16 * q * q), "classifier.0.bias": (120,),
-            "classifier.2.weight": (84, 120), "classifier.2.bias": (84,), "classifier.4.weight": (k, 84),
-            "classifier.4.bias": (k,)}
+    return {
+        "features.0.weight": (6, c, 5, 5),
+        "features.0.bias": (6,),
+        "features.3.weight": (16, 6, 5, 5),
+        "features.3.bias": (16,),
+        "classifier.0.weight": (120, 16 * q * q),
+        "classifier.0.bias": (120,),
+        "classifier.2.weight": (84, 120),
+        "classifier.2.bias": (84,),
+        "classifier.4.weight": (k, 84),
+        "classifier.4.bias": (k,),
+    }
 
 
 # -- §5.4 the sampling noise of version 1.1 ----------------------------------------------------------------
+
 
 def mix(x: np.ndarray) -> np.ndarray:
     with np.errstate(over="ignore"):
@@ -426,7 +497,7 @@ def key(*values):
 
 
 def uniform(word):
-    return ((word >> np.uint64(11)).astype(np.int64) - (1 << 52)).astype(np.float64) * 2.0 ** -52
+    return ((word >> np.uint64(11)).astype(np.int64) - (1 << 52)).astype(np.float64) * 2.0**-52
 
 
 def ln(s):
@@ -472,6 +543,7 @@ def order(seed, stream, a, size):
 
 
 # -- §5 the archive layer: check, decode, expand ---------------------------------------------------------------
+
 
 def read_archive(data: bytes, samples_per_class: int | None = None, seed: int = 0) -> dict:
     """A d3 archive's expansion: labels (N,), images (N, C, H, W) float64, soft labels (N, K) or None, the
@@ -545,8 +617,9 @@ def figures(meta, tensors, shape, k, cap, samples_per_class):
         draw, soft = [min(p["samples_per_class"], cap)], "teacher_width" in p
         n = k * (samples_per_class or draw[0])
         noise_values = n * p["noise_dim"]
-        decoded += values(generator_layout(p["architecture"], k, p["noise_dim"], p["embed_dim"], p["generator_width"],
-                                           shape)[0])
+        decoded += values(
+            generator_layout(p["architecture"], k, p["noise_dim"], p["embed_dim"], p["generator_width"], shape)[0]
+        )
         decoded += values(convnet_shapes(c, k, h, w, p["teacher_width"])) if soft else 0
     labeller = values(convnet_shapes(c, k, h, w, meta["labeller"]["width"])) if "labeller" in meta else None
     output = n * (4 * c * h * w + 8) + (4 * n * k if soft else 0) + 4 * noise_values
@@ -631,10 +704,16 @@ def formation(params, shape):
         raise SpecError("formation: an object of kind and factor (and, for dct, mask)")
     kind = choice(value, "kind", ("pixels", "lowres", "dct"))
     f = integer(value, "factor", 1, 16)
-    if (kind == "pixels") != (f == 1) or (kind == "lowres" and (shape[1] % f or shape[2] % f)) or \
-            shape[1] // f < 1 or shape[2] // f < 1:
-        raise SpecError("formation: factor 1 for pixels, 2 to 16 otherwise, leaving codes of at least 1 × 1, "
-                        "dividing the sides for lowres")
+    if (
+        (kind == "pixels") != (f == 1)
+        or (kind == "lowres" and (shape[1] % f or shape[2] % f))
+        or shape[1] // f < 1
+        or shape[2] // f < 1
+    ):
+        raise SpecError(
+            "formation: factor 1 for pixels, 2 to 16 otherwise, leaving codes of at least 1 × 1, "
+            "dividing the sides for lowres"
+        )
     if "mask" not in value:
         return kind, f, None
     if kind != "dct":
@@ -656,7 +735,7 @@ def dct_mask(mask, shape, f):
             raise SpecError(f"formation: a mask is a string of {digits} lowercase hex digits")
         bits = []
         for i in range(0, digits, 2):  # each byte, its most significant bit first
-            byte = int(text[i:i + 2], 16)
+            byte = int(text[i : i + 2], 16)
             bits += [(byte >> (7 - b)) & 1 for b in range(8)]
         if any(bits[bits_:]):
             raise SpecError("formation: a mask's padding bits (past H·W) must be 0")
@@ -688,8 +767,12 @@ def form(codes, kind, shape, mask=None):
     c0, c1, b0, b1 = lowres_taps(codes.shape[3], w // codes.shape[3])
     x = lambda r, c: codes[:, :, r][:, :, :, c]  # noqa: E731
     weight = lambda a, b: (a[:, None] * b[None, :]).astype(np.float32)  # noqa: E731, the product in float32
-    out = x(r0, c0) * weight(a0, b0) + x(r0, c1) * weight(a0, b1) + x(r1, c0) * weight(a1, b0) + \
-        x(r1, c1) * weight(a1, b1)
+    out = (
+        x(r0, c0) * weight(a0, b0)
+        + x(r0, c1) * weight(a0, b1)
+        + x(r1, c0) * weight(a1, b0)
+        + x(r1, c1) * weight(a1, b1)
+    )
     return out.astype(np.float64)
 
 
@@ -728,7 +811,9 @@ def read_schedule(params, tensors, shape, k, labels):
         raise SpecError("step sizes must be finite and positive")
     theta0 = None
     if init == "fixed":
-        theta0 = {n: tensor(t, f"theta0.{n}", sh, [np.float16, np.float32]).astype(np.float32) for n, sh in shapes.items()}
+        theta0 = {
+            n: tensor(t, f"theta0.{n}", sh, [np.float16, np.float32]).astype(np.float32) for n, sh in shapes.items()
+        }
         if not all(np.isfinite(v).all() for v in theta0.values()):
             raise SpecError("θ₀ must be finite")
     counts = np.bincount(labels, minlength=k)
@@ -746,17 +831,30 @@ def read_d3(meta, tensors, shape, k, version, samples_per_class, seed, cap):
         if not isinstance(g, dict):
             raise SpecError("d3: a group must be an object")
         bounds = g.get("classes")
-        if not (isinstance(bounds, list) and len(bounds) == 2 and all(type(v) is int for v in bounds)
-                and bounds[0] == expected and expected < bounds[1] <= k):
+        if not (
+            isinstance(bounds, list)
+            and len(bounds) == 2
+            and all(type(v) is int for v in bounds)
+            and bounds[0] == expected
+            and expected < bounds[1] <= k
+        ):
             raise SpecError("d3: groups must follow one another from class 0")
-        plans.append({"start": bounds[0], "stop": bounds[1], "z": integer(g, "latent_dim", 1, 4096),
-                      "p": integer(g, "priors_per_class", 1, 1_000_000), "w": integer(g, "decoder_width", 1, 4096),
-                      "arch": choice(g, "decoder_architecture", ("uniform", "tapered"), "uniform"),
-                      "decoder_dtype": choice(g, "decoder_dtype", ("int8", "float16")),
-                      "prior_dtype": choice(g, "prior_dtype", ("float16", "int8"), "float16"),
-                      "soft": g.get("soft_labels"),
-                      "top_k": integer(g, "label_top_k", 1, min(bounds[1] - bounds[0] - 1, 32767), None)
-                      if "label_top_k" in g else None})
+        plans.append(
+            {
+                "start": bounds[0],
+                "stop": bounds[1],
+                "z": integer(g, "latent_dim", 1, 4096),
+                "p": integer(g, "priors_per_class", 1, 1_000_000),
+                "w": integer(g, "decoder_width", 1, 4096),
+                "arch": choice(g, "decoder_architecture", ("uniform", "tapered"), "uniform"),
+                "decoder_dtype": choice(g, "decoder_dtype", ("int8", "float16")),
+                "prior_dtype": choice(g, "prior_dtype", ("float16", "int8"), "float16"),
+                "soft": g.get("soft_labels"),
+                "top_k": integer(g, "label_top_k", 1, min(bounds[1] - bounds[0] - 1, 32767), None)
+                if "label_top_k" in g
+                else None,
+            }
+        )
         if not isinstance(plans[-1]["soft"], bool):
             raise SpecError("d3: soft_labels must be a boolean")
         expected = bounds[1]
@@ -766,14 +864,26 @@ def read_d3(meta, tensors, shape, k, version, samples_per_class, seed, cap):
     if "priors" not in tensors or "decoder" not in tensors or bool(labelled) != ("prior_labels" in tensors):
         raise SpecError("d3: priors, decoder, and prior_labels exactly when some group has soft labels")
     shapes = [decoder_shapes(g["z"], shape, g["w"], g["arch"]) for g in plans]
-    exactly(tensors["priors"], set().union(*(weight_names(f"g{i}.", {"mean": (1, 1), "logvar": (1, 1)}, g["prior_dtype"])
-                                             for i, g in enumerate(plans))), "priors")
-    exactly(tensors["decoder"], set().union(*(weight_names(f"g{i}.", shapes[i], g["decoder_dtype"])
-                                              for i, g in enumerate(plans))), "decoder")
+    exactly(
+        tensors["priors"],
+        set().union(
+            *(weight_names(f"g{i}.", {"mean": (1, 1), "logvar": (1, 1)}, g["prior_dtype"]) for i, g in enumerate(plans))
+        ),
+        "priors",
+    )
+    exactly(
+        tensors["decoder"],
+        set().union(*(weight_names(f"g{i}.", shapes[i], g["decoder_dtype"]) for i, g in enumerate(plans))),
+        "decoder",
+    )
     if labelled:
-        exactly(tensors["prior_labels"], set().union(*({f"g{i}"} if plans[i]["top_k"] is None else
-                                                       {f"g{i}.values", f"g{i}.indices"} for i in labelled)),
-                "prior_labels")
+        exactly(
+            tensors["prior_labels"],
+            set().union(
+                *({f"g{i}"} if plans[i]["top_k"] is None else {f"g{i}.values", f"g{i}.indices"} for i in labelled)
+            ),
+            "prior_labels",
+        )
     out = {"labels": [], "images": [], "soft_labels": [], "noise": [], "priors": []}
     every_soft = len(labelled) == len(plans)
     for i, g in enumerate(plans):
@@ -801,8 +911,7 @@ def read_d3(meta, tensors, shape, k, version, samples_per_class, seed, cap):
                 index = tensor(tensors["prior_labels"], f"g{i}.indices", (kg, p, t), [np.int16]).astype(np.int64)
                 if not np.isfinite(values).all() or (values < 0).any() or (values.sum(-1) > 1.01).any():
                     raise SpecError("d3: top-k values must be finite, at least 0, and sum to at most 1")
-                if (index < 0).any() or (index >= kg).any() or \
-                        (np.diff(np.sort(index, -1), axis=-1) == 0).any():
+                if (index < 0).any() or (index >= kg).any() or (np.diff(np.sort(index, -1), axis=-1) == 0).any():
                     raise SpecError("d3: top-k indices must be distinct classes of the group")
                 rest = np.maximum(np.float32(0), (np.float32(1) - values.sum(-1, keepdims=True)) / np.float32(kg - t))
                 lab = np.repeat(rest, kg, axis=-1).astype(np.float32)
@@ -822,14 +931,18 @@ def read_d3(meta, tensors, shape, k, version, samples_per_class, seed, cap):
         if every_soft:
             rows = np.take_along_axis(lab, which[:, :, None], 1).reshape(kg * n, kg)
             full = np.zeros((kg * n, k))
-            full[:, g["start"]:g["stop"]] = rows
+            full[:, g["start"] : g["stop"]] = rows
             out["soft_labels"].append(full)
     images = np.concatenate(out["images"])
     if not np.isfinite(images).all():
         raise SpecError("decoded images must be finite")
-    return {"labels": np.concatenate(out["labels"]), "images": images,
-            "soft_labels": np.concatenate(out["soft_labels"]) if every_soft else None,
-            "noise": out["noise"], "priors": np.concatenate(out["priors"])}
+    return {
+        "labels": np.concatenate(out["labels"]),
+        "images": images,
+        "soft_labels": np.concatenate(out["soft_labels"]) if every_soft else None,
+        "noise": out["noise"],
+        "priors": np.concatenate(out["priors"]),
+    }
 
 
 def read_d2m(meta, tensors, shape, k, version, samples_per_class, seed, mean, std, cap):

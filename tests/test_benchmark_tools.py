@@ -13,14 +13,26 @@ sys.path.insert(0, str(BENCHMARKS))
 
 
 def test_gpu_check_runs_every_step_in_its_cpu_dry_mode(tmp_path):
-    done = subprocess.run(["bash", str(BENCHMARKS / "gpu_check.sh"), "--dry", str(tmp_path)], capture_output=True,
-                          text=True, timeout=900, env={**os.environ, "PYTHON": sys.executable})
+    done = subprocess.run(
+        ["bash", str(BENCHMARKS / "gpu_check.sh"), "--dry", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env={**os.environ, "PYTHON": sys.executable},
+    )
     report = json.loads((tmp_path / "gpu-check.json").read_text())
     failed = [(row["step"], row.get("error")) for row in report["rows"] if not row["ok"]]
     assert done.returncode == 0 and not failed, (failed, done.stdout[-2000:], done.stderr[-2000:])
     steps = [row["step"] for row in report["rows"]]
-    assert steps == ["encode dm", "encode bptt", "encode d3", "encode d2m", "kill and resume D3",
-                     "two D3 workers on one GPU", "expand and evaluate on the device"]
+    assert steps == [
+        "encode dm",
+        "encode bptt",
+        "encode d3",
+        "encode d2m",
+        "kill and resume D3",
+        "two D3 workers on one GPU",
+        "expand and evaluate on the device",
+    ]
     resume = report["rows"][4]
     assert resume["resumed"] and resume["killed_mid_run"]  # the checkpoint was taken up after a SIGKILL
     assert all(report["rows"][i]["same_bytes_cpu_and_cuda"] for i in range(4))  # the CPU twice: equal bytes
@@ -30,10 +42,28 @@ def test_gpu_check_runs_every_step_in_its_cpu_dry_mode(tmp_path):
 
 def test_stage_monitor_records_seconds_exit_code_and_the_peak_memory_of_children(tmp_path):
     log = tmp_path / "stages.jsonl"
-    child = "import subprocess, sys; subprocess.run([sys.executable, '-c', 'x = bytearray(300 << 20); import time; " \
-            "time.sleep(1)']); sys.exit(3)"
-    done = subprocess.run([sys.executable, str(BENCHMARKS / "stage_monitor.py"), "--stage", "demo", "--log", str(log),
-                           "--interval", "0.05", "--", sys.executable, "-c", child], capture_output=True, text=True)
+    child = (
+        "import subprocess, sys; subprocess.run([sys.executable, '-c', 'x = bytearray(300 << 20); import time; "
+        "time.sleep(1)']); sys.exit(3)"
+    )
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(BENCHMARKS / "stage_monitor.py"),
+            "--stage",
+            "demo",
+            "--log",
+            str(log),
+            "--interval",
+            "0.05",
+            "--",
+            sys.executable,
+            "-c",
+            child,
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert done.returncode == 3
     row = json.loads(log.read_text())
     assert row["stage"] == "demo" and row["exit_code"] == 3 and row["processes"] >= 2 and row["seconds"] >= 1
@@ -43,9 +73,11 @@ def test_stage_monitor_records_seconds_exit_code_and_the_peak_memory_of_children
 def test_scaling_reads_seconds_per_iteration_of_the_matching_stage_and_links_class_subsets(tmp_path):
     from scaling import seconds_per_iteration, subset
 
-    log = ("10:00:01 D3 teacher, group 1/1 (1/3): 4/4 (100 %), 00:08 elapsed\r"
-           "10:00:09 D3 matching, group 1/1 (3/3): 1/3 (33 %), 00:03 elapsed, 00:06 left\n"
-           "10:00:15 D3 matching, group 1/1 (3/3): 3/3 (100 %), 01:00:09 elapsed, 00:00 left\n")
+    log = (
+        "10:00:01 D3 teacher, group 1/1 (1/3): 4/4 (100 %), 00:08 elapsed\r"
+        "10:00:09 D3 matching, group 1/1 (3/3): 1/3 (33 %), 00:03 elapsed, 00:06 left\n"
+        "10:00:15 D3 matching, group 1/1 (3/3): 3/3 (100 %), 01:00:09 elapsed, 00:00 left\n"
+    )
     assert seconds_per_iteration(log, "D3 matching") == 1203.0  # 1 h 9 s over 3 iterations
     assert seconds_per_iteration(log, "DM") is None
     assert seconds_per_iteration("DM: 3/3 (100 %), 00:01 elapsed, 00:00 left,  4.00it/s", "DM") == 0.25
@@ -65,8 +97,16 @@ def test_top_k_labels_keeps_the_priors_and_cuts_every_row_to_its_largest(tiny_re
     from d3codec.encode.pipeline import compress
     from d3codec.methods.d3 import D3Encoder
 
-    encoder = D3Encoder.from_options("fast", iterations=1, init_iterations=2, real_per_class=4, synthetic_per_class=2,
-                                     embed_width=8, teacher_epochs=1.0, teacher_width=8)
+    encoder = D3Encoder.from_options(
+        "fast",
+        iterations=1,
+        init_iterations=2,
+        real_per_class=4,
+        synthetic_per_class=2,
+        embed_width=8,
+        teacher_epochs=1.0,
+        teacher_width=8,
+    )
     compress(tiny_real, tmp_path / "whole.d3", encoder=encoder, budget=16_000, progress=False)
     before, after = top_k_archive(tmp_path / "whole.d3", tmp_path / "top1.d3", 1)
     assert after < before
@@ -87,10 +127,21 @@ def test_the_final_tables_rows_name_formation_matching_budget_and_students():
 
     spec = fashion_mnist.parse_formation_spec("dct-variance:3:dance@1!")
     assert spec == {"kind": "dct-variance", "factor": 3, "matching": "dance", "ipc": 1, "no_labeller": True}
-    args = argparse.Namespace(methods=["dm"], preset="fast", formations=["dct-variance:3:dance@1!", "dct:2"],
-                              labeller_width=16, real_side_ipc=[], models=["convnet3"], jpeg_quality=20,
-                              runs=1, runs_for=["×3, dance=3", "JPEG=3"], default_row=False, matching=None,
-                              labeller_twins=True, real_storages=["float32", "png", "jpeg"])
+    args = argparse.Namespace(
+        methods=["dm"],
+        preset="fast",
+        formations=["dct-variance:3:dance@1!", "dct:2"],
+        labeller_width=16,
+        real_side_ipc=[],
+        models=["convnet3"],
+        jpeg_quality=20,
+        runs=1,
+        runs_for=["×3, dance=3", "JPEG=3"],
+        default_row=False,
+        matching=None,
+        labeller_twins=True,
+        real_storages=["float32", "png", "jpeg"],
+    )
     at_1, at_10 = fashion_mnist.row_names(1, args), fashion_mnist.row_names(10, args)
     assert "DM (fast preset, dct-variance ×3, dance matching)" in at_1
     assert not any("dct-variance" in name for name in at_10)  # @1: that budget only

@@ -47,8 +47,9 @@ def test_unrolled_gradients_equal_autograd_through_the_whole_unroll(network):
 
 def test_step_sizes_are_learned_and_replaying_the_stored_schedule_reproduces_the_end_accuracy(tiny_real, tmp_path):
     out = tmp_path / "fixed.d3"
-    result = compress(tiny_real, out, encoder=tiny_bptt(images_per_class=2, inner_epochs=2), budget=200_000,
-                      progress=False)
+    result = compress(
+        tiny_real, out, encoder=tiny_bptt(images_per_class=2, inner_epochs=2), budget=200_000, progress=False
+    )
     ds = D3Dataset(out)
     schedule = ds.schedule
     assert (schedule.network, schedule.init, schedule.steps, schedule.epochs) == ("lenet", "fixed", 2, 2)
@@ -61,8 +62,9 @@ def test_step_sizes_are_learned_and_replaying_the_stored_schedule_reproduces_the
     assert all(torch.equal(schedule.theta0[k], drawn[k].half().float()) for k in drawn)
 
     test_x, test_y = evaluate.test_split(tiny_real)
-    replayed = evaluate.test_accuracy(schedule.replay(ds.images, ds.labels, 3, ds.mean, ds.std), test_x, test_y,
-                             ds.mean, ds.std, torch.device("cpu"))
+    replayed = evaluate.test_accuracy(
+        schedule.replay(ds.images, ds.labels, 3, ds.mean, ds.std), test_x, test_y, ds.mean, ds.std, torch.device("cpu")
+    )
     assert replayed == result.stats["end_test_accuracy"]
     assert replayed > 0.6  # the tiny classes are separable: 60 iterations of BPTT find it (chance is 1/3)
 
@@ -70,8 +72,9 @@ def test_step_sizes_are_learned_and_replaying_the_stored_schedule_reproduces_the
 def test_random_init_stores_no_theta0_and_works_from_unseen_initialisations(tiny_real, tmp_path):
     fixed, random = tmp_path / "f.d3", tmp_path / "r.d3"
     compress(tiny_real, fixed, encoder=tiny_bptt(iterations=2, images_per_class=1), budget=200_000, progress=False)
-    result = compress(tiny_real, random, encoder=tiny_bptt(images_per_class=1, init="random"), budget=200_000,
-                      progress=False)
+    result = compress(
+        tiny_real, random, encoder=tiny_bptt(images_per_class=1, init="random"), budget=200_000, progress=False
+    )
     ds = D3Dataset(random)
     assert ds.schedule.init == "random" and ds.schedule.theta0 is None
     # θ₀ of LeNet (15 626 parameters at 16×16) as float16 is the difference in size
@@ -94,18 +97,33 @@ def test_fixed_init_budget_counts_theta0_and_refuses_with_the_budget_it_needs(ti
     result = compress(tiny_real, tmp_path / "x.d3", encoder=encoder, budget=needed, progress=False)
     assert result.file_bytes <= needed
     # random init stores no θ₀, so the same images fit in the small budget
-    compress(tiny_real, tmp_path / "r.d3", encoder=tiny_bptt(images_per_class=1, iterations=1, init="random"),
-             budget=20_000, progress=False)
+    compress(
+        tiny_real,
+        tmp_path / "r.d3",
+        encoder=tiny_bptt(images_per_class=1, iterations=1, init="random"),
+        budget=20_000,
+        progress=False,
+    )
 
 
 def test_filling_the_budget_keeps_a_multiple_of_the_steps(tiny_real, tmp_path):
-    result = compress(tiny_real, tmp_path / "x.d3", encoder=tiny_bptt(iterations=1, init="random", inner_steps=4),
-                      budget=6_000, progress=False)
+    result = compress(
+        tiny_real,
+        tmp_path / "x.d3",
+        encoder=tiny_bptt(iterations=1, init="random", inner_steps=4),
+        budget=6_000,
+        progress=False,
+    )
     n = result.plan.images_per_class
     assert n >= 4 and n % 4 == 0 and result.file_bytes <= 6_000
     with pytest.raises(ValueError, match="must divide `images_per_class`"):
-        compress(tiny_real, tmp_path / "y.d3", encoder=tiny_bptt(images_per_class=3, inner_steps=2), budget=9_000,
-                 progress=False)
+        compress(
+            tiny_real,
+            tmp_path / "y.d3",
+            encoder=tiny_bptt(images_per_class=3, inner_steps=2),
+            budget=9_000,
+            progress=False,
+        )
 
 
 def test_step_batches_split_every_class_evenly():
@@ -123,24 +141,32 @@ def _rewrite_schedule(path, change_meta=None, change_tensors=None) -> bytes:
         change_meta(meta["params"])
     if change_tensors:
         change_tensors(tensors)
-    return encode_archive([Section.json("meta", meta), Section.tensors("images", reader.read_tensors("images")),
-                           Section.tensors("schedule", tensors)])
+    return encode_archive(
+        [
+            Section.json("meta", meta),
+            Section.tensors("images", reader.read_tensors("images")),
+            Section.tensors("schedule", tensors),
+        ]
+    )
 
 
-@pytest.mark.parametrize("meta_change,tensor_change,message", [
-    (None, lambda t: t.update(step_sizes=-t["step_sizes"]), "finite and positive"),
-    (None, lambda t: t.update(step_sizes=t["step_sizes"] * float("nan")), "not finite"),
-    (None, lambda t: t.pop("step_sizes"), "step_sizes"),
-    (None, lambda t: t.update({"theta0.classifier.0.weight": torch.zeros(5, 5)}), "theta0.classifier.0.weight"),
-    (None, lambda t: t.update({"extra": torch.zeros(1)}), "unexpected tensor 'extra'"),
-    (None, lambda t: t.update(step_sizes=t["step_sizes"].double()), "float32 or float16"),
-    (lambda p: p.update(inner_epochs=10 ** 9), None, "from 1 to 100000"),
-    (lambda p: p.update(inner_steps="2"), None, "inner_steps' must be an integer"),
-    (lambda p: p.update(inner_steps=2.0), None, "inner_steps' must be an integer"),
-    (lambda p: p.update(network="alexnet"), None, "network"),
-    (lambda p: p.update(init="random"), None, "unexpected tensor 'theta0"),  # θ₀ stored, yet init says random
-    (lambda p: p.update(inner_steps=5, inner_epochs=2), None, "split into the schedule's steps"),
-])
+@pytest.mark.parametrize(
+    "meta_change,tensor_change,message",
+    [
+        (None, lambda t: t.update(step_sizes=-t["step_sizes"]), "finite and positive"),
+        (None, lambda t: t.update(step_sizes=t["step_sizes"] * float("nan")), "not finite"),
+        (None, lambda t: t.pop("step_sizes"), "step_sizes"),
+        (None, lambda t: t.update({"theta0.classifier.0.weight": torch.zeros(5, 5)}), "theta0.classifier.0.weight"),
+        (None, lambda t: t.update({"extra": torch.zeros(1)}), "unexpected tensor 'extra'"),
+        (None, lambda t: t.update(step_sizes=t["step_sizes"].double()), "float32 or float16"),
+        (lambda p: p.update(inner_epochs=10**9), None, "from 1 to 100000"),
+        (lambda p: p.update(inner_steps="2"), None, "inner_steps' must be an integer"),
+        (lambda p: p.update(inner_steps=2.0), None, "inner_steps' must be an integer"),
+        (lambda p: p.update(network="alexnet"), None, "network"),
+        (lambda p: p.update(init="random"), None, "unexpected tensor 'theta0"),  # θ₀ stored, yet init says random
+        (lambda p: p.update(inner_steps=5, inner_epochs=2), None, "split into the schedule's steps"),
+    ],
+)
 def test_hostile_schedules_raise_d3formaterror(tiny_real, tmp_path, meta_change, tensor_change, message):
     out = tmp_path / "f.d3"
     compress(tiny_real, out, encoder=tiny_bptt(iterations=1, images_per_class=2), budget=200_000, progress=False)

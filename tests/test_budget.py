@@ -29,7 +29,7 @@ def plan(budget, **options):
 def test_plan_fills_the_budget_and_one_more_image_would_not_fit(budget):
     p = plan(budget)
     assert p.storage_dtype == "uint8" and p.max_bytes <= budget
-    bigger = plan(10 ** 8, images_per_class=p.images_per_class + 1)
+    bigger = plan(10**8, images_per_class=p.images_per_class + 1)
     assert bigger.max_bytes > budget  # maximal: the next count passes the budget
     assert p.max_bytes > 0.9 * budget or budget < 40_000  # fills most of it
 
@@ -65,8 +65,9 @@ def test_written_file_is_within_budget_as_the_os_counts(tiny_real, tmp_path):
     assert not (tmp_path / "no.d3").exists()
 
 
-def test_compressed_fill_aims_higher_and_trims_to_fit_when_the_estimate_is_wrong(tiny_real, tmp_path, monkeypatch,
-                                                                                 capsys):
+def test_compressed_fill_aims_higher_and_trims_to_fit_when_the_estimate_is_wrong(
+    tiny_real, tmp_path, monkeypatch, capsys
+):
     import d3codec.methods.pixel.dm as pixel
     from d3codec import D3Dataset
 
@@ -163,12 +164,20 @@ def test_plan_placeholders_serialise_to_the_bytes_of_what_is_stored(dtype):
         assert layout(stored_image_zeros(6, (3, 4, 4), k, dtype)) == layout(real)
     weights = "int8" if dtype == "uint8" else "float16"
     shapes = {"conv.weight": (5, 3, 3, 3), "conv.bias": (5,), "fc.weight": (7, 4)}
-    assert layout(stored_zeros(shapes, "g0.", weights)) == \
-        layout(quantise_state({n: torch.randn(s) for n, s in shapes.items()}, "g0.", weights))
+    assert layout(stored_zeros(shapes, "g0.", weights)) == layout(
+        quantise_state({n: torch.randn(s) for n, s in shapes.items()}, "g0.", weights)
+    )
     g = GroupPlan(0, 4, 8, 3, 8, "uniform", 2)
     cfg = D3Config(prior_dtype=weights, decoder_dtype=weights)
     decoder = {n: torch.randn(s) for n, s in g.decoder_shapes((1, 16, 16)).items()}
-    filled = group_tensors(g, 1, (1, 16, 16), cfg, (torch.randn(4, 3, 8), torch.randn(4, 3, 8)), decoder,
-                           torch.softmax(torch.randn(4, 3, 4), -1))
+    filled = group_tensors(
+        g,
+        1,
+        (1, 16, 16),
+        cfg,
+        (torch.randn(4, 3, 8), torch.randn(4, 3, 8)),
+        decoder,
+        torch.softmax(torch.randn(4, 3, 4), -1),
+    )
     placeholder = group_tensors(g, 1, (1, 16, 16), cfg)
     assert {s: layout(t) for s, t in placeholder.items()} == {s: layout(t) for s, t in filled.items()}

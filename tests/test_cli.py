@@ -18,8 +18,24 @@ def run(*args):
 
 def test_compress_info_expand(image_folder, tmp_path):
     out = tmp_path / "f.d3"
-    r = run("compress", "dm", image_folder, "--resolution", 16, "--budget", 8000, "--iterations", 3,
-            "--real-per-class", 4, "-o", out, "--device", "cpu", "--quiet")
+    r = run(
+        "compress",
+        "dm",
+        image_folder,
+        "--resolution",
+        16,
+        "--budget",
+        8000,
+        "--iterations",
+        3,
+        "--real-per-class",
+        4,
+        "-o",
+        out,
+        "--device",
+        "cpu",
+        "--quiet",
+    )
     assert r.exit_code == 0, r.output
     assert out.stat().st_size <= 8000 and "bytes of a 8000-byte budget" in r.output
 
@@ -56,8 +72,23 @@ def test_compress_info_expand(image_folder, tmp_path):
 
 def test_no_method_named_runs_the_default_rule(image_folder, tmp_path):
     out = tmp_path / "d.d3"
-    r = run("compress", image_folder, "--resolution", 16, "--ipc", 1, "--iterations", 2, "--real-per-class", 4,
-            "-o", out, "--device", "cpu", "--json")
+    r = run(
+        "compress",
+        image_folder,
+        "--resolution",
+        16,
+        "--ipc",
+        1,
+        "--iterations",
+        2,
+        "--real-per-class",
+        4,
+        "-o",
+        out,
+        "--device",
+        "cpu",
+        "--json",
+    )
     assert r.exit_code == 0, r.output
     assert "method dm (no method named: DM through FreD's dct-variance ×3 with DANCE's" in r.output
     written = json.loads(r.output.strip().splitlines()[-1])
@@ -65,13 +96,46 @@ def test_no_method_named_runs_the_default_rule(image_folder, tmp_path):
     assert (config["formation"], config["formation_factor"], config["matching"]) == ("dct-variance", 3, "dance")
     assert written["params"]["formation"]["mask"]  # FreD's variance-ranked coefficients
     # options the user gives win, and a formation the user names keeps its own factor
-    r = run("compress", image_folder, "--resolution", 16, "--ipc", 3, "--iterations", 1, "--real-per-class", 4,
-            "--formation", "pixels", "--matching", "dm", "-o", tmp_path / "p.d3", "--device", "cpu", "--json")
+    r = run(
+        "compress",
+        image_folder,
+        "--resolution",
+        16,
+        "--ipc",
+        3,
+        "--iterations",
+        1,
+        "--real-per-class",
+        4,
+        "--formation",
+        "pixels",
+        "--matching",
+        "dm",
+        "-o",
+        tmp_path / "p.d3",
+        "--device",
+        "cpu",
+        "--json",
+    )
     assert r.exit_code == 0, r.output
     config = json.loads(r.output.strip().splitlines()[-1])["params"]["config"]
     assert (config["formation"], config["formation_factor"], config["matching"]) == ("pixels", None, "dm")
-    r = run("compress", "dm", image_folder, "--resolution", 16, "--ipc", 1, "--iterations", 1, "-o", tmp_path / "n.d3",
-            "--device", "cpu", "--json")
+    r = run(
+        "compress",
+        "dm",
+        image_folder,
+        "--resolution",
+        16,
+        "--ipc",
+        1,
+        "--iterations",
+        1,
+        "-o",
+        tmp_path / "n.d3",
+        "--device",
+        "cpu",
+        "--json",
+    )
     assert r.exit_code == 0 and "no method named" not in r.output  # a named method keeps its preset
     assert json.loads(r.output.strip().splitlines()[-1])["params"]["config"]["formation"] == "pixels"
 
@@ -93,16 +157,37 @@ def test_eval_with_random_real_baseline(tiny_real, tmp_path, monkeypatch):
     from d3codec.methods.pixel import DMEncoder
 
     out = tmp_path / "t.d3"
-    compress(tiny_real, out, encoder=DMEncoder.from_options("fast", iterations=2, real_per_class=4, embed_width=8),
-             budget=6_000, progress=False)
+    compress(
+        tiny_real,
+        out,
+        encoder=DMEncoder.from_options("fast", iterations=2, real_per_class=4, embed_width=8),
+        budget=6_000,
+        progress=False,
+    )
     monkeypatch.setattr(d3codec.data.sources, "load_dataset", lambda *a, **k: tiny_real)
     monkeypatch.setattr(d3codec.data.sources, "archive_dataset", lambda *a, **k: tiny_real)
-    r = run("eval", out, "--epochs", 3, "--runs", 2, "--baseline", "random-real", "--device", "cpu",
-            "--json", tmp_path / "r.json")
+    r = run(
+        "eval",
+        out,
+        "--epochs",
+        3,
+        "--runs",
+        2,
+        "--baseline",
+        "random-real",
+        "--device",
+        "cpu",
+        "--json",
+        tmp_path / "r.json",
+    )
     assert r.exit_code == 0, r.output
     rows = json.loads((tmp_path / "r.json").read_text())["rows"]
-    assert [row["name"] for row in rows] == ["archive (pixel)", "random real (float32)", "random real (PNG)",
-                     "random real (JPEG q20)"]
+    assert [row["name"] for row in rows] == [
+        "archive (pixel)",
+        "random real (float32)",
+        "random real (PNG)",
+        "random real (JPEG q20)",
+    ]
     for row in rows:
         assert len(row["accuracies"]) == 2 and all(0 <= a <= 1 for a in row["accuracies"])
         assert row["bytes"] <= 6_000
@@ -111,8 +196,26 @@ def test_eval_with_random_real_baseline(tiny_real, tmp_path, monkeypatch):
 
 def test_d3_compress_expand_any_count_and_merge(image_folder, tmp_path):
     out = tmp_path / "d.d3"
-    r = run("compress", "d3", image_folder, "--resolution", 16, "--budget", 20_000, "--iterations", 2,
-            "--real-per-class", 4, "--prior-dtype", "int8", "-o", out, "--device", "cpu", "--quiet")
+    r = run(
+        "compress",
+        "d3",
+        image_folder,
+        "--resolution",
+        16,
+        "--budget",
+        20_000,
+        "--iterations",
+        2,
+        "--real-per-class",
+        4,
+        "--prior-dtype",
+        "int8",
+        "-o",
+        out,
+        "--device",
+        "cpu",
+        "--quiet",
+    )
     assert r.exit_code == 0, r.output
     assert out.stat().st_size <= 20_000 and "priors per class" in r.output and "int8 priors" in r.output
     info = json.loads(run("info", out, "--json").output)
@@ -125,6 +228,7 @@ def test_d3_compress_expand_any_count_and_merge(image_folder, tmp_path):
     # tensors keep the class each sample was drawn for beside its soft label
     assert run("expand", out, "-o", tmp_path / "st", "--format", "safetensors", "--samples-per-class", 2).exit_code == 0
     from safetensors.torch import load_file
+
     data = load_file(str(tmp_path / "st" / "data.safetensors"))
     assert sorted(data) == ["images", "labels", "soft_labels"]
     assert torch.equal(data["labels"], torch.arange(3).repeat_interleave(2)) and data["soft_labels"].shape == (6, 3)
@@ -149,16 +253,40 @@ def test_d3_compress_expand_any_count_and_merge(image_folder, tmp_path):
 
 
 def test_a_saved_teacher_is_reused_and_the_warm_start_can_be_skipped(image_folder, tmp_path):
-    common = ["compress", "d3", image_folder, "--resolution", 16, "--budget", 20_000, "--iterations", 1,
-              "--real-per-class", 4, "--teacher-epochs", 0.5, "--device", "cpu", "--quiet", "--json"]
-    r = run(*common, "--warm-start-iterations", 0, "--save-teacher", tmp_path / "t.safetensors", "-o", tmp_path / "a.d3")
+    common = [
+        "compress",
+        "d3",
+        image_folder,
+        "--resolution",
+        16,
+        "--budget",
+        20_000,
+        "--iterations",
+        1,
+        "--real-per-class",
+        4,
+        "--teacher-epochs",
+        0.5,
+        "--device",
+        "cpu",
+        "--quiet",
+        "--json",
+    ]
+    r = run(
+        *common, "--warm-start-iterations", 0, "--save-teacher", tmp_path / "t.safetensors", "-o", tmp_path / "a.d3"
+    )
     assert r.exit_code == 0, r.output
     first = json.loads(r.output.splitlines()[-1])
     assert (tmp_path / "t.safetensors").is_file() and first["params"]["config"]["init_iterations"] == 0
-    assert first["params"]["config"]["teacher_epochs"] == 0.5 and "teacher_accuracy" in first["params"]["groups"][0]["stats"]
+    assert (
+        first["params"]["config"]["teacher_epochs"] == 0.5
+        and "teacher_accuracy" in first["params"]["groups"][0]["stats"]
+    )
     r = run(*common, "--teacher", tmp_path / "t.safetensors", "-o", tmp_path / "b.d3")
     assert r.exit_code == 0, r.output
-    assert "teacher_accuracy" not in json.loads(r.output.splitlines()[-1])["params"]["groups"][0]["stats"]  # not trained
+    assert (
+        "teacher_accuracy" not in json.loads(r.output.splitlines()[-1])["params"]["groups"][0]["stats"]
+    )  # not trained
     # several subtasks train a teacher each: there is no one teacher to save
     r = run(*common, "--subtasks", 2, "--save-teacher", tmp_path / "u.safetensors", "-o", tmp_path / "c.d3")
     assert r.exit_code == 1 and "--subtasks 1" in r.output and not (tmp_path / "u.safetensors").exists()
@@ -171,20 +299,55 @@ def test_options_of_the_other_method_are_refused(image_folder, tmp_path):
     assert r.exit_code == 1 and "--soft-labels is an option of d3 and d2m, not of dm" in r.output
     r = run("compress", image_folder, "--budget", 20_000, "--no-soft-labels", "-o", tmp_path / "x.d3", "--quiet")
     assert r.exit_code == 1 and "--no-soft-labels is an option of d3 and d2m" in r.output
-    r = run("compress", "d3", image_folder, "--budget", 20_000, "--images-per-class", 2,
-            "-o", tmp_path / "x.d3", "--quiet")
+    r = run(
+        "compress", "d3", image_folder, "--budget", 20_000, "--images-per-class", 2, "-o", tmp_path / "x.d3", "--quiet"
+    )
     assert r.exit_code == 1 and "not of d3; use --priors-per-class" in r.output
     pixel = tmp_path / "p.d3"
-    assert run("compress", "dm", image_folder, "--resolution", 16, "--budget", 8000, "--iterations", 1, "-o", pixel,
-               "--device", "cpu", "--quiet").exit_code == 0
+    assert (
+        run(
+            "compress",
+            "dm",
+            image_folder,
+            "--resolution",
+            16,
+            "--budget",
+            8000,
+            "--iterations",
+            1,
+            "-o",
+            pixel,
+            "--device",
+            "cpu",
+            "--quiet",
+        ).exit_code
+        == 0
+    )
     r = run("expand", pixel, "-o", tmp_path / "out", "--samples-per-class", 3)
     assert r.exit_code != 0 and "stores its images" in r.output
 
 
 def test_d2m_compress_expand_at_any_count_and_eval_with_resampling(tiny_real, image_folder, tmp_path, monkeypatch):
     out = tmp_path / "g.d3"
-    options = ["--resolution", 16, "--budget", 40_000, "--pretraining", "gan",
-               "--pretrain-iterations", 3, "--iterations", 1, "--real-per-class", 4, "-o", out, "--device", "cpu", "--quiet"]
+    options = [
+        "--resolution",
+        16,
+        "--budget",
+        40_000,
+        "--pretraining",
+        "gan",
+        "--pretrain-iterations",
+        3,
+        "--iterations",
+        1,
+        "--real-per-class",
+        4,
+        "-o",
+        out,
+        "--device",
+        "cpu",
+        "--quiet",
+    ]
     r = run("compress", "d2m", image_folder, *options, "--soft-labels")
     assert r.exit_code == 0, r.output
     assert out.stat().st_size <= 40_000 and "generator upconv-v2 of width" in r.output
@@ -196,8 +359,9 @@ def test_d2m_compress_expand_at_any_count_and_eval_with_resampling(tiny_real, im
     assert r.exit_code == 0, r.output
     assert sum(1 for _ in (tmp_path / "png").rglob("*.png")) == 15
 
-    r = run("compress", "d2m", image_folder, "--budget", 30_000, "--images-per-class", 2,
-            "-o", tmp_path / "x.d3", "--quiet")
+    r = run(
+        "compress", "d2m", image_folder, "--budget", 30_000, "--images-per-class", 2, "-o", tmp_path / "x.d3", "--quiet"
+    )
     assert r.exit_code != 0 and "--samples-per-class" in r.output
     r = run("compress", image_folder, "--budget", 30_000, "--task-balance", 2, "-o", tmp_path / "x.d3", "--quiet")
     assert r.exit_code == 1 and "--task-balance is an option of d2m, not of dm" in r.output
@@ -207,8 +371,16 @@ def test_d2m_compress_expand_at_any_count_and_eval_with_resampling(tiny_real, im
     from d3codec.methods.d2m import D2MEncoder
 
     grey_folder_names = d3codec.data.real.RealData(
-        tiny_real.name, ["class_0", "class_1", "class_2"], tiny_real.image_shape, tiny_real.mean, tiny_real.std,
-        tiny_real.train_targets, tiny_real.train, tiny_real.test, tiny_real.train_images)
+        tiny_real.name,
+        ["class_0", "class_1", "class_2"],
+        tiny_real.image_shape,
+        tiny_real.mean,
+        tiny_real.std,
+        tiny_real.train_targets,
+        tiny_real.train,
+        tiny_real.test,
+        tiny_real.train_images,
+    )
     monkeypatch.setattr(d3codec.data.sources, "load_dataset", lambda *a, **k: grey_folder_names)
     monkeypatch.setattr(d3codec.data.sources, "archive_dataset", lambda *a, **k: grey_folder_names)
     r = run("eval", out, "--epochs", 1, "--runs", 1, "--device", "cpu")
@@ -216,22 +388,74 @@ def test_d2m_compress_expand_at_any_count_and_eval_with_resampling(tiny_real, im
     monkeypatch.setattr(d3codec.data.sources, "load_dataset", lambda *a, **k: tiny_real)
     monkeypatch.setattr(d3codec.data.sources, "archive_dataset", lambda *a, **k: tiny_real)
     grey = tmp_path / "grey.d3"
-    compress(tiny_real, grey, progress=False, budget=20_000, encoder=D2MEncoder.from_options(
-        "fast", pretrain_iterations=2, pretrain_batch=8, disc_width=4, iterations=1, synthetic_per_class=4,
-        real_per_class=4, embed_width=8, teacher_epochs=1.0, teacher_width=8))
-    r = run("eval", grey, "--epochs", 2, "--runs", 1, "--model", "mlp", "--samples-per-class", 3,
-            "--resample-every-epoch", "--device", "cpu", "--json", tmp_path / "r.json")
+    compress(
+        tiny_real,
+        grey,
+        progress=False,
+        budget=20_000,
+        encoder=D2MEncoder.from_options(
+            "fast",
+            pretrain_iterations=2,
+            pretrain_batch=8,
+            disc_width=4,
+            iterations=1,
+            synthetic_per_class=4,
+            real_per_class=4,
+            embed_width=8,
+            teacher_epochs=1.0,
+            teacher_width=8,
+        ),
+    )
+    r = run(
+        "eval",
+        grey,
+        "--epochs",
+        2,
+        "--runs",
+        1,
+        "--model",
+        "mlp",
+        "--samples-per-class",
+        3,
+        "--resample-every-epoch",
+        "--device",
+        "cpu",
+        "--json",
+        tmp_path / "r.json",
+    )
     assert r.exit_code == 0, r.output
     rows = json.loads((tmp_path / "r.json").read_text())["rows"]
     assert rows[0]["name"] == "archive (d2m)" and rows[0]["images"] == 9 and "mlp" in r.output
 
 
-def test_bptt_compress_and_eval_replays_the_schedule_beside_standard_training(tiny_real, image_folder, tmp_path,
-                                                                               monkeypatch):
+def test_bptt_compress_and_eval_replays_the_schedule_beside_standard_training(
+    tiny_real, image_folder, tmp_path, monkeypatch
+):
     out = tmp_path / "b.d3"
-    r = run("compress", "bptt", image_folder, "--resolution", 16, "--budget", 8_000, "--init", "random",
-            "--images-per-class", 2, "--inner-epochs", 1, "--iterations", 2, "--real-per-class", 4, "-o", out,
-            "--device", "cpu", "--quiet")
+    r = run(
+        "compress",
+        "bptt",
+        image_folder,
+        "--resolution",
+        16,
+        "--budget",
+        8_000,
+        "--init",
+        "random",
+        "--images-per-class",
+        2,
+        "--inner-epochs",
+        1,
+        "--iterations",
+        2,
+        "--real-per-class",
+        4,
+        "-o",
+        out,
+        "--device",
+        "cpu",
+        "--quiet",
+    )
     assert r.exit_code == 0, r.output
     assert "2 uint8 images per class, 2 steps × 1 epochs" in r.output
     info = json.loads(run("info", out, "--json").output)
@@ -239,6 +463,7 @@ def test_bptt_compress_and_eval_replays_the_schedule_beside_standard_training(ti
     r = run("expand", out, "-o", tmp_path / "st", "--format", "safetensors")
     assert r.exit_code == 0, r.output
     from safetensors import safe_open
+
     with safe_open(str(tmp_path / "st" / "schedule.safetensors"), "pt") as f:
         assert f.metadata()["network"] == "lenet" and list(f.keys()) == ["step_sizes"]  # random init: no θ₀
         assert torch.equal(f.get_tensor("step_sizes"), D3Dataset(out).schedule.lrs)
@@ -250,32 +475,67 @@ def test_bptt_compress_and_eval_replays_the_schedule_beside_standard_training(ti
     from d3codec.methods.pixel import BPTTEncoder
 
     grey = tmp_path / "grey.d3"
-    compress(tiny_real, grey, encoder=BPTTEncoder.from_options("fast", iterations=2, real_per_class=4, init="random",
-                                                              images_per_class=2), budget=8_000, progress=False)
+    compress(
+        tiny_real,
+        grey,
+        encoder=BPTTEncoder.from_options("fast", iterations=2, real_per_class=4, init="random", images_per_class=2),
+        budget=8_000,
+        progress=False,
+    )
     monkeypatch.setattr(d3codec.data.sources, "load_dataset", lambda *a, **k: tiny_real)
     monkeypatch.setattr(d3codec.data.sources, "archive_dataset", lambda *a, **k: tiny_real)
-    r = run("eval", grey, "--epochs", 2, "--runs", 2, "--training", "both", "--baseline", "random-real",
-            "--device", "cpu", "--json", tmp_path / "r.json")
+    r = run(
+        "eval",
+        grey,
+        "--epochs",
+        2,
+        "--runs",
+        2,
+        "--training",
+        "both",
+        "--baseline",
+        "random-real",
+        "--device",
+        "cpu",
+        "--json",
+        tmp_path / "r.json",
+    )
     assert r.exit_code == 0, r.output
     rows = json.loads((tmp_path / "r.json").read_text())["rows"]
-    assert [row["name"].split(",")[0] for row in rows] == ["archive (pixel", "archive (pixel)", "random real (same count",
-                                                           "random real (float32)", "random real (PNG)",
-                     "random real (JPEG q20)"]
+    assert [row["name"].split(",")[0] for row in rows] == [
+        "archive (pixel",
+        "archive (pixel)",
+        "random real (same count",
+        "random real (float32)",
+        "random real (PNG)",
+        "random real (JPEG q20)",
+    ]
     assert "replayed lenet schedule of 2×5 steps" in rows[0]["name"] and rows[2]["images"] == 6
     assert all(len(row["accuracies"]) == 2 for row in rows)
 
     # from a stored θ₀ every replay is the same computation: it runs once, whatever --runs says
     fixed = tmp_path / "fixed.d3"
-    compress(tiny_real, fixed, encoder=BPTTEncoder.from_options("fast", iterations=1, real_per_class=4,
-                                                               images_per_class=1), budget=200_000, progress=False)
+    compress(
+        tiny_real,
+        fixed,
+        encoder=BPTTEncoder.from_options("fast", iterations=1, real_per_class=4, images_per_class=1),
+        budget=200_000,
+        progress=False,
+    )
     r = run("eval", fixed, "--runs", 3, "--training", "replay", "--device", "cpu", "--json", tmp_path / "f.json")
     assert r.exit_code == 0, r.output
-    row, = json.loads((tmp_path / "f.json").read_text())["rows"]
+    (row,) = json.loads((tmp_path / "f.json").read_text())["rows"]
     assert len(row["accuracies"]) == 1 and "one run" in row["name"]
     pixel = tmp_path / "p.d3"
     from d3codec.methods.pixel import DMEncoder
-    compress(tiny_real, pixel, encoder=DMEncoder.from_options("fast", iterations=1, real_per_class=4, embed_width=8),
-             budget=6_000, progress=False)
+
+    compress(
+        tiny_real,
+        pixel,
+        encoder=DMEncoder.from_options("fast", iterations=1, real_per_class=4, embed_width=8),
+        budget=6_000,
+        progress=False,
+    )
     r = run("eval", pixel, "--training", "replay", "--runs", 1, "--device", "cpu")
     assert r.exit_code != 0 and "carries no training schedule" in r.output
 
@@ -286,8 +546,13 @@ def test_verify_passes_a_good_archive_and_names_the_first_failure(tiny_real, tmp
     from d3codec.methods.pixel import BPTTEncoder
 
     out = tmp_path / "b.d3"
-    compress(tiny_real, out, encoder=BPTTEncoder.from_options("fast", iterations=1, real_per_class=4,
-                                                             images_per_class=2), budget=100_000, progress=False)
+    compress(
+        tiny_real,
+        out,
+        encoder=BPTTEncoder.from_options("fast", iterations=1, real_per_class=4, images_per_class=2),
+        budget=100_000,
+        progress=False,
+    )
     r = run("verify", out)
     assert r.exit_code == 0 and "verified" in r.output, r.output
     assert "ok      byte accounting:" in r.output and "lenet schedule of 2×5 steps" in r.output
@@ -304,12 +569,19 @@ def test_verify_passes_a_good_archive_and_names_the_first_failure(tiny_real, tmp
     assert r.exit_code == 1 and "FAILED  container:" in r.output and "truncated" in r.output
 
     over = tmp_path / "over.d3"
-    compress(tiny_real, over, encoder=BPTTEncoder.from_options("fast", iterations=1, real_per_class=4, init="random",
-                                                              images_per_class=2), budget=100_000, progress=False)
+    compress(
+        tiny_real,
+        over,
+        encoder=BPTTEncoder.from_options("fast", iterations=1, real_per_class=4, init="random", images_per_class=2),
+        budget=100_000,
+        progress=False,
+    )
     reader = D3Reader(over)
     meta = reader.read_json("meta")
     meta["budget"]["bytes"] = 1_000  # an archive that claims a budget its size breaks
-    sections = [Section.json("meta", meta)] + [Section.tensors(n, reader.read_tensors(n)) for n in ("images", "schedule")]
+    sections = [Section.json("meta", meta)] + [
+        Section.tensors(n, reader.read_tensors(n)) for n in ("images", "schedule")
+    ]
     (tmp_path / "lie.d3").write_bytes(encode_archive(sections))
     r = run("verify", tmp_path / "lie.d3")
     assert r.exit_code == 1 and "FAILED  byte accounting:" in r.output and "over its budget.bytes of 1000" in r.output
@@ -317,8 +589,23 @@ def test_verify_passes_a_good_archive_and_names_the_first_failure(tiny_real, tmp
 
 def test_resume_insists_on_a_checkpoint_and_restart_deletes_it(image_folder, tmp_path):
     out = tmp_path / "r.d3"
-    args = ["compress", image_folder, "--resolution", 16, "--budget", 8_000, "--iterations", 2, "--real-per-class", 4,
-            "-o", out, "--device", "cpu", "--quiet"]
+    args = [
+        "compress",
+        image_folder,
+        "--resolution",
+        16,
+        "--budget",
+        8_000,
+        "--iterations",
+        2,
+        "--real-per-class",
+        4,
+        "-o",
+        out,
+        "--device",
+        "cpu",
+        "--quiet",
+    ]
     r = run(*args, "--resume")
     assert r.exit_code != 0 and "no checkpoint of" in r.output and not out.exists()
 

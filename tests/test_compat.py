@@ -15,6 +15,7 @@ def test_an_old_module_path_gives_its_new_module_with_a_warning(old):
     with pytest.warns(DeprecationWarning, match="has moved to"):
         importlib.invalidate_caches()
         import sys
+
         sys.modules.pop(old, None)
         module = importlib.import_module(old)
     if isinstance(home, str):

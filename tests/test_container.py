@@ -22,9 +22,11 @@ import vectors as spec_vectors  # noqa: E402
 
 def sample_sections():
     x = torch.arange(24, dtype=torch.float32).reshape(2, 3, 4)
-    return [Section.json("meta", {"format": "d3", "n": 3, "text": "é"}),
-            Section.tensors("images", {"x": x, "y": torch.zeros(1000, dtype=torch.uint8)}),
-            Section.raw("note", b"hello")]
+    return [
+        Section.json("meta", {"format": "d3", "n": 3, "text": "é"}),
+        Section.tensors("images", {"x": x, "y": torch.zeros(1000, dtype=torch.uint8)}),
+        Section.raw("note", b"hello"),
+    ]
 
 
 def test_round_trip_reads_every_section_back():
@@ -49,8 +51,8 @@ def test_header_layout_matches_the_spec():
     assert FIXED_HEADER.unpack_from(encode_archive([Section.json("meta", {})], minor=0))[2] == 0
     assert data[16] == 4 and data[17:21] == b"meta"
     (crc,) = CRC.unpack_from(data, 16 + table_length)
-    assert crc == zlib.crc32(data[:16 + table_length])
-    assert data[20 + table_length:] == b"{}"
+    assert crc == zlib.crc32(data[: 16 + table_length])
+    assert data[20 + table_length :] == b"{}"
 
 
 def test_compress_modes():
@@ -73,6 +75,7 @@ def test_duplicate_names_are_refused_on_write():
 
 
 # -- malformed archives ------------------------------------------------------------------------
+
 
 def valid() -> bytes:
     return encode_archive(sample_sections())
@@ -119,10 +122,10 @@ def test_bit_flip_in_section_data_fails_its_checksum():
 def _patch_table(data: bytes, fn) -> bytes:
     """Apply fn to the table bytes and fix the header CRC, to test checks beyond the CRC."""
     _, _, _, _, table_length = FIXED_HEADER.unpack_from(data)
-    table = bytearray(data[16:16 + table_length])
+    table = bytearray(data[16 : 16 + table_length])
     fn(table)
     head = data[:16] + bytes(table)
-    return head + CRC.pack(zlib.crc32(head)) + data[20 + table_length:]
+    return head + CRC.pack(zlib.crc32(head)) + data[20 + table_length :]
 
 
 def test_lying_lengths_are_refused():
@@ -185,7 +188,7 @@ def test_invalid_json_and_non_object_json_are_refused():
 
 
 def test_invalid_safetensors_is_refused():
-    data = encode_archive([Section("t", b"\x08\0\0\0\0\0\0\0{\"a\":1}", Content.SAFETENSORS)])
+    data = encode_archive([Section("t", b'\x08\0\0\0\0\0\0\0{"a":1}', Content.SAFETENSORS)])
     with D3Reader(data) as r, pytest.raises(D3FormatError, match="safetensors"):
         r.read_tensors("t")
 
@@ -200,7 +203,7 @@ def test_mutated_archives_read_correctly_or_raise_d3formaterror(data):
         i = data.draw(st.integers(0, len(mutated) - 1))
         mutated[i] ^= 1 << data.draw(st.integers(0, 7))
     elif kind == "truncate":
-        mutated = mutated[:data.draw(st.integers(0, len(mutated) - 1))]
+        mutated = mutated[: data.draw(st.integers(0, len(mutated) - 1))]
     elif kind == "splice":
         i = data.draw(st.integers(0, len(mutated)))
         mutated[i:i] = data.draw(st.binary(min_size=1, max_size=16))
@@ -223,9 +226,15 @@ def test_mutated_archives_read_correctly_or_raise_d3formaterror(data):
         assert r.read_json("meta") == o.read_json("meta")
 
 
-@given(st.lists(st.tuples(st.from_regex(r"[a-z][a-z0-9_]{0,10}", fullmatch=True), st.binary(max_size=300),
-                          st.booleans()), min_size=1, max_size=8, unique_by=lambda t: t[0]),
-       st.sampled_from(["auto", "never", "always"]))
+@given(
+    st.lists(
+        st.tuples(st.from_regex(r"[a-z][a-z0-9_]{0,10}", fullmatch=True), st.binary(max_size=300), st.booleans()),
+        min_size=1,
+        max_size=8,
+        unique_by=lambda t: t[0],
+    ),
+    st.sampled_from(["auto", "never", "always"]),
+)
 @settings(max_examples=100, deadline=None)
 def test_any_sections_round_trip(sections, compress):
     data = encode_archive([Section.raw(n, p, critical=c) for n, p, c in sections], compress)
@@ -234,6 +243,7 @@ def test_any_sections_round_trip(sections, compress):
 
 
 # -- writing -----------------------------------------------------------------------------------
+
 
 def test_write_is_atomic_and_respects_max_bytes(tmp_path):
     target = tmp_path / "a.d3"
@@ -325,14 +335,29 @@ def test_written_archive_gets_ordinary_file_permissions(tmp_path):
     assert (tmp_path / "p.d3").stat().st_mode & 0o777 == 0o644
 
 
-SAFETENSORS_DTYPES = [torch.bool, torch.uint8, torch.int8, torch.int16, torch.float16, torch.bfloat16, torch.int32,
-                      torch.float32, torch.float64, torch.int64]
+SAFETENSORS_DTYPES = [
+    torch.bool,
+    torch.uint8,
+    torch.int8,
+    torch.int16,
+    torch.float16,
+    torch.bfloat16,
+    torch.int32,
+    torch.float32,
+    torch.float64,
+    torch.int64,
+]
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.dictionaries(st.text(min_size=1, max_size=12),
-                       st.tuples(st.sampled_from(SAFETENSORS_DTYPES), st.lists(st.integers(0, 6), max_size=3)),
-                       min_size=1, max_size=6))
+@given(
+    st.dictionaries(
+        st.text(min_size=1, max_size=12),
+        st.tuples(st.sampled_from(SAFETENSORS_DTYPES), st.lists(st.integers(0, 6), max_size=3)),
+        min_size=1,
+        max_size=6,
+    )
+)
 def test_a_planned_section_has_exactly_the_size_safetensors_writes(spec):
     from d3codec.format.container import PlannedBytes, archive_size, safetensors_size
 

@@ -19,9 +19,20 @@ CPU = torch.device("cpu")
 
 
 def tiny_encoder(checkpoint=None, generator=None, **kw):
-    options = dict(pretrain_iterations=6, pretrain_batch=8, disc_width=4, checkpoint_every=2, iterations=2,
-                   synthetic_per_class=4, real_per_class=6, embed_width=8, teacher_epochs=1.0, teacher_width=8,
-                   noise_dim=4, embed_dim=4)
+    options = dict(
+        pretrain_iterations=6,
+        pretrain_batch=8,
+        disc_width=4,
+        checkpoint_every=2,
+        iterations=2,
+        synthetic_per_class=4,
+        real_per_class=6,
+        embed_width=8,
+        teacher_epochs=1.0,
+        teacher_width=8,
+        noise_dim=4,
+        embed_dim=4,
+    )
     options.update(kw)
     return D2MEncoder.from_options("fast", None, generator, checkpoint, **options)
 
@@ -75,8 +86,9 @@ def test_soft_labels_store_the_teacher_in_the_budget_and_label_every_draw(tiny_r
     assert soft.teacher_width == 8 and hard.teacher_width is None
     assert soft.generator_width < hard.generator_width  # the teacher's bytes come out of the generator's
     out = tmp_path / "s.d3"
-    result = compress(tiny_real, out, encoder=tiny_encoder(soft_labels=True, label_temperature=2.0), budget=26_000,
-                      progress=False)
+    result = compress(
+        tiny_real, out, encoder=tiny_encoder(soft_labels=True, label_temperature=2.0), budget=26_000, progress=False
+    )
     assert out.stat().st_size == result.file_bytes <= soft.max_bytes <= 26_000
     with D3Reader(out) as r:
         assert [(s.name, s.critical) for s in r.sections] == [("meta", True), ("generator", True), ("teacher", False)]
@@ -87,8 +99,14 @@ def test_soft_labels_store_the_teacher_in_the_budget_and_label_every_draw(tiny_r
     assert ds.meta["params"]["teacher_width"] == 8 and ds.meta["params"]["label_temperature"] == 2.0
     assert ds.soft_labels.shape == (15, 3) and ds.soft_labels.dtype == torch.float32
     teacher = ConvNet(1, 3, 16, width=8)  # the stored teacher, dequantised by hand: what the labels must be
-    teacher.load_state_dict({n: stored[n].float() * stored[f"{n}.scale"].float().view(-1, *[1] * (v.dim() - 1))
-                             if v.dim() >= 2 else stored[n].float() for n, v in teacher.state_dict().items()})
+    teacher.load_state_dict(
+        {
+            n: stored[n].float() * stored[f"{n}.scale"].float().view(-1, *[1] * (v.dim() - 1))
+            if v.dim() >= 2
+            else stored[n].float()
+            for n, v in teacher.state_dict().items()
+        }
+    )
     mean, std = torch.tensor(ds.mean).view(1, -1, 1, 1), torch.tensor(ds.std).view(1, -1, 1, 1)
     with torch.no_grad():
         expected = torch.softmax(teacher((ds.images - mean) / std) / 2.0, dim=1)
@@ -104,8 +122,12 @@ def test_soft_labels_that_do_not_fit_are_refused_naming_the_fix(tiny_real):
     with pytest.raises(D3BudgetError, match="turn `soft_labels` off") as e:
         plan(tiny_encoder(soft_labels=True, teacher_width=64, generator_width=4), tiny_real, 20_000)
     assert e.value.min_budget > 20_000
-    assert plan(tiny_encoder(soft_labels=True, teacher_width=64, generator_width=4), tiny_real,
-                e.value.min_budget).teacher_width == 64
+    assert (
+        plan(
+            tiny_encoder(soft_labels=True, teacher_width=64, generator_width=4), tiny_real, e.value.min_budget
+        ).teacher_width
+        == 64
+    )
 
 
 def test_a_given_teacher_is_stored_only_if_it_labels_every_class_in_order(tiny_real):
@@ -119,16 +141,18 @@ def test_a_given_teacher_is_stored_only_if_it_labels_every_class_in_order(tiny_r
 
 
 @pytest.mark.parametrize("pretraining", ["gan", "vae"])
-def test_pretraining_resumes_after_a_kill_and_ends_as_an_uninterrupted_run(tiny_real, tmp_path, monkeypatch,
-                                                                           pretraining):
+def test_pretraining_resumes_after_a_kill_and_ends_as_an_uninterrupted_run(
+    tiny_real, tmp_path, monkeypatch, pretraining
+):
     enc_plan = plan(tiny_encoder(), tiny_real, 12_000)
     normalise = lambda x: (x - 0.3) / 0.35  # noqa: E731
 
     def pretrained(checkpoint):
         torch.manual_seed(0)  # as distill() seeds before building the generator
         g = d2m.build_generator(enc_plan, 3, tiny_real.image_shape)
-        tiny_encoder(checkpoint, pretraining=pretraining).pretrain(g, tiny_real, enc_plan, normalise, device=CPU,
-                                                                  seed=0, progress=False)
+        tiny_encoder(checkpoint, pretraining=pretraining).pretrain(
+            g, tiny_real, enc_plan, normalise, device=CPU, seed=0, progress=False
+        )
         return g.state_dict()
 
     uninterrupted = pretrained(None)
@@ -159,21 +183,25 @@ def test_pretraining_resumes_after_a_kill_and_ends_as_an_uninterrupted_run(tiny_
     # a checkpoint of another run (another seed or pre-training) is refused with the fix, not silently reused
     g = d2m.build_generator(enc_plan, 3, tiny_real.image_shape)
     with pytest.raises(D3Error, match="delete it"):
-        tiny_encoder(ckpt, pretraining=pretraining).pretrain(g, tiny_real, enc_plan, normalise, device=CPU, seed=1,
-                                                             progress=False)
+        tiny_encoder(ckpt, pretraining=pretraining).pretrain(
+            g, tiny_real, enc_plan, normalise, device=CPU, seed=1, progress=False
+        )
     other = "vae" if pretraining == "gan" else "gan"
     with pytest.raises(D3Error, match="delete it"):
-        tiny_encoder(ckpt, pretraining=other).pretrain(g, tiny_real, enc_plan, normalise, device=CPU, seed=0,
-                                                       progress=False)
+        tiny_encoder(ckpt, pretraining=other).pretrain(
+            g, tiny_real, enc_plan, normalise, device=CPU, seed=0, progress=False
+        )
     (tmp_path / "junk.ckpt").write_bytes(b"junk")
     with pytest.raises(D3Error, match="not readable"):
-        tiny_encoder(tmp_path / "junk.ckpt").pretrain(g, tiny_real, enc_plan, normalise, device=CPU, seed=0,
-                                                      progress=False)
+        tiny_encoder(tmp_path / "junk.ckpt").pretrain(
+            g, tiny_real, enc_plan, normalise, device=CPU, seed=0, progress=False
+        )
 
 
 def test_vae_pretraining_learns_to_reconstruct(tiny_real):
-    enc = tiny_encoder(pretraining="vae", pretrain_iterations=150, pretrain_batch=16, lr_pretrain=3e-3, disc_width=8,
-                       kl_weight=0.1)
+    enc = tiny_encoder(
+        pretraining="vae", pretrain_iterations=150, pretrain_batch=16, lr_pretrain=3e-3, disc_width=8, kl_weight=0.1
+    )
     enc_plan = plan(enc, tiny_real, 12_000)
     normalise = lambda x: (x - 0.3) / 0.35  # noqa: E731
     torch.manual_seed(0)
@@ -200,7 +228,11 @@ def test_a_given_generator_is_fine_tuned_without_pretraining(tiny_real, tmp_path
     compress(tiny_real, out, encoder=enc, budget=20_000, progress=False)
     params = D3Dataset(out).meta["params"]
     assert (params["architecture"], params["noise_dim"], params["embed_dim"], params["generator_width"]) == (
-        "upconv-v1", 6, 5, 12)
+        "upconv-v1",
+        6,
+        5,
+        12,
+    )
     with D3Reader(out) as r:  # no fine-tuning: the stored weights are the given ones, int8-rounded
         fc = r.read_tensors("generator")
     scale = fc["fc.weight.scale"].float().view(-1, 1)
@@ -226,14 +258,24 @@ def test_prediction_matching_is_zero_for_equal_class_means_and_grows_with_the_ga
 
 
 def archive_with(tensors, params, minor=1):
-    meta = {"format": "d3", "method": "d2m", "dataset": {"name": "t", "classes": ["a", "b"], "image_shape": [1, 8, 8],
-                                                         "mean": [0.5], "std": [0.5]}, "params": params}
+    meta = {
+        "format": "d3",
+        "method": "d2m",
+        "dataset": {"name": "t", "classes": ["a", "b"], "image_shape": [1, 8, 8], "mean": [0.5], "std": [0.5]},
+        "params": params,
+    }
     return encode_archive([Section.json("meta", meta), Section.tensors("generator", tensors)], minor=minor)
 
 
 def good_params():
-    return {"architecture": "upconv-v2", "noise_dim": 3, "embed_dim": 2, "generator_width": 8,
-            "weight_dtype": "float16", "samples_per_class": 4}
+    return {
+        "architecture": "upconv-v2",
+        "noise_dim": 3,
+        "embed_dim": 2,
+        "generator_width": 8,
+        "weight_dtype": "float16",
+        "samples_per_class": 4,
+    }
 
 
 def good_tensors(architecture="upconv-v2"):
@@ -248,8 +290,10 @@ def test_every_registered_architecture_expands_to_its_generators_images(architec
     g.load_state_dict({k: v.float() for k, v in tensors.items()})
     params = {**good_params(), "architecture": architecture}
     # format 1.1: the counter-based noise of spec/FORMAT.md §5.4; 1.0: torch's generator, as before
-    noises = {1: torch.from_numpy(noise.normal(3, noise.D2M_NOISE, (2, 5, 3))).view(10, 3),
-              0: torch.randn(2, 5, 3, generator=torch.Generator().manual_seed(3)).view(10, 3)}
+    noises = {
+        1: torch.from_numpy(noise.normal(3, noise.D2M_NOISE, (2, 5, 3))).view(10, 3),
+        0: torch.randn(2, 5, 3, generator=torch.Generator().manual_seed(3)).view(10, 3),
+    }
     for minor, z in noises.items():
         ds = D3Dataset(archive_with(tensors, params, minor), samples_per_class=5, seed=3)
         with torch.no_grad():
@@ -257,23 +301,29 @@ def test_every_registered_architecture_expands_to_its_generators_images(architec
         assert torch.allclose(ds.images, expected, atol=1e-6)
     # 1.1: the first samples of a larger draw are the samples of a smaller one
     larger = D3Dataset(archive_with(tensors, params), samples_per_class=7, seed=3).images.view(2, 7, 1, 8, 8)
-    assert torch.allclose(larger[:, :5].reshape(10, 1, 8, 8), D3Dataset(archive_with(tensors, params),
-                                                                        samples_per_class=5, seed=3).images, atol=1e-6)
+    assert torch.allclose(
+        larger[:, :5].reshape(10, 1, 8, 8),
+        D3Dataset(archive_with(tensors, params), samples_per_class=5, seed=3).images,
+        atol=1e-6,
+    )
     other = next(a for a in d2m.GENERATORS if a != architecture)  # the name decides the layers
     with pytest.raises(D3FormatError):
         D3Dataset(archive_with(tensors, {**good_params(), "architecture": other}))
 
 
-@pytest.mark.parametrize("change", [
-    lambda p, t: p.update(architecture="os.system"),
-    lambda p, t: p.update(generator_width=10**9),
-    lambda p, t: p.update(generator_width=4096),  # allowed by the metadata check; the tensors do not match
-    lambda p, t: p.update(noise_dim="3; rm"),
-    lambda p, t: p.pop("samples_per_class"),
-    lambda p, t: t.update({"fc.weight": torch.zeros(5, 5, dtype=torch.float16)}),
-    lambda p, t: t.pop("embedding.weight"),
-    lambda p, t: t.update({"out.bias": torch.zeros(1, dtype=torch.int32)}),
-])
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda p, t: p.update(architecture="os.system"),
+        lambda p, t: p.update(generator_width=10**9),
+        lambda p, t: p.update(generator_width=4096),  # allowed by the metadata check; the tensors do not match
+        lambda p, t: p.update(noise_dim="3; rm"),
+        lambda p, t: p.pop("samples_per_class"),
+        lambda p, t: t.update({"fc.weight": torch.zeros(5, 5, dtype=torch.float16)}),
+        lambda p, t: t.pop("embedding.weight"),
+        lambda p, t: t.update({"out.bias": torch.zeros(1, dtype=torch.int32)}),
+    ],
+)
 def test_hostile_d2m_archives_raise_d3formaterror(change):
     params, tensors = good_params(), good_tensors()
     assert len(D3Dataset(archive_with(tensors, params))) == 8
@@ -288,25 +338,32 @@ def teacher_tensors(width=4):
 
 
 def archive_with_teacher(tensors, params, teacher, image_shape=(1, 8, 8)):
-    meta = {"format": "d3", "method": "d2m", "dataset": {"name": "t", "classes": ["a", "b"], "image_shape": list(image_shape),
-                                                         "mean": [0.5], "std": [0.5]}, "params": params}
+    meta = {
+        "format": "d3",
+        "method": "d2m",
+        "dataset": {"name": "t", "classes": ["a", "b"], "image_shape": list(image_shape), "mean": [0.5], "std": [0.5]},
+        "params": params,
+    }
     sections = [Section.json("meta", meta), Section.tensors("generator", tensors)]
     return encode_archive(sections + ([Section.tensors("teacher", teacher, critical=False)] if teacher else []))
 
 
-@pytest.mark.parametrize("change", [
-    lambda p, t: [p.pop("teacher_width"), p.pop("label_temperature")],  # a section the metadata does not declare
-    lambda p, t: p.pop("label_temperature"),
-    lambda p, t: t.clear(),  # declared, but no section
-    lambda p, t: p.update(teacher_width=8),  # the tensors are of width 4
-    lambda p, t: p.update(teacher_width=True),
-    lambda p, t: p.update(teacher_width=10**9),
-    lambda p, t: p.update(label_temperature=0),
-    lambda p, t: p.update(label_temperature="1"),
-    lambda p, t: t.update({"classifier.weight": torch.zeros(2, 3, dtype=torch.float16)}),
-    lambda p, t: t.update({"features.0.bias": torch.zeros(4, dtype=torch.int64)}),
-    "wide images",  # a teacher whose tensors fit an 8×8 ConvNet-3, for 8×16 images
-])
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda p, t: [p.pop("teacher_width"), p.pop("label_temperature")],  # a section the metadata does not declare
+        lambda p, t: p.pop("label_temperature"),
+        lambda p, t: t.clear(),  # declared, but no section
+        lambda p, t: p.update(teacher_width=8),  # the tensors are of width 4
+        lambda p, t: p.update(teacher_width=True),
+        lambda p, t: p.update(teacher_width=10**9),
+        lambda p, t: p.update(label_temperature=0),
+        lambda p, t: p.update(label_temperature="1"),
+        lambda p, t: t.update({"classifier.weight": torch.zeros(2, 3, dtype=torch.float16)}),
+        lambda p, t: t.update({"features.0.bias": torch.zeros(4, dtype=torch.int64)}),
+        "wide images",  # a teacher whose tensors fit an 8×8 ConvNet-3, for 8×16 images
+    ],
+)
 def test_hostile_d2m_teachers_raise_d3formaterror(change):
     params = {**good_params(), "teacher_width": 4, "label_temperature": 1.0}
     teacher = teacher_tensors()
@@ -314,8 +371,9 @@ def test_hostile_d2m_teachers_raise_d3formaterror(change):
     assert ds.soft_labels.shape == (8, 2)
     if change == "wide images":
         g = ConditionalGenerator(2, 3, 2, 8, (1, 8, 16))
-        data = archive_with_teacher({k: v.detach().half() for k, v in g.state_dict().items()}, params, teacher,
-                                    image_shape=[1, 8, 16])
+        data = archive_with_teacher(
+            {k: v.detach().half() for k, v in g.state_dict().items()}, params, teacher, image_shape=[1, 8, 16]
+        )
     else:
         change(params, teacher)
         data = archive_with_teacher(good_tensors(), params, teacher)

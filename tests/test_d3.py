@@ -30,8 +30,15 @@ CPU = torch.device("cpu")
 
 
 def tiny_encoder(**kw):
-    options = dict(iterations=3, init_iterations=5, real_per_class=6, synthetic_per_class=4, embed_width=8,
-                   teacher_epochs=1.0, teacher_width=8)
+    options = dict(
+        iterations=3,
+        init_iterations=5,
+        real_per_class=6,
+        synthetic_per_class=4,
+        embed_width=8,
+        teacher_epochs=1.0,
+        teacher_width=8,
+    )
     options.update(kw)
     return D3Encoder.from_options("fast", **options)
 
@@ -43,8 +50,17 @@ def plan(encoder, real, budget):
 
 def renamed(real: RealData, prefix: str) -> RealData:
     """The same images under other class names (a disjoint set of classes)."""
-    return RealData(real.name, [prefix + c for c in real.classes], real.image_shape, real.mean, real.std,
-                    real.train_targets, real.train, real.test, real.train_images)
+    return RealData(
+        real.name,
+        [prefix + c for c in real.classes],
+        real.image_shape,
+        real.mean,
+        real.std,
+        real.train_targets,
+        real.train,
+        real.test,
+        real.train_images,
+    )
 
 
 def test_plan_fills_the_budget_and_refuses_too_small_with_a_budget_that_works(tiny_real):
@@ -185,8 +201,9 @@ def test_compress_samples_any_count_deterministically_with_soft_labels(tiny_real
     assert hard.soft_labels is None and isinstance(hard[0][1], int)
 
 
-def test_a_group_fills_the_room_its_priors_compression_left_with_priors_fitted_to_real_images(tiny_real, tmp_path,
-                                                                                              monkeypatch):
+def test_a_group_fills_the_room_its_priors_compression_left_with_priors_fitted_to_real_images(
+    tiny_real, tmp_path, monkeypatch
+):
     import d3codec.methods.d3.fill as fill
     import d3codec.methods.d3.group as encoder_module
 
@@ -258,8 +275,13 @@ def test_pixel_archives_refuse_sampling_options(tiny_real, tmp_path):
     from d3codec.methods.pixel import DMEncoder
 
     out = tmp_path / "p.d3"
-    compress(tiny_real, out, encoder=DMEncoder.from_options("fast", iterations=1, real_per_class=4, embed_width=8),
-             budget=6_000, progress=False)
+    compress(
+        tiny_real,
+        out,
+        encoder=DMEncoder.from_options("fast", iterations=1, real_per_class=4, embed_width=8),
+        budget=6_000,
+        progress=False,
+    )
     with pytest.raises(ValueError, match="samples per class applies to sampled archives"):
         D3Dataset(out, samples_per_class=3)
 
@@ -267,8 +289,14 @@ def test_pixel_archives_refuse_sampling_options(tiny_real, tmp_path):
 def test_merge_expands_to_the_union_of_its_parts(tiny_real, tmp_path):
     first, second = tmp_path / "a.d3", tmp_path / "b.d3"
     compress(tiny_real, first, encoder=tiny_encoder(), budget=14_000, seed=0, progress=False)
-    compress(renamed(tiny_real, "x_"), second, encoder=tiny_encoder(subtasks=2, soft_labels=True), budget=20_000,
-             seed=5, progress=False)
+    compress(
+        renamed(tiny_real, "x_"),
+        second,
+        encoder=tiny_encoder(subtasks=2, soft_labels=True),
+        budget=20_000,
+        seed=5,
+        progress=False,
+    )
     merged = tmp_path / "m.d3"
     result = merge_archives([first, second], merged)
     assert result.budget == 34_000 and merged.stat().st_size <= 34_000 and result.classes == 6
@@ -287,9 +315,16 @@ def test_merge_refuses_overlaps_other_shapes_and_pixel_archives(tiny_real, tmp_p
     compress(tiny_real, a, encoder=tiny_encoder(), budget=14_000, progress=False)
     with pytest.raises(D3Error, match="class 'a' is in archives 1 and 2"):
         merge_archives([a, a], tmp_path / "m.d3")
-    other = RealData("tiny", ["p", "q", "r"], (1, 12, 12), tiny_real.mean, tiny_real.std, tiny_real.train_targets,
-                     TensorImages(tiny_real.train_images[:, :, :12, :12].contiguous(), tiny_real.train_targets),
-                     train_images=tiny_real.train_images[:, :, :12, :12].contiguous())
+    other = RealData(
+        "tiny",
+        ["p", "q", "r"],
+        (1, 12, 12),
+        tiny_real.mean,
+        tiny_real.std,
+        tiny_real.train_targets,
+        TensorImages(tiny_real.train_images[:, :, :12, :12].contiguous(), tiny_real.train_targets),
+        train_images=tiny_real.train_images[:, :, :12, :12].contiguous(),
+    )
     b = tmp_path / "b.d3"
     compress(other, b, encoder=tiny_encoder(), budget=20_000, progress=False)
     with pytest.raises(D3Error, match="image_shape"):
@@ -340,9 +375,14 @@ def test_hostile_d3_archives_raise_format_errors(tiny_real, tmp_path):
         if name == "decoder":
             del tensors["g0.fc.weight"]
 
-    for change in (dict(meta_change=huge_latent), dict(meta_change=gap), dict(tensors_change=nan_prior),
-                   dict(tensors_change=drop_scale),
-                   dict(tensors_change=negative_label), dict(tensors_change=drop_weight)):
+    for change in (
+        dict(meta_change=huge_latent),
+        dict(meta_change=gap),
+        dict(tensors_change=nan_prior),
+        dict(tensors_change=drop_scale),
+        dict(tensors_change=negative_label),
+        dict(tensors_change=drop_weight),
+    ):
         with pytest.raises(D3FormatError):
             D3Dataset(_rewrite(out, **change))
 
@@ -388,7 +428,7 @@ def test_imagenet_layout_with_five_subtasks_reads_images_lazily(tmp_path):
         folder.mkdir(parents=True)
         for i in range(6):
             pixels = rng.integers(0, 50, (40, 48, 3), dtype=np.uint8)
-            pixels[:, c * 8:(c + 1) * 8] = 230  # a class-specific bright band
+            pixels[:, c * 8 : (c + 1) * 8] = 230  # a class-specific bright band
             Image.fromarray(pixels).save(folder / f"n0000000{c}_{i}.JPEG", quality=90)
     real = load_dataset("imagenet", tmp_path, resolution=32)
     assert real.train_images is None and real.image_shape == (3, 32, 32)  # lazy: on disk
@@ -437,13 +477,20 @@ def test_tapered_decoder_halves_its_channels_and_the_spec_reader_decodes_it(tiny
 
     assert decoder_stage_widths("tapered", 256, 4) == [256, 128, 64, 32, 16]
     assert decoder_stage_widths("tapered", 8, 3) == [8, 4, 4, 4]
-    cost = {arch: network_cost(lambda: Decoder(64, (3, 64, 64), 256, arch), lambda: (torch.zeros(1, 64),), "d").macs
-            for arch in ("uniform", "tapered")}
+    cost = {
+        arch: network_cost(lambda: Decoder(64, (3, 64, 64), 256, arch), lambda: (torch.zeros(1, 64),), "d").macs
+        for arch in ("uniform", "tapered")
+    }
     assert cost["tapered"] * 20 < cost["uniform"]  # ImageNet's 64 pixels: the full-size stage dominated
 
     out = tmp_path / "t.d3"
-    compress(tiny_real, out, encoder=tiny_encoder(decoder_architecture="tapered", decoder_width=12), budget=40_000,
-             progress=False)
+    compress(
+        tiny_real,
+        out,
+        encoder=tiny_encoder(decoder_architecture="tapered", decoder_width=12),
+        budget=40_000,
+        progress=False,
+    )
     group = D3Dataset(out).meta["params"]["groups"][0]
     assert group["decoder_architecture"] == "tapered" and group["decoder_width"] == 12
     ds = D3Dataset(out, samples_per_class=3)
@@ -469,9 +516,11 @@ def test_top_k_soft_labels_keep_the_largest_and_spread_the_rest(tiny_real, tmp_p
     assert stored["g0.indices"].dtype == torch.int16 and stored["g0.indices"].tolist() == [[[0, 1]]]
     dense = dense_labels(stored["g0.values"], stored["g0.indices"], 4, "prior_labels", "g0")
     assert torch.allclose(dense, torch.tensor([[[0.7, 0.2, 0.05, 0.05]]]), atol=1e-3)
-    for values, indices in ((torch.tensor([[[0.5, 0.6]]]), torch.tensor([[[0, 1]]])),  # sums past 1
-                            (torch.tensor([[[0.5, 0.1]]]), torch.tensor([[[2, 2]]])),  # a class twice
-                            (torch.tensor([[[0.5, 0.1]]]), torch.tensor([[[0, 4]]]))):  # a class outside
+    for values, indices in (
+        (torch.tensor([[[0.5, 0.6]]]), torch.tensor([[[0, 1]]])),  # sums past 1
+        (torch.tensor([[[0.5, 0.1]]]), torch.tensor([[[2, 2]]])),  # a class twice
+        (torch.tensor([[[0.5, 0.1]]]), torch.tensor([[[0, 4]]])),
+    ):  # a class outside
         with pytest.raises(D3FormatError):
             dense_labels(values.half(), indices.short(), 4, "prior_labels", "g0")
 
@@ -519,8 +568,11 @@ def test_trimming_takes_priors_from_the_fullest_groups_and_slices_every_prior_te
     assert trimmed_priors([5, 5], [2, 3], 4) == [4, 4]  # 3 from the last group, then 2 from the first
     assert trimmed_priors([6, 4], [2, 3], 3) == [4, 4]
     assert trimmed_priors([1, 1], [2, 3], 10) == [1, 1]
-    part = {"priors": {"g0.mean": torch.zeros(2, 5, 3, dtype=torch.int8), "g0.mean.scale": torch.ones(3)},
-            "decoder": {"g0.w": torch.ones(4, 4)}, "prior_labels": {"g0.values": torch.zeros(2, 5, 1)}}
+    part = {
+        "priors": {"g0.mean": torch.zeros(2, 5, 3, dtype=torch.int8), "g0.mean.scale": torch.ones(3)},
+        "decoder": {"g0.w": torch.ones(4, 4)},
+        "prior_labels": {"g0.values": torch.zeros(2, 5, 1)},
+    }
     kept = first_priors(part, 2)
     assert kept["priors"]["g0.mean"].shape == (2, 2, 3) and kept["priors"]["g0.mean.scale"].shape == (3,)
     assert kept["prior_labels"]["g0.values"].shape == (2, 2, 1) and kept["decoder"] is part["decoder"]

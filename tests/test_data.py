@@ -39,9 +39,13 @@ def test_two_processes_unpacking_fashion_mnist_at_once_both_succeed(fake_fashion
 
     monkeypatch.setattr(sources.shutil, "copyfileobj", copy_together)
     with ThreadPoolExecutor(2) as pool:
-        loaded = list(pool.map(lambda _: sources.load_dataset("fashion-mnist", tmp_path / "root", download=False), range(2)))
+        loaded = list(
+            pool.map(lambda _: sources.load_dataset("fashion-mnist", tmp_path / "root", download=False), range(2))
+        )
     assert [r.train_images.shape[0] for r in loaded] == [30, 30]
-    assert sorted(p.name for p in (tmp_path / "root" / "FashionMNIST" / "raw").iterdir()) == sorted(sources.FASHION_MNIST_FILES)
+    assert sorted(p.name for p in (tmp_path / "root" / "FashionMNIST" / "raw").iterdir()) == sorted(
+        sources.FASHION_MNIST_FILES
+    )
 
 
 def test_missing_fashion_mnist_says_where_it_looked_and_how_to_fix(tmp_path, monkeypatch):
@@ -121,7 +125,7 @@ def test_draft_loader_reads_cmyk_grayscale_and_large_jpegs_as_rgb(tmp_path):
     loader = folders.DraftLoader(32)
     for mode, size in (("CMYK", (60, 40)), ("L", (40, 60)), ("RGB", (2400, 1600))):
         path = tmp_path / f"{mode}.JPEG"
-        Image.new(mode, size, 128 if mode == "L" else (10, 20, 30, 40)[:len(mode)]).save(path)
+        Image.new(mode, size, 128 if mode == "L" else (10, 20, 30, 40)[: len(mode)]).save(path)
         image = loader(str(path))
         assert image.mode == "RGB" and min(image.size) >= 32
     assert max(image.size) <= 2400 // 8 * 2  # the large one decoded at a reduced scale
@@ -154,5 +158,13 @@ def test_in_memory_subset_holds_only_its_classes_within_its_bytes(tmp_path):
     assert held.in_memory([1], 1, torch.Generator()) is held  # in memory already: itself
     fm = torch.zeros(4, 1, 2, 2, dtype=torch.uint8)
     with pytest.raises(D3DatasetError):  # a full dataset must still have every class
-        real_data.RealData("x", ["a", "b"], (1, 2, 2), (0.5,), (0.5,), torch.zeros(4, dtype=torch.long),
-                      real_data.TensorImages(fm, torch.zeros(4, dtype=torch.long)), train_images=fm)
+        real_data.RealData(
+            "x",
+            ["a", "b"],
+            (1, 2, 2),
+            (0.5,),
+            (0.5,),
+            torch.zeros(4, dtype=torch.long),
+            real_data.TensorImages(fm, torch.zeros(4, dtype=torch.long)),
+            train_images=fm,
+        )

@@ -16,11 +16,17 @@ SPEC = DatasetSpec("toy", ("cat", "dog"), (1, 4, 4), (0.5,), (0.25,))
 def archive(soft=False, extra=()):
     images = torch.linspace(0, 1, 4 * 16).reshape(4, 1, 4, 4)
     labels = torch.tensor([0, 0, 1, 1])
-    sections = [Section.json("meta", base_meta(SPEC, "pixel", 10_000, None, 0, "t")),
-                Section.tensors("images", encode_images(images, labels, 2, "float32"))]
+    sections = [
+        Section.json("meta", base_meta(SPEC, "pixel", 10_000, None, 0, "t")),
+        Section.tensors("images", encode_images(images, labels, 2, "float32")),
+    ]
     if soft:
-        sections.append(Section.tensors("soft_labels", {"soft_labels": torch.tensor(
-            [[0.9, 0.1], [0.8, 0.2], [0.3, 0.7], [0.1, 0.9]], dtype=torch.float16)}))
+        sections.append(
+            Section.tensors(
+                "soft_labels",
+                {"soft_labels": torch.tensor([[0.9, 0.1], [0.8, 0.2], [0.3, 0.7], [0.1, 0.9]], dtype=torch.float16)},
+            )
+        )
     return encode_archive(sections + list(extra)), images
 
 
@@ -58,31 +64,44 @@ def test_unknown_ancillary_section_is_skipped_unknown_critical_refused():
         D3Dataset(archive(extra=[Section.raw("future", b"hi", critical=True)])[0])
 
 
-@pytest.mark.parametrize("meta_change", [
-    {"format": "zip"}, {"method": "mystery"}, {"dataset": {"classes": []}},
-    {"dataset": {"name": "t", "classes": ["a", "b"], "image_shape": [1, 4], "mean": [0], "std": [1]}},
-    {"dataset": {"name": "t", "classes": ["a", "a"], "image_shape": [1, 4, 4], "mean": [0], "std": [1]}},
-    {"dataset": {"name": "t", "classes": ["a", "b"], "image_shape": [1, 4, 4], "mean": [0], "std": [0]}},
-])
+@pytest.mark.parametrize(
+    "meta_change",
+    [
+        {"format": "zip"},
+        {"method": "mystery"},
+        {"dataset": {"classes": []}},
+        {"dataset": {"name": "t", "classes": ["a", "b"], "image_shape": [1, 4], "mean": [0], "std": [1]}},
+        {"dataset": {"name": "t", "classes": ["a", "a"], "image_shape": [1, 4, 4], "mean": [0], "std": [1]}},
+        {"dataset": {"name": "t", "classes": ["a", "b"], "image_shape": [1, 4, 4], "mean": [0], "std": [0]}},
+    ],
+)
 def test_bad_metadata_raises_d3formaterror(meta_change):
     meta = {**base_meta(SPEC, "pixel", 10_000, None, 0, "t"), **meta_change}
     labels = torch.tensor([0, 1])
-    data = encode_archive([Section.json("meta", meta),
-                           Section.tensors("images", encode_images(torch.zeros(2, 1, 4, 4), labels, 2, "float32"))])
+    data = encode_archive(
+        [
+            Section.json("meta", meta),
+            Section.tensors("images", encode_images(torch.zeros(2, 1, 4, 4), labels, 2, "float32")),
+        ]
+    )
     with pytest.raises(D3FormatError):
         D3Dataset(data)
 
 
-@pytest.mark.parametrize("tensors", [
-    {"images": torch.zeros(2, 1, 4, 4)},  # no labels
-    {"images": torch.zeros(2, 1, 5, 4), "labels": torch.zeros(2, dtype=torch.uint8)},  # wrong shape
-    {"images": torch.zeros(2, 1, 4, 4), "labels": torch.tensor([0, 7], dtype=torch.uint8)},  # label out of range
-    {"images": torch.zeros(2, 1, 4, 4, dtype=torch.uint8), "labels": torch.zeros(2, dtype=torch.uint8)},  # no range
-    {"images": torch.zeros(2, 1, 4, 4, dtype=torch.int32), "labels": torch.zeros(2, dtype=torch.uint8)},
-])
+@pytest.mark.parametrize(
+    "tensors",
+    [
+        {"images": torch.zeros(2, 1, 4, 4)},  # no labels
+        {"images": torch.zeros(2, 1, 5, 4), "labels": torch.zeros(2, dtype=torch.uint8)},  # wrong shape
+        {"images": torch.zeros(2, 1, 4, 4), "labels": torch.tensor([0, 7], dtype=torch.uint8)},  # label out of range
+        {"images": torch.zeros(2, 1, 4, 4, dtype=torch.uint8), "labels": torch.zeros(2, dtype=torch.uint8)},  # no range
+        {"images": torch.zeros(2, 1, 4, 4, dtype=torch.int32), "labels": torch.zeros(2, dtype=torch.uint8)},
+    ],
+)
 def test_bad_image_tensors_raise_d3formaterror(tensors):
-    data = encode_archive([Section.json("meta", base_meta(SPEC, "pixel", 1, None, 0, "t")),
-                           Section.tensors("images", tensors)])
+    data = encode_archive(
+        [Section.json("meta", base_meta(SPEC, "pixel", 1, None, 0, "t")), Section.tensors("images", tensors)]
+    )
     with pytest.raises(D3FormatError):
         D3Dataset(data)
 
@@ -90,7 +109,11 @@ def test_bad_image_tensors_raise_d3formaterror(tensors):
 def test_meta_must_come_first():
     data, _ = archive()
     meta = base_meta(SPEC, "pixel", 1, None, 0, "t")
-    swapped = encode_archive([Section.tensors("images", encode_images(torch.zeros(2, 1, 4, 4), torch.tensor([0, 1]), 2,
-                                                                      "float32")), Section.json("meta", meta)])
+    swapped = encode_archive(
+        [
+            Section.tensors("images", encode_images(torch.zeros(2, 1, 4, 4), torch.tensor([0, 1]), 2, "float32")),
+            Section.json("meta", meta),
+        ]
+    )
     with pytest.raises(D3FormatError, match="first section"):
         D3Dataset(swapped)

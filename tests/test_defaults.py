@@ -38,10 +38,12 @@ def test_class_count_without_loading(image_folder, tmp_path):
 
 
 def test_compress_with_no_method_runs_the_rule(tiny_real, tmp_path):
-    result = d3codec.compress(tiny_real, tmp_path / "a.d3", ipc=1, options={"iterations": 1, "real_per_class": 4},
-                              progress=False)
+    result = d3codec.compress(
+        tiny_real, tmp_path / "a.d3", ipc=1, options={"iterations": 1, "real_per_class": 4}, progress=False
+    )
     config = result.params["config"]
     assert (config["formation"], config["formation_factor"], config["matching"]) == ("dct-variance", 3, "dance")
-    named = d3codec.compress(tiny_real, tmp_path / "b.d3", ipc=1, method="dm", options={"iterations": 1},
-                             progress=False)
+    named = d3codec.compress(
+        tiny_real, tmp_path / "b.d3", ipc=1, method="dm", options={"iterations": 1}, progress=False
+    )
     assert named.params["config"]["formation"] == "pixels"  # a method named keeps its preset's settings

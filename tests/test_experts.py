@@ -25,11 +25,13 @@ def test_pool_is_trained_once_then_read_from_its_cache(tiny_real, tmp_path, monk
     assert all(len(e.states) == 3 for e in pool.experts)  # θ₀, θ₁, θ₂
     first, last = pool.experts[0].states[0], pool.experts[0].states[-1]
     assert any(not torch.equal(first[k], last[k]) for k in first)  # training moved the weights
-    assert not torch.equal(pool.experts[0].states[0]["classifier.weight"],
-                           pool.experts[1].states[0]["classifier.weight"])  # experts differ by their seeds
+    assert not torch.equal(
+        pool.experts[0].states[0]["classifier.weight"], pool.experts[1].states[0]["classifier.weight"]
+    )  # experts differ by their seeds
 
     def no_training(*args, **kwargs):
         raise AssertionError("a cached expert was trained again")
+
     monkeypatch.setattr(experts_module, "train_expert", no_training)
     again = expert_pool(tiny_real, SPEC, tmp_path)
     assert again.trained_seconds == 0
@@ -69,8 +71,10 @@ def test_calibration_term_is_the_experts_cross_entropy_on_the_synthetic_classes(
     batch = MatchingBatch(synthetic, torch.randn(2, 5, 1, 16, 16), expert, expert, [2, 0])
     loss = CalibrationTerm(0.5)(batch)
     logits = expert(synthetic.flatten(0, 1))
-    want = 0.5 * (torch.nn.functional.cross_entropy(logits[:4], torch.full((4,), 2))
-                  + torch.nn.functional.cross_entropy(logits[4:], torch.zeros(4, dtype=torch.long)))
+    want = 0.5 * (
+        torch.nn.functional.cross_entropy(logits[:4], torch.full((4,), 2))
+        + torch.nn.functional.cross_entropy(logits[4:], torch.zeros(4, dtype=torch.long))
+    )
     assert torch.allclose(loss, want)
     loss.backward()
     assert synthetic.grad is not None and synthetic.grad.abs().sum() > 0
@@ -84,8 +88,16 @@ def test_matching_names_are_checked(tiny_real):
 
 
 def dance_encoder(iterations: int) -> DMEncoder:
-    return DMEncoder.from_options("fast", iterations=iterations, real_per_class=8, embed_width=8, matching="dance",
-                                  expert_count=2, expert_epochs=2, images_per_class=2)
+    return DMEncoder.from_options(
+        "fast",
+        iterations=iterations,
+        real_per_class=8,
+        embed_width=8,
+        matching="dance",
+        expert_count=2,
+        expert_epochs=2,
+        images_per_class=2,
+    )
 
 
 def dance_loss(matcher: DistributionMatcher, synthetic: torch.Tensor, terms, seeds) -> float:
@@ -102,8 +114,7 @@ def test_dance_objective_falls_as_synthetic_images_learn(tiny_real, tmp_path):
     pool = expert_pool(tiny_real, SPEC, tmp_path)
     normalise = Normalisation.of(tiny_real, torch.device("cpu"))
     sampler = ClassSampler(tiny_real, [0, 1, 2], 20, torch.Generator().manual_seed(0))
-    matcher = DistributionMatcher((1, 16, 16), 3, sampler.sample, 8, normalise, DSA(), 8, 3, torch.device("cpu"),
-                                  pool)
+    matcher = DistributionMatcher((1, 16, 16), 3, sampler.sample, 8, normalise, DSA(), 8, 3, torch.device("cpu"), pool)
     terms = [FeatureTerm(mean_embedding_loss), CalibrationTerm(1.0)]
     synthetic = torch.randn(3, 4, 1, 16, 16).requires_grad_(True)  # (K, m, C, H, W) noise, far from the data
     before = dance_loss(matcher, synthetic, terms, range(100, 105))
@@ -120,8 +131,9 @@ def test_dm_through_dance_reuses_the_pool_and_is_deterministic(tiny_real, tmp_pa
     monkeypatch.setenv("D3CODEC_EXPERTS", str(tmp_path / "experts"))
     results = {}
     for name in ("first", "again"):
-        results[name] = d3codec.compress(tiny_real, tmp_path / f"{name}.d3", budget=20_000,
-                                         encoder=dance_encoder(5), progress=False)
+        results[name] = d3codec.compress(
+            tiny_real, tmp_path / f"{name}.d3", budget=20_000, encoder=dance_encoder(5), progress=False
+        )
     assert len(list((tmp_path / "experts").iterdir())) == 2
     assert results["first"].stats["expert_seconds"] > 0
     assert results["again"].stats["expert_seconds"] == 0  # the pool came from the cache the first run wrote
@@ -136,8 +148,9 @@ def test_compiled_matching_takes_the_same_steps_as_eager(tiny_real):
     runs = {}
     for compile_ in (False, True):
         sampler = ClassSampler(tiny_real, [0, 1, 2], 20, torch.Generator().manual_seed(0))
-        matcher = DistributionMatcher((1, 16, 16), 3, sampler.sample, 4, normalise, DSA(), 8, 3, torch.device("cpu"),
-                                      compile=compile_)
+        matcher = DistributionMatcher(
+            (1, 16, 16), 3, sampler.sample, 4, normalise, DSA(), 8, 3, torch.device("cpu"), compile=compile_
+        )
         synthetic = torch.randn(3, 2, 1, 16, 16, generator=torch.Generator().manual_seed(1)).requires_grad_(True)
         optimiser, gen = torch.optim.SGD([synthetic], lr=0.1), torch.Generator().manual_seed(0)
         torch.manual_seed(0)
@@ -165,12 +178,14 @@ def test_d3_and_d2m_match_through_the_same_cached_pool(tiny_real, tmp_path, monk
 
     monkeypatch.setenv("D3CODEC_EXPERTS", str(tmp_path / "experts"))
     dance = {"matching": "dance", "expert_count": 1, "expert_epochs": 1}
-    d3 = d3codec.compress(tiny_real, tmp_path / "d3.d3", budget=20_000, progress=False,
-                          encoder=test_d3.tiny_encoder(subtasks=2, **dance))
+    d3 = d3codec.compress(
+        tiny_real, tmp_path / "d3.d3", budget=20_000, progress=False, encoder=test_d3.tiny_encoder(subtasks=2, **dance)
+    )
     pool = list((tmp_path / "experts").iterdir())
     assert len(pool) == 1 and d3.params["config"]["matching"] == "dance"
-    d2m = d3codec.compress(tiny_real, tmp_path / "d2m.d3", budget=30_000, progress=False,
-                           encoder=test_d2m.tiny_encoder(**dance))
+    d2m = d3codec.compress(
+        tiny_real, tmp_path / "d2m.d3", budget=30_000, progress=False, encoder=test_d2m.tiny_encoder(**dance)
+    )
     assert list((tmp_path / "experts").iterdir()) == pool  # the same width and recipe: the same expert, reused
     assert d2m.params["config"]["matching"] == "dance"
     for name in ("d3.d3", "d2m.d3"):

@@ -14,8 +14,26 @@ def run(*args):
 
 
 def test_two_ranks_and_one_process_give_the_same_images(image_folder, tmp_path):
-    common = ["compress", "d3", image_folder, "--subtasks", 2, "--resolution", 16, "--budget", 30_000,
-              "--iterations", 2, "--real-per-class", 4, "--seed", 3, "--device", "cpu", "--quiet"]
+    common = [
+        "compress",
+        "d3",
+        image_folder,
+        "--subtasks",
+        2,
+        "--resolution",
+        16,
+        "--budget",
+        30_000,
+        "--iterations",
+        2,
+        "--real-per-class",
+        4,
+        "--seed",
+        3,
+        "--device",
+        "cpu",
+        "--quiet",
+    ]
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as each of the two workers runs; float sums depend on the thread count
     try:
@@ -46,8 +64,15 @@ def _exchange(device, path):
     net.weight.grad = torch.full_like(net.weight, federated.rank() + 1.0)  # bias: no gradient on either rank
     federated.sum_gradients(list(net.parameters()))
     federated.broadcast_parameters(net)
-    torch.save({"weight": net.weight.detach(), "grad": net.weight.grad, "bias_grad": net.bias.grad,
-                "loss": federated.sum_over_ranks(1.5)}, f"{path}.{federated.rank()}")
+    torch.save(
+        {
+            "weight": net.weight.detach(),
+            "grad": net.weight.grad,
+            "bias_grad": net.bias.grad,
+            "loss": federated.sum_over_ranks(1.5),
+        },
+        f"{path}.{federated.rank()}",
+    )
 
 
 def test_ranks_sum_gradients_and_take_rank_zeros_weights(tmp_path):
@@ -66,11 +91,30 @@ def test_d2m_shares_its_classes_across_two_ranks(image_folder, tmp_path):
     from d3codec.encode.pipeline import compress_with_workers
     from d3codec.methods.d2m import D2MEncoder
 
-    encoder = D2MEncoder.from_options("fast", pretrain_iterations=2, pretrain_batch=4, disc_width=4, iterations=2,
-                                      synthetic_per_class=2, real_per_class=3, embed_width=4, teacher_epochs=0.5,
-                                      teacher_width=4, noise_dim=4, embed_dim=4)
-    result = compress_with_workers(2, str(image_folder), tmp_path / "ranks.d3", encoder=encoder, resolution=16,
-                                   budget=30_000, seed=1, progress=False)
+    encoder = D2MEncoder.from_options(
+        "fast",
+        pretrain_iterations=2,
+        pretrain_batch=4,
+        disc_width=4,
+        iterations=2,
+        synthetic_per_class=2,
+        real_per_class=3,
+        embed_width=4,
+        teacher_epochs=0.5,
+        teacher_width=4,
+        noise_dim=4,
+        embed_dim=4,
+    )
+    result = compress_with_workers(
+        2,
+        str(image_folder),
+        tmp_path / "ranks.d3",
+        encoder=encoder,
+        resolution=16,
+        budget=30_000,
+        seed=1,
+        progress=False,
+    )
     assert result.file_bytes <= 30_000 and result.params["generator_width"] >= 4
     ds = D3Dataset(tmp_path / "ranks.d3", samples_per_class=2)
     assert ds.images.shape == (6, 3, 16, 16) and torch.isfinite(ds.images).all()

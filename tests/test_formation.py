@@ -55,8 +55,7 @@ def test_denormalised_codes_decode_to_the_denormalised_images(formation):
     mean, std = torch.tensor([0.3, 0.4, 0.5]).view(1, 3, 1, 1), torch.tensor([0.2, 0.3, 0.25]).view(1, 3, 1, 1)
     codes = torch.randn(3, *formation.code_shape(SHAPE))
     pixel_codes = formation.denormalise(codes.clone(), mean, std, SHAPE)
-    assert torch.allclose(formation.decode(pixel_codes, SHAPE), formation.decode(codes, SHAPE) * std + mean,
-                          atol=1e-5)
+    assert torch.allclose(formation.decode(pixel_codes, SHAPE), formation.decode(codes, SHAPE) * std + mean, atol=1e-5)
 
 
 def test_lowres_keeps_constants_and_upsamples_to_full_size():
@@ -80,8 +79,13 @@ def test_bad_formations_are_refused_with_the_fix():
 def test_dm_through_a_formation_stores_codes_and_reads_back_full_images(tiny_real, tmp_path, kind):
     encoder = DMEncoder.from_options("fast", iterations=3, real_per_class=8, embed_width=16, formation=kind)
     result = compress(tiny_real, tmp_path / "f.d3", encoder=encoder, budget=6_000, progress=False)
-    pixels = compress(tiny_real, tmp_path / "p.d3", encoder=DMEncoder.from_options(
-        "fast", iterations=3, real_per_class=8, embed_width=16), budget=6_000, progress=False)
+    pixels = compress(
+        tiny_real,
+        tmp_path / "p.d3",
+        encoder=DMEncoder.from_options("fast", iterations=3, real_per_class=8, embed_width=16),
+        budget=6_000,
+        progress=False,
+    )
     ds = D3Dataset(tmp_path / "f.d3")
     c, h, w = tiny_real.image_shape
     codes = D3Reader(tmp_path / "f.d3").read_tensors("images")["images"]
@@ -103,24 +107,27 @@ def _with_formation(path, formation) -> bytes:
     return encode_archive([Section.json("meta", meta), Section.tensors("images", reader.read_tensors("images"))])
 
 
-@pytest.mark.parametrize("formation,message", [
-    ({"kind": "wavelet", "factor": 2}, "kind"),
-    ({"kind": "lowres", "factor": 3}, "must divide"),
-    ({"kind": "lowres", "factor": 10 ** 9}, "factor"),
-    ({"kind": "dct", "factor": 2.0}, "must be an integer"),
-    ({"kind": "dct"}, "kind and factor"),
-    ("dct", "kind and factor"),
-    ({"kind": "dct", "factor": 4}, "images have shape"),  # codes stored for factor 2
-    ({"kind": "pixels", "factor": 2}, "needs a factor of 1"),
-    ({"kind": "lowres", "factor": 2, "mask": ["ff" * 32]}, "belongs to a dct"),
-    ({"kind": "dct", "factor": 2, "mask": "ff"}, "list of hex strings"),
-    ({"kind": "dct", "factor": 2, "mask": [{"a": 1}]}, "list of hex strings"),
-    ({"kind": "dct", "factor": 2, "mask": ["ff" * 8 + "00" * 24, "ff" * 8 + "00" * 24]}, "names 2 channels"),
-    ({"kind": "dct", "factor": 2, "mask": ["ff" * 8 + "00" * 23]}, "hex digits"),
-    ({"kind": "dct", "factor": 2, "mask": ["FF" * 8 + "00" * 24]}, "hex digits"),
-    ({"kind": "dct", "factor": 2, "mask": ["ff" * 7 + "00" * 25]}, "exactly 64"),
-    ({"kind": "dct", "factor": 2, "mask": None}, "list of hex strings"),
-])
+@pytest.mark.parametrize(
+    "formation,message",
+    [
+        ({"kind": "wavelet", "factor": 2}, "kind"),
+        ({"kind": "lowres", "factor": 3}, "must divide"),
+        ({"kind": "lowres", "factor": 10**9}, "factor"),
+        ({"kind": "dct", "factor": 2.0}, "must be an integer"),
+        ({"kind": "dct"}, "kind and factor"),
+        ("dct", "kind and factor"),
+        ({"kind": "dct", "factor": 4}, "images have shape"),  # codes stored for factor 2
+        ({"kind": "pixels", "factor": 2}, "needs a factor of 1"),
+        ({"kind": "lowres", "factor": 2, "mask": ["ff" * 32]}, "belongs to a dct"),
+        ({"kind": "dct", "factor": 2, "mask": "ff"}, "list of hex strings"),
+        ({"kind": "dct", "factor": 2, "mask": [{"a": 1}]}, "list of hex strings"),
+        ({"kind": "dct", "factor": 2, "mask": ["ff" * 8 + "00" * 24, "ff" * 8 + "00" * 24]}, "names 2 channels"),
+        ({"kind": "dct", "factor": 2, "mask": ["ff" * 8 + "00" * 23]}, "hex digits"),
+        ({"kind": "dct", "factor": 2, "mask": ["FF" * 8 + "00" * 24]}, "hex digits"),
+        ({"kind": "dct", "factor": 2, "mask": ["ff" * 7 + "00" * 25]}, "exactly 64"),
+        ({"kind": "dct", "factor": 2, "mask": None}, "list of hex strings"),
+    ],
+)
 def test_a_bad_formation_in_an_archive_is_a_format_error(tiny_real, tmp_path, formation, message):
     encoder = DMEncoder.from_options("fast", iterations=1, real_per_class=4, embed_width=8, formation="dct")
     compress(tiny_real, tmp_path / "f.d3", encoder=encoder, budget=4_000, progress=False)

@@ -49,12 +49,14 @@ def test_the_oracle_reports_other_exceptions_hangs_and_changed_data(seeds_folder
 
     def crash(data, opts=None):
         raise KeyError("params")
+
     monkeypatch.setattr(fuzz_archives, "read_like_a_user", crash)
     assert "KeyError" in fuzz_archives.check_case(original, original, False)
 
     def hang(data, opts=None):
         while True:
             pass
+
     monkeypatch.setattr(fuzz_archives, "read_like_a_user", hang)
     assert "no answer within" in fuzz_archives.check_case(original, original, False, seconds=0.2)
 
@@ -63,6 +65,7 @@ def test_the_oracle_reports_other_exceptions_hangs_and_changed_data(seeds_folder
     def differs(data, opts=None):
         calls.append(data)
         return (fuzz_archives.torch.zeros(1) if data == original else fuzz_archives.torch.ones(1)), None
+
     monkeypatch.setattr(fuzz_archives, "read_like_a_user", differs)
     finding = fuzz_archives.check_case(original, original + b"", True)
     assert finding is None  # unchanged bytes: nothing to compare
@@ -72,6 +75,7 @@ def test_the_oracle_reports_other_exceptions_hangs_and_changed_data(seeds_folder
         block = bytearray(fuzz_archives.CASE_MEMORY_BYTES + (64 << 20))
         block[::4096] = b"x" * len(block[::4096])
         return None, None, None
+
     monkeypatch.setattr(fuzz_archives, "read_like_a_user", hog)
     if fuzz_archives._reset_peak_rss():  # Linux: the kernel's high-water mark can be reset
         assert "peak memory grew" in fuzz_archives.check_case(original, original, False)
@@ -79,6 +83,7 @@ def test_the_oracle_reports_other_exceptions_hangs_and_changed_data(seeds_folder
 
 def test_the_method_layer_writes_consistent_hostile_archives():
     import random
+
     rng = random.Random(3)
     methods, formations, labellers, top_k = set(), 0, 0, 0
     for _ in range(80):
@@ -119,10 +124,17 @@ def test_the_new_families_write_what_they_say(tmp_path):
         assert set(f.keys()) == set(tensors)
     assert fuzz_archives.read_like_a_user(path.read_bytes(), {"operation": "checkpoint"})[0].item() == 5
 
-    recipe = {"classes": ["a", "b"], "images": [[0, "0.png", "png-RGB", [8, 8]], [1, "0.jpg", "jpg-L", [12, 12]]],
-              "hostile": [[what, i % 2, i] for i, what in enumerate(fuzz_archives.FOLDER_HOSTILE)
-                          if not what.startswith(("near-limit", "no-class", "class-link"))],
-              "workers": 0, "repeat": 1}
+    recipe = {
+        "classes": ["a", "b"],
+        "images": [[0, "0.png", "png-RGB", [8, 8]], [1, "0.jpg", "jpg-L", [12, 12]]],
+        "hostile": [
+            [what, i % 2, i]
+            for i, what in enumerate(fuzz_archives.FOLDER_HOSTILE)
+            if not what.startswith(("near-limit", "no-class", "class-link"))
+        ],
+        "workers": 0,
+        "repeat": 1,
+    }
     root = fuzz_archives.build_tree(tmp_path / "t", recipe)
     huge = next(root.glob("*/huge[0-9]*.png"))  # 20 000 × 20 000 pixels in a few KB
     assert os.path.islink(root / "a" / "loop0") and huge.stat().st_size < 1 << 20

@@ -45,6 +45,7 @@ def peak_rss_mib() -> float:
 
 # -- an archive names no local path ----------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("name", ["/proc", "/etc", "../../etc", ".", "fashion-mnist/../../etc"])
 def test_an_archive_naming_a_local_path_is_not_read_as_one(tmp_path, name):
     path = tmp_path / "a.d3"
@@ -69,6 +70,7 @@ def test_a_folder_dataset_is_found_only_under_a_root_the_user_gives(tmp_path):
 
 # -- finite or refused ------------------------------------------------------------------------------------------
 
+
 def _pixel_codes(codes: torch.Tensor, formation: dict, image_shape=(1, 16, 16)) -> bytes:
     k = 2
     n = codes.shape[0]
@@ -89,25 +91,31 @@ def _labelled(data: bytes, change) -> bytes:
     return hostile.with_tensors(encode_archive(sections + [section]), "labeller", change)
 
 
-@pytest.mark.parametrize("case", ["dct codes near 3e38", "labeller scale NaN", "d2m teacher scale NaN",
-                                  "std 1e-50", "mean 1e39"])
+@pytest.mark.parametrize(
+    "case", ["dct codes near 3e38", "labeller scale NaN", "d2m teacher scale NaN", "std 1e-50", "mean 1e39"]
+)
 def test_values_that_are_not_numbers_fail_verify(case):
     if case == "dct codes near 3e38":
         data = _pixel_codes(torch.full((2, 1, 4, 4), 3e38), {"kind": "dct", "factor": 4})
         why = "not finite"
     elif case == "labeller scale NaN":
-        data = _labelled(hostile.pixel_archive(classes=2, image_shape=(1, 8, 8)),
-                         lambda t: t["classifier.weight.scale"].fill_(float("nan")))
+        data = _labelled(
+            hostile.pixel_archive(classes=2, image_shape=(1, 8, 8)),
+            lambda t: t["classifier.weight.scale"].fill_(float("nan")),
+        )
         why = "not finite"
     elif case == "d2m teacher scale NaN":
-        data = hostile.with_tensors(hostile.d2m_archive(classes=2, image_shape=(1, 8, 8), teacher_width=4,
-                                                        dtype="int8"), "teacher",
-                                    lambda t: t["features.0.weight.scale"].fill_(float("nan")))
+        data = hostile.with_tensors(
+            hostile.d2m_archive(classes=2, image_shape=(1, 8, 8), teacher_width=4, dtype="int8"),
+            "teacher",
+            lambda t: t["features.0.weight.scale"].fill_(float("nan")),
+        )
         why = "not finite"
     else:
         key, value = ("std", 1e-50) if case == "std 1e-50" else ("mean", 1e39)
-        data = hostile.pixel_archive(classes=2, image_shape=(1, 8, 8),
-                                     ds={**hostile.dataset(2, (1, 8, 8)), key: [value]})
+        data = hostile.pixel_archive(
+            classes=2, image_shape=(1, 8, 8), ds={**hostile.dataset(2, (1, 8, 8)), key: [value]}
+        )
         why = f"dataset.{key}"
     result = verify_archive(data)
     assert not result.ok and why in result.failure[1], result.failure
@@ -117,11 +125,13 @@ def test_values_that_are_not_numbers_fail_verify(case):
 
 # -- limits that count what is allocated --------------------------------------------------------------------------
 
+
 def test_top_k_labels_are_never_spread_into_a_dense_table():
-    hostile.MAX_VALUES, kept = 10 ** 9, hostile.MAX_VALUES
+    hostile.MAX_VALUES, kept = 10**9, hostile.MAX_VALUES
     try:  # 2 000 classes, 800 priors each, top 1: the dense (K, P, K) float32 table would be 12.8 GB
-        data = hostile.d3_archive(classes=2000, priors_per_class=800, latent_dim=1, label_top_k=1,
-                                  image_shape=(1, 8, 8), decoder_width=4)
+        data = hostile.d3_archive(
+            classes=2000, priors_per_class=800, latent_dim=1, label_top_k=1, image_shape=(1, 8, 8), decoder_width=4
+        )
     finally:
         hostile.MAX_VALUES = kept
     assert len(data) < 6000
@@ -136,8 +146,11 @@ def test_top_k_labels_are_never_spread_into_a_dense_table():
 
 def test_a_small_dct_archive_of_16x_codes_is_refused_by_its_decoded_size():
     n = 1600  # codes of 16 × 16 images at factor 16: 1 value each; the images would take 16 GiB and more
-    data = _pixel_codes(torch.zeros(n, 3, 256, 256, dtype=torch.uint8)[:, :, :16, :16].contiguous(),
-                        {"kind": "dct", "factor": 16}, image_shape=(3, 4096, 4096))
+    data = _pixel_codes(
+        torch.zeros(n, 3, 256, 256, dtype=torch.uint8)[:, :, :16, :16].contiguous(),
+        {"kind": "dct", "factor": 16},
+        image_shape=(3, 4096, 4096),
+    )
     with pytest.raises(D3LimitError, match="max_bytes"):
         D3Dataset(data)
     assert verify_archive(data).failure[0] == "decode budget"
@@ -162,6 +175,7 @@ def test_a_panic_in_safetensors_is_one_format_error(monkeypatch):
 
 # -- costs with no bound -------------------------------------------------------------------------------------------
 
+
 def test_a_bptt_archive_declaring_100000_replay_steps_is_refused(tmp_path):
     from conftest import make_tiny_real
 
@@ -169,9 +183,13 @@ def test_a_bptt_archive_declaring_100000_replay_steps_is_refused(tmp_path):
     from d3codec.methods.pixel import BPTTEncoder
 
     out = tmp_path / "b.d3"
-    compress(make_tiny_real(), out, encoder=BPTTEncoder.from_options("fast", iterations=1, real_per_class=4,
-                                                                     init="random", images_per_class=1),
-             budget=8_000, progress=False)
+    compress(
+        make_tiny_real(),
+        out,
+        encoder=BPTTEncoder.from_options("fast", iterations=1, real_per_class=4, init="random", images_per_class=1),
+        budget=8_000,
+        progress=False,
+    )
     from d3codec.format.container import Content, D3Reader
 
     with D3Reader(out.read_bytes()) as r:
@@ -179,8 +197,10 @@ def test_a_bptt_archive_declaring_100000_replay_steps_is_refused(tmp_path):
         meta = r.read_json("meta")
     meta["params"].update(inner_steps=1, inner_epochs=100_000)
     sections[0] = Section.json("meta", meta)
-    sections = [Section.tensors("schedule", {"step_sizes": torch.full((100_000,), 0.01)}) if s.name == "schedule"
-                else s for s in sections]
+    sections = [
+        Section.tensors("schedule", {"step_sizes": torch.full((100_000,), 0.01)}) if s.name == "schedule" else s
+        for s in sections
+    ]
     hostile_path = tmp_path / "h.d3"
     hostile_path.write_bytes(encode_archive(sections))
     assert hostile_path.stat().st_size < 2000
@@ -192,7 +212,7 @@ def test_a_bptt_archive_declaring_100000_replay_steps_is_refused(tmp_path):
 
 
 def test_verify_of_a_d3_archive_declaring_a_million_priors_per_class_is_bounded():
-    hostile.MAX_VALUES, kept = 10 ** 9, hostile.MAX_VALUES
+    hostile.MAX_VALUES, kept = 10**9, hostile.MAX_VALUES
     try:
         data = hostile.d3_archive(classes=10, priors_per_class=1_000_000, latent_dim=8, soft_labels=False)
     finally:
@@ -202,6 +222,7 @@ def test_verify_of_a_d3_archive_declaring_a_million_priors_per_class_is_bounded(
 
 
 # -- files a user passes in ------------------------------------------------------------------------------------------
+
 
 def _state_file(path, tensors: dict, metadata: dict | None = None):
     from safetensors.torch import save_file
@@ -231,8 +252,9 @@ def test_a_teacher_or_labeller_file_is_checked_before_any_network_is_built(tmp_p
     with pytest.raises(D3Error, match="`teacher`"):
         load_teacher(path, (1, 16, 16), 3)
     assert peak_rss_mib() - before < 512
-    line = one_line_refusal(run("compress", "dm", tmp_path / "nowhere", "--ipc", 1, "-o", tmp_path / "o.d3",
-                                "--labeller", path))
+    line = one_line_refusal(
+        run("compress", "dm", tmp_path / "nowhere", "--ipc", 1, "-o", tmp_path / "o.d3", "--labeller", path)
+    )
     assert "Traceback" not in line
 
 
@@ -246,13 +268,22 @@ def test_a_generator_file_of_nan_weights_is_refused(tmp_path):
         load_generator(path, 3, (1, 16, 16))
 
 
-@pytest.mark.parametrize("edit,why", [(lambda m: m.update(iteration="-1000000000"), "iteration"),
-                                      (lambda m: m.update(iteration="1e9"), "iteration"),
-                                      (lambda m: m.update(opt_groups=m["opt_groups"].replace('"lr":', '"lr":"x",'
-                                                                                             '"_":')), "damaged"),
-                                      (lambda m: m.update(opt_groups=json.dumps(
-                                          {k: [{**g, "lr": 1e308} for g in v]
-                                           for k, v in json.loads(m["opt_groups"]).items()})), "lr")])
+@pytest.mark.parametrize(
+    "edit,why",
+    [
+        (lambda m: m.update(iteration="-1000000000"), "iteration"),
+        (lambda m: m.update(iteration="1e9"), "iteration"),
+        (lambda m: m.update(opt_groups=m["opt_groups"].replace('"lr":', '"lr":"x","_":')), "damaged"),
+        (
+            lambda m: m.update(
+                opt_groups=json.dumps(
+                    {k: [{**g, "lr": 1e308} for g in v] for k, v in json.loads(m["opt_groups"]).items()}
+                )
+            ),
+            "lr",
+        ),
+    ],
+)
 def test_a_damaged_checkpoint_is_refused_in_one_line(tmp_path, edit, why):
     from safetensors import safe_open
     from safetensors.torch import save_file
@@ -276,6 +307,7 @@ def test_a_damaged_checkpoint_is_refused_in_one_line(tmp_path, edit, why):
 
 
 # -- folder datasets that cannot hang --------------------------------------------------------------------------------
+
 
 def _tree(root, per_class: int = 3):
     for c in ("a", "b"):
@@ -322,14 +354,18 @@ def test_a_plan_on_uniform_images_is_bounded_whatever_zstd_says():
     from d3codec.methods.pixel.plan import MIN_COMPRESSION_RATIO, plan_pixel_storage
 
     def sections(n, dtype):
-        return [Section.json("meta", {"format": "d3"}), Section.tensors("images", stored_image_zeros(2 * n, (1, 8, 8),
-                                                                                                    2, dtype))]
+        return [
+            Section.json("meta", {"format": "d3"}),
+            Section.tensors("images", stored_image_zeros(2 * n, (1, 8, 8), 2, dtype)),
+        ]
+
     raw = plan_pixel_storage(100_000, 2, (1, 8, 8), sections)
     planned = plan_pixel_storage(100_000, 2, (1, 8, 8), sections, compression_ratio=0.001)
     assert planned.images_per_class <= raw.images_per_class / MIN_COMPRESSION_RATIO + 2
 
 
 # -- merge and the options --------------------------------------------------------------------------------------------
+
 
 def test_merge_refuses_what_readers_would_refuse(tmp_path):
     from d3codec.methods.d3.merge import merge_archives
@@ -338,25 +374,40 @@ def test_merge_refuses_what_readers_would_refuse(tmp_path):
     for i in range(2):
         ds = {**hostile.dataset(2, (1, 8, 8)), "classes": [f"p{i}c{j}" for j in range(2)]}
         path = tmp_path / f"{i}.d3"
-        path.write_bytes(hostile.d3_archive(classes=2, image_shape=(1, 8, 8), ds=ds,
-                                            extra_meta={"budget": {"bytes": 3 * 2 ** 60}}))
+        path.write_bytes(
+            hostile.d3_archive(classes=2, image_shape=(1, 8, 8), ds=ds, extra_meta={"budget": {"bytes": 3 * 2**60}})
+        )
         paths.append(path)
     with pytest.raises(D3Error, match="refused by readers"):  # 6 · 2^60 bytes summed: past 2^62
         merge_archives(paths, tmp_path / "m.d3")
     assert not (tmp_path / "m.d3").exists()
-    assert merge_archives(paths, tmp_path / "m.d3", budget=10 ** 6).classes == 4
+    assert merge_archives(paths, tmp_path / "m.d3", budget=10**6).classes == 4
     many = {**hostile.dataset(100_000, (1, 8, 8)), "classes": [f"a{i}" for i in range(100_000)]}
-    (tmp_path / "many.d3").write_bytes(hostile.d3_archive(classes=100_000, image_shape=(1, 8, 8), latent_dim=1,
-                                                         priors_per_class=1, decoder_width=1, soft_labels=False,
-                                                         ds=many, groups=100))
+    (tmp_path / "many.d3").write_bytes(
+        hostile.d3_archive(
+            classes=100_000,
+            image_shape=(1, 8, 8),
+            latent_dim=1,
+            priors_per_class=1,
+            decoder_width=1,
+            soft_labels=False,
+            ds=many,
+            groups=100,
+        )
+    )
     with pytest.raises(D3Error, match="dataset.classes"):  # 100 002 classes: more than an archive may hold
-        merge_archives([tmp_path / "many.d3", paths[0]], tmp_path / "m2.d3", budget=10 ** 7)
+        merge_archives([tmp_path / "many.d3", paths[0]], tmp_path / "m2.d3", budget=10**7)
     assert not (tmp_path / "m2.d3").exists()
 
 
-@pytest.mark.parametrize("args,needle", [(("--budget", 4294967296), "--budget"),
-                                         (("--ipc", 1, "--real-per-class", 10 ** 9), "--real-per-class"),
-                                         (("--ipc", 1, "--resolution", 1), "--resolution")])
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (("--budget", 4294967296), "--budget"),
+        (("--ipc", 1, "--real-per-class", 10**9), "--real-per-class"),
+        (("--ipc", 1, "--resolution", 1), "--resolution"),
+    ],
+)
 def test_options_past_what_the_code_can_honour_are_refused_before_work(tmp_path, args, needle):
     line = one_line_refusal(run("compress", "dm", tmp_path / "nowhere", "-o", tmp_path / "o.d3", *args), needle)
     assert "range" in line and not (tmp_path / "o.d3").exists()
@@ -373,13 +424,16 @@ def test_a_labeller_on_images_too_small_for_it_is_refused_in_one_line():
         encoder.plan(spec, 100_000, lambda params: {"format": "d3", "params": params})
 
 
-@pytest.mark.parametrize("failure", [MemoryError(), RuntimeError("[enforce fail at alloc_cpu.cpp:127] "
-                                                                  "DefaultCPUAllocator: can't allocate memory")])
+@pytest.mark.parametrize(
+    "failure",
+    [MemoryError(), RuntimeError("[enforce fail at alloc_cpu.cpp:127] DefaultCPUAllocator: can't allocate memory")],
+)
 def test_an_allocation_that_fails_within_the_limits_is_one_limit_error(monkeypatch, failure):
     import d3codec.decode.dataset
 
     def fail(*args, **kwargs):
         raise failure
+
     monkeypatch.setattr(d3codec.decode.dataset, "_decode", fail)
     with pytest.raises(D3LimitError, match="ran out of memory"):
         D3Dataset(hostile.pixel_archive())
@@ -396,8 +450,11 @@ def test_planning_the_largest_budget_builds_no_placeholder_archive(method):
     spec = DatasetSpec("x", tuple(f"c{i}" for i in range(10)), (1, 28, 28), (0.5,), (0.25,))
     encoder = get_method(method).make_encoder("fast")
     before = peak_rss_mib()
-    plan = encoder.plan(spec, MAX_BUDGET_BYTES, lambda params: {**base_meta(spec, method, MAX_BUDGET_BYTES, None, 0,
-                                                                            "2026-12-07T00:00:00Z"), "params": params})
+    plan = encoder.plan(
+        spec,
+        MAX_BUDGET_BYTES,
+        lambda params: {**base_meta(spec, method, MAX_BUDGET_BYTES, None, 0, "2026-12-07T00:00:00Z"), "params": params},
+    )
     assert peak_rss_mib() - before < 256  # a 2 GiB archive's placeholders were counted, not made
     assert plan.max_bytes <= MAX_BUDGET_BYTES and plan.max_bytes > 0.99 * MAX_BUDGET_BYTES
 
@@ -405,7 +462,9 @@ def test_planning_the_largest_budget_builds_no_placeholder_archive(method):
 def test_a_section_that_cannot_be_loaded_in_the_address_space_left_is_one_limit_error(monkeypatch):
     import d3codec.format.container
 
-    monkeypatch.setattr(d3codec.format.container, "address_space_left", lambda extra: False)  # as under a tight ulimit -v
+    monkeypatch.setattr(
+        d3codec.format.container, "address_space_left", lambda extra: False
+    )  # as under a tight ulimit -v
     with pytest.raises(D3LimitError, match="address space"):  # not a panic of safetensors on a failed allocation
         D3Dataset(hostile.pixel_archive())
     assert verify_archive(hostile.pixel_archive()).failure[0] == "decode budget"

@@ -18,8 +18,9 @@ from d3codec.nn.teacher import train_teacher
 def labelled(tiny_real, tmp_path):
     """A DM archive of the tiny data with a width-8 int8 labeller trained on it added, and the teacher."""
     plain = tmp_path / "plain.d3"
-    d3codec.compress(tiny_real, plain, budget=8_000, options={"iterations": 1, "real_per_class": 4, "embed_width": 8},
-                     progress=False)
+    d3codec.compress(
+        tiny_real, plain, budget=8_000, options={"iterations": 1, "real_per_class": 4, "embed_width": 8}, progress=False
+    )
     teacher, _ = train_teacher(tiny_real, [0, 1, 2], epochs=20, width=8)
     return plain, with_labeller(plain, tmp_path / "labelled.d3", teacher.net), teacher
 
@@ -30,8 +31,9 @@ def with_labeller(source, target, net, meta_patch=None, section=True):
     described, stored = labeller_parts(net, 2.0, "int8")
     with D3Reader(source) as reader:
         meta = reader.read_json("meta")
-        sections = [Section.tensors(s.name, reader.read_tensors(s.name), critical=s.critical)
-                    for s in reader.sections[1:]]
+        sections = [
+            Section.tensors(s.name, reader.read_tensors(s.name), critical=s.critical) for s in reader.sections[1:]
+        ]
     meta["labeller"] = {**described, **(meta_patch or {})}
     extra = len(stored.payload) + 4096  # the plain archive fills its budget: the labeller's bytes come on top
     meta["budget"]["bytes"] += extra
@@ -54,8 +56,16 @@ def test_the_labeller_gives_the_teachers_soft_labels_and_trains_a_student(labell
     assert (probabilities - want).abs().max() < 0.05
 
     test_x, test_y = students.test_split(tiny_real)
-    accuracy, _ = students.train_student(ds.images, ds.labeller, 3, ds.mean, ds.std, (test_x, test_y),
-                                         students.StudentConfig(model="mlp", epochs=40, dsa=True), seed=0)
+    accuracy, _ = students.train_student(
+        ds.images,
+        ds.labeller,
+        3,
+        ds.mean,
+        ds.std,
+        (test_x, test_y),
+        students.StudentConfig(model="mlp", epochs=40, dsa=True),
+        seed=0,
+    )
     assert accuracy > 0.8  # the tiny classes are separable; chance is 1/3
 
     evaluation = d3codec.evaluate(path, dataset=tiny_real, device="cpu", epochs=1, runs=1, model="mlp")
@@ -70,16 +80,20 @@ def test_the_labeller_gives_the_teachers_soft_labels_and_trains_a_student(labell
 
 def test_a_labeller_that_does_not_match_its_description_is_refused(labelled, tmp_path):
     plain, path, teacher = labelled
-    for patch, section, message in (({"width": 16}, True, "labeller"), ({}, False, "no 'labeller' section"),
-                                    ({"dtype": "int4"}, True, "labeller.dtype"),
-                                    ({"temperature": 0}, True, "labeller.temperature")):
+    for patch, section, message in (
+        ({"width": 16}, True, "labeller"),
+        ({}, False, "no 'labeller' section"),
+        ({"dtype": "int4"}, True, "labeller.dtype"),
+        ({"temperature": 0}, True, "labeller.temperature"),
+    ):
         bad = with_labeller(plain, tmp_path / "bad.d3", teacher.net, patch, section)
         with pytest.raises(D3FormatError, match=message):
             D3Dataset(bad)
     with D3Reader(path) as reader:  # the section without meta.labeller
         meta = reader.read_json("meta")
-        sections = [Section.tensors(s.name, reader.read_tensors(s.name), critical=s.critical)
-                    for s in reader.sections[1:]]
+        sections = [
+            Section.tensors(s.name, reader.read_tensors(s.name), critical=s.critical) for s in reader.sections[1:]
+        ]
     del meta["labeller"]
     (tmp_path / "orphan.d3").write_bytes(encode_archive([Section.json("meta", meta)] + sections))
     with pytest.raises(D3FormatError, match="meta.labeller does not describe it"):
@@ -92,8 +106,9 @@ def test_any_method_stores_a_labeller_within_its_budget(tiny_real, tmp_path):
 
     dm = get_method("dm").make_encoder("fast", {"iterations": 1, "real_per_class": 4, "embed_width": 8})
     out = tmp_path / "l.d3"
-    result = d3codec.compress(tiny_real, out, budget=12_000, encoder=LabelledEncoder(dm, LabellerConfig(4, 1.0)),
-                              progress=False)
+    result = d3codec.compress(
+        tiny_real, out, budget=12_000, encoder=LabelledEncoder(dm, LabellerConfig(4, 1.0)), progress=False
+    )
     ds = D3Dataset(out)
     assert out.stat().st_size <= 12_000 and ds.meta["labeller"]["width"] == 4 and ds.labeller is not None
     assert 0 <= result.stats["labeller_accuracy"] <= 1 and result.stats["labeller_seconds"] > 0
@@ -101,8 +116,9 @@ def test_any_method_stores_a_labeller_within_its_budget(tiny_real, tmp_path):
     assert result.params["images_per_class"] < alone.params["images_per_class"]  # the labeller's bytes come first
 
     with pytest.raises(d3codec.D3BudgetError, match="labeller"):
-        d3codec.compress(tiny_real, tmp_path / "x.d3", budget=1_500, encoder=LabelledEncoder(dm, LabellerConfig(4)),
-                         progress=False)
+        d3codec.compress(
+            tiny_real, tmp_path / "x.d3", budget=1_500, encoder=LabelledEncoder(dm, LabellerConfig(4)), progress=False
+        )
 
 
 def test_the_command_line_stores_a_labeller_and_eval_uses_it_online(tiny_real, tmp_path, monkeypatch):
@@ -115,15 +131,47 @@ def test_the_command_line_stores_a_labeller_and_eval_uses_it_online(tiny_real, t
     monkeypatch.setattr(d3codec.data.sources, "archive_dataset", lambda *a, **k: tiny_real)
     run = lambda *a: CliRunner().invoke(main, [str(v) for v in a], catch_exceptions=False)  # noqa: E731
     out = tmp_path / "l.d3"
-    r = run("compress", "dm", "tiny", "--budget", 12_000, "--iterations", 1, "--real-per-class", 4,
-            "--labeller-width", 4, "--labeller-epochs", 1, "-o", out, "--device", "cpu", "--quiet")
+    r = run(
+        "compress",
+        "dm",
+        "tiny",
+        "--budget",
+        12_000,
+        "--iterations",
+        1,
+        "--real-per-class",
+        4,
+        "--labeller-width",
+        4,
+        "--labeller-epochs",
+        1,
+        "-o",
+        out,
+        "--device",
+        "cpu",
+        "--quiet",
+    )
     assert r.exit_code == 0, r.output
     assert D3Dataset(out).meta["labeller"] == {"network": "convnet3", "width": 4, "temperature": 1.0, "dtype": "int8"}
     r = run("eval", out, "--epochs", 1, "--runs", 1, "--model", "mlp", "--device", "cpu", "--json")
     assert r.exit_code == 0, r.output
     assert "labelled online" in json.loads(r.stdout)["rows"][0]["name"]  # JSON alone on stdout
-    r = run("compress", "d3", "tiny", "--budget", 12_000, "--labeller-width", 4, "--workers", 2, "-o",
-            tmp_path / "f.d3", "--device", "cpu", "--quiet")
+    r = run(
+        "compress",
+        "d3",
+        "tiny",
+        "--budget",
+        12_000,
+        "--labeller-width",
+        4,
+        "--workers",
+        2,
+        "-o",
+        tmp_path / "f.d3",
+        "--device",
+        "cpu",
+        "--quiet",
+    )
     assert r.exit_code != 0 and "does not store a labeller yet" in r.output  # refused before any worker starts
 
 
@@ -131,8 +179,9 @@ def test_the_fair_baseline_gives_real_images_the_same_labeller_and_ranking_uses_
     from d3codec.evaluation.ranking import label_robust_score
 
     _, archive, _ = labelled
-    result = d3codec.evaluate(archive, dataset=tiny_real, device="cpu", epochs=2, runs=1, model="mlp",
-                              baseline="random-real", ranking=True)
+    result = d3codec.evaluate(
+        archive, dataset=tiny_real, device="cpu", epochs=2, runs=1, model="mlp", baseline="random-real", ranking=True
+    )
     rows = {row.name.split(" labelled")[0]: row for row in result.rows}
     with D3Reader(archive) as reader:
         labeller_bytes = d3codec.decode.labeller.stored_bytes(reader)
@@ -148,7 +197,7 @@ def test_the_fair_baseline_gives_real_images_the_same_labeller_and_ranking_uses_
     assert ranking.random == fair.mean and ranking.hard == rows["archive (pixel, hard labels)"].mean
     assert ranking.hlr is None and ranking.lrs is None  # no full-data accuracy for the tiny data
     assert ranking.ior == pytest.approx(ranking.labelled - ranking.random)
-    assert label_robust_score(0.0, 0.0) == pytest.approx((1 - 2.718281828 ** -1) / (2.718281828 - 2.718281828 ** -1))
+    assert label_robust_score(0.0, 0.0) == pytest.approx((1 - 2.718281828**-1) / (2.718281828 - 2.718281828**-1))
     assert label_robust_score(-1.0, 1.0) == pytest.approx(1.0) and label_robust_score(1.0, -1.0) == pytest.approx(0.0)
 
 
@@ -173,8 +222,26 @@ def test_the_budget_rule_picks_the_widest_labeller_within_its_share(tiny_real, t
     c, h, _ = tiny_real.image_shape
     expected = auto_width(tiny_real.image_shape, tiny_real.num_classes, 40_000)
     assert expected is not None
-    r = run("compress", "dm", "tiny", "--budget", 40_000, "--iterations", 1, "--real-per-class", 4,
-            "--labeller-width", "auto", "--labeller-epochs", 0.5, "-o", tmp_path / "a.d3", "--device", "cpu", "--quiet")
+    r = run(
+        "compress",
+        "dm",
+        "tiny",
+        "--budget",
+        40_000,
+        "--iterations",
+        1,
+        "--real-per-class",
+        4,
+        "--labeller-width",
+        "auto",
+        "--labeller-epochs",
+        0.5,
+        "-o",
+        tmp_path / "a.d3",
+        "--device",
+        "cpu",
+        "--quiet",
+    )
     assert r.exit_code == 0, r.output
     assert D3Dataset(tmp_path / "a.d3").meta["labeller"]["width"] == expected
     r = run("compress", "dm", "tiny", "--budget", 40_000, "--labeller-width", "wide", "-o", tmp_path / "b.d3")

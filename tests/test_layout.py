@@ -56,13 +56,14 @@ def import_graph(mods: dict[str, Path]) -> dict[str, set[str]]:
     for name, path in mods.items():
         package = name if path.name == "__init__.py" else name.rpartition(".")[0]
         tree = ast.parse(path.read_text())
-        typing_only = {id(n) for block in ast.walk(tree) if _type_checking(block)
-                       for stmt in block.body for n in ast.walk(stmt)}
+        typing_only = {
+            id(n) for block in ast.walk(tree) if _type_checking(block) for stmt in block.body for n in ast.walk(stmt)
+        }
         for node in ast.walk(tree):
             if id(node) in typing_only:  # annotations only: no import at run time, no layering
                 continue
             if isinstance(node, ast.ImportFrom):
-                base = package.split(".")[:len(package.split(".")) - node.level + 1] if node.level else []
+                base = package.split(".")[: len(package.split(".")) - node.level + 1] if node.level else []
                 target = ".".join(base + ([node.module] if node.module else []))
                 subs = [f"{target}.{a.name}" for a in node.names if f"{target}.{a.name}" in mods]
                 targets = subs or [target]
@@ -76,8 +77,9 @@ def import_graph(mods: dict[str, Path]) -> dict[str, set[str]]:
 
 def _type_checking(node: ast.AST) -> bool:
     """Whether ``node`` is an ``if TYPE_CHECKING:`` block (imports for annotations alone)."""
-    return isinstance(node, ast.If) and (getattr(node.test, "id", None) == "TYPE_CHECKING"
-                                         or getattr(node.test, "attr", None) == "TYPE_CHECKING")
+    return isinstance(node, ast.If) and (
+        getattr(node.test, "id", None) == "TYPE_CHECKING" or getattr(node.test, "attr", None) == "TYPE_CHECKING"
+    )
 
 
 def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
@@ -114,7 +116,10 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 
 def test_no_module_imports_itself_through_others():
     graph = import_graph(modules())
-    assert graph["d3codec.encode.pipeline"] >= {"d3codec.encode.federated", "d3codec.format.meta"}  # the graph sees real imports
+    assert graph["d3codec.encode.pipeline"] >= {
+        "d3codec.encode.federated",
+        "d3codec.format.meta",
+    }  # the graph sees real imports
     assert cycles(graph) == []
 
 
@@ -129,8 +134,9 @@ def test_no_import_runs_up_a_layer():
 def test_no_module_imports_a_path_of_d3codec_0_1():
     from d3codec._compat import MOVED
 
-    old = [f"{name} → {target}" for name, path in modules().items()
-           for target in _imported_names(path) if target in MOVED]
+    old = [
+        f"{name} → {target}" for name, path in modules().items() for target in _imported_names(path) if target in MOVED
+    ]
     assert old == []
 
 
@@ -168,7 +174,9 @@ def test_modules_are_short():
 
 
 def test_an_import_for_annotations_alone_is_no_layering():
-    tree = ast.parse("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import d3codec.cli\nimport d3codec.format")
+    tree = ast.parse(
+        "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import d3codec.cli\nimport d3codec.format"
+    )
     blocks = [n for n in ast.walk(tree) if _type_checking(n)]
     assert len(blocks) == 1 and not _type_checking(tree.body[0])
 

@@ -13,8 +13,14 @@ from d3codec.format.limits import DEFAULT_LIMITS
 from d3codec.format.meta import open_archive
 
 VECTORS = Path(__file__).resolve().parent.parent / "spec" / "vectors"
-SAMPLED = ["d3-int8-two-groups.d3", "d3-float16-rgb.d3", "d3-tapered-topk.d3", "d2m-int8.d3", "d2m-int8-teacher.d3",
-           "d2m-upconv-v1.d3"]
+SAMPLED = [
+    "d3-int8-two-groups.d3",
+    "d3-float16-rgb.d3",
+    "d3-tapered-topk.d3",
+    "d2m-int8.d3",
+    "d2m-int8-teacher.d3",
+    "d2m-upconv-v1.d3",
+]
 
 
 def sampler_of(data: bytes):
@@ -114,9 +120,12 @@ def test_expand_refuses_more_files_or_bytes_than_allowed_before_writing_and_stre
     assert files == len(ds) and size >= len(ds) * ds.image_shape[0] * ds.image_shape[1] * ds.image_shape[2]
     run = lambda *a: CliRunner().invoke(main, [str(x) for x in a])  # noqa: E731
     refused = run("expand", path, "-o", tmp_path / "png", "--samples-per-class", 40, "--max-files", files - 1)
-    assert refused.exit_code != 0 and f"raise --max-files to {files}" in refused.output and not (tmp_path / "png").exists()
-    refused = run("expand", path, "-o", tmp_path / "pt", "--format", "pt", "--samples-per-class", 40,
-                  "--max-output-bytes", 1000)
+    assert (
+        refused.exit_code != 0 and f"raise --max-files to {files}" in refused.output and not (tmp_path / "png").exists()
+    )
+    refused = run(
+        "expand", path, "-o", tmp_path / "pt", "--format", "pt", "--samples-per-class", 40, "--max-output-bytes", 1000
+    )
     assert refused.exit_code != 0 and "--max-output-bytes" in refused.output and not (tmp_path / "pt").exists()
     written = run("expand", path, "-o", tmp_path / "png", "--samples-per-class", 40, "--grid", tmp_path / "g.png")
     assert written.exit_code == 0, written.output
@@ -153,8 +162,11 @@ def test_a_student_trains_on_a_lazy_dataset_a_batch_at_a_time_as_on_its_tensors(
     test = (torch.rand(8, *shape, generator=torch.Generator().manual_seed(0)), torch.arange(8) % k)
     weights = []
     tested = students.test_accuracy
-    monkeypatch.setattr(students, "test_accuracy", lambda net, *a: (weights.append(
-        {n: v.clone() for n, v in net.state_dict().items()}), tested(net, *a))[1])
+    monkeypatch.setattr(
+        students,
+        "test_accuracy",
+        lambda net, *a: (weights.append({n: v.clone() for n, v in net.state_dict().items()}), tested(net, *a))[1],
+    )
     config = students.StudentConfig(model="mlp", epochs=3, batch_size=4, dsa=False, compile="off")
     students.train_student(ds.images, ds.soft_labels, k, ds.mean, ds.std, test, config, seed=1)
     lazy = D3Dataset(data, samples_per_class=6)
@@ -172,9 +184,21 @@ def test_evaluate_streams_a_lazy_draw_too_large_to_hold(tiny_real, tmp_path, mon
     from d3codec.methods.d2m import D2MEncoder
 
     path = tmp_path / "g.d3"
-    encoder = D2MEncoder.from_options("fast", None, None, None, pretrain_iterations=2, pretrain_batch=8, disc_width=4,
-                                      iterations=1, synthetic_per_class=4, real_per_class=6, embed_width=8,
-                                      noise_dim=4, embed_dim=4)
+    encoder = D2MEncoder.from_options(
+        "fast",
+        None,
+        None,
+        None,
+        pretrain_iterations=2,
+        pretrain_batch=8,
+        disc_width=4,
+        iterations=1,
+        synthetic_per_class=4,
+        real_per_class=6,
+        embed_width=8,
+        noise_dim=4,
+        embed_dim=4,
+    )
     d3codec.compress(tiny_real, path, encoder=encoder, budget=12_000, progress=False)
     monkeypatch.setattr(evaluation, "STREAM_ABOVE_BYTES", 0)  # every draw counts as too large
     monkeypatch.setattr(D3Dataset, "_materialise", lambda self: pytest.fail("the draw was decoded whole"))

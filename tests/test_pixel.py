@@ -57,6 +57,7 @@ def test_archive_holds_the_planned_images_with_labels_in_class_order(tiny_real, 
 
 def test_uint8_storage_error_is_within_half_a_step(tiny_real):
     from d3codec.format.storage import decode_images, encode_images
+
     images = torch.rand(6, 1, 16, 16) * 1.4 - 0.2
     labels = torch.tensor([0, 0, 1, 1, 2, 2])
     decoded, got_labels = decode_images(encode_images(images, labels, 3, "uint8"), 3, (1, 16, 16))

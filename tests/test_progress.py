@@ -31,8 +31,11 @@ def test_stages_name_their_bars_and_estimate_the_time_the_whole_run_has_left(mon
     monkeypatch.setattr(progress.time, "monotonic", lambda: clock[0])
     monkeypatch.setattr(progress, "LOG_SECONDS", 0.0)
     log = io.StringIO()
-    stages = progress.Stages("D3", [progress.Stage("teacher", 10), progress.Stage("warm start", 30),
-                                    progress.Stage("matching", 60)], stream=log)
+    stages = progress.Stages(
+        "D3",
+        [progress.Stage("teacher", 10), progress.Stage("warm start", 30), progress.Stage("matching", 60)],
+        stream=log,
+    )
     with stages.stage("teacher"):  # a bar made inside, by code that knows no stages, is the stage's
         for _ in progress.progress_bar(range(10), "teacher", unit="step"):
             clock[0] += 1.0  # one unit of work a second

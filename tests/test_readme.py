@@ -28,6 +28,15 @@ def test_ci_runs_exactly_the_readme_test_command():
 
 def test_main_job_pins_torch_and_runs_every_step():
     main_job = bash_blocks((ROOT / "README.md").read_text())[0]
-    for step in ("torch==2.14.1", "torchvision==0.29.1", "dataset-fashion-mnist", "d3 compress fashion-mnist --ipc 1 ",
-                 "d3 info", "d3 expand", "--grid", "d3 eval", "--baseline random-real"):
+    for step in (
+        "torch==2.14.1",
+        "torchvision==0.29.1",
+        "dataset-fashion-mnist",
+        "d3 compress fashion-mnist --ipc 1 ",
+        "d3 info",
+        "d3 expand",
+        "--grid",
+        "d3 eval",
+        "--baseline random-real",
+    ):
         assert step in main_job

@@ -68,8 +68,10 @@ class ToyEncoder(Encoder):
     def distill(self, real, plan, *, device, seed, progress=True) -> Encoded:
         k = real.num_classes
         images = torch.full((k, *real.image_shape), self.config.brightness)
-        return Encoded([Section.tensors("images", {"images": images, "labels": torch.arange(k, dtype=torch.int32)})],
-                       {"brightness": self.config.brightness})
+        return Encoded(
+            [Section.tensors("images", {"images": images, "labels": torch.arange(k, dtype=torch.int32)})],
+            {"brightness": self.config.brightness},
+        )
 
 
 def decode_toy(reader, meta, limits=None):
@@ -77,16 +79,23 @@ def decode_toy(reader, meta, limits=None):
     return tensors["images"].float(), tensors["labels"].long(), None
 
 
-TOY_KIND = ArchiveKind("toy", {"meta": True, "images": True}, decode=decode_toy,
-                       describe=lambda params: "one constant image per class")
+TOY_KIND = ArchiveKind(
+    "toy", {"meta": True, "images": True}, decode=decode_toy, describe=lambda params: "one constant image per class"
+)
 
 
 @pytest.fixture
 def toy():
     register_archive_kind(TOY_KIND)
-    method = register_method(Method("toy", "A toy: one constant image per class.", "toy", ToyEncoder,
-                                    (Option("--brightness", "brightness", "Every pixel's value.", kind="float",
-                                            low=0.0, high=1.0),)))
+    method = register_method(
+        Method(
+            "toy",
+            "A toy: one constant image per class.",
+            "toy",
+            ToyEncoder,
+            (Option("--brightness", "brightness", "Every pixel's value.", kind="float", low=0.0, high=1.0),),
+        )
+    )
     yield method
     unregister("toy")
 
@@ -119,8 +128,22 @@ def test_a_toy_method_registered_once_shows_everywhere(toy, image_folder, tmp_pa
     assert "[default: 0.25 (fast), 0.75 (paper)]" in " ".join(own.output.split())
 
     out = tmp_path / "t.d3"
-    r = run("compress", "toy", image_folder, "--resolution", 8, "--budget", 20_000, "--brightness", 0.5, "-o", out,
-            "--device", "cpu", "--quiet")
+    r = run(
+        "compress",
+        "toy",
+        image_folder,
+        "--resolution",
+        8,
+        "--budget",
+        20_000,
+        "--brightness",
+        0.5,
+        "-o",
+        out,
+        "--device",
+        "cpu",
+        "--quiet",
+    )
     assert r.exit_code == 0, r.output
     assert "one constant image per class" in r.output
     info = json.loads(run("info", out, "--json").output)
@@ -130,14 +153,30 @@ def test_a_toy_method_registered_once_shows_everywhere(toy, image_folder, tmp_pa
     assert len(ds) == 3 and torch.all(ds.images == 0.5)
 
     from d3codec.encode.pipeline import compress
+
     compress(tiny_real, tmp_path / "api.d3", method="toy", budget=20_000, progress=False)
     assert torch.all(D3Dataset(tmp_path / "api.d3").images == 0.25)
 
 
 def test_an_unregistered_kind_is_refused_with_the_kinds_this_version_reads(toy, image_folder, tmp_path):
     out = tmp_path / "t.d3"
-    assert run("compress", "toy", image_folder, "--resolution", 8, "--budget", 20_000, "-o", out, "--quiet",
-               "--device", "cpu").exit_code == 0
+    assert (
+        run(
+            "compress",
+            "toy",
+            image_folder,
+            "--resolution",
+            8,
+            "--budget",
+            20_000,
+            "-o",
+            out,
+            "--quiet",
+            "--device",
+            "cpu",
+        ).exit_code
+        == 0
+    )
     unregister("toy")
     try:
         r = run("info", out)
@@ -149,9 +188,32 @@ def test_an_unregistered_kind_is_refused_with_the_kinds_this_version_reads(toy, 
 
 def test_the_old_method_and_objective_spelling_still_runs_with_a_notice(image_folder, tmp_path, tiny_real):
     out = tmp_path / "b.d3"
-    r = run("compress", image_folder, "--method", "pixel", "--objective=bptt", "--resolution", 16, "--budget", 8_000,
-            "--init", "random", "--images-per-class", 2, "--inner-epochs", 1, "--iterations", 1, "--real-per-class", 4,
-            "-o", out, "--device", "cpu", "--quiet")
+    r = run(
+        "compress",
+        image_folder,
+        "--method",
+        "pixel",
+        "--objective=bptt",
+        "--resolution",
+        16,
+        "--budget",
+        8_000,
+        "--init",
+        "random",
+        "--images-per-class",
+        2,
+        "--inner-epochs",
+        1,
+        "--iterations",
+        1,
+        "--real-per-class",
+        4,
+        "-o",
+        out,
+        "--device",
+        "cpu",
+        "--quiet",
+    )
     assert r.exit_code == 0, r.output
     assert "deprecated" in r.output and "d3 compress bptt DATASET" in r.output
     assert D3Dataset(out).schedule is not None
@@ -160,6 +222,7 @@ def test_the_old_method_and_objective_spelling_still_runs_with_a_notice(image_fo
     r = run("compress", "dm", image_folder, "--method", "d3", "--budget", 8_000, "-o", out)
     assert r.exit_code == 2 and "keep one" in r.output
     from d3codec.encode.pipeline import compress
+
     with pytest.warns(DeprecationWarning, match='now called "dm"'):
         with pytest.raises(ValueError, match="exactly one of `ipc`"):
             compress(tiny_real, out, method="pixel")
@@ -169,14 +232,34 @@ def test_presets_take_overrides_of_their_fields_types_only():
     from d3codec.encode.interface import preset_config
     from d3codec.methods.d3 import PRESETS
 
-    config = preset_config(PRESETS, "fast", {"iterations": "30", "latent_dim": 8.0, "soft_labels": "false",
-                                             "lr_priors": "0.5", "decoder_dtype": "float16", "subtasks": None})
-    assert (config.iterations, config.latent_dim, config.soft_labels, config.lr_priors, config.decoder_dtype,
-            config.subtasks) == (30, 8, False, 0.5, "float16", 1)
-    for bad, needle in [({"iterations": 2.5}, "iterations must be int, not 2.5"),
-                        ({"iterations": True}, "iterations must be int"), ({"soft_labels": 1}, "must be bool"),
-                        ({"lr_priors": "inf"}, "must be float"), ({"decoder_dtype": 8}, "must be str"),
-                        ({"colour": 1}, "D3Config has no field colour; its fields: iterations")]:
+    config = preset_config(
+        PRESETS,
+        "fast",
+        {
+            "iterations": "30",
+            "latent_dim": 8.0,
+            "soft_labels": "false",
+            "lr_priors": "0.5",
+            "decoder_dtype": "float16",
+            "subtasks": None,
+        },
+    )
+    assert (
+        config.iterations,
+        config.latent_dim,
+        config.soft_labels,
+        config.lr_priors,
+        config.decoder_dtype,
+        config.subtasks,
+    ) == (30, 8, False, 0.5, "float16", 1)
+    for bad, needle in [
+        ({"iterations": 2.5}, "iterations must be int, not 2.5"),
+        ({"iterations": True}, "iterations must be int"),
+        ({"soft_labels": 1}, "must be bool"),
+        ({"lr_priors": "inf"}, "must be float"),
+        ({"decoder_dtype": 8}, "must be str"),
+        ({"colour": 1}, "D3Config has no field colour; its fields: iterations"),
+    ]:
         with pytest.raises(ValueError, match=needle):
             preset_config(PRESETS, "fast", bad)
 
@@ -196,8 +279,23 @@ def test_compress_refuses_a_picture_or_an_existing_archive_as_output_before_any_
 
 def test_the_dataset_says_how_its_images_and_labels_were_made(toy, image_folder, tmp_path):
     out = tmp_path / "t.d3"
-    assert run("compress", "toy", image_folder, "--resolution", 8, "--budget", 20_000, "-o", out, "--quiet",
-               "--device", "cpu").exit_code == 0
+    assert (
+        run(
+            "compress",
+            "toy",
+            image_folder,
+            "--resolution",
+            8,
+            "--budget",
+            20_000,
+            "-o",
+            out,
+            "--quiet",
+            "--device",
+            "cpu",
+        ).exit_code
+        == 0
+    )
     ds = D3Dataset(out)
     assert torch.equal(ds.targets, torch.arange(3)) and ds.targets.dtype == torch.int64
     assert "images=3 (stored in the archive)" in repr(ds) and "targets: hard labels" in repr(ds)
@@ -205,15 +303,29 @@ def test_the_dataset_says_how_its_images_and_labels_were_made(toy, image_folder,
 
 def test_compress_and_verify_speak_json_for_scripts(toy, image_folder, tmp_path):
     out = tmp_path / "t.d3"
-    r = run("compress", "toy", image_folder, "--resolution", 8, "--budget", 20_000, "-o", out, "--quiet",
-            "--device", "cpu", "--json")
+    r = run(
+        "compress",
+        "toy",
+        image_folder,
+        "--resolution",
+        8,
+        "--budget",
+        20_000,
+        "-o",
+        out,
+        "--quiet",
+        "--device",
+        "cpu",
+        "--json",
+    )
     assert r.exit_code == 0, r.output
     report = json.loads(r.output.splitlines()[-1])
     assert report["file_bytes"] == out.stat().st_size and report["budget"] == 20_000 and report["method"] == "toy"
     assert report["stored"] == "one constant image per class" and report["params"] == {"brightness": 0.25}
     checks = json.loads(run("verify", out, "--json").output)
-    assert checks["ok"] and checks["failure"] is None and [c[0] for c in checks["checks"]][:2] == ["container",
-                                                                                                  "sections"]
+    assert (
+        checks["ok"] and checks["failure"] is None and [c[0] for c in checks["checks"]][:2] == ["container", "sections"]
+    )
     data = bytearray(out.read_bytes())
     data[-3] ^= 0xFF
     (tmp_path / "bad.d3").write_bytes(bytes(data))

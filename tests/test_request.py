@@ -26,8 +26,16 @@ def test_refusals_name_the_field_to_change_before_any_work(tmp_path):
 
 
 def test_a_request_runs_end_to_end_and_its_checkpoint_policy_holds(image_folder, tmp_path):
-    request = CompressRequest("dm", str(image_folder), tmp_path / "x.d3", budget=8_000, resolution=16,
-                              options={"iterations": 2, "real_per_class": 4}, device="cpu", progress=False)
+    request = CompressRequest(
+        "dm",
+        str(image_folder),
+        tmp_path / "x.d3",
+        budget=8_000,
+        resolution=16,
+        options={"iterations": 2, "real_per_class": 4},
+        device="cpu",
+        progress=False,
+    )
     with pytest.raises(D3RequestError) as nothing:  # insisting on a checkpoint there is none of
         prepare(CompressRequest(**{**request.__dict__, "resume": "resume"}))
     assert nothing.value.field == "resume"
@@ -40,8 +48,9 @@ def test_a_request_runs_end_to_end_and_its_checkpoint_policy_holds(image_folder,
 
 
 def test_a_labeller_is_refused_where_the_run_is_federated(tmp_path):
-    request = CompressRequest("d3", "fashion-mnist", tmp_path / "x.d3", ipc=1, workers=2,
-                              labeller=LabellerRequest(width=8))
+    request = CompressRequest(
+        "d3", "fashion-mnist", tmp_path / "x.d3", ipc=1, workers=2, labeller=LabellerRequest(width=8)
+    )
     with pytest.raises(D3RequestError) as refused:
         prepare(request)
     assert refused.value.field == "labeller"

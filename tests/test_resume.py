@@ -76,13 +76,16 @@ def stop_after_saving(monkeypatch, iteration: int, file_name: str | None = None)
         real_save(self, it, *args)
         if it == iteration and file_name in (None, self.path.name):
             raise Interrupted()
+
     monkeypatch.setattr(checkpoint_module.Checkpoint, "save", save_then_stop)
 
 
 def test_dm_resumes_after_an_interruption_and_refuses_another_runs_checkpoint(tiny_real, tmp_path, monkeypatch):
     def encoder(**kw):
-        return DMEncoder.from_options("fast", tmp_path / "dm.ckpt", checkpoint_seconds=0, iterations=8,
-                                         real_per_class=4, embed_width=8, **kw)
+        return DMEncoder.from_options(
+            "fast", tmp_path / "dm.ckpt", checkpoint_seconds=0, iterations=8, real_per_class=4, embed_width=8, **kw
+        )
+
     compress(tiny_real, tmp_path / "reference.d3", encoder=encoder(), budget=6_000, seed=1, progress=False)
 
     stop_after_saving(monkeypatch, 3)
@@ -106,9 +109,25 @@ def test_d2m_fine_tuning_resumes_after_an_interruption_to_the_same_generator(tin
 
     def encoder(name):
         return d2m.D2MEncoder.from_options(
-            "fast", None, None, tmp_path / f"{name}.pretrain", tmp_path / f"{name}.ckpt", checkpoint_seconds=0,
-            pretrain_iterations=4, pretrain_batch=8, disc_width=4, iterations=5, synthetic_per_class=4,
-            real_per_class=6, embed_width=8, teacher_epochs=1.0, teacher_width=8, noise_dim=4, embed_dim=4)
+            "fast",
+            None,
+            None,
+            tmp_path / f"{name}.pretrain",
+            tmp_path / f"{name}.ckpt",
+            checkpoint_seconds=0,
+            pretrain_iterations=4,
+            pretrain_batch=8,
+            disc_width=4,
+            iterations=5,
+            synthetic_per_class=4,
+            real_per_class=6,
+            embed_width=8,
+            teacher_epochs=1.0,
+            teacher_width=8,
+            noise_dim=4,
+            embed_dim=4,
+        )
+
     compress(tiny_real, tmp_path / "reference.d3", encoder=encoder("reference"), budget=12_000, seed=1, progress=False)
     assert not (tmp_path / "reference.ckpt").exists()  # deleted once the archive is written
 
@@ -123,6 +142,7 @@ def test_d2m_fine_tuning_resumes_after_an_interruption_to_the_same_generator(tin
 
     def must_not_run(*args, **kwargs):
         raise AssertionError("a resumed fine-tuning ran pre-training or the teacher again")
+
     monkeypatch.setattr(d2m.D2MEncoder, "pretrain", must_not_run)
     monkeypatch.setattr(d2m_encoder, "train_teacher", must_not_run)
     compress(tiny_real, tmp_path / "g.d3", encoder=encoder("g"), budget=12_000, seed=1, progress=False)
@@ -143,8 +163,20 @@ def test_d3_resumes_each_subtask_from_its_checkpoint_to_the_same_archive(tiny_re
 
     def encoder(name):
         return d3.D3Encoder.from_options(
-            "fast", None, tmp_path / f"{name}.ckpt", checkpoint_seconds=0, subtasks=2, iterations=5, init_iterations=5,
-            real_per_class=6, synthetic_per_class=4, embed_width=8, teacher_epochs=1.0, teacher_width=8)
+            "fast",
+            None,
+            tmp_path / f"{name}.ckpt",
+            checkpoint_seconds=0,
+            subtasks=2,
+            iterations=5,
+            init_iterations=5,
+            real_per_class=6,
+            synthetic_per_class=4,
+            embed_width=8,
+            teacher_epochs=1.0,
+            teacher_width=8,
+        )
+
     compress(tiny_real, tmp_path / "reference.d3", encoder=encoder("reference"), budget=30_000, seed=1, progress=False)
     assert not list(tmp_path.glob("reference.g*.ckpt"))  # deleted once the archive is written
 
@@ -160,6 +192,7 @@ def test_d3_resumes_each_subtask_from_its_checkpoint_to_the_same_archive(tiny_re
 
     def must_not_run(*args, **kwargs):
         raise AssertionError("a resumed subtask ran its warm start or its teacher again")
+
     monkeypatch.setattr(d3_encoder, "fit_decoder", must_not_run)
     monkeypatch.setattr(d3_encoder, "train_teacher", must_not_run)
     compress(tiny_real, tmp_path / "s.d3", encoder=encoder("s"), budget=30_000, seed=1, progress=False)
@@ -178,30 +211,72 @@ def full_disk_encoder(method: str, folder: Path):
     from d3codec.methods.d3 import D3Encoder
 
     if method == "dm":
-        return DMEncoder.from_options("fast", folder / "x.ckpt", iterations=5, real_per_class=4, embed_width=8), \
-            "x.ckpt", 5
+        return (
+            DMEncoder.from_options("fast", folder / "x.ckpt", iterations=5, real_per_class=4, embed_width=8),
+            "x.ckpt",
+            5,
+        )
     if method == "d2m":
-        return D2MEncoder.from_options(
-            "fast", None, None, folder / "x.pretrain", folder / "x.ckpt", pretrain_iterations=2, pretrain_batch=8,
-            disc_width=4, iterations=2, synthetic_per_class=4, real_per_class=6, embed_width=8, teacher_epochs=1.0,
-            teacher_width=8, noise_dim=4, embed_dim=4), "x.ckpt", 2
-    return D3Encoder.from_options("fast", None, folder / "x.ckpt", iterations=3, init_iterations=2, real_per_class=6,
-                                  synthetic_per_class=4, embed_width=8, teacher_epochs=1.0, teacher_width=8), \
-        "x.g0.ckpt", 3
+        return (
+            D2MEncoder.from_options(
+                "fast",
+                None,
+                None,
+                folder / "x.pretrain",
+                folder / "x.ckpt",
+                pretrain_iterations=2,
+                pretrain_batch=8,
+                disc_width=4,
+                iterations=2,
+                synthetic_per_class=4,
+                real_per_class=6,
+                embed_width=8,
+                teacher_epochs=1.0,
+                teacher_width=8,
+                noise_dim=4,
+                embed_dim=4,
+            ),
+            "x.ckpt",
+            2,
+        )
+    return (
+        D3Encoder.from_options(
+            "fast",
+            None,
+            folder / "x.ckpt",
+            iterations=3,
+            init_iterations=2,
+            real_per_class=6,
+            synthetic_per_class=4,
+            embed_width=8,
+            teacher_epochs=1.0,
+            teacher_width=8,
+        ),
+        "x.g0.ckpt",
+        3,
+    )
 
 
 @pytest.mark.parametrize("method", ["dm", "d2m", "d3"])
-def test_a_full_disk_at_the_end_names_the_checkpoint_and_the_next_run_only_writes(method, tiny_real, tmp_path,
-                                                                                   monkeypatch):
+def test_a_full_disk_at_the_end_names_the_checkpoint_and_the_next_run_only_writes(
+    method, tiny_real, tmp_path, monkeypatch
+):
     import d3codec.encode.pipeline
 
     budget = 20_000
     (tmp_path / "r").mkdir()  # the uninterrupted run checkpoints elsewhere
-    compress(tiny_real, tmp_path / "reference.d3", encoder=full_disk_encoder(method, tmp_path / "r")[0], budget=budget,
-             seed=1, progress=False)
+    compress(
+        tiny_real,
+        tmp_path / "reference.d3",
+        encoder=full_disk_encoder(method, tmp_path / "r")[0],
+        budget=budget,
+        seed=1,
+        progress=False,
+    )
 
     def disk_full(*args, **kwargs):
         raise OSError(28, "No space left on device")
+
     monkeypatch.setattr(d3codec.encode.pipeline, "write_atomic", disk_full)
     encoder, kept, iterations = full_disk_encoder(method, tmp_path)
     with pytest.raises(OSError, match=f"No space left on device.*kept in .*{kept}.*run the same command again"):
@@ -209,8 +284,14 @@ def test_a_full_disk_at_the_end_names_the_checkpoint_and_the_next_run_only_write
     assert not (tmp_path / "x.d3").exists() and (tmp_path / kept).exists()
 
     monkeypatch.undo()
-    compress(tiny_real, tmp_path / "x.d3", encoder=full_disk_encoder(method, tmp_path)[0], budget=budget, seed=1,
-             progress=False)
+    compress(
+        tiny_real,
+        tmp_path / "x.d3",
+        encoder=full_disk_encoder(method, tmp_path)[0],
+        budget=budget,
+        seed=1,
+        progress=False,
+    )
     assert D3Dataset(tmp_path / "x.d3").meta["stats"]["resumed_at_iteration"] == iterations  # nothing distilled again
     assert method_sections(tmp_path / "x.d3") == method_sections(tmp_path / "reference.d3")
     assert not (tmp_path / kept).exists()
@@ -251,18 +332,24 @@ def test_a_checkpoint_restores_tensors_and_modules_and_calls_a_mismatch_damaged(
     opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
     net(images).sum().backward()
     opt.step()
-    Checkpoint(tmp_path / "c.ckpt", "test", "run").save(7, {"images": images}, {"sgd": opt}, torch.Generator(),
-                                                        {"net": net})
+    Checkpoint(tmp_path / "c.ckpt", "test", "run").save(
+        7, {"images": images}, {"sgd": opt}, torch.Generator(), {"net": net}
+    )
 
     fresh, fresh_images = torch.nn.Linear(2, 3), torch.zeros(4, 2)
     fresh_opt = torch.optim.SGD(fresh.parameters(), lr=0.1, momentum=0.9)
     iteration, saved = Checkpoint(tmp_path / "c.ckpt", "test", "run").resume(
-        {"sgd": fresh_opt}, torch.Generator(), torch.device("cpu"), {"images": fresh_images}, {"net": fresh})
+        {"sgd": fresh_opt}, torch.Generator(), torch.device("cpu"), {"images": fresh_images}, {"net": fresh}
+    )
     assert iteration == 7 and torch.equal(fresh_images, images) and torch.equal(fresh.weight, net.weight)
     assert set(saved) == {"images", "net.weight", "net.bias"}
 
-    for learned, modules in [({"missing": torch.zeros(1)}, {}), ({}, {"net": torch.nn.Linear(2, 4)}),
-                             ({}, {"other": torch.nn.Linear(2, 3)})]:
+    for learned, modules in [
+        ({"missing": torch.zeros(1)}, {}),
+        ({}, {"net": torch.nn.Linear(2, 4)}),
+        ({}, {"other": torch.nn.Linear(2, 3)}),
+    ]:
         with pytest.raises(D3Error, match="is damaged"):
             Checkpoint(tmp_path / "c.ckpt", "test", "run").resume(
-                {"sgd": fresh_opt}, torch.Generator(), torch.device("cpu"), learned, modules)
+                {"sgd": fresh_opt}, torch.Generator(), torch.device("cpu"), learned, modules
+            )

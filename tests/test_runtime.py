@@ -36,11 +36,19 @@ PAGES = (64 << 20) // 4096  # pages of one 64 MiB buffer
 
 
 def probe(**env: str) -> dict:
-    clean = {k: v for k, v in os.environ.items()
-             if not k.startswith("MALLOC_") and k not in ("GLIBC_TUNABLES", "D3CODEC_MALLOC")}
-    done = subprocess.run([sys.executable, "-c", f"ROUNDS = {ROUNDS}" + PROBE], env={**clean, **env},
-                          capture_output=True, text=True,
-                          timeout=120, check=True)
+    clean = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("MALLOC_") and k not in ("GLIBC_TUNABLES", "D3CODEC_MALLOC")
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", f"ROUNDS = {ROUNDS}" + PROBE],
+        env={**clean, **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 

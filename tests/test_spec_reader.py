@@ -65,18 +65,41 @@ def test_vectors_cover_formations_top_k_labeller_tapered_upconv_v1_and_the_budge
     assert {p.get("architecture") for p in params} >= {"upconv-v1", "upconv-v2"}
     labelled = [v for v in ARCHIVES if "labeller" in meta_of(v)]
     assert labelled and all(e.get("labeller") for v in labelled for e in v["expect"])
-    assert all(set(e["budget"]) == {"default_draw", "output_bytes", "decoded_values", "labeller_values"}
-               for v in ARCHIVES for e in v["expect"])
-    capped = [v for v in ARCHIVES if meta_of(v)["method"] == "d2m"
-              and v["expect"][0]["budget"]["default_draw"][0] < meta_of(v)["params"]["samples_per_class"]]
+    assert all(
+        set(e["budget"]) == {"default_draw", "output_bytes", "decoded_values", "labeller_values"}
+        for v in ARCHIVES
+        for e in v["expect"]
+    )
+    capped = [
+        v
+        for v in ARCHIVES
+        if meta_of(v)["method"] == "d2m"
+        and v["expect"][0]["budget"]["default_draw"][0] < meta_of(v)["params"]["samples_per_class"]
+    ]
     assert capped  # a default draw that the cap of §4 lowers
     refused = {v["file"] for v in REFUSED}
-    assert {"neg-formation-kind.d3", "neg-formation-factor.d3", "neg-dct-factor-empty.d3", "neg-formation-codes-shape.d3",
-            "neg-dct-overflow.d3", "neg-topk-index-range.d3", "neg-topk-index-repeated.d3", "neg-topk-sum.d3",
-            "neg-labeller-no-meta.d3", "neg-labeller-no-section.d3", "neg-labeller-scale-inf.d3", "neg-weight-inf.d3",
-            "neg-bptt-empty-class.d3", "neg-decoder-width-6-4px.d3", "neg-dct-mask-lowres.d3", "neg-dct-mask-bits.d3",
-            "neg-dct-mask-length.d3", "neg-dct-mask-uppercase.d3", "neg-dct-mask-padding.d3",
-            "neg-dct-mask-channels.d3"} <= refused
+    assert {
+        "neg-formation-kind.d3",
+        "neg-formation-factor.d3",
+        "neg-dct-factor-empty.d3",
+        "neg-formation-codes-shape.d3",
+        "neg-dct-overflow.d3",
+        "neg-topk-index-range.d3",
+        "neg-topk-index-repeated.d3",
+        "neg-topk-sum.d3",
+        "neg-labeller-no-meta.d3",
+        "neg-labeller-no-section.d3",
+        "neg-labeller-scale-inf.d3",
+        "neg-weight-inf.d3",
+        "neg-bptt-empty-class.d3",
+        "neg-decoder-width-6-4px.d3",
+        "neg-dct-mask-lowres.d3",
+        "neg-dct-mask-bits.d3",
+        "neg-dct-mask-length.d3",
+        "neg-dct-mask-uppercase.d3",
+        "neg-dct-mask-padding.d3",
+        "neg-dct-mask-channels.d3",
+    } <= refused
 
 
 def test_every_float16_value_in_the_vectors_is_the_binary16_stored():
@@ -108,10 +131,16 @@ def test_the_spec_reader_reads_every_vector_as_its_inputs(vector):
                 np.testing.assert_array_equal(got["value"][key], expected)
 
 
-@pytest.mark.parametrize("vector", [v for v in ARCHIVES if v["version"] == "1.1" or
-                                    not any(s["json"].get("method") in ("d3", "d2m")
-                                            for s in v["sections"] if s["name"] == "meta")],
-                         ids=lambda v: v["file"])
+@pytest.mark.parametrize(
+    "vector",
+    [
+        v
+        for v in ARCHIVES
+        if v["version"] == "1.1"
+        or not any(s["json"].get("method") in ("d3", "d2m") for s in v["sections"] if s["name"] == "meta")
+    ],
+    ids=lambda v: v["file"],
+)
 def test_the_spec_reader_reproduces_every_expansion(vector):
     data = (SPEC / vector["file"]).read_bytes()
     for want in vector["expect"]:
@@ -149,7 +178,7 @@ def test_the_spec_reader_refuses_every_negative_vector(vector):
 def test_the_spec_noise_matches_splitmix64_and_is_a_standard_normal():
     assert int(spec_reader.key(0)[0]) == 0xE220A8397B1DCDAF  # SplitMix64's first output from state 0 (§5.4)
     x = spec_reader.noise(11, 2, 4, 2500, 5).astype(np.float64)  # 50 000 values
-    assert abs(x.mean()) < 0.02 and abs(x.std() - 1) < 0.02 and abs((x ** 4).mean() - 3) < 0.15
+    assert abs(x.mean()) < 0.02 and abs(x.std() - 1) < 0.02 and abs((x**4).mean() - 3) < 0.15
     s = np.random.default_rng(0).random(10_000)
     np.testing.assert_allclose(spec_reader.ln(s), np.log(s), rtol=1e-15)
 
@@ -170,7 +199,13 @@ def test_the_spec_reader_refuses_what_the_spec_says_to_refuse(damage):
 def test_d3codec_stays_out_of_the_spec_reader_process_namespace():
     # importing the spec reader alone never pulls d3codec in with it
     import subprocess
+
     code = "import sys; sys.path.insert(0, 'tests'); import spec_reader; print('d3codec' in sys.modules)"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         cwd=Path(__file__).resolve().parent.parent, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).resolve().parent.parent,
+        check=True,
+    )
     assert out.stdout.strip() == "False"

@@ -39,6 +39,7 @@ def one_line_refusal(result, *needles):
 
 # -- expansion bombs ----------------------------------------------------------------------------
 
+
 def test_a_tiny_d3_archive_declaring_a_million_megapixels_draws_what_it_is_worth(tmp_path):
     data = hostile.d3_archive(classes=1, image_shape=(1, 4096, 4096), priors_per_class=1000, soft_labels=False)
     assert len(data) < 2000
@@ -46,7 +47,7 @@ def test_a_tiny_d3_archive_declaring_a_million_megapixels_draws_what_it_is_worth
     assert len(ds) == 1 and ds.images.shape == (1, 1, 4096, 4096)
     with pytest.raises(D3LimitError, match="max_bytes") as error:  # asking for one image a prior is refused
         D3Dataset(data, samples_per_class=1000)
-    assert error.value.value > 1000 * 4096 ** 2 * 4 and error.value.option == "--max-bytes"
+    assert error.value.value > 1000 * 4096**2 * 4 and error.value.option == "--max-bytes"
     assert verify_archive(data).ok
     path = tmp_path / "bomb.d3"
     path.write_bytes(data)
@@ -72,8 +73,9 @@ def test_a_pixel_archive_of_no_images_and_a_huge_grid_are_refused():
         D3Dataset(empty)
     assert not verify_archive(empty).ok
     # the grid's canvas is checked before it is allocated: 100 rows of 4096-pixel images
-    big = types.SimpleNamespace(image_shape=(3, 4096, 4096), classes=[str(i) for i in range(100)],
-                                labels=torch.arange(100), images=None)
+    big = types.SimpleNamespace(
+        image_shape=(3, 4096, 4096), classes=[str(i) for i in range(100)], labels=torch.arange(100), images=None
+    )
     with pytest.raises(D3LimitError, match="--max-grid-pixels"):
         grid_image(big)
     small = D3Dataset(hostile.pixel_archive(classes=3, image_shape=(1, 8, 8)))
@@ -83,12 +85,13 @@ def test_a_pixel_archive_of_no_images_and_a_huge_grid_are_refused():
 
 
 def test_a_wide_decoder_at_a_megapixel_is_refused_by_its_multiply_adds():
-    data = hostile.d3_archive(classes=1, image_shape=(1, 1024, 1024), priors_per_class=1, decoder_width=256,
-                              soft_labels=False)
+    data = hostile.d3_archive(
+        classes=1, image_shape=(1, 1024, 1024), priors_per_class=1, decoder_width=256, soft_labels=False
+    )
     assert len(data) < 3000
     result = verify_archive(data)
     assert result.failure[0] == "decode budget" and "multiply-adds" in result.failure[1]
-    raised = DecodeLimits(max_macs_per_image=10 ** 13, max_bytes=1)
+    raised = DecodeLimits(max_macs_per_image=10**13, max_bytes=1)
     with pytest.raises(D3LimitError, match="max_bytes"):  # raising one limit leaves the others in force
         D3Dataset(data, limits=raised)
 
@@ -120,8 +123,12 @@ def test_a_million_one_pixel_images_count_their_fixed_work_and_the_grid_reads_th
     assert len(D3Dataset(data, samples_per_class=3, limits=tight)) == 3000
     gen = torch.Generator().manual_seed(0)
     labels = torch.arange(1000).repeat(3)[torch.randperm(3000, generator=gen)]  # classes interleaved
-    mixed = types.SimpleNamespace(image_shape=(1, 1, 1), classes=[str(c) for c in range(1000)], labels=labels,
-                                  images=torch.rand(3000, 1, 1, 1, generator=gen))
+    mixed = types.SimpleNamespace(
+        image_shape=(1, 1, 1),
+        classes=[str(c) for c in range(1000)],
+        labels=labels,
+        images=torch.rand(3000, 1, 1, 1, generator=gen),
+    )
     grid = torch.tensor(np.array(grid_image(mixed, pad=0)), dtype=torch.long).view(1000, 3)  # (H, W) grey pixels
     for cl in (0, 517, 999):  # row c: class c's images in the order they come
         want = mixed.images[mixed.labels == cl].flatten()
@@ -131,21 +138,24 @@ def test_a_million_one_pixel_images_count_their_fixed_work_and_the_grid_reads_th
 def test_a_users_samples_per_class_is_bounded_too():
     data = hostile.d3_archive(classes=10, image_shape=(1, 28, 28))  # Fashion-MNIST's shape: 3·10^7 images, 94 GB
     with pytest.raises(D3LimitError, match="max_bytes=N in Python"):
-        D3Dataset(data, samples_per_class=3 * 10 ** 6)
-    assert len(D3Dataset(data, samples_per_class=10 ** 3, max_bytes=10 ** 8)) == 10_000
+        D3Dataset(data, samples_per_class=3 * 10**6)
+    assert len(D3Dataset(data, samples_per_class=10**3, max_bytes=10**8)) == 10_000
     with pytest.raises(D3LimitError):
-        D3Dataset(data, samples_per_class=10 ** 3, max_bytes=10 ** 5)
+        D3Dataset(data, samples_per_class=10**3, max_bytes=10**5)
     with pytest.raises(ValueError, match="positive integer"):
         D3Dataset(data, samples_per_class=0)
 
 
 # -- malformed values: D3FormatError, never another exception ----------------------------------
 
-@pytest.mark.parametrize("builder,field", [(hostile.d2m_archive, '"noise_dim":3'),
-                                           (hostile.d3_archive, '"latent_dim":3')])
+
+@pytest.mark.parametrize(
+    "builder,field", [(hostile.d2m_archive, '"noise_dim":3'), (hostile.d3_archive, '"latent_dim":3')]
+)
 def test_numbers_that_overflow_are_refused(builder, field, tmp_path):
     data = builder()
     from d3codec.format.container import D3Reader
+
     with D3Reader(data) as r:
         text = r.read_bytes("meta").decode()
     assert field in text
@@ -162,6 +172,7 @@ def test_numbers_that_overflow_are_refused(builder, field, tmp_path):
 def test_duplicate_keys_and_integers_written_as_floats_are_refused():
     data = hostile.d2m_archive()
     from d3codec.format.container import D3Reader
+
     with D3Reader(data) as r:
         text = r.read_bytes("meta").decode()
     with pytest.raises(D3FormatError, match="appears twice"):
@@ -180,6 +191,7 @@ def test_merge_of_parts_with_hostile_budgets_is_refused(tmp_path):
     a, b = tmp_path / "a.d3", tmp_path / "b.d3"
     a.write_bytes(hostile.d3_archive(ds={**hostile.dataset(2), "classes": ["x", "y"]}))
     from d3codec.format.container import D3Reader
+
     with D3Reader(hostile.d3_archive()) as r:
         text = r.read_bytes("meta").decode()
     b.write_bytes(hostile.with_meta_text(hostile.d3_archive(), text.replace('"bytes":1000000000', '"bytes":[1,2]')))
@@ -189,11 +201,19 @@ def test_merge_of_parts_with_hostile_budgets_is_refused(tmp_path):
     b.write_bytes(hostile.with_meta_text(hostile.d3_archive(), federated))
     with pytest.raises(D3FormatError, match="overflows"):
         merge_archives([a, b], tmp_path / "m.d3")
-    b.write_bytes(hostile.with_meta_text(hostile.d3_archive(), text.replace('"format":"d3"',
-                                                                            '"federated":{"budget":"x"},"format":"d3"')))
-    a.write_bytes(hostile.with_meta_text(hostile.d3_archive(ds={**hostile.dataset(2), "classes": ["x", "y"]}),
-                                         text.replace('"classes":["c0","c1"]', '"classes":["x","y"]').replace(
-                                             '"format":"d3"', '"federated":{"budget":"x"},"format":"d3"')))
+    b.write_bytes(
+        hostile.with_meta_text(
+            hostile.d3_archive(), text.replace('"format":"d3"', '"federated":{"budget":"x"},"format":"d3"')
+        )
+    )
+    a.write_bytes(
+        hostile.with_meta_text(
+            hostile.d3_archive(ds={**hostile.dataset(2), "classes": ["x", "y"]}),
+            text.replace('"classes":["c0","c1"]', '"classes":["x","y"]').replace(
+                '"format":"d3"', '"federated":{"budget":"x"},"format":"d3"'
+            ),
+        )
+    )
     with pytest.raises(D3FormatError, match="federated.budget"):
         merge_archives([a, b], tmp_path / "m.d3")
     one_line_refusal(run("merge", a, b, "-o", tmp_path / "m.d3"), "federated.budget")
@@ -204,6 +224,7 @@ def test_the_spec_rules_on_values_dtypes_and_flags():
     ok = hostile.pixel_archive()
     assert len(D3Dataset(ok)) == 2
     from d3codec.format.container import D3Reader
+
     with D3Reader(ok) as r:
         text = r.read_bytes("meta").decode()
     infinite = hostile.with_meta_text(ok, text.replace('"std":[0.25]', '"std":[1e400]'))
@@ -226,6 +247,7 @@ def test_the_spec_rules_on_values_dtypes_and_flags():
 
 def test_d3_soft_labels_must_be_probabilities():
     from d3codec.format.container import Content, D3Reader, Section, encode_archive
+
     data = hostile.d3_archive()
     with D3Reader(data) as r:
         sections = [Section(s.name, r.read_bytes(s.name), Content(s.content), s.critical) for s in r.sections]
@@ -236,6 +258,7 @@ def test_d3_soft_labels_must_be_probabilities():
 
 # -- nothing from an archive reaches a terminal raw -----------------------------------------------
 
+
 def test_info_and_verify_escape_control_characters_and_cut_long_strings(tmp_path):
     path = tmp_path / "t.d3"
     name = "\x1b]0;owned\x07\x1b[2J\u202e" + "n" * (15 << 20)
@@ -244,31 +267,42 @@ def test_info_and_verify_escape_control_characters_and_cut_long_strings(tmp_path
         result = run(*args)
         assert result.exit_code == 0, result.output[:500]
         assert len(result.output) < 20_000 and f"{len(name)} characters" in result.output
-        assert not any(ord(ch) < 32 and ch != "\n" or 0x7f <= ord(ch) < 0xa0 or ch == "\u202e"
-                       for ch in result.output)
+        assert not any(ord(ch) < 32 and ch != "\n" or 0x7F <= ord(ch) < 0xA0 or ch == "\u202e" for ch in result.output)
     info = json.loads(run("info", path, "--json").output)  # complete for scripts, JSON-escaped
     assert info["meta"]["dataset"]["name"] == name
 
 
 def test_a_budget_that_is_not_an_integer_is_refused_before_it_is_printed(tmp_path):
     from d3codec.format.container import D3Reader
+
     with D3Reader(hostile.pixel_archive()) as r:
         text = r.read_bytes("meta").decode()
     path = tmp_path / "b.d3"
-    path.write_bytes(hostile.with_meta_text(hostile.pixel_archive(), text.replace(
-        '"bytes":1000000000', '"bytes":"\\u001b[2J"')))
+    path.write_bytes(
+        hostile.with_meta_text(hostile.pixel_archive(), text.replace('"bytes":1000000000', '"bytes":"\\u001b[2J"'))
+    )
     line = one_line_refusal(run("info", path), "budget.bytes")
     assert "\x1b" not in line
 
 
 # -- command-line input, checked before any work ----------------------------------------------------
 
-@pytest.mark.parametrize("args,needle", [
-    (("--ipc", "nan"), "not a finite number"), (("--ipc", "inf"), "not a finite number"),
-    (("--ipc", "-1"), "above 0"), (("--iterations", "0"), "--iterations"), (("--iterations", "-3"), "--iterations"),
-    (("--budget", str(1 << 40)), "--budget"), (("--device", "bogus"), "unknown device"),
-    (("--device", "cuda:7"), "cuda:7"), (("--priors-per-class", "0"), "--priors-per-class"), (("--seed", "-1"), "--seed"),
-])
+
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (("--ipc", "nan"), "not a finite number"),
+        (("--ipc", "inf"), "not a finite number"),
+        (("--ipc", "-1"), "above 0"),
+        (("--iterations", "0"), "--iterations"),
+        (("--iterations", "-3"), "--iterations"),
+        (("--budget", str(1 << 40)), "--budget"),
+        (("--device", "bogus"), "unknown device"),
+        (("--device", "cuda:7"), "cuda:7"),
+        (("--priors-per-class", "0"), "--priors-per-class"),
+        (("--seed", "-1"), "--seed"),
+    ],
+)
 def test_compress_options_are_checked_before_the_data_loads(args, needle, tmp_path):
     base = {"--ipc": "1"} if "--ipc" not in args and "--budget" not in args else {}
     flat = [x for kv in base.items() for x in kv]
@@ -278,8 +312,9 @@ def test_compress_options_are_checked_before_the_data_loads(args, needle, tmp_pa
 
 
 def test_an_ipc_too_large_is_refused_before_planning(image_folder, tmp_path):
-    line = one_line_refusal(run("compress", image_folder, "--resolution", 16, "--ipc", "1e9", "-o", tmp_path / "x.d3"),
-                            "over the largest")
+    line = one_line_refusal(
+        run("compress", image_folder, "--resolution", 16, "--ipc", "1e9", "-o", tmp_path / "x.d3"), "over the largest"
+    )
     assert "a budget of 9216000000000 bytes" in line and not (tmp_path / "x.d3").exists()  # 1e9 · 3 · 3·16·16 · 4
 
 

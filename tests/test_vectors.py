@@ -38,16 +38,19 @@ def test_d3codec_expands_every_archive_vector_as_recorded(vector):
             with reader:
                 sampler = decode_archive(reader, meta, 1, 0, "cpu", DEFAULT_LIMITS)[4]
             if meta["method"] == "d3":
-                noise = [sampler.group_noise(i, want["samples_per_class"] or sg.plan.priors_per_class, want["seed"])[1]
-                         for i, sg in enumerate(sampler.groups)]
+                noise = [
+                    sampler.group_noise(i, want["samples_per_class"] or sg.plan.priors_per_class, want["seed"])[1]
+                    for i, sg in enumerate(sampler.groups)
+                ]
                 noise = [n.reshape(-1, n.shape[-1]) for n in noise]
             else:
                 noise = [sampler.noise(want["samples_per_class"] or sampler.default, want["seed"])]
             assert all(torch.equal(a, tensor(b)) for a, b in zip(noise, want["noise"]))
 
 
-@pytest.mark.parametrize("vector", [v for v in VECTORS if v["archive"] == "refuse" or v["container"] == "refuse"],
-                         ids=lambda v: v["file"])
+@pytest.mark.parametrize(
+    "vector", [v for v in VECTORS if v["archive"] == "refuse" or v["container"] == "refuse"], ids=lambda v: v["file"]
+)
 def test_d3codec_refuses_every_negative_vector(vector):
     with pytest.raises(D3FormatError):
         D3Dataset((SPEC / vector["file"]).read_bytes())

@@ -61,14 +61,19 @@ class MethodCommand(click.Command):
         try:
             return super().parse_args(ctx, args)
         except click.NoSuchOption as error:
-            owners = [name for name in method_names() if any(
-                error.option_name in (o.name, negative(o)) for o in get_method(name).options)]
+            owners = [
+                name
+                for name in method_names()
+                if any(error.option_name in (o.name, negative(o)) for o in get_method(name).options)
+            ]
             if not owners:
                 raise
             hint = get_method(self.name or "").hints.get(error.option_name)
-            raise OptionValueError(f"{error.option_name} is an option of {' and '.join(owners)}, not of {self.name}"
-                                   + (f"; {hint}" if hint else f": d3 compress {owners[0]} DATASET ... "
-                                      f"{error.option_name} ..."), ctx=ctx) from None
+            raise OptionValueError(
+                f"{error.option_name} is an option of {' and '.join(owners)}, not of {self.name}"
+                + (f"; {hint}" if hint else f": d3 compress {owners[0]} DATASET ... {error.option_name} ..."),
+                ctx=ctx,
+            ) from None
 
 
 def negative(option: Option) -> str | None:
@@ -95,15 +100,22 @@ def click_option(option: Option, method: Method, section: str) -> click.Option:
     """The click option of a registry Option, under ``section``, its help ending in the presets' defaults."""
     help_text = option.help + (preset_defaults(method, option.field) if option.field in method.config_fields() else "")
     if option.kind == "flag":
-        return SectionOption([f"{option.name}/{negative(option)}", option.field], default=None, help=help_text,
-                             section=section)
-    types = {"int": lambda: count(int(option.low) if option.low is not None else None,
-                                  int(option.high) if option.high is not None else None),
-             "float": lambda: PositiveFinite(option.low if option.low is not None else float("-inf"),
-                                             option.high if option.high is not None else float("inf"), inclusive=True),
-             "choice": lambda: click.Choice(option.choices),
-             "file": lambda: click.Path(exists=True, dir_okay=False),
-             "path": lambda: click.Path(dir_okay=False, writable=True)}
+        return SectionOption(
+            [f"{option.name}/{negative(option)}", option.field], default=None, help=help_text, section=section
+        )
+    types = {
+        "int": lambda: count(
+            int(option.low) if option.low is not None else None, int(option.high) if option.high is not None else None
+        ),
+        "float": lambda: PositiveFinite(
+            option.low if option.low is not None else float("-inf"),
+            option.high if option.high is not None else float("inf"),
+            inclusive=True,
+        ),
+        "choice": lambda: click.Choice(option.choices),
+        "file": lambda: click.Path(exists=True, dir_okay=False),
+        "path": lambda: click.Path(dir_okay=False, writable=True),
+    }
     return SectionOption([option.name, option.field], type=types[option.kind](), help=help_text, section=section)
 
 
@@ -114,86 +126,173 @@ def shared_options(method: Method) -> list[click.Parameter]:
 
 def output_options() -> list[click.Parameter]:
     return [
-        SectionOption(["-o", "--output"], required=True, type=click.Path(dir_okay=False),
-                      help="Archive to write (.d3).", section="Output"),
-        SectionOption(["--force"], is_flag=True, help="Overwrite OUTPUT if it exists (without it, an existing "
-                      "file is refused before any work).", section="Output"),
+        SectionOption(
+            ["-o", "--output"],
+            required=True,
+            type=click.Path(dir_okay=False),
+            help="Archive to write (.d3).",
+            section="Output",
+        ),
+        SectionOption(
+            ["--force"],
+            is_flag=True,
+            help="Overwrite OUTPUT if it exists (without it, an existing file is refused before any work).",
+            section="Output",
+        ),
         SectionOption(["--quiet"], is_flag=True, help="No progress bar.", section="Output"),
-        SectionOption(["--json", "as_json"], is_flag=True, section="Output", help="End with one line of JSON on "
-                      "standard output instead of the sentence: path, file_bytes, budget, method, stored, "
-                      "distill_seconds, params, stats."),
+        SectionOption(
+            ["--json", "as_json"],
+            is_flag=True,
+            section="Output",
+            help="End with one line of JSON on "
+            "standard output instead of the sentence: path, file_bytes, budget, method, stored, "
+            "distill_seconds, params, stats.",
+        ),
     ]
 
 
 def budget_options() -> list[click.Parameter]:
     """The budget (one of two) and the data."""
     return [
-        SectionOption(["--ipc"], type=PositiveFinite(), help="Budget as N float32 images per class: N·K·C·H·W·4 "
-                      "bytes (N > 0; the bytes at most 2 GiB).", section="Budget (give one)"),
-        SectionOption(["--budget"], type=count(1, MAX_BUDGET_BYTES), help="Budget in bytes, 1 to 2 GiB; the whole "
-                      "file counts.", section="Budget (give one)"),
-        SectionOption(["--data-root"], type=click.Path(file_okay=False), help="Where the real data is (or goes).",
-                      section="Data"),
-        SectionOption(["--resolution"], type=count(MIN_SIDE, MAX_SIDE), help="Side length for imagenet and folder "
-                      "datasets (default 64).", section="Data"),
+        SectionOption(
+            ["--ipc"],
+            type=PositiveFinite(),
+            help="Budget as N float32 images per class: N·K·C·H·W·4 bytes (N > 0; the bytes at most 2 GiB).",
+            section="Budget (give one)",
+        ),
+        SectionOption(
+            ["--budget"],
+            type=count(1, MAX_BUDGET_BYTES),
+            help="Budget in bytes, 1 to 2 GiB; the whole file counts.",
+            section="Budget (give one)",
+        ),
+        SectionOption(
+            ["--data-root"], type=click.Path(file_okay=False), help="Where the real data is (or goes).", section="Data"
+        ),
+        SectionOption(
+            ["--resolution"],
+            type=count(MIN_SIDE, MAX_SIDE),
+            help="Side length for imagenet and folder datasets (default 64).",
+            section="Data",
+        ),
     ]
 
 
 def run_options(method: Method) -> list[click.Parameter]:
     run_defaults = {f: preset_defaults(method, f) for f in ("iterations", "real_per_class")}
     return [
-        SectionOption(["--preset"], type=click.Choice(preset_names(method)), default="fast", show_default=True,
-                      help="fast: minutes on a CPU; paper: the paper's settings, for a GPU; smoke: a first picture, not a "
-                      "result; rehearsal (dm, d3, d2m): the whole pipeline at full class count with a few "
-                      "iterations, to check a large run (ImageNet) end to end before spending the hours.",
-                      section="Run"),
-        SectionOption(["--iterations"], type=count(1, 100_000_000), help="Override the preset's iteration count "
-                      "(at least 1)."
-                      + run_defaults["iterations"], section="Run"),
-        SectionOption(["--real-per-class"], type=count(1, MAX_REAL_PER_CLASS), help="Real images per class per "
-                      "iteration."
-                      + run_defaults["real_per_class"], section="Run"),
-        SectionOption(["--seed"], type=count(0, MAX_SEED), default=0, show_default=True, section="Run",
-                      help="Makes the run reproducible on the same device and software."),
-        SectionOption(["--device"], default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, ...",
-                      section="Run"),
-        SectionOption(["--experts"], type=click.Path(file_okay=False), section="Run", help="The expert pool's cache "
-                      "folder (--matching dance: ConvNet-3s trained on the real data once, reused by every run; "
-                      "default $D3CODEC_EXPERTS, else ~/.cache/d3codec/experts)."),
+        SectionOption(
+            ["--preset"],
+            type=click.Choice(preset_names(method)),
+            default="fast",
+            show_default=True,
+            help="fast: minutes on a CPU; paper: the paper's settings, for a GPU; smoke: a first picture, not a "
+            "result; rehearsal (dm, d3, d2m): the whole pipeline at full class count with a few "
+            "iterations, to check a large run (ImageNet) end to end before spending the hours.",
+            section="Run",
+        ),
+        SectionOption(
+            ["--iterations"],
+            type=count(1, 100_000_000),
+            help="Override the preset's iteration count (at least 1)." + run_defaults["iterations"],
+            section="Run",
+        ),
+        SectionOption(
+            ["--real-per-class"],
+            type=count(1, MAX_REAL_PER_CLASS),
+            help="Real images per class per iteration." + run_defaults["real_per_class"],
+            section="Run",
+        ),
+        SectionOption(
+            ["--seed"],
+            type=count(0, MAX_SEED),
+            default=0,
+            show_default=True,
+            section="Run",
+            help="Makes the run reproducible on the same device and software.",
+        ),
+        SectionOption(
+            ["--device"], default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, ...", section="Run"
+        ),
+        SectionOption(
+            ["--experts"],
+            type=click.Path(file_okay=False),
+            section="Run",
+            help="The expert pool's cache "
+            "folder (--matching dance: ConvNet-3s trained on the real data once, reused by every run; "
+            "default $D3CODEC_EXPERTS, else ~/.cache/d3codec/experts).",
+        ),
     ]
 
 
 def checkpoint_options(method: Method) -> list[click.Parameter]:
     return [
-        SectionOption(["--checkpoint"], type=click.Path(dir_okay=False), help=method.checkpoint_help[0].upper()
-                      + method.checkpoint_help[1:] + ".", section="Checkpoint"),
-        SectionOption(["--resume", "resume"], flag_value="resume", default=None, section="Checkpoint",
-                      help="Insist on going on from the checkpoint (refused when there is none). Without --resume "
-                      "or --restart, a checkpoint of the same run is taken up and one of another run is refused."),
-        SectionOption(["--restart", "resume"], flag_value="restart", section="Checkpoint",
-                      help="Delete this output's checkpoints first and distil from scratch."),
+        SectionOption(
+            ["--checkpoint"],
+            type=click.Path(dir_okay=False),
+            help=method.checkpoint_help[0].upper() + method.checkpoint_help[1:] + ".",
+            section="Checkpoint",
+        ),
+        SectionOption(
+            ["--resume", "resume"],
+            flag_value="resume",
+            default=None,
+            section="Checkpoint",
+            help="Insist on going on from the checkpoint (refused when there is none). Without --resume "
+            "or --restart, a checkpoint of the same run is taken up and one of another run is refused.",
+        ),
+        SectionOption(
+            ["--restart", "resume"],
+            flag_value="restart",
+            section="Checkpoint",
+            help="Delete this output's checkpoints first and distil from scratch.",
+        ),
     ]
 
 
 def labeller_options() -> list[click.Parameter]:
     """A labeller stored beside what the method stores (spec/FORMAT.md §5.8)."""
     return [
-        SectionOption(["--labeller-width"], type=LabellerWidth(), section="Labeller (spec/FORMAT.md §5.8)",
-                      help="Store a ConvNet-3 labeller of this width, trained here, beside what the method stores: "
-                      "its bytes come out of the budget, and students relabel every augmented batch with it. auto: "
-                      "the budget rule (the widest of 8, 16, 32 that takes at most 15 % of the budget; none where "
-                      "width 8 takes more)."),
-        SectionOption(["--labeller"], type=click.Path(exists=True, dir_okay=False), section="Labeller "
-                      "(spec/FORMAT.md §5.8)", help="Store this ConvNet-3 (.safetensors, as --save-teacher writes) "
-                      "as the labeller instead of training one."),
-        SectionOption(["--labeller-epochs"], type=PositiveFinite(0.01, 10_000, inclusive=True), default=10.0,
-                      show_default=True, section="Labeller (spec/FORMAT.md §5.8)",
-                      help="Training epochs of the labeller."),
-        SectionOption(["--labeller-temperature"], type=PositiveFinite(0.001, 1000, inclusive=True), default=1.0,
-                      show_default=True, section="Labeller (spec/FORMAT.md §5.8)",
-                      help="Softmax temperature of its soft labels."),
-        SectionOption(["--labeller-dtype"], type=click.Choice(["int8", "float16"]), default="int8",
-                      show_default=True, section="Labeller (spec/FORMAT.md §5.8)", help="How it is stored."),
+        SectionOption(
+            ["--labeller-width"],
+            type=LabellerWidth(),
+            section="Labeller (spec/FORMAT.md §5.8)",
+            help="Store a ConvNet-3 labeller of this width, trained here, beside what the method stores: "
+            "its bytes come out of the budget, and students relabel every augmented batch with it. auto: "
+            "the budget rule (the widest of 8, 16, 32 that takes at most 15 % of the budget; none where "
+            "width 8 takes more).",
+        ),
+        SectionOption(
+            ["--labeller"],
+            type=click.Path(exists=True, dir_okay=False),
+            section="Labeller (spec/FORMAT.md §5.8)",
+            help="Store this ConvNet-3 (.safetensors, as --save-teacher writes) "
+            "as the labeller instead of training one.",
+        ),
+        SectionOption(
+            ["--labeller-epochs"],
+            type=PositiveFinite(0.01, 10_000, inclusive=True),
+            default=10.0,
+            show_default=True,
+            section="Labeller (spec/FORMAT.md §5.8)",
+            help="Training epochs of the labeller.",
+        ),
+        SectionOption(
+            ["--labeller-temperature"],
+            type=PositiveFinite(0.001, 1000, inclusive=True),
+            default=1.0,
+            show_default=True,
+            section="Labeller (spec/FORMAT.md §5.8)",
+            help="Softmax temperature of its soft labels.",
+        ),
+        SectionOption(
+            ["--labeller-dtype"],
+            type=click.Choice(["int8", "float16"]),
+            default="int8",
+            show_default=True,
+            section="Labeller (spec/FORMAT.md §5.8)",
+            help="How it is stored.",
+        ),
     ]
 
 
@@ -203,16 +302,27 @@ def method_command(method: Method) -> MethodCommand:
     params: list[click.Parameter] = [click.Argument(["dataset"])] + shared_options(method)
     params += [click_option(o, method, section) for o in method.options]
     if method.subtasks:
-        params.append(SectionOption(["--workers"], type=count(1, 256), section=section, help="Distil the subtasks on N "
-                                    "local processes (torch.distributed); under torchrun, leave it out."))
+        params.append(
+            SectionOption(
+                ["--workers"],
+                type=count(1, 256),
+                section=section,
+                help="Distil the subtasks on N local processes (torch.distributed); under torchrun, leave it out.",
+            )
+        )
 
     def callback(**values) -> None:
         run_compress(method, values)
 
-    return MethodCommand(method.name, params=params, callback=callback, short_help=method.summary,
-                         help=f"{method.summary}\n\nDistil DATASET ({DATASETS}) into an archive that fits the "
-                         "budget; the whole file counts.",
-                         context_settings={"help_option_names": ["-h", "--help"]})
+    return MethodCommand(
+        method.name,
+        params=params,
+        callback=callback,
+        short_help=method.summary,
+        help=f"{method.summary}\n\nDistil DATASET ({DATASETS}) into an archive that fits the "
+        "budget; the whole file counts.",
+        context_settings={"help_option_names": ["-h", "--help"]},
+    )
 
 
 class CompressGroup(click.Group):
@@ -220,14 +330,17 @@ class CompressGroup(click.Group):
     the default method where none is named, and the old ``--method``/``--objective`` spelling."""
 
     def __init__(self, name: str = "compress"):
-        super().__init__(name, context_settings={"help_option_names": ["-h", "--help"]},
-                         help=f"Distil DATASET ({DATASETS}) into a .d3 archive that fits a byte budget.\n\n"
-                         "METHOD is one of those below. Without one, the default rule picks: d3 for more than "
-                         f"{MANY_CLASSES} classes, else dm through FreD's dct-variance formation (×3 up to IPC "
-                         f"{FACTOR_3_MAX_IPC:g}, ×2 above) with DANCE's matching (options you give win). "
-                         "`d3 compress METHOD -h` lists its options with every default. Under torchrun (or with "
-                         "--workers N) a method that splits into subtasks (d3) spreads them over the ranks.",
-                         short_help="Distil a dataset into a .d3 archive (d3 compress [METHOD] DATASET ...).")
+        super().__init__(
+            name,
+            context_settings={"help_option_names": ["-h", "--help"]},
+            help=f"Distil DATASET ({DATASETS}) into a .d3 archive that fits a byte budget.\n\n"
+            "METHOD is one of those below. Without one, the default rule picks: d3 for more than "
+            f"{MANY_CLASSES} classes, else dm through FreD's dct-variance formation (×3 up to IPC "
+            f"{FACTOR_3_MAX_IPC:g}, ×2 above) with DANCE's matching (options you give win). "
+            "`d3 compress METHOD -h` lists its options with every default. Under torchrun (or with "
+            "--workers N) a method that splits into subtasks (d3) spreads them over the ranks.",
+            short_help="Distil a dataset into a .d3 archive (d3 compress [METHOD] DATASET ...).",
+        )
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return method_names()
@@ -280,25 +393,34 @@ def legacy_method(args: list[str]) -> tuple[list[str], str | None]:
         return args, None
     pair = (given.get("--method", "pixel"), given.get("--objective", "dm"))
     if pair not in LEGACY:
-        raise click.UsageError(f"--method {pair[0]} --objective {pair[1]} is no method; name one: "
-                               f"d3 compress {'|'.join(method_names())} DATASET ...")
+        raise click.UsageError(
+            f"--method {pair[0]} --objective {pair[1]} is no method; name one: "
+            f"d3 compress {'|'.join(method_names())} DATASET ..."
+        )
     name = LEGACY[pair]
-    click.echo(f"d3 compress: --method/--objective are deprecated and go in the next release; write "
-               f"`d3 compress {name} DATASET ...`", err=True)
+    click.echo(
+        f"d3 compress: --method/--objective are deprecated and go in the next release; write "
+        f"`d3 compress {name} DATASET ...`",
+        err=True,
+    )
     return rest, name
 
 
 # a refused request's field (d3codec.encode.request.D3RequestError) → what the command line says, in its flags
 REFUSALS = {
     "ipc/budget": lambda v: "give exactly one of --ipc N or --budget BYTES",
-    "output": lambda v: (f"-o {v['output']}: d3 compress writes a .d3 archive, not a picture; write the archive (-o "
-                         f"{Path(v['output']).with_suffix('.d3').name}), then draw it with d3 expand ARCHIVE --grid "
-                         f"{Path(v['output']).name}"),
+    "output": lambda v: (
+        f"-o {v['output']}: d3 compress writes a .d3 archive, not a picture; write the archive (-o "
+        f"{Path(v['output']).with_suffix('.d3').name}), then draw it with d3 expand ARCHIVE --grid "
+        f"{Path(v['output']).name}"
+    ),
     "force": lambda v: f"{v['output']} exists; pass --force to overwrite it, or choose another -o",
     "resume": lambda v: f"--resume: there is no checkpoint of {v['output']} to go on from; leave --resume out to start",
     "workers": lambda v: "--workers starts its own ranks: leave it out under torchrun",
-    "labeller": lambda v: ("a federated run (--workers, torchrun) does not store a labeller yet: leave out "
-                           "--labeller-width/--labeller, or run in one process"),
+    "labeller": lambda v: (
+        "a federated run (--workers, torchrun) does not store a labeller yet: leave out "
+        "--labeller-width/--labeller, or run in one process"
+    ),
 }
 
 
@@ -307,15 +429,36 @@ def request_of(method: Method, values: dict) -> CompressRequest:
     width = values["labeller_width"]
     ctx = click.get_current_context(silent=True)
     return CompressRequest(
-        method.name, values["dataset"], Path(values["output"]), values["ipc"], values["budget"], values["preset"],
-        {"iterations": values["iterations"], "real_per_class": values["real_per_class"],
-         **{o.field: values[o.field] for o in method.options}},
-        bool(ctx is not None and ctx.meta.get(DEFAULTED)), values["data_root"], values["resolution"],
-        values["device"], values["seed"], Path(values["checkpoint"]) if values["checkpoint"] else None,
-        values["resume"] or "auto", values.get("workers"),
-        LabellerRequest(width, Path(values["labeller"]) if values["labeller"] else None, values["labeller_epochs"],
-                        values["labeller_temperature"], values["labeller_dtype"]),
-        Path(values["experts"]) if values.get("experts") else None, values["force"], not values["quiet"])
+        method.name,
+        values["dataset"],
+        Path(values["output"]),
+        values["ipc"],
+        values["budget"],
+        values["preset"],
+        {
+            "iterations": values["iterations"],
+            "real_per_class": values["real_per_class"],
+            **{o.field: values[o.field] for o in method.options},
+        },
+        bool(ctx is not None and ctx.meta.get(DEFAULTED)),
+        values["data_root"],
+        values["resolution"],
+        values["device"],
+        values["seed"],
+        Path(values["checkpoint"]) if values["checkpoint"] else None,
+        values["resume"] or "auto",
+        values.get("workers"),
+        LabellerRequest(
+            width,
+            Path(values["labeller"]) if values["labeller"] else None,
+            values["labeller_epochs"],
+            values["labeller_temperature"],
+            values["labeller_dtype"],
+        ),
+        Path(values["experts"]) if values.get("experts") else None,
+        values["force"],
+        not values["quiet"],
+    )
 
 
 def announce(ready: Prepared, method: Method) -> None:
@@ -325,10 +468,14 @@ def announce(ready: Prepared, method: Method) -> None:
     request, real = ready.request, ready.real
     if ready.resumed_from:
         click.echo(f"resuming from {', '.join(map(str, ready.resumed_from))} (--restart to start afresh)", err=True)
-    click.echo(f"{safe_text(real.name, 120)}: {len(real.train_targets)} training images, "
-               f"{real.num_classes} classes, shape {real.image_shape}; method {method.name}"
-               + (f" (no method named: {ready.chosen})" if ready.chosen else "") + f", preset {request.preset}, "
-               f"device {ready.device}" + (f", {request.workers} workers" if request.workers else ""), err=True)
+    click.echo(
+        f"{safe_text(real.name, 120)}: {len(real.train_targets)} training images, "
+        f"{real.num_classes} classes, shape {real.image_shape}; method {method.name}"
+        + (f" (no method named: {ready.chosen})" if ready.chosen else "")
+        + f", preset {request.preset}, "
+        f"device {ready.device}" + (f", {request.workers} workers" if request.workers else ""),
+        err=True,
+    )
 
 
 def run_compress(method: Method, values: dict) -> None:
@@ -348,8 +495,10 @@ def run_compress(method: Method, values: dict) -> None:
         return
     report(result, method, values["as_json"])
     for path in ready.encoder.checkpoint_files():  # what a run keeps (d2m: its pre-training, for another fine-tuning)
-        click.echo(f"kept {path} ({path.stat().st_size:,} bytes): the same command starts from it; --restart "
-                   "deletes it", err=True)
+        click.echo(
+            f"kept {path} ({path.stat().st_size:,} bytes): the same command starts from it; --restart deletes it",
+            err=True,
+        )
 
 
 def report(result, method: Method, as_json: bool) -> None:
@@ -358,11 +507,24 @@ def report(result, method: Method, as_json: bool) -> None:
     describe = kind.describe if kind is not None else None  # of the params as written, after any trimming
     stored = describe(result.params) if describe is not None else method.archive
     if as_json:
-        click.echo(json.dumps({"path": str(result.path), "file_bytes": result.file_bytes, "budget": result.budget,
-                               "method": method.name, "stored": stored,
-                               "distill_seconds": result.stats.get("distill_seconds"), "params": result.params,
-                               "stats": result.stats}, default=str))
+        click.echo(
+            json.dumps(
+                {
+                    "path": str(result.path),
+                    "file_bytes": result.file_bytes,
+                    "budget": result.budget,
+                    "method": method.name,
+                    "stored": stored,
+                    "distill_seconds": result.stats.get("distill_seconds"),
+                    "params": result.params,
+                    "stats": result.stats,
+                },
+                default=str,
+            )
+        )
         return
-    click.echo(f"wrote {result.path}: {result.file_bytes} bytes of a {result.budget}-byte budget "
-               f"({100 * result.file_bytes / result.budget:.1f} %), {stored}, "
-               f"distilled in {result.stats.get('distill_seconds', 0):.1f} s")
+    click.echo(
+        f"wrote {result.path}: {result.file_bytes} bytes of a {result.budget}-byte budget "
+        f"({100 * result.file_bytes / result.budget:.1f} %), {stored}, "
+        f"distilled in {result.stats.get('distill_seconds', 0):.1f} s"
+    )

@@ -15,8 +15,11 @@ def in_flags(message: str) -> str:
     """``message`` with each name the library quotes in backticks (an argument or config field, e.g. `ipc`,
     `label_top_k`) as the running command's flag for it (``--ipc``, ``--label-top-k``); other names unquoted."""
     ctx = click.get_current_context(silent=True)
-    flags = {p.name: max(p.opts, key=len) for p in ctx.command.params if isinstance(p, click.Option)} \
-        if ctx is not None else {}
+    flags = (
+        {p.name: max(p.opts, key=len) for p in ctx.command.params if isinstance(p, click.Option)}
+        if ctx is not None
+        else {}
+    )
     return re.sub(r"`([A-Za-z_][A-Za-z0-9_]*)`", lambda m: flags.get(m.group(1), m.group(1)), message)
 
 
@@ -32,7 +35,9 @@ class OptionValueError(click.BadParameter):
     exit_code = 1
 
     def show(self, file=None) -> None:
-        hint = f" (d3 {self.ctx.command.name} -h lists the options)" if self.ctx is not None and self.ctx.command else ""
+        hint = (
+            f" (d3 {self.ctx.command.name} -h lists the options)" if self.ctx is not None and self.ctx.command else ""
+        )
         click.echo(f"Error: {safe_text(self.format_message(), 500)}{hint}", file=file, err=True)
 
 
@@ -99,23 +104,39 @@ def decode_limit_options(command):
     the decode budget (d3codec.format.limits)."""
     from d3codec.format.limits import DEFAULT_LIMITS as L
 
-    command = click.option("--max-section-bytes", type=count(), help=f"Decode limit: the decoded size of any "
-                           f"one section [default: {L.max_section_bytes}].")(command)
-    command = click.option("--max-replay-macs", type=count(), help=f"Decode limit: multiply-adds of replaying a "
-                           f"bptt archive's schedule once [default: {L.max_replay_macs}].")(command)
-    command = click.option("--max-macs", type=count(), help=f"Decode limit: multiply-adds of the whole draw "
-                           f"[default: {L.max_macs}].")(command)
-    command = click.option("--max-macs-per-image", type=count(), help=f"Decode limit: multiply-adds to decode one "
-                           f"image [default: {L.max_macs_per_image}]; raise it only for an archive you trust.")(command)
-    command = click.option("--max-parameters", type=count(), help=f"Decode limit: values of the archive's networks "
-                           f"and tables once decoded [default: {L.max_parameters}].")(command)
-    return click.option("--max-bytes", type=count(), help=f"Decode limit: bytes the decoded images, labels and soft "
-                        f"labels may take [default: {L.max_bytes}].")(command)
+    command = click.option(
+        "--max-section-bytes",
+        type=count(),
+        help=f"Decode limit: the decoded size of any one section [default: {L.max_section_bytes}].",
+    )(command)
+    command = click.option(
+        "--max-replay-macs",
+        type=count(),
+        help=f"Decode limit: multiply-adds of replaying a bptt archive's schedule once [default: {L.max_replay_macs}].",
+    )(command)
+    command = click.option(
+        "--max-macs", type=count(), help=f"Decode limit: multiply-adds of the whole draw [default: {L.max_macs}]."
+    )(command)
+    command = click.option(
+        "--max-macs-per-image",
+        type=count(),
+        help=f"Decode limit: multiply-adds to decode one "
+        f"image [default: {L.max_macs_per_image}]; raise it only for an archive you trust.",
+    )(command)
+    command = click.option(
+        "--max-parameters",
+        type=count(),
+        help=f"Decode limit: values of the archive's networks and tables once decoded [default: {L.max_parameters}].",
+    )(command)
+    return click.option(
+        "--max-bytes",
+        type=count(),
+        help=f"Decode limit: bytes the decoded images, labels and soft labels may take [default: {L.max_bytes}].",
+    )(command)
 
 
 # the parameters decode_limit_options adds, as decode_limits takes them
-LIMIT_FIELDS = ("max_bytes", "max_parameters", "max_macs_per_image", "max_section_bytes", "max_macs",
-                "max_replay_macs")
+LIMIT_FIELDS = ("max_bytes", "max_parameters", "max_macs_per_image", "max_section_bytes", "max_macs", "max_replay_macs")
 
 
 def decode_limits(**values):

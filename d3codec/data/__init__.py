@@ -10,5 +10,15 @@ decoded by ``load_workers`` DataLoader processes in parallel, and the per-class 
 from d3codec.data.real import REAL_CACHE_BYTES, ClassSampler, Normalisation, RealData, TensorImages
 from d3codec.data.sources import DATASETS, NORMALISATION, archive_dataset, default_data_root, load_dataset
 
-__all__ = ["ClassSampler", "Normalisation", "RealData", "TensorImages", "REAL_CACHE_BYTES", "DATASETS",
-           "NORMALISATION", "archive_dataset", "default_data_root", "load_dataset"]
+__all__ = [
+    "ClassSampler",
+    "Normalisation",
+    "RealData",
+    "TensorImages",
+    "REAL_CACHE_BYTES",
+    "DATASETS",
+    "NORMALISATION",
+    "archive_dataset",
+    "default_data_root",
+    "load_dataset",
+]

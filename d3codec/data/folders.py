@@ -69,8 +69,10 @@ class DraftLoader:
                 if not stat.S_ISREG(info.st_mode):
                     raise D3DatasetError(f"{shown}: not a regular file; remove it from the dataset folder")
                 if info.st_size > MAX_IMAGE_FILE_BYTES:
-                    raise D3DatasetError(f"{shown}: {info.st_size:,} bytes, over the {MAX_IMAGE_FILE_BYTES:,} an "
-                                         "image file may take; shrink or remove it")
+                    raise D3DatasetError(
+                        f"{shown}: {info.st_size:,} bytes, over the {MAX_IMAGE_FILE_BYTES:,} an "
+                        "image file may take; shrink or remove it"
+                    )
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", Image.DecompressionBombWarning)
                     image = Image.open(f)
@@ -80,11 +82,19 @@ class DraftLoader:
                 return image.convert("RGB")
         except D3DatasetError:
             raise
-        except (OSError, ValueError, SyntaxError, UnidentifiedImageError, Image.DecompressionBombError,
-                MemoryError) as error:
-            raise D3DatasetError(f"{shown}: not a readable image ({type(error).__name__}: "
-                                 f"{safe_text(str(error).splitlines()[0] if str(error) else '', 200)}); "
-                                 "remove or replace it") from None
+        except (
+            OSError,
+            ValueError,
+            SyntaxError,
+            UnidentifiedImageError,
+            Image.DecompressionBombError,
+            MemoryError,
+        ) as error:
+            raise D3DatasetError(
+                f"{shown}: not a readable image ({type(error).__name__}: "
+                f"{safe_text(str(error).splitlines()[0] if str(error) else '', 200)}); "
+                "remove or replace it"
+            ) from None
 
 
 def _open_no_block(path: str, flags: int) -> int:
@@ -97,11 +107,15 @@ def check_image_size(size: tuple[int, int], shown: str) -> None:
     sides are more than MAX_ASPECT_RATIO times apart. Raises: D3DatasetError naming ``shown``."""
     width, height = size
     if width < 1 or height < 1 or width * height > MAX_IMAGE_PIXELS:
-        raise D3DatasetError(f"{shown}: {width} × {height} pixels; an image may have 1 to {MAX_IMAGE_PIXELS:,} "
-                             "pixels: shrink or remove it")
+        raise D3DatasetError(
+            f"{shown}: {width} × {height} pixels; an image may have 1 to {MAX_IMAGE_PIXELS:,} "
+            "pixels: shrink or remove it"
+        )
     if max(width, height) > MAX_ASPECT_RATIO * min(width, height):
-        raise D3DatasetError(f"{shown}: {width} × {height} pixels, sides more than {MAX_ASPECT_RATIO} times apart "
-                             "(it would be resized to a strip); crop or remove it")
+        raise D3DatasetError(
+            f"{shown}: {width} × {height} pixels, sides more than {MAX_ASPECT_RATIO} times apart "
+            "(it would be resized to a strip); crop or remove it"
+        )
 
 
 class ImageTree:
@@ -122,24 +136,30 @@ class ImageTree:
                     if entry.is_dir(follow_symlinks=False):
                         classes.append(entry.name)
                     elif entry.is_symlink() and entry.is_dir():
-                        raise D3DatasetError(f"{safe_text(entry.path, 300)}: a class folder that is a link; d3codec "
-                                             "does not follow links to folders: put the folder itself there")
+                        raise D3DatasetError(
+                            f"{safe_text(entry.path, 300)}: a class folder that is a link; d3codec "
+                            "does not follow links to folders: put the folder itself there"
+                        )
                     if len(classes) > MAX_FOLDER_CLASSES:
-                        raise D3DatasetError(f"{safe_text(directory, 300)}: more than {MAX_FOLDER_CLASSES:,} class "
-                                             "folders, more than an archive can hold")
+                        raise D3DatasetError(
+                            f"{safe_text(directory, 300)}: more than {MAX_FOLDER_CLASSES:,} class "
+                            "folders, more than an archive can hold"
+                        )
         except D3DatasetError:
             raise
         except OSError as error:
             raise D3DatasetError(f"{safe_text(directory, 300)}: cannot list it ({error.strerror})") from None
         if not classes:
-            raise D3DatasetError(f"{safe_text(directory, 300)}: no class folders; give a folder with one sub-folder "
-                                 "of images per class")
+            raise D3DatasetError(
+                f"{safe_text(directory, 300)}: no class folders; give a folder with one sub-folder of images per class"
+            )
         classes.sort()
         return classes, {c: i for i, c in enumerate(classes)}
 
     @staticmethod
-    def make_dataset(directory: str, class_to_idx: dict[str, int], extensions=None, is_valid_file=None,
-                     allow_empty: bool = False) -> list[tuple[str, int]]:
+    def make_dataset(
+        directory: str, class_to_idx: dict[str, int], extensions=None, is_valid_file=None, allow_empty: bool = False
+    ) -> list[tuple[str, int]]:
         import stat
 
         from torchvision.datasets.folder import IMG_EXTENSIONS
@@ -151,8 +171,10 @@ class ImageTree:
             for root, dirs, files in os.walk(top, followlinks=False):
                 seen += len(dirs) + len(files)
                 if seen > MAX_FOLDER_ENTRIES:
-                    raise D3DatasetError(f"{safe_text(directory, 300)}: more than {MAX_FOLDER_ENTRIES:,} files and "
-                                         "folders; give a smaller tree")
+                    raise D3DatasetError(
+                        f"{safe_text(directory, 300)}: more than {MAX_FOLDER_ENTRIES:,} files and "
+                        "folders; give a smaller tree"
+                    )
                 if root.count(os.sep) - base_depth >= MAX_FOLDER_DEPTH:
                     dirs.clear()
                 dirs.sort()
@@ -180,8 +202,11 @@ def safe_tree_class(base: str) -> type:
     if base not in _SAFE_TREES:
         import torchvision.datasets
 
-        _SAFE_TREES[base] = type(f"Safe{base}", (ImageTree, getattr(torchvision.datasets, base)),
-                                 {"__module__": __name__, "__doc__": f"torchvision's {base} walked as ImageTree walks."})
+        _SAFE_TREES[base] = type(
+            f"Safe{base}",
+            (ImageTree, getattr(torchvision.datasets, base)),
+            {"__module__": __name__, "__doc__": f"torchvision's {base} walked as ImageTree walks."},
+        )
     return _SAFE_TREES[base]
 
 
@@ -196,8 +221,14 @@ def default_load_workers() -> int:
     return min(8, os.cpu_count() or 1)
 
 
-def _image_folder(path: Path, name: str, resolution: int, normalisation, test_path: Path | None = None,
-                  load_workers: int | None = None) -> RealData:
+def _image_folder(
+    path: Path,
+    name: str,
+    resolution: int,
+    normalisation,
+    test_path: Path | None = None,
+    load_workers: int | None = None,
+) -> RealData:
     SafeImageFolder = safe_tree_class("ImageFolder")
     loader = DraftLoader(resolution)
     try:
@@ -208,17 +239,28 @@ def _image_folder(path: Path, name: str, resolution: int, normalisation, test_pa
     except D3DatasetError:
         raise
     except (FileNotFoundError, RuntimeError, OSError) as e:
-        raise D3DatasetError(f"{safe_text(str(path), 300)}: not a usable class-per-folder image tree "
-                             f"({safe_text(str(e), 300)}). Fix: give a folder with one sub-folder of images per "
-                             "class") from None
+        raise D3DatasetError(
+            f"{safe_text(str(path), 300)}: not a usable class-per-folder image tree "
+            f"({safe_text(str(e), 300)}). Fix: give a folder with one sub-folder of images per "
+            "class"
+        ) from None
     if not train.samples:
-        raise D3DatasetError(f"{safe_text(str(path), 300)}: no image files (regular files named *.png, *.jpg, "
-                             "...) in its class folders")
+        raise D3DatasetError(
+            f"{safe_text(str(path), 300)}: no image files (regular files named *.png, *.jpg, ...) in its class folders"
+        )
     first = read_one(train)
     channels = first.shape[0]
     mean, std = normalisation
     if len(mean) != channels:
         mean, std = (0.5,) * channels, (0.5,) * channels
-    return RealData(name, list(train.classes), (channels, resolution, resolution), tuple(mean), tuple(std),
-                    torch.as_tensor(train.targets, dtype=torch.int64), train, test,
-                    load_workers=default_load_workers() if load_workers is None else load_workers)
+    return RealData(
+        name,
+        list(train.classes),
+        (channels, resolution, resolution),
+        tuple(mean),
+        tuple(std),
+        torch.as_tensor(train.targets, dtype=torch.int64),
+        train,
+        test,
+        load_workers=default_load_workers() if load_workers is None else load_workers,
+    )

@@ -55,8 +55,10 @@ class RealData:
         self._indices = list(torch.split(order, counts))
         empty = [self.classes[c] for c, n in enumerate(counts) if n == 0]
         if empty and not self.partial:
-            raise D3DatasetError(f"dataset {self.name!r} has classes without images: {', '.join(empty[:10])}; "
-                                 "remove their folders or add images")
+            raise D3DatasetError(
+                f"dataset {self.name!r} has classes without images: {', '.join(empty[:10])}; "
+                "remove their folders or add images"
+            )
 
     @property
     def num_classes(self) -> int:
@@ -72,8 +74,9 @@ class RealData:
             return self.train_images[indices].float() / 255
         return self.read_uint8(indices).float() / 255
 
-    def in_memory(self, classes: list[int], per_class: int, generator: torch.Generator,
-                  max_bytes: int = REAL_CACHE_BYTES) -> "RealData":
+    def in_memory(
+        self, classes: list[int], per_class: int, generator: torch.Generator, max_bytes: int = REAL_CACHE_BYTES
+    ) -> "RealData":
         """This dataset where its training images are in memory; for one on disk, a copy holding up to
         ``per_class`` random training images of each of ``classes`` (all of a smaller class), fewer where
         that would pass ``max_bytes`` of uint8 images (at least one a class), read once in parallel. The
@@ -85,11 +88,22 @@ class RealData:
         picks = []
         for c in classes:
             idx = self._indices[c]
-            picks.append(idx[torch.randperm(len(idx), generator=generator)[:min(per_class, fits, len(idx))]])
+            picks.append(idx[torch.randperm(len(idx), generator=generator)[: min(per_class, fits, len(idx))]])
         chosen = torch.cat(picks)
         images, targets = self.read_uint8(chosen), self.train_targets[chosen]
-        return RealData(self.name, self.classes, self.image_shape, self.mean, self.std, targets,
-                        TensorImages(images, targets), self.test, images, self.load_workers, partial=True)
+        return RealData(
+            self.name,
+            self.classes,
+            self.image_shape,
+            self.mean,
+            self.std,
+            targets,
+            TensorImages(images, targets),
+            self.test,
+            images,
+            self.load_workers,
+            partial=True,
+        )
 
     def read_uint8(self, indices: torch.Tensor) -> torch.Tensor:
         """Training images at ``indices`` as (n, C, H, W) uint8 (rounded from [0, 1]); a dataset on disk is
@@ -102,13 +116,14 @@ class RealData:
         if len(indices) < PARALLEL_READ_MIN or self.load_workers < 1:
             batches = (_to_uint8([guarded[i]]) for i in indices.tolist())
         else:  # in order: batch b holds images 32·b …
-            batches = DataLoader(Subset(guarded, indices.tolist()), batch_size=32, num_workers=self.load_workers,
-                                 collate_fn=_to_uint8)
+            batches = DataLoader(
+                Subset(guarded, indices.tolist()), batch_size=32, num_workers=self.load_workers, collate_fn=_to_uint8
+            )
         at = 0
         for batch in batches:
             if isinstance(batch, str):  # a file that could not be read, named in one line
                 raise D3DatasetError(batch)
-            out[at:at + len(batch)] = batch
+            out[at : at + len(batch)] = batch
             at += len(batch)
         return out
 
@@ -181,8 +196,14 @@ class ClassSampler:
     can use as well.
     """
 
-    def __init__(self, real: RealData, classes: list[int], cache_per_class: int, generator: torch.Generator,
-                 max_bytes: int = REAL_CACHE_BYTES):
+    def __init__(
+        self,
+        real: RealData,
+        classes: list[int],
+        cache_per_class: int,
+        generator: torch.Generator,
+        max_bytes: int = REAL_CACHE_BYTES,
+    ):
         self.classes = list(classes)
         self.real = real.in_memory(self.classes, cache_per_class, generator, max_bytes)
 
@@ -231,5 +252,7 @@ class _Guarded(Dataset):
         except Exception as error:  # a transform's refusal of an odd image: still one line, naming the item
             where = getattr(self.dataset, "samples", None)
             shown = safe_text(where[i][0], 300) if where is not None and 0 <= i < len(where) else f"item {i}"
-            return None, (f"{shown}: cannot be read ({type(error).__name__}: "
-                          f"{safe_text(str(error).splitlines()[0] if str(error) else '', 200)})")
+            return None, (
+                f"{shown}: cannot be read ({type(error).__name__}: "
+                f"{safe_text(str(error).splitlines()[0] if str(error) else '', 200)})"
+            )

@@ -20,8 +20,12 @@ from d3codec.format.text import safe_text
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 
 
-FASHION_MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
-                       "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+FASHION_MNIST_FILES = (
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+)
 
 
 # (mean, std) per channel, as the field uses them
@@ -42,8 +46,13 @@ def default_data_root() -> Path:
     return Path(os.environ.get("D3CODEC_DATA", Path.home() / ".cache" / "d3codec" / "data"))
 
 
-def load_dataset(name: str, data_root: str | os.PathLike | None = None, resolution: int | None = None,
-                 download: bool = True, load_workers: int | None = None) -> RealData:
+def load_dataset(
+    name: str,
+    data_root: str | os.PathLike | None = None,
+    resolution: int | None = None,
+    download: bool = True,
+    load_workers: int | None = None,
+) -> RealData:
     """Find and load a real dataset.
 
     Args:
@@ -68,8 +77,10 @@ def load_dataset(name: str, data_root: str | os.PathLike | None = None, resoluti
     path = Path(name)
     if path.is_dir():
         return _image_folder(path, path.name, resolution or 64, NORMALISATION["imagenet"], None, load_workers)
-    raise D3DatasetError(f"unknown dataset {safe_text(repr(name), 200)}: use one of {', '.join(DATASETS)} or the "
-                         "path of a folder with one sub-folder of images per class")
+    raise D3DatasetError(
+        f"unknown dataset {safe_text(repr(name), 200)}: use one of {', '.join(DATASETS)} or the "
+        "path of a folder with one sub-folder of images per class"
+    )
 
 
 def registered_dataset(name: str) -> str | None:
@@ -95,16 +106,24 @@ def archive_dataset(name: str, data_root: str | os.PathLike | None = None, resol
     if registered is not None:
         return load_dataset(registered, data_root, resolution)
     shown = safe_text(repr(name), 120)
-    plain = (0 < len(name) <= 255 and name not in (".", "..") and not any(sep in name for sep in ("/", "\\", "\0"))
-             and name.isprintable())
+    plain = (
+        0 < len(name) <= 255
+        and name not in (".", "..")
+        and not any(sep in name for sep in ("/", "\\", "\0"))
+        and name.isprintable()
+    )
     if data_root is None or not plain:
-        raise D3DatasetError(f"the archive names the dataset {shown}, which is not one of {', '.join(DATASETS)}: "
-                             "pass the real `dataset` it was made from (a path, or a `data_root` holding a "
-                             "folder of that name)")
+        raise D3DatasetError(
+            f"the archive names the dataset {shown}, which is not one of {', '.join(DATASETS)}: "
+            "pass the real `dataset` it was made from (a path, or a `data_root` holding a "
+            "folder of that name)"
+        )
     folder = Path(data_root) / name
     if not folder.is_dir() or folder.is_symlink():
-        raise D3DatasetError(f"the archive names the folder dataset {shown}, and {safe_text(str(folder), 300)} is "
-                             "not a folder: pass the `dataset` folder it was made from")
+        raise D3DatasetError(
+            f"the archive names the folder dataset {shown}, and {safe_text(str(folder), 300)} is "
+            "not a folder: pass the `dataset` folder it was made from"
+        )
     return _image_folder(folder, folder.name, resolution or 64, NORMALISATION["imagenet"])
 
 
@@ -136,15 +155,17 @@ def _fashion_mnist(root: Path, download: bool = True) -> RealData:
             test = FashionMNIST(str(root), train=False, download=True)
         except Exception as e:
             raise _fashion_mnist_missing(looked, f"the download failed ({type(e).__name__})") from None
-    return _from_tensors("fashion-mnist", train.classes, train.data.unsqueeze(1), train.targets,
-                         test.data.unsqueeze(1), test.targets)
+    return _from_tensors(
+        "fashion-mnist", train.classes, train.data.unsqueeze(1), train.targets, test.data.unsqueeze(1), test.targets
+    )
 
 
 def _fashion_mnist_missing(looked: list[str], why: str) -> D3DatasetError:
     return D3DatasetError(
         f"Fashion-MNIST not found: looked for the four idx files in {' and '.join(looked)} (as .gz or unpacked), "
         f"and {why}. Fix: on Debian 'apt-get install dataset-fashion-mnist', or pass a `data_root` DIR with "
-        f"DIR/FashionMNIST/raw/ holding {', '.join(FASHION_MNIST_FILES)}")
+        f"DIR/FashionMNIST/raw/ holding {', '.join(FASHION_MNIST_FILES)}"
+    )
 
 
 def _torchvision_small(key: str, root: Path, download: bool) -> RealData:
@@ -156,9 +177,11 @@ def _torchvision_small(key: str, root: Path, download: bool) -> RealData:
         train = cls(str(root), train=True, download=download)
         test = cls(str(root), train=False, download=download)
     except Exception as e:
-        raise D3DatasetError(f"{key} not found under {root} and could not be downloaded ({type(e).__name__}: {e}). "
-                             f"Fix: pass a `data_root` DIR where torchvision's {cls.__name__} files are, or allow the "
-                             "download") from None
+        raise D3DatasetError(
+            f"{key} not found under {root} and could not be downloaded ({type(e).__name__}: {e}). "
+            f"Fix: pass a `data_root` DIR where torchvision's {cls.__name__} files are, or allow the "
+            "download"
+        ) from None
 
     def as_tensor(ds):
         data = ds.data if isinstance(ds.data, torch.Tensor) else torch.from_numpy(np.asarray(ds.data))
@@ -172,8 +195,17 @@ def _torchvision_small(key: str, root: Path, download: bool) -> RealData:
 def _from_tensors(name, classes, train_x, train_y, test_x, test_y) -> RealData:
     mean, std = NORMALISATION[name]
     train_y, test_y = train_y.long(), test_y.long()
-    return RealData(name, list(classes), tuple(train_x.shape[1:]), mean, std, train_y,
-                    TensorImages(train_x, train_y), TensorImages(test_x, test_y), train_images=train_x)
+    return RealData(
+        name,
+        list(classes),
+        tuple(train_x.shape[1:]),
+        mean,
+        std,
+        train_y,
+        TensorImages(train_x, train_y),
+        TensorImages(test_x, test_y),
+        train_images=train_x,
+    )
 
 
 def _imagenet(root: Path, resolution: int, load_workers: int | None = None) -> RealData:
@@ -183,15 +215,28 @@ def _imagenet(root: Path, resolution: int, load_workers: int | None = None) -> R
         if (base / "meta.bin").is_file() and (base / "train").is_dir():
             loader = DraftLoader(resolution)
             train = SafeImageNet(str(base), split="train", transform=_folder_transform(resolution), loader=loader)
-            val = SafeImageNet(str(base), split="val", transform=_folder_transform(resolution), loader=loader) \
-                if (base / "val").is_dir() else None
+            val = (
+                SafeImageNet(str(base), split="val", transform=_folder_transform(resolution), loader=loader)
+                if (base / "val").is_dir()
+                else None
+            )
             classes = [names[0] for names in train.classes]
-            return RealData("imagenet", classes, (3, resolution, resolution), *NORMALISATION["imagenet"],
-                            torch.as_tensor(train.targets, dtype=torch.int64), train, val,
-                            load_workers=default_load_workers() if load_workers is None else load_workers)
+            return RealData(
+                "imagenet",
+                classes,
+                (3, resolution, resolution),
+                *NORMALISATION["imagenet"],
+                torch.as_tensor(train.targets, dtype=torch.int64),
+                train,
+                val,
+                load_workers=default_load_workers() if load_workers is None else load_workers,
+            )
         if (base / "train").is_dir():
-            return _image_folder(base / "train", "imagenet", resolution, NORMALISATION["imagenet"], base / "val",
-                                 load_workers)
-    raise D3DatasetError(f"ImageNet not found: looked for train/ (torchvision ImageNet layout with meta.bin, or "
-                         f"ImageFolder layout) in {', '.join(map(str, candidates))}. Fix: pass a `data_root` DIR where "
-                         "DIR/train/<class>/*.JPEG exists")
+            return _image_folder(
+                base / "train", "imagenet", resolution, NORMALISATION["imagenet"], base / "val", load_workers
+            )
+    raise D3DatasetError(
+        f"ImageNet not found: looked for train/ (torchvision ImageNet layout with meta.bin, or "
+        f"ImageFolder layout) in {', '.join(map(str, candidates))}. Fix: pass a `data_root` DIR where "
+        "DIR/train/<class>/*.JPEG exists"
+    )

@@ -72,10 +72,18 @@ class D3Dataset(Dataset):
         integer, or one given for an archive of stored images; ValueError for an unusable ``device``.
     """
 
-    def __init__(self, path: str | os.PathLike | bytes, transform: Callable | None = None,
-                 target_transform: Callable | None = None, targets: str = "auto",
-                 samples_per_class: int | None = None, seed: int = 0, device: str | torch.device = "cpu",
-                 limits: DecodeLimits | None = None, max_bytes: int | None = None):
+    def __init__(
+        self,
+        path: str | os.PathLike | bytes,
+        transform: Callable | None = None,
+        target_transform: Callable | None = None,
+        targets: str = "auto",
+        samples_per_class: int | None = None,
+        seed: int = 0,
+        device: str | torch.device = "cpu",
+        limits: DecodeLimits | None = None,
+        max_bytes: int | None = None,
+    ):
         from d3codec.nn.models import resolve_device
 
         if targets not in ("auto", "hard", "soft"):
@@ -101,7 +109,8 @@ class D3Dataset(Dataset):
                 has_soft = sampler.soft
             else:
                 self._images, self._labels, soft, self.schedule, self._sampler = decode_archive(
-                    reader, meta, samples_per_class, seed, self._device, self._limits)
+                    reader, meta, samples_per_class, seed, self._device, self._limits
+                )
                 has_soft = soft is not None
             self.labeller = read_labeller(reader, meta, self._device, self._limits)
             if self.labeller is None and kind.read_labeller is not None:  # the kind's own (D2M's teacher)
@@ -258,15 +267,21 @@ class D3Dataset(Dataset):
     def __repr__(self) -> str:
         per_class, seed = self._made
         k = len(self.classes)
-        made = (f"drawn: {per_class or len(self) // max(k, 1)} per class, seed {seed}"
-                + (f", epoch {self.epoch}" if self.epoch else "") + (", decoded on demand" if self.lazy else "")
-                if self.lazy or self._sampler is not None else "stored in the archive")
+        made = (
+            f"drawn: {per_class or len(self) // max(k, 1)} per class, seed {seed}"
+            + (f", epoch {self.epoch}" if self.epoch else "")
+            + (", decoded on demand" if self.lazy else "")
+            if self.lazy or self._sampler is not None
+            else "stored in the archive"
+        )
         targets = "soft labels (K probabilities each)" if self._soft_targets else "hard labels"
         extra = ", with a training schedule (ds.schedule.replay)" if self.schedule is not None else ""
         extra += ", with a stored labeller for online soft labels (ds.labeller)" if self.labeller is not None else ""
-        return (f"D3Dataset(method={safe_text(repr(self.meta['method']), 60)}, "
-                f"dataset={safe_text(repr(self.meta['dataset']['name']), 80)}, "
-                f"images={len(self)} ({made}), classes={k}, shape={self.image_shape}, targets: {targets}{extra})")
+        return (
+            f"D3Dataset(method={safe_text(repr(self.meta['method']), 60)}, "
+            f"dataset={safe_text(repr(self.meta['dataset']['name']), 80)}, "
+            f"images={len(self)} ({made}), classes={k}, shape={self.image_shape}, targets: {targets}{extra})"
+        )
 
 
 BLOCK = 64  # images a lazy dataset decodes around an index it is asked for alone (ds[i])
@@ -280,18 +295,29 @@ def out_of_memory_as_limit():
     try:
         yield
     except MemoryError:
-        raise D3LimitError("decoding this archive ran out of memory within the decode limits; draw fewer images "
-                           "(`samples_per_class`) or lower `max_bytes`") from None
+        raise D3LimitError(
+            "decoding this archive ran out of memory within the decode limits; draw fewer images "
+            "(`samples_per_class`) or lower `max_bytes`"
+        ) from None
     except RuntimeError as error:
         if "alloc" not in str(error) and "out of memory" not in str(error):
             raise
-        raise D3LimitError(f"decoding this archive ran out of memory within the decode limits "
-                           f"({safe_text(str(error).splitlines()[0], 160)}); draw fewer images (`samples_per_class`) "
-                           "or lower `max_bytes`") from None
+        raise D3LimitError(
+            f"decoding this archive ran out of memory within the decode limits "
+            f"({safe_text(str(error).splitlines()[0], 160)}); draw fewer images (`samples_per_class`) "
+            "or lower `max_bytes`"
+        ) from None
 
 
-def decode_archive(reader, meta: dict, samples_per_class: int | None, seed: int, device, limits: DecodeLimits,
-                   check_default: bool = False):
+def decode_archive(
+    reader,
+    meta: dict,
+    samples_per_class: int | None,
+    seed: int,
+    device,
+    limits: DecodeLimits,
+    check_default: bool = False,
+):
     """Decode an open archive within ``limits``: (images, labels, soft labels or None, schedule or None,
     sampler or None). ``check_default`` also refuses a sampled archive whose *default* expansion is over
     the limits, whatever ``samples_per_class`` asks (what ``d3 verify`` checks).
@@ -303,8 +329,9 @@ def decode_archive(reader, meta: dict, samples_per_class: int | None, seed: int,
         return _decode(reader, meta, samples_per_class, seed, device, limits, check_default)
 
 
-def _decode(reader, meta: dict, samples_per_class: int | None, seed: int, device, limits: DecodeLimits,
-            check_default: bool):
+def _decode(
+    reader, meta: dict, samples_per_class: int | None, seed: int, device, limits: DecodeLimits, check_default: bool
+):
     from d3codec.nn.schedule import step_batches
     from d3codec.registry import archive_kind, archive_kind_names
 
@@ -317,8 +344,10 @@ def _decode(reader, meta: dict, samples_per_class: int | None, seed: int, device
         images, labels, soft = sampler(samples_per_class, seed)
     elif samples_per_class is not None:
         sampled = [name for name in archive_kind_names() if (other := archive_kind(name)) is not None and other.sampled]
-        raise ValueError(f"a number of samples per class applies to sampled archives ({', '.join(sampled)}) only; "
-                         f"this {meta['method']} archive stores its images")
+        raise ValueError(
+            f"a number of samples per class applies to sampled archives ({', '.join(sampled)}) only; "
+            f"this {meta['method']} archive stores its images"
+        )
     else:
         assert kind.decode is not None  # a kind has exactly one of decode and load_sampler (ArchiveKind)
         images, labels, soft = kind.decode(reader, meta, limits)
@@ -328,6 +357,11 @@ def _decode(reader, meta: dict, samples_per_class: int | None, seed: int, device
             step_batches(labels, schedule.steps, len(meta["dataset"]["classes"]))
         except ValueError as error:
             raise D3FormatError(f"the images do not split into the schedule's steps: {error}") from None
-        check("multiply-adds", schedule.replay_macs(len(labels)), limits, "max_replay_macs",
-              f"replaying its {schedule.steps}×{schedule.epochs}-step {schedule.network} schedule")
+        check(
+            "multiply-adds",
+            schedule.replay_macs(len(labels)),
+            limits,
+            "max_replay_macs",
+            f"replaying its {schedule.steps}×{schedule.epochs}-step {schedule.network} schedule",
+        )
     return images, labels, soft, schedule, sampler

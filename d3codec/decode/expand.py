@@ -53,19 +53,28 @@ def output_size(ds: D3Dataset, fmt: str) -> tuple[int, int]:
     return 4, n * (4 * pixels + 8 + (4 * k if ds.has_soft_labels else 0))
 
 
-def check_output(ds: D3Dataset, fmt: str, out: str | os.PathLike, max_files: int = MAX_OUTPUT_FILES,
-                 max_output_bytes: int = MAX_OUTPUT_BYTES) -> tuple[int, int]:
+def check_output(
+    ds: D3Dataset,
+    fmt: str,
+    out: str | os.PathLike,
+    max_files: int = MAX_OUTPUT_FILES,
+    max_output_bytes: int = MAX_OUTPUT_BYTES,
+) -> tuple[int, int]:
     """Refuse, before anything is written, an expansion of more than ``max_files`` files or ``max_output_bytes``
     bytes, or more bytes than the disk under ``out`` has free. Returns (files, bytes) (:func:`output_size`).
     Raises: ValueError naming the figure and the option that raises it."""
     files, size = output_size(ds, fmt)
     what = f"expanding {len(ds):,} images as {fmt} writes {files:,} files, about {size / 1e9:.2f} GB"
     if files > max_files:
-        raise ValueError(f"{what}: over the limit of {max_files:,} files; raise `max_files` to {files}, or draw "
-                         "fewer with `samples_per_class`")
+        raise ValueError(
+            f"{what}: over the limit of {max_files:,} files; raise `max_files` to {files}, or draw "
+            "fewer with `samples_per_class`"
+        )
     if size > max_output_bytes:
-        raise ValueError(f"{what}: over the limit of {max_output_bytes:,} bytes; raise `max_output_bytes` to {size}, "
-                         "or draw fewer with `samples_per_class`")
+        raise ValueError(
+            f"{what}: over the limit of {max_output_bytes:,} bytes; raise `max_output_bytes` to {size}, "
+            "or draw fewer with `samples_per_class`"
+        )
     where = next((p for p in [Path(out), *Path(out).absolute().parents] if p.exists()), Path("."))
     free = shutil.disk_usage(where).free
     if size > free:
@@ -117,10 +126,20 @@ def write_tensors(ds: D3Dataset, out: str | os.PathLike, fmt: str = "pt") -> lis
         paths = [out / "data.safetensors"]
     if ds.schedule is not None:
         sched = ds.schedule
-        tensors = {"step_sizes": sched.lrs.contiguous(),
-                   **{f"theta0.{k}": v.contiguous() for k, v in (sched.theta0 or {}).items()}}
-        safetensors.torch.save_file(tensors, str(out / "schedule.safetensors"), metadata={
-            "network": sched.network, "steps": str(sched.steps), "epochs": str(sched.epochs), "init": sched.init})
+        tensors = {
+            "step_sizes": sched.lrs.contiguous(),
+            **{f"theta0.{k}": v.contiguous() for k, v in (sched.theta0 or {}).items()},
+        }
+        safetensors.torch.save_file(
+            tensors,
+            str(out / "schedule.safetensors"),
+            metadata={
+                "network": sched.network,
+                "steps": str(sched.steps),
+                "epochs": str(sched.epochs),
+                "init": sched.init,
+            },
+        )
         paths.append(out / "schedule.safetensors")
     return paths
 
@@ -140,18 +159,27 @@ def write_ddranking(ds: D3Dataset, out: str | os.PathLike) -> list[Path]:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     order = torch.argsort(ds.labels, stable=True)  # class-major, each class in the archive's order
-    tensors = {"images": Normalisation(ds.mean, ds.std)(ds.images[order]).contiguous(), "labels": ds.labels[order].clone()}
+    tensors = {
+        "images": Normalisation(ds.mean, ds.std)(ds.images[order]).contiguous(),
+        "labels": ds.labels[order].clone(),
+    }
     if ds.soft_labels is not None:
         tensors["soft_labels"] = ds.soft_labels[order].clamp_min(1e-8).log().contiguous()
     paths = [out / f"{name}.pt" for name in tensors]
     for path, tensor in zip(paths, tensors.values()):
         torch.save(tensor, path)
     counts = ds.labels.bincount(minlength=len(ds.classes))
-    description = {"ipc": int(counts[0]) if len(counts) and bool((counts == counts[0]).all()) else None,
-                   "im_size": list(ds.image_shape[1:]), "mean": list(ds.mean), "std": list(ds.std),
-                   "num_classes": len(ds.classes), "dataset": ds.meta["dataset"]["name"], "classes": list(ds.classes),
-                   "images": "images.pt: normalised with mean and std, class-major",
-                   "soft_labels": "soft_labels.pt: logits (log-probabilities)" if "soft_labels" in tensors else None}
+    description = {
+        "ipc": int(counts[0]) if len(counts) and bool((counts == counts[0]).all()) else None,
+        "im_size": list(ds.image_shape[1:]),
+        "mean": list(ds.mean),
+        "std": list(ds.std),
+        "num_classes": len(ds.classes),
+        "dataset": ds.meta["dataset"]["name"],
+        "classes": list(ds.classes),
+        "images": "images.pt: normalised with mean and std, class-major",
+        "soft_labels": "soft_labels.pt: logits (log-probabilities)" if "soft_labels" in tensors else None,
+    }
     (out / "ddranking.json").write_text(json.dumps(description, indent=2) + "\n")
     return paths + [out / "ddranking.json"]
 
@@ -160,8 +188,14 @@ NAME_CHARACTERS = 24  # of a class name written beside its row
 NAME_MARGIN = 160  # the widest margin, in pixels, the names may take
 
 
-def grid_image(ds: D3Dataset, max_per_class: int = 20, pad: int = 2, max_pixels: int | None = None,
-               scale: int = 1, names: bool = False) -> Image.Image:
+def grid_image(
+    ds: D3Dataset,
+    max_per_class: int = 20,
+    pad: int = 2,
+    max_pixels: int | None = None,
+    scale: int = 1,
+    names: bool = False,
+) -> Image.Image:
     """One picture of the images, a row per class (at most ``max_per_class`` columns), each image
     enlarged ``scale`` times (nearest neighbour), with each class's name left of its row where ``names``
     (the first NAME_CHARACTERS characters, in pillow's default font, in a margin of at most NAME_MARGIN
@@ -175,8 +209,9 @@ def grid_image(ds: D3Dataset, max_per_class: int = 20, pad: int = 2, max_pixels:
     from d3codec.format.limits import DEFAULT_LIMITS, DecodeLimits, check
 
     if max_per_class < 1 or scale < 1:
-        raise ValueError(f"the grid needs at least one column and a scale of at least 1, not {max_per_class} and "
-                         f"{scale}")
+        raise ValueError(
+            f"the grid needs at least one column and a scale of at least 1, not {max_per_class} and {scale}"
+        )
     c, h, w = ds.image_shape
     k = len(ds.classes)
     counts = torch.bincount(ds.labels, minlength=k)
@@ -184,18 +219,23 @@ def grid_image(ds: D3Dataset, max_per_class: int = 20, pad: int = 2, max_pixels:
     height, width = k * (h + pad) + pad, cols * (w + pad) + pad
     margin = NAME_MARGIN if names else 0
     limits = DecodeLimits(max_canvas_pixels=max_pixels) if max_pixels is not None else DEFAULT_LIMITS
-    check("pixels", height * scale * (width * scale + margin), limits, "max_canvas_pixels",
-          f"a grid of {k} rows × {cols} columns of {h}×{w} images ({height * scale}×{width * scale + margin}; "
-          "fewer columns: `grid_columns`, or a smaller `grid_scale`)")
+    check(
+        "pixels",
+        height * scale * (width * scale + margin),
+        limits,
+        "max_canvas_pixels",
+        f"a grid of {k} rows × {cols} columns of {h}×{w} images ({height * scale}×{width * scale + margin}; "
+        "fewer columns: `grid_columns`, or a smaller `grid_scale`)",
+    )
     canvas = torch.full((c, height, width), 255, dtype=torch.uint8)
     order = torch.argsort(ds.labels, stable=True)  # each class's images in their order, classes in turn
     starts = torch.cumsum(counts, 0) - counts  # (K,) where each class begins in ``order``
     # one pass over the labels, not one per class (a million images of 1 000 classes); only the tiles are decoded
-    shown = [order[int(starts[cl]):int(starts[cl]) + min(cols, int(counts[cl]))] for cl in range(k)]
+    shown = [order[int(starts[cl]) : int(starts[cl]) + min(cols, int(counts[cl]))] for cl in range(k)]
     # a D3Dataset decodes just the tiles (a lazy one decodes nothing else); any object with images serves too
     tiles_of = ds.batch if hasattr(ds, "batch") else lambda index: (ds.images[index],)
     for lo in range(0, k, max(1, WRITE_BATCH // cols)):  # a few rows at a time
-        rows = shown[lo:lo + max(1, WRITE_BATCH // cols)]
+        rows = shown[lo : lo + max(1, WRITE_BATCH // cols)]
         if not sum(map(len, rows)):
             continue  # these classes have no images: no tiles to decode
         images = tiles_of(torch.cat(rows))[0]
@@ -204,12 +244,15 @@ def grid_image(ds: D3Dataset, max_per_class: int = 20, pad: int = 2, max_pixels:
         for cl, row in enumerate(rows, lo):
             for j in range(len(row)):
                 y, x = pad + cl * (h + pad), pad + j * (w + pad)
-                canvas[:, y:y + h, x:x + w] = tiles[at]
+                canvas[:, y : y + h, x : x + w] = tiles[at]
                 at += 1
     if scale > 1:
         canvas = canvas.repeat_interleave(scale, dim=1).repeat_interleave(scale, dim=2)
-    picture = Image.fromarray(canvas[0].numpy(), mode="L") if c == 1 else \
-        Image.fromarray(canvas.permute(1, 2, 0).contiguous().numpy(), mode="RGB")
+    picture = (
+        Image.fromarray(canvas[0].numpy(), mode="L")
+        if c == 1
+        else Image.fromarray(canvas.permute(1, 2, 0).contiguous().numpy(), mode="RGB")
+    )
     return _with_names(picture, ds.classes, (h + pad) * scale, pad * scale) if names else picture
 
 
@@ -218,7 +261,7 @@ def _with_names(picture: Image.Image, classes: list[str], row: int, top: int) ->
     from PIL import ImageDraw, ImageFont
 
     font = ImageFont.load_default()
-    labels = [name if len(name) <= NAME_CHARACTERS else name[:NAME_CHARACTERS - 1] + "…" for name in classes]
+    labels = [name if len(name) <= NAME_CHARACTERS else name[: NAME_CHARACTERS - 1] + "…" for name in classes]
     widest = max((font.getbbox(label)[2] for label in labels), default=0)
     margin = min(NAME_MARGIN, int(widest) + 8)  # pillow types a FreeTypeFont's bounding box float; it holds ints
     out = Image.new(picture.mode, (picture.width + margin, picture.height), 255 if picture.mode == "L" else (255,) * 3)

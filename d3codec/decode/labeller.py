@@ -46,12 +46,16 @@ def labeller_parts(net: ConvNet, temperature: float, dtype: str = "int8") -> tup
     classes): (``meta.labeller``, the ancillary ``labeller`` section). Raises: ValueError for a dtype
     other than int8 or float16, or a temperature that is not in [0.001, 1000]."""
     if dtype not in WEIGHT_DTYPES or not 1e-3 <= temperature <= 1e3:
-        raise ValueError(f"a labeller is stored as {' or '.join(WEIGHT_DTYPES)} with a temperature from 0.001 to "
-                         f"1000, not {dtype!r} and {temperature!r}")
+        raise ValueError(
+            f"a labeller is stored as {' or '.join(WEIGHT_DTYPES)} with a temperature from 0.001 to "
+            f"1000, not {dtype!r} and {temperature!r}"
+        )
     width = net.features[0].out_channels
     state = {k: v.detach().cpu() for k, v in net.state_dict().items()}
-    return ({"network": "convnet3", "width": width, "temperature": float(temperature), "dtype": dtype},
-            Section.tensors(SECTION, quantise_state(state, "", dtype), critical=False))
+    return (
+        {"network": "convnet3", "width": width, "temperature": float(temperature), "dtype": dtype},
+        Section.tensors(SECTION, quantise_state(state, "", dtype), critical=False),
+    )
 
 
 def section_cost(section: Section) -> int:
@@ -95,8 +99,9 @@ def read_labeller(reader, meta: dict, device: torch.device | str = "cpu", limits
     limits = limits or DEFAULT_LIMITS
     check("values", cost.parameters, limits, "max_parameters", "the labeller")
     check("multiply-adds", cost.macs, limits, "max_macs_per_image", "labelling one image")
-    net = load_stored_module(lambda: ConvNet(c, k, h, width=width), reader.read_tensors(SECTION), "", dtype, SECTION,
-                             device, exact=True)
+    net = load_stored_module(
+        lambda: ConvNet(c, k, h, width=width), reader.read_tensors(SECTION), "", dtype, SECTION, device, exact=True
+    )
     return Labeller(net, ds["mean"], ds["std"], temperature)
 
 

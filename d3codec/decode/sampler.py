@@ -57,8 +57,9 @@ class Sampler(ABC):
         with d3codec.format.limits.draw_macs (sampling noise included, at least MIN_MACS_PER_IMAGE an image)."""
 
     @abstractmethod
-    def _decode_at(self, samples_per_class: int | None, seed: int, classes: torch.Tensor,
-                   samples: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def _decode_at(
+        self, samples_per_class: int | None, seed: int, classes: torch.Tensor, samples: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Sample ``samples[i]`` of class ``classes[i]`` (both (B,) int64) of a 1.1 draw: images (B, C, H, W)
         float32, soft labels (B, K) float32 or None."""
 
@@ -81,9 +82,13 @@ class Sampler(ABC):
 
         self.check_count(samples_per_class)
         images, noise = self.counts(samples_per_class)
-        check("bytes", output_bytes(images, self.image_shape, self.num_classes, self.soft, noise), self.limits,
-              "max_bytes", f"drawing {images:,} images of shape {self.image_shape}"
-              + (" with soft labels" if self.soft else ""))
+        check(
+            "bytes",
+            output_bytes(images, self.image_shape, self.num_classes, self.soft, noise),
+            self.limits,
+            "max_bytes",
+            f"drawing {images:,} images of shape {self.image_shape}" + (" with soft labels" if self.soft else ""),
+        )
         check("multiply-adds", self.macs(samples_per_class), self.limits, "max_macs", f"decoding {images:,} images")
 
     def labels(self, samples_per_class: int | None = None) -> torch.Tensor:
@@ -139,11 +144,12 @@ class Sampler(ABC):
         images = torch.empty(len(labels), *self.image_shape)  # filled in place: no second copy at the end
         soft = torch.empty(len(labels), self.num_classes) if self.soft else None
         for lo in range(0, len(labels), self.batch):
-            part, _, part_soft = self.decode_at(samples_per_class, seed, torch.arange(lo, min(lo + self.batch,
-                                                                                             len(labels))))
-            images[lo:lo + len(part)] = part
+            part, _, part_soft = self.decode_at(
+                samples_per_class, seed, torch.arange(lo, min(lo + self.batch, len(labels)))
+            )
+            images[lo : lo + len(part)] = part
             if soft is not None:
-                soft[lo:lo + len(part)] = part_soft
+                soft[lo : lo + len(part)] = part_soft
         return images, labels, soft
 
     __call__ = draw

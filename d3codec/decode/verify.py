@@ -63,8 +63,13 @@ def verify_archive(path: str | os.PathLike | bytes, limits: DecodeLimits | None 
     step = "container"
     try:
         with D3Reader(path, max_section_bytes=limits.max_section_bytes) as reader:
-            result.checks.append((step, f"format {reader.version[0]}.{reader.version[1]}, {len(reader.sections)} "
-                                        f"sections, sizes add up to the file's {reader.file_size} bytes"))
+            result.checks.append(
+                (
+                    step,
+                    f"format {reader.version[0]}.{reader.version[1]}, {len(reader.sections)} "
+                    f"sections, sizes add up to the file's {reader.file_size} bytes",
+                )
+            )
             step = "sections"
             _read_every_section(reader)
             result.checks.append((step, "every checksum matches; every section decodes to its declared size"))
@@ -72,8 +77,13 @@ def verify_archive(path: str | os.PathLike | bytes, limits: DecodeLimits | None 
             meta = read_meta(reader)
             kind = known_kind(meta)
             check_sections(reader, kind.sections)
-            result.checks.append((step, f"method {meta['method']}, dataset '{safe_text(meta['dataset']['name'])}', "
-                                        f"{len(meta['dataset']['classes'])} classes"))
+            result.checks.append(
+                (
+                    step,
+                    f"method {meta['method']}, dataset '{safe_text(meta['dataset']['name'])}', "
+                    f"{len(meta['dataset']['classes'])} classes",
+                )
+            )
             step = "byte accounting"
             result.checks.append((step, _check_accounting(reader, meta)))
             step = "contents"  # the limits are checked first within it; a refusal is reported as "decode budget"
@@ -109,17 +119,20 @@ def _check_accounting(reader: D3Reader, meta: dict) -> str:
 
     Raises: D3FormatError naming the budget the file exceeds.
     """
-    limits_stated = {"accounting.budget_bytes": (meta.get("accounting") or {}).get("budget_bytes"),
-                     "budget.bytes": (meta.get("budget") or {}).get("bytes")}
+    limits_stated = {
+        "accounting.budget_bytes": (meta.get("accounting") or {}).get("budget_bytes"),
+        "budget.bytes": (meta.get("budget") or {}).get("bytes"),
+    }
     stated = {k: v for k, v in limits_stated.items() if v is not None}  # types checked with the metadata
     for key, value in stated.items():
         if reader.file_size > value:
             raise D3FormatError(f"the file is {reader.file_size} bytes, over its {key} of {value}")
-    return f"{reader.file_size} bytes within " + (", ".join(f"{k} {v}" for k, v in stated.items()) or "no stated budget")
+    return f"{reader.file_size} bytes within " + (
+        ", ".join(f"{k} {v}" for k, v in stated.items()) or "no stated budget"
+    )
 
 
-def _check_contents(reader: D3Reader, meta: dict, sampled: bool, limits: DecodeLimits,
-                    result: Verification) -> str:
+def _check_contents(reader: D3Reader, meta: dict, sampled: bool, limits: DecodeLimits, result: Verification) -> str:
     """The "decode budget" check (appended to ``result``), then the "contents" check, whose detail it returns:
     decode the archive (one sample per class when ``sampled``) and run its stored labeller, if any, on the images.
 
@@ -129,17 +142,24 @@ def _check_contents(reader: D3Reader, meta: dict, sampled: bool, limits: DecodeL
     from d3codec.decode.labeller import read_labeller
 
     images, labels, soft, schedule, sampler = decode_archive(
-        reader, meta, 1 if sampled else None, 0, "cpu", limits, check_default=True)
+        reader, meta, 1 if sampled else None, 0, "cpu", limits, check_default=True
+    )
     if sampled:
         count, _ = sampler.counts(None)
         budget_detail = f"the default draw of {count} images is within the limits"
     else:
         budget_detail = f"{len(labels)} decoded images are within the limits"
-    result.checks.append(("decode budget", budget_detail + f" ({limits.max_bytes} bytes, "
-                          f"{limits.max_parameters} values, {limits.max_macs_per_image} multiply-adds per image, "
-                          f"{limits.max_macs} in all)"))
-    extra = f", a {schedule.network} schedule of {schedule.steps}×{schedule.epochs} steps" \
-        if schedule is not None else ""
+    result.checks.append(
+        (
+            "decode budget",
+            budget_detail + f" ({limits.max_bytes} bytes, "
+            f"{limits.max_parameters} values, {limits.max_macs_per_image} multiply-adds per image, "
+            f"{limits.max_macs} in all)",
+        )
+    )
+    extra = (
+        f", a {schedule.network} schedule of {schedule.steps}×{schedule.epochs} steps" if schedule is not None else ""
+    )
     labeller = read_labeller(reader, meta, "cpu", limits)
     if labeller is not None:  # it runs on the decoded images, as a student would ask it
         labels_given = labeller(images[:8])
@@ -147,6 +167,8 @@ def _check_contents(reader: D3Reader, meta: dict, sampled: bool, limits: DecodeL
             raise D3FormatError("the stored labeller's soft labels of the decoded images are not finite")
         net: Any = labeller.net  # a ConvNet: its layers are not in nn.Module's type
         extra += f", a width-{net.features[0].out_channels} labeller ({tuple(labels_given.shape)})"
-    return (f"{len(labels)} images of shape {tuple(images.shape[1:])} decoded"
-            f"{' (one sample per class)' if sampled else ''}"
-            f"{', soft labels checked' if soft is not None else ''}{extra}")
+    return (
+        f"{len(labels)} images of shape {tuple(images.shape[1:])} decoded"
+        f"{' (one sample per class)' if sampled else ''}"
+        f"{', soft labels checked' if soft is not None else ''}{extra}"
+    )

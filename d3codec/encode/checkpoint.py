@@ -47,14 +47,20 @@ def weights_digest(tensors: dict[str, torch.Tensor]) -> str:
 def flatten_optimizer(opt: torch.optim.Optimizer, prefix: str) -> tuple[dict[str, torch.Tensor], list]:
     """An optimiser's state as tensors named ``{prefix}.{param index}.{field}`` and its JSON param groups."""
     state = opt.state_dict()
-    tensors = {f"{prefix}.{i}.{k}": (v if torch.is_tensor(v) else torch.tensor(v))
-               for i, s in state["state"].items() for k, v in s.items()}
+    tensors = {
+        f"{prefix}.{i}.{k}": (v if torch.is_tensor(v) else torch.tensor(v))
+        for i, s in state["state"].items()
+        for k, v in s.items()
+    }
     return tensors, state["param_groups"]
 
 
 # the state each parameter of d3codec's optimisers holds once stepped (a parameter never stepped holds none)
-OPTIMIZER_STATE = {torch.optim.Adam: {"step", "exp_avg", "exp_avg_sq"},
-                   torch.optim.AdamW: {"step", "exp_avg", "exp_avg_sq"}, torch.optim.SGD: {"momentum_buffer"}}
+OPTIMIZER_STATE = {
+    torch.optim.Adam: {"step", "exp_avg", "exp_avg_sq"},
+    torch.optim.AdamW: {"step", "exp_avg", "exp_avg_sq"},
+    torch.optim.SGD: {"momentum_buffer"},
+}
 
 
 def restore_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], prefix: str, groups: list) -> None:
@@ -66,15 +72,20 @@ def restore_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tenso
     state: dict[int, dict[str, torch.Tensor]] = {}
     for key, value in tensors.items():
         if key.startswith(prefix + "."):
-            i, name = key[len(prefix) + 1:].split(".", 1)
+            i, name = key[len(prefix) + 1 :].split(".", 1)
             index = int(i)
             if not 0 <= index < len(params):
                 raise ValueError(f"optimiser state {key!r} belongs to no parameter")
-            fits = (value.numel() == 1 and value.is_floating_point() and 0 <= float(value) <= MAX_ITERATION) \
-                if name == "step" else (value.shape == params[index].shape and value.dtype == params[index].dtype)
+            fits = (
+                (value.numel() == 1 and value.is_floating_point() and 0 <= float(value) <= MAX_ITERATION)
+                if name == "step"
+                else (value.shape == params[index].shape and value.dtype == params[index].dtype)
+            )
             if not fits:
-                raise ValueError(f"optimiser state {key!r}, {str(value.dtype).removeprefix('torch.')} of shape "
-                                 f"{tuple(value.shape)}, does not fit its parameter")
+                raise ValueError(
+                    f"optimiser state {key!r}, {str(value.dtype).removeprefix('torch.')} of shape "
+                    f"{tuple(value.shape)}, does not fit its parameter"
+                )
             state.setdefault(index, {})[name] = value
     fields = OPTIMIZER_STATE.get(type(opt))
     amsgrad = any(group.get("amsgrad") for group in opt.param_groups)
@@ -119,12 +130,15 @@ def _same_kind(want, value, top: float) -> bool:
     below ``top`` for a number (every hyper-parameter of torch's optimisers is non-negative), else ``want``
     itself."""
     if isinstance(want, bool) or want is None or isinstance(want, str):  # switches (amsgrad, capturable, ...)
-        return type(value) is type(want) and value == want               # are the code's, not the run's
+        return type(value) is type(want) and value == want  # are the code's, not the run's
     if isinstance(want, (int, float)):
         return type(value) in (int, float) and math.isfinite(value) and 0 <= value < top
     if isinstance(want, (list, tuple)):
-        return isinstance(value, list) and len(value) == len(want) and all(_same_kind(w, v, top)
-                                                                             for w, v in zip(want, value))
+        return (
+            isinstance(value, list)
+            and len(value) == len(want)
+            and all(_same_kind(w, v, top) for w, v in zip(want, value))
+        )
     return False
 
 
@@ -136,7 +150,7 @@ def describe_json(value) -> str:
 def load_prefixed(module: torch.nn.Module, tensors: dict[str, torch.Tensor], prefix: str) -> None:
     """Load ``module``'s state from the tensors named ``{prefix}{parameter name}``.
     Raises: RuntimeError when one is missing or of the wrong shape."""
-    module.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
+    module.load_state_dict({k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)})
 
 
 def rng_tensors(generator: torch.Generator) -> dict[str, torch.Tensor]:
@@ -196,27 +210,44 @@ class Checkpoint:
     def due(self, iteration: int, total: int) -> bool:
         return iteration == total or time.monotonic() - self._last >= self.every_seconds
 
-    def save(self, iteration: int, tensors: dict[str, torch.Tensor], optimizers: dict[str, torch.optim.Optimizer],
-             generator: torch.Generator, modules: dict[str, torch.nn.Module] | None = None) -> None:
+    def save(
+        self,
+        iteration: int,
+        tensors: dict[str, torch.Tensor],
+        optimizers: dict[str, torch.optim.Optimizer],
+        generator: torch.Generator,
+        modules: dict[str, torch.nn.Module] | None = None,
+    ) -> None:
         """Write the state after ``iteration`` iterations (atomically replacing the file): ``tensors``
         by name, each of ``modules``' parameters as ``{module name}.{parameter name}``."""
         out = {f"state.{k}": v for k, v in tensors.items()}
-        out.update({f"state.{name}.{k}": v for name, module in (modules or {}).items()
-                    for k, v in module.state_dict().items()})
+        out.update(
+            {f"state.{name}.{k}": v for name, module in (modules or {}).items() for k, v in module.state_dict().items()}
+        )
         groups = {}
         for name, opt in optimizers.items():
             flat, groups[name] = flatten_optimizer(opt, f"opt.{name}")
             out.update(flat)
         out.update(rng_tensors(generator))
         out = {k: v.detach().cpu().contiguous() for k, v in out.items()}
-        meta = {"format": FORMAT, "kind": self.kind, "run": self.run, "iteration": str(iteration),
-                "opt_groups": json.dumps(groups)}
+        meta = {
+            "format": FORMAT,
+            "kind": self.kind,
+            "run": self.run,
+            "iteration": str(iteration),
+            "opt_groups": json.dumps(groups),
+        }
         write_tensors_atomic(self.path, out, meta)
         self._last = time.monotonic()
 
-    def resume(self, optimizers: dict[str, torch.optim.Optimizer], generator: torch.Generator,
-               device: torch.device, learned: dict[str, torch.Tensor] | None = None,
-               modules: dict[str, torch.nn.Module] | None = None) -> tuple[int, dict[str, torch.Tensor]] | None:
+    def resume(
+        self,
+        optimizers: dict[str, torch.optim.Optimizer],
+        generator: torch.Generator,
+        device: torch.device,
+        learned: dict[str, torch.Tensor] | None = None,
+        modules: dict[str, torch.nn.Module] | None = None,
+    ) -> tuple[int, dict[str, torch.Tensor]] | None:
         """Load the file if there is one: restores the optimisers and random states, copies the saved
         tensors into ``learned`` in place and loads ``modules`` (both named as in :meth:`save`), and
         returns (iteration reached, the saved tensors by name); None when there is no file.
@@ -228,8 +259,10 @@ class Checkpoint:
         if meta.get("format") != FORMAT or meta.get("kind") != self.kind:
             raise D3Error(f"{self.path} is not a checkpoint of a {self.kind} encode{fix}")
         if meta.get("run") != self.run:
-            raise D3Error(f"checkpoint {self.path} was written by a run with other data, options or seed, or by "
-                          f"another version of d3codec{fix}, or run the same command as before")
+            raise D3Error(
+                f"checkpoint {self.path} was written by a run with other data, options or seed, or by "
+                f"another version of d3codec{fix}, or run the same command as before"
+            )
         try:
             iteration = checked_iteration(meta.get("iteration"))
             groups = json.loads(meta["opt_groups"])
@@ -243,7 +276,7 @@ class Checkpoint:
                 check_groups(opt, groups.get(name))
                 restore_optimizer(opt, {k: v.to(device) for k, v in tensors.items()}, f"opt.{name}", groups[name])
             restore_rng(tensors, generator, device)
-            saved = {k[len("state."):]: v for k, v in tensors.items() if k.startswith("state.")}
+            saved = {k[len("state.") :]: v for k, v in tensors.items() if k.startswith("state.")}
             with torch.no_grad():
                 for name, tensor in (learned or {}).items():
                     if tuple(saved[name].shape) != tuple(tensor.shape):
@@ -252,8 +285,10 @@ class Checkpoint:
             for name, module in (modules or {}).items():
                 load_prefixed(module, saved, name + ".")
         except (KeyError, ValueError, RuntimeError, TypeError, IndexError) as e:
-            raise D3Error(f"checkpoint {safe_text(str(self.path), 300)} is damaged "
-                          f"({safe_text(' '.join(str(e).split()), 200)}){fix}") from None
+            raise D3Error(
+                f"checkpoint {safe_text(str(self.path), 300)} is damaged "
+                f"({safe_text(' '.join(str(e).split()), 200)}){fix}"
+            ) from None
         return iteration, saved
 
     def remove(self) -> None:

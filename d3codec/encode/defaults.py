@@ -56,15 +56,22 @@ def default_choice(num_classes: int, ipc: float, preset: str = "fast") -> Defaul
     (any positive number; a byte budget divided by one class's float32 images) and ``preset``."""
     if default_method(num_classes) == "d3":
         subtasks = -(-num_classes // CLASSES_PER_SUBTASK)
-        return DefaultChoice("d3", {"subtasks": subtasks}, f"D3: {num_classes} classes is ImageNet-scale (more than "
-                             f"{MANY_CLASSES}), in {subtasks} subtask(s) of at most {CLASSES_PER_SUBTASK} classes")
+        return DefaultChoice(
+            "d3",
+            {"subtasks": subtasks},
+            f"D3: {num_classes} classes is ImageNet-scale (more than "
+            f"{MANY_CLASSES}), in {subtasks} subtask(s) of at most {CLASSES_PER_SUBTASK} classes",
+        )
     factor = 3 if ipc <= FACTOR_3_MAX_IPC else 2
     options: dict[str, Any] = {"formation": "dct-variance", "formation_factor": factor}
     if preset not in QUICK_PRESETS:
         options["matching"] = "dance"
     matched = "DANCE's trained experts" if "matching" in options else f"DM's own matching ({preset} preset)"
-    return DefaultChoice("dm", options, f"DM through FreD's dct-variance ×{factor} with {matched}: the best "
-                         f"measured per byte at {num_classes} classes")
+    return DefaultChoice(
+        "dm",
+        options,
+        f"DM through FreD's dct-variance ×{factor} with {matched}: the best measured per byte at {num_classes} classes",
+    )
 
 
 def with_user_options(choice: DefaultChoice, options: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -96,5 +103,12 @@ def class_count(dataset: str) -> int | None:
         return None
 
 
-__all__ = ["DefaultChoice", "default_choice", "with_user_options", "default_method", "class_count", "MANY_CLASSES",
-           "FACTOR_3_MAX_IPC"]
+__all__ = [
+    "DefaultChoice",
+    "default_choice",
+    "with_user_options",
+    "default_method",
+    "class_count",
+    "MANY_CLASSES",
+    "FACTOR_3_MAX_IPC",
+]

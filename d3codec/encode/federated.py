@@ -75,8 +75,17 @@ def subtask_path(output: Path, index: int, count: int) -> Path:
     return output.with_name(f"{output.name}.subtask{index + 1}-of-{count}.d3")
 
 
-def distill_federated(encoder: Encoder, real: RealData, plan, output: Path, meta: dict, *, device: torch.device,
-                      seed: int, progress: bool = True) -> Encoded | None:
+def distill_federated(
+    encoder: Encoder,
+    real: RealData,
+    plan,
+    output: Path,
+    meta: dict,
+    *,
+    device: torch.device,
+    seed: int,
+    progress: bool = True,
+) -> Encoded | None:
     """This rank's share of the subtasks; on rank 0, the merged result (None on the other ranks).
 
     ``meta`` is the archive's common metadata, from which each subtask archive's metadata is made.
@@ -95,10 +104,13 @@ def distill_federated(encoder: Encoder, real: RealData, plan, output: Path, meta
             torch.set_num_threads(round_threads(index, world, count, os.cpu_count() or 1))
         part = encoder.distill_subtask(real, plan, index, device=device, seed=seed, progress=progress and me == 0)
         a, b = part.classes
-        part_meta = {**meta, "dataset": {**meta["dataset"], "classes": classes[a:b]},
-                     "params": part.encoded.method_meta, "stats": part.encoded.stats,
-                     "federated": {"budget": meta["budget"]["bytes"], "subtask": index, "subtasks": count,
-                                   "classes": [a, b]}}
+        part_meta = {
+            **meta,
+            "dataset": {**meta["dataset"], "classes": classes[a:b]},
+            "params": part.encoded.method_meta,
+            "stats": part.encoded.stats,
+            "federated": {"budget": meta["budget"]["bytes"], "subtask": index, "subtasks": count, "classes": [a, b]},
+        }
         write_archive(subtask_path(output, index, count), [Section.json("meta", part_meta)] + part.encoded.sections)
         del part
         release_freed_memory()  # the next subtask starts from what is live, not from this one's fragments
@@ -139,7 +151,7 @@ def sum_gradients(parameters: list[torch.nn.Parameter]) -> None:
     dist.all_reduce(flat)
     at = 0
     for p, g in zip(parameters, grads):
-        p.grad = flat[at:at + g.numel()].view_as(g).to(p.device)
+        p.grad = flat[at : at + g.numel()].view_as(g).to(p.device)
         at += g.numel()
 
 
@@ -154,7 +166,7 @@ def broadcast_parameters(module: torch.nn.Module, source: int = 0) -> None:
     at = 0
     with torch.no_grad():
         for t in tensors:
-            t.copy_(flat[at:at + t.numel()].view_as(t))
+            t.copy_(flat[at : at + t.numel()].view_as(t))
             at += t.numel()
 
 
@@ -180,8 +192,9 @@ def run_ranks(workers: int, target: Callable, args: tuple, device: str = "cpu") 
     if workers < 2:
         raise ValueError("`workers` must be at least 2 (leave it out to run in this process)")
     try:
-        mp.start_processes(_rank_main, args=(workers, _free_port(), device, target, args), nprocs=workers,
-                           start_method="spawn")
+        mp.start_processes(
+            _rank_main, args=(workers, _free_port(), device, target, args), nprocs=workers, start_method="spawn"
+        )
     except mp.ProcessRaisedException as e:
         raise D3Error(f"a worker failed:\n{e}") from None
 
@@ -190,8 +203,9 @@ def _rank_main(index: int, workers: int, port: int, device: str, target: Callabl
     dev = rank_device(torch.device(device), index)
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
     _SHARED_CORES["workers"] = workers
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=index, world_size=workers,
-                            timeout=COORDINATION_TIMEOUT)
+    dist.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=index, world_size=workers, timeout=COORDINATION_TIMEOUT
+    )
     try:
         target(dev, *args)
     finally:

@@ -92,8 +92,10 @@ def preset_config(presets: dict[str, Any], preset: str, overrides: dict[str, Any
     given = {k: v for k, v in overrides.items() if v is not None}
     unknown = sorted(set(given) - {f.name for f in fields(config)})
     if unknown:
-        raise ValueError(f"{type(config).__name__} has no field {', '.join(unknown)}; its fields: "
-                         f"{', '.join(f.name for f in fields(config))}")
+        raise ValueError(
+            f"{type(config).__name__} has no field {', '.join(unknown)}; its fields: "
+            f"{', '.join(f.name for f in fields(config))}"
+        )
     return replace(config, **{k: coerce_field(k, v, hints[k]) for k, v in given.items()})
 
 
@@ -154,8 +156,7 @@ class Encoder(ABC, Generic[PlanT]):
     data_parallel: bool = False
 
     @abstractmethod
-    def plan(self, spec: DatasetSpec, budget: int, meta_for: MetaFor,
-             real: RealData | None = None) -> PlanT:
+    def plan(self, spec: DatasetSpec, budget: int, meta_for: MetaFor, real: RealData | None = None) -> PlanT:
         """Decide what fits in ``budget`` bytes, before any distillation.
 
         ``meta_for(method_meta)`` gives the metadata section as it will be written; ``real``, when
@@ -163,8 +164,9 @@ class Encoder(ABC, Generic[PlanT]):
         with the smallest workable budget if nothing fits."""
 
     @abstractmethod
-    def distill(self, real: RealData, plan: PlanT, *, device: torch.device, seed: int,
-                progress: bool = True) -> Encoded:
+    def distill(
+        self, real: RealData, plan: PlanT, *, device: torch.device, seed: int, progress: bool = True
+    ) -> Encoded:
         """Run the distillation and return the archive's method sections."""
 
     @property
@@ -199,8 +201,9 @@ class SubtaskEncoder(Encoder[PlanT]):
         """How many subtasks ``plan`` has."""
 
     @abstractmethod
-    def distill_subtask(self, real: RealData, plan: PlanT, index: int, *, device: torch.device, seed: int,
-                        progress: bool = True) -> Subtask:
+    def distill_subtask(
+        self, real: RealData, plan: PlanT, index: int, *, device: torch.device, seed: int, progress: bool = True
+    ) -> Subtask:
         """Distil subtask ``index`` alone; its result depends only on the data, the plan and (seed, index)."""
 
     @abstractmethod
@@ -220,8 +223,12 @@ class CheckpointedEncoder(Encoder[PlanT], Generic[PlanT, ConfigT]):
     time between two saves.
     """
 
-    def __init__(self, config: ConfigT | None = None, checkpoint: str | os.PathLike | None = None,
-                 checkpoint_seconds: float = 300.0):
+    def __init__(
+        self,
+        config: ConfigT | None = None,
+        checkpoint: str | os.PathLike | None = None,
+        checkpoint_seconds: float = 300.0,
+    ):
         self.config: ConfigT = config if config is not None else self.presets["fast"]
         self.checkpoint = Path(checkpoint) if checkpoint is not None else None
         self.checkpoint_seconds = checkpoint_seconds
@@ -234,8 +241,13 @@ class CheckpointedEncoder(Encoder[PlanT], Generic[PlanT, ConfigT]):
         return [self.checkpoint] if self.checkpoint is not None and self.checkpoint.is_file() else []
 
     @classmethod
-    def from_options(cls, preset: str = "fast", checkpoint: str | os.PathLike | None = None,
-                     checkpoint_seconds: float = 300.0, **overrides) -> "CheckpointedEncoder":
+    def from_options(
+        cls,
+        preset: str = "fast",
+        checkpoint: str | os.PathLike | None = None,
+        checkpoint_seconds: float = 300.0,
+        **overrides,
+    ) -> "CheckpointedEncoder":
         return cls(preset_config(cls.presets, preset, overrides), checkpoint, checkpoint_seconds)
 
     def loop(self, kind: str, run: tuple, total: int) -> ResumableLoop:

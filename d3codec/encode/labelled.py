@@ -65,21 +65,27 @@ class LabelledEncoder(Encoder):
 
     def __init__(self, inner: Encoder, config: LabellerConfig = LabellerConfig()):
         if config.dtype not in WEIGHT_DTYPES or not 1e-3 <= config.temperature <= 1e3 or config.width < 1:
-            raise ValueError(f"a labeller needs a width of at least 1, a dtype of {' or '.join(WEIGHT_DTYPES)} and a "
-                             f"temperature from 0.001 to 1000, not {config.width}, {config.dtype!r} and "
-                             f"{config.temperature!r}")
+            raise ValueError(
+                f"a labeller needs a width of at least 1, a dtype of {' or '.join(WEIGHT_DTYPES)} and a "
+                f"temperature from 0.001 to 1000, not {config.width}, {config.dtype!r} and "
+                f"{config.temperature!r}"
+            )
         self.inner, self.config, self.method = inner, config, inner.method
 
     def _placeholder(self, spec: DatasetSpec) -> tuple[dict, Section]:
         """The labeller's meta field and section as they will be, with zero weights of the right shapes."""
         c, h, w = spec.image_shape
         if h != w or h < 8:
-            raise D3Error(f"a labeller is a ConvNet-3, which needs square images of at least 8 × 8 pixels, not "
-                          f"{h} × {w}: leave out `labeller_width` and `labeller`")
+            raise D3Error(
+                f"a labeller is a ConvNet-3, which needs square images of at least 8 × 8 pixels, not "
+                f"{h} × {w}: leave out `labeller_width` and `labeller`"
+            )
         teacher, everyone = self.config.teacher, list(range(spec.num_classes))
         if teacher is not None and (teacher.classes != everyone or teacher.out_index != everyone):
-            raise D3Error(f"the given labeller gives {len(teacher.classes)} classes ({teacher.classes[:5]}...), not "
-                          f"the dataset's {spec.num_classes} in order: a stored labeller labels every class")
+            raise D3Error(
+                f"the given labeller gives {len(teacher.classes)} classes ({teacher.classes[:5]}...), not "
+                f"the dataset's {spec.num_classes} in order: a stored labeller labels every class"
+            )
         net = teacher.net if teacher is not None else ConvNet(c, spec.num_classes, h, width=self.config.width)
         return labeller_parts(net, self.config.temperature, self.config.dtype)
 
@@ -89,25 +95,33 @@ class LabelledEncoder(Encoder):
         described, section = self._placeholder(spec)
         cost = section_cost(section)
         if cost >= budget:
-            raise D3BudgetError(f"the labeller alone takes {cost} bytes of the budget of {budget}: use a narrower "
-                                "`labeller_width` or a larger `budget`", min_budget=cost + 1)
+            raise D3BudgetError(
+                f"the labeller alone takes {cost} bytes of the budget of {budget}: use a narrower "
+                "`labeller_width` or a larger `budget`",
+                min_budget=cost + 1,
+            )
         try:
             inner = self.inner.plan(spec, budget - cost, lambda m: {**meta_for(m), "labeller": described}, real)
         except D3BudgetError as error:
             needed = error.min_budget + cost if error.min_budget is not None else None
-            raise D3BudgetError(f"with a labeller of {cost} bytes: {error}" + (
-                f" (with the labeller, a `budget` of {needed})" if needed else ""), min_budget=needed) from None
+            raise D3BudgetError(
+                f"with a labeller of {cost} bytes: {error}"
+                + (f" (with the labeller, a `budget` of {needed})" if needed else ""),
+                min_budget=needed,
+            ) from None
         return LabelledPlan(inner, cost)
 
-    def distill(self, real: RealData, plan: LabelledPlan, *, device: torch.device, seed: int,
-                progress: bool = True) -> Encoded:
+    def distill(
+        self, real: RealData, plan: LabelledPlan, *, device: torch.device, seed: int, progress: bool = True
+    ) -> Encoded:
         """Train the labeller (unless one is given), distil with the inner encoder, and add the labeller's
         section; its test accuracy (``labeller_accuracy``, a fraction) and training seconds
         (``labeller_seconds``, beside the method's ``distill_seconds``) are in the stats."""
         teacher, stats = train_labeller(real, self.config, seed, device, progress)
         described, section = labeller_parts(teacher.net, self.config.temperature, self.config.dtype)
-        return _with_labeller(self.inner.distill(real, plan.inner, device=device, seed=seed, progress=progress),
-                              described, section, stats)
+        return _with_labeller(
+            self.inner.distill(real, plan.inner, device=device, seed=seed, progress=progress), described, section, stats
+        )
 
     @property
     def kept_state(self):
@@ -134,22 +148,36 @@ def auto_width(image_shape: tuple[int, int, int], num_classes: int, budget: int,
     labeller cost 1.0 point.
     """
     c, h, _ = image_shape
-    fitting = [w for w in LABELLER_WIDTHS
-               if section_cost(labeller_parts(ConvNet(c, num_classes, h, width=w), 1.0, dtype)[1])
-               <= LABELLER_SHARE * budget]
+    fitting = [
+        w
+        for w in LABELLER_WIDTHS
+        if section_cost(labeller_parts(ConvNet(c, num_classes, h, width=w), 1.0, dtype)[1]) <= LABELLER_SHARE * budget
+    ]
     return max(fitting) if fitting else None
 
 
-def train_labeller(real: RealData, config: LabellerConfig, seed: int, device: torch.device = torch.device("cpu"),
-                   progress: bool = False):
+def train_labeller(
+    real: RealData,
+    config: LabellerConfig,
+    seed: int,
+    device: torch.device = torch.device("cpu"),
+    progress: bool = False,
+):
     """The labeller :class:`LabelledEncoder` stores for ``seed`` (``config.teacher`` where given, else one
     trained on ``real``'s training split), and stats: ``labeller_seconds`` (training), ``labeller_accuracy``
     (test split, a fraction; float32 weights). Returns: (d3codec.nn.teacher.Teacher, stats)."""
     teacher, stats, start = config.teacher, {}, time.time()
     if teacher is None:  # its bar is named "labeller training", not the method's "teacher"
         with Stages("labeller", [Stage("training", 1.0)], enabled=progress).stage("training"):
-            teacher, _ = train_teacher(real, list(range(real.num_classes)), epochs=config.epochs, width=config.width,
-                                       device=device, seed=seeds.stream_seed(seed, "labeller"), progress=progress)
+            teacher, _ = train_teacher(
+                real,
+                list(range(real.num_classes)),
+                epochs=config.epochs,
+                width=config.width,
+                device=device,
+                seed=seeds.stream_seed(seed, "labeller"),
+                progress=progress,
+            )
         stats["labeller_seconds"] = round(time.time() - start, 3)
     if real.test is not None:
         test_x, test_y = test_split(real)
@@ -165,5 +193,10 @@ def _with_labeller(encoded: Encoded, described: dict, section: Section, stats: d
         trimmed = trim(overrun) if trim is not None else None
         return _with_labeller(trimmed, described, section, stats) if trimmed is not None else None
 
-    return replace(encoded, sections=encoded.sections + [section], stats={**encoded.stats, **stats},
-                   trim=smaller if trim is not None else None, meta={**encoded.meta, "labeller": described})
+    return replace(
+        encoded,
+        sections=encoded.sections + [section],
+        stats={**encoded.stats, **stats},
+        trim=smaller if trim is not None else None,
+        meta={**encoded.meta, "labeller": described},
+    )

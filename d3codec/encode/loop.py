@@ -46,8 +46,16 @@ class ResumableLoop:
         saves: False for a rank that resumes but leaves the writing to another (federated subtasks).
     """
 
-    def __init__(self, path: str | os.PathLike | None, kind: str, run: tuple, total: int,
-                 every_seconds: float = 300.0, every_iterations: int | None = None, saves: bool = True):
+    def __init__(
+        self,
+        path: str | os.PathLike | None,
+        kind: str,
+        run: tuple,
+        total: int,
+        every_seconds: float = 300.0,
+        every_iterations: int | None = None,
+        saves: bool = True,
+    ):
         self.checkpoint = Checkpoint(Path(path), kind, fingerprint(kind, *run), every_seconds) if path else None
         self.total, self.every_iterations, self.saves = total, every_iterations, saves
         self.first, self.loss = 0, float("nan")
@@ -80,8 +88,11 @@ class ResumableLoop:
         self.loss = float(saved.pop("loss", torch.tensor(math.nan)))
         self._began -= float(saved.pop("seconds", torch.tensor(0.0)))
         modules = tuple(f"{name}." for name in state.modules)
-        self.carry = {name: float(v) for name, v in saved.items()
-                      if v.numel() == 1 and name not in state.tensors and not name.startswith(modules)}
+        self.carry = {
+            name: float(v)
+            for name, v in saved.items()
+            if v.numel() == 1 and name not in state.tensors and not name.startswith(modules)
+        }
 
     def save(self, done: int) -> None:
         """Write the state after ``done`` iterations (when there is a file and this process saves; before
@@ -91,8 +102,13 @@ class ResumableLoop:
         if self.device.type == "cuda":  # its queued work done, so that the seconds saved count it
             torch.cuda.synchronize(self.device)
         scalars = {"loss": self.loss, "seconds": self.seconds, **self.carry}
-        self.checkpoint.save(done, {**self.state.tensors, **{k: torch.tensor(v) for k, v in scalars.items()}},
-                             self.state.optimisers, self.state.generator, self.state.modules)
+        self.checkpoint.save(
+            done,
+            {**self.state.tensors, **{k: torch.tensor(v) for k, v in scalars.items()}},
+            self.state.optimisers,
+            self.state.generator,
+            self.state.modules,
+        )
 
     def due(self, done: int) -> bool:
         if self.checkpoint is None or not self.saves:

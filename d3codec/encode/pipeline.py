@@ -57,8 +57,10 @@ def resolve_budget(spec: DatasetSpec, ipc: float | None, budget: int | None) -> 
     non-finite or non-positive IPC, a budget past MAX_BUDGET_BYTES, or images smaller than MIN_SIDE a side
     (checked before any planning)."""
     if min(spec.image_shape[1:]) < MIN_SIDE:
-        raise ValueError(f"images of {spec.image_shape[1]} × {spec.image_shape[2]} pixels are too small to distil: "
-                         f"d3codec's networks need at least {MIN_SIDE} × {MIN_SIDE} (a `resolution` of {MIN_SIDE} or more)")
+        raise ValueError(
+            f"images of {spec.image_shape[1]} × {spec.image_shape[2]} pixels are too small to distil: "
+            f"d3codec's networks need at least {MIN_SIDE} × {MIN_SIDE} (a `resolution` of {MIN_SIDE} or more)"
+        )
     if (ipc is None) == (budget is None):
         raise ValueError("give exactly one of `ipc` (float32 images per class) and `budget` (bytes)")
     if budget is not None:
@@ -74,24 +76,29 @@ def resolve_budget(spec: DatasetSpec, ipc: float | None, budget: int | None) -> 
         if bytes_ < 1:
             raise ValueError(f"`ipc` {ipc:g} gives a budget of {bytes_} bytes; use a larger `ipc`")
     if bytes_ > MAX_BUDGET_BYTES:
-        raise ValueError(f"a budget of {bytes_} bytes is over the largest d3codec writes, {MAX_BUDGET_BYTES} bytes "
-                         "(2 GiB: larger sections are refused by readers' default limits)")
+        raise ValueError(
+            f"a budget of {bytes_} bytes is over the largest d3codec writes, {MAX_BUDGET_BYTES} bytes "
+            "(2 GiB: larger sections are refused by readers' default limits)"
+        )
     return bytes_
 
 
-def plan_archive(encoder: Encoder[PlanT], spec: DatasetSpec, budget: int, meta: dict[str, Any],
-                 real: RealData | None = None) -> PlanT:
+def plan_archive(
+    encoder: Encoder[PlanT], spec: DatasetSpec, budget: int, meta: dict[str, Any], real: RealData | None = None
+) -> PlanT:
     """The encoder's plan for ``budget`` bytes; raises D3BudgetError before any distillation.
 
     The budget is written into the metadata, so a smaller budget has a shorter metadata section:
     the smallest workable budget an error reports is checked by planning at it (and raised, if
     need be, until it is a fixed point), so that it really works.
     """
+
     def plan_at(b: int) -> PlanT:
         at = {**meta, "budget": {**meta["budget"], "bytes": b}}
 
         def meta_for(method_meta: dict[str, Any]) -> dict[str, Any]:
             return {**at, "params": method_meta, "accounting": {"budget_bytes": b, "bound_bytes": b}}
+
         return encoder.plan(spec, b, meta_for, real)
 
     try:
@@ -115,13 +122,17 @@ def current_name(method: str | None) -> str | None:
     """``method``, with the deprecated name "pixel" (d3codec 0.1) read as "dm" and warned about."""
     if method != "pixel":
         return method
-    warnings.warn('method "pixel" is now called "dm" (BPTT is "bptt"); "pixel" goes in the next release',
-                  DeprecationWarning, stacklevel=3)
+    warnings.warn(
+        'method "pixel" is now called "dm" (BPTT is "bptt"); "pixel" goes in the next release',
+        DeprecationWarning,
+        stacklevel=3,
+    )
     return "dm"
 
 
-def chosen_method(method: str | None, preset: str, options: dict[str, Any] | None, spec: DatasetSpec,
-                  budget: int) -> tuple[str, dict[str, Any] | None]:
+def chosen_method(
+    method: str | None, preset: str, options: dict[str, Any] | None, spec: DatasetSpec, budget: int
+) -> tuple[str, dict[str, Any] | None]:
     """The method and options to build: the default rule's where ``method`` is None (the user's options
     winning), else as given."""
     if method is None:
@@ -130,11 +141,21 @@ def chosen_method(method: str | None, preset: str, options: dict[str, Any] | Non
     return method, options
 
 
-def compress(dataset: str | RealData, output: str | os.PathLike, *, ipc: float | None = None,
-             budget: int | None = None, method: str | None = None, preset: str = "fast",
-             options: dict[str, Any] | None = None, encoder: Encoder | None = None, seed: int = 0,
-             device: str | torch.device = "cpu", checkpoint: str | os.PathLike | None = None,
-             progress: bool = True) -> CompressResult:
+def compress(
+    dataset: str | RealData,
+    output: str | os.PathLike,
+    *,
+    ipc: float | None = None,
+    budget: int | None = None,
+    method: str | None = None,
+    preset: str = "fast",
+    options: dict[str, Any] | None = None,
+    encoder: Encoder | None = None,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+    checkpoint: str | os.PathLike | None = None,
+    progress: bool = True,
+) -> CompressResult:
     """Distil ``dataset`` into an archive at ``output`` that fits the byte budget::
 
         d3codec.compress("fashion-mnist", "fm.d3", ipc=10, method="dm")
@@ -173,36 +194,60 @@ def compress(dataset: str | RealData, output: str | os.PathLike, *, ipc: float |
     budget = resolve_budget(spec, ipc, budget)
     if encoder is None:
         method, options = chosen_method(method, preset, options, spec, budget)
-        context = BuildContext(output, Path(checkpoint) if checkpoint else None, device, real.image_shape,
-                               real.num_classes, checkpoints=checkpoint is not None)
+        context = BuildContext(
+            output,
+            Path(checkpoint) if checkpoint else None,
+            device,
+            real.image_shape,
+            real.num_classes,
+            checkpoints=checkpoint is not None,
+        )
         encoder = get_method(method).make_encoder(preset, options, context)
     meta = base_meta(spec, encoder.method, budget, ipc, seed, utc_now())
     plan = plan_archive(encoder, spec, budget, meta, real)
     release_freed_memory()  # planning built whole archives of zeros to count their bytes
     written = distill_and_write(encoder, real, plan, output, meta, budget, device=device, seed=seed, progress=progress)
-    return CompressResult(output, output.stat().st_size, budget, plan, written.stats if written else {},
-                          written.method_meta if written else {})
+    return CompressResult(
+        output,
+        output.stat().st_size,
+        budget,
+        plan,
+        written.stats if written else {},
+        written.method_meta if written else {},
+    )
 
 
 def check_arguments(output: Path, seed: int, encoder_and_options: bool) -> None:
     """Refuse, before any work, an ``output`` whose folder cannot be written, a ``seed`` out of range, or an encoder
     given with a preset or options. Raises: PermissionError, ValueError."""
     if not output.parent.exists() or not os.access(output.parent, os.W_OK):
-        raise PermissionError(f"cannot write to the folder {output.parent.resolve()}: create it or choose another "
-                              "`output`")
+        raise PermissionError(
+            f"cannot write to the folder {output.parent.resolve()}: create it or choose another `output`"
+        )
     if type(seed) is not int or not 0 <= seed <= MAX_SEED:
         raise ValueError(f"`seed` must be an integer from 0 to {MAX_SEED}, not {seed!r}")
     if encoder_and_options:
         raise ValueError("give either encoder= or preset= and options= (an encoder is built with its own)")
 
 
-def distill_and_write(encoder: Encoder[PlanT], real: RealData, plan: PlanT, output: Path, meta: dict[str, Any],
-                      budget: int, *, device: torch.device, seed: int, progress: bool) -> Encoded | None:
+def distill_and_write(
+    encoder: Encoder[PlanT],
+    real: RealData,
+    plan: PlanT,
+    output: Path,
+    meta: dict[str, Any],
+    budget: int,
+    *,
+    device: torch.device,
+    seed: int,
+    progress: bool,
+) -> Encoded | None:
     """Distil ``plan`` (across the ranks of a process group where there are several: rank 0 merges and writes)
     and write the archive. Returns what was written (None on the ranks that did not write)."""
     if world_size() > 1:
-        encoded = written = distill_federated(encoder, real, plan, output, meta, device=device, seed=seed,
-                                              progress=progress)
+        encoded = written = distill_federated(
+            encoder, real, plan, output, meta, device=device, seed=seed, progress=progress
+        )
         if encoded is not None:  # rank 0 writes the merged archive while the others wait
             written = write_encoded(output, meta, encoded, budget, plan.max_bytes, progress)
             if encoded.cleanup is not None:
@@ -216,16 +261,20 @@ def distill_and_write(encoder: Encoder[PlanT], real: RealData, plan: PlanT, outp
         kept = encoder.kept_state
         if kept is None or not Path(kept).exists():
             raise
-        raise OSError(error.errno, f"writing {output} failed ({error.strerror or error}); the distilled state is "
-                      f"kept in {kept}: free the space and run the same command again to write the archive "
-                      "without distilling anew") from error
+        raise OSError(
+            error.errno,
+            f"writing {output} failed ({error.strerror or error}); the distilled state is "
+            f"kept in {kept}: free the space and run the same command again to write the archive "
+            "without distilling anew",
+        ) from error
     if encoded.cleanup is not None:
         encoded.cleanup()
     return written
 
 
-def write_encoded(output: Path, meta: dict, encoded: Encoded, budget: int, bound: int,
-                  progress: bool = False) -> Encoded:
+def write_encoded(
+    output: Path, meta: dict, encoded: Encoded, budget: int, bound: int, progress: bool = False
+) -> Encoded:
     """Write the archive of ``encoded`` atomically within ``budget`` (trimming where the method allows)
     and check the size the file system reports; ``progress``: a line on standard error per compression
     (a minute or more at ImageNet's 98 MB). Returns what was written: ``encoded``, or the trimmed
@@ -234,9 +283,16 @@ def write_encoded(output: Path, meta: dict, encoded: Encoded, budget: int, bound
     so that the compression does not add to the process's peak."""
     release_freed_memory()
     while True:  # a plan that counts on compression may have to drop images to fit
-        meta_section = Section.json("meta", {**meta, **encoded.meta, "params": encoded.method_meta,
-                                             "stats": encoded.stats,
-                                             "accounting": {"budget_bytes": budget, "bound_bytes": bound}})
+        meta_section = Section.json(
+            "meta",
+            {
+                **meta,
+                **encoded.meta,
+                "params": encoded.method_meta,
+                "stats": encoded.stats,
+                "accounting": {"budget_bytes": budget, "bound_bytes": bound},
+            },
+        )
         raw = sum(len(s.payload) for s in encoded.sections)
         note(f"writing {output}: compressing {raw:,} bytes with zstd", progress)
         data = encode_archive([meta_section] + encoded.sections)
@@ -247,8 +303,11 @@ def write_encoded(output: Path, meta: dict, encoded: Encoded, budget: int, bound
         smaller = encoded.trim(Overrun(len(data) - budget, stored))
         if smaller is None:
             break  # write_atomic refuses the oversize archive below
-        note(f"{len(data) - budget:,} bytes over the budget: dropping the last images or priors that do not fit "
-             "and compressing again", progress)
+        note(
+            f"{len(data) - budget:,} bytes over the budget: dropping the last images or priors that do not fit "
+            "and compressing again",
+            progress,
+        )
         encoded = smaller
     size = write_atomic(output, data, max_bytes=budget)
     real_size = output.stat().st_size
@@ -257,25 +316,57 @@ def write_encoded(output: Path, meta: dict, encoded: Encoded, budget: int, bound
     return encoded
 
 
-def compress_with_workers(workers: int, dataset: str, output: str | os.PathLike, *, encoder: Encoder,
-                          data_root: str | None = None, resolution: int | None = None, ipc: float | None = None,
-                          budget: int | None = None, seed: int = 0, device: str = "cpu",
-                          progress: bool = True) -> CompressResult:
+def compress_with_workers(
+    workers: int,
+    dataset: str,
+    output: str | os.PathLike,
+    *,
+    encoder: Encoder,
+    data_root: str | None = None,
+    resolution: int | None = None,
+    ipc: float | None = None,
+    budget: int | None = None,
+    seed: int = 0,
+    device: str = "cpu",
+    progress: bool = True,
+) -> CompressResult:
     """Run :func:`compress` on ``workers`` local ranks (d3codec.encode.federated.run_ranks: spawned processes joined
     over gloo), each loading ``dataset`` itself (d3codec.data.sources.load_dataset); their subtasks are merged by rank 0.
     Returns: what was written, read back from the archive (``plan`` None).
     Raises: ValueError for fewer than 2 workers; D3Error when a worker fails, with its error."""
-    run_ranks(workers, _compress_on_rank, (dataset, str(output), encoder, data_root, resolution, ipc, budget, seed,
-                                           progress), device)
+    run_ranks(
+        workers,
+        _compress_on_rank,
+        (dataset, str(output), encoder, data_root, resolution, ipc, budget, seed, progress),
+        device,
+    )
     output = Path(output)
     _, meta = open_archive(output)
-    return CompressResult(output, output.stat().st_size, meta["budget"]["bytes"], None, meta.get("stats", {}),
-                          meta.get("params", {}))
+    return CompressResult(
+        output, output.stat().st_size, meta["budget"]["bytes"], None, meta.get("stats", {}), meta.get("params", {})
+    )
 
 
-def _compress_on_rank(device: torch.device, dataset: str, output: str, encoder: Encoder, data_root: str | None,
-                      resolution: int | None, ipc: float | None, budget: int | None, seed: int, progress: bool) -> None:
+def _compress_on_rank(
+    device: torch.device,
+    dataset: str,
+    output: str,
+    encoder: Encoder,
+    data_root: str | None,
+    resolution: int | None,
+    ipc: float | None,
+    budget: int | None,
+    seed: int,
+    progress: bool,
+) -> None:
     real = load_dataset(dataset, data_root, resolution)
-    compress(real, output, encoder=encoder, ipc=ipc, budget=budget, seed=seed, device=device,
-             progress=progress and rank() == 0)
-
+    compress(
+        real,
+        output,
+        encoder=encoder,
+        ipc=ipc,
+        budget=budget,
+        seed=seed,
+        device=device,
+        progress=progress and rank() == 0,
+    )

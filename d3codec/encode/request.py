@@ -98,9 +98,12 @@ def check_request(request: CompressRequest) -> None:
         raise D3RequestError("ipc/budget", "give exactly one of an IPC and a budget in bytes")
     output = Path(request.output)
     if output.suffix.lower() in PICTURES:
-        raise D3RequestError("output", f"{output}: compress writes a .d3 archive, not a picture; write the archive "
-                                       f"({output.with_suffix('.d3').name}), then draw it with d3 expand ARCHIVE --grid "
-                                       f"{output.name}")
+        raise D3RequestError(
+            "output",
+            f"{output}: compress writes a .d3 archive, not a picture; write the archive "
+            f"({output.with_suffix('.d3').name}), then draw it with d3 expand ARCHIVE --grid "
+            f"{output.name}",
+        )
     if output.exists() and not request.force:
         raise D3RequestError("force", f"{output} exists; overwrite it (force) or choose another output")
 
@@ -111,8 +114,11 @@ def check_federated(request: CompressRequest) -> None:
         raise D3RequestError("workers", "local workers start their own ranks: leave them out under torchrun")
     federated = (request.workers or 0) > 1 or world_size() > 1
     if federated and (request.labeller.width is not None or request.labeller.path is not None):
-        raise D3RequestError("labeller", "a federated run (local workers, torchrun) does not store a labeller yet: "
-                                         "leave the labeller out, or run in one process")
+        raise D3RequestError(
+            "labeller",
+            "a federated run (local workers, torchrun) does not store a labeller yet: "
+            "leave the labeller out, or run in one process",
+        )
 
 
 def prepare(request: CompressRequest) -> Prepared:
@@ -127,15 +133,24 @@ def prepare(request: CompressRequest) -> Prepared:
     real = sources.load_dataset(request.dataset, request.data_root, request.resolution)  # looked up now (patchable)
     method = get_method(request.method)
     options, chosen = dict(request.options), None
-    budget = request.budget if request.budget is not None else ipc_budget(request.ipc or 0.0, real.num_classes,
-                                                                           real.image_shape)
+    budget = (
+        request.budget
+        if request.budget is not None
+        else ipc_budget(request.ipc or 0.0, real.num_classes, real.image_shape)
+    )
     if request.defaulted:
-        choice = default_choice(real.num_classes, ipc_equivalent(budget, real.num_classes, real.image_shape),
-                                request.preset)
+        choice = default_choice(
+            real.num_classes, ipc_equivalent(budget, real.num_classes, real.image_shape), request.preset
+        )
         if choice.method == method.name:  # a folder counted otherwise before loading: the method parsed stands
             options, chosen = with_user_options(choice, options), choice.reason
-    context = BuildContext(Path(request.output), Path(request.checkpoint) if request.checkpoint else None, device,
-                           real.image_shape, real.num_classes)
+    context = BuildContext(
+        Path(request.output),
+        Path(request.checkpoint) if request.checkpoint else None,
+        device,
+        real.image_shape,
+        real.num_classes,
+    )
     encoder = labelled(method.make_encoder(request.preset, options, context), request.labeller, context, budget)
     return Prepared(request, real, encoder, device, checkpoint_policy(encoder, request), chosen)
 
@@ -150,10 +165,17 @@ def labelled(encoder: Encoder, wanted: LabellerRequest, context: BuildContext, b
         width = auto_width(context.image_shape, context.num_classes, budget, wanted.dtype)
     if width is None and wanted.path is None:
         return encoder
-    teacher = load_teacher(wanted.path, context.image_shape, context.num_classes, context.device) \
-        if wanted.path is not None else None
-    return LabelledEncoder(encoder, LabellerConfig(width if isinstance(width, int) else 16, wanted.epochs,
-                                                   wanted.temperature, wanted.dtype, teacher))
+    teacher = (
+        load_teacher(wanted.path, context.image_shape, context.num_classes, context.device)
+        if wanted.path is not None
+        else None
+    )
+    return LabelledEncoder(
+        encoder,
+        LabellerConfig(
+            width if isinstance(width, int) else 16, wanted.epochs, wanted.temperature, wanted.dtype, teacher
+        ),
+    )
 
 
 def checkpoint_policy(encoder: Encoder, request: CompressRequest) -> list[Path]:
@@ -161,8 +183,9 @@ def checkpoint_policy(encoder: Encoder, request: CompressRequest) -> list[Path]:
     Raises: D3RequestError where ``resume`` insists and there is none."""
     found = encoder.checkpoint_files()
     if request.resume == "resume" and not found:
-        raise D3RequestError("resume", f"there is no checkpoint of {request.output} to go on from; leave resume "
-                                       "out to start")
+        raise D3RequestError(
+            "resume", f"there is no checkpoint of {request.output} to go on from; leave resume out to start"
+        )
     if request.resume == "restart":
         if rank() == 0:
             for path in found:
@@ -177,12 +200,29 @@ def run_prepared(ready: Prepared) -> CompressResult:
     alone) or on ``workers`` local ranks."""
     request = ready.request
     if request.workers is not None and request.workers > 1:
-        return compress_with_workers(request.workers, request.dataset, request.output, encoder=ready.encoder,
-                                     data_root=request.data_root, resolution=request.resolution, ipc=request.ipc,
-                                     budget=request.budget, seed=request.seed, device=str(ready.device),
-                                     progress=request.progress)
-    return compress(ready.real, request.output, encoder=ready.encoder, ipc=request.ipc, budget=request.budget,
-                    seed=request.seed, device=ready.device, progress=request.progress)
+        return compress_with_workers(
+            request.workers,
+            request.dataset,
+            request.output,
+            encoder=ready.encoder,
+            data_root=request.data_root,
+            resolution=request.resolution,
+            ipc=request.ipc,
+            budget=request.budget,
+            seed=request.seed,
+            device=str(ready.device),
+            progress=request.progress,
+        )
+    return compress(
+        ready.real,
+        request.output,
+        encoder=ready.encoder,
+        ipc=request.ipc,
+        budget=request.budget,
+        seed=request.seed,
+        device=ready.device,
+        progress=request.progress,
+    )
 
 
 def run_request(request: CompressRequest, announce: Callable[[Prepared], None] | None = None) -> CompressResult:
@@ -194,5 +234,13 @@ def run_request(request: CompressRequest, announce: Callable[[Prepared], None] |
     return run_prepared(ready)
 
 
-__all__ = ["CompressRequest", "LabellerRequest", "D3RequestError", "Prepared", "prepare", "run_prepared",
-           "run_request", "check_request"]
+__all__ = [
+    "CompressRequest",
+    "LabellerRequest",
+    "D3RequestError",
+    "Prepared",
+    "prepare",
+    "run_prepared",
+    "run_request",
+    "check_request",
+]

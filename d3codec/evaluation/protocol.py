@@ -91,9 +91,11 @@ class EvalProtocol:
 
     def __post_init__(self):
         if self.training not in TRAININGS or self.baseline not in BASELINES or self.labels not in LABELS:
-            raise ValueError(f"training must be one of {', '.join(TRAININGS)}, baseline one of {', '.join(BASELINES)} "
-                             f"and labels one of {', '.join(LABELS)}, not {self.training!r}, {self.baseline!r} and "
-                             f"{self.labels!r}")
+            raise ValueError(
+                f"training must be one of {', '.join(TRAININGS)}, baseline one of {', '.join(BASELINES)} "
+                f"and labels one of {', '.join(LABELS)}, not {self.training!r}, {self.baseline!r} and "
+                f"{self.labels!r}"
+            )
         if self.epochs < 1 or self.runs < 1:
             raise ValueError(f"epochs and runs must be at least 1, not {self.epochs} and {self.runs}")
         if not 1 <= self.jpeg_quality <= 95:
@@ -116,21 +118,46 @@ class Evaluation:
 
     def header(self) -> str:
         p = self.protocol
-        return (f"{p.model}, {p.epochs} epochs (standard rows), {p.runs} runs, device {self.device}; final-epoch "
-                f"test accuracy on {self.dataset}:")
+        return (
+            f"{p.model}, {p.epochs} epochs (standard rows), {p.runs} runs, device {self.device}; final-epoch "
+            f"test accuracy on {self.dataset}:"
+        )
 
     def to_json(self) -> dict:
         """The evaluation as JSON-ready values (``d3 eval --json``)."""
-        return {"archive": self.archive, "dataset": self.dataset, "device": self.device,
-                "protocol": asdict(self.protocol),
-                "rows": [{"name": r.name, "images": r.images, "bytes": r.file_bytes, "accuracies": r.accuracies,
-                          "seconds": r.seconds, "mean": r.mean, "std": r.std} for r in self.rows],
-                "ranking": self.ranking.to_json() if self.ranking is not None else None}
+        return {
+            "archive": self.archive,
+            "dataset": self.dataset,
+            "device": self.device,
+            "protocol": asdict(self.protocol),
+            "rows": [
+                {
+                    "name": r.name,
+                    "images": r.images,
+                    "bytes": r.file_bytes,
+                    "accuracies": r.accuracies,
+                    "seconds": r.seconds,
+                    "mean": r.mean,
+                    "std": r.std,
+                }
+                for r in self.rows
+            ],
+            "ranking": self.ranking.to_json() if self.ranking is not None else None,
+        }
 
 
-def evaluate(archive: str | os.PathLike, protocol: EvalProtocol | None = None, *, dataset: str | RealData | None = None,
-             data_root: str | os.PathLike | None = None, device: str = "auto", limits: DecodeLimits | None = None,
-             progress: bool = False, log: Callable[[str], None] | None = None, **options) -> Evaluation:
+def evaluate(
+    archive: str | os.PathLike,
+    protocol: EvalProtocol | None = None,
+    *,
+    dataset: str | RealData | None = None,
+    data_root: str | os.PathLike | None = None,
+    device: str = "auto",
+    limits: DecodeLimits | None = None,
+    progress: bool = False,
+    log: Callable[[str], None] | None = None,
+    **options,
+) -> Evaluation:
     """Train fresh students on ``archive`` and test them on the real test split.
 
     Args:
@@ -150,12 +177,15 @@ def evaluate(archive: str | os.PathLike, protocol: EvalProtocol | None = None, *
     """
     unknown = set(options) - {f.name for f in fields(EvalProtocol)}
     if unknown:
-        raise ValueError(f"evaluate() has no option {', '.join(sorted(unknown))}; the protocol's fields are "
-                         f"{', '.join(f.name for f in fields(EvalProtocol))}")
+        raise ValueError(
+            f"evaluate() has no option {', '.join(sorted(unknown))}; the protocol's fields are "
+            f"{', '.join(f.name for f in fields(EvalProtocol))}"
+        )
     protocol = replace(protocol or EvalProtocol(), **options)
     dev = resolve_device(device)
-    ds = D3Dataset(archive, samples_per_class=protocol.samples_per_class, seed=protocol.sample_seed, device=dev,
-                   limits=limits)
+    ds = D3Dataset(
+        archive, samples_per_class=protocol.samples_per_class, seed=protocol.sample_seed, device=dev, limits=limits
+    )
     real = real_data_of(ds, dataset, data_root)
     training = training_of(ds, protocol)
     with D3Reader(archive) as reader:
@@ -190,11 +220,14 @@ def real_data_of(ds: D3Dataset, dataset: str | RealData | None, data_root: str |
     else:
         real = sources.archive_dataset(ds.meta["dataset"]["name"], data_root, resolution)
     if real.classes != ds.classes:
-        raise ValueError(f"the archive's classes do not match {safe_text(real.name, 120)}'s; pass the `dataset` it "
-                         "was made from")
+        raise ValueError(
+            f"the archive's classes do not match {safe_text(real.name, 120)}'s; pass the `dataset` it was made from"
+        )
     if tuple(real.image_shape) != ds.image_shape:
-        raise ValueError(f"the archive's image shape {ds.image_shape} is not {safe_text(real.name, 120)}'s "
-                         f"{tuple(real.image_shape)}; pass the `dataset` it was made from")
+        raise ValueError(
+            f"the archive's image shape {ds.image_shape} is not {safe_text(real.name, 120)}'s "
+            f"{tuple(real.image_shape)}; pass the `dataset` it was made from"
+        )
     return real
 
 
@@ -205,15 +238,17 @@ def training_of(ds: D3Dataset, protocol: EvalProtocol) -> Training:
     if training == "auto":
         training = "replay" if ds.schedule is not None else "standard"
     if training in ("replay", "both") and ds.schedule is None:
-        raise ValueError("this archive carries no training schedule (only archives of method bptt do); "
-                         "use `training` standard")
+        raise ValueError(
+            "this archive carries no training schedule (only archives of method bptt do); use `training` standard"
+        )
     if protocol.labels == "online" and ds.labeller is None:
         raise ValueError("this archive stores no labeller: use `labels` stored or hard")
     if protocol.resample_every_epoch and not ds.sampled:
         raise ValueError(f"`resample_every_epoch` needs a sampled archive (d3, d2m), not {ds.meta['method']}")
     if protocol.ranking and training == "replay":
-        raise ValueError("DD-Ranking's metrics compare students trained the standard way: use `training` "
-                         "standard or both")
+        raise ValueError(
+            "DD-Ranking's metrics compare students trained the standard way: use `training` standard or both"
+        )
     return training
 
 
@@ -253,8 +288,9 @@ class _Runner:
     def rows(self, name, images, targets, runs, file_bytes, role: Role | None = None, **kw) -> EvalResult:
         p = self.protocol
         config = StudentConfig(model=p.model, epochs=p.epochs, compile=p.compile)
-        row = train_students(name, images, targets, self.real, runs, config, p.seed, self.device, self.test, self.log,
-                             **kw)
+        row = train_students(
+            name, images, targets, self.real, runs, config, p.seed, self.device, self.test, self.log, **kw
+        )
         row.file_bytes, row.role = file_bytes, role
         return row
 
@@ -264,9 +300,19 @@ class _Runner:
             raise ValueError("this archive carries no training schedule to replay")
         fixed = sched.init == "fixed"  # from the stored θ₀ every run is the same computation: run it once
         note = "stored θ₀: one run, as every run is the same" if fixed else "a fresh θ₀ per run"
-        row = replay_students(f"archive ({ds.meta['method']}, replayed {sched.network} schedule of {sched.steps}×"
-                              f"{sched.epochs} steps, {note})", sched, ds.images, ds.labels, self.real,
-                              1 if fixed else self.protocol.runs, self.protocol.seed, self.device, self.test, self.log)
+        row = replay_students(
+            f"archive ({ds.meta['method']}, replayed {sched.network} schedule of {sched.steps}×"
+            f"{sched.epochs} steps, {note})",
+            sched,
+            ds.images,
+            ds.labels,
+            self.real,
+            1 if fixed else self.protocol.runs,
+            self.protocol.seed,
+            self.device,
+            self.test,
+            self.log,
+        )
         row.file_bytes = file_bytes
         return row
 
@@ -277,17 +323,32 @@ class _Runner:
         per_class = len(ds) // len(ds.classes)
         if streamed(ds, p, labels):  # decoded a batch at a time: the whole draw would not be held
             role: Role = "archive" if labels == "online" or ds.has_soft_labels else "archive-hard"
-            return self.rows(f"archive ({ds.meta['method']}{named})", ds, ds.labeller if labels == "online" else None,
-                             p.runs, file_bytes, role, progress=self.progress)
+            return self.rows(
+                f"archive ({ds.meta['method']}{named})",
+                ds,
+                ds.labeller if labels == "online" else None,
+                p.runs,
+                file_bytes,
+                role,
+                progress=self.progress,
+            )
         targets = {"online": ds.labeller, "hard": ds.labels}.get(labels, ds.soft_labels)
         targets = targets if targets is not None else ds.labels
 
         def fresh_draw(run: int, epoch: int):  # student ``run``'s samples for ``epoch`` (--resample-every-epoch)
             images, labels, soft = ds.draw(per_class, seed=p.sample_seed + RESAMPLE_SEED_STRIDE * (run + 1) + epoch)
             return images, (soft if soft is not None and ds.soft_labels is not None else labels)
-        return self.rows(f"archive ({ds.meta['method']}{named})", ds.images, targets, p.runs, file_bytes,
-                         "archive-hard" if labels == "hard" or targets is ds.labels else "archive",
-                         resample=fresh_draw if p.resample_every_epoch else None, progress=self.progress)
+
+        return self.rows(
+            f"archive ({ds.meta['method']}{named})",
+            ds.images,
+            targets,
+            p.runs,
+            file_bytes,
+            "archive-hard" if labels == "hard" or targets is ds.labels else "archive",
+            resample=fresh_draw if p.resample_every_epoch else None,
+            progress=self.progress,
+        )
 
     def real_files(self, budget: int, storage: str, labeller=None) -> EvalResult:
         """Random real PNG or JPEG images in ``budget`` bytes (less the labeller's, where given: the fair
@@ -299,17 +360,26 @@ class _Runner:
         png: Role | None = None if storage != "png" else "real-png-labeller" if labeller is not None else "real-png"
         if labeller is None:
             return self.rows(f"random real ({stored})", x, y, p.runs, used, png, progress=self.progress)
-        return self.rows(f"random real ({stored}, {cost} B fewer) labelled online by the archive's labeller", x,
-                         labeller, p.runs, used + cost, png, progress=self.progress)
+        return self.rows(
+            f"random real ({stored}, {cost} B fewer) labelled online by the archive's labeller",
+            x,
+            labeller,
+            p.runs,
+            used + cost,
+            png,
+            progress=self.progress,
+        )
 
     def random_real(self, ds: D3Dataset, file_bytes: int) -> list[EvalResult]:
         p, out = self.protocol, []
         if ds.schedule is not None:  # the BPTT paper's baseline: as many real images as the archive stores
             n = len(ds) // len(ds.classes)
-            x, y, _ = random_real_subset(self.real, n * len(ds.classes) * math.prod(ds.image_shape) * 4, "float32",
-                                         p.seed)
-            out.append(self.rows(f"random real (same count, {n} per class)", x, y, p.runs, None,
-                                 progress=self.progress))
+            x, y, _ = random_real_subset(
+                self.real, n * len(ds.classes) * math.prod(ds.image_shape) * 4, "float32", p.seed
+            )
+            out.append(
+                self.rows(f"random real (same count, {n} per class)", x, y, p.runs, None, progress=self.progress)
+            )
         budget = _budget(ds, file_bytes)
         x, y, used = random_real_subset(self.real, budget, "float32", p.seed)
         out.append(self.rows("random real (float32)", x, y, p.runs, used, progress=self.progress))
@@ -337,7 +407,8 @@ class _Runner:
         real = by_role["real-png-labeller" if labels == "online" else "real-png"]
         full = FULL_DATA_ACCURACY.get((self.real.name, self.protocol.model))
         same = {"online": "labelled online by the archive's labeller", "hard": "hard labels"}.get(
-            labels, "hard labels (stored soft labels belong to the archive's own images)")
+            labels, "hard labels (stored soft labels belong to the archive's own images)"
+        )
         return Ranking(full[0] if full else None, by_role["archive-hard"].mean, labelled.mean, real.mean, same)
 
 

@@ -24,8 +24,11 @@ from dataclasses import dataclass
 # (dataset, student model) → (final-epoch test accuracy, how it was measured); from benchmarks/full-data.json
 FULL_DATA_ACCURACY: dict[tuple[str, str], tuple[float, str]] = {
     # 8 epochs (what a 2-core CPU allowed: 56 min); longer training reaches about 93.5 % in the field's reports
-    ("fashion-mnist", "convnet3"): (0.9108, "python benchmarks/full_data.py --epochs 8 (2026-12-06, Intel Xeon, 1 "
-                                           "thread, protocol of d3codec.evaluation.students: DSA, SGD, final epoch)"),
+    ("fashion-mnist", "convnet3"): (
+        0.9108,
+        "python benchmarks/full_data.py --epochs 8 (2026-12-06, Intel Xeon, 1 "
+        "thread, protocol of d3codec.evaluation.students: DSA, SGD, final epoch)",
+    ),
 }
 
 LRS_WEIGHT = 0.5  # DD-Ranking's w
@@ -65,13 +68,23 @@ class Ranking:
         return None if self.hlr is None else label_robust_score(self.hlr, self.ior)
 
     def to_json(self) -> dict:
-        return {"full_data": self.full_data, "hard": self.hard, "labelled": self.labelled, "random": self.random,
-                "labels": self.labels, "hlr": self.hlr, "ior": self.ior, "lrs": self.lrs}
+        return {
+            "full_data": self.full_data,
+            "hard": self.hard,
+            "labelled": self.labelled,
+            "random": self.random,
+            "labels": self.labels,
+            "hlr": self.hlr,
+            "ior": self.ior,
+            "lrs": self.lrs,
+        }
 
     def summary(self) -> str:
         hlr = "not measured (no full-data accuracy for this dataset and model)"
         if self.hlr is not None and self.full_data is not None:
             hlr = f"{100 * self.hlr:.2f} points ({100 * self.full_data:.2f} % full data − {100 * self.hard:.2f} % hard)"
         lrs = "" if self.lrs is None else f"; LRS {100 * self.lrs:.2f}"
-        return (f"DD-Ranking: HLR {hlr}; IOR {100 * self.ior:+.2f} points ({100 * self.labelled:.2f} % − "
-                f"{100 * self.random:.2f} % random real, {self.labels}){lrs}")
+        return (
+            f"DD-Ranking: HLR {hlr}; IOR {100 * self.ior:+.2f} points ({100 * self.labelled:.2f} % − "
+            f"{100 * self.random:.2f} % random real, {self.labels}){lrs}"
+        )

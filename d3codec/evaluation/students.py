@@ -83,9 +83,11 @@ class EvalResult:
 
     def summary(self) -> str:
         size = f", {self.file_bytes} bytes" if self.file_bytes is not None else ""
-        return (f"{self.name}: {100 * self.mean:.2f} ± {100 * self.std:.2f} % final test accuracy over "
-                f"{len(self.accuracies)} runs ({self.images} images{size}, {statistics.fmean(self.seconds):.1f} s "
-                "training per student)")
+        return (
+            f"{self.name}: {100 * self.mean:.2f} ± {100 * self.std:.2f} % final test accuracy over "
+            f"{len(self.accuracies)} runs ({self.images} images{size}, {statistics.fmean(self.seconds):.1f} s "
+            "training per student)"
+        )
 
 
 # what a student learns from: hard labels (N,) int64, soft labels (N, K) float32, a labeller (a module mapping
@@ -93,10 +95,21 @@ class EvalResult:
 Targets = torch.Tensor | torch.nn.Module | None
 
 
-def train_student(images, targets: Targets, num_classes: int, mean, std, test: tuple[torch.Tensor, torch.Tensor],
-                  config: StudentConfig = StudentConfig(), *, seed: int = 0, device: torch.device = torch.device("cpu"),
-                  resample: Callable[[int], tuple[torch.Tensor, torch.Tensor]] | None = None,
-                  progress: str | None = None, checkpoint: str | os.PathLike | None = None) -> tuple[float, float]:
+def train_student(
+    images,
+    targets: Targets,
+    num_classes: int,
+    mean,
+    std,
+    test: tuple[torch.Tensor, torch.Tensor],
+    config: StudentConfig = StudentConfig(),
+    *,
+    seed: int = 0,
+    device: torch.device = torch.device("cpu"),
+    resample: Callable[[int], tuple[torch.Tensor, torch.Tensor]] | None = None,
+    progress: str | None = None,
+    checkpoint: str | os.PathLike | None = None,
+) -> tuple[float, float]:
     """Train one fresh student and test it.
 
     Args:
@@ -146,37 +159,54 @@ def train_student(images, targets: Targets, num_classes: int, mean, std, test: t
         sched.step()
         return float("nan")  # the loss is not read: no synchronisation a batch
 
-    loop.run(epoch_of, progress_bar(range(loop.first, config.epochs), progress or "student",
-                                    enabled=progress is not None, unit="epoch", initial=loop.first,
-                                    total=config.epochs))
+    loop.run(
+        epoch_of,
+        progress_bar(
+            range(loop.first, config.epochs),
+            progress or "student",
+            enabled=progress is not None,
+            unit="epoch",
+            initial=loop.first,
+            total=config.epochs,
+        ),
+    )
     synchronize(device)
     accuracy = test_accuracy(net, *test, mean, std, device)
     loop.remove()
     return accuracy, loop.seconds
 
 
-def _student(config: StudentConfig, image_shape: tuple[int, ...], num_classes: int, images: int,
-             device: torch.device) -> tuple[torch.nn.Module, Callable, torch.optim.Optimizer, MultiStepLR]:
+def _student(
+    config: StudentConfig, image_shape: tuple[int, ...], num_classes: int, images: int, device: torch.device
+) -> tuple[torch.nn.Module, Callable, torch.optim.Optimizer, MultiStepLR]:
     """A fresh student network for ``config`` (from the global seed), its forward (compiled where worth it), its
     SGD optimiser and its step schedule (lr × 0.1 at half the epochs)."""
     c, h = image_shape[:2]
     net = build_model(config.model, c, num_classes, h).to(device)
-    forward = compiled(net, config.compile == "on" or (config.compile == "auto"
-                                                        and worth_compiling(config.epochs * images)))
+    forward = compiled(
+        net, config.compile == "on" or (config.compile == "auto" and worth_compiling(config.epochs * images))
+    )
     opt = torch.optim.SGD(net.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
     return net, forward, opt, MultiStepLR(opt, [config.epochs // 2], 0.1)
 
 
-def one_epoch(forward: Callable[[torch.Tensor], torch.Tensor], data: "StudentBatches",
-              labeller: torch.nn.Module | None, soft: bool, dsa: DSA | None, opt: torch.optim.Optimizer,
-              gen: torch.Generator, batch_size: int) -> None:
+def one_epoch(
+    forward: Callable[[torch.Tensor], torch.Tensor],
+    data: "StudentBatches",
+    labeller: torch.nn.Module | None,
+    soft: bool,
+    dsa: DSA | None,
+    opt: torch.optim.Optimizer,
+    gen: torch.Generator,
+    batch_size: int,
+) -> None:
     """One epoch of SGD over ``data`` in a random order (from ``gen``), each batch augmented by ``dsa`` (one
     DSA draw a batch, parameters per image) and labelled by ``labeller`` afresh where given (online soft
     labels: pixel-space images → (B, K) probabilities), else by its held targets: soft cross-entropy on soft
     labels (B, K), cross-entropy on classes (B,)."""
     order = torch.randperm(len(data), generator=gen)
     for i in range(0, len(order), batch_size):
-        x, held = data.batch(order[i:i + batch_size])
+        x, held = data.batch(order[i : i + batch_size])
         if dsa is not None:
             x = dsa.apply(x, dsa.sample(gen, n=len(x)))
         y = labeller(data.normalise.inverse(x)) if labeller is not None else held
@@ -224,22 +254,33 @@ class StudentBatches:
         return self.held_images[index], (self.y_all[index] if self.y_all is not None else None)
 
 
-def student_run(images: torch.Tensor, targets, config: StudentConfig, seed: int, num_classes: int, mean, std,
-                resampled: bool) -> tuple:
+def student_run(
+    images: torch.Tensor, targets, config: StudentConfig, seed: int, num_classes: int, mean, std, resampled: bool
+) -> tuple:
     """What one student's result depends on (its checkpoint's fingerprint): its data, config, seed, classes,
     normalisation and whether it is resampled."""
     data = {"images": images} if isinstance(targets, torch.nn.Module) else {"images": images, "targets": targets}
-    labeller = {f"labeller.{k}": v for k, v in targets.state_dict().items()} if isinstance(targets, torch.nn.Module) \
-        else {}
+    labeller = (
+        {f"labeller.{k}": v for k, v in targets.state_dict().items()} if isinstance(targets, torch.nn.Module) else {}
+    )
     return (asdict(config), seed, num_classes, list(mean), list(std), resampled, weights_digest({**data, **labeller}))
 
 
 STUDENT_CHECKPOINT_SECONDS = 60.0  # a ConvNet-3's state is a few MB: saving it takes milliseconds
 
 
-def replay_student(schedule, images: torch.Tensor, labels: torch.Tensor, num_classes: int, mean, std,
-                   test_images: torch.Tensor, test_labels: torch.Tensor, seed: int = 0,
-                   device: torch.device = torch.device("cpu")) -> tuple[float, float]:
+def replay_student(
+    schedule,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    num_classes: int,
+    mean,
+    std,
+    test_images: torch.Tensor,
+    test_labels: torch.Tensor,
+    seed: int = 0,
+    device: torch.device = torch.device("cpu"),
+) -> tuple[float, float]:
     """Train one student by an archive's own schedule (d3codec.nn.schedule.TrainingSchedule.replay: its
     network, step sizes and steps, from its stored θ₀ or, under random init, one drawn from ``seed``)
     and test it. Images (N, C, H, W) float32 pixel space, labels (N,) int64.
@@ -252,11 +293,20 @@ def replay_student(schedule, images: torch.Tensor, labels: torch.Tensor, num_cla
     return test_accuracy(net, test_images, test_labels, mean, std, device), seconds
 
 
-def train_students(name: str, images: torch.Tensor, targets: torch.Tensor, real: RealData, runs: int = 3,
-                   config: StudentConfig = StudentConfig(), seed: int = 0, device: torch.device = torch.device("cpu"),
-                   test: tuple[torch.Tensor, torch.Tensor] | None = None, log: Callable[[str], None] | None = None,
-                   resample: Callable[[int, int], tuple[torch.Tensor, torch.Tensor]] | None = None,
-                   progress: bool = False) -> EvalResult:
+def train_students(
+    name: str,
+    images: torch.Tensor,
+    targets: torch.Tensor,
+    real: RealData,
+    runs: int = 3,
+    config: StudentConfig = StudentConfig(),
+    seed: int = 0,
+    device: torch.device = torch.device("cpu"),
+    test: tuple[torch.Tensor, torch.Tensor] | None = None,
+    log: Callable[[str], None] | None = None,
+    resample: Callable[[int, int], tuple[torch.Tensor, torch.Tensor]] | None = None,
+    progress: bool = False,
+) -> EvalResult:
     """Train ``runs`` students (seeds seed, seed+1, ...) on (images, targets) and test each on real data.
 
     ``test``: the test split (images, labels) (default: :func:`test_split` of ``real``). ``resample(run,
@@ -268,17 +318,35 @@ def train_students(name: str, images: torch.Tensor, targets: torch.Tensor, real:
     result = EvalResult(name, len(images))
     for r in range(runs):
         fresh = (lambda epoch, r=r: resample(r, epoch)) if resample is not None else None
-        acc, sec = train_student(images, targets, real.num_classes, real.mean, real.std, (test_x, test_y), config,
-                                 seed=seed + r, device=device, resample=fresh,
-                                 progress=f"{name} {r + 1}/{runs}" if progress else None)
+        acc, sec = train_student(
+            images,
+            targets,
+            real.num_classes,
+            real.mean,
+            real.std,
+            (test_x, test_y),
+            config,
+            seed=seed + r,
+            device=device,
+            resample=fresh,
+            progress=f"{name} {r + 1}/{runs}" if progress else None,
+        )
         _record(result, acc, sec, runs, log)
     return result
 
 
-def replay_students(name: str, schedule, images: torch.Tensor, labels: torch.Tensor, real: RealData, runs: int = 1,
-                    seed: int = 0, device: torch.device = torch.device("cpu"),
-                    test: tuple[torch.Tensor, torch.Tensor] | None = None,
-                    log: Callable[[str], None] | None = None) -> EvalResult:
+def replay_students(
+    name: str,
+    schedule,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    real: RealData,
+    runs: int = 1,
+    seed: int = 0,
+    device: torch.device = torch.device("cpu"),
+    test: tuple[torch.Tensor, torch.Tensor] | None = None,
+    log: Callable[[str], None] | None = None,
+) -> EvalResult:
     """Train ``runs`` students by replaying ``schedule`` (a d3codec.nn.schedule.TrainingSchedule) on
     (images, hard labels (N,) int64) and test each (:func:`replay_student`); under a fixed-init
     schedule every run is the same computation. Arguments as :func:`train_students`."""
@@ -287,8 +355,9 @@ def replay_students(name: str, schedule, images: torch.Tensor, labels: torch.Ten
     test_x, test_y = test if test is not None else test_split(real)
     result = EvalResult(name, len(images))
     for r in range(runs):
-        acc, sec = replay_student(schedule, images, labels, real.num_classes, real.mean, real.std, test_x, test_y,
-                                  seed + r, device)
+        acc, sec = replay_student(
+            schedule, images, labels, real.num_classes, real.mean, real.std, test_x, test_y, seed + r, device
+        )
         _record(result, acc, sec, runs, log)
     return result
 
@@ -332,8 +401,9 @@ def image_file(image: torch.Tensor, storage: str, quality: int = JPEG_QUALITY) -
     return data, decoded
 
 
-def random_real_subset(real: RealData, budget: int, storage: str = "float32", seed: int = 0,
-                       quality: int = JPEG_QUALITY) -> tuple[torch.Tensor, torch.Tensor, int]:
+def random_real_subset(
+    real: RealData, budget: int, storage: str = "float32", seed: int = 0, quality: int = JPEG_QUALITY
+) -> tuple[torch.Tensor, torch.Tensor, int]:
     """Random real training images that fit ``budget`` bytes.
 
     Args:

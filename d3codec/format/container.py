@@ -88,8 +88,9 @@ class Section:
         except (KeyboardInterrupt, SystemExit):
             raise
         except BaseException as e:  # safetensors' Rust panics (PanicException) derive from BaseException
-            raise ValueError(f"section {name!r}: safetensors cannot store these tensors ({type(e).__name__}: "
-                             f"{str(e)[:200]})") from None
+            raise ValueError(
+                f"section {name!r}: safetensors cannot store these tensors ({type(e).__name__}: {str(e)[:200]})"
+            ) from None
         return cls(name, blob, Content.SAFETENSORS, critical)
 
     @classmethod
@@ -112,10 +113,18 @@ class PlannedBytes:
 
 
 # safetensors' order of tensors in a blob: by dtype, in the reverse of its Rust enum's order, then by name
-_SAFETENSORS_DTYPES = {torch.bool: ("BOOL", 0), torch.uint8: ("U8", 1), torch.int8: ("I8", 2),
-                       torch.int16: ("I16", 3), torch.float16: ("F16", 5), torch.bfloat16: ("BF16", 6),
-                       torch.int32: ("I32", 7), torch.float32: ("F32", 9), torch.float64: ("F64", 10),
-                       torch.int64: ("I64", 11)}
+_SAFETENSORS_DTYPES = {
+    torch.bool: ("BOOL", 0),
+    torch.uint8: ("U8", 1),
+    torch.int8: ("I8", 2),
+    torch.int16: ("I16", 3),
+    torch.float16: ("F16", 5),
+    torch.bfloat16: ("BF16", 6),
+    torch.int32: ("I32", 7),
+    torch.float32: ("F32", 9),
+    torch.float64: ("F64", 10),
+    torch.int64: ("I64", 11),
+}
 
 
 def safetensors_size(tensors: dict[str, torch.Tensor]) -> int:
@@ -128,8 +137,10 @@ def safetensors_size(tensors: dict[str, torch.Tensor]) -> int:
     for key, value in order:
         n = value.numel() * value.element_size()
         shape = ",".join(str(d) for d in value.shape)
-        entries.append(f'{json.dumps(key, ensure_ascii=False)}:{{"dtype":"{_SAFETENSORS_DTYPES[value.dtype][0]}",'
-                       f'"shape":[{shape}],"data_offsets":[{at},{at + n}]}}')
+        entries.append(
+            f'{json.dumps(key, ensure_ascii=False)}:{{"dtype":"{_SAFETENSORS_DTYPES[value.dtype][0]}",'
+            f'"shape":[{shape}],"data_offsets":[{at},{at + n}]}}'
+        )
         at += n
     header = len(("{" + ",".join(entries) + "}").encode())
     return 8 + header + (-header % 8) + at
@@ -215,8 +226,9 @@ def encode_archive(sections: Iterable[Section], compress: str = "auto", minor: i
     for section in sections:
         name = _check_name(section.name)
         if isinstance(section.payload, PlannedBytes):
-            raise ValueError(f"section {section.name!r} is a plan's placeholder (meta tensors): it has no bytes "
-                             "to write")
+            raise ValueError(
+                f"section {section.name!r} is a plan's placeholder (meta tensors): it has no bytes to write"
+            )
         if len(section.payload) > 0xFFFFFFFF:
             raise ValueError(f"section {section.name!r} is larger than 4 GiB; split it")
         codec, stored = _store(section.payload, compress)
@@ -228,8 +240,14 @@ def encode_archive(sections: Iterable[Section], compress: str = "auto", minor: i
     return head + CRC.pack(zlib.crc32(head)) + b"".join(blobs)
 
 
-def write_archive(path: str | os.PathLike, sections: Iterable[Section], *, compress: str = "auto",
-                  max_bytes: int | None = None, minor: int = VERSION_MINOR) -> int:
+def write_archive(
+    path: str | os.PathLike,
+    sections: Iterable[Section],
+    *,
+    compress: str = "auto",
+    max_bytes: int | None = None,
+    minor: int = VERSION_MINOR,
+) -> int:
     """Encode sections (as :func:`encode_archive`) and write them with :func:`write_atomic`.
 
     Returns: the file's size in bytes. Raises: as those two functions.
@@ -254,8 +272,10 @@ def write_atomic(path: str | os.PathLike, data: bytes, *, max_bytes: int | None 
     from d3codec.errors import D3BudgetError
 
     if max_bytes is not None and len(data) > max_bytes:
-        raise D3BudgetError(f"archive would be {len(data)} bytes, over the budget of {max_bytes} bytes; "
-                            "nothing was written", min_budget=len(data))
+        raise D3BudgetError(
+            f"archive would be {len(data)} bytes, over the budget of {max_bytes} bytes; nothing was written",
+            min_budget=len(data),
+        )
     target = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent or ".")
     try:
@@ -301,6 +321,7 @@ class D3Reader:
         self.max_section_bytes = max_section_bytes
         if isinstance(source, (bytes, bytearray, memoryview)):
             import io
+
             self._file: BinaryIO = io.BytesIO(bytes(source))
             self.path = None
             self.file_size = len(source)
@@ -325,8 +346,9 @@ class D3Reader:
         try:
             return self._by_name[name]
         except KeyError:
-            raise D3FormatError(f"{self.path or 'archive'}: no section named {name!r} "
-                                f"(sections: {', '.join(self._by_name)})") from None
+            raise D3FormatError(
+                f"{self.path or 'archive'}: no section named {name!r} (sections: {', '.join(self._by_name)})"
+            ) from None
 
     def __contains__(self, name: str) -> bool:
         return name in self._by_name
@@ -346,7 +368,9 @@ class D3Reader:
         """The section's raw bytes: checksum verified and decompressed, at most its declared raw length."""
         info = self.info(name)
         if not info.understood:
-            raise D3FormatError(f"section {name!r}: codec {info.codec} or content {info.content} is unknown to this reader")
+            raise D3FormatError(
+                f"section {name!r}: codec {info.codec} or content {info.content} is unknown to this reader"
+            )
         stored = self.read_stored(name)
         if info.codec == Codec.NONE:
             return stored
@@ -355,11 +379,14 @@ class D3Reader:
         except zstandard.ZstdError as e:
             raise D3FormatError(f"section {name!r}: offset {info.offset}: not a zstd frame ({e})") from None
         if declared != info.raw_length:
-            raise D3FormatError(f"section {name!r}: offset {info.offset}: zstd frame declares {declared} bytes, "
-                                f"the table {info.raw_length}")
+            raise D3FormatError(
+                f"section {name!r}: offset {info.offset}: zstd frame declares {declared} bytes, "
+                f"the table {info.raw_length}"
+            )
         try:
-            raw = zstandard.ZstdDecompressor().decompress(stored, max_output_size=info.raw_length,
-                                                          allow_extra_data=False)
+            raw = zstandard.ZstdDecompressor().decompress(
+                stored, max_output_size=info.raw_length, allow_extra_data=False
+            )
         except zstandard.ZstdError as e:
             raise D3FormatError(f"section {name!r}: offset {info.offset}: zstd data is corrupt ({e})") from None
         if len(raw) != info.raw_length:
@@ -384,16 +411,23 @@ class D3Reader:
             raise D3FormatError(f"section {name!r} holds content type {info.content}, not safetensors")
         raw = self.read_bytes(name)
         if not address_space_left(2 * len(raw)):  # safetensors copies it once more, and panics where it cannot
-            raise D3LimitError(f"section {name!r}: {len(raw):,} bytes of tensors do not fit twice in what is left of "
-                               "this process's address space (ulimit -v); lower --max-section-bytes to refuse such "
-                               "sections up front, or raise the limit", "bytes", 2 * len(raw), 0,
-                               "--max-section-bytes")
+            raise D3LimitError(
+                f"section {name!r}: {len(raw):,} bytes of tensors do not fit twice in what is left of "
+                "this process's address space (ulimit -v); lower --max-section-bytes to refuse such "
+                "sections up front, or raise the limit",
+                "bytes",
+                2 * len(raw),
+                0,
+                "--max-section-bytes",
+            )
         try:
             return safetensors.torch.load(raw)
         except (KeyboardInterrupt, SystemExit):
             raise
         except BaseException as e:  # its own error types, others on odd headers, and Rust panics (PanicException)
-            raise D3FormatError(f"section {name!r}: invalid safetensors data ({type(e).__name__}: {str(e)[:200]})") from None
+            raise D3FormatError(
+                f"section {name!r}: invalid safetensors data ({type(e).__name__}: {str(e)[:200]})"
+            ) from None
 
     # -- lifetime ----------------------------------------------------------------------------
 
@@ -407,7 +441,7 @@ class D3Reader:
         self.close()
 
 
-MAX_JSON_INTEGER = 2 ** 63  # integers must lie in (-2^63, 2^63): what every JSON reader can hold exactly
+MAX_JSON_INTEGER = 2**63  # integers must lie in (-2^63, 2^63): what every JSON reader can hold exactly
 
 
 def _refuse_constant(token: str):
@@ -447,8 +481,13 @@ def parse_json(raw: bytes) -> dict:
     Raises: D3FormatError saying what is wrong.
     """
     try:
-        obj = json.loads(raw.decode("utf-8"), parse_constant=_refuse_constant, parse_float=_finite_float,
-                         parse_int=_bounded_int, object_pairs_hook=_unique_keys)
+        obj = json.loads(
+            raw.decode("utf-8"),
+            parse_constant=_refuse_constant,
+            parse_float=_finite_float,
+            parse_int=_bounded_int,
+            object_pairs_hook=_unique_keys,
+        )
     except (UnicodeDecodeError, ValueError, RecursionError) as e:
         raise D3FormatError(f"invalid JSON ({type(e).__name__}: {str(e)[:200]})") from None
     if not isinstance(obj, dict):

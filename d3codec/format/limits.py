@@ -84,12 +84,15 @@ class DecodeLimits:
 DEFAULT_LIMITS = DecodeLimits()
 
 # how each limit is raised, for the error message: (Python keyword, command-line option)
-OVERRIDES = {"max_bytes": ("max_bytes", "--max-bytes"), "max_parameters": ("max_parameters", "--max-parameters"),
-             "max_macs_per_image": ("max_macs_per_image", "--max-macs-per-image"),
-             "max_macs": ("max_macs", "--max-macs"),
-             "max_replay_macs": ("max_replay_macs", "--max-replay-macs"),
-             "max_canvas_pixels": ("max_canvas_pixels", "--max-grid-pixels"),
-             "max_section_bytes": ("max_section_bytes", "--max-section-bytes")}
+OVERRIDES = {
+    "max_bytes": ("max_bytes", "--max-bytes"),
+    "max_parameters": ("max_parameters", "--max-parameters"),
+    "max_macs_per_image": ("max_macs_per_image", "--max-macs-per-image"),
+    "max_macs": ("max_macs", "--max-macs"),
+    "max_replay_macs": ("max_replay_macs", "--max-replay-macs"),
+    "max_canvas_pixels": ("max_canvas_pixels", "--max-grid-pixels"),
+    "max_section_bytes": ("max_section_bytes", "--max-section-bytes"),
+}
 
 
 def check(figure: str, value: int, limits: DecodeLimits, field: str, what: str) -> None:
@@ -100,9 +103,15 @@ def check(figure: str, value: int, limits: DecodeLimits, field: str, what: str) 
     limit = getattr(limits, field)
     if value > limit:
         keyword, option = OVERRIDES[field]
-        raise D3LimitError(f"{what} would take {value:,} {figure}, over the decode limit of {limit:,} ({field}); "
-                           f"if you trust this archive, raise it: {keyword}=N in Python, {option} N on the command "
-                           "line", figure, value, limit, option)
+        raise D3LimitError(
+            f"{what} would take {value:,} {figure}, over the decode limit of {limit:,} ({field}); "
+            f"if you trust this archive, raise it: {keyword}=N in Python, {option} N on the command "
+            "line",
+            figure,
+            value,
+            limit,
+            option,
+        )
 
 
 # However small its images, a network's draw costs a CPU fixed work per image (copies, padding, small
@@ -153,8 +162,9 @@ def draw_macs(images: int, macs_per_image: int, noise_per_image: int = 0) -> int
     return images * max(macs_per_image + noise_per_image * NOISE_VALUE_MACS, MIN_MACS_PER_IMAGE)
 
 
-def output_bytes(images: int, image_shape: tuple[int, int, int], num_classes: int, soft: bool,
-                 noise_values: int = 0) -> int:
+def output_bytes(
+    images: int, image_shape: tuple[int, int, int], num_classes: int, soft: bool, noise_values: int = 0
+) -> int:
     """Bytes an expansion holds: images float32, labels int64, soft labels float32 (N, K) where ``soft``,
     and ``noise_values`` float32 sampling noise."""
     return images * (math.prod(image_shape) * 4 + 8 + (num_classes * 4 if soft else 0)) + noise_values * 4
@@ -170,8 +180,11 @@ class NetworkCost:
     activation_bytes: int
 
     def __add__(self, other: "NetworkCost") -> "NetworkCost":
-        return NetworkCost(self.parameters + other.parameters, self.macs + other.macs,
-                           max(self.activation_bytes, other.activation_bytes))
+        return NetworkCost(
+            self.parameters + other.parameters,
+            self.macs + other.macs,
+            max(self.activation_bytes, other.activation_bytes),
+        )
 
 
 def network_cost(build: Callable[[], nn.Module], example: Callable[[], tuple], what: str) -> NetworkCost:
@@ -210,8 +223,9 @@ def network_cost(build: Callable[[], nn.Module], example: Callable[[], tuple], w
         for h in hooks:
             h.remove()
     except (RuntimeError, ValueError, IndexError, TypeError, OverflowError) as error:
-        raise D3FormatError(f"{what} cannot run on the declared image size ({str(error).splitlines()[0][:200]})") \
-            from None
+        raise D3FormatError(
+            f"{what} cannot run on the declared image size ({str(error).splitlines()[0][:200]})"
+        ) from None
     parameters = sum(p.numel() for p in net.parameters()) + sum(b.numel() for b in net.buffers())
     return NetworkCost(parameters, counter.get_total_flops() // 2, 2 * 4 * peak[0])
 
@@ -222,7 +236,7 @@ def all_finite(values: torch.Tensor, chunk: int = 1 << 22) -> bool:
     if not values.is_floating_point():
         return True
     flat = values.reshape(-1)
-    return all(bool(torch.isfinite(flat[i:i + chunk]).all()) for i in range(0, flat.numel(), chunk))
+    return all(bool(torch.isfinite(flat[i : i + chunk]).all()) for i in range(0, flat.numel(), chunk))
 
 
 def batch_size(cost: NetworkCost, limits: DecodeLimits, most: int = 1024) -> int:

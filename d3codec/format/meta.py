@@ -29,8 +29,8 @@ MAX_CLASSES = 100_000
 MAX_SIDE = 4096
 # dataset.mean and dataset.std (spec/FORMAT.md §5.1): pixel-space statistics, so finite in float32 and std > 0
 NORMALISATION_RANGE = {"mean": (-1000.0, 1000.0), "std": (1e-6, 1000.0)}
-MAX_BUDGET_BYTES = 2 ** 62
-MAX_SEED = 2 ** 63 - 1  # a JSON integer (§3)
+MAX_BUDGET_BYTES = 2**62
+MAX_SEED = 2**63 - 1  # a JSON integer (§3)
 _MISSING = object()
 
 
@@ -82,8 +82,9 @@ def meta_number(obj: Any, key: str, lo: float, hi: float, where: str = "", defau
     return float(value)
 
 
-def meta_str(obj: Any, key: str, choices: tuple[str, ...] | None = None, where: str = "",
-             default: Any = _MISSING) -> str:
+def meta_str(
+    obj: Any, key: str, choices: tuple[str, ...] | None = None, where: str = "", default: Any = _MISSING
+) -> str:
     """``obj[key]`` as a string, one of ``choices`` where given (see :func:`meta_int`)."""
     value = _get(obj, key, where, default)
     if value is default and default is not _MISSING:
@@ -115,8 +116,13 @@ def base_meta(spec, method: str, budget: int, ipc: float | None, seed: int | Non
     return {
         "format": FORMAT_NAME,
         "method": method,
-        "dataset": {"name": spec.name, "classes": list(spec.classes), "image_shape": list(spec.image_shape),
-                    "mean": list(spec.mean), "std": list(spec.std)},
+        "dataset": {
+            "name": spec.name,
+            "classes": list(spec.classes),
+            "image_shape": list(spec.image_shape),
+            "mean": list(spec.mean),
+            "std": list(spec.std),
+        },
         "budget": {"bytes": budget, "ipc": ipc},
         "seed": seed,
         "created": created,
@@ -135,24 +141,34 @@ def validate_meta(meta: dict[str, Any]) -> dict[str, Any]:
     _require(isinstance(ds, dict), "'dataset' must be an object")
     meta_str(ds, "name", where="dataset.")
     classes = ds.get("classes")
-    _require(isinstance(classes, list) and 1 <= len(classes) <= MAX_CLASSES
-             and all(isinstance(c, str) for c in classes), f"'dataset.classes' must be 1 to {MAX_CLASSES} strings")
+    _require(
+        isinstance(classes, list) and 1 <= len(classes) <= MAX_CLASSES and all(isinstance(c, str) for c in classes),
+        f"'dataset.classes' must be 1 to {MAX_CLASSES} strings",
+    )
     _require(len(set(classes)) == len(classes), "'dataset.classes' has duplicate names")
     shape = ds.get("image_shape")
-    _require(isinstance(shape, list) and len(shape) == 3
-             and all(type(v) is int for v in shape)
-             and shape[0] in (1, 3) and all(1 <= v <= MAX_SIDE for v in shape[1:]),
-             f"'dataset.image_shape' must be [C, H, W] with C 1 or 3 and sides 1..{MAX_SIDE}")
+    _require(
+        isinstance(shape, list)
+        and len(shape) == 3
+        and all(type(v) is int for v in shape)
+        and shape[0] in (1, 3)
+        and all(1 <= v <= MAX_SIDE for v in shape[1:]),
+        f"'dataset.image_shape' must be [C, H, W] with C 1 or 3 and sides 1..{MAX_SIDE}",
+    )
     for key, (lo, hi) in NORMALISATION_RANGE.items():  # finite, and std > 0, in the float32 students use
         v = ds.get(key)
-        _require(isinstance(v, list) and len(v) == shape[0] and all(type(x) in (int, float) and lo <= x <= hi
-                                                                    for x in v),
-                 f"'dataset.{key}' must be {shape[0]} numbers from {lo:g} to {hi:g}")
+        _require(
+            isinstance(v, list) and len(v) == shape[0] and all(type(x) in (int, float) and lo <= x <= hi for x in v),
+            f"'dataset.{key}' must be {shape[0]} numbers from {lo:g} to {hi:g}",
+        )
     for key in ("params", "stats", "budget", "accounting", "software", "labeller"):
         _require(key not in meta or isinstance(meta[key], dict), f"'{key}' must be an object")
     budget, accounting = meta.get("budget") or {}, meta.get("accounting") or {}
-    for obj, key, where in ((budget, "bytes", "budget."), (accounting, "budget_bytes", "accounting."),
-                            (accounting, "bound_bytes", "accounting.")):
+    for obj, key, where in (
+        (budget, "bytes", "budget."),
+        (accounting, "budget_bytes", "accounting."),
+        (accounting, "bound_bytes", "accounting."),
+    ):
         if obj.get(key) is not None:
             meta_int(obj, key, 1, MAX_BUDGET_BYTES, where)
     if budget.get("ipc") is not None:
@@ -181,11 +197,14 @@ def check_sections(reader: D3Reader, known: Mapping[str, bool]) -> None:
         if info.name in known:
             if info.critical != known[info.name]:
                 want = "critical" if known[info.name] else "ancillary"
-                raise D3FormatError(f"section {info.name!r} must be {want} (spec/FORMAT.md §5); this one is "
-                                    f"flagged {'critical' if info.critical else 'ancillary'}")
+                raise D3FormatError(
+                    f"section {info.name!r} must be {want} (spec/FORMAT.md §5); this one is "
+                    f"flagged {'critical' if info.critical else 'ancillary'}"
+                )
         elif info.critical:
-            raise D3FormatError(f"unknown critical section {info.name!r} at offset {info.offset}: this archive "
-                                "needs a newer d3codec")
+            raise D3FormatError(
+                f"unknown critical section {info.name!r} at offset {info.offset}: this archive needs a newer d3codec"
+            )
 
 
 def known_kind(meta: dict[str, Any]) -> ArchiveKind:
@@ -193,8 +212,10 @@ def known_kind(meta: dict[str, Any]) -> ArchiveKind:
     Raises: D3FormatError naming the kinds this d3codec reads."""
     kind = archive_kind(meta["method"])
     if kind is None:
-        raise D3FormatError(f"meta: unknown method {safe_text(repr(meta['method']), 60)}; this d3codec reads "
-                            f"{', '.join(archive_kind_names())}: upgrade d3codec")
+        raise D3FormatError(
+            f"meta: unknown method {safe_text(repr(meta['method']), 60)}; this d3codec reads "
+            f"{', '.join(archive_kind_names())}: upgrade d3codec"
+        )
     return kind
 
 
@@ -250,9 +271,11 @@ def summary(meta: dict[str, Any], file_bytes: int) -> str:
     budget = (meta.get("budget") or {}).get("bytes")
     against = f" of a {budget:,}-byte budget ({100 * file_bytes / budget:.1f} %)" if budget else ""
     ipc_eq = ipc_equivalent(file_bytes, len(ds["classes"]), tuple(ds["image_shape"]))
-    return (f"{safe_text(meta['method'], 60)}{f' ({safe_text(stored, 300)})' if stored else ''} · "
-            f"{safe_text(ds['name'], 80)}: {len(ds['classes'])} classes of {'×'.join(map(str, ds['image_shape']))} "
-            f"· {file_bytes:,} bytes{against} · IPC-equivalent {ipc_eq:.3f}")
+    return (
+        f"{safe_text(meta['method'], 60)}{f' ({safe_text(stored, 300)})' if stored else ''} · "
+        f"{safe_text(ds['name'], 80)}: {len(ds['classes'])} classes of {'×'.join(map(str, ds['image_shape']))} "
+        f"· {file_bytes:,} bytes{against} · IPC-equivalent {ipc_eq:.3f}"
+    )
 
 
 def byte_table(reader: D3Reader, budget: int | None) -> list[dict[str, Any]]:
@@ -262,12 +285,22 @@ def byte_table(reader: D3Reader, budget: int | None) -> list[dict[str, Any]]:
     None without a budget). The stored bytes add up to the file size exactly.
     """
     header = reader.sections[0].offset if reader.sections else reader.file_size
-    rows: list[dict[str, Any]] = [{"name": "(header + table)", "raw": header, "stored": header, "codec": "-", "critical": True}]
+    rows: list[dict[str, Any]] = [
+        {"name": "(header + table)", "raw": header, "stored": header, "codec": "-", "critical": True}
+    ]
     for s in reader.sections:
-        rows.append({"name": s.name, "raw": s.raw_length, "stored": s.stored_length,
-                     "codec": {0: "raw", 1: "zstd"}.get(s.codec, f"codec {s.codec}"), "critical": s.critical})
-    rows.append({"name": "total", "raw": sum(r["raw"] for r in rows), "stored": reader.file_size, "codec": "",
-                 "critical": None})
+        rows.append(
+            {
+                "name": s.name,
+                "raw": s.raw_length,
+                "stored": s.stored_length,
+                "codec": {0: "raw", 1: "zstd"}.get(s.codec, f"codec {s.codec}"),
+                "critical": s.critical,
+            }
+        )
+    rows.append(
+        {"name": "total", "raw": sum(r["raw"] for r in rows), "stored": reader.file_size, "codec": "", "critical": None}
+    )
     for r in rows:
         r["file_share"] = r["stored"] / reader.file_size
         r["budget_share"] = r["stored"] / budget if budget else None

@@ -61,7 +61,7 @@ def hash_words(*values) -> np.ndarray:
 
 def to_signed_unit(word: np.ndarray) -> np.ndarray:
     """A word's top 53 bits as v = (⌊w / 2^11⌋ − 2^52) · 2^-52 ∈ [−1, 1): float64, exact."""
-    return ((word >> _U64(11)).astype(np.int64) - (1 << 52)).astype(np.float64) * 2.0 ** -52
+    return ((word >> _U64(11)).astype(np.int64) - (1 << 52)).astype(np.float64) * 2.0**-52
 
 
 def log_unit(s: np.ndarray) -> np.ndarray:
@@ -131,7 +131,7 @@ def normal(seed: int, stream: int, shape: tuple[int, int, int], first: int = 0) 
                 j = np.arange(first + lo, first + min(n, lo + per), dtype=np.uint64)
                 h_aj = absorb(h_a, j)[:, None]  # (n', 1)
                 keys = absorb(h_aj, np.arange(z, dtype=np.uint64)[None, :])  # (n', Z)
-                out[a, lo:lo + len(j)] = normal_from_keys(keys)
+                out[a, lo : lo + len(j)] = normal_from_keys(keys)
     return out
 
 
@@ -147,8 +147,8 @@ def normal_at(seed: int, stream: int, a: np.ndarray, b: np.ndarray, z: int) -> n
     with np.errstate(over="ignore"):
         base = hash_words(seed, stream)
         for lo in range(0, len(a), per):
-            h_ab = absorb(absorb(base, a[lo:lo + per]), b[lo:lo + per])[:, None]  # (B', 1)
-            out[lo:lo + per] = normal_from_keys(absorb(h_ab, np.arange(z, dtype=np.uint64)[None, :]))
+            h_ab = absorb(absorb(base, a[lo : lo + per]), b[lo : lo + per])[:, None]  # (B', 1)
+            out[lo : lo + per] = normal_from_keys(absorb(h_ab, np.arange(z, dtype=np.uint64)[None, :]))
     return out
 
 

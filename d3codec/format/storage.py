@@ -72,8 +72,10 @@ def stored_image_zeros(count: int, shape: tuple[int, ...], num_classes: int, dty
     dtypes without a float32 copy first: a plan's placeholder, whose bytes count exactly as the real ones."""
     if dtype not in STORAGE_DTYPES:
         raise ValueError(f"storage dtype must be one of {STORAGE_DTYPES}, not {dtype!r}")
-    out = {"labels": torch.zeros(count, dtype=label_dtype(num_classes)),
-           "images": torch.zeros(count, *shape, dtype=TORCH_DTYPES[dtype])}
+    out = {
+        "labels": torch.zeros(count, dtype=label_dtype(num_classes)),
+        "images": torch.zeros(count, *shape, dtype=TORCH_DTYPES[dtype]),
+    }
     if dtype == "uint8":
         out["range"] = torch.zeros(num_classes, 2)
     return out
@@ -95,12 +97,19 @@ def check_probabilities(p: torch.Tensor, section: str, key: str) -> None:
         raise D3FormatError(f"section {section!r}: {key!r} holds negative or non-finite probabilities")
     worst = (p.sum(-1) - 1).abs().max().item()
     if worst > PROBABILITY_TOLERANCE:
-        raise D3FormatError(f"section {section!r}: the rows of {key!r} must sum to 1 (within "
-                            f"{PROBABILITY_TOLERANCE}); one is off by {worst:.4g}")
+        raise D3FormatError(
+            f"section {section!r}: the rows of {key!r} must sum to 1 (within "
+            f"{PROBABILITY_TOLERANCE}); one is off by {worst:.4g}"
+        )
 
 
-def decode_images(tensors: dict[str, torch.Tensor], num_classes: int, image_shape: tuple[int, int, int],
-                  limits=None, soft: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+def decode_images(
+    tensors: dict[str, torch.Tensor],
+    num_classes: int,
+    image_shape: tuple[int, int, int],
+    limits=None,
+    soft: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Invert :func:`encode_images`, checking names, shapes and dtypes as spec/FORMAT.md §5 defines them:
     ``images`` (N, C, H, W) U8, F16 or F32 with N ≥ 1, ``labels`` (N,) U8 or I32 in [0, K), and for U8
     images ``range`` (K, 2) F32, finite, nothing else. A U8 pixel is ``lo + code / 255 · (hi − lo)``,
@@ -122,16 +131,24 @@ def decode_images(tensors: dict[str, torch.Tensor], num_classes: int, image_shap
     codes, labels = tensors["images"], tensors["labels"]
     check_names(tensors, {"images", "labels"} | ({"range"} if codes.dtype == torch.uint8 else set()), "images")
     if codes.dim() != 4 or tuple(codes.shape[1:]) != tuple(image_shape) or codes.shape[0] < 1:
-        raise D3FormatError(f"images have shape {tuple(codes.shape)}, expected (N, {', '.join(map(str, image_shape))}) "
-                            "with N ≥ 1")
+        raise D3FormatError(
+            f"images have shape {tuple(codes.shape)}, expected (N, {', '.join(map(str, image_shape))}) with N ≥ 1"
+        )
     if labels.shape != (codes.shape[0],) or labels.dtype not in (torch.uint8, torch.int32):
-        raise D3FormatError(f"labels have shape {tuple(labels.shape)} and dtype {labels.dtype}; expected "
-                            f"({codes.shape[0]},) uint8 or int32")
+        raise D3FormatError(
+            f"labels have shape {tuple(labels.shape)} and dtype {labels.dtype}; expected "
+            f"({codes.shape[0]},) uint8 or int32"
+        )
     if codes.dtype not in (torch.uint8, torch.float16, torch.float32):
         raise D3FormatError(f"images have dtype {codes.dtype}; expected uint8, float16 or float32")
     n = codes.shape[0]
-    check("bytes", output_bytes(n, image_shape, num_classes, soft), limits or DEFAULT_LIMITS, "max_bytes",
-          f"decoding {n} images of shape {tuple(image_shape)}")
+    check(
+        "bytes",
+        output_bytes(n, image_shape, num_classes, soft),
+        limits or DEFAULT_LIMITS,
+        "max_bytes",
+        f"decoding {n} images of shape {tuple(image_shape)}",
+    )
     labels = labels.long()
     if labels.min() < 0 or labels.max() >= num_classes:
         raise D3FormatError(f"labels fall outside [0, {num_classes})")

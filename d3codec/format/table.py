@@ -69,8 +69,9 @@ class SectionInfo:
         return self.codec in Codec._value2member_map_ and self.content in Content._value2member_map_
 
 
-def read_table(file: BinaryIO, file_size: int, where: str,
-               max_section_bytes: int) -> tuple[tuple[int, int], list[SectionInfo]]:
+def read_table(
+    file: BinaryIO, file_size: int, where: str, max_section_bytes: int
+) -> tuple[tuple[int, int], list[SectionInfo]]:
     """Read and check an archive's header and section table from ``file``, positioned at its start.
 
     Args:
@@ -95,12 +96,15 @@ def read_table(file: BinaryIO, file_size: int, where: str,
         offset += stored
         pos = end
     if pos != len(table):
-        raise D3FormatError(f"{where}: offset {FIXED_HEADER.size + pos}: {len(table) - pos} unused bytes at the end "
-                            "of the section table")
+        raise D3FormatError(
+            f"{where}: offset {FIXED_HEADER.size + pos}: {len(table) - pos} unused bytes at the end "
+            "of the section table"
+        )
     if offset != file_size:
         state = "truncated" if offset > file_size else "followed by extra bytes"
-        raise D3FormatError(f"{where}: file is {state}: the table declares {offset} bytes in all, the file holds "
-                            f"{file_size}")
+        raise D3FormatError(
+            f"{where}: file is {state}: the table declares {offset} bytes in all, the file holds {file_size}"
+        )
     return (major, minor), sections
 
 
@@ -118,8 +122,10 @@ def _read_header(file: BinaryIO, file_size: int, where: str) -> tuple[tuple[int,
             hint = " (the signature is damaged: was the file transferred in text mode?)"
         raise D3FormatError(f"{where}: offset 0: not a .d3 archive, magic is {magic!r}{hint}")
     if major != VERSION_MAJOR:
-        raise D3FormatError(f"{where}: offset 8: format version {major}.{minor} is not supported; this "
-                            f"d3codec reads version {VERSION_MAJOR}.x: upgrade d3codec")
+        raise D3FormatError(
+            f"{where}: offset 8: format version {major}.{minor} is not supported; this "
+            f"d3codec reads version {VERSION_MAJOR}.x: upgrade d3codec"
+        )
     if not 1 <= count <= MAX_SECTIONS:
         raise D3FormatError(f"{where}: offset 10: section count {count} is outside 1..{MAX_SECTIONS}")
     if table_length > MAX_TABLE_BYTES:
@@ -127,17 +133,21 @@ def _read_header(file: BinaryIO, file_size: int, where: str) -> tuple[tuple[int,
     table = file.read(table_length)
     crc_bytes = file.read(CRC.size)
     if len(table) < table_length or len(crc_bytes) < CRC.size:
-        raise D3FormatError(f"{where}: file ends inside the section table (file is {file_size} bytes, "
-                            f"table declares {table_length})")
+        raise D3FormatError(
+            f"{where}: file ends inside the section table (file is {file_size} bytes, table declares {table_length})"
+        )
     (crc,) = CRC.unpack(crc_bytes)
     if zlib.crc32(head + table) != crc:
-        raise D3FormatError(f"{where}: offset {FIXED_HEADER.size + table_length}: header checksum mismatch "
-                            "(the header or section table is corrupt)")
+        raise D3FormatError(
+            f"{where}: offset {FIXED_HEADER.size + table_length}: header checksum mismatch "
+            "(the header or section table is corrupt)"
+        )
     return (major, minor), count, table
 
 
-def _read_entry(table: bytes, pos: int, index: int, count: int, seen: set[str],
-                where: str) -> tuple[str, tuple[int, ...], int]:
+def _read_entry(
+    table: bytes, pos: int, index: int, count: int, seen: set[str], where: str
+) -> tuple[str, tuple[int, ...], int]:
     """Entry ``index`` of ``count``, at ``pos`` in the table: its name (added to ``seen``), its fields
     (flags, codec, content, stored length, raw length, CRC-32) and the table position after it.
     Raises: D3FormatError for a table that ends early, a bad name length, an invalid or repeated name."""
@@ -148,7 +158,7 @@ def _read_entry(table: bytes, pos: int, index: int, count: int, seen: set[str],
     end = pos + 1 + name_length + ENTRY_FIELDS.size
     if not 1 <= name_length <= MAX_NAME_BYTES or end > len(table):
         raise D3FormatError(f"{where}: offset {at}: section {index} has a bad name length {name_length}")
-    raw_name = table[pos + 1: pos + 1 + name_length]
+    raw_name = table[pos + 1 : pos + 1 + name_length]
     try:
         name = raw_name.decode("ascii")
     except UnicodeDecodeError:
@@ -166,18 +176,26 @@ def _check_entry(info: SectionInfo, max_section_bytes: int, where: str) -> None:
     sizes break the limits. Raises: D3FormatError; D3LimitError past ``max_section_bytes``."""
     name, codec, content, stored, raw = info.name, info.codec, info.content, info.stored_length, info.raw_length
     if info.critical and not info.understood:
-        raise D3FormatError(f"{where}: section {name!r}: unknown codec {codec} or content type {content} in a "
-                            "critical section: this archive needs a newer d3codec")
+        raise D3FormatError(
+            f"{where}: section {name!r}: unknown codec {codec} or content type {content} in a "
+            "critical section: this archive needs a newer d3codec"
+        )
     if not info.understood:
         return
     if raw > max_section_bytes:
-        raise D3LimitError(f"{where}: section {name!r}: declared size {raw} bytes exceeds the reader's "
-                           f"limit of {max_section_bytes} bytes (max_section_bytes); if you trust "
-                           "this archive, raise it: max_section_bytes=N in Python, --max-section-bytes N "
-                           "on the command line", "bytes", raw, max_section_bytes,
-                           "--max-section-bytes")
+        raise D3LimitError(
+            f"{where}: section {name!r}: declared size {raw} bytes exceeds the reader's "
+            f"limit of {max_section_bytes} bytes (max_section_bytes); if you trust "
+            "this archive, raise it: max_section_bytes=N in Python, --max-section-bytes N "
+            "on the command line",
+            "bytes",
+            raw,
+            max_section_bytes,
+            "--max-section-bytes",
+        )
     if codec == Codec.NONE and stored != raw:
-        raise D3FormatError(f"{where}: section {name!r}: raw section declares stored length {stored} "
-                            f"but raw length {raw}")
+        raise D3FormatError(
+            f"{where}: section {name!r}: raw section declares stored length {stored} but raw length {raw}"
+        )
     if content == Content.JSON and raw > MAX_JSON_BYTES:
         raise D3FormatError(f"{where}: section {name!r}: JSON of {raw} bytes exceeds {MAX_JSON_BYTES}")

@@ -45,7 +45,7 @@ def safe_value(value: Any, limit: int = MAX_TEXT, items: int = MAX_ITEMS, depth:
         return safe_text(value, limit)
     if isinstance(value, dict):
         shown = list(value.items())
-        out = {safe_text(k, limit): safe_value(v, limit, items, depth + 1) for k, v in shown[:items * 5]}
+        out = {safe_text(k, limit): safe_value(v, limit, items, depth + 1) for k, v in shown[: items * 5]}
         if len(shown) > items * 5:
             out["…"] = f"{len(shown) - items * 5} more keys"
         return out

@@ -86,9 +86,14 @@ def check_names(tensors: dict[str, torch.Tensor], expected: set[str], section: s
         raise D3FormatError(f"section {section!r} holds {which} ({len(extra)} extra, {len(missing)} missing)")
 
 
-def stored_tensor(tensors: dict[str, torch.Tensor], section: str, key: str, shape: tuple[int, ...],
-                  int8_dim: int | None, floats: tuple[torch.dtype, ...] = (torch.float16,)
-                  ) -> tuple[torch.Tensor, torch.Tensor | None]:
+def stored_tensor(
+    tensors: dict[str, torch.Tensor],
+    section: str,
+    key: str,
+    shape: tuple[int, ...],
+    int8_dim: int | None,
+    floats: tuple[torch.dtype, ...] = (torch.float16,),
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """A stored tensor of ``shape`` as the archive stores it, checked: (I8 value, its F16 ``{key}.scale``
     (n,) along ``int8_dim``), or, when ``int8_dim`` is None, (value of one of the dtypes ``floats``, None).
     Its float32 value (:func:`read_stored`) is then finite: an int8 times a finite float16 scale is.
@@ -102,7 +107,9 @@ def stored_tensor(tensors: dict[str, torch.Tensor], section: str, key: str, shap
     if int8_dim is None:
         if value.dtype not in floats:
             names = " or ".join(str(d).removeprefix("torch.") for d in floats)
-            raise D3FormatError(f"section {section!r}: {key!r} must be {names}, not {str(value.dtype).removeprefix('torch.')}")
+            raise D3FormatError(
+                f"section {section!r}: {key!r} must be {names}, not {str(value.dtype).removeprefix('torch.')}"
+            )
         return (_finite(value, section, key) if value.is_floating_point() else value), None
     scale, n = tensors.get(f"{key}.scale"), shape[int8_dim]
     if value.dtype != torch.int8 or scale is None or tuple(scale.shape) != (n,) or scale.dtype != torch.float16:
@@ -110,8 +117,14 @@ def stored_tensor(tensors: dict[str, torch.Tensor], section: str, key: str, shap
     return value, _finite(scale, section, key)
 
 
-def read_stored(tensors: dict[str, torch.Tensor], section: str, key: str, shape: tuple[int, ...],
-                int8_dim: int | None, floats: tuple[torch.dtype, ...] = (torch.float16,)) -> torch.Tensor:
+def read_stored(
+    tensors: dict[str, torch.Tensor],
+    section: str,
+    key: str,
+    shape: tuple[int, ...],
+    int8_dim: int | None,
+    floats: tuple[torch.dtype, ...] = (torch.float16,),
+) -> torch.Tensor:
     """The float32 value of a stored tensor of ``shape`` (see :func:`stored_tensor`): an I8 one times its
     F16 scale along ``int8_dim`` (see :func:`quantise_int8`; the product is computed in float32), or one
     of the dtypes ``floats`` (F16 unless the spec allows more), converted exactly.
@@ -131,19 +144,30 @@ def _finite(value: torch.Tensor, section: str, key: str) -> torch.Tensor:
     return value
 
 
-def dequantise_state(tensors: dict[str, torch.Tensor], prefix: str, shapes: dict[str, tuple[int, ...]],
-                     dtype: str, section: str) -> dict[str, torch.Tensor]:
+def dequantise_state(
+    tensors: dict[str, torch.Tensor], prefix: str, shapes: dict[str, tuple[int, ...]], dtype: str, section: str
+) -> dict[str, torch.Tensor]:
     """The float32 state dict stored by :func:`quantise_state` (``shapes``: each parameter's shape).
 
     Raises: D3FormatError naming ``section`` on any missing, misshapen or mistyped tensor.
     """
-    return {name: read_stored(tensors, section, f"{prefix}{name}", shape,
-                              0 if dtype == "int8" and len(shape) >= 2 else None)
-            for name, shape in shapes.items()}
+    return {
+        name: read_stored(
+            tensors, section, f"{prefix}{name}", shape, 0 if dtype == "int8" and len(shape) >= 2 else None
+        )
+        for name, shape in shapes.items()
+    }
 
 
-def load_stored_module(build: Callable[[], nn.Module], tensors: dict[str, torch.Tensor], prefix: str, dtype: str,
-                       section: str, device: torch.device | str = "cpu", exact: bool = False) -> nn.Module:
+def load_stored_module(
+    build: Callable[[], nn.Module],
+    tensors: dict[str, torch.Tensor],
+    prefix: str,
+    dtype: str,
+    section: str,
+    device: torch.device | str = "cpu",
+    exact: bool = False,
+) -> nn.Module:
     """The network ``build()`` makes, filled with the state :func:`quantise_state` stored under
     ``prefix``: built on the meta device, so no memory is spent until every stored tensor has been
     checked against the network's shapes. Returns it on ``device``, in eval mode.
@@ -175,8 +199,9 @@ def read_safetensors_file(path, what: str, fix: str = "") -> tuple[dict[str, tor
     except (KeyboardInterrupt, SystemExit):
         raise
     except BaseException as e:  # safetensors raises several types for a bad file, and Rust panics
-        raise D3Error(f"{what} {safe_text(str(path), 300)} is not readable as a safetensors file "
-                      f"({safe_text(str(e), 200)}){fix}") from None
+        raise D3Error(
+            f"{what} {safe_text(str(path), 300)} is not readable as a safetensors file ({safe_text(str(e), 200)}){fix}"
+        ) from None
 
 
 def check_state(state: dict[str, torch.Tensor], shapes: dict[str, tuple[int, ...]], what: str) -> None:
@@ -193,7 +218,9 @@ def check_state(state: dict[str, torch.Tensor], shapes: dict[str, tuple[int, ...
     for name, shape in shapes.items():
         value = state[name]
         if tuple(value.shape) != tuple(shape) or not value.is_floating_point():
-            raise D3Error(f"{what}: tensor {name!r} is {str(value.dtype).removeprefix('torch.')} of shape "
-                          f"{tuple(value.shape)}, not floating-point of shape {tuple(shape)}")
+            raise D3Error(
+                f"{what}: tensor {name!r} is {str(value.dtype).removeprefix('torch.')} of shape "
+                f"{tuple(value.shape)}, not floating-point of shape {tuple(shape)}"
+            )
         if not all_finite(value):
             raise D3Error(f"{what}: tensor {name!r} holds values that are not finite (NaN or infinite)")

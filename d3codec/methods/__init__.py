@@ -35,6 +35,25 @@ from d3codec.methods import d3
 from d3codec.methods import d2m
 # isort: on
 
-__all__ = ["pixel", "d3", "d2m", "ArchiveKind", "BuildContext", "Method", "Option", "archive_kind",
-           "archive_kind_names", "get_method", "method_names", "register_archive_kind", "register_method",
-           "DatasetSpec", "Encoded", "Encoder", "Overrun", "Sampler", "Subtask", "SubtaskEncoder"]
+__all__ = [
+    "pixel",
+    "d3",
+    "d2m",
+    "ArchiveKind",
+    "BuildContext",
+    "Method",
+    "Option",
+    "archive_kind",
+    "archive_kind_names",
+    "get_method",
+    "method_names",
+    "register_archive_kind",
+    "register_method",
+    "DatasetSpec",
+    "Encoded",
+    "Encoder",
+    "Overrun",
+    "Sampler",
+    "Subtask",
+    "SubtaskEncoder",
+]

@@ -50,8 +50,9 @@ class MatchingBatch:
     embed: Callable[[torch.Tensor], torch.Tensor] | None = None  # the network's embed, compiled (None: eager)
     _features: dict = field(default_factory=dict)
 
-    def features(self, extractor: Callable[[torch.Tensor], torch.Tensor] | None = None
-                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    def features(
+        self, extractor: Callable[[torch.Tensor], torch.Tensor] | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """(n, m, D) synthetic and (n, r, D) real features of ``extractor`` (images (N, C, H, W) →
         (N, D); default the random network's penultimate features)."""
         # one forward pass per extractor and chunk, shared by the terms: the gradient then sums in one
@@ -131,9 +132,15 @@ class CalibrationTerm:
         return self.weight * F.cross_entropy(logits, targets, reduction="sum") / m
 
 
-def memory_sized_chunk(num_classes: int, synthetic_per_class: int, real_per_class: int,
-                       image_shape: tuple[int, int, int], embed_width: int, budget_bytes: int,
-                       synthetic_extra_bytes: int = 0) -> int:
+def memory_sized_chunk(
+    num_classes: int,
+    synthetic_per_class: int,
+    real_per_class: int,
+    image_shape: tuple[int, int, int],
+    embed_width: int,
+    budget_bytes: int,
+    synthetic_extra_bytes: int = 0,
+) -> int:
     """Classes per forward pass whose activations fit ``budget_bytes`` (at least 1, at most ``num_classes``).
 
     An estimate from the shapes, not a measurement: a synthetic image keeps about 5 float32 maps of
@@ -207,8 +214,13 @@ class DistributionMatcher:
             return self.random_network(), None
         return self.experts.middle_encoder(self.device)
 
-    def step(self, synthesize: Callable[[Sequence[int]], torch.Tensor], terms: Sequence[MatchingTerm],
-             gen: torch.Generator, classes: Sequence[int] | None = None) -> float:
+    def step(
+        self,
+        synthesize: Callable[[Sequence[int]], torch.Tensor],
+        terms: Sequence[MatchingTerm],
+        gen: torch.Generator,
+        classes: Sequence[int] | None = None,
+    ) -> float:
         """One iteration: gradients of Σ_terms over every class (or over ``classes``, local indices)
         accumulated into whatever ``synthesize`` differentiates through (zero them before, step after).
 
@@ -221,7 +233,7 @@ class DistributionMatcher:
         every = classes if classes is not None else range(self.num_classes)
         ids = self.class_ids if self.class_ids is not None else range(self.num_classes)
         for lo in range(0, len(every), self.class_chunk):
-            chunk = every[lo:lo + self.class_chunk]
+            chunk = every[lo : lo + self.class_chunk]
             synthetic = synthesize(chunk)
             real = torch.stack([self.real_images(i, self.real_per_class, gen) for i in chunk]).to(self.device)
             real = self.normalise(real.flatten(0, 1)).view(real.shape)
@@ -239,20 +251,33 @@ class DistributionMatcher:
 
 
 MATCHING_OPTIONS = (
-    Option("--matching", "matching", "The networks matching embeds with: dm, a fresh random ConvNet-3 each iteration "
-           "(Zhao & Bilen 2023); dance, a middle encoder between an expert's initial and trained weights, plus the "
-           "trained expert's calibration (Zhang et al. 2024). dance trains an expert pool once (cached: --experts).",
-           kind="choice", choices=MATCHINGS),
-    Option("--expert-count", "expert_count", "Experts in dance's pool (ConvNet-3s of the embedding width).",
-           low=1, high=64),
+    Option(
+        "--matching",
+        "matching",
+        "The networks matching embeds with: dm, a fresh random ConvNet-3 each iteration "
+        "(Zhao & Bilen 2023); dance, a middle encoder between an expert's initial and trained weights, plus the "
+        "trained expert's calibration (Zhang et al. 2024). dance trains an expert pool once (cached: --experts).",
+        kind="choice",
+        choices=MATCHINGS,
+    ),
+    Option(
+        "--expert-count", "expert_count", "Experts in dance's pool (ConvNet-3s of the embedding width).", low=1, high=64
+    ),
     Option("--expert-epochs", "expert_epochs", "Epochs over the real training set of each expert.", low=1, high=1000),
-    Option("--calibration-weight", "calibration_weight", "Weight of dance's calibration term (0: none).",
-           kind="float", low=0, high=1000),
+    Option(
+        "--calibration-weight",
+        "calibration_weight",
+        "Weight of dance's calibration term (0: none).",
+        kind="float",
+        low=0,
+        high=1000,
+    ),
 )
 
 
-def matching_experts(matching: str, real: RealData, count: int, epochs: int, width: int, device: torch.device,
-                     progress: bool = False) -> ExpertPool | None:
+def matching_experts(
+    matching: str, real: RealData, count: int, epochs: int, width: int, device: torch.device, progress: bool = False
+) -> ExpertPool | None:
     """The expert pool ``matching`` needs (None for dm): ``count`` ConvNet-3s of ``width`` trained ``epochs`` on
     every class of ``real``, from the cache (d3codec.nn.experts) or trained now.
 

@@ -17,15 +17,22 @@ def synchronize(device: torch.device) -> None:
 
 
 @torch.no_grad()
-def test_accuracy(net: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, mean, std,
-                  device: torch.device, batch_size: int = 1000) -> float:
+def test_accuracy(
+    net: torch.nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    mean,
+    std,
+    device: torch.device,
+    batch_size: int = 1000,
+) -> float:
     """Fraction of ``images`` (M, C, H, W) pixel space that ``net`` classifies as ``labels``."""
     net.eval()
     normalise = Normalisation(mean, std, device)
     correct = 0
     for i in range(0, len(images), batch_size):
-        x = normalise(images[i:i + batch_size].to(device))
-        correct += int((net(x).argmax(1).cpu() == labels[i:i + batch_size]).sum())
+        x = normalise(images[i : i + batch_size].to(device))
+        correct += int((net(x).argmax(1).cpu() == labels[i : i + batch_size]).sum())
     return correct / len(images)
 
 

@@ -29,9 +29,17 @@ class DSA:
     ``per_sample=True`` each image gets its own parameters (for student training).
     """
 
-    def __init__(self, strategy: str = DEFAULT_STRATEGY, scale: float = 1.2, rotate_degrees: float = 15.0,
-                 crop: float = 0.125, cutout: float = 0.5, brightness: float = 1.0, saturation: float = 2.0,
-                 contrast: float = 0.5):
+    def __init__(
+        self,
+        strategy: str = DEFAULT_STRATEGY,
+        scale: float = 1.2,
+        rotate_degrees: float = 15.0,
+        crop: float = 0.125,
+        cutout: float = 0.5,
+        brightness: float = 1.0,
+        saturation: float = 2.0,
+        contrast: float = 0.5,
+    ):
         self.families = strategy.split("_")
         unknown = set(self.families) - {"color", "crop", "cutout", "flip", "scale", "rotate"}
         if unknown:

@@ -55,8 +55,10 @@ class ExpertSpec:
 
     def __post_init__(self):
         if not 1 <= self.count <= MAX_EXPERTS or not 1 <= self.epochs <= MAX_EXPERT_EPOCHS or self.width < 1:
-            raise ValueError(f"an expert pool takes 1 to {MAX_EXPERTS} experts of 1 to {MAX_EXPERT_EPOCHS} epochs and "
-                             f"width at least 1, not {self.count}, {self.epochs} and {self.width}")
+            raise ValueError(
+                f"an expert pool takes 1 to {MAX_EXPERTS} experts of 1 to {MAX_EXPERT_EPOCHS} epochs and "
+                f"width at least 1, not {self.count}, {self.epochs} and {self.width}"
+            )
 
 
 @dataclass
@@ -103,8 +105,10 @@ def pool_file(folder: Path, real: RealData, spec: ExpertSpec, index: int) -> Pat
     images, a digest of the data (:func:`data_digest`) and the recipe."""
     name = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(str(real.name)).name)[:64] or "dataset"
     c, h, w = real.image_shape
-    return folder / (f"{name}-{c}x{h}x{w}-k{real.num_classes}-n{len(real.train_targets)}-{data_digest(real)}"
-                     f"-w{spec.width}-e{spec.epochs}-seed{spec.seed + index}.safetensors")
+    return folder / (
+        f"{name}-{c}x{h}x{w}-k{real.num_classes}-n{len(real.train_targets)}-{data_digest(real)}"
+        f"-w{spec.width}-e{spec.epochs}-seed{spec.seed + index}.safetensors"
+    )
 
 
 def data_digest(real: RealData) -> str:
@@ -117,9 +121,14 @@ def data_digest(real: RealData) -> str:
     return digest.hexdigest()[:12]
 
 
-def expert_pool(real: RealData, spec: ExpertSpec = ExpertSpec(), folder: str | os.PathLike | None = None,
-                device: torch.device = torch.device("cpu"), progress: bool = False,
-                log=None) -> ExpertPool:
+def expert_pool(
+    real: RealData,
+    spec: ExpertSpec = ExpertSpec(),
+    folder: str | os.PathLike | None = None,
+    device: torch.device = torch.device("cpu"),
+    progress: bool = False,
+    log=None,
+) -> ExpertPool:
     """The pool ``spec`` describes for ``real``: each expert read from the cache ``folder`` (default
     :func:`experts_dir`), or trained on all of ``real``'s classes and written there (atomically).
 
@@ -145,8 +154,7 @@ def expert_pool(real: RealData, spec: ExpertSpec = ExpertSpec(), folder: str | o
     return ExpertPool(experts, (c, h, w), real.num_classes, spec.width, spent)
 
 
-def train_expert(real: RealData, spec: ExpertSpec, index: int, device: torch.device,
-                 progress: bool = False) -> Expert:
+def train_expert(real: RealData, spec: ExpertSpec, index: int, device: torch.device, progress: bool = False) -> Expert:
     """Train expert ``index`` of ``spec`` on every class of ``real`` (d3codec.nn.teacher.train_teacher), keeping
     its state after every epoch."""
     states: list[dict[str, torch.Tensor]] = []
@@ -156,18 +164,34 @@ def train_expert(real: RealData, spec: ExpertSpec, index: int, device: torch.dev
 
     start = time.time()
     batch = min(256, len(real.train_targets))  # a whole epoch is at least one step, even on tiny data
-    _, accuracy = train_teacher(real, list(range(real.num_classes)), epochs=spec.epochs, width=spec.width,
-                                batch_size=batch, device=device, seed=spec.seed + index, progress=progress,
-                                snapshot=keep, name=f"expert {index + 1}/{spec.count}")
-    return Expert(states[:spec.epochs + 1], time.time() - start, accuracy)
+    _, accuracy = train_teacher(
+        real,
+        list(range(real.num_classes)),
+        epochs=spec.epochs,
+        width=spec.width,
+        batch_size=batch,
+        device=device,
+        seed=spec.seed + index,
+        progress=progress,
+        snapshot=keep,
+        name=f"expert {index + 1}/{spec.count}",
+    )
+    return Expert(states[: spec.epochs + 1], time.time() - start, accuracy)
 
 
 def write_expert(path: Path, expert: Expert, real: RealData, spec: ExpertSpec) -> None:
     """One safetensors file: tensors ``epoch{e}/{name}``, and the recipe in the header."""
     tensors = {f"epoch{e}/{k}": v.contiguous() for e, state in enumerate(expert.states) for k, v in state.items()}
-    meta = {"model": "convnet3", "dataset": str(real.name)[:200], "image_shape": ",".join(map(str, real.image_shape)),
-            "classes": str(real.num_classes), "width": str(spec.width), "epochs": str(len(expert.states) - 1),
-            "seconds": f"{expert.seconds:.1f}", "accuracy": f"{expert.accuracy:.6f}"}
+    meta = {
+        "model": "convnet3",
+        "dataset": str(real.name)[:200],
+        "image_shape": ",".join(map(str, real.image_shape)),
+        "classes": str(real.num_classes),
+        "width": str(spec.width),
+        "epochs": str(len(expert.states) - 1),
+        "seconds": f"{expert.seconds:.1f}",
+        "accuracy": f"{expert.accuracy:.6f}",
+    }
     write_atomic(path, save(tensors, metadata=meta))
 
 
@@ -181,12 +205,14 @@ def read_expert(path: Path, real: RealData, spec: ExpertSpec) -> Expert:
     states = []
     for e in range(spec.epochs + 1):
         prefix = f"epoch{e}/"
-        state = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+        state = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
         check_state(state, shapes, f"{what}, epoch {e}")
         states.append({k: v.float() for k, v in state.items()})
     if len(tensors) != len(shapes) * (spec.epochs + 1):
-        raise D3Error(f"{what}: holds {len(tensors)} tensors, not the {len(shapes) * (spec.epochs + 1)} of "
-                      f"{spec.epochs + 1} epochs")
+        raise D3Error(
+            f"{what}: holds {len(tensors)} tensors, not the {len(shapes) * (spec.epochs + 1)} of "
+            f"{spec.epochs + 1} epochs"
+        )
     try:
         seconds, accuracy = float(header.get("seconds", 0)), float(header.get("accuracy", 0))
     except ValueError:

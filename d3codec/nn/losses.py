@@ -30,15 +30,16 @@ def mmd_rbf(synthetic: torch.Tensor, real: torch.Tensor, bandwidths=MMD_BANDWIDT
     xx, yy, xy = squared_distances(x, x), squared_distances(y, y), squared_distances(x, y)
     total = x.new_zeros(())
     for sigma in bandwidths:
-        gamma = 1.0 / (2 * sigma ** 2)
-        total = total + torch.exp(-gamma * xx).mean() + torch.exp(-gamma * yy).mean() \
-            - 2 * torch.exp(-gamma * xy).mean()
+        gamma = 1.0 / (2 * sigma**2)
+        total = (
+            total + torch.exp(-gamma * xx).mean() + torch.exp(-gamma * yy).mean() - 2 * torch.exp(-gamma * xy).mean()
+        )
     return total
 
 
-
-def prediction_matching_loss(teacher_real: torch.Tensor, teacher_synthetic: torch.Tensor,
-                             temperature: float = 4.0) -> torch.Tensor:
+def prediction_matching_loss(
+    teacher_real: torch.Tensor, teacher_synthetic: torch.Tensor, temperature: float = 4.0
+) -> torch.Tensor:
     """τ² · KL(mean_i softmax(a_i / τ) ‖ mean_j softmax(b_j / τ)): a teacher's mean prediction on real
     images of a class against its mean prediction on synthetic ones (D2M's prediction matching,
     Sajedi et al. 2024, on class means because the two batches are not paired; τ² as in Hinton et
@@ -48,7 +49,7 @@ def prediction_matching_loss(teacher_real: torch.Tensor, teacher_synthetic: torc
     """
     p = F.softmax(teacher_real / temperature, 1).mean(0)  # (K,)
     q = F.softmax(teacher_synthetic / temperature, 1).mean(0)  # (K,)
-    return temperature ** 2 * (p * (p.clamp_min(1e-12).log() - q.clamp_min(1e-12).log())).sum()
+    return temperature**2 * (p * (p.clamp_min(1e-12).log() - q.clamp_min(1e-12).log())).sum()
 
 
 def squared_distances(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

@@ -38,8 +38,12 @@ class ConvNet(nn.Module):
         size = image_size + 4 if image_size == 28 else image_size  # padding 3 on the first conv for 28×28
         for i in range(depth):
             pad = 3 if (i == 0 and image_size == 28) else 1
-            layers += [nn.Conv2d(channels, width, 3, padding=pad), nn.GroupNorm(width, width, affine=True),
-                       nn.ReLU(inplace=True), nn.AvgPool2d(2)]
+            layers += [
+                nn.Conv2d(channels, width, 3, padding=pad),
+                nn.GroupNorm(width, width, affine=True),
+                nn.ReLU(inplace=True),
+                nn.AvgPool2d(2),
+            ]
             channels, size = width, size // 2
         self.features = nn.Sequential(*layers)
         self.classifier = nn.Linear(width * size * size, num_classes)
@@ -57,8 +61,9 @@ def worth_compiling(image_steps: int) -> bool:
     return image_steps >= COMPILE_MIN_IMAGE_STEPS
 
 
-def compiled(net: Callable[[torch.Tensor], torch.Tensor], enabled: bool,
-             dynamic: bool | None = False) -> Callable[[torch.Tensor], torch.Tensor]:
+def compiled(
+    net: Callable[[torch.Tensor], torch.Tensor], enabled: bool, dynamic: bool | None = False
+) -> Callable[[torch.Tensor], torch.Tensor]:
     """``net`` (a module, or a module's method such as ``embed``) through torch.compile where ``enabled`` and it
     works here, else eager.
 
@@ -81,6 +86,7 @@ def compiled(net: Callable[[torch.Tensor], torch.Tensor], enabled: bool,
                 warnings.warn(f"torch.compile failed here ({type(error).__name__}); training goes on eagerly")
                 failed = True
         return net(x)
+
     return forward
 
 
@@ -131,7 +137,7 @@ def upsampling_geometry(image_shape: tuple[int, int, int]) -> tuple[int, int, in
     u = max(0, ⌊log2(min(H, W) / 4)⌋) doublings from an h0 × w0 map, h0 = ⌈H / 2^u⌉, w0 = ⌈W / 2^u⌉."""
     _, h, w = image_shape
     u = max(0, int(math.log2(max(min(h, w), 4) / 4)))
-    return u, math.ceil(h / 2 ** u), math.ceil(w / 2 ** u)
+    return u, math.ceil(h / 2**u), math.ceil(w / 2**u)
 
 
 DECODER_ARCHITECTURES = ("uniform", "tapered")
@@ -161,13 +167,14 @@ class Decoder(nn.Module):
     width-256 decoder's multiply-adds at 64 pixels, costs as much as each smaller one.
     """
 
-    def __init__(self, latent_dim: int, image_shape: tuple[int, int, int], width: int,
-                 architecture: str = "uniform"):
+    def __init__(self, latent_dim: int, image_shape: tuple[int, int, int], width: int, architecture: str = "uniform"):
         super().__init__()
         c = image_shape[0]
         if architecture == "uniform" and width > 3 and width % 4:  # spec/FORMAT.md §5.3, whatever the image size
-            raise ValueError(f"a uniform decoder's width must be 1, 2, 3 or a multiple of 4 (its GroupNorms have "
-                             f"min(4, width) groups), not {width}")
+            raise ValueError(
+                f"a uniform decoder's width must be 1, 2, 3 or a multiple of 4 (its GroupNorms have "
+                f"min(4, width) groups), not {width}"
+            )
         self.image_shape = image_shape
         self.upsamples, self.h0, self.w0 = upsampling_geometry(image_shape)
         self.width, self.architecture = width, architecture
@@ -176,8 +183,12 @@ class Decoder(nn.Module):
         blocks = []
         for i in range(self.upsamples):
             groups = min(4, widths[i + 1]) if architecture == "uniform" else math.gcd(4, widths[i + 1])
-            blocks += [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(widths[i], widths[i + 1], 3, padding=1),
-                       nn.GroupNorm(groups, widths[i + 1]), nn.LeakyReLU(0.2)]
+            blocks += [
+                nn.Upsample(scale_factor=2, mode="nearest"),
+                nn.Conv2d(widths[i], widths[i + 1], 3, padding=1),
+                nn.GroupNorm(groups, widths[i + 1]),
+                nn.LeakyReLU(0.2),
+            ]
         self.blocks = nn.Sequential(*blocks)
         self.out = nn.Conv2d(widths[-1], c, 3, padding=1)
 
@@ -194,8 +205,14 @@ class MLP(nn.Module):
 
     def __init__(self, in_channels: int, num_classes: int, image_size: int, width: int = 128):
         super().__init__()
-        self.net = nn.Sequential(nn.Flatten(), nn.Linear(in_channels * image_size * image_size, width), nn.ReLU(),
-                                 nn.Linear(width, width), nn.ReLU(), nn.Linear(width, num_classes))
+        self.net = nn.Sequential(
+            nn.Flatten(),
+            nn.Linear(in_channels * image_size * image_size, width),
+            nn.ReLU(),
+            nn.Linear(width, width),
+            nn.ReLU(),
+            nn.Linear(width, num_classes),
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -214,10 +231,18 @@ class LeNet(nn.Module):
         side = ((image_size + 2 * pad - 4) // 2 - 4) // 2  # after two conv-pool stages
         if side < 1:
             raise ValueError(f"LeNet needs images of at least 16×16, not {image_size}×{image_size}")
-        self.features = nn.Sequential(nn.Conv2d(in_channels, 6, 5, padding=pad), nn.ReLU(), nn.MaxPool2d(2),
-                                      nn.Conv2d(6, 16, 5), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten())
-        self.classifier = nn.Sequential(nn.Linear(16 * side * side, 120), nn.ReLU(), nn.Linear(120, 84), nn.ReLU(),
-                                        nn.Linear(84, num_classes))
+        self.features = nn.Sequential(
+            nn.Conv2d(in_channels, 6, 5, padding=pad),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(6, 16, 5),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Flatten(),
+        )
+        self.classifier = nn.Sequential(
+            nn.Linear(16 * side * side, 120), nn.ReLU(), nn.Linear(120, 84), nn.ReLU(), nn.Linear(84, num_classes)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.features(x))  # (N, num_classes) logits
@@ -267,12 +292,15 @@ def resolve_device(device: str | torch.device) -> torch.device:
         return dev
     if dev.type == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError(f"device {str(device)!r}: this machine has no CUDA device that torch can use "
-                             f"(torch {torch.__version__}, CUDA build {torch.version.cuda or 'none'}); "
-                             "use `device` cpu or auto")
+            raise ValueError(
+                f"device {str(device)!r}: this machine has no CUDA device that torch can use "
+                f"(torch {torch.__version__}, CUDA build {torch.version.cuda or 'none'}); "
+                "use `device` cpu or auto"
+            )
         if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise ValueError(f"device {str(device)!r}: this machine has {torch.cuda.device_count()} CUDA "
-                             f"device(s), numbered from 0")
+            raise ValueError(
+                f"device {str(device)!r}: this machine has {torch.cuda.device_count()} CUDA device(s), numbered from 0"
+            )
         return dev
     if dev.type == "mps":
         if not torch.backends.mps.is_available():

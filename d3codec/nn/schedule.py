@@ -24,8 +24,9 @@ from d3codec.data.real import Normalisation
 from d3codec.nn.models import build_model
 
 
-def init_parameters(network: str, image_shape: tuple[int, int, int], num_classes: int, seed: int,
-                    device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+def init_parameters(
+    network: str, image_shape: tuple[int, int, int], num_classes: int, seed: int, device: torch.device | str = "cpu"
+) -> dict[str, torch.Tensor]:
     """The parameters of a freshly initialised ``network`` (PyTorch's default initialisation) drawn
     from ``seed``, without touching the global random state. Returns name → float32 tensor."""
     with torch.random.fork_rng(devices=[]):
@@ -49,8 +50,14 @@ def step_batches(labels: torch.Tensor, steps: int, num_classes: int) -> list[tor
     return [torch.cat([idx.view(steps, -1)[s] for idx in per_class]) for s in range(steps)]
 
 
-def gd_step(net: nn.Module, params: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor,
-            lr: torch.Tensor, create_graph: bool = False) -> dict[str, torch.Tensor]:
+def gd_step(
+    net: nn.Module,
+    params: dict[str, torch.Tensor],
+    x: torch.Tensor,
+    y: torch.Tensor,
+    lr: torch.Tensor,
+    create_graph: bool = False,
+) -> dict[str, torch.Tensor]:
     """One plain gradient-descent step θ − lr · ∇_θ CE(net_θ(x), y) (Wang et al. 2018, Eq. 1).
 
     ``params`` must require grad; with ``create_graph`` the result stays differentiable in params, x, lr.
@@ -87,15 +94,24 @@ class TrainingSchedule:
 
         return replay_macs(self.steps * self.epochs, images // self.steps, self.forward_macs)
 
-    def initial_parameters(self, image_shape: tuple[int, int, int], num_classes: int, seed: int,
-                           device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+    def initial_parameters(
+        self, image_shape: tuple[int, int, int], num_classes: int, seed: int, device: torch.device | str = "cpu"
+    ) -> dict[str, torch.Tensor]:
         """θ₀: the stored one (fixed; ``seed`` unused), or a fresh one drawn from ``seed`` (random)."""
         if self.theta0 is not None:
             return {k: v.to(device) for k, v in self.theta0.items()}
         return init_parameters(self.network, image_shape, num_classes, seed, device)
 
-    def replay(self, images: torch.Tensor, labels: torch.Tensor, num_classes: int, mean, std, seed: int = 0,
-               device: torch.device | str = "cpu") -> nn.Module:
+    def replay(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        num_classes: int,
+        mean,
+        std,
+        seed: int = 0,
+        device: torch.device | str = "cpu",
+    ) -> nn.Module:
         """Train a network by exactly this schedule.
 
         Args:

@@ -59,18 +59,29 @@ class Teacher:
         return Teacher(self.net, list(classes), [self.out_index[position[c]] for c in classes])
 
 
-def untrained_teacher(image_shape: tuple[int, int, int], classes: list[int], width: int,
-                      device: torch.device = torch.device("cpu")) -> Teacher:
+def untrained_teacher(
+    image_shape: tuple[int, int, int], classes: list[int], width: int, device: torch.device = torch.device("cpu")
+) -> Teacher:
     """A teacher of :func:`train_teacher`'s shape with fresh weights, to load saved weights into
     (an encoder's checkpoint). Its logits are in the order of ``classes``."""
     c, h, _ = image_shape
     return Teacher(ConvNet(c, len(classes), h, width=width).to(device), list(classes), list(range(len(classes))))
 
 
-def train_teacher(real: RealData, classes: list[int], *, epochs: float = 2.0, width: int = 128,
-                  batch_size: int = 256, lr: float = 0.05, device: torch.device = torch.device("cpu"),
-                  seed: int = 0, progress: bool = False, snapshot: Callable[[int, ConvNet], None] | None = None,
-                  name: str = "teacher") -> tuple[Teacher, float]:
+def train_teacher(
+    real: RealData,
+    classes: list[int],
+    *,
+    epochs: float = 2.0,
+    width: int = 128,
+    batch_size: int = 256,
+    lr: float = 0.05,
+    device: torch.device = torch.device("cpu"),
+    seed: int = 0,
+    progress: bool = False,
+    snapshot: Callable[[int, ConvNet], None] | None = None,
+    name: str = "teacher",
+) -> tuple[Teacher, float]:
     """Train a ConvNet-3 on the real training images of ``classes`` (SGD, momentum 0.9, cosine lr).
 
     Args:
@@ -94,8 +105,9 @@ def train_teacher(real: RealData, classes: list[int], *, epochs: float = 2.0, wi
     net.train()
     # images a forward and backward pass holds at once: a batch of 256 at 128 pixels would keep gigabytes of
     # activations on a CPU (the norm is per image, so micro-batches give the batch's gradient)
-    per_image = 2 * saved_activation_bytes(lambda: ConvNet(c, len(classes), h, width=width),
-                                           lambda: (torch.zeros(1, *real.image_shape),))
+    per_image = 2 * saved_activation_bytes(
+        lambda: ConvNet(c, len(classes), h, width=width), lambda: (torch.zeros(1, *real.image_shape),)
+    )
     micro = max(1, min(batch_size, activation_memory(device) // per_image))
     order, position, correct, seen = torch.randperm(len(indices), generator=gen), 0, 0, 0
     per_epoch = max(1, len(indices) // batch_size)
@@ -105,7 +117,7 @@ def train_teacher(real: RealData, classes: list[int], *, epochs: float = 2.0, wi
     for step in progress_bar(range(steps), desc=name, enabled=progress, unit="step"):
         if position + batch_size > len(order):
             order, position = torch.randperm(len(indices), generator=gen), 0
-        pick = order[position:position + batch_size]
+        pick = order[position : position + batch_size]
         position += batch_size
         x = normalise(real.images_at(indices[pick]).to(device))  # (B, C, H, W) normalised
         y = local[pick].to(device)
@@ -114,8 +126,8 @@ def train_teacher(real: RealData, classes: list[int], *, epochs: float = 2.0, wi
         opt.zero_grad(set_to_none=True)
         pieces: list[torch.Tensor] = []
         for i in range(0, len(y), micro):  # the batch's mean loss, its gradient summed over micro-batches
-            part = forward(x[i:i + micro])
-            (F.cross_entropy(part, y[i:i + micro], reduction="sum") / len(y)).backward()
+            part = forward(x[i : i + micro])
+            (F.cross_entropy(part, y[i : i + micro], reduction="sum") / len(y)).backward()
             pieces.append(part.detach())
         logits = torch.cat(pieces)
         opt.step()
@@ -132,16 +144,29 @@ def train_teacher(real: RealData, classes: list[int], *, epochs: float = 2.0, wi
 def save_teacher(teacher: Teacher, path: str | os.PathLike, image_shape: tuple[int, int, int]) -> None:
     """Write the teacher's weights as safetensors (atomically), with its classes and shape in the header metadata."""
     state = {k: v.detach().cpu().contiguous() for k, v in teacher.net.state_dict().items()}
-    write_atomic(path, save(state, metadata={"model": "convnet3", "classes": ",".join(map(str, teacher.classes)),
-                                             "image_shape": ",".join(map(str, image_shape)),
-                                             "width": str(teacher.net.classifier.in_features)}))
+    write_atomic(
+        path,
+        save(
+            state,
+            metadata={
+                "model": "convnet3",
+                "classes": ",".join(map(str, teacher.classes)),
+                "image_shape": ",".join(map(str, image_shape)),
+                "width": str(teacher.net.classifier.in_features),
+            },
+        ),
+    )
 
 
 MAX_TEACHER_WIDTH = 4096  # as an archive's stored teacher or labeller (spec/FORMAT.md §5.7, §5.8)
 
 
-def load_teacher(path: str | os.PathLike, image_shape: tuple[int, int, int], num_classes: int,
-                 device: torch.device = torch.device("cpu")) -> Teacher:
+def load_teacher(
+    path: str | os.PathLike,
+    image_shape: tuple[int, int, int],
+    num_classes: int,
+    device: torch.device = torch.device("cpu"),
+) -> Teacher:
     """A ConvNet-3 teacher from a safetensors file (as :func:`save_teacher` writes, or any ConvNet-3
     state dict whose classifier has ``num_classes`` outputs, one per dataset class in order). A file
     whose header names its ``classes`` (dataset class indices, one per output, as save_teacher writes
@@ -156,8 +181,10 @@ def load_teacher(path: str | os.PathLike, image_shape: tuple[int, int, int], num
     state, header = read_safetensors_file(path, "`teacher`")
     first, head = state.get("features.0.weight"), state.get("classifier.weight")
     if first is None or head is None or first.dim() != 4 or head.dim() != 2:
-        raise D3Error(f"{what}: expected a ConvNet-3 state dict (features.0.weight (T, C, 3, 3), classifier.weight "
-                      "(K, features), ...)")
+        raise D3Error(
+            f"{what}: expected a ConvNet-3 state dict (features.0.weight (T, C, 3, 3), classifier.weight "
+            "(K, features), ...)"
+        )
     width, outputs = first.shape[0], head.shape[0]
     if not 1 <= width <= MAX_TEACHER_WIDTH:
         raise D3Error(f"{what}: a ConvNet-3 of width {width}; d3codec reads widths 1 to {MAX_TEACHER_WIDTH}")
@@ -180,15 +207,23 @@ def _teacher_classes(text, outputs: int, num_classes: int, what: str) -> list[in
     and each in [0, num_classes), one per output; without one, every class in order. Raises: D3Error."""
     if text is None:
         if outputs != num_classes:
-            raise D3Error(f"{what}: its {outputs} outputs do not match the dataset's {num_classes} classes, and its "
-                          "header names no 'classes' for them")
+            raise D3Error(
+                f"{what}: its {outputs} outputs do not match the dataset's {num_classes} classes, and its "
+                "header names no 'classes' for them"
+            )
         return list(range(num_classes))
     try:
         classes = [int(c) for c in str(text).split(",")] if len(str(text)) <= 12 * outputs else None
     except ValueError:
         classes = None
-    if (classes is None or len(classes) != outputs or len(set(classes)) != outputs
-            or any(not 0 <= c < num_classes for c in classes)):
-        raise D3Error(f"{what}: its header's 'classes' ({safe_text(str(text), 80)}) must be {outputs} distinct "
-                      f"class indices from 0 to {num_classes - 1}, one per output")
+    if (
+        classes is None
+        or len(classes) != outputs
+        or len(set(classes)) != outputs
+        or any(not 0 <= c < num_classes for c in classes)
+    ):
+        raise D3Error(
+            f"{what}: its header's 'classes' ({safe_text(str(text), 80)}) must be {outputs} distinct "
+            f"class indices from 0 to {num_classes - 1}, one per output"
+        )
     return classes

@@ -26,7 +26,9 @@ from typing import Iterable, Iterator, Sized, TextIO, cast
 from tqdm.auto import tqdm
 
 LOG_SECONDS = 30.0  # least time between two lines in a log
-LOG_FORMAT = "{desc}: {n_fmt}/{total_fmt} ({percentage:.0f} %), {elapsed} elapsed, {remaining} left, {rate_fmt}{postfix}"
+LOG_FORMAT = (
+    "{desc}: {n_fmt}/{total_fmt} ({percentage:.0f} %), {elapsed} elapsed, {remaining} left, {rate_fmt}{postfix}"
+)
 
 
 class LogLines(io.TextIOBase):
@@ -71,8 +73,17 @@ def progress_bar(iterable: Iterable, desc: str, enabled: bool = True, stream: Te
     stream = stream if stream is not None else sys.stderr
     if not enabled or is_terminal(stream):
         return tqdm(iterable, desc=desc, disable=not enabled, file=stream if enabled else None, **kwargs)
-    return tqdm(iterable, desc=desc, file=LogLines(stream), mininterval=LOG_SECONDS, maxinterval=LOG_SECONDS,
-                bar_format=LOG_FORMAT, ascii=True, dynamic_ncols=False, **kwargs)
+    return tqdm(
+        iterable,
+        desc=desc,
+        file=LogLines(stream),
+        mininterval=LOG_SECONDS,
+        maxinterval=LOG_SECONDS,
+        bar_format=LOG_FORMAT,
+        ascii=True,
+        dynamic_ncols=False,
+        **kwargs,
+    )
 
 
 def note(text: str, enabled: bool = True, stream: TextIO | None = None) -> None:
@@ -143,8 +154,15 @@ class Stages:
         self.done += per_step * initial  # done in an earlier process: not counted towards the rate
         outer, _ACTIVE[:] = list(_ACTIVE), []  # the stage's own bar is a plain one
         try:
-            bar = progress_bar(iterable, f"{self.title} {name} ({i + 1}/{len(self.stages)})", self.enabled,
-                               self.stream, total=total, initial=initial, **kwargs)
+            bar = progress_bar(
+                iterable,
+                f"{self.title} {name} ({i + 1}/{len(self.stages)})",
+                self.enabled,
+                self.stream,
+                total=total,
+                initial=initial,
+                **kwargs,
+            )
         finally:
             _ACTIVE[:] = outer
         steps = 0
@@ -161,4 +179,3 @@ class Stages:
 def _clock(seconds: float) -> str:
     seconds = int(seconds)
     return f"{seconds // 3600:02d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
-

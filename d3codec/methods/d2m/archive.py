@@ -29,10 +29,14 @@ def read_params(meta: dict) -> tuple[str, int, int, int, str, int]:
     p = meta.get("params")
     if not isinstance(p, dict):
         raise D3FormatError("meta: 'params' of a d2m archive must be an object")
-    return (meta_str(p, "architecture", tuple(GENERATORS), "params."), meta_int(p, "noise_dim", 1, 4096, "params."),
-            meta_int(p, "embed_dim", 1, 4096, "params."), meta_int(p, "generator_width", 4, 4096, "params."),
-            meta_str(p, "weight_dtype", WEIGHT_DTYPES, "params."),
-            meta_int(p, "samples_per_class", 1, MAX_SAMPLES, "params."))
+    return (
+        meta_str(p, "architecture", tuple(GENERATORS), "params."),
+        meta_int(p, "noise_dim", 1, 4096, "params."),
+        meta_int(p, "embed_dim", 1, 4096, "params."),
+        meta_int(p, "generator_width", 4, 4096, "params."),
+        meta_str(p, "weight_dtype", WEIGHT_DTYPES, "params."),
+        meta_int(p, "samples_per_class", 1, MAX_SAMPLES, "params."),
+    )
 
 
 def read_label_params(meta: dict, has_section: bool) -> tuple[int, float] | None:
@@ -43,8 +47,10 @@ def read_label_params(meta: dict, has_section: bool) -> tuple[int, float] | None
     p = meta["params"]
     declared = "teacher_width" in p or "label_temperature" in p
     if declared != has_section:
-        raise D3FormatError("a d2m archive with a 'teacher' section needs 'params.teacher_width' and "
-                            "'params.label_temperature', and one without it must not declare them")
+        raise D3FormatError(
+            "a d2m archive with a 'teacher' section needs 'params.teacher_width' and "
+            "'params.label_temperature', and one without it must not declare them"
+        )
     if not declared:
         return None
     return meta_int(p, "teacher_width", 1, 4096, "params."), meta_number(p, "label_temperature", 1e-3, 1e3, "params.")
@@ -62,6 +68,7 @@ class D2MSampler(Sampler):
         self.draw_cap = default_draw_cap(reader.file_size, k, shape)
         self.default = min(declared, self.draw_cap)  # what the archive is worth bounds what it declares
         self.noise_dim = z
+
         def build() -> ConditionalGenerator:  # costed on the meta device first, then loaded
             return ConditionalGenerator(k, z, e, width, shape, architecture)
 
@@ -72,8 +79,9 @@ class D2MSampler(Sampler):
         check("multiply-adds", total.macs, self.limits, "max_macs_per_image", "generating (and labelling) one image")
         self.batch = batch_size(total, self.limits)
         self.image_macs = total.macs
-        self.generator = load_stored_module(build, reader.read_tensors("generator"), "", dtype, "generator", device,
-                                            exact=True)
+        self.generator = load_stored_module(
+            build, reader.read_tensors("generator"), "", dtype, "generator", device, exact=True
+        )
         self.label = load_labeller(reader, meta, device, self.limits)
         self.soft = self.label is not None
 
@@ -103,10 +111,10 @@ class D2MSampler(Sampler):
         images = torch.empty(len(classes), *self.image_shape)
         soft = torch.empty(len(classes), self.num_classes) if self.label is not None else None
         for i in range(0, len(classes), self.batch):
-            batch = self.generator(z[i:i + self.batch].to(self.device), classes[i:i + self.batch].to(self.device))
-            images[i:i + len(batch)] = batch.cpu()  # (B, C, H, W) in [0, 1]
+            batch = self.generator(z[i : i + self.batch].to(self.device), classes[i : i + self.batch].to(self.device))
+            images[i : i + len(batch)] = batch.cpu()  # (B, C, H, W) in [0, 1]
             if soft is not None and self.label is not None:  # both or neither
-                soft[i:i + len(batch)] = self.label(batch).cpu()  # (B, K)
+                soft[i : i + len(batch)] = self.label(batch).cpu()  # (B, K)
         return images, soft
 
     @torch.no_grad()
@@ -116,7 +124,7 @@ class D2MSampler(Sampler):
         labels = torch.arange(k).repeat_interleave(n)  # (K·N,) class-major
         images, soft = [], []
         for i in range(0, k * n, self.batch):
-            batch = self.generator(z[i:i + self.batch].to(self.device), labels[i:i + self.batch].to(self.device))
+            batch = self.generator(z[i : i + self.batch].to(self.device), labels[i : i + self.batch].to(self.device))
             images.append(batch.cpu())  # (B, C, H, W) in [0, 1]
             if self.label is not None:
                 soft.append(self.label(batch).cpu())  # (B, K)
@@ -152,8 +160,11 @@ def labeller_cost(meta: dict, has_section: bool):
     k, (c, h, w) = len(ds["classes"]), tuple(ds["image_shape"])
     if h != w:
         raise D3FormatError(f"a d2m archive's teacher is a ConvNet-3 for square images, not {h}×{w}")
-    return network_cost(lambda: ConvNet(c, k, h, width=labelling[0]), lambda: (torch.zeros(1, c, h, w),),
-                        "the stored teacher (a ConvNet-3)")
+    return network_cost(
+        lambda: ConvNet(c, k, h, width=labelling[0]),
+        lambda: (torch.zeros(1, c, h, w),),
+        "the stored teacher (a ConvNet-3)",
+    )
 
 
 def load_labeller(reader, meta: dict, device: torch.device | str = "cpu", limits=None) -> Labeller | None:
@@ -176,13 +187,20 @@ def load_labeller(reader, meta: dict, device: torch.device | str = "cpu", limits
     params = read_label_params(meta, True)
     assert params is not None  # has_section: declared, or D3FormatError
     width, temperature = params
-    teacher = load_stored_module(lambda: ConvNet(c, k, h, width=width), reader.read_tensors("teacher"), "", dtype,
-                                 "teacher", device, exact=True)
+    teacher = load_stored_module(
+        lambda: ConvNet(c, k, h, width=width), reader.read_tensors("teacher"), "", dtype, "teacher", device, exact=True
+    )
     return Labeller(teacher, ds["mean"], ds["std"], temperature)  # as a §5.8 labeller labels
 
 
-def decode(reader, meta: dict, samples_per_class: int | None = None, seed: int = 0,
-           device: torch.device | str = "cpu", limits=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+def decode(
+    reader,
+    meta: dict,
+    samples_per_class: int | None = None,
+    seed: int = 0,
+    device: torch.device | str = "cpu",
+    limits=None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Generate ``samples_per_class`` images per class (default: the archive's) from a D2M archive;
     see :func:`load_sampler`."""
     return load_sampler(reader, meta, device, limits)(samples_per_class, seed)
@@ -190,8 +208,13 @@ def decode(reader, meta: dict, samples_per_class: int | None = None, seed: int =
 
 def describe_params(params: dict) -> str:
     """A D2M archive's ``meta.params`` in a few words (d3 info, and the line d3 compress ends with)."""
-    teacher = (f", a ConvNet-3 teacher of width {int(params['teacher_width'])} for soft labels"
-               if params.get("teacher_width") else "")
-    return (f"generator {params['architecture']} of width {int(params['generator_width'])} ({params['weight_dtype']}), "
-            f"noise {int(params['noise_dim'])}, class embeddings {int(params['embed_dim'])}{teacher}; draws "
-            f"{int(params['samples_per_class'])} per class by default")
+    teacher = (
+        f", a ConvNet-3 teacher of width {int(params['teacher_width'])} for soft labels"
+        if params.get("teacher_width")
+        else ""
+    )
+    return (
+        f"generator {params['architecture']} of width {int(params['generator_width'])} ({params['weight_dtype']}), "
+        f"noise {int(params['noise_dim'])}, class embeddings {int(params['embed_dim'])}{teacher}; draws "
+        f"{int(params['samples_per_class'])} per class by default"
+    )

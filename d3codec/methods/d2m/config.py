@@ -66,8 +66,16 @@ class D2MConfig:
     def __post_init__(self) -> None:
         if self.weight_dtype not in WEIGHT_DTYPES:
             raise ValueError(f"weight dtype must be one of {WEIGHT_DTYPES}, not {self.weight_dtype!r}")
-        for name in ("pretrain_batch", "disc_width", "checkpoint_every", "synthetic_per_class", "real_per_class",
-                     "real_cache_per_class", "embed_width", "teacher_width"):
+        for name in (
+            "pretrain_batch",
+            "disc_width",
+            "checkpoint_every",
+            "synthetic_per_class",
+            "real_per_class",
+            "real_cache_per_class",
+            "embed_width",
+            "teacher_width",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, not {getattr(self, name)}")
         if self.architecture not in GENERATORS:
@@ -85,24 +93,69 @@ PRESETS = {
     "paper": D2MConfig(),
     # a CPU affords a few thousand pre-training iterations: the VAE, not the GAN, gives useful samples
     # in that time; the MMD term and a rate of 5e-4 lift fine-tuning (benchmarks/d2m-exploration.md)
-    "fast": D2MConfig(pretraining="vae", pretrain_iterations=3000, lr_pretrain=1e-3, disc_width=32,
-                      checkpoint_every=200, iterations=600, lr_finetune=5e-4, mmd_weight=1.0, synthetic_per_class=32,
-                      real_per_class=64, embed_width=64, teacher_epochs=2.0, teacher_width=32),
+    "fast": D2MConfig(
+        pretraining="vae",
+        pretrain_iterations=3000,
+        lr_pretrain=1e-3,
+        disc_width=32,
+        checkpoint_every=200,
+        iterations=600,
+        lr_finetune=5e-4,
+        mmd_weight=1.0,
+        synthetic_per_class=32,
+        real_per_class=64,
+        embed_width=64,
+        teacher_epochs=2.0,
+        teacher_width=32,
+    ),
     # a first picture and number in minutes (README: the first five minutes), not a result to report
-    "smoke": D2MConfig(pretraining="vae", pretrain_iterations=300, lr_pretrain=1e-3, disc_width=16,
-                       checkpoint_every=100, iterations=30, lr_finetune=5e-4, mmd_weight=1.0, synthetic_per_class=16,
-                       real_per_class=32, embed_width=32, teacher_epochs=0.5, teacher_width=16),
+    "smoke": D2MConfig(
+        pretraining="vae",
+        pretrain_iterations=300,
+        lr_pretrain=1e-3,
+        disc_width=16,
+        checkpoint_every=100,
+        iterations=30,
+        lr_finetune=5e-4,
+        mmd_weight=1.0,
+        synthetic_per_class=16,
+        real_per_class=32,
+        embed_width=32,
+        teacher_epochs=0.5,
+        teacher_width=16,
+    ),
     # every stage at full class count with a few iterations, to find what breaks before a long run
     # (benchmarks/imagenet_rehearsal.sh); not a result
-    "rehearsal": D2MConfig(pretraining="vae", pretrain_iterations=3, pretrain_batch=8, lr_pretrain=1e-3, disc_width=16,
-                           checkpoint_every=10, iterations=2, classes_per_iteration=20, lr_finetune=5e-4,
-                           mmd_weight=1.0, synthetic_per_class=2, real_per_class=8, embed_width=16, teacher_epochs=0.5,
-                           teacher_width=16),
+    "rehearsal": D2MConfig(
+        pretraining="vae",
+        pretrain_iterations=3,
+        pretrain_batch=8,
+        lr_pretrain=1e-3,
+        disc_width=16,
+        checkpoint_every=10,
+        iterations=2,
+        classes_per_iteration=20,
+        lr_finetune=5e-4,
+        mmd_weight=1.0,
+        synthetic_per_class=2,
+        real_per_class=8,
+        embed_width=16,
+        teacher_epochs=0.5,
+        teacher_width=16,
+    ),
 }
 
 # the fields that decide pre-training: a checkpoint is resumed only by a run that agrees on them
-PRETRAIN_FIELDS = ("pretraining", "pretrain_iterations", "pretrain_batch", "lr_pretrain", "disc_width", "conditioning",
-                   "aux_weight", "kl_weight")
+PRETRAIN_FIELDS = (
+    "pretraining",
+    "pretrain_iterations",
+    "pretrain_batch",
+    "lr_pretrain",
+    "disc_width",
+    "conditioning",
+    "aux_weight",
+    "kl_weight",
+)
 
 
 @dataclass(frozen=True)

@@ -86,11 +86,15 @@ from d3codec.nn.teacher import Teacher, save_teacher, train_teacher, untrained_t
 from d3codec.util.progress import Stage, Stages
 
 
-def run_stats(pretrain_seconds: float, finetune_seconds: float, loss: float | None,
-              teacher_accuracy: float | None) -> dict:
+def run_stats(
+    pretrain_seconds: float, finetune_seconds: float, loss: float | None, teacher_accuracy: float | None
+) -> dict:
     """The ``stats`` of a D2M run: seconds of each phase and in all, the last loss, the teacher's accuracy."""
-    stats = {"pretrain_seconds": round(pretrain_seconds, 3), "finetune_seconds": round(finetune_seconds, 3),
-             "distill_seconds": round(pretrain_seconds + finetune_seconds, 3)}
+    stats = {
+        "pretrain_seconds": round(pretrain_seconds, 3),
+        "finetune_seconds": round(finetune_seconds, 3),
+        "distill_seconds": round(pretrain_seconds + finetune_seconds, 3),
+    }
     if loss is not None and math.isfinite(loss):
         stats["final_loss"] = round(loss, 6)
     if teacher_accuracy is not None:
@@ -99,12 +103,13 @@ def run_stats(pretrain_seconds: float, finetune_seconds: float, loss: float | No
 
 
 def build_generator(plan: D2MPlan, num_classes: int, image_shape: tuple[int, int, int]) -> ConditionalGenerator:
-    return ConditionalGenerator(num_classes, plan.noise_dim, plan.embed_dim, plan.generator_width, image_shape,
-                                plan.architecture)
-
+    return ConditionalGenerator(
+        num_classes, plan.noise_dim, plan.embed_dim, plan.generator_width, image_shape, plan.architecture
+    )
 
 
 # ---- the encoder ------------------------------------------------------------------------------------------------
+
 
 class D2MEncoder(Encoder[D2MPlan]):
     """D2M distillation. ``D2MEncoder(PRESETS["fast"], checkpoint="run.ckpt")`` or any :class:`D2MConfig`.
@@ -124,14 +129,23 @@ class D2MEncoder(Encoder[D2MPlan]):
     data_parallel = True  # under torch.distributed the ranks share each fine-tuning iteration's classes
     presets = PRESETS
 
-    def __init__(self, config: D2MConfig = PRESETS["fast"], teacher: Teacher | None = None,
-                 generator: PretrainedGenerator | None = None, checkpoint: str | os.PathLike | None = None,
-                 finetune_checkpoint: str | os.PathLike | None = None, checkpoint_seconds: float = 300.0,
-                 save_teacher: str | os.PathLike | None = None):
-        if save_teacher is not None and (teacher is not None or not (
-                config.soft_labels or (config.task_balance > 0 and config.iterations > 0))):
-            raise ValueError("`save_teacher` saves the teacher a run trains: it needs no `teacher`, and a teacher to "
-                             "train (`soft_labels`, or prediction matching: `task_balance` above 0)")
+    def __init__(
+        self,
+        config: D2MConfig = PRESETS["fast"],
+        teacher: Teacher | None = None,
+        generator: PretrainedGenerator | None = None,
+        checkpoint: str | os.PathLike | None = None,
+        finetune_checkpoint: str | os.PathLike | None = None,
+        checkpoint_seconds: float = 300.0,
+        save_teacher: str | os.PathLike | None = None,
+    ):
+        if save_teacher is not None and (
+            teacher is not None or not (config.soft_labels or (config.task_balance > 0 and config.iterations > 0))
+        ):
+            raise ValueError(
+                "`save_teacher` saves the teacher a run trains: it needs no `teacher`, and a teacher to "
+                "train (`soft_labels`, or prediction matching: `task_balance` above 0)"
+            )
         self.config, self.teacher, self.generator = config, teacher, generator
         self.save_teacher = Path(save_teacher) if save_teacher is not None else None
         self.checkpoint = Path(checkpoint) if checkpoint is not None else None
@@ -139,11 +153,26 @@ class D2MEncoder(Encoder[D2MPlan]):
         self.checkpoint_seconds = checkpoint_seconds
 
     @classmethod
-    def from_options(cls, preset: str = "fast", teacher: Teacher | None = None,
-                     generator: PretrainedGenerator | None = None, checkpoint=None, finetune_checkpoint=None,
-                     checkpoint_seconds: float = 300.0, save_teacher=None, **overrides) -> "D2MEncoder":
-        return cls(preset_config(PRESETS, preset, overrides), teacher, generator, checkpoint, finetune_checkpoint,
-                   checkpoint_seconds, save_teacher)
+    def from_options(
+        cls,
+        preset: str = "fast",
+        teacher: Teacher | None = None,
+        generator: PretrainedGenerator | None = None,
+        checkpoint=None,
+        finetune_checkpoint=None,
+        checkpoint_seconds: float = 300.0,
+        save_teacher=None,
+        **overrides,
+    ) -> "D2MEncoder":
+        return cls(
+            preset_config(PRESETS, preset, overrides),
+            teacher,
+            generator,
+            checkpoint,
+            finetune_checkpoint,
+            checkpoint_seconds,
+            save_teacher,
+        )
 
     @property
     def kept_state(self) -> Path | None:
@@ -153,8 +182,9 @@ class D2MEncoder(Encoder[D2MPlan]):
     def checkpoint_files(self) -> list[Path]:
         return [p for p in (self.finetune_checkpoint, self.checkpoint) if p is not None and p.is_file()]
 
-    def method_meta(self, architecture: str, z: int, e: int, width: int, samples: int, stats: dict,
-                    teacher_width: int | None = None) -> dict:
+    def method_meta(
+        self, architecture: str, z: int, e: int, width: int, samples: int, stats: dict, teacher_width: int | None = None
+    ) -> dict:
         """The method metadata (sizing.generator_meta) under this encoder's options."""
         return generator_meta(self.config, architecture, z, e, width, samples, stats, teacher_width)
 
@@ -178,8 +208,9 @@ class D2MEncoder(Encoder[D2MPlan]):
         """What pre-training depends on (its checkpoint's fingerprint; pretraining.pretrain_run)."""
         return pretrain_run(self.config, real, plan, seed, device)
 
-    def distill(self, real: RealData, plan: D2MPlan, *, device: torch.device, seed: int,
-                progress: bool = True) -> Encoded:
+    def distill(
+        self, real: RealData, plan: D2MPlan, *, device: torch.device, seed: int, progress: bool = True
+    ) -> Encoded:
         """Pre-train (or take the given generator), fine-tune, and return the ``generator`` section
         (and the ``teacher`` section when the plan stores one).
 
@@ -200,37 +231,73 @@ class D2MEncoder(Encoder[D2MPlan]):
         data = sampler.real
         # a teacher is needed to match predictions, and to be stored for soft labels
         own_teacher = self.teacher is None and (cfg.soft_labels or (cfg.task_balance > 0 and cfg.iterations > 0))
-        teacher = untrained_teacher(real.image_shape, list(range(k)), cfg.teacher_width, device) \
-            if own_teacher else self.teacher  # a trained one replaces it, or the checkpoint's weights fill it
+        teacher = (
+            untrained_teacher(real.image_shape, list(range(k)), cfg.teacher_width, device)
+            if own_teacher
+            else self.teacher
+        )  # a trained one replaces it, or the checkpoint's weights fill it
         modules = {"generator": generator, **({"teacher": teacher.net} if own_teacher and teacher else {})}
         # under several ranks (torchrun, --workers) each fine-tunes its share of every iteration's classes; rank 0
         # alone pre-trains, trains the teacher and writes checkpoints (all read one: the same Adam state)
         lead = rank() == 0
-        loop = ResumableLoop(self.finetune_checkpoint, "d2m-finetune", self.finetune_run(real, plan, seed, device),
-                             cfg.iterations, self.checkpoint_seconds, saves=lead)
+        loop = ResumableLoop(
+            self.finetune_checkpoint,
+            "d2m-finetune",
+            self.finetune_run(real, plan, seed, device),
+            cfg.iterations,
+            self.checkpoint_seconds,
+            saves=lead,
+        )
         state = LoopState(rng, optimisers={"adam": optimiser}, modules=modules)
         loop.resume(state, device)
         stages = self.stages(real, plan, own_teacher, progress)
-        teacher = self._before_finetuning(loop, generator, teacher, own_teacher, data, plan, normalise, stages, seed,
-                                          device, progress)
+        teacher = self._before_finetuning(
+            loop, generator, teacher, own_teacher, data, plan, normalise, stages, seed, device, progress
+        )
         modules.update({"teacher": teacher.net} if own_teacher and teacher else {})
         state.generator = rng = share_networks(generator, teacher.net if own_teacher and teacher else None, seed, rng)
         if own_teacher and teacher and self.save_teacher is not None and lead:
             save_teacher(teacher, self.save_teacher, real.image_shape)
         with stages.stage("fine-tuning"):
-            loss = self.finetune(generator, teacher, data, normalise, device=device, seed=seed, progress=progress,
-                                 optimiser=optimiser, rng=rng, sampler=sampler, loop=loop)
+            loss = self.finetune(
+                generator,
+                teacher,
+                data,
+                normalise,
+                device=device,
+                seed=seed,
+                progress=progress,
+                optimiser=optimiser,
+                rng=rng,
+                sampler=sampler,
+                loop=loop,
+            )
         pretrain_s = loop.carry["pretrain_seconds"]
-        encoded = self._encoded(generator, teacher, plan, run_stats(pretrain_s, loop.seconds - pretrain_s, loss,
-                                                                    loop.carry.get("teacher_accuracy")))
+        encoded = self._encoded(
+            generator,
+            teacher,
+            plan,
+            run_stats(pretrain_s, loop.seconds - pretrain_s, loss, loop.carry.get("teacher_accuracy")),
+        )
         if loop.first:
             encoded.stats["resumed_at_iteration"] = loop.first
         encoded.cleanup = loop.remove if lead else None
         return encoded
 
-    def _before_finetuning(self, loop: ResumableLoop, generator: ConditionalGenerator, teacher: Teacher | None,
-                           own_teacher: bool, data: RealData, plan: D2MPlan, normalise: Normalisation, stages: Stages,
-                           seed: int, device: torch.device, progress: bool) -> Teacher | None:
+    def _before_finetuning(
+        self,
+        loop: ResumableLoop,
+        generator: ConditionalGenerator,
+        teacher: Teacher | None,
+        own_teacher: bool,
+        data: RealData,
+        plan: D2MPlan,
+        normalise: Normalisation,
+        stages: Stages,
+        seed: int,
+        device: torch.device,
+        progress: bool,
+    ) -> Teacher | None:
         """Pre-training (or the given generator's weights) and the teacher's training, skipped where ``loop``
         resumed (its checkpoint holds both); their seconds and the teacher's accuracy are carried by ``loop``.
         Returns: the teacher fine-tuning uses."""
@@ -252,8 +319,14 @@ class D2MEncoder(Encoder[D2MPlan]):
         if own_teacher and lead:
             with stages.stage("teacher"):
                 teacher, loop.carry["teacher_accuracy"] = train_teacher(
-                    data, list(range(data.num_classes)), epochs=cfg.teacher_epochs, width=cfg.teacher_width,
-                    device=device, seed=seeds.stream_seed(seed, "d2m"), progress=progress)
+                    data,
+                    list(range(data.num_classes)),
+                    epochs=cfg.teacher_epochs,
+                    width=cfg.teacher_width,
+                    device=device,
+                    seed=seeds.stream_seed(seed, "d2m"),
+                    progress=progress,
+                )
         return teacher
 
     def stages(self, real: RealData, plan: D2MPlan, trains_teacher: bool, progress: bool = True) -> Stages:
@@ -266,18 +339,22 @@ class D2MEncoder(Encoder[D2MPlan]):
         def macs(build, example) -> int:
             return network_cost(build, example, "a network of this run").macs
 
-        generator = macs(lambda: build_generator(plan, k, real.image_shape),
-                         lambda: (torch.zeros(1, plan.noise_dim), label()))
+        generator = macs(
+            lambda: build_generator(plan, k, real.image_shape), lambda: (torch.zeros(1, plan.noise_dim), label())
+        )
         embed = macs(lambda: ConvNet(c, k, h, width=cfg.embed_width), lambda: (image(),))
         teacher = macs(lambda: ConvNet(c, k, h, width=cfg.teacher_width), lambda: (image(),))
         out = []
         if self.generator is None:
-            partner = macs(lambda: Discriminator(c, k, cfg.disc_width, cfg.conditioning), lambda: (image(), label())) \
-                if cfg.pretraining == "gan" else \
-                macs(lambda: PosteriorEncoder(c, k, cfg.disc_width, plan.noise_dim), lambda: (image(), label()))
+            partner = (
+                macs(lambda: Discriminator(c, k, cfg.disc_width, cfg.conditioning), lambda: (image(), label()))
+                if cfg.pretraining == "gan"
+                else macs(lambda: PosteriorEncoder(c, k, cfg.disc_width, plan.noise_dim), lambda: (image(), label()))
+            )
             passes = 2 if cfg.pretraining == "gan" else 1  # the GAN's discriminator sees real and generated images
-            out.append(Stage("pre-training", 3 * cfg.pretrain_iterations * cfg.pretrain_batch
-                             * (generator + passes * partner)))
+            out.append(
+                Stage("pre-training", 3 * cfg.pretrain_iterations * cfg.pretrain_batch * (generator + passes * partner))
+            )
         if trains_teacher:
             out.append(Stage("teacher", 3 * cfg.teacher_epochs * len(real.train_targets) * teacher))
         m, r = cfg.synthetic_per_class, cfg.real_per_class
@@ -291,15 +368,24 @@ class D2MEncoder(Encoder[D2MPlan]):
         """The ``generator`` section, and the ancillary ``teacher`` where the plan stores one (a reader that
         does not know it still draws, hard-labelled)."""
         dtype = self.config.weight_dtype
-        sections = [Section.tensors("generator", quantise_state({n: v.cpu() for n, v in
-                                                                 generator.state_dict().items()}, "", dtype))]
+        sections = [
+            Section.tensors(
+                "generator", quantise_state({n: v.cpu() for n, v in generator.state_dict().items()}, "", dtype)
+            )
+        ]
         if plan.teacher_width is not None:
             assert teacher is not None  # soft labels: a teacher was given, or trained here
             stored = quantise_state({n: v.cpu() for n, v in teacher.net.state_dict().items()}, "", dtype)
             sections.append(Section.tensors("teacher", stored, critical=False))
-        meta = self.method_meta(plan.architecture, plan.noise_dim, plan.embed_dim, plan.generator_width,
-                                plan.samples_per_class, {k: v for k, v in stats.items() if k != "distill_seconds"},
-                                plan.teacher_width)
+        meta = self.method_meta(
+            plan.architecture,
+            plan.noise_dim,
+            plan.embed_dim,
+            plan.generator_width,
+            plan.samples_per_class,
+            {k: v for k, v in stats.items() if k != "distill_seconds"},
+            plan.teacher_width,
+        )
         return Encoded(sections, meta, dict(stats))
 
     def finetune_run(self, real: RealData, plan: D2MPlan, seed: int, device: torch.device) -> tuple:
@@ -307,22 +393,64 @@ class D2MEncoder(Encoder[D2MPlan]):
         seed, the data, the device type, and the given generator's and teacher's weights."""
         given_generator = weights_digest(self.generator.state) if self.generator is not None else None
         given_teacher = weights_digest(self.teacher.net.state_dict()) if self.teacher is not None else None
-        return (asdict(self.config), asdict(plan), seed, real.name, list(real.classes), len(real.train_targets),
-                device.type, given_generator, given_teacher)
+        return (
+            asdict(self.config),
+            asdict(plan),
+            seed,
+            real.name,
+            list(real.classes),
+            len(real.train_targets),
+            device.type,
+            given_generator,
+            given_teacher,
+        )
 
-    def pretrain(self, generator: ConditionalGenerator, real: RealData, plan: D2MPlan, normalise: Normalisation, *,
-                 device: torch.device, seed: int, progress: bool = True) -> None:
+    def pretrain(
+        self,
+        generator: ConditionalGenerator,
+        real: RealData,
+        plan: D2MPlan,
+        normalise: Normalisation,
+        *,
+        device: torch.device,
+        seed: int,
+        progress: bool = True,
+    ) -> None:
         """Train ``generator`` in place as a conditional GAN or VAE (pretraining.pretrain), resuming from
         ``self.checkpoint``. Raises: D3Error when the checkpoint belongs to another run or is damaged."""
-        pretrain(self.config, self.checkpoint, generator, real, plan, normalise, device=device, seed=seed,
-                 progress=progress)
+        pretrain(
+            self.config, self.checkpoint, generator, real, plan, normalise, device=device, seed=seed, progress=progress
+        )
 
-    def finetune(self, generator: ConditionalGenerator, teacher: Teacher | None, real: RealData, normalise: Normalisation,
-                 *, device: torch.device, seed: int, progress: bool = True,
-                 optimiser: torch.optim.Optimizer | None = None, rng: torch.Generator | None = None,
-                 sampler: ClassSampler | None = None, loop: ResumableLoop | None = None) -> float:
+    def finetune(
+        self,
+        generator: ConditionalGenerator,
+        teacher: Teacher | None,
+        real: RealData,
+        normalise: Normalisation,
+        *,
+        device: torch.device,
+        seed: int,
+        progress: bool = True,
+        optimiser: torch.optim.Optimizer | None = None,
+        rng: torch.Generator | None = None,
+        sampler: ClassSampler | None = None,
+        loop: ResumableLoop | None = None,
+    ) -> float:
         """Distil: fine-tune ``generator`` by embedding and prediction matching (finetuning.finetune, which
         gives the loss). Returns the last iteration's loss (NaN when none ran); ``optimiser``, ``rng``,
         ``sampler`` and ``loop`` let a resumed run go on where it stopped."""
-        return finetune(self.config, generator, teacher, real, normalise, device=device, seed=seed,
-                        progress=progress, optimiser=optimiser, rng=rng, sampler=sampler, loop=loop)
+        return finetune(
+            self.config,
+            generator,
+            teacher,
+            real,
+            normalise,
+            device=device,
+            seed=seed,
+            progress=progress,
+            optimiser=optimiser,
+            rng=rng,
+            sampler=sampler,
+            loop=loop,
+        )

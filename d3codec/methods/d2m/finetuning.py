@@ -31,8 +31,9 @@ from d3codec.nn.teacher import Teacher
 from d3codec.util.progress import progress_bar
 
 
-def share_networks(generator: torch.nn.Module, teacher: torch.nn.Module | None, seed: int,
-                   rng: torch.Generator) -> torch.Generator:
+def share_networks(
+    generator: torch.nn.Module, teacher: torch.nn.Module | None, seed: int, rng: torch.Generator
+) -> torch.Generator:
     """Under several ranks (d3codec.encode.federated), give every rank rank 0's generator and teacher (trained
     there), seed fine-tuning's random networks alike on every rank, and return this rank's generator of
     real batches, augmentations and noise: ``rng`` on rank 0, its own stream elsewhere. In one process:
@@ -47,25 +48,55 @@ def share_networks(generator: torch.nn.Module, teacher: torch.nn.Module | None, 
     return rng if rank() == 0 else seeds.generator(seed, "d2m-finetune", rank())
 
 
-def matcher_and_terms(config: D2MConfig, generator: ConditionalGenerator, teacher: Teacher | None, real: RealData,
-                      sampler: ClassSampler, normalise: Normalisation,
-                      device: torch.device) -> tuple[DistributionMatcher, list[MatchingTerm]]:
+def matcher_and_terms(
+    config: D2MConfig,
+    generator: ConditionalGenerator,
+    teacher: Teacher | None,
+    real: RealData,
+    sampler: ClassSampler,
+    normalise: Normalisation,
+    device: torch.device,
+) -> tuple[DistributionMatcher, list[MatchingTerm]]:
     """Fine-tuning's matching loop (its classes per forward pass sized to the device's memory unless
     ``class_chunk`` is set, its expert pool for DANCE) and its terms: embedding matching, DANCE's
     calibration, the MMD term where ``mmd_weight`` > 0, prediction matching where there is a teacher and
     ``task_balance`` > 0."""
     cfg, k = config, real.num_classes
     per_sample = saved_activation_bytes(  # what one generated image keeps for the backward pass
-        lambda: ConditionalGenerator(k, generator.noise_dim, generator.embedding.embedding_dim, generator.width,
-                                     real.image_shape, generator.architecture),
-        lambda: (torch.zeros(1, generator.noise_dim), torch.zeros(1, dtype=torch.long)))
-    chunk = cfg.class_chunk or memory_sized_chunk(k, cfg.synthetic_per_class, cfg.real_per_class, real.image_shape,
-                                                  cfg.embed_width, activation_memory(device), per_sample)
+        lambda: ConditionalGenerator(
+            k,
+            generator.noise_dim,
+            generator.embedding.embedding_dim,
+            generator.width,
+            real.image_shape,
+            generator.architecture,
+        ),
+        lambda: (torch.zeros(1, generator.noise_dim), torch.zeros(1, dtype=torch.long)),
+    )
+    chunk = cfg.class_chunk or memory_sized_chunk(
+        k,
+        cfg.synthetic_per_class,
+        cfg.real_per_class,
+        real.image_shape,
+        cfg.embed_width,
+        activation_memory(device),
+        per_sample,
+    )
     pool = matching_experts(cfg.matching, real, cfg.expert_count, cfg.expert_epochs, cfg.embed_width, device)
     embedded = cfg.iterations * k * (cfg.synthetic_per_class + cfg.real_per_class)
-    matcher = DistributionMatcher(real.image_shape, k, sampler.sample, cfg.real_per_class, normalise,
-                                  DSA() if cfg.dsa else None, cfg.embed_width, chunk, device, pool,
-                                  compile=worth_compiling(embedded))
+    matcher = DistributionMatcher(
+        real.image_shape,
+        k,
+        sampler.sample,
+        cfg.real_per_class,
+        normalise,
+        DSA() if cfg.dsa else None,
+        cfg.embed_width,
+        chunk,
+        device,
+        pool,
+        compile=worth_compiling(embedded),
+    )
     terms = [FeatureTerm(mean_embedding_loss, cfg.embedding_weight)] + matching_terms(pool, cfg.calibration_weight)
     if cfg.mmd_weight > 0:
         terms.append(FeatureTerm(mmd_rbf, cfg.mmd_weight))
@@ -74,10 +105,21 @@ def matcher_and_terms(config: D2MConfig, generator: ConditionalGenerator, teache
     return matcher, terms
 
 
-def finetune(config: D2MConfig, generator: ConditionalGenerator, teacher: Teacher | None, real: RealData,
-             normalise: Normalisation, *, device: torch.device, seed: int, progress: bool = True,
-             optimiser: torch.optim.Optimizer | None = None, rng: torch.Generator | None = None,
-             sampler: ClassSampler | None = None, loop: ResumableLoop | None = None) -> float:
+def finetune(
+    config: D2MConfig,
+    generator: ConditionalGenerator,
+    teacher: Teacher | None,
+    real: RealData,
+    normalise: Normalisation,
+    *,
+    device: torch.device,
+    seed: int,
+    progress: bool = True,
+    optimiser: torch.optim.Optimizer | None = None,
+    rng: torch.Generator | None = None,
+    sampler: ClassSampler | None = None,
+    loop: ResumableLoop | None = None,
+) -> float:
     """Distil: fine-tune all generator parameters (class embeddings included) with Adam on
 
         L = Σ_c embedding_weight · ‖mean φ(A(x_c)) − mean φ(A(G(z, c)))‖²
@@ -112,8 +154,11 @@ def finetune(config: D2MConfig, generator: ConditionalGenerator, teacher: Teache
         opt.zero_grad(set_to_none=True)
         # at ImageNet scale a random subset of the classes per iteration, the same on every rank (its own
         # stream per iteration, so a resumed run draws the same); sorted, so that chunks keep class order
-        every = list(range(k)) if subset is None or subset >= k else \
-            torch.randperm(k, generator=seeds.generator(seed, "d2m-classes", it))[:subset].sort().values.tolist()
+        every = (
+            list(range(k))
+            if subset is None or subset >= k
+            else torch.randperm(k, generator=seeds.generator(seed, "d2m-classes", it))[:subset].sort().values.tolist()
+        )
         mine = every[me::world]  # this rank's share (all of them in one process)
         loss = matcher.step(synthesize, terms, gen, None if mine == list(range(k)) else mine)
         if world > 1:  # every rank steps on the gradient summed over all the classes
@@ -122,5 +167,14 @@ def finetune(config: D2MConfig, generator: ConditionalGenerator, teacher: Teache
         opt.step()
         return loss
 
-    return loop.run(step, progress_bar(range(loop.first, cfg.iterations), desc="D2M distillation",
-                                       enabled=progress, unit="it", initial=loop.first, total=cfg.iterations))
+    return loop.run(
+        step,
+        progress_bar(
+            range(loop.first, cfg.iterations),
+            desc="D2M distillation",
+            enabled=progress,
+            unit="it",
+            initial=loop.first,
+            total=cfg.iterations,
+        ),
+    )

@@ -22,8 +22,32 @@ from d3codec.format.weights import check_state, read_safetensors_file
 from d3codec.nn.models import ConvNet, parameter_shapes, upsampling_geometry
 
 # above 512 in steps of 16, so that a large budget (ImageNet's 98 MB at IPC 2) is filled to within about 4 %
-GENERATOR_WIDTHS = (4, 6, 8, 12, 16, 20, 24, 28, 32, 36, 40, 48, 56, 64, 80, 96, 128, 160, 192, 256, 320, 384, 448,
-                    512) + tuple(range(528, 2049, 16))
+GENERATOR_WIDTHS = (
+    4,
+    6,
+    8,
+    12,
+    16,
+    20,
+    24,
+    28,
+    32,
+    36,
+    40,
+    48,
+    56,
+    64,
+    80,
+    96,
+    128,
+    160,
+    192,
+    256,
+    320,
+    384,
+    448,
+    512,
+) + tuple(range(528, 2049, 16))
 # the registry of generator architectures an archive may name: name → options of ConditionalGenerator
 GENERATORS: dict[str, dict[str, int]] = {"upconv-v1": {"stem": 0}, "upconv-v2": {"stem": 4}}
 ARCHITECTURE = "upconv-v2"  # what new archives use; every name in GENERATORS stays readable
@@ -41,8 +65,15 @@ class ConditionalGenerator(nn.Module):
     linear layer into convolutions (benchmarks/d2m-exploration.md).
     """
 
-    def __init__(self, num_classes: int, noise_dim: int, embed_dim: int, width: int,
-                 image_shape: tuple[int, int, int], architecture: str = ARCHITECTURE):
+    def __init__(
+        self,
+        num_classes: int,
+        noise_dim: int,
+        embed_dim: int,
+        width: int,
+        image_shape: tuple[int, int, int],
+        architecture: str = ARCHITECTURE,
+    ):
         super().__init__()
         c, stem = image_shape[0], GENERATORS[architecture]["stem"]
         self.architecture, self.image_shape = architecture, tuple(image_shape)
@@ -53,12 +84,19 @@ class ConditionalGenerator(nn.Module):
         blocks, channels = [], width
         if stem > 0:
             channels = stem * width
-            blocks += [nn.Conv2d(width, channels, 3, padding=1), nn.GroupNorm(math.gcd(4, channels), channels),
-                       nn.LeakyReLU(0.2)]
+            blocks += [
+                nn.Conv2d(width, channels, 3, padding=1),
+                nn.GroupNorm(math.gcd(4, channels), channels),
+                nn.LeakyReLU(0.2),
+            ]
         for _ in range(self.upsamples):
             out = max(4, channels // 2)
-            blocks += [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(channels, out, 3, padding=1),
-                       nn.GroupNorm(math.gcd(4, out), out), nn.LeakyReLU(0.2)]
+            blocks += [
+                nn.Upsample(scale_factor=2, mode="nearest"),
+                nn.Conv2d(channels, out, 3, padding=1),
+                nn.GroupNorm(math.gcd(4, out), out),
+                nn.LeakyReLU(0.2),
+            ]
             channels = out
         self.blocks = nn.Sequential(*blocks)
         self.out = nn.Conv2d(channels, c, 3, padding=1)
@@ -85,9 +123,13 @@ class Discriminator(nn.Module):
         super().__init__()
         sn = nn.utils.parametrizations.spectral_norm
         self.features = nn.Sequential(
-            sn(nn.Conv2d(in_channels, width, 3, 1, 1)), nn.LeakyReLU(0.2),
-            sn(nn.Conv2d(width, 2 * width, 4, 2, 1)), nn.LeakyReLU(0.2),
-            sn(nn.Conv2d(2 * width, 4 * width, 4, 2, 1)), nn.LeakyReLU(0.2))
+            sn(nn.Conv2d(in_channels, width, 3, 1, 1)),
+            nn.LeakyReLU(0.2),
+            sn(nn.Conv2d(width, 2 * width, 4, 2, 1)),
+            nn.LeakyReLU(0.2),
+            sn(nn.Conv2d(2 * width, 4 * width, 4, 2, 1)),
+            nn.LeakyReLU(0.2),
+        )
         self.adversarial = sn(nn.Linear(4 * width, 1))
         self.conditioning = conditioning
         if conditioning == "projection":
@@ -118,9 +160,13 @@ class PosteriorEncoder(nn.Module):
     def __init__(self, in_channels: int, num_classes: int, width: int, noise_dim: int):
         super().__init__()
         self.features = nn.Sequential(
-            nn.Conv2d(in_channels, width, 3, 1, 1), nn.LeakyReLU(0.2),
-            nn.Conv2d(width, 2 * width, 4, 2, 1), nn.LeakyReLU(0.2),
-            nn.Conv2d(2 * width, 4 * width, 4, 2, 1), nn.LeakyReLU(0.2))
+            nn.Conv2d(in_channels, width, 3, 1, 1),
+            nn.LeakyReLU(0.2),
+            nn.Conv2d(width, 2 * width, 4, 2, 1),
+            nn.LeakyReLU(0.2),
+            nn.Conv2d(2 * width, 4 * width, 4, 2, 1),
+            nn.LeakyReLU(0.2),
+        )
         self.embedding = nn.Embedding(num_classes, 4 * width)
         self.head = nn.Linear(8 * width, 2 * noise_dim)
 
@@ -130,9 +176,9 @@ class PosteriorEncoder(nn.Module):
         return mean, logvar.clamp(-10, 10)
 
 
-
-def generator_shapes(architecture: str, num_classes: int, noise_dim: int, embed_dim: int, width: int,
-                     image_shape: tuple[int, int, int]) -> dict[str, tuple[int, ...]]:
+def generator_shapes(
+    architecture: str, num_classes: int, noise_dim: int, embed_dim: int, width: int, image_shape: tuple[int, int, int]
+) -> dict[str, tuple[int, ...]]:
     """The generator's parameter shapes, computed without allocating them (meta device)."""
     return parameter_shapes(ConditionalGenerator, num_classes, noise_dim, embed_dim, width, image_shape, architecture)
 
@@ -142,17 +188,20 @@ def teacher_shapes(in_channels: int, num_classes: int, image_size: int, width: i
     return parameter_shapes(ConvNet, in_channels, num_classes, image_size, width=width)
 
 
-
 PRETRAINED_PREFIX = "state.generator."  # the generator's tensors in a pre-training checkpoint
 
 
 def save_generator(path: str | os.PathLike, generator: ConditionalGenerator) -> None:
     """Write a generator's float32 weights as safetensors (for ``--generator``), its architecture and
     sizes in the header."""
-    meta = {"architecture": generator.architecture, "noise_dim": str(generator.noise_dim),
-            "embed_dim": str(generator.embedding.embedding_dim), "width": str(generator.width),
-            "num_classes": str(generator.embedding.num_embeddings),
-            "image_shape": ",".join(map(str, generator.image_shape))}
+    meta = {
+        "architecture": generator.architecture,
+        "noise_dim": str(generator.noise_dim),
+        "embed_dim": str(generator.embedding.embedding_dim),
+        "width": str(generator.width),
+        "num_classes": str(generator.embedding.num_embeddings),
+        "image_shape": ",".join(map(str, generator.image_shape)),
+    }
     state = {k: v.detach().float().cpu().contiguous() for k, v in generator.state_dict().items()}
     write_atomic(path, save(state, metadata=meta))
 
@@ -176,14 +225,15 @@ def load_generator(path: str | os.PathLike, num_classes: int, image_shape: tuple
     state, meta = read_safetensors_file(path, "`generator`")
     path = safe_text(str(path), 300)
     if meta.get("kind") == "d2m-pretrain":  # a pre-training checkpoint (d3codec.encode.checkpoint): its generator
-        state = {k[len(PRETRAINED_PREFIX):]: v for k, v in state.items() if k.startswith(PRETRAINED_PREFIX)}
+        state = {k[len(PRETRAINED_PREFIX) :]: v for k, v in state.items() if k.startswith(PRETRAINED_PREFIX)}
     emb, fc = state.get("embedding.weight"), state.get("fc.weight")
     if emb is None or fc is None or emb.dim() != 2 or fc.dim() != 2:
         raise D3Error(f"`generator` {path}: expected a d2m generator (embedding.weight, fc.weight, ...)")
     stated = meta.get("architecture")
     if stated is not None and stated not in GENERATORS:
-        raise D3Error(f"`generator` {path}: unknown architecture {safe_text(repr(stated), 60)}; known: "
-                      f"{', '.join(GENERATORS)}")
+        raise D3Error(
+            f"`generator` {path}: unknown architecture {safe_text(repr(stated), 60)}; known: {', '.join(GENERATORS)}"
+        )
     k, e = emb.shape
     z = fc.shape[1] - e
     _, h0, w0 = upsampling_geometry(image_shape)
@@ -191,15 +241,19 @@ def load_generator(path: str | os.PathLike, num_classes: int, image_shape: tuple
     if k != num_classes:
         raise D3Error(f"`generator` {path}: it has {k} class embeddings, the dataset has {num_classes} classes")
     if not (1 <= z <= 4096 and 1 <= e <= 4096 and 4 <= width <= 4096):  # an archive's ranges (spec §5.7)
-        raise D3Error(f"`generator` {path}: noise size {z}, embedding size {e} and width {width}; d3codec reads "
-                      "1 to 4096, 1 to 4096 and 4 to 4096")
+        raise D3Error(
+            f"`generator` {path}: noise size {z}, embedding size {e} and width {width}; d3codec reads "
+            "1 to 4096, 1 to 4096 and 4 to 4096"
+        )
     shapes = {n: tuple(v.shape) for n, v in state.items()}
     # a file that does not name its architecture (a pre-training checkpoint) is matched by its shapes
     candidates = [stated] if stated else list(GENERATORS)
     fits = [a for a in candidates if generator_shapes(a, num_classes, z, e, width, image_shape) == shapes]
     if not fits:
-        raise D3Error(f"`generator` {path}: its tensors do not fit {'an ' + stated if stated else 'any'} generator "
-                      f"for images {tuple(image_shape)}")
+        raise D3Error(
+            f"`generator` {path}: its tensors do not fit {'an ' + stated if stated else 'any'} generator "
+            f"for images {tuple(image_shape)}"
+        )
     architecture = fits[0]
     check_state(state, shapes, f"`generator` {path}")  # floating-point and finite
     return PretrainedGenerator(architecture, z, e, width, {n: v.float() for n, v in state.items()})

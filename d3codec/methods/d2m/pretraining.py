@@ -25,14 +25,29 @@ def pretrain_run(config: D2MConfig, real: RealData, plan: D2MPlan, seed: int, de
     """What pre-training depends on (its checkpoint's fingerprint): the data's name, classes and shape, the
     generator's sizes, the pre-training options, the seed and the device type (a CPU checkpoint does not
     go on on a GPU: the random streams and the arithmetic differ)."""
-    return ({"dataset": [real.name, list(real.classes), list(real.image_shape), len(real.train_targets)],
-             "generator": [plan.architecture, plan.noise_dim, plan.embed_dim, plan.generator_width],
-             "pretrain": {f: getattr(config, f) for f in PRETRAIN_FIELDS}, "seed": seed,
-             "device": device.type},)
+    return (
+        {
+            "dataset": [real.name, list(real.classes), list(real.image_shape), len(real.train_targets)],
+            "generator": [plan.architecture, plan.noise_dim, plan.embed_dim, plan.generator_width],
+            "pretrain": {f: getattr(config, f) for f in PRETRAIN_FIELDS},
+            "seed": seed,
+            "device": device.type,
+        },
+    )
 
 
-def pretrain(config: D2MConfig, checkpoint: Path | None, generator: ConditionalGenerator, real: RealData,
-             plan: D2MPlan, normalise: Normalisation, *, device: torch.device, seed: int, progress: bool = True) -> None:
+def pretrain(
+    config: D2MConfig,
+    checkpoint: Path | None,
+    generator: ConditionalGenerator,
+    real: RealData,
+    plan: D2MPlan,
+    normalise: Normalisation,
+    *,
+    device: torch.device,
+    seed: int,
+    progress: bool = True,
+) -> None:
     """Train ``generator`` in place, resuming from ``checkpoint`` (None: no checkpoint), as one of:
 
     - ``pretraining="gan"``: a conditional GAN with the hinge loss. Per iteration, a batch of
@@ -61,10 +76,16 @@ def pretrain(config: D2MConfig, checkpoint: Path | None, generator: ConditionalG
         partner = PosteriorEncoder(real.image_shape[0], k, cfg.disc_width, plan.noise_dim).to(device)
         betas = (0.9, 0.999)
     networks: dict[str, torch.nn.Module] = {"generator": generator, partner_name: partner}
-    optimizers: dict[str, torch.optim.Optimizer] = {name: torch.optim.Adam(net.parameters(), lr=cfg.lr_pretrain, betas=betas)
-                  for name, net in networks.items()}
-    loop = ResumableLoop(checkpoint, "d2m-pretrain", pretrain_run(cfg, real, plan, seed, device),
-                         cfg.pretrain_iterations, every_iterations=cfg.checkpoint_every)
+    optimizers: dict[str, torch.optim.Optimizer] = {
+        name: torch.optim.Adam(net.parameters(), lr=cfg.lr_pretrain, betas=betas) for name, net in networks.items()
+    }
+    loop = ResumableLoop(
+        checkpoint,
+        "d2m-pretrain",
+        pretrain_run(cfg, real, plan, seed, device),
+        cfg.pretrain_iterations,
+        every_iterations=cfg.checkpoint_every,
+    )
     loop.resume(LoopState(gen, optimisers=optimizers, modules=networks), device)
     opt_g, opt_partner = optimizers.values()
 
@@ -78,14 +99,31 @@ def pretrain(config: D2MConfig, checkpoint: Path | None, generator: ConditionalG
             vae_step(cfg, generator, partner, opt_g, opt_partner, x_real, y_real, normalise, gen, k)
         return float("nan")
 
-    loop.run(step, progress_bar(range(loop.first, cfg.pretrain_iterations), desc=f"D2M {cfg.pretraining} "
-                                "pre-training", enabled=progress, unit="it", initial=loop.first,
-                                total=cfg.pretrain_iterations))
+    loop.run(
+        step,
+        progress_bar(
+            range(loop.first, cfg.pretrain_iterations),
+            desc=f"D2M {cfg.pretraining} pre-training",
+            enabled=progress,
+            unit="it",
+            initial=loop.first,
+            total=cfg.pretrain_iterations,
+        ),
+    )
 
 
-def gan_step(config: D2MConfig, generator: ConditionalGenerator, discriminator: Discriminator,
-             opt_g: torch.optim.Optimizer, opt_d: torch.optim.Optimizer, x_real: torch.Tensor, y_real: torch.Tensor,
-             normalise: Normalisation, gen: torch.Generator, k: int) -> None:
+def gan_step(
+    config: D2MConfig,
+    generator: ConditionalGenerator,
+    discriminator: Discriminator,
+    opt_g: torch.optim.Optimizer,
+    opt_d: torch.optim.Optimizer,
+    x_real: torch.Tensor,
+    y_real: torch.Tensor,
+    normalise: Normalisation,
+    gen: torch.Generator,
+    k: int,
+) -> None:
     """One hinge-loss step of the conditional GAN on real images ``x_real`` (B, C, H, W) in [0, 1] of classes
     ``y_real`` (B,): the discriminator's, then the generator's on B images of random classes of ``k``."""
     b, device = len(x_real), x_real.device
@@ -110,9 +148,18 @@ def gan_step(config: D2MConfig, generator: ConditionalGenerator, discriminator: 
     opt_g.step()
 
 
-def vae_step(config: D2MConfig, generator: ConditionalGenerator, encoder: PosteriorEncoder,
-             opt_g: torch.optim.Optimizer, opt_e: torch.optim.Optimizer, x_real: torch.Tensor, y_real: torch.Tensor,
-             normalise: Normalisation, gen: torch.Generator, k: int) -> None:
+def vae_step(
+    config: D2MConfig,
+    generator: ConditionalGenerator,
+    encoder: PosteriorEncoder,
+    opt_g: torch.optim.Optimizer,
+    opt_e: torch.optim.Optimizer,
+    x_real: torch.Tensor,
+    y_real: torch.Tensor,
+    normalise: Normalisation,
+    gen: torch.Generator,
+    k: int,
+) -> None:
     """One step of the conditional VAE on real images ``x_real`` (B, C, H, W) in [0, 1] of classes ``y_real``
     (B,): the per-image binary cross-entropy of the reconstruction plus ``kl_weight`` times the KL term."""
     b = len(x_real)

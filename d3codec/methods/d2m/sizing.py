@@ -22,16 +22,33 @@ from d3codec.nn.models import ConvNet
 from d3codec.nn.teacher import Teacher
 
 
-def generator_meta(config: D2MConfig, architecture: str, z: int, e: int, width: int, samples: int, stats: dict,
-                   teacher_width: int | None = None) -> dict[str, Any]:
+def generator_meta(
+    config: D2MConfig,
+    architecture: str,
+    z: int,
+    e: int,
+    width: int,
+    samples: int,
+    stats: dict,
+    teacher_width: int | None = None,
+) -> dict[str, Any]:
     """The method metadata (``params``) of a D2M archive: the generator's architecture and sizes, its
     storage, the default draw per class, the stored teacher's width and label temperature (when one is
     stored), the run's ``stats`` and every option."""
-    labels = {} if teacher_width is None else {"teacher_width": teacher_width,
-                                               "label_temperature": config.label_temperature}
-    return {"architecture": architecture, "noise_dim": z, "embed_dim": e,
-            "generator_width": width, "weight_dtype": config.weight_dtype, "samples_per_class": samples,
-            **labels, "stats": stats, "config": asdict(config)}
+    labels = (
+        {} if teacher_width is None else {"teacher_width": teacher_width, "label_temperature": config.label_temperature}
+    )
+    return {
+        "architecture": architecture,
+        "noise_dim": z,
+        "embed_dim": e,
+        "generator_width": width,
+        "weight_dtype": config.weight_dtype,
+        "samples_per_class": samples,
+        **labels,
+        "stats": stats,
+        "config": asdict(config),
+    }
 
 
 def stored_teacher_width(config: D2MConfig, teacher: Teacher | None, spec: DatasetSpec) -> int | None:
@@ -44,24 +61,38 @@ def stored_teacher_width(config: D2MConfig, teacher: Teacher | None, spec: Datas
     if not config.soft_labels:
         return None
     if spec.image_shape[1] != spec.image_shape[2]:
-        raise D3Error(f"soft labels need a ConvNet-3 teacher, which takes square images, not "
-                      f"{spec.image_shape[1]}×{spec.image_shape[2]}: turn `soft_labels` off or use square images")
+        raise D3Error(
+            f"soft labels need a ConvNet-3 teacher, which takes square images, not "
+            f"{spec.image_shape[1]}×{spec.image_shape[2]}: turn `soft_labels` off or use square images"
+        )
     if teacher is None:
         return config.teacher_width
     k, (c, h, _) = spec.num_classes, spec.image_shape
     net = teacher.net
     width = cast(int, net.features[0].out_channels) if isinstance(net, ConvNet) else None
     ordered = teacher.classes == list(range(k)) and teacher.out_index == list(range(k))
-    if width is None or not ordered or teacher_shapes(c, k, h, width) != {
-            n: tuple(v.shape) for n, v in net.state_dict().items()}:
-        raise D3Error("the given teacher cannot be stored for soft labels: it must be a ConvNet-3 of depth 3 "
-                      f"for {c}×{h}×{h} images with {k} logits in class order; give another `teacher` or "
-                      "turn `soft_labels` off")
+    if (
+        width is None
+        or not ordered
+        or teacher_shapes(c, k, h, width) != {n: tuple(v.shape) for n, v in net.state_dict().items()}
+    ):
+        raise D3Error(
+            "the given teacher cannot be stored for soft labels: it must be a ConvNet-3 of depth 3 "
+            f"for {c}×{h}×{h} images with {k} logits in class order; give another `teacher` or "
+            "turn `soft_labels` off"
+        )
     return width
 
 
-def plan_generator(config: D2MConfig, spec: DatasetSpec, budget: int, meta_for: MetaFor, *,
-                   generator: PretrainedGenerator | None = None, teacher: Teacher | None = None) -> D2MPlan:
+def plan_generator(
+    config: D2MConfig,
+    spec: DatasetSpec,
+    budget: int,
+    meta_for: MetaFor,
+    *,
+    generator: PretrainedGenerator | None = None,
+    teacher: Teacher | None = None,
+) -> D2MPlan:
     """Sizes that fill ``budget`` bytes, by this rule (each step overridable by a config field or
     fixed by a given pre-trained ``generator``):
 
@@ -83,8 +114,17 @@ def plan_generator(config: D2MConfig, spec: DatasetSpec, budget: int, meta_for: 
     samples = cfg.samples_per_class or max(10, round(ipc or 0))
     stats = {"pretrain_seconds": 0.0, "finetune_seconds": 0.0, "teacher_accuracy": 0.0, "final_loss": 0.0}
     teacher_width = stored_teacher_width(cfg, teacher, spec)
-    stored_teacher = [] if teacher_width is None else [Section.tensors("teacher", stored_zeros(
-        teacher_shapes(shape[0], k, shape[1], teacher_width), "", cfg.weight_dtype), critical=False)]
+    stored_teacher = (
+        []
+        if teacher_width is None
+        else [
+            Section.tensors(
+                "teacher",
+                stored_zeros(teacher_shapes(shape[0], k, shape[1], teacher_width), "", cfg.weight_dtype),
+                critical=False,
+            )
+        ]
+    )
     too_big = " or turn `soft_labels` off (the stored teacher takes part of the budget)" if stored_teacher else ""
 
     def bound(width: int) -> int:
@@ -98,20 +138,29 @@ def plan_generator(config: D2MConfig, spec: DatasetSpec, budget: int, meta_for: 
         width, needed = fixed, bound(fixed)
         if needed > budget:
             what = "the `generator`" if given else f"`generator_width` {width}"
-            raise D3BudgetError(f"{what} needs {needed} bytes, over the budget of {budget}: raise `budget` to "
-                                f"{needed}" + ("" if given else " or lower `generator_width`") + too_big,
-                                min_budget=needed)
+            raise D3BudgetError(
+                f"{what} needs {needed} bytes, over the budget of {budget}: raise `budget` to "
+                f"{needed}" + ("" if given else " or lower `generator_width`") + too_big,
+                min_budget=needed,
+            )
     else:
+
         def weight_bytes(width: int) -> int:  # a lower bound of the archive, from the shapes alone
             return (1 if cfg.weight_dtype == "int8" else 2) * sum(
-                math.prod(s) for s in generator_shapes(architecture, k, z, e, width, shape).values())
+                math.prod(s) for s in generator_shapes(architecture, k, z, e, width, shape).values()
+            )
 
         width, needed = widest_generator(budget, cfg.max_generator_width, bound, weight_bytes, too_big)
     return D2MPlan(architecture, z, e, width, cfg.weight_dtype, samples, needed, budget, teacher_width)
 
 
-def widest_generator(budget: int, max_width: int | None, bound: Callable[[int], int],
-                     weight_bytes: Callable[[int], int], too_big: str = "") -> tuple[int, int]:
+def widest_generator(
+    budget: int,
+    max_width: int | None,
+    bound: Callable[[int], int],
+    weight_bytes: Callable[[int], int],
+    too_big: str = "",
+) -> tuple[int, int]:
     """The widest of GENERATOR_WIDTHS (up to ``max_width``; None: no cap) whose archive ``bound`` (bytes, by
     width) fits ``budget``, and that bound, found by bisection (the bound grows with the width). Widths whose
     ``weight_bytes`` alone (a lower bound) pass the budget are never counted.
@@ -121,8 +170,9 @@ def widest_generator(budget: int, max_width: int | None, bound: Callable[[int], 
     cap = max_width or GENERATOR_WIDTHS[-1]
     # widths whose weights alone pass the budget are never built (at ImageNet's budget, width 2 048
     # would be 0.6 G weights: gigabytes of placeholders to count)
-    widths = [w for w in GENERATOR_WIDTHS if w <= cap and (w == GENERATOR_WIDTHS[0] or
-                                                           weight_bytes(w) <= budget)] or [GENERATOR_WIDTHS[0]]
+    widths = [w for w in GENERATOR_WIDTHS if w <= cap and (w == GENERATOR_WIDTHS[0] or weight_bytes(w) <= budget)] or [
+        GENERATOR_WIDTHS[0]
+    ]
     bounds = {widths[0]: bound(widths[0])}
     lo, hi = 0, len(widths) - 1  # the bound grows with the width: bisect for the widest that fits
     while lo < hi:
@@ -131,7 +181,10 @@ def widest_generator(budget: int, max_width: int | None, bound: Callable[[int], 
         lo, hi = (mid, hi) if bounds[widths[mid]] <= budget else (lo, mid - 1)
     if bounds[widths[lo]] > budget:
         smallest = bounds[widths[0]]
-        raise D3BudgetError(f"a budget of {budget} bytes cannot hold the narrowest generator (width "
-                            f"{widths[0]}); the smallest budget that works is {smallest} bytes "
-                            f"(`budget` {smallest}){too_big}", min_budget=smallest)
+        raise D3BudgetError(
+            f"a budget of {budget} bytes cannot hold the narrowest generator (width "
+            f"{widths[0]}); the smallest budget that works is {smallest} bytes "
+            f"(`budget` {smallest}){too_big}",
+            min_budget=smallest,
+        )
     return widths[lo], bounds[widths[lo]]

@@ -33,6 +33,7 @@ PRIOR_ORDER_VALUES = 32
 
 # ---- the groups --------------------------------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class StoredGroup:
     """One group as an archive's metadata declares it (``params.groups[i]``), checked."""
@@ -55,21 +56,38 @@ def read_groups(meta: dict, num_classes: int) -> list[StoredGroup]:
         if not isinstance(e, dict):
             raise D3FormatError(f"meta: 'params.groups[{i}]' must be an object")
         bounds = e.get("classes")
-        if not (isinstance(bounds, list) and len(bounds) == 2 and all(type(v) is int for v in bounds)
-                and bounds[0] == expected and expected < bounds[1] <= num_classes):
-            raise D3FormatError(f"meta: '{where}classes' must be [{expected}, stop] with {expected} < stop ≤ "
-                                f"{num_classes} (groups follow one another from class 0)")
+        if not (
+            isinstance(bounds, list)
+            and len(bounds) == 2
+            and all(type(v) is int for v in bounds)
+            and bounds[0] == expected
+            and expected < bounds[1] <= num_classes
+        ):
+            raise D3FormatError(
+                f"meta: '{where}classes' must be [{expected}, stop] with {expected} < stop ≤ "
+                f"{num_classes} (groups follow one another from class 0)"
+            )
         k = bounds[1] - bounds[0]
         top_k = meta_int(e, "label_top_k", 1, min(k - 1, MAX_TOP_K_CLASSES), where, default=None) if k > 1 else None
         if k == 1 and "label_top_k" in e:
             raise D3FormatError(f"meta: '{where}label_top_k' needs a group of at least 2 classes")
-        g = GroupPlan(bounds[0], bounds[1], meta_int(e, "latent_dim", 1, 4096, where),
-                      meta_int(e, "priors_per_class", 1, 1_000_000, where),
-                      meta_int(e, "decoder_width", 1, 4096, where),
-                      meta_str(e, "decoder_architecture", DECODER_ARCHITECTURES, where, default="uniform"), top_k)
-        out.append(StoredGroup(g, meta_str(e, "decoder_dtype", DECODER_DTYPES, where),
-                               meta_str(e, "prior_dtype", PRIOR_DTYPES, where, default="float16"),
-                               meta_bool(e, "soft_labels", where)))
+        g = GroupPlan(
+            bounds[0],
+            bounds[1],
+            meta_int(e, "latent_dim", 1, 4096, where),
+            meta_int(e, "priors_per_class", 1, 1_000_000, where),
+            meta_int(e, "decoder_width", 1, 4096, where),
+            meta_str(e, "decoder_architecture", DECODER_ARCHITECTURES, where, default="uniform"),
+            top_k,
+        )
+        out.append(
+            StoredGroup(
+                g,
+                meta_str(e, "decoder_dtype", DECODER_DTYPES, where),
+                meta_str(e, "prior_dtype", PRIOR_DTYPES, where, default="float16"),
+                meta_bool(e, "soft_labels", where),
+            )
+        )
         expected = bounds[1]
     if expected != num_classes:
         raise D3FormatError(f"meta: 'params.groups' cover {expected} classes, the dataset has {num_classes}")
@@ -93,7 +111,9 @@ class StoredPriors:
     Raises: D3FormatError for a missing, misshapen or mistyped tensor, or one that is not finite."""
 
     def __init__(self, tensors: dict[str, torch.Tensor], key: str, shape: tuple[int, int, int], dtype: str):
-        self.value, self.scale = stored_tensor(tensors, "priors", key, shape, len(shape) - 1 if dtype == "int8" else None)
+        self.value, self.scale = stored_tensor(
+            tensors, "priors", key, shape, len(shape) - 1 if dtype == "int8" else None
+        )
 
     def _float(self, q: torch.Tensor) -> torch.Tensor:
         return dequantise_int8(q, self.scale, -1) if self.scale is not None else q.float()
@@ -122,8 +142,11 @@ class D3Sampler(Sampler):
         costs, values = [], 0
         for i, sg in enumerate(self.groups):
             g = sg.plan
-            cost = network_cost(lambda: g.decoder(self.image_shape),
-                                lambda: (torch.zeros(1, g.latent_dim),), f"the decoder of group {i}")
+            cost = network_cost(
+                lambda: g.decoder(self.image_shape),
+                lambda: (torch.zeros(1, g.latent_dim),),
+                f"the decoder of group {i}",
+            )
             costs.append(cost)
             values += cost.parameters + g.num_classes * g.priors_per_class * prior_values(g, sg.soft_labels)
         check("values", values, self.limits, "max_parameters", "the decoders, priors and soft labels")
@@ -141,21 +164,42 @@ class D3Sampler(Sampler):
         priors_t, decoder_t = reader.read_tensors("priors"), reader.read_tensors("decoder")
         labels_t = reader.read_tensors("prior_labels") if labelled else {}
         shapes = [sg.plan.decoder_shapes(self.image_shape) for sg in self.groups]
-        check_names(priors_t, set().union(*(stored_names({"mean": (1, 1), "logvar": (1, 1)}, f"g{i}.", sg.prior_dtype)
-                                            for i, sg in enumerate(self.groups))), "priors")
-        check_names(decoder_t, set().union(*(stored_names(shapes[i], f"g{i}.", sg.decoder_dtype)
-                                             for i, sg in enumerate(self.groups))), "decoder")
-        check_names(labels_t, set().union(*({f"g{i}"} if self.groups[i].plan.label_top_k is None else
-                                            {f"g{i}.values", f"g{i}.indices"} for i in labelled)), "prior_labels")
+        check_names(
+            priors_t,
+            set().union(
+                *(
+                    stored_names({"mean": (1, 1), "logvar": (1, 1)}, f"g{i}.", sg.prior_dtype)
+                    for i, sg in enumerate(self.groups)
+                )
+            ),
+            "priors",
+        )
+        check_names(
+            decoder_t,
+            set().union(*(stored_names(shapes[i], f"g{i}.", sg.decoder_dtype) for i, sg in enumerate(self.groups))),
+            "decoder",
+        )
+        check_names(
+            labels_t,
+            set().union(
+                *(
+                    {f"g{i}"} if self.groups[i].plan.label_top_k is None else {f"g{i}.values", f"g{i}.indices"}
+                    for i in labelled
+                )
+            ),
+            "prior_labels",
+        )
         # per group: (mu, logvar: StoredPriors (K_g, P, Z), decoder, soft labels: (K_g, P, K_g), TopKLabels or None)
         self.loaded = []
         for index, sg in enumerate(self.groups):
             g = sg.plan
             k, p, z = g.num_classes, g.priors_per_class, g.latent_dim
-            mu, logvar = (StoredPriors(priors_t, f"g{index}.{name}", (k, p, z), sg.prior_dtype)
-                          for name in ("mean", "logvar"))
-            decoder = load_stored_module(lambda: g.decoder(self.image_shape), decoder_t,
-                                         f"g{index}.", sg.decoder_dtype, "decoder", device)
+            mu, logvar = (
+                StoredPriors(priors_t, f"g{index}.{name}", (k, p, z), sg.prior_dtype) for name in ("mean", "logvar")
+            )
+            decoder = load_stored_module(
+                lambda: g.decoder(self.image_shape), decoder_t, f"g{index}.", sg.decoder_dtype, "decoder", device
+            )
             lab: torch.Tensor | TopKLabels | None = None
             top_k = g.label_top_k
             if sg.soft_labels and top_k is None:
@@ -165,7 +209,8 @@ class D3Sampler(Sampler):
                 top = (k, p, top_k)
                 top_values, top_indices = (
                     stored_tensor(labels_t, "prior_labels", f"g{index}.{name}", top, None, (dtype,))[0]
-                    for name, dtype in (("values", torch.float16), ("indices", torch.int16)))
+                    for name, dtype in (("values", torch.float16), ("indices", torch.int16))
+                )
                 lab = TopKLabels(top_values, top_indices, k, "prior_labels", f"g{index}")  # kept as stored: 4 B a label
             self.loaded.append((mu, logvar, decoder, lab))
 
@@ -173,13 +218,14 @@ class D3Sampler(Sampler):
         return [self.per_class(sg, samples_per_class) for sg in self.groups for _ in range(sg.plan.num_classes)]
 
     def counts(self, samples_per_class: int | None) -> tuple[int, int]:
-        sizes = [(sg.plan.num_classes, self.per_class(sg, samples_per_class), sg.plan.latent_dim)
-                 for sg in self.groups]
+        sizes = [(sg.plan.num_classes, self.per_class(sg, samples_per_class), sg.plan.latent_dim) for sg in self.groups]
         return sum(k * n for k, n, _ in sizes), max(k * n * z for k, n, z in sizes)
 
     def macs(self, samples_per_class: int | None) -> int:
-        return sum(draw_macs(sg.plan.num_classes * self.per_class(sg, samples_per_class), m, sg.plan.latent_dim)
-                   for sg, m in zip(self.groups, self.image_macs))
+        return sum(
+            draw_macs(sg.plan.num_classes * self.per_class(sg, samples_per_class), m, sg.plan.latent_dim)
+            for sg, m in zip(self.groups, self.image_macs)
+        )
 
     def per_class(self, group: StoredGroup, samples_per_class: int | None) -> int:
         """Images per class a draw takes of ``group``: ``samples_per_class``, by default one per prior up to
@@ -228,10 +274,10 @@ class D3Sampler(Sampler):
             latents = mu.at(local, prior) + (0.5 * logvar.at(local, prior)).exp() * eps  # (B_g, Z)
             step = self.group_batch[index]
             for lo in range(0, len(at), step):
-                images[at[lo:lo + step]] = decoder(latents[lo:lo + step].to(self.device)).cpu()
+                images[at[lo : lo + step]] = decoder(latents[lo : lo + step].to(self.device)).cpu()
             if soft is not None:
                 rows = lab.rows_at(local, prior) if isinstance(lab, TopKLabels) else lab[local, prior]  # (B_g, K_g)
-                soft[at, g.start:g.stop] = rows
+                soft[at, g.start : g.stop] = rows
         return images, soft
 
     @torch.no_grad()
@@ -246,15 +292,19 @@ class D3Sampler(Sampler):
             means, logvars = mu.full(), logvar.full()
             latents = means.gather(1, pick) + (0.5 * logvars.gather(1, pick)).exp() * eps  # (K_g, N, Z)
             flat, step = latents.view(k * n, z), self.group_batch[index]
-            images.append(torch.cat([decoder(flat[i:i + step].to(self.device)).cpu()
-                                     for i in range(0, k * n, step)]))  # (K_g·N, C, H, W)
+            images.append(
+                torch.cat([decoder(flat[i : i + step].to(self.device)).cpu() for i in range(0, k * n, step)])
+            )  # (K_g·N, C, H, W)
             hard.append(torch.arange(g.start, g.stop).repeat_interleave(n))
             if self.soft:
                 assert lab is not None, "every group of a soft-labelled archive has its labels"
-                rows = lab.rows(which) if isinstance(lab, TopKLabels) else \
-                    lab.gather(1, which.unsqueeze(-1).expand(k, n, k)).reshape(k * n, k)  # (K_g·N, K_g)
+                rows = (
+                    lab.rows(which)
+                    if isinstance(lab, TopKLabels)
+                    else lab.gather(1, which.unsqueeze(-1).expand(k, n, k)).reshape(k * n, k)
+                )  # (K_g·N, K_g)
                 full = torch.zeros(k * n, self.num_classes)
-                full[:, g.start:g.stop] = rows
+                full[:, g.start : g.stop] = rows
                 soft.append(full)
         return torch.cat(images), torch.cat(hard), (torch.cat(soft) if self.soft else None)
 
@@ -281,12 +331,17 @@ def load_sampler(reader, meta: dict, device: torch.device | str = "cpu", limits=
     return D3Sampler(reader, meta, device, limits)
 
 
-def decode(reader, meta: dict, samples_per_class: int | None = None, seed: int = 0,
-           device: torch.device | str = "cpu", limits=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+def decode(
+    reader,
+    meta: dict,
+    samples_per_class: int | None = None,
+    seed: int = 0,
+    device: torch.device | str = "cpu",
+    limits=None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Draw ``samples_per_class`` samples per class from a D3 archive's priors and decode them; see
     :func:`load_sampler`. Raises: D3FormatError when a section does not match the metadata."""
     return load_sampler(reader, meta, device, limits)(samples_per_class, seed)
-
 
 
 def describe_params(params: dict) -> str:
@@ -296,6 +351,8 @@ def describe_params(params: dict) -> str:
     labels = ", soft labels" if any(entry.get("soft_labels") for entry in groups) else ""
     counts = sorted({int(entry["priors_per_class"]) for entry in groups})  # trimmed groups may differ by one
     priors = f"{counts[0]}" if len(counts) == 1 else f"{counts[0]} to {counts[-1]}"
-    return (f"{len(groups)} subtask(s), {priors} priors per class, latent {int(g['latent_dim'])}, "
-            f"{g.get('decoder_architecture', 'uniform')} decoder of width {int(g['decoder_width'])} "
-            f"({g['decoder_dtype']}), {g['prior_dtype']} priors{labels}")
+    return (
+        f"{len(groups)} subtask(s), {priors} priors per class, latent {int(g['latent_dim'])}, "
+        f"{g.get('decoder_architecture', 'uniform')} decoder of width {int(g['decoder_width'])} "
+        f"({g['decoder_dtype']}), {g['prior_dtype']} priors{labels}"
+    )

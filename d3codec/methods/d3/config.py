@@ -63,22 +63,57 @@ class D3Config:
             raise ValueError(f"decoder dtype must be one of {DECODER_DTYPES}, not {self.decoder_dtype!r}")
         if self.prior_dtype not in PRIOR_DTYPES:
             raise ValueError(f"prior dtype must be one of {PRIOR_DTYPES}, not {self.prior_dtype!r}")
-        for name in ("real_per_class", "synthetic_per_class", "embed_width", "class_chunk", "real_cache_per_class",
-                     "subtasks", "teacher_width"):
+        for name in (
+            "real_per_class",
+            "synthetic_per_class",
+            "embed_width",
+            "class_chunk",
+            "real_cache_per_class",
+            "subtasks",
+            "teacher_width",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, not {getattr(self, name)}")
         if self.label_top_k is not None and not 0 <= self.label_top_k <= MAX_TOP_K_CLASSES:
-            raise ValueError(f"`label_top_k` must be from 0 (whole rows) to {MAX_TOP_K_CLASSES}, not {self.label_top_k}")
+            raise ValueError(
+                f"`label_top_k` must be from 0 (whole rows) to {MAX_TOP_K_CLASSES}, not {self.label_top_k}"
+            )
+
 
 PRESETS = {
     "paper": D3Config(),
-    "fast": D3Config(iterations=300, init_iterations=2000, init_logvar=-4.0, real_per_class=64, synthetic_per_class=32,
-                     embed_width=64, teacher_epochs=2.0, teacher_width=32),
+    "fast": D3Config(
+        iterations=300,
+        init_iterations=2000,
+        init_logvar=-4.0,
+        real_per_class=64,
+        synthetic_per_class=32,
+        embed_width=64,
+        teacher_epochs=2.0,
+        teacher_width=32,
+    ),
     # a first picture and number in minutes (README: the first five minutes), not a result to report
-    "smoke": D3Config(iterations=30, init_iterations=300, init_logvar=-4.0, real_per_class=32, synthetic_per_class=16,
-                      embed_width=32, teacher_epochs=0.5, teacher_width=16),
+    "smoke": D3Config(
+        iterations=30,
+        init_iterations=300,
+        init_logvar=-4.0,
+        real_per_class=32,
+        synthetic_per_class=16,
+        embed_width=32,
+        teacher_epochs=0.5,
+        teacher_width=16,
+    ),
     # every stage at full class count with a few iterations, to find what breaks before a long run
     # (benchmarks/imagenet_rehearsal.sh); not a result
-    "rehearsal": D3Config(iterations=2, init_iterations=4, init_batch=32, init_logvar=-4.0, real_per_class=8,
-                          synthetic_per_class=2, embed_width=16, teacher_epochs=0.5, teacher_width=16),
+    "rehearsal": D3Config(
+        iterations=2,
+        init_iterations=4,
+        init_batch=32,
+        init_logvar=-4.0,
+        real_per_class=8,
+        synthetic_per_class=2,
+        embed_width=16,
+        teacher_epochs=0.5,
+        teacher_width=16,
+    ),
 }

@@ -44,7 +44,6 @@ rule, group.py a group's distillation (teacher, warm start, matching, soft label
 generative latent optimisation of the warm start and the fill.
 """
 
-
 from __future__ import annotations
 
 import os
@@ -97,13 +96,21 @@ class D3Encoder(SubtaskEncoder[D3Plan]):
     method = "d3"
     presets = PRESETS
 
-    def __init__(self, config: D3Config = PRESETS["fast"], teacher: Teacher | None = None,
-                 checkpoint: str | os.PathLike | None = None, checkpoint_seconds: float = 300.0,
-                 save_teacher: str | os.PathLike | None = None):
-        if save_teacher is not None and (teacher is not None or config.subtasks > 1
-                                         or not (config.soft_labels or config.teacher_features)):
-            raise ValueError("`save_teacher` saves the one teacher a run trains: it needs `subtasks` 1 (each subtask "
-                             "trains its own on its classes), no `teacher`, and soft labels (or teacher features)")
+    def __init__(
+        self,
+        config: D3Config = PRESETS["fast"],
+        teacher: Teacher | None = None,
+        checkpoint: str | os.PathLike | None = None,
+        checkpoint_seconds: float = 300.0,
+        save_teacher: str | os.PathLike | None = None,
+    ):
+        if save_teacher is not None and (
+            teacher is not None or config.subtasks > 1 or not (config.soft_labels or config.teacher_features)
+        ):
+            raise ValueError(
+                "`save_teacher` saves the one teacher a run trains: it needs `subtasks` 1 (each subtask "
+                "trains its own on its classes), no `teacher`, and soft labels (or teacher features)"
+            )
         self.config = config
         self.teacher = teacher
         self.checkpoint = Path(checkpoint) if checkpoint is not None else None
@@ -111,8 +118,15 @@ class D3Encoder(SubtaskEncoder[D3Plan]):
         self.save_teacher = Path(save_teacher) if save_teacher is not None else None
 
     @classmethod
-    def from_options(cls, preset: str = "fast", teacher: Teacher | None = None, checkpoint=None,
-                     checkpoint_seconds: float = 300.0, save_teacher=None, **overrides) -> "D3Encoder":
+    def from_options(
+        cls,
+        preset: str = "fast",
+        teacher: Teacher | None = None,
+        checkpoint=None,
+        checkpoint_seconds: float = 300.0,
+        save_teacher=None,
+        **overrides,
+    ) -> "D3Encoder":
         return cls(preset_config(PRESETS, preset, overrides), teacher, checkpoint, checkpoint_seconds, save_teacher)
 
     def group_checkpoint(self, index: int) -> Path | None:
@@ -125,8 +139,11 @@ class D3Encoder(SubtaskEncoder[D3Plan]):
         if self.checkpoint is None:
             return []
         stem, suffix = self.checkpoint.stem, self.checkpoint.suffix
-        return sorted(p for p in self.checkpoint.parent.glob(f"{stem}.g*{suffix}")
-                      if p.name[len(stem) + 2:len(p.name) - len(suffix)].isdigit())
+        return sorted(
+            p
+            for p in self.checkpoint.parent.glob(f"{stem}.g*{suffix}")
+            if p.name[len(stem) + 2 : len(p.name) - len(suffix)].isdigit()
+        )
 
     def label_top_k(self, group_classes: int) -> int | None:
         """How many of a soft label's largest probabilities a group of ``group_classes`` stores (None:
@@ -164,14 +181,16 @@ class D3Encoder(SubtaskEncoder[D3Plan]):
         """
         return plan_groups(self.config, spec, budget, lambda groups: meta_for(self.method_meta(groups)))
 
-    def distill(self, real: RealData, plan: D3Plan, *, device: torch.device, seed: int,
-                progress: bool = True) -> Encoded:
+    def distill(
+        self, real: RealData, plan: D3Plan, *, device: torch.device, seed: int, progress: bool = True
+    ) -> Encoded:
         """Distil every group in turn, in this process (d3codec.encode.federated spreads them over ranks)."""
         parts, entries = [], []
         stages = self.stages(real, plan, range(len(plan.groups)), progress)
         for index, group in enumerate(plan.groups):
-            tensors, entry = self.distill_group(real, plan, index, device=device, seed=seed, progress=progress,
-                                                stages=stages)
+            tensors, entry = self.distill_group(
+                real, plan, index, device=device, seed=seed, progress=progress, stages=stages
+            )
             parts.append(tensors)
             entries.append(entry)
         return self.encoded(parts, entries)
@@ -202,9 +221,16 @@ class D3Encoder(SubtaskEncoder[D3Plan]):
             keep = trimmed_priors(priors, classes, units)
             if keep == priors:
                 return None
-            kept_entries = [e if n == p else {**e, "priors_per_class": n, "stats": {
-                **e["stats"], "planned_priors_per_class": e["stats"].get("planned_priors_per_class", p)}}
-                for e, p, n in zip(entries, priors, keep)]
+            kept_entries = [
+                e
+                if n == p
+                else {
+                    **e,
+                    "priors_per_class": n,
+                    "stats": {**e["stats"], "planned_priors_per_class": e["stats"].get("planned_priors_per_class", p)},
+                }
+                for e, p, n in zip(entries, priors, keep)
+            ]
             return self.prior_trimmed([first_priors(part, n) for part, n in zip(parts, keep)], kept_entries, stats)
 
         return Encoded(sections_of(parts), self.method_meta(entries), stats, trim)
@@ -214,14 +240,16 @@ class D3Encoder(SubtaskEncoder[D3Plan]):
     def subtask_count(self, plan: D3Plan) -> int:
         return len(plan.groups)
 
-    def distill_subtask(self, real: RealData, plan: D3Plan, index: int, *, device: torch.device, seed: int,
-                        progress: bool = True) -> Subtask:
+    def distill_subtask(
+        self, real: RealData, plan: D3Plan, index: int, *, device: torch.device, seed: int, progress: bool = True
+    ) -> Subtask:
         """Group ``index`` as an archive of its classes alone (its tensors renamed to group 0)."""
         tensors, entry = self.distill_group(real, plan, index, device=device, seed=seed, progress=progress)
         a, b = entry["classes"]
         local = {section: rename_group(group, index, 0) for section, group in tensors.items()}
-        return Subtask((a, b), Encoded(sections_of([local]), self.method_meta([{**entry, "classes": [0, b - a]}]),
-                                       entry["stats"]))
+        return Subtask(
+            (a, b), Encoded(sections_of([local]), self.method_meta([{**entry, "classes": [0, b - a]}]), entry["stats"])
+        )
 
     def merge_subtasks(self, paths: list[Path], limits=None) -> Encoded:
         """The groups of the subtask archives at ``paths``, merged (merge.py); seconds summed over subtasks."""
@@ -236,12 +264,29 @@ class D3Encoder(SubtaskEncoder[D3Plan]):
         given = None
         if self.teacher is not None:
             given = [weights_digest(self.teacher.net.state_dict()), self.teacher.classes]
-        return (asdict(self.config), asdict(plan.groups[index]), index, seed, real.name, list(real.classes),
-                len(real.train_targets), device.type, given)
+        return (
+            asdict(self.config),
+            asdict(plan.groups[index]),
+            index,
+            seed,
+            real.name,
+            list(real.classes),
+            len(real.train_targets),
+            device.type,
+            given,
+        )
 
-    def distill_group(self, real: RealData, plan: D3Plan, index: int, *, device: torch.device, seed: int,
-                      progress: bool = True, stages: Stages | None = None
-                      ) -> tuple[dict[str, dict[str, torch.Tensor]], dict]:
+    def distill_group(
+        self,
+        real: RealData,
+        plan: D3Plan,
+        index: int,
+        *,
+        device: torch.device,
+        seed: int,
+        progress: bool = True,
+        stages: Stages | None = None,
+    ) -> tuple[dict[str, dict[str, torch.Tensor]], dict]:
         """Distil group ``index`` alone. Its result depends only on the data, the plan and (seed, index):
         its draws come from the named stream ``d3-group`` number ``index`` (d3codec.encode.seeds). ``stages``: the
         run's stages (:meth:`stages`) when the group is one of several distilled here, for the time left.
@@ -254,14 +299,20 @@ class D3Encoder(SubtaskEncoder[D3Plan]):
         torch.manual_seed(group_seed)  # network initialisations draw from the global generator
         stages = stages or self.stages(real, plan, [index], progress)
         named = self.stage_names(plan, index)
-        loop = ResumableLoop(self.group_checkpoint(index), "d3-group", self.group_run(real, plan, index, seed, device),
-                             cfg.iterations, self.checkpoint_seconds)
+        loop = ResumableLoop(
+            self.group_checkpoint(index),
+            "d3-group",
+            self.group_run(real, plan, index, seed, device),
+            cfg.iterations,
+            self.checkpoint_seconds,
+        )
         if loop.resuming:  # the teacher and the warm start are in the checkpoint
             for stage in ("teacher", "warm start"):
                 if named[stage] in [s.name for s in stages.stages]:
                     stages.skip(named[stage])
         return GroupDistiller(self.config, self.teacher, self.save_teacher).run(
-            real, g, index, loop, stages, named, gen, seed, group_seed, device, progress)
+            real, g, index, loop, stages, named, gen, seed, group_seed, device, progress
+        )
 
     def trains_teacher(self) -> bool:
         """Whether distilling trains a teacher (one per group): one is needed and none was given."""

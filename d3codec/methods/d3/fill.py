@@ -39,8 +39,9 @@ def stored_bytes(part: dict[str, dict[str, torch.Tensor]]) -> tuple[int, int]:
     return sum(sizes.values()), sizes["priors"] + sizes.get("prior_labels", 0)
 
 
-def priors_to_add(planned: float, part: dict[str, dict[str, torch.Tensor]], num_classes: int,
-                  priors_per_class: int) -> int:
+def priors_to_add(
+    planned: float, part: dict[str, dict[str, torch.Tensor]], num_classes: int, priors_per_class: int
+) -> int:
     """Priors per class that fit in FILL_MARGIN of ``planned`` bytes beside ``part`` (the group as it is),
     each class's at the stored size of the group's priors so far (labels included)."""
     total, priors = stored_bytes(part)

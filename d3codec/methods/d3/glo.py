@@ -27,8 +27,9 @@ def as_pixels(x: torch.Tensor) -> torch.Tensor:
     return x.float() / 255 if x.dtype == torch.uint8 else x
 
 
-def pca_latents(x: torch.Tensor, z: int, gen: torch.Generator, max_rows: int = PCA_MAX_ROWS,
-                rows: torch.Tensor | None = None) -> torch.Tensor:
+def pca_latents(
+    x: torch.Tensor, z: int, gen: torch.Generator, max_rows: int = PCA_MAX_ROWS, rows: torch.Tensor | None = None
+) -> torch.Tensor:
     """Initial latents of generative latent optimisation (Bojanowski et al. 2018, Sec. 3.3: z from PCA).
 
     Args: x (M, D) images flattened, float32 in [0, 1] or uint8; z latent size; rows (N,) int64: the
@@ -60,8 +61,9 @@ def pca_latents(x: torch.Tensor, z: int, gen: torch.Generator, max_rows: int = P
 DUPLICATE_JITTER = 0.1
 
 
-def _pca_latents(x: torch.Tensor, z: int, gen: torch.Generator, max_rows: int,
-                 rows: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+def _pca_latents(
+    x: torch.Tensor, z: int, gen: torch.Generator, max_rows: int, rows: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`pca_latents` before the repeats are moved apart, and each row's image (N,) int64."""
     rows = rows if rows is not None else torch.arange(len(x), device=x.device)
     images, inverse = torch.unique(rows, return_inverse=True)  # (M',) distinct images; rows = images[inverse]
@@ -78,7 +80,7 @@ def _pca_latents(x: torch.Tensor, z: int, gen: torch.Generator, max_rows: int,
     q = min(z, batch, d)
     total = torch.zeros(d, dtype=torch.float64, device=x.device)
     for i in range(0, n, batch):
-        total += as_pixels(x[images[i:i + batch]]).sum(0, dtype=torch.float64)
+        total += as_pixels(x[images[i : i + batch]]).sum(0, dtype=torch.float64)
     mean = (total / n).float().unsqueeze(0)  # (1, D)
     subset = as_pixels(x[images[torch.randperm(n, generator=gen)[:batch].to(images.device)]]) - mean
     # the axes from the subset's Gram matrix (batch²; its eigenvectors give the right singular vectors):
@@ -87,13 +89,20 @@ def _pca_latents(x: torch.Tensor, z: int, gen: torch.Generator, max_rows: int,
     top, scale = vectors[:, -q:].flip(-1), values[-q:].flip(0).clamp_min(1e-12).sqrt()
     v = (top.T @ subset) / scale.unsqueeze(1)  # (q, D) unit principal axes, by variance
     del subset
-    projected = torch.cat([(as_pixels(x[images[i:i + batch]]) - mean) @ v[:q].T for i in range(0, n, batch)])
+    projected = torch.cat([(as_pixels(x[images[i : i + batch]]) - mean) @ v[:q].T for i in range(0, n, batch)])
     out[:, :q] = projected[inverse]  # (N, q)
     return out / out.std().clamp_min(1e-8), inverse
 
 
-def fit_decoder(decoder: nn.Module, latents: nn.Parameter, targets: torch.Tensor, cfg: D3Config,
-                gen: torch.Generator, progress: bool = True, rows: torch.Tensor | None = None) -> float:
+def fit_decoder(
+    decoder: nn.Module,
+    latents: nn.Parameter,
+    targets: torch.Tensor,
+    cfg: D3Config,
+    gen: torch.Generator,
+    progress: bool = True,
+    rows: torch.Tensor | None = None,
+) -> float:
     """Fit the decoder and the latents so that decoder(latents) ≈ targets (GLO).
 
     Adam with a one-cycle schedule peaking at ``init_lr_decoder`` / ``init_lr_priors``, batches of
@@ -104,10 +113,12 @@ def fit_decoder(decoder: nn.Module, latents: nn.Parameter, targets: torch.Tensor
         targets[rows[i]] (targets then (M, C, H, W), any M).
     Returns: the last batch's loss.
     """
-    opt = torch.optim.Adam([{"params": decoder.parameters(), "lr": cfg.init_lr_decoder},
-                            {"params": [latents], "lr": cfg.init_lr_priors}])
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, [cfg.init_lr_decoder, cfg.init_lr_priors],
-                                                total_steps=cfg.init_iterations)
+    opt = torch.optim.Adam(
+        [{"params": decoder.parameters(), "lr": cfg.init_lr_decoder}, {"params": [latents], "lr": cfg.init_lr_priors}]
+    )
+    sched = torch.optim.lr_scheduler.OneCycleLR(
+        opt, [cfg.init_lr_decoder, cfg.init_lr_priors], total_steps=cfg.init_iterations
+    )
     flat = latents.view(-1, latents.shape[-1])  # (N, Z)
     n = len(rows) if rows is not None else len(targets)
     batch, loss = min(n, cfg.init_batch), torch.tensor(float("nan"))
@@ -127,8 +138,16 @@ FILL_BATCH = 256  # means fitted at once
 
 
 @torch.enable_grad()
-def fit_latents(decoder: nn.Module, images: torch.Tensor, rows: torch.Tensor, start: torch.Tensor, lr: float,
-                steps: int = FILL_STEPS, batch: int = FILL_BATCH, progress: bool = False) -> torch.Tensor:
+def fit_latents(
+    decoder: nn.Module,
+    images: torch.Tensor,
+    rows: torch.Tensor,
+    start: torch.Tensor,
+    lr: float,
+    steps: int = FILL_STEPS,
+    batch: int = FILL_BATCH,
+    progress: bool = False,
+) -> torch.Tensor:
     """Latents that ``decoder``, fixed, decodes to images ``images[rows]``: GLO's inversion (Bojanowski et al.
     2018, Sec. 3), ``steps`` Adam steps at ``lr`` on pixel MSE for each batch of ``batch`` latents.
 
@@ -138,17 +157,18 @@ def fit_latents(decoder: nn.Module, images: torch.Tensor, rows: torch.Tensor, st
     decoder.requires_grad_(False)
     out = torch.empty_like(start)
     try:
-        for lo in progress_bar(range(0, len(rows), batch), desc="D3 fill: fitting added priors", enabled=progress,
-                               unit="batch"):
-            latents = start[lo:lo + batch].clone().requires_grad_(True)
-            target = as_pixels(images[rows[lo:lo + batch].to(images.device)]).to(start.device)
+        for lo in progress_bar(
+            range(0, len(rows), batch), desc="D3 fill: fitting added priors", enabled=progress, unit="batch"
+        ):
+            latents = start[lo : lo + batch].clone().requires_grad_(True)
+            target = as_pixels(images[rows[lo : lo + batch].to(images.device)]).to(start.device)
             opt = torch.optim.Adam([latents], lr=lr)
             for _ in range(steps):
                 loss = F.mse_loss(decoder(latents), target)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
-            out[lo:lo + batch] = latents.detach()
+            out[lo : lo + batch] = latents.detach()
     finally:
         for q, wanted in zip(decoder.parameters(), kept):
             q.requires_grad_(wanted)

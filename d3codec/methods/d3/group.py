@@ -93,8 +93,16 @@ def group_stats(cfg: D3Config, loop: ResumableLoop, labelling: float, added: int
     return stats
 
 
-def label_means(decoder: nn.Module, teacher: Teacher, means: torch.Tensor, normalise: Normalisation,
-                temperature: float, top_k: int | None, rows: int, progress: bool = True) -> tuple[torch.Tensor, ...]:
+def label_means(
+    decoder: nn.Module,
+    teacher: Teacher,
+    means: torch.Tensor,
+    normalise: Normalisation,
+    temperature: float,
+    top_k: int | None,
+    rows: int,
+    progress: bool = True,
+) -> tuple[torch.Tensor, ...]:
     """Soft labels of prior means (Qin et al. 2024, Sec. 3.4: one label per prior): the teacher's
     probabilities, at ``temperature``, on each mean decoded by ``decoder``, ``rows`` means a batch.
 
@@ -111,15 +119,16 @@ def label_means(decoder: nn.Module, teacher: Teacher, means: torch.Tensor, norma
     values = torch.empty(n, top_k or len(teacher.classes), device=means.device)
     indices = torch.empty(n, top_k, dtype=torch.int64, device=means.device) if top_k else None
     decoder = copy.deepcopy(decoder).to(memory_format=torch.channels_last)
-    teacher = Teacher(copy.deepcopy(teacher.net).to(memory_format=torch.channels_last), teacher.classes,
-                      teacher.out_index)
+    teacher = Teacher(
+        copy.deepcopy(teacher.net).to(memory_format=torch.channels_last), teacher.classes, teacher.out_index
+    )
     with torch.no_grad():
         for i in progress_bar(range(0, n, rows), "D3 soft labels", progress, unit="batch"):
-            probabilities = teacher.probabilities(normalise(decoder(means[i:i + rows])), temperature)
+            probabilities = teacher.probabilities(normalise(decoder(means[i : i + rows])), temperature)
             if top_k and indices is not None:
-                values[i:i + rows], indices[i:i + rows] = probabilities.topk(top_k, dim=-1)
+                values[i : i + rows], indices[i : i + rows] = probabilities.topk(top_k, dim=-1)
             else:
-                values[i:i + rows] = probabilities
+                values[i : i + rows] = probabilities
     return (values.cpu(), indices.cpu()) if indices is not None else (values.cpu(),)
 
 
@@ -132,12 +141,20 @@ class LearnedGroup:
     prior_logvar: nn.Parameter
 
     @classmethod
-    def start(cls, g: GroupPlan, image_shape: tuple[int, int, int], init_logvar: float, gen: torch.Generator,
-              device: torch.device) -> LearnedGroup:
+    def start(
+        cls,
+        g: GroupPlan,
+        image_shape: tuple[int, int, int],
+        init_logvar: float,
+        gen: torch.Generator,
+        device: torch.device,
+    ) -> LearnedGroup:
         k, p, z = g.num_classes, g.priors_per_class, g.latent_dim
-        return cls(g.decoder(image_shape).to(device),
-                   nn.Parameter(0.1 * torch.randn(k, p, z, generator=gen).to(device)),
-                   nn.Parameter(torch.full((k, p, z), float(init_logvar), device=device)))
+        return cls(
+            g.decoder(image_shape).to(device),
+            nn.Parameter(0.1 * torch.randn(k, p, z, generator=gen).to(device)),
+            nn.Parameter(torch.full((k, p, z), float(init_logvar), device=device)),
+        )
 
     def priors(self) -> dict[str, nn.Parameter]:
         return {"prior_mean": self.prior_mean, "prior_logvar": self.prior_logvar}
@@ -150,8 +167,8 @@ class LearnedGroup:
         which = torch.randint(self.prior_mean.shape[1], (n, m), generator=gen).to(device)  # (n, m) prior of each
         eps = torch.randn(n, m, z, generator=gen).to(device)
         pick = which.unsqueeze(-1).expand(n, m, z)
-        mu = self.prior_mean[classes.start:classes.stop].gather(1, pick)
-        logvar = self.prior_logvar[classes.start:classes.stop].gather(1, pick)
+        mu = self.prior_mean[classes.start : classes.stop].gather(1, pick)
+        logvar = self.prior_logvar[classes.start : classes.stop].gather(1, pick)
         images = self.decoder((mu + (0.5 * logvar).exp() * eps).view(n * m, z))  # (n·m, C, H, W)
         return normalise(images).view(n, m, *images.shape[1:])
 
@@ -165,9 +182,20 @@ class GroupDistiller:
     teacher: Teacher | None = None
     save_teacher: Path | None = None
 
-    def run(self, real: RealData, g: GroupPlan, index: int, loop: ResumableLoop, stages: Stages,
-            named: dict[str, str], gen: torch.Generator, seed: int, group_seed: int, device: torch.device,
-            progress: bool = True) -> tuple[dict[str, dict[str, torch.Tensor]], dict]:
+    def run(
+        self,
+        real: RealData,
+        g: GroupPlan,
+        index: int,
+        loop: ResumableLoop,
+        stages: Stages,
+        named: dict[str, str],
+        gen: torch.Generator,
+        seed: int,
+        group_seed: int,
+        device: torch.device,
+        progress: bool = True,
+    ) -> tuple[dict[str, dict[str, torch.Tensor]], dict]:
         """Distil group ``g`` (number ``index``) in ``loop``, resuming where its checkpoint stopped: the run's
         ``seed``; ``group_seed``, the group's stream seed, which seeded ``gen`` (the group's draws) and the global
         generator (D3Encoder.distill_group); progress in ``stages`` (``named``: the group's stage names,
@@ -176,18 +204,31 @@ class GroupDistiller:
         # a dataset on disk is read once, in parallel, into an in-memory subset of the group's classes that the
         # teacher, the warm start and matching all use; from its own stream, so that a resumed run (which
         # skips the warm start's draws) caches the same images
-        sampler = ClassSampler(real, list(range(g.start, g.stop)), cfg.real_cache_per_class,
-                               seeds.generator(seed, "d3-real-cache", index))
+        sampler = ClassSampler(
+            real, list(range(g.start, g.stop)), cfg.real_cache_per_class, seeds.generator(seed, "d3-real-cache", index)
+        )
         state, teacher, own_teacher = self.start(loop, g, sampler, named, stages, gen, group_seed, device, progress)
         normalise = Normalisation.of(real, device)
-        opt = torch.optim.Adam([{"params": state.decoder.parameters(), "lr": cfg.lr_decoder},
-                                {"params": list(state.priors().values()), "lr": cfg.lr_priors}])
-        pool = matching_experts(cfg.matching, real, cfg.expert_count, cfg.expert_epochs, cfg.embed_width, device,
-                                progress)
+        opt = torch.optim.Adam(
+            [
+                {"params": state.decoder.parameters(), "lr": cfg.lr_decoder},
+                {"params": list(state.priors().values()), "lr": cfg.lr_priors},
+            ]
+        )
+        pool = matching_experts(
+            cfg.matching, real, cfg.expert_count, cfg.expert_epochs, cfg.embed_width, device, progress
+        )
         matcher = self.matcher(g, real.image_shape, sampler, normalise, device, pool)
         terms = self.terms(teacher) + matching_terms(pool, cfg.calibration_weight)
-        loop.resume(LoopState(gen, state.priors(), {"adam": opt},
-                              {"decoder": state.decoder, **({"teacher": teacher.net} if own_teacher else {})}), device)
+        loop.resume(
+            LoopState(
+                gen,
+                state.priors(),
+                {"adam": opt},
+                {"decoder": state.decoder, **({"teacher": teacher.net} if own_teacher else {})},
+            ),
+            device,
+        )
         if own_teacher:
             teacher.net.eval().requires_grad_(False)
             if self.save_teacher is not None:
@@ -201,18 +242,30 @@ class GroupDistiller:
             opt.step()
             return loss
 
-        loop.run(step, stages.bar(named["matching"], range(loop.first, cfg.iterations), cfg.iterations, loop.first,
-                                  unit="it"))
+        loop.run(
+            step,
+            stages.bar(named["matching"], range(loop.first, cfg.iterations), cfg.iterations, loop.first, unit="it"),
+        )
         labelling = time.time()
         with stages.stage(named["soft labels"]) if cfg.soft_labels else nullcontext():
             g, (priors, decoder_state, labels), added = self.filled(
-                g, index, real.image_shape, self.labelled(state, g, real.image_shape, teacher, normalise, progress),
-                state.decoder, sampler.real, teacher, normalise, gen, progress)
+                g,
+                index,
+                real.image_shape,
+                self.labelled(state, g, real.image_shape, teacher, normalise, progress),
+                state.decoder,
+                sampler.real,
+                teacher,
+                normalise,
+                gen,
+                progress,
+            )
         stats = group_stats(cfg, loop, labelling, added)
         return group_tensors(g, index, real.image_shape, cfg, priors, decoder_state, labels), group_entry(g, cfg, stats)
 
-    def teacher_for(self, real: RealData, classes: list[int], seed: int, resuming: bool, device: torch.device,
-                    progress: bool) -> tuple[Teacher | None, float | None]:
+    def teacher_for(
+        self, real: RealData, classes: list[int], seed: int, resuming: bool, device: torch.device, progress: bool
+    ) -> tuple[Teacher | None, float | None]:
         """The group's teacher (None where neither soft labels nor teacher features need one) and the test
         accuracy of one trained here. Resuming, a network of the teacher's shape whose weights the
         checkpoint holds."""
@@ -223,11 +276,19 @@ class GroupDistiller:
             return self.teacher.restricted(classes), None
         if resuming:
             return untrained_teacher(real.image_shape, classes, cfg.teacher_width, device), None
-        return train_teacher(real, classes, epochs=cfg.teacher_epochs, width=cfg.teacher_width, device=device,
-                             seed=seed, progress=progress)
+        return train_teacher(
+            real,
+            classes,
+            epochs=cfg.teacher_epochs,
+            width=cfg.teacher_width,
+            device=device,
+            seed=seed,
+            progress=progress,
+        )
 
-    def warm_start(self, state: LearnedGroup, real: RealData, classes: list[int], gen: torch.Generator,
-                   progress: bool) -> None:
+    def warm_start(
+        self, state: LearnedGroup, real: RealData, classes: list[int], gen: torch.Generator, progress: bool
+    ) -> None:
         """Each prior mean decodes to one random real image of its class (GLO, :func:`fit_decoder`)."""
         cfg = self.config
         k, p, z = state.prior_mean.shape
@@ -242,19 +303,45 @@ class GroupDistiller:
                 state.prior_mean.copy_(pca_latents(images.view(len(images), -1), z, gen, rows=rows).view(k, p, z))
             fit_decoder(state.decoder, state.prior_mean, images, cfg, gen, progress=progress, rows=rows)
 
-    def matcher(self, g: GroupPlan, image_shape: tuple[int, int, int], sampler: ClassSampler,
-                normalise: Normalisation, device: torch.device, pool: ExpertPool | None = None
-                ) -> DistributionMatcher:
+    def matcher(
+        self,
+        g: GroupPlan,
+        image_shape: tuple[int, int, int],
+        sampler: ClassSampler,
+        normalise: Normalisation,
+        device: torch.device,
+        pool: ExpertPool | None = None,
+    ) -> DistributionMatcher:
         """The matching loop of group ``g``, its classes chunked to fit memory (at most ``class_chunk``),
         through ``pool``'s middle encoders where there is one (matching dance)."""
         cfg = self.config
-        chunk = min(cfg.class_chunk, memory_sized_chunk(g.num_classes, cfg.synthetic_per_class, cfg.real_per_class,
-                                                        image_shape, cfg.embed_width, activation_memory(device),
-                                                        decoder_activation_bytes(g, image_shape)))
+        chunk = min(
+            cfg.class_chunk,
+            memory_sized_chunk(
+                g.num_classes,
+                cfg.synthetic_per_class,
+                cfg.real_per_class,
+                image_shape,
+                cfg.embed_width,
+                activation_memory(device),
+                decoder_activation_bytes(g, image_shape),
+            ),
+        )
         embedded = cfg.iterations * g.num_classes * (cfg.synthetic_per_class + cfg.real_per_class)
-        return DistributionMatcher(image_shape, g.num_classes, sampler.sample, cfg.real_per_class, normalise,
-                                   DSA() if cfg.dsa else None, cfg.embed_width, chunk, device, pool,
-                                   list(range(g.start, g.stop)), compile=worth_compiling(embedded))
+        return DistributionMatcher(
+            image_shape,
+            g.num_classes,
+            sampler.sample,
+            cfg.real_per_class,
+            normalise,
+            DSA() if cfg.dsa else None,
+            cfg.embed_width,
+            chunk,
+            device,
+            pool,
+            list(range(g.start, g.stop)),
+            compile=worth_compiling(embedded),
+        )
 
     def terms(self, teacher: Teacher | None) -> list:
         """The objective: MMD and DM's mean term on the random network's features, and on the teacher's
@@ -264,11 +351,21 @@ class GroupDistiller:
         if cfg.teacher_features:
             assert teacher is not None, "teacher features need a teacher"
             extractors.append(teacher.net.embed)
-        return [FeatureTerm(loss, weight, extractor) for extractor in extractors
-                for loss, weight in ((mmd_rbf, cfg.mmd_weight), (mean_embedding_loss, cfg.mean_weight))]
+        return [
+            FeatureTerm(loss, weight, extractor)
+            for extractor in extractors
+            for loss, weight in ((mmd_rbf, cfg.mmd_weight), (mean_embedding_loss, cfg.mean_weight))
+        ]
 
-    def labelled(self, state: LearnedGroup, g: GroupPlan, image_shape: tuple[int, int, int],
-                 teacher: Teacher | None, normalise: Normalisation, progress: bool = True):
+    def labelled(
+        self,
+        state: LearnedGroup,
+        g: GroupPlan,
+        image_shape: tuple[int, int, int],
+        teacher: Teacher | None,
+        normalise: Normalisation,
+        progress: bool = True,
+    ):
         """The group as the archive holds it: its priors (mean, logvar) (K_g, P, Z) float32 and its decoder's
         weights as stored and read back (the decoder is left holding them), and the soft labels: the teacher's
         on the prior means so decoded, so that they label what a reader draws (with a progress bar: the stage's,
@@ -279,14 +376,24 @@ class GroupDistiller:
         stored = quantise_state(decoder.state_dict(), "", cfg.decoder_dtype)
         shapes = g.decoder_shapes(image_shape)
         decoder.load_state_dict(dequantise_state(stored, "", shapes, cfg.decoder_dtype, "decoder"))
-        priors = dequantise_priors(quantise_priors(state.prior_mean, state.prior_logvar, "", cfg.prior_dtype), "",
-                                   (k, p, z), cfg.prior_dtype)  # (K_g, P, Z) each
-        labels = self.labels(g, image_shape, decoder, teacher, priors[0].to(state.prior_mean.device), normalise,
-                             progress)
+        priors = dequantise_priors(
+            quantise_priors(state.prior_mean, state.prior_logvar, "", cfg.prior_dtype), "", (k, p, z), cfg.prior_dtype
+        )  # (K_g, P, Z) each
+        labels = self.labels(
+            g, image_shape, decoder, teacher, priors[0].to(state.prior_mean.device), normalise, progress
+        )
         return priors, {n: v.cpu() for n, v in decoder.state_dict().items()}, labels
 
-    def labels(self, g: GroupPlan, image_shape: tuple[int, int, int], decoder: nn.Module, teacher: Teacher | None,
-               means: torch.Tensor, normalise: Normalisation, progress: bool = True):
+    def labels(
+        self,
+        g: GroupPlan,
+        image_shape: tuple[int, int, int],
+        decoder: nn.Module,
+        teacher: Teacher | None,
+        means: torch.Tensor,
+        normalise: Normalisation,
+        progress: bool = True,
+    ):
         """Soft labels of prior means (K_g, P', Z) (see :meth:`labelled`), or None without soft labels."""
         if not self.config.soft_labels:
             return None
@@ -295,15 +402,35 @@ class GroupDistiller:
         # in batches: at ImageNet's plan, 200 × 161 decoded means would take over 100 GB at once; without
         # gradients a decoded mean holds about 3 of its largest maps at a time
         rows = max(1, LABEL_MEMORY_BYTES // (3 * max(decoder_map_bytes(g, image_shape))))
-        labels = tuple(t.view(k, p, -1) for t in label_means(decoder, teacher, means.reshape(k * p, z), normalise,
-                                                              self.config.label_temperature, g.label_top_k, rows,
-                                                              progress))
+        labels = tuple(
+            t.view(k, p, -1)
+            for t in label_means(
+                decoder,
+                teacher,
+                means.reshape(k * p, z),
+                normalise,
+                self.config.label_temperature,
+                g.label_top_k,
+                rows,
+                progress,
+            )
+        )
         return labels if g.label_top_k else labels[0]  # (values, indices) (K_g, P', k) each, or (K_g, P', K_g)
 
-    def filled(self, g: GroupPlan, index: int, image_shape: tuple[int, int, int], labelled: tuple,
-               decoder: nn.Module, real: RealData, teacher: Teacher | None, normalise: Normalisation,
-               gen: torch.Generator, progress: bool = True, allowance: int | None = None
-               ) -> tuple[GroupPlan, tuple, int]:
+    def filled(
+        self,
+        g: GroupPlan,
+        index: int,
+        image_shape: tuple[int, int, int],
+        labelled: tuple,
+        decoder: nn.Module,
+        real: RealData,
+        teacher: Teacher | None,
+        normalise: Normalisation,
+        gen: torch.Generator,
+        progress: bool = True,
+        allowance: int | None = None,
+    ) -> tuple[GroupPlan, tuple, int]:
         """The group with the priors its share of the budget still holds added to every class (fill.py): each
         new mean fitted to a random real image of its class through ``decoder`` (:func:`fit_latents`, from the
         class's mean latent moved by DUPLICATE_JITTER, kept within the stored priors' range so that their int8
@@ -324,8 +451,12 @@ class GroupDistiller:
         most = fill.most_priors(g, image_shape, real.num_classes)  # what a default reader's limits allow
         most = min(most, first + (fill_allowance(cfg, g) if allowance is None else allowance))
         for _ in range(fill.FILL_ROUNDS):  # added priors may compress otherwise than the first: measure again
-            added = fill.priors_to_add(planned, group_tensors(g, index, image_shape, cfg, (mean, logvar),
-                                                             decoder_state, labels), g.num_classes, g.priors_per_class)
+            added = fill.priors_to_add(
+                planned,
+                group_tensors(g, index, image_shape, cfg, (mean, logvar), decoder_state, labels),
+                g.num_classes,
+                g.priors_per_class,
+            )
             added = min(added, g.priors_per_class, most - g.priors_per_class)  # at most double a round
             if added < 1:
                 break
@@ -337,15 +468,28 @@ class GroupDistiller:
             assert real.train_images is not None, "D3 distils from images held in memory (a cached subset on disk)"
             fitted = fit_latents(decoder, real.train_images, rows, start, cfg.init_lr_priors, progress=progress).cpu()
             more = torch.maximum(torch.minimum(fitted, bound), -bound).view(added, k, z).transpose(0, 1)  # (K_g, A, Z)
-            labels = fill.appended_labels(labels, self.labels(g, image_shape, decoder, teacher, more.to(device),
-                                                              normalise, progress))
-            mean, logvar = torch.cat([mean, more], 1), torch.cat([logvar, logvar.mean(1, keepdim=True).expand(
-                k, added, z)], 1)
+            labels = fill.appended_labels(
+                labels, self.labels(g, image_shape, decoder, teacher, more.to(device), normalise, progress)
+            )
+            mean, logvar = (
+                torch.cat([mean, more], 1),
+                torch.cat([logvar, logvar.mean(1, keepdim=True).expand(k, added, z)], 1),
+            )
             g = replace(g, priors_per_class=g.priors_per_class + added)
         return g, ((mean, logvar), decoder_state, labels), g.priors_per_class - first
 
-    def start(self, loop: ResumableLoop, g: GroupPlan, sampler: ClassSampler, named: dict, stages: Stages,
-              gen: torch.Generator, group_seed: int, device: torch.device, progress: bool):
+    def start(
+        self,
+        loop: ResumableLoop,
+        g: GroupPlan,
+        sampler: ClassSampler,
+        named: dict,
+        stages: Stages,
+        gen: torch.Generator,
+        group_seed: int,
+        device: torch.device,
+        progress: bool,
+    ):
         """A group's teacher (its test accuracy carried by ``loop``) and learned state, warm-started from real
         images unless ``loop`` resumes (then both come from its checkpoint).
         Returns: (LearnedGroup, Teacher or None, whether the teacher is the group's own)."""

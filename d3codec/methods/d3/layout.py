@@ -25,13 +25,17 @@ DECODER_WIDTHS = (8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256)
 DECODER_DTYPES = WEIGHT_DTYPES
 PRIOR_DTYPES = ("float16", "int8")
 MAX_TOP_K_CLASSES = 32767  # top-k soft labels store their classes as int16
-def decoder_shapes(latent_dim: int, image_shape: tuple[int, int, int], width: int,
-                   architecture: str = "uniform") -> dict[str, tuple[int, ...]]:
+
+
+def decoder_shapes(
+    latent_dim: int, image_shape: tuple[int, int, int], width: int, architecture: str = "uniform"
+) -> dict[str, tuple[int, ...]]:
     """The decoder's parameter shapes, computed without allocating them (meta device)."""
     return parameter_shapes(Decoder, latent_dim, image_shape, width, architecture)
 
 
 # ---- storage of priors: int8 with a scale per latent dimension, or float16 (d3codec.format.weights) --------------------
+
 
 def quantise_priors(mean: torch.Tensor, logvar: torch.Tensor, prefix: str, dtype: str) -> dict[str, torch.Tensor]:
     """Tensors to store for priors mean, logvar (K, P, Z): float16, or int8 with a float16 scale per latent
@@ -45,18 +49,22 @@ def quantise_priors(mean: torch.Tensor, logvar: torch.Tensor, prefix: str, dtype
     return out
 
 
-def dequantise_priors(tensors: dict[str, torch.Tensor], prefix: str, shape: tuple[int, int, int],
-                      dtype: str) -> tuple[torch.Tensor, torch.Tensor]:
+def dequantise_priors(
+    tensors: dict[str, torch.Tensor], prefix: str, shape: tuple[int, int, int], dtype: str
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The float32 (mean, logvar), each (K, P, Z), of stored priors.
 
     Raises: D3FormatError on a missing, misshapen, mistyped or non-finite tensor.
     """
-    mean, logvar = (read_stored(tensors, "priors", f"{prefix}{name}", shape, -1 if dtype == "int8" else None)
-                    for name in ("mean", "logvar"))  # read_stored refuses non-finite values
+    mean, logvar = (
+        read_stored(tensors, "priors", f"{prefix}{name}", shape, -1 if dtype == "int8" else None)
+        for name in ("mean", "logvar")
+    )  # read_stored refuses non-finite values
     return mean, logvar
 
 
 # ---- the plan and the groups' tensors ----------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class GroupPlan:
@@ -105,9 +113,16 @@ def split_classes(num_classes: int, subtasks: int) -> list[tuple[int, int]]:
 def group_entry(g: GroupPlan, cfg, stats: dict | None = None) -> dict:
     """The metadata entry of one group (``params.groups[i]``); ``cfg`` a D3Config (its storage dtypes, soft labels).
     ``decoder_architecture`` is written where it is not "uniform" (absent means uniform, spec §5.6)."""
-    entry = {"classes": [g.start, g.stop], "latent_dim": g.latent_dim, "priors_per_class": g.priors_per_class,
-             "decoder_width": g.decoder_width, "decoder_dtype": cfg.decoder_dtype, "prior_dtype": cfg.prior_dtype,
-             "soft_labels": cfg.soft_labels, "stats": stats or {}}
+    entry = {
+        "classes": [g.start, g.stop],
+        "latent_dim": g.latent_dim,
+        "priors_per_class": g.priors_per_class,
+        "decoder_width": g.decoder_width,
+        "decoder_dtype": cfg.decoder_dtype,
+        "prior_dtype": cfg.prior_dtype,
+        "soft_labels": cfg.soft_labels,
+        "stats": stats or {},
+    }
     if g.decoder_architecture != "uniform":
         entry["decoder_architecture"] = g.decoder_architecture
     if g.label_top_k is not None and cfg.soft_labels:
@@ -115,10 +130,15 @@ def group_entry(g: GroupPlan, cfg, stats: dict | None = None) -> dict:
     return entry
 
 
-def group_tensors(g: GroupPlan, index: int, image_shape, cfg, priors: tuple[torch.Tensor, torch.Tensor] | None = None,
-                  decoder_state: dict[str, torch.Tensor] | None = None,
-                  labels: torch.Tensor | tuple[torch.Tensor, torch.Tensor] | None = None
-                  ) -> dict[str, dict[str, torch.Tensor]]:
+def group_tensors(
+    g: GroupPlan,
+    index: int,
+    image_shape,
+    cfg,
+    priors: tuple[torch.Tensor, torch.Tensor] | None = None,
+    decoder_state: dict[str, torch.Tensor] | None = None,
+    labels: torch.Tensor | tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> dict[str, dict[str, torch.Tensor]]:
     """Tensors of group ``index`` by section name (``cfg`` a D3Config); zeros of the right shapes where contents
     are not given."""
     k, p, z = g.num_classes, g.priors_per_class, g.latent_dim
@@ -131,12 +151,17 @@ def group_tensors(g: GroupPlan, index: int, image_shape, cfg, priors: tuple[torc
             stored = {f"g{index}.{n}": torch.zeros(s, dtype=torch.float16) for n, s in prior_shapes.items()}
     else:
         stored = quantise_priors(*priors, f"g{index}.", cfg.prior_dtype)
-    decoder = stored_zeros(g.decoder_shapes(image_shape), f"g{index}.", cfg.decoder_dtype) if decoder_state is None \
+    decoder = (
+        stored_zeros(g.decoder_shapes(image_shape), f"g{index}.", cfg.decoder_dtype)
+        if decoder_state is None
         else quantise_state(decoder_state, f"g{index}.", cfg.decoder_dtype)
+    )
     out = {"priors": stored, "decoder": decoder}
     if cfg.soft_labels and labels is None and g.label_top_k is not None:  # a plan's placeholder, in stored form
-        out["prior_labels"] = {f"g{index}.values": torch.zeros(k, p, g.label_top_k, dtype=torch.float16),
-                               f"g{index}.indices": torch.zeros(k, p, g.label_top_k, dtype=torch.int16)}
+        out["prior_labels"] = {
+            f"g{index}.values": torch.zeros(k, p, g.label_top_k, dtype=torch.float16),
+            f"g{index}.indices": torch.zeros(k, p, g.label_top_k, dtype=torch.int16),
+        }
     elif cfg.soft_labels:
         labels = labels if labels is not None else torch.full((k, p, k), 1.0 / k)
         out["prior_labels"] = stored_labels(labels, f"g{index}", g.label_top_k)
@@ -145,21 +170,26 @@ def group_tensors(g: GroupPlan, index: int, image_shape, cfg, priors: tuple[torc
 
 # ---- soft labels: whole rows, or the top k of each (spec/FORMAT.md §5.6) ----------------------------------------
 
-def stored_labels(labels: torch.Tensor | tuple[torch.Tensor, torch.Tensor], key: str,
-                  top_k: int | None) -> dict[str, torch.Tensor]:
+
+def stored_labels(
+    labels: torch.Tensor | tuple[torch.Tensor, torch.Tensor], key: str, top_k: int | None
+) -> dict[str, torch.Tensor]:
     """The ``prior_labels`` tensors of one group's soft labels (K_g, P, K_g): ``{key}`` F16 rows, or with
     ``top_k`` the k largest probabilities of each row, ``{key}.values`` (K_g, P, k) F16, and their classes,
     ``{key}.indices`` (K_g, P, k) I16 (local; k < K_g ≤ 32 767). A reader spreads the rest of each row's
     mass evenly over its other classes (:func:`dense_labels`). With ``top_k``, ``labels`` may also be
     the (values, indices) of ``torch.topk`` already (as the encoder cuts them, batch by batch)."""
+
     def host(t: torch.Tensor) -> torch.Tensor:  # a plan's meta placeholders stay where they are
         return t if t.is_meta else t.cpu()
+
     if top_k is None:
         if isinstance(labels, tuple):
             raise ValueError("whole rows of soft labels are stored from a tensor, not from top-k pairs")
         return {key: host(labels.detach().float()).half().contiguous()}
-    values, indices = labels if isinstance(labels, tuple) else \
-        host(labels.detach().float()).topk(top_k, dim=-1)  # (K_g, P, k) each, largest first
+    values, indices = (
+        labels if isinstance(labels, tuple) else host(labels.detach().float()).topk(top_k, dim=-1)
+    )  # (K_g, P, k) each, largest first
     return {f"{key}.values": values.half().contiguous(), f"{key}.indices": indices.to(torch.int16).contiguous()}
 
 
@@ -203,8 +233,11 @@ class TopKLabels:
     def rows_at(self, local: torch.Tensor, prior: torch.Tensor) -> torch.Tensor:
         """The whole rows (B, K_g) float32 of prior ``prior[i]`` of local class ``local[i]``, both (B,) int64."""
         rest = self.rest[local, prior]  # (B, 1)
-        return rest.expand(len(local), self.num_classes).clone().scatter_(-1, self.indices[local, prior].long(),
-                                                                         self.values[local, prior].float())
+        return (
+            rest.expand(len(local), self.num_classes)
+            .clone()
+            .scatter_(-1, self.indices[local, prior].long(), self.values[local, prior].float())
+        )
 
 
 def first_priors(part: dict[str, dict[str, torch.Tensor]], keep: int) -> dict[str, dict[str, torch.Tensor]]:

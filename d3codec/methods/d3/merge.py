@@ -42,8 +42,10 @@ class Part:
         reader, meta = open_archive(path, limits)
         with reader:
             if meta["method"] not in MERGEABLE:
-                raise D3Error(f"{safe_text(str(path), 300)}: only {', '.join(MERGEABLE)} archives can be merged, "
-                              f"this one is {safe_text(repr(meta['method']), 60)}")
+                raise D3Error(
+                    f"{safe_text(str(path), 300)}: only {', '.join(MERGEABLE)} archives can be merged, "
+                    f"this one is {safe_text(repr(meta['method']), 60)}"
+                )
             load_sampler(reader, meta, "cpu", limits)  # every group's metadata and tensors, checked (nothing drawn)
             tensors = {name: reader.read_tensors(name) for name in GROUP_SECTIONS if name in reader}
             major, minor = reader.version
@@ -74,13 +76,17 @@ def combine_groups(parts: list[Part]) -> tuple[dict[str, Any], list[dict[str, di
         ds = part.meta["dataset"]
         for key in ("image_shape", "mean", "std"):
             if ds[key] != first[key]:
-                raise D3Error(f"archive {n + 1} has {key} {safe_text(ds[key], 80)}, archive 1 has "
-                              f"{safe_text(first[key], 80)}: only archives of the same image shape and normalisation "
-                              "can be merged")
+                raise D3Error(
+                    f"archive {n + 1} has {key} {safe_text(ds[key], 80)}, archive 1 has "
+                    f"{safe_text(first[key], 80)}: only archives of the same image shape and normalisation "
+                    "can be merged"
+                )
         for c in ds["classes"]:
             if c in seen:
-                raise D3Error(f"class {safe_text(repr(c), 80)} is in archives {seen[c] + 1} and {n + 1}: merged "
-                              "archives must have disjoint classes")
+                raise D3Error(
+                    f"class {safe_text(repr(c), 80)} is in archives {seen[c] + 1} and {n + 1}: merged "
+                    "archives must have disjoint classes"
+                )
             seen[c] = n
         offset = len(classes)
         classes += ds["classes"]
@@ -110,11 +116,12 @@ def merged_budget(parts: list[Part]) -> int:
     without one counts its file size). Raises: D3FormatError for a budget that is not a positive integer."""
     federated = [p.meta.get("federated") for p in parts]
     if all(isinstance(f, dict) for f in federated):
-        budgets = {meta_int(f, "budget", 1, 2 ** 62, "federated.") for f in federated}
+        budgets = {meta_int(f, "budget", 1, 2**62, "federated.") for f in federated}
         if len(budgets) == 1:
             return budgets.pop()
-    return sum(meta_int(p.meta.get("budget") or {}, "bytes", 1, 2 ** 62, "budget.", default=None) or p.file_bytes
-               for p in parts)
+    return sum(
+        meta_int(p.meta.get("budget") or {}, "bytes", 1, 2**62, "budget.", default=None) or p.file_bytes for p in parts
+    )
 
 
 @dataclass
@@ -125,8 +132,9 @@ class MergeResult:
     classes: int
 
 
-def merge_archives(paths: list[str | os.PathLike], output: str | os.PathLike, budget: int | None = None,
-                   limits=None) -> MergeResult:
+def merge_archives(
+    paths: list[str | os.PathLike], output: str | os.PathLike, budget: int | None = None, limits=None
+) -> MergeResult:
     """Merge archives of disjoint classes into ``output`` (written atomically).
 
     Args:
@@ -139,32 +147,54 @@ def merge_archives(paths: list[str | os.PathLike], output: str | os.PathLike, bu
     parts = [Part.read(p, limits) for p in paths]
     versions = {p.version for p in parts}
     if len(versions) > 1:
-        raise D3Error(f"the parts are of format versions {', '.join(f'{a}.{b}' for a, b in sorted(versions))}, whose "
-                      "sampling noise differs (spec/FORMAT.md §5.4): merge parts of one version, or distil them anew")
+        raise D3Error(
+            f"the parts are of format versions {', '.join(f'{a}.{b}' for a, b in sorted(versions))}, whose "
+            "sampling noise differs (spec/FORMAT.md §5.4): merge parts of one version, or distil them anew"
+        )
     if parts[0].version[1] > VERSION_MINOR:
-        raise D3Error(f"the parts are of format {parts[0].version[0]}.{parts[0].version[1]}, newer than this d3codec "
-                      f"writes (1.{VERSION_MINOR}): upgrade d3codec to merge them")
+        raise D3Error(
+            f"the parts are of format {parts[0].version[0]}.{parts[0].version[1]}, newer than this d3codec "
+            f"writes (1.{VERSION_MINOR}): upgrade d3codec to merge them"
+        )
     fields, sections = combine(parts)
     budget = budget if budget is not None else merged_budget(parts)
     ipcs = {(p.meta.get("budget") or {}).get("ipc") for p in parts}
     ds = fields["dataset"]
     spec = DatasetSpec(ds["name"], tuple(ds["classes"]), tuple(ds["image_shape"]), tuple(ds["mean"]), tuple(ds["std"]))
     meta = {
-        **base_meta(spec, parts[0].meta["method"], budget, ipcs.pop() if len(ipcs) == 1 else None,
-                    parts[0].meta.get("seed"), utc_now()),
+        **base_meta(
+            spec,
+            parts[0].meta["method"],
+            budget,
+            ipcs.pop() if len(ipcs) == 1 else None,
+            parts[0].meta.get("seed"),
+            utc_now(),
+        ),
         "params": {"groups": fields["groups"]},
-        "merged_from": [{"dataset": p.meta["dataset"]["name"], "classes": len(p.meta["dataset"]["classes"]),
-                         "file_bytes": p.file_bytes, "created": p.meta.get("created")} for p in parts],
+        "merged_from": [
+            {
+                "dataset": p.meta["dataset"]["name"],
+                "classes": len(p.meta["dataset"]["classes"]),
+                "file_bytes": p.file_bytes,
+                "created": p.meta.get("created"),
+            }
+            for p in parts
+        ],
         "accounting": {"budget_bytes": budget},
     }
     try:  # what a reader would refuse is not written: more than MAX_CLASSES classes, budgets summed past 2^62, ...
         validate_meta(meta)
     except D3FormatError as error:
-        raise D3Error(f"the merged archive would be refused by readers ({error}): merge fewer parts, or pass "
-                      "`budget` where the parts' budgets add up past it") from None
+        raise D3Error(
+            f"the merged archive would be refused by readers ({error}): merge fewer parts, or pass "
+            "`budget` where the parts' budgets add up past it"
+        ) from None
     data = encode_archive([Section.json("meta", meta)] + sections, minor=parts[0].version[1])
     if len(data) > budget:
-        raise D3BudgetError(f"the merged archive is {len(data)} bytes, over the budget of {budget}: pass a `budget` of "
-                            f"{len(data)} or more", min_budget=len(data))
+        raise D3BudgetError(
+            f"the merged archive is {len(data)} bytes, over the budget of {budget}: pass a `budget` of "
+            f"{len(data)} or more",
+            min_budget=len(data),
+        )
     size = write_atomic(output, data, max_bytes=budget)
     return MergeResult(Path(output), size, budget, len(fields["dataset"]["classes"]))

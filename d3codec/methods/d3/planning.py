@@ -39,8 +39,9 @@ from d3codec.nn.models import DECODER_ARCHITECTURES
 PRIOR_STORED_RATIO = 0.7
 
 
-def plan_priors(bound: Callable[[int], int], budget: int, fixed: int | None, fill: str,
-                least_bytes: int) -> tuple[int, int]:
+def plan_priors(
+    bound: Callable[[int], int], budget: int, fixed: int | None, fill: str, least_bytes: int
+) -> tuple[int, int]:
     """(priors per class to distil, priors per class guaranteed to fit) under ``budget`` bytes, where
     ``bound(n)`` is the exact uncompressed size of an archive of n priors a class (it builds a placeholder
     archive: few calls, none far past the budget) and a prior in every class takes at least ``least_bytes``.
@@ -51,22 +52,31 @@ def plan_priors(bound: Callable[[int], int], budget: int, fixed: int | None, fil
     if fixed is not None:
         if smallest + (fixed - 1) * per_prior > 2 * budget:  # refused before building a huge placeholder
             needed = smallest + (fixed - 1) * per_prior
-            raise D3BudgetError(f"{fixed} priors per class need about {needed} bytes, over the budget of {budget}: "
-                                "lower `priors_per_class`", min_budget=needed)
+            raise D3BudgetError(
+                f"{fixed} priors per class need about {needed} bytes, over the budget of {budget}: "
+                "lower `priors_per_class`",
+                min_budget=needed,
+            )
         needed = bound(fixed)
         if needed > budget:
-            raise D3BudgetError(f"{fixed} priors per class need {needed} bytes, over the budget of {budget}: "
-                                f"raise `budget` to {needed} or lower `priors_per_class`", min_budget=needed)
+            raise D3BudgetError(
+                f"{fixed} priors per class need {needed} bytes, over the budget of {budget}: "
+                f"raise `budget` to {needed} or lower `priors_per_class`",
+                min_budget=needed,
+            )
         return fixed, fixed
-    guaranteed = largest_fitting(lambda n: bound(n) <= budget, budget // least_bytes + 1,
-                                 1 + (budget - smallest) // per_prior)  # an affine guess
+    guaranteed = largest_fitting(
+        lambda n: bound(n) <= budget, budget // least_bytes + 1, 1 + (budget - smallest) // per_prior
+    )  # an affine guess
     if fill != "compressed":
         return guaranteed, guaranteed
 
     def estimate(n: int) -> float:  # affine: no placeholder archive past the budget is built
         return smallest + (n - 1) * per_prior - (1 - PRIOR_STORED_RATIO) * per_prior * n
-    return largest_fitting(lambda n: estimate(n) <= budget, int(budget / (PRIOR_STORED_RATIO * per_prior)) + 1), \
-        guaranteed
+
+    return largest_fitting(
+        lambda n: estimate(n) <= budget, int(budget / (PRIOR_STORED_RATIO * per_prior)) + 1
+    ), guaranteed
 
 
 LABEL_TOP_K_ABOVE = 20  # groups of more classes store the top LABEL_TOP_K probabilities of each soft label
@@ -81,8 +91,9 @@ def label_top_k(given: int | None, group_classes: int) -> int | None:
     return top if top is not None and top < group_classes else None
 
 
-def decoder_width(cfg: D3Config, budget: int, groups: int, z: int, image_shape: tuple[int, int, int],
-                  architecture: str) -> int:
+def decoder_width(
+    cfg: D3Config, budget: int, groups: int, z: int, image_shape: tuple[int, int, int], architecture: str
+) -> int:
     """The rule's decoder width: ``decoder_width`` where given, else the largest of DECODER_WIDTHS (up to
     ``max_decoder_width``: 64 for images up to 32 pixels a side, else 256) whose ``groups`` decoders, stored, take
     at most ``decoder_share`` of ``budget`` bytes; the smallest width where none does."""
@@ -98,21 +109,27 @@ def decoder_width(cfg: D3Config, budget: int, groups: int, z: int, image_shape: 
     return fitting[-1] if fitting else DECODER_WIDTHS[0]
 
 
-def groups_bound(cfg: D3Config, groups: list[GroupPlan], image_shape: tuple[int, int, int],
-                 meta_of: Callable[[list[dict[str, Any]]], dict[str, Any]]) -> int:
+def groups_bound(
+    cfg: D3Config,
+    groups: list[GroupPlan],
+    image_shape: tuple[int, int, int],
+    meta_of: Callable[[list[dict[str, Any]]], dict[str, Any]],
+) -> int:
     """The exact uncompressed size in bytes of an archive of ``groups`` (compression off, metadata reserve
     included), from placeholder tensors on the meta device; ``meta_of``: the groups' metadata entries → the
     metadata section as written."""
-    entries = [group_entry(g, cfg, {"distill_seconds": 0.0, "teacher_accuracy": 0.0, "final_loss": 0.0})
-               for g in groups]
+    entries = [
+        group_entry(g, cfg, {"distill_seconds": 0.0, "teacher_accuracy": 0.0, "final_loss": 0.0}) for g in groups
+    ]
     with torch.device("meta"):  # placeholders counted, not made
         parts = [group_tensors(g, i, image_shape, cfg) for i, g in enumerate(groups)]
         sections = [Section.json("meta", meta_of(entries))] + sections_of(parts)
     return archive_bound(sections, META_RESERVE_BYTES + 64 * len(groups))
 
 
-def plan_groups(cfg: D3Config, spec: DatasetSpec, budget: int,
-                meta_of: Callable[[list[dict[str, Any]]], dict[str, Any]]) -> D3Plan:
+def plan_groups(
+    cfg: D3Config, spec: DatasetSpec, budget: int, meta_of: Callable[[list[dict[str, Any]]], dict[str, Any]]
+) -> D3Plan:
     """The plan of the budget rule (:meth:`d3codec.methods.d3.encoder.D3Encoder.plan` states it) for ``spec``
     under ``budget`` bytes; ``meta_of`` as for :func:`groups_bound`.
 
@@ -127,12 +144,12 @@ def plan_groups(cfg: D3Config, spec: DatasetSpec, budget: int,
     if cfg.fill not in ("compressed", "raw"):
         raise ValueError(f"fill must be 'compressed' or 'raw', not {cfg.fill!r}")
     if architecture not in DECODER_ARCHITECTURES:
-        raise ValueError(f"decoder architecture must be one of {', '.join(DECODER_ARCHITECTURES)}, "
-                         f"not {architecture!r}")
+        raise ValueError(
+            f"decoder architecture must be one of {', '.join(DECODER_ARCHITECTURES)}, not {architecture!r}"
+        )
 
     def groups_for(width: int, priors: int) -> list[GroupPlan]:
-        return [GroupPlan(a, b, z, priors, width, architecture, label_top_k(cfg.label_top_k, b - a))
-                for a, b in ranges]
+        return [GroupPlan(a, b, z, priors, width, architecture, label_top_k(cfg.label_top_k, b - a)) for a, b in ranges]
 
     bounds: dict[tuple[GroupPlan, ...], int] = {}
 
@@ -146,8 +163,17 @@ def plan_groups(cfg: D3Config, spec: DatasetSpec, budget: int,
     if smallest > budget:
         raise D3BudgetError(
             f"a budget of {budget} bytes cannot hold {len(ranges)} decoder(s) of width {width} and one prior per "
-            f"class; the smallest budget that works is {smallest} bytes (a `budget` of {smallest})", min_budget=smallest)
-    priors, guaranteed = plan_priors(lambda n: bound(groups_for(width, n)), budget, cfg.priors_per_class,
-                                     cfg.fill, k * z * 2)
-    return D3Plan(tuple(groups_for(width, priors)), cfg.decoder_dtype, cfg.prior_dtype, cfg.soft_labels,
-                  bound(groups_for(width, guaranteed)), budget)
+            f"class; the smallest budget that works is {smallest} bytes (a `budget` of {smallest})",
+            min_budget=smallest,
+        )
+    priors, guaranteed = plan_priors(
+        lambda n: bound(groups_for(width, n)), budget, cfg.priors_per_class, cfg.fill, k * z * 2
+    )
+    return D3Plan(
+        tuple(groups_for(width, priors)),
+        cfg.decoder_dtype,
+        cfg.prior_dtype,
+        cfg.soft_labels,
+        bound(groups_for(width, guaranteed)),
+        budget,
+    )

@@ -43,10 +43,16 @@ def decode(reader, meta: dict, limits=None) -> tuple[torch.Tensor, torch.Tensor,
     tensors = reader.read_tensors("images")
     codes = tensors.get("images")
     if formation.kind != "pixels" and codes is not None and codes.dim() == 4:  # decoded images, not codes, count
-        check("bytes", output_bytes(codes.shape[0], image_shape, num_classes, "soft_labels" in reader),
-              limits or DEFAULT_LIMITS, "max_bytes", f"decoding {codes.shape[0]} images of shape {image_shape}")
-    images, labels = decode_images(tensors, num_classes, formation.code_shape(image_shape), limits,
-                                   soft="soft_labels" in reader)
+        check(
+            "bytes",
+            output_bytes(codes.shape[0], image_shape, num_classes, "soft_labels" in reader),
+            limits or DEFAULT_LIMITS,
+            "max_bytes",
+            f"decoding {codes.shape[0]} images of shape {image_shape}",
+        )
+    images, labels = decode_images(
+        tensors, num_classes, formation.code_shape(image_shape), limits, soft="soft_labels" in reader
+    )
     images = formation.decode(images, image_shape)
     if formation.kind != "pixels" and not all_finite(images):  # huge finite codes can overflow
         raise D3FormatError(f"section 'images': its {formation.kind} codes decode to images that are not finite")
@@ -56,8 +62,9 @@ def decode(reader, meta: dict, limits=None) -> tuple[torch.Tensor, torch.Tensor,
         check_names(tensors, {"soft_labels"}, "soft_labels")
         soft = tensors["soft_labels"]
         if soft.shape != (len(labels), num_classes) or soft.dtype not in (torch.float16, torch.float32):
-            raise D3FormatError("section 'soft_labels' must hold 'soft_labels' of shape (N, classes), float16 or "
-                                "float32")
+            raise D3FormatError(
+                "section 'soft_labels' must hold 'soft_labels' of shape (N, classes), float16 or float32"
+            )
         check_probabilities(soft, "soft_labels", "soft_labels")
         soft = soft.float()
     return images, labels, soft
@@ -70,8 +77,11 @@ def schedule_network_cost(network: str, image_shape: tuple[int, int, int], num_c
     c, h, w = image_shape
     if h != w:
         raise D3FormatError(f"bptt archive: the {network} network needs square images, not {h}×{w}")
-    return network_cost(lambda: build_model(network, c, num_classes, h), lambda: (torch.zeros(1, c, h, w),),
-                        f"the schedule's {network} network")
+    return network_cost(
+        lambda: build_model(network, c, num_classes, h),
+        lambda: (torch.zeros(1, c, h, w),),
+        f"the schedule's {network} network",
+    )
 
 
 def read_schedule(reader, meta: dict, limits=None) -> TrainingSchedule | None:
@@ -86,16 +96,19 @@ def read_schedule(reader, meta: dict, limits=None) -> TrainingSchedule | None:
     params = params if isinstance(params, dict) else {}
     if params.get("objective") != "bptt":
         if "schedule" in reader:
-            raise D3FormatError("section 'schedule' belongs to objective bptt, but meta.params.objective is "
-                                f"{describe(params.get('objective'))}")
+            raise D3FormatError(
+                "section 'schedule' belongs to objective bptt, but meta.params.objective is "
+                f"{describe(params.get('objective'))}"
+            )
         return None
     network = meta_str(params, "network", NETWORKS, "params.")
     init = meta_str(params, "init", INITS, "params.")
     steps = meta_int(params, "inner_steps", 1, MAX_SCHEDULE_STEPS, "params.")
     epochs = meta_int(params, "inner_epochs", 1, MAX_SCHEDULE_STEPS, "params.")
     if steps * epochs > MAX_SCHEDULE_STEPS:
-        raise D3FormatError(f"bptt archive's inner_steps {steps} × inner_epochs {epochs} must be at most "
-                            f"{MAX_SCHEDULE_STEPS}")
+        raise D3FormatError(
+            f"bptt archive's inner_steps {steps} × inner_epochs {epochs} must be at most {MAX_SCHEDULE_STEPS}"
+        )
     if "schedule" not in reader:
         raise D3FormatError("bptt archive lacks its 'schedule' section")
     ds = meta["dataset"]
@@ -121,12 +134,14 @@ def describe_params(params: dict) -> str:
     """A pixel archive's ``meta.params`` in a few words (d3 info, and the line d3 compress ends with)."""
     formation = params.get("formation")
     stored = f" as {formation['kind']} ×{formation['factor']} codes" if isinstance(formation, dict) else ""
-    n = int(params['images_per_class'])
+    n = int(params["images_per_class"])
     count = f"{n - 1} to {n}" if "images" in params else f"{n}"  # trimmed image by image: classes differ by one
     words = f"objective {params.get('objective', 'dm')}: {count} {params['storage_dtype']} images per class{stored}"
     if "images" in params:
         words += f" ({int(params['images'])} in all)"
     if params.get("objective") == "bptt":
-        words += (f", {int(params['inner_steps'])} steps × {int(params['inner_epochs'])} epochs of a "
-                  f"{params['network']} schedule, {params['init']} init")
+        words += (
+            f", {int(params['inner_steps'])} steps × {int(params['inner_epochs'])} epochs of a "
+            f"{params['network']} schedule, {params['init']} init"
+        )
     return words

@@ -83,9 +83,12 @@ class BPTTConfig:
 
     def __post_init__(self) -> None:
         cfg = self
-        for value, known, what in ((cfg.network, NETWORKS, "network"), (cfg.init, INITS, "init"),
-                                   (cfg.theta0_dtype, THETA0_DTYPES, "theta0_dtype"),
-                                   (cfg.image_init, ("noise", "real"), "image_init")):
+        for value, known, what in (
+            (cfg.network, NETWORKS, "network"),
+            (cfg.init, INITS, "init"),
+            (cfg.theta0_dtype, THETA0_DTYPES, "theta0_dtype"),
+            (cfg.image_init, ("noise", "real"), "image_init"),
+        ):
             if value not in known:
                 raise ValueError(f"{what} must be one of {', '.join(known)}, not {value!r}")
         if any(v is not None and v < 1 for v in (cfg.inner_steps, cfg.inner_epochs)):
@@ -93,8 +96,10 @@ class BPTTConfig:
         if (cfg.inner_steps or 1) * (cfg.inner_epochs or 1) > MAX_SCHEDULE_STEPS:
             raise ValueError(f"steps × epochs may be at most {MAX_SCHEDULE_STEPS}")
         if cfg.images_per_class is not None and cfg.inner_steps is not None and cfg.images_per_class % cfg.inner_steps:
-            raise ValueError(f"`inner_steps` {cfg.inner_steps} must divide `images_per_class` {cfg.images_per_class}: "
-                             "each step trains on its own equal share of every class's images")
+            raise ValueError(
+                f"`inner_steps` {cfg.inner_steps} must divide `images_per_class` {cfg.images_per_class}: "
+                "each step trains on its own equal share of every class's images"
+            )
 
 
 PRESETS = {
@@ -130,9 +135,17 @@ class BPTTEncoder(CheckpointedEncoder[BPTTPlan, BPTTConfig]):
 
     def method_meta(self, plan: BPTTPlan) -> dict:
         cfg = self.config
-        return {"objective": "bptt", "network": cfg.network, "init": cfg.init, "inner_steps": plan.inner_steps,
-                "inner_epochs": plan.inner_epochs, "theta0_dtype": cfg.theta0_dtype if cfg.init == "fixed" else None,
-                "config": asdict(cfg), "images_per_class": plan.images_per_class, "storage_dtype": plan.storage_dtype}
+        return {
+            "objective": "bptt",
+            "network": cfg.network,
+            "init": cfg.init,
+            "inner_steps": plan.inner_steps,
+            "inner_epochs": plan.inner_epochs,
+            "theta0_dtype": cfg.theta0_dtype if cfg.init == "fixed" else None,
+            "config": asdict(cfg),
+            "images_per_class": plan.images_per_class,
+            "storage_dtype": plan.storage_dtype,
+        }
 
     def _schedule_tensors(self, step_sizes: torch.Tensor, theta0: dict[str, torch.Tensor] | None) -> dict:
         tensors = {"step_sizes": step_sizes.detach().float().cpu().contiguous()}
@@ -160,10 +173,13 @@ class BPTTEncoder(CheckpointedEncoder[BPTTPlan, BPTTConfig]):
         def sections_for(n: int, dtype: str) -> list[Section]:
             s = steps_for(n)
             draft = BPTTPlan(n, dtype, 0, budget, inner_steps=s, inner_epochs=epochs_for(s))
-            return [Section.json("meta", meta_for(self.method_meta(draft))),
-                    Section.tensors("images", stored_image_zeros(n * k, shape, k, dtype)),
-                    Section.tensors("schedule", self._schedule_tensors(torch.zeros(s * epochs_for(s), device="cpu"),
-                                                                       theta0))]  # small: made on the CPU
+            return [
+                Section.json("meta", meta_for(self.method_meta(draft))),
+                Section.tensors("images", stored_image_zeros(n * k, shape, k, dtype)),
+                Section.tensors(
+                    "schedule", self._schedule_tensors(torch.zeros(s * epochs_for(s), device="cpu"), theta0)
+                ),
+            ]  # small: made on the CPU
 
         dtype = resolve_storage_dtype(cfg.storage_dtype)
         least = cfg.images_per_class or cfg.inner_steps or 1
@@ -173,11 +189,16 @@ class BPTTEncoder(CheckpointedEncoder[BPTTPlan, BPTTConfig]):
             stored = ""
             if theta0 is not None:
                 n_params = sum(math.prod(s) for s in shapes.values())
-                stored = (f"; fixed init stores θ₀ of {cfg.network} ({n_params} parameters as {cfg.theta0_dtype}) in "
-                          "the archive: `init` random does not")
-            raise D3BudgetError(f"a budget of {budget} bytes cannot hold {least} {dtype} image(s) per class for {k} "
-                                f"classes with the BPTT schedule{stored}; the smallest budget that works is {smallest} "
-                                f"bytes (`budget` {smallest})", min_budget=smallest)
+                stored = (
+                    f"; fixed init stores θ₀ of {cfg.network} ({n_params} parameters as {cfg.theta0_dtype}) in "
+                    "the archive: `init` random does not"
+                )
+            raise D3BudgetError(
+                f"a budget of {budget} bytes cannot hold {least} {dtype} image(s) per class for {k} "
+                f"classes with the BPTT schedule{stored}; the smallest budget that works is {smallest} "
+                f"bytes (`budget` {smallest})",
+                min_budget=smallest,
+            )
         base = plan_pixel_storage(budget, k, shape, sections_for, dtype, cfg.images_per_class, None)
         n = base.images_per_class
         steps = steps_for(n)
@@ -186,8 +207,9 @@ class BPTTEncoder(CheckpointedEncoder[BPTTPlan, BPTTConfig]):
             bound = archive_bound(sections_for(n, dtype))
         return BPTTPlan(n, dtype, bound, budget, n, inner_steps=steps, inner_epochs=epochs_for(steps))
 
-    def distill(self, real: RealData, plan: BPTTPlan, *, device: torch.device, seed: int,
-                progress: bool = True) -> Encoded:
+    def distill(
+        self, real: RealData, plan: BPTTPlan, *, device: torch.device, seed: int, progress: bool = True
+    ) -> Encoded:
         cfg = self.config
         k, s, e = real.num_classes, plan.inner_steps, plan.inner_epochs
         m, (c, h, _) = plan.images_per_class // s, real.image_shape
@@ -195,30 +217,49 @@ class BPTTEncoder(CheckpointedEncoder[BPTTPlan, BPTTConfig]):
         normalise = Normalisation.of(real, device)
         synthetic = self._initial_images(real, plan, normalise, gen, device).requires_grad_(True)
         step_labels = torch.arange(k, device=device).repeat_interleave(m)  # (K·m,)
-        raw_step_sizes = torch.full((s * e,), math.log(math.expm1(cfg.initial_step_size)), device=device,
-                                    requires_grad=True)  # softplus(ρ) = initial step size
-        optimiser = torch.optim.Adam([{"params": [synthetic], "lr": cfg.lr_images},
-                                      {"params": [raw_step_sizes], "lr": cfg.lr_step_sizes}], betas=(0.5, 0.999))
+        raw_step_sizes = torch.full(
+            (s * e,), math.log(math.expm1(cfg.initial_step_size)), device=device, requires_grad=True
+        )  # softplus(ρ) = initial step size
+        optimiser = torch.optim.Adam(
+            [{"params": [synthetic], "lr": cfg.lr_images}, {"params": [raw_step_sizes], "lr": cfg.lr_step_sizes}],
+            betas=(0.5, 0.999),
+        )
         net = build_model(cfg.network, c, k, h).to(device)  # the architecture; parameters come from θ
         theta0 = self._fixed_theta0(real, seed, device) if cfg.init == "fixed" else None
 
-        loop = self.loop("pixel-bptt", (asdict(cfg), asdict(plan), seed, real.name, len(real.train_targets),
-                                        device.type), cfg.iterations)
-        loop.resume(LoopState(gen, {"synthetic": synthetic, "raw_step_sizes": raw_step_sizes}, {"adam": optimiser}),
-                    device)  # a killed run goes on from its last checkpoint
-        bar = progress_bar(range(loop.first, cfg.iterations), desc="BPTT", enabled=progress, unit="it",
-                           initial=loop.first, total=cfg.iterations)
+        loop = self.loop(
+            "pixel-bptt",
+            (asdict(cfg), asdict(plan), seed, real.name, len(real.train_targets), device.type),
+            cfg.iterations,
+        )
+        loop.resume(
+            LoopState(gen, {"synthetic": synthetic, "raw_step_sizes": raw_step_sizes}, {"adam": optimiser}), device
+        )  # a killed run goes on from its last checkpoint
+        bar = progress_bar(
+            range(loop.first, cfg.iterations),
+            desc="BPTT",
+            enabled=progress,
+            unit="it",
+            initial=loop.first,
+            total=cfg.iterations,
+        )
 
         def step(it: int) -> float:
             decay = 0.5 ** (it // cfg.lr_decay_every) if cfg.lr_decay_every else 1.0  # halved every lr_decay_every
-            optimiser.param_groups[0]["lr"], optimiser.param_groups[1]["lr"] = cfg.lr_images * decay, \
-                cfg.lr_step_sizes * decay
-            start_params = theta0 if theta0 is not None else init_parameters(
-                cfg.network, real.image_shape, k, seeds.stream_seed(seed, "bptt-init", it), device)
+            optimiser.param_groups[0]["lr"], optimiser.param_groups[1]["lr"] = (
+                cfg.lr_images * decay,
+                cfg.lr_step_sizes * decay,
+            )
+            start_params = (
+                theta0
+                if theta0 is not None
+                else init_parameters(cfg.network, real.image_shape, k, seeds.stream_seed(seed, "bptt-init", it), device)
+            )
             x_real = normalise(real.sample_classes(cfg.real_per_class, gen).to(device))
             y_real = torch.arange(k, device=device).repeat_interleave(cfg.real_per_class)
-            loss, d_images, d_raw = unrolled_gradients(net, start_params, synthetic.detach(), step_labels,
-                                                       raw_step_sizes.detach(), e, x_real, y_real)
+            loss, d_images, d_raw = unrolled_gradients(
+                net, start_params, synthetic.detach(), step_labels, raw_step_sizes.detach(), e, x_real, y_real
+            )
             optimiser.zero_grad(set_to_none=True)
             synthetic.grad, raw_step_sizes.grad = d_images, d_raw
             optimiser.step()
@@ -227,11 +268,13 @@ class BPTTEncoder(CheckpointedEncoder[BPTTPlan, BPTTConfig]):
             return loss
 
         loop.run(step, bar)
-        return self._encoded(real, plan, normalise.inverse(synthetic.detach().flatten(0, 1)), raw_step_sizes, theta0,
-                             loop, device)
+        return self._encoded(
+            real, plan, normalise.inverse(synthetic.detach().flatten(0, 1)), raw_step_sizes, theta0, loop, device
+        )
 
-    def _initial_images(self, real: RealData, plan: BPTTPlan, normalise: Normalisation, gen: torch.Generator,
-                        device: torch.device) -> torch.Tensor:
+    def _initial_images(
+        self, real: RealData, plan: BPTTPlan, normalise: Normalisation, gen: torch.Generator, device: torch.device
+    ) -> torch.Tensor:
         """The synthetic images at the start, normalised, step-major: (S, K·m, C, H, W) float32 on ``device``, m
         images a class a step; step s holds chunk s of every class. Noise, or real images (``image_init``)."""
         k, n, s = real.num_classes, plan.images_per_class, plan.inner_steps
@@ -247,11 +290,23 @@ class BPTTEncoder(CheckpointedEncoder[BPTTPlan, BPTTConfig]):
         """The fixed init's θ₀ (name → float32 tensor on ``device``), rounded to the stored dtype first, so that
         the archive holds exactly the θ₀ distilled from."""
         cfg, dtype = self.config, getattr(torch, self.config.theta0_dtype)
-        return {name: v.to(dtype).float() for name, v in init_parameters(
-            cfg.network, real.image_shape, real.num_classes, seeds.stream_seed(seed, "bptt"), device).items()}
+        return {
+            name: v.to(dtype).float()
+            for name, v in init_parameters(
+                cfg.network, real.image_shape, real.num_classes, seeds.stream_seed(seed, "bptt"), device
+            ).items()
+        }
 
-    def _encoded(self, real: RealData, plan: BPTTPlan, images: torch.Tensor, raw_step_sizes: torch.Tensor,
-                 theta0: dict[str, torch.Tensor] | None, loop: ResumableLoop, device: torch.device) -> Encoded:
+    def _encoded(
+        self,
+        real: RealData,
+        plan: BPTTPlan,
+        images: torch.Tensor,
+        raw_step_sizes: torch.Tensor,
+        theta0: dict[str, torch.Tensor] | None,
+        loop: ResumableLoop,
+        device: torch.device,
+    ) -> Encoded:
         """The archive's sections of the distilled ``images`` (S·K·m, C, H, W) in pixel space, step-major, and
         step sizes softplus(``raw_step_sizes``): class-major images, coded as stored, then read back as a reader
         would, to measure what replaying the stored schedule on them gives."""
@@ -262,34 +317,58 @@ class BPTTEncoder(CheckpointedEncoder[BPTTPlan, BPTTConfig]):
         coded = encode_images(images.cpu(), labels, k, plan.storage_dtype)
         stored_images, _ = decode_images(coded, k, real.image_shape)
         step_sizes = F.softplus(raw_step_sizes.detach()).cpu()
-        schedule = TrainingSchedule(cfg.network, s, e, step_sizes, cfg.init,
-                                    {n_: v.cpu() for n_, v in theta0.items()} if theta0 is not None else None)
+        schedule = TrainingSchedule(
+            cfg.network,
+            s,
+            e,
+            step_sizes,
+            cfg.init,
+            {n_: v.cpu() for n_, v in theta0.items()} if theta0 is not None else None,
+        )
 
         stats = {"distill_seconds": round(loop.seconds, 3), **loop.stats()}
         if real.test is not None:  # what replaying the stored schedule on the stored images gives
             stats["end_test_accuracy"] = end_test_accuracy(schedule, stored_images, labels, real, device)
-        sections = [Section.tensors("images", coded), Section.tensors("schedule", self._schedule_tensors(
-            step_sizes, schedule.theta0))]
+        sections = [
+            Section.tensors("images", coded),
+            Section.tensors("schedule", self._schedule_tensors(step_sizes, schedule.theta0)),
+        ]
         return Encoded(sections, self.method_meta(plan), stats, cleanup=loop.remove)
 
 
-def end_test_accuracy(schedule: TrainingSchedule, images: torch.Tensor, labels: torch.Tensor, real: RealData,
-                      device: torch.device) -> float | list[float]:
+def end_test_accuracy(
+    schedule: TrainingSchedule, images: torch.Tensor, labels: torch.Tensor, real: RealData, device: torch.device
+) -> float | list[float]:
     """The test accuracy of the network the stored schedule trains on the stored images (fixed init),
     or of END_EVAL_INITS networks from student seeds 0, 1, … (random init): a fraction in [0, 1] or a list."""
     from d3codec.nn.accuracy import test_accuracy, test_split
 
     test_x, test_y = test_split(real)
     k = real.num_classes
-    accuracies = [test_accuracy(schedule.replay(images, labels, k, real.mean, real.std, r, device), test_x, test_y,
-                                real.mean, real.std, device)
-                  for r in range(1 if schedule.theta0 is not None else END_EVAL_INITS)]
+    accuracies = [
+        test_accuracy(
+            schedule.replay(images, labels, k, real.mean, real.std, r, device),
+            test_x,
+            test_y,
+            real.mean,
+            real.std,
+            device,
+        )
+        for r in range(1 if schedule.theta0 is not None else END_EVAL_INITS)
+    ]
     return accuracies[0] if schedule.theta0 is not None else accuracies
 
 
-def unrolled_gradients(net: torch.nn.Module, theta0: dict[str, torch.Tensor], step_images: torch.Tensor,
-                       step_labels: torch.Tensor, raw_step_sizes: torch.Tensor, epochs: int, x_real: torch.Tensor,
-                       y_real: torch.Tensor) -> tuple[float, torch.Tensor, torch.Tensor]:
+def unrolled_gradients(
+    net: torch.nn.Module,
+    theta0: dict[str, torch.Tensor],
+    step_images: torch.Tensor,
+    step_labels: torch.Tensor,
+    raw_step_sizes: torch.Tensor,
+    epochs: int,
+    x_real: torch.Tensor,
+    y_real: torch.Tensor,
+) -> tuple[float, torch.Tensor, torch.Tensor]:
     """The outer loss ℓ(x_real, θ_T) and its gradients through the unrolled training (Eq. 1 and 2).
 
     Args:
@@ -307,8 +386,9 @@ def unrolled_gradients(net: torch.nn.Module, theta0: dict[str, torch.Tensor], st
     thetas = [theta0]
     for t in range(total):  # forward: no graph kept beyond one step
         params = {k: v.detach().requires_grad_(True) for k, v in thetas[-1].items()}
-        thetas.append({k: v.detach() for k, v in gd_step(net, params, step_images[t % steps], step_labels,
-                                                          step_sizes[t]).items()})
+        thetas.append(
+            {k: v.detach() for k, v in gd_step(net, params, step_images[t % steps], step_labels, step_sizes[t]).items()}
+        )
 
     final = {k: v.requires_grad_(True) for k, v in thetas[-1].items()}
     loss = F.cross_entropy(torch.func.functional_call(net, final, (x_real,)), y_real)

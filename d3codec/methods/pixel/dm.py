@@ -123,12 +123,17 @@ class DMEncoder(CheckpointedEncoder[PixelPlan, DMConfig]):
 
     presets = PRESETS
 
-    def method_meta(self, plan: PixelPlan, formation: Formation | None = None,
-                    image_shape: tuple[int, int, int] | None = None) -> dict:
+    def method_meta(
+        self, plan: PixelPlan, formation: Formation | None = None, image_shape: tuple[int, int, int] | None = None
+    ) -> dict:
         """``meta.params``; ``formation``: the one distilled with (a dct-variance one with its mask), default the
         config's (a mask of zeros of ``image_shape``'s length while planning)."""
-        meta = {"objective": "dm", "config": asdict(self.config), "images_per_class": plan.images_per_class,
-                "storage_dtype": plan.storage_dtype}
+        meta = {
+            "objective": "dm",
+            "config": asdict(self.config),
+            "images_per_class": plan.images_per_class,
+            "storage_dtype": plan.storage_dtype,
+        }
         formation = formation or self.config.parsed_formation
         return meta if formation.kind == "pixels" else {**meta, "formation": formation.meta(image_shape)}
 
@@ -144,8 +149,10 @@ class DMEncoder(CheckpointedEncoder[PixelPlan, DMConfig]):
 
         def sections_for(n: int, dtype: str) -> list[Section]:  # placeholders in their stored dtypes
             draft = PixelPlan(n, dtype, 0, budget)
-            return [Section.json("meta", meta_for(self.method_meta(draft, image_shape=spec.image_shape))),
-                    Section.tensors("images", stored_image_zeros(n * k, shape, k, dtype))]
+            return [
+                Section.json("meta", meta_for(self.method_meta(draft, image_shape=spec.image_shape))),
+                Section.tensors("images", stored_image_zeros(n * k, shape, k, dtype)),
+            ]
 
         ratio = None
         if real is not None and self.config.fill == "compressed" and self.config.images_per_class is None:
@@ -155,11 +162,13 @@ class DMEncoder(CheckpointedEncoder[PixelPlan, DMConfig]):
             # their size against the square's 0.60 on Fashion-MNIST at ×2, distilled ones at 0.55 (the margin)
             lowpass = replace(formation, selection="lowpass")
             ratio = min(1.0, image_compression_ratio(real, dtype, lowpass) * margin)
-        return plan_pixel_storage(budget, k, shape, sections_for, self.config.storage_dtype,
-                                  self.config.images_per_class, ratio)
+        return plan_pixel_storage(
+            budget, k, shape, sections_for, self.config.storage_dtype, self.config.images_per_class, ratio
+        )
 
-    def distill(self, real: RealData, plan: PixelPlan, *, device: torch.device, seed: int,
-                progress: bool = True) -> Encoded:
+    def distill(
+        self, real: RealData, plan: PixelPlan, *, device: torch.device, seed: int, progress: bool = True
+    ) -> Encoded:
         cfg, spec = self.config, DatasetSpec.of(real)
         k, n = real.num_classes, plan.images_per_class
         gen = seeds.generator(seed, "dm")
@@ -177,15 +186,18 @@ class DMEncoder(CheckpointedEncoder[PixelPlan, DMConfig]):
 
         def images_of(classes: Sequence[int]) -> torch.Tensor:  # (K', n, C, H, W) normalised images of some classes
             assert isinstance(classes, range), "the matcher gives DM's classes as ranges"
-            chosen = synthetic[classes.start:classes.stop]
+            chosen = synthetic[classes.start : classes.stop]
             if formation.kind == "pixels":
                 return chosen
             return formation.decode(chosen.flatten(0, 1), real.image_shape).view(len(chosen), n, *real.image_shape)
 
         matcher, terms, pool = self._matcher(real, sampler, normalise, n, device, progress)
 
-        loop = self.loop("pixel-dm", (asdict(cfg), asdict(plan), seed, real.name, len(real.train_targets), device.type),
-                         cfg.iterations)
+        loop = self.loop(
+            "pixel-dm",
+            (asdict(cfg), asdict(plan), seed, real.name, len(real.train_targets), device.type),
+            cfg.iterations,
+        )
         loop.resume(LoopState(gen, {"synthetic": synthetic}, {"sgd": optimiser}), device)  # a killed run goes on
 
         def step(it: int) -> float:
@@ -194,15 +206,25 @@ class DMEncoder(CheckpointedEncoder[PixelPlan, DMConfig]):
             optimiser.step()
             return loss
 
-        loop.run(step, progress_bar(range(loop.first, cfg.iterations), desc="DM", enabled=progress, unit="it",
-                                    initial=loop.first, total=cfg.iterations))
+        loop.run(
+            step,
+            progress_bar(
+                range(loop.first, cfg.iterations),
+                desc="DM",
+                enabled=progress,
+                unit="it",
+                initial=loop.first,
+                total=cfg.iterations,
+            ),
+        )
         # the momentum, the gradients and the real images' cache go before the copy below reuses their memory:
         # at ImageNet's 1 000 classes each of the first two is as large as the copy (0.5 GB)
         synthetic.grad = None
         # their memory freed (the step above holds them in its closure, and never runs again)
         optimiser = matcher = sampler = None  # type: ignore[assignment]
-        images = formation.denormalise(synthetic.detach().flatten(0, 1), normalise.mean, normalise.std,
-                                       real.image_shape).cpu()  # codes of pixel-space images, (K·n, C, H/f, W/f)
+        images = formation.denormalise(
+            synthetic.detach().flatten(0, 1), normalise.mean, normalise.std, real.image_shape
+        ).cpu()  # codes of pixel-space images, (K·n, C, H/f, W/f)
         stats = {"distill_seconds": round(loop.seconds, 3), **loop.stats()}
         if pool is not None:
             stats["expert_seconds"] = round(pool.trained_seconds, 3)  # 0 where every expert came from the cache
@@ -210,22 +232,48 @@ class DMEncoder(CheckpointedEncoder[PixelPlan, DMConfig]):
         encoded.cleanup = loop.remove
         return encoded
 
-    def _matcher(self, real: RealData, sampler: ClassSampler, normalise: Normalisation, n: int, device: torch.device,
-                 progress: bool) -> tuple[DistributionMatcher, list[MatchingTerm], ExpertPool | None]:
+    def _matcher(
+        self,
+        real: RealData,
+        sampler: ClassSampler,
+        normalise: Normalisation,
+        n: int,
+        device: torch.device,
+        progress: bool,
+    ) -> tuple[DistributionMatcher, list[MatchingTerm], ExpertPool | None]:
         """The matcher of ``n`` images a class, its terms (Σ_c ‖mean φ(x_c) − mean φ(x̃_c)‖², Eq. 4, and DANCE's
         calibration under matching dance) and the expert pool (None under matching dm), trained or read here."""
         cfg, k = self.config, real.num_classes
-        chunk = cfg.class_chunk or memory_sized_chunk(k, n, cfg.real_per_class, real.image_shape, cfg.embed_width,
-                                                      activation_memory(device))
-        pool = matching_experts(cfg.matching, real, cfg.expert_count, cfg.expert_epochs, cfg.embed_width, device,
-                                progress)
-        matcher = DistributionMatcher(real.image_shape, k, sampler.sample, cfg.real_per_class, normalise,
-                                      DSA() if cfg.dsa else None, cfg.embed_width, chunk, device, pool,
-                                      compile=worth_compiling(cfg.iterations * k * (n + cfg.real_per_class)))
+        chunk = cfg.class_chunk or memory_sized_chunk(
+            k, n, cfg.real_per_class, real.image_shape, cfg.embed_width, activation_memory(device)
+        )
+        pool = matching_experts(
+            cfg.matching, real, cfg.expert_count, cfg.expert_epochs, cfg.embed_width, device, progress
+        )
+        matcher = DistributionMatcher(
+            real.image_shape,
+            k,
+            sampler.sample,
+            cfg.real_per_class,
+            normalise,
+            DSA() if cfg.dsa else None,
+            cfg.embed_width,
+            chunk,
+            device,
+            pool,
+            compile=worth_compiling(cfg.iterations * k * (n + cfg.real_per_class)),
+        )
         return matcher, [FeatureTerm(mean_embedding_loss)] + matching_terms(pool, cfg.calibration_weight), pool
 
-    def _encoded(self, images: torch.Tensor, spec: DatasetSpec, plan: PixelPlan, stats: dict,
-                 total: int | None = None, formation: Formation | None = None) -> Encoded:
+    def _encoded(
+        self,
+        images: torch.Tensor,
+        spec: DatasetSpec,
+        plan: PixelPlan,
+        stats: dict,
+        total: int | None = None,
+        formation: Formation | None = None,
+    ) -> Encoded:
         """Sections of the first ``total`` (default all) of images (K, n, C, H, W), spread over the classes:
         class c keeps total // K images, one more for c < total % K. ``trim`` drops as many images as an
         :class:`Overrun` asks, the last image of the last classes first, never below the guaranteed count;
@@ -243,17 +291,25 @@ class DMEncoder(CheckpointedEncoder[PixelPlan, DMConfig]):
             smaller = max(floor, total - overrun.units_to_drop(total, ("images",)))
             if smaller < k * FEW_PER_CLASS:  # few images a class: drop whole rounds, classes stay equal
                 smaller = max(floor, smaller - smaller % k)
-            return self._encoded(images, spec, plan, {**stats, "planned_images_per_class": plan.images_per_class},
-                                 smaller, formation)
+            return self._encoded(
+                images, spec, plan, {**stats, "planned_images_per_class": plan.images_per_class}, smaller, formation
+            )
 
-        chosen = torch.cat([images[c, :counts[c]] for c in range(k)]) if total < k * n else images.flatten(0, 1)
+        chosen = torch.cat([images[c, : counts[c]] for c in range(k)]) if total < k * n else images.flatten(0, 1)
         meta = self.method_meta(kept, formation, spec.image_shape)
         meta = meta if total == k * counts[0] else {**meta, "images": total}
         return Encoded(self._sections(chosen, labels, spec, plan.storage_dtype), meta, stats, trim)
 
 
-def initial_codes(sampler: ClassSampler, formation: Formation, normalise: Normalisation, k: int, n: int,
-                  gen: torch.Generator, device: torch.device) -> torch.Tensor:
+def initial_codes(
+    sampler: ClassSampler,
+    formation: Formation,
+    normalise: Normalisation,
+    k: int,
+    n: int,
+    gen: torch.Generator,
+    device: torch.device,
+) -> torch.Tensor:
     """Synthetic codes of normalised images (the images themselves for formation pixels), initialised from ``n``
     random real images of each of ``k`` classes (drawn with ``gen``), for the formation to make images of (IDC,
     FreD): (K, n, C, H/f, W/f) float32 on ``device``."""
@@ -269,8 +325,9 @@ def mask_sample(real: RealData, gen: torch.Generator) -> torch.Tensor:
     return real.sample_classes(max(1, MASK_SAMPLE_IMAGES // real.num_classes), gen)
 
 
-def image_compression_ratio(real: RealData, dtype: str, formation: Formation | None = None,
-                            per_class: int | None = None, seed: int = 0) -> float:
+def image_compression_ratio(
+    real: RealData, dtype: str, formation: Formation | None = None, per_class: int | None = None, seed: int = 0
+) -> float:
     """zstd's stored/raw size for ``per_class`` random real images of each class (default 16, fewer with
     over 256 classes: about 4 096 images in all, at least 2 a class), as ``formation``'s codes (default: the
     pixels) coded as ``dtype``."""

@@ -59,11 +59,16 @@ class Formation:
         if self.kind not in FORMATIONS:
             raise ValueError(f"formation must be one of {', '.join(FORMATIONS)}, not {self.kind!r}")
         if (self.kind == "pixels") != (self.factor == 1) or not 1 <= self.factor <= MAX_FACTOR:
-            raise ValueError(f"formation {self.kind!r} needs a factor of " +
-                             ("1" if self.kind == "pixels" else f"2 to {MAX_FACTOR}") + f", not {self.factor}")
+            raise ValueError(
+                f"formation {self.kind!r} needs a factor of "
+                + ("1" if self.kind == "pixels" else f"2 to {MAX_FACTOR}")
+                + f", not {self.factor}"
+            )
         if self.selection not in ("lowpass", "variance") or (self.selection == "variance" and self.kind != "dct"):
-            raise ValueError(f"only the dct formation selects its coefficients (lowpass or variance), not "
-                             f"{self.kind} by {self.selection!r}")
+            raise ValueError(
+                f"only the dct formation selects its coefficients (lowpass or variance), not "
+                f"{self.kind} by {self.selection!r}"
+            )
         if self.mask is not None and self.selection != "variance":
             raise ValueError("a coefficient mask belongs to the dct formation's variance selection")
 
@@ -86,7 +91,7 @@ class Formation:
     def gain(self) -> float:
         """How many times larger a code value's gradient is than a pixel's (f² for lowres: each stored value
         feeds about f² pixels; 1 for the orthonormal DCT); the distiller divides its learning rate by it."""
-        return float(self.factor ** 2) if self.kind == "lowres" else 1.0
+        return float(self.factor**2) if self.kind == "lowres" else 1.0
 
     def decode(self, codes: torch.Tensor, image_shape: tuple[int, int, int]) -> torch.Tensor:
         """Codes (N, C, H/f, W/f) → images (N, C, H, W), the same dtype and device; linear, differentiable."""
@@ -118,8 +123,9 @@ class Formation:
             return full.flatten(2).gather(2, where).view(n, c, kh, kw)
         return dct_basis(h, kh, images) @ images @ dct_basis(w, kw, images).T
 
-    def denormalise(self, codes: torch.Tensor, mean: torch.Tensor, std: torch.Tensor,
-                    image_shape: tuple[int, int, int]) -> torch.Tensor:
+    def denormalise(
+        self, codes: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, image_shape: tuple[int, int, int]
+    ) -> torch.Tensor:
         """Codes of normalised images → codes of pixel-space images: x = norm⁻¹(decode(codes)) =
         decode(codes · std + encode(mean)). ``mean``, ``std`` broadcast as (1, C, 1, 1)."""
         if self.kind != "dct":  # pixels and bilinear upsampling keep constants: the offset is mean itself
@@ -196,11 +202,11 @@ def mask_positions(mask: tuple[str, ...], image_shape: tuple[int, int, int], fac
         if not isinstance(text, str) or len(text) != digits or not all(ch in "0123456789abcdef" for ch in text):
             raise ValueError(f"a dct mask is {digits} lowercase hex digits (H·W = {h * w} bits)")
         bits = torch.from_numpy(np.unpackbits(np.frombuffer(bytes.fromhex(text), np.uint8)).astype(bool))
-        if bits[h * w:].any():
+        if bits[h * w :].any():
             raise ValueError(f"a dct mask sets no bit past its first {h * w} (the last byte's padding)")
         if int(bits.sum()) != keep:
             raise ValueError(f"a dct mask sets exactly {keep} of its first {h * w} bits, not {int(bits.sum())}")
-        rows.append(bits[:h * w].nonzero().view(-1))
+        rows.append(bits[: h * w].nonzero().view(-1))
     return torch.stack(rows)
 
 
@@ -223,18 +229,23 @@ def read_formation(params: dict, image_shape: tuple[int, int, int]) -> Formation
         return PIXELS
     value = params["formation"]
     if not isinstance(value, dict) or set(value) - {"mask"} != {"kind", "factor"}:
-        raise D3FormatError(f"params.formation must be an object with kind and factor (and a dct's mask), not "
-                            f"{describe(value)}")
+        raise D3FormatError(
+            f"params.formation must be an object with kind and factor (and a dct's mask), not {describe(value)}"
+        )
     kind = meta_str(value, "kind", FORMATIONS, "params.formation.")
     factor = meta_int(value, "factor", 1, MAX_FACTOR, "params.formation.")
     mask = value.get("mask")
-    if "mask" in value and (kind != "dct" or not isinstance(mask, list) or len(mask) > 4096
-                            or not all(isinstance(m, str) for m in mask)):
-        raise D3FormatError(f"params.formation.mask belongs to a dct formation, as a list of hex strings, one per "
-                            f"channel, not {describe(mask)}")
+    if "mask" in value and (
+        kind != "dct" or not isinstance(mask, list) or len(mask) > 4096 or not all(isinstance(m, str) for m in mask)
+    ):
+        raise D3FormatError(
+            f"params.formation.mask belongs to a dct formation, as a list of hex strings, one per "
+            f"channel, not {describe(mask)}"
+        )
     try:
-        formation = Formation(kind, factor, "variance" if mask is not None else "lowpass",
-                              tuple(mask) if mask is not None else None)
+        formation = Formation(
+            kind, factor, "variance" if mask is not None else "lowpass", tuple(mask) if mask is not None else None
+        )
         formation.check(image_shape)
     except ValueError as e:
         raise D3FormatError(f"params.formation: {e}") from None

@@ -35,7 +35,6 @@ MIN_COMPRESSION_RATIO = 0.2
 FEW_PER_CLASS = 8
 
 
-
 @dataclass(frozen=True)
 class PixelPlan:
     """What a pixel archive stores: ``images_per_class`` images per class as ``storage_dtype``.
@@ -54,9 +53,15 @@ class PixelPlan:
     estimated_bytes: int | None = None
 
 
-def plan_pixel_storage(budget: int, num_classes: int, image_shape: tuple[int, int, int],
-                       sections_for: Callable[[int, str], list[Section]], storage_dtype: str = "auto",
-                       images_per_class: int | None = None, compression_ratio: float | None = None) -> PixelPlan:
+def plan_pixel_storage(
+    budget: int,
+    num_classes: int,
+    image_shape: tuple[int, int, int],
+    sections_for: Callable[[int, str], list[Section]],
+    storage_dtype: str = "auto",
+    images_per_class: int | None = None,
+    compression_ratio: float | None = None,
+) -> PixelPlan:
     """Choose images per class and storage dtype to fill ``budget`` bytes without passing it.
 
     The rule: with ``storage_dtype="auto"`` choose uint8 (four times as many images as float32
@@ -87,7 +92,8 @@ def plan_pixel_storage(budget: int, num_classes: int, image_shape: tuple[int, in
         raise D3BudgetError(
             f"a budget of {budget} bytes cannot hold one {dtype} image per class for {num_classes} classes of "
             f"shape {image_shape}; the smallest budget that works is {smallest} bytes (`budget` {smallest})",
-            min_budget=smallest)
+            min_budget=smallest,
+        )
     if images_per_class is not None:
         return fixed_count_plan(budget, num_classes, image_shape, dtype, images_per_class, bound)
     c, h, w = image_shape
@@ -96,8 +102,9 @@ def plan_pixel_storage(budget: int, num_classes: int, image_shape: tuple[int, in
     # estimate guides the search, so that only a few budget-sized placeholder archives are built
     per_image = max(1, bound(2) - smallest)
     affine = lambda n: smallest + (n - 1) * per_image  # noqa: E731
-    guaranteed = largest_fitting(lambda n: bound(n) <= budget, max(1, budget // payload),
-                                 1 + (budget - smallest) // per_image)
+    guaranteed = largest_fitting(
+        lambda n: bound(n) <= budget, max(1, budget // payload), 1 + (budget - smallest) // per_image
+    )
     if compression_ratio is None or compression_ratio >= 1:
         return PixelPlan(guaranteed, dtype, bound(guaranteed), budget, guaranteed)
 
@@ -106,14 +113,19 @@ def plan_pixel_storage(budget: int, num_classes: int, image_shape: tuple[int, in
     def estimate(n: int) -> int:  # affine: no archive is built past the budget
         return int(affine(n) - (1 - compression_ratio) * payload * n)
 
-    target = largest_fitting(lambda n: estimate(n) <= budget,
-                             max(1, int(budget / (payload * compression_ratio))) + 1)
+    target = largest_fitting(lambda n: estimate(n) <= budget, max(1, int(budget / (payload * compression_ratio))) + 1)
     target = max(target + (target >= FEW_PER_CLASS), guaranteed)  # one past the estimate: the writer trims
     return PixelPlan(target, dtype, bound(guaranteed), budget, guaranteed, estimate(target))
 
 
-def fixed_count_plan(budget: int, num_classes: int, image_shape: tuple[int, int, int], dtype: str,
-                     images_per_class: int, bound: Callable[[int], int]) -> PixelPlan:
+def fixed_count_plan(
+    budget: int,
+    num_classes: int,
+    image_shape: tuple[int, int, int],
+    dtype: str,
+    images_per_class: int,
+    bound: Callable[[int], int],
+) -> PixelPlan:
     """The plan of exactly ``images_per_class`` images a class as ``dtype`` (a resolved storage dtype), whose
     archive's exact bound is ``bound(images_per_class)`` bytes.
 
@@ -121,10 +133,16 @@ def fixed_count_plan(budget: int, num_classes: int, image_shape: tuple[int, int,
     budget-sized placeholder archive is built for a count far too large), else by the exact bound."""
     needed = images_per_class * num_classes * math.prod(image_shape) * BYTES_PER_VALUE[dtype]
     if needed > budget:
-        raise D3BudgetError(f"{images_per_class} {dtype} images per class need more than {needed} bytes, over the "
-                            f"budget of {budget}: lower `images_per_class`", min_budget=needed)
+        raise D3BudgetError(
+            f"{images_per_class} {dtype} images per class need more than {needed} bytes, over the "
+            f"budget of {budget}: lower `images_per_class`",
+            min_budget=needed,
+        )
     needed = bound(images_per_class)
     if needed > budget:
-        raise D3BudgetError(f"{images_per_class} {dtype} images per class need {needed} bytes, over the budget of "
-                            f"{budget}: raise `budget` to {needed} or lower `images_per_class`", min_budget=needed)
+        raise D3BudgetError(
+            f"{images_per_class} {dtype} images per class need {needed} bytes, over the budget of "
+            f"{budget}: raise `budget` to {needed} or lower `images_per_class`",
+            min_budget=needed,
+        )
     return PixelPlan(images_per_class, dtype, needed, budget, images_per_class)
