@@ -737,7 +737,8 @@ def render(results: dict) -> str:
             ]
         ),
         "",
-        "| IPC budget | row | script run | bytes | images | distil s | student s (each) | accuracy % (final) | published % |",
+        "| IPC budget | row | script run | bytes | images | distil s | student s (each) | accuracy % (final) "
+        "| published % |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results["rows"]:
@@ -766,7 +767,8 @@ def render(results: dict) -> str:
         student = sum(r["student_seconds"]) / len(r["student_seconds"])
         count = "" if len(r["accuracies"]) == results["runs"] else f" (n = {len(r['accuracies'])})"
         lines.append(
-            f"| {r['ipc']} ({r.get('budget', '')} B) | {r['name']} | {r.get('run', 1)} | {r['bytes']} | {r['images']}{per_class} | "
+            f"| {r['ipc']} ({r.get('budget', '')} B) | {r['name']} | {r.get('run', 1)} | {r['bytes']} | "
+            f"{r['images']}{per_class} | "
             f"{distil} | {student:.0f} | {100 * r['mean']:.2f} ± {100 * r['std']:.2f}{count} | {published} |"
         )
     lines += ranking_table(results["rows"])

@@ -249,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.dry:
 
         def chunk_memory():
-            from d3codec.methods.d3.group import decoder_activation_bytes
+            from d3codec.methods.d3.labels import decoder_activation_bytes
             from d3codec.methods.d3.layout import GroupPlan
             from d3codec.methods.matching import memory_sized_chunk
             from d3codec.nn.models import ConvNet

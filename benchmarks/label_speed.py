@@ -1,7 +1,7 @@
 """Where D3's soft-label time goes, and what cuts it (issue 35).
 
 D3 labels every prior once: its mean is decoded and the teacher's softmax of that image is stored
-(Qin et al. 2024, Sec. 3.4; d3codec.methods.d3.group.label_means). At the README's ImageNet plan that
+(Qin et al. 2024, Sec. 3.4; d3codec.methods.d3.labels.label_means). At the README's ImageNet plan that
 is 807 000 decoded means of 64 × 64 pixels, and on the CPU it was most of a subtask's time in the
 rehearsal. This script times labelling N random means at ImageNet's shapes (tapered width-256 decoder,
 latent 64, a ConvNet-3 teacher of 200 classes) piece by piece and under each variant, all in one process,
@@ -33,7 +33,7 @@ import torch
 from hardware import cpu_name
 
 from d3codec.data.real import Normalisation
-from d3codec.methods.d3.group import LABEL_MEMORY_BYTES, decoder_map_bytes, label_means
+from d3codec.methods.d3.labels import LABEL_MEMORY_BYTES, decoder_map_bytes, label_means
 from d3codec.methods.d3.layout import GroupPlan
 from d3codec.nn.models import ConvNet
 from d3codec.nn.teacher import Teacher

@@ -56,7 +56,8 @@ def test_step_sizes_are_learned_and_replaying_the_stored_schedule_reproduces_the
     assert schedule.lrs.shape == (4,) and (schedule.lrs - 0.02).abs().min() > 1e-3  # moved from the start
     assert len(set(schedule.lrs.tolist())) == 4  # each step learns its own size
 
-    # θ₀ is the network's initialisation from the run's "bptt" stream (d3codec.encode.seeds), rounded to float16, as stored
+    # θ₀ is the network's initialisation from the run's "bptt" stream (d3codec.encode.seeds), rounded to float16,
+    # as stored
     drawn = init_parameters("lenet", tiny_real.image_shape, 3, stream_seed(0, "bptt"))
     assert set(schedule.theta0) == set(drawn)
     assert all(torch.equal(schedule.theta0[k], drawn[k].half().float()) for k in drawn)

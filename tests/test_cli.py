@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 import torch
 from click.testing import CliRunner
 from PIL import Image
@@ -617,3 +618,24 @@ def test_resume_insists_on_a_checkpoint_and_restart_deletes_it(image_folder, tmp
     r = run(*args, "--restart")
     assert r.exit_code == 0, r.output
     assert out.exists() and not checkpoint.exists()
+
+
+def test_a_library_error_names_the_commands_flag_for_a_field():
+    import click
+
+    from d3codec.cli.options import fail
+
+    @click.command()
+    @click.option("--label-top-k", "label_top_k", type=int)
+    def command(label_top_k):
+        fail(ValueError(f"`label_top_k` must be from 0 to 9, not {label_top_k}; `elsewhere` is no option here"))
+
+    r = CliRunner().invoke(command, ["--label-top-k", "12"])
+    assert r.exit_code == 1 and "--label-top-k must be from 0 to 9, not 12; elsewhere is no option here" in r.output
+
+
+def test_a_refused_seed_names_the_flag(image_folder, tmp_path):
+    from d3codec.encode.pipeline import compress
+
+    with pytest.raises(ValueError, match="`seed` must be an integer"):
+        compress(image_folder, tmp_path / "x.d3", budget=8000, seed=-1)

@@ -254,7 +254,7 @@ def test_soft_labels_are_a_stage_of_the_progress_and_their_seconds_count(tiny_re
 
 def test_label_means_fills_preallocated_rows_batch_by_batch_as_one_pass_would():
     from d3codec.data.real import Normalisation
-    from d3codec.methods.d3.group import label_means
+    from d3codec.methods.d3.labels import label_means
     from d3codec.nn.teacher import untrained_teacher
 
     torch.manual_seed(0)

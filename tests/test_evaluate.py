@@ -114,7 +114,8 @@ def test_a_killed_student_goes_on_from_its_checkpoint_and_ends_as_an_uninterrupt
 
 
 def test_the_full_data_accuracy_of_the_ranking_is_the_measured_one():
-    """d3codec.evaluation.ranking keeps what benchmarks/full_data.py measured (benchmarks/full-data.json), command and all."""
+    """d3codec.evaluation.ranking keeps what benchmarks/full_data.py measured (benchmarks/full-data.json), command
+    and all."""
     import json
     from pathlib import Path
 

@@ -92,7 +92,8 @@ def info(archive, show_meta, as_json):
         line = (
             summary(meta, reader.file_size)
             if meta
-            else f"a bare container of {len(reader.sections)} section(s), {reader.file_size:,} bytes (no dataset metadata)"
+            else f"a bare container of {len(reader.sections)} section(s), {reader.file_size:,} bytes "
+            "(no dataset metadata)"
         )
         if as_json:  # ensure_ascii: every control or non-ASCII character is a \u escape
             ds = meta["dataset"] if meta else None

@@ -203,7 +203,7 @@ def grid_image(
 
     The canvas is 8-bit from the start and its size is checked before it is allocated: height × width
     at most ``max_pixels`` (default DecodeLimits().max_canvas_pixels, 2^27).
-    Raises: D3LimitError naming the size and ``--max-grid-pixels`` / ``--grid-columns``; ValueError
+    Raises: D3LimitError naming the size and what to change (``max_pixels``, fewer columns); ValueError
     for ``max_per_class`` or ``scale`` < 1.
     """
     from d3codec.format.limits import DEFAULT_LIMITS, DecodeLimits, check
@@ -236,16 +236,8 @@ def grid_image(
     tiles_of = ds.batch if hasattr(ds, "batch") else lambda index: (ds.images[index],)
     for lo in range(0, k, max(1, WRITE_BATCH // cols)):  # a few rows at a time
         rows = shown[lo : lo + max(1, WRITE_BATCH // cols)]
-        if not sum(map(len, rows)):
-            continue  # these classes have no images: no tiles to decode
-        images = tiles_of(torch.cat(rows))[0]
-        tiles = (images.clamp(0, 1) * 255).round().to(torch.uint8)
-        at = 0
-        for cl, row in enumerate(rows, lo):
-            for j in range(len(row)):
-                y, x = pad + cl * (h + pad), pad + j * (w + pad)
-                canvas[:, y : y + h, x : x + w] = tiles[at]
-                at += 1
+        if sum(map(len, rows)):  # classes with no images have no tiles to decode
+            _draw_rows(canvas, rows, lo, tiles_of(torch.cat(rows))[0], pad)
     if scale > 1:
         canvas = canvas.repeat_interleave(scale, dim=1).repeat_interleave(scale, dim=2)
     picture = (
@@ -254,6 +246,19 @@ def grid_image(
         else Image.fromarray(canvas.permute(1, 2, 0).contiguous().numpy(), mode="RGB")
     )
     return _with_names(picture, ds.classes, (h + pad) * scale, pad * scale) if names else picture
+
+
+def _draw_rows(canvas: torch.Tensor, rows: list[torch.Tensor], first: int, images: torch.Tensor, pad: int) -> None:
+    """Draw ``images`` (N, C, H, W) in [0, 1], the tiles of ``rows`` (each a class's indices, from class ``first``)
+    in turn, into ``canvas`` (C, height, width) uint8, a row per class, ``pad`` pixels apart."""
+    h, w = images.shape[-2:]
+    tiles = (images.clamp(0, 1) * 255).round().to(torch.uint8)
+    at = 0
+    for cl, row in enumerate(rows, first):
+        for j in range(len(row)):
+            y, x = pad + cl * (h + pad), pad + j * (w + pad)
+            canvas[:, y : y + h, x : x + w] = tiles[at]
+            at += 1
 
 
 def _with_names(picture: Image.Image, classes: list[str], row: int, top: int) -> Image.Image:

@@ -160,9 +160,8 @@ def compress(
 
         d3codec.compress("fashion-mnist", "fm.d3", ipc=10, method="dm")
 
-    Under torch.distributed with more than one rank (``torchrun``), an encoder that splits into
-    subtasks (method d3) distils its groups across the ranks and rank 0 merges them (see
-    d3codec.encode.federated); every rank calls this function with the same arguments.
+    Under torchrun (several ranks) every rank calls this alike: subtasks (d3) or a data-parallel encoder (d2m)
+    spread over the ranks, and rank 0 writes (d3codec.encode.federated).
 
     Args:
         dataset: a dataset name or folder for d3codec.data.sources.load_dataset (``"fashion-mnist"``, ``"cifar10"``,
@@ -179,10 +178,9 @@ def compress(
         checkpoint: where a long encode saves its state to resume after a kill (the method's files derive
             from this name); None: no checkpoint (the ``d3 compress`` command writes one by default).
     Returns: CompressResult.
-    Raises: D3BudgetError if the budget cannot hold the method's smallest archive (before any
-        distillation) or the written file would exceed it (nothing is left at ``output``);
-        D3DatasetError when the dataset cannot be found; ValueError for bad options; OSError if
-        ``output``'s folder is not writable.
+    Raises: D3BudgetError if the budget cannot hold the method's smallest archive (before any distillation) or the
+        file would exceed it (nothing is left at ``output``); D3DatasetError when the dataset cannot be found;
+        ValueError for bad options; OSError if ``output``'s folder is not writable.
     """
     keep_freed_memory()  # freed activation buffers are reused, not unmapped every iteration (d3codec.util.runtime)
     output = Path(output)
@@ -193,28 +191,33 @@ def compress(
     spec = DatasetSpec.of(real)
     budget = resolve_budget(spec, ipc, budget)
     if encoder is None:
-        method, options = chosen_method(method, preset, options, spec, budget)
-        context = BuildContext(
-            output,
-            Path(checkpoint) if checkpoint else None,
-            device,
-            real.image_shape,
-            real.num_classes,
-            checkpoints=checkpoint is not None,
-        )
-        encoder = get_method(method).make_encoder(preset, options, context)
+        encoder = build_encoder(method, preset, options, real, budget, output, checkpoint, device)
     meta = base_meta(spec, encoder.method, budget, ipc, seed, utc_now())
     plan = plan_archive(encoder, spec, budget, meta, real)
     release_freed_memory()  # planning built whole archives of zeros to count their bytes
     written = distill_and_write(encoder, real, plan, output, meta, budget, device=device, seed=seed, progress=progress)
-    return CompressResult(
-        output,
-        output.stat().st_size,
-        budget,
-        plan,
-        written.stats if written else {},
-        written.method_meta if written else {},
+    stats, params = (written.stats, written.method_meta) if written else ({}, {})
+    return CompressResult(output, output.stat().st_size, budget, plan, stats, params)
+
+
+def build_encoder(
+    method: str | None,
+    preset: str,
+    options: dict[str, Any] | None,
+    real: RealData,
+    budget: int,
+    output: Path,
+    checkpoint: str | os.PathLike | None,
+    device: torch.device,
+) -> Encoder:
+    """The encoder of ``method`` (the default rule's where None) with ``options``, for this data and budget,
+    checkpointing beside ``output`` where ``checkpoint`` is given."""
+    method, options = chosen_method(method, preset, options, DatasetSpec.of(real), budget)
+    given = Path(checkpoint) if checkpoint else None
+    context = BuildContext(
+        output, given, device, real.image_shape, real.num_classes, checkpoints=checkpoint is not None
     )
+    return get_method(method).make_encoder(preset, options, context)
 
 
 def check_arguments(output: Path, seed: int, encoder_and_options: bool) -> None:
@@ -331,7 +334,7 @@ def compress_with_workers(
     progress: bool = True,
 ) -> CompressResult:
     """Run :func:`compress` on ``workers`` local ranks (d3codec.encode.federated.run_ranks: spawned processes joined
-    over gloo), each loading ``dataset`` itself (d3codec.data.sources.load_dataset); their subtasks are merged by rank 0.
+    over gloo), each loading ``dataset`` itself (d3codec.data.sources.load_dataset); rank 0 merges their subtasks.
     Returns: what was written, read back from the archive (``plan`` None).
     Raises: ValueError for fewer than 2 workers; D3Error when a worker fails, with its error."""
     run_ranks(

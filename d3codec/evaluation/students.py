@@ -115,29 +115,20 @@ def train_student(
     Args:
         images: (N, C, H, W) float32 pixel space, or a dataset with ``batch(index)`` (a lazy d3codec.D3Dataset)
             decoded a batch at a time, with no ``resample`` nor ``checkpoint``.
-        targets: see :data:`Targets`; a labeller labels every augmented batch afresh (online soft labels).
-        test: the test split, images (M, C, H, W) float32 pixel space and labels (M,) int64.
-        resample: for sampled archives, ``resample(epoch)`` → fresh (images, targets) of the same
-            kinds for every epoch after the first (DiM's per-epoch re-sampling, Wang et al. 2023);
-            the time it takes counts as training time. A pure function of the epoch where resumed.
-        progress: where given, a name under which the epochs show their progress (d3codec.util.progress).
-        checkpoint: where given, the student's state every minute (d3codec.encode.loop): a student killed on the way
-            goes on from there when called again alike, and ends as an uninterrupted one would; removed at the end.
+        targets: see :data:`Targets` (a labeller labels every augmented batch afresh); test: the test split, images
+            (M, C, H, W) float32 pixel space and labels (M,) int64.
+        resample: ``resample(epoch)`` → fresh (images, targets) of the same kinds every epoch after the first (DiM's
+            re-sampling, Wang et al. 2023; its time counts as training). A pure function of the epoch where resumed.
+        progress: a name under which the epochs show their progress (d3codec.util.progress), or None.
+        checkpoint: the student's state every minute (d3codec.encode.loop): a student killed on the way goes on from
+            there when called again alike, and ends as an uninterrupted one would. Raises: D3Error for another's.
     Returns: (final-epoch test accuracy in [0, 1], training seconds, those before a resume included).
-    Raises: D3Error when ``checkpoint`` holds another student's state.
     """
-    keep_freed_memory()  # see d3codec.util.runtime
+    keep_freed_memory()  # d3codec.util.runtime
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
-    labeller = targets.to(device) if isinstance(targets, torch.nn.Module) else None
-    held = targets if isinstance(targets, torch.Tensor) else None  # the targets held with the images
-    online = labeller is not None
-    data = StudentBatches(images, Normalisation(mean, std, device), device, online)
-    if data.streamed and (resample is not None or checkpoint is not None):
-        raise ValueError("a dataset decoded batch by batch draws anew with set_epoch, and has no checkpoint")
-    if not (data.streamed or online or held is not None):
-        raise ValueError("images held whole need their targets: labels, soft labels or a labeller")
-    soft = online or (images.has_soft_labels if data.streamed else held is not None and held.dim() == 2)
+    whole = resample is not None or checkpoint is not None  # these need the images held whole
+    data, labeller, held, soft = _student_data(images, targets, Normalisation(mean, std, device), device, whole)
     net, forward, opt, sched = _student(config, data.image_shape, num_classes, len(images), device)
     run = student_run(images, targets, config, seed, num_classes, mean, std, resample is not None) if checkpoint else ()
     loop = ResumableLoop(checkpoint, "student", run, config.epochs, STUDENT_CHECKPOINT_SECONDS)
@@ -151,29 +142,48 @@ def train_student(
         if not data.streamed and (epoch == loop.first or resample is not None):
             if epoch > 0 and resample is not None:
                 images, fresh = resample(epoch)
-                if not online and (fresh.dim() == 2) != soft:
+                if labeller is None and (fresh.dim() == 2) != soft:
                     raise ValueError("resample must give the same kind of targets (hard or soft) every epoch")
-                held = held if online else fresh
+                held = held if labeller is not None else fresh
             data.hold(images, held)
         one_epoch(forward, data, labeller, soft, dsa, opt, gen, config.batch_size)
         sched.step()
         return float("nan")  # the loss is not read: no synchronisation a batch
 
-    loop.run(
-        epoch_of,
-        progress_bar(
-            range(loop.first, config.epochs),
-            progress or "student",
-            enabled=progress is not None,
-            unit="epoch",
-            initial=loop.first,
-            total=config.epochs,
-        ),
-    )
+    loop.run(epoch_of, _epochs_left(loop, config.epochs, progress))
     synchronize(device)
     accuracy = test_accuracy(net, *test, mean, std, device)
     loop.remove()
     return accuracy, loop.seconds
+
+
+def _student_data(
+    images, targets: Targets, normalise: Normalisation, device: torch.device, whole: bool
+) -> tuple["StudentBatches", torch.nn.Module | None, torch.Tensor | None, bool]:
+    """What a student trains on (:class:`StudentBatches`), its labeller (on ``device``) or held targets, and whether
+    its targets are soft. Raises: ValueError for images held whole with no targets, or a dataset decoded batch by
+    batch where ``whole`` (resampling, a checkpoint) needs them held."""
+    labeller = targets.to(device) if isinstance(targets, torch.nn.Module) else None
+    held = targets if isinstance(targets, torch.Tensor) else None  # the targets held with the images
+    data = StudentBatches(images, normalise, device, labeller is not None)
+    if data.streamed and whole:
+        raise ValueError("a dataset decoded batch by batch draws anew with set_epoch, and has no checkpoint")
+    if not (data.streamed or labeller is not None or held is not None):
+        raise ValueError("images held whole need their targets: labels, soft labels or a labeller")
+    soft = labeller is not None or (images.has_soft_labels if data.streamed else held is not None and held.dim() == 2)
+    return data, labeller, held, soft
+
+
+def _epochs_left(loop: ResumableLoop, epochs: int, progress: str | None):
+    """The epochs a student has left, as a progress bar shown under the name ``progress`` (hidden without one)."""
+    return progress_bar(
+        range(loop.first, epochs),
+        progress or "student",
+        enabled=progress is not None,
+        unit="epoch",
+        initial=loop.first,
+        total=epochs,
+    )
 
 
 def _student(

@@ -123,24 +123,8 @@ def decode_images(
         D3LimitError past the limits.
     """
     from d3codec.format.limits import DEFAULT_LIMITS, check, output_bytes
-    from d3codec.format.weights import check_names
 
-    for key in ("images", "labels"):
-        if key not in tensors:
-            raise D3FormatError(f"image section lacks the tensor {key!r}")
-    codes, labels = tensors["images"], tensors["labels"]
-    check_names(tensors, {"images", "labels"} | ({"range"} if codes.dtype == torch.uint8 else set()), "images")
-    if codes.dim() != 4 or tuple(codes.shape[1:]) != tuple(image_shape) or codes.shape[0] < 1:
-        raise D3FormatError(
-            f"images have shape {tuple(codes.shape)}, expected (N, {', '.join(map(str, image_shape))}) with N ≥ 1"
-        )
-    if labels.shape != (codes.shape[0],) or labels.dtype not in (torch.uint8, torch.int32):
-        raise D3FormatError(
-            f"labels have shape {tuple(labels.shape)} and dtype {labels.dtype}; expected "
-            f"({codes.shape[0]},) uint8 or int32"
-        )
-    if codes.dtype not in (torch.uint8, torch.float16, torch.float32):
-        raise D3FormatError(f"images have dtype {codes.dtype}; expected uint8, float16 or float32")
+    codes, labels = _checked_layout(tensors, image_shape)
     n = codes.shape[0]
     check(
         "bytes",
@@ -167,3 +151,31 @@ def decode_images(
     if not all_finite(images):
         raise D3FormatError("images hold non-finite values")
     return images, labels
+
+
+def _checked_layout(
+    tensors: dict[str, torch.Tensor], image_shape: tuple[int, int, int]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The stored ``images`` (N, C, H, W) and ``labels`` (N,) of an image section, as stored, once their names,
+    shapes and dtypes are those of spec/FORMAT.md §5 (see :func:`decode_images`; label values unchecked).
+
+    Raises: D3FormatError naming what is missing, extra, mis-shaped or of another dtype."""
+    from d3codec.format.weights import check_names
+
+    for key in ("images", "labels"):
+        if key not in tensors:
+            raise D3FormatError(f"image section lacks the tensor {key!r}")
+    codes, labels = tensors["images"], tensors["labels"]
+    check_names(tensors, {"images", "labels"} | ({"range"} if codes.dtype == torch.uint8 else set()), "images")
+    if codes.dim() != 4 or tuple(codes.shape[1:]) != tuple(image_shape) or codes.shape[0] < 1:
+        raise D3FormatError(
+            f"images have shape {tuple(codes.shape)}, expected (N, {', '.join(map(str, image_shape))}) with N ≥ 1"
+        )
+    if labels.shape != (codes.shape[0],) or labels.dtype not in (torch.uint8, torch.int32):
+        raise D3FormatError(
+            f"labels have shape {tuple(labels.shape)} and dtype {labels.dtype}; expected "
+            f"({codes.shape[0]},) uint8 or int32"
+        )
+    if codes.dtype not in (torch.uint8, torch.float16, torch.float32):
+        raise D3FormatError(f"images have dtype {codes.dtype}; expected uint8, float16 or float32")
+    return codes, labels

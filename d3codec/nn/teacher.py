@@ -68,6 +68,26 @@ def untrained_teacher(
     return Teacher(ConvNet(c, len(classes), h, width=width).to(device), list(classes), list(range(len(classes))))
 
 
+def _step(
+    forward: Callable[[torch.Tensor], torch.Tensor],
+    x: torch.Tensor,
+    y: torch.Tensor,
+    micro: int,
+    opt: torch.optim.Optimizer,
+) -> torch.Tensor:
+    """One SGD step on the batch x (B, C, H, W) normalised, y (B,) classes: the gradient of its mean cross-entropy,
+    summed over micro-batches of ``micro`` images (the norm is per image, so they give the batch's gradient while
+    holding ``micro`` images' activations at a time). Returns its logits (B, K), detached."""
+    opt.zero_grad(set_to_none=True)
+    pieces: list[torch.Tensor] = []
+    for i in range(0, len(y), micro):
+        part = forward(x[i : i + micro])
+        (F.cross_entropy(part, y[i : i + micro], reduction="sum") / len(y)).backward()
+        pieces.append(part.detach())
+    opt.step()
+    return torch.cat(pieces)
+
+
 def train_teacher(
     real: RealData,
     classes: list[int],
@@ -84,12 +104,9 @@ def train_teacher(
 ) -> tuple[Teacher, float]:
     """Train a ConvNet-3 on the real training images of ``classes`` (SGD, momentum 0.9, cosine lr).
 
-    Args:
-        classes: dataset class indices; the network's logits are in this order.
-        epochs: passes over those classes' images (fractions allowed: 0.5 reads half once).
-        snapshot: called as ``snapshot(e, net)`` with the initial network (e = 0) and after each whole epoch
-            e (an expert's trajectory, d3codec.nn.experts); it must copy what it keeps.
-        name: what the progress bar calls the network.
+    Args: ``classes`` dataset class indices, the logits' order; ``epochs`` passes over their images (0.5 reads half
+        once); ``snapshot(e, net)`` called with the initial network (e = 0) and after each whole epoch e (an
+        expert's trajectory, d3codec.nn.experts; it must copy what it keeps); ``name`` the progress bar's.
     Returns: (teacher, training accuracy of the last epoch's batches, a fraction).
     """
     gen = torch.Generator().manual_seed(seed)
@@ -103,10 +120,9 @@ def train_teacher(
     opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
     net.train()
-    # images a forward and backward pass holds at once: a batch of 256 at 128 pixels would keep gigabytes of
-    # activations on a CPU (the norm is per image, so micro-batches give the batch's gradient)
+    one = (1, *real.image_shape)  # micro-batches (see _step): 256 images at 128 pixels hold gigabytes on a CPU
     per_image = 2 * saved_activation_bytes(
-        lambda: ConvNet(c, len(classes), h, width=width), lambda: (torch.zeros(1, *real.image_shape),)
+        lambda: ConvNet(c, len(classes), h, width=width), lambda: (torch.zeros(one),)
     )
     micro = max(1, min(batch_size, activation_memory(device) // per_image))
     order, position, correct, seen = torch.randperm(len(indices), generator=gen), 0, 0, 0
@@ -123,14 +139,7 @@ def train_teacher(
         y = local[pick].to(device)
         if torch.rand((), generator=gen) < 0.5:  # horizontal flip, the one augmentation every dataset here allows
             x = x.flip(3)
-        opt.zero_grad(set_to_none=True)
-        pieces: list[torch.Tensor] = []
-        for i in range(0, len(y), micro):  # the batch's mean loss, its gradient summed over micro-batches
-            part = forward(x[i : i + micro])
-            (F.cross_entropy(part, y[i : i + micro], reduction="sum") / len(y)).backward()
-            pieces.append(part.detach())
-        logits = torch.cat(pieces)
-        opt.step()
+        logits = _step(forward, x, y, micro, opt)
         sched.step()
         if step >= steps - per_epoch:
             correct += int((logits.argmax(1) == y).sum())

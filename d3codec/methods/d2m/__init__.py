@@ -121,8 +121,8 @@ register_method(
         + MATCHING_OPTIONS,
         build=build,
         hints={"--images-per-class": "d2m archives draw any count at expansion (--samples-per-class)"},
-        checkpoint_help="the pre-training checkpoint (default: OUTPUT.pretrain.safetensors, every 200 iterations in the "
-        "fast preset, kept for another fine-tuning); fine-tuning checkpoints to OUTPUT.ckpt.safetensors",
+        checkpoint_help="the pre-training checkpoint (default: OUTPUT.pretrain.safetensors, every 200 iterations "
+        "in the fast preset, kept for another fine-tuning); fine-tuning checkpoints to OUTPUT.ckpt.safetensors",
     )
 )
 

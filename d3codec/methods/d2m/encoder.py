@@ -240,14 +240,7 @@ class D2MEncoder(Encoder[D2MPlan]):
         # under several ranks (torchrun, --workers) each fine-tunes its share of every iteration's classes; rank 0
         # alone pre-trains, trains the teacher and writes checkpoints (all read one: the same Adam state)
         lead = rank() == 0
-        loop = ResumableLoop(
-            self.finetune_checkpoint,
-            "d2m-finetune",
-            self.finetune_run(real, plan, seed, device),
-            cfg.iterations,
-            self.checkpoint_seconds,
-            saves=lead,
-        )
+        loop = self._finetune_loop(real, plan, seed, device, lead)
         state = LoopState(rng, optimisers={"adam": optimiser}, modules=modules)
         loop.resume(state, device)
         stages = self.stages(real, plan, own_teacher, progress)
@@ -272,6 +265,33 @@ class D2MEncoder(Encoder[D2MPlan]):
                 sampler=sampler,
                 loop=loop,
             )
+        return self._result(loop, generator, teacher, plan, loss, lead)
+
+    def _finetune_loop(
+        self, real: RealData, plan: D2MPlan, seed: int, device: torch.device, lead: bool
+    ) -> ResumableLoop:
+        """Fine-tuning's loop over ``iterations``, checkpointed to ``finetune_checkpoint`` at least
+        ``checkpoint_seconds`` apart (written by the ``lead`` rank alone) under this run's fingerprint."""
+        return ResumableLoop(
+            self.finetune_checkpoint,
+            "d2m-finetune",
+            self.finetune_run(real, plan, seed, device),
+            self.config.iterations,
+            self.checkpoint_seconds,
+            saves=lead,
+        )
+
+    def _result(
+        self,
+        loop: ResumableLoop,
+        generator: ConditionalGenerator,
+        teacher: Teacher | None,
+        plan: D2MPlan,
+        loss: float,
+        lead: bool,
+    ) -> Encoded:
+        """The encoded sections with the run's stats (seconds of each phase from ``loop``, the last ``loss``,
+        the iteration a resumed run went on from), and the checkpoint's removal (the ``lead`` rank's)."""
         pretrain_s = loop.carry["pretrain_seconds"]
         encoded = self._encoded(
             generator,
@@ -332,7 +352,8 @@ class D2MEncoder(Encoder[D2MPlan]):
     def stages(self, real: RealData, plan: D2MPlan, trains_teacher: bool, progress: bool = True) -> Stages:
         """The stages of a distillation: pre-training (unless a generator is given), the teacher (where
         one is trained here) and fine-tuning, each weighed by its multiply-adds (forward and backward taken
-        as three forwards; d3codec.format.limits.network_cost), for the run's time left (d3codec.util.progress.Stages)."""
+        as three forwards; d3codec.format.limits.network_cost), for the run's time left
+        (d3codec.util.progress.Stages)."""
         cfg, k, (c, h, w) = self.config, real.num_classes, real.image_shape
         image, label = (lambda: torch.zeros(1, c, h, w)), (lambda: torch.zeros(1, dtype=torch.long))
 

@@ -7,6 +7,8 @@ prediction matching against a teacher at temperature τ; the loop is d3codec.met
 
 from __future__ import annotations
 
+from typing import Callable, Sequence
+
 import torch
 
 from d3codec.data.real import ClassSampler, Normalisation, RealData
@@ -105,6 +107,38 @@ def matcher_and_terms(
     return matcher, terms
 
 
+def synthesizer(
+    generator: ConditionalGenerator,
+    normalise: Normalisation,
+    m: int,
+    image_shape: tuple[int, int, int],
+    gen: torch.Generator,
+    device: torch.device,
+) -> Callable[[Sequence[int]], torch.Tensor]:
+    """What draws the synthetic side of a matching step: for n classes, ``m`` images each from noise
+    z ~ N(0, I) drawn with ``gen``, normalised, as (n, m, C, H, W)."""
+
+    def synthesize(classes: Sequence[int]) -> torch.Tensor:
+        noise = torch.randn(len(classes) * m, generator.noise_dim, generator=gen).to(device)
+        labels = torch.tensor(list(classes)).repeat_interleave(m).to(device)
+        return normalise(generator(noise, labels)).view(len(classes), m, *image_shape)
+
+    return synthesize
+
+
+def iteration_classes(k: int, subset: int | None, seed: int, it: int, me: int, world: int) -> list[int] | None:
+    """This rank's (``me`` of ``world``) classes at iteration ``it``, None for all ``k``. At ImageNet scale
+    (``subset`` below ``k``) a random subset of ``subset`` classes per iteration, the same on every rank (its
+    own stream per iteration, so a resumed run draws the same); sorted, so that chunks keep class order."""
+    every = (
+        list(range(k))
+        if subset is None or subset >= k
+        else torch.randperm(k, generator=seeds.generator(seed, "d2m-classes", it))[:subset].sort().values.tolist()
+    )
+    mine = every[me::world]  # this rank's share (all of them in one process)
+    return None if mine == list(range(k)) else mine
+
+
 def finetune(
     config: D2MConfig,
     generator: ConditionalGenerator,
@@ -141,26 +175,12 @@ def finetune(
     opt = optimiser if optimiser is not None else torch.optim.Adam(generator.parameters(), lr=cfg.lr_finetune)
     sampler = sampler if sampler is not None else ClassSampler(real, list(range(k)), cfg.real_cache_per_class, gen)
     matcher, terms = matcher_and_terms(cfg, generator, teacher, real, sampler, normalise, device)
-    m = cfg.synthetic_per_class
-
-    def synthesize(classes) -> torch.Tensor:  # (n, m, C, H, W) normalised, for n classes
-        noise = torch.randn(len(classes) * m, generator.noise_dim, generator=gen).to(device)
-        labels = torch.tensor(list(classes)).repeat_interleave(m).to(device)
-        return normalise(generator(noise, labels)).view(len(classes), m, *real.image_shape)
-
+    synthesize = synthesizer(generator, normalise, cfg.synthetic_per_class, real.image_shape, gen, device)
     subset, me, world = cfg.classes_per_iteration, rank(), world_size()
 
     def step(it: int) -> float:
         opt.zero_grad(set_to_none=True)
-        # at ImageNet scale a random subset of the classes per iteration, the same on every rank (its own
-        # stream per iteration, so a resumed run draws the same); sorted, so that chunks keep class order
-        every = (
-            list(range(k))
-            if subset is None or subset >= k
-            else torch.randperm(k, generator=seeds.generator(seed, "d2m-classes", it))[:subset].sort().values.tolist()
-        )
-        mine = every[me::world]  # this rank's share (all of them in one process)
-        loss = matcher.step(synthesize, terms, gen, None if mine == list(range(k)) else mine)
+        loss = matcher.step(synthesize, terms, gen, iteration_classes(k, subset, seed, it, me, world))
         if world > 1:  # every rank steps on the gradient summed over all the classes
             sum_gradients(list(generator.parameters()))
             loss = sum_over_ranks(loss)

@@ -64,17 +64,9 @@ def pretrain(
     The checkpoint (d3codec.encode.checkpoint, kind ``d2m-pretrain``) is written every ``checkpoint_every``
     iterations and at the end. Raises: D3Error when it belongs to another run or is damaged.
     """
-    cfg, k = config, real.num_classes
+    cfg = config
     gen = seeds.generator(seed, "d2m-pretrain")
-    partner: Discriminator | PosteriorEncoder
-    if cfg.pretraining == "gan":
-        partner_name = "discriminator"
-        partner = Discriminator(real.image_shape[0], k, cfg.disc_width, cfg.conditioning).to(device)
-        betas = (0.0, 0.9)
-    else:
-        partner_name = "encoder"
-        partner = PosteriorEncoder(real.image_shape[0], k, cfg.disc_width, plan.noise_dim).to(device)
-        betas = (0.9, 0.999)
+    partner_name, partner, betas = pretrain_partner(cfg, real, plan, device)
     networks: dict[str, torch.nn.Module] = {"generator": generator, partner_name: partner}
     optimizers: dict[str, torch.optim.Optimizer] = {
         name: torch.optim.Adam(net.parameters(), lr=cfg.lr_pretrain, betas=betas) for name, net in networks.items()
@@ -90,13 +82,7 @@ def pretrain(
     opt_g, opt_partner = optimizers.values()
 
     def step(it: int) -> float:
-        pick = torch.randint(len(real.train_targets), (cfg.pretrain_batch,), generator=gen)
-        x_real = real.images_at(pick).to(device)  # (B, C, H, W) in [0, 1]
-        y_real = real.train_targets[pick].to(device)
-        if isinstance(partner, Discriminator):
-            gan_step(cfg, generator, partner, opt_g, opt_partner, x_real, y_real, normalise, gen, k)
-        else:
-            vae_step(cfg, generator, partner, opt_g, opt_partner, x_real, y_real, normalise, gen, k)
+        pretrain_step(cfg, generator, partner, opt_g, opt_partner, real, normalise, gen, device)
         return float("nan")
 
     loop.run(
@@ -110,6 +96,41 @@ def pretrain(
             total=cfg.pretrain_iterations,
         ),
     )
+
+
+def pretrain_partner(
+    config: D2MConfig, real: RealData, plan: D2MPlan, device: torch.device
+) -> tuple[str, Discriminator | PosteriorEncoder, tuple[float, float]]:
+    """The network pre-training trains beside the generator, under its checkpoint name, and both networks'
+    Adam betas: the GAN's discriminator with (0, 0.9), or the VAE's posterior encoder with (0.9, 0.999),
+    either of width ``disc_width``."""
+    c, k = real.image_shape[0], real.num_classes
+    if config.pretraining == "gan":
+        return "discriminator", Discriminator(c, k, config.disc_width, config.conditioning).to(device), (0.0, 0.9)
+    return "encoder", PosteriorEncoder(c, k, config.disc_width, plan.noise_dim).to(device), (0.9, 0.999)
+
+
+def pretrain_step(
+    config: D2MConfig,
+    generator: ConditionalGenerator,
+    partner: Discriminator | PosteriorEncoder,
+    opt_g: torch.optim.Optimizer,
+    opt_partner: torch.optim.Optimizer,
+    real: RealData,
+    normalise: Normalisation,
+    gen: torch.Generator,
+    device: torch.device,
+) -> None:
+    """One pre-training iteration: ``pretrain_batch`` real images drawn uniformly over the training set
+    with ``gen``, then the GAN's step (gan_step) or the VAE's (vae_step), by ``partner``'s kind."""
+    k = real.num_classes
+    pick = torch.randint(len(real.train_targets), (config.pretrain_batch,), generator=gen)
+    x_real = real.images_at(pick).to(device)  # (B, C, H, W) in [0, 1]
+    y_real = real.train_targets[pick].to(device)
+    if isinstance(partner, Discriminator):
+        gan_step(config, generator, partner, opt_g, opt_partner, x_real, y_real, normalise, gen, k)
+    else:
+        vae_step(config, generator, partner, opt_g, opt_partner, x_real, y_real, normalise, gen, k)
 
 
 def gan_step(

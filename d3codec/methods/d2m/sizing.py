@@ -84,6 +84,16 @@ def stored_teacher_width(config: D2MConfig, teacher: Teacher | None, spec: Datas
     return width
 
 
+def teacher_placeholder(config: D2MConfig, spec: DatasetSpec, teacher_width: int | None) -> list[Section]:
+    """The ancillary ``teacher`` section of a ConvNet-3 of width ``teacher_width``, zeros of its shapes stored
+    as ``weight_dtype``, for counting the archive's bound ([] without a stored teacher)."""
+    if teacher_width is None:
+        return []
+    (c, h, _), k = spec.image_shape, spec.num_classes
+    zeros = stored_zeros(teacher_shapes(c, k, h, teacher_width), "", config.weight_dtype)
+    return [Section.tensors("teacher", zeros, critical=False)]
+
+
 def plan_generator(
     config: D2MConfig,
     spec: DatasetSpec,
@@ -114,17 +124,7 @@ def plan_generator(
     samples = cfg.samples_per_class or max(10, round(ipc or 0))
     stats = {"pretrain_seconds": 0.0, "finetune_seconds": 0.0, "teacher_accuracy": 0.0, "final_loss": 0.0}
     teacher_width = stored_teacher_width(cfg, teacher, spec)
-    stored_teacher = (
-        []
-        if teacher_width is None
-        else [
-            Section.tensors(
-                "teacher",
-                stored_zeros(teacher_shapes(shape[0], k, shape[1], teacher_width), "", cfg.weight_dtype),
-                critical=False,
-            )
-        ]
-    )
+    stored_teacher = teacher_placeholder(cfg, spec, teacher_width)
     too_big = " or turn `soft_labels` off (the stored teacher takes part of the budget)" if stored_teacher else ""
 
     def bound(width: int) -> int:

@@ -40,7 +40,8 @@ from d3codec.registry import (
 
 
 def build(method: Method, preset: str, options: dict, context: BuildContext) -> D3Encoder:
-    """The D3 encoder of ``preset`` with ``options``; ``options["teacher"]``, a file, is loaded on the context's device."""
+    """The D3 encoder of ``preset`` with ``options``; ``options["teacher"]``, a file, is loaded on the context's
+    device."""
     teacher_file = options.pop("teacher", None)
     teacher = (
         load_teacher(teacher_file, context.image_shape, context.num_classes, context.device)

@@ -138,7 +138,20 @@ class D3Sampler(Sampler):
         self.draw_cap = default_draw_cap(reader.file_size, self.num_classes, self.image_shape)
         self.soft = all(sg.soft_labels for sg in self.groups)
         labelled = [i for i, sg in enumerate(self.groups) if sg.soft_labels]
-        # what the archive costs, from its declared shapes alone (networks on the meta device)
+        costs = self._check_costs()
+        self.group_batch = [batch_size(c, self.limits) for c in costs]
+        self.batch = max(self.group_batch)  # images a whole draw decodes at once; each group in its own batches
+        self.group_of = torch.cat([torch.full((sg.plan.num_classes,), i) for i, sg in enumerate(self.groups)])
+        self._orders: dict[tuple[int, int, int], torch.Tensor] = {}  # (seed, group, local class) → its prior order
+        self.image_macs = [c.macs for c in costs]
+        priors_t, decoder_t, labels_t = self._read_sections(reader, labelled)
+        # per group: (mu, logvar: StoredPriors (K_g, P, Z), decoder, soft labels: (K_g, P, K_g), TopKLabels or None)
+        self.loaded = [self._load_group(i, sg, priors_t, decoder_t, labels_t) for i, sg in enumerate(self.groups)]
+
+    def _check_costs(self) -> list:
+        """What each group's decoder costs (d3codec.format.limits.network_cost), from the archive's declared
+        shapes alone (networks on the meta device), checked with the priors and soft labels against the decode
+        limits. Raises: D3LimitError over a limit."""
         costs, values = [], 0
         for i, sg in enumerate(self.groups):
             g = sg.plan
@@ -151,11 +164,11 @@ class D3Sampler(Sampler):
             values += cost.parameters + g.num_classes * g.priors_per_class * prior_values(g, sg.soft_labels)
         check("values", values, self.limits, "max_parameters", "the decoders, priors and soft labels")
         check("multiply-adds", max(c.macs for c in costs), self.limits, "max_macs_per_image", "decoding one image")
-        self.group_batch = [batch_size(c, self.limits) for c in costs]
-        self.batch = max(self.group_batch)  # images a whole draw decodes at once; each group in its own batches
-        self.group_of = torch.cat([torch.full((sg.plan.num_classes,), i) for i, sg in enumerate(self.groups)])
-        self._orders: dict[tuple[int, int, int], torch.Tensor] = {}  # (seed, group, local class) → its prior order
-        self.image_macs = [c.macs for c in costs]
+        return costs
+
+    def _read_sections(self, reader, labelled: list[int]) -> tuple[dict, dict, dict]:
+        """The sections ``priors``, ``decoder`` and ``prior_labels`` (where the groups ``labelled`` have soft labels)
+        as tensors by name, each name checked against the groups'. Raises: D3FormatError."""
         if labelled and "prior_labels" not in reader:
             raise D3FormatError("meta says groups have soft labels but there is no 'prior_labels' section")
         if not labelled and "prior_labels" in reader:
@@ -189,30 +202,32 @@ class D3Sampler(Sampler):
             ),
             "prior_labels",
         )
-        # per group: (mu, logvar: StoredPriors (K_g, P, Z), decoder, soft labels: (K_g, P, K_g), TopKLabels or None)
-        self.loaded = []
-        for index, sg in enumerate(self.groups):
-            g = sg.plan
-            k, p, z = g.num_classes, g.priors_per_class, g.latent_dim
-            mu, logvar = (
-                StoredPriors(priors_t, f"g{index}.{name}", (k, p, z), sg.prior_dtype) for name in ("mean", "logvar")
+        return priors_t, decoder_t, labels_t
+
+    def _load_group(self, index: int, sg: StoredGroup, priors_t: dict, decoder_t: dict, labels_t: dict) -> tuple:
+        """Group ``index``'s tensors, checked: (mu, logvar: StoredPriors (K_g, P, Z), its decoder on ``self.device``,
+        soft labels: (K_g, P, K_g) float32, TopKLabels or None). Raises: D3FormatError."""
+        g = sg.plan
+        k, p, z = g.num_classes, g.priors_per_class, g.latent_dim
+        mu, logvar = (
+            StoredPriors(priors_t, f"g{index}.{name}", (k, p, z), sg.prior_dtype) for name in ("mean", "logvar")
+        )
+        decoder = load_stored_module(
+            lambda: g.decoder(self.image_shape), decoder_t, f"g{index}.", sg.decoder_dtype, "decoder", self.device
+        )
+        lab: torch.Tensor | TopKLabels | None = None
+        top_k = g.label_top_k
+        if sg.soft_labels and top_k is None:
+            lab = read_stored(labels_t, "prior_labels", f"g{index}", (k, p, k), None)
+            check_probabilities(lab, "prior_labels", f"g{index}")
+        elif sg.soft_labels and top_k is not None:  # the top k of each row (spec §5.6)
+            top = (k, p, top_k)
+            top_values, top_indices = (
+                stored_tensor(labels_t, "prior_labels", f"g{index}.{name}", top, None, (dtype,))[0]
+                for name, dtype in (("values", torch.float16), ("indices", torch.int16))
             )
-            decoder = load_stored_module(
-                lambda: g.decoder(self.image_shape), decoder_t, f"g{index}.", sg.decoder_dtype, "decoder", device
-            )
-            lab: torch.Tensor | TopKLabels | None = None
-            top_k = g.label_top_k
-            if sg.soft_labels and top_k is None:
-                lab = read_stored(labels_t, "prior_labels", f"g{index}", (k, p, k), None)
-                check_probabilities(lab, "prior_labels", f"g{index}")
-            elif sg.soft_labels and top_k is not None:  # the top k of each row (spec §5.6)
-                top = (k, p, top_k)
-                top_values, top_indices = (
-                    stored_tensor(labels_t, "prior_labels", f"g{index}.{name}", top, None, (dtype,))[0]
-                    for name, dtype in (("values", torch.float16), ("indices", torch.int16))
-                )
-                lab = TopKLabels(top_values, top_indices, k, "prior_labels", f"g{index}")  # kept as stored: 4 B a label
-            self.loaded.append((mu, logvar, decoder, lab))
+            lab = TopKLabels(top_values, top_indices, k, "prior_labels", f"g{index}")  # kept as stored: 4 B a label
+        return mu, logvar, decoder, lab
 
     def class_counts(self, samples_per_class: int | None) -> list[int]:
         return [self.per_class(sg, samples_per_class) for sg in self.groups for _ in range(sg.plan.num_classes)]

@@ -3,16 +3,15 @@
 :class:`GroupDistiller` runs a group's stages in order, in a checkpointed loop that D3Encoder.distill_group
 (encoder.py) seeds and sets up: its teacher (trained here, or the given one restricted to the group's
 classes), the warm start (generative latent optimisation, glo.py), matching (d3codec.methods.matching), the soft
-labels (one per prior, Sec. 3.4: :func:`label_means`) and the fill (fill.py: priors added to every class with the
+labels (one per prior, Sec. 3.4: labels.py) and the fill (fill.py: priors added to every class with the
 bytes the priors' compression left). :class:`LearnedGroup` holds what a group learns.
 """
 
 from __future__ import annotations
 
-import copy
 import time
 from collections.abc import Callable
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -26,6 +25,7 @@ from d3codec.format.weights import dequantise_state, quantise_state
 from d3codec.methods.d3 import fill, planning
 from d3codec.methods.d3.config import D3Config
 from d3codec.methods.d3.glo import DUPLICATE_JITTER, FILL_STEPS, fit_decoder, fit_latents, pca_latents
+from d3codec.methods.d3.labels import LABEL_MEMORY_BYTES, decoder_activation_bytes, decoder_map_bytes, label_means
 from d3codec.methods.d3.layout import (
     GroupPlan,
     dequantise_priors,
@@ -43,27 +43,9 @@ from d3codec.methods.matching import (
 from d3codec.nn.augment import DSA
 from d3codec.nn.experts import ExpertPool
 from d3codec.nn.losses import mean_embedding_loss, mmd_rbf
-from d3codec.nn.models import Decoder, activation_memory, decoder_stage_widths, upsampling_geometry, worth_compiling
+from d3codec.nn.models import Decoder, activation_memory, worth_compiling
 from d3codec.nn.teacher import Teacher, save_teacher, train_teacher, untrained_teacher
-from d3codec.util.progress import Stages, progress_bar
-
-
-def decoder_map_bytes(g: GroupPlan, image_shape: tuple[int, int, int]) -> list[int]:
-    """Bytes of one float32 map of each of the decoder's stages (after each upsampling) for one sample."""
-    upsamples, h0, w0 = upsampling_geometry(image_shape)
-    widths = decoder_stage_widths(g.decoder_architecture, g.decoder_width, upsamples)
-    return [widths[i] * (h0 << i) * (w0 << i) * 4 for i in range(1, upsamples + 1)] or [g.decoder_width * h0 * w0 * 4]
-
-
-def decoder_activation_bytes(g: GroupPlan, image_shape: tuple[int, int, int]) -> int:
-    """Bytes one decoded sample keeps for the backward pass through group ``g``'s decoder: about 4 maps of each
-    stage (upsampling, convolution, norm and activation; saved-tensor hooks count 5.1 maps of width·H·W over
-    a uniform decoder's stages at 28 and 64 pixels), with what the backward pass adds. An estimate for sizing
-    chunks (d3codec.methods.matching.memory_sized_chunk)."""
-    return 4 * sum(decoder_map_bytes(g, image_shape)) + 2 * max(decoder_map_bytes(g, image_shape))
-
-
-LABEL_MEMORY_BYTES = 64 << 20  # activations of one batch of decoded means labelled (small batches: faster on CPU)
+from d3codec.util.progress import Stages
 
 # The fill's work is at most this share of the decoder passes the group made before it (its warm start's and
 # matching's); fitting a mean takes FILL_STEPS passes forward and back. A count, not a time, so that a seed
@@ -93,45 +75,6 @@ def group_stats(cfg: D3Config, loop: ResumableLoop, labelling: float, added: int
     return stats
 
 
-def label_means(
-    decoder: nn.Module,
-    teacher: Teacher,
-    means: torch.Tensor,
-    normalise: Normalisation,
-    temperature: float,
-    top_k: int | None,
-    rows: int,
-    progress: bool = True,
-) -> tuple[torch.Tensor, ...]:
-    """Soft labels of prior means (Qin et al. 2024, Sec. 3.4: one label per prior): the teacher's
-    probabilities, at ``temperature``, on each mean decoded by ``decoder``, ``rows`` means a batch.
-
-    Args: means (N, Z) float32; top_k: keep each row's k largest (spec §5.6), None for whole rows.
-    Returns: on the CPU, (values (N, k) float32, indices (N, k) int64), or (rows (N, K),) for whole rows.
-
-    The outputs are allocated once and filled batch by batch: a list of per-batch results, each kept between
-    the large decoder buffers freed every batch, fragmented the heap of a process that keeps freed memory
-    (d3codec.util.runtime): about 4 MB lost a batch, 15.8 GB on a rank of the ImageNet rehearsal. Both networks
-    run on copies in channels-last memory format: 1.85 times the means a second at ImageNet's shapes on a
-    CPU thread (benchmarks/label_speed.py; torch.compile gave 2.3 times, at tens of seconds of compiling).
-    """
-    n = len(means)
-    values = torch.empty(n, top_k or len(teacher.classes), device=means.device)
-    indices = torch.empty(n, top_k, dtype=torch.int64, device=means.device) if top_k else None
-    decoder = copy.deepcopy(decoder).to(memory_format=torch.channels_last)
-    teacher = Teacher(
-        copy.deepcopy(teacher.net).to(memory_format=torch.channels_last), teacher.classes, teacher.out_index
-    )
-    with torch.no_grad():
-        for i in progress_bar(range(0, n, rows), "D3 soft labels", progress, unit="batch"):
-            probabilities = teacher.probabilities(normalise(decoder(means[i : i + rows])), temperature)
-            if top_k and indices is not None:
-                values[i : i + rows], indices[i : i + rows] = probabilities.topk(top_k, dim=-1)
-            else:
-                values[i : i + rows] = probabilities
-    return (values.cpu(), indices.cpu()) if indices is not None else (values.cpu(),)
-
-
 @dataclass
 class LearnedGroup:
     """What one group learns: its decoder and its priors' means and log-variances, (K_g, P, Z) each."""
@@ -156,7 +99,7 @@ class LearnedGroup:
             nn.Parameter(torch.full((k, p, z), float(init_logvar), device=device)),
         )
 
-    def priors(self) -> dict[str, nn.Parameter]:
+    def priors(self) -> dict[str, torch.Tensor]:
         return {"prior_mean": self.prior_mean, "prior_logvar": self.prior_logvar}
 
     def samples(self, classes: range, m: int, gen: torch.Generator, normalise: Normalisation) -> torch.Tensor:
@@ -220,21 +163,7 @@ class GroupDistiller:
         )
         matcher = self.matcher(g, real.image_shape, sampler, normalise, device, pool)
         terms = self.terms(teacher) + matching_terms(pool, cfg.calibration_weight)
-        loop.resume(
-            LoopState(
-                gen,
-                state.priors(),
-                {"adam": opt},
-                {"decoder": state.decoder, **({"teacher": teacher.net} if own_teacher else {})},
-            ),
-            device,
-        )
-        if own_teacher:
-            teacher.net.eval().requires_grad_(False)
-            if self.save_teacher is not None:
-                save_teacher(teacher, self.save_teacher, real.image_shape)
-        if not loop.resuming:  # the warm start and the teacher are saved before matching
-            loop.save(0)
+        self.resume(loop, state, opt, teacher if own_teacher else None, real.image_shape, gen, device)
 
         def step(it: int) -> float:
             opt.zero_grad(set_to_none=True)
@@ -246,15 +175,57 @@ class GroupDistiller:
             step,
             stages.bar(named["matching"], range(loop.first, cfg.iterations), cfg.iterations, loop.first, unit="it"),
         )
-        labelling = time.time()
-        with stages.stage(named["soft labels"]) if cfg.soft_labels else nullcontext():
+        return self.finish(
+            g, index, state, loop, sampler.real, teacher, normalise, gen, stages.stage(named["soft labels"]), progress
+        )
+
+    def resume(
+        self,
+        loop: ResumableLoop,
+        state: LearnedGroup,
+        opt: torch.optim.Optimizer,
+        own_teacher: Teacher | None,
+        image_shape: tuple[int, int, int],
+        gen: torch.Generator,
+        device: torch.device,
+    ) -> None:
+        """Restore what ``loop``'s checkpoint holds (``gen``'s state, the priors, ``opt``, the decoder and the
+        group's ``own_teacher``, None for a given one or none); then freeze that teacher and write it where
+        ``save_teacher`` says, and on a fresh start checkpoint the warm start and the teacher before matching."""
+        networks = {"decoder": state.decoder, **({"teacher": own_teacher.net} if own_teacher is not None else {})}
+        loop.resume(LoopState(gen, state.priors(), {"adam": opt}, networks), device)
+        if own_teacher is not None:
+            own_teacher.net.eval().requires_grad_(False)
+            if self.save_teacher is not None:
+                save_teacher(own_teacher, self.save_teacher, image_shape)
+        if not loop.resuming:  # the warm start and the teacher are saved before matching
+            loop.save(0)
+
+    def finish(
+        self,
+        g: GroupPlan,
+        index: int,
+        state: LearnedGroup,
+        loop: ResumableLoop,
+        real: RealData,
+        teacher: Teacher | None,
+        normalise: Normalisation,
+        gen: torch.Generator,
+        stage: AbstractContextManager,
+        progress: bool,
+    ) -> tuple[dict[str, dict[str, torch.Tensor]], dict]:
+        """Group ``g`` (number ``index``) after matching: stored (:meth:`labelled`), its soft labels (inside
+        ``stage``, the soft labels' stage, where ``soft_labels`` is on), filled (:meth:`filled`, from ``real``:
+        the group's cached subset) and its stats. Returns as :meth:`run`."""
+        cfg, labelling = self.config, time.time()
+        with stage if cfg.soft_labels else nullcontext():
             g, (priors, decoder_state, labels), added = self.filled(
                 g,
                 index,
                 real.image_shape,
                 self.labelled(state, g, real.image_shape, teacher, normalise, progress),
                 state.decoder,
-                sampler.real,
+                real,
                 teacher,
                 normalise,
                 gen,

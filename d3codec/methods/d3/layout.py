@@ -34,7 +34,7 @@ def decoder_shapes(
     return parameter_shapes(Decoder, latent_dim, image_shape, width, architecture)
 
 
-# ---- storage of priors: int8 with a scale per latent dimension, or float16 (d3codec.format.weights) --------------------
+# ---- storage of priors: int8 with a scale per latent dimension, or float16 (d3codec.format.weights) ----------
 
 
 def quantise_priors(mean: torch.Tensor, logvar: torch.Tensor, prefix: str, dtype: str) -> dict[str, torch.Tensor]:

@@ -132,19 +132,9 @@ class MergeResult:
     classes: int
 
 
-def merge_archives(
-    paths: list[str | os.PathLike], output: str | os.PathLike, budget: int | None = None, limits=None
-) -> MergeResult:
-    """Merge archives of disjoint classes into ``output`` (written atomically).
-
-    Args:
-        budget: bytes the merged file may take (default: see :func:`merged_budget`).
-        limits: the decode limits (d3codec.format.limits.DecodeLimits) each part is checked against.
-    Raises: D3FormatError for a malformed part; D3Error for parts that cannot be merged (other image
-        shapes, shared classes, other format versions);
-        D3BudgetError if the merged file would pass the budget (nothing is written).
-    """
-    parts = [Part.read(p, limits) for p in paths]
+def check_versions(parts: list[Part]) -> None:
+    """Parts merge only at one format version, one this d3codec writes: the sampling noise differs between
+    versions (spec/FORMAT.md §5.4). Raises: D3Error otherwise."""
     versions = {p.version for p in parts}
     if len(versions) > 1:
         raise D3Error(
@@ -156,12 +146,15 @@ def merge_archives(
             f"the parts are of format {parts[0].version[0]}.{parts[0].version[1]}, newer than this d3codec "
             f"writes (1.{VERSION_MINOR}): upgrade d3codec to merge them"
         )
-    fields, sections = combine(parts)
-    budget = budget if budget is not None else merged_budget(parts)
+
+
+def merged_meta(parts: list[Part], fields: dict[str, Any], budget: int) -> dict[str, Any]:
+    """The merged archive's metadata: ``fields`` (:func:`combine`'s dataset and groups), the first part's
+    method and seed, the parts' images a class where they all agree, ``budget`` (bytes), and what each part was."""
     ipcs = {(p.meta.get("budget") or {}).get("ipc") for p in parts}
     ds = fields["dataset"]
     spec = DatasetSpec(ds["name"], tuple(ds["classes"]), tuple(ds["image_shape"]), tuple(ds["mean"]), tuple(ds["std"]))
-    meta = {
+    return {
         **base_meta(
             spec,
             parts[0].meta["method"],
@@ -182,6 +175,25 @@ def merge_archives(
         ],
         "accounting": {"budget_bytes": budget},
     }
+
+
+def merge_archives(
+    paths: list[str | os.PathLike], output: str | os.PathLike, budget: int | None = None, limits=None
+) -> MergeResult:
+    """Merge archives of disjoint classes into ``output`` (written atomically).
+
+    Args:
+        budget: bytes the merged file may take (default: see :func:`merged_budget`).
+        limits: the decode limits (d3codec.format.limits.DecodeLimits) each part is checked against.
+    Raises: D3FormatError for a malformed part; D3Error for parts that cannot be merged (other image
+        shapes, shared classes, other format versions);
+        D3BudgetError if the merged file would pass the budget (nothing is written).
+    """
+    parts = [Part.read(p, limits) for p in paths]
+    check_versions(parts)
+    fields, sections = combine(parts)
+    budget = budget if budget is not None else merged_budget(parts)
+    meta = merged_meta(parts, fields, budget)
     try:  # what a reader would refuse is not written: more than MAX_CLASSES classes, budgets summed past 2^62, ...
         validate_meta(meta)
     except D3FormatError as error:

@@ -217,13 +217,7 @@ class BPTTEncoder(CheckpointedEncoder[BPTTPlan, BPTTConfig]):
         normalise = Normalisation.of(real, device)
         synthetic = self._initial_images(real, plan, normalise, gen, device).requires_grad_(True)
         step_labels = torch.arange(k, device=device).repeat_interleave(m)  # (K·m,)
-        raw_step_sizes = torch.full(
-            (s * e,), math.log(math.expm1(cfg.initial_step_size)), device=device, requires_grad=True
-        )  # softplus(ρ) = initial step size
-        optimiser = torch.optim.Adam(
-            [{"params": [synthetic], "lr": cfg.lr_images}, {"params": [raw_step_sizes], "lr": cfg.lr_step_sizes}],
-            betas=(0.5, 0.999),
-        )
+        raw_step_sizes, optimiser = self._optimiser(synthetic, s * e, device)
         net = build_model(cfg.network, c, k, h).to(device)  # the architecture; parameters come from θ
         theta0 = self._fixed_theta0(real, seed, device) if cfg.init == "fixed" else None
 
@@ -271,6 +265,21 @@ class BPTTEncoder(CheckpointedEncoder[BPTTPlan, BPTTConfig]):
         return self._encoded(
             real, plan, normalise.inverse(synthetic.detach().flatten(0, 1)), raw_step_sizes, theta0, loop, device
         )
+
+    def _optimiser(
+        self, synthetic: torch.Tensor, steps: int, device: torch.device
+    ) -> tuple[torch.Tensor, torch.optim.Adam]:
+        """The raw step sizes ρ, (``steps``,) float32 on ``device`` with softplus(ρ) = ``initial_step_size``, and
+        Adam (β = 0.5, 0.999) over two groups: the ``synthetic`` images at ``lr_images``, ρ at ``lr_step_sizes``."""
+        cfg = self.config
+        raw_step_sizes = torch.full(
+            (steps,), math.log(math.expm1(cfg.initial_step_size)), device=device, requires_grad=True
+        )  # softplus(ρ) = initial step size
+        optimiser = torch.optim.Adam(
+            [{"params": [synthetic], "lr": cfg.lr_images}, {"params": [raw_step_sizes], "lr": cfg.lr_step_sizes}],
+            betas=(0.5, 0.999),
+        )
+        return raw_step_sizes, optimiser
 
     def _initial_images(
         self, real: RealData, plan: BPTTPlan, normalise: Normalisation, gen: torch.Generator, device: torch.device

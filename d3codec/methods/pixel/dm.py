@@ -33,7 +33,7 @@ archive.py).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 
 import torch
@@ -41,7 +41,7 @@ import torch
 from d3codec.data.real import ClassSampler, Normalisation, RealData
 from d3codec.encode import seeds
 from d3codec.encode.interface import CheckpointedEncoder, DatasetSpec, Encoded, MetaFor, Overrun
-from d3codec.encode.loop import LoopState
+from d3codec.encode.loop import LoopState, ResumableLoop
 from d3codec.format.container import Section, stored_size
 from d3codec.format.storage import encode_images, resolve_storage_dtype, stored_image_zeros
 from d3codec.methods.matching import (
@@ -199,28 +199,11 @@ class DMEncoder(CheckpointedEncoder[PixelPlan, DMConfig]):
             cfg.iterations,
         )
         loop.resume(LoopState(gen, {"synthetic": synthetic}, {"sgd": optimiser}), device)  # a killed run goes on
-
-        def step(it: int) -> float:
-            optimiser.zero_grad(set_to_none=True)
-            loss = matcher.step(images_of, terms, gen)
-            optimiser.step()
-            return loss
-
-        loop.run(
-            step,
-            progress_bar(
-                range(loop.first, cfg.iterations),
-                desc="DM",
-                enabled=progress,
-                unit="it",
-                initial=loop.first,
-                total=cfg.iterations,
-            ),
-        )
+        self._run(loop, optimiser, matcher, images_of, terms, gen, progress)
         # the momentum, the gradients and the real images' cache go before the copy below reuses their memory:
         # at ImageNet's 1 000 classes each of the first two is as large as the copy (0.5 GB)
         synthetic.grad = None
-        # their memory freed (the step above holds them in its closure, and never runs again)
+        # their memory freed (_run's step held them in its closure, and never runs again)
         optimiser = matcher = sampler = None  # type: ignore[assignment]
         images = formation.denormalise(
             synthetic.detach().flatten(0, 1), normalise.mean, normalise.std, real.image_shape
@@ -231,6 +214,39 @@ class DMEncoder(CheckpointedEncoder[PixelPlan, DMConfig]):
         encoded = self._encoded(images.view(k, n, c, h, w), spec, plan, stats, formation=formation)
         encoded.cleanup = loop.remove
         return encoded
+
+    def _run(
+        self,
+        loop: ResumableLoop,
+        optimiser: torch.optim.Optimizer,
+        matcher: DistributionMatcher,
+        images_of: Callable[[Sequence[int]], torch.Tensor],
+        terms: list[MatchingTerm],
+        gen: torch.Generator,
+        progress: bool,
+    ) -> None:
+        """DM's outer iterations from ``loop.first`` on (a resumed run goes on): each is one optimiser step on the
+        synthetic codes against the matcher's loss (Eq. 4) on ``images_of(classes)`` (K', n, C, H, W), drawing
+        from ``gen``."""
+
+        def step(it: int) -> float:
+            optimiser.zero_grad(set_to_none=True)
+            loss = matcher.step(images_of, terms, gen)
+            optimiser.step()
+            return loss
+
+        iterations = self.config.iterations
+        loop.run(
+            step,
+            progress_bar(
+                range(loop.first, iterations),
+                desc="DM",
+                enabled=progress,
+                unit="it",
+                initial=loop.first,
+                total=iterations,
+            ),
+        )
 
     def _matcher(
         self,
@@ -277,7 +293,8 @@ class DMEncoder(CheckpointedEncoder[PixelPlan, DMConfig]):
         """Sections of the first ``total`` (default all) of images (K, n, C, H, W), spread over the classes:
         class c keeps total // K images, one more for c < total % K. ``trim`` drops as many images as an
         :class:`Overrun` asks, the last image of the last classes first, never below the guaranteed count;
-        below d3codec.methods.pixel.plan.FEW_PER_CLASS images a class it drops whole rounds (one image of every class)."""
+        below d3codec.methods.pixel.plan.FEW_PER_CLASS images a class it drops whole rounds (one image of every
+        class)."""
         k, n = images.shape[:2]
         total = k * n if total is None else total
         counts = [total // k + (c < total % k) for c in range(k)]

@@ -108,6 +108,19 @@ def plan_pixel_storage(
     if compression_ratio is None or compression_ratio >= 1:
         return PixelPlan(guaranteed, dtype, bound(guaranteed), budget, guaranteed)
 
+    target, estimated = compressed_target(budget, payload, affine, compression_ratio, guaranteed)
+    return PixelPlan(target, dtype, bound(guaranteed), budget, guaranteed, estimated)
+
+
+def compressed_target(
+    budget: int, payload: int, affine: Callable[[int], int], compression_ratio: float, guaranteed: int
+) -> tuple[int, int]:
+    """The images a class a compressed-fill plan aims at, and that count's estimated archive size in bytes.
+
+    ``affine(n)``: the archive's raw bytes at n images a class; ``payload``: the raw image bytes each image a
+    class adds; ``compression_ratio`` (< 1): their expected stored/raw size, taken as at least
+    MIN_COMPRESSION_RATIO. The aim is the largest count whose estimate fits ``budget``, one image a class past
+    it from FEW_PER_CLASS on (the writer trims single images), and never below ``guaranteed``."""
     compression_ratio = max(compression_ratio, MIN_COMPRESSION_RATIO)  # a measured 0.001 plans thousands
 
     def estimate(n: int) -> int:  # affine: no archive is built past the budget
@@ -115,7 +128,7 @@ def plan_pixel_storage(
 
     target = largest_fitting(lambda n: estimate(n) <= budget, max(1, int(budget / (payload * compression_ratio))) + 1)
     target = max(target + (target >= FEW_PER_CLASS), guaranteed)  # one past the estimate: the writer trims
-    return PixelPlan(target, dtype, bound(guaranteed), budget, guaranteed, estimate(target))
+    return target, estimate(target)
 
 
 def fixed_count_plan(
