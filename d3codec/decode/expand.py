@@ -203,7 +203,7 @@ def grid_image(
 
     The canvas is 8-bit from the start and its size is checked before it is allocated: height × width
     at most ``max_pixels`` (default DecodeLimits().max_canvas_pixels, 2^27).
-    Raises: D3LimitError naming the size and what to change (``max_pixels``, fewer columns); ValueError
+    Raises: D3LimitError naming the size and what to change (the limit, and ``d3 expand``'s grid options); ValueError
     for ``max_per_class`` or ``scale`` < 1.
     """
     from d3codec.format.limits import DEFAULT_LIMITS, DecodeLimits, check

@@ -110,9 +110,7 @@ def train_student(
     progress: str | None = None,
     checkpoint: str | os.PathLike | None = None,
 ) -> tuple[float, float]:
-    """Train one fresh student and test it.
-
-    Args:
+    """Train one fresh student and test it. Args:
         images: (N, C, H, W) float32 pixel space, or a dataset with ``batch(index)`` (a lazy d3codec.D3Dataset)
             decoded a batch at a time, with no ``resample`` nor ``checkpoint``.
         targets: see :data:`Targets` (a labeller labels every augmented batch afresh); test: the test split, images
@@ -152,9 +150,10 @@ def train_student(
 
     loop.run(epoch_of, _epochs_left(loop, config.epochs, progress))
     synchronize(device)
+    seconds = loop.seconds  # training alone: before the test pass
     accuracy = test_accuracy(net, *test, mean, std, device)
     loop.remove()
-    return accuracy, loop.seconds
+    return accuracy, seconds
 
 
 def _student_data(
