@@ -1,42 +1,18 @@
 """The decode budget: what an expansion may cost before a reader refuses it, computed before allocating.
 
-A ``.d3`` archive is small, but what it expands to is declared by its metadata: a few hundred bytes
-can declare a million priors of 4096 × 4096 images, or a generator drawn ten million times per class.
-Every decoder and sampler therefore computes, from the archive's declared shapes and architecture
-alone (networks are built on PyTorch's meta device, which allocates nothing), what an expansion will
-cost, and refuses with :class:`~d3codec.errors.D3LimitError` (a D3FormatError) anything over
-:class:`DecodeLimits`:
-
-- ``max_bytes``: the expansion's output held in memory: images (N, C, H, W) float32, labels (N,)
-  int64, soft labels (N, K) float32 where the archive has them, and the sampling noise;
-- ``max_parameters``: the values every network and latent table of the archive holds once
-  dequantised to float32 (decoders, generators, teachers, priors, soft-label tables, θ₀);
-- ``max_macs_per_image``: the multiply-adds to decode one image and, where the archive stores a
-  teacher, to label it (counted with ``torch.utils.flop_counter`` on the meta device);
-- ``max_macs``: the multiply-adds of a whole draw (images × per image, its sampling noise counted at
-  NOISE_VALUE_MACS a value, at least MIN_MACS_PER_IMAGE an image): what bounds its time;
-- ``max_replay_macs``: the multiply-adds of replaying a bptt archive's training schedule once (forward and
-  backward, at least MIN_MACS_PER_STEP a step): what bounds a replayed student's time, as ``--epochs``
-  bounds a standard one's (2^41: about a minute on one CPU thread; d3codec's own schedules take well under
-  1 % of it);
-- ``max_canvas_pixels``: the picture ``d3 expand --grid`` draws, height × width;
-- ``max_section_bytes``: the decoded (raw) size of any one section, refused from the section table
-  before it is decompressed: zstd turns a few kilobytes of zeros into gigabytes (the container's
-  own limit, spec/FORMAT.md §4).
-
-``working_bytes`` is not a limit but a target: decoders run in batches whose activations fit in it
-(at least one image a batch).
-
-The defaults are sized so that every archive d3codec itself writes up to ImageNet-1K scale passes:
-the README's ImageNet command (1 000 classes at 64 × 64, IPC 2: five tapered width-256 decoders, 807
-priors per class) draws by default 128 images a class (``default_draw_cap``: 64 per IPC-equivalent of the
-file), 128 000 images with their soft labels, about 6.8 GB, at 0.155 G multiply-adds an image. A pixel
-archive within the container's 2 GiB section limit decodes to at most 8 GiB of float32 images (16 GiB
-under formations of codes). Raise a limit only for an archive you trust: ``D3Dataset(path,
-max_bytes=...)`` or ``limits=DecodeLimits(...)``, and ``--max-bytes``, ``--max-parameters``,
-``--max-macs-per-image``, ``--max-macs``, ``--max-replay-macs``, ``--max-section-bytes`` on ``d3 expand``,
-``d3 eval``, ``d3 verify`` and ``d3 merge``. Finite checks run in chunks (:func:`all_finite`), so that
-checking an expansion allocates no copy of it.
+An archive's metadata declares what it expands to (a few hundred bytes can declare a million 4096 × 4096 priors), so
+every decoder and sampler computes the cost from the declared shapes alone (networks built on PyTorch's meta device)
+and refuses with :class:`~d3codec.errors.D3LimitError` (a D3FormatError) anything over :class:`DecodeLimits`:
+``max_bytes`` (the expansion's images, labels, soft labels and sampling noise in memory), ``max_parameters`` (every
+network and latent table dequantised to float32), ``max_macs_per_image`` (decoding and teacher-labelling one image,
+by ``torch.utils.flop_counter``), ``max_macs`` (a whole draw, noise at NOISE_VALUE_MACS a value, at least
+MIN_MACS_PER_IMAGE an image), ``max_replay_macs`` (replaying a bptt schedule once, forward and backward, at least
+MIN_MACS_PER_STEP a step), ``max_canvas_pixels`` (``d3 expand --grid``) and ``max_section_bytes`` (a section's raw
+size, refused before decompressing: spec/FORMAT.md §4). ``working_bytes`` is a target, not a limit: decoders batch
+so that activations fit it. The defaults pass every archive d3codec writes up to ImageNet-1K scale; raise a limit only
+for an archive you trust (``D3Dataset(path, max_bytes=...)``, ``limits=DecodeLimits(...)``, ``--max-bytes`` and its
+siblings on ``d3 expand``, ``eval``, ``verify``, ``merge``). Finite checks run in chunks (:func:`all_finite`).
+measurements: benchmarks/method-notes.md
 """
 
 from __future__ import annotations
@@ -59,8 +35,7 @@ class DecodeLimits:
     """The most one expansion may cost (see the module docstring). Units: bytes, values, multiply-adds,
     pixels."""
 
-    # D3's ImageNet-1K archive at IPC 2 (64 pixels) plans 807 priors a class; its default draw, capped at 64
-    # images a class per IPC-equivalent (default_draw_cap), is 128 000 images with their soft labels, 6.8 GB
+    # sized so that D3's default ImageNet-1K draw fits (measurements: benchmarks/method-notes.md)
     max_bytes: int = 16 * GIB
     max_parameters: int = 1 << 28
     max_macs_per_image: int = 1 << 35

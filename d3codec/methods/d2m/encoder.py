@@ -1,55 +1,18 @@
 """Method ``d2m``: data-to-model distillation into a class-conditional generator, sampled at any IPC.
 
-After Sajedi, Khaki, Liu, Amjadian, Lawryshyn & Plataniotis, "Data-to-Model Distillation:
-Data-Efficient Learning Framework" (ECCV 2024). No official code is public; what follows the paper
-and what is our choice:
-
-- **Follows the paper.** The archive is a generator's parameters and its class embeddings, nothing
-  else; images are generated at expansion time, any number per class. Distillation fine-tunes a
-  pre-trained generator with (i) *embedding matching*: the mean features of generated and real
-  images of each class through randomly re-drawn networks, as DM (Zhao & Bilen 2023, Eq. 4), and
-  (ii) *prediction matching*: the KL divergence between a teacher's predictions on real and on
-  generated images at temperature τ ≈ 4, weighted by ``task_balance``.
-- **Our choices.** The generator, :class:`ConditionalGenerator` (registry name ``upconv-v2``):
-  noise z ~ N(0, I) concatenated with a learned class embedding, a linear layer to a 7×7 map, a
-  convolution that widens it fourfold, and nearest-neighbour upsampling convolutions that halve the
-  channels at each step (DCGAN's shape, Radford et al. 2016), GroupNorm rather than batch norm so
-  that a sample does not depend on the batch it is drawn in. Pre-training (``pretraining``) is one
-  of two generative models: a conditional GAN (the paper's choice) with the hinge loss and a spectrally normalised
-  discriminator (Miyato et al. 2018) for stability on short CPU runs, conditioned by a projection
-  discriminator (Miyato & Koyama 2018) or, as an option, an auxiliary classifier (ACGAN, Odena et
-  al. 2017, which DiM, Wang et al. 2023, also uses); or a conditional VAE (Kingma & Welling 2014,
-  Sohn et al. 2015) whose decoder is the generator and whose encoder is thrown away. On
-  Fashion-MNIST the auxiliary-classifier generator collapsed to about one image per class, a known
-  weakness of ACGAN; with projection the samples vary within a class, but after the 2000 iterations
-  a CPU affords they are crude and some rows show the wrong garment. The VAE, in about the same
-  time, gives blurred but varied samples of the right class in every row, and students learn far
-  more from them (benchmarks/d2m-exploration.md). Prediction matching
-  compares each class's *mean* prediction on real and on generated images (the two batches are not
-  paired), with τ² scaling as in knowledge distillation (Hinton et al. 2015). Embedding matching
-  uses siamese DSA, as DM does; ``mmd_weight`` adds D3's MMD term (Qin et al. 2024, Eq. 6) on the
-  same features, which matches the spread of each class and not only its mean. The generator is
-  stored as int8 with a float16 scale per output channel (d3codec.format.weights), its width chosen to
-  fill the budget.
-
-Pre-training checkpoints every ``checkpoint_every`` iterations (generator, discriminator or
-encoder, both optimisers and every random state, in safetensors with JSON metadata, never a pickle), so a killed
-run resumes and ends with the same generator as an uninterrupted run of the same seed on CPU.
-
-Archive sections: ``generator`` {<parameter name>: int8 (ndim ≥ 2) with <name>.scale (out,)
-float16, or float16}; ``embedding.weight`` (K, E) holds the class embeddings. The metadata's
-``params`` gives the architecture by registry name and its sizes (never code).
-
-**Our extension: soft labels** (``soft_labels``, off in both presets). The paper's students
-train on hard labels. With this option the archive also stores the teacher, a ConvNet-3, in the
-ancillary section ``teacher`` (same storage as the generator, counted in the budget, the generator
-narrowing to make room), and expansion labels every sample with the teacher's softmax: knowledge
-distillation (Hinton et al. 2015) on generated images, as in data-free distillation (Chen et al.
-2019, DAFL), with labels recomputed for every fresh draw. Soft labels from a teacher also lift
-other methods' students (the evaluation tool DD-Ranking compares against random real images under
-the same soft labels for this reason), so benchmarks report hard-label rows too. On
-Fashion-MNIST a stored 10-epoch teacher lifted D2M's samples by about a point, about as much as it lifted
-random real images in the same bytes. That is why it is off by default (benchmarks/d2m-exploration.md).
+After Sajedi, Khaki, Liu, Amjadian, Lawryshyn & Plataniotis, "Data-to-Model Distillation: Data-Efficient Learning
+Framework" (ECCV 2024; no official code). The archive is a generator's parameters and class embeddings, nothing else;
+images are generated at expansion time, any number per class. As the paper does, distillation fine-tunes a
+pre-trained generator by embedding matching (mean features through re-drawn random networks, DM's Eq. 4, Zhao &
+Bilen 2023, with siamese DSA; ``mmd_weight`` adds D3's MMD, Qin et al. 2024, Eq. 6) and prediction matching (KL
+between each class's mean teacher prediction on real and generated images at τ ≈ 4, τ²-scaled as in Hinton et al.
+2015, weighted by ``task_balance``). Our choices: :class:`ConditionalGenerator` (``upconv-v2``, DCGAN's shape with
+GroupNorm, so a sample does not depend on its batch); ``pretraining`` by a conditional GAN (the paper's; hinge loss,
+spectral norm, projection or ACGAN discriminator) or a conditional VAE whose decoder is the generator; int8 weights
+with a float16 scale per output channel, width filling the budget; resumable safetensors checkpoints. Sections
+``generator`` and ``embedding.weight`` (K, E); ``params`` names the architecture. ``soft_labels`` (ours, off by
+default) also stores a ConvNet-3 teacher (section ``teacher``) that labels every draw (Chen et al. 2019, DAFL).
+measurements: benchmarks/method-notes.md
 """
 
 from __future__ import annotations

@@ -1,47 +1,19 @@
 """Method ``d3``: distributional dataset distillation with per-class priors, a decoder, soft labels and subtasks.
 
-After Qin, Deng & Alvarez-Melis, "Distributional Dataset Distillation with Subtask Decomposition"
-(2024). The classes are split into ``subtasks`` contiguous groups (Sec. 3.3, federated
-distillation); each group is distilled on its own, with its own decoder, seed and teacher, into:
-
-- **priors**: ``priors_per_class`` diagonal Gaussians N(μ, diag exp(logvar)) per class in a
-  latent space of ``latent_dim`` (Sec. 3.1);
-- a **decoder** G: latent (N, Z) → image (N, C, H, W) in [0, 1] (a small upsampling ConvNet,
-  :class:`d3codec.nn.models.Decoder`), trained from scratch jointly with the priors;
-- **soft labels**: one vector per prior, a teacher's softmax on the decoded prior mean over the
-  group's classes (Sec. 3.4).
-
-Objective (per iteration, per class c of the group; x̃ = G(μ + σ·ε) decoded samples of c's priors,
-x real images of c, A a DSA draw shared by both, φ a ConvNet re-drawn at random each iteration as
-in DM):
+After Qin, Deng & Alvarez-Melis, "Distributional Dataset Distillation with Subtask Decomposition" (2024). Classes
+are split into ``subtasks`` contiguous groups (Sec. 3.3), each distilled on its own into ``priors_per_class``
+diagonal Gaussian priors per class in a ``latent_dim`` space (Sec. 3.1), a decoder G trained jointly from scratch
+(:class:`d3codec.nn.models.Decoder`) and soft labels, a teacher's softmax on each decoded prior mean (Sec. 3.4).
+Per class, with x̃ decoded samples, x real images, A a shared DSA draw, φ a ConvNet re-drawn each iteration:
 
     L = w_mmd · MMD²_k(φ(A(x̃)), φ(A(x)))  +  w_mean · ‖mean φ(A(x)) − mean φ(A(x̃))‖²
 
-MMD² with the RBF mixture k over bandwidths 1, 2, 4, 8, 16 is the paper's distribution term
-(Eq. 6's MMD part, on penultimate features); the mean term is DM's (Zhao & Bilen 2023, Eq. 4).
-Departure: the authors' matching term is trajectory matching on expert networks; on a CPU that is
-too costly, so their place is taken by random-network matching (d3codec.methods.matching, the loop DM
-and D2M share). The objective is a list of matching terms summed, so a trajectory-matching term
-(which needs expert trajectories, a different kind of input) can be added as one more term. ``teacher_features`` adds
-the same two terms on the teacher's features.
-
-Before matching, a warm start fits the decoder and prior means to ``priors_per_class`` random real
-images per class (generative latent optimisation, Bojanowski et al. 2018: latents start at the
-images' PCA projections, then decoder and latents are fitted by Adam on pixel MSE under a one-cycle
-schedule, :func:`d3codec.methods.d3.glo.fit_decoder`); this plays the part of DM's initialisation from real images, and
-it is an addition of ours, not a step the paper describes; benchmarks/d3-exploration.md
-measures what it buys.
-
-Archive sections (keys per group g): ``priors`` {g{g}.mean, g{g}.logvar: (K_g, P, Z) float16, or int8
-with g{g}.mean.scale, g{g}.logvar.scale (Z,) float16 per latent dimension (``prior_dtype``)},
-``decoder`` {g{g}.<param>: int8 weights with g{g}.<param>.scale (out,) float16 per output channel,
-or float16; 1-D parameters float16}, ``prior_labels`` {g{g}: (K_g, P, K_g) float16 probabilities},
-absent when soft labels are off. The metadata's ``params.groups`` lists each group's classes and
-shapes, so groups of different sizes and settings can be merged (merge.py); layout.py defines them.
-
-This module holds the encoder (:class:`D3Encoder`); config.py its options and presets, planning.py the budget
-rule, group.py a group's distillation (teacher, warm start, matching, soft labels, fill) and glo.py the
-generative latent optimisation of the warm start and the fill.
+the paper's MMD (Eq. 6, RBF mixture over bandwidths 1 to 16) plus DM's mean term (Zhao & Bilen 2023, Eq. 4).
+Departures: random-network matching (d3codec.methods.matching) replaces the paper's trajectory matching, too costly
+on a CPU (terms are a list, so one can be added); a GLO warm start (Bojanowski et al. 2018, glo.py) first fits
+decoder and prior means to real images. Sections ``priors``, ``decoder``, ``prior_labels`` per group (layout.py);
+config.py holds options and presets, planning.py the budget rule, group.py a group's distillation, merge.py merging.
+measurements: benchmarks/method-notes.md
 """
 
 from __future__ import annotations

@@ -1,32 +1,17 @@
 """Method ``bptt``: the original Dataset Distillation, learning images and step sizes.
 
-Wang, Zhu, Torralba, Efros, "Dataset Distillation" (arXiv 1811.10959, 2018), Sec. 3. The
-synthetic images x̃ and one step size per training step η̃_t = softplus(ρ_t) are learned so that
-a network trained on x̃ by plain gradient descent,
+Wang, Zhu, Torralba, Efros, "Dataset Distillation" (arXiv 1811.10959, 2018), Sec. 3. The synthetic images x̃ and
+one step size per training step η̃_t = softplus(ρ_t) are learned so that a network trained on x̃ by plain GD,
 
     θ_{t+1} = θ_t − η̃_t ∇_θ ℓ(x̃_{t mod S}, θ_t),   t = 0 … T−1,  T = S · E   (Eq. 1; S steps × E epochs)
 
-has a low loss ℓ(x_real, θ_T) on a fresh real batch (Eq. 2), by Adam on x̃ and ρ with the
-gradient taken through the whole unrolled training (back-propagation through time).
-
-- ``init="fixed"`` (Sec. 3.1): one θ₀ for the whole run. The images only work from that θ₀, so it is
-  part of the result: the archive stores it and the budget counts it (as ``theta0_dtype``; θ₀ is
-  rounded to that dtype *before* distilling, so the stored θ₀ is exactly the one trained from).
-- ``init="random"`` (Sec. 3.2): θ₀ is drawn afresh (PyTorch's default initialisation of the
-  network) every outer iteration from the named stream ``bptt-init`` (d3codec.encode.seeds), so evaluation's
-  students, seeded 0, 1, 2, …, start from initialisations the distillation never saw.
-
-Memory (our implementation of the paper's Sec. 3 gradient, as its public code does): the forward
-unroll keeps only the T + 1 parameter vectors θ_t, no activations. The backward pass walks t = T−1 … 0,
-recomputing one step's graph at a time and taking one vector-Jacobian product through it, so
-memory is O(T · |θ| + one step's activations) rather than O(T · activations). A test checks the
-result against autograd through the full unroll.
-
-Step batches, the learned step sizes, the network name and (fixed) θ₀ travel in the archive's
-``schedule`` section; d3codec.nn.schedule.TrainingSchedule replays them. The images are stored as
-DM's (section ``images``); the image count is a multiple of the steps, and never trimmed.
-Departures, all options: images may start from real images (``image_init="real"``) instead of
-noise; the real batch is class-balanced (``real_per_class`` per class).
+has a low loss ℓ(x_real, θ_T) on a fresh real batch (Eq. 2), by Adam on x̃ and ρ through the unrolled training.
+``init="fixed"`` (Sec. 3.1): one θ₀, stored and counted in the budget (rounded to ``theta0_dtype`` before distilling);
+``init="random"`` (Sec. 3.2): θ₀ redrawn every outer iteration from the stream ``bptt-init``. The backward pass keeps
+only the T + 1 parameter vectors θ_t and recomputes one step's graph at a time (memory O(T · |θ| + one step's
+activations); a test checks it against autograd). Section ``schedule`` carries step batches, step sizes, network and
+θ₀ (d3codec.nn.schedule.TrainingSchedule replays it); ``images`` is stored as DM's. Departures, all options:
+``image_init="real"``; a class-balanced real batch (``real_per_class``). measurements: benchmarks/method-notes.md
 """
 
 from __future__ import annotations

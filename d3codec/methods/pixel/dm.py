@@ -1,34 +1,19 @@
 """Method ``dm``: learn the synthetic images themselves by Distribution Matching.
 
-Zhao & Bilen, "Dataset Condensation with Distribution Matching" (WACV 2023, Sec. 3.2, Eq. 3 to 5).
-Synthetic images start from random real images of their class. Each iteration draws a freshly
-initialised, untrained ConvNet φ and minimises
+Zhao & Bilen, "Dataset Condensation with Distribution Matching" (WACV 2023, Sec. 3.2, Eq. 3 to 5). Synthetic
+images start from random real images of their class. Each iteration draws a freshly initialised, untrained
+ConvNet φ and minimises
 
     L = Σ_c ‖ mean_i φ(A(x_real,c,i)) − mean_j φ(A(x̃_c,j)) ‖²
 
-where A is DSA augmentation with one parameter draw shared by the real and synthetic batch of
-class c (siamese), by SGD on the synthetic pixels (lr 1.0, momentum 0.5). The paper runs 20 000
-iterations with 256 real images per class per iteration (preset ``paper``); the ``fast`` preset
-uses fewer of both so that a 2-core CPU finishes Fashion-MNIST at the IPC 10 budget in 15 minutes;
-benchmarks/RESULTS.md shows what that costs.
-
-Departures, all options: ``embed_width`` may narrow the random embedding network (128 in the
-paper); images are stored as the byte plan says (uint8 with a per-class range by default, see
-d3codec.format.storage), so a budget holds up to 4× the paper's float32 image count, and more where zstd
-shrinks them (``fill="compressed"``: the plan aims at the count whose estimated compressed size
-fits, from the zstd ratio of real images times DISTILLED_RATIO_MARGIN (one per formation), one image a class
-more; the writer then drops single images, the last classes' last ones first, until the archive fits, never
-below the count that fits uncompressed, so classes may differ by one image; ``fill="raw"`` plans on the
-uncompressed size alone and never drops).
-
-Formations (``formation``: formation.py): the stored tensors may be codes of 1/f the side that a fixed
-linear map turns into images (IDC's multi-formation, ICML 2022 Sec. 3.1: bilinear upsampling; FreD,
-NeurIPS 2023 Sec. 3: the lowest DCT frequencies). DM then optimises the codes through the map: the
-loss above is computed on the formed images, and the learning rate is divided by the map's gain (f² for
-upsampling), so that a code moves about as a pixel would.
-
-Archive sections: ``images`` (safetensors: images or codes, labels, range) beside the metadata (read by
-archive.py).
+with A siamese DSA (one draw shared by class c's real and synthetic batch), by SGD on the pixels (lr 1.0, momentum
+0.5). Preset ``paper`` runs the paper's 20 000 iterations of 256 real images a class; ``fast`` uses fewer of both.
+Departures, all options: ``embed_width`` narrows φ (128 in the paper); images are stored as the byte plan says
+(uint8 with a per-class range by default, d3codec.format.storage), and ``fill="compressed"`` plans on the estimated
+zstd size, then drops single images until the archive fits; ``formation`` (formation.py) stores codes of 1/f the side
+that a fixed linear map turns into images (IDC, ICML 2022 Sec. 3.1; FreD, NeurIPS 2023 Sec. 3), optimised through the
+map at the learning rate over its gain. Archive section ``images`` (safetensors: images or codes, labels, range).
+measurements: benchmarks/method-notes.md
 """
 
 from __future__ import annotations
@@ -92,16 +77,10 @@ class DMConfig:
         return parse_formation(self.formation, self.formation_factor)
 
 
-# The plan's estimate of how distilled codes compress, as a multiple of the real images' zstd ratio. Distilled
-# images compress worse than real ones where the real ones have flat backgrounds: on Fashion-MNIST uint8, zstd
-# stored real images at 0.59 of their raw size and the same images after 300 DM iterations at 0.74 (1.25);
-# DCT codes at 0.60 real and 0.53 to 0.67 distilled. On natural images they stay close: the ImageNet-like
-# rehearsal tree (64 px) stores real images at 0.83 and its (barely) distilled ones at 0.845 (1.02). Since the
-# writer trims image by image (DMEncoder._encoded), a pessimistic estimate costs bytes (a margin of 1.3 filled
-# 74 % of the rehearsal's budget) and an optimistic one only the distillation of the images trimmed, so the
-# plan counts on the real ratio itself, one image a class past it (d3codec.methods.pixel.plan). DCT codes after DANCE
-# or DM stored at 0.55 of their raw size where the real ones' estimate said 0.60 (dct-variance ×2 at IPC 10: 92 %
-# of the budget filled), so dct plans on 0.9 of the real ratio and trims what does not fit.
+# The plan's estimate of how distilled codes compress, as a multiple of the real images' zstd ratio: the
+# real ratio itself for pixels (the writer trims image by image, so an optimistic estimate costs only the
+# trimmed images' distillation), 0.9 of it for DCT codes, which compress better once distilled.
+# measurements: benchmarks/method-notes.md
 DISTILLED_RATIO_MARGIN = {"pixels": 1.0, "lowres": 1.0, "dct": 0.9}
 
 
