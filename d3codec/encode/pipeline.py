@@ -191,7 +191,7 @@ def compress(
     spec = DatasetSpec.of(real)
     budget = resolve_budget(spec, ipc, budget)
     if encoder is None:
-        encoder = build_encoder(method, preset, options, real, budget, output, checkpoint, device)
+        encoder = build_encoder(method, preset, options, spec, budget, output, checkpoint, device)
     meta = base_meta(spec, encoder.method, budget, ipc, seed, utc_now())
     plan = plan_archive(encoder, spec, budget, meta, real)
     release_freed_memory()  # planning built whole archives of zeros to count their bytes
@@ -204,18 +204,18 @@ def build_encoder(
     method: str | None,
     preset: str,
     options: dict[str, Any] | None,
-    real: RealData,
+    spec: DatasetSpec,
     budget: int,
     output: Path,
     checkpoint: str | os.PathLike | None,
     device: torch.device,
 ) -> Encoder:
-    """The encoder of ``method`` (the default rule's where None) with ``options``, for this data and budget,
+    """The encoder of ``method`` (the default rule's where None) with ``options``, for the dataset ``spec`` and budget,
     checkpointing beside ``output`` where ``checkpoint`` is given."""
-    method, options = chosen_method(method, preset, options, DatasetSpec.of(real), budget)
+    method, options = chosen_method(method, preset, options, spec, budget)
     given = Path(checkpoint) if checkpoint else None
     context = BuildContext(
-        output, given, device, real.image_shape, real.num_classes, checkpoints=checkpoint is not None
+        output, given, device, spec.image_shape, spec.num_classes, checkpoints=checkpoint is not None
     )
     return get_method(method).make_encoder(preset, options, context)
 
